@@ -1,0 +1,186 @@
+//! The one data tree of the engine: an ordered XML-like element tree with typed leaves.
+//!
+//! Every scope (`data`, `executeData`, `procedureData`, `context`, forEach nodes) is an
+//! [`Element`]. The tree keeps document order (attributes, text, repeated and interleaved
+//! elements), so MPS XML round-trips exactly and `merge`/`replace` work in position.
+//! YAML, JSON and rhai see it through the map/array view in [`json`]; the mapping is
+//! documented in `docs/data-model.md`.
+
+pub mod json;
+pub mod path;
+pub mod transform;
+pub mod xml;
+
+pub use path::{Path, PathError};
+pub use transform::{IfNull, Mode, TransformError};
+
+use serde::{Deserialize, Serialize};
+
+/// A typed leaf value. XML text is always [`Scalar::Str`]; YAML and JSON keep their types.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Scalar {
+    /// Text.
+    Str(String),
+    /// A 64-bit integer (the rhai `INT`).
+    Int(i64),
+    /// A 64-bit float.
+    Float(f64),
+    /// A boolean.
+    Bool(bool),
+}
+
+impl Scalar {
+    /// The text form, as XML would carry it.
+    pub fn to_text(&self) -> String {
+        match self {
+            Scalar::Str(s) => s.clone(),
+            Scalar::Int(i) => i.to_string(),
+            Scalar::Float(f) => f.to_string(),
+            Scalar::Bool(b) => b.to_string(),
+        }
+    }
+}
+
+/// A child of an element: another element, or a run of text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Node {
+    /// A child element.
+    Element(Element),
+    /// Text content (mixed content keeps its position among the elements).
+    Text(Scalar),
+}
+
+/// An element: name, attributes in document order, children in document order.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Element {
+    /// Local name (a prefix, if any, is kept as written: `ns:name`).
+    pub name: String,
+    /// Attributes in document order.
+    pub attrs: Vec<(String, String)>,
+    /// Children in document order.
+    pub children: Vec<Node>,
+    /// Set when the element came from a YAML/JSON sequence, so a one-item list
+    /// converts back to a list instead of a single value. Never serialized to XML.
+    pub list_item: bool,
+}
+
+impl Element {
+    /// An empty element.
+    pub fn new(name: impl Into<String>) -> Self {
+        Element {
+            name: name.into(),
+            ..Default::default()
+        }
+    }
+
+    /// An element holding one scalar.
+    pub fn with_scalar(name: impl Into<String>, value: Scalar) -> Self {
+        Element {
+            name: name.into(),
+            children: vec![Node::Text(value)],
+            ..Default::default()
+        }
+    }
+
+    /// An element holding text.
+    pub fn with_text(name: impl Into<String>, text: impl Into<String>) -> Self {
+        Self::with_scalar(name, Scalar::Str(text.into()))
+    }
+
+    /// The value of an attribute.
+    pub fn attr(&self, name: &str) -> Option<&str> {
+        self.attrs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Sets (or replaces in place) an attribute.
+    pub fn set_attr(&mut self, name: impl Into<String>, value: impl Into<String>) {
+        let name = name.into();
+        let value = value.into();
+        match self.attrs.iter_mut().find(|(k, _)| *k == name) {
+            Some(slot) => slot.1 = value,
+            None => self.attrs.push((name, value)),
+        }
+    }
+
+    /// Child elements in document order.
+    pub fn elements(&self) -> impl Iterator<Item = &Element> {
+        self.children.iter().filter_map(|c| match c {
+            Node::Element(e) => Some(e),
+            Node::Text(_) => None,
+        })
+    }
+
+    /// Mutable child elements in document order.
+    pub fn elements_mut(&mut self) -> impl Iterator<Item = &mut Element> {
+        self.children.iter_mut().filter_map(|c| match c {
+            Node::Element(e) => Some(e),
+            Node::Text(_) => None,
+        })
+    }
+
+    /// The first child element with this name.
+    pub fn child(&self, name: &str) -> Option<&Element> {
+        self.elements().find(|e| e.name == name)
+    }
+
+    /// The first child element with this name, mutable.
+    pub fn child_mut(&mut self, name: &str) -> Option<&mut Element> {
+        self.elements_mut().find(|e| e.name == name)
+    }
+
+    /// Appends a child element and returns it.
+    pub fn push(&mut self, child: Element) -> &mut Element {
+        self.children.push(Node::Element(child));
+        match self.children.last_mut() {
+            Some(Node::Element(e)) => e,
+            _ => unreachable!("just pushed an element"),
+        }
+    }
+
+    /// The concatenated text of this element's direct text children (XPath `text()`-like).
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        for c in &self.children {
+            if let Node::Text(s) = c {
+                out.push_str(&s.to_text());
+            }
+        }
+        out
+    }
+
+    /// The single scalar child, if the element is a leaf holding exactly one.
+    pub fn scalar(&self) -> Option<&Scalar> {
+        match self.children.as_slice() {
+            [Node::Text(s)] => Some(s),
+            _ => None,
+        }
+    }
+
+    /// XPath string value: all descendant text in document order.
+    pub fn string_value(&self) -> String {
+        let mut out = String::new();
+        fn walk(e: &Element, out: &mut String) {
+            for c in &e.children {
+                match c {
+                    Node::Text(s) => out.push_str(&s.to_text()),
+                    Node::Element(e) => walk(e, out),
+                }
+            }
+        }
+        walk(self, &mut out);
+        out
+    }
+
+    /// Replaces all content with one scalar.
+    pub fn set_scalar(&mut self, value: Scalar) {
+        self.children = vec![Node::Text(value)];
+    }
+
+    /// Nesting depth (a leaf is 1).
+    pub fn depth(&self) -> usize {
+        1 + self.elements().map(Element::depth).max().unwrap_or(0)
+    }
+}

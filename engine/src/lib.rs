@@ -1,0 +1,10 @@
+//! Provisio engine: the data tree, namespace and request definitions, the compiler that
+//! turns procedures into DAGs, and the executor that runs them through providers.
+//!
+//! This crate names no concrete provider: providers implement [`provider::Provider`] and are
+//! registered in a [`provider::ProviderRegistry`].
+
+pub mod data;
+pub mod model;
+pub mod provider;
+pub mod request;

@@ -1,0 +1,472 @@
+//! Plain data describing namespaces, procedures, steps and requests: one model under both
+//! the MPS-style XML syntax and the YAML syntax (see `request` for the parsers).
+
+use crate::data::{Element, IfNull, Mode, Scalar};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Where something was declared, for error messages (`file:line:column`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceRef {
+    /// The file (or `<request>`, `<inline>`).
+    pub file: String,
+    /// 1-based line; 0 when unknown.
+    pub line: u32,
+    /// 1-based column; 0 when unknown.
+    pub column: u32,
+}
+
+impl SourceRef {
+    /// A location in a file.
+    pub fn new(file: impl Into<String>, line: u32, column: u32) -> Self {
+        SourceRef {
+            file: file.into(),
+            line,
+            column,
+        }
+    }
+}
+
+impl fmt::Display for SourceRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.line, self.column) {
+            (0, _) => write!(f, "{}", self.file),
+            (l, 0) => write!(f, "{}:{}", self.file, l),
+            (l, c) => write!(f, "{}:{}:{}", self.file, l, c),
+        }
+    }
+}
+
+/// Who may call a procedure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Access {
+    /// Callable by simple requests.
+    Public,
+    /// Callable only from other procedures (or by trusted requests). The MPS SDK default.
+    #[default]
+    Private,
+}
+
+/// Transaction kind of a procedure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProcKind {
+    /// Reads only: nothing to undo.
+    Read,
+    /// Executes and is rolled back on failure.
+    #[default]
+    Write,
+    /// Execute, prepare, then commit or abort.
+    TwoPhase,
+}
+
+impl fmt::Display for ProcKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ProcKind::Read => "read",
+            ProcKind::Write => "write",
+            ProcKind::TwoPhase => "two-phase",
+        })
+    }
+}
+
+impl fmt::Display for Access {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Access::Public => "public",
+            Access::Private => "private",
+        })
+    }
+}
+
+/// A declared input of a procedure (a child of `data`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct InputSpec {
+    /// Element name under `data` (a path is allowed: `tenant/name`).
+    pub name: String,
+    /// Type hint (`string`, `int`, `bool`, `list`, `map`); informational plus light checks.
+    pub ty: Option<String>,
+    /// Must be present when the procedure is called.
+    pub required: bool,
+    /// Never logged, journaled or returned in clear text (MPS `do-not-log`).
+    pub secret: bool,
+    /// Value used when the input is absent.
+    pub default: Option<Scalar>,
+    /// Human description.
+    pub description: Option<String>,
+}
+
+/// The named data scopes a transform, forEach or `when` can read or write.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Scope {
+    /// The request's (or, in a nested call, the caller's executeData's) data.
+    Data,
+    /// The current step's own data.
+    ExecuteData,
+    /// Data shared by the steps of one procedure invocation.
+    ProcedureData,
+    /// Engine-managed context (`errorContext` inside a catch).
+    Context,
+    /// A forEach variable of the current step.
+    Named(String),
+}
+
+impl Scope {
+    /// Parses a scope name as written in XML/YAML.
+    pub fn parse(s: &str) -> Scope {
+        match s {
+            "data" => Scope::Data,
+            "executeData" => Scope::ExecuteData,
+            "procedureData" => Scope::ProcedureData,
+            "context" => Scope::Context,
+            other => Scope::Named(other.to_string()),
+        }
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Scope::Data => f.write_str("data"),
+            Scope::ExecuteData => f.write_str("executeData"),
+            Scope::ProcedureData => f.write_str("procedureData"),
+            Scope::Context => f.write_str("context"),
+            Scope::Named(n) => f.write_str(n),
+        }
+    }
+}
+
+/// Where a transform takes its value from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum TransformSource {
+    /// A node selected from a scope (`source` + `sourcePath`).
+    Node {
+        /// The scope.
+        scope: Scope,
+        /// Path below the scope root; `None` = the root itself.
+        path: Option<String>,
+    },
+    /// A text template with `{{ scope/path }}` placeholders (YAML `with:` strings,
+    /// XML `template="…"`): the result is one text element.
+    Template(String),
+}
+
+/// One `before` or `after` node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Transform {
+    /// What is copied (or moved).
+    pub source: TransformSource,
+    /// The destination scope.
+    pub destination: Scope,
+    /// Path under the destination (the target node); `None` = the scope root.
+    pub destination_path: Option<String>,
+    /// insert (default), merge, replace, move.
+    pub mode: Mode,
+    /// What to do when the source selects nothing.
+    pub if_null: IfNull,
+    /// Where it was declared.
+    pub source_ref: SourceRef,
+}
+
+/// A forEach node: iterate over the nodes a path selects.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ForEach {
+    /// The variable name the current node is exposed under.
+    pub name: String,
+    /// `data`, `procedureData` or an earlier forEach name.
+    pub root: Scope,
+    /// Path from the root; `None` = the root itself.
+    pub path: Option<String>,
+    /// fail (default) | skip | ignore.
+    pub if_null: IfNull,
+}
+
+/// A `when` condition: all of a step's conditions must hold.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum When {
+    /// True iff the path selects something.
+    Exists {
+        /// The scope.
+        scope: Scope,
+        /// Path under it; `None` = the root.
+        path: Option<String>,
+    },
+    /// True iff the named select resolved to this case.
+    Case {
+        /// The select's name.
+        select: String,
+        /// The case.
+        case: String,
+    },
+    /// True iff the path selects nothing (YAML `unless:`; XML `when … not="1"`).
+    Missing {
+        /// The scope.
+        scope: Scope,
+        /// Path under it.
+        path: Option<String>,
+    },
+}
+
+/// `repeat`: run the call N times, N read from a path.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Repeat {
+    /// The scope.
+    pub scope: Scope,
+    /// Path under it.
+    pub path: Option<String>,
+    /// fail | skip | ignore (= run once).
+    pub if_null: IfNull,
+}
+
+/// Which procedure a step calls.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct CallTarget {
+    /// Namespace name, e.g. `Hosted DNS`.
+    pub namespace: String,
+    /// Procedure name, e.g. `CreateTenantZone`.
+    pub procedure: String,
+}
+
+impl fmt::Display for CallTarget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.procedure)
+    }
+}
+
+/// An `execute` step, or a `transform` step when `call` is `None`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecuteStep {
+    /// Step id, unique in its procedure (YAML key; XML `id` attribute or `step<N>`).
+    pub id: String,
+    /// The called procedure; `None` for a transform step.
+    pub call: Option<CallTarget>,
+    /// forEach nodes, outermost first.
+    pub for_each: Vec<ForEach>,
+    /// All must hold for an iteration to run.
+    pub when: Vec<When>,
+    /// Optional repeat count.
+    pub repeat: Option<Repeat>,
+    /// The literal initial executeData (root named `executeData`).
+    pub execute_data: Element,
+    /// Applied in order before the call.
+    pub before: Vec<Transform>,
+    /// Applied in order after the call.
+    pub after: Vec<Transform>,
+    /// Explicit dependencies (YAML `needs:`) by step id.
+    pub needs: Vec<String>,
+    /// Where it was declared.
+    pub source_ref: SourceRef,
+}
+
+/// A try block with its catch block.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TryStep {
+    /// Step id.
+    pub id: String,
+    /// Steps of the try.
+    pub body: Vec<Step>,
+    /// Steps of the catch; run with `context/errorContext` set.
+    pub catch: Vec<Step>,
+    /// Explicit dependencies.
+    pub needs: Vec<String>,
+    /// Where it was declared.
+    pub source_ref: SourceRef,
+}
+
+/// A `select` with its `where` cases.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SelectStep {
+    /// Step id.
+    pub id: String,
+    /// The select's name, referenced by `when select=… case=…`.
+    pub name: String,
+    /// The scope read.
+    pub scope: Scope,
+    /// Path under it.
+    pub path: Option<String>,
+    /// (value, case) pairs in document order.
+    pub cases: Vec<(String, String)>,
+    /// Case when no value matched.
+    pub default_case: Option<String>,
+    /// Case when the path selects nothing.
+    pub if_null_case: Option<String>,
+    /// Explicit dependencies.
+    pub needs: Vec<String>,
+    /// Where it was declared.
+    pub source_ref: SourceRef,
+}
+
+/// One step of a procedure.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Step {
+    /// A call (or a pure transform).
+    Execute(ExecuteStep),
+    /// try/catch.
+    Try(TryStep),
+    /// select/where.
+    Select(SelectStep),
+}
+
+impl Step {
+    /// The step id.
+    pub fn id(&self) -> &str {
+        match self {
+            Step::Execute(s) => &s.id,
+            Step::Try(s) => &s.id,
+            Step::Select(s) => &s.id,
+        }
+    }
+
+    /// Explicit dependencies.
+    pub fn needs(&self) -> &[String] {
+        match self {
+            Step::Execute(s) => &s.needs,
+            Step::Try(s) => &s.needs,
+            Step::Select(s) => &s.needs,
+        }
+    }
+
+    /// Where it was declared.
+    pub fn source_ref(&self) -> &SourceRef {
+        match self {
+            Step::Execute(s) => &s.source_ref,
+            Step::Try(s) => &s.source_ref,
+            Step::Select(s) => &s.source_ref,
+        }
+    }
+}
+
+/// How a procedure's steps are ordered when they do not say `needs:`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ordering {
+    /// Document order: each step depends on the previous one (XML default).
+    #[default]
+    Sequential,
+    /// Only `needs:` and data-flow edges order steps (YAML default; XML `parallel="1"`).
+    Parallel,
+}
+
+/// A procedure: a leaf served by the namespace's provider (no steps), or a composition.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Procedure {
+    /// Name, unique in the namespace.
+    pub name: String,
+    /// public | private.
+    pub access: Access,
+    /// read | write | two-phase.
+    pub kind: ProcKind,
+    /// Human description.
+    pub description: Option<String>,
+    /// Declared inputs.
+    pub inputs: Vec<InputSpec>,
+    /// Step ordering.
+    pub ordering: Ordering,
+    /// Initial procedureData (root named `procedureData`).
+    pub procedure_data: Element,
+    /// Steps; empty for a provider leaf.
+    pub steps: Vec<Step>,
+    /// For provider leaves: the provider's entry point when it differs from `name`.
+    pub entry: Option<String>,
+    /// Keep executeData for the undo call (MPS `saveDataForRollback`).
+    pub save_data_for_rollback: bool,
+    /// After a crash, resume instead of rolling back.
+    pub resumable: bool,
+    /// Where it was declared.
+    pub source_ref: SourceRef,
+}
+
+impl Procedure {
+    /// A procedure with defaults (private, write, sequential, no steps).
+    pub fn new(name: impl Into<String>) -> Self {
+        Procedure {
+            name: name.into(),
+            access: Access::Private,
+            kind: ProcKind::Write,
+            description: None,
+            inputs: Vec::new(),
+            ordering: Ordering::Sequential,
+            procedure_data: Element::new("procedureData"),
+            steps: Vec::new(),
+            entry: None,
+            save_data_for_rollback: false,
+            resumable: false,
+            source_ref: SourceRef::default(),
+        }
+    }
+}
+
+/// A namespace: a named group of procedures, optionally served by a provider.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Namespace {
+    /// Name (letters, digits, `_`, space).
+    pub name: String,
+    /// Human description.
+    pub description: Option<String>,
+    /// The provider serving leaf procedures (`providerSource`); `None` = composition only.
+    pub provider: Option<String>,
+    /// Copied into every provider call's `context/providerContext`.
+    pub provider_context: Element,
+    /// The definition cannot be replaced at run time.
+    pub read_only: bool,
+    /// Procedures in declaration order.
+    pub procedures: Vec<Procedure>,
+    /// Where it was declared.
+    pub source_ref: SourceRef,
+}
+
+impl Namespace {
+    /// A procedure by name.
+    pub fn procedure(&self, name: &str) -> Option<&Procedure> {
+        self.procedures.iter().find(|p| p.name == name)
+    }
+}
+
+/// The syntax a request (and so its response) is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// MPS-style XML.
+    Xml,
+    /// YAML.
+    Yaml,
+    /// JSON.
+    Json,
+}
+
+impl Format {
+    /// Guesses the format from a file extension.
+    pub fn from_extension(path: &std::path::Path) -> Option<Format> {
+        match path.extension()?.to_str()?.to_ascii_lowercase().as_str() {
+            "xml" => Some(Format::Xml),
+            "yaml" | "yml" => Some(Format::Yaml),
+            "json" => Some(Format::Json),
+            _ => None,
+        }
+    }
+}
+
+/// What a request runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum RequestTarget {
+    /// A simple request: one public procedure.
+    Call(CallTarget),
+    /// A trusted request: its own procedure body.
+    Trusted(Box<Procedure>),
+}
+
+/// A provisioning request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    /// What runs.
+    pub target: RequestTarget,
+    /// The request's `data` (root named `data`).
+    pub data: Element,
+    /// The request's `context` (root named `context`).
+    pub context: Element,
+    /// The syntax it was written in.
+    pub format: Format,
+    /// Where it came from.
+    pub source_ref: SourceRef,
+}

@@ -1,0 +1,267 @@
+//! The provider boundary: the trait every provider implements, the registry the executor
+//! dispatches through, and the error classes that drive retry versus rollback.
+//!
+//! The engine never names a concrete provider. A provider serves the leaf procedures of a
+//! provider namespace; each call carries an idempotency key (transaction id + step id +
+//! attempt) so a retried or recovered call can be recognised.
+
+use crate::data::Element;
+use crate::model::{InputSpec, ProcKind};
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+
+/// Identity of one provider call, carried with every call and undo.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CallContext {
+    /// Transaction id (UUIDv7 text).
+    pub txn_id: String,
+    /// Step instance id: the step path through nested calls and iterations,
+    /// e.g. `zone/records[2]/add`.
+    pub step_id: String,
+    /// 1 for the first try.
+    pub attempt: u32,
+    /// Namespace of the called procedure.
+    pub namespace: String,
+    /// The called procedure (provider entry point).
+    pub procedure: String,
+}
+
+impl CallContext {
+    /// `txn_id/step_id/attempt`: the same key for a retried call of the same attempt.
+    pub fn idempotency_key(&self) -> String {
+        format!("{}/{}/{}", self.txn_id, self.step_id, self.attempt)
+    }
+}
+
+/// One provider call.
+#[derive(Debug, Clone)]
+pub struct Call {
+    /// Who and where.
+    pub context: CallContext,
+    /// The namespace's `providerContext` (e.g. which server).
+    pub provider_context: Element,
+    /// The step's executeData after the before-transforms; root named `executeData`.
+    pub execute_data: Element,
+}
+
+/// What a successful call returns.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The executeData handed back (outputs added); after-transforms read it.
+    pub execute_data: Element,
+    /// What the provider needs to reverse the call (e.g. the path it created). `None`
+    /// means there is nothing to undo.
+    pub undo: Option<Element>,
+}
+
+/// A completed call, handed back to the provider to undo it.
+#[derive(Debug, Clone)]
+pub struct Done {
+    /// The original call context.
+    pub context: CallContext,
+    /// The namespace's `providerContext`.
+    pub provider_context: Element,
+    /// The undo record the provider returned.
+    pub undo: Element,
+    /// The call's executeData, only when the procedure has `saveDataForRollback`.
+    pub execute_data: Option<Element>,
+}
+
+/// What a provider expects a call to change, for `provisio plan`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Preview {
+    /// The call would create or change something (a human sentence).
+    Change(String),
+    /// The desired state is already there.
+    NoChange(String),
+    /// The provider cannot tell without doing it.
+    Unknown,
+}
+
+/// Errors a provider reports. The class decides what the engine does next.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum ProviderError {
+    /// Worth retrying (timeouts, connection refused, busy).
+    #[error("transient error {code:#010x}: {message}")]
+    Transient {
+        /// HRESULT-style code.
+        code: u32,
+        /// What happened.
+        message: String,
+    },
+    /// Retrying will not help (bad input, conflict, permission): roll back.
+    #[error("error {code:#010x}: {message}")]
+    Permanent {
+        /// HRESULT-style code.
+        code: u32,
+        /// What happened.
+        message: String,
+    },
+    /// The provider does not implement this operation (e.g. two-phase).
+    #[error("not supported: {0}")]
+    Unsupported(String),
+}
+
+impl ProviderError {
+    /// E_FAIL, the MPS catch-all code.
+    pub const E_FAIL: u32 = 0x8000_4005;
+    /// E_INVALIDARG.
+    pub const E_INVALIDARG: u32 = 0x8007_0057;
+
+    /// A permanent error with E_FAIL.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        ProviderError::Permanent {
+            code: Self::E_FAIL,
+            message: message.into(),
+        }
+    }
+
+    /// A permanent error for bad input (E_INVALIDARG).
+    pub fn invalid(message: impl Into<String>) -> Self {
+        ProviderError::Permanent {
+            code: Self::E_INVALIDARG,
+            message: message.into(),
+        }
+    }
+
+    /// A transient error with E_FAIL.
+    pub fn transient(message: impl Into<String>) -> Self {
+        ProviderError::Transient {
+            code: Self::E_FAIL,
+            message: message.into(),
+        }
+    }
+
+    /// The HRESULT-style code.
+    pub fn code(&self) -> u32 {
+        match self {
+            ProviderError::Transient { code, .. } | ProviderError::Permanent { code, .. } => *code,
+            ProviderError::Unsupported(_) => 0x8000_4001, // E_NOTIMPL
+        }
+    }
+
+    /// The message without the code.
+    pub fn message(&self) -> String {
+        match self {
+            ProviderError::Transient { message, .. } | ProviderError::Permanent { message, .. } => {
+                message.clone()
+            }
+            ProviderError::Unsupported(m) => format!("not supported: {m}"),
+        }
+    }
+}
+
+/// How a provider procedure is reversed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum UndoKind {
+    /// `Provider::undo` reverses it with the undo record.
+    Reversible,
+    /// Nothing to reverse (reads).
+    Nothing,
+    /// Cannot be reversed (e.g. MoveMailbox in MPS): documented, rollback skips it with a warning.
+    Irreversible,
+}
+
+/// A provider's description of one of its procedures.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProcedureSpec {
+    /// Entry point name.
+    pub name: String,
+    /// read | write | two-phase.
+    pub kind: ProcKind,
+    /// How it is reversed.
+    pub undo: UndoKind,
+    /// What it does.
+    pub description: String,
+    /// Inputs it reads from executeData.
+    pub inputs: Vec<InputSpec>,
+}
+
+/// A provider: code that talks to a real system and serves leaf procedures.
+#[async_trait]
+pub trait Provider: Send + Sync {
+    /// The provider id (`providerSource` in a namespace), e.g. `Filesystem`.
+    fn name(&self) -> &str;
+
+    /// The namespace this provider's procedures are published under when no namespace
+    /// file declares it, e.g. `Filesystem Provider`.
+    fn namespace(&self) -> String {
+        format!("{} Provider", self.name())
+    }
+
+    /// The procedures it serves.
+    fn procedures(&self) -> Vec<ProcedureSpec>;
+
+    /// Runs one call. Must clean up its own partial work when it fails: the engine only
+    /// undoes calls that succeeded.
+    async fn execute(&self, call: Call) -> Result<Outcome, ProviderError>;
+
+    /// Reverses a call that succeeded. Must be idempotent: it may be called again after a
+    /// crash.
+    async fn undo(&self, done: Done) -> Result<(), ProviderError>;
+
+    /// Says what the call would change without changing anything (for `provisio plan`).
+    async fn preview(&self, _call: &Call) -> Result<Preview, ProviderError> {
+        Ok(Preview::Unknown)
+    }
+
+    /// Two-phase: makes the executed change ready to commit.
+    async fn prepare(&self, done: &Done) -> Result<(), ProviderError> {
+        Err(ProviderError::Unsupported(format!(
+            "{} has no two-phase prepare for {}",
+            self.name(),
+            done.context.procedure
+        )))
+    }
+
+    /// Two-phase: makes the prepared change visible. Must not fail.
+    async fn commit(&self, done: &Done) -> Result<(), ProviderError> {
+        Err(ProviderError::Unsupported(format!(
+            "{} has no two-phase commit for {}",
+            self.name(),
+            done.context.procedure
+        )))
+    }
+}
+
+impl fmt::Debug for dyn Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Provider({})", self.name())
+    }
+}
+
+/// The providers known to an engine, by name.
+#[derive(Clone, Default)]
+pub struct ProviderRegistry {
+    providers: BTreeMap<String, Arc<dyn Provider>>,
+}
+
+impl ProviderRegistry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds (or replaces) a provider under its name.
+    pub fn register(&mut self, provider: Arc<dyn Provider>) {
+        self.providers.insert(provider.name().to_string(), provider);
+    }
+
+    /// A provider by name.
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn Provider>> {
+        self.providers.get(name)
+    }
+
+    /// All providers, by name.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn Provider>> {
+        self.providers.values()
+    }
+
+    /// Provider names.
+    pub fn names(&self) -> Vec<String> {
+        self.providers.keys().cloned().collect()
+    }
+}

@@ -1,0 +1,167 @@
+//! Parsers: namespaces and requests in MPS-style XML, YAML and JSON, into one model.
+//!
+//! Every error names the file, line and column where it can, and says what to write instead.
+
+pub mod template;
+pub mod xml;
+pub mod yaml;
+
+use crate::model::{Format, Namespace, Request, SourceRef};
+use std::fmt;
+use std::path::Path as FsPath;
+
+/// Largest definition or request file accepted (bytes).
+pub const MAX_FILE_BYTES: usize = 64 * 1024 * 1024;
+/// Deepest element/mapping nesting accepted.
+pub const MAX_DEPTH: usize = 128;
+
+/// An error in a definition or request, with where it is and how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ParseError {
+    /// Where.
+    pub source_ref: SourceRef,
+    /// What is wrong.
+    pub message: String,
+    /// What to do about it.
+    pub hint: Option<String>,
+}
+
+impl ParseError {
+    /// An error at a location.
+    pub fn new(source_ref: SourceRef, message: impl Into<String>) -> Self {
+        ParseError {
+            source_ref,
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    /// Adds a hint.
+    pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+}
+
+impl fmt::Display for ParseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.source_ref, self.message)?;
+        if let Some(h) = &self.hint {
+            write!(f, "\n  hint: {h}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Parses a namespace definition file's text (one or more namespaces).
+pub fn parse_namespaces(
+    src: &str,
+    file: &str,
+    format: Format,
+) -> Result<Vec<Namespace>, Vec<ParseError>> {
+    if src.len() > MAX_FILE_BYTES {
+        return Err(vec![ParseError::new(
+            SourceRef::new(file, 0, 0),
+            format!("file is {} bytes; the limit is {MAX_FILE_BYTES}", src.len()),
+        )
+        .with_hint("split the definitions into several files")]);
+    }
+    match format {
+        Format::Xml => xml::parse_namespaces(src, file),
+        Format::Yaml | Format::Json => yaml::parse_namespaces(src, file),
+    }
+}
+
+/// Parses a request's text.
+pub fn parse_request(src: &str, file: &str, format: Format) -> Result<Request, ParseError> {
+    if src.len() > MAX_FILE_BYTES {
+        return Err(ParseError::new(
+            SourceRef::new(file, 0, 0),
+            format!(
+                "request is {} bytes; the limit is {MAX_FILE_BYTES}",
+                src.len()
+            ),
+        ));
+    }
+    match format {
+        Format::Xml => xml::parse_request(src, file),
+        Format::Yaml | Format::Json => yaml::parse_request(src, file, format),
+    }
+}
+
+/// Reads and parses a namespace file, choosing the syntax from its extension.
+pub fn load_namespace_file(path: &FsPath) -> Result<Vec<Namespace>, Vec<ParseError>> {
+    let file = path.display().to_string();
+    let format = Format::from_extension(path).ok_or_else(|| {
+        vec![
+            ParseError::new(SourceRef::new(&file, 0, 0), "unknown file type")
+                .with_hint("namespace files end in .xml, .yaml, .yml or .json"),
+        ]
+    })?;
+    let src = read_limited(path).map_err(|e| vec![e])?;
+    parse_namespaces(&src, &file, format)
+}
+
+/// Reads and parses a request file, choosing the syntax from its extension.
+pub fn load_request_file(path: &FsPath) -> Result<Request, ParseError> {
+    let file = path.display().to_string();
+    let format = Format::from_extension(path).ok_or_else(|| {
+        ParseError::new(SourceRef::new(&file, 0, 0), "unknown file type")
+            .with_hint("request files end in .xml, .yaml, .yml or .json")
+    })?;
+    let src = read_limited(path)?;
+    parse_request(&src, &file, format)
+}
+
+/// Loads every namespace file in a folder (sorted by name, not recursive). Returns what
+/// loaded and every error found, so `validate` can report all of them at once.
+pub fn load_namespace_dir(dir: &FsPath) -> (Vec<Namespace>, Vec<ParseError>) {
+    let mut namespaces = Vec::new();
+    let mut errors = Vec::new();
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => {
+            errors.push(ParseError::new(
+                SourceRef::new(dir.display().to_string(), 0, 0),
+                format!("cannot read folder: {e}"),
+            ));
+            return (namespaces, errors);
+        }
+    };
+    let mut paths: Vec<_> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && Format::from_extension(p).is_some())
+        .collect();
+    paths.sort();
+    for p in paths {
+        match load_namespace_file(&p) {
+            Ok(mut ns) => namespaces.append(&mut ns),
+            Err(mut e) => errors.append(&mut e),
+        }
+    }
+    (namespaces, errors)
+}
+
+fn read_limited(path: &FsPath) -> Result<String, ParseError> {
+    let file = path.display().to_string();
+    let meta = std::fs::metadata(path)
+        .map_err(|e| ParseError::new(SourceRef::new(&file, 0, 0), format!("cannot read: {e}")))?;
+    if meta.len() as usize > MAX_FILE_BYTES {
+        return Err(ParseError::new(
+            SourceRef::new(&file, 0, 0),
+            format!(
+                "file is {} bytes; the limit is {MAX_FILE_BYTES}",
+                meta.len()
+            ),
+        ));
+    }
+    let bytes = std::fs::read(path)
+        .map_err(|e| ParseError::new(SourceRef::new(&file, 0, 0), format!("cannot read: {e}")))?;
+    String::from_utf8(bytes).map_err(|e| {
+        ParseError::new(
+            SourceRef::new(&file, 0, 0),
+            format!("not UTF-8 (byte {})", e.utf8_error().valid_up_to()),
+        )
+        .with_hint("save the file as UTF-8")
+    })
+}

@@ -1,0 +1,1 @@
+//! Provisio providers.

@@ -1,0 +1,2 @@
+//! The `provisio` command line.
+fn main() {}
