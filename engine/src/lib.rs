@@ -4,7 +4,11 @@
 //! This crate names no concrete provider: providers implement [`provider::Provider`] and are
 //! registered in a [`provider::ProviderRegistry`].
 
+pub mod compile;
 pub mod data;
+pub mod exec;
 pub mod model;
 pub mod provider;
 pub mod request;
+pub mod response;
+pub mod testing;

@@ -1,0 +1,1117 @@
+//! The compiler: resolves a request's procedure and everything it calls, and turns each
+//! procedure's steps into a checked DAG (`Plan`): cycles, unknown names, access, inputs,
+//! data-flow dependencies and races, call depth and recursion.
+//!
+//! ```
+//! use provisio_engine::compile::{Catalog, Limits, compile_procedure};
+//! use provisio_engine::model::CallTarget;
+//! use provisio_engine::provider::ProviderRegistry;
+//! let catalog = Catalog::new(vec![], &ProviderRegistry::new()).unwrap();
+//! let target = CallTarget { namespace: "Nowhere".into(), procedure: "Nothing".into() };
+//! assert!(compile_procedure(&catalog, &target, &Limits::default()).is_err());
+//! ```
+
+mod catalog;
+mod error;
+pub mod graph;
+
+pub use catalog::Catalog;
+pub use error::{closest, CompileError, CompileErrors};
+
+use crate::data::{Element, IfNull, Mode, Path};
+use crate::model::{
+    Access, CallTarget, InputSpec, Ordering, ProcKind, Procedure, Request, RequestTarget, Scope,
+    SourceRef, Step, TransformSource, When,
+};
+use crate::request::template::{parse_template, TemplatePart};
+use petgraph::algo::{has_path_connecting, tarjan_scc, toposort, DfsSpace};
+use petgraph::graph::{DiGraph, NodeIndex};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+/// Compiler limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Deepest chain of nested procedure calls.
+    pub max_call_depth: usize,
+    /// Most steps in one procedure (counting nested try/catch blocks).
+    pub max_steps: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_call_depth: 32,
+            max_steps: 100_000,
+        }
+    }
+}
+
+/// A compiled request: its entry procedure and every procedure it can reach.
+#[derive(Debug, Clone)]
+pub struct Program {
+    /// What the request runs.
+    pub entry: Arc<CompiledProcedure>,
+    /// Every reachable procedure by target.
+    pub procedures: HashMap<CallTarget, Arc<CompiledProcedure>>,
+    /// Names of secret inputs anywhere in the program (redacted in output).
+    pub secrets: BTreeSet<String>,
+}
+
+impl Program {
+    /// A reachable procedure.
+    pub fn procedure(&self, target: &CallTarget) -> Option<&Arc<CompiledProcedure>> {
+        self.procedures.get(target)
+    }
+}
+
+/// A procedure ready to run.
+#[derive(Debug, Clone)]
+pub struct CompiledProcedure {
+    /// Its name.
+    pub target: CallTarget,
+    /// read | write | two-phase.
+    pub kind: ProcKind,
+    /// public | private.
+    pub access: Access,
+    /// Declared inputs (defaults are applied at invocation).
+    pub inputs: Vec<InputSpec>,
+    /// Initial procedureData.
+    pub procedure_data: Element,
+    /// A provider leaf or a plan of steps.
+    pub body: Body,
+    /// Declaration.
+    pub source_ref: SourceRef,
+}
+
+/// What a procedure does.
+#[derive(Debug, Clone)]
+pub enum Body {
+    /// A provider entry point.
+    Leaf(Leaf),
+    /// Steps.
+    Steps(Plan),
+}
+
+/// A provider leaf.
+#[derive(Debug, Clone)]
+pub struct Leaf {
+    /// Registered provider name.
+    pub provider: String,
+    /// Entry point.
+    pub entry: String,
+    /// The namespace's providerContext.
+    pub provider_context: Element,
+    /// Keep executeData for the undo.
+    pub save_data_for_rollback: bool,
+}
+
+/// A DAG of steps.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Nodes are steps; an edge a → b means b runs after a.
+    pub graph: DiGraph<PlanNode, Dep>,
+    /// A topological order (declaration order among independent steps).
+    pub order: Vec<NodeIndex>,
+}
+
+/// Why an edge exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dep {
+    /// Document order of a sequential procedure.
+    Sequence,
+    /// An explicit `needs:`.
+    Needs,
+    /// Derived: the later step reads what the earlier one writes.
+    DataFlow,
+    /// `when select=…` reads the select's result.
+    Select,
+}
+
+/// One step of a plan.
+#[derive(Debug, Clone)]
+pub enum PlanNode {
+    /// A call or transform.
+    Execute(Box<ExecNode>),
+    /// try/catch.
+    Try(Box<TryNode>),
+    /// select/where.
+    Select(Box<SelectNode>),
+}
+
+impl PlanNode {
+    /// The step id.
+    pub fn id(&self) -> &str {
+        match self {
+            PlanNode::Execute(n) => &n.id,
+            PlanNode::Try(n) => &n.id,
+            PlanNode::Select(n) => &n.id,
+        }
+    }
+}
+
+/// A compiled execute/transform step.
+#[derive(Debug, Clone)]
+pub struct ExecNode {
+    /// Step id.
+    pub id: String,
+    /// Called procedure (resolved and compiled); `None` for a transform.
+    pub call: Option<CallTarget>,
+    /// forEach nodes, outermost first.
+    pub for_each: Vec<CForEach>,
+    /// Conditions.
+    pub when: Vec<CWhen>,
+    /// Repeat count source.
+    pub repeat: Option<CRepeat>,
+    /// Literal executeData.
+    pub execute_data: Element,
+    /// before transforms.
+    pub before: Vec<CTransform>,
+    /// after transforms.
+    pub after: Vec<CTransform>,
+    /// Declaration.
+    pub source_ref: SourceRef,
+}
+
+/// A compiled forEach.
+#[derive(Debug, Clone)]
+pub struct CForEach {
+    /// Variable name.
+    pub name: String,
+    /// Root scope.
+    pub root: Scope,
+    /// Path.
+    pub path: Option<Path>,
+    /// Null handling.
+    pub if_null: IfNull,
+}
+
+/// A compiled condition.
+#[derive(Debug, Clone)]
+pub enum CWhen {
+    /// Path selects something.
+    Exists(Scope, Option<Path>),
+    /// Path selects nothing.
+    Missing(Scope, Option<Path>),
+    /// Select resolved to a case.
+    Case {
+        /// Select name.
+        select: String,
+        /// Case.
+        case: String,
+    },
+}
+
+/// A compiled repeat.
+#[derive(Debug, Clone)]
+pub struct CRepeat {
+    /// Scope.
+    pub scope: Scope,
+    /// Path.
+    pub path: Option<Path>,
+    /// Null handling.
+    pub if_null: IfNull,
+}
+
+/// A compiled transform.
+#[derive(Debug, Clone)]
+pub struct CTransform {
+    /// Source.
+    pub source: CSource,
+    /// Destination scope.
+    pub destination: Scope,
+    /// Destination path.
+    pub dest_path: Option<Path>,
+    /// Mode.
+    pub mode: Mode,
+    /// Null handling.
+    pub if_null: IfNull,
+}
+
+/// A compiled transform source.
+#[derive(Debug, Clone)]
+pub enum CSource {
+    /// A node.
+    Node(Scope, Option<Path>),
+    /// A text template.
+    Template(Vec<CPart>),
+}
+
+/// A compiled template part.
+#[derive(Debug, Clone)]
+pub enum CPart {
+    /// Literal text.
+    Lit(String),
+    /// A node's string value.
+    Ref(Scope, Option<Path>),
+}
+
+/// A compiled try/catch.
+#[derive(Debug, Clone)]
+pub struct TryNode {
+    /// Step id.
+    pub id: String,
+    /// The try block.
+    pub body: Plan,
+    /// The catch block.
+    pub catch: Plan,
+    /// Declaration.
+    pub source_ref: SourceRef,
+}
+
+/// A compiled select.
+#[derive(Debug, Clone)]
+pub struct SelectNode {
+    /// Step id.
+    pub id: String,
+    /// Select name.
+    pub name: String,
+    /// Scope read.
+    pub scope: Scope,
+    /// Path.
+    pub path: Option<Path>,
+    /// (value, case) pairs.
+    pub cases: Vec<(String, String)>,
+    /// Default case.
+    pub default_case: Option<String>,
+    /// Case when nothing is selected.
+    pub if_null_case: Option<String>,
+    /// Declaration.
+    pub source_ref: SourceRef,
+}
+
+/// Compiles a request: resolves its target (a simple request may only call a public
+/// procedure, and must supply its required inputs) and everything reachable from it.
+pub fn compile_request(
+    catalog: &Catalog,
+    request: &Request,
+    limits: &Limits,
+) -> Result<Program, CompileErrors> {
+    let mut cx = Compiler {
+        catalog,
+        limits,
+        done: HashMap::new(),
+        in_progress: Vec::new(),
+        errors: Vec::new(),
+        secrets: BTreeSet::new(),
+    };
+    let entry = match &request.target {
+        RequestTarget::Call(target) => {
+            let (ns, p) = catalog
+                .resolve(target, &request.source_ref)
+                .map_err(|e| CompileErrors(vec![e]))?;
+            if p.access == Access::Private {
+                return Err(CompileErrors(vec![CompileError::Private {
+                    namespace: ns.name.clone(),
+                    procedure: p.name.clone(),
+                    public: ns
+                        .procedures
+                        .iter()
+                        .filter(|p| p.access == Access::Public)
+                        .map(|p| p.name.clone())
+                        .collect(),
+                    at: request.source_ref.clone(),
+                }]));
+            }
+            let mut missing = Vec::new();
+            for input in p
+                .inputs
+                .iter()
+                .filter(|i| i.required && i.default.is_none())
+            {
+                let present = Path::parse(&input.name)
+                    .map(|path| !path.select(&request.data).is_empty())
+                    .unwrap_or(false);
+                if !present {
+                    missing.push(CompileError::MissingInput {
+                        procedure: target.to_string(),
+                        input: input.name.clone(),
+                        at: request.source_ref.clone(),
+                    });
+                }
+            }
+            if !missing.is_empty() {
+                return Err(CompileErrors(missing));
+            }
+            cx.procedure(target.clone(), &request.source_ref)
+        }
+        RequestTarget::Trusted(p) => {
+            let target = CallTarget {
+                namespace: "(request)".into(),
+                procedure: p.name.clone(),
+            };
+            cx.compile_body(target, p, "(request)")
+        }
+    };
+    cx.finish(entry)
+}
+
+/// Compiles one procedure by name, without the access and input checks of a request
+/// (for `provisio graph`, validation and tests).
+pub fn compile_procedure(
+    catalog: &Catalog,
+    target: &CallTarget,
+    limits: &Limits,
+) -> Result<Program, CompileErrors> {
+    let mut cx = Compiler {
+        catalog,
+        limits,
+        done: HashMap::new(),
+        in_progress: Vec::new(),
+        errors: Vec::new(),
+        secrets: BTreeSet::new(),
+    };
+    let entry = cx.procedure(target.clone(), &SourceRef::new("<command line>", 0, 0));
+    cx.finish(entry)
+}
+
+/// Compiles every procedure of every namespace; returns all errors (for `validate`).
+pub fn check_catalog(catalog: &Catalog, limits: &Limits) -> Vec<CompileError> {
+    let mut cx = Compiler {
+        catalog,
+        limits,
+        done: HashMap::new(),
+        in_progress: Vec::new(),
+        errors: Vec::new(),
+        secrets: BTreeSet::new(),
+    };
+    for ns in catalog.namespaces() {
+        for p in &ns.procedures {
+            let target = CallTarget {
+                namespace: ns.name.clone(),
+                procedure: p.name.clone(),
+            };
+            let _ = cx.procedure(target, &p.source_ref);
+        }
+    }
+    let mut seen = HashSet::new();
+    cx.errors.retain(|e| seen.insert(e.to_string()));
+    cx.errors
+}
+
+struct Compiler<'a> {
+    catalog: &'a Catalog,
+    limits: &'a Limits,
+    done: HashMap<CallTarget, Arc<CompiledProcedure>>,
+    in_progress: Vec<(CallTarget, SourceRef)>,
+    errors: Vec<CompileError>,
+    secrets: BTreeSet<String>,
+}
+
+impl Compiler<'_> {
+    fn finish(mut self, entry: Option<Arc<CompiledProcedure>>) -> Result<Program, CompileErrors> {
+        let mut seen = HashSet::new();
+        self.errors.retain(|e| seen.insert(e.to_string()));
+        match entry {
+            Some(entry) if self.errors.is_empty() => Ok(Program {
+                entry,
+                procedures: self.done,
+                secrets: self.secrets,
+            }),
+            _ => Err(CompileErrors(self.errors)),
+        }
+    }
+
+    /// Compiles (or returns the already compiled) procedure; `None` after recording errors.
+    fn procedure(&mut self, target: CallTarget, at: &SourceRef) -> Option<Arc<CompiledProcedure>> {
+        if let Some(p) = self.done.get(&target) {
+            return Some(p.clone());
+        }
+        if let Some(pos) = self.in_progress.iter().position(|(t, _)| *t == target) {
+            let mut chain: Vec<String> = self.in_progress[pos..]
+                .iter()
+                .map(|(t, _)| t.to_string())
+                .collect();
+            chain.push(target.to_string());
+            self.errors.push(CompileError::Recursion {
+                chain,
+                at: at.clone(),
+            });
+            return None;
+        }
+        if self.in_progress.len() >= self.limits.max_call_depth {
+            let mut chain: Vec<String> = self
+                .in_progress
+                .iter()
+                .map(|(t, _)| t.to_string())
+                .collect();
+            chain.push(target.to_string());
+            self.errors.push(CompileError::TooDeep {
+                depth: chain.len(),
+                chain,
+                limit: self.limits.max_call_depth,
+                at: at.clone(),
+            });
+            return None;
+        }
+        let (ns, p) = match self.catalog.resolve(&target, at) {
+            Ok(x) => x,
+            Err(e) => {
+                self.errors.push(e);
+                return None;
+            }
+        };
+        for i in p.inputs.iter().filter(|i| i.secret) {
+            self.secrets
+                .insert(i.name.rsplit('/').next().unwrap_or(&i.name).to_string());
+        }
+        let compiled = if p.steps.is_empty() {
+            let provider = ns.provider.clone()?;
+            Arc::new(CompiledProcedure {
+                target: target.clone(),
+                kind: p.kind,
+                access: p.access,
+                inputs: p.inputs.clone(),
+                procedure_data: p.procedure_data.clone(),
+                body: Body::Leaf(Leaf {
+                    provider,
+                    entry: p.entry.clone().unwrap_or_else(|| p.name.clone()),
+                    provider_context: ns.provider_context.clone(),
+                    save_data_for_rollback: p.save_data_for_rollback,
+                }),
+                source_ref: p.source_ref.clone(),
+            })
+        } else {
+            self.in_progress.push((target.clone(), at.clone()));
+            let ns_name = ns.name.clone();
+            let result = self.compile_body(target.clone(), p, &ns_name);
+            self.in_progress.pop();
+            result?
+        };
+        self.done.insert(target, compiled.clone());
+        Some(compiled)
+    }
+
+    fn compile_body(
+        &mut self,
+        target: CallTarget,
+        p: &Procedure,
+        _ns: &str,
+    ) -> Option<Arc<CompiledProcedure>> {
+        let count = count_steps(&p.steps);
+        if count > self.limits.max_steps {
+            self.errors.push(CompileError::TooManySteps {
+                procedure: target.to_string(),
+                count,
+                limit: self.limits.max_steps,
+                at: p.source_ref.clone(),
+            });
+            return None;
+        }
+        for i in p.inputs.iter().filter(|i| i.secret) {
+            self.secrets
+                .insert(i.name.rsplit('/').next().unwrap_or(&i.name).to_string());
+        }
+        let before = self.errors.len();
+        let plan = self.plan(&target, p, &p.steps);
+        if self.errors.len() > before {
+            return None;
+        }
+        Some(Arc::new(CompiledProcedure {
+            target,
+            kind: p.kind,
+            access: p.access,
+            inputs: p.inputs.clone(),
+            procedure_data: p.procedure_data.clone(),
+            body: Body::Steps(plan),
+            source_ref: p.source_ref.clone(),
+        }))
+    }
+
+    fn plan(&mut self, target: &CallTarget, p: &Procedure, steps: &[Step]) -> Plan {
+        let pname = target.to_string();
+        let mut graph: DiGraph<PlanNode, Dep> = DiGraph::with_capacity(steps.len(), steps.len());
+        let mut ids: HashMap<&str, NodeIndex> = HashMap::with_capacity(steps.len());
+        let mut accesses: Vec<Accesses> = Vec::with_capacity(steps.len());
+        for step in steps {
+            let (node, acc) = self.node(target, p, step);
+            let idx = graph.add_node(node);
+            if ids.insert(step.id(), idx).is_some() {
+                self.errors.push(CompileError::Invalid {
+                    step: step.id().to_string(),
+                    message: format!(
+                        "two steps of `{pname}` are named `{}`; step ids must be unique",
+                        step.id()
+                    ),
+                    at: step.source_ref().clone(),
+                });
+            }
+            accesses.push(acc);
+        }
+        let selects: HashMap<&str, NodeIndex> = steps
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| match s {
+                Step::Select(s) => Some((s.name.as_str(), NodeIndex::new(i))),
+                _ => None,
+            })
+            .collect();
+        for (i, step) in steps.iter().enumerate() {
+            let me = NodeIndex::new(i);
+            if p.ordering == Ordering::Sequential && i > 0 {
+                graph.add_edge(NodeIndex::new(i - 1), me, Dep::Sequence);
+            }
+            for need in step.needs() {
+                match ids.get(need.as_str()) {
+                    Some(&from) => {
+                        graph.add_edge(from, me, Dep::Needs);
+                    }
+                    None => self.errors.push(CompileError::UnknownNeed {
+                        procedure: pname.clone(),
+                        step: step.id().to_string(),
+                        missing: need.clone(),
+                        suggestion: closest(need, steps.iter().map(|s| s.id())),
+                        at: step.source_ref().clone(),
+                    }),
+                }
+            }
+            if let Step::Execute(e) = step {
+                for w in &e.when {
+                    if let When::Case { select, .. } = w {
+                        match selects.get(select.as_str()) {
+                            Some(&from) if from != me => {
+                                graph.add_edge(from, me, Dep::Select);
+                            }
+                            Some(_) => {}
+                            None => self.errors.push(CompileError::Invalid {
+                                step: e.id.clone(),
+                                message: format!("`when` names select `{select}`, which is not a select of this block"),
+                                at: e.source_ref.clone(),
+                            }),
+                        }
+                    }
+                }
+            }
+        }
+        // Cycles first: races and order mean nothing in a cyclic graph.
+        if let Err(cycle) = toposort(&graph, None) {
+            let steps_in_cycle = describe_cycle(&graph, cycle.node_id());
+            self.errors.push(CompileError::Cycle {
+                procedure: pname,
+                steps: steps_in_cycle,
+                at: p.source_ref.clone(),
+            });
+            return Plan {
+                graph,
+                order: Vec::new(),
+            };
+        }
+        if p.ordering == Ordering::Parallel {
+            self.data_flow(&pname, p, &mut graph, &accesses);
+        }
+        let order = match toposort(&graph, None) {
+            Ok(o) => o,
+            Err(cycle) => {
+                let steps_in_cycle = describe_cycle(&graph, cycle.node_id());
+                self.errors.push(CompileError::Cycle {
+                    procedure: pname,
+                    steps: steps_in_cycle,
+                    at: p.source_ref.clone(),
+                });
+                Vec::new()
+            }
+        };
+        let order = stable_order(&graph, order);
+        Plan { graph, order }
+    }
+
+    /// Derives data-flow edges (a later-declared step reads what an earlier one writes) and
+    /// reports the conflicts that remain unordered.
+    fn data_flow(
+        &mut self,
+        pname: &str,
+        p: &Procedure,
+        graph: &mut DiGraph<PlanNode, Dep>,
+        accesses: &[Accesses],
+    ) {
+        // Index accesses by (scope, first segment) so only plausible pairs are compared.
+        let mut by_key: HashMap<(u8, &str), Vec<(usize, bool, &Vec<String>)>> = HashMap::new();
+        let mut roots: Vec<(usize, u8, bool, &Vec<String>)> = Vec::new();
+        for (i, acc) in accesses.iter().enumerate() {
+            for (scope, segs, write) in acc.iter() {
+                match segs.first() {
+                    Some(first) => by_key
+                        .entry((scope, first.as_str()))
+                        .or_default()
+                        .push((i, write, segs)),
+                    None => roots.push((i, scope, write, segs)),
+                }
+            }
+        }
+        let mut pairs: BTreeSet<(usize, usize, bool, bool, String)> = BTreeSet::new();
+        for list in by_key.values() {
+            for (a_pos, &(a, aw, asegs)) in list.iter().enumerate() {
+                for &(b, bw, bsegs) in &list[a_pos + 1..] {
+                    if a != b && (aw || bw) && overlaps(asegs, bsegs) {
+                        let (i, j, iw, jw, path) = order_pair(a, aw, asegs, b, bw, bsegs);
+                        pairs.insert((i, j, iw, jw, path));
+                    }
+                }
+            }
+        }
+        for &(a, ascope, aw, _) in &roots {
+            for (b, acc) in accesses.iter().enumerate() {
+                for (bscope, bsegs, bw) in acc.iter() {
+                    if a != b && ascope == bscope && (aw || bw) {
+                        let empty = Vec::new();
+                        let (i, j, iw, jw, path) = order_pair(a, aw, &empty, b, bw, bsegs);
+                        pairs.insert((i, j, iw, jw, path));
+                    }
+                }
+            }
+        }
+        let mut space = DfsSpace::new(&*graph);
+        for (i, j, iw, jw, path) in pairs {
+            let (ni, nj) = (NodeIndex::new(i), NodeIndex::new(j));
+            if has_path_connecting(&*graph, ni, nj, Some(&mut space))
+                || has_path_connecting(&*graph, nj, ni, Some(&mut space))
+            {
+                continue;
+            }
+            let (si, sj) = (graph[ni].id().to_string(), graph[nj].id().to_string());
+            if iw && !jw {
+                // The later step reads what the earlier writes: that is a data-flow dependency.
+                graph.add_edge(ni, nj, Dep::DataFlow);
+                space = DfsSpace::new(&*graph);
+                continue;
+            }
+            self.errors.push(CompileError::Race {
+                procedure: pname.to_string(),
+                first: si,
+                first_access: if iw { "writes" } else { "reads" },
+                second: sj,
+                second_access: if jw { "writes" } else { "reads" },
+                path,
+                at: p.source_ref.clone(),
+            });
+        }
+    }
+
+    fn node(&mut self, target: &CallTarget, p: &Procedure, step: &Step) -> (PlanNode, Accesses) {
+        let mut acc = Accesses::default();
+        match step {
+            Step::Execute(e) => {
+                let at = &e.source_ref;
+                let call = e
+                    .call
+                    .as_ref()
+                    .and_then(|t| self.procedure(t.clone(), at).map(|c| c.target.clone()));
+                let mut for_each = Vec::new();
+                let mut names: Vec<String> = Vec::new();
+                for f in &e.for_each {
+                    if let Scope::Named(n) = &f.root {
+                        if !names.contains(n) {
+                            self.errors.push(CompileError::Invalid {
+                                step: e.id.clone(),
+                                message: format!("forEach `{}` has root `{n}`, which is not an earlier forEach of this step", f.name),
+                                at: at.clone(),
+                            });
+                        }
+                    }
+                    let path = self.path(&e.id, at, f.path.as_deref());
+                    acc.read(&f.root, f.path.as_deref());
+                    for_each.push(CForEach {
+                        name: f.name.clone(),
+                        root: f.root.clone(),
+                        path,
+                        if_null: f.if_null,
+                    });
+                    names.push(f.name.clone());
+                }
+                let mut when = Vec::new();
+                for w in &e.when {
+                    when.push(match w {
+                        When::Exists { scope, path } => {
+                            acc.read(scope, path.as_deref());
+                            CWhen::Exists(scope.clone(), self.path(&e.id, at, path.as_deref()))
+                        }
+                        When::Missing { scope, path } => {
+                            acc.read(scope, path.as_deref());
+                            CWhen::Missing(scope.clone(), self.path(&e.id, at, path.as_deref()))
+                        }
+                        When::Case { select, case } => CWhen::Case {
+                            select: select.clone(),
+                            case: case.clone(),
+                        },
+                    });
+                }
+                let repeat = e.repeat.as_ref().map(|r| {
+                    acc.read(&r.scope, r.path.as_deref());
+                    CRepeat {
+                        scope: r.scope.clone(),
+                        path: self.path(&e.id, at, r.path.as_deref()),
+                        if_null: r.if_null,
+                    }
+                });
+                let before = e
+                    .before
+                    .iter()
+                    .map(|t| self.transform(&e.id, t, &mut acc))
+                    .collect();
+                let after = e
+                    .after
+                    .iter()
+                    .map(|t| self.transform(&e.id, t, &mut acc))
+                    .collect();
+                (
+                    PlanNode::Execute(Box::new(ExecNode {
+                        id: e.id.clone(),
+                        call,
+                        for_each,
+                        when,
+                        repeat,
+                        execute_data: e.execute_data.clone(),
+                        before,
+                        after,
+                        source_ref: e.source_ref.clone(),
+                    })),
+                    acc,
+                )
+            }
+            Step::Try(t) => {
+                let body = self.plan(target, p, &t.body);
+                let catch = self.plan(target, p, &t.catch);
+                for s in t.body.iter().chain(t.catch.iter()) {
+                    let (_, a) = self.node_accesses_only(target, p, s);
+                    acc.items.extend(a.items);
+                }
+                (
+                    PlanNode::Try(Box::new(TryNode {
+                        id: t.id.clone(),
+                        body,
+                        catch,
+                        source_ref: t.source_ref.clone(),
+                    })),
+                    acc,
+                )
+            }
+            Step::Select(s) => {
+                acc.read(&s.scope, s.path.as_deref());
+                let path = self.path(&s.id, &s.source_ref, s.path.as_deref());
+                (
+                    PlanNode::Select(Box::new(SelectNode {
+                        id: s.id.clone(),
+                        name: s.name.clone(),
+                        scope: s.scope.clone(),
+                        path,
+                        cases: s.cases.clone(),
+                        default_case: s.default_case.clone(),
+                        if_null_case: s.if_null_case.clone(),
+                        source_ref: s.source_ref.clone(),
+                    })),
+                    acc,
+                )
+            }
+        }
+    }
+
+    /// Accesses of a nested step without recording errors twice.
+    fn node_accesses_only(
+        &mut self,
+        target: &CallTarget,
+        p: &Procedure,
+        step: &Step,
+    ) -> (PlanNode, Accesses) {
+        let before = self.errors.len();
+        let r = self.node(target, p, step);
+        self.errors.truncate(before);
+        r
+    }
+
+    fn transform(
+        &mut self,
+        step: &str,
+        t: &crate::model::Transform,
+        acc: &mut Accesses,
+    ) -> CTransform {
+        let at = &t.source_ref;
+        let source = match &t.source {
+            TransformSource::Node { scope, path } => {
+                acc.read(scope, path.as_deref());
+                if t.mode == Mode::Move {
+                    acc.write(scope, path.as_deref());
+                }
+                CSource::Node(scope.clone(), self.path(step, at, path.as_deref()))
+            }
+            TransformSource::Template(text) => match parse_template(text) {
+                Ok(parts) => CSource::Template(
+                    parts
+                        .into_iter()
+                        .map(|part| match part {
+                            TemplatePart::Lit(s) => CPart::Lit(s),
+                            TemplatePart::Ref { scope, path } => {
+                                acc.read(&scope, path.as_deref());
+                                let p = self.path(step, at, path.as_deref());
+                                CPart::Ref(scope, p)
+                            }
+                        })
+                        .collect(),
+                ),
+                Err(message) => {
+                    self.errors.push(CompileError::Invalid {
+                        step: step.to_string(),
+                        message: format!("template `{text}`: {message}"),
+                        at: at.clone(),
+                    });
+                    CSource::Template(Vec::new())
+                }
+            },
+        };
+        acc.write(&t.destination, t.destination_path.as_deref());
+        CTransform {
+            source,
+            destination: t.destination.clone(),
+            dest_path: self.path(step, at, t.destination_path.as_deref()),
+            mode: t.mode,
+            if_null: t.if_null,
+        }
+    }
+
+    fn path(&mut self, step: &str, at: &SourceRef, path: Option<&str>) -> Option<Path> {
+        let text = path?;
+        match Path::parse(text) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                self.errors.push(CompileError::Invalid {
+                    step: step.to_string(),
+                    message: e.to_string(),
+                    at: at.clone(),
+                });
+                None
+            }
+        }
+    }
+}
+
+fn count_steps(steps: &[Step]) -> usize {
+    steps
+        .iter()
+        .map(|s| match s {
+            Step::Try(t) => 1 + count_steps(&t.body) + count_steps(&t.catch),
+            _ => 1,
+        })
+        .sum()
+}
+
+/// Reads and writes of one step on the shared scopes (`data`, `procedureData`).
+#[derive(Debug, Default)]
+struct Accesses {
+    /// (scope: 0 data / 1 procedureData, leading plain segments, is_write)
+    items: Vec<(u8, Vec<String>, bool)>,
+}
+
+impl Accesses {
+    fn read(&mut self, scope: &Scope, path: Option<&str>) {
+        self.add(scope, path, false);
+    }
+    fn write(&mut self, scope: &Scope, path: Option<&str>) {
+        self.add(scope, path, true);
+    }
+    fn add(&mut self, scope: &Scope, path: Option<&str>, write: bool) {
+        let s = match scope {
+            Scope::Data => 0,
+            Scope::ProcedureData => 1,
+            _ => return,
+        };
+        self.items
+            .push((s, path.map(leading_segments).unwrap_or_default(), write));
+    }
+    fn iter(&self) -> impl Iterator<Item = (u8, &Vec<String>, bool)> {
+        self.items.iter().map(|(s, p, w)| (*s, p, *w))
+    }
+}
+
+/// The plain element names a path starts with, up to the first step that is not a plain
+/// name (wildcards, attributes, `.`), with predicates dropped: conservative for overlap.
+pub fn leading_segments(path: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut depth = 0usize;
+    let mut quote: Option<char> = None;
+    let mut cur = String::new();
+    let mut stop = false;
+    let push = |cur: &mut String, out: &mut Vec<String>, stop: &mut bool| {
+        if *stop {
+            return;
+        }
+        let name = cur.trim();
+        if name.is_empty()
+            || name == "."
+            || name == ".."
+            || name.starts_with('@')
+            || name == "*"
+            || name.contains('(')
+        {
+            *stop = true;
+        } else {
+            out.push(name.to_string());
+        }
+        cur.clear();
+    };
+    for c in path.chars() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '\'') | (None, '"') => quote = Some(c),
+            (None, '[') => depth += 1,
+            (None, ']') => depth = depth.saturating_sub(1),
+            (None, '/') if depth == 0 => push(&mut cur, &mut out, &mut stop),
+            (None, c) if depth == 0 => cur.push(c),
+            _ => {}
+        }
+    }
+    push(&mut cur, &mut out, &mut stop);
+    out
+}
+
+fn overlaps(a: &[String], b: &[String]) -> bool {
+    a.iter().zip(b.iter()).all(|(x, y)| x == y)
+}
+
+fn order_pair(
+    a: usize,
+    aw: bool,
+    asegs: &[String],
+    b: usize,
+    bw: bool,
+    bsegs: &[String],
+) -> (usize, usize, bool, bool, String) {
+    let longer = if asegs.len() >= bsegs.len() {
+        asegs
+    } else {
+        bsegs
+    };
+    let path = if longer.is_empty() {
+        "(the whole scope)".to_string()
+    } else {
+        longer.join("/")
+    };
+    if a < b {
+        (a, b, aw, bw, path)
+    } else {
+        (b, a, bw, aw, path)
+    }
+}
+
+/// Names the steps of a cycle through `start`, in order, first repeated at the end.
+fn describe_cycle(graph: &DiGraph<PlanNode, Dep>, start: NodeIndex) -> Vec<String> {
+    let scc = tarjan_scc(graph)
+        .into_iter()
+        .find(|c| c.contains(&start) && (c.len() > 1 || graph.contains_edge(start, start)));
+    let Some(scc) = scc else {
+        return vec![graph[start].id().to_string()];
+    };
+    let members: HashSet<NodeIndex> = scc.iter().copied().collect();
+    // Breadth-first from start back to start inside the component.
+    let mut prev: HashMap<NodeIndex, NodeIndex> = HashMap::new();
+    let mut queue = std::collections::VecDeque::from([start]);
+    let mut end = None;
+    while let Some(n) = queue.pop_front() {
+        for m in graph.neighbors(n) {
+            if !members.contains(&m) {
+                continue;
+            }
+            if m == start {
+                end = Some(n);
+                break;
+            }
+            if let std::collections::hash_map::Entry::Vacant(v) = prev.entry(m) {
+                v.insert(n);
+                queue.push_back(m);
+            }
+        }
+        if end.is_some() {
+            break;
+        }
+    }
+    let mut chain = vec![graph[start].id().to_string()];
+    if let Some(mut n) = end {
+        let mut back = Vec::new();
+        while n != start {
+            back.push(graph[n].id().to_string());
+            match prev.get(&n) {
+                Some(&p) => n = p,
+                None => break,
+            }
+        }
+        back.reverse();
+        chain.extend(back);
+    }
+    chain.push(graph[start].id().to_string());
+    chain
+}
+
+/// A topological order that keeps declaration order among independent steps (Kahn's
+/// algorithm with a min-heap on the node index), so runs and plans are deterministic.
+fn stable_order(graph: &DiGraph<PlanNode, Dep>, fallback: Vec<NodeIndex>) -> Vec<NodeIndex> {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    let n = graph.node_count();
+    let mut indeg = vec![0usize; n];
+    for e in graph.raw_edges() {
+        indeg[e.target().index()] += 1;
+    }
+    let mut heap: BinaryHeap<Reverse<usize>> =
+        (0..n).filter(|&i| indeg[i] == 0).map(Reverse).collect();
+    let mut out = Vec::with_capacity(n);
+    while let Some(Reverse(i)) = heap.pop() {
+        out.push(NodeIndex::new(i));
+        for m in graph.neighbors(NodeIndex::new(i)) {
+            indeg[m.index()] -= 1;
+            if indeg[m.index()] == 0 {
+                heap.push(Reverse(m.index()));
+            }
+        }
+    }
+    if out.len() == n {
+        out
+    } else {
+        fallback
+    }
+}
+
+impl Plan {
+    /// Steps grouped in waves that can run at the same time (each step's wave is one more
+    /// than the latest wave of the steps it depends on).
+    pub fn waves(&self) -> Vec<Vec<NodeIndex>> {
+        let mut level: HashMap<NodeIndex, usize> = HashMap::new();
+        let mut waves: Vec<Vec<NodeIndex>> = Vec::new();
+        for &n in &self.order {
+            let l = self
+                .graph
+                .neighbors_directed(n, petgraph::Direction::Incoming)
+                .filter_map(|p| level.get(&p))
+                .map(|l| l + 1)
+                .max()
+                .unwrap_or(0);
+            level.insert(n, l);
+            if waves.len() <= l {
+                waves.resize_with(l + 1, Vec::new);
+            }
+            waves[l].push(n);
+        }
+        waves
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leading_segments_stop_at_non_plain_steps() {
+        assert_eq!(leading_segments("a/b[@x='1/2']/c"), vec!["a", "b", "c"]);
+        assert_eq!(leading_segments("a/*/c"), vec!["a"]);
+        assert_eq!(leading_segments("a/@name"), vec!["a"]);
+        assert!(leading_segments(".").is_empty());
+    }
+
+    #[test]
+    fn overlap_is_prefix() {
+        let a = vec!["x".to_string()];
+        let ab = vec!["x".to_string(), "y".to_string()];
+        let c = vec!["z".to_string()];
+        assert!(overlaps(&a, &ab));
+        assert!(!overlaps(&a, &c));
+        assert!(overlaps(&[], &c));
+    }
+}

@@ -1,0 +1,280 @@
+//! Test infrastructure, not a deliverable provider: an in-process provider that keeps a set
+//! of named resources, records every call and undo, and fails, panics or hangs on demand.
+//! The engine's own tests and benchmarks use it; real providers live in `provisio-providers`.
+
+use crate::data::Element;
+use crate::model::{InputSpec, ProcKind};
+use crate::provider::{
+    Call, Done, Outcome, Preview, ProcedureSpec, Provider, ProviderError, UndoKind,
+};
+use async_trait::async_trait;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Shared, inspectable state of a [`RecordingProvider`].
+#[derive(Debug, Default)]
+pub struct Recording {
+    /// Resources that currently exist.
+    pub resources: BTreeSet<String>,
+    /// Every call and undo, in order: `Create(a)`, `undo Create(a)`, `prepare Stage(a)` …
+    pub log: Vec<String>,
+    /// Names whose Create fails permanently.
+    pub poison: BTreeSet<String>,
+    /// Names whose undo fails (every attempt).
+    pub undo_poison: BTreeSet<String>,
+    /// Remaining transient failures per name for `Flaky`.
+    pub flaky: HashMap<String, u32>,
+    /// Names whose Stage prepare fails.
+    pub prepare_poison: BTreeSet<String>,
+    /// Staged (two-phase, not yet committed) names.
+    pub staged: BTreeSet<String>,
+}
+
+/// The provider. Procedures: `Create(name)`, `Delete(name)`, `Get(name)` (read), `Fail(message?)`,
+/// `Flaky(name)`, `Panic`, `Hang`, `Noop` (no undo), `Stage(name)` (two-phase), `Echo`.
+#[derive(Debug, Clone)]
+pub struct RecordingProvider {
+    name: String,
+    /// The shared state.
+    pub state: Arc<Mutex<Recording>>,
+}
+
+impl RecordingProvider {
+    /// A provider registered under `name` (its namespace is `<name> Provider`).
+    pub fn new(name: impl Into<String>) -> Self {
+        RecordingProvider {
+            name: name.into(),
+            state: Arc::new(Mutex::new(Recording::default())),
+        }
+    }
+
+    fn st(&self) -> std::sync::MutexGuard<'_, Recording> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes `Create(name)` fail.
+    pub fn poison(&self, name: &str) {
+        self.st().poison.insert(name.to_string());
+    }
+
+    /// Makes the undo of `name` fail.
+    pub fn poison_undo(&self, name: &str) {
+        self.st().undo_poison.insert(name.to_string());
+    }
+
+    /// Makes `Flaky(name)` fail transiently `times` times.
+    pub fn flaky(&self, name: &str, times: u32) {
+        self.st().flaky.insert(name.to_string(), times);
+    }
+
+    /// Makes the two-phase prepare of `Stage(name)` fail.
+    pub fn poison_prepare(&self, name: &str) {
+        self.st().prepare_poison.insert(name.to_string());
+    }
+
+    /// The resources that exist now.
+    pub fn resources(&self) -> BTreeSet<String> {
+        self.st().resources.clone()
+    }
+
+    /// The call log.
+    pub fn log(&self) -> Vec<String> {
+        self.st().log.clone()
+    }
+}
+
+fn input(call: &Element, name: &str) -> Result<String, ProviderError> {
+    call.child(name)
+        .map(|e| e.string_value())
+        .ok_or_else(|| ProviderError::invalid(format!("input `{name}` is missing")))
+}
+
+fn spec(name: &str, kind: ProcKind, undo: UndoKind, inputs: &[&str]) -> ProcedureSpec {
+    ProcedureSpec {
+        name: name.to_string(),
+        kind,
+        undo,
+        description: format!("test procedure {name}"),
+        inputs: inputs
+            .iter()
+            .map(|n| InputSpec {
+                name: n.to_string(),
+                required: true,
+                ..Default::default()
+            })
+            .collect(),
+    }
+}
+
+#[async_trait]
+impl Provider for RecordingProvider {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn procedures(&self) -> Vec<ProcedureSpec> {
+        vec![
+            spec("Create", ProcKind::Write, UndoKind::Reversible, &["name"]),
+            spec("Delete", ProcKind::Write, UndoKind::Reversible, &["name"]),
+            spec("Get", ProcKind::Read, UndoKind::Nothing, &["name"]),
+            spec("Fail", ProcKind::Write, UndoKind::Nothing, &[]),
+            spec("Flaky", ProcKind::Write, UndoKind::Reversible, &["name"]),
+            spec("Panic", ProcKind::Write, UndoKind::Nothing, &[]),
+            spec("Hang", ProcKind::Write, UndoKind::Nothing, &[]),
+            spec("Noop", ProcKind::Write, UndoKind::Nothing, &[]),
+            spec("Echo", ProcKind::Read, UndoKind::Nothing, &[]),
+            spec("Stage", ProcKind::TwoPhase, UndoKind::Reversible, &["name"]),
+        ]
+    }
+
+    async fn execute(&self, call: Call) -> Result<Outcome, ProviderError> {
+        let ed = call.execute_data;
+        let proc_name = call.context.procedure.as_str();
+        match proc_name {
+            "Noop" | "Echo" => {
+                return Ok(Outcome {
+                    execute_data: ed,
+                    undo: None,
+                })
+            }
+            "Panic" => panic!("test provider asked to panic"),
+            "Hang" => {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                return Ok(Outcome {
+                    execute_data: ed,
+                    undo: None,
+                });
+            }
+            "Fail" => {
+                let message = ed
+                    .child("message")
+                    .map(|m| m.string_value())
+                    .unwrap_or_else(|| "asked to fail".to_string());
+                self.st().log.push(format!("Fail({message})"));
+                return Err(ProviderError::Permanent {
+                    code: 0x8210_1391,
+                    message,
+                });
+            }
+            _ => {}
+        }
+        let name = input(&ed, "name")?;
+        let mut st = self.st();
+        st.log.push(format!("{proc_name}({name})"));
+        let mut out = ed.clone();
+        match proc_name {
+            "Create" | "Flaky" | "Stage" => {
+                if proc_name == "Flaky" {
+                    if let Some(n) = st.flaky.get_mut(&name) {
+                        if *n > 0 {
+                            *n -= 1;
+                            return Err(ProviderError::transient(format!("{name} is busy")));
+                        }
+                    }
+                }
+                if st.poison.contains(&name) {
+                    return Err(ProviderError::Permanent {
+                        code: 0x8210_1391,
+                        message: format!("cannot create {name}"),
+                    });
+                }
+                if !st.resources.insert(name.clone()) {
+                    return Err(ProviderError::Permanent {
+                        code: 0x8007_00B7,
+                        message: format!("{name} already exists"),
+                    });
+                }
+                if proc_name == "Stage" {
+                    st.staged.insert(name.clone());
+                }
+                out.push(Element::with_text("id", format!("id-{name}")));
+                let mut undo = Element::new("undo");
+                undo.push(Element::with_text("created", name));
+                Ok(Outcome {
+                    execute_data: out,
+                    undo: Some(undo),
+                })
+            }
+            "Delete" => {
+                if !st.resources.remove(&name) {
+                    return Err(ProviderError::invalid(format!("{name} does not exist")));
+                }
+                let mut undo = Element::new("undo");
+                undo.push(Element::with_text("deleted", name));
+                Ok(Outcome {
+                    execute_data: out,
+                    undo: Some(undo),
+                })
+            }
+            "Get" => {
+                let exists = st.resources.contains(&name);
+                out.push(Element::with_text("exists", exists.to_string()));
+                Ok(Outcome {
+                    execute_data: out,
+                    undo: None,
+                })
+            }
+            other => Err(ProviderError::invalid(format!("unknown procedure {other}"))),
+        }
+    }
+
+    async fn undo(&self, done: Done) -> Result<(), ProviderError> {
+        let mut st = self.st();
+        if let Some(c) = done.undo.child("created") {
+            let name = c.string_value();
+            st.log
+                .push(format!("undo {}({name})", done.context.procedure));
+            if st.undo_poison.contains(&name) {
+                return Err(ProviderError::permanent(format!("cannot undo {name}")));
+            }
+            st.resources.remove(&name);
+            st.staged.remove(&name);
+        } else if let Some(d) = done.undo.child("deleted") {
+            let name = d.string_value();
+            st.log.push(format!("undo Delete({name})"));
+            st.resources.insert(name);
+        }
+        Ok(())
+    }
+
+    async fn preview(&self, call: &Call) -> Result<Preview, ProviderError> {
+        let name = call
+            .execute_data
+            .child("name")
+            .map(|e| e.string_value())
+            .unwrap_or_default();
+        let exists = self.st().resources.contains(&name);
+        Ok(match (call.context.procedure.as_str(), exists) {
+            ("Create", true) => Preview::NoChange(format!("{name} already exists")),
+            ("Create", false) => Preview::Change(format!("create {name}")),
+            _ => Preview::Unknown,
+        })
+    }
+
+    async fn prepare(&self, done: &Done) -> Result<(), ProviderError> {
+        let name = done
+            .undo
+            .child("created")
+            .map(|e| e.string_value())
+            .unwrap_or_default();
+        let mut st = self.st();
+        st.log.push(format!("prepare Stage({name})"));
+        if st.prepare_poison.contains(&name) {
+            return Err(ProviderError::permanent(format!("cannot prepare {name}")));
+        }
+        Ok(())
+    }
+
+    async fn commit(&self, done: &Done) -> Result<(), ProviderError> {
+        let name = done
+            .undo
+            .child("created")
+            .map(|e| e.string_value())
+            .unwrap_or_default();
+        let mut st = self.st();
+        st.log.push(format!("commit Stage({name})"));
+        st.staged.remove(&name);
+        Ok(())
+    }
+}

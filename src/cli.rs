@@ -1,0 +1,205 @@
+//! Command-line arguments (clap derive): the doc comments here are `--help`.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+const AFTER_HELP: &str = "\
+Examples:
+  provisio run workflows/provision-tenant.yaml          run a request, print the response
+  provisio plan workflows/provision-tenant.yaml         show what would run, call nothing
+  provisio validate namespaces workflows                check every definition and request
+  provisio graph 'Hosted Tenant' ProvisionTenant --expand --format mermaid
+  provisio namespaces 'Hosted DNS'                      list a namespace's procedures
+
+Exit codes:
+  0  committed (or the command succeeded)
+  1  a step failed; everything done was rolled back
+  2  bad input (syntax, unknown name, access, missing input): nothing ran
+  3  a step failed and an undo failed too: the response lists what to fix
+
+Environment:
+  PROVISIO_NAMESPACES  namespace folder (default: namespaces)
+  PROVISIO_DATA_DIR    where the embedded providers keep their state (default: data)
+  RUST_LOG             log filter, e.g. RUST_LOG=provisio_engine=debug";
+
+/// Provisio: a transactional provisioning workflow engine.
+///
+/// Requests name a procedure of a namespace (Hosted DNS, Hosted Files, …) and carry data;
+/// procedures compile to a DAG of steps that call providers. Every request is one
+/// transaction: it commits, or everything it did is undone in reverse order.
+#[derive(Debug, Parser)]
+#[command(name = "provisio", version, after_help = AFTER_HELP, propagate_version = true)]
+pub struct Cli {
+    /// Options for every command.
+    #[command(flatten)]
+    pub global: Global,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options for every command.
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Folder of namespace definitions (.xml, .yaml, .yml, .json), loaded at start.
+    #[arg(
+        long,
+        global = true,
+        env = "PROVISIO_NAMESPACES",
+        default_value = "namespaces",
+        value_name = "DIR"
+    )]
+    pub namespaces: PathBuf,
+    /// Where the embedded providers keep their state (files/, zones/).
+    #[arg(
+        long,
+        global = true,
+        env = "PROVISIO_DATA_DIR",
+        default_value = "data",
+        value_name = "DIR"
+    )]
+    pub data_dir: PathBuf,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// More logs (-v info, -vv debug). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// No progress display.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Response and listing format.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum OutputFormat {
+    /// MPS-style XML.
+    Xml,
+    /// YAML.
+    Yaml,
+    /// JSON.
+    Json,
+}
+
+/// Graph syntax.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum GraphSyntax {
+    /// Graphviz DOT (`| dot -Tsvg > plan.svg`).
+    Dot,
+    /// Mermaid flowchart (paste into Markdown).
+    Mermaid,
+}
+
+/// Commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a request (XML, YAML or JSON) as one transaction and print the response.
+    ///
+    /// The response has the request's format unless --output says otherwise. On failure it
+    /// carries an error context naming the failing step, namespace, procedure, provider
+    /// message and code, and everything already done has been undone.
+    #[command(
+        after_help = "Example:\n  provisio run workflows/provision-tenant.yaml --output json"
+    )]
+    Run(RunArgs),
+    /// Show what a request would do without calling any provider (a dry run).
+    ///
+    /// Prints the provider calls in order, grouped in waves that can run in parallel,
+    /// with their resolved inputs (secrets masked) and what each provider says would change.
+    #[command(after_help = "Example:\n  provisio plan workflows/provision-tenant.yaml")]
+    Plan(PlanArgs),
+    /// Check namespace files, folders and requests; report every error, not just the first.
+    #[command(after_help = "Example:\n  provisio validate namespaces workflows")]
+    Validate(ValidateArgs),
+    /// Print a procedure's compiled DAG as DOT or Mermaid.
+    #[command(
+        after_help = "Example:\n  provisio graph 'Hosted DNS' CreateTenantZone --format dot | dot -Tsvg > zone.svg"
+    )]
+    Graph(GraphArgs),
+    /// List namespaces, or one namespace's procedures with access, type and inputs.
+    #[command(after_help = "Example:\n  provisio namespaces 'Hosted DNS'")]
+    Namespaces(NamespacesArgs),
+}
+
+/// `run` arguments.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The request file (.xml, .yaml, .yml, .json); `-` reads YAML/JSON/XML from stdin.
+    pub file: PathBuf,
+    /// Response format (default: the request's own).
+    #[arg(long, short, value_enum)]
+    pub output: Option<OutputFormat>,
+    /// Most provider calls in flight at once.
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    pub max_parallel: usize,
+    /// Seconds a provider call may take before its step fails.
+    #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+    pub step_timeout: u64,
+}
+
+/// `plan` arguments.
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// The request file.
+    pub file: PathBuf,
+    /// Print the plan as JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `validate` arguments.
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// Files or folders: namespace definitions and requests (told apart by their root).
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+}
+
+/// `graph` arguments.
+#[derive(Debug, Args)]
+pub struct GraphArgs {
+    /// Namespace name, e.g. 'Hosted DNS'.
+    pub namespace: String,
+    /// Procedure name.
+    pub procedure: String,
+    /// Output syntax.
+    #[arg(long, value_enum, default_value_t = GraphSyntax::Dot)]
+    pub format: GraphSyntax,
+    /// Draw the steps of called procedures inside clusters.
+    #[arg(long)]
+    pub expand: bool,
+}
+
+/// `namespaces` arguments.
+#[derive(Debug, Args)]
+pub struct NamespacesArgs {
+    /// A namespace to describe; without it, all are listed.
+    pub name: Option<String>,
+}
+
+/// Sets up `tracing` on stderr: RUST_LOG, else warn / -v info / -vv debug.
+pub fn init_tracing(g: &Global) {
+    use tracing_subscriber::EnvFilter;
+    let default = match g.verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match g.log_format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}

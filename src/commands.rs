@@ -1,0 +1,421 @@
+//! The commands: each returns the process exit code.
+
+use crate::cli::{
+    Cli, Command, GraphArgs, GraphSyntax, NamespacesArgs, OutputFormat, PlanArgs, RunArgs,
+    ValidateArgs,
+};
+use crate::{load, Exit};
+use anyhow::Result;
+use indicatif::{ProgressBar, ProgressStyle};
+use provisio_engine::compile::graph::{render, GraphFormat};
+use provisio_engine::compile::{check_catalog, compile_procedure, Catalog};
+use provisio_engine::data::xml;
+use provisio_engine::exec::{EngineOptions, Event, TxnState};
+use provisio_engine::model::{CallTarget, Format, Namespace, SourceRef};
+use provisio_engine::provider::Preview;
+use provisio_engine::request::{self, ParseError};
+use provisio_engine::response;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Runs the command.
+pub async fn dispatch(cli: Cli) -> Result<Exit> {
+    match cli.command {
+        Command::Run(ref args) => run(&cli, args).await,
+        Command::Plan(ref args) => plan(&cli, args).await,
+        Command::Validate(ref args) => validate(&cli, args),
+        Command::Graph(ref args) => graph(&cli, args),
+        Command::Namespaces(ref args) => namespaces(&cli, args),
+    }
+}
+
+fn bad_input(message: impl std::fmt::Display) -> Result<Exit> {
+    eprintln!("{message}");
+    Ok(Exit::BadInput)
+}
+
+async fn run(cli: &Cli, args: &RunArgs) -> Result<Exit> {
+    let request = match load::request(&args.file) {
+        Ok(r) => r,
+        Err(e) => return bad_input(format!("error: {e}")),
+    };
+    let options = EngineOptions {
+        max_parallel: args.max_parallel.max(1),
+        step_timeout: Duration::from_secs(args.step_timeout.max(1)),
+        ..EngineOptions::default()
+    };
+    let engine = match load::engine(&cli.global, options) {
+        Ok(e) => e,
+        Err(e) => return bad_input(format!("error: {e:#}")),
+    };
+    let progress = progress_bar(cli.global.quiet);
+    let engine = {
+        let bar = progress.clone();
+        engine.with_events(move |event| match event {
+            Event::StepStarted { step, target } => bar.set_message(format!("{step} ({target})")),
+            Event::StepFinished { .. } => bar.inc(1),
+            Event::Undoing { step } => bar.set_message(format!("undoing {step}")),
+        })
+    };
+    let result = match engine.run(&request).await {
+        Ok(r) => r,
+        Err(e) => {
+            progress.finish_and_clear();
+            return bad_input(e);
+        }
+    };
+    progress.finish_and_clear();
+    let format = args.output.map(to_format).unwrap_or(request.format);
+    print!("{}", response::render(&result, format));
+    let summary = format!(
+        "{} {} in {:.1?}: {} provider call(s){}",
+        result.txn_id,
+        result.state,
+        result.elapsed,
+        result.calls,
+        if result.state == TxnState::Committed {
+            String::new()
+        } else {
+            format!(", {} undone", result.undone)
+        }
+    );
+    if !cli.global.quiet {
+        eprintln!("{summary}");
+    }
+    Ok(match result.state {
+        TxnState::Committed => Exit::Ok,
+        TxnState::RollbackFailed => {
+            for u in &result.undo_failures {
+                eprintln!("undo failed: step {} ({}): {}", u.step, u.target, u.message);
+            }
+            Exit::RollbackFailed
+        }
+        _ => {
+            if let Some(f) = &result.failure {
+                eprintln!("failed at step {}: {}", f.step, f.message);
+            }
+            Exit::RolledBack
+        }
+    })
+}
+
+fn progress_bar(quiet: bool) -> Arc<ProgressBar> {
+    let bar = if quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new_spinner()
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {pos} step(s) done · {msg} [{elapsed}]")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(120));
+    Arc::new(bar)
+}
+
+fn to_format(o: OutputFormat) -> Format {
+    match o {
+        OutputFormat::Xml => Format::Xml,
+        OutputFormat::Yaml => Format::Yaml,
+        OutputFormat::Json => Format::Json,
+    }
+}
+
+async fn plan(cli: &Cli, args: &PlanArgs) -> Result<Exit> {
+    let request = match load::request(&args.file) {
+        Ok(r) => r,
+        Err(e) => return bad_input(format!("error: {e}")),
+    };
+    let engine = match load::engine(&cli.global, EngineOptions::default()) {
+        Ok(e) => e,
+        Err(e) => return bad_input(format!("error: {e:#}")),
+    };
+    let entries = match engine.plan(&request).await {
+        Ok(p) => p,
+        Err(e) => return bad_input(e),
+    };
+    if args.json {
+        let list: Vec<serde_json::Value> = entries
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "step": e.step, "wave": e.wave, "target": e.target, "provider": e.provider,
+                    "inputs": provisio_engine::data::json::to_json(&e.inputs),
+                    "preview": e.preview, "unresolved": e.unresolved,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(Exit::Ok);
+    }
+    let target = match &request.target {
+        provisio_engine::model::RequestTarget::Call(t) => t.to_string(),
+        provisio_engine::model::RequestTarget::Trusted(_) => "(trusted request)".to_string(),
+    };
+    println!(
+        "Plan for {target}: {} provider call(s); nothing has been changed.",
+        entries.len()
+    );
+    let mut wave = usize::MAX;
+    for e in &entries {
+        if e.wave != wave {
+            wave = e.wave;
+            println!("\nwave {} (these may run in parallel):", wave + 1);
+        }
+        let what = match &e.preview {
+            Preview::Change(s) => format!("+ {s}"),
+            Preview::NoChange(s) => format!("= {s} (no change)"),
+            Preview::Unknown => "? (the provider cannot tell before running)".to_string(),
+        };
+        println!("  {}  {}  {what}", e.step, e.target);
+        let inputs = xml::to_string(&e.inputs);
+        println!("      inputs: {inputs}");
+        if !e.unresolved.is_empty() {
+            println!(
+                "      known after earlier steps run: {}",
+                e.unresolved.join(", ")
+            );
+        }
+    }
+    Ok(Exit::Ok)
+}
+
+/// Whether a file is a namespace definition (else a request), by its root.
+fn is_namespace_file(path: &Path) -> bool {
+    let Ok(src) = std::fs::read_to_string(path) else {
+        return false;
+    };
+    match Format::from_extension(path) {
+        Some(Format::Xml) => {
+            let root = src
+                .split('<')
+                .map(str::trim_start)
+                .find(|s| !s.starts_with('?') && !s.starts_with('!') && !s.is_empty());
+            root.is_some_and(|r| r.starts_with("namespace"))
+        }
+        Some(Format::Json) => src.contains("\"namespace\"") && !src.contains("\"call\""),
+        _ => src
+            .lines()
+            .any(|l| l.starts_with("namespace:") || l.starts_with("- namespace:")),
+    }
+}
+
+fn collect_files(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<ParseError>) {
+    let mut files = Vec::new();
+    let mut errors = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            match std::fs::read_dir(p) {
+                Ok(entries) => {
+                    let mut list: Vec<PathBuf> = entries
+                        .filter_map(|e| e.ok().map(|e| e.path()))
+                        .filter(|f| f.is_file() && Format::from_extension(f).is_some())
+                        .collect();
+                    list.sort();
+                    files.extend(list);
+                }
+                Err(e) => errors.push(ParseError::new(
+                    SourceRef::new(p.display().to_string(), 0, 0),
+                    format!("cannot read folder: {e}"),
+                )),
+            }
+        } else if p.is_file() {
+            files.push(p.clone());
+        } else {
+            errors.push(ParseError::new(
+                SourceRef::new(p.display().to_string(), 0, 0),
+                "no such file or folder",
+            ));
+        }
+    }
+    (files, errors)
+}
+
+fn validate(cli: &Cli, args: &ValidateArgs) -> Result<Exit> {
+    let (files, mut parse_errors) = collect_files(&args.paths);
+    let (ns_files, request_files): (Vec<PathBuf>, Vec<PathBuf>) =
+        files.into_iter().partition(|f| is_namespace_file(f));
+    let mut namespaces: Vec<Namespace> = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for f in &ns_files {
+        seen.insert(std::fs::canonicalize(f).unwrap_or_else(|_| f.clone()));
+        match request::load_namespace_file(f) {
+            Ok(mut n) => namespaces.append(&mut n),
+            Err(mut e) => parse_errors.append(&mut e),
+        }
+    }
+    // Requests are checked against the namespace folder too (unless it was given already).
+    if !request_files.is_empty() && cli.global.namespaces.is_dir() {
+        let (extra, _) = collect_files(std::slice::from_ref(&cli.global.namespaces));
+        for f in extra.into_iter().filter(|f| is_namespace_file(f)) {
+            if seen.insert(std::fs::canonicalize(&f).unwrap_or_else(|_| f.clone())) {
+                match request::load_namespace_file(&f) {
+                    Ok(mut n) => namespaces.append(&mut n),
+                    Err(mut e) => parse_errors.append(&mut e),
+                }
+            }
+        }
+    }
+    let registry = load::registry(&cli.global)?;
+    let mut messages: Vec<String> = parse_errors.iter().map(|e| format!("error: {e}")).collect();
+    let catalog = match Catalog::new(namespaces, &registry) {
+        Ok(c) => Some(c),
+        Err(errors) => {
+            messages.extend(errors.iter().map(|e| format!("error[{}]: {e}", e.code())));
+            None
+        }
+    };
+    let limits = EngineOptions::default().limits;
+    let mut checked = 0usize;
+    if let Some(catalog) = &catalog {
+        messages.extend(
+            check_catalog(catalog, &limits)
+                .iter()
+                .map(|e| format!("error[{}]: {e}", e.code())),
+        );
+        for f in &request_files {
+            match request::load_request_file(f) {
+                Ok(req) => {
+                    if let Err(errors) =
+                        provisio_engine::compile::compile_request(catalog, &req, &limits)
+                    {
+                        messages.push(errors.to_string());
+                    }
+                }
+                Err(e) => messages.push(format!("error: {e}")),
+            }
+            checked += 1;
+        }
+    }
+    if messages.is_empty() {
+        println!(
+            "ok: {} namespace file(s), {} request(s) checked",
+            ns_files.len(),
+            checked
+        );
+        Ok(Exit::Ok)
+    } else {
+        for m in &messages {
+            eprintln!("{m}");
+        }
+        eprintln!("{} error(s)", messages.len());
+        Ok(Exit::BadInput)
+    }
+}
+
+fn graph(cli: &Cli, args: &GraphArgs) -> Result<Exit> {
+    let registry = match load::registry(&cli.global) {
+        Ok(r) => r,
+        Err(e) => return bad_input(format!("error: {e:#}")),
+    };
+    let catalog = match load::namespaces(&cli.global).and_then(|n| load::catalog(n, &registry)) {
+        Ok(c) => c,
+        Err(e) => return bad_input(format!("error: {e:#}")),
+    };
+    let target = CallTarget {
+        namespace: args.namespace.clone(),
+        procedure: args.procedure.clone(),
+    };
+    match compile_procedure(&catalog, &target, &EngineOptions::default().limits) {
+        Ok(program) => {
+            let format = match args.format {
+                GraphSyntax::Dot => GraphFormat::Dot,
+                GraphSyntax::Mermaid => GraphFormat::Mermaid,
+            };
+            print!("{}", render(&program, format, args.expand));
+            Ok(Exit::Ok)
+        }
+        Err(e) => bad_input(e),
+    }
+}
+
+fn namespaces(cli: &Cli, args: &NamespacesArgs) -> Result<Exit> {
+    let registry = match load::registry(&cli.global) {
+        Ok(r) => r,
+        Err(e) => return bad_input(format!("error: {e:#}")),
+    };
+    let catalog = match load::namespaces(&cli.global).and_then(|n| load::catalog(n, &registry)) {
+        Ok(c) => c,
+        Err(e) => return bad_input(format!("error: {e:#}")),
+    };
+    match &args.name {
+        None => {
+            for ns in catalog.namespaces() {
+                let provider = ns
+                    .provider
+                    .as_deref()
+                    .map(|p| format!(" [provider {p}]"))
+                    .unwrap_or_default();
+                println!(
+                    "{}{provider}  ({} procedures)",
+                    ns.name,
+                    ns.procedures.len()
+                );
+                if let Some(d) = &ns.description {
+                    println!("    {}", d.trim());
+                }
+            }
+            Ok(Exit::Ok)
+        }
+        Some(name) => {
+            let Some(ns) = catalog.namespace(name) else {
+                let suggestion = provisio_engine::compile::closest(
+                    name,
+                    catalog.namespaces().map(|n| n.name.as_str()),
+                );
+                return bad_input(format!(
+                    "error: unknown namespace `{name}`{}",
+                    suggestion
+                        .map(|s| format!("; did you mean `{s}`?"))
+                        .unwrap_or_default()
+                ));
+            };
+            println!(
+                "{}{}",
+                ns.name,
+                ns.provider
+                    .as_deref()
+                    .map(|p| format!(" [provider {p}]"))
+                    .unwrap_or_default()
+            );
+            if let Some(d) = &ns.description {
+                println!("  {}", d.trim());
+            }
+            println!("  defined at {}", ns.source_ref);
+            for p in &ns.procedures {
+                println!("\n  {} ({}, {})", p.name, p.access, p.kind);
+                if let Some(d) = &p.description {
+                    println!("    {}", d.trim());
+                }
+                for i in &p.inputs {
+                    let mut flags = Vec::new();
+                    if i.required && i.default.is_none() {
+                        flags.push("required".to_string());
+                    }
+                    if let Some(d) = &i.default {
+                        flags.push(format!("default {}", d.to_text()));
+                    }
+                    if i.secret {
+                        flags.push("secret".to_string());
+                    }
+                    println!(
+                        "    - {}: {}{}{}",
+                        i.name,
+                        i.ty.as_deref().unwrap_or("any"),
+                        if flags.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" ({})", flags.join(", "))
+                        },
+                        i.description
+                            .as_deref()
+                            .map(|d| format!(" — {d}"))
+                            .unwrap_or_default()
+                    );
+                }
+            }
+            Ok(Exit::Ok)
+        }
+    }
+}
