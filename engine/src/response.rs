@@ -82,13 +82,14 @@ pub fn to_element(r: &TxnResult) -> Element {
 /// Renders the response in `format`.
 pub fn render(r: &TxnResult, format: Format) -> String {
     match format {
-        Format::Xml => xml::to_string_pretty(&to_element(r)),
+        Format::Xml => {
+            let mut s = xml::to_string_pretty(&to_element(r));
+            if !s.ends_with('\n') {
+                s.push('\n');
+            }
+            s
+        }
         Format::Json => serde_json::to_string_pretty(&to_value(r)).unwrap_or_default() + "\n",
-        Format::Yaml => yaml_text(&to_value(r)),
+        Format::Yaml => crate::request::yaml::to_yaml(&to_value(r)),
     }
-}
-
-// JSON is valid YAML; replaced by the YAML module's emitter once it lands.
-fn yaml_text(v: &Value) -> String {
-    serde_json::to_string_pretty(v).unwrap_or_default() + "\n"
 }

@@ -1,1 +1,34 @@
-//! Provisio providers.
+//! Provisio providers: the embedded filesystem provider and the DNS provider with its
+//! zone-file backend, plus [`embedded_registry`] that wires them for the quick start.
+
+mod common;
+pub mod dns;
+pub mod filesystem;
+
+use provisio_engine::provider::ProviderRegistry;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Errors building the embedded registry.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The filesystem provider root could not be opened.
+    #[error(transparent)]
+    Filesystem(#[from] filesystem::FilesystemError),
+    /// The zone directory could not be opened.
+    #[error(transparent)]
+    Dns(#[from] dns::DnsError),
+}
+
+/// The providers that need no server: `Filesystem` rooted at `<data_dir>/files` and
+/// `DNS` writing zone files to `<data_dir>/zones`.
+pub fn embedded_registry(data_dir: &Path) -> Result<ProviderRegistry, RegistryError> {
+    let mut registry = ProviderRegistry::new();
+    registry.register(Arc::new(filesystem::FilesystemProvider::new(
+        data_dir.join("files"),
+    )?));
+    registry.register(Arc::new(dns::DnsProvider::zonefile(
+        data_dir.join("zones"),
+    )?));
+    Ok(registry)
+}

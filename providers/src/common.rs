@@ -1,0 +1,130 @@
+//! Helpers shared by the embedded providers: reading inputs from executeData, describing
+//! inputs, and naming undo/trash entries safely.
+
+use provisio_engine::data::{Element, Scalar};
+use provisio_engine::model::InputSpec;
+use provisio_engine::provider::ProviderError;
+
+/// The text of the first present input among `names` (first name is the canonical one,
+/// the rest are aliases such as MPS property names). Surrounding whitespace is kept.
+pub(crate) fn opt_input(data: &Element, names: &[&str]) -> Option<String> {
+    names
+        .iter()
+        .find_map(|n| data.child(n))
+        .map(Element::string_value)
+}
+
+/// Like [`opt_input`], but an absent or empty value is an error naming the input.
+pub(crate) fn req_input(data: &Element, names: &[&str]) -> Result<String, ProviderError> {
+    match opt_input(data, names) {
+        Some(v) if !v.is_empty() => Ok(v),
+        Some(_) => Err(ProviderError::invalid(format!(
+            "input `{}` is empty",
+            names.first().copied().unwrap_or("?")
+        ))),
+        None => Err(ProviderError::invalid(format!(
+            "input `{}` is required",
+            names.first().copied().unwrap_or("?")
+        ))),
+    }
+}
+
+/// An optional input that is absent when missing or empty (after trimming).
+pub(crate) fn opt_nonempty(data: &Element, names: &[&str]) -> Option<String> {
+    opt_input(data, names).filter(|v| !v.trim().is_empty())
+}
+
+/// Parses a boolean flag: `true`/`1`/`yes` and `false`/`0`/`no` (case-insensitive).
+pub(crate) fn parse_bool(field: &str, value: Option<String>) -> Result<bool, ProviderError> {
+    match value.as_deref().map(str::trim) {
+        None | Some("") => Ok(false),
+        Some(v) => match v.to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" => Ok(true),
+            "false" | "0" | "no" => Ok(false),
+            _ => Err(ProviderError::invalid(format!(
+                "input `{field}` must be true/false/1/0, got {v:?}"
+            ))),
+        },
+    }
+}
+
+/// Describes one input of a procedure.
+pub(crate) fn input(name: &str, ty: &str, required: bool, description: &str) -> InputSpec {
+    InputSpec {
+        name: name.to_string(),
+        ty: Some(ty.to_string()),
+        required,
+        secret: false,
+        default: None,
+        description: Some(description.to_string()),
+    }
+}
+
+/// Describes one optional input with a default value.
+pub(crate) fn input_default(name: &str, ty: &str, default: &str, description: &str) -> InputSpec {
+    InputSpec {
+        default: Some(Scalar::Str(default.to_string())),
+        ..input(name, ty, false, description)
+    }
+}
+
+/// A text child element.
+pub(crate) fn text(name: &str, value: impl Into<String>) -> Element {
+    Element::with_text(name, value)
+}
+
+/// Turns an idempotency key into one safe file-name component (≤ 120 bytes): characters
+/// outside `[A-Za-z0-9._-]` become `_`; long keys are cut and suffixed with a stable hash
+/// of the whole key so distinct keys stay distinct.
+pub(crate) fn sanitize_key(key: &str) -> String {
+    let mut out: String = key
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    // Never `.` / `..` / hidden.
+    if out.starts_with('.') {
+        out.insert(0, '_');
+    }
+    if out.is_empty() {
+        out.push('_');
+    }
+    if out.len() > 120 || out != key {
+        // Keep names unique even when two keys sanitize to the same text.
+        let hash = fnv1a(key.as_bytes());
+        out.truncate(100);
+        out = format!("{out}-{hash:016x}");
+    }
+    out
+}
+
+/// FNV-1a 64: a small, stable (across Rust versions) hash for file names.
+pub(crate) fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sanitize_is_safe_and_distinct() {
+        let a = sanitize_key("t1/step/a/1");
+        let b = sanitize_key("t1/step_a/1");
+        assert_ne!(a, b);
+        assert!(!a.contains('/'));
+        assert!(sanitize_key(&"x".repeat(1000)).len() <= 120);
+        assert!(!sanitize_key("..").starts_with('.'));
+        assert_eq!(sanitize_key("abc-1"), "abc-1");
+    }
+}

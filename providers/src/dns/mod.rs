@@ -1,0 +1,731 @@
+//! The DNS provider: zones and resource records behind one set of procedures, stored by
+//! a [`ZoneBackend`]. The embedded backend writes RFC 1035 zone files
+//! ([`zonefile::ZoneFileBackend`]); an RFC 2136 backend can be added behind the same trait.
+//!
+//! Every input is checked before anything is written: names (labels, length, IDN →
+//! punycode), addresses, numbers, and any character that could inject zone-file syntax.
+//! TXT text is the one field passed through verbatim; it is escaped on write.
+
+pub mod backend;
+mod name;
+pub mod record;
+pub mod zonefile;
+
+pub use backend::{ZoneBackend, ZoneSettings, ZoneSnapshot};
+pub use record::{RData, Record};
+pub use zonefile::ZoneFileBackend;
+
+use crate::common::{input, input_default, opt_input, opt_nonempty, req_input, text};
+use async_trait::async_trait;
+use name::{parse_mailbox, parse_owner, parse_target, parse_zone, reject_syntax, Style};
+use provisio_engine::data::{Element, Scalar};
+use provisio_engine::model::{InputSpec, ProcKind};
+use provisio_engine::provider::{
+    Call, Done, Outcome, Preview, ProcedureSpec, Provider, ProviderError, UndoKind,
+};
+use std::io;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// DNS_ERROR_ZONE_ALREADY_EXISTS as an HRESULT.
+pub const E_ZONE_EXISTS: u32 = 0x8007_2589;
+/// DNS_ERROR_ZONE_DOES_NOT_EXIST as an HRESULT.
+pub const E_ZONE_NOT_FOUND: u32 = 0x8007_2581;
+/// DNS_ERROR_RECORD_ALREADY_EXISTS as an HRESULT.
+pub const E_RECORD_EXISTS: u32 = 0x8007_25EF;
+/// DNS_ERROR_RECORD_DOES_NOT_EXIST as an HRESULT.
+pub const E_RECORD_NOT_FOUND: u32 = 0x8007_25E5;
+/// DNS_ERROR_CNAME_COLLISION as an HRESULT.
+pub const E_CNAME_COLLISION: u32 = 0x8007_25F1;
+
+/// Largest TXT text accepted (bytes).
+pub const MAX_TXT: usize = 16 * 1024;
+
+/// DNS provider errors; each maps to a [`ProviderError`] class.
+#[derive(Debug, thiserror::Error)]
+pub enum DnsError {
+    /// Bad input.
+    #[error("{0}")]
+    Invalid(String),
+    /// CreateZone of a zone that exists.
+    #[error("zone {0} already exists")]
+    ZoneExists(String),
+    /// The zone does not exist.
+    #[error("zone {0} does not exist")]
+    ZoneNotFound(String),
+    /// AddRecord of a record that exists.
+    #[error("record {0} already exists")]
+    RecordExists(String),
+    /// DeleteRecord of a record that does not exist.
+    #[error("record {0} does not exist")]
+    RecordNotFound(String),
+    /// A CNAME next to other data.
+    #[error("{0}")]
+    Conflict(String),
+    /// The stored zone is not in the form this backend writes.
+    #[error("zone {zone} cannot be read: {message}")]
+    Corrupt {
+        /// The zone.
+        zone: String,
+        /// What is wrong, with the line.
+        message: String,
+    },
+    /// Storage failed.
+    #[error("{what}: {message}")]
+    Io {
+        /// What was being touched.
+        what: String,
+        /// Worth retrying.
+        transient: bool,
+        /// The underlying error.
+        message: String,
+    },
+}
+
+impl DnsError {
+    pub(crate) fn io(what: String, e: io::Error) -> Self {
+        use io::ErrorKind as K;
+        DnsError::Io {
+            what,
+            transient: matches!(
+                e.kind(),
+                K::Interrupted | K::WouldBlock | K::TimedOut | K::ResourceBusy
+            ),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<DnsError> for ProviderError {
+    fn from(e: DnsError) -> Self {
+        let message = e.to_string();
+        let code = match &e {
+            DnsError::Invalid(_) => return ProviderError::invalid(message),
+            DnsError::Io {
+                transient: true, ..
+            } => return ProviderError::transient(message),
+            DnsError::ZoneExists(_) => E_ZONE_EXISTS,
+            DnsError::ZoneNotFound(_) => E_ZONE_NOT_FOUND,
+            DnsError::RecordExists(_) => E_RECORD_EXISTS,
+            DnsError::RecordNotFound(_) => E_RECORD_NOT_FOUND,
+            DnsError::Conflict(_) => E_CNAME_COLLISION,
+            DnsError::Corrupt { .. } | DnsError::Io { .. } => ProviderError::E_FAIL,
+        };
+        ProviderError::Permanent { code, message }
+    }
+}
+
+/// Zones and records; `name()` is `DNS`.
+pub struct DnsProvider {
+    backend: Arc<dyn ZoneBackend>,
+}
+
+impl std::fmt::Debug for DnsProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DnsProvider")
+            .field("backend", &self.backend.kind())
+            .finish()
+    }
+}
+
+impl DnsProvider {
+    /// Zone files in `dir` (created if missing).
+    pub fn zonefile(dir: PathBuf) -> Result<Self, DnsError> {
+        Ok(Self::with_backend(Arc::new(ZoneFileBackend::new(dir)?)))
+    }
+
+    /// Any backend.
+    pub fn with_backend(backend: Arc<dyn ZoneBackend>) -> Self {
+        DnsProvider { backend }
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &Arc<dyn ZoneBackend> {
+        &self.backend
+    }
+}
+
+// ---- input parsing ----------------------------------------------------------------
+
+const ZONE: &[&str] = &["zoneName", "ZoneName", "ContainerName"];
+const OWNER: &[&str] = &["name", "OwnerName", "ownerName"];
+const TTL: &[&str] = &["ttl", "TTL"];
+
+fn zone_input(data: &Element) -> Result<String, ProviderError> {
+    let raw = req_input(data, ZONE)?;
+    Ok(parse_zone(
+        "zoneName",
+        raw.trim_end_matches(char::is_whitespace),
+    )?)
+}
+
+fn ttl_value(field: &str, raw: Option<String>) -> Result<Option<u32>, DnsError> {
+    let Some(raw) = raw else { return Ok(None) };
+    let t = raw.trim();
+    reject_syntax(field, t)?;
+    match t.parse::<u32>() {
+        Ok(v) if v <= 2_147_483_647 => Ok(Some(v)),
+        _ => Err(DnsError::Invalid(format!(
+            "input `{field}` must be a number of seconds from 0 to 2147483647, got {raw:?}"
+        ))),
+    }
+}
+
+fn num<T: std::str::FromStr>(field: &str, raw: &str, range: &str) -> Result<T, DnsError> {
+    let t = raw.trim();
+    reject_syntax(field, t)?;
+    t.parse().map_err(|_| {
+        DnsError::Invalid(format!(
+            "input `{field}` must be a number {range}, got {raw:?}"
+        ))
+    })
+}
+
+fn req(data: &Element, names: &[&str]) -> Result<String, DnsError> {
+    req_input(data, names).map_err(|e| DnsError::Invalid(e.message()))
+}
+
+/// The record type: `A`, `mx`, or the MPS spelling `MXType`.
+fn rr_type(data: &Element) -> Result<String, DnsError> {
+    let raw = req(data, &["rrType", "RRType", "recordType", "type"])?;
+    reject_syntax("rrType", raw.trim())?;
+    let t = raw.trim().to_ascii_uppercase();
+    let t = t
+        .strip_suffix("TYPE")
+        .filter(|s| !s.is_empty())
+        .unwrap_or(&t);
+    match t {
+        "A" | "AAAA" | "CNAME" | "MX" | "TXT" | "SRV" | "NS" | "CAA" => Ok(t.to_string()),
+        "SOA" => Err(DnsError::Invalid(
+            "input `rrType`: SOA records are made with the zone and cannot be added".into(),
+        )),
+        _ => Err(DnsError::Invalid(format!(
+            "input `rrType` must be one of A, AAAA, CNAME, MX, TXT, SRV, NS, CAA; got {raw:?}"
+        ))),
+    }
+}
+
+/// Reads the per-type data fields.
+fn rdata_input(data: &Element, rtype: &str, zone: &str) -> Result<RData, DnsError> {
+    match rtype {
+        "A" => {
+            let raw = req(data, &["address", "IPAddress", "ipAddress"])?;
+            reject_syntax("address", raw.trim())?;
+            raw.trim().parse().map(RData::A).map_err(|_| {
+                DnsError::Invalid(format!("input `address` is not an IPv4 address: {raw:?}"))
+            })
+        }
+        "AAAA" => {
+            let raw = req(data, &["address", "IPv6Address", "IPAddress", "ipAddress"])?;
+            reject_syntax("address", raw.trim())?;
+            raw.trim().parse().map(RData::Aaaa).map_err(|_| {
+                DnsError::Invalid(format!("input `address` is not an IPv6 address: {raw:?}"))
+            })
+        }
+        "CNAME" => {
+            let raw = req(data, &["target", "PrimaryName", "primaryName"])?;
+            Ok(RData::Cname(parse_target(
+                "target",
+                raw.trim(),
+                zone,
+                Style::Any,
+                false,
+            )?))
+        }
+        "NS" => {
+            let raw = req(data, &["target", "NSHost", "nsHost"])?;
+            Ok(RData::Ns(parse_target(
+                "target",
+                raw.trim(),
+                zone,
+                Style::Host,
+                false,
+            )?))
+        }
+        "MX" => {
+            let preference = match opt_nonempty(data, &["preference", "Preference"]) {
+                Some(p) => num("preference", &p, "from 0 to 65535")?,
+                None => 10,
+            };
+            let raw = req(data, &["exchange", "MailExchange", "mailExchange"])?;
+            Ok(RData::Mx {
+                preference,
+                exchange: parse_target("exchange", raw.trim(), zone, Style::Host, true)?,
+            })
+        }
+        "TXT" => {
+            let text = opt_input(data, &["text", "DescriptiveText", "descriptiveText"])
+                .ok_or_else(|| {
+                    DnsError::Invalid("input `text` (or `DescriptiveText`) is required".into())
+                })?;
+            if text.len() > MAX_TXT {
+                return Err(DnsError::Invalid(format!(
+                    "input `text` is {} bytes; at most {MAX_TXT} are accepted",
+                    text.len()
+                )));
+            }
+            Ok(RData::Txt(text.into_bytes()))
+        }
+        "SRV" => {
+            let field = |names: &[&str], f: &str| -> Result<u16, DnsError> {
+                num(f, &req(data, names)?, "from 0 to 65535")
+            };
+            let raw = req(data, &["target", "DomainName", "domainName"])?;
+            Ok(RData::Srv {
+                priority: field(&["priority", "Priority"], "priority")?,
+                weight: field(&["weight", "Weight"], "weight")?,
+                port: field(&["port", "Port"], "port")?,
+                target: parse_target("target", raw.trim(), zone, Style::Host, true)?,
+            })
+        }
+        "CAA" => {
+            let flags = match opt_nonempty(data, &["flags", "Flags"]) {
+                Some(f) => num("flags", &f, "from 0 to 255")?,
+                None => 0,
+            };
+            let tag = req(data, &["tag", "Tag"])?;
+            reject_syntax("tag", &tag)?;
+            if tag.len() > 15 || !tag.chars().all(|c| c.is_ascii_alphanumeric()) {
+                return Err(DnsError::Invalid(format!(
+                    "input `tag` must be 1 to 15 letters or digits (issue, issuewild, iodef), got {tag:?}"
+                )));
+            }
+            let value = opt_input(data, &["value", "Value"]).unwrap_or_default();
+            if let Some(c) = value.chars().find(|c| c.is_control() || *c == '"') {
+                return Err(DnsError::Invalid(format!(
+                    "input `value` contains {c:?}, which is not allowed in a CAA value"
+                )));
+            }
+            Ok(RData::Caa {
+                flags,
+                tag: tag.to_ascii_lowercase(),
+                value,
+            })
+        }
+        other => Err(DnsError::Invalid(format!(
+            "unsupported record type {other}"
+        ))),
+    }
+}
+
+/// Zone, owner, TTL and data of a record procedure.
+struct RecordInput {
+    zone: String,
+    owner: String,
+    ttl: Option<u32>,
+    data: RData,
+}
+
+fn record_input(data: &Element) -> Result<RecordInput, ProviderError> {
+    let zone = zone_input(data)?;
+    let rtype = rr_type(data)?;
+    let style = if matches!(rtype.as_str(), "A" | "AAAA") {
+        Style::Host
+    } else {
+        Style::Any
+    };
+    let owner = match opt_input(data, OWNER) {
+        Some(o) => parse_owner("name", o.trim(), &zone, style)?,
+        None => "@".to_string(),
+    };
+    let ttl = ttl_value("ttl", opt_nonempty(data, TTL))?;
+    let rdata = rdata_input(data, &rtype, &zone)?;
+    Ok(RecordInput {
+        zone,
+        owner,
+        ttl,
+        data: rdata,
+    })
+}
+
+fn zone_settings(data: &Element) -> Result<ZoneSettings, ProviderError> {
+    let zone = zone_input(data)?;
+    let primary_ns = match opt_nonempty(data, &["primaryNs", "PrimaryServer"]) {
+        Some(ns) => parse_target("primaryNs", ns.trim(), &zone, Style::Host, false)?,
+        None => format!("ns1.{zone}."),
+    };
+    let admin = match opt_nonempty(data, &["adminEmail", "AdminEmailName"]) {
+        Some(a) => parse_mailbox("adminEmail", a.trim())?,
+        None => format!("hostmaster.{zone}."),
+    };
+    let ttl = ttl_value("ttl", opt_nonempty(data, TTL))?.unwrap_or(3600);
+    let ns_address = match opt_nonempty(data, &["nsAddress"]) {
+        Some(a) => {
+            reject_syntax("nsAddress", a.trim())?;
+            Some(a.trim().parse::<IpAddr>().map_err(|_| {
+                DnsError::Invalid(format!("input `nsAddress` is not an IP address: {a:?}"))
+            })?)
+        }
+        None => None,
+    };
+    let mut timers = [7200, 3600, 1_209_600, 3600];
+    for (i, f) in ["refresh", "retry", "expire", "minimum"].iter().enumerate() {
+        if let Some(v) = ttl_value(f, opt_nonempty(data, &[f]))? {
+            timers[i] = v;
+        }
+    }
+    Ok(ZoneSettings {
+        zone,
+        primary_ns,
+        admin,
+        ttl,
+        ns_address,
+        timers,
+    })
+}
+
+fn undo_el(op: &str, zone: &str) -> Element {
+    let mut u = Element::new("undo");
+    u.push(text("op", op));
+    u.push(text("zone", zone));
+    u
+}
+
+fn serial_el(serial: u32) -> Element {
+    Element::with_scalar("serial", Scalar::Int(i64::from(serial)))
+}
+
+impl DnsProvider {
+    async fn create_zone(&self, call: &Call) -> Result<Outcome, ProviderError> {
+        let settings = zone_settings(&call.execute_data)?;
+        let (serial, location) = self.backend.create_zone(&settings).await?;
+        let mut out = call.execute_data.clone();
+        out.push(text("zone", format!("{}.", settings.zone)));
+        out.push(serial_el(serial));
+        out.push(text("location", location));
+        let ns_in_zone = settings.primary_ns == format!("{}.", settings.zone)
+            || settings
+                .primary_ns
+                .ends_with(&format!(".{}.", settings.zone));
+        if ns_in_zone && settings.ns_address.is_none() {
+            out.push(text(
+                "warning",
+                format!(
+                    "name server {} is inside the zone but has no address; pass nsAddress so name servers accept the zone",
+                    settings.primary_ns
+                ),
+            ));
+        }
+        Ok(Outcome {
+            execute_data: out,
+            undo: Some(undo_el("removeZone", &settings.zone)),
+        })
+    }
+
+    async fn delete_zone(&self, call: &Call) -> Result<Outcome, ProviderError> {
+        let zone = zone_input(&call.execute_data)?;
+        let token = self
+            .backend
+            .delete_zone(&zone, &call.context.idempotency_key())
+            .await?;
+        let mut out = call.execute_data.clone();
+        out.push(text("deleted", format!("{zone}.")));
+        let mut undo = undo_el("restoreZone", &zone);
+        undo.push(text("token", token));
+        Ok(Outcome {
+            execute_data: out,
+            undo: Some(undo),
+        })
+    }
+
+    async fn add_record(&self, call: &Call) -> Result<Outcome, ProviderError> {
+        let r = record_input(&call.execute_data)?;
+        let (record, serial) = self
+            .backend
+            .add_record(&r.zone, &r.owner, r.ttl, &r.data)
+            .await?;
+        let mut out = call.execute_data.clone();
+        out.push(text("record", record.line()));
+        out.push(text("fqdn", record.fqdn(&r.zone)));
+        out.push(serial_el(serial));
+        let mut undo = undo_el("removeRecord", &r.zone);
+        undo.push(text("record", record.line()));
+        Ok(Outcome {
+            execute_data: out,
+            undo: Some(undo),
+        })
+    }
+
+    async fn delete_record(&self, call: &Call) -> Result<Outcome, ProviderError> {
+        let r = record_input(&call.execute_data)?;
+        let Some((record, serial)) = self
+            .backend
+            .delete_record(&r.zone, &r.owner, &r.data)
+            .await?
+        else {
+            let probe = Record {
+                owner: r.owner.clone(),
+                ttl: 0,
+                data: r.data.clone(),
+            };
+            return Err(DnsError::RecordNotFound(format!(
+                "{} {} {}",
+                probe.fqdn(&r.zone),
+                r.data.rtype(),
+                r.data.to_text()
+            ))
+            .into());
+        };
+        let mut out = call.execute_data.clone();
+        out.push(text("record", record.line()));
+        out.push(serial_el(serial));
+        let mut undo = undo_el("addRecord", &r.zone);
+        undo.push(text("record", record.line()));
+        Ok(Outcome {
+            execute_data: out,
+            undo: Some(undo),
+        })
+    }
+
+    async fn list_records(&self, call: &Call) -> Result<Outcome, ProviderError> {
+        let zone = zone_input(&call.execute_data)?;
+        let snap = self.backend.snapshot(&zone).await?;
+        let mut out = call.execute_data.clone();
+        out.push(serial_el(snap.serial));
+        let mut list = Element::new("records");
+        for r in &snap.records {
+            let mut e = Element::new("record");
+            e.list_item = true;
+            e.push(text("name", r.owner.clone()));
+            e.push(Element::with_scalar("ttl", Scalar::Int(i64::from(r.ttl))));
+            e.push(text("rrType", r.data.rtype()));
+            e.push(text("data", r.data.to_text()));
+            list.push(e);
+        }
+        out.push(list);
+        Ok(Outcome {
+            execute_data: out,
+            undo: None,
+        })
+    }
+
+    async fn undo_record(&self, done: &Done) -> Result<(), ProviderError> {
+        let u = &done.undo;
+        let op = opt_input(u, &["op"]).unwrap_or_default();
+        let zone = parse_zone("zone", &req_input(u, &["zone"])?)?;
+        let record = || -> Result<Record, ProviderError> {
+            let line = req_input(u, &["record"])?;
+            match zonefile::parse_record_line(&line, &zone, 3600) {
+                Ok(Some((r, None))) => Ok(r),
+                Ok(_) => Err(ProviderError::invalid(format!(
+                    "undo record holds no resource record: {line:?}"
+                ))),
+                Err(e) => Err(ProviderError::invalid(format!(
+                    "undo record holds a bad resource record {line:?}: {e}"
+                ))),
+            }
+        };
+        match op.as_str() {
+            "removeZone" => Ok(self.backend.remove_zone(&zone).await?),
+            "restoreZone" => {
+                let token = req_input(u, &["token"])?;
+                Ok(self.backend.restore_zone(&zone, &token).await?)
+            }
+            "removeRecord" => {
+                let r = record()?;
+                match self.backend.delete_record(&zone, &r.owner, &r.data).await {
+                    Ok(_) | Err(DnsError::ZoneNotFound(_)) => Ok(()),
+                    Err(e) => Err(e.into()),
+                }
+            }
+            "addRecord" => {
+                let r = record()?;
+                match self
+                    .backend
+                    .add_record(&zone, &r.owner, Some(r.ttl), &r.data)
+                    .await
+                {
+                    Ok(_) | Err(DnsError::RecordExists(_)) => Ok(()),
+                    Err(e) => Err(e.into()),
+                }
+            }
+            other => Err(ProviderError::invalid(format!(
+                "DNS cannot undo {}: unknown undo record op {other:?}",
+                done.context.procedure
+            ))),
+        }
+    }
+
+    async fn preview_call(&self, call: &Call) -> Result<Preview, ProviderError> {
+        let data = &call.execute_data;
+        match canonical_procedure(&call.context.procedure) {
+            Some("CreateZone") => {
+                let s = zone_settings(data)?;
+                Ok(if self.backend.zone_exists(&s.zone).await? {
+                    Preview::NoChange(format!("zone {} already exists", s.zone))
+                } else {
+                    Preview::Change(format!("create zone {}", s.zone))
+                })
+            }
+            Some("DeleteZone") => {
+                let zone = zone_input(data)?;
+                Ok(if self.backend.zone_exists(&zone).await? {
+                    Preview::Change(format!("delete zone {zone} (kept aside for undo)"))
+                } else {
+                    Preview::NoChange(format!("zone {zone} does not exist"))
+                })
+            }
+            Some(p @ ("AddRecord" | "DeleteRecord")) => {
+                let r = record_input(data)?;
+                let probe = Record {
+                    owner: r.owner.clone(),
+                    ttl: 0,
+                    data: r.data.clone(),
+                };
+                let desc = format!(
+                    "{} {} {}",
+                    probe.fqdn(&r.zone),
+                    r.data.rtype(),
+                    r.data.to_text()
+                );
+                if !self.backend.zone_exists(&r.zone).await? {
+                    return Ok(Preview::Change(format!(
+                        "{} {desc} (zone {} does not exist yet)",
+                        if p == "AddRecord" { "add" } else { "delete" },
+                        r.zone
+                    )));
+                }
+                let snap = self.backend.snapshot(&r.zone).await?;
+                let present = snap.records.iter().any(|x| x.same_as(&probe));
+                Ok(match (p, present) {
+                    ("AddRecord", true) => Preview::NoChange(format!("{desc} already exists")),
+                    ("AddRecord", false) => Preview::Change(format!("add {desc}")),
+                    (_, true) => Preview::Change(format!("delete {desc}")),
+                    (_, false) => Preview::NoChange(format!("{desc} does not exist")),
+                })
+            }
+            Some("ListRecords") => Ok(Preview::NoChange("read only".into())),
+            _ => Ok(Preview::Unknown),
+        }
+    }
+}
+
+/// Maps a called entry point (including MPS-style aliases) to the procedure it runs.
+fn canonical_procedure(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "CreateZone" | "CreateDNSZone" => "CreateZone",
+        "DeleteZone" | "DeleteDNSZone" => "DeleteZone",
+        "AddRecord" | "CreateResourceRecord" => "AddRecord",
+        "DeleteRecord" | "DeleteResourceRecord" => "DeleteRecord",
+        "ListRecords" => "ListRecords",
+        _ => return None,
+    })
+}
+
+fn record_inputs() -> Vec<InputSpec> {
+    vec![
+        input("zoneName", "string", true, "Zone, e.g. example.com (alias ContainerName)"),
+        input_default(
+            "name",
+            "string",
+            "@",
+            "Owner relative to the zone (`www`, `_dmarc`), `@` for the apex, or a full name inside the zone (alias OwnerName)",
+        ),
+        input("rrType", "string", true, "A, AAAA, CNAME, MX, TXT, SRV, NS or CAA (MPS `AType`, `MXType`… accepted)"),
+        input("ttl", "int", false, "Seconds; default: the zone's $TTL (alias TTL)"),
+        input("address", "string", false, "A/AAAA: the IP address (alias IPAddress)"),
+        input("target", "string", false, "CNAME/NS/SRV: target host name, absolute (aliases PrimaryName, NSHost, DomainName)"),
+        input("preference", "int", false, "MX: preference, default 10 (alias Preference)"),
+        input("exchange", "string", false, "MX: mail host (alias MailExchange)"),
+        input("text", "string", false, "TXT: the text, verbatim (alias DescriptiveText)"),
+        input("priority", "int", false, "SRV: priority"),
+        input("weight", "int", false, "SRV: weight"),
+        input("port", "int", false, "SRV: port"),
+        input("flags", "int", false, "CAA: flags, default 0"),
+        input("tag", "string", false, "CAA: issue, issuewild or iodef"),
+        input("value", "string", false, "CAA: value"),
+    ]
+}
+
+#[async_trait]
+impl Provider for DnsProvider {
+    fn name(&self) -> &str {
+        "DNS"
+    }
+
+    fn procedures(&self) -> Vec<ProcedureSpec> {
+        let spec =
+            |name: &str, kind: ProcKind, undo: UndoKind, description: &str, inputs| ProcedureSpec {
+                name: name.to_string(),
+                kind,
+                undo,
+                description: description.to_string(),
+                inputs,
+            };
+        let zone_only = || vec![input("zoneName", "string", true, "Zone, e.g. example.com")];
+        let add = "Adds one record and bumps the SOA serial. Outputs `record`, `fqdn`, `serial`. Undo removes exactly that record.";
+        let del = "Removes one record (matched by owner, type and data) and bumps the serial. Outputs `record`, `serial`. Undo adds it back.";
+        vec![
+            spec(
+                "CreateZone",
+                ProcKind::Write,
+                UndoKind::Reversible,
+                "Creates a zone with SOA and NS. Outputs `zone`, `serial`, `location`, `warning` (if any). Undo deletes it.",
+                vec![
+                    input("zoneName", "string", true, "Zone, e.g. example.com"),
+                    input("primaryNs", "string", false, "Primary name server; default ns1.<zone>"),
+                    input("adminEmail", "string", false, "Responsible mailbox (a@b.c or a.b.c); default hostmaster.<zone>"),
+                    input_default("ttl", "int", "3600", "Default TTL ($TTL) in seconds"),
+                    input("nsAddress", "string", false, "IP of the primary name server, written as glue when it is inside the zone"),
+                    input_default("refresh", "int", "7200", "SOA refresh"),
+                    input_default("retry", "int", "3600", "SOA retry"),
+                    input_default("expire", "int", "1209600", "SOA expire"),
+                    input_default("minimum", "int", "3600", "SOA negative-caching TTL"),
+                ],
+            ),
+            spec(
+                "DeleteZone",
+                ProcKind::Write,
+                UndoKind::Reversible,
+                "Takes a zone out of service, keeping a copy. Output `deleted`. Undo restores it.",
+                zone_only(),
+            ),
+            spec("AddRecord", ProcKind::Write, UndoKind::Reversible, add, record_inputs()),
+            spec(
+                "CreateResourceRecord",
+                ProcKind::Write,
+                UndoKind::Reversible,
+                &format!("MPS name of AddRecord. {add}"),
+                record_inputs(),
+            ),
+            spec("DeleteRecord", ProcKind::Write, UndoKind::Reversible, del, record_inputs()),
+            spec(
+                "DeleteResourceRecord",
+                ProcKind::Write,
+                UndoKind::Reversible,
+                &format!("MPS name of DeleteRecord. {del}"),
+                record_inputs(),
+            ),
+            spec(
+                "ListRecords",
+                ProcKind::Read,
+                UndoKind::Nothing,
+                "Lists the zone. Outputs `serial` and `records/record{name, ttl, rrType, data}`.",
+                zone_only(),
+            ),
+        ]
+    }
+
+    async fn execute(&self, call: Call) -> Result<Outcome, ProviderError> {
+        match canonical_procedure(&call.context.procedure) {
+            Some("CreateZone") => self.create_zone(&call).await,
+            Some("DeleteZone") => self.delete_zone(&call).await,
+            Some("AddRecord") => self.add_record(&call).await,
+            Some("DeleteRecord") => self.delete_record(&call).await,
+            Some("ListRecords") => self.list_records(&call).await,
+            _ => Err(ProviderError::invalid(format!(
+                "the DNS provider has no procedure {:?}",
+                call.context.procedure
+            ))),
+        }
+    }
+
+    async fn undo(&self, done: Done) -> Result<(), ProviderError> {
+        self.undo_record(&done).await
+    }
+
+    async fn preview(&self, call: &Call) -> Result<Preview, ProviderError> {
+        self.preview_call(call).await
+    }
+}

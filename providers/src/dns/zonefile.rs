@@ -1,0 +1,609 @@
+//! The zone-file backend: one RFC 1035 master file per zone, `<dir>/<zone>.zone`, that
+//! BIND, Knot or NSD can load. Every change rewrites the file atomically (temp file,
+//! fsync, rename, fsync of the folder) and bumps the SOA serial (`YYYYMMDDnn`).
+//!
+//! The file is written in a fixed subset (one record per line, explicit TTL and class,
+//! relative owners, absolute targets) and [`parse_zone`] reads that subset back.
+
+use super::backend::{ZoneBackend, ZoneSettings, ZoneSnapshot};
+use super::record::{parse_rdata, tokenize, RData, Record, Token};
+use super::DnsError;
+use crate::common::sanitize_key;
+use async_trait::async_trait;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Sub-folder of the zone folder holding zones taken out by DeleteZone.
+pub const DELETED_DIR: &str = ".deleted";
+
+static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// The SOA fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Soa {
+    /// TTL of the SOA record.
+    pub ttl: u32,
+    /// Primary name server, absolute.
+    pub mname: String,
+    /// Responsible mailbox, absolute.
+    pub rname: String,
+    /// Serial.
+    pub serial: u32,
+    /// Refresh, retry, expire, minimum.
+    pub timers: [u32; 4],
+}
+
+/// A parsed zone file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Zone {
+    /// Origin, lowercase, no trailing dot.
+    pub origin: String,
+    /// `$TTL`.
+    pub default_ttl: u32,
+    /// The SOA.
+    pub soa: Soa,
+    /// Every other record, canonical order.
+    pub records: Vec<Record>,
+}
+
+impl Zone {
+    /// The file text.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        out.push_str(&format!(
+            "; Zone {}. — written by Provisio (zonefile backend). Edits are kept only if they\n\
+             ; stay in this one-record-per-line form.\n",
+            self.origin
+        ));
+        out.push_str(&format!("$ORIGIN {}.\n", self.origin));
+        out.push_str(&format!("$TTL {}\n", self.default_ttl));
+        let s = &self.soa;
+        out.push_str(&format!(
+            "@\t{}\tIN\tSOA\t{} {} {} {} {} {} {}\n",
+            s.ttl, s.mname, s.rname, s.serial, s.timers[0], s.timers[1], s.timers[2], s.timers[3]
+        ));
+        let mut records = self.records.clone();
+        records.sort_by(Record::canonical_cmp);
+        for r in &records {
+            out.push_str(&r.line());
+            out.push('\n');
+        }
+        out
+    }
+
+    /// Raises the serial to `max(serial + 1, today·100)`.
+    pub fn bump_serial(&mut self) {
+        self.soa.serial = next_serial(self.soa.serial, today_yyyymmdd());
+    }
+}
+
+/// The next serial after `old` on `today` (`YYYYMMDD`): `max(old + 1, today·100)`,
+/// wrapping as RFC 1982 allows.
+pub fn next_serial(old: u32, today: u32) -> u32 {
+    let base = u64::from(today) * 100;
+    let next = u64::from(old) + 1;
+    let candidate = next.max(base);
+    u32::try_from(candidate).unwrap_or_else(|_| old.wrapping_add(1))
+}
+
+/// The serial of a new zone: `YYYYMMDD01`.
+pub fn first_serial(today: u32) -> u32 {
+    u32::try_from(u64::from(today) * 100 + 1).unwrap_or(1)
+}
+
+/// Today's UTC date as `YYYYMMDD`.
+pub fn today_yyyymmdd() -> u32 {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    u32::try_from(y * 10_000 + m * 100 + d).unwrap_or(19_700_101)
+}
+
+fn parse_u32(s: &str, what: &str) -> Result<u32, String> {
+    s.parse()
+        .map_err(|_| format!("{what} {s:?} is not a number"))
+}
+
+fn is_ttl(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Turns a file owner (relative, `@`, or absolute) into the relative form.
+fn relative_owner(owner: &str, origin: &str) -> Result<String, String> {
+    let lower = owner.to_ascii_lowercase();
+    if lower == "@" || lower == format!("{origin}.") {
+        return Ok("@".into());
+    }
+    if let Some(abs) = lower.strip_suffix('.') {
+        return abs
+            .strip_suffix(&format!(".{origin}"))
+            .map(str::to_string)
+            .ok_or_else(|| format!("owner {owner} is outside the zone"));
+    }
+    Ok(lower)
+}
+
+/// Parses one record line (as found in the file or an undo record).
+pub fn parse_record_line(
+    line: &str,
+    origin: &str,
+    default_ttl: u32,
+) -> Result<Option<(Record, Option<Soa>)>, String> {
+    let tokens = tokenize(line)?;
+    if tokens.is_empty() {
+        return Ok(None);
+    }
+    if line.starts_with([' ', '\t']) {
+        return Err("lines without an owner are not supported".into());
+    }
+    let bare = |i: usize| {
+        tokens.get(i).and_then(|t| match t {
+            Token::Bare(s) => Some(s.as_str()),
+            Token::Quoted(_) => None,
+        })
+    };
+    let owner = bare(0).ok_or("the owner is missing")?;
+    let owner = relative_owner(owner, origin)?;
+    let mut i = 1;
+    let mut ttl = None;
+    for _ in 0..2 {
+        match bare(i) {
+            Some(t) if is_ttl(t) && ttl.is_none() => {
+                ttl = Some(parse_u32(t, "TTL")?);
+                i += 1;
+            }
+            Some(c) if c.eq_ignore_ascii_case("IN") => i += 1,
+            _ => {}
+        }
+    }
+    let rtype = bare(i)
+        .ok_or("the record type is missing")?
+        .to_ascii_uppercase();
+    let rest = &tokens[i + 1..];
+    let ttl = ttl.unwrap_or(default_ttl);
+    if rtype == "SOA" {
+        if owner != "@" {
+            return Err("SOA outside the apex".into());
+        }
+        if rest.len() != 7 {
+            return Err("SOA must have 7 fields on one line".into());
+        }
+        let f = |k: usize| match &rest[k] {
+            Token::Bare(s) => Ok(s.clone()),
+            Token::Quoted(_) => Err("quoted SOA field".to_string()),
+        };
+        let abs = |s: String| {
+            if s.ends_with('.') {
+                s.to_ascii_lowercase()
+            } else {
+                format!("{}.{origin}.", s.to_ascii_lowercase())
+            }
+        };
+        let soa = Soa {
+            ttl,
+            mname: abs(f(0)?),
+            rname: abs(f(1)?),
+            serial: parse_u32(&f(2)?, "serial")?,
+            timers: [
+                parse_u32(&f(3)?, "refresh")?,
+                parse_u32(&f(4)?, "retry")?,
+                parse_u32(&f(5)?, "expire")?,
+                parse_u32(&f(6)?, "minimum")?,
+            ],
+        };
+        // A placeholder record; the caller takes the SOA.
+        return Ok(Some((
+            Record {
+                owner,
+                ttl,
+                data: RData::Txt(Vec::new()),
+            },
+            Some(soa),
+        )));
+    }
+    let data = parse_rdata(&rtype, rest, origin)?;
+    Ok(Some((Record { owner, ttl, data }, None)))
+}
+
+/// Parses a zone file in the subset [`Zone::render`] writes.
+pub fn parse_zone(text: &str, expected_origin: &str) -> Result<Zone, String> {
+    let mut origin = expected_origin.to_string();
+    let mut default_ttl: Option<u32> = None;
+    let mut soa = None;
+    let mut records = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let at = |e: String| format!("line {}: {e}", n + 1);
+        let trimmed = line.trim();
+        if trimmed.is_empty() || trimmed.starts_with(';') {
+            continue;
+        }
+        if let Some(rest) = trimmed.strip_prefix('$') {
+            let mut parts = rest.split_whitespace();
+            match (parts.next(), parts.next()) {
+                (Some(d), Some(v)) if d.eq_ignore_ascii_case("ORIGIN") => {
+                    let v = v.to_ascii_lowercase();
+                    let v = v.strip_suffix('.').unwrap_or(&v).to_string();
+                    if v != expected_origin {
+                        return Err(at(format!("$ORIGIN {v} is not {expected_origin}")));
+                    }
+                    origin = v;
+                }
+                (Some(d), Some(v)) if d.eq_ignore_ascii_case("TTL") => {
+                    default_ttl = Some(parse_u32(v, "$TTL").map_err(at)?);
+                }
+                _ => return Err(at(format!("unsupported directive ${rest}"))),
+            }
+            continue;
+        }
+        let ttl = default_ttl.unwrap_or(3600);
+        match parse_record_line(line, &origin, ttl).map_err(at)? {
+            None => {}
+            Some((_, Some(s))) => {
+                if soa.is_some() {
+                    return Err(at("a second SOA".into()));
+                }
+                soa = Some(s);
+            }
+            Some((r, None)) => records.push(r),
+        }
+    }
+    let soa = soa.ok_or("the zone has no SOA record")?;
+    records.sort_by(Record::canonical_cmp);
+    Ok(Zone {
+        origin,
+        default_ttl: default_ttl.unwrap_or(soa.timers[3]),
+        soa,
+        records,
+    })
+}
+
+/// Zones as files in one folder.
+#[derive(Debug)]
+pub struct ZoneFileBackend {
+    dir: PathBuf,
+    lock: Mutex<()>,
+}
+
+impl ZoneFileBackend {
+    /// Uses (creating it if missing) `dir`.
+    pub fn new(dir: PathBuf) -> Result<Self, DnsError> {
+        fs::create_dir_all(&dir)
+            .map_err(|e| DnsError::io(format!("zone folder {}", dir.display()), e))?;
+        Ok(ZoneFileBackend {
+            dir,
+            lock: Mutex::new(()),
+        })
+    }
+
+    /// The zone folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The file of a (validated) zone.
+    pub fn zone_path(&self, zone: &str) -> PathBuf {
+        self.dir.join(format!("{zone}.zone"))
+    }
+
+    fn guard(&self) -> MutexGuard<'_, ()> {
+        self.lock.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn load(&self, zone: &str) -> Result<Zone, DnsError> {
+        let path = self.zone_path(zone);
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(DnsError::ZoneNotFound(zone.to_string()))
+            }
+            Err(e) => return Err(DnsError::io(format!("zone file {}", path.display()), e)),
+        };
+        parse_zone(&text, zone).map_err(|message| DnsError::Corrupt {
+            zone: zone.to_string(),
+            message,
+        })
+    }
+
+    /// Writes `text` to a temp file in the zone folder, fsyncs it, and returns its path.
+    fn write_temp(&self, zone: &str, text: &str) -> Result<PathBuf, DnsError> {
+        let tmp = self.dir.join(format!(
+            ".{zone}.zone.tmp-{}-{}",
+            std::process::id(),
+            TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let result = (|| -> io::Result<()> {
+            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            f.write_all(text.as_bytes())?;
+            f.sync_all()
+        })();
+        match result {
+            Ok(()) => Ok(tmp),
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                Err(DnsError::io(format!("temp file {}", tmp.display()), e))
+            }
+        }
+    }
+
+    fn sync_dir(&self) {
+        // Best effort: makes the rename durable.
+        if let Ok(d) = File::open(&self.dir) {
+            let _ = d.sync_all();
+        }
+    }
+
+    /// Replaces the zone file atomically.
+    fn store(&self, zone: &Zone) -> Result<(), DnsError> {
+        let tmp = self.write_temp(&zone.origin, &zone.render())?;
+        let path = self.zone_path(&zone.origin);
+        if let Err(e) = fs::rename(&tmp, &path) {
+            let _ = fs::remove_file(&tmp);
+            return Err(DnsError::io(format!("zone file {}", path.display()), e));
+        }
+        self.sync_dir();
+        Ok(())
+    }
+
+    fn deleted_path(&self, token: &str) -> PathBuf {
+        self.dir.join(DELETED_DIR).join(token)
+    }
+}
+
+fn ns_glue(settings: &ZoneSettings) -> Option<Record> {
+    let addr = settings.ns_address?;
+    let ns = settings.primary_ns.strip_suffix('.')?;
+    let owner = if ns == settings.zone {
+        "@".to_string()
+    } else {
+        ns.strip_suffix(&format!(".{}", settings.zone))?.to_string()
+    };
+    Some(Record {
+        owner,
+        ttl: settings.ttl,
+        data: match addr {
+            IpAddr::V4(a) => RData::A(a),
+            IpAddr::V6(a) => RData::Aaaa(a),
+        },
+    })
+}
+
+fn exists(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok()
+}
+
+#[async_trait]
+impl ZoneBackend for ZoneFileBackend {
+    fn kind(&self) -> &'static str {
+        "zonefile"
+    }
+
+    async fn create_zone(&self, settings: &ZoneSettings) -> Result<(u32, String), DnsError> {
+        let _g = self.guard();
+        let path = self.zone_path(&settings.zone);
+        if exists(&path) {
+            return Err(DnsError::ZoneExists(settings.zone.clone()));
+        }
+        let mut records = vec![Record {
+            owner: "@".into(),
+            ttl: settings.ttl,
+            data: RData::Ns(settings.primary_ns.clone()),
+        }];
+        records.extend(ns_glue(settings));
+        let zone = Zone {
+            origin: settings.zone.clone(),
+            default_ttl: settings.ttl,
+            soa: Soa {
+                ttl: settings.ttl,
+                mname: settings.primary_ns.clone(),
+                rname: settings.admin.clone(),
+                serial: first_serial(today_yyyymmdd()),
+                timers: settings.timers,
+            },
+            records,
+        };
+        let tmp = self.write_temp(&settings.zone, &zone.render())?;
+        // hard_link fails if the target exists: no zone is ever overwritten.
+        let linked = fs::hard_link(&tmp, &path);
+        let _ = fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                return Err(DnsError::ZoneExists(settings.zone.clone()))
+            }
+            Err(e) => return Err(DnsError::io(format!("zone file {}", path.display()), e)),
+        }
+        self.sync_dir();
+        Ok((zone.soa.serial, path.display().to_string()))
+    }
+
+    async fn remove_zone(&self, zone: &str) -> Result<(), DnsError> {
+        let _g = self.guard();
+        let path = self.zone_path(zone);
+        match fs::remove_file(&path) {
+            Ok(()) => {
+                self.sync_dir();
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(DnsError::io(format!("zone file {}", path.display()), e)),
+        }
+    }
+
+    async fn delete_zone(&self, zone: &str, key: &str) -> Result<String, DnsError> {
+        let _g = self.guard();
+        let token = format!("{zone}.zone.{}", sanitize_key(key));
+        let aside = self.deleted_path(&token);
+        let path = self.zone_path(zone);
+        if !exists(&path) {
+            // A retried call whose first try already moved it.
+            if exists(&aside) {
+                return Ok(token);
+            }
+            return Err(DnsError::ZoneNotFound(zone.to_string()));
+        }
+        let deleted = self.dir.join(DELETED_DIR);
+        fs::create_dir_all(&deleted)
+            .map_err(|e| DnsError::io(format!("{}", deleted.display()), e))?;
+        if exists(&aside) {
+            return Err(DnsError::Io {
+                what: format!("{} already exists", aside.display()),
+                transient: false,
+                message: "a deleted copy with this key is in the way".into(),
+            });
+        }
+        fs::rename(&path, &aside)
+            .map_err(|e| DnsError::io(format!("zone file {}", path.display()), e))?;
+        self.sync_dir();
+        Ok(token)
+    }
+
+    async fn restore_zone(&self, zone: &str, token: &str) -> Result<(), DnsError> {
+        let _g = self.guard();
+        if token.contains('/')
+            || token.contains('\\')
+            || token.starts_with('.')
+            || token.contains('\0')
+        {
+            return Err(DnsError::Invalid(format!(
+                "bad deleted-zone token {token:?}"
+            )));
+        }
+        let aside = self.deleted_path(token);
+        let path = self.zone_path(zone);
+        match (exists(&aside), exists(&path)) {
+            (true, false) => {
+                fs::rename(&aside, &path)
+                    .map_err(|e| DnsError::io(format!("restoring zone file {}", path.display()), e))?;
+                self.sync_dir();
+                Ok(())
+            }
+            (false, true) => Ok(()),
+            (true, true) => Err(DnsError::ZoneExists(format!(
+                "{zone} (cannot restore it: a new zone of that name exists; the old file is kept at {})",
+                aside.display()
+            ))),
+            (false, false) => Err(DnsError::ZoneNotFound(format!(
+                "{zone} (its deleted copy {} is gone)",
+                aside.display()
+            ))),
+        }
+    }
+
+    async fn zone_exists(&self, zone: &str) -> Result<bool, DnsError> {
+        Ok(exists(&self.zone_path(zone)))
+    }
+
+    async fn snapshot(&self, zone: &str) -> Result<ZoneSnapshot, DnsError> {
+        let _g = self.guard();
+        let z = self.load(zone)?;
+        Ok(ZoneSnapshot {
+            serial: z.soa.serial,
+            default_ttl: z.default_ttl,
+            records: z.records,
+        })
+    }
+
+    async fn add_record(
+        &self,
+        zone: &str,
+        owner: &str,
+        ttl: Option<u32>,
+        data: &RData,
+    ) -> Result<(Record, u32), DnsError> {
+        let _g = self.guard();
+        let mut z = self.load(zone)?;
+        let record = Record {
+            owner: owner.to_string(),
+            ttl: ttl.unwrap_or(z.default_ttl),
+            data: data.clone(),
+        };
+        if z.records.iter().any(|r| r.same_as(&record)) {
+            return Err(DnsError::RecordExists(format!(
+                "{} {} {}",
+                record.fqdn(zone),
+                data.rtype(),
+                data.to_text()
+            )));
+        }
+        let at_owner = || z.records.iter().filter(|r| r.owner == record.owner);
+        if matches!(data, RData::Cname(_)) {
+            if owner == "@" {
+                return Err(DnsError::Conflict(format!(
+                    "a CNAME cannot be at the zone apex {zone}."
+                )));
+            }
+            if let Some(r) = at_owner().next() {
+                return Err(DnsError::Conflict(format!(
+                    "{} already has a {} record; a CNAME cannot share its name",
+                    record.fqdn(zone),
+                    r.data.rtype()
+                )));
+            }
+        } else if at_owner().any(|r| matches!(r.data, RData::Cname(_))) {
+            return Err(DnsError::Conflict(format!(
+                "{} is a CNAME; it cannot have {} records too",
+                record.fqdn(zone),
+                data.rtype()
+            )));
+        }
+        z.records.push(record.clone());
+        z.records.sort_by(Record::canonical_cmp);
+        z.bump_serial();
+        self.store(&z)?;
+        Ok((record, z.soa.serial))
+    }
+
+    async fn delete_record(
+        &self,
+        zone: &str,
+        owner: &str,
+        data: &RData,
+    ) -> Result<Option<(Record, u32)>, DnsError> {
+        let _g = self.guard();
+        let mut z = self.load(zone)?;
+        let Some(pos) = z
+            .records
+            .iter()
+            .position(|r| r.owner == owner && &r.data == data)
+        else {
+            return Ok(None);
+        };
+        let removed = z.records.remove(pos);
+        z.bump_serial();
+        self.store(&z)?;
+        Ok(Some((removed, z.soa.serial)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serial_rules() {
+        assert_eq!(next_serial(0, 20240615), 2024061500);
+        assert_eq!(next_serial(2024061500, 20240615), 2024061501);
+        assert_eq!(next_serial(2024061599, 20240615), 2024061600);
+        assert_eq!(next_serial(2024061512, 20240616), 2024061600);
+        assert_eq!(next_serial(u32::MAX, 20240616), 0);
+        let t = today_yyyymmdd();
+        assert!((20200101..21000101).contains(&t), "{t}");
+    }
+}

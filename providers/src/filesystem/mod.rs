@@ -1,0 +1,949 @@
+//! The embedded filesystem provider: folders, files, moves and quotas under one sandbox
+//! root. Every path input is relative to the root and cannot leave it (see [`sandbox`]).
+//!
+//! Undo never destroys data it did not create: DeleteFolder moves the folder into
+//! `<root>/.provisio-trash/<idempotency key>` so its undo can move it back; quotas live in
+//! `<root>/.provisio-state/quotas.json`. Both folders are hidden from inputs.
+
+mod quota;
+mod sandbox;
+
+use crate::common::{input, opt_input, opt_nonempty, parse_bool, req_input, sanitize_key, text};
+use async_trait::async_trait;
+use cap_std::ambient_authority;
+use cap_std::fs::{Dir, OpenOptions};
+use provisio_engine::data::{Element, Scalar};
+use provisio_engine::model::ProcKind;
+use provisio_engine::provider::{
+    Call, Done, Outcome, Preview, ProcedureSpec, Provider, ProviderError, UndoKind,
+};
+use sandbox::{
+    check_symlinks, io_error, RelPath, E_ALREADY_EXISTS, E_DIR_NOT_EMPTY, E_PATH_NOT_FOUND,
+};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Folder (under the root) that DeleteFolder moves folders into.
+pub const TRASH_DIR: &str = ".provisio-trash";
+
+/// Errors creating a [`FilesystemProvider`].
+#[derive(Debug, thiserror::Error)]
+pub enum FilesystemError {
+    /// The root folder could not be created or opened.
+    #[error("cannot open filesystem provider root {path}: {source}")]
+    Root {
+        /// The configured root.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Folders, files and quotas under a sandbox root.
+pub struct FilesystemProvider {
+    root: PathBuf,
+    dir: Dir,
+    /// Serializes read-modify-write of the quota state file.
+    state_lock: Mutex<()>,
+}
+
+impl std::fmt::Debug for FilesystemProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FilesystemProvider")
+            .field("root", &self.root)
+            .finish()
+    }
+}
+
+impl FilesystemProvider {
+    /// Opens (creating it if missing) the sandbox root.
+    pub fn new(root: PathBuf) -> Result<Self, FilesystemError> {
+        let err = |source| FilesystemError::Root {
+            path: root.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&root).map_err(err)?;
+        let dir = Dir::open_ambient_dir(&root, ambient_authority()).map_err(err)?;
+        Ok(FilesystemProvider {
+            root,
+            dir,
+            state_lock: Mutex::new(()),
+        })
+    }
+
+    /// The sandbox root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Parses and checks a path input (see [`sandbox`]).
+    fn path_input(
+        &self,
+        data: &Element,
+        field: &str,
+        allow_root: bool,
+    ) -> Result<RelPath, ProviderError> {
+        let raw = req_input(data, &[field])?;
+        self.checked(field, &raw, allow_root)
+    }
+
+    fn checked(&self, field: &str, raw: &str, allow_root: bool) -> Result<RelPath, ProviderError> {
+        let path = RelPath::parse(field, raw, allow_root)?;
+        check_symlinks(&self.dir, field, &path)?;
+        Ok(path)
+    }
+
+    /// `lstat`, with NotFound as `None`.
+    fn lstat(&self, path: &RelPath) -> Result<Option<cap_std::fs::Metadata>, ProviderError> {
+        match self.dir.symlink_metadata(path.path()) {
+            Ok(m) => Ok(Some(m)),
+            Err(e)
+                if e.kind() == io::ErrorKind::NotFound
+                    || e.kind() == io::ErrorKind::NotADirectory =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(io_error(&format!("`{}`", path.display()), e)),
+        }
+    }
+
+    /// `stat` (follows in-root symlinks), with NotFound as `None`.
+    fn stat(&self, path: &RelPath) -> Result<Option<cap_std::fs::Metadata>, ProviderError> {
+        match self.dir.metadata(path.path()) {
+            Ok(m) => Ok(Some(m)),
+            Err(e)
+                if e.kind() == io::ErrorKind::NotFound
+                    || e.kind() == io::ErrorKind::NotADirectory =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(io_error(&format!("`{}`", path.display()), e)),
+        }
+    }
+
+    fn require_parent_dir(&self, field: &str, path: &RelPath) -> Result<(), ProviderError> {
+        if let Some(parent) = path.parent() {
+            match self.stat(&parent)? {
+                Some(m) if m.is_dir() => {}
+                Some(_) => {
+                    return Err(ProviderError::Permanent {
+                        code: E_PATH_NOT_FOUND,
+                        message: format!("input `{field}`: `{}` is not a folder", parent.display()),
+                    })
+                }
+                None => {
+                    return Err(ProviderError::Permanent {
+                        code: E_PATH_NOT_FOUND,
+                        message: format!(
+                            "input `{field}`: parent folder `{}` does not exist",
+                            parent.display()
+                        ),
+                    })
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Up to ten entry names of a folder, for error messages.
+    fn list_some(&self, path: &RelPath) -> String {
+        let mut names = Vec::new();
+        let mut more = false;
+        if let Ok(rd) = self.dir.read_dir(path.path()) {
+            for entry in rd.flatten() {
+                if names.len() == 10 {
+                    more = true;
+                    break;
+                }
+                names.push(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        names.sort();
+        let mut s = names.join(", ");
+        if more {
+            s.push_str(", …");
+        }
+        s
+    }
+
+    fn is_empty_dir(&self, path: &RelPath) -> Result<bool, ProviderError> {
+        let mut rd = self
+            .dir
+            .read_dir(path.path())
+            .map_err(|e| io_error(&format!("`{}`", path.display()), e))?;
+        Ok(rd.next().is_none())
+    }
+
+    fn lock_state(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.state_lock
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    // ---- procedures -------------------------------------------------------------
+
+    fn create_folder(&self, call: &Call) -> Result<Outcome, ProviderError> {
+        let data = &call.execute_data;
+        let path = self.path_input(data, "path", false)?;
+        let mode = parse_mode("mode", opt_nonempty(data, &["mode"]))?;
+        if self.lstat(&path)?.is_some() {
+            return Err(ProviderError::Permanent {
+                code: E_ALREADY_EXISTS,
+                message: format!("folder `{}` already exists", path.display()),
+            });
+        }
+        // Create missing parents first, remembering them for undo.
+        let mut created: Vec<RelPath> = Vec::new();
+        let cleanup = |created: &[RelPath]| {
+            for p in created.iter().rev() {
+                let _ = self.dir.remove_dir(p.path());
+            }
+        };
+        for n in 1..path.parts().len() {
+            let prefix = path.prefix(n);
+            match self.stat(&prefix)? {
+                Some(m) if m.is_dir() => continue,
+                Some(_) => {
+                    cleanup(&created);
+                    return Err(ProviderError::Permanent {
+                        code: E_PATH_NOT_FOUND,
+                        message: format!(
+                            "input `path`: `{}` exists and is not a folder",
+                            prefix.display()
+                        ),
+                    });
+                }
+                None => match self.dir.create_dir(prefix.path()) {
+                    Ok(()) => created.push(prefix),
+                    Err(e) => {
+                        cleanup(&created);
+                        return Err(io_error(&format!("folder `{}`", prefix.display()), e));
+                    }
+                },
+            }
+        }
+        let made = match mode {
+            Some(m) => create_dir_mode(&self.dir, &path.path(), m),
+            None => self.dir.create_dir(path.path()),
+        };
+        if let Err(e) = made {
+            cleanup(&created);
+            return Err(io_error(&format!("folder `{}`", path.display()), e));
+        }
+        let mut out = call.execute_data.clone();
+        out.push(text("created", path.display()));
+        let mut undo = Element::new("undo");
+        undo.push(text("op", "removeFolder"));
+        undo.push(text("path", path.display()));
+        for p in created.iter().rev() {
+            undo.push(text("createdParent", p.display()));
+        }
+        Ok(Outcome {
+            execute_data: out,
+            undo: Some(undo),
+        })
+    }
+
+    fn delete_folder(&self, call: &Call) -> Result<Outcome, ProviderError> {
+        let data = &call.execute_data;
+        let path = self.path_input(data, "path", false)?;
+        let recurse = parse_bool("recurse", opt_input(data, &["recurse"]))?;
+        let trash_name = sanitize_key(&call.context.idempotency_key());
+        let trash = trash_path(&trash_name);
+        let undo = || {
+            let mut undo = Element::new("undo");
+            undo.push(text("op", "restoreFolder"));
+            undo.push(text("path", path.display()));
+            undo.push(text("trash", trash_name.clone()));
+            undo
+        };
+        let mut out = call.execute_data.clone();
+        out.push(text("deleted", path.display()));
+        let meta = self.lstat(&path)?;
+        // A retried call whose first try already moved the folder: same result.
+        if meta.is_none() && self.dir.symlink_metadata(&trash).is_ok() {
+            return Ok(Outcome {
+                execute_data: out,
+                undo: Some(undo()),
+            });
+        }
+        match meta {
+            None => {
+                return Err(ProviderError::Permanent {
+                    code: E_PATH_NOT_FOUND,
+                    message: format!("folder `{}` does not exist", path.display()),
+                })
+            }
+            Some(m) if m.file_type().is_symlink() => {
+                return Err(ProviderError::invalid(format!(
+                    "input `path`: `{}` is a symlink, not a folder",
+                    path.display()
+                )))
+            }
+            Some(m) if !m.is_dir() => {
+                return Err(ProviderError::invalid(format!(
+                    "input `path`: `{}` is a file, not a folder",
+                    path.display()
+                )))
+            }
+            Some(_) => {}
+        }
+        if !recurse && !self.is_empty_dir(&path)? {
+            return Err(ProviderError::Permanent {
+                code: E_DIR_NOT_EMPTY,
+                message: format!(
+                    "folder `{}` is not empty (contains {}); set recurse: true to delete it with its content",
+                    path.display(),
+                    self.list_some(&path)
+                ),
+            });
+        }
+        self.dir
+            .create_dir_all(TRASH_DIR)
+            .map_err(|e| io_error(TRASH_DIR, e))?;
+        if self.dir.symlink_metadata(&trash).is_ok() {
+            return Err(ProviderError::permanent(format!(
+                "trash entry {} already exists for this call",
+                trash.display()
+            )));
+        }
+        self.dir
+            .rename(path.path(), &self.dir, &trash)
+            .map_err(|e| io_error(&format!("folder `{}`", path.display()), e))?;
+        Ok(Outcome {
+            execute_data: out,
+            undo: Some(undo()),
+        })
+    }
+
+    fn write_file(&self, call: &Call) -> Result<Outcome, ProviderError> {
+        let data = &call.execute_data;
+        let path = self.path_input(data, "path", false)?;
+        let content = opt_input(data, &["content"]).unwrap_or_default();
+        let mode = parse_mode("mode", opt_nonempty(data, &["mode"]))?;
+        self.require_parent_dir("path", &path)?;
+        let mut opts = OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use cap_std::fs::OpenOptionsExt;
+            opts.mode(mode.unwrap_or(0o644));
+        }
+        let mut file = self.dir.open_with(path.path(), &opts).map_err(|e| {
+            if e.kind() == io::ErrorKind::AlreadyExists {
+                ProviderError::Permanent {
+                    code: E_ALREADY_EXISTS,
+                    message: format!("file `{}` already exists", path.display()),
+                }
+            } else {
+                io_error(&format!("file `{}`", path.display()), e)
+            }
+        })?;
+        let written = (|| -> io::Result<()> {
+            file.write_all(content.as_bytes())?;
+            file.sync_all()?;
+            if let Some(m) = mode {
+                set_mode(&self.dir, &path.path(), m)?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = written {
+            drop(file);
+            let _ = self.dir.remove_file(path.path());
+            return Err(io_error(&format!("file `{}`", path.display()), e));
+        }
+        let mut out = call.execute_data.clone();
+        out.push(text("written", path.display()));
+        out.push(Element::with_scalar(
+            "bytes",
+            Scalar::Int(i64::try_from(content.len()).unwrap_or(i64::MAX)),
+        ));
+        let mut undo = Element::new("undo");
+        undo.push(text("op", "removeFile"));
+        undo.push(text("path", path.display()));
+        Ok(Outcome {
+            execute_data: out,
+            undo: Some(undo),
+        })
+    }
+
+    fn set_quota(&self, call: &Call) -> Result<Outcome, ProviderError> {
+        let data = &call.execute_data;
+        let path = self.path_input(data, "path", false)?;
+        let raw = req_input(data, &["megabytes"])?;
+        let mb: u64 = raw.trim().parse().map_err(|_| {
+            ProviderError::invalid(format!(
+                "input `megabytes` must be a whole non-negative number, got {raw:?}"
+            ))
+        })?;
+        match self.stat(&path)? {
+            Some(m) if m.is_dir() => {}
+            Some(_) => {
+                return Err(ProviderError::invalid(format!(
+                    "input `path`: `{}` is not a folder",
+                    path.display()
+                )))
+            }
+            None => {
+                return Err(ProviderError::Permanent {
+                    code: E_PATH_NOT_FOUND,
+                    message: format!("folder `{}` does not exist", path.display()),
+                })
+            }
+        }
+        let previous = {
+            let _guard = self.lock_state();
+            let mut quotas = quota::load(&self.dir)?;
+            let previous = quotas.insert(path.display(), mb);
+            quota::store(&self.dir, &quotas)?;
+            previous
+        };
+        let mut out = call.execute_data.clone();
+        out.push(Element::with_scalar(
+            "quotaMegabytes",
+            Scalar::Int(to_i64(mb)),
+        ));
+        if let Some(p) = previous {
+            out.push(Element::with_scalar(
+                "previousQuotaMegabytes",
+                Scalar::Int(to_i64(p)),
+            ));
+        }
+        let mut undo = Element::new("undo");
+        undo.push(text("op", "restoreQuota"));
+        undo.push(text("path", path.display()));
+        undo.push(text(
+            "previous",
+            previous.map_or_else(|| "none".to_string(), |p| p.to_string()),
+        ));
+        Ok(Outcome {
+            execute_data: out,
+            undo: Some(undo),
+        })
+    }
+
+    fn get_usage(&self, call: &Call) -> Result<Outcome, ProviderError> {
+        let path = self.path_input(&call.execute_data, "path", true)?;
+        let bytes = match self.stat(&path)? {
+            None => {
+                return Err(ProviderError::Permanent {
+                    code: E_PATH_NOT_FOUND,
+                    message: format!("`{}` does not exist", path.display()),
+                })
+            }
+            Some(m) if !m.is_dir() => m.len(),
+            Some(_) => self.usage(&path)?,
+        };
+        let quota = {
+            let _guard = self.lock_state();
+            quota::load(&self.dir)?.get(&path.display()).copied()
+        };
+        let mut out = call.execute_data.clone();
+        out.push(Element::with_scalar("bytes", Scalar::Int(to_i64(bytes))));
+        let over = match quota {
+            Some(q) => {
+                out.push(Element::with_scalar(
+                    "quotaMegabytes",
+                    Scalar::Int(to_i64(q)),
+                ));
+                u128::from(bytes) > u128::from(q) * 1024 * 1024
+            }
+            None => false,
+        };
+        out.push(Element::with_scalar("overQuota", Scalar::Bool(over)));
+        Ok(Outcome {
+            execute_data: out,
+            undo: None,
+        })
+    }
+
+    /// Total size of the regular files below `path` (symlinks are not followed; the
+    /// provider's own folders at the root are skipped).
+    fn usage(&self, path: &RelPath) -> Result<u64, ProviderError> {
+        let mut total: u64 = 0;
+        let mut stack = vec![path.path()];
+        while let Some(p) = stack.pop() {
+            let rd = match self.dir.read_dir(&p) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_error(&format!("`{}`", p.display()), e)),
+            };
+            for entry in rd {
+                let entry = entry.map_err(|e| io_error(&format!("`{}`", p.display()), e))?;
+                let name = entry.file_name();
+                if p == Path::new(".") && sandbox::is_reserved(&name.to_string_lossy()) {
+                    continue;
+                }
+                let child = if p == Path::new(".") {
+                    PathBuf::from(&name)
+                } else {
+                    p.join(&name)
+                };
+                let meta = match self.dir.symlink_metadata(&child) {
+                    Ok(m) => m,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(io_error(&format!("`{}`", child.display()), e)),
+                };
+                if meta.is_dir() {
+                    stack.push(child);
+                } else if meta.is_file() {
+                    total = total.saturating_add(meta.len());
+                }
+            }
+        }
+        Ok(total)
+    }
+
+    fn move_folder(&self, call: &Call) -> Result<Outcome, ProviderError> {
+        let data = &call.execute_data;
+        let from = self.path_input(data, "from", false)?;
+        let to = self.path_input(data, "to", false)?;
+        match self.lstat(&from)? {
+            None => {
+                return Err(ProviderError::Permanent {
+                    code: E_PATH_NOT_FOUND,
+                    message: format!("input `from`: folder `{}` does not exist", from.display()),
+                })
+            }
+            Some(m) if !m.is_dir() => {
+                return Err(ProviderError::invalid(format!(
+                    "input `from`: `{}` is not a folder",
+                    from.display()
+                )))
+            }
+            Some(_) => {}
+        }
+        if to.starts_with(&from) {
+            return Err(ProviderError::invalid(format!(
+                "input `to`: `{}` is inside `{}`; a folder cannot move into itself",
+                to.display(),
+                from.display()
+            )));
+        }
+        if self.lstat(&to)?.is_some() {
+            return Err(ProviderError::Permanent {
+                code: E_ALREADY_EXISTS,
+                message: format!("input `to`: `{}` already exists", to.display()),
+            });
+        }
+        self.require_parent_dir("to", &to)?;
+        self.rename_with_quotas(&from, &to)?;
+        let mut out = call.execute_data.clone();
+        out.push(text("moved", to.display()));
+        let mut undo = Element::new("undo");
+        undo.push(text("op", "moveBack"));
+        undo.push(text("from", from.display()));
+        undo.push(text("to", to.display()));
+        Ok(Outcome {
+            execute_data: out,
+            undo: Some(undo),
+        })
+    }
+
+    fn rename_with_quotas(&self, from: &RelPath, to: &RelPath) -> Result<(), ProviderError> {
+        let _guard = self.lock_state();
+        self.dir
+            .rename(from.path(), &self.dir, to.path())
+            .map_err(|e| {
+                io_error(
+                    &format!("moving `{}` to `{}`", from.display(), to.display()),
+                    e,
+                )
+            })?;
+        let mut quotas = quota::load(&self.dir)?;
+        if quota::rename_prefix(&mut quotas, &from.display(), &to.display()) {
+            quota::store(&self.dir, &quotas)?;
+        }
+        Ok(())
+    }
+
+    // ---- undo ---------------------------------------------------------------------
+
+    fn undo_record(&self, done: &Done) -> Result<(), ProviderError> {
+        let u = &done.undo;
+        let op = opt_input(u, &["op"]).unwrap_or_default();
+        match op.as_str() {
+            "removeFolder" => {
+                let path = self.undo_path(u, "path")?;
+                match self.lstat(&path)? {
+                    None => {}
+                    Some(m) if m.is_dir() => match self.dir.remove_dir(path.path()) {
+                        Ok(()) => {}
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(e) if e.kind() == io::ErrorKind::DirectoryNotEmpty => {
+                            return Err(ProviderError::Permanent {
+                                code: E_DIR_NOT_EMPTY,
+                                message: format!(
+                                    "cannot undo CreateFolder: folder `{}` is not empty (contains {})",
+                                    path.display(),
+                                    self.list_some(&path)
+                                ),
+                            })
+                        }
+                        Err(e) => return Err(io_error(&format!("folder `{}`", path.display()), e)),
+                    },
+                    Some(_) => {
+                        return Err(ProviderError::permanent(format!(
+                            "cannot undo CreateFolder: `{}` is no longer a folder",
+                            path.display()
+                        )))
+                    }
+                }
+                for parent in u.elements().filter(|e| e.name == "createdParent") {
+                    let p = self.checked("createdParent", &parent.string_value(), false)?;
+                    // Leave parents that others have filled meanwhile.
+                    let _ = self.dir.remove_dir(p.path());
+                }
+                Ok(())
+            }
+            "restoreFolder" => {
+                let path = self.undo_path(u, "path")?;
+                let name = req_input(u, &["trash"])?;
+                if name.contains('/') || name.starts_with('.') || name.contains('\0') {
+                    return Err(ProviderError::invalid(format!(
+                        "undo record has a bad trash name {name:?}"
+                    )));
+                }
+                let trash = trash_path(&name);
+                let in_trash = self.dir.symlink_metadata(&trash).is_ok();
+                let at_path = self.lstat(&path)?.is_some();
+                match (in_trash, at_path) {
+                    (true, false) => self
+                        .dir
+                        .rename(&trash, &self.dir, path.path())
+                        .map_err(|e| io_error(&format!("restoring folder `{}`", path.display()), e)),
+                    (false, true) => Ok(()), // already restored
+                    (true, true) => Err(ProviderError::Permanent {
+                        code: E_ALREADY_EXISTS,
+                        message: format!(
+                            "cannot restore folder `{}`: something else now exists there (the deleted content is kept in {})",
+                            path.display(),
+                            trash.display()
+                        ),
+                    }),
+                    (false, false) => Err(ProviderError::permanent(format!(
+                        "cannot restore folder `{}`: its trash entry {} is gone",
+                        path.display(),
+                        trash.display()
+                    ))),
+                }
+            }
+            "removeFile" => {
+                let path = self.undo_path(u, "path")?;
+                match self.lstat(&path)? {
+                    None => Ok(()),
+                    Some(m) if m.is_file() => match self.dir.remove_file(path.path()) {
+                        Ok(()) => Ok(()),
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                        Err(e) => Err(io_error(&format!("file `{}`", path.display()), e)),
+                    },
+                    Some(_) => Err(ProviderError::permanent(format!(
+                        "cannot undo WriteFile: `{}` is no longer a file",
+                        path.display()
+                    ))),
+                }
+            }
+            "restoreQuota" => {
+                let path = self.undo_path(u, "path")?;
+                let previous = req_input(u, &["previous"])?;
+                let previous: Option<u64> = match previous.trim() {
+                    "none" => None,
+                    p => Some(p.parse().map_err(|_| {
+                        ProviderError::invalid(format!(
+                            "undo record has a bad previous quota {p:?}"
+                        ))
+                    })?),
+                };
+                let _guard = self.lock_state();
+                let mut quotas = quota::load(&self.dir)?;
+                let key = path.display();
+                let changed = match previous {
+                    Some(p) => quotas.insert(key, p) != Some(p),
+                    None => quotas.remove(&key).is_some(),
+                };
+                if changed {
+                    quota::store(&self.dir, &quotas)?;
+                }
+                Ok(())
+            }
+            "moveBack" => {
+                let from = self.undo_path(u, "from")?;
+                let to = self.undo_path(u, "to")?;
+                let at_to = self.lstat(&to)?.is_some();
+                let at_from = self.lstat(&from)?.is_some();
+                match (at_to, at_from) {
+                    (true, false) => self.rename_with_quotas(&to, &from),
+                    (false, true) => Ok(()), // already moved back
+                    (true, true) => Err(ProviderError::Permanent {
+                        code: E_ALREADY_EXISTS,
+                        message: format!(
+                            "cannot move `{}` back: `{}` exists again",
+                            to.display(),
+                            from.display()
+                        ),
+                    }),
+                    (false, false) => Err(ProviderError::Permanent {
+                        code: E_PATH_NOT_FOUND,
+                        message: format!(
+                            "cannot move `{}` back to `{}`: it no longer exists",
+                            to.display(),
+                            from.display()
+                        ),
+                    }),
+                }
+            }
+            other => Err(ProviderError::invalid(format!(
+                "Filesystem cannot undo {}: unknown undo record op {other:?}",
+                done.context.procedure
+            ))),
+        }
+    }
+
+    fn undo_path(&self, undo: &Element, field: &str) -> Result<RelPath, ProviderError> {
+        let raw = req_input(undo, &[field])?;
+        self.checked(field, &raw, false)
+    }
+
+    fn preview_sync(&self, call: &Call) -> Result<Preview, ProviderError> {
+        let data = &call.execute_data;
+        match call.context.procedure.as_str() {
+            "CreateFolder" => {
+                let path = self.path_input(data, "path", false)?;
+                Ok(if self.lstat(&path)?.is_some() {
+                    Preview::NoChange(format!("{} already exists", path.display()))
+                } else {
+                    Preview::Change(format!("create folder {}", path.display()))
+                })
+            }
+            "DeleteFolder" => {
+                let path = self.path_input(data, "path", false)?;
+                Ok(if self.lstat(&path)?.is_some() {
+                    Preview::Change(format!(
+                        "delete folder {} (kept in trash for undo)",
+                        path.display()
+                    ))
+                } else {
+                    Preview::NoChange(format!("{} does not exist", path.display()))
+                })
+            }
+            "WriteFile" => {
+                let path = self.path_input(data, "path", false)?;
+                Ok(if self.lstat(&path)?.is_some() {
+                    Preview::NoChange(format!("{} already exists", path.display()))
+                } else {
+                    Preview::Change(format!("write file {}", path.display()))
+                })
+            }
+            "GetUsage" => Ok(Preview::NoChange("read only".into())),
+            _ => Ok(Preview::Unknown),
+        }
+    }
+}
+
+fn trash_path(name: &str) -> PathBuf {
+    Path::new(TRASH_DIR).join(name)
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Parses an octal mode such as `0750` or `750` (at most `07777`).
+fn parse_mode(field: &str, raw: Option<String>) -> Result<Option<u32>, ProviderError> {
+    let Some(raw) = raw else { return Ok(None) };
+    let t = raw.trim();
+    let digits = t.strip_prefix("0o").unwrap_or(t);
+    if digits.is_empty() || digits.len() > 5 || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b))
+    {
+        return Err(ProviderError::invalid(format!(
+            "input `{field}` must be an octal mode such as \"0750\", got {raw:?}"
+        )));
+    }
+    match u32::from_str_radix(digits, 8) {
+        Ok(m) if m <= 0o7777 => Ok(Some(m)),
+        _ => Err(ProviderError::invalid(format!(
+            "input `{field}` must be an octal mode no larger than 07777, got {raw:?}"
+        ))),
+    }
+}
+
+#[cfg(unix)]
+fn create_dir_mode(dir: &Dir, path: &Path, mode: u32) -> io::Result<()> {
+    use cap_std::fs::{DirBuilder, DirBuilderExt};
+    let mut b = DirBuilder::new();
+    b.mode(mode);
+    dir.create_dir_with(path, &b)?;
+    // The umask may have cleared bits: set exactly what was asked.
+    if let Err(e) = set_mode(dir, path, mode) {
+        let _ = dir.remove_dir(path);
+        return Err(e);
+    }
+    Ok(())
+}
+
+#[cfg(not(unix))]
+fn create_dir_mode(dir: &Dir, path: &Path, _mode: u32) -> io::Result<()> {
+    dir.create_dir(path)
+}
+
+#[cfg(unix)]
+fn set_mode(dir: &Dir, path: &Path, mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    dir.set_permissions(
+        path,
+        cap_std::fs::Permissions::from_std(std::fs::Permissions::from_mode(mode)),
+    )
+}
+
+#[cfg(not(unix))]
+fn set_mode(_dir: &Dir, _path: &Path, _mode: u32) -> io::Result<()> {
+    Ok(())
+}
+
+fn path_input_spec() -> provisio_engine::model::InputSpec {
+    input(
+        "path",
+        "string",
+        true,
+        "Folder path relative to the provider root (`a/b`); no `..`, no absolute paths",
+    )
+}
+
+fn mode_spec() -> provisio_engine::model::InputSpec {
+    input(
+        "mode",
+        "string",
+        false,
+        "Unix permission bits in octal, e.g. \"0750\"",
+    )
+}
+
+#[async_trait]
+impl Provider for FilesystemProvider {
+    fn name(&self) -> &str {
+        "Filesystem"
+    }
+
+    fn procedures(&self) -> Vec<ProcedureSpec> {
+        let spec =
+            |name: &str, kind: ProcKind, undo: UndoKind, description: &str, inputs| ProcedureSpec {
+                name: name.to_string(),
+                kind,
+                undo,
+                description: description.to_string(),
+                inputs,
+            };
+        vec![
+            spec(
+                "CreateFolder",
+                ProcKind::Write,
+                UndoKind::Reversible,
+                "Creates a folder (and missing parents). Output `created`. Undo removes it if empty.",
+                vec![path_input_spec(), mode_spec()],
+            ),
+            spec(
+                "DeleteFolder",
+                ProcKind::Write,
+                UndoKind::Reversible,
+                "Deletes a folder by moving it to the provider trash. Output `deleted`. Undo moves it back.",
+                vec![
+                    path_input_spec(),
+                    input("recurse", "bool", false, "Delete a non-empty folder with its content (true/1)"),
+                ],
+            ),
+            spec(
+                "WriteFile",
+                ProcKind::Write,
+                UndoKind::Reversible,
+                "Creates a new file (fails if it exists). Outputs `written`, `bytes`. Undo removes it.",
+                vec![
+                    input("path", "string", true, "File path relative to the provider root; the parent folder must exist"),
+                    input("content", "string", false, "File content (UTF-8 text); empty when absent"),
+                    mode_spec(),
+                ],
+            ),
+            spec(
+                "SetQuota",
+                ProcKind::Write,
+                UndoKind::Reversible,
+                "Records a quota for a folder. Outputs `quotaMegabytes`, `previousQuotaMegabytes`. Undo restores the previous quota.",
+                vec![
+                    path_input_spec(),
+                    input("megabytes", "int", true, "Quota in MiB (whole number)"),
+                ],
+            ),
+            spec(
+                "GetUsage",
+                ProcKind::Read,
+                UndoKind::Nothing,
+                "Measures a folder. Outputs `bytes`, `quotaMegabytes` (if set), `overQuota`.",
+                vec![input("path", "string", true, "Folder or file relative to the root; `.` for the whole root")],
+            ),
+            spec(
+                "MoveFolder",
+                ProcKind::Write,
+                UndoKind::Reversible,
+                "Moves (renames) a folder inside the root; quotas move with it. Output `moved`. Undo moves it back.",
+                vec![
+                    input("from", "string", true, "Existing folder relative to the root"),
+                    input("to", "string", true, "New path relative to the root; must not exist, its parent must"),
+                ],
+            ),
+        ]
+    }
+
+    async fn execute(&self, call: Call) -> Result<Outcome, ProviderError> {
+        match call.context.procedure.as_str() {
+            "CreateFolder" => self.create_folder(&call),
+            "DeleteFolder" => self.delete_folder(&call),
+            "WriteFile" => self.write_file(&call),
+            "SetQuota" => self.set_quota(&call),
+            "GetUsage" => self.get_usage(&call),
+            "MoveFolder" => self.move_folder(&call),
+            other => Err(ProviderError::invalid(format!(
+                "the Filesystem provider has no procedure {other:?}"
+            ))),
+        }
+    }
+
+    async fn undo(&self, done: Done) -> Result<(), ProviderError> {
+        self.undo_record(&done)
+    }
+
+    async fn preview(&self, call: &Call) -> Result<Preview, ProviderError> {
+        self.preview_sync(call)
+    }
+
+    /// Two-phase for CreateFolder: prepare checks the folder is still there.
+    async fn prepare(&self, done: &Done) -> Result<(), ProviderError> {
+        match opt_input(&done.undo, &["op"]).as_deref() {
+            Some("removeFolder") => {
+                let path = self.undo_path(&done.undo, "path")?;
+                match self.lstat(&path)? {
+                    Some(m) if m.is_dir() => Ok(()),
+                    _ => Err(ProviderError::permanent(format!(
+                        "prepare: folder `{}` is gone",
+                        path.display()
+                    ))),
+                }
+            }
+            _ => Err(ProviderError::Unsupported(format!(
+                "Filesystem has no two-phase prepare for {}",
+                done.context.procedure
+            ))),
+        }
+    }
+
+    /// Two-phase for CreateFolder: the folder is already visible; nothing to do.
+    async fn commit(&self, done: &Done) -> Result<(), ProviderError> {
+        match opt_input(&done.undo, &["op"]).as_deref() {
+            Some("removeFolder") => Ok(()),
+            _ => Err(ProviderError::Unsupported(format!(
+                "Filesystem has no two-phase commit for {}",
+                done.context.procedure
+            ))),
+        }
+    }
+}

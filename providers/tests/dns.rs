@@ -1,0 +1,882 @@
+//! Integration tests of the DNS provider with the zone-file backend: every record type,
+//! TXT escaping, injection attempts, exact undo, serials, and (when installed)
+//! `named-checkzone` on the generated files.
+
+mod support;
+
+use provisio_engine::provider::{Preview, Provider, ProviderError};
+use provisio_providers::dns::zonefile::{parse_zone, Zone};
+use provisio_providers::dns::{DnsProvider, RData, Record};
+use std::fs;
+use std::path::PathBuf;
+use std::sync::Arc;
+use support::{call, err_message, output, run, undo};
+
+const E_INVALIDARG: u32 = ProviderError::E_INVALIDARG;
+
+/// Inputs, expected owner, expected data.
+type Case<'a> = (Vec<(&'a str, &'a str)>, &'a str, RData);
+
+fn provider() -> (tempfile::TempDir, DnsProvider, PathBuf) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("zones");
+    let p = DnsProvider::zonefile(dir.clone()).expect("provider");
+    (tmp, p, dir)
+}
+
+async fn zone(p: &DnsProvider, name: &str) {
+    run(
+        p,
+        "CreateZone",
+        &[("zoneName", name), ("nsAddress", "192.0.2.53")],
+    )
+    .await
+    .expect("create zone");
+}
+
+fn load(dir: &std::path::Path, name: &str) -> Zone {
+    let text = fs::read_to_string(dir.join(format!("{name}.zone"))).expect("zone file");
+    parse_zone(&text, name).expect("parse zone")
+}
+
+fn has(z: &Zone, owner: &str, data: &RData) -> bool {
+    z.records
+        .iter()
+        .any(|r| r.owner == owner && &r.data == data)
+}
+
+#[tokio::test]
+async fn create_zone_writes_rfc1035_file_and_undo_deletes_it() {
+    let (_t, p, dir) = provider();
+    assert_eq!(p.name(), "DNS");
+    assert_eq!(p.namespace(), "DNS Provider");
+    let (c, out) = run(
+        &p,
+        "CreateZone",
+        &[
+            ("zoneName", "Contoso.Test."),
+            ("nsAddress", "192.0.2.53"),
+            ("adminEmail", "admin@contoso.test"),
+        ],
+    )
+    .await
+    .expect("create");
+    assert_eq!(output(&out, "zone").as_deref(), Some("contoso.test."));
+    let file = dir.join("contoso.test.zone");
+    let text = fs::read_to_string(&file).expect("file");
+    assert!(text.contains("$ORIGIN contoso.test.\n"), "{text}");
+    assert!(text.contains("$TTL 3600\n"), "{text}");
+    assert!(
+        text.contains("IN\tSOA\tns1.contoso.test. admin.contoso.test. "),
+        "{text}"
+    );
+    assert!(
+        text.contains("@\t3600\tIN\tNS\tns1.contoso.test.\n"),
+        "{text}"
+    );
+    assert!(text.contains("ns1\t3600\tIN\tA\t192.0.2.53\n"), "{text}");
+    let z = parse_zone(&text, "contoso.test").expect("parse");
+    let serial = z.soa.serial.to_string();
+    assert_eq!(serial.len(), 10);
+    assert!(serial.ends_with("01"), "{serial}");
+    assert_eq!(output(&out, "serial"), Some(serial));
+    assert!(output(&out, "warning").is_none());
+
+    let (code, msg) = err_message(run(&p, "CreateZone", &[("zoneName", "contoso.test")]).await);
+    assert_eq!(code, 0x8007_2589);
+    assert!(msg.contains("already exists"), "{msg}");
+    assert_eq!(fs::read_to_string(&file).expect("file"), text, "untouched");
+
+    undo(&p, &c, &out).await.expect("undo");
+    assert!(!file.exists());
+    undo(&p, &c, &out).await.expect("undo is idempotent");
+}
+
+#[tokio::test]
+async fn create_zone_without_ns_address_warns() {
+    let (_t, p, _dir) = provider();
+    let (_, out) = run(&p, "CreateZone", &[("zoneName", "example.org")])
+        .await
+        .expect("create");
+    assert!(output(&out, "warning").is_some_and(|w| w.contains("nsAddress")));
+    let (_, out) = run(
+        &p,
+        "CreateZone",
+        &[("zoneName", "example.net"), ("primaryNs", "ns.example.com")],
+    )
+    .await
+    .expect("create");
+    assert!(output(&out, "warning").is_none());
+}
+
+#[tokio::test]
+async fn every_record_type_round_trips_and_bumps_the_serial() {
+    let (_t, p, dir) = provider();
+    zone(&p, "example.com").await;
+    let mut serial = load(&dir, "example.com").soa.serial;
+    let cases: Vec<Case> = vec![
+        (
+            vec![("name", "www"), ("rrType", "A"), ("address", "192.0.2.10")],
+            "www",
+            RData::A("192.0.2.10".parse().expect("ip")),
+        ),
+        (
+            vec![
+                ("name", "www"),
+                ("rrType", "AAAA"),
+                ("address", "2001:DB8::10"),
+            ],
+            "www",
+            RData::Aaaa("2001:db8::10".parse().expect("ip")),
+        ),
+        (
+            vec![
+                ("name", "ftp"),
+                ("rrType", "CNAME"),
+                ("target", "www.example.com"),
+            ],
+            "ftp",
+            RData::Cname("www.example.com.".into()),
+        ),
+        (
+            vec![
+                ("name", "docs"),
+                ("rrType", "CNAMEType"),
+                ("PrimaryName", "@"),
+            ],
+            "docs",
+            RData::Cname("example.com.".into()),
+        ),
+        (
+            vec![
+                ("rrType", "MX"),
+                ("Preference", "10"),
+                ("MailExchange", "mail.example.com."),
+            ],
+            "@",
+            RData::Mx {
+                preference: 10,
+                exchange: "mail.example.com.".into(),
+            },
+        ),
+        (
+            vec![
+                ("name", "@"),
+                ("rrType", "mx"),
+                ("preference", "20"),
+                ("exchange", "backup.example.net"),
+            ],
+            "@",
+            RData::Mx {
+                preference: 20,
+                exchange: "backup.example.net.".into(),
+            },
+        ),
+        (
+            vec![("rrType", "TXT"), ("DescriptiveText", "v=spf1 mx -all")],
+            "@",
+            RData::Txt(b"v=spf1 mx -all".to_vec()),
+        ),
+        (
+            vec![
+                ("name", "_sip._tcp"),
+                ("rrType", "SRV"),
+                ("priority", "10"),
+                ("weight", "60"),
+                ("port", "5060"),
+                ("target", "sip.example.com"),
+            ],
+            "_sip._tcp",
+            RData::Srv {
+                priority: 10,
+                weight: 60,
+                port: 5060,
+                target: "sip.example.com.".into(),
+            },
+        ),
+        (
+            vec![
+                ("name", "sub"),
+                ("rrType", "NS"),
+                ("target", "ns.sub.example.com"),
+            ],
+            "sub",
+            RData::Ns("ns.sub.example.com.".into()),
+        ),
+        (
+            vec![
+                ("rrType", "CAA"),
+                ("flags", "0"),
+                ("tag", "issue"),
+                ("value", "letsencrypt.org; validationmethods=dns-01"),
+            ],
+            "@",
+            RData::Caa {
+                flags: 0,
+                tag: "issue".into(),
+                value: "letsencrypt.org; validationmethods=dns-01".into(),
+            },
+        ),
+        (
+            vec![
+                ("name", "bücher"),
+                ("rrType", "A"),
+                ("address", "192.0.2.11"),
+                ("ttl", "300"),
+            ],
+            "xn--bcher-kva",
+            RData::A("192.0.2.11".parse().expect("ip")),
+        ),
+        (
+            vec![
+                ("name", "*.apps"),
+                ("rrType", "A"),
+                ("address", "192.0.2.12"),
+            ],
+            "*.apps",
+            RData::A("192.0.2.12".parse().expect("ip")),
+        ),
+        (
+            vec![
+                ("name", "mail.example.com."),
+                ("rrType", "A"),
+                ("address", "192.0.2.25"),
+            ],
+            "mail",
+            RData::A("192.0.2.25".parse().expect("ip")),
+        ),
+    ];
+    for (mut inputs, owner, data) in cases {
+        inputs.push(("zoneName", "example.com"));
+        let (_, out) = run(&p, "AddRecord", &inputs)
+            .await
+            .unwrap_or_else(|e| panic!("{inputs:?}: {e}"));
+        let z = load(&dir, "example.com");
+        assert!(has(&z, owner, &data), "{owner} {data:?} in {:?}", z.records);
+        assert!(z.soa.serial > serial, "serial increases");
+        serial = z.soa.serial;
+        assert_eq!(output(&out, "serial"), Some(serial.to_string()));
+    }
+    let z = load(&dir, "example.com");
+    let ttl = z
+        .records
+        .iter()
+        .find(|r| r.owner == "xn--bcher-kva")
+        .map(|r| r.ttl);
+    assert_eq!(ttl, Some(300));
+
+    // The same record again, also via the MPS procedure name.
+    let (code, msg) = err_message(
+        run(
+            &p,
+            "CreateResourceRecord",
+            &[
+                ("zoneName", "example.com"),
+                ("name", "WWW"),
+                ("rrType", "A"),
+                ("address", "192.0.2.10"),
+                ("ttl", "60"),
+            ],
+        )
+        .await,
+    );
+    assert_eq!(code, 0x8007_25EF);
+    assert!(msg.contains("already exists"), "{msg}");
+
+    // ListRecords reads it all back.
+    let (_, out) = run(&p, "ListRecords", &[("zoneName", "example.com")])
+        .await
+        .expect("list");
+    let records = out.execute_data.child("records").expect("records");
+    assert_eq!(records.elements().count(), z.records.len());
+}
+
+#[tokio::test]
+async fn cname_conflicts_are_rejected() {
+    let (_t, p, _dir) = provider();
+    zone(&p, "example.com").await;
+    run(
+        &p,
+        "AddRecord",
+        &[
+            ("zoneName", "example.com"),
+            ("name", "www"),
+            ("rrType", "A"),
+            ("address", "192.0.2.1"),
+        ],
+    )
+    .await
+    .expect("a");
+    let (code, _) = err_message(
+        run(
+            &p,
+            "AddRecord",
+            &[
+                ("zoneName", "example.com"),
+                ("name", "www"),
+                ("rrType", "CNAME"),
+                ("target", "x.example.net"),
+            ],
+        )
+        .await,
+    );
+    assert_eq!(code, 0x8007_25F1);
+    run(
+        &p,
+        "AddRecord",
+        &[
+            ("zoneName", "example.com"),
+            ("name", "alias"),
+            ("rrType", "CNAME"),
+            ("target", "x.example.net"),
+        ],
+    )
+    .await
+    .expect("cname");
+    let (code, _) = err_message(
+        run(
+            &p,
+            "AddRecord",
+            &[
+                ("zoneName", "example.com"),
+                ("name", "alias"),
+                ("rrType", "TXT"),
+                ("text", "x"),
+            ],
+        )
+        .await,
+    );
+    assert_eq!(code, 0x8007_25F1);
+    let (code, _) = err_message(
+        run(
+            &p,
+            "AddRecord",
+            &[
+                ("zoneName", "example.com"),
+                ("rrType", "CNAME"),
+                ("target", "x.example.net"),
+            ],
+        )
+        .await,
+    );
+    assert_eq!(code, 0x8007_25F1);
+}
+
+#[tokio::test]
+async fn txt_text_reloads_exactly() {
+    let (_t, p, dir) = provider();
+    zone(&p, "example.com").await;
+    let long: String = (0..600)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let texts = [
+        "hello world with  spaces ".to_string(),
+        "she said \"hi\" and left".to_string(),
+        "back\\slash \\\" mixed \"".to_string(),
+        long.clone(),
+        format!("{}\"{}", "q".repeat(254), "\\".repeat(300)),
+        "semi; colon $ORIGIN evil. ( paren )".to_string(),
+        "line\nbreak\ttab ünïcödé".to_string(),
+        String::new(),
+    ];
+    for (i, t) in texts.iter().enumerate() {
+        let owner = format!("t{i}");
+        run(
+            &p,
+            "AddRecord",
+            &[
+                ("zoneName", "example.com"),
+                ("name", &owner),
+                ("rrType", "TXT"),
+                ("text", t),
+            ],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{t:?}: {e}"));
+        let z = load(&dir, "example.com");
+        let got: Vec<&Record> = z.records.iter().filter(|r| r.owner == owner).collect();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].data, RData::Txt(t.clone().into_bytes()), "{t:?}");
+    }
+    // Every character-string on disk is at most 255 bytes, and lines do not break.
+    let text = fs::read_to_string(dir.join("example.com.zone")).expect("file");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("t3\t"))
+        .expect("600-byte line");
+    assert_eq!(line.matches('"').count(), 6, "three strings: {line}");
+    assert!(!text.contains("\nbreak"), "newline escaped");
+    assert!(text.lines().all(|l| !l.starts_with("$ORIGIN evil")));
+}
+
+#[tokio::test]
+async fn injection_attempts_are_rejected_before_writing() {
+    let (_t, p, dir) = provider();
+    zone(&p, "example.com").await;
+    let file = dir.join("example.com.zone");
+    let before = fs::read(&file).expect("file");
+    let attempts: Vec<(Vec<(&str, &str)>, &str)> = vec![
+        (
+            vec![
+                ("name", "www\n@ IN NS evil."),
+                ("rrType", "A"),
+                ("address", "1.2.3.4"),
+            ],
+            "name",
+        ),
+        (
+            vec![
+                ("name", "www"),
+                ("rrType", "A"),
+                ("address", "1.2.3.4; evil"),
+            ],
+            "address",
+        ),
+        (
+            vec![
+                ("name", "www"),
+                ("rrType", "A"),
+                ("address", "1.2.3.4\n@ IN NS evil."),
+            ],
+            "address",
+        ),
+        (
+            vec![("name", "www"), ("rrType", "AAAA"), ("address", "::1 ; x")],
+            "address",
+        ),
+        (
+            vec![
+                ("name", "www"),
+                ("rrType", "CNAME"),
+                ("target", "evil.example. )"),
+            ],
+            "target",
+        ),
+        (
+            vec![("name", "www"), ("rrType", "CNAME"), ("target", "a\"b")],
+            "target",
+        ),
+        (
+            vec![
+                ("rrType", "MX"),
+                ("preference", "10"),
+                ("exchange", "mail.example.com.\n$INCLUDE /etc/passwd"),
+            ],
+            "exchange",
+        ),
+        (
+            vec![
+                ("rrType", "MX"),
+                ("preference", "10 evil."),
+                ("exchange", "mail.example.com"),
+            ],
+            "preference",
+        ),
+        (
+            vec![("name", "$INCLUDE"), ("rrType", "TXT"), ("text", "x")],
+            "name",
+        ),
+        (
+            vec![("name", "a;b"), ("rrType", "TXT"), ("text", "x")],
+            "name",
+        ),
+        (
+            vec![("name", "(x"), ("rrType", "TXT"), ("text", "x")],
+            "name",
+        ),
+        (
+            vec![
+                ("name", "www"),
+                ("rrType", "A"),
+                ("address", "1.2.3.4"),
+                ("ttl", "60 IN NS evil."),
+            ],
+            "ttl",
+        ),
+        (
+            vec![("name", "www"), ("rrType", "A\nNS"), ("address", "1.2.3.4")],
+            "rrType",
+        ),
+        (
+            vec![
+                ("rrType", "CAA"),
+                ("tag", "issue\""),
+                ("value", "ca.example"),
+            ],
+            "tag",
+        ),
+        (
+            vec![
+                ("rrType", "CAA"),
+                ("tag", "issue"),
+                ("value", "ca.example\"\n@ NS evil."),
+            ],
+            "value",
+        ),
+        (
+            vec![
+                ("name", "_srv._tcp"),
+                ("rrType", "SRV"),
+                ("priority", "1"),
+                ("weight", "1"),
+                ("port", "99999"),
+                ("target", "x.example.com"),
+            ],
+            "port",
+        ),
+        (
+            vec![("name", "www"), ("rrType", "A"), ("address", "300.1.1.1")],
+            "address",
+        ),
+        (
+            vec![("name", "a..b"), ("rrType", "A"), ("address", "1.1.1.1")],
+            "name",
+        ),
+        (
+            vec![
+                ("name", "under_score"),
+                ("rrType", "A"),
+                ("address", "1.1.1.1"),
+            ],
+            "name",
+        ),
+        (
+            vec![
+                ("name", "www.other.org."),
+                ("rrType", "A"),
+                ("address", "1.1.1.1"),
+            ],
+            "name",
+        ),
+        (vec![("rrType", "SOA")], "rrType"),
+        (vec![("rrType", "HINFO")], "rrType"),
+    ];
+    for (mut inputs, field) in attempts {
+        inputs.push(("zoneName", "example.com"));
+        let (code, msg) = err_message(run(&p, "AddRecord", &inputs).await);
+        assert_eq!(code, E_INVALIDARG, "{inputs:?}: {msg}");
+        assert!(msg.contains(&format!("`{field}`")), "{inputs:?}: {msg}");
+        assert_eq!(
+            fs::read(&file).expect("file"),
+            before,
+            "{inputs:?} changed the file"
+        );
+    }
+    let long_label = "a".repeat(64);
+    for zone_name in [
+        "example.com\n@ IN NS evil.",
+        "../etc/passwd",
+        "a/b",
+        long_label.as_str(),
+        "",
+        ".",
+    ] {
+        let (code, msg) = err_message(run(&p, "CreateZone", &[("zoneName", zone_name)]).await);
+        assert_eq!(code, E_INVALIDARG, "{zone_name:?}: {msg}");
+    }
+    let names: Vec<_> = fs::read_dir(&dir)
+        .expect("dir")
+        .map(|e| e.expect("e").file_name())
+        .collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+}
+
+#[tokio::test]
+async fn undo_restores_previous_records_and_bumps_serial() {
+    let (_t, p, dir) = provider();
+    zone(&p, "example.com").await;
+    run(
+        &p,
+        "AddRecord",
+        &[
+            ("zoneName", "example.com"),
+            ("name", "www"),
+            ("rrType", "A"),
+            ("address", "192.0.2.1"),
+            ("ttl", "120"),
+        ],
+    )
+    .await
+    .expect("seed");
+    let z0 = load(&dir, "example.com");
+
+    let (c, out) = run(
+        &p,
+        "AddRecord",
+        &[
+            ("zoneName", "example.com"),
+            ("name", "www"),
+            ("rrType", "A"),
+            ("address", "192.0.2.2"),
+        ],
+    )
+    .await
+    .expect("add");
+    undo(&p, &c, &out).await.expect("undo add");
+    let z1 = load(&dir, "example.com");
+    assert_eq!(z1.records, z0.records);
+    assert!(z1.soa.serial > z0.soa.serial);
+    undo(&p, &c, &out).await.expect("undo add again");
+
+    let (c, out) = run(
+        &p,
+        "DeleteRecord",
+        &[
+            ("zoneName", "example.com"),
+            ("name", "www"),
+            ("rrType", "A"),
+            ("address", "192.0.2.1"),
+        ],
+    )
+    .await
+    .expect("delete");
+    assert!(!has(
+        &load(&dir, "example.com"),
+        "www",
+        &RData::A("192.0.2.1".parse().expect("ip"))
+    ));
+    undo(&p, &c, &out).await.expect("undo delete");
+    let z2 = load(&dir, "example.com");
+    assert_eq!(z2.records, z0.records, "TTL 120 restored too");
+    assert!(z2.soa.serial > z1.soa.serial);
+    // Everything but the SOA line is byte-identical.
+    let strip = |z: &Zone| {
+        z.render()
+            .lines()
+            .filter(|l| !l.contains("\tSOA\t"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(strip(&z2), strip(&z0));
+
+    let (code, _) = err_message(
+        run(
+            &p,
+            "DeleteRecord",
+            &[
+                ("zoneName", "example.com"),
+                ("name", "nope"),
+                ("rrType", "A"),
+                ("address", "192.0.2.1"),
+            ],
+        )
+        .await,
+    );
+    assert_eq!(code, 0x8007_25E5);
+    let (code, _) = err_message(
+        run(
+            &p,
+            "AddRecord",
+            &[
+                ("zoneName", "missing.com"),
+                ("rrType", "A"),
+                ("address", "192.0.2.1"),
+            ],
+        )
+        .await,
+    );
+    assert_eq!(code, 0x8007_2581);
+}
+
+#[tokio::test]
+async fn delete_zone_and_undo_restore_exact_bytes() {
+    let (_t, p, dir) = provider();
+    zone(&p, "example.com").await;
+    run(
+        &p,
+        "AddRecord",
+        &[
+            ("zoneName", "example.com"),
+            ("rrType", "TXT"),
+            ("text", "keep"),
+        ],
+    )
+    .await
+    .expect("txt");
+    let file = dir.join("example.com.zone");
+    let before = fs::read(&file).expect("file");
+    let (c, out) = run(&p, "DeleteZone", &[("zoneName", "example.com")])
+        .await
+        .expect("delete");
+    assert!(!file.exists());
+    let (code, _) = err_message(
+        run(
+            &p,
+            "AddRecord",
+            &[
+                ("zoneName", "example.com"),
+                ("rrType", "TXT"),
+                ("text", "x"),
+            ],
+        )
+        .await,
+    );
+    assert_eq!(code, 0x8007_2581);
+    undo(&p, &c, &out).await.expect("undo");
+    assert_eq!(fs::read(&file).expect("file"), before);
+    undo(&p, &c, &out).await.expect("undo is idempotent");
+    let (code, _) = err_message(run(&p, "DeleteZone", &[("zoneName", "nope.com")]).await);
+    assert_eq!(code, 0x8007_2581);
+}
+
+#[tokio::test]
+async fn parallel_adds_to_one_zone_all_land() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("zones");
+    let p = Arc::new(DnsProvider::zonefile(dir.clone()).expect("provider"));
+    zone(&p, "example.com").await;
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let p = p.clone();
+        tasks.push(tokio::spawn(async move {
+            let name = format!("h{i}");
+            let addr = format!("192.0.2.{i}");
+            run(
+                p.as_ref(),
+                "AddRecord",
+                &[
+                    ("zoneName", "example.com"),
+                    ("name", &name),
+                    ("rrType", "A"),
+                    ("address", &addr),
+                ],
+            )
+            .await
+            .map(|_| ())
+        }));
+    }
+    for t in tasks {
+        t.await.expect("join").expect("add");
+    }
+    let z = load(&dir, "example.com");
+    assert_eq!(
+        z.records
+            .iter()
+            .filter(|r| r.owner.starts_with('h'))
+            .count(),
+        20
+    );
+}
+
+#[tokio::test]
+async fn preview_reports_changes() {
+    let (_t, p, _dir) = provider();
+    let c = call("DNS Provider", "CreateZone", &[("zoneName", "example.com")]);
+    assert_eq!(
+        p.preview(&c).await,
+        Ok(Preview::Change("create zone example.com".into()))
+    );
+    p.execute(c.clone()).await.expect("create");
+    assert!(matches!(p.preview(&c).await, Ok(Preview::NoChange(_))));
+    let a = call(
+        "DNS Provider",
+        "AddRecord",
+        &[
+            ("zoneName", "example.com"),
+            ("name", "www"),
+            ("rrType", "A"),
+            ("address", "192.0.2.1"),
+        ],
+    );
+    assert!(matches!(p.preview(&a).await, Ok(Preview::Change(_))));
+    p.execute(a.clone()).await.expect("add");
+    assert!(matches!(p.preview(&a).await, Ok(Preview::NoChange(_))));
+}
+
+/// Runs `named-checkzone` on a zone with every record type, when it is installed.
+/// With `PROVISIO_REQUIRE_BIND=1` a missing tool fails the test instead of skipping it.
+#[tokio::test]
+async fn named_checkzone_accepts_generated_zone() {
+    let required = std::env::var("PROVISIO_REQUIRE_BIND").is_ok_and(|v| v == "1");
+    let tool = std::process::Command::new("named-checkzone")
+        .arg("-v")
+        .output();
+    if tool.is_err() {
+        assert!(
+            !required,
+            "PROVISIO_REQUIRE_BIND=1 but named-checkzone is not installed"
+        );
+        println!("note: named-checkzone not found; skipping (install bind9-utils to run it)");
+        return;
+    }
+    let (_t, p, dir) = provider();
+    zone(&p, "example.com").await;
+    let long = "x".repeat(600);
+    let adds: Vec<Vec<(&str, &str)>> = vec![
+        vec![("name", "www"), ("rrType", "A"), ("address", "192.0.2.10")],
+        vec![
+            ("name", "www"),
+            ("rrType", "AAAA"),
+            ("address", "2001:db8::10"),
+        ],
+        vec![
+            ("name", "ftp"),
+            ("rrType", "CNAME"),
+            ("target", "www.example.com"),
+        ],
+        vec![
+            ("rrType", "MX"),
+            ("Preference", "10"),
+            ("MailExchange", "mail.example.com"),
+        ],
+        vec![("name", "mail"), ("rrType", "A"), ("address", "192.0.2.25")],
+        vec![("rrType", "TXT"), ("DescriptiveText", "v=spf1 mx -all")],
+        vec![
+            ("name", "q"),
+            ("rrType", "TXT"),
+            ("text", "say \"hi\" \\ there; $x (y)\nz ü"),
+        ],
+        vec![("name", "long"), ("rrType", "TXT"), ("text", &long)],
+        vec![
+            ("name", "_sip._tcp"),
+            ("rrType", "SRV"),
+            ("priority", "10"),
+            ("weight", "60"),
+            ("port", "5060"),
+            ("target", "www.example.com"),
+        ],
+        vec![
+            ("name", "sub"),
+            ("rrType", "NS"),
+            ("target", "ns.example.net"),
+        ],
+        vec![
+            ("rrType", "CAA"),
+            ("tag", "issue"),
+            ("value", "letsencrypt.org; validationmethods=dns-01"),
+        ],
+        vec![
+            ("name", "bücher"),
+            ("rrType", "A"),
+            ("address", "192.0.2.11"),
+        ],
+    ];
+    for mut a in adds {
+        a.push(("zoneName", "example.com"));
+        run(&p, "AddRecord", &a)
+            .await
+            .unwrap_or_else(|e| panic!("{a:?}: {e}"));
+    }
+    let out = std::process::Command::new("named-checkzone")
+        .arg("example.com")
+        .arg(dir.join("example.com.zone"))
+        .output()
+        .expect("run named-checkzone");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Dump the zone as BIND sees it and compare the TXT text.
+    let dump = std::process::Command::new("named-checkzone")
+        .args(["-q", "-D", "-o", "-", "example.com"])
+        .arg(dir.join("example.com.zone"))
+        .output()
+        .expect("dump");
+    let canonical = String::from_utf8_lossy(&dump.stdout);
+    assert!(
+        canonical.contains("\"say \\\"hi\\\" \\\\ there; $x (y)\\010z \\195\\188\""),
+        "{canonical}"
+    );
+}
