@@ -10,6 +10,7 @@ Examples:
   provisio validate namespaces workflows                check every definition and request
   provisio graph 'Hosted Tenant' ProvisionTenant --expand --format mermaid
   provisio namespaces 'Hosted DNS'                      list a namespace's procedures
+  provisio tx list                                      transactions in the journal
 
 Exit codes:
   0  committed (or the command succeeded)
@@ -19,7 +20,8 @@ Exit codes:
 
 Environment:
   PROVISIO_NAMESPACES  namespace folder (default: namespaces)
-  PROVISIO_DATA_DIR    where the embedded providers keep their state (default: data)
+  PROVISIO_DATA_DIR    where the journal and the embedded providers keep their state (default: data)
+  PROVISIO_SEAL_KEY    key (64 hex digits) sealing secrets in the journal (default: DATA_DIR/seal.key, created 0600)
   RUST_LOG             log filter, e.g. RUST_LOG=provisio_engine=debug";
 
 /// Provisio: a transactional provisioning workflow engine.
@@ -128,6 +130,41 @@ pub enum Command {
     /// List namespaces, or one namespace's procedures with access, type and inputs.
     #[command(after_help = "Example:\n  provisio namespaces 'Hosted DNS'")]
     Namespaces(NamespacesArgs),
+    /// Inspect transactions in the journal, or continue a failed rollback.
+    #[command(subcommand)]
+    Tx(TxCommand),
+    /// Finish every transaction a crash left running (also done before each `run`).
+    Recover,
+}
+
+/// `tx` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TxCommand {
+    /// List transactions, newest first.
+    #[command(after_help = "Example:\n  provisio tx list --state rollback_failed")]
+    List {
+        /// Only this state: running, committed, rolling_back, rolled_back, rollback_failed.
+        #[arg(long, value_name = "STATE")]
+        state: Option<String>,
+    },
+    /// One transaction: state, timing, steps with their inputs, outputs and undo records
+    /// (secrets masked or sealed).
+    Show {
+        /// Transaction id (or a unique prefix).
+        id: String,
+    },
+    /// The raw journal of one transaction, in order (JSON lines).
+    Log {
+        /// Transaction id (or a unique prefix).
+        id: String,
+    },
+    /// Retry the undos of a rollback_failed transaction after fixing their cause.
+    ResumeRollback {
+        /// Transaction id (or a unique prefix).
+        id: String,
+    },
+    /// The audit log: who ran what, when, with what outcome (JSON lines).
+    Audit,
 }
 
 /// `run` arguments.
@@ -144,6 +181,9 @@ pub struct RunArgs {
     /// Seconds a provider call may take before its step fails.
     #[arg(long, default_value_t = 300, value_name = "SECONDS")]
     pub step_timeout: u64,
+    /// Keep no journal (no crash recovery, no `tx` history): for throwaway experiments.
+    #[arg(long)]
+    pub ephemeral: bool,
 }
 
 /// `plan` arguments.
@@ -195,8 +235,10 @@ pub fn init_tracing(g: &Global) {
         _ => "debug",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = match g.log_format {
         LogFormat::Json => builder.json().try_init(),

@@ -1,6 +1,6 @@
 //! The commands: each returns the process exit code.
 
-use crate::cli::{
+use crate::cli::{TxCommand, 
     Cli, Command, GraphArgs, GraphSyntax, NamespacesArgs, OutputFormat, PlanArgs, RunArgs,
     ValidateArgs,
 };
@@ -27,6 +27,8 @@ pub async fn dispatch(cli: Cli) -> Result<Exit> {
         Command::Validate(ref args) => validate(&cli, args),
         Command::Graph(ref args) => graph(&cli, args),
         Command::Namespaces(ref args) => namespaces(&cli, args),
+        Command::Tx(ref cmd) => tx(&cli, cmd).await,
+        Command::Recover => recover_cmd(&cli).await,
     }
 }
 
@@ -48,6 +50,17 @@ async fn run(cli: &Cli, args: &RunArgs) -> Result<Exit> {
     let engine = match load::engine(&cli.global, options) {
         Ok(e) => e,
         Err(e) => return bad_input(format!("error: {e:#}")),
+    };
+    let engine = if args.ephemeral {
+        engine
+    } else {
+        let journal = match load::journal(&cli.global) {
+            Ok(j) => j,
+            Err(e) => return bad_input(format!("error: {e:#}")),
+        };
+        let engine = engine.with_journal(journal.clone());
+        recover_quietly(&engine, &journal).await?;
+        engine
     };
     let progress = progress_bar(cli.global.quiet);
     let engine = {
@@ -82,6 +95,9 @@ async fn run(cli: &Cli, args: &RunArgs) -> Result<Exit> {
     );
     if !cli.global.quiet {
         eprintln!("{summary}");
+    }
+    if let Some(e) = &result.journal_error {
+        eprintln!("warning: the outcome could not be journaled: {e}");
     }
     Ok(match result.state {
         TxnState::Committed => Exit::Ok,
@@ -414,6 +430,171 @@ fn namespaces(cli: &Cli, args: &NamespacesArgs) -> Result<Exit> {
                             .unwrap_or_default()
                     );
                 }
+            }
+            Ok(Exit::Ok)
+        }
+    }
+}
+
+/// Runs recovery before new work, telling the operator what it found.
+async fn recover_quietly(engine: &provisio_engine::exec::Engine, journal: &provisio_engine::txn::DurableJournal) -> Result<()> {
+    let found = provisio_engine::txn::recover(engine, journal).await?;
+    for r in &found {
+        eprintln!(
+            "recovered {}: {} -> {} ({} undone, {} in doubt){}",
+            r.txn_id,
+            r.from,
+            r.to,
+            r.undone,
+            r.in_doubt,
+            if r.problems.is_empty() { String::new() } else { format!("\n  needs an operator: {}", r.problems.join("\n  ")) }
+        );
+    }
+    Ok(())
+}
+
+async fn recover_cmd(cli: &Cli) -> Result<Exit> {
+    let engine = match load::engine(&cli.global, EngineOptions::default()) {
+        Ok(e) => e,
+        Err(e) => return bad_input(format!("error: {e:#}")),
+    };
+    let journal = load::journal(&cli.global)?;
+    let engine = engine.with_journal(journal.clone());
+    let found = provisio_engine::txn::recover(&engine, &journal).await?;
+    if found.is_empty() {
+        println!("nothing to recover");
+    }
+    let mut failed = false;
+    for r in &found {
+        println!("{} {} -> {} ({} undone, {} in doubt)", r.txn_id, r.from, r.to, r.undone, r.in_doubt);
+        for p in &r.problems {
+            println!("  needs an operator: {p}");
+        }
+        failed |= r.to == TxnState::RollbackFailed;
+    }
+    Ok(if failed { Exit::RollbackFailed } else { Exit::Ok })
+}
+
+fn fmt_ms(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (d, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = d as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}.{:03}Z", rem / 3600, rem % 3600 / 60, rem % 60, ms % 1000)
+}
+
+fn parse_state(s: &str) -> Option<TxnState> {
+    Some(match s {
+        "queued" => TxnState::Queued,
+        "running" => TxnState::Running,
+        "committed" => TxnState::Committed,
+        "rolling_back" => TxnState::RollingBack,
+        "rolled_back" => TxnState::RolledBack,
+        "rollback_failed" => TxnState::RollbackFailed,
+        _ => return None,
+    })
+}
+
+async fn tx(cli: &Cli, cmd: &TxCommand) -> Result<Exit> {
+    use provisio_engine::txn::{recovery, Record};
+    let journal = load::journal(&cli.global)?;
+    match cmd {
+        TxCommand::List { state } => {
+            let filter = match state {
+                None => None,
+                Some(s) => match parse_state(s) {
+                    Some(st) => Some(st),
+                    None => return bad_input(format!("error: unknown state `{s}`\n  hint: one of queued, running, committed, rolling_back, rolled_back, rollback_failed")),
+                },
+            };
+            let list = recovery::list(&journal, filter)?;
+            if list.is_empty() {
+                println!("no transactions");
+            }
+            for t in list {
+                println!("{}  {:<15}  {}  {}  {}", t.id, t.state.to_string(), fmt_ms(t.started_ms), t.who, t.target);
+            }
+            Ok(Exit::Ok)
+        }
+        TxCommand::Show { id } => {
+            let t = match recovery::resolve(&journal, id) {
+                Ok(t) => t,
+                Err(e) => return bad_input(format!("error: {e}")),
+            };
+            println!("transaction {}\n  state:   {}\n  target:  {}\n  who:     {}\n  started: {}\n  updated: {}\n  definitions: {}", t.id, t.state, t.target, t.who, fmt_ms(t.started_ms), fmt_ms(t.updated_ms), t.definitions);
+            if let Some(m) = &t.message {
+                println!("  message: {m}");
+            }
+            let records = recovery::records(&journal, &t.id)?;
+            let mut starts: std::collections::HashMap<(String, u32), u64> = std::collections::HashMap::new();
+            println!("  steps:");
+            for (_, r) in &records {
+                match r {
+                    Record::Intent { step, attempt, target, input, at_ms, .. } => {
+                        starts.insert((step.clone(), *attempt), *at_ms);
+                        println!("    {step} (attempt {attempt}) {target}\n      input:  {input}");
+                    }
+                    Record::Done { step, attempt, output, undo, at_ms, .. } => {
+                        let took = starts.get(&(step.clone(), *attempt)).map(|s| at_ms.saturating_sub(*s)).unwrap_or(0);
+                        println!("      done in {took} ms: {output}");
+                        match undo {
+                            Some(provisio_engine::txn::Guarded::Plain(u)) => println!("      undo:   {}", xml::to_string(u)),
+                            Some(provisio_engine::txn::Guarded::Sealed(_)) => println!("      undo:   (sealed: holds secrets)"),
+                            Some(provisio_engine::txn::Guarded::Withheld) => println!("      undo:   (withheld: held secrets, no seal key)"),
+                            None => {}
+                        }
+                    }
+                    Record::Failed { step, message, .. } => println!("      FAILED {step}: {message}"),
+                    Record::Undone { step, error: None, .. } => println!("    undone {step}"),
+                    Record::Undone { step, error: Some(e), .. } => println!("    UNDO FAILED {step}: {e}"),
+                    Record::Phase { step, phase, error, .. } => println!("    {phase} {step}: {}", error.as_deref().unwrap_or("ok")),
+                    Record::State { state, at_ms, .. } => println!("  -> {state} at {}", fmt_ms(*at_ms)),
+                    Record::Started { .. } => {}
+                }
+            }
+            Ok(Exit::Ok)
+        }
+        TxCommand::Log { id } => {
+            let t = match recovery::resolve(&journal, id) {
+                Ok(t) => t,
+                Err(e) => return bad_input(format!("error: {e}")),
+            };
+            for (seq, r) in recovery::records(&journal, &t.id)? {
+                let mut v = serde_json::to_value(&r)?;
+                if let Some(o) = v.as_object_mut() {
+                    o.insert("seq".into(), serde_json::json!(seq));
+                }
+                println!("{}", serde_json::to_string(&v)?);
+            }
+            Ok(Exit::Ok)
+        }
+        TxCommand::ResumeRollback { id } => {
+            let engine = match load::engine(&cli.global, EngineOptions::default()) {
+                Ok(e) => e.with_journal(journal.clone()),
+                Err(e) => return bad_input(format!("error: {e:#}")),
+            };
+            match provisio_engine::txn::resume_rollback(&engine, &journal, id).await {
+                Ok(r) => {
+                    println!("{} {} -> {} ({} undone)", r.txn_id, r.from, r.to, r.undone);
+                    for p in &r.problems {
+                        println!("  still needs an operator: {p}");
+                    }
+                    Ok(if r.to == TxnState::RolledBack { Exit::Ok } else { Exit::RollbackFailed })
+                }
+                Err(e) => bad_input(format!("error: {e}")),
+            }
+        }
+        TxCommand::Audit => {
+            for (_, v) in journal.store().scan(provisio_engine::store::Space::Audit, b"")? {
+                println!("{}", String::from_utf8_lossy(&v));
             }
             Ok(Exit::Ok)
         }

@@ -7,7 +7,10 @@ use provisio_engine::exec::{Engine, EngineOptions};
 use provisio_engine::model::{Format, Namespace, Request, SourceRef};
 use provisio_engine::provider::ProviderRegistry;
 use provisio_engine::request::{self, ParseError};
+use provisio_engine::store::SledStore;
+use provisio_engine::txn::{CrashPoint, DurableJournal, SealKey};
 use std::io::Read;
+use std::sync::Arc;
 use std::path::Path;
 
 /// The embedded providers, with their state under the data folder.
@@ -55,6 +58,18 @@ pub fn engine(global: &Global, options: EngineOptions) -> Result<Engine> {
     let registry = registry(global)?;
     let catalog = catalog(namespaces(global)?, &registry)?;
     Ok(Engine::new(catalog, registry, options))
+}
+
+/// Opens the journal under `<data-dir>/journal` with the seal key, and arms fault injection
+/// from `PROVISIO_CRASH_AT` (crash tests only).
+pub fn journal(global: &Global) -> Result<Arc<DurableJournal>> {
+    let store = SledStore::open(&global.data_dir.join("journal"))?;
+    let key = match std::env::var("PROVISIO_SEAL_KEY") {
+        Ok(k) => SealKey::parse(&k).context("PROVISIO_SEAL_KEY")?,
+        Err(_) => SealKey::load_or_create(&global.data_dir.join("seal.key"))?,
+    };
+    let who = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
+    Ok(Arc::new(DurableJournal::new(Arc::new(store), Some(key), who).with_crash_point(CrashPoint::from_env())))
 }
 
 /// Reads a request file (or stdin for `-`).

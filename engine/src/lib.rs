@@ -11,4 +11,7 @@ pub mod model;
 pub mod provider;
 pub mod request;
 pub mod response;
+pub mod script;
 pub mod testing;
+pub mod store;
+pub mod txn;

@@ -203,6 +203,18 @@ pub trait Provider: Send + Sync {
     /// crash.
     async fn undo(&self, done: Done) -> Result<(), ProviderError>;
 
+    /// After a crash: was this call (same idempotency key in `call.context`) applied? Returns
+    /// its undo record if it was, `None` if it was not. Providers that cannot tell keep the
+    /// default, and recovery then asks an operator (the transaction ends in rollback_failed).
+    async fn recover(&self, call: &Call) -> Result<Option<Element>, ProviderError> {
+        Err(ProviderError::Unsupported(format!(
+            "{} cannot tell whether {} ({}) was applied",
+            self.name(),
+            call.context.procedure,
+            call.context.idempotency_key()
+        )))
+    }
+
     /// Says what the call would change without changing anything (for `provisio plan`).
     async fn preview(&self, _call: &Call) -> Result<Preview, ProviderError> {
         Ok(Preview::Unknown)

@@ -29,6 +29,8 @@ pub struct Recording {
     pub prepare_poison: BTreeSet<String>,
     /// Staged (two-phase, not yet committed) names.
     pub staged: BTreeSet<String>,
+    /// Undo records of applied calls by idempotency key (for `recover`).
+    pub applied: HashMap<String, Element>,
 }
 
 /// The provider. Procedures: `Create(name)`, `Delete(name)`, `Get(name)` (read), `Fail(message?)`,
@@ -191,6 +193,7 @@ impl Provider for RecordingProvider {
                 out.push(Element::with_text("id", format!("id-{name}")));
                 let mut undo = Element::new("undo");
                 undo.push(Element::with_text("created", name));
+                st.applied.insert(call.context.idempotency_key(), undo.clone());
                 Ok(Outcome {
                     execute_data: out,
                     undo: Some(undo),
@@ -202,6 +205,7 @@ impl Provider for RecordingProvider {
                 }
                 let mut undo = Element::new("undo");
                 undo.push(Element::with_text("deleted", name));
+                st.applied.insert(call.context.idempotency_key(), undo.clone());
                 Ok(Outcome {
                     execute_data: out,
                     undo: Some(undo),
@@ -236,6 +240,10 @@ impl Provider for RecordingProvider {
             st.resources.insert(name);
         }
         Ok(())
+    }
+
+    async fn recover(&self, call: &Call) -> Result<Option<Element>, ProviderError> {
+        Ok(self.st().applied.get(&call.context.idempotency_key()).cloned())
     }
 
     async fn preview(&self, call: &Call) -> Result<Preview, ProviderError> {

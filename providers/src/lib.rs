@@ -3,6 +3,7 @@
 
 mod common;
 pub mod dns;
+pub mod exec;
 pub mod filesystem;
 
 use provisio_engine::provider::ProviderRegistry;

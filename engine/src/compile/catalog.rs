@@ -5,12 +5,17 @@ use super::error::{closest, CompileError};
 use crate::data::Element;
 use crate::model::{Access, CallTarget, Namespace, Procedure, SourceRef};
 use crate::provider::ProviderRegistry;
+use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// All namespaces by name.
 #[derive(Debug, Clone, Default)]
 pub struct Catalog {
     namespaces: BTreeMap<String, Namespace>,
+    /// Per namespace: SHA-256 (hex) of its serialized definition, and the bytes, so a
+    /// transaction can pin exactly the definitions it was compiled from.
+    pinned: BTreeMap<String, (String, Arc<Vec<u8>>)>,
 }
 
 impl Catalog {
@@ -118,10 +123,22 @@ impl Catalog {
             }
         }
         if errors.is_empty() {
-            Ok(Catalog { namespaces: map })
+            let pinned = map
+                .iter()
+                .map(|(name, ns)| {
+                    let bytes = serde_json::to_vec(ns).unwrap_or_default();
+                    (name.clone(), (hex_sha256(&bytes), Arc::new(bytes)))
+                })
+                .collect();
+            Ok(Catalog { namespaces: map, pinned })
         } else {
             Err(errors)
         }
+    }
+
+    /// The pinned form of a namespace: (hash, serialized definition).
+    pub fn pinned(&self, name: &str) -> Option<&(String, Arc<Vec<u8>>)> {
+        self.pinned.get(name)
     }
 
     /// A namespace by name.
@@ -163,4 +180,9 @@ impl Catalog {
             })?;
         Ok((ns, p))
     }
+}
+
+/// Lowercase hex SHA-256.
+pub fn hex_sha256(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -15,7 +15,7 @@ mod catalog;
 mod error;
 pub mod graph;
 
-pub use catalog::Catalog;
+pub use catalog::{hex_sha256, Catalog};
 pub use error::{closest, CompileError, CompileErrors};
 
 use crate::data::{Element, IfNull, Mode, Path};
@@ -56,6 +56,11 @@ pub struct Program {
     pub procedures: HashMap<CallTarget, Arc<CompiledProcedure>>,
     /// Names of secret inputs anywhere in the program (redacted in output).
     pub secrets: BTreeSet<String>,
+    /// Hash over the definitions the program was compiled from (see [`Program::pinned`]).
+    pub definitions_hash: String,
+    /// The namespaces it was compiled from: (hash, serialized definition) per namespace,
+    /// plus a trusted request's own procedure body under the name `(request)`.
+    pub pinned: Vec<(String, String, Arc<Vec<u8>>)>,
 }
 
 impl Program {
@@ -78,6 +83,8 @@ pub struct CompiledProcedure {
     pub inputs: Vec<InputSpec>,
     /// Initial procedureData.
     pub procedure_data: Element,
+    /// After a crash, resume instead of rolling back.
+    pub resumable: bool,
     /// A provider leaf or a plan of steps.
     pub body: Body,
     /// Declaration.
@@ -294,6 +301,7 @@ pub fn compile_request(
         in_progress: Vec::new(),
         errors: Vec::new(),
         secrets: BTreeSet::new(),
+        trusted: None,
     };
     let entry = match &request.target {
         RequestTarget::Call(target) => {
@@ -336,6 +344,7 @@ pub fn compile_request(
             cx.procedure(target.clone(), &request.source_ref)
         }
         RequestTarget::Trusted(p) => {
+            cx.trusted = Some(serde_json::to_vec(p).unwrap_or_default());
             let target = CallTarget {
                 namespace: "(request)".into(),
                 procedure: p.name.clone(),
@@ -360,6 +369,7 @@ pub fn compile_procedure(
         in_progress: Vec::new(),
         errors: Vec::new(),
         secrets: BTreeSet::new(),
+        trusted: None,
     };
     let entry = cx.procedure(target.clone(), &SourceRef::new("<command line>", 0, 0));
     cx.finish(entry)
@@ -374,6 +384,7 @@ pub fn check_catalog(catalog: &Catalog, limits: &Limits) -> Vec<CompileError> {
         in_progress: Vec::new(),
         errors: Vec::new(),
         secrets: BTreeSet::new(),
+        trusted: None,
     };
     for ns in catalog.namespaces() {
         for p in &ns.procedures {
@@ -396,6 +407,8 @@ struct Compiler<'a> {
     in_progress: Vec<(CallTarget, SourceRef)>,
     errors: Vec<CompileError>,
     secrets: BTreeSet<String>,
+    /// A trusted request's procedure, serialized for pinning.
+    trusted: Option<Vec<u8>>,
 }
 
 impl Compiler<'_> {
@@ -403,11 +416,21 @@ impl Compiler<'_> {
         let mut seen = HashSet::new();
         self.errors.retain(|e| seen.insert(e.to_string()));
         match entry {
-            Some(entry) if self.errors.is_empty() => Ok(Program {
-                entry,
-                procedures: self.done,
-                secrets: self.secrets,
-            }),
+            Some(entry) if self.errors.is_empty() => {
+                let mut names: Vec<&str> = self.done.keys().map(|t| t.namespace.as_str()).collect();
+                names.sort_unstable();
+                names.dedup();
+                let mut pinned: Vec<(String, String, Arc<Vec<u8>>)> = names
+                    .into_iter()
+                    .filter_map(|n| self.catalog.pinned(n).map(|(h, b)| (n.to_string(), h.clone(), b.clone())))
+                    .collect();
+                if let Some(body) = self.trusted.take() {
+                    pinned.push(("(request)".to_string(), hex_sha256(&body), Arc::new(body)));
+                }
+                let joined: String = pinned.iter().map(|(n, h, _)| format!("{n}={h};")).collect();
+                let definitions_hash = hex_sha256(joined.as_bytes());
+                Ok(Program { entry, procedures: self.done, secrets: self.secrets, definitions_hash, pinned })
+            }
             _ => Err(CompileErrors(self.errors)),
         }
     }
@@ -463,6 +486,7 @@ impl Compiler<'_> {
                 access: p.access,
                 inputs: p.inputs.clone(),
                 procedure_data: p.procedure_data.clone(),
+                resumable: p.resumable,
                 body: Body::Leaf(Leaf {
                     provider,
                     entry: p.entry.clone().unwrap_or_else(|| p.name.clone()),
@@ -513,6 +537,7 @@ impl Compiler<'_> {
             access: p.access,
             inputs: p.inputs.clone(),
             procedure_data: p.procedure_data.clone(),
+            resumable: p.resumable,
             body: Body::Steps(plan),
             source_ref: p.source_ref.clone(),
         }))

@@ -1,7 +1,17 @@
 //! MPS XML <-> data tree, with positions for error messages and limits against hostile input.
-//! (Owner: definitions helper — to be implemented.)
+//!
+//! [`parse`] turns a document into an [`Element`] tree (document order kept, entities
+//! unescaped, CDATA as text, whitespace-only text between elements dropped, comments and
+//! processing instructions dropped, DOCTYPE refused). [`parse_located`] does the same but
+//! keeps the line and column of every element, for the definitions parser. [`to_string`]
+//! and [`to_string_pretty`] write a tree back so that it parses to the same tree.
+//!
+//! The parser and the writers are iterative: no input, however deep, can overflow the stack.
 
-use super::Element;
+use super::{Element, Node, Scalar};
+use quick_xml::events::{BytesRef, BytesStart, Event};
+use quick_xml::Reader;
+use std::borrow::Cow;
 
 /// Limits on untrusted XML.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,16 +43,1181 @@ pub struct XmlError {
     pub message: String,
 }
 
-/// Parses a document and returns its root element.
-pub fn parse(_src: &str, _limits: &Limits) -> Result<Element, XmlError> {
-    Err(XmlError {
-        line: 1,
-        column: 1,
-        message: "not implemented yet".into(),
-    })
+/// An element with the position (1-based line and column of its `<`) where it starts.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Located {
+    /// Name as written (prefix kept).
+    pub name: String,
+    /// Attributes in document order, values unescaped.
+    pub attrs: Vec<(String, String)>,
+    /// Children in document order.
+    pub children: Vec<LocatedNode>,
+    /// 1-based line of the start tag.
+    pub line: u32,
+    /// 1-based column (in characters) of the start tag's `<`.
+    pub column: u32,
 }
 
-/// Serializes an element (and its subtree) as XML.
-pub fn to_string(_element: &Element) -> String {
-    String::new()
+/// A child of a [`Located`] element.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LocatedNode {
+    /// A child element.
+    Element(Located),
+    /// A run of text (entities resolved, CDATA included).
+    Text(String),
+}
+
+impl Located {
+    /// The value of an attribute.
+    pub fn attr(&self, name: &str) -> Option<&str> {
+        self.attrs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Child elements in document order.
+    pub fn elements(&self) -> impl Iterator<Item = &Located> {
+        self.children.iter().filter_map(|c| match c {
+            LocatedNode::Element(e) => Some(e),
+            LocatedNode::Text(_) => None,
+        })
+    }
+
+    /// The text children in document order.
+    pub fn texts(&self) -> impl Iterator<Item = &str> {
+        self.children.iter().filter_map(|c| match c {
+            LocatedNode::Text(t) => Some(t.as_str()),
+            LocatedNode::Element(_) => None,
+        })
+    }
+
+    /// The plain data tree (positions dropped).
+    pub fn to_element(&self) -> Element {
+        self.clone().into_element()
+    }
+
+    /// The plain data tree, consuming `self` (no copies of names and text).
+    pub fn into_element(self) -> Element {
+        // Iterative, so a deep tree cannot overflow the stack.
+        struct Frame {
+            out: Element,
+            rest: std::vec::IntoIter<LocatedNode>,
+        }
+        let mut stack = vec![Frame {
+            out: Element {
+                name: self.name,
+                attrs: self.attrs,
+                children: Vec::with_capacity(self.children.len()),
+                list_item: false,
+            },
+            rest: self.children.into_iter(),
+        }];
+        loop {
+            let next = match stack.last_mut() {
+                Some(top) => top.rest.next(),
+                None => return Element::default(),
+            };
+            match next {
+                Some(LocatedNode::Text(t)) => {
+                    if let Some(top) = stack.last_mut() {
+                        top.out.children.push(Node::Text(Scalar::Str(t)));
+                    }
+                }
+                Some(LocatedNode::Element(l)) => stack.push(Frame {
+                    out: Element {
+                        name: l.name,
+                        attrs: l.attrs,
+                        children: Vec::with_capacity(l.children.len()),
+                        list_item: false,
+                    },
+                    rest: l.children.into_iter(),
+                }),
+                None => {
+                    let done = match stack.pop() {
+                        Some(f) => f.out,
+                        None => return Element::default(),
+                    };
+                    match stack.last_mut() {
+                        Some(parent) => parent.out.children.push(Node::Element(done)),
+                        None => return done,
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Parses a document and returns its root element.
+pub fn parse(src: &str, limits: &Limits) -> Result<Element, XmlError> {
+    parse_core::<Element>(src, limits)
+}
+
+/// Parses a document and returns its root element with the position of every element.
+pub fn parse_located(src: &str, limits: &Limits) -> Result<Located, XmlError> {
+    parse_core::<Located>(src, limits)
+}
+
+/// Serializes an element (and its subtree) as compact XML.
+pub fn to_string(element: &Element) -> String {
+    let mut out = String::with_capacity(256);
+    write_tree(element, &mut out, false);
+    out
+}
+
+/// Serializes an element as indented XML (2 spaces a level). Leaves holding text stay on
+/// one line; mixed content (text next to elements) is written as is, not re-indented.
+/// No trailing newline.
+pub fn to_string_pretty(element: &Element) -> String {
+    let mut out = String::with_capacity(256);
+    write_tree(element, &mut out, true);
+    out
+}
+
+// ---------------------------------------------------------------------------------------
+// Positions
+
+/// 1-based line and column (in characters) of a byte offset. Only called on errors.
+fn line_col(src: &str, offset: usize) -> (u32, u32) {
+    let mut offset = offset.min(src.len());
+    while offset > 0 && !src.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &src.as_bytes()[..offset];
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let line_start = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |p| p + 1);
+    let column = src[line_start..offset].chars().count() + 1;
+    (clamp_u32(line), clamp_u32(column))
+}
+
+fn clamp_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+fn error_at(src: &str, offset: usize, message: impl Into<String>) -> XmlError {
+    let (line, column) = line_col(src, offset);
+    XmlError {
+        line,
+        column,
+        message: message.into(),
+    }
+}
+
+/// Line/column of monotonically increasing offsets, in linear time overall.
+struct Tracker {
+    offset: usize,
+    line: usize,
+    column: usize,
+}
+
+impl Tracker {
+    fn new() -> Self {
+        Tracker {
+            offset: 0,
+            line: 1,
+            column: 1,
+        }
+    }
+
+    fn advance(&mut self, src: &str, to: usize) -> (u32, u32) {
+        let to = to.min(src.len());
+        if to > self.offset && src.is_char_boundary(to) && src.is_char_boundary(self.offset) {
+            let seg = &src[self.offset..to];
+            match seg.as_bytes().iter().rposition(|&b| b == b'\n') {
+                Some(last) => {
+                    self.line += seg.as_bytes().iter().filter(|&&b| b == b'\n').count();
+                    self.column = seg[last + 1..].chars().count() + 1;
+                }
+                None => self.column += seg.chars().count(),
+            }
+            self.offset = to;
+        }
+        (clamp_u32(self.line), clamp_u32(self.column))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Parser
+
+/// What the iterative parser builds: a plain tree or a located tree.
+trait Build: Sized {
+    type Child;
+    const POSITIONS: bool;
+    fn start(name: String, attrs: Vec<(String, String)>, line: u32, column: u32) -> Self;
+    fn name(&self) -> &str;
+    fn set_children(&mut self, children: Vec<Self::Child>);
+    fn wrap(self) -> Self::Child;
+    fn text(text: String) -> Self::Child;
+}
+
+impl Build for Element {
+    type Child = Node;
+    const POSITIONS: bool = false;
+    fn start(name: String, attrs: Vec<(String, String)>, _line: u32, _column: u32) -> Self {
+        Element {
+            name,
+            attrs,
+            children: Vec::new(),
+            list_item: false,
+        }
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn set_children(&mut self, children: Vec<Node>) {
+        self.children = children;
+    }
+    fn wrap(self) -> Node {
+        Node::Element(self)
+    }
+    fn text(text: String) -> Node {
+        Node::Text(Scalar::Str(text))
+    }
+}
+
+impl Build for Located {
+    type Child = LocatedNode;
+    const POSITIONS: bool = true;
+    fn start(name: String, attrs: Vec<(String, String)>, line: u32, column: u32) -> Self {
+        Located {
+            name,
+            attrs,
+            children: Vec::new(),
+            line,
+            column,
+        }
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
+    fn set_children(&mut self, children: Vec<LocatedNode>) {
+        self.children = children;
+    }
+    fn wrap(self) -> LocatedNode {
+        LocatedNode::Element(self)
+    }
+    fn text(text: String) -> LocatedNode {
+        LocatedNode::Text(text)
+    }
+}
+
+/// An open element: the node, the offset of its `<`, and where its children start in
+/// the shared child stack (children are moved into an exactly sized Vec on close).
+struct Open<B> {
+    node: B,
+    at: usize,
+    first_child: usize,
+}
+
+/// A run of text being collected (text, references and CDATA between two tags).
+struct PendingText<'a> {
+    text: Option<Cow<'a, str>>,
+    /// Contains a reference or CDATA: kept even if it is only whitespace.
+    significant: bool,
+    /// Offset where the run started (for errors about text outside the root).
+    start: usize,
+}
+
+impl<'a> PendingText<'a> {
+    fn push(&mut self, piece: Cow<'a, str>, at: usize) {
+        match &mut self.text {
+            None => {
+                self.text = Some(piece);
+                self.start = at;
+            }
+            Some(t) => Self::owned(t, piece.len()).push_str(&piece),
+        }
+    }
+
+    fn push_char(&mut self, c: char, at: usize) {
+        match &mut self.text {
+            None => {
+                self.text = Some(Cow::Owned(c.to_string()));
+                self.start = at;
+            }
+            Some(t) => Self::owned(t, c.len_utf8()).push(c),
+        }
+    }
+
+    /// The run as an owned String with room for `more` bytes (and some slack, since text
+    /// with references comes in several pieces).
+    fn owned<'t>(t: &'t mut Cow<'a, str>, more: usize) -> &'t mut String {
+        if let Cow::Borrowed(b) = t {
+            let mut s = String::with_capacity(b.len() + more + 16);
+            s.push_str(b);
+            *t = Cow::Owned(s);
+        }
+        t.to_mut()
+    }
+
+    /// Takes the run if it is worth keeping.
+    fn take(&mut self) -> Option<String> {
+        let significant = std::mem::take(&mut self.significant);
+        let text = self.text.take()?;
+        if significant || !is_xml_whitespace(&text) {
+            Some(text.into_owned())
+        } else {
+            None
+        }
+    }
+}
+
+fn is_xml_whitespace(s: &str) -> bool {
+    s.bytes().all(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+}
+
+fn is_name_start(c: char) -> bool {
+    c.is_ascii_alphabetic() || c == '_' || c == ':' || !c.is_ascii()
+}
+
+fn is_name_char(c: char) -> bool {
+    is_name_start(c) || c.is_ascii_digit() || c == '-' || c == '.'
+}
+
+fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    match chars.next() {
+        Some(c) if is_name_start(c) => chars.all(is_name_char),
+        _ => false,
+    }
+}
+
+fn parse_core<B: Build>(src: &str, limits: &Limits) -> Result<B, XmlError> {
+    if src.len() > limits.max_bytes {
+        return Err(error_at(
+            src,
+            limits.max_bytes,
+            format!(
+                "document is {} bytes; the limit is {} bytes",
+                src.len(),
+                limits.max_bytes
+            ),
+        ));
+    }
+    // A byte order mark is skipped here so that reader offsets are plain offsets + `bom`.
+    let bom = if src.starts_with('\u{feff}') { 3 } else { 0 };
+    let mut reader = Reader::from_str(&src[bom..]);
+    {
+        let cfg = reader.config_mut();
+        cfg.trim_text(false);
+        cfg.check_end_names = false; // checked below, with better messages
+        cfg.expand_empty_elements = false;
+    }
+    let mut tracker = Tracker::new();
+    let mut tree = Tree::<B> {
+        stack: Vec::new(),
+        kids: Vec::new(),
+        root: None,
+    };
+    let mut attrs_scratch: Vec<(String, String)> = Vec::new();
+    let mut pending = PendingText {
+        text: None,
+        significant: false,
+        start: 0,
+    };
+
+    loop {
+        let pos = offset(reader.buffer_position(), bom);
+        let event = match reader.read_event() {
+            Ok(ev) => ev,
+            Err(e) => {
+                let at = offset(reader.error_position(), bom);
+                return Err(convert_error(src, e, at, pos, &tree.stack));
+            }
+        };
+        match event {
+            Event::Start(ref e) | Event::Empty(ref e) => {
+                let empty = matches!(event, Event::Empty(_));
+                tree.flush_text(src, &mut pending)?;
+                if tree.stack.is_empty() {
+                    if let Some(r) = &tree.root {
+                        return Err(error_at(
+                            src,
+                            pos,
+                            format!(
+                                "a second root element <{}> after </{}>; a document has exactly one root element",
+                                String::from_utf8_lossy(e.name().as_ref()),
+                                r.name()
+                            ),
+                        ));
+                    }
+                }
+                if tree.stack.len() + 1 > limits.max_depth {
+                    return Err(error_at(
+                        src,
+                        pos,
+                        format!(
+                            "elements are nested more than {} deep (the limit)",
+                            limits.max_depth
+                        ),
+                    ));
+                }
+                let name = read_start(src, e, pos, &mut attrs_scratch)?;
+                // Exactly sized: most elements have no or few attributes.
+                let mut attrs = Vec::with_capacity(attrs_scratch.len());
+                attrs.append(&mut attrs_scratch);
+                let (line, column) = if B::POSITIONS {
+                    tracker.advance(src, pos)
+                } else {
+                    (0, 0)
+                };
+                let node = B::start(name, attrs, line, column);
+                if empty {
+                    tree.attach(node);
+                } else {
+                    let first_child = tree.kids.len();
+                    tree.stack.push(Open {
+                        node,
+                        at: pos,
+                        first_child,
+                    });
+                }
+            }
+            Event::End(ref e) => {
+                tree.flush_text(src, &mut pending)?;
+                let raw = e.name();
+                let name = raw.as_ref();
+                match tree.stack.pop() {
+                    None => {
+                        return Err(error_at(
+                            src,
+                            pos,
+                            format!(
+                                "unexpected </{}>: no element is open",
+                                String::from_utf8_lossy(name)
+                            ),
+                        ))
+                    }
+                    Some(open) => {
+                        if open.node.name().as_bytes() != name {
+                            let (l, c) = line_col(src, open.at);
+                            return Err(error_at(
+                                src,
+                                pos,
+                                format!(
+                                    "expected </{}>, found </{}> (<{}> was opened at line {l}, column {c})",
+                                    open.node.name(),
+                                    String::from_utf8_lossy(name),
+                                    open.node.name()
+                                ),
+                            ));
+                        }
+                        let mut node = open.node;
+                        if tree.kids.len() > open.first_child {
+                            node.set_children(tree.kids.drain(open.first_child..).collect());
+                        }
+                        tree.attach(node);
+                    }
+                }
+            }
+            Event::Text(t) => {
+                // The event covers exactly src[pos..end]: slice it instead of re-validating.
+                let end = offset(reader.buffer_position(), bom);
+                let text: Cow<'_, str> = match src.get(pos..end) {
+                    Some(s) if !s.contains('\r') => Cow::Borrowed(s),
+                    _ => t
+                        .xml10_content()
+                        .map_err(|e| error_at(src, pos, format!("text is not valid UTF-8: {e}")))?,
+                };
+                if tree.stack.is_empty() {
+                    if !is_xml_whitespace(&text) {
+                        return Err(outside_root(src, pos, &tree.root));
+                    }
+                } else {
+                    pending.push(text, pos);
+                }
+            }
+            Event::CData(c) => {
+                if tree.stack.is_empty() {
+                    return Err(outside_root(src, pos, &tree.root));
+                }
+                let text = c
+                    .xml10_content()
+                    .map_err(|e| error_at(src, pos, format!("CDATA is not valid UTF-8: {e}")))?;
+                pending.push(text, pos);
+                pending.significant = true;
+            }
+            Event::GeneralRef(r) => {
+                if tree.stack.is_empty() {
+                    return Err(outside_root(src, pos, &tree.root));
+                }
+                match resolve_ref(src, &r, pos)? {
+                    Resolved::Char(ch) => pending.push_char(ch, pos),
+                    Resolved::Str(s) => pending.push(Cow::Borrowed(s), pos),
+                }
+                pending.significant = true;
+            }
+            Event::DocType(_) => {
+                return Err(error_at(
+                    src,
+                    pos,
+                    "DOCTYPE is not allowed (entity expansion is refused)",
+                ))
+            }
+            Event::Comment(_) | Event::PI(_) | Event::Decl(_) => {}
+            Event::Eof => break,
+        }
+    }
+    if let Some(open) = tree.stack.last() {
+        let (l, c) = line_col(src, open.at);
+        return Err(error_at(
+            src,
+            src.len(),
+            format!(
+                "unexpected end of document: <{}> at line {l}, column {c} is not closed",
+                open.node.name()
+            ),
+        ));
+    }
+    match tree.root {
+        Some(r) => Ok(r),
+        None => Err(error_at(
+            src,
+            src.len(),
+            "empty document: expected a root element",
+        )),
+    }
+}
+
+fn offset(reader_pos: u64, bom: usize) -> usize {
+    usize::try_from(reader_pos)
+        .unwrap_or(usize::MAX)
+        .saturating_add(bom)
+}
+
+/// The tree under construction: open elements, the children of all open elements
+/// (each element's children are a suffix starting at its `first_child`), the root.
+struct Tree<B: Build> {
+    stack: Vec<Open<B>>,
+    kids: Vec<B::Child>,
+    root: Option<B>,
+}
+
+impl<B: Build> Tree<B> {
+    fn attach(&mut self, node: B) {
+        if self.stack.is_empty() {
+            self.root = Some(node);
+        } else {
+            self.kids.push(node.wrap());
+        }
+    }
+
+    fn flush_text(&mut self, src: &str, pending: &mut PendingText<'_>) -> Result<(), XmlError> {
+        let start = pending.start;
+        if let Some(text) = pending.take() {
+            if self.stack.is_empty() {
+                return Err(outside_root(src, start, &self.root));
+            }
+            self.kids.push(B::text(text));
+        }
+        Ok(())
+    }
+}
+
+fn outside_root<B: Build>(src: &str, pos: usize, root: &Option<B>) -> XmlError {
+    // Point at the first non-blank character of the text.
+    let skip = src.get(pos..).map_or(0, |s| {
+        s.len() - s.trim_start_matches([' ', '\t', '\r', '\n']).len()
+    });
+    match root {
+        Some(r) => error_at(
+            src,
+            pos + skip,
+            format!(
+                "text after the root element </{}>; a document ends with its root element",
+                r.name()
+            ),
+        ),
+        None => error_at(
+            src,
+            pos + skip,
+            "text before the root element; a document starts with `<`",
+        ),
+    }
+}
+
+enum Resolved {
+    Char(char),
+    Str(&'static str),
+}
+
+fn resolve_ref(src: &str, r: &BytesRef<'_>, pos: usize) -> Result<Resolved, XmlError> {
+    if r.is_char_ref() {
+        return match r.resolve_char_ref() {
+            Ok(Some(c)) => Ok(Resolved::Char(c)),
+            Ok(None) | Err(_) => Err(error_at(
+                src,
+                pos,
+                format!(
+                    "invalid character reference `&{};`",
+                    String::from_utf8_lossy(r.as_ref())
+                ),
+            )),
+        };
+    }
+    let name = r.as_ref();
+    Ok(Resolved::Str(match name {
+        b"lt" => "<",
+        b"gt" => ">",
+        b"amp" => "&",
+        b"apos" => "'",
+        b"quot" => "\"",
+        _ => {
+            return Err(error_at(
+                src,
+                pos,
+                format!(
+                    "unknown entity `&{};`: only &lt; &gt; &amp; &apos; &quot; and character references (&#NN; &#xHH;) are allowed",
+                    String::from_utf8_lossy(name)
+                ),
+            ))
+        }
+    }))
+}
+
+/// Name and attributes of a start tag at byte `pos` (its `<`).
+fn read_start(
+    src: &str,
+    e: &BytesStart<'_>,
+    pos: usize,
+    attrs: &mut Vec<(String, String)>,
+) -> Result<String, XmlError> {
+    let name = std::str::from_utf8(e.name().as_ref())
+        .map(str::to_string)
+        .map_err(|_| error_at(src, pos, "element name is not valid UTF-8"))?;
+    if !valid_name(&name) {
+        return Err(error_at(
+            src,
+            pos,
+            if name.is_empty() {
+                "missing element name after `<`".to_string()
+            } else {
+                format!("invalid element name `{name}`")
+            },
+        ));
+    }
+    attrs.clear();
+    for a in e.attributes() {
+        let a = match a {
+            Ok(a) => a,
+            Err(err) => return Err(attr_error(src, e, pos, err)),
+        };
+        let key = std::str::from_utf8(a.key.as_ref())
+            .map_err(|_| error_at(src, pos, "attribute name is not valid UTF-8"))?;
+        if !valid_name(key) {
+            return Err(error_at(
+                src,
+                pos,
+                format!("invalid attribute name `{key}` on <{name}>"),
+            ));
+        }
+        let raw = std::str::from_utf8(&a.value).map_err(|_| {
+            error_at(
+                src,
+                pos,
+                format!("value of `{key}` on <{name}> is not valid UTF-8"),
+            )
+        })?;
+        let value = unescape_attr(raw).map_err(|msg| {
+            error_at(
+                src,
+                pos,
+                format!("in the value of attribute `{key}` on <{name}>: {msg}"),
+            )
+        })?;
+        attrs.push((key.to_string(), value));
+    }
+    Ok(name)
+}
+
+/// Attribute value normalization (literal tab/CR/LF become spaces; CRLF one space),
+/// then references are resolved.
+fn unescape_attr(raw: &str) -> Result<String, String> {
+    let needs_norm = raw.bytes().any(|b| matches!(b, b'\t' | b'\r' | b'\n'));
+    let normalized: Cow<'_, str> = if needs_norm {
+        Cow::Owned(raw.replace("\r\n", " ").replace(['\t', '\r', '\n'], " "))
+    } else {
+        Cow::Borrowed(raw)
+    };
+    if normalized.contains('<') {
+        return Err("`<` must be written as &lt;".into());
+    }
+    if !normalized.contains('&') {
+        return Ok(normalized.into_owned());
+    }
+    let mut out = String::with_capacity(normalized.len());
+    let mut rest: &str = &normalized;
+    while let Some(amp) = rest.find('&') {
+        out.push_str(&rest[..amp]);
+        let after = &rest[amp + 1..];
+        let semi = after
+            .find(';')
+            .ok_or_else(|| "`&` must be written as &amp;".to_string())?;
+        let name = &after[..semi];
+        match name {
+            "lt" => out.push('<'),
+            "gt" => out.push('>'),
+            "amp" => out.push('&'),
+            "apos" => out.push('\''),
+            "quot" => out.push('"'),
+            _ => {
+                let code = if let Some(hex) =
+                    name.strip_prefix("#x").or_else(|| name.strip_prefix("#X"))
+                {
+                    u32::from_str_radix(hex, 16).ok()
+                } else if let Some(dec) = name.strip_prefix('#') {
+                    dec.parse::<u32>().ok()
+                } else {
+                    return Err(format!(
+                        "unknown entity `&{name};`: only &lt; &gt; &amp; &apos; &quot; and character references are allowed"
+                    ));
+                };
+                match code.and_then(char::from_u32).filter(|c| *c != '\0') {
+                    Some(c) => out.push(c),
+                    None => return Err(format!("invalid character reference `&{name};`")),
+                }
+            }
+        }
+        rest = &after[semi + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn attr_error(
+    src: &str,
+    e: &BytesStart<'_>,
+    pos: usize,
+    err: quick_xml::events::attributes::AttrError,
+) -> XmlError {
+    use quick_xml::events::attributes::AttrError as A;
+    let tag = String::from_utf8_lossy(e.name().as_ref()).into_owned();
+    // Positions are relative to the tag content, which starts after `<`.
+    let (rel, msg) = match err {
+        A::ExpectedEq(p) => (
+            p,
+            format!("bad attribute on <{tag}>: a name must be followed by `=` and a quoted value"),
+        ),
+        A::ExpectedValue(p) => (
+            p,
+            format!("bad attribute on <{tag}>: `=` must be followed by a quoted value"),
+        ),
+        A::UnquotedValue(p) => (
+            p,
+            format!("bad attribute on <{tag}>: values must be quoted (\"…\" or '…')"),
+        ),
+        A::ExpectedQuote(p, q) => (
+            p,
+            format!(
+                "bad attribute on <{tag}>: the value is not closed with {}",
+                q as char
+            ),
+        ),
+        A::Duplicated(p, _) => {
+            let key: String = src
+                .get(pos + 1 + p..)
+                .unwrap_or("")
+                .chars()
+                .take_while(|c| is_name_char(*c))
+                .collect();
+            (p, format!("duplicate attribute `{key}` on <{tag}>"))
+        }
+    };
+    error_at(src, pos + 1 + rel, msg)
+}
+
+fn convert_error<B: Build>(
+    src: &str,
+    e: quick_xml::Error,
+    at: usize,
+    pos: usize,
+    stack: &[Open<B>],
+) -> XmlError {
+    use quick_xml::errors::{IllFormedError as I, SyntaxError as S};
+    use quick_xml::Error as E;
+    let msg = match e {
+        E::Syntax(S::UnclosedTag) => "unclosed tag: `<` without its closing `>`".to_string(),
+        E::Syntax(S::UnclosedComment) => "comment not closed: `<!--` without `-->`".to_string(),
+        E::Syntax(S::UnclosedCData) => {
+            "CDATA section not closed: `<![CDATA[` without `]]>`".to_string()
+        }
+        E::Syntax(S::UnclosedDoctype) | E::IllFormed(I::MissingDoctypeName) => {
+            "DOCTYPE is not allowed (entity expansion is refused)".to_string()
+        }
+        E::Syntax(S::UnclosedPIOrXmlDecl) => {
+            "processing instruction or XML declaration not closed: `<?` without `?>`".to_string()
+        }
+        E::Syntax(S::InvalidBangMarkup) => {
+            "unknown markup after `<!`: expected a comment `<!-- -->` or `<![CDATA[ ]]>`"
+                .to_string()
+        }
+        E::IllFormed(I::MissingDeclVersion(_)) => {
+            "the XML declaration needs version=\"1.0\"".to_string()
+        }
+        E::IllFormed(I::UnmatchedEndTag(name)) => {
+            return error_at(
+                src,
+                pos,
+                format!("unexpected </{name}>: no element is open"),
+            )
+        }
+        E::IllFormed(I::MissingEndTag(name)) => match stack.last() {
+            Some(open) => {
+                let (l, c) = line_col(src, open.at);
+                format!(
+                    "unexpected end of document: <{}> at line {l}, column {c} is not closed",
+                    open.node.name()
+                )
+            }
+            None => format!("<{name}> is not closed"),
+        },
+        E::IllFormed(I::UnclosedReference) => {
+            "`&` starts a reference that is not closed with `;` (write &amp; for a literal &)"
+                .to_string()
+        }
+        E::IllFormed(I::DoubleHyphenInComment) => "`--` is not allowed inside a comment".into(),
+        E::Encoding(err) => format!("invalid text encoding: {err}"),
+        E::Escape(err) => format!("bad reference: {err}"),
+        E::InvalidAttr(err) => format!("bad attribute: {err}"),
+        other => other.to_string(),
+    };
+    error_at(src, at, msg)
+}
+
+// ---------------------------------------------------------------------------------------
+// Writer
+
+fn escape_text(s: &str, out: &mut String) {
+    if is_xml_whitespace(s) && !s.is_empty() {
+        // Whitespace-only text would be dropped on parsing: keep it as references.
+        for b in s.bytes() {
+            out.push_str(match b {
+                b' ' => "&#32;",
+                b'\t' => "&#9;",
+                b'\n' => "&#10;",
+                _ => "&#13;",
+            });
+        }
+        return;
+    }
+    let mut last = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let rep = match b {
+            b'&' => "&amp;",
+            b'<' => "&lt;",
+            b'>' => "&gt;",
+            b'\r' => "&#13;",
+            _ => continue,
+        };
+        out.push_str(&s[last..i]);
+        out.push_str(rep);
+        last = i + 1;
+    }
+    out.push_str(&s[last..]);
+}
+
+fn escape_attr(s: &str, out: &mut String) {
+    let mut last = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let rep = match b {
+            b'&' => "&amp;",
+            b'<' => "&lt;",
+            b'>' => "&gt;",
+            b'"' => "&quot;",
+            b'\t' => "&#9;",
+            b'\n' => "&#10;",
+            b'\r' => "&#13;",
+            _ => continue,
+        };
+        out.push_str(&s[last..i]);
+        out.push_str(rep);
+        last = i + 1;
+    }
+    out.push_str(&s[last..]);
+}
+
+fn write_open(e: &Element, out: &mut String) {
+    out.push('<');
+    out.push_str(&e.name);
+    for (k, v) in &e.attrs {
+        out.push(' ');
+        out.push_str(k);
+        out.push_str("=\"");
+        escape_attr(v, out);
+        out.push('"');
+    }
+}
+
+fn indent(out: &mut String, level: usize) {
+    out.push('\n');
+    for _ in 0..level {
+        out.push_str("  ");
+    }
+}
+
+/// Writes a tree without recursion. In pretty mode, an element whose children are all
+/// elements puts each child on its own indented line; anything else is written compactly.
+fn write_tree(root: &Element, out: &mut String, pretty: bool) {
+    // (element, index of the next child, children are indented)
+    let mut stack: Vec<(&Element, usize, bool)> = Vec::new();
+    write_open(root, out);
+    if root.children.is_empty() {
+        out.push_str("/>");
+        return;
+    }
+    out.push('>');
+    let root_indented = pretty && root.children.iter().all(|c| matches!(c, Node::Element(_)));
+    stack.push((root, 0, root_indented));
+    while let Some(top) = stack.last_mut() {
+        let (e, idx, indented) = (top.0, top.1, top.2);
+        if idx < e.children.len() {
+            top.1 += 1;
+            let level = stack.len();
+            match &e.children[idx] {
+                Node::Text(s) => escape_text(&s.to_text(), out),
+                Node::Element(child) => {
+                    if indented {
+                        indent(out, level);
+                    }
+                    write_open(child, out);
+                    if child.children.is_empty() {
+                        out.push_str("/>");
+                    } else {
+                        out.push('>');
+                        let child_indented = indented
+                            && child.children.iter().all(|c| matches!(c, Node::Element(_)));
+                        stack.push((child, 0, child_indented));
+                    }
+                }
+            }
+        } else {
+            stack.pop();
+            if indented {
+                indent(out, stack.len());
+            }
+            out.push_str("</");
+            out.push_str(&e.name);
+            out.push('>');
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Result<Element, XmlError> {
+        parse(s, &Limits::default())
+    }
+
+    fn err(s: &str) -> XmlError {
+        match p(s) {
+            Ok(e) => panic!("expected an error for {s:?}, got {e:?}"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn parses_attributes_text_and_order() {
+        let e = p(r#"<?xml version="1.0"?>
+<!-- c -->
+<data a="1" b='x &amp; y'>
+  <user>ann</user>
+  <group>g</group>
+  <user> bob </user>
+  <?pi stuff?>
+  <ns:x>1 &lt; 2 <![CDATA[<raw>]]></ns:x>
+</data>"#)
+        .unwrap();
+        assert_eq!(e.name, "data");
+        assert_eq!(e.attr("b"), Some("x & y"));
+        let names: Vec<_> = e.elements().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["user", "group", "user", "ns:x"]);
+        assert_eq!(e.children.len(), 4);
+        let bob = e.elements().nth(2).unwrap();
+        assert_eq!(bob.text(), " bob ");
+        assert_eq!(e.child("ns:x").unwrap().text(), "1 < 2 <raw>");
+    }
+
+    #[test]
+    fn mixed_content_kept() {
+        let e = p("<a>x <b>y</b> z</a>").unwrap();
+        assert_eq!(e.children.len(), 3);
+        assert_eq!(to_string(&e), "<a>x <b>y</b> z</a>");
+        assert_eq!(to_string_pretty(&e), "<a>x <b>y</b> z</a>");
+    }
+
+    #[test]
+    fn round_trip_compact_and_pretty() {
+        let src = r#"<data k="a&quot;b&lt;c&#10;d"><u n="1">t&amp;x</u><u/><g><h>1</h><h> </h></g>m<q/></data>"#;
+        let e = p(src).unwrap();
+        let s = to_string(&e);
+        assert_eq!(p(&s).unwrap(), e);
+        assert_eq!(p(&to_string_pretty(&e)).unwrap(), e);
+        assert_eq!(e.attr("k"), Some("a\"b<c\nd"));
+    }
+
+    #[test]
+    fn pretty_layout() {
+        let e = p("<a><b><c>1</c><d/></b><e>x</e></a>").unwrap();
+        assert_eq!(
+            to_string_pretty(&e),
+            "<a>\n  <b>\n    <c>1</c>\n    <d/>\n  </b>\n  <e>x</e>\n</a>"
+        );
+    }
+
+    #[test]
+    fn scalars_written_as_text() {
+        let mut e = Element::new("a");
+        e.push(Element::with_scalar("n", Scalar::Int(5)));
+        e.push(Element::with_scalar("b", Scalar::Bool(true)));
+        assert_eq!(to_string(&e), "<a><n>5</n><b>true</b></a>");
+    }
+
+    #[test]
+    fn whitespace_only_text_round_trips() {
+        let e = Element::with_text("a", "  ");
+        let s = to_string(&e);
+        assert_eq!(p(&s).unwrap(), e);
+        assert_eq!(p("<a>  </a>").unwrap(), Element::new("a"));
+    }
+
+    #[test]
+    fn bom_and_declaration_accepted() {
+        assert_eq!(p("\u{feff}<a/>").unwrap(), Element::new("a"));
+        assert_eq!(
+            p("\u{feff}<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<a/>\n").unwrap(),
+            Element::new("a")
+        );
+    }
+
+    #[test]
+    fn crlf_normalized() {
+        let e = p("<a>x\r\ny</a>").unwrap();
+        assert_eq!(e.text(), "x\ny");
+    }
+
+    #[test]
+    fn error_positions() {
+        let e = err("<data>\n  <user>\n</data>");
+        assert_eq!((e.line, e.column), (3, 1), "{e}");
+        assert!(e.message.contains("expected </user>, found </data>"), "{e}");
+
+        let e = err("<data>\n  <user>x</user>\n");
+        assert_eq!((e.line, e.column), (3, 1), "{e}");
+        assert!(
+            e.message
+                .contains("unexpected end of document: <data> at line 1"),
+            "{e}"
+        );
+
+        let e = err("<a>\n <b c=d/></a>");
+        assert_eq!((e.line, e.column), (2, 7), "{e}");
+        assert!(e.message.contains("quoted"), "{e}");
+
+        let e = err("<a/>\n  junk");
+        assert_eq!((e.line, e.column), (2, 3), "{e}");
+        assert!(e.message.contains("after the root"), "{e}");
+
+        let e = err("<a/><b/>");
+        assert_eq!((e.line, e.column), (1, 5), "{e}");
+
+        let e = err("");
+        assert_eq!((e.line, e.column), (1, 1), "{e}");
+        assert!(e.message.contains("empty document"), "{e}");
+
+        let e = err("<a>\n  <b\n");
+        assert_eq!(e.line, 2, "{e}");
+
+        let e = err("<a>&nbsp;</a>");
+        assert!(e.message.contains("unknown entity"), "{e}");
+        assert_eq!((e.line, e.column), (1, 4), "{e}");
+
+        let e = err("<a x=\"1\" x=\"2\"/>");
+        assert!(e.message.contains("duplicate attribute `x`"), "{e}");
+        assert_eq!((e.line, e.column), (1, 10), "{e}");
+
+        let e = err("</a>");
+        assert!(e.message.contains("no element is open"), "{e}");
+
+        let e = err("<é>\n<1x/></é>");
+        assert_eq!((e.line, e.column), (2, 1), "{e}");
+    }
+
+    #[test]
+    fn doctype_refused() {
+        let bomb = r#"<?xml version="1.0"?>
+<!DOCTYPE lolz [
+ <!ENTITY lol "lol">
+ <!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">
+]>
+<lolz>&lol2;</lolz>"#;
+        let e = err(bomb);
+        assert_eq!((e.line, e.column), (2, 1));
+        assert!(e.message.contains("DOCTYPE is not allowed"), "{e}");
+    }
+
+    #[test]
+    fn depth_limit_no_stack_overflow() {
+        let n = 10_000;
+        let doc = format!("{}{}", "<a>".repeat(n), "</a>".repeat(n));
+        let e = err(&doc);
+        assert!(e.message.contains("nested more than 128"), "{e}");
+        assert_eq!((e.line, e.column), (1, 128 * 3 + 1));
+        // A generous limit works too (the parser and writer are iterative; the depth is
+        // kept moderate only because derived Drop/PartialEq of the tree are recursive).
+        let m = 1_000;
+        let doc = format!("{}x{}", "<a>".repeat(m), "</a>".repeat(m));
+        let limits = Limits {
+            max_bytes: usize::MAX,
+            max_depth: m,
+        };
+        let tree = parse(&doc, &limits).unwrap();
+        assert_eq!(tree.depth(), m);
+        assert_eq!(to_string(&tree), doc);
+        let back = parse_located(&doc, &limits).unwrap().into_element();
+        assert_eq!(to_string(&back), doc);
+        assert!(parse(
+            &doc,
+            &Limits {
+                max_depth: m - 1,
+                ..limits
+            }
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn size_limit() {
+        let limits = Limits {
+            max_bytes: 10,
+            max_depth: 10,
+        };
+        let e = parse("<a>\n0123456789</a>", &limits).unwrap_err();
+        assert!(e.message.contains("the limit is 10 bytes"), "{e}");
+        assert_eq!((e.line, e.column), (2, 7));
+    }
+
+    #[test]
+    fn located_positions() {
+        let l = parse_located(
+            "<a>\n  <b x=\"1\"/>\n\t<c>é<d/></c></a>",
+            &Limits::default(),
+        )
+        .unwrap();
+        assert_eq!((l.line, l.column), (1, 1));
+        let kids: Vec<_> = l.elements().collect();
+        assert_eq!((kids[0].line, kids[0].column), (2, 3));
+        assert_eq!(kids[0].attr("x"), Some("1"));
+        assert_eq!((kids[1].line, kids[1].column), (3, 2));
+        let d = kids[1].elements().next().unwrap();
+        assert_eq!((d.line, d.column), (3, 6));
+        assert_eq!(
+            l.to_element(),
+            parse("<a><b x=\"1\"/><c>é<d/></c></a>", &Limits::default()).unwrap()
+        );
+    }
 }

@@ -41,25 +41,82 @@ impl std::fmt::Display for TxnState {
 #[error("journal: {0}")]
 pub struct JournalError(pub String);
 
-/// Receives the executor's transitions. Inputs and undo records arrive already redacted
-/// of declared secrets.
+/// A transaction begins.
+#[derive(Debug, Clone)]
+pub struct TxnStart<'a> {
+    /// Transaction id.
+    pub txn_id: &'a str,
+    /// `Namespace/Procedure` of the entry.
+    pub target: &'a str,
+    /// Kind of the entry procedure.
+    pub kind: crate::model::ProcKind,
+    /// Resume instead of rolling back after a crash.
+    pub resumable: bool,
+    /// Hash of the pinned definitions.
+    pub definitions: &'a str,
+    /// The request data with secrets masked.
+    pub data: &'a Element,
+    /// The request data as received (kept sealed when `secret`, for resuming).
+    pub request_data: &'a Element,
+    /// `request_data` holds secrets.
+    pub secret: bool,
+    /// The definitions the program was compiled from: (namespace, hash, bytes).
+    pub pinned: &'a [(String, String, std::sync::Arc<Vec<u8>>)],
+}
+
+/// A provider call is about to be made.
+#[derive(Debug, Clone)]
+pub struct StepIntent<'a> {
+    /// Identity (idempotency key inside).
+    pub context: &'a CallContext,
+    /// Registered provider name.
+    pub provider: &'a str,
+    /// `Namespace/Procedure` of the leaf.
+    pub target: &'a str,
+    /// Kind of the leaf.
+    pub kind: crate::model::ProcKind,
+    /// The namespace's providerContext.
+    pub provider_context: &'a Element,
+    /// executeData with secrets masked (for people).
+    pub input: &'a Element,
+    /// executeData as sent (for a recovery call); seal it when `secret`.
+    pub call_data: &'a Element,
+    /// `call_data` holds secrets.
+    pub secret: bool,
+}
+
+/// A provider call succeeded.
+#[derive(Debug, Clone)]
+pub struct StepDone<'a> {
+    /// Identity.
+    pub context: &'a CallContext,
+    /// Output with secrets masked.
+    pub output: &'a Element,
+    /// The provider's undo record, as returned; seal it when `secret`.
+    pub undo: Option<&'a Element>,
+    /// executeData kept for the undo (saveDataForRollback); seal it when `secret`.
+    pub saved: Option<&'a Element>,
+    /// `undo` or `saved` hold secrets.
+    pub secret: bool,
+}
+
+/// Receives the executor's transitions.
 #[async_trait]
 pub trait Journal: Send + Sync {
-    /// A transaction changed state.
-    async fn txn_state(&self, txn_id: &str, state: TxnState) -> Result<(), JournalError>;
-    /// About to call a provider (intent).
-    async fn step_intent(&self, call: &CallContext, input: &Element) -> Result<(), JournalError>;
-    /// A provider call succeeded.
-    async fn step_done(
-        &self,
-        call: &CallContext,
-        output: &Element,
-        undo: Option<&Element>,
-    ) -> Result<(), JournalError>;
+    /// A transaction began.
+    async fn txn_started(&self, start: &TxnStart<'_>) -> Result<(), JournalError>;
+    /// A transaction changed state; a final state is durable when this returns.
+    async fn txn_state(&self, txn_id: &str, state: TxnState, message: Option<&str>) -> Result<(), JournalError>;
+    /// About to call a provider: durable when this returns.
+    async fn step_intent(&self, intent: &StepIntent<'_>) -> Result<(), JournalError>;
+    /// A provider call succeeded (made durable by the next durable write at the latest).
+    async fn step_done(&self, done: &StepDone<'_>) -> Result<(), JournalError>;
     /// A provider call failed.
     async fn step_failed(&self, call: &CallContext, message: &str) -> Result<(), JournalError>;
     /// An undo finished (ok or not).
     async fn undo_done(&self, call: &CallContext, error: Option<&str>) -> Result<(), JournalError>;
+    /// Two-phase: a prepare or commit finished.
+    async fn phase_done(&self, call: &CallContext, phase: &str, error: Option<&str>) -> Result<(), JournalError>;
 }
 
 /// A journal that keeps nothing (the engine core without durability).
@@ -68,24 +125,25 @@ pub struct NoJournal;
 
 #[async_trait]
 impl Journal for NoJournal {
-    async fn txn_state(&self, _: &str, _: TxnState) -> Result<(), JournalError> {
+    async fn txn_started(&self, _: &TxnStart<'_>) -> Result<(), JournalError> {
         Ok(())
     }
-    async fn step_intent(&self, _: &CallContext, _: &Element) -> Result<(), JournalError> {
+    async fn txn_state(&self, _: &str, _: TxnState, _: Option<&str>) -> Result<(), JournalError> {
         Ok(())
     }
-    async fn step_done(
-        &self,
-        _: &CallContext,
-        _: &Element,
-        _: Option<&Element>,
-    ) -> Result<(), JournalError> {
+    async fn step_intent(&self, _: &StepIntent<'_>) -> Result<(), JournalError> {
+        Ok(())
+    }
+    async fn step_done(&self, _: &StepDone<'_>) -> Result<(), JournalError> {
         Ok(())
     }
     async fn step_failed(&self, _: &CallContext, _: &str) -> Result<(), JournalError> {
         Ok(())
     }
     async fn undo_done(&self, _: &CallContext, _: Option<&str>) -> Result<(), JournalError> {
+        Ok(())
+    }
+    async fn phase_done(&self, _: &CallContext, _: &str, _: Option<&str>) -> Result<(), JournalError> {
         Ok(())
     }
 }

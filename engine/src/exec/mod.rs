@@ -7,7 +7,7 @@
 pub mod journal;
 mod redact;
 
-pub use journal::{Journal, JournalError, NoJournal, TxnState};
+pub use journal::{Journal, JournalError, NoJournal, StepDone, StepIntent, TxnStart, TxnState};
 pub use redact::Redactor;
 
 use crate::compile::{
@@ -156,6 +156,8 @@ pub struct TxnResult {
     pub elapsed: Duration,
     /// Redacts secrets from anything shown.
     pub redactor: Redactor,
+    /// The final state could not be journaled (the outcome above still happened).
+    pub journal_error: Option<String>,
 }
 
 /// One step of a dry run.
@@ -205,6 +207,9 @@ enum RunMode {
 }
 
 struct Completed {
+    /// Completions counted when the call started: calls that completed earlier may be
+    /// what it depends on.
+    started_after: usize,
     seq: usize,
     step: String,
     target: String,
@@ -219,6 +224,8 @@ struct Txn {
     program: Arc<Program>,
     context: Mutex<Element>,
     completed: Mutex<Vec<Completed>>,
+    /// Completions so far (orders undo: see `Completed::started_after`).
+    completions: AtomicUsize,
     calls: AtomicUsize,
     permits: Semaphore,
     plan: Mutex<Vec<PlanEntry>>,
@@ -334,6 +341,7 @@ impl Engine {
             program,
             context: Mutex::new(context),
             completed: Mutex::new(Vec::new()),
+            completions: AtomicUsize::new(0),
             calls: AtomicUsize::new(0),
             permits: Semaphore::new(self.options.max_parallel.max(1)),
             plan: Mutex::new(Vec::new()),
@@ -349,13 +357,32 @@ impl Engine {
         data: Element,
         context: Element,
     ) -> TxnResult {
-        let started = Instant::now();
+        let started_at = Instant::now();
         let txn = self.new_txn(program, RunMode::Execute, &data, context);
         let span = info_span!("txn", txn.id = %txn.id, procedure = %txn.program.entry.target);
         async {
-            let _ = self.journal.txn_state(&txn.id, TxnState::Running).await;
+            let target = txn.program.entry.target.to_string();
+            let mut shown = data.clone();
+            txn.redactor.redact_element(&mut shown);
+            let started = self
+                .journal
+                .txn_started(&TxnStart {
+                    txn_id: &txn.id,
+                    target: &target,
+                    kind: txn.program.entry.kind,
+                    resumable: txn.program.entry.resumable,
+                    definitions: &txn.program.definitions_hash,
+                    data: &shown,
+                    request_data: &data,
+                    secret: txn.redactor.contains_secret(&data),
+                    pinned: &txn.program.pinned,
+                })
+                .await;
             tracing::info!("transaction started");
-            let result = self.run_entry(&txn, data).await;
+            let result = match started {
+                Ok(()) => self.run_entry(&txn, data).await,
+                Err(e) => Err(Failure { code: ProviderError::E_FAIL, message: e.to_string(), step: String::new(), sources: Vec::new() }),
+            };
             let result = match result {
                 Ok(data) => self.two_phase(&txn).await.map(|()| data),
                 Err(f) => Err(f),
@@ -370,6 +397,7 @@ impl Engine {
                 undone: 0,
                 elapsed: Duration::ZERO,
                 redactor: txn.redactor.clone(),
+                journal_error: None,
             };
             match result {
                 Ok(mut data) => {
@@ -380,7 +408,7 @@ impl Engine {
                 Err(mut failure) => {
                     failure.message = txn.redactor.redact_text(&failure.message);
                     tracing::warn!(step = %failure.step, error = %failure.message, "step failed; rolling back");
-                    let _ = self.journal.txn_state(&txn.id, TxnState::RollingBack).await;
+                    let _ = self.journal.txn_state(&txn.id, TxnState::RollingBack, Some(&failure.message)).await;
                     let (undone, failures) = self.rollback(&txn).await;
                     out.undone = undone;
                     out.state = if failures.is_empty() { TxnState::RolledBack } else { TxnState::RollbackFailed };
@@ -388,8 +416,12 @@ impl Engine {
                     out.failure = Some(failure);
                 }
             }
-            let _ = self.journal.txn_state(&txn.id, out.state).await;
-            out.elapsed = started.elapsed();
+            let message = out.failure.as_ref().map(|f| f.message.clone());
+            if let Err(e) = self.journal.txn_state(&txn.id, out.state, message.as_deref()).await {
+                tracing::error!(error = %e, "the final state could not be journaled");
+                out.journal_error = Some(e.to_string());
+            }
+            out.elapsed = started_at.elapsed();
             out
         }
         .instrument(span)
@@ -777,6 +809,7 @@ impl Engine {
         unresolved: &mut Vec<String>,
     ) -> Result<bool, Failure> {
         for t in list {
+            let mut template_missing = Vec::new();
             let nodes: Vec<Element> = match &t.source {
                 CSource::Node(scope, path) => {
                     self.with_scope(txn, inv, bindings, ed, scope, step, |root| {
@@ -785,7 +818,7 @@ impl Engine {
                 }
                 CSource::Template(parts) => {
                     let mut text = String::new();
-                    let mut missing = None;
+                    let mut missing = Vec::new();
                     for part in parts {
                         match part {
                             CPart::Lit(s) => text.push_str(s),
@@ -799,33 +832,32 @@ impl Engine {
                                     })?;
                                 match v {
                                     Some(v) => text.push_str(&v),
-                                    None => missing = Some(describe(scope, path.as_ref())),
+                                    None => missing.push(describe(scope, path.as_ref())),
                                 }
                             }
                         }
                     }
-                    match missing {
-                        Some(m) => {
-                            if txn.mode == RunMode::Plan {
-                                unresolved.push(m);
-                            }
-                            Vec::new()
-                        }
-                        None => vec![Element::with_text("value", text)],
+                    template_missing = missing;
+                    if template_missing.is_empty() {
+                        vec![Element::with_text("value", text)]
+                    } else {
+                        Vec::new()
                     }
                 }
             };
             if nodes.is_empty() {
-                let what = match &t.source {
-                    CSource::Node(scope, path) => describe(scope, path.as_ref()),
-                    CSource::Template(_) => "a template placeholder".to_string(),
+                // Name what is missing: the node path, or each missing template placeholder.
+                let whats = match &t.source {
+                    CSource::Node(scope, path) => vec![describe(scope, path.as_ref())],
+                    CSource::Template(_) => template_missing,
                 };
                 if txn.mode == RunMode::Plan {
                     if t.if_null == IfNull::Fail {
-                        unresolved.push(what);
+                        unresolved.extend(whats);
                     }
                     continue;
                 }
+                let what = whats.join(", ");
                 match t.if_null {
                     IfNull::Fail => {
                         return Err(Failure::data(
@@ -1011,7 +1043,21 @@ impl Engine {
                 let context = self.call_context(txn, callee, leaf, step, attempt);
                 let mut logged = ed.clone();
                 txn.redactor.redact_element(&mut logged);
-                self.journal.step_intent(&context, &logged).await.map_err(|e| fail(step, &target, ProviderError::E_FAIL, e.to_string()))?;
+                let secret = txn.redactor.contains_secret(&ed);
+                self.journal
+                    .step_intent(&StepIntent {
+                        context: &context,
+                        provider: &leaf.provider,
+                        target: &target,
+                        kind: callee.kind,
+                        provider_context: &leaf.provider_context,
+                        input: &logged,
+                        call_data: &ed,
+                        secret,
+                    })
+                    .await
+                    .map_err(|e| fail(step, &target, ProviderError::E_FAIL, e.to_string()))?;
+                let started_after = txn.completions.load(AtomicOrdering::SeqCst);
                 let call = Call { context: context.clone(), provider_context: leaf.provider_context.clone(), execute_data: ed.clone() };
                 let permit = txn.permits.acquire().await;
                 txn.calls.fetch_add(1, AtomicOrdering::Relaxed);
@@ -1023,15 +1069,20 @@ impl Engine {
                         out.name = "executeData".into();
                         let mut logged_out = out.clone();
                         txn.redactor.redact_element(&mut logged_out);
-                        self.journal
-                            .step_done(&context, &logged_out, outcome.undo.as_ref())
-                            .await
-                            .map_err(|e| fail(step, &target, ProviderError::E_FAIL, e.to_string()))?;
-                        if callee.kind != ProcKind::Read {
+                        let keep = callee.kind != ProcKind::Read && outcome.undo.is_some();
+                        let saved = (keep && leaf.save_data_for_rollback).then_some(&ed);
+                        let undo_ref = if keep { outcome.undo.as_ref() } else { None };
+                        let secret = undo_ref.is_some_and(|u| txn.redactor.contains_secret(u)) || saved.is_some_and(|s| txn.redactor.contains_secret(s));
+                        let journaled = self
+                            .journal
+                            .step_done(&StepDone { context: &context, output: &logged_out, undo: undo_ref, saved, secret })
+                            .await;
+                        let seq = txn.completions.fetch_add(1, AtomicOrdering::SeqCst);
+                        if keep {
                             if let Some(undo) = outcome.undo {
                                 let mut completed = lock(&txn.completed);
-                                let seq = completed.len();
                                 completed.push(Completed {
+                                    started_after,
                                     seq,
                                     step: step.to_string(),
                                     target: target.clone(),
@@ -1046,6 +1097,8 @@ impl Engine {
                                 });
                             }
                         }
+                        // The call happened and is registered for undo even when journaling it failed.
+                        journaled.map_err(|e| fail(step, &target, ProviderError::E_FAIL, e.to_string()))?;
                         tracing::debug!("step done");
                         self.emit(Event::StepFinished { step: step.to_string(), ok: true });
                         return Ok(out);
@@ -1098,7 +1151,10 @@ impl Engine {
             })
             .collect();
         for (step, target, provider, done) in &calls {
-            if let Err(e) = provider.prepare(done).await {
+            let r = provider.prepare(done).await;
+            let err = r.as_ref().err().map(|e| e.to_string());
+            let _ = self.journal.phase_done(&done.context, "prepare", err.as_deref()).await;
+            if let Err(e) = r {
                 return Err(fail(
                     step,
                     target,
@@ -1108,7 +1164,10 @@ impl Engine {
             }
         }
         for (step, _, provider, done) in &calls {
-            if let Err(e) = provider.commit(done).await {
+            let r = provider.commit(done).await;
+            let err = r.as_ref().err().map(|e| e.to_string());
+            let _ = self.journal.phase_done(&done.context, "commit", err.as_deref()).await;
+            if let Err(e) = r {
                 // Commit must not fail (MPS event 4107): the change is prepared but not visible.
                 tracing::error!(step = %step, error = %e, "two-phase commit failed; the system may be inconsistent");
             }
@@ -1116,56 +1175,115 @@ impl Engine {
         Ok(())
     }
 
-    /// Undoes every completed call in reverse completion order (a valid reverse dependency
-    /// order), retrying each with backoff; returns how many were undone and what failed.
+    /// Undoes every completed call in reverse dependency order: a call is undone only after
+    /// every call that started after it completed (and so may depend on it) was undone;
+    /// calls that overlapped in time are independent and are undone concurrently. Each undo
+    /// is retried with backoff; returns how many were undone and what kept failing.
     async fn rollback(&self, txn: &Txn) -> (usize, Vec<UndoFailure>) {
-        let mut completed = std::mem::take(&mut *lock(&txn.completed));
-        completed.sort_by_key(|c| Reverse(c.seq));
+        let completed = std::mem::take(&mut *lock(&txn.completed));
+        let order: Vec<UndoOrder> = completed.iter().map(|c| UndoOrder { started_after: c.started_after, seq: c.seq }).collect();
         let mut undone = 0;
         let mut failures = Vec::new();
-        for c in completed {
-            let span = info_span!("undo", step.id = %c.step, provider = %c.provider.name());
-            let result = async {
-                self.emit(Event::Undoing {
-                    step: c.step.clone(),
-                });
-                let mut last = String::new();
-                for attempt in 1..=self.options.undo_attempts.max(1) {
-                    match AssertUnwindSafe(c.provider.undo(c.done.clone()))
-                        .catch_unwind()
-                        .await
-                    {
-                        Ok(Ok(())) => {
-                            let _ = self.journal.undo_done(&c.done.context, None).await;
-                            return Ok(());
-                        }
-                        Ok(Err(e)) => last = e.to_string(),
-                        Err(p) => last = format!("undo panicked: {}", panic_message(&p)),
-                    }
-                    tracing::warn!(attempt, error = %last, "undo failed");
-                    if attempt < self.options.undo_attempts {
-                        tokio::time::sleep(
-                            self.options.retry_backoff * 2u32.saturating_pow(attempt - 1),
-                        )
-                        .await;
-                    }
-                }
-                let _ = self.journal.undo_done(&c.done.context, Some(&last)).await;
-                Err(last)
-            }
-            .instrument(span)
-            .await;
-            match result {
+        let results = undo_in_dependency_order(&order, |i| {
+            let c = &completed[i];
+            self.undo_one(c.provider.clone(), c.done.clone(), c.step.clone())
+        })
+        .await;
+        for (i, r) in results.into_iter().enumerate() {
+            match r {
                 Ok(()) => undone += 1,
                 Err(message) => failures.push(UndoFailure {
-                    step: c.step,
-                    target: c.target,
+                    step: completed[i].step.clone(),
+                    target: completed[i].target.clone(),
                     message: txn.redactor.redact_text(&message),
                 }),
             }
         }
         (undone, failures)
     }
+
+    /// One undo with retries and backoff, journaled.
+    pub(crate) async fn undo_one(&self, provider: Arc<dyn Provider>, done: Done, step: String) -> Result<(), String> {
+        let span = info_span!("undo", step.id = %step, provider = %provider.name());
+        async {
+            self.emit(Event::Undoing { step: step.clone() });
+            let mut last = String::new();
+            for attempt in 1..=self.options.undo_attempts.max(1) {
+                match AssertUnwindSafe(provider.undo(done.clone())).catch_unwind().await {
+                    Ok(Ok(())) => {
+                        let _ = self.journal.undo_done(&done.context, None).await;
+                        return Ok(());
+                    }
+                    Ok(Err(e)) => last = e.to_string(),
+                    Err(p) => last = format!("undo panicked: {}", panic_message(&p)),
+                }
+                tracing::warn!(attempt, error = %last, "undo failed");
+                if attempt < self.options.undo_attempts {
+                    tokio::time::sleep(self.options.retry_backoff * 2u32.saturating_pow(attempt - 1)).await;
+                }
+            }
+            let _ = self.journal.undo_done(&done.context, Some(&last)).await;
+            Err(last)
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+/// When a completed call started and finished, in completion counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UndoOrder {
+    /// Completions counted when the call started.
+    pub started_after: usize,
+    /// Its own completion number.
+    pub seq: usize,
+}
+
+/// Runs `undo(i)` for every call so that a call is undone only after every call that
+/// started after it completed; independent calls run concurrently. Returns results by index.
+pub async fn undo_in_dependency_order<'a, F, Fut>(order: &[UndoOrder], undo: F) -> Vec<Result<(), String>>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>> + 'a,
+{
+    let n = order.len();
+    // blockers[i]: calls that must be undone before i (they started after i completed).
+    let mut waiting: Vec<usize> = vec![0; n];
+    let mut unblocks: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for i in 0..n {
+        for j in 0..n {
+            if i != j && order[j].started_after > order[i].seq {
+                waiting[i] += 1;
+                unblocks[j].push(i);
+            }
+        }
+    }
+    let mut results: Vec<Result<(), String>> = vec![Ok(()); n];
+    let mut running = FuturesUnordered::new();
+    let mut ready: Vec<usize> = (0..n).filter(|&i| waiting[i] == 0).collect();
+    ready.sort_by_key(|&i| Reverse(order[i].seq));
+    loop {
+        for i in ready.drain(..) {
+            let fut = undo(i);
+            running.push(async move { (i, fut.await) });
+        }
+        match running.next().await {
+            None => break,
+            Some((i, r)) => {
+                results[i] = r;
+                let mut next: Vec<usize> = Vec::new();
+                for &k in &unblocks[i] {
+                    waiting[k] -= 1;
+                    if waiting[k] == 0 {
+                        next.push(k);
+                    }
+                }
+                next.sort_by_key(|&k| Reverse(order[k].seq));
+                ready.extend(next);
+            }
+        }
+    }
+    results
 }
 
 impl Invocation {

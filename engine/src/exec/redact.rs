@@ -46,15 +46,39 @@ impl Redactor {
         }
     }
 
-    /// Masks secret elements in place.
+    /// Masks secret elements in place, and scrubs known secret values from the text and
+    /// attributes of the others (a secret copied under another name, e.g. by `output:`).
     pub fn redact_element(&self, e: &mut Element) {
         if self.is_secret(e) {
             e.children = vec![Node::Text(Scalar::Str(MASK.to_string()))];
             return;
         }
+        if !self.values.is_empty() {
+            for (_, v) in &mut e.attrs {
+                *v = self.redact_text(v);
+            }
+            for c in &mut e.children {
+                if let Node::Text(Scalar::Str(s)) = c {
+                    *s = self.redact_text(s);
+                }
+            }
+        }
         for c in e.elements_mut() {
             self.redact_element(c);
         }
+    }
+
+    /// Whether an element holds a secret (a secret-named element or a known secret value).
+    pub fn contains_secret(&self, e: &Element) -> bool {
+        if self.is_secret(e) {
+            return true;
+        }
+        if let Some(Scalar::Str(s)) = e.scalar() {
+            if self.values.iter().any(|v| s.contains(v.as_str())) {
+                return true;
+            }
+        }
+        e.attrs.iter().any(|(_, v)| self.values.iter().any(|s| v.contains(s.as_str()))) || e.elements().any(|c| self.contains_secret(c))
     }
 
     /// Scrubs known secret values from text.

@@ -1,21 +1,1245 @@
-//! MPS-style XML namespaces and requests.
-//! (Owner: XML helper — to be implemented.)
+//! MPS-style XML namespaces and requests into the model (syntax: `docs/xml-syntax.md`).
+//!
+//! Every element and attribute is checked against what its position allows; an unknown
+//! one is an error naming the element, its line and column, the allowed set and the
+//! closest allowed name. Paths are checked with [`Path::parse`], templates with
+//! [`parse_template`].
 
-use super::ParseError;
-use crate::model::{Namespace, Request, SourceRef};
+use super::template::parse_template;
+use super::{ParseError, MAX_DEPTH, MAX_FILE_BYTES};
+use crate::data::xml::{parse_located, Limits, Located, LocatedNode, XmlError};
+use crate::data::{Element, IfNull, Mode, Path, Scalar};
+use crate::model::{
+    Access, CallTarget, ExecuteStep, ForEach, Format, InputSpec, Namespace, Ordering, ProcKind,
+    Procedure, Repeat, Request, RequestTarget, Scope, SelectStep, SourceRef, Step, Transform,
+    TransformSource, TryStep, When,
+};
+use std::collections::HashSet;
 
 /// Parses an XML namespace file (`<namespace>` root, or `<namespaces>` holding several).
-pub fn parse_namespaces(_src: &str, file: &str) -> Result<Vec<Namespace>, Vec<ParseError>> {
-    Err(vec![ParseError::new(
-        SourceRef::new(file, 0, 0),
-        "XML namespaces not implemented yet",
-    )])
+pub fn parse_namespaces(src: &str, file: &str) -> Result<Vec<Namespace>, Vec<ParseError>> {
+    let ctx = Ctx { file };
+    let root = parse_located(src, &limits()).map_err(|e| vec![ctx.xml_error(e)])?;
+    let mut errs = Vec::new();
+    let mut out = Vec::new();
+    match root.name.as_str() {
+        "namespace" => {
+            if let Some(ns) = ctx.namespace(&root, &mut errs) {
+                out.push(ns);
+            }
+        }
+        "namespaces" => {
+            if let Err(e) = ctx.check_attrs(&root, &[]) {
+                errs.push(e);
+            }
+            if let Err(e) = ctx.no_text(&root) {
+                errs.push(e);
+            }
+            let mut seen = HashSet::new();
+            for child in root.elements() {
+                if child.name != "namespace" {
+                    errs.push(ctx.unknown_element(child, &root, &["namespace"]));
+                    continue;
+                }
+                if let Some(ns) = ctx.namespace(child, &mut errs) {
+                    if !seen.insert(ns.name.clone()) {
+                        errs.push(ctx.err(
+                            child,
+                            format!("namespace `{}` is defined twice in this file", ns.name),
+                        ));
+                    }
+                    out.push(ns);
+                }
+            }
+            if out.is_empty() && errs.is_empty() {
+                errs.push(
+                    ctx.err(&root, "<namespaces> holds no <namespace>")
+                        .with_hint("add <namespace name=\"…\"> elements"),
+                );
+            }
+        }
+        other => errs.push(
+            ctx.err(
+                &root,
+                format!(
+                    "expected <namespace> or <namespaces> as the root element, found <{other}>"
+                ),
+            )
+            .with_hint("a namespace file starts with <namespace name=\"…\">"),
+        ),
+    }
+    if errs.is_empty() {
+        Ok(out)
+    } else {
+        Err(errs)
+    }
 }
 
 /// Parses an XML request (`<request>`).
-pub fn parse_request(_src: &str, file: &str) -> Result<Request, ParseError> {
-    Err(ParseError::new(
-        SourceRef::new(file, 0, 0),
-        "XML requests not implemented yet",
-    ))
+pub fn parse_request(src: &str, file: &str) -> Result<Request, ParseError> {
+    let ctx = Ctx { file };
+    let root = parse_located(src, &limits()).map_err(|e| ctx.xml_error(e))?;
+    ctx.request(root)
+}
+
+fn limits() -> Limits {
+    Limits {
+        max_bytes: MAX_FILE_BYTES,
+        max_depth: MAX_DEPTH,
+    }
+}
+
+const NAMESPACE_ATTRS: &[&str] = &["name", "providerSource", "description", "readOnly"];
+const PROCEDURE_ATTRS: &[&str] = &[
+    "name",
+    "access",
+    "type",
+    "description",
+    "parallel",
+    "entry",
+    "saveDataForRollback",
+    "resumable",
+    "auditEnabled",
+    "perfEnabled",
+];
+const PROCEDURE_CHILDREN: &[&str] = &[
+    "input",
+    "procedureData",
+    "execute",
+    "transform",
+    "try",
+    "catch",
+    "select",
+];
+const STEP_ELEMENTS: &[&str] = &["execute", "transform", "try", "catch", "select"];
+const INPUT_ATTRS: &[&str] = &[
+    "name",
+    "type",
+    "required",
+    "secret",
+    "default",
+    "description",
+];
+const EXECUTE_ATTRS: &[&str] = &[
+    "id",
+    "namespace",
+    "procedure",
+    "needs",
+    "impersonate",
+    "sensitive",
+    "trusted",
+];
+const TRANSFORM_ATTRS: &[&str] = &["id", "needs"];
+const EXECUTE_CHILDREN: &[&str] = &[
+    "executeData",
+    "forEach",
+    "when",
+    "repeat",
+    "before",
+    "after",
+];
+const FOREACH_ATTRS: &[&str] = &["name", "root", "path", "ifNull"];
+const WHEN_ATTRS: &[&str] = &["source", "sourcePath", "not", "select", "case"];
+const REPEAT_ATTRS: &[&str] = &["source", "sourcePath", "ifNull"];
+const TRANSFORM_NODE_ATTRS: &[&str] = &[
+    "source",
+    "sourcePath",
+    "destination",
+    "destinationPath",
+    "mode",
+    "ifNull",
+    "allowNullTransform",
+    "template",
+];
+const TRY_ATTRS: &[&str] = &["id", "needs"];
+const SELECT_ATTRS: &[&str] = &[
+    "name",
+    "source",
+    "sourcePath",
+    "defaultCase",
+    "ifNullCase",
+    "needs",
+];
+const WHERE_ATTRS: &[&str] = &["value", "case"];
+const REQUEST_ATTRS: &[&str] = &["namespace", "procedure"];
+const REQUEST_CHILDREN: &[&str] = &["data", "context", "procedure"];
+const REQUEST_PROCEDURE_ATTRS: &[&str] = &["type", "parallel", "description"];
+const SCOPE_NAMES: &[&str] = &["data", "executeData", "procedureData", "context"];
+
+/// The closest candidate to a misspelt name, if one is close enough.
+fn suggest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    let lower = word.to_ascii_lowercase();
+    if let Some(c) = candidates.iter().find(|c| c.to_ascii_lowercase() == lower) {
+        return Some(c);
+    }
+    candidates
+        .iter()
+        .map(|c| (c, strsim::jaro_winkler(&lower, &c.to_ascii_lowercase())))
+        .filter(|(_, score)| *score >= 0.85)
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(c, _)| *c)
+}
+
+fn list(items: &[&str], quote: (&str, &str)) -> String {
+    items
+        .iter()
+        .map(|i| format!("{}{i}{}", quote.0, quote.1))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.trim().is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_alphanumeric() || matches!(c, '_' | ' ' | '-' | '.'))
+}
+
+/// Parsing context: the file name for every [`SourceRef`].
+struct Ctx<'f> {
+    file: &'f str,
+}
+
+/// The pieces of a parsed `<procedure>` body.
+struct Body {
+    inputs: Vec<InputSpec>,
+    procedure_data: Option<Element>,
+    steps: Vec<Step>,
+}
+
+impl Ctx<'_> {
+    fn at(&self, el: &Located) -> SourceRef {
+        SourceRef::new(self.file, el.line, el.column)
+    }
+
+    fn err(&self, el: &Located, message: impl Into<String>) -> ParseError {
+        ParseError::new(self.at(el), message)
+    }
+
+    fn xml_error(&self, e: XmlError) -> ParseError {
+        let hint = if e.message.contains("DOCTYPE") {
+            Some("remove the <!DOCTYPE …> declaration; entities other than &lt; &gt; &amp; &apos; &quot; are not supported")
+        } else if e.message.contains("nested more than") {
+            Some("flatten the document")
+        } else {
+            None
+        };
+        let err = ParseError::new(SourceRef::new(self.file, e.line, e.column), e.message);
+        match hint {
+            Some(h) => err.with_hint(h),
+            None => err,
+        }
+    }
+
+    fn check_attrs(&self, el: &Located, allowed: &[&str]) -> Result<(), ParseError> {
+        for (k, _) in &el.attrs {
+            if k == "xmlns" || k.starts_with("xmlns:") || allowed.contains(&k.as_str()) {
+                continue;
+            }
+            let mut msg = format!("unknown attribute `{k}` on <{}>", el.name);
+            if let Some(s) = suggest(k, allowed) {
+                msg.push_str(&format!("; did you mean `{s}`?"));
+            }
+            let hint = if allowed.is_empty() {
+                format!("<{}> takes no attributes", el.name)
+            } else {
+                format!("<{}> accepts: {}", el.name, list(allowed, ("", "")))
+            };
+            return Err(self.err(el, msg).with_hint(hint));
+        }
+        Ok(())
+    }
+
+    fn unknown_element(&self, el: &Located, parent: &Located, allowed: &[&str]) -> ParseError {
+        let mut msg = format!("unknown element <{}> in <{}>", el.name, parent.name);
+        if let Some(s) = suggest(&el.name, allowed) {
+            msg.push_str(&format!("; did you mean <{s}>?"));
+        }
+        let hint = if allowed.is_empty() {
+            format!("<{}> has no child elements", parent.name)
+        } else {
+            format!(
+                "<{}> may contain: {}",
+                parent.name,
+                list(allowed, ("<", ">"))
+            )
+        };
+        self.err(el, msg).with_hint(hint)
+    }
+
+    fn no_text(&self, el: &Located) -> Result<(), ParseError> {
+        if let Some(t) = el.texts().next() {
+            let shown: String = t.trim().chars().take(40).collect();
+            return Err(self
+                .err(el, format!("unexpected text `{shown}` in <{}>", el.name))
+                .with_hint(format!("<{}> holds only elements", el.name)));
+        }
+        Ok(())
+    }
+
+    fn no_children(&self, el: &Located) -> Result<(), ParseError> {
+        self.no_text(el)?;
+        if let Some(c) = el.elements().next() {
+            return Err(self.unknown_element(c, el, &[]));
+        }
+        Ok(())
+    }
+
+    fn required<'a>(&self, el: &'a Located, name: &str) -> Result<&'a str, ParseError> {
+        el.attr(name)
+            .ok_or_else(|| self.err(el, format!("<{}> needs a `{name}` attribute", el.name)))
+    }
+
+    fn bool_attr(&self, el: &Located, name: &str, default: bool) -> Result<bool, ParseError> {
+        match el.attr(name) {
+            None => Ok(default),
+            Some("1") | Some("true") => Ok(true),
+            Some("0") | Some("false") => Ok(false),
+            Some(other) => Err(self
+                .err(
+                    el,
+                    format!("`{name}` on <{}> must be 0 or 1, not `{other}`", el.name),
+                )
+                .with_hint(format!("write {name}=\"1\" or {name}=\"0\""))),
+        }
+    }
+
+    fn choice<T: Copy>(
+        &self,
+        el: &Located,
+        name: &str,
+        options: &[(&str, T)],
+        default: T,
+    ) -> Result<T, ParseError> {
+        let Some(v) = el.attr(name) else {
+            return Ok(default);
+        };
+        if let Some((_, t)) = options.iter().find(|(k, _)| *k == v) {
+            return Ok(*t);
+        }
+        let names: Vec<&str> = options.iter().map(|(k, _)| *k).collect();
+        let mut msg = format!("`{name}=\"{v}\"` on <{}> is not valid", el.name);
+        if let Some(s) = suggest(v, &names) {
+            msg.push_str(&format!("; did you mean `{s}`?"));
+        }
+        Err(self
+            .err(el, msg)
+            .with_hint(format!("{name} is one of: {}", list(&names, ("", "")))))
+    }
+
+    fn path_attr(&self, el: &Located, name: &str) -> Result<Option<String>, ParseError> {
+        let Some(p) = el.attr(name) else {
+            return Ok(None);
+        };
+        match Path::parse(p) {
+            Ok(_) => Ok(Some(p.to_string())),
+            Err(e) => Err(self
+                .err(
+                    el,
+                    format!(
+                        "bad path in {name}=\"{p}\" on <{}> at column {} of the path: {}",
+                        el.name, e.column, e.message
+                    ),
+                )
+                .with_hint("paths look like `users/user[@status='new']/name`")),
+        }
+    }
+
+    fn name_attr(&self, el: &Located, attr: &str, what: &str) -> Result<String, ParseError> {
+        let v = self.required(el, attr)?;
+        if !valid_name(v) {
+            return Err(self
+                .err(el, format!("invalid {what} name `{v}` on <{}>", el.name))
+                .with_hint("names use letters, digits, `_`, space, `-` and `.`"));
+        }
+        Ok(v.to_string())
+    }
+
+    fn needs(&self, el: &Located) -> Vec<String> {
+        el.attr("needs")
+            .map(|n| {
+                n.split(|c: char| c.is_whitespace() || c == ',')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// A scope attribute that may name one of this step's forEach variables.
+    fn scope_attr(
+        &self,
+        el: &Located,
+        name: &str,
+        for_each: &[String],
+    ) -> Result<Scope, ParseError> {
+        let v = self.required(el, name)?;
+        let scope = Scope::parse(v);
+        if let Scope::Named(n) = &scope {
+            if !for_each.iter().any(|f| f == n) {
+                let mut candidates: Vec<&str> = SCOPE_NAMES.to_vec();
+                candidates.extend(for_each.iter().map(String::as_str));
+                let mut msg = format!("unknown {name} `{n}` on <{}>", el.name);
+                if let Some(s) = suggest(n, &candidates) {
+                    msg.push_str(&format!("; did you mean `{s}`?"));
+                }
+                return Err(self
+                    .err(el, msg)
+                    .with_hint(format!("{name} is one of: {}", list(&candidates, ("", "")))));
+            }
+        }
+        Ok(scope)
+    }
+
+    // ------------------------------------------------------------------ namespaces
+
+    fn namespace(&self, el: &Located, errs: &mut Vec<ParseError>) -> Option<Namespace> {
+        let head = (|| {
+            self.check_attrs(el, NAMESPACE_ATTRS)?;
+            self.no_text(el)?;
+            let name = self.name_attr(el, "name", "namespace")?;
+            let read_only = self.bool_attr(el, "readOnly", false)?;
+            Ok::<_, ParseError>((name, read_only))
+        })();
+        let (name, read_only) = match head {
+            Ok(h) => h,
+            Err(e) => {
+                errs.push(e);
+                return None;
+            }
+        };
+        let mut ns = Namespace {
+            name,
+            description: el.attr("description").map(str::to_string),
+            provider: el.attr("providerSource").map(str::to_string),
+            provider_context: Element::new("providerContext"),
+            read_only,
+            procedures: Vec::new(),
+            source_ref: self.at(el),
+        };
+        let mut seen_context = false;
+        let mut names = HashSet::new();
+        for child in el.elements() {
+            match child.name.as_str() {
+                "providerContext" => {
+                    if seen_context {
+                        errs.push(self.err(
+                            child,
+                            "a second <providerContext>; a namespace has at most one",
+                        ));
+                    }
+                    seen_context = true;
+                    ns.provider_context = child.to_element();
+                }
+                "procedure" => {
+                    if let Some(p) = self.procedure(child, errs) {
+                        if !names.insert(p.name.clone()) {
+                            errs.push(self.err(
+                                child,
+                                format!(
+                                    "procedure `{}` is defined twice in namespace `{}`",
+                                    p.name, ns.name
+                                ),
+                            ));
+                        }
+                        ns.procedures.push(p);
+                    }
+                }
+                _ => errs.push(self.unknown_element(child, el, &["providerContext", "procedure"])),
+            }
+        }
+        Some(ns)
+    }
+
+    fn procedure(&self, el: &Located, errs: &mut Vec<ParseError>) -> Option<Procedure> {
+        let head = (|| {
+            self.check_attrs(el, PROCEDURE_ATTRS)?;
+            self.no_text(el)?;
+            let name = self.name_attr(el, "name", "procedure")?;
+            let mut p = Procedure::new(name);
+            p.access = self.choice(
+                el,
+                "access",
+                &[("public", Access::Public), ("private", Access::Private)],
+                Access::Private,
+            )?;
+            p.kind = self.kind(el)?;
+            p.ordering = self.ordering(el)?;
+            p.description = el.attr("description").map(str::to_string);
+            p.entry = el.attr("entry").map(str::to_string);
+            p.save_data_for_rollback = self.bool_attr(el, "saveDataForRollback", false)?;
+            p.resumable = self.bool_attr(el, "resumable", false)?;
+            self.bool_attr(el, "auditEnabled", false)?;
+            self.bool_attr(el, "perfEnabled", false)?;
+            p.source_ref = self.at(el);
+            Ok::<_, ParseError>(p)
+        })();
+        let mut p = match head {
+            Ok(p) => p,
+            Err(e) => {
+                errs.push(e);
+                return None;
+            }
+        };
+        let before = errs.len();
+        let body = self.body(el, true, errs);
+        p.inputs = body.inputs;
+        if let Some(pd) = body.procedure_data {
+            p.procedure_data = pd;
+        }
+        p.steps = body.steps;
+        (errs.len() == before).then_some(p)
+    }
+
+    fn kind(&self, el: &Located) -> Result<ProcKind, ParseError> {
+        self.choice(
+            el,
+            "type",
+            &[
+                ("read", ProcKind::Read),
+                ("write", ProcKind::Write),
+                ("two-phase", ProcKind::TwoPhase),
+            ],
+            ProcKind::Write,
+        )
+    }
+
+    fn ordering(&self, el: &Located) -> Result<Ordering, ParseError> {
+        Ok(if self.bool_attr(el, "parallel", false)? {
+            Ordering::Parallel
+        } else {
+            Ordering::Sequential
+        })
+    }
+
+    /// The children of a `<procedure>`: inputs (when allowed), procedureData and steps.
+    fn body(&self, el: &Located, inputs_allowed: bool, errs: &mut Vec<ParseError>) -> Body {
+        let mut body = Body {
+            inputs: Vec::new(),
+            procedure_data: None,
+            steps: Vec::new(),
+        };
+        let allowed: Vec<&str> = if inputs_allowed {
+            PROCEDURE_CHILDREN.to_vec()
+        } else {
+            PROCEDURE_CHILDREN[1..].to_vec()
+        };
+        let mut step_elements = Vec::new();
+        let mut input_names = HashSet::new();
+        for child in el.elements() {
+            match child.name.as_str() {
+                "input" if inputs_allowed => match self.input(child) {
+                    Ok(i) => {
+                        if !input_names.insert(i.name.clone()) {
+                            errs.push(
+                                self.err(child, format!("input `{}` is declared twice", i.name)),
+                            );
+                        }
+                        body.inputs.push(i);
+                    }
+                    Err(e) => errs.push(e),
+                },
+                "procedureData" => {
+                    if body.procedure_data.is_some() {
+                        errs.push(self.err(
+                            child,
+                            "a second <procedureData>; a procedure has at most one",
+                        ));
+                    }
+                    body.procedure_data = Some(child.to_element());
+                }
+                _ => step_elements.push(child),
+            }
+        }
+        let mut explicit = HashSet::new();
+        body.steps = self.block(&step_elements, el, &allowed, &mut explicit, errs);
+        body
+    }
+
+    fn input(&self, el: &Located) -> Result<InputSpec, ParseError> {
+        self.check_attrs(el, INPUT_ATTRS)?;
+        self.no_children(el)?;
+        let name = self.required(el, "name")?;
+        if let Err(e) = Path::parse(name) {
+            return Err(self.err(
+                el,
+                format!(
+                    "bad input name `{name}` at column {}: {}",
+                    e.column, e.message
+                ),
+            ));
+        }
+        Ok(InputSpec {
+            name: name.to_string(),
+            ty: el.attr("type").map(str::to_string),
+            required: self.bool_attr(el, "required", false)?,
+            secret: self.bool_attr(el, "secret", false)?,
+            default: el.attr("default").map(|d| Scalar::Str(d.to_string())),
+            description: el.attr("description").map(str::to_string),
+        })
+    }
+
+    // ------------------------------------------------------------------ steps
+
+    /// One block of steps (a procedure body, a try body or a catch body).
+    fn block(
+        &self,
+        elements: &[&Located],
+        parent: &Located,
+        allowed: &[&str],
+        explicit: &mut HashSet<String>,
+        errs: &mut Vec<ParseError>,
+    ) -> Vec<Step> {
+        let mut steps = Vec::new();
+        let mut ids = HashSet::new();
+        let mut n = 0usize;
+        let mut i = 0usize;
+        while i < elements.len() {
+            let el = elements[i];
+            i += 1;
+            let result = match el.name.as_str() {
+                "execute" | "transform" | "select" | "try" => {
+                    n += 1;
+                    let auto = format!("step{n}");
+                    match el.name.as_str() {
+                        "select" => self.select(el).map(Step::Select),
+                        "try" => {
+                            let catch = elements.get(i).filter(|c| c.name == "catch");
+                            match catch {
+                                Some(c) => {
+                                    i += 1;
+                                    self.try_step(el, c, auto, explicit, errs)
+                                }
+                                None => Err(self
+                                    .err(el, "a <try> must be followed by its <catch>")
+                                    .with_hint("add <catch>…</catch> right after </try>")),
+                            }
+                        }
+                        _ => self.execute(el, auto).map(Step::Execute),
+                    }
+                }
+                "catch" => Err(self
+                    .err(el, "a <catch> must directly follow its <try>")
+                    .with_hint("put the <catch> right after the </try> it handles")),
+                "queue" => Err(self
+                    .err(el, "queue is not supported yet")
+                    .with_hint("use <execute> to run the call inline in this transaction")),
+                "globalData" => {
+                    Err(self.err(el, "batch requests (globalData) are not supported yet"))
+                }
+                _ => Err(self.unknown_element(el, parent, allowed)),
+            };
+            match result {
+                Ok(step) => {
+                    let id = step.id().to_string();
+                    let is_explicit = el.attr("id").is_some() || el.name == "select";
+                    if !ids.insert(id.clone()) || (is_explicit && !explicit.insert(id.clone())) {
+                        errs.push(
+                            self.err(el, format!("duplicate step id `{id}`"))
+                                .with_hint("give each step a unique id=\"…\""),
+                        );
+                    }
+                    steps.push(step);
+                }
+                Err(e) => errs.push(e),
+            }
+        }
+        if let Some(t) = parent.texts().next() {
+            let shown: String = t.trim().chars().take(40).collect();
+            errs.push(self.err(
+                parent,
+                format!("unexpected text `{shown}` in <{}>", parent.name),
+            ));
+        }
+        steps
+    }
+
+    fn try_step(
+        &self,
+        el: &Located,
+        catch: &Located,
+        auto: String,
+        explicit: &mut HashSet<String>,
+        errs: &mut Vec<ParseError>,
+    ) -> Result<Step, ParseError> {
+        self.check_attrs(el, TRY_ATTRS)?;
+        self.check_attrs(catch, &[])?;
+        let before = errs.len();
+        let body_elements: Vec<&Located> = el.elements().collect();
+        let catch_elements: Vec<&Located> = catch.elements().collect();
+        let body = self.block(&body_elements, el, STEP_ELEMENTS, explicit, errs);
+        let catch_steps = self.block(&catch_elements, catch, STEP_ELEMENTS, explicit, errs);
+        if errs.len() > before {
+            // The inner errors are already reported; drop this step quietly.
+            return Err(errs.remove(before));
+        }
+        if body.is_empty() {
+            return Err(self.err(el, "<try> holds no steps"));
+        }
+        Ok(Step::Try(TryStep {
+            id: el.attr("id").map_or(auto, str::to_string),
+            body,
+            catch: catch_steps,
+            needs: self.needs(el),
+            source_ref: self.at(el),
+        }))
+    }
+
+    fn select(&self, el: &Located) -> Result<SelectStep, ParseError> {
+        self.check_attrs(el, SELECT_ATTRS)?;
+        self.no_text(el)?;
+        let name = self.required(el, "name")?.to_string();
+        let scope = self.scope_attr(el, "source", &[])?;
+        let path = self.path_attr(el, "sourcePath")?;
+        let mut cases = Vec::new();
+        for w in el.elements() {
+            if w.name != "where" {
+                return Err(self.unknown_element(w, el, &["where"]));
+            }
+            self.check_attrs(w, WHERE_ATTRS)?;
+            self.no_children(w)?;
+            let value = self.required(w, "value")?;
+            let case = self.required(w, "case")?;
+            cases.push((value.to_string(), case.to_string()));
+        }
+        Ok(SelectStep {
+            id: name.clone(),
+            name,
+            scope,
+            path,
+            cases,
+            default_case: el.attr("defaultCase").map(str::to_string),
+            if_null_case: el.attr("ifNullCase").map(str::to_string),
+            needs: self.needs(el),
+            source_ref: self.at(el),
+        })
+    }
+
+    fn execute(&self, el: &Located, auto: String) -> Result<ExecuteStep, ParseError> {
+        let is_execute = el.name == "execute";
+        self.check_attrs(
+            el,
+            if is_execute {
+                EXECUTE_ATTRS
+            } else {
+                TRANSFORM_ATTRS
+            },
+        )?;
+        self.no_text(el)?;
+        let call = if is_execute {
+            let namespace = self.name_attr(el, "namespace", "namespace")?;
+            let procedure = self.name_attr(el, "procedure", "procedure")?;
+            for (attr, allowed) in [
+                ("impersonate", &["0", "1", "2"][..]),
+                ("sensitive", &["0", "1", "2"][..]),
+                ("trusted", &["0", "1"][..]),
+            ] {
+                if let Some(v) = el.attr(attr) {
+                    if !allowed.contains(&v) {
+                        return Err(self.err(
+                            el,
+                            format!(
+                                "`{attr}=\"{v}\"` on <execute> is not valid; use {}",
+                                allowed.join(", ")
+                            ),
+                        ));
+                    }
+                }
+            }
+            Some(CallTarget {
+                namespace,
+                procedure,
+            })
+        } else {
+            None
+        };
+        let mut step = ExecuteStep {
+            id: el.attr("id").map_or(auto, str::to_string),
+            call,
+            for_each: Vec::new(),
+            when: Vec::new(),
+            repeat: None,
+            execute_data: Element::new("executeData"),
+            before: Vec::new(),
+            after: Vec::new(),
+            needs: self.needs(el),
+            source_ref: self.at(el),
+        };
+        // forEach names first: the other children may refer to them in any order.
+        let mut names: Vec<String> = Vec::new();
+        for child in el.elements().filter(|c| c.name == "forEach") {
+            self.check_attrs(child, FOREACH_ATTRS)?;
+            self.no_children(child)?;
+            let name = self.required(child, "name")?;
+            if SCOPE_NAMES.contains(&name) || !valid_name(name) || name.contains(' ') {
+                return Err(self.err(
+                    child,
+                    format!("`{name}` cannot be a forEach name"),
+                ).with_hint("use a plain name such as `user`; data, executeData, procedureData and context are taken"));
+            }
+            if names.iter().any(|n| n == name) {
+                return Err(self.err(
+                    child,
+                    format!("forEach `{name}` is declared twice in this step"),
+                ));
+            }
+            let root = match child.attr("root") {
+                None => Scope::Data,
+                Some(_) => self.scope_attr(child, "root", &names)?,
+            };
+            if matches!(root, Scope::ExecuteData | Scope::Context) {
+                return Err(self
+                    .err(
+                        child,
+                        format!("forEach `{name}` cannot iterate over {root}"),
+                    )
+                    .with_hint("root is data, procedureData or an earlier forEach name"));
+            }
+            step.for_each.push(ForEach {
+                name: name.to_string(),
+                root,
+                path: self.path_attr(child, "path")?,
+                if_null: self.if_null(child, true)?,
+            });
+            names.push(name.to_string());
+        }
+        let mut seen_data = false;
+        for child in el.elements() {
+            match child.name.as_str() {
+                "forEach" => {}
+                "executeData" => {
+                    if seen_data {
+                        return Err(
+                            self.err(child, "a second <executeData>; a step has at most one")
+                        );
+                    }
+                    seen_data = true;
+                    self.check_attrs(child, &[])?;
+                    step.execute_data = child.to_element();
+                }
+                "when" => step.when.push(self.when(child, &names)?),
+                "repeat" => {
+                    if step.repeat.is_some() {
+                        return Err(self.err(child, "a second <repeat>; a step has at most one"));
+                    }
+                    self.check_attrs(child, REPEAT_ATTRS)?;
+                    self.no_children(child)?;
+                    step.repeat = Some(Repeat {
+                        scope: self.scope_attr(child, "source", &names)?,
+                        path: self.path_attr(child, "sourcePath")?,
+                        if_null: self.if_null(child, true)?,
+                    });
+                }
+                "before" => step.before.push(self.transform(child, true, &names)?),
+                "after" => step.after.push(self.transform(child, false, &names)?),
+                _ => return Err(self.unknown_element(child, el, EXECUTE_CHILDREN)),
+            }
+        }
+        Ok(step)
+    }
+
+    fn if_null(&self, el: &Located, skip_allowed: bool) -> Result<IfNull, ParseError> {
+        let v = self.choice(
+            el,
+            "ifNull",
+            &[
+                ("fail", IfNull::Fail),
+                ("ignore", IfNull::Ignore),
+                ("skip", IfNull::Skip),
+            ],
+            IfNull::Fail,
+        )?;
+        if v == IfNull::Skip && !skip_allowed {
+            return Err(self
+                .err(
+                    el,
+                    format!(
+                        "ifNull=\"skip\" is only valid in <before>, not in <{}>",
+                        el.name
+                    ),
+                )
+                .with_hint("use ifNull=\"ignore\" or ifNull=\"fail\""));
+        }
+        Ok(v)
+    }
+
+    fn when(&self, el: &Located, names: &[String]) -> Result<When, ParseError> {
+        self.check_attrs(el, WHEN_ATTRS)?;
+        self.no_children(el)?;
+        let has_source = el.attr("source").is_some() || el.attr("sourcePath").is_some();
+        let has_select = el.attr("select").is_some() || el.attr("case").is_some();
+        match (has_source, has_select) {
+            (true, true) => Err(self
+                .err(
+                    el,
+                    "<when> takes either source/sourcePath or select/case, never both",
+                )
+                .with_hint("use two <when> elements: all of them must hold")),
+            (false, false) => Err(self.err(
+                el,
+                "<when> needs source (and sourcePath) or select and case",
+            )),
+            (true, false) => {
+                let scope = self.scope_attr(el, "source", names)?;
+                let path = self.path_attr(el, "sourcePath")?;
+                Ok(if self.bool_attr(el, "not", false)? {
+                    When::Missing { scope, path }
+                } else {
+                    When::Exists { scope, path }
+                })
+            }
+            (false, true) => {
+                if el.attr("not").is_some() {
+                    return Err(self
+                        .err(el, "`not` only applies to <when source=… sourcePath=…>")
+                        .with_hint("give the select an explicit case for the other values"));
+                }
+                Ok(When::Case {
+                    select: self.required(el, "select")?.to_string(),
+                    case: self.required(el, "case")?.to_string(),
+                })
+            }
+        }
+    }
+
+    fn transform(
+        &self,
+        el: &Located,
+        is_before: bool,
+        names: &[String],
+    ) -> Result<Transform, ParseError> {
+        self.check_attrs(el, TRANSFORM_NODE_ATTRS)?;
+        if el.elements().next().is_some() || el.texts().next().is_some() {
+            return Err(self
+                .err(el, format!("<{}> holds no content here", el.name))
+                .with_hint("XSL templates inside before/after are not supported; use template=\"…\" or a transform step"));
+        }
+        let source = match el.attr("template") {
+            Some(t) => {
+                if el.attr("source").is_some() || el.attr("sourcePath").is_some() {
+                    return Err(self.err(
+                        el,
+                        format!(
+                            "<{}> takes either template or source/sourcePath, not both",
+                            el.name
+                        ),
+                    ));
+                }
+                if let Err(e) = parse_template(t) {
+                    return Err(self.err(el, format!("bad template=\"{t}\": {e}")));
+                }
+                TransformSource::Template(t.to_string())
+            }
+            None => TransformSource::Node {
+                scope: self.scope_attr(el, "source", names)?,
+                path: self.path_attr(el, "sourcePath")?,
+            },
+        };
+        let dest_names: &[String] = if is_before { names } else { &[] };
+        let destination = self.scope_attr(el, "destination", dest_names)?;
+        self.bool_attr(el, "allowNullTransform", false)?;
+        let mode = self.choice(
+            el,
+            "mode",
+            &[
+                ("insert", Mode::Insert),
+                ("merge", Mode::Merge),
+                ("replace", Mode::Replace),
+                ("move", Mode::Move),
+            ],
+            Mode::Insert,
+        )?;
+        if mode == Mode::Move && matches!(source, TransformSource::Template(_)) {
+            return Err(self.err(el, "mode=\"move\" needs a source node, not a template"));
+        }
+        Ok(Transform {
+            source,
+            destination,
+            destination_path: self.path_attr(el, "destinationPath")?,
+            mode,
+            if_null: self.if_null(el, is_before)?,
+            source_ref: self.at(el),
+        })
+    }
+
+    // ------------------------------------------------------------------ requests
+
+    fn request(&self, root: Located) -> Result<Request, ParseError> {
+        if root.name != "request" {
+            return Err(self
+                .err(&root, format!("expected <request> as the root element, found <{}>", root.name))
+                .with_hint("a request looks like <request namespace=\"…\" procedure=\"…\"><data>…</data></request>"));
+        }
+        self.check_attrs(&root, REQUEST_ATTRS)?;
+        self.no_text(&root)?;
+        let source_ref = self.at(&root);
+        let attr_target = match (root.attr("namespace"), root.attr("procedure")) {
+            (None, None) => None,
+            (Some(_), Some(_)) => Some(CallTarget {
+                namespace: self.name_attr(&root, "namespace", "namespace")?,
+                procedure: self.name_attr(&root, "procedure", "procedure")?,
+            }),
+            (Some(_), None) => {
+                return Err(self.err(&root, "<request namespace=…> also needs procedure=\"…\""))
+            }
+            (None, Some(_)) => {
+                return Err(self.err(&root, "<request procedure=…> also needs namespace=\"…\""))
+            }
+        };
+        let mut data: Option<Element> = None;
+        let mut context: Option<Element> = None;
+        let mut procedure: Option<(Located, Located)> = None;
+        let root_shell = Located {
+            name: root.name.clone(),
+            attrs: Vec::new(),
+            children: Vec::new(),
+            line: root.line,
+            column: root.column,
+        };
+        for child in root.children {
+            let LocatedNode::Element(child) = child else {
+                continue;
+            };
+            match child.name.as_str() {
+                "data" => {
+                    if data.is_some() {
+                        return Err(self
+                            .err(
+                                &child,
+                                "a second <data>: batch requests are not supported yet",
+                            )
+                            .with_hint("send one request per <data>"));
+                    }
+                    self.check_attrs(&child, &[])?;
+                    data = Some(child.into_element());
+                }
+                "context" => {
+                    if context.is_some() {
+                        return Err(
+                            self.err(&child, "a second <context>; a request has at most one")
+                        );
+                    }
+                    context = Some(child.into_element());
+                }
+                "procedure" => {
+                    if procedure.is_some() {
+                        return Err(
+                            self.err(&child, "a second <procedure>; a request has at most one")
+                        );
+                    }
+                    procedure = Some((child, root_shell.clone()));
+                }
+                "globalData" => {
+                    return Err(self
+                        .err(&child, "batch requests (globalData) are not supported yet")
+                        .with_hint(
+                            "send one request per <data>, with the global values copied into each",
+                        ))
+                }
+                _ => return Err(self.unknown_element(&child, &root_shell, REQUEST_CHILDREN)),
+            }
+        }
+        let target = match (attr_target, procedure) {
+            (Some(_), Some((p, _))) => {
+                return Err(self
+                    .err(&p, "a request with namespace=/procedure= attributes cannot also carry a <procedure>")
+                    .with_hint("remove the attributes for a trusted request, or the <procedure> for a simple one"))
+            }
+            (Some(t), None) => RequestTarget::Call(t),
+            (None, Some((p, _))) => self.request_procedure(&p)?,
+            (None, None) => {
+                return Err(self
+                    .err(&root_shell, "the request names no procedure")
+                    .with_hint("write <request namespace=\"…\" procedure=\"…\"> or add a <procedure> with an <execute>"))
+            }
+        };
+        Ok(Request {
+            target,
+            data: data.unwrap_or_else(|| Element::new("data")),
+            context: context.unwrap_or_else(|| Element::new("context")),
+            format: Format::Xml,
+            source_ref,
+        })
+    }
+
+    fn request_procedure(&self, el: &Located) -> Result<RequestTarget, ParseError> {
+        self.check_attrs(el, REQUEST_PROCEDURE_ATTRS)?;
+        let mut p = Procedure::new("request");
+        p.access = Access::Public;
+        p.kind = self.kind(el)?;
+        p.ordering = self.ordering(el)?;
+        p.description = el.attr("description").map(str::to_string);
+        p.source_ref = self.at(el);
+        let mut errs = Vec::new();
+        let body = self.body(el, false, &mut errs);
+        if let Some(e) = errs.into_iter().next() {
+            return Err(e);
+        }
+        if body.steps.is_empty() {
+            return Err(self
+                .err(el, "the request's <procedure> holds no steps")
+                .with_hint("add an <execute namespace=\"…\" procedure=\"…\"/>"));
+        }
+        if body.procedure_data.is_none() {
+            if let [Step::Execute(s)] = body.steps.as_slice() {
+                if let Some(call) = canonical_call(s) {
+                    return Ok(RequestTarget::Call(call));
+                }
+            }
+        }
+        if let Some(pd) = body.procedure_data {
+            p.procedure_data = pd;
+        }
+        p.steps = body.steps;
+        Ok(RequestTarget::Trusted(Box::new(p)))
+    }
+}
+
+/// The call of a canonical MPS simple request: one execute whose only work is
+/// `before data → executeData (merge)` and/or `after executeData → data (merge)`.
+fn canonical_call(s: &ExecuteStep) -> Option<CallTarget> {
+    let call = s.call.clone()?;
+    let plain = s.for_each.is_empty()
+        && s.when.is_empty()
+        && s.repeat.is_none()
+        && s.needs.is_empty()
+        && s.execute_data.attrs.is_empty()
+        && s.execute_data.children.is_empty()
+        && s.before.len() <= 1
+        && s.after.len() <= 1;
+    let mirror = |t: &Transform, from: Scope, to: Scope| {
+        t.source
+            == TransformSource::Node {
+                scope: from,
+                path: None,
+            }
+            && t.destination == to
+            && t.destination_path.is_none()
+            && t.mode == Mode::Merge
+            && t.if_null == IfNull::Fail
+    };
+    let before_ok = s
+        .before
+        .iter()
+        .all(|t| mirror(t, Scope::Data, Scope::ExecuteData));
+    let after_ok = s
+        .after
+        .iter()
+        .all(|t| mirror(t, Scope::ExecuteData, Scope::Data));
+    (plain && before_ok && after_ok).then_some(call)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ns_err(src: &str) -> Vec<ParseError> {
+        match parse_namespaces(src, "t.xml") {
+            Ok(n) => panic!("expected errors, got {n:?}"),
+            Err(e) => e,
+        }
+    }
+
+    fn req_err(src: &str) -> ParseError {
+        match parse_request(src, "r.xml") {
+            Ok(r) => panic!("expected an error, got {r:?}"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn minimal_namespace() {
+        let ns = parse_namespaces(
+            r#"<namespace name="Hosted DNS" providerSource="Provisio.Dns">
+  <providerContext server="dns01"/>
+  <procedure name="CreateZone" access="public"/>
+</namespace>"#,
+            "t.xml",
+        )
+        .unwrap();
+        assert_eq!(ns.len(), 1);
+        assert_eq!(ns[0].provider.as_deref(), Some("Provisio.Dns"));
+        assert_eq!(ns[0].provider_context.attr("server"), Some("dns01"));
+        let p = &ns[0].procedures[0];
+        assert_eq!(p.access, Access::Public);
+        assert_eq!(p.kind, ProcKind::Write);
+        assert_eq!(p.source_ref, SourceRef::new("t.xml", 3, 3));
+    }
+
+    #[test]
+    fn unknown_attribute_suggests() {
+        let errs = ns_err(
+            r#"<namespace name="N">
+  <procedure name="P">
+    <execute namespace="A" procedure="B">
+      <before source="data" sourcepath="x" destination="executeData"/>
+    </execute>
+  </procedure>
+</namespace>"#,
+        );
+        assert_eq!(errs.len(), 1);
+        assert_eq!(
+            errs[0].message,
+            "unknown attribute `sourcepath` on <before>; did you mean `sourcePath`?"
+        );
+        assert_eq!(errs[0].source_ref, SourceRef::new("t.xml", 4, 7));
+        assert!(errs[0].hint.as_deref().unwrap().contains("destinationPath"));
+    }
+
+    #[test]
+    fn step_ids_and_duplicates() {
+        let ns = parse_namespaces(
+            r#"<namespace name="N"><procedure name="P">
+  <transform/><execute id="x" namespace="A" procedure="B"/><transform/>
+</procedure></namespace>"#,
+            "t.xml",
+        )
+        .unwrap();
+        let ids: Vec<_> = ns[0].procedures[0]
+            .steps
+            .iter()
+            .map(|s| s.id().to_string())
+            .collect();
+        assert_eq!(ids, ["step1", "x", "step3"]);
+        let errs = ns_err(
+            r#"<namespace name="N"><procedure name="P">
+  <transform id="a"/>
+  <transform id="a"/>
+</procedure></namespace>"#,
+        );
+        assert_eq!(errs[0].message, "duplicate step id `a`");
+        assert_eq!(errs[0].source_ref.line, 3);
+    }
+
+    #[test]
+    fn shorthand_request() {
+        let r = parse_request(
+            r#"<request namespace="Hosted DNS" procedure="CreateTenantZone"><data><zone>x</zone></data></request>"#,
+            "r.xml",
+        )
+        .unwrap();
+        assert_eq!(
+            r.target,
+            RequestTarget::Call(CallTarget {
+                namespace: "Hosted DNS".into(),
+                procedure: "CreateTenantZone".into()
+            })
+        );
+        assert_eq!(r.context, Element::new("context"));
+        assert_eq!(r.data.child("zone").unwrap().text(), "x");
+    }
+
+    #[test]
+    fn request_errors() {
+        let e = req_err("<request>\n  <globalData/>\n</request>");
+        assert_eq!(
+            e.message,
+            "batch requests (globalData) are not supported yet"
+        );
+        assert_eq!(e.source_ref.line, 2);
+        let e = req_err("<req/>");
+        assert!(e.message.contains("expected <request>"));
+        let e = req_err("<request>");
+        assert!(e.message.contains("not closed"), "{e}");
+    }
 }

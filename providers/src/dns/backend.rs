@@ -1,7 +1,11 @@
 //! The seam between the DNS procedures and where zones live. The procedures validate
-//! inputs and build undo records; a [`ZoneBackend`] stores zones. Today there is the
-//! zone-file backend ([`super::zonefile::ZoneFileBackend`]); an RFC 2136 dynamic-update
-//! backend can implement the same trait.
+//! inputs and build undo records; a [`ZoneBackend`] stores zones: the zone-file backend
+//! ([`super::zonefile::ZoneFileBackend`]) and the RFC 2136 dynamic-update backend
+//! ([`super::rfc2136::Rfc2136Backend`]).
+//!
+//! Record changes return an optional [`RrsetGuard`] (the RRset before and after the
+//! change). A backend shared with other writers (a DNS server) uses it on undo to refuse
+//! to touch an RRset someone else changed meanwhile; the zone-file backend has none.
 
 use super::record::{RData, Record};
 use super::DnsError;
@@ -34,6 +38,26 @@ pub struct ZoneSnapshot {
     pub default_ttl: u32,
     /// All records but the SOA, in canonical order.
     pub records: Vec<Record>,
+}
+
+/// The data of one RRset (same owner and type) before and right after a change.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RrsetGuard {
+    /// The RRset's data before the change.
+    pub before: Vec<RData>,
+    /// The RRset's data right after the change: what undo expects to find.
+    pub after: Vec<RData>,
+}
+
+/// A record change that was made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// The record as added or as it was before deletion.
+    pub record: Record,
+    /// The zone's serial after the change.
+    pub serial: u32,
+    /// The RRset around the change, when the backend checks it on undo.
+    pub guard: Option<RrsetGuard>,
 }
 
 /// Where zones are stored. Every method is atomic for one zone.
@@ -82,4 +106,91 @@ pub trait ZoneBackend: Send + Sync {
         owner: &str,
         data: &RData,
     ) -> Result<Option<(Record, u32)>, DnsError>;
+
+    /// [`ZoneBackend::add_record`], also returning the [`RrsetGuard`] undo needs.
+    async fn add_record_guarded(
+        &self,
+        zone: &str,
+        owner: &str,
+        ttl: Option<u32>,
+        data: &RData,
+    ) -> Result<Applied, DnsError> {
+        let (record, serial) = self.add_record(zone, owner, ttl, data).await?;
+        Ok(Applied {
+            record,
+            serial,
+            guard: None,
+        })
+    }
+
+    /// [`ZoneBackend::delete_record`], also returning the [`RrsetGuard`] undo needs.
+    async fn delete_record_guarded(
+        &self,
+        zone: &str,
+        owner: &str,
+        data: &RData,
+    ) -> Result<Option<Applied>, DnsError> {
+        Ok(self
+            .delete_record(zone, owner, data)
+            .await?
+            .map(|(record, serial)| Applied {
+                record,
+                serial,
+                guard: None,
+            }))
+    }
+
+    /// Undoes an add: removes exactly `record`. Idempotent (absent record or zone is
+    /// fine). A backend with guards fails with [`DnsError::Changed`] when the RRset is
+    /// neither as the add left it nor as it was before.
+    async fn undo_add(
+        &self,
+        zone: &str,
+        record: &Record,
+        _guard: Option<&RrsetGuard>,
+    ) -> Result<(), DnsError> {
+        match self.delete_record(zone, &record.owner, &record.data).await {
+            Ok(_) | Err(DnsError::ZoneNotFound(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Undoes a delete: adds `record` back with its TTL. Idempotent (present is fine).
+    async fn undo_delete(
+        &self,
+        zone: &str,
+        record: &Record,
+        _guard: Option<&RrsetGuard>,
+    ) -> Result<(), DnsError> {
+        match self
+            .add_record(zone, &record.owner, Some(record.ttl), &record.data)
+            .await
+        {
+            Ok(_) | Err(DnsError::RecordExists(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether a record with this owner and data exists; `None` when the zone does not.
+    async fn record_exists(
+        &self,
+        zone: &str,
+        owner: &str,
+        data: &RData,
+    ) -> Result<Option<bool>, DnsError> {
+        if !self.zone_exists(zone).await? {
+            return Ok(None);
+        }
+        let snap = self.snapshot(zone).await?;
+        Ok(Some(
+            snap.records
+                .iter()
+                .any(|r| r.owner == owner && &r.data == data),
+        ))
+    }
+
+    /// Whether DeleteZone is possible (false: it fails with [`DnsError::Unsupported`]).
+    fn deletes_zones(&self) -> bool {
+        true
+    }
 }

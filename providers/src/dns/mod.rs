@@ -1,6 +1,7 @@
 //! The DNS provider: zones and resource records behind one set of procedures, stored by
 //! a [`ZoneBackend`]. The embedded backend writes RFC 1035 zone files
-//! ([`zonefile::ZoneFileBackend`]); an RFC 2136 backend can be added behind the same trait.
+//! ([`zonefile::ZoneFileBackend`]); the [`rfc2136::Rfc2136Backend`] sends TSIG-signed
+//! dynamic updates to an authoritative server such as BIND.
 //!
 //! Every input is checked before anything is written: names (labels, length, IDN →
 //! punycode), addresses, numbers, and any character that could inject zone-file syntax.
@@ -9,10 +10,12 @@
 pub mod backend;
 mod name;
 pub mod record;
+pub mod rfc2136;
 pub mod zonefile;
 
-pub use backend::{ZoneBackend, ZoneSettings, ZoneSnapshot};
+pub use backend::{Applied, RrsetGuard, ZoneBackend, ZoneSettings, ZoneSnapshot};
 pub use record::{RData, Record};
+pub use rfc2136::{read_tsig_key_file, Rfc2136Backend, Rfc2136Config};
 pub use zonefile::ZoneFileBackend;
 
 use crate::common::{input, input_default, opt_input, opt_nonempty, req_input, text};
@@ -71,6 +74,23 @@ pub enum DnsError {
         /// What is wrong, with the line.
         message: String,
     },
+    /// The zone is not served by the DNS server (RFC 2136 cannot create zones).
+    #[error("{0}")]
+    NotServed(String),
+    /// Undo found the record changed by someone else since the call; nothing was touched.
+    #[error("{0}")]
+    Changed(String),
+    /// The backend cannot do this at all.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The DNS server answered with an error code, or could not be reached.
+    #[error("{message}")]
+    Server {
+        /// Worth retrying (timeouts, SERVFAIL, connection refused).
+        transient: bool,
+        /// What was asked and what came back, naming the response code.
+        message: String,
+    },
     /// Storage failed.
     #[error("{what}: {message}")]
     Io {
@@ -104,13 +124,21 @@ impl From<DnsError> for ProviderError {
             DnsError::Invalid(_) => return ProviderError::invalid(message),
             DnsError::Io {
                 transient: true, ..
+            }
+            | DnsError::Server {
+                transient: true, ..
             } => return ProviderError::transient(message),
+            DnsError::Unsupported(_) => return ProviderError::Unsupported(message),
+            DnsError::NotServed(_) => E_ZONE_NOT_FOUND,
             DnsError::ZoneExists(_) => E_ZONE_EXISTS,
             DnsError::ZoneNotFound(_) => E_ZONE_NOT_FOUND,
             DnsError::RecordExists(_) => E_RECORD_EXISTS,
             DnsError::RecordNotFound(_) => E_RECORD_NOT_FOUND,
             DnsError::Conflict(_) => E_CNAME_COLLISION,
-            DnsError::Corrupt { .. } | DnsError::Io { .. } => ProviderError::E_FAIL,
+            DnsError::Corrupt { .. }
+            | DnsError::Io { .. }
+            | DnsError::Server { .. }
+            | DnsError::Changed(_) => ProviderError::E_FAIL,
         };
         ProviderError::Permanent { code, message }
     }
@@ -133,6 +161,12 @@ impl DnsProvider {
     /// Zone files in `dir` (created if missing).
     pub fn zonefile(dir: PathBuf) -> Result<Self, DnsError> {
         Ok(Self::with_backend(Arc::new(ZoneFileBackend::new(dir)?)))
+    }
+
+    /// TSIG-signed RFC 2136 dynamic updates to an authoritative server. Nothing is sent
+    /// until the first call; the key is checked here.
+    pub fn rfc2136(config: Rfc2136Config) -> Result<Self, DnsError> {
+        Ok(Self::with_backend(Arc::new(Rfc2136Backend::new(config)?)))
     }
 
     /// Any backend.
@@ -431,16 +465,18 @@ impl DnsProvider {
 
     async fn add_record(&self, call: &Call) -> Result<Outcome, ProviderError> {
         let r = record_input(&call.execute_data)?;
-        let (record, serial) = self
+        let applied = self
             .backend
-            .add_record(&r.zone, &r.owner, r.ttl, &r.data)
+            .add_record_guarded(&r.zone, &r.owner, r.ttl, &r.data)
             .await?;
+        let record = &applied.record;
         let mut out = call.execute_data.clone();
         out.push(text("record", record.line()));
         out.push(text("fqdn", record.fqdn(&r.zone)));
-        out.push(serial_el(serial));
+        out.push(serial_el(applied.serial));
         let mut undo = undo_el("removeRecord", &r.zone);
         undo.push(text("record", record.line()));
+        push_guard(&mut undo, record, applied.guard.as_ref());
         Ok(Outcome {
             execute_data: out,
             undo: Some(undo),
@@ -449,9 +485,9 @@ impl DnsProvider {
 
     async fn delete_record(&self, call: &Call) -> Result<Outcome, ProviderError> {
         let r = record_input(&call.execute_data)?;
-        let Some((record, serial)) = self
+        let Some(applied) = self
             .backend
-            .delete_record(&r.zone, &r.owner, &r.data)
+            .delete_record_guarded(&r.zone, &r.owner, &r.data)
             .await?
         else {
             let probe = Record {
@@ -467,11 +503,13 @@ impl DnsProvider {
             ))
             .into());
         };
+        let record = &applied.record;
         let mut out = call.execute_data.clone();
         out.push(text("record", record.line()));
-        out.push(serial_el(serial));
+        out.push(serial_el(applied.serial));
         let mut undo = undo_el("addRecord", &r.zone);
         undo.push(text("record", record.line()));
+        push_guard(&mut undo, record, applied.guard.as_ref());
         Ok(Outcome {
             execute_data: out,
             undo: Some(undo),
@@ -504,18 +542,7 @@ impl DnsProvider {
         let u = &done.undo;
         let op = opt_input(u, &["op"]).unwrap_or_default();
         let zone = parse_zone("zone", &req_input(u, &["zone"])?)?;
-        let record = || -> Result<Record, ProviderError> {
-            let line = req_input(u, &["record"])?;
-            match zonefile::parse_record_line(&line, &zone, 3600) {
-                Ok(Some((r, None))) => Ok(r),
-                Ok(_) => Err(ProviderError::invalid(format!(
-                    "undo record holds no resource record: {line:?}"
-                ))),
-                Err(e) => Err(ProviderError::invalid(format!(
-                    "undo record holds a bad resource record {line:?}: {e}"
-                ))),
-            }
-        };
+        let record = || parse_undo_line(&req_input(u, &["record"])?, &zone);
         match op.as_str() {
             "removeZone" => Ok(self.backend.remove_zone(&zone).await?),
             "restoreZone" => {
@@ -524,21 +551,13 @@ impl DnsProvider {
             }
             "removeRecord" => {
                 let r = record()?;
-                match self.backend.delete_record(&zone, &r.owner, &r.data).await {
-                    Ok(_) | Err(DnsError::ZoneNotFound(_)) => Ok(()),
-                    Err(e) => Err(e.into()),
-                }
+                let guard = read_guard(u, &zone)?;
+                Ok(self.backend.undo_add(&zone, &r, guard.as_ref()).await?)
             }
             "addRecord" => {
                 let r = record()?;
-                match self
-                    .backend
-                    .add_record(&zone, &r.owner, Some(r.ttl), &r.data)
-                    .await
-                {
-                    Ok(_) | Err(DnsError::RecordExists(_)) => Ok(()),
-                    Err(e) => Err(e.into()),
-                }
+                let guard = read_guard(u, &zone)?;
+                Ok(self.backend.undo_delete(&zone, &r, guard.as_ref()).await?)
             }
             other => Err(ProviderError::invalid(format!(
                 "DNS cannot undo {}: unknown undo record op {other:?}",
@@ -560,6 +579,12 @@ impl DnsProvider {
             }
             Some("DeleteZone") => {
                 let zone = zone_input(data)?;
+                if !self.backend.deletes_zones() {
+                    return Ok(Preview::Change(format!(
+                        "delete zone {zone}: not possible with the {} backend; the call will fail",
+                        self.backend.kind()
+                    )));
+                }
                 Ok(if self.backend.zone_exists(&zone).await? {
                     Preview::Change(format!("delete zone {zone} (kept aside for undo)"))
                 } else {
@@ -579,15 +604,17 @@ impl DnsProvider {
                     r.data.rtype(),
                     r.data.to_text()
                 );
-                if !self.backend.zone_exists(&r.zone).await? {
+                let Some(present) = self
+                    .backend
+                    .record_exists(&r.zone, &r.owner, &r.data)
+                    .await?
+                else {
                     return Ok(Preview::Change(format!(
                         "{} {desc} (zone {} does not exist yet)",
                         if p == "AddRecord" { "add" } else { "delete" },
                         r.zone
                     )));
-                }
-                let snap = self.backend.snapshot(&r.zone).await?;
-                let present = snap.records.iter().any(|x| x.same_as(&probe));
+                };
                 Ok(match (p, present) {
                     ("AddRecord", true) => Preview::NoChange(format!("{desc} already exists")),
                     ("AddRecord", false) => Preview::Change(format!("add {desc}")),
@@ -599,6 +626,62 @@ impl DnsProvider {
             _ => Ok(Preview::Unknown),
         }
     }
+}
+
+/// Parses a record line of an undo record.
+fn parse_undo_line(line: &str, zone: &str) -> Result<Record, ProviderError> {
+    match zonefile::parse_record_line(line, zone, 3600) {
+        Ok(Some((r, None))) => Ok(r),
+        Ok(_) => Err(ProviderError::invalid(format!(
+            "undo record holds no resource record: {line:?}"
+        ))),
+        Err(e) => Err(ProviderError::invalid(format!(
+            "undo record holds a bad resource record {line:?}: {e}"
+        ))),
+    }
+}
+
+/// Writes `<guard><before><record>…</record></before><after>…</after></guard>`: the
+/// RRset's data before and after the change, as record lines with the change's owner.
+fn push_guard(undo: &mut Element, record: &Record, guard: Option<&RrsetGuard>) {
+    let Some(g) = guard else { return };
+    let mut ge = Element::new("guard");
+    for (name, set) in [("before", &g.before), ("after", &g.after)] {
+        let mut e = Element::new(name);
+        for d in set {
+            let line = Record {
+                owner: record.owner.clone(),
+                ttl: record.ttl,
+                data: d.clone(),
+            }
+            .line();
+            let mut r = text("record", line);
+            r.list_item = true;
+            e.push(r);
+        }
+        ge.push(e);
+    }
+    undo.push(ge);
+}
+
+/// Reads the guard written by [`push_guard`], if any.
+fn read_guard(undo: &Element, zone: &str) -> Result<Option<RrsetGuard>, ProviderError> {
+    let Some(ge) = undo.child("guard") else {
+        return Ok(None);
+    };
+    let set = |name: &str| -> Result<Vec<RData>, ProviderError> {
+        let Some(e) = ge.child(name) else {
+            return Ok(Vec::new());
+        };
+        e.elements()
+            .filter(|c| c.name == "record")
+            .map(|c| parse_undo_line(&c.string_value(), zone).map(|r| r.data))
+            .collect()
+    };
+    Ok(Some(RrsetGuard {
+        before: set("before")?,
+        after: set("after")?,
+    }))
 }
 
 /// Maps a called entry point (including MPS-style aliases) to the procedure it runs.

@@ -5,6 +5,7 @@
 //! `<root>/.provisio-trash/<idempotency key>` so its undo can move it back; quotas live in
 //! `<root>/.provisio-state/quotas.json`. Both folders are hidden from inputs.
 
+mod pending;
 mod quota;
 mod sandbox;
 
@@ -194,6 +195,18 @@ impl FilesystemProvider {
                 message: format!("folder `{}` already exists", path.display()),
             });
         }
+        let mut missing = Vec::new();
+        for n in 1..path.parts().len() {
+            let prefix = path.prefix(n);
+            if self.stat(&prefix)?.is_none() {
+                missing.push(prefix.display());
+            }
+        }
+        pending::write(
+            &self.dir,
+            &call.context.idempotency_key(),
+            &serde_json::json!({"op": "CreateFolder", "path": path.display(), "missingParents": missing}),
+        )?;
         // Create missing parents first, remembering them for undo.
         let mut created: Vec<RelPath> = Vec::new();
         let cleanup = |created: &[RelPath]| {
@@ -324,6 +337,13 @@ impl FilesystemProvider {
         let content = opt_input(data, &["content"]).unwrap_or_default();
         let mode = parse_mode("mode", opt_nonempty(data, &["mode"]))?;
         self.require_parent_dir("path", &path)?;
+        if self.lstat(&path)?.is_none() {
+            pending::write(
+                &self.dir,
+                &call.context.idempotency_key(),
+                &serde_json::json!({"op": "WriteFile", "path": path.display(), "bytes": content.len()}),
+            )?;
+        }
         let mut opts = OpenOptions::new();
         opts.write(true).create_new(true);
         #[cfg(unix)]
@@ -396,6 +416,11 @@ impl FilesystemProvider {
         let previous = {
             let _guard = self.lock_state();
             let mut quotas = quota::load(&self.dir)?;
+            pending::write(
+                &self.dir,
+                &call.context.idempotency_key(),
+                &serde_json::json!({"op": "SetQuota", "path": path.display(), "megabytes": mb, "previous": quotas.get(&path.display())}),
+            )?;
             let previous = quotas.insert(path.display(), mb);
             quota::store(&self.dir, &quotas)?;
             previous
@@ -701,6 +726,62 @@ impl FilesystemProvider {
         }
     }
 
+    /// Settles an in-doubt call from its intent marker and what is on disk now.
+    fn recover_sync(&self, call: &Call) -> Result<Option<Element>, ProviderError> {
+        let key = call.context.idempotency_key();
+        let Some(marker) = pending::read(&self.dir, &key) else {
+            // No marker: the provider never got past its checks, so nothing changed.
+            return match call.context.procedure.as_str() {
+                "CreateFolder" | "WriteFile" | "SetQuota" => Ok(None),
+                other => Err(ProviderError::Unsupported(format!(
+                    "the Filesystem provider cannot tell whether {other} ({key}) was applied; check it by hand"
+                ))),
+            };
+        };
+        let op = marker.get("op").and_then(|v| v.as_str()).unwrap_or_default();
+        let path_text = marker.get("path").and_then(|v| v.as_str()).unwrap_or_default().to_string();
+        let path = self.checked("path", &path_text, false)?;
+        let applied = match op {
+            "CreateFolder" => self.lstat(&path)?.is_some_and(|m| m.is_dir()),
+            "WriteFile" => self.lstat(&path)?.is_some_and(|m| m.is_file()),
+            "SetQuota" => {
+                let want = marker.get("megabytes").and_then(|v| v.as_u64());
+                quota::load(&self.dir)?.get(&path.display()).copied() == want
+            }
+            _ => false,
+        };
+        if !applied {
+            pending::remove(&self.dir, &key);
+            return Ok(None);
+        }
+        let mut undo = Element::new("undo");
+        match op {
+            "CreateFolder" => {
+                undo.push(text("op", "removeFolder"));
+                undo.push(text("path", path.display()));
+                let parents = marker.get("missingParents").and_then(|v| v.as_array()).cloned().unwrap_or_default();
+                for p in parents.iter().rev().filter_map(|p| p.as_str()) {
+                    if let Ok(rel) = self.checked("path", p, false) {
+                        if self.lstat(&rel)?.is_some_and(|m| m.is_dir()) {
+                            undo.push(text("createdParent", rel.display()));
+                        }
+                    }
+                }
+            }
+            "WriteFile" => {
+                undo.push(text("op", "removeFile"));
+                undo.push(text("path", path.display()));
+            }
+            _ => {
+                undo.push(text("op", "restoreQuota"));
+                undo.push(text("path", path.display()));
+                let previous = marker.get("previous").and_then(|v| v.as_u64());
+                undo.push(text("previous", previous.map_or_else(|| "none".to_string(), |p| p.to_string())));
+            }
+        }
+        Ok(Some(undo))
+    }
+
     fn undo_path(&self, undo: &Element, field: &str) -> Result<RelPath, ProviderError> {
         let raw = req_input(undo, &[field])?;
         self.checked(field, &raw, false)
@@ -909,7 +990,13 @@ impl Provider for FilesystemProvider {
     }
 
     async fn undo(&self, done: Done) -> Result<(), ProviderError> {
-        self.undo_record(&done)
+        self.undo_record(&done)?;
+        pending::remove(&self.dir, &done.context.idempotency_key());
+        Ok(())
+    }
+
+    async fn recover(&self, call: &Call) -> Result<Option<Element>, ProviderError> {
+        self.recover_sync(call)
     }
 
     async fn preview(&self, call: &Call) -> Result<Preview, ProviderError> {

@@ -1,0 +1,107 @@
+//! Durable storage behind one small trait: atomic batches of key-value writes in named
+//! spaces, point reads and prefix scans. The sled implementation is the embedded default;
+//! the trait is shaped so a PostgreSQL implementation (one table per space, `bytea` keys)
+//! can replace it without touching the executor.
+
+mod sled_store;
+
+pub use sled_store::SledStore;
+
+use async_trait::async_trait;
+
+/// A keyspace. Keys sort bytewise within a space (big-endian integers sort numerically).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Space {
+    /// Journal records, keyed by transaction id + sequence number.
+    Journal,
+    /// One summary per transaction, keyed by transaction id.
+    Txns,
+    /// Append-only audit records, keyed by time + transaction id.
+    Audit,
+    /// Pinned definitions (request + namespaces a transaction was compiled from), by hash.
+    Definitions,
+}
+
+impl Space {
+    /// The one-byte key prefix of the space.
+    pub fn tag(self) -> u8 {
+        match self {
+            Space::Journal => b'j',
+            Space::Txns => b't',
+            Space::Audit => b'a',
+            Space::Definitions => b'd',
+        }
+    }
+}
+
+/// One write of a batch: `Some` value puts, `None` deletes.
+pub type Write = (Space, Vec<u8>, Option<Vec<u8>>);
+
+/// Writes applied together or not at all.
+#[derive(Debug, Default, Clone)]
+pub struct Batch {
+    /// The writes, in order.
+    pub writes: Vec<Write>,
+}
+
+impl Batch {
+    /// An empty batch.
+    pub fn new() -> Batch {
+        Batch::default()
+    }
+
+    /// Adds a put.
+    pub fn put(&mut self, space: Space, key: Vec<u8>, value: Vec<u8>) -> &mut Self {
+        self.writes.push((space, key, Some(value)));
+        self
+    }
+
+    /// Adds a delete.
+    pub fn delete(&mut self, space: Space, key: Vec<u8>) -> &mut Self {
+        self.writes.push((space, key, None));
+        self
+    }
+}
+
+/// Storage failures. Each says what to do.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The store's files are damaged.
+    #[error("the journal store at `{path}` is damaged: {message}\n  hint: nothing was reset. Stop every provisio process, copy the folder aside (mv {path} {path}.damaged), then start again with an empty store; inspect the copy with `provisio --data-dir <copy's parent> tx list` after renaming it back in a scratch location")]
+    Corrupt {
+        /// The store folder.
+        path: String,
+        /// What the storage engine said.
+        message: String,
+    },
+    /// Another process holds the store.
+    #[error("the journal store at `{path}` is in use by another provisio process\n  hint: wait for it to finish, or submit the request to the running daemon")]
+    Locked {
+        /// The store folder.
+        path: String,
+    },
+    /// An I/O error (disk full, permissions).
+    #[error("journal I/O error: {0}\n  hint: check free disk space and permissions of the data folder")]
+    Io(String),
+    /// The writer thread is gone (the store was closed).
+    #[error("the journal store is closed")]
+    Closed,
+}
+
+/// The storage the journal, audit log and pinned definitions live in.
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Applies a batch atomically. With `durable`, returns only once the batch and every
+    /// earlier write are on stable storage (fdatasync); concurrent durable writes share one
+    /// sync (group commit).
+    async fn write(&self, batch: Batch, durable: bool) -> Result<(), StoreError>;
+
+    /// Reads one value.
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Every (key, value) whose key starts with `prefix`, in key order.
+    fn scan(&self, space: Space, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+
+    /// How many syncs were made (for tests and benchmarks of group commit).
+    fn sync_count(&self) -> u64;
+}

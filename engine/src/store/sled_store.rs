@@ -1,0 +1,282 @@
+//! The sled 0.34 store: one tree, space-prefixed keys, atomic `apply_batch`, and a writer
+//! thread that batches concurrent writes and makes them durable with one fdatasync.
+//!
+//! Durability: sled's own `flush()` writes with `sync_file_range`, which survives a killed
+//! process but not a power cut (the disk cache and metadata are not flushed). After each
+//! flush the writer therefore calls `fdatasync` on sled's log file and on every blob file
+//! created since the last sync (and fsyncs the folders that gained entries). A durable
+//! write returns only after that.
+
+use super::{Batch, Space, Store, StoreError};
+use async_trait::async_trait;
+use std::collections::HashSet;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use tokio::sync::oneshot;
+
+struct WriteRequest {
+    batch: Batch,
+    durable: bool,
+    done: oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// The sled-backed store.
+pub struct SledStore {
+    tree: sled::Tree,
+    sender: std::sync::Mutex<Option<mpsc::Sender<WriteRequest>>>,
+    syncs: Arc<AtomicU64>,
+    path: PathBuf,
+    writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for SledStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SledStore").field("path", &self.path).finish()
+    }
+}
+
+fn key(space: Space, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(key.len() + 1);
+    k.push(space.tag());
+    k.extend_from_slice(key);
+    k
+}
+
+fn map_err(path: &Path, e: sled::Error) -> StoreError {
+    match e {
+        sled::Error::Corruption { .. } => StoreError::Corrupt { path: path.display().to_string(), message: e.to_string() },
+        sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") => {
+            StoreError::Locked { path: path.display().to_string() }
+        }
+        sled::Error::Io(io) => StoreError::Io(io.to_string()),
+        other => StoreError::Corrupt { path: path.display().to_string(), message: other.to_string() },
+    }
+}
+
+impl SledStore {
+    /// Opens (or creates) the store in `path`.
+    pub fn open(path: &Path) -> Result<SledStore, StoreError> {
+        std::fs::create_dir_all(path).map_err(|e| StoreError::Io(format!("cannot create `{}`: {e}", path.display())))?;
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(64 * 1024 * 1024)
+            .flush_every_ms(None)
+            .open()
+            .map_err(|e| map_err(path, e))?;
+        let tree = db.open_tree("provisio").map_err(|e| map_err(path, e))?;
+        let syncs = Arc::new(AtomicU64::new(0));
+        let (sender, receiver) = mpsc::channel::<WriteRequest>();
+        let mut syncer = Syncer::new(path)?;
+        let writer_tree = tree.clone();
+        let writer_db = db.clone();
+        let writer_syncs = syncs.clone();
+        let writer_path = path.to_path_buf();
+        let handle = std::thread::Builder::new()
+            .name("provisio-journal".into())
+            .spawn(move || {
+                // Group commit: take one request, then everything else already queued.
+                while let Ok(first) = receiver.recv() {
+                    let mut group = vec![first];
+                    while let Ok(more) = receiver.try_recv() {
+                        group.push(more);
+                    }
+                    let mut results: Vec<Result<(), StoreError>> = Vec::with_capacity(group.len());
+                    for req in &group {
+                        let mut b = sled::Batch::default();
+                        for (space, k, v) in &req.batch.writes {
+                            match v {
+                                Some(v) => b.insert(key(*space, k), v.as_slice()),
+                                None => b.remove(key(*space, k)),
+                            }
+                        }
+                        results.push(writer_tree.apply_batch(b).map_err(|e| map_err(&writer_path, e)));
+                    }
+                    if group.iter().any(|r| r.durable) {
+                        let synced = writer_db.flush().map_err(|e| map_err(&writer_path, e)).and_then(|_| syncer.sync());
+                        writer_syncs.fetch_add(1, Ordering::Relaxed);
+                        if let Err(e) = synced {
+                            for r in results.iter_mut() {
+                                if r.is_ok() {
+                                    *r = Err(e.clone());
+                                }
+                            }
+                        }
+                    }
+                    for (req, result) in group.into_iter().zip(results) {
+                        let _ = req.done.send(result);
+                    }
+                }
+                let _ = writer_db.flush();
+                let _ = syncer.sync();
+            })
+            .map_err(|e| StoreError::Io(format!("cannot start the journal writer: {e}")))?;
+        Ok(SledStore { tree, sender: std::sync::Mutex::new(Some(sender)), syncs, path: path.to_path_buf(), writer: std::sync::Mutex::new(Some(handle)) })
+    }
+
+    /// The store folder.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Flushes, syncs and stops the writer thread (also done on drop).
+    pub fn close(&self) {
+        if let Ok(mut s) = self.sender.lock() {
+            s.take();
+        }
+        if let Ok(mut w) = self.writer.lock() {
+            if let Some(h) = w.take() {
+                let _ = h.join();
+            }
+        }
+    }
+}
+
+impl Drop for SledStore {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+#[async_trait]
+impl Store for SledStore {
+    async fn write(&self, batch: Batch, durable: bool) -> Result<(), StoreError> {
+        let (done, wait) = oneshot::channel();
+        {
+            let guard = self.sender.lock().map_err(|_| StoreError::Closed)?;
+            let sender = guard.as_ref().ok_or(StoreError::Closed)?;
+            sender.send(WriteRequest { batch, durable, done }).map_err(|_| StoreError::Closed)?;
+        }
+        wait.await.map_err(|_| StoreError::Closed)?
+    }
+
+    fn get(&self, space: Space, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.tree.get(key(space, k)).map(|v| v.map(|v| v.to_vec())).map_err(|e| map_err(&self.path, e))
+    }
+
+    fn scan(&self, space: Space, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix(key(space, prefix)) {
+            let (k, v) = item.map_err(|e| map_err(&self.path, e))?;
+            out.push((k[1..].to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+
+    fn sync_count(&self) -> u64 {
+        self.syncs.load(Ordering::Relaxed)
+    }
+}
+
+/// fdatasyncs sled's files after a flush.
+struct Syncer {
+    dir: PathBuf,
+    log: File,
+    blobs_seen: HashSet<std::ffi::OsString>,
+}
+
+impl Syncer {
+    fn new(dir: &Path) -> Result<Syncer, StoreError> {
+        let log = File::open(dir.join("db")).map_err(|e| StoreError::Io(format!("cannot open sled's log file: {e}")))?;
+        // The folder entries for the files sled created must be durable too.
+        sync_dir(dir)?;
+        let mut s = Syncer { dir: dir.to_path_buf(), log, blobs_seen: HashSet::new() };
+        s.sync_new_blobs()?;
+        Ok(s)
+    }
+
+    fn sync(&mut self) -> Result<(), StoreError> {
+        self.log.sync_data().map_err(|e| StoreError::Io(format!("fdatasync of the journal failed: {e}")))?;
+        self.sync_new_blobs()
+    }
+
+    fn sync_new_blobs(&mut self) -> Result<(), StoreError> {
+        let blobs = self.dir.join("blobs");
+        let Ok(entries) = std::fs::read_dir(&blobs) else { return Ok(()) };
+        let mut new = false;
+        for e in entries.flatten() {
+            let name = e.file_name();
+            if self.blobs_seen.contains(&name) {
+                continue;
+            }
+            if let Ok(f) = File::open(e.path()) {
+                f.sync_data().map_err(|e| StoreError::Io(format!("fdatasync of a journal blob failed: {e}")))?;
+            }
+            self.blobs_seen.insert(name);
+            new = true;
+        }
+        if new {
+            sync_dir(&blobs)?;
+        }
+        Ok(())
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| StoreError::Io(format!("cannot sync folder `{}`: {e}", dir.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn batches_are_atomic_and_scannable() {
+        let dir = tempfile_dir();
+        let store = SledStore::open(&dir).unwrap();
+        let mut b = Batch::new();
+        b.put(Space::Journal, b"t1\x00\x01".to_vec(), b"one".to_vec()).put(Space::Journal, b"t1\x00\x02".to_vec(), b"two".to_vec());
+        b.put(Space::Txns, b"t1".to_vec(), b"meta".to_vec());
+        store.write(b, true).await.unwrap();
+        let rows = store.scan(Space::Journal, b"t1").unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[1].1, b"two");
+        assert_eq!(store.get(Space::Txns, b"t1").unwrap().as_deref(), Some(&b"meta"[..]));
+        assert!(store.get(Space::Audit, b"t1").unwrap().is_none());
+        assert!(store.sync_count() >= 1);
+        drop(store);
+        let reopened = SledStore::open(&dir).unwrap();
+        assert_eq!(reopened.scan(Space::Journal, b"t1").unwrap().len(), 2, "durable across reopen");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn concurrent_durable_writes_share_syncs() {
+        let dir = tempfile_dir();
+        let store = Arc::new(SledStore::open(&dir).unwrap());
+        let mut tasks = Vec::new();
+        for i in 0..64u32 {
+            let s = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut b = Batch::new();
+                b.put(Space::Journal, i.to_be_bytes().to_vec(), vec![0; 16]);
+                s.write(b, true).await
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        assert_eq!(store.scan(Space::Journal, b"").unwrap().len(), 64);
+        assert!(store.sync_count() <= 64);
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_second_open_of_the_same_store_is_refused_clearly() {
+        let dir = tempfile_dir();
+        let _first = SledStore::open(&dir).unwrap();
+        let second = SledStore::open(&dir);
+        assert!(second.is_err());
+        let msg = second.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(msg.contains("in use") || msg.contains("damaged") || msg.contains("I/O"), "{msg}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn tempfile_dir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!("provisio-store-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+}

@@ -1,0 +1,291 @@
+//! The durable journal: implements the executor's [`Journal`] hook on a [`Store`]. Intents
+//! are synced before the provider call they announce; results ride on the next sync (the
+//! next intent or the final state), so a step's result and the next step's intent share
+//! one fdatasync, and concurrent transactions share syncs through the store's group commit.
+
+use super::records::{now_ms, record_key, AuditEntry, Guarded, Record, TxnSummary};
+use super::seal::SealKey;
+use crate::data::{json, Element};
+use crate::exec::{Journal, JournalError, StepDone, StepIntent, TxnStart, TxnState};
+use crate::provider::CallContext;
+use crate::store::{Batch, Space, Store};
+use async_trait::async_trait;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Fault injection for crash tests: abort the process at the n-th journal write
+/// (`PROVISIO_CRASH_AT=n`), before it reaches the store or just after it was synced
+/// (`PROVISIO_CRASH_WHEN=before|after`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CrashPoint {
+    /// 1-based write number.
+    pub at: u64,
+    /// Abort after the write instead of before it.
+    pub after: bool,
+}
+
+impl CrashPoint {
+    /// Reads `PROVISIO_CRASH_AT` / `PROVISIO_CRASH_WHEN`.
+    pub fn from_env() -> Option<CrashPoint> {
+        let at = std::env::var("PROVISIO_CRASH_AT").ok()?.parse().ok()?;
+        let after = std::env::var("PROVISIO_CRASH_WHEN").map(|w| w == "after").unwrap_or(false);
+        Some(CrashPoint { at, after })
+    }
+}
+
+struct Live {
+    next_seq: u64,
+    summary: TxnSummary,
+}
+
+/// The journal on a store.
+pub struct DurableJournal {
+    store: Arc<dyn Store>,
+    seal: Option<SealKey>,
+    who: String,
+    live: Mutex<HashMap<String, Live>>,
+    pinned_written: Mutex<HashSet<String>>,
+    crash: Option<CrashPoint>,
+    writes: AtomicU64,
+}
+
+impl std::fmt::Debug for DurableJournal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DurableJournal").field("who", &self.who).field("seal", &self.seal).finish()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl DurableJournal {
+    /// A journal writing to `store`, sealing secrets with `seal` (withheld without one),
+    /// recording `who` as the requester.
+    pub fn new(store: Arc<dyn Store>, seal: Option<SealKey>, who: impl Into<String>) -> DurableJournal {
+        DurableJournal {
+            store,
+            seal,
+            who: who.into(),
+            live: Mutex::new(HashMap::new()),
+            pinned_written: Mutex::new(HashSet::new()),
+            crash: None,
+            writes: AtomicU64::new(0),
+        }
+    }
+
+    /// Enables fault injection.
+    pub fn with_crash_point(mut self, crash: Option<CrashPoint>) -> DurableJournal {
+        self.crash = crash;
+        self
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The seal key, if configured.
+    pub fn seal_key(&self) -> Option<&SealKey> {
+        self.seal.as_ref()
+    }
+
+    /// Journal writes made by this process (for crash tests: how many crash points exist).
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::SeqCst)
+    }
+
+    /// Keeps data that may hold secrets: plain, sealed, or withheld.
+    pub fn guard(&self, e: &Element, secret: bool) -> Guarded {
+        if !secret {
+            return Guarded::Plain(e.clone());
+        }
+        match &self.seal {
+            Some(key) => Guarded::Sealed(key.seal(&serde_json::to_vec(e).unwrap_or_default())),
+            None => Guarded::Withheld,
+        }
+    }
+
+    /// Opens guarded data.
+    pub fn unguard(&self, g: &Guarded) -> Result<Element, String> {
+        match g {
+            Guarded::Plain(e) => Ok(e.clone()),
+            Guarded::Sealed(s) => {
+                let key = self.seal.as_ref().ok_or("the record is sealed and no seal key is configured")?;
+                let bytes = key.open(s).map_err(|e| e.to_string())?;
+                serde_json::from_slice(&bytes).map_err(|e| format!("sealed record is not an element: {e}"))
+            }
+            Guarded::Withheld => Err("the record held secrets and was not kept (no seal key was configured)".into()),
+        }
+    }
+
+    /// Adopts a transaction found at recovery, so further records continue its sequence.
+    pub fn adopt(&self, summary: TxnSummary, next_seq: u64) {
+        lock(&self.live).insert(summary.id.clone(), Live { next_seq, summary });
+    }
+
+    /// Appends a record (plus extra writes) as one atomic batch.
+    pub async fn append(&self, txn_id: &str, record: &Record, durable: bool, extra: Batch) -> Result<(), JournalError> {
+        let value = serde_json::to_vec(record).map_err(|e| JournalError(e.to_string()))?;
+        let mut batch = extra;
+        let (seq, summary) = {
+            let mut live = lock(&self.live);
+            let l = live.entry(txn_id.to_string()).or_insert_with(|| Live {
+                next_seq: 0,
+                summary: TxnSummary {
+                    id: txn_id.to_string(),
+                    state: TxnState::Running,
+                    target: String::new(),
+                    who: self.who.clone(),
+                    started_ms: now_ms(),
+                    updated_ms: now_ms(),
+                    resumable: false,
+                    definitions: String::new(),
+                    message: None,
+                },
+            });
+            let seq = l.next_seq;
+            l.next_seq += 1;
+            let mut summary_write = None;
+            match record {
+                Record::Started { target, resumable, definitions, at_ms, .. } => {
+                    l.summary.target = target.clone();
+                    l.summary.resumable = *resumable;
+                    l.summary.definitions = definitions.clone();
+                    l.summary.started_ms = *at_ms;
+                    summary_write = Some(l.summary.clone());
+                }
+                Record::State { state, message, at_ms } => {
+                    l.summary.state = *state;
+                    l.summary.updated_ms = *at_ms;
+                    if message.is_some() {
+                        l.summary.message = message.clone();
+                    }
+                    summary_write = Some(l.summary.clone());
+                }
+                _ => {}
+            }
+            (seq, summary_write)
+        };
+        batch.put(Space::Journal, record_key(txn_id, seq), value);
+        if let Some(summary) = &summary {
+            batch.put(Space::Txns, txn_id.as_bytes().to_vec(), serde_json::to_vec(summary).map_err(|e| JournalError(e.to_string()))?);
+            if matches!(summary.state, TxnState::Committed | TxnState::RolledBack | TxnState::RollbackFailed) {
+                let audit = AuditEntry {
+                    txn_id: txn_id.to_string(),
+                    who: summary.who.clone(),
+                    what: summary.target.clone(),
+                    started_ms: summary.started_ms,
+                    finished_ms: summary.updated_ms,
+                    outcome: summary.state,
+                    message: summary.message.clone(),
+                };
+                let mut k = summary.updated_ms.to_be_bytes().to_vec();
+                k.extend_from_slice(txn_id.as_bytes());
+                batch.put(Space::Audit, k, serde_json::to_vec(&audit).map_err(|e| JournalError(e.to_string()))?);
+                lock(&self.live).remove(txn_id);
+            }
+        }
+        let n = self.writes.fetch_add(1, Ordering::SeqCst) + 1;
+        if let Some(c) = self.crash {
+            if c.at == n && !c.after {
+                tracing::error!(write = n, "fault injection: aborting before journal write");
+                std::process::abort();
+            }
+        }
+        self.store.write(batch, durable).await.map_err(|e| JournalError(e.to_string()))?;
+        if let Some(c) = self.crash {
+            if c.at == n && c.after {
+                tracing::error!(write = n, "fault injection: aborting after journal write");
+                std::process::abort();
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Journal for DurableJournal {
+    async fn txn_started(&self, start: &TxnStart<'_>) -> Result<(), JournalError> {
+        let mut extra = Batch::new();
+        {
+            let mut written = lock(&self.pinned_written);
+            for (_, hash, bytes) in start.pinned {
+                if written.contains(hash) {
+                    continue;
+                }
+                if self.store.get(Space::Definitions, hash.as_bytes()).map_err(|e| JournalError(e.to_string()))?.is_none() {
+                    extra.put(Space::Definitions, hash.as_bytes().to_vec(), bytes.as_ref().clone());
+                }
+                written.insert(hash.clone());
+            }
+        }
+        let pins: Vec<serde_json::Value> =
+            start.pinned.iter().map(|(n, h, _)| serde_json::json!({"namespace": n, "hash": h})).collect();
+        extra.put(Space::Definitions, format!("txn/{}", start.txn_id).into_bytes(), serde_json::to_vec(&serde_json::json!({
+            "pins": pins,
+            "request": self.guard(start.request_data, start.secret),
+        })).map_err(|e| JournalError(e.to_string()))?);
+        let record = Record::Started {
+            at_ms: now_ms(),
+            target: start.target.to_string(),
+            kind: start.kind,
+            resumable: start.resumable,
+            definitions: start.definitions.to_string(),
+            who: self.who.clone(),
+            data: json::to_json(start.data),
+        };
+        self.append(start.txn_id, &record, false, extra).await
+    }
+
+    async fn txn_state(&self, txn_id: &str, state: TxnState, message: Option<&str>) -> Result<(), JournalError> {
+        let durable = matches!(state, TxnState::Committed | TxnState::RolledBack | TxnState::RollbackFailed);
+        let record = Record::State { at_ms: now_ms(), state, message: message.map(str::to_string) };
+        self.append(txn_id, &record, durable, Batch::new()).await
+    }
+
+    async fn step_intent(&self, i: &StepIntent<'_>) -> Result<(), JournalError> {
+        let record = Record::Intent {
+            at_ms: now_ms(),
+            step: i.context.step_id.clone(),
+            attempt: i.context.attempt,
+            namespace: i.context.namespace.clone(),
+            procedure: i.context.procedure.clone(),
+            provider: i.provider.to_string(),
+            target: i.target.to_string(),
+            kind: i.kind,
+            provider_context: i.provider_context.clone(),
+            input: json::to_json(i.input),
+            call_data: self.guard(i.call_data, i.secret),
+        };
+        self.append(&i.context.txn_id, &record, true, Batch::new()).await
+    }
+
+    async fn step_done(&self, d: &StepDone<'_>) -> Result<(), JournalError> {
+        let record = Record::Done {
+            at_ms: now_ms(),
+            step: d.context.step_id.clone(),
+            attempt: d.context.attempt,
+            output: json::to_json(d.output),
+            undo: d.undo.map(|u| self.guard(u, d.secret)),
+            saved: d.saved.map(|s| self.guard(s, d.secret)),
+        };
+        self.append(&d.context.txn_id, &record, false, Batch::new()).await
+    }
+
+    async fn step_failed(&self, call: &CallContext, message: &str) -> Result<(), JournalError> {
+        let record = Record::Failed { at_ms: now_ms(), step: call.step_id.clone(), attempt: call.attempt, message: message.to_string() };
+        self.append(&call.txn_id, &record, false, Batch::new()).await
+    }
+
+    async fn undo_done(&self, call: &CallContext, error: Option<&str>) -> Result<(), JournalError> {
+        let record = Record::Undone { at_ms: now_ms(), step: call.step_id.clone(), attempt: call.attempt, error: error.map(str::to_string) };
+        self.append(&call.txn_id, &record, false, Batch::new()).await
+    }
+
+    async fn phase_done(&self, call: &CallContext, phase: &str, error: Option<&str>) -> Result<(), JournalError> {
+        let record = Record::Phase { at_ms: now_ms(), step: call.step_id.clone(), phase: phase.to_string(), error: error.map(str::to_string) };
+        self.append(&call.txn_id, &record, false, Batch::new()).await
+    }
+}

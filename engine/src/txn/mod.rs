@@ -1,0 +1,15 @@
+//! Transactions made durable: the journal records every step before and after its provider
+//! call in a [`Store`](crate::store::Store), secrets sealed; recovery finishes whatever a
+//! crash left running; inspection reads it back for `provisio tx`.
+
+pub mod records;
+pub mod seal;
+
+pub use records::{AuditEntry, Guarded, Record, TxnSummary};
+pub use seal::{SealError, SealKey};
+pub mod journal;
+
+pub use journal::{CrashPoint, DurableJournal};
+pub mod recovery;
+
+pub use recovery::{recover, resume_rollback, Recovered, RecoveryError};

@@ -1,0 +1,258 @@
+//! Crash recovery and operator commands: finds transactions a crash left `running` or
+//! `rolling_back`, settles their in-doubt steps (an intent with no result) through the
+//! provider's `recover` (by idempotency key), and rolls them back in reverse dependency
+//! order with every undo journaled. `resume_rollback` continues a `rollback_failed` one.
+
+use super::journal::DurableJournal;
+use super::records::{now_ms, Guarded, Record, TxnSummary};
+use crate::data::Element;
+use crate::exec::{undo_in_dependency_order, Engine, Journal, StepDone, TxnState, UndoOrder};
+use crate::provider::{Call, CallContext, Done};
+use crate::store::{Space, StoreError};
+use std::collections::HashMap;
+
+/// What recovery did to one transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovered {
+    /// Transaction id.
+    pub txn_id: String,
+    /// State found.
+    pub from: TxnState,
+    /// State left.
+    pub to: TxnState,
+    /// Calls undone now.
+    pub undone: usize,
+    /// In-doubt steps found (settled or not).
+    pub in_doubt: usize,
+    /// What an operator must look at.
+    pub problems: Vec<String>,
+}
+
+/// Recovery failures (the store could not be read).
+#[derive(Debug, thiserror::Error)]
+pub enum RecoveryError {
+    /// Store problem.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A summary or record that does not parse.
+    #[error("journal record of {txn} cannot be read: {message}")]
+    Record {
+        /// Transaction.
+        txn: String,
+        /// Why.
+        message: String,
+    },
+    /// No such transaction (or an ambiguous prefix).
+    #[error("{0}")]
+    NotFound(String),
+}
+
+/// Every transaction summary, newest first, optionally only those in `state`.
+pub fn list(journal: &DurableJournal, state: Option<TxnState>) -> Result<Vec<TxnSummary>, RecoveryError> {
+    let mut out = Vec::new();
+    for (k, v) in journal.store().scan(Space::Txns, b"")? {
+        let s: TxnSummary = serde_json::from_slice(&v)
+            .map_err(|e| RecoveryError::Record { txn: String::from_utf8_lossy(&k).into_owned(), message: e.to_string() })?;
+        if state.is_none_or(|st| st == s.state) {
+            out.push(s);
+        }
+    }
+    out.sort_by(|a, b| b.started_ms.cmp(&a.started_ms).then(b.id.cmp(&a.id)));
+    Ok(out)
+}
+
+/// Resolves a full id or a unique prefix of one.
+pub fn resolve(journal: &DurableJournal, id: &str) -> Result<TxnSummary, RecoveryError> {
+    let matches: Vec<TxnSummary> = list(journal, None)?.into_iter().filter(|s| s.id.starts_with(id)).collect();
+    match matches.len() {
+        1 => Ok(matches.into_iter().next().expect("one match")),
+        0 => Err(RecoveryError::NotFound(format!("no transaction `{id}`\n  hint: `provisio tx list` shows them"))),
+        n => Err(RecoveryError::NotFound(format!("`{id}` matches {n} transactions; give more characters"))),
+    }
+}
+
+/// The journal of one transaction, in order, with sequence numbers.
+pub fn records(journal: &DurableJournal, txn_id: &str) -> Result<Vec<(u64, Record)>, RecoveryError> {
+    let mut out = Vec::new();
+    for (k, v) in journal.store().scan(Space::Journal, txn_id.as_bytes())? {
+        let seq = k.get(k.len().saturating_sub(8)..).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0);
+        let r: Record =
+            serde_json::from_slice(&v).map_err(|e| RecoveryError::Record { txn: txn_id.to_string(), message: e.to_string() })?;
+        out.push((seq, r));
+    }
+    Ok(out)
+}
+
+/// Finishes every transaction left `running` or `rolling_back` by a crash.
+pub async fn recover(engine: &Engine, journal: &DurableJournal) -> Result<Vec<Recovered>, RecoveryError> {
+    let mut out = Vec::new();
+    for s in list(journal, None)? {
+        if matches!(s.state, TxnState::Running | TxnState::RollingBack | TxnState::Queued) {
+            tracing::warn!(txn.id = %s.id, state = %s.state, "recovering a transaction left unfinished");
+            out.push(roll_back(engine, journal, s).await?);
+        }
+    }
+    Ok(out)
+}
+
+/// Continues the rollback of a `rollback_failed` transaction after the operator fixed the
+/// cause: retries exactly the undos that have not succeeded.
+pub async fn resume_rollback(engine: &Engine, journal: &DurableJournal, id: &str) -> Result<Recovered, RecoveryError> {
+    let s = resolve(journal, id)?;
+    if s.state != TxnState::RollbackFailed {
+        return Err(RecoveryError::NotFound(format!(
+            "transaction {} is {}, not rollback_failed: nothing to resume",
+            s.id, s.state
+        )));
+    }
+    roll_back(engine, journal, s).await
+}
+
+struct Call_ {
+    intent_seq: u64,
+    context: CallContext,
+    provider: String,
+    target: String,
+    provider_context: Element,
+    call_data: Guarded,
+    done: Option<(u64, Option<Guarded>, Option<Guarded>)>,
+    failed: bool,
+    undone: bool,
+}
+
+async fn roll_back(engine: &Engine, journal: &DurableJournal, summary: TxnSummary) -> Result<Recovered, RecoveryError> {
+    let records = records(journal, &summary.id)?;
+    let next_seq = records.last().map(|(s, _)| s + 1).unwrap_or(0);
+    journal.adopt(summary.clone(), next_seq);
+    let mut calls: Vec<Call_> = Vec::new();
+    let mut index: HashMap<(String, u32), usize> = HashMap::new();
+    for (seq, r) in &records {
+        match r {
+            Record::Intent { step, attempt, namespace, procedure, provider, target, provider_context, call_data, .. } => {
+                index.insert((step.clone(), *attempt), calls.len());
+                calls.push(Call_ {
+                    intent_seq: *seq,
+                    context: CallContext {
+                        txn_id: summary.id.clone(),
+                        step_id: step.clone(),
+                        attempt: *attempt,
+                        namespace: namespace.clone(),
+                        procedure: procedure.clone(),
+                    },
+                    provider: provider.clone(),
+                    target: target.clone(),
+                    provider_context: provider_context.clone(),
+                    call_data: call_data.clone(),
+                    done: None,
+                    failed: false,
+                    undone: false,
+                });
+            }
+            Record::Done { step, attempt, undo, saved, .. } => {
+                if let Some(&i) = index.get(&(step.clone(), *attempt)) {
+                    calls[i].done = Some((*seq, undo.clone(), saved.clone()));
+                }
+            }
+            Record::Failed { step, attempt, .. } => {
+                if let Some(&i) = index.get(&(step.clone(), *attempt)) {
+                    calls[i].failed = true;
+                }
+            }
+            Record::Undone { step, attempt, error: None, .. } => {
+                if let Some(&i) = index.get(&(step.clone(), *attempt)) {
+                    calls[i].undone = true;
+                }
+            }
+            _ => {}
+        }
+    }
+    let _ = journal.txn_state(&summary.id, TxnState::RollingBack, Some("recovering after a crash")).await;
+    let mut problems = Vec::new();
+    let mut in_doubt = 0;
+    // Settle in-doubt calls: ask the provider whether the call with this key was applied.
+    for c in calls.iter_mut().filter(|c| c.done.is_none() && !c.failed) {
+        in_doubt += 1;
+        let Some(provider) = engine.registry().get(&c.provider).cloned() else {
+            problems.push(format!("step {}: provider `{}` is not registered; cannot settle the in-doubt call", c.context.step_id, c.provider));
+            continue;
+        };
+        let data = match journal.unguard(&c.call_data) {
+            Ok(d) => d,
+            Err(e) => {
+                problems.push(format!("step {} was in doubt: {e}", c.context.step_id));
+                continue;
+            }
+        };
+        let call = Call { context: c.context.clone(), provider_context: c.provider_context.clone(), execute_data: data };
+        match provider.recover(&call).await {
+            Ok(Some(undo)) => {
+                tracing::info!(step = %c.context.step_id, "in-doubt call was applied; it will be undone");
+                let _ = journal
+                    .step_done(&StepDone { context: &c.context, output: &Element::new("executeData"), undo: Some(&undo), saved: None, secret: false })
+                    .await;
+                c.done = Some((c.intent_seq, Some(Guarded::Plain(undo)), None));
+            }
+            Ok(None) => {
+                tracing::info!(step = %c.context.step_id, "in-doubt call was not applied");
+                let _ = journal.step_failed(&c.context, "not applied (settled at recovery)").await;
+                c.failed = true;
+            }
+            Err(e) => problems.push(format!(
+                "step {} ({}) was in doubt and the provider cannot tell whether it was applied: {e}; check it by hand",
+                c.context.step_id, c.target
+            )),
+        }
+    }
+    // What remains to undo, ordered by when calls completed and started.
+    let mut pending: Vec<(usize, Done, String)> = Vec::new();
+    let mut done_seqs: Vec<u64> = calls.iter().filter_map(|c| c.done.as_ref().map(|d| d.0)).collect();
+    done_seqs.sort_unstable();
+    let mut order = Vec::new();
+    for (i, c) in calls.iter().enumerate() {
+        let Some((done_seq, Some(undo), saved)) = &c.done else { continue };
+        if c.undone {
+            continue;
+        }
+        let undo = match journal.unguard(undo) {
+            Ok(u) => u,
+            Err(e) => {
+                problems.push(format!("step {}: cannot undo: {e}", c.context.step_id));
+                continue;
+            }
+        };
+        let saved = saved.as_ref().and_then(|s| journal.unguard(s).ok());
+        let done = Done { context: c.context.clone(), provider_context: c.provider_context.clone(), undo, execute_data: saved };
+        order.push(UndoOrder {
+            started_after: done_seqs.iter().filter(|&&d| d < c.intent_seq).count(),
+            seq: done_seqs.iter().filter(|&&d| d < *done_seq).count(),
+        });
+        pending.push((i, done, c.provider.clone()));
+    }
+    let results = undo_in_dependency_order(&order, |k| {
+        let (_, done, provider) = &pending[k];
+        let provider = engine.registry().get(provider).cloned();
+        let done = done.clone();
+        async move {
+            match provider {
+                Some(p) => {
+                    let step = done.context.step_id.clone();
+                    engine.undo_one(p, done, step).await
+                }
+                None => Err("provider is not registered".to_string()),
+            }
+        }
+    })
+    .await;
+    let mut undone = 0;
+    for (k, r) in results.into_iter().enumerate() {
+        match r {
+            Ok(()) => undone += 1,
+            Err(e) => problems.push(format!("step {} ({}): undo failed: {e}", pending[k].1.context.step_id, calls[pending[k].0].target)),
+        }
+    }
+    let to = if problems.is_empty() { TxnState::RolledBack } else { TxnState::RollbackFailed };
+    let message = if problems.is_empty() { None } else { Some(problems.join("; ")) };
+    journal.txn_state(&summary.id, to, message.as_deref()).await.map_err(|e| RecoveryError::Record { txn: summary.id.clone(), message: e.to_string() })?;
+    let _ = now_ms();
+    Ok(Recovered { txn_id: summary.id, from: summary.state, to, undone, in_doubt, problems })
+}

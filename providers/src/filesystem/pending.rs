@@ -1,0 +1,45 @@
+//! Intent markers that let the provider answer "was the call with this idempotency key
+//! applied?" after a crash. A marker is written (and fsynced) after the provider's checks and
+//! before the change, holding what the change will be; recovery compares it with what is on
+//! disk. Markers live in `.provisio-state/pending/` and are removed when the call is undone.
+
+use super::quota::STATE_DIR;
+use super::sandbox::io_error;
+use cap_std::fs::{Dir, OpenOptions};
+use provisio_engine::provider::ProviderError;
+use std::io::Write;
+
+const PENDING_DIR: &str = ".provisio-state/pending";
+
+fn file_name(key: &str) -> String {
+    let safe: String = key.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+    format!("{PENDING_DIR}/{safe}.json")
+}
+
+/// Writes the marker for `key` durably.
+pub(crate) fn write(dir: &Dir, key: &str, marker: &serde_json::Value) -> Result<(), ProviderError> {
+    dir.create_dir_all(PENDING_DIR).map_err(|e| io_error(STATE_DIR, e))?;
+    let name = file_name(key);
+    let tmp = format!("{name}.tmp");
+    let text = serde_json::to_vec(marker).map_err(|e| ProviderError::permanent(format!("cannot encode marker: {e}")))?;
+    let mut opts = OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    let mut f = dir.open_with(&tmp, &opts).map_err(|e| io_error(&tmp, e))?;
+    f.write_all(&text).and_then(|_| f.sync_all()).map_err(|e| io_error(&tmp, e))?;
+    dir.rename(&tmp, dir, &name).map_err(|e| io_error(&name, e))?;
+    if let Ok(d) = dir.open_dir(PENDING_DIR) {
+        // Make the rename durable (best effort where directories cannot be opened for sync).
+        let _ = d.open(".").and_then(|f| f.sync_all());
+    }
+    Ok(())
+}
+
+/// Reads the marker for `key`, if any.
+pub(crate) fn read(dir: &Dir, key: &str) -> Option<serde_json::Value> {
+    dir.read_to_string(file_name(key)).ok().and_then(|t| serde_json::from_str(&t).ok())
+}
+
+/// Removes the marker for `key` (after an undo, or when the change did not happen).
+pub(crate) fn remove(dir: &Dir, key: &str) {
+    let _ = dir.remove_file(file_name(key));
+}

@@ -1,0 +1,615 @@
+//! Integration tests of the DNS provider's RFC 2136 backend against a private BIND
+//! `named` on 127.0.0.1 (started and stopped by each test; skipped without BIND unless
+//! `PROVISIO_REQUIRE_BIND=1`). Results are checked with `dig`, an independent client.
+
+mod support;
+
+use provisio_engine::provider::{Preview, Provider, ProviderError};
+use provisio_providers::dns::{
+    read_tsig_key_file, DnsProvider, Rfc2136Config, E_CNAME_COLLISION, E_RECORD_EXISTS,
+    E_ZONE_NOT_FOUND,
+};
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
+use support::bind::{Named, KEY_NAME, OTHER_KEY_NAME, ZONE};
+use support::{call, err_message, output, run, undo};
+
+const E_INVALIDARG: u32 = ProviderError::E_INVALIDARG;
+
+/// Inputs, name to dig, type, expected `dig +short` line.
+type Case<'a> = (Vec<(&'a str, &'a str)>, &'a str, &'a str, &'a str);
+
+fn provider(n: &Named) -> DnsProvider {
+    let config = Rfc2136Config::from_key_file(n.addr(), &n.key_file()).expect("key file");
+    DnsProvider::rfc2136(config).expect("provider")
+}
+
+/// Record inputs for `ZONE`.
+fn rec<'a>(extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut v = vec![("zoneName", ZONE)];
+    v.extend_from_slice(extra);
+    v
+}
+
+/// `dig +noall +answer` TTLs of an RRset.
+fn dig_ttls(n: &Named, name: &str, rtype: &str) -> Vec<u32> {
+    let out = Command::new("dig")
+        .args(["@127.0.0.1", "-p", &n.port.to_string(), "+noall", "+answer"])
+        .args(["+time=2", "+tries=1", name, rtype])
+        .output()
+        .expect("dig");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .collect()
+}
+
+/// Unescapes dig's TXT presentation (`"a\"b" "c"`) into the character-strings.
+fn txt_strings(line: &str) -> Vec<Vec<u8>> {
+    let b = line.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] != b'"' {
+            i += 1;
+            continue;
+        }
+        i += 1;
+        let mut s = Vec::new();
+        while i < b.len() && b[i] != b'"' {
+            if b[i] == b'\\' {
+                if i + 3 < b.len() && b[i + 1..i + 4].iter().all(u8::is_ascii_digit) {
+                    let v = (b[i + 1] - b'0') as u32 * 100
+                        + (b[i + 2] - b'0') as u32 * 10
+                        + (b[i + 3] - b'0') as u32;
+                    s.push(u8::try_from(v).expect("escape"));
+                    i += 4;
+                } else {
+                    s.push(b[i + 1]);
+                    i += 2;
+                }
+            } else {
+                s.push(b[i]);
+                i += 1;
+            }
+        }
+        i += 1;
+        out.push(s);
+    }
+    out
+}
+
+#[tokio::test]
+async fn key_file_is_parsed_and_secret_never_logged() {
+    let Some(n) = Named::start() else { return };
+    let (name, secret) = read_tsig_key_file(&n.key_file()).expect("parse");
+    assert_eq!(name, KEY_NAME);
+    assert_eq!(secret, n.secret);
+    let config = Rfc2136Config::new(n.addr(), name, secret.clone());
+    assert!(!format!("{config:?}").contains(&secret));
+    let p = DnsProvider::rfc2136(config).expect("provider");
+    assert!(!format!("{p:?}").contains(&secret));
+}
+
+#[tokio::test]
+async fn every_record_type_is_added_with_its_ttl_and_seen_by_dig() {
+    let Some(n) = Named::start() else { return };
+    let p = provider(&n);
+    let cases: Vec<Case> = vec![
+        (
+            vec![
+                ("name", "www"),
+                ("rrType", "A"),
+                ("address", "192.0.2.10"),
+                ("ttl", "120"),
+            ],
+            "www.example.test",
+            "A",
+            "192.0.2.10",
+        ),
+        (
+            vec![
+                ("name", "www"),
+                ("rrType", "AAAA"),
+                ("address", "2001:db8::10"),
+                ("ttl", "121"),
+            ],
+            "www.example.test",
+            "AAAA",
+            "2001:db8::10",
+        ),
+        (
+            vec![
+                ("name", "alias"),
+                ("rrType", "CNAME"),
+                ("target", "www.example.test"),
+                ("ttl", "122"),
+            ],
+            "alias.example.test",
+            "CNAME",
+            "www.example.test.",
+        ),
+        (
+            vec![
+                ("name", "@"),
+                ("rrType", "MXType"),
+                ("preference", "5"),
+                ("exchange", "mail.example.test"),
+                ("ttl", "123"),
+            ],
+            "example.test",
+            "MX",
+            "5 mail.example.test.",
+        ),
+        (
+            vec![
+                ("name", "@"),
+                ("rrType", "TXT"),
+                ("text", "v=spf1 mx -all"),
+                ("ttl", "124"),
+            ],
+            "example.test",
+            "TXT",
+            "\"v=spf1 mx -all\"",
+        ),
+        (
+            vec![
+                ("name", "_sip._tcp"),
+                ("rrType", "SRV"),
+                ("priority", "0"),
+                ("weight", "5"),
+                ("port", "5060"),
+                ("target", "sip.example.test"),
+                ("ttl", "125"),
+            ],
+            "_sip._tcp.example.test",
+            "SRV",
+            "0 5 5060 sip.example.test.",
+        ),
+        (
+            vec![
+                ("name", "@"),
+                ("rrType", "NS"),
+                ("target", "ns2.example.net"),
+                ("ttl", "126"),
+            ],
+            "example.test",
+            "NS",
+            "ns2.example.net.",
+        ),
+        (
+            vec![
+                ("name", "@"),
+                ("rrType", "CAA"),
+                ("flags", "0"),
+                ("tag", "issue"),
+                ("value", "letsencrypt.org"),
+                ("ttl", "127"),
+            ],
+            "example.test",
+            "CAA",
+            "0 issue \"letsencrypt.org\"",
+        ),
+    ];
+    let mut last_serial = 0i64;
+    for (inputs, name, rtype, expected) in &cases {
+        let (_, out) = run(&p, "CreateResourceRecord", &rec(inputs))
+            .await
+            .unwrap_or_else(|e| panic!("{inputs:?}: {e}\n{}", n.log()));
+        let serial: i64 = output(&out, "serial")
+            .expect("serial")
+            .parse()
+            .expect("int");
+        assert!(serial > last_serial, "serial {serial} after {last_serial}");
+        last_serial = serial;
+        let got = n.dig(name, rtype);
+        assert!(
+            got.contains(&expected.to_string()),
+            "{rtype}: dig says {got:?}"
+        );
+        let ttl: u32 = inputs
+            .iter()
+            .find(|(k, _)| *k == "ttl")
+            .and_then(|(_, v)| v.parse().ok())
+            .expect("ttl");
+        assert!(dig_ttls(&n, name, rtype).contains(&ttl), "{rtype} ttl");
+    }
+    // The same record again: already exists.
+    let (code, msg) = err_message(run(&p, "AddRecord", &rec(&cases[0].0)).await);
+    assert_eq!(code, E_RECORD_EXISTS, "{msg}");
+    // A CNAME next to other data, and other data next to a CNAME, are refused.
+    let (code, msg) = err_message(
+        run(
+            &p,
+            "AddRecord",
+            &rec(&[
+                ("name", "pre"),
+                ("rrType", "CNAME"),
+                ("target", "www.example.test"),
+            ]),
+        )
+        .await,
+    );
+    assert_eq!(code, E_CNAME_COLLISION, "{msg}");
+    let (code, msg) = err_message(
+        run(
+            &p,
+            "AddRecord",
+            &rec(&[("name", "alias"), ("rrType", "A"), ("address", "192.0.2.5")]),
+        )
+        .await,
+    );
+    assert_eq!(code, E_CNAME_COLLISION, "{msg}");
+    assert_eq!(n.dig("pre.example.test", "A"), vec!["192.0.2.1"]);
+}
+
+#[tokio::test]
+async fn long_txt_with_quotes_and_spaces_reassembles_exactly() {
+    let Some(n) = Named::start() else { return };
+    let p = provider(&n);
+    let mut text = String::new();
+    while text.len() < 600 {
+        text.push_str("say \"hello\" to the \\ world; ");
+    }
+    text.truncate(600);
+    run(
+        &p,
+        "AddRecord",
+        &rec(&[("name", "long"), ("rrType", "TXT"), ("text", &text)]),
+    )
+    .await
+    .expect("add");
+    let got = n.dig("long.example.test", "TXT");
+    assert_eq!(got.len(), 1, "{got:?}");
+    let strings = txt_strings(&got[0]);
+    assert_eq!(strings.len(), 3, "600 bytes → 3 character-strings: {got:?}");
+    assert!(strings.iter().all(|s| s.len() <= 255));
+    assert_eq!(strings.concat(), text.as_bytes());
+    // Deleting by the same text finds it.
+    run(
+        &p,
+        "DeleteRecord",
+        &rec(&[("name", "long"), ("rrType", "TXT"), ("text", &text)]),
+    )
+    .await
+    .expect("delete");
+    assert!(n.dig("long.example.test", "TXT").is_empty());
+}
+
+#[tokio::test]
+async fn undo_removes_exactly_the_record_and_restores_deleted_ones() {
+    let Some(n) = Named::start() else { return };
+    let p = provider(&n);
+    assert_eq!(n.dig("pre.example.test", "A"), vec!["192.0.2.1"]);
+    let (c, out) = run(
+        &p,
+        "AddRecord",
+        &rec(&[("name", "pre"), ("rrType", "A"), ("address", "192.0.2.2")]),
+    )
+    .await
+    .expect("add");
+    assert_eq!(
+        n.dig("pre.example.test", "A"),
+        vec!["192.0.2.1", "192.0.2.2"]
+    );
+    undo(&p, &c, &out).await.expect("undo add");
+    assert_eq!(n.dig("pre.example.test", "A"), vec!["192.0.2.1"]);
+    undo(&p, &c, &out).await.expect("undo again is a no-op");
+    assert_eq!(n.dig("pre.example.test", "A"), vec!["192.0.2.1"]);
+
+    let (c, out) = run(
+        &p,
+        "DeleteResourceRecord",
+        &rec(&[("name", "pre"), ("rrType", "A"), ("address", "192.0.2.1")]),
+    )
+    .await
+    .expect("delete");
+    assert!(n.dig("pre.example.test", "A").is_empty());
+    undo(&p, &c, &out).await.expect("undo delete");
+    assert_eq!(n.dig("pre.example.test", "A"), vec!["192.0.2.1"]);
+    assert_eq!(dig_ttls(&n, "pre.example.test", "A"), vec![300]);
+    undo(&p, &c, &out)
+        .await
+        .expect("undo delete again is a no-op");
+
+    // Deleting a record that is not there.
+    let r = run(
+        &p,
+        "DeleteRecord",
+        &rec(&[("name", "nope"), ("rrType", "A"), ("address", "192.0.2.9")]),
+    )
+    .await;
+    let (code, msg) = err_message(r);
+    assert_eq!(code, provisio_providers::dns::E_RECORD_NOT_FOUND, "{msg}");
+}
+
+#[tokio::test]
+async fn undo_refuses_when_someone_else_changed_the_record() {
+    let Some(n) = Named::start() else { return };
+    let p = provider(&n);
+    // Someone replaces our record.
+    let (c, out) = run(
+        &p,
+        "AddRecord",
+        &rec(&[("name", "www"), ("rrType", "A"), ("address", "192.0.2.10")]),
+    )
+    .await
+    .expect("add");
+    n.nsupdate(&[
+        "update delete www.example.test. A 192.0.2.10",
+        "update add www.example.test. 300 A 192.0.2.99",
+    ]);
+    let e = undo(&p, &c, &out).await.expect_err("must refuse");
+    assert!(matches!(e, ProviderError::Permanent { .. }), "{e:?}");
+    assert!(e.message().contains("changed by someone else"), "{e}");
+    assert_eq!(n.dig("www.example.test", "A"), vec!["192.0.2.99"]);
+
+    // Someone adds to the RRset we wrote: not exactly what we wrote any more.
+    let (c, out) = run(
+        &p,
+        "AddRecord",
+        &rec(&[("name", "api"), ("rrType", "A"), ("address", "192.0.2.20")]),
+    )
+    .await
+    .expect("add");
+    n.nsupdate(&["update add api.example.test. 300 A 192.0.2.21"]);
+    let e = undo(&p, &c, &out).await.expect_err("must refuse");
+    assert!(e.message().contains("changed by someone else"), "{e}");
+    assert_eq!(
+        n.dig("api.example.test", "A"),
+        vec!["192.0.2.20", "192.0.2.21"]
+    );
+
+    // Someone re-creates the RRset we emptied: the undo of our delete does not merge.
+    let (c, out) = run(
+        &p,
+        "DeleteRecord",
+        &rec(&[("name", "pre"), ("rrType", "A"), ("address", "192.0.2.1")]),
+    )
+    .await
+    .expect("delete");
+    n.nsupdate(&["update add pre.example.test. 300 A 192.0.2.77"]);
+    let e = undo(&p, &c, &out).await.expect_err("must refuse");
+    assert!(matches!(e, ProviderError::Permanent { .. }), "{e:?}");
+    assert!(e.message().contains("changed by someone else"), "{e}");
+    assert_eq!(n.dig("pre.example.test", "A"), vec!["192.0.2.77"]);
+}
+
+#[tokio::test]
+async fn wrong_or_unauthorized_keys_are_permanent_errors() {
+    let Some(n) = Named::start() else { return };
+    let add = rec(&[("name", "evil"), ("rrType", "A"), ("address", "192.0.2.66")]);
+
+    // A key the server knows but whose update-policy grants nothing: REFUSED.
+    let other = Rfc2136Config::new(n.addr(), OTHER_KEY_NAME, n.other_secret.clone());
+    let p = DnsProvider::rfc2136(other).expect("provider");
+    let e = run(&p, "AddRecord", &add).await.expect_err("refused");
+    assert!(matches!(e, ProviderError::Permanent { .. }), "{e:?}");
+    assert!(e.message().contains("REFUSED"), "{e}");
+
+    // The right key name with a wrong secret: the server rejects the signature.
+    let wrong = Rfc2136Config::new(
+        n.addr(),
+        KEY_NAME,
+        "d3Jvbmd3cm9uZ3dyb25nd3Jvbmd3cm9uZ3dyb25nMTI=",
+    );
+    let p = DnsProvider::rfc2136(wrong).expect("provider");
+    let e = run(&p, "AddRecord", &add).await.expect_err("rejected");
+    assert!(matches!(e, ProviderError::Permanent { .. }), "{e:?}");
+    assert!(e.message().contains("NOTAUTH"), "{e}");
+
+    // A key name the server does not know.
+    let unknown = Rfc2136Config::new(n.addr(), "nobody-key", n.secret.clone());
+    let p = DnsProvider::rfc2136(unknown).expect("provider");
+    let e = run(&p, "AddRecord", &add).await.expect_err("rejected");
+    assert!(matches!(e, ProviderError::Permanent { .. }), "{e:?}");
+
+    assert!(n.dig("evil.example.test", "A").is_empty());
+}
+
+#[tokio::test]
+async fn injection_attempts_are_rejected_before_sending() {
+    let Some(n) = Named::start() else { return };
+    let before = n.axfr();
+    // A provider aimed at a port where nothing listens: anything sent would be a
+    // transient connection error, so E_INVALIDARG proves nothing was sent.
+    let closed = {
+        let s = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        s.local_addr().expect("addr")
+    };
+    let nowhere = DnsProvider::rfc2136(Rfc2136Config::new(closed, KEY_NAME, n.secret.clone()))
+        .expect("provider");
+    let live = provider(&n);
+    let attempts: Vec<Vec<(&str, &str)>> = vec![
+        vec![
+            ("name", "www\n@ IN NS evil."),
+            ("rrType", "A"),
+            ("address", "192.0.2.1"),
+        ],
+        vec![
+            ("name", "www"),
+            ("rrType", "A"),
+            ("address", "1.2.3.4; evil"),
+        ],
+        vec![("name", "www"), ("rrType", "A"), ("address", "300.1.1.1")],
+        vec![
+            ("name", "www"),
+            ("rrType", "CNAME"),
+            ("target", "evil.test. \"x\""),
+        ],
+        vec![
+            ("name", "www.other.test."),
+            ("rrType", "A"),
+            ("address", "192.0.2.1"),
+        ],
+        vec![("name", "a..b"), ("rrType", "A"), ("address", "192.0.2.1")],
+        vec![("name", "www"), ("rrType", "SOA")],
+        vec![
+            ("name", "www"),
+            ("rrType", "MX"),
+            ("exchange", "mail$.example.test"),
+        ],
+        vec![
+            ("name", "www"),
+            ("rrType", "CAA"),
+            ("tag", "issue"),
+            ("value", "x\"y"),
+        ],
+    ];
+    for inputs in &attempts {
+        for p in [&nowhere, &live] {
+            let (code, msg) = err_message(run(p, "AddRecord", &rec(inputs)).await);
+            assert_eq!(code, E_INVALIDARG, "{inputs:?}: {msg}");
+        }
+    }
+    let (code, _) = err_message(
+        run(
+            &nowhere,
+            "AddRecord",
+            &[
+                ("zoneName", "bad zone"),
+                ("rrType", "A"),
+                ("address", "192.0.2.1"),
+            ],
+        )
+        .await,
+    );
+    assert_eq!(code, E_INVALIDARG);
+    assert_eq!(n.axfr(), before, "zone unchanged");
+}
+
+#[tokio::test]
+async fn unreachable_server_is_transient() {
+    let closed: SocketAddr = {
+        let s = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        s.local_addr().expect("addr")
+    };
+    let mut config = Rfc2136Config::new(closed, KEY_NAME, "c2VjcmV0c2VjcmV0c2VjcmV0");
+    config.timeout = Duration::from_secs(2);
+    let p = DnsProvider::rfc2136(config).expect("provider");
+    let e = run(
+        &p,
+        "AddRecord",
+        &rec(&[("name", "www"), ("rrType", "A"), ("address", "192.0.2.1")]),
+    )
+    .await
+    .expect_err("no server");
+    assert!(matches!(e, ProviderError::Transient { .. }), "{e:?}");
+}
+
+#[tokio::test]
+async fn three_adds_undone_in_reverse_leave_the_zone_as_before() {
+    let Some(n) = Named::start() else { return };
+    let p = provider(&n);
+    let before = n.axfr();
+    let steps: Vec<Vec<(&str, &str)>> = vec![
+        rec(&[
+            ("name", "app"),
+            ("rrType", "A"),
+            ("address", "192.0.2.30"),
+            ("ttl", "60"),
+        ]),
+        rec(&[
+            ("name", "@"),
+            ("rrType", "MX"),
+            ("preference", "10"),
+            ("exchange", "mail.example.test"),
+        ]),
+        rec(&[
+            ("name", "_dmarc"),
+            ("rrType", "TXT"),
+            ("text", "v=DMARC1; p=none"),
+        ]),
+    ];
+    let mut done = Vec::new();
+    for s in &steps {
+        done.push(run(&p, "AddRecord", s).await.expect("add"));
+    }
+    let during = n.axfr();
+    assert_eq!(during.len(), before.len() + 3, "{during:#?}");
+    // ListRecords (AXFR through the provider) sees the same records.
+    let (_, list) = run(&p, "ListRecords", &[("zoneName", ZONE)])
+        .await
+        .expect("list");
+    let records = list.execute_data.child("records").expect("records");
+    assert_eq!(records.elements().count(), during.len(), "{records:?}");
+    for (c, out) in done.iter().rev() {
+        undo(&p, c, out).await.expect("undo");
+    }
+    assert_eq!(n.axfr(), before);
+}
+
+#[tokio::test]
+async fn zones_must_exist_and_cannot_be_deleted() {
+    let Some(n) = Named::start() else { return };
+    let p = provider(&n);
+    let (c, out) = run(&p, "CreateZone", &[("zoneName", ZONE)])
+        .await
+        .expect("served");
+    let serial: u32 = output(&out, "serial")
+        .expect("serial")
+        .parse()
+        .expect("int");
+    assert!(serial >= 1);
+    undo(&p, &c, &out).await.expect("undo is a no-op");
+    assert!(!n.dig(ZONE, "SOA").is_empty(), "zone still served");
+
+    let (code, msg) = err_message(run(&p, "CreateDNSZone", &[("zoneName", "other.test")]).await);
+    assert_eq!(code, E_ZONE_NOT_FOUND, "{msg}");
+    assert!(msg.contains("rndc addzone"), "{msg}");
+
+    let e = run(&p, "DeleteZone", &[("zoneName", ZONE)])
+        .await
+        .expect_err("unsupported");
+    assert!(matches!(e, ProviderError::Unsupported(_)), "{e:?}");
+    assert!(!n.dig(ZONE, "SOA").is_empty());
+
+    let (code, _) = err_message(
+        run(
+            &p,
+            "AddRecord",
+            &[
+                ("zoneName", "other.test"),
+                ("name", "www"),
+                ("rrType", "A"),
+                ("address", "192.0.2.1"),
+            ],
+        )
+        .await,
+    );
+    assert_eq!(code, E_ZONE_NOT_FOUND);
+}
+
+#[tokio::test]
+async fn preview_queries_the_server() {
+    let Some(n) = Named::start() else { return };
+    let p = provider(&n);
+    let preview = |proc: &str, inputs: Vec<(&str, &str)>| {
+        let c = call("DNS Provider", proc, &inputs);
+        let p = &p;
+        async move { p.preview(&c).await.expect("preview") }
+    };
+    let existing = rec(&[("name", "pre"), ("rrType", "A"), ("address", "192.0.2.1")]);
+    let fresh = rec(&[("name", "pre"), ("rrType", "A"), ("address", "192.0.2.2")]);
+    assert!(matches!(
+        preview("AddRecord", existing.clone()).await,
+        Preview::NoChange(_)
+    ));
+    assert!(matches!(
+        preview("AddRecord", fresh.clone()).await,
+        Preview::Change(_)
+    ));
+    assert!(matches!(
+        preview("DeleteRecord", existing).await,
+        Preview::Change(_)
+    ));
+    assert!(matches!(
+        preview("DeleteRecord", fresh).await,
+        Preview::NoChange(_)
+    ));
+    assert!(matches!(
+        preview("CreateZone", vec![("zoneName", ZONE)]).await,
+        Preview::NoChange(_)
+    ));
+}

@@ -1,0 +1,5 @@
+//! End-to-end tests: the real `provisio` binary on real files, one test binary with modules.
+
+mod cli;
+mod crash;
+mod util;
