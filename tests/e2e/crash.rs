@@ -113,3 +113,39 @@ fn a_failed_undo_is_kept_for_the_operator_and_resumable() {
     assert!(world(&crashed_sb).0.is_empty(), "{:?}", world(&crashed_sb));
     let _ = sb;
 }
+
+#[test]
+fn a_resumable_procedure_is_finished_after_any_crash() {
+    let namespaces = repo().join("tests/fixtures/crash/namespaces");
+    let request = REQUEST.replace("Crash Test/Provision", "Crash Test/ProvisionResumable");
+    let mut resumed = 0;
+    for when in ["before", "after"] {
+        let mut n = 1u32;
+        loop {
+            let sb = Sandbox::new();
+            let req = sb.write("req.yaml", &request);
+            let env = [("PROVISIO_CRASH_AT", n.to_string()), ("PROVISIO_CRASH_WHEN", when.to_string())];
+            let run = sb.run_env(&["run", req.to_str().unwrap(), "--quiet"], &namespaces, &env);
+            if run.code == 0 {
+                assert_eq!(world(&sb), (all_done(), Some(10)), "{run:?}");
+                break;
+            }
+            assert_eq!(run.code, -1, "{run:?}");
+            let recover = sb.run_with(&["recover"], &namespaces);
+            assert_eq!(recover.code, 0, "recovery after a crash at write {n} ({when}): {recover:?}");
+            let list = sb.run_with(&["tx", "list"], &namespaces);
+            let (entries, quota) = world(&sb);
+            if list.stdout.trim() == "no transactions" {
+                // Crashed before anything was journaled: nothing may have happened.
+                assert!(entries.is_empty() && quota.is_none(), "crash at {n} ({when}): {entries:?}");
+            } else {
+                assert!(list.stdout.contains("committed"), "crash at {n} ({when}) must resume to commit: {list:?}\n{recover:?}");
+                assert_eq!((entries, quota), (all_done(), Some(10)), "crash at {n} ({when}): resumed but incomplete\n{recover:?}");
+                resumed += 1;
+            }
+            n += 1;
+            assert!(n < 200, "runaway crash loop");
+        }
+    }
+    assert!(resumed >= 15, "only {resumed} crashes were resumed");
+}

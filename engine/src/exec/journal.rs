@@ -98,6 +98,10 @@ pub struct StepDone<'a> {
     pub saved: Option<&'a Element>,
     /// `undo` or `saved` hold secrets.
     pub secret: bool,
+    /// The exact output (kept only for resumable transactions, sealed when it holds secrets).
+    pub result: Option<&'a Element>,
+    /// `result` holds secrets.
+    pub result_secret: bool,
 }
 
 /// Receives the executor's transitions.

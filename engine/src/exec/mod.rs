@@ -231,12 +231,36 @@ struct Txn {
     plan: Mutex<Vec<PlanEntry>>,
     waves: HashMap<String, usize>,
     redactor: Redactor,
+    /// Set when resuming after a crash.
+    resume: Option<Resume>,
 }
 
 struct Invocation {
     data: Mutex<Element>,
     procedure_data: Mutex<Element>,
     selects: Mutex<HashMap<String, String>>,
+}
+
+/// A step completed before a crash, replayed when a resumable transaction resumes.
+#[derive(Debug, Clone)]
+pub struct Replayed {
+    /// Its exact output executeData.
+    pub output: Element,
+    /// Its undo record, if any.
+    pub undo: Option<Element>,
+    /// The attempt that succeeded.
+    pub attempt: u32,
+}
+
+/// What a resumed transaction takes from its journal.
+#[derive(Debug, Clone, Default)]
+pub struct Resume {
+    /// The transaction id to continue.
+    pub txn_id: String,
+    /// Completed provider calls by step path.
+    pub done: HashMap<String, Replayed>,
+    /// For steps that were tried but not completed: the next attempt number to use.
+    pub next_attempt: HashMap<String, u32>,
 }
 
 /// Bindings of forEach names to their current node, per iteration.
@@ -347,6 +371,7 @@ impl Engine {
             plan: Mutex::new(Vec::new()),
             waves,
             redactor,
+            resume: None,
         }
     }
 
@@ -357,15 +382,44 @@ impl Engine {
         data: Element,
         context: Element,
     ) -> TxnResult {
+        self.run_txn(program, data, context, None).await
+    }
+
+    /// Continues a resumable transaction after a crash: steps its journal shows completed
+    /// are not called again (their recorded results are used), the rest run as usual.
+    pub async fn resume_program(
+        &self,
+        program: Arc<Program>,
+        data: Element,
+        context: Element,
+        resume: Resume,
+    ) -> TxnResult {
+        self.run_txn(program, data, context, Some(resume)).await
+    }
+
+    async fn run_txn(
+        &self,
+        program: Arc<Program>,
+        data: Element,
+        context: Element,
+        resume: Option<Resume>,
+    ) -> TxnResult {
         let started_at = Instant::now();
-        let txn = self.new_txn(program, RunMode::Execute, &data, context);
+        let mut txn = self.new_txn(program, RunMode::Execute, &data, context);
+        let resuming = resume.is_some();
+        if let Some(r) = resume {
+            txn.id = r.txn_id.clone();
+            txn.resume = Some(r);
+        }
         let span = info_span!("txn", txn.id = %txn.id, procedure = %txn.program.entry.target);
         async {
             let target = txn.program.entry.target.to_string();
             let mut shown = data.clone();
             txn.redactor.redact_element(&mut shown);
-            let started = self
-                .journal
+            let started = if resuming {
+                self.journal.txn_state(&txn.id, TxnState::Running, Some("resumed after a crash")).await
+            } else {
+                self.journal
                 .txn_started(&TxnStart {
                     txn_id: &txn.id,
                     target: &target,
@@ -377,7 +431,8 @@ impl Engine {
                     secret: txn.redactor.contains_secret(&data),
                     pinned: &txn.program.pinned,
                 })
-                .await;
+                .await
+            };
             tracing::info!("transaction started");
             let result = match started {
                 Ok(()) => self.run_entry(&txn, data).await,
@@ -1038,7 +1093,32 @@ impl Engine {
             info_span!("step", step.id = %step, provider = %leaf.provider, procedure = %target);
         async {
             self.emit(Event::StepStarted { step: step.to_string(), target: target.clone() });
-            let mut attempt = 1u32;
+            if let Some(r) = txn.resume.as_ref().and_then(|r| r.done.get(step)) {
+                // Completed before the crash: use the journaled result, call nothing.
+                if callee.kind != ProcKind::Read {
+                    if let Some(undo) = &r.undo {
+                        let started_after = txn.completions.load(AtomicOrdering::SeqCst);
+                        let seq = txn.completions.fetch_add(1, AtomicOrdering::SeqCst);
+                        lock(&txn.completed).push(Completed {
+                            started_after,
+                            seq,
+                            step: step.to_string(),
+                            target: target.clone(),
+                            kind: callee.kind,
+                            provider: provider.clone(),
+                            done: Done {
+                                context: self.call_context(txn, callee, leaf, step, r.attempt),
+                                provider_context: leaf.provider_context.clone(),
+                                undo: undo.clone(),
+                                execute_data: leaf.save_data_for_rollback.then(|| ed.clone()),
+                            },
+                        });
+                    }
+                }
+                self.emit(Event::StepFinished { step: step.to_string(), ok: true });
+                return Ok(r.output.clone());
+            }
+            let mut attempt = txn.resume.as_ref().and_then(|r| r.next_attempt.get(step).copied()).unwrap_or(1);
             loop {
                 let context = self.call_context(txn, callee, leaf, step, attempt);
                 let mut logged = ed.clone();
@@ -1075,7 +1155,15 @@ impl Engine {
                         let secret = undo_ref.is_some_and(|u| txn.redactor.contains_secret(u)) || saved.is_some_and(|s| txn.redactor.contains_secret(s));
                         let journaled = self
                             .journal
-                            .step_done(&StepDone { context: &context, output: &logged_out, undo: undo_ref, saved, secret })
+                            .step_done(&StepDone {
+                                context: &context,
+                                output: &logged_out,
+                                undo: undo_ref,
+                                saved,
+                                secret,
+                                result: txn.program.entry.resumable.then_some(&out),
+                                result_secret: txn.program.entry.resumable && txn.redactor.contains_secret(&out),
+                            })
                             .await;
                         let seq = txn.completions.fetch_add(1, AtomicOrdering::SeqCst);
                         if keep {

@@ -74,7 +74,7 @@ impl Drop for EvalGuard {
 /// The `on_progress` check: stops the script once this thread's deadline has passed.
 /// The clock is read every 64 operations.
 pub(crate) fn check_deadline(ops: u64) -> Option<Dynamic> {
-    if ops % 64 != 0 {
+    if !ops.is_multiple_of(64) {
         return None;
     }
     match DEADLINE.with(Cell::get) {

@@ -270,6 +270,7 @@ impl Journal for DurableJournal {
             output: json::to_json(d.output),
             undo: d.undo.map(|u| self.guard(u, d.secret)),
             saved: d.saved.map(|s| self.guard(s, d.secret)),
+            result: d.result.map(|r| self.guard(r, d.result_secret)),
         };
         self.append(&d.context.txn_id, &record, false, Batch::new()).await
     }

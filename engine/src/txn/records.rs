@@ -103,6 +103,9 @@ pub enum Record {
         undo: Option<Guarded>,
         /// executeData kept for the undo (saveDataForRollback).
         saved: Option<Guarded>,
+        /// The exact output, for resuming (resumable transactions only).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        result: Option<Guarded>,
     },
     /// The call failed.
     Failed {

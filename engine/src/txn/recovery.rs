@@ -5,7 +5,11 @@
 
 use super::journal::DurableJournal;
 use super::records::{now_ms, Guarded, Record, TxnSummary};
+use crate::compile::{compile_request, Catalog};
 use crate::data::Element;
+use crate::exec::{Replayed, Resume};
+use crate::model::{CallTarget, Format, Namespace, Procedure, Request, RequestTarget, SourceRef};
+use std::sync::Arc;
 use crate::exec::{undo_in_dependency_order, Engine, Journal, StepDone, TxnState, UndoOrder};
 use crate::provider::{Call, CallContext, Done};
 use crate::store::{Space, StoreError};
@@ -87,6 +91,18 @@ pub fn records(journal: &DurableJournal, txn_id: &str) -> Result<Vec<(u64, Recor
 pub async fn recover(engine: &Engine, journal: &DurableJournal) -> Result<Vec<Recovered>, RecoveryError> {
     let mut out = Vec::new();
     for s in list(journal, None)? {
+        if s.resumable && s.state == TxnState::Running {
+            tracing::warn!(txn.id = %s.id, "resuming a resumable transaction left unfinished");
+            match resume(engine, journal, &s).await? {
+                Ok(r) => {
+                    out.push(r);
+                    continue;
+                }
+                Err(why) => {
+                    tracing::warn!(txn.id = %s.id, reason = %why, "cannot resume; rolling back instead");
+                }
+            }
+        }
         if matches!(s.state, TxnState::Running | TxnState::RollingBack | TxnState::Queued) {
             tracing::warn!(txn.id = %s.id, state = %s.state, "recovering a transaction left unfinished");
             out.push(roll_back(engine, journal, s).await?);
@@ -188,7 +204,15 @@ async fn roll_back(engine: &Engine, journal: &DurableJournal, summary: TxnSummar
             Ok(Some(undo)) => {
                 tracing::info!(step = %c.context.step_id, "in-doubt call was applied; it will be undone");
                 let _ = journal
-                    .step_done(&StepDone { context: &c.context, output: &Element::new("executeData"), undo: Some(&undo), saved: None, secret: false })
+                    .step_done(&StepDone {
+                        context: &c.context,
+                        output: &Element::new("executeData"),
+                        undo: Some(&undo),
+                        saved: None,
+                        secret: false,
+                        result: None,
+                        result_secret: false,
+                    })
                     .await;
                 c.done = Some((c.intent_seq, Some(Guarded::Plain(undo)), None));
             }
@@ -255,4 +279,129 @@ async fn roll_back(engine: &Engine, journal: &DurableJournal, summary: TxnSummar
     journal.txn_state(&summary.id, to, message.as_deref()).await.map_err(|e| RecoveryError::Record { txn: summary.id.clone(), message: e.to_string() })?;
     let _ = now_ms();
     Ok(Recovered { txn_id: summary.id, from: summary.state, to, undone, in_doubt, problems })
+}
+
+/// Resumes a resumable transaction with the definitions it was pinned to. `Ok(Err(why))`
+/// means it cannot be resumed exactly (the caller rolls it back instead).
+async fn resume(engine: &Engine, journal: &DurableJournal, summary: &TxnSummary) -> Result<Result<Recovered, String>, RecoveryError> {
+    let store = journal.store();
+    let Some(pins) = store.get(Space::Definitions, format!("txn/{}", summary.id).as_bytes())? else {
+        return Ok(Err("its pinned definitions are missing".into()));
+    };
+    let pins: serde_json::Value = match serde_json::from_slice(&pins) {
+        Ok(v) => v,
+        Err(e) => return Ok(Err(format!("pinned definitions unreadable: {e}"))),
+    };
+    let mut namespaces: Vec<Namespace> = Vec::new();
+    let mut trusted: Option<Procedure> = None;
+    for pin in pins.get("pins").and_then(|p| p.as_array()).cloned().unwrap_or_default() {
+        let name = pin.get("namespace").and_then(|v| v.as_str()).unwrap_or_default().to_string();
+        let hash = pin.get("hash").and_then(|v| v.as_str()).unwrap_or_default().to_string();
+        let Some(bytes) = store.get(Space::Definitions, hash.as_bytes())? else {
+            return Ok(Err(format!("pinned definition of `{name}` ({hash}) is missing")));
+        };
+        if name == "(request)" {
+            trusted = serde_json::from_slice(&bytes).ok();
+        } else {
+            match serde_json::from_slice(&bytes) {
+                Ok(ns) => namespaces.push(ns),
+                Err(e) => return Ok(Err(format!("pinned definition of `{name}` unreadable: {e}"))),
+            }
+        }
+    }
+    let request_data: Guarded = match pins.get("request").cloned().map(serde_json::from_value) {
+        Some(Ok(g)) => g,
+        _ => return Ok(Err("the request data was not kept".into())),
+    };
+    let data = match journal.unguard(&request_data) {
+        Ok(d) => d,
+        Err(e) => return Ok(Err(e)),
+    };
+    let catalog = match Catalog::new(namespaces, engine.registry()) {
+        Ok(c) => c,
+        Err(e) => return Ok(Err(format!("pinned definitions do not load: {}", e.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")))),
+    };
+    let target = match trusted {
+        Some(p) => RequestTarget::Trusted(Box::new(p)),
+        None => {
+            let Some((ns, p)) = summary.target.rsplit_once('/') else {
+                return Ok(Err(format!("target `{}` is not Namespace/Procedure", summary.target)));
+            };
+            RequestTarget::Call(CallTarget { namespace: ns.to_string(), procedure: p.to_string() })
+        }
+    };
+    let request = Request { target, data: data.clone(), context: Element::new("context"), format: Format::Yaml, source_ref: SourceRef::new("<journal>", 0, 0) };
+    let program = match compile_request(&catalog, &request, &engine.options().limits) {
+        Ok(p) => p,
+        Err(e) => return Ok(Err(format!("pinned definitions do not compile: {e}"))),
+    };
+    // What completed, what is in doubt.
+    let records = records(journal, &summary.id)?;
+    let next_seq = records.last().map(|(s, _)| s + 1).unwrap_or(0);
+    journal.adopt(summary.clone(), next_seq);
+    let mut intents: HashMap<(String, u32), Record> = HashMap::new();
+    let mut settled: std::collections::HashSet<(String, u32)> = std::collections::HashSet::new();
+    let mut resume = Resume { txn_id: summary.id.clone(), ..Default::default() };
+    for (_, r) in &records {
+        match r {
+            Record::Intent { step, attempt, .. } => {
+                intents.insert((step.clone(), *attempt), r.clone());
+                let next = resume.next_attempt.entry(step.clone()).or_insert(1);
+                *next = (*next).max(attempt + 1);
+            }
+            Record::Done { step, attempt, undo, result, .. } => {
+                settled.insert((step.clone(), *attempt));
+                let Some(result) = result else {
+                    return Ok(Err(format!("step {step} has no recorded result")));
+                };
+                let output = match journal.unguard(result) {
+                    Ok(o) => o,
+                    Err(e) => return Ok(Err(e)),
+                };
+                let undo = match undo.as_ref().map(|u| journal.unguard(u)) {
+                    None => None,
+                    Some(Ok(u)) => Some(u),
+                    Some(Err(e)) => return Ok(Err(e)),
+                };
+                resume.done.insert(step.clone(), Replayed { output, undo, attempt: *attempt });
+            }
+            Record::Failed { step, attempt, .. } => {
+                settled.insert((step.clone(), *attempt));
+            }
+            _ => {}
+        }
+    }
+    let mut in_doubt = 0;
+    for ((step, attempt), intent) in &intents {
+        if settled.contains(&(step.clone(), *attempt)) {
+            continue;
+        }
+        in_doubt += 1;
+        let Record::Intent { namespace, procedure, provider, provider_context, call_data, .. } = intent else { continue };
+        let Some(p) = engine.registry().get(provider).cloned() else {
+            return Ok(Err(format!("provider `{provider}` is not registered")));
+        };
+        let context = CallContext { txn_id: summary.id.clone(), step_id: step.clone(), attempt: *attempt, namespace: namespace.clone(), procedure: procedure.clone() };
+        let execute_data = match journal.unguard(call_data) {
+            Ok(d) => d,
+            Err(e) => return Ok(Err(e)),
+        };
+        match p.recover(&Call { context: context.clone(), provider_context: provider_context.clone(), execute_data }).await {
+            Ok(None) => {
+                let _ = journal.step_failed(&context, "not applied (settled at recovery)").await;
+            }
+            Ok(Some(undo)) => {
+                // Applied, but its result never reached the journal: undo it, and the resumed
+                // run does it again (next attempt) so its result is known.
+                let done = Done { context: context.clone(), provider_context: provider_context.clone(), undo, execute_data: None };
+                if let Err(e) = engine.undo_one(p.clone(), done, step.clone()).await {
+                    return Ok(Err(format!("step {step} was applied without a journaled result and could not be undone: {e}")));
+                }
+            }
+            Err(e) => return Ok(Err(format!("step {step} is in doubt: {e}"))),
+        }
+    }
+    let result = engine.resume_program(Arc::new(program), data, Element::new("context"), resume).await;
+    let problems = result.undo_failures.iter().map(|u| format!("step {} ({}): undo failed: {}", u.step, u.target, u.message)).collect();
+    Ok(Ok(Recovered { txn_id: summary.id.clone(), from: summary.state, to: result.state, undone: result.undone, in_doubt, problems }))
 }
