@@ -5,6 +5,7 @@ use super::error::{closest, CompileError};
 use crate::data::Element;
 use crate::model::{Access, CallTarget, Namespace, Procedure, SourceRef};
 use crate::provider::ProviderRegistry;
+use crate::script::{ScriptEngine, ScriptLimits};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,6 +17,8 @@ pub struct Catalog {
     /// Per namespace: SHA-256 (hex) of its serialized definition, and the bytes, so a
     /// transaction can pin exactly the definitions it was compiled from.
     pinned: BTreeMap<String, (String, Arc<Vec<u8>>)>,
+    /// The sandboxed rhai engine that compiles and runs the definitions' scripts.
+    script: Arc<ScriptEngine>,
 }
 
 impl Catalog {
@@ -130,10 +133,20 @@ impl Catalog {
                     (name.clone(), (hex_sha256(&bytes), Arc::new(bytes)))
                 })
                 .collect();
-            Ok(Catalog { namespaces: map, pinned })
+            Ok(Catalog { namespaces: map, pinned, script: Arc::new(ScriptEngine::default()) })
         } else {
             Err(errors)
         }
+    }
+
+    /// Uses a script engine with these sandbox limits.
+    pub fn set_script_limits(&mut self, limits: ScriptLimits) {
+        self.script = Arc::new(ScriptEngine::new(limits));
+    }
+
+    /// The script engine.
+    pub fn script_engine(&self) -> &Arc<ScriptEngine> {
+        &self.script
     }
 
     /// The pinned form of a namespace: (hash, serialized definition).
@@ -152,6 +165,9 @@ impl Catalog {
     }
 
     /// Resolves a call target, suggesting the closest name when it does not exist.
+    // CompileError is large because it carries what a person needs (locations, suggestions);
+    // it is built at most a few times per request, so boxing it buys nothing.
+    #[allow(clippy::result_large_err)]
     pub fn resolve(
         &self,
         target: &CallTarget,

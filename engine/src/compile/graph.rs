@@ -185,6 +185,7 @@ impl Writer<'_> {
                     }
                 }
                 PlanNode::Select(s) => self.node(&id, &format!("{}: select", s.id)),
+                PlanNode::Script(s) => self.node(&id, &format!("{}: script", s.id)),
                 PlanNode::Try(t) => {
                     self.node(&id, &format!("{}: try", t.id));
                     let tid = self.id("t");

@@ -24,6 +24,7 @@ use crate::model::{
     SourceRef, Step, TransformSource, When,
 };
 use crate::request::template::{parse_template, TemplatePart};
+use crate::script::{CompiledScript, ScriptOrigin};
 use petgraph::algo::{has_path_connecting, tarjan_scc, toposort, DfsSpace};
 use petgraph::graph::{DiGraph, NodeIndex};
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -144,6 +145,27 @@ pub enum PlanNode {
     Try(Box<TryNode>),
     /// select/where.
     Select(Box<SelectNode>),
+    /// A rhai script step.
+    Script(Box<ScriptNode>),
+}
+
+/// A compiled script step.
+#[derive(Debug, Clone)]
+pub struct ScriptNode {
+    /// Step id.
+    pub id: String,
+    /// The script.
+    pub script: CompiledScript,
+    /// The undo script.
+    pub undo: Option<CompiledScript>,
+    /// Procedures it may call.
+    pub calls: Vec<CallTarget>,
+    /// Conditions.
+    pub when: Vec<CWhen>,
+    /// Where the result goes under `data` (`None`: merged into `data`).
+    pub output: Option<Path>,
+    /// Declaration.
+    pub source_ref: SourceRef,
 }
 
 impl PlanNode {
@@ -153,6 +175,7 @@ impl PlanNode {
             PlanNode::Execute(n) => &n.id,
             PlanNode::Try(n) => &n.id,
             PlanNode::Select(n) => &n.id,
+            PlanNode::Script(n) => &n.id,
         }
     }
 }
@@ -200,6 +223,15 @@ pub enum CWhen {
     Exists(Scope, Option<Path>),
     /// Path selects nothing.
     Missing(Scope, Option<Path>),
+    /// A rhai condition.
+    Expr(CompiledScript),
+    /// A rhai forEach filter with `item` bound to that forEach's current node.
+    Filter {
+        /// The forEach name.
+        for_each: String,
+        /// The filter.
+        script: CompiledScript,
+    },
     /// Select resolved to a case.
     Case {
         /// Select name.
@@ -242,6 +274,8 @@ pub enum CSource {
     Node(Scope, Option<Path>),
     /// A text template.
     Template(Vec<CPart>),
+    /// A rhai expression.
+    Expr(CompiledScript),
 }
 
 /// A compiled template part.
@@ -302,6 +336,7 @@ pub fn compile_request(
         errors: Vec::new(),
         secrets: BTreeSet::new(),
         trusted: None,
+        step_names: Vec::new(),
     };
     let entry = match &request.target {
         RequestTarget::Call(target) => {
@@ -370,6 +405,7 @@ pub fn compile_procedure(
         errors: Vec::new(),
         secrets: BTreeSet::new(),
         trusted: None,
+        step_names: Vec::new(),
     };
     let entry = cx.procedure(target.clone(), &SourceRef::new("<command line>", 0, 0));
     cx.finish(entry)
@@ -385,6 +421,7 @@ pub fn check_catalog(catalog: &Catalog, limits: &Limits) -> Vec<CompileError> {
         errors: Vec::new(),
         secrets: BTreeSet::new(),
         trusted: None,
+        step_names: Vec::new(),
     };
     for ns in catalog.namespaces() {
         for p in &ns.procedures {
@@ -409,6 +446,8 @@ struct Compiler<'a> {
     secrets: BTreeSet<String>,
     /// A trusted request's procedure, serialized for pinning.
     trusted: Option<Vec<u8>>,
+    /// forEach names of the step being compiled (variables its scripts may use).
+    step_names: Vec<String>,
 }
 
 impl Compiler<'_> {
@@ -650,7 +689,7 @@ impl Compiler<'_> {
         accesses: &[Accesses],
     ) {
         // Index accesses by (scope, first segment) so only plausible pairs are compared.
-        let mut by_key: HashMap<(u8, &str), Vec<(usize, bool, &Vec<String>)>> = HashMap::new();
+        let mut by_key: HashMap<(u8, &str), Vec<StepAccess<'_>>> = HashMap::new();
         let mut roots: Vec<(usize, u8, bool, &Vec<String>)> = Vec::new();
         for (i, acc) in accesses.iter().enumerate() {
             for (scope, segs, write) in acc.iter() {
@@ -743,23 +782,8 @@ impl Compiler<'_> {
                     });
                     names.push(f.name.clone());
                 }
-                let mut when = Vec::new();
-                for w in &e.when {
-                    when.push(match w {
-                        When::Exists { scope, path } => {
-                            acc.read(scope, path.as_deref());
-                            CWhen::Exists(scope.clone(), self.path(&e.id, at, path.as_deref()))
-                        }
-                        When::Missing { scope, path } => {
-                            acc.read(scope, path.as_deref());
-                            CWhen::Missing(scope.clone(), self.path(&e.id, at, path.as_deref()))
-                        }
-                        When::Case { select, case } => CWhen::Case {
-                            select: select.clone(),
-                            case: case.clone(),
-                        },
-                    });
-                }
+                self.step_names = names.clone();
+                let when = self.conditions(&e.id, &e.when, &names, &mut acc);
                 let repeat = e.repeat.as_ref().map(|r| {
                     acc.read(&r.scope, r.path.as_deref());
                     CRepeat {
@@ -810,6 +834,49 @@ impl Compiler<'_> {
                     acc,
                 )
             }
+            Step::Script(sc) => {
+                let at = &sc.source_ref;
+                self.step_names.clear();
+                let calls = sc
+                    .calls
+                    .iter()
+                    .filter_map(|t| self.procedure(t.clone(), at).map(|c| c.target.clone()))
+                    .collect();
+                let when = self.conditions(&sc.id, &sc.when, &[], &mut acc);
+                acc.read(&Scope::Data, None);
+                acc.write(&Scope::Data, sc.output.as_deref());
+                let script = self.script(&sc.id, &sc.script, &[]);
+                let undo = sc.undo.as_ref().and_then(|u| self.script(&sc.id, u, &["result"]));
+                let output = self.path(&sc.id, at, sc.output.as_deref());
+                match script {
+                    Some(script) => (
+                        PlanNode::Script(Box::new(ScriptNode {
+                            id: sc.id.clone(),
+                            script,
+                            undo,
+                            calls,
+                            when,
+                            output,
+                            source_ref: sc.source_ref.clone(),
+                        })),
+                        acc,
+                    ),
+                    // The error is recorded; a placeholder keeps the graph's indices aligned.
+                    None => (
+                        PlanNode::Select(Box::new(SelectNode {
+                            id: sc.id.clone(),
+                            name: String::new(),
+                            scope: Scope::Data,
+                            path: None,
+                            cases: Vec::new(),
+                            default_case: None,
+                            if_null_case: None,
+                            source_ref: sc.source_ref.clone(),
+                        })),
+                        acc,
+                    ),
+                }
+            }
             Step::Select(s) => {
                 acc.read(&s.scope, s.path.as_deref());
                 let path = self.path(&s.id, &s.source_ref, s.path.as_deref());
@@ -858,6 +925,15 @@ impl Compiler<'_> {
                 }
                 CSource::Node(scope.clone(), self.path(step, at, path.as_deref()))
             }
+            TransformSource::Expr(script) => {
+                acc.read(&Scope::Data, None);
+                let names: Vec<String> = self.step_names.clone();
+                let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                match self.script(step, script, &names) {
+                    Some(c) => CSource::Expr(c),
+                    None => CSource::Template(Vec::new()),
+                }
+            }
             TransformSource::Template(text) => match parse_template(text) {
                 Ok(parts) => CSource::Template(
                     parts
@@ -892,6 +968,60 @@ impl Compiler<'_> {
         }
     }
 
+    /// Compiles the conditions of a step (paths, selects, rhai expressions and filters).
+    fn conditions(&mut self, step: &str, list: &[When], names: &[String], acc: &mut Accesses) -> Vec<CWhen> {
+        let mut out = Vec::new();
+        let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        for w in list {
+            match w {
+                When::Exists { scope, path } => {
+                    acc.read(scope, path.as_deref());
+                    out.push(CWhen::Exists(scope.clone(), self.path(step, &SourceRef::default(), path.as_deref())));
+                }
+                When::Missing { scope, path } => {
+                    acc.read(scope, path.as_deref());
+                    out.push(CWhen::Missing(scope.clone(), self.path(step, &SourceRef::default(), path.as_deref())));
+                }
+                When::Case { select, case } => out.push(CWhen::Case { select: select.clone(), case: case.clone() }),
+                When::Expr(script) => {
+                    acc.read(&Scope::Data, None);
+                    if let Some(c) = self.script(step, script, &name_refs) {
+                        out.push(CWhen::Expr(c));
+                    }
+                }
+                When::Filter { for_each, script } => {
+                    if !names.contains(for_each) {
+                        self.errors.push(CompileError::Invalid {
+                            step: step.to_string(),
+                            message: format!("filter for forEach `{for_each}`, which this step does not have"),
+                            at: script.origin.clone(),
+                        });
+                        continue;
+                    }
+                    acc.read(&Scope::Data, None);
+                    let mut with_item = name_refs.clone();
+                    with_item.push("item");
+                    if let Some(c) = self.script(step, script, &with_item) {
+                        out.push(CWhen::Filter { for_each: for_each.clone(), script: c });
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Compiles a rhai script once; syntax errors carry the definition file's line.
+    fn script(&mut self, step: &str, script: &crate::model::Script, names: &[&str]) -> Option<CompiledScript> {
+        let origin = ScriptOrigin::new(script.origin.file.clone(), script.origin.line.max(1), script.origin.column.max(1));
+        match self.catalog.script_engine().compile_with_names(&script.source, &origin, names) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                self.errors.push(CompileError::Invalid { step: step.to_string(), message: format!("script: {e}"), at: script.origin.clone() });
+                None
+            }
+        }
+    }
+
     fn path(&mut self, step: &str, at: &SourceRef, path: Option<&str>) -> Option<Path> {
         let text = path?;
         match Path::parse(text) {
@@ -917,6 +1047,9 @@ fn count_steps(steps: &[Step]) -> usize {
         })
         .sum()
 }
+
+/// One access of a step: (step index, is_write, leading path segments).
+type StepAccess<'a> = (usize, bool, &'a Vec<String>);
 
 /// Reads and writes of one step on the shared scopes (`data`, `procedureData`).
 #[derive(Debug, Default)]

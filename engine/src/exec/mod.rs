@@ -10,7 +10,7 @@ mod redact;
 pub use journal::{Journal, JournalError, NoJournal, StepDone, StepIntent, TxnStart, TxnState};
 pub use redact::Redactor;
 
-use crate::compile::{
+use crate::compile::{ScriptNode, 
     compile_request, Body, CForEach, CPart, CSource, CTransform, CWhen, Catalog, CompileErrors,
     CompiledProcedure, ExecNode, Leaf, Limits, Plan, PlanNode, Program,
 };
@@ -20,6 +20,7 @@ use crate::model::{CallTarget, ProcKind, Request, Scope};
 use crate::provider::{
     Call, CallContext, Done, Preview, Provider, ProviderError, ProviderRegistry,
 };
+use crate::script::{ScriptEngine, ScriptError, ScriptHost, Vars};
 use futures::future::BoxFuture;
 use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
@@ -578,6 +579,7 @@ impl Engine {
         async move {
             match node {
                 PlanNode::Execute(e) => self.run_execute(txn, inv, e, prefix).await,
+                PlanNode::Script(sn) => self.run_script(txn, inv, sn, prefix).await,
                 PlanNode::Select(s) => {
                     let step = format!("{prefix}{}", s.id);
                     let value = self.read_string(txn, inv, &[], &Element::new("executeData"), &s.scope, s.path.as_ref(), &step)?;
@@ -696,6 +698,96 @@ impl Engine {
         Ok(())
     }
 
+    /// Runs a rhai script step on a blocking thread. The script's `call_procedure` calls come
+    /// back here over a channel and run as nested calls of this transaction (journaled and
+    /// undone like any other); its result goes into `data`.
+    async fn run_script(&self, txn: &Txn, inv: &Invocation, sn: &ScriptNode, prefix: &str) -> Result<(), Failure> {
+        let step = format!("{prefix}{}", sn.id);
+        let none: Bindings = Vec::new();
+        let literal = Element::new("executeData");
+        if !self.check(txn, inv, &none, &sn.when, &literal, &step)? {
+            return Ok(());
+        }
+        if txn.mode == RunMode::Plan {
+            let top = step.split(['/', '[', '#']).next().unwrap_or(&step);
+            lock(&txn.plan).push(PlanEntry {
+                step: step.clone(),
+                wave: txn.waves.get(top).copied().unwrap_or(0),
+                target: "(script)".into(),
+                provider: "rhai".into(),
+                inputs: literal,
+                preview: Preview::Unknown,
+                unresolved: vec!["a script step runs only for real".into()],
+            });
+            return Ok(());
+        }
+        let vars = self.vars(txn, inv, &none, &literal);
+        let data_before = crate::data::json::to_json(&lock(&inv.data));
+        let engine = self.catalog.script_engine().clone();
+        let script = sn.script.clone();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<HostCall>();
+        let host = Arc::new(ChannelHost { tx, allowed: sn.calls.iter().map(|t| t.to_string()).collect() });
+        let span = info_span!("script", step.id = %step);
+        let handle = tokio::task::spawn_blocking(move || span.in_scope(|| engine.run_step(&script, &vars, host)));
+        let mut n = 0;
+        while let Some(call) = rx.recv().await {
+            n += 1;
+            let reply = match call.target.rsplit_once('/') {
+                None => Err(format!("`{}` is not Namespace/Procedure", call.target)),
+                Some((ns, p)) => {
+                    let target = CallTarget { namespace: ns.to_string(), procedure: p.to_string() };
+                    match crate::data::json::from_json("executeData", &call.data) {
+                        Err(e) => Err(format!("call data: {e}")),
+                        Ok(ed) => match self.invoke(txn, &target, ed, &format!("{step}/call{n}"), Vec::new()).await {
+                            Ok(out) => Ok(crate::data::json::to_json(&out)),
+                            Err(f) => Err(format!("{} failed at {}: {} (code {:#010x})", target, f.step, f.message, f.code)),
+                        },
+                    }
+                }
+            };
+            let _ = call.reply.send(reply);
+        }
+        let result = handle.await.map_err(|e| Failure::data(&step, format!("script step stopped: {e}")))?;
+        let value = result.map_err(|e| script_failure(&step, &e))?;
+        if !value.is_null() {
+            let mut data = lock(&inv.data);
+            match &sn.output {
+                Some(path) => {
+                    let name = path.as_str().rsplit('/').next().unwrap_or("result").to_string();
+                    let node = crate::data::json::from_json(&name, &value).map_err(|e| Failure::data(&step, format!("script result: {e}")))?;
+                    place(&mut data, Some(path), node, Mode::Replace).map_err(|e| Failure::data(&step, format!("script result: {e}")))?;
+                }
+                None => {
+                    if !value.is_object() {
+                        return Err(Failure::data(&step, "a script step without `output:` must return a map (merged into data)"));
+                    }
+                    let node = crate::data::json::from_json("data", &value).map_err(|e| Failure::data(&step, format!("script result: {e}")))?;
+                    place(&mut data, None, node, Mode::Merge).map_err(|e| Failure::data(&step, format!("script result: {e}")))?;
+                }
+            }
+        }
+        if let Some(undo) = &sn.undo {
+            let started_after = txn.completions.load(AtomicOrdering::SeqCst);
+            let seq = txn.completions.fetch_add(1, AtomicOrdering::SeqCst);
+            let provider: Arc<dyn Provider> = Arc::new(ScriptUndo { engine: self.catalog.script_engine().clone(), script: undo.clone(), data: data_before, result: value });
+            lock(&txn.completed).push(Completed {
+                started_after,
+                seq,
+                step: step.clone(),
+                target: "(script undo)".into(),
+                kind: ProcKind::Write,
+                provider,
+                done: Done {
+                    context: CallContext { txn_id: txn.id.clone(), step_id: step.clone(), attempt: 1, namespace: "(script)".into(), procedure: sn.id.clone() },
+                    provider_context: Element::new("providerContext"),
+                    undo: Element::new("undo"),
+                    execute_data: None,
+                },
+            });
+        }
+        Ok(())
+    }
+
     /// Expands the forEach nodes (each nested in the previous) into iterations.
     fn iterations(
         &self,
@@ -708,7 +800,24 @@ impl Engine {
         for f in &node.for_each {
             let mut next = Vec::new();
             for (suffix, bindings) in iters {
-                let nodes = self.select_nodes(txn, inv, &bindings, f, step)?;
+                let mut nodes = self.select_nodes(txn, inv, &bindings, f, step)?;
+                for w in &node.when {
+                    if let CWhen::Filter { for_each, script } = w {
+                        if *for_each == f.name && !nodes.is_empty() {
+                            // One conversion of the data scopes for all items.
+                            let vars = self.vars(txn, inv, &bindings, &node.execute_data);
+                            let engine = self.catalog.script_engine();
+                            let mut kept = Vec::with_capacity(nodes.len());
+                            for n in nodes {
+                                let item = crate::data::json::to_json(&n);
+                                if engine.eval_filter(script, &vars, &item).map_err(|e| script_failure(step, &e))? {
+                                    kept.push(n);
+                                }
+                            }
+                            nodes = kept;
+                        }
+                    }
+                }
                 if nodes.is_empty() {
                     match f.if_null {
                         IfNull::Fail if txn.mode == RunMode::Execute => {
@@ -768,30 +877,56 @@ impl Engine {
         node: &ExecNode,
         step: &str,
     ) -> Result<bool, Failure> {
-        for w in &node.when {
+        self.check(txn, inv, bindings, &node.when, &node.execute_data, step)
+    }
+
+    /// Evaluates conditions; all must hold. forEach filters were applied when the
+    /// iterations were built.
+    fn check(
+        &self,
+        txn: &Txn,
+        inv: &Invocation,
+        bindings: &Bindings,
+        when: &[CWhen],
+        execute_data: &Element,
+        step: &str,
+    ) -> Result<bool, Failure> {
+        for w in when {
             let ok = match w {
                 CWhen::Exists(scope, path) | CWhen::Missing(scope, path) => {
-                    let mut scratch = node.execute_data.clone();
+                    let mut scratch = execute_data.clone();
                     let mut b = bindings.clone();
-                    let found =
-                        self.with_scope(txn, inv, &mut b, &mut scratch, scope, step, |root| {
-                            match path {
-                                None => true,
-                                Some(p) => !p.select(root).is_empty(),
-                            }
-                        })?;
+                    let found = self.with_scope(txn, inv, &mut b, &mut scratch, scope, step, |root| match path {
+                        None => true,
+                        Some(p) => !p.select(root).is_empty(),
+                    })?;
                     matches!(w, CWhen::Exists(..)) == found
                 }
-                CWhen::Case { select, case } => lock(&inv.selects)
-                    .get(select)
-                    .map(|c| c == case)
-                    .unwrap_or(false),
+                CWhen::Case { select, case } => lock(&inv.selects).get(select).map(|c| c == case).unwrap_or(false),
+                CWhen::Expr(script) => {
+                    let vars = self.vars(txn, inv, bindings, execute_data);
+                    self.catalog.script_engine().eval_condition(script, &vars).map_err(|e| script_failure(step, &e))?
+                }
+                CWhen::Filter { .. } => true,
             };
             if !ok {
                 return Ok(false);
             }
         }
         Ok(true)
+    }
+
+    /// The data scopes as rhai variables.
+    fn vars(&self, txn: &Txn, inv: &Invocation, bindings: &Bindings, execute_data: &Element) -> Vars {
+        let mut v = Vars::new();
+        v.push_element("data", &lock(&inv.data));
+        v.push_element("procedureData", &lock(&inv.procedure_data));
+        v.push_element("context", &lock(&txn.context));
+        v.push_element("executeData", execute_data);
+        for (name, e) in bindings {
+            v.push_element(name.clone(), e);
+        }
+        v
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -871,6 +1006,18 @@ impl Engine {
                         extract(root, path.as_ref())
                     })?
                 }
+                CSource::Expr(script) => {
+                    let vars = self.vars(txn, inv, bindings, ed);
+                    match self.catalog.script_engine().eval_value(script, &vars) {
+                        Ok(serde_json::Value::Null) => Vec::new(),
+                        Ok(v) => vec![crate::data::json::from_json("value", &v).map_err(|e| Failure::data(step, format!("expression result: {e}")))?],
+                        Err(e) if txn.mode == RunMode::Plan => {
+                            unresolved.push(format!("expression ({})", e.message()));
+                            continue;
+                        }
+                        Err(e) => return Err(script_failure(step, &e)),
+                    }
+                }
                 CSource::Template(parts) => {
                     let mut text = String::new();
                     let mut missing = Vec::new();
@@ -905,6 +1052,7 @@ impl Engine {
                 let whats = match &t.source {
                     CSource::Node(scope, path) => vec![describe(scope, path.as_ref())],
                     CSource::Template(_) => template_missing,
+                    CSource::Expr(_) => vec!["the expression's value (null)".to_string()],
                 };
                 if txn.mode == RunMode::Plan {
                     if t.if_null == IfNull::Fail {
@@ -1454,5 +1602,68 @@ fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
         s.clone()
     } else {
         "(no message)".to_string()
+    }
+}
+
+fn script_failure(step: &str, e: &ScriptError) -> Failure {
+    let code = if e.limit().is_some() { 0x8013_1501 } else { ProviderError::E_FAIL };
+    Failure { code, message: e.to_string(), step: step.to_string(), sources: Vec::new() }
+}
+
+/// A `call_procedure` request from a script thread, answered by the step's async task.
+struct HostCall {
+    target: String,
+    data: serde_json::Value,
+    reply: std::sync::mpsc::Sender<Result<serde_json::Value, String>>,
+}
+
+/// The script's view of the engine: calls travel over a channel to the async side.
+struct ChannelHost {
+    tx: tokio::sync::mpsc::UnboundedSender<HostCall>,
+    allowed: Vec<String>,
+}
+
+impl ScriptHost for ChannelHost {
+    fn call(&self, target: &str, data: serde_json::Value) -> Result<serde_json::Value, String> {
+        if !self.allowed.iter().any(|a| a == target) {
+            return Err(format!(
+                "`{target}` is not in this step's `calls:` list ({}); declare it so it is checked and compiled with the procedure",
+                if self.allowed.is_empty() { "empty".to_string() } else { self.allowed.join(", ") }
+            ));
+        }
+        let (reply, answer) = std::sync::mpsc::channel();
+        self.tx.send(HostCall { target: target.to_string(), data, reply }).map_err(|_| "the transaction is gone".to_string())?;
+        answer.recv().map_err(|_| "the transaction is gone".to_string())?
+    }
+}
+
+/// Runs a script step's undo script during rollback.
+struct ScriptUndo {
+    engine: Arc<ScriptEngine>,
+    script: crate::script::CompiledScript,
+    data: serde_json::Value,
+    result: serde_json::Value,
+}
+
+#[async_trait::async_trait]
+impl Provider for ScriptUndo {
+    fn name(&self) -> &str {
+        "(script)"
+    }
+    fn procedures(&self) -> Vec<crate::provider::ProcedureSpec> {
+        Vec::new()
+    }
+    async fn execute(&self, _call: Call) -> Result<crate::provider::Outcome, ProviderError> {
+        Err(ProviderError::Unsupported("script undo only undoes".into()))
+    }
+    async fn undo(&self, _done: Done) -> Result<(), ProviderError> {
+        let engine = self.engine.clone();
+        let script = self.script.clone();
+        let vars = Vars::new().with("data", &self.data).with("result", &self.result);
+        tokio::task::spawn_blocking(move || engine.eval_value(&script, &vars))
+            .await
+            .map_err(|e| ProviderError::permanent(format!("undo script stopped: {e}")))?
+            .map(|_| ())
+            .map_err(|e| ProviderError::permanent(e.to_string()))
     }
 }

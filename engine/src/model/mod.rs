@@ -137,6 +137,22 @@ impl fmt::Display for Scope {
     }
 }
 
+/// A rhai script embedded in a definition, with where its text starts (for errors).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Script {
+    /// The rhai source.
+    pub source: String,
+    /// Where the source text starts in its file.
+    pub origin: SourceRef,
+}
+
+impl Script {
+    /// A script from text and its location.
+    pub fn new(source: impl Into<String>, origin: SourceRef) -> Self {
+        Script { source: source.into(), origin }
+    }
+}
+
 /// Where a transform takes its value from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum TransformSource {
@@ -150,6 +166,9 @@ pub enum TransformSource {
     /// A text template with `{{ scope/path }}` placeholders (YAML `with:` strings,
     /// XML `template="…"`): the result is one text element.
     Template(String),
+    /// A rhai expression over the data scopes; its value (map, list or scalar) becomes
+    /// the node (YAML `$expr`, XML `expr="…"`).
+    Expr(Script),
 }
 
 /// One `before` or `after` node.
@@ -198,6 +217,16 @@ pub enum When {
         select: String,
         /// The case.
         case: String,
+    },
+    /// True iff the rhai expression returns true (YAML `if:`, XML `<when expr="…"/>`).
+    Expr(Script),
+    /// forEach filter: true iff the rhai expression returns true with `item` bound to the
+    /// current node of forEach `for_each` (YAML forEach `filter:`, XML `<forEach filter="…"/>`).
+    Filter {
+        /// The forEach variable the filter applies to.
+        for_each: String,
+        /// The expression.
+        script: Script,
     },
     /// True iff the path selects nothing (YAML `unless:`; XML `when … not="1"`).
     Missing {
@@ -297,6 +326,29 @@ pub struct SelectStep {
     pub source_ref: SourceRef,
 }
 
+/// A rhai script step: reads the data scopes, may call the procedures it declares (as
+/// nested calls of the same transaction), and returns a value placed into `data`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScriptStep {
+    /// Step id.
+    pub id: String,
+    /// The script.
+    pub script: Script,
+    /// Run when the transaction rolls back after this step succeeded (sees `data` and
+    /// `result`).
+    pub undo: Option<Script>,
+    /// Procedures the script may call with `call_procedure` (checked at compile time).
+    pub calls: Vec<CallTarget>,
+    /// Conditions, as for execute steps.
+    pub when: Vec<When>,
+    /// Where the result goes under `data`; `None` merges a map result into `data`.
+    pub output: Option<String>,
+    /// Explicit dependencies.
+    pub needs: Vec<String>,
+    /// Where it was declared.
+    pub source_ref: SourceRef,
+}
+
 /// One step of a procedure.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Step {
@@ -306,6 +358,8 @@ pub enum Step {
     Try(TryStep),
     /// select/where.
     Select(SelectStep),
+    /// A rhai script.
+    Script(ScriptStep),
 }
 
 impl Step {
@@ -315,6 +369,7 @@ impl Step {
             Step::Execute(s) => &s.id,
             Step::Try(s) => &s.id,
             Step::Select(s) => &s.id,
+            Step::Script(s) => &s.id,
         }
     }
 
@@ -324,6 +379,7 @@ impl Step {
             Step::Execute(s) => &s.needs,
             Step::Try(s) => &s.needs,
             Step::Select(s) => &s.needs,
+            Step::Script(s) => &s.needs,
         }
     }
 
@@ -333,6 +389,7 @@ impl Step {
             Step::Execute(s) => &s.source_ref,
             Step::Try(s) => &s.source_ref,
             Step::Select(s) => &s.source_ref,
+            Step::Script(s) => &s.source_ref,
         }
     }
 }

@@ -34,6 +34,9 @@ impl Space {
     }
 }
 
+/// A key and its value.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
 /// One write of a batch: `Some` value puts, `None` deletes.
 pub type Write = (Space, Vec<u8>, Option<Vec<u8>>);
 
@@ -100,7 +103,7 @@ pub trait Store: Send + Sync {
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
 
     /// Every (key, value) whose key starts with `prefix`, in key order.
-    fn scan(&self, space: Space, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError>;
+    fn scan(&self, space: Space, prefix: &[u8]) -> Result<Vec<KeyValue>, StoreError>;
 
     /// How many syncs were made (for tests and benchmarks of group commit).
     fn sync_count(&self) -> u64;

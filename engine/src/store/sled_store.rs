@@ -7,7 +7,7 @@
 //! created since the last sync (and fsyncs the folders that gained entries). A durable
 //! write returns only after that.
 
-use super::{Batch, Space, Store, StoreError};
+use super::{Batch, KeyValue, Space, Store, StoreError};
 use async_trait::async_trait;
 use std::collections::HashSet;
 use std::fs::File;
@@ -155,7 +155,7 @@ impl Store for SledStore {
         self.tree.get(key(space, k)).map(|v| v.map(|v| v.to_vec())).map_err(|e| map_err(&self.path, e))
     }
 
-    fn scan(&self, space: Space, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    fn scan(&self, space: Space, prefix: &[u8]) -> Result<Vec<KeyValue>, StoreError> {
         let mut out = Vec::new();
         for item in self.tree.scan_prefix(key(space, prefix)) {
             let (k, v) = item.map_err(|e| map_err(&self.path, e))?;

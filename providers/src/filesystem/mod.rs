@@ -3,11 +3,18 @@
 //!
 //! Undo never destroys data it did not create: DeleteFolder moves the folder into
 //! `<root>/.provisio-trash/<idempotency key>` so its undo can move it back; quotas live in
-//! `<root>/.provisio-state/quotas.json`. Both folders are hidden from inputs.
+//! `<root>/.provisio-state/quotas.json`; two-phase StageFolder/StageFile build their content
+//! in `<root>/.provisio-staging/<key>/` until commit. These folders are hidden from inputs.
+//! SetPermissions sets mode bits and POSIX ACLs (see [`acl`], `perms`).
 
+mod acl;
 mod pending;
+mod perms;
 mod quota;
 mod sandbox;
+mod staging;
+
+pub use staging::STAGING_DIR;
 
 use crate::common::{input, opt_input, opt_nonempty, parse_bool, req_input, sanitize_key, text};
 use async_trait::async_trait;
@@ -27,6 +34,9 @@ use std::sync::Mutex;
 
 /// Folder (under the root) that DeleteFolder moves folders into.
 pub const TRASH_DIR: &str = ".provisio-trash";
+
+/// HRESULT for "quota exceeded" (ERROR_DISK_QUOTA_EXCEEDED).
+pub(crate) const E_DISK_QUOTA_EXCEEDED: u32 = 0x8007_050F;
 
 /// Errors creating a [`FilesystemProvider`].
 #[derive(Debug, thiserror::Error)]
@@ -337,6 +347,7 @@ impl FilesystemProvider {
         let content = opt_input(data, &["content"]).unwrap_or_default();
         let mode = parse_mode("mode", opt_nonempty(data, &["mode"]))?;
         self.require_parent_dir("path", &path)?;
+        self.check_quota(&path, u64::try_from(content.len()).unwrap_or(u64::MAX))?;
         if self.lstat(&path)?.is_none() {
             pending::write(
                 &self.dir,
@@ -554,6 +565,11 @@ impl FilesystemProvider {
             });
         }
         self.require_parent_dir("to", &to)?;
+        pending::write(
+            &self.dir,
+            &call.context.idempotency_key(),
+            &serde_json::json!({"op": "MoveFolder", "from": from.display(), "to": to.display()}),
+        )?;
         self.rename_with_quotas(&from, &to)?;
         let mut out = call.execute_data.clone();
         out.push(text("moved", to.display()));
@@ -719,6 +735,8 @@ impl FilesystemProvider {
                     }),
                 }
             }
+            "restorePermissions" => self.restore_permissions(u),
+            "unstage" => self.unstage(done),
             other => Err(ProviderError::invalid(format!(
                 "Filesystem cannot undo {}: unknown undo record op {other:?}",
                 done.context.procedure
@@ -726,20 +744,40 @@ impl FilesystemProvider {
         }
     }
 
-    /// Settles an in-doubt call from its intent marker and what is on disk now.
+    /// Settles an in-doubt call from its intent marker (or, for DeleteFolder, its trash
+    /// entry) and what is on disk now.
     fn recover_sync(&self, call: &Call) -> Result<Option<Element>, ProviderError> {
         let key = call.context.idempotency_key();
+        match call.context.procedure.as_str() {
+            "DeleteFolder" => return self.recover_delete(call),
+            "GetUsage" => return Ok(None),
+            _ => {}
+        }
         let Some(marker) = pending::read(&self.dir, &key) else {
             // No marker: the provider never got past its checks, so nothing changed.
             return match call.context.procedure.as_str() {
-                "CreateFolder" | "WriteFile" | "SetQuota" => Ok(None),
+                "CreateFolder" | "WriteFile" | "SetQuota" | "MoveFolder" | "SetPermissions"
+                | "StageFolder" | "StageFile" => Ok(None),
                 other => Err(ProviderError::Unsupported(format!(
                     "the Filesystem provider cannot tell whether {other} ({key}) was applied; check it by hand"
                 ))),
             };
         };
-        let op = marker.get("op").and_then(|v| v.as_str()).unwrap_or_default();
-        let path_text = marker.get("path").and_then(|v| v.as_str()).unwrap_or_default().to_string();
+        let op = marker
+            .get("op")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default();
+        match op {
+            "MoveFolder" => return self.recover_move(&key, &marker),
+            "SetPermissions" => return self.recover_permissions(&key, &marker),
+            "Stage" => return self.recover_staged(call, &marker),
+            _ => {}
+        }
+        let path_text = marker
+            .get("path")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string();
         let path = self.checked("path", &path_text, false)?;
         let applied = match op {
             "CreateFolder" => self.lstat(&path)?.is_some_and(|m| m.is_dir()),
@@ -759,7 +797,11 @@ impl FilesystemProvider {
             "CreateFolder" => {
                 undo.push(text("op", "removeFolder"));
                 undo.push(text("path", path.display()));
-                let parents = marker.get("missingParents").and_then(|v| v.as_array()).cloned().unwrap_or_default();
+                let parents = marker
+                    .get("missingParents")
+                    .and_then(|v| v.as_array())
+                    .cloned()
+                    .unwrap_or_default();
                 for p in parents.iter().rev().filter_map(|p| p.as_str()) {
                     if let Ok(rel) = self.checked("path", p, false) {
                         if self.lstat(&rel)?.is_some_and(|m| m.is_dir()) {
@@ -776,10 +818,96 @@ impl FilesystemProvider {
                 undo.push(text("op", "restoreQuota"));
                 undo.push(text("path", path.display()));
                 let previous = marker.get("previous").and_then(|v| v.as_u64());
-                undo.push(text("previous", previous.map_or_else(|| "none".to_string(), |p| p.to_string())));
+                undo.push(text(
+                    "previous",
+                    previous.map_or_else(|| "none".to_string(), |p| p.to_string()),
+                ));
             }
         }
         Ok(Some(undo))
+    }
+
+    /// DeleteFolder moved the folder iff its trash entry (named after the idempotency key)
+    /// exists.
+    fn recover_delete(&self, call: &Call) -> Result<Option<Element>, ProviderError> {
+        let trash_name = sanitize_key(&call.context.idempotency_key());
+        if self.dir.symlink_metadata(trash_path(&trash_name)).is_err() {
+            return Ok(None);
+        }
+        let raw = req_input(&call.execute_data, &["path"])?;
+        let path = RelPath::parse("path", &raw, false)?;
+        let mut undo = Element::new("undo");
+        undo.push(text("op", "restoreFolder"));
+        undo.push(text("path", path.display()));
+        undo.push(text("trash", trash_name));
+        Ok(Some(undo))
+    }
+
+    /// MoveFolder from its marker: `from` gone and `to` there → moved; `from` there and `to`
+    /// not → not moved; anything else cannot be told apart from someone else's change.
+    fn recover_move(
+        &self,
+        key: &str,
+        marker: &serde_json::Value,
+    ) -> Result<Option<Element>, ProviderError> {
+        let field = |n: &str| marker.get(n).and_then(|v| v.as_str()).unwrap_or_default();
+        let from = RelPath::parse("from", field("from"), false)?;
+        let to = RelPath::parse("to", field("to"), false)?;
+        let at_from = self.lstat(&from)?.is_some();
+        let at_to = self.lstat(&to)?.is_some_and(|m| m.is_dir());
+        match (at_from, at_to) {
+            (false, true) => {
+                let mut undo = Element::new("undo");
+                undo.push(text("op", "moveBack"));
+                undo.push(text("from", from.display()));
+                undo.push(text("to", to.display()));
+                Ok(Some(undo))
+            }
+            (true, false) => {
+                pending::remove(&self.dir, key);
+                Ok(None)
+            }
+            _ => Err(ProviderError::permanent(format!(
+                "cannot tell whether MoveFolder ({key}) moved `{}` to `{}`: {}",
+                from.display(),
+                to.display(),
+                if at_from {
+                    "both exist"
+                } else {
+                    "neither exists"
+                }
+            ))),
+        }
+    }
+
+    /// Refuses a write of `extra` bytes at `path` that would take a folder with a recorded
+    /// quota (the path's own folder or any folder above it) over that quota.
+    fn check_quota(&self, path: &RelPath, extra: u64) -> Result<(), ProviderError> {
+        let quotas = {
+            let _guard = self.lock_state();
+            quota::load(&self.dir)?
+        };
+        for (folder, mb) in &quotas {
+            let Ok(q) = RelPath::parse("quota", folder, false) else {
+                continue;
+            };
+            if !path.starts_with(&q) || path == &q {
+                continue;
+            }
+            let used = self.usage(&q)?;
+            let limit = u128::from(*mb) * 1024 * 1024;
+            if u128::from(used) + u128::from(extra) > limit {
+                return Err(ProviderError::Permanent {
+                    code: E_DISK_QUOTA_EXCEEDED,
+                    message: format!(
+                        "writing {extra} bytes to `{}` would exceed the {mb} MiB quota of `{}` ({used} bytes used)",
+                        path.display(),
+                        q.display()
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 
     fn undo_path(&self, undo: &Element, field: &str) -> Result<RelPath, ProviderError> {
@@ -817,6 +945,23 @@ impl FilesystemProvider {
                     Preview::Change(format!("write file {}", path.display()))
                 })
             }
+            "StageFolder" | "StageFile" => {
+                let path = self.path_input(data, "path", false)?;
+                Ok(if self.lstat(&path)?.is_some() {
+                    Preview::NoChange(format!("{} already exists", path.display()))
+                } else {
+                    Preview::Change(format!(
+                        "stage {} {} (visible at commit)",
+                        if call.context.procedure == "StageFile" {
+                            "file"
+                        } else {
+                            "folder"
+                        },
+                        path.display()
+                    ))
+                })
+            }
+            "SetPermissions" => self.preview_permissions(call),
             "GetUsage" => Ok(Preview::NoChange("read only".into())),
             _ => Ok(Preview::Unknown),
         }
@@ -972,6 +1117,38 @@ impl Provider for FilesystemProvider {
                     input("to", "string", true, "New path relative to the root; must not exist, its parent must"),
                 ],
             ),
+            spec(
+                "SetPermissions",
+                ProcKind::Write,
+                UndoKind::Reversible,
+                "Sets mode bits and/or POSIX ACLs of a file or folder. Outputs `appliedMode`, `appliedAcl`, `appliedDefaultAcl`. Undo restores the previous mode and ACLs exactly.",
+                vec![
+                    input("path", "string", true, "File or folder relative to the root (not a symlink)"),
+                    input("mode", "string", false, "Unix permission bits in octal, e.g. \"0750\" (applied first, like chmod)"),
+                    input("acl", "string", false, "ACL entries, comma/space/newline separated: `user:1001:rwx,group:2000:r-x,mask::rwx`; `default:` prefix for a folder's default ACL; `none` / `default:none` remove them"),
+                ],
+            ),
+            spec(
+                "StageFolder",
+                ProcKind::TwoPhase,
+                UndoKind::Reversible,
+                "Two-phase folder creation: staged out of sight, renamed into place at commit. Output `staged`. Undo (abort) removes the staged folder, or the committed one if empty.",
+                vec![
+                    input("path", "string", true, "Folder path relative to the root; must not exist, its parent must"),
+                    mode_spec(),
+                ],
+            ),
+            spec(
+                "StageFile",
+                ProcKind::TwoPhase,
+                UndoKind::Reversible,
+                "Two-phase file creation: written out of sight, renamed into place at commit. Outputs `staged`, `bytes`. Undo (abort) removes the staged or committed file.",
+                vec![
+                    input("path", "string", true, "File path relative to the root; must not exist, its parent must"),
+                    input("content", "string", false, "File content (UTF-8 text); empty when absent"),
+                    mode_spec(),
+                ],
+            ),
         ]
     }
 
@@ -983,6 +1160,9 @@ impl Provider for FilesystemProvider {
             "SetQuota" => self.set_quota(&call),
             "GetUsage" => self.get_usage(&call),
             "MoveFolder" => self.move_folder(&call),
+            "SetPermissions" => self.set_permissions(&call),
+            "StageFolder" => self.stage_folder(&call),
+            "StageFile" => self.stage_file(&call),
             other => Err(ProviderError::invalid(format!(
                 "the Filesystem provider has no procedure {other:?}"
             ))),
@@ -1003,9 +1183,11 @@ impl Provider for FilesystemProvider {
         self.preview_sync(call)
     }
 
-    /// Two-phase for CreateFolder: prepare checks the folder is still there.
+    /// Two-phase: StageFolder/StageFile check the staged content and that the target is
+    /// still free; CreateFolder checks the folder is still there.
     async fn prepare(&self, done: &Done) -> Result<(), ProviderError> {
         match opt_input(&done.undo, &["op"]).as_deref() {
+            Some("unstage") => self.prepare_staged(done),
             Some("removeFolder") => {
                 let path = self.undo_path(&done.undo, "path")?;
                 match self.lstat(&path)? {
@@ -1023,9 +1205,11 @@ impl Provider for FilesystemProvider {
         }
     }
 
-    /// Two-phase for CreateFolder: the folder is already visible; nothing to do.
+    /// Two-phase: StageFolder/StageFile rename the staged content into place; for
+    /// CreateFolder the folder is already visible and there is nothing to do.
     async fn commit(&self, done: &Done) -> Result<(), ProviderError> {
         match opt_input(&done.undo, &["op"]).as_deref() {
+            Some("unstage") => self.commit_staged(done),
             Some("removeFolder") => Ok(()),
             _ => Err(ProviderError::Unsupported(format!(
                 "Filesystem has no two-phase commit for {}",

@@ -12,21 +12,35 @@ use std::io::Write;
 const PENDING_DIR: &str = ".provisio-state/pending";
 
 fn file_name(key: &str) -> String {
-    let safe: String = key.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
+    let safe: String = key
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
     format!("{PENDING_DIR}/{safe}.json")
 }
 
 /// Writes the marker for `key` durably.
 pub(crate) fn write(dir: &Dir, key: &str, marker: &serde_json::Value) -> Result<(), ProviderError> {
-    dir.create_dir_all(PENDING_DIR).map_err(|e| io_error(STATE_DIR, e))?;
+    dir.create_dir_all(PENDING_DIR)
+        .map_err(|e| io_error(STATE_DIR, e))?;
     let name = file_name(key);
     let tmp = format!("{name}.tmp");
-    let text = serde_json::to_vec(marker).map_err(|e| ProviderError::permanent(format!("cannot encode marker: {e}")))?;
+    let text = serde_json::to_vec(marker)
+        .map_err(|e| ProviderError::permanent(format!("cannot encode marker: {e}")))?;
     let mut opts = OpenOptions::new();
     opts.write(true).create(true).truncate(true);
     let mut f = dir.open_with(&tmp, &opts).map_err(|e| io_error(&tmp, e))?;
-    f.write_all(&text).and_then(|_| f.sync_all()).map_err(|e| io_error(&tmp, e))?;
-    dir.rename(&tmp, dir, &name).map_err(|e| io_error(&name, e))?;
+    f.write_all(&text)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| io_error(&tmp, e))?;
+    dir.rename(&tmp, dir, &name)
+        .map_err(|e| io_error(&name, e))?;
     if let Ok(d) = dir.open_dir(PENDING_DIR) {
         // Make the rename durable (best effort where directories cannot be opened for sync).
         let _ = d.open(".").and_then(|f| f.sync_all());
@@ -36,7 +50,9 @@ pub(crate) fn write(dir: &Dir, key: &str, marker: &serde_json::Value) -> Result<
 
 /// Reads the marker for `key`, if any.
 pub(crate) fn read(dir: &Dir, key: &str) -> Option<serde_json::Value> {
-    dir.read_to_string(file_name(key)).ok().and_then(|t| serde_json::from_str(&t).ok())
+    dir.read_to_string(file_name(key))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
 }
 
 /// Removes the marker for `key` (after an undo, or when the change did not happen).
