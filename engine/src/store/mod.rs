@@ -20,6 +20,8 @@ pub enum Space {
     Audit,
     /// Pinned definitions (request + namespaces a transaction was compiled from), by hash.
     Definitions,
+    /// The store's own bookkeeping (identity, write counter).
+    Meta,
 }
 
 impl Space {
@@ -30,6 +32,7 @@ impl Space {
             Space::Txns => b't',
             Space::Audit => b'a',
             Space::Definitions => b'd',
+            Space::Meta => b'm',
         }
     }
 }
@@ -70,7 +73,7 @@ impl Batch {
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The store's files are damaged.
-    #[error("the journal store at `{path}` is damaged: {message}\n  hint: nothing was reset. Stop every provisio process, copy the folder aside (mv {path} {path}.damaged), then start again with an empty store; inspect the copy with `provisio --data-dir <copy's parent> tx list` after renaming it back in a scratch location")]
+    #[error("the journal store at `{path}` is damaged: {message}\n  hint: nothing was reset or repaired. Stop every provisio process, move the store and its state file aside (`mv {path} {path}.damaged && mv {path}.state {path}.state.damaged`), then start again with an empty journal. Transactions that were in flight must then be checked by hand; the damaged copy can be inspected with `provisio --data-dir DIR tx list` after copying it to DIR/journal")]
     Corrupt {
         /// The store folder.
         path: String,

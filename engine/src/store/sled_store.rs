@@ -59,13 +59,19 @@ impl SledStore {
     /// Opens (or creates) the store in `path`.
     pub fn open(path: &Path) -> Result<SledStore, StoreError> {
         std::fs::create_dir_all(path).map_err(|e| StoreError::Io(format!("cannot create `{}`: {e}", path.display())))?;
-        let db = sled::Config::new()
-            .path(path)
-            .cache_capacity(64 * 1024 * 1024)
-            .flush_every_ms(None)
-            .open()
-            .map_err(|e| map_err(path, e))?;
-        let tree = db.open_tree("provisio").map_err(|e| map_err(path, e))?;
+        // sled may panic on some damaged files: that is a damaged store, not a crash.
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let db = sled::Config::new().path(path).cache_capacity(64 * 1024 * 1024).flush_every_ms(None).open()?;
+            let tree = db.open_tree("provisio")?;
+            Ok::<_, sled::Error>((db, tree))
+        }));
+        let (db, tree) = match opened {
+            Ok(r) => r.map_err(|e| map_err(path, e))?,
+            Err(_) => {
+                return Err(StoreError::Corrupt { path: path.display().to_string(), message: "the storage engine could not read its files".into() })
+            }
+        };
+        let writes = Identity::check(path, &tree, &db)?;
         let syncs = Arc::new(AtomicU64::new(0));
         let (sender, receiver) = mpsc::channel::<WriteRequest>();
         let mut syncer = Syncer::new(path)?;
@@ -73,6 +79,7 @@ impl SledStore {
         let writer_db = db.clone();
         let writer_syncs = syncs.clone();
         let writer_path = path.to_path_buf();
+        let mut write_count = writes;
         let handle = std::thread::Builder::new()
             .name("provisio-journal".into())
             .spawn(move || {
@@ -85,6 +92,10 @@ impl SledStore {
                     let mut results: Vec<Result<(), StoreError>> = Vec::with_capacity(group.len());
                     for req in &group {
                         let mut b = sled::Batch::default();
+                        // Counted with the batch, atomically: at open, fewer writes than at the
+                        // last clean shutdown means records were lost.
+                        write_count += 1;
+                        b.insert(key(Space::Meta, b"writes"), &write_count.to_be_bytes()[..]);
                         for (space, k, v) in &req.batch.writes {
                             match v {
                                 Some(v) => b.insert(key(*space, k), v.as_slice()),
@@ -109,7 +120,9 @@ impl SledStore {
                     }
                 }
                 let _ = writer_db.flush();
-                let _ = syncer.sync();
+                if syncer.sync().is_ok() {
+                    Identity::record_clean_close(&writer_path, &writer_tree, write_count);
+                }
             })
             .map_err(|e| StoreError::Io(format!("cannot start the journal writer: {e}")))?;
         Ok(SledStore { tree, sender: std::sync::Mutex::new(Some(sender)), syncs, path: path.to_path_buf(), writer: std::sync::Mutex::new(Some(handle)) })
@@ -278,5 +291,85 @@ mod tests {
         let d = std::env::temp_dir().join(format!("provisio-store-{}", uuid::Uuid::now_v7()));
         std::fs::create_dir_all(&d).unwrap();
         d
+    }
+}
+
+/// The store's identity and write count, also kept in a small file beside it
+/// (`<store>.state`), so that a store that comes back empty or shorter than at its last clean
+/// shutdown is reported as damaged instead of being silently treated as new.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Identity {
+    id: String,
+    writes: u64,
+    clean: bool,
+}
+
+impl Identity {
+    fn side_file(path: &Path) -> PathBuf {
+        let mut p = path.as_os_str().to_owned();
+        p.push(".state");
+        PathBuf::from(p)
+    }
+
+    fn write_side(path: &Path, ident: &Identity) -> Result<(), StoreError> {
+        let file = Self::side_file(path);
+        let tmp = file.with_extension("state.tmp");
+        let text = serde_json::to_vec(ident).map_err(|e| StoreError::Io(e.to_string()))?;
+        std::fs::write(&tmp, text)
+            .and_then(|_| File::open(&tmp)?.sync_all())
+            .and_then(|_| std::fs::rename(&tmp, &file))
+            .map_err(|e| StoreError::Io(format!("cannot write `{}`: {e}", file.display())))?;
+        if let Some(parent) = file.parent() {
+            sync_dir(parent)?;
+        }
+        Ok(())
+    }
+
+    /// Checks the store against its side file; returns the write count to continue from.
+    fn check(path: &Path, tree: &sled::Tree, db: &sled::Db) -> Result<u64, StoreError> {
+        let damaged = |message: String| StoreError::Corrupt { path: path.display().to_string(), message };
+        let id = tree.get(key(Space::Meta, b"id")).map_err(|e| map_err(path, e))?.map(|v| String::from_utf8_lossy(&v).into_owned());
+        let writes = tree
+            .get(key(Space::Meta, b"writes"))
+            .map_err(|e| map_err(path, e))?
+            .and_then(|v| v.as_ref().try_into().ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0);
+        let side: Option<Identity> = std::fs::read(Self::side_file(path)).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        let id = match (id, side) {
+            (None, None) => {
+                // A new store: give it an identity.
+                let id = uuid::Uuid::now_v7().to_string();
+                tree.insert(key(Space::Meta, b"id"), id.as_bytes()).map_err(|e| map_err(path, e))?;
+                db.flush().map_err(|e| map_err(path, e))?;
+                File::open(path.join("db")).and_then(|f| f.sync_all()).map_err(|e| StoreError::Io(e.to_string()))?;
+                id
+            }
+            (None, Some(_)) => {
+                return Err(damaged(
+                    "its identity record is gone: the journal came back empty (damaged, truncated or replaced)".into(),
+                ))
+            }
+            (Some(id), Some(side)) if side.id != id => {
+                return Err(damaged(format!("it is not the store this data folder had (identity {} instead of {})", id, side.id)))
+            }
+            (Some(_), Some(side)) if side.clean && writes < side.writes => {
+                return Err(damaged(format!(
+                    "it holds {writes} writes but had {} at its last clean shutdown: records were lost",
+                    side.writes
+                )))
+            }
+            (Some(id), _) => id,
+        };
+        // Until the next clean close, a lower count is not proof of loss (a crash may precede
+        // the last sync), so the side file says "not clean".
+        Self::write_side(path, &Identity { id, writes, clean: false })?;
+        Ok(writes)
+    }
+
+    fn record_clean_close(path: &Path, tree: &sled::Tree, writes: u64) {
+        if let Ok(Some(id)) = tree.get(key(Space::Meta, b"id")) {
+            let _ = Self::write_side(path, &Identity { id: String::from_utf8_lossy(&id).into_owned(), writes, clean: true });
+        }
     }
 }

@@ -1,0 +1,35 @@
+//! A damaged journal is reported with a way forward, never silently reset; a busy one is refused.
+
+use crate::util::Sandbox;
+
+#[test]
+fn a_damaged_journal_is_refused_and_left_as_it_was() {
+    let sb = Sandbox::new();
+    let first = sb.run(&["run", "workflows/provision-tenant.yaml", "--quiet"]);
+    assert_eq!(first.code, 0, "{first:?}");
+    let db = sb.data().join("journal/db");
+    // Overwrite the start of sled's log: it would otherwise come back as an empty store.
+    let mut bytes = std::fs::read(&db).unwrap();
+    for b in bytes.iter_mut().take(4096) {
+        *b = 0x5a;
+    }
+    std::fs::write(&db, &bytes).unwrap();
+    for args in [vec!["tx", "list"], vec!["run", "workflows/decommission-tenant.yaml", "--quiet"]] {
+        let r = sb.run(&args);
+        assert_eq!(r.code, 2, "{args:?}: {r:?}");
+        assert!(r.stderr.contains("is damaged"), "{r:?}");
+        assert!(r.stderr.contains("nothing was reset"), "{r:?}");
+    }
+    // The decommission did not run: the tenant is still there.
+    assert!(sb.data().join("files/tenants/contoso").is_dir());
+}
+
+#[test]
+fn a_journal_that_comes_back_empty_is_refused() {
+    let sb = Sandbox::new();
+    assert_eq!(sb.run(&["run", "workflows/provision-tenant.yaml", "--quiet"]).code, 0);
+    std::fs::remove_dir_all(sb.data().join("journal")).unwrap();
+    let r = sb.run(&["tx", "list"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("identity record is gone"), "{r:?}");
+}
