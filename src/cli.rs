@@ -11,6 +11,7 @@ Examples:
   provisio graph 'Hosted Tenant' ProvisionTenant --expand --format mermaid
   provisio namespaces 'Hosted DNS'                      list a namespace's procedures
   provisio tx list                                      transactions in the journal
+  provisio script examples/scripts/onboard.rhai         a driver script submitting requests
 
 Exit codes:
   0  committed (or the command succeeded)
@@ -18,10 +19,18 @@ Exit codes:
   2  bad input (syntax, unknown name, access, missing input): nothing ran
   3  a step failed and an undo failed too: the response lists what to fix
 
+Configuration (each layer overrides the one before; `provisio config show` prints the result):
+  defaults < provisio.toml (--config FILE, PROVISIO_CONFIG, or ./provisio.toml) < PROVISIO_* < flags
+  Keys and a full example: docs/configuration.md, provisio.example.toml
+
 Environment:
+  PROVISIO_CONFIG      configuration file (default: ./provisio.toml when present)
   PROVISIO_NAMESPACES  namespace folder (default: namespaces)
   PROVISIO_DATA_DIR    where the journal and the embedded providers keep their state (default: data)
   PROVISIO_SEAL_KEY    key (64 hex digits) sealing secrets in the journal (default: DATA_DIR/seal.key, created 0600)
+  PROVISIO_MAX_PARALLEL, PROVISIO_STEP_TIMEOUT_SECS, PROVISIO_RETRIES, PROVISIO_UNDO_ATTEMPTS,
+  PROVISIO_SEAL_KEY_FILE, PROVISIO_FILES_ROOT, PROVISIO_DNS_BACKEND, PROVISIO_DNS_ZONE_DIR,
+  PROVISIO_DNS_SERVER, PROVISIO_DNS_KEY_FILE   the config keys of the same names
   RUST_LOG             log filter, e.g. RUST_LOG=provisio_engine=debug";
 
 /// Provisio: a transactional provisioning workflow engine.
@@ -43,24 +52,18 @@ pub struct Cli {
 /// Options for every command.
 #[derive(Debug, Args)]
 pub struct Global {
+    /// Configuration file (TOML; see docs/configuration.md). Default: $PROVISIO_CONFIG, else
+    /// ./provisio.toml when present, else built-in defaults.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Folder of namespace definitions (.xml, .yaml, .yml, .json), loaded at start.
-    #[arg(
-        long,
-        global = true,
-        env = "PROVISIO_NAMESPACES",
-        default_value = "namespaces",
-        value_name = "DIR"
-    )]
-    pub namespaces: PathBuf,
-    /// Where the embedded providers keep their state (files/, zones/).
-    #[arg(
-        long,
-        global = true,
-        env = "PROVISIO_DATA_DIR",
-        default_value = "data",
-        value_name = "DIR"
-    )]
-    pub data_dir: PathBuf,
+    /// Overrides `namespaces` in the config and $PROVISIO_NAMESPACES [default: namespaces].
+    #[arg(long, global = true, value_name = "DIR")]
+    pub namespaces: Option<PathBuf>,
+    /// Where the journal, the seal key and the embedded providers keep their state (files/,
+    /// zones/). Overrides `data_dir` in the config and $PROVISIO_DATA_DIR [default: data].
+    #[arg(long, global = true, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -135,6 +138,41 @@ pub enum Command {
     Tx(TxCommand),
     /// Finish every transaction a crash left running (also done before each `run`).
     Recover,
+    /// Inspect the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Run a rhai driver script that submits requests and reads their results.
+    ///
+    /// The script sees `submit(#{"call": "Namespace/Procedure", data: #{…}})` (or
+    /// `submit("Namespace/Procedure", #{…})`), `read_csv("file.csv")` (files beside the
+    /// script only) and `log("…")`; each submitted request is its own transaction, journaled
+    /// and recovered like `provisio run`. See docs/scripting.md.
+    #[command(after_help = "Example:\n  provisio script examples/scripts/onboard.rhai")]
+    Script(ScriptArgs),
+}
+
+/// `script` arguments.
+#[derive(Debug, Args)]
+pub struct ScriptArgs {
+    /// The driver script (.rhai).
+    pub file: PathBuf,
+    /// Most rhai operations the script may run (its own work, not the requests').
+    #[arg(long, default_value_t = 100_000_000, value_name = "N")]
+    pub max_operations: u64,
+    /// Seconds the script may run, not counting time spent in requests.
+    #[arg(long, default_value_t = 600, value_name = "SECONDS")]
+    pub timeout: u64,
+}
+
+/// `config` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the effective configuration (defaults < file < PROVISIO_* < flags) as TOML,
+    /// with where it came from; secrets are never printed.
+    #[command(
+        after_help = "Example:\n  PROVISIO_DATA_DIR=/var/lib/provisio provisio --config /etc/provisio.toml config show"
+    )]
+    Show,
 }
 
 /// `tx` subcommands.
@@ -175,12 +213,13 @@ pub struct RunArgs {
     /// Response format (default: the request's own).
     #[arg(long, short, value_enum)]
     pub output: Option<OutputFormat>,
-    /// Most provider calls in flight at once.
-    #[arg(long, default_value_t = 16, value_name = "N")]
-    pub max_parallel: usize,
-    /// Seconds a provider call may take before its step fails.
-    #[arg(long, default_value_t = 300, value_name = "SECONDS")]
-    pub step_timeout: u64,
+    /// Most provider calls in flight at once (overrides engine.max_parallel) [default: 16].
+    #[arg(long, value_name = "N")]
+    pub max_parallel: Option<usize>,
+    /// Seconds a provider call may take before its step fails (overrides
+    /// engine.step_timeout_secs) [default: 300].
+    #[arg(long, value_name = "SECONDS")]
+    pub step_timeout: Option<u64>,
     /// Keep no journal (no crash recovery, no `tx` history): for throwaway experiments.
     #[arg(long)]
     pub ephemeral: bool,

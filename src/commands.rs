@@ -1,16 +1,17 @@
 //! The commands: each returns the process exit code.
 
-use crate::cli::{TxCommand, 
-    Cli, Command, GraphArgs, GraphSyntax, NamespacesArgs, OutputFormat, PlanArgs, RunArgs,
-    ValidateArgs,
+use crate::cli::{
+    Cli, Command, ConfigCommand, GraphArgs, GraphSyntax, NamespacesArgs, OutputFormat, PlanArgs,
+    RunArgs, TxCommand, ValidateArgs,
 };
+use crate::config::Config;
 use crate::{load, Exit};
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 use provisio_engine::compile::graph::{render, GraphFormat};
 use provisio_engine::compile::{check_catalog, compile_procedure, Catalog};
 use provisio_engine::data::xml;
-use provisio_engine::exec::{EngineOptions, Event, TxnState};
+use provisio_engine::exec::{Event, TxnState};
 use provisio_engine::model::{CallTarget, Format, Namespace, SourceRef};
 use provisio_engine::provider::Preview;
 use provisio_engine::request::{self, ParseError};
@@ -21,14 +22,34 @@ use std::time::Duration;
 
 /// Runs the command.
 pub async fn dispatch(cli: Cli) -> Result<Exit> {
+    // A bad configuration is bad input: nothing runs.
+    let loaded = match load::config(&cli) {
+        Ok(l) => l,
+        Err(e) => return bad_input(format!("error: {e:#}")),
+    };
+    let config = &loaded.config;
     match cli.command {
-        Command::Run(ref args) => run(&cli, args).await,
-        Command::Plan(ref args) => plan(&cli, args).await,
-        Command::Validate(ref args) => validate(&cli, args),
-        Command::Graph(ref args) => graph(&cli, args),
-        Command::Namespaces(ref args) => namespaces(&cli, args),
-        Command::Tx(ref cmd) => tx(&cli, cmd).await,
-        Command::Recover => recover_cmd(&cli).await,
+        Command::Run(ref args) => run(&cli, config, args).await,
+        Command::Plan(ref args) => plan(config, args).await,
+        Command::Validate(ref args) => validate(config, args).await,
+        Command::Graph(ref args) => graph(config, args).await,
+        Command::Namespaces(ref args) => namespaces(config, args).await,
+        Command::Tx(ref cmd) => tx(config, cmd).await,
+        Command::Recover => recover_cmd(config).await,
+        Command::Script(ref args) => {
+            let engine = match load::engine(config).await {
+                Ok(e) => e,
+                Err(e) => return bad_input(format!("error: {e:#}")),
+            };
+            let journal = load::journal(config)?;
+            let engine = engine.with_journal(journal.clone());
+            recover_quietly(&engine, &journal).await?;
+            crate::driver::run(engine, &args.file, args.max_operations, Duration::from_secs(args.timeout.max(1))).await
+        }
+        Command::Config(ConfigCommand::Show) => {
+            print!("{}", config.show(&loaded.sources)?);
+            Ok(Exit::Ok)
+        }
     }
 }
 
@@ -37,24 +58,20 @@ fn bad_input(message: impl std::fmt::Display) -> Result<Exit> {
     Ok(Exit::BadInput)
 }
 
-async fn run(cli: &Cli, args: &RunArgs) -> Result<Exit> {
+async fn run(cli: &Cli, config: &Config, args: &RunArgs) -> Result<Exit> {
     let request = match load::request(&args.file) {
         Ok(r) => r,
         Err(e) => return bad_input(format!("error: {e}")),
     };
-    let options = EngineOptions {
-        max_parallel: args.max_parallel.max(1),
-        step_timeout: Duration::from_secs(args.step_timeout.max(1)),
-        ..EngineOptions::default()
-    };
-    let engine = match load::engine(&cli.global, options) {
+    // --max-parallel and --step-timeout are already layered into `config.engine`.
+    let engine = match load::engine(config).await {
         Ok(e) => e,
         Err(e) => return bad_input(format!("error: {e:#}")),
     };
     let engine = if args.ephemeral {
         engine
     } else {
-        let journal = match load::journal(&cli.global) {
+        let journal = match load::journal(config) {
             Ok(j) => j,
             Err(e) => return bad_input(format!("error: {e:#}")),
         };
@@ -138,12 +155,12 @@ fn to_format(o: OutputFormat) -> Format {
     }
 }
 
-async fn plan(cli: &Cli, args: &PlanArgs) -> Result<Exit> {
+async fn plan(config: &Config, args: &PlanArgs) -> Result<Exit> {
     let request = match load::request(&args.file) {
         Ok(r) => r,
         Err(e) => return bad_input(format!("error: {e}")),
     };
-    let engine = match load::engine(&cli.global, EngineOptions::default()) {
+    let engine = match load::engine(config).await {
         Ok(e) => e,
         Err(e) => return bad_input(format!("error: {e:#}")),
     };
@@ -248,7 +265,7 @@ fn collect_files(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<ParseError>) {
     (files, errors)
 }
 
-fn validate(cli: &Cli, args: &ValidateArgs) -> Result<Exit> {
+async fn validate(config: &Config, args: &ValidateArgs) -> Result<Exit> {
     let (files, mut parse_errors) = collect_files(&args.paths);
     let (ns_files, request_files): (Vec<PathBuf>, Vec<PathBuf>) =
         files.into_iter().partition(|f| is_namespace_file(f));
@@ -262,8 +279,8 @@ fn validate(cli: &Cli, args: &ValidateArgs) -> Result<Exit> {
         }
     }
     // Requests are checked against the namespace folder too (unless it was given already).
-    if !request_files.is_empty() && cli.global.namespaces.is_dir() {
-        let (extra, _) = collect_files(std::slice::from_ref(&cli.global.namespaces));
+    if !request_files.is_empty() && config.namespaces.is_dir() {
+        let (extra, _) = collect_files(std::slice::from_ref(&config.namespaces));
         for f in extra.into_iter().filter(|f| is_namespace_file(f)) {
             if seen.insert(std::fs::canonicalize(&f).unwrap_or_else(|_| f.clone())) {
                 match request::load_namespace_file(&f) {
@@ -273,7 +290,10 @@ fn validate(cli: &Cli, args: &ValidateArgs) -> Result<Exit> {
             }
         }
     }
-    let registry = load::registry(&cli.global)?;
+    let registry = match load::registry(config).await {
+        Ok(r) => r,
+        Err(e) => return bad_input(format!("error: {e:#}")),
+    };
     let mut messages: Vec<String> = parse_errors.iter().map(|e| format!("error: {e}")).collect();
     let catalog = match Catalog::new(namespaces, &registry) {
         Ok(c) => Some(c),
@@ -282,7 +302,7 @@ fn validate(cli: &Cli, args: &ValidateArgs) -> Result<Exit> {
             None
         }
     };
-    let limits = EngineOptions::default().limits;
+    let limits = load::engine_options(config).limits;
     let mut checked = 0usize;
     if let Some(catalog) = &catalog {
         messages.extend(
@@ -320,12 +340,12 @@ fn validate(cli: &Cli, args: &ValidateArgs) -> Result<Exit> {
     }
 }
 
-fn graph(cli: &Cli, args: &GraphArgs) -> Result<Exit> {
-    let registry = match load::registry(&cli.global) {
+async fn graph(config: &Config, args: &GraphArgs) -> Result<Exit> {
+    let registry = match load::registry(config).await {
         Ok(r) => r,
         Err(e) => return bad_input(format!("error: {e:#}")),
     };
-    let catalog = match load::namespaces(&cli.global).and_then(|n| load::catalog(n, &registry)) {
+    let catalog = match load::namespaces(config).and_then(|n| load::catalog(n, &registry)) {
         Ok(c) => c,
         Err(e) => return bad_input(format!("error: {e:#}")),
     };
@@ -333,7 +353,7 @@ fn graph(cli: &Cli, args: &GraphArgs) -> Result<Exit> {
         namespace: args.namespace.clone(),
         procedure: args.procedure.clone(),
     };
-    match compile_procedure(&catalog, &target, &EngineOptions::default().limits) {
+    match compile_procedure(&catalog, &target, &load::engine_options(config).limits) {
         Ok(program) => {
             let format = match args.format {
                 GraphSyntax::Dot => GraphFormat::Dot,
@@ -346,12 +366,12 @@ fn graph(cli: &Cli, args: &GraphArgs) -> Result<Exit> {
     }
 }
 
-fn namespaces(cli: &Cli, args: &NamespacesArgs) -> Result<Exit> {
-    let registry = match load::registry(&cli.global) {
+async fn namespaces(config: &Config, args: &NamespacesArgs) -> Result<Exit> {
+    let registry = match load::registry(config).await {
         Ok(r) => r,
         Err(e) => return bad_input(format!("error: {e:#}")),
     };
-    let catalog = match load::namespaces(&cli.global).and_then(|n| load::catalog(n, &registry)) {
+    let catalog = match load::namespaces(config).and_then(|n| load::catalog(n, &registry)) {
         Ok(c) => c,
         Err(e) => return bad_input(format!("error: {e:#}")),
     };
@@ -437,7 +457,10 @@ fn namespaces(cli: &Cli, args: &NamespacesArgs) -> Result<Exit> {
 }
 
 /// Runs recovery before new work, telling the operator what it found.
-async fn recover_quietly(engine: &provisio_engine::exec::Engine, journal: &provisio_engine::txn::DurableJournal) -> Result<()> {
+async fn recover_quietly(
+    engine: &provisio_engine::exec::Engine,
+    journal: &provisio_engine::txn::DurableJournal,
+) -> Result<()> {
     let found = provisio_engine::txn::recover(engine, journal).await?;
     for r in &found {
         eprintln!(
@@ -447,18 +470,22 @@ async fn recover_quietly(engine: &provisio_engine::exec::Engine, journal: &provi
             r.to,
             r.undone,
             r.in_doubt,
-            if r.problems.is_empty() { String::new() } else { format!("\n  needs an operator: {}", r.problems.join("\n  ")) }
+            if r.problems.is_empty() {
+                String::new()
+            } else {
+                format!("\n  needs an operator: {}", r.problems.join("\n  "))
+            }
         );
     }
     Ok(())
 }
 
-async fn recover_cmd(cli: &Cli) -> Result<Exit> {
-    let engine = match load::engine(&cli.global, EngineOptions::default()) {
+async fn recover_cmd(config: &Config) -> Result<Exit> {
+    let engine = match load::engine(config).await {
         Ok(e) => e,
         Err(e) => return bad_input(format!("error: {e:#}")),
     };
-    let journal = load::journal(&cli.global)?;
+    let journal = load::journal(config)?;
     let engine = engine.with_journal(journal.clone());
     let found = provisio_engine::txn::recover(&engine, &journal).await?;
     if found.is_empty() {
@@ -466,13 +493,20 @@ async fn recover_cmd(cli: &Cli) -> Result<Exit> {
     }
     let mut failed = false;
     for r in &found {
-        println!("{} {} -> {} ({} undone, {} in doubt)", r.txn_id, r.from, r.to, r.undone, r.in_doubt);
+        println!(
+            "{} {} -> {} ({} undone, {} in doubt)",
+            r.txn_id, r.from, r.to, r.undone, r.in_doubt
+        );
         for p in &r.problems {
             println!("  needs an operator: {p}");
         }
         failed |= r.to == TxnState::RollbackFailed;
     }
-    Ok(if failed { Exit::RollbackFailed } else { Exit::Ok })
+    Ok(if failed {
+        Exit::RollbackFailed
+    } else {
+        Exit::Ok
+    })
 }
 
 fn fmt_ms(ms: u64) -> String {
@@ -488,7 +522,13 @@ fn fmt_ms(ms: u64) -> String {
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
     let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}.{:03}Z", rem / 3600, rem % 3600 / 60, rem % 60, ms % 1000)
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    )
 }
 
 fn parse_state(s: &str) -> Option<TxnState> {
@@ -503,9 +543,9 @@ fn parse_state(s: &str) -> Option<TxnState> {
     })
 }
 
-async fn tx(cli: &Cli, cmd: &TxCommand) -> Result<Exit> {
+async fn tx(config: &Config, cmd: &TxCommand) -> Result<Exit> {
     use provisio_engine::txn::{recovery, Record};
-    let journal = load::journal(&cli.global)?;
+    let journal = load::journal(config)?;
     match cmd {
         TxCommand::List { state } => {
             let filter = match state {
@@ -520,7 +560,14 @@ async fn tx(cli: &Cli, cmd: &TxCommand) -> Result<Exit> {
                 println!("no transactions");
             }
             for t in list {
-                println!("{}  {:<15}  {}  {}  {}", t.id, t.state.to_string(), fmt_ms(t.started_ms), t.who, t.target);
+                println!(
+                    "{}  {:<15}  {}  {}  {}",
+                    t.id,
+                    t.state.to_string(),
+                    fmt_ms(t.started_ms),
+                    t.who,
+                    t.target
+                );
             }
             Ok(Exit::Ok)
         }
@@ -534,29 +581,65 @@ async fn tx(cli: &Cli, cmd: &TxCommand) -> Result<Exit> {
                 println!("  message: {m}");
             }
             let records = recovery::records(&journal, &t.id)?;
-            let mut starts: std::collections::HashMap<(String, u32), u64> = std::collections::HashMap::new();
+            let mut starts: std::collections::HashMap<(String, u32), u64> =
+                std::collections::HashMap::new();
             println!("  steps:");
             for (_, r) in &records {
                 match r {
-                    Record::Intent { step, attempt, target, input, at_ms, .. } => {
+                    Record::Intent {
+                        step,
+                        attempt,
+                        target,
+                        input,
+                        at_ms,
+                        ..
+                    } => {
                         starts.insert((step.clone(), *attempt), *at_ms);
                         println!("    {step} (attempt {attempt}) {target}\n      input:  {input}");
                     }
-                    Record::Done { step, attempt, output, undo, at_ms, .. } => {
-                        let took = starts.get(&(step.clone(), *attempt)).map(|s| at_ms.saturating_sub(*s)).unwrap_or(0);
+                    Record::Done {
+                        step,
+                        attempt,
+                        output,
+                        undo,
+                        at_ms,
+                        ..
+                    } => {
+                        let took = starts
+                            .get(&(step.clone(), *attempt))
+                            .map(|s| at_ms.saturating_sub(*s))
+                            .unwrap_or(0);
                         println!("      done in {took} ms: {output}");
                         match undo {
-                            Some(provisio_engine::txn::Guarded::Plain(u)) => println!("      undo:   {}", xml::to_string(u)),
-                            Some(provisio_engine::txn::Guarded::Sealed(_)) => println!("      undo:   (sealed: holds secrets)"),
-                            Some(provisio_engine::txn::Guarded::Withheld) => println!("      undo:   (withheld: held secrets, no seal key)"),
+                            Some(provisio_engine::txn::Guarded::Plain(u)) => {
+                                println!("      undo:   {}", xml::to_string(u))
+                            }
+                            Some(provisio_engine::txn::Guarded::Sealed(_)) => {
+                                println!("      undo:   (sealed: holds secrets)")
+                            }
+                            Some(provisio_engine::txn::Guarded::Withheld) => {
+                                println!("      undo:   (withheld: held secrets, no seal key)")
+                            }
                             None => {}
                         }
                     }
-                    Record::Failed { step, message, .. } => println!("      FAILED {step}: {message}"),
-                    Record::Undone { step, error: None, .. } => println!("    undone {step}"),
-                    Record::Undone { step, error: Some(e), .. } => println!("    UNDO FAILED {step}: {e}"),
-                    Record::Phase { step, phase, error, .. } => println!("    {phase} {step}: {}", error.as_deref().unwrap_or("ok")),
-                    Record::State { state, at_ms, .. } => println!("  -> {state} at {}", fmt_ms(*at_ms)),
+                    Record::Failed { step, message, .. } => {
+                        println!("      FAILED {step}: {message}")
+                    }
+                    Record::Undone {
+                        step, error: None, ..
+                    } => println!("    undone {step}"),
+                    Record::Undone {
+                        step,
+                        error: Some(e),
+                        ..
+                    } => println!("    UNDO FAILED {step}: {e}"),
+                    Record::Phase {
+                        step, phase, error, ..
+                    } => println!("    {phase} {step}: {}", error.as_deref().unwrap_or("ok")),
+                    Record::State { state, at_ms, .. } => {
+                        println!("  -> {state} at {}", fmt_ms(*at_ms))
+                    }
                     Record::Started { .. } => {}
                 }
             }
@@ -577,7 +660,7 @@ async fn tx(cli: &Cli, cmd: &TxCommand) -> Result<Exit> {
             Ok(Exit::Ok)
         }
         TxCommand::ResumeRollback { id } => {
-            let engine = match load::engine(&cli.global, EngineOptions::default()) {
+            let engine = match load::engine(config).await {
                 Ok(e) => e.with_journal(journal.clone()),
                 Err(e) => return bad_input(format!("error: {e:#}")),
             };
@@ -587,13 +670,20 @@ async fn tx(cli: &Cli, cmd: &TxCommand) -> Result<Exit> {
                     for p in &r.problems {
                         println!("  still needs an operator: {p}");
                     }
-                    Ok(if r.to == TxnState::RolledBack { Exit::Ok } else { Exit::RollbackFailed })
+                    Ok(if r.to == TxnState::RolledBack {
+                        Exit::Ok
+                    } else {
+                        Exit::RollbackFailed
+                    })
                 }
                 Err(e) => bad_input(format!("error: {e}")),
             }
         }
         TxCommand::Audit => {
-            for (_, v) in journal.store().scan(provisio_engine::store::Space::Audit, b"")? {
+            for (_, v) in journal
+                .store()
+                .scan(provisio_engine::store::Space::Audit, b"")?
+            {
                 println!("{}", String::from_utf8_lossy(&v));
             }
             Ok(Exit::Ok)

@@ -1,6 +1,8 @@
-//! Start-up: loads the namespace folder and the embedded providers into an engine.
+//! Start-up: loads the configuration, then the namespace folder and the providers it
+//! configures into an engine.
 
-use crate::cli::Global;
+use crate::cli::{Cli, Command};
+use crate::config::{Config, DnsBackendKind, Loaded, Overrides};
 use anyhow::{bail, Context, Result};
 use provisio_engine::compile::Catalog;
 use provisio_engine::exec::{Engine, EngineOptions};
@@ -9,26 +11,122 @@ use provisio_engine::provider::ProviderRegistry;
 use provisio_engine::request::{self, ParseError};
 use provisio_engine::store::SledStore;
 use provisio_engine::txn::{CrashPoint, DurableJournal, SealKey};
+use provisio_providers::dns::{DnsProvider, Rfc2136Config};
+use provisio_providers::exec::{ExecConfig, ExecProvider};
+use provisio_providers::filesystem::FilesystemProvider;
 use std::io::Read;
-use std::sync::Arc;
 use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
-/// The embedded providers, with their state under the data folder.
-pub fn registry(global: &Global) -> Result<ProviderRegistry> {
-    provisio_providers::embedded_registry(&global.data_dir).with_context(|| {
+/// The effective configuration for this command line (file, `PROVISIO_*`, flags).
+pub fn config(cli: &Cli) -> Result<Loaded> {
+    let (max_parallel, step_timeout_secs) = match &cli.command {
+        Command::Run(args) => (args.max_parallel, args.step_timeout),
+        _ => (None, None),
+    };
+    let flags = Overrides {
+        config_file: cli.global.config.clone(),
+        data_dir: cli.global.data_dir.clone(),
+        namespaces: cli.global.namespaces.clone(),
+        max_parallel,
+        step_timeout_secs,
+    };
+    Config::load(&flags, |name| std::env::var(name).ok())
+}
+
+/// The providers the configuration names: `Filesystem`, `DNS` (zone files or RFC 2136) and
+/// every `[[providers.exec]]` program, started here.
+pub async fn registry(config: &Config) -> Result<ProviderRegistry> {
+    let mut registry = ProviderRegistry::new();
+    let p = &config.providers;
+    let root = p
+        .filesystem
+        .root
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("files"));
+    let fs = FilesystemProvider::new(root.clone()).with_context(|| {
         format!(
-            "cannot set up the embedded providers under `{}`",
-            global.data_dir.display()
+            "providers.filesystem: cannot set up the Filesystem provider under `{}`",
+            root.display()
         )
-    })
+    })?;
+    registry.register(Arc::new(fs));
+    let dns = match p.dns.backend {
+        DnsBackendKind::Zonefile => {
+            let dir = p
+                .dns
+                .zone_dir
+                .clone()
+                .unwrap_or_else(|| config.data_dir.join("zones"));
+            DnsProvider::zonefile(dir.clone()).with_context(|| {
+                format!(
+                    "providers.dns: cannot use zone folder `{}` (backend zonefile)",
+                    dir.display()
+                )
+            })?
+        }
+        DnsBackendKind::Rfc2136 => {
+            let (Some(server), Some(key_file)) = (&p.dns.server, &p.dns.key_file) else {
+                bail!("providers.dns: backend rfc2136 needs `server` and `key_file`");
+            };
+            let server = server
+                .parse()
+                .with_context(|| format!("providers.dns.server: {server:?} is not IP:PORT"))?;
+            let mut rfc = Rfc2136Config::from_key_file(server, key_file).with_context(|| {
+                format!(
+                    "providers.dns.key_file: cannot read the TSIG key from `{}`",
+                    key_file.display()
+                )
+            })?;
+            rfc.timeout = Duration::from_secs(p.dns.timeout_secs.max(1));
+            DnsProvider::rfc2136(rfc)
+                .with_context(|| format!("providers.dns: cannot use DNS server {server}"))?
+        }
+    };
+    registry.register(Arc::new(dns));
+    for e in &p.exec {
+        let mut cfg = ExecConfig::new(e.name.clone(), e.command.clone());
+        cfg.env = e.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        cfg.working_dir = e.working_dir.clone();
+        cfg.call_timeout = Duration::from_secs(e.call_timeout_secs.max(1));
+        cfg.start_timeout = Duration::from_secs(e.start_timeout_secs.max(1));
+        let provider = ExecProvider::spawn(cfg).await.map_err(|err| {
+            anyhow::anyhow!(
+                "providers.exec: provider `{}` (command {:?}{}): {err}\n  hint: fix `command` of the \
+                 [[providers.exec]] table with name = {:?}; the program is looked up on PATH",
+                e.name,
+                e.command,
+                e.working_dir
+                    .as_deref()
+                    .map(|d| format!(", run in `{}`", d.display()))
+                    .unwrap_or_default(),
+                e.name
+            )
+        })?;
+        registry.register(Arc::new(provider));
+    }
+    Ok(registry)
+}
+
+/// Executor options from `[engine]`.
+pub fn engine_options(config: &Config) -> EngineOptions {
+    let e = &config.engine;
+    EngineOptions {
+        max_parallel: e.max_parallel.max(1),
+        step_timeout: Duration::from_secs(e.step_timeout_secs.max(1)),
+        retries: e.retries,
+        undo_attempts: e.undo_attempts.max(1),
+        ..EngineOptions::default()
+    }
 }
 
 /// Loads the namespace folder; every parse error is reported.
-pub fn namespaces(global: &Global) -> Result<Vec<Namespace>> {
-    let dir = &global.namespaces;
+pub fn namespaces(config: &Config) -> Result<Vec<Namespace>> {
+    let dir = &config.namespaces;
     if !dir.is_dir() {
         bail!(
-            "namespace folder `{}` not found\n  hint: run from the project folder, or pass --namespaces DIR (or set PROVISIO_NAMESPACES)",
+            "namespace folder `{}` not found\n  hint: run from the project folder, or pass --namespaces DIR (or set PROVISIO_NAMESPACES, or `namespaces` in provisio.toml)",
             dir.display()
         );
     }
@@ -53,23 +151,38 @@ pub fn catalog(namespaces: Vec<Namespace>, registry: &ProviderRegistry) -> Resul
     })
 }
 
-/// An engine over the namespace folder and the embedded providers.
-pub fn engine(global: &Global, options: EngineOptions) -> Result<Engine> {
-    let registry = registry(global)?;
-    let catalog = catalog(namespaces(global)?, &registry)?;
-    Ok(Engine::new(catalog, registry, options))
+/// An engine over the namespace folder and the configured providers, with `[engine]`
+/// options.
+pub async fn engine(config: &Config) -> Result<Engine> {
+    let registry = registry(config).await?;
+    let catalog = catalog(namespaces(config)?, &registry)?;
+    Ok(Engine::new(catalog, registry, engine_options(config)))
 }
 
-/// Opens the journal under `<data-dir>/journal` with the seal key, and arms fault injection
-/// from `PROVISIO_CRASH_AT` (crash tests only).
-pub fn journal(global: &Global) -> Result<Arc<DurableJournal>> {
-    let store = SledStore::open(&global.data_dir.join("journal"))?;
-    let key = match std::env::var("PROVISIO_SEAL_KEY") {
-        Ok(k) => SealKey::parse(&k).context("PROVISIO_SEAL_KEY")?,
-        Err(_) => SealKey::load_or_create(&global.data_dir.join("seal.key"))?,
+/// Opens the journal under `<data_dir>/journal` with the seal key (`PROVISIO_SEAL_KEY`, else
+/// `journal.seal_key_file`), and arms fault injection from `PROVISIO_CRASH_AT` (crash tests
+/// only).
+pub fn journal(config: &Config) -> Result<Arc<DurableJournal>> {
+    let store = SledStore::open(&config.data_dir.join("journal"))?;
+    let key = match &config.journal.seal_key {
+        Some(k) => SealKey::parse(k.expose()).context("PROVISIO_SEAL_KEY")?,
+        None => {
+            let file = config
+                .journal
+                .seal_key_file
+                .clone()
+                .unwrap_or_else(|| config.data_dir.join("seal.key"));
+            SealKey::load_or_create(&file)
+                .with_context(|| format!("journal.seal_key_file `{}`", file.display()))?
+        }
     };
-    let who = std::env::var("USER").or_else(|_| std::env::var("LOGNAME")).unwrap_or_else(|_| "unknown".into());
-    Ok(Arc::new(DurableJournal::new(Arc::new(store), Some(key), who).with_crash_point(CrashPoint::from_env())))
+    let who = std::env::var("USER")
+        .or_else(|_| std::env::var("LOGNAME"))
+        .unwrap_or_else(|_| "unknown".into());
+    Ok(Arc::new(
+        DurableJournal::new(Arc::new(store), Some(key), who)
+            .with_crash_point(CrashPoint::from_env()),
+    ))
 }
 
 /// Reads a request file (or stdin for `-`).

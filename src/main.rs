@@ -2,6 +2,8 @@
 
 mod cli;
 mod commands;
+mod driver;
+mod config;
 mod load;
 
 use clap::Parser;

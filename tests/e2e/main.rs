@@ -1,5 +1,8 @@
 //! End-to-end tests: the real `provisio` binary on real files, one test binary with modules.
 
 mod cli;
+mod config;
 mod crash;
+mod script;
+mod store;
 mod util;

@@ -119,3 +119,23 @@ pub fn named_checkzone(zone: &str, file: &Path) {
     assert!(out.status.success(), "named-checkzone rejected {}:\n{}", file.display(), String::from_utf8_lossy(&out.stdout));
 }
 
+
+/// Runs the binary in `cwd` with only the given `PROVISIO_*` variables (every inherited
+/// one is removed, so a test controls all layers of the configuration itself).
+pub fn run_clean(cwd: &Path, args: &[&str], env: &[(&str, String)]) -> Run {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_provisio"));
+    for (k, _) in std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v))) {
+        if k.starts_with("PROVISIO_") && k != "PROVISIO_REQUIRE_BIND" && k != "PROVISIO_REQUIRE_PYTHON" {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .current_dir(cwd)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run provisio");
+    Run::from(out)
+}

@@ -6,6 +6,10 @@
 //! Record changes return an optional [`RrsetGuard`] (the RRset before and after the
 //! change). A backend shared with other writers (a DNS server) uses it on undo to refuse
 //! to touch an RRset someone else changed meanwhile; the zone-file backend has none.
+//!
+//! After a crash, [`ZoneBackend::recover`] answers "was the call with this idempotency key
+//! applied?" for an [`InDoubt`] call: the zone-file backend from the intent marker its
+//! keyed writes leave, the RFC 2136 backend by asking the server.
 
 use super::record::{RData, Record};
 use super::DnsError;
@@ -58,6 +62,62 @@ pub struct Applied {
     pub serial: u32,
     /// The RRset around the change, when the backend checks it on undo.
     pub guard: Option<RrsetGuard>,
+}
+
+/// A write call whose outcome a crash left in doubt, as its (validated) inputs describe it.
+#[derive(Debug, Clone, Copy)]
+pub enum InDoubt<'a> {
+    /// CreateZone of this zone.
+    CreateZone {
+        /// The zone.
+        zone: &'a str,
+    },
+    /// DeleteZone of this zone.
+    DeleteZone {
+        /// The zone.
+        zone: &'a str,
+    },
+    /// AddRecord.
+    AddRecord {
+        /// The zone.
+        zone: &'a str,
+        /// Owner relative to the zone (`@` for the apex).
+        owner: &'a str,
+        /// Requested TTL (`None`: the zone default).
+        ttl: Option<u32>,
+        /// The record data.
+        data: &'a RData,
+    },
+    /// DeleteRecord.
+    DeleteRecord {
+        /// The zone.
+        zone: &'a str,
+        /// Owner relative to the zone.
+        owner: &'a str,
+        /// The record data.
+        data: &'a RData,
+    },
+}
+
+/// What [`ZoneBackend::recover`] found out about an [`InDoubt`] call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recovered {
+    /// The call changed nothing.
+    NotApplied,
+    /// CreateZone created (or, for a server backend, found) the zone.
+    ZoneCreated,
+    /// DeleteZone took the zone out; `token` is what [`ZoneBackend::restore_zone`] needs.
+    ZoneDeleted {
+        /// The deleted-copy token.
+        token: String,
+    },
+    /// AddRecord added `record`, or DeleteRecord removed it (as it was stored).
+    Record {
+        /// The record added or removed.
+        record: Record,
+        /// The RRset around the change, when the backend checks it on undo.
+        guard: Option<RrsetGuard>,
+    },
 }
 
 /// Where zones are stored. Every method is atomic for one zone.
@@ -188,6 +248,51 @@ pub trait ZoneBackend: Send + Sync {
                 .any(|r| r.owner == owner && &r.data == data),
         ))
     }
+
+    /// [`ZoneBackend::create_zone`] for the call with idempotency key `key`: a backend that
+    /// answers [`ZoneBackend::recover`] leaves its intent marker under the key.
+    async fn create_zone_keyed(
+        &self,
+        settings: &ZoneSettings,
+        _key: &str,
+    ) -> Result<(u32, String), DnsError> {
+        self.create_zone(settings).await
+    }
+
+    /// [`ZoneBackend::add_record_guarded`] for the call with idempotency key `key`.
+    async fn add_record_keyed(
+        &self,
+        zone: &str,
+        owner: &str,
+        ttl: Option<u32>,
+        data: &RData,
+        _key: &str,
+    ) -> Result<Applied, DnsError> {
+        self.add_record_guarded(zone, owner, ttl, data).await
+    }
+
+    /// [`ZoneBackend::delete_record_guarded`] for the call with idempotency key `key`.
+    async fn delete_record_keyed(
+        &self,
+        zone: &str,
+        owner: &str,
+        data: &RData,
+        _key: &str,
+    ) -> Result<Option<Applied>, DnsError> {
+        self.delete_record_guarded(zone, owner, data).await
+    }
+
+    /// After a crash: was the call with idempotency key `key` applied? A backend that
+    /// cannot tell keeps this default ([`DnsError::Unsupported`]: an operator decides).
+    async fn recover(&self, key: &str, call: &InDoubt<'_>) -> Result<Recovered, DnsError> {
+        Err(DnsError::Unsupported(format!(
+            "the {} DNS backend cannot tell whether {call:?} ({key}) was applied; check it by hand",
+            self.kind()
+        )))
+    }
+
+    /// Forgets what was kept for recovering the call `key` (after its undo). Best effort.
+    async fn forget(&self, _key: &str) {}
 
     /// Whether DeleteZone is possible (false: it fails with [`DnsError::Unsupported`]).
     fn deletes_zones(&self) -> bool {

@@ -6,6 +6,9 @@
 //! Every input is checked before anything is written: names (labels, length, IDN →
 //! punycode), addresses, numbers, and any character that could inject zone-file syntax.
 //! TXT text is the one field passed through verbatim; it is escaped on write.
+//!
+//! [`Provider::recover`] settles a write a crash left in doubt through
+//! [`ZoneBackend::recover`] and returns the undo record the call would have returned.
 
 pub mod backend;
 mod name;
@@ -13,10 +16,12 @@ pub mod record;
 pub mod rfc2136;
 pub mod zonefile;
 
-pub use backend::{Applied, RrsetGuard, ZoneBackend, ZoneSettings, ZoneSnapshot};
+pub use backend::{
+    Applied, InDoubt, Recovered, RrsetGuard, ZoneBackend, ZoneSettings, ZoneSnapshot,
+};
 pub use record::{RData, Record};
 pub use rfc2136::{read_tsig_key_file, Rfc2136Backend, Rfc2136Config};
-pub use zonefile::ZoneFileBackend;
+pub use zonefile::{Intent, ZoneFileBackend};
 
 use crate::common::{input, input_default, opt_input, opt_nonempty, req_input, text};
 use async_trait::async_trait;
@@ -416,6 +421,21 @@ fn undo_el(op: &str, zone: &str) -> Element {
     u
 }
 
+/// The undo record of DeleteZone.
+fn restore_zone_undo(zone: &str, token: String) -> Element {
+    let mut undo = undo_el("restoreZone", zone);
+    undo.push(text("token", token));
+    undo
+}
+
+/// The undo record of AddRecord (`removeRecord`) or DeleteRecord (`addRecord`).
+fn record_undo(op: &str, zone: &str, record: &Record, guard: Option<&RrsetGuard>) -> Element {
+    let mut undo = undo_el(op, zone);
+    undo.push(text("record", record.line()));
+    push_guard(&mut undo, record, guard);
+    undo
+}
+
 fn serial_el(serial: u32) -> Element {
     Element::with_scalar("serial", Scalar::Int(i64::from(serial)))
 }
@@ -423,7 +443,10 @@ fn serial_el(serial: u32) -> Element {
 impl DnsProvider {
     async fn create_zone(&self, call: &Call) -> Result<Outcome, ProviderError> {
         let settings = zone_settings(&call.execute_data)?;
-        let (serial, location) = self.backend.create_zone(&settings).await?;
+        let (serial, location) = self
+            .backend
+            .create_zone_keyed(&settings, &call.context.idempotency_key())
+            .await?;
         let mut out = call.execute_data.clone();
         out.push(text("zone", format!("{}.", settings.zone)));
         out.push(serial_el(serial));
@@ -455,11 +478,9 @@ impl DnsProvider {
             .await?;
         let mut out = call.execute_data.clone();
         out.push(text("deleted", format!("{zone}.")));
-        let mut undo = undo_el("restoreZone", &zone);
-        undo.push(text("token", token));
         Ok(Outcome {
             execute_data: out,
-            undo: Some(undo),
+            undo: Some(restore_zone_undo(&zone, token)),
         })
     }
 
@@ -467,19 +488,27 @@ impl DnsProvider {
         let r = record_input(&call.execute_data)?;
         let applied = self
             .backend
-            .add_record_guarded(&r.zone, &r.owner, r.ttl, &r.data)
+            .add_record_keyed(
+                &r.zone,
+                &r.owner,
+                r.ttl,
+                &r.data,
+                &call.context.idempotency_key(),
+            )
             .await?;
         let record = &applied.record;
         let mut out = call.execute_data.clone();
         out.push(text("record", record.line()));
         out.push(text("fqdn", record.fqdn(&r.zone)));
         out.push(serial_el(applied.serial));
-        let mut undo = undo_el("removeRecord", &r.zone);
-        undo.push(text("record", record.line()));
-        push_guard(&mut undo, record, applied.guard.as_ref());
         Ok(Outcome {
             execute_data: out,
-            undo: Some(undo),
+            undo: Some(record_undo(
+                "removeRecord",
+                &r.zone,
+                record,
+                applied.guard.as_ref(),
+            )),
         })
     }
 
@@ -487,7 +516,7 @@ impl DnsProvider {
         let r = record_input(&call.execute_data)?;
         let Some(applied) = self
             .backend
-            .delete_record_guarded(&r.zone, &r.owner, &r.data)
+            .delete_record_keyed(&r.zone, &r.owner, &r.data, &call.context.idempotency_key())
             .await?
         else {
             let probe = Record {
@@ -507,12 +536,14 @@ impl DnsProvider {
         let mut out = call.execute_data.clone();
         out.push(text("record", record.line()));
         out.push(serial_el(applied.serial));
-        let mut undo = undo_el("addRecord", &r.zone);
-        undo.push(text("record", record.line()));
-        push_guard(&mut undo, record, applied.guard.as_ref());
         Ok(Outcome {
             execute_data: out,
-            undo: Some(undo),
+            undo: Some(record_undo(
+                "addRecord",
+                &r.zone,
+                record,
+                applied.guard.as_ref(),
+            )),
         })
     }
 
@@ -564,6 +595,82 @@ impl DnsProvider {
                 done.context.procedure
             ))),
         }
+    }
+
+    /// Settles a call a crash left in doubt: the undo record the call would have returned
+    /// if it was applied, `None` if it was not.
+    async fn recover_call(&self, call: &Call) -> Result<Option<Element>, ProviderError> {
+        let key = call.context.idempotency_key();
+        let data = &call.execute_data;
+        let Some(procedure) = canonical_procedure(&call.context.procedure) else {
+            // An unknown procedure fails before doing anything.
+            return Ok(None);
+        };
+        // Inputs that do not validate made the call fail before any change.
+        let found = match procedure {
+            "CreateZone" => {
+                let Ok(s) = zone_settings(data) else {
+                    return Ok(None);
+                };
+                let found = self
+                    .backend
+                    .recover(&key, &InDoubt::CreateZone { zone: &s.zone })
+                    .await?;
+                (s.zone, found)
+            }
+            "DeleteZone" => {
+                let Ok(zone) = zone_input(data) else {
+                    return Ok(None);
+                };
+                let found = self
+                    .backend
+                    .recover(&key, &InDoubt::DeleteZone { zone: &zone })
+                    .await?;
+                (zone, found)
+            }
+            "AddRecord" | "DeleteRecord" => {
+                let Ok(r) = record_input(data) else {
+                    return Ok(None);
+                };
+                let in_doubt = if procedure == "AddRecord" {
+                    InDoubt::AddRecord {
+                        zone: &r.zone,
+                        owner: &r.owner,
+                        ttl: r.ttl,
+                        data: &r.data,
+                    }
+                } else {
+                    InDoubt::DeleteRecord {
+                        zone: &r.zone,
+                        owner: &r.owner,
+                        data: &r.data,
+                    }
+                };
+                let found = self.backend.recover(&key, &in_doubt).await?;
+                (r.zone, found)
+            }
+            // Reads change nothing.
+            _ => return Ok(None),
+        };
+        let (zone, found) = found;
+        let undo = match (procedure, found) {
+            (_, Recovered::NotApplied) => return Ok(None),
+            ("CreateZone", Recovered::ZoneCreated) => undo_el("removeZone", &zone),
+            ("DeleteZone", Recovered::ZoneDeleted { token }) => restore_zone_undo(&zone, token),
+            ("AddRecord", Recovered::Record { record, guard }) => {
+                record_undo("removeRecord", &zone, &record, guard.as_ref())
+            }
+            ("DeleteRecord", Recovered::Record { record, guard }) => {
+                record_undo("addRecord", &zone, &record, guard.as_ref())
+            }
+            (p, other) => {
+                return Err(ProviderError::permanent(format!(
+                    "the {} DNS backend answered recovery of {p} ({key}) with {other:?}; check it by hand",
+                    self.backend.kind()
+                )))
+            }
+        };
+        Ok(Some(undo))
     }
 
     async fn preview_call(&self, call: &Call) -> Result<Preview, ProviderError> {
@@ -805,7 +912,13 @@ impl Provider for DnsProvider {
     }
 
     async fn undo(&self, done: Done) -> Result<(), ProviderError> {
-        self.undo_record(&done).await
+        self.undo_record(&done).await?;
+        self.backend.forget(&done.context.idempotency_key()).await;
+        Ok(())
+    }
+
+    async fn recover(&self, call: &Call) -> Result<Option<Element>, ProviderError> {
+        self.recover_call(call).await
     }
 
     async fn preview(&self, call: &Call) -> Result<Preview, ProviderError> {

@@ -11,8 +11,15 @@
 //!
 //! RFC 2136 cannot create or delete zones: CreateZone only checks that the server is
 //! authoritative for the zone (SOA query) and DeleteZone is unsupported.
+//!
+//! Recovery after a crash asks the server: an AddRecord is applied iff its RRset now holds
+//! the record (the guard is rebuilt from the RRset as it is); a DeleteRecord whose record
+//! is still there was not applied, one whose record is gone is for an operator to judge
+//! (the deleted record's TTL is not known any more).
 
-use super::backend::{Applied, RrsetGuard, ZoneBackend, ZoneSettings, ZoneSnapshot};
+use super::backend::{
+    Applied, InDoubt, Recovered, RrsetGuard, ZoneBackend, ZoneSettings, ZoneSnapshot,
+};
 use super::record::{RData, Record};
 use super::DnsError;
 use async_trait::async_trait;
@@ -1190,6 +1197,74 @@ impl ZoneBackend for Rfc2136Backend {
 
     fn deletes_zones(&self) -> bool {
         false
+    }
+
+    async fn recover(&self, key: &str, call: &InDoubt<'_>) -> Result<Recovered, DnsError> {
+        self.recover_call(key, call).await
+    }
+}
+
+impl Rfc2136Backend {
+    /// Settles an in-doubt call by reading the server (see the module docs).
+    async fn recover_call(&self, key: &str, call: &InDoubt<'_>) -> Result<Recovered, DnsError> {
+        match *call {
+            // CreateZone only checks the zone; its undo does nothing.
+            InDoubt::CreateZone { zone } => Ok(if self.soa(zone).await?.is_some() {
+                Recovered::ZoneCreated
+            } else {
+                Recovered::NotApplied
+            }),
+            // DeleteZone always fails on this backend.
+            InDoubt::DeleteZone { .. } => Ok(Recovered::NotApplied),
+            InDoubt::AddRecord {
+                zone, owner, data, ..
+            } => {
+                if self.soa(zone).await?.is_none() {
+                    return Ok(Recovered::NotApplied);
+                }
+                let name = self.owner_name(zone, owner)?;
+                let cur = self.rrset(zone, &name, record_type(data)).await?;
+                let Some(pos) = cur.position(data) else {
+                    return Ok(Recovered::NotApplied);
+                };
+                if cur.data.iter().any(Option::is_none) {
+                    return Err(DnsError::Unsupported(format!(
+                        "cannot rebuild the undo of AddRecord {} ({key}) after a crash: its \
+                         RRset on DNS server {} holds data this provider cannot represent \
+                         ({}); check it by hand",
+                        self.record_desc(zone, owner, data),
+                        self.server(),
+                        cur.describe()
+                    )));
+                }
+                let after: Vec<RData> = cur.data.iter().flatten().cloned().collect();
+                let before = after.iter().filter(|d| *d != data).cloned().collect();
+                Ok(Recovered::Record {
+                    record: Record {
+                        owner: owner.to_string(),
+                        ttl: cur.wire[pos].ttl,
+                        data: data.clone(),
+                    },
+                    guard: Some(RrsetGuard { before, after }),
+                })
+            }
+            InDoubt::DeleteRecord { zone, owner, data } => {
+                let desc = self.record_desc(zone, owner, data);
+                if self.soa(zone).await?.is_some() {
+                    let name = self.owner_name(zone, owner)?;
+                    let cur = self.rrset(zone, &name, record_type(data)).await?;
+                    if cur.position(data).is_some() {
+                        return Ok(Recovered::NotApplied);
+                    }
+                }
+                Err(DnsError::Unsupported(format!(
+                    "cannot tell whether DeleteRecord {desc} ({key}) was applied: the record is \
+                     not on DNS server {} now, but it may have been removed by someone else, and \
+                     its TTL is not known to add it back; check it by hand",
+                    self.server()
+                )))
+            }
+        }
     }
 }
 

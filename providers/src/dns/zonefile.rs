@@ -4,8 +4,15 @@
 //!
 //! The file is written in a fixed subset (one record per line, explicit TTL and class,
 //! relative owners, absolute targets) and [`parse_zone`] reads that subset back.
+//!
+//! Crash recovery: a keyed write (the provider's calls) first writes a durable intent
+//! marker ([`Intent`]) after its checks and right before the change, in a folder beside the
+//! zone folder so that the zone folder holds only zones (`data/zones` →
+//! `data/.zones.pending/<key>.json`); [`ZoneBackend::recover`] compares the marker with the
+//! zone as it is now. The marker is removed when the call is undone or found not applied;
+//! markers of committed calls stay (small; prune old ones by age if needed).
 
-use super::backend::{ZoneBackend, ZoneSettings, ZoneSnapshot};
+use super::backend::{Applied, InDoubt, Recovered, ZoneBackend, ZoneSettings, ZoneSnapshot};
 use super::record::{parse_rdata, tokenize, RData, Record, Token};
 use super::DnsError;
 use crate::common::sanitize_key;
@@ -20,6 +27,43 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Sub-folder of the zone folder holding zones taken out by DeleteZone.
 pub const DELETED_DIR: &str = ".deleted";
+
+/// Suffix of the marker folder's name, `.<zone folder name>.pending` beside the zone
+/// folder (see [`Intent`]).
+pub const PENDING_SUFFIX: &str = ".pending";
+
+/// What a keyed write is about to change, written durably before the change so that
+/// recovery after a crash can tell whether it happened. Records are zone-file lines.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "op")]
+pub enum Intent {
+    /// CreateZone is about to link the zone file into place.
+    CreateZone {
+        /// The zone.
+        zone: String,
+    },
+    /// DeleteZone is about to move the zone file aside under `token`.
+    DeleteZone {
+        /// The zone.
+        zone: String,
+        /// The deleted-copy name in [`DELETED_DIR`].
+        token: String,
+    },
+    /// AddRecord is about to add `record`.
+    AddRecord {
+        /// The zone.
+        zone: String,
+        /// The record line as it will be stored.
+        record: String,
+    },
+    /// DeleteRecord is about to remove `record`.
+    DeleteRecord {
+        /// The zone.
+        zone: String,
+        /// The record line as it is stored.
+        record: String,
+    },
+}
 
 static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -278,18 +322,32 @@ pub fn parse_zone(text: &str, expected_origin: &str) -> Result<Zone, String> {
 #[derive(Debug)]
 pub struct ZoneFileBackend {
     dir: PathBuf,
+    markers: PathBuf,
     lock: Mutex<()>,
 }
 
 impl ZoneFileBackend {
-    /// Uses (creating it if missing) `dir`.
+    /// Uses (creating it if missing) `dir`; intent markers go to `.<name>.pending` beside
+    /// it (created on the first write).
     pub fn new(dir: PathBuf) -> Result<Self, DnsError> {
         fs::create_dir_all(&dir)
             .map_err(|e| DnsError::io(format!("zone folder {}", dir.display()), e))?;
+        let markers = match (dir.parent(), dir.file_name()) {
+            (Some(parent), Some(name)) => {
+                parent.join(format!(".{}{PENDING_SUFFIX}", name.to_string_lossy()))
+            }
+            _ => dir.join(PENDING_SUFFIX),
+        };
         Ok(ZoneFileBackend {
             dir,
+            markers,
             lock: Mutex::new(()),
         })
+    }
+
+    /// The folder of intent markers.
+    pub fn marker_dir(&self) -> &Path {
+        &self.markers
     }
 
     /// The zone folder.
@@ -364,6 +422,265 @@ impl ZoneFileBackend {
     fn deleted_path(&self, token: &str) -> PathBuf {
         self.dir.join(DELETED_DIR).join(token)
     }
+
+    fn marker_path(&self, key: &str) -> PathBuf {
+        self.markers.join(format!("{}.json", sanitize_key(key)))
+    }
+
+    /// Writes the intent marker of the call `key` durably (temp file, fsync, rename, fsync
+    /// of the folder). The provider's writes do this after their checks and right before
+    /// their change; it is public so crash tests can stop between the two.
+    pub fn write_intent(&self, key: &str, intent: &Intent) -> Result<(), DnsError> {
+        let pending = &self.markers;
+        fs::create_dir_all(pending)
+            .map_err(|e| DnsError::io(format!("marker folder {}", pending.display()), e))?;
+        let text = serde_json::to_vec(intent).map_err(|e| DnsError::Io {
+            what: "intent marker".into(),
+            transient: false,
+            message: e.to_string(),
+        })?;
+        let path = self.marker_path(key);
+        let tmp = path.with_extension(format!(
+            "tmp-{}-{}",
+            std::process::id(),
+            TMP_COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let result = (|| -> io::Result<()> {
+            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            f.write_all(&text)?;
+            f.sync_all()?;
+            fs::rename(&tmp, &path)
+        })();
+        if let Err(e) = result {
+            let _ = fs::remove_file(&tmp);
+            return Err(DnsError::io(format!("intent marker {}", path.display()), e));
+        }
+        if let Ok(d) = File::open(pending) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+
+    /// The intent marker of the call `key`, if any (an unreadable marker counts as none).
+    pub fn read_intent(&self, key: &str) -> Option<Intent> {
+        let text = fs::read(self.marker_path(key)).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+
+    fn remove_intent(&self, key: &str) {
+        let _ = fs::remove_file(self.marker_path(key));
+    }
+
+    fn mark(&self, key: Option<&str>, intent: impl FnOnce() -> Intent) -> Result<(), DnsError> {
+        match key {
+            Some(k) => self.write_intent(k, &intent()),
+            None => Ok(()),
+        }
+    }
+
+    fn create_zone_inner(
+        &self,
+        settings: &ZoneSettings,
+        key: Option<&str>,
+    ) -> Result<(u32, String), DnsError> {
+        let _g = self.guard();
+        let path = self.zone_path(&settings.zone);
+        if exists(&path) {
+            return Err(DnsError::ZoneExists(settings.zone.clone()));
+        }
+        let mut records = vec![Record {
+            owner: "@".into(),
+            ttl: settings.ttl,
+            data: RData::Ns(settings.primary_ns.clone()),
+        }];
+        records.extend(ns_glue(settings));
+        let zone = Zone {
+            origin: settings.zone.clone(),
+            default_ttl: settings.ttl,
+            soa: Soa {
+                ttl: settings.ttl,
+                mname: settings.primary_ns.clone(),
+                rname: settings.admin.clone(),
+                serial: first_serial(today_yyyymmdd()),
+                timers: settings.timers,
+            },
+            records,
+        };
+        let tmp = self.write_temp(&settings.zone, &zone.render())?;
+        if let Err(e) = self.mark(key, || Intent::CreateZone {
+            zone: settings.zone.clone(),
+        }) {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        // hard_link fails if the target exists: no zone is ever overwritten.
+        let linked = fs::hard_link(&tmp, &path);
+        let _ = fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                return Err(DnsError::ZoneExists(settings.zone.clone()))
+            }
+            Err(e) => return Err(DnsError::io(format!("zone file {}", path.display()), e)),
+        }
+        self.sync_dir();
+        Ok((zone.soa.serial, path.display().to_string()))
+    }
+
+    fn add_record_inner(
+        &self,
+        zone: &str,
+        owner: &str,
+        ttl: Option<u32>,
+        data: &RData,
+        key: Option<&str>,
+    ) -> Result<(Record, u32), DnsError> {
+        let _g = self.guard();
+        let mut z = self.load(zone)?;
+        let record = Record {
+            owner: owner.to_string(),
+            ttl: ttl.unwrap_or(z.default_ttl),
+            data: data.clone(),
+        };
+        if z.records.iter().any(|r| r.same_as(&record)) {
+            return Err(DnsError::RecordExists(format!(
+                "{} {} {}",
+                record.fqdn(zone),
+                data.rtype(),
+                data.to_text()
+            )));
+        }
+        let at_owner = || z.records.iter().filter(|r| r.owner == record.owner);
+        if matches!(data, RData::Cname(_)) {
+            if owner == "@" {
+                return Err(DnsError::Conflict(format!(
+                    "a CNAME cannot be at the zone apex {zone}."
+                )));
+            }
+            if let Some(r) = at_owner().next() {
+                return Err(DnsError::Conflict(format!(
+                    "{} already has a {} record; a CNAME cannot share its name",
+                    record.fqdn(zone),
+                    r.data.rtype()
+                )));
+            }
+        } else if at_owner().any(|r| matches!(r.data, RData::Cname(_))) {
+            return Err(DnsError::Conflict(format!(
+                "{} is a CNAME; it cannot have {} records too",
+                record.fqdn(zone),
+                data.rtype()
+            )));
+        }
+        self.mark(key, || Intent::AddRecord {
+            zone: zone.to_string(),
+            record: record.line(),
+        })?;
+        z.records.push(record.clone());
+        z.records.sort_by(Record::canonical_cmp);
+        z.bump_serial();
+        self.store(&z)?;
+        Ok((record, z.soa.serial))
+    }
+
+    fn delete_record_inner(
+        &self,
+        zone: &str,
+        owner: &str,
+        data: &RData,
+        key: Option<&str>,
+    ) -> Result<Option<(Record, u32)>, DnsError> {
+        let _g = self.guard();
+        let mut z = self.load(zone)?;
+        let Some(pos) = z
+            .records
+            .iter()
+            .position(|r| r.owner == owner && &r.data == data)
+        else {
+            return Ok(None);
+        };
+        self.mark(key, || Intent::DeleteRecord {
+            zone: zone.to_string(),
+            record: z.records[pos].line(),
+        })?;
+        let removed = z.records.remove(pos);
+        z.bump_serial();
+        self.store(&z)?;
+        Ok(Some((removed, z.soa.serial)))
+    }
+
+    /// Settles the call `key` from its marker and the zone folder as it is now.
+    fn recover_inner(&self, key: &str) -> Result<Recovered, DnsError> {
+        let _g = self.guard();
+        // No marker: the call never got past its checks, so nothing changed.
+        let Some(intent) = self.read_intent(key) else {
+            return Ok(Recovered::NotApplied);
+        };
+        let line = |zone: &str, text: &str| -> Result<Record, DnsError> {
+            match parse_record_line(text, zone, 3600) {
+                Ok(Some((r, None))) => Ok(r),
+                _ => Err(DnsError::Corrupt {
+                    zone: zone.to_string(),
+                    message: format!("intent marker of {key} holds a bad record line {text:?}"),
+                }),
+            }
+        };
+        let load = |zone: &str| match self.load(zone) {
+            Ok(z) => Ok(Some(z)),
+            Err(DnsError::ZoneNotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        };
+        let found = match &intent {
+            Intent::CreateZone { zone } => {
+                if exists(&self.zone_path(zone)) {
+                    Recovered::ZoneCreated
+                } else {
+                    Recovered::NotApplied
+                }
+            }
+            Intent::DeleteZone { token, .. } => {
+                if exists(&self.deleted_path(token)) {
+                    Recovered::ZoneDeleted {
+                        token: token.clone(),
+                    }
+                } else {
+                    Recovered::NotApplied
+                }
+            }
+            Intent::AddRecord { zone, record } => {
+                let record = line(zone, record)?;
+                match load(zone)? {
+                    Some(z) if z.records.iter().any(|r| r.same_as(&record)) => Recovered::Record {
+                        record,
+                        guard: None,
+                    },
+                    _ => Recovered::NotApplied,
+                }
+            }
+            Intent::DeleteRecord { zone, record } => {
+                let record = line(zone, record)?;
+                let Some(z) = load(zone)? else {
+                    return Err(DnsError::Unsupported(format!(
+                        "cannot tell whether DeleteRecord {} {} ({key}) was applied: zone {zone} \
+                         is gone; check it by hand",
+                        record.fqdn(zone),
+                        record.data.rtype()
+                    )));
+                };
+                if z.records.iter().any(|r| r.same_as(&record)) {
+                    Recovered::NotApplied
+                } else {
+                    Recovered::Record {
+                        record,
+                        guard: None,
+                    }
+                }
+            }
+        };
+        if found == Recovered::NotApplied {
+            self.remove_intent(key);
+        }
+        Ok(found)
+    }
 }
 
 fn ns_glue(settings: &ZoneSettings) -> Option<Record> {
@@ -395,42 +712,15 @@ impl ZoneBackend for ZoneFileBackend {
     }
 
     async fn create_zone(&self, settings: &ZoneSettings) -> Result<(u32, String), DnsError> {
-        let _g = self.guard();
-        let path = self.zone_path(&settings.zone);
-        if exists(&path) {
-            return Err(DnsError::ZoneExists(settings.zone.clone()));
-        }
-        let mut records = vec![Record {
-            owner: "@".into(),
-            ttl: settings.ttl,
-            data: RData::Ns(settings.primary_ns.clone()),
-        }];
-        records.extend(ns_glue(settings));
-        let zone = Zone {
-            origin: settings.zone.clone(),
-            default_ttl: settings.ttl,
-            soa: Soa {
-                ttl: settings.ttl,
-                mname: settings.primary_ns.clone(),
-                rname: settings.admin.clone(),
-                serial: first_serial(today_yyyymmdd()),
-                timers: settings.timers,
-            },
-            records,
-        };
-        let tmp = self.write_temp(&settings.zone, &zone.render())?;
-        // hard_link fails if the target exists: no zone is ever overwritten.
-        let linked = fs::hard_link(&tmp, &path);
-        let _ = fs::remove_file(&tmp);
-        match linked {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                return Err(DnsError::ZoneExists(settings.zone.clone()))
-            }
-            Err(e) => return Err(DnsError::io(format!("zone file {}", path.display()), e)),
-        }
-        self.sync_dir();
-        Ok((zone.soa.serial, path.display().to_string()))
+        self.create_zone_inner(settings, None)
+    }
+
+    async fn create_zone_keyed(
+        &self,
+        settings: &ZoneSettings,
+        key: &str,
+    ) -> Result<(u32, String), DnsError> {
+        self.create_zone_inner(settings, Some(key))
     }
 
     async fn remove_zone(&self, zone: &str) -> Result<(), DnsError> {
@@ -468,6 +758,13 @@ impl ZoneBackend for ZoneFileBackend {
                 message: "a deleted copy with this key is in the way".into(),
             });
         }
+        self.write_intent(
+            key,
+            &Intent::DeleteZone {
+                zone: zone.to_string(),
+                token: token.clone(),
+            },
+        )?;
         fs::rename(&path, &aside)
             .map_err(|e| DnsError::io(format!("zone file {}", path.display()), e))?;
         self.sync_dir();
@@ -527,47 +824,7 @@ impl ZoneBackend for ZoneFileBackend {
         ttl: Option<u32>,
         data: &RData,
     ) -> Result<(Record, u32), DnsError> {
-        let _g = self.guard();
-        let mut z = self.load(zone)?;
-        let record = Record {
-            owner: owner.to_string(),
-            ttl: ttl.unwrap_or(z.default_ttl),
-            data: data.clone(),
-        };
-        if z.records.iter().any(|r| r.same_as(&record)) {
-            return Err(DnsError::RecordExists(format!(
-                "{} {} {}",
-                record.fqdn(zone),
-                data.rtype(),
-                data.to_text()
-            )));
-        }
-        let at_owner = || z.records.iter().filter(|r| r.owner == record.owner);
-        if matches!(data, RData::Cname(_)) {
-            if owner == "@" {
-                return Err(DnsError::Conflict(format!(
-                    "a CNAME cannot be at the zone apex {zone}."
-                )));
-            }
-            if let Some(r) = at_owner().next() {
-                return Err(DnsError::Conflict(format!(
-                    "{} already has a {} record; a CNAME cannot share its name",
-                    record.fqdn(zone),
-                    r.data.rtype()
-                )));
-            }
-        } else if at_owner().any(|r| matches!(r.data, RData::Cname(_))) {
-            return Err(DnsError::Conflict(format!(
-                "{} is a CNAME; it cannot have {} records too",
-                record.fqdn(zone),
-                data.rtype()
-            )));
-        }
-        z.records.push(record.clone());
-        z.records.sort_by(Record::canonical_cmp);
-        z.bump_serial();
-        self.store(&z)?;
-        Ok((record, z.soa.serial))
+        self.add_record_inner(zone, owner, ttl, data, None)
     }
 
     async fn delete_record(
@@ -576,19 +833,48 @@ impl ZoneBackend for ZoneFileBackend {
         owner: &str,
         data: &RData,
     ) -> Result<Option<(Record, u32)>, DnsError> {
+        self.delete_record_inner(zone, owner, data, None)
+    }
+
+    async fn add_record_keyed(
+        &self,
+        zone: &str,
+        owner: &str,
+        ttl: Option<u32>,
+        data: &RData,
+        key: &str,
+    ) -> Result<Applied, DnsError> {
+        let (record, serial) = self.add_record_inner(zone, owner, ttl, data, Some(key))?;
+        Ok(Applied {
+            record,
+            serial,
+            guard: None,
+        })
+    }
+
+    async fn delete_record_keyed(
+        &self,
+        zone: &str,
+        owner: &str,
+        data: &RData,
+        key: &str,
+    ) -> Result<Option<Applied>, DnsError> {
+        Ok(self
+            .delete_record_inner(zone, owner, data, Some(key))?
+            .map(|(record, serial)| Applied {
+                record,
+                serial,
+                guard: None,
+            }))
+    }
+
+    async fn recover(&self, key: &str, _call: &InDoubt<'_>) -> Result<Recovered, DnsError> {
+        self.recover_inner(key)
+    }
+
+    async fn forget(&self, key: &str) {
         let _g = self.guard();
-        let mut z = self.load(zone)?;
-        let Some(pos) = z
-            .records
-            .iter()
-            .position(|r| r.owner == owner && &r.data == data)
-        else {
-            return Ok(None);
-        };
-        let removed = z.records.remove(pos);
-        z.bump_serial();
-        self.store(&z)?;
-        Ok(Some((removed, z.soa.serial)))
+        self.remove_intent(key);
     }
 }
 

@@ -1,0 +1,705 @@
+//! The configuration: one [`Config`], layered defaults → `provisio.toml` → `PROVISIO_*`
+//! environment → command-line flags (see `docs/configuration.md`).
+//!
+//! Relative paths in the file are relative to the file's folder; relative paths from the
+//! environment or flags are relative to the working directory. Paths left unset that live
+//! under the data folder (`[providers.filesystem] root`, `[providers.dns] zone_dir`,
+//! `[journal] seal_key_file`) follow `data_dir` whichever layer set it.
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// The file read when neither `--config` nor `PROVISIO_CONFIG` names one (if present).
+pub const DEFAULT_FILE: &str = "provisio.toml";
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where the journal, the seal key and the embedded providers' state live.
+    pub data_dir: PathBuf,
+    /// Folder of namespace definitions.
+    pub namespaces: PathBuf,
+    /// Executor settings.
+    pub engine: EngineConfig,
+    /// Journal settings.
+    pub journal: JournalConfig,
+    /// Providers.
+    pub providers: ProvidersConfig,
+}
+
+/// `[engine]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineConfig {
+    /// Most provider calls in flight at once within one transaction.
+    pub max_parallel: usize,
+    /// Seconds a provider call may take before its step fails.
+    pub step_timeout_secs: u64,
+    /// Extra attempts for a transient provider error.
+    pub retries: u32,
+    /// Attempts for each undo before the transaction ends in rollback_failed.
+    pub undo_attempts: u32,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            max_parallel: 16,
+            step_timeout_secs: 300,
+            retries: 2,
+            undo_attempts: 3,
+        }
+    }
+}
+
+/// `[journal]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JournalConfig {
+    /// File holding the seal key (64 hex digits), created 0600 if missing; default
+    /// `<data_dir>/seal.key`. `PROVISIO_SEAL_KEY` overrides it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seal_key_file: Option<PathBuf>,
+    /// The seal key from `PROVISIO_SEAL_KEY`: never read from or written to a file.
+    #[serde(skip)]
+    pub seal_key: Option<Secret>,
+}
+
+/// `[providers]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProvidersConfig {
+    /// The embedded filesystem provider.
+    pub filesystem: FilesystemConfig,
+    /// The DNS provider.
+    pub dns: DnsConfig,
+    /// Out-of-process providers, one `[[providers.exec]]` table each.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub exec: Vec<ExecProviderConfig>,
+}
+
+/// `[providers.filesystem]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FilesystemConfig {
+    /// The provider's root folder; default `<data_dir>/files`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub root: Option<PathBuf>,
+}
+
+/// Which DNS backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DnsBackendKind {
+    /// Zone files in `zone_dir`.
+    #[default]
+    Zonefile,
+    /// TSIG-signed RFC 2136 updates to `server`.
+    Rfc2136,
+}
+
+/// `[providers.dns]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsConfig {
+    /// `zonefile` or `rfc2136`.
+    pub backend: DnsBackendKind,
+    /// zonefile: the zone folder; default `<data_dir>/zones`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zone_dir: Option<PathBuf>,
+    /// rfc2136: the authoritative server, `IP:PORT`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+    /// rfc2136: BIND key file holding the TSIG key (`key "name" { algorithm …; secret …; };`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// rfc2136: seconds to wait for each answer.
+    pub timeout_secs: u64,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            backend: DnsBackendKind::Zonefile,
+            zone_dir: None,
+            server: None,
+            key_file: None,
+            timeout_secs: 5,
+        }
+    }
+}
+
+/// One `[[providers.exec]]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecProviderConfig {
+    /// Provider id (`providerSource`), e.g. `Ledger`.
+    pub name: String,
+    /// Program and arguments; the program is looked up on `PATH`.
+    pub command: Vec<String>,
+    /// Extra environment variables for the child.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Working directory of the child; default the config file's folder (else the current
+    /// one), so relative paths in `command` and `env` are relative to the file too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub working_dir: Option<PathBuf>,
+    /// Longest a call may take, seconds.
+    #[serde(default = "default_call_timeout")]
+    pub call_timeout_secs: u64,
+    /// Longest the start (spawn + describe) may take, seconds.
+    #[serde(default = "default_start_timeout")]
+    pub start_timeout_secs: u64,
+}
+
+fn default_call_timeout() -> u64 {
+    30
+}
+
+fn default_start_timeout() -> u64 {
+    10
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("data"),
+            namespaces: PathBuf::from("namespaces"),
+            engine: EngineConfig::default(),
+            journal: JournalConfig::default(),
+            providers: ProvidersConfig::default(),
+        }
+    }
+}
+
+/// A secret value whose `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The value.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Where the configuration came from, for `config show` and messages.
+#[derive(Debug, Clone, Default)]
+pub struct Sources {
+    /// The file read, if any.
+    pub file: Option<PathBuf>,
+    /// `PROVISIO_*` variables that were applied.
+    pub env: Vec<String>,
+    /// Flags that were applied.
+    pub flags: Vec<String>,
+}
+
+/// The loaded configuration and where it came from.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The effective configuration (paths resolved, defaults filled in).
+    pub config: Config,
+    /// Its sources.
+    pub sources: Sources,
+}
+
+/// Command-line values that override everything else.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--config FILE`.
+    pub config_file: Option<PathBuf>,
+    /// `--data-dir DIR`.
+    pub data_dir: Option<PathBuf>,
+    /// `--namespaces DIR`.
+    pub namespaces: Option<PathBuf>,
+    /// `run --max-parallel N`.
+    pub max_parallel: Option<usize>,
+    /// `run --step-timeout SECONDS`.
+    pub step_timeout_secs: Option<u64>,
+}
+
+/// One supported `PROVISIO_*` variable: name, config key, what it sets.
+type EnvSetter = fn(&mut Config, &str) -> Result<(), String>;
+
+/// The `PROVISIO_*` variables read (besides `PROVISIO_CONFIG`), with the key each sets.
+pub const ENV_VARS: &[(&str, &str)] = &[
+    ("PROVISIO_DATA_DIR", "data_dir"),
+    ("PROVISIO_NAMESPACES", "namespaces"),
+    ("PROVISIO_SEAL_KEY", "the seal key itself (64 hex digits)"),
+    ("PROVISIO_SEAL_KEY_FILE", "journal.seal_key_file"),
+    ("PROVISIO_MAX_PARALLEL", "engine.max_parallel"),
+    ("PROVISIO_STEP_TIMEOUT_SECS", "engine.step_timeout_secs"),
+    ("PROVISIO_RETRIES", "engine.retries"),
+    ("PROVISIO_UNDO_ATTEMPTS", "engine.undo_attempts"),
+    ("PROVISIO_FILES_ROOT", "providers.filesystem.root"),
+    ("PROVISIO_DNS_BACKEND", "providers.dns.backend"),
+    ("PROVISIO_DNS_ZONE_DIR", "providers.dns.zone_dir"),
+    ("PROVISIO_DNS_SERVER", "providers.dns.server"),
+    ("PROVISIO_DNS_KEY_FILE", "providers.dns.key_file"),
+];
+
+fn env_setter(name: &str) -> Option<EnvSetter> {
+    fn num<T: std::str::FromStr>(v: &str) -> Result<T, String> {
+        v.trim()
+            .parse()
+            .map_err(|_| format!("expected a whole number, got {v:?}"))
+    }
+    Some(match name {
+        "PROVISIO_DATA_DIR" => |c, v| {
+            c.data_dir = v.into();
+            Ok(())
+        },
+        "PROVISIO_NAMESPACES" => |c, v| {
+            c.namespaces = v.into();
+            Ok(())
+        },
+        "PROVISIO_SEAL_KEY" => |c, v| {
+            c.journal.seal_key = Some(Secret(v.trim().to_string()));
+            Ok(())
+        },
+        "PROVISIO_SEAL_KEY_FILE" => |c, v| {
+            c.journal.seal_key_file = Some(v.into());
+            Ok(())
+        },
+        "PROVISIO_MAX_PARALLEL" => |c, v| {
+            c.engine.max_parallel = num(v)?;
+            Ok(())
+        },
+        "PROVISIO_STEP_TIMEOUT_SECS" => |c, v| {
+            c.engine.step_timeout_secs = num(v)?;
+            Ok(())
+        },
+        "PROVISIO_RETRIES" => |c, v| {
+            c.engine.retries = num(v)?;
+            Ok(())
+        },
+        "PROVISIO_UNDO_ATTEMPTS" => |c, v| {
+            c.engine.undo_attempts = num(v)?;
+            Ok(())
+        },
+        "PROVISIO_FILES_ROOT" => |c, v| {
+            c.providers.filesystem.root = Some(v.into());
+            Ok(())
+        },
+        "PROVISIO_DNS_BACKEND" => |c, v| {
+            c.providers.dns.backend = match v.trim() {
+                "zonefile" => DnsBackendKind::Zonefile,
+                "rfc2136" => DnsBackendKind::Rfc2136,
+                _ => return Err(format!("expected `zonefile` or `rfc2136`, got {v:?}")),
+            };
+            Ok(())
+        },
+        "PROVISIO_DNS_ZONE_DIR" => |c, v| {
+            c.providers.dns.zone_dir = Some(v.into());
+            Ok(())
+        },
+        "PROVISIO_DNS_SERVER" => |c, v| {
+            c.providers.dns.server = Some(v.trim().to_string());
+            Ok(())
+        },
+        "PROVISIO_DNS_KEY_FILE" => |c, v| {
+            c.providers.dns.key_file = Some(v.into());
+            Ok(())
+        },
+        _ => return None,
+    })
+}
+
+impl Config {
+    /// Loads the layers: defaults, the file (`--config`, else `PROVISIO_CONFIG`, else
+    /// `./provisio.toml` when present), the environment (`env` gives each variable), then
+    /// `flags`.
+    pub fn load(flags: &Overrides, env: impl Fn(&str) -> Option<String>) -> Result<Loaded> {
+        let cwd = std::env::current_dir().context("cannot read the working directory")?;
+        let mut sources = Sources::default();
+        let file = match (&flags.config_file, env("PROVISIO_CONFIG")) {
+            (Some(f), _) => Some((f.clone(), true)),
+            (None, Some(f)) if !f.is_empty() => Some((PathBuf::from(f), true)),
+            _ => {
+                let default = PathBuf::from(DEFAULT_FILE);
+                default.is_file().then_some((default, false))
+            }
+        };
+        let mut config = match &file {
+            Some((path, _)) => {
+                let path = absolute(&cwd, path);
+                let text = std::fs::read_to_string(&path).with_context(|| {
+                    format!(
+                        "cannot read configuration file `{}`\n  hint: pass --config FILE (or set PROVISIO_CONFIG) to an existing file, or remove it to use the defaults",
+                        path.display()
+                    )
+                })?;
+                let config = Self::parse(&text, &path)?;
+                sources.file = Some(path);
+                config
+            }
+            None => Config::default(),
+        };
+        let base = sources
+            .file
+            .as_ref()
+            .and_then(|f| f.parent().map(Path::to_path_buf))
+            .unwrap_or_else(|| cwd.clone());
+        config.resolve_file_paths(&base);
+        for (name, key) in ENV_VARS {
+            let Some(value) = env(name) else { continue };
+            let Some(set) = env_setter(name) else {
+                continue;
+            };
+            set(&mut config, &value)
+                .map_err(|e| anyhow!("environment variable {name} (sets {key}): {e}"))?;
+            sources.env.push((*name).to_string());
+        }
+        if let Some(d) = &flags.data_dir {
+            config.data_dir = d.clone();
+            sources.flags.push("--data-dir".into());
+        }
+        if let Some(n) = &flags.namespaces {
+            config.namespaces = n.clone();
+            sources.flags.push("--namespaces".into());
+        }
+        if let Some(n) = flags.max_parallel {
+            config.engine.max_parallel = n;
+            sources.flags.push("--max-parallel".into());
+        }
+        if let Some(s) = flags.step_timeout_secs {
+            config.engine.step_timeout_secs = s;
+            sources.flags.push("--step-timeout".into());
+        }
+        // Environment and flag paths are relative to the working directory.
+        config.resolve_paths(&cwd);
+        config.fill_defaults();
+        config.check(sources.file.as_deref())?;
+        Ok(Loaded { config, sources })
+    }
+
+    /// Parses a file's text; errors name the file, line, column and key.
+    pub fn parse(text: &str, path: &Path) -> Result<Config> {
+        toml::from_str::<Config>(text).map_err(|e| {
+            let message = e.message().trim_end().to_string();
+            match e.span() {
+                Some(span) => {
+                    let (line, col) = line_col(text, span.start);
+                    let key = key_at(text, span.start)
+                        .map(|k| format!(" (key `{k}`)"))
+                        .unwrap_or_default();
+                    let source_line = text.lines().nth(line - 1).unwrap_or_default();
+                    anyhow!(
+                        "{}:{line}:{col}: invalid configuration{key}: {message}\n  {line} | {source_line}\n  hint: every key is documented in docs/configuration.md",
+                        path.display()
+                    )
+                }
+                None => anyhow!(
+                    "{}: invalid configuration: {message}\n  hint: every key is documented in docs/configuration.md",
+                    path.display()
+                ),
+            }
+        })
+    }
+
+    /// Makes the file's relative paths relative to its folder.
+    fn resolve_file_paths(&mut self, base: &Path) {
+        self.resolve_paths(base);
+        for e in &mut self.providers.exec {
+            e.working_dir = Some(absolute(base, e.working_dir.as_deref().unwrap_or(base)));
+        }
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| *p = absolute(base, p);
+        fix(&mut self.data_dir);
+        fix(&mut self.namespaces);
+        for p in [
+            &mut self.journal.seal_key_file,
+            &mut self.providers.filesystem.root,
+            &mut self.providers.dns.zone_dir,
+            &mut self.providers.dns.key_file,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            fix(p);
+        }
+        for e in &mut self.providers.exec {
+            if let Some(w) = &mut e.working_dir {
+                fix(w);
+            }
+        }
+    }
+
+    fn fill_defaults(&mut self) {
+        let d = self.data_dir.clone();
+        self.journal
+            .seal_key_file
+            .get_or_insert_with(|| d.join("seal.key"));
+        self.providers
+            .filesystem
+            .root
+            .get_or_insert_with(|| d.join("files"));
+        if self.providers.dns.backend == DnsBackendKind::Zonefile {
+            self.providers
+                .dns
+                .zone_dir
+                .get_or_insert_with(|| d.join("zones"));
+        }
+    }
+
+    /// Checks what the types cannot: required keys of the chosen backend, names, ranges.
+    fn check(&self, file: Option<&Path>) -> Result<()> {
+        let at = |key: &str| match file {
+            Some(f) => format!("{}: key `{key}`", f.display()),
+            None => format!("key `{key}`"),
+        };
+        if self.engine.max_parallel == 0 {
+            bail!("{}: must be at least 1", at("engine.max_parallel"));
+        }
+        if self.engine.step_timeout_secs == 0 {
+            bail!(
+                "{}: must be at least 1 second",
+                at("engine.step_timeout_secs")
+            );
+        }
+        if self.engine.undo_attempts == 0 {
+            bail!("{}: must be at least 1", at("engine.undo_attempts"));
+        }
+        let dns = &self.providers.dns;
+        if dns.backend == DnsBackendKind::Rfc2136 {
+            match &dns.server {
+                None => bail!(
+                    "{}: required with backend = \"rfc2136\" (the authoritative server, e.g. \"127.0.0.1:53\")",
+                    at("providers.dns.server")
+                ),
+                Some(s) if s.parse::<std::net::SocketAddr>().is_err() => bail!(
+                    "{}: {s:?} is not IP:PORT (e.g. \"127.0.0.1:53\")",
+                    at("providers.dns.server")
+                ),
+                Some(_) => {}
+            }
+            if dns.key_file.is_none() {
+                bail!(
+                    "{}: required with backend = \"rfc2136\" (a BIND key file with the TSIG key)",
+                    at("providers.dns.key_file")
+                );
+            }
+            if dns.timeout_secs == 0 {
+                bail!(
+                    "{}: must be at least 1 second",
+                    at("providers.dns.timeout_secs")
+                );
+            }
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, e) in self.providers.exec.iter().enumerate() {
+            let key = |k: &str| at(&format!("providers.exec[{i}].{k}"));
+            if e.name.trim().is_empty() {
+                bail!("{}: must not be empty", key("name"));
+            }
+            if matches!(e.name.as_str(), "DNS" | "Filesystem") {
+                bail!(
+                    "{}: `{}` is an embedded provider's name; pick another",
+                    key("name"),
+                    e.name
+                );
+            }
+            if !names.insert(e.name.clone()) {
+                bail!("{}: provider `{}` is configured twice", key("name"), e.name);
+            }
+            if e.command.first().is_none_or(|c| c.trim().is_empty()) {
+                bail!(
+                    "{}: give the program and its arguments, e.g. [\"python3\", \"ledger.py\"]",
+                    key("command")
+                );
+            }
+            if e.call_timeout_secs == 0 || e.start_timeout_secs == 0 {
+                bail!(
+                    "{}: timeouts must be at least 1 second",
+                    key("call_timeout_secs")
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The effective configuration as TOML, secrets redacted, with comments saying where
+    /// it came from.
+    pub fn show(&self, sources: &Sources) -> Result<String> {
+        let mut shown = self.clone();
+        for e in &mut shown.providers.exec {
+            for (k, v) in e.env.iter_mut() {
+                if is_secret_name(k) {
+                    *v = "<redacted>".into();
+                }
+            }
+        }
+        let body = toml::to_string_pretty(&shown).context("cannot render the configuration")?;
+        let mut out = String::from(
+            "# Effective Provisio configuration (defaults < file < PROVISIO_* < flags).\n",
+        );
+        match &sources.file {
+            Some(f) => out.push_str(&format!("# file: {}\n", f.display())),
+            None => {
+                out.push_str("# file: none (no --config, PROVISIO_CONFIG or ./provisio.toml)\n")
+            }
+        }
+        if !sources.env.is_empty() {
+            out.push_str(&format!("# environment: {}\n", sources.env.join(", ")));
+        }
+        if !sources.flags.is_empty() {
+            out.push_str(&format!("# flags: {}\n", sources.flags.join(", ")));
+        }
+        let key_file = self
+            .journal
+            .seal_key_file
+            .as_deref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        match &self.journal.seal_key {
+            Some(_) => out.push_str(
+                "# seal key: from PROVISIO_SEAL_KEY (redacted); journal.seal_key_file is not read\n",
+            ),
+            None => out.push_str(&format!(
+                "# seal key: read from {key_file} (created 0600 on first use if missing; contents never shown)\n"
+            )),
+        }
+        out.push('\n');
+        out.push_str(&body);
+        Ok(out)
+    }
+}
+
+/// Environment variable names whose values `config show` hides.
+fn is_secret_name(name: &str) -> bool {
+    let n = name.to_ascii_uppercase();
+    ["SECRET", "PASSWORD", "PASSWD", "TOKEN", "KEY", "CREDENTIAL"]
+        .iter()
+        .any(|w| n.contains(w))
+}
+
+fn absolute(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        base.join(p)
+    }
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+/// The dotted key at a byte offset: the table header above it plus the key on its line.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let offset = offset.min(text.len());
+    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or_default();
+    let table = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+    let trimmed = line.trim();
+    if trimmed.starts_with('[') {
+        return Some(
+            trimmed
+                .trim_matches(|c| c == '[' || c == ']')
+                .trim()
+                .to_string(),
+        );
+    }
+    let key = match line.find('=') {
+        Some(eq) => line[..eq].trim(),
+        None => trimmed,
+    };
+    let key = key.trim_matches('"');
+    if key.is_empty() {
+        return table;
+    }
+    Some(match table {
+        Some(t) => format!("{t}.{key}"),
+        None => key.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config> {
+        Config::parse(text, Path::new("/x/provisio.toml"))
+    }
+
+    #[test]
+    fn example_file_parses() {
+        let text = include_str!("../provisio.example.toml");
+        let c = parse(text).expect("example parses");
+        assert_eq!(c.engine.max_parallel, 16);
+        assert_eq!(c.providers.exec.len(), 1);
+        assert_eq!(c.providers.exec[0].name, "Ledger");
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let e = parse("data_dir = \"d\"\n[engine]\nmax_paralel = 3\n").expect_err("unknown key");
+        let m = format!("{e:#}");
+        assert!(m.contains("/x/provisio.toml:3:1"), "{m}");
+        assert!(m.contains("engine.max_paralel"), "{m}");
+    }
+
+    #[test]
+    fn wrong_type_names_key() {
+        let e = parse("[engine]\nretries = \"many\"\n").expect_err("wrong type");
+        let m = format!("{e:#}");
+        assert!(m.contains("provisio.toml:2:"), "{m}");
+        assert!(m.contains("engine.retries"), "{m}");
+    }
+
+    #[test]
+    fn layers_apply_in_order() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let file = dir.path().join("p.toml");
+        std::fs::write(
+            &file,
+            "data_dir = \"state\"\n[engine]\nretries = 7\nmax_parallel = 4\n",
+        )
+        .expect("write");
+        let flags = Overrides {
+            config_file: Some(file),
+            max_parallel: Some(9),
+            ..Overrides::default()
+        };
+        let env = |k: &str| (k == "PROVISIO_RETRIES").then(|| "5".to_string());
+        let l = Config::load(&flags, env).expect("load");
+        assert_eq!(l.config.data_dir, dir.path().join("state"));
+        assert_eq!(l.config.engine.retries, 5);
+        assert_eq!(l.config.engine.max_parallel, 9);
+        assert_eq!(
+            l.config.providers.filesystem.root,
+            Some(dir.path().join("state/files"))
+        );
+    }
+
+    #[test]
+    fn show_redacts_the_seal_key() {
+        let mut c = Config::default();
+        c.journal.seal_key = Some(Secret("ab".repeat(32)));
+        let text = c.show(&Sources::default()).expect("show");
+        assert!(!text.contains(&"ab".repeat(32)));
+        assert!(text.contains("PROVISIO_SEAL_KEY"));
+        assert!(format!("{c:?}").contains("<redacted>"));
+    }
+}
