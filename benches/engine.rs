@@ -1,2 +1,191 @@
-//! Engine benchmarks.
-fn main() {}
+//! Issue-2 benchmarks (engine core): per-step executor overhead with an in-process no-op
+//! provider and no journal (1,000-step chain and 1,000-step fan-out), compiling a
+//! 10,000-step procedure (built in code, and parsed from YAML), and parsing a 10 MB XML
+//! request (`data::xml::parse`, `data::xml::parse_located`, `request::parse_request`).
+//!
+//! `cargo bench --bench engine`; per-step figures are the reported time / 1,000.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use provisio_engine::compile::{compile_procedure, compile_request, Limits};
+use provisio_engine::data::xml;
+use provisio_engine::data::Element;
+use provisio_engine::exec::TxnState;
+use provisio_engine::model::{CallTarget, Format};
+use provisio_engine::request::{parse_namespaces, parse_request};
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Duration;
+
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            eprintln!("cannot start tokio: {e}");
+            None
+        }
+    }
+}
+
+fn exec_overhead(c: &mut Criterion) {
+    let Some(rt) = runtime() else { return };
+    let procs = vec![
+        support::noop_procedure("Seq1000", 1000, true),
+        support::noop_procedure("Fan1000", 1000, false),
+    ];
+    let env = match support::env(vec![support::namespace(procs)], None) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("setup: {e:#}");
+            return;
+        }
+    };
+    let mut g = c.benchmark_group("exec_noop_1000_steps");
+    g.sample_size(30).measurement_time(Duration::from_secs(8));
+    g.throughput(Throughput::Elements(1000));
+    for name in ["Seq1000", "Fan1000"] {
+        let req = support::request(name, Element::new("data"));
+        let program = match env.engine.compile(&req) {
+            Ok(p) => Arc::new(p),
+            Err(e) => {
+                eprintln!("compile {name}: {e}");
+                continue;
+            }
+        };
+        // Execution only (compiled once): the executor's per-step cost.
+        g.bench_function(BenchmarkId::new("run_program", name), |b| {
+            b.to_async(&rt).iter(|| async {
+                let r = env
+                    .engine
+                    .run_program(
+                        program.clone(),
+                        Element::new("data"),
+                        Element::new("context"),
+                    )
+                    .await;
+                if r.state != TxnState::Committed || r.calls != 1000 {
+                    eprintln!("unexpected result: {:?} {:?}", r.state, r.failure);
+                }
+                black_box(r)
+            })
+        });
+        // Compile + execute, as `provisio run` does.
+        g.bench_function(BenchmarkId::new("run", name), |b| {
+            b.to_async(&rt)
+                .iter(|| async { black_box(env.engine.run(&req).await.map(|r| r.calls).ok()) })
+        });
+    }
+    g.finish();
+}
+
+fn compile_10k(c: &mut Criterion) {
+    let model = support::namespace(vec![
+        support::noop_procedure("Seq10k", 10_000, true),
+        support::noop_procedure("Fan10k", 10_000, false),
+    ]);
+    let env = match support::env(vec![model], None) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("setup: {e:#}");
+            return;
+        }
+    };
+    let limits = Limits::default();
+    let mut g = c.benchmark_group("compile_10k_steps");
+    g.sample_size(20).measurement_time(Duration::from_secs(8));
+    for name in ["Seq10k", "Fan10k"] {
+        let target = CallTarget {
+            namespace: support::NS.into(),
+            procedure: name.into(),
+        };
+        g.bench_function(BenchmarkId::new("compile_procedure", name), |b| {
+            b.iter(|| black_box(compile_procedure(env.engine.catalog(), &target, &limits).is_ok()))
+        });
+        let req = support::request(name, Element::new("data"));
+        g.bench_function(BenchmarkId::new("compile_request", name), |b| {
+            b.iter(|| black_box(compile_request(env.engine.catalog(), &req, &limits).is_ok()))
+        });
+    }
+    g.finish();
+
+    // From YAML text: parse the namespace file, then compile. Only meaningful once the YAML
+    // parser is linear; a slow run here is the parser, see `yaml_parse_only`.
+    let yaml = support::noop_yaml("SeqYaml", 10_000, true);
+    let mut g = c.benchmark_group("compile_10k_steps_yaml");
+    g.sample_size(10).measurement_time(Duration::from_secs(10));
+    g.throughput(Throughput::Bytes(yaml.len() as u64));
+    g.bench_function("yaml_parse_only", |b| {
+        b.iter(|| black_box(parse_namespaces(&yaml, "bench.yaml", Format::Yaml).is_ok()))
+    });
+    g.bench_function("yaml_parse_catalog_compile", |b| {
+        b.iter(|| {
+            let Ok(ns) = parse_namespaces(&yaml, "bench.yaml", Format::Yaml) else {
+                return false;
+            };
+            let Ok(env) = support::env(ns, None) else {
+                return false;
+            };
+            let target = CallTarget {
+                namespace: support::NS.into(),
+                procedure: "SeqYaml".into(),
+            };
+            black_box(compile_procedure(env.engine.catalog(), &target, &limits).is_ok())
+        })
+    });
+    g.finish();
+}
+
+fn xml_parse(c: &mut Criterion) {
+    let doc = support::xml_request(10 * 1024 * 1024);
+    let limits = xml::Limits::default();
+    match (
+        xml::parse(&doc, &limits),
+        parse_request(&doc, "bench.xml", Format::Xml),
+    ) {
+        (Ok(_), Ok(_)) => {}
+        (a, b) => {
+            eprintln!(
+                "the generated document does not parse: {:?} {:?}",
+                a.err(),
+                b.err()
+            );
+            return;
+        }
+    }
+    let mut g = c.benchmark_group("xml_10MB");
+    g.sample_size(20).measurement_time(Duration::from_secs(10));
+    g.throughput(Throughput::Bytes(doc.len() as u64));
+    g.bench_function("data_xml_parse", |b| {
+        b.iter(|| black_box(xml::parse(black_box(&doc), &limits).is_ok()))
+    });
+    g.bench_function("data_xml_parse_located", |b| {
+        b.iter(|| black_box(xml::parse_located(black_box(&doc), &limits).is_ok()))
+    });
+    g.bench_function("request_parse_request", |b| {
+        b.iter(|| black_box(parse_request(black_box(&doc), "bench.xml", Format::Xml).is_ok()))
+    });
+    // Baseline: quick-xml's event reader alone (no tree), the floor for any tree builder.
+    g.bench_function("quick_xml_events_only", |b| {
+        b.iter(|| {
+            let mut r = quick_xml::Reader::from_str(black_box(&doc));
+            let mut n = 0usize;
+            loop {
+                match r.read_event() {
+                    Ok(quick_xml::events::Event::Eof) | Err(_) => break,
+                    Ok(_) => n += 1,
+                }
+            }
+            black_box(n)
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, exec_overhead, compile_10k, xml_parse);
+criterion_main!(benches);

@@ -89,25 +89,32 @@ pub fn records(journal: &DurableJournal, txn_id: &str) -> Result<Vec<(u64, Recor
 
 /// Finishes every transaction left `running` or `rolling_back` by a crash.
 pub async fn recover(engine: &Engine, journal: &DurableJournal) -> Result<Vec<Recovered>, RecoveryError> {
-    let mut out = Vec::new();
-    for s in list(journal, None)? {
-        if s.resumable && s.state == TxnState::Running {
-            tracing::warn!(txn.id = %s.id, "resuming a resumable transaction left unfinished");
-            match resume(engine, journal, &s).await? {
-                Ok(r) => {
-                    out.push(r);
-                    continue;
-                }
-                Err(why) => {
-                    tracing::warn!(txn.id = %s.id, reason = %why, "cannot resume; rolling back instead");
+    use futures::stream::{self, StreamExt};
+    let unfinished: Vec<TxnSummary> = list(journal, None)?
+        .into_iter()
+        .filter(|s| matches!(s.state, TxnState::Running | TxnState::RollingBack | TxnState::Queued))
+        .collect();
+    // Independent transactions recover concurrently, so their journal writes share syncs.
+    let results: Vec<Result<Recovered, RecoveryError>> = stream::iter(unfinished)
+        .map(|s| async move {
+            if s.resumable && s.state == TxnState::Running {
+                tracing::warn!(txn.id = %s.id, "resuming a resumable transaction left unfinished");
+                match resume(engine, journal, &s).await? {
+                    Ok(r) => return Ok(r),
+                    Err(why) => tracing::warn!(txn.id = %s.id, reason = %why, "cannot resume; rolling back instead"),
                 }
             }
-        }
-        if matches!(s.state, TxnState::Running | TxnState::RollingBack | TxnState::Queued) {
             tracing::warn!(txn.id = %s.id, state = %s.state, "recovering a transaction left unfinished");
-            out.push(roll_back(engine, journal, s).await?);
-        }
+            roll_back(engine, journal, s).await
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    let mut out = Vec::with_capacity(results.len());
+    for r in results {
+        out.push(r?);
     }
+    out.sort_by(|a, b| a.txn_id.cmp(&b.txn_id));
     Ok(out)
 }
 

@@ -1,0 +1,518 @@
+//! Issue-4 benchmarks (providers): folder creations through the engine (each its own
+//! transaction, without and with the durable journal) against `mkdir(2)` and the `mkdir`
+//! command, and DNS record additions through the RFC 2136 backend against a private
+//! `named` on 127.0.0.1 against `nsupdate` sending the same updates. The DNS part is
+//! skipped, with a note, when `named`/`nsupdate` are not installed.
+//!
+//! First prints a summary of exactly 1,000 operations per variant (median of 3 runs, with
+//! the engine's overhead fraction), then runs criterion's per-operation benchmarks.
+//! `cargo bench --bench providers`; `PROVISIO_BENCH_SUMMARY=0` skips the summary.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use criterion::{criterion_group, Criterion, Throughput};
+use provisio_engine::compile::Catalog;
+use provisio_engine::exec::{Engine, Journal, TxnState};
+use provisio_engine::model::Format;
+use provisio_engine::provider::ProviderRegistry;
+use provisio_engine::request::parse_namespaces;
+use provisio_providers::dns::{DnsProvider, Rfc2136Config};
+use provisio_providers::filesystem::FilesystemProvider;
+use std::io::Write as _;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const ZONE: &str = "example.test";
+const KEY_NAME: &str = "ddns-key";
+
+const NAMESPACE: &str = r#"
+namespace: Bench
+procedures:
+  MkDir:
+    access: public
+    steps:
+      mk: { call: Filesystem Provider/CreateFolder, with: { path: "{{ data.p }}" } }
+  AddA:
+    access: public
+    steps:
+      add:
+        call: DNS Provider/AddRecord
+        with: { zoneName: example.test, name: "{{ data.p }}", rrType: A, address: 192.0.2.7, ttl: 300 }
+"#;
+
+/// Unique names across every run of this process.
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}{}", SEQ.fetch_add(1, Ordering::Relaxed))
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+fn which(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/usr/bin".into(), "/sbin".into()])
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+}
+
+/// An engine over the bench namespace and `registry`, optionally journaled.
+fn engine(registry: ProviderRegistry, journal: Option<Arc<dyn Journal>>) -> Result<Engine> {
+    let ns = parse_namespaces(NAMESPACE, "bench.yaml", Format::Yaml)
+        .map_err(|e| anyhow!("namespace: {e:?}"))?;
+    let catalog = Catalog::new(ns, &registry).map_err(|e| anyhow!("catalog: {e:?}"))?;
+    let mut e = Engine::new(catalog, registry, support::options());
+    if let Some(j) = journal {
+        e = e.with_journal(j);
+    }
+    Ok(e)
+}
+
+/// Runs `n` requests of `procedure`, each its own transaction, one after another.
+async fn engine_ops(engine: &Engine, procedure: &str, prefix: &str, n: usize) -> Result<Duration> {
+    let reqs: Vec<_> = (0..n)
+        .map(|_| support::request(procedure, support::data_p(&unique(prefix))))
+        .collect();
+    let start = Instant::now();
+    for r in &reqs {
+        support::run_expect(engine, r, TxnState::Committed).await?;
+    }
+    Ok(start.elapsed())
+}
+
+// ---------------------------------------------------------------------------------------
+// Filesystem
+
+struct Fs {
+    _tmp: tempfile::TempDir,
+    raw: PathBuf,
+    plain: Engine,
+    durable: Engine,
+}
+
+fn fs_setup() -> Result<Fs> {
+    let tmp = tempfile::tempdir()?;
+    let raw = tmp.path().join("raw");
+    std::fs::create_dir_all(&raw)?;
+    let mk = |sub: &str| -> Result<ProviderRegistry> {
+        let mut r = ProviderRegistry::new();
+        r.register(Arc::new(
+            FilesystemProvider::new(tmp.path().join(sub)).map_err(|e| anyhow!("{e}"))?,
+        ));
+        Ok(r)
+    };
+    let plain = engine(mk("plain")?, None)?;
+    let journal: Arc<dyn Journal> = support::durable(&tmp.path().join("store"))?;
+    let durable = engine(mk("durable")?, Some(journal))?;
+    Ok(Fs {
+        _tmp: tmp,
+        raw,
+        plain,
+        durable,
+    })
+}
+
+fn mkdir_syscall(root: &Path, n: usize) -> Result<Duration> {
+    let paths: Vec<_> = (0..n).map(|_| root.join(unique("m"))).collect();
+    let start = Instant::now();
+    for p in &paths {
+        std::fs::create_dir(p)?;
+    }
+    Ok(start.elapsed())
+}
+
+fn mkdir_command(root: &Path, n: usize) -> Result<Duration> {
+    let paths: Vec<_> = (0..n).map(|_| root.join(unique("c"))).collect();
+    let start = Instant::now();
+    for p in &paths {
+        let st = Command::new("mkdir").arg(p).status()?;
+        if !st.success() {
+            bail!("mkdir {} failed", p.display());
+        }
+    }
+    Ok(start.elapsed())
+}
+
+// ---------------------------------------------------------------------------------------
+// DNS: a private named
+
+struct Named {
+    child: Child,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+fn free_port() -> Result<u16> {
+    for _ in 0..50 {
+        let udp = UdpSocket::bind("127.0.0.1:0")?;
+        let port = udp.local_addr()?.port();
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    bail!("no free port")
+}
+
+fn random_secret() -> Result<String> {
+    use base64::Engine as _;
+    use std::io::Read as _;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(bytes))
+}
+
+impl Named {
+    fn start(named: &Path) -> Result<Named> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().to_path_buf();
+        let d = path.as_path();
+        let dd = d.display();
+        let port = free_port()?;
+        let secret = random_secret()?;
+        std::fs::write(
+            d.join("ddns.key"),
+            format!(
+                "key \"{KEY_NAME}\" {{\n\talgorithm hmac-sha256;\n\tsecret \"{secret}\";\n}};\n"
+            ),
+        )?;
+        std::fs::write(
+            d.join("zone.db"),
+            format!(
+                "$ORIGIN {ZONE}.\n$TTL 300\n@ IN SOA ns1.{ZONE}. hostmaster.{ZONE}. 1 3600 600 86400 300\n@ IN NS ns1.{ZONE}.\nns1 IN A 127.0.0.1\n"
+            ),
+        )?;
+        std::fs::write(
+            d.join("named.conf"),
+            format!(
+                "include \"{dd}/ddns.key\";\noptions {{\n\tdirectory \"{dd}\";\n\tpid-file \"{dd}/named.pid\";\n\tlisten-on port {port} {{ 127.0.0.1; }};\n\tlisten-on-v6 {{ none; }};\n\trecursion no;\n\tdnssec-validation no;\n\tnotify no;\n\tsession-keyfile \"{dd}/session.key\";\n\tmanaged-keys-directory \"{dd}\";\n}};\ncontrols {{ }};\nzone \"{ZONE}\" {{\n\ttype primary;\n\tfile \"{dd}/zone.db\";\n\tupdate-policy {{ grant {KEY_NAME} zonesub ANY; }};\n\tcheck-integrity no;\n}};\n"
+            ),
+        )?;
+        let log = std::fs::File::create(d.join("named.log"))?;
+        let mut cmd = Command::new(named);
+        cmd.arg("-g");
+        let root = Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+            .unwrap_or(false);
+        if root {
+            cmd.args(["-u", "root"]);
+        }
+        cmd.arg("-c")
+            .arg(d.join("named.conf"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        let mut n = Named {
+            child: cmd.spawn().context("spawn named")?,
+            dir,
+            port,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let ok = Command::new("dig")
+                .args([
+                    "@127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                    "+short",
+                    "+time=1",
+                    "+tries=1",
+                    ZONE,
+                    "SOA",
+                ])
+                .output()
+                .map(|o| o.status.success() && !o.stdout.is_empty())
+                .unwrap_or(false);
+            if ok {
+                return Ok(n);
+            }
+            if let Ok(Some(st)) = n.child.try_wait() {
+                bail!(
+                    "named exited ({st}): {}",
+                    std::fs::read_to_string(d.join("named.log")).unwrap_or_default()
+                );
+            }
+            if Instant::now() > deadline {
+                bail!("named not ready after 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    fn key_file(&self) -> PathBuf {
+        self.dir.path().join("ddns.key")
+    }
+
+    /// One `nsupdate` process sending `names.len()` separate updates (one `send` each).
+    fn nsupdate_batch(&self, names: &[String]) -> Result<()> {
+        let mut script = format!("server 127.0.0.1 {}\nzone {ZONE}\n", self.port);
+        for n in names {
+            script.push_str(&format!("update add {n}.{ZONE}. 300 A 192.0.2.7\nsend\n"));
+        }
+        self.nsupdate(&script)
+    }
+
+    fn nsupdate(&self, script: &str) -> Result<()> {
+        let mut child = Command::new("nsupdate")
+            .arg("-k")
+            .arg(self.key_file())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        child
+            .stdin
+            .take()
+            .ok_or_else(|| anyhow!("no stdin"))?
+            .write_all(script.as_bytes())?;
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!("nsupdate failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Named {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Dns {
+    named: Named,
+    _store: tempfile::TempDir,
+    plain: Engine,
+    durable: Engine,
+}
+
+fn dns_setup() -> Result<Option<Dns>> {
+    let (Some(named), Some(_), Some(_)) = (which("named"), which("nsupdate"), which("dig")) else {
+        eprintln!(
+            "note: BIND (`named`, `nsupdate`, `dig`) not installed; skipping the DNS benchmarks"
+        );
+        return Ok(None);
+    };
+    let named = Named::start(&named)?;
+    let mk = || -> Result<ProviderRegistry> {
+        let config = Rfc2136Config::from_key_file(named.addr(), &named.key_file())
+            .map_err(|e| anyhow!("{e}"))?;
+        let mut r = ProviderRegistry::new();
+        r.register(Arc::new(
+            DnsProvider::rfc2136(config).map_err(|e| anyhow!("{e}"))?,
+        ));
+        Ok(r)
+    };
+    let plain = engine(mk()?, None)?;
+    let store = tempfile::tempdir()?;
+    let journal: Arc<dyn Journal> = support::durable(store.path())?;
+    let durable = engine(mk()?, Some(journal))?;
+    Ok(Some(Dns {
+        named,
+        _store: store,
+        plain,
+        durable,
+    }))
+}
+
+fn nsupdate_ops(named: &Named, n: usize) -> Result<Duration> {
+    let names: Vec<String> = (0..n).map(|_| unique("ns")).collect();
+    let start = Instant::now();
+    named.nsupdate_batch(&names)?;
+    Ok(start.elapsed())
+}
+
+fn nsupdate_process_per_op(named: &Named, n: usize) -> Result<Duration> {
+    let names: Vec<String> = (0..n).map(|_| unique("np")).collect();
+    let start = Instant::now();
+    for name in &names {
+        named.nsupdate_batch(std::slice::from_ref(name))?;
+    }
+    Ok(start.elapsed())
+}
+
+// ---------------------------------------------------------------------------------------
+// Summary: exactly 1,000 operations per variant
+
+fn median_of<F: FnMut() -> Result<Duration>>(runs: usize, mut f: F) -> Result<f64> {
+    let mut v = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        v.push(f()?);
+    }
+    Ok(support::median_p90(&mut v).0)
+}
+
+fn line(what: &str, n: usize, secs: f64, raw: Option<f64>) {
+    let per = secs / n as f64 * 1e6;
+    match raw {
+        Some(r) => println!(
+            "  {what:<48} {n:>5} ops {:>9.3} s  {per:>9.1} µs/op  overhead vs raw {:.1}% ({:.1}x)",
+            secs,
+            (secs - r) / secs * 100.0,
+            secs / r
+        ),
+        None => println!("  {what:<48} {n:>5} ops {:>9.3} s  {per:>9.1} µs/op", secs),
+    }
+}
+
+fn summary() -> Result<()> {
+    let rt = runtime()?;
+    const N: usize = 1000;
+    let fs = fs_setup()?;
+    println!(
+        "issue 4 summary (median of 3 runs of {N} operations, sequential, one transaction each)"
+    );
+    let raw = median_of(3, || mkdir_syscall(&fs.raw, N))?;
+    let cmd = median_of(3, || mkdir_command(&fs.raw, N))?;
+    let plain = median_of(3, || rt.block_on(engine_ops(&fs.plain, "MkDir", "f", N)))?;
+    let durable = median_of(3, || rt.block_on(engine_ops(&fs.durable, "MkDir", "g", N)))?;
+    line("mkdir(2) syscall", N, raw, None);
+    line("`mkdir` command (process per folder)", N, cmd, None);
+    line("engine CreateFolder, no journal", N, plain, Some(raw));
+    line(
+        "engine CreateFolder, durable journal",
+        N,
+        durable,
+        Some(raw),
+    );
+    println!(
+        "  (vs the `mkdir` command: no journal {:.1}x, durable {:.1}x)",
+        plain / cmd,
+        durable / cmd
+    );
+    drop(fs);
+    if let Some(dns) = dns_setup()? {
+        let raw = median_of(3, || nsupdate_ops(&dns.named, N))?;
+        let per_proc =
+            median_of(1, || nsupdate_process_per_op(&dns.named, 100))? * (N as f64 / 100.0);
+        let plain = median_of(3, || rt.block_on(engine_ops(&dns.plain, "AddA", "e", N)))?;
+        let durable = median_of(3, || rt.block_on(engine_ops(&dns.durable, "AddA", "d", N)))?;
+        line("nsupdate, one process, 1 update+send per add", N, raw, None);
+        line(
+            "nsupdate, one process per add (100, scaled)",
+            N,
+            per_proc,
+            None,
+        );
+        line(
+            "engine AddRecord (rfc2136), no journal",
+            N,
+            plain,
+            Some(raw),
+        );
+        line(
+            "engine AddRecord (rfc2136), durable journal",
+            N,
+            durable,
+            Some(raw),
+        );
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Criterion: per operation
+
+fn per_op(c: &mut Criterion) {
+    let rt = match runtime() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("{e:#}");
+            return;
+        }
+    };
+    let fs = match fs_setup() {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("filesystem setup: {e:#}");
+            return;
+        }
+    };
+    let mut g = c.benchmark_group("fs_create_folder");
+    g.sample_size(10).measurement_time(Duration::from_secs(5));
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("mkdir_syscall", |b| {
+        b.iter_custom(|n| mkdir_syscall(&fs.raw, n as usize).unwrap_or_default())
+    });
+    g.bench_function("engine_no_journal", |b| {
+        b.iter_custom(|n| {
+            rt.block_on(engine_ops(&fs.plain, "MkDir", "f", n as usize))
+                .unwrap_or_default()
+        })
+    });
+    g.bench_function("engine_durable_journal", |b| {
+        b.iter_custom(|n| {
+            rt.block_on(engine_ops(&fs.durable, "MkDir", "g", n as usize))
+                .unwrap_or_default()
+        })
+    });
+    g.finish();
+
+    let dns = match dns_setup() {
+        Ok(Some(d)) => d,
+        Ok(None) => return,
+        Err(e) => {
+            eprintln!("DNS setup: {e:#}");
+            return;
+        }
+    };
+    let mut g = c.benchmark_group("dns_add_record");
+    g.sample_size(10).measurement_time(Duration::from_secs(8));
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("nsupdate_one_process", |b| {
+        b.iter_custom(|n| nsupdate_ops(&dns.named, n as usize).unwrap_or_default())
+    });
+    g.bench_function("engine_rfc2136_no_journal", |b| {
+        b.iter_custom(|n| {
+            rt.block_on(engine_ops(&dns.plain, "AddA", "e", n as usize))
+                .unwrap_or_default()
+        })
+    });
+    g.bench_function("engine_rfc2136_durable_journal", |b| {
+        b.iter_custom(|n| {
+            rt.block_on(engine_ops(&dns.durable, "AddA", "d", n as usize))
+                .unwrap_or_default()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, per_op);
+
+fn main() {
+    if std::env::var("PROVISIO_BENCH_SUMMARY").map_or(true, |v| v != "0") {
+        if let Err(e) = summary() {
+            eprintln!("summary failed: {e:#}");
+        }
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

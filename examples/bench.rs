@@ -1,0 +1,229 @@
+//! Reruns the issue-3 transaction workloads and prints medians against the targets:
+//! `cargo run --release --example bench -- all|sequential|throughput|rollback|recovery|memory`
+//! (optional second argument: repetitions). Durable journal on sled in a temp dir on the
+//! local disk (override the parent folder with `PROVISIO_BENCH_DIR`), in-process no-op
+//! provider, tokio multi-thread runtime with 2 workers.
+
+#[path = "../benches/support/mod.rs"]
+mod support;
+
+use anyhow::{anyhow, bail, Result};
+use provisio_engine::data::Element;
+use provisio_engine::exec::TxnState;
+use std::time::{Duration, Instant};
+
+fn tempdir() -> Result<tempfile::TempDir> {
+    Ok(match std::env::var_os("PROVISIO_BENCH_DIR") {
+        Some(p) => tempfile::tempdir_in(p)?,
+        None => tempfile::tempdir()?,
+    })
+}
+
+fn ms(s: f64) -> String {
+    format!("{:.3} ms", s * 1e3)
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "MET"
+    } else {
+        "MISSED"
+    }
+}
+
+async fn sequential(reps: usize) -> Result<()> {
+    let dir = tempdir()?;
+    let (env, _j) = support::durable_env(dir.path())?;
+    let req = support::request("Seq40", Element::new("data"));
+    for _ in 0..10 {
+        support::run_expect(&env.engine, &req, TxnState::Committed).await?;
+    }
+    let mut t = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let s = Instant::now();
+        support::run_expect(&env.engine, &req, TxnState::Committed).await?;
+        t.push(s.elapsed());
+    }
+    let (med, p90) = support::median_p90(&mut t);
+    println!(
+        "sequential: 1 request of 40 steps, durable journal: median {} p90 {} (n={reps}); target < 6 ms: {} ({:.2}x of target)",
+        ms(med),
+        ms(p90),
+        verdict(med < 0.006),
+        med / 0.006
+    );
+    Ok(())
+}
+
+async fn throughput(reps: usize) -> Result<()> {
+    let dir = tempdir()?;
+    let (env, journal) = support::durable_env(dir.path())?;
+    support::throughput(&env.engine, "Five", 100, 16).await?;
+    let syncs0 = journal.store().sync_count();
+    let mut rates = Vec::with_capacity(reps);
+    for _ in 0..reps {
+        let d = support::throughput(&env.engine, "Five", 500, 16).await?;
+        rates.push(500.0 / d.as_secs_f64());
+    }
+    let syncs = journal.store().sync_count() - syncs0;
+    rates.sort_by(f64::total_cmp);
+    let med = rates[rates.len() / 2];
+    let p10 = rates[(rates.len() - 1) / 10];
+    println!(
+        "throughput: 500 requests x 5 steps, 16 in flight: median {med:.0} req/s, p10 {p10:.0} req/s (n={reps}; {:.1} fdatasyncs per request); target > 4,500 req/s: {} ({:.2}x of target)",
+        syncs as f64 / (500 * reps) as f64,
+        verdict(med > 4500.0),
+        med / 4500.0
+    );
+    Ok(())
+}
+
+async fn rollback(reps: usize) -> Result<()> {
+    let dir = tempdir()?;
+    let (env, _j) = support::durable_env(dir.path())?;
+    let mut t = Vec::with_capacity(reps);
+    for i in 0..reps + 10 {
+        let req = support::request("Fail4", support::data_p(&format!("r{i}")));
+        let s = Instant::now();
+        let r = support::run_expect(&env.engine, &req, TxnState::RolledBack).await?;
+        let e = s.elapsed();
+        if r.undone != 3 {
+            bail!("expected 3 undos, got {}", r.undone);
+        }
+        if i >= 10 {
+            t.push(e);
+        }
+    }
+    let (med, p90) = support::median_p90(&mut t);
+    println!(
+        "rollback: 5-step request failing at step 4, 3 undos: median {} p90 {} (n={reps}); target < 1.5 ms: {} ({:.2}x of target)",
+        ms(med),
+        ms(p90),
+        verdict(med < 0.0015),
+        med / 0.0015
+    );
+    Ok(())
+}
+
+async fn recovery(reps: usize, big: usize) -> Result<()> {
+    let mut restart = Vec::new();
+    let mut rec_only = Vec::new();
+    for _ in 0..reps.max(5) {
+        let d = tempdir()?;
+        support::stuck_transactions(d.path(), 1).await?;
+        let (open, rec, n) = support::recover_dir(d.path()).await?;
+        if n != 1 {
+            bail!("recovered {n}, expected 1");
+        }
+        restart.push(open + rec);
+        rec_only.push(rec);
+    }
+    let (med, p90) = support::median_p90(&mut restart);
+    let (rmed, _) = support::median_p90(&mut rec_only);
+    println!(
+        "recovery (1 crashed txn): reopen store + recover median {} p90 {} (recover alone {}) (n={}); target < 50 ms: {} ({:.2}x of target)",
+        ms(med),
+        ms(p90),
+        ms(rmed),
+        restart.len(),
+        verdict(med < 0.050),
+        med / 0.050
+    );
+    let mut times = Vec::new();
+    let reps_big = reps.clamp(1, 3);
+    for _ in 0..reps_big {
+        let d = tempdir()?;
+        let stuck = support::stuck_transactions(d.path(), big).await?;
+        let (open, rec, n) = support::recover_dir(d.path()).await?;
+        if n != big {
+            bail!("recovered {n}, expected {big}");
+        }
+        println!(
+            "  {big} in-flight txns: started+blocked in {:.2} s; reopen {} ; recover {} ({:.1} µs/txn)",
+            stuck.start_time.as_secs_f64(),
+            ms(open.as_secs_f64()),
+            ms(rec.as_secs_f64()),
+            rec.as_secs_f64() * 1e6 / big as f64
+        );
+        times.push(rec);
+    }
+    let (med, _) = support::median_p90(&mut times);
+    println!(
+        "recovery ({big} in-flight txns): txn::recover median {:.3} s (n={reps_big}); target < 2 s: {} ({:.2}x of target)",
+        med,
+        verdict(med < 2.0),
+        med / 2.0
+    );
+    Ok(())
+}
+
+async fn memory(reps: usize, n: usize) -> Result<()> {
+    let mut per = Vec::new();
+    for _ in 0..reps.clamp(1, 3) {
+        let d = tempdir()?;
+        let s = support::stuck_transactions(d.path(), n).await?;
+        println!("  {n} blocked txns: RSS +{:.0} B/txn", s.rss_per_txn);
+        per.push(s.rss_per_txn);
+    }
+    per.sort_by(f64::total_cmp);
+    let med = per[per.len() / 2];
+    println!(
+        "memory: RSS growth per in-flight txn ({n} blocked in a provider, durable journal): median {:.1} KiB (n={}); target < 16 KiB: {} ({:.2}x of target)",
+        med / 1024.0,
+        per.len(),
+        verdict(med < 16.0 * 1024.0),
+        med / (16.0 * 1024.0)
+    );
+    Ok(())
+}
+
+async fn run(what: &str, reps: Option<usize>) -> Result<()> {
+    let all = what == "all";
+    if all || what == "sequential" {
+        sequential(reps.unwrap_or(300)).await?;
+    }
+    if all || what == "throughput" {
+        throughput(reps.unwrap_or(9)).await?;
+    }
+    if all || what == "rollback" {
+        rollback(reps.unwrap_or(300)).await?;
+    }
+    if all || what == "recovery" {
+        recovery(reps.unwrap_or(9), 10_000).await?;
+    }
+    if all || what == "memory" {
+        memory(reps.unwrap_or(3), 10_000).await?;
+    }
+    if !all && !["sequential", "throughput", "rollback", "recovery", "memory"].contains(&what) {
+        bail!("usage: bench [all|sequential|throughput|rollback|recovery|memory] [repetitions]");
+    }
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    let mut args = std::env::args().skip(1);
+    let what = args.next().unwrap_or_else(|| "all".into());
+    let reps = args.next().and_then(|r| r.parse().ok());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow!("tokio: {e}"));
+    let result = rt.and_then(|rt| {
+        println!(
+            "provisio issue-3 bench: {} cores, durable journal in a temp dir; started {:?}",
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            std::time::SystemTime::now()
+        );
+        let r = rt.block_on(run(&what, reps));
+        rt.shutdown_timeout(Duration::from_secs(1));
+        r
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
