@@ -44,7 +44,13 @@ pub async fn dispatch(cli: Cli) -> Result<Exit> {
             let journal = load::journal(config)?;
             let engine = engine.with_journal(journal.clone());
             recover_quietly(&engine, &journal).await?;
-            crate::driver::run(engine, &args.file, args.max_operations, Duration::from_secs(args.timeout.max(1))).await
+            crate::driver::run(
+                engine,
+                &args.file,
+                args.max_operations,
+                Duration::from_secs(args.timeout.max(1)),
+            )
+            .await
         }
         Command::Config(ConfigCommand::Show) => {
             print!("{}", config.show(&loaded.sources)?);

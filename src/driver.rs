@@ -14,22 +14,48 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Runs a driver script; returns the exit code (0 ok, 1 the script failed, 2 it does not compile).
-pub async fn run(engine: Engine, file: &Path, max_operations: u64, timeout: Duration) -> Result<Exit> {
-    let source = std::fs::read_to_string(file).with_context(|| format!("cannot read `{}`", file.display()))?;
-    let limits = ScriptLimits { max_operations, wall_time: timeout, ..ScriptLimits::default() };
+pub async fn run(
+    engine: Engine,
+    file: &Path,
+    max_operations: u64,
+    timeout: Duration,
+) -> Result<Exit> {
+    let source = std::fs::read_to_string(file)
+        .with_context(|| format!("cannot read `{}`", file.display()))?;
+    let limits = ScriptLimits {
+        max_operations,
+        wall_time: timeout,
+        ..ScriptLimits::default()
+    };
     let scripts = Arc::new(ScriptEngine::new(limits));
-    let compiled = match scripts.compile(&source, &ScriptOrigin::new(file.display().to_string(), 1, 1)) {
+    let compiled = match scripts.compile(
+        &source,
+        &ScriptOrigin::new(file.display().to_string(), 1, 1),
+    ) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
             return Ok(Exit::BadInput);
         }
     };
-    let base = file.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
-    let host = Arc::new(InProcess { engine, handle: tokio::runtime::Handle::current(), base, submitted: AtomicUsize::new(0), failed: AtomicUsize::new(0) });
+    let base = file
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let host = Arc::new(InProcess {
+        engine,
+        handle: tokio::runtime::Handle::current(),
+        base,
+        submitted: AtomicUsize::new(0),
+        failed: AtomicUsize::new(0),
+    });
     let for_script = host.clone();
-    let result = tokio::task::spawn_blocking(move || scripts.run_driver(&compiled, for_script)).await?;
-    let (submitted, failed) = (host.submitted.load(Ordering::Relaxed), host.failed.load(Ordering::Relaxed));
+    let result =
+        tokio::task::spawn_blocking(move || scripts.run_driver(&compiled, for_script)).await?;
+    let (submitted, failed) = (
+        host.submitted.load(Ordering::Relaxed),
+        host.failed.load(Ordering::Relaxed),
+    );
     match result {
         Ok(value) => {
             if !value.is_null() {
@@ -59,7 +85,8 @@ struct InProcess {
 impl DriverHost for InProcess {
     fn submit(&self, request: Value) -> Result<Value, String> {
         let text = serde_json::to_string(&request).map_err(|e| e.to_string())?;
-        let req = provisio_engine::request::parse_request(&text, "<script request>", Format::Json).map_err(|e| e.to_string())?;
+        let req = provisio_engine::request::parse_request(&text, "<script request>", Format::Json)
+            .map_err(|e| e.to_string())?;
         self.submitted.fetch_add(1, Ordering::Relaxed);
         let result = self.handle.block_on(self.engine.run(&req)).map_err(|e| {
             self.failed.fetch_add(1, Ordering::Relaxed);
@@ -73,12 +100,20 @@ impl DriverHost for InProcess {
 
     fn read_csv(&self, path: &str) -> Result<Vec<Value>, String> {
         let rel = Path::new(path);
-        if rel.is_absolute() || rel.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir)) {
+        if rel.is_absolute()
+            || rel
+                .components()
+                .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+        {
             return Err(format!("read_csv(\"{path}\"): only files inside the script's folder may be read (no absolute paths, no `..`)"));
         }
         let full = self.base.join(rel);
-        let mut reader = csv::Reader::from_path(&full).map_err(|e| format!("read_csv(\"{path}\"): {e}"))?;
-        let headers = reader.headers().map_err(|e| format!("read_csv(\"{path}\"): {e}"))?.clone();
+        let mut reader =
+            csv::Reader::from_path(&full).map_err(|e| format!("read_csv(\"{path}\"): {e}"))?;
+        let headers = reader
+            .headers()
+            .map_err(|e| format!("read_csv(\"{path}\"): {e}"))?
+            .clone();
         let mut rows = Vec::new();
         for (i, record) in reader.records().enumerate() {
             let record = record.map_err(|e| format!("read_csv(\"{path}\") row {}: {e}", i + 2))?;

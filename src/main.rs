@@ -2,8 +2,8 @@
 
 mod cli;
 mod commands;
-mod driver;
 mod config;
+mod driver;
 mod load;
 
 use clap::Parser;

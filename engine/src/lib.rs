@@ -12,6 +12,6 @@ pub mod provider;
 pub mod request;
 pub mod response;
 pub mod script;
-pub mod testing;
 pub mod store;
+pub mod testing;
 pub mod txn;

@@ -193,7 +193,8 @@ impl Provider for RecordingProvider {
                 out.push(Element::with_text("id", format!("id-{name}")));
                 let mut undo = Element::new("undo");
                 undo.push(Element::with_text("created", name));
-                st.applied.insert(call.context.idempotency_key(), undo.clone());
+                st.applied
+                    .insert(call.context.idempotency_key(), undo.clone());
                 Ok(Outcome {
                     execute_data: out,
                     undo: Some(undo),
@@ -205,7 +206,8 @@ impl Provider for RecordingProvider {
                 }
                 let mut undo = Element::new("undo");
                 undo.push(Element::with_text("deleted", name));
-                st.applied.insert(call.context.idempotency_key(), undo.clone());
+                st.applied
+                    .insert(call.context.idempotency_key(), undo.clone());
                 Ok(Outcome {
                     execute_data: out,
                     undo: Some(undo),
@@ -243,7 +245,11 @@ impl Provider for RecordingProvider {
     }
 
     async fn recover(&self, call: &Call) -> Result<Option<Element>, ProviderError> {
-        Ok(self.st().applied.get(&call.context.idempotency_key()).cloned())
+        Ok(self
+            .st()
+            .applied
+            .get(&call.context.idempotency_key())
+            .cloned())
     }
 
     async fn preview(&self, call: &Call) -> Result<Preview, ProviderError> {

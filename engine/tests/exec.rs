@@ -1075,7 +1075,6 @@ async fn ten_thousand_sequential_steps_run() {
 }
 
 #[tokio::test]
-#[ignore = "request/yaml.rs: parse time is quadratic in the step count (Locator::find per step scans from the block start): 1000 steps ≈ 15 s, 2000 ≈ 54 s, 4000 ≈ 209 s in debug"]
 async fn ten_thousand_steps_parse_from_yaml() {
     let started = std::time::Instant::now();
     let env = env(&noop_procedure(10_000));

@@ -685,3 +685,249 @@ fn throughput_10mb() {
     report("parse_request", wall, cpu);
     assert_eq!(r.data.elements().count(), i);
 }
+
+// ------------------------------------------------------------------------ scripts
+
+/// The 1-based (line, column) of the first occurrence of `needle` in `src`.
+fn pos_of(src: &str, needle: &str) -> (u32, u32) {
+    let at = src.find(needle).expect("needle in source");
+    let before = &src[..at];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+    (line as u32, col as u32)
+}
+
+fn fixture_path(name: &str) -> String {
+    [env!("CARGO_MANIFEST_DIR"), "tests", "fixtures", "xml", name]
+        .iter()
+        .collect::<PathBuf>()
+        .display()
+        .to_string()
+}
+
+const SCRIPTED_XML: &str = r##"<namespace name="Scripted">
+  <procedure name="P" access="public">
+    <execute id="create" namespace="Rec Provider" procedure="Create">
+      <forEach name="user" path="users/user" filter="item.enabled == true"/>
+      <when expr="data.active == true"/>
+      <when source="data" sourcePath="active"/>
+      <before expr="lower(user.first)" destination="executeData" destinationPath="name" mode="merge"/>
+      <after expr="#{ done: true }" destination="data" mode="merge" ifNull="ignore"/>
+    </execute>
+    <script id="s" needs="create" calls="Rec Provider/Create; Rec Provider/Fail" output="made/s">
+      <when expr="data.active"/>
+      let a = call_procedure("Rec Provider/Create", #{ name: "x" });
+      a
+      <undo>
+        result.id
+      </undo>
+    </script>
+    <script id="c"><![CDATA[
+if data.n < 3 { #{ small: true } } else { #{ small: false } }
+]]></script>
+    <script id="f" file="make-user.rhai"><undo file="undo-user.rhai"/></script>
+    <try>
+      <script>#{ inner: 1 }</script>
+    </try>
+    <catch/>
+  </procedure>
+</namespace>"##;
+
+fn scripted() -> (Namespace, String) {
+    let file = fixture_path("scripted.xml");
+    match request::parse_namespaces(SCRIPTED_XML, &file, Format::Xml) {
+        Ok(mut n) => (n.remove(0), file),
+        Err(e) => panic!("{e:#?}"),
+    }
+}
+
+fn script_step(step: &Step) -> &provisio_engine::model::ScriptStep {
+    match step {
+        Step::Script(s) => s,
+        other => panic!("not a script step: {other:?}"),
+    }
+}
+
+#[test]
+fn when_expr_filter_and_expr_transforms() {
+    let (ns, file) = scripted();
+    let p = &ns.procedures[0];
+    let Step::Execute(e) = &p.steps[0] else {
+        panic!("execute expected")
+    };
+    let at = |needle: &str| {
+        let (l, c) = pos_of(SCRIPTED_XML, needle);
+        SourceRef::new(&file, l, c)
+    };
+    assert_eq!(e.for_each[0].name, "user");
+    assert_eq!(e.when.len(), 3);
+    match &e.when[0] {
+        When::Filter { for_each, script } => {
+            assert_eq!(for_each, "user");
+            assert_eq!(script.source, "item.enabled == true");
+            assert_eq!(script.origin, at("item.enabled"));
+        }
+        other => panic!("filter expected, got {other:?}"),
+    }
+    match &e.when[1] {
+        When::Expr(s) => {
+            assert_eq!(s.source, "data.active == true");
+            assert_eq!(s.origin, at("data.active == true"));
+        }
+        other => panic!("expr expected, got {other:?}"),
+    }
+    assert!(matches!(e.when[2], When::Exists { .. }));
+    let b = &e.before[0];
+    match &b.source {
+        TransformSource::Expr(s) => {
+            assert_eq!(s.source, "lower(user.first)");
+            assert_eq!(s.origin, at("lower(user.first)"));
+        }
+        other => panic!("expr expected, got {other:?}"),
+    }
+    assert_eq!(b.destination, Scope::ExecuteData);
+    assert_eq!(b.destination_path.as_deref(), Some("name"));
+    assert_eq!(b.mode, Mode::Merge);
+    let a = &e.after[0];
+    assert!(matches!(&a.source, TransformSource::Expr(s) if s.source == "#{ done: true }"));
+    assert_eq!(
+        (a.destination.clone(), a.if_null),
+        (Scope::Data, IfNull::Ignore)
+    );
+}
+
+#[test]
+fn script_steps_parse_with_origins() {
+    let (ns, file) = scripted();
+    let p = &ns.procedures[0];
+    let at = |needle: &str| {
+        let (l, c) = pos_of(SCRIPTED_XML, needle);
+        SourceRef::new(&file, l, c)
+    };
+    let s = script_step(&p.steps[1]);
+    assert_eq!(s.id, "s");
+    assert_eq!(
+        s.script.source,
+        "let a = call_procedure(\"Rec Provider/Create\", #{ name: \"x\" });\n      a"
+    );
+    assert_eq!(s.script.origin, at("let a ="));
+    let undo = s.undo.as_ref().expect("undo");
+    assert_eq!(undo.source, "result.id");
+    assert_eq!(undo.origin, at("result.id"));
+    assert_eq!(
+        s.calls,
+        vec![
+            CallTarget {
+                namespace: "Rec Provider".into(),
+                procedure: "Create".into()
+            },
+            CallTarget {
+                namespace: "Rec Provider".into(),
+                procedure: "Fail".into()
+            },
+        ]
+    );
+    assert_eq!(s.output.as_deref(), Some("made/s"));
+    assert_eq!(s.needs, ["create"]);
+    assert!(matches!(&s.when[..], [When::Expr(w)] if w.source == "data.active"));
+    assert_eq!(s.source_ref, at("<script id=\"s\""));
+
+    // CDATA: the text starts on the line after the start tag.
+    let c = script_step(&p.steps[2]);
+    assert_eq!(
+        c.script.source,
+        "if data.n < 3 { #{ small: true } } else { #{ small: false } }"
+    );
+    assert_eq!(c.script.origin, at("if data.n"));
+    assert!(c.undo.is_none() && c.calls.is_empty() && c.output.is_none());
+
+    // Files next to the definition, origin 1:1 of the file.
+    let f = script_step(&p.steps[3]);
+    let make = fixture_path("make-user.rhai");
+    assert_eq!(f.script.origin, SourceRef::new(&make, 1, 1));
+    assert_eq!(
+        f.script.source,
+        std::fs::read_to_string(&make).expect("fixture")
+    );
+    let undo = f.undo.as_ref().expect("undo");
+    assert_eq!(
+        undo.origin,
+        SourceRef::new(fixture_path("undo-user.rhai"), 1, 1)
+    );
+
+    // Inside a try, on the element's own line.
+    let Step::Try(t) = &p.steps[4] else {
+        panic!("try expected")
+    };
+    let inner = script_step(&t.body[0]);
+    assert_eq!(inner.id, "step1");
+    assert_eq!(inner.script.source, "#{ inner: 1 }");
+    assert_eq!(inner.script.origin, at("#{ inner: 1 }"));
+}
+
+#[test]
+fn script_errors() {
+    let cases: &[(&str, &str)] = &[
+        (
+            r#"<script file="../secret.rhai"/>"#,
+            "must be a relative path inside the definition's folder",
+        ),
+        (
+            r#"<script file="/etc/passwd"/>"#,
+            "must be a relative path inside the definition's folder",
+        ),
+        (
+            r#"<script file="missing.rhai"/>"#,
+            "script file `missing.rhai`: cannot read",
+        ),
+        (
+            r#"<script file="x.rhai">1 + 1</script>"#,
+            "<script> has both file=\"…\" and script text",
+        ),
+        (r#"<script id="e"/>"#, "<script> holds no script"),
+        (
+            r#"<script calls="NoSlash">1</script>"#,
+            "`NoSlash` in calls=\"…\" is not Namespace/Procedure",
+        ),
+        (
+            "<script>1<forEach name=\"x\"/></script>",
+            "unknown element <forEach> in <script>",
+        ),
+        (
+            "<script>1<undo>2</undo><undo>3</undo></script>",
+            "a second <undo>",
+        ),
+        (
+            "<script>1<when source=\"data\"/>2</script>",
+            "is split in pieces",
+        ),
+        (
+            r#"<transform><before expr="1" source="data" destination="data"/></transform>"#,
+            "<before> takes either expr or source, not both",
+        ),
+        (
+            r#"<transform><after expr="1" template="x" destination="data"/></transform>"#,
+            "<after> takes either expr or template, not both",
+        ),
+        (
+            r#"<transform><before expr="1" destination="data" mode="move"/></transform>"#,
+            "mode=\"move\" needs a source node",
+        ),
+        (
+            r#"<transform><when expr="true" source="data"/></transform>"#,
+            "<when expr=…> takes no `source` attribute",
+        ),
+        (
+            r#"<transform><when expr=" "/></transform>"#,
+            "expr=\"\" on <when> is empty",
+        ),
+    ];
+    for (steps, fragment) in cases {
+        let e = first_error(&wrap(steps));
+        assert!(
+            e.to_string().contains(fragment),
+            "{steps}: expected `{fragment}` in `{e}`"
+        );
+        assert_eq!(e.source_ref.line, 3, "{steps}: {e}");
+    }
+}

@@ -715,12 +715,428 @@ fn documented_examples_parse() {
         .skip(1)
         .filter_map(|b| b.split("```").next())
         .collect();
-    assert_eq!(blocks.len(), 3);
+    assert_eq!(blocks.len(), 4);
     let nss = ns_ok(blocks[0]);
     assert_eq!(nss[0].procedures[0].steps.len(), 5);
-    for b in &blocks[1..] {
+    // The scripts example, with its script file next to a file in the fixtures folder.
+    let file = fixture("doc.yaml").display().to_string();
+    let scripted = match parse_namespaces(blocks[3], &file, Format::Yaml) {
+        Ok(n) => n,
+        Err(e) => panic!("{e:#?}"),
+    };
+    let kinds: Vec<&str> = scripted[0].procedures[0]
+        .steps
+        .iter()
+        .map(|s| match s {
+            Step::Script(_) => "script",
+            _ => "other",
+        })
+        .collect();
+    assert_eq!(kinds, ["other", "script", "script"]);
+    for b in &blocks[1..3] {
         if let Err(e) = parse_request(b, "doc.yaml", Format::Yaml) {
             panic!("{e}");
         }
     }
 }
+
+// ------------------------------------------------------------------------ scripts
+
+/// The 1-based (line, column) of the first occurrence of `needle` in `src`.
+fn pos_of(src: &str, needle: &str) -> (u32, u32) {
+    let at = src.find(needle).expect("needle in source");
+    let before = &src[..at];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+    (line as u32, col as u32)
+}
+
+const SCRIPTED_YAML: &str = r##"namespace: Scripted
+procedures:
+  P:
+    access: public
+    steps:
+      create:
+        call: Rec Provider/Create
+        forEach:
+          - name: org
+            path: orgs/org
+          - name: user
+            root: org
+            path: user
+            filter: "item.enabled == true"
+        if: data.active == true
+        when: data/active
+        with:
+          name: { $expr: 'lower(user.first) + "." + lower(user.last)' }
+          mode: "0750"
+          home:
+            $expr: |
+              "/home/" + user.first
+        output:
+          made: { $expr: "executeData.id" }
+        before:
+          - { expr: "#{ a: 1 }", destination: executeData, destinationPath: extra }
+        after:
+          - source: executeData
+            sourcePath: id
+            destination: data
+          - expr: 'upper(executeData.name)'
+            destination: data
+            destinationPath: upper
+            mode: replace
+      guarded:
+        call: Rec Provider/Create
+        with: { name: g }
+        if:
+          - data.count > 1
+          - "data.count < 10"
+      make:
+        needs: [create]
+        script: |
+          let a = call_procedure("Rec Provider/Create", #{ name: data.first });
+          #{ made: a.id }
+        undo: 'log("undo " + result.made)'
+        calls: [Rec Provider/Create, Rec Provider/Noop]
+        if: data.make != false
+        unless: data/skip
+        output: results/made
+      fromFile:
+        script: { file: make-user.rhai }
+        undo: { file: undo-user.rhai }
+        calls: Rec Provider/Create
+"##;
+
+fn scripted() -> (Namespace, String) {
+    let file = fixture("scripted.yaml").display().to_string();
+    match parse_namespaces(SCRIPTED_YAML, &file, Format::Yaml) {
+        Ok(mut n) => (n.remove(0), file),
+        Err(e) => panic!("{e:#?}"),
+    }
+}
+
+fn script_step(s: &Step) -> &ScriptStep {
+    match s {
+        Step::Script(s) => s,
+        other => panic!("not a script step: {other:#?}"),
+    }
+}
+
+#[test]
+fn if_filter_and_expr_values() {
+    let (ns, file) = scripted();
+    let at = |needle: &str| {
+        let (l, c) = pos_of(SCRIPTED_YAML, needle);
+        SourceRef::new(&file, l, c)
+    };
+    let steps = &ns.procedures[0].steps;
+    let e = exec(&steps[0]);
+    assert_eq!(e.for_each.len(), 2);
+    assert_eq!(
+        e.when,
+        vec![
+            When::Filter {
+                for_each: "user".into(),
+                script: Script::new("item.enabled == true", at("item.enabled")),
+            },
+            When::Expr(Script::new(
+                "data.active == true",
+                at("data.active == true")
+            )),
+            When::Exists {
+                scope: Scope::Data,
+                path: Some("active".into())
+            },
+        ]
+    );
+    // with: `$expr` entries become merge transforms into executeData, in order.
+    let exprs: Vec<&Transform> = e
+        .before
+        .iter()
+        .filter(|t| matches!(t.source, TransformSource::Expr(_)))
+        .collect();
+    assert_eq!(exprs.len(), 3, "{:#?}", e.before);
+    assert_eq!(
+        exprs[0].source,
+        TransformSource::Expr(Script::new("#{ a: 1 }", at("#{ a: 1 }")))
+    );
+    assert_eq!(exprs[0].destination_path.as_deref(), Some("extra"));
+    assert_eq!(exprs[0].mode, Mode::Insert);
+    assert_eq!(
+        exprs[1].source,
+        TransformSource::Expr(Script::new(
+            r#"lower(user.first) + "." + lower(user.last)"#,
+            at("lower(user.first)")
+        ))
+    );
+    assert_eq!(
+        (
+            exprs[1].destination.clone(),
+            exprs[1].destination_path.as_deref(),
+            exprs[1].mode,
+            exprs[1].if_null
+        ),
+        (Scope::ExecuteData, Some("name"), Mode::Merge, IfNull::Fail)
+    );
+    // A block scalar starts on the line after `$expr: |`, at its indentation.
+    assert_eq!(
+        exprs[2].source,
+        TransformSource::Expr(Script::new("\"/home/\" + user.first\n", at("\"/home/\"")))
+    );
+    assert_eq!(exprs[2].destination_path.as_deref(), Some("home"));
+    assert_eq!(
+        e.execute_data.child("mode").map(|m| m.text()),
+        Some("0750".into())
+    );
+    // output: `$expr` → data; explicit after items keep their order.
+    assert_eq!(e.after.len(), 3, "{:#?}", e.after);
+    assert_eq!(
+        e.after[0].source,
+        TransformSource::Expr(Script::new("executeData.id", at("executeData.id\"")))
+    );
+    assert_eq!(
+        (
+            e.after[0].destination.clone(),
+            e.after[0].destination_path.as_deref(),
+            e.after[0].mode
+        ),
+        (Scope::Data, Some("made"), Mode::Merge)
+    );
+    assert_eq!(e.after[1].source, node(Scope::ExecuteData, "id"));
+    assert_eq!(
+        e.after[2].source,
+        TransformSource::Expr(Script::new("upper(executeData.name)", at("upper(")))
+    );
+    assert_eq!(e.after[2].mode, Mode::Replace);
+
+    // `if:` as a list: every item must hold, each located on its own line.
+    let g = exec(&steps[1]);
+    assert_eq!(
+        g.when,
+        vec![
+            When::Expr(Script::new("data.count > 1", at("data.count > 1"))),
+            When::Expr(Script::new("data.count < 10", at("data.count < 10"))),
+        ]
+    );
+}
+
+#[test]
+fn script_steps_map_to_the_model() {
+    let (ns, file) = scripted();
+    let at = |needle: &str| {
+        let (l, c) = pos_of(SCRIPTED_YAML, needle);
+        SourceRef::new(&file, l, c)
+    };
+    let steps = &ns.procedures[0].steps;
+    let s = script_step(&steps[2]);
+    assert_eq!(s.id, "make");
+    assert_eq!(
+        s.script,
+        Script::new(
+            "let a = call_procedure(\"Rec Provider/Create\", #{ name: data.first });\n#{ made: a.id }\n",
+            at("let a =")
+        )
+    );
+    assert_eq!(
+        s.undo,
+        Some(Script::new(r#"log("undo " + result.made)"#, at("log(")))
+    );
+    assert_eq!(
+        s.calls,
+        vec![
+            CallTarget {
+                namespace: "Rec Provider".into(),
+                procedure: "Create".into()
+            },
+            CallTarget {
+                namespace: "Rec Provider".into(),
+                procedure: "Noop".into()
+            },
+        ]
+    );
+    assert_eq!(s.output.as_deref(), Some("results/made"));
+    assert_eq!(s.needs, ["create"]);
+    assert_eq!(
+        s.when,
+        vec![
+            When::Expr(Script::new("data.make != false", at("data.make"))),
+            When::Missing {
+                scope: Scope::Data,
+                path: Some("skip".into())
+            },
+        ]
+    );
+    assert_eq!(s.source_ref, at("make:"));
+
+    let f = script_step(&steps[3]);
+    let make = fixture("make-user.rhai").display().to_string();
+    assert_eq!(f.script.origin, SourceRef::new(&make, 1, 1));
+    assert_eq!(
+        f.script.source,
+        std::fs::read_to_string(&make).expect("fixture")
+    );
+    assert_eq!(
+        f.undo.as_ref().map(|u| u.origin.clone()),
+        Some(SourceRef::new(
+            fixture("undo-user.rhai").display().to_string(),
+            1,
+            1
+        ))
+    );
+    assert_eq!(f.calls.len(), 1);
+    assert!(f.output.is_none() && f.when.is_empty());
+}
+
+fn step_err(step: &str) -> ParseError {
+    ns_err(&format!(
+        "namespace: A\nprocedures:\n  P:\n    steps:\n      s:\n{step}"
+    ))
+}
+
+#[test]
+fn script_errors() {
+    let cases: &[(&str, &str, u32)] = &[
+        (
+            "        script: \"1\"\n        call: B/C\n",
+            "a `script` step cannot also have `call`",
+            7,
+        ),
+        (
+            "        script: \"1\"\n        try: { a: { call: B/C } }\n",
+            "a `script` step cannot also have `try`",
+            7,
+        ),
+        (
+            "        select: { source: data, path: x, default: y }\n        script: \"1\"\n",
+            "a `script` step cannot also have `select`",
+            6,
+        ),
+        (
+            "        script: { file: ../secret.rhai }\n",
+            "must be a relative path inside the definition's folder",
+            6,
+        ),
+        (
+            "        script: { file: /etc/passwd }\n",
+            "must be a relative path inside the definition's folder",
+            6,
+        ),
+        (
+            "        script: { file: missing.rhai }\n",
+            "script file `missing.rhai`: cannot read",
+            6,
+        ),
+        (
+            "        script: { path: x.rhai }\n",
+            "unexpected key `path` in a script",
+            6,
+        ),
+        (
+            "        call: B/C\n        with:\n          name: { $expr: \"1\", other: 2 }\n",
+            "`$expr` stands alone; this mapping also has `other`",
+            8,
+        ),
+        (
+            "        call: B/C\n        output:\n          x: { $expr: 3 }\n",
+            "`$expr` holds a rhai expression as a string",
+            8,
+        ),
+        (
+            "        call: B/C\n        before:\n          - { expr: \"1\", source: data, destination: executeData }\n",
+            "a transform has either `expr` or `source`, not both",
+            8,
+        ),
+        (
+            "        undo: \"1\"\n        call: B/C\n",
+            "`undo` belongs to a script step",
+            6,
+        ),
+        (
+            "        script: \"1\"\n        output: { a: b }\n",
+            "the `output` of a script step is a path under data",
+            7,
+        ),
+        (
+            "        script: \"1\"\n        output: data/x\n",
+            "names `data` again",
+            7,
+        ),
+        (
+            "        call: B/C\n        output: x\n",
+            "the `output` of a call step is a mapping",
+            7,
+        ),
+        (
+            "        try: { a: { call: B/C } }\n        if: data.x\n        catch: {}\n",
+            "a `try` step cannot also have `if`",
+            7,
+        ),
+        ("        script: \"  \"\n", "an empty script", 6),
+        ("        call: B/C\n        if: \"\"\n", "an empty `if` condition", 7),
+    ];
+    for (step, fragment, line) in cases {
+        let e = step_err(step);
+        assert!(
+            e.to_string().contains(fragment),
+            "{step}: expected `{fragment}` in `{e}`"
+        );
+        assert_eq!(e.source_ref.line, *line, "{step}: {e}");
+    }
+}
+
+// TEMP-BENCH-START
+#[test]
+#[ignore]
+fn zz_bench_many_steps() {
+    use provisio_engine::compile::{compile_request, Catalog, Limits};
+    use provisio_engine::provider::ProviderRegistry;
+    use provisio_engine::testing::RecordingProvider;
+    use std::sync::Arc;
+    let sizes: Vec<usize> = std::env::var("BENCH_N")
+        .unwrap_or("1000".into())
+        .split(',')
+        .map(|s| s.parse().unwrap())
+        .collect();
+    for n in sizes {
+        let mut s = String::from(
+            "namespace: Big\nprocedures:\n  Many:\n    access: public\n    parallel: false\n    steps:\n",
+        );
+        for i in 0..n {
+            s.push_str(&format!("      s{i}: {{ call: Rec Provider/Noop }}\n"));
+        }
+        let t = std::time::Instant::now();
+        let _: serde::de::IgnoredAny = serde_yaml::from_str(&s).unwrap();
+        eprintln!("n={n}: serde_yaml alone {:?}", t.elapsed());
+        let t = std::time::Instant::now();
+        let nss = parse_namespaces(&s, "b.yaml", Format::Yaml).unwrap();
+        let parse = t.elapsed();
+        if std::env::var("BENCH_ONLY_YAML").is_ok() {
+            eprintln!("n={n}: yaml parse {parse:?}");
+            continue;
+        }
+        // JSON, minified and pretty
+        let j = serde_json::json!({"namespace": "Big", "procedures": {"Many": {"access": "public", "parallel": false, "steps":
+            (0..n).map(|i| (format!("s{i}"), serde_json::json!({"call": "Rec Provider/Noop", "with": {"x": format!("{{{{ data.v{i} }}}}")}}))).collect::<serde_json::Map<_,_>>() }}});
+        let mini = serde_json::to_string(&j).unwrap();
+        let pretty = serde_json::to_string_pretty(&j).unwrap();
+        let t = std::time::Instant::now();
+        parse_namespaces(&mini, "b.json", Format::Json).unwrap();
+        let tm = t.elapsed();
+        let t = std::time::Instant::now();
+        parse_namespaces(&pretty, "b.json", Format::Json).unwrap();
+        let tp = t.elapsed();
+        let rec = RecordingProvider::new("Rec");
+        let mut registry = ProviderRegistry::new();
+        registry.register(Arc::new(rec));
+        let t = std::time::Instant::now();
+        let catalog = Catalog::new(nss, &registry).unwrap();
+        let tcat = t.elapsed();
+        let req = parse_request("call: Big/Many", "r.yaml", Format::Yaml).unwrap();
+        let t = std::time::Instant::now();
+        let prog = compile_request(&catalog, &req, &Limits::default());
+        let tcomp = t.elapsed();
+        assert!(prog.is_ok());
+        eprintln!("n={n}: yaml parse {parse:?}, json mini {tm:?}, json pretty {tp:?}, catalog {tcat:?}, compile {tcomp:?}");
+    }
+}
+// TEMP-BENCH-END

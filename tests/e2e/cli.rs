@@ -8,13 +8,19 @@ fn quick_start_workflow_provisions_a_tenant() {
     let sb = Sandbox::new();
     let r = sb.run(&["run", "workflows/provision-tenant.yaml", "--quiet"]);
     assert_eq!(r.code, 0, "{r:?}");
-    assert!(r.stdout.contains("status: committed") || r.stdout.contains("\"status\": \"committed\""), "{r:?}");
+    assert!(
+        r.stdout.contains("status: committed") || r.stdout.contains("\"status\": \"committed\""),
+        "{r:?}"
+    );
     let files = sb.data().join("files/tenants/contoso");
     for dir in ["users/ann", "users/bob"] {
         assert!(files.join(dir).is_dir(), "missing {dir}");
     }
     let welcome = std::fs::read_to_string(files.join("WELCOME.txt")).expect("welcome file");
-    assert_eq!(welcome, "Welcome to contoso.test! Your mail host is mail.contoso.test.");
+    assert_eq!(
+        welcome,
+        "Welcome to contoso.test! Your mail host is mail.contoso.test."
+    );
     let zone = sb.data().join("zones/contoso.test.zone");
     let text = std::fs::read_to_string(&zone).expect("zone file");
     assert!(text.contains("MX"), "{text}");
@@ -29,7 +35,10 @@ fn a_failing_request_leaves_no_trace() {
     let sb = Sandbox::new();
     // A tenant whose welcome file's folder exists but whose zone already exists: first make the zone.
     let first = sb.run(&["run", "workflows/add-host.json", "--quiet"]);
-    assert_eq!(first.code, 1, "no zone yet, so adding a host fails: {first:?}");
+    assert_eq!(
+        first.code, 1,
+        "no zone yet, so adding a host fails: {first:?}"
+    );
     assert!(first.stdout.contains("\"error\""), "{first:?}");
     let ok = sb.run(&["run", "workflows/provision-tenant.yaml", "--quiet"]);
     assert_eq!(ok.code, 0, "{ok:?}");
@@ -52,7 +61,11 @@ fn rollback_undoes_steps_of_nested_procedures_in_reverse() {
     );
     let r = sb.run(&["run", pre.to_str().unwrap(), "--quiet"]);
     assert_eq!(r.code, 0, "{r:?}");
-    std::fs::write(sb.data().join("files/tenants/zeta/WELCOME.txt"), "already here").unwrap();
+    std::fs::write(
+        sb.data().join("files/tenants/zeta/WELCOME.txt"),
+        "already here",
+    )
+    .unwrap();
     let before = sb.visible();
     // Now a different tenant name for DNS but the same folder tenant: folders exist → fails early.
     let req = sb.write(
@@ -74,7 +87,10 @@ fn xml_request_gets_an_xml_response() {
     assert_eq!(r.code, 0, "{r:?}");
     assert!(r.stdout.trim_start().starts_with("<response"), "{r:?}");
     assert!(r.stdout.contains("<tenant>fabrikam</tenant>"), "{r:?}");
-    assert!(sb.data().join("files/tenants/fabrikam/users/carol").is_dir());
+    assert!(sb
+        .data()
+        .join("files/tenants/fabrikam/users/carol")
+        .is_dir());
 }
 
 #[test]
@@ -83,9 +99,15 @@ fn plan_shows_steps_and_changes_nothing() {
     let r = sb.run(&["plan", "workflows/provision-tenant.yaml"]);
     assert_eq!(r.code, 0, "{r:?}");
     assert!(r.stdout.contains("DNS Provider/CreateZone"), "{r:?}");
-    assert!(r.stdout.contains("Filesystem Provider/CreateFolder"), "{r:?}");
+    assert!(
+        r.stdout.contains("Filesystem Provider/CreateFolder"),
+        "{r:?}"
+    );
     assert!(r.stdout.contains("wave 1"), "{r:?}");
-    assert!(r.stdout.contains("tenants/contoso/users/ann"), "resolved inputs: {r:?}");
+    assert!(
+        r.stdout.contains("tenants/contoso/users/ann"),
+        "resolved inputs: {r:?}"
+    );
     assert!(sb.visible().is_empty(), "plan changed something");
     let json = sb.run(&["plan", "workflows/provision-tenant.yaml", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&json.stdout).expect("plan --json is JSON");
@@ -108,12 +130,24 @@ fn validate_reports_every_error_with_its_location() {
         "bad/cycle.yaml",
         "namespace: Cyclic\nprocedures:\n  Loop:\n    access: public\n    steps:\n      a: { call: Filesystem Provider/CreateFolder, needs: [b] }\n      b: { call: Filesystem Provider/CreateFolder, needs: [a] }\n",
     );
-    sb.write("bad/typo.yaml", "call: Hosted DNS/CreateTenantZon\ndata: { zone: x.test }\n");
+    sb.write(
+        "bad/typo.yaml",
+        "call: Hosted DNS/CreateTenantZon\ndata: { zone: x.test }\n",
+    );
     let r = sb.run(&["validate", sb.path("bad").to_str().unwrap()]);
     assert_eq!(r.code, 2, "{r:?}");
-    assert!(r.stderr.contains("broken.xml:4"), "line of the mismatched tag: {r:?}");
-    assert!(r.stderr.contains("a -> b -> a") || r.stderr.contains("b -> a -> b"), "cycle named: {r:?}");
-    assert!(r.stderr.contains("did you mean `CreateTenantZone`"), "suggestion: {r:?}");
+    assert!(
+        r.stderr.contains("broken.xml:4"),
+        "line of the mismatched tag: {r:?}"
+    );
+    assert!(
+        r.stderr.contains("a -> b -> a") || r.stderr.contains("b -> a -> b"),
+        "cycle named: {r:?}"
+    );
+    assert!(
+        r.stderr.contains("did you mean `CreateTenantZone`"),
+        "suggestion: {r:?}"
+    );
 }
 
 #[test]
@@ -135,7 +169,10 @@ fn bad_requests_are_refused_before_anything_runs() {
         let p = sb.write(name, text);
         let r = sb.run(&["run", p.to_str().unwrap(), "--quiet"]);
         assert_eq!(r.code, 2, "{name}: {r:?}");
-        assert!(r.stderr.contains(expect), "{name}: expected `{expect}` in {r:?}");
+        assert!(
+            r.stderr.contains(expect),
+            "{name}: expected `{expect}` in {r:?}"
+        );
         assert!(!r.stderr.contains("panicked"), "{name}: {r:?}");
     }
     // Deeply nested data.
@@ -143,8 +180,14 @@ fn bad_requests_are_refused_before_anything_runs() {
     let p = sb.write("deep.xml", &deep);
     let r = sb.run(&["run", p.to_str().unwrap(), "--quiet"]);
     assert_eq!(r.code, 2, "{r:?}");
-    assert!(r.stderr.contains("depth") || r.stderr.contains("deep"), "{r:?}");
-    assert!(sb.visible().is_empty(), "a refused request changed something");
+    assert!(
+        r.stderr.contains("depth") || r.stderr.contains("deep"),
+        "{r:?}"
+    );
+    assert!(
+        sb.visible().is_empty(),
+        "a refused request changed something"
+    );
 }
 
 #[test]
@@ -154,10 +197,20 @@ fn graph_prints_dot_and_mermaid() {
     assert_eq!(dot.code, 0, "{dot:?}");
     assert!(dot.stdout.starts_with("digraph"), "{dot:?}");
     assert!(dot.stdout.contains("mx: DNS Provider/AddRecord"), "{dot:?}");
-    let mermaid = sb.run(&["graph", "Hosted Tenant", "ProvisionTenant", "--format", "mermaid", "--expand"]);
+    let mermaid = sb.run(&[
+        "graph",
+        "Hosted Tenant",
+        "ProvisionTenant",
+        "--format",
+        "mermaid",
+        "--expand",
+    ]);
     assert_eq!(mermaid.code, 0, "{mermaid:?}");
     assert!(mermaid.stdout.starts_with("flowchart TD"), "{mermaid:?}");
-    assert!(mermaid.stdout.contains("subgraph"), "nested calls expanded: {mermaid:?}");
+    assert!(
+        mermaid.stdout.contains("subgraph"),
+        "nested calls expanded: {mermaid:?}"
+    );
     let unknown = sb.run(&["graph", "Hosted DNS", "CreateTenantZon"]);
     assert_eq!(unknown.code, 2);
     assert!(unknown.stderr.contains("did you mean"), "{unknown:?}");
@@ -168,11 +221,20 @@ fn namespaces_lists_and_describes() {
     let sb = Sandbox::new();
     let all = sb.run(&["namespaces"]);
     assert_eq!(all.code, 0, "{all:?}");
-    for ns in ["Hosted DNS", "Hosted Files", "Hosted Tenant", "DNS Provider", "Filesystem Provider"] {
+    for ns in [
+        "Hosted DNS",
+        "Hosted Files",
+        "Hosted Tenant",
+        "DNS Provider",
+        "Filesystem Provider",
+    ] {
         assert!(all.stdout.contains(ns), "{ns}: {all:?}");
     }
     let one = sb.run(&["namespaces", "Hosted DNS"]);
-    assert!(one.stdout.contains("CreateTenantZone (public, write)"), "{one:?}");
+    assert!(
+        one.stdout.contains("CreateTenantZone (public, write)"),
+        "{one:?}"
+    );
     assert!(one.stdout.contains("zone: string (required)"), "{one:?}");
 }
 

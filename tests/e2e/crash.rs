@@ -15,16 +15,24 @@ fn world(sb: &Sandbox) -> (Vec<String>, Option<u64>) {
         .filter(|p| p.starts_with("files/t"))
         .collect();
     entries.sort();
-    let quotas = std::fs::read_to_string(sb.data().join("files/.provisio-state/quotas.json")).unwrap_or_default();
+    let quotas = std::fs::read_to_string(sb.data().join("files/.provisio-state/quotas.json"))
+        .unwrap_or_default();
     let v: serde_json::Value = serde_json::from_str(&quotas).unwrap_or(serde_json::json!({}));
     (entries, v.get("t/acme").and_then(|q| q.as_u64()))
 }
 
 fn all_done() -> Vec<String> {
-    let mut v: Vec<String> = ["files/t/", "files/t/acme/", "files/t/acme/ann/", "files/t/acme/bob/", "files/t/acme/cy/", "files/t/acme/README"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut v: Vec<String> = [
+        "files/t/",
+        "files/t/acme/",
+        "files/t/acme/ann/",
+        "files/t/acme/bob/",
+        "files/t/acme/cy/",
+        "files/t/acme/README",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
     v.sort();
     v
 }
@@ -38,22 +46,39 @@ fn a_crash_at_any_journal_write_leaves_all_or_nothing() {
         loop {
             let sb = Sandbox::new();
             let req = sb.write("req.yaml", REQUEST);
-            let env = [("PROVISIO_CRASH_AT", n.to_string()), ("PROVISIO_CRASH_WHEN", when.to_string())];
-            let run = sb.run_env(&["run", req.to_str().unwrap(), "--quiet"], &namespaces, &env);
+            let env = [
+                ("PROVISIO_CRASH_AT", n.to_string()),
+                ("PROVISIO_CRASH_WHEN", when.to_string()),
+            ];
+            let run = sb.run_env(
+                &["run", req.to_str().unwrap(), "--quiet"],
+                &namespaces,
+                &env,
+            );
             if run.code == 0 {
                 // Past the last write point: the request completed normally.
                 assert_eq!(world(&sb), (all_done(), Some(10)), "{run:?}");
                 assert!(n > 10, "suspiciously few journal writes ({n}) for {when}");
                 break;
             }
-            assert_eq!(run.code, -1, "crash at write {n} ({when}) must abort the process: {run:?}");
+            assert_eq!(
+                run.code, -1,
+                "crash at write {n} ({when}) must abort the process: {run:?}"
+            );
             crashes += 1;
             let recover = sb.run_with(&["recover"], &namespaces);
-            assert_eq!(recover.code, 0, "recovery after a crash at write {n} ({when}): {recover:?}");
+            assert_eq!(
+                recover.code, 0,
+                "recovery after a crash at write {n} ({when}): {recover:?}"
+            );
             let list = sb.run_with(&["tx", "list"], &namespaces);
             let (entries, quota) = world(&sb);
             if list.stdout.contains("committed") {
-                assert_eq!((entries, quota), (all_done(), Some(10)), "committed but incomplete after crash at {n} ({when})");
+                assert_eq!(
+                    (entries, quota),
+                    (all_done(), Some(10)),
+                    "committed but incomplete after crash at {n} ({when})"
+                );
             } else {
                 assert!(entries.is_empty() && quota.is_none(), "crash at write {n} ({when}) left {entries:?}, quota {quota:?}\n{recover:?}\n{list:?}");
                 assert!(
@@ -61,13 +86,19 @@ fn a_crash_at_any_journal_write_leaves_all_or_nothing() {
                     "crash at {n} ({when}): {list:?}"
                 );
             }
-            assert!(!list.stdout.contains("rollback_failed") && !list.stdout.contains("running"), "{list:?}");
+            assert!(
+                !list.stdout.contains("rollback_failed") && !list.stdout.contains("running"),
+                "{list:?}"
+            );
             // Recovery is finished: a second pass finds nothing, and the same request now runs cleanly.
             let again = sb.run_with(&["recover"], &namespaces);
             assert!(again.stdout.contains("nothing to recover"), "{again:?}");
             if !list.stdout.contains("committed") {
                 let rerun = sb.run_with(&["run", req.to_str().unwrap(), "--quiet"], &namespaces);
-                assert_eq!(rerun.code, 0, "re-running after recovery from a crash at {n} ({when}): {rerun:?}");
+                assert_eq!(
+                    rerun.code, 0,
+                    "re-running after recovery from a crash at {n} ({when}): {rerun:?}"
+                );
                 assert_eq!(world(&sb), (all_done(), Some(10)));
             }
             n += 1;
@@ -90,7 +121,14 @@ fn a_failed_undo_is_kept_for_the_operator_and_resumable() {
     let mut n = 1;
     let (crashed_sb, saboteur_path) = loop {
         let s = Sandbox::new();
-        let r = s.run_env(&["run", req.to_str().unwrap(), "--quiet"], &namespaces, &[("PROVISIO_CRASH_AT", n.to_string()), ("PROVISIO_CRASH_WHEN", "after".into())]);
+        let r = s.run_env(
+            &["run", req.to_str().unwrap(), "--quiet"],
+            &namespaces,
+            &[
+                ("PROVISIO_CRASH_AT", n.to_string()),
+                ("PROVISIO_CRASH_WHEN", "after".into()),
+            ],
+        );
         assert_ne!(r.code, 0, "never saw the user folders before completion");
         let ann = s.data().join("files/t/acme/ann");
         if ann.is_dir() {
@@ -100,10 +138,18 @@ fn a_failed_undo_is_kept_for_the_operator_and_resumable() {
     };
     std::fs::write(saboteur_path.join("keep.txt"), "someone else's file").unwrap();
     let rec = crashed_sb.run_with(&["recover"], &namespaces);
-    assert_eq!(rec.code, 3, "an undo that cannot finish ends in rollback_failed: {rec:?}");
+    assert_eq!(
+        rec.code, 3,
+        "an undo that cannot finish ends in rollback_failed: {rec:?}"
+    );
     assert!(rec.stdout.contains("needs an operator"), "{rec:?}");
     let list = crashed_sb.run_with(&["tx", "list", "--state", "rollback_failed"], &namespaces);
-    let id = list.stdout.split_whitespace().next().expect("a rollback_failed transaction").to_string();
+    let id = list
+        .stdout
+        .split_whitespace()
+        .next()
+        .expect("a rollback_failed transaction")
+        .to_string();
     let show = crashed_sb.run_with(&["tx", "show", &id], &namespaces);
     assert!(show.stdout.contains("UNDO FAILED"), "{show:?}");
     // The operator removes the stray file and resumes.
@@ -124,23 +170,43 @@ fn a_resumable_procedure_is_finished_after_any_crash() {
         loop {
             let sb = Sandbox::new();
             let req = sb.write("req.yaml", &request);
-            let env = [("PROVISIO_CRASH_AT", n.to_string()), ("PROVISIO_CRASH_WHEN", when.to_string())];
-            let run = sb.run_env(&["run", req.to_str().unwrap(), "--quiet"], &namespaces, &env);
+            let env = [
+                ("PROVISIO_CRASH_AT", n.to_string()),
+                ("PROVISIO_CRASH_WHEN", when.to_string()),
+            ];
+            let run = sb.run_env(
+                &["run", req.to_str().unwrap(), "--quiet"],
+                &namespaces,
+                &env,
+            );
             if run.code == 0 {
                 assert_eq!(world(&sb), (all_done(), Some(10)), "{run:?}");
                 break;
             }
             assert_eq!(run.code, -1, "{run:?}");
             let recover = sb.run_with(&["recover"], &namespaces);
-            assert_eq!(recover.code, 0, "recovery after a crash at write {n} ({when}): {recover:?}");
+            assert_eq!(
+                recover.code, 0,
+                "recovery after a crash at write {n} ({when}): {recover:?}"
+            );
             let list = sb.run_with(&["tx", "list"], &namespaces);
             let (entries, quota) = world(&sb);
             if list.stdout.trim() == "no transactions" {
                 // Crashed before anything was journaled: nothing may have happened.
-                assert!(entries.is_empty() && quota.is_none(), "crash at {n} ({when}): {entries:?}");
+                assert!(
+                    entries.is_empty() && quota.is_none(),
+                    "crash at {n} ({when}): {entries:?}"
+                );
             } else {
-                assert!(list.stdout.contains("committed"), "crash at {n} ({when}) must resume to commit: {list:?}\n{recover:?}");
-                assert_eq!((entries, quota), (all_done(), Some(10)), "crash at {n} ({when}): resumed but incomplete\n{recover:?}");
+                assert!(
+                    list.stdout.contains("committed"),
+                    "crash at {n} ({when}) must resume to commit: {list:?}\n{recover:?}"
+                );
+                assert_eq!(
+                    (entries, quota),
+                    (all_done(), Some(10)),
+                    "crash at {n} ({when}): resumed but incomplete\n{recover:?}"
+                );
                 resumed += 1;
             }
             n += 1;

@@ -7,7 +7,8 @@ fn a_driver_script_provisions_tenants_from_a_csv() {
     let sb = Sandbox::new();
     let r = sb.run(&["script", "examples/scripts/onboard.rhai"]);
     assert_eq!(r.code, 0, "{r:?}");
-    let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("the script's result as JSON");
+    let v: serde_json::Value =
+        serde_json::from_str(&r.stdout).expect("the script's result as JSON");
     assert_eq!(v["committed"], 2, "{r:?}");
     assert!(sb.data().join("files/tenants/northwind").is_dir());
     assert!(sb.data().join("zones/tailspin.test.zone").is_file());
@@ -28,6 +29,12 @@ fn a_driver_script_cannot_read_outside_its_folder() {
     let sb = Sandbox::new();
     let r = sb.run(&["script", "examples/scripts/escape.rhai"]);
     assert_eq!(r.code, 1, "{r:?}");
-    assert!(r.stderr.contains("only files inside the script's folder"), "{r:?}");
-    assert!(r.stderr.contains("escape.rhai:2"), "error names the script line: {r:?}");
+    assert!(
+        r.stderr.contains("only files inside the script's folder"),
+        "{r:?}"
+    );
+    assert!(
+        r.stderr.contains("escape.rhai:2"),
+        "error names the script line: {r:?}"
+    );
 }

@@ -14,7 +14,10 @@ fn a_damaged_journal_is_refused_and_left_as_it_was() {
         *b = 0x5a;
     }
     std::fs::write(&db, &bytes).unwrap();
-    for args in [vec!["tx", "list"], vec!["run", "workflows/decommission-tenant.yaml", "--quiet"]] {
+    for args in [
+        vec!["tx", "list"],
+        vec!["run", "workflows/decommission-tenant.yaml", "--quiet"],
+    ] {
         let r = sb.run(&args);
         assert_eq!(r.code, 2, "{args:?}: {r:?}");
         assert!(r.stderr.contains("is damaged"), "{r:?}");
@@ -27,7 +30,11 @@ fn a_damaged_journal_is_refused_and_left_as_it_was() {
 #[test]
 fn a_journal_that_comes_back_empty_is_refused() {
     let sb = Sandbox::new();
-    assert_eq!(sb.run(&["run", "workflows/provision-tenant.yaml", "--quiet"]).code, 0);
+    assert_eq!(
+        sb.run(&["run", "workflows/provision-tenant.yaml", "--quiet"])
+            .code,
+        0
+    );
     std::fs::remove_dir_all(sb.data().join("journal")).unwrap();
     let r = sb.run(&["tx", "list"]);
     assert_eq!(r.code, 2, "{r:?}");

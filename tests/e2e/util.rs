@@ -14,7 +14,9 @@ pub struct Sandbox {
 
 impl Sandbox {
     pub fn new() -> Sandbox {
-        Sandbox { dir: tempfile::tempdir().expect("temp dir") }
+        Sandbox {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
     }
 
     pub fn data(&self) -> PathBuf {
@@ -62,10 +64,16 @@ impl Sandbox {
     pub fn snapshot(&self) -> Vec<(String, Vec<u8>)> {
         let mut out = Vec::new();
         fn walk(base: &Path, p: &Path, out: &mut Vec<(String, Vec<u8>)>) {
-            let Ok(entries) = std::fs::read_dir(p) else { return };
+            let Ok(entries) = std::fs::read_dir(p) else {
+                return;
+            };
             for e in entries.flatten() {
                 let path = e.path();
-                let rel = path.strip_prefix(base).unwrap_or(&path).display().to_string();
+                let rel = path
+                    .strip_prefix(base)
+                    .unwrap_or(&path)
+                    .display()
+                    .to_string();
                 if path.is_dir() {
                     out.push((format!("{rel}/"), Vec::new()));
                     walk(base, &path, out);
@@ -83,7 +91,9 @@ impl Sandbox {
     pub fn visible(&self) -> Vec<(String, Vec<u8>)> {
         self.snapshot()
             .into_iter()
-            .filter(|(p, _)| p.starts_with("files/tenants") || (p.starts_with("zones/") && p.ends_with(".zone")))
+            .filter(|(p, _)| {
+                p.starts_with("files/tenants") || (p.starts_with("zones/") && p.ends_with(".zone"))
+            })
             .collect()
     }
 }
@@ -106,26 +116,40 @@ impl From<Output> for Run {
 
 impl std::fmt::Debug for Run {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "exit {}\n--- stdout\n{}\n--- stderr\n{}", self.code, self.stdout, self.stderr)
+        write!(
+            f,
+            "exit {}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
     }
 }
 
 pub fn named_checkzone(zone: &str, file: &Path) {
     let Ok(out) = Command::new("named-checkzone").arg(zone).arg(file).output() else {
-        assert!(std::env::var("PROVISIO_REQUIRE_BIND").is_err(), "named-checkzone is required (PROVISIO_REQUIRE_BIND=1) but missing");
+        assert!(
+            std::env::var("PROVISIO_REQUIRE_BIND").is_err(),
+            "named-checkzone is required (PROVISIO_REQUIRE_BIND=1) but missing"
+        );
         eprintln!("note: named-checkzone not installed; zone file not checked by BIND");
         return;
     };
-    assert!(out.status.success(), "named-checkzone rejected {}:\n{}", file.display(), String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "named-checkzone rejected {}:\n{}",
+        file.display(),
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
-
 
 /// Runs the binary in `cwd` with only the given `PROVISIO_*` variables (every inherited
 /// one is removed, so a test controls all layers of the configuration itself).
 pub fn run_clean(cwd: &Path, args: &[&str], env: &[(&str, String)]) -> Run {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_provisio"));
     for (k, _) in std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v))) {
-        if k.starts_with("PROVISIO_") && k != "PROVISIO_REQUIRE_BIND" && k != "PROVISIO_REQUIRE_PYTHON" {
+        if k.starts_with("PROVISIO_")
+            && k != "PROVISIO_REQUIRE_BIND"
+            && k != "PROVISIO_REQUIRE_PYTHON"
+        {
             cmd.env_remove(k);
         }
     }

@@ -133,7 +133,11 @@ impl Catalog {
                     (name.clone(), (hex_sha256(&bytes), Arc::new(bytes)))
                 })
                 .collect();
-            Ok(Catalog { namespaces: map, pinned, script: Arc::new(ScriptEngine::default()) })
+            Ok(Catalog {
+                namespaces: map,
+                pinned,
+                script: Arc::new(ScriptEngine::default()),
+            })
         } else {
             Err(errors)
         }
@@ -200,5 +204,8 @@ impl Catalog {
 
 /// Lowercase hex SHA-256.
 pub fn hex_sha256(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }

@@ -461,14 +461,24 @@ impl Compiler<'_> {
                 names.dedup();
                 let mut pinned: Vec<(String, String, Arc<Vec<u8>>)> = names
                     .into_iter()
-                    .filter_map(|n| self.catalog.pinned(n).map(|(h, b)| (n.to_string(), h.clone(), b.clone())))
+                    .filter_map(|n| {
+                        self.catalog
+                            .pinned(n)
+                            .map(|(h, b)| (n.to_string(), h.clone(), b.clone()))
+                    })
                     .collect();
                 if let Some(body) = self.trusted.take() {
                     pinned.push(("(request)".to_string(), hex_sha256(&body), Arc::new(body)));
                 }
                 let joined: String = pinned.iter().map(|(n, h, _)| format!("{n}={h};")).collect();
                 let definitions_hash = hex_sha256(joined.as_bytes());
-                Ok(Program { entry, procedures: self.done, secrets: self.secrets, definitions_hash, pinned })
+                Ok(Program {
+                    entry,
+                    procedures: self.done,
+                    secrets: self.secrets,
+                    definitions_hash,
+                    pinned,
+                })
             }
             _ => Err(CompileErrors(self.errors)),
         }
@@ -846,7 +856,10 @@ impl Compiler<'_> {
                 acc.read(&Scope::Data, None);
                 acc.write(&Scope::Data, sc.output.as_deref());
                 let script = self.script(&sc.id, &sc.script, &[]);
-                let undo = sc.undo.as_ref().and_then(|u| self.script(&sc.id, u, &["result"]));
+                let undo = sc
+                    .undo
+                    .as_ref()
+                    .and_then(|u| self.script(&sc.id, u, &["result"]));
                 let output = self.path(&sc.id, at, sc.output.as_deref());
                 match script {
                     Some(script) => (
@@ -969,20 +982,35 @@ impl Compiler<'_> {
     }
 
     /// Compiles the conditions of a step (paths, selects, rhai expressions and filters).
-    fn conditions(&mut self, step: &str, list: &[When], names: &[String], acc: &mut Accesses) -> Vec<CWhen> {
+    fn conditions(
+        &mut self,
+        step: &str,
+        list: &[When],
+        names: &[String],
+        acc: &mut Accesses,
+    ) -> Vec<CWhen> {
         let mut out = Vec::new();
         let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
         for w in list {
             match w {
                 When::Exists { scope, path } => {
                     acc.read(scope, path.as_deref());
-                    out.push(CWhen::Exists(scope.clone(), self.path(step, &SourceRef::default(), path.as_deref())));
+                    out.push(CWhen::Exists(
+                        scope.clone(),
+                        self.path(step, &SourceRef::default(), path.as_deref()),
+                    ));
                 }
                 When::Missing { scope, path } => {
                     acc.read(scope, path.as_deref());
-                    out.push(CWhen::Missing(scope.clone(), self.path(step, &SourceRef::default(), path.as_deref())));
+                    out.push(CWhen::Missing(
+                        scope.clone(),
+                        self.path(step, &SourceRef::default(), path.as_deref()),
+                    ));
                 }
-                When::Case { select, case } => out.push(CWhen::Case { select: select.clone(), case: case.clone() }),
+                When::Case { select, case } => out.push(CWhen::Case {
+                    select: select.clone(),
+                    case: case.clone(),
+                }),
                 When::Expr(script) => {
                     acc.read(&Scope::Data, None);
                     if let Some(c) = self.script(step, script, &name_refs) {
@@ -993,7 +1021,9 @@ impl Compiler<'_> {
                     if !names.contains(for_each) {
                         self.errors.push(CompileError::Invalid {
                             step: step.to_string(),
-                            message: format!("filter for forEach `{for_each}`, which this step does not have"),
+                            message: format!(
+                                "filter for forEach `{for_each}`, which this step does not have"
+                            ),
                             at: script.origin.clone(),
                         });
                         continue;
@@ -1002,7 +1032,10 @@ impl Compiler<'_> {
                     let mut with_item = name_refs.clone();
                     with_item.push("item");
                     if let Some(c) = self.script(step, script, &with_item) {
-                        out.push(CWhen::Filter { for_each: for_each.clone(), script: c });
+                        out.push(CWhen::Filter {
+                            for_each: for_each.clone(),
+                            script: c,
+                        });
                     }
                 }
             }
@@ -1011,12 +1044,29 @@ impl Compiler<'_> {
     }
 
     /// Compiles a rhai script once; syntax errors carry the definition file's line.
-    fn script(&mut self, step: &str, script: &crate::model::Script, names: &[&str]) -> Option<CompiledScript> {
-        let origin = ScriptOrigin::new(script.origin.file.clone(), script.origin.line.max(1), script.origin.column.max(1));
-        match self.catalog.script_engine().compile_with_names(&script.source, &origin, names) {
+    fn script(
+        &mut self,
+        step: &str,
+        script: &crate::model::Script,
+        names: &[&str],
+    ) -> Option<CompiledScript> {
+        let origin = ScriptOrigin::new(
+            script.origin.file.clone(),
+            script.origin.line.max(1),
+            script.origin.column.max(1),
+        );
+        match self
+            .catalog
+            .script_engine()
+            .compile_with_names(&script.source, &origin, names)
+        {
             Ok(c) => Some(c),
             Err(e) => {
-                self.errors.push(CompileError::Invalid { step: step.to_string(), message: format!("script: {e}"), at: script.origin.clone() });
+                self.errors.push(CompileError::Invalid {
+                    step: step.to_string(),
+                    message: format!("script: {e}"),
+                    at: script.origin.clone(),
+                });
                 None
             }
         }

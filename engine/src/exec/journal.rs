@@ -110,7 +110,12 @@ pub trait Journal: Send + Sync {
     /// A transaction began.
     async fn txn_started(&self, start: &TxnStart<'_>) -> Result<(), JournalError>;
     /// A transaction changed state; a final state is durable when this returns.
-    async fn txn_state(&self, txn_id: &str, state: TxnState, message: Option<&str>) -> Result<(), JournalError>;
+    async fn txn_state(
+        &self,
+        txn_id: &str,
+        state: TxnState,
+        message: Option<&str>,
+    ) -> Result<(), JournalError>;
     /// About to call a provider: durable when this returns.
     async fn step_intent(&self, intent: &StepIntent<'_>) -> Result<(), JournalError>;
     /// A provider call succeeded (made durable by the next durable write at the latest).
@@ -120,7 +125,12 @@ pub trait Journal: Send + Sync {
     /// An undo finished (ok or not).
     async fn undo_done(&self, call: &CallContext, error: Option<&str>) -> Result<(), JournalError>;
     /// Two-phase: a prepare or commit finished.
-    async fn phase_done(&self, call: &CallContext, phase: &str, error: Option<&str>) -> Result<(), JournalError>;
+    async fn phase_done(
+        &self,
+        call: &CallContext,
+        phase: &str,
+        error: Option<&str>,
+    ) -> Result<(), JournalError>;
 }
 
 /// A journal that keeps nothing (the engine core without durability).
@@ -147,7 +157,12 @@ impl Journal for NoJournal {
     async fn undo_done(&self, _: &CallContext, _: Option<&str>) -> Result<(), JournalError> {
         Ok(())
     }
-    async fn phase_done(&self, _: &CallContext, _: &str, _: Option<&str>) -> Result<(), JournalError> {
+    async fn phase_done(
+        &self,
+        _: &CallContext,
+        _: &str,
+        _: Option<&str>,
+    ) -> Result<(), JournalError> {
         Ok(())
     }
 }

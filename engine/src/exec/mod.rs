@@ -10,9 +10,9 @@ mod redact;
 pub use journal::{Journal, JournalError, NoJournal, StepDone, StepIntent, TxnStart, TxnState};
 pub use redact::Redactor;
 
-use crate::compile::{ScriptNode, 
+use crate::compile::{
     compile_request, Body, CForEach, CPart, CSource, CTransform, CWhen, Catalog, CompileErrors,
-    CompiledProcedure, ExecNode, Leaf, Limits, Plan, PlanNode, Program,
+    CompiledProcedure, ExecNode, Leaf, Limits, Plan, PlanNode, Program, ScriptNode,
 };
 use crate::data::transform::{extract, place, remove};
 use crate::data::{Element, IfNull, Mode, Path, Scalar};
@@ -701,7 +701,13 @@ impl Engine {
     /// Runs a rhai script step on a blocking thread. The script's `call_procedure` calls come
     /// back here over a channel and run as nested calls of this transaction (journaled and
     /// undone like any other); its result goes into `data`.
-    async fn run_script(&self, txn: &Txn, inv: &Invocation, sn: &ScriptNode, prefix: &str) -> Result<(), Failure> {
+    async fn run_script(
+        &self,
+        txn: &Txn,
+        inv: &Invocation,
+        sn: &ScriptNode,
+        prefix: &str,
+    ) -> Result<(), Failure> {
         let step = format!("{prefix}{}", sn.id);
         let none: Bindings = Vec::new();
         let literal = Element::new("executeData");
@@ -726,50 +732,83 @@ impl Engine {
         let engine = self.catalog.script_engine().clone();
         let script = sn.script.clone();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<HostCall>();
-        let host = Arc::new(ChannelHost { tx, allowed: sn.calls.iter().map(|t| t.to_string()).collect() });
+        let host = Arc::new(ChannelHost {
+            tx,
+            allowed: sn.calls.iter().map(|t| t.to_string()).collect(),
+        });
         let span = info_span!("script", step.id = %step);
-        let handle = tokio::task::spawn_blocking(move || span.in_scope(|| engine.run_step(&script, &vars, host)));
+        let handle = tokio::task::spawn_blocking(move || {
+            span.in_scope(|| engine.run_step(&script, &vars, host))
+        });
         let mut n = 0;
         while let Some(call) = rx.recv().await {
             n += 1;
             let reply = match call.target.rsplit_once('/') {
                 None => Err(format!("`{}` is not Namespace/Procedure", call.target)),
                 Some((ns, p)) => {
-                    let target = CallTarget { namespace: ns.to_string(), procedure: p.to_string() };
+                    let target = CallTarget {
+                        namespace: ns.to_string(),
+                        procedure: p.to_string(),
+                    };
                     match crate::data::json::from_json("executeData", &call.data) {
                         Err(e) => Err(format!("call data: {e}")),
-                        Ok(ed) => match self.invoke(txn, &target, ed, &format!("{step}/call{n}"), Vec::new()).await {
+                        Ok(ed) => match self
+                            .invoke(txn, &target, ed, &format!("{step}/call{n}"), Vec::new())
+                            .await
+                        {
                             Ok(out) => Ok(crate::data::json::to_json(&out)),
-                            Err(f) => Err(format!("{} failed at {}: {} (code {:#010x})", target, f.step, f.message, f.code)),
+                            Err(f) => Err(format!(
+                                "{} failed at {}: {} (code {:#010x})",
+                                target, f.step, f.message, f.code
+                            )),
                         },
                     }
                 }
             };
             let _ = call.reply.send(reply);
         }
-        let result = handle.await.map_err(|e| Failure::data(&step, format!("script step stopped: {e}")))?;
+        let result = handle
+            .await
+            .map_err(|e| Failure::data(&step, format!("script step stopped: {e}")))?;
         let value = result.map_err(|e| script_failure(&step, &e))?;
         if !value.is_null() {
             let mut data = lock(&inv.data);
             match &sn.output {
                 Some(path) => {
-                    let name = path.as_str().rsplit('/').next().unwrap_or("result").to_string();
-                    let node = crate::data::json::from_json(&name, &value).map_err(|e| Failure::data(&step, format!("script result: {e}")))?;
-                    place(&mut data, Some(path), node, Mode::Replace).map_err(|e| Failure::data(&step, format!("script result: {e}")))?;
+                    let name = path
+                        .as_str()
+                        .rsplit('/')
+                        .next()
+                        .unwrap_or("result")
+                        .to_string();
+                    let node = crate::data::json::from_json(&name, &value)
+                        .map_err(|e| Failure::data(&step, format!("script result: {e}")))?;
+                    place(&mut data, Some(path), node, Mode::Replace)
+                        .map_err(|e| Failure::data(&step, format!("script result: {e}")))?;
                 }
                 None => {
                     if !value.is_object() {
-                        return Err(Failure::data(&step, "a script step without `output:` must return a map (merged into data)"));
+                        return Err(Failure::data(
+                            &step,
+                            "a script step without `output:` must return a map (merged into data)",
+                        ));
                     }
-                    let node = crate::data::json::from_json("data", &value).map_err(|e| Failure::data(&step, format!("script result: {e}")))?;
-                    place(&mut data, None, node, Mode::Merge).map_err(|e| Failure::data(&step, format!("script result: {e}")))?;
+                    let node = crate::data::json::from_json("data", &value)
+                        .map_err(|e| Failure::data(&step, format!("script result: {e}")))?;
+                    place(&mut data, None, node, Mode::Merge)
+                        .map_err(|e| Failure::data(&step, format!("script result: {e}")))?;
                 }
             }
         }
         if let Some(undo) = &sn.undo {
             let started_after = txn.completions.load(AtomicOrdering::SeqCst);
             let seq = txn.completions.fetch_add(1, AtomicOrdering::SeqCst);
-            let provider: Arc<dyn Provider> = Arc::new(ScriptUndo { engine: self.catalog.script_engine().clone(), script: undo.clone(), data: data_before, result: value });
+            let provider: Arc<dyn Provider> = Arc::new(ScriptUndo {
+                engine: self.catalog.script_engine().clone(),
+                script: undo.clone(),
+                data: data_before,
+                result: value,
+            });
             lock(&txn.completed).push(Completed {
                 started_after,
                 seq,
@@ -778,7 +817,13 @@ impl Engine {
                 kind: ProcKind::Write,
                 provider,
                 done: Done {
-                    context: CallContext { txn_id: txn.id.clone(), step_id: step.clone(), attempt: 1, namespace: "(script)".into(), procedure: sn.id.clone() },
+                    context: CallContext {
+                        txn_id: txn.id.clone(),
+                        step_id: step.clone(),
+                        attempt: 1,
+                        namespace: "(script)".into(),
+                        procedure: sn.id.clone(),
+                    },
                     provider_context: Element::new("providerContext"),
                     undo: Element::new("undo"),
                     execute_data: None,
@@ -810,7 +855,10 @@ impl Engine {
                             let mut kept = Vec::with_capacity(nodes.len());
                             for n in nodes {
                                 let item = crate::data::json::to_json(&n);
-                                if engine.eval_filter(script, &vars, &item).map_err(|e| script_failure(step, &e))? {
+                                if engine
+                                    .eval_filter(script, &vars, &item)
+                                    .map_err(|e| script_failure(step, &e))?
+                                {
                                     kept.push(n);
                                 }
                             }
@@ -896,16 +944,25 @@ impl Engine {
                 CWhen::Exists(scope, path) | CWhen::Missing(scope, path) => {
                     let mut scratch = execute_data.clone();
                     let mut b = bindings.clone();
-                    let found = self.with_scope(txn, inv, &mut b, &mut scratch, scope, step, |root| match path {
-                        None => true,
-                        Some(p) => !p.select(root).is_empty(),
-                    })?;
+                    let found =
+                        self.with_scope(txn, inv, &mut b, &mut scratch, scope, step, |root| {
+                            match path {
+                                None => true,
+                                Some(p) => !p.select(root).is_empty(),
+                            }
+                        })?;
                     matches!(w, CWhen::Exists(..)) == found
                 }
-                CWhen::Case { select, case } => lock(&inv.selects).get(select).map(|c| c == case).unwrap_or(false),
+                CWhen::Case { select, case } => lock(&inv.selects)
+                    .get(select)
+                    .map(|c| c == case)
+                    .unwrap_or(false),
                 CWhen::Expr(script) => {
                     let vars = self.vars(txn, inv, bindings, execute_data);
-                    self.catalog.script_engine().eval_condition(script, &vars).map_err(|e| script_failure(step, &e))?
+                    self.catalog
+                        .script_engine()
+                        .eval_condition(script, &vars)
+                        .map_err(|e| script_failure(step, &e))?
                 }
                 CWhen::Filter { .. } => true,
             };
@@ -917,7 +974,13 @@ impl Engine {
     }
 
     /// The data scopes as rhai variables.
-    fn vars(&self, txn: &Txn, inv: &Invocation, bindings: &Bindings, execute_data: &Element) -> Vars {
+    fn vars(
+        &self,
+        txn: &Txn,
+        inv: &Invocation,
+        bindings: &Bindings,
+        execute_data: &Element,
+    ) -> Vars {
         let mut v = Vars::new();
         v.push_element("data", &lock(&inv.data));
         v.push_element("procedureData", &lock(&inv.procedure_data));
@@ -1010,7 +1073,8 @@ impl Engine {
                     let vars = self.vars(txn, inv, bindings, ed);
                     match self.catalog.script_engine().eval_value(script, &vars) {
                         Ok(serde_json::Value::Null) => Vec::new(),
-                        Ok(v) => vec![crate::data::json::from_json("value", &v).map_err(|e| Failure::data(step, format!("expression result: {e}")))?],
+                        Ok(v) => vec![crate::data::json::from_json("value", &v)
+                            .map_err(|e| Failure::data(step, format!("expression result: {e}")))?],
                         Err(e) if txn.mode == RunMode::Plan => {
                             unresolved.push(format!("expression ({})", e.message()));
                             continue;
@@ -1389,7 +1453,10 @@ impl Engine {
         for (step, target, provider, done) in &calls {
             let r = provider.prepare(done).await;
             let err = r.as_ref().err().map(|e| e.to_string());
-            let _ = self.journal.phase_done(&done.context, "prepare", err.as_deref()).await;
+            let _ = self
+                .journal
+                .phase_done(&done.context, "prepare", err.as_deref())
+                .await;
             if let Err(e) = r {
                 return Err(fail(
                     step,
@@ -1402,7 +1469,10 @@ impl Engine {
         for (step, _, provider, done) in &calls {
             let r = provider.commit(done).await;
             let err = r.as_ref().err().map(|e| e.to_string());
-            let _ = self.journal.phase_done(&done.context, "commit", err.as_deref()).await;
+            let _ = self
+                .journal
+                .phase_done(&done.context, "commit", err.as_deref())
+                .await;
             if let Err(e) = r {
                 // Commit must not fail (MPS event 4107): the change is prepared but not visible.
                 tracing::error!(step = %step, error = %e, "two-phase commit failed; the system may be inconsistent");
@@ -1417,7 +1487,13 @@ impl Engine {
     /// is retried with backoff; returns how many were undone and what kept failing.
     async fn rollback(&self, txn: &Txn) -> (usize, Vec<UndoFailure>) {
         let completed = std::mem::take(&mut *lock(&txn.completed));
-        let order: Vec<UndoOrder> = completed.iter().map(|c| UndoOrder { started_after: c.started_after, seq: c.seq }).collect();
+        let order: Vec<UndoOrder> = completed
+            .iter()
+            .map(|c| UndoOrder {
+                started_after: c.started_after,
+                seq: c.seq,
+            })
+            .collect();
         let mut undone = 0;
         let mut failures = Vec::new();
         let results = undo_in_dependency_order(&order, |i| {
@@ -1439,13 +1515,21 @@ impl Engine {
     }
 
     /// One undo with retries and backoff, journaled.
-    pub(crate) async fn undo_one(&self, provider: Arc<dyn Provider>, done: Done, step: String) -> Result<(), String> {
+    pub(crate) async fn undo_one(
+        &self,
+        provider: Arc<dyn Provider>,
+        done: Done,
+        step: String,
+    ) -> Result<(), String> {
         let span = info_span!("undo", step.id = %step, provider = %provider.name());
         async {
             self.emit(Event::Undoing { step: step.clone() });
             let mut last = String::new();
             for attempt in 1..=self.options.undo_attempts.max(1) {
-                match AssertUnwindSafe(provider.undo(done.clone())).catch_unwind().await {
+                match AssertUnwindSafe(provider.undo(done.clone()))
+                    .catch_unwind()
+                    .await
+                {
                     Ok(Ok(())) => {
                         let _ = self.journal.undo_done(&done.context, None).await;
                         return Ok(());
@@ -1455,7 +1539,10 @@ impl Engine {
                 }
                 tracing::warn!(attempt, error = %last, "undo failed");
                 if attempt < self.options.undo_attempts {
-                    tokio::time::sleep(self.options.retry_backoff * 2u32.saturating_pow(attempt - 1)).await;
+                    tokio::time::sleep(
+                        self.options.retry_backoff * 2u32.saturating_pow(attempt - 1),
+                    )
+                    .await;
                 }
             }
             let _ = self.journal.undo_done(&done.context, Some(&last)).await;
@@ -1477,7 +1564,10 @@ pub struct UndoOrder {
 
 /// Runs `undo(i)` for every call so that a call is undone only after every call that
 /// started after it completed; independent calls run concurrently. Returns results by index.
-pub async fn undo_in_dependency_order<'a, F, Fut>(order: &[UndoOrder], undo: F) -> Vec<Result<(), String>>
+pub async fn undo_in_dependency_order<'a, F, Fut>(
+    order: &[UndoOrder],
+    undo: F,
+) -> Vec<Result<(), String>>
 where
     F: Fn(usize) -> Fut,
     Fut: std::future::Future<Output = Result<(), String>> + 'a,
@@ -1606,8 +1696,17 @@ fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
 }
 
 fn script_failure(step: &str, e: &ScriptError) -> Failure {
-    let code = if e.limit().is_some() { 0x8013_1501 } else { ProviderError::E_FAIL };
-    Failure { code, message: e.to_string(), step: step.to_string(), sources: Vec::new() }
+    let code = if e.limit().is_some() {
+        0x8013_1501
+    } else {
+        ProviderError::E_FAIL
+    };
+    Failure {
+        code,
+        message: e.to_string(),
+        step: step.to_string(),
+        sources: Vec::new(),
+    }
 }
 
 /// A `call_procedure` request from a script thread, answered by the step's async task.
@@ -1632,8 +1731,16 @@ impl ScriptHost for ChannelHost {
             ));
         }
         let (reply, answer) = std::sync::mpsc::channel();
-        self.tx.send(HostCall { target: target.to_string(), data, reply }).map_err(|_| "the transaction is gone".to_string())?;
-        answer.recv().map_err(|_| "the transaction is gone".to_string())?
+        self.tx
+            .send(HostCall {
+                target: target.to_string(),
+                data,
+                reply,
+            })
+            .map_err(|_| "the transaction is gone".to_string())?;
+        answer
+            .recv()
+            .map_err(|_| "the transaction is gone".to_string())?
     }
 }
 
@@ -1659,7 +1766,9 @@ impl Provider for ScriptUndo {
     async fn undo(&self, _done: Done) -> Result<(), ProviderError> {
         let engine = self.engine.clone();
         let script = self.script.clone();
-        let vars = Vars::new().with("data", &self.data).with("result", &self.result);
+        let vars = Vars::new()
+            .with("data", &self.data)
+            .with("result", &self.result);
         tokio::task::spawn_blocking(move || engine.eval_value(&script, &vars))
             .await
             .map_err(|e| ProviderError::permanent(format!("undo script stopped: {e}")))?

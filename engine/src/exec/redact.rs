@@ -78,7 +78,10 @@ impl Redactor {
                 return true;
             }
         }
-        e.attrs.iter().any(|(_, v)| self.values.iter().any(|s| v.contains(s.as_str()))) || e.elements().any(|c| self.contains_secret(c))
+        e.attrs
+            .iter()
+            .any(|(_, v)| self.values.iter().any(|s| v.contains(s.as_str())))
+            || e.elements().any(|c| self.contains_secret(c))
     }
 
     /// Scrubs known secret values from text.

@@ -149,7 +149,10 @@ pub struct Script {
 impl Script {
     /// A script from text and its location.
     pub fn new(source: impl Into<String>, origin: SourceRef) -> Self {
-        Script { source: source.into(), origin }
+        Script {
+            source: source.into(),
+            origin,
+        }
     }
 }
 

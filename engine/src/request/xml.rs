@@ -6,19 +6,21 @@
 //! [`parse_template`].
 
 use super::template::parse_template;
-use super::{ParseError, MAX_DEPTH, MAX_FILE_BYTES};
+use super::{read_limited, ParseError, MAX_DEPTH, MAX_FILE_BYTES};
 use crate::data::xml::{parse_located, Limits, Located, LocatedNode, XmlError};
 use crate::data::{Element, IfNull, Mode, Path, Scalar};
 use crate::model::{
     Access, CallTarget, ExecuteStep, ForEach, Format, InputSpec, Namespace, Ordering, ProcKind,
-    Procedure, Repeat, Request, RequestTarget, Scope, SelectStep, SourceRef, Step, Transform,
-    TransformSource, TryStep, When,
+    Procedure, Repeat, Request, RequestTarget, Scope, Script, ScriptStep, SelectStep, SourceRef,
+    Step, Transform, TransformSource, TryStep, When,
 };
+use std::cell::OnceCell;
 use std::collections::HashSet;
+use std::path::{Component, Path as FsPath};
 
 /// Parses an XML namespace file (`<namespace>` root, or `<namespaces>` holding several).
 pub fn parse_namespaces(src: &str, file: &str) -> Result<Vec<Namespace>, Vec<ParseError>> {
-    let ctx = Ctx { file };
+    let ctx = Ctx::new(src, file);
     let root = parse_located(src, &limits()).map_err(|e| vec![ctx.xml_error(e)])?;
     let mut errs = Vec::new();
     let mut out = Vec::new();
@@ -77,7 +79,7 @@ pub fn parse_namespaces(src: &str, file: &str) -> Result<Vec<Namespace>, Vec<Par
 
 /// Parses an XML request (`<request>`).
 pub fn parse_request(src: &str, file: &str) -> Result<Request, ParseError> {
-    let ctx = Ctx { file };
+    let ctx = Ctx::new(src, file);
     let root = parse_located(src, &limits()).map_err(|e| ctx.xml_error(e))?;
     ctx.request(root)
 }
@@ -110,8 +112,9 @@ const PROCEDURE_CHILDREN: &[&str] = &[
     "try",
     "catch",
     "select",
+    "script",
 ];
-const STEP_ELEMENTS: &[&str] = &["execute", "transform", "try", "catch", "select"];
+const STEP_ELEMENTS: &[&str] = &["execute", "transform", "try", "catch", "select", "script"];
 const INPUT_ATTRS: &[&str] = &[
     "name",
     "type",
@@ -138,8 +141,8 @@ const EXECUTE_CHILDREN: &[&str] = &[
     "before",
     "after",
 ];
-const FOREACH_ATTRS: &[&str] = &["name", "root", "path", "ifNull"];
-const WHEN_ATTRS: &[&str] = &["source", "sourcePath", "not", "select", "case"];
+const FOREACH_ATTRS: &[&str] = &["name", "root", "path", "ifNull", "filter"];
+const WHEN_ATTRS: &[&str] = &["source", "sourcePath", "not", "select", "case", "expr"];
 const REPEAT_ATTRS: &[&str] = &["source", "sourcePath", "ifNull"];
 const TRANSFORM_NODE_ATTRS: &[&str] = &[
     "source",
@@ -150,7 +153,10 @@ const TRANSFORM_NODE_ATTRS: &[&str] = &[
     "ifNull",
     "allowNullTransform",
     "template",
+    "expr",
 ];
+const SCRIPT_ATTRS: &[&str] = &["id", "needs", "calls", "output", "file"];
+const SCRIPT_CHILDREN: &[&str] = &["when", "undo"];
 const TRY_ATTRS: &[&str] = &["id", "needs"];
 const SELECT_ATTRS: &[&str] = &[
     "name",
@@ -195,9 +201,17 @@ fn valid_name(name: &str) -> bool {
             .all(|c| c.is_alphanumeric() || matches!(c, '_' | ' ' | '-' | '.'))
 }
 
-/// Parsing context: the file name for every [`SourceRef`].
+/// A start tag: the offset of its `<`, the offset just past its `>`, and (name, offset)
+/// of each attribute value.
+type StartTag<'f> = (usize, usize, Vec<(&'f str, usize)>);
+
+/// Parsing context: the file name for every [`SourceRef`], and the text (to locate
+/// script text and attribute values, which the located tree does not position).
 struct Ctx<'f> {
     file: &'f str,
+    src: &'f str,
+    /// Byte offsets where lines start, computed on first use.
+    line_starts: OnceCell<Vec<usize>>,
 }
 
 /// The pieces of a parsed `<procedure>` body.
@@ -207,7 +221,15 @@ struct Body {
     steps: Vec<Step>,
 }
 
-impl Ctx<'_> {
+impl<'f> Ctx<'f> {
+    fn new(src: &'f str, file: &'f str) -> Self {
+        Ctx {
+            file,
+            src,
+            line_starts: OnceCell::new(),
+        }
+    }
+
     fn at(&self, el: &Located) -> SourceRef {
         SourceRef::new(self.file, el.line, el.column)
     }
@@ -598,11 +620,12 @@ impl Ctx<'_> {
             let el = elements[i];
             i += 1;
             let result = match el.name.as_str() {
-                "execute" | "transform" | "select" | "try" => {
+                "execute" | "transform" | "select" | "try" | "script" => {
                     n += 1;
                     let auto = format!("step{n}");
                     match el.name.as_str() {
                         "select" => self.select(el).map(Step::Select),
+                        "script" => self.script_step(el, auto).map(Step::Script),
                         "try" => {
                             let catch = elements.get(i).filter(|c| c.name == "catch");
                             match catch {
@@ -715,6 +738,253 @@ impl Ctx<'_> {
         })
     }
 
+    /// `<script id? needs? calls? output? file?>text<when …/><undo file?>text</undo></script>`.
+    fn script_step(&self, el: &Located, auto: String) -> Result<ScriptStep, ParseError> {
+        self.check_attrs(el, SCRIPT_ATTRS)?;
+        let mut when = Vec::new();
+        let mut undo = None;
+        for child in el.elements() {
+            match child.name.as_str() {
+                "when" => when.push(self.when(child, &[])?),
+                "undo" => {
+                    if undo.is_some() {
+                        return Err(self.err(child, "a second <undo>; a script has at most one"));
+                    }
+                    self.check_attrs(child, &["file"])?;
+                    if let Some(c) = child.elements().next() {
+                        return Err(self.unknown_element(c, child, &[]));
+                    }
+                    undo = Some(self.script_text(child)?);
+                }
+                _ => return Err(self.unknown_element(child, el, SCRIPT_CHILDREN)),
+            }
+        }
+        let script = self.script_text(el)?;
+        let mut calls = Vec::new();
+        for part in el
+            .attr("calls")
+            .unwrap_or_default()
+            .split([';', ','])
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+        {
+            match part.split_once('/') {
+                Some((ns, p)) if valid_name(ns.trim()) && valid_name(p.trim()) => {
+                    calls.push(CallTarget {
+                        namespace: ns.trim().to_string(),
+                        procedure: p.trim().to_string(),
+                    })
+                }
+                _ => {
+                    return Err(self
+                        .err(
+                            el,
+                            format!("`{part}` in calls=\"…\" is not Namespace/Procedure"),
+                        )
+                        .with_hint(
+                            "write calls=\"Hosted DNS/AddHostRecord; Directory/CreateUser\"",
+                        ))
+                }
+            }
+        }
+        Ok(ScriptStep {
+            id: el.attr("id").map_or(auto, str::to_string),
+            script,
+            undo,
+            calls,
+            when,
+            output: self.path_attr(el, "output")?,
+            needs: self.needs(el),
+            source_ref: self.at(el),
+        })
+    }
+
+    /// The script of a `<script>` or `<undo>`: its text, or the file its `file` attribute
+    /// names (never both).
+    fn script_text(&self, el: &Located) -> Result<Script, ParseError> {
+        let mut runs = el.texts().filter(|t| !t.trim().is_empty());
+        let text = runs.next();
+        if runs.next().is_some() {
+            return Err(self
+                .err(el, format!("the script in <{}> is split in pieces", el.name))
+                .with_hint("write the script as one text (or one CDATA section), with the child elements before or after it"));
+        }
+        match (el.attr("file"), text) {
+            (Some(_), Some(_)) => Err(self
+                .err(
+                    el,
+                    format!("<{}> has both file=\"…\" and script text", el.name),
+                )
+                .with_hint("keep one: the file, or the text")),
+            (Some(name), None) => read_script_file(self.file, name, self.at(el)),
+            (None, None) => Err(self
+                .err(el, format!("<{}> holds no script", el.name))
+                .with_hint(format!(
+                    "write the rhai source inside <{}>, or file=\"name.rhai\"",
+                    el.name
+                ))),
+            (None, Some(text)) => Ok(self.located_text(el, text)),
+        }
+    }
+
+    // ------------------------------------------------------------------ positions
+
+    /// An attribute holding a rhai expression, with where its value starts.
+    fn expr_attr(&self, el: &Located, name: &str) -> Result<Option<Script>, ParseError> {
+        let Some(v) = el.attr(name) else {
+            return Ok(None);
+        };
+        if v.trim().is_empty() {
+            return Err(self
+                .err(el, format!("{name}=\"\" on <{}> is empty", el.name))
+                .with_hint(format!(
+                    "{name} holds a rhai expression such as `data.user.enabled`"
+                )));
+        }
+        let origin = self
+            .attr_value_offset(el, name)
+            .map(|o| self.position(o))
+            .unwrap_or_else(|| self.at(el));
+        Ok(Some(Script::new(v, origin)))
+    }
+
+    /// Byte offsets of the line starts.
+    fn line_starts(&self) -> &[usize] {
+        self.line_starts.get_or_init(|| {
+            std::iter::once(0)
+                .chain(self.src.match_indices('\n').map(|(i, _)| i + 1))
+                .collect()
+        })
+    }
+
+    /// The byte offset of a 1-based line and (character) column.
+    fn offset_of(&self, line: u32, column: u32) -> Option<usize> {
+        let start = *self
+            .line_starts()
+            .get(usize::try_from(line).ok()?.checked_sub(1)?)?;
+        let skip = usize::try_from(column).ok()?.checked_sub(1)?;
+        let rest = self.src.get(start..)?;
+        match rest.char_indices().nth(skip) {
+            Some((i, _)) => Some(start + i),
+            None => Some(self.src.len()),
+        }
+    }
+
+    /// The file position of a byte offset.
+    fn position(&self, offset: usize) -> SourceRef {
+        let starts = self.line_starts();
+        let idx = match starts.binary_search(&offset) {
+            Ok(i) => i,
+            Err(i) => i.saturating_sub(1),
+        };
+        let start = starts.get(idx).copied().unwrap_or(0);
+        let column = self.src.get(start..offset).map_or(0, |s| s.chars().count());
+        SourceRef::new(
+            self.file,
+            u32::try_from(idx + 1).unwrap_or(u32::MAX),
+            u32::try_from(column + 1).unwrap_or(u32::MAX),
+        )
+    }
+
+    /// The start tag of an element: (offset of `<`, offset just past its `>`), and the
+    /// offsets of its attribute values.
+    fn start_tag(&self, el: &Located) -> Option<StartTag<'f>> {
+        let start = self.offset_of(el.line, el.column)?;
+        let bytes = self.src.as_bytes();
+        if bytes.get(start) != Some(&b'<') {
+            return None;
+        }
+        let mut values = Vec::new();
+        let mut i = start + 1;
+        let mut name_start = None;
+        let mut last_name: &str = "";
+        while let Some(&b) = bytes.get(i) {
+            match b {
+                b'>' => return Some((start, i + 1, values)),
+                b'"' | b'\'' => {
+                    let close = self.src.get(i + 1..)?.find(b as char)?;
+                    values.push((last_name, i + 1));
+                    i += close + 2;
+                    continue;
+                }
+                b'=' => {
+                    if let Some(n) = name_start.take() {
+                        last_name = self.src.get(n..i)?.trim();
+                    }
+                }
+                b' ' | b'\t' | b'\n' | b'\r' => {
+                    if let Some(n) = name_start.take() {
+                        last_name = self.src.get(n..i)?.trim();
+                    }
+                }
+                _ => {
+                    if name_start.is_none() {
+                        name_start = Some(i);
+                    }
+                }
+            }
+            i += 1;
+        }
+        None
+    }
+
+    fn attr_value_offset(&self, el: &Located, name: &str) -> Option<usize> {
+        let (_, _, values) = self.start_tag(el)?;
+        values.into_iter().find(|(n, _)| *n == name).map(|(_, o)| o)
+    }
+
+    /// A script written as the text of `el`: the text without its leading blank space,
+    /// with the position of its first character (found after the start tag; when it
+    /// cannot be found, the element's line, or the next line when the text starts on a
+    /// new line).
+    fn located_text(&self, el: &Located, text: &str) -> Script {
+        let body = text.trim_start();
+        let fallback = || {
+            let mut at = self.at(el);
+            if text[..text.len() - body.len()].contains('\n') {
+                at.line += 1;
+                at.column = 1;
+            }
+            at
+        };
+        let origin = self
+            .start_tag(el)
+            .and_then(|(_, end, _)| self.find_text(end, body))
+            .map(|o| self.position(o))
+            .unwrap_or_else(fallback);
+        Script::new(body.trim_end(), origin)
+    }
+
+    /// Where `body` (text content, entities resolved) starts in the source after `from`:
+    /// the first match of its first line's plain prefix outside any tag.
+    fn find_text(&self, from: usize, body: &str) -> Option<usize> {
+        let first = body.lines().next()?;
+        let needle: String = first
+            .chars()
+            .take_while(|c| !matches!(c, '&' | '<' | '>' | ']' | '\r'))
+            .take(40)
+            .collect();
+        if needle.is_empty() {
+            return None;
+        }
+        let hay = self.src.get(from..)?;
+        let mut search = 0;
+        while let Some(i) = hay.get(search..)?.find(&needle) {
+            let at = search + i;
+            let before = hay.get(..at)?;
+            // Inside a tag when the last `<` before the match is not closed (CDATA aside).
+            let inside_tag = match before.rfind('<') {
+                Some(lt) => !before[lt..].contains('>') && !before[lt..].starts_with("<![CDATA["),
+                None => false,
+            };
+            if !inside_tag {
+                return Some(from + at);
+            }
+            search = at + needle.len();
+        }
+        None
+    }
+
     fn execute(&self, el: &Located, auto: String) -> Result<ExecuteStep, ParseError> {
         let is_execute = el.name == "execute";
         self.check_attrs(
@@ -801,6 +1071,12 @@ impl Ctx<'_> {
                 path: self.path_attr(child, "path")?,
                 if_null: self.if_null(child, true)?,
             });
+            if let Some(script) = self.expr_attr(child, "filter")? {
+                step.when.push(When::Filter {
+                    for_each: name.to_string(),
+                    script,
+                });
+            }
             names.push(name.to_string());
         }
         let mut seen_data = false;
@@ -866,6 +1142,17 @@ impl Ctx<'_> {
     fn when(&self, el: &Located, names: &[String]) -> Result<When, ParseError> {
         self.check_attrs(el, WHEN_ATTRS)?;
         self.no_children(el)?;
+        if let Some(script) = self.expr_attr(el, "expr")? {
+            if let Some(other) = ["source", "sourcePath", "not", "select", "case"]
+                .into_iter()
+                .find(|a| el.attr(a).is_some())
+            {
+                return Err(self
+                    .err(el, format!("<when expr=…> takes no `{other}` attribute"))
+                    .with_hint("use two <when> elements: all of them must hold"));
+            }
+            return Ok(When::Expr(script));
+        }
         let has_source = el.attr("source").is_some() || el.attr("sourcePath").is_some();
         let has_select = el.attr("select").is_some() || el.attr("case").is_some();
         match (has_source, has_select) {
@@ -877,7 +1164,7 @@ impl Ctx<'_> {
                 .with_hint("use two <when> elements: all of them must hold")),
             (false, false) => Err(self.err(
                 el,
-                "<when> needs source (and sourcePath) or select and case",
+                "<when> needs source (and sourcePath), select and case, or expr",
             )),
             (true, false) => {
                 let scope = self.scope_attr(el, "source", names)?;
@@ -914,8 +1201,23 @@ impl Ctx<'_> {
                 .err(el, format!("<{}> holds no content here", el.name))
                 .with_hint("XSL templates inside before/after are not supported; use template=\"…\" or a transform step"));
         }
-        let source = match el.attr("template") {
-            Some(t) => {
+        let expr = self.expr_attr(el, "expr")?;
+        if expr.is_some() {
+            if let Some(other) = ["source", "sourcePath", "template"]
+                .into_iter()
+                .find(|a| el.attr(a).is_some())
+            {
+                return Err(self
+                    .err(
+                        el,
+                        format!("<{}> takes either expr or {other}, not both", el.name),
+                    )
+                    .with_hint("expr computes the value; source/sourcePath/template select it"));
+            }
+        }
+        let source = match (expr, el.attr("template")) {
+            (Some(script), _) => TransformSource::Expr(script),
+            (None, Some(t)) => {
                 if el.attr("source").is_some() || el.attr("sourcePath").is_some() {
                     return Err(self.err(
                         el,
@@ -930,7 +1232,7 @@ impl Ctx<'_> {
                 }
                 TransformSource::Template(t.to_string())
             }
-            None => TransformSource::Node {
+            (None, None) => TransformSource::Node {
                 scope: self.scope_attr(el, "source", names)?,
                 path: self.path_attr(el, "sourcePath")?,
             },
@@ -949,8 +1251,11 @@ impl Ctx<'_> {
             ],
             Mode::Insert,
         )?;
-        if mode == Mode::Move && matches!(source, TransformSource::Template(_)) {
-            return Err(self.err(el, "mode=\"move\" needs a source node, not a template"));
+        if mode == Mode::Move && !matches!(source, TransformSource::Node { .. }) {
+            return Err(self.err(
+                el,
+                "mode=\"move\" needs a source node, not a template or an expression",
+            ));
         }
         Ok(Transform {
             source,
@@ -1092,6 +1397,43 @@ impl Ctx<'_> {
         }
         p.steps = body.steps;
         Ok(RequestTarget::Trusted(Box::new(p)))
+    }
+}
+
+/// Reads a script file named in a definition (`file="x.rhai"`, YAML `{ file: x.rhai }`):
+/// relative to the definition file's folder, never absolute and never with `..`. Its origin
+/// is line 1, column 1 of that file. Errors are reported at `at`.
+pub(super) fn read_script_file(
+    definition: &str,
+    name: &str,
+    at: SourceRef,
+) -> Result<Script, ParseError> {
+    let rel = FsPath::new(name);
+    let safe = !name.trim().is_empty()
+        && rel
+            .components()
+            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+    if !safe {
+        return Err(ParseError::new(
+            at,
+            format!("script file `{name}` must be a relative path inside the definition's folder"),
+        )
+        .with_hint("absolute paths and `..` are refused; put the .rhai file next to the namespace file (or below it)"));
+    }
+    let path = match FsPath::new(definition).parent() {
+        Some(dir) => dir.join(rel),
+        None => rel.to_path_buf(),
+    };
+    let shown = path.display().to_string();
+    match read_limited(&path) {
+        Ok(source) => Ok(Script::new(source, SourceRef::new(shown, 1, 1))),
+        Err(e) => Err(
+            ParseError::new(at, format!("script file `{shown}`: {}", e.message)).with_hint(
+                e.hint.unwrap_or_else(|| {
+                    "the file is read relative to the definition file's folder".to_string()
+                }),
+            ),
+        ),
     }
 }
 

@@ -87,7 +87,9 @@ pub enum StoreError {
         path: String,
     },
     /// An I/O error (disk full, permissions).
-    #[error("journal I/O error: {0}\n  hint: check free disk space and permissions of the data folder")]
+    #[error(
+        "journal I/O error: {0}\n  hint: check free disk space and permissions of the data folder"
+    )]
     Io(String),
     /// The writer thread is gone (the store was closed).
     #[error("the journal store is closed")]

@@ -33,7 +33,9 @@ pub struct SledStore {
 
 impl std::fmt::Debug for SledStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SledStore").field("path", &self.path).finish()
+        f.debug_struct("SledStore")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -46,29 +48,47 @@ fn key(space: Space, key: &[u8]) -> Vec<u8> {
 
 fn map_err(path: &Path, e: sled::Error) -> StoreError {
     match e {
-        sled::Error::Corruption { .. } => StoreError::Corrupt { path: path.display().to_string(), message: e.to_string() },
-        sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") => {
-            StoreError::Locked { path: path.display().to_string() }
+        sled::Error::Corruption { .. } => StoreError::Corrupt {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        },
+        sled::Error::Io(io)
+            if io.kind() == std::io::ErrorKind::WouldBlock || io.to_string().contains("lock") =>
+        {
+            StoreError::Locked {
+                path: path.display().to_string(),
+            }
         }
         sled::Error::Io(io) => StoreError::Io(io.to_string()),
-        other => StoreError::Corrupt { path: path.display().to_string(), message: other.to_string() },
+        other => StoreError::Corrupt {
+            path: path.display().to_string(),
+            message: other.to_string(),
+        },
     }
 }
 
 impl SledStore {
     /// Opens (or creates) the store in `path`.
     pub fn open(path: &Path) -> Result<SledStore, StoreError> {
-        std::fs::create_dir_all(path).map_err(|e| StoreError::Io(format!("cannot create `{}`: {e}", path.display())))?;
+        std::fs::create_dir_all(path)
+            .map_err(|e| StoreError::Io(format!("cannot create `{}`: {e}", path.display())))?;
         // sled may panic on some damaged files: that is a damaged store, not a crash.
         let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let db = sled::Config::new().path(path).cache_capacity(64 * 1024 * 1024).flush_every_ms(None).open()?;
+            let db = sled::Config::new()
+                .path(path)
+                .cache_capacity(64 * 1024 * 1024)
+                .flush_every_ms(None)
+                .open()?;
             let tree = db.open_tree("provisio")?;
             Ok::<_, sled::Error>((db, tree))
         }));
         let (db, tree) = match opened {
             Ok(r) => r.map_err(|e| map_err(path, e))?,
             Err(_) => {
-                return Err(StoreError::Corrupt { path: path.display().to_string(), message: "the storage engine could not read its files".into() })
+                return Err(StoreError::Corrupt {
+                    path: path.display().to_string(),
+                    message: "the storage engine could not read its files".into(),
+                })
             }
         };
         let writes = Identity::check(path, &tree, &db)?;
@@ -102,10 +122,17 @@ impl SledStore {
                                 None => b.remove(key(*space, k)),
                             }
                         }
-                        results.push(writer_tree.apply_batch(b).map_err(|e| map_err(&writer_path, e)));
+                        results.push(
+                            writer_tree
+                                .apply_batch(b)
+                                .map_err(|e| map_err(&writer_path, e)),
+                        );
                     }
                     if group.iter().any(|r| r.durable) {
-                        let synced = writer_db.flush().map_err(|e| map_err(&writer_path, e)).and_then(|_| syncer.sync());
+                        let synced = writer_db
+                            .flush()
+                            .map_err(|e| map_err(&writer_path, e))
+                            .and_then(|_| syncer.sync());
                         writer_syncs.fetch_add(1, Ordering::Relaxed);
                         if let Err(e) = synced {
                             for r in results.iter_mut() {
@@ -125,7 +152,13 @@ impl SledStore {
                 }
             })
             .map_err(|e| StoreError::Io(format!("cannot start the journal writer: {e}")))?;
-        Ok(SledStore { tree, sender: std::sync::Mutex::new(Some(sender)), syncs, path: path.to_path_buf(), writer: std::sync::Mutex::new(Some(handle)) })
+        Ok(SledStore {
+            tree,
+            sender: std::sync::Mutex::new(Some(sender)),
+            syncs,
+            path: path.to_path_buf(),
+            writer: std::sync::Mutex::new(Some(handle)),
+        })
     }
 
     /// The store folder.
@@ -159,13 +192,22 @@ impl Store for SledStore {
         {
             let guard = self.sender.lock().map_err(|_| StoreError::Closed)?;
             let sender = guard.as_ref().ok_or(StoreError::Closed)?;
-            sender.send(WriteRequest { batch, durable, done }).map_err(|_| StoreError::Closed)?;
+            sender
+                .send(WriteRequest {
+                    batch,
+                    durable,
+                    done,
+                })
+                .map_err(|_| StoreError::Closed)?;
         }
         wait.await.map_err(|_| StoreError::Closed)?
     }
 
     fn get(&self, space: Space, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        self.tree.get(key(space, k)).map(|v| v.map(|v| v.to_vec())).map_err(|e| map_err(&self.path, e))
+        self.tree
+            .get(key(space, k))
+            .map(|v| v.map(|v| v.to_vec()))
+            .map_err(|e| map_err(&self.path, e))
     }
 
     fn scan(&self, space: Space, prefix: &[u8]) -> Result<Vec<KeyValue>, StoreError> {
@@ -191,22 +233,31 @@ struct Syncer {
 
 impl Syncer {
     fn new(dir: &Path) -> Result<Syncer, StoreError> {
-        let log = File::open(dir.join("db")).map_err(|e| StoreError::Io(format!("cannot open sled's log file: {e}")))?;
+        let log = File::open(dir.join("db"))
+            .map_err(|e| StoreError::Io(format!("cannot open sled's log file: {e}")))?;
         // The folder entries for the files sled created must be durable too.
         sync_dir(dir)?;
-        let mut s = Syncer { dir: dir.to_path_buf(), log, blobs_seen: HashSet::new() };
+        let mut s = Syncer {
+            dir: dir.to_path_buf(),
+            log,
+            blobs_seen: HashSet::new(),
+        };
         s.sync_new_blobs()?;
         Ok(s)
     }
 
     fn sync(&mut self) -> Result<(), StoreError> {
-        self.log.sync_data().map_err(|e| StoreError::Io(format!("fdatasync of the journal failed: {e}")))?;
+        self.log
+            .sync_data()
+            .map_err(|e| StoreError::Io(format!("fdatasync of the journal failed: {e}")))?;
         self.sync_new_blobs()
     }
 
     fn sync_new_blobs(&mut self) -> Result<(), StoreError> {
         let blobs = self.dir.join("blobs");
-        let Ok(entries) = std::fs::read_dir(&blobs) else { return Ok(()) };
+        let Ok(entries) = std::fs::read_dir(&blobs) else {
+            return Ok(());
+        };
         let mut new = false;
         for e in entries.flatten() {
             let name = e.file_name();
@@ -214,7 +265,9 @@ impl Syncer {
                 continue;
             }
             if let Ok(f) = File::open(e.path()) {
-                f.sync_data().map_err(|e| StoreError::Io(format!("fdatasync of a journal blob failed: {e}")))?;
+                f.sync_data().map_err(|e| {
+                    StoreError::Io(format!("fdatasync of a journal blob failed: {e}"))
+                })?;
             }
             self.blobs_seen.insert(name);
             new = true;
@@ -227,7 +280,9 @@ impl Syncer {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| StoreError::Io(format!("cannot sync folder `{}`: {e}", dir.display())))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StoreError::Io(format!("cannot sync folder `{}`: {e}", dir.display())))
 }
 
 #[cfg(test)]
@@ -239,18 +294,26 @@ mod tests {
         let dir = tempfile_dir();
         let store = SledStore::open(&dir).unwrap();
         let mut b = Batch::new();
-        b.put(Space::Journal, b"t1\x00\x01".to_vec(), b"one".to_vec()).put(Space::Journal, b"t1\x00\x02".to_vec(), b"two".to_vec());
+        b.put(Space::Journal, b"t1\x00\x01".to_vec(), b"one".to_vec())
+            .put(Space::Journal, b"t1\x00\x02".to_vec(), b"two".to_vec());
         b.put(Space::Txns, b"t1".to_vec(), b"meta".to_vec());
         store.write(b, true).await.unwrap();
         let rows = store.scan(Space::Journal, b"t1").unwrap();
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[1].1, b"two");
-        assert_eq!(store.get(Space::Txns, b"t1").unwrap().as_deref(), Some(&b"meta"[..]));
+        assert_eq!(
+            store.get(Space::Txns, b"t1").unwrap().as_deref(),
+            Some(&b"meta"[..])
+        );
         assert!(store.get(Space::Audit, b"t1").unwrap().is_none());
         assert!(store.sync_count() >= 1);
         drop(store);
         let reopened = SledStore::open(&dir).unwrap();
-        assert_eq!(reopened.scan(Space::Journal, b"t1").unwrap().len(), 2, "durable across reopen");
+        assert_eq!(
+            reopened.scan(Space::Journal, b"t1").unwrap().len(),
+            2,
+            "durable across reopen"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -283,7 +346,10 @@ mod tests {
         let second = SledStore::open(&dir);
         assert!(second.is_err());
         let msg = second.err().map(|e| e.to_string()).unwrap_or_default();
-        assert!(msg.contains("in use") || msg.contains("damaged") || msg.contains("I/O"), "{msg}");
+        assert!(
+            msg.contains("in use") || msg.contains("damaged") || msg.contains("I/O"),
+            "{msg}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -327,15 +393,23 @@ impl Identity {
 
     /// Checks the store against its side file; returns the write count to continue from.
     fn check(path: &Path, tree: &sled::Tree, db: &sled::Db) -> Result<u64, StoreError> {
-        let damaged = |message: String| StoreError::Corrupt { path: path.display().to_string(), message };
-        let id = tree.get(key(Space::Meta, b"id")).map_err(|e| map_err(path, e))?.map(|v| String::from_utf8_lossy(&v).into_owned());
+        let damaged = |message: String| StoreError::Corrupt {
+            path: path.display().to_string(),
+            message,
+        };
+        let id = tree
+            .get(key(Space::Meta, b"id"))
+            .map_err(|e| map_err(path, e))?
+            .map(|v| String::from_utf8_lossy(&v).into_owned());
         let writes = tree
             .get(key(Space::Meta, b"writes"))
             .map_err(|e| map_err(path, e))?
             .and_then(|v| v.as_ref().try_into().ok())
             .map(u64::from_be_bytes)
             .unwrap_or(0);
-        let side: Option<Identity> = std::fs::read(Self::side_file(path)).ok().and_then(|b| serde_json::from_slice(&b).ok());
+        let side: Option<Identity> = std::fs::read(Self::side_file(path))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
         let id = match (id, side) {
             (None, None) => {
                 // A new store: give it an identity.
@@ -363,13 +437,27 @@ impl Identity {
         };
         // Until the next clean close, a lower count is not proof of loss (a crash may precede
         // the last sync), so the side file says "not clean".
-        Self::write_side(path, &Identity { id, writes, clean: false })?;
+        Self::write_side(
+            path,
+            &Identity {
+                id,
+                writes,
+                clean: false,
+            },
+        )?;
         Ok(writes)
     }
 
     fn record_clean_close(path: &Path, tree: &sled::Tree, writes: u64) {
         if let Ok(Some(id)) = tree.get(key(Space::Meta, b"id")) {
-            let _ = Self::write_side(path, &Identity { id: String::from_utf8_lossy(&id).into_owned(), writes, clean: true });
+            let _ = Self::write_side(
+                path,
+                &Identity {
+                    id: String::from_utf8_lossy(&id).into_owned(),
+                    writes,
+                    clean: true,
+                },
+            );
         }
     }
 }

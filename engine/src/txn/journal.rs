@@ -29,7 +29,9 @@ impl CrashPoint {
     /// Reads `PROVISIO_CRASH_AT` / `PROVISIO_CRASH_WHEN`.
     pub fn from_env() -> Option<CrashPoint> {
         let at = std::env::var("PROVISIO_CRASH_AT").ok()?.parse().ok()?;
-        let after = std::env::var("PROVISIO_CRASH_WHEN").map(|w| w == "after").unwrap_or(false);
+        let after = std::env::var("PROVISIO_CRASH_WHEN")
+            .map(|w| w == "after")
+            .unwrap_or(false);
         Some(CrashPoint { at, after })
     }
 }
@@ -52,7 +54,10 @@ pub struct DurableJournal {
 
 impl std::fmt::Debug for DurableJournal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DurableJournal").field("who", &self.who).field("seal", &self.seal).finish()
+        f.debug_struct("DurableJournal")
+            .field("who", &self.who)
+            .field("seal", &self.seal)
+            .finish()
     }
 }
 
@@ -63,7 +68,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl DurableJournal {
     /// A journal writing to `store`, sealing secrets with `seal` (withheld without one),
     /// recording `who` as the requester.
-    pub fn new(store: Arc<dyn Store>, seal: Option<SealKey>, who: impl Into<String>) -> DurableJournal {
+    pub fn new(
+        store: Arc<dyn Store>,
+        seal: Option<SealKey>,
+        who: impl Into<String>,
+    ) -> DurableJournal {
         DurableJournal {
             store,
             seal,
@@ -112,11 +121,17 @@ impl DurableJournal {
         match g {
             Guarded::Plain(e) => Ok(e.clone()),
             Guarded::Sealed(s) => {
-                let key = self.seal.as_ref().ok_or("the record is sealed and no seal key is configured")?;
+                let key = self
+                    .seal
+                    .as_ref()
+                    .ok_or("the record is sealed and no seal key is configured")?;
                 let bytes = key.open(s).map_err(|e| e.to_string())?;
-                serde_json::from_slice(&bytes).map_err(|e| format!("sealed record is not an element: {e}"))
+                serde_json::from_slice(&bytes)
+                    .map_err(|e| format!("sealed record is not an element: {e}"))
             }
-            Guarded::Withheld => Err("the record held secrets and was not kept (no seal key was configured)".into()),
+            Guarded::Withheld => {
+                Err("the record held secrets and was not kept (no seal key was configured)".into())
+            }
         }
     }
 
@@ -126,7 +141,13 @@ impl DurableJournal {
     }
 
     /// Appends a record (plus extra writes) as one atomic batch.
-    pub async fn append(&self, txn_id: &str, record: &Record, durable: bool, extra: Batch) -> Result<(), JournalError> {
+    pub async fn append(
+        &self,
+        txn_id: &str,
+        record: &Record,
+        durable: bool,
+        extra: Batch,
+    ) -> Result<(), JournalError> {
         let value = serde_json::to_vec(record).map_err(|e| JournalError(e.to_string()))?;
         let mut batch = extra;
         let (seq, summary) = {
@@ -149,14 +170,24 @@ impl DurableJournal {
             l.next_seq += 1;
             let mut summary_write = None;
             match record {
-                Record::Started { target, resumable, definitions, at_ms, .. } => {
+                Record::Started {
+                    target,
+                    resumable,
+                    definitions,
+                    at_ms,
+                    ..
+                } => {
                     l.summary.target = target.clone();
                     l.summary.resumable = *resumable;
                     l.summary.definitions = definitions.clone();
                     l.summary.started_ms = *at_ms;
                     summary_write = Some(l.summary.clone());
                 }
-                Record::State { state, message, at_ms } => {
+                Record::State {
+                    state,
+                    message,
+                    at_ms,
+                } => {
                     l.summary.state = *state;
                     l.summary.updated_ms = *at_ms;
                     if message.is_some() {
@@ -170,8 +201,15 @@ impl DurableJournal {
         };
         batch.put(Space::Journal, record_key(txn_id, seq), value);
         if let Some(summary) = &summary {
-            batch.put(Space::Txns, txn_id.as_bytes().to_vec(), serde_json::to_vec(summary).map_err(|e| JournalError(e.to_string()))?);
-            if matches!(summary.state, TxnState::Committed | TxnState::RolledBack | TxnState::RollbackFailed) {
+            batch.put(
+                Space::Txns,
+                txn_id.as_bytes().to_vec(),
+                serde_json::to_vec(summary).map_err(|e| JournalError(e.to_string()))?,
+            );
+            if matches!(
+                summary.state,
+                TxnState::Committed | TxnState::RolledBack | TxnState::RollbackFailed
+            ) {
                 let audit = AuditEntry {
                     txn_id: txn_id.to_string(),
                     who: summary.who.clone(),
@@ -183,7 +221,11 @@ impl DurableJournal {
                 };
                 let mut k = summary.updated_ms.to_be_bytes().to_vec();
                 k.extend_from_slice(txn_id.as_bytes());
-                batch.put(Space::Audit, k, serde_json::to_vec(&audit).map_err(|e| JournalError(e.to_string()))?);
+                batch.put(
+                    Space::Audit,
+                    k,
+                    serde_json::to_vec(&audit).map_err(|e| JournalError(e.to_string()))?,
+                );
                 lock(&self.live).remove(txn_id);
             }
         }
@@ -194,7 +236,10 @@ impl DurableJournal {
                 std::process::abort();
             }
         }
-        self.store.write(batch, durable).await.map_err(|e| JournalError(e.to_string()))?;
+        self.store
+            .write(batch, durable)
+            .await
+            .map_err(|e| JournalError(e.to_string()))?;
         if let Some(c) = self.crash {
             if c.at == n && c.after {
                 tracing::error!(write = n, "fault injection: aborting after journal write");
@@ -215,18 +260,35 @@ impl Journal for DurableJournal {
                 if written.contains(hash) {
                     continue;
                 }
-                if self.store.get(Space::Definitions, hash.as_bytes()).map_err(|e| JournalError(e.to_string()))?.is_none() {
-                    extra.put(Space::Definitions, hash.as_bytes().to_vec(), bytes.as_ref().clone());
+                if self
+                    .store
+                    .get(Space::Definitions, hash.as_bytes())
+                    .map_err(|e| JournalError(e.to_string()))?
+                    .is_none()
+                {
+                    extra.put(
+                        Space::Definitions,
+                        hash.as_bytes().to_vec(),
+                        bytes.as_ref().clone(),
+                    );
                 }
                 written.insert(hash.clone());
             }
         }
-        let pins: Vec<serde_json::Value> =
-            start.pinned.iter().map(|(n, h, _)| serde_json::json!({"namespace": n, "hash": h})).collect();
-        extra.put(Space::Definitions, format!("txn/{}", start.txn_id).into_bytes(), serde_json::to_vec(&serde_json::json!({
-            "pins": pins,
-            "request": self.guard(start.request_data, start.secret),
-        })).map_err(|e| JournalError(e.to_string()))?);
+        let pins: Vec<serde_json::Value> = start
+            .pinned
+            .iter()
+            .map(|(n, h, _)| serde_json::json!({"namespace": n, "hash": h}))
+            .collect();
+        extra.put(
+            Space::Definitions,
+            format!("txn/{}", start.txn_id).into_bytes(),
+            serde_json::to_vec(&serde_json::json!({
+                "pins": pins,
+                "request": self.guard(start.request_data, start.secret),
+            }))
+            .map_err(|e| JournalError(e.to_string()))?,
+        );
         let record = Record::Started {
             at_ms: now_ms(),
             target: start.target.to_string(),
@@ -239,9 +301,21 @@ impl Journal for DurableJournal {
         self.append(start.txn_id, &record, false, extra).await
     }
 
-    async fn txn_state(&self, txn_id: &str, state: TxnState, message: Option<&str>) -> Result<(), JournalError> {
-        let durable = matches!(state, TxnState::Committed | TxnState::RolledBack | TxnState::RollbackFailed);
-        let record = Record::State { at_ms: now_ms(), state, message: message.map(str::to_string) };
+    async fn txn_state(
+        &self,
+        txn_id: &str,
+        state: TxnState,
+        message: Option<&str>,
+    ) -> Result<(), JournalError> {
+        let durable = matches!(
+            state,
+            TxnState::Committed | TxnState::RolledBack | TxnState::RollbackFailed
+        );
+        let record = Record::State {
+            at_ms: now_ms(),
+            state,
+            message: message.map(str::to_string),
+        };
         self.append(txn_id, &record, durable, Batch::new()).await
     }
 
@@ -259,7 +333,8 @@ impl Journal for DurableJournal {
             input: json::to_json(i.input),
             call_data: self.guard(i.call_data, i.secret),
         };
-        self.append(&i.context.txn_id, &record, true, Batch::new()).await
+        self.append(&i.context.txn_id, &record, true, Batch::new())
+            .await
     }
 
     async fn step_done(&self, d: &StepDone<'_>) -> Result<(), JournalError> {
@@ -272,21 +347,45 @@ impl Journal for DurableJournal {
             saved: d.saved.map(|s| self.guard(s, d.secret)),
             result: d.result.map(|r| self.guard(r, d.result_secret)),
         };
-        self.append(&d.context.txn_id, &record, false, Batch::new()).await
+        self.append(&d.context.txn_id, &record, false, Batch::new())
+            .await
     }
 
     async fn step_failed(&self, call: &CallContext, message: &str) -> Result<(), JournalError> {
-        let record = Record::Failed { at_ms: now_ms(), step: call.step_id.clone(), attempt: call.attempt, message: message.to_string() };
-        self.append(&call.txn_id, &record, false, Batch::new()).await
+        let record = Record::Failed {
+            at_ms: now_ms(),
+            step: call.step_id.clone(),
+            attempt: call.attempt,
+            message: message.to_string(),
+        };
+        self.append(&call.txn_id, &record, false, Batch::new())
+            .await
     }
 
     async fn undo_done(&self, call: &CallContext, error: Option<&str>) -> Result<(), JournalError> {
-        let record = Record::Undone { at_ms: now_ms(), step: call.step_id.clone(), attempt: call.attempt, error: error.map(str::to_string) };
-        self.append(&call.txn_id, &record, false, Batch::new()).await
+        let record = Record::Undone {
+            at_ms: now_ms(),
+            step: call.step_id.clone(),
+            attempt: call.attempt,
+            error: error.map(str::to_string),
+        };
+        self.append(&call.txn_id, &record, false, Batch::new())
+            .await
     }
 
-    async fn phase_done(&self, call: &CallContext, phase: &str, error: Option<&str>) -> Result<(), JournalError> {
-        let record = Record::Phase { at_ms: now_ms(), step: call.step_id.clone(), phase: phase.to_string(), error: error.map(str::to_string) };
-        self.append(&call.txn_id, &record, false, Batch::new()).await
+    async fn phase_done(
+        &self,
+        call: &CallContext,
+        phase: &str,
+        error: Option<&str>,
+    ) -> Result<(), JournalError> {
+        let record = Record::Phase {
+            at_ms: now_ms(),
+            step: call.step_id.clone(),
+            phase: phase.to_string(),
+            error: error.map(str::to_string),
+        };
+        self.append(&call.txn_id, &record, false, Batch::new())
+            .await
     }
 }

@@ -7,13 +7,13 @@ use super::journal::DurableJournal;
 use super::records::{now_ms, Guarded, Record, TxnSummary};
 use crate::compile::{compile_request, Catalog};
 use crate::data::Element;
+use crate::exec::{undo_in_dependency_order, Engine, Journal, StepDone, TxnState, UndoOrder};
 use crate::exec::{Replayed, Resume};
 use crate::model::{CallTarget, Format, Namespace, Procedure, Request, RequestTarget, SourceRef};
-use std::sync::Arc;
-use crate::exec::{undo_in_dependency_order, Engine, Journal, StepDone, TxnState, UndoOrder};
 use crate::provider::{Call, CallContext, Done};
 use crate::store::{Space, StoreError};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// What recovery did to one transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,11 +52,16 @@ pub enum RecoveryError {
 }
 
 /// Every transaction summary, newest first, optionally only those in `state`.
-pub fn list(journal: &DurableJournal, state: Option<TxnState>) -> Result<Vec<TxnSummary>, RecoveryError> {
+pub fn list(
+    journal: &DurableJournal,
+    state: Option<TxnState>,
+) -> Result<Vec<TxnSummary>, RecoveryError> {
     let mut out = Vec::new();
     for (k, v) in journal.store().scan(Space::Txns, b"")? {
-        let s: TxnSummary = serde_json::from_slice(&v)
-            .map_err(|e| RecoveryError::Record { txn: String::from_utf8_lossy(&k).into_owned(), message: e.to_string() })?;
+        let s: TxnSummary = serde_json::from_slice(&v).map_err(|e| RecoveryError::Record {
+            txn: String::from_utf8_lossy(&k).into_owned(),
+            message: e.to_string(),
+        })?;
         if state.is_none_or(|st| st == s.state) {
             out.push(s);
         }
@@ -67,32 +72,56 @@ pub fn list(journal: &DurableJournal, state: Option<TxnState>) -> Result<Vec<Txn
 
 /// Resolves a full id or a unique prefix of one.
 pub fn resolve(journal: &DurableJournal, id: &str) -> Result<TxnSummary, RecoveryError> {
-    let matches: Vec<TxnSummary> = list(journal, None)?.into_iter().filter(|s| s.id.starts_with(id)).collect();
+    let matches: Vec<TxnSummary> = list(journal, None)?
+        .into_iter()
+        .filter(|s| s.id.starts_with(id))
+        .collect();
     match matches.len() {
         1 => Ok(matches.into_iter().next().expect("one match")),
-        0 => Err(RecoveryError::NotFound(format!("no transaction `{id}`\n  hint: `provisio tx list` shows them"))),
-        n => Err(RecoveryError::NotFound(format!("`{id}` matches {n} transactions; give more characters"))),
+        0 => Err(RecoveryError::NotFound(format!(
+            "no transaction `{id}`\n  hint: `provisio tx list` shows them"
+        ))),
+        n => Err(RecoveryError::NotFound(format!(
+            "`{id}` matches {n} transactions; give more characters"
+        ))),
     }
 }
 
 /// The journal of one transaction, in order, with sequence numbers.
-pub fn records(journal: &DurableJournal, txn_id: &str) -> Result<Vec<(u64, Record)>, RecoveryError> {
+pub fn records(
+    journal: &DurableJournal,
+    txn_id: &str,
+) -> Result<Vec<(u64, Record)>, RecoveryError> {
     let mut out = Vec::new();
     for (k, v) in journal.store().scan(Space::Journal, txn_id.as_bytes())? {
-        let seq = k.get(k.len().saturating_sub(8)..).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0);
-        let r: Record =
-            serde_json::from_slice(&v).map_err(|e| RecoveryError::Record { txn: txn_id.to_string(), message: e.to_string() })?;
+        let seq = k
+            .get(k.len().saturating_sub(8)..)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0);
+        let r: Record = serde_json::from_slice(&v).map_err(|e| RecoveryError::Record {
+            txn: txn_id.to_string(),
+            message: e.to_string(),
+        })?;
         out.push((seq, r));
     }
     Ok(out)
 }
 
 /// Finishes every transaction left `running` or `rolling_back` by a crash.
-pub async fn recover(engine: &Engine, journal: &DurableJournal) -> Result<Vec<Recovered>, RecoveryError> {
+pub async fn recover(
+    engine: &Engine,
+    journal: &DurableJournal,
+) -> Result<Vec<Recovered>, RecoveryError> {
     use futures::stream::{self, StreamExt};
     let unfinished: Vec<TxnSummary> = list(journal, None)?
         .into_iter()
-        .filter(|s| matches!(s.state, TxnState::Running | TxnState::RollingBack | TxnState::Queued))
+        .filter(|s| {
+            matches!(
+                s.state,
+                TxnState::Running | TxnState::RollingBack | TxnState::Queued
+            )
+        })
         .collect();
     // Independent transactions recover concurrently, so their journal writes share syncs.
     let results: Vec<Result<Recovered, RecoveryError>> = stream::iter(unfinished)
@@ -120,7 +149,11 @@ pub async fn recover(engine: &Engine, journal: &DurableJournal) -> Result<Vec<Re
 
 /// Continues the rollback of a `rollback_failed` transaction after the operator fixed the
 /// cause: retries exactly the undos that have not succeeded.
-pub async fn resume_rollback(engine: &Engine, journal: &DurableJournal, id: &str) -> Result<Recovered, RecoveryError> {
+pub async fn resume_rollback(
+    engine: &Engine,
+    journal: &DurableJournal,
+    id: &str,
+) -> Result<Recovered, RecoveryError> {
     let s = resolve(journal, id)?;
     if s.state != TxnState::RollbackFailed {
         return Err(RecoveryError::NotFound(format!(
@@ -143,7 +176,11 @@ struct Call_ {
     undone: bool,
 }
 
-async fn roll_back(engine: &Engine, journal: &DurableJournal, summary: TxnSummary) -> Result<Recovered, RecoveryError> {
+async fn roll_back(
+    engine: &Engine,
+    journal: &DurableJournal,
+    summary: TxnSummary,
+) -> Result<Recovered, RecoveryError> {
     let records = records(journal, &summary.id)?;
     let next_seq = records.last().map(|(s, _)| s + 1).unwrap_or(0);
     journal.adopt(summary.clone(), next_seq);
@@ -151,7 +188,17 @@ async fn roll_back(engine: &Engine, journal: &DurableJournal, summary: TxnSummar
     let mut index: HashMap<(String, u32), usize> = HashMap::new();
     for (seq, r) in &records {
         match r {
-            Record::Intent { step, attempt, namespace, procedure, provider, target, provider_context, call_data, .. } => {
+            Record::Intent {
+                step,
+                attempt,
+                namespace,
+                procedure,
+                provider,
+                target,
+                provider_context,
+                call_data,
+                ..
+            } => {
                 index.insert((step.clone(), *attempt), calls.len());
                 calls.push(Call_ {
                     intent_seq: *seq,
@@ -171,7 +218,13 @@ async fn roll_back(engine: &Engine, journal: &DurableJournal, summary: TxnSummar
                     undone: false,
                 });
             }
-            Record::Done { step, attempt, undo, saved, .. } => {
+            Record::Done {
+                step,
+                attempt,
+                undo,
+                saved,
+                ..
+            } => {
                 if let Some(&i) = index.get(&(step.clone(), *attempt)) {
                     calls[i].done = Some((*seq, undo.clone(), saved.clone()));
                 }
@@ -181,7 +234,12 @@ async fn roll_back(engine: &Engine, journal: &DurableJournal, summary: TxnSummar
                     calls[i].failed = true;
                 }
             }
-            Record::Undone { step, attempt, error: None, .. } => {
+            Record::Undone {
+                step,
+                attempt,
+                error: None,
+                ..
+            } => {
                 if let Some(&i) = index.get(&(step.clone(), *attempt)) {
                     calls[i].undone = true;
                 }
@@ -189,14 +247,23 @@ async fn roll_back(engine: &Engine, journal: &DurableJournal, summary: TxnSummar
             _ => {}
         }
     }
-    let _ = journal.txn_state(&summary.id, TxnState::RollingBack, Some("recovering after a crash")).await;
+    let _ = journal
+        .txn_state(
+            &summary.id,
+            TxnState::RollingBack,
+            Some("recovering after a crash"),
+        )
+        .await;
     let mut problems = Vec::new();
     let mut in_doubt = 0;
     // Settle in-doubt calls: ask the provider whether the call with this key was applied.
     for c in calls.iter_mut().filter(|c| c.done.is_none() && !c.failed) {
         in_doubt += 1;
         let Some(provider) = engine.registry().get(&c.provider).cloned() else {
-            problems.push(format!("step {}: provider `{}` is not registered; cannot settle the in-doubt call", c.context.step_id, c.provider));
+            problems.push(format!(
+                "step {}: provider `{}` is not registered; cannot settle the in-doubt call",
+                c.context.step_id, c.provider
+            ));
             continue;
         };
         let data = match journal.unguard(&c.call_data) {
@@ -206,7 +273,11 @@ async fn roll_back(engine: &Engine, journal: &DurableJournal, summary: TxnSummar
                 continue;
             }
         };
-        let call = Call { context: c.context.clone(), provider_context: c.provider_context.clone(), execute_data: data };
+        let call = Call {
+            context: c.context.clone(),
+            provider_context: c.provider_context.clone(),
+            execute_data: data,
+        };
         match provider.recover(&call).await {
             Ok(Some(undo)) => {
                 tracing::info!(step = %c.context.step_id, "in-doubt call was applied; it will be undone");
@@ -236,11 +307,16 @@ async fn roll_back(engine: &Engine, journal: &DurableJournal, summary: TxnSummar
     }
     // What remains to undo, ordered by when calls completed and started.
     let mut pending: Vec<(usize, Done, String)> = Vec::new();
-    let mut done_seqs: Vec<u64> = calls.iter().filter_map(|c| c.done.as_ref().map(|d| d.0)).collect();
+    let mut done_seqs: Vec<u64> = calls
+        .iter()
+        .filter_map(|c| c.done.as_ref().map(|d| d.0))
+        .collect();
     done_seqs.sort_unstable();
     let mut order = Vec::new();
     for (i, c) in calls.iter().enumerate() {
-        let Some((done_seq, Some(undo), saved)) = &c.done else { continue };
+        let Some((done_seq, Some(undo), saved)) = &c.done else {
+            continue;
+        };
         if c.undone {
             continue;
         }
@@ -252,7 +328,12 @@ async fn roll_back(engine: &Engine, journal: &DurableJournal, summary: TxnSummar
             }
         };
         let saved = saved.as_ref().and_then(|s| journal.unguard(s).ok());
-        let done = Done { context: c.context.clone(), provider_context: c.provider_context.clone(), undo, execute_data: saved };
+        let done = Done {
+            context: c.context.clone(),
+            provider_context: c.provider_context.clone(),
+            undo,
+            execute_data: saved,
+        };
         order.push(UndoOrder {
             started_after: done_seqs.iter().filter(|&&d| d < c.intent_seq).count(),
             seq: done_seqs.iter().filter(|&&d| d < *done_seq).count(),
@@ -278,21 +359,50 @@ async fn roll_back(engine: &Engine, journal: &DurableJournal, summary: TxnSummar
     for (k, r) in results.into_iter().enumerate() {
         match r {
             Ok(()) => undone += 1,
-            Err(e) => problems.push(format!("step {} ({}): undo failed: {e}", pending[k].1.context.step_id, calls[pending[k].0].target)),
+            Err(e) => problems.push(format!(
+                "step {} ({}): undo failed: {e}",
+                pending[k].1.context.step_id, calls[pending[k].0].target
+            )),
         }
     }
-    let to = if problems.is_empty() { TxnState::RolledBack } else { TxnState::RollbackFailed };
-    let message = if problems.is_empty() { None } else { Some(problems.join("; ")) };
-    journal.txn_state(&summary.id, to, message.as_deref()).await.map_err(|e| RecoveryError::Record { txn: summary.id.clone(), message: e.to_string() })?;
+    let to = if problems.is_empty() {
+        TxnState::RolledBack
+    } else {
+        TxnState::RollbackFailed
+    };
+    let message = if problems.is_empty() {
+        None
+    } else {
+        Some(problems.join("; "))
+    };
+    journal
+        .txn_state(&summary.id, to, message.as_deref())
+        .await
+        .map_err(|e| RecoveryError::Record {
+            txn: summary.id.clone(),
+            message: e.to_string(),
+        })?;
     let _ = now_ms();
-    Ok(Recovered { txn_id: summary.id, from: summary.state, to, undone, in_doubt, problems })
+    Ok(Recovered {
+        txn_id: summary.id,
+        from: summary.state,
+        to,
+        undone,
+        in_doubt,
+        problems,
+    })
 }
 
 /// Resumes a resumable transaction with the definitions it was pinned to. `Ok(Err(why))`
 /// means it cannot be resumed exactly (the caller rolls it back instead).
-async fn resume(engine: &Engine, journal: &DurableJournal, summary: &TxnSummary) -> Result<Result<Recovered, String>, RecoveryError> {
+async fn resume(
+    engine: &Engine,
+    journal: &DurableJournal,
+    summary: &TxnSummary,
+) -> Result<Result<Recovered, String>, RecoveryError> {
     let store = journal.store();
-    let Some(pins) = store.get(Space::Definitions, format!("txn/{}", summary.id).as_bytes())? else {
+    let Some(pins) = store.get(Space::Definitions, format!("txn/{}", summary.id).as_bytes())?
+    else {
         return Ok(Err("its pinned definitions are missing".into()));
     };
     let pins: serde_json::Value = match serde_json::from_slice(&pins) {
@@ -301,18 +411,37 @@ async fn resume(engine: &Engine, journal: &DurableJournal, summary: &TxnSummary)
     };
     let mut namespaces: Vec<Namespace> = Vec::new();
     let mut trusted: Option<Procedure> = None;
-    for pin in pins.get("pins").and_then(|p| p.as_array()).cloned().unwrap_or_default() {
-        let name = pin.get("namespace").and_then(|v| v.as_str()).unwrap_or_default().to_string();
-        let hash = pin.get("hash").and_then(|v| v.as_str()).unwrap_or_default().to_string();
+    for pin in pins
+        .get("pins")
+        .and_then(|p| p.as_array())
+        .cloned()
+        .unwrap_or_default()
+    {
+        let name = pin
+            .get("namespace")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string();
+        let hash = pin
+            .get("hash")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string();
         let Some(bytes) = store.get(Space::Definitions, hash.as_bytes())? else {
-            return Ok(Err(format!("pinned definition of `{name}` ({hash}) is missing")));
+            return Ok(Err(format!(
+                "pinned definition of `{name}` ({hash}) is missing"
+            )));
         };
         if name == "(request)" {
             trusted = serde_json::from_slice(&bytes).ok();
         } else {
             match serde_json::from_slice(&bytes) {
                 Ok(ns) => namespaces.push(ns),
-                Err(e) => return Ok(Err(format!("pinned definition of `{name}` unreadable: {e}"))),
+                Err(e) => {
+                    return Ok(Err(format!(
+                        "pinned definition of `{name}` unreadable: {e}"
+                    )))
+                }
             }
         }
     }
@@ -326,18 +455,38 @@ async fn resume(engine: &Engine, journal: &DurableJournal, summary: &TxnSummary)
     };
     let catalog = match Catalog::new(namespaces, engine.registry()) {
         Ok(c) => c,
-        Err(e) => return Ok(Err(format!("pinned definitions do not load: {}", e.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")))),
+        Err(e) => {
+            return Ok(Err(format!(
+                "pinned definitions do not load: {}",
+                e.iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )))
+        }
     };
     let target = match trusted {
         Some(p) => RequestTarget::Trusted(Box::new(p)),
         None => {
             let Some((ns, p)) = summary.target.rsplit_once('/') else {
-                return Ok(Err(format!("target `{}` is not Namespace/Procedure", summary.target)));
+                return Ok(Err(format!(
+                    "target `{}` is not Namespace/Procedure",
+                    summary.target
+                )));
             };
-            RequestTarget::Call(CallTarget { namespace: ns.to_string(), procedure: p.to_string() })
+            RequestTarget::Call(CallTarget {
+                namespace: ns.to_string(),
+                procedure: p.to_string(),
+            })
         }
     };
-    let request = Request { target, data: data.clone(), context: Element::new("context"), format: Format::Yaml, source_ref: SourceRef::new("<journal>", 0, 0) };
+    let request = Request {
+        target,
+        data: data.clone(),
+        context: Element::new("context"),
+        format: Format::Yaml,
+        source_ref: SourceRef::new("<journal>", 0, 0),
+    };
     let program = match compile_request(&catalog, &request, &engine.options().limits) {
         Ok(p) => p,
         Err(e) => return Ok(Err(format!("pinned definitions do not compile: {e}"))),
@@ -348,7 +497,10 @@ async fn resume(engine: &Engine, journal: &DurableJournal, summary: &TxnSummary)
     journal.adopt(summary.clone(), next_seq);
     let mut intents: HashMap<(String, u32), Record> = HashMap::new();
     let mut settled: std::collections::HashSet<(String, u32)> = std::collections::HashSet::new();
-    let mut resume = Resume { txn_id: summary.id.clone(), ..Default::default() };
+    let mut resume = Resume {
+        txn_id: summary.id.clone(),
+        ..Default::default()
+    };
     for (_, r) in &records {
         match r {
             Record::Intent { step, attempt, .. } => {
@@ -356,7 +508,13 @@ async fn resume(engine: &Engine, journal: &DurableJournal, summary: &TxnSummary)
                 let next = resume.next_attempt.entry(step.clone()).or_insert(1);
                 *next = (*next).max(attempt + 1);
             }
-            Record::Done { step, attempt, undo, result, .. } => {
+            Record::Done {
+                step,
+                attempt,
+                undo,
+                result,
+                ..
+            } => {
                 settled.insert((step.clone(), *attempt));
                 let Some(result) = result else {
                     return Ok(Err(format!("step {step} has no recorded result")));
@@ -370,7 +528,14 @@ async fn resume(engine: &Engine, journal: &DurableJournal, summary: &TxnSummary)
                     Some(Ok(u)) => Some(u),
                     Some(Err(e)) => return Ok(Err(e)),
                 };
-                resume.done.insert(step.clone(), Replayed { output, undo, attempt: *attempt });
+                resume.done.insert(
+                    step.clone(),
+                    Replayed {
+                        output,
+                        undo,
+                        attempt: *attempt,
+                    },
+                );
             }
             Record::Failed { step, attempt, .. } => {
                 settled.insert((step.clone(), *attempt));
@@ -384,23 +549,53 @@ async fn resume(engine: &Engine, journal: &DurableJournal, summary: &TxnSummary)
             continue;
         }
         in_doubt += 1;
-        let Record::Intent { namespace, procedure, provider, provider_context, call_data, .. } = intent else { continue };
+        let Record::Intent {
+            namespace,
+            procedure,
+            provider,
+            provider_context,
+            call_data,
+            ..
+        } = intent
+        else {
+            continue;
+        };
         let Some(p) = engine.registry().get(provider).cloned() else {
             return Ok(Err(format!("provider `{provider}` is not registered")));
         };
-        let context = CallContext { txn_id: summary.id.clone(), step_id: step.clone(), attempt: *attempt, namespace: namespace.clone(), procedure: procedure.clone() };
+        let context = CallContext {
+            txn_id: summary.id.clone(),
+            step_id: step.clone(),
+            attempt: *attempt,
+            namespace: namespace.clone(),
+            procedure: procedure.clone(),
+        };
         let execute_data = match journal.unguard(call_data) {
             Ok(d) => d,
             Err(e) => return Ok(Err(e)),
         };
-        match p.recover(&Call { context: context.clone(), provider_context: provider_context.clone(), execute_data }).await {
+        match p
+            .recover(&Call {
+                context: context.clone(),
+                provider_context: provider_context.clone(),
+                execute_data,
+            })
+            .await
+        {
             Ok(None) => {
-                let _ = journal.step_failed(&context, "not applied (settled at recovery)").await;
+                let _ = journal
+                    .step_failed(&context, "not applied (settled at recovery)")
+                    .await;
             }
             Ok(Some(undo)) => {
                 // Applied, but its result never reached the journal: undo it, and the resumed
                 // run does it again (next attempt) so its result is known.
-                let done = Done { context: context.clone(), provider_context: provider_context.clone(), undo, execute_data: None };
+                let done = Done {
+                    context: context.clone(),
+                    provider_context: provider_context.clone(),
+                    undo,
+                    execute_data: None,
+                };
                 if let Err(e) = engine.undo_one(p.clone(), done, step.clone()).await {
                     return Ok(Err(format!("step {step} was applied without a journaled result and could not be undone: {e}")));
                 }
@@ -408,7 +603,20 @@ async fn resume(engine: &Engine, journal: &DurableJournal, summary: &TxnSummary)
             Err(e) => return Ok(Err(format!("step {step} is in doubt: {e}"))),
         }
     }
-    let result = engine.resume_program(Arc::new(program), data, Element::new("context"), resume).await;
-    let problems = result.undo_failures.iter().map(|u| format!("step {} ({}): undo failed: {}", u.step, u.target, u.message)).collect();
-    Ok(Ok(Recovered { txn_id: summary.id.clone(), from: summary.state, to: result.state, undone: result.undone, in_doubt, problems }))
+    let result = engine
+        .resume_program(Arc::new(program), data, Element::new("context"), resume)
+        .await;
+    let problems = result
+        .undo_failures
+        .iter()
+        .map(|u| format!("step {} ({}): undo failed: {}", u.step, u.target, u.message))
+        .collect();
+    Ok(Ok(Recovered {
+        txn_id: summary.id.clone(),
+        from: summary.state,
+        to: result.state,
+        undone: result.undone,
+        in_doubt,
+        problems,
+    }))
 }

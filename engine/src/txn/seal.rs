@@ -33,12 +33,22 @@ impl SealKey {
     pub fn parse(text: &str) -> Result<SealKey, SealError> {
         let text = text.trim();
         let bytes = if text.len() == 64 && text.chars().all(|c| c.is_ascii_hexdigit()) {
-            (0..32).map(|i| u8::from_str_radix(&text[i * 2..i * 2 + 2], 16).map_err(|e| SealError::Key(e.to_string()))).collect::<Result<Vec<u8>, _>>()?
+            (0..32)
+                .map(|i| {
+                    u8::from_str_radix(&text[i * 2..i * 2 + 2], 16)
+                        .map_err(|e| SealError::Key(e.to_string()))
+                })
+                .collect::<Result<Vec<u8>, _>>()?
         } else {
-            base64::engine::general_purpose::STANDARD.decode(text).map_err(|_| SealError::Key("not 64 hex digits nor base64".into()))?
+            base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .map_err(|_| SealError::Key("not 64 hex digits nor base64".into()))?
         };
         if bytes.len() != 32 {
-            return Err(SealError::Key(format!("a seal key is 32 bytes, this one is {}", bytes.len())));
+            return Err(SealError::Key(format!(
+                "a seal key is 32 bytes, this one is {}",
+                bytes.len()
+            )));
         }
         Ok(SealKey(*Key::from_slice(&bytes)))
     }
@@ -46,17 +56,23 @@ impl SealKey {
     /// Reads the key file, creating it (mode 0600, random key) when absent.
     pub fn load_or_create(path: &Path) -> Result<SealKey, SealError> {
         match std::fs::read_to_string(path) {
-            Ok(text) => SealKey::parse(&text).map_err(|e| SealError::Key(format!("`{}`: {e}", path.display()))),
+            Ok(text) => SealKey::parse(&text)
+                .map_err(|e| SealError::Key(format!("`{}`: {e}", path.display()))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let key = ChaCha20Poly1305::generate_key(&mut OsRng);
                 let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
                 if let Some(parent) = path.parent() {
                     std::fs::create_dir_all(parent).map_err(|e| SealError::Key(e.to_string()))?;
                 }
-                write_private(path, &hex).map_err(|e| SealError::Key(format!("cannot write `{}`: {e}", path.display())))?;
+                write_private(path, &hex).map_err(|e| {
+                    SealError::Key(format!("cannot write `{}`: {e}", path.display()))
+                })?;
                 Ok(SealKey(key))
             }
-            Err(e) => Err(SealError::Key(format!("cannot read `{}`: {e}", path.display()))),
+            Err(e) => Err(SealError::Key(format!(
+                "cannot read `{}`: {e}",
+                path.display()
+            ))),
         }
     }
 
@@ -73,12 +89,16 @@ impl SealKey {
 
     /// Decrypts what [`SealKey::seal`] produced.
     pub fn open(&self, sealed: &str) -> Result<Vec<u8>, SealError> {
-        let raw = base64::engine::general_purpose::STANDARD.decode(sealed).map_err(|_| SealError::Open)?;
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(sealed)
+            .map_err(|_| SealError::Open)?;
         if raw.len() < 12 {
             return Err(SealError::Open);
         }
         let (nonce, ct) = raw.split_at(12);
-        ChaCha20Poly1305::new(&self.0).decrypt(Nonce::from_slice(nonce), ct).map_err(|_| SealError::Open)
+        ChaCha20Poly1305::new(&self.0)
+            .decrypt(Nonce::from_slice(nonce), ct)
+            .map_err(|_| SealError::Open)
     }
 }
 
@@ -86,7 +106,11 @@ impl SealKey {
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
     f.write_all(text.as_bytes())?;
     f.sync_all()
 }
@@ -113,6 +137,9 @@ mod tests {
 
     #[test]
     fn bad_keys_are_explained() {
-        assert!(SealKey::parse("short").unwrap_err().to_string().contains("seal key"));
+        assert!(SealKey::parse("short")
+            .unwrap_err()
+            .to_string()
+            .contains("seal key"));
     }
 }
