@@ -328,16 +328,7 @@ pub fn compile_request(
     request: &Request,
     limits: &Limits,
 ) -> Result<Program, CompileErrors> {
-    let mut cx = Compiler {
-        catalog,
-        limits,
-        done: HashMap::new(),
-        in_progress: Vec::new(),
-        errors: Vec::new(),
-        secrets: BTreeSet::new(),
-        trusted: None,
-        step_names: Vec::new(),
-    };
+    let mut cx = Compiler::new(catalog, limits);
     let entry = match &request.target {
         RequestTarget::Call(target) => {
             let (ns, p) = catalog
@@ -397,32 +388,14 @@ pub fn compile_procedure(
     target: &CallTarget,
     limits: &Limits,
 ) -> Result<Program, CompileErrors> {
-    let mut cx = Compiler {
-        catalog,
-        limits,
-        done: HashMap::new(),
-        in_progress: Vec::new(),
-        errors: Vec::new(),
-        secrets: BTreeSet::new(),
-        trusted: None,
-        step_names: Vec::new(),
-    };
+    let mut cx = Compiler::new(catalog, limits);
     let entry = cx.procedure(target.clone(), &SourceRef::new("<command line>", 0, 0));
     cx.finish(entry)
 }
 
 /// Compiles every procedure of every namespace; returns all errors (for `validate`).
 pub fn check_catalog(catalog: &Catalog, limits: &Limits) -> Vec<CompileError> {
-    let mut cx = Compiler {
-        catalog,
-        limits,
-        done: HashMap::new(),
-        in_progress: Vec::new(),
-        errors: Vec::new(),
-        secrets: BTreeSet::new(),
-        trusted: None,
-        step_names: Vec::new(),
-    };
+    let mut cx = Compiler::new(catalog, limits);
     for ns in catalog.namespaces() {
         for p in &ns.procedures {
             let target = CallTarget {
@@ -450,7 +423,20 @@ struct Compiler<'a> {
     step_names: Vec<String>,
 }
 
-impl Compiler<'_> {
+impl<'a> Compiler<'a> {
+    fn new(catalog: &'a Catalog, limits: &'a Limits) -> Compiler<'a> {
+        Compiler {
+            catalog,
+            limits,
+            done: HashMap::new(),
+            in_progress: Vec::new(),
+            errors: Vec::new(),
+            secrets: BTreeSet::new(),
+            trusted: None,
+            step_names: Vec::new(),
+        }
+    }
+
     fn finish(mut self, entry: Option<Arc<CompiledProcedure>>) -> Result<Program, CompileErrors> {
         let mut seen = HashSet::new();
         self.errors.retain(|e| seen.insert(e.to_string()));
