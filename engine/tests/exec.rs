@@ -1038,8 +1038,8 @@ fn noop_procedure(n: usize) -> String {
     s
 }
 
-/// `noop_procedure(1)` parsed, its one step cloned `n` times (ids `s0`…): the YAML parser
-/// is quadratic in the number of steps today (see `ten_thousand_steps_parse_from_yaml`).
+/// `noop_procedure(1)` parsed, its one step cloned `n` times (ids `s0`…): builds big
+/// procedures without parsing them (parsing is covered by `ten_thousand_steps_parse_from_yaml`).
 fn many_steps(n: usize) -> Vec<Namespace> {
     let mut namespaces = match parse_namespaces(&noop_procedure(1), "big.yaml", Format::Yaml) {
         Ok(n) => n,
