@@ -107,6 +107,11 @@ pub struct StepDone<'a> {
 /// Receives the executor's transitions.
 #[async_trait]
 pub trait Journal: Send + Sync {
+    /// Whether this journal keeps anything. When it does not, the executor skips building
+    /// the redacted copies of every call's input and output that only a journal needs.
+    fn records(&self) -> bool {
+        true
+    }
     /// A transaction began.
     async fn txn_started(&self, start: &TxnStart<'_>) -> Result<(), JournalError>;
     /// A transaction changed state; a final state is durable when this returns.
@@ -139,6 +144,9 @@ pub struct NoJournal;
 
 #[async_trait]
 impl Journal for NoJournal {
+    fn records(&self) -> bool {
+        false
+    }
     async fn txn_started(&self, _: &TxnStart<'_>) -> Result<(), JournalError> {
         Ok(())
     }

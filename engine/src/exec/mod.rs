@@ -1333,22 +1333,25 @@ impl Engine {
             let mut attempt = txn.resume.as_ref().and_then(|r| r.next_attempt.get(step).copied()).unwrap_or(1);
             loop {
                 let context = self.call_context(txn, callee, leaf, step, attempt);
-                let mut logged = ed.clone();
-                txn.redactor.redact_element(&mut logged);
-                let secret = txn.redactor.contains_secret(&ed);
-                self.journal
-                    .step_intent(&StepIntent {
-                        context: &context,
-                        provider: &leaf.provider,
-                        target: &target,
-                        kind: callee.kind,
-                        provider_context: &leaf.provider_context,
-                        input: &logged,
-                        call_data: &ed,
-                        secret,
-                    })
-                    .await
-                    .map_err(|e| fail(step, &target, ProviderError::E_FAIL, e.to_string()))?;
+                let journaling = self.journal.records();
+                if journaling {
+                    let mut logged = ed.clone();
+                    txn.redactor.redact_element(&mut logged);
+                    let secret = txn.redactor.contains_secret(&ed);
+                    self.journal
+                        .step_intent(&StepIntent {
+                            context: &context,
+                            provider: &leaf.provider,
+                            target: &target,
+                            kind: callee.kind,
+                            provider_context: &leaf.provider_context,
+                            input: &logged,
+                            call_data: &ed,
+                            secret,
+                        })
+                        .await
+                        .map_err(|e| fail(step, &target, ProviderError::E_FAIL, e.to_string()))?;
+                }
                 let started_after = txn.completions.load(AtomicOrdering::SeqCst);
                 let call = Call { context: context.clone(), provider_context: leaf.provider_context.clone(), execute_data: ed.clone() };
                 let permit = txn.permits.acquire().await;
@@ -1359,24 +1362,28 @@ impl Engine {
                     Ok(Ok(Ok(outcome))) => {
                         let mut out = outcome.execute_data;
                         out.name = "executeData".into();
-                        let mut logged_out = out.clone();
-                        txn.redactor.redact_element(&mut logged_out);
                         let keep = callee.kind != ProcKind::Read && outcome.undo.is_some();
-                        let saved = (keep && leaf.save_data_for_rollback).then_some(&ed);
-                        let undo_ref = if keep { outcome.undo.as_ref() } else { None };
-                        let secret = undo_ref.is_some_and(|u| txn.redactor.contains_secret(u)) || saved.is_some_and(|s| txn.redactor.contains_secret(s));
-                        let journaled = self
-                            .journal
-                            .step_done(&StepDone {
-                                context: &context,
-                                output: &logged_out,
-                                undo: undo_ref,
-                                saved,
-                                secret,
-                                result: txn.program.entry.resumable.then_some(&out),
-                                result_secret: txn.program.entry.resumable && txn.redactor.contains_secret(&out),
-                            })
-                            .await;
+                        let journaled = if journaling {
+                            let mut logged_out = out.clone();
+                            txn.redactor.redact_element(&mut logged_out);
+                            let saved = (keep && leaf.save_data_for_rollback).then_some(&ed);
+                            let undo_ref = if keep { outcome.undo.as_ref() } else { None };
+                            let secret = undo_ref.is_some_and(|u| txn.redactor.contains_secret(u))
+                                || saved.is_some_and(|s| txn.redactor.contains_secret(s));
+                            self.journal
+                                .step_done(&StepDone {
+                                    context: &context,
+                                    output: &logged_out,
+                                    undo: undo_ref,
+                                    saved,
+                                    secret,
+                                    result: txn.program.entry.resumable.then_some(&out),
+                                    result_secret: txn.program.entry.resumable && txn.redactor.contains_secret(&out),
+                                })
+                                .await
+                        } else {
+                            Ok(())
+                        };
                         let seq = txn.completions.fetch_add(1, AtomicOrdering::SeqCst);
                         if keep {
                             if let Some(undo) = outcome.undo {
