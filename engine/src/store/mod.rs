@@ -4,6 +4,7 @@
 //! can replace it without touching the executor.
 
 mod sled_store;
+mod wal;
 
 pub use sled_store::SledStore;
 
@@ -34,6 +35,19 @@ impl Space {
             Space::Definitions => b'd',
             Space::Meta => b'm',
         }
+    }
+
+    /// The space with the one-byte key prefix `tag`.
+    pub fn from_tag(tag: u8) -> Option<Space> {
+        [
+            Space::Journal,
+            Space::Txns,
+            Space::Audit,
+            Space::Definitions,
+            Space::Meta,
+        ]
+        .into_iter()
+        .find(|s| s.tag() == tag)
     }
 }
 

@@ -1,12 +1,19 @@
 //! The sled 0.34 store: one tree, space-prefixed keys, atomic `apply_batch`, and a writer
-//! thread that batches concurrent writes and makes them durable with one fdatasync.
+//! thread that batches concurrent writes (group commit) and makes them durable through the
+//! store's own write-ahead log.
 //!
-//! Durability: sled's own `flush()` writes with `sync_file_range`, which survives a killed
-//! process but not a power cut (the disk cache and metadata are not flushed). After each
-//! flush the writer therefore calls `fdatasync` on sled's log file and on every blob file
-//! created since the last sync (and fsyncs the folders that gained entries). A durable
-//! write returns only after that.
+//! Durability: each group of batches is appended to `provisio.wal` in the store folder and
+//! made durable with one `fdatasync` of that file before any durable write of the group is
+//! acknowledged (see `wal.rs`). sled holds the indexed copy and is made durable only at
+//! checkpoints: sled's own `flush()` writes with `sync_file_range`, which survives a killed
+//! process but not a power cut, so a checkpoint follows it with `fdatasync` of sled's log
+//! and of every blob file created since the last one (and fsyncs the folders that gained
+//! entries); only then does the log start a new generation. At open, frames newer than
+//! sled's write counter are replayed into sled and a checkpoint is taken. A checkpoint
+//! happens when the log passes [`CHECKPOINT_BYTES`], after [`IDLE_CHECKPOINT`] without
+//! writes, and at close.
 
+use super::wal::{Frame, Wal};
 use super::{Batch, KeyValue, Space, Store, StoreError};
 use async_trait::async_trait;
 use std::collections::HashSet;
@@ -14,7 +21,18 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
+use std::time::Duration;
 use tokio::sync::oneshot;
+
+/// The write-ahead log is folded into sled and restarted once it holds this much.
+pub const CHECKPOINT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// A checkpoint is also taken after this long without writes, so a restart after an idle
+/// period replays nothing.
+pub const IDLE_CHECKPOINT: Duration = Duration::from_secs(2);
+
+/// The write-ahead log's file name inside the store folder.
+const WAL_FILE: &str = "provisio.wal";
 
 struct WriteRequest {
     batch: Batch,
@@ -91,10 +109,37 @@ impl SledStore {
                 })
             }
         };
-        let writes = Identity::check(path, &tree, &db)?;
+        let sled_writes = read_write_count(path, &tree)?;
+        let (mut wal, frames) = Wal::open(&path.join(WAL_FILE))?;
+        let replay: Vec<Frame> = frames.into_iter().filter(|f| f.seq > sled_writes).collect();
+        if let Some(first) = replay.first() {
+            if first.seq != sled_writes + 1 {
+                return Err(StoreError::Corrupt {
+                    path: path.display().to_string(),
+                    message: format!(
+                        "its write-ahead log continues from write {} but the store holds only {sled_writes} writes: records were lost",
+                        first.seq - 1
+                    ),
+                });
+            }
+        }
+        let writes = replay.last().map_or(sled_writes, |f| f.seq);
+        // Checked before the replay touches anything, so a damaged store stays as it was.
+        Identity::check(path, &tree, &db, writes)?;
+        for frame in &replay {
+            tree.apply_batch(sled_batch(frame.seq, &frame.batch))
+                .map_err(|e| map_err(path, e))?;
+        }
+        let mut syncer = Syncer::new(path)?;
+        checkpoint(path, &db, &mut syncer, &mut wal)?;
+        if !replay.is_empty() {
+            tracing::info!(
+                frames = replay.len(),
+                "replayed the journal's write-ahead log after an unclean stop"
+            );
+        }
         let syncs = Arc::new(AtomicU64::new(0));
         let (sender, receiver) = mpsc::channel::<WriteRequest>();
-        let mut syncer = Syncer::new(path)?;
         let writer_tree = tree.clone();
         let writer_db = db.clone();
         let writer_syncs = syncs.clone();
@@ -103,51 +148,66 @@ impl SledStore {
         let handle = std::thread::Builder::new()
             .name("provisio-journal".into())
             .spawn(move || {
-                // Group commit: take one request, then everything else already queued.
-                while let Ok(first) = receiver.recv() {
+                loop {
+                    let first = match receiver.recv_timeout(IDLE_CHECKPOINT) {
+                        Ok(first) => first,
+                        Err(mpsc::RecvTimeoutError::Timeout) => {
+                            if wal.len() > 0 {
+                                if let Err(e) =
+                                    checkpoint(&writer_path, &writer_db, &mut syncer, &mut wal)
+                                {
+                                    tracing::warn!(error = %e, "journal checkpoint failed; the write-ahead log is kept");
+                                }
+                            }
+                            continue;
+                        }
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    };
+                    // Group commit: take one request, then everything else already queued.
                     let mut group = vec![first];
                     while let Ok(more) = receiver.try_recv() {
                         group.push(more);
                     }
                     let mut results: Vec<Result<(), StoreError>> = Vec::with_capacity(group.len());
                     for req in &group {
-                        let mut b = sled::Batch::default();
-                        // Counted with the batch, atomically: at open, fewer writes than at the
-                        // last clean shutdown means records were lost.
-                        write_count += 1;
-                        b.insert(key(Space::Meta, b"writes"), &write_count.to_be_bytes()[..]);
-                        for (space, k, v) in &req.batch.writes {
-                            match v {
-                                Some(v) => b.insert(key(*space, k), v.as_slice()),
-                                None => b.remove(key(*space, k)),
-                            }
+                        // The counter is written with the batch, atomically: it is both the
+                        // frame number in the log and, at open, the proof of what sled holds.
+                        let seq = write_count + 1;
+                        let applied = writer_tree
+                            .apply_batch(sled_batch(seq, &req.batch))
+                            .map_err(|e| map_err(&writer_path, e));
+                        if applied.is_ok() {
+                            write_count = seq;
+                            wal.append(seq, &req.batch);
                         }
-                        results.push(
-                            writer_tree
-                                .apply_batch(b)
-                                .map_err(|e| map_err(&writer_path, e)),
-                        );
+                        results.push(applied);
                     }
-                    if group.iter().any(|r| r.durable) {
-                        let synced = writer_db
-                            .flush()
-                            .map_err(|e| map_err(&writer_path, e))
-                            .and_then(|_| syncer.sync());
+                    let mut logged = wal.write();
+                    if logged.is_ok() && group.iter().any(|r| r.durable) {
+                        logged = wal.sync();
                         writer_syncs.fetch_add(1, Ordering::Relaxed);
-                        if let Err(e) = synced {
-                            for r in results.iter_mut() {
-                                if r.is_ok() {
-                                    *r = Err(e.clone());
-                                }
+                    }
+                    if let Err(e) = logged {
+                        for r in results.iter_mut() {
+                            if r.is_ok() {
+                                *r = Err(e.clone());
                             }
                         }
                     }
                     for (req, result) in group.into_iter().zip(results) {
                         let _ = req.done.send(result);
                     }
+                    if wal.len() >= CHECKPOINT_BYTES {
+                        if let Err(e) = checkpoint(&writer_path, &writer_db, &mut syncer, &mut wal) {
+                            tracing::warn!(error = %e, "journal checkpoint failed; the write-ahead log is kept");
+                        }
+                    }
                 }
-                let _ = writer_db.flush();
-                if syncer.sync().is_ok() {
+                let closed = wal
+                    .write()
+                    .and_then(|_| wal.sync())
+                    .and_then(|_| checkpoint(&writer_path, &writer_db, &mut syncer, &mut wal));
+                if closed.is_ok() {
                     Identity::record_clean_close(&writer_path, &writer_tree, write_count);
                 }
             })
@@ -279,6 +339,42 @@ impl Syncer {
     }
 }
 
+/// The sled batch for log frame `seq`: its writes plus the write counter.
+fn sled_batch(seq: u64, batch: &Batch) -> sled::Batch {
+    let mut b = sled::Batch::default();
+    b.insert(key(Space::Meta, b"writes"), &seq.to_be_bytes()[..]);
+    for (space, k, v) in &batch.writes {
+        match v {
+            Some(v) => b.insert(key(*space, k), v.as_slice()),
+            None => b.remove(key(*space, k)),
+        }
+    }
+    b
+}
+
+/// Makes sled durable up to now, then starts a new generation of the log.
+fn checkpoint(
+    path: &Path,
+    db: &sled::Db,
+    syncer: &mut Syncer,
+    wal: &mut Wal,
+) -> Result<(), StoreError> {
+    db.flush().map_err(|e| map_err(path, e))?;
+    syncer.sync()?;
+    wal.restart();
+    Ok(())
+}
+
+/// The number of the last write sled holds.
+fn read_write_count(path: &Path, tree: &sled::Tree) -> Result<u64, StoreError> {
+    Ok(tree
+        .get(key(Space::Meta, b"writes"))
+        .map_err(|e| map_err(path, e))?
+        .and_then(|v| v.as_ref().try_into().ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0))
+}
+
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -353,6 +449,61 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// A process that aborts right after its durable writes were acknowledged loses none of
+    /// them: sled had not flushed them, so they come back from the write-ahead log.
+    #[test]
+    fn acknowledged_writes_survive_an_abort() {
+        const CHILD: &str = "PROVISIO_TEST_WAL_CHILD";
+        if let Ok(dir) = std::env::var(CHILD) {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let store = SledStore::open(Path::new(&dir)).unwrap();
+                for i in 0..50u32 {
+                    let mut b = Batch::new();
+                    b.put(Space::Journal, i.to_be_bytes().to_vec(), vec![7; 300]);
+                    if i % 10 == 0 {
+                        b.delete(Space::Journal, (i / 2).to_be_bytes().to_vec());
+                    }
+                    store.write(b, i % 3 == 0 || i == 49).await.unwrap();
+                }
+                std::process::abort();
+            });
+        }
+        let dir = tempfile_dir();
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "store::sled_store::tests::acknowledged_writes_survive_an_abort",
+                "--nocapture",
+            ])
+            .env(CHILD, &dir)
+            .status()
+            .unwrap();
+        assert!(!status.success(), "the child must abort");
+        let store = SledStore::open(&dir).unwrap();
+        let rows = store.scan(Space::Journal, b"").unwrap();
+        // Every tenth batch deletes key i/2 after its put, so 0, 5, 10, 15 and 20 are gone.
+        let expected: Vec<u32> = (0..50u32)
+            .filter(|i| ![0, 5, 10, 15, 20].contains(i))
+            .collect();
+        let got: Vec<u32> = rows
+            .iter()
+            .map(|(k, _)| u32::from_be_bytes(k[..4].try_into().unwrap()))
+            .collect();
+        assert_eq!(got, expected);
+        drop(store);
+        // The replay was checkpointed: a second open finds the same, with nothing to replay.
+        let store = SledStore::open(&dir).unwrap();
+        assert_eq!(
+            store.scan(Space::Journal, b"").unwrap().len(),
+            expected.len()
+        );
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     fn tempfile_dir() -> PathBuf {
         let d = std::env::temp_dir().join(format!("provisio-store-{}", uuid::Uuid::now_v7()));
         std::fs::create_dir_all(&d).unwrap();
@@ -391,8 +542,9 @@ impl Identity {
         Ok(())
     }
 
-    /// Checks the store against its side file; returns the write count to continue from.
-    fn check(path: &Path, tree: &sled::Tree, db: &sled::Db) -> Result<u64, StoreError> {
+    /// Checks the store, holding `writes` writes once its log is replayed, against its side
+    /// file.
+    fn check(path: &Path, tree: &sled::Tree, db: &sled::Db, writes: u64) -> Result<(), StoreError> {
         let damaged = |message: String| StoreError::Corrupt {
             path: path.display().to_string(),
             message,
@@ -401,12 +553,6 @@ impl Identity {
             .get(key(Space::Meta, b"id"))
             .map_err(|e| map_err(path, e))?
             .map(|v| String::from_utf8_lossy(&v).into_owned());
-        let writes = tree
-            .get(key(Space::Meta, b"writes"))
-            .map_err(|e| map_err(path, e))?
-            .and_then(|v| v.as_ref().try_into().ok())
-            .map(u64::from_be_bytes)
-            .unwrap_or(0);
         let side: Option<Identity> = std::fs::read(Self::side_file(path))
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok());
@@ -444,8 +590,7 @@ impl Identity {
                 writes,
                 clean: false,
             },
-        )?;
-        Ok(writes)
+        )
     }
 
     fn record_clean_close(path: &Path, tree: &sled::Tree, writes: u64) {
