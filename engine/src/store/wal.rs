@@ -242,7 +242,10 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn batch_of(writes: &[(u8, Vec<u8>, Option<Vec<u8>>)]) -> Batch {
+    /// A write with its space given as an index into the list of spaces.
+    type IndexedWrite = (u8, Vec<u8>, Option<Vec<u8>>);
+
+    fn batch_of(writes: &[IndexedWrite]) -> Batch {
         let spaces = [
             Space::Journal,
             Space::Txns,
