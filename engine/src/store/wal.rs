@@ -26,7 +26,7 @@ const MAX_FRAME: u32 = 256 * 1024 * 1024;
 
 /// The file grows by zero-filled chunks of this size, written ahead of the appends: an
 /// `fdatasync` of data written over existing blocks need not commit file-size metadata.
-const GROW_CHUNK: u64 = 4 * 1024 * 1024;
+const GROW_CHUNK: u64 = 1024 * 1024;
 
 /// The write-ahead log of a store folder.
 pub(super) struct Wal {
