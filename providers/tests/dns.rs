@@ -10,7 +10,7 @@ use provisio_providers::dns::{DnsProvider, RData, Record};
 use std::fs;
 use std::path::PathBuf;
 use std::sync::Arc;
-use support::{call, err_message, output, run, undo};
+use support::{call, err_message, output, output_lines, rrset_call, run, run_rrset, undo};
 
 const E_INVALIDARG: u32 = ProviderError::E_INVALIDARG;
 
@@ -879,4 +879,549 @@ async fn named_checkzone_accepts_generated_zone() {
         canonical.contains("\"say \\\"hi\\\" \\\\ there; $x (y)\\010z \\195\\188\""),
         "{canonical}"
     );
+}
+
+// ---- ReplaceRecordSet ------------------------------------------------------------------
+
+/// Call inputs, and one `records` item (data fields).
+type Inputs<'a> = Vec<(&'a str, &'a str)>;
+type Item<'a> = &'a [(&'a str, &'a str)];
+
+/// The RRset of `owner` and type `rtype`, as (TTL, data text), sorted.
+fn rrset(z: &Zone, owner: &str, rtype: &str) -> Vec<(u32, String)> {
+    let mut v: Vec<(u32, String)> = z
+        .records
+        .iter()
+        .filter(|r| r.owner == owner && r.data.rtype() == rtype)
+        .map(|r| (r.ttl, r.data.to_text()))
+        .collect();
+    v.sort();
+    v
+}
+
+fn a_set(ttl: u32, ips: &[&str]) -> Vec<(u32, String)> {
+    let mut v: Vec<(u32, String)> = ips.iter().map(|ip| (ttl, ip.to_string())).collect();
+    v.sort();
+    v
+}
+
+/// Runs `named-checkzone` on a zone file; `false` (skip) when it is not installed.
+fn checkzone(zone: &str, file: &std::path::Path) -> bool {
+    let Ok(out) = std::process::Command::new("named-checkzone")
+        .arg(zone)
+        .arg(file)
+        .output()
+    else {
+        assert!(
+            std::env::var("PROVISIO_REQUIRE_BIND").is_err(),
+            "PROVISIO_REQUIRE_BIND=1 but named-checkzone is not installed"
+        );
+        return false;
+    };
+    assert!(
+        out.status.success(),
+        "named-checkzone rejected {}: {}{}",
+        file.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    true
+}
+
+const EX: &str = "example.com";
+
+async fn seed_www(p: &DnsProvider) {
+    for ip in ["192.0.2.1", "192.0.2.2"] {
+        run(
+            p,
+            "AddRecord",
+            &[
+                ("zoneName", EX),
+                ("name", "www"),
+                ("rrType", "A"),
+                ("address", ip),
+                ("ttl", "120"),
+            ],
+        )
+        .await
+        .expect("seed");
+    }
+    run(
+        p,
+        "AddRecord",
+        &[
+            ("zoneName", EX),
+            ("name", "www"),
+            ("rrType", "AAAA"),
+            ("address", "2001:db8::1"),
+        ],
+    )
+    .await
+    .expect("seed aaaa");
+}
+
+#[tokio::test]
+async fn replace_record_set_replaces_the_whole_set_and_undo_restores_it() {
+    let (_t, p, dir) = provider();
+    zone(&p, EX).await;
+    seed_www(&p).await;
+    let z0 = load(&dir, EX);
+    assert_eq!(
+        rrset(&z0, "www", "A"),
+        a_set(120, &["192.0.2.1", "192.0.2.2"])
+    );
+    let (c, out) = run_rrset(
+        &p,
+        "ReplaceRecordSet",
+        &[
+            ("zoneName", EX),
+            ("name", "www"),
+            ("rrType", "A"),
+            ("ttl", "60"),
+        ],
+        &[
+            &[("address", "192.0.2.2")],
+            &[("address", "192.0.2.3")],
+            &[("address", "192.0.2.4")],
+        ],
+    )
+    .await
+    .expect("replace");
+    let z1 = load(&dir, EX);
+    assert_eq!(
+        rrset(&z1, "www", "A"),
+        a_set(60, &["192.0.2.2", "192.0.2.3", "192.0.2.4"]),
+        "exactly the new set, all with the new TTL"
+    );
+    assert_eq!(
+        rrset(&z1, "www", "AAAA"),
+        rrset(&z0, "www", "AAAA"),
+        "other type kept"
+    );
+    assert!(z1.soa.serial > z0.soa.serial);
+    assert_eq!(output(&out, "serial"), Some(z1.soa.serial.to_string()));
+    assert_eq!(output(&out, "changed").as_deref(), Some("true"));
+    assert_eq!(output(&out, "fqdn").as_deref(), Some("www.example.com."));
+    assert_eq!(output_lines(&out, "previous").len(), 2);
+    assert_eq!(output_lines(&out, "current").len(), 3);
+    assert!(output_lines(&out, "previous")
+        .iter()
+        .all(|l| l.starts_with("www\t120\tIN\tA\t")));
+    checkzone(EX, &dir.join("example.com.zone"));
+
+    // Rollback: exactly the old set with the old TTL, the rest of the file unchanged.
+    undo(&p, &c, &out).await.expect("undo");
+    let z2 = load(&dir, EX);
+    assert_eq!(z2.records, z0.records);
+    assert!(z2.soa.serial > z1.soa.serial);
+    undo(&p, &c, &out).await.expect("undo again is a no-op");
+    assert_eq!(load(&dir, EX).records, z0.records);
+    checkzone(EX, &dir.join("example.com.zone"));
+
+    // The MPS-style name runs the same procedure.
+    let (_, out) = run_rrset(
+        &p,
+        "ReplaceResourceRecordSet",
+        &[("zoneName", EX), ("OwnerName", "www"), ("RRType", "AType")],
+        &[&[("IPAddress", "192.0.2.9")]],
+    )
+    .await
+    .expect("alias");
+    assert_eq!(
+        rrset(&load(&dir, EX), "www", "A"),
+        a_set(3600, &["192.0.2.9"]),
+        "no ttl: the zone's $TTL"
+    );
+    assert_eq!(output(&out, "changed").as_deref(), Some("true"));
+}
+
+#[tokio::test]
+async fn replace_record_set_of_every_type_and_of_absent_sets() {
+    let (_t, p, dir) = provider();
+    zone(&p, EX).await;
+    let file = dir.join("example.com.zone");
+    let mut long = String::new();
+    while long.len() < 700 {
+        long.push_str("say \"hi\" \\ to; $ORIGIN (x) ");
+    }
+    let before = fs::read(&file).expect("file");
+    type Items<'a> = Vec<Vec<(&'a str, &'a str)>>;
+    let cases: Vec<(&str, &str, Items, usize)> = vec![
+        (
+            "v6",
+            "AAAA",
+            vec![
+                vec![("address", "2001:db8::1")],
+                vec![("address", "2001:db8::2")],
+            ],
+            2,
+        ),
+        (
+            "alias",
+            "CNAME",
+            vec![vec![("target", "www.example.net")]],
+            1,
+        ),
+        (
+            "@",
+            "MX",
+            vec![
+                vec![("preference", "10"), ("exchange", "mx1.example.net")],
+                vec![("preference", "20"), ("exchange", "mx2.example.net")],
+            ],
+            2,
+        ),
+        (
+            "@",
+            "TXT",
+            vec![vec![("text", long.as_str())], vec![("text", "v=spf1 -all")]],
+            2,
+        ),
+        (
+            "_sip._tcp",
+            "SRV",
+            vec![vec![
+                ("priority", "1"),
+                ("weight", "2"),
+                ("port", "5060"),
+                ("target", "sip.example.net"),
+            ]],
+            1,
+        ),
+        (
+            "sub",
+            "NS",
+            vec![
+                vec![("target", "ns1.example.net")],
+                vec![("target", "ns2.example.net")],
+            ],
+            2,
+        ),
+        (
+            "@",
+            "CAA",
+            vec![vec![("tag", "issue"), ("value", "ca.example; account=1")]],
+            1,
+        ),
+        ("@", "NS", vec![vec![("target", "ns.example.net")]], 1),
+    ];
+    let mut done = Vec::new();
+    for (owner, rtype, items, n) in &cases {
+        let refs: Vec<&[(&str, &str)]> = items.iter().map(Vec::as_slice).collect();
+        let r = run_rrset(
+            &p,
+            "ReplaceRecordSet",
+            &[
+                ("zoneName", EX),
+                ("name", owner),
+                ("rrType", rtype),
+                ("ttl", "90"),
+            ],
+            &refs,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{owner} {rtype}: {e}"));
+        let got = rrset(&load(&dir, EX), owner, rtype);
+        assert_eq!(got.len(), *n, "{owner} {rtype}: {got:?}");
+        assert!(got.iter().all(|(ttl, _)| *ttl == 90), "{got:?}");
+        done.push(r);
+    }
+    let z = load(&dir, EX);
+    let txt: Vec<&Record> = z
+        .records
+        .iter()
+        .filter(|r| r.owner == "@" && r.data.rtype() == "TXT")
+        .collect();
+    assert!(
+        txt.iter()
+            .any(|r| r.data == RData::Txt(long.clone().into_bytes())),
+        "long TXT kept exactly"
+    );
+    assert_eq!(
+        rrset(&z, "@", "NS"),
+        vec![(90, "ns.example.net.".to_string())]
+    );
+    checkzone(EX, &file);
+    // Sets that did not exist are removed again by undo; the apex NS is put back.
+    for (c, out) in done.iter().rev() {
+        undo(&p, c, out).await.expect("undo");
+    }
+    let strip = |b: &[u8]| {
+        String::from_utf8_lossy(b)
+            .lines()
+            .filter(|l| !l.contains("\tSOA\t"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(strip(&fs::read(&file).expect("file")), strip(&before));
+    checkzone(EX, &file);
+}
+
+#[tokio::test]
+async fn replace_record_set_with_the_same_set_is_a_no_op() {
+    let (_t, p, dir) = provider();
+    zone(&p, EX).await;
+    seed_www(&p).await;
+    let file = dir.join("example.com.zone");
+    let bytes = fs::read(&file).expect("file");
+    let same = rrset_call(
+        "DNS Provider",
+        "ReplaceRecordSet",
+        &[
+            ("zoneName", EX),
+            ("name", "www"),
+            ("rrType", "A"),
+            ("ttl", "120"),
+        ],
+        &[&[("address", "192.0.2.2")], &[("address", "192.0.2.1")]],
+    );
+    let preview = p.preview(&same).await.expect("preview");
+    assert!(
+        matches!(&preview, Preview::NoChange(m) if m.contains("already holds")),
+        "{preview:?}"
+    );
+    let out = p.execute(same).await.expect("replace");
+    assert_eq!(output(&out, "changed").as_deref(), Some("false"));
+    assert!(out.undo.is_none(), "nothing to undo");
+    assert_eq!(
+        fs::read(&file).expect("file"),
+        bytes,
+        "file untouched, serial kept"
+    );
+
+    // Another TTL is a change, and the preview says old → new.
+    let other_ttl = rrset_call(
+        "DNS Provider",
+        "ReplaceRecordSet",
+        &[
+            ("zoneName", EX),
+            ("name", "www"),
+            ("rrType", "A"),
+            ("ttl", "300"),
+        ],
+        &[&[("address", "192.0.2.2")], &[("address", "192.0.2.1")]],
+    );
+    match p.preview(&other_ttl).await.expect("preview") {
+        Preview::Change(m) => assert_eq!(
+            m,
+            "replace www.example.com. A: 192.0.2.1, 192.0.2.2 (TTL 120) → 192.0.2.1, 192.0.2.2 (TTL 300)"
+        ),
+        other => panic!("{other:?}"),
+    }
+    let absent = rrset_call(
+        "DNS Provider",
+        "ReplaceRecordSet",
+        &[("zoneName", EX), ("name", "new"), ("rrType", "TXT")],
+        &[&[("text", "x")]],
+    );
+    match p.preview(&absent).await.expect("preview") {
+        Preview::Change(m) => assert!(m.contains("no records → \"x\" (TTL 3600)"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        fs::read(&file).expect("file"),
+        bytes,
+        "previews write nothing"
+    );
+}
+
+#[tokio::test]
+async fn replace_record_set_undo_refuses_a_set_someone_else_changed() {
+    let (_t, p, dir) = provider();
+    zone(&p, EX).await;
+    seed_www(&p).await;
+    let (c, out) = run_rrset(
+        &p,
+        "ReplaceRecordSet",
+        &[("zoneName", EX), ("name", "www"), ("rrType", "A")],
+        &[&[("address", "192.0.2.50")]],
+    )
+    .await
+    .expect("replace");
+    // Someone else adds to the set we wrote (through the backend, as another writer would).
+    p.backend()
+        .add_record(
+            EX,
+            "www",
+            Some(3600),
+            &RData::A("192.0.2.51".parse().expect("ip")),
+        )
+        .await
+        .expect("concurrent add");
+    let file = dir.join("example.com.zone");
+    let bytes = fs::read(&file).expect("file");
+    let e = undo(&p, &c, &out).await.expect_err("must refuse");
+    assert!(matches!(e, ProviderError::Permanent { .. }), "{e:?}");
+    assert!(e.message().contains("changed by someone else"), "{e}");
+    assert!(
+        e.message().contains("192.0.2.51"),
+        "names what it found: {e}"
+    );
+    assert_eq!(fs::read(&file).expect("file"), bytes, "nothing clobbered");
+
+    // A set we created that someone else then changed is not deleted either.
+    let (c, out) = run_rrset(
+        &p,
+        "ReplaceRecordSet",
+        &[("zoneName", EX), ("name", "fresh"), ("rrType", "A")],
+        &[&[("address", "192.0.2.60")]],
+    )
+    .await
+    .expect("replace absent");
+    p.backend()
+        .delete_record(EX, "fresh", &RData::A("192.0.2.60".parse().expect("ip")))
+        .await
+        .expect("concurrent delete");
+    p.backend()
+        .add_record(
+            EX,
+            "fresh",
+            Some(3600),
+            &RData::A("192.0.2.61".parse().expect("ip")),
+        )
+        .await
+        .expect("concurrent add");
+    let e = undo(&p, &c, &out).await.expect_err("must refuse");
+    assert!(e.message().contains("changed by someone else"), "{e}");
+    assert_eq!(
+        rrset(&load(&dir, EX), "fresh", "A"),
+        a_set(3600, &["192.0.2.61"])
+    );
+}
+
+#[tokio::test]
+async fn replace_record_set_inputs_are_validated_before_writing() {
+    let (_t, p, dir) = provider();
+    zone(&p, EX).await;
+    run(
+        &p,
+        "AddRecord",
+        &[
+            ("zoneName", EX),
+            ("name", "alias"),
+            ("rrType", "CNAME"),
+            ("target", "x.example.net"),
+        ],
+    )
+    .await
+    .expect("cname");
+    let file = dir.join("example.com.zone");
+    let bytes = fs::read(&file).expect("file");
+    let base = |rtype: &'static str| vec![("zoneName", EX), ("name", "www"), ("rrType", rtype)];
+    let cases: Vec<(Inputs, Vec<Item>, &str)> = vec![
+        (base("A"), vec![], "DeleteRecord"),
+        (
+            base("A"),
+            vec![&[("address", "192.0.2.1")], &[("address", "300.1.1.1")]],
+            "`records` item 2: input `address`",
+        ),
+        (
+            base("A"),
+            vec![&[("address", "192.0.2.1")], &[("address", "192.0.2.1")]],
+            "items 1 and 2 are the same",
+        ),
+        (
+            base("A"),
+            vec![&[("text", "x")]],
+            "`records` item 1: input `address` is required",
+        ),
+        (
+            base("CNAME"),
+            vec![
+                &[("target", "a.example.net")],
+                &[("target", "b.example.net")],
+            ],
+            "exactly one",
+        ),
+        (
+            vec![
+                ("zoneName", EX),
+                ("name", "www"),
+                ("rrType", "A"),
+                ("ttl", "2147483648"),
+            ],
+            vec![&[("address", "192.0.2.1")]],
+            "`ttl`",
+        ),
+        (
+            vec![
+                ("zoneName", EX),
+                ("name", "www\n@ IN NS evil."),
+                ("rrType", "A"),
+            ],
+            vec![&[("address", "192.0.2.1")]],
+            "`name`",
+        ),
+        (
+            base("SOA"),
+            vec![&[("target", "x.example.net")]],
+            "`rrType`",
+        ),
+        (
+            base("TXT"),
+            vec![&[("text", "ok")], &[("nottext", "x")]],
+            "`records` item 2: input `text`",
+        ),
+    ];
+    for (inputs, records, needle) in &cases {
+        let (code, msg) = err_message(run_rrset(&p, "ReplaceRecordSet", inputs, records).await);
+        assert_eq!(code, E_INVALIDARG, "{inputs:?} {records:?}: {msg}");
+        assert!(msg.contains(needle), "{inputs:?} {records:?}: {msg}");
+    }
+    // A record list item that is a bare value names the fields it needs.
+    let mut c = call("DNS Provider", "ReplaceRecordSet", &base("A"));
+    c.execute_data
+        .push(provisio_engine::data::Element::with_text(
+            "records",
+            "192.0.2.1",
+        ));
+    let (code, msg) = err_message(p.execute(c).await);
+    assert_eq!(code, E_INVALIDARG, "{msg}");
+    assert!(msg.contains("`address`"), "{msg}");
+    // CNAME conflicts, as with AddRecord.
+    let (code, msg) = err_message(
+        run_rrset(
+            &p,
+            "ReplaceRecordSet",
+            &[("zoneName", EX), ("name", "alias"), ("rrType", "TXT")],
+            &[&[("text", "x")]],
+        )
+        .await,
+    );
+    assert_eq!(code, 0x8007_25F1, "{msg}");
+    let (code, msg) = err_message(
+        run_rrset(
+            &p,
+            "ReplaceRecordSet",
+            &[("zoneName", EX), ("name", "@"), ("rrType", "CNAME")],
+            &[&[("target", "x.example.net")]],
+        )
+        .await,
+    );
+    assert_eq!(code, 0x8007_25F1, "{msg}");
+    assert_eq!(fs::read(&file).expect("file"), bytes, "nothing written");
+    // Replacing the CNAME's own target is fine.
+    run_rrset(
+        &p,
+        "ReplaceRecordSet",
+        &[("zoneName", EX), ("name", "alias"), ("rrType", "CNAME")],
+        &[&[("target", "y.example.net")]],
+    )
+    .await
+    .expect("new target");
+    assert_eq!(
+        rrset(&load(&dir, EX), "alias", "CNAME"),
+        vec![(3600, "y.example.net.".to_string())]
+    );
+    // A missing zone.
+    let (code, _) = err_message(
+        run_rrset(
+            &p,
+            "ReplaceRecordSet",
+            &[("zoneName", "missing.com"), ("rrType", "A")],
+            &[&[("address", "192.0.2.1")]],
+        )
+        .await,
+    );
+    assert_eq!(code, 0x8007_2581);
 }

@@ -13,7 +13,7 @@ use provisio_providers::dns::{
 use std::path::Path;
 use std::sync::Arc;
 use support::bind::{Named, ZONE};
-use support::call;
+use support::{call, rrset_call};
 
 const NS: &str = "DNS Provider";
 
@@ -365,4 +365,168 @@ async fn rfc2136_delete_record_in_doubt_needs_an_operator() {
         "{}",
         err.message()
     );
+}
+
+// ---- ReplaceRecordSet ------------------------------------------------------------------
+
+fn replace_call(zone: &str) -> Call {
+    rrset_call(
+        NS,
+        "ReplaceRecordSet",
+        &[
+            ("zoneName", zone),
+            ("name", "www"),
+            ("rrType", "A"),
+            ("ttl", "60"),
+        ],
+        &[&[("address", "192.0.2.20")], &[("address", "192.0.2.21")]],
+    )
+}
+
+#[tokio::test]
+async fn replace_record_set_recovered_applied_and_not_applied() {
+    let f = Fixture::new();
+    f.create_zone("r.test").await;
+    let add = [
+        ("zoneName", "r.test"),
+        ("name", "www"),
+        ("rrType", "A"),
+        ("address", "192.0.2.7"),
+        ("ttl", "120"),
+    ];
+    f.provider
+        .execute(call(NS, "AddRecord", &add))
+        .await
+        .expect("seed");
+    let before = f.zone_file("r.test");
+    // Crash right after the marker, before the change: not applied, marker removed.
+    let c1 = replace_call("r.test");
+    let key1 = c1.context.idempotency_key();
+    f.backend
+        .write_intent(
+            &key1,
+            &Intent::ReplaceRecordSet {
+                zone: "r.test".into(),
+                owner: "www".into(),
+                rtype: "A".into(),
+                before: vec!["www\t120\tIN\tA\t192.0.2.7".into()],
+                after: vec![
+                    "www\t60\tIN\tA\t192.0.2.20".into(),
+                    "www\t60\tIN\tA\t192.0.2.21".into(),
+                ],
+            },
+        )
+        .expect("marker");
+    assert_eq!(f.provider.recover(&c1).await.expect("recover"), None);
+    assert!(
+        f.backend.read_intent(&key1).is_none(),
+        "settled marker removed"
+    );
+    assert_eq!(f.zone_file("r.test"), before);
+
+    // Executed, outcome lost: applied; recovery gives the same undo, which restores the
+    // old set and TTL.
+    let c2 = replace_call("r.test");
+    let out = f.provider.execute(c2.clone()).await.expect("replace");
+    assert!(has_line(&f.zone_file("r.test"), "www 60 IN A 192.0.2.20"));
+    let undo = f
+        .provider
+        .recover(&c2)
+        .await
+        .expect("recover")
+        .expect("applied");
+    assert_eq!(
+        Some(&undo),
+        out.undo.as_ref(),
+        "recover gives the undo execute gave"
+    );
+    f.provider.undo(done(&c2, undo)).await.expect("undo");
+    let after = f.zone_file("r.test");
+    assert!(has_line(&after, "www 120 IN A 192.0.2.7"), "{after}");
+    assert!(!after.contains("192.0.2.20"), "{after}");
+    assert!(
+        f.backend
+            .read_intent(&c2.context.idempotency_key())
+            .is_none(),
+        "undo forgets the marker"
+    );
+
+    // A marker whose set is now neither the old nor the new one: an operator decides.
+    let c3 = replace_call("r.test");
+    f.backend
+        .write_intent(
+            &c3.context.idempotency_key(),
+            &Intent::ReplaceRecordSet {
+                zone: "r.test".into(),
+                owner: "www".into(),
+                rtype: "A".into(),
+                before: vec!["www\t120\tIN\tA\t192.0.2.99".into()],
+                after: vec!["www\t60\tIN\tA\t192.0.2.20".into()],
+            },
+        )
+        .expect("marker");
+    let err = f.provider.recover(&c3).await.expect_err("cannot tell");
+    assert!(matches!(err, ProviderError::Unsupported(_)), "{err:?}");
+    assert!(
+        err.message().contains("check it by hand"),
+        "{}",
+        err.message()
+    );
+
+    // A call whose inputs never validate changed nothing.
+    let bad = rrset_call(
+        NS,
+        "ReplaceRecordSet",
+        &[("zoneName", "r.test"), ("name", "www"), ("rrType", "A")],
+        &[],
+    );
+    assert_eq!(f.provider.recover(&bad).await.expect("bad input"), None);
+}
+
+#[tokio::test]
+async fn rfc2136_replace_record_set_recovered_from_the_server() {
+    let Some(n) = Named::start() else { return };
+    let p = rfc_provider(&n);
+    let c = rrset_call(
+        NS,
+        "ReplaceResourceRecordSet",
+        &[
+            ("zoneName", ZONE),
+            ("name", "pre"),
+            ("rrType", "A"),
+            ("ttl", "60"),
+        ],
+        &[&[("address", "192.0.2.50")], &[("address", "192.0.2.51")]],
+    );
+    // Not sent yet: the server holds the old set, so not applied.
+    assert_eq!(p.recover(&c).await.expect("recover"), None);
+    assert_eq!(n.dig(&format!("pre.{ZONE}"), "A"), vec!["192.0.2.1"]);
+    // Sent, outcome lost: the server holds the set the call wrote, but not what was there
+    // before, so an operator decides (as for DeleteRecord).
+    p.execute(c.clone()).await.expect("replace");
+    let err = p.recover(&c).await.expect_err("cannot rebuild the undo");
+    assert!(matches!(err, ProviderError::Unsupported(_)), "{err:?}");
+    assert!(
+        err.message().contains("check it by hand"),
+        "{}",
+        err.message()
+    );
+    assert!(
+        err.message().contains("192.0.2.50, 192.0.2.51 (TTL 60)"),
+        "{}",
+        err.message()
+    );
+    // The same data with another TTL is not what the call wrote.
+    let other_ttl = rrset_call(
+        NS,
+        "ReplaceRecordSet",
+        &[
+            ("zoneName", ZONE),
+            ("name", "pre"),
+            ("rrType", "A"),
+            ("ttl", "61"),
+        ],
+        &[&[("address", "192.0.2.50")], &[("address", "192.0.2.51")]],
+    );
+    assert_eq!(p.recover(&other_ttl).await.expect("recover"), None);
 }

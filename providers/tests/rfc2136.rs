@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 use support::bind::{Named, KEY_NAME, OTHER_KEY_NAME, ZONE};
-use support::{call, err_message, output, run, undo};
+use support::{call, err_message, output, output_lines, rrset_call, run, run_rrset, undo};
 
 const E_INVALIDARG: u32 = ProviderError::E_INVALIDARG;
 
@@ -612,4 +612,349 @@ async fn preview_queries_the_server() {
         preview("CreateZone", vec![("zoneName", ZONE)]).await,
         Preview::NoChange(_)
     ));
+}
+
+// ---- ReplaceRecordSet ------------------------------------------------------------------
+
+/// Call inputs, and one `records` item (data fields).
+type Inputs<'a> = Vec<(&'a str, &'a str)>;
+type Item<'a> = &'a [(&'a str, &'a str)];
+
+fn name_of(owner: &str) -> String {
+    if owner == "@" {
+        ZONE.to_string()
+    } else {
+        format!("{owner}.{ZONE}")
+    }
+}
+
+#[tokio::test]
+async fn replace_record_set_then_a_failing_step_rolls_back_to_the_old_set_and_ttl() {
+    let Some(n) = Named::start() else { return };
+    let p = provider(&n);
+    n.nsupdate(&["update add pre.example.test. 300 A 192.0.2.2"]);
+    let before = n.axfr();
+    assert_eq!(
+        n.dig("pre.example.test", "A"),
+        vec!["192.0.2.1", "192.0.2.2"]
+    );
+    let (c, out) = run_rrset(
+        &p,
+        "ReplaceRecordSet",
+        &rec(&[("name", "pre"), ("rrType", "A"), ("ttl", "60")]),
+        &[
+            &[("address", "192.0.2.2")],
+            &[("address", "192.0.2.3")],
+            &[("address", "192.0.2.4")],
+        ],
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", n.log()));
+    assert_eq!(
+        n.dig("pre.example.test", "A"),
+        vec!["192.0.2.2", "192.0.2.3", "192.0.2.4"]
+    );
+    assert_eq!(dig_ttls(&n, "pre.example.test", "A"), vec![60, 60, 60]);
+    assert_eq!(output(&out, "changed").as_deref(), Some("true"));
+    assert_eq!(output_lines(&out, "previous").len(), 2);
+    // The next step of the transaction fails (a CNAME where records are) ...
+    let (code, _) = err_message(
+        run(
+            &p,
+            "AddRecord",
+            &rec(&[
+                ("name", "pre"),
+                ("rrType", "CNAME"),
+                ("target", "x.example.net"),
+            ]),
+        )
+        .await,
+    );
+    assert_eq!(code, E_CNAME_COLLISION);
+    // ... so the engine undoes the replace: exactly the old set with the old TTL.
+    undo(&p, &c, &out).await.expect("undo");
+    assert_eq!(
+        n.dig("pre.example.test", "A"),
+        vec!["192.0.2.1", "192.0.2.2"]
+    );
+    assert_eq!(dig_ttls(&n, "pre.example.test", "A"), vec![300, 300]);
+    assert_eq!(n.axfr(), before);
+    undo(&p, &c, &out).await.expect("undo again is a no-op");
+    assert_eq!(n.axfr(), before);
+}
+
+#[tokio::test]
+async fn replace_record_set_of_every_type_and_absent_sets_undone_in_reverse() {
+    let Some(n) = Named::start() else { return };
+    let p = provider(&n);
+    let before = n.axfr();
+    let mut long = String::new();
+    while long.len() < 600 {
+        long.push_str("say \"hello\" to the \\ world; ");
+    }
+    type Items<'a> = Vec<Vec<(&'a str, &'a str)>>;
+    let cases: Vec<(&str, &str, Items, Vec<&str>)> = vec![
+        (
+            "v6",
+            "AAAA",
+            vec![
+                vec![("address", "2001:db8::1")],
+                vec![("address", "2001:db8::2")],
+            ],
+            vec!["2001:db8::1", "2001:db8::2"],
+        ),
+        (
+            "alias",
+            "CNAME",
+            vec![vec![("target", "www.example.net")]],
+            vec!["www.example.net."],
+        ),
+        (
+            "@",
+            "MX",
+            vec![
+                vec![("preference", "10"), ("exchange", "mx1.example.net")],
+                vec![("preference", "20"), ("exchange", "mx2.example.net")],
+            ],
+            vec!["10 mx1.example.net.", "20 mx2.example.net."],
+        ),
+        (
+            "_sip._tcp",
+            "SRV",
+            vec![vec![
+                ("priority", "1"),
+                ("weight", "2"),
+                ("port", "5060"),
+                ("target", "sip.example.net"),
+            ]],
+            vec!["1 2 5060 sip.example.net."],
+        ),
+        (
+            "sub",
+            "NS",
+            vec![
+                vec![("target", "ns1.example.net")],
+                vec![("target", "ns2.example.net")],
+            ],
+            vec!["ns1.example.net.", "ns2.example.net."],
+        ),
+        (
+            "@",
+            "CAA",
+            vec![vec![("tag", "issue"), ("value", "ca.example")]],
+            vec!["0 issue \"ca.example\""],
+        ),
+        (
+            "@",
+            "NS",
+            vec![
+                vec![("target", "ns1.example.test")],
+                vec![("target", "ns2.example.net")],
+            ],
+            vec!["ns1.example.test.", "ns2.example.net."],
+        ),
+        (
+            "long",
+            "TXT",
+            vec![vec![("text", long.as_str())], vec![("text", "v=spf1 -all")]],
+            vec![],
+        ),
+    ];
+    let mut done = Vec::new();
+    for (owner, rtype, items, expected) in &cases {
+        let refs: Vec<&[(&str, &str)]> = items.iter().map(Vec::as_slice).collect();
+        let r = run_rrset(
+            &p,
+            "ReplaceRecordSet",
+            &rec(&[("name", owner), ("rrType", rtype), ("ttl", "90")]),
+            &refs,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{owner} {rtype}: {e}\n{}", n.log()));
+        let name = name_of(owner);
+        if *owner == "sub" {
+            // A delegation: dig gets a referral, so read the zone by AXFR.
+            let zone = n.axfr();
+            for target in expected {
+                let line = format!("sub.example.test. 90 IN NS {target}");
+                assert!(zone.contains(&line), "{line} in {zone:#?}");
+            }
+            assert_eq!(zone.iter().filter(|l| l.starts_with("sub.")).count(), 2);
+            done.push(r);
+            continue;
+        }
+        if !expected.is_empty() {
+            assert_eq!(&n.dig(&name, rtype), expected, "{owner} {rtype}");
+        }
+        let ttls = dig_ttls(&n, &name, rtype);
+        assert_eq!(ttls.len(), items.len(), "{owner} {rtype}: {ttls:?}");
+        assert!(ttls.iter().all(|t| *t == 90), "{owner} {rtype}: {ttls:?}");
+        done.push(r);
+    }
+    // The TXT set: the long text with quotes reassembles exactly, next to the short one.
+    let got = n.dig("long.example.test", "TXT");
+    assert_eq!(got.len(), 2, "{got:?}");
+    let texts: Vec<Vec<u8>> = got.iter().map(|l| txt_strings(l).concat()).collect();
+    assert!(texts.contains(&long.as_bytes().to_vec()), "{got:?}");
+    assert!(texts.contains(&b"v=spf1 -all".to_vec()), "{got:?}");
+    for (c, out) in done.iter().rev() {
+        undo(&p, c, out)
+            .await
+            .unwrap_or_else(|e| panic!("undo: {e}\n{}", n.log()));
+    }
+    assert_eq!(n.axfr(), before, "absent sets removed, apex NS restored");
+}
+
+#[tokio::test]
+async fn replace_record_set_same_set_is_a_no_op_and_preview_shows_old_and_new() {
+    let Some(n) = Named::start() else { return };
+    let p = provider(&n);
+    let serial = n.dig(ZONE, "SOA");
+    let same = rrset_call(
+        "DNS Provider",
+        "ReplaceRecordSet",
+        &rec(&[("name", "pre"), ("rrType", "A"), ("ttl", "300")]),
+        &[&[("address", "192.0.2.1")]],
+    );
+    assert!(matches!(
+        p.preview(&same).await.expect("preview"),
+        Preview::NoChange(_)
+    ));
+    let out = p.execute(same).await.expect("replace");
+    assert_eq!(output(&out, "changed").as_deref(), Some("false"));
+    assert!(out.undo.is_none());
+    assert_eq!(n.dig(ZONE, "SOA"), serial, "no update sent");
+    let change = rrset_call(
+        "DNS Provider",
+        "ReplaceRecordSet",
+        &rec(&[("name", "pre"), ("rrType", "A"), ("ttl", "60")]),
+        &[&[("address", "192.0.2.1")], &[("address", "192.0.2.9")]],
+    );
+    match p.preview(&change).await.expect("preview") {
+        Preview::Change(m) => assert_eq!(
+            m,
+            "replace pre.example.test. A: 192.0.2.1 (TTL 300) → 192.0.2.1, 192.0.2.9 (TTL 60)"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(n.dig("pre.example.test", "A"), vec!["192.0.2.1"]);
+}
+
+#[tokio::test]
+async fn replace_record_set_undo_refuses_when_someone_else_changed_the_set() {
+    let Some(n) = Named::start() else { return };
+    let p = provider(&n);
+    let replace = |owner: &'static str, ip: &'static str| {
+        let p = &p;
+        async move {
+            run_rrset(
+                p,
+                "ReplaceRecordSet",
+                &rec(&[("name", owner), ("rrType", "A"), ("ttl", "120")]),
+                &[&[("address", ip)]],
+            )
+            .await
+            .expect("replace")
+        }
+    };
+    // Someone adds to the set we wrote.
+    let (c, out) = replace("pre", "192.0.2.10").await;
+    n.nsupdate(&["update add pre.example.test. 120 A 192.0.2.11"]);
+    let e = undo(&p, &c, &out).await.expect_err("must refuse");
+    assert!(matches!(e, ProviderError::Permanent { .. }), "{e:?}");
+    assert!(e.message().contains("changed by someone else"), "{e}");
+    assert_eq!(
+        n.dig("pre.example.test", "A"),
+        vec!["192.0.2.10", "192.0.2.11"]
+    );
+
+    // Someone changes only the TTL of the set we wrote.
+    let (c, out) = replace("ttl", "192.0.2.20").await;
+    n.nsupdate(&[
+        "update delete ttl.example.test. A",
+        "update add ttl.example.test. 999 A 192.0.2.20",
+    ]);
+    let e = undo(&p, &c, &out).await.expect_err("must refuse");
+    assert!(e.message().contains("changed by someone else"), "{e}");
+    assert_eq!(dig_ttls(&n, "ttl.example.test", "A"), vec![999]);
+
+    // Someone replaces the set we created: our undo must not delete theirs.
+    let (c, out) = replace("fresh", "192.0.2.30").await;
+    n.nsupdate(&[
+        "update delete fresh.example.test. A",
+        "update add fresh.example.test. 120 A 192.0.2.31",
+    ]);
+    let e = undo(&p, &c, &out).await.expect_err("must refuse");
+    assert!(e.message().contains("changed by someone else"), "{e}");
+    assert_eq!(n.dig("fresh.example.test", "A"), vec!["192.0.2.31"]);
+
+    // Untouched: undo of the created set deletes it.
+    let (c, out) = replace("gone", "192.0.2.40").await;
+    undo(&p, &c, &out).await.expect("undo");
+    assert!(n.dig("gone.example.test", "A").is_empty());
+}
+
+#[tokio::test]
+async fn replace_record_set_is_validated_before_sending() {
+    let Some(n) = Named::start() else { return };
+    let before = n.axfr();
+    let closed = {
+        let s = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        s.local_addr().expect("addr")
+    };
+    let nowhere = DnsProvider::rfc2136(Rfc2136Config::new(closed, KEY_NAME, n.secret.clone()))
+        .expect("provider");
+    let cases: Vec<(Inputs, Vec<Item>)> = vec![
+        (rec(&[("name", "pre"), ("rrType", "A")]), vec![]),
+        (
+            rec(&[("name", "pre"), ("rrType", "A")]),
+            vec![&[("address", "1.2.3.4; evil")]],
+        ),
+        (
+            rec(&[("name", "c"), ("rrType", "CNAME")]),
+            vec![
+                &[("target", "a.example.net")],
+                &[("target", "b.example.net")],
+            ],
+        ),
+        (
+            rec(&[("name", "pre"), ("rrType", "A"), ("ttl", "-1")]),
+            vec![&[("address", "192.0.2.1")]],
+        ),
+    ];
+    for (inputs, records) in &cases {
+        for p in [&nowhere, &provider(&n)] {
+            let (code, msg) = err_message(run_rrset(p, "ReplaceRecordSet", inputs, records).await);
+            assert_eq!(code, E_INVALIDARG, "{inputs:?}: {msg}");
+        }
+    }
+    assert_eq!(n.axfr(), before);
+    // Conflicts are refused by the same rules as AddRecord.
+    n.nsupdate(&["update add alias.example.test. 300 CNAME www.example.net."]);
+    let p = provider(&n);
+    let (code, msg) = err_message(
+        run_rrset(
+            &p,
+            "ReplaceRecordSet",
+            &rec(&[("name", "alias"), ("rrType", "TXT")]),
+            &[&[("text", "x")]],
+        )
+        .await,
+    );
+    assert_eq!(code, E_CNAME_COLLISION, "{msg}");
+    let (code, msg) = err_message(
+        run_rrset(
+            &p,
+            "ReplaceRecordSet",
+            &rec(&[("name", "pre"), ("rrType", "CNAME")]),
+            &[&[("target", "x.example.net")]],
+        )
+        .await,
+    );
+    assert_eq!(code, E_CNAME_COLLISION, "{msg}");
+    assert_eq!(n.dig("pre.example.test", "A"), vec!["192.0.2.1"]);
+    assert_eq!(
+        n.dig("alias.example.test", "CNAME"),
+        vec!["www.example.net."]
+    );
 }

@@ -7,11 +7,15 @@
 //! change). A backend shared with other writers (a DNS server) uses it on undo to refuse
 //! to touch an RRset someone else changed meanwhile; the zone-file backend has none.
 //!
+//! ReplaceRecordSet goes through [`ZoneBackend::replace_rrset`], one atomic change of a
+//! whole RRset that is also its own undo: given the set it expects to find, it refuses with
+//! [`DnsError::Changed`] when someone else changed the RRset meanwhile, on every backend.
+//!
 //! After a crash, [`ZoneBackend::recover`] answers "was the call with this idempotency key
 //! applied?" for an [`InDoubt`] call: the zone-file backend from the intent marker its
 //! keyed writes leave, the RFC 2136 backend by asking the server.
 
-use super::record::{RData, Record};
+use super::record::{describe_rrset, fqdn, RData, Record};
 use super::DnsError;
 use async_trait::async_trait;
 use std::net::IpAddr;
@@ -64,6 +68,50 @@ pub struct Applied {
     pub guard: Option<RrsetGuard>,
 }
 
+/// What an RRset is to hold after [`ZoneBackend::replace_rrset`].
+#[derive(Debug, Clone, Copy)]
+pub enum NewRrset<'a> {
+    /// The data of a call, all with one TTL (`None`: the zone's default TTL).
+    Data {
+        /// The TTL.
+        ttl: Option<u32>,
+        /// The data, at least one, all of the RRset's type.
+        data: &'a [RData],
+    },
+    /// Records as they were stored (the undo of a replace); empty: no RRset.
+    Records(&'a [Record]),
+}
+
+impl NewRrset<'_> {
+    /// The records of owner `owner`, the TTL resolved with the zone's `default_ttl`.
+    pub fn resolve(&self, owner: &str, default_ttl: u32) -> Vec<Record> {
+        match self {
+            NewRrset::Data { ttl, data } => data
+                .iter()
+                .map(|d| Record {
+                    owner: owner.to_string(),
+                    ttl: ttl.unwrap_or(default_ttl),
+                    data: d.clone(),
+                })
+                .collect(),
+            NewRrset::Records(records) => records.to_vec(),
+        }
+    }
+}
+
+/// The outcome of [`ZoneBackend::replace_rrset`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replaced {
+    /// The RRset as it was (empty: there was none).
+    pub before: Vec<Record>,
+    /// The RRset as it is now.
+    pub after: Vec<Record>,
+    /// The zone's serial now.
+    pub serial: u32,
+    /// False when the RRset already was as asked and nothing was written.
+    pub changed: bool,
+}
+
 /// A write call whose outcome a crash left in doubt, as its (validated) inputs describe it.
 #[derive(Debug, Clone, Copy)]
 pub enum InDoubt<'a> {
@@ -97,6 +145,19 @@ pub enum InDoubt<'a> {
         /// The record data.
         data: &'a RData,
     },
+    /// ReplaceRecordSet.
+    ReplaceRecordSet {
+        /// The zone.
+        zone: &'a str,
+        /// Owner relative to the zone.
+        owner: &'a str,
+        /// The type mnemonic (`A`, `TXT`, …).
+        rtype: &'a str,
+        /// Requested TTL (`None`: the zone default).
+        ttl: Option<u32>,
+        /// The data the RRset was to hold.
+        data: &'a [RData],
+    },
 }
 
 /// What [`ZoneBackend::recover`] found out about an [`InDoubt`] call.
@@ -117,6 +178,13 @@ pub enum Recovered {
         record: Record,
         /// The RRset around the change, when the backend checks it on undo.
         guard: Option<RrsetGuard>,
+    },
+    /// ReplaceRecordSet replaced the RRset `before` with `after`.
+    Rrset {
+        /// The RRset before (empty: there was none).
+        before: Vec<Record>,
+        /// The RRset the call wrote.
+        after: Vec<Record>,
     },
 }
 
@@ -249,6 +317,49 @@ pub trait ZoneBackend: Send + Sync {
         ))
     }
 
+    /// The RRset of `owner` and type `rtype` (empty when absent) and the zone's default
+    /// TTL; `None` when the zone does not exist.
+    async fn read_rrset(
+        &self,
+        zone: &str,
+        owner: &str,
+        rtype: &str,
+    ) -> Result<Option<(Vec<Record>, u32)>, DnsError> {
+        if !self.zone_exists(zone).await? {
+            return Ok(None);
+        }
+        let snap = self.snapshot(zone).await?;
+        let set = snap
+            .records
+            .into_iter()
+            .filter(|r| r.owner == owner && r.data.rtype() == rtype)
+            .collect();
+        Ok(Some((set, snap.default_ttl)))
+    }
+
+    /// Replaces the whole RRset of `owner` and type `rtype` with `new` in one atomic
+    /// change and bumps the serial. With `expect`, only if the RRset is now exactly that
+    /// set (data and TTLs; empty: absent), else [`DnsError::Changed`] and nothing is
+    /// touched; an RRset already equal to `new` is fine either way and changes nothing
+    /// (`changed: false`), which makes the undo idempotent. A CNAME next to other data is
+    /// [`DnsError::Conflict`]. `key` is the idempotency key of a provider call (recovery
+    /// markers), `None` for undo.
+    async fn replace_rrset(
+        &self,
+        zone: &str,
+        owner: &str,
+        rtype: &str,
+        _new: NewRrset<'_>,
+        _expect: Option<&[Record]>,
+        _key: Option<&str>,
+    ) -> Result<Replaced, DnsError> {
+        Err(DnsError::Unsupported(format!(
+            "the {} DNS backend cannot replace RRsets ({} {rtype})",
+            self.kind(),
+            fqdn(zone, owner)
+        )))
+    }
+
     /// [`ZoneBackend::create_zone`] for the call with idempotency key `key`: a backend that
     /// answers [`ZoneBackend::recover`] leaves its intent marker under the key.
     async fn create_zone_keyed(
@@ -298,4 +409,21 @@ pub trait ZoneBackend: Send + Sync {
     fn deletes_zones(&self) -> bool {
         true
     }
+}
+
+/// The undo of a replace found the RRset neither as the replace left it nor restored.
+pub(crate) fn rrset_changed(
+    zone: &str,
+    owner: &str,
+    rtype: &str,
+    expected: &[Record],
+    found: &[Record],
+) -> DnsError {
+    DnsError::Changed(format!(
+        "cannot restore {} {rtype}: the RRset was changed by someone else since this \
+         transaction wrote it (expected {}, found {}); nothing was changed, fix the RRset by hand",
+        fqdn(zone, owner),
+        describe_rrset(expected),
+        describe_rrset(found)
+    ))
 }

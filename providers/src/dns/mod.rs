@@ -7,6 +7,10 @@
 //! punycode), addresses, numbers, and any character that could inject zone-file syntax.
 //! TXT text is the one field passed through verbatim; it is escaped on write.
 //!
+//! ReplaceRecordSet replaces a whole RRset (owner and type) with a list of records in one
+//! atomic change ([`ZoneBackend::replace_rrset`]); its undo puts the previous RRset back,
+//! only if the RRset is still exactly what the call wrote.
+//!
 //! [`Provider::recover`] settles a write a crash left in doubt through
 //! [`ZoneBackend::recover`] and returns the undo record the call would have returned.
 
@@ -17,7 +21,8 @@ pub mod rfc2136;
 pub mod zonefile;
 
 pub use backend::{
-    Applied, InDoubt, Recovered, RrsetGuard, ZoneBackend, ZoneSettings, ZoneSnapshot,
+    Applied, InDoubt, NewRrset, Recovered, Replaced, RrsetGuard, ZoneBackend, ZoneSettings,
+    ZoneSnapshot,
 };
 pub use record::{RData, Record};
 pub use rfc2136::{read_tsig_key_file, Rfc2136Backend, Rfc2136Config};
@@ -31,6 +36,7 @@ use provisio_engine::model::{InputSpec, ProcKind};
 use provisio_engine::provider::{
     Call, Done, Outcome, Preview, ProcedureSpec, Provider, ProviderError, UndoKind,
 };
+use record::{describe_record, describe_rrset, fqdn, same_rrset};
 use std::io;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -356,18 +362,23 @@ struct RecordInput {
     data: RData,
 }
 
-fn record_input(data: &Element) -> Result<RecordInput, ProviderError> {
-    let zone = zone_input(data)?;
-    let rtype = rr_type(data)?;
-    let style = if matches!(rtype.as_str(), "A" | "AAAA") {
+/// The owner input (`@` when absent); A/AAAA owners must be host names.
+fn owner_input(data: &Element, zone: &str, rtype: &str) -> Result<String, DnsError> {
+    let style = if matches!(rtype, "A" | "AAAA") {
         Style::Host
     } else {
         Style::Any
     };
-    let owner = match opt_input(data, OWNER) {
-        Some(o) => parse_owner("name", o.trim(), &zone, style)?,
-        None => "@".to_string(),
-    };
+    match opt_input(data, OWNER) {
+        Some(o) => parse_owner("name", o.trim(), zone, style),
+        None => Ok("@".to_string()),
+    }
+}
+
+fn record_input(data: &Element) -> Result<RecordInput, ProviderError> {
+    let zone = zone_input(data)?;
+    let rtype = rr_type(data)?;
+    let owner = owner_input(data, &zone, &rtype)?;
     let ttl = ttl_value("ttl", opt_nonempty(data, TTL))?;
     let rdata = rdata_input(data, &rtype, &zone)?;
     Ok(RecordInput {
@@ -376,6 +387,120 @@ fn record_input(data: &Element) -> Result<RecordInput, ProviderError> {
         ttl,
         data: rdata,
     })
+}
+
+/// Names of the list input of ReplaceRecordSet.
+const RECORDS: &[&str] = &["records", "Records"];
+
+/// Zone, owner, type, TTL and the new data of ReplaceRecordSet.
+struct RrsetInput {
+    zone: String,
+    owner: String,
+    rtype: String,
+    ttl: Option<u32>,
+    data: Vec<RData>,
+}
+
+impl RrsetInput {
+    /// `www.example.com. A`.
+    fn set_name(&self) -> String {
+        format!("{} {}", fqdn(&self.zone, &self.owner), self.rtype)
+    }
+
+    fn in_doubt(&self) -> InDoubt<'_> {
+        InDoubt::ReplaceRecordSet {
+            zone: &self.zone,
+            owner: &self.owner,
+            rtype: &self.rtype,
+            ttl: self.ttl,
+            data: &self.data,
+        }
+    }
+}
+
+/// The items of the `records` input: each repeated `records` element is one record (the
+/// YAML/JSON list form), or one `records` element holds `record` elements (the XML form).
+fn record_items(data: &Element) -> Vec<&Element> {
+    let mut items = Vec::new();
+    for e in data
+        .elements()
+        .filter(|e| RECORDS.contains(&e.name.as_str()))
+    {
+        let children: Vec<&Element> = e.elements().collect();
+        if !children.is_empty() && children.iter().all(|c| c.name == "record") {
+            items.extend(children);
+        } else if !children.is_empty() || !e.string_value().trim().is_empty() {
+            items.push(e);
+        }
+    }
+    items
+}
+
+fn rrset_input(data: &Element) -> Result<RrsetInput, ProviderError> {
+    let zone = zone_input(data)?;
+    let rtype = rr_type(data)?;
+    let owner = owner_input(data, &zone, &rtype)?;
+    let ttl = ttl_value("ttl", opt_nonempty(data, TTL))?;
+    let items = record_items(data);
+    if items.is_empty() {
+        return Err(DnsError::Invalid(
+            "input `records` must list one or more records (each with the data fields of \
+             AddRecord, e.g. `address`); to remove the whole RRset use DeleteRecord for each record"
+                .into(),
+        )
+        .into());
+    }
+    if rtype == "CNAME" && items.len() != 1 {
+        return Err(DnsError::Invalid(format!(
+            "input `records` lists {} CNAME records; a CNAME RRset holds exactly one",
+            items.len()
+        ))
+        .into());
+    }
+    let mut set: Vec<RData> = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        if item.elements().next().is_none() {
+            return Err(DnsError::Invalid(format!(
+                "input `records` item {} is {:?}; each item needs the data fields of a {rtype} \
+                 record (e.g. `{}`)",
+                i + 1,
+                item.string_value(),
+                example_field(&rtype)
+            ))
+            .into());
+        }
+        let d = rdata_input(item, &rtype, &zone)
+            .map_err(|e| DnsError::Invalid(format!("input `records` item {}: {e}", i + 1)))?;
+        if let Some(j) = set.iter().position(|x| *x == d) {
+            return Err(DnsError::Invalid(format!(
+                "input `records` items {} and {} are the same {rtype} record ({}); an RRset \
+                 holds each record once",
+                j + 1,
+                i + 1,
+                d.to_text()
+            ))
+            .into());
+        }
+        set.push(d);
+    }
+    Ok(RrsetInput {
+        zone,
+        owner,
+        rtype,
+        ttl,
+        data: set,
+    })
+}
+
+/// The main data field of a type, for messages.
+fn example_field(rtype: &str) -> &'static str {
+    match rtype {
+        "A" | "AAAA" => "address",
+        "MX" => "exchange",
+        "TXT" => "text",
+        "CAA" => "value",
+        _ => "target",
+    }
 }
 
 fn zone_settings(data: &Element) -> Result<ZoneSettings, ProviderError> {
@@ -433,6 +558,48 @@ fn record_undo(op: &str, zone: &str, record: &Record, guard: Option<&RrsetGuard>
     let mut undo = undo_el(op, zone);
     undo.push(text("record", record.line()));
     push_guard(&mut undo, record, guard);
+    undo
+}
+
+/// A list element `<name><record>line</record>…</name>` of record lines.
+fn record_list(name: &str, records: &[Record]) -> Element {
+    let mut e = Element::new(name);
+    for r in records {
+        let mut line = text("record", r.line());
+        line.list_item = true;
+        e.push(line);
+    }
+    e
+}
+
+/// Reads a list written by [`record_list`] (absent: empty).
+fn read_record_list(
+    parent: &Element,
+    name: &str,
+    zone: &str,
+) -> Result<Vec<Record>, ProviderError> {
+    let Some(e) = parent.child(name) else {
+        return Ok(Vec::new());
+    };
+    e.elements()
+        .filter(|c| c.name == "record")
+        .map(|c| parse_undo_line(&c.string_value(), zone))
+        .collect()
+}
+
+/// The undo record of ReplaceRecordSet: put `before` back where `after` is expected.
+fn rrset_undo(
+    zone: &str,
+    owner: &str,
+    rtype: &str,
+    before: &[Record],
+    after: &[Record],
+) -> Element {
+    let mut undo = undo_el("restoreRrset", zone);
+    undo.push(text("name", owner));
+    undo.push(text("rrType", rtype));
+    undo.push(record_list("before", before));
+    undo.push(record_list("after", after));
     undo
 }
 
@@ -519,18 +686,9 @@ impl DnsProvider {
             .delete_record_keyed(&r.zone, &r.owner, &r.data, &call.context.idempotency_key())
             .await?
         else {
-            let probe = Record {
-                owner: r.owner.clone(),
-                ttl: 0,
-                data: r.data.clone(),
-            };
-            return Err(DnsError::RecordNotFound(format!(
-                "{} {} {}",
-                probe.fqdn(&r.zone),
-                r.data.rtype(),
-                r.data.to_text()
-            ))
-            .into());
+            return Err(
+                DnsError::RecordNotFound(describe_record(&r.zone, &r.owner, &r.data)).into(),
+            );
         };
         let record = &applied.record;
         let mut out = call.execute_data.clone();
@@ -544,6 +702,38 @@ impl DnsProvider {
                 record,
                 applied.guard.as_ref(),
             )),
+        })
+    }
+
+    async fn replace_record_set(&self, call: &Call) -> Result<Outcome, ProviderError> {
+        let r = rrset_input(&call.execute_data)?;
+        let key = call.context.idempotency_key();
+        let done = self
+            .backend
+            .replace_rrset(
+                &r.zone,
+                &r.owner,
+                &r.rtype,
+                NewRrset::Data {
+                    ttl: r.ttl,
+                    data: &r.data,
+                },
+                None,
+                Some(&key),
+            )
+            .await?;
+        let mut out = call.execute_data.clone();
+        out.push(text("fqdn", fqdn(&r.zone, &r.owner)));
+        out.push(Element::with_scalar("changed", Scalar::Bool(done.changed)));
+        out.push(record_list("previous", &done.before));
+        out.push(record_list("current", &done.after));
+        out.push(serial_el(done.serial));
+        let undo = done
+            .changed
+            .then(|| rrset_undo(&r.zone, &r.owner, &r.rtype, &done.before, &done.after));
+        Ok(Outcome {
+            execute_data: out,
+            undo,
         })
     }
 
@@ -589,6 +779,29 @@ impl DnsProvider {
                 let r = record()?;
                 let guard = read_guard(u, &zone)?;
                 Ok(self.backend.undo_delete(&zone, &r, guard.as_ref()).await?)
+            }
+            "restoreRrset" => {
+                let rtype = req_input(u, &["rrType"])?;
+                let owner = req_input(u, &["name"])?;
+                let before = read_record_list(u, "before", &zone)?;
+                let after = read_record_list(u, "after", &zone)?;
+                let restored = self
+                    .backend
+                    .replace_rrset(
+                        &zone,
+                        &owner,
+                        &rtype,
+                        NewRrset::Records(&before),
+                        Some(&after),
+                        None,
+                    )
+                    .await;
+                match restored {
+                    Ok(_) => Ok(()),
+                    // Nothing to put back in a zone that is gone.
+                    Err(DnsError::ZoneNotFound(_)) if before.is_empty() => Ok(()),
+                    Err(e) => Err(e.into()),
+                }
             }
             other => Err(ProviderError::invalid(format!(
                 "DNS cannot undo {}: unknown undo record op {other:?}",
@@ -649,6 +862,16 @@ impl DnsProvider {
                 let found = self.backend.recover(&key, &in_doubt).await?;
                 (r.zone, found)
             }
+            "ReplaceRecordSet" => {
+                let Ok(r) = rrset_input(data) else {
+                    return Ok(None);
+                };
+                let found = self.backend.recover(&key, &r.in_doubt()).await?;
+                if let Recovered::Rrset { before, after } = &found {
+                    return Ok(Some(rrset_undo(&r.zone, &r.owner, &r.rtype, before, after)));
+                }
+                (r.zone, found)
+            }
             // Reads change nothing.
             _ => return Ok(None),
         };
@@ -700,17 +923,7 @@ impl DnsProvider {
             }
             Some(p @ ("AddRecord" | "DeleteRecord")) => {
                 let r = record_input(data)?;
-                let probe = Record {
-                    owner: r.owner.clone(),
-                    ttl: 0,
-                    data: r.data.clone(),
-                };
-                let desc = format!(
-                    "{} {} {}",
-                    probe.fqdn(&r.zone),
-                    r.data.rtype(),
-                    r.data.to_text()
-                );
+                let desc = describe_record(&r.zone, &r.owner, &r.data);
                 let Some(present) = self
                     .backend
                     .record_exists(&r.zone, &r.owner, &r.data)
@@ -727,6 +940,37 @@ impl DnsProvider {
                     ("AddRecord", false) => Preview::Change(format!("add {desc}")),
                     (_, true) => Preview::Change(format!("delete {desc}")),
                     (_, false) => Preview::NoChange(format!("{desc} does not exist")),
+                })
+            }
+            Some("ReplaceRecordSet") => {
+                let r = rrset_input(data)?;
+                let Some((live, default_ttl)) =
+                    self.backend.read_rrset(&r.zone, &r.owner, &r.rtype).await?
+                else {
+                    return Ok(Preview::Change(format!(
+                        "replace {} (zone {} does not exist yet)",
+                        r.set_name(),
+                        r.zone
+                    )));
+                };
+                let new = NewRrset::Data {
+                    ttl: r.ttl,
+                    data: &r.data,
+                }
+                .resolve(&r.owner, default_ttl);
+                Ok(if same_rrset(&live, &new) {
+                    Preview::NoChange(format!(
+                        "{} already holds exactly {}",
+                        r.set_name(),
+                        describe_rrset(&new)
+                    ))
+                } else {
+                    Preview::Change(format!(
+                        "replace {}: {} → {}",
+                        r.set_name(),
+                        describe_rrset(&live),
+                        describe_rrset(&new)
+                    ))
                 })
             }
             Some("ListRecords") => Ok(Preview::NoChange("read only".into())),
@@ -798,6 +1042,7 @@ fn canonical_procedure(name: &str) -> Option<&'static str> {
         "DeleteZone" | "DeleteDNSZone" => "DeleteZone",
         "AddRecord" | "CreateResourceRecord" => "AddRecord",
         "DeleteRecord" | "DeleteResourceRecord" => "DeleteRecord",
+        "ReplaceRecordSet" | "ReplaceResourceRecordSet" => "ReplaceRecordSet",
         "ListRecords" => "ListRecords",
         _ => return None,
     })
@@ -828,6 +1073,26 @@ fn record_inputs() -> Vec<InputSpec> {
     ]
 }
 
+fn rrset_inputs() -> Vec<InputSpec> {
+    vec![
+        input("zoneName", "string", true, "Zone, e.g. example.com (alias ContainerName)"),
+        input_default(
+            "name",
+            "string",
+            "@",
+            "Owner relative to the zone, `@` for the apex, or a full name inside the zone (alias OwnerName)",
+        ),
+        input("rrType", "string", true, "A, AAAA, CNAME, MX, TXT, SRV, NS or CAA (MPS `AType`… accepted)"),
+        input("ttl", "int", false, "Seconds, one TTL for the whole RRset; default: the zone's $TTL (alias TTL)"),
+        input(
+            "records",
+            "list",
+            true,
+            "One or more records, each with AddRecord's data fields for the type (`address`; `target`; `preference`+`exchange`; `text`; `priority`+`weight`+`port`+`target`; `flags`+`tag`+`value`); exactly one for CNAME",
+        ),
+    ]
+}
+
 #[async_trait]
 impl Provider for DnsProvider {
     fn name(&self) -> &str {
@@ -846,6 +1111,7 @@ impl Provider for DnsProvider {
         let zone_only = || vec![input("zoneName", "string", true, "Zone, e.g. example.com")];
         let add = "Adds one record and bumps the SOA serial. Outputs `record`, `fqdn`, `serial`. Undo removes exactly that record.";
         let del = "Removes one record (matched by owner, type and data) and bumps the serial. Outputs `record`, `serial`. Undo adds it back.";
+        let replace = "Replaces the whole RRset (owner and type) with `records`, one TTL, in one atomic change; the same set again changes nothing. Outputs `fqdn`, `changed`, `previous` and `current` (record lines), `serial`. Undo restores the previous RRset (or removes the new one), refusing if someone else changed it meanwhile.";
         vec![
             spec(
                 "CreateZone",
@@ -888,6 +1154,20 @@ impl Provider for DnsProvider {
                 record_inputs(),
             ),
             spec(
+                "ReplaceRecordSet",
+                ProcKind::Write,
+                UndoKind::Reversible,
+                replace,
+                rrset_inputs(),
+            ),
+            spec(
+                "ReplaceResourceRecordSet",
+                ProcKind::Write,
+                UndoKind::Reversible,
+                &format!("MPS-style name of ReplaceRecordSet. {replace}"),
+                rrset_inputs(),
+            ),
+            spec(
                 "ListRecords",
                 ProcKind::Read,
                 UndoKind::Nothing,
@@ -903,6 +1183,7 @@ impl Provider for DnsProvider {
             Some("DeleteZone") => self.delete_zone(&call).await,
             Some("AddRecord") => self.add_record(&call).await,
             Some("DeleteRecord") => self.delete_record(&call).await,
+            Some("ReplaceRecordSet") => self.replace_record_set(&call).await,
             Some("ListRecords") => self.list_records(&call).await,
             _ => Err(ProviderError::invalid(format!(
                 "the DNS provider has no procedure {:?}",

@@ -133,11 +133,7 @@ impl Record {
 
     /// The absolute owner name (with trailing dot) in `zone`.
     pub fn fqdn(&self, zone: &str) -> String {
-        if self.owner == "@" {
-            format!("{zone}.")
-        } else {
-            format!("{}.{zone}.", self.owner)
-        }
+        fqdn(zone, &self.owner)
     }
 
     /// Canonical file order: apex first, then owners by reversed labels, then type, data.
@@ -154,6 +150,50 @@ impl Record {
             .then(self.data.type_rank().cmp(&other.data.type_rank()))
             .then_with(|| self.data.to_text().cmp(&other.data.to_text()))
             .then(self.ttl.cmp(&other.ttl))
+    }
+}
+
+/// The absolute name (with trailing dot) of the relative `owner` (`@`: the apex) in `zone`.
+pub fn fqdn(zone: &str, owner: &str) -> String {
+    if owner == "@" {
+        format!("{zone}.")
+    } else {
+        format!("{owner}.{zone}.")
+    }
+}
+
+/// `www.example.com. A 192.0.2.1`: one record for messages (TTL left out).
+pub fn describe_record(zone: &str, owner: &str, data: &RData) -> String {
+    format!("{} {} {}", fqdn(zone, owner), data.rtype(), data.to_text())
+}
+
+/// True when `a` and `b` hold the same data with the same TTLs (order ignored): the test
+/// an RRset must pass to count as "the set we wrote" or "the set that was there".
+pub fn same_rrset(a: &[Record], b: &[Record]) -> bool {
+    let covers = |x: &[Record], y: &[Record]| {
+        x.iter()
+            .all(|r| y.iter().any(|s| s.data == r.data && s.ttl == r.ttl))
+    };
+    a.len() == b.len() && covers(a, b) && covers(b, a)
+}
+
+/// An RRset for messages: `192.0.2.1, 192.0.2.2 (TTL 300)`, `no records`; TTLs are listed
+/// per record when they differ.
+pub fn describe_rrset(set: &[Record]) -> String {
+    let Some(first) = set.first() else {
+        return "no records".into();
+    };
+    let mut sorted = set.to_vec();
+    sorted.sort_by(Record::canonical_cmp);
+    if sorted.iter().all(|r| r.ttl == first.ttl) {
+        let data: Vec<String> = sorted.iter().map(|r| r.data.to_text()).collect();
+        format!("{} (TTL {})", data.join(", "), first.ttl)
+    } else {
+        let data: Vec<String> = sorted
+            .iter()
+            .map(|r| format!("{} (TTL {})", r.data.to_text(), r.ttl))
+            .collect();
+        data.join(", ")
     }
 }
 
@@ -397,6 +437,31 @@ mod tests {
                 .all(|t| matches!(t, Token::Quoted(b) if b.len() <= 255)));
             assert_eq!(parse_rdata("TXT", &toks, "example.com"), Ok(data));
         }
+    }
+
+    #[test]
+    fn rrset_equality_ignores_order_but_not_ttl() {
+        let r = |ip: &str, ttl: u32| Record {
+            owner: "www".into(),
+            ttl,
+            data: RData::A(ip.parse().expect("ip")),
+        };
+        let a = [r("192.0.2.1", 60), r("192.0.2.2", 60)];
+        assert!(same_rrset(&a, &[r("192.0.2.2", 60), r("192.0.2.1", 60)]));
+        assert!(!same_rrset(&a, &[r("192.0.2.1", 60), r("192.0.2.2", 61)]));
+        assert!(!same_rrset(&a, &[r("192.0.2.1", 60)]));
+        assert!(!same_rrset(&a, &[r("192.0.2.1", 60), r("192.0.2.1", 60)]));
+        assert!(same_rrset(&[], &[]));
+        assert_eq!(describe_rrset(&a), "192.0.2.1, 192.0.2.2 (TTL 60)");
+        assert_eq!(
+            describe_rrset(&[r("192.0.2.1", 1), r("192.0.2.2", 2)]),
+            "192.0.2.1 (TTL 1), 192.0.2.2 (TTL 2)"
+        );
+        assert_eq!(describe_rrset(&[]), "no records");
+        assert_eq!(
+            describe_record("example.com", "@", &r("192.0.2.1", 1).data),
+            "example.com. A 192.0.2.1"
+        );
     }
 
     #[test]

@@ -15,12 +15,15 @@
 //! Recovery after a crash asks the server: an AddRecord is applied iff its RRset now holds
 //! the record (the guard is rebuilt from the RRset as it is); a DeleteRecord whose record
 //! is still there was not applied, one whose record is gone is for an operator to judge
-//! (the deleted record's TTL is not known any more).
+//! (the deleted record's TTL is not known any more). A ReplaceRecordSet is applied iff the
+//! RRset is now exactly the set it wrote, and then also for an operator (what the RRset
+//! held before is not known); otherwise it was not applied.
 
 use super::backend::{
-    Applied, InDoubt, Recovered, RrsetGuard, ZoneBackend, ZoneSettings, ZoneSnapshot,
+    rrset_changed, Applied, InDoubt, NewRrset, Recovered, Replaced, RrsetGuard, ZoneBackend,
+    ZoneSettings, ZoneSnapshot,
 };
-use super::record::{RData, Record};
+use super::record::{describe_record, describe_rrset, fqdn, same_rrset, RData, Record};
 use super::DnsError;
 use async_trait::async_trait;
 use base64::Engine as _;
@@ -252,6 +255,22 @@ impl Rrset {
             && mine.iter().all(|d| set.contains(d))
     }
 
+    /// The RRset as records of `owner`; `None` when it holds data this crate cannot
+    /// represent.
+    fn records(&self, owner: &str) -> Option<Vec<Record>> {
+        self.wire
+            .iter()
+            .zip(&self.data)
+            .map(|(w, d)| {
+                Some(Record {
+                    owner: owner.to_string(),
+                    ttl: w.ttl,
+                    data: d.clone()?,
+                })
+            })
+            .collect()
+    }
+
     fn position(&self, data: &RData) -> Option<usize> {
         self.data.iter().position(|d| d.as_ref() == Some(data))
     }
@@ -471,11 +490,7 @@ impl Rfc2136Backend {
     }
 
     fn owner_name(&self, zone: &str, owner: &str) -> Result<Name, DnsError> {
-        let fqdn = if owner == "@" {
-            format!("{zone}.")
-        } else {
-            format!("{owner}.{zone}.")
-        };
+        let fqdn = fqdn(zone, owner);
         Name::from_ascii(&fqdn).map_err(|e| DnsError::Invalid(format!("name {fqdn}: {e}")))
     }
 
@@ -633,15 +648,6 @@ impl Rfc2136Backend {
         Ok(self.require_zone(zone).await?.0)
     }
 
-    fn record_desc(&self, zone: &str, owner: &str, data: &RData) -> String {
-        let probe = Record {
-            owner: owner.to_string(),
-            ttl: 0,
-            data: data.clone(),
-        };
-        format!("{} {} {}", probe.fqdn(zone), data.rtype(), data.to_text())
-    }
-
     /// Adds one record with a compare-and-swap on its RRset.
     async fn add(
         &self,
@@ -653,7 +659,7 @@ impl Rfc2136Backend {
         let (_, soa_ttl) = self.require_zone(zone).await?;
         let name = self.owner_name(zone, owner)?;
         let rtype = record_type(data);
-        let desc = self.record_desc(zone, owner, data);
+        let desc = describe_record(zone, owner, data);
         let ttl = ttl.unwrap_or(soa_ttl);
         let is_cname = matches!(data, RData::Cname(_));
         if is_cname && owner == "@" {
@@ -740,7 +746,7 @@ impl Rfc2136Backend {
         self.require_zone(zone).await?;
         let name = self.owner_name(zone, owner)?;
         let rtype = record_type(data);
-        let desc = self.record_desc(zone, owner, data);
+        let desc = describe_record(zone, owner, data);
         for _ in 0..CAS_ATTEMPTS {
             let cur = self.rrset(zone, &name, rtype).await?;
             let Some(pos) = cur.position(data) else {
@@ -793,7 +799,7 @@ impl Rfc2136Backend {
         }
         let name = self.owner_name(zone, &record.owner)?;
         let rtype = record_type(&record.data);
-        let desc = self.record_desc(zone, &record.owner, &record.data);
+        let desc = describe_record(zone, &record.owner, &record.data);
         let what = format!("undo: remove {desc}");
         for _ in 0..CAS_ATTEMPTS {
             let cur = self.rrset(zone, &name, rtype).await?;
@@ -829,7 +835,7 @@ impl Rfc2136Backend {
         self.require_zone(zone).await?;
         let name = self.owner_name(zone, &record.owner)?;
         let rtype = record_type(&record.data);
-        let desc = self.record_desc(zone, &record.owner, &record.data);
+        let desc = describe_record(zone, &record.owner, &record.data);
         let what = format!("undo: add back {desc}");
         let new = WireRecord::from_rdata(name.clone(), record.ttl, to_wire(&record.data)?);
         for _ in 0..CAS_ATTEMPTS {
@@ -869,6 +875,143 @@ impl Rfc2136Backend {
                             rcode_name(code)
                         )));
                     }
+                }
+            }
+        }
+        Err(self.contended(&what))
+    }
+
+    /// The RRset as records, or [`DnsError::Unsupported`] when it holds data this crate
+    /// cannot represent (a replace would lose it beyond undo).
+    fn rrset_records(&self, cur: &Rrset, owner: &str, set: &str) -> Result<Vec<Record>, DnsError> {
+        cur.records(owner).ok_or_else(|| {
+            DnsError::Unsupported(format!(
+                "the RRset {set} on DNS server {} holds data this provider cannot represent \
+                 ({}); change it by hand",
+                self.server(),
+                cur.describe()
+            ))
+        })
+    }
+
+    /// Replaces one RRset with a single update: RFC 2136 §2.5.2 "delete an RRset" and
+    /// §2.5.1 adds, guarded by the RRset as read (§2.4.2 value-dependent, or §2.4.3 when
+    /// absent), plus the CNAME prerequisites of [`Self::add`]. At the apex, NS records are
+    /// added and removed one by one instead (servers ignore deleting the apex NS RRset).
+    async fn replace(
+        &self,
+        zone: &str,
+        owner: &str,
+        rtype: &str,
+        new: NewRrset<'_>,
+        expect: Option<&[Record]>,
+    ) -> Result<Replaced, DnsError> {
+        let (_, soa_ttl) = self.require_zone(zone).await?;
+        let name = self.owner_name(zone, owner)?;
+        let wtype = wire_type(rtype)?;
+        let set = format!("{} {rtype}", fqdn(zone, owner));
+        let after = new.resolve(owner, soa_ttl);
+        if let Some(bad) = after
+            .iter()
+            .find(|r| r.owner != owner || r.data.rtype() != rtype)
+        {
+            return Err(DnsError::Invalid(format!(
+                "{} {} does not belong to the RRset {set}",
+                bad.fqdn(zone),
+                bad.data.rtype()
+            )));
+        }
+        let is_cname = rtype == "CNAME";
+        if is_cname && owner == "@" && !after.is_empty() {
+            return Err(DnsError::Conflict(format!(
+                "a CNAME cannot be at the zone apex {zone}."
+            )));
+        }
+        let adds = after
+            .iter()
+            .map(|r| {
+                Ok(WireRecord::from_rdata(
+                    name.clone(),
+                    r.ttl,
+                    to_wire(&r.data)?,
+                ))
+            })
+            .collect::<Result<Vec<_>, DnsError>>()?;
+        let what = if expect.is_some() {
+            format!("undo: restore {set}")
+        } else {
+            format!("replace {set}")
+        };
+        for _ in 0..CAS_ATTEMPTS {
+            let cur = self.rrset(zone, &name, wtype).await?;
+            let before = self.rrset_records(&cur, owner, &set)?;
+            if same_rrset(&before, &after) {
+                return Ok(Replaced {
+                    after: before.clone(),
+                    before,
+                    serial: self.serial(zone).await?,
+                    changed: false,
+                });
+            }
+            if let Some(expected) = expect {
+                if !same_rrset(&before, expected) {
+                    return Err(rrset_changed(zone, owner, rtype, expected, &before));
+                }
+            }
+            let mut pre = rrset_prerequisite(&name, wtype, &cur);
+            if !after.is_empty() {
+                if !is_cname {
+                    pre.push(empty_record(&name, RecordType::CNAME, DNSClass::NONE));
+                } else if cur.wire.is_empty() {
+                    pre = vec![empty_record(&name, RecordType::ANY, DNSClass::NONE)];
+                }
+            }
+            let updates = if owner == "@" && rtype == "NS" {
+                let mut u = adds.clone();
+                u.extend(
+                    cur.wire
+                        .iter()
+                        .zip(&before)
+                        .filter(|(_, r)| !after.iter().any(|a| a.data == r.data))
+                        .map(|(w, _)| delete_rr(w)),
+                );
+                u
+            } else {
+                let mut u = vec![empty_record(&name, wtype, DNSClass::ANY)];
+                u.extend(adds.iter().cloned());
+                u
+            };
+            match self.update(&what, zone, pre, updates).await? {
+                None => {
+                    return Ok(Replaced {
+                        before,
+                        after,
+                        serial: self.serial(zone).await?,
+                        changed: true,
+                    })
+                }
+                Some(code) => {
+                    if is_cname && code == ResponseCode::YXDomain {
+                        return Err(DnsError::Conflict(format!(
+                            "{} already has records; a CNAME cannot share its name",
+                            fqdn(zone, owner)
+                        )));
+                    }
+                    if !is_cname
+                        && !after.is_empty()
+                        && !self
+                            .rrset(zone, &name, RecordType::CNAME)
+                            .await?
+                            .wire
+                            .is_empty()
+                    {
+                        return Err(DnsError::Conflict(format!(
+                            "{} is a CNAME; it cannot have {rtype} records too",
+                            fqdn(zone, owner)
+                        )));
+                    }
+                    // The RRset changed between the read and the update: read it again
+                    // (an undo then refuses, as the RRset is no longer what it wrote).
                 }
             }
         }
@@ -995,6 +1138,13 @@ fn record_type(data: &RData) -> RecordType {
         RData::Srv { .. } => RecordType::SRV,
         RData::Caa { .. } => RecordType::CAA,
     }
+}
+
+/// The wire type of a type mnemonic (`A`, `TXT`, …).
+fn wire_type(rtype: &str) -> Result<RecordType, DnsError> {
+    rtype
+        .parse()
+        .map_err(|_| DnsError::Invalid(format!("unsupported record type {rtype}")))
 }
 
 fn wire_name(n: &str) -> Result<Name, DnsError> {
@@ -1195,6 +1345,33 @@ impl ZoneBackend for Rfc2136Backend {
         Ok(Some(set.position(data).is_some()))
     }
 
+    async fn read_rrset(
+        &self,
+        zone: &str,
+        owner: &str,
+        rtype: &str,
+    ) -> Result<Option<(Vec<Record>, u32)>, DnsError> {
+        let Some((_, soa_ttl)) = self.soa(zone).await? else {
+            return Ok(None);
+        };
+        let name = self.owner_name(zone, owner)?;
+        let cur = self.rrset(zone, &name, wire_type(rtype)?).await?;
+        let set = format!("{} {rtype}", fqdn(zone, owner));
+        Ok(Some((self.rrset_records(&cur, owner, &set)?, soa_ttl)))
+    }
+
+    async fn replace_rrset(
+        &self,
+        zone: &str,
+        owner: &str,
+        rtype: &str,
+        new: NewRrset<'_>,
+        expect: Option<&[Record]>,
+        _key: Option<&str>,
+    ) -> Result<Replaced, DnsError> {
+        self.replace(zone, owner, rtype, new, expect).await
+    }
+
     fn deletes_zones(&self) -> bool {
         false
     }
@@ -1232,7 +1409,7 @@ impl Rfc2136Backend {
                         "cannot rebuild the undo of AddRecord {} ({key}) after a crash: its \
                          RRset on DNS server {} holds data this provider cannot represent \
                          ({}); check it by hand",
-                        self.record_desc(zone, owner, data),
+                        describe_record(zone, owner, data),
                         self.server(),
                         cur.describe()
                     )));
@@ -1249,7 +1426,7 @@ impl Rfc2136Backend {
                 })
             }
             InDoubt::DeleteRecord { zone, owner, data } => {
-                let desc = self.record_desc(zone, owner, data);
+                let desc = describe_record(zone, owner, data);
                 if self.soa(zone).await?.is_some() {
                     let name = self.owner_name(zone, owner)?;
                     let cur = self.rrset(zone, &name, record_type(data)).await?;
@@ -1262,6 +1439,30 @@ impl Rfc2136Backend {
                      not on DNS server {} now, but it may have been removed by someone else, and \
                      its TTL is not known to add it back; check it by hand",
                     self.server()
+                )))
+            }
+            InDoubt::ReplaceRecordSet {
+                zone,
+                owner,
+                rtype,
+                ttl,
+                data,
+            } => {
+                let Some((live, default_ttl)) = self.read_rrset(zone, owner, rtype).await? else {
+                    return Ok(Recovered::NotApplied);
+                };
+                let intended = NewRrset::Data { ttl, data }.resolve(owner, default_ttl);
+                if !same_rrset(&live, &intended) {
+                    // One update replaces the whole RRset: not what it wrote, not applied.
+                    return Ok(Recovered::NotApplied);
+                }
+                Err(DnsError::Unsupported(format!(
+                    "cannot rebuild the undo of ReplaceRecordSet {} {rtype} ({key}) after a \
+                     crash: the RRset on DNS server {} holds what the call wrote ({}), but what \
+                     it held before is not known (the server keeps no history); check it by hand",
+                    fqdn(zone, owner),
+                    self.server(),
+                    describe_rrset(&live)
                 )))
             }
         }

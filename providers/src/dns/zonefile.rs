@@ -12,8 +12,13 @@
 //! zone as it is now. The marker is removed when the call is undone or found not applied;
 //! markers of committed calls stay (small; prune old ones by age if needed).
 
-use super::backend::{Applied, InDoubt, Recovered, ZoneBackend, ZoneSettings, ZoneSnapshot};
-use super::record::{parse_rdata, tokenize, RData, Record, Token};
+use super::backend::{
+    rrset_changed, Applied, InDoubt, NewRrset, Recovered, Replaced, ZoneBackend, ZoneSettings,
+    ZoneSnapshot,
+};
+use super::record::{
+    describe_rrset, fqdn, parse_rdata, same_rrset, tokenize, RData, Record, Token,
+};
 use super::DnsError;
 use crate::common::sanitize_key;
 use async_trait::async_trait;
@@ -62,6 +67,19 @@ pub enum Intent {
         zone: String,
         /// The record line as it is stored.
         record: String,
+    },
+    /// ReplaceRecordSet is about to replace the RRset `before` with `after`.
+    ReplaceRecordSet {
+        /// The zone.
+        zone: String,
+        /// Owner relative to the zone.
+        owner: String,
+        /// The type mnemonic.
+        rtype: String,
+        /// The RRset's record lines as stored now (empty: none).
+        before: Vec<String>,
+        /// The record lines it will hold.
+        after: Vec<String>,
     },
 }
 
@@ -550,27 +568,12 @@ impl ZoneFileBackend {
                 data.to_text()
             )));
         }
-        let at_owner = || z.records.iter().filter(|r| r.owner == record.owner);
-        if matches!(data, RData::Cname(_)) {
-            if owner == "@" {
-                return Err(DnsError::Conflict(format!(
-                    "a CNAME cannot be at the zone apex {zone}."
-                )));
-            }
-            if let Some(r) = at_owner().next() {
-                return Err(DnsError::Conflict(format!(
-                    "{} already has a {} record; a CNAME cannot share its name",
-                    record.fqdn(zone),
-                    r.data.rtype()
-                )));
-            }
-        } else if at_owner().any(|r| matches!(r.data, RData::Cname(_))) {
-            return Err(DnsError::Conflict(format!(
-                "{} is a CNAME; it cannot have {} records too",
-                record.fqdn(zone),
-                data.rtype()
-            )));
-        }
+        check_cname(
+            zone,
+            owner,
+            data.rtype(),
+            z.records.iter().filter(|r| r.owner == record.owner),
+        )?;
         self.mark(key, || Intent::AddRecord {
             zone: zone.to_string(),
             record: record.line(),
@@ -606,6 +609,72 @@ impl ZoneFileBackend {
         z.bump_serial();
         self.store(&z)?;
         Ok(Some((removed, z.soa.serial)))
+    }
+
+    fn replace_rrset_inner(
+        &self,
+        zone: &str,
+        owner: &str,
+        rtype: &str,
+        new: NewRrset<'_>,
+        expect: Option<&[Record]>,
+        key: Option<&str>,
+    ) -> Result<Replaced, DnsError> {
+        let _g = self.guard();
+        let mut z = self.load(zone)?;
+        let in_set = |r: &Record| r.owner == owner && r.data.rtype() == rtype;
+        let before: Vec<Record> = z.records.iter().filter(|r| in_set(r)).cloned().collect();
+        let after = new.resolve(owner, z.default_ttl);
+        if let Some(bad) = after.iter().find(|r| !in_set(r)) {
+            return Err(DnsError::Invalid(format!(
+                "{} {} does not belong to the RRset {} {rtype}",
+                bad.fqdn(zone),
+                bad.data.rtype(),
+                fqdn(zone, owner)
+            )));
+        }
+        let unchanged = Replaced {
+            before: before.clone(),
+            after: before.clone(),
+            serial: z.soa.serial,
+            changed: false,
+        };
+        if same_rrset(&before, &after) {
+            return Ok(unchanged);
+        }
+        if let Some(expected) = expect {
+            if !same_rrset(&before, expected) {
+                return Err(rrset_changed(zone, owner, rtype, expected, &before));
+            }
+        }
+        if !after.is_empty() {
+            check_cname(
+                zone,
+                owner,
+                rtype,
+                z.records
+                    .iter()
+                    .filter(|r| r.owner == owner && r.data.rtype() != rtype),
+            )?;
+        }
+        self.mark(key, || Intent::ReplaceRecordSet {
+            zone: zone.to_string(),
+            owner: owner.to_string(),
+            rtype: rtype.to_string(),
+            before: before.iter().map(Record::line).collect(),
+            after: after.iter().map(Record::line).collect(),
+        })?;
+        z.records.retain(|r| !in_set(r));
+        z.records.extend(after.iter().cloned());
+        z.records.sort_by(Record::canonical_cmp);
+        z.bump_serial();
+        self.store(&z)?;
+        Ok(Replaced {
+            before,
+            after,
+            serial: z.soa.serial,
+            changed: true,
+        })
     }
 
     /// Settles the call `key` from its marker and the zone folder as it is now.
@@ -675,12 +744,81 @@ impl ZoneFileBackend {
                     }
                 }
             }
+            Intent::ReplaceRecordSet {
+                zone,
+                owner,
+                rtype,
+                before,
+                after,
+            } => {
+                let set = |lines: &[String]| -> Result<Vec<Record>, DnsError> {
+                    lines.iter().map(|l| line(zone, l)).collect()
+                };
+                let (before, after) = (set(before)?, set(after)?);
+                let what = || format!("ReplaceRecordSet {} {rtype} ({key})", fqdn(zone, owner));
+                let Some(z) = load(zone)? else {
+                    return Err(DnsError::Unsupported(format!(
+                        "cannot tell whether {} was applied: zone {zone} is gone; check it by hand",
+                        what()
+                    )));
+                };
+                let live: Vec<Record> = z
+                    .records
+                    .into_iter()
+                    .filter(|r| &r.owner == owner && r.data.rtype() == rtype)
+                    .collect();
+                if same_rrset(&live, &after) {
+                    Recovered::Rrset { before, after }
+                } else if same_rrset(&live, &before) {
+                    Recovered::NotApplied
+                } else {
+                    return Err(DnsError::Unsupported(format!(
+                        "cannot tell whether {} was applied: the RRset holds {}, neither what it \
+                         held before ({}) nor what the call wrote ({}); someone else changed it, \
+                         check it by hand",
+                        what(),
+                        describe_rrset(&live),
+                        describe_rrset(&before),
+                        describe_rrset(&after)
+                    )));
+                }
+            }
         };
         if found == Recovered::NotApplied {
             self.remove_intent(key);
         }
         Ok(found)
     }
+}
+
+/// A CNAME cannot be at the apex or share its name with `others` (the other records at
+/// the owner); other data cannot share a name with a CNAME.
+fn check_cname<'a>(
+    zone: &str,
+    owner: &str,
+    rtype: &str,
+    mut others: impl Iterator<Item = &'a Record>,
+) -> Result<(), DnsError> {
+    if rtype == "CNAME" {
+        if owner == "@" {
+            return Err(DnsError::Conflict(format!(
+                "a CNAME cannot be at the zone apex {zone}."
+            )));
+        }
+        if let Some(r) = others.next() {
+            return Err(DnsError::Conflict(format!(
+                "{} already has a {} record; a CNAME cannot share its name",
+                fqdn(zone, owner),
+                r.data.rtype()
+            )));
+        }
+    } else if others.any(|r| matches!(r.data, RData::Cname(_))) {
+        return Err(DnsError::Conflict(format!(
+            "{} is a CNAME; it cannot have {rtype} records too",
+            fqdn(zone, owner)
+        )));
+    }
+    Ok(())
 }
 
 fn ns_glue(settings: &ZoneSettings) -> Option<Record> {
@@ -866,6 +1004,18 @@ impl ZoneBackend for ZoneFileBackend {
                 serial,
                 guard: None,
             }))
+    }
+
+    async fn replace_rrset(
+        &self,
+        zone: &str,
+        owner: &str,
+        rtype: &str,
+        new: NewRrset<'_>,
+        expect: Option<&[Record]>,
+        key: Option<&str>,
+    ) -> Result<Replaced, DnsError> {
+        self.replace_rrset_inner(zone, owner, rtype, new, expect, key)
     }
 
     async fn recover(&self, key: &str, _call: &InDoubt<'_>) -> Result<Recovered, DnsError> {

@@ -60,3 +60,43 @@ pub fn err_message<T: std::fmt::Debug>(r: Result<T, ProviderError>) -> (u32, Str
     let e = r.expect_err("expected an error");
     (e.code(), e.message())
 }
+
+/// A call with a `records` list input: each item one record's data fields, repeated
+/// `records` elements as a YAML/JSON list arrives.
+pub fn rrset_call(
+    namespace: &str,
+    procedure: &str,
+    inputs: &[(&str, &str)],
+    records: &[&[(&str, &str)]],
+) -> Call {
+    let mut c = call(namespace, procedure, inputs);
+    for item in records {
+        let mut e = Element::new("records");
+        e.list_item = true;
+        for (k, v) in *item {
+            e.push(Element::with_text(*k, *v));
+        }
+        c.execute_data.push(e);
+    }
+    c
+}
+
+/// Runs a ReplaceRecordSet-style call with a `records` list.
+pub async fn run_rrset(
+    p: &dyn Provider,
+    procedure: &str,
+    inputs: &[(&str, &str)],
+    records: &[&[(&str, &str)]],
+) -> Result<(Call, Outcome), ProviderError> {
+    let c = rrset_call(&p.namespace(), procedure, inputs, records);
+    let out = p.execute(c.clone()).await?;
+    Ok((c, out))
+}
+
+/// The record lines of an output list (`previous`, `current`).
+pub fn output_lines(out: &Outcome, name: &str) -> Vec<String> {
+    out.execute_data
+        .child(name)
+        .map(|e| e.elements().map(Element::string_value).collect())
+        .unwrap_or_default()
+}
