@@ -52,6 +52,19 @@ async fn sequential(reps: usize) -> Result<()> {
         verdict(med < 0.006),
         med / 0.006
     );
+    print_floor(dir.path(), 41, med)?;
+    Ok(())
+}
+
+/// Prints what the same number of sequential syncs costs this disk right now, so a figure
+/// taken on a busy or slow disk can be read against the disk rather than the target.
+fn print_floor(dir: &std::path::Path, syncs: usize, engine_s: f64) -> Result<()> {
+    let floor = support::sync_floor(dir, syncs, 21)?.as_secs_f64();
+    println!(
+        "  floor: {syncs} appends + fdatasync in the same folder take {} (median of 21); the engine needs {syncs} syncs here and runs at {:.2}x the floor",
+        ms(floor),
+        engine_s / floor
+    );
     Ok(())
 }
 
@@ -102,6 +115,7 @@ async fn rollback(reps: usize) -> Result<()> {
         verdict(med < 0.0015),
         med / 0.0015
     );
+    print_floor(dir.path(), 5, med)?;
     Ok(())
 }
 

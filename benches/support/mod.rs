@@ -398,3 +398,24 @@ pub fn median_p90(samples: &mut [Duration]) -> (f64, f64) {
     };
     (at(0.5), at(0.9))
 }
+
+/// The disk's floor for a workload that needs `syncs` sequential durable writes: the median
+/// time of `syncs` appends of 512 bytes to one file in `dir`, each followed by `fdatasync`
+/// (what "a journal that appends and syncs once per step" costs on this disk, right now).
+pub fn sync_floor(dir: &Path, syncs: usize, reps: usize) -> Result<Duration> {
+    use std::io::Write as _;
+    let path = dir.join("sync-floor");
+    let mut samples = Vec::with_capacity(reps);
+    for _ in 0..reps.max(1) {
+        let mut f = std::fs::File::create(&path)?;
+        let start = Instant::now();
+        for _ in 0..syncs {
+            f.write_all(&[0x5a; 512])?;
+            f.sync_data()?;
+        }
+        samples.push(start.elapsed());
+    }
+    let _ = std::fs::remove_file(&path);
+    samples.sort();
+    Ok(samples[samples.len() / 2])
+}

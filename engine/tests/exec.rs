@@ -1488,3 +1488,88 @@ async fn run_error_displays_the_compile_errors() {
         Ok(r) => panic!("ran: {:?}", r.state),
     }
 }
+
+/// A journal whose final `committed` record cannot be written (a full disk at the end).
+struct CommitFails;
+
+#[async_trait::async_trait]
+impl provisio_engine::exec::Journal for CommitFails {
+    async fn txn_started(
+        &self,
+        _: &provisio_engine::exec::TxnStart<'_>,
+    ) -> Result<(), provisio_engine::exec::JournalError> {
+        Ok(())
+    }
+    async fn txn_state(
+        &self,
+        _: &str,
+        state: TxnState,
+        _: Option<&str>,
+    ) -> Result<(), provisio_engine::exec::JournalError> {
+        if state == TxnState::Committed {
+            return Err(provisio_engine::exec::JournalError(
+                "journal I/O error: No space left on device".into(),
+            ));
+        }
+        Ok(())
+    }
+    async fn step_intent(
+        &self,
+        _: &provisio_engine::exec::StepIntent<'_>,
+    ) -> Result<(), provisio_engine::exec::JournalError> {
+        Ok(())
+    }
+    async fn step_done(
+        &self,
+        _: &provisio_engine::exec::StepDone<'_>,
+    ) -> Result<(), provisio_engine::exec::JournalError> {
+        Ok(())
+    }
+    async fn step_failed(
+        &self,
+        _: &provisio_engine::provider::CallContext,
+        _: &str,
+    ) -> Result<(), provisio_engine::exec::JournalError> {
+        Ok(())
+    }
+    async fn undo_done(
+        &self,
+        _: &provisio_engine::provider::CallContext,
+        _: Option<&str>,
+    ) -> Result<(), provisio_engine::exec::JournalError> {
+        Ok(())
+    }
+    async fn phase_done(
+        &self,
+        _: &provisio_engine::provider::CallContext,
+        _: &str,
+        _: Option<&str>,
+    ) -> Result<(), provisio_engine::exec::JournalError> {
+        Ok(())
+    }
+}
+
+/// A commit the journal cannot make durable is reported as a failure and rolled back, never
+/// as committed (recovery would otherwise undo it after the caller was told it was done).
+#[tokio::test]
+async fn a_commit_that_cannot_be_journaled_is_rolled_back_and_reported() {
+    let env = env(SEQ);
+    let rec = env.rec.clone();
+    let engine = env.engine.with_journal(std::sync::Arc::new(CommitFails));
+    let r = engine
+        .run(&h::req("call: T/Seq\ndata: { bname: b, cname: c }"))
+        .await
+        .unwrap();
+    assert_eq!(r.state, TxnState::RolledBack, "{r:?}");
+    assert_eq!(r.undone, 4);
+    assert!(rec.resources().is_empty(), "{:?}", rec.resources());
+    let f = failure(&r);
+    assert!(
+        f.message.contains("could not be journaled"),
+        "{}",
+        f.message
+    );
+    assert!(f.message.contains("No space left"), "{}", f.message);
+    assert!(r.journal_error.is_some());
+    assert!(r.data.is_none());
+}

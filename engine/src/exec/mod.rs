@@ -476,6 +476,24 @@ impl Engine {
             if let Err(e) = self.journal.txn_state(&txn.id, out.state, message.as_deref()).await {
                 tracing::error!(error = %e, "the final state could not be journaled");
                 out.journal_error = Some(e.to_string());
+                if out.state == TxnState::Committed {
+                    // A commit the journal could lose is not a commit: recovery would find
+                    // the transaction unfinished and roll it back after the caller was told
+                    // otherwise. Roll back now (undos are idempotent, so recovery repeating
+                    // them is harmless) and report the failure.
+                    let (undone, failures) = self.rollback(&txn).await;
+                    out.undone = undone;
+                    out.state = if failures.is_empty() { TxnState::RolledBack } else { TxnState::RollbackFailed };
+                    out.undo_failures = failures;
+                    out.data = None;
+                    out.failure = Some(Failure {
+                        code: ProviderError::E_FAIL,
+                        message: format!("the commit could not be journaled, so the transaction was rolled back: {e}"),
+                        step: String::new(),
+                        sources: Vec::new(),
+                    });
+                    let _ = self.journal.txn_state(&txn.id, out.state, out.failure.as_ref().map(|f| f.message.as_str())).await;
+                }
             }
             out.elapsed = started_at.elapsed();
             out

@@ -113,15 +113,18 @@ pub enum StoreError {
 /// The storage the journal, audit log and pinned definitions live in.
 #[async_trait]
 pub trait Store: Send + Sync {
-    /// Applies a batch atomically. With `durable`, returns only once the batch and every
-    /// earlier write are on stable storage (fdatasync); concurrent durable writes share one
-    /// sync (group commit).
+    /// Applies a batch atomically; writes are applied in the order they were made. With
+    /// `durable`, returns only once the batch and every earlier write are on stable storage
+    /// (fdatasync); concurrent durable writes share one sync (group commit). Without it, the
+    /// write may return as soon as it is queued: it becomes durable with the next durable
+    /// write, and if it fails, that write (and every later one) reports the failure.
     async fn write(&self, batch: Batch, durable: bool) -> Result<(), StoreError>;
 
-    /// Reads one value.
+    /// Reads one value; sees every write that returned before the call.
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
 
-    /// Every (key, value) whose key starts with `prefix`, in key order.
+    /// Every (key, value) whose key starts with `prefix`, in key order; sees every write
+    /// that returned before the call.
     fn scan(&self, space: Space, prefix: &[u8]) -> Result<Vec<KeyValue>, StoreError>;
 
     /// How many syncs were made (for tests and benchmarks of group commit).

@@ -34,17 +34,37 @@ pub const IDLE_CHECKPOINT: Duration = Duration::from_secs(2);
 /// The write-ahead log's file name inside the store folder.
 const WAL_FILE: &str = "provisio.wal";
 
-struct WriteRequest {
-    batch: Batch,
-    durable: bool,
-    done: oneshot::Sender<Result<(), StoreError>>,
+/// What the writer thread is asked to do, in order.
+enum Message {
+    /// Log and apply a batch; a durable write is answered once the log is synced.
+    Write {
+        batch: Batch,
+        durable: Option<oneshot::Sender<Result<(), StoreError>>>,
+    },
+    /// Answered once every earlier write is visible to reads.
+    Barrier(mpsc::SyncSender<Result<(), StoreError>>),
+}
+
+/// Counters and the first fatal error, shared by the store handle and its writer.
+#[derive(Default)]
+struct Shared {
+    syncs: AtomicU64,
+    /// Writes handed to the writer.
+    queued: AtomicU64,
+    /// Writes applied to sled (visible to reads).
+    applied: AtomicU64,
+    /// Set on the first failed log write, sync or apply. After a failed `fdatasync` the
+    /// kernel may have dropped the unwritten pages, so a later successful sync proves
+    /// nothing: the store refuses every further write until it is reopened, which replays
+    /// the log from disk.
+    poison: std::sync::OnceLock<StoreError>,
 }
 
 /// The sled-backed store.
 pub struct SledStore {
     tree: sled::Tree,
-    sender: std::sync::Mutex<Option<mpsc::Sender<WriteRequest>>>,
-    syncs: Arc<AtomicU64>,
+    sender: std::sync::Mutex<Option<mpsc::Sender<Message>>>,
+    shared: Arc<Shared>,
     path: PathBuf,
     writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -138,87 +158,51 @@ impl SledStore {
                 "replayed the journal's write-ahead log after an unclean stop"
             );
         }
-        let syncs = Arc::new(AtomicU64::new(0));
-        let (sender, receiver) = mpsc::channel::<WriteRequest>();
-        let writer_tree = tree.clone();
-        let writer_db = db.clone();
-        let writer_syncs = syncs.clone();
-        let writer_path = path.to_path_buf();
-        let mut write_count = writes;
+        let shared = Arc::new(Shared::default());
+        let (sender, receiver) = mpsc::channel::<Message>();
+        let mut writer = Writer {
+            path: path.to_path_buf(),
+            db: db.clone(),
+            tree: tree.clone(),
+            wal,
+            syncer,
+            shared: shared.clone(),
+            write_count: writes,
+        };
         let handle = std::thread::Builder::new()
             .name("provisio-journal".into())
-            .spawn(move || {
-                loop {
-                    let first = match receiver.recv_timeout(IDLE_CHECKPOINT) {
-                        Ok(first) => first,
-                        Err(mpsc::RecvTimeoutError::Timeout) => {
-                            if wal.len() > 0 {
-                                if let Err(e) =
-                                    checkpoint(&writer_path, &writer_db, &mut syncer, &mut wal)
-                                {
-                                    tracing::warn!(error = %e, "journal checkpoint failed; the write-ahead log is kept");
-                                }
-                            }
-                            continue;
-                        }
-                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
-                    };
-                    // Group commit: take one request, then everything else already queued.
-                    let mut group = vec![first];
-                    while let Ok(more) = receiver.try_recv() {
-                        group.push(more);
-                    }
-                    let mut results: Vec<Result<(), StoreError>> = Vec::with_capacity(group.len());
-                    for req in &group {
-                        // The counter is written with the batch, atomically: it is both the
-                        // frame number in the log and, at open, the proof of what sled holds.
-                        let seq = write_count + 1;
-                        let applied = writer_tree
-                            .apply_batch(sled_batch(seq, &req.batch))
-                            .map_err(|e| map_err(&writer_path, e));
-                        if applied.is_ok() {
-                            write_count = seq;
-                            wal.append(seq, &req.batch);
-                        }
-                        results.push(applied);
-                    }
-                    let mut logged = wal.write();
-                    if logged.is_ok() && group.iter().any(|r| r.durable) {
-                        logged = wal.sync();
-                        writer_syncs.fetch_add(1, Ordering::Relaxed);
-                    }
-                    if let Err(e) = logged {
-                        for r in results.iter_mut() {
-                            if r.is_ok() {
-                                *r = Err(e.clone());
-                            }
-                        }
-                    }
-                    for (req, result) in group.into_iter().zip(results) {
-                        let _ = req.done.send(result);
-                    }
-                    if wal.len() >= CHECKPOINT_BYTES {
-                        if let Err(e) = checkpoint(&writer_path, &writer_db, &mut syncer, &mut wal) {
-                            tracing::warn!(error = %e, "journal checkpoint failed; the write-ahead log is kept");
-                        }
-                    }
-                }
-                let closed = wal
-                    .write()
-                    .and_then(|_| wal.sync())
-                    .and_then(|_| checkpoint(&writer_path, &writer_db, &mut syncer, &mut wal));
-                if closed.is_ok() {
-                    Identity::record_clean_close(&writer_path, &writer_tree, write_count);
-                }
-            })
+            .spawn(move || writer.run(receiver))
             .map_err(|e| StoreError::Io(format!("cannot start the journal writer: {e}")))?;
         Ok(SledStore {
             tree,
             sender: std::sync::Mutex::new(Some(sender)),
-            syncs,
+            shared,
             path: path.to_path_buf(),
             writer: std::sync::Mutex::new(Some(handle)),
         })
+    }
+
+    fn send(&self, message: Message) -> Result<(), StoreError> {
+        let guard = self.sender.lock().map_err(|_| StoreError::Closed)?;
+        let sender = guard.as_ref().ok_or(StoreError::Closed)?;
+        if matches!(message, Message::Write { .. }) {
+            self.shared.queued.fetch_add(1, Ordering::SeqCst);
+        }
+        sender.send(message).map_err(|_| StoreError::Closed)
+    }
+
+    /// Waits until every write queued so far is visible to reads (writes are applied to
+    /// sled after they are logged and acknowledged).
+    fn barrier(&self) -> Result<(), StoreError> {
+        if self.shared.applied.load(Ordering::SeqCst) == self.shared.queued.load(Ordering::SeqCst) {
+            return match self.shared.poison.get() {
+                Some(e) => Err(e.clone()),
+                None => Ok(()),
+            };
+        }
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.send(Message::Barrier(tx))?;
+        rx.recv().map_err(|_| StoreError::Closed)?
     }
 
     /// The store folder.
@@ -248,22 +232,29 @@ impl Drop for SledStore {
 #[async_trait]
 impl Store for SledStore {
     async fn write(&self, batch: Batch, durable: bool) -> Result<(), StoreError> {
-        let (done, wait) = oneshot::channel();
-        {
-            let guard = self.sender.lock().map_err(|_| StoreError::Closed)?;
-            let sender = guard.as_ref().ok_or(StoreError::Closed)?;
-            sender
-                .send(WriteRequest {
-                    batch,
-                    durable,
-                    done,
-                })
-                .map_err(|_| StoreError::Closed)?;
+        if let Some(e) = self.shared.poison.get() {
+            return Err(e.clone());
         }
-        wait.await.map_err(|_| StoreError::Closed)?
+        let (done, wait) = if durable {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        self.send(Message::Write {
+            batch,
+            durable: done,
+        })?;
+        match wait {
+            Some(wait) => wait.await.map_err(|_| StoreError::Closed)?,
+            // Queued in order behind every earlier write; a failure poisons the store and is
+            // reported by the next write.
+            None => Ok(()),
+        }
     }
 
     fn get(&self, space: Space, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.barrier()?;
         self.tree
             .get(key(space, k))
             .map(|v| v.map(|v| v.to_vec()))
@@ -271,6 +262,7 @@ impl Store for SledStore {
     }
 
     fn scan(&self, space: Space, prefix: &[u8]) -> Result<Vec<KeyValue>, StoreError> {
+        self.barrier()?;
         let mut out = Vec::new();
         for item in self.tree.scan_prefix(key(space, prefix)) {
             let (k, v) = item.map_err(|e| map_err(&self.path, e))?;
@@ -280,7 +272,143 @@ impl Store for SledStore {
     }
 
     fn sync_count(&self) -> u64 {
-        self.syncs.load(Ordering::Relaxed)
+        self.shared.syncs.load(Ordering::Relaxed)
+    }
+}
+
+/// The writer thread's state: the log, sled, and the write counter.
+struct Writer {
+    path: PathBuf,
+    db: sled::Db,
+    tree: sled::Tree,
+    wal: Wal,
+    syncer: Syncer,
+    shared: Arc<Shared>,
+    write_count: u64,
+}
+
+impl Writer {
+    fn run(&mut self, receiver: mpsc::Receiver<Message>) {
+        loop {
+            let first = match receiver.recv_timeout(IDLE_CHECKPOINT) {
+                Ok(first) => first,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if self.wal.len() > 0 && self.shared.poison.get().is_none() {
+                        self.checkpoint();
+                    }
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            };
+            // Group commit: take one message, then everything else already queued.
+            let mut group = vec![first];
+            while let Ok(more) = receiver.try_recv() {
+                group.push(more);
+            }
+            self.commit(group);
+            if self.wal.len() >= CHECKPOINT_BYTES && self.shared.poison.get().is_none() {
+                self.checkpoint();
+            }
+        }
+        if self.shared.poison.get().is_some() {
+            // Leave the log as it is: the next open replays it.
+            return;
+        }
+        let closed = self.wal.write().and_then(|_| self.wal.sync());
+        if closed.is_ok() && self.checkpoint() {
+            Identity::record_clean_close(&self.path, &self.tree, self.write_count);
+        }
+    }
+
+    /// Logs a group (one write, one sync if any write is durable), answers the durable
+    /// writes, then applies the group to sled and answers the barriers.
+    fn commit(&mut self, group: Vec<Message>) {
+        let mut batches = Vec::with_capacity(group.len());
+        let mut waiting = Vec::new();
+        let mut barriers = Vec::new();
+        let mut durable = false;
+        for message in group {
+            match message {
+                Message::Write { batch, durable: d } => {
+                    if let Some(d) = d {
+                        durable = true;
+                        waiting.push(d);
+                    }
+                    batches.push(batch);
+                }
+                Message::Barrier(b) => barriers.push(b),
+            }
+        }
+        let mut logged = match self.shared.poison.get() {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        };
+        let first_seq = self.write_count + 1;
+        if logged.is_ok() {
+            for (i, batch) in batches.iter().enumerate() {
+                self.wal.append(first_seq + i as u64, batch);
+            }
+            logged = self.wal.write();
+            if logged.is_ok() && durable {
+                logged = self.wal.sync();
+                self.shared.syncs.fetch_add(1, Ordering::Relaxed);
+            }
+            if let Err(e) = &logged {
+                self.poison(e.clone());
+            } else {
+                self.write_count += batches.len() as u64;
+            }
+        }
+        for d in waiting {
+            let _ = d.send(logged.clone());
+        }
+        if logged.is_ok() {
+            for (i, batch) in batches.iter().enumerate() {
+                let applied = self
+                    .tree
+                    .apply_batch(sled_batch(first_seq + i as u64, batch))
+                    .map_err(|e| map_err(&self.path, e));
+                if let Err(e) = applied {
+                    // Logged and acknowledged: the next open replays it from the log.
+                    self.poison(e);
+                    break;
+                }
+            }
+        }
+        // Counted even when not applied, so a barrier never waits for a write that will not
+        // come; the poison answers it instead.
+        self.shared
+            .applied
+            .fetch_add(batches.len() as u64, Ordering::SeqCst);
+        let answer = match self.shared.poison.get() {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        };
+        for b in barriers {
+            let _ = b.send(answer.clone());
+        }
+    }
+
+    fn poison(&self, e: StoreError) {
+        tracing::error!(error = %e, "the journal store failed a write; it refuses further writes until provisio restarts");
+        let why = match e {
+            StoreError::Io(m) => m,
+            other => other.to_string(),
+        };
+        let _ = self.shared.poison.set(StoreError::Io(format!(
+            "{why} (the journal refuses further writes until provisio is restarted; the next start replays its write-ahead log)"
+        )));
+    }
+
+    /// Returns whether the checkpoint was taken; a failed one keeps the log.
+    fn checkpoint(&mut self) -> bool {
+        match checkpoint(&self.path, &self.db, &mut self.syncer, &mut self.wal) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "journal checkpoint failed; the write-ahead log is kept");
+                false
+            }
+        }
     }
 }
 
@@ -500,6 +628,87 @@ mod tests {
             store.scan(Space::Journal, b"").unwrap().len(),
             expected.len()
         );
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// When the disk refuses a write (here a file-size limit, as a full disk would), the
+    /// write fails with a clear error, every later write is refused until a restart, and
+    /// every write acknowledged before is there after reopening.
+    #[test]
+    fn a_refused_write_poisons_the_store_and_loses_nothing_acknowledged() {
+        const CHILD: &str = "PROVISIO_TEST_FULL_DISK_CHILD";
+        if let Ok(dir) = std::env::var(CHILD) {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let store = SledStore::open(Path::new(&dir)).unwrap();
+                let mut acked = 0u32;
+                let mut first_error = None;
+                for i in 0..400u32 {
+                    let mut b = Batch::new();
+                    b.put(Space::Journal, i.to_be_bytes().to_vec(), vec![1; 16 * 1024]);
+                    match store.write(b, true).await {
+                        Ok(()) => acked = i + 1,
+                        Err(e) => {
+                            first_error = Some(e.to_string());
+                            break;
+                        }
+                    }
+                }
+                let first_error = first_error.expect("the size limit was never hit");
+                let mut b = Batch::new();
+                b.put(Space::Journal, b"after".to_vec(), b"x".to_vec());
+                let later = store.write(b, false).await.unwrap_err().to_string();
+                let one_line = |m: &str| m.replace('\n', " ");
+                println!(
+                    "ACKED={acked}\nFIRST={}\nLATER={}",
+                    one_line(&first_error),
+                    one_line(&later)
+                );
+                std::process::exit(0);
+            });
+        }
+        let dir = tempfile_dir();
+        let exe = std::env::current_exe().unwrap();
+        // SIGXFSZ ignored: a write past the limit then fails with EFBIG, like ENOSPC.
+        let out = std::process::Command::new("bash")
+            .arg("-c")
+            .arg(r#"trap '' XFSZ; ulimit -f 2048; exec "$0" --exact store::sled_store::tests::a_refused_write_poisons_the_store_and_loses_nothing_acknowledged --nocapture"#)
+            .arg(&exe)
+            .env(CHILD, &dir)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let field = |name: &str| {
+            stdout
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{name}=")))
+                .unwrap_or_else(|| panic!("no {name} in {stdout}"))
+                .to_string()
+        };
+        let acked: u32 = field("ACKED").parse().unwrap();
+        assert!(acked > 10, "{stdout}");
+        assert!(field("FIRST").contains("too large"), "{stdout}");
+        assert!(
+            field("LATER").contains("until provisio is restarted"),
+            "{stdout}"
+        );
+        let store = SledStore::open(&dir).unwrap();
+        let rows = store.scan(Space::Journal, b"").unwrap();
+        for i in 0..acked {
+            assert!(
+                rows.iter().any(|(k, _)| k == &i.to_be_bytes()),
+                "acknowledged write {i} is missing ({} rows)",
+                rows.len()
+            );
+        }
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }
