@@ -113,7 +113,9 @@ pub enum StoreError {
 /// The storage the journal, audit log and pinned definitions live in.
 #[async_trait]
 pub trait Store: Send + Sync {
-    /// Applies a batch atomically; writes are applied in the order they were made. With
+    /// Applies a batch atomically with respect to crashes (after a restart it is there whole
+    /// or not at all; a read made while it is applied may see part of it); writes are
+    /// applied in the order they were made. With
     /// `durable`, returns only once the batch and every earlier write are on stable storage
     /// (fdatasync); concurrent durable writes share one sync (group commit). Without it, the
     /// write may return as soon as it is queued: it becomes durable with the next durable

@@ -1,6 +1,6 @@
-//! The sled 0.34 store: one tree, space-prefixed keys, atomic `apply_batch`, and a writer
-//! thread that batches concurrent writes (group commit) and makes them durable through the
-//! store's own write-ahead log.
+//! The sled 0.34 store: one tree, space-prefixed keys, and a writer thread that batches
+//! concurrent writes (group commit) and makes them durable and atomic through the store's
+//! own write-ahead log.
 //!
 //! Durability: each group of batches is appended to `provisio.wal` in the store folder and
 //! made durable with one `fdatasync` of that file before any durable write of the group is
@@ -146,8 +146,8 @@ impl SledStore {
         let writes = replay.last().map_or(sled_writes, |f| f.seq);
         // Checked before the replay touches anything, so a damaged store stays as it was.
         Identity::check(path, &tree, &db, writes)?;
-        for frame in &replay {
-            tree.apply_batch(sled_batch(frame.seq, &frame.batch))
+        if let Some(last) = replay.last() {
+            apply_logged(&tree, last.seq, replay.iter().map(|f| &f.batch))
                 .map_err(|e| map_err(path, e))?;
         }
         let mut syncer = Syncer::new(path)?;
@@ -362,17 +362,11 @@ impl Writer {
         for d in waiting {
             let _ = d.send(logged.clone());
         }
-        if logged.is_ok() {
-            for (i, batch) in batches.iter().enumerate() {
-                let applied = self
-                    .tree
-                    .apply_batch(sled_batch(first_seq + i as u64, batch))
-                    .map_err(|e| map_err(&self.path, e));
-                if let Err(e) = applied {
-                    // Logged and acknowledged: the next open replays it from the log.
-                    self.poison(e);
-                    break;
-                }
+        if logged.is_ok() && !batches.is_empty() {
+            let last = first_seq + batches.len() as u64 - 1;
+            if let Err(e) = apply_logged(&self.tree, last, batches.iter()) {
+                // Logged and acknowledged: the next open replays it from the log.
+                self.poison(map_err(&self.path, e));
             }
         }
         // Counted even when not applied, so a barrier never waits for a write that will not
@@ -467,17 +461,27 @@ impl Syncer {
     }
 }
 
-/// The sled batch for log frame `seq`: its writes plus the write counter.
-fn sled_batch(seq: u64, batch: &Batch) -> sled::Batch {
-    let mut b = sled::Batch::default();
-    b.insert(key(Space::Meta, b"writes"), &seq.to_be_bytes()[..]);
-    for (space, k, v) in &batch.writes {
-        match v {
-            Some(v) => b.insert(key(*space, k), v.as_slice()),
-            None => b.remove(key(*space, k)),
+/// Applies logged batches to sled one write at a time, then sets the write counter to
+/// `last_seq`. sled recovers a prefix of its writes, so a counter that survives a crash
+/// proves every write before it did too, and the log replays whatever came after (puts and
+/// deletes are idempotent, so a partly applied batch is simply applied again). Atomicity
+/// comes from the log, which is why sled's `apply_batch` is not used: it seals and writes
+/// sled's IO buffer on every call, a thread hand-off and a write per batch.
+fn apply_logged<'a>(
+    tree: &sled::Tree,
+    last_seq: u64,
+    batches: impl Iterator<Item = &'a Batch>,
+) -> sled::Result<()> {
+    for batch in batches {
+        for (space, k, v) in &batch.writes {
+            match v {
+                Some(v) => tree.insert(key(*space, k), v.as_slice())?,
+                None => tree.remove(key(*space, k))?,
+            };
         }
     }
-    b
+    tree.insert(key(Space::Meta, b"writes"), &last_seq.to_be_bytes()[..])?;
+    Ok(())
 }
 
 /// Makes sled durable up to now, then starts a new generation of the log.
