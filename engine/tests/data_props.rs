@@ -3,7 +3,7 @@
 use proptest::prelude::*;
 use provisio_engine::data::json::{from_json, to_json};
 use provisio_engine::data::transform::{extract, place, remove};
-use provisio_engine::data::{Element, Mode, Node, Path, Scalar};
+use provisio_engine::data::{Element, Mode, Name, Node, Path, Scalar};
 use serde_json::{Map, Value};
 
 // ---------------------------------------------------------------------------------------------
@@ -96,7 +96,7 @@ fn scalar() -> impl Strategy<Value = Scalar> {
     ]
 }
 
-fn attrs() -> impl Strategy<Value = Vec<(String, String)>> {
+fn attrs() -> impl Strategy<Value = Vec<(Name, Name)>> {
     prop::collection::vec(("[a-c]", "[a-z0-9]{0,3}"), 0..3).prop_map(|v| {
         let mut e = Element::new("x");
         for (k, val) in v {
@@ -150,7 +150,7 @@ fn wild_tree() -> impl Strategy<Value = Element> {
             any::<bool>(),
         )
             .prop_map(|(n, a, children, list_item)| Element {
-                name: n,
+                name: n.into(),
                 attrs: a,
                 children,
                 list_item,

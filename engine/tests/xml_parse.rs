@@ -169,7 +169,7 @@ fn element_strategy() -> impl Strategy<Value = Element> {
             let mut e = Element::new(name);
             for (k, v) in attrs {
                 if e.attr(&k).is_none() {
-                    e.attrs.push((k, v));
+                    e.attrs.push((k.into(), v.into()));
                 }
             }
             if let Some(t) = text {
@@ -193,7 +193,7 @@ fn element_strategy() -> impl Strategy<Value = Element> {
                 let mut e = Element::new(name);
                 for (k, v) in attrs {
                     if e.attr(&k).is_none() {
-                        e.attrs.push((k, v));
+                        e.attrs.push((k.into(), v.into()));
                     }
                 }
                 for k in kids {

@@ -79,7 +79,7 @@ pub fn to_json(element: &Element) -> Value {
     }
     let mut map = Map::new();
     for (k, v) in &element.attrs {
-        map.insert(format!("@{k}"), Value::String(v.clone()));
+        map.insert(format!("@{k}"), Value::String(v.to_string()));
     }
     // Groups in order of first appearance; `None` name = the text group.
     let mut groups: Vec<(Option<&str>, Vec<&Element>, bool)> = Vec::new();
@@ -197,7 +197,7 @@ fn build(name: &str, value: &Value, path: &mut String, depth: usize) -> Result<E
                             "an attribute value must be a string, number or boolean",
                         ));
                     };
-                    e.attrs.push((attr.to_string(), s.to_text()));
+                    e.attrs.push((attr.into(), s.to_text().into()));
                 } else if k == "#text" {
                     path.push_str("/#text");
                     let Some(s) = json_to_scalar(v) else {

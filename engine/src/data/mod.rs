@@ -16,6 +16,11 @@ pub use transform::{IfNull, Mode, TransformError};
 
 use serde::{Deserialize, Serialize};
 
+/// Element and attribute names and attribute values: a string kept inline up to 24 bytes,
+/// so parsing a document does not allocate for each name (most names and many values are
+/// short). Derefs to `str` and compares with `str`/`String`.
+pub type Name = compact_str::CompactString;
+
 /// A typed leaf value. XML text is always [`Scalar::Str`]; YAML and JSON keep their types.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Scalar {
@@ -54,9 +59,9 @@ pub enum Node {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Element {
     /// Local name (a prefix, if any, is kept as written: `ns:name`).
-    pub name: String,
+    pub name: Name,
     /// Attributes in document order.
-    pub attrs: Vec<(String, String)>,
+    pub attrs: Vec<(Name, Name)>,
     /// Children in document order.
     pub children: Vec<Node>,
     /// Set when the element came from a YAML/JSON sequence, so a one-item list
@@ -66,7 +71,7 @@ pub struct Element {
 
 impl Element {
     /// An empty element.
-    pub fn new(name: impl Into<String>) -> Self {
+    pub fn new(name: impl Into<Name>) -> Self {
         Element {
             name: name.into(),
             ..Default::default()
@@ -74,7 +79,7 @@ impl Element {
     }
 
     /// An element holding one scalar.
-    pub fn with_scalar(name: impl Into<String>, value: Scalar) -> Self {
+    pub fn with_scalar(name: impl Into<Name>, value: Scalar) -> Self {
         Element {
             name: name.into(),
             children: vec![Node::Text(value)],
@@ -83,7 +88,7 @@ impl Element {
     }
 
     /// An element holding text.
-    pub fn with_text(name: impl Into<String>, text: impl Into<String>) -> Self {
+    pub fn with_text(name: impl Into<Name>, text: impl Into<String>) -> Self {
         Self::with_scalar(name, Scalar::Str(text.into()))
     }
 
@@ -96,7 +101,7 @@ impl Element {
     }
 
     /// Sets (or replaces in place) an attribute.
-    pub fn set_attr(&mut self, name: impl Into<String>, value: impl Into<String>) {
+    pub fn set_attr(&mut self, name: impl Into<Name>, value: impl Into<Name>) {
         let name = name.into();
         let value = value.into();
         match self.attrs.iter_mut().find(|(k, _)| *k == name) {

@@ -6,7 +6,7 @@
 //! a missing destination made of plain names.
 
 use super::path::{element_at_mut, Location, LocationKind};
-use super::{Element, Node, Path, Scalar};
+use super::{Element, Name, Node, Path, Scalar};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 
@@ -165,7 +165,7 @@ pub fn place(
         LocationKind::Attr(i) => {
             let e = loc.element_mut(root).ok_or_else(|| missing("element"))?;
             let slot = e.attrs.get_mut(i).ok_or_else(|| missing("attribute"))?;
-            slot.1 = node.string_value();
+            slot.1 = node.string_value().into();
             Ok(())
         }
         LocationKind::Text(i) => {
@@ -257,7 +257,7 @@ fn resolve_destination(root: &mut Element, path: &Path) -> Result<Location, Tran
         .ok_or_else(|| err("the owner element disappeared".to_string()))?;
     let kind = match attr {
         Some(name) => {
-            e.attrs.push((name.to_string(), String::new()));
+            e.attrs.push((name.into(), Name::default()));
             LocationKind::Attr(e.attrs.len() - 1)
         }
         None => {
@@ -316,7 +316,7 @@ pub fn merge_into(target: &mut Element, node: Element) {
     let replace_text = new_text.is_some();
     let target_names: HashSet<&str> = target.elements().map(|e| e.name.as_str()).collect();
     // node's children, split into groups that replace target children and the rest.
-    let mut groups: Vec<(String, Vec<Node>)> = Vec::new();
+    let mut groups: Vec<(Name, Vec<Node>)> = Vec::new();
     let mut appended: Vec<Node> = Vec::new();
     let mut text_append_at: Option<usize> = None;
     for child in node.children {
@@ -411,7 +411,7 @@ mod tests {
 
     /// A compact rendering for assertions: `name(@a=v)[children]`, text as "…", Int as #n.
     fn show(e: &Element) -> String {
-        let mut s = e.name.clone();
+        let mut s = e.name.to_string();
         if !e.attrs.is_empty() {
             let a: Vec<String> = e.attrs.iter().map(|(k, v)| format!("@{k}={v}")).collect();
             s.push_str(&format!("({})", a.join(",")));

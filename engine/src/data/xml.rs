@@ -8,7 +8,7 @@
 //!
 //! The parser and the writers are iterative: no input, however deep, can overflow the stack.
 
-use super::{Element, Node, Scalar};
+use super::{Element, Name, Node, Scalar};
 use quick_xml::events::{BytesRef, BytesStart, Event};
 use quick_xml::Reader;
 use std::borrow::Cow;
@@ -47,9 +47,9 @@ pub struct XmlError {
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Located {
     /// Name as written (prefix kept).
-    pub name: String,
+    pub name: Name,
     /// Attributes in document order, values unescaped.
-    pub attrs: Vec<(String, String)>,
+    pub attrs: Vec<(Name, Name)>,
     /// Children in document order.
     pub children: Vec<LocatedNode>,
     /// 1-based line of the start tag.
@@ -65,6 +65,9 @@ pub enum LocatedNode {
     Element(Located),
     /// A run of text (entities resolved, CDATA included).
     Text(String),
+    /// A child element without positions (only from [`parse_located_plain`]); not listed by
+    /// [`Located::elements`].
+    Plain(Element),
 }
 
 impl Located {
@@ -80,7 +83,7 @@ impl Located {
     pub fn elements(&self) -> impl Iterator<Item = &Located> {
         self.children.iter().filter_map(|c| match c {
             LocatedNode::Element(e) => Some(e),
-            LocatedNode::Text(_) => None,
+            LocatedNode::Text(_) | LocatedNode::Plain(_) => None,
         })
     }
 
@@ -88,7 +91,7 @@ impl Located {
     pub fn texts(&self) -> impl Iterator<Item = &str> {
         self.children.iter().filter_map(|c| match c {
             LocatedNode::Text(t) => Some(t.as_str()),
-            LocatedNode::Element(_) => None,
+            LocatedNode::Element(_) | LocatedNode::Plain(_) => None,
         })
     }
 
@@ -124,6 +127,11 @@ impl Located {
                         top.out.children.push(Node::Text(Scalar::Str(t)));
                     }
                 }
+                Some(LocatedNode::Plain(e)) => {
+                    if let Some(top) = stack.last_mut() {
+                        top.out.children.push(Node::Element(e));
+                    }
+                }
                 Some(LocatedNode::Element(l)) => stack.push(Frame {
                     out: Element {
                         name: l.name,
@@ -150,12 +158,41 @@ impl Located {
 
 /// Parses a document and returns its root element.
 pub fn parse(src: &str, limits: &Limits) -> Result<Element, XmlError> {
-    parse_core::<Element>(src, limits)
+    parse_core::<Element>(src, limits, &[])
 }
 
 /// Parses a document and returns its root element with the position of every element.
 pub fn parse_located(src: &str, limits: &Limits) -> Result<Located, XmlError> {
-    parse_core::<Located>(src, limits)
+    parse_core::<Located>(src, limits, &[])
+}
+
+/// Like [`parse_located`], but the content of the root's children named in `plain` is
+/// built as plain elements ([`LocatedNode::Plain`]) without positions: for a request, whose
+/// `<data>` is most of the document and needs no positions, this saves building a located
+/// tree and converting it.
+pub fn parse_located_plain(
+    src: &str,
+    limits: &Limits,
+    plain: &[&str],
+) -> Result<Located, XmlError> {
+    match parse_core::<Mixed>(src, limits, plain)? {
+        Mixed::Loc(l) => Ok(l),
+        // The root is always located; converting keeps this total anyway.
+        Mixed::Plain(e) => Ok(Located {
+            name: e.name,
+            attrs: e.attrs,
+            children: e
+                .children
+                .into_iter()
+                .map(|c| match c {
+                    Node::Element(e) => LocatedNode::Plain(e),
+                    Node::Text(s) => LocatedNode::Text(s.to_text()),
+                })
+                .collect(),
+            line: 1,
+            column: 1,
+        }),
+    }
 }
 
 /// Serializes an element (and its subtree) as compact XML.
@@ -242,21 +279,35 @@ impl Tracker {
 // ---------------------------------------------------------------------------------------
 // Parser
 
-/// What the iterative parser builds: a plain tree or a located tree.
+/// What the iterative parser builds: a plain tree, a located tree, or a located tree with
+/// plain subtrees ([`parse_located_plain`]).
 trait Build: Sized {
     type Child;
-    const POSITIONS: bool;
-    fn start(name: String, attrs: Vec<(String, String)>, line: u32, column: u32) -> Self;
+    /// A new element. `stack` holds the open ancestors (the parent last); `plain` are the
+    /// names of the root's children whose content is built without positions; `position`
+    /// computes the line and column of the `<` (linear overall, so called only when kept).
+    fn start(
+        name: Name,
+        attrs: Vec<(Name, Name)>,
+        stack: &[Open<Self>],
+        plain: &[&str],
+        position: impl FnOnce() -> (u32, u32),
+    ) -> Self;
     fn name(&self) -> &str;
-    fn set_children(&mut self, children: Vec<Self::Child>);
+    fn set_children(&mut self, children: std::vec::Drain<'_, Self::Child>);
     fn wrap(self) -> Self::Child;
     fn text(text: String) -> Self::Child;
 }
 
 impl Build for Element {
     type Child = Node;
-    const POSITIONS: bool = false;
-    fn start(name: String, attrs: Vec<(String, String)>, _line: u32, _column: u32) -> Self {
+    fn start(
+        name: Name,
+        attrs: Vec<(Name, Name)>,
+        _stack: &[Open<Self>],
+        _plain: &[&str],
+        _position: impl FnOnce() -> (u32, u32),
+    ) -> Self {
         Element {
             name,
             attrs,
@@ -267,8 +318,8 @@ impl Build for Element {
     fn name(&self) -> &str {
         &self.name
     }
-    fn set_children(&mut self, children: Vec<Node>) {
-        self.children = children;
+    fn set_children(&mut self, children: std::vec::Drain<'_, Node>) {
+        self.children = children.collect();
     }
     fn wrap(self) -> Node {
         Node::Element(self)
@@ -280,8 +331,14 @@ impl Build for Element {
 
 impl Build for Located {
     type Child = LocatedNode;
-    const POSITIONS: bool = true;
-    fn start(name: String, attrs: Vec<(String, String)>, line: u32, column: u32) -> Self {
+    fn start(
+        name: Name,
+        attrs: Vec<(Name, Name)>,
+        _stack: &[Open<Self>],
+        _plain: &[&str],
+        position: impl FnOnce() -> (u32, u32),
+    ) -> Self {
+        let (line, column) = position();
         Located {
             name,
             attrs,
@@ -293,11 +350,76 @@ impl Build for Located {
     fn name(&self) -> &str {
         &self.name
     }
-    fn set_children(&mut self, children: Vec<LocatedNode>) {
-        self.children = children;
+    fn set_children(&mut self, children: std::vec::Drain<'_, LocatedNode>) {
+        self.children = children.collect();
     }
     fn wrap(self) -> LocatedNode {
         LocatedNode::Element(self)
+    }
+    fn text(text: String) -> LocatedNode {
+        LocatedNode::Text(text)
+    }
+}
+
+/// A node of [`parse_located_plain`]: located, or plain inside one of the `plain` children
+/// of the root.
+enum Mixed {
+    Loc(Located),
+    Plain(Element),
+}
+
+impl Build for Mixed {
+    type Child = LocatedNode;
+    fn start(
+        name: Name,
+        attrs: Vec<(Name, Name)>,
+        stack: &[Open<Self>],
+        plain: &[&str],
+        position: impl FnOnce() -> (u32, u32),
+    ) -> Self {
+        let in_plain = match stack {
+            [_, .., Open {
+                node: Mixed::Plain(_),
+                ..
+            }] => true,
+            [_, Open {
+                node: Mixed::Loc(parent),
+                ..
+            }] => plain.contains(&parent.name.as_str()),
+            _ => false,
+        };
+        if in_plain {
+            Mixed::Plain(Element::start(name, attrs, &[], plain, || (0, 0)))
+        } else {
+            Mixed::Loc(Located::start(name, attrs, &[], plain, position))
+        }
+    }
+    fn name(&self) -> &str {
+        match self {
+            Mixed::Loc(l) => &l.name,
+            Mixed::Plain(e) => &e.name,
+        }
+    }
+    fn set_children(&mut self, children: std::vec::Drain<'_, LocatedNode>) {
+        match self {
+            Mixed::Loc(l) => l.children = children.collect(),
+            // Only plain elements and text occur below a plain element.
+            Mixed::Plain(e) => {
+                e.children = children
+                    .map(|c| match c {
+                        LocatedNode::Plain(e) => Node::Element(e),
+                        LocatedNode::Text(t) => Node::Text(Scalar::Str(t)),
+                        LocatedNode::Element(l) => Node::Element(l.into_element()),
+                    })
+                    .collect()
+            }
+        }
+    }
+    fn wrap(self) -> LocatedNode {
+        match self {
+            Mixed::Loc(l) => LocatedNode::Element(l),
+            Mixed::Plain(e) => LocatedNode::Plain(e),
+        }
     }
     fn text(text: String) -> LocatedNode {
         LocatedNode::Text(text)
@@ -385,7 +507,7 @@ fn valid_name(name: &str) -> bool {
     }
 }
 
-fn parse_core<B: Build>(src: &str, limits: &Limits) -> Result<B, XmlError> {
+fn parse_core<B: Build>(src: &str, limits: &Limits, plain: &[&str]) -> Result<B, XmlError> {
     if src.len() > limits.max_bytes {
         return Err(error_at(
             src,
@@ -412,7 +534,7 @@ fn parse_core<B: Build>(src: &str, limits: &Limits) -> Result<B, XmlError> {
         kids: Vec::new(),
         root: None,
     };
-    let mut attrs_scratch: Vec<(String, String)> = Vec::new();
+    let mut attrs_scratch: Vec<(Name, Name)> = Vec::new();
     let mut pending = PendingText {
         text: None,
         significant: false,
@@ -459,12 +581,9 @@ fn parse_core<B: Build>(src: &str, limits: &Limits) -> Result<B, XmlError> {
                 // Exactly sized: most elements have no or few attributes.
                 let mut attrs = Vec::with_capacity(attrs_scratch.len());
                 attrs.append(&mut attrs_scratch);
-                let (line, column) = if B::POSITIONS {
+                let node = B::start(name, attrs, &tree.stack, plain, || {
                     tracker.advance(src, pos)
-                } else {
-                    (0, 0)
-                };
-                let node = B::start(name, attrs, line, column);
+                });
                 if empty {
                     tree.attach(node);
                 } else {
@@ -507,7 +626,7 @@ fn parse_core<B: Build>(src: &str, limits: &Limits) -> Result<B, XmlError> {
                         }
                         let mut node = open.node;
                         if tree.kids.len() > open.first_child {
-                            node.set_children(tree.kids.drain(open.first_child..).collect());
+                            node.set_children(tree.kids.drain(open.first_child..));
                         }
                         tree.attach(node);
                     }
@@ -678,17 +797,30 @@ fn resolve_ref(src: &str, r: &BytesRef<'_>, pos: usize) -> Result<Resolved, XmlE
     }))
 }
 
+/// `bytes` as text. The reader borrows its events from `src`, which is UTF-8 already, so a
+/// slice of `src` is found by its address instead of validating the bytes again.
+fn src_str<'b>(src: &'b str, bytes: &'b [u8]) -> Option<&'b str> {
+    let start = (bytes.as_ptr() as usize).wrapping_sub(src.as_ptr() as usize);
+    match start
+        .checked_add(bytes.len())
+        .and_then(|end| src.get(start..end))
+    {
+        Some(s) if s.as_ptr() == bytes.as_ptr() => Some(s),
+        _ => std::str::from_utf8(bytes).ok(),
+    }
+}
+
 /// Name and attributes of a start tag at byte `pos` (its `<`).
 fn read_start(
     src: &str,
     e: &BytesStart<'_>,
     pos: usize,
-    attrs: &mut Vec<(String, String)>,
-) -> Result<String, XmlError> {
-    let name = std::str::from_utf8(e.name().as_ref())
-        .map(str::to_string)
-        .map_err(|_| error_at(src, pos, "element name is not valid UTF-8"))?;
-    if !valid_name(&name) {
+    attrs: &mut Vec<(Name, Name)>,
+) -> Result<Name, XmlError> {
+    let qname = e.name();
+    let name = src_str(src, qname.as_ref())
+        .ok_or_else(|| error_at(src, pos, "element name is not valid UTF-8"))?;
+    if !valid_name(name) {
         return Err(error_at(
             src,
             pos,
@@ -705,8 +837,8 @@ fn read_start(
             Ok(a) => a,
             Err(err) => return Err(attr_error(src, e, pos, err)),
         };
-        let key = std::str::from_utf8(a.key.as_ref())
-            .map_err(|_| error_at(src, pos, "attribute name is not valid UTF-8"))?;
+        let key = src_str(src, a.key.as_ref())
+            .ok_or_else(|| error_at(src, pos, "attribute name is not valid UTF-8"))?;
         if !valid_name(key) {
             return Err(error_at(
                 src,
@@ -714,7 +846,7 @@ fn read_start(
                 format!("invalid attribute name `{key}` on <{name}>"),
             ));
         }
-        let raw = std::str::from_utf8(&a.value).map_err(|_| {
+        let raw = src_str(src, &a.value).ok_or_else(|| {
             error_at(
                 src,
                 pos,
@@ -728,14 +860,14 @@ fn read_start(
                 format!("in the value of attribute `{key}` on <{name}>: {msg}"),
             )
         })?;
-        attrs.push((key.to_string(), value));
+        attrs.push((Name::from(key), value));
     }
-    Ok(name)
+    Ok(Name::from(name))
 }
 
 /// Attribute value normalization (literal tab/CR/LF become spaces; CRLF one space),
 /// then references are resolved.
-fn unescape_attr(raw: &str) -> Result<String, String> {
+fn unescape_attr(raw: &str) -> Result<Name, String> {
     let needs_norm = raw.bytes().any(|b| matches!(b, b'\t' | b'\r' | b'\n'));
     let normalized: Cow<'_, str> = if needs_norm {
         Cow::Owned(raw.replace("\r\n", " ").replace(['\t', '\r', '\n'], " "))
@@ -746,7 +878,7 @@ fn unescape_attr(raw: &str) -> Result<String, String> {
         return Err("`<` must be written as &lt;".into());
     }
     if !normalized.contains('&') {
-        return Ok(normalized.into_owned());
+        return Ok(Name::from(normalized));
     }
     let mut out = String::with_capacity(normalized.len());
     let mut rest: &str = &normalized;
@@ -784,7 +916,7 @@ fn unescape_attr(raw: &str) -> Result<String, String> {
         rest = &after[semi + 1..];
     }
     out.push_str(rest);
-    Ok(out)
+    Ok(Name::from(out))
 }
 
 fn attr_error(

@@ -29,7 +29,7 @@ impl Redactor {
     }
 
     fn is_secret(&self, e: &Element) -> bool {
-        self.names.contains(&e.name)
+        self.names.contains(e.name.as_str())
             || e.attr("do-not-log")
                 .is_some_and(|v| v == "1" || v == "true")
     }
@@ -55,7 +55,7 @@ impl Redactor {
         }
         if !self.values.is_empty() {
             for (_, v) in &mut e.attrs {
-                *v = self.redact_text(v);
+                *v = self.redact_text(v).into();
             }
             for c in &mut e.children {
                 if let Node::Text(Scalar::Str(s)) = c {

@@ -7,7 +7,9 @@
 
 use super::template::parse_template;
 use super::{read_limited, ParseError, MAX_DEPTH, MAX_FILE_BYTES};
-use crate::data::xml::{parse_located, Limits, Located, LocatedNode, XmlError};
+use crate::data::xml::{
+    parse_located, parse_located_plain, Limits, Located, LocatedNode, XmlError,
+};
 use crate::data::{Element, IfNull, Mode, Path, Scalar};
 use crate::model::{
     Access, CallTarget, ExecuteStep, ForEach, Format, InputSpec, Namespace, Ordering, ProcKind,
@@ -80,7 +82,9 @@ pub fn parse_namespaces(src: &str, file: &str) -> Result<Vec<Namespace>, Vec<Par
 /// Parses an XML request (`<request>`).
 pub fn parse_request(src: &str, file: &str) -> Result<Request, ParseError> {
     let ctx = Ctx::new(src, file);
-    let root = parse_located(src, &limits()).map_err(|e| ctx.xml_error(e))?;
+    // The content of <data> and <context> is taken as is, so it needs no positions.
+    let root =
+        parse_located_plain(src, &limits(), &["data", "context"]).map_err(|e| ctx.xml_error(e))?;
     ctx.request(root)
 }
 

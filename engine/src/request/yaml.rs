@@ -1747,7 +1747,7 @@ impl<'a> Cx<'a> {
             Json::Null => Element::new(root),
             Json::Object(_) => match from_json(root, v) {
                 Ok(mut e) => {
-                    e.name = root.to_string();
+                    e.name = root.into();
                     if e.depth() > MAX_DEPTH {
                         self.err(
                             at,
