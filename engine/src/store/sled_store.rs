@@ -4,14 +4,15 @@
 //!
 //! Durability: each group of batches is appended to `provisio.wal` in the store folder and
 //! made durable with one `fdatasync` of that file before any durable write of the group is
-//! acknowledged (see `wal.rs`). sled holds the indexed copy and is made durable only at
-//! checkpoints: sled's own `flush()` writes with `sync_file_range`, which survives a killed
+//! acknowledged (see `wal.rs`). Logged writes go to an in-memory overlay that reads consult
+//! before sled; a checkpoint moves the overlay's net writes into sled (so keys written and
+//! deleted in between never reach it) and makes sled durable: sled's own `flush()` writes with `sync_file_range`, which survives a killed
 //! process but not a power cut, so a checkpoint follows it with `fdatasync` of sled's log
 //! and of every blob file created since the last one (and fsyncs the folders that gained
 //! entries); only then does the log start a new generation. At open, frames newer than
 //! sled's write counter are replayed into sled and a checkpoint is taken. A checkpoint
-//! happens when the log passes [`CHECKPOINT_BYTES`], after [`IDLE_CHECKPOINT`] without
-//! writes, and at close.
+//! happens when the log passes [`CHECKPOINT_BYTES`] or the overlay [`OVERLAY_BYTES`], after
+//! [`IDLE_CHECKPOINT`] without writes, and at close.
 
 use super::wal::{Frame, Wal};
 use super::{Batch, KeyValue, Space, Store, StoreError};
@@ -30,6 +31,12 @@ pub const CHECKPOINT_BYTES: u64 = 64 * 1024 * 1024;
 /// A checkpoint is also taken after this long without writes, so a restart after an idle
 /// period replays nothing.
 pub const IDLE_CHECKPOINT: Duration = Duration::from_secs(2);
+
+/// A checkpoint is also taken once the writes held in memory since the last one (the
+/// overlay) reach this many bytes. Between checkpoints writes live in the log and the
+/// overlay only, so a key written and deleted in that time (a transaction's per-step
+/// records, compacted when it ends) never costs a sled insert.
+pub const OVERLAY_BYTES: usize = 4 * 1024 * 1024;
 
 /// The write-ahead log's file name inside the store folder.
 const WAL_FILE: &str = "provisio.wal";
@@ -58,6 +65,23 @@ struct Shared {
     /// nothing: the store refuses every further write until it is reopened, which replays
     /// the log from disk.
     poison: std::sync::OnceLock<StoreError>,
+    /// Writes logged since the last checkpoint, by full key (`None`: deleted). Reads look
+    /// here first; a checkpoint moves them into sled.
+    overlay: std::sync::RwLock<Overlay>,
+}
+
+#[derive(Default)]
+struct Overlay {
+    writes: std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    bytes: usize,
+}
+
+fn read_lock<T>(l: &std::sync::RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write_lock<T>(l: &std::sync::RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The sled-backed store.
@@ -255,20 +279,44 @@ impl Store for SledStore {
 
     fn get(&self, space: Space, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         self.barrier()?;
+        let full = key(space, k);
+        if let Some(v) = read_lock(&self.shared.overlay).writes.get(&full) {
+            return Ok(v.clone());
+        }
         self.tree
-            .get(key(space, k))
+            .get(full)
             .map(|v| v.map(|v| v.to_vec()))
             .map_err(|e| map_err(&self.path, e))
     }
 
     fn scan(&self, space: Space, prefix: &[u8]) -> Result<Vec<KeyValue>, StoreError> {
         self.barrier()?;
-        let mut out = Vec::new();
-        for item in self.tree.scan_prefix(key(space, prefix)) {
+        let full = key(space, prefix);
+        // The overlay is read first and held: a checkpoint empties it only after sled has
+        // its writes, so holding it keeps this read consistent.
+        let overlay = read_lock(&self.shared.overlay);
+        let mut merged = std::collections::BTreeMap::new();
+        for item in self.tree.scan_prefix(&full) {
             let (k, v) = item.map_err(|e| map_err(&self.path, e))?;
-            out.push((k[1..].to_vec(), v.to_vec()));
+            merged.insert(k.to_vec(), v.to_vec());
         }
-        Ok(out)
+        for (k, v) in overlay
+            .writes
+            .range(full.clone()..)
+            .take_while(|(k, _)| k.starts_with(&full))
+        {
+            match v {
+                Some(v) => merged.insert(k.clone(), v.clone()),
+                None => merged.remove(k),
+            };
+        }
+        Ok(merged
+            .into_iter()
+            .map(|(mut k, v)| {
+                k.remove(0);
+                (k, v)
+            })
+            .collect())
     }
 
     fn sync_count(&self) -> u64 {
@@ -306,7 +354,10 @@ impl Writer {
                 group.push(more);
             }
             self.commit(group);
-            if self.wal.len() >= CHECKPOINT_BYTES && self.shared.poison.get().is_none() {
+            let overlay_full = read_lock(&self.shared.overlay).bytes >= OVERLAY_BYTES;
+            if (overlay_full || self.wal.len() >= CHECKPOINT_BYTES)
+                && self.shared.poison.get().is_none()
+            {
                 self.checkpoint();
             }
         }
@@ -323,7 +374,7 @@ impl Writer {
     /// Logs a group (one write, one sync if any write is durable), answers the durable
     /// writes, then applies the group to sled and answers the barriers.
     fn commit(&mut self, group: Vec<Message>) {
-        let mut batches = Vec::with_capacity(group.len());
+        let mut batches: Vec<Batch> = Vec::with_capacity(group.len());
         let mut waiting = Vec::new();
         let mut barriers = Vec::new();
         let mut durable = false;
@@ -344,6 +395,7 @@ impl Writer {
             None => Ok(()),
         };
         let first_seq = self.write_count + 1;
+        let count = batches.len() as u64;
         if logged.is_ok() {
             for (i, batch) in batches.iter().enumerate() {
                 self.wal.append(first_seq + i as u64, batch);
@@ -363,17 +415,17 @@ impl Writer {
             let _ = d.send(logged.clone());
         }
         if logged.is_ok() && !batches.is_empty() {
-            let last = first_seq + batches.len() as u64 - 1;
-            if let Err(e) = apply_logged(&self.tree, last, batches.iter()) {
-                // Logged and acknowledged: the next open replays it from the log.
-                self.poison(map_err(&self.path, e));
+            let mut overlay = write_lock(&self.shared.overlay);
+            for batch in batches {
+                for (space, k, v) in batch.writes {
+                    overlay.bytes += k.len() + 1 + v.as_ref().map_or(0, Vec::len);
+                    overlay.writes.insert(key(space, &k), v);
+                }
             }
         }
         // Counted even when not applied, so a barrier never waits for a write that will not
         // come; the poison answers it instead.
-        self.shared
-            .applied
-            .fetch_add(batches.len() as u64, Ordering::SeqCst);
+        self.shared.applied.fetch_add(count, Ordering::SeqCst);
         let answer = match self.shared.poison.get() {
             Some(e) => Err(e.clone()),
             None => Ok(()),
@@ -396,7 +448,17 @@ impl Writer {
 
     /// Returns whether the checkpoint was taken; a failed one keeps the log.
     fn checkpoint(&mut self) -> bool {
-        match checkpoint(&self.path, &self.db, &mut self.syncer, &mut self.wal) {
+        let moved = {
+            let overlay = read_lock(&self.shared.overlay);
+            apply_overlay(&self.tree, self.write_count, &overlay.writes)
+                .map_err(|e| map_err(&self.path, e))
+        };
+        let done = moved.and_then(|_| {
+            // Readers may drop the overlay now: sled answers for it.
+            *write_lock(&self.shared.overlay) = Overlay::default();
+            checkpoint(&self.path, &self.db, &mut self.syncer, &mut self.wal)
+        });
+        match done {
             Ok(()) => true,
             Err(e) => {
                 tracing::warn!(error = %e, "journal checkpoint failed; the write-ahead log is kept");
@@ -478,6 +540,30 @@ fn apply_logged<'a>(
                 Some(v) => tree.insert(key(*space, k), v.as_slice())?,
                 None => tree.remove(key(*space, k))?,
             };
+        }
+    }
+    tree.insert(key(Space::Meta, b"writes"), &last_seq.to_be_bytes()[..])?;
+    Ok(())
+}
+
+/// Moves the overlay's net writes into sled, then sets the write counter (the same
+/// prefix argument as [`apply_logged`]).
+fn apply_overlay(
+    tree: &sled::Tree,
+    last_seq: u64,
+    writes: &std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+) -> sled::Result<()> {
+    for (k, v) in writes {
+        match v {
+            Some(v) => {
+                tree.insert(k.as_slice(), v.as_slice())?;
+            }
+            // Most deletes are of keys put and deleted since the last checkpoint, which sled
+            // never saw: a lookup is cheaper than a remove.
+            None if tree.contains_key(k.as_slice())? => {
+                tree.remove(k.as_slice())?;
+            }
+            None => {}
         }
     }
     tree.insert(key(Space::Meta, b"writes"), &last_seq.to_be_bytes()[..])?;
@@ -578,6 +664,63 @@ mod tests {
             msg.contains("in use") || msg.contains("damaged") || msg.contains("I/O"),
             "{msg}"
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Reads merge the in-memory overlay with sled: deletes hide sled's values, overwrites
+    /// win, and the result is the same after the overlay is checkpointed into sled.
+    #[tokio::test]
+    async fn reads_merge_recent_writes_with_checkpointed_ones() {
+        let dir = tempfile_dir();
+        let put = |b: &mut Batch, k: &str, v: &str| {
+            b.put(Space::Journal, k.as_bytes().to_vec(), v.as_bytes().to_vec());
+        };
+        {
+            let store = SledStore::open(&dir).unwrap();
+            let mut b = Batch::new();
+            put(&mut b, "t1/a", "1");
+            put(&mut b, "t1/b", "2");
+            put(&mut b, "t1/c", "3");
+            store.write(b, true).await.unwrap();
+        }
+        let expect = |store: &SledStore| {
+            let rows = store.scan(Space::Journal, b"t1/").unwrap();
+            let rows: Vec<(String, String)> = rows
+                .into_iter()
+                .map(|(k, v)| (String::from_utf8(k).unwrap(), String::from_utf8(v).unwrap()))
+                .collect();
+            assert_eq!(
+                rows,
+                vec![
+                    ("t1/a".to_string(), "1".to_string()),
+                    ("t1/c".to_string(), "33".to_string()),
+                    ("t1/d".to_string(), "4".to_string()),
+                ]
+            );
+            assert_eq!(store.get(Space::Journal, b"t1/b").unwrap(), None);
+            assert_eq!(
+                store.get(Space::Journal, b"t1/c").unwrap().as_deref(),
+                Some(&b"33"[..])
+            );
+            assert_eq!(store.get(Space::Journal, b"t1/e").unwrap(), None);
+        };
+        {
+            // a, b, c are in sled now (the close checkpointed them).
+            let store = SledStore::open(&dir).unwrap();
+            let mut b = Batch::new();
+            b.delete(Space::Journal, b"t1/b".to_vec());
+            put(&mut b, "t1/c", "33");
+            put(&mut b, "t1/e", "5");
+            store.write(b, false).await.unwrap();
+            let mut b = Batch::new();
+            put(&mut b, "t1/d", "4");
+            b.delete(Space::Journal, b"t1/e".to_vec());
+            store.write(b, true).await.unwrap();
+            expect(&store);
+        }
+        let store = SledStore::open(&dir).unwrap();
+        expect(&store);
+        drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -39,6 +39,9 @@ impl CrashPoint {
 struct Live {
     next_seq: u64,
     summary: TxnSummary,
+    /// Every record written so far, when this process wrote all of them (not for a
+    /// transaction adopted at recovery): at the end they are compacted into one value.
+    records: Option<Vec<Vec<u8>>>,
 }
 
 /// The journal on a store.
@@ -137,7 +140,14 @@ impl DurableJournal {
 
     /// Adopts a transaction found at recovery, so further records continue its sequence.
     pub fn adopt(&self, summary: TxnSummary, next_seq: u64) {
-        lock(&self.live).insert(summary.id.clone(), Live { next_seq, summary });
+        lock(&self.live).insert(
+            summary.id.clone(),
+            Live {
+                next_seq,
+                summary,
+                records: None,
+            },
+        );
     }
 
     /// Appends a record (plus extra writes) as one atomic batch.
@@ -150,10 +160,11 @@ impl DurableJournal {
     ) -> Result<(), JournalError> {
         let value = serde_json::to_vec(record).map_err(|e| JournalError(e.to_string()))?;
         let mut batch = extra;
-        let (seq, summary) = {
+        let (seq, summary, compacted) = {
             let mut live = lock(&self.live);
             let l = live.entry(txn_id.to_string()).or_insert_with(|| Live {
                 next_seq: 0,
+                records: Some(Vec::new()),
                 summary: TxnSummary {
                     id: txn_id.to_string(),
                     state: TxnState::Running,
@@ -197,9 +208,40 @@ impl DurableJournal {
                 }
                 _ => {}
             }
-            (seq, summary_write)
+            let finished = summary_write.as_ref().is_some_and(|s| {
+                matches!(
+                    s.state,
+                    TxnState::Committed | TxnState::RolledBack | TxnState::RollbackFailed
+                )
+            });
+            // A finished transaction's records become one value under its id, and the
+            // per-record keys go: the store's overlay cancels those that never reached disk.
+            let compacted = match (finished, l.records.take()) {
+                (true, Some(mut records)) => {
+                    records.push(value.clone());
+                    Some(compact(&records))
+                }
+                (_, records) => {
+                    l.records = records;
+                    if let Some(r) = l.records.as_mut() {
+                        r.push(value.clone());
+                    }
+                    None
+                }
+            };
+            (seq, summary_write, compacted)
         };
-        batch.put(Space::Journal, record_key(txn_id, seq), value);
+        match compacted {
+            Some(all) => {
+                for earlier in 0..seq {
+                    batch.delete(Space::Journal, record_key(txn_id, earlier));
+                }
+                batch.put(Space::Journal, txn_id.as_bytes().to_vec(), all);
+            }
+            None => {
+                batch.put(Space::Journal, record_key(txn_id, seq), value);
+            }
+        }
         if let Some(summary) = &summary {
             batch.put(
                 Space::Txns,
@@ -248,6 +290,21 @@ impl DurableJournal {
         }
         Ok(())
     }
+}
+
+/// The records of a transaction as one JSON array (sequence number = index), built from
+/// their encodings without decoding them.
+fn compact(records: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(records.iter().map(|r| r.len() + 1).sum::<usize>() + 2);
+    out.push(b'[');
+    for (i, r) in records.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(r);
+    }
+    out.push(b']');
+    out
 }
 
 #[async_trait]

@@ -87,24 +87,32 @@ pub fn resolve(journal: &DurableJournal, id: &str) -> Result<TxnSummary, Recover
     }
 }
 
-/// The journal of one transaction, in order, with sequence numbers.
+/// The journal of one transaction, in order, with sequence numbers. A finished
+/// transaction's records are one array under its id (sequence number = index); records
+/// written after that (a resumed rollback) follow under their own keys.
 pub fn records(
     journal: &DurableJournal,
     txn_id: &str,
 ) -> Result<Vec<(u64, Record)>, RecoveryError> {
+    let bad = |e: serde_json::Error| RecoveryError::Record {
+        txn: txn_id.to_string(),
+        message: e.to_string(),
+    };
     let mut out = Vec::new();
     for (k, v) in journal.store().scan(Space::Journal, txn_id.as_bytes())? {
+        if k.len() == txn_id.len() {
+            let all: Vec<Record> = serde_json::from_slice(&v).map_err(bad)?;
+            out.extend(all.into_iter().enumerate().map(|(i, r)| (i as u64, r)));
+            continue;
+        }
         let seq = k
             .get(k.len().saturating_sub(8)..)
             .and_then(|b| b.try_into().ok())
             .map(u64::from_be_bytes)
             .unwrap_or(0);
-        let r: Record = serde_json::from_slice(&v).map_err(|e| RecoveryError::Record {
-            txn: txn_id.to_string(),
-            message: e.to_string(),
-        })?;
-        out.push((seq, r));
+        out.push((seq, serde_json::from_slice(&v).map_err(bad)?));
     }
+    out.sort_by_key(|(seq, _)| *seq);
     Ok(out)
 }
 
