@@ -24,8 +24,51 @@ use crate::model::{
 use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map as JsonMap, Value as Json};
 use std::cell::{Cell, OnceCell, RefCell};
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// A fast, non-keyed hasher (FxHash) for the parser's own tables, whose keys are names
+/// and line numbers from the document: SipHash's protection buys nothing there and it
+/// was a visible share of a parse.
+#[derive(Default, Clone, Copy)]
+struct FxHasher(u64);
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x517c_c1b7_2722_0a95;
+        let mut h = self.0;
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let w = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+            h = (h.rotate_left(5) ^ w).wrapping_mul(K);
+        }
+        for &b in chunks.remainder() {
+            h = (h.rotate_left(5) ^ u64::from(b)).wrapping_mul(K);
+        }
+        self.0 = h;
+    }
+    fn write_u8(&mut self, i: u8) {
+        self.write_u64(u64::from(i));
+    }
+    fn write_u32(&mut self, i: u32) {
+        self.write_u64(u64::from(i));
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+    fn write_usize(&mut self, i: usize) {
+        self.write_u64(i as u64);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type Fx = BuildHasherDefault<FxHasher>;
+type FxMap<K, V> = HashMap<K, V, Fx>;
+type FxSet<K> = HashSet<K, Fx>;
 
 // ---------------------------------------------------------------------------------------
 // Public entry points
@@ -442,12 +485,30 @@ impl<'de, T: Deserialize<'de>> Visitor<'de> for OrderedVisitor<T> {
         Ok(Ordered(Vec::new()))
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Ordered<T>, A::Error> {
+        /// Up to this many keys, duplicates are found by comparing with each.
+        const SCAN: usize = 8;
         let mut v: Vec<(String, T)> = Vec::new();
-        let mut seen: HashSet<String> = HashSet::new();
-        while let Some(k) = map.next_key_seed(NewKey(&seen))? {
+        // the keys, once there are more than `SCAN`
+        let mut seen: FxSet<String> = FxSet::default();
+        loop {
+            let dup = |k: &str| {
+                if v.len() <= SCAN {
+                    v.iter().any(|(x, _)| x == k)
+                } else {
+                    seen.contains(k)
+                }
+            };
+            let Some(k) = map.next_key_seed(NewKey(&dup))? else {
+                break;
+            };
             charge::<A::Error>(8)?;
             let val = map.next_value::<T>()?;
-            seen.insert(k.clone());
+            if v.len() == SCAN {
+                seen.extend(v.iter().map(|(x, _)| x.clone()));
+            }
+            if v.len() >= SCAN {
+                seen.insert(k.clone());
+            }
             v.push((k, val));
         }
         Ok(Ordered(v))
@@ -460,17 +521,17 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Ordered<T> {
     }
 }
 
-/// A mapping key that must not be in `.0` yet (the error points at the key).
-struct NewKey<'a>(&'a HashSet<String>);
+/// A mapping key for which `.0` (is it a key already?) is false (the error points at the key).
+struct NewKey<'a>(&'a dyn Fn(&str) -> bool);
 
 impl<'de> de::DeserializeSeed<'de> for NewKey<'_> {
     type Value = String;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<String, D::Error> {
-        struct V<'a>(&'a HashSet<String>);
+        struct V<'a>(&'a dyn Fn(&str) -> bool);
         impl V<'_> {
             fn check<E: de::Error>(&self, k: String) -> Result<String, E> {
                 charge(8 + k.len())?;
-                if self.0.contains(&k) {
+                if (self.0)(&k) {
                     return Err(custom(
                         format!("duplicate key `{k}`"),
                         "each key may appear once in a mapping",
@@ -1091,7 +1152,7 @@ struct Locator<'a> {
     /// Built on the first lookup.
     index: OnceCell<LineIndex<'a>>,
     /// Keys anywhere in a line (flow style, JSON), built when a large region is searched.
-    flow: OnceCell<HashMap<&'a str, Vec<(u32, u32)>>>,
+    flow: OnceCell<FxMap<&'a str, Vec<(u32, u32)>>>,
     /// Regions up to this many bytes are scanned for flow-style keys (`FLOW_SCAN_BYTES`).
     scan_bytes: usize,
     /// The previous lookup (see `find`).
@@ -1111,9 +1172,30 @@ struct LineIndex<'a> {
     /// For a content line: the next content line with a smaller raw indent.
     next_outdent: Vec<usize>,
     /// Block-style keys: (effective indent, key) → the content lines starting with it.
-    keys: HashMap<(usize, &'a str), Vec<u32>>,
+    keys: FxMap<(usize, &'a str), Lines>,
     /// The `namespace` keys: (line, column), in order.
     namespaces: Vec<(usize, usize)>,
+}
+
+/// The lines (ascending) a block key is on; most keys (step ids) are on one.
+enum Lines {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+impl Lines {
+    fn push(&mut self, n: u32) {
+        match self {
+            Lines::One(first) => *self = Lines::Many(vec![*first, n]),
+            Lines::Many(v) => v.push(n),
+        }
+    }
+    fn as_slice(&self) -> &[u32] {
+        match self {
+            Lines::One(n) => std::slice::from_ref(n),
+            Lines::Many(v) => v,
+        }
+    }
 }
 
 /// Below this many bytes a flow-style region is scanned rather than indexed.
@@ -1288,7 +1370,7 @@ impl<'a> LineIndex<'a> {
             offsets: Vec::with_capacity(len + 1),
             next_content: vec![len; len + 1],
             next_outdent: vec![len; len],
-            keys: HashMap::new(),
+            keys: FxMap::default(),
             namespaces: Vec::new(),
         };
         let mut offset = 0;
@@ -1298,7 +1380,12 @@ impl<'a> LineIndex<'a> {
             let body = line.get(eff..).unwrap_or("");
             if content {
                 if let Some(k) = block_key(body) {
-                    ix.keys.entry((eff, k)).or_default().push(n as u32);
+                    match ix.keys.entry((eff, k)) {
+                        Entry::Vacant(e) => {
+                            e.insert(Lines::One(n as u32));
+                        }
+                        Entry::Occupied(mut e) => e.get_mut().push(n as u32),
+                    }
                 }
             }
             let ns = if !line.contains("namespace") {
@@ -1434,7 +1521,7 @@ impl<'a> Locator<'a> {
     fn key_line(&self, start: usize, stop: usize, ind: usize, key: &str) -> Option<usize> {
         let ix = self.ix();
         if block_indexable(key) {
-            let lines = ix.keys.get(&(ind, key))?;
+            let lines = ix.keys.get(&(ind, key))?.as_slice();
             let i = lines.partition_point(|&l| (l as usize) < start);
             lines.get(i).map(|&l| l as usize).filter(|&l| l < stop)
         } else {
@@ -1457,7 +1544,7 @@ impl<'a> Locator<'a> {
                 .find_map(|n| find_key_anywhere(self.lines[n], key).map(|c| (n, c)));
         }
         let flow = self.flow.get_or_init(|| {
-            let mut m: HashMap<&'a str, Vec<(u32, u32)>> = HashMap::new();
+            let mut m: FxMap<&'a str, Vec<(u32, u32)>> = FxMap::default();
             for (n, line) in self.lines.iter().enumerate() {
                 flow_keys(line, |k, col| {
                     m.entry(k).or_default().push((n as u32, col as u32));
@@ -1480,11 +1567,11 @@ impl<'a> Locator<'a> {
     /// Lookups come in document order and share their prefixes
     /// (`procedures.P.steps.a`, `procedures.P.steps.a.with.x`, `procedures.P.steps.b`),
     /// so the blocks of the previous path are reused for the common prefix.
-    fn find(&self, block: Block, path: &[String]) -> (u32, u32) {
+    fn find<S: AsRef<str>>(&self, block: Block, path: &[S]) -> (u32, u32) {
         let Ok(mut last) = self.last.try_borrow_mut() else {
             let mut b = block;
             for k in path {
-                match self.child(b, k) {
+                match self.child(b, k.as_ref()) {
                     Some(c) => b = c,
                     None => break,
                 }
@@ -1500,7 +1587,7 @@ impl<'a> Locator<'a> {
             .keys
             .iter()
             .zip(path)
-            .take_while(|(a, b)| a == b)
+            .take_while(|(a, b)| a.as_str() == b.as_ref())
             .count();
         last.keys.truncate(common);
         last.blocks.truncate(common);
@@ -1510,8 +1597,8 @@ impl<'a> Locator<'a> {
             n => last.blocks[n - 1],
         };
         for k in &path[common..] {
-            b = b.and_then(|cur| self.child(cur, k));
-            last.keys.push(k.clone());
+            b = b.and_then(|cur| self.child(cur, k.as_ref()));
+            last.keys.push(k.as_ref().to_string());
             last.blocks.push(b);
         }
         let b = last.blocks.iter().map_while(|x| *x).last().unwrap_or(block);
@@ -1568,24 +1655,41 @@ fn find_key_anywhere(line: &str, key: &str) -> Option<usize> {
 // Conversion
 // ---------------------------------------------------------------------------------------
 
-/// Where we are: the block of the current def and its field path.
-#[derive(Clone)]
-struct At {
+/// Where we are: the block of the current def and its field path, as a chain of borrowed
+/// keys (`key` costs nothing; the path is only spelled out to locate or report it).
+#[derive(Clone, Copy)]
+struct At<'p> {
     block: Block,
-    path: Vec<String>,
+    /// The parent and the last key; `None` at the root.
+    up: Option<(&'p At<'p>, &'p str)>,
 }
 
-impl At {
-    fn key(&self, k: &str) -> At {
-        let mut path = self.path.clone();
-        path.push(k.to_string());
+impl<'p> At<'p> {
+    fn root(block: Block) -> At<'static> {
+        At { block, up: None }
+    }
+    fn key(&'p self, k: &'p str) -> At<'p> {
         At {
             block: self.block,
-            path,
+            up: Some((self, k)),
         }
     }
+    /// The keys from the root.
+    fn path(&self) -> Vec<&'p str> {
+        let mut out = Vec::with_capacity(8);
+        let mut cur = self.up;
+        while let Some((parent, k)) = cur {
+            out.push(k);
+            cur = parent.up;
+        }
+        out.reverse();
+        out
+    }
+    fn last(&self) -> Option<&'p str> {
+        self.up.map(|(_, k)| k)
+    }
     fn dotted(&self) -> String {
-        self.path.join(".")
+        self.path().join(".")
     }
 }
 
@@ -1606,7 +1710,7 @@ impl<'a> Cx<'a> {
 
     /// The source location of a field path (best effort: the deepest key found).
     fn here(&self, at: &At) -> SourceRef {
-        let (l, c) = self.loc.find(at.block, &at.path);
+        let (l, c) = self.loc.find(at.block, &at.path());
         SourceRef::new(&self.file, l, c)
     }
 
@@ -1618,10 +1722,7 @@ impl<'a> Cx<'a> {
     }
 
     fn namespace(&mut self, d: NamespaceDef, block: Block) -> Option<Namespace> {
-        let at = At {
-            block,
-            path: Vec::new(),
-        };
+        let at = At::root(block);
         let n0 = self.errors.len();
         let name = d.namespace.0.trim().to_string();
         if !is_name(&name) {
@@ -1636,8 +1737,9 @@ impl<'a> Cx<'a> {
             None => Element::new("providerContext"),
         };
         let mut procedures = Vec::new();
+        let procs = at.key("procedures");
         for (pname, pd) in d.procedures.unwrap_or_default().0 {
-            let pat = at.key("procedures").key(&pname);
+            let pat = procs.key(&pname);
             if let Some(p) = self.procedure(&pname, pd, &pat) {
                 procedures.push(p);
             }
@@ -1678,8 +1780,9 @@ impl<'a> Cx<'a> {
         p.entry = d.entry.map(|t| t.0);
         p.save_data_for_rollback = d.save_data_for_rollback.unwrap_or(false);
         p.resumable = d.resumable.unwrap_or(false);
+        let inputs = at.key("inputs");
         for (iname, idef) in d.inputs.unwrap_or_default().0 {
-            let iat = at.key("inputs").key(&iname);
+            let iat = inputs.key(&iname);
             if let Some(i) = self.input(&iname, idef, &iat) {
                 p.inputs.push(i);
             }
@@ -1687,7 +1790,7 @@ impl<'a> Cx<'a> {
         if let Some(Lit(v)) = d.procedure_data {
             p.procedure_data = self.literal(&at.key("procedureData"), "procedureData", &v);
         }
-        let mut ids = HashSet::new();
+        let mut ids = FxSet::default();
         p.steps = self.steps(d.steps.unwrap_or_default(), &at.key("steps"), &mut ids);
         (self.errors.len() == n0).then_some(p)
     }
@@ -1745,6 +1848,8 @@ impl<'a> Cx<'a> {
     fn literal(&mut self, at: &At, root: &str, v: &Json) -> Element {
         match v {
             Json::Null => Element::new(root),
+            // what `from_json` gives for `{}`, without its bookkeeping (most steps)
+            Json::Object(m) if m.is_empty() => Element::new(root),
             Json::Object(_) => match from_json(root, v) {
                 Ok(mut e) => {
                     e.name = root.into();
@@ -1773,7 +1878,7 @@ impl<'a> Cx<'a> {
         }
     }
 
-    fn steps(&mut self, d: Ordered<StepDef>, at: &At, ids: &mut HashSet<String>) -> Vec<Step> {
+    fn steps(&mut self, d: Ordered<StepDef>, at: &At, ids: &mut FxSet<String>) -> Vec<Step> {
         let mut out = Vec::new();
         for (id, sd) in d.0 {
             let sat = at.key(&id);
@@ -1803,7 +1908,7 @@ impl<'a> Cx<'a> {
         out
     }
 
-    fn step(&mut self, id: &str, d: StepDef, at: &At, ids: &mut HashSet<String>) -> Option<Step> {
+    fn step(&mut self, id: &str, d: StepDef, at: &At, ids: &mut FxSet<String>) -> Option<Step> {
         let sref = self.here(at);
         let needs = d.needs.clone().unwrap_or_default().0;
         let n0 = self.errors.len();
@@ -1948,8 +2053,10 @@ impl<'a> Cx<'a> {
         match d.for_each {
             None => {}
             Some(ForEachDefs::Items(items)) => {
+                let fe = at.key("forEach");
                 for (i, it) in items.into_iter().enumerate() {
-                    let fat = at.key("forEach").key(&i.to_string());
+                    let nth = i.to_string();
+                    let fat = fe.key(&nth);
                     let name = it.name.0;
                     if !is_plain_name(&name) || is_reserved_scope(&name) {
                         self.err(&fat, format!("`{name}` cannot name a forEach variable"), Some("use a plain name that is not data, executeData, procedureData or context".into()));
@@ -1989,8 +2096,9 @@ impl<'a> Cx<'a> {
                 }
             }
             Some(ForEachDefs::Short(items)) => {
+                let fe = at.key("forEach");
                 for (name, r) in items {
-                    let fat = at.key("forEach").key(&name);
+                    let fat = fe.key(&name);
                     if !is_plain_name(&name) || is_reserved_scope(&name) {
                         self.err(&fat, format!("`{name}` cannot name a forEach variable"), Some("use a plain name that is not data, executeData, procedureData or context".into()));
                         continue;
@@ -2082,8 +2190,10 @@ impl<'a> Cx<'a> {
         };
         let mut before = Vec::new();
         let mut exprs = 0;
+        let bat = at.key("before");
         for (i, t) in d.before.unwrap_or_default().0.into_iter().enumerate() {
-            let tat = at.key("before").key(&i.to_string());
+            let nth = i.to_string();
+            let tat = bat.key(&nth);
             let origin = t.expr.is_some().then(|| {
                 exprs += 1;
                 self.item_value_origin(&at.key("before"), "expr", exprs - 1)
@@ -2093,15 +2203,17 @@ impl<'a> Cx<'a> {
             }
         }
         let mut after = Vec::new();
+        let with = at.key("with");
         for (k, Lit(v)) in d.with.unwrap_or_default().0 {
-            let wat = at.key("with").key(&k);
+            let wat = with.key(&k);
             self.with_entry(&wat, &k, v, &mut ed, &mut before);
         }
         match d.output {
             None => {}
             Some(OutputDef::Map(m)) => {
+                let out = at.key("output");
                 for (k, Lit(v)) in m.0 {
-                    let oat = at.key("output").key(&k);
+                    let oat = out.key(&k);
                     self.output_entry(&oat, &k, v, &mut after);
                 }
             }
@@ -2112,8 +2224,10 @@ impl<'a> Cx<'a> {
             ),
         }
         let mut exprs = 0;
+        let aat = at.key("after");
         for (i, t) in d.after.unwrap_or_default().0.into_iter().enumerate() {
-            let tat = at.key("after").key(&i.to_string());
+            let nth = i.to_string();
+            let tat = aat.key(&nth);
             let origin = t.expr.is_some().then(|| {
                 exprs += 1;
                 self.item_value_origin(&at.key("after"), "expr", exprs - 1)
@@ -2575,7 +2689,7 @@ impl<'a> Cx<'a> {
     /// The block of a field path (the deepest key found).
     fn block_of(&self, at: &At) -> Block {
         let mut b = at.block;
-        for k in &at.path {
+        for k in at.path() {
             match self.loc.child(b, k) {
                 Some(c) => b = c,
                 None => break,
@@ -2589,7 +2703,7 @@ impl<'a> Cx<'a> {
     /// its quote; a plain one at its first character. Falls back to the key.
     fn value_origin(&self, at: &At) -> SourceRef {
         let b = self.block_of(at);
-        let key = at.path.last().map(String::as_str).unwrap_or("");
+        let key = at.last().unwrap_or("");
         self.value_after_key(b.line, b.column, key)
     }
 
@@ -2799,10 +2913,7 @@ impl<'a> Cx<'a> {
     }
 
     fn request(&mut self, d: RequestDef, format: Format, block: Block) -> Option<Request> {
-        let at = At {
-            block,
-            path: Vec::new(),
-        };
+        let at = At::root(block);
         let sref = SourceRef::new(&self.file, 1, 1);
         let target = match (d.call, d.procedure) {
             (Some(_), Some(_)) => {
