@@ -14,7 +14,7 @@
 //! happens when the log passes [`CHECKPOINT_BYTES`] or the overlay [`OVERLAY_BYTES`], after
 //! [`IDLE_CHECKPOINT`] without writes, and at close.
 
-use super::wal::{Frame, Wal};
+use super::wal::{encode_frame, Frame, Wal};
 use super::{Batch, KeyValue, Space, Store, StoreError};
 use async_trait::async_trait;
 use std::collections::HashSet;
@@ -41,33 +41,37 @@ pub const OVERLAY_BYTES: usize = 4 * 1024 * 1024;
 /// The write-ahead log's file name inside the store folder.
 const WAL_FILE: &str = "provisio.wal";
 
-/// What the writer thread is asked to do, in order.
-enum Message {
-    /// Log and apply a batch; a durable write is answered once the log is synced.
-    Write {
-        batch: Batch,
-        durable: Option<oneshot::Sender<Result<(), StoreError>>>,
-    },
-    /// Answered once every earlier write is visible to reads.
-    Barrier(mpsc::SyncSender<Result<(), StoreError>>),
+/// A logged write on its way to the writer thread: its encoded frame, and whom to tell
+/// once it is durable.
+struct Message {
+    frame: Vec<u8>,
+    durable: Option<oneshot::Sender<Result<(), StoreError>>>,
 }
 
-/// Counters and the first fatal error, shared by the store handle and its writer.
-#[derive(Default)]
+/// The side of the store that writers go through: taking it orders a write (its sequence
+/// number, its place in the overlay and in the channel) against every other write and
+/// against a checkpoint.
+struct Intake {
+    sender: Option<mpsc::Sender<Message>>,
+    /// The last sequence number given out.
+    seq: u64,
+}
+
+/// What the store handle and its writer thread share.
 struct Shared {
+    intake: std::sync::Mutex<Intake>,
     syncs: AtomicU64,
-    /// Writes handed to the writer.
-    queued: AtomicU64,
-    /// Writes applied to sled (visible to reads).
-    applied: AtomicU64,
-    /// Set on the first failed log write, sync or apply. After a failed `fdatasync` the
-    /// kernel may have dropped the unwritten pages, so a later successful sync proves
-    /// nothing: the store refuses every further write until it is reopened, which replays
-    /// the log from disk.
+    /// Set on the first failed log write or sync. After a failed `fdatasync` the kernel may
+    /// have dropped the unwritten pages, so a later successful sync proves nothing: the
+    /// store refuses every further write until it is reopened, which replays the log.
     poison: std::sync::OnceLock<StoreError>,
-    /// Writes logged since the last checkpoint, by full key (`None`: deleted). Reads look
-    /// here first; a checkpoint moves them into sled.
+    /// Every write made since the last checkpoint, by full key (`None`: deleted). Reads look
+    /// here first; a checkpoint moves the net effect into sled.
     overlay: std::sync::RwLock<Overlay>,
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[derive(Default)]
@@ -87,7 +91,6 @@ fn write_lock<T>(l: &std::sync::RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T>
 /// The sled-backed store.
 pub struct SledStore {
     tree: sled::Tree,
-    sender: std::sync::Mutex<Option<mpsc::Sender<Message>>>,
     shared: Arc<Shared>,
     path: PathBuf,
     writer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -182,8 +185,16 @@ impl SledStore {
                 "replayed the journal's write-ahead log after an unclean stop"
             );
         }
-        let shared = Arc::new(Shared::default());
         let (sender, receiver) = mpsc::channel::<Message>();
+        let shared = Arc::new(Shared {
+            intake: std::sync::Mutex::new(Intake {
+                sender: Some(sender),
+                seq: writes,
+            }),
+            syncs: AtomicU64::new(0),
+            poison: std::sync::OnceLock::new(),
+            overlay: std::sync::RwLock::new(Overlay::default()),
+        });
         let mut writer = Writer {
             path: path.to_path_buf(),
             db: db.clone(),
@@ -191,7 +202,7 @@ impl SledStore {
             wal,
             syncer,
             shared: shared.clone(),
-            write_count: writes,
+            logged: writes,
         };
         let handle = std::thread::Builder::new()
             .name("provisio-journal".into())
@@ -199,34 +210,10 @@ impl SledStore {
             .map_err(|e| StoreError::Io(format!("cannot start the journal writer: {e}")))?;
         Ok(SledStore {
             tree,
-            sender: std::sync::Mutex::new(Some(sender)),
             shared,
             path: path.to_path_buf(),
             writer: std::sync::Mutex::new(Some(handle)),
         })
-    }
-
-    fn send(&self, message: Message) -> Result<(), StoreError> {
-        let guard = self.sender.lock().map_err(|_| StoreError::Closed)?;
-        let sender = guard.as_ref().ok_or(StoreError::Closed)?;
-        if matches!(message, Message::Write { .. }) {
-            self.shared.queued.fetch_add(1, Ordering::SeqCst);
-        }
-        sender.send(message).map_err(|_| StoreError::Closed)
-    }
-
-    /// Waits until every write queued so far is visible to reads (writes are applied to
-    /// sled after they are logged and acknowledged).
-    fn barrier(&self) -> Result<(), StoreError> {
-        if self.shared.applied.load(Ordering::SeqCst) == self.shared.queued.load(Ordering::SeqCst) {
-            return match self.shared.poison.get() {
-                Some(e) => Err(e.clone()),
-                None => Ok(()),
-            };
-        }
-        let (tx, rx) = mpsc::sync_channel(1);
-        self.send(Message::Barrier(tx))?;
-        rx.recv().map_err(|_| StoreError::Closed)?
     }
 
     /// The store folder.
@@ -236,9 +223,7 @@ impl SledStore {
 
     /// Flushes, syncs and stops the writer thread (also done on drop).
     pub fn close(&self) {
-        if let Ok(mut s) = self.sender.lock() {
-            s.take();
-        }
+        lock(&self.shared.intake).sender.take();
         if let Ok(mut w) = self.writer.lock() {
             if let Some(h) = w.take() {
                 let _ = h.join();
@@ -265,20 +250,44 @@ impl Store for SledStore {
         } else {
             (None, None)
         };
-        self.send(Message::Write {
-            batch,
-            durable: done,
-        })?;
+        {
+            // Under the intake lock, so the frame's number, the overlay and the channel all
+            // see writes in one order.
+            let mut intake = lock(&self.shared.intake);
+            let sender = intake.sender.clone().ok_or(StoreError::Closed)?;
+            let seq = intake.seq + 1;
+            let mut frame = Vec::with_capacity(
+                64 + batch
+                    .writes
+                    .iter()
+                    .map(|(_, k, v)| k.len() + v.as_ref().map_or(0, Vec::len) + 10)
+                    .sum::<usize>(),
+            );
+            encode_frame(&mut frame, seq, &batch);
+            {
+                let mut overlay = write_lock(&self.shared.overlay);
+                for (space, k, v) in batch.writes {
+                    overlay.bytes += k.len() + 1 + v.as_ref().map_or(0, Vec::len);
+                    overlay.writes.insert(key(space, &k), v);
+                }
+            }
+            sender
+                .send(Message {
+                    frame,
+                    durable: done,
+                })
+                .map_err(|_| StoreError::Closed)?;
+            intake.seq = seq;
+        }
         match wait {
             Some(wait) => wait.await.map_err(|_| StoreError::Closed)?,
-            // Queued in order behind every earlier write; a failure poisons the store and is
-            // reported by the next write.
+            // Visible to reads already; durable with the next durable write. A failure
+            // poisons the store and is reported by the next write.
             None => Ok(()),
         }
     }
 
     fn get(&self, space: Space, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        self.barrier()?;
         let full = key(space, k);
         if let Some(v) = read_lock(&self.shared.overlay).writes.get(&full) {
             return Ok(v.clone());
@@ -290,7 +299,6 @@ impl Store for SledStore {
     }
 
     fn scan(&self, space: Space, prefix: &[u8]) -> Result<Vec<KeyValue>, StoreError> {
-        self.barrier()?;
         let full = key(space, prefix);
         // The overlay is read first and held: a checkpoint empties it only after sled has
         // its writes, so holding it keeps this read consistent.
@@ -324,7 +332,7 @@ impl Store for SledStore {
     }
 }
 
-/// The writer thread's state: the log, sled, and the write counter.
+/// The writer thread's state: the log, sled, and the number of the last logged write.
 struct Writer {
     path: PathBuf,
     db: sled::Db,
@@ -332,7 +340,7 @@ struct Writer {
     wal: Wal,
     syncer: Syncer,
     shared: Arc<Shared>,
-    write_count: u64,
+    logged: u64,
 }
 
 impl Writer {
@@ -341,101 +349,65 @@ impl Writer {
             let first = match receiver.recv_timeout(IDLE_CHECKPOINT) {
                 Ok(first) => first,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if self.wal.len() > 0 && self.shared.poison.get().is_none() {
-                        self.checkpoint();
+                    if self.wal.len() > 0 {
+                        self.checkpoint(&receiver);
                     }
                     continue;
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             };
-            // Group commit: take one message, then everything else already queued.
+            // Group commit: take one write, then everything else already queued.
             let mut group = vec![first];
             while let Ok(more) = receiver.try_recv() {
                 group.push(more);
             }
-            self.commit(group);
+            self.log(group);
             let overlay_full = read_lock(&self.shared.overlay).bytes >= OVERLAY_BYTES;
-            if (overlay_full || self.wal.len() >= CHECKPOINT_BYTES)
-                && self.shared.poison.get().is_none()
-            {
-                self.checkpoint();
+            if overlay_full || self.wal.len() >= CHECKPOINT_BYTES {
+                self.checkpoint(&receiver);
             }
         }
         if self.shared.poison.get().is_some() {
-            // Leave the log as it is: the next open replays it.
+            // Leave everything as it is: the next open replays the log.
             return;
         }
-        let closed = self.wal.write().and_then(|_| self.wal.sync());
-        if closed.is_ok() && self.checkpoint() {
-            Identity::record_clean_close(&self.path, &self.tree, self.write_count);
+        if self.checkpoint(&receiver) {
+            Identity::record_clean_close(&self.path, &self.tree, self.logged);
         }
     }
 
-    /// Logs a group (one write, one sync if any write is durable), answers the durable
-    /// writes, then applies the group to sled and answers the barriers.
-    fn commit(&mut self, group: Vec<Message>) {
-        let mut batches: Vec<Batch> = Vec::with_capacity(group.len());
+    /// Logs a group with one write, and one sync if any write in it is durable, then
+    /// answers the durable writes.
+    fn log(&mut self, group: Vec<Message>) {
+        let count = group.len() as u64;
         let mut waiting = Vec::new();
-        let mut barriers = Vec::new();
-        let mut durable = false;
-        for message in group {
-            match message {
-                Message::Write { batch, durable: d } => {
-                    if let Some(d) = d {
-                        durable = true;
-                        waiting.push(d);
-                    }
-                    batches.push(batch);
-                }
-                Message::Barrier(b) => barriers.push(b),
+        for m in group {
+            self.wal.push_frame(&m.frame);
+            if let Some(d) = m.durable {
+                waiting.push(d);
             }
         }
         let mut logged = match self.shared.poison.get() {
             Some(e) => Err(e.clone()),
-            None => Ok(()),
+            None => self.wal.write(),
         };
-        let first_seq = self.write_count + 1;
-        let count = batches.len() as u64;
-        if logged.is_ok() {
-            for (i, batch) in batches.iter().enumerate() {
-                self.wal.append(first_seq + i as u64, batch);
-            }
-            logged = self.wal.write();
-            if logged.is_ok() && durable {
-                logged = self.wal.sync();
-                self.shared.syncs.fetch_add(1, Ordering::Relaxed);
-            }
-            if let Err(e) = &logged {
-                self.poison(e.clone());
-            } else {
-                self.write_count += batches.len() as u64;
-            }
+        if logged.is_ok() && !waiting.is_empty() {
+            logged = self.wal.sync();
+            self.shared.syncs.fetch_add(1, Ordering::Relaxed);
+        }
+        match &logged {
+            Ok(()) => self.logged += count,
+            Err(e) => self.poison(e.clone()),
         }
         for d in waiting {
             let _ = d.send(logged.clone());
         }
-        if logged.is_ok() && !batches.is_empty() {
-            let mut overlay = write_lock(&self.shared.overlay);
-            for batch in batches {
-                for (space, k, v) in batch.writes {
-                    overlay.bytes += k.len() + 1 + v.as_ref().map_or(0, Vec::len);
-                    overlay.writes.insert(key(space, &k), v);
-                }
-            }
-        }
-        // Counted even when not applied, so a barrier never waits for a write that will not
-        // come; the poison answers it instead.
-        self.shared.applied.fetch_add(count, Ordering::SeqCst);
-        let answer = match self.shared.poison.get() {
-            Some(e) => Err(e.clone()),
-            None => Ok(()),
-        };
-        for b in barriers {
-            let _ = b.send(answer.clone());
-        }
     }
 
     fn poison(&self, e: StoreError) {
+        if self.shared.poison.get().is_some() {
+            return;
+        }
         tracing::error!(error = %e, "the journal store failed a write; it refuses further writes until provisio restarts");
         let why = match e {
             StoreError::Io(m) => m,
@@ -446,11 +418,27 @@ impl Writer {
         )));
     }
 
-    /// Returns whether the checkpoint was taken; a failed one keeps the log.
-    fn checkpoint(&mut self) -> bool {
+    /// Moves the overlay into sled, makes sled durable and restarts the log. Holds the
+    /// intake meanwhile and first logs every write already queued, so the overlay holds
+    /// exactly the logged writes. Returns whether it was taken; a failed one keeps the log.
+    fn checkpoint(&mut self, receiver: &mpsc::Receiver<Message>) -> bool {
+        let shared = self.shared.clone();
+        let intake = lock(&shared.intake);
+        let queued: Vec<Message> = receiver.try_iter().collect();
+        if !queued.is_empty() {
+            self.log(queued);
+        }
+        let written = self.wal.write().and_then(|_| self.wal.sync());
+        if let Err(e) = written {
+            self.poison(e);
+        }
+        if self.shared.poison.get().is_some() {
+            return false;
+        }
+        debug_assert_eq!(intake.seq, self.logged);
         let moved = {
             let overlay = read_lock(&self.shared.overlay);
-            apply_overlay(&self.tree, self.write_count, &overlay.writes)
+            apply_overlay(&self.tree, self.logged, &overlay.writes)
                 .map_err(|e| map_err(&self.path, e))
         };
         let done = moved.and_then(|_| {
@@ -458,6 +446,7 @@ impl Writer {
             *write_lock(&self.shared.overlay) = Overlay::default();
             checkpoint(&self.path, &self.db, &mut self.syncer, &mut self.wal)
         });
+        drop(intake);
         match done {
             Ok(()) => true,
             Err(e) => {
@@ -725,7 +714,7 @@ mod tests {
     }
 
     /// A process that aborts right after its durable writes were acknowledged loses none of
-    /// them: sled had not flushed them, so they come back from the write-ahead log.
+    /// them: those after the last checkpoint come back from the write-ahead log.
     #[test]
     fn acknowledged_writes_survive_an_abort() {
         const CHILD: &str = "PROVISIO_TEST_WAL_CHILD";
@@ -737,7 +726,10 @@ mod tests {
                 let store = SledStore::open(Path::new(&dir)).unwrap();
                 for i in 0..50u32 {
                     let mut b = Batch::new();
-                    b.put(Space::Journal, i.to_be_bytes().to_vec(), vec![7; 300]);
+                    // 100 KB each: the overlay passes OVERLAY_BYTES and is checkpointed
+                    // into sled midway, so the abort leaves some writes in sled and the
+                    // rest only in the log.
+                    b.put(Space::Journal, i.to_be_bytes().to_vec(), vec![7; 100_000]);
                     if i % 10 == 0 {
                         b.delete(Space::Journal, (i / 2).to_be_bytes().to_vec());
                     }

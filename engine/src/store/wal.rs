@@ -97,8 +97,15 @@ impl Wal {
     }
 
     /// Encodes a batch as the frame numbered `seq` (written by the next [`Wal::write`]).
+    #[cfg(test)]
     pub fn append(&mut self, seq: u64, batch: &Batch) {
         encode_frame(&mut self.pending, seq, batch);
+    }
+
+    /// Queues a frame already encoded by [`encode_frame`] (written by the next
+    /// [`Wal::write`]).
+    pub fn push_frame(&mut self, frame: &[u8]) {
+        self.pending.extend_from_slice(frame);
     }
 
     /// Writes the encoded frames to the file (not yet durable).
