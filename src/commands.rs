@@ -465,7 +465,7 @@ async fn namespaces(config: &Config, args: &NamespacesArgs) -> Result<Exit> {
 /// Runs recovery before new work, telling the operator what it found.
 async fn recover_quietly(
     engine: &provisio_engine::exec::Engine,
-    journal: &provisio_engine::txn::DurableJournal,
+    journal: &std::sync::Arc<provisio_engine::txn::DurableJournal>,
 ) -> Result<()> {
     let found = provisio_engine::txn::recover(engine, journal).await?;
     for r in &found {

@@ -49,6 +49,9 @@ pub enum RecoveryError {
     /// No such transaction (or an ambiguous prefix).
     #[error("{0}")]
     NotFound(String),
+    /// A recovery task panicked or was cancelled.
+    #[error("a recovery task failed: {0}\n  hint: run `provisio recover` again; transactions not yet recovered are still in the journal")]
+    Task(String),
 }
 
 /// Every transaction summary, newest first, optionally only those in `state`.
@@ -119,9 +122,8 @@ pub fn records(
 /// Finishes every transaction left `running` or `rolling_back` by a crash.
 pub async fn recover(
     engine: &Engine,
-    journal: &DurableJournal,
+    journal: &Arc<DurableJournal>,
 ) -> Result<Vec<Recovered>, RecoveryError> {
-    use futures::stream::{self, StreamExt};
     let unfinished: Vec<TxnSummary> = list(journal, None)?
         .into_iter()
         .filter(|s| {
@@ -131,28 +133,50 @@ pub async fn recover(
             )
         })
         .collect();
-    // Independent transactions recover concurrently, so their journal writes share syncs.
-    let results: Vec<Result<Recovered, RecoveryError>> = stream::iter(unfinished)
-        .map(|s| async move {
-            if s.resumable && s.state == TxnState::Running {
-                tracing::warn!(txn.id = %s.id, "resuming a resumable transaction left unfinished");
-                match resume(engine, journal, &s).await? {
-                    Ok(r) => return Ok(r),
-                    Err(why) => tracing::warn!(txn.id = %s.id, reason = %why, "cannot resume; rolling back instead"),
-                }
-            }
-            tracing::warn!(txn.id = %s.id, state = %s.state, "recovering a transaction left unfinished");
-            roll_back(engine, journal, s).await
-        })
-        .buffer_unordered(64)
-        .collect()
-        .await;
-    let mut out = Vec::with_capacity(results.len());
-    for r in results {
-        out.push(r?);
+    // Independent transactions recover concurrently, as tasks (so every worker thread takes
+    // part) and at most RECOVERY_CONCURRENCY at a time; their journal writes share syncs.
+    let limit = Arc::new(tokio::sync::Semaphore::new(RECOVERY_CONCURRENCY));
+    let mut tasks = tokio::task::JoinSet::new();
+    for s in unfinished {
+        let Ok(permit) = limit.clone().acquire_owned().await else {
+            break;
+        };
+        let (engine, journal) = (engine.clone(), journal.clone());
+        tasks.spawn(async move {
+            let _permit = permit;
+            recover_one(&engine, &journal, s).await
+        });
+    }
+    let mut out = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(r) => out.push(r?),
+            Err(e) => return Err(RecoveryError::Task(e.to_string())),
+        }
     }
     out.sort_by(|a, b| a.txn_id.cmp(&b.txn_id));
     Ok(out)
+}
+
+/// How many transactions recover at once.
+const RECOVERY_CONCURRENCY: usize = 64;
+
+async fn recover_one(
+    engine: &Engine,
+    journal: &DurableJournal,
+    s: TxnSummary,
+) -> Result<Recovered, RecoveryError> {
+    if s.resumable && s.state == TxnState::Running {
+        tracing::warn!(txn.id = %s.id, "resuming a resumable transaction left unfinished");
+        match resume(engine, journal, &s).await? {
+            Ok(r) => return Ok(r),
+            Err(why) => {
+                tracing::warn!(txn.id = %s.id, reason = %why, "cannot resume; rolling back instead")
+            }
+        }
+    }
+    tracing::warn!(txn.id = %s.id, state = %s.state, "recovering a transaction left unfinished");
+    roll_back(engine, journal, s).await
 }
 
 /// Continues the rollback of a `rollback_failed` transaction after the operator fixed the
