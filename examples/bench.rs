@@ -185,20 +185,51 @@ async fn recovery(reps: usize, big: usize) -> Result<()> {
     Ok(())
 }
 
+/// One measurement, in this (fresh) process: prints the RSS growth per blocked transaction.
+async fn memory_child(journaled: bool, n: usize) -> Result<()> {
+    let d = tempdir()?;
+    let s = support::stuck_transactions_with(d.path(), n, journaled).await?;
+    println!("rss_per_txn={}", s.rss_per_txn);
+    Ok(())
+}
+
+/// Each measurement runs in a new process: a process that already grew and freed memory
+/// would show less growth the second time.
+fn memory_in_child(journaled: bool, n: usize) -> Result<f64> {
+    let out = std::process::Command::new(std::env::current_exe()?)
+        .args([
+            "memory-child",
+            if journaled { "journal" } else { "none" },
+            &n.to_string(),
+        ])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.strip_prefix("rss_per_txn="))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| {
+            anyhow!(
+                "memory child failed: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+}
+
 async fn memory(reps: usize, n: usize) -> Result<()> {
     let mut per = Vec::new();
     for _ in 0..reps.clamp(1, 3) {
-        let d = tempdir()?;
-        let s = support::stuck_transactions(d.path(), n).await?;
-        println!("  {n} blocked txns: RSS +{:.0} B/txn", s.rss_per_txn);
-        per.push(s.rss_per_txn);
+        let b = memory_in_child(true, n)?;
+        println!("  {n} blocked txns: RSS +{b:.0} B/txn");
+        per.push(b);
     }
     per.sort_by(f64::total_cmp);
     let med = per[per.len() / 2];
+    let engine_only = memory_in_child(false, n)?;
     println!(
-        "memory: RSS growth per in-flight txn ({n} blocked in a provider, durable journal): median {:.1} KiB (n={}); target < 16 KiB: {} ({:.2}x of target)",
+        "memory: RSS growth per in-flight txn ({n} blocked in a provider, durable journal): median {:.1} KiB (n={}); the engine without a journal: {:.1} KiB; target < 16 KiB: {} ({:.2}x of target)",
         med / 1024.0,
         per.len(),
+        engine_only / 1024.0,
         verdict(med < 16.0 * 1024.0),
         med / (16.0 * 1024.0)
     );
@@ -231,6 +262,24 @@ async fn run(what: &str, reps: Option<usize>) -> Result<()> {
 fn main() -> std::process::ExitCode {
     let mut args = std::env::args().skip(1);
     let what = args.next().unwrap_or_else(|| "all".into());
+    if what == "memory-child" {
+        let journaled = args.next().as_deref() == Some("journal");
+        let n = args.next().and_then(|n| n.parse().ok()).unwrap_or(10_000);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build();
+        return match rt
+            .map_err(|e| anyhow!("tokio: {e}"))
+            .and_then(|rt| rt.block_on(memory_child(journaled, n)))
+        {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let reps = args.next().and_then(|r| r.parse().ok());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -321,7 +321,18 @@ pub struct Stuck {
 /// RSS growth, then abandons them (tasks aborted, store closed) as a crash would: every
 /// transaction stays `running` in the journal with an in-doubt step.
 pub async fn stuck_transactions(dir: &Path, n: usize) -> Result<Stuck> {
-    let (env, journal) = durable_env(dir)?;
+    stuck_transactions_with(dir, n, true).await
+}
+
+/// [`stuck_transactions`], with the durable journal or without any (the engine's own share
+/// of the memory).
+pub async fn stuck_transactions_with(dir: &Path, n: usize, journaled: bool) -> Result<Stuck> {
+    let (env, journal) = if journaled {
+        let (env, journal) = durable_env(dir)?;
+        (env, Some(journal))
+    } else {
+        (env(txn_namespaces()?, None)?, None)
+    };
     // Warm up allocator arenas and lazy statics with one transaction of each kind.
     run_expect(
         &env.engine,
