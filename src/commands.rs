@@ -587,9 +587,15 @@ async fn tx(config: &Config, cmd: &TxCommand) -> Result<Exit> {
                 println!("  message: {m}");
             }
             let records = recovery::records(&journal, &t.id)?;
-            let mut starts: std::collections::HashMap<(String, u32), u64> =
+            // Calls run concurrently, so their records interleave: each call's lines are
+            // gathered under it (by step and attempt), everything else is listed in order.
+            type CallKey = (String, u32);
+            let mut calls: Vec<CallKey> = Vec::new();
+            let mut lines: std::collections::HashMap<CallKey, Vec<String>> =
                 std::collections::HashMap::new();
-            println!("  steps:");
+            let mut starts: std::collections::HashMap<CallKey, u64> =
+                std::collections::HashMap::new();
+            let mut events: Vec<String> = Vec::new();
             for (_, r) in &records {
                 match r {
                     Record::Intent {
@@ -600,8 +606,13 @@ async fn tx(config: &Config, cmd: &TxCommand) -> Result<Exit> {
                         at_ms,
                         ..
                     } => {
-                        starts.insert((step.clone(), *attempt), *at_ms);
-                        println!("    {step} (attempt {attempt}) {target}\n      input:  {input}");
+                        let key = (step.clone(), *attempt);
+                        starts.insert(key.clone(), *at_ms);
+                        calls.push(key.clone());
+                        lines.entry(key).or_default().extend([
+                            format!("    {step} (attempt {attempt}) {target}"),
+                            format!("      input:  {input}"),
+                        ]);
                     }
                     Record::Done {
                         step,
@@ -611,43 +622,63 @@ async fn tx(config: &Config, cmd: &TxCommand) -> Result<Exit> {
                         at_ms,
                         ..
                     } => {
+                        let key = (step.clone(), *attempt);
                         let took = starts
-                            .get(&(step.clone(), *attempt))
+                            .get(&key)
                             .map(|s| at_ms.saturating_sub(*s))
                             .unwrap_or(0);
-                        println!("      done in {took} ms: {output}");
+                        let out = lines.entry(key).or_default();
+                        out.push(format!("      done in {took} ms: {output}"));
                         match undo {
                             Some(provisio_engine::txn::Guarded::Plain(u)) => {
-                                println!("      undo:   {}", xml::to_string(u))
+                                out.push(format!("      undo:   {}", xml::to_string(u)))
                             }
                             Some(provisio_engine::txn::Guarded::Sealed(_)) => {
-                                println!("      undo:   (sealed: holds secrets)")
+                                out.push("      undo:   (sealed: holds secrets)".into())
                             }
-                            Some(provisio_engine::txn::Guarded::Withheld) => {
-                                println!("      undo:   (withheld: held secrets, no seal key)")
-                            }
+                            Some(provisio_engine::txn::Guarded::Withheld) => out
+                                .push("      undo:   (withheld: held secrets, no seal key)".into()),
                             None => {}
                         }
                     }
-                    Record::Failed { step, message, .. } => {
-                        println!("      FAILED {step}: {message}")
-                    }
+                    Record::Failed {
+                        step,
+                        attempt,
+                        message,
+                        ..
+                    } => lines
+                        .entry((step.clone(), *attempt))
+                        .or_default()
+                        .push(format!("      FAILED: {message}")),
                     Record::Undone {
                         step, error: None, ..
-                    } => println!("    undone {step}"),
+                    } => events.push(format!("    undone {step}")),
                     Record::Undone {
                         step,
                         error: Some(e),
                         ..
-                    } => println!("    UNDO FAILED {step}: {e}"),
+                    } => events.push(format!("    UNDO FAILED {step}: {e}")),
                     Record::Phase {
                         step, phase, error, ..
-                    } => println!("    {phase} {step}: {}", error.as_deref().unwrap_or("ok")),
+                    } => events.push(format!(
+                        "    {phase} {step}: {}",
+                        error.as_deref().unwrap_or("ok")
+                    )),
                     Record::State { state, at_ms, .. } => {
-                        println!("  -> {state} at {}", fmt_ms(*at_ms))
+                        events.push(format!("    -> {state} at {}", fmt_ms(*at_ms)))
                     }
                     Record::Started { .. } => {}
                 }
+            }
+            println!("  steps:");
+            for key in &calls {
+                for line in lines.get(key).into_iter().flatten() {
+                    println!("{line}");
+                }
+            }
+            println!("  events:");
+            for e in events {
+                println!("{e}");
             }
             Ok(Exit::Ok)
         }

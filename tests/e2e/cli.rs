@@ -246,3 +246,64 @@ fn help_teaches_exit_codes() {
     assert!(r.stdout.contains("Exit codes"), "{r:?}");
     assert!(r.stdout.contains("rolled back"), "{r:?}");
 }
+
+/// `tx show` and `tx log` read a finished transaction's journal (compacted into one value
+/// when it ended): every call with its own result, in order, then the final state.
+#[test]
+fn a_finished_transaction_can_be_inspected() {
+    let sb = Sandbox::new();
+    let r = sb.run(&["run", "workflows/provision-tenant.yaml", "--quiet"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let list = sb.run(&["tx", "list"]);
+    let id = list
+        .stdout
+        .split_whitespace()
+        .next()
+        .expect("one transaction")
+        .to_string();
+    let show = sb.run(&["tx", "show", &id]);
+    assert_eq!(show.code, 0, "{show:?}");
+    // The zone and the folder are created concurrently; each result is shown under its call.
+    let block = |step: &str| -> String {
+        let header = format!("    {step} (attempt 1)");
+        let mut lines = show.stdout.lines().skip_while(|l| !l.starts_with(&header));
+        let first = lines
+            .next()
+            .unwrap_or_else(|| panic!("no {step} in {}", show.stdout));
+        let details: Vec<&str> = lines.take_while(|l| l.starts_with("      ")).collect();
+        format!("{first}\n{}", details.join("\n"))
+    };
+    let zone = block("dns/zone");
+    assert!(zone.contains("contoso.test.zone"), "{zone}");
+    assert!(!zone.contains("tenants/contoso"), "{zone}");
+    let folder = block("files/tenantFolder");
+    assert!(
+        folder.contains("\"created\":\"tenants/contoso\""),
+        "{folder}"
+    );
+    assert!(folder.contains("removeFolder"), "{folder}");
+    assert!(show.stdout.contains("-> committed"), "{show:?}");
+    let log = sb.run(&["tx", "log", &id]);
+    let seqs: Vec<u64> = log
+        .stdout
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).expect("a JSON line")["seq"]
+                .as_u64()
+                .expect("seq")
+        })
+        .collect();
+    assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>(), "{log:?}");
+    assert!(log
+        .stdout
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .contains("\"started\""));
+    assert!(log
+        .stdout
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .contains("\"committed\""));
+}
