@@ -124,7 +124,7 @@ impl Located {
             match next {
                 Some(LocatedNode::Text(t)) => {
                     if let Some(top) = stack.last_mut() {
-                        top.out.children.push(Node::Text(Scalar::Str(t)));
+                        top.out.children.push(Node::Text(Scalar::Str(t.into())));
                     }
                 }
                 Some(LocatedNode::Plain(e)) => {
@@ -296,7 +296,9 @@ trait Build: Sized {
     fn name(&self) -> &str;
     fn set_children(&mut self, children: std::vec::Drain<'_, Self::Child>);
     fn wrap(self) -> Self::Child;
-    fn text(text: String) -> Self::Child;
+    /// A text child of the innermost open element (`stack` is never empty here). Short
+    /// text borrowed from the source is kept inline in a plain tree, without allocating.
+    fn text(text: Cow<'_, str>, stack: &[Open<Self>]) -> Self::Child;
 }
 
 impl Build for Element {
@@ -324,8 +326,8 @@ impl Build for Element {
     fn wrap(self) -> Node {
         Node::Element(self)
     }
-    fn text(text: String) -> Node {
-        Node::Text(Scalar::Str(text))
+    fn text(text: Cow<'_, str>, _stack: &[Open<Self>]) -> Node {
+        Node::Text(Scalar::Str(text.into()))
     }
 }
 
@@ -356,8 +358,8 @@ impl Build for Located {
     fn wrap(self) -> LocatedNode {
         LocatedNode::Element(self)
     }
-    fn text(text: String) -> LocatedNode {
-        LocatedNode::Text(text)
+    fn text(text: Cow<'_, str>, _stack: &[Open<Self>]) -> LocatedNode {
+        LocatedNode::Text(text.into_owned())
     }
 }
 
@@ -368,8 +370,15 @@ enum Mixed {
     Plain(Element),
 }
 
+/// A child of a [`Mixed`] node: plain children are built as [`Node`]s directly (the text of
+/// a plain element as an inline [`Name`] when short), located ones as [`LocatedNode`]s.
+enum MixedChild {
+    Loc(LocatedNode),
+    Plain(Node),
+}
+
 impl Build for Mixed {
-    type Child = LocatedNode;
+    type Child = MixedChild;
     fn start(
         name: Name,
         attrs: Vec<(Name, Name)>,
@@ -400,29 +409,45 @@ impl Build for Mixed {
             Mixed::Plain(e) => &e.name,
         }
     }
-    fn set_children(&mut self, children: std::vec::Drain<'_, LocatedNode>) {
+    fn set_children(&mut self, children: std::vec::Drain<'_, MixedChild>) {
         match self {
-            Mixed::Loc(l) => l.children = children.collect(),
+            Mixed::Loc(l) => {
+                l.children = children
+                    .map(|c| match c {
+                        MixedChild::Loc(n) => n,
+                        MixedChild::Plain(Node::Element(e)) => LocatedNode::Plain(e),
+                        // Not built: text is located when its parent is.
+                        MixedChild::Plain(Node::Text(s)) => LocatedNode::Text(s.to_text()),
+                    })
+                    .collect()
+            }
             // Only plain elements and text occur below a plain element.
             Mixed::Plain(e) => {
                 e.children = children
                     .map(|c| match c {
-                        LocatedNode::Plain(e) => Node::Element(e),
-                        LocatedNode::Text(t) => Node::Text(Scalar::Str(t)),
-                        LocatedNode::Element(l) => Node::Element(l.into_element()),
+                        MixedChild::Plain(n) => n,
+                        MixedChild::Loc(LocatedNode::Plain(e)) => Node::Element(e),
+                        MixedChild::Loc(LocatedNode::Text(t)) => Node::Text(Scalar::Str(t.into())),
+                        MixedChild::Loc(LocatedNode::Element(l)) => Node::Element(l.into_element()),
                     })
                     .collect()
             }
         }
     }
-    fn wrap(self) -> LocatedNode {
+    fn wrap(self) -> MixedChild {
         match self {
-            Mixed::Loc(l) => LocatedNode::Element(l),
-            Mixed::Plain(e) => LocatedNode::Plain(e),
+            Mixed::Loc(l) => MixedChild::Loc(LocatedNode::Element(l)),
+            Mixed::Plain(e) => MixedChild::Plain(Node::Element(e)),
         }
     }
-    fn text(text: String) -> LocatedNode {
-        LocatedNode::Text(text)
+    fn text(text: Cow<'_, str>, stack: &[Open<Self>]) -> MixedChild {
+        match stack.last() {
+            Some(Open {
+                node: Mixed::Plain(_),
+                ..
+            }) => MixedChild::Plain(Node::Text(Scalar::Str(text.into()))),
+            _ => MixedChild::Loc(LocatedNode::Text(text.into_owned())),
+        }
     }
 }
 
@@ -476,11 +501,11 @@ impl<'a> PendingText<'a> {
     }
 
     /// Takes the run if it is worth keeping.
-    fn take(&mut self) -> Option<String> {
+    fn take(&mut self) -> Option<Cow<'a, str>> {
         let significant = std::mem::take(&mut self.significant);
         let text = self.text.take()?;
         if significant || !is_xml_whitespace(&text) {
-            Some(text.into_owned())
+            Some(text)
         } else {
             None
         }
@@ -730,7 +755,7 @@ impl<B: Build> Tree<B> {
             if self.stack.is_empty() {
                 return Err(outside_root(src, start, &self.root));
             }
-            self.kids.push(B::text(text));
+            self.kids.push(B::text(text, &self.stack));
         }
         Ok(())
     }
