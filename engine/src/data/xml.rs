@@ -524,10 +524,16 @@ fn is_name_char(c: char) -> bool {
     is_name_start(c) || c.is_ascii_digit() || c == '-' || c == '.'
 }
 
+/// `is_name_start` for the first character and `is_name_char` for the rest, on bytes: every
+/// non-ASCII character is allowed, so every byte of its UTF-8 form (all >= 0x80) is too.
 fn valid_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    match chars.next() {
-        Some(c) if is_name_start(c) => chars.all(is_name_char),
+    fn start(b: u8) -> bool {
+        b.is_ascii_alphabetic() || b == b'_' || b == b':' || b >= 0x80
+    }
+    match name.as_bytes() {
+        [first, rest @ ..] if start(*first) => rest
+            .iter()
+            .all(|&b| start(b) || b.is_ascii_digit() || b == b'-' || b == b'.'),
         _ => false,
     }
 }
@@ -857,13 +863,23 @@ fn read_start(
         ));
     }
     attrs.clear();
-    for a in e.attributes() {
+    // Duplicates are checked below against the names already read: quick-xml's own check
+    // allocates a list of keys for every start tag.
+    for a in e.attributes().with_checks(false) {
         let a = match a {
             Ok(a) => a,
             Err(err) => return Err(attr_error(src, e, pos, err)),
         };
         let key = src_str(src, a.key.as_ref())
             .ok_or_else(|| error_at(src, pos, "attribute name is not valid UTF-8"))?;
+        if attrs.iter().any(|(k, _)| k == key) {
+            let at = (key.as_ptr() as usize).wrapping_sub(src.as_ptr() as usize);
+            return Err(error_at(
+                src,
+                at.min(src.len()),
+                format!("duplicate attribute `{key}` on <{name}>"),
+            ));
+        }
         if !valid_name(key) {
             return Err(error_at(
                 src,
