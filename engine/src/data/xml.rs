@@ -527,16 +527,32 @@ fn is_name_char(c: char) -> bool {
 /// `is_name_start` for the first character and `is_name_char` for the rest, on bytes: every
 /// non-ASCII character is allowed, so every byte of its UTF-8 form (all >= 0x80) is too.
 fn valid_name(name: &str) -> bool {
-    fn start(b: u8) -> bool {
-        b.is_ascii_alphabetic() || b == b'_' || b == b':' || b >= 0x80
-    }
     match name.as_bytes() {
-        [first, rest @ ..] if start(*first) => rest
+        [first, rest @ ..] if NAME_BYTES[usize::from(*first)] & NAME_START != 0 => rest
             .iter()
-            .all(|&b| start(b) || b.is_ascii_digit() || b == b'-' || b == b'.'),
+            .all(|&b| NAME_BYTES[usize::from(b)] & NAME_CHAR != 0),
         _ => false,
     }
 }
+
+const NAME_START: u8 = 1;
+const NAME_CHAR: u8 = 2;
+
+/// For each byte: `NAME_START` if it may start a name, `NAME_CHAR` if it may follow.
+static NAME_BYTES: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        if c.is_ascii_alphabetic() || c == b'_' || c == b':' || c >= 0x80 {
+            t[b] = NAME_START | NAME_CHAR;
+        } else if c.is_ascii_digit() || c == b'-' || c == b'.' {
+            t[b] = NAME_CHAR;
+        }
+        b += 1;
+    }
+    t
+};
 
 fn parse_core<B: Build>(src: &str, limits: &Limits, plain: &[&str]) -> Result<B, XmlError> {
     if src.len() > limits.max_bytes {
@@ -560,6 +576,9 @@ fn parse_core<B: Build>(src: &str, limits: &Limits, plain: &[&str]) -> Result<B,
         cfg.expand_empty_elements = false;
     }
     let mut tracker = Tracker::new();
+    // Text with a CR needs line-end normalization; one scan of the document spares a scan
+    // of every text run in the common case of a document without any.
+    let has_cr = src.as_bytes().contains(&b'\r');
     let mut tree = Tree::<B> {
         stack: Vec::new(),
         kids: Vec::new(),
@@ -667,7 +686,7 @@ fn parse_core<B: Build>(src: &str, limits: &Limits, plain: &[&str]) -> Result<B,
                 // The event covers exactly src[pos..end]: slice it instead of re-validating.
                 let end = offset(reader.buffer_position(), bom);
                 let text: Cow<'_, str> = match src.get(pos..end) {
-                    Some(s) if !s.contains('\r') => Cow::Borrowed(s),
+                    Some(s) if !has_cr || !s.contains('\r') => Cow::Borrowed(s),
                     _ => t
                         .xml10_content()
                         .map_err(|e| error_at(src, pos, format!("text is not valid UTF-8: {e}")))?,
@@ -909,6 +928,12 @@ fn read_start(
 /// Attribute value normalization (literal tab/CR/LF become spaces; CRLF one space),
 /// then references are resolved.
 fn unescape_attr(raw: &str) -> Result<Name, String> {
+    if !raw
+        .bytes()
+        .any(|b| matches!(b, b'\t' | b'\r' | b'\n' | b'<' | b'&'))
+    {
+        return Ok(Name::from(raw));
+    }
     let needs_norm = raw.bytes().any(|b| matches!(b, b'\t' | b'\r' | b'\n'));
     let normalized: Cow<'_, str> = if needs_norm {
         Cow::Owned(raw.replace("\r\n", " ").replace(['\t', '\r', '\n'], " "))
