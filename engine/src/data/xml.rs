@@ -294,7 +294,8 @@ trait Build: Sized {
         position: impl FnOnce() -> (u32, u32),
     ) -> Self;
     fn name(&self) -> &str;
-    fn set_children(&mut self, children: std::vec::Drain<'_, Self::Child>);
+    /// Moves `kids[from..]` (not empty) into the node's children.
+    fn set_children(&mut self, kids: &mut Vec<Self::Child>, from: usize);
     fn wrap(self) -> Self::Child;
     /// A text child of the innermost open element (`stack` is never empty here). Short
     /// text borrowed from the source is kept inline in a plain tree, without allocating.
@@ -320,8 +321,8 @@ impl Build for Element {
     fn name(&self) -> &str {
         &self.name
     }
-    fn set_children(&mut self, children: std::vec::Drain<'_, Node>) {
-        self.children = children.collect();
+    fn set_children(&mut self, kids: &mut Vec<Node>, from: usize) {
+        self.children = take_from(kids, from);
     }
     fn wrap(self) -> Node {
         Node::Element(self)
@@ -352,14 +353,24 @@ impl Build for Located {
     fn name(&self) -> &str {
         &self.name
     }
-    fn set_children(&mut self, children: std::vec::Drain<'_, LocatedNode>) {
-        self.children = children.collect();
+    fn set_children(&mut self, kids: &mut Vec<LocatedNode>, from: usize) {
+        self.children = take_from(kids, from);
     }
     fn wrap(self) -> LocatedNode {
         LocatedNode::Element(self)
     }
     fn text(text: Cow<'_, str>, _stack: &[Open<Self>]) -> LocatedNode {
         LocatedNode::Text(text.into_owned())
+    }
+}
+
+/// `kids[from..]` in an exactly sized Vec, moved in one copy (`split_off`, except at 0 where
+/// it would hand over the whole buffer of the shared stack).
+fn take_from<T>(kids: &mut Vec<T>, from: usize) -> Vec<T> {
+    if from == 0 {
+        kids.drain(..).collect()
+    } else {
+        kids.split_off(from)
     }
 }
 
@@ -409,7 +420,8 @@ impl Build for Mixed {
             Mixed::Plain(e) => &e.name,
         }
     }
-    fn set_children(&mut self, children: std::vec::Drain<'_, MixedChild>) {
+    fn set_children(&mut self, kids: &mut Vec<MixedChild>, from: usize) {
+        let children = kids.drain(from..);
         match self {
             Mixed::Loc(l) => {
                 l.children = children
@@ -676,7 +688,7 @@ fn parse_core<B: Build>(src: &str, limits: &Limits, plain: &[&str]) -> Result<B,
                         }
                         let mut node = open.node;
                         if tree.kids.len() > open.first_child {
-                            node.set_children(tree.kids.drain(open.first_child..));
+                            node.set_children(&mut tree.kids, open.first_child);
                         }
                         tree.attach(node);
                     }
