@@ -366,6 +366,8 @@ impl Build for Located {
 
 /// `kids[from..]` in an exactly sized Vec, moved in one copy (`split_off`, except at 0 where
 /// it would hand over the whole buffer of the shared stack).
+// `mem::take` (clippy's suggestion) would hand over the shared buffer, not an exact copy.
+#[allow(clippy::drain_collect)]
 fn take_from<T>(kids: &mut Vec<T>, from: usize) -> Vec<T> {
     if from == 0 {
         kids.drain(..).collect()
