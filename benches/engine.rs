@@ -19,6 +19,12 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The binary's allocator, so the figures are what `provisio` does
+/// (`--features system-alloc` measures the system allocator).
+#[cfg(not(feature = "system-alloc"))]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn runtime() -> Option<tokio::runtime::Runtime> {
     match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -2,6 +2,7 @@
 //! for profilers that cannot run criterion (callgrind instruction counts are repeatable on a
 //! loaded machine):
 //! `valgrind --tool=callgrind target/release/examples/xmlparse parse|located|request|events|none [MB] [reps]`.
+//! Uses mimalloc like the binary; build with `--features system-alloc` for the system allocator.
 //! `none` only builds the document, so its count is the baseline to subtract.
 
 #[path = "../benches/support/mod.rs"]
@@ -13,6 +14,11 @@ use provisio_engine::request::parse_request;
 use std::hint::black_box;
 use std::process::ExitCode;
 use std::time::Instant;
+
+/// The binary's allocator (`--features system-alloc` for the system one).
+#[cfg(not(feature = "system-alloc"))]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();

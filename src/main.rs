@@ -9,6 +9,13 @@ mod load;
 use clap::Parser;
 use std::process::ExitCode;
 
+/// mimalloc: parsing a request allocates for every element, and mimalloc's small-object
+/// paths are markedly cheaper than glibc's (see BENCHMARKS.md, xml_10MB). The
+/// `system-alloc` feature keeps the system allocator.
+#[cfg(not(feature = "system-alloc"))]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit codes a script can rely on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {

@@ -90,7 +90,7 @@ fn names_are_grouped(e: &Element) -> bool {
 
 fn scalar() -> impl Strategy<Value = Scalar> {
     prop_oneof![
-        "[a-z0-9]{1,6}".prop_map(Scalar::Str),
+        "[a-z0-9]{1,6}".prop_map(|s| Scalar::Str(s.into())),
         any::<i64>().prop_map(Scalar::Int),
         any::<bool>().prop_map(Scalar::Bool),
     ]
@@ -143,7 +143,7 @@ fn wild_tree() -> impl Strategy<Value = Element> {
                 prop_oneof![
                     3 => inner.prop_map(Node::Element),
                     1 => scalar().prop_map(Node::Text),
-                    1 => "[ \n]{0,2}".prop_map(|s| Node::Text(Scalar::Str(s))),
+                    1 => "[ \n]{0,2}".prop_map(|s| Node::Text(Scalar::Str(s.into()))),
                 ],
                 0..6,
             ),

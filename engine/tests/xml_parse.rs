@@ -173,7 +173,7 @@ fn element_strategy() -> impl Strategy<Value = Element> {
                 }
             }
             if let Some(t) = text {
-                e.children.push(Node::Text(Scalar::Str(t)));
+                e.children.push(Node::Text(Scalar::Str(t.into())));
             }
             e
         });
@@ -184,7 +184,7 @@ fn element_strategy() -> impl Strategy<Value = Element> {
             proptest::collection::vec(
                 prop_oneof![
                     3 => inner.prop_map(Node::Element),
-                    1 => "[ -~\t\n\ré日☺]{1,12}".prop_map(|t| Node::Text(Scalar::Str(t))),
+                    1 => "[ -~\t\n\ré日☺]{1,12}".prop_map(|t| Node::Text(Scalar::Str(t.into()))),
                 ],
                 0..5,
             ),

@@ -63,13 +63,13 @@ pub(crate) fn input(name: &str, ty: &str, required: bool, description: &str) -> 
 /// Describes one optional input with a default value.
 pub(crate) fn input_default(name: &str, ty: &str, default: &str, description: &str) -> InputSpec {
     InputSpec {
-        default: Some(Scalar::Str(default.to_string())),
+        default: Some(Scalar::Str(default.into())),
         ..input(name, ty, false, description)
     }
 }
 
 /// A text child element.
-pub(crate) fn text(name: &str, value: impl Into<String>) -> Element {
+pub(crate) fn text(name: &str, value: impl Into<provisio_engine::data::Name>) -> Element {
     Element::with_text(name, value)
 }
 

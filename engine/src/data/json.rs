@@ -41,7 +41,7 @@ pub struct JsonError {
 /// a boolean. A non-finite float (NaN, ±inf) has no JSON number and becomes its text form.
 pub fn scalar_to_json(s: &Scalar) -> Value {
     match s {
-        Scalar::Str(s) => Value::String(s.clone()),
+        Scalar::Str(s) => Value::String(s.to_string()),
         Scalar::Int(i) => Value::Number(Number::from(*i)),
         Scalar::Float(f) => match Number::from_f64(*f) {
             Some(n) => Value::Number(n),
@@ -55,7 +55,7 @@ pub fn scalar_to_json(s: &Scalar) -> Value {
 /// Integers that fit `i64` become `Int`, other numbers `Float`.
 pub fn json_to_scalar(v: &Value) -> Option<Scalar> {
     match v {
-        Value::String(s) => Some(Scalar::Str(s.clone())),
+        Value::String(s) => Some(Scalar::Str(s.as_str().into())),
         Value::Bool(b) => Some(Scalar::Bool(*b)),
         Value::Number(n) => Some(match n.as_i64() {
             Some(i) => Scalar::Int(i),

@@ -25,7 +25,7 @@ pub type Name = compact_str::CompactString;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Scalar {
     /// Text.
-    Str(String),
+    Str(Name),
     /// A 64-bit integer (the rhai `INT`).
     Int(i64),
     /// A 64-bit float.
@@ -38,7 +38,7 @@ impl Scalar {
     /// The text form, as XML would carry it.
     pub fn to_text(&self) -> String {
         match self {
-            Scalar::Str(s) => s.clone(),
+            Scalar::Str(s) => s.to_string(),
             Scalar::Int(i) => i.to_string(),
             Scalar::Float(f) => f.to_string(),
             Scalar::Bool(b) => b.to_string(),
@@ -88,7 +88,7 @@ impl Element {
     }
 
     /// An element holding text.
-    pub fn with_text(name: impl Into<Name>, text: impl Into<String>) -> Self {
+    pub fn with_text(name: impl Into<Name>, text: impl Into<Name>) -> Self {
         Self::with_scalar(name, Scalar::Str(text.into()))
     }
 

@@ -172,7 +172,7 @@ pub fn place(
             let e = loc.element_mut(root).ok_or_else(|| missing("element"))?;
             let value = match node.scalar() {
                 Some(s) => s.clone(),
-                None => Scalar::Str(node.string_value()),
+                None => Scalar::Str(node.string_value().into()),
             };
             match e.children.get_mut(i) {
                 Some(slot @ Node::Text(_)) => *slot = Node::Text(value),
@@ -261,7 +261,7 @@ fn resolve_destination(root: &mut Element, path: &Path) -> Result<Location, Tran
             LocationKind::Attr(e.attrs.len() - 1)
         }
         None => {
-            e.children.push(Node::Text(Scalar::Str(String::new())));
+            e.children.push(Node::Text(Scalar::Str(Name::default())));
             LocationKind::Text(e.children.len() - 1)
         }
     };
@@ -392,7 +392,7 @@ fn direct_text(children: &[Node]) -> Option<Scalar> {
             for t in texts {
                 s.push_str(&t.to_text());
             }
-            Scalar::Str(s)
+            Scalar::Str(s.into())
         }
     };
     match &value {

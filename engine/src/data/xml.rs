@@ -124,7 +124,7 @@ impl Located {
             match next {
                 Some(LocatedNode::Text(t)) => {
                     if let Some(top) = stack.last_mut() {
-                        top.out.children.push(Node::Text(Scalar::Str(t)));
+                        top.out.children.push(Node::Text(Scalar::Str(t.into())));
                     }
                 }
                 Some(LocatedNode::Plain(e)) => {
@@ -294,9 +294,12 @@ trait Build: Sized {
         position: impl FnOnce() -> (u32, u32),
     ) -> Self;
     fn name(&self) -> &str;
-    fn set_children(&mut self, children: std::vec::Drain<'_, Self::Child>);
+    /// Moves `kids[from..]` (not empty) into the node's children.
+    fn set_children(&mut self, kids: &mut Vec<Self::Child>, from: usize);
     fn wrap(self) -> Self::Child;
-    fn text(text: String) -> Self::Child;
+    /// A text child of the innermost open element (`stack` is never empty here). Short
+    /// text borrowed from the source is kept inline in a plain tree, without allocating.
+    fn text(text: Cow<'_, str>, stack: &[Open<Self>]) -> Self::Child;
 }
 
 impl Build for Element {
@@ -318,14 +321,14 @@ impl Build for Element {
     fn name(&self) -> &str {
         &self.name
     }
-    fn set_children(&mut self, children: std::vec::Drain<'_, Node>) {
-        self.children = children.collect();
+    fn set_children(&mut self, kids: &mut Vec<Node>, from: usize) {
+        self.children = take_from(kids, from);
     }
     fn wrap(self) -> Node {
         Node::Element(self)
     }
-    fn text(text: String) -> Node {
-        Node::Text(Scalar::Str(text))
+    fn text(text: Cow<'_, str>, _stack: &[Open<Self>]) -> Node {
+        Node::Text(Scalar::Str(text.into()))
     }
 }
 
@@ -350,14 +353,26 @@ impl Build for Located {
     fn name(&self) -> &str {
         &self.name
     }
-    fn set_children(&mut self, children: std::vec::Drain<'_, LocatedNode>) {
-        self.children = children.collect();
+    fn set_children(&mut self, kids: &mut Vec<LocatedNode>, from: usize) {
+        self.children = take_from(kids, from);
     }
     fn wrap(self) -> LocatedNode {
         LocatedNode::Element(self)
     }
-    fn text(text: String) -> LocatedNode {
-        LocatedNode::Text(text)
+    fn text(text: Cow<'_, str>, _stack: &[Open<Self>]) -> LocatedNode {
+        LocatedNode::Text(text.into_owned())
+    }
+}
+
+/// `kids[from..]` in an exactly sized Vec, moved in one copy (`split_off`, except at 0 where
+/// it would hand over the whole buffer of the shared stack).
+// `mem::take` (clippy's suggestion) would hand over the shared buffer, not an exact copy.
+#[allow(clippy::drain_collect)]
+fn take_from<T>(kids: &mut Vec<T>, from: usize) -> Vec<T> {
+    if from == 0 {
+        kids.drain(..).collect()
+    } else {
+        kids.split_off(from)
     }
 }
 
@@ -368,8 +383,15 @@ enum Mixed {
     Plain(Element),
 }
 
+/// A child of a [`Mixed`] node: plain children are built as [`Node`]s directly (the text of
+/// a plain element as an inline [`Name`] when short), located ones as [`LocatedNode`]s.
+enum MixedChild {
+    Loc(LocatedNode),
+    Plain(Node),
+}
+
 impl Build for Mixed {
-    type Child = LocatedNode;
+    type Child = MixedChild;
     fn start(
         name: Name,
         attrs: Vec<(Name, Name)>,
@@ -400,29 +422,46 @@ impl Build for Mixed {
             Mixed::Plain(e) => &e.name,
         }
     }
-    fn set_children(&mut self, children: std::vec::Drain<'_, LocatedNode>) {
+    fn set_children(&mut self, kids: &mut Vec<MixedChild>, from: usize) {
+        let children = kids.drain(from..);
         match self {
-            Mixed::Loc(l) => l.children = children.collect(),
+            Mixed::Loc(l) => {
+                l.children = children
+                    .map(|c| match c {
+                        MixedChild::Loc(n) => n,
+                        MixedChild::Plain(Node::Element(e)) => LocatedNode::Plain(e),
+                        // Not built: text is located when its parent is.
+                        MixedChild::Plain(Node::Text(s)) => LocatedNode::Text(s.to_text()),
+                    })
+                    .collect()
+            }
             // Only plain elements and text occur below a plain element.
             Mixed::Plain(e) => {
                 e.children = children
                     .map(|c| match c {
-                        LocatedNode::Plain(e) => Node::Element(e),
-                        LocatedNode::Text(t) => Node::Text(Scalar::Str(t)),
-                        LocatedNode::Element(l) => Node::Element(l.into_element()),
+                        MixedChild::Plain(n) => n,
+                        MixedChild::Loc(LocatedNode::Plain(e)) => Node::Element(e),
+                        MixedChild::Loc(LocatedNode::Text(t)) => Node::Text(Scalar::Str(t.into())),
+                        MixedChild::Loc(LocatedNode::Element(l)) => Node::Element(l.into_element()),
                     })
                     .collect()
             }
         }
     }
-    fn wrap(self) -> LocatedNode {
+    fn wrap(self) -> MixedChild {
         match self {
-            Mixed::Loc(l) => LocatedNode::Element(l),
-            Mixed::Plain(e) => LocatedNode::Plain(e),
+            Mixed::Loc(l) => MixedChild::Loc(LocatedNode::Element(l)),
+            Mixed::Plain(e) => MixedChild::Plain(Node::Element(e)),
         }
     }
-    fn text(text: String) -> LocatedNode {
-        LocatedNode::Text(text)
+    fn text(text: Cow<'_, str>, stack: &[Open<Self>]) -> MixedChild {
+        match stack.last() {
+            Some(Open {
+                node: Mixed::Plain(_),
+                ..
+            }) => MixedChild::Plain(Node::Text(Scalar::Str(text.into()))),
+            _ => MixedChild::Loc(LocatedNode::Text(text.into_owned())),
+        }
     }
 }
 
@@ -476,11 +515,11 @@ impl<'a> PendingText<'a> {
     }
 
     /// Takes the run if it is worth keeping.
-    fn take(&mut self) -> Option<String> {
+    fn take(&mut self) -> Option<Cow<'a, str>> {
         let significant = std::mem::take(&mut self.significant);
         let text = self.text.take()?;
         if significant || !is_xml_whitespace(&text) {
-            Some(text.into_owned())
+            Some(text)
         } else {
             None
         }
@@ -499,13 +538,35 @@ fn is_name_char(c: char) -> bool {
     is_name_start(c) || c.is_ascii_digit() || c == '-' || c == '.'
 }
 
+/// `is_name_start` for the first character and `is_name_char` for the rest, on bytes: every
+/// non-ASCII character is allowed, so every byte of its UTF-8 form (all >= 0x80) is too.
 fn valid_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    match chars.next() {
-        Some(c) if is_name_start(c) => chars.all(is_name_char),
+    match name.as_bytes() {
+        [first, rest @ ..] if NAME_BYTES[usize::from(*first)] & NAME_START != 0 => rest
+            .iter()
+            .all(|&b| NAME_BYTES[usize::from(b)] & NAME_CHAR != 0),
         _ => false,
     }
 }
+
+const NAME_START: u8 = 1;
+const NAME_CHAR: u8 = 2;
+
+/// For each byte: `NAME_START` if it may start a name, `NAME_CHAR` if it may follow.
+static NAME_BYTES: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        if c.is_ascii_alphabetic() || c == b'_' || c == b':' || c >= 0x80 {
+            t[b] = NAME_START | NAME_CHAR;
+        } else if c.is_ascii_digit() || c == b'-' || c == b'.' {
+            t[b] = NAME_CHAR;
+        }
+        b += 1;
+    }
+    t
+};
 
 fn parse_core<B: Build>(src: &str, limits: &Limits, plain: &[&str]) -> Result<B, XmlError> {
     if src.len() > limits.max_bytes {
@@ -529,6 +590,9 @@ fn parse_core<B: Build>(src: &str, limits: &Limits, plain: &[&str]) -> Result<B,
         cfg.expand_empty_elements = false;
     }
     let mut tracker = Tracker::new();
+    // Text with a CR needs line-end normalization; one scan of the document spares a scan
+    // of every text run in the common case of a document without any.
+    let has_cr = src.as_bytes().contains(&b'\r');
     let mut tree = Tree::<B> {
         stack: Vec::new(),
         kids: Vec::new(),
@@ -626,7 +690,7 @@ fn parse_core<B: Build>(src: &str, limits: &Limits, plain: &[&str]) -> Result<B,
                         }
                         let mut node = open.node;
                         if tree.kids.len() > open.first_child {
-                            node.set_children(tree.kids.drain(open.first_child..));
+                            node.set_children(&mut tree.kids, open.first_child);
                         }
                         tree.attach(node);
                     }
@@ -636,7 +700,7 @@ fn parse_core<B: Build>(src: &str, limits: &Limits, plain: &[&str]) -> Result<B,
                 // The event covers exactly src[pos..end]: slice it instead of re-validating.
                 let end = offset(reader.buffer_position(), bom);
                 let text: Cow<'_, str> = match src.get(pos..end) {
-                    Some(s) if !s.contains('\r') => Cow::Borrowed(s),
+                    Some(s) if !has_cr || !s.contains('\r') => Cow::Borrowed(s),
                     _ => t
                         .xml10_content()
                         .map_err(|e| error_at(src, pos, format!("text is not valid UTF-8: {e}")))?,
@@ -730,7 +794,7 @@ impl<B: Build> Tree<B> {
             if self.stack.is_empty() {
                 return Err(outside_root(src, start, &self.root));
             }
-            self.kids.push(B::text(text));
+            self.kids.push(B::text(text, &self.stack));
         }
         Ok(())
     }
@@ -832,13 +896,23 @@ fn read_start(
         ));
     }
     attrs.clear();
-    for a in e.attributes() {
+    // Duplicates are checked below against the names already read: quick-xml's own check
+    // allocates a list of keys for every start tag.
+    for a in e.attributes().with_checks(false) {
         let a = match a {
             Ok(a) => a,
             Err(err) => return Err(attr_error(src, e, pos, err)),
         };
         let key = src_str(src, a.key.as_ref())
             .ok_or_else(|| error_at(src, pos, "attribute name is not valid UTF-8"))?;
+        if attrs.iter().any(|(k, _)| k == key) {
+            let at = (key.as_ptr() as usize).wrapping_sub(src.as_ptr() as usize);
+            return Err(error_at(
+                src,
+                at.min(src.len()),
+                format!("duplicate attribute `{key}` on <{name}>"),
+            ));
+        }
         if !valid_name(key) {
             return Err(error_at(
                 src,
@@ -868,6 +942,12 @@ fn read_start(
 /// Attribute value normalization (literal tab/CR/LF become spaces; CRLF one space),
 /// then references are resolved.
 fn unescape_attr(raw: &str) -> Result<Name, String> {
+    if !raw
+        .bytes()
+        .any(|b| matches!(b, b'\t' | b'\r' | b'\n' | b'<' | b'&'))
+    {
+        return Ok(Name::from(raw));
+    }
     let needs_norm = raw.bytes().any(|b| matches!(b, b'\t' | b'\r' | b'\n'));
     let normalized: Cow<'_, str> = if needs_norm {
         Cow::Owned(raw.replace("\r\n", " ").replace(['\t', '\r', '\n'], " "))

@@ -1705,7 +1705,7 @@ fn error_context(f: &Failure) -> Element {
     }
     e.push(Element::with_scalar(
         "code",
-        Scalar::Str(format!("{:#010x}", f.code)),
+        Scalar::Str(format!("{:#010x}", f.code).into()),
     ));
     e
 }

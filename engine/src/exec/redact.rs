@@ -50,7 +50,7 @@ impl Redactor {
     /// attributes of the others (a secret copied under another name, e.g. by `output:`).
     pub fn redact_element(&self, e: &mut Element) {
         if self.is_secret(e) {
-            e.children = vec![Node::Text(Scalar::Str(MASK.to_string()))];
+            e.children = vec![Node::Text(Scalar::Str(MASK.into()))];
             return;
         }
         if !self.values.is_empty() {
@@ -59,7 +59,7 @@ impl Redactor {
             }
             for c in &mut e.children {
                 if let Node::Text(Scalar::Str(s)) = c {
-                    *s = self.redact_text(s);
+                    *s = self.redact_text(s).into();
                 }
             }
         }

@@ -600,7 +600,7 @@ impl<'f> Ctx<'f> {
             ty: el.attr("type").map(str::to_string),
             required: self.bool_attr(el, "required", false)?,
             secret: self.bool_attr(el, "secret", false)?,
-            default: el.attr("default").map(|d| Scalar::Str(d.to_string())),
+            default: el.attr("default").map(|d| Scalar::Str(d.into())),
             description: el.attr("description").map(str::to_string),
         })
     }

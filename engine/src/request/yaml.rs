@@ -653,7 +653,7 @@ impl<'de> Deserialize<'de> for ScalarDef {
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<ScalarDef, E> {
                 charge(8 + v.len())?;
-                Ok(ScalarDef(Scalar::Str(v.to_string())))
+                Ok(ScalarDef(Scalar::Str(v.into())))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<ScalarDef, E> {
                 Ok(ScalarDef(Scalar::Int(v)))
