@@ -7,6 +7,12 @@
 //! seconds per sample, so they live in `cargo run --release --example bench -- recovery`
 //! and `-- memory` instead of here.
 
+/// The binary's allocator, so the figures are what `provisio` does
+/// (`--features system-alloc` measures the system allocator).
+#[cfg(not(feature = "system-alloc"))]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[path = "support/mod.rs"]
 mod support;
 

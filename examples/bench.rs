@@ -4,6 +4,12 @@
 //! local disk (override the parent folder with `PROVISIO_BENCH_DIR`), in-process no-op
 //! provider, tokio multi-thread runtime with 2 workers.
 
+/// The binary's allocator, so the figures are what `provisio` does
+/// (`--features system-alloc` measures the system allocator).
+#[cfg(not(feature = "system-alloc"))]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[path = "../benches/support/mod.rs"]
 mod support;
 
