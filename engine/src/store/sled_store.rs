@@ -719,11 +719,7 @@ mod tests {
     fn acknowledged_writes_survive_an_abort() {
         const CHILD: &str = "PROVISIO_TEST_WAL_CHILD";
         if let Ok(dir) = std::env::var(CHILD) {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let store = SledStore::open(Path::new(&dir)).unwrap();
+            child_store(&dir, |store| async move {
                 for i in 0..50u32 {
                     let mut b = Batch::new();
                     // 100 KB each: the overlay passes OVERLAY_BYTES and is checkpointed
@@ -778,11 +774,7 @@ mod tests {
     fn a_refused_write_poisons_the_store_and_loses_nothing_acknowledged() {
         const CHILD: &str = "PROVISIO_TEST_FULL_DISK_CHILD";
         if let Ok(dir) = std::env::var(CHILD) {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let store = SledStore::open(Path::new(&dir)).unwrap();
+            child_store(&dir, |store| async move {
                 let mut acked = 0u32;
                 let mut first_error = None;
                 for i in 0..400u32 {
@@ -850,6 +842,18 @@ mod tests {
         }
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The child side of a test that ends its own process: `body` gets the store in `dir`
+    /// on a one-thread runtime.
+    fn child_store<F: std::future::Future<Output = ()>>(
+        dir: &str,
+        body: impl FnOnce(SledStore) -> F,
+    ) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(body(SledStore::open(Path::new(dir)).unwrap()));
     }
 
     fn tempfile_dir() -> PathBuf {
