@@ -844,6 +844,37 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// A log that does not continue from what sled holds means lost records: the store is
+    /// refused as damaged, and left as it was.
+    #[tokio::test]
+    async fn a_log_with_a_gap_is_reported_as_damage() {
+        let dir = tempfile_dir();
+        let writes = {
+            let store = SledStore::open(&dir).unwrap();
+            let mut b = Batch::new();
+            b.put(Space::Journal, b"k".to_vec(), b"v".to_vec());
+            store.write(b, true).await.unwrap();
+            drop(store);
+            let store = SledStore::open(&dir).unwrap();
+            let n = read_write_count(&dir, &store.tree).unwrap();
+            drop(store);
+            n
+        };
+        let mut frame = Vec::new();
+        let mut b = Batch::new();
+        b.put(Space::Journal, b"later".to_vec(), b"x".to_vec());
+        encode_frame(&mut frame, writes + 3, &b);
+        let wal = dir.join(WAL_FILE);
+        let mut bytes = std::fs::read(&wal).unwrap();
+        bytes[..frame.len()].copy_from_slice(&frame);
+        std::fs::write(&wal, &bytes).unwrap();
+        let err = SledStore::open(&dir).err().expect("a damaged store");
+        let msg = err.to_string();
+        assert!(msg.contains("records were lost"), "{msg}");
+        assert!(msg.contains("nothing was reset"), "{msg}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     /// The child side of a test that ends its own process: `body` gets the store in `dir`
     /// on a one-thread runtime.
     fn child_store<F: std::future::Future<Output = ()>>(
