@@ -868,7 +868,7 @@ mod tests {
         let mut bytes = std::fs::read(&wal).unwrap();
         bytes[..frame.len()].copy_from_slice(&frame);
         std::fs::write(&wal, &bytes).unwrap();
-        let err = SledStore::open(&dir).err().expect("a damaged store");
+        let err = SledStore::open(&dir).expect_err("a damaged store");
         let msg = err.to_string();
         assert!(msg.contains("records were lost"), "{msg}");
         assert!(msg.contains("nothing was reset"), "{msg}");
