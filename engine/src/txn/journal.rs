@@ -268,9 +268,14 @@ impl DurableJournal {
                     k,
                     serde_json::to_vec(&audit).map_err(|e| JournalError(e.to_string()))?,
                 );
-                lock(&self.live).remove(txn_id);
             }
         }
+        let finished = summary.as_ref().is_some_and(|s| {
+            matches!(
+                s.state,
+                TxnState::Committed | TxnState::RolledBack | TxnState::RollbackFailed
+            )
+        });
         let n = self.writes.fetch_add(1, Ordering::SeqCst) + 1;
         if let Some(c) = self.crash {
             if c.at == n && !c.after {
@@ -282,6 +287,11 @@ impl DurableJournal {
             .write(batch, durable)
             .await
             .map_err(|e| JournalError(e.to_string()))?;
+        // Only once the final record is written: if it fails, the records that follow (the
+        // rollback of a commit that could not be journaled) continue the same sequence.
+        if finished {
+            lock(&self.live).remove(txn_id);
+        }
         if let Some(c) = self.crash {
             if c.at == n && c.after {
                 tracing::error!(write = n, "fault injection: aborting after journal write");
