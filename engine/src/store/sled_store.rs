@@ -264,13 +264,8 @@ impl Store for SledStore {
                     .sum::<usize>(),
             );
             encode_frame(&mut frame, seq, &batch);
-            {
-                let mut overlay = write_lock(&self.shared.overlay);
-                for (space, k, v) in batch.writes {
-                    overlay.bytes += k.len() + 1 + v.as_ref().map_or(0, Vec::len);
-                    overlay.writes.insert(key(space, &k), v);
-                }
-            }
+            // Sent first, so a writer that is gone leaves the overlay untouched; a checkpoint
+            // cannot run before the overlay is updated, since it takes the intake lock.
             sender
                 .send(Message {
                     frame,
@@ -278,6 +273,11 @@ impl Store for SledStore {
                 })
                 .map_err(|_| StoreError::Closed)?;
             intake.seq = seq;
+            let mut overlay = write_lock(&self.shared.overlay);
+            for (space, k, v) in batch.writes {
+                overlay.bytes += k.len() + 1 + v.as_ref().map_or(0, Vec::len);
+                overlay.writes.insert(key(space, &k), v);
+            }
         }
         match wait {
             Some(wait) => wait.await.map_err(|_| StoreError::Closed)?,
