@@ -863,6 +863,30 @@ async fn unknown_names_suggest_the_closest() {
     assert!(e.to_string().contains("did you mean `Zone`?"), "{e}");
 }
 
+/// Transactions of the same procedure share one compiled program, and the request's own
+/// checks still run every time.
+#[tokio::test]
+async fn a_procedure_compiles_once_and_its_checks_run_every_time() {
+    let env = env(COMPILE);
+    let ok = h::req("call: C/Zone\ndata: { zone: z }");
+    let first = env.engine.program(&ok).unwrap();
+    let r = env.run("call: C/Zone\ndata: { zone: y }").await;
+    assert_eq!(r.state, TxnState::Committed, "{:?}", r.failure);
+    assert!(std::sync::Arc::ptr_eq(
+        &first,
+        &env.engine.program(&ok).unwrap()
+    ));
+    // The cached target still needs its inputs, and a private one is still refused.
+    match one(env.compile_errors("call: C/Zone\ndata: { note: x }").await) {
+        CompileError::MissingInput { input, .. } => assert_eq!(input, "zone"),
+        other => panic!("expected MissingInput, got {other:?}"),
+    }
+    assert!(matches!(
+        one(env.compile_errors("call: C/Secret").await),
+        CompileError::Private { .. }
+    ));
+}
+
 #[tokio::test]
 async fn missing_required_input_is_a_compile_error() {
     let env = env(COMPILE);

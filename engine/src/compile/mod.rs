@@ -328,47 +328,10 @@ pub fn compile_request(
     request: &Request,
     limits: &Limits,
 ) -> Result<Program, CompileErrors> {
+    check_request(catalog, request)?;
     let mut cx = Compiler::new(catalog, limits);
     let entry = match &request.target {
-        RequestTarget::Call(target) => {
-            let (ns, p) = catalog
-                .resolve(target, &request.source_ref)
-                .map_err(|e| CompileErrors(vec![e]))?;
-            if p.access == Access::Private {
-                return Err(CompileErrors(vec![CompileError::Private {
-                    namespace: ns.name.clone(),
-                    procedure: p.name.clone(),
-                    public: ns
-                        .procedures
-                        .iter()
-                        .filter(|p| p.access == Access::Public)
-                        .map(|p| p.name.clone())
-                        .collect(),
-                    at: request.source_ref.clone(),
-                }]));
-            }
-            let mut missing = Vec::new();
-            for input in p
-                .inputs
-                .iter()
-                .filter(|i| i.required && i.default.is_none())
-            {
-                let present = Path::parse(&input.name)
-                    .map(|path| !path.select(&request.data).is_empty())
-                    .unwrap_or(false);
-                if !present {
-                    missing.push(CompileError::MissingInput {
-                        procedure: target.to_string(),
-                        input: input.name.clone(),
-                        at: request.source_ref.clone(),
-                    });
-                }
-            }
-            if !missing.is_empty() {
-                return Err(CompileErrors(missing));
-            }
-            cx.procedure(target.clone(), &request.source_ref)
-        }
+        RequestTarget::Call(target) => cx.procedure(target.clone(), &request.source_ref),
         RequestTarget::Trusted(p) => {
             cx.trusted = Some(serde_json::to_vec(p).unwrap_or_default());
             let target = CallTarget {
@@ -379,6 +342,53 @@ pub fn compile_request(
         }
     };
     cx.finish(entry)
+}
+
+/// The checks a request must pass before it compiles, that depend on the request itself
+/// rather than on the procedure: for a call, the target exists, is public and gets every
+/// required input. (A trusted request carries its own body; it has none of these.)
+pub fn check_request(catalog: &Catalog, request: &Request) -> Result<(), CompileErrors> {
+    let RequestTarget::Call(target) = &request.target else {
+        return Ok(());
+    };
+    let (ns, p) = catalog
+        .resolve(target, &request.source_ref)
+        .map_err(|e| CompileErrors(vec![e]))?;
+    if p.access == Access::Private {
+        return Err(CompileErrors(vec![CompileError::Private {
+            namespace: ns.name.clone(),
+            procedure: p.name.clone(),
+            public: ns
+                .procedures
+                .iter()
+                .filter(|p| p.access == Access::Public)
+                .map(|p| p.name.clone())
+                .collect(),
+            at: request.source_ref.clone(),
+        }]));
+    }
+    let mut missing = Vec::new();
+    for input in p
+        .inputs
+        .iter()
+        .filter(|i| i.required && i.default.is_none())
+    {
+        let present = Path::parse(&input.name)
+            .map(|path| !path.select(&request.data).is_empty())
+            .unwrap_or(false);
+        if !present {
+            missing.push(CompileError::MissingInput {
+                procedure: target.to_string(),
+                input: input.name.clone(),
+                at: request.source_ref.clone(),
+            });
+        }
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(CompileErrors(missing))
+    }
 }
 
 /// Compiles one procedure by name, without the access and input checks of a request

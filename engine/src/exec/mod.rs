@@ -11,12 +11,12 @@ pub use journal::{Journal, JournalError, NoJournal, StepDone, StepIntent, TxnSta
 pub use redact::Redactor;
 
 use crate::compile::{
-    compile_request, Body, CForEach, CPart, CSource, CTransform, CWhen, Catalog, CompileErrors,
-    CompiledProcedure, ExecNode, Leaf, Limits, Plan, PlanNode, Program, ScriptNode,
+    check_request, compile_request, Body, CForEach, CPart, CSource, CTransform, CWhen, Catalog,
+    CompileErrors, CompiledProcedure, ExecNode, Leaf, Limits, Plan, PlanNode, Program, ScriptNode,
 };
 use crate::data::transform::{extract, place, remove};
 use crate::data::{Element, IfNull, Mode, Path, Scalar};
-use crate::model::{CallTarget, ProcKind, Request, Scope};
+use crate::model::{CallTarget, ProcKind, Request, RequestTarget, Scope};
 use crate::provider::{
     Call, CallContext, Done, Preview, Provider, ProviderError, ProviderRegistry,
 };
@@ -195,6 +195,9 @@ type EventSink = Arc<dyn Fn(&Event) + Send + Sync>;
 #[derive(Clone)]
 pub struct Engine {
     catalog: Arc<Catalog>,
+    /// Compiled programs of simple requests, by target: a call's program depends only on
+    /// the (immutable) catalog, so transactions of the same procedure share one.
+    programs: Arc<Mutex<HashMap<String, Arc<Program>>>>,
     registry: ProviderRegistry,
     options: EngineOptions,
     journal: Arc<dyn Journal>,
@@ -277,6 +280,7 @@ impl Engine {
     pub fn new(catalog: Catalog, registry: ProviderRegistry, options: EngineOptions) -> Engine {
         Engine {
             catalog: Arc::new(catalog),
+            programs: Arc::default(),
             registry,
             options,
             journal: Arc::new(NoJournal),
@@ -316,9 +320,26 @@ impl Engine {
         compile_request(&self.catalog, request, &self.options.limits)
     }
 
+    /// The program of a request: a simple request's is compiled once per target and shared
+    /// (its own checks, access and required inputs, run every time); a trusted request's
+    /// body is compiled each time.
+    pub fn program(&self, request: &Request) -> Result<Arc<Program>, CompileErrors> {
+        let RequestTarget::Call(target) = &request.target else {
+            return Ok(Arc::new(self.compile(request)?));
+        };
+        check_request(&self.catalog, request)?;
+        let key = target.to_string();
+        if let Some(p) = lock(&self.programs).get(&key) {
+            return Ok(p.clone());
+        }
+        let program = Arc::new(self.compile(request)?);
+        lock(&self.programs).insert(key, program.clone());
+        Ok(program)
+    }
+
     /// Compiles and runs a request as one transaction.
     pub async fn run(&self, request: &Request) -> Result<TxnResult, RunError> {
-        let program = Arc::new(self.compile(request)?);
+        let program = self.program(request)?;
         Ok(self
             .run_program(program, request.data.clone(), request.context.clone())
             .await)
@@ -327,7 +348,7 @@ impl Engine {
     /// Compiles a request and walks it without calling any provider: returns the provider
     /// calls that would be made, with their resolved inputs and the providers' previews.
     pub async fn plan(&self, request: &Request) -> Result<Vec<PlanEntry>, RunError> {
-        let program = Arc::new(self.compile(request)?);
+        let program = self.program(request)?;
         let txn = self.new_txn(
             program.clone(),
             RunMode::Plan,
