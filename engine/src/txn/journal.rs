@@ -39,9 +39,9 @@ impl CrashPoint {
 struct Live {
     next_seq: u64,
     summary: TxnSummary,
-    /// Every record written so far, when this process wrote all of them (not for a
-    /// transaction adopted at recovery): at the end they are compacted into one value.
-    records: Option<Vec<Vec<u8>>>,
+    /// This process wrote every record of the transaction (not so for one adopted at
+    /// recovery), so at the end they can be compacted into one value.
+    compactable: bool,
 }
 
 /// The journal on a store.
@@ -145,7 +145,7 @@ impl DurableJournal {
             Live {
                 next_seq,
                 summary,
-                records: None,
+                compactable: false,
             },
         );
     }
@@ -160,11 +160,11 @@ impl DurableJournal {
     ) -> Result<(), JournalError> {
         let value = serde_json::to_vec(record).map_err(|e| JournalError(e.to_string()))?;
         let mut batch = extra;
-        let (seq, summary, compacted) = {
+        let (seq, summary, compact_now) = {
             let mut live = lock(&self.live);
             let l = live.entry(txn_id.to_string()).or_insert_with(|| Live {
                 next_seq: 0,
-                records: Some(Vec::new()),
+                compactable: true,
                 summary: TxnSummary {
                     id: txn_id.to_string(),
                     state: TxnState::Running,
@@ -214,33 +214,36 @@ impl DurableJournal {
                     TxnState::Committed | TxnState::RolledBack | TxnState::RollbackFailed
                 )
             });
-            // A finished transaction's records become one value under its id, and the
-            // per-record keys go: the store's overlay cancels those that never reached disk.
-            let compacted = match (finished, l.records.take()) {
-                (true, Some(mut records)) => {
-                    records.push(value.clone());
-                    Some(compact(&records))
-                }
-                (_, records) => {
-                    l.records = records;
-                    if let Some(r) = l.records.as_mut() {
-                        r.push(value.clone());
-                    }
-                    None
-                }
-            };
-            (seq, summary_write, compacted)
+            let compact_now = finished && l.compactable;
+            if finished {
+                // Whatever happens to this write, later records (the rollback of a commit
+                // that could not be journaled) go under their own keys.
+                l.compactable = false;
+            }
+            (seq, summary_write, compact_now)
         };
-        match compacted {
-            Some(all) => {
-                for earlier in 0..seq {
-                    batch.delete(Space::Journal, record_key(txn_id, earlier));
-                }
-                batch.put(Space::Journal, txn_id.as_bytes().to_vec(), all);
+        if compact_now {
+            // A finished transaction's records become one value under its id, and the
+            // per-record keys go: the store's overlay cancels those that never reached
+            // disk. Every earlier record of the transaction was written before this one,
+            // so the store returns them all.
+            let earlier = self
+                .store
+                .scan(Space::Journal, txn_id.as_bytes())
+                .map_err(|e| JournalError(e.to_string()))?;
+            let mut records: Vec<&[u8]> = Vec::with_capacity(earlier.len() + 1);
+            for (k, v) in earlier.iter().filter(|(k, _)| k.len() > txn_id.len()) {
+                batch.delete(Space::Journal, k.clone());
+                records.push(v);
             }
-            None => {
-                batch.put(Space::Journal, record_key(txn_id, seq), value);
-            }
+            records.push(&value);
+            batch.put(
+                Space::Journal,
+                txn_id.as_bytes().to_vec(),
+                compact(&records),
+            );
+        } else {
+            batch.put(Space::Journal, record_key(txn_id, seq), value);
         }
         if let Some(summary) = &summary {
             batch.put(
@@ -304,7 +307,7 @@ impl DurableJournal {
 
 /// The records of a transaction as one JSON array (sequence number = index), built from
 /// their encodings without decoding them.
-fn compact(records: &[Vec<u8>]) -> Vec<u8> {
+fn compact(records: &[&[u8]]) -> Vec<u8> {
     let mut out = Vec::with_capacity(records.iter().map(|r| r.len() + 1).sum::<usize>() + 2);
     out.push(b'[');
     for (i, r) in records.iter().enumerate() {
