@@ -23,6 +23,16 @@ pub enum TxnState {
     RollbackFailed,
 }
 
+impl TxnState {
+    /// Whether the transaction has ended (committed, rolled back, or rollback failed).
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            TxnState::Committed | TxnState::RolledBack | TxnState::RollbackFailed
+        )
+    }
+}
+
 impl std::fmt::Display for TxnState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {

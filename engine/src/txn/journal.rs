@@ -160,7 +160,7 @@ impl DurableJournal {
     ) -> Result<(), JournalError> {
         let value = serde_json::to_vec(record).map_err(|e| JournalError(e.to_string()))?;
         let mut batch = extra;
-        let (seq, summary, compact_now) = {
+        let (seq, summary, finished, compact_now) = {
             let mut live = lock(&self.live);
             let l = live.entry(txn_id.to_string()).or_insert_with(|| Live {
                 next_seq: 0,
@@ -208,19 +208,14 @@ impl DurableJournal {
                 }
                 _ => {}
             }
-            let finished = summary_write.as_ref().is_some_and(|s| {
-                matches!(
-                    s.state,
-                    TxnState::Committed | TxnState::RolledBack | TxnState::RollbackFailed
-                )
-            });
+            let finished = summary_write.as_ref().is_some_and(|s| s.state.is_final());
             let compact_now = finished && l.compactable;
             if finished {
                 // Whatever happens to this write, later records (the rollback of a commit
                 // that could not be journaled) go under their own keys.
                 l.compactable = false;
             }
-            (seq, summary_write, compact_now)
+            (seq, summary_write, finished, compact_now)
         };
         if compact_now {
             // A finished transaction's records become one value under its id, and the
@@ -251,10 +246,7 @@ impl DurableJournal {
                 txn_id.as_bytes().to_vec(),
                 serde_json::to_vec(summary).map_err(|e| JournalError(e.to_string()))?,
             );
-            if matches!(
-                summary.state,
-                TxnState::Committed | TxnState::RolledBack | TxnState::RollbackFailed
-            ) {
+            if finished {
                 let audit = AuditEntry {
                     txn_id: txn_id.to_string(),
                     who: summary.who.clone(),
@@ -273,12 +265,6 @@ impl DurableJournal {
                 );
             }
         }
-        let finished = summary.as_ref().is_some_and(|s| {
-            matches!(
-                s.state,
-                TxnState::Committed | TxnState::RolledBack | TxnState::RollbackFailed
-            )
-        });
         let n = self.writes.fetch_add(1, Ordering::SeqCst) + 1;
         if let Some(c) = self.crash {
             if c.at == n && !c.after {
@@ -377,10 +363,7 @@ impl Journal for DurableJournal {
         state: TxnState,
         message: Option<&str>,
     ) -> Result<(), JournalError> {
-        let durable = matches!(
-            state,
-            TxnState::Committed | TxnState::RolledBack | TxnState::RollbackFailed
-        );
+        let durable = state.is_final();
         let record = Record::State {
             at_ms: now_ms(),
             state,
