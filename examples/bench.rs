@@ -76,12 +76,19 @@ fn print_floor(
     ratios: &mut [f64],
 ) -> Result<()> {
     let floor = support::sync_floor(dir, syncs, 21)?.as_secs_f64();
+    let preallocated = support::sync_floor_preallocated(dir, syncs, 21)?.as_secs_f64();
     ratios.sort_by(f64::total_cmp);
     println!(
         "  floor: {syncs} appends + fdatasync in the same folder take {} (median of 21 after the runs); the engine needs {syncs} syncs here; median of (run / floor measured right after it): {:.2}x; median run / this floor: {:.2}x",
         ms(floor),
         ratios.get(ratios.len() / 2).copied().unwrap_or(f64::NAN),
         engine_s / floor
+    );
+    println!(
+        "  the same {syncs} syncs over preallocated blocks (the write-ahead log's pattern) take {}: the engine's run is {:.2}x that, {} above it",
+        ms(preallocated),
+        engine_s / preallocated,
+        ms(engine_s - preallocated)
     );
     Ok(())
 }

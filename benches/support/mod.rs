@@ -414,14 +414,34 @@ pub fn median_p90(samples: &mut [Duration]) -> (f64, f64) {
 /// time of `syncs` appends of 512 bytes to one file in `dir`, each followed by `fdatasync`
 /// (what "a journal that appends and syncs once per step" costs on this disk, right now).
 pub fn sync_floor(dir: &Path, syncs: usize, reps: usize) -> Result<Duration> {
+    floor_of(dir, syncs, reps, false)
+}
+
+/// The same number of 512-byte writes and `fdatasync`s, over blocks already written and
+/// synced (what the journal's write-ahead log does between its growth steps): no file-size
+/// change to commit, so usually cheaper than appends.
+pub fn sync_floor_preallocated(dir: &Path, syncs: usize, reps: usize) -> Result<Duration> {
+    floor_of(dir, syncs, reps, true)
+}
+
+fn floor_of(dir: &Path, syncs: usize, reps: usize, preallocated: bool) -> Result<Duration> {
     use std::io::Write as _;
+    use std::os::unix::fs::FileExt as _;
     let path = dir.join("sync-floor");
     let mut samples = Vec::with_capacity(reps);
     for _ in 0..reps.max(1) {
         let mut f = std::fs::File::create(&path)?;
+        if preallocated {
+            f.write_all(&vec![0; syncs * 512 + 4096])?;
+            f.sync_all()?;
+        }
         let start = Instant::now();
-        for _ in 0..syncs {
-            f.write_all(&[0x5a; 512])?;
+        for i in 0..syncs {
+            if preallocated {
+                f.write_all_at(&[0x5a; 512], (i * 512) as u64)?;
+            } else {
+                f.write_all(&[0x5a; 512])?;
+            }
             f.sync_data()?;
         }
         samples.push(start.elapsed());

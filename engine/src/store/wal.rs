@@ -28,6 +28,10 @@ const MAX_FRAME: u32 = 256 * 1024 * 1024;
 /// `fdatasync` of data written over existing blocks need not commit file-size metadata.
 const GROW_CHUNK: u64 = 1024 * 1024;
 
+/// The buffer of frames waiting for the next write keeps up to this much capacity between
+/// writes.
+const PENDING_KEPT: usize = 64 * 1024;
+
 /// The write-ahead log of a store folder.
 pub(super) struct Wal {
     file: File,
@@ -78,7 +82,7 @@ impl Wal {
                 path: path.to_path_buf(),
                 offset: 0,
                 filled,
-                pending: Vec::with_capacity(64 * 1024),
+                pending: Vec::with_capacity(PENDING_KEPT),
             },
             frames,
         ))
@@ -96,16 +100,18 @@ impl Wal {
         self.offset + self.pending.len() as u64
     }
 
-    /// Encodes a batch as the frame numbered `seq` (written by the next [`Wal::write`]).
-    #[cfg(test)]
+    /// Encodes a batch as the frame numbered `seq` (written by the next [`Wal::write`]),
+    /// into a buffer the log keeps, so a write allocates nothing.
     pub fn append(&mut self, seq: u64, batch: &Batch) {
         encode_frame(&mut self.pending, seq, batch);
     }
 
-    /// Queues a frame already encoded by [`encode_frame`] (written by the next
-    /// [`Wal::write`]).
-    pub fn push_frame(&mut self, frame: &[u8]) {
-        self.pending.extend_from_slice(frame);
+    /// A second handle on the log file, for `fdatasync` calls made without holding the log:
+    /// a sync covers every write that completed before it started, through any handle.
+    pub fn sync_handle(&self) -> Result<File, StoreError> {
+        self.file
+            .try_clone()
+            .map_err(|e| io_err(&self.path, "cannot open a second handle on", e))
     }
 
     /// Writes the encoded frames to the file (not yet durable).
@@ -127,7 +133,12 @@ impl Wal {
             .write_all_at(&self.pending, self.offset)
             .map_err(|e| io_err(&self.path, "cannot write the write-ahead log", e))?;
         self.offset = end;
-        self.pending.clear();
+        if self.pending.capacity() > PENDING_KEPT {
+            // A burst (thousands of requests starting at once) grew it: give the memory back.
+            self.pending = Vec::with_capacity(PENDING_KEPT);
+        } else {
+            self.pending.clear();
+        }
         Ok(())
     }
 
