@@ -245,10 +245,11 @@ impl fmt::Debug for dyn Provider {
     }
 }
 
-/// The providers known to an engine, by name.
+/// The providers known to an engine, by name. Cloning shares the map (an engine is cloned
+/// per transaction task; providers are registered once, at setup).
 #[derive(Clone, Default)]
 pub struct ProviderRegistry {
-    providers: BTreeMap<String, Arc<dyn Provider>>,
+    providers: Arc<BTreeMap<String, Arc<dyn Provider>>>,
 }
 
 impl ProviderRegistry {
@@ -259,7 +260,7 @@ impl ProviderRegistry {
 
     /// Adds (or replaces) a provider under its name.
     pub fn register(&mut self, provider: Arc<dyn Provider>) {
-        self.providers.insert(provider.name().to_string(), provider);
+        Arc::make_mut(&mut self.providers).insert(provider.name().to_string(), provider);
     }
 
     /// A provider by name.

@@ -222,6 +222,15 @@ struct Completed {
     done: Done,
 }
 
+/// Adds a completed call, growing the list 1, 2, 4, … instead of from 4: an entry is ~430
+/// bytes, and most transactions in flight hold one or two.
+fn push_completed(completed: &mut Vec<Completed>, c: Completed) {
+    if completed.len() == completed.capacity() {
+        completed.reserve_exact(completed.len().max(1));
+    }
+    completed.push(c);
+}
+
 struct Txn {
     id: String,
     mode: RunMode,
@@ -435,12 +444,13 @@ impl Engine {
         }
         let span = info_span!("txn", txn.id = %txn.id, procedure = %txn.program.entry.target);
         async {
-            let target = txn.program.entry.target.to_string();
-            let mut shown = data.clone();
-            txn.redactor.redact_element(&mut shown);
             let started = if resuming {
                 self.journal.txn_state(&txn.id, TxnState::Running, Some("resumed after a crash")).await
             } else {
+                // Scoped here, so the transaction's task does not carry them while it runs.
+                let target = txn.program.entry.target.to_string();
+                let mut shown = data.clone();
+                txn.redactor.redact_element(&mut shown);
                 self.journal
                 .txn_started(&TxnStart {
                     txn_id: &txn.id,
@@ -547,9 +557,11 @@ impl Engine {
             Body::Leaf(leaf) => {
                 let mut ed = data;
                 ed.name = "executeData".into();
-                let mut out = self
-                    .call_provider(txn, &entry, leaf, ed, &entry.target.procedure)
-                    .await?;
+                // Boxed: inline, this rarely taken branch would size every transaction's
+                // task for a provider call's state (the memory benchmark's figure).
+                let mut out =
+                    Box::pin(self.call_provider(txn, &entry, leaf, ed, &entry.target.procedure))
+                        .await?;
                 out.name = "data".into();
                 Ok(out)
             }
@@ -848,26 +860,29 @@ impl Engine {
                 data: data_before,
                 result: value,
             });
-            lock(&txn.completed).push(Completed {
-                started_after,
-                seq,
-                step: step.clone(),
-                target: "(script undo)".into(),
-                kind: ProcKind::Write,
-                provider,
-                done: Done {
-                    context: CallContext {
-                        txn_id: txn.id.clone(),
-                        step_id: step.clone(),
-                        attempt: 1,
-                        namespace: "(script)".into(),
-                        procedure: sn.id.clone(),
+            push_completed(
+                &mut lock(&txn.completed),
+                Completed {
+                    started_after,
+                    seq,
+                    step: step.clone(),
+                    target: "(script undo)".into(),
+                    kind: ProcKind::Write,
+                    provider,
+                    done: Done {
+                        context: CallContext {
+                            txn_id: txn.id.clone(),
+                            step_id: step.clone(),
+                            attempt: 1,
+                            namespace: "(script)".into(),
+                            procedure: sn.id.clone(),
+                        },
+                        provider_context: Element::new("providerContext"),
+                        undo: Element::new("undo"),
+                        execute_data: None,
                     },
-                    provider_context: Element::new("providerContext"),
-                    undo: Element::new("undo"),
-                    execute_data: None,
                 },
-            });
+            );
         }
         Ok(())
     }
@@ -1350,7 +1365,7 @@ impl Engine {
                     if let Some(undo) = &r.undo {
                         let started_after = txn.completions.load(AtomicOrdering::SeqCst);
                         let seq = txn.completions.fetch_add(1, AtomicOrdering::SeqCst);
-                        lock(&txn.completed).push(Completed {
+                        push_completed(&mut lock(&txn.completed), Completed {
                             started_after,
                             seq,
                             step: step.to_string(),
@@ -1427,7 +1442,7 @@ impl Engine {
                         if keep {
                             if let Some(undo) = outcome.undo {
                                 let mut completed = lock(&txn.completed);
-                                completed.push(Completed {
+                                push_completed(&mut completed, Completed {
                                     started_after,
                                     seq,
                                     step: step.to_string(),
