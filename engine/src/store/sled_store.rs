@@ -182,22 +182,28 @@ impl Shared {
                     if self.appended.load(Ordering::Acquire) > seq {
                         // Others are writing too: hand the sync to the sync thread, so this
                         // worker thread goes on running their steps meanwhile.
-                        let bell = lock(&self.doorbell).as_ref().map(|d| d.send(()));
-                        if let Some(Ok(())) = bell {
+                        if self.ring_sync_thread() {
                             continue;
                         }
                     }
                     // Alone: sync on this thread. A hand-off to another thread and back
                     // costs about a third of a sync on an idle machine.
-                    if self.sync_log() {
-                        // Writers came meanwhile: the sync thread takes the lead over.
-                        if let Some(d) = lock(&self.doorbell).as_ref() {
-                            let _ = d.send(());
-                        }
+                    if self.sync_log() && !self.ring_sync_thread() {
+                        // Writers came meanwhile and the sync thread is gone (the store is
+                        // closing): hand the lead back, so one of them syncs.
+                        lock(&self.sync).leading = false;
+                        self.wake(true);
                     }
                 }
             }
         }
+    }
+
+    /// Hands the lead to the sync thread; false if it is gone.
+    fn ring_sync_thread(&self) -> bool {
+        lock(&self.doorbell)
+            .as_ref()
+            .is_some_and(|d| d.send(()).is_ok())
     }
 
     /// Makes every frame written so far durable, then hands the lead back and wakes the
@@ -821,6 +827,44 @@ mod tests {
         assert_eq!(store.scan(Space::Journal, b"").unwrap().len(), 64);
         // The first writer leads a sync; the others append meanwhile and share the next.
         assert!(store.sync_count() <= 4, "{} syncs", store.sync_count());
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Many writers on several threads, each waiting for its writes in turn (as steps do):
+    /// every write lands, the sync thread takes over the leading under load, and syncs are
+    /// shared.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writers_on_several_threads_share_syncs_and_all_land() {
+        let dir = tempfile_dir();
+        let store = Arc::new(SledStore::open(&dir).unwrap());
+        let mut tasks = Vec::new();
+        for t in 0..32u32 {
+            let s = store.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..20u32 {
+                    let mut b = Batch::new();
+                    let mut k = t.to_be_bytes().to_vec();
+                    k.extend_from_slice(&i.to_be_bytes());
+                    b.put(Space::Journal, k, vec![1; 600]);
+                    s.write(b, i % 2 == 0).await?;
+                }
+                Ok::<_, StoreError>(())
+            }));
+        }
+        for t in tasks {
+            tokio::time::timeout(Duration::from_secs(60), t)
+                .await
+                .expect("no writer waits forever")
+                .unwrap()
+                .unwrap();
+        }
+        assert_eq!(store.scan(Space::Journal, b"").unwrap().len(), 640);
+        let syncs = store.sync_count();
+        assert!(syncs < 320, "{syncs} syncs for 320 durable writes");
+        drop(store);
+        let store = SledStore::open(&dir).unwrap();
+        assert_eq!(store.scan(Space::Journal, b"").unwrap().len(), 640);
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }
