@@ -62,6 +62,12 @@ pub type Write = (Space, Vec<u8>, Option<Vec<u8>>);
 pub struct Batch {
     /// The writes, in order.
     pub writes: Vec<Write>,
+    /// A promise from the caller: every delete in this batch removes a key that was put
+    /// exactly once, by an earlier write to this store, and never otherwise. A store may then
+    /// forget such a put and its delete together while neither has reached its indexed
+    /// storage, instead of recording the delete (the journal's per-record keys, deleted when
+    /// a finished transaction's records are compacted). Stores may ignore it.
+    pub deletes_cancel_puts: bool,
 }
 
 impl Batch {

@@ -340,6 +340,8 @@ enum Signal {
 
 /// The sled-backed store.
 pub struct SledStore {
+    #[cfg(test)]
+    db: sled::Db,
     tree: sled::Tree,
     shared: Arc<Shared>,
     path: PathBuf,
@@ -504,6 +506,8 @@ impl SledStore {
                 StoreError::Io(format!("cannot start the journal's checkpoint thread: {e}"))
             })?;
         Ok(SledStore {
+            #[cfg(test)]
+            db,
             tree,
             shared,
             path: path.to_path_buf(),
@@ -511,6 +515,19 @@ impl SledStore {
             checkpointer: std::sync::Mutex::new(Some(handle)),
             sync_thread: std::sync::Mutex::new(Some(sync_thread)),
         })
+    }
+
+    /// Takes a checkpoint on the calling thread (tests).
+    #[cfg(test)]
+    fn checkpoint_now(&self) {
+        let mut checkpointer = Checkpointer {
+            path: self.path.clone(),
+            db: self.db.clone(),
+            tree: self.tree.clone(),
+            syncer: Syncer::new(&self.path).unwrap(),
+            shared: self.shared.clone(),
+        };
+        assert!(checkpointer.checkpoint());
     }
 
     /// The store folder.
@@ -565,8 +582,18 @@ impl Store for SledStore {
             let mut overlays = write_lock(&self.shared.overlays);
             let overlay = &mut overlays.active;
             for (space, k, v) in batch.writes {
+                let full = key(space, &k);
+                if v.is_none() && batch.deletes_cancel_puts {
+                    if let Some(Some(put)) = overlay.writes.get(&full) {
+                        // Put since the last checkpoint began and never elsewhere (the
+                        // batch's promise): sled never saw it, so both are forgotten.
+                        overlay.bytes = overlay.bytes.saturating_sub(full.len() + put.len());
+                        overlay.writes.remove(&full);
+                        continue;
+                    }
+                }
                 overlay.bytes += k.len() + 1 + v.as_ref().map_or(0, Vec::len);
-                overlay.writes.insert(key(space, &k), v);
+                overlay.writes.insert(full, v);
             }
             if (log_full || overlay.bytes >= OVERLAY_BYTES)
                 && !self.shared.checkpoint_asked.swap(true, Ordering::AcqRel)
@@ -1104,6 +1131,52 @@ mod tests {
             store.scan(Space::Journal, b"").unwrap().len(),
             expected.len()
         );
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A delete promised to cancel a put forgets both while the put is in the active
+    /// overlay, records the delete otherwise (the put already in sled), and reads and a
+    /// reopen agree either way.
+    #[tokio::test]
+    async fn deletes_that_cancel_puts_leave_nothing_behind() {
+        let dir = tempfile_dir();
+        let store = SledStore::open(&dir).unwrap();
+        let mut b = Batch::new();
+        b.put(Space::Journal, b"old".to_vec(), b"1".to_vec());
+        store.write(b, true).await.unwrap();
+        // Folded into sled: the next delete of `old` must be recorded.
+        store.checkpoint_now();
+        let mut b = Batch::new();
+        b.put(Space::Journal, b"new".to_vec(), b"2".to_vec());
+        store.write(b, true).await.unwrap();
+        let mut b = Batch::new();
+        b.delete(Space::Journal, b"new".to_vec());
+        b.delete(Space::Journal, b"old".to_vec());
+        b.put(Space::Journal, b"kept".to_vec(), b"3".to_vec());
+        b.deletes_cancel_puts = true;
+        store.write(b, true).await.unwrap();
+        {
+            let overlays = read_lock(&store.shared.overlays);
+            assert!(!overlays
+                .active
+                .writes
+                .contains_key(&key(Space::Journal, b"new")));
+            assert_eq!(
+                overlays.active.writes.get(&key(Space::Journal, b"old")),
+                Some(&None)
+            );
+        }
+        let check = |store: &SledStore| {
+            let rows = store.scan(Space::Journal, b"").unwrap();
+            assert_eq!(rows, vec![(b"kept".to_vec(), b"3".to_vec())]);
+            assert_eq!(store.get(Space::Journal, b"old").unwrap(), None);
+            assert_eq!(store.get(Space::Journal, b"new").unwrap(), None);
+        };
+        check(&store);
+        drop(store);
+        let store = SledStore::open(&dir).unwrap();
+        check(&store);
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -311,6 +311,7 @@ mod tests {
                 .iter()
                 .map(|(s, k, v)| (spaces[*s as usize % spaces.len()], k.clone(), v.clone()))
                 .collect(),
+            deletes_cancel_puts: false,
         }
     }
 

@@ -231,6 +231,8 @@ impl DurableJournal {
                 batch.delete(Space::Journal, k.clone());
                 records.push(v);
             }
+            // Each per-record key is put once, by its record, and deleted only here.
+            batch.deletes_cancel_puts = true;
             records.push(&value);
             batch.put(
                 Space::Journal,
