@@ -122,6 +122,9 @@ struct Shared {
     overlays: std::sync::RwLock<Overlays>,
     /// A size-triggered checkpoint was asked for and has not run yet.
     checkpoint_asked: AtomicBool,
+    /// Held for a whole checkpoint: the next one may reuse the log file the previous one
+    /// was folding in only after it is done.
+    checkpointing: std::sync::Mutex<()>,
 }
 
 impl Shared {
@@ -478,6 +481,7 @@ impl SledStore {
             poison: std::sync::OnceLock::new(),
             overlays: std::sync::RwLock::new(Overlays::default()),
             checkpoint_asked: AtomicBool::new(false),
+            checkpointing: std::sync::Mutex::new(()),
             doorbell: std::sync::Mutex::new(None),
         });
         let (doorbell, rings) = mpsc::channel::<()>();
@@ -717,6 +721,7 @@ impl Checkpointer {
     /// reused, and the next start replays both files.
     fn checkpoint(&mut self) -> bool {
         let shared = self.shared.clone();
+        let _one_at_a_time = lock(&shared.checkpointing);
         let (cut, frozen) = {
             let mut intake = lock(&shared.intake);
             if shared.poison.get().is_some() {
