@@ -1087,6 +1087,57 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// Writes `n` batches of 100 KB under keys 0..n (every third and the last durable);
+    /// every tenth batch also deletes key i/2. The overlay passes OVERLAY_BYTES near the
+    /// 42nd, which starts a checkpoint.
+    async fn write_numbered(store: &SledStore, n: u32) {
+        for i in 0..n {
+            let mut b = Batch::new();
+            b.put(Space::Journal, i.to_be_bytes().to_vec(), vec![7; 100_000]);
+            if i % 10 == 0 {
+                b.delete(Space::Journal, (i / 2).to_be_bytes().to_vec());
+            }
+            store.write(b, i % 3 == 0 || i == n - 1).await.unwrap();
+        }
+    }
+
+    /// The keys [`write_numbered`] leaves.
+    fn numbered_keys_left(n: u32) -> Vec<u32> {
+        (0..n)
+            .filter(|i| !(0..n).any(|j| j % 10 == 0 && j / 2 == *i))
+            .collect()
+    }
+
+    /// The numbered keys a store holds.
+    fn numbered_keys(store: &SledStore) -> Vec<u32> {
+        store
+            .scan(Space::Journal, b"")
+            .unwrap()
+            .iter()
+            .map(|(k, _)| u32::from_be_bytes(k[..4].try_into().unwrap()))
+            .collect()
+    }
+
+    /// Runs this binary's test `name` (in `store::sled_store::tests`) in a child process
+    /// with `env` set to `dir`, and asserts that the child aborted.
+    fn run_aborting_child(name: &str, env: &str, dir: &Path) {
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                &format!("store::sled_store::tests::{name}"),
+                "--nocapture",
+            ])
+            .env(env, dir)
+            .status()
+            .unwrap();
+        assert!(!status.success(), "the child must abort");
+        assert_eq!(
+            status.code(),
+            None,
+            "the child ends by a signal, not a failed check"
+        );
+    }
+
     /// A process that aborts right after its durable writes were acknowledged loses none of
     /// them: those after the last checkpoint come back from the write-ahead log.
     #[test]
@@ -1094,49 +1145,21 @@ mod tests {
         const CHILD: &str = "PROVISIO_TEST_WAL_CHILD";
         if let Ok(dir) = std::env::var(CHILD) {
             child_store(&dir, |store| async move {
-                for i in 0..50u32 {
-                    let mut b = Batch::new();
-                    // 100 KB each: the overlay passes OVERLAY_BYTES and is checkpointed
-                    // into sled midway, so the abort leaves some writes in sled and the
-                    // rest only in the log.
-                    b.put(Space::Journal, i.to_be_bytes().to_vec(), vec![7; 100_000]);
-                    if i % 10 == 0 {
-                        b.delete(Space::Journal, (i / 2).to_be_bytes().to_vec());
-                    }
-                    store.write(b, i % 3 == 0 || i == 49).await.unwrap();
-                }
+                // A checkpoint starts midway, so the abort finds writes in sled, or in the
+                // log file being folded in, and the rest in the other log file.
+                write_numbered(&store, 50).await;
                 std::process::abort();
             });
         }
         let dir = tempfile_dir();
-        let status = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "store::sled_store::tests::acknowledged_writes_survive_an_abort",
-                "--nocapture",
-            ])
-            .env(CHILD, &dir)
-            .status()
-            .unwrap();
-        assert!(!status.success(), "the child must abort");
+        run_aborting_child("acknowledged_writes_survive_an_abort", CHILD, &dir);
         let store = SledStore::open(&dir).unwrap();
-        let rows = store.scan(Space::Journal, b"").unwrap();
-        // Every tenth batch deletes key i/2 after its put, so 0, 5, 10, 15 and 20 are gone.
-        let expected: Vec<u32> = (0..50u32)
-            .filter(|i| ![0, 5, 10, 15, 20].contains(i))
-            .collect();
-        let got: Vec<u32> = rows
-            .iter()
-            .map(|(k, _)| u32::from_be_bytes(k[..4].try_into().unwrap()))
-            .collect();
-        assert_eq!(got, expected);
+        // Keys 0, 5, 10, 15 and 20 were deleted.
+        assert_eq!(numbered_keys(&store), numbered_keys_left(50));
         drop(store);
         // The replay was checkpointed: a second open finds the same, with nothing to replay.
         let store = SledStore::open(&dir).unwrap();
-        assert_eq!(
-            store.scan(Space::Journal, b"").unwrap().len(),
-            expected.len()
-        );
+        assert_eq!(numbered_keys(&store), numbered_keys_left(50));
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -1203,34 +1226,16 @@ mod tests {
     #[test]
     fn an_abort_during_a_checkpoint_loses_nothing() {
         const CHILD: &str = "PROVISIO_TEST_CHECKPOINT_CHILD";
-        let expected = |upto: u32| -> Vec<u32> {
-            (0..upto)
-                .filter(|i| !(0..upto).any(|j| j % 10 == 0 && j / 2 == *i))
-                .collect()
-        };
-        let keys = |rows: Vec<KeyValue>| -> Vec<u32> {
-            rows.iter()
-                .map(|(k, _)| u32::from_be_bytes(k[..4].try_into().unwrap()))
-                .collect()
-        };
         if let Ok(dir) = std::env::var(CHILD) {
             PAUSE_CHECKPOINTS.store(true, Ordering::Relaxed);
             child_store(&dir, |store| async move {
-                for i in 0..60u32 {
-                    let mut b = Batch::new();
-                    // 100 KB each: the overlay passes OVERLAY_BYTES near the 42nd write, and
-                    // the checkpoint it starts is held until after the abort.
-                    b.put(Space::Journal, i.to_be_bytes().to_vec(), vec![7; 100_000]);
-                    if i % 10 == 0 {
-                        b.delete(Space::Journal, (i / 2).to_be_bytes().to_vec());
-                    }
-                    store.write(b, i % 3 == 0 || i == 59).await.unwrap();
-                }
+                // The checkpoint started near the 42nd write is held until after the abort.
+                write_numbered(&store, 60).await;
                 assert!(
                     read_lock(&store.shared.overlays).frozen.is_some(),
                     "a checkpoint is running"
                 );
-                assert_eq!(keys(store.scan(Space::Journal, b"").unwrap()), expected(60));
+                assert_eq!(numbered_keys(&store), numbered_keys_left(60));
                 assert_eq!(
                     store.get(Space::Journal, &0u32.to_be_bytes()).unwrap(),
                     None
@@ -1243,27 +1248,11 @@ mod tests {
             });
         }
         let dir = tempfile_dir();
-        let status = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "store::sled_store::tests::an_abort_during_a_checkpoint_loses_nothing",
-                "--nocapture",
-            ])
-            .env(CHILD, &dir)
-            .status()
-            .unwrap();
-        assert!(!status.success(), "the child must abort");
-        assert_eq!(
-            status.code(),
-            None,
-            "the child ends by a signal, not a failed check"
-        );
-        let store = SledStore::open(&dir).unwrap();
-        assert_eq!(keys(store.scan(Space::Journal, b"").unwrap()), expected(60));
-        drop(store);
-        let store = SledStore::open(&dir).unwrap();
-        assert_eq!(keys(store.scan(Space::Journal, b"").unwrap()), expected(60));
-        drop(store);
+        run_aborting_child("an_abort_during_a_checkpoint_loses_nothing", CHILD, &dir);
+        for _ in 0..2 {
+            let store = SledStore::open(&dir).unwrap();
+            assert_eq!(numbered_keys(&store), numbered_keys_left(60));
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 
