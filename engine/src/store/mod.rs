@@ -111,7 +111,7 @@ pub enum StoreError {
         "journal I/O error: {0}\n  hint: check free disk space and permissions of the data folder"
     )]
     Io(String),
-    /// The writer thread is gone (the store was closed).
+    /// The store was closed.
     #[error("the journal store is closed")]
     Closed,
 }
