@@ -7,7 +7,8 @@
 //! `op: u8` (1 put, 0 delete), `key_len: u32`, key, and for a put `value_len: u32`, value;
 //! the last frame of each write to the file may end in zero bytes up to a 512-byte boundary.
 //!
-//! The file is reused from its start after every checkpoint, so it may hold frames of older
+//! The file is reused from its start once a checkpoint has folded what it holds into sled
+//! (the store keeps two and writes to one at a time), so it may hold frames of older
 //! generations after the newest one. A scan therefore stops at the first frame that is
 //! zero-length, fails its checksum, or does not carry the sequence number following the
 //! previous frame's: older generations always carry smaller numbers, so a stale frame never
