@@ -369,6 +369,47 @@ fn key(space: Space, key: &[u8]) -> Vec<u8> {
     k
 }
 
+/// Opens sled in `path`. A lock that is taken is retried for a moment: sled's lock is a
+/// `flock` on its file, and a process started from this one (an out-of-process provider, a
+/// test's child) shares the file until it execs, so a store closed and reopened at that
+/// instant would be refused although nothing else uses it.
+fn open_sled(path: &Path) -> Result<(sled::Db, sled::Tree), StoreError> {
+    const ATTEMPTS: u32 = 20;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        // sled may panic on some damaged files: that is a damaged store, not a crash.
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let db = sled::Config::new()
+                .path(path)
+                // sled is read mostly at start and by inspection (writes go through the
+                // log and the overlay), so a small page cache is enough: 16 MiB held ~1 KiB
+                // more per in-flight transaction in the memory benchmark than 8, and 64 ~2
+                // more; recovering 10,000 transactions took 1.25–1.33 s with 8, 1.10 s with 16.
+                .cache_capacity(8 * 1024 * 1024)
+                .flush_every_ms(None)
+                .open()?;
+            let tree = db.open_tree("provisio")?;
+            Ok::<_, sled::Error>((db, tree))
+        }));
+        match opened {
+            Ok(Ok(opened)) => return Ok(opened),
+            Ok(Err(e)) => match map_err(path, e) {
+                StoreError::Locked { .. } if attempt < ATTEMPTS => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                other => return Err(other),
+            },
+            Err(_) => {
+                return Err(StoreError::Corrupt {
+                    path: path.display().to_string(),
+                    message: "the storage engine could not read its files".into(),
+                })
+            }
+        }
+    }
+}
+
 fn map_err(path: &Path, e: sled::Error) -> StoreError {
     match e {
         sled::Error::Corruption { .. } => StoreError::Corrupt {
@@ -395,29 +436,7 @@ impl SledStore {
     pub fn open(path: &Path) -> Result<SledStore, StoreError> {
         std::fs::create_dir_all(path)
             .map_err(|e| StoreError::Io(format!("cannot create `{}`: {e}", path.display())))?;
-        // sled may panic on some damaged files: that is a damaged store, not a crash.
-        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let db = sled::Config::new()
-                .path(path)
-                // sled is read mostly at start and by inspection (writes go through the
-                // log and the overlay), so a small page cache is enough: 16 MiB held ~1 KiB
-                // more per in-flight transaction in the memory benchmark than 8, and 64 ~2
-                // more; recovering 10,000 transactions took 1.25–1.33 s with 8, 1.10 s with 16.
-                .cache_capacity(8 * 1024 * 1024)
-                .flush_every_ms(None)
-                .open()?;
-            let tree = db.open_tree("provisio")?;
-            Ok::<_, sled::Error>((db, tree))
-        }));
-        let (db, tree) = match opened {
-            Ok(r) => r.map_err(|e| map_err(path, e))?,
-            Err(_) => {
-                return Err(StoreError::Corrupt {
-                    path: path.display().to_string(),
-                    message: "the storage engine could not read its files".into(),
-                })
-            }
-        };
+        let (db, tree) = open_sled(path)?;
         let sled_writes = read_write_count(path, &tree)?;
         let (wal_a, frames_a) = Wal::open(&path.join(WAL_FILES[0]))?;
         let (wal_b, frames_b) = Wal::open(&path.join(WAL_FILES[1]))?;
