@@ -152,6 +152,13 @@ impl Shared {
         }
     }
 
+    /// Gives up the lead without a sync and wakes every waiter, so that one of them leads
+    /// (or, if the store is poisoned, all of them see the failure).
+    fn hand_back_lead(&self) {
+        lock(&self.sync).leading = false;
+        self.wake(true);
+    }
+
     /// Records that every write up to `seq` is durable and wakes the writers it covers.
     fn mark_synced(&self, seq: u64) {
         let mut state = lock(&self.sync);
@@ -204,8 +211,7 @@ impl Shared {
                     if self.sync_log(false) && !self.ring_sync_thread() {
                         // Writers came meanwhile and the sync thread is gone (the store is
                         // closing): hand the lead back, so one of them syncs.
-                        lock(&self.sync).leading = false;
-                        self.wake(true);
+                        self.hand_back_lead();
                     }
                 }
             }
@@ -253,8 +259,7 @@ impl Shared {
                     // Poisoned before another writer may lead: a later sync that succeeds
                     // proves nothing about the pages this one lost.
                     self.poison(e);
-                    lock(&self.sync).leading = false;
-                    self.wake(true);
+                    self.hand_back_lead();
                     return false;
                 }
             };
@@ -292,8 +297,7 @@ struct Abandoned<'a>(&'a Shared);
 
 impl Drop for Abandoned<'_> {
     fn drop(&mut self) {
-        lock(&self.0.sync).leading = false;
-        self.0.wake(true);
+        self.0.hand_back_lead();
     }
 }
 
