@@ -4,6 +4,7 @@
 //! This crate names no concrete provider: providers implement [`provider::Provider`] and are
 //! registered in a [`provider::ProviderRegistry`].
 
+pub mod codes;
 pub mod compile;
 pub mod data;
 pub mod exec;

@@ -107,9 +107,9 @@ pub enum ProviderError {
 
 impl ProviderError {
     /// E_FAIL, the MPS catch-all code.
-    pub const E_FAIL: u32 = 0x8000_4005;
+    pub const E_FAIL: u32 = crate::codes::E_FAIL;
     /// E_INVALIDARG.
-    pub const E_INVALIDARG: u32 = 0x8007_0057;
+    pub const E_INVALIDARG: u32 = crate::codes::E_INVALIDARG;
 
     /// A permanent error with E_FAIL.
     pub fn permanent(message: impl Into<String>) -> Self {
@@ -139,7 +139,7 @@ impl ProviderError {
     pub fn code(&self) -> u32 {
         match self {
             ProviderError::Transient { code, .. } | ProviderError::Permanent { code, .. } => *code,
-            ProviderError::Unsupported(_) => 0x8000_4001, // E_NOTIMPL
+            ProviderError::Unsupported(_) => crate::codes::E_NOTIMPL,
         }
     }
 

@@ -155,7 +155,7 @@ impl Provider for RecordingProvider {
                     .unwrap_or_else(|| "asked to fail".to_string());
                 self.st().log.push(format!("Fail({message})"));
                 return Err(ProviderError::Permanent {
-                    code: 0x8210_1391,
+                    code: crate::codes::E_TEST_FAILURE,
                     message,
                 });
             }
@@ -177,13 +177,13 @@ impl Provider for RecordingProvider {
                 }
                 if st.poison.contains(&name) {
                     return Err(ProviderError::Permanent {
-                        code: 0x8210_1391,
+                        code: crate::codes::E_TEST_FAILURE,
                         message: format!("cannot create {name}"),
                     });
                 }
                 if !st.resources.insert(name.clone()) {
                     return Err(ProviderError::Permanent {
-                        code: 0x8007_00B7,
+                        code: crate::codes::E_ALREADY_EXISTS,
                         message: format!("{name} already exists"),
                     });
                 }

@@ -1758,7 +1758,7 @@ fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
 
 fn script_failure(step: &str, e: &ScriptError) -> Failure {
     let code = if e.limit().is_some() {
-        0x8013_1501
+        crate::codes::E_SCRIPT_LIMIT
     } else {
         ProviderError::E_FAIL
     };

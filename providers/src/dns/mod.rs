@@ -43,15 +43,15 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 /// DNS_ERROR_ZONE_ALREADY_EXISTS as an HRESULT.
-pub const E_ZONE_EXISTS: u32 = 0x8007_2589;
+pub const E_ZONE_EXISTS: u32 = provisio_engine::codes::E_ZONE_EXISTS;
 /// DNS_ERROR_ZONE_DOES_NOT_EXIST as an HRESULT.
-pub const E_ZONE_NOT_FOUND: u32 = 0x8007_2581;
+pub const E_ZONE_NOT_FOUND: u32 = provisio_engine::codes::E_ZONE_NOT_FOUND;
 /// DNS_ERROR_RECORD_ALREADY_EXISTS as an HRESULT.
-pub const E_RECORD_EXISTS: u32 = 0x8007_25EF;
+pub const E_RECORD_EXISTS: u32 = provisio_engine::codes::E_RECORD_EXISTS;
 /// DNS_ERROR_RECORD_DOES_NOT_EXIST as an HRESULT.
-pub const E_RECORD_NOT_FOUND: u32 = 0x8007_25E5;
+pub const E_RECORD_NOT_FOUND: u32 = provisio_engine::codes::E_RECORD_NOT_FOUND;
 /// DNS_ERROR_CNAME_COLLISION as an HRESULT.
-pub const E_CNAME_COLLISION: u32 = 0x8007_25F1;
+pub const E_CNAME_COLLISION: u32 = provisio_engine::codes::E_CNAME_COLLISION;
 
 /// Largest TXT text accepted (bytes).
 pub const MAX_TXT: usize = 16 * 1024;

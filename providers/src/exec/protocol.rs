@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 pub const PROTOCOL_VERSION: u64 = 1;
 
 /// E_NOTIMPL: a provider answers a method it does not implement with this code.
-pub const E_NOTIMPL: u32 = 0x8000_4001;
+pub const E_NOTIMPL: u32 = provisio_engine::codes::E_NOTIMPL;
 
 /// A request method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

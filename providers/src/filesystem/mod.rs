@@ -36,7 +36,7 @@ use std::sync::Mutex;
 pub const TRASH_DIR: &str = ".provisio-trash";
 
 /// HRESULT for "quota exceeded" (ERROR_DISK_QUOTA_EXCEEDED).
-pub(crate) const E_DISK_QUOTA_EXCEEDED: u32 = 0x8007_050F;
+pub(crate) const E_DISK_QUOTA_EXCEEDED: u32 = provisio_engine::codes::E_DISK_QUOTA_EXCEEDED;
 
 /// Errors creating a [`FilesystemProvider`].
 #[derive(Debug, thiserror::Error)]

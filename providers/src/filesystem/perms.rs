@@ -17,7 +17,7 @@ use std::io;
 use std::path::PathBuf;
 
 /// HRESULT for "not supported" (ERROR_NOT_SUPPORTED).
-pub(crate) const E_NOT_SUPPORTED: u32 = 0x8007_0032;
+pub(crate) const E_NOT_SUPPORTED: u32 = provisio_engine::codes::E_NOT_SUPPORTED;
 
 fn xattr_error(what: &str, e: io::Error) -> ProviderError {
     if e.raw_os_error() == Some(rustix::io::Errno::OPNOTSUPP.raw_os_error()) {

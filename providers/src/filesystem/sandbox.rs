@@ -174,13 +174,13 @@ pub(crate) fn check_symlinks(dir: &Dir, field: &str, path: &RelPath) -> Result<(
 }
 
 /// HRESULT for "already exists" (ERROR_ALREADY_EXISTS).
-pub(crate) const E_ALREADY_EXISTS: u32 = 0x8007_00B7;
+pub(crate) const E_ALREADY_EXISTS: u32 = provisio_engine::codes::E_ALREADY_EXISTS;
 /// HRESULT for "path not found" (ERROR_PATH_NOT_FOUND).
-pub(crate) const E_PATH_NOT_FOUND: u32 = 0x8007_0003;
+pub(crate) const E_PATH_NOT_FOUND: u32 = provisio_engine::codes::E_PATH_NOT_FOUND;
 /// HRESULT for "access denied" (ERROR_ACCESS_DENIED).
-pub(crate) const E_ACCESS_DENIED: u32 = 0x8007_0005;
+pub(crate) const E_ACCESS_DENIED: u32 = provisio_engine::codes::E_ACCESS_DENIED;
 /// HRESULT for "directory not empty" (ERROR_DIR_NOT_EMPTY).
-pub(crate) const E_DIR_NOT_EMPTY: u32 = 0x8007_0091;
+pub(crate) const E_DIR_NOT_EMPTY: u32 = provisio_engine::codes::E_DIR_NOT_EMPTY;
 
 /// Maps an I/O error to the provider error class: busy/interrupted is transient,
 /// everything else permanent; an escape caught by cap-std is invalid input.
