@@ -7,7 +7,7 @@
 //!   transaction, with two providers: the real `Filesystem Provider/CreateFolder` (its own
 //!   intent markers and fsyncs included) and the in-process `Rec Provider/Create` (a no-op
 //!   with an undo record, so what remains is the engine's and the journal's cost).
-//! - `wide`: a request carrying 1, 8 or 64 MiB of data (many small items) and one no-op step.
+//! - `wide`: a request carrying 1, 8 or 64 MiB of data (many small items) and two no-op steps.
 //!
 //! Every case runs in a child process of its own (this example re-executed with `case …`), so
 //! its peak RSS (`VmHWM`) is its own; the store is sled on the local disk in a temp folder
@@ -100,7 +100,7 @@ fn steps_request(n: usize, filesystem: bool) -> String {
     s
 }
 
-/// A request of about `mib` MiB of data (small items) and one no-op step.
+/// A request of about `mib` MiB of data (small items) and two no-op steps.
 fn wide_request(mib: usize) -> String {
     let target = mib << 20;
     let mut s = String::with_capacity(target + 4096);
@@ -114,7 +114,8 @@ fn wide_request(mib: usize) -> String {
         i += 1;
     }
     s.push_str(
-        r#"</items></data><procedure><execute namespace="Rec Provider" procedure="Noop"/></procedure></request>"#,
+        // Two steps: a lone `<execute>` would be read as a simple call of that (private) procedure.
+        r#"</items></data><procedure><execute namespace="Rec Provider" procedure="Noop"/><execute namespace="Rec Provider" procedure="Noop"/></procedure></request>"#,
     );
     s
 }
