@@ -5,11 +5,11 @@
 pub mod records;
 pub mod seal;
 
-pub use records::{AuditEntry, Guarded, Record, TxnSummary};
+pub use records::{AuditEntry, Guarded, PinnedDefinitions, Record, TxnSummary};
 pub use seal::{SealError, SealKey};
 pub mod journal;
 
-pub use journal::{CrashPoint, DurableJournal};
+pub use journal::{CrashPoint, DurableJournal, GuardError, WriteError};
 pub mod recovery;
 
 pub use recovery::{recover, resume_rollback, Recovered, RecoveryError};
