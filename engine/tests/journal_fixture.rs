@@ -11,7 +11,7 @@ use provisio_engine::provider::{
     Call, Done, Outcome, ProcedureSpec, Provider, ProviderError, ProviderRegistry, UndoKind,
 };
 use provisio_engine::request::parse_namespaces;
-use provisio_engine::store::{Batch, SledStore, Space, Store};
+use provisio_engine::store::{Batch, KeyValue, SledStore, Space, Store, StoreError};
 use provisio_engine::testing::RecordingProvider;
 use provisio_engine::txn::records::{decode, AuditEntry, FORMAT};
 use provisio_engine::txn::{recovery, DurableJournal, Guarded, Record, SealKey};
@@ -93,8 +93,13 @@ struct Env {
 }
 
 async fn env() -> Env {
+    env_over(|store| store).await
+}
+
+/// The environment over the fixture store, as `wrap` presents it to the journal.
+async fn env_over(wrap: impl FnOnce(Arc<SledStore>) -> Arc<dyn Store>) -> Env {
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = load(dir.path()).await;
+    let store = wrap(load(dir.path()).await);
     let journal = Arc::new(DurableJournal::new(
         store,
         Some(SealKey::parse(KEY).expect("key")),
@@ -251,4 +256,40 @@ async fn a_rollback_failed_transaction_of_format_1_resumes_its_rollback() {
         .expect("resumes");
     assert_eq!((r.to, r.undone), (TxnState::RolledBack, 1), "{r:?}");
     assert_eq!(env.rec.log(), ["undo Create(c)"]);
+}
+
+/// The fixture store refusing every write (a full disk), reads working.
+struct Unwritable(Arc<SledStore>);
+
+#[async_trait]
+impl Store for Unwritable {
+    async fn write(&self, _: Batch, _: bool) -> Result<(), StoreError> {
+        Err(StoreError::Io("No space left on device".into()))
+    }
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.0.get(space, key)
+    }
+    fn scan(&self, space: Space, prefix: &[u8]) -> Result<Vec<KeyValue>, StoreError> {
+        self.0.scan(space, prefix)
+    }
+    fn sync_count(&self) -> u64 {
+        0
+    }
+}
+
+#[tokio::test]
+async fn recovery_that_cannot_journal_undoes_nothing_and_says_so() {
+    let env = env_over(|store| Arc::new(Unwritable(store))).await;
+    let failed = id_of(&env, "Fix/Failing", TxnState::RollbackFailed);
+    let e = provisio_engine::txn::resume_rollback(&env.engine, &env.journal, &failed)
+        .await
+        .expect_err("the rollback cannot be journaled");
+    assert!(
+        matches!(e, provisio_engine::txn::RecoveryError::Journal { .. }),
+        "{e}"
+    );
+    assert!(e.to_string().contains("No space left on device"), "{e}");
+    assert!(e.to_string().contains("provisio recover"), "{e}");
+    // Nothing was undone behind the journal's back.
+    assert!(env.rec.log().is_empty(), "{:?}", env.rec.log());
 }
