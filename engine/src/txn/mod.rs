@@ -4,9 +4,11 @@
 
 pub mod records;
 pub mod seal;
+pub mod state;
 
 pub use records::{AuditEntry, Guarded, PinnedDefinitions, Record, TxnSummary};
 pub use seal::{SealError, SealKey};
+pub use state::UnknownState;
 pub mod journal;
 
 pub use journal::{CrashPoint, DurableJournal, GuardError, WriteError};
