@@ -272,9 +272,6 @@ impl Store for Unwritable {
     fn scan(&self, space: Space, prefix: &[u8]) -> Result<Vec<KeyValue>, StoreError> {
         self.0.scan(space, prefix)
     }
-    fn sync_count(&self) -> u64 {
-        0
-    }
 }
 
 #[tokio::test]

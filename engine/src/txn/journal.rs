@@ -14,12 +14,15 @@ use crate::provider::CallContext;
 use crate::store::{Batch, Space, Store, StoreError};
 use async_trait::async_trait;
 use std::collections::{HashMap, HashSet};
+#[cfg(feature = "failpoints")]
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// Fault injection for crash tests: abort the process at the n-th journal write
+/// Fault injection for crash tests (cargo feature `failpoints`, which tests enable and
+/// release builds do not): abort the process at the n-th journal write
 /// (`PROVISIO_CRASH_AT=n`), before it reaches the store or just after it was synced
 /// (`PROVISIO_CRASH_WHEN=before|after`).
+#[cfg(feature = "failpoints")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CrashPoint {
     /// 1-based write number.
@@ -28,6 +31,7 @@ pub struct CrashPoint {
     pub after: bool,
 }
 
+#[cfg(feature = "failpoints")]
 impl CrashPoint {
     /// Reads `PROVISIO_CRASH_AT` / `PROVISIO_CRASH_WHEN`.
     pub fn from_env() -> Option<CrashPoint> {
@@ -37,6 +41,58 @@ impl CrashPoint {
             .unwrap_or(false);
         Some(CrashPoint { at, after })
     }
+}
+
+/// The armed crash point and the journal writes counted against it.
+#[cfg(feature = "failpoints")]
+#[derive(Debug, Default)]
+struct FailPoints {
+    crash: Option<CrashPoint>,
+    writes: AtomicU64,
+}
+
+#[cfg(feature = "failpoints")]
+impl FailPoints {
+    fn new() -> FailPoints {
+        FailPoints::default()
+    }
+
+    /// Counts a journal write; returns its 1-based number.
+    fn count(&self) -> u64 {
+        self.writes.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// Aborts the process when write `n` is the armed crash point (`after`: once written).
+    fn check(&self, n: u64, after: bool) {
+        if let Some(c) = self.crash {
+            if c.at == n && c.after == after {
+                tracing::error!(
+                    write = n,
+                    after,
+                    "fault injection: aborting at a journal write"
+                );
+                std::process::abort();
+            }
+        }
+    }
+}
+
+/// Without the `failpoints` feature: nothing is counted, nothing read, nothing aborts.
+#[cfg(not(feature = "failpoints"))]
+#[derive(Debug)]
+struct FailPoints;
+
+#[cfg(not(feature = "failpoints"))]
+impl FailPoints {
+    fn new() -> FailPoints {
+        FailPoints
+    }
+
+    fn count(&self) -> u64 {
+        0
+    }
+
+    fn check(&self, _n: u64, _after: bool) {}
 }
 
 /// A journal write that did not happen.
@@ -108,8 +164,7 @@ pub struct DurableJournal {
     who: String,
     live: Mutex<HashMap<String, Live>>,
     pinned_written: Mutex<HashSet<String>>,
-    crash: Option<CrashPoint>,
-    writes: AtomicU64,
+    fail_points: FailPoints,
 }
 
 impl std::fmt::Debug for DurableJournal {
@@ -139,14 +194,28 @@ impl DurableJournal {
             who: who.into(),
             live: Mutex::new(HashMap::new()),
             pinned_written: Mutex::new(HashSet::new()),
-            crash: None,
-            writes: AtomicU64::new(0),
+            fail_points: FailPoints::new(),
         }
     }
 
-    /// Enables fault injection.
+    /// Enables fault injection at `crash`.
+    #[cfg(feature = "failpoints")]
     pub fn with_crash_point(mut self, crash: Option<CrashPoint>) -> DurableJournal {
-        self.crash = crash;
+        self.fail_points.crash = crash;
+        self
+    }
+
+    /// Arms the crash point named by `PROVISIO_CRASH_AT` / `PROVISIO_CRASH_WHEN` when built
+    /// with the `failpoints` feature (the crash tests); otherwise does nothing and reads no
+    /// variable, so a release binary cannot be made to abort this way.
+    #[cfg(feature = "failpoints")]
+    pub fn with_failpoints_from_env(self) -> DurableJournal {
+        self.with_crash_point(CrashPoint::from_env())
+    }
+
+    /// Without the `failpoints` feature: the journal as it is (no variable is read).
+    #[cfg(not(feature = "failpoints"))]
+    pub fn with_failpoints_from_env(self) -> DurableJournal {
         self
     }
 
@@ -161,8 +230,9 @@ impl DurableJournal {
     }
 
     /// Journal writes made by this process (for crash tests: how many crash points exist).
+    #[cfg(feature = "failpoints")]
     pub fn writes(&self) -> u64 {
-        self.writes.load(Ordering::SeqCst)
+        self.fail_points.writes.load(Ordering::SeqCst)
     }
 
     /// Keeps data that may hold secrets: plain, sealed, or withheld.
@@ -313,25 +383,15 @@ impl DurableJournal {
                 batch.put(Space::Audit, k, encode("the audit entry", txn_id, &audit)?);
             }
         }
-        let n = self.writes.fetch_add(1, Ordering::SeqCst) + 1;
-        if let Some(c) = self.crash {
-            if c.at == n && !c.after {
-                tracing::error!(write = n, "fault injection: aborting before journal write");
-                std::process::abort();
-            }
-        }
+        let n = self.fail_points.count();
+        self.fail_points.check(n, false);
         self.store.write(batch, durable).await?;
         // Only once the final record is written: if it fails, the records that follow (the
         // rollback of a commit that could not be journaled) continue the same sequence.
         if finished {
             lock(&self.live).remove(txn_id);
         }
-        if let Some(c) = self.crash {
-            if c.at == n && c.after {
-                tracing::error!(write = n, "fault injection: aborting after journal write");
-                std::process::abort();
-            }
-        }
+        self.fail_points.check(n, true);
         Ok(())
     }
 }

@@ -11,7 +11,9 @@ pub use seal::{SealError, SealKey};
 pub use state::UnknownState;
 pub mod journal;
 
-pub use journal::{CrashPoint, DurableJournal, GuardError, WriteError};
+#[cfg(feature = "failpoints")]
+pub use journal::CrashPoint;
+pub use journal::{DurableJournal, GuardError, WriteError};
 pub mod recovery;
 
 pub use recovery::{recover, resume_rollback, Recovered, RecoveryError};
