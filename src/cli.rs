@@ -310,3 +310,31 @@ pub fn init_tracing(g: &Global) {
         LogFormat::Text => builder.try_init(),
     };
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tx_list_state(args: &[&str]) -> Result<Option<TxnState>, clap::Error> {
+        let cli = Cli::try_parse_from([&["provisio", "tx", "list"], args].concat())?;
+        match cli.command {
+            Command::Tx(TxCommand::List { state }) => Ok(state.map(|s| s.0)),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn tx_list_state_takes_every_state_name_and_lists_them_on_a_typo() {
+        for st in TxnState::ALL {
+            assert_eq!(tx_list_state(&["--state", st.name()]).ok(), Some(Some(st)));
+        }
+        assert_eq!(tx_list_state(&[]).ok(), Some(None));
+        let e = tx_list_state(&["--state", "rolledback"]).expect_err("a typo is refused");
+        let text = e.to_string();
+        assert!(text.contains("rolledback"), "{text}");
+        assert!(
+            text.contains("queued, running, committed, rolling_back, rolled_back, rollback_failed"),
+            "{text}"
+        );
+    }
+}
