@@ -1,6 +1,7 @@
 //! Command-line arguments (clap derive): the doc comments here are `--help`.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use provisio_engine::exec::TxnState;
 use std::path::PathBuf;
 
 const AFTER_HELP: &str = "\
@@ -175,15 +176,40 @@ pub enum ConfigCommand {
     Show,
 }
 
+/// A transaction state on the command line: the engine's [`TxnState`] and its names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateArg(pub TxnState);
+
+/// Every state, as [`ValueEnum`] lists them.
+static STATE_ARGS: [StateArg; TxnState::ALL.len()] = {
+    let mut out = [StateArg(TxnState::Queued); TxnState::ALL.len()];
+    let mut i = 0;
+    while i < out.len() {
+        out[i] = StateArg(TxnState::ALL[i]);
+        i += 1;
+    }
+    out
+};
+
+impl ValueEnum for StateArg {
+    fn value_variants<'a>() -> &'a [Self] {
+        &STATE_ARGS
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        Some(clap::builder::PossibleValue::new(self.0.name()))
+    }
+}
+
 /// `tx` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum TxCommand {
     /// List transactions, newest first.
     #[command(after_help = "Example:\n  provisio tx list --state rollback_failed")]
     List {
-        /// Only this state: running, committed, rolling_back, rolled_back, rollback_failed.
+        /// Only transactions in this state.
         #[arg(long, value_name = "STATE")]
-        state: Option<String>,
+        state: Option<StateArg>,
     },
     /// One transaction: state, timing, steps with their inputs, outputs and undo records
     /// (secrets masked or sealed).
@@ -283,4 +309,32 @@ pub fn init_tracing(g: &Global) {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Text => builder.try_init(),
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tx_list_state(args: &[&str]) -> Result<Option<TxnState>, clap::Error> {
+        let cli = Cli::try_parse_from([&["provisio", "tx", "list"], args].concat())?;
+        match cli.command {
+            Command::Tx(TxCommand::List { state }) => Ok(state.map(|s| s.0)),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn tx_list_state_takes_every_state_name_and_lists_them_on_a_typo() {
+        for st in TxnState::ALL {
+            assert_eq!(tx_list_state(&["--state", st.name()]).ok(), Some(Some(st)));
+        }
+        assert_eq!(tx_list_state(&[]).ok(), Some(None));
+        let e = tx_list_state(&["--state", "rolledback"]).expect_err("a typo is refused");
+        let text = e.to_string();
+        assert!(text.contains("rolledback"), "{text}");
+        assert!(
+            text.contains("queued, running, committed, rolling_back, rolled_back, rollback_failed"),
+            "{text}"
+        );
+    }
 }

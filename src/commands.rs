@@ -16,6 +16,8 @@ use provisio_engine::model::{CallTarget, Format, Namespace, SourceRef};
 use provisio_engine::provider::Preview;
 use provisio_engine::request::{self, ParseError};
 use provisio_engine::response;
+use provisio_engine::txn::{Guarded, Record, TxnSummary};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -537,44 +539,13 @@ fn fmt_ms(ms: u64) -> String {
     )
 }
 
-fn parse_state(s: &str) -> Option<TxnState> {
-    Some(match s {
-        "queued" => TxnState::Queued,
-        "running" => TxnState::Running,
-        "committed" => TxnState::Committed,
-        "rolling_back" => TxnState::RollingBack,
-        "rolled_back" => TxnState::RolledBack,
-        "rollback_failed" => TxnState::RollbackFailed,
-        _ => return None,
-    })
-}
-
 async fn tx(config: &Config, cmd: &TxCommand) -> Result<Exit> {
-    use provisio_engine::txn::{recovery, Record};
+    use provisio_engine::txn::recovery;
     let journal = load::journal(config)?;
     match cmd {
         TxCommand::List { state } => {
-            let filter = match state {
-                None => None,
-                Some(s) => match parse_state(s) {
-                    Some(st) => Some(st),
-                    None => return bad_input(format!("error: unknown state `{s}`\n  hint: one of queued, running, committed, rolling_back, rolled_back, rollback_failed")),
-                },
-            };
-            let list = recovery::list(&journal, filter)?;
-            if list.is_empty() {
-                println!("no transactions");
-            }
-            for t in list {
-                println!(
-                    "{}  {:<15}  {}  {}  {}",
-                    t.id,
-                    t.state.to_string(),
-                    fmt_ms(t.started_ms),
-                    t.who,
-                    t.target
-                );
-            }
+            let list = recovery::list(&journal, state.map(|s| s.0))?;
+            print!("{}", render_list(&list));
             Ok(Exit::Ok)
         }
         TxCommand::Show { id } => {
@@ -582,104 +553,9 @@ async fn tx(config: &Config, cmd: &TxCommand) -> Result<Exit> {
                 Ok(t) => t,
                 Err(e) => return bad_input(format!("error: {e}")),
             };
-            println!("transaction {}\n  state:   {}\n  target:  {}\n  who:     {}\n  started: {}\n  updated: {}\n  definitions: {}", t.id, t.state, t.target, t.who, fmt_ms(t.started_ms), fmt_ms(t.updated_ms), t.definitions);
-            if let Some(m) = &t.message {
-                println!("  message: {m}");
-            }
             let records = recovery::records(&journal, &t.id)?;
-            // Calls run concurrently, so their records interleave: each call's lines are
-            // gathered under it (by step and attempt), everything else is listed in order.
-            type CallKey = (String, u32);
-            let mut calls: Vec<CallKey> = Vec::new();
-            let mut lines: std::collections::HashMap<CallKey, Vec<String>> =
-                std::collections::HashMap::new();
-            let mut starts: std::collections::HashMap<CallKey, u64> =
-                std::collections::HashMap::new();
-            let mut events: Vec<String> = Vec::new();
-            for (_, r) in &records {
-                match r {
-                    Record::Intent {
-                        step,
-                        attempt,
-                        target,
-                        input,
-                        at_ms,
-                        ..
-                    } => {
-                        let key = (step.clone(), *attempt);
-                        starts.insert(key.clone(), *at_ms);
-                        calls.push(key.clone());
-                        lines.entry(key).or_default().extend([
-                            format!("    {step} (attempt {attempt}) {target}"),
-                            format!("      input:  {input}"),
-                        ]);
-                    }
-                    Record::Done {
-                        step,
-                        attempt,
-                        output,
-                        undo,
-                        at_ms,
-                        ..
-                    } => {
-                        let key = (step.clone(), *attempt);
-                        let took = starts
-                            .get(&key)
-                            .map(|s| at_ms.saturating_sub(*s))
-                            .unwrap_or(0);
-                        let out = lines.entry(key).or_default();
-                        out.push(format!("      done in {took} ms: {output}"));
-                        match undo {
-                            Some(provisio_engine::txn::Guarded::Plain(u)) => {
-                                out.push(format!("      undo:   {}", xml::to_string(u)))
-                            }
-                            Some(provisio_engine::txn::Guarded::Sealed(_)) => {
-                                out.push("      undo:   (sealed: holds secrets)".into())
-                            }
-                            Some(provisio_engine::txn::Guarded::Withheld) => out
-                                .push("      undo:   (withheld: held secrets, no seal key)".into()),
-                            None => {}
-                        }
-                    }
-                    Record::Failed {
-                        step,
-                        attempt,
-                        message,
-                        ..
-                    } => lines
-                        .entry((step.clone(), *attempt))
-                        .or_default()
-                        .push(format!("      FAILED: {message}")),
-                    Record::Undone {
-                        step, error: None, ..
-                    } => events.push(format!("    undone {step}")),
-                    Record::Undone {
-                        step,
-                        error: Some(e),
-                        ..
-                    } => events.push(format!("    UNDO FAILED {step}: {e}")),
-                    Record::Phase {
-                        step, phase, error, ..
-                    } => events.push(format!(
-                        "    {phase} {step}: {}",
-                        error.as_deref().unwrap_or("ok")
-                    )),
-                    Record::State { state, at_ms, .. } => {
-                        events.push(format!("    -> {state} at {}", fmt_ms(*at_ms)))
-                    }
-                    Record::Started { .. } => {}
-                }
-            }
-            println!("  steps:");
-            for key in &calls {
-                for line in lines.get(key).into_iter().flatten() {
-                    println!("{line}");
-                }
-            }
-            println!("  events:");
-            for e in events {
-                println!("{e}");
-            }
+            print!("{}", render_summary(&t));
+            print!("{}", render_records(&records));
             Ok(Exit::Ok)
         }
         TxCommand::Log { id } => {
@@ -688,11 +564,7 @@ async fn tx(config: &Config, cmd: &TxCommand) -> Result<Exit> {
                 Err(e) => return bad_input(format!("error: {e}")),
             };
             for (seq, r) in recovery::records(&journal, &t.id)? {
-                let mut v = serde_json::to_value(&r)?;
-                if let Some(o) = v.as_object_mut() {
-                    o.insert("seq".into(), serde_json::json!(seq));
-                }
-                println!("{}", serde_json::to_string(&v)?);
+                println!("{}", render_log_line(seq, &r)?);
             }
             Ok(Exit::Ok)
         }
@@ -726,4 +598,148 @@ async fn tx(config: &Config, cmd: &TxCommand) -> Result<Exit> {
             Ok(Exit::Ok)
         }
     }
+}
+
+/// `tx list`: one line per transaction.
+fn render_list(list: &[TxnSummary]) -> String {
+    if list.is_empty() {
+        return "no transactions\n".into();
+    }
+    list.iter()
+        .map(|t| {
+            format!(
+                "{}  {:<15}  {}  {}  {}\n",
+                t.id,
+                t.state.name(),
+                fmt_ms(t.started_ms),
+                t.who,
+                t.target
+            )
+        })
+        .collect()
+}
+
+/// `tx show`: the summary of one transaction.
+fn render_summary(t: &TxnSummary) -> String {
+    let mut out = format!(
+        "transaction {}\n  state:   {}\n  target:  {}\n  who:     {}\n  started: {}\n  updated: {}\n  definitions: {}\n",
+        t.id,
+        t.state,
+        t.target,
+        t.who,
+        fmt_ms(t.started_ms),
+        fmt_ms(t.updated_ms),
+        t.definitions
+    );
+    if let Some(m) = &t.message {
+        out.push_str(&format!("  message: {m}\n"));
+    }
+    out
+}
+
+/// `tx show`: its steps and events. Calls run concurrently, so their records interleave:
+/// each call's lines are gathered under it (by step and attempt), everything else is listed
+/// in order.
+fn render_records(records: &[(u64, Record)]) -> String {
+    type CallKey = (String, u32);
+    let mut calls: Vec<CallKey> = Vec::new();
+    let mut lines: HashMap<CallKey, Vec<String>> = HashMap::new();
+    let mut starts: HashMap<CallKey, u64> = HashMap::new();
+    let mut events: Vec<String> = Vec::new();
+    for (_, r) in records {
+        match r {
+            Record::Intent {
+                step,
+                attempt,
+                target,
+                input,
+                at_ms,
+                ..
+            } => {
+                let key = (step.clone(), *attempt);
+                starts.insert(key.clone(), *at_ms);
+                calls.push(key.clone());
+                lines.entry(key).or_default().extend([
+                    format!("    {step} (attempt {attempt}) {target}"),
+                    format!("      input:  {input}"),
+                ]);
+            }
+            Record::Done {
+                step,
+                attempt,
+                output,
+                undo,
+                at_ms,
+                ..
+            } => {
+                let key = (step.clone(), *attempt);
+                let took = starts
+                    .get(&key)
+                    .map(|s| at_ms.saturating_sub(*s))
+                    .unwrap_or(0);
+                let out = lines.entry(key).or_default();
+                out.push(format!("      done in {took} ms: {output}"));
+                out.extend(undo.as_ref().map(render_undo));
+            }
+            Record::Failed {
+                step,
+                attempt,
+                message,
+                ..
+            } => lines
+                .entry((step.clone(), *attempt))
+                .or_default()
+                .push(format!("      FAILED: {message}")),
+            Record::Undone {
+                step, error: None, ..
+            } => events.push(format!("    undone {step}")),
+            Record::Undone {
+                step,
+                error: Some(e),
+                ..
+            } => events.push(format!("    UNDO FAILED {step}: {e}")),
+            Record::Phase {
+                step, phase, error, ..
+            } => events.push(format!(
+                "    {phase} {step}: {}",
+                error.as_deref().unwrap_or("ok")
+            )),
+            Record::State { state, at_ms, .. } => {
+                events.push(format!("    -> {state} at {}", fmt_ms(*at_ms)))
+            }
+            Record::Started { .. } => {}
+        }
+    }
+    let mut out = String::from("  steps:\n");
+    for line in calls
+        .iter()
+        .flat_map(|key| lines.get(key).into_iter().flatten())
+    {
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.push_str("  events:\n");
+    for e in events {
+        out.push_str(&e);
+        out.push('\n');
+    }
+    out
+}
+
+/// The undo line of a completed call: the record itself only when it holds no secret.
+fn render_undo(undo: &Guarded) -> String {
+    match undo {
+        Guarded::Plain(u) => format!("      undo:   {}", xml::to_string(u)),
+        Guarded::Sealed(_) => "      undo:   (sealed: holds secrets)".into(),
+        Guarded::Withheld => "      undo:   (withheld: held secrets, no seal key)".into(),
+    }
+}
+
+/// `tx log`: one record as a JSON line, with its sequence number.
+fn render_log_line(seq: u64, r: &Record) -> Result<String> {
+    let mut v = serde_json::to_value(r)?;
+    if let Some(o) = v.as_object_mut() {
+        o.insert("seq".into(), serde_json::json!(seq));
+    }
+    Ok(serde_json::to_string(&v)?)
 }

@@ -10,7 +10,7 @@ use provisio_engine::model::{Format, Namespace, Request, SourceRef};
 use provisio_engine::provider::ProviderRegistry;
 use provisio_engine::request::{self, ParseError};
 use provisio_engine::store::SledStore;
-use provisio_engine::txn::{CrashPoint, DurableJournal, SealKey};
+use provisio_engine::txn::{DurableJournal, SealKey};
 use provisio_providers::dns::{DnsProvider, Rfc2136Config};
 use provisio_providers::exec::{ExecConfig, ExecProvider};
 use provisio_providers::filesystem::FilesystemProvider;
@@ -160,8 +160,8 @@ pub async fn engine(config: &Config) -> Result<Engine> {
 }
 
 /// Opens the journal under `<data_dir>/journal` with the seal key (`PROVISIO_SEAL_KEY`, else
-/// `journal.seal_key_file`), and arms fault injection from `PROVISIO_CRASH_AT` (crash tests
-/// only).
+/// `journal.seal_key_file`), and arms fault injection from `PROVISIO_CRASH_AT` (only in
+/// builds with the engine's `failpoints` feature: the crash tests).
 pub fn journal(config: &Config) -> Result<Arc<DurableJournal>> {
     let store = SledStore::open(&config.data_dir.join("journal"))?;
     let key = match &config.journal.seal_key {
@@ -180,8 +180,7 @@ pub fn journal(config: &Config) -> Result<Arc<DurableJournal>> {
         .or_else(|_| std::env::var("LOGNAME"))
         .unwrap_or_else(|_| "unknown".into());
     Ok(Arc::new(
-        DurableJournal::new(Arc::new(store), Some(key), who)
-            .with_crash_point(CrashPoint::from_env()),
+        DurableJournal::new(Arc::new(store), Some(key), who).with_failpoints_from_env(),
     ))
 }
 

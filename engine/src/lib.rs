@@ -14,5 +14,6 @@ pub mod request;
 pub mod response;
 pub mod script;
 pub mod store;
+#[cfg(feature = "test-util")]
 pub mod testing;
 pub mod txn;

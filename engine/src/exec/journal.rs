@@ -35,14 +35,7 @@ impl TxnState {
 
 impl std::fmt::Display for TxnState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            TxnState::Queued => "queued",
-            TxnState::Running => "running",
-            TxnState::Committed => "committed",
-            TxnState::RollingBack => "rolling_back",
-            TxnState::RolledBack => "rolled_back",
-            TxnState::RollbackFailed => "rollback_failed",
-        })
+        f.write_str(self.name())
     }
 }
 

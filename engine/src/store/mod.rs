@@ -134,7 +134,4 @@ pub trait Store: Send + Sync {
     /// Every (key, value) whose key starts with `prefix`, in key order; sees every write
     /// that returned before the call.
     fn scan(&self, space: Space, prefix: &[u8]) -> Result<Vec<KeyValue>, StoreError>;
-
-    /// How many syncs were made (for tests and benchmarks of group commit).
-    fn sync_count(&self) -> u64;
 }

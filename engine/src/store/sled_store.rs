@@ -559,6 +559,11 @@ impl SledStore {
         assert!(checkpointer.checkpoint());
     }
 
+    /// How many syncs were made (tests and benchmarks of group commit read it).
+    pub fn sync_count(&self) -> u64 {
+        self.shared.syncs.load(Ordering::Relaxed)
+    }
+
     /// The store folder.
     pub fn path(&self) -> &Path {
         &self.path
@@ -682,10 +687,6 @@ impl Store for SledStore {
                 (k, v)
             })
             .collect())
-    }
-
-    fn sync_count(&self) -> u64 {
-        self.shared.syncs.load(Ordering::Relaxed)
     }
 }
 

@@ -3,20 +3,26 @@
 //! next intent or the final state), so a step's result and the next step's intent share
 //! one fdatasync, and concurrent transactions share syncs through the store's group commit.
 
-use super::records::{now_ms, record_key, AuditEntry, Guarded, Record, TxnSummary};
-use super::seal::SealKey;
+use super::records::{
+    now_ms, pinned_key, record_key, AuditEntry, Guarded, Pin, PinnedDefinitions, Record,
+    TxnSummary, FORMAT,
+};
+use super::seal::{SealError, SealKey};
 use crate::data::{json, Element};
 use crate::exec::{Journal, JournalError, StepDone, StepIntent, TxnStart, TxnState};
 use crate::provider::CallContext;
-use crate::store::{Batch, Space, Store};
+use crate::store::{Batch, Space, Store, StoreError};
 use async_trait::async_trait;
 use std::collections::{HashMap, HashSet};
+#[cfg(feature = "failpoints")]
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// Fault injection for crash tests: abort the process at the n-th journal write
+/// Fault injection for crash tests (cargo feature `failpoints`, which tests enable and
+/// release builds do not): abort the process at the n-th journal write
 /// (`PROVISIO_CRASH_AT=n`), before it reaches the store or just after it was synced
 /// (`PROVISIO_CRASH_WHEN=before|after`).
+#[cfg(feature = "failpoints")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CrashPoint {
     /// 1-based write number.
@@ -25,6 +31,7 @@ pub struct CrashPoint {
     pub after: bool,
 }
 
+#[cfg(feature = "failpoints")]
 impl CrashPoint {
     /// Reads `PROVISIO_CRASH_AT` / `PROVISIO_CRASH_WHEN`.
     pub fn from_env() -> Option<CrashPoint> {
@@ -34,6 +41,112 @@ impl CrashPoint {
             .unwrap_or(false);
         Some(CrashPoint { at, after })
     }
+}
+
+/// The armed crash point and the journal writes counted against it.
+#[cfg(feature = "failpoints")]
+#[derive(Debug, Default)]
+struct FailPoints {
+    crash: Option<CrashPoint>,
+    writes: AtomicU64,
+}
+
+#[cfg(feature = "failpoints")]
+impl FailPoints {
+    fn new() -> FailPoints {
+        FailPoints::default()
+    }
+
+    /// Counts a journal write; returns its 1-based number.
+    fn count(&self) -> u64 {
+        self.writes.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// Aborts the process when write `n` is the armed crash point (`after`: once written).
+    fn check(&self, n: u64, after: bool) {
+        if let Some(c) = self.crash {
+            if c.at == n && c.after == after {
+                tracing::error!(
+                    write = n,
+                    after,
+                    "fault injection: aborting at a journal write"
+                );
+                std::process::abort();
+            }
+        }
+    }
+}
+
+/// Without the `failpoints` feature: nothing is counted, nothing read, nothing aborts.
+#[cfg(not(feature = "failpoints"))]
+#[derive(Debug)]
+struct FailPoints;
+
+#[cfg(not(feature = "failpoints"))]
+impl FailPoints {
+    fn new() -> FailPoints {
+        FailPoints
+    }
+
+    fn count(&self) -> u64 {
+        0
+    }
+
+    fn check(&self, _n: u64, _after: bool) {}
+}
+
+/// A journal write that did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    /// A record or summary could not be encoded (a value JSON cannot hold).
+    #[error("cannot encode {what} of transaction {txn}: {source}")]
+    Encode {
+        /// What (`a journal record`, `the summary`, …).
+        what: &'static str,
+        /// Transaction.
+        txn: String,
+        /// What serde said.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The store refused the read or write.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<WriteError> for JournalError {
+    fn from(e: WriteError) -> JournalError {
+        JournalError(e.to_string())
+    }
+}
+
+/// Guarded data that cannot be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum GuardError {
+    /// Sealed, and this process has no seal key.
+    #[error("the record is sealed and no seal key is configured")]
+    NoSealKey,
+    /// The seal key does not open it.
+    #[error(transparent)]
+    Seal(#[from] SealError),
+    /// Opened, but not an element (damaged record).
+    #[error("sealed record is not an element: {0}")]
+    NotAnElement(#[source] serde_json::Error),
+    /// It held secrets and no seal key was configured when it was written.
+    #[error("the record held secrets and was not kept (no seal key was configured)")]
+    Withheld,
+}
+
+fn encode<T: serde::Serialize>(
+    what: &'static str,
+    txn: &str,
+    value: &T,
+) -> Result<Vec<u8>, WriteError> {
+    serde_json::to_vec(value).map_err(|source| WriteError::Encode {
+        what,
+        txn: txn.to_string(),
+        source,
+    })
 }
 
 struct Live {
@@ -51,8 +164,7 @@ pub struct DurableJournal {
     who: String,
     live: Mutex<HashMap<String, Live>>,
     pinned_written: Mutex<HashSet<String>>,
-    crash: Option<CrashPoint>,
-    writes: AtomicU64,
+    fail_points: FailPoints,
 }
 
 impl std::fmt::Debug for DurableJournal {
@@ -82,14 +194,28 @@ impl DurableJournal {
             who: who.into(),
             live: Mutex::new(HashMap::new()),
             pinned_written: Mutex::new(HashSet::new()),
-            crash: None,
-            writes: AtomicU64::new(0),
+            fail_points: FailPoints::new(),
         }
     }
 
-    /// Enables fault injection.
+    /// Enables fault injection at `crash`.
+    #[cfg(feature = "failpoints")]
     pub fn with_crash_point(mut self, crash: Option<CrashPoint>) -> DurableJournal {
-        self.crash = crash;
+        self.fail_points.crash = crash;
+        self
+    }
+
+    /// Arms the crash point named by `PROVISIO_CRASH_AT` / `PROVISIO_CRASH_WHEN` when built
+    /// with the `failpoints` feature (the crash tests); otherwise does nothing and reads no
+    /// variable, so a release binary cannot be made to abort this way.
+    #[cfg(feature = "failpoints")]
+    pub fn with_failpoints_from_env(self) -> DurableJournal {
+        self.with_crash_point(CrashPoint::from_env())
+    }
+
+    /// Without the `failpoints` feature: the journal as it is (no variable is read).
+    #[cfg(not(feature = "failpoints"))]
+    pub fn with_failpoints_from_env(self) -> DurableJournal {
         self
     }
 
@@ -104,8 +230,9 @@ impl DurableJournal {
     }
 
     /// Journal writes made by this process (for crash tests: how many crash points exist).
+    #[cfg(feature = "failpoints")]
     pub fn writes(&self) -> u64 {
-        self.writes.load(Ordering::SeqCst)
+        self.fail_points.writes.load(Ordering::SeqCst)
     }
 
     /// Keeps data that may hold secrets: plain, sealed, or withheld.
@@ -120,21 +247,15 @@ impl DurableJournal {
     }
 
     /// Opens guarded data.
-    pub fn unguard(&self, g: &Guarded) -> Result<Element, String> {
+    pub fn unguard(&self, g: &Guarded) -> Result<Element, GuardError> {
         match g {
             Guarded::Plain(e) => Ok(e.clone()),
             Guarded::Sealed(s) => {
-                let key = self
-                    .seal
-                    .as_ref()
-                    .ok_or("the record is sealed and no seal key is configured")?;
-                let bytes = key.open(s).map_err(|e| e.to_string())?;
-                serde_json::from_slice(&bytes)
-                    .map_err(|e| format!("sealed record is not an element: {e}"))
+                let key = self.seal.as_ref().ok_or(GuardError::NoSealKey)?;
+                let bytes = key.open(s)?;
+                serde_json::from_slice(&bytes).map_err(GuardError::NotAnElement)
             }
-            Guarded::Withheld => {
-                Err("the record held secrets and was not kept (no seal key was configured)".into())
-            }
+            Guarded::Withheld => Err(GuardError::Withheld),
         }
     }
 
@@ -157,8 +278,8 @@ impl DurableJournal {
         record: &Record,
         durable: bool,
         extra: Batch,
-    ) -> Result<(), JournalError> {
-        let value = serde_json::to_vec(record).map_err(|e| JournalError(e.to_string()))?;
+    ) -> Result<(), WriteError> {
+        let value = encode("a journal record", txn_id, record)?;
         let mut batch = extra;
         let (seq, summary, finished, compact_now) = {
             let mut live = lock(&self.live);
@@ -166,6 +287,7 @@ impl DurableJournal {
                 next_seq: 0,
                 compactable: true,
                 summary: TxnSummary {
+                    format: FORMAT,
                     id: txn_id.to_string(),
                     state: TxnState::Running,
                     target: String::new(),
@@ -222,10 +344,7 @@ impl DurableJournal {
             // per-record keys go: the store's overlay cancels those that never reached
             // disk. Every earlier record of the transaction was written before this one,
             // so the store returns them all.
-            let earlier = self
-                .store
-                .scan(Space::Journal, txn_id.as_bytes())
-                .map_err(|e| JournalError(e.to_string()))?;
+            let earlier = self.store.scan(Space::Journal, txn_id.as_bytes())?;
             let mut records: Vec<&[u8]> = Vec::with_capacity(earlier.len() + 1);
             for (k, v) in earlier.iter().filter(|(k, _)| k.len() > txn_id.len()) {
                 batch.delete(Space::Journal, k.clone());
@@ -246,10 +365,11 @@ impl DurableJournal {
             batch.put(
                 Space::Txns,
                 txn_id.as_bytes().to_vec(),
-                serde_json::to_vec(summary).map_err(|e| JournalError(e.to_string()))?,
+                encode("the summary", txn_id, summary)?,
             );
             if finished {
                 let audit = AuditEntry {
+                    format: FORMAT,
                     txn_id: txn_id.to_string(),
                     who: summary.who.clone(),
                     what: summary.target.clone(),
@@ -260,35 +380,18 @@ impl DurableJournal {
                 };
                 let mut k = summary.updated_ms.to_be_bytes().to_vec();
                 k.extend_from_slice(txn_id.as_bytes());
-                batch.put(
-                    Space::Audit,
-                    k,
-                    serde_json::to_vec(&audit).map_err(|e| JournalError(e.to_string()))?,
-                );
+                batch.put(Space::Audit, k, encode("the audit entry", txn_id, &audit)?);
             }
         }
-        let n = self.writes.fetch_add(1, Ordering::SeqCst) + 1;
-        if let Some(c) = self.crash {
-            if c.at == n && !c.after {
-                tracing::error!(write = n, "fault injection: aborting before journal write");
-                std::process::abort();
-            }
-        }
-        self.store
-            .write(batch, durable)
-            .await
-            .map_err(|e| JournalError(e.to_string()))?;
+        let n = self.fail_points.count();
+        self.fail_points.check(n, false);
+        self.store.write(batch, durable).await?;
         // Only once the final record is written: if it fails, the records that follow (the
         // rollback of a commit that could not be journaled) continue the same sequence.
         if finished {
             lock(&self.live).remove(txn_id);
         }
-        if let Some(c) = self.crash {
-            if c.at == n && c.after {
-                tracing::error!(write = n, "fault injection: aborting after journal write");
-                std::process::abort();
-            }
-        }
+        self.fail_points.check(n, true);
         Ok(())
     }
 }
@@ -321,7 +424,7 @@ impl Journal for DurableJournal {
                 if self
                     .store
                     .get(Space::Definitions, hash.as_bytes())
-                    .map_err(|e| JournalError(e.to_string()))?
+                    .map_err(WriteError::from)?
                     .is_none()
                 {
                     extra.put(
@@ -333,19 +436,22 @@ impl Journal for DurableJournal {
                 written.insert(hash.clone());
             }
         }
-        let pins: Vec<serde_json::Value> = start
-            .pinned
-            .iter()
-            .map(|(n, h, _)| serde_json::json!({"namespace": n, "hash": h}))
-            .collect();
+        let pinned = PinnedDefinitions {
+            format: FORMAT,
+            pins: start
+                .pinned
+                .iter()
+                .map(|(namespace, hash, _)| Pin {
+                    namespace: namespace.clone(),
+                    hash: hash.clone(),
+                })
+                .collect(),
+            request: self.guard(start.request_data, start.secret),
+        };
         extra.put(
             Space::Definitions,
-            format!("txn/{}", start.txn_id).into_bytes(),
-            serde_json::to_vec(&serde_json::json!({
-                "pins": pins,
-                "request": self.guard(start.request_data, start.secret),
-            }))
-            .map_err(|e| JournalError(e.to_string()))?,
+            pinned_key(start.txn_id),
+            encode("the pinned definitions", start.txn_id, &pinned)?,
         );
         let record = Record::Started {
             at_ms: now_ms(),
@@ -356,7 +462,7 @@ impl Journal for DurableJournal {
             who: self.who.clone(),
             data: json::to_json(start.data),
         };
-        self.append(start.txn_id, &record, false, extra).await
+        Ok(self.append(start.txn_id, &record, false, extra).await?)
     }
 
     async fn txn_state(
@@ -371,7 +477,7 @@ impl Journal for DurableJournal {
             state,
             message: message.map(str::to_string),
         };
-        self.append(txn_id, &record, durable, Batch::new()).await
+        Ok(self.append(txn_id, &record, durable, Batch::new()).await?)
     }
 
     async fn step_intent(&self, i: &StepIntent<'_>) -> Result<(), JournalError> {
@@ -388,8 +494,9 @@ impl Journal for DurableJournal {
             input: json::to_json(i.input),
             call_data: self.guard(i.call_data, i.secret),
         };
-        self.append(&i.context.txn_id, &record, true, Batch::new())
-            .await
+        Ok(self
+            .append(&i.context.txn_id, &record, true, Batch::new())
+            .await?)
     }
 
     async fn step_done(&self, d: &StepDone<'_>) -> Result<(), JournalError> {
@@ -402,8 +509,9 @@ impl Journal for DurableJournal {
             saved: d.saved.map(|s| self.guard(s, d.secret)),
             result: d.result.map(|r| self.guard(r, d.result_secret)),
         };
-        self.append(&d.context.txn_id, &record, false, Batch::new())
-            .await
+        Ok(self
+            .append(&d.context.txn_id, &record, false, Batch::new())
+            .await?)
     }
 
     async fn step_failed(&self, call: &CallContext, message: &str) -> Result<(), JournalError> {
@@ -413,8 +521,9 @@ impl Journal for DurableJournal {
             attempt: call.attempt,
             message: message.to_string(),
         };
-        self.append(&call.txn_id, &record, false, Batch::new())
-            .await
+        Ok(self
+            .append(&call.txn_id, &record, false, Batch::new())
+            .await?)
     }
 
     async fn undo_done(&self, call: &CallContext, error: Option<&str>) -> Result<(), JournalError> {
@@ -424,8 +533,9 @@ impl Journal for DurableJournal {
             attempt: call.attempt,
             error: error.map(str::to_string),
         };
-        self.append(&call.txn_id, &record, false, Batch::new())
-            .await
+        Ok(self
+            .append(&call.txn_id, &record, false, Batch::new())
+            .await?)
     }
 
     async fn phase_done(
@@ -440,7 +550,8 @@ impl Journal for DurableJournal {
             phase: phase.to_string(),
             error: error.map(str::to_string),
         };
-        self.append(&call.txn_id, &record, false, Batch::new())
-            .await
+        Ok(self
+            .append(&call.txn_id, &record, false, Batch::new())
+            .await?)
     }
 }

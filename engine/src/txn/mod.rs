@@ -4,12 +4,16 @@
 
 pub mod records;
 pub mod seal;
+pub mod state;
 
-pub use records::{AuditEntry, Guarded, Record, TxnSummary};
+pub use records::{AuditEntry, Guarded, PinnedDefinitions, Record, TxnSummary};
 pub use seal::{SealError, SealKey};
+pub use state::UnknownState;
 pub mod journal;
 
-pub use journal::{CrashPoint, DurableJournal};
+#[cfg(feature = "failpoints")]
+pub use journal::CrashPoint;
+pub use journal::{DurableJournal, GuardError, WriteError};
 pub mod recovery;
 
 pub use recovery::{recover, resume_rollback, Recovered, RecoveryError};

@@ -1,10 +1,77 @@
 //! What the journal stores: one record per transition, keyed by transaction id and a
-//! per-transaction sequence number, plus a summary per transaction and an audit entry.
+//! per-transaction sequence number, plus a summary per transaction, an audit entry and the
+//! definitions a transaction was pinned to. Every stored shape is a serde type that names
+//! its format, so a journal written by an older provisio stays readable: the summary, audit
+//! and pinned-definitions values carry `format` (absent = format 1, the first), and a
+//! journal record's `type` tag is its format (a changed record gets a new tag; the old tag
+//! and its shape stay readable). `engine/tests/journal_fixture.rs` holds them to that.
 
 use crate::data::Element;
 use crate::exec::TxnState;
 use crate::model::ProcKind;
 use serde::{Deserialize, Serialize};
+
+/// The format of the summaries, audit entries and pinned-definitions values this code
+/// writes; it reads every format up to this one.
+pub const FORMAT: u32 = 1;
+
+/// The format of a value written before values named their format.
+fn first_format() -> u32 {
+    1
+}
+
+/// A stored value that names its format.
+pub trait Versioned: serde::de::DeserializeOwned {
+    /// What it is, for messages (`the summary`).
+    const WHAT: &'static str;
+    /// The format it was written in.
+    fn format(&self) -> u32;
+}
+
+/// A stored value that cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// Not the JSON of the expected shape (damaged, or an unknown record type).
+    #[error("{what} does not parse: {source}")]
+    Malformed {
+        /// What was read (`a journal record`, `the summary`, …).
+        what: &'static str,
+        /// What serde said.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Written by a newer provisio in a format this one does not know.
+    #[error("{what} is in journal format {found}; this provisio reads formats up to {FORMAT}\n  hint: inspect this journal with the provisio version that wrote it (or a newer one)")]
+    TooNew {
+        /// What was read.
+        what: &'static str,
+        /// Its format.
+        found: u32,
+    },
+}
+
+/// Reads a stored value of a known format.
+pub fn decode<T: Versioned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    let value: T = serde_json::from_slice(bytes).map_err(|source| DecodeError::Malformed {
+        what: T::WHAT,
+        source,
+    })?;
+    if value.format() > FORMAT {
+        return Err(DecodeError::TooNew {
+            what: T::WHAT,
+            found: value.format(),
+        });
+    }
+    Ok(value)
+}
+
+/// Reads journal records: one (`Record`) or a finished transaction's array (`Vec<Record>`).
+pub fn decode_records<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    serde_json::from_slice(bytes).map_err(|source| DecodeError::Malformed {
+        what: "a journal record",
+        source,
+    })
+}
 
 /// Width of a transaction id in keys (UUID text).
 pub const TXN_ID_LEN: usize = 36;
@@ -37,7 +104,8 @@ pub enum Guarded {
     Withheld,
 }
 
-/// One journal record.
+/// One journal record. Its `type` tag names its shape: change a shape under a new tag and
+/// keep the old variant, so journals written before stay readable.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Record {
@@ -148,6 +216,9 @@ pub enum Record {
 /// The summary kept per transaction (`tx list`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TxnSummary {
+    /// Format of this value ([`FORMAT`] when written now).
+    #[serde(default = "first_format")]
+    pub format: u32,
     /// Transaction id.
     pub id: String,
     /// Current state.
@@ -171,6 +242,9 @@ pub struct TxnSummary {
 /// One audit entry: who, what, when, outcome. Append-only.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditEntry {
+    /// Format of this value ([`FORMAT`] when written now).
+    #[serde(default = "first_format")]
+    pub format: u32,
     /// Transaction id.
     pub txn_id: String,
     /// Who asked.
@@ -185,4 +259,78 @@ pub struct AuditEntry {
     pub outcome: TxnState,
     /// Failure message, if any.
     pub message: Option<String>,
+}
+
+impl Versioned for TxnSummary {
+    const WHAT: &'static str = "the transaction summary";
+    fn format(&self) -> u32 {
+        self.format
+    }
+}
+
+impl Versioned for AuditEntry {
+    const WHAT: &'static str = "the audit entry";
+    fn format(&self) -> u32 {
+        self.format
+    }
+}
+
+/// The pin name under which a trusted request's own procedure is pinned (as the compiler
+/// names it).
+pub const TRUSTED_REQUEST_PIN: &str = "(request)";
+
+/// The key of a transaction's [`PinnedDefinitions`] in the definitions space (the
+/// definitions themselves are keyed by their hash).
+pub fn pinned_key(txn_id: &str) -> Vec<u8> {
+    format!("txn/{txn_id}").into_bytes()
+}
+
+/// What a transaction was compiled from, so a resumable one can be compiled again exactly:
+/// the hash of each namespace's definition and the request data as received.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PinnedDefinitions {
+    /// Format of this value ([`FORMAT`] when written now).
+    #[serde(default = "first_format")]
+    pub format: u32,
+    /// One per namespace the program used.
+    pub pins: Vec<Pin>,
+    /// The request data as received, sealed when it holds secrets.
+    pub request: Guarded,
+}
+
+impl Versioned for PinnedDefinitions {
+    const WHAT: &'static str = "the pinned definitions";
+    fn format(&self) -> u32 {
+        self.format
+    }
+}
+
+/// One pinned definition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pin {
+    /// The namespace (or [`TRUSTED_REQUEST_PIN`] for a trusted request's procedure).
+    pub namespace: String,
+    /// Its key in the definitions space: the SHA-256 of its serialized definition.
+    pub hash: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_value_without_format_is_format_1_and_a_newer_format_is_refused() {
+        let old = br#"{"pins":[{"namespace":"N","hash":"h"}],"request":"withheld"}"#;
+        let pinned: PinnedDefinitions = decode(old).expect("format 1 reads");
+        assert_eq!(pinned.format, 1);
+        assert_eq!(pinned.pins[0].hash, "h");
+
+        let newer = br#"{"format":2,"pins":[],"request":"withheld"}"#;
+        let e = decode::<PinnedDefinitions>(newer).expect_err("format 2 is refused");
+        assert!(matches!(e, DecodeError::TooNew { found: 2, .. }), "{e}");
+        assert!(e.to_string().contains("reads formats up to 1"), "{e}");
+
+        let e = decode::<PinnedDefinitions>(br#"{"pins":3}"#).expect_err("malformed");
+        assert!(matches!(e, DecodeError::Malformed { .. }), "{e}");
+    }
 }

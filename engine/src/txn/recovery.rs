@@ -3,16 +3,21 @@
 //! provider's `recover` (by idempotency key), and rolls them back in reverse dependency
 //! order with every undo journaled. `resume_rollback` continues a `rollback_failed` one.
 
-use super::journal::DurableJournal;
-use super::records::{now_ms, Guarded, Record, TxnSummary};
+use super::journal::{DurableJournal, GuardError};
+use super::records::{
+    decode, decode_records, pinned_key, DecodeError, Guarded, PinnedDefinitions, Record,
+    TxnSummary, TRUSTED_REQUEST_PIN,
+};
 use crate::compile::{compile_request, Catalog};
 use crate::data::Element;
-use crate::exec::{undo_in_dependency_order, Engine, Journal, StepDone, TxnState, UndoOrder};
+use crate::exec::{
+    undo_in_dependency_order, Engine, Journal, JournalError, StepDone, TxnState, UndoOrder,
+};
 use crate::exec::{Replayed, Resume};
 use crate::model::{CallTarget, Format, Namespace, Procedure, Request, RequestTarget, SourceRef};
 use crate::provider::{Call, CallContext, Done};
 use crate::store::{Space, StoreError};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 /// What recovery did to one transaction.
@@ -39,12 +44,22 @@ pub enum RecoveryError {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// A summary or record that does not parse.
-    #[error("journal record of {txn} cannot be read: {message}")]
+    #[error("journal record of {txn} cannot be read: {source}")]
     Record {
         /// Transaction.
         txn: String,
         /// Why.
-        message: String,
+        #[source]
+        source: DecodeError,
+    },
+    /// The final state of a recovered transaction could not be journaled.
+    #[error("the outcome of recovering {txn} cannot be journaled: {source}\n  hint: run `provisio recover` again once the journal is writable; the transaction is still unfinished there")]
+    Journal {
+        /// Transaction.
+        txn: String,
+        /// The journal's failure.
+        #[source]
+        source: JournalError,
     },
     /// No such transaction (or an ambiguous prefix).
     #[error("{0}")]
@@ -61,9 +76,9 @@ pub fn list(
 ) -> Result<Vec<TxnSummary>, RecoveryError> {
     let mut out = Vec::new();
     for (k, v) in journal.store().scan(Space::Txns, b"")? {
-        let s: TxnSummary = serde_json::from_slice(&v).map_err(|e| RecoveryError::Record {
+        let s: TxnSummary = decode(&v).map_err(|source| RecoveryError::Record {
             txn: String::from_utf8_lossy(&k).into_owned(),
-            message: e.to_string(),
+            source,
         })?;
         if state.is_none_or(|st| st == s.state) {
             out.push(s);
@@ -97,14 +112,14 @@ pub fn records(
     journal: &DurableJournal,
     txn_id: &str,
 ) -> Result<Vec<(u64, Record)>, RecoveryError> {
-    let bad = |e: serde_json::Error| RecoveryError::Record {
+    let bad = |source: DecodeError| RecoveryError::Record {
         txn: txn_id.to_string(),
-        message: e.to_string(),
+        source,
     };
     let mut out = Vec::new();
     for (k, v) in journal.store().scan(Space::Journal, txn_id.as_bytes())? {
         if k.len() == txn_id.len() {
-            let all: Vec<Record> = serde_json::from_slice(&v).map_err(bad)?;
+            let all: Vec<Record> = decode_records(&v).map_err(bad)?;
             out.extend(all.into_iter().enumerate().map(|(i, r)| (i as u64, r)));
             continue;
         }
@@ -113,7 +128,7 @@ pub fn records(
             .and_then(|b| b.try_into().ok())
             .map(u64::from_be_bytes)
             .unwrap_or(0);
-        out.push((seq, serde_json::from_slice(&v).map_err(bad)?));
+        out.push((seq, decode_records(&v).map_err(bad)?));
     }
     out.sort_by_key(|(seq, _)| *seq);
     Ok(out)
@@ -169,8 +184,8 @@ async fn recover_one(
     if s.resumable && s.state == TxnState::Running {
         tracing::warn!(txn.id = %s.id, "resuming a resumable transaction left unfinished");
         match resume(engine, journal, &s).await? {
-            Ok(r) => return Ok(r),
-            Err(why) => {
+            Resumption::Resumed(r) => return Ok(r),
+            Resumption::NotResumable(why) => {
                 tracing::warn!(txn.id = %s.id, reason = %why, "cannot resume; rolling back instead")
             }
         }
@@ -196,18 +211,49 @@ pub async fn resume_rollback(
     roll_back(engine, journal, s).await
 }
 
-struct Call_ {
+/// A provider call as the journal tells it: its intent, and what became of it.
+struct JournaledCall {
+    /// Sequence number of the intent.
     intent_seq: u64,
     context: CallContext,
     provider: String,
+    /// `Namespace/Procedure` of the leaf.
     target: String,
     provider_context: Element,
     call_data: Guarded,
-    done: Option<(u64, Option<Guarded>, Option<Guarded>)>,
+    /// It completed (or was settled as applied at recovery).
+    done: Option<Completed>,
+    /// It failed (or was settled as not applied).
     failed: bool,
+    /// Its undo succeeded.
     undone: bool,
 }
 
+impl JournaledCall {
+    /// Neither completed nor failed: the provider may or may not have applied it.
+    fn in_doubt(&self) -> bool {
+        self.done.is_none() && !self.failed
+    }
+}
+
+/// A completed call: where its completion is in the journal and what undoes it.
+struct Completed {
+    /// Sequence number of the completion (the intent's, for a call settled at recovery).
+    seq: u64,
+    /// The provider's undo record (`None`: nothing to undo).
+    undo: Option<Guarded>,
+    /// executeData kept for the undo.
+    saved: Option<Guarded>,
+}
+
+/// An undo to run: which call, and the provider's undo request.
+struct PendingUndo {
+    call: usize,
+    done: Done,
+}
+
+/// Rolls back what the journal says was done and not yet undone, settling in-doubt calls
+/// first, and journals the outcome.
 async fn roll_back(
     engine: &Engine,
     journal: &DurableJournal,
@@ -216,9 +262,53 @@ async fn roll_back(
     let records = records(journal, &summary.id)?;
     let next_seq = records.last().map(|(s, _)| s + 1).unwrap_or(0);
     journal.adopt(summary.clone(), next_seq);
-    let mut calls: Vec<Call_> = Vec::new();
-    let mut index: HashMap<(String, u32), usize> = HashMap::new();
-    for (seq, r) in &records {
+    let mut calls = journaled_calls(&summary.id, &records);
+    // Nothing is undone unless the journal can say so: with the journal unwritable the
+    // transaction stays unfinished there, and the next recovery starts over.
+    journal
+        .txn_state(
+            &summary.id,
+            TxnState::RollingBack,
+            Some("recovering after a crash"),
+        )
+        .await
+        .map_err(|source| RecoveryError::Journal {
+            txn: summary.id.clone(),
+            source,
+        })?;
+    let mut problems = Vec::new();
+    let in_doubt = settle_in_doubt(engine, journal, &mut calls, &mut problems).await;
+    let (order, pending) = pending_undos(journal, &calls, &mut problems);
+    let undone = run_undos(engine, &calls, &order, &pending, &mut problems).await;
+    let to = if problems.is_empty() {
+        TxnState::RolledBack
+    } else {
+        TxnState::RollbackFailed
+    };
+    let message = (!problems.is_empty()).then(|| problems.join("; "));
+    journal
+        .txn_state(&summary.id, to, message.as_deref())
+        .await
+        .map_err(|source| RecoveryError::Journal {
+            txn: summary.id.clone(),
+            source,
+        })?;
+    Ok(Recovered {
+        txn_id: summary.id,
+        from: summary.state,
+        to,
+        undone,
+        in_doubt,
+        problems,
+    })
+}
+
+/// The provider calls of a transaction, in the order of their intents, with their
+/// completions, failures and successful undos.
+fn journaled_calls(txn_id: &str, records: &[(u64, Record)]) -> Vec<JournaledCall> {
+    let mut calls: Vec<JournaledCall> = Vec::new();
+    let mut index: HashMap<(&str, u32), usize> = HashMap::new();
+    for (seq, r) in records {
         match r {
             Record::Intent {
                 step,
@@ -231,11 +321,11 @@ async fn roll_back(
                 call_data,
                 ..
             } => {
-                index.insert((step.clone(), *attempt), calls.len());
-                calls.push(Call_ {
+                index.insert((step, *attempt), calls.len());
+                calls.push(JournaledCall {
                     intent_seq: *seq,
                     context: CallContext {
-                        txn_id: summary.id.clone(),
+                        txn_id: txn_id.to_string(),
                         step_id: step.clone(),
                         attempt: *attempt,
                         namespace: namespace.clone(),
@@ -257,12 +347,16 @@ async fn roll_back(
                 saved,
                 ..
             } => {
-                if let Some(&i) = index.get(&(step.clone(), *attempt)) {
-                    calls[i].done = Some((*seq, undo.clone(), saved.clone()));
+                if let Some(&i) = index.get(&(step.as_str(), *attempt)) {
+                    calls[i].done = Some(Completed {
+                        seq: *seq,
+                        undo: undo.clone(),
+                        saved: saved.clone(),
+                    });
                 }
             }
             Record::Failed { step, attempt, .. } => {
-                if let Some(&i) = index.get(&(step.clone(), *attempt)) {
+                if let Some(&i) = index.get(&(step.as_str(), *attempt)) {
                     calls[i].failed = true;
                 }
             }
@@ -272,24 +366,27 @@ async fn roll_back(
                 error: None,
                 ..
             } => {
-                if let Some(&i) = index.get(&(step.clone(), *attempt)) {
+                if let Some(&i) = index.get(&(step.as_str(), *attempt)) {
                     calls[i].undone = true;
                 }
             }
             _ => {}
         }
     }
-    let _ = journal
-        .txn_state(
-            &summary.id,
-            TxnState::RollingBack,
-            Some("recovering after a crash"),
-        )
-        .await;
-    let mut problems = Vec::new();
+    calls
+}
+
+/// Asks the provider of every in-doubt call whether the call with its idempotency key was
+/// applied, and marks it done (to be undone) or failed. Returns how many were in doubt;
+/// what cannot be settled goes to `problems`.
+async fn settle_in_doubt(
+    engine: &Engine,
+    journal: &DurableJournal,
+    calls: &mut [JournaledCall],
+    problems: &mut Vec<String>,
+) -> usize {
     let mut in_doubt = 0;
-    // Settle in-doubt calls: ask the provider whether the call with this key was applied.
-    for c in calls.iter_mut().filter(|c| c.done.is_none() && !c.failed) {
+    for c in calls.iter_mut().filter(|c| c.in_doubt()) {
         in_doubt += 1;
         let Some(provider) = engine.registry().get(&c.provider).cloned() else {
             problems.push(format!(
@@ -313,22 +410,34 @@ async fn roll_back(
         match provider.recover(&call).await {
             Ok(Some(undo)) => {
                 tracing::info!(step = %c.context.step_id, "in-doubt call was applied; it will be undone");
-                let _ = journal
-                    .step_done(&StepDone {
-                        context: &c.context,
-                        output: &Element::new("executeData"),
-                        undo: Some(&undo),
-                        saved: None,
-                        secret: false,
-                        result: None,
-                        result_secret: false,
-                    })
-                    .await;
-                c.done = Some((c.intent_seq, Some(Guarded::Plain(undo)), None));
+                journal_settlement(
+                    &c.context,
+                    journal
+                        .step_done(&StepDone {
+                            context: &c.context,
+                            output: &Element::new("executeData"),
+                            undo: Some(&undo),
+                            saved: None,
+                            secret: false,
+                            result: None,
+                            result_secret: false,
+                        })
+                        .await,
+                );
+                c.done = Some(Completed {
+                    seq: c.intent_seq,
+                    undo: Some(Guarded::Plain(undo)),
+                    saved: None,
+                });
             }
             Ok(None) => {
                 tracing::info!(step = %c.context.step_id, "in-doubt call was not applied");
-                let _ = journal.step_failed(&c.context, "not applied (settled at recovery)").await;
+                journal_settlement(
+                    &c.context,
+                    journal
+                        .step_failed(&c.context, "not applied (settled at recovery)")
+                        .await,
+                );
                 c.failed = true;
             }
             Err(e) => problems.push(format!(
@@ -337,16 +446,45 @@ async fn roll_back(
             )),
         }
     }
-    // What remains to undo, ordered by when calls completed and started.
-    let mut pending: Vec<(usize, Done, String)> = Vec::new();
+    in_doubt
+}
+
+/// Logs a settlement of an in-doubt call that could not be journaled. Recovery goes on: the
+/// settlement is only a shortcut, since a later recovery that finds the call still in doubt
+/// asks the provider again by the same idempotency key.
+fn journal_settlement(context: &CallContext, written: Result<(), JournalError>) {
+    if let Err(e) = written {
+        tracing::warn!(
+            txn.id = %context.txn_id,
+            step = %context.step_id,
+            error = %e,
+            "cannot journal how an in-doubt call was settled; if recovery stops before this transaction is finished, the next recovery asks the provider again"
+        );
+    }
+}
+
+/// The undos still to run (completed calls with an undo record, not yet undone), ordered by
+/// when calls completed and started; what cannot be opened goes to `problems`.
+fn pending_undos(
+    journal: &DurableJournal,
+    calls: &[JournaledCall],
+    problems: &mut Vec<String>,
+) -> (Vec<UndoOrder>, Vec<PendingUndo>) {
     let mut done_seqs: Vec<u64> = calls
         .iter()
-        .filter_map(|c| c.done.as_ref().map(|d| d.0))
+        .filter_map(|c| c.done.as_ref().map(|d| d.seq))
         .collect();
     done_seqs.sort_unstable();
+    let completed_before = |seq: u64| done_seqs.partition_point(|&d| d < seq);
     let mut order = Vec::new();
+    let mut pending = Vec::new();
     for (i, c) in calls.iter().enumerate() {
-        let Some((done_seq, Some(undo), saved)) = &c.done else {
+        let Some(Completed {
+            seq,
+            undo: Some(undo),
+            saved,
+        }) = &c.done
+        else {
             continue;
         };
         if c.undone {
@@ -360,27 +498,41 @@ async fn roll_back(
             }
         };
         let saved = saved.as_ref().and_then(|s| journal.unguard(s).ok());
-        let done = Done {
-            context: c.context.clone(),
-            provider_context: c.provider_context.clone(),
-            undo,
-            execute_data: saved,
-        };
         order.push(UndoOrder {
-            started_after: done_seqs.iter().filter(|&&d| d < c.intent_seq).count(),
-            seq: done_seqs.iter().filter(|&&d| d < *done_seq).count(),
+            started_after: completed_before(c.intent_seq),
+            seq: completed_before(*seq),
         });
-        pending.push((i, done, c.provider.clone()));
+        pending.push(PendingUndo {
+            call: i,
+            done: Done {
+                context: c.context.clone(),
+                provider_context: c.provider_context.clone(),
+                undo,
+                execute_data: saved,
+            },
+        });
     }
-    let results = undo_in_dependency_order(&order, |k| {
-        let (_, done, provider) = &pending[k];
-        let provider = engine.registry().get(provider).cloned();
-        let done = done.clone();
+    (order, pending)
+}
+
+/// Runs the undos in dependency order; returns how many succeeded, failures go to
+/// `problems`.
+async fn run_undos(
+    engine: &Engine,
+    calls: &[JournaledCall],
+    order: &[UndoOrder],
+    pending: &[PendingUndo],
+    problems: &mut Vec<String>,
+) -> usize {
+    let results = undo_in_dependency_order(order, |k| {
+        let p = &pending[k];
+        let provider = engine.registry().get(&calls[p.call].provider).cloned();
+        let done = p.done.clone();
         async move {
             match provider {
-                Some(p) => {
+                Some(provider) => {
                     let step = done.context.step_id.clone();
-                    engine.undo_one(p, done, step).await
+                    engine.undo_one(provider, done, step).await
                 }
                 None => Err("provider is not registered".to_string()),
             }
@@ -388,124 +540,220 @@ async fn roll_back(
     })
     .await;
     let mut undone = 0;
-    for (k, r) in results.into_iter().enumerate() {
+    for (p, r) in pending.iter().zip(results) {
         match r {
             Ok(()) => undone += 1,
             Err(e) => problems.push(format!(
                 "step {} ({}): undo failed: {e}",
-                pending[k].1.context.step_id, calls[pending[k].0].target
+                p.done.context.step_id, calls[p.call].target
             )),
         }
     }
-    let to = if problems.is_empty() {
-        TxnState::RolledBack
-    } else {
-        TxnState::RollbackFailed
-    };
-    let message = if problems.is_empty() {
-        None
-    } else {
-        Some(problems.join("; "))
-    };
-    journal
-        .txn_state(&summary.id, to, message.as_deref())
-        .await
-        .map_err(|e| RecoveryError::Record {
-            txn: summary.id.clone(),
-            message: e.to_string(),
-        })?;
-    let _ = now_ms();
-    Ok(Recovered {
-        txn_id: summary.id,
-        from: summary.state,
-        to,
-        undone,
-        in_doubt,
-        problems,
-    })
+    undone
 }
 
-/// Resumes a resumable transaction with the definitions it was pinned to. `Ok(Err(why))`
-/// means it cannot be resumed exactly (the caller rolls it back instead).
+/// What became of an attempt to resume a resumable transaction.
+#[derive(Debug)]
+enum Resumption {
+    /// It ran to its end.
+    Resumed(Recovered),
+    /// It cannot be resumed exactly: it is rolled back instead.
+    NotResumable(NotResumable),
+}
+
+/// Why a resumable transaction cannot be resumed exactly.
+#[derive(Debug, thiserror::Error)]
+enum NotResumable {
+    /// The record of what it was compiled from is not in the store.
+    #[error("its pinned definitions are missing")]
+    PinsMissing,
+    /// That record does not read.
+    #[error("pinned definitions unreadable: {0}")]
+    PinsUnreadable(#[source] DecodeError),
+    /// A definition it names is not in the store.
+    #[error("pinned definition of `{namespace}` ({hash}) is missing")]
+    DefinitionMissing {
+        /// Namespace.
+        namespace: String,
+        /// Its hash.
+        hash: String,
+    },
+    /// A definition it names does not parse.
+    #[error("pinned definition of `{namespace}` unreadable: {source}")]
+    DefinitionUnreadable {
+        /// Namespace.
+        namespace: String,
+        /// What serde said.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// Kept data (request, result, undo, call data) cannot be opened.
+    #[error(transparent)]
+    Guarded(#[from] GuardError),
+    /// The pinned namespaces do not load with today's providers.
+    #[error("pinned definitions do not load: {0}")]
+    DoNotLoad(String),
+    /// The summary's target is not `Namespace/Procedure`.
+    #[error("target `{0}` is not Namespace/Procedure")]
+    BadTarget(String),
+    /// The pinned definitions do not compile with today's engine.
+    #[error("pinned definitions do not compile: {0}")]
+    DoNotCompile(String),
+    /// A completed step's exact result was not kept.
+    #[error("step {0} has no recorded result")]
+    NoResult(String),
+    /// An in-doubt call's provider is gone.
+    #[error("provider `{0}` is not registered")]
+    ProviderMissing(String),
+    /// An in-doubt call was applied and its undo failed.
+    #[error(
+        "step {step} was applied without a journaled result and could not be undone: {message}"
+    )]
+    UndoFailed {
+        /// Step path.
+        step: String,
+        /// The undo's failure.
+        message: String,
+    },
+    /// The provider cannot tell whether an in-doubt call was applied.
+    #[error("step {step} is in doubt: {message}")]
+    InDoubt {
+        /// Step path.
+        step: String,
+        /// The provider's answer.
+        message: String,
+    },
+}
+
+/// Why resuming stopped: the transaction cannot be resumed (roll it back), or the store
+/// failed (recovery stops).
+enum Stop {
+    NotResumable(NotResumable),
+    Failed(RecoveryError),
+}
+
+impl<E: Into<NotResumable>> From<E> for Stop {
+    fn from(e: E) -> Stop {
+        Stop::NotResumable(e.into())
+    }
+}
+
+impl Stop {
+    fn store(e: impl Into<RecoveryError>) -> Stop {
+        Stop::Failed(e.into())
+    }
+}
+
+/// Resumes a resumable transaction with the definitions it was pinned to.
 async fn resume(
     engine: &Engine,
     journal: &DurableJournal,
     summary: &TxnSummary,
-) -> Result<Result<Recovered, String>, RecoveryError> {
+) -> Result<Resumption, RecoveryError> {
+    match try_resume(engine, journal, summary).await {
+        Ok(r) => Ok(Resumption::Resumed(r)),
+        Err(Stop::NotResumable(why)) => Ok(Resumption::NotResumable(why)),
+        Err(Stop::Failed(e)) => Err(e),
+    }
+}
+
+async fn try_resume(
+    engine: &Engine,
+    journal: &DurableJournal,
+    summary: &TxnSummary,
+) -> Result<Recovered, Stop> {
+    let pinned = load_pinned(journal, &summary.id)?;
+    let data = journal.unguard(&pinned.request)?;
+    let program = compile_pinned(engine, summary, pinned, &data)?;
+    let records = records(journal, &summary.id).map_err(Stop::store)?;
+    let next_seq = records.last().map(|(s, _)| s + 1).unwrap_or(0);
+    journal.adopt(summary.clone(), next_seq);
+    let (resume, in_doubt) = replay(journal, &summary.id, &records)?;
+    let in_doubt_count = in_doubt.len();
+    settle_before_resuming(engine, journal, in_doubt).await?;
+    let result = engine
+        .resume_program(Arc::new(program), data, Element::new("context"), resume)
+        .await;
+    let problems = result
+        .undo_failures
+        .iter()
+        .map(|u| format!("step {} ({}): undo failed: {}", u.step, u.target, u.message))
+        .collect();
+    Ok(Recovered {
+        txn_id: summary.id.clone(),
+        from: summary.state,
+        to: result.state,
+        undone: result.undone,
+        in_doubt: in_doubt_count,
+        problems,
+    })
+}
+
+/// The definitions a transaction was compiled from, as pinned when it started.
+struct Pinned {
+    namespaces: Vec<Namespace>,
+    /// A trusted request's own procedure.
+    trusted: Option<Procedure>,
+    request: Guarded,
+}
+
+fn load_pinned(journal: &DurableJournal, txn_id: &str) -> Result<Pinned, Stop> {
     let store = journal.store();
-    let Some(pins) = store.get(Space::Definitions, format!("txn/{}", summary.id).as_bytes())?
-    else {
-        return Ok(Err("its pinned definitions are missing".into()));
-    };
-    let pins: serde_json::Value = match serde_json::from_slice(&pins) {
-        Ok(v) => v,
-        Err(e) => return Ok(Err(format!("pinned definitions unreadable: {e}"))),
-    };
-    let mut namespaces: Vec<Namespace> = Vec::new();
-    let mut trusted: Option<Procedure> = None;
-    for pin in pins
-        .get("pins")
-        .and_then(|p| p.as_array())
-        .cloned()
-        .unwrap_or_default()
-    {
-        let name = pin
-            .get("namespace")
-            .and_then(|v| v.as_str())
-            .unwrap_or_default()
-            .to_string();
-        let hash = pin
-            .get("hash")
-            .and_then(|v| v.as_str())
-            .unwrap_or_default()
-            .to_string();
-        let Some(bytes) = store.get(Space::Definitions, hash.as_bytes())? else {
-            return Ok(Err(format!(
-                "pinned definition of `{name}` ({hash}) is missing"
-            )));
-        };
-        if name == "(request)" {
+    let bytes = store
+        .get(Space::Definitions, &pinned_key(txn_id))
+        .map_err(Stop::store)?
+        .ok_or(NotResumable::PinsMissing)?;
+    let pinned: PinnedDefinitions = decode(&bytes).map_err(NotResumable::PinsUnreadable)?;
+    let mut namespaces = Vec::with_capacity(pinned.pins.len());
+    let mut trusted = None;
+    for pin in pinned.pins {
+        let bytes = store
+            .get(Space::Definitions, pin.hash.as_bytes())
+            .map_err(Stop::store)?
+            .ok_or_else(|| NotResumable::DefinitionMissing {
+                namespace: pin.namespace.clone(),
+                hash: pin.hash.clone(),
+            })?;
+        if pin.namespace == TRUSTED_REQUEST_PIN {
             trusted = serde_json::from_slice(&bytes).ok();
         } else {
-            match serde_json::from_slice(&bytes) {
-                Ok(ns) => namespaces.push(ns),
-                Err(e) => {
-                    return Ok(Err(format!(
-                        "pinned definition of `{name}` unreadable: {e}"
-                    )))
+            namespaces.push(serde_json::from_slice(&bytes).map_err(|source| {
+                NotResumable::DefinitionUnreadable {
+                    namespace: pin.namespace,
+                    source,
                 }
-            }
+            })?);
         }
     }
-    let request_data: Guarded = match pins.get("request").cloned().map(serde_json::from_value) {
-        Some(Ok(g)) => g,
-        _ => return Ok(Err("the request data was not kept".into())),
-    };
-    let data = match journal.unguard(&request_data) {
-        Ok(d) => d,
-        Err(e) => return Ok(Err(e)),
-    };
-    let catalog = match Catalog::new(namespaces, engine.registry()) {
-        Ok(c) => c,
-        Err(e) => {
-            return Ok(Err(format!(
-                "pinned definitions do not load: {}",
-                e.iter()
-                    .map(|e| e.to_string())
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            )))
-        }
-    };
-    let target = match trusted {
+    Ok(Pinned {
+        namespaces,
+        trusted,
+        request: pinned.request,
+    })
+}
+
+/// Compiles the pinned definitions and request again.
+fn compile_pinned(
+    engine: &Engine,
+    summary: &TxnSummary,
+    pinned: Pinned,
+    data: &Element,
+) -> Result<crate::compile::Program, Stop> {
+    let catalog = Catalog::new(pinned.namespaces, engine.registry()).map_err(|e| {
+        NotResumable::DoNotLoad(
+            e.iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; "),
+        )
+    })?;
+    let target = match pinned.trusted {
         Some(p) => RequestTarget::Trusted(Box::new(p)),
         None => {
-            let Some((ns, p)) = summary.target.rsplit_once('/') else {
-                return Ok(Err(format!(
-                    "target `{}` is not Namespace/Procedure",
-                    summary.target
-                )));
-            };
+            let (ns, p) = summary
+                .target
+                .rsplit_once('/')
+                .ok_or_else(|| NotResumable::BadTarget(summary.target.clone()))?;
             RequestTarget::Call(CallTarget {
                 namespace: ns.to_string(),
                 procedure: p.to_string(),
@@ -519,24 +767,55 @@ async fn resume(
         format: Format::Yaml,
         source_ref: SourceRef::new("<journal>", 0, 0),
     };
-    let program = match compile_request(&catalog, &request, &engine.options().limits) {
-        Ok(p) => p,
-        Err(e) => return Ok(Err(format!("pinned definitions do not compile: {e}"))),
-    };
-    // What completed, what is in doubt.
-    let records = records(journal, &summary.id)?;
-    let next_seq = records.last().map(|(s, _)| s + 1).unwrap_or(0);
-    journal.adopt(summary.clone(), next_seq);
-    let mut intents: HashMap<(String, u32), Record> = HashMap::new();
-    let mut settled: std::collections::HashSet<(String, u32)> = std::collections::HashSet::new();
+    compile_request(&catalog, &request, &engine.options().limits)
+        .map_err(|e| Stop::from(NotResumable::DoNotCompile(e.to_string())))
+}
+
+/// An intent with neither result nor failure in the journal.
+struct InDoubtIntent {
+    context: CallContext,
+    provider: String,
+    provider_context: Element,
+    call_data: Guarded,
+}
+
+/// What the journal says completed (replayed, not run again), the attempt each retried step
+/// goes on with, and the calls in doubt (in the order of their intents).
+fn replay(
+    journal: &DurableJournal,
+    txn_id: &str,
+    records: &[(u64, Record)],
+) -> Result<(Resume, Vec<InDoubtIntent>), Stop> {
+    let mut intents: Vec<InDoubtIntent> = Vec::new();
+    let mut settled: HashSet<(&str, u32)> = HashSet::new();
     let mut resume = Resume {
-        txn_id: summary.id.clone(),
+        txn_id: txn_id.to_string(),
         ..Default::default()
     };
-    for (_, r) in &records {
+    for (_, r) in records {
         match r {
-            Record::Intent { step, attempt, .. } => {
-                intents.insert((step.clone(), *attempt), r.clone());
+            Record::Intent {
+                step,
+                attempt,
+                namespace,
+                procedure,
+                provider,
+                provider_context,
+                call_data,
+                ..
+            } => {
+                intents.push(InDoubtIntent {
+                    context: CallContext {
+                        txn_id: txn_id.to_string(),
+                        step_id: step.clone(),
+                        attempt: *attempt,
+                        namespace: namespace.clone(),
+                        procedure: procedure.clone(),
+                    },
+                    provider: provider.clone(),
+                    provider_context: provider_context.clone(),
+                    call_data: call_data.clone(),
+                });
                 let next = resume.next_attempt.entry(step.clone()).or_insert(1);
                 *next = (*next).max(attempt + 1);
             }
@@ -547,19 +826,12 @@ async fn resume(
                 result,
                 ..
             } => {
-                settled.insert((step.clone(), *attempt));
-                let Some(result) = result else {
-                    return Ok(Err(format!("step {step} has no recorded result")));
-                };
-                let output = match journal.unguard(result) {
-                    Ok(o) => o,
-                    Err(e) => return Ok(Err(e)),
-                };
-                let undo = match undo.as_ref().map(|u| journal.unguard(u)) {
-                    None => None,
-                    Some(Ok(u)) => Some(u),
-                    Some(Err(e)) => return Ok(Err(e)),
-                };
+                settled.insert((step, *attempt));
+                let result = result
+                    .as_ref()
+                    .ok_or_else(|| NotResumable::NoResult(step.clone()))?;
+                let output = journal.unguard(result)?;
+                let undo = undo.as_ref().map(|u| journal.unguard(u)).transpose()?;
                 resume.done.insert(
                     step.clone(),
                     Replayed {
@@ -570,85 +842,62 @@ async fn resume(
                 );
             }
             Record::Failed { step, attempt, .. } => {
-                settled.insert((step.clone(), *attempt));
+                settled.insert((step, *attempt));
             }
             _ => {}
         }
     }
-    let mut in_doubt = 0;
-    for ((step, attempt), intent) in &intents {
-        if settled.contains(&(step.clone(), *attempt)) {
-            continue;
-        }
-        in_doubt += 1;
-        let Record::Intent {
-            namespace,
-            procedure,
-            provider,
-            provider_context,
-            call_data,
-            ..
-        } = intent
-        else {
-            continue;
+    intents.retain(|i| !settled.contains(&(i.context.step_id.as_str(), i.context.attempt)));
+    Ok((resume, intents))
+}
+
+/// Settles the in-doubt calls before resuming: one not applied is journaled as failed; one
+/// applied is undone, since its result never reached the journal, and the resumed run makes
+/// it again (next attempt) so its result is known.
+async fn settle_before_resuming(
+    engine: &Engine,
+    journal: &DurableJournal,
+    in_doubt: Vec<InDoubtIntent>,
+) -> Result<(), Stop> {
+    for i in in_doubt {
+        let step = i.context.step_id.clone();
+        let p = engine
+            .registry()
+            .get(&i.provider)
+            .cloned()
+            .ok_or_else(|| NotResumable::ProviderMissing(i.provider.clone()))?;
+        let execute_data = journal.unguard(&i.call_data)?;
+        let call = Call {
+            context: i.context.clone(),
+            provider_context: i.provider_context.clone(),
+            execute_data,
         };
-        let Some(p) = engine.registry().get(provider).cloned() else {
-            return Ok(Err(format!("provider `{provider}` is not registered")));
-        };
-        let context = CallContext {
-            txn_id: summary.id.clone(),
-            step_id: step.clone(),
-            attempt: *attempt,
-            namespace: namespace.clone(),
-            procedure: procedure.clone(),
-        };
-        let execute_data = match journal.unguard(call_data) {
-            Ok(d) => d,
-            Err(e) => return Ok(Err(e)),
-        };
-        match p
-            .recover(&Call {
-                context: context.clone(),
-                provider_context: provider_context.clone(),
-                execute_data,
-            })
-            .await
-        {
-            Ok(None) => {
-                let _ = journal
-                    .step_failed(&context, "not applied (settled at recovery)")
-                    .await;
-            }
+        match p.recover(&call).await {
+            Ok(None) => journal_settlement(
+                &i.context,
+                journal
+                    .step_failed(&i.context, "not applied (settled at recovery)")
+                    .await,
+            ),
             Ok(Some(undo)) => {
-                // Applied, but its result never reached the journal: undo it, and the resumed
-                // run does it again (next attempt) so its result is known.
                 let done = Done {
-                    context: context.clone(),
-                    provider_context: provider_context.clone(),
+                    context: i.context,
+                    provider_context: i.provider_context,
                     undo,
                     execute_data: None,
                 };
-                if let Err(e) = engine.undo_one(p.clone(), done, step.clone()).await {
-                    return Ok(Err(format!("step {step} was applied without a journaled result and could not be undone: {e}")));
+                if let Err(message) = engine.undo_one(p.clone(), done, step.clone()).await {
+                    return Err(NotResumable::UndoFailed { step, message }.into());
                 }
             }
-            Err(e) => return Ok(Err(format!("step {step} is in doubt: {e}"))),
+            Err(e) => {
+                return Err(NotResumable::InDoubt {
+                    step,
+                    message: e.to_string(),
+                }
+                .into())
+            }
         }
     }
-    let result = engine
-        .resume_program(Arc::new(program), data, Element::new("context"), resume)
-        .await;
-    let problems = result
-        .undo_failures
-        .iter()
-        .map(|u| format!("step {} ({}): undo failed: {}", u.step, u.target, u.message))
-        .collect();
-    Ok(Ok(Recovered {
-        txn_id: summary.id.clone(),
-        from: summary.state,
-        to: result.state,
-        undone: result.undone,
-        in_doubt,
-        problems,
-    }))
+    Ok(())
 }
