@@ -369,74 +369,6 @@ fn compact(records: &[(u64, &[u8])]) -> Vec<(u64, Vec<u8>)> {
     chunks
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn decode(chunks: &[(u64, Vec<u8>)]) -> Vec<(u64, u64)> {
-        chunks
-            .iter()
-            .flat_map(|(first, c)| {
-                let values: Vec<u64> = serde_json::from_slice(c).unwrap();
-                values
-                    .into_iter()
-                    .enumerate()
-                    .map(move |(i, v)| (first + i as u64, v))
-            })
-            .collect()
-    }
-
-    #[test]
-    fn compaction_keeps_every_record_in_bounded_chunks() {
-        let encoded: Vec<(u64, Vec<u8>)> = (0..5000u64)
-            .map(|i| (i, format!("{}", i * 1_000_003).into_bytes()))
-            .collect();
-        let records: Vec<(u64, &[u8])> = encoded.iter().map(|(n, b)| (*n, &b[..])).collect();
-        let chunks = compact(&records);
-        assert!(chunks.len() > 1, "{} chunks", chunks.len());
-        assert!(chunks.iter().all(|(_, c)| c.len() <= CHUNK_BYTES));
-        let back = decode(&chunks);
-        let want: Vec<(u64, u64)> = (0..5000u64).map(|i| (i, i * 1_000_003)).collect();
-        assert_eq!(back, want);
-    }
-
-    #[test]
-    fn a_gap_in_the_sequence_starts_a_new_chunk_and_a_large_record_stands_alone() {
-        let big = format!("\"{}\"", "x".repeat(CHUNK_BYTES * 2));
-        let records: Vec<(u64, &[u8])> = vec![
-            (0, b"1"),
-            (1, b"2"),
-            (5, b"3"),
-            (6, big.as_bytes()),
-            (7, b"4"),
-        ];
-        let chunks = compact(&records);
-        let firsts: Vec<u64> = chunks.iter().map(|(n, _)| *n).collect();
-        assert_eq!(firsts, vec![0, 5, 6, 7]);
-        assert_eq!(chunks[2].1.len(), big.len() + 2);
-    }
-
-    #[test]
-    fn keys_say_what_they_hold() {
-        let id = "0190f1c2-0000-7000-8000-000000000001";
-        assert_eq!(
-            JournalKey::parse(id, id.as_bytes()),
-            Some(JournalKey::Whole)
-        );
-        assert_eq!(
-            JournalKey::parse(id, &record_key(id, 7)),
-            Some(JournalKey::Record(7))
-        );
-        assert_eq!(
-            JournalKey::parse(id, &chunk_key(id, 9)),
-            Some(JournalKey::Chunk(9))
-        );
-        assert_eq!(JournalKey::parse(id, b"other"), None);
-        // A chunk key sorts after the transaction's record keys.
-        assert!(chunk_key(id, 0) > record_key(id, 1 << 40));
-    }
-}
-
 #[async_trait]
 impl Journal for DurableJournal {
     async fn txn_started(&self, start: &TxnStart<'_>) -> Result<(), JournalError> {
@@ -579,5 +511,73 @@ impl Journal for DurableJournal {
         Ok(self
             .append(&call.txn_id, &record, false, Batch::new())
             .await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(chunks: &[(u64, Vec<u8>)]) -> Vec<(u64, u64)> {
+        chunks
+            .iter()
+            .flat_map(|(first, c)| {
+                let values: Vec<u64> = serde_json::from_slice(c).unwrap();
+                values
+                    .into_iter()
+                    .enumerate()
+                    .map(move |(i, v)| (first + i as u64, v))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn compaction_keeps_every_record_in_bounded_chunks() {
+        let encoded: Vec<(u64, Vec<u8>)> = (0..5000u64)
+            .map(|i| (i, format!("{}", i * 1_000_003).into_bytes()))
+            .collect();
+        let records: Vec<(u64, &[u8])> = encoded.iter().map(|(n, b)| (*n, &b[..])).collect();
+        let chunks = compact(&records);
+        assert!(chunks.len() > 1, "{} chunks", chunks.len());
+        assert!(chunks.iter().all(|(_, c)| c.len() <= CHUNK_BYTES));
+        let back = decode(&chunks);
+        let want: Vec<(u64, u64)> = (0..5000u64).map(|i| (i, i * 1_000_003)).collect();
+        assert_eq!(back, want);
+    }
+
+    #[test]
+    fn a_gap_in_the_sequence_starts_a_new_chunk_and_a_large_record_stands_alone() {
+        let big = format!("\"{}\"", "x".repeat(CHUNK_BYTES * 2));
+        let records: Vec<(u64, &[u8])> = vec![
+            (0, b"1"),
+            (1, b"2"),
+            (5, b"3"),
+            (6, big.as_bytes()),
+            (7, b"4"),
+        ];
+        let chunks = compact(&records);
+        let firsts: Vec<u64> = chunks.iter().map(|(n, _)| *n).collect();
+        assert_eq!(firsts, vec![0, 5, 6, 7]);
+        assert_eq!(chunks[2].1.len(), big.len() + 2);
+    }
+
+    #[test]
+    fn keys_say_what_they_hold() {
+        let id = "0190f1c2-0000-7000-8000-000000000001";
+        assert_eq!(
+            JournalKey::parse(id, id.as_bytes()),
+            Some(JournalKey::Whole)
+        );
+        assert_eq!(
+            JournalKey::parse(id, &record_key(id, 7)),
+            Some(JournalKey::Record(7))
+        );
+        assert_eq!(
+            JournalKey::parse(id, &chunk_key(id, 9)),
+            Some(JournalKey::Chunk(9))
+        );
+        assert_eq!(JournalKey::parse(id, b"other"), None);
+        // A chunk key sorts after the transaction's record keys.
+        assert!(chunk_key(id, 0) > record_key(id, 1 << 40));
     }
 }
