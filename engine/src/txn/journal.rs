@@ -4,8 +4,8 @@
 //! one fdatasync, and concurrent transactions share syncs through the store's group commit.
 
 use super::records::{
-    now_ms, pinned_key, record_key, AuditEntry, Guarded, Pin, PinnedDefinitions, Record,
-    TxnSummary, FORMAT,
+    chunk_key, now_ms, pinned_key, record_key, AuditEntry, Guarded, JournalKey, Pin,
+    PinnedDefinitions, Record, TxnSummary, CHUNK_BYTES, FORMAT,
 };
 use super::seal::{SealError, SealKey};
 use crate::data::{json, Element};
@@ -340,24 +340,24 @@ impl DurableJournal {
             (seq, summary_write, finished, compact_now)
         };
         if compact_now {
-            // A finished transaction's records become one value under its id, and the
-            // per-record keys go: the store's overlay cancels those that never reached
-            // disk. Every earlier record of the transaction was written before this one,
-            // so the store returns them all.
+            // A finished transaction's records become a few bounded chunks of consecutive
+            // records, and the per-record keys go: the store's overlay cancels those that
+            // never reached disk. Every earlier record of the transaction was written before
+            // this one, so the store returns them all.
             let earlier = self.store.scan(Space::Journal, txn_id.as_bytes())?;
-            let mut records: Vec<&[u8]> = Vec::with_capacity(earlier.len() + 1);
-            for (k, v) in earlier.iter().filter(|(k, _)| k.len() > txn_id.len()) {
-                batch.delete(Space::Journal, k.clone());
-                records.push(v);
+            let mut records: Vec<(u64, &[u8])> = Vec::with_capacity(earlier.len() + 1);
+            for (k, v) in &earlier {
+                if let Some(JournalKey::Record(n)) = JournalKey::parse(txn_id, k) {
+                    batch.delete(Space::Journal, k.clone());
+                    records.push((n, v));
+                }
             }
             // Each per-record key is put once, by its record, and deleted only here.
             batch.deletes_cancel_puts = true;
-            records.push(&value);
-            batch.put(
-                Space::Journal,
-                txn_id.as_bytes().to_vec(),
-                compact(&records),
-            );
+            records.push((seq, &value));
+            for (first, chunk) in compact(&records) {
+                batch.put(Space::Journal, chunk_key(txn_id, first), chunk);
+            }
         } else {
             batch.put(Space::Journal, record_key(txn_id, seq), value);
         }
@@ -396,19 +396,37 @@ impl DurableJournal {
     }
 }
 
-/// The records of a transaction as one JSON array (sequence number = index), built from
-/// their encodings without decoding them.
-fn compact(records: &[&[u8]]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(records.iter().map(|r| r.len() + 1).sum::<usize>() + 2);
-    out.push(b'[');
-    for (i, r) in records.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
+/// A transaction's records (sequence number, encoding; in order) as JSON arrays of
+/// consecutive records of at most [`CHUNK_BYTES`] each, keyed by their first sequence
+/// number; built from the encodings without decoding them.
+fn compact(records: &[(u64, &[u8])]) -> Vec<(u64, Vec<u8>)> {
+    let mut chunks: Vec<(u64, Vec<u8>)> = Vec::new();
+    let mut next_seq = None;
+    for &(seq, bytes) in records {
+        let fits = chunks
+            .last()
+            .is_some_and(|(_, c)| c.len() + 1 + bytes.len() < CHUNK_BYTES);
+        match chunks.last_mut() {
+            Some((_, chunk)) if fits && next_seq == Some(seq) => {
+                chunk.push(b',');
+                chunk.extend_from_slice(bytes);
+            }
+            _ => {
+                if let Some((_, done)) = chunks.last_mut() {
+                    done.push(b']');
+                }
+                let mut chunk = Vec::with_capacity(CHUNK_BYTES.min(bytes.len() + 2) + 1);
+                chunk.push(b'[');
+                chunk.extend_from_slice(bytes);
+                chunks.push((seq, chunk));
+            }
         }
-        out.extend_from_slice(r);
+        next_seq = Some(seq + 1);
     }
-    out.push(b']');
-    out
+    if let Some((_, last)) = chunks.last_mut() {
+        last.push(b']');
+    }
+    chunks
 }
 
 #[async_trait]
@@ -553,5 +571,73 @@ impl Journal for DurableJournal {
         Ok(self
             .append(&call.txn_id, &record, false, Batch::new())
             .await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(chunks: &[(u64, Vec<u8>)]) -> Vec<(u64, u64)> {
+        chunks
+            .iter()
+            .flat_map(|(first, c)| {
+                let values: Vec<u64> = serde_json::from_slice(c).unwrap();
+                values
+                    .into_iter()
+                    .enumerate()
+                    .map(move |(i, v)| (first + i as u64, v))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn compaction_keeps_every_record_in_bounded_chunks() {
+        let encoded: Vec<(u64, Vec<u8>)> = (0..5000u64)
+            .map(|i| (i, format!("{}", i * 1_000_003).into_bytes()))
+            .collect();
+        let records: Vec<(u64, &[u8])> = encoded.iter().map(|(n, b)| (*n, &b[..])).collect();
+        let chunks = compact(&records);
+        assert!(chunks.len() > 1, "{} chunks", chunks.len());
+        assert!(chunks.iter().all(|(_, c)| c.len() <= CHUNK_BYTES));
+        let back = decode(&chunks);
+        let want: Vec<(u64, u64)> = (0..5000u64).map(|i| (i, i * 1_000_003)).collect();
+        assert_eq!(back, want);
+    }
+
+    #[test]
+    fn a_gap_in_the_sequence_starts_a_new_chunk_and_a_large_record_stands_alone() {
+        let big = format!("\"{}\"", "x".repeat(CHUNK_BYTES * 2));
+        let records: Vec<(u64, &[u8])> = vec![
+            (0, b"1"),
+            (1, b"2"),
+            (5, b"3"),
+            (6, big.as_bytes()),
+            (7, b"4"),
+        ];
+        let chunks = compact(&records);
+        let firsts: Vec<u64> = chunks.iter().map(|(n, _)| *n).collect();
+        assert_eq!(firsts, vec![0, 5, 6, 7]);
+        assert_eq!(chunks[2].1.len(), big.len() + 2);
+    }
+
+    #[test]
+    fn keys_say_what_they_hold() {
+        let id = "0190f1c2-0000-7000-8000-000000000001";
+        assert_eq!(
+            JournalKey::parse(id, id.as_bytes()),
+            Some(JournalKey::Whole)
+        );
+        assert_eq!(
+            JournalKey::parse(id, &record_key(id, 7)),
+            Some(JournalKey::Record(7))
+        );
+        assert_eq!(
+            JournalKey::parse(id, &chunk_key(id, 9)),
+            Some(JournalKey::Chunk(9))
+        );
+        assert_eq!(JournalKey::parse(id, b"other"), None);
+        // A chunk key sorts after the transaction's record keys.
+        assert!(chunk_key(id, 0) > record_key(id, 1 << 40));
     }
 }

@@ -84,6 +84,53 @@ pub fn record_key(txn_id: &str, seq: u64) -> Vec<u8> {
     k
 }
 
+/// The tag byte after the transaction id in the key of a chunk of compacted records.
+pub const CHUNK_TAG: u8 = b'C';
+
+/// The most bytes of records one compacted chunk holds (a lone larger record is a chunk of
+/// its own). sled 0.34 keeps values inside its tree nodes (a leaf splits past 16 entries),
+/// rewrites a whole node whenever an entry of it changes, and writes a node larger than a
+/// quarter segment (128 KiB by default) as a separate blob file. A transaction's records
+/// compacted into one multi-megabyte value were rewritten that way hundreds of times (4 GB
+/// of store for 10 MB of records); 17 chunks of 6 KiB stay under the blob size.
+pub const CHUNK_BYTES: usize = 6 * 1024;
+
+/// The journal key of a chunk of compacted records whose first record is `first_seq`
+/// (sorts after the transaction's per-record keys).
+pub fn chunk_key(txn_id: &str, first_seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(TXN_ID_LEN + 9);
+    k.extend_from_slice(txn_id.as_bytes());
+    k.push(CHUNK_TAG);
+    k.extend_from_slice(&first_seq.to_be_bytes());
+    k
+}
+
+/// What a key of the journal space under a transaction's id holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JournalKey {
+    /// All records of a finished transaction as one array, sequence number = index (the
+    /// layout before chunks; still read).
+    Whole,
+    /// One record.
+    Record(u64),
+    /// An array of consecutive records, the first one numbered as given.
+    Chunk(u64),
+}
+
+impl JournalKey {
+    /// Classifies `key`, a key found under `txn_id`; `None` for a key of another layout.
+    pub fn parse(txn_id: &str, key: &[u8]) -> Option<JournalKey> {
+        let rest = key.strip_prefix(txn_id.as_bytes())?;
+        let be = |b: &[u8]| b.try_into().ok().map(u64::from_be_bytes);
+        match rest.len() {
+            0 => Some(JournalKey::Whole),
+            8 => be(rest).map(JournalKey::Record),
+            9 if rest[0] == CHUNK_TAG => be(&rest[1..]).map(JournalKey::Chunk),
+            _ => None,
+        }
+    }
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()

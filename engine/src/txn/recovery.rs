@@ -5,8 +5,8 @@
 
 use super::journal::{DurableJournal, GuardError};
 use super::records::{
-    decode, decode_records, pinned_key, DecodeError, Guarded, PinnedDefinitions, Record,
-    TxnSummary, TRUSTED_REQUEST_PIN,
+    decode, decode_records, pinned_key, DecodeError, Guarded, JournalKey, PinnedDefinitions,
+    Record, TxnSummary, TRUSTED_REQUEST_PIN,
 };
 use crate::compile::{compile_request, Catalog};
 use crate::data::Element;
@@ -118,17 +118,24 @@ pub fn records(
     };
     let mut out = Vec::new();
     for (k, v) in journal.store().scan(Space::Journal, txn_id.as_bytes())? {
-        if k.len() == txn_id.len() {
-            let all: Vec<Record> = decode_records(&v).map_err(bad)?;
-            out.extend(all.into_iter().enumerate().map(|(i, r)| (i as u64, r)));
-            continue;
+        match JournalKey::parse(txn_id, &k) {
+            Some(JournalKey::Whole) => {
+                let all: Vec<Record> = decode_records(&v).map_err(bad)?;
+                out.extend(all.into_iter().enumerate().map(|(i, r)| (i as u64, r)));
+            }
+            Some(JournalKey::Chunk(first)) => {
+                let all: Vec<Record> = decode_records(&v).map_err(bad)?;
+                out.extend(
+                    all.into_iter()
+                        .enumerate()
+                        .map(|(i, r)| (first + i as u64, r)),
+                );
+            }
+            Some(JournalKey::Record(seq)) => out.push((seq, decode_records(&v).map_err(bad)?)),
+            // A key of another transaction whose id starts with this one (ids are fixed
+            // width, so only a foreign layout).
+            None => {}
         }
-        let seq = k
-            .get(k.len().saturating_sub(8)..)
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_be_bytes)
-            .unwrap_or(0);
-        out.push((seq, decode_records(&v).map_err(bad)?));
     }
     out.sort_by_key(|(seq, _)| *seq);
     Ok(out)
