@@ -307,3 +307,58 @@ fn a_finished_transaction_can_be_inspected() {
         .unwrap_or_default()
         .contains("\"committed\""));
 }
+
+/// Runs the binary with stdout a pipe whose reading end is closed before it writes (as
+/// `provisio … | head -1` does once `head` has its line).
+fn run_with_closed_stdout(sb: &Sandbox, args: &[&str]) -> (i32, String) {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_provisio"))
+        .args(args)
+        .current_dir(crate::util::repo())
+        .env("PROVISIO_NAMESPACES", crate::util::repo().join("namespaces"))
+        .env("PROVISIO_DATA_DIR", sb.data())
+        .env_remove("RUST_LOG")
+        .env("RUST_BACKTRACE", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn provisio");
+    drop(child.stdout.take());
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .expect("read stderr");
+    let status = child.wait().expect("wait");
+    (status.code().unwrap_or(-1), stderr)
+}
+
+#[test]
+fn a_closed_stdout_ends_the_output_quietly() {
+    let sb = Sandbox::new();
+    // `run`: the transaction commits; its outcome decides the exit code.
+    let (code, stderr) =
+        run_with_closed_stdout(&sb, &["run", "workflows/provision-tenant.yaml", "--quiet"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(sb.data().join("files/tenants/contoso").is_dir());
+    // A failing run still says it failed.
+    let (code, stderr) =
+        run_with_closed_stdout(&sb, &["run", "workflows/provision-tenant.yaml", "--quiet"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    for args in [
+        &["plan", "workflows/decommission-tenant.yaml"][..],
+        &["tx", "list"][..],
+        &["namespaces"][..],
+    ] {
+        let (code, stderr) = run_with_closed_stdout(&sb, args);
+        assert_eq!(code, 0, "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(stderr.is_empty(), "{args:?}: {stderr}");
+    }
+}
