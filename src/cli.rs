@@ -18,6 +18,7 @@ Exit codes:
   1  a step failed; everything done was rolled back
   2  bad input (syntax, unknown name, access, missing input): nothing ran
   3  a step failed and an undo failed too: the response lists what to fix
+  75 another provisio process holds the journal: nothing ran; try again later (--wait-lock)
 
 Configuration (each layer overrides the one before; `provisio config show` prints the result):
   defaults < provisio.toml (--config FILE, PROVISIO_CONFIG, or ./provisio.toml) < PROVISIO_* < flags
@@ -29,8 +30,8 @@ Environment:
   PROVISIO_DATA_DIR    where the journal and the embedded providers keep their state (default: data)
   PROVISIO_SEAL_KEY    key (64 hex digits) sealing secrets in the journal (default: DATA_DIR/seal.key, created 0600)
   PROVISIO_MAX_PARALLEL, PROVISIO_STEP_TIMEOUT_SECS, PROVISIO_RETRIES, PROVISIO_UNDO_ATTEMPTS,
-  PROVISIO_SEAL_KEY_FILE, PROVISIO_FILES_ROOT, PROVISIO_DNS_BACKEND, PROVISIO_DNS_ZONE_DIR,
-  PROVISIO_DNS_SERVER, PROVISIO_DNS_KEY_FILE   the config keys of the same names
+  PROVISIO_SEAL_KEY_FILE, PROVISIO_WAIT_LOCK, PROVISIO_FILES_ROOT, PROVISIO_DNS_BACKEND,
+  PROVISIO_DNS_ZONE_DIR, PROVISIO_DNS_SERVER, PROVISIO_DNS_KEY_FILE   the config keys of the same names
   RUST_LOG             log filter, e.g. RUST_LOG=provisio_engine=debug";
 
 /// Provisio: a transactional provisioning workflow engine.
@@ -64,6 +65,11 @@ pub struct Global {
     /// zones/). Overrides `data_dir` in the config and $PROVISIO_DATA_DIR [default: data].
     #[arg(long, global = true, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// How long to wait when another provisio process holds the journal (e.g. `30s`, `2m`,
+    /// `0s`), before giving up with exit code 75. Overrides `journal.wait_lock` and
+    /// $PROVISIO_WAIT_LOCK [default: 10s].
+    #[arg(long, global = true, value_name = "DURATION")]
+    pub wait_lock: Option<crate::config::Wait>,
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -77,10 +77,8 @@ async fn run(cli: &Cli, config: &Config, args: &RunArgs) -> Result<Exit> {
     let engine = if args.ephemeral {
         engine
     } else {
-        let journal = match load::journal(config) {
-            Ok(j) => j,
-            Err(e) => return bad_input(format!("error: {e:#}")),
-        };
+        // A busy or damaged journal is reported by `main` (exit 75 or 2).
+        let journal = load::journal(config)?;
         let engine = engine.with_journal(journal.clone());
         recover_quietly(&engine, &journal).await?;
         engine

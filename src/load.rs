@@ -9,7 +9,7 @@ use provisio_engine::exec::{Engine, EngineOptions};
 use provisio_engine::model::{Format, Namespace, Request, SourceRef};
 use provisio_engine::provider::ProviderRegistry;
 use provisio_engine::request::{self, ParseError};
-use provisio_engine::store::SledStore;
+use provisio_engine::store::{SledStore, StoreError};
 use provisio_engine::txn::{CrashPoint, DurableJournal, SealKey};
 use provisio_providers::dns::{DnsProvider, Rfc2136Config};
 use provisio_providers::exec::{ExecConfig, ExecProvider};
@@ -31,6 +31,7 @@ pub fn config(cli: &Cli) -> Result<Loaded> {
         namespaces: cli.global.namespaces.clone(),
         max_parallel,
         step_timeout_secs,
+        wait_lock: cli.global.wait_lock,
     };
     Config::load(&flags, |name| std::env::var(name).ok())
 }
@@ -163,7 +164,7 @@ pub async fn engine(config: &Config) -> Result<Engine> {
 /// `journal.seal_key_file`), and arms fault injection from `PROVISIO_CRASH_AT` (crash tests
 /// only).
 pub fn journal(config: &Config) -> Result<Arc<DurableJournal>> {
-    let store = SledStore::open(&config.data_dir.join("journal"))?;
+    let store = open_store(&config.data_dir.join("journal"), config.journal.wait_lock.0)?;
     let key = match &config.journal.seal_key {
         Some(k) => SealKey::parse(k.expose()).context("PROVISIO_SEAL_KEY")?,
         None => {
@@ -183,6 +184,62 @@ pub fn journal(config: &Config) -> Result<Arc<DurableJournal>> {
         DurableJournal::new(Arc::new(store), Some(key), who)
             .with_crash_point(CrashPoint::from_env()),
     ))
+}
+
+/// Another provisio process holds the journal, and it stayed held for the whole wait.
+#[derive(Debug)]
+pub struct StoreBusy {
+    /// The journal folder.
+    pub path: std::path::PathBuf,
+    /// How long this process waited.
+    pub waited: Duration,
+}
+
+impl std::fmt::Display for StoreBusy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the journal at `{}` is in use by another provisio process (waited {}); nothing ran\n  \
+             hint: try again when that command has finished (exit code 75 means: try again later), \
+             or wait longer with --wait-lock DURATION (or PROVISIO_WAIT_LOCK, journal.wait_lock in provisio.toml)",
+            self.path.display(),
+            humantime::format_duration(self.waited)
+        )
+    }
+}
+
+impl std::error::Error for StoreBusy {}
+
+/// Opens the journal store, waiting up to `wait` while another process holds it. The wait
+/// sleeps the calling thread: commands open the journal before they start any work.
+fn open_store(path: &Path, wait: Duration) -> Result<SledStore> {
+    let started = std::time::Instant::now();
+    let mut told = false;
+    loop {
+        match SledStore::open(path) {
+            Ok(store) => return Ok(store),
+            Err(StoreError::Locked { .. }) => {
+                let waited = started.elapsed();
+                if waited >= wait {
+                    return Err(StoreBusy {
+                        path: path.to_path_buf(),
+                        waited,
+                    }
+                    .into());
+                }
+                if !told {
+                    told = true;
+                    tracing::warn!(
+                        "the journal at `{}` is in use by another provisio process; waiting up to {}",
+                        path.display(),
+                        humantime::format_duration(wait)
+                    );
+                }
+                std::thread::sleep((wait - waited).min(Duration::from_millis(100)));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// Reads a request file (or stdin for `-`).

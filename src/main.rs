@@ -93,6 +93,9 @@ pub enum Exit {
     BadInput = 2,
     /// A step failed and some undo failed too: an operator must look.
     RollbackFailed = 3,
+    /// Another provisio process holds the journal: nothing ran; try again later
+    /// (EX_TEMPFAIL of sysexits.h).
+    StoreBusy = 75,
 }
 
 fn main() -> ExitCode {
@@ -112,7 +115,12 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(Exit::BadInput as u8)
+            let code = if e.downcast_ref::<load::StoreBusy>().is_some() {
+                Exit::StoreBusy
+            } else {
+                Exit::BadInput
+            };
+            ExitCode::from(code as u8)
         }
     }
 }

@@ -316,7 +316,10 @@ fn run_with_closed_stdout(sb: &Sandbox, args: &[&str]) -> (i32, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_provisio"))
         .args(args)
         .current_dir(crate::util::repo())
-        .env("PROVISIO_NAMESPACES", crate::util::repo().join("namespaces"))
+        .env(
+            "PROVISIO_NAMESPACES",
+            crate::util::repo().join("namespaces"),
+        )
         .env("PROVISIO_DATA_DIR", sb.data())
         .env_remove("RUST_LOG")
         .env("RUST_BACKTRACE", "1")
@@ -361,4 +364,53 @@ fn a_closed_stdout_ends_the_output_quietly() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
         assert!(stderr.is_empty(), "{args:?}: {stderr}");
     }
+}
+
+#[test]
+fn a_busy_journal_exits_75_after_waiting_and_a_released_one_is_used() {
+    let sb = Sandbox::new();
+    // This test process holds the journal, as another provisio command would.
+    let store = provisio_engine::store::SledStore::open(&sb.data().join("journal"))
+        .expect("open the journal");
+    let busy = sb.run(&["tx", "list", "--wait-lock", "0s"]);
+    assert_eq!(busy.code, 75, "{busy:?}");
+    assert!(
+        busy.stderr.contains("in use by another provisio process"),
+        "{busy:?}"
+    );
+    assert!(busy.stderr.contains("try again"), "{busy:?}");
+    assert!(busy.stderr.contains("--wait-lock"), "{busy:?}");
+    assert!(!busy.stderr.contains("daemon"), "{busy:?}");
+    // The same from the environment, for `run`: nothing ran.
+    let started = std::time::Instant::now();
+    let run = sb.run_env(
+        &["run", "workflows/provision-tenant.yaml", "--quiet"],
+        &crate::util::repo().join("namespaces"),
+        &[("PROVISIO_WAIT_LOCK", "1s".to_string())],
+    );
+    assert_eq!(run.code, 75, "{run:?}");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(1),
+        "did not wait"
+    );
+    assert!(run.stderr.contains("waited 1s"), "{run:?}");
+    assert!(!sb.data().join("files/tenants/contoso").exists());
+    // A run that waits long enough goes ahead once the journal is released.
+    let run = std::thread::scope(|s| {
+        let waiting = s.spawn(|| {
+            sb.run(&[
+                "run",
+                "workflows/provision-tenant.yaml",
+                "--quiet",
+                "--wait-lock",
+                "60s",
+            ])
+        });
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        drop(store);
+        waiting.join().expect("join")
+    });
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains("waiting up to 1m"), "{run:?}");
+    assert!(sb.data().join("files/tenants/contoso").is_dir());
 }
