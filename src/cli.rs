@@ -58,7 +58,8 @@ pub struct Global {
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Folder of namespace definitions (.xml, .yaml, .yml, .json), loaded at start.
-    /// Overrides `namespaces` in the config and $PROVISIO_NAMESPACES [default: namespaces].
+    /// Overrides `namespaces` in the config and $PROVISIO_NAMESPACES [default: namespaces;
+    /// when that folder does not exist, only the providers' built-in namespaces].
     #[arg(long, global = true, value_name = "DIR")]
     pub namespaces: Option<PathBuf>,
     /// Where the journal, the seal key and the embedded providers keep their state (files/,

@@ -23,6 +23,11 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Folder of namespace definitions.
     pub namespaces: PathBuf,
+    /// Whether `namespaces` was set by the file, the environment or a flag (a missing
+    /// default folder means "only the providers' own namespaces"; a missing chosen one is
+    /// an error).
+    #[serde(skip)]
+    pub namespaces_explicit: bool,
     /// Executor settings.
     pub engine: EngineConfig,
     /// Journal settings.
@@ -218,6 +223,7 @@ impl Default for Config {
         Config {
             data_dir: PathBuf::from("data"),
             namespaces: PathBuf::from("namespaces"),
+            namespaces_explicit: false,
             engine: EngineConfig::default(),
             journal: JournalConfig::default(),
             providers: ProvidersConfig::default(),
@@ -313,6 +319,7 @@ fn env_setter(name: &str) -> Option<EnvSetter> {
         },
         "PROVISIO_NAMESPACES" => |c, v| {
             c.namespaces = v.into();
+            c.namespaces_explicit = true;
             Ok(())
         },
         "PROVISIO_SEAL_KEY" => |c, v| {
@@ -395,7 +402,9 @@ impl Config {
                         path.display()
                     )
                 })?;
-                let config = Self::parse(&text, &path)?;
+                let mut config = Self::parse(&text, &path)?;
+                config.namespaces_explicit = toml::from_str::<toml::Table>(&text)
+                    .is_ok_and(|t| t.contains_key("namespaces"));
                 sources.file = Some(path);
                 config
             }
@@ -422,6 +431,7 @@ impl Config {
         }
         if let Some(n) = &flags.namespaces {
             config.namespaces = n.clone();
+            config.namespaces_explicit = true;
             sources.flags.push("--namespaces".into());
         }
         if let Some(n) = flags.max_parallel {

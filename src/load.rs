@@ -122,9 +122,18 @@ pub fn engine_options(config: &Config) -> EngineOptions {
     }
 }
 
-/// Loads the namespace folder; every parse error is reported.
+/// Loads the namespace folder; every parse error is reported. When the folder is the
+/// default one and does not exist, there are no namespace files: the providers' own
+/// namespaces remain (enough for a trusted request), and one line on stderr says so.
 pub fn namespaces(config: &Config) -> Result<Vec<Namespace>> {
     let dir = &config.namespaces;
+    if !dir.exists() && !config.namespaces_explicit {
+        eprintln!(
+            "note: no namespace folder `{}`; using only the providers' built-in namespaces (--namespaces DIR loads definitions)",
+            dir.display()
+        );
+        return Ok(Vec::new());
+    }
     if !dir.is_dir() {
         bail!(
             "namespace folder `{}` not found\n  hint: run from the project folder, or pass --namespaces DIR (or set PROVISIO_NAMESPACES, or `namespaces` in provisio.toml)",

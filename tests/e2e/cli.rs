@@ -414,3 +414,37 @@ fn a_busy_journal_exits_75_after_waiting_and_a_released_one_is_used() {
     assert!(run.stderr.contains("waiting up to 1m"), "{run:?}");
     assert!(sb.data().join("files/tenants/contoso").is_dir());
 }
+
+#[test]
+fn without_a_namespace_folder_the_providers_namespaces_still_serve_trusted_requests() {
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(
+        dir.path().join("home.yaml"),
+        "procedure:\n  steps:\n    home: { call: Filesystem Provider/CreateFolder, with: { path: tenants/solo } }\n",
+    )
+    .expect("write");
+    let env = [(
+        "PROVISIO_DATA_DIR",
+        dir.path().join("data").display().to_string(),
+    )];
+    // No ./namespaces and none configured: run with the built-in ones, and say so once.
+    let r = crate::util::run_clean(dir.path(), &["run", "home.yaml", "--quiet"], &env);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.stderr.matches("no namespace folder").count(), 1, "{r:?}");
+    assert!(r.stderr.contains("built-in namespaces"), "{r:?}");
+    assert!(dir.path().join("data/files/tenants/solo").is_dir());
+    // A folder chosen explicitly (flag or environment) that does not exist stays an error.
+    let r = crate::util::run_clean(
+        dir.path(),
+        &["--namespaces", "defs", "run", "home.yaml", "--quiet"],
+        &env,
+    );
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("namespace folder"), "{r:?}");
+    assert!(r.stderr.contains("not found"), "{r:?}");
+    let mut env_ns = env.to_vec();
+    env_ns.push(("PROVISIO_NAMESPACES", "defs".to_string()));
+    let r = crate::util::run_clean(dir.path(), &["namespaces"], &env_ns);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("not found"), "{r:?}");
+}
