@@ -151,9 +151,11 @@ pub enum Command {
     /// Run a rhai driver script that submits requests and reads their results.
     ///
     /// The script sees `submit(#{"call": "Namespace/Procedure", data: #{…}})` (or
-    /// `submit("Namespace/Procedure", #{…})`), `read_csv("file.csv")` (files beside the
-    /// script only) and `log("…")`; each submitted request is its own transaction, journaled
-    /// and recovered like `provisio run`. See docs/scripting.md.
+    /// `submit("Namespace/Procedure", #{…})`), `read_csv("file.csv")` (files inside the
+    /// script's folder only, cells trimmed) and `log("…")`; each submitted request is its own
+    /// transaction, journaled and recovered like `provisio run`, and its outcome (also
+    /// "rejected") goes back to the script. Exits 1 when any request did not commit, naming
+    /// them. See docs/scripting.md.
     #[command(after_help = "Example:\n  provisio script examples/scripts/onboard.rhai")]
     Script(ScriptArgs),
 }
@@ -169,6 +171,13 @@ pub struct ScriptArgs {
     /// Seconds the script may run, not counting time spent in requests.
     #[arg(long, default_value_t = 600, value_name = "SECONDS")]
     pub timeout: u64,
+    /// Largest CSV file `read_csv` reads, in MiB.
+    #[arg(long, default_value_t = 16, value_name = "MIB")]
+    pub max_csv_mib: u64,
+    /// Most memory the script may take for its data, in MiB; a script going past it is
+    /// stopped with an error (never in the middle of a request).
+    #[arg(long, default_value_t = 1024, value_name = "MIB")]
+    pub max_data_mib: u64,
 }
 
 /// `config` subcommands.

@@ -44,13 +44,13 @@ pub async fn dispatch(cli: Cli) -> Result<Exit> {
             let journal = load::journal(config)?;
             let engine = engine.with_journal(journal.clone());
             recover_quietly(&engine, &journal).await?;
-            crate::driver::run(
-                engine,
-                &args.file,
-                args.max_operations,
-                Duration::from_secs(args.timeout.max(1)),
-            )
-            .await
+            let limits = crate::driver::DriverLimits {
+                max_operations: args.max_operations,
+                timeout: Duration::from_secs(args.timeout.max(1)),
+                max_csv_bytes: args.max_csv_mib.saturating_mul(1024 * 1024),
+                max_data_bytes: args.max_data_mib.saturating_mul(1024 * 1024),
+            };
+            crate::driver::run(engine, &args.file, limits).await
         }
         Command::Config(ConfigCommand::Show) => {
             print!("{}", config.show(&loaded.sources)?);
