@@ -141,9 +141,15 @@ pub enum Command {
     #[command(after_help = "Example:\n  provisio namespaces 'Hosted DNS'")]
     Namespaces(NamespacesArgs),
     /// Inspect transactions in the journal, or continue a failed rollback.
+    ///
+    /// These commands never create state: without a journal in the data directory they say
+    /// so and stop (exit 0 for `list` and `audit`, 2 otherwise).
     #[command(subcommand)]
     Tx(TxCommand),
     /// Finish every transaction a crash left running (also done before each `run`).
+    ///
+    /// Prints where the state it opens lives; without a journal there is nothing to
+    /// recover, and nothing is created.
     Recover,
     /// Inspect the configuration.
     #[command(subcommand)]

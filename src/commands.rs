@@ -34,7 +34,21 @@ pub async fn dispatch(cli: Cli) -> Result<Exit> {
         Command::Validate(ref args) => validate(config, args).await,
         Command::Graph(ref args) => graph(config, args).await,
         Command::Namespaces(ref args) => namespaces(config, args).await,
-        Command::Tx(ref cmd) => tx(config, cmd).await,
+        Command::Tx(ref cmd) => {
+            // Looking at the journal never creates one (nor a seal key): a command started
+            // with the wrong data directory says so instead of starting a new history.
+            let journal = load::journal_dir(config);
+            if !journal.exists() {
+                eprintln!("{}", load::NoJournal(journal));
+                return Ok(match cmd {
+                    TxCommand::List { .. } | TxCommand::Audit => Exit::Ok,
+                    _ => Exit::BadInput,
+                });
+            }
+            let mut config = config.clone();
+            config.read_only = !matches!(cmd, TxCommand::ResumeRollback { .. });
+            tx(&config, cmd).await
+        }
         Command::Recover => recover_cmd(config).await,
         Command::Script(ref args) => {
             let engine = match load::engine(config).await {
@@ -79,6 +93,9 @@ async fn run(cli: &Cli, config: &Config, args: &RunArgs) -> Result<Exit> {
     } else {
         // A busy or damaged journal is reported by `main` (exit 75 or 2).
         let journal = load::journal(config)?;
+        if !cli.global.quiet {
+            eprintln!("{}", load::state_line(config));
+        }
         let engine = engine.with_journal(journal.clone());
         recover_quietly(&engine, &journal).await?;
         engine
@@ -485,6 +502,13 @@ async fn recover_quietly(
 }
 
 async fn recover_cmd(config: &Config) -> Result<Exit> {
+    // Without a journal there is nothing to recover, and nothing is created.
+    let dir = load::journal_dir(config);
+    if !dir.exists() {
+        println!("nothing to recover: no journal at `{}`", dir.display());
+        return Ok(Exit::Ok);
+    }
+    eprintln!("{}", load::state_line(config));
     let engine = match load::engine(config).await {
         Ok(e) => e,
         Err(e) => return bad_input(format!("error: {e:#}")),

@@ -28,6 +28,10 @@ pub struct Config {
     /// an error).
     #[serde(skip)]
     pub namespaces_explicit: bool,
+    /// Set for commands that only read (`tx list`, `tx show`, …): the journal and the seal
+    /// key are used as they are, never created.
+    #[serde(skip)]
+    pub read_only: bool,
     /// Executor settings.
     pub engine: EngineConfig,
     /// Journal settings.
@@ -224,6 +228,7 @@ impl Default for Config {
             data_dir: PathBuf::from("data"),
             namespaces: PathBuf::from("namespaces"),
             namespaces_explicit: false,
+            read_only: false,
             engine: EngineConfig::default(),
             journal: JournalConfig::default(),
             providers: ProvidersConfig::default(),

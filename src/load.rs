@@ -173,26 +173,95 @@ pub async fn engine(config: &Config) -> Result<Engine> {
 /// `journal.seal_key_file`), and arms fault injection from `PROVISIO_CRASH_AT` (crash tests
 /// only).
 pub fn journal(config: &Config) -> Result<Arc<DurableJournal>> {
-    let store = open_store(&config.data_dir.join("journal"), config.journal.wait_lock.0)?;
+    let dir = journal_dir(config);
+    if config.read_only && !dir.exists() {
+        bail!("{}", NoJournal(dir));
+    }
+    let store = open_store(&dir, config.journal.wait_lock.0)?;
+    let file = seal_key_file(config);
     let key = match &config.journal.seal_key {
-        Some(k) => SealKey::parse(k.expose()).context("PROVISIO_SEAL_KEY")?,
-        None => {
-            let file = config
-                .journal
-                .seal_key_file
-                .clone()
-                .unwrap_or_else(|| config.data_dir.join("seal.key"));
+        Some(k) => Some(SealKey::parse(k.expose()).context("PROVISIO_SEAL_KEY")?),
+        // Reading needs no key: sealed values are shown as sealed.
+        None if config.read_only && !file.exists() => None,
+        None => Some(
             SealKey::load_or_create(&file)
-                .with_context(|| format!("journal.seal_key_file `{}`", file.display()))?
-        }
+                .with_context(|| format!("journal.seal_key_file `{}`", file.display()))?,
+        ),
     };
-    let who = std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".into());
     Ok(Arc::new(
-        DurableJournal::new(Arc::new(store), Some(key), who)
-            .with_crash_point(CrashPoint::from_env()),
+        DurableJournal::new(Arc::new(store), key, who()).with_crash_point(CrashPoint::from_env()),
     ))
+}
+
+/// `<data_dir>/journal`.
+pub fn journal_dir(config: &Config) -> std::path::PathBuf {
+    config.data_dir.join("journal")
+}
+
+fn seal_key_file(config: &Config) -> std::path::PathBuf {
+    config
+        .journal
+        .seal_key_file
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("seal.key"))
+}
+
+/// The journal folder does not exist: nothing has run with this data directory.
+pub struct NoJournal(pub std::path::PathBuf);
+
+impl std::fmt::Display for NoJournal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "no journal at `{}`: nothing has run with this data directory (nothing was created)\n  \
+             hint: pass --data-dir DIR (or set PROVISIO_DATA_DIR, or `data_dir` in provisio.toml) to use another one",
+            self.0.display()
+        )
+    }
+}
+
+/// Who runs this process, for the journal and the audit log: the real user id and its
+/// name from the system's user database (`$USER` and `$LOGNAME` are unset under cron and
+/// systemd, and anyone can set them).
+pub fn who() -> String {
+    let uid = uzers::get_current_uid();
+    match uzers::get_user_by_uid(uid) {
+        Some(user) => format!("{} (uid {uid})", user.name().to_string_lossy()),
+        None => format!("uid {uid}"),
+    }
+}
+
+/// One line saying where the state a command opens lives.
+pub fn state_line(config: &Config) -> String {
+    let p = &config.providers;
+    let files = p
+        .filesystem
+        .root
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("files"));
+    let zones = match p.dns.backend {
+        DnsBackendKind::Zonefile => format!(
+            "zones `{}`",
+            p.dns
+                .zone_dir
+                .clone()
+                .unwrap_or_else(|| config.data_dir.join("zones"))
+                .display()
+        ),
+        DnsBackendKind::Rfc2136 => format!(
+            "zones on DNS server {}",
+            p.dns.server.as_deref().unwrap_or("?")
+        ),
+    };
+    let key = match &config.journal.seal_key {
+        Some(_) => "seal key from PROVISIO_SEAL_KEY".to_string(),
+        None => format!("seal key `{}`", seal_key_file(config).display()),
+    };
+    format!(
+        "state: journal `{}`, {key}, files `{}`, {zones}",
+        journal_dir(config).display(),
+        files.display()
+    )
 }
 
 /// Another provisio process holds the journal, and it stayed held for the whole wait.

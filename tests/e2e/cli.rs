@@ -448,3 +448,101 @@ fn without_a_namespace_folder_the_providers_namespaces_still_serve_trusted_reque
     assert_eq!(r.code, 2, "{r:?}");
     assert!(r.stderr.contains("not found"), "{r:?}");
 }
+
+#[test]
+fn read_only_commands_create_no_state() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = dir.path().join("data");
+    let env = [("PROVISIO_DATA_DIR", data.display().to_string())];
+    let ns = (
+        "PROVISIO_NAMESPACES",
+        crate::util::repo().join("namespaces").display().to_string(),
+    );
+    for (args, code) in [
+        (&["tx", "list"][..], 0),
+        (&["tx", "audit"][..], 0),
+        (&["tx", "show", "0190"][..], 2),
+        (&["tx", "log", "0190"][..], 2),
+        (&["tx", "resume-rollback", "0190"][..], 2),
+    ] {
+        let r = crate::util::run_clean(dir.path(), args, &env);
+        assert_eq!(r.code, code, "{args:?}: {r:?}");
+        assert!(r.stderr.contains("no journal at"), "{args:?}: {r:?}");
+        assert!(r.stderr.contains("nothing was created"), "{args:?}: {r:?}");
+        assert!(!data.exists(), "{args:?} created {}", data.display());
+    }
+    let r = crate::util::run_clean(dir.path(), &["config", "show"], &env);
+    assert_eq!(r.code, 0, "{r:?}");
+    let r = crate::util::run_clean(dir.path(), &["recover"], &[env[0].clone(), ns.clone()]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains("nothing to recover: no journal at"),
+        "{r:?}"
+    );
+    assert!(!data.exists(), "config show or recover created state");
+    // With a journal but no seal key file, reading it does not make a new key.
+    let r = crate::util::run_clean(
+        crate::util::repo().as_path(),
+        &["run", "workflows/provision-tenant.yaml", "--quiet"],
+        &[env[0].clone(), ns],
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    std::fs::remove_file(data.join("seal.key")).expect("seal key was created by run");
+    let r = crate::util::run_clean(dir.path(), &["tx", "list"], &env);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("committed"), "{r:?}");
+    assert!(
+        !data.join("seal.key").exists(),
+        "tx list made a new seal key"
+    );
+}
+
+#[test]
+fn run_and_recover_say_where_the_state_lives() {
+    let sb = Sandbox::new();
+    let r = sb.run(&["run", "workflows/provision-tenant.yaml"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let journal = format!("state: journal `{}`", sb.data().join("journal").display());
+    assert!(r.stderr.contains(&journal), "{r:?}");
+    assert!(
+        r.stderr
+            .contains(&format!("files `{}`", sb.data().join("files").display())),
+        "{r:?}"
+    );
+    let r = sb.run(&["recover"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.stderr.matches(&journal).count(), 1, "{r:?}");
+}
+
+#[test]
+fn the_audit_names_the_real_user_not_the_environment() {
+    let id = |flag: &str| {
+        let out = std::process::Command::new("id")
+            .arg(flag)
+            .output()
+            .expect("id");
+        String::from_utf8(out.stdout)
+            .expect("utf-8")
+            .trim()
+            .to_string()
+    };
+    let (name, uid) = (id("-un"), id("-u"));
+    let sb = Sandbox::new();
+    let spoofed = [
+        ("USER", "mallory".to_string()),
+        ("LOGNAME", "mallory".to_string()),
+    ];
+    let r = sb.run_env(
+        &["run", "workflows/provision-tenant.yaml", "--quiet"],
+        &crate::util::repo().join("namespaces"),
+        &spoofed,
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    let who = format!("{name} (uid {uid})");
+    let list = sb.run(&["tx", "list"]);
+    assert!(list.stdout.contains(&who), "{list:?}");
+    assert!(!list.stdout.contains("mallory"), "{list:?}");
+    let audit = sb.run(&["tx", "audit"]);
+    assert!(audit.stdout.contains(&who), "{audit:?}");
+    assert!(!audit.stdout.contains("mallory"), "{audit:?}");
+}
