@@ -37,9 +37,8 @@ pub async fn dispatch(cli: Cli) -> Result<Exit> {
         Command::Tx(ref cmd) => {
             // Looking at the journal never creates one (nor a seal key): a command started
             // with the wrong data directory says so instead of starting a new history.
-            let journal = load::journal_dir(config);
-            if !journal.exists() {
-                eprintln!("{}", load::NoJournal(journal));
+            if !load::journal_exists(config) {
+                eprintln!("{}", load::NoJournal(load::journal_dir(config)));
                 return Ok(match cmd {
                     TxCommand::List { .. } | TxCommand::Audit => Exit::Ok,
                     _ => Exit::BadInput,
@@ -503,8 +502,8 @@ async fn recover_quietly(
 
 async fn recover_cmd(config: &Config) -> Result<Exit> {
     // Without a journal there is nothing to recover, and nothing is created.
-    let dir = load::journal_dir(config);
-    if !dir.exists() {
+    if !load::journal_exists(config) {
+        let dir = load::journal_dir(config);
         println!("nothing to recover: no journal at `{}`", dir.display());
         return Ok(Exit::Ok);
     }

@@ -174,7 +174,7 @@ pub async fn engine(config: &Config) -> Result<Engine> {
 /// only).
 pub fn journal(config: &Config) -> Result<Arc<DurableJournal>> {
     let dir = journal_dir(config);
-    if config.read_only && !dir.exists() {
+    if config.read_only && !journal_exists(config) {
         bail!("{}", NoJournal(dir));
     }
     let store = open_store(&dir, config.journal.wait_lock.0)?;
@@ -196,6 +196,16 @@ pub fn journal(config: &Config) -> Result<Arc<DurableJournal>> {
 /// `<data_dir>/journal`.
 pub fn journal_dir(config: &Config) -> std::path::PathBuf {
     config.data_dir.join("journal")
+}
+
+/// Whether a journal was ever opened in this data directory: its folder, or the state
+/// file the store keeps beside it (a journal folder that vanished while its state file
+/// remains is a damaged journal, reported by the store, not an empty one).
+pub fn journal_exists(config: &Config) -> bool {
+    let dir = journal_dir(config);
+    let mut state = dir.clone().into_os_string();
+    state.push(".state");
+    dir.exists() || Path::new(&state).exists()
 }
 
 fn seal_key_file(config: &Config) -> std::path::PathBuf {
