@@ -19,6 +19,7 @@ Exit codes:
   1  a step failed; everything done was rolled back
   2  bad input (syntax, unknown name, access, missing input): nothing ran
   3  a step failed and an undo failed too: the response lists what to fix
+  75 another provisio process holds the journal: nothing ran; try again later (--wait-lock)
 
 Configuration (each layer overrides the one before; `provisio config show` prints the result):
   defaults < provisio.toml (--config FILE, PROVISIO_CONFIG, or ./provisio.toml) < PROVISIO_* < flags
@@ -30,8 +31,8 @@ Environment:
   PROVISIO_DATA_DIR    where the journal and the embedded providers keep their state (default: data)
   PROVISIO_SEAL_KEY    key (64 hex digits) sealing secrets in the journal (default: DATA_DIR/seal.key, created 0600)
   PROVISIO_MAX_PARALLEL, PROVISIO_STEP_TIMEOUT_SECS, PROVISIO_RETRIES, PROVISIO_UNDO_ATTEMPTS,
-  PROVISIO_SEAL_KEY_FILE, PROVISIO_FILES_ROOT, PROVISIO_DNS_BACKEND, PROVISIO_DNS_ZONE_DIR,
-  PROVISIO_DNS_SERVER, PROVISIO_DNS_KEY_FILE   the config keys of the same names
+  PROVISIO_SEAL_KEY_FILE, PROVISIO_WAIT_LOCK, PROVISIO_FILES_ROOT, PROVISIO_DNS_BACKEND,
+  PROVISIO_DNS_ZONE_DIR, PROVISIO_DNS_SERVER, PROVISIO_DNS_KEY_FILE   the config keys of the same names
   RUST_LOG             log filter, e.g. RUST_LOG=provisio_engine=debug";
 
 /// Provisio: a transactional provisioning workflow engine.
@@ -58,13 +59,19 @@ pub struct Global {
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Folder of namespace definitions (.xml, .yaml, .yml, .json), loaded at start.
-    /// Overrides `namespaces` in the config and $PROVISIO_NAMESPACES [default: namespaces].
+    /// Overrides `namespaces` in the config and $PROVISIO_NAMESPACES [default: namespaces;
+    /// when that folder does not exist, only the providers' built-in namespaces].
     #[arg(long, global = true, value_name = "DIR")]
     pub namespaces: Option<PathBuf>,
     /// Where the journal, the seal key and the embedded providers keep their state (files/,
     /// zones/). Overrides `data_dir` in the config and $PROVISIO_DATA_DIR [default: data].
     #[arg(long, global = true, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+    /// How long to wait when another provisio process holds the journal (e.g. `30s`, `2m`,
+    /// `0s`), before giving up with exit code 75. Overrides `journal.wait_lock` and
+    /// $PROVISIO_WAIT_LOCK [default: 10s].
+    #[arg(long, global = true, value_name = "DURATION")]
+    pub wait_lock: Option<crate::config::Wait>,
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -135,9 +142,15 @@ pub enum Command {
     #[command(after_help = "Example:\n  provisio namespaces 'Hosted DNS'")]
     Namespaces(NamespacesArgs),
     /// Inspect transactions in the journal, or continue a failed rollback.
+    ///
+    /// These commands never create state: without a journal in the data directory they say
+    /// so and stop (exit 0 for `list` and `audit`, 2 otherwise).
     #[command(subcommand)]
     Tx(TxCommand),
     /// Finish every transaction a crash left running (also done before each `run`).
+    ///
+    /// Prints where the state it opens lives; without a journal there is nothing to
+    /// recover, and nothing is created.
     Recover,
     /// Inspect the configuration.
     #[command(subcommand)]
@@ -145,9 +158,11 @@ pub enum Command {
     /// Run a rhai driver script that submits requests and reads their results.
     ///
     /// The script sees `submit(#{"call": "Namespace/Procedure", data: #{…}})` (or
-    /// `submit("Namespace/Procedure", #{…})`), `read_csv("file.csv")` (files beside the
-    /// script only) and `log("…")`; each submitted request is its own transaction, journaled
-    /// and recovered like `provisio run`. See docs/scripting.md.
+    /// `submit("Namespace/Procedure", #{…})`), `read_csv("file.csv")` (files inside the
+    /// script's folder only, cells trimmed) and `log("…")`; each submitted request is its own
+    /// transaction, journaled and recovered like `provisio run`, and its outcome (also
+    /// "rejected") goes back to the script. Exits 1 when any request did not commit, naming
+    /// them. See docs/scripting.md.
     #[command(after_help = "Example:\n  provisio script examples/scripts/onboard.rhai")]
     Script(ScriptArgs),
 }
@@ -163,6 +178,13 @@ pub struct ScriptArgs {
     /// Seconds the script may run, not counting time spent in requests.
     #[arg(long, default_value_t = 600, value_name = "SECONDS")]
     pub timeout: u64,
+    /// Largest CSV file `read_csv` reads, in MiB.
+    #[arg(long, default_value_t = 16, value_name = "MIB")]
+    pub max_csv_mib: u64,
+    /// Most memory the script may take for its data, in MiB; a script going past it is
+    /// stopped with an error (never in the middle of a request).
+    #[arg(long, default_value_t = 1024, value_name = "MIB")]
+    pub max_data_mib: u64,
 }
 
 /// `config` subcommands.

@@ -36,7 +36,20 @@ pub async fn dispatch(cli: Cli) -> Result<Exit> {
         Command::Validate(ref args) => validate(config, args).await,
         Command::Graph(ref args) => graph(config, args).await,
         Command::Namespaces(ref args) => namespaces(config, args).await,
-        Command::Tx(ref cmd) => tx(config, cmd).await,
+        Command::Tx(ref cmd) => {
+            // Looking at the journal never creates one (nor a seal key): a command started
+            // with the wrong data directory says so instead of starting a new history.
+            if !load::journal_exists(config) {
+                eprintln!("{}", load::NoJournal(load::journal_dir(config)));
+                return Ok(match cmd {
+                    TxCommand::List { .. } | TxCommand::Audit => Exit::Ok,
+                    _ => Exit::BadInput,
+                });
+            }
+            let mut config = config.clone();
+            config.read_only = !matches!(cmd, TxCommand::ResumeRollback { .. });
+            tx(&config, cmd).await
+        }
         Command::Recover => recover_cmd(config).await,
         Command::Script(ref args) => {
             let engine = match load::engine(config).await {
@@ -46,13 +59,13 @@ pub async fn dispatch(cli: Cli) -> Result<Exit> {
             let journal = load::journal(config)?;
             let engine = engine.with_journal(journal.clone());
             recover_quietly(&engine, &journal).await?;
-            crate::driver::run(
-                engine,
-                &args.file,
-                args.max_operations,
-                Duration::from_secs(args.timeout.max(1)),
-            )
-            .await
+            let limits = crate::driver::DriverLimits {
+                max_operations: args.max_operations,
+                timeout: Duration::from_secs(args.timeout.max(1)),
+                max_csv_bytes: args.max_csv_mib.saturating_mul(1024 * 1024),
+                max_data_bytes: args.max_data_mib.saturating_mul(1024 * 1024),
+            };
+            crate::driver::run(engine, &args.file, limits).await
         }
         Command::Config(ConfigCommand::Show) => {
             print!("{}", config.show(&loaded.sources)?);
@@ -79,10 +92,11 @@ async fn run(cli: &Cli, config: &Config, args: &RunArgs) -> Result<Exit> {
     let engine = if args.ephemeral {
         engine
     } else {
-        let journal = match load::journal(config) {
-            Ok(j) => j,
-            Err(e) => return bad_input(format!("error: {e:#}")),
-        };
+        // A busy or damaged journal is reported by `main` (exit 75 or 2).
+        let journal = load::journal(config)?;
+        if !cli.global.quiet {
+            eprintln!("{}", load::state_line(config));
+        }
         let engine = engine.with_journal(journal.clone());
         recover_quietly(&engine, &journal).await?;
         engine
@@ -489,6 +503,13 @@ async fn recover_quietly(
 }
 
 async fn recover_cmd(config: &Config) -> Result<Exit> {
+    // Without a journal there is nothing to recover, and nothing is created.
+    if !load::journal_exists(config) {
+        let dir = load::journal_dir(config);
+        println!("nothing to recover: no journal at `{}`", dir.display());
+        return Ok(Exit::Ok);
+    }
+    eprintln!("{}", load::state_line(config));
     let engine = match load::engine(config).await {
         Ok(e) => e,
         Err(e) => return bad_input(format!("error: {e:#}")),

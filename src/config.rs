@@ -23,6 +23,15 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Folder of namespace definitions.
     pub namespaces: PathBuf,
+    /// Whether `namespaces` was set by the file, the environment or a flag (a missing
+    /// default folder means "only the providers' own namespaces"; a missing chosen one is
+    /// an error).
+    #[serde(skip)]
+    pub namespaces_explicit: bool,
+    /// Set for commands that only read (`tx list`, `tx show`, …): the journal and the seal
+    /// key are used as they are, never created.
+    #[serde(skip)]
+    pub read_only: bool,
     /// Executor settings.
     pub engine: EngineConfig,
     /// Journal settings.
@@ -60,6 +69,9 @@ impl Default for EngineConfig {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct JournalConfig {
+    /// How long to wait for the journal when another provisio process holds it, before
+    /// giving up with exit code 75 (try again later).
+    pub wait_lock: Wait,
     /// File holding the seal key (64 hex digits), created 0600 if missing; default
     /// `<data_dir>/seal.key`. `PROVISIO_SEAL_KEY` overrides it.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -67,6 +79,52 @@ pub struct JournalConfig {
     /// The seal key from `PROVISIO_SEAL_KEY`: never read from or written to a file.
     #[serde(skip)]
     pub seal_key: Option<Secret>,
+}
+
+/// A duration written as text (`10s`, `1m 30s`, `500ms`, `0s`); a bare number is seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wait(pub std::time::Duration);
+
+impl Default for Wait {
+    /// Long enough to ride out another short `provisio` command, short enough for a person.
+    fn default() -> Self {
+        Wait(std::time::Duration::from_secs(10))
+    }
+}
+
+impl std::str::FromStr for Wait {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if let Ok(secs) = s.parse::<u64>() {
+            return Ok(Wait(std::time::Duration::from_secs(secs)));
+        }
+        humantime::parse_duration(s).map(Wait).map_err(|e| {
+            format!(
+                "{s:?} is not a duration ({e}); write e.g. \"30s\", \"2m\", \"500ms\" or \"0s\""
+            )
+        })
+    }
+}
+
+impl fmt::Display for Wait {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+impl Serialize for Wait {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Wait {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// `[providers]`.
@@ -169,6 +227,8 @@ impl Default for Config {
         Config {
             data_dir: PathBuf::from("data"),
             namespaces: PathBuf::from("namespaces"),
+            namespaces_explicit: false,
+            read_only: false,
             engine: EngineConfig::default(),
             journal: JournalConfig::default(),
             providers: ProvidersConfig::default(),
@@ -226,6 +286,8 @@ pub struct Overrides {
     pub max_parallel: Option<usize>,
     /// `run --step-timeout SECONDS`.
     pub step_timeout_secs: Option<u64>,
+    /// `--wait-lock DURATION`.
+    pub wait_lock: Option<Wait>,
 }
 
 /// One supported `PROVISIO_*` variable: name, config key, what it sets.
@@ -237,6 +299,7 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("PROVISIO_NAMESPACES", "namespaces"),
     ("PROVISIO_SEAL_KEY", "the seal key itself (64 hex digits)"),
     ("PROVISIO_SEAL_KEY_FILE", "journal.seal_key_file"),
+    ("PROVISIO_WAIT_LOCK", "journal.wait_lock"),
     ("PROVISIO_MAX_PARALLEL", "engine.max_parallel"),
     ("PROVISIO_STEP_TIMEOUT_SECS", "engine.step_timeout_secs"),
     ("PROVISIO_RETRIES", "engine.retries"),
@@ -261,6 +324,7 @@ fn env_setter(name: &str) -> Option<EnvSetter> {
         },
         "PROVISIO_NAMESPACES" => |c, v| {
             c.namespaces = v.into();
+            c.namespaces_explicit = true;
             Ok(())
         },
         "PROVISIO_SEAL_KEY" => |c, v| {
@@ -269,6 +333,10 @@ fn env_setter(name: &str) -> Option<EnvSetter> {
         },
         "PROVISIO_SEAL_KEY_FILE" => |c, v| {
             c.journal.seal_key_file = Some(v.into());
+            Ok(())
+        },
+        "PROVISIO_WAIT_LOCK" => |c, v| {
+            c.journal.wait_lock = v.parse()?;
             Ok(())
         },
         "PROVISIO_MAX_PARALLEL" => |c, v| {
@@ -339,7 +407,9 @@ impl Config {
                         path.display()
                     )
                 })?;
-                let config = Self::parse(&text, &path)?;
+                let mut config = Self::parse(&text, &path)?;
+                config.namespaces_explicit = toml::from_str::<toml::Table>(&text)
+                    .is_ok_and(|t| t.contains_key("namespaces"));
                 sources.file = Some(path);
                 config
             }
@@ -366,11 +436,16 @@ impl Config {
         }
         if let Some(n) = &flags.namespaces {
             config.namespaces = n.clone();
+            config.namespaces_explicit = true;
             sources.flags.push("--namespaces".into());
         }
         if let Some(n) = flags.max_parallel {
             config.engine.max_parallel = n;
             sources.flags.push("--max-parallel".into());
+        }
+        if let Some(w) = flags.wait_lock {
+            config.journal.wait_lock = w;
+            sources.flags.push("--wait-lock".into());
         }
         if let Some(s) = flags.step_timeout_secs {
             config.engine.step_timeout_secs = s;
@@ -691,6 +766,23 @@ mod tests {
             l.config.providers.filesystem.root,
             Some(dir.path().join("state/files"))
         );
+    }
+
+    #[test]
+    fn wait_lock_reads_durations_and_bare_seconds() {
+        let c = parse("[journal]\nwait_lock = \"1m 30s\"\n").expect("parse");
+        assert_eq!(c.journal.wait_lock.0, std::time::Duration::from_secs(90));
+        assert_eq!(
+            "7".parse::<Wait>(),
+            Ok(Wait(std::time::Duration::from_secs(7)))
+        );
+        assert_eq!(
+            "250ms".parse::<Wait>(),
+            Ok(Wait(std::time::Duration::from_millis(250)))
+        );
+        let e = "soon".parse::<Wait>().expect_err("not a duration");
+        assert!(e.contains("\"30s\""), "{e}");
+        assert_eq!(Config::default().journal.wait_lock.to_string(), "10s");
     }
 
     #[test]

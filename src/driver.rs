@@ -1,6 +1,11 @@
 //! `provisio script FILE.rhai`: driver scripts that submit requests and read their results.
 //! The script sees `submit`, `read_csv` and `log` (docs/scripting.md); requests run
 //! in-process through the same engine as `provisio run`, each as its own transaction.
+//!
+//! A driver script is untrusted input as much as a request is: it reads only regular files
+//! inside its own folder (no symlink leading out), CSV files up to a size, and the data it
+//! may hold is capped, so a runaway script ends with an error instead of the process
+//! aborting when memory runs out.
 
 use crate::Exit;
 use anyhow::{Context, Result};
@@ -8,26 +13,44 @@ use provisio_engine::exec::Engine;
 use provisio_engine::model::Format;
 use provisio_engine::script::{DriverHost, ScriptEngine, ScriptLimits, ScriptOrigin};
 use serde_json::Value;
+use std::io::Read;
 use std::path::{Component, Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Runs a driver script; returns the exit code (0 ok, 1 the script failed, 2 it does not compile).
-pub async fn run(
-    engine: Engine,
-    file: &Path,
-    max_operations: u64,
-    timeout: Duration,
-) -> Result<Exit> {
+/// What a driver script may use besides its time.
+#[derive(Debug, Clone, Copy)]
+pub struct DriverLimits {
+    /// Most rhai operations the script may run.
+    pub max_operations: u64,
+    /// Wall time of the script, not counting time spent in requests.
+    pub timeout: Duration,
+    /// Largest CSV file `read_csv` reads, in bytes.
+    pub max_csv_bytes: u64,
+    /// Most memory the script may take, in bytes: the growth of the process's resident
+    /// memory since the script started.
+    pub max_data_bytes: u64,
+}
+
+/// Runs a driver script; returns the exit code (0 every request committed, 1 the script
+/// failed or some request did not commit, 2 it does not compile).
+pub async fn run(engine: Engine, file: &Path, limits: DriverLimits) -> Result<Exit> {
     let source = std::fs::read_to_string(file)
         .with_context(|| format!("cannot read `{}`", file.display()))?;
-    let limits = ScriptLimits {
-        max_operations,
-        wall_time: timeout,
+    // rhai's own limits bound the operations, each array and map (100,000 items) and the
+    // text in one value (rhai sums the strings inside an array or map): as much as the
+    // largest CSV file allowed, so what `read_csv` returns fits. The total of all values is
+    // bounded by the memory watch below.
+    let script_limits = ScriptLimits {
+        max_operations: limits.max_operations,
+        wall_time: limits.timeout,
+        max_string_size: usize::try_from(limits.max_csv_bytes)
+            .unwrap_or(usize::MAX)
+            .max(ScriptLimits::default().max_string_size),
         ..ScriptLimits::default()
     };
-    let scripts = Arc::new(ScriptEngine::new(limits));
+    let scripts = Arc::new(ScriptEngine::new(script_limits));
     let compiled = match scripts.compile(
         &source,
         &ScriptOrigin::new(file.display().to_string(), 1, 1),
@@ -40,33 +63,41 @@ pub async fn run(
     };
     let base = file
         .parent()
+        .filter(|p| !p.as_os_str().is_empty())
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
     let host = Arc::new(InProcess {
         engine,
         handle: tokio::runtime::Handle::current(),
         base,
+        max_csv_bytes: limits.max_csv_bytes,
         submitted: AtomicUsize::new(0),
-        failed: AtomicUsize::new(0),
+        not_committed: Mutex::new(Vec::new()),
+        in_request: Mutex::new(()),
     });
+    let finished = Arc::new(AtomicBool::new(false));
+    let watch = MemoryWatch::start(limits.max_data_bytes, host.clone(), finished.clone());
     let for_script = host.clone();
     let result =
         tokio::task::spawn_blocking(move || scripts.run_driver(&compiled, for_script)).await?;
-    let (submitted, failed) = (
-        host.submitted.load(Ordering::Relaxed),
-        host.failed.load(Ordering::Relaxed),
-    );
+    finished.store(true, Ordering::SeqCst);
+    drop(watch);
+    let summary = host.summary();
     match result {
         Ok(value) => {
             if !value.is_null() {
                 println!("{}", serde_json::to_string_pretty(&value)?);
             }
-            eprintln!("script done: {submitted} request(s) submitted, {failed} not committed");
-            Ok(Exit::Ok)
+            eprintln!("script done: {summary}");
+            Ok(if host.all_committed() {
+                Exit::Ok
+            } else {
+                Exit::RolledBack
+            })
         }
         Err(e) => {
             eprintln!("error: {e}");
-            eprintln!("script stopped: {submitted} request(s) submitted, {failed} not committed");
+            eprintln!("script stopped: {summary}");
             Ok(Exit::RolledBack)
         }
     }
@@ -78,45 +109,142 @@ struct InProcess {
     engine: Engine,
     handle: tokio::runtime::Handle,
     base: PathBuf,
+    max_csv_bytes: u64,
     submitted: AtomicUsize,
-    failed: AtomicUsize,
+    /// `Namespace/Procedure (transaction or reason)` of each request that did not commit.
+    not_committed: Mutex<Vec<String>>,
+    /// Held while a request runs, so the memory watch never stops the process in the middle
+    /// of a transaction.
+    in_request: Mutex<()>,
+}
+
+impl InProcess {
+    fn summary(&self) -> String {
+        let list = lock(&self.not_committed);
+        let submitted = self.submitted.load(Ordering::SeqCst);
+        if list.is_empty() {
+            format!("{submitted} request(s) submitted, all committed")
+        } else {
+            format!(
+                "{submitted} request(s) submitted, {} not committed: {}",
+                list.len(),
+                list.join("; ")
+            )
+        }
+    }
+
+    fn all_committed(&self) -> bool {
+        lock(&self.not_committed).is_empty()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl DriverHost for InProcess {
+    /// Runs one request. Its outcome goes back to the script, which decides what to do:
+    /// a request refused before it ran (a missing input, an unknown procedure) comes back
+    /// with `status: "rejected"` and the reason in `error`, instead of throwing and ending
+    /// the script at the first bad row.
     fn submit(&self, request: Value) -> Result<Value, String> {
+        let _running = lock(&self.in_request);
+        self.submitted.fetch_add(1, Ordering::SeqCst);
         let text = serde_json::to_string(&request).map_err(|e| e.to_string())?;
-        let req = provisio_engine::request::parse_request(&text, "<script request>", Format::Json)
-            .map_err(|e| e.to_string())?;
-        self.submitted.fetch_add(1, Ordering::Relaxed);
-        let result = self.handle.block_on(self.engine.run(&req)).map_err(|e| {
-            self.failed.fetch_add(1, Ordering::Relaxed);
-            e.to_string()
-        })?;
+        let outcome =
+            provisio_engine::request::parse_request(&text, "<script request>", Format::Json)
+                .map_err(|e| e.to_string())
+                .and_then(|req| {
+                    self.handle
+                        .block_on(self.engine.run(&req))
+                        .map_err(|e| e.to_string())
+                });
+        let result = match outcome {
+            Ok(result) => result,
+            Err(reason) => {
+                lock(&self.not_committed).push(format!("{} (rejected)", target_of(&request)));
+                return Ok(serde_json::json!({
+                    "status": "rejected",
+                    "error": {
+                        "code": format!("{:#010x}", provisio_engine::codes::E_INVALIDARG),
+                        "description": reason,
+                    },
+                }));
+            }
+        };
         if result.state != provisio_engine::exec::TxnState::Committed {
-            self.failed.fetch_add(1, Ordering::Relaxed);
+            lock(&self.not_committed).push(format!(
+                "{} ({} {})",
+                target_of(&request),
+                result.txn_id,
+                result.state
+            ));
         }
         Ok(provisio_engine::response::to_value(&result))
     }
 
     fn read_csv(&self, path: &str) -> Result<Vec<Value>, String> {
+        let fail = |what: String| format!("read_csv(\"{path}\"): {what}");
         let rel = Path::new(path);
         if rel.is_absolute()
             || rel
                 .components()
                 .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
         {
-            return Err(format!("read_csv(\"{path}\"): only files inside the script's folder may be read (no absolute paths, no `..`)"));
+            return Err(fail(
+                "only files inside the script's folder may be read (no absolute paths, no `..`)"
+                    .into(),
+            ));
         }
-        let full = self.base.join(rel);
-        let mut reader =
-            csv::Reader::from_path(&full).map_err(|e| format!("read_csv(\"{path}\"): {e}"))?;
-        let headers = reader
-            .headers()
-            .map_err(|e| format!("read_csv(\"{path}\"): {e}"))?
-            .clone();
+        // Symlinks are followed only while they stay inside the script's folder.
+        let base = std::fs::canonicalize(&self.base)
+            .map_err(|e| fail(format!("cannot resolve the script's folder: {e}")))?;
+        let full = std::fs::canonicalize(self.base.join(rel)).map_err(|e| fail(e.to_string()))?;
+        if !full.starts_with(&base) {
+            return Err(fail(format!(
+                "it leads to `{}`, outside the script's folder (through a symbolic link); only files inside the script's folder may be read",
+                full.display()
+            )));
+        }
+        let file = std::fs::File::open(&full).map_err(|e| fail(e.to_string()))?;
+        let meta = file.metadata().map_err(|e| fail(e.to_string()))?;
+        if !meta.is_file() {
+            return Err(fail("not a regular file".into()));
+        }
+        let too_big = || {
+            fail(format!(
+                "the file is larger than {} bytes (the limit)\n  hint: split it, or raise the limit with `provisio script --max-csv-mib N`",
+                self.max_csv_bytes
+            ))
+        };
+        if meta.len() > self.max_csv_bytes {
+            return Err(too_big());
+        }
+        let mut bytes = Vec::new();
+        file.take(self.max_csv_bytes + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| fail(e.to_string()))?;
+        if bytes.len() as u64 > self.max_csv_bytes {
+            return Err(too_big());
+        }
+        // Cells are trimmed (`alpha, beta` means `beta`); a short row lacks the keys of its
+        // missing cells (the script decides what that means), a long one is an error.
+        let mut reader = csv::ReaderBuilder::new()
+            .trim(csv::Trim::All)
+            .flexible(true)
+            .from_reader(bytes.as_slice());
+        let headers = reader.headers().map_err(|e| fail(e.to_string()))?.clone();
         let mut rows = Vec::new();
         for (i, record) in reader.records().enumerate() {
-            let record = record.map_err(|e| format!("read_csv(\"{path}\") row {}: {e}", i + 2))?;
+            let record = record.map_err(|e| fail(format!("row {}: {e}", i + 2)))?;
+            if record.len() > headers.len() {
+                let line = record.position().map_or(i as u64 + 2, |p| p.line());
+                return Err(fail(format!(
+                    "line {line} has {} cells, the header only {}",
+                    record.len(),
+                    headers.len()
+                )));
+            }
             let mut row = serde_json::Map::new();
             for (h, v) in headers.iter().zip(record.iter()) {
                 row.insert(h.to_string(), Value::String(v.to_string()));
@@ -129,4 +257,81 @@ impl DriverHost for InProcess {
     fn log(&self, msg: &str) {
         eprintln!("{msg}");
     }
+}
+
+/// `Namespace/Procedure` of a submitted request, for the summary.
+fn target_of(request: &Value) -> String {
+    request
+        .get("call")
+        .and_then(Value::as_str)
+        .unwrap_or("(trusted request)")
+        .to_string()
+}
+
+/// Watches the process's resident memory while a driver script runs. rhai bounds each
+/// string, array and map, but not how many of them a script keeps; when the memory taken
+/// since the start passes the cap, the watch ends the process with an error (exit 1),
+/// never in the middle of a request: what committed stays committed.
+struct MemoryWatch {
+    thread: Option<std::thread::JoinHandle<()>>,
+    finished: Arc<AtomicBool>,
+}
+
+impl MemoryWatch {
+    fn start(cap: u64, host: Arc<InProcess>, finished: Arc<AtomicBool>) -> MemoryWatch {
+        let Some(baseline) = resident_bytes() else {
+            // No /proc: rhai's per-value limits still apply.
+            return MemoryWatch {
+                thread: None,
+                finished,
+            };
+        };
+        let done = finished.clone();
+        let thread = std::thread::spawn(move || {
+            while !done.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(10));
+                let used = resident_bytes().unwrap_or(0).saturating_sub(baseline);
+                if used <= cap {
+                    continue;
+                }
+                let _no_request_running = lock(&host.in_request);
+                if done.load(Ordering::SeqCst) {
+                    return;
+                }
+                eprintln!(
+                    "error: the script holds more than {} MiB of data (limit); it was stopped\n  hint: keep less in variables (process rows one at a time), or raise the limit with `provisio script --max-data-mib N`",
+                    cap / (1024 * 1024)
+                );
+                eprintln!("script stopped: {}", host.summary());
+                std::process::exit(Exit::RolledBack as i32);
+            }
+        });
+        MemoryWatch {
+            thread: Some(thread),
+            finished,
+        }
+    }
+}
+
+impl Drop for MemoryWatch {
+    fn drop(&mut self) {
+        self.finished.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The process's resident memory (`VmRSS` of /proc/self/status), in bytes.
+fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line
+        .trim_start_matches("VmRSS:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
 }

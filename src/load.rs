@@ -9,7 +9,7 @@ use provisio_engine::exec::{Engine, EngineOptions};
 use provisio_engine::model::{Format, Namespace, Request, SourceRef};
 use provisio_engine::provider::ProviderRegistry;
 use provisio_engine::request::{self, ParseError};
-use provisio_engine::store::SledStore;
+use provisio_engine::store::{SledStore, StoreError};
 use provisio_engine::txn::{DurableJournal, SealKey};
 use provisio_providers::dns::{DnsProvider, Rfc2136Config};
 use provisio_providers::exec::{ExecConfig, ExecProvider};
@@ -31,6 +31,7 @@ pub fn config(cli: &Cli) -> Result<Loaded> {
         namespaces: cli.global.namespaces.clone(),
         max_parallel,
         step_timeout_secs,
+        wait_lock: cli.global.wait_lock,
     };
     Config::load(&flags, |name| std::env::var(name).ok())
 }
@@ -121,9 +122,18 @@ pub fn engine_options(config: &Config) -> EngineOptions {
     }
 }
 
-/// Loads the namespace folder; every parse error is reported.
+/// Loads the namespace folder; every parse error is reported. When the folder is the
+/// default one and does not exist, there are no namespace files: the providers' own
+/// namespaces remain (enough for a trusted request), and one line on stderr says so.
 pub fn namespaces(config: &Config) -> Result<Vec<Namespace>> {
     let dir = &config.namespaces;
+    if !dir.exists() && !config.namespaces_explicit {
+        eprintln!(
+            "note: no namespace folder `{}`; using only the providers' built-in namespaces (--namespaces DIR loads definitions)",
+            dir.display()
+        );
+        return Ok(Vec::new());
+    }
     if !dir.is_dir() {
         bail!(
             "namespace folder `{}` not found\n  hint: run from the project folder, or pass --namespaces DIR (or set PROVISIO_NAMESPACES, or `namespaces` in provisio.toml)",
@@ -163,25 +173,161 @@ pub async fn engine(config: &Config) -> Result<Engine> {
 /// `journal.seal_key_file`), and arms fault injection from `PROVISIO_CRASH_AT` (only in
 /// builds with the engine's `failpoints` feature: the crash tests).
 pub fn journal(config: &Config) -> Result<Arc<DurableJournal>> {
-    let store = SledStore::open(&config.data_dir.join("journal"))?;
+    let dir = journal_dir(config);
+    if config.read_only && !journal_exists(config) {
+        bail!("{}", NoJournal(dir));
+    }
+    let store = open_store(&dir, config.journal.wait_lock.0)?;
+    let file = seal_key_file(config);
     let key = match &config.journal.seal_key {
-        Some(k) => SealKey::parse(k.expose()).context("PROVISIO_SEAL_KEY")?,
-        None => {
-            let file = config
-                .journal
-                .seal_key_file
-                .clone()
-                .unwrap_or_else(|| config.data_dir.join("seal.key"));
+        Some(k) => Some(SealKey::parse(k.expose()).context("PROVISIO_SEAL_KEY")?),
+        // Reading needs no key: sealed values are shown as sealed.
+        None if config.read_only && !file.exists() => None,
+        None => Some(
             SealKey::load_or_create(&file)
-                .with_context(|| format!("journal.seal_key_file `{}`", file.display()))?
-        }
+                .with_context(|| format!("journal.seal_key_file `{}`", file.display()))?,
+        ),
     };
-    let who = std::env::var("USER")
-        .or_else(|_| std::env::var("LOGNAME"))
-        .unwrap_or_else(|_| "unknown".into());
     Ok(Arc::new(
-        DurableJournal::new(Arc::new(store), Some(key), who).with_failpoints_from_env(),
+        DurableJournal::new(Arc::new(store), key, who()).with_failpoints_from_env(),
     ))
+}
+
+/// `<data_dir>/journal`.
+pub fn journal_dir(config: &Config) -> std::path::PathBuf {
+    config.data_dir.join("journal")
+}
+
+/// Whether a journal was ever opened in this data directory: its folder, or the state
+/// file the store keeps beside it (a journal folder that vanished while its state file
+/// remains is a damaged journal, reported by the store, not an empty one).
+pub fn journal_exists(config: &Config) -> bool {
+    let dir = journal_dir(config);
+    let mut state = dir.clone().into_os_string();
+    state.push(".state");
+    dir.exists() || Path::new(&state).exists()
+}
+
+fn seal_key_file(config: &Config) -> std::path::PathBuf {
+    config
+        .journal
+        .seal_key_file
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("seal.key"))
+}
+
+/// The journal folder does not exist: nothing has run with this data directory.
+pub struct NoJournal(pub std::path::PathBuf);
+
+impl std::fmt::Display for NoJournal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "no journal at `{}`: nothing has run with this data directory (nothing was created)\n  \
+             hint: pass --data-dir DIR (or set PROVISIO_DATA_DIR, or `data_dir` in provisio.toml) to use another one",
+            self.0.display()
+        )
+    }
+}
+
+/// Who runs this process, for the journal and the audit log: the real user id and its
+/// name from the system's user database (`$USER` and `$LOGNAME` are unset under cron and
+/// systemd, and anyone can set them).
+pub fn who() -> String {
+    let uid = uzers::get_current_uid();
+    match uzers::get_user_by_uid(uid) {
+        Some(user) => format!("{} (uid {uid})", user.name().to_string_lossy()),
+        None => format!("uid {uid}"),
+    }
+}
+
+/// One line saying where the state a command opens lives.
+pub fn state_line(config: &Config) -> String {
+    let p = &config.providers;
+    let files = p
+        .filesystem
+        .root
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("files"));
+    let zones = match p.dns.backend {
+        DnsBackendKind::Zonefile => format!(
+            "zones `{}`",
+            p.dns
+                .zone_dir
+                .clone()
+                .unwrap_or_else(|| config.data_dir.join("zones"))
+                .display()
+        ),
+        DnsBackendKind::Rfc2136 => format!(
+            "zones on DNS server {}",
+            p.dns.server.as_deref().unwrap_or("?")
+        ),
+    };
+    let key = match &config.journal.seal_key {
+        Some(_) => "seal key from PROVISIO_SEAL_KEY".to_string(),
+        None => format!("seal key `{}`", seal_key_file(config).display()),
+    };
+    format!(
+        "state: journal `{}`, {key}, files `{}`, {zones}",
+        journal_dir(config).display(),
+        files.display()
+    )
+}
+
+/// Another provisio process holds the journal, and it stayed held for the whole wait.
+#[derive(Debug)]
+pub struct StoreBusy {
+    /// The journal folder.
+    pub path: std::path::PathBuf,
+    /// How long this process waited.
+    pub waited: Duration,
+}
+
+impl std::fmt::Display for StoreBusy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the journal at `{}` is in use by another provisio process (waited {}); nothing ran\n  \
+             hint: try again when that command has finished (exit code 75 means: try again later), \
+             or wait longer with --wait-lock DURATION (or PROVISIO_WAIT_LOCK, journal.wait_lock in provisio.toml)",
+            self.path.display(),
+            humantime::format_duration(self.waited)
+        )
+    }
+}
+
+impl std::error::Error for StoreBusy {}
+
+/// Opens the journal store, waiting up to `wait` while another process holds it. The wait
+/// sleeps the calling thread: commands open the journal before they start any work.
+fn open_store(path: &Path, wait: Duration) -> Result<SledStore> {
+    let started = std::time::Instant::now();
+    let mut told = false;
+    loop {
+        match SledStore::open(path) {
+            Ok(store) => return Ok(store),
+            Err(StoreError::Locked { .. }) => {
+                let waited = started.elapsed();
+                if waited >= wait {
+                    return Err(StoreBusy {
+                        path: path.to_path_buf(),
+                        waited,
+                    }
+                    .into());
+                }
+                if !told {
+                    told = true;
+                    tracing::warn!(
+                        "the journal at `{}` is in use by another provisio process; waiting up to {}",
+                        path.display(),
+                        humantime::format_duration(wait)
+                    );
+                }
+                std::thread::sleep((wait - waited).min(Duration::from_millis(100)));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// Reads a request file (or stdin for `-`).

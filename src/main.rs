@@ -1,10 +1,76 @@
 //! The `provisio` command line: run, plan, validate and inspect provisioning requests.
 
+/// `print!` for this binary: writes through [`output::stdout`], so a reader that closed the
+/// pipe (`provisio tx list | head -1`) ends the output instead of panicking. Defined before
+/// the modules, so it shadows the standard macro in all of them.
+macro_rules! print {
+    ($($arg:tt)*) => {
+        $crate::output::stdout(format_args!($($arg)*))
+    };
+}
+
+/// `println!` for this binary (see `print!`).
+macro_rules! println {
+    () => {
+        $crate::output::stdout(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::output::stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `eprintln!` for this binary: a closed stderr is not worth a panic either.
+macro_rules! eprintln {
+    () => {
+        $crate::output::stderr(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::output::stderr(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 mod cli;
 mod commands;
 mod config;
 mod driver;
 mod load;
+
+/// Standard output and error that tolerate a reader going away.
+mod output {
+    use std::fmt::Arguments;
+    use std::io::{ErrorKind, Write};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    static STDOUT_GONE: AtomicBool = AtomicBool::new(false);
+    static STDERR_GONE: AtomicBool = AtomicBool::new(false);
+
+    /// Writes to stdout. Once the reader has closed the pipe, the rest of the output is
+    /// dropped: what the command did (a transaction already committed) stands, and the
+    /// exit code still says how it ended. Another write error is reported once on stderr.
+    pub fn stdout(args: Arguments<'_>) {
+        if STDOUT_GONE.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Err(e) = std::io::stdout().lock().write_fmt(args) {
+            STDOUT_GONE.store(true, Ordering::Relaxed);
+            if e.kind() != ErrorKind::BrokenPipe {
+                stderr(format_args!(
+                    "warning: cannot write to standard output ({e}); the rest of the output is dropped\n"
+                ));
+            }
+        }
+    }
+
+    /// Writes to stderr; a closed stderr silences the rest.
+    pub fn stderr(args: Arguments<'_>) {
+        if STDERR_GONE.load(Ordering::Relaxed) {
+            return;
+        }
+        if std::io::stderr().lock().write_fmt(args).is_err() {
+            STDERR_GONE.store(true, Ordering::Relaxed);
+        }
+    }
+}
 
 use clap::Parser;
 use std::process::ExitCode;
@@ -27,6 +93,9 @@ pub enum Exit {
     BadInput = 2,
     /// A step failed and some undo failed too: an operator must look.
     RollbackFailed = 3,
+    /// Another provisio process holds the journal: nothing ran; try again later
+    /// (EX_TEMPFAIL of sysexits.h).
+    StoreBusy = 75,
 }
 
 fn main() -> ExitCode {
@@ -46,7 +115,12 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(Exit::BadInput as u8)
+            let code = if e.downcast_ref::<load::StoreBusy>().is_some() {
+                Exit::StoreBusy
+            } else {
+                Exit::BadInput
+            };
+            ExitCode::from(code as u8)
         }
     }
 }

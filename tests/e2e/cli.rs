@@ -307,3 +307,242 @@ fn a_finished_transaction_can_be_inspected() {
         .unwrap_or_default()
         .contains("\"committed\""));
 }
+
+/// Runs the binary with stdout a pipe whose reading end is closed before it writes (as
+/// `provisio … | head -1` does once `head` has its line).
+fn run_with_closed_stdout(sb: &Sandbox, args: &[&str]) -> (i32, String) {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(env!("CARGO_BIN_EXE_provisio"))
+        .args(args)
+        .current_dir(crate::util::repo())
+        .env(
+            "PROVISIO_NAMESPACES",
+            crate::util::repo().join("namespaces"),
+        )
+        .env("PROVISIO_DATA_DIR", sb.data())
+        .env_remove("RUST_LOG")
+        .env("RUST_BACKTRACE", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn provisio");
+    drop(child.stdout.take());
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .expect("read stderr");
+    let status = child.wait().expect("wait");
+    (status.code().unwrap_or(-1), stderr)
+}
+
+#[test]
+fn a_closed_stdout_ends_the_output_quietly() {
+    let sb = Sandbox::new();
+    // `run`: the transaction commits; its outcome decides the exit code.
+    let (code, stderr) =
+        run_with_closed_stdout(&sb, &["run", "workflows/provision-tenant.yaml", "--quiet"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(sb.data().join("files/tenants/contoso").is_dir());
+    // A failing run still says it failed.
+    let (code, stderr) =
+        run_with_closed_stdout(&sb, &["run", "workflows/provision-tenant.yaml", "--quiet"]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    for args in [
+        &["plan", "workflows/decommission-tenant.yaml"][..],
+        &["tx", "list"][..],
+        &["namespaces"][..],
+    ] {
+        let (code, stderr) = run_with_closed_stdout(&sb, args);
+        assert_eq!(code, 0, "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(stderr.is_empty(), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn a_busy_journal_exits_75_after_waiting_and_a_released_one_is_used() {
+    let sb = Sandbox::new();
+    // This test process holds the journal, as another provisio command would.
+    let store = provisio_engine::store::SledStore::open(&sb.data().join("journal"))
+        .expect("open the journal");
+    let busy = sb.run(&["tx", "list", "--wait-lock", "0s"]);
+    assert_eq!(busy.code, 75, "{busy:?}");
+    assert!(
+        busy.stderr.contains("in use by another provisio process"),
+        "{busy:?}"
+    );
+    assert!(busy.stderr.contains("try again"), "{busy:?}");
+    assert!(busy.stderr.contains("--wait-lock"), "{busy:?}");
+    assert!(!busy.stderr.contains("daemon"), "{busy:?}");
+    // The same from the environment, for `run`: nothing ran.
+    let started = std::time::Instant::now();
+    let run = sb.run_env(
+        &["run", "workflows/provision-tenant.yaml", "--quiet"],
+        &crate::util::repo().join("namespaces"),
+        &[("PROVISIO_WAIT_LOCK", "1s".to_string())],
+    );
+    assert_eq!(run.code, 75, "{run:?}");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(1),
+        "did not wait"
+    );
+    assert!(run.stderr.contains("waited 1s"), "{run:?}");
+    assert!(!sb.data().join("files/tenants/contoso").exists());
+    // A run that waits long enough goes ahead once the journal is released.
+    let run = std::thread::scope(|s| {
+        let waiting = s.spawn(|| {
+            sb.run(&[
+                "run",
+                "workflows/provision-tenant.yaml",
+                "--quiet",
+                "--wait-lock",
+                "60s",
+            ])
+        });
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        drop(store);
+        waiting.join().expect("join")
+    });
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains("waiting up to 1m"), "{run:?}");
+    assert!(sb.data().join("files/tenants/contoso").is_dir());
+}
+
+#[test]
+fn without_a_namespace_folder_the_providers_namespaces_still_serve_trusted_requests() {
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(
+        dir.path().join("home.yaml"),
+        "procedure:\n  steps:\n    home: { call: Filesystem Provider/CreateFolder, with: { path: tenants/solo } }\n",
+    )
+    .expect("write");
+    let env = [(
+        "PROVISIO_DATA_DIR",
+        dir.path().join("data").display().to_string(),
+    )];
+    // No ./namespaces and none configured: run with the built-in ones, and say so once.
+    let r = crate::util::run_clean(dir.path(), &["run", "home.yaml", "--quiet"], &env);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.stderr.matches("no namespace folder").count(), 1, "{r:?}");
+    assert!(r.stderr.contains("built-in namespaces"), "{r:?}");
+    assert!(dir.path().join("data/files/tenants/solo").is_dir());
+    // A folder chosen explicitly (flag or environment) that does not exist stays an error.
+    let r = crate::util::run_clean(
+        dir.path(),
+        &["--namespaces", "defs", "run", "home.yaml", "--quiet"],
+        &env,
+    );
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("namespace folder"), "{r:?}");
+    assert!(r.stderr.contains("not found"), "{r:?}");
+    let mut env_ns = env.to_vec();
+    env_ns.push(("PROVISIO_NAMESPACES", "defs".to_string()));
+    let r = crate::util::run_clean(dir.path(), &["namespaces"], &env_ns);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("not found"), "{r:?}");
+}
+
+#[test]
+fn read_only_commands_create_no_state() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = dir.path().join("data");
+    let env = [("PROVISIO_DATA_DIR", data.display().to_string())];
+    let ns = (
+        "PROVISIO_NAMESPACES",
+        crate::util::repo().join("namespaces").display().to_string(),
+    );
+    for (args, code) in [
+        (&["tx", "list"][..], 0),
+        (&["tx", "audit"][..], 0),
+        (&["tx", "show", "0190"][..], 2),
+        (&["tx", "log", "0190"][..], 2),
+        (&["tx", "resume-rollback", "0190"][..], 2),
+    ] {
+        let r = crate::util::run_clean(dir.path(), args, &env);
+        assert_eq!(r.code, code, "{args:?}: {r:?}");
+        assert!(r.stderr.contains("no journal at"), "{args:?}: {r:?}");
+        assert!(r.stderr.contains("nothing was created"), "{args:?}: {r:?}");
+        assert!(!data.exists(), "{args:?} created {}", data.display());
+    }
+    let r = crate::util::run_clean(dir.path(), &["config", "show"], &env);
+    assert_eq!(r.code, 0, "{r:?}");
+    let r = crate::util::run_clean(dir.path(), &["recover"], &[env[0].clone(), ns.clone()]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains("nothing to recover: no journal at"),
+        "{r:?}"
+    );
+    assert!(!data.exists(), "config show or recover created state");
+    // With a journal but no seal key file, reading it does not make a new key.
+    let r = crate::util::run_clean(
+        crate::util::repo().as_path(),
+        &["run", "workflows/provision-tenant.yaml", "--quiet"],
+        &[env[0].clone(), ns],
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    std::fs::remove_file(data.join("seal.key")).expect("seal key was created by run");
+    let r = crate::util::run_clean(dir.path(), &["tx", "list"], &env);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("committed"), "{r:?}");
+    assert!(
+        !data.join("seal.key").exists(),
+        "tx list made a new seal key"
+    );
+}
+
+#[test]
+fn run_and_recover_say_where_the_state_lives() {
+    let sb = Sandbox::new();
+    let r = sb.run(&["run", "workflows/provision-tenant.yaml"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let journal = format!("state: journal `{}`", sb.data().join("journal").display());
+    assert!(r.stderr.contains(&journal), "{r:?}");
+    assert!(
+        r.stderr
+            .contains(&format!("files `{}`", sb.data().join("files").display())),
+        "{r:?}"
+    );
+    let r = sb.run(&["recover"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.stderr.matches(&journal).count(), 1, "{r:?}");
+}
+
+#[test]
+fn the_audit_names_the_real_user_not_the_environment() {
+    let id = |flag: &str| {
+        let out = std::process::Command::new("id")
+            .arg(flag)
+            .output()
+            .expect("id");
+        String::from_utf8(out.stdout)
+            .expect("utf-8")
+            .trim()
+            .to_string()
+    };
+    let (name, uid) = (id("-un"), id("-u"));
+    let sb = Sandbox::new();
+    let spoofed = [
+        ("USER", "mallory".to_string()),
+        ("LOGNAME", "mallory".to_string()),
+    ];
+    let r = sb.run_env(
+        &["run", "workflows/provision-tenant.yaml", "--quiet"],
+        &crate::util::repo().join("namespaces"),
+        &spoofed,
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    let who = format!("{name} (uid {uid})");
+    let list = sb.run(&["tx", "list"]);
+    assert!(list.stdout.contains(&who), "{list:?}");
+    assert!(!list.stdout.contains("mallory"), "{list:?}");
+    let audit = sb.run(&["tx", "audit"]);
+    assert!(audit.stdout.contains(&who), "{audit:?}");
+    assert!(!audit.stdout.contains("mallory"), "{audit:?}");
+}
