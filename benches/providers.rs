@@ -11,7 +11,7 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use anyhow::{anyhow, bail, Context as _, Result};
+use anyhow::{anyhow, bail, Result};
 use criterion::{criterion_group, Criterion, Throughput};
 use provisio_engine::compile::Catalog;
 use provisio_engine::exec::{Engine, Journal, TxnState};
@@ -20,16 +20,12 @@ use provisio_engine::provider::ProviderRegistry;
 use provisio_engine::request::parse_namespaces;
 use provisio_providers::dns::{DnsProvider, Rfc2136Config};
 use provisio_providers::filesystem::FilesystemProvider;
-use std::io::Write as _;
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use provisio_test_support::bind::{which, Named, ZONE};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-const ZONE: &str = "example.test";
-const KEY_NAME: &str = "ddns-key";
 
 const NAMESPACE: &str = r#"
 namespace: Bench
@@ -58,14 +54,6 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .worker_threads(2)
         .enable_all()
         .build()?)
-}
-
-fn which(tool: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin".into(), "/usr/bin".into(), "/sbin".into()])
-        .map(|d| d.join(tool))
-        .find(|p| p.is_file())
 }
 
 /// An engine over the bench namespace and `registry`, optionally journaled.
@@ -148,165 +136,6 @@ fn mkdir_command(root: &Path, n: usize) -> Result<Duration> {
 // ---------------------------------------------------------------------------------------
 // DNS: a private named
 
-struct Named {
-    child: Child,
-    dir: tempfile::TempDir,
-    port: u16,
-}
-
-fn free_port() -> Result<u16> {
-    for _ in 0..50 {
-        let udp = UdpSocket::bind("127.0.0.1:0")?;
-        let port = udp.local_addr()?.port();
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
-        }
-    }
-    bail!("no free port")
-}
-
-fn random_secret() -> Result<String> {
-    use base64::Engine as _;
-    use std::io::Read as _;
-    let mut bytes = [0u8; 32];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    Ok(base64::engine::general_purpose::STANDARD.encode(bytes))
-}
-
-impl Named {
-    fn start(named: &Path) -> Result<Named> {
-        let dir = tempfile::tempdir()?;
-        let path = dir.path().to_path_buf();
-        let d = path.as_path();
-        let dd = d.display();
-        let port = free_port()?;
-        let secret = random_secret()?;
-        std::fs::write(
-            d.join("ddns.key"),
-            format!(
-                "key \"{KEY_NAME}\" {{\n\talgorithm hmac-sha256;\n\tsecret \"{secret}\";\n}};\n"
-            ),
-        )?;
-        std::fs::write(
-            d.join("zone.db"),
-            format!(
-                "$ORIGIN {ZONE}.\n$TTL 300\n@ IN SOA ns1.{ZONE}. hostmaster.{ZONE}. 1 3600 600 86400 300\n@ IN NS ns1.{ZONE}.\nns1 IN A 127.0.0.1\n"
-            ),
-        )?;
-        std::fs::write(
-            d.join("named.conf"),
-            format!(
-                "include \"{dd}/ddns.key\";\noptions {{\n\tdirectory \"{dd}\";\n\tpid-file \"{dd}/named.pid\";\n\tlisten-on port {port} {{ 127.0.0.1; }};\n\tlisten-on-v6 {{ none; }};\n\trecursion no;\n\tdnssec-validation no;\n\tnotify no;\n\tsession-keyfile \"{dd}/session.key\";\n\tmanaged-keys-directory \"{dd}\";\n}};\ncontrols {{ }};\nzone \"{ZONE}\" {{\n\ttype primary;\n\tfile \"{dd}/zone.db\";\n\tupdate-policy {{ grant {KEY_NAME} zonesub ANY; }};\n\tcheck-integrity no;\n}};\n"
-            ),
-        )?;
-        let log = std::fs::File::create(d.join("named.log"))?;
-        let mut cmd = Command::new(named);
-        cmd.arg("-g");
-        let root = Command::new("id")
-            .arg("-u")
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-            .unwrap_or(false);
-        if root {
-            cmd.args(["-u", "root"]);
-        }
-        cmd.arg("-c")
-            .arg(d.join("named.conf"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
-        let mut n = Named {
-            child: cmd.spawn().context("spawn named")?,
-            dir,
-            port,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let ok = Command::new("dig")
-                .args([
-                    "@127.0.0.1",
-                    "-p",
-                    &port.to_string(),
-                    "+short",
-                    "+time=1",
-                    "+tries=1",
-                    ZONE,
-                    "SOA",
-                ])
-                .output()
-                .map(|o| o.status.success() && !o.stdout.is_empty())
-                .unwrap_or(false);
-            if ok {
-                return Ok(n);
-            }
-            if let Ok(Some(st)) = n.child.try_wait() {
-                bail!(
-                    "named exited ({st}): {}",
-                    std::fs::read_to_string(d.join("named.log")).unwrap_or_default()
-                );
-            }
-            if Instant::now() > deadline {
-                bail!("named not ready after 10 s");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
-    }
-
-    fn key_file(&self) -> PathBuf {
-        self.dir.path().join("ddns.key")
-    }
-
-    /// One `nsupdate` process sending `names.len()` separate updates (one `send` each).
-    fn nsupdate_batch(&self, names: &[String]) -> Result<()> {
-        let mut script = format!("server 127.0.0.1 {}\nzone {ZONE}\n", self.port);
-        for n in names {
-            script.push_str(&format!("update add {n}.{ZONE}. 300 A 192.0.2.7\nsend\n"));
-        }
-        self.nsupdate(&script)
-    }
-
-    fn nsupdate(&self, script: &str) -> Result<()> {
-        let mut child = Command::new("nsupdate")
-            .arg("-k")
-            .arg(self.key_file())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        child
-            .stdin
-            .take()
-            .ok_or_else(|| anyhow!("no stdin"))?
-            .write_all(script.as_bytes())?;
-        let out = child.wait_with_output()?;
-        if !out.status.success() {
-            bail!("nsupdate failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Named {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 struct Dns {
     named: Named,
     _store: tempfile::TempDir,
@@ -315,13 +144,13 @@ struct Dns {
 }
 
 fn dns_setup() -> Result<Option<Dns>> {
-    let (Some(named), Some(_), Some(_)) = (which("named"), which("nsupdate"), which("dig")) else {
-        eprintln!(
-            "note: BIND (`named`, `nsupdate`, `dig`) not installed; skipping the DNS benchmarks"
-        );
+    if which("nsupdate").is_none() {
+        eprintln!("note: `nsupdate` not installed; skipping the DNS benchmarks");
+        return Ok(None);
+    }
+    let Some(named) = Named::start() else {
         return Ok(None);
     };
-    let named = Named::start(&named)?;
     let mk = || -> Result<ProviderRegistry> {
         let config = Rfc2136Config::from_key_file(named.addr(), &named.key_file())
             .map_err(|e| anyhow!("{e}"))?;
@@ -343,10 +172,19 @@ fn dns_setup() -> Result<Option<Dns>> {
     }))
 }
 
+/// One `nsupdate` process sending `names.len()` separate updates (one `send` each).
+fn nsupdate_batch(named: &Named, names: &[String]) -> Result<()> {
+    let mut script = String::new();
+    for n in names {
+        script.push_str(&format!("update add {n}.{ZONE}. 300 A 192.0.2.7\nsend\n"));
+    }
+    named.nsupdate_script(&script).map_err(|e| anyhow!(e))
+}
+
 fn nsupdate_ops(named: &Named, n: usize) -> Result<Duration> {
     let names: Vec<String> = (0..n).map(|_| unique("ns")).collect();
     let start = Instant::now();
-    named.nsupdate_batch(&names)?;
+    nsupdate_batch(named, &names)?;
     Ok(start.elapsed())
 }
 
@@ -354,7 +192,7 @@ fn nsupdate_process_per_op(named: &Named, n: usize) -> Result<Duration> {
     let names: Vec<String> = (0..n).map(|_| unique("np")).collect();
     let start = Instant::now();
     for name in &names {
-        named.nsupdate_batch(std::slice::from_ref(name))?;
+        nsupdate_batch(named, std::slice::from_ref(name))?;
     }
     Ok(start.elapsed())
 }

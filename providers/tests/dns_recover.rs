@@ -10,9 +10,9 @@ use provisio_engine::provider::{Call, Done, Provider, ProviderError};
 use provisio_providers::dns::{
     DnsProvider, Intent, RData, Record, Rfc2136Config, ZoneBackend, ZoneFileBackend,
 };
+use provisio_test_support::bind::{Named, ZONE};
 use std::path::Path;
 use std::sync::Arc;
-use support::bind::{Named, ZONE};
 use support::{call, rrset_call};
 
 const NS: &str = "DNS Provider";

@@ -9,10 +9,10 @@ use provisio_providers::dns::{
     read_tsig_key_file, DnsProvider, Rfc2136Config, E_CNAME_COLLISION, E_RECORD_EXISTS,
     E_ZONE_NOT_FOUND,
 };
+use provisio_test_support::bind::{Named, KEY_NAME, OTHER_KEY_NAME, ZONE};
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
-use support::bind::{Named, KEY_NAME, OTHER_KEY_NAME, ZONE};
 use support::{call, err_message, output, output_lines, rrset_call, run, run_rrset, undo};
 
 const E_INVALIDARG: u32 = ProviderError::E_INVALIDARG;
