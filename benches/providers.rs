@@ -1,8 +1,9 @@
 //! Issue-4 benchmarks (providers): folder creations through the engine (each its own
 //! transaction, without and with the durable journal) against `mkdir(2)` and the `mkdir`
 //! command, and DNS record additions through the RFC 2136 backend against a private
-//! `named` on 127.0.0.1 against `nsupdate` sending the same updates. The DNS part is
-//! skipped, with a note, when `named`/`nsupdate` are not installed.
+//! `named` on 127.0.0.1 against `nsupdate` sending the same updates (skipped, with a note,
+//! when `named`/`nsupdate` are not installed), and record additions through the zone-file
+//! backend, one at a time and eight at once (criterion only).
 //!
 //! First prints a summary of exactly 1,000 operations per variant (median of 3 runs, with
 //! the engine's overhead fraction), then runs criterion's per-operation benchmarks.
@@ -128,6 +129,71 @@ fn mkdir_command(root: &Path, n: usize) -> Result<Duration> {
         let st = Command::new("mkdir").arg(p).status()?;
         if !st.success() {
             bail!("mkdir {} failed", p.display());
+        }
+    }
+    Ok(start.elapsed())
+}
+
+// ---------------------------------------------------------------------------------------
+// DNS: the zone-file backend
+
+/// An engine over the zone-file backend in a temp folder, no journal (the provider's own
+/// cost: parse, rewrite, fsync, rename).
+struct ZoneFiles {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    engine: Engine,
+}
+
+fn zonefile_setup() -> Result<ZoneFiles> {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("zones");
+    let mut r = ProviderRegistry::new();
+    r.register(Arc::new(
+        DnsProvider::zonefile(dir.clone()).map_err(|e| anyhow!("{e}"))?,
+    ));
+    let zf = ZoneFiles {
+        _tmp: tmp,
+        dir,
+        engine: engine(r, None)?,
+    };
+    zf.reset()?;
+    Ok(zf)
+}
+
+impl ZoneFiles {
+    /// Puts back the empty zone (every add rewrites the whole file, so a measurement
+    /// starts from the same size).
+    fn reset(&self) -> Result<()> {
+        std::fs::write(
+            self.dir.join(format!("{ZONE}.zone")),
+            format!(
+                "$ORIGIN {ZONE}.\n$TTL 300\n\
+                 @ 300 IN SOA ns1.{ZONE}. hostmaster.{ZONE}. 1 3600 600 86400 300\n\
+                 @ 300 IN NS ns1.{ZONE}.\n"
+            ),
+        )?;
+        Ok(())
+    }
+}
+
+/// Runs `n` AddRecord requests, `width` at a time concurrently (each its own transaction).
+async fn engine_ops_concurrent(
+    engine: &Engine,
+    prefix: &str,
+    n: usize,
+    width: usize,
+) -> Result<Duration> {
+    let reqs: Vec<_> = (0..n)
+        .map(|_| support::request("AddA", support::data_p(&unique(prefix))))
+        .collect();
+    let start = Instant::now();
+    for chunk in reqs.chunks(width.max(1)) {
+        let runs = chunk
+            .iter()
+            .map(|r| support::run_expect(engine, r, TxnState::Committed));
+        for r in futures::future::join_all(runs).await {
+            r?;
         }
     }
     Ok(start.elapsed())
@@ -313,6 +379,31 @@ fn per_op(c: &mut Criterion) {
         })
     });
     g.finish();
+    drop(fs);
+
+    match zonefile_setup() {
+        Ok(zf) => {
+            let mut g = c.benchmark_group("dns_zonefile_add_record");
+            g.sample_size(10).measurement_time(Duration::from_secs(5));
+            g.throughput(Throughput::Elements(1));
+            g.bench_function("engine_no_journal", |b| {
+                b.iter_custom(|n| {
+                    zf.reset().unwrap_or_default();
+                    rt.block_on(engine_ops(&zf.engine, "AddA", "z", n as usize))
+                        .unwrap_or_default()
+                })
+            });
+            g.bench_function("engine_no_journal_8_concurrent", |b| {
+                b.iter_custom(|n| {
+                    zf.reset().unwrap_or_default();
+                    rt.block_on(engine_ops_concurrent(&zf.engine, "y", n as usize, 8))
+                        .unwrap_or_default()
+                })
+            });
+            g.finish();
+        }
+        Err(e) => eprintln!("zone-file setup: {e:#}"),
+    }
 
     let dns = match dns_setup() {
         Ok(Some(d)) => d,

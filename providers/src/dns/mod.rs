@@ -21,8 +21,8 @@ pub mod rfc2136;
 pub mod zonefile;
 
 pub use backend::{
-    Applied, InDoubt, NewRrset, Recovered, Replaced, RrsetGuard, ZoneBackend, ZoneSettings,
-    ZoneSnapshot,
+    Applied, InDoubt, LiveTxns, NewRrset, Recovered, Replaced, RrsetGuard, Swept, ZoneBackend,
+    ZoneSettings, ZoneSnapshot,
 };
 pub use record::{RData, Record};
 pub use rfc2136::{read_tsig_key_file, Rfc2136Backend, Rfc2136Config};
@@ -188,6 +188,12 @@ impl DnsProvider {
     /// The backend.
     pub fn backend(&self) -> &Arc<dyn ZoneBackend> {
         &self.backend
+    }
+
+    /// After recovery: removes the backend's recovery records that no live transaction
+    /// owns and the temp files of writes that never finished ([`ZoneBackend::sweep`]).
+    pub async fn sweep(&self, live: LiveTxns) -> Result<Swept, DnsError> {
+        self.backend.sweep(live).await
     }
 }
 
