@@ -375,3 +375,48 @@ fn exec_provider_from_the_config_file_runs_a_request() {
         "{r:?}"
     );
 }
+
+// ---- recover sweeps the zone folder ----------------------------------------------------
+
+#[test]
+fn recover_sweeps_markers_of_finished_transactions_and_dead_temp_files() {
+    let s = Sandbox::new();
+    let base = s.dir.path();
+    s.write(
+        "ns/hosted-dns.yaml",
+        &std::fs::read_to_string(repo().join("namespaces/hosted-dns.yaml"))
+            .expect("hosted-dns.yaml"),
+    );
+    s.write(
+        "provisio.toml",
+        "data_dir = \"data\"\nnamespaces = \"ns\"\n",
+    );
+    s.write(
+        "zone.json",
+        r#"{ "call": "Hosted DNS/CreateTenantZone", "data": { "zone": "sweep.test" } }"#,
+    );
+    let r = run_clean(base, &["-q", "run", "zone.json"], &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let markers = base.join("data/.zones.pending");
+    let count = |dir: &Path| std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
+    assert!(count(&markers) > 0, "the committed calls' markers: {r:?}");
+    // A temp file left by a writer that is gone (a crash mid-write).
+    let mut gone = Command::new("true").spawn().expect("run true");
+    let pid = gone.id();
+    gone.wait().expect("wait");
+    let tmp = base.join(format!("data/zones/.sweep.test.zone.tmp-{pid}-0"));
+    std::fs::write(&tmp, "partial").expect("plant");
+
+    let r = run_clean(base, &["recover"], &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(
+        count(&markers),
+        0,
+        "marker of a committed transaction swept: {r:?}"
+    );
+    assert!(!tmp.exists(), "dead writer's temp file swept");
+    assert!(
+        base.join("data/zones/sweep.test.zone").exists(),
+        "the zone stays"
+    );
+}
