@@ -325,6 +325,36 @@ async fn undo_removes_exactly_the_record_and_restores_deleted_ones() {
 }
 
 #[tokio::test]
+async fn undoing_an_add_with_another_ttl_restores_the_rrsets_ttl() {
+    let Some(n) = Named::start() else { return };
+    let p = provider(&n);
+    assert_eq!(dig_ttls(&n, "pre.example.test", "A"), vec![300]);
+    let (c, out) = run(
+        &p,
+        "AddRecord",
+        &rec(&[
+            ("name", "pre"),
+            ("rrType", "A"),
+            ("address", "192.0.2.2"),
+            ("ttl", "900"),
+        ]),
+    )
+    .await
+    .expect("add");
+    // The server gives the whole RRset the new TTL.
+    assert_eq!(dig_ttls(&n, "pre.example.test", "A"), vec![900, 900]);
+    undo(&p, &c, &out).await.expect("undo add");
+    assert_eq!(n.dig("pre.example.test", "A"), vec!["192.0.2.1"]);
+    assert_eq!(
+        dig_ttls(&n, "pre.example.test", "A"),
+        vec![300],
+        "the RRset's TTL from before the add"
+    );
+    undo(&p, &c, &out).await.expect("undo again is a no-op");
+    assert_eq!(dig_ttls(&n, "pre.example.test", "A"), vec![300]);
+}
+
+#[tokio::test]
 async fn undo_refuses_when_someone_else_changed_the_record() {
     let Some(n) = Named::start() else { return };
     let p = provider(&n);

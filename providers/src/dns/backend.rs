@@ -71,6 +71,9 @@ pub struct RrsetGuard {
     pub before: Vec<RData>,
     /// The RRset's data right after the change: what undo expects to find.
     pub after: Vec<RData>,
+    /// The RRset's TTL before the change, when it existed (an add with another TTL
+    /// changes the whole RRset's TTL on a server; its undo puts this one back).
+    pub before_ttl: Option<u32>,
 }
 
 /// A record change that was made.

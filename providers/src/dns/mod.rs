@@ -1018,6 +1018,12 @@ fn push_guard(undo: &mut Element, record: &Record, guard: Option<&RrsetGuard>) {
         }
         ge.push(e);
     }
+    if let Some(ttl) = g.before_ttl {
+        ge.push(Element::with_scalar(
+            "beforeTtl",
+            Scalar::Int(i64::from(ttl)),
+        ));
+    }
     undo.push(ge);
 }
 
@@ -1035,9 +1041,20 @@ fn read_guard(undo: &Element, zone: &str) -> Result<Option<RrsetGuard>, Provider
             .map(|c| parse_undo_line(&c.string_value(), zone).map(|r| r.data))
             .collect()
     };
+    // Absent in undo records written before it was kept.
+    let before_ttl = match ge.child("beforeTtl") {
+        Some(e) => Some(e.string_value().trim().parse::<u32>().map_err(|_| {
+            ProviderError::invalid(format!(
+                "undo record holds a bad guard TTL {:?}",
+                e.string_value()
+            ))
+        })?),
+        None => None,
+    };
     Ok(Some(RrsetGuard {
         before: set("before")?,
         after: set("after")?,
+        before_ttl,
     }))
 }
 

@@ -689,6 +689,7 @@ impl Rfc2136Backend {
                     let mut after: Vec<RData> = cur.data.iter().flatten().cloned().collect();
                     let before = after.clone();
                     after.push(data.clone());
+                    let before_ttl = cur.wire.first().map(|w| w.ttl);
                     return Ok(Applied {
                         record: Record {
                             owner: owner.to_string(),
@@ -696,7 +697,11 @@ impl Rfc2136Backend {
                             data: data.clone(),
                         },
                         serial: self.serial(zone).await?,
-                        guard: Some(RrsetGuard { before, after }),
+                        guard: Some(RrsetGuard {
+                            before,
+                            after,
+                            before_ttl,
+                        }),
                     });
                 }
                 Some(code) => {
@@ -769,7 +774,11 @@ impl Rfc2136Backend {
                         data: data.clone(),
                     },
                     serial: self.serial(zone).await?,
-                    guard: Some(RrsetGuard { before, after }),
+                    guard: Some(RrsetGuard {
+                        before,
+                        after,
+                        before_ttl: None,
+                    }),
                 }));
             }
         }
@@ -814,10 +823,22 @@ impl Rfc2136Backend {
             }
             let Some(pos) = pos else { return Ok(()) };
             let pre = rrset_prerequisite(&name, rtype, &cur);
-            match self
-                .update(&what, zone, pre, vec![delete_rr(&cur.wire[pos])])
-                .await?
-            {
+            let mut updates = vec![delete_rr(&cur.wire[pos])];
+            // The add gave the whole RRset its TTL: adding one of the remaining records
+            // again with the old TTL gives it back to all of them (RFC 2136 §3.4.2.2, and
+            // what BIND does), in the same update.
+            let restore_ttl = guard.and_then(|g| g.before_ttl).and_then(|ttl| {
+                let other = cur
+                    .wire
+                    .iter()
+                    .enumerate()
+                    .find(|(i, w)| *i != pos && w.ttl != ttl)?;
+                let mut again = other.1.clone();
+                again.ttl = ttl;
+                Some(again)
+            });
+            updates.extend(restore_ttl);
+            match self.update(&what, zone, pre, updates).await? {
                 None => return Ok(()),
                 Some(_) => continue,
             }
@@ -1422,7 +1443,12 @@ impl Rfc2136Backend {
                         ttl: cur.wire[pos].ttl,
                         data: data.clone(),
                     },
-                    guard: Some(RrsetGuard { before, after }),
+                    // The TTL the RRset had before is not known any more.
+                    guard: Some(RrsetGuard {
+                        before,
+                        after,
+                        before_ttl: None,
+                    }),
                 })
             }
             InDoubt::DeleteRecord { zone, owner, data } => {
