@@ -428,12 +428,27 @@ async fn wrong_or_unauthorized_keys_are_permanent_errors() {
     let e = run(&p, "AddRecord", &add).await.expect_err("rejected");
     assert!(matches!(e, ProviderError::Permanent { .. }), "{e:?}");
     assert!(e.message().contains("NOTAUTH"), "{e}");
+    // Says what the admin should check, not the DNS library's "file an issue" tail.
+    assert!(
+        !e.message().to_ascii_lowercase().contains("file an issue"),
+        "{e}"
+    );
+    assert!(
+        e.message().contains("same secret as the key file")
+            && e.message().contains("update-policy")
+            && e.message().contains("clocks"),
+        "{e}"
+    );
 
     // A key name the server does not know.
     let unknown = Rfc2136Config::new(n.addr(), "nobody-key", n.secret.clone());
     let p = DnsProvider::rfc2136(unknown).expect("provider");
     let e = run(&p, "AddRecord", &add).await.expect_err("rejected");
     assert!(matches!(e, ProviderError::Permanent { .. }), "{e:?}");
+    assert!(
+        !e.message().to_ascii_lowercase().contains("file an issue"),
+        "{e}"
+    );
 
     assert!(n.dig("evil.example.test", "A").is_empty());
 }

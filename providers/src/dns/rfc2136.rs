@@ -378,22 +378,28 @@ impl Rfc2136Backend {
     }
 
     fn net_error(&self, what: &str, e: &NetError) -> DnsError {
-        let text = e.to_string();
+        let raw = e.to_string();
+        let text = without_report_tail(&raw);
         let transient = matches!(
             e,
             NetError::Timeout | NetError::Io(_) | NetError::Busy | NetError::NoConnections
         ) || text.contains("closed");
-        let lower = text.to_ascii_lowercase();
+        // The library's wording for a TSIG failure is in the tail cut from `text`.
+        let lower = raw.to_ascii_lowercase();
         if !transient && (lower.contains("tsig") || lower.contains("hmac")) {
             // A server that rejects our signature answers NOTAUTH with an unsigned TSIG
             // error (BADSIG, BADKEY, BADTIME), which fails verification here.
             return DnsError::Server {
                 transient: false,
                 message: format!(
-                    "{what}: DNS server {} rejected the TSIG signature (NOTAUTH with BADSIG, \
-                     BADKEY or BADTIME: wrong secret, key {:?} unknown to the server, or clocks \
-                     more than {FUDGE} s apart); answer not verifiable: {text}",
+                    "{what}: DNS server {} rejected the TSIG signature of key {:?} (NOTAUTH with \
+                     BADSIG, BADKEY or BADTIME). Check that the server's named.conf has a `key \
+                     {:?}` block with algorithm hmac-sha256 and the same secret as the key file \
+                     given here, that the zone's update-policy (or allow-update) grants that key, \
+                     and that the two clocks are less than {FUDGE} s apart (server log: `named` \
+                     names the failing check)",
                     self.server(),
+                    self.config.key_name,
                     self.config.key_name
                 ),
             };
@@ -1104,6 +1110,19 @@ impl Rfc2136Backend {
 }
 
 /// The owner relative to `origin` (`@` for the apex), lowercase; `None` if outside.
+/// An error text of the DNS library without its "Please file an issue …" tail, which
+/// speaks to the library's developers, not to an operator.
+fn without_report_tail(text: &str) -> String {
+    let cut = text
+        .find("Please file an issue")
+        .or_else(|| text.find("please file an issue"))
+        .unwrap_or(text.len());
+    text[..cut]
+        .trim_end()
+        .trim_end_matches([',', ';', ':', '.'])
+        .to_string()
+}
+
 fn relative_owner(name: &Name, origin: &Name) -> Option<String> {
     if !origin.zone_of(name) {
         return None;
