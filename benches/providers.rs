@@ -1,8 +1,9 @@
 //! Issue-4 benchmarks (providers): folder creations through the engine (each its own
 //! transaction, without and with the durable journal) against `mkdir(2)` and the `mkdir`
 //! command, and DNS record additions through the RFC 2136 backend against a private
-//! `named` on 127.0.0.1 against `nsupdate` sending the same updates. The DNS part is
-//! skipped, with a note, when `named`/`nsupdate` are not installed.
+//! `named` on 127.0.0.1 against `nsupdate` sending the same updates (skipped, with a note,
+//! when `named`/`nsupdate` are not installed), and record additions through the zone-file
+//! backend, one at a time and eight at once (criterion only).
 //!
 //! First prints a summary of exactly 1,000 operations per variant (median of 3 runs, with
 //! the engine's overhead fraction), then runs criterion's per-operation benchmarks.
@@ -11,7 +12,7 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use anyhow::{anyhow, bail, Context as _, Result};
+use anyhow::{anyhow, bail, Result};
 use criterion::{criterion_group, Criterion, Throughput};
 use provisio_engine::compile::Catalog;
 use provisio_engine::exec::{Engine, Journal, TxnState};
@@ -20,16 +21,12 @@ use provisio_engine::provider::ProviderRegistry;
 use provisio_engine::request::parse_namespaces;
 use provisio_providers::dns::{DnsProvider, Rfc2136Config};
 use provisio_providers::filesystem::FilesystemProvider;
-use std::io::Write as _;
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use provisio_test_support::bind::{which, Named, ZONE};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-const ZONE: &str = "example.test";
-const KEY_NAME: &str = "ddns-key";
 
 const NAMESPACE: &str = r#"
 namespace: Bench
@@ -58,14 +55,6 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .worker_threads(2)
         .enable_all()
         .build()?)
-}
-
-fn which(tool: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin".into(), "/usr/bin".into(), "/sbin".into()])
-        .map(|d| d.join(tool))
-        .find(|p| p.is_file())
 }
 
 /// An engine over the bench namespace and `registry`, optionally journaled.
@@ -146,166 +135,72 @@ fn mkdir_command(root: &Path, n: usize) -> Result<Duration> {
 }
 
 // ---------------------------------------------------------------------------------------
-// DNS: a private named
+// DNS: the zone-file backend
 
-struct Named {
-    child: Child,
-    dir: tempfile::TempDir,
-    port: u16,
+/// An engine over the zone-file backend in a temp folder, no journal (the provider's own
+/// cost: parse, rewrite, fsync, rename).
+struct ZoneFiles {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    engine: Engine,
 }
 
-fn free_port() -> Result<u16> {
-    for _ in 0..50 {
-        let udp = UdpSocket::bind("127.0.0.1:0")?;
-        let port = udp.local_addr()?.port();
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
-        }
-    }
-    bail!("no free port")
+fn zonefile_setup() -> Result<ZoneFiles> {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("zones");
+    let mut r = ProviderRegistry::new();
+    r.register(Arc::new(
+        DnsProvider::zonefile(dir.clone()).map_err(|e| anyhow!("{e}"))?,
+    ));
+    let zf = ZoneFiles {
+        _tmp: tmp,
+        dir,
+        engine: engine(r, None)?,
+    };
+    zf.reset()?;
+    Ok(zf)
 }
 
-fn random_secret() -> Result<String> {
-    use base64::Engine as _;
-    use std::io::Read as _;
-    let mut bytes = [0u8; 32];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
-    Ok(base64::engine::general_purpose::STANDARD.encode(bytes))
-}
-
-impl Named {
-    fn start(named: &Path) -> Result<Named> {
-        let dir = tempfile::tempdir()?;
-        let path = dir.path().to_path_buf();
-        let d = path.as_path();
-        let dd = d.display();
-        let port = free_port()?;
-        let secret = random_secret()?;
+impl ZoneFiles {
+    /// Puts back the empty zone (every add rewrites the whole file, so a measurement
+    /// starts from the same size).
+    fn reset(&self) -> Result<()> {
         std::fs::write(
-            d.join("ddns.key"),
+            self.dir.join(format!("{ZONE}.zone")),
             format!(
-                "key \"{KEY_NAME}\" {{\n\talgorithm hmac-sha256;\n\tsecret \"{secret}\";\n}};\n"
+                "$ORIGIN {ZONE}.\n$TTL 300\n\
+                 @ 300 IN SOA ns1.{ZONE}. hostmaster.{ZONE}. 1 3600 600 86400 300\n\
+                 @ 300 IN NS ns1.{ZONE}.\n"
             ),
         )?;
-        std::fs::write(
-            d.join("zone.db"),
-            format!(
-                "$ORIGIN {ZONE}.\n$TTL 300\n@ IN SOA ns1.{ZONE}. hostmaster.{ZONE}. 1 3600 600 86400 300\n@ IN NS ns1.{ZONE}.\nns1 IN A 127.0.0.1\n"
-            ),
-        )?;
-        std::fs::write(
-            d.join("named.conf"),
-            format!(
-                "include \"{dd}/ddns.key\";\noptions {{\n\tdirectory \"{dd}\";\n\tpid-file \"{dd}/named.pid\";\n\tlisten-on port {port} {{ 127.0.0.1; }};\n\tlisten-on-v6 {{ none; }};\n\trecursion no;\n\tdnssec-validation no;\n\tnotify no;\n\tsession-keyfile \"{dd}/session.key\";\n\tmanaged-keys-directory \"{dd}\";\n}};\ncontrols {{ }};\nzone \"{ZONE}\" {{\n\ttype primary;\n\tfile \"{dd}/zone.db\";\n\tupdate-policy {{ grant {KEY_NAME} zonesub ANY; }};\n\tcheck-integrity no;\n}};\n"
-            ),
-        )?;
-        let log = std::fs::File::create(d.join("named.log"))?;
-        let mut cmd = Command::new(named);
-        cmd.arg("-g");
-        let root = Command::new("id")
-            .arg("-u")
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-            .unwrap_or(false);
-        if root {
-            cmd.args(["-u", "root"]);
-        }
-        cmd.arg("-c")
-            .arg(d.join("named.conf"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
-        let mut n = Named {
-            child: cmd.spawn().context("spawn named")?,
-            dir,
-            port,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let ok = Command::new("dig")
-                .args([
-                    "@127.0.0.1",
-                    "-p",
-                    &port.to_string(),
-                    "+short",
-                    "+time=1",
-                    "+tries=1",
-                    ZONE,
-                    "SOA",
-                ])
-                .output()
-                .map(|o| o.status.success() && !o.stdout.is_empty())
-                .unwrap_or(false);
-            if ok {
-                return Ok(n);
-            }
-            if let Ok(Some(st)) = n.child.try_wait() {
-                bail!(
-                    "named exited ({st}): {}",
-                    std::fs::read_to_string(d.join("named.log")).unwrap_or_default()
-                );
-            }
-            if Instant::now() > deadline {
-                bail!("named not ready after 10 s");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
-    }
-
-    fn key_file(&self) -> PathBuf {
-        self.dir.path().join("ddns.key")
-    }
-
-    /// One `nsupdate` process sending `names.len()` separate updates (one `send` each).
-    fn nsupdate_batch(&self, names: &[String]) -> Result<()> {
-        let mut script = format!("server 127.0.0.1 {}\nzone {ZONE}\n", self.port);
-        for n in names {
-            script.push_str(&format!("update add {n}.{ZONE}. 300 A 192.0.2.7\nsend\n"));
-        }
-        self.nsupdate(&script)
-    }
-
-    fn nsupdate(&self, script: &str) -> Result<()> {
-        let mut child = Command::new("nsupdate")
-            .arg("-k")
-            .arg(self.key_file())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        child
-            .stdin
-            .take()
-            .ok_or_else(|| anyhow!("no stdin"))?
-            .write_all(script.as_bytes())?;
-        let out = child.wait_with_output()?;
-        if !out.status.success() {
-            bail!("nsupdate failed: {}", String::from_utf8_lossy(&out.stderr));
-        }
         Ok(())
     }
 }
 
-impl Drop for Named {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+/// Runs `n` AddRecord requests, `width` at a time concurrently (each its own transaction).
+async fn engine_ops_concurrent(
+    engine: &Engine,
+    prefix: &str,
+    n: usize,
+    width: usize,
+) -> Result<Duration> {
+    let reqs: Vec<_> = (0..n)
+        .map(|_| support::request("AddA", support::data_p(&unique(prefix))))
+        .collect();
+    let start = Instant::now();
+    for chunk in reqs.chunks(width.max(1)) {
+        let runs = chunk
+            .iter()
+            .map(|r| support::run_expect(engine, r, TxnState::Committed));
+        for r in futures::future::join_all(runs).await {
+            r?;
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
+    Ok(start.elapsed())
 }
+
+// ---------------------------------------------------------------------------------------
+// DNS: a private named
 
 struct Dns {
     named: Named,
@@ -315,13 +210,13 @@ struct Dns {
 }
 
 fn dns_setup() -> Result<Option<Dns>> {
-    let (Some(named), Some(_), Some(_)) = (which("named"), which("nsupdate"), which("dig")) else {
-        eprintln!(
-            "note: BIND (`named`, `nsupdate`, `dig`) not installed; skipping the DNS benchmarks"
-        );
+    if which("nsupdate").is_none() {
+        eprintln!("note: `nsupdate` not installed; skipping the DNS benchmarks");
+        return Ok(None);
+    }
+    let Some(named) = Named::start() else {
         return Ok(None);
     };
-    let named = Named::start(&named)?;
     let mk = || -> Result<ProviderRegistry> {
         let config = Rfc2136Config::from_key_file(named.addr(), &named.key_file())
             .map_err(|e| anyhow!("{e}"))?;
@@ -343,10 +238,19 @@ fn dns_setup() -> Result<Option<Dns>> {
     }))
 }
 
+/// One `nsupdate` process sending `names.len()` separate updates (one `send` each).
+fn nsupdate_batch(named: &Named, names: &[String]) -> Result<()> {
+    let mut script = String::new();
+    for n in names {
+        script.push_str(&format!("update add {n}.{ZONE}. 300 A 192.0.2.7\nsend\n"));
+    }
+    named.nsupdate_script(&script).map_err(|e| anyhow!(e))
+}
+
 fn nsupdate_ops(named: &Named, n: usize) -> Result<Duration> {
     let names: Vec<String> = (0..n).map(|_| unique("ns")).collect();
     let start = Instant::now();
-    named.nsupdate_batch(&names)?;
+    nsupdate_batch(named, &names)?;
     Ok(start.elapsed())
 }
 
@@ -354,7 +258,7 @@ fn nsupdate_process_per_op(named: &Named, n: usize) -> Result<Duration> {
     let names: Vec<String> = (0..n).map(|_| unique("np")).collect();
     let start = Instant::now();
     for name in &names {
-        named.nsupdate_batch(std::slice::from_ref(name))?;
+        nsupdate_batch(named, std::slice::from_ref(name))?;
     }
     Ok(start.elapsed())
 }
@@ -475,6 +379,31 @@ fn per_op(c: &mut Criterion) {
         })
     });
     g.finish();
+    drop(fs);
+
+    match zonefile_setup() {
+        Ok(zf) => {
+            let mut g = c.benchmark_group("dns_zonefile_add_record");
+            g.sample_size(10).measurement_time(Duration::from_secs(5));
+            g.throughput(Throughput::Elements(1));
+            g.bench_function("engine_no_journal", |b| {
+                b.iter_custom(|n| {
+                    zf.reset().unwrap_or_default();
+                    rt.block_on(engine_ops(&zf.engine, "AddA", "z", n as usize))
+                        .unwrap_or_default()
+                })
+            });
+            g.bench_function("engine_no_journal_8_concurrent", |b| {
+                b.iter_custom(|n| {
+                    zf.reset().unwrap_or_default();
+                    rt.block_on(engine_ops_concurrent(&zf.engine, "y", n as usize, 8))
+                        .unwrap_or_default()
+                })
+            });
+            g.finish();
+        }
+        Err(e) => eprintln!("zone-file setup: {e:#}"),
+    }
 
     let dns = match dns_setup() {
         Ok(Some(d)) => d,

@@ -520,6 +520,7 @@ async fn recover_cmd(config: &Config) -> Result<Exit> {
     if found.is_empty() {
         println!("nothing to recover");
     }
+    sweep_zone_files(config, &journal).await;
     let mut failed = false;
     for r in &found {
         println!(
@@ -536,6 +537,52 @@ async fn recover_cmd(config: &Config) -> Result<Exit> {
     } else {
         Exit::Ok
     })
+}
+
+/// After recovery, removes what the zone-file DNS backend kept for transactions that are
+/// over (intent markers) and temp files of writes that never finished. A transaction still
+/// counts as live unless it committed or rolled back (a `rollback_failed` one may be
+/// resumed). Best effort: a failure is logged, recovery's outcome stands.
+async fn sweep_zone_files(config: &Config, journal: &provisio_engine::txn::DurableJournal) {
+    use crate::config::DnsBackendKind;
+    use provisio_providers::dns::{LiveTxns, ZoneBackend, ZoneFileBackend};
+    if config.providers.dns.backend != DnsBackendKind::Zonefile {
+        return;
+    }
+    let live: std::collections::HashSet<String> =
+        match provisio_engine::txn::recovery::list(journal, None) {
+            Ok(all) => all
+                .into_iter()
+                .filter(|t| !matches!(t.state, TxnState::Committed | TxnState::RolledBack))
+                .map(|t| t.id)
+                .collect(),
+            Err(e) => {
+                tracing::warn!("not sweeping the zone folder: cannot list transactions: {e}");
+                return;
+            }
+        };
+    let dir = config
+        .providers
+        .dns
+        .zone_dir
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("zones"));
+    let backend = match ZoneFileBackend::new(dir) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!("not sweeping the zone folder: {e}");
+            return;
+        }
+    };
+    let live: LiveTxns = Arc::new(move |txn: &str| live.contains(txn));
+    match backend.sweep(live).await {
+        Ok(swept) => tracing::info!(
+            temp_files = swept.temp_files.len(),
+            markers = swept.markers.len(),
+            "swept the zone folder"
+        ),
+        Err(e) => tracing::warn!("sweeping the zone folder failed: {e}"),
+    }
 }
 
 fn fmt_ms(ms: u64) -> String {

@@ -10,9 +10,9 @@ use provisio_engine::provider::{Call, Done, Provider, ProviderError};
 use provisio_providers::dns::{
     DnsProvider, Intent, RData, Record, Rfc2136Config, ZoneBackend, ZoneFileBackend,
 };
+use provisio_test_support::bind::{Named, ZONE};
 use std::path::Path;
 use std::sync::Arc;
-use support::bind::{Named, ZONE};
 use support::{call, rrset_call};
 
 const NS: &str = "DNS Provider";
@@ -311,6 +311,124 @@ async fn unknown_key_is_not_applied() {
         &[("zoneName", "g.test"), ("rrType", "A"), ("address", "x")],
     );
     assert_eq!(f.provider.recover(&c).await.expect("bad input"), None);
+}
+
+// ---- Sweeping what no live transaction owns ------------------------------------------
+
+/// The PID of a process that has exited.
+fn dead_pid() -> u32 {
+    let mut child = std::process::Command::new("true")
+        .spawn()
+        .expect("run true");
+    let pid = child.id();
+    child.wait().expect("wait");
+    pid
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+#[tokio::test]
+async fn open_and_sweep_remove_leftover_temp_files_and_markers_of_finished_transactions() {
+    let f = Fixture::new();
+    f.create_zone("s.test").await;
+    let zones = f.backend.dir().to_path_buf();
+    let markers = f.backend.marker_dir().to_path_buf();
+    // Two transactions, each with an applied AddRecord and its marker.
+    let live_txn = "0190c0de-0000-7000-8000-00000000aaaa";
+    let over_txn = "0190c0de-0000-7000-8000-00000000bbbb";
+    let mut calls = Vec::new();
+    for (txn, ip) in [(live_txn, "192.0.2.10"), (over_txn, "192.0.2.11")] {
+        let mut c = call(
+            NS,
+            "AddRecord",
+            &[
+                ("zoneName", "s.test"),
+                ("rrType", "A"),
+                ("name", "www"),
+                ("address", ip),
+            ],
+        );
+        c.context.txn_id = txn.into();
+        f.provider.execute(c.clone()).await.expect("add");
+        calls.push(c);
+    }
+    let markers_before = names(&markers);
+    assert_eq!(
+        markers_before.len(),
+        3,
+        "CreateZone + two adds: {markers_before:?}"
+    );
+
+    // Leftovers of writes that never finished: of a process that is gone, of this
+    // process, and of a process that still runs (which may be writing right now).
+    let gone = dead_pid();
+    let mut running = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .expect("run sleep");
+    let me = std::process::id();
+    let plant = |dir: &Path, name: String| {
+        std::fs::write(dir.join(&name), "partial").expect("plant");
+        name
+    };
+    let gone_zone = plant(&zones, format!(".s.test.zone.tmp-{gone}-0"));
+    let gone_marker = plant(&markers, format!("x.tmp-{gone}-1"));
+    let own_zone = plant(&zones, format!(".s.test.zone.tmp-{me}-999999"));
+    let running_zone = plant(&zones, format!(".s.test.zone.tmp-{}-2", running.id()));
+
+    // Opening the folder again removes what processes that are gone left, nothing else.
+    let reopened = Arc::new(ZoneFileBackend::new(zones.clone()).expect("reopen"));
+    let in_zones = names(&zones);
+    assert!(!in_zones.contains(&gone_zone), "{in_zones:?}");
+    assert!(!names(&markers).contains(&gone_marker));
+    assert!(in_zones.contains(&own_zone) && in_zones.contains(&running_zone));
+
+    // The sweep after recovery: this process's leftovers and the markers of transactions
+    // that are over go; the live transaction's marker and the running writer's file stay.
+    let provider = DnsProvider::with_backend(reopened.clone());
+    let live: provisio_providers::dns::LiveTxns = Arc::new(move |t: &str| t == live_txn);
+    let swept = provider.sweep(live).await.expect("sweep");
+    assert_eq!(swept.temp_files, vec![zones.join(&own_zone)]);
+    let gone_markers: Vec<String> = swept
+        .markers
+        .iter()
+        .map(|p| {
+            p.file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    assert_eq!(
+        gone_markers.len(),
+        2,
+        "CreateZone's and the finished add's: {gone_markers:?}"
+    );
+    assert!(gone_markers.iter().all(|m| !m.starts_with(live_txn)));
+    let left = names(&markers);
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(left[0].starts_with(live_txn), "{left:?}");
+    assert!(names(&zones).contains(&running_zone));
+    // The zone itself is untouched, and the live call can still be settled.
+    assert!(has_line(&f.zone_file("s.test"), "www 3600 IN A 192.0.2.10"));
+    assert!(has_line(&f.zone_file("s.test"), "www 3600 IN A 192.0.2.11"));
+    assert!(provider
+        .recover(&calls[0])
+        .await
+        .expect("recover")
+        .is_some());
+    let _ = running.kill();
+    let _ = running.wait();
 }
 
 // ---- RFC 2136 ------------------------------------------------------------------------

@@ -30,12 +30,9 @@ fn sh_config(name: &str, mode: &str, marker: Option<&Path>) -> ExecConfig {
         command.push(m.display().to_string());
     }
     ExecConfig {
-        name: name.to_string(),
-        command,
-        env: Vec::new(),
-        working_dir: None,
         call_timeout: Duration::from_secs(5),
         start_timeout: Duration::from_secs(5),
+        ..ExecConfig::new(name, command)
     }
 }
 
@@ -247,6 +244,82 @@ async fn a_child_that_exits_mid_call_is_restarted_on_the_next_call() {
 }
 
 #[tokio::test]
+async fn a_crash_looping_child_is_restarted_a_limited_number_of_times() {
+    let mut cfg = sh_config("billing", "crash-always", None);
+    cfg.max_restarts = 2;
+    cfg.restart_window = Duration::from_secs(60);
+    let p = ExecProvider::spawn(cfg).await.expect("spawn");
+    // The first child crashes, then two restarted ones: each a transient failure.
+    for _ in 0..3 {
+        let e = failure(p.execute(echo_call()).await);
+        assert_transient(&e, "exited with status 3 during execute");
+    }
+    // A third restart within the window is refused, for good, saying why.
+    let e = failure(p.execute(echo_call()).await);
+    assert_permanent(&e, "provider `billing` is not restarted again");
+    assert!(e.message().contains("restarted 2 times"), "{e:?}");
+    assert!(
+        e.message().contains("exited with status 3 during execute"),
+        "names the last failure: {e:?}"
+    );
+    assert_eq!(p.process_id().await, None, "nothing was started");
+}
+
+#[tokio::test]
+async fn restarts_outside_the_window_do_not_count() {
+    let mut cfg = sh_config("billing", "crash-always", None);
+    cfg.max_restarts = 1;
+    cfg.restart_window = Duration::from_millis(300);
+    let p = ExecProvider::spawn(cfg).await.expect("spawn");
+    assert_transient(&failure(p.execute(echo_call()).await), "status 3");
+    assert_transient(&failure(p.execute(echo_call()).await), "status 3");
+    assert_permanent(
+        &failure(p.execute(echo_call()).await),
+        "is not restarted again",
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_transient(&failure(p.execute(echo_call()).await), "status 3");
+}
+
+/// Whether process `pid` is gone (absent, or a zombie no one has reaped yet).
+fn process_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z')),
+    }
+}
+
+#[tokio::test]
+async fn killing_a_child_kills_the_processes_it_started() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let marker = tmp.path().join("helper.pid");
+    let mut cfg = sh_config("billing", "helper-silent", Some(&marker));
+    cfg.call_timeout = Duration::from_millis(800);
+    let p = ExecProvider::spawn(cfg).await.expect("spawn");
+    let e = failure(p.execute(echo_call()).await);
+    assert_transient(&e, "did not answer execute");
+    let helper: u32 = std::fs::read_to_string(&marker)
+        .expect("helper pid")
+        .trim()
+        .parse()
+        .expect("a pid");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while !process_gone(helper) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let gone = process_gone(helper);
+    if !gone {
+        // Do not leave it behind when the assertion fails.
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &helper.to_string()])
+            .status();
+    }
+    assert!(gone, "the helper {helper} outlived the killed provider");
+}
+
+#[tokio::test]
 async fn a_child_that_died_while_idle_is_restarted_transparently() {
     let p = sh_provider("answer-then-exit").await;
     p.execute(echo_call()).await.expect("first");
@@ -348,6 +421,7 @@ async fn ledger(dir: &Path, extra_env: &[(&str, String)]) -> ExecProvider {
         working_dir: Some(dir.to_path_buf()),
         call_timeout: Duration::from_secs(10),
         start_timeout: Duration::from_secs(10),
+        ..ExecConfig::new("Ledger", Vec::<String>::new())
     };
     match ExecProvider::spawn(cfg).await {
         Ok(p) => p,

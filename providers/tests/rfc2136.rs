@@ -9,10 +9,10 @@ use provisio_providers::dns::{
     read_tsig_key_file, DnsProvider, Rfc2136Config, E_CNAME_COLLISION, E_RECORD_EXISTS,
     E_ZONE_NOT_FOUND,
 };
+use provisio_test_support::bind::{Named, KEY_NAME, OTHER_KEY_NAME, ZONE};
 use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
-use support::bind::{Named, KEY_NAME, OTHER_KEY_NAME, ZONE};
 use support::{call, err_message, output, output_lines, rrset_call, run, run_rrset, undo};
 
 const E_INVALIDARG: u32 = ProviderError::E_INVALIDARG;
@@ -325,6 +325,36 @@ async fn undo_removes_exactly_the_record_and_restores_deleted_ones() {
 }
 
 #[tokio::test]
+async fn undoing_an_add_with_another_ttl_restores_the_rrsets_ttl() {
+    let Some(n) = Named::start() else { return };
+    let p = provider(&n);
+    assert_eq!(dig_ttls(&n, "pre.example.test", "A"), vec![300]);
+    let (c, out) = run(
+        &p,
+        "AddRecord",
+        &rec(&[
+            ("name", "pre"),
+            ("rrType", "A"),
+            ("address", "192.0.2.2"),
+            ("ttl", "900"),
+        ]),
+    )
+    .await
+    .expect("add");
+    // The server gives the whole RRset the new TTL.
+    assert_eq!(dig_ttls(&n, "pre.example.test", "A"), vec![900, 900]);
+    undo(&p, &c, &out).await.expect("undo add");
+    assert_eq!(n.dig("pre.example.test", "A"), vec!["192.0.2.1"]);
+    assert_eq!(
+        dig_ttls(&n, "pre.example.test", "A"),
+        vec![300],
+        "the RRset's TTL from before the add"
+    );
+    undo(&p, &c, &out).await.expect("undo again is a no-op");
+    assert_eq!(dig_ttls(&n, "pre.example.test", "A"), vec![300]);
+}
+
+#[tokio::test]
 async fn undo_refuses_when_someone_else_changed_the_record() {
     let Some(n) = Named::start() else { return };
     let p = provider(&n);
@@ -398,12 +428,27 @@ async fn wrong_or_unauthorized_keys_are_permanent_errors() {
     let e = run(&p, "AddRecord", &add).await.expect_err("rejected");
     assert!(matches!(e, ProviderError::Permanent { .. }), "{e:?}");
     assert!(e.message().contains("NOTAUTH"), "{e}");
+    // Says what the admin should check, not the DNS library's "file an issue" tail.
+    assert!(
+        !e.message().to_ascii_lowercase().contains("file an issue"),
+        "{e}"
+    );
+    assert!(
+        e.message().contains("same secret as the key file")
+            && e.message().contains("update-policy")
+            && e.message().contains("clocks"),
+        "{e}"
+    );
 
     // A key name the server does not know.
     let unknown = Rfc2136Config::new(n.addr(), "nobody-key", n.secret.clone());
     let p = DnsProvider::rfc2136(unknown).expect("provider");
     let e = run(&p, "AddRecord", &add).await.expect_err("rejected");
     assert!(matches!(e, ProviderError::Permanent { .. }), "{e:?}");
+    assert!(
+        !e.message().to_ascii_lowercase().contains("file an issue"),
+        "{e}"
+    );
 
     assert!(n.dig("evil.example.test", "A").is_empty());
 }

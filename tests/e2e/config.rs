@@ -3,6 +3,7 @@
 //! a private BIND `named` (checked with `dig`), and an exec provider started from the file.
 
 use crate::util::{repo, run_clean, Sandbox};
+use provisio_test_support::bind::Named;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -180,187 +181,6 @@ fn bad_config_exits_2_naming_file_line_and_key() {
 
 // ---- RFC 2136 against a private named ------------------------------------------------
 
-const ZONE: &str = "example.test";
-const KEY_NAME: &str = "ddns-key";
-
-fn which(tool: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin".into(), "/usr/bin".into(), "/sbin".into()])
-        .map(|d| d.join(tool))
-        .find(|p| p.is_file())
-}
-
-fn base64(bytes: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for c in bytes.chunks(3) {
-        let n = (u32::from(c[0]) << 16)
-            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*c.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-/// A private `named` serving `example.test` on a free loopback port, stopped on drop.
-struct Named {
-    child: std::process::Child,
-    dir: tempfile::TempDir,
-    port: u16,
-}
-
-impl Named {
-    /// `None` (with a note) when BIND is missing, unless `PROVISIO_REQUIRE_BIND=1`.
-    fn start() -> Option<Named> {
-        let required = std::env::var("PROVISIO_REQUIRE_BIND").is_ok_and(|v| v == "1");
-        let (Some(named), Some(_)) = (which("named"), which("dig")) else {
-            assert!(
-                !required,
-                "PROVISIO_REQUIRE_BIND=1 but `named`/`dig` are missing (scripts/ensure-tools)"
-            );
-            eprintln!(
-                "note: BIND (`named`, `dig`) not installed; skipping the rfc2136 config test"
-            );
-            return None;
-        };
-        let mut last = String::new();
-        for _ in 0..3 {
-            match Self::try_start(&named) {
-                Ok(n) => return Some(n),
-                Err(e) => last = e,
-            }
-        }
-        panic!("named did not start: {last}");
-    }
-
-    fn try_start(named: &Path) -> Result<Named, String> {
-        use std::io::Read as _;
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let d = dir.path();
-        let port = {
-            let udp = std::net::UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-            let port = udp.local_addr().map_err(|e| e.to_string())?.port();
-            std::net::TcpListener::bind(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-            port
-        };
-        let mut secret = [0u8; 32];
-        std::fs::File::open("/dev/urandom")
-            .and_then(|mut f| f.read_exact(&mut secret))
-            .map_err(|e| e.to_string())?;
-        let w = |name: &str, text: String| {
-            std::fs::write(d.join(name), text).map_err(|e| e.to_string())
-        };
-        w(
-            "ddns.key",
-            format!(
-                "key \"{KEY_NAME}\" {{\n\talgorithm hmac-sha256;\n\tsecret \"{}\";\n}};\n",
-                base64(&secret)
-            ),
-        )?;
-        w(
-            "example.test.zone",
-            format!(
-                "$ORIGIN {ZONE}.\n$TTL 300\n@ 300 IN SOA ns1.{ZONE}. hostmaster.{ZONE}. 1 3600 600 86400 300\n\
-                 @ 300 IN NS ns1.{ZONE}.\nns1 300 IN A 127.0.0.1\n"
-            ),
-        )?;
-        let dd = d.display();
-        w(
-            "named.conf",
-            format!(
-                "include \"{dd}/ddns.key\";\noptions {{\n\tdirectory \"{dd}\";\n\tpid-file \"{dd}/named.pid\";\n\
-                 \tlisten-on port {port} {{ 127.0.0.1; }};\n\tlisten-on-v6 {{ none; }};\n\trecursion no;\n\
-                 \tallow-query {{ any; }};\n\tdnssec-validation no;\n\tnotify no;\n\
-                 \tsession-keyfile \"{dd}/session.key\";\n\tmanaged-keys-directory \"{dd}\";\n}};\n\
-                 controls {{ }};\nzone \"{ZONE}\" {{\n\ttype primary;\n\tfile \"{dd}/example.test.zone\";\n\
-                 \tupdate-policy {{ grant {KEY_NAME} zonesub ANY; }};\n\tcheck-integrity no;\n}};\n"
-            ),
-        )?;
-        let log = std::fs::File::create(d.join("named.log")).map_err(|e| e.to_string())?;
-        let root = Command::new("id")
-            .arg("-u")
-            .output()
-            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-        let mut cmd = Command::new(named);
-        cmd.arg("-g");
-        if root {
-            cmd.args(["-u", "root"]);
-        }
-        let child = cmd
-            .arg("-c")
-            .arg(d.join("named.conf"))
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(log)
-            .spawn()
-            .map_err(|e| format!("spawn {}: {e}", named.display()))?;
-        let mut n = Named { child, dir, port };
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        loop {
-            if !n.dig(ZONE, "SOA").is_empty() {
-                return Ok(n);
-            }
-            if let Ok(Some(status)) = n.child.try_wait() {
-                return Err(format!("named exited ({status}): {}", n.log()));
-            }
-            if std::time::Instant::now() > deadline {
-                return Err(format!("named not ready after 5 s: {}", n.log()));
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("named.log")).unwrap_or_default()
-    }
-
-    /// `dig @127.0.0.1 -p PORT +short NAME TYPE`.
-    fn dig(&self, name: &str, rtype: &str) -> Vec<String> {
-        let out = Command::new("dig")
-            .args([
-                "@127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "+short",
-                "+time=1",
-                "+tries=1",
-                name,
-                rtype,
-            ])
-            .output()
-            .expect("dig");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::trim)
-            .filter(|l| !l.is_empty() && !l.starts_with(';'))
-            .map(str::to_string)
-            .collect()
-    }
-}
-
-impl Drop for Named {
-    fn drop(&mut self) {
-        // SIGTERM by PID (named flushes and exits), then wait; SIGKILL if it lingers.
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        for _ in 0..50 {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 const TEST_DNS_NAMESPACE: &str = r#"namespace: Test DNS
 description: Two records in a row, the second of which can be made to fail.
 procedures:
@@ -406,7 +226,7 @@ fn rfc2136_backend_from_the_config_file_adds_and_rolls_back() {
             "data_dir = \"data\"\nnamespaces = \"ns\"\n[engine]\nretries = 0\n[providers.dns]\n\
              backend = \"rfc2136\"\nserver = \"127.0.0.1:{}\"\nkey_file = \"{}\"\ntimeout_secs = 3\n",
             n.port,
-            n.dir.path().join("ddns.key").display()
+            n.key_file().display()
         ),
     );
     let t = show(&s, &[], &[]);
@@ -553,5 +373,50 @@ fn exec_provider_from_the_config_file_runs_a_request() {
     assert!(
         r.stderr.contains("Ledger") && r.stderr.contains("/nonexistent/ledger-bin"),
         "{r:?}"
+    );
+}
+
+// ---- recover sweeps the zone folder ----------------------------------------------------
+
+#[test]
+fn recover_sweeps_markers_of_finished_transactions_and_dead_temp_files() {
+    let s = Sandbox::new();
+    let base = s.dir.path();
+    s.write(
+        "ns/hosted-dns.yaml",
+        &std::fs::read_to_string(repo().join("namespaces/hosted-dns.yaml"))
+            .expect("hosted-dns.yaml"),
+    );
+    s.write(
+        "provisio.toml",
+        "data_dir = \"data\"\nnamespaces = \"ns\"\n",
+    );
+    s.write(
+        "zone.json",
+        r#"{ "call": "Hosted DNS/CreateTenantZone", "data": { "zone": "sweep.test" } }"#,
+    );
+    let r = run_clean(base, &["-q", "run", "zone.json"], &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let markers = base.join("data/.zones.pending");
+    let count = |dir: &Path| std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
+    assert!(count(&markers) > 0, "the committed calls' markers: {r:?}");
+    // A temp file left by a writer that is gone (a crash mid-write).
+    let mut gone = Command::new("true").spawn().expect("run true");
+    let pid = gone.id();
+    gone.wait().expect("wait");
+    let tmp = base.join(format!("data/zones/.sweep.test.zone.tmp-{pid}-0"));
+    std::fs::write(&tmp, "partial").expect("plant");
+
+    let r = run_clean(base, &["recover"], &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(
+        count(&markers),
+        0,
+        "marker of a committed transaction swept: {r:?}"
+    );
+    assert!(!tmp.exists(), "dead writer's temp file swept");
+    assert!(
+        base.join("data/zones/sweep.test.zone").exists(),
+        "the zone stays"
     );
 }

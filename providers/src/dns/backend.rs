@@ -19,6 +19,22 @@ use super::record::{describe_rrset, fqdn, RData, Record};
 use super::DnsError;
 use async_trait::async_trait;
 use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Says whether recovery may still ask about a transaction (by id): true for one that is
+/// not over, or whose rollback failed and may be resumed; false for one that committed or
+/// rolled back, and for one the journal does not know.
+pub type LiveTxns = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
+/// What [`ZoneBackend::sweep`] removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// Temp files of writes that never finished (a crash, a full disk).
+    pub temp_files: Vec<PathBuf>,
+    /// Recovery records (intent markers) of calls whose transaction is over.
+    pub markers: Vec<PathBuf>,
+}
 
 /// What CreateZone asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +71,9 @@ pub struct RrsetGuard {
     pub before: Vec<RData>,
     /// The RRset's data right after the change: what undo expects to find.
     pub after: Vec<RData>,
+    /// The RRset's TTL before the change, when it existed (an add with another TTL
+    /// changes the whole RRset's TTL on a server; its undo puts this one back).
+    pub before_ttl: Option<u32>,
 }
 
 /// A record change that was made.
@@ -404,6 +423,13 @@ pub trait ZoneBackend: Send + Sync {
 
     /// Forgets what was kept for recovering the call `key` (after its undo). Best effort.
     async fn forget(&self, _key: &str) {}
+
+    /// Removes what was kept for crash recovery that no live transaction owns (see
+    /// [`LiveTxns`]), and the temp files of writes that never finished. Best effort per
+    /// file; returns what was removed.
+    async fn sweep(&self, _live: LiveTxns) -> Result<Swept, DnsError> {
+        Ok(Swept::default())
+    }
 
     /// Whether DeleteZone is possible (false: it fails with [`DnsError::Unsupported`]).
     fn deletes_zones(&self) -> bool {

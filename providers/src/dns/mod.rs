@@ -21,8 +21,8 @@ pub mod rfc2136;
 pub mod zonefile;
 
 pub use backend::{
-    Applied, InDoubt, NewRrset, Recovered, Replaced, RrsetGuard, ZoneBackend, ZoneSettings,
-    ZoneSnapshot,
+    Applied, InDoubt, LiveTxns, NewRrset, Recovered, Replaced, RrsetGuard, Swept, ZoneBackend,
+    ZoneSettings, ZoneSnapshot,
 };
 pub use record::{RData, Record};
 pub use rfc2136::{read_tsig_key_file, Rfc2136Backend, Rfc2136Config};
@@ -188,6 +188,12 @@ impl DnsProvider {
     /// The backend.
     pub fn backend(&self) -> &Arc<dyn ZoneBackend> {
         &self.backend
+    }
+
+    /// After recovery: removes the backend's recovery records that no live transaction
+    /// owns and the temp files of writes that never finished ([`ZoneBackend::sweep`]).
+    pub async fn sweep(&self, live: LiveTxns) -> Result<Swept, DnsError> {
+        self.backend.sweep(live).await
     }
 }
 
@@ -1012,6 +1018,12 @@ fn push_guard(undo: &mut Element, record: &Record, guard: Option<&RrsetGuard>) {
         }
         ge.push(e);
     }
+    if let Some(ttl) = g.before_ttl {
+        ge.push(Element::with_scalar(
+            "beforeTtl",
+            Scalar::Int(i64::from(ttl)),
+        ));
+    }
     undo.push(ge);
 }
 
@@ -1029,9 +1041,20 @@ fn read_guard(undo: &Element, zone: &str) -> Result<Option<RrsetGuard>, Provider
             .map(|c| parse_undo_line(&c.string_value(), zone).map(|r| r.data))
             .collect()
     };
+    // Absent in undo records written before it was kept.
+    let before_ttl = match ge.child("beforeTtl") {
+        Some(e) => Some(e.string_value().trim().parse::<u32>().map_err(|_| {
+            ProviderError::invalid(format!(
+                "undo record holds a bad guard TTL {:?}",
+                e.string_value()
+            ))
+        })?),
+        None => None,
+    };
     Ok(Some(RrsetGuard {
         before: set("before")?,
         after: set("after")?,
+        before_ttl,
     }))
 }
 

@@ -378,22 +378,28 @@ impl Rfc2136Backend {
     }
 
     fn net_error(&self, what: &str, e: &NetError) -> DnsError {
-        let text = e.to_string();
+        let raw = e.to_string();
+        let text = without_report_tail(&raw);
         let transient = matches!(
             e,
             NetError::Timeout | NetError::Io(_) | NetError::Busy | NetError::NoConnections
         ) || text.contains("closed");
-        let lower = text.to_ascii_lowercase();
+        // The library's wording for a TSIG failure is in the tail cut from `text`.
+        let lower = raw.to_ascii_lowercase();
         if !transient && (lower.contains("tsig") || lower.contains("hmac")) {
             // A server that rejects our signature answers NOTAUTH with an unsigned TSIG
             // error (BADSIG, BADKEY, BADTIME), which fails verification here.
             return DnsError::Server {
                 transient: false,
                 message: format!(
-                    "{what}: DNS server {} rejected the TSIG signature (NOTAUTH with BADSIG, \
-                     BADKEY or BADTIME: wrong secret, key {:?} unknown to the server, or clocks \
-                     more than {FUDGE} s apart); answer not verifiable: {text}",
+                    "{what}: DNS server {} rejected the TSIG signature of key {:?} (NOTAUTH with \
+                     BADSIG, BADKEY or BADTIME). Check that the server's named.conf has a `key \
+                     {:?}` block with algorithm hmac-sha256 and the same secret as the key file \
+                     given here, that the zone's update-policy (or allow-update) grants that key, \
+                     and that the two clocks are less than {FUDGE} s apart (server log: `named` \
+                     names the failing check)",
                     self.server(),
+                    self.config.key_name,
                     self.config.key_name
                 ),
             };
@@ -689,6 +695,7 @@ impl Rfc2136Backend {
                     let mut after: Vec<RData> = cur.data.iter().flatten().cloned().collect();
                     let before = after.clone();
                     after.push(data.clone());
+                    let before_ttl = cur.wire.first().map(|w| w.ttl);
                     return Ok(Applied {
                         record: Record {
                             owner: owner.to_string(),
@@ -696,7 +703,11 @@ impl Rfc2136Backend {
                             data: data.clone(),
                         },
                         serial: self.serial(zone).await?,
-                        guard: Some(RrsetGuard { before, after }),
+                        guard: Some(RrsetGuard {
+                            before,
+                            after,
+                            before_ttl,
+                        }),
                     });
                 }
                 Some(code) => {
@@ -769,7 +780,11 @@ impl Rfc2136Backend {
                         data: data.clone(),
                     },
                     serial: self.serial(zone).await?,
-                    guard: Some(RrsetGuard { before, after }),
+                    guard: Some(RrsetGuard {
+                        before,
+                        after,
+                        before_ttl: None,
+                    }),
                 }));
             }
         }
@@ -814,10 +829,22 @@ impl Rfc2136Backend {
             }
             let Some(pos) = pos else { return Ok(()) };
             let pre = rrset_prerequisite(&name, rtype, &cur);
-            match self
-                .update(&what, zone, pre, vec![delete_rr(&cur.wire[pos])])
-                .await?
-            {
+            let mut updates = vec![delete_rr(&cur.wire[pos])];
+            // The add gave the whole RRset its TTL: adding one of the remaining records
+            // again with the old TTL gives it back to all of them (RFC 2136 §3.4.2.2, and
+            // what BIND does), in the same update.
+            let restore_ttl = guard.and_then(|g| g.before_ttl).and_then(|ttl| {
+                let other = cur
+                    .wire
+                    .iter()
+                    .enumerate()
+                    .find(|(i, w)| *i != pos && w.ttl != ttl)?;
+                let mut again = other.1.clone();
+                again.ttl = ttl;
+                Some(again)
+            });
+            updates.extend(restore_ttl);
+            match self.update(&what, zone, pre, updates).await? {
                 None => return Ok(()),
                 Some(_) => continue,
             }
@@ -1083,6 +1110,19 @@ impl Rfc2136Backend {
 }
 
 /// The owner relative to `origin` (`@` for the apex), lowercase; `None` if outside.
+/// An error text of the DNS library without its "Please file an issue …" tail, which
+/// speaks to the library's developers, not to an operator.
+fn without_report_tail(text: &str) -> String {
+    let cut = text
+        .find("Please file an issue")
+        .or_else(|| text.find("please file an issue"))
+        .unwrap_or(text.len());
+    text[..cut]
+        .trim_end()
+        .trim_end_matches([',', ';', ':', '.'])
+        .to_string()
+}
+
 fn relative_owner(name: &Name, origin: &Name) -> Option<String> {
     if !origin.zone_of(name) {
         return None;
@@ -1422,7 +1462,12 @@ impl Rfc2136Backend {
                         ttl: cur.wire[pos].ttl,
                         data: data.clone(),
                     },
-                    guard: Some(RrsetGuard { before, after }),
+                    // The TTL the RRset had before is not known any more.
+                    guard: Some(RrsetGuard {
+                        before,
+                        after,
+                        before_ttl: None,
+                    }),
                 })
             }
             InDoubt::DeleteRecord { zone, owner, data } => {

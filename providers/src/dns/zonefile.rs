@@ -10,11 +10,18 @@
 //! zone folder so that the zone folder holds only zones (`data/zones` →
 //! `data/.zones.pending/<key>.json`); [`ZoneBackend::recover`] compares the marker with the
 //! zone as it is now. The marker is removed when the call is undone or found not applied;
-//! markers of committed calls stay (small; prune old ones by age if needed).
+//! markers of calls that were not undone stay until [`ZoneBackend::sweep`] (run by
+//! recovery) finds their transaction over. The same sweep removes the temp files of
+//! writes that never finished (a crash, a full disk); opening the backend removes those of
+//! processes that are gone.
+//!
+//! All file work (reads, writes, `fsync`, renames) runs on tokio's blocking threads
+//! ([`tokio::task::spawn_blocking`]), never on a runtime worker: a slow or full disk then
+//! stalls only that call, and a step timeout can give up on it.
 
 use super::backend::{
-    rrset_changed, Applied, InDoubt, NewRrset, Recovered, Replaced, ZoneBackend, ZoneSettings,
-    ZoneSnapshot,
+    rrset_changed, Applied, InDoubt, LiveTxns, NewRrset, Recovered, Replaced, Swept, ZoneBackend,
+    ZoneSettings, ZoneSnapshot,
 };
 use super::record::{
     describe_rrset, fqdn, parse_rdata, same_rrset, tokenize, RData, Record, Token,
@@ -27,7 +34,7 @@ use std::io::{self, Write};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Sub-folder of the zone folder holding zones taken out by DeleteZone.
@@ -339,6 +346,13 @@ pub fn parse_zone(text: &str, expected_origin: &str) -> Result<Zone, String> {
 /// Zones as files in one folder.
 #[derive(Debug)]
 pub struct ZoneFileBackend {
+    files: Arc<Files>,
+}
+
+/// The zone folder and its marker folder, with the synchronous file work; shared with the
+/// blocking threads that do it.
+#[derive(Debug)]
+struct Files {
     dir: PathBuf,
     markers: PathBuf,
     lock: Mutex<()>,
@@ -346,7 +360,7 @@ pub struct ZoneFileBackend {
 
 impl ZoneFileBackend {
     /// Uses (creating it if missing) `dir`; intent markers go to `.<name>.pending` beside
-    /// it (created on the first write).
+    /// it (created on the first write). Synchronous: call it before serving.
     pub fn new(dir: PathBuf) -> Result<Self, DnsError> {
         fs::create_dir_all(&dir)
             .map_err(|e| DnsError::io(format!("zone folder {}", dir.display()), e))?;
@@ -356,25 +370,150 @@ impl ZoneFileBackend {
             }
             _ => dir.join(PENDING_SUFFIX),
         };
-        Ok(ZoneFileBackend {
+        let files = Files {
             dir,
             markers,
             lock: Mutex::new(()),
+        };
+        // Temp files of processes that are gone can only be leftovers.
+        files.sweep_temp_files(false);
+        Ok(ZoneFileBackend {
+            files: Arc::new(files),
         })
     }
 
     /// The folder of intent markers.
     pub fn marker_dir(&self) -> &Path {
-        &self.markers
+        &self.files.markers
     }
 
     /// The zone folder.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        &self.files.dir
     }
 
     /// The file of a (validated) zone.
     pub fn zone_path(&self, zone: &str) -> PathBuf {
+        self.files.zone_path(zone)
+    }
+
+    /// Writes the intent marker of the call `key` durably (temp file, fsync, rename, fsync
+    /// of the folder). The provider's writes do this after their checks and right before
+    /// their change; it is public so crash tests can stop between the two.
+    pub fn write_intent(&self, key: &str, intent: &Intent) -> Result<(), DnsError> {
+        self.files.write_intent(key, intent)
+    }
+
+    /// The intent marker of the call `key`, if any (an unreadable marker counts as none).
+    pub fn read_intent(&self, key: &str) -> Option<Intent> {
+        self.files.read_intent(key)
+    }
+
+    /// Runs `work` on a blocking thread (file I/O and `fsync` never run on a runtime
+    /// worker).
+    async fn blocking<T, F>(&self, work: F) -> Result<T, DnsError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Files) -> Result<T, DnsError> + Send + 'static,
+    {
+        let files = Arc::clone(&self.files);
+        tokio::task::spawn_blocking(move || work(&files))
+            .await
+            .map_err(|e| DnsError::Io {
+                what: format!("zone folder {}", self.files.dir.display()),
+                transient: false,
+                message: format!("the file operation did not finish: {e}"),
+            })?
+    }
+}
+
+/// The PID in a temp file's name `….tmp-<pid>-<n>`.
+fn temp_file_pid(name: &str) -> Option<u32> {
+    let (_, tail) = name.rsplit_once(".tmp-")?;
+    tail.split('-').next()?.parse().ok()
+}
+
+/// Whether process `pid` runs (Linux `/proc`; where that is missing every process counts
+/// as running, so nothing is removed).
+fn process_runs(pid: u32) -> bool {
+    if !Path::new("/proc/self").exists() {
+        return true;
+    }
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// The transaction id at the start of a marker's file name (`<txn>_<step>_<attempt>…`),
+/// when it is a UUID as the engine makes them; other names are never taken for a
+/// transaction's.
+fn marker_txn(file_name: &str) -> Option<&str> {
+    let stem = file_name.strip_suffix(".json")?;
+    let txn = stem.split('_').next()?;
+    let uuid_shape = txn.len() == 36
+        && txn.char_indices().all(|(i, c)| {
+            if matches!(i, 8 | 13 | 18 | 23) {
+                c == '-'
+            } else {
+                c.is_ascii_hexdigit()
+            }
+        });
+    uuid_shape.then_some(txn)
+}
+
+impl Files {
+    /// Removes the temp files (`.<zone>.zone.tmp-<pid>-<n>` in the zone folder,
+    /// `<key>.tmp-<pid>-<n>` in the marker folder) of processes that no longer run, and
+    /// with `own` also this process's (call it holding the lock: then none of ours is being
+    /// written). Best effort; returns what was removed.
+    fn sweep_temp_files(&self, own: bool) -> Vec<PathBuf> {
+        let me = std::process::id();
+        let mut removed = Vec::new();
+        for folder in [&self.dir, &self.markers] {
+            let Ok(entries) = fs::read_dir(folder) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let Some(pid) = name.to_str().and_then(temp_file_pid) else {
+                    continue;
+                };
+                let leftover = if pid == me { own } else { !process_runs(pid) };
+                if leftover && fs::remove_file(entry.path()).is_ok() {
+                    removed.push(entry.path());
+                }
+            }
+        }
+        removed
+    }
+
+    /// [`ZoneBackend::sweep`].
+    fn sweep(&self, live: &LiveTxns) -> Swept {
+        let _g = self.guard();
+        let temp_files = self.sweep_temp_files(true);
+        let mut markers = Vec::new();
+        if let Ok(entries) = fs::read_dir(&self.markers) {
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let Some(txn) = name.to_str().and_then(marker_txn) else {
+                    continue;
+                };
+                if !live(txn) && fs::remove_file(entry.path()).is_ok() {
+                    markers.push(entry.path());
+                }
+            }
+        }
+        if !markers.is_empty() {
+            if let Ok(d) = File::open(&self.markers) {
+                let _ = d.sync_all();
+            }
+        }
+        Swept {
+            temp_files,
+            markers,
+        }
+    }
+
+    /// The file of a (validated) zone.
+    fn zone_path(&self, zone: &str) -> PathBuf {
         self.dir.join(format!("{zone}.zone"))
     }
 
@@ -445,10 +584,7 @@ impl ZoneFileBackend {
         self.markers.join(format!("{}.json", sanitize_key(key)))
     }
 
-    /// Writes the intent marker of the call `key` durably (temp file, fsync, rename, fsync
-    /// of the folder). The provider's writes do this after their checks and right before
-    /// their change; it is public so crash tests can stop between the two.
-    pub fn write_intent(&self, key: &str, intent: &Intent) -> Result<(), DnsError> {
+    fn write_intent(&self, key: &str, intent: &Intent) -> Result<(), DnsError> {
         let pending = &self.markers;
         fs::create_dir_all(pending)
             .map_err(|e| DnsError::io(format!("marker folder {}", pending.display()), e))?;
@@ -479,8 +615,7 @@ impl ZoneFileBackend {
         Ok(())
     }
 
-    /// The intent marker of the call `key`, if any (an unreadable marker counts as none).
-    pub fn read_intent(&self, key: &str) -> Option<Intent> {
+    fn read_intent(&self, key: &str) -> Option<Intent> {
         let text = fs::read(self.marker_path(key)).ok()?;
         serde_json::from_slice(&text).ok()
     }
@@ -493,6 +628,86 @@ impl ZoneFileBackend {
         match key {
             Some(k) => self.write_intent(k, &intent()),
             None => Ok(()),
+        }
+    }
+
+    fn remove_zone(&self, zone: &str) -> Result<(), DnsError> {
+        let _g = self.guard();
+        let path = self.zone_path(zone);
+        match fs::remove_file(&path) {
+            Ok(()) => {
+                self.sync_dir();
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(DnsError::io(format!("zone file {}", path.display()), e)),
+        }
+    }
+
+    fn delete_zone(&self, zone: &str, key: &str) -> Result<String, DnsError> {
+        let _g = self.guard();
+        let token = format!("{zone}.zone.{}", sanitize_key(key));
+        let aside = self.deleted_path(&token);
+        let path = self.zone_path(zone);
+        if !exists(&path) {
+            // A retried call whose first try already moved it.
+            if exists(&aside) {
+                return Ok(token);
+            }
+            return Err(DnsError::ZoneNotFound(zone.to_string()));
+        }
+        let deleted = self.dir.join(DELETED_DIR);
+        fs::create_dir_all(&deleted)
+            .map_err(|e| DnsError::io(format!("{}", deleted.display()), e))?;
+        if exists(&aside) {
+            return Err(DnsError::Io {
+                what: format!("{} already exists", aside.display()),
+                transient: false,
+                message: "a deleted copy with this key is in the way".into(),
+            });
+        }
+        self.write_intent(
+            key,
+            &Intent::DeleteZone {
+                zone: zone.to_string(),
+                token: token.clone(),
+            },
+        )?;
+        fs::rename(&path, &aside)
+            .map_err(|e| DnsError::io(format!("zone file {}", path.display()), e))?;
+        self.sync_dir();
+        Ok(token)
+    }
+
+    fn restore_zone(&self, zone: &str, token: &str) -> Result<(), DnsError> {
+        let _g = self.guard();
+        if token.contains('/')
+            || token.contains('\\')
+            || token.starts_with('.')
+            || token.contains('\0')
+        {
+            return Err(DnsError::Invalid(format!(
+                "bad deleted-zone token {token:?}"
+            )));
+        }
+        let aside = self.deleted_path(token);
+        let path = self.zone_path(zone);
+        match (exists(&aside), exists(&path)) {
+            (true, false) => {
+                fs::rename(&aside, &path)
+                    .map_err(|e| DnsError::io(format!("restoring zone file {}", path.display()), e))?;
+                self.sync_dir();
+                Ok(())
+            }
+            (false, true) => Ok(()),
+            (true, true) => Err(DnsError::ZoneExists(format!(
+                "{zone} (cannot restore it: a new zone of that name exists; the old file is kept at {})",
+                aside.display()
+            ))),
+            (false, false) => Err(DnsError::ZoneNotFound(format!(
+                "{zone} (its deleted copy {} is gone)",
+                aside.display()
+            ))),
         }
     }
 
@@ -839,6 +1054,30 @@ fn ns_glue(settings: &ZoneSettings) -> Option<Record> {
     })
 }
 
+/// [`NewRrset`] owned, to move to a blocking thread.
+enum OwnedRrset {
+    Data(Option<u32>, Vec<RData>),
+    Records(Vec<Record>),
+}
+
+impl From<NewRrset<'_>> for OwnedRrset {
+    fn from(new: NewRrset<'_>) -> Self {
+        match new {
+            NewRrset::Data { ttl, data } => OwnedRrset::Data(ttl, data.to_vec()),
+            NewRrset::Records(records) => OwnedRrset::Records(records.to_vec()),
+        }
+    }
+}
+
+impl OwnedRrset {
+    fn as_new(&self) -> NewRrset<'_> {
+        match self {
+            OwnedRrset::Data(ttl, data) => NewRrset::Data { ttl: *ttl, data },
+            OwnedRrset::Records(records) => NewRrset::Records(records),
+        }
+    }
+}
+
 fn exists(path: &Path) -> bool {
     fs::symlink_metadata(path).is_ok()
 }
@@ -850,7 +1089,9 @@ impl ZoneBackend for ZoneFileBackend {
     }
 
     async fn create_zone(&self, settings: &ZoneSettings) -> Result<(u32, String), DnsError> {
-        self.create_zone_inner(settings, None)
+        let settings = settings.clone();
+        self.blocking(move |f| f.create_zone_inner(&settings, None))
+            .await
     }
 
     async fn create_zone_keyed(
@@ -858,101 +1099,43 @@ impl ZoneBackend for ZoneFileBackend {
         settings: &ZoneSettings,
         key: &str,
     ) -> Result<(u32, String), DnsError> {
-        self.create_zone_inner(settings, Some(key))
+        let (settings, key) = (settings.clone(), key.to_string());
+        self.blocking(move |f| f.create_zone_inner(&settings, Some(&key)))
+            .await
     }
 
     async fn remove_zone(&self, zone: &str) -> Result<(), DnsError> {
-        let _g = self.guard();
-        let path = self.zone_path(zone);
-        match fs::remove_file(&path) {
-            Ok(()) => {
-                self.sync_dir();
-                Ok(())
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(DnsError::io(format!("zone file {}", path.display()), e)),
-        }
+        let zone = zone.to_string();
+        self.blocking(move |f| f.remove_zone(&zone)).await
     }
 
     async fn delete_zone(&self, zone: &str, key: &str) -> Result<String, DnsError> {
-        let _g = self.guard();
-        let token = format!("{zone}.zone.{}", sanitize_key(key));
-        let aside = self.deleted_path(&token);
-        let path = self.zone_path(zone);
-        if !exists(&path) {
-            // A retried call whose first try already moved it.
-            if exists(&aside) {
-                return Ok(token);
-            }
-            return Err(DnsError::ZoneNotFound(zone.to_string()));
-        }
-        let deleted = self.dir.join(DELETED_DIR);
-        fs::create_dir_all(&deleted)
-            .map_err(|e| DnsError::io(format!("{}", deleted.display()), e))?;
-        if exists(&aside) {
-            return Err(DnsError::Io {
-                what: format!("{} already exists", aside.display()),
-                transient: false,
-                message: "a deleted copy with this key is in the way".into(),
-            });
-        }
-        self.write_intent(
-            key,
-            &Intent::DeleteZone {
-                zone: zone.to_string(),
-                token: token.clone(),
-            },
-        )?;
-        fs::rename(&path, &aside)
-            .map_err(|e| DnsError::io(format!("zone file {}", path.display()), e))?;
-        self.sync_dir();
-        Ok(token)
+        let (zone, key) = (zone.to_string(), key.to_string());
+        self.blocking(move |f| f.delete_zone(&zone, &key)).await
     }
 
     async fn restore_zone(&self, zone: &str, token: &str) -> Result<(), DnsError> {
-        let _g = self.guard();
-        if token.contains('/')
-            || token.contains('\\')
-            || token.starts_with('.')
-            || token.contains('\0')
-        {
-            return Err(DnsError::Invalid(format!(
-                "bad deleted-zone token {token:?}"
-            )));
-        }
-        let aside = self.deleted_path(token);
-        let path = self.zone_path(zone);
-        match (exists(&aside), exists(&path)) {
-            (true, false) => {
-                fs::rename(&aside, &path)
-                    .map_err(|e| DnsError::io(format!("restoring zone file {}", path.display()), e))?;
-                self.sync_dir();
-                Ok(())
-            }
-            (false, true) => Ok(()),
-            (true, true) => Err(DnsError::ZoneExists(format!(
-                "{zone} (cannot restore it: a new zone of that name exists; the old file is kept at {})",
-                aside.display()
-            ))),
-            (false, false) => Err(DnsError::ZoneNotFound(format!(
-                "{zone} (its deleted copy {} is gone)",
-                aside.display()
-            ))),
-        }
+        let (zone, token) = (zone.to_string(), token.to_string());
+        self.blocking(move |f| f.restore_zone(&zone, &token)).await
     }
 
     async fn zone_exists(&self, zone: &str) -> Result<bool, DnsError> {
-        Ok(exists(&self.zone_path(zone)))
+        let path = self.zone_path(zone);
+        self.blocking(move |_| Ok(exists(&path))).await
     }
 
     async fn snapshot(&self, zone: &str) -> Result<ZoneSnapshot, DnsError> {
-        let _g = self.guard();
-        let z = self.load(zone)?;
-        Ok(ZoneSnapshot {
-            serial: z.soa.serial,
-            default_ttl: z.default_ttl,
-            records: z.records,
+        let zone = zone.to_string();
+        self.blocking(move |f| {
+            let _g = f.guard();
+            let z = f.load(&zone)?;
+            Ok(ZoneSnapshot {
+                serial: z.soa.serial,
+                default_ttl: z.default_ttl,
+                records: z.records,
+            })
         })
+        .await
     }
 
     async fn add_record(
@@ -962,7 +1145,9 @@ impl ZoneBackend for ZoneFileBackend {
         ttl: Option<u32>,
         data: &RData,
     ) -> Result<(Record, u32), DnsError> {
-        self.add_record_inner(zone, owner, ttl, data, None)
+        let (zone, owner, data) = (zone.to_string(), owner.to_string(), data.clone());
+        self.blocking(move |f| f.add_record_inner(&zone, &owner, ttl, &data, None))
+            .await
     }
 
     async fn delete_record(
@@ -971,7 +1156,9 @@ impl ZoneBackend for ZoneFileBackend {
         owner: &str,
         data: &RData,
     ) -> Result<Option<(Record, u32)>, DnsError> {
-        self.delete_record_inner(zone, owner, data, None)
+        let (zone, owner, data) = (zone.to_string(), owner.to_string(), data.clone());
+        self.blocking(move |f| f.delete_record_inner(&zone, &owner, &data, None))
+            .await
     }
 
     async fn add_record_keyed(
@@ -982,7 +1169,15 @@ impl ZoneBackend for ZoneFileBackend {
         data: &RData,
         key: &str,
     ) -> Result<Applied, DnsError> {
-        let (record, serial) = self.add_record_inner(zone, owner, ttl, data, Some(key))?;
+        let (zone, owner, data, key) = (
+            zone.to_string(),
+            owner.to_string(),
+            data.clone(),
+            key.to_string(),
+        );
+        let (record, serial) = self
+            .blocking(move |f| f.add_record_inner(&zone, &owner, ttl, &data, Some(&key)))
+            .await?;
         Ok(Applied {
             record,
             serial,
@@ -997,8 +1192,15 @@ impl ZoneBackend for ZoneFileBackend {
         data: &RData,
         key: &str,
     ) -> Result<Option<Applied>, DnsError> {
+        let (zone, owner, data, key) = (
+            zone.to_string(),
+            owner.to_string(),
+            data.clone(),
+            key.to_string(),
+        );
         Ok(self
-            .delete_record_inner(zone, owner, data, Some(key))?
+            .blocking(move |f| f.delete_record_inner(&zone, &owner, &data, Some(&key)))
+            .await?
             .map(|(record, serial)| Applied {
                 record,
                 serial,
@@ -1015,16 +1217,42 @@ impl ZoneBackend for ZoneFileBackend {
         expect: Option<&[Record]>,
         key: Option<&str>,
     ) -> Result<Replaced, DnsError> {
-        self.replace_rrset_inner(zone, owner, rtype, new, expect, key)
+        let (zone, owner, rtype) = (zone.to_string(), owner.to_string(), rtype.to_string());
+        let new = OwnedRrset::from(new);
+        let expect = expect.map(<[Record]>::to_vec);
+        let key = key.map(str::to_string);
+        self.blocking(move |f| {
+            f.replace_rrset_inner(
+                &zone,
+                &owner,
+                &rtype,
+                new.as_new(),
+                expect.as_deref(),
+                key.as_deref(),
+            )
+        })
+        .await
     }
 
     async fn recover(&self, key: &str, _call: &InDoubt<'_>) -> Result<Recovered, DnsError> {
-        self.recover_inner(key)
+        let key = key.to_string();
+        self.blocking(move |f| f.recover_inner(&key)).await
+    }
+
+    async fn sweep(&self, live: LiveTxns) -> Result<Swept, DnsError> {
+        self.blocking(move |f| Ok(f.sweep(&live))).await
     }
 
     async fn forget(&self, key: &str) {
-        let _g = self.guard();
-        self.remove_intent(key);
+        let key = key.to_string();
+        // Best effort: a marker left behind is removed by a later sweep.
+        let _ = self
+            .blocking(move |f| {
+                let _g = f.guard();
+                f.remove_intent(&key);
+                Ok(())
+            })
+            .await;
     }
 }
 

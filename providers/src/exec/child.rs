@@ -1,5 +1,8 @@
 //! One running provider process: starting it, writing request lines, reading response
 //! lines with a length limit, forwarding its stderr to `tracing`, and killing it.
+//!
+//! The child leads its own process group, and killing it kills the whole group: helper
+//! processes it started (a shell's children, a worker pool) do not outlive it.
 
 use super::protocol::short;
 use std::io;
@@ -47,6 +50,8 @@ pub enum ReadError {
 #[derive(Debug)]
 pub struct Running {
     child: Child,
+    /// The process group the child leads (its pid at start).
+    group: Option<u32>,
     stdin: Option<ChildStdin>,
     stdout: BufReader<ChildStdout>,
     stderr_task: Option<JoinHandle<()>>,
@@ -66,10 +71,14 @@ impl Running {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        // Its own process group (id = its pid), so that killing it reaches its children.
+        #[cfg(unix)]
+        cmd.process_group(0);
         if let Some(dir) = &launch.working_dir {
             cmd.current_dir(dir);
         }
         let mut child = cmd.spawn()?;
+        let group = child.id();
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
             // Cannot happen with piped stdio; do not leave the process behind.
             let _ = child.start_kill();
@@ -82,6 +91,7 @@ impl Running {
         });
         Ok(Running {
             child,
+            group,
             stdin: Some(stdin),
             stdout: BufReader::with_capacity(64 * 1024, stdout),
             stderr_task,
@@ -126,8 +136,10 @@ impl Running {
             .and_then(Result::ok)
     }
 
-    /// Kills the process and reaps it (bounded wait).
+    /// Kills the process group (the child and what it started), then reaps the child
+    /// (bounded wait).
     pub async fn kill(mut self) {
+        self.kill_group();
         let _ = self.child.start_kill();
         let _ = tokio::time::timeout(REAP_WAIT, self.child.wait()).await;
         self.finish_stderr().await;
@@ -144,7 +156,23 @@ impl Running {
             let _ = self.child.start_kill();
             let _ = tokio::time::timeout(REAP_WAIT, self.child.wait()).await;
         }
+        // What it started goes with it, whether it exited on its own or not.
+        self.kill_group();
         self.finish_stderr().await;
+    }
+
+    /// Sends SIGKILL to the child's process group. Best effort: a group that is already
+    /// empty is fine. (The group id stays reserved while any member lives, so this cannot
+    /// reach an unrelated process.)
+    fn kill_group(&self) {
+        #[cfg(unix)]
+        if let Some(pgid) = self
+            .group
+            .and_then(|g| i32::try_from(g).ok())
+            .and_then(rustix::process::Pid::from_raw)
+        {
+            let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
+        }
     }
 
     /// Lets the stderr forwarder drain what the dead child left (bounded), then stops it.
@@ -165,7 +193,8 @@ impl Drop for Running {
         if let Some(task) = self.stderr_task.take() {
             task.abort();
         }
-        // `kill_on_drop` kills the child itself.
+        // `kill_on_drop` kills the child itself; this kills what it started.
+        self.kill_group();
     }
 }
 

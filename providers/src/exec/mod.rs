@@ -8,6 +8,11 @@
 //! call with an error naming the provider; the child is killed and restarted lazily on
 //! the next call. Timeouts and crashes are transient (the engine may retry with the same
 //! idempotency key); protocol violations are permanent.
+//!
+//! A child that keeps failing is not restarted forever: after
+//! [`ExecConfig::max_restarts`] restarts within [`ExecConfig::restart_window`], calls fail
+//! with a permanent error naming the provider and its last failure until the window has
+//! room again. Killing a child kills its whole process group (see `child`).
 
 mod child;
 pub mod protocol;
@@ -20,11 +25,12 @@ use provisio_engine::provider::{
     Call, CallContext, Done, Outcome, Preview, ProcedureSpec, Provider, ProviderError,
 };
 use serde_json::{Map, Value};
+use std::collections::VecDeque;
 use std::io;
 use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::sync::RwLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub use child::MAX_LINE;
 
@@ -44,11 +50,16 @@ pub struct ExecConfig {
     pub call_timeout: Duration,
     /// Longest the start (spawn + `describe`) may take.
     pub start_timeout: Duration,
+    /// How many times the child may be restarted within [`ExecConfig::restart_window`];
+    /// one more restart is refused with a permanent error (a crash-looping program).
+    pub max_restarts: u32,
+    /// The sliding window [`ExecConfig::max_restarts`] counts restarts in.
+    pub restart_window: Duration,
 }
 
 impl ExecConfig {
     /// A config with no extra environment, the engine's working directory, a 30 s call
-    /// timeout and a 10 s start timeout.
+    /// timeout, a 10 s start timeout and at most 5 restarts a minute.
     pub fn new<S: Into<String>>(
         name: impl Into<String>,
         command: impl IntoIterator<Item = S>,
@@ -60,6 +71,8 @@ impl ExecConfig {
             working_dir: None,
             call_timeout: Duration::from_secs(30),
             start_timeout: Duration::from_secs(10),
+            max_restarts: 5,
+            restart_window: Duration::from_secs(60),
         }
     }
 }
@@ -188,6 +201,10 @@ struct State {
     /// Set while a request is on the wire. Still set when the lock is next taken means the
     /// caller's future was dropped mid-call: the pipe is out of sync, so the child goes.
     in_flight: bool,
+    /// When the child was restarted, within the restart window (oldest first).
+    restarts: VecDeque<Instant>,
+    /// Why the child last had to go (for the error once restarts are exhausted).
+    last_failure: Option<String>,
 }
 
 impl State {
@@ -203,6 +220,8 @@ pub struct ExecProvider {
     launch: Launch,
     call_timeout: Duration,
     start_timeout: Duration,
+    max_restarts: u32,
+    restart_window: Duration,
     state: tokio::sync::Mutex<State>,
     procedures: RwLock<Vec<ProcedureSpec>>,
 }
@@ -216,6 +235,12 @@ impl ExecProvider {
         if config.command.first().is_none_or(|p| p.is_empty()) {
             return Err(ExecError::Config(format!(
                 "provider `{}` has no command to run",
+                config.name
+            )));
+        }
+        if config.restart_window.is_zero() {
+            return Err(ExecError::Config(format!(
+                "provider `{}`: restart_window must be more than zero",
                 config.name
             )));
         }
@@ -234,6 +259,8 @@ impl ExecProvider {
             },
             call_timeout: config.call_timeout,
             start_timeout: config.start_timeout,
+            max_restarts: config.max_restarts,
+            restart_window: config.restart_window,
             state: tokio::sync::Mutex::new(State::default()),
             procedures: RwLock::new(Vec::new()),
         };
@@ -347,19 +374,23 @@ impl ExecProvider {
             if let Some(running) = state.running.take() {
                 tracing::warn!(provider = %name, "a call was abandoned mid-request; restarting the provider");
                 running.kill().await;
+                state.last_failure = Some("a call was abandoned mid-request".into());
             }
         }
         if let Some(running) = state.running.as_mut() {
             if let Some(status) = running.exited() {
                 tracing::warn!(provider = %name, "provider {} while idle; restarting it", describe_exit(status));
                 state.running = None;
+                state.last_failure = Some(format!("it {} while idle", describe_exit(status)));
             }
         }
         if state.running.is_none() {
-            let (running, procedures) = self
-                .start_child(&mut state)
-                .await
-                .map_err(ExecError::into_provider_error)?;
+            self.count_restart(&mut state)?;
+            let started = self.start_child(&mut state).await;
+            let (running, procedures) = started.map_err(|e| {
+                state.last_failure = Some(format!("restarting failed: {e}"));
+                e.into_provider_error()
+            })?;
             tracing::info!(provider = %name, pid = running.pid(), "restarted exec provider");
             state.running = Some(running);
             self.set_procedures(procedures);
@@ -382,9 +413,42 @@ impl ExecProvider {
                 }
                 let e = failure.into_provider_error(name, method);
                 tracing::warn!(provider = %name, "{}; it will be restarted on the next call", e.message());
+                state.last_failure = Some(e.message());
                 Err(e)
             }
         }
+    }
+
+    /// Counts a restart about to happen, or refuses it when the window already holds
+    /// `max_restarts` of them (the program keeps failing: more restarts will not help).
+    fn count_restart(&self, state: &mut State) -> Result<(), ProviderError> {
+        let now = Instant::now();
+        while state
+            .restarts
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= self.restart_window)
+        {
+            state.restarts.pop_front();
+        }
+        if state.restarts.len() >= self.max_restarts as usize {
+            let wait = state
+                .restarts
+                .front()
+                .map(|t| self.restart_window.saturating_sub(now.duration_since(*t)))
+                .unwrap_or_default();
+            return Err(ProviderError::permanent(format!(
+                "provider `{}` is not restarted again: it was restarted {} times within {:?} \
+                 and keeps failing (last: {}); fix the program or what it depends on (see its \
+                 stderr in the log); calls are refused for another {:.0?}",
+                self.launch.name,
+                state.restarts.len(),
+                self.restart_window,
+                state.last_failure.as_deref().unwrap_or("unknown"),
+                wait
+            )));
+        }
+        state.restarts.push_back(now);
+        Ok(())
     }
 
     /// Refuses a procedure the provider did not describe.

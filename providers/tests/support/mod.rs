@@ -1,8 +1,6 @@
 //! Helpers for the provider integration tests: building calls and undo records.
 #![allow(dead_code)]
 
-pub mod bind;
-
 use provisio_engine::data::Element;
 use provisio_engine::provider::{Call, CallContext, Done, Outcome, Provider, ProviderError};
 use std::sync::atomic::{AtomicU32, Ordering};

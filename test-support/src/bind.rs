@@ -1,6 +1,7 @@
-//! A private BIND `named` on 127.0.0.1 for the RFC 2136 tests: temp dir, TSIG keys, a
-//! primary zone `example.test` open to dynamic updates signed with `ddns-key`, started in
-//! the foreground and stopped (SIGTERM, then wait) on drop.
+//! A private BIND `named` on 127.0.0.1 for the RFC 2136 tests, the end-to-end tests and the
+//! provider benchmarks: temp dir, TSIG keys, a primary zone `example.test` open to dynamic
+//! updates signed with `ddns-key`, on a port free for UDP and TCP, started in the
+//! foreground and stopped by its PID (SIGTERM, then wait; SIGKILL if it lingers) on drop.
 //!
 //! Without `named` (or `dig`) installed, [`Named::start`] prints a note and returns `None`
 //! so tests skip, unless `PROVISIO_REQUIRE_BIND=1`, which makes that a failure.
@@ -30,7 +31,9 @@ pub struct Named {
     pub other_secret: String,
 }
 
-fn which(tool: &str) -> Option<PathBuf> {
+/// The path of an installed program: `PATH`, then the `sbin` folders (where Debian puts
+/// `named`, which is not on a normal user's `PATH`).
+pub fn which(tool: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain(["/usr/sbin".into(), "/usr/bin".into(), "/sbin".into()])
@@ -260,8 +263,28 @@ impl Named {
         lines
     }
 
-    /// Runs `nsupdate -k <key file>` with these update lines, then `send`.
+    /// The server's folder (zone files, keys, `named.conf`, the log).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Runs `nsupdate -k <key file>` with these update lines, then `send` (panics on
+    /// failure, for tests).
     pub fn nsupdate(&self, lines: &[&str]) {
+        let mut script = String::new();
+        for l in lines {
+            script.push_str(l);
+            script.push('\n');
+        }
+        script.push_str("send\n");
+        if let Err(e) = self.nsupdate_script(&script) {
+            panic!("{e}");
+        }
+    }
+
+    /// Runs one `nsupdate -k <key file>` process on `script` (update lines and `send`s),
+    /// after a `server` and a `zone` line for this server's zone.
+    pub fn nsupdate_script(&self, script: &str) -> Result<(), String> {
         use std::io::Write as _;
         let mut child = Command::new("nsupdate")
             .arg("-k")
@@ -270,21 +293,26 @@ impl Named {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("run nsupdate");
-        let mut script = format!("server 127.0.0.1 {}\nzone {ZONE}\n", self.port);
-        for l in lines {
-            script.push_str(l);
-            script.push('\n');
-        }
-        script.push_str("send\n");
+            .map_err(|e| format!("run nsupdate: {e}"))?;
+        let full = format!("server 127.0.0.1 {}\nzone {ZONE}\n{script}", self.port);
         child
             .stdin
             .take()
-            .expect("stdin")
-            .write_all(script.as_bytes())
-            .expect("write nsupdate script");
-        let out = child.wait_with_output().expect("nsupdate");
-        assert!(out.status.success(), "nsupdate failed: {out:?}");
+            .ok_or("nsupdate has no stdin")?
+            .write_all(full.as_bytes())
+            .map_err(|e| format!("write nsupdate script: {e}"))?;
+        let out = child
+            .wait_with_output()
+            .map_err(|e| format!("nsupdate: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "nsupdate failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
     }
 }
 
