@@ -1,0 +1,180 @@
+//! YAML (and JSON) namespaces and requests, into the one model. The only module that uses serde_yaml.
+//!
+//! The syntax is documented in `docs/yaml-syntax.md`. Parsing runs in two passes:
+//!
+//! 1. serde deserializes the text into private `*Def` structs (`defs.rs`) through one
+//!    generic visitor and field walker (`de.rs`), so structural errors (unknown keys,
+//!    wrong types) carry serde's `line:column` and field path, with their hints typed.
+//!    Every collection charges a per-parse budget, so YAML alias bombs ("billion laughs")
+//!    stop with an error instead of exhausting memory.
+//! 2. The defs are checked and converted to model types (`lower.rs`). Errors found there
+//!    are located by an index of the source's keys (`locate.rs`), and named by their
+//!    field path (`procedures.CreateTenantZone.steps.mx.call`).
+
+mod de;
+mod defs;
+mod locate;
+mod lower;
+
+use super::ParseError;
+use crate::model::{Format, Namespace, Request, SourceRef};
+use de::{json_err, yaml_err, Budget};
+use defs::{NamespaceDef, NamespaceFile, RequestDef};
+use lower::Cx;
+use serde::Deserialize;
+use serde_json::Value as Json;
+
+/// Parses a YAML/JSON namespace file: one namespace (a mapping), a list of them, or
+/// (YAML) several `---` documents each holding either.
+pub fn parse_namespaces(src: &str, file: &str) -> Result<Vec<Namespace>, Vec<ParseError>> {
+    let _budget = Budget::start(src.len());
+    let defs: Vec<NamespaceDef> = if looks_like_json(src) {
+        match serde_json::from_str::<NamespaceFile>(src) {
+            Ok(f) => f.0,
+            Err(e) => return Err(vec![json_err(file, &e)]),
+        }
+    } else {
+        let mut all = Vec::new();
+        for doc in serde_yaml::Deserializer::from_str(src) {
+            match NamespaceFile::deserialize(doc) {
+                Ok(f) => all.extend(f.0),
+                Err(e) => return Err(vec![yaml_err(file, &e)]),
+            }
+        }
+        all
+    };
+    if defs.is_empty() {
+        return Err(vec![ParseError::new(
+            SourceRef::new(file, 0, 0),
+            "the file holds no namespace",
+        )
+        .with_hint(
+            "start the file with `namespace: <name>` and a `procedures:` mapping",
+        )]);
+    }
+    let mut cx = Cx::new(src, file);
+    let mut out = Vec::new();
+    for (i, d) in defs.into_iter().enumerate() {
+        let root = cx.loc.namespace_root(i);
+        if let Some(ns) = cx.namespace(d, root) {
+            out.push(ns);
+        }
+    }
+    if cx.errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(cx.errors)
+    }
+}
+
+/// Renders a map/array value as YAML (responses, `config show`). The one place YAML is written.
+pub fn to_yaml(value: &Json) -> String {
+    serde_yaml::to_string(value).unwrap_or_else(|e| format!("# cannot render YAML: {e}\n"))
+}
+
+/// Parses a YAML/JSON request. `format` says which syntax the text is in.
+pub fn parse_request(src: &str, file: &str, format: Format) -> Result<Request, ParseError> {
+    let _budget = Budget::start(src.len());
+    let def: RequestDef = match format {
+        Format::Json => serde_json::from_str(src).map_err(|e| json_err(file, &e))?,
+        _ => {
+            if src.trim().is_empty() {
+                return Err(empty_request(file));
+            }
+            serde_yaml::from_str(src).map_err(|e| yaml_err(file, &e))?
+        }
+    };
+    let mut cx = Cx::new(src, file);
+    let root = cx.loc.root();
+    let req = cx.request(def, format, root);
+    match (req, cx.errors.into_iter().next()) {
+        (Some(r), None) => Ok(r),
+        (_, Some(e)) => Err(e),
+        (None, None) => Err(ParseError::new(
+            SourceRef::new(file, 0, 0),
+            "the request is not valid",
+        )),
+    }
+}
+
+fn empty_request(file: &str) -> ParseError {
+    ParseError::new(SourceRef::new(file, 0, 0), "the request is empty")
+        .with_hint("write `call: Namespace/Procedure` and `data: { … }`")
+}
+
+/// JSON text (namespace files do not say their format): starts with `{`/`[` and is valid JSON.
+fn looks_like_json(src: &str) -> bool {
+    let t = src.trim_start();
+    (t.starts_with('{') || t.starts_with('['))
+        && serde_json::from_str::<serde::de::IgnoredAny>(src).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Parse time is linear in the step count: 20,000 steps take well under 8× the
+    /// time of 5,000 (quadratic would be 16×). Minimum of 3 runs against noise.
+    #[test]
+    #[ignore = "wall-clock timing: speed is measured in benches/engine.rs, not in tests"]
+    fn parse_time_is_linear_in_steps() {
+        fn doc(n: usize) -> String {
+            let mut s = String::from(
+                "namespace: Big\nprocedures:\n  Many:\n    access: public\n    steps:\n",
+            );
+            for i in 0..n {
+                s.push_str(&format!(
+                    "      s{i}:\n        call: A/B\n        with: {{ x: \"{{{{ data.v{i} }}}}\" }}\n"
+                ));
+            }
+            s
+        }
+        fn best(src: &str, n: usize) -> std::time::Duration {
+            (0..3)
+                .map(|_| {
+                    let t = std::time::Instant::now();
+                    let r = parse_namespaces(src, "big.yaml");
+                    let el = t.elapsed();
+                    match r {
+                        Ok(ns) => assert_eq!(ns[0].procedures[0].steps.len(), n),
+                        Err(e) => panic!("{e:#?}"),
+                    }
+                    el
+                })
+                .min()
+                .unwrap_or_default()
+        }
+        let (small, big) = (doc(5_000), doc(20_000));
+        let t5 = best(&small, 5_000);
+        let t20 = best(&big, 20_000);
+        assert!(t20 < t5 * 8, "5k steps: {t5:?}, 20k steps: {t20:?}");
+    }
+
+    #[test]
+    #[ignore = "wall-clock timing: speed is measured in benches/engine.rs, not in tests"]
+    fn json_parse_time_is_linear_in_steps() {
+        for pretty in [false, true] {
+            let time = |n: usize| {
+                let src = super::locate::tests::big_json(n, pretty);
+                (0..3)
+                    .map(|_| {
+                        let t = std::time::Instant::now();
+                        let r = parse_namespaces(&src, "big.json");
+                        let el = t.elapsed();
+                        match r {
+                            Ok(ns) => assert_eq!(ns[0].procedures[0].steps.len(), n),
+                            Err(e) => panic!("{e:#?}"),
+                        }
+                        el
+                    })
+                    .min()
+                    .unwrap_or_default()
+            };
+            let (t5, t20) = (time(5_000), time(20_000));
+            assert!(
+                t20 < t5 * 8,
+                "pretty {pretty}: 5k steps {t5:?}, 20k steps {t20:?}"
+            );
+        }
+    }
+}
