@@ -469,7 +469,8 @@ fn definition_errors() {
         (
             "<namespace name=\"Bad/Name\"/>".to_string(),
             1,
-            "invalid namespace name `Bad/Name`",
+            // the wording all syntaxes share (request::rules::name_error)
+            "`Bad/Name` is not a valid namespace name",
         ),
         (
             "<namespace name=\"N\">\n<procedure name=\"P\" access=\"Public\"/>\n</namespace>".to_string(),

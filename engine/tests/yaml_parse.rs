@@ -1100,3 +1100,77 @@ fn an_invalid_later_document_is_an_error_not_a_hang() {
         "{errs:?}"
     );
 }
+
+// ---- the same mistakes in every syntax ---------------------------------------------
+
+/// The first error of a namespace written in `format`, as shown to a person (message
+/// and hint).
+fn shown_error(src: &str, format: Format) -> String {
+    match parse_namespaces(src, "same", format) {
+        Ok(n) => panic!("expected an error in {format:?}, got {n:#?}"),
+        Err(e) => e[0].to_string(),
+    }
+}
+
+/// XML, YAML and JSON answer a mistake with the same words: the shared rules
+/// (`request::rules`) decide and word it, whichever syntax carries it.
+#[test]
+fn same_mistake_same_answer_in_every_syntax() {
+    use provisio_engine::request::rules;
+    // (what is wrong, XML, YAML, JSON, the words every answer must hold)
+    let name = rules::name_error("procedure", "Hosted DNS ");
+    let slash = rules::name_error("procedure", "A/B");
+    let cases: Vec<(&str, String, String, String, Vec<String>)> = vec![
+        (
+            "unknown key",
+            r#"<namespace name="N"><procedure name="P"><execute id="a" namespace="B" procedure="C" neds="x"/></procedure></namespace>"#.into(),
+            "namespace: N\nprocedures:\n  P:\n    steps:\n      a: { call: B/C, neds: x }\n".into(),
+            r#"{"namespace": "N", "procedures": {"P": {"steps": {"a": {"call": "B/C", "neds": "x"}}}}}"#.into(),
+            vec![rules::did_you_mean("neds", ["needs"]).unwrap_or_default()],
+        ),
+        (
+            "misspelt value",
+            r#"<namespace name="N"><procedure name="P" access="publik"/></namespace>"#.into(),
+            "namespace: N\nprocedures:\n  P: { access: publik }\n".into(),
+            r#"{"namespace": "N", "procedures": {"P": {"access": "publik"}}}"#.into(),
+            vec![rules::did_you_mean("publik", ["public"]).unwrap_or_default()],
+        ),
+        (
+            "misspelt scope",
+            r#"<namespace name="N"><procedure name="P"><execute id="a" namespace="B" procedure="C"><before source="dta" destination="executeData"/></execute></procedure></namespace>"#.into(),
+            "namespace: N\nprocedures:\n  P:\n    steps:\n      a: { call: B/C, before: [ { source: dta } ] }\n".into(),
+            r#"{"namespace": "N", "procedures": {"P": {"steps": {"a": {"call": "B/C", "before": [{"source": "dta"}]}}}}}"#.into(),
+            vec![rules::did_you_mean("dta", rules::SCOPE_NAMES.iter().copied()).unwrap_or_default()],
+        ),
+        (
+            "trailing space in a procedure name",
+            r#"<namespace name="N"><procedure name="Hosted DNS "/></namespace>"#.into(),
+            "namespace: N\nprocedures:\n  \"Hosted DNS \": {}\n".into(),
+            r#"{"namespace": "N", "procedures": {"Hosted DNS ": {}}}"#.into(),
+            vec![name.0.clone(), name.1.clone()],
+        ),
+        (
+            "bad procedure name",
+            r#"<namespace name="N"><procedure name="A/B"/></namespace>"#.into(),
+            "namespace: N\nprocedures:\n  A/B: {}\n".into(),
+            r#"{"namespace": "N", "procedures": {"A/B": {}}}"#.into(),
+            vec![slash.0.clone(), slash.1.clone()],
+        ),
+    ];
+    for (what, xml, yaml, json, words) in cases {
+        for (format, src) in [
+            (Format::Xml, &xml),
+            (Format::Yaml, &yaml),
+            (Format::Json, &json),
+        ] {
+            let shown = shown_error(src, format);
+            for w in &words {
+                assert!(!w.is_empty(), "{what}: no words to expect");
+                assert!(
+                    shown.contains(w.as_str()),
+                    "{what} in {format:?}: expected `{w}` in\n{shown}"
+                );
+            }
+        }
+    }
+}

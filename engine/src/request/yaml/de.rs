@@ -3,6 +3,7 @@
 //! generic visitor every def goes through (`Node`), and the field walker of the `*Def`
 //! structs (`Fields`, declared with `def_struct!`).
 
+use super::super::rules::valid_list_hint;
 use super::super::{ParseError, MAX_DEPTH};
 use crate::data::Scalar as DataScalar;
 use crate::model::SourceRef;
@@ -87,29 +88,6 @@ impl de::Error for Detail {
     fn unknown_field(field: &str, expected: &'static [&'static str]) -> Self {
         Detail::unknown("field", field, expected)
     }
-}
-
-/// "did you mean `x`? valid keys: a, b" (`kind`: keys, values, types).
-pub(super) fn valid_list_hint(bad: &str, valid: &[&str], kind: &str) -> String {
-    let list = valid.join(", ");
-    match closest(bad, valid) {
-        Some(c) => format!("did you mean `{c}`? valid {kind}: {list}"),
-        None => format!("valid {kind}: {list}"),
-    }
-}
-
-fn closest<'a>(bad: &str, valid: &[&'a str]) -> Option<&'a str> {
-    valid
-        .iter()
-        .map(|v| {
-            (
-                strsim::jaro_winkler(&bad.to_lowercase(), &v.to_lowercase()),
-                *v,
-            )
-        })
-        .filter(|(s, _)| *s >= 0.7)
-        .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, v)| v)
 }
 
 /// serde's list of expected names: "`a`", "`a` or `b`", "one of `a`, `b`, `c`".

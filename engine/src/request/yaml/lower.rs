@@ -1,10 +1,12 @@
 //! Lowering the defs to the model: every check that needs meaning (names, references,
 //! templates, scripts, step kinds), each error located by its field path.
 
+use super::super::rules::{
+    self, is_name, is_reserved_scope, is_step_id, read_script_file, valid_list_hint,
+};
 use super::super::template::{self, is_plain_name, is_single_ref, parse_ref, parse_template};
-use super::super::xml::read_script_file;
 use super::super::{ParseError, MAX_DEPTH};
-use super::de::{valid_list_hint, List, Lit, Ordered, Strings, Text};
+use super::de::{List, Lit, Ordered, Strings, Text};
 use super::defs::*;
 use super::locate::{Block, Locator};
 use crate::data::json::from_json;
@@ -62,6 +64,8 @@ pub(super) struct Cx<'a> {
     file: String,
     pub(super) loc: Locator<'a>,
     pub(super) errors: Vec<ParseError>,
+    /// The forEach names of the execute step being lowered (scopes it may name).
+    for_each_names: Vec<String>,
 }
 
 impl<'a> Cx<'a> {
@@ -70,6 +74,7 @@ impl<'a> Cx<'a> {
             file: file.to_string(),
             loc: Locator::new(src),
             errors: Vec::new(),
+            for_each_names: Vec::new(),
         }
     }
 
@@ -91,11 +96,8 @@ impl<'a> Cx<'a> {
         let n0 = self.errors.len();
         let name = d.namespace.unwrap_or_default().0.trim().to_string();
         if !is_name(&name) {
-            self.err(
-                &at.key("namespace"),
-                format!("`{name}` is not a valid namespace name"),
-                Some("use letters, digits, `_`, space, `-` and `.`".into()),
-            );
+            let (msg, hint) = rules::name_error("namespace", &name);
+            self.err(&at.key("namespace"), msg, Some(hint));
         }
         let provider_context = match d.provider_context {
             Some(Lit(v)) => self.literal(&at.key("providerContext"), "providerContext", &v),
@@ -126,11 +128,8 @@ impl<'a> Cx<'a> {
     fn procedure(&mut self, name: &str, d: ProcedureDef, at: &At) -> Option<Procedure> {
         let n0 = self.errors.len();
         if !is_name(name) {
-            self.err(
-                at,
-                format!("`{name}` is not a valid procedure name"),
-                Some("use letters, digits, `_`, space, `-` and `.`".into()),
-            );
+            let (msg, hint) = rules::name_error("procedure", name);
+            self.err(at, msg, Some(hint));
         }
         let mut p = Procedure::new(name);
         p.source_ref = self.here(at);
@@ -405,6 +404,15 @@ impl<'a> Cx<'a> {
             None => None,
             Some(Text(c)) => self.call_target(&at.key("call"), &c),
         };
+        // the scopes this step's fields may name besides the fixed ones, in any order
+        self.for_each_names = match &d.for_each {
+            None => Vec::new(),
+            Some(ForEachDefs::Items(items)) => items
+                .iter()
+                .filter_map(|it| it.name.as_ref().map(|t| t.0.clone()))
+                .collect(),
+            Some(ForEachDefs::Short(items)) => items.iter().map(|(k, _)| k.clone()).collect(),
+        };
         // forEach
         let mut for_each = Vec::new();
         let mut filter_whens = Vec::new();
@@ -418,7 +426,14 @@ impl<'a> Cx<'a> {
                     let fat = fe.key(&nth);
                     let name = it.name.unwrap_or_default().0;
                     if !is_plain_name(&name) || is_reserved_scope(&name) {
-                        self.err(&fat, format!("`{name}` cannot name a forEach variable"), Some("use a plain name that is not data, executeData, procedureData or context".into()));
+                        self.err(
+                            &fat,
+                            format!("`{name}` cannot name a forEach variable"),
+                            Some(format!(
+                                "use a plain name that is not one of {}",
+                                rules::SCOPE_NAMES.join(", ")
+                            )),
+                        );
                         continue;
                     }
                     let root = self.scope(
@@ -459,7 +474,14 @@ impl<'a> Cx<'a> {
                 for (name, r) in items {
                     let fat = fe.key(&name);
                     if !is_plain_name(&name) || is_reserved_scope(&name) {
-                        self.err(&fat, format!("`{name}` cannot name a forEach variable"), Some("use a plain name that is not data, executeData, procedureData or context".into()));
+                        self.err(
+                            &fat,
+                            format!("`{name}` cannot name a forEach variable"),
+                            Some(format!(
+                                "use a plain name that is not one of {}",
+                                rules::SCOPE_NAMES.join(", ")
+                            )),
+                        );
                         continue;
                     }
                     match self.reference(&fat, &r) {
@@ -553,6 +575,7 @@ impl<'a> Cx<'a> {
         }
         after.extend(self.transforms(at, "after", d.after, Scope::ExecuteData, Scope::Data));
         let execute_data = self.literal(&at.key("executeData"), "executeData", &ed);
+        self.for_each_names.clear();
         (self.errors.len() == n0).then(|| ExecuteStep {
             id: id.to_string(),
             call,
@@ -604,12 +627,27 @@ impl<'a> Cx<'a> {
     fn scope(&mut self, at: &At, s: Option<&str>, default: Scope) -> Scope {
         match s.map(str::trim) {
             None => default,
-            Some(s) if is_plain_name(s) => Scope::parse(s),
+            Some(s) if is_plain_name(s) => {
+                let scope = Scope::parse(s);
+                if let Scope::Named(n) = &scope {
+                    if !self.for_each_names.iter().any(|f| f == n) {
+                        let mut valid = rules::SCOPE_NAMES.to_vec();
+                        valid.extend(self.for_each_names.iter().map(String::as_str));
+                        let hint = valid_list_hint(n, &valid, "scopes");
+                        self.err(at, format!("unknown scope `{n}`"), Some(hint));
+                        return default;
+                    }
+                }
+                scope
+            }
             Some(s) => {
                 self.err(
                     at,
                     format!("`{s}` is not a scope"),
-                    Some("use data, executeData, procedureData, context or a forEach name".into()),
+                    Some(format!(
+                        "use {} or a forEach name",
+                        rules::SCOPE_NAMES.join(", ")
+                    )),
                 );
                 default
             }
@@ -1338,24 +1376,6 @@ fn expr_transform(
         if_null: IfNull::Fail,
         source_ref,
     }
-}
-
-/// Namespace and procedure names: letters, digits, `_`, space, `-`, `.`.
-fn is_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.trim() == s
-        && s.chars()
-            .all(|c| c.is_alphanumeric() || matches!(c, '_' | ' ' | '-' | '.'))
-}
-
-fn is_step_id(s: &str) -> bool {
-    !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.'))
-}
-
-fn is_reserved_scope(s: &str) -> bool {
-    matches!(s, "data" | "executeData" | "procedureData" | "context")
 }
 
 fn has_placeholders(v: &Json) -> bool {
