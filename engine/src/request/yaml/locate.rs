@@ -537,7 +537,7 @@ fn find_key_anywhere(line: &str, key: &str) -> Option<usize> {
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+mod tests {
     use super::*;
     use serde::Deserialize;
     use serde_json::{Map as JsonMap, Value as Json};
@@ -780,7 +780,7 @@ pub(super) mod tests {
         }
     }
 
-    pub(in crate::request::yaml) fn big_json(n: usize, pretty: bool) -> String {
+    fn big_json(n: usize, pretty: bool) -> String {
         let steps: JsonMap<String, Json> = (0..n)
             .map(|i| {
                 (
