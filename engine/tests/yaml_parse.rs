@@ -623,7 +623,8 @@ fn deep_nesting_is_an_error() {
         "}".repeat(depth)
     );
     let e = req_err(&src);
-    assert!(e.message.contains("recursion limit"), "{e}");
+    // refused before serde_yaml recurses, with the limit in the message
+    assert!(e.message.contains("deeper than 128 levels"), "{e}");
     assert!(e.hint.unwrap_or_default().contains("128"));
     let src = format!(
         "call: A/B\ndata: {{ x: {}1{} }}\n",
@@ -1172,5 +1173,54 @@ fn same_mistake_same_answer_in_every_syntax() {
                 );
             }
         }
+    }
+}
+
+/// YAML nested 100,000 deep, in flow and in block style, is refused with the limit named
+/// (before serde_yaml, whose time grows with the square of the depth: see the bench
+/// `parse_growth/yaml_deep_*`).
+#[test]
+fn yaml_nested_100k_deep_is_refused_at_the_limit() {
+    let flow = format!(
+        "call: A/B\ndata: {{ x: {}1{} }}\n",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    let block = format!("call: A/B\ndata:\n  x:\n    {}1\n", "- ".repeat(100_000));
+    let maps = format!(
+        "call: A/B\ndata: {}1{}\n",
+        "{a: ".repeat(100_000),
+        "}".repeat(100_000)
+    );
+    for (what, src) in [("flow", &flow), ("block", &block), ("flow maps", &maps)] {
+        let e = req_err(src);
+        assert!(
+            e.message.contains("nests deeper than 128 levels"),
+            "{what}: {e}"
+        );
+        assert_eq!(
+            e.source_ref.line,
+            2 + u32::from(what == "block") * 2,
+            "{what}: {e}"
+        );
+        assert!(
+            e.hint.unwrap_or_default().contains("limited to 128 levels"),
+            "{what}"
+        );
+        let ns = src.replacen("call: A/B\ndata:", "namespace: A\nprocedureData:", 1);
+        let e = &parse_namespaces(&ns, "t.yaml", Format::Yaml).unwrap_err()[0];
+        assert!(
+            e.message.contains("nests deeper than 128 levels"),
+            "{what}: {e}"
+        );
+    }
+    // just under the limit still parses as far as depth goes
+    let ok = format!(
+        "call: A/B\ndata: {}1{}\n",
+        "{a: ".repeat(100),
+        "}".repeat(100)
+    );
+    if let Err(e) = parse_request(&ok, "r.yaml", Format::Yaml) {
+        panic!("{e}");
     }
 }

@@ -13,10 +13,11 @@
 
 mod de;
 mod defs;
+mod limits;
 mod locate;
 mod lower;
 
-use super::ParseError;
+use super::{ParseError, MAX_DEPTH};
 use crate::model::{Format, Namespace, Request, SourceRef};
 use de::{json_err, yaml_err, Budget};
 use defs::{NamespaceDef, NamespaceFile, RequestDef};
@@ -27,6 +28,7 @@ use serde_json::Value as Json;
 /// Parses a YAML/JSON namespace file: one namespace (a mapping), a list of them, or
 /// (YAML) several `---` documents each holding either.
 pub fn parse_namespaces(src: &str, file: &str) -> Result<Vec<Namespace>, Vec<ParseError>> {
+    let src = without_bom(src);
     let _budget = Budget::start(src.len());
     let defs: Vec<NamespaceDef> = if looks_like_json(src) {
         match serde_json::from_str::<NamespaceFile>(src) {
@@ -34,6 +36,7 @@ pub fn parse_namespaces(src: &str, file: &str) -> Result<Vec<Namespace>, Vec<Par
             Err(e) => return Err(vec![json_err(file, &e)]),
         }
     } else {
+        check_depth(src, file).map_err(|e| vec![e])?;
         let mut all = Vec::new();
         for doc in serde_yaml::Deserializer::from_str(src) {
             match NamespaceFile::deserialize(doc) {
@@ -74,6 +77,7 @@ pub fn to_yaml(value: &Json) -> String {
 
 /// Parses a YAML/JSON request. `format` says which syntax the text is in.
 pub fn parse_request(src: &str, file: &str, format: Format) -> Result<Request, ParseError> {
+    let src = without_bom(src);
     let _budget = Budget::start(src.len());
     let def: RequestDef = match format {
         Format::Json => serde_json::from_str(src).map_err(|e| json_err(file, &e))?,
@@ -81,7 +85,18 @@ pub fn parse_request(src: &str, file: &str, format: Format) -> Result<Request, P
             if src.trim().is_empty() {
                 return Err(empty_request(file));
             }
-            serde_yaml::from_str(src).map_err(|e| yaml_err(file, &e))?
+            check_depth(src, file)?;
+            let mut docs = serde_yaml::Deserializer::from_str(src);
+            let first = docs.next().ok_or_else(|| empty_request(file))?;
+            let def = RequestDef::deserialize(first).map_err(|e| yaml_err(file, &e))?;
+            if docs.next().is_some() {
+                return Err(ParseError::new(
+                    SourceRef::new(file, 0, 0),
+                    "the request holds more than one document",
+                )
+                .with_hint("a request is one YAML document; remove the extra `---`"));
+            }
+            def
         }
     };
     let mut cx = Cx::new(src, file);
@@ -94,6 +109,26 @@ pub fn parse_request(src: &str, file: &str, format: Format) -> Result<Request, P
             SourceRef::new(file, 0, 0),
             "the request is not valid",
         )),
+    }
+}
+
+/// The text after a UTF-8 byte order mark (editors on Windows write one; YAML allows it
+/// only at the start of the stream, and serde_yaml would take it for a second document).
+fn without_bom(src: &str) -> &str {
+    src.strip_prefix('\u{feff}').unwrap_or(src)
+}
+
+/// Refuses YAML nested deeper than `MAX_DEPTH` before serde_yaml parses it.
+fn check_depth(src: &str, file: &str) -> Result<(), ParseError> {
+    match limits::too_deep(src) {
+        None => Ok(()),
+        Some((line, col)) => Err(ParseError::new(
+            SourceRef::new(file, line, col),
+            format!("the document nests deeper than {MAX_DEPTH} levels"),
+        )
+        .with_hint(format!(
+            "nesting is limited to {MAX_DEPTH} levels; flatten the structure"
+        ))),
     }
 }
 
