@@ -866,3 +866,26 @@ fn script_errors() {
         assert_eq!(e.source_ref.line, 3, "{steps}: {e}");
     }
 }
+
+/// XML 1.0 forbids NUL (and the other C0 controls but tab, LF, CR) anywhere, written as a
+/// character as much as `&#0;`: both are refused, at their position.
+#[test]
+fn raw_nul_and_control_characters_are_refused() {
+    for (src, line, col) in [
+        ("<data>\n  <a>x\u{0}y</a>\n</data>", 2, 7),
+        ("<data><a v=\"\u{0}\"/></data>", 1, 13),
+        ("<data>\u{1}</data>", 1, 7),
+    ] {
+        let e = xml::parse(src, &Limits::default()).expect_err(src);
+        assert!(
+            e.message.contains("is not allowed in XML"),
+            "{src:?}: {}",
+            e.message
+        );
+        assert_eq!((e.line, e.column), (line, col), "{src:?}");
+        let req = format!("<request namespace=\"A\" procedure=\"B\">{src}</request>");
+        assert!(request::parse_request(&req, "r.xml", Format::Xml).is_err());
+    }
+    assert!(xml::parse("<data>&#0;</data>", &Limits::default()).is_err());
+    assert!(xml::parse("<data>\ta\r\nb</data>", &Limits::default()).is_ok());
+}

@@ -1224,3 +1224,48 @@ fn yaml_nested_100k_deep_is_refused_at_the_limit() {
         panic!("{e}");
     }
 }
+
+/// A UTF-8 byte order mark (written by some editors) is not a second document.
+#[test]
+fn yaml_with_a_byte_order_mark() {
+    let r = parse_request(
+        "\u{feff}call: A/B\ndata: { x: 1 }\n",
+        "r.yaml",
+        Format::Yaml,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(r.target, RequestTarget::Call(_)));
+    let nss = ns_ok("\u{feff}namespace: A\nprocedures:\n  P: {}\n");
+    assert_eq!(nss[0].name, "A");
+    assert_eq!(nss[0].procedures[0].source_ref.line, 3);
+    let j = parse_request("\u{feff}{\"call\": \"A/B\"}", "r.json", Format::Json);
+    assert!(j.is_ok(), "{j:?}");
+}
+
+/// Integers beyond 64 bits become floats, in YAML as in JSON (docs/data-model.md).
+#[test]
+fn integers_beyond_64_bits_become_floats() {
+    let big = "18446744073709551616"; // 2^64
+    let huge = "340282366920938463463374607431768211456"; // 2^128, beyond u128 too
+    for n in [big, huge, "-9223372036854775809"] {
+        let y = parse_request(
+            &format!("call: A/B\ndata: {{ n: {n} }}\n"),
+            "r.yaml",
+            Format::Yaml,
+        )
+        .unwrap_or_else(|e| panic!("{n}: {e}"));
+        let j = parse_request(
+            &format!("{{\"call\": \"A/B\", \"data\": {{\"n\": {n}}}}}"),
+            "r.json",
+            Format::Json,
+        )
+        .unwrap_or_else(|e| panic!("{n}: {e}"));
+        assert_eq!(y.data, j.data, "{n}");
+        let want: f64 = n.parse().unwrap_or_default();
+        assert_eq!(
+            y.data,
+            from_json("data", &json!({ "n": want })).unwrap(),
+            "{n}"
+        );
+    }
+}
