@@ -1269,3 +1269,43 @@ fn integers_beyond_64_bits_become_floats() {
         );
     }
 }
+
+/// `{ $expr: … }` nested inside a `with:`/`output:` map computes the value at its path;
+/// constants and placeholders beside it keep working.
+#[test]
+fn nested_expr_in_with_and_output() {
+    let nss = ns_ok(
+        "namespace: A\nprocedures:\n  P:\n    steps:\n      s:\n        call: B/C\n        with:\n          user:\n            name: { $expr: 'upper(data.first)' }\n            home: { dir: { $expr: '\"/home/\" + data.first' } }\n            shell: /bin/sh\n            mail: \"{{ data.mail }}\"\n        output:\n          made: { id: { $expr: 'executeData.id' } }\n",
+    );
+    let e = exec(&nss[0].procedures[0].steps[0]);
+    let expr_at = |list: &[Transform], path: &str| -> (Scope, String) {
+        let t = list
+            .iter()
+            .find(|t| t.destination_path.as_deref() == Some(path))
+            .unwrap_or_else(|| panic!("no transform into {path}: {list:#?}"));
+        match &t.source {
+            TransformSource::Expr(s) => (t.destination.clone(), s.source.clone()),
+            other => panic!("{path}: {other:?}"),
+        }
+    };
+    assert_eq!(
+        expr_at(&e.before, "user/name"),
+        (Scope::ExecuteData, "upper(data.first)".to_string())
+    );
+    assert_eq!(
+        expr_at(&e.before, "user/home/dir"),
+        (Scope::ExecuteData, "\"/home/\" + data.first".to_string())
+    );
+    assert_eq!(
+        expr_at(&e.after, "made/id"),
+        (Scope::Data, "executeData.id".to_string())
+    );
+    assert!(e
+        .before
+        .iter()
+        .any(|t| t.destination_path.as_deref() == Some("user/mail")));
+    assert_eq!(
+        e.execute_data,
+        from_json("executeData", &json!({"user": {"shell": "/bin/sh"}})).unwrap()
+    );
+}

@@ -1252,6 +1252,14 @@ impl<'a> Cx<'a> {
                         self.err(&kat, format!("`{k}` is not a plain element name"), None);
                         continue;
                     }
+                    // `{ $expr: … }` at any depth computes the value at its path
+                    if let Some(script) = self.expr_value(&kat, &x) {
+                        if let Some(script) = script {
+                            let here = self.here(&kat);
+                            out.push(expr_transform(script, destination.clone(), sub, here));
+                        }
+                        continue;
+                    }
                     if has_placeholders(&x) {
                         self.placeholder_transforms(
                             &kat,
@@ -1378,11 +1386,13 @@ fn expr_transform(
     }
 }
 
+/// Whether a value holds a `{{ … }}` placeholder or a `{ $expr: … }` (at any depth of
+/// its maps), and so is computed at run time rather than taken as a constant.
 fn has_placeholders(v: &Json) -> bool {
     match v {
         Json::String(s) => template::has_placeholder(s),
         Json::Array(a) => a.iter().any(has_placeholders),
-        Json::Object(m) => m.values().any(has_placeholders),
+        Json::Object(m) => m.contains_key("$expr") || m.values().any(has_placeholders),
         _ => false,
     }
 }
