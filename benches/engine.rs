@@ -3,6 +3,11 @@
 //! 10,000-step procedure (built in code, and parsed from YAML), and parsing a 10 MB XML
 //! request (`data::xml::parse`, `data::xml::parse_located`, `request::parse_request`).
 //!
+//! Also (formerly wall-clock tests): YAML and JSON namespace parsing at 5,000 and 20,000
+//! steps (linear: the 20k figure should be ~4x the 5k one) and the refusal of YAML nested
+//! 100,000 deep, a rhai condition over a small and a 2,000-user data tree, and a simple
+//! data-path selection.
+//!
 //! `cargo bench --bench engine`; per-step figures are the reported time / 1,000.
 
 #[path = "support/mod.rs"]
@@ -198,7 +203,10 @@ criterion_group!(
     exec_overhead,
     compile_10k,
     xml_parse,
-    foreach_filter
+    foreach_filter,
+    parse_growth,
+    script_condition,
+    path_select
 );
 criterion_main!(benches);
 
@@ -285,4 +293,118 @@ procedures:
         });
     }
     g.finish();
+}
+
+/// A namespace of `n` steps in block YAML.
+fn steps_yaml(n: usize) -> String {
+    let mut s =
+        String::from("namespace: Big\nprocedures:\n  Many:\n    access: public\n    steps:\n");
+    for i in 0..n {
+        s.push_str(&format!(
+            "      s{i}:\n        call: A/B\n        with: {{ x: \"{{{{ data.v{i} }}}}\" }}\n"
+        ));
+    }
+    s
+}
+
+/// A namespace of `n` steps in JSON, minified or pretty.
+fn steps_json(n: usize, pretty: bool) -> String {
+    let steps: serde_json::Map<String, serde_json::Value> = (0..n)
+        .map(|i| {
+            (
+                format!("s-{i}"),
+                serde_json::json!({ "call": "A/B", "with": { "x": format!("{{{{ data.v{i} }}}}") } }),
+            )
+        })
+        .collect();
+    let j = serde_json::json!({ "namespace": "N", "procedures": { "P": { "steps": steps } } });
+    let r = if pretty {
+        serde_json::to_string_pretty(&j)
+    } else {
+        serde_json::to_string(&j)
+    };
+    r.unwrap_or_default()
+}
+
+/// Parse time against the step count (it must grow linearly), and the refusal of a YAML
+/// document nested 100,000 deep (it must be refused before serde_yaml recurses into it).
+fn parse_growth(c: &mut Criterion) {
+    let mut g = c.benchmark_group("parse_growth");
+    g.sample_size(10).measurement_time(Duration::from_secs(5));
+    for n in [5_000usize, 20_000] {
+        let docs = [
+            ("yaml", steps_yaml(n), Format::Yaml),
+            ("json_min", steps_json(n, false), Format::Json),
+            ("json_pretty", steps_json(n, true), Format::Json),
+        ];
+        for (what, doc, format) in docs {
+            g.bench_function(BenchmarkId::new(what, n), |b| {
+                b.iter(|| black_box(parse_namespaces(black_box(&doc), "big", format).is_ok()))
+            });
+        }
+    }
+    let flow = format!(
+        "namespace: A\nx: {}1{}\n",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    let mut block = String::from("namespace: A\nx:\n");
+    for i in 0..100_000usize {
+        block.push_str(&" ".repeat(i % 200));
+        block.push_str("- \n");
+    }
+    for (what, doc) in [
+        ("yaml_deep_flow_100k", flow),
+        ("yaml_deep_block_100k", block),
+    ] {
+        g.bench_function(what, |b| {
+            b.iter(|| {
+                black_box(parse_namespaces(black_box(&doc), "deep.yaml", Format::Yaml).is_err())
+            })
+        });
+    }
+    g.finish();
+}
+
+/// A compiled rhai condition evaluated over a small and a 2,000-user data tree.
+fn script_condition(c: &mut Criterion) {
+    use provisio_engine::script::{ScriptEngine, ScriptOrigin, Vars};
+    use serde_json::json;
+    let e = ScriptEngine::default();
+    let users: Vec<serde_json::Value> = (0..2000)
+        .map(|i| json!({"name": format!("user{i}"), "enabled": i % 2 == 0, "groups": ["a", "b"]}))
+        .collect();
+    let user = json!({"name": "ann", "enabled": true, "groups": ["staff"]});
+    let big = Vars::new().with("data", &json!({"user": user, "all": users}));
+    let small = Vars::new().with("data", &json!({ "user": user }));
+    let src = r#"data.user.enabled && data.user.groups.contains("staff")"#;
+    let Ok(script) = e.compile(src, &ScriptOrigin::new("bench.yaml", 1, 1)) else {
+        eprintln!("the condition does not compile");
+        return;
+    };
+    let mut g = c.benchmark_group("script_condition");
+    for (what, vars) in [("small", &small), ("2000_users", &big)] {
+        g.bench_function(what, |b| {
+            b.iter(|| black_box(e.eval_condition(&script, vars).unwrap_or(false)))
+        });
+    }
+    g.finish();
+}
+
+/// A simple path (`organization/dc`) selected from a small tree.
+fn path_select(c: &mut Criterion) {
+    use provisio_engine::data::Path;
+    let mut org = Element::new("organization");
+    for i in 0..4 {
+        org.push(Element::with_text("dc", format!("dc{i}")));
+    }
+    org.push(Element::new("users"));
+    let mut root = Element::new("data");
+    root.push(org);
+    let Ok(p) = Path::parse("organization/dc") else {
+        return;
+    };
+    c.bench_function("path_select_simple", |b| {
+        b.iter(|| black_box(p.select(black_box(&root)).len()))
+    });
 }

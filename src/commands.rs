@@ -251,6 +251,7 @@ fn is_namespace_file(path: &Path) -> bool {
         }
         Some(Format::Json) => src.contains("\"namespace\"") && !src.contains("\"call\""),
         _ => src
+            .trim_start_matches('\u{feff}')
             .lines()
             .any(|l| l.starts_with("namespace:") || l.starts_with("- namespace:")),
     }

@@ -469,7 +469,8 @@ fn definition_errors() {
         (
             "<namespace name=\"Bad/Name\"/>".to_string(),
             1,
-            "invalid namespace name `Bad/Name`",
+            // the wording all syntaxes share (request::rules::name_error)
+            "`Bad/Name` is not a valid namespace name",
         ),
         (
             "<namespace name=\"N\">\n<procedure name=\"P\" access=\"Public\"/>\n</namespace>".to_string(),
@@ -618,72 +619,6 @@ fn request_errors() {
         assert!(e.message.contains(msg), "{src}\n=> {e}");
         assert_eq!(e.source_ref.line, *line, "{src}\n=> {e}");
     }
-}
-
-/// CPU time of this thread in seconds (Linux), so the figure holds on a busy machine.
-fn cpu_secs() -> Option<f64> {
-    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
-    let ns: f64 = s.split_whitespace().next()?.parse().ok()?;
-    Some(ns / 1e9)
-}
-
-fn timed<T>(f: impl FnOnce() -> T) -> (T, f64, Option<f64>) {
-    let wall = std::time::Instant::now();
-    let cpu = cpu_secs();
-    let out = f();
-    let cpu = match (cpu, cpu_secs()) {
-        (Some(a), Some(b)) => Some(b - a),
-        _ => None,
-    };
-    (out, wall.elapsed().as_secs_f64(), cpu)
-}
-
-/// Throughput check: `cargo test --release -p provisio-engine --test xml_parse -- --ignored --nocapture`.
-#[test]
-#[ignore]
-fn throughput_10mb() {
-    let mut doc = String::from("<data>\n");
-    let mut i = 0;
-    while doc.len() < 10 * 1024 * 1024 {
-        doc.push_str(&format!(
-            "  <user id=\"{i}\" status=\"new\">\n    <name>User {i}</name>\n    <mail>u{i}@example.com</mail>\n    <note>a &amp; b</note>\n  </user>\n"
-        ));
-        i += 1;
-    }
-    doc.push_str("</data>\n");
-    let mb = doc.len() as f64 / 1e6;
-    let report = |label: &str, wall: f64, cpu: Option<f64>| {
-        println!(
-            "{label}: wall {:.0} MB/s, cpu {} MB/s",
-            mb / wall,
-            cpu.map_or("?".to_string(), |c| format!("{:.0}", mb / c))
-        );
-    };
-    let ((), wall, cpu) = timed(|| {
-        let mut r = quick_xml::Reader::from_str(&doc);
-        let mut n = 0usize;
-        while !matches!(r.read_event(), Ok(quick_xml::events::Event::Eof) | Err(_)) {
-            n += 1;
-        }
-        assert!(n > 0);
-    });
-    report("quick-xml events only (ceiling)", wall, cpu);
-    for _ in 0..3 {
-        let (tree, wall, cpu) = timed(|| xml::parse(&doc, &Limits::default()).unwrap());
-        report("parse", wall, cpu);
-        let (s, wall, cpu) = timed(|| xml::to_string(&tree));
-        report("to_string", wall, cpu);
-        assert!(s.len() < doc.len());
-        let ((), wall, cpu) = timed(|| drop(tree));
-        report("drop", wall, cpu);
-        let (l, wall, cpu) = timed(|| xml::parse_located(&doc, &Limits::default()).unwrap());
-        report("parse_located", wall, cpu);
-        drop(l);
-    }
-    let req = format!("<request namespace=\"A\" procedure=\"B\">{doc}</request>");
-    let (r, wall, cpu) = timed(|| request::parse_request(&req, "r.xml", Format::Xml).unwrap());
-    report("parse_request", wall, cpu);
-    assert_eq!(r.data.elements().count(), i);
 }
 
 // ------------------------------------------------------------------------ scripts
@@ -930,4 +865,27 @@ fn script_errors() {
         );
         assert_eq!(e.source_ref.line, 3, "{steps}: {e}");
     }
+}
+
+/// XML 1.0 forbids NUL (and the other C0 controls but tab, LF, CR) anywhere, written as a
+/// character as much as `&#0;`: both are refused, at their position.
+#[test]
+fn raw_nul_and_control_characters_are_refused() {
+    for (src, line, col) in [
+        ("<data>\n  <a>x\u{0}y</a>\n</data>", 2, 7),
+        ("<data><a v=\"\u{0}\"/></data>", 1, 13),
+        ("<data>\u{1}</data>", 1, 7),
+    ] {
+        let e = xml::parse(src, &Limits::default()).expect_err(src);
+        assert!(
+            e.message.contains("is not allowed in XML"),
+            "{src:?}: {}",
+            e.message
+        );
+        assert_eq!((e.line, e.column), (line, col), "{src:?}");
+        let req = format!("<request namespace=\"A\" procedure=\"B\">{src}</request>");
+        assert!(request::parse_request(&req, "r.xml", Format::Xml).is_err());
+    }
+    assert!(xml::parse("<data>&#0;</data>", &Limits::default()).is_err());
+    assert!(xml::parse("<data>\ta\r\nb</data>", &Limits::default()).is_ok());
 }

@@ -623,7 +623,8 @@ fn deep_nesting_is_an_error() {
         "}".repeat(depth)
     );
     let e = req_err(&src);
-    assert!(e.message.contains("recursion limit"), "{e}");
+    // refused before serde_yaml recurses, with the limit in the message
+    assert!(e.message.contains("deeper than 128 levels"), "{e}");
     assert!(e.hint.unwrap_or_default().contains("128"));
     let src = format!(
         "call: A/B\ndata: {{ x: {}1{} }}\n",
@@ -1098,5 +1099,213 @@ fn an_invalid_later_document_is_an_error_not_a_hang() {
     assert!(
         errs.iter().any(|e| e.source_ref.file == "multi.yaml"),
         "{errs:?}"
+    );
+}
+
+// ---- the same mistakes in every syntax ---------------------------------------------
+
+/// The first error of a namespace written in `format`, as shown to a person (message
+/// and hint).
+fn shown_error(src: &str, format: Format) -> String {
+    match parse_namespaces(src, "same", format) {
+        Ok(n) => panic!("expected an error in {format:?}, got {n:#?}"),
+        Err(e) => e[0].to_string(),
+    }
+}
+
+/// XML, YAML and JSON answer a mistake with the same words: the shared rules
+/// (`request::rules`) decide and word it, whichever syntax carries it.
+#[test]
+fn same_mistake_same_answer_in_every_syntax() {
+    use provisio_engine::request::rules;
+    // (what is wrong, XML, YAML, JSON, the words every answer must hold)
+    let name = rules::name_error("procedure", "Hosted DNS ");
+    let slash = rules::name_error("procedure", "A/B");
+    let cases: Vec<(&str, String, String, String, Vec<String>)> = vec![
+        (
+            "unknown key",
+            r#"<namespace name="N"><procedure name="P"><execute id="a" namespace="B" procedure="C" neds="x"/></procedure></namespace>"#.into(),
+            "namespace: N\nprocedures:\n  P:\n    steps:\n      a: { call: B/C, neds: x }\n".into(),
+            r#"{"namespace": "N", "procedures": {"P": {"steps": {"a": {"call": "B/C", "neds": "x"}}}}}"#.into(),
+            vec![rules::did_you_mean("neds", ["needs"]).unwrap_or_default()],
+        ),
+        (
+            "misspelt value",
+            r#"<namespace name="N"><procedure name="P" access="publik"/></namespace>"#.into(),
+            "namespace: N\nprocedures:\n  P: { access: publik }\n".into(),
+            r#"{"namespace": "N", "procedures": {"P": {"access": "publik"}}}"#.into(),
+            vec![rules::did_you_mean("publik", ["public"]).unwrap_or_default()],
+        ),
+        (
+            "misspelt scope",
+            r#"<namespace name="N"><procedure name="P"><execute id="a" namespace="B" procedure="C"><before source="dta" destination="executeData"/></execute></procedure></namespace>"#.into(),
+            "namespace: N\nprocedures:\n  P:\n    steps:\n      a: { call: B/C, before: [ { source: dta } ] }\n".into(),
+            r#"{"namespace": "N", "procedures": {"P": {"steps": {"a": {"call": "B/C", "before": [{"source": "dta"}]}}}}}"#.into(),
+            vec![rules::did_you_mean("dta", rules::SCOPE_NAMES.iter().copied()).unwrap_or_default()],
+        ),
+        (
+            "trailing space in a procedure name",
+            r#"<namespace name="N"><procedure name="Hosted DNS "/></namespace>"#.into(),
+            "namespace: N\nprocedures:\n  \"Hosted DNS \": {}\n".into(),
+            r#"{"namespace": "N", "procedures": {"Hosted DNS ": {}}}"#.into(),
+            vec![name.0.clone(), name.1.clone()],
+        ),
+        (
+            "bad procedure name",
+            r#"<namespace name="N"><procedure name="A/B"/></namespace>"#.into(),
+            "namespace: N\nprocedures:\n  A/B: {}\n".into(),
+            r#"{"namespace": "N", "procedures": {"A/B": {}}}"#.into(),
+            vec![slash.0.clone(), slash.1.clone()],
+        ),
+    ];
+    for (what, xml, yaml, json, words) in cases {
+        for (format, src) in [
+            (Format::Xml, &xml),
+            (Format::Yaml, &yaml),
+            (Format::Json, &json),
+        ] {
+            let shown = shown_error(src, format);
+            for w in &words {
+                assert!(!w.is_empty(), "{what}: no words to expect");
+                assert!(
+                    shown.contains(w.as_str()),
+                    "{what} in {format:?}: expected `{w}` in\n{shown}"
+                );
+            }
+        }
+    }
+}
+
+/// YAML nested 100,000 deep, in flow and in block style, is refused with the limit named
+/// (before serde_yaml, whose time grows with the square of the depth: see the bench
+/// `parse_growth/yaml_deep_*`).
+#[test]
+fn yaml_nested_100k_deep_is_refused_at_the_limit() {
+    let flow = format!(
+        "call: A/B\ndata: {{ x: {}1{} }}\n",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    let block = format!("call: A/B\ndata:\n  x:\n    {}1\n", "- ".repeat(100_000));
+    let maps = format!(
+        "call: A/B\ndata: {}1{}\n",
+        "{a: ".repeat(100_000),
+        "}".repeat(100_000)
+    );
+    for (what, src) in [("flow", &flow), ("block", &block), ("flow maps", &maps)] {
+        let e = req_err(src);
+        assert!(
+            e.message.contains("nests deeper than 128 levels"),
+            "{what}: {e}"
+        );
+        assert_eq!(
+            e.source_ref.line,
+            2 + u32::from(what == "block") * 2,
+            "{what}: {e}"
+        );
+        assert!(
+            e.hint.unwrap_or_default().contains("limited to 128 levels"),
+            "{what}"
+        );
+        let ns = src.replacen("call: A/B\ndata:", "namespace: A\nprocedureData:", 1);
+        let e = &parse_namespaces(&ns, "t.yaml", Format::Yaml).unwrap_err()[0];
+        assert!(
+            e.message.contains("nests deeper than 128 levels"),
+            "{what}: {e}"
+        );
+    }
+    // just under the limit still parses as far as depth goes
+    let ok = format!(
+        "call: A/B\ndata: {}1{}\n",
+        "{a: ".repeat(100),
+        "}".repeat(100)
+    );
+    if let Err(e) = parse_request(&ok, "r.yaml", Format::Yaml) {
+        panic!("{e}");
+    }
+}
+
+/// A UTF-8 byte order mark (written by some editors) is not a second document.
+#[test]
+fn yaml_with_a_byte_order_mark() {
+    let r = parse_request(
+        "\u{feff}call: A/B\ndata: { x: 1 }\n",
+        "r.yaml",
+        Format::Yaml,
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(r.target, RequestTarget::Call(_)));
+    let nss = ns_ok("\u{feff}namespace: A\nprocedures:\n  P: {}\n");
+    assert_eq!(nss[0].name, "A");
+    assert_eq!(nss[0].procedures[0].source_ref.line, 3);
+    let j = parse_request("\u{feff}{\"call\": \"A/B\"}", "r.json", Format::Json);
+    assert!(j.is_ok(), "{j:?}");
+}
+
+/// Integers beyond 64 bits become floats, in YAML as in JSON (docs/data-model.md).
+#[test]
+fn integers_beyond_64_bits_become_floats() {
+    let big = "18446744073709551616"; // 2^64
+    let huge = "340282366920938463463374607431768211456"; // 2^128, beyond u128 too
+    for n in [big, huge, "-9223372036854775809"] {
+        let y = parse_request(
+            &format!("call: A/B\ndata: {{ n: {n} }}\n"),
+            "r.yaml",
+            Format::Yaml,
+        )
+        .unwrap_or_else(|e| panic!("{n}: {e}"));
+        let j = parse_request(
+            &format!("{{\"call\": \"A/B\", \"data\": {{\"n\": {n}}}}}"),
+            "r.json",
+            Format::Json,
+        )
+        .unwrap_or_else(|e| panic!("{n}: {e}"));
+        assert_eq!(y.data, j.data, "{n}");
+        let want: f64 = n.parse().unwrap_or_default();
+        assert_eq!(
+            y.data,
+            from_json("data", &json!({ "n": want })).unwrap(),
+            "{n}"
+        );
+    }
+}
+
+/// `{ $expr: … }` nested inside a `with:`/`output:` map computes the value at its path;
+/// constants and placeholders beside it keep working.
+#[test]
+fn nested_expr_in_with_and_output() {
+    let nss = ns_ok(
+        "namespace: A\nprocedures:\n  P:\n    steps:\n      s:\n        call: B/C\n        with:\n          user:\n            name: { $expr: 'upper(data.first)' }\n            home: { dir: { $expr: '\"/home/\" + data.first' } }\n            shell: /bin/sh\n            mail: \"{{ data.mail }}\"\n        output:\n          made: { id: { $expr: 'executeData.id' } }\n",
+    );
+    let e = exec(&nss[0].procedures[0].steps[0]);
+    let expr_at = |list: &[Transform], path: &str| -> (Scope, String) {
+        let t = list
+            .iter()
+            .find(|t| t.destination_path.as_deref() == Some(path))
+            .unwrap_or_else(|| panic!("no transform into {path}: {list:#?}"));
+        match &t.source {
+            TransformSource::Expr(s) => (t.destination.clone(), s.source.clone()),
+            other => panic!("{path}: {other:?}"),
+        }
+    };
+    assert_eq!(
+        expr_at(&e.before, "user/name"),
+        (Scope::ExecuteData, "upper(data.first)".to_string())
+    );
+    assert_eq!(
+        expr_at(&e.before, "user/home/dir"),
+        (Scope::ExecuteData, "\"/home/\" + data.first".to_string())
+    );
+    assert_eq!(
+        expr_at(&e.after, "made/id"),
+        (Scope::Data, "executeData.id".to_string())
+    );
+    assert!(e
+        .before
+        .iter()
+        .any(|t| t.destination_path.as_deref() == Some("user/mail")));
+    assert_eq!(
+        e.execute_data,
+        from_json("executeData", &json!({"user": {"shell": "/bin/sh"}})).unwrap()
     );
 }

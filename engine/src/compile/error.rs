@@ -190,20 +190,10 @@ fn hint_public(p: &[String]) -> String {
     }
 }
 
-/// The closest candidate by edit distance, if it is close enough to be a likely typo.
+/// The closest candidate, if it is close enough to be a likely typo (the one rule every
+/// "did you mean" follows: `request::rules::suggest`).
 pub fn closest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
-    let lower = name.to_lowercase();
-    candidates
-        .into_iter()
-        .map(|c| {
-            (
-                strsim::normalized_damerau_levenshtein(&lower, &c.to_lowercase()),
-                c,
-            )
-        })
-        .filter(|(score, _)| *score >= 0.6)
-        .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, c)| c.to_string())
+    crate::request::rules::suggest(name, candidates).map(str::to_string)
 }
 
 /// Several compile errors (validation reports all of them).

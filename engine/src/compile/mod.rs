@@ -1058,10 +1058,12 @@ impl<'a> Compiler<'a> {
         {
             Ok(c) => Some(c),
             Err(e) => {
+                // the error's own position (inside the script), said once
+                let (file, line, column) = e.location();
                 self.errors.push(CompileError::Invalid {
                     step: step.to_string(),
-                    message: format!("script: {e}"),
-                    at: script.origin.clone(),
+                    message: format!("script: {}", e.message()),
+                    at: SourceRef::new(file, line, column),
                 });
                 None
             }

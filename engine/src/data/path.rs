@@ -1668,20 +1668,16 @@ mod tests {
         assert!(!is_valid_name("a::b"));
     }
 
+    /// Selecting a simple path gives the same nodes every time (its speed is measured by
+    /// `benches/engine.rs`, `path_select`).
     #[test]
-    fn simple_select_is_fast() {
+    fn simple_select_repeats() {
         let t = tree();
         let p = Path::parse("organization/dc").unwrap();
-        let n = 20_000;
-        let start = std::time::Instant::now();
-        let mut count = 0;
-        for _ in 0..n {
-            count += p.select(std::hint::black_box(&t)).len();
+        let first = p.select(&t).len();
+        assert!(first > 0);
+        for _ in 0..100 {
+            assert_eq!(p.select(std::hint::black_box(&t)).len(), first);
         }
-        let per = start.elapsed() / n;
-        eprintln!("select organization/dc: {per:?} per call");
-        assert_eq!(count, n as usize);
-        // Generous bound so debug builds on slow CI pass; release is ~100 ns.
-        assert!(per < std::time::Duration::from_micros(20), "{per:?}");
     }
 }

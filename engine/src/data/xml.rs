@@ -580,6 +580,21 @@ fn parse_core<B: Build>(src: &str, limits: &Limits, plain: &[&str]) -> Result<B,
             ),
         ));
     }
+    // XML 1.0 (Char production) forbids the C0 controls but tab, line feed and carriage
+    // return, written or as a reference; quick-xml passes them through, so look once.
+    if let Some(at) = src
+        .bytes()
+        .position(|b| b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r'))
+    {
+        return Err(error_at(
+            src,
+            at,
+            format!(
+                "character U+{:04X} is not allowed in XML (only tab, line feed and carriage return among the control characters)",
+                src.as_bytes()[at]
+            ),
+        ));
+    }
     // A byte order mark is skipped here so that reader offsets are plain offsets + `bom`.
     let bom = if src.starts_with('\u{feff}') { 3 } else { 0 };
     let mut reader = Reader::from_str(&src[bom..]);

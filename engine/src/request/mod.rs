@@ -2,6 +2,7 @@
 //!
 //! Every error names the file, line and column where it can, and says what to write instead.
 
+pub mod rules;
 pub mod template;
 pub mod xml;
 pub mod yaml;
@@ -142,7 +143,7 @@ pub fn load_namespace_dir(dir: &FsPath) -> (Vec<Namespace>, Vec<ParseError>) {
     (namespaces, errors)
 }
 
-fn read_limited(path: &FsPath) -> Result<String, ParseError> {
+pub(crate) fn read_limited(path: &FsPath) -> Result<String, ParseError> {
     let file = path.display().to_string();
     let meta = std::fs::metadata(path)
         .map_err(|e| ParseError::new(SourceRef::new(&file, 0, 0), format!("cannot read: {e}")))?;

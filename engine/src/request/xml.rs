@@ -5,8 +5,9 @@
 //! closest allowed name. Paths are checked with [`Path::parse`], templates with
 //! [`parse_template`].
 
+use super::rules::{self, read_script_file, SCOPE_NAMES};
 use super::template::parse_template;
-use super::{read_limited, ParseError, MAX_DEPTH, MAX_FILE_BYTES};
+use super::{ParseError, MAX_DEPTH, MAX_FILE_BYTES};
 use crate::data::xml::{
     parse_located, parse_located_plain, Limits, Located, LocatedNode, XmlError,
 };
@@ -18,7 +19,6 @@ use crate::model::{
 };
 use std::cell::OnceCell;
 use std::collections::HashSet;
-use std::path::{Component, Path as FsPath};
 
 /// Parses an XML namespace file (`<namespace>` root, or `<namespaces>` holding several).
 pub fn parse_namespaces(src: &str, file: &str) -> Result<Vec<Namespace>, Vec<ParseError>> {
@@ -174,20 +174,10 @@ const WHERE_ATTRS: &[&str] = &["value", "case"];
 const REQUEST_ATTRS: &[&str] = &["namespace", "procedure"];
 const REQUEST_CHILDREN: &[&str] = &["data", "context", "procedure"];
 const REQUEST_PROCEDURE_ATTRS: &[&str] = &["type", "parallel", "description"];
-const SCOPE_NAMES: &[&str] = &["data", "executeData", "procedureData", "context"];
 
-/// The closest candidate to a misspelt name, if one is close enough.
+/// The closest candidate to a misspelt name (the shared rule).
 fn suggest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
-    let lower = word.to_ascii_lowercase();
-    if let Some(c) = candidates.iter().find(|c| c.to_ascii_lowercase() == lower) {
-        return Some(c);
-    }
-    candidates
-        .iter()
-        .map(|c| (c, strsim::jaro_winkler(&lower, &c.to_ascii_lowercase())))
-        .filter(|(_, score)| *score >= 0.85)
-        .max_by(|a, b| a.1.total_cmp(&b.1))
-        .map(|(c, _)| *c)
+    rules::suggest(word, candidates.iter().copied())
 }
 
 fn list(items: &[&str], quote: (&str, &str)) -> String {
@@ -199,10 +189,7 @@ fn list(items: &[&str], quote: (&str, &str)) -> String {
 }
 
 fn valid_name(name: &str) -> bool {
-    !name.trim().is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_alphanumeric() || matches!(c, '_' | ' ' | '-' | '.'))
+    rules::is_name(name)
 }
 
 /// A start tag: the offset of its `<`, the offset just past its `>`, and (name, offset)
@@ -374,9 +361,10 @@ impl<'f> Ctx<'f> {
     fn name_attr(&self, el: &Located, attr: &str, what: &str) -> Result<String, ParseError> {
         let v = self.required(el, attr)?;
         if !valid_name(v) {
+            let (msg, hint) = rules::name_error(what, v);
             return Err(self
-                .err(el, format!("invalid {what} name `{v}` on <{}>", el.name))
-                .with_hint("names use letters, digits, `_`, space, `-` and `.`"));
+                .err(el, format!("{msg} (on <{}>)", el.name))
+                .with_hint(hint));
         }
         Ok(v.to_string())
     }
@@ -1046,10 +1034,12 @@ impl<'f> Ctx<'f> {
             self.no_children(child)?;
             let name = self.required(child, "name")?;
             if SCOPE_NAMES.contains(&name) || !valid_name(name) || name.contains(' ') {
-                return Err(self.err(
-                    child,
-                    format!("`{name}` cannot be a forEach name"),
-                ).with_hint("use a plain name such as `user`; data, executeData, procedureData and context are taken"));
+                return Err(self
+                    .err(child, format!("`{name}` cannot be a forEach name"))
+                    .with_hint(format!(
+                        "use a plain name such as `user`; {} are taken",
+                        SCOPE_NAMES.join(", ")
+                    )));
             }
             if names.iter().any(|n| n == name) {
                 return Err(self.err(
@@ -1401,43 +1391,6 @@ impl<'f> Ctx<'f> {
         }
         p.steps = body.steps;
         Ok(RequestTarget::Trusted(Box::new(p)))
-    }
-}
-
-/// Reads a script file named in a definition (`file="x.rhai"`, YAML `{ file: x.rhai }`):
-/// relative to the definition file's folder, never absolute and never with `..`. Its origin
-/// is line 1, column 1 of that file. Errors are reported at `at`.
-pub(super) fn read_script_file(
-    definition: &str,
-    name: &str,
-    at: SourceRef,
-) -> Result<Script, ParseError> {
-    let rel = FsPath::new(name);
-    let safe = !name.trim().is_empty()
-        && rel
-            .components()
-            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
-    if !safe {
-        return Err(ParseError::new(
-            at,
-            format!("script file `{name}` must be a relative path inside the definition's folder"),
-        )
-        .with_hint("absolute paths and `..` are refused; put the .rhai file next to the namespace file (or below it)"));
-    }
-    let path = match FsPath::new(definition).parent() {
-        Some(dir) => dir.join(rel),
-        None => rel.to_path_buf(),
-    };
-    let shown = path.display().to_string();
-    match read_limited(&path) {
-        Ok(source) => Ok(Script::new(source, SourceRef::new(shown, 1, 1))),
-        Err(e) => Err(
-            ParseError::new(at, format!("script file `{shown}`: {}", e.message)).with_hint(
-                e.hint.unwrap_or_else(|| {
-                    "the file is read relative to the definition file's folder".to_string()
-                }),
-            ),
-        ),
     }
 }
 
