@@ -13,6 +13,8 @@ mod perms;
 mod quota;
 mod sandbox;
 mod staging;
+#[cfg(test)]
+mod tests;
 
 pub use staging::STAGING_DIR;
 
@@ -30,7 +32,7 @@ use sandbox::{
 };
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// Folder (under the root) that DeleteFolder moves folders into.
 pub const TRASH_DIR: &str = ".provisio-trash";
@@ -53,17 +55,29 @@ pub enum FilesystemError {
 }
 
 /// Folders, files and quotas under a sandbox root.
+///
+/// Every call does blocking file-system work (cap-std calls, `fsync`); the async trait
+/// methods hand it to tokio's blocking pool (as `tokio::fs` does) so a slow disk never
+/// stalls a runtime worker and a step timeout can give up on the call.
 pub struct FilesystemProvider {
+    fs: Arc<Fs>,
+}
+
+/// The provider's state and its synchronous operations, shared with the blocking pool.
+pub(crate) struct Fs {
     root: PathBuf,
     dir: Dir,
     /// Serializes read-modify-write of the quota state file.
     state_lock: Mutex<()>,
+    /// Runs at the start of every blocking operation (tests slow operations down with it).
+    #[cfg(test)]
+    before_op: Option<Box<dyn Fn() + Send + Sync>>,
 }
 
 impl std::fmt::Debug for FilesystemProvider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FilesystemProvider")
-            .field("root", &self.root)
+            .field("root", &self.fs.root)
             .finish()
     }
 }
@@ -78,17 +92,47 @@ impl FilesystemProvider {
         std::fs::create_dir_all(&root).map_err(err)?;
         let dir = Dir::open_ambient_dir(&root, ambient_authority()).map_err(err)?;
         Ok(FilesystemProvider {
-            root,
-            dir,
-            state_lock: Mutex::new(()),
+            fs: Arc::new(Fs {
+                root,
+                dir,
+                state_lock: Mutex::new(()),
+                #[cfg(test)]
+                before_op: None,
+            }),
         })
     }
 
     /// The sandbox root.
     pub fn root(&self) -> &Path {
-        &self.root
+        &self.fs.root
     }
 
+    /// Runs `op` on tokio's blocking pool and waits for it. A panic in `op` is resumed
+    /// here, as if the call had run inline.
+    async fn blocking<T, F>(&self, op: F) -> Result<T, ProviderError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Fs) -> Result<T, ProviderError> + Send + 'static,
+    {
+        let fs = Arc::clone(&self.fs);
+        let task = tokio::task::spawn_blocking(move || {
+            #[cfg(test)]
+            if let Some(hook) = &fs.before_op {
+                hook();
+            }
+            op(&fs)
+        });
+        match task.await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(ProviderError::transient(format!(
+                "the Filesystem provider's blocking task did not finish: {e}"
+            ))),
+        }
+    }
+}
+
+impl Fs {
     /// Parses and checks a path input (see [`sandbox`]).
     fn path_input(
         &self,
@@ -1153,39 +1197,64 @@ impl Provider for FilesystemProvider {
     }
 
     async fn execute(&self, call: Call) -> Result<Outcome, ProviderError> {
+        self.blocking(move |fs| fs.execute_sync(&call)).await
+    }
+
+    async fn undo(&self, done: Done) -> Result<(), ProviderError> {
+        self.blocking(move |fs| fs.undo_sync(&done)).await
+    }
+
+    async fn recover(&self, call: &Call) -> Result<Option<Element>, ProviderError> {
+        let call = call.clone();
+        self.blocking(move |fs| fs.recover_sync(&call)).await
+    }
+
+    async fn preview(&self, call: &Call) -> Result<Preview, ProviderError> {
+        let call = call.clone();
+        self.blocking(move |fs| fs.preview_sync(&call)).await
+    }
+
+    /// Two-phase: StageFolder/StageFile check the staged content and that the target is
+    /// still free; CreateFolder checks the folder is still there.
+    async fn prepare(&self, done: &Done) -> Result<(), ProviderError> {
+        let done = done.clone();
+        self.blocking(move |fs| fs.prepare_sync(&done)).await
+    }
+
+    /// Two-phase: StageFolder/StageFile rename the staged content into place; for
+    /// CreateFolder the folder is already visible and there is nothing to do.
+    async fn commit(&self, done: &Done) -> Result<(), ProviderError> {
+        let done = done.clone();
+        self.blocking(move |fs| fs.commit_sync(&done)).await
+    }
+}
+
+/// The synchronous entry points the trait methods run on the blocking pool.
+impl Fs {
+    fn execute_sync(&self, call: &Call) -> Result<Outcome, ProviderError> {
         match call.context.procedure.as_str() {
-            "CreateFolder" => self.create_folder(&call),
-            "DeleteFolder" => self.delete_folder(&call),
-            "WriteFile" => self.write_file(&call),
-            "SetQuota" => self.set_quota(&call),
-            "GetUsage" => self.get_usage(&call),
-            "MoveFolder" => self.move_folder(&call),
-            "SetPermissions" => self.set_permissions(&call),
-            "StageFolder" => self.stage_folder(&call),
-            "StageFile" => self.stage_file(&call),
+            "CreateFolder" => self.create_folder(call),
+            "DeleteFolder" => self.delete_folder(call),
+            "WriteFile" => self.write_file(call),
+            "SetQuota" => self.set_quota(call),
+            "GetUsage" => self.get_usage(call),
+            "MoveFolder" => self.move_folder(call),
+            "SetPermissions" => self.set_permissions(call),
+            "StageFolder" => self.stage_folder(call),
+            "StageFile" => self.stage_file(call),
             other => Err(ProviderError::invalid(format!(
                 "the Filesystem provider has no procedure {other:?}"
             ))),
         }
     }
 
-    async fn undo(&self, done: Done) -> Result<(), ProviderError> {
-        self.undo_record(&done)?;
+    fn undo_sync(&self, done: &Done) -> Result<(), ProviderError> {
+        self.undo_record(done)?;
         pending::remove(&self.dir, &done.context.idempotency_key());
         Ok(())
     }
 
-    async fn recover(&self, call: &Call) -> Result<Option<Element>, ProviderError> {
-        self.recover_sync(call)
-    }
-
-    async fn preview(&self, call: &Call) -> Result<Preview, ProviderError> {
-        self.preview_sync(call)
-    }
-
-    /// Two-phase: StageFolder/StageFile check the staged content and that the target is
-    /// still free; CreateFolder checks the folder is still there.
-    async fn prepare(&self, done: &Done) -> Result<(), ProviderError> {
+    fn prepare_sync(&self, done: &Done) -> Result<(), ProviderError> {
         match opt_input(&done.undo, &["op"]).as_deref() {
             Some("unstage") => self.prepare_staged(done),
             Some("removeFolder") => {
@@ -1205,9 +1274,7 @@ impl Provider for FilesystemProvider {
         }
     }
 
-    /// Two-phase: StageFolder/StageFile rename the staged content into place; for
-    /// CreateFolder the folder is already visible and there is nothing to do.
-    async fn commit(&self, done: &Done) -> Result<(), ProviderError> {
+    fn commit_sync(&self, done: &Done) -> Result<(), ProviderError> {
         match opt_input(&done.undo, &["op"]).as_deref() {
             Some("unstage") => self.commit_staged(done),
             Some("removeFolder") => Ok(()),

@@ -9,7 +9,7 @@
 
 use super::acl::{self, PermState, Request};
 use super::sandbox::{io_error, RelPath, E_PATH_NOT_FOUND};
-use super::{parse_mode, pending, FilesystemProvider};
+use super::{parse_mode, pending, Fs};
 use crate::common::{opt_input, opt_nonempty, req_input, text};
 use provisio_engine::data::Element;
 use provisio_engine::provider::{Call, Outcome, Preview, ProviderError};
@@ -54,7 +54,7 @@ struct Target {
     is_dir: bool,
 }
 
-impl FilesystemProvider {
+impl Fs {
     /// Checks `path` for SetPermissions: it exists and is not a symlink.
     fn perm_target(&self, field: &str, path: RelPath) -> Result<Target, ProviderError> {
         let meta = self.lstat(&path)?.ok_or_else(|| ProviderError::Permanent {

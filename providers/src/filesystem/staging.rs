@@ -9,7 +9,7 @@
 //! from "never committed, nothing at the target is ours".
 
 use super::sandbox::{io_error, RelPath, E_ALREADY_EXISTS, E_DIR_NOT_EMPTY, E_PATH_NOT_FOUND};
-use super::{create_dir_mode, parse_mode, pending, set_mode, FilesystemProvider};
+use super::{create_dir_mode, parse_mode, pending, set_mode, Fs};
 use crate::common::{fnv1a, opt_input, opt_nonempty, req_input, sanitize_key, text};
 use cap_std::fs::{Dir, OpenOptions};
 use provisio_engine::data::{Element, Scalar};
@@ -79,7 +79,7 @@ impl Staged {
     }
 }
 
-impl FilesystemProvider {
+impl Fs {
     fn staged_from(&self, u: &Element) -> Result<Staged, ProviderError> {
         let kind = Kind::parse(&req_input(u, &["kind"])?)?;
         let path = self.undo_path(u, "path")?;
