@@ -11,6 +11,7 @@ mod acl;
 mod pending;
 mod perms;
 mod quota;
+mod records;
 mod sandbox;
 mod staging;
 #[cfg(test)]
@@ -27,6 +28,7 @@ use provisio_engine::model::ProcKind;
 use provisio_engine::provider::{
     Call, Done, Outcome, Preview, ProcedureSpec, Provider, ProviderError, UndoKind,
 };
+use records::{Marker, UndoRecord};
 use sandbox::{
     check_symlinks, io_error, RelPath, E_ALREADY_EXISTS, E_DIR_NOT_EMPTY, E_PATH_NOT_FOUND,
 };
@@ -259,7 +261,10 @@ impl Fs {
         pending::write(
             &self.dir,
             &call.context.idempotency_key(),
-            &serde_json::json!({"op": "CreateFolder", "path": path.display(), "missingParents": missing}),
+            &Marker::CreateFolder {
+                path: path.display(),
+                missing_parents: missing,
+            },
         )?;
         // Create missing parents first, remembering them for undo.
         let mut created: Vec<RelPath> = Vec::new();
@@ -301,15 +306,13 @@ impl Fs {
         }
         let mut out = call.execute_data.clone();
         out.push(text("created", path.display()));
-        let mut undo = Element::new("undo");
-        undo.push(text("op", "removeFolder"));
-        undo.push(text("path", path.display()));
-        for p in created.iter().rev() {
-            undo.push(text("createdParent", p.display()));
-        }
+        let undo = UndoRecord::RemoveFolder {
+            path: path.display(),
+            created_parents: created.iter().rev().map(RelPath::display).collect(),
+        };
         Ok(Outcome {
             execute_data: out,
-            undo: Some(undo),
+            undo: Some(undo.to_element()?),
         })
     }
 
@@ -320,11 +323,11 @@ impl Fs {
         let trash_name = sanitize_key(&call.context.idempotency_key());
         let trash = trash_path(&trash_name);
         let undo = || {
-            let mut undo = Element::new("undo");
-            undo.push(text("op", "restoreFolder"));
-            undo.push(text("path", path.display()));
-            undo.push(text("trash", trash_name.clone()));
-            undo
+            UndoRecord::RestoreFolder {
+                path: path.display(),
+                trash: trash_name.clone(),
+            }
+            .to_element()
         };
         let mut out = call.execute_data.clone();
         out.push(text("deleted", path.display()));
@@ -333,7 +336,7 @@ impl Fs {
         if meta.is_none() && self.dir.symlink_metadata(&trash).is_ok() {
             return Ok(Outcome {
                 execute_data: out,
-                undo: Some(undo()),
+                undo: Some(undo()?),
             });
         }
         match meta {
@@ -381,7 +384,7 @@ impl Fs {
             .map_err(|e| io_error(&format!("folder `{}`", path.display()), e))?;
         Ok(Outcome {
             execute_data: out,
-            undo: Some(undo()),
+            undo: Some(undo()?),
         })
     }
 
@@ -396,7 +399,10 @@ impl Fs {
             pending::write(
                 &self.dir,
                 &call.context.idempotency_key(),
-                &serde_json::json!({"op": "WriteFile", "path": path.display(), "bytes": content.len()}),
+                &Marker::WriteFile {
+                    path: path.display(),
+                    bytes: u64::try_from(content.len()).unwrap_or(u64::MAX),
+                },
             )?;
         }
         let mut opts = OpenOptions::new();
@@ -435,12 +441,12 @@ impl Fs {
             "bytes",
             Scalar::Int(i64::try_from(content.len()).unwrap_or(i64::MAX)),
         ));
-        let mut undo = Element::new("undo");
-        undo.push(text("op", "removeFile"));
-        undo.push(text("path", path.display()));
+        let undo = UndoRecord::RemoveFile {
+            path: path.display(),
+        };
         Ok(Outcome {
             execute_data: out,
-            undo: Some(undo),
+            undo: Some(undo.to_element()?),
         })
     }
 
@@ -474,7 +480,11 @@ impl Fs {
             pending::write(
                 &self.dir,
                 &call.context.idempotency_key(),
-                &serde_json::json!({"op": "SetQuota", "path": path.display(), "megabytes": mb, "previous": quotas.get(&path.display())}),
+                &Marker::SetQuota {
+                    path: path.display(),
+                    megabytes: mb,
+                    previous: quotas.get(&path.display()).copied(),
+                },
             )?;
             let previous = quotas.insert(path.display(), mb);
             quota::store(&self.dir, &quotas)?;
@@ -491,16 +501,13 @@ impl Fs {
                 Scalar::Int(to_i64(p)),
             ));
         }
-        let mut undo = Element::new("undo");
-        undo.push(text("op", "restoreQuota"));
-        undo.push(text("path", path.display()));
-        undo.push(text(
-            "previous",
-            previous.map_or_else(|| "none".to_string(), |p| p.to_string()),
-        ));
+        let undo = UndoRecord::RestoreQuota {
+            path: path.display(),
+            previous,
+        };
         Ok(Outcome {
             execute_data: out,
-            undo: Some(undo),
+            undo: Some(undo.to_element()?),
         })
     }
 
@@ -612,18 +619,21 @@ impl Fs {
         pending::write(
             &self.dir,
             &call.context.idempotency_key(),
-            &serde_json::json!({"op": "MoveFolder", "from": from.display(), "to": to.display()}),
+            &Marker::MoveFolder {
+                from: from.display(),
+                to: to.display(),
+            },
         )?;
         self.rename_with_quotas(&from, &to)?;
         let mut out = call.execute_data.clone();
         out.push(text("moved", to.display()));
-        let mut undo = Element::new("undo");
-        undo.push(text("op", "moveBack"));
-        undo.push(text("from", from.display()));
-        undo.push(text("to", to.display()));
+        let undo = UndoRecord::MoveBack {
+            from: from.display(),
+            to: to.display(),
+        };
         Ok(Outcome {
             execute_data: out,
-            undo: Some(undo),
+            undo: Some(undo.to_element()?),
         })
     }
 
@@ -647,11 +657,13 @@ impl Fs {
     // ---- undo ---------------------------------------------------------------------
 
     fn undo_record(&self, done: &Done) -> Result<(), ProviderError> {
-        let u = &done.undo;
-        let op = opt_input(u, &["op"]).unwrap_or_default();
-        match op.as_str() {
-            "removeFolder" => {
-                let path = self.undo_path(u, "path")?;
+        let record = UndoRecord::from_element(&done.context.procedure, &done.undo)?;
+        match record {
+            UndoRecord::RemoveFolder {
+                path,
+                created_parents,
+            } => {
+                let path = self.checked("path", &path, false)?;
                 match self.lstat(&path)? {
                     None => {}
                     Some(m) if m.is_dir() => match self.dir.remove_dir(path.path()) {
@@ -676,22 +688,25 @@ impl Fs {
                         )))
                     }
                 }
-                for parent in u.elements().filter(|e| e.name == "createdParent") {
-                    let p = self.checked("createdParent", &parent.string_value(), false)?;
+                for parent in &created_parents {
+                    let p = self.checked("createdParent", parent, false)?;
                     // Leave parents that others have filled meanwhile.
                     let _ = self.dir.remove_dir(p.path());
                 }
                 Ok(())
             }
-            "restoreFolder" => {
-                let path = self.undo_path(u, "path")?;
-                let name = req_input(u, &["trash"])?;
-                if name.contains('/') || name.starts_with('.') || name.contains('\0') {
+            UndoRecord::RestoreFolder { path, trash } => {
+                let path = self.checked("path", &path, false)?;
+                if trash.is_empty()
+                    || trash.contains('/')
+                    || trash.starts_with('.')
+                    || trash.contains('\0')
+                {
                     return Err(ProviderError::invalid(format!(
-                        "undo record has a bad trash name {name:?}"
+                        "undo record has a bad trash name {trash:?}"
                     )));
                 }
-                let trash = trash_path(&name);
+                let trash = trash_path(&trash);
                 let in_trash = self.dir.symlink_metadata(&trash).is_ok();
                 let at_path = self.lstat(&path)?.is_some();
                 match (in_trash, at_path) {
@@ -715,8 +730,8 @@ impl Fs {
                     ))),
                 }
             }
-            "removeFile" => {
-                let path = self.undo_path(u, "path")?;
+            UndoRecord::RemoveFile { path } => {
+                let path = self.checked("path", &path, false)?;
                 match self.lstat(&path)? {
                     None => Ok(()),
                     Some(m) if m.is_file() => match self.dir.remove_file(path.path()) {
@@ -730,17 +745,8 @@ impl Fs {
                     ))),
                 }
             }
-            "restoreQuota" => {
-                let path = self.undo_path(u, "path")?;
-                let previous = req_input(u, &["previous"])?;
-                let previous: Option<u64> = match previous.trim() {
-                    "none" => None,
-                    p => Some(p.parse().map_err(|_| {
-                        ProviderError::invalid(format!(
-                            "undo record has a bad previous quota {p:?}"
-                        ))
-                    })?),
-                };
+            UndoRecord::RestoreQuota { path, previous } => {
+                let path = self.checked("path", &path, false)?;
                 let _guard = self.lock_state();
                 let mut quotas = quota::load(&self.dir)?;
                 let key = path.display();
@@ -753,9 +759,9 @@ impl Fs {
                 }
                 Ok(())
             }
-            "moveBack" => {
-                let from = self.undo_path(u, "from")?;
-                let to = self.undo_path(u, "to")?;
+            UndoRecord::MoveBack { from, to } => {
+                let from = self.checked("from", &from, false)?;
+                let to = self.checked("to", &to, false)?;
                 let at_to = self.lstat(&to)?.is_some();
                 let at_from = self.lstat(&from)?.is_some();
                 match (at_to, at_from) {
@@ -779,12 +785,10 @@ impl Fs {
                     }),
                 }
             }
-            "restorePermissions" => self.restore_permissions(u),
-            "unstage" => self.unstage(done),
-            other => Err(ProviderError::invalid(format!(
-                "Filesystem cannot undo {}: unknown undo record op {other:?}",
-                done.context.procedure
-            ))),
+            UndoRecord::RestorePermissions { path, previous } => {
+                self.restore_permissions(&path, &previous)
+            }
+            record @ UndoRecord::Unstage { .. } => self.unstage(done, &record),
         }
     }
 
@@ -797,7 +801,7 @@ impl Fs {
             "GetUsage" => return Ok(None),
             _ => {}
         }
-        let Some(marker) = pending::read(&self.dir, &key) else {
+        let Some(marker) = pending::read(&self.dir, &key)? else {
             // No marker: the provider never got past its checks, so nothing changed.
             return match call.context.procedure.as_str() {
                 "CreateFolder" | "WriteFile" | "SetQuota" | "MoveFolder" | "SetPermissions"
@@ -807,68 +811,64 @@ impl Fs {
                 ))),
             };
         };
-        let op = marker
-            .get("op")
-            .and_then(|v| v.as_str())
-            .unwrap_or_default();
-        match op {
-            "MoveFolder" => return self.recover_move(&key, &marker),
-            "SetPermissions" => return self.recover_permissions(&key, &marker),
-            "Stage" => return self.recover_staged(call, &marker),
-            _ => {}
-        }
-        let path_text = marker
-            .get("path")
-            .and_then(|v| v.as_str())
-            .unwrap_or_default()
-            .to_string();
-        let path = self.checked("path", &path_text, false)?;
-        let applied = match op {
-            "CreateFolder" => self.lstat(&path)?.is_some_and(|m| m.is_dir()),
-            "WriteFile" => self.lstat(&path)?.is_some_and(|m| m.is_file()),
-            "SetQuota" => {
-                let want = marker.get("megabytes").and_then(|v| v.as_u64());
-                quota::load(&self.dir)?.get(&path.display()).copied() == want
-            }
-            _ => false,
-        };
-        if !applied {
+        let not_applied = || {
             pending::remove(&self.dir, &key);
-            return Ok(None);
-        }
-        let mut undo = Element::new("undo");
-        match op {
-            "CreateFolder" => {
-                undo.push(text("op", "removeFolder"));
-                undo.push(text("path", path.display()));
-                let parents = marker
-                    .get("missingParents")
-                    .and_then(|v| v.as_array())
-                    .cloned()
-                    .unwrap_or_default();
-                for p in parents.iter().rev().filter_map(|p| p.as_str()) {
+            Ok(None)
+        };
+        let undo = match marker {
+            Marker::MoveFolder { from, to } => return self.recover_move(&key, &from, &to),
+            Marker::SetPermissions {
+                path,
+                previous,
+                new,
+            } => return self.recover_permissions(&key, &path, &previous, &new),
+            Marker::Stage { kind, path, .. } => return self.recover_staged(call, kind, &path),
+            Marker::CreateFolder {
+                path,
+                missing_parents,
+            } => {
+                let path = self.checked("path", &path, false)?;
+                if !self.lstat(&path)?.is_some_and(|m| m.is_dir()) {
+                    return not_applied();
+                }
+                let mut created_parents = Vec::new();
+                for p in missing_parents.iter().rev() {
                     if let Ok(rel) = self.checked("path", p, false) {
                         if self.lstat(&rel)?.is_some_and(|m| m.is_dir()) {
-                            undo.push(text("createdParent", rel.display()));
+                            created_parents.push(rel.display());
                         }
                     }
                 }
+                UndoRecord::RemoveFolder {
+                    path: path.display(),
+                    created_parents,
+                }
             }
-            "WriteFile" => {
-                undo.push(text("op", "removeFile"));
-                undo.push(text("path", path.display()));
+            Marker::WriteFile { path, .. } => {
+                let path = self.checked("path", &path, false)?;
+                if !self.lstat(&path)?.is_some_and(|m| m.is_file()) {
+                    return not_applied();
+                }
+                UndoRecord::RemoveFile {
+                    path: path.display(),
+                }
             }
-            _ => {
-                undo.push(text("op", "restoreQuota"));
-                undo.push(text("path", path.display()));
-                let previous = marker.get("previous").and_then(|v| v.as_u64());
-                undo.push(text(
-                    "previous",
-                    previous.map_or_else(|| "none".to_string(), |p| p.to_string()),
-                ));
+            Marker::SetQuota {
+                path,
+                megabytes,
+                previous,
+            } => {
+                let path = self.checked("path", &path, false)?;
+                if quota::load(&self.dir)?.get(&path.display()).copied() != Some(megabytes) {
+                    return not_applied();
+                }
+                UndoRecord::RestoreQuota {
+                    path: path.display(),
+                    previous,
+                }
             }
-        }
-        Ok(Some(undo))
+        };
+        Ok(Some(undo.to_element()?))
     }
 
     /// DeleteFolder moved the folder iff its trash entry (named after the idempotency key)
@@ -880,11 +880,11 @@ impl Fs {
         }
         let raw = req_input(&call.execute_data, &["path"])?;
         let path = RelPath::parse("path", &raw, false)?;
-        let mut undo = Element::new("undo");
-        undo.push(text("op", "restoreFolder"));
-        undo.push(text("path", path.display()));
-        undo.push(text("trash", trash_name));
-        Ok(Some(undo))
+        let undo = UndoRecord::RestoreFolder {
+            path: path.display(),
+            trash: trash_name,
+        };
+        Ok(Some(undo.to_element()?))
     }
 
     /// MoveFolder from its marker: `from` gone and `to` there → moved; `from` there and `to`
@@ -892,21 +892,21 @@ impl Fs {
     fn recover_move(
         &self,
         key: &str,
-        marker: &serde_json::Value,
+        from: &str,
+        to: &str,
     ) -> Result<Option<Element>, ProviderError> {
-        let field = |n: &str| marker.get(n).and_then(|v| v.as_str()).unwrap_or_default();
-        let from = RelPath::parse("from", field("from"), false)?;
-        let to = RelPath::parse("to", field("to"), false)?;
+        let from = RelPath::parse("from", from, false)?;
+        let to = RelPath::parse("to", to, false)?;
         let at_from = self.lstat(&from)?.is_some();
         let at_to = self.lstat(&to)?.is_some_and(|m| m.is_dir());
         match (at_from, at_to) {
-            (false, true) => {
-                let mut undo = Element::new("undo");
-                undo.push(text("op", "moveBack"));
-                undo.push(text("from", from.display()));
-                undo.push(text("to", to.display()));
-                Ok(Some(undo))
-            }
+            (false, true) => Ok(Some(
+                UndoRecord::MoveBack {
+                    from: from.display(),
+                    to: to.display(),
+                }
+                .to_element()?,
+            )),
             (true, false) => {
                 pending::remove(&self.dir, key);
                 Ok(None)
@@ -952,11 +952,6 @@ impl Fs {
             }
         }
         Ok(())
-    }
-
-    fn undo_path(&self, undo: &Element, field: &str) -> Result<RelPath, ProviderError> {
-        let raw = req_input(undo, &[field])?;
-        self.checked(field, &raw, false)
     }
 
     fn preview_sync(&self, call: &Call) -> Result<Preview, ProviderError> {
@@ -1255,10 +1250,10 @@ impl Fs {
     }
 
     fn prepare_sync(&self, done: &Done) -> Result<(), ProviderError> {
-        match opt_input(&done.undo, &["op"]).as_deref() {
-            Some("unstage") => self.prepare_staged(done),
-            Some("removeFolder") => {
-                let path = self.undo_path(&done.undo, "path")?;
+        match UndoRecord::from_element(&done.context.procedure, &done.undo)? {
+            record @ UndoRecord::Unstage { .. } => self.prepare_staged(&record),
+            UndoRecord::RemoveFolder { path, .. } => {
+                let path = self.checked("path", &path, false)?;
                 match self.lstat(&path)? {
                     Some(m) if m.is_dir() => Ok(()),
                     _ => Err(ProviderError::permanent(format!(
@@ -1275,9 +1270,9 @@ impl Fs {
     }
 
     fn commit_sync(&self, done: &Done) -> Result<(), ProviderError> {
-        match opt_input(&done.undo, &["op"]).as_deref() {
-            Some("unstage") => self.commit_staged(done),
-            Some("removeFolder") => Ok(()),
+        match UndoRecord::from_element(&done.context.procedure, &done.undo)? {
+            record @ UndoRecord::Unstage { .. } => self.commit_staged(done, &record),
+            UndoRecord::RemoveFolder { .. } => Ok(()),
             _ => Err(ProviderError::Unsupported(format!(
                 "Filesystem has no two-phase commit for {}",
                 done.context.procedure

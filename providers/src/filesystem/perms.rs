@@ -8,9 +8,10 @@
 //! `l*` calls would not follow it anyway).
 
 use super::acl::{self, PermState, Request};
+use super::records::{Marker, PermTexts, UndoRecord};
 use super::sandbox::{io_error, RelPath, E_PATH_NOT_FOUND};
 use super::{parse_mode, pending, Fs};
-use crate::common::{opt_input, opt_nonempty, req_input, text};
+use crate::common::{opt_nonempty, text};
 use provisio_engine::data::Element;
 use provisio_engine::provider::{Call, Outcome, Preview, ProviderError};
 use std::io;
@@ -181,12 +182,11 @@ impl Fs {
         pending::write(
             &self.dir,
             &call.context.idempotency_key(),
-            &serde_json::json!({
-                "op": "SetPermissions",
-                "path": t.path.display(),
-                "previous": state_json(&prev),
-                "new": state_json(&new),
-            }),
+            &Marker::SetPermissions {
+                path: t.path.display(),
+                previous: PermTexts::of(&prev),
+                new: PermTexts::of(&new),
+            },
         )?;
         if let Err(e) = self.apply_perms(&t, &prev, &new) {
             // Leave nothing half-done: put back what was there.
@@ -207,15 +207,19 @@ impl Fs {
         out.push(text("appliedDefaultAcl", now.default_text()));
         Ok(Outcome {
             execute_data: out,
-            undo: Some(restore_record(&t.path, &prev)),
+            undo: Some(restore_record(&t.path, &prev)?),
         })
     }
 
     /// Undo: puts back the recorded mode and ACLs (a path that is gone has nothing left to
     /// restore).
-    pub(super) fn restore_permissions(&self, u: &Element) -> Result<(), ProviderError> {
-        let path = self.undo_path(u, "path")?;
-        let prev = record_state(u)?;
+    pub(super) fn restore_permissions(
+        &self,
+        path: &str,
+        previous: &PermTexts,
+    ) -> Result<(), ProviderError> {
+        let path = self.checked("path", path, false)?;
+        let prev = previous.state()?;
         if self.lstat(&path)?.is_none() {
             tracing::warn!(path = %path.display(), "undo SetPermissions: the path is gone");
             return Ok(());
@@ -235,16 +239,16 @@ impl Fs {
     pub(super) fn recover_permissions(
         &self,
         key: &str,
-        marker: &serde_json::Value,
+        path: &str,
+        previous: &PermTexts,
+        new: &PermTexts,
     ) -> Result<Option<Element>, ProviderError> {
-        let path_text = marker
-            .get("path")
-            .and_then(|v| v.as_str())
-            .unwrap_or_default();
-        let path = RelPath::parse("path", path_text, false)?;
-        let bad = |e: String| ProviderError::permanent(format!("recovery marker for {key}: {e}"));
-        let prev = json_state(marker.get("previous")).map_err(bad)?;
-        let new = json_state(marker.get("new")).map_err(bad)?;
+        let path = RelPath::parse("path", path, false)?;
+        let bad = |e: ProviderError| {
+            ProviderError::permanent(format!("recovery marker for {key}: {}", e.message()))
+        };
+        let prev = previous.state().map_err(bad)?;
+        let new = new.state().map_err(bad)?;
         if self.lstat(&path)?.is_none() {
             pending::remove(&self.dir, key);
             return Ok(None);
@@ -256,7 +260,7 @@ impl Fs {
             return Ok(None);
         }
         if now == new {
-            return Ok(Some(restore_record(&t.path, &prev)));
+            return Ok(Some(restore_record(&t.path, &prev)?));
         }
         let either = |a: u32, b: u32, c: u32| a == b || a == c;
         let ours = (either(now.mode & 0o777, prev.mode & 0o777, new.mode & 0o777))
@@ -304,38 +308,10 @@ impl Fs {
     }
 }
 
-fn state_json(s: &PermState) -> serde_json::Value {
-    serde_json::json!({
-        "mode": format!("{:04o}", s.mode),
-        "acl": s.access_text(),
-        "defaultAcl": s.default_text(),
-    })
-}
-
-fn json_state(v: Option<&serde_json::Value>) -> Result<PermState, String> {
-    let field = |name: &str| {
-        v.and_then(|v| v.get(name))
-            .and_then(|v| v.as_str())
-            .ok_or_else(|| format!("missing {name}"))
+fn restore_record(path: &RelPath, prev: &PermState) -> Result<Element, ProviderError> {
+    let record = UndoRecord::RestorePermissions {
+        path: path.display(),
+        previous: PermTexts::of(prev),
     };
-    let mode = u32::from_str_radix(field("mode")?, 8).map_err(|e| format!("bad mode: {e}"))?;
-    PermState::from_texts(mode, field("acl")?, field("defaultAcl")?)
-}
-
-fn restore_record(path: &RelPath, prev: &PermState) -> Element {
-    let mut undo = Element::new("undo");
-    undo.push(text("op", "restorePermissions"));
-    undo.push(text("path", path.display()));
-    undo.push(text("mode", format!("{:04o}", prev.mode)));
-    undo.push(text("acl", prev.access_text()));
-    undo.push(text("defaultAcl", prev.default_text()));
-    undo
-}
-
-fn record_state(u: &Element) -> Result<PermState, ProviderError> {
-    let mode = parse_mode("mode", Some(req_input(u, &["mode"])?))?.unwrap_or(0);
-    let access = opt_input(u, &["acl"]).unwrap_or_else(|| "none".into());
-    let default = opt_input(u, &["defaultAcl"]).unwrap_or_else(|| "none".into());
-    PermState::from_texts(mode, &access, &default)
-        .map_err(|e| ProviderError::invalid(format!("undo record: {e}")))
+    Ok(record.to_element()?)
 }
