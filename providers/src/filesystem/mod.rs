@@ -56,6 +56,15 @@ pub enum FilesystemError {
     },
 }
 
+/// Settings of a [`FilesystemProvider`] beyond its root (`[providers.filesystem]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FilesystemOptions {
+    /// Accept `mode` inputs with the setuid (`04000`), setgid (`02000`) or sticky (`01000`)
+    /// bit. Off by default: a request could otherwise make a tenant's program run as the
+    /// provider's user (root, typically).
+    pub allow_special_modes: bool,
+}
+
 /// Folders, files and quotas under a sandbox root.
 ///
 /// Every call does blocking file-system work (cap-std calls, `fsync`); the async trait
@@ -71,6 +80,7 @@ pub(crate) struct Fs {
     dir: Dir,
     /// Serializes read-modify-write of the quota state file.
     state_lock: Mutex<()>,
+    options: FilesystemOptions,
     /// Runs at the start of every blocking operation (tests slow operations down with it).
     #[cfg(test)]
     before_op: Option<Box<dyn Fn() + Send + Sync>>,
@@ -85,8 +95,16 @@ impl std::fmt::Debug for FilesystemProvider {
 }
 
 impl FilesystemProvider {
-    /// Opens (creating it if missing) the sandbox root.
+    /// Opens (creating it if missing) the sandbox root, with the default options.
     pub fn new(root: PathBuf) -> Result<Self, FilesystemError> {
+        Self::with_options(root, FilesystemOptions::default())
+    }
+
+    /// Opens (creating it if missing) the sandbox root.
+    pub fn with_options(
+        root: PathBuf,
+        options: FilesystemOptions,
+    ) -> Result<Self, FilesystemError> {
         let err = |source| FilesystemError::Root {
             path: root.clone(),
             source,
@@ -98,6 +116,7 @@ impl FilesystemProvider {
                 root,
                 dir,
                 state_lock: Mutex::new(()),
+                options,
                 #[cfg(test)]
                 before_op: None,
             }),
@@ -144,6 +163,20 @@ impl Fs {
     ) -> Result<RelPath, ProviderError> {
         let raw = req_input(data, &[field])?;
         self.checked(field, &raw, allow_root)
+    }
+
+    /// The optional `mode` input; setuid/setgid/sticky bits only when the options allow them.
+    fn mode_input(&self, data: &Element) -> Result<Option<u32>, ProviderError> {
+        let mode = parse_mode("mode", opt_nonempty(data, &["mode"]))?;
+        if let Some(m) = mode {
+            if m & 0o7000 != 0 && !self.options.allow_special_modes {
+                return Err(ProviderError::invalid(format!(
+                    "input `mode`: {m:04o} sets the setuid, setgid or sticky bit, which this provider refuses; give only permission bits (e.g. {:04o}) or set `allow_special_modes = true` under [providers.filesystem]",
+                    m & 0o777
+                )));
+            }
+        }
+        Ok(mode)
     }
 
     fn checked(&self, field: &str, raw: &str, allow_root: bool) -> Result<RelPath, ProviderError> {
@@ -244,7 +277,7 @@ impl Fs {
     fn create_folder(&self, call: &Call) -> Result<Outcome, ProviderError> {
         let data = &call.execute_data;
         let path = self.path_input(data, "path", false)?;
-        let mode = parse_mode("mode", opt_nonempty(data, &["mode"]))?;
+        let mode = self.mode_input(data)?;
         if self.lstat(&path)?.is_some() {
             return Err(ProviderError::Permanent {
                 code: E_ALREADY_EXISTS,
@@ -392,7 +425,7 @@ impl Fs {
         let data = &call.execute_data;
         let path = self.path_input(data, "path", false)?;
         let content = opt_input(data, &["content"]).unwrap_or_default();
-        let mode = parse_mode("mode", opt_nonempty(data, &["mode"]))?;
+        let mode = self.mode_input(data)?;
         self.require_parent_dir("path", &path)?;
         self.check_quota(&path, u64::try_from(content.len()).unwrap_or(u64::MAX))?;
         if self.lstat(&path)?.is_none() {

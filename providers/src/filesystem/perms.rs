@@ -9,8 +9,8 @@
 
 use super::acl::{self, PermState, Request};
 use super::records::{Marker, PermTexts, UndoRecord};
-use super::sandbox::{io_error, RelPath, E_PATH_NOT_FOUND};
-use super::{parse_mode, pending, Fs};
+use super::sandbox::{io_error, RelPath, E_ACCESS_DENIED, E_PATH_NOT_FOUND};
+use super::{pending, Fs};
 use crate::common::{opt_nonempty, text};
 use provisio_engine::data::Element;
 use provisio_engine::provider::{Call, Outcome, Preview, ProviderError};
@@ -48,6 +48,28 @@ fn resolve_name(is_group: bool, name: &str) -> Option<u32> {
     acl::lookup_id(&text, name)
 }
 
+/// Refuses a regular file with more than one hard link: another link may be outside the
+/// root (a link planted inside the root would let a request change a file it cannot
+/// name). Folders cannot be hard-linked.
+fn refuse_hard_links(
+    field: &str,
+    path: &RelPath,
+    meta: &cap_std::fs::Metadata,
+) -> Result<(), ProviderError> {
+    use cap_std::fs::MetadataExt;
+    if meta.is_file() && meta.nlink() > 1 {
+        return Err(ProviderError::Permanent {
+            code: E_ACCESS_DENIED,
+            message: format!(
+                "input `{field}`: `{}` has {} hard links; the provider does not change a file that has other names (one may be outside its root)",
+                path.display(),
+                meta.nlink()
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// The parsed inputs of one SetPermissions call.
 struct Target {
     path: RelPath,
@@ -68,6 +90,7 @@ impl Fs {
                 path.display()
             )));
         }
+        refuse_hard_links(field, &path, &meta)?;
         let real = self.root.join(path.path());
         Ok(Target {
             path,
@@ -120,6 +143,11 @@ impl Fs {
         want: &PermState,
     ) -> Result<(), ProviderError> {
         let what = format!("`{}`", t.path.display());
+        // Checked again just before the change: a link planted since the first check must
+        // not carry the change outside the root.
+        if let Some(meta) = self.lstat(&t.path)? {
+            refuse_hard_links("path", &t.path, &meta)?;
+        }
         let write = |name: &str, old: &Option<acl::Acl>, new: &Option<acl::Acl>| {
             if old == new {
                 return Ok(());
@@ -147,7 +175,7 @@ impl Fs {
     }
 
     fn perm_request(&self, data: &Element) -> Result<(Option<u32>, Request), ProviderError> {
-        let mode = parse_mode("mode", opt_nonempty(data, &["mode"]))?;
+        let mode = self.mode_input(data)?;
         let req = match opt_nonempty(data, &["acl"]) {
             Some(raw) => acl::parse_request(&raw, &resolve_name)
                 .map_err(|e| ProviderError::invalid(format!("input `acl`: {e}")))?,

@@ -10,8 +10,8 @@
 
 use super::records::{Marker, StagePhase, StagedKind, UndoRecord};
 use super::sandbox::{io_error, RelPath, E_ALREADY_EXISTS, E_DIR_NOT_EMPTY, E_PATH_NOT_FOUND};
-use super::{create_dir_mode, parse_mode, pending, set_mode, Fs};
-use crate::common::{fnv1a, opt_input, opt_nonempty, sanitize_key, text};
+use super::{create_dir_mode, pending, set_mode, Fs};
+use crate::common::{fnv1a, opt_input, sanitize_key, text};
 use cap_std::fs::{Dir, OpenOptions};
 use provisio_engine::data::{Element, Scalar};
 use provisio_engine::provider::{Call, Done, Outcome, ProviderError};
@@ -99,7 +99,7 @@ impl Fs {
     fn stage(&self, call: &Call, kind: StagedKind) -> Result<Outcome, ProviderError> {
         let data = &call.execute_data;
         let path = self.path_input(data, "path", false)?;
-        let mode = parse_mode("mode", opt_nonempty(data, &["mode"]))?;
+        let mode = self.mode_input(data)?;
         let content = match kind {
             StagedKind::File => opt_input(data, &["content"]).unwrap_or_default(),
             StagedKind::Folder => String::new(),
