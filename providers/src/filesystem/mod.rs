@@ -14,10 +14,12 @@ mod quota;
 mod records;
 mod sandbox;
 mod staging;
+mod sweep;
 #[cfg(test)]
 mod tests;
 
 pub use staging::STAGING_DIR;
+pub use sweep::Swept;
 
 use crate::common::{input, opt_input, opt_nonempty, parse_bool, req_input, sanitize_key, text};
 use async_trait::async_trait;
@@ -126,6 +128,23 @@ impl FilesystemProvider {
     /// The sandbox root.
     pub fn root(&self) -> &Path {
         &self.fs.root
+    }
+
+    /// Removes leftover temporary files in `.provisio-state` whose writing process is gone
+    /// (`recover` does this too).
+    pub async fn sweep_temporaries(&self) -> Result<Swept, ProviderError> {
+        self.blocking(Fs::sweep_temporaries).await
+    }
+
+    /// Removes the intent markers of every transaction for which `is_live(txn_id)` is false.
+    /// For the engine's (or an operator's) cleanup after recovery: pass the transactions
+    /// that are not final yet; markers of final transactions are never asked about again
+    /// (a committed call's marker otherwise stays until the call is undone).
+    pub async fn prune_markers(
+        &self,
+        is_live: impl Fn(&str) -> bool + Send + 'static,
+    ) -> Result<Swept, ProviderError> {
+        self.blocking(move |fs| fs.prune_markers(&is_live)).await
     }
 
     /// Runs `op` on tokio's blocking pool and waits for it. A panic in `op` is resumed
@@ -828,6 +847,10 @@ impl Fs {
     /// Settles an in-doubt call from its intent marker (or, for DeleteFolder, its trash
     /// entry) and what is on disk now.
     fn recover_sync(&self, call: &Call) -> Result<Option<Element>, ProviderError> {
+        // Recovery runs after a crash: the moment to drop temporary files it left.
+        if let Err(e) = self.sweep_temporaries() {
+            tracing::warn!(error = %e, "Filesystem: cannot remove leftover temporary files");
+        }
         let key = call.context.idempotency_key();
         match call.context.procedure.as_str() {
             "DeleteFolder" => return self.recover_delete(call),

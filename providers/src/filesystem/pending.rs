@@ -11,7 +11,7 @@ use cap_std::fs::{Dir, OpenOptions};
 use provisio_engine::provider::ProviderError;
 use std::io::{self, Write};
 
-const PENDING_DIR: &str = ".provisio-state/pending";
+pub(crate) const PENDING_DIR: &str = ".provisio-state/pending";
 
 fn file_name(key: &str) -> String {
     let safe: String = key
@@ -32,16 +32,22 @@ pub(crate) fn write(dir: &Dir, key: &str, marker: &Marker) -> Result<(), Provide
     dir.create_dir_all(PENDING_DIR)
         .map_err(|e| io_error(STATE_DIR, e))?;
     let name = file_name(key);
-    let tmp = format!("{name}.tmp");
+    // The writer's pid in the name lets a later sweep tell a crashed write from one under
+    // way (see `sweep`).
+    let tmp = format!("{name}.tmp-{}", std::process::id());
     let text = serde_json::to_vec(marker).map_err(|e| RecordError::Encode(e.to_string()))?;
     let mut opts = OpenOptions::new();
     opts.write(true).create(true).truncate(true);
-    let mut f = dir.open_with(&tmp, &opts).map_err(|e| io_error(&tmp, e))?;
-    f.write_all(&text)
-        .and_then(|_| f.sync_all())
-        .map_err(|e| io_error(&tmp, e))?;
-    dir.rename(&tmp, dir, &name)
-        .map_err(|e| io_error(&name, e))?;
+    let written = dir.open_with(&tmp, &opts).and_then(|mut f| {
+        f.write_all(&text)?;
+        f.sync_all()?;
+        dir.rename(&tmp, dir, &name)
+    });
+    if let Err(e) = written {
+        // A full disk must not leave the partial file behind.
+        let _ = dir.remove_file(&tmp);
+        return Err(io_error(&name, e));
+    }
     if let Ok(d) = dir.open_dir(PENDING_DIR) {
         // Make the rename durable (best effort where directories cannot be opened for sync).
         let _ = d.open(".").and_then(|f| f.sync_all());
