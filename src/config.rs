@@ -147,6 +147,8 @@ pub struct FilesystemConfig {
     /// The provider's root folder; default `<data_dir>/files`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub root: Option<PathBuf>,
+    /// Accept setuid/setgid/sticky bits in `mode` inputs (refused by default).
+    pub allow_special_modes: bool,
 }
 
 /// Which DNS backend.

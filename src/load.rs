@@ -13,7 +13,7 @@ use provisio_engine::store::{SledStore, StoreError};
 use provisio_engine::txn::{DurableJournal, SealKey};
 use provisio_providers::dns::{DnsProvider, Rfc2136Config};
 use provisio_providers::exec::{ExecConfig, ExecProvider};
-use provisio_providers::filesystem::FilesystemProvider;
+use provisio_providers::filesystem::{FilesystemOptions, FilesystemProvider};
 use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
@@ -46,7 +46,10 @@ pub async fn registry(config: &Config) -> Result<ProviderRegistry> {
         .root
         .clone()
         .unwrap_or_else(|| config.data_dir.join("files"));
-    let fs = FilesystemProvider::new(root.clone()).with_context(|| {
+    let options = FilesystemOptions {
+        allow_special_modes: p.filesystem.allow_special_modes,
+    };
+    let fs = FilesystemProvider::with_options(root.clone(), options).with_context(|| {
         format!(
             "providers.filesystem: cannot set up the Filesystem provider under `{}`",
             root.display()

@@ -181,6 +181,17 @@ pub struct ProcedureSpec {
 }
 
 /// A provider: code that talks to a real system and serves leaf procedures.
+///
+/// # The async methods must not block the async runtime
+///
+/// The engine runs many steps on a few runtime worker threads and bounds each call with a
+/// step timeout, which can only take effect at an `.await`. A method that does blocking
+/// work inline — synchronous file I/O, `fsync`, a blocking socket or process wait, a long
+/// computation — stalls every other step on that worker and cannot be interrupted by the
+/// timeout. Run such work off the runtime (`tokio::task::spawn_blocking`, as `tokio::fs`
+/// does) or use async I/O. Work handed to the blocking pool keeps running after a timeout
+/// has given up on it, so it must still leave the system consistent (its intent marker,
+/// undo record or `recover` answer settles it).
 #[async_trait]
 pub trait Provider: Send + Sync {
     /// The provider id (`providerSource` in a namespace), e.g. `Filesystem`.

@@ -5,7 +5,7 @@
 mod support;
 
 use provisio_engine::provider::{Preview, Provider, ProviderError};
-use provisio_providers::filesystem::FilesystemProvider;
+use provisio_providers::filesystem::{FilesystemOptions, FilesystemProvider};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -245,7 +245,11 @@ async fn none_removes_acls_and_undo_puts_the_foreign_acl_back() {
 
 #[tokio::test]
 async fn mode_only_and_preview() {
-    let (_t, p) = provider();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let options = FilesystemOptions {
+        allow_special_modes: true,
+    };
+    let p = FilesystemProvider::with_options(tmp.path().join("root"), options).expect("provider");
     let root = p.root().to_path_buf();
     run(&p, "CreateFolder", &[("path", "d"), ("mode", "0755")])
         .await
@@ -320,4 +324,85 @@ async fn refused_inputs() {
     assert!(msg.contains("does not exist"), "{msg}");
     // The symlink target was not touched.
     assert_eq!(mode_of(&root.join("d/f")), 0o644);
+}
+
+/// A hard link planted inside the root to a file outside it: SetPermissions must not change
+/// the outside file (its mode stays 0600), whether asked for a mode or an ACL.
+#[tokio::test]
+async fn a_hard_link_to_a_file_outside_the_root_is_refused() {
+    let (t, p) = provider();
+    let root = p.root().to_path_buf();
+    let outside = t.path().join("secret.txt");
+    fs::write(&outside, "not yours").expect("write");
+    fs::set_permissions(&outside, fs::Permissions::from_mode(0o600)).expect("chmod");
+    fs::hard_link(&outside, root.join("planted")).expect("link");
+    for inputs in [
+        &[("path", "planted"), ("mode", "0644")][..],
+        &[("path", "planted"), ("acl", "user:1001:r--")][..],
+    ] {
+        let (code, msg) = err_message(run(&p, "SetPermissions", inputs).await);
+        assert_eq!(code, 0x8007_0005, "{msg}");
+        assert!(msg.contains("2 hard links"), "{msg}");
+        assert_eq!(mode_of(&outside), 0o600);
+    }
+    let preview = p
+        .preview(&call(
+            &p.namespace(),
+            "SetPermissions",
+            &[("path", "planted"), ("mode", "0644")],
+        ))
+        .await;
+    assert!(preview.is_err(), "{preview:?}");
+    // The same file with a single link is changed as usual.
+    fs::remove_file(&outside).expect("unlink the outside name");
+    run(
+        &p,
+        "SetPermissions",
+        &[("path", "planted"), ("mode", "0644")],
+    )
+    .await
+    .expect("one link");
+    assert_eq!(mode_of(&root.join("planted")), 0o644);
+}
+
+/// setuid, setgid and sticky bits are refused in every `mode` input unless the provider
+/// is configured to allow them.
+#[tokio::test]
+async fn special_modes_need_the_option() {
+    let (_t, p) = provider();
+    let root = p.root().to_path_buf();
+    run(&p, "CreateFolder", &[("path", "d")])
+        .await
+        .expect("mkdir");
+    run(&p, "WriteFile", &[("path", "d/f")])
+        .await
+        .expect("write");
+    let before = mode_of(&root.join("d/f"));
+    let cases: &[(&str, &[(&str, &str)])] = &[
+        ("SetPermissions", &[("path", "d/f"), ("mode", "4755")]),
+        ("SetPermissions", &[("path", "d"), ("mode", "2775")]),
+        ("SetPermissions", &[("path", "d"), ("mode", "1777")]),
+        ("CreateFolder", &[("path", "e"), ("mode", "2770")]),
+        ("WriteFile", &[("path", "d/g"), ("mode", "4755")]),
+        ("StageFile", &[("path", "d/h"), ("mode", "6755")]),
+        ("StageFolder", &[("path", "s"), ("mode", "1777")]),
+    ];
+    for (procedure, inputs) in cases {
+        let (code, msg) = err_message(run(&p, procedure, inputs).await);
+        assert_eq!(code, E_INVALIDARG, "{procedure}: {msg}");
+        assert!(msg.contains("allow_special_modes"), "{procedure}: {msg}");
+    }
+    assert_eq!(mode_of(&root.join("d/f")), before);
+    assert!(!root.join("e").exists() && !root.join("d/g").exists());
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let options = FilesystemOptions {
+        allow_special_modes: true,
+    };
+    let allowed =
+        FilesystemProvider::with_options(tmp.path().join("root"), options).expect("provider");
+    run(&allowed, "WriteFile", &[("path", "f"), ("mode", "4755")])
+        .await
+        .expect("allowed");
+    assert_eq!(mode_of(&allowed.root().join("f")), 0o4755);
 }

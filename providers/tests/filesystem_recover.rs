@@ -228,3 +228,73 @@ async fn write_file_refuses_to_exceed_a_quota() {
         .await
         .expect("no quota here");
 }
+
+/// Temporary files left by a crash or a full disk are removed by `recover` when their
+/// writing process is gone; those of a running process (this one) stay.
+#[tokio::test]
+async fn recover_removes_temporary_files_of_dead_writers() {
+    let (_t, p) = provider();
+    let root = p.root().to_path_buf();
+    let state = root.join(".provisio-state");
+    let pending = state.join("pending");
+    fs::create_dir_all(&pending).expect("mkdir");
+    // 4194399 is above the largest pid Linux hands out (4194304): never running.
+    let dead = [
+        state.join("quotas.json.tmp-4194399-0"),
+        pending.join("t1_s_1.json.tmp-4194399"),
+    ];
+    let alive = [
+        state.join(format!("quotas.json.tmp-{}-9", std::process::id())),
+        pending.join(format!("t2_s_1.json.tmp-{}", std::process::id())),
+        pending.join("t3_s_1.json.tmp"),
+    ];
+    let old_legacy = pending.join("t4_s_1.json.tmp");
+    for f in dead.iter().chain(&alive).chain([&old_legacy]) {
+        fs::write(f, "{").expect("write");
+    }
+    let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    fs::File::options()
+        .write(true)
+        .open(&old_legacy)
+        .and_then(|f| f.set_modified(hour_ago))
+        .expect("age");
+    let never = call(&p.namespace(), "CreateFolder", &[("path", "x")]);
+    assert_eq!(p.recover(&never).await.expect("recover"), None);
+    for f in dead.iter().chain([&old_legacy]) {
+        assert!(!f.exists(), "{} should be gone", f.display());
+    }
+    for f in &alive {
+        assert!(f.exists(), "{} should stay", f.display());
+    }
+    // Quota state still works with the leftovers gone.
+    run(&p, "CreateFolder", &[("path", "q")])
+        .await
+        .expect("mkdir");
+    run(&p, "SetQuota", &[("path", "q"), ("megabytes", "1")])
+        .await
+        .expect("quota");
+}
+
+/// Markers of transactions that are over are pruned; those of live ones stay and still
+/// settle their calls.
+#[tokio::test]
+async fn prune_markers_keeps_only_live_transactions() {
+    let (_t, p) = provider();
+    let pending = p.root().join(".provisio-state/pending");
+    let mut over = call(&p.namespace(), "CreateFolder", &[("path", "a")]);
+    over.context.txn_id = "0190c0de-0000-7000-8000-0000000000aa".into();
+    let mut live = call(&p.namespace(), "CreateFolder", &[("path", "b")]);
+    live.context.txn_id = "0190c0de-0000-7000-8000-0000000000bb".into();
+    p.execute(over.clone()).await.expect("a");
+    p.execute(live.clone()).await.expect("b");
+    let count = || fs::read_dir(&pending).expect("pending").count();
+    assert_eq!(count(), 2);
+    let swept = p
+        .prune_markers(|txn| txn == "0190c0de-0000-7000-8000-0000000000bb")
+        .await
+        .expect("prune");
+    assert_eq!(swept.removed.len(), 1, "{swept:?}");
+    assert!(swept.removed[0].contains("0000000000aa"));
+    assert_eq!(count(), 1);
+    assert!(p.recover(&live).await.expect("recover").is_some());
+}

@@ -13,6 +13,43 @@ pub(crate) const XATTR_ACCESS: &str = "system.posix_acl_access";
 /// Extended attribute holding the default ACL of a folder.
 pub(crate) const XATTR_DEFAULT: &str = "system.posix_acl_default";
 
+/// What is wrong with an ACL, its text form (the `acl` input, recorded texts) or its
+/// binary form (the extended attribute).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum AclError {
+    /// The extended attribute is not a valid `posix_acl_xattr` value.
+    #[error("ACL attribute {0}")]
+    Attribute(String),
+    /// The entries do not form a valid ACL.
+    #[error("{0}")]
+    Entries(String),
+    /// Permissions text that is not `rwx`-style or one octal digit.
+    #[error("{0}")]
+    Permissions(String),
+    /// One entry of the `acl` input is wrong (`index` counts from 1).
+    #[error("entry {index} {token:?}: {why}")]
+    Entry {
+        /// Position in the input.
+        index: usize,
+        /// The entry as given.
+        token: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// `none` / `default:none` given together with entries of the same ACL.
+    #[error("`{prefix}none` cannot be combined with other {prefix}entries")]
+    NoneCombined {
+        /// `` or `default:`.
+        prefix: &'static str,
+    },
+    /// `default:` entries requested for a file.
+    #[error("`default:` entries are only allowed on folders")]
+    DefaultOnFile,
+    /// A recorded ACL text (undo record, marker) that is not a complete ACL.
+    #[error("bad recorded ACL {0:?}")]
+    Recorded(String),
+}
+
 const VERSION: u32 = 2;
 const UNDEFINED_ID: u32 = u32::MAX;
 
@@ -59,14 +96,14 @@ pub(crate) struct Acl {
 
 impl Acl {
     /// Validates and sorts `entries`.
-    pub(crate) fn new(mut entries: Vec<Entry>) -> Result<Self, String> {
+    pub(crate) fn new(mut entries: Vec<Entry>) -> Result<Self, AclError> {
         entries.sort();
         for pair in entries.windows(2) {
             if pair[0].tag == pair[1].tag && pair[0].id == pair[1].id {
-                return Err(format!(
+                return Err(AclError::Entries(format!(
                     "entry {} appears twice",
                     entry_text(&pair[0], false)
-                ));
+                )));
             }
         }
         let count = |tag| entries.iter().filter(|e| e.tag == tag).count();
@@ -76,25 +113,34 @@ impl Acl {
             (OTHER, "other::"),
         ] {
             if count(tag) != 1 {
-                return Err(format!("the ACL needs exactly one `{name}` entry"));
+                return Err(AclError::Entries(format!(
+                    "the ACL needs exactly one `{name}` entry"
+                )));
             }
         }
         if count(MASK) == 0 && (count(USER) > 0 || count(GROUP) > 0) {
-            return Err("an ACL with named user or group entries needs a `mask::` entry".into());
+            return Err(AclError::Entries(
+                "an ACL with named user or group entries needs a `mask::` entry".into(),
+            ));
         }
         for e in &entries {
             if e.perm > 7 {
-                return Err(format!("bad permission bits {:#o}", e.perm));
+                return Err(AclError::Entries(format!(
+                    "bad permission bits {:#o}",
+                    e.perm
+                )));
             }
             let named = e.tag == USER || e.tag == GROUP;
             if !named && e.id != UNDEFINED_ID {
-                return Err("only user and group entries carry an id".into());
+                return Err(AclError::Entries(
+                    "only user and group entries carry an id".into(),
+                ));
             }
             if named && e.id == UNDEFINED_ID {
-                return Err(format!("id {UNDEFINED_ID} is reserved"));
+                return Err(AclError::Entries(format!("id {UNDEFINED_ID} is reserved")));
             }
             if ![USER_OBJ, USER, GROUP_OBJ, GROUP, MASK, OTHER].contains(&e.tag) {
-                return Err(format!("unknown ACL tag {:#x}", e.tag));
+                return Err(AclError::Entries(format!("unknown ACL tag {:#x}", e.tag)));
             }
         }
         Ok(Acl { entries })
@@ -161,19 +207,21 @@ impl Acl {
     }
 
     /// Parses `posix_acl_xattr` bytes.
-    pub(crate) fn decode(bytes: &[u8]) -> Result<Self, String> {
+    pub(crate) fn decode(bytes: &[u8]) -> Result<Self, AclError> {
         let (head, rest) = bytes
             .split_first_chunk::<4>()
-            .ok_or_else(|| "ACL attribute shorter than its header".to_string())?;
+            .ok_or_else(|| AclError::Attribute("shorter than its header".into()))?;
         let version = u32::from_le_bytes(*head);
         if version != VERSION {
-            return Err(format!("ACL attribute has version {version}, expected 2"));
+            return Err(AclError::Attribute(format!(
+                "has version {version}, expected 2"
+            )));
         }
         if rest.len() % 8 != 0 {
-            return Err(format!(
-                "ACL attribute has {} entry bytes, not a multiple of 8",
+            return Err(AclError::Attribute(format!(
+                "has {} entry bytes, not a multiple of 8",
                 rest.len()
-            ));
+            )));
         }
         let entries = rest
             .chunks_exact(8)
@@ -250,7 +298,7 @@ pub(crate) type Resolver<'a> = &'a dyn Fn(bool, &str) -> Option<u32>;
 /// qualifiers are numeric ids or names (resolved by `resolve`); perms are `rwx`-style
 /// (`r-x`, `rx`, `-`) or one octal digit. The tokens `none` and `default:none` remove the
 /// extended access entries and the default ACL.
-pub(crate) fn parse_request(raw: &str, resolve: Resolver<'_>) -> Result<Request, String> {
+pub(crate) fn parse_request(raw: &str, resolve: Resolver<'_>) -> Result<Request, AclError> {
     let mut req = Request::default();
     let mut access: Vec<Entry> = Vec::new();
     let mut default: Vec<Entry> = Vec::new();
@@ -259,7 +307,11 @@ pub(crate) fn parse_request(raw: &str, resolve: Resolver<'_>) -> Result<Request,
         .split(|c: char| c == ',' || c.is_whitespace())
         .filter(|t| !t.is_empty());
     for (i, token) in tokens.enumerate() {
-        let at = |why: String| format!("entry {} {token:?}: {why}", i + 1);
+        let at = |why: String| AclError::Entry {
+            index: i + 1,
+            token: token.to_string(),
+            why,
+        };
         let (is_default, body) = match token
             .strip_prefix("default:")
             .or_else(|| token.strip_prefix("d:"))
@@ -285,7 +337,7 @@ pub(crate) fn parse_request(raw: &str, resolve: Resolver<'_>) -> Result<Request,
                 ))
             }
         };
-        let perm = parse_perm(perm_field).map_err(at)?;
+        let perm = parse_perm(perm_field).map_err(|e| at(e.to_string()))?;
         let entry = match tag_text {
             "user" | "u" | "group" | "g" => {
                 let is_group = tag_text.starts_with('g');
@@ -344,20 +396,18 @@ pub(crate) fn parse_request(raw: &str, resolve: Resolver<'_>) -> Result<Request,
             access.push(entry);
         }
     }
-    let pick = |none: bool, entries: Vec<Entry>, what: &str| -> Result<Change, String> {
+    let pick = |none: bool, entries: Vec<Entry>, what: &'static str| -> Result<Change, AclError> {
         match (none, entries.is_empty()) {
-            (true, false) => Err(format!(
-                "`{what}none` cannot be combined with other {what}entries"
-            )),
+            (true, false) => Err(AclError::NoneCombined { prefix: what }),
             (true, true) => Ok(Change::Remove),
             (false, false) => {
                 let mut seen = BTreeSet::new();
                 for e in &entries {
                     if !seen.insert((e.tag, e.id)) {
-                        return Err(format!(
+                        return Err(AclError::Entries(format!(
                             "entry {} is given twice",
                             entry_text(e, what == "default:")
-                        ));
+                        )));
                     }
                 }
                 Ok(Change::Set(entries))
@@ -370,17 +420,19 @@ pub(crate) fn parse_request(raw: &str, resolve: Resolver<'_>) -> Result<Request,
     Ok(req)
 }
 
-fn parse_perm(text: &str) -> Result<u16, String> {
+fn parse_perm(text: &str) -> Result<u16, AclError> {
     if text.len() == 1 && text.as_bytes()[0].is_ascii_digit() {
         return match text.as_bytes()[0] - b'0' {
             d @ 0..=7 => Ok(u16::from(d)),
-            _ => Err(format!("permission digit {text:?} is not octal")),
+            _ => Err(AclError::Permissions(format!(
+                "permission digit {text:?} is not octal"
+            ))),
         };
     }
     if text.is_empty() || text.len() > 3 {
-        return Err(format!(
+        return Err(AclError::Permissions(format!(
             "permissions {text:?} must be like `rwx`, `r-x`, `rx`, `-` or one octal digit"
-        ));
+        )));
     }
     let mut perm = 0u16;
     for c in text.chars() {
@@ -390,13 +442,15 @@ fn parse_perm(text: &str) -> Result<u16, String> {
             'x' => 1,
             '-' => continue,
             _ => {
-                return Err(format!(
+                return Err(AclError::Permissions(format!(
                     "permissions {text:?} may only contain r, w, x and -"
-                ))
+                )))
             }
         };
         if perm & bit != 0 {
-            return Err(format!("permissions {text:?} repeat {c:?}"));
+            return Err(AclError::Permissions(format!(
+                "permissions {text:?} repeat {c:?}"
+            )));
         }
         perm |= bit;
     }
@@ -405,7 +459,7 @@ fn parse_perm(text: &str) -> Result<u16, String> {
 
 /// Fills in the entries a request left out: owner, owning group and other from `base`, and
 /// a mask (the union of the group-class entries) when named entries need one.
-fn complete(mut entries: Vec<Entry>, base: &Acl) -> Result<Acl, String> {
+fn complete(mut entries: Vec<Entry>, base: &Acl) -> Result<Acl, AclError> {
     for tag in [USER_OBJ, GROUP_OBJ, OTHER] {
         if !entries.iter().any(|e| e.tag == tag) {
             entries.push(Entry::obj(tag, base.obj_perm(tag).unwrap_or(0)));
@@ -457,9 +511,9 @@ impl PermState {
     }
 
     /// Parses the texts written by [`PermState::access_text`] / [`PermState::default_text`].
-    pub(crate) fn from_texts(mode: u32, access: &str, default: &str) -> Result<Self, String> {
+    pub(crate) fn from_texts(mode: u32, access: &str, default: &str) -> Result<Self, AclError> {
         let no_names: Resolver<'_> = &|_, _| None;
-        let read = |text: &str, is_default: bool| -> Result<Option<Acl>, String> {
+        let read = |text: &str, is_default: bool| -> Result<Option<Acl>, AclError> {
             if text.trim() == "none" {
                 return Ok(None);
             }
@@ -467,7 +521,7 @@ impl PermState {
             let change = if is_default { req.default } else { req.access };
             match change {
                 Change::Set(entries) => Acl::new(entries).map(Some),
-                _ => Err(format!("bad recorded ACL {text:?}")),
+                _ => Err(AclError::Recorded(text.to_string())),
             }
         };
         Ok(PermState {
@@ -486,7 +540,7 @@ pub(crate) fn plan(
     mode: Option<u32>,
     req: &Request,
     is_dir: bool,
-) -> Result<PermState, String> {
+) -> Result<PermState, AclError> {
     let base_mode = mode.unwrap_or(prev.mode) & 0o7777;
     let mut after_chmod = prev.full_access();
     if let Some(m) = mode {
@@ -500,9 +554,7 @@ pub(crate) fn plan(
     let default = match &req.default {
         Change::Keep => prev.default.clone(),
         Change::Remove => None,
-        Change::Set(_) if !is_dir => {
-            return Err("`default:` entries are only allowed on folders".into())
-        }
+        Change::Set(_) if !is_dir => return Err(AclError::DefaultOnFile),
         Change::Set(entries) => Some(complete(entries.clone(), &access)?),
     };
     let mode = (base_mode & 0o7000) | access.mode_bits();

@@ -11,10 +11,15 @@ mod acl;
 mod pending;
 mod perms;
 mod quota;
+mod records;
 mod sandbox;
 mod staging;
+mod sweep;
+#[cfg(test)]
+mod tests;
 
 pub use staging::STAGING_DIR;
+pub use sweep::Swept;
 
 use crate::common::{input, opt_input, opt_nonempty, parse_bool, req_input, sanitize_key, text};
 use async_trait::async_trait;
@@ -25,12 +30,13 @@ use provisio_engine::model::ProcKind;
 use provisio_engine::provider::{
     Call, Done, Outcome, Preview, ProcedureSpec, Provider, ProviderError, UndoKind,
 };
+use records::{Marker, UndoRecord};
 use sandbox::{
     check_symlinks, io_error, RelPath, E_ALREADY_EXISTS, E_DIR_NOT_EMPTY, E_PATH_NOT_FOUND,
 };
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// Folder (under the root) that DeleteFolder moves folders into.
 pub const TRASH_DIR: &str = ".provisio-trash";
@@ -52,25 +58,55 @@ pub enum FilesystemError {
     },
 }
 
+/// Settings of a [`FilesystemProvider`] beyond its root (`[providers.filesystem]`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FilesystemOptions {
+    /// Accept `mode` inputs with the setuid (`04000`), setgid (`02000`) or sticky (`01000`)
+    /// bit. Off by default: a request could otherwise make a tenant's program run as the
+    /// provider's user (root, typically).
+    pub allow_special_modes: bool,
+}
+
 /// Folders, files and quotas under a sandbox root.
+///
+/// Every call does blocking file-system work (cap-std calls, `fsync`); the async trait
+/// methods hand it to tokio's blocking pool (as `tokio::fs` does) so a slow disk never
+/// stalls a runtime worker and a step timeout can give up on the call.
 pub struct FilesystemProvider {
+    fs: Arc<Fs>,
+}
+
+/// The provider's state and its synchronous operations, shared with the blocking pool.
+pub(crate) struct Fs {
     root: PathBuf,
     dir: Dir,
     /// Serializes read-modify-write of the quota state file.
     state_lock: Mutex<()>,
+    options: FilesystemOptions,
+    /// Runs at the start of every blocking operation (tests slow operations down with it).
+    #[cfg(test)]
+    before_op: Option<Box<dyn Fn() + Send + Sync>>,
 }
 
 impl std::fmt::Debug for FilesystemProvider {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FilesystemProvider")
-            .field("root", &self.root)
+            .field("root", &self.fs.root)
             .finish()
     }
 }
 
 impl FilesystemProvider {
-    /// Opens (creating it if missing) the sandbox root.
+    /// Opens (creating it if missing) the sandbox root, with the default options.
     pub fn new(root: PathBuf) -> Result<Self, FilesystemError> {
+        Self::with_options(root, FilesystemOptions::default())
+    }
+
+    /// Opens (creating it if missing) the sandbox root.
+    pub fn with_options(
+        root: PathBuf,
+        options: FilesystemOptions,
+    ) -> Result<Self, FilesystemError> {
         let err = |source| FilesystemError::Root {
             path: root.clone(),
             source,
@@ -78,17 +114,65 @@ impl FilesystemProvider {
         std::fs::create_dir_all(&root).map_err(err)?;
         let dir = Dir::open_ambient_dir(&root, ambient_authority()).map_err(err)?;
         Ok(FilesystemProvider {
-            root,
-            dir,
-            state_lock: Mutex::new(()),
+            fs: Arc::new(Fs {
+                root,
+                dir,
+                state_lock: Mutex::new(()),
+                options,
+                #[cfg(test)]
+                before_op: None,
+            }),
         })
     }
 
     /// The sandbox root.
     pub fn root(&self) -> &Path {
-        &self.root
+        &self.fs.root
     }
 
+    /// Removes leftover temporary files in `.provisio-state` whose writing process is gone
+    /// (`recover` does this too).
+    pub async fn sweep_temporaries(&self) -> Result<Swept, ProviderError> {
+        self.blocking(Fs::sweep_temporaries).await
+    }
+
+    /// Removes the intent markers of every transaction for which `is_live(txn_id)` is false.
+    /// For the engine's (or an operator's) cleanup after recovery: pass the transactions
+    /// that are not final yet; markers of final transactions are never asked about again
+    /// (a committed call's marker otherwise stays until the call is undone).
+    pub async fn prune_markers(
+        &self,
+        is_live: impl Fn(&str) -> bool + Send + 'static,
+    ) -> Result<Swept, ProviderError> {
+        self.blocking(move |fs| fs.prune_markers(&is_live)).await
+    }
+
+    /// Runs `op` on tokio's blocking pool and waits for it. A panic in `op` is resumed
+    /// here, as if the call had run inline.
+    async fn blocking<T, F>(&self, op: F) -> Result<T, ProviderError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Fs) -> Result<T, ProviderError> + Send + 'static,
+    {
+        let fs = Arc::clone(&self.fs);
+        let task = tokio::task::spawn_blocking(move || {
+            #[cfg(test)]
+            if let Some(hook) = &fs.before_op {
+                hook();
+            }
+            op(&fs)
+        });
+        match task.await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(ProviderError::transient(format!(
+                "the Filesystem provider's blocking task did not finish: {e}"
+            ))),
+        }
+    }
+}
+
+impl Fs {
     /// Parses and checks a path input (see [`sandbox`]).
     fn path_input(
         &self,
@@ -98,6 +182,20 @@ impl FilesystemProvider {
     ) -> Result<RelPath, ProviderError> {
         let raw = req_input(data, &[field])?;
         self.checked(field, &raw, allow_root)
+    }
+
+    /// The optional `mode` input; setuid/setgid/sticky bits only when the options allow them.
+    fn mode_input(&self, data: &Element) -> Result<Option<u32>, ProviderError> {
+        let mode = parse_mode("mode", opt_nonempty(data, &["mode"]))?;
+        if let Some(m) = mode {
+            if m & 0o7000 != 0 && !self.options.allow_special_modes {
+                return Err(ProviderError::invalid(format!(
+                    "input `mode`: {m:04o} sets the setuid, setgid or sticky bit, which this provider refuses; give only permission bits (e.g. {:04o}) or set `allow_special_modes = true` under [providers.filesystem]",
+                    m & 0o777
+                )));
+            }
+        }
+        Ok(mode)
     }
 
     fn checked(&self, field: &str, raw: &str, allow_root: bool) -> Result<RelPath, ProviderError> {
@@ -198,7 +296,7 @@ impl FilesystemProvider {
     fn create_folder(&self, call: &Call) -> Result<Outcome, ProviderError> {
         let data = &call.execute_data;
         let path = self.path_input(data, "path", false)?;
-        let mode = parse_mode("mode", opt_nonempty(data, &["mode"]))?;
+        let mode = self.mode_input(data)?;
         if self.lstat(&path)?.is_some() {
             return Err(ProviderError::Permanent {
                 code: E_ALREADY_EXISTS,
@@ -215,7 +313,10 @@ impl FilesystemProvider {
         pending::write(
             &self.dir,
             &call.context.idempotency_key(),
-            &serde_json::json!({"op": "CreateFolder", "path": path.display(), "missingParents": missing}),
+            &Marker::CreateFolder {
+                path: path.display(),
+                missing_parents: missing,
+            },
         )?;
         // Create missing parents first, remembering them for undo.
         let mut created: Vec<RelPath> = Vec::new();
@@ -257,15 +358,13 @@ impl FilesystemProvider {
         }
         let mut out = call.execute_data.clone();
         out.push(text("created", path.display()));
-        let mut undo = Element::new("undo");
-        undo.push(text("op", "removeFolder"));
-        undo.push(text("path", path.display()));
-        for p in created.iter().rev() {
-            undo.push(text("createdParent", p.display()));
-        }
+        let undo = UndoRecord::RemoveFolder {
+            path: path.display(),
+            created_parents: created.iter().rev().map(RelPath::display).collect(),
+        };
         Ok(Outcome {
             execute_data: out,
-            undo: Some(undo),
+            undo: Some(undo.to_element()?),
         })
     }
 
@@ -276,11 +375,11 @@ impl FilesystemProvider {
         let trash_name = sanitize_key(&call.context.idempotency_key());
         let trash = trash_path(&trash_name);
         let undo = || {
-            let mut undo = Element::new("undo");
-            undo.push(text("op", "restoreFolder"));
-            undo.push(text("path", path.display()));
-            undo.push(text("trash", trash_name.clone()));
-            undo
+            UndoRecord::RestoreFolder {
+                path: path.display(),
+                trash: trash_name.clone(),
+            }
+            .to_element()
         };
         let mut out = call.execute_data.clone();
         out.push(text("deleted", path.display()));
@@ -289,7 +388,7 @@ impl FilesystemProvider {
         if meta.is_none() && self.dir.symlink_metadata(&trash).is_ok() {
             return Ok(Outcome {
                 execute_data: out,
-                undo: Some(undo()),
+                undo: Some(undo()?),
             });
         }
         match meta {
@@ -337,7 +436,7 @@ impl FilesystemProvider {
             .map_err(|e| io_error(&format!("folder `{}`", path.display()), e))?;
         Ok(Outcome {
             execute_data: out,
-            undo: Some(undo()),
+            undo: Some(undo()?),
         })
     }
 
@@ -345,14 +444,17 @@ impl FilesystemProvider {
         let data = &call.execute_data;
         let path = self.path_input(data, "path", false)?;
         let content = opt_input(data, &["content"]).unwrap_or_default();
-        let mode = parse_mode("mode", opt_nonempty(data, &["mode"]))?;
+        let mode = self.mode_input(data)?;
         self.require_parent_dir("path", &path)?;
         self.check_quota(&path, u64::try_from(content.len()).unwrap_or(u64::MAX))?;
         if self.lstat(&path)?.is_none() {
             pending::write(
                 &self.dir,
                 &call.context.idempotency_key(),
-                &serde_json::json!({"op": "WriteFile", "path": path.display(), "bytes": content.len()}),
+                &Marker::WriteFile {
+                    path: path.display(),
+                    bytes: u64::try_from(content.len()).unwrap_or(u64::MAX),
+                },
             )?;
         }
         let mut opts = OpenOptions::new();
@@ -391,12 +493,12 @@ impl FilesystemProvider {
             "bytes",
             Scalar::Int(i64::try_from(content.len()).unwrap_or(i64::MAX)),
         ));
-        let mut undo = Element::new("undo");
-        undo.push(text("op", "removeFile"));
-        undo.push(text("path", path.display()));
+        let undo = UndoRecord::RemoveFile {
+            path: path.display(),
+        };
         Ok(Outcome {
             execute_data: out,
-            undo: Some(undo),
+            undo: Some(undo.to_element()?),
         })
     }
 
@@ -430,7 +532,11 @@ impl FilesystemProvider {
             pending::write(
                 &self.dir,
                 &call.context.idempotency_key(),
-                &serde_json::json!({"op": "SetQuota", "path": path.display(), "megabytes": mb, "previous": quotas.get(&path.display())}),
+                &Marker::SetQuota {
+                    path: path.display(),
+                    megabytes: mb,
+                    previous: quotas.get(&path.display()).copied(),
+                },
             )?;
             let previous = quotas.insert(path.display(), mb);
             quota::store(&self.dir, &quotas)?;
@@ -447,16 +553,13 @@ impl FilesystemProvider {
                 Scalar::Int(to_i64(p)),
             ));
         }
-        let mut undo = Element::new("undo");
-        undo.push(text("op", "restoreQuota"));
-        undo.push(text("path", path.display()));
-        undo.push(text(
-            "previous",
-            previous.map_or_else(|| "none".to_string(), |p| p.to_string()),
-        ));
+        let undo = UndoRecord::RestoreQuota {
+            path: path.display(),
+            previous,
+        };
         Ok(Outcome {
             execute_data: out,
-            undo: Some(undo),
+            undo: Some(undo.to_element()?),
         })
     }
 
@@ -568,18 +671,21 @@ impl FilesystemProvider {
         pending::write(
             &self.dir,
             &call.context.idempotency_key(),
-            &serde_json::json!({"op": "MoveFolder", "from": from.display(), "to": to.display()}),
+            &Marker::MoveFolder {
+                from: from.display(),
+                to: to.display(),
+            },
         )?;
         self.rename_with_quotas(&from, &to)?;
         let mut out = call.execute_data.clone();
         out.push(text("moved", to.display()));
-        let mut undo = Element::new("undo");
-        undo.push(text("op", "moveBack"));
-        undo.push(text("from", from.display()));
-        undo.push(text("to", to.display()));
+        let undo = UndoRecord::MoveBack {
+            from: from.display(),
+            to: to.display(),
+        };
         Ok(Outcome {
             execute_data: out,
-            undo: Some(undo),
+            undo: Some(undo.to_element()?),
         })
     }
 
@@ -603,11 +709,13 @@ impl FilesystemProvider {
     // ---- undo ---------------------------------------------------------------------
 
     fn undo_record(&self, done: &Done) -> Result<(), ProviderError> {
-        let u = &done.undo;
-        let op = opt_input(u, &["op"]).unwrap_or_default();
-        match op.as_str() {
-            "removeFolder" => {
-                let path = self.undo_path(u, "path")?;
+        let record = UndoRecord::from_element(&done.context.procedure, &done.undo)?;
+        match record {
+            UndoRecord::RemoveFolder {
+                path,
+                created_parents,
+            } => {
+                let path = self.checked("path", &path, false)?;
                 match self.lstat(&path)? {
                     None => {}
                     Some(m) if m.is_dir() => match self.dir.remove_dir(path.path()) {
@@ -632,22 +740,25 @@ impl FilesystemProvider {
                         )))
                     }
                 }
-                for parent in u.elements().filter(|e| e.name == "createdParent") {
-                    let p = self.checked("createdParent", &parent.string_value(), false)?;
+                for parent in &created_parents {
+                    let p = self.checked("createdParent", parent, false)?;
                     // Leave parents that others have filled meanwhile.
                     let _ = self.dir.remove_dir(p.path());
                 }
                 Ok(())
             }
-            "restoreFolder" => {
-                let path = self.undo_path(u, "path")?;
-                let name = req_input(u, &["trash"])?;
-                if name.contains('/') || name.starts_with('.') || name.contains('\0') {
+            UndoRecord::RestoreFolder { path, trash } => {
+                let path = self.checked("path", &path, false)?;
+                if trash.is_empty()
+                    || trash.contains('/')
+                    || trash.starts_with('.')
+                    || trash.contains('\0')
+                {
                     return Err(ProviderError::invalid(format!(
-                        "undo record has a bad trash name {name:?}"
+                        "undo record has a bad trash name {trash:?}"
                     )));
                 }
-                let trash = trash_path(&name);
+                let trash = trash_path(&trash);
                 let in_trash = self.dir.symlink_metadata(&trash).is_ok();
                 let at_path = self.lstat(&path)?.is_some();
                 match (in_trash, at_path) {
@@ -671,8 +782,8 @@ impl FilesystemProvider {
                     ))),
                 }
             }
-            "removeFile" => {
-                let path = self.undo_path(u, "path")?;
+            UndoRecord::RemoveFile { path } => {
+                let path = self.checked("path", &path, false)?;
                 match self.lstat(&path)? {
                     None => Ok(()),
                     Some(m) if m.is_file() => match self.dir.remove_file(path.path()) {
@@ -686,17 +797,8 @@ impl FilesystemProvider {
                     ))),
                 }
             }
-            "restoreQuota" => {
-                let path = self.undo_path(u, "path")?;
-                let previous = req_input(u, &["previous"])?;
-                let previous: Option<u64> = match previous.trim() {
-                    "none" => None,
-                    p => Some(p.parse().map_err(|_| {
-                        ProviderError::invalid(format!(
-                            "undo record has a bad previous quota {p:?}"
-                        ))
-                    })?),
-                };
+            UndoRecord::RestoreQuota { path, previous } => {
+                let path = self.checked("path", &path, false)?;
                 let _guard = self.lock_state();
                 let mut quotas = quota::load(&self.dir)?;
                 let key = path.display();
@@ -709,9 +811,9 @@ impl FilesystemProvider {
                 }
                 Ok(())
             }
-            "moveBack" => {
-                let from = self.undo_path(u, "from")?;
-                let to = self.undo_path(u, "to")?;
+            UndoRecord::MoveBack { from, to } => {
+                let from = self.checked("from", &from, false)?;
+                let to = self.checked("to", &to, false)?;
                 let at_to = self.lstat(&to)?.is_some();
                 let at_from = self.lstat(&from)?.is_some();
                 match (at_to, at_from) {
@@ -735,25 +837,27 @@ impl FilesystemProvider {
                     }),
                 }
             }
-            "restorePermissions" => self.restore_permissions(u),
-            "unstage" => self.unstage(done),
-            other => Err(ProviderError::invalid(format!(
-                "Filesystem cannot undo {}: unknown undo record op {other:?}",
-                done.context.procedure
-            ))),
+            UndoRecord::RestorePermissions { path, previous } => {
+                self.restore_permissions(&path, &previous)
+            }
+            record @ UndoRecord::Unstage { .. } => self.unstage(done, &record),
         }
     }
 
     /// Settles an in-doubt call from its intent marker (or, for DeleteFolder, its trash
     /// entry) and what is on disk now.
     fn recover_sync(&self, call: &Call) -> Result<Option<Element>, ProviderError> {
+        // Recovery runs after a crash: the moment to drop temporary files it left.
+        if let Err(e) = self.sweep_temporaries() {
+            tracing::warn!(error = %e, "Filesystem: cannot remove leftover temporary files");
+        }
         let key = call.context.idempotency_key();
         match call.context.procedure.as_str() {
             "DeleteFolder" => return self.recover_delete(call),
             "GetUsage" => return Ok(None),
             _ => {}
         }
-        let Some(marker) = pending::read(&self.dir, &key) else {
+        let Some(marker) = pending::read(&self.dir, &key)? else {
             // No marker: the provider never got past its checks, so nothing changed.
             return match call.context.procedure.as_str() {
                 "CreateFolder" | "WriteFile" | "SetQuota" | "MoveFolder" | "SetPermissions"
@@ -763,68 +867,64 @@ impl FilesystemProvider {
                 ))),
             };
         };
-        let op = marker
-            .get("op")
-            .and_then(|v| v.as_str())
-            .unwrap_or_default();
-        match op {
-            "MoveFolder" => return self.recover_move(&key, &marker),
-            "SetPermissions" => return self.recover_permissions(&key, &marker),
-            "Stage" => return self.recover_staged(call, &marker),
-            _ => {}
-        }
-        let path_text = marker
-            .get("path")
-            .and_then(|v| v.as_str())
-            .unwrap_or_default()
-            .to_string();
-        let path = self.checked("path", &path_text, false)?;
-        let applied = match op {
-            "CreateFolder" => self.lstat(&path)?.is_some_and(|m| m.is_dir()),
-            "WriteFile" => self.lstat(&path)?.is_some_and(|m| m.is_file()),
-            "SetQuota" => {
-                let want = marker.get("megabytes").and_then(|v| v.as_u64());
-                quota::load(&self.dir)?.get(&path.display()).copied() == want
-            }
-            _ => false,
-        };
-        if !applied {
+        let not_applied = || {
             pending::remove(&self.dir, &key);
-            return Ok(None);
-        }
-        let mut undo = Element::new("undo");
-        match op {
-            "CreateFolder" => {
-                undo.push(text("op", "removeFolder"));
-                undo.push(text("path", path.display()));
-                let parents = marker
-                    .get("missingParents")
-                    .and_then(|v| v.as_array())
-                    .cloned()
-                    .unwrap_or_default();
-                for p in parents.iter().rev().filter_map(|p| p.as_str()) {
+            Ok(None)
+        };
+        let undo = match marker {
+            Marker::MoveFolder { from, to } => return self.recover_move(&key, &from, &to),
+            Marker::SetPermissions {
+                path,
+                previous,
+                new,
+            } => return self.recover_permissions(&key, &path, &previous, &new),
+            Marker::Stage { kind, path, .. } => return self.recover_staged(call, kind, &path),
+            Marker::CreateFolder {
+                path,
+                missing_parents,
+            } => {
+                let path = self.checked("path", &path, false)?;
+                if !self.lstat(&path)?.is_some_and(|m| m.is_dir()) {
+                    return not_applied();
+                }
+                let mut created_parents = Vec::new();
+                for p in missing_parents.iter().rev() {
                     if let Ok(rel) = self.checked("path", p, false) {
                         if self.lstat(&rel)?.is_some_and(|m| m.is_dir()) {
-                            undo.push(text("createdParent", rel.display()));
+                            created_parents.push(rel.display());
                         }
                     }
                 }
+                UndoRecord::RemoveFolder {
+                    path: path.display(),
+                    created_parents,
+                }
             }
-            "WriteFile" => {
-                undo.push(text("op", "removeFile"));
-                undo.push(text("path", path.display()));
+            Marker::WriteFile { path, .. } => {
+                let path = self.checked("path", &path, false)?;
+                if !self.lstat(&path)?.is_some_and(|m| m.is_file()) {
+                    return not_applied();
+                }
+                UndoRecord::RemoveFile {
+                    path: path.display(),
+                }
             }
-            _ => {
-                undo.push(text("op", "restoreQuota"));
-                undo.push(text("path", path.display()));
-                let previous = marker.get("previous").and_then(|v| v.as_u64());
-                undo.push(text(
-                    "previous",
-                    previous.map_or_else(|| "none".to_string(), |p| p.to_string()),
-                ));
+            Marker::SetQuota {
+                path,
+                megabytes,
+                previous,
+            } => {
+                let path = self.checked("path", &path, false)?;
+                if quota::load(&self.dir)?.get(&path.display()).copied() != Some(megabytes) {
+                    return not_applied();
+                }
+                UndoRecord::RestoreQuota {
+                    path: path.display(),
+                    previous,
+                }
             }
-        }
-        Ok(Some(undo))
+        };
+        Ok(Some(undo.to_element()?))
     }
 
     /// DeleteFolder moved the folder iff its trash entry (named after the idempotency key)
@@ -836,11 +936,11 @@ impl FilesystemProvider {
         }
         let raw = req_input(&call.execute_data, &["path"])?;
         let path = RelPath::parse("path", &raw, false)?;
-        let mut undo = Element::new("undo");
-        undo.push(text("op", "restoreFolder"));
-        undo.push(text("path", path.display()));
-        undo.push(text("trash", trash_name));
-        Ok(Some(undo))
+        let undo = UndoRecord::RestoreFolder {
+            path: path.display(),
+            trash: trash_name,
+        };
+        Ok(Some(undo.to_element()?))
     }
 
     /// MoveFolder from its marker: `from` gone and `to` there → moved; `from` there and `to`
@@ -848,21 +948,21 @@ impl FilesystemProvider {
     fn recover_move(
         &self,
         key: &str,
-        marker: &serde_json::Value,
+        from: &str,
+        to: &str,
     ) -> Result<Option<Element>, ProviderError> {
-        let field = |n: &str| marker.get(n).and_then(|v| v.as_str()).unwrap_or_default();
-        let from = RelPath::parse("from", field("from"), false)?;
-        let to = RelPath::parse("to", field("to"), false)?;
+        let from = RelPath::parse("from", from, false)?;
+        let to = RelPath::parse("to", to, false)?;
         let at_from = self.lstat(&from)?.is_some();
         let at_to = self.lstat(&to)?.is_some_and(|m| m.is_dir());
         match (at_from, at_to) {
-            (false, true) => {
-                let mut undo = Element::new("undo");
-                undo.push(text("op", "moveBack"));
-                undo.push(text("from", from.display()));
-                undo.push(text("to", to.display()));
-                Ok(Some(undo))
-            }
+            (false, true) => Ok(Some(
+                UndoRecord::MoveBack {
+                    from: from.display(),
+                    to: to.display(),
+                }
+                .to_element()?,
+            )),
             (true, false) => {
                 pending::remove(&self.dir, key);
                 Ok(None)
@@ -908,11 +1008,6 @@ impl FilesystemProvider {
             }
         }
         Ok(())
-    }
-
-    fn undo_path(&self, undo: &Element, field: &str) -> Result<RelPath, ProviderError> {
-        let raw = req_input(undo, &[field])?;
-        self.checked(field, &raw, false)
     }
 
     fn preview_sync(&self, call: &Call) -> Result<Preview, ProviderError> {
@@ -1153,43 +1248,68 @@ impl Provider for FilesystemProvider {
     }
 
     async fn execute(&self, call: Call) -> Result<Outcome, ProviderError> {
+        self.blocking(move |fs| fs.execute_sync(&call)).await
+    }
+
+    async fn undo(&self, done: Done) -> Result<(), ProviderError> {
+        self.blocking(move |fs| fs.undo_sync(&done)).await
+    }
+
+    async fn recover(&self, call: &Call) -> Result<Option<Element>, ProviderError> {
+        let call = call.clone();
+        self.blocking(move |fs| fs.recover_sync(&call)).await
+    }
+
+    async fn preview(&self, call: &Call) -> Result<Preview, ProviderError> {
+        let call = call.clone();
+        self.blocking(move |fs| fs.preview_sync(&call)).await
+    }
+
+    /// Two-phase: StageFolder/StageFile check the staged content and that the target is
+    /// still free; CreateFolder checks the folder is still there.
+    async fn prepare(&self, done: &Done) -> Result<(), ProviderError> {
+        let done = done.clone();
+        self.blocking(move |fs| fs.prepare_sync(&done)).await
+    }
+
+    /// Two-phase: StageFolder/StageFile rename the staged content into place; for
+    /// CreateFolder the folder is already visible and there is nothing to do.
+    async fn commit(&self, done: &Done) -> Result<(), ProviderError> {
+        let done = done.clone();
+        self.blocking(move |fs| fs.commit_sync(&done)).await
+    }
+}
+
+/// The synchronous entry points the trait methods run on the blocking pool.
+impl Fs {
+    fn execute_sync(&self, call: &Call) -> Result<Outcome, ProviderError> {
         match call.context.procedure.as_str() {
-            "CreateFolder" => self.create_folder(&call),
-            "DeleteFolder" => self.delete_folder(&call),
-            "WriteFile" => self.write_file(&call),
-            "SetQuota" => self.set_quota(&call),
-            "GetUsage" => self.get_usage(&call),
-            "MoveFolder" => self.move_folder(&call),
-            "SetPermissions" => self.set_permissions(&call),
-            "StageFolder" => self.stage_folder(&call),
-            "StageFile" => self.stage_file(&call),
+            "CreateFolder" => self.create_folder(call),
+            "DeleteFolder" => self.delete_folder(call),
+            "WriteFile" => self.write_file(call),
+            "SetQuota" => self.set_quota(call),
+            "GetUsage" => self.get_usage(call),
+            "MoveFolder" => self.move_folder(call),
+            "SetPermissions" => self.set_permissions(call),
+            "StageFolder" => self.stage_folder(call),
+            "StageFile" => self.stage_file(call),
             other => Err(ProviderError::invalid(format!(
                 "the Filesystem provider has no procedure {other:?}"
             ))),
         }
     }
 
-    async fn undo(&self, done: Done) -> Result<(), ProviderError> {
-        self.undo_record(&done)?;
+    fn undo_sync(&self, done: &Done) -> Result<(), ProviderError> {
+        self.undo_record(done)?;
         pending::remove(&self.dir, &done.context.idempotency_key());
         Ok(())
     }
 
-    async fn recover(&self, call: &Call) -> Result<Option<Element>, ProviderError> {
-        self.recover_sync(call)
-    }
-
-    async fn preview(&self, call: &Call) -> Result<Preview, ProviderError> {
-        self.preview_sync(call)
-    }
-
-    /// Two-phase: StageFolder/StageFile check the staged content and that the target is
-    /// still free; CreateFolder checks the folder is still there.
-    async fn prepare(&self, done: &Done) -> Result<(), ProviderError> {
-        match opt_input(&done.undo, &["op"]).as_deref() {
-            Some("unstage") => self.prepare_staged(done),
-            Some("removeFolder") => {
-                let path = self.undo_path(&done.undo, "path")?;
+    fn prepare_sync(&self, done: &Done) -> Result<(), ProviderError> {
+        match UndoRecord::from_element(&done.context.procedure, &done.undo)? {
+            record @ UndoRecord::Unstage { .. } => self.prepare_staged(&record),
+            UndoRecord::RemoveFolder { path, .. } => {
+                let path = self.checked("path", &path, false)?;
                 match self.lstat(&path)? {
                     Some(m) if m.is_dir() => Ok(()),
                     _ => Err(ProviderError::permanent(format!(
@@ -1205,12 +1325,10 @@ impl Provider for FilesystemProvider {
         }
     }
 
-    /// Two-phase: StageFolder/StageFile rename the staged content into place; for
-    /// CreateFolder the folder is already visible and there is nothing to do.
-    async fn commit(&self, done: &Done) -> Result<(), ProviderError> {
-        match opt_input(&done.undo, &["op"]).as_deref() {
-            Some("unstage") => self.commit_staged(done),
-            Some("removeFolder") => Ok(()),
+    fn commit_sync(&self, done: &Done) -> Result<(), ProviderError> {
+        match UndoRecord::from_element(&done.context.procedure, &done.undo)? {
+            record @ UndoRecord::Unstage { .. } => self.commit_staged(done, &record),
+            UndoRecord::RemoveFolder { .. } => Ok(()),
             _ => Err(ProviderError::Unsupported(format!(
                 "Filesystem has no two-phase commit for {}",
                 done.context.procedure

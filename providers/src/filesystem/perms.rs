@@ -8,9 +8,10 @@
 //! `l*` calls would not follow it anyway).
 
 use super::acl::{self, PermState, Request};
-use super::sandbox::{io_error, RelPath, E_PATH_NOT_FOUND};
-use super::{parse_mode, pending, FilesystemProvider};
-use crate::common::{opt_input, opt_nonempty, req_input, text};
+use super::records::{Marker, PermTexts, UndoRecord};
+use super::sandbox::{io_error, RelPath, E_ACCESS_DENIED, E_PATH_NOT_FOUND};
+use super::{pending, Fs};
+use crate::common::{opt_nonempty, text};
 use provisio_engine::data::Element;
 use provisio_engine::provider::{Call, Outcome, Preview, ProviderError};
 use std::io;
@@ -47,6 +48,28 @@ fn resolve_name(is_group: bool, name: &str) -> Option<u32> {
     acl::lookup_id(&text, name)
 }
 
+/// Refuses a regular file with more than one hard link: another link may be outside the
+/// root (a link planted inside the root would let a request change a file it cannot
+/// name). Folders cannot be hard-linked.
+fn refuse_hard_links(
+    field: &str,
+    path: &RelPath,
+    meta: &cap_std::fs::Metadata,
+) -> Result<(), ProviderError> {
+    use cap_std::fs::MetadataExt;
+    if meta.is_file() && meta.nlink() > 1 {
+        return Err(ProviderError::Permanent {
+            code: E_ACCESS_DENIED,
+            message: format!(
+                "input `{field}`: `{}` has {} hard links; the provider does not change a file that has other names (one may be outside its root)",
+                path.display(),
+                meta.nlink()
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// The parsed inputs of one SetPermissions call.
 struct Target {
     path: RelPath,
@@ -54,7 +77,7 @@ struct Target {
     is_dir: bool,
 }
 
-impl FilesystemProvider {
+impl Fs {
     /// Checks `path` for SetPermissions: it exists and is not a symlink.
     fn perm_target(&self, field: &str, path: RelPath) -> Result<Target, ProviderError> {
         let meta = self.lstat(&path)?.ok_or_else(|| ProviderError::Permanent {
@@ -67,6 +90,7 @@ impl FilesystemProvider {
                 path.display()
             )));
         }
+        refuse_hard_links(field, &path, &meta)?;
         let real = self.root.join(path.path());
         Ok(Target {
             path,
@@ -119,6 +143,11 @@ impl FilesystemProvider {
         want: &PermState,
     ) -> Result<(), ProviderError> {
         let what = format!("`{}`", t.path.display());
+        // Checked again just before the change: a link planted since the first check must
+        // not carry the change outside the root.
+        if let Some(meta) = self.lstat(&t.path)? {
+            refuse_hard_links("path", &t.path, &meta)?;
+        }
         let write = |name: &str, old: &Option<acl::Acl>, new: &Option<acl::Acl>| {
             if old == new {
                 return Ok(());
@@ -146,7 +175,7 @@ impl FilesystemProvider {
     }
 
     fn perm_request(&self, data: &Element) -> Result<(Option<u32>, Request), ProviderError> {
-        let mode = parse_mode("mode", opt_nonempty(data, &["mode"]))?;
+        let mode = self.mode_input(data)?;
         let req = match opt_nonempty(data, &["acl"]) {
             Some(raw) => acl::parse_request(&raw, &resolve_name)
                 .map_err(|e| ProviderError::invalid(format!("input `acl`: {e}")))?,
@@ -181,12 +210,11 @@ impl FilesystemProvider {
         pending::write(
             &self.dir,
             &call.context.idempotency_key(),
-            &serde_json::json!({
-                "op": "SetPermissions",
-                "path": t.path.display(),
-                "previous": state_json(&prev),
-                "new": state_json(&new),
-            }),
+            &Marker::SetPermissions {
+                path: t.path.display(),
+                previous: PermTexts::of(&prev),
+                new: PermTexts::of(&new),
+            },
         )?;
         if let Err(e) = self.apply_perms(&t, &prev, &new) {
             // Leave nothing half-done: put back what was there.
@@ -207,15 +235,19 @@ impl FilesystemProvider {
         out.push(text("appliedDefaultAcl", now.default_text()));
         Ok(Outcome {
             execute_data: out,
-            undo: Some(restore_record(&t.path, &prev)),
+            undo: Some(restore_record(&t.path, &prev)?),
         })
     }
 
     /// Undo: puts back the recorded mode and ACLs (a path that is gone has nothing left to
     /// restore).
-    pub(super) fn restore_permissions(&self, u: &Element) -> Result<(), ProviderError> {
-        let path = self.undo_path(u, "path")?;
-        let prev = record_state(u)?;
+    pub(super) fn restore_permissions(
+        &self,
+        path: &str,
+        previous: &PermTexts,
+    ) -> Result<(), ProviderError> {
+        let path = self.checked("path", path, false)?;
+        let prev = previous.state()?;
         if self.lstat(&path)?.is_none() {
             tracing::warn!(path = %path.display(), "undo SetPermissions: the path is gone");
             return Ok(());
@@ -235,16 +267,16 @@ impl FilesystemProvider {
     pub(super) fn recover_permissions(
         &self,
         key: &str,
-        marker: &serde_json::Value,
+        path: &str,
+        previous: &PermTexts,
+        new: &PermTexts,
     ) -> Result<Option<Element>, ProviderError> {
-        let path_text = marker
-            .get("path")
-            .and_then(|v| v.as_str())
-            .unwrap_or_default();
-        let path = RelPath::parse("path", path_text, false)?;
-        let bad = |e: String| ProviderError::permanent(format!("recovery marker for {key}: {e}"));
-        let prev = json_state(marker.get("previous")).map_err(bad)?;
-        let new = json_state(marker.get("new")).map_err(bad)?;
+        let path = RelPath::parse("path", path, false)?;
+        let bad = |e: ProviderError| {
+            ProviderError::permanent(format!("recovery marker for {key}: {}", e.message()))
+        };
+        let prev = previous.state().map_err(bad)?;
+        let new = new.state().map_err(bad)?;
         if self.lstat(&path)?.is_none() {
             pending::remove(&self.dir, key);
             return Ok(None);
@@ -256,7 +288,7 @@ impl FilesystemProvider {
             return Ok(None);
         }
         if now == new {
-            return Ok(Some(restore_record(&t.path, &prev)));
+            return Ok(Some(restore_record(&t.path, &prev)?));
         }
         let either = |a: u32, b: u32, c: u32| a == b || a == c;
         let ours = (either(now.mode & 0o777, prev.mode & 0o777, new.mode & 0o777))
@@ -304,38 +336,10 @@ impl FilesystemProvider {
     }
 }
 
-fn state_json(s: &PermState) -> serde_json::Value {
-    serde_json::json!({
-        "mode": format!("{:04o}", s.mode),
-        "acl": s.access_text(),
-        "defaultAcl": s.default_text(),
-    })
-}
-
-fn json_state(v: Option<&serde_json::Value>) -> Result<PermState, String> {
-    let field = |name: &str| {
-        v.and_then(|v| v.get(name))
-            .and_then(|v| v.as_str())
-            .ok_or_else(|| format!("missing {name}"))
+fn restore_record(path: &RelPath, prev: &PermState) -> Result<Element, ProviderError> {
+    let record = UndoRecord::RestorePermissions {
+        path: path.display(),
+        previous: PermTexts::of(prev),
     };
-    let mode = u32::from_str_radix(field("mode")?, 8).map_err(|e| format!("bad mode: {e}"))?;
-    PermState::from_texts(mode, field("acl")?, field("defaultAcl")?)
-}
-
-fn restore_record(path: &RelPath, prev: &PermState) -> Element {
-    let mut undo = Element::new("undo");
-    undo.push(text("op", "restorePermissions"));
-    undo.push(text("path", path.display()));
-    undo.push(text("mode", format!("{:04o}", prev.mode)));
-    undo.push(text("acl", prev.access_text()));
-    undo.push(text("defaultAcl", prev.default_text()));
-    undo
-}
-
-fn record_state(u: &Element) -> Result<PermState, ProviderError> {
-    let mode = parse_mode("mode", Some(req_input(u, &["mode"])?))?.unwrap_or(0);
-    let access = opt_input(u, &["acl"]).unwrap_or_else(|| "none".into());
-    let default = opt_input(u, &["defaultAcl"]).unwrap_or_else(|| "none".into());
-    PermState::from_texts(mode, &access, &default)
-        .map_err(|e| ProviderError::invalid(format!("undo record: {e}")))
+    Ok(record.to_element()?)
 }

@@ -8,9 +8,10 @@
 //! `committing` just before the rename. Undo uses it to tell "committed, remove the target"
 //! from "never committed, nothing at the target is ours".
 
+use super::records::{Marker, StagePhase, StagedKind, UndoRecord};
 use super::sandbox::{io_error, RelPath, E_ALREADY_EXISTS, E_DIR_NOT_EMPTY, E_PATH_NOT_FOUND};
-use super::{create_dir_mode, parse_mode, pending, set_mode, FilesystemProvider};
-use crate::common::{fnv1a, opt_input, opt_nonempty, req_input, sanitize_key, text};
+use super::{create_dir_mode, pending, set_mode, Fs};
+use crate::common::{fnv1a, opt_input, sanitize_key, text};
 use cap_std::fs::{Dir, OpenOptions};
 use provisio_engine::data::{Element, Scalar};
 use provisio_engine::provider::{Call, Done, Outcome, ProviderError};
@@ -21,35 +22,9 @@ use std::path::{Path, PathBuf};
 pub const STAGING_DIR: &str = ".provisio-staging";
 const ITEM: &str = "item";
 
-/// What a Stage* call staged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Folder,
-    File,
-}
-
-impl Kind {
-    fn name(self) -> &'static str {
-        match self {
-            Kind::Folder => "folder",
-            Kind::File => "file",
-        }
-    }
-
-    fn parse(s: &str) -> Result<Self, ProviderError> {
-        match s {
-            "folder" => Ok(Kind::Folder),
-            "file" => Ok(Kind::File),
-            other => Err(ProviderError::invalid(format!(
-                "undo record has a bad kind {other:?}"
-            ))),
-        }
-    }
-}
-
 /// The undo record of a Stage* call, parsed.
 struct Staged {
-    kind: Kind,
+    kind: StagedKind,
     path: RelPath,
     name: String,
     bytes: u64,
@@ -65,55 +40,69 @@ impl Staged {
         self.dir().join(ITEM)
     }
 
-    fn record(&self) -> Element {
-        let mut undo = Element::new("undo");
-        undo.push(text("op", "unstage"));
-        undo.push(text("kind", self.kind.name()));
-        undo.push(text("path", self.path.display()));
-        undo.push(text("staging", self.name.clone()));
-        if self.kind == Kind::File {
-            undo.push(text("bytes", self.bytes.to_string()));
-            undo.push(text("hash", format!("{:016x}", self.hash)));
+    fn record(&self) -> UndoRecord {
+        let file = self.kind == StagedKind::File;
+        UndoRecord::Unstage {
+            kind: self.kind,
+            path: self.path.display(),
+            staging: self.name.clone(),
+            bytes: file.then_some(self.bytes),
+            hash: file.then_some(self.hash),
         }
-        undo
+    }
+
+    fn marker(&self, phase: StagePhase) -> Marker {
+        Marker::Stage {
+            phase,
+            kind: self.kind,
+            path: self.path.display(),
+            staging: self.name.clone(),
+        }
     }
 }
 
-impl FilesystemProvider {
-    fn staged_from(&self, u: &Element) -> Result<Staged, ProviderError> {
-        let kind = Kind::parse(&req_input(u, &["kind"])?)?;
-        let path = self.undo_path(u, "path")?;
-        let name = req_input(u, &["staging"])?;
-        if name.contains('/') || name.starts_with('.') || name.contains('\0') {
-            return Err(ProviderError::invalid(format!(
-                "undo record has a bad staging name {name:?}"
-            )));
-        }
-        let num = |field: &str, radix: u32| -> Result<u64, ProviderError> {
-            match opt_input(u, &[field]) {
-                None => Ok(0),
-                Some(v) => u64::from_str_radix(v.trim(), radix).map_err(|_| {
-                    ProviderError::invalid(format!("undo record has a bad {field} {v:?}"))
-                }),
-            }
-        };
-        Ok(Staged {
+impl Fs {
+    /// The staged item an `unstage` undo record names (any other record is refused).
+    fn staged_from(&self, record: &UndoRecord) -> Result<Staged, ProviderError> {
+        let UndoRecord::Unstage {
             kind,
             path,
-            name,
-            bytes: num("bytes", 10)?,
-            hash: num("hash", 16)?,
+            staging,
+            bytes,
+            hash,
+        } = record
+        else {
+            return Err(ProviderError::invalid(format!(
+                "expected an unstage undo record, got {record:?}"
+            )));
+        };
+        let path = self.checked("path", path, false)?;
+        if staging.is_empty()
+            || staging.contains('/')
+            || staging.starts_with('.')
+            || staging.contains('\0')
+        {
+            return Err(ProviderError::invalid(format!(
+                "undo record has a bad staging name {staging:?}"
+            )));
+        }
+        Ok(Staged {
+            kind: *kind,
+            path,
+            name: staging.clone(),
+            bytes: bytes.unwrap_or(0),
+            hash: hash.unwrap_or(0),
         })
     }
 
     /// StageFolder / StageFile execute: builds the content in the staging area.
-    fn stage(&self, call: &Call, kind: Kind) -> Result<Outcome, ProviderError> {
+    fn stage(&self, call: &Call, kind: StagedKind) -> Result<Outcome, ProviderError> {
         let data = &call.execute_data;
         let path = self.path_input(data, "path", false)?;
-        let mode = parse_mode("mode", opt_nonempty(data, &["mode"]))?;
+        let mode = self.mode_input(data)?;
         let content = match kind {
-            Kind::File => opt_input(data, &["content"]).unwrap_or_default(),
-            Kind::Folder => String::new(),
+            StagedKind::File => opt_input(data, &["content"]).unwrap_or_default(),
+            StagedKind::Folder => String::new(),
         };
         self.require_parent_dir("path", &path)?;
         if self.lstat(&path)?.is_some() {
@@ -123,7 +112,7 @@ impl FilesystemProvider {
             });
         }
         let bytes = u64::try_from(content.len()).unwrap_or(u64::MAX);
-        if kind == Kind::File {
+        if kind == StagedKind::File {
             self.check_quota(&path, bytes)?;
         }
         let key = call.context.idempotency_key();
@@ -136,17 +125,7 @@ impl FilesystemProvider {
         };
         // A retried call (same key) starts over from a clean staging folder.
         self.remove_staging(&staged)?;
-        pending::write(
-            &self.dir,
-            &key,
-            &serde_json::json!({
-                "op": "Stage",
-                "phase": "staged",
-                "kind": kind.name(),
-                "path": staged.path.display(),
-                "staging": staged.name,
-            }),
-        )?;
+        pending::write(&self.dir, &key, &staged.marker(StagePhase::Staged))?;
         if let Err(e) = self.build_staged(&staged, mode, &content) {
             let _ = self.remove_staging(&staged);
             pending::remove(&self.dir, &key);
@@ -154,7 +133,7 @@ impl FilesystemProvider {
         }
         let mut out = call.execute_data.clone();
         out.push(text("staged", staged.path.display()));
-        if kind == Kind::File {
+        if kind == StagedKind::File {
             out.push(Element::with_scalar(
                 "bytes",
                 Scalar::Int(i64::try_from(bytes).unwrap_or(i64::MAX)),
@@ -162,7 +141,7 @@ impl FilesystemProvider {
         }
         Ok(Outcome {
             execute_data: out,
-            undo: Some(staged.record()),
+            undo: Some(staged.record().to_element()?),
         })
     }
 
@@ -185,12 +164,12 @@ impl FilesystemProvider {
         made.map_err(|e| io_error(&what, e))?;
         let item = staged.item();
         match staged.kind {
-            Kind::Folder => match mode {
+            StagedKind::Folder => match mode {
                 Some(m) => create_dir_mode(&self.dir, &item, m),
                 None => self.dir.create_dir(&item),
             }
             .map_err(|e| io_error(&what, e)),
-            Kind::File => {
+            StagedKind::File => {
                 let mut opts = OpenOptions::new();
                 opts.write(true).create_new(true);
                 #[cfg(unix)]
@@ -234,8 +213,8 @@ impl FilesystemProvider {
             Err(e) => return Err(io_error(&format!("{}", item.display()), e)),
         };
         match staged.kind {
-            Kind::Folder => Ok(meta.is_dir()),
-            Kind::File => {
+            StagedKind::Folder => Ok(meta.is_dir()),
+            StagedKind::File => {
                 if !meta.is_file() || meta.len() != staged.bytes {
                     return Ok(false);
                 }
@@ -250,8 +229,8 @@ impl FilesystemProvider {
     }
 
     /// Prepare: staged content intact, target still free, its parent still a folder.
-    pub(super) fn prepare_staged(&self, done: &Done) -> Result<(), ProviderError> {
-        let staged = self.staged_from(&done.undo)?;
+    pub(super) fn prepare_staged(&self, record: &UndoRecord) -> Result<(), ProviderError> {
+        let staged = self.staged_from(record)?;
         if !self.staged_intact(&staged)? {
             return Err(ProviderError::permanent(format!(
                 "prepare: the staged {} for `{}` is missing or was changed",
@@ -270,15 +249,19 @@ impl FilesystemProvider {
                 ),
             });
         }
-        if staged.kind == Kind::File {
+        if staged.kind == StagedKind::File {
             self.check_quota(&staged.path, staged.bytes)?;
         }
         Ok(())
     }
 
     /// Commit: one rename (never replacing) from the staging area to the target.
-    pub(super) fn commit_staged(&self, done: &Done) -> Result<(), ProviderError> {
-        let staged = self.staged_from(&done.undo)?;
+    pub(super) fn commit_staged(
+        &self,
+        done: &Done,
+        record: &UndoRecord,
+    ) -> Result<(), ProviderError> {
+        let staged = self.staged_from(record)?;
         let key = done.context.idempotency_key();
         let item = staged.item();
         if self.dir.symlink_metadata(&item).is_err() {
@@ -295,17 +278,7 @@ impl FilesystemProvider {
                 }),
             };
         }
-        pending::write(
-            &self.dir,
-            &key,
-            &serde_json::json!({
-                "op": "Stage",
-                "phase": "committing",
-                "kind": staged.kind.name(),
-                "path": staged.path.display(),
-                "staging": staged.name,
-            }),
-        )?;
+        pending::write(&self.dir, &key, &staged.marker(StagePhase::Committing))?;
         let what = format!("commit of `{}`", staged.path.display());
         let from_dir = self
             .dir
@@ -340,15 +313,19 @@ impl FilesystemProvider {
 
     /// Undo (abort): staged content removed; after a commit, the target removed (a folder
     /// only while empty).
-    pub(super) fn unstage(&self, done: &Done) -> Result<(), ProviderError> {
-        let staged = self.staged_from(&done.undo)?;
+    pub(super) fn unstage(&self, done: &Done, record: &UndoRecord) -> Result<(), ProviderError> {
+        let staged = self.staged_from(record)?;
         let key = done.context.idempotency_key();
         if self.dir.symlink_metadata(staged.item()).is_ok() {
             return self.remove_staging(&staged);
         }
-        let committed = pending::read(&self.dir, &key)
-            .and_then(|m| m.get("phase").and_then(|p| p.as_str()).map(str::to_string))
-            .is_some_and(|p| p == "committing");
+        let committed = matches!(
+            pending::read(&self.dir, &key)?,
+            Some(Marker::Stage {
+                phase: StagePhase::Committing,
+                ..
+            })
+        );
         self.remove_staging(&staged)?;
         if !committed {
             return Ok(());
@@ -356,7 +333,7 @@ impl FilesystemProvider {
         let path = &staged.path;
         match (staged.kind, self.lstat(path)?) {
             (_, None) => Ok(()),
-            (Kind::Folder, Some(m)) if m.is_dir() => match self.dir.remove_dir(path.path()) {
+            (StagedKind::Folder, Some(m)) if m.is_dir() => match self.dir.remove_dir(path.path()) {
                 Ok(()) => Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::DirectoryNotEmpty => {
@@ -371,14 +348,18 @@ impl FilesystemProvider {
                 }
                 Err(e) => Err(io_error(&format!("folder `{}`", path.display()), e)),
             },
-            (Kind::File, Some(m)) if m.is_file() => match self.dir.remove_file(path.path()) {
+            (StagedKind::File, Some(m)) if m.is_file() => match self.dir.remove_file(path.path()) {
                 Ok(()) => Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
                 Err(e) => Err(io_error(&format!("file `{}`", path.display()), e)),
             },
             (kind, Some(_)) => Err(ProviderError::permanent(format!(
                 "cannot undo Stage{}: `{}` is no longer a {}",
-                if kind == Kind::File { "File" } else { "Folder" },
+                if kind == StagedKind::File {
+                    "File"
+                } else {
+                    "Folder"
+                },
                 path.display(),
                 kind.name()
             ))),
@@ -390,12 +371,11 @@ impl FilesystemProvider {
     pub(super) fn recover_staged(
         &self,
         call: &Call,
-        marker: &serde_json::Value,
+        kind: StagedKind,
+        path: &str,
     ) -> Result<Option<Element>, ProviderError> {
         let key = call.context.idempotency_key();
-        let field = |n: &str| marker.get(n).and_then(|v| v.as_str()).unwrap_or_default();
-        let kind = Kind::parse(field("kind"))?;
-        let path = RelPath::parse("path", field("path"), false)?;
+        let path = RelPath::parse("path", path, false)?;
         let content = opt_input(&call.execute_data, &["content"]).unwrap_or_default();
         let staged = Staged {
             kind,
@@ -405,7 +385,7 @@ impl FilesystemProvider {
             hash: fnv1a(content.as_bytes()),
         };
         if self.staged_intact(&staged)? {
-            return Ok(Some(staged.record()));
+            return Ok(Some(staged.record().to_element()?));
         }
         self.remove_staging(&staged)?;
         pending::remove(&self.dir, &key);
@@ -414,12 +394,12 @@ impl FilesystemProvider {
 
     /// StageFolder execute.
     pub(super) fn stage_folder(&self, call: &Call) -> Result<Outcome, ProviderError> {
-        self.stage(call, Kind::Folder)
+        self.stage(call, StagedKind::Folder)
     }
 
     /// StageFile execute.
     pub(super) fn stage_file(&self, call: &Call) -> Result<Outcome, ProviderError> {
-        self.stage(call, Kind::File)
+        self.stage(call, StagedKind::File)
     }
 }
 
