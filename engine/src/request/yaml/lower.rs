@@ -425,15 +425,7 @@ impl<'a> Cx<'a> {
                     let nth = i.to_string();
                     let fat = fe.key(&nth);
                     let name = it.name.unwrap_or_default().0;
-                    if !is_plain_name(&name) || is_reserved_scope(&name) {
-                        self.err(
-                            &fat,
-                            format!("`{name}` cannot name a forEach variable"),
-                            Some(format!(
-                                "use a plain name that is not one of {}",
-                                rules::SCOPE_NAMES.join(", ")
-                            )),
-                        );
+                    if !self.for_each_name_ok(&fat, &name) {
                         continue;
                     }
                     let root = self.scope(
@@ -473,15 +465,7 @@ impl<'a> Cx<'a> {
                 let fe = at.key("forEach");
                 for (name, r) in items {
                     let fat = fe.key(&name);
-                    if !is_plain_name(&name) || is_reserved_scope(&name) {
-                        self.err(
-                            &fat,
-                            format!("`{name}` cannot name a forEach variable"),
-                            Some(format!(
-                                "use a plain name that is not one of {}",
-                                rules::SCOPE_NAMES.join(", ")
-                            )),
-                        );
+                    if !self.for_each_name_ok(&fat, &name) {
                         continue;
                     }
                     match self.reference(&fat, &r) {
@@ -588,6 +572,22 @@ impl<'a> Cx<'a> {
             needs,
             source_ref: sref,
         })
+    }
+
+    /// Whether `name` may name a forEach variable (else the error is recorded).
+    fn for_each_name_ok(&mut self, at: &At, name: &str) -> bool {
+        let ok = is_plain_name(name) && !is_reserved_scope(name);
+        if !ok {
+            self.err(
+                at,
+                format!("`{name}` cannot name a forEach variable"),
+                Some(format!(
+                    "use a plain name that is not one of {}",
+                    rules::SCOPE_NAMES.join(", ")
+                )),
+            );
+        }
+        ok
     }
 
     fn check_foreach_root(&mut self, at: &At, root: &Scope) {
