@@ -648,6 +648,16 @@ impl Config {
                 "# seal key: read from {key_file} (created 0600 on first use if missing; contents never shown)\n"
             )),
         }
+        let files_root = self
+            .providers
+            .filesystem
+            .root
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("files"));
+        out.push_str(&format!(
+            "# filesystem project quotas: {}\n",
+            provisio_providers::filesystem::project_quota_support(&files_root)
+        ));
         out.push('\n');
         out.push_str(&body);
         Ok(out)

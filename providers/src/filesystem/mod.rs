@@ -18,6 +18,7 @@ mod sweep;
 #[cfg(test)]
 mod tests;
 
+pub use quota::{project_quota_support, QuotaSupport};
 pub use staging::STAGING_DIR;
 pub use sweep::Swept;
 
