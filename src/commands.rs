@@ -521,7 +521,7 @@ async fn recover_cmd(config: &Config) -> Result<Exit> {
     if found.is_empty() {
         println!("nothing to recover");
     }
-    sweep_zone_files(config, &journal).await;
+    sweep_provider_state(config, &journal).await;
     let mut failed = false;
     for r in &found {
         println!(
@@ -540,28 +540,74 @@ async fn recover_cmd(config: &Config) -> Result<Exit> {
     })
 }
 
-/// After recovery, removes what the zone-file DNS backend kept for transactions that are
-/// over (intent markers) and temp files of writes that never finished. A transaction still
-/// counts as live unless it committed or rolled back (a `rollback_failed` one may be
-/// resumed). Best effort: a failure is logged, recovery's outcome stands.
-async fn sweep_zone_files(config: &Config, journal: &provisio_engine::txn::DurableJournal) {
+/// The transactions that are not over: all but committed and rolled-back ones (a
+/// `rollback_failed` one may be resumed, so what providers kept for it must stay).
+fn live_transactions(
+    journal: &provisio_engine::txn::DurableJournal,
+) -> Result<std::collections::HashSet<String>, provisio_engine::txn::RecoveryError> {
+    Ok(provisio_engine::txn::recovery::list(journal, None)?
+        .into_iter()
+        .filter(|t| !matches!(t.state, TxnState::Committed | TxnState::RolledBack))
+        .map(|t| t.id)
+        .collect())
+}
+
+/// After recovery, removes what the embedded providers kept for transactions that are over
+/// (the filesystem provider's and the zone-file DNS backend's intent markers) and temp files
+/// of writes that never finished. Best effort: a failure is logged, recovery's outcome
+/// stands.
+async fn sweep_provider_state(config: &Config, journal: &provisio_engine::txn::DurableJournal) {
+    let live = match live_transactions(journal) {
+        Ok(live) => Arc::new(live),
+        Err(e) => {
+            tracing::warn!("not sweeping provider state: cannot list transactions: {e}");
+            return;
+        }
+    };
+    sweep_filesystem(config, live.clone()).await;
+    sweep_zone_files(config, live).await;
+}
+
+async fn sweep_filesystem(config: &Config, live: Arc<std::collections::HashSet<String>>) {
+    use provisio_providers::filesystem::FilesystemProvider;
+    let root = config
+        .providers
+        .filesystem
+        .root
+        .clone()
+        .unwrap_or_else(|| config.data_dir.join("files"));
+    if !root.exists() {
+        return;
+    }
+    let fs = match FilesystemProvider::new(root) {
+        Ok(fs) => fs,
+        Err(e) => {
+            tracing::warn!("not sweeping the filesystem provider's state: {e}");
+            return;
+        }
+    };
+    match fs.sweep_temporaries().await {
+        Ok(swept) => tracing::info!(
+            temp_files = swept.removed.len(),
+            "swept filesystem temp files"
+        ),
+        Err(e) => tracing::warn!("sweeping filesystem temp files failed: {e}"),
+    }
+    match fs.prune_markers(move |txn| live.contains(txn)).await {
+        Ok(swept) => tracing::info!(
+            markers = swept.removed.len(),
+            "pruned filesystem intent markers"
+        ),
+        Err(e) => tracing::warn!("pruning filesystem intent markers failed: {e}"),
+    }
+}
+
+async fn sweep_zone_files(config: &Config, live: Arc<std::collections::HashSet<String>>) {
     use crate::config::DnsBackendKind;
     use provisio_providers::dns::{LiveTxns, ZoneBackend, ZoneFileBackend};
     if config.providers.dns.backend != DnsBackendKind::Zonefile {
         return;
     }
-    let live: std::collections::HashSet<String> =
-        match provisio_engine::txn::recovery::list(journal, None) {
-            Ok(all) => all
-                .into_iter()
-                .filter(|t| !matches!(t.state, TxnState::Committed | TxnState::RolledBack))
-                .map(|t| t.id)
-                .collect(),
-            Err(e) => {
-                tracing::warn!("not sweeping the zone folder: cannot list transactions: {e}");
-                return;
-            }
-        };
     let dir = config
         .providers
         .dns

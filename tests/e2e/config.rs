@@ -420,3 +420,38 @@ fn recover_sweeps_markers_of_finished_transactions_and_dead_temp_files() {
         "the zone stays"
     );
 }
+
+#[test]
+fn recover_prunes_the_filesystem_markers_of_finished_transactions() {
+    let s = Sandbox::new();
+    let base = s.dir.path();
+    s.write("provisio.toml", "data_dir = \"data\"\n");
+    // A trusted request needs no namespace folder: the provider's own namespace serves it.
+    s.write(
+        "folder.xml",
+        r#"<request><procedure>
+  <execute namespace="Filesystem Provider" procedure="CreateFolder"><executeData><path>t</path></executeData></execute>
+  <execute namespace="Filesystem Provider" procedure="CreateFolder"><executeData><path>u</path></executeData></execute>
+</procedure></request>"#,
+    );
+    let r = run_clean(base, &["-q", "run", "folder.xml"], &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let markers = base.join("data/files/.provisio-state/pending");
+    let count = |dir: &Path| std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
+    assert!(count(&markers) > 0, "the committed calls' markers: {r:?}");
+    let mut gone = Command::new("true").spawn().expect("run true");
+    let pid = gone.id();
+    gone.wait().expect("wait");
+    let tmp = base.join(format!("data/files/.provisio-state/quotas.json.tmp-{pid}"));
+    std::fs::write(&tmp, "partial").expect("plant");
+
+    let r = run_clean(base, &["recover"], &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(
+        count(&markers),
+        0,
+        "markers of a committed transaction pruned: {r:?}"
+    );
+    assert!(!tmp.exists(), "dead writer's temp file swept");
+    assert!(base.join("data/files/t").is_dir() && base.join("data/files/u").is_dir());
+}
