@@ -1526,3 +1526,48 @@ async fn an_unjournaled_rollback_after_an_unjournaled_commit_is_logged() {
     assert_eq!(last.len(), 1, "{}", logs.text());
     assert!(last[0].contains("roll it back again"), "{}", last[0]);
 }
+
+/// Waves follow the expanded graph: the calls inside a nested procedure keep their own
+/// order, a step after the nested call waits for its last call, and forEach iterations
+/// (which run one after another) take a wave each.
+#[tokio::test]
+async fn plan_waves_follow_nested_procedures_and_iterations() {
+    let env = env(r#"
+namespace: W
+procedures:
+  Dns:
+    access: public
+    steps:
+      zone: { call: Rec Provider/Create, with: { name: zone } }
+      mailHost: { call: Rec Provider/Create, with: { name: mail }, needs: [zone] }
+      mx: { call: Rec Provider/Create, with: { name: mx }, needs: [mailHost] }
+      spf: { call: Rec Provider/Create, with: { name: spf }, needs: [zone] }
+  Tenant:
+    access: public
+    steps:
+      dns: { call: W/Dns }
+      folder: { call: Rec Provider/Create, with: { name: folder } }
+      users:
+        call: Rec Provider/Create
+        forEach: [{ name: u, path: user }]
+        with: { name: "{{ u }}" }
+        needs: [folder]
+      welcome: { call: Rec Provider/Create, with: { name: welcome }, needs: [dns, users] }
+"#);
+    let plan = env.plan("call: W/Tenant\ndata: { user: [ann, bob] }").await;
+    let waves: Vec<(&str, usize)> = plan.iter().map(|e| (e.step.as_str(), e.wave)).collect();
+    let wave = |step: &str| match waves.iter().find(|(s, _)| *s == step) {
+        Some((_, w)) => *w,
+        None => panic!("no plan entry for {step}: {waves:?}"),
+    };
+    assert_eq!(wave("dns/zone"), 0, "{waves:?}");
+    assert_eq!(wave("folder"), 0, "{waves:?}");
+    assert_eq!(wave("dns/mailHost"), 1, "{waves:?}");
+    assert_eq!(wave("dns/spf"), 1, "{waves:?}");
+    assert_eq!(wave("dns/mx"), 2, "{waves:?}");
+    assert_eq!(wave("users[1]"), 1, "{waves:?}");
+    assert_eq!(wave("users[2]"), 2, "{waves:?}");
+    assert_eq!(wave("welcome"), 3, "{waves:?}");
+    // Listed by wave, so a wave is one group.
+    assert!(waves.windows(2).all(|w| w[0].1 <= w[1].1), "{waves:?}");
+}

@@ -307,3 +307,47 @@ fn a_finished_transaction_can_be_inspected() {
         .unwrap_or_default()
         .contains("\"committed\""));
 }
+
+/// Issue 12 item 10: waves follow the expanded graph, so a call inside a nested procedure
+/// is never listed beside a call it waits for.
+#[test]
+fn plan_waves_follow_nested_procedures() {
+    let sb = Sandbox::new();
+    let r = sb.run(&["plan", "workflows/provision-tenant.yaml", "--json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("plan --json is JSON");
+    let wave = |step: &str| -> u64 {
+        let entries = v.as_array().expect("a list of calls");
+        match entries.iter().find(|e| e["step"] == step) {
+            Some(e) => e["wave"].as_u64().expect("a wave number"),
+            None => panic!("no {step} in {}", r.stdout),
+        }
+    };
+    assert!(wave("dns/zone") < wave("dns/mailHost"), "{}", r.stdout);
+    assert!(wave("dns/mailHost") < wave("dns/mx"), "{}", r.stdout);
+    assert!(wave("dns/zone") < wave("dns/spf"), "{}", r.stdout);
+    let text = sb.run(&["plan", "workflows/provision-tenant.yaml"]);
+    let header_of = |step: &str| -> String {
+        let mut header = String::new();
+        for line in text.stdout.lines() {
+            if line.starts_with("wave ") {
+                header = line.to_string();
+            } else if line.trim_start().starts_with(&format!("{step} ")) {
+                return header;
+            }
+        }
+        panic!("no {step} in {}", text.stdout)
+    };
+    assert_ne!(
+        header_of("dns/zone"),
+        header_of("dns/mailHost"),
+        "{}",
+        text.stdout
+    );
+    assert_ne!(
+        header_of("dns/mailHost"),
+        header_of("dns/mx"),
+        "{}",
+        text.stdout
+    );
+}

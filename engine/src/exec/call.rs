@@ -3,6 +3,7 @@
 //! crash replays a journaled result instead of calling; a dry run asks for a preview.
 
 use super::journal::log_lapse;
+use super::run::Sched;
 use super::state::{lock, push_completed, Completed, Txn};
 use super::{Engine, ErrorSource, Event, Failure, PlanEntry, Replayed, StepDone, StepIntent};
 use crate::compile::{CompiledProcedure, Leaf};
@@ -290,8 +291,9 @@ impl Engine {
         leaf: &Leaf,
         ed: Element,
         step: &str,
-        unresolved: Vec<String>,
+        at: Sched,
     ) -> Result<Element, Failure> {
+        let Sched { wave, unresolved } = at;
         let provider = self.provider(leaf, step)?;
         let call = Call {
             context: self.call_context(txn, callee, leaf, step, 1),
@@ -308,7 +310,7 @@ impl Engine {
         };
         lock(&txn.plan).push(PlanEntry {
             step: step.to_string(),
-            wave: txn.wave_of(step),
+            wave,
             target: callee.target.to_string(),
             provider: leaf.provider.clone(),
             inputs: call.execute_data.clone(),

@@ -21,9 +21,7 @@ pub use journal::{Journal, JournalError, NoJournal, StepDone, StepIntent, TxnSta
 pub use redact::Redactor;
 pub use rollback::{undo_in_dependency_order, UndoOrder};
 
-use crate::compile::{
-    check_request, compile_request, Body, Catalog, CompileErrors, Limits, Program,
-};
+use crate::compile::{check_request, compile_request, Catalog, CompileErrors, Limits, Program};
 use crate::data::Element;
 use crate::model::{Request, RequestTarget};
 use crate::provider::{Preview, ProviderError, ProviderRegistry};
@@ -167,7 +165,8 @@ pub struct TxnResult {
 pub struct PlanEntry {
     /// Step path.
     pub step: String,
-    /// Wave of the top-level step it belongs to (steps of a wave may run at once).
+    /// Its wave: the calls of a wave may run at once; a call's wave is after those of every
+    /// call it waits for (through `needs`, data, nested procedures and forEach iterations).
     pub wave: usize,
     /// `Namespace/Procedure` of the provider leaf.
     pub target: String,
@@ -309,6 +308,8 @@ impl Engine {
         );
         let _ = self.run_entry(&txn, request.data.clone()).await;
         let mut entries = std::mem::take(&mut *lock(&txn.plan));
+        // Recorded as the walk reached them; listed by wave (stable: in walk order within).
+        entries.sort_by_key(|e| e.wave);
         for e in &mut entries {
             txn.redactor.redact_element(&mut e.inputs);
         }
@@ -322,16 +323,6 @@ impl Engine {
         data: &Element,
         context: Element,
     ) -> Txn {
-        let waves = match &program.entry.body {
-            Body::Steps(plan) => plan
-                .waves()
-                .into_iter()
-                .enumerate()
-                .flat_map(|(w, nodes)| nodes.into_iter().map(move |n| (w, n)))
-                .map(|(w, n)| (plan.graph[n].id().to_string(), w))
-                .collect(),
-            Body::Leaf(_) => HashMap::new(),
-        };
         let redactor = Redactor::new(program.secrets.clone(), data);
         Txn {
             id: uuid::Uuid::now_v7().to_string(),
@@ -343,7 +334,6 @@ impl Engine {
             calls: AtomicUsize::new(0),
             permits: Semaphore::new(self.options.max_parallel.max(1)),
             plan: Mutex::new(Vec::new()),
-            waves,
             redactor,
             resume: None,
         }

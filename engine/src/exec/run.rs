@@ -187,9 +187,9 @@ impl Engine {
             Body::Steps(plan) => {
                 apply_defaults(&entry, &mut data);
                 let inv = Invocation::new(data, entry.procedure_data.clone());
-                let r = self.run_plan(txn, &inv, plan, "").await;
+                let r = self.run_plan(txn, &inv, plan, "", 0).await;
                 match r {
-                    Ok(()) => Ok(inv.into_data()),
+                    Ok(_) => Ok(inv.into_data()),
                     Err(mut f) => {
                         f.sources.push(ErrorSource {
                             namespace: entry.target.namespace.clone(),
@@ -216,15 +216,23 @@ impl Engine {
     /// Runs the steps of a plan: each step starts as soon as everything it depends on has
     /// finished. After a failure no new step starts; the running ones finish (so their
     /// results are recorded for rollback) and the first failure is returned.
+    ///
+    /// Waves count provider calls that must follow one another: the plan starts in wave
+    /// `start`, a step starts in the wave after the last call of the steps it needs, and
+    /// the plan's end wave (the wave after its last call) is returned. A dry run labels
+    /// each call with its wave, so calls of one wave may run at once.
     fn run_plan<'a>(
         &'a self,
         txn: &'a Txn,
         inv: &'a Invocation,
         plan: &'a Plan,
         prefix: &'a str,
-    ) -> BoxFuture<'a, Result<(), Failure>> {
+        start: usize,
+    ) -> BoxFuture<'a, Result<usize, Failure>> {
         async move {
             let n = plan.graph.node_count();
+            let mut ends = vec![start; n];
+            let mut end = start;
             let mut indeg = vec![0usize; n];
             for e in plan.graph.raw_edges() {
                 indeg[e.target().index()] += 1;
@@ -236,13 +244,23 @@ impl Engine {
             loop {
                 if failure.is_none() {
                     while let Some(Reverse(i)) = ready.pop() {
-                        let node = &plan.graph[NodeIndex::new(i)];
-                        running.push(self.run_node(txn, inv, node, prefix).map(move |r| (i, r)));
+                        let at = NodeIndex::new(i);
+                        let node_start = plan
+                            .graph
+                            .neighbors_directed(at, petgraph::Direction::Incoming)
+                            .map(|p| ends[p.index()])
+                            .max()
+                            .unwrap_or(start);
+                        let node = &plan.graph[at];
+                        let run = self.run_node(txn, inv, node, prefix, node_start);
+                        running.push(run.map(move |r| (i, r)));
                     }
                 }
                 match running.next().await {
                     None => break,
-                    Some((i, Ok(()))) => {
+                    Some((i, Ok(node_end))) => {
+                        ends[i] = node_end;
+                        end = end.max(node_end);
                         for m in plan.graph.neighbors(NodeIndex::new(i)) {
                             indeg[m.index()] -= 1;
                             if indeg[m.index()] == 0 {
@@ -259,7 +277,7 @@ impl Engine {
             }
             match failure {
                 Some(f) => Err(f),
-                None => Ok(()),
+                None => Ok(end),
             }
         }
         .boxed()
@@ -271,10 +289,11 @@ impl Engine {
         inv: &'a Invocation,
         node: &'a PlanNode,
         prefix: &'a str,
-    ) -> BoxFuture<'a, Result<(), Failure>> {
+        start: usize,
+    ) -> BoxFuture<'a, Result<usize, Failure>> {
         async move {
             match node {
-                PlanNode::Execute(e) => self.run_execute(txn, inv, e, prefix).await,
+                PlanNode::Execute(e) => self.run_execute(txn, inv, e, prefix, start).await,
                 PlanNode::Script(sn) => {
                     let step = format!("{prefix}{}", sn.id);
                     self.run_script(
@@ -284,21 +303,20 @@ impl Engine {
                             step: &step,
                         },
                         sn,
+                        start,
                     )
                     .await
                 }
                 PlanNode::Select(s) => {
                     let step = format!("{prefix}{}", s.id);
-                    run_select(
-                        StepCtx {
-                            txn,
-                            inv,
-                            step: &step,
-                        },
-                        s,
-                    )
+                    let cx = StepCtx {
+                        txn,
+                        inv,
+                        step: &step,
+                    };
+                    run_select(cx, s).map(|()| start)
                 }
-                PlanNode::Try(t) => self.run_try(txn, inv, t, prefix).await,
+                PlanNode::Try(t) => self.run_try(txn, inv, t, prefix, start).await,
             }
         }
         .boxed()
@@ -312,10 +330,11 @@ impl Engine {
         inv: &Invocation,
         t: &TryNode,
         prefix: &str,
-    ) -> Result<(), Failure> {
+        start: usize,
+    ) -> Result<usize, Failure> {
         let body_prefix = format!("{prefix}{}/", t.id);
-        let f = match self.run_plan(txn, inv, &t.body, &body_prefix).await {
-            Ok(()) => return Ok(()),
+        let f = match self.run_plan(txn, inv, &t.body, &body_prefix, start).await {
+            Ok(end) => return Ok(end),
             Err(f) if txn.mode == RunMode::Plan => return Err(f),
             Err(f) => f,
         };
@@ -328,7 +347,8 @@ impl Engine {
             context.push(error_context(&f));
         }
         let catch_prefix = format!("{prefix}{}/catch/", t.id);
-        self.run_plan(txn, inv, &t.catch, &catch_prefix).await
+        self.run_plan(txn, inv, &t.catch, &catch_prefix, start)
+            .await
     }
 
     /// An execute step: for each forEach iteration whose conditions hold, `repeat` times:
@@ -339,8 +359,11 @@ impl Engine {
         inv: &Invocation,
         node: &ExecNode,
         prefix: &str,
-    ) -> Result<(), Failure> {
+        start: usize,
+    ) -> Result<usize, Failure> {
         let step = format!("{prefix}{}", node.id);
+        // Iterations and repeats run one after another: each starts where the last ended.
+        let mut wave = start;
         let iterations = self.iterations(
             StepCtx {
                 txn,
@@ -374,13 +397,14 @@ impl Engine {
                     continue; // ifNull="skip": this iteration does not run
                 }
                 if let Some(target) = &node.call {
-                    ed = self.invoke(txn, target, ed, &step, unresolved).await?;
+                    let at = Sched { wave, unresolved };
+                    (ed, wave) = self.invoke(txn, target, ed, &step, at).await?;
                 }
                 let mut ignored = Vec::new();
                 self.transforms(cx, &mut bindings, &mut ed, &node.after, &mut ignored)?;
             }
         }
-        Ok(())
+        Ok(wave)
     }
 
     /// How many times a step runs in this iteration (1 without `repeat`).
@@ -421,15 +445,16 @@ impl Engine {
     }
 
     /// Calls a procedure: a provider leaf, or a nested procedure whose `data` is the
-    /// caller's executeData (and whose final `data` comes back as executeData).
+    /// caller's executeData (and whose final `data` comes back as executeData). Returns
+    /// the output and the wave after the call's last provider call.
     pub(super) fn invoke<'a>(
         &'a self,
         txn: &'a Txn,
         target: &'a CallTarget,
         ed: Element,
         step: &'a str,
-        unresolved: Vec<String>,
-    ) -> BoxFuture<'a, Result<Element, Failure>> {
+        at: Sched,
+    ) -> BoxFuture<'a, Result<(Element, usize), Failure>> {
         async move {
             let Some(callee) = txn.program.procedure(target).cloned() else {
                 return Err(Failure::data(
@@ -439,10 +464,13 @@ impl Engine {
             };
             match &callee.body {
                 Body::Leaf(leaf) => {
-                    if txn.mode == RunMode::Plan {
-                        return self.preview(txn, &callee, leaf, ed, step, unresolved).await;
-                    }
-                    self.call_provider(txn, &callee, leaf, ed, step).await
+                    let end = at.wave + 1;
+                    let out = if txn.mode == RunMode::Plan {
+                        self.preview(txn, &callee, leaf, ed, step, at).await?
+                    } else {
+                        self.call_provider(txn, &callee, leaf, ed, step).await?
+                    };
+                    Ok((out, end))
                 }
                 Body::Steps(plan) => {
                     let mut data = ed;
@@ -453,11 +481,11 @@ impl Engine {
                     }
                     let inv = Invocation::new(data, callee.procedure_data.clone());
                     let prefix = format!("{step}/");
-                    match self.run_plan(txn, &inv, plan, &prefix).await {
-                        Ok(()) => {
+                    match self.run_plan(txn, &inv, plan, &prefix, at.wave).await {
+                        Ok(end) => {
                             let mut out = inv.into_data();
                             out.name = "executeData".into();
-                            Ok(out)
+                            Ok((out, end))
                         }
                         Err(mut f) => {
                             f.sources.push(ErrorSource {
@@ -473,6 +501,12 @@ impl Engine {
         }
         .boxed()
     }
+}
+
+/// Where a call falls in a dry run: its wave, and the inputs not known before it.
+pub(super) struct Sched {
+    pub wave: usize,
+    pub unresolved: Vec<String>,
 }
 
 impl TxnResult {

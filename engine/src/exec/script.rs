@@ -2,6 +2,7 @@
 //! back over a channel and run as nested calls of the transaction (journaled and undone
 //! like any other); its result goes into `data`, and its undo script joins the rollback.
 
+use super::run::Sched;
 use super::state::{lock, push_completed, Completed, RunMode, StepCtx};
 use super::{Engine, Failure, PlanEntry};
 use crate::compile::ScriptNode;
@@ -16,25 +17,30 @@ use std::sync::Arc;
 use tracing::info_span;
 
 impl Engine {
-    /// Runs a script step (see the module doc).
-    pub(super) async fn run_script(&self, cx: StepCtx<'_>, sn: &ScriptNode) -> Result<(), Failure> {
+    /// Runs a script step (see the module doc) starting in `wave`; returns the wave after it.
+    pub(super) async fn run_script(
+        &self,
+        cx: StepCtx<'_>,
+        sn: &ScriptNode,
+        wave: usize,
+    ) -> Result<usize, Failure> {
         let step = cx.step;
         let none = Vec::new();
         let literal = Element::new("executeData");
         if !self.check(cx, &none, &sn.when, &literal)? {
-            return Ok(());
+            return Ok(wave);
         }
         if cx.txn.mode == RunMode::Plan {
             lock(&cx.txn.plan).push(PlanEntry {
                 step: step.to_string(),
-                wave: cx.txn.wave_of(step),
+                wave,
                 target: "(script)".into(),
                 provider: "rhai".into(),
                 inputs: literal,
                 preview: Preview::Unknown,
                 unresolved: vec!["a script step runs only for real".into()],
             });
-            return Ok(());
+            return Ok(wave + 1);
         }
         let vars = cx.vars(&none, &literal);
         let data_before = crate::data::json::to_json(&lock(&cx.inv.data));
@@ -45,7 +51,7 @@ impl Engine {
         if let Some(undo) = &sn.undo {
             self.register_script_undo(cx, sn, undo, data_before, value);
         }
-        Ok(())
+        Ok(wave + 1)
     }
 
     /// Runs the script on a blocking thread, serving its `call_procedure` calls meanwhile.
@@ -91,8 +97,12 @@ impl Engine {
         let ed = crate::data::json::from_json("executeData", &call.data)
             .map_err(|e| format!("call data: {e}"))?;
         let step = format!("{}/call{n}", cx.step);
-        match self.invoke(cx.txn, &target, ed, &step, Vec::new()).await {
-            Ok(out) => Ok(crate::data::json::to_json(&out)),
+        let at = Sched {
+            wave: 0,
+            unresolved: Vec::new(),
+        };
+        match self.invoke(cx.txn, &target, ed, &step, at).await {
+            Ok((out, _)) => Ok(crate::data::json::to_json(&out)),
             Err(f) => Err(format!(
                 "{} failed at {}: {} (code {:#010x})",
                 target, f.step, f.message, f.code

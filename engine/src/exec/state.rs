@@ -52,8 +52,6 @@ pub(super) struct Txn {
     pub calls: AtomicUsize,
     pub permits: Semaphore,
     pub plan: Mutex<Vec<PlanEntry>>,
-    /// The wave of each step path of the expanded plan (dry runs only).
-    pub waves: HashMap<String, usize>,
     pub redactor: Redactor,
     /// Set when resuming after a crash.
     pub resume: Option<Resume>,
@@ -104,12 +102,4 @@ pub(super) type Bindings = Vec<(String, Element)>;
 pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A poisoned lock means a panic elsewhere already failed this step; the data is still usable.
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-impl Txn {
-    /// The wave a step of a dry run belongs to: that of its top-level step.
-    pub fn wave_of(&self, step: &str) -> usize {
-        let top = step.split(['/', '[', '#']).next().unwrap_or(step);
-        self.waves.get(top).copied().unwrap_or(0)
-    }
 }
