@@ -1571,3 +1571,130 @@ procedures:
     // Listed by wave, so a wave is one group.
     assert!(waves.windows(2).all(|w| w[0].1 <= w[1].1), "{waves:?}");
 }
+
+/// Keeps what the executor writes for people (inputs and outputs shown, messages) as text.
+#[derive(Clone, Default)]
+struct Shown(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Shown {
+    fn push(&self, s: String) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(s);
+    }
+    fn text(&self) -> String {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).join("\n")
+    }
+}
+
+#[async_trait::async_trait]
+impl Journal for Shown {
+    async fn txn_state(&self, _: &str, _: TxnState, m: Option<&str>) -> Result<(), JournalError> {
+        self.push(format!("state {m:?}"));
+        Ok(())
+    }
+    async fn step_intent(
+        &self,
+        i: &provisio_engine::exec::StepIntent<'_>,
+    ) -> Result<(), JournalError> {
+        self.push(format!(
+            "intent {}",
+            provisio_engine::data::json::to_json(i.input)
+        ));
+        Ok(())
+    }
+    async fn step_done(&self, d: &provisio_engine::exec::StepDone<'_>) -> Result<(), JournalError> {
+        self.push(format!(
+            "done {}",
+            provisio_engine::data::json::to_json(d.output)
+        ));
+        Ok(())
+    }
+    async fn step_failed(
+        &self,
+        _: &provisio_engine::provider::CallContext,
+        m: &str,
+    ) -> Result<(), JournalError> {
+        self.push(format!("failed {m}"));
+        Ok(())
+    }
+}
+
+/// Issue 12 item 1: a provider error quoting a secret is masked in the log line that
+/// reports the failed step, as in the response and the journal.
+#[tokio::test]
+async fn a_failing_step_logs_no_secret() {
+    let (logs, _guard) = h::Logs::capture();
+    let shown = Shown::default();
+    let env = env(SECRETS).with_journal(shown.clone());
+    let bad = format!("call: S/Login\ndata: {{ user: ann, password: {SECRET_VALUE}, fail: 1 }}");
+    let r = env.run(&bad).await;
+    assert_eq!(r.state, TxnState::RolledBack, "{r:?}");
+    let text = logs.text();
+    assert!(text.contains("step failed"), "{text}");
+    assert!(text.contains("wrong password ********"), "{text}");
+    assert!(!text.contains(SECRET_VALUE), "secret in the log: {text}");
+    assert!(!failure(&r).message.contains(SECRET_VALUE));
+    let journal = shown.text();
+    assert!(journal.contains("failed"), "{journal}");
+    assert!(
+        !journal.contains(SECRET_VALUE),
+        "secret in the journal: {journal}"
+    );
+}
+
+/// A value computed from a secret (`upper(data.password)`) is a secret too: masked in the
+/// journal, the response, the plan and the log.
+#[tokio::test]
+async fn a_value_computed_from_a_secret_is_masked() {
+    const NS: &str = r#"
+namespace: S
+procedures:
+  Shout:
+    access: public
+    inputs:
+      password: { type: string, secret: true }
+    steps:
+      a:
+        call: Rec Provider/Create
+        with: { name: ann, shout: { $expr: "upper(data.password)" } }
+        output: { shouted: "{{ executeData.shout }}" }
+      x:
+        call: Rec Provider/Fail
+        needs: [a]
+        with: { message: { $expr: '"no " + upper(data.password)' } }
+"#;
+    let upper = SECRET_VALUE.to_uppercase();
+    let (logs, _guard) = h::Logs::capture();
+    let shown = Shown::default();
+    let env = env(NS).with_journal(shown.clone());
+    let request = format!("call: S/Shout\ndata: {{ password: {SECRET_VALUE} }}");
+    let r = env.run(&request).await;
+    assert_eq!(r.state, TxnState::RolledBack, "{r:?}");
+    // The provider did receive the computed value.
+    assert!(
+        env.log().iter().any(|l| l.contains("Create(ann)")),
+        "{:?}",
+        env.log()
+    );
+    let journal = shown.text();
+    assert!(journal.contains("intent"), "{journal}");
+    assert!(
+        !journal.contains(&upper),
+        "computed secret in the journal: {journal}"
+    );
+    assert!(
+        !logs.text().contains(&upper),
+        "computed secret in the log: {}",
+        logs.text()
+    );
+    assert!(
+        !failure(&r).message.contains(&upper),
+        "{}",
+        failure(&r).message
+    );
+    let plan = env.plan(&request).await;
+    let inputs = format!("{:?}", plan.iter().map(|e| &e.inputs).collect::<Vec<_>>());
+    assert!(
+        !inputs.contains(&upper),
+        "computed secret in the plan: {inputs}"
+    );
+}

@@ -53,6 +53,8 @@ impl Engine {
                 step: step.to_string(),
                 target: call.target.clone(),
             });
+            // A secret the caller computed may arrive here under a secret input's name.
+            txn.redactor.learn_from(&ed);
             if let Some(r) = txn.resume.as_ref().and_then(|r| r.done.get(step)) {
                 return Ok(self.replay(&call, ed, r));
             }
@@ -97,7 +99,8 @@ impl Engine {
         error: ProviderError,
         attempt: u32,
     ) -> Result<(), Failure> {
-        let message = call.txn.redactor.redact_text(&error.to_string());
+        let redactor = &call.txn.redactor;
+        let message = redactor.redact_text(&error.to_string());
         log_lapse(
             self.journal.step_failed(context, &message).await,
             "step_failed",
@@ -105,11 +108,11 @@ impl Engine {
              whether it was applied (an in-doubt call)",
         );
         if matches!(error, ProviderError::Transient { .. }) && attempt <= self.options.retries {
-            tracing::warn!(attempt, error = %error, "transient error; retrying");
+            tracing::warn!(attempt, error = %message, "transient error; retrying");
             tokio::time::sleep(self.backoff(attempt)).await;
             return Ok(());
         }
-        tracing::warn!(error = %error, "step failed");
+        tracing::warn!(error = %message, "step failed");
         self.emit(Event::StepFinished {
             step: call.step.to_string(),
             ok: false,
@@ -117,7 +120,7 @@ impl Engine {
         let target = &call.callee.target;
         Err(Failure {
             code: error.code(),
-            message: error.message(),
+            message: redactor.redact_text(&error.message()),
             step: call.step.to_string(),
             sources: vec![ErrorSource {
                 namespace: target.namespace.clone(),

@@ -4,7 +4,7 @@
 use super::call::{fail, panic_message};
 use super::journal::log_lapse;
 use super::state::{lock, Txn};
-use super::{Engine, Event, Failure, UndoFailure};
+use super::{Engine, Event, Failure, Redactor, UndoFailure};
 use crate::model::ProcKind;
 use crate::provider::{Done, Provider};
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -33,7 +33,10 @@ impl Engine {
             .collect();
         for (step, target, provider, done) in &calls {
             let r = provider.prepare(done).await;
-            let err = r.as_ref().err().map(|e| e.to_string());
+            let err = r
+                .as_ref()
+                .err()
+                .map(|e| txn.redactor.redact_text(&e.to_string()));
             log_lapse(
                 self.journal
                     .phase_done(&done.context, "prepare", err.as_deref())
@@ -46,13 +49,16 @@ impl Engine {
                     step,
                     target,
                     e.code(),
-                    format!("prepare failed: {}", e.message()),
+                    format!("prepare failed: {}", txn.redactor.redact_text(&e.message())),
                 ));
             }
         }
         for (step, _, provider, done) in &calls {
             let r = provider.commit(done).await;
-            let err = r.as_ref().err().map(|e| e.to_string());
+            let err = r
+                .as_ref()
+                .err()
+                .map(|e| txn.redactor.redact_text(&e.to_string()));
             log_lapse(
                 self.journal
                     .phase_done(&done.context, "commit", err.as_deref())
@@ -60,7 +66,7 @@ impl Engine {
                 "commit",
                 "the transaction's record lacks this commit; recovery does not use it",
             );
-            if let Err(e) = r {
+            if let Some(e) = err {
                 // A commit must not fail (the MPS contract: the prepare promised it would
                 // succeed); when one does, its change is prepared but not visible.
                 tracing::error!(
@@ -89,7 +95,12 @@ impl Engine {
         let mut failures = Vec::new();
         let results = undo_in_dependency_order(&order, |i| {
             let c = &completed[i];
-            self.undo_one(c.provider.clone(), c.done.clone(), c.step.clone())
+            let undo = Undo {
+                provider: c.provider.clone(),
+                done: c.done.clone(),
+                step: c.step.clone(),
+            };
+            self.undo_redacted(undo, &txn.redactor)
         })
         .await;
         for (i, r) in results.into_iter().enumerate() {
@@ -112,6 +123,22 @@ impl Engine {
         done: Done,
         step: String,
     ) -> Result<(), String> {
+        let undo = Undo {
+            provider,
+            done,
+            step,
+        };
+        self.undo_redacted(undo, &Redactor::default()).await
+    }
+
+    /// One undo with retries and backoff, journaled; its errors are logged, journaled and
+    /// returned with the transaction's secrets masked.
+    async fn undo_redacted(&self, undo: Undo, redactor: &Redactor) -> Result<(), String> {
+        let Undo {
+            provider,
+            done,
+            step,
+        } = undo;
         let span = info_span!("undo", step.id = %step, provider = %provider.name());
         async {
             self.emit(Event::Undoing { step: step.clone() });
@@ -132,6 +159,7 @@ impl Engine {
                     Ok(Err(e)) => last = e.to_string(),
                     Err(p) => last = format!("undo panicked: {}", panic_message(&p)),
                 }
+                last = redactor.redact_text(&last);
                 tracing::warn!(attempt, error = %last, "undo failed");
                 if attempt < self.options.undo_attempts {
                     tokio::time::sleep(self.backoff(attempt)).await;
@@ -152,6 +180,13 @@ impl Engine {
     pub(super) fn backoff(&self, attempt: u32) -> Duration {
         self.options.retry_backoff * 2u32.saturating_pow(attempt - 1)
     }
+}
+
+/// A completed call to undo.
+struct Undo {
+    provider: Arc<dyn Provider>,
+    done: Done,
+    step: String,
 }
 
 /// When a completed call started and finished, in completion counts.

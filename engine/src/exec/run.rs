@@ -338,6 +338,8 @@ impl Engine {
             Err(f) if txn.mode == RunMode::Plan => return Err(f),
             Err(f) => f,
         };
+        let mut f = f;
+        f.message = txn.redactor.redact_text(&f.message);
         tracing::info!(step = %f.step, error = %f.message, "error caught; running catch");
         {
             let mut context = lock(&txn.context);
@@ -476,6 +478,7 @@ impl Engine {
                     let mut data = ed;
                     data.name = "data".into();
                     apply_defaults(&callee, &mut data);
+                    txn.redactor.learn_from(&data);
                     if txn.mode == RunMode::Execute {
                         check_required_inputs(&callee, &data, step)?;
                     }

@@ -105,7 +105,10 @@ impl Engine {
             Ok((out, _)) => Ok(crate::data::json::to_json(&out)),
             Err(f) => Err(format!(
                 "{} failed at {}: {} (code {:#010x})",
-                target, f.step, f.message, f.code
+                target,
+                f.step,
+                cx.txn.redactor.redact_text(&f.message),
+                f.code
             )),
         }
     }

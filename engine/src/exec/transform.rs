@@ -264,8 +264,13 @@ impl Engine {
                 let vars = cx.vars(bindings, ed);
                 match self.catalog.script_engine().eval_value(script, &vars) {
                     Ok(serde_json::Value::Null) => Vec::new(),
-                    Ok(v) => vec![crate::data::json::from_json("value", &v)
-                        .map_err(|e| Failure::data(cx.step, format!("expression result: {e}")))?],
+                    Ok(v) => {
+                        self.taint_expr(cx, bindings, ed, script, &v);
+                        let node = crate::data::json::from_json("value", &v).map_err(|e| {
+                            Failure::data(cx.step, format!("expression result: {e}"))
+                        })?;
+                        vec![node]
+                    }
                     Err(e) if cx.txn.mode == RunMode::Plan => {
                         return Ok(Sourced::Unknown(format!("expression ({})", e.message())));
                     }
@@ -282,6 +287,42 @@ impl Engine {
             CSource::Node(scope, path) => describe(scope, path.as_ref()),
             _ => "the expression's value (null)".to_string(),
         }]))
+    }
+}
+
+impl Engine {
+    /// An expression's value is secret when it depends on a secret: evaluated again over
+    /// the scopes with every secret masked, it comes out different (or fails). Its strings
+    /// are then learned as secrets, so they are masked wherever they show up.
+    fn taint_expr(
+        &self,
+        cx: StepCtx<'_>,
+        bindings: &Bindings,
+        ed: &Element,
+        script: &crate::script::CompiledScript,
+        value: &serde_json::Value,
+    ) {
+        let redactor = &cx.txn.redactor;
+        if redactor.is_empty() {
+            return;
+        }
+        let mask = |e: &Element| {
+            let mut e = e.clone();
+            redactor.redact_element(&mut e);
+            e
+        };
+        let mut vars = Vars::new();
+        vars.push_element("data", &mask(&lock(&cx.inv.data)));
+        vars.push_element("procedureData", &mask(&lock(&cx.inv.procedure_data)));
+        vars.push_element("context", &mask(&lock(&cx.txn.context)));
+        vars.push_element("executeData", &mask(ed));
+        for (name, e) in bindings {
+            vars.push_element(name.clone(), &mask(e));
+        }
+        let masked = self.catalog.script_engine().eval_value(script, &vars);
+        if masked.as_ref().ok() != Some(value) {
+            redactor.learn_json(value);
+        }
     }
 }
 
@@ -302,6 +343,7 @@ fn template(
     ed: &mut Element,
     parts: &[CPart],
 ) -> Result<Sourced, Failure> {
+    let redactor = &cx.txn.redactor;
     let mut text = String::new();
     let mut missing = Vec::new();
     for part in parts {
@@ -310,7 +352,15 @@ fn template(
             CPart::Ref(scope, path) => {
                 let path = path.as_ref();
                 match cx.with_scope(bindings, ed, scope, |root| string_at(root, path))? {
-                    Some(v) => text.push_str(&v),
+                    Some(v) => {
+                        // The text holds the secret verbatim: knowing the value is enough
+                        // to mask it there (and in any message that quotes the text).
+                        let name = path.and_then(|p| p.as_str().rsplit('/').next());
+                        if name.is_some_and(|n| redactor.is_secret_name(n)) {
+                            redactor.learn_value(&v);
+                        }
+                        text.push_str(&v);
+                    }
                     None => missing.push(describe(scope, path)),
                 }
             }
