@@ -351,3 +351,82 @@ fn plan_waves_follow_nested_procedures() {
         text.stdout
     );
 }
+
+/// Issue 12 item 1: a step failing with an error that quotes a secret (YAML `secret: true`
+/// or XML `do-not-log="1"`), or a value computed from one, leaves it in clear neither on
+/// stderr at the default log level, nor in the response, nor in the journal.
+#[test]
+fn a_secret_in_a_failing_step_stays_masked() {
+    let sb = Sandbox::new();
+    sb.write(
+        "ns/secret.yaml",
+        r#"namespace: Sec
+procedures:
+  Write:
+    access: public
+    inputs:
+      password: { type: string, secret: true }
+    steps:
+      file:
+        call: Filesystem Provider/WriteFile
+        with:
+          path: "nonexistent/{{ data.password }}/x.txt"
+          content: { $expr: "upper(data.password)" }
+  Plain:
+    access: public
+    inputs:
+      password: { type: string, secret: true }
+    steps:
+      file:
+        call: Filesystem Provider/WriteFile
+        with:
+          path: "nonexistent/{{ data.password }}/x.txt"
+          content: hello
+"#,
+    );
+    let secret = "Pw-7f3a-secret-91c2";
+    let yaml = sb.write(
+        "yaml.yaml",
+        &format!("call: Sec/Write\ndata: {{ password: {secret} }}\n"),
+    );
+    let xml = sb.write(
+        "xml.xml",
+        &format!(
+            "<request namespace=\"Sec\" procedure=\"Plain\"><data>\
+             <password do-not-log=\"1\">{secret}</password></data></request>\n"
+        ),
+    );
+    let ns = sb.path("ns");
+    for request in [yaml, xml] {
+        let r = sb.run_with(&["run", request.to_str().unwrap()], &ns);
+        assert_eq!(r.code, 1, "{r:?}");
+        assert!(r.stderr.contains("step failed"), "{r:?}");
+        for shown in [&r.stderr, &r.stdout] {
+            assert!(!shown.contains(secret), "secret shown: {r:?}");
+            assert!(
+                !shown.contains(&secret.to_uppercase()),
+                "computed secret shown: {r:?}"
+            );
+        }
+    }
+    let list = sb.run_with(&["tx", "list"], &ns);
+    let ids: Vec<&str> = list
+        .stdout
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(ids.len(), 2, "{list:?}");
+    for id in ids {
+        let log = sb.run_with(&["tx", "log", id], &ns);
+        assert_eq!(log.code, 0, "{log:?}");
+        assert!(log.stdout.contains("does not exist"), "{log:?}");
+        assert!(
+            !log.stdout.contains(secret),
+            "secret in the journal: {log:?}"
+        );
+        assert!(
+            !log.stdout.contains(&secret.to_uppercase()),
+            "computed secret in the journal: {log:?}"
+        );
+    }
+}
