@@ -2,141 +2,17 @@
 //! in-process `RecordingProvider`, checking resources, the call/undo log, errors and plans.
 
 use provisio_engine::compile::{Body, CompileError, Dep, Limits};
-use provisio_engine::exec::{EngineOptions, RunError, TxnResult, TxnState};
+use provisio_engine::exec::{EngineOptions, Journal, JournalError, RunError, TxnResult, TxnState};
 use provisio_engine::model::{Format, Namespace, Step};
 use provisio_engine::provider::Preview;
 use provisio_engine::request::parse_namespaces;
 use serde_json::json;
 use std::time::Duration;
 
-mod h {
-    //! Boilerplate: an engine over one YAML namespace file and a `RecordingProvider`.
+mod support;
+use support as h;
 
-    use provisio_engine::compile::{Catalog, CompileError};
-    use provisio_engine::data::json::to_json;
-    use provisio_engine::exec::{Engine, EngineOptions, PlanEntry, RunError, TxnResult};
-    use provisio_engine::model::{Format, Namespace, Request};
-    use provisio_engine::provider::ProviderRegistry;
-    use provisio_engine::request::{parse_namespaces, parse_request};
-    use provisio_engine::testing::RecordingProvider;
-    use std::sync::Arc;
-    use std::time::Duration;
-
-    /// An engine and the recording provider behind its `Rec Provider` namespace.
-    pub struct Env {
-        pub rec: RecordingProvider,
-        pub engine: Engine,
-    }
-
-    /// Fast retries so failing tests stay quick.
-    pub fn options() -> EngineOptions {
-        EngineOptions {
-            retry_backoff: Duration::from_millis(1),
-            step_timeout: Duration::from_secs(10),
-            ..EngineOptions::default()
-        }
-    }
-
-    pub fn env(ns_yaml: &str) -> Env {
-        env_with(ns_yaml, options())
-    }
-
-    pub fn env_with(ns_yaml: &str, options: EngineOptions) -> Env {
-        let namespaces = if ns_yaml.trim().is_empty() {
-            Vec::new()
-        } else {
-            match parse_namespaces(ns_yaml, "test.yaml", Format::Yaml) {
-                Ok(n) => n,
-                Err(e) => panic!("namespace YAML does not parse: {e:#?}"),
-            }
-        };
-        env_ns(namespaces, options)
-    }
-
-    /// An engine over namespaces built (or adjusted) in code.
-    pub fn env_ns(namespaces: Vec<Namespace>, options: EngineOptions) -> Env {
-        let rec = RecordingProvider::new("Rec");
-        let mut registry = ProviderRegistry::new();
-        registry.register(Arc::new(rec.clone()));
-        let catalog = match Catalog::new(namespaces, &registry) {
-            Ok(c) => c,
-            Err(e) => panic!("catalog errors: {e:#?}"),
-        };
-        let engine = Engine::new(catalog, registry, options);
-        Env { rec, engine }
-    }
-
-    pub fn req(src: &str) -> Request {
-        match parse_request(src, "req.yaml", Format::Yaml) {
-            Ok(r) => r,
-            Err(e) => panic!("request YAML does not parse: {e}"),
-        }
-    }
-
-    impl Env {
-        pub async fn run(&self, req_src: &str) -> TxnResult {
-            match self.engine.run(&req(req_src)).await {
-                Ok(r) => r,
-                Err(e) => panic!("request did not compile: {e}"),
-            }
-        }
-
-        /// The compile errors of a request that must not compile.
-        pub async fn compile_errors(&self, req_src: &str) -> Vec<CompileError> {
-            match self.engine.run(&req(req_src)).await {
-                Ok(r) => panic!(
-                    "expected compile errors, got a run: {:?} {:?}",
-                    r.state, r.failure
-                ),
-                Err(RunError::Compile(e)) => e.0,
-            }
-        }
-
-        pub async fn plan(&self, req_src: &str) -> Vec<PlanEntry> {
-            match self.engine.plan(&req(req_src)).await {
-                Ok(p) => p,
-                Err(e) => panic!("plan did not compile: {e}"),
-            }
-        }
-
-        pub fn log(&self) -> Vec<String> {
-            self.rec.log()
-        }
-
-        pub fn resources(&self) -> Vec<String> {
-            self.rec.resources().into_iter().collect()
-        }
-    }
-
-    /// The response data as JSON (panics with the failure when the run did not commit).
-    pub fn data(r: &TxnResult) -> serde_json::Value {
-        match &r.data {
-            Some(d) => to_json(d),
-            None => panic!("no data: {:?} {:?}", r.state, r.failure),
-        }
-    }
-
-    /// `"Create(a)"` → `"a"` for log lines of a given procedure.
-    pub fn names_of<'a>(log: &'a [String], prefix: &str) -> Vec<&'a str> {
-        log.iter()
-            .filter_map(|l| l.strip_prefix(prefix))
-            .filter_map(|l| l.strip_suffix(')'))
-            .collect()
-    }
-
-    pub fn strings(v: &[&str]) -> Vec<String> {
-        v.iter().map(|s| s.to_string()).collect()
-    }
-}
-
-use h::{data, env, env_with, names_of, strings};
-
-fn failure(r: &TxnResult) -> &provisio_engine::exec::Failure {
-    match &r.failure {
-        Some(f) => f,
-        None => panic!("expected a failure, state {:?}", r.state),
-    }
-}
+use h::{data, env, env_with, failure, names_of, strings};
 
 fn sources(r: &TxnResult) -> Vec<(String, String, String)> {
     failure(r)
@@ -1517,58 +1393,16 @@ async fn run_error_displays_the_compile_errors() {
 struct CommitFails;
 
 #[async_trait::async_trait]
-impl provisio_engine::exec::Journal for CommitFails {
-    async fn txn_started(
-        &self,
-        _: &provisio_engine::exec::TxnStart<'_>,
-    ) -> Result<(), provisio_engine::exec::JournalError> {
-        Ok(())
-    }
+impl Journal for CommitFails {
     async fn txn_state(
         &self,
         _: &str,
         state: TxnState,
         _: Option<&str>,
-    ) -> Result<(), provisio_engine::exec::JournalError> {
+    ) -> Result<(), JournalError> {
         if state == TxnState::Committed {
-            return Err(provisio_engine::exec::JournalError(
-                "journal I/O error: No space left on device".into(),
-            ));
+            return Err(h::disk_full());
         }
-        Ok(())
-    }
-    async fn step_intent(
-        &self,
-        _: &provisio_engine::exec::StepIntent<'_>,
-    ) -> Result<(), provisio_engine::exec::JournalError> {
-        Ok(())
-    }
-    async fn step_done(
-        &self,
-        _: &provisio_engine::exec::StepDone<'_>,
-    ) -> Result<(), provisio_engine::exec::JournalError> {
-        Ok(())
-    }
-    async fn step_failed(
-        &self,
-        _: &provisio_engine::provider::CallContext,
-        _: &str,
-    ) -> Result<(), provisio_engine::exec::JournalError> {
-        Ok(())
-    }
-    async fn undo_done(
-        &self,
-        _: &provisio_engine::provider::CallContext,
-        _: Option<&str>,
-    ) -> Result<(), provisio_engine::exec::JournalError> {
-        Ok(())
-    }
-    async fn phase_done(
-        &self,
-        _: &provisio_engine::provider::CallContext,
-        _: &str,
-        _: Option<&str>,
-    ) -> Result<(), provisio_engine::exec::JournalError> {
         Ok(())
     }
 }
@@ -1596,4 +1430,271 @@ async fn a_commit_that_cannot_be_journaled_is_rolled_back_and_reported() {
     assert!(f.message.contains("No space left"), "{}", f.message);
     assert!(r.journal_error.is_some());
     assert!(r.data.is_none());
+}
+
+/// A journal on a disk that filled up mid-transaction: it refuses the records the executor
+/// does not wait on (the start of a rollback, failed attempts, finished undos), and the
+/// final states named in `final_fails`.
+struct Lapsing {
+    final_fails: &'static [TxnState],
+}
+
+#[async_trait::async_trait]
+impl Journal for Lapsing {
+    async fn txn_state(
+        &self,
+        _: &str,
+        state: TxnState,
+        _: Option<&str>,
+    ) -> Result<(), JournalError> {
+        if state == TxnState::RollingBack || self.final_fails.contains(&state) {
+            return Err(h::disk_full());
+        }
+        Ok(())
+    }
+    async fn step_failed(
+        &self,
+        _: &provisio_engine::provider::CallContext,
+        _: &str,
+    ) -> Result<(), JournalError> {
+        Err(h::disk_full())
+    }
+    async fn undo_done(
+        &self,
+        _: &provisio_engine::provider::CallContext,
+        _: Option<&str>,
+    ) -> Result<(), JournalError> {
+        Err(h::disk_full())
+    }
+}
+
+/// The `ERROR … not journaled` lines logged for one kind of record.
+fn lapses(logs: &h::Logs, record: &str) -> Vec<String> {
+    let needle = format!("record={record}");
+    logs.lines()
+        .into_iter()
+        .filter(|l| l.starts_with("ERROR") && l.contains("not journaled") && l.ends_with(&needle))
+        .collect()
+}
+
+/// Records the rollback does not wait on are logged with what recovery will make of their
+/// absence when they cannot be written; the rollback itself completes.
+#[tokio::test]
+async fn unjournaled_rollback_records_are_logged_and_the_rollback_completes() {
+    let (logs, _guard) = h::Logs::capture();
+    let env = env(SEQ).with_journal(Lapsing { final_fails: &[] });
+    env.rec.poison("c");
+    let r = env.run("call: T/Seq\ndata: { bname: b, cname: c }").await;
+    assert_eq!(r.state, TxnState::RolledBack, "{r:?}");
+    assert_eq!((r.calls, r.undone), (3, 2));
+    assert!(env.resources().is_empty(), "{:?}", env.resources());
+    assert_eq!(failure(&r).message, "cannot create c");
+    assert!(r.journal_error.is_none());
+    let rolling_back = lapses(&logs, "rolling_back");
+    assert_eq!(rolling_back.len(), 1, "{}", logs.text());
+    assert!(
+        rolling_back[0].contains("No space left"),
+        "{}",
+        rolling_back[0]
+    );
+    assert!(rolling_back[0].contains("recovery"), "{}", rolling_back[0]);
+    let step_failed = lapses(&logs, "step_failed");
+    assert_eq!(step_failed.len(), 1, "{}", logs.text());
+    assert!(step_failed[0].contains("in-doubt"), "{}", step_failed[0]);
+    let undo_done = lapses(&logs, "undo_done");
+    assert_eq!(undo_done.len(), 2, "one per undo: {}", logs.text());
+    assert!(
+        undo_done[0].contains("undo this call again"),
+        "{}",
+        undo_done[0]
+    );
+}
+
+/// When neither the commit nor the rollback that follows can be journaled, the rollback
+/// still happens, the failure is reported, and the missing final record is logged.
+#[tokio::test]
+async fn an_unjournaled_rollback_after_an_unjournaled_commit_is_logged() {
+    let (logs, _guard) = h::Logs::capture();
+    let fails = &[TxnState::Committed, TxnState::RolledBack];
+    let env = env(SEQ).with_journal(Lapsing { final_fails: fails });
+    let r = env.run("call: T/Seq\ndata: { bname: b, cname: c }").await;
+    assert_eq!(r.state, TxnState::RolledBack, "{r:?}");
+    assert_eq!(r.undone, 4);
+    assert!(env.resources().is_empty(), "{:?}", env.resources());
+    assert!(failure(&r).message.contains("could not be journaled"));
+    let last = lapses(&logs, "final state after the rollback");
+    assert_eq!(last.len(), 1, "{}", logs.text());
+    assert!(last[0].contains("roll it back again"), "{}", last[0]);
+}
+
+/// Waves follow the expanded graph: the calls inside a nested procedure keep their own
+/// order, a step after the nested call waits for its last call, and forEach iterations
+/// (which run one after another) take a wave each.
+#[tokio::test]
+async fn plan_waves_follow_nested_procedures_and_iterations() {
+    let env = env(r#"
+namespace: W
+procedures:
+  Dns:
+    access: public
+    steps:
+      zone: { call: Rec Provider/Create, with: { name: zone } }
+      mailHost: { call: Rec Provider/Create, with: { name: mail }, needs: [zone] }
+      mx: { call: Rec Provider/Create, with: { name: mx }, needs: [mailHost] }
+      spf: { call: Rec Provider/Create, with: { name: spf }, needs: [zone] }
+  Tenant:
+    access: public
+    steps:
+      dns: { call: W/Dns }
+      folder: { call: Rec Provider/Create, with: { name: folder } }
+      users:
+        call: Rec Provider/Create
+        forEach: [{ name: u, path: user }]
+        with: { name: "{{ u }}" }
+        needs: [folder]
+      welcome: { call: Rec Provider/Create, with: { name: welcome }, needs: [dns, users] }
+"#);
+    let plan = env.plan("call: W/Tenant\ndata: { user: [ann, bob] }").await;
+    let waves: Vec<(&str, usize)> = plan.iter().map(|e| (e.step.as_str(), e.wave)).collect();
+    let wave = |step: &str| match waves.iter().find(|(s, _)| *s == step) {
+        Some((_, w)) => *w,
+        None => panic!("no plan entry for {step}: {waves:?}"),
+    };
+    assert_eq!(wave("dns/zone"), 0, "{waves:?}");
+    assert_eq!(wave("folder"), 0, "{waves:?}");
+    assert_eq!(wave("dns/mailHost"), 1, "{waves:?}");
+    assert_eq!(wave("dns/spf"), 1, "{waves:?}");
+    assert_eq!(wave("dns/mx"), 2, "{waves:?}");
+    assert_eq!(wave("users[1]"), 1, "{waves:?}");
+    assert_eq!(wave("users[2]"), 2, "{waves:?}");
+    assert_eq!(wave("welcome"), 3, "{waves:?}");
+    // Listed by wave, so a wave is one group.
+    assert!(waves.windows(2).all(|w| w[0].1 <= w[1].1), "{waves:?}");
+}
+
+/// Keeps what the executor writes for people (inputs and outputs shown, messages) as text.
+#[derive(Clone, Default)]
+struct Shown(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Shown {
+    fn push(&self, s: String) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).push(s);
+    }
+    fn text(&self) -> String {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).join("\n")
+    }
+}
+
+#[async_trait::async_trait]
+impl Journal for Shown {
+    async fn txn_state(&self, _: &str, _: TxnState, m: Option<&str>) -> Result<(), JournalError> {
+        self.push(format!("state {m:?}"));
+        Ok(())
+    }
+    async fn step_intent(
+        &self,
+        i: &provisio_engine::exec::StepIntent<'_>,
+    ) -> Result<(), JournalError> {
+        self.push(format!(
+            "intent {}",
+            provisio_engine::data::json::to_json(i.input)
+        ));
+        Ok(())
+    }
+    async fn step_done(&self, d: &provisio_engine::exec::StepDone<'_>) -> Result<(), JournalError> {
+        self.push(format!(
+            "done {}",
+            provisio_engine::data::json::to_json(d.output)
+        ));
+        Ok(())
+    }
+    async fn step_failed(
+        &self,
+        _: &provisio_engine::provider::CallContext,
+        m: &str,
+    ) -> Result<(), JournalError> {
+        self.push(format!("failed {m}"));
+        Ok(())
+    }
+}
+
+/// Issue 12 item 1: a provider error quoting a secret is masked in the log line that
+/// reports the failed step, as in the response and the journal.
+#[tokio::test]
+async fn a_failing_step_logs_no_secret() {
+    let (logs, _guard) = h::Logs::capture();
+    let shown = Shown::default();
+    let env = env(SECRETS).with_journal(shown.clone());
+    let bad = format!("call: S/Login\ndata: {{ user: ann, password: {SECRET_VALUE}, fail: 1 }}");
+    let r = env.run(&bad).await;
+    assert_eq!(r.state, TxnState::RolledBack, "{r:?}");
+    let text = logs.text();
+    assert!(text.contains("step failed"), "{text}");
+    assert!(text.contains("wrong password ********"), "{text}");
+    assert!(!text.contains(SECRET_VALUE), "secret in the log: {text}");
+    assert!(!failure(&r).message.contains(SECRET_VALUE));
+    let journal = shown.text();
+    assert!(journal.contains("failed"), "{journal}");
+    assert!(
+        !journal.contains(SECRET_VALUE),
+        "secret in the journal: {journal}"
+    );
+}
+
+/// A value computed from a secret (`upper(data.password)`) is a secret too: masked in the
+/// journal, the response, the plan and the log.
+#[tokio::test]
+async fn a_value_computed_from_a_secret_is_masked() {
+    const NS: &str = r#"
+namespace: S
+procedures:
+  Shout:
+    access: public
+    inputs:
+      password: { type: string, secret: true }
+    steps:
+      a:
+        call: Rec Provider/Create
+        with: { name: ann, shout: { $expr: "upper(data.password)" } }
+        output: { shouted: "{{ executeData.shout }}" }
+      x:
+        call: Rec Provider/Fail
+        needs: [a]
+        with: { message: { $expr: '"no " + upper(data.password)' } }
+"#;
+    let upper = SECRET_VALUE.to_uppercase();
+    let (logs, _guard) = h::Logs::capture();
+    let shown = Shown::default();
+    let env = env(NS).with_journal(shown.clone());
+    let request = format!("call: S/Shout\ndata: {{ password: {SECRET_VALUE} }}");
+    let r = env.run(&request).await;
+    assert_eq!(r.state, TxnState::RolledBack, "{r:?}");
+    // The provider did receive the computed value.
+    assert!(
+        env.log().iter().any(|l| l.contains("Create(ann)")),
+        "{:?}",
+        env.log()
+    );
+    let journal = shown.text();
+    assert!(journal.contains("intent"), "{journal}");
+    assert!(
+        !journal.contains(&upper),
+        "computed secret in the journal: {journal}"
+    );
+    assert!(
+        !logs.text().contains(&upper),
+        "computed secret in the log: {}",
+        logs.text()
+    );
+    assert!(
+        !failure(&r).message.contains(&upper),
+        "{}",
+        failure(&r).message
+    );
+    let plan = env.plan(&request).await;
+    let inputs = format!("{:?}", plan.iter().map(|e| &e.inputs).collect::<Vec<_>>());
+    assert!(
+        !inputs.contains(&upper),
+        "computed secret in the plan: {inputs}"
+    );
 }

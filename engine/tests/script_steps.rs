@@ -4,113 +4,15 @@
 //! definitions").
 
 use provisio_engine::compile::{Body, CompileError, Dep, PlanNode};
-use provisio_engine::exec::{TxnResult, TxnState};
+use provisio_engine::exec::TxnState;
 use provisio_engine::model::{Format, Namespace};
 use provisio_engine::request::parse_namespaces;
 use serde_json::json;
 
-mod h {
-    //! Boilerplate: an engine over one namespace file and a `RecordingProvider`.
+mod support;
+use support as h;
 
-    use provisio_engine::compile::{Catalog, CompileError};
-    use provisio_engine::data::json::to_json;
-    use provisio_engine::exec::{Engine, EngineOptions, RunError, TxnResult};
-    use provisio_engine::model::{Format, Namespace, Request};
-    use provisio_engine::provider::ProviderRegistry;
-    use provisio_engine::request::{parse_namespaces, parse_request};
-    use provisio_engine::testing::RecordingProvider;
-    use std::sync::Arc;
-    use std::time::Duration;
-
-    pub struct Env {
-        pub rec: RecordingProvider,
-        pub engine: Engine,
-    }
-
-    pub fn parse(src: &str, file: &str, format: Format) -> Vec<Namespace> {
-        match parse_namespaces(src, file, format) {
-            Ok(n) => n,
-            Err(e) => panic!("namespace does not parse: {e:#?}"),
-        }
-    }
-
-    pub fn env(ns_yaml: &str) -> Env {
-        env_ns(parse(ns_yaml, "test.yaml", Format::Yaml))
-    }
-
-    pub fn env_ns(namespaces: Vec<Namespace>) -> Env {
-        let rec = RecordingProvider::new("Rec");
-        let mut registry = ProviderRegistry::new();
-        registry.register(Arc::new(rec.clone()));
-        let catalog = match Catalog::new(namespaces, &registry) {
-            Ok(c) => c,
-            Err(e) => panic!("catalog errors: {e:#?}"),
-        };
-        let options = EngineOptions {
-            retry_backoff: Duration::from_millis(1),
-            step_timeout: Duration::from_secs(20),
-            ..EngineOptions::default()
-        };
-        Env {
-            rec,
-            engine: Engine::new(catalog, registry, options),
-        }
-    }
-
-    pub fn req(src: &str) -> Request {
-        match parse_request(src, "req.yaml", Format::Yaml) {
-            Ok(r) => r,
-            Err(e) => panic!("request YAML does not parse: {e}"),
-        }
-    }
-
-    impl Env {
-        pub async fn run(&self, req_src: &str) -> TxnResult {
-            match self.engine.run(&req(req_src)).await {
-                Ok(r) => r,
-                Err(e) => panic!("request did not compile: {e}"),
-            }
-        }
-
-        pub async fn compile_errors(&self, req_src: &str) -> Vec<CompileError> {
-            match self.engine.run(&req(req_src)).await {
-                Ok(r) => panic!(
-                    "expected compile errors, got a run: {:?} {:?}",
-                    r.state, r.failure
-                ),
-                Err(RunError::Compile(e)) => e.0,
-            }
-        }
-
-        pub fn log(&self) -> Vec<String> {
-            self.rec.log()
-        }
-
-        pub fn resources(&self) -> Vec<String> {
-            self.rec.resources().into_iter().collect()
-        }
-    }
-
-    pub fn data(r: &TxnResult) -> serde_json::Value {
-        match &r.data {
-            Some(d) => to_json(d),
-            None => panic!("no data: {:?} {:?}", r.state, r.failure),
-        }
-    }
-
-    pub fn strings(v: &[&str]) -> Vec<String> {
-        v.iter().map(|s| s.to_string()).collect()
-    }
-}
-
-use h::{data, env, strings};
-
-fn failure(r: &TxnResult) -> &provisio_engine::exec::Failure {
-    match &r.failure {
-        Some(f) => f,
-        None => panic!("expected a failure, state {:?}", r.state),
-    }
-}
+use h::{data, env, failure, strings};
 
 /// The 1-based line of the first line of `src` containing `needle`.
 fn line_of(src: &str, needle: &str) -> usize {
@@ -512,7 +414,7 @@ type Shape = (Vec<(String, &'static str)>, Vec<(String, String, Dep)>);
 
 /// The shape of a namespace's `Same/Flow`.
 fn shape(namespaces: Vec<Namespace>) -> Shape {
-    let env = h::env_ns(namespaces);
+    let env = h::env_ns(namespaces, h::options());
     let program = match env.engine.compile(&h::req(SAME_REQ)) {
         Ok(p) => p,
         Err(e) => panic!("{e}"),
@@ -567,7 +469,7 @@ async fn yaml_and_xml_scripts_compile_to_the_same_plan() {
 
     // And they run the same way.
     for namespaces in [yaml, xml] {
-        let env = h::env_ns(namespaces);
+        let env = h::env_ns(namespaces, h::options());
         let r = env.run(SAME_REQ).await;
         assert_eq!(r.state, TxnState::Committed, "{:?}", r.failure);
         assert_eq!(

@@ -546,3 +546,126 @@ fn the_audit_names_the_real_user_not_the_environment() {
     assert!(audit.stdout.contains(&who), "{audit:?}");
     assert!(!audit.stdout.contains("mallory"), "{audit:?}");
 }
+
+/// Issue 12 item 10: waves follow the expanded graph, so a call inside a nested procedure
+/// is never listed beside a call it waits for.
+#[test]
+fn plan_waves_follow_nested_procedures() {
+    let sb = Sandbox::new();
+    let r = sb.run(&["plan", "workflows/provision-tenant.yaml", "--json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("plan --json is JSON");
+    let wave = |step: &str| -> u64 {
+        let entries = v.as_array().expect("a list of calls");
+        match entries.iter().find(|e| e["step"] == step) {
+            Some(e) => e["wave"].as_u64().expect("a wave number"),
+            None => panic!("no {step} in {}", r.stdout),
+        }
+    };
+    assert!(wave("dns/zone") < wave("dns/mailHost"), "{}", r.stdout);
+    assert!(wave("dns/mailHost") < wave("dns/mx"), "{}", r.stdout);
+    assert!(wave("dns/zone") < wave("dns/spf"), "{}", r.stdout);
+    let text = sb.run(&["plan", "workflows/provision-tenant.yaml"]);
+    let header_of = |step: &str| -> String {
+        let mut header = String::new();
+        for line in text.stdout.lines() {
+            if line.starts_with("wave ") {
+                header = line.to_string();
+            } else if line.trim_start().starts_with(&format!("{step} ")) {
+                return header;
+            }
+        }
+        panic!("no {step} in {}", text.stdout)
+    };
+    assert_ne!(
+        header_of("dns/zone"),
+        header_of("dns/mailHost"),
+        "{}",
+        text.stdout
+    );
+    assert_ne!(
+        header_of("dns/mailHost"),
+        header_of("dns/mx"),
+        "{}",
+        text.stdout
+    );
+}
+
+/// Issue 12 item 1: a step failing with an error that quotes a secret (YAML `secret: true`
+/// or XML `do-not-log="1"`), or a value computed from one, leaves it in clear neither on
+/// stderr at the default log level, nor in the response, nor in the journal.
+#[test]
+fn a_secret_in_a_failing_step_stays_masked() {
+    let sb = Sandbox::new();
+    sb.write(
+        "ns/secret.yaml",
+        r#"namespace: Sec
+procedures:
+  Write:
+    access: public
+    inputs:
+      password: { type: string, secret: true }
+    steps:
+      file:
+        call: Filesystem Provider/WriteFile
+        with:
+          path: "nonexistent/{{ data.password }}/x.txt"
+          content: { $expr: "upper(data.password)" }
+  Plain:
+    access: public
+    inputs:
+      password: { type: string, secret: true }
+    steps:
+      file:
+        call: Filesystem Provider/WriteFile
+        with:
+          path: "nonexistent/{{ data.password }}/x.txt"
+          content: hello
+"#,
+    );
+    let secret = "Pw-7f3a-secret-91c2";
+    let yaml = sb.write(
+        "yaml.yaml",
+        &format!("call: Sec/Write\ndata: {{ password: {secret} }}\n"),
+    );
+    let xml = sb.write(
+        "xml.xml",
+        &format!(
+            "<request namespace=\"Sec\" procedure=\"Plain\"><data>\
+             <password do-not-log=\"1\">{secret}</password></data></request>\n"
+        ),
+    );
+    let ns = sb.path("ns");
+    for request in [yaml, xml] {
+        let r = sb.run_with(&["run", request.to_str().unwrap()], &ns);
+        assert_eq!(r.code, 1, "{r:?}");
+        assert!(r.stderr.contains("step failed"), "{r:?}");
+        for shown in [&r.stderr, &r.stdout] {
+            assert!(!shown.contains(secret), "secret shown: {r:?}");
+            assert!(
+                !shown.contains(&secret.to_uppercase()),
+                "computed secret shown: {r:?}"
+            );
+        }
+    }
+    let list = sb.run_with(&["tx", "list"], &ns);
+    let ids: Vec<&str> = list
+        .stdout
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(ids.len(), 2, "{list:?}");
+    for id in ids {
+        let log = sb.run_with(&["tx", "log", id], &ns);
+        assert_eq!(log.code, 0, "{log:?}");
+        assert!(log.stdout.contains("does not exist"), "{log:?}");
+        assert!(
+            !log.stdout.contains(secret),
+            "secret in the journal: {log:?}"
+        );
+        assert!(
+            !log.stdout.contains(&secret.to_uppercase()),
+            "computed secret in the journal: {log:?}"
+        );
+    }
+}

@@ -1,9 +1,12 @@
 //! before/after transforms: insert, merge, replace and move of nodes between scopes.
 //!
-//! The rules are those of `mps-semantics.md` §4, made precise in `docs/data-model.md`:
-//! [`extract`] copies what a source path selects, [`remove`] detaches it (the second half of
-//! `move`), and [`place`] puts one node into the target a destination path selects, creating
-//! a missing destination made of plain names.
+//! As in MPS (see `docs/mps.md`; the details are in `docs/data-model.md`), a transform
+//! copies every node its source path selects and puts each into the node its destination
+//! path selects: insert appends it as the last child, merge puts its attributes and
+//! children into the target in position, replace puts it in the target's place, and move
+//! inserts it and then removes the source. [`extract`] copies what a source path selects,
+//! [`remove`] detaches it (the second half of `move`), and [`place`] puts one node into the
+//! target a destination path selects, creating a missing destination made of plain names.
 
 use super::path::{element_at_mut, Location, LocationKind};
 use super::{Element, Name, Node, Path, Scalar};
@@ -41,7 +44,8 @@ pub enum IfNull {
 /// A transform that could not be applied.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TransformError {
-    /// The destination path cannot be created (it has predicates or selects an attribute's parent that is missing).
+    /// The destination path cannot be created (it has predicates or selects an attribute's
+    /// parent that is missing).
     #[error("cannot create destination `{path}`: {reason}")]
     Destination {
         /// The path.
@@ -663,7 +667,7 @@ mod tests {
 
     #[test]
     fn merge_into_root_and_into_tenant_children() {
-        // §4 example: merge tenant's children, not <tenant>
+        // Merging `tenant` into executeData brings its children, not a `<tenant>` element.
         let data = el(
             "data",
             vec![el("tenant", vec![txt("name", "contoso"), txt("ou", "T1")])],

@@ -107,7 +107,9 @@ pub struct StepDone<'a> {
     pub result_secret: bool,
 }
 
-/// Receives the executor's transitions.
+/// Receives the executor's transitions. Every method defaults to keeping nothing, so a
+/// journal for a test spells out only what it does differently; a durable journal
+/// implements them all.
 #[async_trait]
 pub trait Journal: Send + Sync {
     /// Whether this journal keeps anything. When it does not, the executor skips building
@@ -116,29 +118,47 @@ pub trait Journal: Send + Sync {
         true
     }
     /// A transaction began.
-    async fn txn_started(&self, start: &TxnStart<'_>) -> Result<(), JournalError>;
+    async fn txn_started(&self, _start: &TxnStart<'_>) -> Result<(), JournalError> {
+        Ok(())
+    }
     /// A transaction changed state; a final state is durable when this returns.
     async fn txn_state(
         &self,
-        txn_id: &str,
-        state: TxnState,
-        message: Option<&str>,
-    ) -> Result<(), JournalError>;
+        _txn_id: &str,
+        _state: TxnState,
+        _message: Option<&str>,
+    ) -> Result<(), JournalError> {
+        Ok(())
+    }
     /// About to call a provider: durable when this returns.
-    async fn step_intent(&self, intent: &StepIntent<'_>) -> Result<(), JournalError>;
+    async fn step_intent(&self, _intent: &StepIntent<'_>) -> Result<(), JournalError> {
+        Ok(())
+    }
     /// A provider call succeeded (made durable by the next durable write at the latest).
-    async fn step_done(&self, done: &StepDone<'_>) -> Result<(), JournalError>;
+    async fn step_done(&self, _done: &StepDone<'_>) -> Result<(), JournalError> {
+        Ok(())
+    }
     /// A provider call failed.
-    async fn step_failed(&self, call: &CallContext, message: &str) -> Result<(), JournalError>;
+    async fn step_failed(&self, _call: &CallContext, _message: &str) -> Result<(), JournalError> {
+        Ok(())
+    }
     /// An undo finished (ok or not).
-    async fn undo_done(&self, call: &CallContext, error: Option<&str>) -> Result<(), JournalError>;
+    async fn undo_done(
+        &self,
+        _call: &CallContext,
+        _error: Option<&str>,
+    ) -> Result<(), JournalError> {
+        Ok(())
+    }
     /// Two-phase: a prepare or commit finished.
     async fn phase_done(
         &self,
-        call: &CallContext,
-        phase: &str,
-        error: Option<&str>,
-    ) -> Result<(), JournalError>;
+        _call: &CallContext,
+        _phase: &str,
+        _error: Option<&str>,
+    ) -> Result<(), JournalError> {
+        Ok(())
+    }
 }
 
 /// A journal that keeps nothing (the engine core without durability).
@@ -150,30 +170,13 @@ impl Journal for NoJournal {
     fn records(&self) -> bool {
         false
     }
-    async fn txn_started(&self, _: &TxnStart<'_>) -> Result<(), JournalError> {
-        Ok(())
-    }
-    async fn txn_state(&self, _: &str, _: TxnState, _: Option<&str>) -> Result<(), JournalError> {
-        Ok(())
-    }
-    async fn step_intent(&self, _: &StepIntent<'_>) -> Result<(), JournalError> {
-        Ok(())
-    }
-    async fn step_done(&self, _: &StepDone<'_>) -> Result<(), JournalError> {
-        Ok(())
-    }
-    async fn step_failed(&self, _: &CallContext, _: &str) -> Result<(), JournalError> {
-        Ok(())
-    }
-    async fn undo_done(&self, _: &CallContext, _: Option<&str>) -> Result<(), JournalError> {
-        Ok(())
-    }
-    async fn phase_done(
-        &self,
-        _: &CallContext,
-        _: &str,
-        _: Option<&str>,
-    ) -> Result<(), JournalError> {
-        Ok(())
+}
+
+/// A journal write the transaction does not wait on has failed: the work it records happened
+/// (or failed) all the same, so the transaction goes on, and the record is missing. Logs the
+/// error with `meaning`: what recovery will conclude without the record.
+pub(crate) fn log_lapse(result: Result<(), JournalError>, record: &str, meaning: &str) {
+    if let Err(e) = result {
+        tracing::error!(error = %e, record, "not journaled: {meaning}");
     }
 }

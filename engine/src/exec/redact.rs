@@ -1,31 +1,98 @@
 //! Keeps secrets out of responses, plans, logs and the journal: elements named after a
 //! secret input (or marked `do-not-log="1"`) are masked, and their values are scrubbed
-//! from free text such as provider error messages.
+//! from free text such as provider error messages. A value computed from a secret (a
+//! template or expression that read one) is learned while the transaction runs and
+//! scrubbed the same way.
 
 use crate::data::{Element, Node, Scalar};
 use std::collections::BTreeSet;
+use std::sync::{Arc, RwLock};
+
+/// Whether an element or one below it is marked `do-not-log`.
+fn has_marks(e: &Element) -> bool {
+    e.attr("do-not-log").is_some() || e.elements().any(has_marks)
+}
 
 /// What a masked value looks like.
 pub const MASK: &str = "********";
 
-/// Masks secrets by element name and by value.
+/// Masks secrets by element name and by value. Clones share the values learned later.
 #[derive(Debug, Clone, Default)]
 pub struct Redactor {
     names: BTreeSet<String>,
-    values: Vec<String>,
+    /// Longest first, so a secret containing another is masked whole.
+    values: Arc<RwLock<Vec<String>>>,
 }
 
 impl Redactor {
     /// A redactor for these secret names, learning the secret values present in `data`.
     pub fn new(names: BTreeSet<String>, data: &Element) -> Redactor {
-        let mut r = Redactor {
+        let mut values = Vec::new();
+        let r = Redactor {
             names,
-            values: Vec::new(),
+            values: Arc::default(),
         };
-        r.learn(data);
-        r.values.sort_by_key(|v| std::cmp::Reverse(v.len()));
-        r.values.dedup();
+        r.collect(data, &mut values);
+        for v in values {
+            r.learn_value(&v);
+        }
         r
+    }
+
+    /// Treats `value` as a secret from now on (a value computed from a secret). Values
+    /// shorter than three characters are not learned: masking them would garble text.
+    pub fn learn_value(&self, value: &str) {
+        if value.len() < 3 {
+            return;
+        }
+        let mut values = self.values.write().unwrap_or_else(|e| e.into_inner());
+        if values.iter().any(|v| v == value) {
+            return;
+        }
+        values.push(value.to_string());
+        values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+    }
+
+    /// Learns the values of the secret elements in `e` (an input a nested call receives
+    /// under a secret name, though its caller computed it).
+    pub fn learn_from(&self, e: &Element) {
+        if self.names.is_empty() && !has_marks(e) {
+            return;
+        }
+        let mut values = Vec::new();
+        self.collect(e, &mut values);
+        for v in values {
+            self.learn_value(&v);
+        }
+    }
+
+    /// Learns every string in a JSON value (the result of an expression that read a secret).
+    pub fn learn_json(&self, v: &serde_json::Value) {
+        match v {
+            serde_json::Value::String(s) => self.learn_value(s),
+            serde_json::Value::Array(a) => a.iter().for_each(|v| self.learn_json(v)),
+            serde_json::Value::Object(o) => o.values().for_each(|v| self.learn_json(v)),
+            _ => {}
+        }
+    }
+
+    /// Whether a secret input has this name.
+    pub fn is_secret_name(&self, name: &str) -> bool {
+        self.names.contains(name)
+    }
+
+    /// Whether text holds a known secret value.
+    pub fn reveals(&self, text: &str) -> bool {
+        self.known().iter().any(|v| text.contains(v.as_str()))
+    }
+
+    /// Whether nothing is secret in this transaction.
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty() && self.known().is_empty()
+    }
+
+    fn known(&self) -> std::sync::RwLockReadGuard<'_, Vec<String>> {
+        self.values.read().unwrap_or_else(|e| e.into_inner())
     }
 
     fn is_secret(&self, e: &Element) -> bool {
@@ -34,15 +101,12 @@ impl Redactor {
                 .is_some_and(|v| v == "1" || v == "true")
     }
 
-    fn learn(&mut self, e: &Element) {
+    fn collect(&self, e: &Element, values: &mut Vec<String>) {
         if self.is_secret(e) {
-            let v = e.string_value();
-            if v.len() >= 3 {
-                self.values.push(v);
-            }
+            values.push(e.string_value());
         }
         for c in e.elements() {
-            self.learn(c);
+            self.collect(c, values);
         }
     }
 
@@ -53,7 +117,7 @@ impl Redactor {
             e.children = vec![Node::Text(Scalar::Str(MASK.into()))];
             return;
         }
-        if !self.values.is_empty() {
+        if !self.known().is_empty() {
             for (_, v) in &mut e.attrs {
                 *v = self.redact_text(v).into();
             }
@@ -74,20 +138,18 @@ impl Redactor {
             return true;
         }
         if let Some(Scalar::Str(s)) = e.scalar() {
-            if self.values.iter().any(|v| s.contains(v.as_str())) {
+            if self.reveals(s) {
                 return true;
             }
         }
-        e.attrs
-            .iter()
-            .any(|(_, v)| self.values.iter().any(|s| v.contains(s.as_str())))
+        e.attrs.iter().any(|(_, v)| self.reveals(v))
             || e.elements().any(|c| self.contains_secret(c))
     }
 
     /// Scrubs known secret values from text.
     pub fn redact_text(&self, text: &str) -> String {
         let mut out = text.to_string();
-        for v in &self.values {
+        for v in self.known().iter() {
             if out.contains(v.as_str()) {
                 out = out.replace(v.as_str(), MASK);
             }

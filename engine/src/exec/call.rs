@@ -1,0 +1,418 @@
+//! One provider call of a step: journal the intent, call with a timeout and a panic guard,
+//! retry transient errors, journal the result and register the undo. Resuming after a
+//! crash replays a journaled result instead of calling; a dry run asks for a preview.
+
+use super::journal::log_lapse;
+use super::run::Sched;
+use super::state::{lock, push_completed, Completed, Txn};
+use super::{Engine, ErrorSource, Event, Failure, PlanEntry, Replayed, StepDone, StepIntent};
+use crate::compile::{CompiledProcedure, Leaf};
+use crate::data::Element;
+use crate::model::ProcKind;
+use crate::provider::{Call, CallContext, Done, Outcome, Preview, Provider, ProviderError};
+use futures::FutureExt;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering as AtomicOrdering;
+use std::sync::Arc;
+use tracing::{info_span, Instrument};
+
+/// A provider leaf called at one step of a transaction.
+struct LeafCall<'a> {
+    txn: &'a Txn,
+    callee: &'a CompiledProcedure,
+    leaf: &'a Leaf,
+    step: &'a str,
+    /// `Namespace/Procedure` of the leaf.
+    target: String,
+    provider: Arc<dyn Provider>,
+}
+
+impl Engine {
+    /// Calls a provider leaf for real (see the module doc); returns its output executeData.
+    pub(super) async fn call_provider(
+        &self,
+        txn: &Txn,
+        callee: &CompiledProcedure,
+        leaf: &Leaf,
+        ed: Element,
+        step: &str,
+    ) -> Result<Element, Failure> {
+        let call = LeafCall {
+            txn,
+            callee,
+            leaf,
+            step,
+            target: callee.target.to_string(),
+            provider: self.provider(leaf, step)?,
+        };
+        let span = info_span!(
+            "step", step.id = %step, provider = %leaf.provider, procedure = %call.target
+        );
+        async {
+            self.emit(Event::StepStarted {
+                step: step.to_string(),
+                target: call.target.clone(),
+            });
+            // A secret the caller computed may arrive here under a secret input's name.
+            txn.redactor.learn_from(&ed);
+            if let Some(r) = txn.resume.as_ref().and_then(|r| r.done.get(step)) {
+                return Ok(self.replay(&call, ed, r));
+            }
+            let mut attempt = txn
+                .resume
+                .as_ref()
+                .and_then(|r| r.next_attempt.get(step).copied())
+                .unwrap_or(1);
+            loop {
+                let context = self.call_context(txn, callee, leaf, step, attempt);
+                let journaling = self.journal.records();
+                if journaling {
+                    self.journal_intent(&call, &context, &ed).await?;
+                }
+                let started_after = txn.completions.load(AtomicOrdering::SeqCst);
+                let error = match self.attempt(&call, &context, &ed).await {
+                    Ok(outcome) => {
+                        let done = Attempted {
+                            context,
+                            outcome,
+                            started_after,
+                            journaling,
+                        };
+                        return self.succeeded(&call, &ed, done).await;
+                    }
+                    Err(error) => error,
+                };
+                self.failed(&call, &context, error, attempt).await?;
+                attempt += 1;
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// A failed attempt: journaled; a transient error within the retry budget waits for
+    /// its backoff and returns `Ok` (try again), any other ends the step.
+    async fn failed(
+        &self,
+        call: &LeafCall<'_>,
+        context: &CallContext,
+        error: ProviderError,
+        attempt: u32,
+    ) -> Result<(), Failure> {
+        let redactor = &call.txn.redactor;
+        let message = redactor.redact_text(&error.to_string());
+        log_lapse(
+            self.journal.step_failed(context, &message).await,
+            "step_failed",
+            "recovery sees the call's intent without an outcome and asks the provider \
+             whether it was applied (an in-doubt call)",
+        );
+        if matches!(error, ProviderError::Transient { .. }) && attempt <= self.options.retries {
+            tracing::warn!(attempt, error = %message, "transient error; retrying");
+            tokio::time::sleep(self.backoff(attempt)).await;
+            return Ok(());
+        }
+        tracing::warn!(error = %message, "step failed");
+        self.emit(Event::StepFinished {
+            step: call.step.to_string(),
+            ok: false,
+        });
+        let target = &call.callee.target;
+        Err(Failure {
+            code: error.code(),
+            message: redactor.redact_text(&error.message()),
+            step: call.step.to_string(),
+            sources: vec![ErrorSource {
+                namespace: target.namespace.clone(),
+                procedure: target.procedure.clone(),
+                step: call.step.to_string(),
+            }],
+        })
+    }
+
+    /// A call that completed before the crash: use the journaled result, call nothing (but
+    /// register its undo, so a later failure still undoes it).
+    fn replay(&self, call: &LeafCall<'_>, ed: Element, r: &Replayed) -> Element {
+        if call.callee.kind != ProcKind::Read {
+            if let Some(undo) = &r.undo {
+                let txn = call.txn;
+                let started_after = txn.completions.load(AtomicOrdering::SeqCst);
+                let context = self.call_context(txn, call.callee, call.leaf, call.step, r.attempt);
+                register_undo(call, started_after, context, undo.clone(), ed);
+            }
+        }
+        self.emit(Event::StepFinished {
+            step: call.step.to_string(),
+            ok: true,
+        });
+        r.output.clone()
+    }
+
+    /// Journals that the call is about to be made (durable before the call).
+    async fn journal_intent(
+        &self,
+        call: &LeafCall<'_>,
+        context: &CallContext,
+        ed: &Element,
+    ) -> Result<(), Failure> {
+        let mut logged = ed.clone();
+        call.txn.redactor.redact_element(&mut logged);
+        let secret = call.txn.redactor.contains_secret(ed);
+        self.journal
+            .step_intent(&StepIntent {
+                context,
+                provider: &call.leaf.provider,
+                target: &call.target,
+                kind: call.callee.kind,
+                provider_context: &call.leaf.provider_context,
+                input: &logged,
+                call_data: ed,
+                secret,
+            })
+            .await
+            .map_err(|e| {
+                fail(
+                    call.step,
+                    &call.target,
+                    ProviderError::E_FAIL,
+                    e.to_string(),
+                )
+            })
+    }
+
+    /// One attempt: the provider's `execute` within the step timeout and the transaction's
+    /// parallel limit; a panic or a timeout is a permanent error.
+    async fn attempt(
+        &self,
+        call: &LeafCall<'_>,
+        context: &CallContext,
+        ed: &Element,
+    ) -> Result<Outcome, ProviderError> {
+        let request = Call {
+            context: context.clone(),
+            provider_context: call.leaf.provider_context.clone(),
+            execute_data: ed.clone(),
+        };
+        let permit = call.txn.permits.acquire().await;
+        call.txn.calls.fetch_add(1, AtomicOrdering::Relaxed);
+        let guarded = AssertUnwindSafe(call.provider.execute(request)).catch_unwind();
+        let result = tokio::time::timeout(self.options.step_timeout, guarded).await;
+        drop(permit);
+        let provider = &call.leaf.provider;
+        match result {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(panic)) => Err(ProviderError::permanent(format!(
+                "provider `{provider}` panicked: {}",
+                panic_message(&panic)
+            ))),
+            Err(_) => Err(ProviderError::permanent(format!(
+                "provider `{provider}` did not answer within {:?} (step timeout); \
+                 whatever it did is its own to clean up",
+                self.options.step_timeout
+            ))),
+        }
+    }
+
+    /// A successful attempt: journal it, register its undo, return its output.
+    async fn succeeded(
+        &self,
+        call: &LeafCall<'_>,
+        ed: &Element,
+        done: Attempted,
+    ) -> Result<Element, Failure> {
+        let txn = call.txn;
+        let mut out = done.outcome.execute_data;
+        out.name = "executeData".into();
+        let undo = done
+            .outcome
+            .undo
+            .filter(|_| call.callee.kind != ProcKind::Read);
+        let journaled = if done.journaling {
+            self.journal_done(call, ed, &done.context, &out, undo.as_ref())
+                .await
+        } else {
+            Ok(())
+        };
+        match undo {
+            Some(undo) => register_undo(call, done.started_after, done.context, undo, ed.clone()),
+            None => {
+                txn.completions.fetch_add(1, AtomicOrdering::SeqCst);
+            }
+        }
+        // The call happened and is registered for undo even when journaling it failed.
+        journaled.map_err(|e| {
+            fail(
+                call.step,
+                &call.target,
+                ProviderError::E_FAIL,
+                e.to_string(),
+            )
+        })?;
+        tracing::debug!("step done");
+        self.emit(Event::StepFinished {
+            step: call.step.to_string(),
+            ok: true,
+        });
+        Ok(out)
+    }
+
+    /// Journals a successful call: its output for people (redacted), and what an undo or
+    /// a resume needs (sealed when it holds secrets).
+    async fn journal_done(
+        &self,
+        call: &LeafCall<'_>,
+        ed: &Element,
+        context: &CallContext,
+        out: &Element,
+        undo: Option<&Element>,
+    ) -> Result<(), super::JournalError> {
+        let redactor = &call.txn.redactor;
+        let mut logged_out = out.clone();
+        redactor.redact_element(&mut logged_out);
+        let saved = (undo.is_some() && call.leaf.save_data_for_rollback).then_some(ed);
+        let secret = undo.is_some_and(|u| redactor.contains_secret(u))
+            || saved.is_some_and(|s| redactor.contains_secret(s));
+        let resumable = call.txn.program.entry.resumable;
+        self.journal
+            .step_done(&StepDone {
+                context,
+                output: &logged_out,
+                undo,
+                saved,
+                secret,
+                result: resumable.then_some(out),
+                result_secret: resumable && redactor.contains_secret(out),
+            })
+            .await
+    }
+
+    /// Asks the provider what a call would change, and records the plan entry.
+    pub(super) async fn preview(
+        &self,
+        txn: &Txn,
+        callee: &CompiledProcedure,
+        leaf: &Leaf,
+        ed: Element,
+        step: &str,
+        at: Sched,
+    ) -> Result<Element, Failure> {
+        let Sched { wave, unresolved } = at;
+        let provider = self.provider(leaf, step)?;
+        let call = Call {
+            context: self.call_context(txn, callee, leaf, step, 1),
+            provider_context: leaf.provider_context.clone(),
+            execute_data: ed,
+        };
+        let preview = if unresolved.is_empty() {
+            provider
+                .preview(&call)
+                .await
+                .unwrap_or_else(|e| Preview::Change(format!("(preview failed: {})", e.message())))
+        } else {
+            Preview::Unknown
+        };
+        lock(&txn.plan).push(PlanEntry {
+            step: step.to_string(),
+            wave,
+            target: callee.target.to_string(),
+            provider: leaf.provider.clone(),
+            inputs: call.execute_data.clone(),
+            preview,
+            unresolved,
+        });
+        Ok(call.execute_data)
+    }
+
+    fn provider(&self, leaf: &Leaf, step: &str) -> Result<Arc<dyn Provider>, Failure> {
+        self.registry
+            .get(&leaf.provider)
+            .cloned()
+            .ok_or_else(|| Failure {
+                code: ProviderError::E_FAIL,
+                message: format!("provider `{}` is not registered", leaf.provider),
+                step: step.to_string(),
+                sources: Vec::new(),
+            })
+    }
+
+    fn call_context(
+        &self,
+        txn: &Txn,
+        callee: &CompiledProcedure,
+        leaf: &Leaf,
+        step: &str,
+        attempt: u32,
+    ) -> CallContext {
+        CallContext {
+            txn_id: txn.id.clone(),
+            step_id: step.to_string(),
+            attempt,
+            namespace: callee.target.namespace.clone(),
+            procedure: leaf.entry.clone(),
+        }
+    }
+}
+
+/// What a successful attempt hands to `succeeded`.
+struct Attempted {
+    context: CallContext,
+    outcome: Outcome,
+    /// Completions counted before the call started (see `Completed::started_after`).
+    started_after: usize,
+    /// Whether the journal keeps records.
+    journaling: bool,
+}
+
+/// Registers a completed call for undo; counts the completion.
+fn register_undo(
+    call: &LeafCall<'_>,
+    started_after: usize,
+    context: CallContext,
+    undo: Element,
+    ed: Element,
+) {
+    let txn = call.txn;
+    let seq = txn.completions.fetch_add(1, AtomicOrdering::SeqCst);
+    push_completed(
+        &mut lock(&txn.completed),
+        Completed {
+            started_after,
+            seq,
+            step: call.step.to_string(),
+            target: call.target.clone(),
+            kind: call.callee.kind,
+            provider: call.provider.clone(),
+            done: Done {
+                context,
+                provider_context: call.leaf.provider_context.clone(),
+                undo,
+                execute_data: call.leaf.save_data_for_rollback.then_some(ed),
+            },
+        },
+    );
+}
+
+/// A failure at a step whose source is the leaf `target` (`Namespace/Procedure`).
+pub(super) fn fail(step: &str, target: &str, code: u32, message: String) -> Failure {
+    let (namespace, procedure) = target.rsplit_once('/').unwrap_or((target, ""));
+    Failure {
+        code,
+        message,
+        step: step.to_string(),
+        sources: vec![ErrorSource {
+            namespace: namespace.to_string(),
+            procedure: procedure.to_string(),
+            step: step.to_string(),
+        }],
+    }
+}
+
+pub(super) fn panic_message(p: &Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(no message)".to_string()
+    }
+}

@@ -1,0 +1,249 @@
+//! The end of a transaction: the two-phase prepare/commit of every two-phase call, or the
+//! undo of every completed call in reverse dependency order, each undo retried with backoff.
+
+use super::call::{fail, panic_message};
+use super::journal::log_lapse;
+use super::state::{lock, Txn};
+use super::{Engine, Event, Failure, Redactor, UndoFailure};
+use crate::model::ProcKind;
+use crate::provider::{Done, Provider};
+use futures::stream::{FuturesUnordered, StreamExt};
+use futures::FutureExt;
+use std::cmp::Reverse;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{info_span, Instrument};
+
+impl Engine {
+    /// Two-phase procedures: prepare every two-phase call in order; only if all prepared,
+    /// commit them in the same order. A failed prepare fails the transaction (rollback).
+    pub(super) async fn two_phase(&self, txn: &Txn) -> Result<(), Failure> {
+        let calls: Vec<(String, String, Arc<dyn Provider>, Done)> = lock(&txn.completed)
+            .iter()
+            .filter(|c| c.kind == ProcKind::TwoPhase)
+            .map(|c| {
+                (
+                    c.step.clone(),
+                    c.target.clone(),
+                    c.provider.clone(),
+                    c.done.clone(),
+                )
+            })
+            .collect();
+        for (step, target, provider, done) in &calls {
+            let r = provider.prepare(done).await;
+            let err = r
+                .as_ref()
+                .err()
+                .map(|e| txn.redactor.redact_text(&e.to_string()));
+            log_lapse(
+                self.journal
+                    .phase_done(&done.context, "prepare", err.as_deref())
+                    .await,
+                "prepare",
+                "the transaction's record lacks this prepare; recovery does not use it",
+            );
+            if let Err(e) = r {
+                return Err(fail(
+                    step,
+                    target,
+                    e.code(),
+                    format!("prepare failed: {}", txn.redactor.redact_text(&e.message())),
+                ));
+            }
+        }
+        for (step, _, provider, done) in &calls {
+            let r = provider.commit(done).await;
+            let err = r
+                .as_ref()
+                .err()
+                .map(|e| txn.redactor.redact_text(&e.to_string()));
+            log_lapse(
+                self.journal
+                    .phase_done(&done.context, "commit", err.as_deref())
+                    .await,
+                "commit",
+                "the transaction's record lacks this commit; recovery does not use it",
+            );
+            if let Some(e) = err {
+                // A commit must not fail (the MPS contract: the prepare promised it would
+                // succeed); when one does, its change is prepared but not visible.
+                tracing::error!(
+                    step = %step, error = %e,
+                    "two-phase commit failed; the system may be inconsistent"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Undoes every completed call in reverse dependency order: a call is undone only after
+    /// every call that started after it completed (and so may depend on it) was undone;
+    /// calls that overlapped in time are independent and are undone concurrently. Each undo
+    /// is retried with backoff; returns how many were undone and what kept failing.
+    pub(super) async fn rollback(&self, txn: &Txn) -> (usize, Vec<UndoFailure>) {
+        let completed = std::mem::take(&mut *lock(&txn.completed));
+        let order: Vec<UndoOrder> = completed
+            .iter()
+            .map(|c| UndoOrder {
+                started_after: c.started_after,
+                seq: c.seq,
+            })
+            .collect();
+        let mut undone = 0;
+        let mut failures = Vec::new();
+        let results = undo_in_dependency_order(&order, |i| {
+            let c = &completed[i];
+            let undo = Undo {
+                provider: c.provider.clone(),
+                done: c.done.clone(),
+                step: c.step.clone(),
+            };
+            self.undo_redacted(undo, &txn.redactor)
+        })
+        .await;
+        for (i, r) in results.into_iter().enumerate() {
+            match r {
+                Ok(()) => undone += 1,
+                Err(message) => failures.push(UndoFailure {
+                    step: completed[i].step.clone(),
+                    target: completed[i].target.clone(),
+                    message: txn.redactor.redact_text(&message),
+                }),
+            }
+        }
+        (undone, failures)
+    }
+
+    /// One undo with retries and backoff, journaled.
+    pub(crate) async fn undo_one(
+        &self,
+        provider: Arc<dyn Provider>,
+        done: Done,
+        step: String,
+    ) -> Result<(), String> {
+        let undo = Undo {
+            provider,
+            done,
+            step,
+        };
+        self.undo_redacted(undo, &Redactor::default()).await
+    }
+
+    /// One undo with retries and backoff, journaled; its errors are logged, journaled and
+    /// returned with the transaction's secrets masked.
+    async fn undo_redacted(&self, undo: Undo, redactor: &Redactor) -> Result<(), String> {
+        let Undo {
+            provider,
+            done,
+            step,
+        } = undo;
+        let span = info_span!("undo", step.id = %step, provider = %provider.name());
+        async {
+            self.emit(Event::Undoing { step: step.clone() });
+            let mut last = String::new();
+            for attempt in 1..=self.options.undo_attempts.max(1) {
+                match AssertUnwindSafe(provider.undo(done.clone()))
+                    .catch_unwind()
+                    .await
+                {
+                    Ok(Ok(())) => {
+                        log_lapse(
+                            self.journal.undo_done(&done.context, None).await,
+                            "undo_done",
+                            "recovery will undo this call again (undos are idempotent)",
+                        );
+                        return Ok(());
+                    }
+                    Ok(Err(e)) => last = e.to_string(),
+                    Err(p) => last = format!("undo panicked: {}", panic_message(&p)),
+                }
+                last = redactor.redact_text(&last);
+                tracing::warn!(attempt, error = %last, "undo failed");
+                if attempt < self.options.undo_attempts {
+                    tokio::time::sleep(self.backoff(attempt)).await;
+                }
+            }
+            log_lapse(
+                self.journal.undo_done(&done.context, Some(&last)).await,
+                "undo_done (failed)",
+                "recovery will try this undo again",
+            );
+            Err(last)
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// The wait before retry number `attempt` (1-based): the first backoff, doubling.
+    pub(super) fn backoff(&self, attempt: u32) -> Duration {
+        self.options.retry_backoff * 2u32.saturating_pow(attempt - 1)
+    }
+}
+
+/// A completed call to undo.
+struct Undo {
+    provider: Arc<dyn Provider>,
+    done: Done,
+    step: String,
+}
+
+/// When a completed call started and finished, in completion counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UndoOrder {
+    /// Completions counted when the call started.
+    pub started_after: usize,
+    /// Its own completion number.
+    pub seq: usize,
+}
+
+/// Runs `undo(i)` for every call so that a call is undone only after every call that
+/// started after it completed; independent calls run concurrently. Returns results by index.
+pub async fn undo_in_dependency_order<'a, F, Fut>(
+    order: &[UndoOrder],
+    undo: F,
+) -> Vec<Result<(), String>>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>> + 'a,
+{
+    let n = order.len();
+    // waiting[i]: calls that must be undone before i (they started after i completed).
+    let mut waiting: Vec<usize> = vec![0; n];
+    let mut unblocks: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for i in 0..n {
+        for j in 0..n {
+            if i != j && order[j].started_after > order[i].seq {
+                waiting[i] += 1;
+                unblocks[j].push(i);
+            }
+        }
+    }
+    let mut results: Vec<Result<(), String>> = vec![Ok(()); n];
+    let mut running = FuturesUnordered::new();
+    let mut ready: Vec<usize> = (0..n).filter(|&i| waiting[i] == 0).collect();
+    ready.sort_by_key(|&i| Reverse(order[i].seq));
+    loop {
+        for i in ready.drain(..) {
+            let fut = undo(i);
+            running.push(async move { (i, fut.await) });
+        }
+        match running.next().await {
+            None => break,
+            Some((i, r)) => {
+                results[i] = r;
+                let mut next: Vec<usize> = Vec::new();
+                for &k in &unblocks[i] {
+                    waiting[k] -= 1;
+                    if waiting[k] == 0 {
+                        next.push(k);
+                    }
+                }
+                next.sort_by_key(|&k| Reverse(order[k].seq));
+                ready.extend(next);
+            }
+        }
+    }
+    results
+}

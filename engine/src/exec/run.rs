@@ -1,0 +1,600 @@
+//! Running a transaction: journal its start, walk its plan (every ready step at once,
+//! forEach/when/repeat/select/try-catch and nested calls), then commit or roll back and
+//! journal the end.
+
+use super::journal::log_lapse;
+use super::state::{lock, Invocation, RunMode, StepCtx, Txn};
+use super::{Engine, ErrorSource, Failure, Resume, TxnResult, TxnStart, TxnState, UndoFailure};
+use crate::compile::{
+    Body, CompiledProcedure, ExecNode, Plan, PlanNode, Program, SelectNode, TryNode,
+};
+use crate::data::{Element, IfNull, Path, Scalar};
+use crate::model::CallTarget;
+use crate::provider::ProviderError;
+use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
+use futures::FutureExt;
+use petgraph::graph::NodeIndex;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::atomic::Ordering as AtomicOrdering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::{info_span, Instrument};
+
+impl Engine {
+    /// Runs a program as one transaction, fresh or resumed: commit, or roll back
+    /// everything done.
+    pub(super) async fn run_txn(
+        &self,
+        program: Arc<Program>,
+        data: Element,
+        context: Element,
+        resume: Option<Resume>,
+    ) -> TxnResult {
+        let started_at = Instant::now();
+        let mut txn = self.new_txn(program, RunMode::Execute, &data, context);
+        let resuming = resume.is_some();
+        if let Some(r) = resume {
+            txn.id = r.txn_id.clone();
+            txn.resume = Some(r);
+        }
+        let span = info_span!("txn", txn.id = %txn.id, procedure = %txn.program.entry.target);
+        async {
+            let started = self.journal_start(&txn, &data, resuming).await;
+            tracing::info!("transaction started");
+            let result = match started {
+                Ok(()) => match self.run_entry(&txn, data).await {
+                    Ok(data) => self.two_phase(&txn).await.map(|()| data),
+                    Err(f) => Err(f),
+                },
+                Err(e) => Err(Failure {
+                    code: ProviderError::E_FAIL,
+                    message: e.to_string(),
+                    step: String::new(),
+                    sources: Vec::new(),
+                }),
+            };
+            let mut out = self.settle(&txn, result).await;
+            self.journal_end(&txn, &mut out).await;
+            out.elapsed = started_at.elapsed();
+            out
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Journals that the transaction starts (or resumes after a crash).
+    async fn journal_start(
+        &self,
+        txn: &Txn,
+        data: &Element,
+        resuming: bool,
+    ) -> Result<(), super::JournalError> {
+        if resuming {
+            return self
+                .journal
+                .txn_state(&txn.id, TxnState::Running, Some("resumed after a crash"))
+                .await;
+        }
+        // Built here, so the transaction's task does not carry them while it runs.
+        let target = txn.program.entry.target.to_string();
+        let mut shown = data.clone();
+        txn.redactor.redact_element(&mut shown);
+        self.journal
+            .txn_started(&TxnStart {
+                txn_id: &txn.id,
+                target: &target,
+                kind: txn.program.entry.kind,
+                resumable: txn.program.entry.resumable,
+                definitions: &txn.program.definitions_hash,
+                data: &shown,
+                request_data: data,
+                secret: txn.redactor.contains_secret(data),
+                pinned: &txn.program.pinned,
+            })
+            .await
+    }
+
+    /// Commits (the result's data, redacted) or rolls back after a failure.
+    async fn settle(&self, txn: &Txn, result: Result<Element, Failure>) -> TxnResult {
+        let mut out = TxnResult {
+            txn_id: txn.id.clone(),
+            state: TxnState::Committed,
+            data: None,
+            failure: None,
+            undo_failures: Vec::new(),
+            calls: txn.calls.load(AtomicOrdering::Relaxed),
+            undone: 0,
+            elapsed: Duration::ZERO,
+            redactor: txn.redactor.clone(),
+            journal_error: None,
+        };
+        match result {
+            Ok(mut data) => {
+                txn.redactor.redact_element(&mut data);
+                out.data = Some(data);
+                tracing::info!("committed");
+            }
+            Err(mut failure) => {
+                failure.message = txn.redactor.redact_text(&failure.message);
+                tracing::warn!(
+                    step = %failure.step, error = %failure.message, "step failed; rolling back"
+                );
+                let journaled = self
+                    .journal
+                    .txn_state(&txn.id, TxnState::RollingBack, Some(&failure.message))
+                    .await;
+                log_lapse(
+                    journaled,
+                    "rolling_back",
+                    "the rollback goes on; should the process die before the final state is \
+                     journaled, recovery finds the transaction running and rolls it back itself",
+                );
+                let (undone, failures) = self.rollback(txn).await;
+                out.rolled_back(undone, failures);
+                out.failure = Some(failure);
+            }
+        }
+        out
+    }
+
+    /// Journals the final state. A commit the journal could lose is not a commit:
+    /// recovery would find the transaction unfinished and roll it back after the caller
+    /// was told otherwise. So it is rolled back now (undos are idempotent, so recovery
+    /// repeating them is harmless) and reported as failed.
+    async fn journal_end(&self, txn: &Txn, out: &mut TxnResult) {
+        let message = out.failure.as_ref().map(|f| f.message.clone());
+        let Err(e) = self
+            .journal
+            .txn_state(&txn.id, out.state, message.as_deref())
+            .await
+        else {
+            return;
+        };
+        tracing::error!(error = %e, "the final state could not be journaled");
+        out.journal_error = Some(e.to_string());
+        if out.state != TxnState::Committed {
+            return;
+        }
+        let (undone, failures) = self.rollback(txn).await;
+        out.rolled_back(undone, failures);
+        out.data = None;
+        out.failure = Some(Failure {
+            code: ProviderError::E_FAIL,
+            message: format!(
+                "the commit could not be journaled, so the transaction was rolled back: {e}"
+            ),
+            step: String::new(),
+            sources: Vec::new(),
+        });
+        let message = out.failure.as_ref().map(|f| f.message.as_str());
+        let journaled = self.journal.txn_state(&txn.id, out.state, message).await;
+        log_lapse(
+            journaled,
+            "final state after the rollback",
+            "recovery will find the transaction unfinished and roll it back again \
+             (undos are idempotent, so repeating them is harmless)",
+        );
+    }
+
+    /// Runs the entry procedure of a transaction on the request data.
+    pub(super) async fn run_entry(&self, txn: &Txn, data: Element) -> Result<Element, Failure> {
+        let entry = txn.program.entry.clone();
+        let mut data = data;
+        data.name = "data".into();
+        match &entry.body {
+            Body::Steps(plan) => {
+                apply_defaults(&entry, &mut data);
+                let inv = Invocation::new(data, entry.procedure_data.clone());
+                let r = self.run_plan(txn, &inv, plan, "", 0).await;
+                match r {
+                    Ok(_) => Ok(inv.into_data()),
+                    Err(mut f) => {
+                        f.sources.push(ErrorSource {
+                            namespace: entry.target.namespace.clone(),
+                            procedure: entry.target.procedure.clone(),
+                            step: String::new(),
+                        });
+                        Err(f)
+                    }
+                }
+            }
+            Body::Leaf(leaf) => {
+                let mut ed = data;
+                ed.name = "executeData".into();
+                // Boxed: inline, this rarely taken branch would size every transaction's
+                // task for a provider call's state (the memory benchmark's figure).
+                let step = &entry.target.procedure;
+                let mut out = Box::pin(self.call_provider(txn, &entry, leaf, ed, step)).await?;
+                out.name = "data".into();
+                Ok(out)
+            }
+        }
+    }
+
+    /// Runs the steps of a plan: each step starts as soon as everything it depends on has
+    /// finished. After a failure no new step starts; the running ones finish (so their
+    /// results are recorded for rollback) and the first failure is returned.
+    ///
+    /// Waves count provider calls that must follow one another: the plan starts in wave
+    /// `start`, a step starts in the wave after the last call of the steps it needs, and
+    /// the plan's end wave (the wave after its last call) is returned. A dry run labels
+    /// each call with its wave, so calls of one wave may run at once.
+    fn run_plan<'a>(
+        &'a self,
+        txn: &'a Txn,
+        inv: &'a Invocation,
+        plan: &'a Plan,
+        prefix: &'a str,
+        start: usize,
+    ) -> BoxFuture<'a, Result<usize, Failure>> {
+        async move {
+            let n = plan.graph.node_count();
+            let mut ends = vec![start; n];
+            let mut end = start;
+            let mut indeg = vec![0usize; n];
+            for e in plan.graph.raw_edges() {
+                indeg[e.target().index()] += 1;
+            }
+            let mut ready: BinaryHeap<Reverse<usize>> =
+                (0..n).filter(|&i| indeg[i] == 0).map(Reverse).collect();
+            let mut running = FuturesUnordered::new();
+            let mut failure: Option<Failure> = None;
+            loop {
+                if failure.is_none() {
+                    while let Some(Reverse(i)) = ready.pop() {
+                        let at = NodeIndex::new(i);
+                        let node_start = plan
+                            .graph
+                            .neighbors_directed(at, petgraph::Direction::Incoming)
+                            .map(|p| ends[p.index()])
+                            .max()
+                            .unwrap_or(start);
+                        let node = &plan.graph[at];
+                        let run = self.run_node(txn, inv, node, prefix, node_start);
+                        running.push(run.map(move |r| (i, r)));
+                    }
+                }
+                match running.next().await {
+                    None => break,
+                    Some((i, Ok(node_end))) => {
+                        ends[i] = node_end;
+                        end = end.max(node_end);
+                        for m in plan.graph.neighbors(NodeIndex::new(i)) {
+                            indeg[m.index()] -= 1;
+                            if indeg[m.index()] == 0 {
+                                ready.push(Reverse(m.index()));
+                            }
+                        }
+                    }
+                    Some((_, Err(f))) => {
+                        if failure.is_none() {
+                            failure = Some(f);
+                        }
+                    }
+                }
+            }
+            match failure {
+                Some(f) => Err(f),
+                None => Ok(end),
+            }
+        }
+        .boxed()
+    }
+
+    fn run_node<'a>(
+        &'a self,
+        txn: &'a Txn,
+        inv: &'a Invocation,
+        node: &'a PlanNode,
+        prefix: &'a str,
+        start: usize,
+    ) -> BoxFuture<'a, Result<usize, Failure>> {
+        async move {
+            match node {
+                PlanNode::Execute(e) => self.run_execute(txn, inv, e, prefix, start).await,
+                PlanNode::Script(sn) => {
+                    let step = format!("{prefix}{}", sn.id);
+                    self.run_script(
+                        StepCtx {
+                            txn,
+                            inv,
+                            step: &step,
+                        },
+                        sn,
+                        start,
+                    )
+                    .await
+                }
+                PlanNode::Select(s) => {
+                    let step = format!("{prefix}{}", s.id);
+                    let cx = StepCtx {
+                        txn,
+                        inv,
+                        step: &step,
+                    };
+                    run_select(cx, s).map(|()| start)
+                }
+                PlanNode::Try(t) => self.run_try(txn, inv, t, prefix, start).await,
+            }
+        }
+        .boxed()
+    }
+
+    /// try/catch: runs the body; when it fails (for real, not in a dry run), puts the
+    /// error in `context/errorContext` and runs the catch block instead.
+    async fn run_try(
+        &self,
+        txn: &Txn,
+        inv: &Invocation,
+        t: &TryNode,
+        prefix: &str,
+        start: usize,
+    ) -> Result<usize, Failure> {
+        let body_prefix = format!("{prefix}{}/", t.id);
+        let f = match self.run_plan(txn, inv, &t.body, &body_prefix, start).await {
+            Ok(end) => return Ok(end),
+            Err(f) if txn.mode == RunMode::Plan => return Err(f),
+            Err(f) => f,
+        };
+        let mut f = f;
+        f.message = txn.redactor.redact_text(&f.message);
+        tracing::info!(step = %f.step, error = %f.message, "error caught; running catch");
+        {
+            let mut context = lock(&txn.context);
+            context.children.retain(
+                |c| !matches!(c, crate::data::Node::Element(e) if e.name == "errorContext"),
+            );
+            context.push(error_context(&f));
+        }
+        let catch_prefix = format!("{prefix}{}/catch/", t.id);
+        self.run_plan(txn, inv, &t.catch, &catch_prefix, start)
+            .await
+    }
+
+    /// An execute step: for each forEach iteration whose conditions hold, `repeat` times:
+    /// build executeData, call (if the step calls anything), map the results back.
+    async fn run_execute(
+        &self,
+        txn: &Txn,
+        inv: &Invocation,
+        node: &ExecNode,
+        prefix: &str,
+        start: usize,
+    ) -> Result<usize, Failure> {
+        let step = format!("{prefix}{}", node.id);
+        // Iterations and repeats run one after another: each starts where the last ended.
+        let mut wave = start;
+        let iterations = self.iterations(
+            StepCtx {
+                txn,
+                inv,
+                step: &step,
+            },
+            node,
+        )?;
+        for (suffix, mut bindings) in iterations {
+            let step = format!("{step}{suffix}");
+            let cx = StepCtx {
+                txn,
+                inv,
+                step: &step,
+            };
+            if !self.check(cx, &bindings, &node.when, &node.execute_data)? {
+                continue;
+            }
+            let repeat = self.repeat_count(cx, &bindings, node)?;
+            for r in 0..repeat {
+                let step = if node.repeat.is_some() {
+                    format!("{step}#{}", r + 1)
+                } else {
+                    step.clone()
+                };
+                let cx = cx.at(&step);
+                let mut ed = node.execute_data.clone();
+                ed.name = "executeData".into();
+                let mut unresolved = Vec::new();
+                if !self.transforms(cx, &mut bindings, &mut ed, &node.before, &mut unresolved)? {
+                    continue; // ifNull="skip": this iteration does not run
+                }
+                if let Some(target) = &node.call {
+                    let at = Sched { wave, unresolved };
+                    (ed, wave) = self.invoke(txn, target, ed, &step, at).await?;
+                }
+                let mut ignored = Vec::new();
+                self.transforms(cx, &mut bindings, &mut ed, &node.after, &mut ignored)?;
+            }
+        }
+        Ok(wave)
+    }
+
+    /// How many times a step runs in this iteration (1 without `repeat`).
+    fn repeat_count(
+        &self,
+        cx: StepCtx<'_>,
+        bindings: &[(String, Element)],
+        node: &ExecNode,
+    ) -> Result<usize, Failure> {
+        let Some(r) = &node.repeat else {
+            return Ok(1);
+        };
+        let count = match cx.read_string(bindings, &node.execute_data, &r.scope, r.path.as_ref())? {
+            Some(v) => v.trim().parse::<usize>().map_err(|_| {
+                Failure::data(cx.step, format!("repeat count `{v}` is not a whole number"))
+            })?,
+            None => match r.if_null {
+                IfNull::Fail => {
+                    return Err(Failure::data(
+                        cx.step,
+                        "repeat: the count path selects nothing",
+                    ))
+                }
+                IfNull::Skip => 0,
+                IfNull::Ignore => 1,
+            },
+        };
+        if count > self.options.max_iterations {
+            return Err(Failure::data(
+                cx.step,
+                format!(
+                    "repeat count {count} is over the limit of {}",
+                    self.options.max_iterations
+                ),
+            ));
+        }
+        Ok(count)
+    }
+
+    /// Calls a procedure: a provider leaf, or a nested procedure whose `data` is the
+    /// caller's executeData (and whose final `data` comes back as executeData). Returns
+    /// the output and the wave after the call's last provider call.
+    pub(super) fn invoke<'a>(
+        &'a self,
+        txn: &'a Txn,
+        target: &'a CallTarget,
+        ed: Element,
+        step: &'a str,
+        at: Sched,
+    ) -> BoxFuture<'a, Result<(Element, usize), Failure>> {
+        async move {
+            let Some(callee) = txn.program.procedure(target).cloned() else {
+                return Err(Failure::data(
+                    step,
+                    format!("`{target}` was not compiled into this program"),
+                ));
+            };
+            match &callee.body {
+                Body::Leaf(leaf) => {
+                    let end = at.wave + 1;
+                    let out = if txn.mode == RunMode::Plan {
+                        self.preview(txn, &callee, leaf, ed, step, at).await?
+                    } else {
+                        self.call_provider(txn, &callee, leaf, ed, step).await?
+                    };
+                    Ok((out, end))
+                }
+                Body::Steps(plan) => {
+                    let mut data = ed;
+                    data.name = "data".into();
+                    apply_defaults(&callee, &mut data);
+                    txn.redactor.learn_from(&data);
+                    if txn.mode == RunMode::Execute {
+                        check_required_inputs(&callee, &data, step)?;
+                    }
+                    let inv = Invocation::new(data, callee.procedure_data.clone());
+                    let prefix = format!("{step}/");
+                    match self.run_plan(txn, &inv, plan, &prefix, at.wave).await {
+                        Ok(end) => {
+                            let mut out = inv.into_data();
+                            out.name = "executeData".into();
+                            Ok((out, end))
+                        }
+                        Err(mut f) => {
+                            f.sources.push(ErrorSource {
+                                namespace: target.namespace.clone(),
+                                procedure: target.procedure.clone(),
+                                step: step.to_string(),
+                            });
+                            Err(f)
+                        }
+                    }
+                }
+            }
+        }
+        .boxed()
+    }
+}
+
+/// Where a call falls in a dry run: its wave, and the inputs not known before it.
+pub(super) struct Sched {
+    pub wave: usize,
+    pub unresolved: Vec<String>,
+}
+
+impl TxnResult {
+    /// Records the outcome of a rollback.
+    fn rolled_back(&mut self, undone: usize, failures: Vec<UndoFailure>) {
+        self.undone = undone;
+        self.state = if failures.is_empty() {
+            TxnState::RolledBack
+        } else {
+            TxnState::RollbackFailed
+        };
+        self.undo_failures = failures;
+    }
+}
+
+/// A select step: picks the case whose value matches, for the `when: case` of later steps.
+fn run_select(cx: StepCtx<'_>, s: &SelectNode) -> Result<(), Failure> {
+    let literal = Element::new("executeData");
+    let value = cx.read_string(&[], &literal, &s.scope, s.path.as_ref())?;
+    let case = match value {
+        None => s.if_null_case.clone(),
+        Some(v) => s
+            .cases
+            .iter()
+            .find(|(val, _)| *val == v)
+            .map(|(_, c)| c.clone()),
+    };
+    if let Some(case) = case.or_else(|| s.default_case.clone()) {
+        lock(&cx.inv.selects).insert(s.name.clone(), case);
+    }
+    Ok(())
+}
+
+/// A nested procedure's required inputs (without a default) must be passed by the caller.
+fn check_required_inputs(
+    callee: &CompiledProcedure,
+    data: &Element,
+    step: &str,
+) -> Result<(), Failure> {
+    let required = callee
+        .inputs
+        .iter()
+        .filter(|i| i.required && i.default.is_none());
+    for input in required {
+        let present = Path::parse(&input.name)
+            .map(|p| !p.select(data).is_empty())
+            .unwrap_or(false);
+        if !present {
+            return Err(Failure::data(
+                step,
+                format!(
+                    "`{}` needs input `{}`, which the calling step did not pass",
+                    callee.target, input.name
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn apply_defaults(p: &CompiledProcedure, data: &mut Element) {
+    for input in &p.inputs {
+        if let Some(default) = &input.default {
+            if data.child(&input.name).is_none() && !input.name.contains('/') {
+                data.push(Element::with_scalar(input.name.clone(), default.clone()));
+            }
+        }
+    }
+}
+
+/// The `errorContext` a catch block sees in `context`.
+fn error_context(f: &Failure) -> Element {
+    let mut e = Element::new("errorContext");
+    e.set_attr("code", format!("{:#010x}", f.code));
+    e.set_attr("description", f.message.clone());
+    e.set_attr("step", f.step.clone());
+    for s in &f.sources {
+        let mut src = Element::new("errorSource");
+        src.set_attr("namespace", s.namespace.clone());
+        src.set_attr("procedure", s.procedure.clone());
+        e.push(src);
+    }
+    e.push(Element::with_scalar(
+        "code",
+        Scalar::Str(format!("{:#010x}", f.code).into()),
+    ));
+    e
+}

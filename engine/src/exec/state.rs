@@ -1,0 +1,105 @@
+//! The in-memory state of one running transaction: its data scopes, the calls it completed
+//! (what a rollback undoes), and the context a step reads and writes through.
+
+use super::{PlanEntry, Redactor, Resume};
+use crate::compile::Program;
+use crate::data::Element;
+use crate::model::ProcKind;
+use crate::provider::{Done, Provider};
+use std::collections::HashMap;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex};
+use tokio::sync::Semaphore;
+
+/// Whether providers are called, or only asked for a preview (a dry run).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum RunMode {
+    Execute,
+    Plan,
+}
+
+/// A call that completed and can be undone.
+pub(super) struct Completed {
+    /// Completions counted when the call started: calls that completed earlier may be
+    /// what it depends on.
+    pub started_after: usize,
+    pub seq: usize,
+    pub step: String,
+    pub target: String,
+    pub kind: ProcKind,
+    pub provider: Arc<dyn Provider>,
+    pub done: Done,
+}
+
+/// Adds a completed call, growing the list 1, 2, 4, … instead of from 4: an entry is ~430
+/// bytes, and most transactions in flight hold one or two.
+pub(super) fn push_completed(completed: &mut Vec<Completed>, c: Completed) {
+    if completed.len() == completed.capacity() {
+        completed.reserve_exact(completed.len().max(1));
+    }
+    completed.push(c);
+}
+
+/// One transaction while it runs.
+pub(super) struct Txn {
+    pub id: String,
+    pub mode: RunMode,
+    pub program: Arc<Program>,
+    pub context: Mutex<Element>,
+    pub completed: Mutex<Vec<Completed>>,
+    /// Completions so far (orders undo: see `Completed::started_after`).
+    pub completions: AtomicUsize,
+    pub calls: AtomicUsize,
+    pub permits: Semaphore,
+    pub plan: Mutex<Vec<PlanEntry>>,
+    pub redactor: Redactor,
+    /// Set when resuming after a crash.
+    pub resume: Option<Resume>,
+}
+
+/// One run of a procedure body: its `data`, `procedureData` and the cases its selects chose.
+pub(super) struct Invocation {
+    pub data: Mutex<Element>,
+    pub procedure_data: Mutex<Element>,
+    pub selects: Mutex<HashMap<String, String>>,
+}
+
+impl Invocation {
+    pub fn new(data: Element, procedure_data: Element) -> Invocation {
+        let mut pd = procedure_data;
+        pd.name = "procedureData".into();
+        Invocation {
+            data: Mutex::new(data),
+            procedure_data: Mutex::new(pd),
+            selects: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn into_data(self) -> Element {
+        self.data.into_inner().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Where a step runs: its transaction, the invocation whose scopes it sees, and its path
+/// (which names it in errors, the journal and the plan).
+#[derive(Clone, Copy)]
+pub(super) struct StepCtx<'a> {
+    pub txn: &'a Txn,
+    pub inv: &'a Invocation,
+    pub step: &'a str,
+}
+
+impl<'a> StepCtx<'a> {
+    /// The same invocation, at another step path.
+    pub fn at(self, step: &'a str) -> StepCtx<'a> {
+        StepCtx { step, ..self }
+    }
+}
+
+/// Bindings of forEach names to their current node, per iteration.
+pub(super) type Bindings = Vec<(String, Element)>;
+
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A poisoned lock means a panic elsewhere already failed this step; the data is still usable.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

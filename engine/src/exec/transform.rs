@@ -1,0 +1,409 @@
+//! Reading and writing a step's data scopes: the conditions that decide whether a step
+//! runs, the forEach iterations it runs for, and the transforms that build its
+//! executeData before the call and map results back after it.
+
+use super::script::script_failure;
+use super::state::{lock, Bindings, RunMode, StepCtx};
+use super::{Engine, Failure};
+use crate::compile::{CForEach, CPart, CSource, CTransform, CWhen, ExecNode};
+use crate::data::path::Selected;
+use crate::data::transform::{extract, place, remove};
+use crate::data::{Element, IfNull, Mode, Path};
+use crate::model::Scope;
+use crate::script::Vars;
+
+impl<'a> StepCtx<'a> {
+    /// Runs `f` on the root of a scope. Locks are held only for the closure, never across
+    /// an await.
+    pub(super) fn with_scope<R>(
+        self,
+        bindings: &mut Bindings,
+        ed: &mut Element,
+        scope: &Scope,
+        f: impl FnOnce(&mut Element) -> R,
+    ) -> Result<R, Failure> {
+        Ok(match scope {
+            Scope::Data => f(&mut lock(&self.inv.data)),
+            Scope::ProcedureData => f(&mut lock(&self.inv.procedure_data)),
+            Scope::Context => f(&mut lock(&self.txn.context)),
+            Scope::ExecuteData => f(ed),
+            Scope::Named(name) => match bindings.iter_mut().rev().find(|(n, _)| n == name) {
+                Some((_, e)) => f(e),
+                None => {
+                    return Err(Failure::data(
+                        self.step,
+                        format!("`{name}` is not a data scope or a forEach of this step"),
+                    ))
+                }
+            },
+        })
+    }
+
+    /// The string value a path selects in a scope, without changing anything.
+    pub(super) fn read_string(
+        self,
+        bindings: &[(String, Element)],
+        ed: &Element,
+        scope: &Scope,
+        path: Option<&Path>,
+    ) -> Result<Option<String>, Failure> {
+        let mut scratch = ed.clone();
+        let mut b = bindings.to_vec();
+        self.with_scope(&mut b, &mut scratch, scope, |root| string_at(root, path))
+    }
+
+    /// The data scopes as rhai variables.
+    pub(super) fn vars(self, bindings: &Bindings, execute_data: &Element) -> Vars {
+        let mut v = Vars::new();
+        v.push_element("data", &lock(&self.inv.data));
+        v.push_element("procedureData", &lock(&self.inv.procedure_data));
+        v.push_element("context", &lock(&self.txn.context));
+        v.push_element("executeData", execute_data);
+        for (name, e) in bindings {
+            v.push_element(name.clone(), e);
+        }
+        v
+    }
+}
+
+impl Engine {
+    /// Expands the forEach nodes (each nested in the previous) into iterations: a step path
+    /// suffix (`[2][1]`) and the forEach bindings of each.
+    pub(super) fn iterations(
+        &self,
+        cx: StepCtx<'_>,
+        node: &ExecNode,
+    ) -> Result<Vec<(String, Bindings)>, Failure> {
+        let mut iters: Vec<(String, Bindings)> = vec![(String::new(), Vec::new())];
+        for f in &node.for_each {
+            let mut next = Vec::new();
+            for (suffix, bindings) in iters {
+                let nodes = self.for_each_nodes(cx, &bindings, node, f)?;
+                if nodes.is_empty() {
+                    match f.if_null {
+                        IfNull::Fail if cx.txn.mode == RunMode::Execute => {
+                            return Err(Failure::data(
+                                cx.step,
+                                format!(
+                                    "forEach `{}`: {} selects nothing \
+                                     (set ifNull=\"skip\" to allow none)",
+                                    f.name,
+                                    describe(&f.root, f.path.as_ref())
+                                ),
+                            ));
+                        }
+                        IfNull::Ignore => {
+                            let mut b = bindings.clone();
+                            b.push((f.name.clone(), Element::new(f.name.clone())));
+                            next.push((suffix.clone(), b));
+                        }
+                        _ => {}
+                    }
+                }
+                for (i, e) in nodes.into_iter().enumerate() {
+                    let mut b = bindings.clone();
+                    b.push((f.name.clone(), e));
+                    next.push((format!("{suffix}[{}]", i + 1), b));
+                }
+                if next.len() > self.options.max_iterations {
+                    return Err(Failure::data(
+                        cx.step,
+                        format!(
+                            "forEach produces more than {} iterations",
+                            self.options.max_iterations
+                        ),
+                    ));
+                }
+            }
+            iters = next;
+        }
+        Ok(iters)
+    }
+
+    /// The nodes one forEach iterates over, after the step's filters for it.
+    fn for_each_nodes(
+        &self,
+        cx: StepCtx<'_>,
+        bindings: &Bindings,
+        node: &ExecNode,
+        f: &CForEach,
+    ) -> Result<Vec<Element>, Failure> {
+        let mut scratch = Element::new("executeData");
+        let mut b = bindings.clone();
+        let mut nodes = cx.with_scope(&mut b, &mut scratch, &f.root, |root| {
+            extract(root, f.path.as_ref())
+        })?;
+        for w in &node.when {
+            let CWhen::Filter { for_each, script } = w else {
+                continue;
+            };
+            if *for_each != f.name || nodes.is_empty() {
+                continue;
+            }
+            // One conversion of the data scopes for all items.
+            let vars = cx.vars(bindings, &node.execute_data);
+            let engine = self.catalog.script_engine();
+            let mut kept = Vec::with_capacity(nodes.len());
+            for n in nodes {
+                let item = crate::data::json::to_json(&n);
+                if engine
+                    .eval_filter(script, &vars, &item)
+                    .map_err(|e| script_failure(cx.step, &e))?
+                {
+                    kept.push(n);
+                }
+            }
+            nodes = kept;
+        }
+        Ok(nodes)
+    }
+
+    /// Evaluates conditions; all must hold. forEach filters were applied when the
+    /// iterations were built.
+    pub(super) fn check(
+        &self,
+        cx: StepCtx<'_>,
+        bindings: &Bindings,
+        when: &[CWhen],
+        execute_data: &Element,
+    ) -> Result<bool, Failure> {
+        for w in when {
+            let ok = match w {
+                CWhen::Exists(scope, path) | CWhen::Missing(scope, path) => {
+                    let mut scratch = execute_data.clone();
+                    let mut b = bindings.clone();
+                    let found = cx.with_scope(&mut b, &mut scratch, scope, |root| match path {
+                        None => true,
+                        Some(p) => !p.select(root).is_empty(),
+                    })?;
+                    matches!(w, CWhen::Exists(..)) == found
+                }
+                CWhen::Case { select, case } => lock(&cx.inv.selects)
+                    .get(select)
+                    .map(|c| c == case)
+                    .unwrap_or(false),
+                CWhen::Expr(script) => {
+                    let vars = cx.vars(bindings, execute_data);
+                    self.catalog
+                        .script_engine()
+                        .eval_condition(script, &vars)
+                        .map_err(|e| script_failure(cx.step, &e))?
+                }
+                CWhen::Filter { .. } => true,
+            };
+            if !ok {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Applies transforms in order. Returns false when an `ifNull="skip"` source was missing.
+    /// In a dry run, what cannot be known yet is added to `unresolved` instead of failing.
+    pub(super) fn transforms(
+        &self,
+        cx: StepCtx<'_>,
+        bindings: &mut Bindings,
+        ed: &mut Element,
+        list: &[CTransform],
+        unresolved: &mut Vec<String>,
+    ) -> Result<bool, Failure> {
+        for t in list {
+            let nodes = match self.transform_source(cx, bindings, ed, &t.source)? {
+                Sourced::Nodes(nodes) => nodes,
+                Sourced::Missing(whats) => {
+                    if cx.txn.mode == RunMode::Plan {
+                        if t.if_null == IfNull::Fail {
+                            unresolved.extend(whats);
+                        }
+                        continue;
+                    }
+                    match t.if_null {
+                        IfNull::Fail => return Err(missing_source(cx.step, &whats)),
+                        IfNull::Ignore => continue,
+                        IfNull::Skip => return Ok(false),
+                    }
+                }
+                Sourced::Unknown(why) => {
+                    unresolved.push(why);
+                    continue;
+                }
+            };
+            if t.mode == Mode::Move {
+                if let CSource::Node(scope, Some(path)) = &t.source {
+                    cx.with_scope(bindings, ed, scope, |root| remove(root, path))?;
+                }
+            }
+            for node in nodes {
+                let dest = t.dest_path.as_ref();
+                cx.with_scope(bindings, ed, &t.destination, |root| {
+                    place(root, dest, node, t.mode)
+                })?
+                .map_err(|e| {
+                    let at = dest.map(|d| d.as_str()).unwrap_or("");
+                    Failure::data(cx.step, format!("{} {at}: {e}", t.destination))
+                })?;
+            }
+        }
+        Ok(true)
+    }
+
+    /// The nodes a transform's source yields, or what it missed.
+    fn transform_source(
+        &self,
+        cx: StepCtx<'_>,
+        bindings: &mut Bindings,
+        ed: &mut Element,
+        source: &CSource,
+    ) -> Result<Sourced, Failure> {
+        let nodes = match source {
+            CSource::Node(scope, path) => {
+                cx.with_scope(bindings, ed, scope, |root| extract(root, path.as_ref()))?
+            }
+            CSource::Expr(script) => {
+                let vars = cx.vars(bindings, ed);
+                match self.catalog.script_engine().eval_value(script, &vars) {
+                    Ok(serde_json::Value::Null) => Vec::new(),
+                    Ok(v) => {
+                        self.taint_expr(cx, bindings, ed, script, &v);
+                        let node = crate::data::json::from_json("value", &v).map_err(|e| {
+                            Failure::data(cx.step, format!("expression result: {e}"))
+                        })?;
+                        vec![node]
+                    }
+                    Err(e) if cx.txn.mode == RunMode::Plan => {
+                        return Ok(Sourced::Unknown(format!("expression ({})", e.message())));
+                    }
+                    Err(e) => return Err(script_failure(cx.step, &e)),
+                }
+            }
+            CSource::Template(parts) => return template(cx, bindings, ed, parts),
+        };
+        if !nodes.is_empty() {
+            return Ok(Sourced::Nodes(nodes));
+        }
+        // Name what is missing: the node path, or the expression's null.
+        Ok(Sourced::Missing(vec![match source {
+            CSource::Node(scope, path) => describe(scope, path.as_ref()),
+            _ => "the expression's value (null)".to_string(),
+        }]))
+    }
+}
+
+impl Engine {
+    /// An expression's value is secret when it depends on a secret: evaluated again over
+    /// the scopes with every secret masked, it comes out different (or fails). Its strings
+    /// are then learned as secrets, so they are masked wherever they show up.
+    fn taint_expr(
+        &self,
+        cx: StepCtx<'_>,
+        bindings: &Bindings,
+        ed: &Element,
+        script: &crate::script::CompiledScript,
+        value: &serde_json::Value,
+    ) {
+        let redactor = &cx.txn.redactor;
+        if redactor.is_empty() {
+            return;
+        }
+        let mask = |e: &Element| {
+            let mut e = e.clone();
+            redactor.redact_element(&mut e);
+            e
+        };
+        let mut vars = Vars::new();
+        vars.push_element("data", &mask(&lock(&cx.inv.data)));
+        vars.push_element("procedureData", &mask(&lock(&cx.inv.procedure_data)));
+        vars.push_element("context", &mask(&lock(&cx.txn.context)));
+        vars.push_element("executeData", &mask(ed));
+        for (name, e) in bindings {
+            vars.push_element(name.clone(), &mask(e));
+        }
+        let masked = self.catalog.script_engine().eval_value(script, &vars);
+        if masked.as_ref().ok() != Some(value) {
+            redactor.learn_json(value);
+        }
+    }
+}
+
+/// What a transform's source gave.
+enum Sourced {
+    /// The nodes to place (never empty).
+    Nodes(Vec<Element>),
+    /// Nothing: these paths or placeholders selected nothing.
+    Missing(Vec<String>),
+    /// A dry run cannot know the value yet (why).
+    Unknown(String),
+}
+
+/// Fills a text template; names each placeholder that selects nothing.
+fn template(
+    cx: StepCtx<'_>,
+    bindings: &mut Bindings,
+    ed: &mut Element,
+    parts: &[CPart],
+) -> Result<Sourced, Failure> {
+    let redactor = &cx.txn.redactor;
+    let mut text = String::new();
+    let mut missing = Vec::new();
+    for part in parts {
+        match part {
+            CPart::Lit(s) => text.push_str(s),
+            CPart::Ref(scope, path) => {
+                let path = path.as_ref();
+                match cx.with_scope(bindings, ed, scope, |root| string_at(root, path))? {
+                    Some(v) => {
+                        // The text holds the secret verbatim: knowing the value is enough
+                        // to mask it there (and in any message that quotes the text).
+                        let name = path.and_then(|p| p.as_str().rsplit('/').next());
+                        if name.is_some_and(|n| redactor.is_secret_name(n)) {
+                            redactor.learn_value(&v);
+                        }
+                        text.push_str(&v);
+                    }
+                    None => missing.push(describe(scope, path)),
+                }
+            }
+        }
+    }
+    Ok(if missing.is_empty() {
+        Sourced::Nodes(vec![Element::with_text("value", text)])
+    } else {
+        Sourced::Missing(missing)
+    })
+}
+
+fn missing_source(step: &str, whats: &[String]) -> Failure {
+    Failure::data(
+        step,
+        format!(
+            "{} selects nothing (set ifNull=\"ignore\" to allow it, \
+             or supply it in the request data)",
+            whats.join(", ")
+        ),
+    )
+}
+
+/// The string value of what `path` selects under `root` (of `root` itself without a path).
+fn string_at(root: &Element, path: Option<&Path>) -> Option<String> {
+    match path {
+        None => Some(root.string_value()),
+        Some(p) => p.select(root).first().map(selected_string),
+    }
+}
+
+fn selected_string(s: &Selected<'_>) -> String {
+    match s {
+        Selected::Element(e) => e.string_value(),
+        Selected::Attr { value, .. } => value.to_string(),
+        Selected::Text(t) => t.clone(),
+    }
+}
+
+/// `scope/path`, as errors and plans name a source.
+pub(super) fn describe(scope: &Scope, path: Option<&Path>) -> String {
+    match path {
+        Some(p) => format!("{scope}/{}", p.as_str()),
+        None => scope.to_string(),
+    }
+}
