@@ -214,6 +214,21 @@ pub struct ExecProviderConfig {
     /// Longest the start (spawn + describe) may take, seconds.
     #[serde(default = "default_start_timeout")]
     pub start_timeout_secs: u64,
+    /// How many times a crashed child may be restarted within `restart_window_secs`; past
+    /// that, calls fail with a permanent error naming the last failure.
+    #[serde(default = "default_max_restarts")]
+    pub max_restarts: u32,
+    /// The sliding window `max_restarts` counts restarts in, seconds.
+    #[serde(default = "default_restart_window")]
+    pub restart_window_secs: u64,
+}
+
+fn default_max_restarts() -> u32 {
+    5
+}
+
+fn default_restart_window() -> u64 {
+    60
 }
 
 fn default_call_timeout() -> u64 {
@@ -603,6 +618,12 @@ impl Config {
                     key("call_timeout_secs")
                 );
             }
+            if e.restart_window_secs == 0 {
+                bail!(
+                    "{}: the restart window must be at least 1 second",
+                    key("restart_window_secs")
+                );
+            }
         }
         Ok(())
     }
@@ -737,6 +758,25 @@ mod tests {
         assert_eq!(c.engine.max_parallel, 16);
         assert_eq!(c.providers.exec.len(), 1);
         assert_eq!(c.providers.exec[0].name, "Ledger");
+        assert_eq!(c.providers.exec[0].max_restarts, 5);
+        assert_eq!(c.providers.exec[0].restart_window_secs, 60);
+    }
+
+    #[test]
+    fn exec_restart_limits_are_read_and_checked() {
+        let table = "[[providers.exec]]\nname = \"L\"\ncommand = [\"l\"]\n";
+        let c = parse(&format!(
+            "{table}max_restarts = 0\nrestart_window_secs = 5\n"
+        ))
+        .expect("parses");
+        assert_eq!(c.providers.exec[0].max_restarts, 0);
+        assert_eq!(c.providers.exec[0].restart_window_secs, 5);
+        let zero = parse(&format!("{table}restart_window_secs = 0\n")).expect("parses");
+        let e = zero
+            .check(Some(Path::new("/x/provisio.toml")))
+            .expect_err("zero window");
+        let m = format!("{e:#}");
+        assert!(m.contains("providers.exec[0].restart_window_secs"), "{m}");
     }
 
     #[test]

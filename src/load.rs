@@ -95,6 +95,8 @@ pub async fn registry(config: &Config) -> Result<ProviderRegistry> {
         cfg.working_dir = e.working_dir.clone();
         cfg.call_timeout = Duration::from_secs(e.call_timeout_secs.max(1));
         cfg.start_timeout = Duration::from_secs(e.start_timeout_secs.max(1));
+        cfg.max_restarts = e.max_restarts;
+        cfg.restart_window = Duration::from_secs(e.restart_window_secs.max(1));
         let provider = ExecProvider::spawn(cfg).await.map_err(|err| {
             anyhow::anyhow!(
                 "providers.exec: provider `{}` (command {:?}{}): {err}\n  hint: fix `command` of the \
