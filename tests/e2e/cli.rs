@@ -26,8 +26,20 @@ fn quick_start_workflow_provisions_a_tenant() {
     assert!(text.contains("MX"), "{text}");
     assert!(text.contains("v=spf1 mx -all"), "{text}");
     named_checkzone("contoso.test", &zone);
-    // The output mapping put the zone serial into the response data.
-    assert!(r.stdout.contains("zoneSerial"), "{r:?}");
+    // The output mapping put the zone serial into the response data: the zone file's SOA
+    // serial once every record was added (each change bumps it).
+    let soa_serial = text
+        .lines()
+        .find_map(|l| {
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            let at = fields.iter().position(|f| *f == "SOA")?;
+            fields.get(at + 3).map(|s| s.to_string())
+        })
+        .expect("an SOA record");
+    assert!(
+        r.stdout.contains(&format!("zoneSerial: {soa_serial}\n")),
+        "response serial vs SOA {soa_serial}: {r:?}"
+    );
 }
 
 #[test]
