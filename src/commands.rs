@@ -224,7 +224,11 @@ async fn plan(config: &Config, args: &PlanArgs) -> Result<Exit> {
             Preview::Unknown => "? (the provider cannot tell before running)".to_string(),
         };
         println!("  {}  {}  {what}", e.step, e.target);
-        let inputs = xml::to_string(&e.inputs);
+        // In the request's own syntax: XML for an XML request, else JSON (also YAML flow).
+        let inputs = match request.format {
+            provisio_engine::model::Format::Xml => xml::to_string(&e.inputs),
+            _ => serde_json::to_string(&provisio_engine::data::json::to_json(&e.inputs))?,
+        };
         println!("      inputs: {inputs}");
         if !e.unresolved.is_empty() {
             println!(

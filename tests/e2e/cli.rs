@@ -120,6 +120,19 @@ fn plan_shows_steps_and_changes_nothing() {
         r.stdout.contains("tenants/contoso/users/ann"),
         "resolved inputs: {r:?}"
     );
+    // A YAML request's inputs are shown as JSON (YAML's flow style), an XML one's as XML.
+    assert!(
+        r.stdout
+            .contains(r#"inputs: {"zoneName":"contoso.test","nsAddress":"192.0.2.53"}"#),
+        "inputs in the request's syntax: {r:?}"
+    );
+    assert!(!r.stdout.contains("<executeData>"), "{r:?}");
+    let xml = sb.run(&["plan", "workflows/provision-tenant.xml"]);
+    assert!(
+        xml.stdout
+            .contains("inputs: <executeData><zoneName>fabrikam.test</zoneName>"),
+        "{xml:?}"
+    );
     assert!(sb.visible().is_empty(), "plan changed something");
     let json = sb.run(&["plan", "workflows/provision-tenant.yaml", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&json.stdout).expect("plan --json is JSON");
