@@ -12,7 +12,12 @@ pub fn to_value(r: &TxnResult) -> Value {
     doc.insert("transactionId".into(), Value::String(r.txn_id.clone()));
     doc.insert("status".into(), Value::String(r.state.to_string()));
     if let Some(data) = &r.data {
-        doc.insert("data".into(), json::to_json(data));
+        // `data` is a map even when it holds nothing: `data: {}`, not `data: null`.
+        let value = match json::to_json(data) {
+            Value::Null if data.children.is_empty() => Value::Object(serde_json::Map::new()),
+            v => v,
+        };
+        doc.insert("data".into(), value);
     }
     if let Some(f) = &r.failure {
         doc.insert(
@@ -91,5 +96,27 @@ pub fn render(r: &TxnResult, format: Format) -> String {
         }
         Format::Json => serde_json::to_string_pretty(&to_value(r)).unwrap_or_default() + "\n",
         Format::Yaml => crate::request::yaml::to_yaml(&to_value(r)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_data_is_an_empty_map() {
+        let result = TxnResult {
+            txn_id: "t".into(),
+            state: TxnState::Committed,
+            data: Some(Element::new("data")),
+            failure: None,
+            undo_failures: Vec::new(),
+            calls: 0,
+            undone: 0,
+            elapsed: std::time::Duration::ZERO,
+            redactor: Default::default(),
+            journal_error: None,
+        };
+        assert_eq!(to_value(&result)["data"], json!({}));
     }
 }
