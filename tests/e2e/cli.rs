@@ -694,3 +694,23 @@ procedures:
         );
     }
 }
+
+/// Issue 19 §7: a `needs=` naming the previous step of an XML procedure (document order)
+/// is the same dependency as the order's own: one edge, drawn once.
+#[test]
+fn graph_draws_a_needs_on_the_previous_step_once() {
+    let sb = Sandbox::new();
+    sb.write(
+        "ns/g.xml",
+        r#"<namespace name="G">
+  <procedure name="P" access="public" type="write">
+    <execute id="a" namespace="Filesystem Provider" procedure="CreateFolder"><executeData><path>a</path></executeData></execute>
+    <execute id="b" namespace="Filesystem Provider" procedure="CreateFolder" needs="a"><executeData><path>a/b</path></executeData></execute>
+  </procedure>
+</namespace>"#,
+    );
+    let ns = sb.dir.path().join("ns");
+    let r = sb.run_env(&["graph", "G", "P"], &ns, &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.stdout.matches("n1 -> n2").count(), 1, "{r:?}");
+}

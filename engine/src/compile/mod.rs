@@ -623,6 +623,9 @@ impl<'a> Compiler<'a> {
             }
             for need in step.needs() {
                 match ids.get(need.as_str()) {
+                    // One edge per pair: a `needs` on the previous step of a sequential
+                    // block repeats the order's edge (and `graph` drew it twice).
+                    Some(&from) if graph.contains_edge(from, me) => {}
                     Some(&from) => {
                         graph.add_edge(from, me, Dep::Needs);
                     }
@@ -639,7 +642,7 @@ impl<'a> Compiler<'a> {
                 for w in &e.when {
                     if let When::Case { select, .. } = w {
                         match selects.get(select.as_str()) {
-                            Some(&from) if from != me => {
+                            Some(&from) if from != me && !graph.contains_edge(from, me) => {
                                 graph.add_edge(from, me, Dep::Select);
                             }
                             Some(_) => {}
