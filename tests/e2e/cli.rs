@@ -714,3 +714,23 @@ fn graph_draws_a_needs_on_the_previous_step_once() {
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(r.stdout.matches("n1 -> n2").count(), 1, "{r:?}");
 }
+
+/// Issue 19 §7: the quick start's second run fails twice at once (the zone and the tenant
+/// folder exist); the response names the failure of the step first in the procedure's
+/// order, whichever finished first, so it is the same on every run.
+#[test]
+fn a_second_quick_start_names_the_zone_failure() {
+    let sb = Sandbox::new();
+    let first = sb.run(&["run", "workflows/provision-tenant.yaml", "--quiet"]);
+    assert_eq!(first.code, 0, "{first:?}");
+    for _ in 0..3 {
+        let again = sb.run(&["run", "workflows/provision-tenant.yaml"]);
+        assert_eq!(again.code, 1, "{again:?}");
+        assert!(
+            again
+                .stderr
+                .contains("failed at step dns/zone: zone contoso.test already exists"),
+            "{again:?}"
+        );
+    }
+}

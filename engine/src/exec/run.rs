@@ -215,7 +215,8 @@ impl Engine {
 
     /// Runs the steps of a plan: each step starts as soon as everything it depends on has
     /// finished. After a failure no new step starts; the running ones finish (so their
-    /// results are recorded for rollback) and the first failure is returned.
+    /// results are recorded for rollback) and the failure of the step first in the
+    /// procedure's order is returned.
     ///
     /// Waves count provider calls that must follow one another: the plan starts in wave
     /// `start`, a step starts in the wave after the last call of the steps it needs, and
@@ -240,7 +241,9 @@ impl Engine {
             let mut ready: BinaryHeap<Reverse<usize>> =
                 (0..n).filter(|&i| indeg[i] == 0).map(Reverse).collect();
             let mut running = FuturesUnordered::new();
-            let mut failure: Option<Failure> = None;
+            // Steps failing at the same time: the response names the one first in the
+            // procedure's order, whichever finished first (deterministic output).
+            let mut failure: Option<(usize, Failure)> = None;
             loop {
                 if failure.is_none() {
                     while let Some(Reverse(i)) = ready.pop() {
@@ -268,15 +271,15 @@ impl Engine {
                             }
                         }
                     }
-                    Some((_, Err(f))) => {
-                        if failure.is_none() {
-                            failure = Some(f);
+                    Some((i, Err(f))) => {
+                        if failure.as_ref().is_none_or(|(first, _)| i < *first) {
+                            failure = Some((i, f));
                         }
                     }
                 }
             }
             match failure {
-                Some(f) => Err(f),
+                Some((_, f)) => Err(f),
                 None => Ok(end),
             }
         }
