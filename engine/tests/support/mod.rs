@@ -149,20 +149,48 @@ pub fn disk_full() -> JournalError {
     JournalError("journal I/O error: No space left on device".into())
 }
 
-/// Captures the events logged while it is the thread's default subscriber, as text lines
+/// Captures the events logged on the current thread while its guard lives, as text lines
 /// `LEVEL target: message field=value …` (spans are ignored).
+///
+/// One process-wide subscriber routes each event to the capture of the thread that logged
+/// it. A per-thread default subscriber (`set_default`) lost events now and then: tracing
+/// caches a callsite's interest process-wide, and a callsite first reached by another
+/// test's thread while no capture existed could stay disabled.
 #[derive(Clone, Default)]
 pub struct Logs {
     lines: Arc<Mutex<Vec<String>>>,
 }
 
+thread_local! {
+    static CAPTURE: std::cell::RefCell<Option<Arc<Mutex<Vec<String>>>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Ends the capture of its thread when dropped.
+pub struct CaptureGuard(());
+
+impl Drop for CaptureGuard {
+    fn drop(&mut self) {
+        CAPTURE.with(|c| *c.borrow_mut() = None);
+    }
+}
+
+/// The process-wide subscriber behind [`Logs`].
+struct Router;
+
 impl Logs {
     /// Captures what the current thread logs until the guard is dropped (a
     /// `#[tokio::test]` runs its tasks on this thread).
-    pub fn capture() -> (Logs, tracing::subscriber::DefaultGuard) {
+    pub fn capture() -> (Logs, CaptureGuard) {
+        static INSTALL: std::sync::Once = std::sync::Once::new();
+        INSTALL.call_once(|| {
+            // Fails only when another global subscriber is set; then nothing is captured
+            // and the test's assertions say so.
+            let _ = tracing::subscriber::set_global_default(Router);
+        });
         let logs = Logs::default();
-        let guard = tracing::subscriber::set_default(logs.clone());
-        (logs, guard)
+        CAPTURE.with(|c| *c.borrow_mut() = Some(logs.lines.clone()));
+        (logs, CaptureGuard(()))
     }
 
     pub fn lines(&self) -> Vec<String> {
@@ -190,7 +218,13 @@ impl tracing::field::Visit for Fields {
     }
 }
 
-impl tracing::Subscriber for Logs {
+impl tracing::Subscriber for Router {
+    fn register_callsite(
+        &self,
+        _: &'static tracing::Metadata<'static>,
+    ) -> tracing::subscriber::Interest {
+        tracing::subscriber::Interest::always()
+    }
     fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
         true
     }
@@ -200,13 +234,17 @@ impl tracing::Subscriber for Logs {
     fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
     fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
     fn event(&self, event: &tracing::Event<'_>) {
-        let meta = event.metadata();
-        let mut fields = Fields(format!("{} {}:", meta.level(), meta.target()));
-        event.record(&mut fields);
-        self.lines
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(fields.0);
+        CAPTURE.with(|c| {
+            if let Some(lines) = &*c.borrow() {
+                let meta = event.metadata();
+                let mut fields = Fields(format!("{} {}:", meta.level(), meta.target()));
+                event.record(&mut fields);
+                lines
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(fields.0);
+            }
+        });
     }
     fn enter(&self, _: &tracing::span::Id) {}
     fn exit(&self, _: &tracing::span::Id) {}
