@@ -312,7 +312,7 @@ fn create_chain(root: &mut Element, base: &[usize], names: &[&str]) -> Vec<usize
 /// - If `node` has non-blank direct text, it replaces `target`'s direct text nodes (at the
 ///   position of the first one, or appended). A single text node keeps its scalar type,
 ///   several are concatenated into a string.
-pub fn merge_into(target: &mut Element, node: Element) {
+pub(crate) fn merge_into(target: &mut Element, node: Element) {
     for (k, v) in node.attrs {
         target.set_attr(k, v);
     }
