@@ -114,7 +114,7 @@ pub struct Leaf {
 #[derive(Debug, Clone)]
 pub struct Plan {
     /// Nodes are steps; an edge a → b means b runs after a.
-    pub graph: DiGraph<PlanNode, Dep>,
+    pub(crate) graph: DiGraph<PlanNode, Dep>,
     /// A topological order (declaration order among independent steps).
     pub(crate) order: Vec<NodeIndex>,
 }
@@ -1254,7 +1254,23 @@ fn stable_order(graph: &DiGraph<PlanNode, Dep>, fallback: Vec<NodeIndex>) -> Vec
     }
 }
 
-impl Plan {}
+impl Plan {
+    /// The steps, in the order they were added to the plan.
+    pub fn steps(&self) -> impl Iterator<Item = &PlanNode> {
+        self.graph.node_weights()
+    }
+
+    /// The edges as `(from, to, why)` step ids: `to` runs after `from`.
+    pub fn edges(&self) -> impl Iterator<Item = (&str, &str, Dep)> {
+        self.graph.raw_edges().iter().map(|e| {
+            (
+                self.graph[e.source()].id(),
+                self.graph[e.target()].id(),
+                e.weight,
+            )
+        })
+    }
+}
 
 #[cfg(test)]
 mod tests {
