@@ -198,7 +198,7 @@ impl Catalog {
 }
 
 /// Lowercase hex SHA-256.
-pub fn hex_sha256(bytes: &[u8]) -> String {
+pub(crate) fn hex_sha256(bytes: &[u8]) -> String {
     Sha256::digest(bytes)
         .iter()
         .map(|b| format!("{b:02x}"))

@@ -15,8 +15,10 @@ mod catalog;
 mod error;
 pub mod graph;
 
-pub use catalog::{hex_sha256, Catalog};
-pub use error::{closest, CompileError, CompileErrors};
+pub(crate) use catalog::hex_sha256;
+pub use catalog::Catalog;
+pub(crate) use error::closest;
+pub use error::{CompileError, CompileErrors};
 
 use crate::data::{Element, IfNull, Mode, Path};
 use crate::model::{

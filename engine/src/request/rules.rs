@@ -46,10 +46,7 @@ const SUGGEST_AT: f64 = 0.6;
 
 /// The candidate `word` most likely misspells: one that differs only in case, else the
 /// most similar one scoring at least `SUGGEST_AT`. The one metric of every "did you mean".
-pub(crate) fn suggest<'a>(
-    word: &str,
-    candidates: impl IntoIterator<Item = &'a str>,
-) -> Option<&'a str> {
+pub fn suggest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     let lower = word.to_lowercase();
     let mut best: Option<(f64, &'a str)> = None;
     for c in candidates {
