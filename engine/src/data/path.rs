@@ -57,7 +57,7 @@ pub struct PathError {
 
 /// A parsed path such as `organization/users/user[@status='new']/@name`.
 ///
-/// `Display` prints the canonical form (which parses back to the same path); [`Path::as_str`]
+/// `Display` prints the canonical form (which parses back to the same path); `Path::as_str`
 /// returns the text as written.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Path {

@@ -145,7 +145,7 @@ fn remove_at(root: &mut Element, loc: &Location) -> bool {
 /// - An attribute target gets `node`'s string value, a text target `node`'s scalar
 ///   (or string value), whatever the mode.
 /// - `Insert`/`Move`: `node` becomes the target's last child.
-/// - `Merge`: see [`merge_into`].
+/// - `Merge`: see `merge_into`.
 /// - `Replace`: `node` takes the target's place and keeps its own name; a root target keeps
 ///   its name and takes `node`'s attributes and children. A replaced list item stays a list item.
 pub fn place(

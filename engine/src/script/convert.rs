@@ -166,7 +166,7 @@ impl Vars {
         self.push(name, &to_json(element))
     }
 
-    /// Builder form of [`Vars::push`].
+    /// Builder form of `Vars::push`.
     #[must_use]
     pub fn with(mut self, name: impl Into<String>, value: &Value) -> Self {
         self.push(name, value);

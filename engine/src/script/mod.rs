@@ -110,7 +110,7 @@ impl ScriptEngine {
         }
     }
 
-    /// Compiles `source`, which may use the [`STANDARD_NAMES`]; errors point into
+    /// Compiles `source`, which may use the `STANDARD_NAMES`; errors point into
     /// `origin.file`. Identical sources share one compiled form.
     pub fn compile(
         &self,

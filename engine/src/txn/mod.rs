@@ -8,9 +8,9 @@ pub(crate) mod state;
 
 pub use records::{AuditEntry, Guarded, PinnedDefinitions, Record, TxnSummary};
 pub use seal::{SealError, SealKey};
+pub use state::UnknownState;
 pub(crate) mod journal;
 
-#[cfg(feature = "failpoints")]
 pub use journal::{DurableJournal, GuardError, WriteError};
 pub mod recovery;
 
