@@ -423,7 +423,7 @@ async fn namespaces(config: &Config, args: &NamespacesArgs) -> Result<Exit> {
         }
         Some(name) => {
             let Some(ns) = catalog.namespace(name) else {
-                let suggestion = provisio_engine::compile::closest(
+                let suggestion = provisio_engine::request::rules::suggest(
                     name,
                     catalog.namespaces().map(|n| n.name.as_str()),
                 );

@@ -7,7 +7,7 @@
 /// E_NOTIMPL: the operation is not implemented (a provider without preview, two-phase, …).
 pub const E_NOTIMPL: u32 = 0x8000_4001;
 /// E_FAIL: the catch-all failure.
-pub const E_FAIL: u32 = 0x8000_4005;
+pub(crate) const E_FAIL: u32 = 0x8000_4005;
 /// E_INVALIDARG: bad input.
 pub const E_INVALIDARG: u32 = 0x8007_0057;
 /// ERROR_PATH_NOT_FOUND.
@@ -33,9 +33,10 @@ pub const E_RECORD_EXISTS: u32 = 0x8007_25EF;
 /// DNS_ERROR_CNAME_COLLISION.
 pub const E_CNAME_COLLISION: u32 = 0x8007_25F1;
 /// COR_E_TIMEOUT-like code MPS reports when a script exceeds one of its limits.
-pub const E_SCRIPT_LIMIT: u32 = 0x8013_1501;
+pub(crate) const E_SCRIPT_LIMIT: u32 = 0x8013_1501;
 /// The code the test providers use for an asked-for failure (an MPS provider-specific code).
-pub const E_TEST_FAILURE: u32 = 0x8210_1391;
+#[cfg(any(test, feature = "test-util"))]
+pub(crate) const E_TEST_FAILURE: u32 = 0x8210_1391;
 
 #[cfg(test)]
 mod tests {

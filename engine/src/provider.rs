@@ -275,12 +275,12 @@ impl ProviderRegistry {
     }
 
     /// A provider by name.
-    pub fn get(&self, name: &str) -> Option<&Arc<dyn Provider>> {
+    pub(crate) fn get(&self, name: &str) -> Option<&Arc<dyn Provider>> {
         self.providers.get(name)
     }
 
     /// All providers, by name.
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn Provider>> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Arc<dyn Provider>> {
         self.providers.values()
     }
 

@@ -49,7 +49,7 @@ pub fn to_value(r: &TxnResult) -> Value {
 }
 
 /// The XML response element.
-pub fn to_element(r: &TxnResult) -> Element {
+pub(crate) fn to_element(r: &TxnResult) -> Element {
     let mut resp = Element::new("response");
     resp.set_attr("transactionId", r.txn_id.clone());
     resp.set_attr("status", r.state.to_string());

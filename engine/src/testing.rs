@@ -18,19 +18,19 @@ pub struct Recording {
     /// Resources that currently exist.
     pub resources: BTreeSet<String>,
     /// Every call and undo, in order: `Create(a)`, `undo Create(a)`, `prepare Stage(a)` …
-    pub log: Vec<String>,
+    pub(crate) log: Vec<String>,
     /// Names whose Create fails permanently.
-    pub poison: BTreeSet<String>,
+    pub(crate) poison: BTreeSet<String>,
     /// Names whose undo fails (every attempt).
-    pub undo_poison: BTreeSet<String>,
+    pub(crate) undo_poison: BTreeSet<String>,
     /// Remaining transient failures per name for `Flaky`.
-    pub flaky: HashMap<String, u32>,
+    pub(crate) flaky: HashMap<String, u32>,
     /// Names whose Stage prepare fails.
-    pub prepare_poison: BTreeSet<String>,
+    pub(crate) prepare_poison: BTreeSet<String>,
     /// Staged (two-phase, not yet committed) names.
     pub staged: BTreeSet<String>,
     /// Undo records of applied calls by idempotency key (for `recover`).
-    pub applied: HashMap<String, Element>,
+    pub(crate) applied: HashMap<String, Element>,
 }
 
 /// The provider. Procedures: `Create(name)`, `Delete(name)`, `Get(name)` (read), `Fail(message?)`,

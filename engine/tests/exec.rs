@@ -367,17 +367,9 @@ async fn select_orders_its_when_steps_in_a_parallel_procedure() {
         panic!("T/Cond compiled to a leaf")
     };
     let mut select_edges: Vec<String> = plan
-        .graph
-        .raw_edges()
-        .iter()
-        .filter(|e| e.weight == Dep::Select)
-        .map(|e| {
-            format!(
-                "{}->{}",
-                plan.graph[e.source()].id(),
-                plan.graph[e.target()].id()
-            )
-        })
+        .edges()
+        .filter(|(_, _, why)| *why == Dep::Select)
+        .map(|(from, to, _)| format!("{from}->{to}"))
         .collect();
     select_edges.sort();
     assert_eq!(select_edges, strings(&["plan->basic", "plan->premium"]));
@@ -902,16 +894,8 @@ async fn data_flow_orders_a_reader_after_the_writer() {
         panic!("C/Flow compiled to a leaf")
     };
     let edges: Vec<(String, String, Dep)> = plan
-        .graph
-        .raw_edges()
-        .iter()
-        .map(|e| {
-            (
-                plan.graph[e.source()].id().to_string(),
-                plan.graph[e.target()].id().to_string(),
-                e.weight,
-            )
-        })
+        .edges()
+        .map(|(from, to, why)| (from.to_string(), to.to_string(), why))
         .collect();
     assert_eq!(
         edges,

@@ -423,22 +423,13 @@ fn shape(namespaces: Vec<Namespace>) -> Shape {
         panic!("Same/Flow compiled to a leaf")
     };
     let mut nodes: Vec<(String, &'static str)> = plan
-        .graph
-        .node_weights()
+        .steps()
         .map(|n| (n.id().to_string(), kind(n)))
         .collect();
     nodes.sort();
     let mut edges: Vec<(String, String, Dep)> = plan
-        .graph
-        .raw_edges()
-        .iter()
-        .map(|e| {
-            (
-                plan.graph[e.source()].id().to_string(),
-                plan.graph[e.target()].id().to_string(),
-                e.weight,
-            )
-        })
+        .edges()
+        .map(|(from, to, why)| (from.to_string(), to.to_string(), why))
         .collect();
     edges.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
     (nodes, edges)

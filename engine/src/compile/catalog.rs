@@ -5,7 +5,7 @@ use super::error::{closest, CompileError};
 use crate::data::Element;
 use crate::model::{Access, CallTarget, Namespace, Procedure, SourceRef};
 use crate::provider::ProviderRegistry;
-use crate::script::{ScriptEngine, ScriptLimits};
+use crate::script::ScriptEngine;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -143,18 +143,13 @@ impl Catalog {
         }
     }
 
-    /// Uses a script engine with these sandbox limits.
-    pub fn set_script_limits(&mut self, limits: ScriptLimits) {
-        self.script = Arc::new(ScriptEngine::new(limits));
-    }
-
     /// The script engine.
-    pub fn script_engine(&self) -> &Arc<ScriptEngine> {
+    pub(crate) fn script_engine(&self) -> &Arc<ScriptEngine> {
         &self.script
     }
 
     /// The pinned form of a namespace: (hash, serialized definition).
-    pub fn pinned(&self, name: &str) -> Option<&(String, Arc<Vec<u8>>)> {
+    pub(crate) fn pinned(&self, name: &str) -> Option<&(String, Arc<Vec<u8>>)> {
         self.pinned.get(name)
     }
 
@@ -172,7 +167,7 @@ impl Catalog {
     // CompileError is large because it carries what a person needs (locations, suggestions);
     // it is built at most a few times per request, so boxing it buys nothing.
     #[allow(clippy::result_large_err)]
-    pub fn resolve(
+    pub(crate) fn resolve(
         &self,
         target: &CallTarget,
         at: &SourceRef,
@@ -203,7 +198,7 @@ impl Catalog {
 }
 
 /// Lowercase hex SHA-256.
-pub fn hex_sha256(bytes: &[u8]) -> String {
+pub(crate) fn hex_sha256(bytes: &[u8]) -> String {
     Sha256::digest(bytes)
         .iter()
         .map(|b| format!("{b:02x}"))

@@ -192,7 +192,10 @@ fn hint_public(p: &[String]) -> String {
 
 /// The closest candidate, if it is close enough to be a likely typo (the one rule every
 /// "did you mean" follows: `request::rules::suggest`).
-pub fn closest<'a>(name: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<String> {
+pub(crate) fn closest<'a>(
+    name: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<String> {
     crate::request::rules::suggest(name, candidates).map(str::to_string)
 }
 

@@ -15,8 +15,10 @@ mod catalog;
 mod error;
 pub mod graph;
 
-pub use catalog::{hex_sha256, Catalog};
-pub use error::{closest, CompileError, CompileErrors};
+pub(crate) use catalog::hex_sha256;
+pub use catalog::Catalog;
+pub(crate) use error::closest;
+pub use error::{CompileError, CompileErrors};
 
 use crate::data::{Element, IfNull, Mode, Path};
 use crate::model::{
@@ -54,19 +56,19 @@ pub struct Program {
     /// What the request runs.
     pub entry: Arc<CompiledProcedure>,
     /// Every reachable procedure by target.
-    pub procedures: HashMap<CallTarget, Arc<CompiledProcedure>>,
+    pub(crate) procedures: HashMap<CallTarget, Arc<CompiledProcedure>>,
     /// Names of secret inputs anywhere in the program (redacted in output).
-    pub secrets: BTreeSet<String>,
+    pub(crate) secrets: BTreeSet<String>,
     /// Hash over the definitions the program was compiled from (see [`Program::pinned`]).
-    pub definitions_hash: String,
+    pub(crate) definitions_hash: String,
     /// The namespaces it was compiled from: (hash, serialized definition) per namespace,
     /// plus a trusted request's own procedure body under the name `(request)`.
-    pub pinned: Vec<(String, String, Arc<Vec<u8>>)>,
+    pub(crate) pinned: Vec<(String, String, Arc<Vec<u8>>)>,
 }
 
 impl Program {
     /// A reachable procedure.
-    pub fn procedure(&self, target: &CallTarget) -> Option<&Arc<CompiledProcedure>> {
+    pub(crate) fn procedure(&self, target: &CallTarget) -> Option<&Arc<CompiledProcedure>> {
         self.procedures.get(target)
     }
 }
@@ -75,21 +77,17 @@ impl Program {
 #[derive(Debug, Clone)]
 pub struct CompiledProcedure {
     /// Its name.
-    pub target: CallTarget,
+    pub(crate) target: CallTarget,
     /// read | write | two-phase.
-    pub kind: ProcKind,
-    /// public | private.
-    pub access: Access,
+    pub(crate) kind: ProcKind,
     /// Declared inputs (defaults are applied at invocation).
-    pub inputs: Vec<InputSpec>,
+    pub(crate) inputs: Vec<InputSpec>,
     /// Initial procedureData.
-    pub procedure_data: Element,
+    pub(crate) procedure_data: Element,
     /// After a crash, resume instead of rolling back.
-    pub resumable: bool,
+    pub(crate) resumable: bool,
     /// A provider leaf or a plan of steps.
     pub body: Body,
-    /// Declaration.
-    pub source_ref: SourceRef,
 }
 
 /// What a procedure does.
@@ -105,22 +103,22 @@ pub enum Body {
 #[derive(Debug, Clone)]
 pub struct Leaf {
     /// Registered provider name.
-    pub provider: String,
+    pub(crate) provider: String,
     /// Entry point.
-    pub entry: String,
+    pub(crate) entry: String,
     /// The namespace's providerContext.
-    pub provider_context: Element,
+    pub(crate) provider_context: Element,
     /// Keep executeData for the undo.
-    pub save_data_for_rollback: bool,
+    pub(crate) save_data_for_rollback: bool,
 }
 
 /// A DAG of steps.
 #[derive(Debug, Clone)]
 pub struct Plan {
     /// Nodes are steps; an edge a → b means b runs after a.
-    pub graph: DiGraph<PlanNode, Dep>,
+    pub(crate) graph: DiGraph<PlanNode, Dep>,
     /// A topological order (declaration order among independent steps).
-    pub order: Vec<NodeIndex>,
+    pub(crate) order: Vec<NodeIndex>,
 }
 
 /// Why an edge exists.
@@ -153,19 +151,17 @@ pub enum PlanNode {
 #[derive(Debug, Clone)]
 pub struct ScriptNode {
     /// Step id.
-    pub id: String,
+    pub(crate) id: String,
     /// The script.
-    pub script: CompiledScript,
+    pub(crate) script: CompiledScript,
     /// The undo script.
-    pub undo: Option<CompiledScript>,
+    pub(crate) undo: Option<CompiledScript>,
     /// Procedures it may call.
-    pub calls: Vec<CallTarget>,
+    pub(crate) calls: Vec<CallTarget>,
     /// Conditions.
-    pub when: Vec<CWhen>,
+    pub(crate) when: Vec<CWhen>,
     /// Where the result goes under `data` (`None`: merged into `data`).
-    pub output: Option<Path>,
-    /// Declaration.
-    pub source_ref: SourceRef,
+    pub(crate) output: Option<Path>,
 }
 
 impl PlanNode {
@@ -184,41 +180,39 @@ impl PlanNode {
 #[derive(Debug, Clone)]
 pub struct ExecNode {
     /// Step id.
-    pub id: String,
+    pub(crate) id: String,
     /// Called procedure (resolved and compiled); `None` for a transform.
     pub call: Option<CallTarget>,
     /// forEach nodes, outermost first.
-    pub for_each: Vec<CForEach>,
+    pub(crate) for_each: Vec<CForEach>,
     /// Conditions.
-    pub when: Vec<CWhen>,
+    pub(crate) when: Vec<CWhen>,
     /// Repeat count source.
-    pub repeat: Option<CRepeat>,
+    pub(crate) repeat: Option<CRepeat>,
     /// Literal executeData.
-    pub execute_data: Element,
+    pub(crate) execute_data: Element,
     /// before transforms.
-    pub before: Vec<CTransform>,
+    pub(crate) before: Vec<CTransform>,
     /// after transforms.
-    pub after: Vec<CTransform>,
-    /// Declaration.
-    pub source_ref: SourceRef,
+    pub(crate) after: Vec<CTransform>,
 }
 
 /// A compiled forEach.
 #[derive(Debug, Clone)]
-pub struct CForEach {
+pub(crate) struct CForEach {
     /// Variable name.
-    pub name: String,
+    pub(crate) name: String,
     /// Root scope.
-    pub root: Scope,
+    pub(crate) root: Scope,
     /// Path.
-    pub path: Option<Path>,
+    pub(crate) path: Option<Path>,
     /// Null handling.
-    pub if_null: IfNull,
+    pub(crate) if_null: IfNull,
 }
 
 /// A compiled condition.
 #[derive(Debug, Clone)]
-pub enum CWhen {
+pub(crate) enum CWhen {
     /// Path selects something.
     Exists(Scope, Option<Path>),
     /// Path selects nothing.
@@ -243,33 +237,33 @@ pub enum CWhen {
 
 /// A compiled repeat.
 #[derive(Debug, Clone)]
-pub struct CRepeat {
+pub(crate) struct CRepeat {
     /// Scope.
-    pub scope: Scope,
+    pub(crate) scope: Scope,
     /// Path.
-    pub path: Option<Path>,
+    pub(crate) path: Option<Path>,
     /// Null handling.
-    pub if_null: IfNull,
+    pub(crate) if_null: IfNull,
 }
 
 /// A compiled transform.
 #[derive(Debug, Clone)]
-pub struct CTransform {
+pub(crate) struct CTransform {
     /// Source.
-    pub source: CSource,
+    pub(crate) source: CSource,
     /// Destination scope.
-    pub destination: Scope,
+    pub(crate) destination: Scope,
     /// Destination path.
-    pub dest_path: Option<Path>,
+    pub(crate) dest_path: Option<Path>,
     /// Mode.
-    pub mode: Mode,
+    pub(crate) mode: Mode,
     /// Null handling.
-    pub if_null: IfNull,
+    pub(crate) if_null: IfNull,
 }
 
 /// A compiled transform source.
 #[derive(Debug, Clone)]
-pub enum CSource {
+pub(crate) enum CSource {
     /// A node.
     Node(Scope, Option<Path>),
     /// A text template.
@@ -280,7 +274,7 @@ pub enum CSource {
 
 /// A compiled template part.
 #[derive(Debug, Clone)]
-pub enum CPart {
+pub(crate) enum CPart {
     /// Literal text.
     Lit(String),
     /// A node's string value.
@@ -291,34 +285,30 @@ pub enum CPart {
 #[derive(Debug, Clone)]
 pub struct TryNode {
     /// Step id.
-    pub id: String,
+    pub(crate) id: String,
     /// The try block.
-    pub body: Plan,
+    pub(crate) body: Plan,
     /// The catch block.
-    pub catch: Plan,
-    /// Declaration.
-    pub source_ref: SourceRef,
+    pub(crate) catch: Plan,
 }
 
 /// A compiled select.
 #[derive(Debug, Clone)]
 pub struct SelectNode {
     /// Step id.
-    pub id: String,
+    pub(crate) id: String,
     /// Select name.
-    pub name: String,
+    pub(crate) name: String,
     /// Scope read.
-    pub scope: Scope,
+    pub(crate) scope: Scope,
     /// Path.
-    pub path: Option<Path>,
+    pub(crate) path: Option<Path>,
     /// (value, case) pairs.
-    pub cases: Vec<(String, String)>,
+    pub(crate) cases: Vec<(String, String)>,
     /// Default case.
-    pub default_case: Option<String>,
+    pub(crate) default_case: Option<String>,
     /// Case when nothing is selected.
-    pub if_null_case: Option<String>,
-    /// Declaration.
-    pub source_ref: SourceRef,
+    pub(crate) if_null_case: Option<String>,
 }
 
 /// Compiles a request: resolves its target (a simple request may only call a public
@@ -347,7 +337,7 @@ pub fn compile_request(
 /// The checks a request must pass before it compiles, that depend on the request itself
 /// rather than on the procedure: for a call, the target exists, is public and gets every
 /// required input. (A trusted request carries its own body; it has none of these.)
-pub fn check_request(catalog: &Catalog, request: &Request) -> Result<(), CompileErrors> {
+pub(crate) fn check_request(catalog: &Catalog, request: &Request) -> Result<(), CompileErrors> {
     let RequestTarget::Call(target) = &request.target else {
         return Ok(());
     };
@@ -528,7 +518,6 @@ impl<'a> Compiler<'a> {
             Arc::new(CompiledProcedure {
                 target: target.clone(),
                 kind: p.kind,
-                access: p.access,
                 inputs: p.inputs.clone(),
                 procedure_data: p.procedure_data.clone(),
                 resumable: p.resumable,
@@ -538,7 +527,6 @@ impl<'a> Compiler<'a> {
                     provider_context: ns.provider_context.clone(),
                     save_data_for_rollback: p.save_data_for_rollback,
                 }),
-                source_ref: p.source_ref.clone(),
             })
         } else {
             self.in_progress.push((target.clone(), at.clone()));
@@ -579,12 +567,10 @@ impl<'a> Compiler<'a> {
         Some(Arc::new(CompiledProcedure {
             target,
             kind: p.kind,
-            access: p.access,
             inputs: p.inputs.clone(),
             procedure_data: p.procedure_data.clone(),
             resumable: p.resumable,
             body: Body::Steps(plan),
-            source_ref: p.source_ref.clone(),
         }))
     }
 
@@ -821,7 +807,6 @@ impl<'a> Compiler<'a> {
                         execute_data: e.execute_data.clone(),
                         before,
                         after,
-                        source_ref: e.source_ref.clone(),
                     })),
                     acc,
                 )
@@ -838,7 +823,6 @@ impl<'a> Compiler<'a> {
                         id: t.id.clone(),
                         body,
                         catch,
-                        source_ref: t.source_ref.clone(),
                     })),
                     acc,
                 )
@@ -869,7 +853,6 @@ impl<'a> Compiler<'a> {
                             calls,
                             when,
                             output,
-                            source_ref: sc.source_ref.clone(),
                         })),
                         acc,
                     ),
@@ -883,7 +866,6 @@ impl<'a> Compiler<'a> {
                             cases: Vec::new(),
                             default_case: None,
                             if_null_case: None,
-                            source_ref: sc.source_ref.clone(),
                         })),
                         acc,
                     ),
@@ -901,7 +883,6 @@ impl<'a> Compiler<'a> {
                         cases: s.cases.clone(),
                         default_case: s.default_case.clone(),
                         if_null_case: s.if_null_case.clone(),
-                        source_ref: s.source_ref.clone(),
                     })),
                     acc,
                 )
@@ -1132,7 +1113,7 @@ impl Accesses {
 
 /// The plain element names a path starts with, up to the first step that is not a plain
 /// name (wildcards, attributes, `.`), with predicates dropped: conservative for overlap.
-pub fn leading_segments(path: &str) -> Vec<String> {
+pub(crate) fn leading_segments(path: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut depth = 0usize;
     let mut quote: Option<char> = None;
@@ -1279,26 +1260,20 @@ fn stable_order(graph: &DiGraph<PlanNode, Dep>, fallback: Vec<NodeIndex>) -> Vec
 }
 
 impl Plan {
-    /// Steps grouped in waves that can run at the same time (each step's wave is one more
-    /// than the latest wave of the steps it depends on).
-    pub fn waves(&self) -> Vec<Vec<NodeIndex>> {
-        let mut level: HashMap<NodeIndex, usize> = HashMap::new();
-        let mut waves: Vec<Vec<NodeIndex>> = Vec::new();
-        for &n in &self.order {
-            let l = self
-                .graph
-                .neighbors_directed(n, petgraph::Direction::Incoming)
-                .filter_map(|p| level.get(&p))
-                .map(|l| l + 1)
-                .max()
-                .unwrap_or(0);
-            level.insert(n, l);
-            if waves.len() <= l {
-                waves.resize_with(l + 1, Vec::new);
-            }
-            waves[l].push(n);
-        }
-        waves
+    /// The steps, in the order they were added to the plan.
+    pub fn steps(&self) -> impl Iterator<Item = &PlanNode> {
+        self.graph.node_weights()
+    }
+
+    /// The edges as `(from, to, why)` step ids: `to` runs after `from`.
+    pub fn edges(&self) -> impl Iterator<Item = (&str, &str, Dep)> {
+        self.graph.raw_edges().iter().map(|e| {
+            (
+                self.graph[e.source()].id(),
+                self.graph[e.target()].id(),
+                e.weight,
+            )
+        })
     }
 }
 

@@ -32,14 +32,14 @@ const MAX_DEPTH: usize = 256;
 #[error("at `{path}`: {message}")]
 pub struct JsonError {
     /// Where in the value.
-    pub path: String,
+    pub(crate) path: String,
     /// What is wrong.
-    pub message: String,
+    pub(crate) message: String,
 }
 
 /// A scalar as JSON: strings stay strings, `Int` and finite `Float` become numbers, `Bool`
 /// a boolean. A non-finite float (NaN, ±inf) has no JSON number and becomes its text form.
-pub fn scalar_to_json(s: &Scalar) -> Value {
+pub(crate) fn scalar_to_json(s: &Scalar) -> Value {
     match s {
         Scalar::Str(s) => Value::String(s.to_string()),
         Scalar::Int(i) => Value::Number(Number::from(*i)),

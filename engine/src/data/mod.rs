@@ -7,7 +7,7 @@
 //! documented in `docs/data-model.md`.
 
 pub mod json;
-pub mod path;
+pub(crate) mod path;
 pub mod transform;
 pub mod xml;
 
@@ -119,7 +119,7 @@ impl Element {
     }
 
     /// Mutable child elements in document order.
-    pub fn elements_mut(&mut self) -> impl Iterator<Item = &mut Element> {
+    pub(crate) fn elements_mut(&mut self) -> impl Iterator<Item = &mut Element> {
         self.children.iter_mut().filter_map(|c| match c {
             Node::Element(e) => Some(e),
             Node::Text(_) => None,
@@ -129,11 +129,6 @@ impl Element {
     /// The first child element with this name.
     pub fn child(&self, name: &str) -> Option<&Element> {
         self.elements().find(|e| e.name == name)
-    }
-
-    /// The first child element with this name, mutable.
-    pub fn child_mut(&mut self, name: &str) -> Option<&mut Element> {
-        self.elements_mut().find(|e| e.name == name)
     }
 
     /// Appends a child element and returns it.
@@ -179,13 +174,8 @@ impl Element {
         out
     }
 
-    /// Replaces all content with one scalar.
-    pub fn set_scalar(&mut self, value: Scalar) {
-        self.children = vec![Node::Text(value)];
-    }
-
     /// Nesting depth (a leaf is 1).
-    pub fn depth(&self) -> usize {
+    pub(crate) fn depth(&self) -> usize {
         1 + self.elements().map(Element::depth).max().unwrap_or(0)
     }
 }

@@ -48,7 +48,7 @@ const MAX_PLAIN_STEPS: usize = 64;
 #[error("bad path `{path}` at column {column}: {message}")]
 pub struct PathError {
     /// The path as written.
-    pub path: String,
+    pub(crate) path: String,
     /// 1-based column.
     pub column: usize,
     /// What is wrong and what to write instead.
@@ -57,7 +57,7 @@ pub struct PathError {
 
 /// A parsed path such as `organization/users/user[@status='new']/@name`.
 ///
-/// `Display` prints the canonical form (which parses back to the same path); [`Path::as_str`]
+/// `Display` prints the canonical form (which parses back to the same path); `Path::as_str`
 /// returns the text as written.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Path {
@@ -85,8 +85,9 @@ pub enum Selected<'a> {
 }
 
 impl Selected<'_> {
+    #[cfg(test)]
     /// The XPath string value of the selected node.
-    pub fn string_value(&self) -> String {
+    pub(crate) fn string_value(&self) -> String {
         match self {
             Selected::Element(e) => string_value(e),
             Selected::Attr { value, .. } => (*value).to_string(),
@@ -103,12 +104,12 @@ pub struct Location {
     /// Empty = the root.
     pub indices: Vec<usize>,
     /// What is selected at that element.
-    pub kind: LocationKind,
+    pub(crate) kind: LocationKind,
 }
 
 /// The kind of node a [`Location`] points at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LocationKind {
+pub(crate) enum LocationKind {
     /// The element itself.
     Element,
     /// Attribute number `n` (index into `attrs`) of the element.
@@ -119,18 +120,18 @@ pub enum LocationKind {
 
 impl Location {
     /// The element at `indices` (the element itself or the owner of the attribute/text).
-    pub fn element<'a>(&self, root: &'a Element) -> Option<&'a Element> {
+    pub(crate) fn element<'a>(&self, root: &'a Element) -> Option<&'a Element> {
         element_at(root, &self.indices)
     }
 
     /// The element at `indices`, mutable.
-    pub fn element_mut<'a>(&self, root: &'a mut Element) -> Option<&'a mut Element> {
+    pub(crate) fn element_mut<'a>(&self, root: &'a mut Element) -> Option<&'a mut Element> {
         element_at_mut(root, &self.indices)
     }
 }
 
 /// The element reached by following child `indices` from `root` (empty = root).
-pub fn element_at<'a>(root: &'a Element, indices: &[usize]) -> Option<&'a Element> {
+pub(crate) fn element_at<'a>(root: &'a Element, indices: &[usize]) -> Option<&'a Element> {
     let mut cur = root;
     for &i in indices {
         match cur.children.get(i) {
@@ -142,7 +143,10 @@ pub fn element_at<'a>(root: &'a Element, indices: &[usize]) -> Option<&'a Elemen
 }
 
 /// The element reached by following child `indices` from `root`, mutable.
-pub fn element_at_mut<'a>(root: &'a mut Element, indices: &[usize]) -> Option<&'a mut Element> {
+pub(crate) fn element_at_mut<'a>(
+    root: &'a mut Element,
+    indices: &[usize],
+) -> Option<&'a mut Element> {
     let mut cur = root;
     for &i in indices {
         match cur.children.get_mut(i) {
@@ -156,7 +160,7 @@ pub fn element_at_mut<'a>(root: &'a mut Element, indices: &[usize]) -> Option<&'
 /// Whether `s` is a valid element or attribute name in a path (and so in the JSON view):
 /// it starts with a letter, digit or `_` and continues with letters, digits, `_`, `-`, `.`, `:`,
 /// and it does not contain `::` (that would be an XPath axis).
-pub fn is_valid_name(s: &str) -> bool {
+pub(crate) fn is_valid_name(s: &str) -> bool {
     let mut chars = s.chars();
     match chars.next() {
         Some(c) if is_name_start(c) => {}
@@ -801,7 +805,7 @@ impl Path {
     }
 
     /// The path as written.
-    pub fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         &self.text
     }
 
@@ -834,16 +838,6 @@ impl Path {
             .collect()
     }
 
-    /// The first node the path selects, if any.
-    pub fn first<'a>(&self, root: &'a Element) -> Option<Selected<'a>> {
-        self.select(root).into_iter().next()
-    }
-
-    /// Whether the path selects anything below `root` (the `when` test).
-    pub fn exists(&self, root: &Element) -> bool {
-        !self.select(root).is_empty()
-    }
-
     /// Where the selected nodes live, in document order: index paths for mutation.
     pub fn locate(&self, root: &Element) -> Vec<Location> {
         let mut arena = Vec::new();
@@ -863,14 +857,15 @@ impl Path {
             .collect()
     }
 
+    #[cfg(test)]
     /// Whether the path is only plain element names (no predicates, `*`, `.`, `..`, `@`,
     /// `text()`), so a missing destination can be created.
-    pub fn is_simple(&self) -> bool {
+    pub(crate) fn is_simple(&self) -> bool {
         self.simple_names().is_some()
     }
 
-    /// The element names of a simple path (see [`Path::is_simple`]).
-    pub fn simple_names(&self) -> Option<Vec<&str>> {
+    /// The element names of a simple path (only plain element names).
+    pub(crate) fn simple_names(&self) -> Option<Vec<&str>> {
         self.steps
             .iter()
             .map(|s| match s {
@@ -884,26 +879,21 @@ impl Path {
     }
 
     /// The attribute name if the last step is `@name`.
-    pub fn last_attr_name(&self) -> Option<&str> {
+    pub(crate) fn last_attr_name(&self) -> Option<&str> {
         match self.steps.last() {
             Some(Step::Attr(NameTest::Name(n))) => Some(n),
             _ => None,
         }
     }
 
-    /// Whether the last step is `text()`.
-    pub fn selects_text(&self) -> bool {
-        matches!(self.steps.last(), Some(Step::Text))
-    }
-
     /// Whether the last step is `@name` or `@*`.
-    pub fn selects_attribute(&self) -> bool {
+    pub(crate) fn selects_attribute(&self) -> bool {
         matches!(self.steps.last(), Some(Step::Attr(_)))
     }
 
     /// For a path ending in `@name`, `@*` or `text()`: the path of the owning element
     /// (`.` when the value step is the only one). `None` for element paths.
-    pub fn owner(&self) -> Option<Path> {
+    pub(crate) fn owner(&self) -> Option<Path> {
         match self.steps.last() {
             Some(Step::Attr(_) | Step::Text) => {
                 let mut steps = self.steps[..self.steps.len() - 1].to_vec();

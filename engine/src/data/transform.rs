@@ -145,7 +145,7 @@ fn remove_at(root: &mut Element, loc: &Location) -> bool {
 /// - An attribute target gets `node`'s string value, a text target `node`'s scalar
 ///   (or string value), whatever the mode.
 /// - `Insert`/`Move`: `node` becomes the target's last child.
-/// - `Merge`: see [`merge_into`].
+/// - `Merge`: see `merge_into`.
 /// - `Replace`: `node` takes the target's place and keeps its own name; a root target keeps
 ///   its name and takes `node`'s attributes and children. A replaced list item stays a list item.
 pub fn place(
@@ -312,7 +312,7 @@ fn create_chain(root: &mut Element, base: &[usize], names: &[&str]) -> Vec<usize
 /// - If `node` has non-blank direct text, it replaces `target`'s direct text nodes (at the
 ///   position of the first one, or appended). A single text node keeps its scalar type,
 ///   several are concatenated into a string.
-pub fn merge_into(target: &mut Element, node: Element) {
+pub(crate) fn merge_into(target: &mut Element, node: Element) {
     for (k, v) in node.attrs {
         target.set_attr(k, v);
     }

@@ -47,20 +47,20 @@ pub struct XmlError {
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Located {
     /// Name as written (prefix kept).
-    pub name: Name,
+    pub(crate) name: Name,
     /// Attributes in document order, values unescaped.
-    pub attrs: Vec<(Name, Name)>,
+    pub(crate) attrs: Vec<(Name, Name)>,
     /// Children in document order.
-    pub children: Vec<LocatedNode>,
+    pub(crate) children: Vec<LocatedNode>,
     /// 1-based line of the start tag.
-    pub line: u32,
+    pub(crate) line: u32,
     /// 1-based column (in characters) of the start tag's `<`.
-    pub column: u32,
+    pub(crate) column: u32,
 }
 
 /// A child of a [`Located`] element.
 #[derive(Debug, Clone, PartialEq)]
-pub enum LocatedNode {
+pub(crate) enum LocatedNode {
     /// A child element.
     Element(Located),
     /// A run of text (entities resolved, CDATA included).
@@ -72,7 +72,7 @@ pub enum LocatedNode {
 
 impl Located {
     /// The value of an attribute.
-    pub fn attr(&self, name: &str) -> Option<&str> {
+    pub(crate) fn attr(&self, name: &str) -> Option<&str> {
         self.attrs
             .iter()
             .find(|(k, _)| k == name)
@@ -80,7 +80,7 @@ impl Located {
     }
 
     /// Child elements in document order.
-    pub fn elements(&self) -> impl Iterator<Item = &Located> {
+    pub(crate) fn elements(&self) -> impl Iterator<Item = &Located> {
         self.children.iter().filter_map(|c| match c {
             LocatedNode::Element(e) => Some(e),
             LocatedNode::Text(_) | LocatedNode::Plain(_) => None,
@@ -88,7 +88,7 @@ impl Located {
     }
 
     /// The text children in document order.
-    pub fn texts(&self) -> impl Iterator<Item = &str> {
+    pub(crate) fn texts(&self) -> impl Iterator<Item = &str> {
         self.children.iter().filter_map(|c| match c {
             LocatedNode::Text(t) => Some(t.as_str()),
             LocatedNode::Element(_) | LocatedNode::Plain(_) => None,
@@ -101,7 +101,7 @@ impl Located {
     }
 
     /// The plain data tree, consuming `self` (no copies of names and text).
-    pub fn into_element(self) -> Element {
+    pub(crate) fn into_element(self) -> Element {
         // Iterative, so a deep tree cannot overflow the stack.
         struct Frame {
             out: Element,
@@ -170,7 +170,7 @@ pub fn parse_located(src: &str, limits: &Limits) -> Result<Located, XmlError> {
 /// built as plain elements ([`LocatedNode::Plain`]) without positions: for a request, whose
 /// `<data>` is most of the document and needs no positions, this saves building a located
 /// tree and converting it.
-pub fn parse_located_plain(
+pub(crate) fn parse_located_plain(
     src: &str,
     limits: &Limits,
     plain: &[&str],

@@ -25,7 +25,7 @@ pub enum TxnState {
 
 impl TxnState {
     /// Whether the transaction has ended (committed, rolled back, or rollback failed).
-    pub fn is_final(self) -> bool {
+    pub(crate) fn is_final(self) -> bool {
         matches!(
             self,
             TxnState::Committed | TxnState::RolledBack | TxnState::RollbackFailed
@@ -48,63 +48,63 @@ pub struct JournalError(pub String);
 #[derive(Debug, Clone)]
 pub struct TxnStart<'a> {
     /// Transaction id.
-    pub txn_id: &'a str,
+    pub(crate) txn_id: &'a str,
     /// `Namespace/Procedure` of the entry.
-    pub target: &'a str,
+    pub(crate) target: &'a str,
     /// Kind of the entry procedure.
-    pub kind: crate::model::ProcKind,
+    pub(crate) kind: crate::model::ProcKind,
     /// Resume instead of rolling back after a crash.
-    pub resumable: bool,
+    pub(crate) resumable: bool,
     /// Hash of the pinned definitions.
-    pub definitions: &'a str,
+    pub(crate) definitions: &'a str,
     /// The request data with secrets masked.
-    pub data: &'a Element,
+    pub(crate) data: &'a Element,
     /// The request data as received (kept sealed when `secret`, for resuming).
-    pub request_data: &'a Element,
+    pub(crate) request_data: &'a Element,
     /// `request_data` holds secrets.
-    pub secret: bool,
+    pub(crate) secret: bool,
     /// The definitions the program was compiled from: (namespace, hash, bytes).
-    pub pinned: &'a [(String, String, std::sync::Arc<Vec<u8>>)],
+    pub(crate) pinned: &'a [(String, String, std::sync::Arc<Vec<u8>>)],
 }
 
 /// A provider call is about to be made.
 #[derive(Debug, Clone)]
 pub struct StepIntent<'a> {
     /// Identity (idempotency key inside).
-    pub context: &'a CallContext,
+    pub(crate) context: &'a CallContext,
     /// Registered provider name.
-    pub provider: &'a str,
+    pub(crate) provider: &'a str,
     /// `Namespace/Procedure` of the leaf.
-    pub target: &'a str,
+    pub(crate) target: &'a str,
     /// Kind of the leaf.
-    pub kind: crate::model::ProcKind,
+    pub(crate) kind: crate::model::ProcKind,
     /// The namespace's providerContext.
-    pub provider_context: &'a Element,
+    pub(crate) provider_context: &'a Element,
     /// executeData with secrets masked (for people).
     pub input: &'a Element,
     /// executeData as sent (for a recovery call); seal it when `secret`.
-    pub call_data: &'a Element,
+    pub(crate) call_data: &'a Element,
     /// `call_data` holds secrets.
-    pub secret: bool,
+    pub(crate) secret: bool,
 }
 
 /// A provider call succeeded.
 #[derive(Debug, Clone)]
 pub struct StepDone<'a> {
     /// Identity.
-    pub context: &'a CallContext,
+    pub(crate) context: &'a CallContext,
     /// Output with secrets masked.
     pub output: &'a Element,
     /// The provider's undo record, as returned; seal it when `secret`.
-    pub undo: Option<&'a Element>,
+    pub(crate) undo: Option<&'a Element>,
     /// executeData kept for the undo (saveDataForRollback); seal it when `secret`.
-    pub saved: Option<&'a Element>,
+    pub(crate) saved: Option<&'a Element>,
     /// `undo` or `saved` hold secrets.
-    pub secret: bool,
+    pub(crate) secret: bool,
     /// The exact output (kept only for resumable transactions, sealed when it holds secrets).
-    pub result: Option<&'a Element>,
+    pub(crate) result: Option<&'a Element>,
     /// `result` holds secrets.
-    pub result_secret: bool,
+    pub(crate) result_secret: bool,
 }
 
 /// Receives the executor's transitions. Every method defaults to keeping nothing, so a

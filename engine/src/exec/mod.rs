@@ -9,7 +9,7 @@
 //! two-phase calls or undoes completed ones; `state` is what a running transaction holds.
 
 mod call;
-pub mod journal;
+pub(crate) mod journal;
 mod redact;
 mod rollback;
 mod run;
@@ -18,8 +18,8 @@ mod state;
 mod transform;
 
 pub use journal::{Journal, JournalError, NoJournal, StepDone, StepIntent, TxnStart, TxnState};
-pub use redact::Redactor;
-pub use rollback::{undo_in_dependency_order, UndoOrder};
+pub(crate) use redact::Redactor;
+pub(crate) use rollback::{undo_in_dependency_order, UndoOrder};
 
 use crate::compile::{check_request, compile_request, Catalog, CompileErrors, Limits, Program};
 use crate::data::Element;
@@ -154,8 +154,6 @@ pub struct TxnResult {
     pub undone: usize,
     /// Wall time.
     pub elapsed: Duration,
-    /// Redacts secrets from anything shown.
-    pub redactor: Redactor,
     /// The final state could not be journaled (the outcome above still happened).
     pub journal_error: Option<String>,
 }
@@ -206,24 +204,24 @@ pub struct Engine {
 
 /// A step completed before a crash, replayed when a resumable transaction resumes.
 #[derive(Debug, Clone)]
-pub struct Replayed {
+pub(crate) struct Replayed {
     /// Its exact output executeData.
-    pub output: Element,
+    pub(crate) output: Element,
     /// Its undo record, if any.
-    pub undo: Option<Element>,
+    pub(crate) undo: Option<Element>,
     /// The attempt that succeeded.
-    pub attempt: u32,
+    pub(crate) attempt: u32,
 }
 
 /// What a resumed transaction takes from its journal.
 #[derive(Debug, Clone, Default)]
-pub struct Resume {
+pub(crate) struct Resume {
     /// The transaction id to continue.
-    pub txn_id: String,
+    pub(crate) txn_id: String,
     /// Completed provider calls by step path.
-    pub done: HashMap<String, Replayed>,
+    pub(crate) done: HashMap<String, Replayed>,
     /// For steps that were tried but not completed: the next attempt number to use.
-    pub next_attempt: HashMap<String, u32>,
+    pub(crate) next_attempt: HashMap<String, u32>,
 }
 
 impl Engine {
@@ -257,12 +255,12 @@ impl Engine {
     }
 
     /// The providers.
-    pub fn registry(&self) -> &ProviderRegistry {
+    pub(crate) fn registry(&self) -> &ProviderRegistry {
         &self.registry
     }
 
     /// The options.
-    pub fn options(&self) -> &EngineOptions {
+    pub(crate) fn options(&self) -> &EngineOptions {
         &self.options
     }
 
@@ -351,7 +349,7 @@ impl Engine {
 
     /// Continues a resumable transaction after a crash: steps its journal shows completed
     /// are not called again (their recorded results are used), the rest run as usual.
-    pub async fn resume_program(
+    pub(crate) async fn resume_program(
         &self,
         program: Arc<Program>,
         data: Element,

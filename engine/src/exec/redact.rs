@@ -14,11 +14,11 @@ fn has_marks(e: &Element) -> bool {
 }
 
 /// What a masked value looks like.
-pub const MASK: &str = "********";
+pub(crate) const MASK: &str = "********";
 
 /// Masks secrets by element name and by value. Clones share the values learned later.
 #[derive(Debug, Clone, Default)]
-pub struct Redactor {
+pub(crate) struct Redactor {
     names: BTreeSet<String>,
     /// Longest first, so a secret containing another is masked whole.
     values: Arc<RwLock<Vec<String>>>,
@@ -26,7 +26,7 @@ pub struct Redactor {
 
 impl Redactor {
     /// A redactor for these secret names, learning the secret values present in `data`.
-    pub fn new(names: BTreeSet<String>, data: &Element) -> Redactor {
+    pub(crate) fn new(names: BTreeSet<String>, data: &Element) -> Redactor {
         let mut values = Vec::new();
         let r = Redactor {
             names,
@@ -41,7 +41,7 @@ impl Redactor {
 
     /// Treats `value` as a secret from now on (a value computed from a secret). Values
     /// shorter than three characters are not learned: masking them would garble text.
-    pub fn learn_value(&self, value: &str) {
+    pub(crate) fn learn_value(&self, value: &str) {
         if value.len() < 3 {
             return;
         }
@@ -55,7 +55,7 @@ impl Redactor {
 
     /// Learns the values of the secret elements in `e` (an input a nested call receives
     /// under a secret name, though its caller computed it).
-    pub fn learn_from(&self, e: &Element) {
+    pub(crate) fn learn_from(&self, e: &Element) {
         if self.names.is_empty() && !has_marks(e) {
             return;
         }
@@ -67,7 +67,7 @@ impl Redactor {
     }
 
     /// Learns every string in a JSON value (the result of an expression that read a secret).
-    pub fn learn_json(&self, v: &serde_json::Value) {
+    pub(crate) fn learn_json(&self, v: &serde_json::Value) {
         match v {
             serde_json::Value::String(s) => self.learn_value(s),
             serde_json::Value::Array(a) => a.iter().for_each(|v| self.learn_json(v)),
@@ -77,17 +77,17 @@ impl Redactor {
     }
 
     /// Whether a secret input has this name.
-    pub fn is_secret_name(&self, name: &str) -> bool {
+    pub(crate) fn is_secret_name(&self, name: &str) -> bool {
         self.names.contains(name)
     }
 
     /// Whether text holds a known secret value.
-    pub fn reveals(&self, text: &str) -> bool {
+    pub(crate) fn reveals(&self, text: &str) -> bool {
         self.known().iter().any(|v| text.contains(v.as_str()))
     }
 
     /// Whether nothing is secret in this transaction.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.names.is_empty() && self.known().is_empty()
     }
 
@@ -112,7 +112,7 @@ impl Redactor {
 
     /// Masks secret elements in place, and scrubs known secret values from the text and
     /// attributes of the others (a secret copied under another name, e.g. by `output:`).
-    pub fn redact_element(&self, e: &mut Element) {
+    pub(crate) fn redact_element(&self, e: &mut Element) {
         if self.is_secret(e) {
             e.children = vec![Node::Text(Scalar::Str(MASK.into()))];
             return;
@@ -133,7 +133,7 @@ impl Redactor {
     }
 
     /// Whether an element holds a secret (a secret-named element or a known secret value).
-    pub fn contains_secret(&self, e: &Element) -> bool {
+    pub(crate) fn contains_secret(&self, e: &Element) -> bool {
         if self.is_secret(e) {
             return true;
         }
@@ -147,7 +147,7 @@ impl Redactor {
     }
 
     /// Scrubs known secret values from text.
-    pub fn redact_text(&self, text: &str) -> String {
+    pub(crate) fn redact_text(&self, text: &str) -> String {
         let mut out = text.to_string();
         for v in self.known().iter() {
             if out.contains(v.as_str()) {

@@ -191,16 +191,16 @@ struct Undo {
 
 /// When a completed call started and finished, in completion counts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct UndoOrder {
+pub(crate) struct UndoOrder {
     /// Completions counted when the call started.
-    pub started_after: usize,
+    pub(crate) started_after: usize,
     /// Its own completion number.
-    pub seq: usize,
+    pub(crate) seq: usize,
 }
 
 /// Runs `undo(i)` for every call so that a call is undone only after every call that
 /// started after it completed; independent calls run concurrently. Returns results by index.
-pub async fn undo_in_dependency_order<'a, F, Fut>(
+pub(crate) async fn undo_in_dependency_order<'a, F, Fut>(
     order: &[UndoOrder],
     undo: F,
 ) -> Vec<Result<(), String>>

@@ -107,7 +107,6 @@ impl Engine {
             calls: txn.calls.load(AtomicOrdering::Relaxed),
             undone: 0,
             elapsed: Duration::ZERO,
-            redactor: txn.redactor.clone(),
             journal_error: None,
         };
         match result {
@@ -511,8 +510,8 @@ impl Engine {
 
 /// Where a call falls in a dry run: its wave, and the inputs not known before it.
 pub(super) struct Sched {
-    pub wave: usize,
-    pub unresolved: Vec<String>,
+    pub(crate) wave: usize,
+    pub(crate) unresolved: Vec<String>,
 }
 
 impl TxnResult {

@@ -22,13 +22,13 @@ pub(super) enum RunMode {
 pub(super) struct Completed {
     /// Completions counted when the call started: calls that completed earlier may be
     /// what it depends on.
-    pub started_after: usize,
-    pub seq: usize,
-    pub step: String,
-    pub target: String,
-    pub kind: ProcKind,
-    pub provider: Arc<dyn Provider>,
-    pub done: Done,
+    pub(crate) started_after: usize,
+    pub(crate) seq: usize,
+    pub(crate) step: String,
+    pub(crate) target: String,
+    pub(crate) kind: ProcKind,
+    pub(crate) provider: Arc<dyn Provider>,
+    pub(crate) done: Done,
 }
 
 /// Adds a completed call, growing the list 1, 2, 4, … instead of from 4: an entry is ~430
@@ -42,30 +42,30 @@ pub(super) fn push_completed(completed: &mut Vec<Completed>, c: Completed) {
 
 /// One transaction while it runs.
 pub(super) struct Txn {
-    pub id: String,
-    pub mode: RunMode,
-    pub program: Arc<Program>,
-    pub context: Mutex<Element>,
-    pub completed: Mutex<Vec<Completed>>,
+    pub(crate) id: String,
+    pub(crate) mode: RunMode,
+    pub(crate) program: Arc<Program>,
+    pub(crate) context: Mutex<Element>,
+    pub(crate) completed: Mutex<Vec<Completed>>,
     /// Completions so far (orders undo: see `Completed::started_after`).
-    pub completions: AtomicUsize,
-    pub calls: AtomicUsize,
-    pub permits: Semaphore,
-    pub plan: Mutex<Vec<PlanEntry>>,
-    pub redactor: Redactor,
+    pub(crate) completions: AtomicUsize,
+    pub(crate) calls: AtomicUsize,
+    pub(crate) permits: Semaphore,
+    pub(crate) plan: Mutex<Vec<PlanEntry>>,
+    pub(crate) redactor: Redactor,
     /// Set when resuming after a crash.
-    pub resume: Option<Resume>,
+    pub(crate) resume: Option<Resume>,
 }
 
 /// One run of a procedure body: its `data`, `procedureData` and the cases its selects chose.
 pub(super) struct Invocation {
-    pub data: Mutex<Element>,
-    pub procedure_data: Mutex<Element>,
-    pub selects: Mutex<HashMap<String, String>>,
+    pub(crate) data: Mutex<Element>,
+    pub(crate) procedure_data: Mutex<Element>,
+    pub(crate) selects: Mutex<HashMap<String, String>>,
 }
 
 impl Invocation {
-    pub fn new(data: Element, procedure_data: Element) -> Invocation {
+    pub(crate) fn new(data: Element, procedure_data: Element) -> Invocation {
         let mut pd = procedure_data;
         pd.name = "procedureData".into();
         Invocation {
@@ -75,7 +75,7 @@ impl Invocation {
         }
     }
 
-    pub fn into_data(self) -> Element {
+    pub(crate) fn into_data(self) -> Element {
         self.data.into_inner().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -84,14 +84,14 @@ impl Invocation {
 /// (which names it in errors, the journal and the plan).
 #[derive(Clone, Copy)]
 pub(super) struct StepCtx<'a> {
-    pub txn: &'a Txn,
-    pub inv: &'a Invocation,
-    pub step: &'a str,
+    pub(crate) txn: &'a Txn,
+    pub(crate) inv: &'a Invocation,
+    pub(crate) step: &'a str,
 }
 
 impl<'a> StepCtx<'a> {
     /// The same invocation, at another step path.
-    pub fn at(self, step: &'a str) -> StepCtx<'a> {
+    pub(crate) fn at(self, step: &'a str) -> StepCtx<'a> {
         StepCtx { step, ..self }
     }
 }

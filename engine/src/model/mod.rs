@@ -114,7 +114,7 @@ pub enum Scope {
 
 impl Scope {
     /// Parses a scope name as written in XML/YAML.
-    pub fn parse(s: &str) -> Scope {
+    pub(crate) fn parse(s: &str) -> Scope {
         match s {
             "data" => Scope::Data,
             "executeData" => Scope::ExecuteData,

@@ -4,8 +4,8 @@
 
 pub mod rules;
 pub mod template;
-pub mod xml;
-pub mod yaml;
+pub(crate) mod xml;
+pub(crate) mod yaml;
 
 use crate::model::{Format, Namespace, Request, SourceRef};
 use std::fmt;
@@ -14,7 +14,7 @@ use std::path::Path as FsPath;
 /// Largest definition or request file accepted (bytes).
 pub const MAX_FILE_BYTES: usize = 64 * 1024 * 1024;
 /// Deepest element/mapping nesting accepted.
-pub const MAX_DEPTH: usize = 128;
+pub(crate) const MAX_DEPTH: usize = 128;
 
 /// An error in a definition or request, with where it is and how to fix it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -38,7 +38,7 @@ impl ParseError {
     }
 
     /// Adds a hint.
-    pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
+    pub(crate) fn with_hint(mut self, hint: impl Into<String>) -> Self {
         self.hint = Some(hint.into());
         self
     }

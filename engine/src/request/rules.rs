@@ -10,14 +10,14 @@ use std::path::{Component, Path as FsPath};
 pub const SCOPE_NAMES: &[&str] = &["data", "executeData", "procedureData", "context"];
 
 /// Whether `s` is one of `SCOPE_NAMES` (and so cannot name a forEach variable).
-pub fn is_reserved_scope(s: &str) -> bool {
+pub(crate) fn is_reserved_scope(s: &str) -> bool {
     SCOPE_NAMES.contains(&s)
 }
 
 /// Namespace and procedure names: letters, digits, `_`, space, `-`, `.`; no space at
 /// either end (`"Hosted DNS "` would be a different procedure from `"Hosted DNS"` that
 /// looks the same in every listing).
-pub fn is_name(s: &str) -> bool {
+pub(crate) fn is_name(s: &str) -> bool {
     !s.is_empty()
         && s.trim() == s
         && s.chars()
@@ -34,7 +34,7 @@ pub fn name_error(what: &str, name: &str) -> (String, String) {
 }
 
 /// Step ids: letters, digits, `_`, `-`, `.` (no space).
-pub fn is_step_id(s: &str) -> bool {
+pub(crate) fn is_step_id(s: &str) -> bool {
     !s.is_empty()
         && s.chars()
             .all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.'))
@@ -73,7 +73,7 @@ pub fn did_you_mean<'a>(
 }
 
 /// "did you mean `x`? valid keys: a, b" (`kind`: keys, values, types, scopes).
-pub fn valid_list_hint(bad: &str, valid: &[&str], kind: &str) -> String {
+pub(crate) fn valid_list_hint(bad: &str, valid: &[&str], kind: &str) -> String {
     let list = valid.join(", ");
     match did_you_mean(bad, valid.iter().copied()) {
         Some(d) => format!("{d} valid {kind}: {list}"),
@@ -84,7 +84,11 @@ pub fn valid_list_hint(bad: &str, valid: &[&str], kind: &str) -> String {
 /// Reads a script file named in a definition (`file="x.rhai"`, YAML `{ file: x.rhai }`):
 /// relative to the definition file's folder, never absolute and never with `..`. Its origin
 /// is line 1, column 1 of that file. Errors are reported at `at`.
-pub fn read_script_file(definition: &str, name: &str, at: SourceRef) -> Result<Script, ParseError> {
+pub(crate) fn read_script_file(
+    definition: &str,
+    name: &str,
+    at: SourceRef,
+) -> Result<Script, ParseError> {
     let rel = FsPath::new(name);
     let safe = !name.trim().is_empty()
         && rel

@@ -87,14 +87,14 @@ pub fn is_single_ref(s: &str) -> Option<(Scope, Option<String>)> {
 }
 
 /// Whether a string contains a placeholder opener (`{{`).
-pub fn has_placeholder(s: &str) -> bool {
+pub(crate) fn has_placeholder(s: &str) -> bool {
     s.contains("{{")
 }
 
 /// Parses one ref (`data.zone`, `data/users/user[@status='new']/@name`, `user.name`,
 /// `context`) into its scope and path. Surrounding whitespace is ignored; the braces
 /// are not part of a ref (use [`is_single_ref`] for `{{ … }}` strings).
-pub fn parse_ref(s: &str) -> Result<(Scope, Option<String>), String> {
+pub(crate) fn parse_ref(s: &str) -> Result<(Scope, Option<String>), String> {
     let r = s.trim();
     if r.is_empty() {
         return Err("empty reference: write a scope and a path, e.g. `{{ data.zone }}`".into());

@@ -21,7 +21,7 @@ use std::cell::OnceCell;
 use std::collections::HashSet;
 
 /// Parses an XML namespace file (`<namespace>` root, or `<namespaces>` holding several).
-pub fn parse_namespaces(src: &str, file: &str) -> Result<Vec<Namespace>, Vec<ParseError>> {
+pub(crate) fn parse_namespaces(src: &str, file: &str) -> Result<Vec<Namespace>, Vec<ParseError>> {
     let ctx = Ctx::new(src, file);
     let root = parse_located(src, &limits()).map_err(|e| vec![ctx.xml_error(e)])?;
     let mut errs = Vec::new();
@@ -80,7 +80,7 @@ pub fn parse_namespaces(src: &str, file: &str) -> Result<Vec<Namespace>, Vec<Par
 }
 
 /// Parses an XML request (`<request>`).
-pub fn parse_request(src: &str, file: &str) -> Result<Request, ParseError> {
+pub(crate) fn parse_request(src: &str, file: &str) -> Result<Request, ParseError> {
     let ctx = Ctx::new(src, file);
     // The content of <data> and <context> is taken as is, so it needs no positions.
     let root =

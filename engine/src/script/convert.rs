@@ -155,18 +155,18 @@ impl Vars {
     }
 
     /// Adds (or replaces) variable `name` with the value `value`.
-    pub fn push(&mut self, name: impl Into<String>, value: &Value) -> &mut Self {
+    pub(crate) fn push(&mut self, name: impl Into<String>, value: &Value) -> &mut Self {
         self.push_dynamic(name.into(), json_to_dynamic(value));
         self
     }
 
     /// Adds (or replaces) variable `name` with the map/array view of `element`
     /// (see [`crate::data::json::to_json`]).
-    pub fn push_element(&mut self, name: impl Into<String>, element: &Element) -> &mut Self {
+    pub(crate) fn push_element(&mut self, name: impl Into<String>, element: &Element) -> &mut Self {
         self.push(name, &to_json(element))
     }
 
-    /// Builder form of [`Vars::push`].
+    /// Builder form of `Vars::push`.
     #[must_use]
     pub fn with(mut self, name: impl Into<String>, value: &Value) -> Self {
         self.push(name, value);
@@ -182,23 +182,9 @@ impl Vars {
         self.scope = Mutex::new(None);
     }
 
-    /// The variable names, in insertion order.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.entries.iter().map(|(k, _)| k.as_str())
-    }
-
-    /// Number of variables.
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    /// No variables?
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
+    #[cfg(test)]
     /// The value of variable `name` as JSON.
-    pub fn get(&self, name: &str) -> Option<Value> {
+    pub(crate) fn get(&self, name: &str) -> Option<Value> {
         self.entries
             .iter()
             .find(|(k, _)| k == name)

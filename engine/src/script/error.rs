@@ -9,11 +9,11 @@ use super::limits::ScriptLimits;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct ScriptOrigin {
     /// The definition file (as shown to users).
-    pub file: String,
+    pub(crate) file: String,
     /// 1-based line of the script's first character in `file`.
-    pub line: u32,
+    pub(crate) line: u32,
     /// 1-based column of the script's first character in `file`.
-    pub column: u32,
+    pub(crate) column: u32,
 }
 
 impl ScriptOrigin {
@@ -28,7 +28,7 @@ impl ScriptOrigin {
 
     /// The file `(line, column)` of a position inside the script; no position maps to the
     /// script's start.
-    pub fn map(&self, pos: Position) -> (u32, u32) {
+    pub(crate) fn map(&self, pos: Position) -> (u32, u32) {
         let line = self.line.max(1);
         let column = self.column.max(1);
         match pos.line() {

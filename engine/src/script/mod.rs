@@ -43,7 +43,8 @@ use host::EvalGuard;
 /// Variable names every script may use without declaring them (strict variables): the
 /// request's `data`, `executeData`, `procedureData`, `context`, and a filter's `item`.
 /// More names (forEach variables) go to [`ScriptEngine::compile_with_names`].
-pub const STANDARD_NAMES: &[&str] = &["data", "executeData", "procedureData", "context", "item"];
+pub(crate) const STANDARD_NAMES: &[&str] =
+    &["data", "executeData", "procedureData", "context", "item"];
 
 /// Most distinct scripts kept by the compilation cache before it starts afresh.
 const CACHE_CAPACITY: usize = 4096;
@@ -56,12 +57,7 @@ pub struct CompiledScript {
     origin: Arc<ScriptOrigin>,
 }
 
-impl CompiledScript {
-    /// Where the script's text starts.
-    pub fn origin(&self) -> &ScriptOrigin {
-        &self.origin
-    }
-}
+impl CompiledScript {}
 
 /// A sandboxed rhai engine with Provisio's functions; `Send + Sync`, share one per process
 /// (or one per limit set: driver scripts usually want longer limits than conditions).
@@ -114,12 +110,7 @@ impl ScriptEngine {
         }
     }
 
-    /// The limits this engine enforces.
-    pub fn limits(&self) -> &ScriptLimits {
-        &self.limits
-    }
-
-    /// Compiles `source`, which may use the [`STANDARD_NAMES`]; errors point into
+    /// Compiles `source`, which may use the `STANDARD_NAMES`; errors point into
     /// `origin.file`. Identical sources share one compiled form.
     pub fn compile(
         &self,

@@ -27,7 +27,7 @@ pub enum Space {
 
 impl Space {
     /// The one-byte key prefix of the space.
-    pub fn tag(self) -> u8 {
+    pub(crate) fn tag(self) -> u8 {
         match self {
             Space::Journal => b'j',
             Space::Txns => b't',
@@ -55,19 +55,19 @@ impl Space {
 pub type KeyValue = (Vec<u8>, Vec<u8>);
 
 /// One write of a batch: `Some` value puts, `None` deletes.
-pub type Write = (Space, Vec<u8>, Option<Vec<u8>>);
+pub(crate) type Write = (Space, Vec<u8>, Option<Vec<u8>>);
 
 /// Writes applied together or not at all.
 #[derive(Debug, Default, Clone)]
 pub struct Batch {
     /// The writes, in order.
-    pub writes: Vec<Write>,
+    pub(crate) writes: Vec<Write>,
     /// A promise from the caller: every delete in this batch removes a key that was put
     /// exactly once, by an earlier write to this store, and never otherwise. A store may then
     /// forget such a put and its delete together while neither has reached its indexed
     /// storage, instead of recording the delete (the journal's per-record keys, deleted when
     /// a finished transaction's records are compacted). Stores may ignore it.
-    pub deletes_cancel_puts: bool,
+    pub(crate) deletes_cancel_puts: bool,
 }
 
 impl Batch {
@@ -83,7 +83,7 @@ impl Batch {
     }
 
     /// Adds a delete.
-    pub fn delete(&mut self, space: Space, key: Vec<u8>) -> &mut Self {
+    pub(crate) fn delete(&mut self, space: Space, key: Vec<u8>) -> &mut Self {
         self.writes.push((space, key, None));
         self
     }

@@ -35,17 +35,17 @@ use std::task::Poll;
 use std::time::Duration;
 
 /// The write-ahead log is folded into sled and restarted once it holds this much.
-pub const CHECKPOINT_BYTES: u64 = 64 * 1024 * 1024;
+pub(crate) const CHECKPOINT_BYTES: u64 = 64 * 1024 * 1024;
 
 /// A checkpoint is also taken after this long without writes, so a restart after an idle
 /// period replays nothing.
-pub const IDLE_CHECKPOINT: Duration = Duration::from_secs(2);
+pub(crate) const IDLE_CHECKPOINT: Duration = Duration::from_secs(2);
 
 /// A checkpoint is also taken once the writes held in memory since the last one (the
 /// overlay) reach this many bytes. Between checkpoints writes live in the log and the
 /// overlay only, so a key written and deleted in that time (a transaction's per-step
 /// records, compacted when it ends) never costs a sled insert.
-pub const OVERLAY_BYTES: usize = 4 * 1024 * 1024;
+pub(crate) const OVERLAY_BYTES: usize = 4 * 1024 * 1024;
 
 /// The write-ahead log's two files inside the store folder. Writes go to one of them; a
 /// checkpoint switches writes to the other, then moves what the first one holds into sled
@@ -562,11 +562,6 @@ impl SledStore {
     /// How many syncs were made (tests and benchmarks of group commit read it).
     pub fn sync_count(&self) -> u64 {
         self.shared.syncs.load(Ordering::Relaxed)
-    }
-
-    /// The store folder.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// Syncs, checkpoints and stops the checkpoint thread (also done on drop).

@@ -54,8 +54,8 @@ pub(super) struct Wal {
 /// One decoded frame.
 #[derive(Debug, Clone)]
 pub(super) struct Frame {
-    pub seq: u64,
-    pub batch: Batch,
+    pub(crate) seq: u64,
+    pub(crate) batch: Batch,
 }
 
 fn io_err(path: &Path, what: &str, e: std::io::Error) -> StoreError {
@@ -66,7 +66,7 @@ impl Wal {
     /// Opens (or creates) the log at `path` and returns it with the frames of its newest
     /// generation, in order. The caller applies those it does not have, checkpoints, and
     /// then calls [`Wal::restart`].
-    pub fn open(path: &Path) -> Result<(Wal, Vec<Frame>), StoreError> {
+    pub(crate) fn open(path: &Path) -> Result<(Wal, Vec<Frame>), StoreError> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -98,7 +98,7 @@ impl Wal {
 
     /// Starts a new generation at the start of the file. Only after a checkpoint: every
     /// frame in the file must already be durable in the indexed store.
-    pub fn restart(&mut self) {
+    pub(crate) fn restart(&mut self) {
         self.offset = 0;
         self.pending.clear();
         self.last_frame = 0;
@@ -128,27 +128,27 @@ impl Wal {
     }
 
     /// Bytes written in the current generation.
-    pub fn len(&self) -> u64 {
+    pub(crate) fn len(&self) -> u64 {
         self.offset + self.pending.len() as u64
     }
 
     /// Encodes a batch as the frame numbered `seq` (written by the next [`Wal::write`]),
     /// into a buffer the log keeps, so a write allocates nothing.
-    pub fn append(&mut self, seq: u64, batch: &Batch) {
+    pub(crate) fn append(&mut self, seq: u64, batch: &Batch) {
         self.last_frame = self.pending.len();
         encode_frame(&mut self.pending, seq, batch);
     }
 
     /// A second handle on the log file, for `fdatasync` calls made without holding the log:
     /// a sync covers every write that completed before it started, through any handle.
-    pub fn sync_handle(&self) -> Result<File, StoreError> {
+    pub(crate) fn sync_handle(&self) -> Result<File, StoreError> {
         self.file
             .try_clone()
             .map_err(|e| io_err(&self.path, "cannot open a second handle on", e))
     }
 
     /// Writes the encoded frames to the file (not yet durable).
-    pub fn write(&mut self) -> Result<(), StoreError> {
+    pub(crate) fn write(&mut self) -> Result<(), StoreError> {
         if self.pending.is_empty() {
             return Ok(());
         }
@@ -178,7 +178,7 @@ impl Wal {
     }
 
     /// Makes everything written durable.
-    pub fn sync(&mut self) -> Result<(), StoreError> {
+    pub(crate) fn sync(&mut self) -> Result<(), StoreError> {
         self.file
             .sync_data()
             .map_err(|e| io_err(&self.path, "fdatasync failed for", e))

@@ -24,17 +24,17 @@ use std::sync::{Arc, Mutex};
 /// (`PROVISIO_CRASH_WHEN=before|after`).
 #[cfg(feature = "failpoints")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CrashPoint {
+pub(crate) struct CrashPoint {
     /// 1-based write number.
-    pub at: u64,
+    pub(crate) at: u64,
     /// Abort after the write instead of before it.
-    pub after: bool,
+    pub(crate) after: bool,
 }
 
 #[cfg(feature = "failpoints")]
 impl CrashPoint {
     /// Reads `PROVISIO_CRASH_AT` / `PROVISIO_CRASH_WHEN`.
-    pub fn from_env() -> Option<CrashPoint> {
+    pub(crate) fn from_env() -> Option<CrashPoint> {
         let at = std::env::var("PROVISIO_CRASH_AT").ok()?.parse().ok()?;
         let after = std::env::var("PROVISIO_CRASH_WHEN")
             .map(|w| w == "after")
@@ -200,7 +200,7 @@ impl DurableJournal {
 
     /// Enables fault injection at `crash`.
     #[cfg(feature = "failpoints")]
-    pub fn with_crash_point(mut self, crash: Option<CrashPoint>) -> DurableJournal {
+    pub(crate) fn with_crash_point(mut self, crash: Option<CrashPoint>) -> DurableJournal {
         self.fail_points.crash = crash;
         self
     }
@@ -224,19 +224,8 @@ impl DurableJournal {
         &self.store
     }
 
-    /// The seal key, if configured.
-    pub fn seal_key(&self) -> Option<&SealKey> {
-        self.seal.as_ref()
-    }
-
-    /// Journal writes made by this process (for crash tests: how many crash points exist).
-    #[cfg(feature = "failpoints")]
-    pub fn writes(&self) -> u64 {
-        self.fail_points.writes.load(Ordering::SeqCst)
-    }
-
     /// Keeps data that may hold secrets: plain, sealed, or withheld.
-    pub fn guard(&self, e: &Element, secret: bool) -> Guarded {
+    pub(crate) fn guard(&self, e: &Element, secret: bool) -> Guarded {
         if !secret {
             return Guarded::Plain(e.clone());
         }
@@ -260,7 +249,7 @@ impl DurableJournal {
     }
 
     /// Adopts a transaction found at recovery, so further records continue its sequence.
-    pub fn adopt(&self, summary: TxnSummary, next_seq: u64) {
+    pub(crate) fn adopt(&self, summary: TxnSummary, next_seq: u64) {
         lock(&self.live).insert(
             summary.id.clone(),
             Live {
@@ -272,7 +261,7 @@ impl DurableJournal {
     }
 
     /// Appends a record (plus extra writes) as one atomic batch.
-    pub async fn append(
+    pub(crate) async fn append(
         &self,
         txn_id: &str,
         record: &Record,

@@ -3,16 +3,14 @@
 //! crash left running; inspection reads it back for `provisio tx`.
 
 pub mod records;
-pub mod seal;
-pub mod state;
+pub(crate) mod seal;
+pub(crate) mod state;
 
 pub use records::{AuditEntry, Guarded, PinnedDefinitions, Record, TxnSummary};
 pub use seal::{SealError, SealKey};
 pub use state::UnknownState;
-pub mod journal;
+pub(crate) mod journal;
 
-#[cfg(feature = "failpoints")]
-pub use journal::CrashPoint;
 pub use journal::{DurableJournal, GuardError, WriteError};
 pub mod recovery;
 

@@ -66,7 +66,9 @@ pub fn decode<T: Versioned>(bytes: &[u8]) -> Result<T, DecodeError> {
 }
 
 /// Reads journal records: one (`Record`) or a finished transaction's array (`Vec<Record>`).
-pub fn decode_records<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+pub(crate) fn decode_records<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+) -> Result<T, DecodeError> {
     serde_json::from_slice(bytes).map_err(|source| DecodeError::Malformed {
         what: "a journal record",
         source,
@@ -74,10 +76,10 @@ pub fn decode_records<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T,
 }
 
 /// Width of a transaction id in keys (UUID text).
-pub const TXN_ID_LEN: usize = 36;
+pub(crate) const TXN_ID_LEN: usize = 36;
 
 /// The journal key of record `seq` of a transaction.
-pub fn record_key(txn_id: &str, seq: u64) -> Vec<u8> {
+pub(crate) fn record_key(txn_id: &str, seq: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(TXN_ID_LEN + 8);
     k.extend_from_slice(txn_id.as_bytes());
     k.extend_from_slice(&seq.to_be_bytes());
@@ -85,7 +87,7 @@ pub fn record_key(txn_id: &str, seq: u64) -> Vec<u8> {
 }
 
 /// The tag byte after the transaction id in the key of a chunk of compacted records.
-pub const CHUNK_TAG: u8 = b'C';
+pub(crate) const CHUNK_TAG: u8 = b'C';
 
 /// The most bytes of records one compacted chunk holds (a lone larger record is a chunk of
 /// its own). sled 0.34 keeps values inside its tree nodes (a leaf splits past 16 entries),
@@ -93,11 +95,11 @@ pub const CHUNK_TAG: u8 = b'C';
 /// quarter segment (128 KiB by default) as a separate blob file. A transaction's records
 /// compacted into one multi-megabyte value were rewritten that way hundreds of times (4 GB
 /// of store for 10 MB of records); 17 chunks of 6 KiB stay under the blob size.
-pub const CHUNK_BYTES: usize = 6 * 1024;
+pub(crate) const CHUNK_BYTES: usize = 6 * 1024;
 
 /// The journal key of a chunk of compacted records whose first record is `first_seq`
 /// (sorts after the transaction's per-record keys).
-pub fn chunk_key(txn_id: &str, first_seq: u64) -> Vec<u8> {
+pub(crate) fn chunk_key(txn_id: &str, first_seq: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(TXN_ID_LEN + 9);
     k.extend_from_slice(txn_id.as_bytes());
     k.push(CHUNK_TAG);
@@ -107,7 +109,7 @@ pub fn chunk_key(txn_id: &str, first_seq: u64) -> Vec<u8> {
 
 /// What a key of the journal space under a transaction's id holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JournalKey {
+pub(crate) enum JournalKey {
     /// All records of a finished transaction as one array, sequence number = index (the
     /// layout before chunks; still read).
     Whole,
@@ -119,7 +121,7 @@ pub enum JournalKey {
 
 impl JournalKey {
     /// Classifies `key`, a key found under `txn_id`; `None` for a key of another layout.
-    pub fn parse(txn_id: &str, key: &[u8]) -> Option<JournalKey> {
+    pub(crate) fn parse(txn_id: &str, key: &[u8]) -> Option<JournalKey> {
         let rest = key.strip_prefix(txn_id.as_bytes())?;
         let be = |b: &[u8]| b.try_into().ok().map(u64::from_be_bytes);
         match rest.len() {
@@ -132,7 +134,7 @@ impl JournalKey {
 }
 
 /// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -279,7 +281,7 @@ pub struct TxnSummary {
     /// Last change.
     pub updated_ms: u64,
     /// Resume instead of rolling back after a crash.
-    pub resumable: bool,
+    pub(crate) resumable: bool,
     /// Pinned definitions hash.
     pub definitions: String,
     /// Failure or operator message.
@@ -293,19 +295,19 @@ pub struct AuditEntry {
     #[serde(default = "first_format")]
     pub format: u32,
     /// Transaction id.
-    pub txn_id: String,
+    pub(crate) txn_id: String,
     /// Who asked.
     pub who: String,
     /// `Namespace/Procedure`.
-    pub what: String,
+    pub(crate) what: String,
     /// Start time.
-    pub started_ms: u64,
+    pub(crate) started_ms: u64,
     /// End time.
-    pub finished_ms: u64,
+    pub(crate) finished_ms: u64,
     /// Final state.
-    pub outcome: TxnState,
+    pub(crate) outcome: TxnState,
     /// Failure message, if any.
-    pub message: Option<String>,
+    pub(crate) message: Option<String>,
 }
 
 impl Versioned for TxnSummary {
@@ -324,11 +326,11 @@ impl Versioned for AuditEntry {
 
 /// The pin name under which a trusted request's own procedure is pinned (as the compiler
 /// names it).
-pub const TRUSTED_REQUEST_PIN: &str = "(request)";
+pub(crate) const TRUSTED_REQUEST_PIN: &str = "(request)";
 
 /// The key of a transaction's [`PinnedDefinitions`] in the definitions space (the
 /// definitions themselves are keyed by their hash).
-pub fn pinned_key(txn_id: &str) -> Vec<u8> {
+pub(crate) fn pinned_key(txn_id: &str) -> Vec<u8> {
     format!("txn/{txn_id}").into_bytes()
 }
 
@@ -338,11 +340,11 @@ pub fn pinned_key(txn_id: &str) -> Vec<u8> {
 pub struct PinnedDefinitions {
     /// Format of this value ([`FORMAT`] when written now).
     #[serde(default = "first_format")]
-    pub format: u32,
+    pub(crate) format: u32,
     /// One per namespace the program used.
-    pub pins: Vec<Pin>,
+    pub(crate) pins: Vec<Pin>,
     /// The request data as received, sealed when it holds secrets.
-    pub request: Guarded,
+    pub(crate) request: Guarded,
 }
 
 impl Versioned for PinnedDefinitions {
@@ -354,11 +356,11 @@ impl Versioned for PinnedDefinitions {
 
 /// One pinned definition.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Pin {
+pub(crate) struct Pin {
     /// The namespace (or [`TRUSTED_REQUEST_PIN`] for a trusted request's procedure).
-    pub namespace: String,
+    pub(crate) namespace: String,
     /// Its key in the definitions space: the SHA-256 of its serialized definition.
-    pub hash: String,
+    pub(crate) hash: String,
 }
 
 #[cfg(test)]

@@ -23,12 +23,12 @@ use std::marker::PhantomData;
 /// error comes out of the parse (which ends at the first error).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Detail {
-    pub message: String,
-    pub hint: Option<String>,
+    pub(crate) message: String,
+    pub(crate) hint: Option<String>,
 }
 
 impl Detail {
-    pub fn new(message: impl fmt::Display, hint: impl fmt::Display) -> Detail {
+    pub(crate) fn new(message: impl fmt::Display, hint: impl fmt::Display) -> Detail {
         Detail {
             message: message.to_string(),
             hint: Some(hint.to_string()),
@@ -36,7 +36,7 @@ impl Detail {
     }
 
     /// serde's "invalid type" wording, for a shape a def does not accept.
-    pub fn invalid_type(unexpected: de::Unexpected<'_>, expecting: &str) -> Detail {
+    pub(crate) fn invalid_type(unexpected: de::Unexpected<'_>, expecting: &str) -> Detail {
         Detail {
             message: format!("invalid type: {unexpected}, expected {expecting}"),
             hint: None,
@@ -44,7 +44,7 @@ impl Detail {
     }
 
     /// Hands the detail to serde as the backend's error (see `PENDING`).
-    pub fn raise<E: de::Error>(self) -> E {
+    pub(crate) fn raise<E: de::Error>(self) -> E {
         let e = E::custom(&self.message);
         PENDING.with(|p| *p.borrow_mut() = Some(self));
         e
@@ -190,7 +190,7 @@ pub(super) struct Budget {
 impl Budget {
     /// Every node costs 8 units and every string its length; a file without aliases
     /// stays far below `16 × its size + 1M`.
-    pub fn start(src_len: usize) -> Budget {
+    pub(crate) fn start(src_len: usize) -> Budget {
         let limit = (src_len as u64).saturating_mul(16).saturating_add(1 << 20);
         take_pending();
         Budget {
@@ -244,7 +244,7 @@ pub(super) enum Scalar<'a> {
 
 impl Scalar<'_> {
     /// The scalar's text (YAML scalars of other types read as text where text is wanted).
-    pub fn text(self) -> Option<String> {
+    pub(crate) fn text(self) -> Option<String> {
         Some(match self {
             Scalar::Str(s) => s.to_string(),
             Scalar::Int(v) => v.to_string(),
@@ -301,7 +301,7 @@ pub(super) trait Node<'de>: Sized {
 pub(super) struct NodeVisitor<T>(PhantomData<T>);
 
 impl<T> NodeVisitor<T> {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         NodeVisitor(PhantomData)
     }
 }

@@ -19,12 +19,12 @@ use std::collections::hash_map::Entry;
 /// A region of the source: lines `start..end`, whose keys sit at `indent` (when known).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(super) struct Block {
-    pub start: usize,
-    pub end: usize,
-    pub indent: Option<usize>,
+    pub(crate) start: usize,
+    pub(crate) end: usize,
+    pub(crate) indent: Option<usize>,
     /// 1-based line and column of the key that opened this block (0 = file).
-    pub line: u32,
-    pub column: u32,
+    pub(crate) line: u32,
+    pub(crate) column: u32,
 }
 
 pub(super) struct Locator<'a> {

@@ -27,7 +27,7 @@ use serde_json::Value as Json;
 
 /// Parses a YAML/JSON namespace file: one namespace (a mapping), a list of them, or
 /// (YAML) several `---` documents each holding either.
-pub fn parse_namespaces(src: &str, file: &str) -> Result<Vec<Namespace>, Vec<ParseError>> {
+pub(crate) fn parse_namespaces(src: &str, file: &str) -> Result<Vec<Namespace>, Vec<ParseError>> {
     let src = without_bom(src);
     let _budget = Budget::start(src.len());
     let defs: Vec<NamespaceDef> = if looks_like_json(src) {
@@ -71,12 +71,12 @@ pub fn parse_namespaces(src: &str, file: &str) -> Result<Vec<Namespace>, Vec<Par
 }
 
 /// Renders a map/array value as YAML (responses, `config show`). The one place YAML is written.
-pub fn to_yaml(value: &Json) -> String {
+pub(crate) fn to_yaml(value: &Json) -> String {
     serde_yaml::to_string(value).unwrap_or_else(|e| format!("# cannot render YAML: {e}\n"))
 }
 
 /// Parses a YAML/JSON request. `format` says which syntax the text is in.
-pub fn parse_request(src: &str, file: &str, format: Format) -> Result<Request, ParseError> {
+pub(crate) fn parse_request(src: &str, file: &str, format: Format) -> Result<Request, ParseError> {
     let src = without_bom(src);
     let _budget = Budget::start(src.len());
     let def: RequestDef = match format {
