@@ -114,7 +114,6 @@ mod tests {
             calls: 0,
             undone: 0,
             elapsed: std::time::Duration::ZERO,
-            redactor: Default::default(),
             journal_error: None,
         };
         assert_eq!(to_value(&result)["data"], json!({}));
