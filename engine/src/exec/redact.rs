@@ -5,6 +5,7 @@
 //! scrubbed the same way.
 
 use crate::data::{Element, Node, Scalar};
+use std::cmp::Reverse;
 use std::collections::BTreeSet;
 use std::sync::{Arc, RwLock};
 
@@ -20,8 +21,10 @@ pub(crate) const MASK: &str = "********";
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Redactor {
     names: BTreeSet<String>,
-    /// Longest first, so a secret containing another is masked whole.
-    values: Arc<RwLock<Vec<String>>>,
+    /// Longest first, so a secret containing another is masked whole; a set, so learning
+    /// one more of many values (a forEach over users with passwords) costs a log, not a
+    /// scan and a sort.
+    values: Arc<RwLock<BTreeSet<(Reverse<usize>, String)>>>,
 }
 
 impl Redactor {
@@ -45,12 +48,10 @@ impl Redactor {
         if value.len() < 3 {
             return;
         }
-        let mut values = self.values.write().unwrap_or_else(|e| e.into_inner());
-        if values.iter().any(|v| v == value) {
-            return;
-        }
-        values.push(value.to_string());
-        values.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        self.values
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((Reverse(value.len()), value.to_string()));
     }
 
     /// Learns the values of the secret elements in `e` (an input a nested call receives
@@ -83,7 +84,7 @@ impl Redactor {
 
     /// Whether text holds a known secret value.
     pub(crate) fn reveals(&self, text: &str) -> bool {
-        self.known().iter().any(|v| text.contains(v.as_str()))
+        self.known().iter().any(|(_, v)| text.contains(v.as_str()))
     }
 
     /// Whether nothing is secret in this transaction.
@@ -91,7 +92,7 @@ impl Redactor {
         self.names.is_empty() && self.known().is_empty()
     }
 
-    fn known(&self) -> std::sync::RwLockReadGuard<'_, Vec<String>> {
+    fn known(&self) -> std::sync::RwLockReadGuard<'_, BTreeSet<(Reverse<usize>, String)>> {
         self.values.read().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -149,7 +150,7 @@ impl Redactor {
     /// Scrubs known secret values from text.
     pub(crate) fn redact_text(&self, text: &str) -> String {
         let mut out = text.to_string();
-        for v in self.known().iter() {
+        for (_, v) in self.known().iter() {
             if out.contains(v.as_str()) {
                 out = out.replace(v.as_str(), MASK);
             }
