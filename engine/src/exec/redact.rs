@@ -17,6 +17,9 @@ fn has_marks(e: &Element) -> bool {
 /// What a masked value looks like.
 pub(crate) const MASK: &str = "********";
 
+/// Known secret values, longest first.
+type Values = BTreeSet<(Reverse<usize>, String)>;
+
 /// Masks secrets by element name and by value. Clones share the values learned later.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Redactor {
@@ -24,7 +27,7 @@ pub(crate) struct Redactor {
     /// Longest first, so a secret containing another is masked whole; a set, so learning
     /// one more of many values (a forEach over users with passwords) costs a log, not a
     /// scan and a sort.
-    values: Arc<RwLock<BTreeSet<(Reverse<usize>, String)>>>,
+    values: Arc<RwLock<Values>>,
 }
 
 impl Redactor {
@@ -92,7 +95,7 @@ impl Redactor {
         self.names.is_empty() && self.known().is_empty()
     }
 
-    fn known(&self) -> std::sync::RwLockReadGuard<'_, BTreeSet<(Reverse<usize>, String)>> {
+    fn known(&self) -> std::sync::RwLockReadGuard<'_, Values> {
         self.values.read().unwrap_or_else(|e| e.into_inner())
     }
 
