@@ -155,8 +155,11 @@ fn finish(file: &str, line: u32, col: u32, mut msg: String, hint: Option<String>
 }
 
 /// Hints for the errors serde_yaml raises itself, which it exposes only as text (its
-/// error kinds are private). Depth and document count are checked before serde_yaml
-/// runs (`super::limits`), so these are the remaining ones.
+/// error kinds are private, and it offers no event stream to spot an undefined alias
+/// ourselves). Depth and document count are checked before serde_yaml runs
+/// (`super::limits`), so these are the remaining ones. This is the ONE place that reads
+/// serde_yaml's wording: `backend_hint_tests` makes serde_yaml raise each of these errors
+/// and fails if a serde_yaml upgrade changes the text matched here.
 fn backend_hint(msg: &str) -> Option<String> {
     if msg.contains("recursion limit exceeded") {
         Some(format!(
@@ -767,3 +770,48 @@ macro_rules! def_struct {
     };
 }
 pub(super) use def_struct;
+
+#[cfg(test)]
+mod backend_hint_tests {
+    //! Each test makes serde_yaml itself raise the error `backend_hint` recognises by its
+    //! text, so a serde_yaml upgrade that rewords it fails here instead of silently losing
+    //! the hint.
+
+    use super::backend_hint;
+
+    fn serde_yaml_error(src: &str) -> String {
+        serde_yaml::from_str::<serde_yaml::Value>(src)
+            .expect_err("serde_yaml refuses it")
+            .to_string()
+    }
+
+    #[test]
+    fn unknown_anchor_is_recognised() {
+        let msg = serde_yaml_error("a: *nowhere\n");
+        let hint = backend_hint(&msg).unwrap_or_else(|| panic!("no hint for {msg:?}"));
+        assert!(hint.contains("define the anchor"), "{hint}");
+    }
+
+    #[test]
+    fn repetition_limit_is_recognised() {
+        // Each level doubles the expansion; serde_yaml stops at its repetition limit.
+        let mut src = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+        for i in 1..12 {
+            let p = i - 1;
+            src.push_str(&format!(
+                "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+            ));
+        }
+        let msg = serde_yaml_error(&src);
+        let hint = backend_hint(&msg).unwrap_or_else(|| panic!("no hint for {msg:?}"));
+        assert!(hint.contains("aliases expand to too much data"), "{hint}");
+    }
+
+    #[test]
+    fn recursion_limit_is_recognised() {
+        let src = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        let msg = serde_yaml_error(&src);
+        let hint = backend_hint(&msg).unwrap_or_else(|| panic!("no hint for {msg:?}"));
+        assert!(hint.contains("nesting is limited"), "{hint}");
+    }
+}
