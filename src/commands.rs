@@ -552,7 +552,7 @@ fn live_transactions(
     Ok(provisio_engine::txn::recovery::list(journal, None)?
         .into_iter()
         .filter(|t| !matches!(t.state, TxnState::Committed | TxnState::RolledBack))
-        .map(|t| t.id)
+        .map(|t| t.id.to_string())
         .collect())
 }
 

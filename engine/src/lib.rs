@@ -35,6 +35,7 @@ pub mod store;
 #[cfg(feature = "test-util")]
 pub mod testing;
 pub mod txn;
+mod txn_id;
 
 pub use compile::Catalog;
 pub use data::{Element, Scalar};
@@ -47,3 +48,4 @@ pub use provider::{
 pub use request::{parse_namespaces, parse_request, ParseError};
 pub use store::{SledStore, Store, StoreError};
 pub use txn::{recover, resume_rollback, DurableJournal, SealKey};
+pub use txn_id::{TxnId, TxnIdError};

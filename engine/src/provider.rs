@@ -7,6 +7,7 @@
 
 use crate::data::Element;
 use crate::model::{InputSpec, ProcKind};
+use crate::TxnId;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -17,7 +18,7 @@ use std::sync::Arc;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CallContext {
     /// Transaction id (UUIDv7 text).
-    pub txn_id: String,
+    pub txn_id: TxnId,
     /// Step instance id: the step path through nested calls and iterations,
     /// e.g. `zone/records[2]/add`.
     pub step_id: String,

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 /// The response document as a map (YAML/JSON shape).
 pub fn to_value(r: &TxnResult) -> Value {
     let mut doc = serde_json::Map::new();
-    doc.insert("transactionId".into(), Value::String(r.txn_id.clone()));
+    doc.insert("transactionId".into(), Value::String(r.txn_id.to_string()));
     doc.insert("status".into(), Value::String(r.state.to_string()));
     if let Some(data) = &r.data {
         // `data` is a map even when it holds nothing: `data: {}`, not `data: null`.
@@ -51,7 +51,7 @@ pub fn to_value(r: &TxnResult) -> Value {
 /// The XML response element.
 pub(crate) fn to_element(r: &TxnResult) -> Element {
     let mut resp = Element::new("response");
-    resp.set_attr("transactionId", r.txn_id.clone());
+    resp.set_attr("transactionId", r.txn_id.as_str());
     resp.set_attr("status", r.state.to_string());
     if let Some(data) = &r.data {
         let mut d = data.clone();
@@ -106,7 +106,7 @@ mod tests {
     #[test]
     fn empty_data_is_an_empty_map() {
         let result = TxnResult {
-            txn_id: "t".into(),
+            txn_id: "t".parse().expect("a transaction id"),
             state: TxnState::Committed,
             data: Some(Element::new("data")),
             failure: None,

@@ -1380,7 +1380,7 @@ struct CommitFails;
 impl Journal for CommitFails {
     async fn txn_state(
         &self,
-        _: &str,
+        _: &provisio_engine::TxnId,
         state: TxnState,
         _: Option<&str>,
     ) -> Result<(), JournalError> {
@@ -1427,7 +1427,7 @@ struct Lapsing {
 impl Journal for Lapsing {
     async fn txn_state(
         &self,
-        _: &str,
+        _: &provisio_engine::TxnId,
         state: TxnState,
         _: Option<&str>,
     ) -> Result<(), JournalError> {
@@ -1571,7 +1571,12 @@ impl Shown {
 
 #[async_trait::async_trait]
 impl Journal for Shown {
-    async fn txn_state(&self, _: &str, _: TxnState, m: Option<&str>) -> Result<(), JournalError> {
+    async fn txn_state(
+        &self,
+        _: &provisio_engine::TxnId,
+        _: TxnState,
+        m: Option<&str>,
+    ) -> Result<(), JournalError> {
         self.push(format!("state {m:?}"));
         Ok(())
     }

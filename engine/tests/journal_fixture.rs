@@ -125,7 +125,7 @@ async fn env_over(wrap: impl FnOnce(Arc<SledStore>) -> Arc<dyn Store>) -> Env {
     }
 }
 
-fn id_of(env: &Env, target: &str, state: TxnState) -> String {
+fn id_of(env: &Env, target: &str, state: TxnState) -> provisio_engine::TxnId {
     let list = recovery::list(&env.journal, Some(state)).expect("summaries read");
     list.into_iter()
         .find(|s| s.target == target)
@@ -243,7 +243,7 @@ async fn in_flight_transactions_of_format_1_recover_and_resume() {
         .collect();
     assert_eq!(waits, [2], "the in-doubt call is made again as attempt 2");
     // What today's code appended is in today's format.
-    let summary = recovery::resolve(&env.journal, &resumed).expect("summary");
+    let summary = recovery::resolve(&env.journal, resumed.as_str()).expect("summary");
     assert_eq!(summary.format, FORMAT);
 }
 
@@ -251,7 +251,7 @@ async fn in_flight_transactions_of_format_1_recover_and_resume() {
 async fn a_rollback_failed_transaction_of_format_1_resumes_its_rollback() {
     let env = env().await;
     let failed = id_of(&env, "Fix/Failing", TxnState::RollbackFailed);
-    let r = provisio_engine::txn::resume_rollback(&env.engine, &env.journal, &failed)
+    let r = provisio_engine::txn::resume_rollback(&env.engine, &env.journal, failed.as_str())
         .await
         .expect("resumes");
     assert_eq!((r.to, r.undone), (TxnState::RolledBack, 1), "{r:?}");
@@ -278,7 +278,7 @@ impl Store for Unwritable {
 async fn recovery_that_cannot_journal_undoes_nothing_and_says_so() {
     let env = env_over(|store| Arc::new(Unwritable(store))).await;
     let failed = id_of(&env, "Fix/Failing", TxnState::RollbackFailed);
-    let e = provisio_engine::txn::resume_rollback(&env.engine, &env.journal, &failed)
+    let e = provisio_engine::txn::resume_rollback(&env.engine, &env.journal, failed.as_str())
         .await
         .expect_err("the rollback cannot be journaled");
     assert!(

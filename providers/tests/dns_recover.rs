@@ -358,7 +358,7 @@ async fn open_and_sweep_remove_leftover_temp_files_and_markers_of_finished_trans
                 ("address", ip),
             ],
         );
-        c.context.txn_id = txn.into();
+        c.context.txn_id = txn.parse().expect("a transaction id");
         f.provider.execute(c.clone()).await.expect("add");
         calls.push(c);
     }

@@ -282,9 +282,13 @@ async fn prune_markers_keeps_only_live_transactions() {
     let (_t, p) = provider();
     let pending = p.root().join(".provisio-state/pending");
     let mut over = call(&p.namespace(), "CreateFolder", &[("path", "a")]);
-    over.context.txn_id = "0190c0de-0000-7000-8000-0000000000aa".into();
+    over.context.txn_id = "0190c0de-0000-7000-8000-0000000000aa"
+        .parse()
+        .expect("a transaction id");
     let mut live = call(&p.namespace(), "CreateFolder", &[("path", "b")]);
-    live.context.txn_id = "0190c0de-0000-7000-8000-0000000000bb".into();
+    live.context.txn_id = "0190c0de-0000-7000-8000-0000000000bb"
+        .parse()
+        .expect("a transaction id");
     p.execute(over.clone()).await.expect("a");
     p.execute(live.clone()).await.expect("b");
     let count = || fs::read_dir(&pending).expect("pending").count();

@@ -40,15 +40,28 @@ impl std::fmt::Display for TxnState {
 }
 
 /// A journal write failed: the transaction cannot safely go on.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("journal: {0}")]
-pub struct JournalError(pub String);
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// The durable journal could not encode or store the record.
+    #[error("journal: {0}")]
+    Write(#[from] crate::txn::WriteError),
+    /// Another [`Journal`] implementation failed (see [`JournalError::other`]).
+    #[error("journal: {0}")]
+    Other(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl JournalError {
+    /// The failure of a [`Journal`] other than the durable one.
+    pub fn other(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> JournalError {
+        JournalError::Other(error.into())
+    }
+}
 
 /// A transaction begins.
 #[derive(Debug, Clone)]
 pub struct TxnStart<'a> {
     /// Transaction id.
-    pub(crate) txn_id: &'a str,
+    pub(crate) txn_id: &'a crate::TxnId,
     /// `Namespace/Procedure` of the entry.
     pub(crate) target: &'a str,
     /// Kind of the entry procedure.
@@ -124,7 +137,7 @@ pub trait Journal: Send + Sync {
     /// A transaction changed state; a final state is durable when this returns.
     async fn txn_state(
         &self,
-        _txn_id: &str,
+        _txn_id: &crate::TxnId,
         _state: TxnState,
         _message: Option<&str>,
     ) -> Result<(), JournalError> {

@@ -19,12 +19,13 @@ mod transform;
 
 pub use journal::{Journal, JournalError, NoJournal, StepDone, StepIntent, TxnStart, TxnState};
 pub(crate) use redact::Redactor;
-pub(crate) use rollback::{undo_in_dependency_order, UndoOrder};
+pub(crate) use rollback::{undo_in_dependency_order, UndoError, UndoOrder};
 
 use crate::compile::{check_request, compile_request, Catalog, CompileErrors, Limits, Program};
 use crate::data::Element;
 use crate::model::{Request, RequestTarget};
 use crate::provider::{Preview, ProviderError, ProviderRegistry};
+use crate::TxnId;
 use state::{lock, RunMode, Txn};
 use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;
@@ -139,7 +140,7 @@ pub struct UndoFailure {
 #[derive(Debug, Clone)]
 pub struct TxnResult {
     /// Transaction id (UUIDv7).
-    pub txn_id: String,
+    pub txn_id: TxnId,
     /// Final state.
     pub state: TxnState,
     /// The final `data` (on commit).
@@ -214,10 +215,10 @@ pub(crate) struct Replayed {
 }
 
 /// What a resumed transaction takes from its journal.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(crate) struct Resume {
     /// The transaction id to continue.
-    pub(crate) txn_id: String,
+    pub(crate) txn_id: TxnId,
     /// Completed provider calls by step path.
     pub(crate) done: HashMap<String, Replayed>,
     /// For steps that were tried but not completed: the next attempt number to use.
@@ -323,7 +324,7 @@ impl Engine {
     ) -> Txn {
         let redactor = Redactor::new(program.secrets.clone(), data);
         Txn {
-            id: uuid::Uuid::now_v7().to_string(),
+            id: TxnId::new_v7(),
             mode,
             program,
             context: Mutex::new(context),

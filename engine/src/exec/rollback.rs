@@ -106,10 +106,10 @@ impl Engine {
         for (i, r) in results.into_iter().enumerate() {
             match r {
                 Ok(()) => undone += 1,
-                Err(message) => failures.push(UndoFailure {
+                Err(e) => failures.push(UndoFailure {
                     step: completed[i].step.clone(),
                     target: completed[i].target.clone(),
-                    message: txn.redactor.redact_text(&message),
+                    message: txn.redactor.redact_text(&e.to_string()),
                 }),
             }
         }
@@ -122,7 +122,7 @@ impl Engine {
         provider: Arc<dyn Provider>,
         done: Done,
         step: String,
-    ) -> Result<(), String> {
+    ) -> Result<(), UndoError> {
         let undo = Undo {
             provider,
             done,
@@ -133,7 +133,7 @@ impl Engine {
 
     /// One undo with retries and backoff, journaled; its errors are logged, journaled and
     /// returned with the transaction's secrets masked.
-    async fn undo_redacted(&self, undo: Undo, redactor: &Redactor) -> Result<(), String> {
+    async fn undo_redacted(&self, undo: Undo, redactor: &Redactor) -> Result<(), UndoError> {
         let Undo {
             provider,
             done,
@@ -142,7 +142,7 @@ impl Engine {
         let span = info_span!("undo", step.id = %step, provider = %provider.name());
         async {
             self.emit(Event::Undoing { step: step.clone() });
-            let mut last = String::new();
+            let mut last = UndoError::Failed(String::new());
             for attempt in 1..=self.options.undo_attempts.max(1) {
                 match AssertUnwindSafe(provider.undo(done.clone()))
                     .catch_unwind()
@@ -156,17 +156,18 @@ impl Engine {
                         );
                         return Ok(());
                     }
-                    Ok(Err(e)) => last = e.to_string(),
-                    Err(p) => last = format!("undo panicked: {}", panic_message(&p)),
+                    Ok(Err(e)) => last = UndoError::Failed(redactor.redact_text(&e.to_string())),
+                    Err(p) => last = UndoError::Panicked(redactor.redact_text(&panic_message(&p))),
                 }
-                last = redactor.redact_text(&last);
                 tracing::warn!(attempt, error = %last, "undo failed");
                 if attempt < self.options.undo_attempts {
                     tokio::time::sleep(self.backoff(attempt)).await;
                 }
             }
             log_lapse(
-                self.journal.undo_done(&done.context, Some(&last)).await,
+                self.journal
+                    .undo_done(&done.context, Some(&last.to_string()))
+                    .await,
                 "undo_done (failed)",
                 "recovery will try this undo again",
             );
@@ -180,6 +181,20 @@ impl Engine {
     pub(super) fn backoff(&self, attempt: u32) -> Duration {
         self.options.retry_backoff * 2u32.saturating_pow(attempt - 1)
     }
+}
+
+/// An undo that did not succeed (its text has the transaction's secrets masked).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum UndoError {
+    /// The provider's undo failed on the last attempt.
+    #[error("{0}")]
+    Failed(String),
+    /// The provider's undo panicked on the last attempt.
+    #[error("undo panicked: {0}")]
+    Panicked(String),
+    /// The call's provider is not registered in this process.
+    #[error("provider is not registered")]
+    NotRegistered,
 }
 
 /// A completed call to undo.
@@ -200,13 +215,13 @@ pub(crate) struct UndoOrder {
 
 /// Runs `undo(i)` for every call so that a call is undone only after every call that
 /// started after it completed; independent calls run concurrently. Returns results by index.
-pub(crate) async fn undo_in_dependency_order<'a, F, Fut>(
+pub(crate) async fn undo_in_dependency_order<'a, F, Fut, E>(
     order: &[UndoOrder],
     undo: F,
-) -> Vec<Result<(), String>>
+) -> Vec<Result<(), E>>
 where
     F: Fn(usize) -> Fut,
-    Fut: std::future::Future<Output = Result<(), String>> + 'a,
+    Fut: std::future::Future<Output = Result<(), E>> + 'a,
 {
     let n = order.len();
     // waiting[i]: calls that must be undone before i (they started after i completed).
@@ -220,7 +235,7 @@ where
             }
         }
     }
-    let mut results: Vec<Result<(), String>> = vec![Ok(()); n];
+    let mut results: Vec<Result<(), E>> = (0..n).map(|_| Ok(())).collect();
     let mut running = FuturesUnordered::new();
     let mut ready: Vec<usize> = (0..n).filter(|&i| waiting[i] == 0).collect();
     ready.sort_by_key(|&i| Reverse(order[i].seq));

@@ -42,7 +42,7 @@ pub(super) fn push_completed(completed: &mut Vec<Completed>, c: Completed) {
 
 /// One transaction while it runs.
 pub(super) struct Txn {
-    pub(crate) id: String,
+    pub(crate) id: crate::TxnId,
     pub(crate) mode: RunMode,
     pub(crate) program: Arc<Program>,
     pub(crate) context: Mutex<Element>,

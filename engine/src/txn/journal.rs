@@ -12,6 +12,7 @@ use crate::data::{json, Element};
 use crate::exec::{Journal, JournalError, StepDone, StepIntent, TxnStart, TxnState};
 use crate::provider::CallContext;
 use crate::store::{Batch, Space, Store, StoreError};
+use crate::TxnId;
 use async_trait::async_trait;
 use std::collections::{HashMap, HashSet};
 #[cfg(feature = "failpoints")]
@@ -104,7 +105,7 @@ pub enum WriteError {
         /// What (`a journal record`, `the summary`, …).
         what: &'static str,
         /// Transaction.
-        txn: String,
+        txn: TxnId,
         /// What serde said.
         #[source]
         source: serde_json::Error,
@@ -112,12 +113,6 @@ pub enum WriteError {
     /// The store refused the read or write.
     #[error(transparent)]
     Store(#[from] StoreError),
-}
-
-impl From<WriteError> for JournalError {
-    fn from(e: WriteError) -> JournalError {
-        JournalError(e.to_string())
-    }
 }
 
 /// Guarded data that cannot be opened.
@@ -139,12 +134,12 @@ pub enum GuardError {
 
 fn encode<T: serde::Serialize>(
     what: &'static str,
-    txn: &str,
+    txn: &TxnId,
     value: &T,
 ) -> Result<Vec<u8>, WriteError> {
     serde_json::to_vec(value).map_err(|source| WriteError::Encode {
         what,
-        txn: txn.to_string(),
+        txn: txn.clone(),
         source,
     })
 }
@@ -162,7 +157,7 @@ pub struct DurableJournal {
     store: Arc<dyn Store>,
     seal: Option<SealKey>,
     who: String,
-    live: Mutex<HashMap<String, Live>>,
+    live: Mutex<HashMap<TxnId, Live>>,
     pinned_written: Mutex<HashSet<String>>,
     fail_points: FailPoints,
 }
@@ -263,7 +258,7 @@ impl DurableJournal {
     /// Appends a record (plus extra writes) as one atomic batch.
     pub(crate) async fn append(
         &self,
-        txn_id: &str,
+        txn_id: &TxnId,
         record: &Record,
         durable: bool,
         extra: Batch,
@@ -272,12 +267,12 @@ impl DurableJournal {
         let mut batch = extra;
         let (seq, summary, finished, compact_now) = {
             let mut live = lock(&self.live);
-            let l = live.entry(txn_id.to_string()).or_insert_with(|| Live {
+            let l = live.entry(txn_id.clone()).or_insert_with(|| Live {
                 next_seq: 0,
                 compactable: true,
                 summary: TxnSummary {
                     format: FORMAT,
-                    id: txn_id.to_string(),
+                    id: txn_id.clone(),
                     state: TxnState::Running,
                     target: String::new(),
                     who: self.who.clone(),
@@ -359,7 +354,7 @@ impl DurableJournal {
             if finished {
                 let audit = AuditEntry {
                     format: FORMAT,
-                    txn_id: txn_id.to_string(),
+                    txn_id: txn_id.clone(),
                     who: summary.who.clone(),
                     what: summary.target.clone(),
                     started_ms: summary.started_ms,
@@ -474,7 +469,7 @@ impl Journal for DurableJournal {
 
     async fn txn_state(
         &self,
-        txn_id: &str,
+        txn_id: &TxnId,
         state: TxnState,
         message: Option<&str>,
     ) -> Result<(), JournalError> {
@@ -612,7 +607,10 @@ mod tests {
 
     #[test]
     fn keys_say_what_they_hold() {
-        let id = "0190f1c2-0000-7000-8000-000000000001";
+        let id: TxnId = "0190f1c2-0000-7000-8000-000000000001"
+            .parse()
+            .expect("an id");
+        let id = &id;
         assert_eq!(
             JournalKey::parse(id, id.as_bytes()),
             Some(JournalKey::Whole)

@@ -9,6 +9,7 @@
 use crate::data::Element;
 use crate::exec::TxnState;
 use crate::model::ProcKind;
+use crate::TxnId;
 use serde::{Deserialize, Serialize};
 
 /// The format of the summaries, audit entries and pinned-definitions values this code
@@ -79,7 +80,7 @@ pub(crate) fn decode_records<T: serde::de::DeserializeOwned>(
 pub(crate) const TXN_ID_LEN: usize = 36;
 
 /// The journal key of record `seq` of a transaction.
-pub(crate) fn record_key(txn_id: &str, seq: u64) -> Vec<u8> {
+pub(crate) fn record_key(txn_id: &TxnId, seq: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(TXN_ID_LEN + 8);
     k.extend_from_slice(txn_id.as_bytes());
     k.extend_from_slice(&seq.to_be_bytes());
@@ -99,7 +100,7 @@ pub(crate) const CHUNK_BYTES: usize = 6 * 1024;
 
 /// The journal key of a chunk of compacted records whose first record is `first_seq`
 /// (sorts after the transaction's per-record keys).
-pub(crate) fn chunk_key(txn_id: &str, first_seq: u64) -> Vec<u8> {
+pub(crate) fn chunk_key(txn_id: &TxnId, first_seq: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(TXN_ID_LEN + 9);
     k.extend_from_slice(txn_id.as_bytes());
     k.push(CHUNK_TAG);
@@ -121,7 +122,7 @@ pub(crate) enum JournalKey {
 
 impl JournalKey {
     /// Classifies `key`, a key found under `txn_id`; `None` for a key of another layout.
-    pub(crate) fn parse(txn_id: &str, key: &[u8]) -> Option<JournalKey> {
+    pub(crate) fn parse(txn_id: &TxnId, key: &[u8]) -> Option<JournalKey> {
         let rest = key.strip_prefix(txn_id.as_bytes())?;
         let be = |b: &[u8]| b.try_into().ok().map(u64::from_be_bytes);
         match rest.len() {
@@ -269,7 +270,7 @@ pub struct TxnSummary {
     #[serde(default = "first_format")]
     pub format: u32,
     /// Transaction id.
-    pub id: String,
+    pub id: crate::TxnId,
     /// Current state.
     pub state: TxnState,
     /// `Namespace/Procedure`.
@@ -295,7 +296,7 @@ pub struct AuditEntry {
     #[serde(default = "first_format")]
     pub format: u32,
     /// Transaction id.
-    pub(crate) txn_id: String,
+    pub(crate) txn_id: TxnId,
     /// Who asked.
     pub who: String,
     /// `Namespace/Procedure`.
@@ -330,7 +331,7 @@ pub(crate) const TRUSTED_REQUEST_PIN: &str = "(request)";
 
 /// The key of a transaction's [`PinnedDefinitions`] in the definitions space (the
 /// definitions themselves are keyed by their hash).
-pub(crate) fn pinned_key(txn_id: &str) -> Vec<u8> {
+pub(crate) fn pinned_key(txn_id: &TxnId) -> Vec<u8> {
     format!("txn/{txn_id}").into_bytes()
 }
 

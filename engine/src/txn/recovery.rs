@@ -11,12 +11,14 @@ use super::records::{
 use crate::compile::{compile_request, Catalog};
 use crate::data::Element;
 use crate::exec::{
-    undo_in_dependency_order, Engine, Journal, JournalError, StepDone, TxnState, UndoOrder,
+    undo_in_dependency_order, Engine, Journal, JournalError, StepDone, TxnState, UndoError,
+    UndoOrder,
 };
 use crate::exec::{Replayed, Resume};
 use crate::model::{CallTarget, Format, Namespace, Procedure, Request, RequestTarget, SourceRef};
 use crate::provider::{Call, CallContext, Done};
 use crate::store::{Space, StoreError};
+use crate::TxnId;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
@@ -24,7 +26,7 @@ use std::sync::Arc;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recovered {
     /// Transaction id.
-    pub txn_id: String,
+    pub txn_id: TxnId,
     /// State found.
     pub from: TxnState,
     /// State left.
@@ -56,7 +58,7 @@ pub enum RecoveryError {
     #[error("the outcome of recovering {txn} cannot be journaled: {source}\n  hint: run `provisio recover` again once the journal is writable; the transaction is still unfinished there")]
     Journal {
         /// Transaction.
-        txn: String,
+        txn: TxnId,
         /// The journal's failure.
         #[source]
         source: JournalError,
@@ -92,7 +94,7 @@ pub fn list(
 pub fn resolve(journal: &DurableJournal, id: &str) -> Result<TxnSummary, RecoveryError> {
     let matches: Vec<TxnSummary> = list(journal, None)?
         .into_iter()
-        .filter(|s| s.id.starts_with(id))
+        .filter(|s| s.id.as_str().starts_with(id))
         .collect();
     match matches.len() {
         1 => Ok(matches.into_iter().next().expect("one match")),
@@ -110,7 +112,7 @@ pub fn resolve(journal: &DurableJournal, id: &str) -> Result<TxnSummary, Recover
 /// written after that (a resumed rollback) follow under their own keys.
 pub fn records(
     journal: &DurableJournal,
-    txn_id: &str,
+    txn_id: &TxnId,
 ) -> Result<Vec<(u64, Record)>, RecoveryError> {
     let bad = |source: DecodeError| RecoveryError::Record {
         txn: txn_id.to_string(),
@@ -312,7 +314,7 @@ async fn roll_back(
 
 /// The provider calls of a transaction, in the order of their intents, with their
 /// completions, failures and successful undos.
-fn journaled_calls(txn_id: &str, records: &[(u64, Record)]) -> Vec<JournaledCall> {
+fn journaled_calls(txn_id: &TxnId, records: &[(u64, Record)]) -> Vec<JournaledCall> {
     let mut calls: Vec<JournaledCall> = Vec::new();
     let mut index: HashMap<(&str, u32), usize> = HashMap::new();
     for (seq, r) in records {
@@ -332,7 +334,7 @@ fn journaled_calls(txn_id: &str, records: &[(u64, Record)]) -> Vec<JournaledCall
                 calls.push(JournaledCall {
                     intent_seq: *seq,
                     context: CallContext {
-                        txn_id: txn_id.to_string(),
+                        txn_id: txn_id.clone(),
                         step_id: step.clone(),
                         attempt: *attempt,
                         namespace: namespace.clone(),
@@ -541,7 +543,7 @@ async fn run_undos(
                     let step = done.context.step_id.clone();
                     engine.undo_one(provider, done, step).await
                 }
-                None => Err("provider is not registered".to_string()),
+                None => Err(UndoError::NotRegistered),
             }
         }
     })
@@ -614,13 +616,13 @@ enum NotResumable {
     ProviderMissing(String),
     /// An in-doubt call was applied and its undo failed.
     #[error(
-        "step {step} was applied without a journaled result and could not be undone: {message}"
+        "step {step} was applied without a journaled result and could not be undone: {source}"
     )]
     UndoFailed {
         /// Step path.
         step: String,
         /// The undo's failure.
-        message: String,
+        source: UndoError,
     },
     /// The provider cannot tell whether an in-doubt call was applied.
     #[error("step {step} is in doubt: {message}")]
@@ -704,7 +706,7 @@ struct Pinned {
     request: Guarded,
 }
 
-fn load_pinned(journal: &DurableJournal, txn_id: &str) -> Result<Pinned, Stop> {
+fn load_pinned(journal: &DurableJournal, txn_id: &TxnId) -> Result<Pinned, Stop> {
     let store = journal.store();
     let bytes = store
         .get(Space::Definitions, &pinned_key(txn_id))
@@ -790,14 +792,15 @@ struct InDoubtIntent {
 /// goes on with, and the calls in doubt (in the order of their intents).
 fn replay(
     journal: &DurableJournal,
-    txn_id: &str,
+    txn_id: &TxnId,
     records: &[(u64, Record)],
 ) -> Result<(Resume, Vec<InDoubtIntent>), Stop> {
     let mut intents: Vec<InDoubtIntent> = Vec::new();
     let mut settled: HashSet<(&str, u32)> = HashSet::new();
     let mut resume = Resume {
-        txn_id: txn_id.to_string(),
-        ..Default::default()
+        txn_id: txn_id.clone(),
+        done: HashMap::new(),
+        next_attempt: HashMap::new(),
     };
     for (_, r) in records {
         match r {
@@ -813,7 +816,7 @@ fn replay(
             } => {
                 intents.push(InDoubtIntent {
                     context: CallContext {
-                        txn_id: txn_id.to_string(),
+                        txn_id: txn_id.clone(),
                         step_id: step.clone(),
                         attempt: *attempt,
                         namespace: namespace.clone(),
@@ -893,8 +896,8 @@ async fn settle_before_resuming(
                     undo,
                     execute_data: None,
                 };
-                if let Err(message) = engine.undo_one(p.clone(), done, step.clone()).await {
-                    return Err(NotResumable::UndoFailed { step, message }.into());
+                if let Err(source) = engine.undo_one(p.clone(), done, step.clone()).await {
+                    return Err(NotResumable::UndoFailed { step, source }.into());
                 }
             }
             Err(e) => {

@@ -146,7 +146,10 @@ pub fn strings(v: &[&str]) -> Vec<String> {
 
 /// A journal error as a full disk gives it.
 pub fn disk_full() -> JournalError {
-    JournalError("journal I/O error: No space left on device".into())
+    JournalError::other(std::io::Error::new(
+        std::io::ErrorKind::StorageFull,
+        "journal I/O error: No space left on device",
+    ))
 }
 
 /// Captures the events logged on the current thread while its guard lives, as text lines

@@ -444,7 +444,7 @@ mod tests {
 
     fn ctx() -> CallContext {
         CallContext {
-            txn_id: "t1".into(),
+            txn_id: "t1".parse().expect("a transaction id"),
             step_id: "s/a".into(),
             attempt: 2,
             namespace: "Ledger Provider".into(),

@@ -18,7 +18,9 @@ fn call(procedure: &str, inputs: &[(&str, &str)]) -> Call {
     }
     Call {
         context: CallContext {
-            txn_id: "0190c0de-0000-7000-8000-0000000000b1".into(),
+            txn_id: "0190c0de-0000-7000-8000-0000000000b1"
+                .parse()
+                .expect("a transaction id"),
             step_id: format!("{procedure}-{}", inputs.len()),
             attempt: 1,
             namespace: "Filesystem Provider".into(),

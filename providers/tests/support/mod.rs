@@ -15,7 +15,9 @@ pub fn call(namespace: &str, procedure: &str, inputs: &[(&str, &str)]) -> Call {
     }
     Call {
         context: CallContext {
-            txn_id: "0190c0de-0000-7000-8000-000000000001".into(),
+            txn_id: "0190c0de-0000-7000-8000-000000000001"
+                .parse()
+                .expect("a transaction id"),
             step_id: format!("step{}", STEP.fetch_add(1, Ordering::Relaxed)),
             attempt: 1,
             namespace: namespace.into(),
