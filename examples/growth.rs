@@ -12,6 +12,9 @@
 //! Every case runs in a child process of its own (this example re-executed with `case …`), so
 //! its peak RSS (`VmHWM`) is its own; the store is sled on the local disk in a temp folder
 //! (override the parent with `PROVISIO_BENCH_DIR`). MAX caps the step counts (default 100000).
+//! A durable case also prints how many `fdatasync`s the journal made and what that many
+//! syncs cost on the same disk right after the run (the median of 200 512-byte writes over
+//! preallocated blocks, times the count): the floor of one durable intent per call.
 
 #[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
@@ -133,11 +136,13 @@ async fn run_case(kind: &str, n: usize, durable: bool) -> Result<String> {
     let catalog = Catalog::new(Vec::new(), &registry).map_err(|e| anyhow!("catalog: {e:?}"))?;
     let mut engine = Engine::new(catalog, registry, EngineOptions::default());
     let journal_dir = dir.path().join("journal");
+    let mut store = None;
     if durable {
-        let store = SledStore::open(&journal_dir).map_err(|e| anyhow!("{e}"))?;
+        let opened = Arc::new(SledStore::open(&journal_dir).map_err(|e| anyhow!("{e}"))?);
         let journal: Arc<dyn Journal> =
-            Arc::new(DurableJournal::new(Arc::new(store), None, "bench"));
+            Arc::new(DurableJournal::new(opened.clone(), None, "bench"));
         engine = engine.with_journal(journal);
+        store = Some(opened);
     }
     let text = match kind {
         "fs" => steps_request(n, true),
@@ -150,8 +155,9 @@ async fn run_case(kind: &str, n: usize, durable: bool) -> Result<String> {
     let start = Instant::now();
     let req = parse_request(&text, "growth.xml", Format::Xml).map_err(|e| anyhow!("{e:?}"))?;
     drop(text);
+    // What `provisio run` does: the request's data moves into the transaction.
     let r = engine
-        .run(&req)
+        .run_owned(req)
         .await
         .map_err(|e| anyhow!("does not compile: {e}"))?;
     let took = start.elapsed().as_secs_f64();
@@ -159,17 +165,48 @@ async fn run_case(kind: &str, n: usize, durable: bool) -> Result<String> {
         bail!("{kind} {n}: {} ({:?})", r.state, r.failure);
     }
     drop(r);
-    drop(req);
     drop(engine);
-    let store = du(&journal_dir);
+    let syncs = store.as_ref().map_or(0, |s| s.sync_count());
+    if let Some(s) = store.take() {
+        s.close();
+    }
+    let on_disk = du(&journal_dir);
+    // What that many syncs cost on this disk right now: the floor of a journal that makes
+    // each call's intent durable before the call.
+    let floor = if syncs > 0 {
+        sync_floor(dir.path(), 200)? * syncs as f64
+    } else {
+        0.0
+    };
     Ok(format!(
-        "{kind}\t{n}\t{}\t{took:.3}\t{:.1}\t{:.1}\t{:.1}\t{:.2}",
+        "{kind}\t{n}\t{}\t{took:.3}\t{:.1}\t{:.1}\t{:.1}\t{:.2}\t{syncs}\t{floor:.3}",
         if durable { "durable" } else { "ephemeral" },
         peak_rss()? as f64 / 1048576.0,
         base as f64 / 1048576.0,
-        store as f64 / 1048576.0,
+        on_disk as f64 / 1048576.0,
         request_bytes as f64 / 1048576.0,
     ))
+}
+
+/// Seconds per `fdatasync` of a 512-byte write over preallocated blocks (the write-ahead
+/// log's pattern) in `dir`: the median of `n`.
+fn sync_floor(dir: &Path, n: usize) -> Result<f64> {
+    use std::io::Write as _;
+    use std::os::unix::fs::FileExt as _;
+    let path = dir.join("sync-floor");
+    let mut f = std::fs::File::create(&path)?;
+    f.write_all(&vec![0; n * 512 + 4096])?;
+    f.sync_all()?;
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n {
+        let start = Instant::now();
+        f.write_all_at(&[0x5a; 512], (i * 512) as u64)?;
+        f.sync_data()?;
+        samples.push(start.elapsed().as_secs_f64());
+    }
+    std::fs::remove_file(&path)?;
+    samples.sort_by(f64::total_cmp);
+    Ok(samples[n / 2])
 }
 
 fn child(args: &[&str]) -> Result<String> {
@@ -212,7 +249,7 @@ fn main() -> Result<()> {
         .map(|m| m.parse())
         .transpose()?
         .unwrap_or(100_000);
-    println!("case\tn\tjournal\tseconds\tpeak_rss_MiB\tbase_rss_MiB\tstore_MiB\trequest_MiB");
+    println!("case\tn\tjournal\tseconds\tpeak_rss_MiB\tbase_rss_MiB\tstore_MiB\trequest_MiB\tsyncs\tsync_floor_s");
     if what == "all" || what == "steps" {
         for kind in ["noop", "fs"] {
             for n in [1_000, 10_000, 100_000].into_iter().filter(|n| *n <= max) {

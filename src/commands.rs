@@ -110,7 +110,8 @@ async fn run(cli: &Cli, config: &Config, args: &RunArgs) -> Result<Exit> {
             Event::Undoing { step } => bar.set_message(format!("undoing {step}")),
         })
     };
-    let result = match engine.run(&request).await {
+    let request_format = request.format;
+    let result = match engine.run_owned(request).await {
         Ok(r) => r,
         Err(e) => {
             progress.finish_and_clear();
@@ -118,7 +119,7 @@ async fn run(cli: &Cli, config: &Config, args: &RunArgs) -> Result<Exit> {
         }
     };
     progress.finish_and_clear();
-    let format = args.output.map(to_format).unwrap_or(request.format);
+    let format = args.output.map(to_format).unwrap_or(request_format);
     print!("{}", response::render(&result, format));
     let summary = format!(
         "{} {} in {:.1?}: {} provider call(s){}",
@@ -826,7 +827,7 @@ fn render_records(records: &[(u64, Record)]) -> String {
             Record::State { state, at_ms, .. } => {
                 events.push(format!("    -> {state} at {}", fmt_ms(*at_ms)))
             }
-            Record::Started { .. } => {}
+            Record::Started { .. } | Record::StartedV2 { .. } => {}
         }
     }
     let mut out = String::from("  steps:\n");

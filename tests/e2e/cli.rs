@@ -324,7 +324,7 @@ fn a_finished_transaction_can_be_inspected() {
         .lines()
         .next()
         .unwrap_or_default()
-        .contains("\"started\""));
+        .contains("\"started_v2\""));
     assert!(log
         .stdout
         .lines()

@@ -295,6 +295,16 @@ impl Engine {
             .await)
     }
 
+    /// As [`Engine::run`], for a caller that is done with the request: its data moves into
+    /// the transaction instead of being copied (a wide request's data tree is several times
+    /// the size of its text).
+    pub async fn run_owned(&self, request: Request) -> Result<TxnResult, RunError> {
+        let program = self.program(&request)?;
+        Ok(self
+            .run_program(program, request.data, request.context)
+            .await)
+    }
+
     /// Compiles a request and walks it without calling any provider: returns the provider
     /// calls that would be made, with their resolved inputs and the providers' previews.
     pub async fn plan(&self, request: &Request) -> Result<Vec<PlanEntry>, RunError> {

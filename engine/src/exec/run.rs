@@ -77,10 +77,18 @@ impl Engine {
                 .txn_state(&txn.id, TxnState::Running, Some("resumed after a crash"))
                 .await;
         }
-        // Built here, so the transaction's task does not carry them while it runs.
+        if !self.journal.records() {
+            // Keeps nothing (`Journal::records`): no copy of the data to build.
+            return Ok(());
+        }
+        // Built here, so the transaction's task does not carry them while it runs. The
+        // masked copy only when something is secret: a wide request's data is not copied.
         let target = txn.program.entry.target.to_string();
-        let mut shown = data.clone();
-        txn.redactor.redact_element(&mut shown);
+        let masked = (!txn.redactor.is_empty()).then(|| {
+            let mut shown = data.clone();
+            txn.redactor.redact_element(&mut shown);
+            shown
+        });
         self.journal
             .txn_started(&TxnStart {
                 txn_id: &txn.id,
@@ -88,9 +96,9 @@ impl Engine {
                 kind: txn.program.entry.kind,
                 resumable: txn.program.entry.resumable,
                 definitions: &txn.program.definitions_hash,
-                data: &shown,
+                data: masked.as_ref().unwrap_or(data),
                 request_data: data,
-                secret: txn.redactor.contains_secret(data),
+                secret: masked.is_some() && txn.redactor.contains_secret(data),
                 pinned: &txn.program.pinned,
             })
             .await

@@ -155,11 +155,13 @@ impl Wal {
         self.pad_to_sector();
         let end = self.offset + self.pending.len() as u64;
         if end > self.filled {
-            // Zero-fill ahead in whole chunks; the size change is synced once per chunk.
+            // Zero-fill ahead in whole chunks; the size change is synced once per chunk. The
+            // frames themselves cover up to `end` (a large batch is not written twice, as
+            // zeros first), so at most a chunk of zeros follows them.
             let new_filled = end.div_ceil(GROW_CHUNK) * GROW_CHUNK;
-            let zeros = vec![0u8; (new_filled - self.filled) as usize];
+            let zeros = vec![0u8; (new_filled - end) as usize];
             self.file
-                .write_all_at(&zeros, self.filled)
+                .write_all_at(&zeros, end)
                 .map_err(|e| io_err(&self.path, "cannot extend the write-ahead log", e))?;
             self.filled = new_filled;
         }

@@ -3,9 +3,11 @@
 //! next intent or the final state), so a step's result and the next step's intent share
 //! one fdatasync, and concurrent transactions share syncs through the store's group commit.
 
+use super::packed;
 use super::records::{
-    chunk_key, now_ms, pinned_key, record_key, AuditEntry, Guarded, JournalKey, Pin,
-    PinnedDefinitions, Record, TxnSummary, CHUNK_BYTES, FORMAT,
+    chunk_key, data_key, now_ms, pinned_key, record_key, record_prefix, AuditEntry, Guarded,
+    JournalKey, Pin, PinnedDefinitions, Record, StoredData, TxnSummary, CHUNK_BYTES,
+    DATA_CHUNK_BYTES, FORMAT,
 };
 use super::seal::{SealError, SealKey};
 use crate::data::{json, Element};
@@ -132,6 +134,23 @@ pub enum GuardError {
     Withheld,
 }
 
+/// A transaction's stored request data that cannot be read back.
+#[derive(Debug, thiserror::Error)]
+pub enum StoredDataError {
+    /// A chunk is missing.
+    #[error("chunk {index} of the stored request data is missing")]
+    Missing {
+        /// Which chunk.
+        index: u64,
+    },
+    /// The chunks do not decode.
+    #[error("the stored request data does not decode: {0}")]
+    Malformed(#[source] serde_json::Error),
+    /// The store could not be read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 fn encode<T: serde::Serialize>(
     what: &'static str,
     txn: &TxnId,
@@ -148,8 +167,14 @@ struct Live {
     next_seq: u64,
     summary: TxnSummary,
     /// This process wrote every record of the transaction (not so for one adopted at
-    /// recovery), so at the end they can be compacted into one value.
+    /// recovery), so they can be compacted into chunks as it goes and at its end.
     compactable: bool,
+    /// Bytes of the records still under their own keys (written since the last chunk).
+    tail_bytes: usize,
+    /// Records numbered below this were taken into a chunk by a compaction made while the
+    /// transaction runs (or are being written by the step that took them): the next such
+    /// compaction takes only later ones, so two never put a record into two chunks.
+    chunked_to: u64,
 }
 
 /// The journal on a store.
@@ -243,6 +268,24 @@ impl DurableJournal {
         }
     }
 
+    /// Reads back the request data a transaction stored once in the journal (its
+    /// `started_v2` record and format-2 pinned definitions refer to it).
+    pub fn stored_data(
+        &self,
+        txn_id: &str,
+        stored: &StoredData,
+    ) -> Result<Element, StoredDataError> {
+        let mut bytes = Vec::with_capacity(usize::try_from(stored.bytes).unwrap_or(0));
+        for index in 0..stored.chunks {
+            let chunk = self
+                .store
+                .get(Space::Journal, &data_key(txn_id, index))?
+                .ok_or(StoredDataError::Missing { index })?;
+            bytes.extend_from_slice(&chunk);
+        }
+        packed::unpack(&bytes).map_err(StoredDataError::Malformed)
+    }
+
     /// Adopts a transaction found at recovery, so further records continue its sequence.
     pub(crate) fn adopt(&self, summary: TxnSummary, next_seq: u64) {
         lock(&self.live).insert(
@@ -251,6 +294,8 @@ impl DurableJournal {
                 next_seq,
                 summary,
                 compactable: false,
+                tail_bytes: 0,
+                chunked_to: 0,
             },
         );
     }
@@ -265,11 +310,13 @@ impl DurableJournal {
     ) -> Result<(), WriteError> {
         let value = encode("a journal record", txn_id, record)?;
         let mut batch = extra;
-        let (seq, summary, finished, compact_now) = {
+        let (seq, summary, finished, compact_from) = {
             let mut live = lock(&self.live);
             let l = live.entry(txn_id.clone()).or_insert_with(|| Live {
                 next_seq: 0,
                 compactable: true,
+                tail_bytes: 0,
+                chunked_to: 0,
                 summary: TxnSummary {
                     format: FORMAT,
                     id: txn_id.clone(),
@@ -288,6 +335,13 @@ impl DurableJournal {
             let mut summary_write = None;
             match record {
                 Record::Started {
+                    target,
+                    resumable,
+                    definitions,
+                    at_ms,
+                    ..
+                }
+                | Record::StartedV2 {
                     target,
                     resumable,
                     definitions,
@@ -315,30 +369,54 @@ impl DurableJournal {
                 _ => {}
             }
             let finished = summary_write.as_ref().is_some_and(|s| s.state.is_final());
-            let compact_now = finished && l.compactable;
+            // Records are compacted as the transaction goes, a chunk whenever the records
+            // under their own keys fill one, and the rest at its end: so a long transaction
+            // keeps at most one chunk's worth under per-record keys (they reach sled as
+            // chunks only, and the final compaction is as small as a chunk).
+            let compact_now =
+                l.compactable && (finished || l.tail_bytes + value.len() + 1 >= CHUNK_BYTES);
+            // Which per-record keys this compaction takes: from where the last one stopped,
+            // or at the end every one left (all earlier writes are done by then; a record
+            // written after a running compaction read the keys stays until the end).
+            let compact_from = compact_now.then(|| {
+                let from = if finished { 0 } else { l.chunked_to };
+                l.chunked_to = seq + 1;
+                from
+            });
+            if compact_now {
+                l.tail_bytes = 0;
+            } else {
+                l.tail_bytes += value.len() + 1;
+            }
             if finished {
                 // Whatever happens to this write, later records (the rollback of a commit
                 // that could not be journaled) go under their own keys.
                 l.compactable = false;
             }
-            (seq, summary_write, finished, compact_now)
+            (seq, summary_write, finished, compact_from)
         };
-        if compact_now {
-            // A finished transaction's records become a few bounded chunks of consecutive
-            // records, and the per-record keys go: the store's overlay cancels those that
-            // never reached disk. Every earlier record of the transaction was written before
-            // this one, so the store returns them all.
-            let earlier = self.store.scan(Space::Journal, txn_id.as_bytes())?;
+        if let Some(from) = compact_from {
+            // The records still under their own keys and this one become bounded chunks of
+            // consecutive records, and the per-record keys go: the store's overlay cancels
+            // those that never reached disk. Every earlier record of the transaction was
+            // written before this one, so the store returns them all (at most a chunk's
+            // worth: the others are chunks already).
+            let earlier = self.store.scan(Space::Journal, &record_prefix(txn_id))?;
             let mut records: Vec<(u64, &[u8])> = Vec::with_capacity(earlier.len() + 1);
             for (k, v) in &earlier {
-                if let Some(JournalKey::Record(n)) = JournalKey::parse(txn_id, k) {
-                    batch.delete(Space::Journal, k.clone());
-                    records.push((n, v));
+                match JournalKey::parse(txn_id, k) {
+                    Some(JournalKey::Record(n)) if n >= from && n < seq => {
+                        batch.delete(Space::Journal, k.clone());
+                        records.push((n, v));
+                    }
+                    _ => {}
                 }
             }
             // Each per-record key is put once, by its record, and deleted only here.
             batch.deletes_cancel_puts = true;
             records.push((seq, &value));
+            // Concurrent steps' records may have been written out of sequence order.
+            records.sort_unstable_by_key(|(n, _)| *n);
             for (first, chunk) in compact(&records) {
                 batch.put(Space::Journal, chunk_key(txn_id, first), chunk);
             }
@@ -438,6 +516,23 @@ impl Journal for DurableJournal {
                 written.insert(hash.clone());
             }
         }
+        // The request data is journaled once, packed and in bounded chunks, beside the
+        // records: as received when it holds no secret (the pinned definitions then refer to
+        // it too), else its masked view (the exact data is sealed in the pinned definitions).
+        let shown = if start.secret {
+            start.data
+        } else {
+            start.request_data
+        };
+        let (chunks, bytes) = packed::pack(shown, DATA_CHUNK_BYTES);
+        let stored = StoredData {
+            chunks: chunks.len() as u64,
+            bytes,
+            masked: start.secret,
+        };
+        for (index, chunk) in chunks.into_iter().enumerate() {
+            extra.put(Space::Journal, data_key(start.txn_id, index as u64), chunk);
+        }
         let pinned = PinnedDefinitions {
             format: FORMAT,
             pins: start
@@ -448,21 +543,26 @@ impl Journal for DurableJournal {
                     hash: hash.clone(),
                 })
                 .collect(),
-            request: self.guard(start.request_data, start.secret),
+            request: if start.secret {
+                self.guard(start.request_data, true)
+            } else {
+                Guarded::Withheld
+            },
+            stored: (!start.secret).then(|| stored.clone()),
         };
         extra.put(
             Space::Definitions,
             pinned_key(start.txn_id),
             encode("the pinned definitions", start.txn_id, &pinned)?,
         );
-        let record = Record::Started {
+        let record = Record::StartedV2 {
             at_ms: now_ms(),
             target: start.target.to_string(),
             kind: start.kind,
             resumable: start.resumable,
             definitions: start.definitions.to_string(),
             who: self.who.clone(),
-            data: json::to_json(start.data),
+            data: stored,
         };
         Ok(self.append(start.txn_id, &record, false, extra).await?)
     }
@@ -603,6 +703,74 @@ mod tests {
         let firsts: Vec<u64> = chunks.iter().map(|(n, _)| *n).collect();
         assert_eq!(firsts, vec![0, 5, 6, 7]);
         assert_eq!(chunks[2].1.len(), big.len() + 2);
+    }
+
+    /// Records compacted while a transaction runs, by steps writing concurrently: an
+    /// unfinished transaction reads back every record once, in order (what recovery reads
+    /// after a crash), with at most a few under their own keys; after its end, all are
+    /// chunks.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_compacted_as_a_transaction_goes_read_back_whole_and_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(crate::store::SledStore::open(dir.path()).unwrap());
+        let journal = Arc::new(DurableJournal::new(store.clone(), None, "test"));
+        let txn = "0190f1c2-0000-7000-8000-000000000002";
+        let failed = |i: usize| Record::Failed {
+            at_ms: 0,
+            step: format!("step{i}"),
+            attempt: 1,
+            message: "m".repeat(200 + i % 500),
+        };
+        let mut tasks = Vec::new();
+        for t in 0..8 {
+            let journal = journal.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..250 {
+                    let r = failed(t * 1000 + i);
+                    journal
+                        .append(txn, &r, i % 5 == 0, Batch::new())
+                        .await
+                        .unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let per_record = |store: &crate::store::SledStore| {
+            store
+                .scan(Space::Journal, &record_prefix(txn))
+                .unwrap()
+                .len()
+        };
+        let check = |n: usize| {
+            let records = crate::txn::recovery::records(&journal, txn).unwrap();
+            let seqs: Vec<u64> = records.iter().map(|(s, _)| *s).collect();
+            assert_eq!(seqs, (0..n as u64).collect::<Vec<_>>());
+            let mut steps: Vec<String> = records
+                .iter()
+                .filter_map(|(_, r)| match r {
+                    Record::Failed { step, .. } => Some(step.clone()),
+                    _ => None,
+                })
+                .collect();
+            steps.sort();
+            steps.dedup();
+            assert_eq!(steps.len(), 2000, "every record once");
+        };
+        check(2000);
+        // ~1,000 KB of records: most are chunks already.
+        let left = per_record(&store);
+        assert!(left < 200, "{left} records under their own keys");
+
+        let end = Record::State {
+            at_ms: 0,
+            state: TxnState::Committed,
+            message: None,
+        };
+        journal.append(txn, &end, true, Batch::new()).await.unwrap();
+        check(2001);
+        assert_eq!(per_record(&store), 0);
     }
 
     #[test]

@@ -2,16 +2,17 @@
 //! call in a [`Store`](crate::store::Store), secrets sealed; recovery finishes whatever a
 //! crash left running; inspection reads it back for `provisio tx`.
 
+pub(crate) mod packed;
 pub mod records;
 pub(crate) mod seal;
 pub(crate) mod state;
 
-pub use records::{AuditEntry, Guarded, PinnedDefinitions, Record, TxnSummary};
+pub use records::{AuditEntry, Guarded, PinnedDefinitions, Record, StoredData, TxnSummary};
 pub use seal::{SealError, SealKey};
 pub use state::UnknownState;
 pub(crate) mod journal;
 
-pub use journal::{DurableJournal, GuardError, WriteError};
+pub use journal::{DurableJournal, GuardError, StoredDataError, WriteError};
 pub mod recovery;
 
 pub use recovery::{recover, resume_rollback, Recovered, RecoveryError};

@@ -13,8 +13,10 @@ use crate::TxnId;
 use serde::{Deserialize, Serialize};
 
 /// The format of the summaries, audit entries and pinned-definitions values this code
-/// writes; it reads every format up to this one.
-pub const FORMAT: u32 = 1;
+/// writes; it reads every format up to this one. Format 2: the pinned definitions may refer
+/// to the request data stored once in the journal ([`StoredData`]) instead of holding it;
+/// summaries and audit entries are unchanged.
+pub const FORMAT: u32 = 2;
 
 /// The format of a value written before values named their format.
 fn first_format() -> u32 {
@@ -108,6 +110,50 @@ pub(crate) fn chunk_key(txn_id: &TxnId, first_seq: u64) -> Vec<u8> {
     k
 }
 
+/// The tag byte after the transaction id in the key of a chunk of the request's data,
+/// stored once per transaction in the packed encoding (`txn/packed.rs`) and referred to by
+/// the `started_v2` record and the pinned definitions ([`StoredData`]). Such keys are none
+/// of [`JournalKey`]'s layouts: readers of records skip them.
+pub(crate) const DATA_TAG: u8 = b'D';
+
+/// The most bytes of the request's data one chunk holds. Written once and never changed, so
+/// sled's rewrites (see [`CHUNK_BYTES`]) do not apply; kept under sled's blob size all the
+/// same, so a leaf of them is stored inline.
+pub(crate) const DATA_CHUNK_BYTES: usize = 6 * 1024;
+
+/// The journal key of chunk `index` of a transaction's request data.
+pub(crate) fn data_key(txn_id: &str, index: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(TXN_ID_LEN + 9);
+    k.extend_from_slice(txn_id.as_bytes());
+    k.push(DATA_TAG);
+    k.extend_from_slice(&index.to_be_bytes());
+    k
+}
+
+/// The prefix of the keys of a transaction's single records (sequence numbers below
+/// 2^56, so their first byte is 0): a scan of it skips the chunks of compacted records and
+/// of the request's data.
+pub(crate) fn record_prefix(txn_id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(TXN_ID_LEN + 1);
+    k.extend_from_slice(txn_id.as_bytes());
+    k.push(0);
+    k
+}
+
+/// The request data of a transaction, stored once in the journal space (keys
+/// [`data_key`]`(txn, 0..chunks)`) in the packed encoding.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredData {
+    /// How many chunks.
+    pub chunks: u64,
+    /// Their total size.
+    pub bytes: u64,
+    /// The stored tree is the request data with its secrets masked (the request held
+    /// secrets; the exact data is sealed in the pinned definitions, or withheld); `false`:
+    /// the data exactly as received.
+    pub masked: bool,
+}
+
 /// What a key of the journal space under a transaction's id holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum JournalKey {
@@ -175,6 +221,24 @@ pub enum Record {
         who: String,
         /// Request data, secrets masked (map view).
         data: serde_json::Value,
+    },
+    /// The transaction began (`started_v2`): as [`Record::Started`], with the request data
+    /// stored once beside the records instead of copied into this one.
+    StartedV2 {
+        /// When.
+        at_ms: u64,
+        /// `Namespace/Procedure`.
+        target: String,
+        /// read | write | two-phase.
+        kind: ProcKind,
+        /// Resume instead of rolling back after a crash.
+        resumable: bool,
+        /// Hash of the pinned definitions.
+        definitions: String,
+        /// Who asked (user or client name).
+        who: String,
+        /// Where the request data is (secrets masked when `masked`).
+        data: StoredData,
     },
     /// The transaction changed state.
     State {
@@ -344,8 +408,13 @@ pub struct PinnedDefinitions {
     pub(crate) format: u32,
     /// One per namespace the program used.
     pub(crate) pins: Vec<Pin>,
-    /// The request data as received, sealed when it holds secrets.
+    /// The request data as received, sealed when it holds secrets; `Withheld` when it is
+    /// `stored` instead.
     pub(crate) request: Guarded,
+    /// Format 2: the request data as received is the one stored in the journal (it held no
+    /// secret), not `request`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) stored: Option<StoredData>,
 }
 
 impl Versioned for PinnedDefinitions {
@@ -375,10 +444,10 @@ mod tests {
         assert_eq!(pinned.format, 1);
         assert_eq!(pinned.pins[0].hash, "h");
 
-        let newer = br#"{"format":2,"pins":[],"request":"withheld"}"#;
-        let e = decode::<PinnedDefinitions>(newer).expect_err("format 2 is refused");
-        assert!(matches!(e, DecodeError::TooNew { found: 2, .. }), "{e}");
-        assert!(e.to_string().contains("reads formats up to 1"), "{e}");
+        let newer = br#"{"format":3,"pins":[],"request":"withheld"}"#;
+        let e = decode::<PinnedDefinitions>(newer).expect_err("format 3 is refused");
+        assert!(matches!(e, DecodeError::TooNew { found: 3, .. }), "{e}");
+        assert!(e.to_string().contains("reads formats up to 2"), "{e}");
 
         let e = decode::<PinnedDefinitions>(br#"{"pins":3}"#).expect_err("malformed");
         assert!(matches!(e, DecodeError::Malformed { .. }), "{e}");

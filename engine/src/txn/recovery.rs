@@ -596,6 +596,9 @@ enum NotResumable {
         #[source]
         source: serde_json::Error,
     },
+    /// The request data stored beside the records cannot be read back.
+    #[error("its stored request data cannot be read: {0}")]
+    DataUnreadable(String),
     /// Kept data (request, result, undo, call data) cannot be opened.
     #[error(transparent)]
     Guarded(#[from] GuardError),
@@ -734,10 +737,19 @@ fn load_pinned(journal: &DurableJournal, txn_id: &TxnId) -> Result<Pinned, Stop>
             })?);
         }
     }
+    let request = match &pinned.stored {
+        // Format 2: the data as received is the copy stored beside the records.
+        Some(stored) => Guarded::Plain(
+            journal
+                .stored_data(txn_id, stored)
+                .map_err(|e| NotResumable::DataUnreadable(e.to_string()))?,
+        ),
+        None => pinned.request,
+    };
     Ok(Pinned {
         namespaces,
         trusted,
-        request: pinned.request,
+        request,
     })
 }
 
