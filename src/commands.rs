@@ -810,6 +810,15 @@ fn render_records(records: &[(u64, Record)]) -> String {
                 .entry((step.clone(), *attempt))
                 .or_default()
                 .push(format!("      FAILED: {message}")),
+            Record::InDoubt {
+                step,
+                attempt,
+                message,
+                ..
+            } => lines
+                .entry((step.clone(), *attempt))
+                .or_default()
+                .push(format!("      IN DOUBT: {message}")),
             Record::Undone {
                 step, error: None, ..
             } => events.push(format!("    undone {step}")),

@@ -84,6 +84,8 @@ pub async fn registry(config: &Config) -> Result<ProviderRegistry> {
                 )
             })?;
             rfc.timeout = Duration::from_secs(p.dns.timeout_secs.max(1));
+            // The previous RRsets kept for settling changes a crash left in doubt.
+            rfc.state_dir = Some(config.data_dir.join("rfc2136"));
             DnsProvider::rfc2136(rfc)
                 .with_context(|| format!("providers.dns: cannot use DNS server {server}"))?
         }

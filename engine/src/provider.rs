@@ -2,8 +2,9 @@
 //! dispatches through, and the error classes that drive retry versus rollback.
 //!
 //! The engine never names a concrete provider. A provider serves the leaf procedures of a
-//! provider namespace; each call carries an idempotency key (transaction id + step id +
-//! attempt) so a retried or recovered call can be recognised.
+//! provider namespace; each call carries an idempotency key (transaction id + step
+//! instance id) that stays the same on every retry and after a crash, so a retried or
+//! recovered call can be recognised. The contract every provider keeps is on [`Provider`].
 
 use crate::data::Element;
 use crate::model::{InputSpec, ProcKind};
@@ -22,7 +23,8 @@ pub struct CallContext {
     /// Step instance id: the step path through nested calls and iterations,
     /// e.g. `zone/records[2]/add`.
     pub step_id: String,
-    /// 1 for the first try.
+    /// 1 for the first try, 2 for the first retry, … Not part of the idempotency key: every
+    /// attempt is the same call.
     pub attempt: u32,
     /// Namespace of the called procedure.
     pub namespace: String,
@@ -31,9 +33,10 @@ pub struct CallContext {
 }
 
 impl CallContext {
-    /// `txn_id/step_id/attempt`: the same key for a retried call of the same attempt.
+    /// `txn_id/step_id`: identifies the call (one step instance of one transaction), the
+    /// same on every attempt and after a crash. The attempt number is [`CallContext::attempt`].
     pub fn idempotency_key(&self) -> String {
-        format!("{}/{}/{}", self.txn_id, self.step_id, self.attempt)
+        format!("{}/{}", self.txn_id, self.step_id)
     }
 }
 
@@ -101,6 +104,17 @@ pub enum ProviderError {
         /// What happened.
         message: String,
     },
+    /// The outcome is unknown: the request may or may not have been applied (the provider
+    /// process crashed or the connection broke after the request was sent, the call timed
+    /// out, a blocking operation was abandoned). The engine settles such a call through
+    /// [`Provider::recover`] before it retries or rolls back; see [`Provider`].
+    #[error("outcome unknown {code:#010x}: {message}")]
+    InDoubt {
+        /// HRESULT-style code.
+        code: u32,
+        /// What happened.
+        message: String,
+    },
     /// The provider does not implement this operation (e.g. two-phase).
     #[error("not supported: {0}")]
     Unsupported(String),
@@ -136,10 +150,25 @@ impl ProviderError {
         }
     }
 
+    /// An in-doubt error with E_FAIL: the request may have been applied.
+    pub fn in_doubt(message: impl Into<String>) -> Self {
+        ProviderError::InDoubt {
+            code: Self::E_FAIL,
+            message: message.into(),
+        }
+    }
+
+    /// Whether the call's outcome is unknown (see [`ProviderError::InDoubt`]).
+    pub fn is_in_doubt(&self) -> bool {
+        matches!(self, ProviderError::InDoubt { .. })
+    }
+
     /// The HRESULT-style code.
     pub fn code(&self) -> u32 {
         match self {
-            ProviderError::Transient { code, .. } | ProviderError::Permanent { code, .. } => *code,
+            ProviderError::Transient { code, .. }
+            | ProviderError::Permanent { code, .. }
+            | ProviderError::InDoubt { code, .. } => *code,
             ProviderError::Unsupported(_) => crate::codes::E_NOTIMPL,
         }
     }
@@ -147,9 +176,9 @@ impl ProviderError {
     /// The message without the code.
     pub fn message(&self) -> String {
         match self {
-            ProviderError::Transient { message, .. } | ProviderError::Permanent { message, .. } => {
-                message.clone()
-            }
+            ProviderError::Transient { message, .. }
+            | ProviderError::Permanent { message, .. }
+            | ProviderError::InDoubt { message, .. } => message.clone(),
             ProviderError::Unsupported(m) => format!("not supported: {m}"),
         }
     }
@@ -183,6 +212,33 @@ pub struct ProcedureSpec {
 
 /// A provider: code that talks to a real system and serves leaf procedures.
 ///
+/// # Does nothing twice, undoes everything: the idempotency contract
+///
+/// Every call carries an idempotency key ([`CallContext::idempotency_key`],
+/// `txn_id/step_id`) that names the *call*, not an attempt: a retry, and the engine's
+/// recovery after a crash, use the same key (the attempt number is passed separately in
+/// [`CallContext::attempt`]). A provider that changes anything keeps the contract:
+///
+/// - **Report what you know.** `Ok` means applied (with its undo record); `Transient` and
+///   `Permanent` mean *not applied* (clean up partial work before returning them). When the
+///   outcome is not known — the request was sent and then the process crashed, the
+///   connection broke or the answer did not come in time — return
+///   [`ProviderError::InDoubt`]. An error before the request left (connection refused,
+///   spawn failure) is not in doubt. The engine also counts its own step timeout and a
+///   panic in `execute` as in doubt.
+/// - **Settle by key.** [`Provider::recover`] answers, for a call in doubt, whether the
+///   call with that key was applied: `Some(undo)` (applied; the undo record `execute`
+///   would have returned), `None` (not applied: nothing of it is left), or an error when
+///   it cannot tell. It must not guess: "cannot tell" sends the transaction to an operator
+///   with the step named, a wrong "not applied" leaves an effect behind. The engine
+///   settles every in-doubt call before it retries it (same key) or rolls back, and again
+///   in crash recovery for calls whose outcome never reached the journal. An applied call
+///   counts as done: its undo is registered and the step's output is the call's input
+///   executeData (the outputs `execute` would have added are not known).
+/// - **Undo is idempotent** and may be called again after a crash.
+/// - Work that outlives an abandoned call (a blocking task after a step timeout) must be
+///   finished or fenced before `recover` answers for that key.
+///
 /// # The async methods must not block the async runtime
 ///
 /// The engine runs many steps on a few runtime worker threads and bounds each call with a
@@ -215,9 +271,11 @@ pub trait Provider: Send + Sync {
     /// crash.
     async fn undo(&self, done: Done) -> Result<(), ProviderError>;
 
-    /// After a crash: was this call (same idempotency key in `call.context`) applied? Returns
-    /// its undo record if it was, `None` if it was not. Providers that cannot tell keep the
-    /// default, and recovery then asks an operator (the transaction ends in rollback_failed).
+    /// Settles a call in doubt (after an [`ProviderError::InDoubt`] error, a step timeout or
+    /// a crash): was the call with this idempotency key (`call.context`) applied? Returns
+    /// its undo record if it was, `None` if it was not. A transient error is asked again; any other error, and the
+    /// default for providers that cannot tell, sends the transaction to an operator
+    /// (`rollback_failed`, the step named): the engine never guesses.
     async fn recover(&self, call: &Call) -> Result<Option<Element>, ProviderError> {
         Err(ProviderError::Unsupported(format!(
             "{} cannot tell whether {} ({}) was applied",

@@ -31,6 +31,14 @@ pub struct Recording {
     pub staged: BTreeSet<String>,
     /// Undo records of applied calls by idempotency key (for `recover`).
     pub(crate) applied: HashMap<String, Element>,
+    /// Names whose next Create applies and then loses its answer (an in-doubt error).
+    pub(crate) lose_answer: BTreeSet<String>,
+    /// Names whose next Create applies and then takes this long to answer.
+    pub(crate) slow_answer: HashMap<String, Duration>,
+    /// Whether `recover` says it cannot tell.
+    pub(crate) cannot_tell: bool,
+    /// How many times `recover` was asked.
+    pub recovers: usize,
 }
 
 /// The provider. Procedures: `Create(name)`, `Delete(name)`, `Get(name)` (read), `Fail(message?)`,
@@ -68,6 +76,23 @@ impl RecordingProvider {
     /// Makes `Flaky(name)` fail transiently `times` times.
     pub fn flaky(&self, name: &str, times: u32) {
         self.st().flaky.insert(name.to_string(), times);
+    }
+
+    /// Makes the next `Create(name)` apply and then report that its outcome is unknown, as
+    /// a provider whose process crashed after the change would.
+    pub fn lose_answer_once(&self, name: &str) {
+        self.st().lose_answer.insert(name.to_string());
+    }
+
+    /// Makes the next `Create(name)` apply and then wait `delay` before answering (longer
+    /// than the step timeout: the engine gives up on an applied call).
+    pub fn slow_answer_once(&self, name: &str, delay: Duration) {
+        self.st().slow_answer.insert(name.to_string(), delay);
+    }
+
+    /// Makes `recover` answer that it cannot tell whether a call was applied.
+    pub fn cannot_tell(&self) {
+        self.st().cannot_tell = true;
     }
 
     /// Makes the two-phase prepare of `Stage(name)` fail.
@@ -162,67 +187,81 @@ impl Provider for RecordingProvider {
             _ => {}
         }
         let name = input(&ed, "name")?;
-        let mut st = self.st();
-        st.log.push(format!("{proc_name}({name})"));
-        let mut out = ed.clone();
-        match proc_name {
-            "Create" | "Flaky" | "Stage" => {
-                if proc_name == "Flaky" {
-                    if let Some(n) = st.flaky.get_mut(&name) {
-                        if *n > 0 {
-                            *n -= 1;
-                            return Err(ProviderError::transient(format!("{name} is busy")));
+        let mut delay = None;
+        // The state lock is not held across the delay below.
+        let result = (|| {
+            let mut st = self.st();
+            st.log.push(format!("{proc_name}({name})"));
+            let mut out = ed.clone();
+            match proc_name {
+                "Create" | "Flaky" | "Stage" => {
+                    if proc_name == "Flaky" {
+                        if let Some(n) = st.flaky.get_mut(&name) {
+                            if *n > 0 {
+                                *n -= 1;
+                                return Err(ProviderError::transient(format!("{name} is busy")));
+                            }
                         }
                     }
+                    if st.poison.contains(&name) {
+                        return Err(ProviderError::Permanent {
+                            code: crate::codes::E_TEST_FAILURE,
+                            message: format!("cannot create {name}"),
+                        });
+                    }
+                    if !st.resources.insert(name.clone()) {
+                        return Err(ProviderError::Permanent {
+                            code: crate::codes::E_ALREADY_EXISTS,
+                            message: format!("{name} already exists"),
+                        });
+                    }
+                    if proc_name == "Stage" {
+                        st.staged.insert(name.clone());
+                    }
+                    out.push(Element::with_text("id", format!("id-{name}")));
+                    let mut undo = Element::new("undo");
+                    undo.push(Element::with_text("created", name.clone()));
+                    st.applied
+                        .insert(call.context.idempotency_key(), undo.clone());
+                    if st.lose_answer.remove(&name) {
+                        return Err(ProviderError::in_doubt(format!(
+                            "lost the answer to Create({name})"
+                        )));
+                    }
+                    delay = st.slow_answer.remove(&name);
+                    Ok(Outcome {
+                        execute_data: out,
+                        undo: Some(undo),
+                    })
                 }
-                if st.poison.contains(&name) {
-                    return Err(ProviderError::Permanent {
-                        code: crate::codes::E_TEST_FAILURE,
-                        message: format!("cannot create {name}"),
-                    });
+                "Delete" => {
+                    if !st.resources.remove(&name) {
+                        return Err(ProviderError::invalid(format!("{name} does not exist")));
+                    }
+                    let mut undo = Element::new("undo");
+                    undo.push(Element::with_text("deleted", name));
+                    st.applied
+                        .insert(call.context.idempotency_key(), undo.clone());
+                    Ok(Outcome {
+                        execute_data: out,
+                        undo: Some(undo),
+                    })
                 }
-                if !st.resources.insert(name.clone()) {
-                    return Err(ProviderError::Permanent {
-                        code: crate::codes::E_ALREADY_EXISTS,
-                        message: format!("{name} already exists"),
-                    });
+                "Get" => {
+                    let exists = st.resources.contains(&name);
+                    out.push(Element::with_text("exists", exists.to_string()));
+                    Ok(Outcome {
+                        execute_data: out,
+                        undo: None,
+                    })
                 }
-                if proc_name == "Stage" {
-                    st.staged.insert(name.clone());
-                }
-                out.push(Element::with_text("id", format!("id-{name}")));
-                let mut undo = Element::new("undo");
-                undo.push(Element::with_text("created", name));
-                st.applied
-                    .insert(call.context.idempotency_key(), undo.clone());
-                Ok(Outcome {
-                    execute_data: out,
-                    undo: Some(undo),
-                })
+                other => Err(ProviderError::invalid(format!("unknown procedure {other}"))),
             }
-            "Delete" => {
-                if !st.resources.remove(&name) {
-                    return Err(ProviderError::invalid(format!("{name} does not exist")));
-                }
-                let mut undo = Element::new("undo");
-                undo.push(Element::with_text("deleted", name));
-                st.applied
-                    .insert(call.context.idempotency_key(), undo.clone());
-                Ok(Outcome {
-                    execute_data: out,
-                    undo: Some(undo),
-                })
-            }
-            "Get" => {
-                let exists = st.resources.contains(&name);
-                out.push(Element::with_text("exists", exists.to_string()));
-                Ok(Outcome {
-                    execute_data: out,
-                    undo: None,
-                })
-            }
-            other => Err(ProviderError::invalid(format!("unknown procedure {other}"))),
+        })();
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
         }
+        result
     }
 
     async fn undo(&self, done: Done) -> Result<(), ProviderError> {
@@ -245,11 +284,15 @@ impl Provider for RecordingProvider {
     }
 
     async fn recover(&self, call: &Call) -> Result<Option<Element>, ProviderError> {
-        Ok(self
-            .st()
-            .applied
-            .get(&call.context.idempotency_key())
-            .cloned())
+        let mut st = self.st();
+        st.recovers += 1;
+        if st.cannot_tell {
+            return Err(ProviderError::Unsupported(format!(
+                "cannot tell whether {} was applied",
+                call.context.idempotency_key()
+            )));
+        }
+        Ok(st.applied.get(&call.context.idempotency_key()).cloned())
     }
 
     async fn preview(&self, call: &Call) -> Result<Preview, ProviderError> {

@@ -1034,6 +1034,12 @@ procedures:
     access: public
     steps:
       a: { call: Rec Provider/Create, with: { name: "{{ data.name }}" } }
+  OneThenFail:
+    access: public
+    parallel: false
+    steps:
+      a: { call: Rec Provider/Create, with: { name: a } }
+      x: { call: Rec Provider/Fail }
 "#;
 
 #[tokio::test]
@@ -1101,6 +1107,69 @@ async fn hanging_provider_times_out() {
     assert!(f.message.contains("did not answer within"), "{}", f.message);
     assert!(f.message.contains("100ms"), "{}", f.message);
     assert_eq!(env.log(), strings(&["Create(a)", "undo Create(a)"]));
+}
+
+#[tokio::test]
+async fn an_applied_call_whose_answer_was_lost_is_settled_not_repeated() {
+    let env = env(FAULTS);
+    env.rec.lose_answer_once("a");
+    let r = env.run("call: F/One\ndata: { name: a }").await;
+    assert_eq!(r.state, TxnState::Committed, "{:?}", r.failure);
+    // Applied once, asked once, not applied again (a retry would fail "already exists").
+    assert_eq!(env.log(), strings(&["Create(a)"]));
+    assert_eq!(env.resources(), strings(&["a"]));
+    assert_eq!(env.rec.state.lock().expect("state").recovers, 1);
+}
+
+#[tokio::test]
+async fn an_applied_call_that_timed_out_is_settled_not_repeated() {
+    let opts = EngineOptions {
+        step_timeout: Duration::from_millis(200),
+        ..h::options()
+    };
+    let env = env_with(FAULTS, opts);
+    env.rec.slow_answer_once("a", Duration::from_secs(30));
+    let started = std::time::Instant::now();
+    let r = env.run("call: F/One\ndata: { name: a }").await;
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_eq!(r.state, TxnState::Committed, "{:?}", r.failure);
+    assert_eq!(env.log(), strings(&["Create(a)"]));
+    assert_eq!(env.resources(), strings(&["a"]));
+}
+
+#[tokio::test]
+async fn an_in_doubt_call_settled_as_applied_is_undone_by_the_rollback() {
+    let env = env(FAULTS);
+    env.rec.lose_answer_once("a");
+    let r = env.run("call: F/OneThenFail").await;
+    assert_eq!(r.state, TxnState::RolledBack, "{:?}", r.undo_failures);
+    assert_eq!(r.undone, 1);
+    assert_eq!(
+        env.log(),
+        strings(&["Create(a)", "Fail(asked to fail)", "undo Create(a)"])
+    );
+    assert!(env.resources().is_empty());
+}
+
+#[tokio::test]
+async fn an_in_doubt_call_nobody_can_settle_goes_to_the_operator() {
+    let env = env(FAULTS);
+    env.rec.lose_answer_once("a");
+    env.rec.cannot_tell();
+    let r = env.run("call: F/One\ndata: { name: a }").await;
+    assert_eq!(r.state, TxnState::RollbackFailed);
+    let f = failure(&r);
+    assert_eq!(f.step, "a");
+    assert!(f.message.contains("in doubt"), "{}", f.message);
+    assert_eq!(r.undo_failures.len(), 1, "{:?}", r.undo_failures);
+    assert_eq!(r.undo_failures[0].step, "a");
+    assert!(
+        r.undo_failures[0].message.contains("check by hand"),
+        "{}",
+        r.undo_failures[0].message
+    );
+    // Never guessed: not retried, not undone.
+    assert_eq!(env.log(), strings(&["Create(a)"]));
 }
 
 #[tokio::test]

@@ -15,11 +15,13 @@ The ledger keeps accounts in a JSON file named by the LEDGER_FILE environment va
     }
 
 "applied" is a journal of every write that has been executed and not undone, keyed by the
-call's idempotency key. It is what makes the provider safe to retry: when the engine
-repeats a call with the same key (for example because this process crashed after saving
-but before answering), the provider finds the key in the journal and returns the recorded
-result instead of applying the change a second time. Undo removes the journal entry, so a
-repeated undo finds nothing and does nothing.
+call's idempotency key (the same on every retry of a call and after a crash). It is what
+makes the provider safe: when this process crashed (or hung) after saving but before
+answering, the engine does not know whether the call was applied; it asks "recover" with
+the same key, and the journal answers: applied, with the undo record, or not. A call
+repeated with the same key is answered with the recorded result instead of applying the
+change a second time. Undo removes the journal entry, so a repeated undo finds nothing and
+does nothing.
 
 Methods: describe, execute, undo, preview and recover; the two-phase methods prepare and
 commit answer E_NOTIMPL.
@@ -29,9 +31,11 @@ Procedures:
     Credit(name, amount)            write, reversible: undo takes the amount back
     GetBalance(name)                read
 
-Test hook: when LEDGER_CRASH_ONCE names a file that does not exist yet, the first write
+Test hooks: when LEDGER_CRASH_ONCE names a file that does not exist yet, the first write
 that gets applied creates that file and the process exits with status 3 right after
 saving and before answering, which simulates a crash at the worst possible moment.
+LEDGER_HANG_ONCE does the same but, instead of exiting, stops answering (for an hour), so
+the engine's call timeout gives up on a call that was applied.
 """
 
 import contextlib
@@ -39,6 +43,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 
 try:  # Advisory file locking keeps several ledger processes sharing one file consistent.
     import fcntl
@@ -158,12 +163,17 @@ def save(path, ledger):
 
 
 def crash_hook():
-    """The LEDGER_CRASH_ONCE test hook (see the module docstring)."""
+    """The LEDGER_CRASH_ONCE and LEDGER_HANG_ONCE test hooks (see the module docstring)."""
     marker = os.environ.get("LEDGER_CRASH_ONCE")
     if marker and not os.path.exists(marker):
         open(marker, "w").close()
         print("ledger: simulated crash after saving", file=sys.stderr, flush=True)
         os._exit(3)
+    marker = os.environ.get("LEDGER_HANG_ONCE")
+    if marker and not os.path.exists(marker):
+        open(marker, "w").close()
+        print("ledger: simulated hang after saving", file=sys.stderr, flush=True)
+        time.sleep(3600)
 
 
 # --------------------------------------------------------------------------------------
@@ -292,7 +302,7 @@ def do_execute(req):
         out, undo = apply(ledger, data, key)
         ledger["applied"][key] = {"procedure": procedure, "executeData": out, "undo": undo}
         ledger["_dirty"] = True
-    crash_hook()  # after saving, before answering: the case idempotency keys exist for
+    crash_hook()  # after saving, before answering: the case in-doubt settlement exists for
     return {"executeData": out, "undo": undo}
 
 

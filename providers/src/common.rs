@@ -128,3 +128,32 @@ mod tests {
         assert_eq!(sanitize_key("abc-1"), "abc-1");
     }
 }
+
+/// Fences between a call and the settlement of the same idempotency key. A call the engine
+/// stopped waiting for (step timeout) may still be running (in the blocking pool, or in a
+/// task of its own); `recover` for its key waits for it to end instead of reading a
+/// half-done change as "not applied". Keys are spread over a fixed set of locks.
+#[derive(Debug, Clone)]
+pub(crate) struct KeyFences(std::sync::Arc<Vec<std::sync::Arc<tokio::sync::Mutex<()>>>>);
+
+impl KeyFences {
+    /// How many locks keys are spread over.
+    const LOCKS: usize = 64;
+
+    pub(crate) fn new() -> KeyFences {
+        KeyFences(std::sync::Arc::new(
+            (0..Self::LOCKS)
+                .map(|_| std::sync::Arc::new(tokio::sync::Mutex::new(())))
+                .collect(),
+        ))
+    }
+
+    /// Waits for the fence of `key`; it is held until the guard is dropped.
+    pub(crate) async fn hold(&self, key: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut h);
+        let lock = &self.0[(h.finish() as usize) % Self::LOCKS];
+        std::sync::Arc::clone(lock).lock_owned().await
+    }
+}

@@ -55,10 +55,11 @@ fn failure<T: std::fmt::Debug>(r: Result<T, ProviderError>) -> ProviderError {
     }
 }
 
-fn assert_transient(e: &ProviderError, want: &str) {
+/// A failure after the request was written: the child may have applied it.
+fn assert_in_doubt(e: &ProviderError, want: &str) {
     assert!(
-        matches!(e, ProviderError::Transient { .. }),
-        "expected transient, got {e:?}"
+        matches!(e, ProviderError::InDoubt { .. }),
+        "expected in doubt, got {e:?}"
     );
     assert!(
         e.message().contains(want),
@@ -199,7 +200,7 @@ async fn a_silent_child_times_out_without_hanging() {
     let p = ExecProvider::spawn(cfg).await.expect("spawn");
     let started = Instant::now();
     let e = failure(p.execute(echo_call()).await);
-    assert_transient(&e, "provider `billing` did not answer execute within 400ms");
+    assert_in_doubt(&e, "provider `billing` did not answer execute within 400ms");
     assert!(
         started.elapsed() < Duration::from_secs(4),
         "{:?}",
@@ -214,9 +215,9 @@ async fn a_silent_child_times_out_without_hanging() {
         execute_data: None,
     };
     let e = failure(p.undo(done).await);
-    assert_transient(&e, "did not answer undo");
+    assert_in_doubt(&e, "did not answer undo");
     let e = failure(p.preview(&c).await);
-    assert_transient(&e, "did not answer preview");
+    assert_in_doubt(&e, "did not answer preview");
     assert!(
         started.elapsed() < Duration::from_secs(8),
         "{:?}",
@@ -233,7 +234,7 @@ async fn a_child_that_exits_mid_call_is_restarted_on_the_next_call() {
         .expect("spawn");
     let first_pid = p.process_id().await.expect("pid");
     let e = failure(p.execute(echo_call()).await);
-    assert_transient(&e, "provider `billing` exited with status 3 during execute");
+    assert_in_doubt(&e, "provider `billing` exited with status 3 during execute");
     let out = p
         .execute(echo_call())
         .await
@@ -249,10 +250,10 @@ async fn a_crash_looping_child_is_restarted_a_limited_number_of_times() {
     cfg.max_restarts = 2;
     cfg.restart_window = Duration::from_secs(60);
     let p = ExecProvider::spawn(cfg).await.expect("spawn");
-    // The first child crashes, then two restarted ones: each a transient failure.
+    // The first child crashes, then two restarted ones: each leaves its call in doubt.
     for _ in 0..3 {
         let e = failure(p.execute(echo_call()).await);
-        assert_transient(&e, "exited with status 3 during execute");
+        assert_in_doubt(&e, "exited with status 3 during execute");
     }
     // A third restart within the window is refused, for good, saying why.
     let e = failure(p.execute(echo_call()).await);
@@ -271,14 +272,14 @@ async fn restarts_outside_the_window_do_not_count() {
     cfg.max_restarts = 1;
     cfg.restart_window = Duration::from_millis(300);
     let p = ExecProvider::spawn(cfg).await.expect("spawn");
-    assert_transient(&failure(p.execute(echo_call()).await), "status 3");
-    assert_transient(&failure(p.execute(echo_call()).await), "status 3");
+    assert_in_doubt(&failure(p.execute(echo_call()).await), "status 3");
+    assert_in_doubt(&failure(p.execute(echo_call()).await), "status 3");
     assert_permanent(
         &failure(p.execute(echo_call()).await),
         "is not restarted again",
     );
     tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_transient(&failure(p.execute(echo_call()).await), "status 3");
+    assert_in_doubt(&failure(p.execute(echo_call()).await), "status 3");
 }
 
 /// Whether process `pid` is gone (absent, or a zombie no one has reaped yet).
@@ -299,7 +300,7 @@ async fn killing_a_child_kills_the_processes_it_started() {
     cfg.call_timeout = Duration::from_millis(800);
     let p = ExecProvider::spawn(cfg).await.expect("spawn");
     let e = failure(p.execute(echo_call()).await);
-    assert_transient(&e, "did not answer execute");
+    assert_in_doubt(&e, "did not answer execute");
     let helper: u32 = std::fs::read_to_string(&marker)
         .expect("helper pid")
         .trim()
@@ -546,15 +547,11 @@ async fn ledger_retry_with_the_same_key_applies_once() {
     )
     .await;
     let create = ledger_call("CreateAccount", &[("name", "dave"), ("credit", "10")]);
-    // The child saves the account, then dies before answering.
+    // The child saves the account, then dies before answering: the outcome is unknown.
     let e = failure(p.execute(create.clone()).await);
-    assert_transient(&e, "provider `Ledger` exited with status 3 during execute");
+    assert_in_doubt(&e, "provider `Ledger` exited with status 3 during execute");
     assert!(marker.exists());
-    // The engine retries the transient failure with the same idempotency key: the
-    // restarted child replays the recorded result instead of failing on "already exists".
-    let out = p.execute(create.clone()).await.expect("retry");
-    assert_eq!(output(&out, "balance").as_deref(), Some("10"));
-    // Engine recovery asks whether the call was applied: yes, with its undo record.
+    // The engine settles it with the same idempotency key: applied, with its undo record.
     let undo = p.recover(&create).await.expect("recover").expect("applied");
     assert_eq!(
         undo.child("account").map(Element::string_value).as_deref(),
@@ -562,6 +559,10 @@ async fn ledger_retry_with_the_same_key_applies_once() {
     );
     let never = ledger_call("CreateAccount", &[("name", "zed")]);
     assert_eq!(p.recover(&never).await, Ok(None));
+    // A repeat with the same key replays the recorded result instead of failing on
+    // "already exists".
+    let out = p.execute(create.clone()).await.expect("repeat");
+    assert_eq!(output(&out, "balance").as_deref(), Some("10"));
     // A plain repeat is also applied once.
     let credit = ledger_call("Credit", &[("name", "dave"), ("amount", "7")]);
     let first = p.execute(credit.clone()).await.expect("credit");

@@ -5,7 +5,9 @@
 use super::journal::log_lapse;
 use super::run::Sched;
 use super::state::{lock, push_completed, Completed, Txn};
-use super::{Engine, ErrorSource, Event, Failure, PlanEntry, Replayed, StepDone, StepIntent};
+use super::{
+    Engine, ErrorSource, Event, Failure, PlanEntry, Replayed, StepDone, StepIntent, UndoFailure,
+};
 use crate::compile::{CompiledProcedure, Leaf};
 use crate::data::Element;
 use crate::model::ProcKind;
@@ -70,17 +72,35 @@ impl Engine {
                     self.journal_intent(&call, &context, &ed).await?;
                 }
                 let started_after = txn.completions.load(AtomicOrdering::SeqCst);
+                let done = |outcome| Attempted {
+                    context: context.clone(),
+                    outcome,
+                    started_after,
+                    journaling,
+                };
                 let error = match self.attempt(&call, &context, &ed).await {
-                    Ok(outcome) => {
-                        let done = Attempted {
-                            context,
-                            outcome,
-                            started_after,
-                            journaling,
-                        };
-                        return self.succeeded(&call, &ed, done).await;
-                    }
+                    Ok(outcome) => return self.succeeded(&call, &ed, done(outcome)).await,
                     Err(error) => error,
+                };
+                // An unknown outcome is settled before anything else happens to the call:
+                // a retry of an applied call would apply it twice, a rollback would leave
+                // it behind.
+                let error = if error.is_in_doubt() {
+                    match self.settle_in_doubt(&call, &context, &ed, &error).await {
+                        Settled::Applied(undo) => {
+                            let outcome = Outcome {
+                                execute_data: ed.clone(),
+                                undo: Some(undo),
+                            };
+                            return self.succeeded(&call, &ed, done(outcome)).await;
+                        }
+                        Settled::NotApplied => error,
+                        Settled::CannotTell(why) => {
+                            return Err(self.unsettled(&call, &error, &why));
+                        }
+                    }
+                } else {
+                    error
                 };
                 self.failed(&call, &context, error, attempt).await?;
                 attempt += 1;
@@ -90,8 +110,9 @@ impl Engine {
         .await
     }
 
-    /// A failed attempt: journaled; a transient error within the retry budget waits for
-    /// its backoff and returns `Ok` (try again), any other ends the step.
+    /// A failed attempt (or an in-doubt one settled as not applied): journaled; a transient
+    /// or settled error within the retry budget waits for its backoff and returns `Ok` (try
+    /// again, same idempotency key), any other ends the step.
     async fn failed(
         &self,
         call: &LeafCall<'_>,
@@ -100,14 +121,21 @@ impl Engine {
         attempt: u32,
     ) -> Result<(), Failure> {
         let redactor = &call.txn.redactor;
-        let message = redactor.redact_text(&error.to_string());
+        let mut message = redactor.redact_text(&error.to_string());
+        if error.is_in_doubt() {
+            message.push_str(" (settled: not applied)");
+        }
         log_lapse(
             self.journal.step_failed(context, &message).await,
             "step_failed",
             "recovery sees the call's intent without an outcome and asks the provider \
              whether it was applied (an in-doubt call)",
         );
-        if matches!(error, ProviderError::Transient { .. }) && attempt <= self.options.retries {
+        let retryable = matches!(
+            error,
+            ProviderError::Transient { .. } | ProviderError::InDoubt { .. }
+        );
+        if retryable && attempt <= self.options.retries {
             tracing::warn!(attempt, error = %message, "transient error; retrying");
             tokio::time::sleep(self.backoff(attempt)).await;
             return Ok(());
@@ -128,6 +156,105 @@ impl Engine {
                 step: call.step.to_string(),
             }],
         })
+    }
+
+    /// Settles an attempt whose outcome is unknown through the provider's `recover` (same
+    /// idempotency key): journals the in-doubt state, then asks up to `undo_attempts`
+    /// times, each within the step timeout; a transient answer is asked again after a
+    /// backoff. A read changed nothing and is not asked.
+    async fn settle_in_doubt(
+        &self,
+        call: &LeafCall<'_>,
+        context: &CallContext,
+        ed: &Element,
+        error: &ProviderError,
+    ) -> Settled {
+        let redactor = &call.txn.redactor;
+        let message = redactor.redact_text(&error.to_string());
+        tracing::warn!(error = %message, "call in doubt; asking the provider whether it was applied");
+        log_lapse(
+            self.journal.step_in_doubt(context, &message).await,
+            "step_in_doubt",
+            "recovery sees the call's intent without an outcome, which is in doubt as well",
+        );
+        if call.callee.kind == ProcKind::Read {
+            return Settled::NotApplied;
+        }
+        let request = Call {
+            context: context.clone(),
+            provider_context: call.leaf.provider_context.clone(),
+            execute_data: ed.clone(),
+        };
+        let tries = self.options.undo_attempts.max(1);
+        let mut last = String::new();
+        for n in 1..=tries {
+            let asked = AssertUnwindSafe(call.provider.recover(&request)).catch_unwind();
+            match tokio::time::timeout(self.options.step_timeout, asked).await {
+                Ok(Ok(Ok(Some(undo)))) => {
+                    tracing::info!("settled: the call was applied; it counts as done");
+                    return Settled::Applied(undo);
+                }
+                Ok(Ok(Ok(None))) => {
+                    tracing::info!("settled: the call was not applied");
+                    return Settled::NotApplied;
+                }
+                Ok(Ok(Err(
+                    e @ (ProviderError::Transient { .. } | ProviderError::InDoubt { .. }),
+                ))) => {
+                    last = e.to_string();
+                }
+                Ok(Ok(Err(e))) => return Settled::CannotTell(redactor.redact_text(&e.to_string())),
+                Ok(Err(panic)) => {
+                    return Settled::CannotTell(format!(
+                        "its recover panicked: {}",
+                        panic_message(&panic)
+                    ))
+                }
+                Err(_) => {
+                    last = format!(
+                        "its recover did not answer within {:?}",
+                        self.options.step_timeout
+                    )
+                }
+            }
+            last = redactor.redact_text(&last);
+            tracing::warn!(attempt = n, error = %last, "cannot settle the in-doubt call yet");
+            if n < tries {
+                tokio::time::sleep(self.backoff(n)).await;
+            }
+        }
+        Settled::CannotTell(last)
+    }
+
+    /// An in-doubt call the provider cannot settle: the step fails, and the transaction's
+    /// rollback ends `rollback_failed` with this step named for an operator.
+    fn unsettled(&self, call: &LeafCall<'_>, error: &ProviderError, why: &str) -> Failure {
+        let redactor = &call.txn.redactor;
+        let message = redactor.redact_text(&format!(
+            "{} (in doubt: the provider cannot tell whether the call was applied: {why})",
+            error.message()
+        ));
+        tracing::error!(error = %message, "in-doubt call cannot be settled; an operator must check it");
+        lock(&call.txn.in_doubt).push(UndoFailure {
+            step: call.step.to_string(),
+            target: call.target.clone(),
+            message: format!("in doubt, check by hand whether it was applied: {message}"),
+        });
+        self.emit(Event::StepFinished {
+            step: call.step.to_string(),
+            ok: false,
+        });
+        let target = &call.callee.target;
+        Failure {
+            code: error.code(),
+            message,
+            step: call.step.to_string(),
+            sources: vec![ErrorSource {
+                namespace: target.namespace.clone(),
+                procedure: target.procedure.clone(),
+                step: call.step.to_string(),
+            }],
+        }
     }
 
     /// A call that completed before the crash: use the journaled result, call nothing (but
@@ -181,7 +308,7 @@ impl Engine {
     }
 
     /// One attempt: the provider's `execute` within the step timeout and the transaction's
-    /// parallel limit; a panic or a timeout is a permanent error.
+    /// parallel limit; a panic or a timeout leaves the outcome unknown (in doubt).
     async fn attempt(
         &self,
         call: &LeafCall<'_>,
@@ -201,13 +328,12 @@ impl Engine {
         let provider = &call.leaf.provider;
         match result {
             Ok(Ok(outcome)) => outcome,
-            Ok(Err(panic)) => Err(ProviderError::permanent(format!(
+            Ok(Err(panic)) => Err(ProviderError::in_doubt(format!(
                 "provider `{provider}` panicked: {}",
                 panic_message(&panic)
             ))),
-            Err(_) => Err(ProviderError::permanent(format!(
-                "provider `{provider}` did not answer within {:?} (step timeout); \
-                 whatever it did is its own to clean up",
+            Err(_) => Err(ProviderError::in_doubt(format!(
+                "provider `{provider}` did not answer within {:?} (step timeout)",
                 self.options.step_timeout
             ))),
         }
@@ -351,6 +477,16 @@ impl Engine {
             procedure: leaf.entry.clone(),
         }
     }
+}
+
+/// How an in-doubt call was settled.
+enum Settled {
+    /// Applied: the undo record the provider gave.
+    Applied(Element),
+    /// Not applied: nothing of it is left.
+    NotApplied,
+    /// The provider cannot tell (why, secrets masked).
+    CannotTell(String),
 }
 
 /// What a successful attempt hands to `succeeded`.

@@ -151,6 +151,12 @@ pub trait Journal: Send + Sync {
     async fn step_done(&self, _done: &StepDone<'_>) -> Result<(), JournalError> {
         Ok(())
     }
+    /// A provider call's outcome is unknown (the provider said so, or it timed out or
+    /// panicked); a settlement follows as `step_done` (applied) or `step_failed` (not
+    /// applied), or none when the provider cannot tell.
+    async fn step_in_doubt(&self, _call: &CallContext, _message: &str) -> Result<(), JournalError> {
+        Ok(())
+    }
     /// A provider call failed.
     async fn step_failed(&self, _call: &CallContext, _message: &str) -> Result<(), JournalError> {
         Ok(())

@@ -345,6 +345,7 @@ impl Engine {
             plan: Mutex::new(Vec::new()),
             redactor,
             resume: None,
+            in_doubt: Mutex::new(Vec::new()),
         }
     }
 

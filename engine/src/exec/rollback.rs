@@ -113,6 +113,8 @@ impl Engine {
                 }),
             }
         }
+        // A call nobody can settle may have been applied: only an operator can undo it.
+        failures.extend(lock(&txn.in_doubt).iter().cloned());
         (undone, failures)
     }
 

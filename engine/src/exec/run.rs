@@ -45,7 +45,12 @@ impl Engine {
             tracing::info!("transaction started");
             let result = match started {
                 Ok(()) => match self.run_entry(&txn, data).await {
-                    Ok(data) => self.two_phase(&txn).await.map(|()| data),
+                    Ok(data) => match unsettled_call(&txn) {
+                        // A try/catch went on past an unsettled in-doubt call: whether it
+                        // took effect is unknown, so the transaction must not commit.
+                        Some(f) => Err(f),
+                        None => self.two_phase(&txn).await.map(|()| data),
+                    },
                     Err(f) => Err(f),
                 },
                 Err(e) => Err(Failure {
@@ -514,6 +519,21 @@ impl Engine {
         }
         .boxed()
     }
+}
+
+/// The failure that keeps a transaction with an unsettled in-doubt call from committing.
+fn unsettled_call(txn: &Txn) -> Option<Failure> {
+    let in_doubt = lock(&txn.in_doubt);
+    let first = in_doubt.first()?;
+    Some(Failure {
+        code: ProviderError::E_FAIL,
+        message: format!(
+            "step {} ({}) is in doubt and cannot commit: {}",
+            first.step, first.target, first.message
+        ),
+        step: first.step.clone(),
+        sources: Vec::new(),
+    })
 }
 
 /// Where a call falls in a dry run: its wave, and the inputs not known before it.

@@ -1,7 +1,7 @@
 //! The in-memory state of one running transaction: its data scopes, the calls it completed
 //! (what a rollback undoes), and the context a step reads and writes through.
 
-use super::{PlanEntry, Redactor, Resume};
+use super::{PlanEntry, Redactor, Resume, UndoFailure};
 use crate::compile::Program;
 use crate::data::Element;
 use crate::model::ProcKind;
@@ -55,6 +55,9 @@ pub(super) struct Txn {
     pub(crate) redactor: Redactor,
     /// Set when resuming after a crash.
     pub(crate) resume: Option<Resume>,
+    /// Calls in doubt that the provider could not settle: the transaction cannot commit,
+    /// and its rollback names them for an operator.
+    pub(crate) in_doubt: Mutex<Vec<UndoFailure>>,
 }
 
 /// One run of a procedure body: its `data`, `procedureData` and the cases its selects chose.

@@ -628,6 +628,20 @@ impl Journal for DurableJournal {
             .await?)
     }
 
+    async fn step_in_doubt(&self, call: &CallContext, message: &str) -> Result<(), JournalError> {
+        let record = Record::InDoubt {
+            at_ms: now_ms(),
+            step: call.step_id.clone(),
+            attempt: call.attempt,
+            message: message.to_string(),
+        };
+        // Rides on the next sync: without it, recovery finds the intent without an
+        // outcome, which is in doubt as well.
+        Ok(self
+            .append(&call.txn_id, &record, false, Batch::new())
+            .await?)
+    }
+
     async fn undo_done(&self, call: &CallContext, error: Option<&str>) -> Result<(), JournalError> {
         let record = Record::Undone {
             at_ms: now_ms(),

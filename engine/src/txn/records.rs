@@ -303,6 +303,19 @@ pub enum Record {
         /// The error, secrets masked.
         message: String,
     },
+    /// The call's outcome is unknown (crash, timeout, broken connection after sending).
+    /// Until a `done` (applied) or `failed` (not applied) record of the same attempt
+    /// settles it, the call is in doubt.
+    InDoubt {
+        /// When.
+        at_ms: u64,
+        /// Step path.
+        step: String,
+        /// Attempt.
+        attempt: u32,
+        /// The error, secrets masked.
+        message: String,
+    },
     /// An undo finished.
     Undone {
         /// When.

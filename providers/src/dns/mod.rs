@@ -102,6 +102,10 @@ pub enum DnsError {
         /// What was asked and what came back, naming the response code.
         message: String,
     },
+    /// An UPDATE was sent and its answer was lost (timeout, broken connection): it may or
+    /// may not have been applied. The engine settles it through `recover`.
+    #[error("{0}")]
+    InDoubt(String),
     /// Storage failed.
     #[error("{what}: {message}")]
     Io {
@@ -140,6 +144,7 @@ impl From<DnsError> for ProviderError {
                 transient: true, ..
             } => return ProviderError::transient(message),
             DnsError::Unsupported(_) => return ProviderError::Unsupported(message),
+            DnsError::InDoubt(_) => return ProviderError::in_doubt(message),
             DnsError::NotServed(_) => E_ZONE_NOT_FOUND,
             DnsError::ZoneExists(_) => E_ZONE_EXISTS,
             DnsError::ZoneNotFound(_) => E_ZONE_NOT_FOUND,
@@ -158,6 +163,8 @@ impl From<DnsError> for ProviderError {
 /// Zones and records; `name()` is `DNS`.
 pub struct DnsProvider {
     backend: Arc<dyn ZoneBackend>,
+    /// A call and the settlement of its idempotency key never overlap (see `execute`).
+    fences: crate::common::KeyFences,
 }
 
 impl std::fmt::Debug for DnsProvider {
@@ -182,7 +189,10 @@ impl DnsProvider {
 
     /// Any backend.
     pub fn with_backend(backend: Arc<dyn ZoneBackend>) -> Self {
-        DnsProvider { backend }
+        DnsProvider {
+            backend,
+            fences: crate::common::KeyFences::new(),
+        }
     }
 
     /// The backend.
@@ -1200,17 +1210,25 @@ impl Provider for DnsProvider {
         ]
     }
 
+    /// Runs the call in a task of its own, holding the fence of its idempotency key: when
+    /// the engine stops waiting (step timeout), the change still runs to its end (a zone
+    /// file written, an UPDATE answered or timed out), and `recover` for the key waits for
+    /// it instead of reading a half-done change.
     async fn execute(&self, call: Call) -> Result<Outcome, ProviderError> {
-        match canonical_procedure(&call.context.procedure) {
-            Some("CreateZone") => self.create_zone(&call).await,
-            Some("DeleteZone") => self.delete_zone(&call).await,
-            Some("AddRecord") => self.add_record(&call).await,
-            Some("DeleteRecord") => self.delete_record(&call).await,
-            Some("ReplaceRecordSet") => self.replace_record_set(&call).await,
-            Some("ListRecords") => self.list_records(&call).await,
-            _ => Err(ProviderError::invalid(format!(
-                "the DNS provider has no procedure {:?}",
-                call.context.procedure
+        let fenced = self.fences.hold(&call.context.idempotency_key()).await;
+        let provider = DnsProvider {
+            backend: Arc::clone(&self.backend),
+            fences: self.fences.clone(),
+        };
+        let task = tokio::spawn(async move {
+            let _fenced = fenced;
+            provider.execute_call(&call).await
+        });
+        match task.await {
+            Ok(result) => result,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(ProviderError::in_doubt(format!(
+                "the DNS provider's task did not finish: {e}"
             ))),
         }
     }
@@ -1222,10 +1240,28 @@ impl Provider for DnsProvider {
     }
 
     async fn recover(&self, call: &Call) -> Result<Option<Element>, ProviderError> {
+        let _fenced = self.fences.hold(&call.context.idempotency_key()).await;
         self.recover_call(call).await
     }
 
     async fn preview(&self, call: &Call) -> Result<Preview, ProviderError> {
         self.preview_call(call).await
+    }
+}
+
+impl DnsProvider {
+    async fn execute_call(&self, call: &Call) -> Result<Outcome, ProviderError> {
+        match canonical_procedure(&call.context.procedure) {
+            Some("CreateZone") => self.create_zone(call).await,
+            Some("DeleteZone") => self.delete_zone(call).await,
+            Some("AddRecord") => self.add_record(call).await,
+            Some("DeleteRecord") => self.delete_record(call).await,
+            Some("ReplaceRecordSet") => self.replace_record_set(call).await,
+            Some("ListRecords") => self.list_records(call).await,
+            _ => Err(ProviderError::invalid(format!(
+                "the DNS provider has no procedure {:?}",
+                call.context.procedure
+            ))),
+        }
     }
 }

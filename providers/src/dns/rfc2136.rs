@@ -12,12 +12,18 @@
 //! RFC 2136 cannot create or delete zones: CreateZone only checks that the server is
 //! authoritative for the zone (SOA query) and DeleteZone is unsupported.
 //!
-//! Recovery after a crash asks the server: an AddRecord is applied iff its RRset now holds
-//! the record (the guard is rebuilt from the RRset as it is); a DeleteRecord whose record
-//! is still there was not applied, one whose record is gone is for an operator to judge
-//! (the deleted record's TTL is not known any more). A ReplaceRecordSet is applied iff the
-//! RRset is now exactly the set it wrote, and then also for an operator (what the RRset
-//! held before is not known); otherwise it was not applied.
+//! An UPDATE whose answer is lost (timeout, broken connection after sending) is in doubt
+//! ([`DnsError::InDoubt`]); a refused connection before sending is not. With a state
+//! folder ([`Rfc2136Config::state_dir`]), every keyed change first stores, durably, the
+//! RRset as read and as the UPDATE will leave it (a "prior" record under the call's
+//! idempotency key). Settling a call in doubt (`recover`) reads the RRset from the server
+//! and compares: as the change left it → applied, and the stored prior set is its undo;
+//! as it was before → not applied; anything else → an operator decides. Without a prior
+//! record (no state folder, or none written): an AddRecord is applied iff its RRset now
+//! holds the record (the guard is rebuilt from the RRset as it is); a DeleteRecord whose
+//! record is still there was not applied, one whose record is gone is for an operator; a
+//! ReplaceRecordSet not holding what it wrote was not applied, one holding it is for an
+//! operator.
 
 use super::backend::{
     rrset_changed, Applied, InDoubt, NewRrset, Recovered, Replaced, RrsetGuard, ZoneBackend,
@@ -40,7 +46,7 @@ use hickory_net::tcp::TcpClientStream;
 use hickory_net::{DnsHandle, DnsMultiplexer, NetError};
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
@@ -63,6 +69,10 @@ pub struct Rfc2136Config {
     pub key_secret: String,
     /// Time to wait for each answer.
     pub timeout: Duration,
+    /// Folder where the RRset before and after each change is stored durably before the
+    /// UPDATE is sent, so a change a crash or a lost answer left in doubt can be settled
+    /// and undone (see the module docs). `None`: such changes go to an operator.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl Rfc2136Config {
@@ -77,6 +87,7 @@ impl Rfc2136Config {
             key_name: key_name.into(),
             key_secret: key_secret.into(),
             timeout: Duration::from_secs(5),
+            state_dir: None,
         }
     }
 
@@ -94,6 +105,7 @@ impl fmt::Debug for Rfc2136Config {
             .field("key_name", &self.key_name)
             .field("key_secret", &"<redacted>")
             .field("timeout", &self.timeout)
+            .field("state_dir", &self.state_dir)
             .finish()
     }
 }
@@ -454,6 +466,17 @@ impl Rfc2136Backend {
     /// [`DnsError::Server`] and drop the connection.
     async fn exchange(&self, what: &str, message: Message) -> Result<DnsResponse, DnsError> {
         let client = self.client().await?;
+        self.send(client, what, message).await
+    }
+
+    /// Sends one message on an open connection and returns the response; transport errors
+    /// become [`DnsError::Server`] and drop the connection.
+    async fn send(
+        &self,
+        client: Client<TokioRuntimeProvider>,
+        what: &str,
+        message: Message,
+    ) -> Result<DnsResponse, DnsError> {
         let mut responses = client.send(DnsRequest::from(message));
         let result = match tokio::time::timeout(self.config.timeout, responses.next()).await {
             Ok(Some(r)) => r,
@@ -612,7 +635,18 @@ impl Rfc2136Backend {
             .get_or_insert_with(Edns::new)
             .set_max_payload(4096)
             .set_version(0);
-        let resp = self.exchange(what, m).await?;
+        // A connection that cannot be opened sent nothing; a transport failure once the
+        // update is on its way leaves its outcome unknown.
+        let client = self.client().await?;
+        let resp = self.send(client, what, m).await.map_err(|e| match e {
+            DnsError::Server {
+                transient: true,
+                message,
+            } => DnsError::InDoubt(format!(
+                "{message}; the update was sent and its answer lost: it may have been applied"
+            )),
+            other => other,
+        })?;
         let code = resp.metadata.response_code;
         let fail = |transient: bool, why: &str| DnsError::Server {
             transient,
@@ -661,6 +695,7 @@ impl Rfc2136Backend {
         owner: &str,
         ttl: Option<u32>,
         data: &RData,
+        key: Option<&str>,
     ) -> Result<Applied, DnsError> {
         let (_, soa_ttl) = self.require_zone(zone).await?;
         let name = self.owner_name(zone, owner)?;
@@ -687,6 +722,21 @@ impl Rfc2136Backend {
                 // RFC 2136 2.4.3: no CNAME at this name.
                 pre.push(empty_record(&name, RecordType::CNAME, DNSClass::NONE));
             }
+            let record = Record {
+                owner: owner.to_string(),
+                ttl,
+                data: data.clone(),
+            };
+            let before_ttl = cur.wire.first().map(|w| w.ttl);
+            if let Some(before) = cur.records(owner) {
+                // An add gives the whole RRset its TTL (RFC 2136 §3.4.2.2).
+                let mut after: Vec<Record> =
+                    before.iter().map(|r| Record { ttl, ..r.clone() }).collect();
+                after.push(record.clone());
+                let prior = Prior::new(zone, owner, data.rtype(), &before, &after)
+                    .with_record(&record, before_ttl);
+                self.keep_prior(key, &prior).await?;
+            }
             match self
                 .update(&format!("add {desc}"), zone, pre, vec![new.clone()])
                 .await?
@@ -695,14 +745,9 @@ impl Rfc2136Backend {
                     let mut after: Vec<RData> = cur.data.iter().flatten().cloned().collect();
                     let before = after.clone();
                     after.push(data.clone());
-                    let before_ttl = cur.wire.first().map(|w| w.ttl);
                     return Ok(Applied {
-                        record: Record {
-                            owner: owner.to_string(),
-                            ttl,
-                            data: data.clone(),
-                        },
-                        serial: self.serial(zone).await?,
+                        record,
+                        serial: self.serial(zone).await.map_err(applied_but)?,
                         guard: Some(RrsetGuard {
                             before,
                             after,
@@ -753,6 +798,7 @@ impl Rfc2136Backend {
         zone: &str,
         owner: &str,
         data: &RData,
+        key: Option<&str>,
     ) -> Result<Option<Applied>, DnsError> {
         self.require_zone(zone).await?;
         let name = self.owner_name(zone, owner)?;
@@ -764,6 +810,18 @@ impl Rfc2136Backend {
                 return Ok(None);
             };
             let ttl = cur.wire[pos].ttl;
+            let record = Record {
+                owner: owner.to_string(),
+                ttl,
+                data: data.clone(),
+            };
+            if let Some(before) = cur.records(owner) {
+                let after: Vec<Record> =
+                    before.iter().filter(|r| r.data != *data).cloned().collect();
+                let prior = Prior::new(zone, owner, data.rtype(), &before, &after)
+                    .with_record(&record, None);
+                self.keep_prior(key, &prior).await?;
+            }
             let pre = rrset_prerequisite(&name, rtype, &cur);
             let del = delete_rr(&cur.wire[pos]);
             if self
@@ -774,12 +832,8 @@ impl Rfc2136Backend {
                 let before: Vec<RData> = cur.data.iter().flatten().cloned().collect();
                 let after = before.iter().filter(|d| *d != data).cloned().collect();
                 return Ok(Some(Applied {
-                    record: Record {
-                        owner: owner.to_string(),
-                        ttl,
-                        data: data.clone(),
-                    },
-                    serial: self.serial(zone).await?,
+                    record,
+                    serial: self.serial(zone).await.map_err(applied_but)?,
                     guard: Some(RrsetGuard {
                         before,
                         after,
@@ -932,6 +986,7 @@ impl Rfc2136Backend {
         rtype: &str,
         new: NewRrset<'_>,
         expect: Option<&[Record]>,
+        key: Option<&str>,
     ) -> Result<Replaced, DnsError> {
         let (_, soa_ttl) = self.require_zone(zone).await?;
         let name = self.owner_name(zone, owner)?;
@@ -1008,12 +1063,14 @@ impl Rfc2136Backend {
                 u.extend(adds.iter().cloned());
                 u
             };
+            self.keep_prior(key, &Prior::new(zone, owner, rtype, &before, &after))
+                .await?;
             match self.update(&what, zone, pre, updates).await? {
                 None => {
                     return Ok(Replaced {
                         before,
                         after,
-                        serial: self.serial(zone).await?,
+                        serial: self.serial(zone).await.map_err(applied_but)?,
                         changed: true,
                     })
                 }
@@ -1318,7 +1375,7 @@ impl ZoneBackend for Rfc2136Backend {
         ttl: Option<u32>,
         data: &RData,
     ) -> Result<(Record, u32), DnsError> {
-        let a = self.add(zone, owner, ttl, data).await?;
+        let a = self.add(zone, owner, ttl, data, None).await?;
         Ok((a.record, a.serial))
     }
 
@@ -1329,7 +1386,7 @@ impl ZoneBackend for Rfc2136Backend {
         data: &RData,
     ) -> Result<Option<(Record, u32)>, DnsError> {
         Ok(self
-            .delete(zone, owner, data)
+            .delete(zone, owner, data, None)
             .await?
             .map(|a| (a.record, a.serial)))
     }
@@ -1341,7 +1398,7 @@ impl ZoneBackend for Rfc2136Backend {
         ttl: Option<u32>,
         data: &RData,
     ) -> Result<Applied, DnsError> {
-        self.add(zone, owner, ttl, data).await
+        self.add(zone, owner, ttl, data, None).await
     }
 
     async fn delete_record_guarded(
@@ -1350,7 +1407,32 @@ impl ZoneBackend for Rfc2136Backend {
         owner: &str,
         data: &RData,
     ) -> Result<Option<Applied>, DnsError> {
-        self.delete(zone, owner, data).await
+        self.delete(zone, owner, data, None).await
+    }
+
+    async fn add_record_keyed(
+        &self,
+        zone: &str,
+        owner: &str,
+        ttl: Option<u32>,
+        data: &RData,
+        key: &str,
+    ) -> Result<Applied, DnsError> {
+        let added = self.add(zone, owner, ttl, data, Some(key)).await;
+        self.settled_now(key, &added).await;
+        added
+    }
+
+    async fn delete_record_keyed(
+        &self,
+        zone: &str,
+        owner: &str,
+        data: &RData,
+        key: &str,
+    ) -> Result<Option<Applied>, DnsError> {
+        let deleted = self.delete(zone, owner, data, Some(key)).await;
+        self.settled_now(key, &deleted).await;
+        deleted
     }
 
     async fn undo_add(
@@ -1407,9 +1489,13 @@ impl ZoneBackend for Rfc2136Backend {
         rtype: &str,
         new: NewRrset<'_>,
         expect: Option<&[Record]>,
-        _key: Option<&str>,
+        key: Option<&str>,
     ) -> Result<Replaced, DnsError> {
-        self.replace(zone, owner, rtype, new, expect).await
+        let replaced = self.replace(zone, owner, rtype, new, expect, key).await;
+        if let Some(key) = key {
+            self.settled_now(key, &replaced).await;
+        }
+        replaced
     }
 
     fn deletes_zones(&self) -> bool {
@@ -1417,7 +1503,213 @@ impl ZoneBackend for Rfc2136Backend {
     }
 
     async fn recover(&self, key: &str, call: &InDoubt<'_>) -> Result<Recovered, DnsError> {
+        if let Some(prior) = self.read_prior(key).await {
+            return self.recover_from_prior(key, call, prior).await;
+        }
         self.recover_call(key, call).await
+    }
+
+    async fn forget(&self, key: &str) {
+        self.drop_prior(key).await;
+    }
+}
+
+/// What a keyed change stores (durably) before its UPDATE: the RRset as read and as the
+/// UPDATE leaves it, as zone-file lines, so a change left in doubt can be settled and
+/// undone after a crash (see the module docs).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Prior {
+    zone: String,
+    owner: String,
+    rtype: String,
+    before: Vec<String>,
+    after: Vec<String>,
+    /// The record an AddRecord added or a DeleteRecord removed.
+    #[serde(default)]
+    record: Option<String>,
+    /// The RRset's TTL before an AddRecord (the add changes it for the whole RRset).
+    #[serde(default)]
+    before_ttl: Option<u32>,
+}
+
+impl Prior {
+    fn new(zone: &str, owner: &str, rtype: &str, before: &[Record], after: &[Record]) -> Prior {
+        Prior {
+            zone: zone.to_string(),
+            owner: owner.to_string(),
+            rtype: rtype.to_string(),
+            before: before.iter().map(Record::line).collect(),
+            after: after.iter().map(Record::line).collect(),
+            record: None,
+            before_ttl: None,
+        }
+    }
+
+    fn with_record(mut self, record: &Record, before_ttl: Option<u32>) -> Prior {
+        self.record = Some(record.line());
+        self.before_ttl = before_ttl;
+        self
+    }
+
+    fn records(&self, lines: &[String]) -> Result<Vec<Record>, DnsError> {
+        lines.iter().map(|l| self.record_of(l)).collect()
+    }
+
+    fn record_of(&self, line: &str) -> Result<Record, DnsError> {
+        match super::zonefile::parse_record_line(line, &self.zone, 3600) {
+            Ok(Some((r, None))) => Ok(r),
+            _ => Err(DnsError::Unsupported(format!(
+                "the stored prior RRset of {} {} holds a line that does not read ({line:?}); \
+                 check the RRset by hand",
+                fqdn(&self.zone, &self.owner),
+                self.rtype
+            ))),
+        }
+    }
+}
+
+/// A read after an UPDATE that succeeded failed: the change is made but its answer is
+/// incomplete, which the engine settles like a lost answer.
+fn applied_but(e: DnsError) -> DnsError {
+    DnsError::InDoubt(format!(
+        "the update was applied, but reading the zone's serial afterwards failed: {e}"
+    ))
+}
+
+/// Writes `bytes` to `path` through a temp file, fsynced, renamed, folder fsynced.
+fn write_durably(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let written = std::fs::File::create(&tmp).and_then(|mut f| {
+        f.write_all(bytes)?;
+        f.sync_all()
+    });
+    if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, path)) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std::fs::File::open(dir).and_then(|d| d.sync_all())
+}
+
+impl Rfc2136Backend {
+    fn prior_path(&self, key: &str) -> Option<PathBuf> {
+        let dir = self.config.state_dir.as_ref()?;
+        Some(dir.join(format!("{}.json", crate::common::sanitize_key(key))))
+    }
+
+    /// Stores `prior` under `key` durably before an UPDATE (nothing without a key or a
+    /// state folder). A failure stops the change: it could not be settled after a crash.
+    async fn keep_prior(&self, key: Option<&str>, prior: &Prior) -> Result<(), DnsError> {
+        let (Some(key), Some(dir)) = (key, self.config.state_dir.clone()) else {
+            return Ok(());
+        };
+        let Some(path) = self.prior_path(key) else {
+            return Ok(());
+        };
+        let bytes = serde_json::to_vec(prior).map_err(|e| DnsError::Io {
+            what: "prior RRset record".into(),
+            transient: false,
+            message: e.to_string(),
+        })?;
+        let shown = path.display().to_string();
+        let written = tokio::task::spawn_blocking(move || write_durably(&dir, &path, &bytes))
+            .await
+            .map_err(|e| DnsError::Io {
+                what: format!("prior RRset record {shown}"),
+                transient: true,
+                message: e.to_string(),
+            })?;
+        written.map_err(|e| DnsError::io(format!("prior RRset record {shown}"), e))
+    }
+
+    async fn read_prior(&self, key: &str) -> Option<Prior> {
+        let path = self.prior_path(key)?;
+        let bytes = tokio::task::spawn_blocking(move || std::fs::read(path))
+            .await
+            .ok()?
+            .ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    async fn drop_prior(&self, key: &str) {
+        if let Some(path) = self.prior_path(key) {
+            let _ = tokio::task::spawn_blocking(move || std::fs::remove_file(path)).await;
+        }
+    }
+
+    /// After a keyed change: a definite failure changed nothing, so its prior record goes;
+    /// success and an unknown outcome keep it (recovery needs it).
+    async fn settled_now<T>(&self, key: &str, result: &Result<T, DnsError>) {
+        if matches!(result, Err(e) if !matches!(e, DnsError::InDoubt(_))) {
+            self.drop_prior(key).await;
+        }
+    }
+
+    /// Settles a call in doubt from its prior record and the RRset on the server now.
+    async fn recover_from_prior(
+        &self,
+        key: &str,
+        call: &InDoubt<'_>,
+        prior: Prior,
+    ) -> Result<Recovered, DnsError> {
+        let set = format!("{} {}", fqdn(&prior.zone, &prior.owner), prior.rtype);
+        let Some((live, _)) = self
+            .read_rrset(&prior.zone, &prior.owner, &prior.rtype)
+            .await?
+        else {
+            return Err(DnsError::Unsupported(format!(
+                "cannot tell whether the change of {set} ({key}) was applied: DNS server {} \
+                 no longer serves zone {}.; check it by hand",
+                self.server(),
+                prior.zone
+            )));
+        };
+        let before = prior.records(&prior.before)?;
+        let after = prior.records(&prior.after)?;
+        let data = |rs: &[Record]| rs.iter().map(|r| r.data.clone()).collect::<Vec<RData>>();
+        // A replace sets the TTLs as well; an add or delete is judged by the data.
+        let same = |a: &[Record], b: &[Record]| match call {
+            InDoubt::ReplaceRecordSet { .. } => same_rrset(a, b),
+            _ => a.len() == b.len() && a.iter().all(|r| b.iter().any(|s| s.data == r.data)),
+        };
+        if same(&live, &after) {
+            let guard = |before_ttl| {
+                Some(RrsetGuard {
+                    before: data(&before),
+                    after: data(&after),
+                    before_ttl,
+                })
+            };
+            return match (call, &prior.record) {
+                (InDoubt::ReplaceRecordSet { .. }, _) => Ok(Recovered::Rrset { before, after }),
+                (InDoubt::AddRecord { .. }, Some(line)) => Ok(Recovered::Record {
+                    record: prior.record_of(line)?,
+                    guard: guard(prior.before_ttl),
+                }),
+                (InDoubt::DeleteRecord { .. }, Some(line)) => Ok(Recovered::Record {
+                    record: prior.record_of(line)?,
+                    guard: guard(None),
+                }),
+                _ => Err(DnsError::Unsupported(format!(
+                    "the prior record of {set} ({key}) does not match the call {call:?}; check \
+                     it by hand"
+                ))),
+            };
+        }
+        if same(&live, &before) {
+            self.drop_prior(key).await;
+            return Ok(Recovered::NotApplied);
+        }
+        Err(DnsError::Unsupported(format!(
+            "cannot tell whether the change of {set} ({key}) was applied: DNS server {} holds \
+             {}, neither the RRset before it ({}) nor what it wrote ({}); someone else changed \
+             it meanwhile; check it by hand",
+            self.server(),
+            describe_rrset(&live),
+            describe_rrset(&before),
+            describe_rrset(&after)
+        )))
     }
 }
 

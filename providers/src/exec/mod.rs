@@ -6,8 +6,11 @@
 //! Calls to one child are serialized. A call that times out, or a child that crashes,
 //! closes its stdout or writes something that is not a well-formed response, fails the
 //! call with an error naming the provider; the child is killed and restarted lazily on
-//! the next call. Timeouts and crashes are transient (the engine may retry with the same
-//! idempotency key); protocol violations are permanent.
+//! the next call. A timeout, a crash or a broken pipe after the request line was written
+//! leaves the call in doubt ([`ProviderError::InDoubt`]: the child may have applied it
+//! before it died), and the engine settles it through `recover` (same idempotency key)
+//! before it retries or rolls back; the same failures before the request was written are
+//! transient (nothing was sent). Protocol violations are permanent.
 //!
 //! A child that keeps failing is not restarted forever: after
 //! [`ExecConfig::max_restarts`] restarts within [`ExecConfig::restart_window`], calls fail
@@ -328,7 +331,7 @@ impl ExecProvider {
             message,
             transient,
         };
-        match exchange(&mut running, &request, id, self.start_timeout).await {
+        match exchange(&mut running, &request, id, self.start_timeout, &mut false).await {
             Ok(Reply::Ok(map)) => match protocol::procedures(&map) {
                 Ok(procedures) => Ok((running, procedures)),
                 Err(e) => {
@@ -399,8 +402,9 @@ impl ExecProvider {
         let request = build(id);
         tracing::debug!(provider = %name, id, method = method.as_str(), "exec provider request");
         state.in_flight = true;
+        let mut sent = false;
         let result = match state.running.as_mut() {
-            Some(running) => exchange(running, &request, id, self.call_timeout).await,
+            Some(running) => exchange(running, &request, id, self.call_timeout, &mut sent).await,
             None => Err(Failure::Ended(None)),
         };
         state.in_flight = false;
@@ -411,7 +415,12 @@ impl ExecProvider {
                 if let Some(running) = state.running.take() {
                     running.kill().await;
                 }
-                let e = failure.into_provider_error(name, method);
+                let e = if sent && failure.transient() {
+                    // The child read the request and may have acted on it before failing.
+                    ProviderError::in_doubt(failure.message(name, method))
+                } else {
+                    failure.into_provider_error(name, method)
+                };
                 tracing::warn!(provider = %name, "{}; it will be restarted on the next call", e.message());
                 state.last_failure = Some(e.message());
                 Err(e)
@@ -516,11 +525,14 @@ impl ExecProvider {
 }
 
 /// Writes `request` as one line and reads the matching response, all within `timeout`.
+/// Sets `sent` once the whole line was written (from then on a failure leaves the
+/// request's outcome unknown).
 async fn exchange(
     running: &mut Running,
     request: &Value,
     id: u64,
     timeout: Duration,
+    sent: &mut bool,
 ) -> Result<Reply, Failure> {
     let line = serde_json::to_vec(request).map_err(|e| Failure::Io(io::Error::other(e)))?;
     let outcome = tokio::time::timeout(timeout, async {
@@ -532,6 +544,7 @@ async fn exchange(
                 _ => Failure::Io(e),
             });
         }
+        *sent = true;
         match running.read_line().await {
             Ok(line) => Ok(line),
             Err(ReadError::Eof) => Err(Failure::Ended(running.wait_briefly().await)),

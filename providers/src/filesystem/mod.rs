@@ -75,6 +75,10 @@ pub struct FilesystemOptions {
 /// stalls a runtime worker and a step timeout can give up on the call.
 pub struct FilesystemProvider {
     fs: Arc<Fs>,
+    /// Fences between a call and the settlement of the same idempotency key: a call the
+    /// engine gave up on (step timeout) goes on in the blocking pool, so `recover` waits
+    /// for it to finish instead of reading a half-done change as "not applied".
+    fences: crate::common::KeyFences,
 }
 
 /// The provider's state and its synchronous operations, shared with the blocking pool.
@@ -123,6 +127,7 @@ impl FilesystemProvider {
                 #[cfg(test)]
                 before_op: None,
             }),
+            fences: crate::common::KeyFences::new(),
         })
     }
 
@@ -1249,7 +1254,13 @@ impl Provider for FilesystemProvider {
     }
 
     async fn execute(&self, call: Call) -> Result<Outcome, ProviderError> {
-        self.blocking(move |fs| fs.execute_sync(&call)).await
+        // Held until the blocking work ends, even when the engine stops waiting for it.
+        let fenced = self.fences.hold(&call.context.idempotency_key()).await;
+        self.blocking(move |fs| {
+            let _fenced = fenced;
+            fs.execute_sync(&call)
+        })
+        .await
     }
 
     async fn undo(&self, done: Done) -> Result<(), ProviderError> {
@@ -1257,6 +1268,8 @@ impl Provider for FilesystemProvider {
     }
 
     async fn recover(&self, call: &Call) -> Result<Option<Element>, ProviderError> {
+        // A call of this key still running (abandoned by a step timeout) finishes first.
+        let _fenced = self.fences.hold(&call.context.idempotency_key()).await;
         let call = call.clone();
         self.blocking(move |fs| fs.recover_sync(&call)).await
     }
