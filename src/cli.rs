@@ -281,6 +281,11 @@ pub struct PlanArgs {
     /// Print the plan as JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Exit 0 when there is nothing to do, 2 when the run would change something, 1 when
+    /// it would fail (or the request is bad). Without it: 1 when a failure is already
+    /// visible, 2 for a bad request, 0 otherwise.
+    #[arg(long)]
+    pub detailed_exitcode: bool,
 }
 
 /// `validate` arguments.

@@ -178,19 +178,44 @@ fn to_format(o: OutputFormat) -> Format {
     }
 }
 
+/// What a plan says the run will do, for the exit status.
+fn plan_exit(entries: &[provisio_engine::exec::PlanEntry], detailed: bool) -> Exit {
+    let fails = entries
+        .iter()
+        .any(|e| matches!(e.preview, Preview::Fail(_)));
+    let changes = entries
+        .iter()
+        .any(|e| !matches!(e.preview, Preview::NoChange(_)));
+    match (fails, changes, detailed) {
+        (true, _, _) => Exit::PlanFails,
+        (false, true, true) => Exit::PlanChanges,
+        _ => Exit::Ok,
+    }
+}
+
 async fn plan(config: &Config, args: &PlanArgs) -> Result<Exit> {
+    // With --detailed-exitcode a bad request is a failure (1), as 2 means "changes".
+    let bad = |message: String| {
+        eprintln!("{message}");
+        Ok(if args.detailed_exitcode {
+            Exit::PlanFails
+        } else {
+            Exit::BadInput
+        })
+    };
     let request = match load::request(&args.file) {
         Ok(r) => r,
-        Err(e) => return bad_input(format!("error: {e}")),
+        Err(e) => return bad(format!("error: {e}")),
     };
     let engine = match load::engine(config).await {
         Ok(e) => e,
-        Err(e) => return bad_input(format!("error: {e:#}")),
+        Err(e) => return bad(format!("error: {e:#}")),
     };
     let entries = match engine.plan(&request).await {
         Ok(p) => p,
-        Err(e) => return bad_input(e),
+        Err(e) => return bad(e.to_string()),
     };
+    let exit = plan_exit(&entries, args.detailed_exitcode);
     if args.json {
         let list: Vec<serde_json::Value> = entries
             .iter()
@@ -203,7 +228,7 @@ async fn plan(config: &Config, args: &PlanArgs) -> Result<Exit> {
             })
             .collect();
         println!("{}", serde_json::to_string_pretty(&list)?);
-        return Ok(Exit::Ok);
+        return Ok(exit);
     }
     let target = match &request.target {
         provisio_engine::model::RequestTarget::Call(t) => t.to_string(),
@@ -221,7 +246,9 @@ async fn plan(config: &Config, args: &PlanArgs) -> Result<Exit> {
         }
         let what = match &e.preview {
             Preview::Change(s) => format!("+ {s}"),
+            Preview::Update(s) => format!("~ {s}"),
             Preview::NoChange(s) => format!("= {s} (no change)"),
+            Preview::Fail(s) => format!("! will fail: {s}"),
             Preview::Unknown => "? (the provider cannot tell before running)".to_string(),
         };
         println!("  {}  {}  {what}", e.step, e.target);
@@ -238,7 +265,25 @@ async fn plan(config: &Config, args: &PlanArgs) -> Result<Exit> {
             );
         }
     }
-    Ok(Exit::Ok)
+    let count = |f: fn(&Preview) -> bool| entries.iter().filter(|e| f(&e.preview)).count();
+    println!(
+        "\n{} to create, {} to change, {} unchanged, {} unknown, {} will fail.",
+        count(|p| matches!(p, Preview::Change(_))),
+        count(|p| matches!(p, Preview::Update(_))),
+        count(|p| matches!(p, Preview::NoChange(_))),
+        count(|p| matches!(p, Preview::Unknown)),
+        count(|p| matches!(p, Preview::Fail(_))),
+    );
+    if let Some(e) = entries
+        .iter()
+        .find(|e| matches!(e.preview, Preview::Fail(_)))
+    {
+        println!(
+            "The run would fail at step {} ({}) and roll back what came before.",
+            e.step, e.target
+        );
+    }
+    Ok(exit)
 }
 
 /// Whether a file is a namespace definition (else a request), by its root.

@@ -179,6 +179,47 @@ pub struct DnsConfig {
     pub key_file: Option<PathBuf>,
     /// rfc2136: seconds to wait for each answer.
     pub timeout_secs: u64,
+    /// rfc2136: `[providers.dns.rndc]`, zone creation and deletion through BIND's control
+    /// channel; absent: CreateZone only checks that the zone is served, DeleteZone fails.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rndc: Option<RndcToml>,
+}
+
+/// `[providers.dns.rndc]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RndcToml {
+    /// Folder Provisio writes new zone files (and deleted-zone copies) into; named reads
+    /// it and writes journals there.
+    pub zone_dir: PathBuf,
+    /// The same folder as named sees it, when mounted elsewhere on the DNS server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_zone_dir: Option<PathBuf>,
+    /// The rndc program; default `rndc` on PATH or in /usr/sbin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub program: Option<PathBuf>,
+    /// `rndc -s`: the control channel's address; default rndc's own configuration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
+    /// `rndc -p`: the control channel's port; default rndc's own configuration (953).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// `rndc -k`: the control channel's key file; default rndc's own configuration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// `rndc -c`: an rndc configuration file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_file: Option<PathBuf>,
+    /// Statements added inside every added zone's `{ … }`, e.g. `also-notify { … };`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub zone_options: String,
+    /// Seconds allowed for one rndc run.
+    #[serde(default = "default_rndc_timeout")]
+    pub timeout_secs: u64,
+}
+
+fn default_rndc_timeout() -> u64 {
+    10
 }
 
 impl Default for DnsConfig {
@@ -189,6 +230,7 @@ impl Default for DnsConfig {
             server: None,
             key_file: None,
             timeout_secs: 5,
+            rndc: None,
         }
     }
 }
@@ -527,6 +569,18 @@ impl Config {
                 fix(w);
             }
         }
+        if let Some(r) = &mut self.providers.dns.rndc {
+            fix(&mut r.zone_dir);
+            for p in [&mut r.program, &mut r.key_file, &mut r.config_file]
+                .into_iter()
+                .flatten()
+            {
+                // A bare program name is looked up on PATH, not next to the file.
+                if p.components().count() > 1 || p.is_absolute() {
+                    fix(p);
+                }
+            }
+        }
     }
 
     fn fill_defaults(&mut self) {
@@ -588,6 +642,29 @@ impl Config {
                     "{}: must be at least 1 second",
                     at("providers.dns.timeout_secs")
                 );
+            }
+        }
+        if let Some(r) = &dns.rndc {
+            if dns.backend != DnsBackendKind::Rfc2136 {
+                bail!(
+                    "{}: only used with backend = \"rfc2136\" (the zonefile backend creates zone files itself)",
+                    at("providers.dns.rndc")
+                );
+            }
+            if r.timeout_secs == 0 {
+                bail!(
+                    "{}: must be at least 1 second",
+                    at("providers.dns.rndc.timeout_secs")
+                );
+            }
+            if let Some(d) = &r.server_zone_dir {
+                if !d.is_absolute() {
+                    bail!(
+                        "{}: {:?} must be an absolute path (the folder as named sees it)",
+                        at("providers.dns.rndc.server_zone_dir"),
+                        d.display().to_string()
+                    );
+                }
             }
         }
         let mut names = std::collections::BTreeSet::new();

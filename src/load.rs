@@ -11,7 +11,7 @@ use provisio_engine::provider::ProviderRegistry;
 use provisio_engine::request::{self, ParseError};
 use provisio_engine::store::{SledStore, StoreError};
 use provisio_engine::txn::{DurableJournal, SealKey};
-use provisio_providers::dns::{DnsProvider, Rfc2136Config};
+use provisio_providers::dns::{DnsProvider, Rfc2136Config, RndcConfig};
 use provisio_providers::exec::{ExecConfig, ExecProvider};
 use provisio_providers::filesystem::{FilesystemOptions, FilesystemProvider};
 use std::io::Read;
@@ -86,6 +86,20 @@ pub async fn registry(config: &Config) -> Result<ProviderRegistry> {
             rfc.timeout = Duration::from_secs(p.dns.timeout_secs.max(1));
             // The previous RRsets kept for settling changes a crash left in doubt.
             rfc.state_dir = Some(config.data_dir.join("rfc2136"));
+            if let Some(r) = &p.dns.rndc {
+                let mut rndc = RndcConfig::new(r.zone_dir.clone());
+                if let Some(program) = &r.program {
+                    rndc.program.clone_from(program);
+                }
+                rndc.server.clone_from(&r.server);
+                rndc.port = r.port;
+                rndc.key_file.clone_from(&r.key_file);
+                rndc.config_file.clone_from(&r.config_file);
+                rndc.server_zone_dir.clone_from(&r.server_zone_dir);
+                rndc.zone_options.clone_from(&r.zone_options);
+                rndc.timeout = Duration::from_secs(r.timeout_secs.max(1));
+                rfc.rndc = Some(rndc);
+            }
             DnsProvider::rfc2136(rfc)
                 .with_context(|| format!("providers.dns: cannot use DNS server {server}"))?
         }
@@ -265,10 +279,17 @@ pub fn state_line(config: &Config) -> String {
                 .unwrap_or_else(|| config.data_dir.join("zones"))
                 .display()
         ),
-        DnsBackendKind::Rfc2136 => format!(
-            "zones on DNS server {}",
-            p.dns.server.as_deref().unwrap_or("?")
-        ),
+        DnsBackendKind::Rfc2136 => match &p.dns.rndc {
+            Some(r) => format!(
+                "zones on DNS server {} (added and deleted with rndc, zone files `{}`)",
+                p.dns.server.as_deref().unwrap_or("?"),
+                r.zone_dir.display()
+            ),
+            None => format!(
+                "zones on DNS server {}",
+                p.dns.server.as_deref().unwrap_or("?")
+            ),
+        },
     };
     let key = match &config.journal.seal_key {
         Some(_) => "seal key from PROVISIO_SEAL_KEY".to_string(),

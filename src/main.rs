@@ -96,6 +96,21 @@ pub enum Exit {
     /// Another provisio process holds the journal: nothing ran; try again later
     /// (EX_TEMPFAIL of sysexits.h).
     StoreBusy = 75,
+    /// `plan --detailed-exitcode`: the run would change something (exit 2).
+    PlanChanges = 200,
+    /// `plan`: the run would fail, or the request is bad (exit 1).
+    PlanFails = 201,
+}
+
+impl Exit {
+    /// The process exit status.
+    pub fn code(self) -> u8 {
+        match self {
+            Exit::PlanChanges => 2,
+            Exit::PlanFails => 1,
+            other => other as u8,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -112,7 +127,7 @@ fn main() -> ExitCode {
         }
     };
     match runtime.block_on(commands::dispatch(cli)) {
-        Ok(code) => ExitCode::from(code as u8),
+        Ok(code) => ExitCode::from(code.code()),
         Err(e) => {
             eprintln!("error: {e:#}");
             let code = if e.downcast_ref::<load::StoreBusy>().is_some() {

@@ -74,13 +74,19 @@ pub struct Done {
     pub execute_data: Option<Element>,
 }
 
-/// What a provider expects a call to change, for `provisio plan`.
+/// What a provider expects a call to do, for `provisio plan`. A preview promises what the
+/// run will do: `NoChange` only when the call will succeed without changing anything, and
+/// `Fail` whenever the provider can already see that the call will fail.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Preview {
-    /// The call would create or change something (a human sentence).
+    /// The call would create or add something (a human sentence).
     Change(String),
-    /// The desired state is already there.
+    /// The call would change or remove something that exists (a human sentence).
+    Update(String),
+    /// The call will succeed and change nothing (the desired state is already there).
     NoChange(String),
+    /// The call will fail, and why (e.g. "zone example.com already exists").
+    Fail(String),
     /// The provider cannot tell without doing it.
     Unknown,
 }
@@ -285,7 +291,8 @@ pub trait Provider: Send + Sync {
         )))
     }
 
-    /// Says what the call would change without changing anything (for `provisio plan`).
+    /// Says what the call would do without changing anything (for `provisio plan`). An
+    /// error here (bad input, a server that cannot be asked) is shown as a failure.
     async fn preview(&self, _call: &Call) -> Result<Preview, ProviderError> {
         Ok(Preview::Unknown)
     }

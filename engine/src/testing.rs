@@ -303,7 +303,8 @@ impl Provider for RecordingProvider {
             .unwrap_or_default();
         let exists = self.st().resources.contains(&name);
         Ok(match (call.context.procedure.as_str(), exists) {
-            ("Create", true) => Preview::NoChange(format!("{name} already exists")),
+            // Create of an existing name fails (see `execute`).
+            ("Create", true) => Preview::Fail(format!("{name} already exists")),
             ("Create", false) => Preview::Change(format!("create {name}")),
             _ => Preview::Unknown,
         })

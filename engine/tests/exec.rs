@@ -1388,7 +1388,7 @@ procedures:
         .all(|e| e.target == "Rec Provider/Create" && e.provider == "Rec"));
     assert_eq!(
         plan[0].preview,
-        Preview::NoChange("a already exists".to_string())
+        Preview::Fail("a already exists".to_string())
     );
     assert_eq!(plan[1].preview, Preview::Change("create b".to_string()));
     assert_eq!(plan[2].preview, Preview::Unknown);
@@ -1399,6 +1399,32 @@ procedures:
     // Nothing was executed.
     assert!(env.log().is_empty());
     assert_eq!(env.resources(), strings(&["a"]));
+}
+
+#[tokio::test]
+async fn plan_of_a_request_that_calls_a_provider_procedure_directly_executes_nothing() {
+    // A namespace that publishes a provider entry point: the request's target is a leaf.
+    let env = env(r#"
+namespace: Direct
+provider: Rec
+procedures:
+  Make:
+    access: public
+    entry: Create
+"#);
+    let plan = env.plan("call: Direct/Make\ndata: { name: direct }").await;
+    assert_eq!(plan.len(), 1, "{plan:?}");
+    assert_eq!(plan[0].target, "Direct/Make");
+    assert_eq!(
+        plan[0].preview,
+        Preview::Change("create direct".to_string())
+    );
+    assert!(
+        env.log().is_empty(),
+        "executed in a dry run: {:?}",
+        env.log()
+    );
+    assert!(env.resources().is_empty());
 }
 
 // ---------------------------------------------------------------------------------------

@@ -57,6 +57,7 @@ pub(crate) fn input(name: &str, ty: &str, required: bool, description: &str) -> 
         secret: false,
         default: None,
         description: Some(description.to_string()),
+        check: None,
     }
 }
 

@@ -767,7 +767,11 @@ async fn preview_reports_changes() {
         Ok(Preview::Change("create zone example.com".into()))
     );
     p.execute(c.clone()).await.expect("create");
-    assert!(matches!(p.preview(&c).await, Ok(Preview::NoChange(_))));
+    // CreateZone of an existing zone fails: the preview says so.
+    assert_eq!(
+        p.preview(&c).await,
+        Ok(Preview::Fail("zone example.com already exists".into()))
+    );
     let a = call(
         "DNS Provider",
         "AddRecord",
@@ -780,7 +784,33 @@ async fn preview_reports_changes() {
     );
     assert!(matches!(p.preview(&a).await, Ok(Preview::Change(_))));
     p.execute(a.clone()).await.expect("add");
-    assert!(matches!(p.preview(&a).await, Ok(Preview::NoChange(_))));
+    assert!(matches!(p.preview(&a).await, Ok(Preview::Fail(_))));
+    let d = call(
+        "DNS Provider",
+        "DeleteRecord",
+        &[
+            ("zoneName", "example.com"),
+            ("name", "www"),
+            ("rrType", "A"),
+            ("address", "192.0.2.1"),
+        ],
+    );
+    assert!(matches!(p.preview(&d).await, Ok(Preview::Update(_))));
+    let gone = call(
+        "DNS Provider",
+        "DeleteZone",
+        &[("zoneName", "gone.example")],
+    );
+    assert!(matches!(p.preview(&gone).await, Ok(Preview::Fail(_))));
+    let bad = call(
+        "DNS Provider",
+        "AddRecord",
+        &[("zoneName", "example.com"), ("rrType", "AAA")],
+    );
+    assert!(
+        p.preview(&bad).await.is_err(),
+        "bad input: the engine shows it as a failure"
+    );
 }
 
 /// Runs `named-checkzone` on a zone with every record type, when it is installed.
@@ -1202,7 +1232,7 @@ async fn replace_record_set_with_the_same_set_is_a_no_op() {
         &[&[("address", "192.0.2.2")], &[("address", "192.0.2.1")]],
     );
     match p.preview(&other_ttl).await.expect("preview") {
-        Preview::Change(m) => assert_eq!(
+        Preview::Update(m) => assert_eq!(
             m,
             "replace www.example.com. A: 192.0.2.1, 192.0.2.2 (TTL 120) → 192.0.2.1, 192.0.2.2 (TTL 300)"
         ),
@@ -1215,7 +1245,7 @@ async fn replace_record_set_with_the_same_set_is_a_no_op() {
         &[&[("text", "x")]],
     );
     match p.preview(&absent).await.expect("preview") {
-        Preview::Change(m) => assert!(m.contains("no records → \"x\" (TTL 3600)"), "{m}"),
+        Preview::Change(m) => assert_eq!(m, "create new.example.com. TXT: \"x\" (TTL 3600)"),
         other => panic!("{other:?}"),
     }
     assert_eq!(

@@ -380,12 +380,15 @@ async fn preview_says_what_would_change() {
     );
     assert!(!p.root().join("a").exists(), "preview changes nothing");
     p.execute(c.clone()).await.expect("create");
+    // CreateFolder of an existing folder and DeleteFolder of a missing one fail.
     assert_eq!(
         p.preview(&c).await,
-        Ok(Preview::NoChange("a already exists".into()))
+        Ok(Preview::Fail("folder a already exists".into()))
     );
     let d = call("Filesystem Provider", "DeleteFolder", &[("path", "zz")]);
-    assert!(matches!(p.preview(&d).await, Ok(Preview::NoChange(_))));
+    assert!(matches!(p.preview(&d).await, Ok(Preview::Fail(_))));
+    let d = call("Filesystem Provider", "DeleteFolder", &[("path", "a")]);
+    assert!(matches!(p.preview(&d).await, Ok(Preview::Update(_))));
     let w = call("Filesystem Provider", "WriteFile", &[("path", "a/f")]);
     assert!(matches!(p.preview(&w).await, Ok(Preview::Change(_))));
     let bad = call("Filesystem Provider", "CreateFolder", &[("path", "../a")]);

@@ -272,7 +272,7 @@ async fn mode_only_and_preview() {
         .await
         .expect("preview");
     assert!(
-        matches!(&preview, Preview::Change(s) if s.contains("0755 → 2700")),
+        matches!(&preview, Preview::Update(s) if s.contains("0755 → 2700")),
         "{preview:?}"
     );
     let (c, out) = run(&p, "SetPermissions", &[("path", "d"), ("mode", "2700")])

@@ -639,7 +639,7 @@ async fn preview_queries_the_server() {
     let fresh = rec(&[("name", "pre"), ("rrType", "A"), ("address", "192.0.2.2")]);
     assert!(matches!(
         preview("AddRecord", existing.clone()).await,
-        Preview::NoChange(_)
+        Preview::Fail(_)
     ));
     assert!(matches!(
         preview("AddRecord", fresh.clone()).await,
@@ -647,15 +647,24 @@ async fn preview_queries_the_server() {
     ));
     assert!(matches!(
         preview("DeleteRecord", existing).await,
-        Preview::Change(_)
+        Preview::Update(_)
     ));
     assert!(matches!(
         preview("DeleteRecord", fresh).await,
-        Preview::NoChange(_)
+        Preview::Fail(_)
     ));
+    // Without rndc, CreateZone of a served zone only checks it: it will succeed unchanged.
     assert!(matches!(
         preview("CreateZone", vec![("zoneName", ZONE)]).await,
         Preview::NoChange(_)
+    ));
+    assert!(matches!(
+        preview("CreateZone", vec![("zoneName", "other.test")]).await,
+        Preview::Fail(_)
+    ));
+    assert!(matches!(
+        preview("DeleteZone", vec![("zoneName", ZONE)]).await,
+        Preview::Fail(_)
     ));
 }
 
@@ -876,7 +885,7 @@ async fn replace_record_set_same_set_is_a_no_op_and_preview_shows_old_and_new() 
         &[&[("address", "192.0.2.1")], &[("address", "192.0.2.9")]],
     );
     match p.preview(&change).await.expect("preview") {
-        Preview::Change(m) => assert_eq!(
+        Preview::Update(m) => assert_eq!(
             m,
             "replace pre.example.test. A: 192.0.2.1 (TTL 300) → 192.0.2.1, 192.0.2.9 (TTL 60)"
         ),

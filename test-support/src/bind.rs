@@ -3,6 +3,11 @@
 //! updates signed with `ddns-key`, on a port free for UDP and TCP, started in the
 //! foreground and stopped by its PID (SIGTERM, then wait; SIGKILL if it lingers) on drop.
 //!
+//! The server also has an `rndc` control channel on its own loopback port, signed with
+//! `rndc-key`, and `allow-new-zones yes;`, so zones can be added and deleted at run time
+//! (`rndc addzone` / `rndc delzone`); [`Named::zone_dir`] is a folder it can read zone
+//! files from and write journals to.
+//!
 //! Without `named` (or `dig`) installed, [`Named::start`] prints a note and returns `None`
 //! so tests skip, unless `PROVISIO_REQUIRE_BIND=1`, which makes that a failure.
 
@@ -18,6 +23,8 @@ pub const ZONE: &str = "example.test";
 pub const KEY_NAME: &str = "ddns-key";
 /// A key the server knows but does not allow to update anything.
 pub const OTHER_KEY_NAME: &str = "other-key";
+/// The key of the `rndc` control channel.
+pub const RNDC_KEY_NAME: &str = "rndc-key";
 
 /// A running `named`.
 pub struct Named {
@@ -29,6 +36,8 @@ pub struct Named {
     pub secret: String,
     /// Secret of [`OTHER_KEY_NAME`] (base64).
     pub other_secret: String,
+    /// The `rndc` control channel's TCP port on 127.0.0.1 (key [`RNDC_KEY_NAME`]).
+    pub rndc_port: u16,
 }
 
 /// The path of an installed program: `PATH`, then the `sbin` folders (where Debian puts
@@ -131,11 +140,19 @@ impl Named {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let d = dir.path();
         let port = free_port();
+        let rndc_port = loop {
+            let p = free_port();
+            if p != port {
+                break p;
+            }
+        };
         let secret = random_secret();
         let other_secret = random_secret();
         let w = |name: &str, text: String| fs::write(d.join(name), text).map_err(|e| e.to_string());
         w("ddns.key", key_block(KEY_NAME, &secret))?;
         w("other.key", key_block(OTHER_KEY_NAME, &other_secret))?;
+        w("rndc.key", key_block(RNDC_KEY_NAME, &random_secret()))?;
+        fs::create_dir(d.join("zones")).map_err(|e| e.to_string())?;
         w(
             "example.test.zone",
             format!(
@@ -151,13 +168,17 @@ impl Named {
             "named.conf",
             format!(
                 "include \"{dd}/ddns.key\";\ninclude \"{dd}/other.key\";\n\
+                 include \"{dd}/rndc.key\";\n\
                  options {{\n\
                  \tdirectory \"{dd}\";\n\tpid-file \"{dd}/named.pid\";\n\
                  \tlisten-on port {port} {{ 127.0.0.1; }};\n\tlisten-on-v6 {{ none; }};\n\
                  \trecursion no;\n\tallow-query {{ any; }};\n\tdnssec-validation no;\n\tnotify no;\n\
                  \tsession-keyfile \"{dd}/session.key\";\n\tmanaged-keys-directory \"{dd}\";\n\
+                 \tallow-new-zones yes;\n\
                  }};\n\
-                 controls {{ }};\n\
+                 controls {{\n\
+                 \tinet 127.0.0.1 port {rndc_port} allow {{ 127.0.0.1; }} keys {{ \"{RNDC_KEY_NAME}\"; }};\n\
+                 }};\n\
                  zone \"{ZONE}\" {{\n\
                  \ttype primary;\n\tfile \"{dd}/example.test.zone\";\n\
                  \tupdate-policy {{ grant {KEY_NAME} zonesub ANY; }};\n\
@@ -186,6 +207,7 @@ impl Named {
             port,
             secret,
             other_secret,
+            rndc_port,
         };
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
@@ -210,6 +232,48 @@ impl Named {
     /// The key file of [`KEY_NAME`] (readable by `nsupdate -k` and our parser).
     pub fn key_file(&self) -> PathBuf {
         self.dir.path().join("ddns.key")
+    }
+
+    /// The key file of the `rndc` control channel (`rndc -k`).
+    pub fn rndc_key_file(&self) -> PathBuf {
+        self.dir.path().join("rndc.key")
+    }
+
+    /// A folder `named` reads zone files from and writes their journals to (empty at start).
+    pub fn zone_dir(&self) -> PathBuf {
+        self.dir.path().join("zones")
+    }
+
+    /// The response code (`NOERROR`, `NXDOMAIN`, `REFUSED`, …) of a non-recursive query,
+    /// and whether the answer was authoritative.
+    pub fn dig_status(&self, name: &str, rtype: &str) -> (String, bool) {
+        let out = Command::new("dig")
+            .args([
+                "@127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "+norecurse",
+                "+tcp",
+                "+time=2",
+                "+tries=1",
+                name,
+                rtype,
+            ])
+            .output()
+            .expect("run dig");
+        assert!(out.status.success(), "dig failed: {out:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let status = text
+            .split("status: ")
+            .nth(1)
+            .and_then(|s| s.split(',').next())
+            .unwrap_or_else(|| panic!("no status in dig output: {text}"))
+            .to_string();
+        let aa = text
+            .lines()
+            .find(|l| l.contains(";; flags:"))
+            .is_some_and(|l| l.split(';').nth(2).is_some_and(|f| f.contains(" aa")));
+        (status, aa)
     }
 
     /// The server's log so far.
@@ -245,10 +309,15 @@ impl Named {
 
     /// The zone by signed AXFR (`dig -k`), records other than SOA, sorted, one per line.
     pub fn axfr(&self) -> Vec<String> {
+        self.axfr_of(ZONE)
+    }
+
+    /// [`Named::axfr`] of any zone the key may transfer.
+    pub fn axfr_of(&self, zone: &str) -> Vec<String> {
         let out = Command::new("dig")
             .args(["@127.0.0.1", "-p", &self.port.to_string(), "-k"])
             .arg(self.key_file())
-            .args(["+noall", "+answer", "+time=2", "+tries=1", ZONE, "AXFR"])
+            .args(["+noall", "+answer", "+time=2", "+tries=1", zone, "AXFR"])
             .output()
             .expect("run dig axfr");
         assert!(out.status.success(), "dig axfr failed: {out:?}");

@@ -734,3 +734,117 @@ fn a_second_quick_start_names_the_zone_failure() {
         );
     }
 }
+
+/// Issue 19 §3: a plan line says what the run will do, and the exit status follows.
+#[test]
+fn plan_says_what_the_run_will_do_and_exits_accordingly() {
+    let sb = Sandbox::new();
+    let fresh = sb.run(&["plan", "workflows/provision-tenant.yaml"]);
+    assert_eq!(fresh.code, 0, "{fresh:?}");
+    assert!(
+        fresh.stdout.contains("+ create zone contoso.test"),
+        "{fresh:?}"
+    );
+    assert!(fresh.stdout.contains("0 will fail"), "{fresh:?}");
+    let detailed = sb.run(&[
+        "plan",
+        "workflows/provision-tenant.yaml",
+        "--detailed-exitcode",
+    ]);
+    assert_eq!(detailed.code, 2, "changes: {detailed:?}");
+
+    let r = sb.run(&["run", "workflows/provision-tenant.yaml", "--quiet"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    // The tenant is there: the run would fail, and the plan says so instead of "no change".
+    let again = sb.run(&["plan", "workflows/provision-tenant.yaml"]);
+    assert_eq!(again.code, 1, "{again:?}");
+    assert!(
+        again
+            .stdout
+            .contains("! will fail: zone contoso.test already exists"),
+        "{again:?}"
+    );
+    assert!(!again.stdout.contains("(no change)"), "{again:?}");
+    assert!(
+        again.stdout.contains("The run would fail at step dns/zone"),
+        "{again:?}"
+    );
+    let detailed = sb.run(&[
+        "plan",
+        "workflows/provision-tenant.yaml",
+        "--detailed-exitcode",
+    ]);
+    assert_eq!(detailed.code, 1, "{detailed:?}");
+    let r = sb.run(&["run", "workflows/provision-tenant.yaml", "--quiet"]);
+    assert_eq!(r.code, 1, "the run does fail: {r:?}");
+
+    // A value only known after templates: the provider's preview rejects it.
+    let bad = sb.write(
+        "bad-mail.yaml",
+        "call: Hosted DNS/CreateTenantZone\ndata: { zone: other.test, mailAddress: not-an-ip }\n",
+    );
+    let r = sb.run(&["plan", bad.to_str().expect("utf-8")]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stdout
+            .contains("! will fail: input `address` is not an IPv4 address"),
+        "{r:?}"
+    );
+    assert!(!r.stdout.contains("preview failed"), "{r:?}");
+
+    // Nothing to do: 0 with --detailed-exitcode.
+    let ns = sb.path("ns");
+    sb.write(
+        "ns/look.yaml",
+        "namespace: Look\nprocedures:\n  Usage:\n    access: public\n    steps:\n      u: { call: Filesystem Provider/GetUsage, with: { path: \".\" } }\n",
+    );
+    let look = sb.write("look.yaml", "call: Look/Usage\ndata: {}\n");
+    let r = sb.run_with(
+        &["plan", look.to_str().expect("utf-8"), "--detailed-exitcode"],
+        &ns,
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("= read only (no change)"), "{r:?}");
+}
+
+/// Issue 19 §3: constant inputs are checked against the provider's declared inputs by
+/// `validate`, `plan` and `run`, before any provider call.
+#[test]
+fn constant_inputs_are_checked_before_anything_runs() {
+    let sb = Sandbox::new();
+    let ns = sb.path("ns");
+    sb.write(
+        "ns/bad.yaml",
+        "namespace: Bad\nprocedures:\n  Records:\n    access: public\n    steps:\n      \
+         first: { call: Filesystem Provider/CreateFolder, with: { path: made } }\n      \
+         aaa: { call: DNS Provider/AddRecord, needs: [first], with: { zoneName: x.test, rrType: AAA, address: \"::1\" } }\n      \
+         escape: { call: Filesystem Provider/CreateFolder, needs: [first], with: { path: ../escape } }\n",
+    );
+    let req = sb.write("req.yaml", "call: Bad/Records\ndata: {}\n");
+    let r = sb.run_with(&["validate", ns.to_str().expect("utf-8")], &ns);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("bad.yaml:7"), "file and line: {r:?}");
+    assert!(
+        r.stderr
+            .contains("input `rrType` of `DNS Provider/AddRecord`")
+            && r.stderr.contains("\"AAA\""),
+        "{r:?}"
+    );
+    assert!(r.stderr.contains("bad.yaml:8"), "{r:?}");
+    assert!(
+        r.stderr
+            .contains("input `path` of `Filesystem Provider/CreateFolder`"),
+        "{r:?}"
+    );
+    for args in [&["plan"][..], &["run", "--quiet"][..]] {
+        let mut all = args.to_vec();
+        all.push(req.to_str().expect("utf-8"));
+        let r = sb.run_with(&all, &ns);
+        assert_eq!(r.code, 2, "{args:?}: {r:?}");
+        assert!(r.stderr.contains("AAA"), "{args:?}: {r:?}");
+    }
+    assert!(
+        !sb.data().join("files/made").exists(),
+        "no provider was called"
+    );
+}

@@ -455,3 +455,101 @@ fn recover_prunes_the_filesystem_markers_of_finished_transactions() {
     assert!(!tmp.exists(), "dead writer's temp file swept");
     assert!(base.join("data/files/t").is_dir() && base.join("data/files/u").is_dir());
 }
+
+/// A sandbox whose `provisio.toml` points the DNS provider at `n` with zone creation
+/// through rndc, and the repo's namespaces and workflows.
+fn bind_sandbox(n: &Named) -> Sandbox {
+    let s = Sandbox::new();
+    for f in [
+        "hosted-dns.yaml",
+        "hosted-files.xml",
+        "hosted-tenant.yaml",
+        "hosted-users.yaml",
+    ] {
+        let text = std::fs::read_to_string(repo().join("namespaces").join(f)).expect("namespace");
+        s.write(&format!("ns/{f}"), &text);
+    }
+    for f in ["provision-tenant.yaml", "decommission-tenant.yaml"] {
+        let text = std::fs::read_to_string(repo().join("workflows").join(f)).expect("workflow");
+        s.write(f, &text);
+    }
+    s.write(
+        "provisio.toml",
+        &format!(
+            "data_dir = \"data\"\nnamespaces = \"ns\"\n[engine]\nretries = 0\n[providers.dns]\n\
+             backend = \"rfc2136\"\nserver = \"127.0.0.1:{}\"\nkey_file = \"{}\"\ntimeout_secs = 3\n\
+             [providers.dns.rndc]\nzone_dir = \"{}\"\nserver = \"127.0.0.1\"\nport = {}\nkey_file = \"{}\"\n",
+            n.port,
+            n.key_file().display(),
+            n.zone_dir().display(),
+            n.rndc_port,
+            n.rndc_key_file().display()
+        ),
+    );
+    s
+}
+
+#[test]
+fn provision_and_decommission_tenant_end_to_end_on_bind() {
+    let Some(n) = Named::start() else { return };
+    let s = bind_sandbox(&n);
+    let base = s.dir.path();
+    let served = |zone: &str| n.dig_status(zone, "SOA") == ("NOERROR".to_string(), true);
+    assert!(!served("contoso.test"));
+
+    let r = run_clean(base, &["-q", "run", "provision-tenant.yaml"], &[]);
+    assert_eq!(r.code, 0, "{r:?}\nnamed log:\n{}", n.log());
+    assert!(served("contoso.test"), "zone added by rndc");
+    assert_eq!(
+        n.dig("mail.contoso.test", "A"),
+        vec!["192.0.2.25".to_string()]
+    );
+    assert_eq!(
+        n.dig("contoso.test", "MX"),
+        vec!["10 mail.contoso.test.".to_string()]
+    );
+    assert!(base
+        .join("data/files/tenants/contoso/WELCOME.txt")
+        .is_file());
+
+    // A second provision fails on the existing zone and rolls back; the zone stays.
+    let r = run_clean(base, &["-q", "run", "provision-tenant.yaml"], &[]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        served("contoso.test"),
+        "the first tenant's zone is untouched"
+    );
+
+    let r = run_clean(base, &["-q", "run", "decommission-tenant.yaml"], &[]);
+    assert_eq!(r.code, 0, "{r:?}\nnamed log:\n{}", n.log());
+    assert!(!served("contoso.test"), "zone deleted by rndc");
+    assert_eq!(n.dig_status("contoso.test", "SOA").0, "REFUSED");
+    assert!(!base.join("data/files/tenants/contoso").exists());
+
+    // And provisioned again from scratch.
+    let r = run_clean(base, &["-q", "run", "provision-tenant.yaml"], &[]);
+    assert_eq!(r.code, 0, "{r:?}\nnamed log:\n{}", n.log());
+    assert!(served("contoso.test"));
+}
+
+#[test]
+fn a_failed_decommission_on_bind_puts_the_zone_back_with_its_records() {
+    let Some(n) = Named::start() else { return };
+    let s = bind_sandbox(&n);
+    let base = s.dir.path();
+    let r = run_clean(base, &["-q", "run", "provision-tenant.yaml"], &[]);
+    assert_eq!(r.code, 0, "{r:?}\nnamed log:\n{}", n.log());
+    let before = n.axfr_of("contoso.test");
+    assert!(before.iter().any(|l| l.contains("v=spf1")), "{before:?}");
+    // The folders step fails (the tenant's folder is gone), after the zone was deleted.
+    std::fs::remove_dir_all(base.join("data/files/tenants/contoso")).expect("rm");
+    let r = run_clean(base, &["-q", "run", "decommission-tenant.yaml"], &[]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert_eq!(
+        n.dig_status("contoso.test", "SOA"),
+        ("NOERROR".to_string(), true),
+        "the undo of DeleteZone added the zone back: {r:?}\n{}",
+        n.log()
+    );
+    assert_eq!(n.axfr_of("contoso.test"), before, "with all its records");
+}

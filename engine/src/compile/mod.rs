@@ -374,11 +374,44 @@ pub(crate) fn check_request(catalog: &Catalog, request: &Request) -> Result<(), 
             });
         }
     }
+    // A request that calls a provider procedure directly: its data are the call's inputs.
+    missing.extend(
+        constant_input_errors(catalog, target, &request.data)
+            .into_iter()
+            .map(|message| CompileError::Invalid {
+                step: target.procedure.clone(),
+                message,
+                at: request.source_ref.clone(),
+            }),
+    );
     if missing.is_empty() {
         Ok(())
     } else {
         Err(CompileErrors(missing))
     }
+}
+
+/// What the callee's input checks ([`InputSpec::check`]) say about the constant (plain
+/// text) inputs in `data`: one message per bad value. Templates are only known at run
+/// time; the provider checks those itself.
+fn constant_input_errors(catalog: &Catalog, target: &CallTarget, data: &Element) -> Vec<String> {
+    let Ok((_, callee)) = catalog.resolve(target, &SourceRef::new("", 0, 0)) else {
+        // Reported where the target is resolved.
+        return Vec::new();
+    };
+    let mut errors = Vec::new();
+    for spec in &callee.inputs {
+        let Some(check) = spec.check else { continue };
+        for value in data
+            .elements()
+            .filter(|c| c.name.as_str() == spec.name && c.elements().next().is_none())
+        {
+            if let Err(why) = (check.0)(&value.string_value()) {
+                errors.push(format!("input `{}` of `{target}`: {why}", spec.name));
+            }
+        }
+    }
+    errors
 }
 
 /// Compiles one procedure by name, without the access and input checks of a request
@@ -755,6 +788,16 @@ impl<'a> Compiler<'a> {
                     .call
                     .as_ref()
                     .and_then(|t| self.procedure(t.clone(), at).map(|c| c.target.clone()));
+                if let Some(t) = &e.call {
+                    let errors = constant_input_errors(self.catalog, t, &e.execute_data)
+                        .into_iter()
+                        .map(|message| CompileError::Invalid {
+                            step: e.id.clone(),
+                            message,
+                            at: at.clone(),
+                        });
+                    self.errors.extend(errors);
+                }
                 let mut for_each = Vec::new();
                 let mut names: Vec<String> = Vec::new();
                 for f in &e.for_each {

@@ -433,7 +433,7 @@ impl Engine {
             provider
                 .preview(&call)
                 .await
-                .unwrap_or_else(|e| Preview::Change(format!("(preview failed: {})", e.message())))
+                .unwrap_or_else(|e| Preview::Fail(e.message()))
         } else {
             Preview::Unknown
         };

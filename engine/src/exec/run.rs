@@ -218,7 +218,16 @@ impl Engine {
                 // Boxed: inline, this rarely taken branch would size every transaction's
                 // task for a provider call's state (the memory benchmark's figure).
                 let step = &entry.target.procedure;
-                let mut out = Box::pin(self.call_provider(txn, &entry, leaf, ed, step)).await?;
+                let mut out = if txn.mode == RunMode::Plan {
+                    // A dry run of a request that calls a provider procedure directly.
+                    let at = Sched {
+                        wave: 0,
+                        unresolved: Vec::new(),
+                    };
+                    Box::pin(self.preview(txn, &entry, leaf, ed, step, at)).await?
+                } else {
+                    Box::pin(self.call_provider(txn, &entry, leaf, ed, step)).await?
+                };
                 out.name = "data".into();
                 Ok(out)
             }

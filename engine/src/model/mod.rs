@@ -95,6 +95,29 @@ pub struct InputSpec {
     pub default: Option<Scalar>,
     /// Human description.
     pub description: Option<String>,
+    /// A provider's check of the value: a constant given for this input is checked when a
+    /// request compiles (`validate`, `plan`, `run`), before any provider is called.
+    #[serde(skip)]
+    pub check: Option<InputCheck>,
+}
+
+/// A check of one input's text value; `Err` says what is wrong and what is accepted
+/// (e.g. "must be one of A, AAAA, …; got \"AAA\"").
+#[derive(Clone, Copy)]
+pub struct InputCheck(pub fn(&str) -> Result<(), String>);
+
+impl std::fmt::Debug for InputCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InputCheck")
+    }
+}
+
+impl PartialEq for InputCheck {
+    /// Checks are code, not data: two specs that differ only in their check are the same
+    /// declaration.
+    fn eq(&self, _other: &Self) -> bool {
+        true
+    }
 }
 
 /// The named data scopes a transform, forEach or `when` can read or write.

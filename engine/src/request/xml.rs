@@ -590,6 +590,7 @@ impl<'f> Ctx<'f> {
             secret: self.bool_attr(el, "secret", false)?,
             default: el.attr("default").map(|d| Scalar::Str(d.into())),
             description: el.attr("description").map(str::to_string),
+            check: None,
         })
     }
 

@@ -18,6 +18,7 @@ pub mod backend;
 mod name;
 pub mod record;
 pub mod rfc2136;
+pub mod rndc;
 pub mod zonefile;
 
 pub use backend::{
@@ -26,6 +27,7 @@ pub use backend::{
 };
 pub use record::{RData, Record};
 pub use rfc2136::{read_tsig_key_file, Rfc2136Backend, Rfc2136Config};
+pub use rndc::RndcConfig;
 pub use zonefile::{Intent, ZoneFileBackend};
 
 use crate::common::{input, input_default, opt_input, opt_nonempty, req_input, text};
@@ -249,7 +251,11 @@ fn req(data: &Element, names: &[&str]) -> Result<String, DnsError> {
 
 /// The record type: `A`, `mx`, or the MPS spelling `MXType`.
 fn rr_type(data: &Element) -> Result<String, DnsError> {
-    let raw = req(data, &["rrType", "RRType", "recordType", "type"])?;
+    rr_type_text(&req(data, &["rrType", "RRType", "recordType", "type"])?)
+}
+
+/// [`rr_type`] of a text value.
+fn rr_type_text(raw: &str) -> Result<String, DnsError> {
     reject_syntax("rrType", raw.trim())?;
     let t = raw.trim().to_ascii_uppercase();
     let t = t
@@ -917,24 +923,37 @@ impl DnsProvider {
         match canonical_procedure(&call.context.procedure) {
             Some("CreateZone") => {
                 let s = zone_settings(data)?;
-                Ok(if self.backend.zone_exists(&s.zone).await? {
-                    Preview::NoChange(format!("zone {} already exists", s.zone))
-                } else {
-                    Preview::Change(format!("create zone {}", s.zone))
+                let exists = self.backend.zone_exists(&s.zone).await?;
+                // Without zone creation (RFC 2136 without rndc) CreateZone only checks
+                // that the server serves the zone.
+                Ok(match (exists, self.backend.deletes_zones()) {
+                    (true, true) => Preview::Fail(format!("zone {} already exists", s.zone)),
+                    (false, true) => Preview::Change(format!("create zone {}", s.zone)),
+                    (true, false) => Preview::NoChange(format!(
+                        "zone {} is served by the DNS server (the {} backend only checks it)",
+                        s.zone,
+                        self.backend.kind()
+                    )),
+                    (false, false) => Preview::Fail(format!(
+                        "zone {} is not served by the DNS server, and the {} backend cannot \
+                         create zones without rndc",
+                        s.zone,
+                        self.backend.kind()
+                    )),
                 })
             }
             Some("DeleteZone") => {
                 let zone = zone_input(data)?;
                 if !self.backend.deletes_zones() {
-                    return Ok(Preview::Change(format!(
-                        "delete zone {zone}: not possible with the {} backend; the call will fail",
+                    return Ok(Preview::Fail(format!(
+                        "delete zone {zone}: not possible with the {} backend without rndc",
                         self.backend.kind()
                     )));
                 }
                 Ok(if self.backend.zone_exists(&zone).await? {
-                    Preview::Change(format!("delete zone {zone} (kept aside for undo)"))
+                    Preview::Update(format!("delete zone {zone} (kept aside for undo)"))
                 } else {
-                    Preview::NoChange(format!("zone {zone} does not exist"))
+                    Preview::Fail(format!("zone {zone} does not exist"))
                 })
             }
             Some(p @ ("AddRecord" | "DeleteRecord")) => {
@@ -951,11 +970,12 @@ impl DnsProvider {
                         r.zone
                     )));
                 };
+                // AddRecord of a present record and DeleteRecord of an absent one fail.
                 Ok(match (p, present) {
-                    ("AddRecord", true) => Preview::NoChange(format!("{desc} already exists")),
+                    ("AddRecord", true) => Preview::Fail(format!("{desc} already exists")),
                     ("AddRecord", false) => Preview::Change(format!("add {desc}")),
-                    (_, true) => Preview::Change(format!("delete {desc}")),
-                    (_, false) => Preview::NoChange(format!("{desc} does not exist")),
+                    (_, true) => Preview::Update(format!("delete {desc}")),
+                    (_, false) => Preview::Fail(format!("{desc} does not exist")),
                 })
             }
             Some("ReplaceRecordSet") => {
@@ -980,8 +1000,10 @@ impl DnsProvider {
                         r.set_name(),
                         describe_rrset(&new)
                     ))
+                } else if live.is_empty() {
+                    Preview::Change(format!("create {}: {}", r.set_name(), describe_rrset(&new)))
                 } else {
-                    Preview::Change(format!(
+                    Preview::Update(format!(
                         "replace {}: {} → {}",
                         r.set_name(),
                         describe_rrset(&live),
@@ -1126,6 +1148,85 @@ fn rrset_inputs() -> Vec<InputSpec> {
     ]
 }
 
+/// The procedures, before [`Provider::procedures`] adds the input checks.
+fn procedure_list() -> Vec<ProcedureSpec> {
+    let spec =
+        |name: &str, kind: ProcKind, undo: UndoKind, description: &str, inputs| ProcedureSpec {
+            name: name.to_string(),
+            kind,
+            undo,
+            description: description.to_string(),
+            inputs,
+        };
+    let zone_only = || vec![input("zoneName", "string", true, "Zone, e.g. example.com")];
+    let add = "Adds one record and bumps the SOA serial. Outputs `record`, `fqdn`, `serial`. Undo removes exactly that record.";
+    let del = "Removes one record (matched by owner, type and data) and bumps the serial. Outputs `record`, `serial`. Undo adds it back.";
+    let replace = "Replaces the whole RRset (owner and type) with `records`, one TTL, in one atomic change; the same set again changes nothing. Outputs `fqdn`, `changed`, `previous` and `current` (record lines), `serial`. Undo restores the previous RRset (or removes the new one), refusing if someone else changed it meanwhile.";
+    vec![
+        spec(
+            "CreateZone",
+            ProcKind::Write,
+            UndoKind::Reversible,
+            "Creates a zone with SOA and NS. Outputs `zone`, `serial`, `location`, `warning` (if any). Undo deletes it.",
+            vec![
+                input("zoneName", "string", true, "Zone, e.g. example.com"),
+                input("primaryNs", "string", false, "Primary name server; default ns1.<zone>"),
+                input("adminEmail", "string", false, "Responsible mailbox (a@b.c or a.b.c); default hostmaster.<zone>"),
+                input_default("ttl", "int", "3600", "Default TTL ($TTL) in seconds"),
+                input("nsAddress", "string", false, "IP of the primary name server, written as glue when it is inside the zone"),
+                input_default("refresh", "int", "7200", "SOA refresh"),
+                input_default("retry", "int", "3600", "SOA retry"),
+                input_default("expire", "int", "1209600", "SOA expire"),
+                input_default("minimum", "int", "3600", "SOA negative-caching TTL"),
+            ],
+        ),
+        spec(
+            "DeleteZone",
+            ProcKind::Write,
+            UndoKind::Reversible,
+            "Takes a zone out of service, keeping a copy. Output `deleted`. Undo restores it.",
+            zone_only(),
+        ),
+        spec("AddRecord", ProcKind::Write, UndoKind::Reversible, add, record_inputs()),
+        spec(
+            "CreateResourceRecord",
+            ProcKind::Write,
+            UndoKind::Reversible,
+            &format!("MPS name of AddRecord. {add}"),
+            record_inputs(),
+        ),
+        spec("DeleteRecord", ProcKind::Write, UndoKind::Reversible, del, record_inputs()),
+        spec(
+            "DeleteResourceRecord",
+            ProcKind::Write,
+            UndoKind::Reversible,
+            &format!("MPS name of DeleteRecord. {del}"),
+            record_inputs(),
+        ),
+        spec(
+            "ReplaceRecordSet",
+            ProcKind::Write,
+            UndoKind::Reversible,
+            replace,
+            rrset_inputs(),
+        ),
+        spec(
+            "ReplaceResourceRecordSet",
+            ProcKind::Write,
+            UndoKind::Reversible,
+            &format!("MPS-style name of ReplaceRecordSet. {replace}"),
+            rrset_inputs(),
+        ),
+        spec(
+            "ListRecords",
+            ProcKind::Read,
+            UndoKind::Nothing,
+            "Lists the zone. Outputs `serial` and `records/record{name, ttl, rrType, data}`.",
+            zone_only(),
+        ),
+    ]
+}
+
 #[async_trait]
 impl Provider for DnsProvider {
     fn name(&self) -> &str {
@@ -1133,81 +1234,33 @@ impl Provider for DnsProvider {
     }
 
     fn procedures(&self) -> Vec<ProcedureSpec> {
-        let spec =
-            |name: &str, kind: ProcKind, undo: UndoKind, description: &str, inputs| ProcedureSpec {
-                name: name.to_string(),
-                kind,
-                undo,
-                description: description.to_string(),
-                inputs,
+        let mut specs = procedure_list();
+        // Constant inputs are checked when a request compiles, by the code the calls use.
+        for input in specs.iter_mut().flat_map(|s| s.inputs.iter_mut()) {
+            let check: fn(&str) -> Result<(), String> = match input.name.as_str() {
+                "zoneName" => |v| {
+                    parse_zone("zoneName", v.trim_end_matches(char::is_whitespace))
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                },
+                "rrType" => |v| rr_type_text(v).map(|_| ()).map_err(|e| e.to_string()),
+                "ttl" | "refresh" | "retry" | "expire" | "minimum" => |v| {
+                    // Empty means "the default", as at run time.
+                    ttl_value("ttl", Some(v.to_string()).filter(|v| !v.trim().is_empty()))
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                },
+                "address" | "nsAddress" => |v| {
+                    v.trim()
+                        .parse::<IpAddr>()
+                        .map(|_| ())
+                        .map_err(|_| format!("{v:?} is not an IP address"))
+                },
+                _ => continue,
             };
-        let zone_only = || vec![input("zoneName", "string", true, "Zone, e.g. example.com")];
-        let add = "Adds one record and bumps the SOA serial. Outputs `record`, `fqdn`, `serial`. Undo removes exactly that record.";
-        let del = "Removes one record (matched by owner, type and data) and bumps the serial. Outputs `record`, `serial`. Undo adds it back.";
-        let replace = "Replaces the whole RRset (owner and type) with `records`, one TTL, in one atomic change; the same set again changes nothing. Outputs `fqdn`, `changed`, `previous` and `current` (record lines), `serial`. Undo restores the previous RRset (or removes the new one), refusing if someone else changed it meanwhile.";
-        vec![
-            spec(
-                "CreateZone",
-                ProcKind::Write,
-                UndoKind::Reversible,
-                "Creates a zone with SOA and NS. Outputs `zone`, `serial`, `location`, `warning` (if any). Undo deletes it.",
-                vec![
-                    input("zoneName", "string", true, "Zone, e.g. example.com"),
-                    input("primaryNs", "string", false, "Primary name server; default ns1.<zone>"),
-                    input("adminEmail", "string", false, "Responsible mailbox (a@b.c or a.b.c); default hostmaster.<zone>"),
-                    input_default("ttl", "int", "3600", "Default TTL ($TTL) in seconds"),
-                    input("nsAddress", "string", false, "IP of the primary name server, written as glue when it is inside the zone"),
-                    input_default("refresh", "int", "7200", "SOA refresh"),
-                    input_default("retry", "int", "3600", "SOA retry"),
-                    input_default("expire", "int", "1209600", "SOA expire"),
-                    input_default("minimum", "int", "3600", "SOA negative-caching TTL"),
-                ],
-            ),
-            spec(
-                "DeleteZone",
-                ProcKind::Write,
-                UndoKind::Reversible,
-                "Takes a zone out of service, keeping a copy. Output `deleted`. Undo restores it.",
-                zone_only(),
-            ),
-            spec("AddRecord", ProcKind::Write, UndoKind::Reversible, add, record_inputs()),
-            spec(
-                "CreateResourceRecord",
-                ProcKind::Write,
-                UndoKind::Reversible,
-                &format!("MPS name of AddRecord. {add}"),
-                record_inputs(),
-            ),
-            spec("DeleteRecord", ProcKind::Write, UndoKind::Reversible, del, record_inputs()),
-            spec(
-                "DeleteResourceRecord",
-                ProcKind::Write,
-                UndoKind::Reversible,
-                &format!("MPS name of DeleteRecord. {del}"),
-                record_inputs(),
-            ),
-            spec(
-                "ReplaceRecordSet",
-                ProcKind::Write,
-                UndoKind::Reversible,
-                replace,
-                rrset_inputs(),
-            ),
-            spec(
-                "ReplaceResourceRecordSet",
-                ProcKind::Write,
-                UndoKind::Reversible,
-                &format!("MPS-style name of ReplaceRecordSet. {replace}"),
-                rrset_inputs(),
-            ),
-            spec(
-                "ListRecords",
-                ProcKind::Read,
-                UndoKind::Nothing,
-                "Lists the zone. Outputs `serial` and `records/record{name, ttl, rrType, data}`.",
-                zone_only(),
-            ),
-        ]
+            input.check = Some(provisio_engine::model::InputCheck(check));
+        }
+        specs
     }
 
     /// Runs the call in a task of its own, holding the fence of its idempotency key: when
@@ -1232,7 +1285,6 @@ impl Provider for DnsProvider {
             ))),
         }
     }
-
     async fn undo(&self, done: Done) -> Result<(), ProviderError> {
         self.undo_record(&done).await?;
         self.backend.forget(&done.context.idempotency_key()).await;

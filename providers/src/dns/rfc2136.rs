@@ -9,8 +9,10 @@
 //! what the change left ([`RrsetGuard::after`]) and refuses otherwise with
 //! [`DnsError::Changed`]; an RRset already back to [`RrsetGuard::before`] counts as undone.
 //!
-//! RFC 2136 cannot create or delete zones: CreateZone only checks that the server is
-//! authoritative for the zone (SOA query) and DeleteZone is unsupported.
+//! RFC 2136 cannot create or delete zones. With [`Rfc2136Config::rndc`] set, CreateZone
+//! and DeleteZone go through BIND's control channel (`rndc addzone` / `rndc delzone`, see
+//! [`super::rndc`]); without it, CreateZone only checks that the server is authoritative
+//! for the zone (SOA query) and DeleteZone is unsupported.
 //!
 //! An UPDATE whose answer is lost (timeout, broken connection after sending) is in doubt
 //! ([`DnsError::InDoubt`]); a refused connection before sending is not. With a state
@@ -30,6 +32,8 @@ use super::backend::{
     ZoneSettings, ZoneSnapshot,
 };
 use super::record::{describe_record, describe_rrset, fqdn, same_rrset, RData, Record};
+use super::rndc::{check_config_name, first_zone, render, Rndc, RndcConfig, RndcError};
+use super::zonefile::{next_serial, parse_zone, today_yyyymmdd, Soa, Zone};
 use super::DnsError;
 use async_trait::async_trait;
 use base64::Engine as _;
@@ -73,6 +77,9 @@ pub struct Rfc2136Config {
     /// UPDATE is sent, so a change a crash or a lost answer left in doubt can be settled
     /// and undone (see the module docs). `None`: such changes go to an operator.
     pub state_dir: Option<PathBuf>,
+    /// How zones are added and deleted (`rndc addzone`/`delzone`); `None`: CreateZone only
+    /// checks that the zone is served and DeleteZone is unsupported.
+    pub rndc: Option<RndcConfig>,
 }
 
 impl Rfc2136Config {
@@ -88,6 +95,7 @@ impl Rfc2136Config {
             key_secret: key_secret.into(),
             timeout: Duration::from_secs(5),
             state_dir: None,
+            rndc: None,
         }
     }
 
@@ -106,6 +114,7 @@ impl fmt::Debug for Rfc2136Config {
             .field("key_secret", &"<redacted>")
             .field("timeout", &self.timeout)
             .field("state_dir", &self.state_dir)
+            .field("rndc", &self.rndc)
             .finish()
     }
 }
@@ -320,6 +329,8 @@ pub struct Rfc2136Backend {
     config: Rfc2136Config,
     signer: TSigner,
     conn: Mutex<Option<Conn>>,
+    /// Zone creation and deletion, when configured.
+    rndc: Option<Rndc>,
 }
 
 impl fmt::Debug for Rfc2136Backend {
@@ -373,10 +384,18 @@ impl Rfc2136Backend {
         })?;
         let signer = TSigner::new(key, TsigAlgorithm::HmacSha256, key_name, FUDGE)
             .map_err(|e| DnsError::Invalid(format!("rfc2136 TSIG key: {e}")))?;
+        let rndc = match &config.rndc {
+            Some(r) => {
+                check_config_name("TSIG key name", &config.key_name)?;
+                Some(Rndc::new(r.clone())?)
+            }
+            None => None,
+        };
         Ok(Rfc2136Backend {
             config,
             signer,
             conn: Mutex::new(None),
+            rndc,
         })
     }
 
@@ -1326,9 +1345,13 @@ impl ZoneBackend for Rfc2136Backend {
         "rfc2136"
     }
 
-    /// RFC 2136 cannot create zones: checks that the server serves the zone and returns
-    /// its serial. The settings (SOA, NS) are not applied.
+    /// With rndc: adds the zone (see [`Rfc2136Backend::add_zone`]). Without: RFC 2136
+    /// cannot create zones, so this checks that the server serves the zone and returns its
+    /// serial; the settings (SOA, NS) are not applied.
     async fn create_zone(&self, settings: &ZoneSettings) -> Result<(u32, String), DnsError> {
+        if let Some(rndc) = &self.rndc {
+            return self.add_zone(rndc, settings, None).await;
+        }
         let (serial, _) = self.require_zone(&settings.zone).await?;
         Ok((
             serial,
@@ -1341,23 +1364,44 @@ impl ZoneBackend for Rfc2136Backend {
         ))
     }
 
-    /// The undo of CreateZone: nothing was created, so nothing is removed.
-    async fn remove_zone(&self, _zone: &str) -> Result<(), DnsError> {
-        Ok(())
+    async fn create_zone_keyed(
+        &self,
+        settings: &ZoneSettings,
+        key: &str,
+    ) -> Result<(u32, String), DnsError> {
+        match &self.rndc {
+            Some(rndc) => self.add_zone(rndc, settings, Some(key)).await,
+            None => self.create_zone(settings).await,
+        }
     }
 
-    async fn delete_zone(&self, zone: &str, _key: &str) -> Result<String, DnsError> {
-        Err(DnsError::Unsupported(format!(
-            "DeleteZone {zone}: the rfc2136 backend cannot delete zones (RFC 2136 updates \
-             records inside a zone); remove the zone from the server's configuration or with \
-             `rndc delzone {zone}`"
-        )))
+    /// The undo of CreateZone: with rndc, `rndc delzone -clean` (absent is fine); without,
+    /// nothing was created, so nothing is removed.
+    async fn remove_zone(&self, zone: &str) -> Result<(), DnsError> {
+        match &self.rndc {
+            Some(rndc) => rndc.delete_zone(zone).await.map(|_| ()),
+            None => Ok(()),
+        }
     }
 
-    async fn restore_zone(&self, zone: &str, _token: &str) -> Result<(), DnsError> {
-        Err(DnsError::Unsupported(format!(
-            "restoring zone {zone}: the rfc2136 backend cannot create zones"
-        )))
+    async fn delete_zone(&self, zone: &str, key: &str) -> Result<String, DnsError> {
+        match &self.rndc {
+            Some(rndc) => self.take_zone_out(rndc, zone, key).await,
+            None => Err(DnsError::Unsupported(format!(
+                "DeleteZone {zone}: the rfc2136 backend cannot delete zones without rndc \
+                 (RFC 2136 updates records inside a zone); configure [providers.dns.rndc] (see \
+                 docs/providers/dns.md), or remove the zone from the server's configuration"
+            ))),
+        }
+    }
+
+    async fn restore_zone(&self, zone: &str, token: &str) -> Result<(), DnsError> {
+        match &self.rndc {
+            Some(rndc) => self.put_zone_back(rndc, zone, token).await,
+            None => Err(DnsError::Unsupported(format!(
+                "restoring zone {zone}: the rfc2136 backend cannot create zones without rndc"
+            ))),
+        }
     }
 
     async fn zone_exists(&self, zone: &str) -> Result<bool, DnsError> {
@@ -1499,7 +1543,13 @@ impl ZoneBackend for Rfc2136Backend {
     }
 
     fn deletes_zones(&self) -> bool {
-        false
+        self.rndc.is_some()
+    }
+
+    async fn forget(&self, key: &str) {
+        if let Some(rndc) = &self.rndc {
+            let _ = rndc.remove_file(&Rndc::created_marker(key)).await;
+        }
     }
 
     async fn recover(&self, key: &str, call: &InDoubt<'_>) -> Result<Recovered, DnsError> {
@@ -1717,14 +1767,20 @@ impl Rfc2136Backend {
     /// Settles an in-doubt call by reading the server (see the module docs).
     async fn recover_call(&self, key: &str, call: &InDoubt<'_>) -> Result<Recovered, DnsError> {
         match *call {
-            // CreateZone only checks the zone; its undo does nothing.
-            InDoubt::CreateZone { zone } => Ok(if self.soa(zone).await?.is_some() {
-                Recovered::ZoneCreated
-            } else {
-                Recovered::NotApplied
-            }),
-            // DeleteZone always fails on this backend.
-            InDoubt::DeleteZone { .. } => Ok(Recovered::NotApplied),
+            InDoubt::CreateZone { zone } => match &self.rndc {
+                Some(rndc) => self.recover_add_zone(rndc, key, zone).await,
+                // CreateZone only checks the zone; its undo does nothing.
+                None => Ok(if self.soa(zone).await?.is_some() {
+                    Recovered::ZoneCreated
+                } else {
+                    Recovered::NotApplied
+                }),
+            },
+            InDoubt::DeleteZone { zone } => match &self.rndc {
+                Some(rndc) => self.recover_zone_taken_out(rndc, key, zone).await,
+                // DeleteZone always fails on this backend without rndc.
+                None => Ok(Recovered::NotApplied),
+            },
             InDoubt::AddRecord {
                 zone, owner, data, ..
             } => {
@@ -1803,6 +1859,289 @@ impl Rfc2136Backend {
                 )))
             }
         }
+    }
+}
+
+// ---- zones through rndc ------------------------------------------------------------
+
+impl Rfc2136Backend {
+    /// CreateZone with rndc: refuses a zone the server serves or knows, leaves the intent
+    /// marker of call `key`, writes the first zone file and adds the zone.
+    async fn add_zone(
+        &self,
+        rndc: &Rndc,
+        settings: &ZoneSettings,
+        key: Option<&str>,
+    ) -> Result<(u32, String), DnsError> {
+        let zone = &settings.zone;
+        check_config_name("zone", zone)?;
+        if self.soa(zone).await?.is_some() || rndc.knows_zone(zone).await? {
+            return Err(DnsError::ZoneExists(zone.clone()));
+        }
+        let marker = key.map(Rndc::created_marker);
+        if let Some(m) = &marker {
+            rndc.write_file(m, format!("{zone}\n")).await?;
+        }
+        let first = first_zone(settings);
+        let file = Rndc::new_file_name(zone);
+        match self
+            .install_zone(rndc, zone, &file, render(&first, "CreateZone"))
+            .await
+        {
+            Ok(path) => Ok((
+                first.soa.serial,
+                format!(
+                    "zone {zone}. added to DNS server {} with `rndc addzone`; first zone file {}",
+                    self.server(),
+                    path.display()
+                ),
+            )),
+            Err(e) => {
+                if let Some(m) = &marker {
+                    let _ = rndc.remove_file(m).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Writes `text` as zone file `file`, runs `rndc addzone` and waits until the server
+    /// answers for the zone. On failure the file is removed and the zone is not left added.
+    async fn install_zone(
+        &self,
+        rndc: &Rndc,
+        zone: &str,
+        file: &str,
+        text: String,
+    ) -> Result<std::path::PathBuf, DnsError> {
+        let rel = Path::new(file);
+        let path = rndc.write_file(rel, text).await?;
+        let error = match rndc.add_zone(zone, file, &self.config.key_name).await {
+            Ok(()) => None,
+            Err(RndcError::AlreadyExists) => Some(DnsError::ZoneExists(zone.to_string())),
+            Err(RndcError::NotFound) => Some(DnsError::Server {
+                transient: false,
+                message: format!("rndc addzone {zone}: named answered `not found`"),
+            }),
+            Err(RndcError::Other(e)) => Some(e),
+        };
+        if let Some(e) = error {
+            let _ = rndc.remove_file(rel).await;
+            return Err(e);
+        }
+        let deadline = std::time::Instant::now() + self.config.timeout;
+        loop {
+            if self.soa(zone).await?.is_some() {
+                return Ok(path);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = rndc.delete_zone(zone).await;
+                let _ = rndc.remove_file(rel).await;
+                return Err(DnsError::Server {
+                    transient: false,
+                    message: format!(
+                        "rndc addzone {zone}: named took the zone but does not answer for it \
+                         within {} s; the zone was deleted again (named's log says why, e.g. \
+                         the zone file {} is not readable by named)",
+                        self.config.timeout.as_secs(),
+                        path.display()
+                    ),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// DeleteZone with rndc: writes the zone's records (AXFR) durably to the deleted-copy
+    /// of call `key`, then `rndc delzone -clean`. Returns the copy's token.
+    async fn take_zone_out(&self, rndc: &Rndc, zone: &str, key: &str) -> Result<String, DnsError> {
+        check_config_name("zone", zone)?;
+        let token = Rndc::deleted_copy(zone, key);
+        let rel = Rndc::deleted_path(&token)?;
+        if self.soa(zone).await?.is_none() {
+            // The same call again after it took the zone out.
+            if rndc.read_file(&rel).await?.is_some() && !rndc.knows_zone(zone).await? {
+                return Ok(token);
+            }
+            return Err(DnsError::ZoneNotFound(zone.to_string()));
+        }
+        let image = self.zone_image(zone).await?;
+        rndc.write_file(&rel, render(&image, "copy kept by DeleteZone for its undo"))
+            .await?;
+        if let Err(e) = rndc.delete_zone(zone).await {
+            let _ = rndc.remove_file(&rel).await;
+            return Err(e);
+        }
+        Ok(token)
+    }
+
+    /// The undo of DeleteZone with rndc: adds the zone back from its deleted copy, with a
+    /// higher serial (secondaries may have seen the old one). A served zone counts as
+    /// restored.
+    async fn put_zone_back(&self, rndc: &Rndc, zone: &str, token: &str) -> Result<(), DnsError> {
+        check_config_name("zone", zone)?;
+        if self.soa(zone).await?.is_some() {
+            return Ok(());
+        }
+        let rel = Rndc::deleted_path(token)?;
+        let Some(text) = rndc.read_file(&rel).await? else {
+            return Err(DnsError::Io {
+                what: format!("restoring zone {zone}"),
+                transient: false,
+                message: format!(
+                    "its deleted copy {} is gone; the zone cannot be added back",
+                    rndc.config().zone_dir.join(&rel).display()
+                ),
+            });
+        };
+        let mut image = parse_zone(&text, zone).map_err(|message| DnsError::Corrupt {
+            zone: zone.to_string(),
+            message: format!("deleted copy {token}: {message}"),
+        })?;
+        image.soa.serial = next_serial(image.soa.serial, today_yyyymmdd());
+        let file = Rndc::new_file_name(zone);
+        self.install_zone(
+            rndc,
+            zone,
+            &file,
+            render(&image, "restored by the undo of DeleteZone"),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// All of a zone by AXFR, SOA included; fails when it holds records this provider
+    /// cannot write back (its copy would be incomplete).
+    async fn zone_image(&self, zone: &str) -> Result<Zone, DnsError> {
+        let origin = self.zone_name(zone)?;
+        let what = format!("zone transfer (AXFR) of {zone}.");
+        let mut client = self.client().await?;
+        let mut stream = client.zone_transfer(origin.clone(), None);
+        let mut soa = None;
+        let mut records: Vec<Record> = Vec::new();
+        let mut unknown = std::collections::BTreeSet::new();
+        loop {
+            let next = match tokio::time::timeout(self.config.timeout, stream.next()).await {
+                Ok(n) => n,
+                Err(_) => {
+                    self.reset().await;
+                    return Err(self.net_error(&what, &NetError::Timeout));
+                }
+            };
+            let Some(resp) = next else { break };
+            let resp = match resp {
+                Ok(r) => r,
+                Err(e) => {
+                    self.reset().await;
+                    return Err(self.net_error(&what, &e));
+                }
+            };
+            let code = resp.metadata.response_code;
+            if code != ResponseCode::NoError {
+                return Err(DnsError::Server {
+                    transient: code == ResponseCode::ServFail,
+                    message: format!(
+                        "{what}: DNS server {} answered {}; DeleteZone keeps a copy of the zone \
+                         for its undo and needs transfers allowed to TSIG key {} \
+                         (`allow-transfer {{ key {}; }};`)",
+                        self.server(),
+                        rcode_name(code),
+                        self.config.key_name,
+                        self.config.key_name
+                    ),
+                });
+            }
+            for r in &resp.answers {
+                let Some(owner) = relative_owner(&r.name, &origin) else {
+                    continue;
+                };
+                if let WireData::SOA(s) = &r.data {
+                    soa = Some(Soa {
+                        ttl: r.ttl,
+                        mname: our_name(&s.mname),
+                        rname: our_name(&s.rname),
+                        serial: s.serial,
+                        // The wire's i32 timers are never negative in practice.
+                        timers: [
+                            u32::try_from(s.refresh).unwrap_or(0),
+                            u32::try_from(s.retry).unwrap_or(0),
+                            u32::try_from(s.expire).unwrap_or(0),
+                            s.minimum,
+                        ],
+                    });
+                    continue;
+                }
+                let Some(data) = from_wire(&r.data) else {
+                    unknown.insert(r.record_type().to_string());
+                    continue;
+                };
+                let rec = Record {
+                    owner,
+                    ttl: r.ttl,
+                    data,
+                };
+                if !records.iter().any(|x| x.same_as(&rec)) {
+                    records.push(rec);
+                }
+            }
+        }
+        if !unknown.is_empty() {
+            return Err(DnsError::Unsupported(format!(
+                "DeleteZone {zone}: the zone holds {} records, which this provider cannot keep \
+                 in the copy its undo needs; nothing was deleted (delete the zone by hand)",
+                unknown.into_iter().collect::<Vec<_>>().join(", ")
+            )));
+        }
+        let soa = soa.ok_or_else(|| DnsError::Server {
+            transient: false,
+            message: format!("{what}: DNS server {} sent no SOA", self.server()),
+        })?;
+        records.sort_by(Record::canonical_cmp);
+        Ok(Zone {
+            origin: zone.to_string(),
+            default_ttl: soa.ttl,
+            soa,
+            records,
+        })
+    }
+
+    /// Recovery of a CreateZone in doubt: applied iff its intent marker is there and the
+    /// zone is served (the marker is written only after the zone was found absent).
+    async fn recover_add_zone(
+        &self,
+        rndc: &Rndc,
+        key: &str,
+        zone: &str,
+    ) -> Result<Recovered, DnsError> {
+        let marker = Rndc::created_marker(key);
+        if rndc.read_file(&marker).await?.is_none() {
+            return Ok(Recovered::NotApplied);
+        }
+        if self.soa(zone).await?.is_some() {
+            return Ok(Recovered::ZoneCreated);
+        }
+        rndc.remove_file(&marker).await?;
+        Ok(Recovered::NotApplied)
+    }
+
+    /// Recovery of a DeleteZone in doubt: applied iff its copy was written and the zone
+    /// is not served any more.
+    async fn recover_zone_taken_out(
+        &self,
+        rndc: &Rndc,
+        key: &str,
+        zone: &str,
+    ) -> Result<Recovered, DnsError> {
+        let token = Rndc::deleted_copy(zone, key);
+        if rndc
+            .read_file(&Rndc::deleted_path(&token)?)
+            .await?
+            .is_none()
+            || self.soa(zone).await?.is_some()
+        {
+            return Ok(Recovered::NotApplied);
+        }
+        Ok(Recovered::ZoneDeleted { token })
     }
 }
 

@@ -228,13 +228,14 @@ pub fn undo_record(map: &Map<String, Value>) -> Result<Option<Element>, ShapeErr
     }
 }
 
-/// `preview` of a `preview` answer: `{"change": text}`, `{"noChange": text}` or
-/// `{"unknown": true}`.
+/// `preview` of a `preview` answer: `{"change": text}` (creates or adds), `{"update": text}`
+/// (changes or removes what exists), `{"noChange": text}` (the call will succeed without
+/// changing anything), `{"fail": text}` (the call will fail, and why) or `{"unknown": true}`.
 pub fn preview(map: &Map<String, Value>) -> Result<Preview, ShapeError> {
     let bad = || {
         ShapeError(
-            "a `preview` that is not {\"change\": text}, {\"noChange\": text} or \
-             {\"unknown\": true}"
+            "a `preview` that is not {\"change\": text}, {\"update\": text}, \
+             {\"noChange\": text}, {\"fail\": text} or {\"unknown\": true}"
                 .to_string(),
         )
     };
@@ -244,10 +245,13 @@ pub fn preview(map: &Map<String, Value>) -> Result<Preview, ShapeError> {
     if p.len() != 1 {
         return Err(bad());
     }
-    match (p.get("change"), p.get("noChange"), p.get("unknown")) {
-        (Some(Value::String(s)), _, _) => Ok(Preview::Change(s.clone())),
-        (_, Some(Value::String(s)), _) => Ok(Preview::NoChange(s.clone())),
-        (_, _, Some(Value::Bool(true))) => Ok(Preview::Unknown),
+    let (key, value) = p.iter().next().ok_or_else(bad)?;
+    match (key.as_str(), value) {
+        ("change", Value::String(s)) => Ok(Preview::Change(s.clone())),
+        ("update", Value::String(s)) => Ok(Preview::Update(s.clone())),
+        ("noChange", Value::String(s)) => Ok(Preview::NoChange(s.clone())),
+        ("fail", Value::String(s)) => Ok(Preview::Fail(s.clone())),
+        ("unknown", Value::Bool(true)) => Ok(Preview::Unknown),
         _ => Err(bad()),
     }
 }
@@ -390,6 +394,7 @@ fn input(v: &Value) -> Result<InputSpec, String> {
         default,
         description: opt_string(m, "description").map_err(|e| format!("`{name}`: {e}"))?,
         name,
+        check: None,
     })
 }
 
@@ -547,6 +552,14 @@ mod tests {
         assert_eq!(
             preview(&m(json!({"preview": {"noChange": "n"}}))),
             Ok(Preview::NoChange("n".into()))
+        );
+        assert_eq!(
+            preview(&m(json!({"preview": {"fail": "f"}}))),
+            Ok(Preview::Fail("f".into()))
+        );
+        assert_eq!(
+            preview(&m(json!({"preview": {"update": "u"}}))),
+            Ok(Preview::Update("u".into()))
         );
         assert_eq!(
             preview(&m(json!({"preview": {"unknown": true}}))),

@@ -1019,10 +1019,11 @@ impl Fs {
     fn preview_sync(&self, call: &Call) -> Result<Preview, ProviderError> {
         let data = &call.execute_data;
         match call.context.procedure.as_str() {
+            // Each of these fails on what it finds in the way (or, for delete, missing).
             "CreateFolder" => {
                 let path = self.path_input(data, "path", false)?;
                 Ok(if self.lstat(&path)?.is_some() {
-                    Preview::NoChange(format!("{} already exists", path.display()))
+                    Preview::Fail(format!("folder {} already exists", path.display()))
                 } else {
                     Preview::Change(format!("create folder {}", path.display()))
                 })
@@ -1030,18 +1031,18 @@ impl Fs {
             "DeleteFolder" => {
                 let path = self.path_input(data, "path", false)?;
                 Ok(if self.lstat(&path)?.is_some() {
-                    Preview::Change(format!(
+                    Preview::Update(format!(
                         "delete folder {} (kept in trash for undo)",
                         path.display()
                     ))
                 } else {
-                    Preview::NoChange(format!("{} does not exist", path.display()))
+                    Preview::Fail(format!("folder {} does not exist", path.display()))
                 })
             }
             "WriteFile" => {
                 let path = self.path_input(data, "path", false)?;
                 Ok(if self.lstat(&path)?.is_some() {
-                    Preview::NoChange(format!("{} already exists", path.display()))
+                    Preview::Fail(format!("{} already exists", path.display()))
                 } else {
                     Preview::Change(format!("write file {}", path.display()))
                 })
@@ -1049,7 +1050,7 @@ impl Fs {
             "StageFolder" | "StageFile" => {
                 let path = self.path_input(data, "path", false)?;
                 Ok(if self.lstat(&path)?.is_some() {
-                    Preview::NoChange(format!("{} already exists", path.display()))
+                    Preview::Fail(format!("{} already exists", path.display()))
                 } else {
                     Preview::Change(format!(
                         "stage {} {} (visible at commit)",
@@ -1129,6 +1130,15 @@ fn set_mode(_dir: &Dir, _path: &Path, _mode: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// The [`provisio_engine::model::InputCheck`] of path inputs: the checks of
+/// [`RelPath::parse`] (`.` for the root is left to the procedure).
+fn check_path(raw: &str) -> Result<(), String> {
+    RelPath::parse("path", raw, true).map(|_| ()).map_err(|e| {
+        let m = e.message();
+        m.strip_prefix("input `path`: ").unwrap_or(&m).to_string()
+    })
+}
+
 fn path_input_spec() -> provisio_engine::model::InputSpec {
     input(
         "path",
@@ -1147,13 +1157,9 @@ fn mode_spec() -> provisio_engine::model::InputSpec {
     )
 }
 
-#[async_trait]
-impl Provider for FilesystemProvider {
-    fn name(&self) -> &str {
-        "Filesystem"
-    }
-
-    fn procedures(&self) -> Vec<ProcedureSpec> {
+impl FilesystemProvider {
+    /// The procedures, before [`Provider::procedures`] adds the input checks.
+    fn procedure_list(&self) -> Vec<ProcedureSpec> {
         let spec =
             |name: &str, kind: ProcKind, undo: UndoKind, description: &str, inputs| ProcedureSpec {
                 name: name.to_string(),
@@ -1251,6 +1257,24 @@ impl Provider for FilesystemProvider {
                 ],
             ),
         ]
+    }
+}
+
+#[async_trait]
+impl Provider for FilesystemProvider {
+    fn name(&self) -> &str {
+        "Filesystem"
+    }
+
+    fn procedures(&self) -> Vec<ProcedureSpec> {
+        let mut specs = self.procedure_list();
+        // Constant paths are checked when a request compiles (no `..`, not absolute).
+        for input in specs.iter_mut().flat_map(|s| s.inputs.iter_mut()) {
+            if matches!(input.name.as_str(), "path" | "from" | "to") {
+                input.check = Some(provisio_engine::model::InputCheck(check_path));
+            }
+        }
+        specs
     }
 
     async fn execute(&self, call: Call) -> Result<Outcome, ProviderError> {

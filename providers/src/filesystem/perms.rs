@@ -322,7 +322,7 @@ impl Fs {
                 t.path.display()
             ))
         } else {
-            Preview::Change(format!(
+            Preview::Update(format!(
                 "set permissions of {}: mode {:04o} → {:04o}, acl {} → {}, default acl {} → {}",
                 t.path.display(),
                 prev.mode,
