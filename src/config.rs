@@ -149,6 +149,12 @@ pub struct FilesystemConfig {
     pub root: Option<PathBuf>,
     /// Accept setuid/setgid/sticky bits in `mode` inputs (refused by default).
     pub allow_special_modes: bool,
+    /// The uids SetOwner may give files to (`"1000-59999"`, `"33"`); absent: any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allowed_uids: Option<Vec<String>>,
+    /// The gids SetOwner may set; absent: any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allowed_gids: Option<Vec<String>>,
 }
 
 /// Which DNS backend.

@@ -13,7 +13,7 @@ use provisio_engine::store::{SledStore, StoreError};
 use provisio_engine::txn::{DurableJournal, SealKey};
 use provisio_providers::dns::{DnsProvider, Rfc2136Config, RndcConfig};
 use provisio_providers::exec::{ExecConfig, ExecProvider};
-use provisio_providers::filesystem::{FilesystemOptions, FilesystemProvider};
+use provisio_providers::filesystem::{FilesystemOptions, FilesystemProvider, IdRanges};
 use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
@@ -46,8 +46,18 @@ pub async fn registry(config: &Config) -> Result<ProviderRegistry> {
         .root
         .clone()
         .unwrap_or_else(|| config.data_dir.join("files"));
+    let ids = |key: &str, list: &Option<Vec<String>>| -> Result<Option<IdRanges>> {
+        list.as_ref()
+            .map(|l| IdRanges::parse(l))
+            .transpose()
+            .with_context(|| {
+                format!("providers.filesystem.{key}: each entry is a numeric id or an inclusive range of ids")
+            })
+    };
     let options = FilesystemOptions {
         allow_special_modes: p.filesystem.allow_special_modes,
+        allowed_uids: ids("allowed_uids", &p.filesystem.allowed_uids)?,
+        allowed_gids: ids("allowed_gids", &p.filesystem.allowed_gids)?,
     };
     let fs = FilesystemProvider::with_options(root.clone(), options).with_context(|| {
         format!(

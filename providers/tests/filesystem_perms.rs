@@ -248,6 +248,7 @@ async fn mode_only_and_preview() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let options = FilesystemOptions {
         allow_special_modes: true,
+        ..FilesystemOptions::default()
     };
     let p = FilesystemProvider::with_options(tmp.path().join("root"), options).expect("provider");
     let root = p.root().to_path_buf();
@@ -398,6 +399,7 @@ async fn special_modes_need_the_option() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let options = FilesystemOptions {
         allow_special_modes: true,
+        ..FilesystemOptions::default()
     };
     let allowed =
         FilesystemProvider::with_options(tmp.path().join("root"), options).expect("provider");

@@ -8,6 +8,8 @@
 //! SetPermissions sets mode bits and POSIX ACLs (see [`acl`], `perms`).
 
 mod acl;
+mod files;
+mod owner;
 mod pending;
 mod perms;
 mod quota;
@@ -18,6 +20,7 @@ mod sweep;
 #[cfg(test)]
 mod tests;
 
+pub use owner::{BadIdRange, IdRanges};
 pub use quota::{project_quota_support, QuotaSupport};
 pub use staging::STAGING_DIR;
 pub use sweep::Swept;
@@ -66,6 +69,10 @@ pub struct FilesystemOptions {
     /// bit. Off by default: a request could otherwise make a tenant's program run as the
     /// provider's user (root, typically).
     pub allow_special_modes: bool,
+    /// The owners SetOwner may set (`allowed_uids`); `None`: any.
+    pub allowed_uids: Option<IdRanges>,
+    /// The groups SetOwner may set (`allowed_gids`); `None`: any.
+    pub allowed_gids: Option<IdRanges>,
 }
 
 /// Folders, files and quotas under a sandbox root.
@@ -452,6 +459,11 @@ impl Fs {
         let content = opt_input(data, &["content"]).unwrap_or_default();
         let mode = self.mode_input(data)?;
         self.require_parent_dir("path", &path)?;
+        if parse_bool("overwrite", opt_input(data, &["overwrite"]))? {
+            if let Some(replaced) = self.overwrite_file(call, &path, &content, mode)? {
+                return Ok(replaced);
+            }
+        }
         self.check_quota(&path, u64::try_from(content.len()).unwrap_or(u64::MAX))?;
         if self.lstat(&path)?.is_none() {
             pending::write(
@@ -846,6 +858,16 @@ impl Fs {
             UndoRecord::RestorePermissions { path, previous } => {
                 self.restore_permissions(&path, &previous)
             }
+            UndoRecord::RestoreFile { path, trash } => self.restore_file(&path, &trash),
+            UndoRecord::RestoreOverwritten { path, trash } => {
+                self.restore_overwritten(&path, &trash)
+            }
+            UndoRecord::RestoreOwner {
+                path,
+                uid,
+                gid,
+                mode,
+            } => self.restore_owner(&path, uid, gid, &mode),
             record @ UndoRecord::Unstage { .. } => self.unstage(done, &record),
         }
     }
@@ -860,6 +882,7 @@ impl Fs {
         let key = call.context.idempotency_key();
         match call.context.procedure.as_str() {
             "DeleteFolder" => return self.recover_delete(call),
+            "DeleteFile" => return self.recover_delete_file(call),
             "GetUsage" => return Ok(None),
             _ => {}
         }
@@ -867,7 +890,7 @@ impl Fs {
             // No marker: the provider never got past its checks, so nothing changed.
             return match call.context.procedure.as_str() {
                 "CreateFolder" | "WriteFile" | "SetQuota" | "MoveFolder" | "SetPermissions"
-                | "StageFolder" | "StageFile" => Ok(None),
+                | "SetOwner" | "StageFolder" | "StageFile" => Ok(None),
                 other => Err(ProviderError::Unsupported(format!(
                     "the Filesystem provider cannot tell whether {other} ({key}) was applied; check it by hand"
                 ))),
@@ -885,6 +908,18 @@ impl Fs {
                 new,
             } => return self.recover_permissions(&key, &path, &previous, &new),
             Marker::Stage { kind, path, .. } => return self.recover_staged(call, kind, &path),
+            Marker::OverwriteFile {
+                path,
+                trash,
+                bytes,
+                hash,
+            } => return self.recover_overwrite(&key, &path, &trash, bytes, hash),
+            Marker::SetOwner {
+                path,
+                previous,
+                new,
+                mode,
+            } => return self.recover_owner(&key, &path, previous, new, mode),
             Marker::CreateFolder {
                 path,
                 missing_parents,
@@ -1041,12 +1076,25 @@ impl Fs {
             }
             "WriteFile" => {
                 let path = self.path_input(data, "path", false)?;
-                Ok(if self.lstat(&path)?.is_some() {
-                    Preview::Fail(format!("{} already exists", path.display()))
-                } else {
-                    Preview::Change(format!("write file {}", path.display()))
-                })
+                let overwrite = parse_bool("overwrite", opt_input(data, &["overwrite"]))?;
+                match self.lstat(&path)? {
+                    None => Ok(Preview::Change(format!("write file {}", path.display()))),
+                    Some(m) if overwrite => {
+                        self.existing_file("path", &path, &m)?;
+                        Ok(Preview::Change(format!(
+                            "replace file {} ({} bytes; the old content is kept for undo)",
+                            path.display(),
+                            m.len()
+                        )))
+                    }
+                    Some(_) => Ok(Preview::Fail(format!(
+                        "file `{}` already exists; set `overwrite: true` to replace it",
+                        path.display()
+                    ))),
+                }
             }
+            "DeleteFile" => self.preview_delete_file(call),
+            "SetOwner" => self.preview_owner(call),
             "StageFolder" | "StageFile" => {
                 let path = self.path_input(data, "path", false)?;
                 Ok(if self.lstat(&path)?.is_some() {
@@ -1064,9 +1112,44 @@ impl Fs {
                 })
             }
             "SetPermissions" => self.preview_permissions(call),
+            "SetQuota" => self.preview_quota(call),
             "GetUsage" => Ok(Preview::NoChange("read only".into())),
             _ => Ok(Preview::Unknown),
         }
+    }
+}
+
+impl Fs {
+    /// Preview of SetQuota. Says plainly what a quota is here: the operating system does
+    /// not enforce it (Provisio sets up no kernel project quotas), so only writes made
+    /// through Provisio are held to it; the detection tells whether the kernel could.
+    fn preview_quota(&self, call: &Call) -> Result<Preview, ProviderError> {
+        let data = &call.execute_data;
+        let path = self.path_input(data, "path", false)?;
+        let raw = req_input(data, &["megabytes"])?;
+        let mb: u64 = raw.trim().parse().map_err(|_| {
+            ProviderError::invalid(format!(
+                "input `megabytes` must be a whole non-negative number, got {raw:?}"
+            ))
+        })?;
+        let previous = {
+            let _guard = self.lock_state();
+            quota::load(&self.dir)?.get(&path.display()).copied()
+        };
+        if previous == Some(mb) {
+            return Ok(Preview::NoChange(format!(
+                "{} already has a quota of {mb} MiB",
+                path.display()
+            )));
+        }
+        let os = match project_quota_support(&self.root) {
+            QuotaSupport::Available { .. } => "kernel project quotas are available on this file system, but Provisio does not set them up".to_string(),
+            QuotaSupport::NotAvailable { reason } => format!("kernel project quotas are not available ({reason})"),
+        };
+        Ok(Preview::Change(format!(
+            "record a quota of {mb} MiB for {}; not enforced by the operating system: {os}, so the quota binds only writes made through Provisio",
+            path.display()
+        )))
     }
 }
 
@@ -1190,11 +1273,30 @@ impl FilesystemProvider {
                 "WriteFile",
                 ProcKind::Write,
                 UndoKind::Reversible,
-                "Creates a new file (fails if it exists). Outputs `written`, `bytes`. Undo removes it.",
+                "Creates a new file, or with `overwrite` replaces an existing one. Outputs `written`, `bytes`, `previousBytes` (replaced). Undo removes a new file, or puts the old content back byte for byte.",
                 vec![
                     input("path", "string", true, "File path relative to the provider root; the parent folder must exist"),
                     input("content", "string", false, "File content (UTF-8 text); empty when absent"),
-                    mode_spec(),
+                    input("mode", "string", false, "Unix permission bits in octal, e.g. \"0640\" (default 0644 for a new file, the old file's mode when replacing)"),
+                    input("overwrite", "bool", false, "Replace the file if it exists (default false: an existing file is an error)"),
+                ],
+            ),
+            spec(
+                "DeleteFile",
+                ProcKind::Write,
+                UndoKind::Reversible,
+                "Deletes a file by moving it to the provider trash. Outputs `deleted`, `bytes`. Undo moves it back.",
+                vec![input("path", "string", true, "File path relative to the provider root (a regular file, not a symlink, no other hard link)")],
+            ),
+            spec(
+                "SetOwner",
+                ProcKind::Write,
+                UndoKind::Reversible,
+                "Sets the owner and/or group of a file or folder. Outputs `uid`, `gid`, `previousUid`, `previousGid`. Undo restores the previous owner, group and mode.",
+                vec![
+                    input("path", "string", true, "File or folder relative to the root (not a symlink)"),
+                    input("user", "string", false, "New owner: a user name (looked up by the system) or a numeric uid"),
+                    input("group", "string", false, "New group: a group name (looked up by the system) or a numeric gid"),
                 ],
             ),
             spec(
@@ -1325,6 +1427,8 @@ impl Fs {
             "CreateFolder" => self.create_folder(call),
             "DeleteFolder" => self.delete_folder(call),
             "WriteFile" => self.write_file(call),
+            "DeleteFile" => self.delete_file(call),
+            "SetOwner" => self.set_owner(call),
             "SetQuota" => self.set_quota(call),
             "GetUsage" => self.get_usage(call),
             "MoveFolder" => self.move_folder(call),

@@ -51,7 +51,7 @@ fn resolve_name(is_group: bool, name: &str) -> Option<u32> {
 /// Refuses a regular file with more than one hard link: another link may be outside the
 /// root (a link planted inside the root would let a request change a file it cannot
 /// name). Folders cannot be hard-linked.
-fn refuse_hard_links(
+pub(super) fn refuse_hard_links(
     field: &str,
     path: &RelPath,
     meta: &cap_std::fs::Metadata,

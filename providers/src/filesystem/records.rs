@@ -127,6 +127,36 @@ pub(crate) enum UndoRecord {
         #[serde(flatten)]
         previous: PermTexts,
     },
+    /// DeleteFile: move the file back from `.provisio-trash/<trash>` (where nothing is).
+    #[serde(rename = "restoreFile")]
+    RestoreFile {
+        #[serde(with = "text")]
+        path: String,
+        #[serde(with = "text")]
+        trash: String,
+    },
+    /// WriteFile with `overwrite` of an existing file: put the old file, kept as
+    /// `.provisio-trash/<trash>`, back in place of the new one.
+    #[serde(rename = "restoreOverwritten")]
+    RestoreOverwritten {
+        #[serde(with = "text")]
+        path: String,
+        #[serde(with = "text")]
+        trash: String,
+    },
+    /// SetOwner: put back the previous owner and group (numeric ids).
+    #[serde(rename = "restoreOwner")]
+    RestoreOwner {
+        #[serde(with = "text")]
+        path: String,
+        #[serde(with = "decimal")]
+        uid: u32,
+        #[serde(with = "decimal")]
+        gid: u32,
+        /// The mode before the change, octal (`chown` clears setuid/setgid on files).
+        #[serde(with = "text")]
+        mode: String,
+    },
     /// StageFolder / StageFile: remove the staged content, or the target after a commit.
     #[serde(rename = "unstage")]
     Unstage {
@@ -240,6 +270,23 @@ pub(crate) enum Marker {
         previous: PermTexts,
         new: PermTexts,
     },
+    /// WriteFile with `overwrite` of the existing file at `path`: the old file is kept as
+    /// `.provisio-trash/<trash>`, the new content has `bytes` bytes and FNV-1a `hash`.
+    OverwriteFile {
+        path: String,
+        trash: String,
+        bytes: u64,
+        hash: u64,
+    },
+    /// SetOwner of `path` from `previous` to `new` (uid, gid).
+    SetOwner {
+        path: String,
+        previous: (u32, u32),
+        new: (u32, u32),
+        /// The mode before the change (`chown` clears setuid/setgid on files).
+        #[serde(default)]
+        mode: u32,
+    },
     /// StageFolder / StageFile.
     Stage {
         phase: StagePhase,
@@ -313,6 +360,23 @@ mod quota_text {
                 .map(Some)
                 .map_err(|_| D::Error::custom(format!("bad previous quota {t:?}"))),
         }
+    }
+}
+
+/// A number as decimal text.
+mod decimal {
+    use serde::{Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(v: &u32, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&v.to_string())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        use serde::de::Error;
+        let t = super::text::deserialize(d)?;
+        t.trim()
+            .parse()
+            .map_err(|_| D::Error::custom(format!("bad numeric id {t:?}")))
     }
 }
 
