@@ -156,7 +156,7 @@ impl DriverHost for InProcess {
                 .map_err(|e| e.to_string())
                 .and_then(|req| {
                     self.handle
-                        .block_on(self.engine.run(&req))
+                        .block_on(self.engine.run_owned(req))
                         .map_err(|e| e.to_string())
                 });
         let result = match outcome {
