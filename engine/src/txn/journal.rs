@@ -401,7 +401,7 @@ impl DurableJournal {
             // those that never reached disk. Every earlier record of the transaction was
             // written before this one, so the store returns them all (at most a chunk's
             // worth: the others are chunks already).
-            let earlier = self.store.scan(Space::Journal, &record_prefix(txn_id))?;
+            let earlier = self.store.scan(Space::Journal, &record_prefix(txn_id.as_str()))?;
             let mut records: Vec<(u64, &[u8])> = Vec::with_capacity(earlier.len() + 1);
             for (k, v) in &earlier {
                 match JournalKey::parse(txn_id, k) {
@@ -531,7 +531,7 @@ impl Journal for DurableJournal {
             masked: start.secret,
         };
         for (index, chunk) in chunks.into_iter().enumerate() {
-            extra.put(Space::Journal, data_key(start.txn_id, index as u64), chunk);
+            extra.put(Space::Journal, data_key(start.txn_id.as_str(), index as u64), chunk);
         }
         let pinned = PinnedDefinitions {
             format: FORMAT,
@@ -728,7 +728,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(crate::store::SledStore::open(dir.path()).unwrap());
         let journal = Arc::new(DurableJournal::new(store.clone(), None, "test"));
-        let txn = "0190f1c2-0000-7000-8000-000000000002";
+        let txn_id: crate::TxnId = "0190f1c2-0000-7000-8000-000000000002".parse().unwrap();
+        let txn = &txn_id;
         let failed = |i: usize| Record::Failed {
             at_ms: 0,
             step: format!("step{i}"),
@@ -738,7 +739,9 @@ mod tests {
         let mut tasks = Vec::new();
         for t in 0..8 {
             let journal = journal.clone();
+            let txn = txn_id.clone();
             tasks.push(tokio::spawn(async move {
+                let txn = &txn;
                 for i in 0..250 {
                     let r = failed(t * 1000 + i);
                     journal
@@ -753,7 +756,7 @@ mod tests {
         }
         let per_record = |store: &crate::store::SledStore| {
             store
-                .scan(Space::Journal, &record_prefix(txn))
+                .scan(Space::Journal, &record_prefix(txn.as_str()))
                 .unwrap()
                 .len()
         };

@@ -741,7 +741,7 @@ fn load_pinned(journal: &DurableJournal, txn_id: &TxnId) -> Result<Pinned, Stop>
         // Format 2: the data as received is the copy stored beside the records.
         Some(stored) => Guarded::Plain(
             journal
-                .stored_data(txn_id, stored)
+                .stored_data(txn_id.as_str(), stored)
                 .map_err(|e| NotResumable::DataUnreadable(e.to_string()))?,
         ),
         None => pinned.request,

@@ -1546,12 +1546,6 @@ impl ZoneBackend for Rfc2136Backend {
         self.rndc.is_some()
     }
 
-    async fn forget(&self, key: &str) {
-        if let Some(rndc) = &self.rndc {
-            let _ = rndc.remove_file(&Rndc::created_marker(key)).await;
-        }
-    }
-
     async fn recover(&self, key: &str, call: &InDoubt<'_>) -> Result<Recovered, DnsError> {
         if let Some(prior) = self.read_prior(key).await {
             return self.recover_from_prior(key, call, prior).await;
@@ -1561,6 +1555,9 @@ impl ZoneBackend for Rfc2136Backend {
 
     async fn forget(&self, key: &str) {
         self.drop_prior(key).await;
+        if let Some(rndc) = &self.rndc {
+            let _ = rndc.remove_file(&Rndc::created_marker(key)).await;
+        }
     }
 }
 
