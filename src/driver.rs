@@ -1,6 +1,7 @@
 //! `provisio script FILE.rhai`: driver scripts that submit requests and read their results.
-//! The script sees `submit`, `read_csv` and `log` (docs/scripting.md); requests run
-//! in-process through the same engine as `provisio run`, each as its own transaction.
+//! The script sees `submit`, `submit_all`, `read_csv` and `log` (docs/scripting.md);
+//! requests run in-process through the same engine as `provisio run`, each as its own
+//! transaction (a `submit_all` batch is one request).
 //!
 //! A driver script is untrusted input as much as a request is: it reads only regular files
 //! inside its own folder (no symlink leading out), CSV files up to a size, and the data it
@@ -10,7 +11,7 @@
 use crate::Exit;
 use anyhow::{Context, Result};
 use provisio_engine::exec::Engine;
-use provisio_engine::model::Format;
+use provisio_engine::model::{Access, Format};
 use provisio_engine::script::{DriverHost, ScriptEngine, ScriptLimits, ScriptOrigin};
 use serde_json::Value;
 use std::io::Read;
@@ -136,6 +137,31 @@ impl InProcess {
     fn all_committed(&self) -> bool {
         lock(&self.not_committed).is_empty()
     }
+
+    /// The calls of a batch (`submit_all`, sent as a trusted request) that name a private
+    /// procedure: a batch may do only what its calls submitted one by one could.
+    fn private_calls(&self, request: &Value) -> Vec<String> {
+        let Some(steps) = request
+            .pointer("/procedure/steps")
+            .and_then(Value::as_object)
+        else {
+            return Vec::new();
+        };
+        steps
+            .values()
+            .filter_map(|s| s.get("call").and_then(Value::as_str))
+            .filter(|target| {
+                target.rsplit_once('/').is_some_and(|(ns, name)| {
+                    self.engine
+                        .catalog()
+                        .namespace(ns)
+                        .and_then(|n| n.procedure(name))
+                        .is_some_and(|p| p.access == Access::Private)
+                })
+            })
+            .map(str::to_string)
+            .collect()
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -151,9 +177,19 @@ impl DriverHost for InProcess {
         let _running = lock(&self.in_request);
         self.submitted.fetch_add(1, Ordering::SeqCst);
         let text = serde_json::to_string(&request).map_err(|e| e.to_string())?;
-        let outcome =
+        let private = self.private_calls(&request);
+        let outcome = if private.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "a batch may call only public procedures, as `submit` may (a provider's own procedures are private); private: {}",
+                private.join(", ")
+            ))
+        }
+        .and_then(|()| {
             provisio_engine::request::parse_request(&text, "<script request>", Format::Json)
                 .map_err(|e| e.to_string())
+        })
                 .and_then(|req| {
                     self.handle
                         .block_on(self.engine.run_owned(req))
@@ -259,13 +295,27 @@ impl DriverHost for InProcess {
     }
 }
 
-/// `Namespace/Procedure` of a submitted request, for the summary.
+/// `Namespace/Procedure` of a submitted request, for the summary; a batch
+/// (`submit_all`) names its calls in order.
 fn target_of(request: &Value) -> String {
-    request
-        .get("call")
-        .and_then(Value::as_str)
-        .unwrap_or("(trusted request)")
-        .to_string()
+    if let Some(call) = request.get("call").and_then(Value::as_str) {
+        return call.to_string();
+    }
+    let calls: Vec<&str> = request
+        .pointer("/procedure/steps")
+        .and_then(Value::as_object)
+        .map(|steps| {
+            steps
+                .values()
+                .filter_map(|s| s.get("call").and_then(Value::as_str))
+                .collect()
+        })
+        .unwrap_or_default();
+    if calls.is_empty() {
+        "(trusted request)".to_string()
+    } else {
+        format!("batch [{}]", calls.join(", "))
+    }
 }
 
 /// Watches the process's resident memory while a driver script runs. rhai bounds each

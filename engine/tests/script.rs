@@ -51,6 +51,13 @@ const DOC_SUBMIT: &str = r#"let r = submit("Directory/CreateUser", #{ first: "An
 if r.status != "committed" { throw `failed: ${r.error}`; }
 r.transactionId"#;
 
+const DOC_SUBMIT_ALL: &str = r#"let r = submit_all([
+    #{ "call": "Directory/CreateUser", data: #{ first: "Ann", last: "Lee" } },
+    #{ "call": "Directory/CreateUser", data: #{ first: "Bob", last: "Ray" } },
+]);
+if r.status != "committed" { throw `neither user was created: ${r.error}`; }
+r.results.len()"#;
+
 const DOC_HELPERS: &str = r#"let m = #{ user: #{ name: "Ann", mail: ["ann@example.org", "a@example.org"] } };
 [
     lower("Ann Lee"), upper("ann"), slug("Jürgen Müller-Lüdenscheidt"),
@@ -86,6 +93,7 @@ fn doc_examples_are_in_the_doc() {
         DOC_DRIVER,
         DOC_CALL,
         DOC_SUBMIT,
+        DOC_SUBMIT_ALL,
         DOC_HELPERS,
     ] {
         assert!(
@@ -300,6 +308,43 @@ fn driver_submits_each_csv_row() {
     let s = compile(&e, r#"submit(#{ data: 1 })"#);
     let err = e.run_driver(&s, host).unwrap_err();
     assert!(err.message().contains("\"call\""), "{err}");
+}
+
+/// `submit_all` sends one request whose steps are the calls, in order, each call's data
+/// passed as data; the outcome lists each call's result.
+#[test]
+fn submit_all_sends_one_request_for_all_calls() {
+    let e = ScriptEngine::default();
+    let host = Arc::new(Driver::default());
+    let s = compile(&e, DOC_SUBMIT_ALL);
+    assert_eq!(e.run_driver(&s, host.clone()).unwrap(), json!(2));
+    let sent = host.submitted.lock().unwrap().clone();
+    assert_eq!(sent.len(), 1, "one request: {sent:?}");
+    let steps = sent[0]["procedure"]["steps"].as_object().expect("steps");
+    assert_eq!(steps.keys().collect::<Vec<_>>(), ["call1", "call2"]);
+    assert!(steps.values().all(|s| s["call"] == "Directory/CreateUser"));
+    assert_eq!(sent[0]["procedure"]["parallel"], false);
+    assert_eq!(
+        sent[0]["data"]["call2"],
+        json!({"first": "Bob", "last": "Ray"})
+    );
+
+    for (script, says) in [
+        ("submit_all([])", "empty"),
+        (
+            r#"submit_all([#{ "call": "A/B" }, 3])"#,
+            "item 2 is not a map",
+        ),
+        (
+            r#"submit_all([#{ "cal": "A/B" }])"#,
+            "item 1 has no \"call\"",
+        ),
+    ] {
+        let s = compile(&e, script);
+        let err = e.run_driver(&s, host.clone()).unwrap_err();
+        assert!(err.message().contains(says), "{script}: {err}");
+    }
+    assert_eq!(host.submitted.lock().unwrap().len(), 1, "nothing more sent");
 }
 
 #[test]

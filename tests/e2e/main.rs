@@ -1,8 +1,10 @@
 //! End-to-end tests: the real `provisio` binary on real files, one test binary with modules.
 
+mod batch;
 mod cli;
 mod config;
 mod crash;
+mod files;
 mod script;
 mod store;
 mod util;

@@ -168,7 +168,22 @@ fn submit(ctx: &NativeCallContext, request: &Dynamic) -> Result<Dynamic, Box<Eva
     }
 }
 
-/// Registers `call_procedure`, `submit`, `read_csv` and `log`.
+/// `submit_all(calls)`: the calls as one request (one transaction), with `results`.
+fn submit_all(ctx: &NativeCallContext, calls: &Array) -> Result<Dynamic, Box<EvalAltResult>> {
+    let host = driver_host(ctx, "submit_all")?;
+    let pos = ctx.call_position();
+    let items = calls
+        .iter()
+        .map(|c| to_json_arg(c, "submit_all call", pos))
+        .collect::<Result<Vec<_>, _>>()?;
+    let request = super::batch::batch_request(&items).map_err(|e| throw(e, pos))?;
+    match off_the_clock(|| host.submit(request)) {
+        Ok(v) => Ok(json_to_dynamic(&super::batch::with_results(v, items.len()))),
+        Err(e) => Err(throw(e, pos)),
+    }
+}
+
+/// Registers `call_procedure`, `submit`, `submit_all`, `read_csv` and `log`.
 pub(crate) fn register(engine: &mut Engine) {
     engine.register_fn(
         "call_procedure",
@@ -192,6 +207,9 @@ pub(crate) fn register(engine: &mut Engine) {
             submit(&ctx, &Dynamic::from_map(request))
         },
     );
+    engine.register_fn("submit_all", |ctx: NativeCallContext, calls: Array| {
+        submit_all(&ctx, &calls)
+    });
     engine.register_fn(
         "read_csv",
         |ctx: NativeCallContext, path: &str| -> Result<Array, Box<EvalAltResult>> {

@@ -19,6 +19,7 @@
 //! assert!(engine.eval_condition(&when, &vars).unwrap());
 //! ```
 
+mod batch;
 mod convert;
 mod error;
 mod helpers;
