@@ -3,6 +3,7 @@
 mod cli;
 mod config;
 mod crash;
+mod operator;
 mod script;
 mod store;
 mod util;

@@ -107,6 +107,19 @@ pub struct StepDone<'a> {
     pub(crate) result_secret: bool,
 }
 
+/// A script step with an undo script finished: what the undo needs after a crash.
+#[derive(Debug, Clone)]
+pub struct ScriptUndoDone<'a> {
+    /// Identity of the step (attempt 1; a script step is not retried).
+    pub(crate) context: &'a CallContext,
+    /// The undo script.
+    pub(crate) script: &'a crate::script::CompiledScript,
+    /// Its inputs `{ data, result }`; seal them when `secret`.
+    pub(crate) vars: &'a serde_json::Value,
+    /// `vars` hold secrets.
+    pub(crate) secret: bool,
+}
+
 /// Receives the executor's transitions. Every method defaults to keeping nothing, so a
 /// journal for a test spells out only what it does differently; a durable journal
 /// implements them all.
@@ -136,6 +149,10 @@ pub trait Journal: Send + Sync {
     }
     /// A provider call succeeded (made durable by the next durable write at the latest).
     async fn step_done(&self, _done: &StepDone<'_>) -> Result<(), JournalError> {
+        Ok(())
+    }
+    /// A script step with an undo script finished: durable when this returns.
+    async fn script_done(&self, _done: &ScriptUndoDone<'_>) -> Result<(), JournalError> {
         Ok(())
     }
     /// A provider call failed.

@@ -14,4 +14,4 @@ pub(crate) mod journal;
 pub use journal::{DurableJournal, GuardError, WriteError};
 pub mod recovery;
 
-pub use recovery::{recover, resume_rollback, Recovered, RecoveryError};
+pub use recovery::{recover, resolve_step, resume_rollback, Recovered, RecoveryError, Resolution};
