@@ -245,9 +245,41 @@ pub enum TxCommand {
         id: String,
     },
     /// Retry the undos of a rollback_failed transaction after fixing their cause.
+    ///
+    /// Runs every undo that has not succeeded (provider undos and script steps' undo
+    /// scripts alike), asks providers again about calls still in doubt, and skips what an
+    /// operator resolved as not applied (`provisio tx resolve`).
     ResumeRollback {
         /// Transaction id (or a unique prefix).
         id: String,
+    },
+    /// Record what you found about a step of a rollback_failed transaction that recovery
+    /// could not settle: a call in doubt, or a call whose undo kept failing.
+    ///
+    /// `--applied`: its effect exists, and the next `tx resume-rollback` undoes it (for a call
+    /// in doubt it asks the provider once more for the call's undo record). `--not-applied`:
+    /// there is nothing to undo (it never happened, or you undid it by hand), and resume
+    /// skips it. The finding is journaled and audited with who recorded it (the process's
+    /// real user). A step that declared no undo needs no resolution; a step that is not in
+    /// doubt, an unknown step, or a finished transaction is refused (exit 2).
+    #[command(
+        after_help = "Example:\n  provisio tx resolve 0190f1c2 dns/zone --not-applied\n  provisio tx resume-rollback 0190f1c2"
+    )]
+    Resolve {
+        /// Transaction id (or a unique prefix).
+        id: String,
+        /// The step path, as `tx show` lists it (e.g. `dns/zone`, `users/each[2]`).
+        step: String,
+        /// Its effect exists: resume undoes it.
+        #[arg(
+            long,
+            required_unless_present = "not_applied",
+            conflicts_with = "not_applied"
+        )]
+        applied: bool,
+        /// Nothing to undo: resume skips it.
+        #[arg(long)]
+        not_applied: bool,
     },
     /// The audit log: who ran what, when, with what outcome (JSON lines).
     Audit,

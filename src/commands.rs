@@ -47,7 +47,10 @@ pub async fn dispatch(cli: Cli) -> Result<Exit> {
                 });
             }
             let mut config = config.clone();
-            config.read_only = !matches!(cmd, TxCommand::ResumeRollback { .. });
+            config.read_only = !matches!(
+                cmd,
+                TxCommand::ResumeRollback { .. } | TxCommand::Resolve { .. }
+            );
             tx(&config, cmd).await
         }
         Command::Recover => recover_cmd(config).await,
@@ -753,6 +756,30 @@ async fn tx(config: &Config, cmd: &TxCommand) -> Result<Exit> {
                 Err(e) => bad_input(format!("error: {e}")),
             }
         }
+        TxCommand::Resolve {
+            id,
+            step,
+            applied,
+            not_applied,
+        } => {
+            // clap makes exactly one of the two flags required.
+            let applied = *applied && !*not_applied;
+            match provisio_engine::txn::resolve_step(&journal, id, step, applied).await {
+                Ok(r) => {
+                    println!(
+                        "{} step {} ({}) recorded as {}; `provisio tx resume-rollback {}` {}",
+                        r.txn_id,
+                        r.step,
+                        r.was,
+                        if r.applied { "applied" } else { "not applied" },
+                        r.txn_id,
+                        if r.applied { "undoes it" } else { "skips it" }
+                    );
+                    Ok(Exit::Ok)
+                }
+                Err(e) => bad_input(format!("error: {e}")),
+            }
+        }
         TxCommand::Audit => {
             for (_, v) in journal
                 .store()
@@ -872,6 +899,33 @@ fn render_records(records: &[(u64, Record)]) -> String {
                 error: Some(e),
                 ..
             } => events.push(format!("    UNDO FAILED {step}: {e}")),
+            Record::ScriptDone { step, vars, .. } => {
+                let key = (step.clone(), 1);
+                calls.push(key.clone());
+                lines.entry(key).or_default().extend([
+                    format!("    {step} (script step)"),
+                    format!(
+                        "      undo script kept{}",
+                        match vars {
+                            Guarded::Plain(_) => "",
+                            Guarded::Sealed(_) => " (inputs sealed: they hold secrets)",
+                            Guarded::Withheld =>
+                                " (inputs withheld: they held secrets, no seal key)",
+                        }
+                    ),
+                ]);
+            }
+            Record::Resolved {
+                step,
+                attempt,
+                applied,
+                who,
+                at_ms,
+            } => events.push(format!(
+                "    resolved {step} (attempt {attempt}) as {} by {who} at {}",
+                if *applied { "applied" } else { "not applied" },
+                fmt_ms(*at_ms)
+            )),
             Record::Phase {
                 step, phase, error, ..
             } => events.push(format!(

@@ -215,3 +215,74 @@ fn a_resumable_procedure_is_finished_after_any_crash() {
     }
     assert!(resumed >= 15, "only {resumed} crashes were resumed");
 }
+
+/// A script step's undo script is journaled with its inputs, so a crash anywhere after the
+/// step leaves nothing behind: `recover` runs the undo script (its `print` shows in the log)
+/// as well as the undos of the step's nested calls.
+#[test]
+fn a_script_undo_runs_in_recovery_after_a_crash() {
+    let namespaces = repo().join("tests/fixtures/operator/namespaces");
+    let request = "call: Operator Test/Provision\ndata: { tenant: acme }\n";
+    let mut script_undos_recovered = 0;
+    for when in ["before", "after"] {
+        let mut n = 1u32;
+        loop {
+            let sb = Sandbox::new();
+            let req = sb.write("req.yaml", request);
+            let env = [
+                ("PROVISIO_CRASH_AT", n.to_string()),
+                ("PROVISIO_CRASH_WHEN", when.to_string()),
+            ];
+            let run = sb.run_env(
+                &["run", req.to_str().unwrap(), "--quiet"],
+                &namespaces,
+                &env,
+            );
+            if run.code == 0 {
+                break;
+            }
+            assert_eq!(run.code, -1, "crash at write {n} ({when}): {run:?}");
+            let list = sb.run_with(&["tx", "list"], &namespaces);
+            let id = list
+                .stdout
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .to_string();
+            let journaled = !id.is_empty()
+                && sb
+                    .run_with(&["tx", "log", &id], &namespaces)
+                    .stdout
+                    .contains("\"type\":\"script_done\"");
+            let recover = sb.run_with(&["recover", "-v"], &namespaces);
+            assert_eq!(recover.code, 0, "crash at write {n} ({when}): {recover:?}");
+            let list = sb.run_with(&["tx", "list"], &namespaces);
+            let folder = sb.data().join("files/s/acme");
+            if list.stdout.contains("committed") {
+                assert!(folder.join("README").is_file(), "{list:?}");
+            } else {
+                assert!(
+                    !folder.exists(),
+                    "crash at {n} ({when}) left the folder: {recover:?}"
+                );
+            }
+            if journaled && !list.stdout.contains("committed") {
+                // The undo script ran in recovery, with the inputs it was journaled with.
+                assert!(
+                    recover.stderr.contains("undo script of make ran for acme"),
+                    "crash at {n} ({when}): {recover:?}"
+                );
+                let show = sb.run_with(&["tx", "show", &id], &namespaces);
+                assert!(show.stdout.contains("undone make\n"), "{show:?}");
+                assert!(list.stdout.contains("rolled_back"), "{list:?}");
+                script_undos_recovered += 1;
+            }
+            n += 1;
+            assert!(n < 100, "runaway crash loop");
+        }
+    }
+    assert!(
+        script_undos_recovered >= 2,
+        "only {script_undos_recovered} crashes fell between the script step and its rollback"
+    );
+}

@@ -5,6 +5,7 @@ mod cli;
 mod config;
 mod crash;
 mod files;
+mod operator;
 mod script;
 mod store;
 mod util;

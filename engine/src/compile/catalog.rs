@@ -143,6 +143,13 @@ impl Catalog {
         }
     }
 
+    /// The same catalog, running its scripts (conditions, script steps, undo scripts) under
+    /// `limits` instead of the defaults.
+    pub fn with_script_limits(mut self, limits: crate::script::ScriptLimits) -> Catalog {
+        self.script = Arc::new(ScriptEngine::new(limits));
+        self
+    }
+
     /// The script engine.
     pub(crate) fn script_engine(&self) -> &Arc<ScriptEngine> {
         &self.script

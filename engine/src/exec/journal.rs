@@ -120,6 +120,19 @@ pub struct StepDone<'a> {
     pub(crate) result_secret: bool,
 }
 
+/// A script step with an undo script finished: what the undo needs after a crash.
+#[derive(Debug, Clone)]
+pub struct ScriptUndoDone<'a> {
+    /// Identity of the step (attempt 1; a script step is not retried).
+    pub(crate) context: &'a CallContext,
+    /// The undo script.
+    pub(crate) script: &'a crate::script::CompiledScript,
+    /// Its inputs `{ data, result }`; seal them when `secret`.
+    pub(crate) vars: &'a serde_json::Value,
+    /// `vars` hold secrets.
+    pub(crate) secret: bool,
+}
+
 /// Receives the executor's transitions. Every method defaults to keeping nothing, so a
 /// journal for a test spells out only what it does differently; a durable journal
 /// implements them all.
@@ -155,6 +168,10 @@ pub trait Journal: Send + Sync {
     /// panicked); a settlement follows as `step_done` (applied) or `step_failed` (not
     /// applied), or none when the provider cannot tell.
     async fn step_in_doubt(&self, _call: &CallContext, _message: &str) -> Result<(), JournalError> {
+        Ok(())
+    }
+    /// A script step with an undo script finished: durable when this returns.
+    async fn script_done(&self, _done: &ScriptUndoDone<'_>) -> Result<(), JournalError> {
         Ok(())
     }
     /// A provider call failed.

@@ -17,9 +17,12 @@ mod script;
 mod state;
 mod transform;
 
-pub use journal::{Journal, JournalError, NoJournal, StepDone, StepIntent, TxnStart, TxnState};
+pub use journal::{
+    Journal, JournalError, NoJournal, ScriptUndoDone, StepDone, StepIntent, TxnStart, TxnState,
+};
 pub(crate) use redact::Redactor;
 pub(crate) use rollback::{undo_in_dependency_order, UndoError, UndoOrder};
+pub(crate) use script::{journaled_script_undo, SCRIPT_NAMESPACE, SCRIPT_UNDO_TARGET};
 
 use crate::compile::{check_request, compile_request, Catalog, CompileErrors, Limits, Program};
 use crate::data::Element;

@@ -4,13 +4,13 @@
 
 use super::run::Sched;
 use super::state::{lock, push_completed, Completed, RunMode, StepCtx};
-use super::{Engine, Failure, PlanEntry};
+use super::{Engine, Failure, PlanEntry, ScriptUndoDone};
 use crate::compile::ScriptNode;
 use crate::data::transform::place;
 use crate::data::{Element, Mode};
 use crate::model::{CallTarget, ProcKind};
 use crate::provider::{Call, CallContext, Done, Preview, Provider, ProviderError};
-use crate::script::{CompiledScript, ScriptEngine, ScriptError, ScriptHost, Vars};
+use crate::script::{CompiledScript, ScriptEngine, ScriptError, ScriptHost, ScriptOrigin, Vars};
 use serde_json::Value;
 use std::sync::atomic::Ordering as AtomicOrdering;
 use std::sync::Arc;
@@ -49,7 +49,8 @@ impl Engine {
             store_result(cx, sn.output.as_ref(), &value)?;
         }
         if let Some(undo) = &sn.undo {
-            self.register_script_undo(cx, sn, undo, data_before, value);
+            self.register_script_undo(cx, sn, undo, data_before, value)
+                .await?;
         }
         Ok(wave + 1)
     }
@@ -113,23 +114,47 @@ impl Engine {
         }
     }
 
-    /// Registers a script step's undo script to run if the transaction rolls back.
-    fn register_script_undo(
+    /// Registers a script step's undo script to run if the transaction rolls back, and
+    /// journals it with its inputs (sealed when the transaction holds secrets), so a
+    /// rollback after a crash runs it too.
+    async fn register_script_undo(
         &self,
         cx: StepCtx<'_>,
         sn: &ScriptNode,
         undo: &CompiledScript,
         data_before: Value,
         result: Value,
-    ) {
+    ) -> Result<(), Failure> {
         let txn = cx.txn;
         let started_after = txn.completions.load(AtomicOrdering::SeqCst);
         let seq = txn.completions.fetch_add(1, AtomicOrdering::SeqCst);
+        let vars = serde_json::json!({ "data": data_before, "result": result });
+        let context = CallContext {
+            txn_id: txn.id.clone(),
+            step_id: cx.step.to_string(),
+            attempt: 1,
+            namespace: SCRIPT_NAMESPACE.into(),
+            procedure: sn.id.clone(),
+        };
+        let journaled = if self.journal.records() {
+            // The undo script sees all of `data`: whenever the transaction holds a secret
+            // (declared, or computed from one), its inputs are sealed.
+            let secret = !txn.redactor.is_empty();
+            self.journal
+                .script_done(&ScriptUndoDone {
+                    context: &context,
+                    script: undo,
+                    vars: &vars,
+                    secret,
+                })
+                .await
+        } else {
+            Ok(())
+        };
         let provider: Arc<dyn Provider> = Arc::new(ScriptUndo {
             engine: self.catalog.script_engine().clone(),
             script: undo.clone(),
-            data: data_before,
-            result,
+            vars,
         });
         push_completed(
             &mut lock(&txn.completed),
@@ -137,24 +162,42 @@ impl Engine {
                 started_after,
                 seq,
                 step: cx.step.to_string(),
-                target: "(script undo)".into(),
+                target: SCRIPT_UNDO_TARGET.into(),
                 kind: ProcKind::Write,
                 provider,
                 done: Done {
-                    context: CallContext {
-                        txn_id: txn.id.clone(),
-                        step_id: cx.step.to_string(),
-                        attempt: 1,
-                        namespace: "(script)".into(),
-                        procedure: sn.id.clone(),
-                    },
+                    context,
                     provider_context: Element::new("providerContext"),
                     undo: Element::new("undo"),
                     execute_data: None,
                 },
             },
         );
+        // Registered for undo even when journaling failed: this run's rollback still runs it.
+        journaled.map_err(|e| Failure::data(cx.step, e.to_string()))
     }
+}
+
+/// The namespace a script step's undo is journaled under (no provider serves it).
+pub(crate) const SCRIPT_NAMESPACE: &str = "(script)";
+
+/// The target a script step's undo is reported as.
+pub(crate) const SCRIPT_UNDO_TARGET: &str = "(script undo)";
+
+/// The undo of a script step, rebuilt from the journal (its text, where it came from, and
+/// its inputs): compiled with `engine` as the step's undo was.
+pub(crate) fn journaled_script_undo(
+    engine: &Arc<ScriptEngine>,
+    source: &str,
+    origin: &ScriptOrigin,
+    vars: Value,
+) -> Result<Arc<dyn Provider>, ScriptError> {
+    let script = engine.compile_with_names(source, origin, &["result"])?;
+    Ok(Arc::new(ScriptUndo {
+        engine: engine.clone(),
+        script,
+        vars,
+    }))
 }
 
 /// Puts a script's result into `data`: at `output` when given, else merged (then it must
@@ -244,8 +287,8 @@ impl ScriptHost for ChannelHost {
 struct ScriptUndo {
     engine: Arc<ScriptEngine>,
     script: CompiledScript,
-    data: Value,
-    result: Value,
+    /// `{ data, result }`: `data` before the step and the step's result.
+    vars: Value,
 }
 
 #[async_trait::async_trait]
@@ -262,9 +305,10 @@ impl Provider for ScriptUndo {
     async fn undo(&self, _done: Done) -> Result<(), ProviderError> {
         let engine = self.engine.clone();
         let script = self.script.clone();
+        let null = Value::Null;
         let vars = Vars::new()
-            .with("data", &self.data)
-            .with("result", &self.result);
+            .with("data", self.vars.get("data").unwrap_or(&null))
+            .with("result", self.vars.get("result").unwrap_or(&null));
         tokio::task::spawn_blocking(move || engine.eval_value(&script, &vars))
             .await
             .map_err(|e| ProviderError::permanent(format!("undo script stopped: {e}")))?

@@ -56,9 +56,22 @@ const CACHE_CAPACITY: usize = 4096;
 pub struct CompiledScript {
     ast: Arc<AST>,
     origin: Arc<ScriptOrigin>,
+    /// The text it was compiled from (journaled with an undo script, so recovery can run
+    /// it after a crash).
+    source: Arc<str>,
 }
 
-impl CompiledScript {}
+impl CompiledScript {
+    /// The text it was compiled from.
+    pub(crate) fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Where its text came from.
+    pub(crate) fn origin(&self) -> &ScriptOrigin {
+        &self.origin
+    }
+}
 
 /// A sandboxed rhai engine with Provisio's functions; `Send + Sync`, share one per process
 /// (or one per limit set: driver scripts usually want longer limits than conditions).
@@ -168,6 +181,7 @@ impl ScriptEngine {
         Ok(CompiledScript {
             ast,
             origin: Arc::new(origin.clone()),
+            source: Arc::from(source),
         })
     }
 

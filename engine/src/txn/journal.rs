@@ -6,12 +6,14 @@
 use super::packed;
 use super::records::{
     chunk_key, data_key, now_ms, pinned_key, record_key, record_prefix, AuditEntry, Guarded,
-    JournalKey, Pin, PinnedDefinitions, Record, StoredData, TxnSummary, CHUNK_BYTES,
-    DATA_CHUNK_BYTES, FORMAT,
+    JournalKey, Pin, PinnedDefinitions, Record, ScriptUndoRecord, StoredData, TxnSummary,
+    CHUNK_BYTES, DATA_CHUNK_BYTES, FORMAT,
 };
 use super::seal::{SealError, SealKey};
 use crate::data::{json, Element};
-use crate::exec::{Journal, JournalError, StepDone, StepIntent, TxnStart, TxnState};
+use crate::exec::{
+    Journal, JournalError, ScriptUndoDone, StepDone, StepIntent, TxnStart, TxnState,
+};
 use crate::provider::CallContext;
 use crate::store::{Batch, Space, Store, StoreError};
 use crate::TxnId;
@@ -126,8 +128,8 @@ pub enum GuardError {
     /// The seal key does not open it.
     #[error(transparent)]
     Seal(#[from] SealError),
-    /// Opened, but not an element (damaged record).
-    #[error("sealed record is not an element: {0}")]
+    /// Opened, but not what it should hold (damaged record).
+    #[error("sealed record does not read: {0}")]
     NotAnElement(#[source] serde_json::Error),
     /// It held secrets and no seal key was configured when it was written.
     #[error("the record held secrets and was not kept (no seal key was configured)")]
@@ -253,6 +255,42 @@ impl DurableJournal {
             Some(key) => Guarded::Sealed(key.seal(&serde_json::to_vec(e).unwrap_or_default())),
             None => Guarded::Withheld,
         }
+    }
+
+    /// Keeps JSON that may hold secrets (a script undo's inputs): plain, sealed, or withheld.
+    pub(crate) fn guard_json(
+        &self,
+        v: &serde_json::Value,
+        secret: bool,
+    ) -> Guarded<serde_json::Value> {
+        if !secret {
+            return Guarded::Plain(v.clone());
+        }
+        match &self.seal {
+            Some(key) => Guarded::Sealed(key.seal(&serde_json::to_vec(v).unwrap_or_default())),
+            None => Guarded::Withheld,
+        }
+    }
+
+    /// Opens guarded JSON.
+    pub(crate) fn unguard_json(
+        &self,
+        g: &Guarded<serde_json::Value>,
+    ) -> Result<serde_json::Value, GuardError> {
+        match g {
+            Guarded::Plain(v) => Ok(v.clone()),
+            Guarded::Sealed(s) => {
+                let key = self.seal.as_ref().ok_or(GuardError::NoSealKey)?;
+                let bytes = key.open(s)?;
+                serde_json::from_slice(&bytes).map_err(GuardError::NotAnElement)
+            }
+            Guarded::Withheld => Err(GuardError::Withheld),
+        }
+    }
+
+    /// Who this process runs as (recorded with what it journals).
+    pub(crate) fn who(&self) -> &str {
+        &self.who
     }
 
     /// Opens guarded data.
@@ -613,6 +651,26 @@ impl Journal for DurableJournal {
         };
         Ok(self
             .append(&d.context.txn_id, &record, false, Batch::new())
+            .await?)
+    }
+
+    async fn script_done(&self, d: &ScriptUndoDone<'_>) -> Result<(), JournalError> {
+        let origin = d.script.origin();
+        let record = Record::ScriptDone {
+            at_ms: now_ms(),
+            step: d.context.step_id.clone(),
+            undo: ScriptUndoRecord {
+                source: d.script.source().to_string(),
+                file: origin.file.clone(),
+                line: origin.line,
+                column: origin.column,
+            },
+            vars: self.guard_json(d.vars, d.secret),
+        };
+        // Durable before the transaction goes on: the undo script is the only record of
+        // what the step's undo needs (its nested calls have their own records).
+        Ok(self
+            .append(&d.context.txn_id, &record, true, Batch::new())
             .await?)
     }
 

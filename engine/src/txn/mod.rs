@@ -15,4 +15,4 @@ pub(crate) mod journal;
 pub use journal::{DurableJournal, GuardError, StoredDataError, WriteError};
 pub mod recovery;
 
-pub use recovery::{recover, resume_rollback, Recovered, RecoveryError};
+pub use recovery::{recover, resolve_step, resume_rollback, Recovered, RecoveryError, Resolution};

@@ -188,12 +188,13 @@ pub(crate) fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Data that may hold secrets: kept in clear, sealed, or withheld.
+/// Data that may hold secrets: kept in clear, sealed, or withheld. Mostly an element (call
+/// data, undo records); a script undo's inputs are JSON.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Guarded {
+pub enum Guarded<T = Element> {
     /// No secret inside: kept as is.
-    Plain(Element),
+    Plain(T),
     /// Held secrets: encrypted with the seal key (base64 of nonce ‖ ciphertext).
     Sealed(String),
     /// Held secrets and no seal key was configured: not kept.
@@ -327,6 +328,34 @@ pub enum Record {
         /// `None` when the undo succeeded.
         error: Option<String>,
     },
+    /// A script step with an undo script finished: what its undo needs, so that a rollback
+    /// after a crash (or `tx resume-rollback`) runs it like a provider undo.
+    ScriptDone {
+        /// When.
+        at_ms: u64,
+        /// Step path.
+        step: String,
+        /// The undo script.
+        undo: ScriptUndoRecord,
+        /// Its inputs `{ data, result }`: `data` as it was before the step and the step's
+        /// result; sealed when they hold secrets (withheld without a seal key).
+        vars: Guarded<serde_json::Value>,
+    },
+    /// An operator recorded what became of an in-doubt call or of a call whose undo failed
+    /// (`provisio tx resolve`).
+    Resolved {
+        /// When.
+        at_ms: u64,
+        /// Step path.
+        step: String,
+        /// Attempt of the call resolved.
+        attempt: u32,
+        /// `true`: its effect exists (the rollback undoes it); `false`: there is nothing to
+        /// undo.
+        applied: bool,
+        /// Who said so (the real user of the process).
+        who: String,
+    },
     /// Two-phase: a prepare or commit finished.
     Phase {
         /// When.
@@ -338,6 +367,19 @@ pub enum Record {
         /// `None` when it succeeded.
         error: Option<String>,
     },
+}
+
+/// An undo script as journaled: its text and where it came from (for error positions).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScriptUndoRecord {
+    /// The script text.
+    pub source: String,
+    /// The definition file it came from.
+    pub file: String,
+    /// 1-based line of its first character in `file`.
+    pub line: u32,
+    /// 1-based column of its first character in `file`.
+    pub column: u32,
 }
 
 /// The summary kept per transaction (`tx list`).

@@ -5,19 +5,21 @@
 
 use super::journal::{DurableJournal, GuardError};
 use super::records::{
-    decode, decode_records, pinned_key, DecodeError, Guarded, JournalKey, PinnedDefinitions,
-    Record, TxnSummary, TRUSTED_REQUEST_PIN,
+    decode, decode_records, now_ms, pinned_key, AuditEntry, DecodeError, Guarded, JournalKey,
+    PinnedDefinitions, Record, ScriptUndoRecord, TxnSummary, FORMAT, TRUSTED_REQUEST_PIN,
 };
 use crate::compile::{compile_request, Catalog};
 use crate::data::Element;
+use crate::exec::{journaled_script_undo, SCRIPT_NAMESPACE, SCRIPT_UNDO_TARGET};
 use crate::exec::{
     undo_in_dependency_order, Engine, Journal, JournalError, StepDone, TxnState, UndoError,
     UndoOrder,
 };
 use crate::exec::{Replayed, Resume};
 use crate::model::{CallTarget, Format, Namespace, Procedure, Request, RequestTarget, SourceRef};
-use crate::provider::{Call, CallContext, Done};
-use crate::store::{Space, StoreError};
+use crate::provider::{Call, CallContext, Done, Provider};
+use crate::script::ScriptOrigin;
+use crate::store::{Batch, Space, StoreError};
 use crate::TxnId;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -220,6 +222,138 @@ pub async fn resume_rollback(
     roll_back(engine, journal, s).await
 }
 
+/// What an operator recorded with [`resolve_step`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolution {
+    /// Transaction id.
+    pub txn_id: String,
+    /// Step path.
+    pub step: String,
+    /// The attempts of the step resolved (usually one).
+    pub attempts: Vec<u32>,
+    /// What was open about it before: `in doubt` or `not undone`.
+    pub was: &'static str,
+    /// The finding: its effect exists (`true`) or there is nothing to undo (`false`).
+    pub applied: bool,
+}
+
+/// Records an operator's finding about a step of a `rollback_failed` transaction that is in
+/// doubt or whose undo has not succeeded: `applied` (its effect exists: the next
+/// `resume_rollback` undoes it) or not (nothing to undo: it is skipped). Journaled with who
+/// said so, and audited. Refuses a finished or unfinished transaction, an unknown step, and
+/// a step with nothing open (never applied, already undone, or declaring no undo).
+pub async fn resolve_step(
+    journal: &DurableJournal,
+    id: &str,
+    step: &str,
+    applied: bool,
+) -> Result<Resolution, RecoveryError> {
+    let s = resolve(journal, id)?;
+    match s.state {
+        TxnState::RollbackFailed => {}
+        TxnState::Committed | TxnState::RolledBack => {
+            return Err(RecoveryError::NotFound(format!(
+                "transaction {} is {}: it is finished, there is nothing to resolve",
+                s.id, s.state
+            )))
+        }
+        _ => {
+            return Err(RecoveryError::NotFound(format!(
+                "transaction {} is {}, not rollback_failed: run `provisio recover` first; \
+                 only what recovery could not settle is resolved by hand",
+                s.id, s.state
+            )))
+        }
+    }
+    let records = records(journal, &s.id)?;
+    let next_seq = records.last().map(|(n, _)| n + 1).unwrap_or(0);
+    let calls = journaled_calls(&s.id, &records);
+    let of_step: Vec<&JournaledCall> = calls.iter().filter(|c| c.context.step_id == step).collect();
+    if of_step.is_empty() {
+        let mut steps: Vec<&str> = calls.iter().map(|c| c.context.step_id.as_str()).collect();
+        steps.dedup();
+        return Err(RecoveryError::NotFound(format!(
+            "transaction {} has no step `{step}`; its steps: {}",
+            s.id,
+            if steps.is_empty() {
+                "none".to_string()
+            } else {
+                steps.join(", ")
+            }
+        )));
+    }
+    let open: Vec<(&JournaledCall, &'static str)> = of_step
+        .iter()
+        .filter_map(|c| c.open_question().map(|q| (*c, q)))
+        .collect();
+    if open.is_empty() {
+        let why = if of_step.iter().any(|c| c.undone) {
+            "it was undone"
+        } else if of_step.iter().any(|c| c.done.is_some()) {
+            "it declared no undo: nothing to undo"
+        } else {
+            "it failed: it was never applied"
+        };
+        return Err(RecoveryError::NotFound(format!(
+            "step `{step}` of transaction {} is not in doubt and has no failed undo ({why}); nothing to resolve",
+            s.id
+        )));
+    }
+    journal.adopt(s.clone(), next_seq);
+    let finding = if applied { "applied" } else { "not applied" };
+    let mut attempts = Vec::new();
+    for (c, was) in &open {
+        let record = Record::Resolved {
+            at_ms: now_ms(),
+            step: step.to_string(),
+            attempt: c.context.attempt,
+            applied,
+            who: journal.who().to_string(),
+        };
+        let now = now_ms();
+        let audit = AuditEntry {
+            format: FORMAT,
+            txn_id: s.id.clone(),
+            who: journal.who().to_string(),
+            what: s.target.clone(),
+            started_ms: now,
+            finished_ms: now,
+            outcome: s.state,
+            message: Some(format!(
+                "tx resolve: step {step} (attempt {}, {was}) recorded as {finding}",
+                c.context.attempt
+            )),
+        };
+        let mut extra = Batch::new();
+        let mut key = now.to_be_bytes().to_vec();
+        key.extend_from_slice(s.id.as_bytes());
+        key.extend_from_slice(format!("/resolve/{step}/{}", c.context.attempt).as_bytes());
+        extra.put(
+            Space::Audit,
+            key,
+            serde_json::to_vec(&audit).map_err(|e| RecoveryError::Journal {
+                txn: s.id.clone(),
+                source: JournalError(e.to_string()),
+            })?,
+        );
+        journal
+            .append(&s.id, &record, true, extra)
+            .await
+            .map_err(|e| RecoveryError::Journal {
+                txn: s.id.clone(),
+                source: e.into(),
+            })?;
+        attempts.push(c.context.attempt);
+    }
+    Ok(Resolution {
+        txn_id: s.id,
+        step: step.to_string(),
+        attempts,
+        was: open[0].1,
+        applied,
+    })
+}
+
 /// A provider call as the journal tells it: its intent, and what became of it.
 struct JournaledCall {
     /// Sequence number of the intent.
@@ -236,12 +370,33 @@ struct JournaledCall {
     failed: bool,
     /// Its undo succeeded.
     undone: bool,
+    /// The operator's latest finding (`provisio tx resolve`): applied or not.
+    resolved: Option<bool>,
 }
 
 impl JournaledCall {
-    /// Neither completed nor failed: the provider may or may not have applied it.
+    /// Neither completed nor failed, and not found "not applied" by the operator: the
+    /// provider may or may not have applied it.
     fn in_doubt(&self) -> bool {
-        self.done.is_none() && !self.failed
+        self.done.is_none() && !self.failed && self.resolved != Some(false)
+    }
+
+    /// Completed with something to undo, not undone yet, and not found "not applied" by
+    /// the operator.
+    fn to_undo(&self) -> bool {
+        self.done.as_ref().is_some_and(Completed::has_undo)
+            && !self.undone
+            && self.resolved != Some(false)
+    }
+
+    /// What an operator may resolve about this call, whatever they said before: that it is
+    /// in doubt, or that its undo has not succeeded; `None` when there is nothing to say.
+    fn open_question(&self) -> Option<&'static str> {
+        match &self.done {
+            None if !self.failed => Some("in doubt"),
+            Some(d) if d.has_undo() && !self.undone => Some("not undone"),
+            _ => None,
+        }
     }
 }
 
@@ -253,12 +408,22 @@ struct Completed {
     undo: Option<Guarded>,
     /// executeData kept for the undo.
     saved: Option<Guarded>,
+    /// A script step's undo script and its inputs (instead of a provider's undo record).
+    script: Option<(ScriptUndoRecord, Guarded<serde_json::Value>)>,
 }
 
-/// An undo to run: which call, and the provider's undo request.
+impl Completed {
+    fn has_undo(&self) -> bool {
+        self.undo.is_some() || self.script.is_some()
+    }
+}
+
+/// An undo to run: which call, the undo request, and for a script step its undo script
+/// (run in place of a provider).
 struct PendingUndo {
     call: usize,
     done: Done,
+    script: Option<Arc<dyn Provider>>,
 }
 
 /// Rolls back what the journal says was done and not yet undone, settling in-doubt calls
@@ -287,7 +452,7 @@ async fn roll_back(
         })?;
     let mut problems = Vec::new();
     let in_doubt = settle_in_doubt(engine, journal, &mut calls, &mut problems).await;
-    let (order, pending) = pending_undos(journal, &calls, &mut problems);
+    let (order, pending) = pending_undos(engine, journal, &calls, &mut problems);
     let undone = run_undos(engine, &calls, &order, &pending, &mut problems).await;
     let to = if problems.is_empty() {
         TxnState::RolledBack
@@ -347,7 +512,57 @@ fn journaled_calls(txn_id: &TxnId, records: &[(u64, Record)]) -> Vec<JournaledCa
                     done: None,
                     failed: false,
                     undone: false,
+                    resolved: None,
                 });
+            }
+            Record::ScriptDone {
+                step, undo, vars, ..
+            } => {
+                let done = Some(Completed {
+                    seq: *seq,
+                    undo: None,
+                    saved: None,
+                    script: Some((undo.clone(), vars.clone())),
+                });
+                // A resumed transaction runs its script steps again: the latest record of
+                // a step stands for it.
+                if let Some(&i) = index.get(&(step.as_str(), 1)) {
+                    if calls[i].done.as_ref().is_some_and(|d| d.script.is_some()) {
+                        calls[i].intent_seq = *seq;
+                        calls[i].done = done;
+                        calls[i].undone = false;
+                        continue;
+                    }
+                }
+                index.insert((step, 1), calls.len());
+                calls.push(JournaledCall {
+                    intent_seq: *seq,
+                    context: CallContext {
+                        txn_id: txn_id.to_string(),
+                        step_id: step.clone(),
+                        attempt: 1,
+                        namespace: SCRIPT_NAMESPACE.to_string(),
+                        procedure: step.rsplit('/').next().unwrap_or(step).to_string(),
+                    },
+                    provider: SCRIPT_NAMESPACE.to_string(),
+                    target: SCRIPT_UNDO_TARGET.to_string(),
+                    provider_context: Element::new("providerContext"),
+                    call_data: Guarded::Plain(Element::new("executeData")),
+                    done,
+                    failed: false,
+                    undone: false,
+                    resolved: None,
+                });
+            }
+            Record::Resolved {
+                step,
+                attempt,
+                applied,
+                ..
+            } => {
+                if let Some(&i) = index.get(&(step.as_str(), *attempt)) {
+                    calls[i].resolved = Some(*applied);
+                }
             }
             Record::Done {
                 step,
@@ -361,6 +576,7 @@ fn journaled_calls(txn_id: &TxnId, records: &[(u64, Record)]) -> Vec<JournaledCa
                         seq: *seq,
                         undo: undo.clone(),
                         saved: saved.clone(),
+                        script: None,
                     });
                 }
             }
@@ -399,8 +615,11 @@ async fn settle_in_doubt(
         in_doubt += 1;
         let Some(provider) = engine.registry().get(&c.provider).cloned() else {
             problems.push(format!(
-                "step {}: provider `{}` is not registered; cannot settle the in-doubt call",
-                c.context.step_id, c.provider
+                "step {step}: provider `{}` is not registered; cannot settle the in-doubt call \
+                 (register it, or check by hand and `provisio tx resolve {} {step} --applied|--not-applied`)",
+                c.provider,
+                c.context.txn_id,
+                step = c.context.step_id,
             ));
             continue;
         };
@@ -437,8 +656,16 @@ async fn settle_in_doubt(
                     seq: c.intent_seq,
                     undo: Some(Guarded::Plain(undo)),
                     saved: None,
+                    script: None,
                 });
             }
+            Ok(None) if c.resolved == Some(true) => problems.push(format!(
+                "step {step} ({target}): recorded as applied by an operator, but the provider finds no such call; \
+                 check again, then `provisio tx resolve {txn} {step} --applied|--not-applied`",
+                step = c.context.step_id,
+                target = c.target,
+                txn = c.context.txn_id,
+            )),
             Ok(None) => {
                 tracing::info!(step = %c.context.step_id, "in-doubt call was not applied");
                 journal_settlement(
@@ -449,9 +676,19 @@ async fn settle_in_doubt(
                 );
                 c.failed = true;
             }
+            Err(e) if c.resolved == Some(true) => problems.push(format!(
+                "step {step} ({target}): recorded as applied by an operator, but the provider cannot give its undo record: {e}; \
+                 undo it by hand, then `provisio tx resolve {txn} {step} --not-applied`",
+                step = c.context.step_id,
+                target = c.target,
+                txn = c.context.txn_id,
+            )),
             Err(e) => problems.push(format!(
-                "step {} ({}) was in doubt and the provider cannot tell whether it was applied: {e}; check it by hand",
-                c.context.step_id, c.target
+                "step {step} ({target}) was in doubt and the provider cannot tell whether it was applied: {e}; \
+                 check it by hand, then `provisio tx resolve {txn} {step} --applied|--not-applied`",
+                step = c.context.step_id,
+                target = c.target,
+                txn = c.context.txn_id,
             )),
         }
     }
@@ -472,9 +709,11 @@ fn journal_settlement(context: &CallContext, written: Result<(), JournalError>) 
     }
 }
 
-/// The undos still to run (completed calls with an undo record, not yet undone), ordered by
-/// when calls completed and started; what cannot be opened goes to `problems`.
+/// The undos still to run (completed calls with an undo record or undo script, not yet
+/// undone nor found "not applied" by an operator), ordered by when calls completed and
+/// started; what cannot be opened goes to `problems`.
 fn pending_undos(
+    engine: &Engine,
     journal: &DurableJournal,
     calls: &[JournaledCall],
     problems: &mut Vec<String>,
@@ -488,28 +727,31 @@ fn pending_undos(
     let mut order = Vec::new();
     let mut pending = Vec::new();
     for (i, c) in calls.iter().enumerate() {
-        let Some(Completed {
-            seq,
-            undo: Some(undo),
-            saved,
-        }) = &c.done
-        else {
+        let Some(done) = c.done.as_ref().filter(|_| c.to_undo()) else {
             continue;
         };
-        if c.undone {
-            continue;
-        }
-        let undo = match journal.unguard(undo) {
-            Ok(u) => u,
-            Err(e) => {
-                problems.push(format!("step {}: cannot undo: {e}", c.context.step_id));
-                continue;
-            }
+        let step = &c.context.step_id;
+        let (undo, script) = match (&done.undo, &done.script) {
+            (Some(undo), _) => match journal.unguard(undo) {
+                Ok(u) => (u, None),
+                Err(e) => {
+                    problems.push(format!("step {step}: cannot undo: {e}"));
+                    continue;
+                }
+            },
+            (None, Some((record, vars))) => match script_undo(engine, journal, record, vars) {
+                Ok(p) => (Element::new("undo"), Some(p)),
+                Err(e) => {
+                    problems.push(format!("step {step} (script undo): cannot undo: {e}"));
+                    continue;
+                }
+            },
+            (None, None) => continue,
         };
-        let saved = saved.as_ref().and_then(|s| journal.unguard(s).ok());
+        let saved = done.saved.as_ref().and_then(|s| journal.unguard(s).ok());
         order.push(UndoOrder {
             started_after: completed_before(c.intent_seq),
-            seq: completed_before(*seq),
+            seq: completed_before(done.seq),
         });
         pending.push(PendingUndo {
             call: i,
@@ -519,9 +761,29 @@ fn pending_undos(
                 undo,
                 execute_data: saved,
             },
+            script,
         });
     }
     (order, pending)
+}
+
+/// A script step's undo rebuilt from the journal: its inputs opened (with the seal key when
+/// sealed) and its text compiled again.
+fn script_undo(
+    engine: &Engine,
+    journal: &DurableJournal,
+    record: &ScriptUndoRecord,
+    vars: &Guarded<serde_json::Value>,
+) -> Result<Arc<dyn Provider>, String> {
+    let vars = journal.unguard_json(vars).map_err(|e| e.to_string())?;
+    let origin = ScriptOrigin::new(record.file.clone(), record.line, record.column);
+    journaled_script_undo(
+        engine.catalog().script_engine(),
+        &record.source,
+        &origin,
+        vars,
+    )
+    .map_err(|e| e.to_string())
 }
 
 /// Runs the undos in dependency order; returns how many succeeded, failures go to
@@ -535,7 +797,10 @@ async fn run_undos(
 ) -> usize {
     let results = undo_in_dependency_order(order, |k| {
         let p = &pending[k];
-        let provider = engine.registry().get(&calls[p.call].provider).cloned();
+        let provider = p
+            .script
+            .clone()
+            .or_else(|| engine.registry().get(&calls[p.call].provider).cloned());
         let done = p.done.clone();
         async move {
             match provider {
@@ -553,8 +818,11 @@ async fn run_undos(
         match r {
             Ok(()) => undone += 1,
             Err(e) => problems.push(format!(
-                "step {} ({}): undo failed: {e}",
-                p.done.context.step_id, calls[p.call].target
+                "step {step} ({}): undo failed: {e} (fix the cause, then `provisio tx resume-rollback {txn}`; \
+                 or undo it by hand, then `provisio tx resolve {txn} {step} --not-applied`)",
+                calls[p.call].target,
+                step = p.done.context.step_id,
+                txn = p.done.context.txn_id,
             )),
         }
     }
