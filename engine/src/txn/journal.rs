@@ -270,7 +270,7 @@ impl DurableJournal {
     ) -> Result<(), WriteError> {
         let value = encode("a journal record", txn_id, record)?;
         let mut batch = extra;
-        let (seq, summary, finished, compact_now) = {
+        let (seq, summary, finished, compact_now, indexed_state) = {
             let mut live = lock(&self.live);
             let l = live.entry(txn_id.to_string()).or_insert_with(|| Live {
                 next_seq: 0,
@@ -290,6 +290,8 @@ impl DurableJournal {
             });
             let seq = l.next_seq;
             l.next_seq += 1;
+            // The state the index has for it (none before its first record).
+            let indexed_state = (seq > 0).then_some(l.summary.state);
             let mut summary_write = None;
             match record {
                 Record::Started {
@@ -326,7 +328,7 @@ impl DurableJournal {
                 // that could not be journaled) go under their own keys.
                 l.compactable = false;
             }
-            (seq, summary_write, finished, compact_now)
+            (seq, summary_write, finished, compact_now, indexed_state)
         };
         if compact_now {
             // A finished transaction's records become a few bounded chunks of consecutive
@@ -356,6 +358,7 @@ impl DurableJournal {
                 txn_id.as_bytes().to_vec(),
                 encode("the summary", txn_id, summary)?,
             );
+            super::index::summary_written(&mut batch, indexed_state, summary);
             if finished {
                 let audit = AuditEntry {
                     format: FORMAT,

@@ -2,9 +2,16 @@
 //! call in a [`Store`](crate::store::Store), secrets sealed; recovery finishes whatever a
 //! crash left running; inspection reads it back for `provisio tx`.
 
+pub mod index;
+#[cfg(test)]
+mod inspect_tests;
 pub mod records;
+pub mod retention;
 pub(crate) mod seal;
 pub(crate) mod state;
+pub mod stream;
+#[cfg(feature = "test-util")]
+pub mod synthetic;
 
 pub use records::{AuditEntry, Guarded, PinnedDefinitions, Record, TxnSummary};
 pub use seal::{SealError, SealKey};
