@@ -152,6 +152,14 @@ pub enum Command {
     /// Prints where the state it opens lives; without a journal there is nothing to
     /// recover, and nothing is created.
     Recover,
+    /// Remove what providers kept only for undo (deleted folders in `.provisio-trash/`,
+    /// deleted zones in `.deleted/`, intent markers, quotas of deleted folders), for
+    /// transactions committed or rolled back longer ago than `retention.provider_state`.
+    ///
+    /// Never touches what a running, rolling-back or rollback_failed transaction may still
+    /// need. Once purged, those calls can no longer be undone.
+    #[command(after_help = "Example:\n  provisio purge --older-than 7d --dry-run")]
+    Purge(PurgeArgs),
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -226,13 +234,12 @@ impl ValueEnum for StateArg {
 /// `tx` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum TxCommand {
-    /// List transactions, newest first.
-    #[command(after_help = "Example:\n  provisio tx list --state rollback_failed")]
-    List {
-        /// Only transactions in this state.
-        #[arg(long, value_name = "STATE")]
-        state: Option<StateArg>,
-    },
+    /// List transactions, newest first, a page at a time, filtered by state, procedure,
+    /// subject and start time. A full page ends with the `--after` that shows the next one.
+    #[command(
+        after_help = "Examples:\n  provisio tx list --state rollback_failed\n  provisio tx list --procedure 'Hosted Files/CreateFolder' --since 2h --limit 20\n  provisio tx list --subject alice --since 2026-01-01 --until 2026-02-01 --after 0193…"
+    )]
+    List(ListArgs),
     /// One transaction: state, timing, steps with their inputs, outputs and undo records
     /// (secrets masked or sealed).
     Show {
@@ -283,6 +290,105 @@ pub enum TxCommand {
     },
     /// The audit log: who ran what, when, with what outcome (JSON lines).
     Audit,
+    /// Remove committed and rolled-back transactions past retention (`[retention]` in the
+    /// configuration: `transactions`, `max_transactions`), and audit entries past
+    /// `retention.audit`. Running, rolling-back and rollback_failed transactions are never
+    /// removed, whatever their age. `run` does this too after each request (bounded) unless
+    /// `retention.prune_after_run = false`.
+    #[command(
+        after_help = "Examples:\n  provisio tx prune --older-than 30d --dry-run\n  provisio tx prune --keep 10000"
+    )]
+    Prune(PruneArgs),
+}
+
+/// `tx list` arguments.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only transactions in this state.
+    #[arg(long, value_name = "STATE")]
+    pub state: Option<StateArg>,
+    /// Only transactions of this procedure (`Namespace/Procedure`, as listed).
+    #[arg(long, value_name = "NAMESPACE/PROCEDURE")]
+    pub procedure: Option<String>,
+    /// Only transactions asked for by this subject (the `who` of the listing and the audit).
+    #[arg(long, value_name = "WHO")]
+    pub subject: Option<String>,
+    /// Only transactions started at or after this time: RFC 3339 (`2026-01-31T12:00:00Z`,
+    /// `2026-01-31`) or a duration ago (`2h`, `7d`).
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<TimeArg>,
+    /// Only transactions started before this time (same forms as --since).
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<TimeArg>,
+    /// At most this many transactions.
+    #[arg(long, default_value_t = 50, value_name = "N")]
+    pub limit: usize,
+    /// Continue after this transaction (the id a full page ends with).
+    #[arg(long, value_name = "ID")]
+    pub after: Option<String>,
+}
+
+/// `tx prune` arguments.
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Remove those that finished longer ago than this (`30d`, `12h`, `forever`); overrides
+    /// `retention.transactions`.
+    #[arg(long, value_name = "DURATION")]
+    pub older_than: Option<crate::config::Keep>,
+    /// Keep at most this many, the newest; overrides `retention.max_transactions`.
+    #[arg(long, value_name = "N")]
+    pub keep: Option<usize>,
+    /// Print what would be removed; remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// `purge` arguments.
+#[derive(Debug, Args)]
+pub struct PurgeArgs {
+    /// Purge what belongs to transactions that finished longer ago than this (`7d`, `0s`);
+    /// overrides `retention.provider_state`.
+    #[arg(long, value_name = "DURATION")]
+    pub older_than: Option<crate::config::Keep>,
+    /// Print what would be removed; remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// A point in time on the command line: RFC 3339, a date, or a duration ago; held as ms
+/// since the Unix epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeArg(pub u64);
+
+impl std::str::FromStr for TimeArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let ms = |t: std::time::SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+                .unwrap_or(0)
+        };
+        let date_only = s.len() == 10 && s.as_bytes().get(4) == Some(&b'-');
+        let stamp = if date_only {
+            format!("{s}T00:00:00Z")
+        } else {
+            s.to_string()
+        };
+        if let Ok(t) = humantime::parse_rfc3339_weak(stamp.trim_end_matches('Z')) {
+            return Ok(TimeArg(ms(t)));
+        }
+        if let Ok(d) = humantime::parse_duration(s) {
+            let now = std::time::SystemTime::now();
+            return Ok(TimeArg(ms(now
+                .checked_sub(d)
+                .unwrap_or(std::time::UNIX_EPOCH))));
+        }
+        Err(format!(
+            "{s:?} is not a time; write an RFC 3339 time (\"2026-01-31T12:00:00Z\"), a date (\"2026-01-31\", UTC) or a duration ago (\"2h\", \"7d\")"
+        ))
+    }
 }
 
 /// `run` arguments.
@@ -377,9 +483,23 @@ mod tests {
     fn tx_list_state(args: &[&str]) -> Result<Option<TxnState>, clap::Error> {
         let cli = Cli::try_parse_from([&["provisio", "tx", "list"], args].concat())?;
         match cli.command {
-            Command::Tx(TxCommand::List { state }) => Ok(state.map(|s| s.0)),
+            Command::Tx(TxCommand::List(a)) => Ok(a.state.map(|s| s.0)),
             other => panic!("parsed as {other:?}"),
         }
+    }
+
+    #[test]
+    fn times_read_as_rfc3339_dates_and_durations_ago() {
+        assert_eq!("1970-01-02".parse::<TimeArg>(), Ok(TimeArg(86_400_000)));
+        assert_eq!("1970-01-01T00:00:01Z".parse::<TimeArg>(), Ok(TimeArg(1000)));
+        let hour_ago: TimeArg = "1h".parse().expect("a duration");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_millis() as u64;
+        assert!((now - 3_600_000 - 5_000..=now - 3_600_000).contains(&hour_ago.0));
+        let e = "yesterday".parse::<TimeArg>().expect_err("not a time");
+        assert!(e.contains("RFC 3339"), "{e}");
     }
 
     #[test]

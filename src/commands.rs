@@ -17,7 +17,6 @@ use provisio_engine::provider::Preview;
 use provisio_engine::request::{self, ParseError};
 use provisio_engine::response;
 use provisio_engine::txn::{Guarded, Record, TxnSummary};
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,18 +41,19 @@ pub async fn dispatch(cli: Cli) -> Result<Exit> {
             if !load::journal_exists(config) {
                 eprintln!("{}", load::NoJournal(load::journal_dir(config)));
                 return Ok(match cmd {
-                    TxCommand::List { .. } | TxCommand::Audit => Exit::Ok,
+                    TxCommand::List(_) | TxCommand::Audit | TxCommand::Prune(_) => Exit::Ok,
                     _ => Exit::BadInput,
                 });
             }
             let mut config = config.clone();
             config.read_only = !matches!(
                 cmd,
-                TxCommand::ResumeRollback { .. } | TxCommand::Resolve { .. }
+                TxCommand::ResumeRollback { .. } | TxCommand::Resolve { .. } | TxCommand::Prune(_)
             );
             tx(&config, cmd).await
         }
         Command::Recover => recover_cmd(config).await,
+        Command::Purge(ref args) => crate::inspect::purge(config, args).await,
         Command::Script(ref args) => {
             let engine = match load::engine(config).await {
                 Ok(e) => e,
@@ -77,7 +77,7 @@ pub async fn dispatch(cli: Cli) -> Result<Exit> {
     }
 }
 
-fn bad_input(message: impl std::fmt::Display) -> Result<Exit> {
+pub(crate) fn bad_input(message: impl std::fmt::Display) -> Result<Exit> {
     eprintln!("{message}");
     Ok(Exit::BadInput)
 }
@@ -92,6 +92,7 @@ async fn run(cli: &Cli, config: &Config, args: &RunArgs) -> Result<Exit> {
         Ok(e) => e,
         Err(e) => return bad_input(format!("error: {e:#}")),
     };
+    let mut kept_journal = None;
     let engine = if args.ephemeral {
         engine
     } else {
@@ -102,6 +103,7 @@ async fn run(cli: &Cli, config: &Config, args: &RunArgs) -> Result<Exit> {
         }
         let engine = engine.with_journal(journal.clone());
         recover_quietly(&engine, &journal).await?;
+        kept_journal = Some(journal);
         engine
     };
     let progress = progress_bar(cli.global.quiet);
@@ -141,6 +143,9 @@ async fn run(cli: &Cli, config: &Config, args: &RunArgs) -> Result<Exit> {
     }
     if let Some(e) = &result.journal_error {
         eprintln!("warning: the outcome could not be journaled: {e}");
+    }
+    if let Some(journal) = &kept_journal {
+        crate::inspect::prune_after_run(config, journal).await;
     }
     Ok(match result.state {
         TxnState::Committed => Exit::Ok,
@@ -595,7 +600,7 @@ async fn recover_cmd(config: &Config) -> Result<Exit> {
 
 /// The transactions that are not over: all but committed and rolled-back ones (a
 /// `rollback_failed` one may be resumed, so what providers kept for it must stay).
-fn live_transactions(
+pub(crate) fn live_transactions(
     journal: &provisio_engine::txn::DurableJournal,
 ) -> Result<std::collections::HashSet<String>, provisio_engine::txn::RecoveryError> {
     Ok(provisio_engine::txn::recovery::list(journal, None)?
@@ -685,7 +690,7 @@ async fn sweep_zone_files(config: &Config, live: Arc<std::collections::HashSet<S
     }
 }
 
-fn fmt_ms(ms: u64) -> String {
+pub(crate) fn fmt_ms(ms: u64) -> String {
     let secs = ms / 1000;
     let (d, rem) = (secs / 86_400, secs % 86_400);
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
@@ -708,34 +713,12 @@ fn fmt_ms(ms: u64) -> String {
 }
 
 async fn tx(config: &Config, cmd: &TxCommand) -> Result<Exit> {
-    use provisio_engine::txn::recovery;
     let journal = load::journal(config)?;
     match cmd {
-        TxCommand::List { state } => {
-            let list = recovery::list(&journal, state.map(|s| s.0))?;
-            print!("{}", render_list(&list));
-            Ok(Exit::Ok)
-        }
-        TxCommand::Show { id } => {
-            let t = match recovery::resolve(&journal, id) {
-                Ok(t) => t,
-                Err(e) => return bad_input(format!("error: {e}")),
-            };
-            let records = recovery::records(&journal, &t.id)?;
-            print!("{}", render_summary(&t));
-            print!("{}", render_records(&records));
-            Ok(Exit::Ok)
-        }
-        TxCommand::Log { id } => {
-            let t = match recovery::resolve(&journal, id) {
-                Ok(t) => t,
-                Err(e) => return bad_input(format!("error: {e}")),
-            };
-            for (seq, r) in recovery::records(&journal, &t.id)? {
-                println!("{}", render_log_line(seq, &r)?);
-            }
-            Ok(Exit::Ok)
-        }
+        TxCommand::List(args) => crate::inspect::list(&journal, args).await,
+        TxCommand::Show { id } => crate::inspect::show(&journal, id),
+        TxCommand::Log { id } => crate::inspect::log(&journal, id),
+        TxCommand::Prune(args) => crate::inspect::prune(config, &journal, args).await,
         TxCommand::ResumeRollback { id } => {
             let engine = match load::engine(config).await {
                 Ok(e) => e.with_journal(journal.clone()),
@@ -780,39 +763,12 @@ async fn tx(config: &Config, cmd: &TxCommand) -> Result<Exit> {
                 Err(e) => bad_input(format!("error: {e}")),
             }
         }
-        TxCommand::Audit => {
-            for (_, v) in journal
-                .store()
-                .scan(provisio_engine::store::Space::Audit, b"")?
-            {
-                println!("{}", String::from_utf8_lossy(&v));
-            }
-            Ok(Exit::Ok)
-        }
+        TxCommand::Audit => crate::inspect::audit(&journal),
     }
-}
-
-/// `tx list`: one line per transaction.
-fn render_list(list: &[TxnSummary]) -> String {
-    if list.is_empty() {
-        return "no transactions\n".into();
-    }
-    list.iter()
-        .map(|t| {
-            format!(
-                "{}  {:<15}  {}  {}  {}\n",
-                t.id,
-                t.state.name(),
-                fmt_ms(t.started_ms),
-                t.who,
-                t.target
-            )
-        })
-        .collect()
 }
 
 /// `tx show`: the summary of one transaction.
-fn render_summary(t: &TxnSummary) -> String {
+pub(crate) fn render_summary(t: &TxnSummary) -> String {
     let mut out = format!(
         "transaction {}\n  state:   {}\n  target:  {}\n  who:     {}\n  started: {}\n  updated: {}\n  definitions: {}\n",
         t.id,
@@ -829,133 +785,8 @@ fn render_summary(t: &TxnSummary) -> String {
     out
 }
 
-/// `tx show`: its steps and events. Calls run concurrently, so their records interleave:
-/// each call's lines are gathered under it (by step and attempt), everything else is listed
-/// in order.
-fn render_records(records: &[(u64, Record)]) -> String {
-    type CallKey = (String, u32);
-    let mut calls: Vec<CallKey> = Vec::new();
-    let mut lines: HashMap<CallKey, Vec<String>> = HashMap::new();
-    let mut starts: HashMap<CallKey, u64> = HashMap::new();
-    let mut events: Vec<String> = Vec::new();
-    for (_, r) in records {
-        match r {
-            Record::Intent {
-                step,
-                attempt,
-                target,
-                input,
-                at_ms,
-                ..
-            } => {
-                let key = (step.clone(), *attempt);
-                starts.insert(key.clone(), *at_ms);
-                calls.push(key.clone());
-                lines.entry(key).or_default().extend([
-                    format!("    {step} (attempt {attempt}) {target}"),
-                    format!("      input:  {input}"),
-                ]);
-            }
-            Record::Done {
-                step,
-                attempt,
-                output,
-                undo,
-                at_ms,
-                ..
-            } => {
-                let key = (step.clone(), *attempt);
-                let took = starts
-                    .get(&key)
-                    .map(|s| at_ms.saturating_sub(*s))
-                    .unwrap_or(0);
-                let out = lines.entry(key).or_default();
-                out.push(format!("      done in {took} ms: {output}"));
-                out.extend(undo.as_ref().map(render_undo));
-            }
-            Record::Failed {
-                step,
-                attempt,
-                message,
-                ..
-            } => lines
-                .entry((step.clone(), *attempt))
-                .or_default()
-                .push(format!("      FAILED: {message}")),
-            Record::InDoubt {
-                step,
-                attempt,
-                message,
-                ..
-            } => lines
-                .entry((step.clone(), *attempt))
-                .or_default()
-                .push(format!("      IN DOUBT: {message}")),
-            Record::Undone {
-                step, error: None, ..
-            } => events.push(format!("    undone {step}")),
-            Record::Undone {
-                step,
-                error: Some(e),
-                ..
-            } => events.push(format!("    UNDO FAILED {step}: {e}")),
-            Record::ScriptDone { step, vars, .. } => {
-                let key = (step.clone(), 1);
-                calls.push(key.clone());
-                lines.entry(key).or_default().extend([
-                    format!("    {step} (script step)"),
-                    format!(
-                        "      undo script kept{}",
-                        match vars {
-                            Guarded::Plain(_) => "",
-                            Guarded::Sealed(_) => " (inputs sealed: they hold secrets)",
-                            Guarded::Withheld =>
-                                " (inputs withheld: they held secrets, no seal key)",
-                        }
-                    ),
-                ]);
-            }
-            Record::Resolved {
-                step,
-                attempt,
-                applied,
-                who,
-                at_ms,
-            } => events.push(format!(
-                "    resolved {step} (attempt {attempt}) as {} by {who} at {}",
-                if *applied { "applied" } else { "not applied" },
-                fmt_ms(*at_ms)
-            )),
-            Record::Phase {
-                step, phase, error, ..
-            } => events.push(format!(
-                "    {phase} {step}: {}",
-                error.as_deref().unwrap_or("ok")
-            )),
-            Record::State { state, at_ms, .. } => {
-                events.push(format!("    -> {state} at {}", fmt_ms(*at_ms)))
-            }
-            Record::Started { .. } | Record::StartedV2 { .. } => {}
-        }
-    }
-    let mut out = String::from("  steps:\n");
-    for line in calls
-        .iter()
-        .flat_map(|key| lines.get(key).into_iter().flatten())
-    {
-        out.push_str(line);
-        out.push('\n');
-    }
-    out.push_str("  events:\n");
-    for e in events {
-        out.push_str(&e);
-        out.push('\n');
-    }
-    out
-}
-
 /// The undo line of a completed call: the record itself only when it holds no secret.
-fn render_undo(undo: &Guarded) -> String {
+pub(crate) fn render_undo(undo: &Guarded) -> String {
     match undo {
         Guarded::Plain(u) => format!("      undo:   {}", xml::to_string(u)),
         Guarded::Sealed(_) => "      undo:   (sealed: holds secrets)".into(),
@@ -964,7 +795,7 @@ fn render_undo(undo: &Guarded) -> String {
 }
 
 /// `tx log`: one record as a JSON line, with its sequence number.
-fn render_log_line(seq: u64, r: &Record) -> Result<String> {
+pub(crate) fn render_log_line(seq: u64, r: &Record) -> Result<String> {
     let mut v = serde_json::to_value(r)?;
     if let Some(o) = v.as_object_mut() {
         o.insert("seq".into(), serde_json::json!(seq));

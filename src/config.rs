@@ -38,6 +38,8 @@ pub struct Config {
     pub journal: JournalConfig,
     /// Providers.
     pub providers: ProvidersConfig,
+    /// How long finished transactions, audit entries and providers' undo state are kept.
+    pub retention: RetentionConfig,
 }
 
 /// `[engine]`.
@@ -124,6 +126,98 @@ impl<'de> Deserialize<'de> for Wait {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let text = String::deserialize(d)?;
         text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// `[retention]`: what is kept, for how long (see docs/configuration.md).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// Committed and rolled-back transactions are pruned from the journal this long after
+    /// they finished (`forever` keeps them). Unfinished and `rollback_failed` ones never are.
+    pub transactions: Keep,
+    /// At most this many committed or rolled-back transactions are kept, the newest
+    /// (0: no count limit).
+    pub max_transactions: usize,
+    /// Audit entries are pruned this long after their transaction finished; at least as long
+    /// as `transactions`.
+    pub audit: Keep,
+    /// What providers keep only for undo (deleted folders in `.provisio-trash/`, deleted
+    /// zones in `.deleted/`, intent markers, quotas of deleted folders) is purged this long
+    /// after its transaction finished, by `provisio purge`.
+    pub provider_state: Keep,
+    /// After each `run`, prune up to 100 transactions past retention (one index read when
+    /// none is due).
+    pub prune_after_run: bool,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        const DAY: u64 = 86_400;
+        RetentionConfig {
+            transactions: Keep(Some(std::time::Duration::from_secs(30 * DAY))),
+            max_transactions: 0,
+            audit: Keep(Some(std::time::Duration::from_secs(400 * DAY))),
+            provider_state: Keep(Some(std::time::Duration::from_secs(7 * DAY))),
+            prune_after_run: true,
+        }
+    }
+}
+
+/// A retention time written as text (`30d`, `12h`, `forever`); a bare number is seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keep(pub Option<std::time::Duration>);
+
+impl std::str::FromStr for Keep {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "forever" | "never" => Ok(Keep(None)),
+            other => other.parse::<Wait>().map(|w| Keep(Some(w.0))).map_err(|_| {
+                format!(
+                    "{other:?} is not a retention time; write e.g. \"30d\", \"12h\" or \"forever\""
+                )
+            }),
+        }
+    }
+}
+
+impl fmt::Display for Keep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(d) => write!(f, "{}", humantime::format_duration(d)),
+            None => f.write_str("forever"),
+        }
+    }
+}
+
+impl Serialize for Keep {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Keep {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl RetentionConfig {
+    /// The engine's retention policy, with `--older-than` / `--keep` overriding the keys.
+    pub fn policy(
+        &self,
+        older_than: Option<Keep>,
+        keep: Option<usize>,
+    ) -> provisio_engine::txn::retention::Retention {
+        let max_count = keep.unwrap_or(self.max_transactions);
+        provisio_engine::txn::retention::Retention {
+            max_age: older_than.unwrap_or(self.transactions).0,
+            max_count: (max_count > 0 || keep.is_some()).then_some(max_count),
+            audit_max_age: self.audit.0,
+        }
     }
 }
 
@@ -297,6 +391,7 @@ impl Default for Config {
             engine: EngineConfig::default(),
             journal: JournalConfig::default(),
             providers: ProvidersConfig::default(),
+            retention: RetentionConfig::default(),
         }
     }
 }
@@ -624,6 +719,19 @@ impl Config {
         if self.engine.undo_attempts == 0 {
             bail!("{}: must be at least 1", at("engine.undo_attempts"));
         }
+        let r = &self.retention;
+        let shorter = match (r.audit.0, r.transactions.0) {
+            (Some(_), None) => true,
+            (Some(a), Some(t)) => a < t,
+            (None, _) => false,
+        };
+        if shorter {
+            bail!(
+                "{}: audit entries must be kept at least as long as transactions (retention.transactions = \"{}\")",
+                at("retention.audit"),
+                r.transactions
+            );
+        }
         let dns = &self.providers.dns;
         if dns.backend == DnsBackendKind::Rfc2136 {
             match &dns.server {
@@ -918,6 +1026,37 @@ mod tests {
         let e = "soon".parse::<Wait>().expect_err("not a duration");
         assert!(e.contains("\"30s\""), "{e}");
         assert_eq!(Config::default().journal.wait_lock.to_string(), "10s");
+    }
+
+    #[test]
+    fn retention_keys_read_check_and_show() {
+        let c = parse("[retention]\ntransactions = \"7d\"\nmax_transactions = 100\naudit = \"forever\"\nprovider_state = \"12h\"\n")
+            .expect("parses");
+        assert_eq!(
+            c.retention.transactions.0,
+            Some(std::time::Duration::from_secs(7 * 86_400))
+        );
+        assert_eq!(c.retention.audit.0, None);
+        assert_eq!(
+            c.retention.provider_state.0,
+            Some(std::time::Duration::from_secs(12 * 3600))
+        );
+        let p = c.retention.policy(None, None);
+        assert_eq!(p.max_count, Some(100));
+        assert_eq!(c.retention.policy(Some(Keep(None)), Some(0)).max_age, None);
+        assert!(c.check(None).is_ok());
+        let text = c.show(&Sources::default()).expect("show");
+        assert!(text.contains("[retention]"), "{text}");
+        assert!(text.contains("transactions = \"7days\""), "{text}");
+        assert!(text.contains("audit = \"forever\""), "{text}");
+
+        let short = parse("[retention]\ntransactions = \"30d\"\naudit = \"1d\"\n").expect("parses");
+        let e = short
+            .check(Some(Path::new("/x/provisio.toml")))
+            .expect_err("audit shorter");
+        assert!(format!("{e:#}").contains("retention.audit"), "{e:#}");
+        let e = parse("[retention]\ntransactions = \"soon\"\n").expect_err("bad time");
+        assert!(format!("{e:#}").contains("retention.transactions"), "{e:#}");
     }
 
     #[test]

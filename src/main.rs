@@ -33,6 +33,7 @@ mod cli;
 mod commands;
 mod config;
 mod driver;
+mod inspect;
 mod load;
 
 /// Standard output and error that tolerate a reader going away.

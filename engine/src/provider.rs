@@ -6,10 +6,13 @@
 //! instance id) that stays the same on every retry and after a crash, so a retried or
 //! recovered call can be recognised. The contract every provider keeps is on [`Provider`].
 
+mod purge;
+
 use crate::data::Element;
 use crate::model::{InputSpec, ProcKind};
 use crate::TxnId;
 use async_trait::async_trait;
+pub use purge::{PurgeScope, Purged, StatusOf, TxnStatus};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -306,6 +309,13 @@ pub trait Provider: Send + Sync {
         )))
     }
 
+    /// Removes what the provider kept only so that calls could be undone (a trash, copies of
+    /// deleted things, intent markers), for the transactions `scope` says may go: over for
+    /// good and past the retention. Never touches what a transaction that is not over may
+    /// still need. The default keeps nothing, so it has nothing to purge.
+    async fn purge(&self, _scope: &PurgeScope) -> Result<Purged, ProviderError> {
+        Ok(Purged::default())
+    }
     /// Two-phase: makes the prepared change visible. Must not fail.
     async fn commit(&self, done: &Done) -> Result<(), ProviderError> {
         Err(ProviderError::Unsupported(format!(
@@ -350,6 +360,18 @@ impl ProviderRegistry {
         self.providers.values()
     }
 
+    /// Runs every provider's [`Provider::purge`]; returns each provider's name with what it
+    /// removed or why it could not.
+    pub async fn purge_all(
+        &self,
+        scope: &PurgeScope,
+    ) -> Vec<(String, Result<Purged, ProviderError>)> {
+        let mut out = Vec::new();
+        for p in self.providers.values() {
+            out.push((p.name().to_string(), p.purge(scope).await));
+        }
+        out
+    }
     /// Provider names.
     pub fn names(&self) -> Vec<String> {
         self.providers.keys().cloned().collect()

@@ -23,6 +23,9 @@ pub enum Space {
     Definitions,
     /// The store's own bookkeeping (identity, write counter).
     Meta,
+    /// Indexes over the summaries, rebuilt from them when missing (`txn::index`): by start
+    /// time, by state, procedure and subject, and finished transactions by finish time.
+    Index,
 }
 
 impl Space {
@@ -34,6 +37,7 @@ impl Space {
             Space::Audit => b'a',
             Space::Definitions => b'd',
             Space::Meta => b'm',
+            Space::Index => b'i',
         }
     }
 
@@ -45,6 +49,7 @@ impl Space {
             Space::Audit,
             Space::Definitions,
             Space::Meta,
+            Space::Index,
         ]
         .into_iter()
         .find(|s| s.tag() == tag)
@@ -134,4 +139,63 @@ pub trait Store: Send + Sync {
     /// Every (key, value) whose key starts with `prefix`, in key order; sees every write
     /// that returned before the call.
     fn scan(&self, space: Space, prefix: &[u8]) -> Result<Vec<KeyValue>, StoreError>;
+
+    /// At most `limit` (key, value) pairs with `range.start <= key < range.end` (no end: to
+    /// the end of the space), in key order, or from the end backwards with `reverse`; sees
+    /// every write that returned before the call. The read behind paging and streaming: its
+    /// cost follows `limit`, not the size of the space. The default reads the whole space
+    /// through [`Store::scan`] (correct, not fast): stores should override it.
+    fn scan_range(
+        &self,
+        space: Space,
+        range: KeyRange<'_>,
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Vec<KeyValue>, StoreError> {
+        let mut rows: Vec<KeyValue> = self
+            .scan(space, b"")?
+            .into_iter()
+            .filter(|(k, _)| range.contains(k))
+            .collect();
+        if reverse {
+            rows.reverse();
+        }
+        rows.truncate(limit);
+        Ok(rows)
+    }
+}
+
+/// A range of keys within a space: from `start` (included) to `end` (excluded; `None`: the
+/// end of the space).
+#[derive(Debug, Clone, Copy)]
+pub struct KeyRange<'a> {
+    /// The first key that may be returned.
+    pub start: &'a [u8],
+    /// The first key past the range, if any.
+    pub end: Option<&'a [u8]>,
+}
+
+impl<'a> KeyRange<'a> {
+    /// Every key from `start` to `end` (excluded).
+    pub fn new(start: &'a [u8], end: Option<&'a [u8]>) -> KeyRange<'a> {
+        KeyRange { start, end }
+    }
+
+    /// Whether `key` is in the range.
+    pub fn contains(&self, key: &[u8]) -> bool {
+        key >= self.start && self.end.is_none_or(|e| key < e)
+    }
+}
+
+/// The first key after every key starting with `prefix` (`None` when there is none: the
+/// prefix is empty or all `0xff`), for turning a prefix into a [`KeyRange`].
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
 }

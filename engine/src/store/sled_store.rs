@@ -24,7 +24,7 @@
 //! overlay [`OVERLAY_BYTES`], after [`IDLE_CHECKPOINT`] without writes, and at close.
 
 use super::wal::{Frame, Wal};
-use super::{Batch, KeyValue, Space, Store, StoreError};
+use super::{Batch, KeyRange, KeyValue, Space, Store, StoreError};
 use async_trait::async_trait;
 use std::collections::HashSet;
 use std::fs::File;
@@ -682,6 +682,98 @@ impl Store for SledStore {
                 (k, v)
             })
             .collect())
+    }
+
+    fn scan_range(
+        &self,
+        space: Space,
+        range: KeyRange<'_>,
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Vec<KeyValue>, StoreError> {
+        let lo = key(space, range.start);
+        // Tags are ASCII letters, so the next tag bounds the space.
+        let hi = match range.end {
+            Some(end) => key(space, end),
+            None => vec![space.tag() + 1],
+        };
+        if limit == 0 || lo >= hi {
+            return Ok(Vec::new());
+        }
+        // Held for the whole read, as in `scan`: sled and the overlays agree meanwhile.
+        let overlays = read_lock(&self.shared.overlays);
+        let tree = self.tree.range(lo.clone()..hi.clone());
+        let mut tree: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> = if reverse
+        {
+            Box::new(tree.rev())
+        } else {
+            Box::new(tree)
+        };
+        let overlay_iter = |o| overlay_range(o, &lo, &hi, reverse);
+        // Newest first: the active overlay, then the frozen one, then sled.
+        let mut layers: Vec<OverlayIter<'_>> = vec![overlay_iter(&overlays.active)];
+        if let Some(frozen) = overlays.frozen.as_deref() {
+            layers.push(overlay_iter(frozen));
+        }
+        let mut heads: Vec<Option<OverlayWrite<'_>>> =
+            layers.iter_mut().map(Iterator::next).collect();
+        let next_tree = |tree: &mut dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>| {
+            tree.next()
+                .transpose()
+                .map(|kv| kv.map(|(k, v)| (k.to_vec(), v.to_vec())))
+                .map_err(|e| map_err(&self.path, e))
+        };
+        let mut tree_head = next_tree(&mut tree)?;
+        // The key that comes first in the scan's direction.
+        let first = |a: &[u8], b: &[u8]| if reverse { a > b } else { a < b };
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let mut k: Option<Vec<u8>> = tree_head.as_ref().map(|(k, _)| k.clone());
+            for (hk, _) in heads.iter().flatten() {
+                if k.as_deref().is_none_or(|cur| first(hk, cur)) {
+                    k = Some((*hk).clone());
+                }
+            }
+            let Some(k) = k else { break };
+            // The newest layer holding the key decides; every layer holding it moves on.
+            let mut value: Option<Option<Vec<u8>>> = None;
+            for (layer, head) in layers.iter_mut().zip(heads.iter_mut()) {
+                if let Some((hk, v)) = head {
+                    if **hk == k {
+                        if value.is_none() {
+                            value = Some((*v).clone());
+                        }
+                        *head = layer.next();
+                    }
+                }
+            }
+            if tree_head.as_ref().is_some_and(|(tk, _)| *tk == k) {
+                let (_, v) = tree_head.take().expect("checked");
+                if value.is_none() {
+                    value = Some(Some(v));
+                }
+                tree_head = next_tree(&mut tree)?;
+            }
+            if let Some(Some(v)) = value {
+                out.push((k[1..].to_vec(), v));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// One write an overlay holds: the full key and the value (`None`: deleted).
+type OverlayWrite<'o> = (&'o Vec<u8>, &'o Option<Vec<u8>>);
+
+/// An overlay's writes within `lo..hi`, in key order or backwards.
+type OverlayIter<'o> = Box<dyn Iterator<Item = OverlayWrite<'o>> + 'o>;
+
+fn overlay_range<'o>(o: &'o Overlay, lo: &[u8], hi: &[u8], reverse: bool) -> OverlayIter<'o> {
+    let r = o.writes.range(lo.to_vec()..hi.to_vec());
+    if reverse {
+        Box::new(r.rev())
+    } else {
+        Box::new(r)
     }
 }
 

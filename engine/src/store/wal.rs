@@ -308,6 +308,7 @@ mod tests {
             Space::Audit,
             Space::Definitions,
             Space::Meta,
+            Space::Index,
         ];
         Batch {
             writes: writes
@@ -325,7 +326,7 @@ mod tests {
     fn arb_batch() -> impl Strategy<Value = Batch> {
         prop::collection::vec(
             (
-                0u8..5,
+                0u8..6,
                 prop::collection::vec(any::<u8>(), 0..24),
                 prop::option::of(prop::collection::vec(any::<u8>(), 0..64)),
             ),

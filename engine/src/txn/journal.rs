@@ -348,7 +348,7 @@ impl DurableJournal {
     ) -> Result<(), WriteError> {
         let value = encode("a journal record", txn_id, record)?;
         let mut batch = extra;
-        let (seq, summary, finished, compact_from) = {
+        let (seq, summary, finished, compact_from, indexed_state) = {
             let mut live = lock(&self.live);
             let l = live.entry(txn_id.clone()).or_insert_with(|| Live {
                 next_seq: 0,
@@ -370,6 +370,8 @@ impl DurableJournal {
             });
             let seq = l.next_seq;
             l.next_seq += 1;
+            // The state the index has for it (none before its first record).
+            let indexed_state = (seq > 0).then_some(l.summary.state);
             let mut summary_write = None;
             match record {
                 Record::Started {
@@ -431,7 +433,7 @@ impl DurableJournal {
                 // that could not be journaled) go under their own keys.
                 l.compactable = false;
             }
-            (seq, summary_write, finished, compact_from)
+            (seq, summary_write, finished, compact_from, indexed_state)
         };
         if let Some(from) = compact_from {
             // The records still under their own keys and this one become bounded chunks of
@@ -467,6 +469,7 @@ impl DurableJournal {
                 txn_id.as_bytes().to_vec(),
                 encode("the summary", txn_id, summary)?,
             );
+            super::index::summary_written(&mut batch, indexed_state, summary);
             if finished {
                 let audit = AuditEntry {
                     format: FORMAT,

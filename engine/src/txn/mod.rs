@@ -3,9 +3,16 @@
 //! crash left running; inspection reads it back for `provisio tx`.
 
 pub(crate) mod packed;
+pub mod index;
+#[cfg(test)]
+mod inspect_tests;
 pub mod records;
+pub mod retention;
 pub(crate) mod seal;
 pub(crate) mod state;
+pub mod stream;
+#[cfg(feature = "test-util")]
+pub mod synthetic;
 
 pub use records::{AuditEntry, Guarded, PinnedDefinitions, Record, StoredData, TxnSummary};
 pub use seal::{SealError, SealKey};

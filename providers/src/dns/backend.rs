@@ -318,6 +318,15 @@ pub trait ZoneBackend: Send + Sync {
         }
     }
 
+    /// Removes what the backend kept only for undo (copies of deleted zones, intent
+    /// markers) for the transactions `scope` lets go. The default keeps nothing.
+    async fn purge(
+        &self,
+        _scope: &provisio_engine::provider::PurgeScope,
+    ) -> Result<provisio_engine::provider::Purged, DnsError> {
+        Ok(provisio_engine::provider::Purged::default())
+    }
+
     /// Whether a record with this owner and data exists; `None` when the zone does not.
     async fn record_exists(
         &self,

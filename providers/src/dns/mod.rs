@@ -1299,6 +1299,13 @@ impl Provider for DnsProvider {
     async fn preview(&self, call: &Call) -> Result<Preview, ProviderError> {
         self.preview_call(call).await
     }
+
+    async fn purge(
+        &self,
+        scope: &provisio_engine::provider::PurgeScope,
+    ) -> Result<provisio_engine::provider::Purged, ProviderError> {
+        Ok(self.backend.purge(scope).await?)
+    }
 }
 
 impl DnsProvider {

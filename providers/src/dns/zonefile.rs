@@ -1243,6 +1243,14 @@ impl ZoneBackend for ZoneFileBackend {
         self.blocking(move |f| Ok(f.sweep(&live))).await
     }
 
+    async fn purge(
+        &self,
+        scope: &provisio_engine::provider::PurgeScope,
+    ) -> Result<provisio_engine::provider::Purged, DnsError> {
+        let scope = scope.clone();
+        self.blocking(move |f| f.purge(&scope)).await
+    }
+
     async fn forget(&self, key: &str) {
         let key = key.to_string();
         // Best effort: a marker left behind is removed by a later sweep.
@@ -1253,6 +1261,128 @@ impl ZoneBackend for ZoneFileBackend {
                 Ok(())
             })
             .await;
+    }
+}
+
+/// The transaction id in a deleted zone's name (`<zone>.zone.<txn>_<step>_<attempt>`).
+fn deleted_txn(token: &str) -> Option<&str> {
+    token
+        .match_indices(".zone.")
+        .find_map(|(i, m)| {
+            marker_txn(&format!("{}.json", &token[i + m.len()..])).map(|_| i + m.len())
+        })
+        .map(|start| &token[start..start + 36])
+}
+
+impl Files {
+    /// [`ZoneBackend::purge`]: deleted zones in `.deleted/` and intent markers of
+    /// transactions the scope lets go.
+    fn purge(
+        &self,
+        scope: &provisio_engine::provider::PurgeScope,
+    ) -> Result<provisio_engine::provider::Purged, DnsError> {
+        use std::os::unix::fs::MetadataExt;
+        let _g = self.guard();
+        let mut purged = provisio_engine::provider::Purged::default();
+        let since = |p: &Path, ctime: bool| {
+            fs::symlink_metadata(p)
+                .ok()
+                .and_then(|m| u64::try_from(if ctime { m.ctime() } else { m.mtime() }).ok())
+                .map(|s| s * 1000)
+        };
+        let mut candidates: Vec<(PathBuf, String, bool)> = Vec::new();
+        if let Ok(entries) = fs::read_dir(self.dir.join(DELETED_DIR)) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if let Some(txn) = deleted_txn(&name) {
+                    candidates.push((e.path(), txn.to_string(), true));
+                }
+            }
+        }
+        if let Ok(entries) = fs::read_dir(&self.markers) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if let Some(txn) = marker_txn(&name) {
+                    candidates.push((e.path(), txn.to_string(), false));
+                }
+            }
+        }
+        candidates.sort();
+        for (path, txn, deleted_zone) in candidates {
+            // A rename into `.deleted/` sets the ctime; a marker is written once.
+            if !scope.may_purge(&txn, since(&path, deleted_zone)) {
+                continue;
+            }
+            if !scope.dry_run() {
+                match fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(DnsError::io(format!("{}", path.display()), e)),
+                }
+            }
+            purged.removed.push(format!(
+                "{} {}",
+                if deleted_zone {
+                    "deleted zone"
+                } else {
+                    "intent marker"
+                },
+                path.display()
+            ));
+        }
+        Ok(purged)
+    }
+}
+
+#[cfg(test)]
+mod purge_tests {
+    use super::*;
+    use provisio_engine::provider::{PurgeScope, StatusOf, TxnStatus};
+    use std::time::Duration;
+
+    const OVER: &str = "0190f1c2-0000-7000-8000-000000000001";
+    const FAILED: &str = "0190f1c2-0000-7000-8000-000000000003";
+
+    #[test]
+    fn deleted_zone_names_carry_their_transaction() {
+        assert_eq!(
+            deleted_txn(&format!("a.zone.example.zone.{OVER}_del_1")),
+            Some(OVER)
+        );
+        assert_eq!(deleted_txn("example.zone.copy"), None);
+    }
+
+    /// Deleted zones and markers of a transaction over and old enough go; a
+    /// rollback_failed one's stay.
+    #[tokio::test]
+    async fn purge_removes_deleted_zones_of_final_transactions_only() {
+        let root = tempfile::tempdir().expect("tmp");
+        let backend = ZoneFileBackend::new(root.path().join("zones")).expect("backend");
+        let deleted = backend.dir().join(DELETED_DIR);
+        fs::create_dir_all(&deleted).expect("deleted");
+        fs::create_dir_all(backend.marker_dir()).expect("markers");
+        for txn in [OVER, FAILED] {
+            fs::write(deleted.join(format!("t.test.zone.{txn}_del_1")), "zone").expect("zone");
+            fs::write(backend.marker_dir().join(format!("{txn}_del_1.json")), "{}")
+                .expect("marker");
+        }
+        let status: StatusOf = Arc::new(|id: &str| match id {
+            OVER => TxnStatus::Over { finished_ms: 0 },
+            _ => TxnStatus::NotOver,
+        });
+        let scope = PurgeScope::new(Duration::from_secs(60), false, 1_000_000, status);
+        let purged = backend.purge(&scope).await.expect("purge");
+        assert_eq!(purged.removed.len(), 2, "{:?}", purged.removed);
+        assert!(!deleted.join(format!("t.test.zone.{OVER}_del_1")).exists());
+        assert!(!backend
+            .marker_dir()
+            .join(format!("{OVER}_del_1.json"))
+            .exists());
+        assert!(deleted.join(format!("t.test.zone.{FAILED}_del_1")).exists());
+        assert!(backend
+            .marker_dir()
+            .join(format!("{FAILED}_del_1.json"))
+            .exists());
     }
 }
 

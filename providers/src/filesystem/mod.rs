@@ -12,6 +12,7 @@ mod files;
 mod owner;
 mod pending;
 mod perms;
+mod purge;
 mod quota;
 mod records;
 mod sandbox;
@@ -447,6 +448,7 @@ impl Fs {
         self.dir
             .rename(path.path(), &self.dir, &trash)
             .map_err(|e| io_error(&format!("folder `{}`", path.display()), e))?;
+        purge::note_origin(&self.dir, &trash_name, &path.display());
         Ok(Outcome {
             execute_data: out,
             undo: Some(undo()?),
@@ -1366,6 +1368,14 @@ impl FilesystemProvider {
 impl Provider for FilesystemProvider {
     fn name(&self) -> &str {
         "Filesystem"
+    }
+
+    async fn purge(
+        &self,
+        scope: &provisio_engine::provider::PurgeScope,
+    ) -> Result<provisio_engine::provider::Purged, ProviderError> {
+        let scope = scope.clone();
+        self.blocking(move |fs| fs.purge(&scope)).await
     }
 
     fn procedures(&self) -> Vec<ProcedureSpec> {

@@ -1,0 +1,453 @@
+//! Tests of the transaction index, retention and the record stream over a real store and
+//! the durable journal.
+
+use super::index::{self, TxnQuery};
+use super::retention::{self, Retention};
+use super::stream::RecordStream;
+use super::synthetic::{self, Synthetic};
+use super::{recovery, DurableJournal};
+use crate::data::Element;
+use crate::exec::{Journal, StepDone, StepIntent, TxnStart, TxnState};
+use crate::model::ProcKind;
+use crate::provider::CallContext;
+use crate::store::{KeyRange, SledStore, Space, Store};
+use std::sync::Arc;
+use std::time::Duration;
+
+const DAY_MS: u64 = 86_400_000;
+
+fn open() -> (tempfile::TempDir, Arc<SledStore>) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Arc::new(SledStore::open(&dir.path().join("journal")).expect("store"));
+    (dir, store)
+}
+
+/// Journals a transaction of `steps` calls through the durable journal, ending in `end`
+/// (`None`: left running). Returns its id.
+async fn journaled(
+    journal: &DurableJournal,
+    target: &str,
+    steps: usize,
+    end: &[TxnState],
+) -> String {
+    let id = uuid::Uuid::now_v7().to_string();
+    let data = Element::new("data");
+    let start = TxnStart {
+        txn_id: &id,
+        target,
+        kind: ProcKind::Write,
+        resumable: false,
+        definitions: "defs",
+        data: &data,
+        request_data: &data,
+        secret: false,
+        pinned: &[],
+    };
+    journal.txn_started(&start).await.expect("started");
+    let ctx_el = Element::new("providerContext");
+    for i in 0..steps {
+        let context = CallContext {
+            txn_id: id.clone(),
+            step_id: format!("create[{i}]"),
+            attempt: 1,
+            namespace: "N".into(),
+            procedure: "Create".into(),
+        };
+        let mut input = Element::new("executeData");
+        input.push(Element::with_text("name", format!("user-{i}")));
+        journal
+            .step_intent(&StepIntent {
+                context: &context,
+                provider: "Rec",
+                target: "N/Create",
+                kind: ProcKind::Write,
+                provider_context: &ctx_el,
+                input: &input,
+                call_data: &input,
+                secret: false,
+            })
+            .await
+            .expect("intent");
+        journal
+            .step_done(&StepDone {
+                context: &context,
+                output: &input,
+                undo: Some(&input),
+                saved: None,
+                secret: false,
+                result: None,
+                result_secret: false,
+            })
+            .await
+            .expect("done");
+    }
+    for st in end {
+        journal.txn_state(&id, *st, None).await.expect("state");
+    }
+    id
+}
+
+fn all(list: &index::TxnPage) -> Vec<String> {
+    list.items.iter().map(|s| s.id.clone()).collect()
+}
+
+fn query(limit: usize) -> TxnQuery {
+    TxnQuery {
+        limit,
+        ..TxnQuery::default()
+    }
+}
+
+#[tokio::test]
+async fn the_journal_keeps_the_index_as_states_change() {
+    let (_dir, store) = open();
+    let journal = DurableJournal::new(store.clone(), None, "alice");
+    let committed = journaled(&journal, "N/A", 2, &[TxnState::Committed]).await;
+    let failed = journaled(
+        &journal,
+        "N/B",
+        1,
+        &[TxnState::RollingBack, TxnState::RollbackFailed],
+    )
+    .await;
+    let running = journaled(&journal, "N/A", 1, &[]).await;
+    let page = index::list(&*store, &query(10)).await.expect("list");
+    assert_eq!(
+        all(&page),
+        [running.clone(), failed.clone(), committed.clone()]
+    );
+    let by = |q: TxnQuery| {
+        let store = store.clone();
+        async move { all(&index::list(&*store, &q).await.expect("list")) }
+    };
+    let state = |st| TxnQuery {
+        state: Some(st),
+        ..query(10)
+    };
+    assert_eq!(by(state(TxnState::Committed)).await, vec![committed.clone()]);
+    assert_eq!(by(state(TxnState::RollbackFailed)).await, vec![failed.clone()]);
+    assert_eq!(by(state(TxnState::Running)).await, vec![running.clone()]);
+    assert!(by(state(TxnState::RollingBack)).await.is_empty());
+    let procedure = TxnQuery {
+        procedure: Some("N/A".into()),
+        ..query(10)
+    };
+    assert_eq!(by(procedure).await, [running.clone(), committed.clone()]);
+    let subject = TxnQuery {
+        subject: Some("alice".into()),
+        state: Some(TxnState::Committed),
+        ..query(10)
+    };
+    assert_eq!(by(subject).await, vec![committed.clone()]);
+    let nobody = TxnQuery {
+        subject: Some("bob".into()),
+        ..query(10)
+    };
+    assert!(by(nobody).await.is_empty());
+    // The state keys moved: one per transaction, none left for the states passed through.
+    let state_keys = store
+        .scan_range(Space::Index, KeyRange::new(b"s", Some(b"t")), 100, false)
+        .expect("scan");
+    assert_eq!(state_keys.len(), 3, "{state_keys:?}");
+}
+
+#[tokio::test]
+async fn a_page_reads_a_page_of_the_index_not_the_journal() {
+    let (_dir, store) = open();
+    index::ensure(&*store).await.expect("index");
+    let spec = Synthetic {
+        procedures: vec!["P/One".into(), "P/Two".into()],
+        subjects: vec!["alice".into(), "bob".into(), "carol".into()],
+        states: vec![
+            TxnState::Committed,
+            TxnState::Committed,
+            TxnState::RolledBack,
+            TxnState::RollbackFailed,
+        ],
+        ..Synthetic::default()
+    };
+    let ids = synthetic::fill(&*store, &spec, 0, 10_000)
+        .await
+        .expect("fill");
+    let first = index::list(&*store, &query(50)).await.expect("list");
+    let newest: Vec<String> = ids.iter().rev().take(50).cloned().collect();
+    assert_eq!(all(&first), newest);
+    assert!(first.examined <= 256, "read {} index keys", first.examined);
+    // The next page continues where the first ended.
+    let second = index::list(
+        &*store,
+        &TxnQuery {
+            after: first.next.clone(),
+            ..query(50)
+        },
+    )
+    .await
+    .expect("list");
+    let next: Vec<String> = ids.iter().rev().skip(50).take(50).cloned().collect();
+    assert_eq!(all(&second), next);
+    // A filter reads its own index: a page of rollback_failed ones from 2,500.
+    let failed = index::list(
+        &*store,
+        &TxnQuery {
+            state: Some(TxnState::RollbackFailed),
+            ..query(20)
+        },
+    )
+    .await
+    .expect("list");
+    assert_eq!(failed.items.len(), 20);
+    assert!(failed
+        .items
+        .iter()
+        .all(|s| s.state == TxnState::RollbackFailed));
+    assert!(
+        failed.examined <= 256,
+        "read {} index keys",
+        failed.examined
+    );
+    // Two filters: the subject's index, the state checked on the summary.
+    let both = index::list(
+        &*store,
+        &TxnQuery {
+            subject: Some("bob".into()),
+            state: Some(TxnState::RolledBack),
+            ..query(10)
+        },
+    )
+    .await
+    .expect("list");
+    assert_eq!(both.items.len(), 10);
+    assert!(both
+        .items
+        .iter()
+        .all(|s| s.who == "bob" && s.state == TxnState::RolledBack));
+    // A time window: [since, until) on the start time.
+    let since = spec.first_ms + 100 * spec.step_ms;
+    let until = spec.first_ms + 110 * spec.step_ms;
+    let window = index::list(
+        &*store,
+        &TxnQuery {
+            since_ms: Some(since),
+            until_ms: Some(until),
+            ..query(100)
+        },
+    )
+    .await
+    .expect("list");
+    assert_eq!(
+        all(&window),
+        ids[100..110].iter().rev().cloned().collect::<Vec<_>>()
+    );
+    assert_eq!(window.next, None);
+    let e = index::list(
+        &*store,
+        &TxnQuery {
+            after: Some("no-such-id".into()),
+            ..query(5)
+        },
+    )
+    .await
+    .expect_err("unknown cursor");
+    assert!(e.to_string().contains("no-such-id"), "{e}");
+}
+
+#[tokio::test]
+async fn an_unindexed_journal_is_indexed_on_first_use() {
+    let (_dir, store) = open();
+    synthetic::fill(&*store, &Synthetic::default(), 0, 30)
+        .await
+        .expect("fill");
+    // As a journal written before the index: summaries only.
+    let keys = store.scan(Space::Index, b"").expect("scan");
+    let mut b = crate::store::Batch::new();
+    for (k, _) in keys {
+        b.delete(Space::Index, k);
+    }
+    store.write(b, true).await.expect("drop index");
+    assert_eq!(index::ensure(&*store).await.expect("built"), 30);
+    assert_eq!(index::ensure(&*store).await.expect("once"), 0);
+    let page = index::list(&*store, &query(100)).await.expect("list");
+    assert_eq!(page.items.len(), 30);
+}
+
+#[tokio::test]
+async fn prune_removes_only_finished_transactions_past_retention() {
+    let (_dir, store) = open();
+    let journal = DurableJournal::new(store.clone(), None, "ops");
+    let now = super::records::now_ms();
+    let old = Synthetic {
+        first_ms: now - 60 * DAY_MS,
+        states: vec![
+            TxnState::Committed,
+            TxnState::RolledBack,
+            TxnState::RollbackFailed,
+            TxnState::Running,
+        ],
+        ..Synthetic::default()
+    };
+    let old_ids = synthetic::fill(&*store, &old, 0, 400).await.expect("fill");
+    // A real transaction, finished now, with its records in chunks.
+    let recent = journaled(&journal, "N/A", 50, &[TxnState::Committed]).await;
+    let policy = Retention {
+        max_age: Some(Duration::from_millis(30 * DAY_MS)),
+        max_count: None,
+        audit_max_age: Some(Duration::from_millis(400 * DAY_MS)),
+    };
+    let dry = retention::prune(&*store, &policy, now, None, true)
+        .await
+        .expect("dry run");
+    assert_eq!(dry.transactions.len(), 200);
+    assert_eq!(
+        index::list(&*store, &query(1000))
+            .await
+            .expect("list")
+            .items
+            .len(),
+        401,
+        "a dry run removes nothing"
+    );
+    let audit_before = store.scan(Space::Audit, b"").expect("audit").len();
+    let pruned = retention::prune(&*store, &policy, now, None, false)
+        .await
+        .expect("prune");
+    assert_eq!(pruned.transactions.len(), 200);
+    assert!(pruned
+        .transactions
+        .iter()
+        .all(|s| matches!(s.state, TxnState::Committed | TxnState::RolledBack)));
+    let left = index::list(&*store, &query(1000)).await.expect("list");
+    let mut states: Vec<TxnState> = left.items.iter().map(|s| s.state).collect();
+    states.dedup();
+    assert_eq!(left.items.len(), 201);
+    assert!(left.items.iter().any(|s| s.id == recent));
+    for s in &left.items[1..] {
+        assert!(
+            matches!(s.state, TxnState::RollbackFailed | TxnState::Running),
+            "{s:?}"
+        );
+    }
+    for (i, id) in old_ids.iter().enumerate() {
+        let gone = i % 4 < 2;
+        assert_eq!(
+            store
+                .scan(Space::Journal, id.as_bytes())
+                .expect("scan")
+                .is_empty(),
+            gone,
+            "records of {id}"
+        );
+        assert_eq!(
+            store
+                .get(Space::Txns, id.as_bytes())
+                .expect("get")
+                .is_none(),
+            gone
+        );
+    }
+    // Nothing of a pruned transaction is left in the index.
+    let index_keys = store.scan(Space::Index, b"").expect("scan");
+    assert!(index_keys.iter().all(|(k, _)| !pruned
+        .transactions
+        .iter()
+        .any(|s| k.ends_with(s.id.as_bytes()))));
+    // The audit is kept, under its own retention.
+    assert_eq!(
+        store.scan(Space::Audit, b"").expect("audit").len(),
+        audit_before
+    );
+    let audit_policy = Retention {
+        audit_max_age: Some(Duration::from_millis(30 * DAY_MS)),
+        ..policy
+    };
+    let pruned = retention::prune(&*store, &audit_policy, now, None, false)
+        .await
+        .expect("prune audit");
+    assert!(pruned.transactions.is_empty());
+    // The old rollback_failed ones' entries go too: the audit is its own record.
+    assert_eq!(pruned.audit_entries, 300);
+    assert_eq!(store.scan(Space::Audit, b"").expect("audit").len(), 1);
+    // The real transaction's records are still readable.
+    assert_eq!(
+        recovery::records(&journal, &recent).expect("records").len(),
+        102
+    );
+}
+
+#[tokio::test]
+async fn prune_keeps_the_newest_n_and_stops_at_its_budget() {
+    let (_dir, store) = open();
+    let now = super::records::now_ms();
+    let spec = Synthetic {
+        first_ms: now - DAY_MS,
+        ..Synthetic::default()
+    };
+    let ids = synthetic::fill(&*store, &spec, 0, 300).await.expect("fill");
+    let keep = Retention {
+        max_count: Some(20),
+        ..Retention::default()
+    };
+    let first = retention::prune(&*store, &keep, now, Some(100), false)
+        .await
+        .expect("prune");
+    assert_eq!(first.transactions.len(), 100);
+    assert!(first.more);
+    assert_eq!(first.transactions[0].id, ids[0], "oldest first");
+    let rest = retention::prune(&*store, &keep, now, None, false)
+        .await
+        .expect("prune");
+    assert_eq!(rest.transactions.len(), 180);
+    assert!(!rest.more);
+    let left = index::list(&*store, &query(1000)).await.expect("list");
+    assert_eq!(
+        all(&left),
+        ids.iter().rev().take(20).cloned().collect::<Vec<_>>()
+    );
+    // Nothing to prune: one read of the finish index.
+    let none = retention::prune(&*store, &keep, now, None, false)
+        .await
+        .expect("prune");
+    assert!(none.transactions.is_empty());
+}
+
+#[tokio::test]
+async fn records_stream_in_order_without_reading_ahead() {
+    let (_dir, store) = open();
+    let journal = DurableJournal::new(store.clone(), None, "ops");
+    let id = journaled(
+        &journal,
+        "N/A",
+        3000,
+        &[TxnState::RollingBack, TxnState::RollbackFailed],
+    )
+    .await;
+    // Records written after it finished (a resumed rollback) follow under their own keys.
+    let summary = index::summary(&*store, &id).expect("read").expect("there");
+    journal.adopt(summary, 6003);
+    journal
+        .txn_state(&id, TxnState::RolledBack, Some("resumed"))
+        .await
+        .expect("state");
+    let collected = recovery::records(&journal, &id).expect("records");
+    assert_eq!(collected.len(), 6004);
+    let mut stream = RecordStream::new(&*store, &id);
+    let first: Vec<u64> = stream
+        .by_ref()
+        .take(10)
+        .map(|r| r.expect("reads").0)
+        .collect();
+    assert_eq!(first, (0..10).collect::<Vec<u64>>());
+    assert!(
+        stream.values_read() <= 8,
+        "{} chunks read for 10 records",
+        stream.values_read()
+    );
+    let streamed: Vec<(u64, crate::txn::Record)> = RecordStream::new(&*store, &id)
+        .map(|r| r.expect("reads"))
+        .collect();
+    assert_eq!(streamed, collected);
+    assert!(
+        RecordStream::new(&*store, "0190f1c2-0000-7000-8000-000000000000")
+            .next()
+            .is_none()
+    );
+}
