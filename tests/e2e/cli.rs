@@ -764,7 +764,10 @@ fn plan_says_what_the_run_will_do_and_exits_accordingly() {
             .contains("! will fail: zone contoso.test already exists"),
         "{again:?}"
     );
-    assert!(!again.stdout.contains("(no change)"), "{again:?}");
+    assert!(
+        !again.stdout.contains("already exists (no change)"),
+        "{again:?}"
+    );
     assert!(
         again.stdout.contains("The run would fail at step dns/zone"),
         "{again:?}"
