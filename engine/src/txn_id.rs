@@ -123,6 +123,18 @@ impl PartialEq<&str> for TxnId {
     }
 }
 
+impl PartialEq<String> for TxnId {
+    fn eq(&self, other: &String) -> bool {
+        self.0 == *other
+    }
+}
+
+impl PartialEq<TxnId> for String {
+    fn eq(&self, other: &TxnId) -> bool {
+        *self == other.0
+    }
+}
+
 impl From<TxnId> for String {
     fn from(id: TxnId) -> String {
         id.0

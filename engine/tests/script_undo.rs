@@ -147,7 +147,7 @@ async fn a_failed_script_undo_is_retried_by_resume_rollback() {
     // The operator fixes the cause (raises the limit) and resumes: the undo script runs
     // again, this time to the end.
     let fixed = engine(&w, 1_000_000);
-    let resumed = provisio_engine::txn::resume_rollback(&fixed, &w.journal, &r.txn_id)
+    let resumed = provisio_engine::txn::resume_rollback(&fixed, &w.journal, r.txn_id.as_str())
         .await
         .expect("resumes");
     assert_eq!(
@@ -165,7 +165,7 @@ async fn a_failed_script_undo_is_retried_by_resume_rollback() {
         w.rec.log()
     );
     // Once rolled back, there is nothing left to resume.
-    let again = provisio_engine::txn::resume_rollback(&fixed, &w.journal, &r.txn_id).await;
+    let again = provisio_engine::txn::resume_rollback(&fixed, &w.journal, r.txn_id.as_str()).await;
     assert!(again.is_err(), "{again:?}");
 }
 
@@ -187,7 +187,7 @@ async fn a_script_undo_without_the_seal_key_is_kept_for_the_operator() {
         EngineOptions::default(),
     )
     .with_journal(keyless.clone());
-    let out = provisio_engine::txn::resume_rollback(&e, &keyless, &r.txn_id)
+    let out = provisio_engine::txn::resume_rollback(&e, &keyless, r.txn_id.as_str())
         .await
         .expect("runs");
     assert_eq!((out.to, out.undone), (TxnState::RollbackFailed, 0));

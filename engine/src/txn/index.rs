@@ -69,19 +69,19 @@ fn keyed(tag: u8, field: Option<&str>, ms: u64, id: &str) -> Vec<u8> {
 }
 
 fn state_key(s: &TxnSummary, state: TxnState) -> Vec<u8> {
-    keyed(BY_STATE, Some(state.name()), s.started_ms, &s.id)
+    keyed(BY_STATE, Some(state.name()), s.started_ms, s.id.as_str())
 }
 
 /// Every index key of a transaction with this summary.
 pub(crate) fn keys_of(s: &TxnSummary) -> Vec<Vec<u8>> {
     let mut keys = vec![
-        keyed(BY_START, None, s.started_ms, &s.id),
+        keyed(BY_START, None, s.started_ms, s.id.as_str()),
         state_key(s, s.state),
-        keyed(BY_PROCEDURE, Some(&s.target), s.started_ms, &s.id),
-        keyed(BY_SUBJECT, Some(&s.who), s.started_ms, &s.id),
+        keyed(BY_PROCEDURE, Some(&s.target), s.started_ms, s.id.as_str()),
+        keyed(BY_SUBJECT, Some(&s.who), s.started_ms, s.id.as_str()),
     ];
     if prunable(s.state) {
-        keys.push(keyed(BY_FINISH, None, s.updated_ms, &s.id));
+        keys.push(keyed(BY_FINISH, None, s.updated_ms, s.id.as_str()));
     }
     keys
 }
@@ -104,7 +104,7 @@ pub(crate) fn summary_written(batch: &mut Batch, previous: Option<TxnState>, s: 
             if prunable(s.state) {
                 batch.put(
                     Space::Index,
-                    keyed(BY_FINISH, None, s.updated_ms, &s.id),
+                    keyed(BY_FINISH, None, s.updated_ms, s.id.as_str()),
                     Vec::new(),
                 );
             }
@@ -319,7 +319,7 @@ pub async fn list(store: &dyn Store, query: &TxnQuery) -> Result<TxnPage, QueryE
     }
     // A full page may have more after it; the next page tells (it may be empty).
     let next = (items.len() == limit)
-        .then(|| items.last().map(|s| s.id.clone()))
+        .then(|| items.last().map(|s| s.id.to_string()))
         .flatten();
     Ok(TxnPage {
         items,

@@ -11,6 +11,7 @@ use crate::exec::{Journal, StepDone, StepIntent, TxnStart, TxnState};
 use crate::model::ProcKind;
 use crate::provider::CallContext;
 use crate::store::{KeyRange, SledStore, Space, Store};
+use crate::TxnId;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,8 +30,8 @@ async fn journaled(
     target: &str,
     steps: usize,
     end: &[TxnState],
-) -> String {
-    let id = uuid::Uuid::now_v7().to_string();
+) -> TxnId {
+    let id = TxnId::new_v7();
     let data = Element::new("data");
     let start = TxnStart {
         txn_id: &id,
@@ -88,7 +89,7 @@ async fn journaled(
 }
 
 fn all(list: &index::TxnPage) -> Vec<String> {
-    list.items.iter().map(|s| s.id.clone()).collect()
+    list.items.iter().map(|s| s.id.to_string()).collect()
 }
 
 fn query(limit: usize) -> TxnQuery {
@@ -124,8 +125,14 @@ async fn the_journal_keeps_the_index_as_states_change() {
         state: Some(st),
         ..query(10)
     };
-    assert_eq!(by(state(TxnState::Committed)).await, vec![committed.clone()]);
-    assert_eq!(by(state(TxnState::RollbackFailed)).await, vec![failed.clone()]);
+    assert_eq!(
+        by(state(TxnState::Committed)).await,
+        vec![committed.clone()]
+    );
+    assert_eq!(
+        by(state(TxnState::RollbackFailed)).await,
+        vec![failed.clone()]
+    );
     assert_eq!(by(state(TxnState::Running)).await, vec![running.clone()]);
     assert!(by(state(TxnState::RollingBack)).await.is_empty());
     let procedure = TxnQuery {
@@ -421,7 +428,9 @@ async fn records_stream_in_order_without_reading_ahead() {
     )
     .await;
     // Records written after it finished (a resumed rollback) follow under their own keys.
-    let summary = index::summary(&*store, &id).expect("read").expect("there");
+    let summary = index::summary(&*store, id.as_str())
+        .expect("read")
+        .expect("there");
     journal.adopt(summary, 6003);
     journal
         .txn_state(&id, TxnState::RolledBack, Some("resumed"))
@@ -445,9 +454,10 @@ async fn records_stream_in_order_without_reading_ahead() {
         .map(|r| r.expect("reads"))
         .collect();
     assert_eq!(streamed, collected);
-    assert!(
-        RecordStream::new(&*store, "0190f1c2-0000-7000-8000-000000000000")
-            .next()
-            .is_none()
-    );
+    assert!(RecordStream::new(
+        &*store,
+        &"0190f1c2-0000-7000-8000-000000000000".parse().unwrap()
+    )
+    .next()
+    .is_none());
 }

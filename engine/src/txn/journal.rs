@@ -441,7 +441,9 @@ impl DurableJournal {
             // those that never reached disk. Every earlier record of the transaction was
             // written before this one, so the store returns them all (at most a chunk's
             // worth: the others are chunks already).
-            let earlier = self.store.scan(Space::Journal, &record_prefix(txn_id.as_str()))?;
+            let earlier = self
+                .store
+                .scan(Space::Journal, &record_prefix(txn_id.as_str()))?;
             let mut records: Vec<(u64, &[u8])> = Vec::with_capacity(earlier.len() + 1);
             for (k, v) in &earlier {
                 match JournalKey::parse(txn_id, k) {
@@ -572,7 +574,11 @@ impl Journal for DurableJournal {
             masked: start.secret,
         };
         for (index, chunk) in chunks.into_iter().enumerate() {
-            extra.put(Space::Journal, data_key(start.txn_id.as_str(), index as u64), chunk);
+            extra.put(
+                Space::Journal,
+                data_key(start.txn_id.as_str(), index as u64),
+                chunk,
+            );
         }
         let pinned = PinnedDefinitions {
             format: FORMAT,

@@ -2,10 +2,10 @@
 //! call in a [`Store`](crate::store::Store), secrets sealed; recovery finishes whatever a
 //! crash left running; inspection reads it back for `provisio tx`.
 
-pub(crate) mod packed;
 pub mod index;
 #[cfg(test)]
 mod inspect_tests;
+pub(crate) mod packed;
 pub mod records;
 pub mod retention;
 pub(crate) mod seal;

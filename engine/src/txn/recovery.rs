@@ -333,7 +333,7 @@ pub async fn resolve_step(
             key,
             serde_json::to_vec(&audit).map_err(|e| RecoveryError::Journal {
                 txn: s.id.clone(),
-                source: JournalError(e.to_string()),
+                source: JournalError::other(e),
             })?,
         );
         journal
@@ -346,7 +346,7 @@ pub async fn resolve_step(
         attempts.push(c.context.attempt);
     }
     Ok(Resolution {
-        txn_id: s.id,
+        txn_id: s.id.to_string(),
         step: step.to_string(),
         attempts,
         was: open[0].1,
@@ -538,7 +538,7 @@ fn journaled_calls(txn_id: &TxnId, records: &[(u64, Record)]) -> Vec<JournaledCa
                 calls.push(JournaledCall {
                     intent_seq: *seq,
                     context: CallContext {
-                        txn_id: txn_id.to_string(),
+                        txn_id: txn_id.clone(),
                         step_id: step.clone(),
                         attempt: 1,
                         namespace: SCRIPT_NAMESPACE.to_string(),

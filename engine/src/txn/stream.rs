@@ -10,6 +10,7 @@
 use super::records::{decode_records, JournalKey, Record, CHUNK_TAG};
 use super::recovery::RecoveryError;
 use crate::store::{prefix_end, KeyRange, Space, Store};
+use crate::TxnId;
 use std::collections::VecDeque;
 
 /// Store keys read per call (a chunk holds at most a few KiB of records).
@@ -31,7 +32,7 @@ enum Phase {
 /// when asked for: the stream holds at most [`KEYS_PER_READ`] store values.
 pub struct RecordStream<'a> {
     store: &'a dyn Store,
-    txn_id: String,
+    txn_id: TxnId,
     phase: Phase,
     /// The next key to read in the current phase.
     from: Vec<u8>,
@@ -52,10 +53,10 @@ impl std::fmt::Debug for RecordStream<'_> {
 
 impl<'a> RecordStream<'a> {
     /// The records of `txn_id` in `store`.
-    pub fn new(store: &'a dyn Store, txn_id: &str) -> RecordStream<'a> {
+    pub fn new(store: &'a dyn Store, txn_id: &TxnId) -> RecordStream<'a> {
         RecordStream {
             store,
-            txn_id: txn_id.to_string(),
+            txn_id: txn_id.clone(),
             phase: Phase::Whole,
             from: Vec::new(),
             buffer: VecDeque::new(),
@@ -70,7 +71,7 @@ impl<'a> RecordStream<'a> {
 
     fn bad(&self, source: super::records::DecodeError) -> RecoveryError {
         RecoveryError::Record {
-            txn: self.txn_id.clone(),
+            txn: self.txn_id.to_string(),
             source,
         }
     }

@@ -53,7 +53,7 @@ pub async fn fill(
     let mut ids = Vec::with_capacity(count);
     let mut batch = Batch::new();
     for n in first..first + count {
-        let id = uuid::Uuid::now_v7().to_string();
+        let id = crate::TxnId::new_v7();
         let started_ms = spec.first_ms + n as u64 * spec.step_ms;
         let pick = |v: &[String]| v[n % v.len()].clone();
         let state = spec.states[n % spec.states.len()];
@@ -121,7 +121,7 @@ pub async fn fill(
                 serde_json::to_vec(&audit).expect("audit encodes"),
             );
         }
-        ids.push(id);
+        ids.push(id.to_string());
         if ids.len() % PER_WRITE == 0 {
             store.write(std::mem::take(&mut batch), false).await?;
         }
