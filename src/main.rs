@@ -129,6 +129,16 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(commands::dispatch(cli)) {
         Ok(code) => ExitCode::from(code.code()),
+        // A reader that closed the pipe (`provisio tx list | head`) ends the output: the
+        // command's work stands, nothing to report.
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            ExitCode::from(Exit::Ok.code())
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             let code = if e.downcast_ref::<load::StoreBusy>().is_some() {

@@ -183,7 +183,10 @@ async fn overwrite_replaces_and_undo_restores_the_old_bytes_and_mode() {
         "WriteFile",
         &[("path", "site/index.html"), ("content", "new")],
     );
-    assert!(p.preview(&c).await.is_err(), "plan must not promise it");
+    assert!(
+        matches!(p.preview(&c).await, Ok(Preview::Fail(s)) if s.contains("overwrite: true")),
+        "plan must not promise it"
+    );
 
     let inputs = [
         ("path", "site/index.html"),

@@ -56,7 +56,7 @@ pub(crate) fn batch_request(calls: &[Value]) -> Result<Value, String> {
                 }],
                 "after": [{
                     "source": "executeData", "destination": "data", "destinationPath": id,
-                    "mode": "replace", "ifNull": "ignore",
+                    "mode": "merge", "ifNull": "ignore",
                 }],
             }),
         );

@@ -325,7 +325,9 @@ impl DurableJournal {
     }
 
     /// Adopts a transaction found at recovery, so further records continue its sequence.
-    pub(crate) fn adopt(&self, summary: TxnSummary, next_seq: u64) {
+    pub(crate) fn adopt(&self, mut summary: TxnSummary, next_seq: u64) {
+        // The summary is written again in today's format with the next state change.
+        summary.format = FORMAT;
         lock(&self.live).insert(
             summary.id.clone(),
             Live {

@@ -471,7 +471,7 @@ mod tests {
         assert_eq!(
             r,
             json!({"id": 7, "method": "execute", "procedure": "Credit",
-                   "idempotencyKey": "t1/s/a/2",
+                   "idempotencyKey": "t1/s/a",
                    "context": {"txnId": "t1", "stepId": "s/a", "attempt": 2,
                                "namespace": "Ledger Provider"},
                    "providerContext": null, "executeData": {"name": "ann"}})
