@@ -6,6 +6,7 @@ mod config;
 mod crash;
 mod files;
 mod operator;
+mod retention;
 mod script;
 mod store;
 mod util;
