@@ -182,7 +182,7 @@ async fn a_wide_request_is_journaled_once_at_about_its_size() {
     };
     assert!(!stored.masked);
     assert!(stored.chunks > 100, "{} chunks", stored.chunks);
-    let back = journal.stored_data(result.txn_id.as_str(), stored).unwrap();
+    let back = journal.stored_data(&result.txn_id, stored).unwrap();
     assert_eq!(back, req.data, "the stored data reads back exactly");
     drop(engine);
     drop(journal);

@@ -246,23 +246,9 @@ impl DurableJournal {
         &self.store
     }
 
-    /// Keeps data that may hold secrets: plain, sealed, or withheld.
-    pub(crate) fn guard(&self, e: &Element, secret: bool) -> Guarded {
-        if !secret {
-            return Guarded::Plain(e.clone());
-        }
-        match &self.seal {
-            Some(key) => Guarded::Sealed(key.seal(&serde_json::to_vec(e).unwrap_or_default())),
-            None => Guarded::Withheld,
-        }
-    }
-
-    /// Keeps JSON that may hold secrets (a script undo's inputs): plain, sealed, or withheld.
-    pub(crate) fn guard_json(
-        &self,
-        v: &serde_json::Value,
-        secret: bool,
-    ) -> Guarded<serde_json::Value> {
+    /// Keeps data that may hold secrets (an element, or a script undo's JSON inputs): plain,
+    /// sealed, or withheld.
+    pub(crate) fn guard<T: serde::Serialize + Clone>(&self, v: &T, secret: bool) -> Guarded<T> {
         if !secret {
             return Guarded::Plain(v.clone());
         }
@@ -272,29 +258,16 @@ impl DurableJournal {
         }
     }
 
-    /// Opens guarded JSON.
-    pub(crate) fn unguard_json(
-        &self,
-        g: &Guarded<serde_json::Value>,
-    ) -> Result<serde_json::Value, GuardError> {
-        match g {
-            Guarded::Plain(v) => Ok(v.clone()),
-            Guarded::Sealed(s) => {
-                let key = self.seal.as_ref().ok_or(GuardError::NoSealKey)?;
-                let bytes = key.open(s)?;
-                serde_json::from_slice(&bytes).map_err(GuardError::NotAnElement)
-            }
-            Guarded::Withheld => Err(GuardError::Withheld),
-        }
-    }
-
     /// Who this process runs as (recorded with what it journals).
     pub(crate) fn who(&self) -> &str {
         &self.who
     }
 
-    /// Opens guarded data.
-    pub fn unguard(&self, g: &Guarded) -> Result<Element, GuardError> {
+    /// Opens guarded data (an element, or a script undo's JSON inputs).
+    pub fn unguard<T: serde::de::DeserializeOwned + Clone>(
+        &self,
+        g: &Guarded<T>,
+    ) -> Result<T, GuardError> {
         match g {
             Guarded::Plain(e) => Ok(e.clone()),
             Guarded::Sealed(s) => {
@@ -310,7 +283,7 @@ impl DurableJournal {
     /// `started_v2` record and format-2 pinned definitions refer to it).
     pub fn stored_data(
         &self,
-        txn_id: &str,
+        txn_id: &TxnId,
         stored: &StoredData,
     ) -> Result<Element, StoredDataError> {
         let mut bytes = Vec::with_capacity(usize::try_from(stored.bytes).unwrap_or(0));
@@ -443,9 +416,7 @@ impl DurableJournal {
             // those that never reached disk. Every earlier record of the transaction was
             // written before this one, so the store returns them all (at most a chunk's
             // worth: the others are chunks already).
-            let earlier = self
-                .store
-                .scan(Space::Journal, &record_prefix(txn_id.as_str()))?;
+            let earlier = self.store.scan(Space::Journal, &record_prefix(txn_id))?;
             let mut records: Vec<(u64, &[u8])> = Vec::with_capacity(earlier.len() + 1);
             for (k, v) in &earlier {
                 match JournalKey::parse(txn_id, k) {
@@ -576,11 +547,7 @@ impl Journal for DurableJournal {
             masked: start.secret,
         };
         for (index, chunk) in chunks.into_iter().enumerate() {
-            extra.put(
-                Space::Journal,
-                data_key(start.txn_id.as_str(), index as u64),
-                chunk,
-            );
+            extra.put(Space::Journal, data_key(start.txn_id, index as u64), chunk);
         }
         let pinned = PinnedDefinitions {
             format: FORMAT,
@@ -676,7 +643,7 @@ impl Journal for DurableJournal {
                 line: origin.line,
                 column: origin.column,
             },
-            vars: self.guard_json(d.vars, d.secret),
+            vars: self.guard(d.vars, d.secret),
         };
         // Durable before the transaction goes on: the undo script is the only record of
         // what the step's undo needs (its nested calls have their own records).
@@ -825,7 +792,7 @@ mod tests {
         }
         let per_record = |store: &crate::store::SledStore| {
             store
-                .scan(Space::Journal, &record_prefix(txn.as_str()))
+                .scan(Space::Journal, &record_prefix(txn))
                 .unwrap()
                 .len()
         };

@@ -122,7 +122,7 @@ pub(crate) const DATA_TAG: u8 = b'D';
 pub(crate) const DATA_CHUNK_BYTES: usize = 6 * 1024;
 
 /// The journal key of chunk `index` of a transaction's request data.
-pub(crate) fn data_key(txn_id: &str, index: u64) -> Vec<u8> {
+pub(crate) fn data_key(txn_id: &TxnId, index: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(TXN_ID_LEN + 9);
     k.extend_from_slice(txn_id.as_bytes());
     k.push(DATA_TAG);
@@ -133,7 +133,7 @@ pub(crate) fn data_key(txn_id: &str, index: u64) -> Vec<u8> {
 /// The prefix of the keys of a transaction's single records (sequence numbers below
 /// 2^56, so their first byte is 0): a scan of it skips the chunks of compacted records and
 /// of the request's data.
-pub(crate) fn record_prefix(txn_id: &str) -> Vec<u8> {
+pub(crate) fn record_prefix(txn_id: &TxnId) -> Vec<u8> {
     let mut k = Vec::with_capacity(TXN_ID_LEN + 1);
     k.extend_from_slice(txn_id.as_bytes());
     k.push(0);

@@ -775,7 +775,7 @@ fn script_undo(
     record: &ScriptUndoRecord,
     vars: &Guarded<serde_json::Value>,
 ) -> Result<Arc<dyn Provider>, String> {
-    let vars = journal.unguard_json(vars).map_err(|e| e.to_string())?;
+    let vars = journal.unguard(vars).map_err(|e| e.to_string())?;
     let origin = ScriptOrigin::new(record.file.clone(), record.line, record.column);
     journaled_script_undo(
         engine.catalog().script_engine(),
@@ -1009,7 +1009,7 @@ fn load_pinned(journal: &DurableJournal, txn_id: &TxnId) -> Result<Pinned, Stop>
         // Format 2: the data as received is the copy stored beside the records.
         Some(stored) => Guarded::Plain(
             journal
-                .stored_data(txn_id.as_str(), stored)
+                .stored_data(txn_id, stored)
                 .map_err(|e| NotResumable::DataUnreadable(e.to_string()))?,
         ),
         None => pinned.request,
