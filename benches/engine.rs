@@ -14,12 +14,12 @@
 mod support;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use provisio_engine::compile::{compile_procedure, compile_request, Limits};
 use provisio_engine::data::xml;
 use provisio_engine::data::Element;
-use provisio_engine::exec::TxnState;
 use provisio_engine::model::{CallTarget, Format};
 use provisio_engine::request::{parse_namespaces, parse_request};
+use provisio_engine::TxnState;
+use provisio_engine::{compile_procedure, compile_request, Limits};
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
@@ -368,7 +368,7 @@ fn parse_growth(c: &mut Criterion) {
 
 /// A compiled rhai condition evaluated over a small and a 2,000-user data tree.
 fn script_condition(c: &mut Criterion) {
-    use provisio_engine::script::{ScriptEngine, ScriptOrigin, Vars};
+    use provisio_engine::{ScriptEngine, ScriptOrigin, Vars};
     use serde_json::json;
     let e = ScriptEngine::default();
     let users: Vec<serde_json::Value> = (0..2000)

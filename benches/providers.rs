@@ -14,11 +14,11 @@ mod support;
 
 use anyhow::{anyhow, bail, Result};
 use criterion::{criterion_group, Criterion, Throughput};
-use provisio_engine::compile::Catalog;
-use provisio_engine::exec::{Engine, Journal, TxnState};
 use provisio_engine::model::Format;
 use provisio_engine::provider::ProviderRegistry;
 use provisio_engine::request::parse_namespaces;
+use provisio_engine::Catalog;
+use provisio_engine::{Engine, Journal, TxnState};
 use provisio_providers::dns::{DnsProvider, Rfc2136Config};
 use provisio_providers::filesystem::FilesystemProvider;
 use provisio_test_support::bind::{which, Named, ZONE};

@@ -18,7 +18,7 @@ mod support;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use provisio_engine::data::Element;
-use provisio_engine::exec::TxnState;
+use provisio_engine::TxnState;
 use std::hint::black_box;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;

@@ -15,9 +15,9 @@ mod support;
 
 use anyhow::{anyhow, bail, Result};
 use provisio_engine::data::Element;
-use provisio_engine::exec::TxnState;
-use provisio_engine::store::SledStore;
 use provisio_engine::txn::DurableJournal;
+use provisio_engine::SledStore;
+use provisio_engine::TxnState;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -21,14 +21,14 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use provisio_engine::compile::Catalog;
-use provisio_engine::exec::{Engine, EngineOptions, Journal, TxnState};
 use provisio_engine::model::Format;
 use provisio_engine::provider::ProviderRegistry;
 use provisio_engine::request::parse_request;
-use provisio_engine::store::SledStore;
 use provisio_engine::testing::RecordingProvider;
 use provisio_engine::txn::DurableJournal;
+use provisio_engine::Catalog;
+use provisio_engine::SledStore;
+use provisio_engine::{Engine, EngineOptions, Journal, TxnState};
 use provisio_providers::filesystem::FilesystemProvider;
 use std::fmt::Write as _;
 use std::path::Path;

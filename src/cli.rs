@@ -1,7 +1,7 @@
 //! Command-line arguments (clap derive): the doc comments here are `--help`.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use provisio_engine::exec::TxnState;
+use provisio_engine::TxnState;
 use std::path::PathBuf;
 
 const AFTER_HELP: &str = "\

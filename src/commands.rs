@@ -8,15 +8,15 @@ use crate::config::Config;
 use crate::{load, Exit};
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
-use provisio_engine::compile::graph::{render, GraphFormat};
-use provisio_engine::compile::{check_catalog, compile_procedure, Catalog};
 use provisio_engine::data::xml;
-use provisio_engine::exec::{Event, TxnState};
 use provisio_engine::model::{CallTarget, Format, Namespace, SourceRef};
+use provisio_engine::plan::{render, GraphFormat};
 use provisio_engine::provider::Preview;
 use provisio_engine::request::{self, ParseError};
 use provisio_engine::response;
 use provisio_engine::txn::{Guarded, Record, TxnSummary};
+use provisio_engine::{check_catalog, compile_procedure, Catalog};
+use provisio_engine::{Event, TxnState};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -187,7 +187,7 @@ fn to_format(o: OutputFormat) -> Format {
 }
 
 /// What a plan says the run will do, for the exit status.
-fn plan_exit(entries: &[provisio_engine::exec::PlanEntry], detailed: bool) -> Exit {
+fn plan_exit(entries: &[provisio_engine::PlanEntry], detailed: bool) -> Exit {
     let fails = entries
         .iter()
         .any(|e| matches!(e.preview, Preview::Fail(_)));
@@ -394,9 +394,7 @@ async fn validate(config: &Config, args: &ValidateArgs) -> Result<Exit> {
         for f in &request_files {
             match request::load_request_file(f) {
                 Ok(req) => {
-                    if let Err(errors) =
-                        provisio_engine::compile::compile_request(catalog, &req, &limits)
-                    {
+                    if let Err(errors) = provisio_engine::compile_request(catalog, &req, &limits) {
                         messages.push(errors.to_string());
                     }
                 }
@@ -539,7 +537,7 @@ async fn namespaces(config: &Config, args: &NamespacesArgs) -> Result<Exit> {
 
 /// Runs recovery before new work, telling the operator what it found.
 async fn recover_quietly(
-    engine: &provisio_engine::exec::Engine,
+    engine: &provisio_engine::Engine,
     journal: &std::sync::Arc<provisio_engine::txn::DurableJournal>,
 ) -> Result<()> {
     let found = provisio_engine::txn::recover(engine, journal).await?;

@@ -10,9 +10,9 @@
 
 use crate::Exit;
 use anyhow::{Context, Result};
-use provisio_engine::exec::Engine;
 use provisio_engine::model::{Access, Format};
-use provisio_engine::script::{DriverHost, ScriptEngine, ScriptLimits, ScriptOrigin};
+use provisio_engine::Engine;
+use provisio_engine::{DriverHost, ScriptEngine, ScriptLimits, ScriptOrigin};
 use serde_json::Value;
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
@@ -208,7 +208,7 @@ impl DriverHost for InProcess {
                 }));
             }
         };
-        if result.state != provisio_engine::exec::TxnState::Committed {
+        if result.state != provisio_engine::TxnState::Committed {
             lock(&self.not_committed).push(format!(
                 "{} ({} {})",
                 target_of(&request),

@@ -4,13 +4,13 @@
 use crate::cli::{Cli, Command};
 use crate::config::{Config, DnsBackendKind, Loaded, Overrides};
 use anyhow::{bail, Context, Result};
-use provisio_engine::compile::Catalog;
-use provisio_engine::exec::{Engine, EngineOptions};
 use provisio_engine::model::{Format, Namespace, Request, SourceRef};
 use provisio_engine::provider::ProviderRegistry;
 use provisio_engine::request::{self, ParseError};
-use provisio_engine::store::{SledStore, StoreError};
 use provisio_engine::txn::{DurableJournal, SealKey};
+use provisio_engine::Catalog;
+use provisio_engine::{Engine, EngineOptions};
+use provisio_engine::{SledStore, StoreError};
 use provisio_providers::dns::{DnsProvider, Rfc2136Config, RndcConfig};
 use provisio_providers::exec::{ExecConfig, ExecProvider};
 use provisio_providers::filesystem::{FilesystemOptions, FilesystemProvider, IdRanges};

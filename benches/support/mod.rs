@@ -5,9 +5,7 @@
 
 use anyhow::{anyhow, Context as _, Result};
 use async_trait::async_trait;
-use provisio_engine::compile::Catalog;
 use provisio_engine::data::Element;
-use provisio_engine::exec::{Engine, EngineOptions, Journal, TxnResult, TxnState};
 use provisio_engine::model::{
     Access, CallTarget, ExecuteStep, Format, Namespace, Ordering, Procedure, Request,
     RequestTarget, SourceRef, Step,
@@ -16,9 +14,11 @@ use provisio_engine::provider::{
     Call, Done, Outcome, ProcedureSpec, Provider, ProviderError, ProviderRegistry, UndoKind,
 };
 use provisio_engine::request::parse_namespaces;
-use provisio_engine::store::SledStore;
 use provisio_engine::testing::RecordingProvider;
 use provisio_engine::txn::DurableJournal;
+use provisio_engine::Catalog;
+use provisio_engine::SledStore;
+use provisio_engine::{Engine, EngineOptions, Journal, TxnResult, TxnState};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::Arc;

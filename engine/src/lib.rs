@@ -16,36 +16,65 @@
 //!   [`CallContext`], [`Done`], [`Outcome`], [`Preview`], [`UndoKind`], [`ProviderError`],
 //!   and the data tree [`Element`] / [`Scalar`];
 //! - durability: [`Store`], [`SledStore`], [`StoreError`], [`DurableJournal`], [`SealKey`],
-//!   with [`recover`] and [`resume_rollback`] after a crash.
+//!   with [`recover`] and [`resume_rollback`] after a crash; a journal of one's own
+//!   implements [`Journal`];
+//! - inspecting what the compiler made of a request: [`compile_request`], [`Program`] and the
+//!   [`plan`] module (steps, edges, the graph renderer);
+//! - scripting: [`ScriptEngine`], [`ScriptLimits`], [`DriverHost`].
 //!
-//! The modules stay public for the finer parts (the journal's record types, the data-tree
-//! transforms, the script host, the error codes in [`codes`]); everything else is private
-//! to the crate.
+//! Six modules are public namespaces because their contents belong together and read best
+//! qualified: [`codes`] (HRESULT codes), [`data`] (the data tree and its transforms),
+//! [`model`] (the definitions as parsed), [`provider`] (everything a provider implements),
+//! [`request`] (parsing and loading definition files), [`response`] (rendering a result) and
+//! [`txn`] (the journal's records, recovery, retention, the index). The compiler, the
+//! executor, the script host and the store are private: what they offer is re-exported
+//! here, and nothing else of theirs is reachable.
 
 pub mod codes;
-pub mod compile;
+mod compile;
 pub mod data;
-pub mod exec;
+mod exec;
 pub mod model;
 pub mod provider;
 pub mod request;
 pub mod response;
-pub mod script;
-pub mod store;
+mod script;
+mod store;
 #[cfg(feature = "test-util")]
 pub mod testing;
 pub mod txn;
 mod txn_id;
 
-pub use compile::Catalog;
+pub use compile::{
+    check_catalog, compile_procedure, compile_request, Catalog, CompileError, CompileErrors,
+    Limits, Program,
+};
 pub use data::{Element, Scalar};
-pub use exec::{Engine, EngineOptions, Event, TxnResult, TxnState};
+pub use exec::{
+    Engine, EngineOptions, ErrorSource, Event, Failure, Journal, JournalError, NoJournal,
+    PlanEntry, RunError, ScriptUndoDone, StepDone, StepIntent, TxnResult, TxnStart, TxnState,
+    UndoFailure,
+};
 pub use model::{Format, Namespace, Request};
 pub use provider::{
     Call, CallContext, Done, Outcome, Preview, ProcedureSpec, Provider, ProviderError,
     ProviderRegistry, UndoKind,
 };
 pub use request::{parse_namespaces, parse_request, ParseError};
-pub use store::{SledStore, Store, StoreError};
+pub use script::{
+    CompiledScript, DriverHost, ScriptEngine, ScriptError, ScriptHost, ScriptLimits, ScriptOrigin,
+    Vars,
+};
+pub use store::{prefix_end, Batch, KeyRange, KeyValue, SledStore, Space, Store, StoreError};
 pub use txn::{recover, resume_rollback, DurableJournal, SealKey};
 pub use txn_id::{TxnId, TxnIdError};
+
+/// What the compiler makes of a procedure: its steps, the edges between them and why, and a
+/// renderer for `provisio graph`.
+pub mod plan {
+    pub use crate::compile::graph::{render, GraphFormat};
+    pub use crate::compile::{
+        Body, CompiledProcedure, Dep, ExecNode, Leaf, Plan, PlanNode, ScriptNode, SelectNode,
+        TryNode,
+    };
+}

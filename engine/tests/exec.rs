@@ -1,11 +1,12 @@
 //! Compile + execute through the public API: YAML namespaces and requests run against the
 //! in-process `RecordingProvider`, checking resources, the call/undo log, errors and plans.
 
-use provisio_engine::compile::{Body, CompileError, Dep, Limits};
-use provisio_engine::exec::{EngineOptions, Journal, JournalError, RunError, TxnResult, TxnState};
 use provisio_engine::model::{Format, Namespace, Step};
+use provisio_engine::plan::{Body, Dep};
 use provisio_engine::provider::Preview;
 use provisio_engine::request::parse_namespaces;
+use provisio_engine::{CompileError, Limits};
+use provisio_engine::{EngineOptions, Journal, JournalError, RunError, TxnResult, TxnState};
 use serde_json::json;
 use std::time::Duration;
 
@@ -1675,17 +1676,14 @@ impl Journal for Shown {
         self.push(format!("state {m:?}"));
         Ok(())
     }
-    async fn step_intent(
-        &self,
-        i: &provisio_engine::exec::StepIntent<'_>,
-    ) -> Result<(), JournalError> {
+    async fn step_intent(&self, i: &provisio_engine::StepIntent<'_>) -> Result<(), JournalError> {
         self.push(format!(
             "intent {}",
             provisio_engine::data::json::to_json(i.input)
         ));
         Ok(())
     }
-    async fn step_done(&self, d: &provisio_engine::exec::StepDone<'_>) -> Result<(), JournalError> {
+    async fn step_done(&self, d: &provisio_engine::StepDone<'_>) -> Result<(), JournalError> {
         self.push(format!(
             "done {}",
             provisio_engine::data::json::to_json(d.output)

@@ -3,18 +3,18 @@
 //! read, recovered and resumed with today's code.
 
 use async_trait::async_trait;
-use provisio_engine::compile::Catalog;
 use provisio_engine::data::Element;
-use provisio_engine::exec::{Engine, EngineOptions, TxnState};
 use provisio_engine::model::{Format, InputSpec, ProcKind};
 use provisio_engine::provider::{
     Call, Done, Outcome, ProcedureSpec, Provider, ProviderError, ProviderRegistry, UndoKind,
 };
 use provisio_engine::request::parse_namespaces;
-use provisio_engine::store::{Batch, KeyValue, SledStore, Space, Store, StoreError};
 use provisio_engine::testing::RecordingProvider;
 use provisio_engine::txn::records::{decode, AuditEntry, FORMAT};
 use provisio_engine::txn::{recovery, DurableJournal, Guarded, Record, SealKey};
+use provisio_engine::Catalog;
+use provisio_engine::{Batch, KeyValue, SledStore, Space, Store, StoreError};
+use provisio_engine::{Engine, EngineOptions, TxnState};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;

@@ -4,14 +4,14 @@
 //! multi-megabyte value made sled rewrite that value hundreds of times (378 MB on disk for
 //! 7 MB of records).
 
-use provisio_engine::compile::Catalog;
-use provisio_engine::exec::{Engine, EngineOptions, Journal, TxnState};
 use provisio_engine::model::Format;
 use provisio_engine::provider::ProviderRegistry;
 use provisio_engine::request::parse_request;
-use provisio_engine::store::{SledStore, Space, Store};
 use provisio_engine::testing::RecordingProvider;
 use provisio_engine::txn::{recovery, DurableJournal, Record};
+use provisio_engine::Catalog;
+use provisio_engine::{Engine, EngineOptions, Journal, TxnState};
+use provisio_engine::{SledStore, Space, Store};
 use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::Arc;

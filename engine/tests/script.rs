@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use provisio_engine::script::{
+use provisio_engine::{
     CompiledScript, DriverHost, ScriptEngine, ScriptError, ScriptHost, ScriptLimits, ScriptOrigin,
     Vars,
 };

@@ -3,10 +3,11 @@
 //! `RecordingProvider`. The examples are those of `docs/scripting.md` ("Scripts in
 //! definitions").
 
-use provisio_engine::compile::{Body, CompileError, Dep, PlanNode};
-use provisio_engine::exec::TxnState;
 use provisio_engine::model::{Format, Namespace};
+use provisio_engine::plan::{Body, Dep, PlanNode};
 use provisio_engine::request::parse_namespaces;
+use provisio_engine::CompileError;
+use provisio_engine::TxnState;
 use serde_json::json;
 
 mod support;

@@ -2,15 +2,15 @@
 //! transaction holds secrets), so `resume_rollback` retries a failed one and recovery can run
 //! one after the process is gone, exactly like a provider's undo.
 
-use provisio_engine::compile::Catalog;
-use provisio_engine::exec::{Engine, EngineOptions, TxnState};
 use provisio_engine::model::Format;
 use provisio_engine::provider::ProviderRegistry;
 use provisio_engine::request::{parse_namespaces, parse_request};
-use provisio_engine::script::ScriptLimits;
-use provisio_engine::store::{SledStore, Space, Store};
 use provisio_engine::testing::RecordingProvider;
 use provisio_engine::txn::{recovery, DurableJournal, Guarded, Record, SealKey};
+use provisio_engine::Catalog;
+use provisio_engine::ScriptLimits;
+use provisio_engine::{Engine, EngineOptions, TxnState};
+use provisio_engine::{SledStore, Space, Store};
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -8,14 +8,14 @@
 mod support;
 
 use async_trait::async_trait;
-use provisio_engine::compile::Catalog;
 use provisio_engine::data::Element;
-use provisio_engine::exec::{Engine, EngineOptions, TxnResult, TxnState};
 use provisio_engine::model::Format;
 use provisio_engine::provider::{
     Call, Done, Outcome, Preview, ProcedureSpec, Provider, ProviderError, ProviderRegistry,
 };
 use provisio_engine::request::{parse_namespaces, parse_request};
+use provisio_engine::Catalog;
+use provisio_engine::{Engine, EngineOptions, TxnResult, TxnState};
 use provisio_providers::dns::{DnsProvider, Rfc2136Config};
 use provisio_providers::exec::{ExecConfig, ExecProvider};
 use provisio_providers::filesystem::FilesystemProvider;

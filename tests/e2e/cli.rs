@@ -395,8 +395,8 @@ fn a_closed_stdout_ends_the_output_quietly() {
 fn a_busy_journal_exits_75_after_waiting_and_a_released_one_is_used() {
     let sb = Sandbox::new();
     // This test process holds the journal, as another provisio command would.
-    let store = provisio_engine::store::SledStore::open(&sb.data().join("journal"))
-        .expect("open the journal");
+    let store =
+        provisio_engine::SledStore::open(&sb.data().join("journal")).expect("open the journal");
     let busy = sb.run(&["tx", "list", "--wait-lock", "0s"]);
     assert_eq!(busy.code, 75, "{busy:?}");
     assert!(

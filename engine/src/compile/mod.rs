@@ -3,7 +3,7 @@
 //! data-flow dependencies and races, call depth and recursion.
 //!
 //! ```
-//! use provisio_engine::compile::{Catalog, Limits, compile_procedure};
+//! use provisio_engine::{Catalog, Limits, compile_procedure};
 //! use provisio_engine::model::CallTarget;
 //! use provisio_engine::provider::ProviderRegistry;
 //! let catalog = Catalog::new(vec![], &ProviderRegistry::new()).unwrap();

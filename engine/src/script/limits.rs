@@ -9,7 +9,7 @@ use serde::{Deserialize, Deserializer};
 /// Deserializes from config with every field optional (missing fields keep their default):
 ///
 /// ```
-/// use provisio_engine::script::ScriptLimits;
+/// use provisio_engine::ScriptLimits;
 /// let l: ScriptLimits = serde_json::from_value(serde_json::json!({
 ///     "max_operations": 5000, "wall_time": "250ms"
 /// })).unwrap();

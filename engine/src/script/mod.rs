@@ -8,7 +8,7 @@
 //! every [`ScriptLimits`] limit applied, and a wall-time deadline per evaluation.
 //!
 //! ```
-//! use provisio_engine::script::{ScriptEngine, ScriptOrigin, Vars};
+//! use provisio_engine::{ScriptEngine, ScriptOrigin, Vars};
 //! let engine = ScriptEngine::default();
 //! let when = engine
 //!     .compile(r#"data.user.enabled && data.user.groups.contains("staff")"#,

@@ -141,7 +141,7 @@ pub(crate) fn record_prefix(txn_id: &TxnId) -> Vec<u8> {
 }
 
 /// The request data of a transaction, stored once in the journal space (keys
-/// [`data_key`]`(txn, 0..chunks)`) in the packed encoding.
+/// `data_key(txn, 0..chunks)`) in the packed encoding.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredData {
     /// How many chunks.

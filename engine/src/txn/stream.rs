@@ -29,7 +29,7 @@ enum Phase {
 }
 
 /// The records of one transaction in order, with their sequence numbers. Each item is read
-/// when asked for: the stream holds at most [`KEYS_PER_READ`] store values.
+/// when asked for: the stream holds at most `KEYS_PER_READ` store values.
 pub struct RecordStream<'a> {
     store: &'a dyn Store,
     txn_id: TxnId,

@@ -4,15 +4,15 @@
 
 #![allow(dead_code)] // each test binary uses its own part of the harness
 
-use provisio_engine::compile::{Catalog, CompileError};
 use provisio_engine::data::json::to_json;
-use provisio_engine::exec::{
-    Engine, EngineOptions, Failure, Journal, JournalError, PlanEntry, RunError, TxnResult,
-};
 use provisio_engine::model::{Format, Namespace, Request};
 use provisio_engine::provider::ProviderRegistry;
 use provisio_engine::request::{parse_namespaces, parse_request};
 use provisio_engine::testing::RecordingProvider;
+use provisio_engine::{Catalog, CompileError};
+use provisio_engine::{
+    Engine, EngineOptions, Failure, Journal, JournalError, PlanEntry, RunError, TxnResult,
+};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 

@@ -1345,7 +1345,7 @@ impl ZoneBackend for Rfc2136Backend {
         "rfc2136"
     }
 
-    /// With rndc: adds the zone (see [`Rfc2136Backend::add_zone`]). Without: RFC 2136
+    /// With rndc: adds the zone (see `Rfc2136Backend::add_zone`). Without: RFC 2136
     /// cannot create zones, so this checks that the server serves the zone and returns its
     /// serial; the settings (SOA, NS) are not applied.
     async fn create_zone(&self, settings: &ZoneSettings) -> Result<(u32, String), DnsError> {

@@ -1,11 +1,11 @@
 //! The embedded filesystem provider: folders, files, moves and quotas under one sandbox
-//! root. Every path input is relative to the root and cannot leave it (see [`sandbox`]).
+//! root. Every path input is relative to the root and cannot leave it (see `sandbox`).
 //!
 //! Undo never destroys data it did not create: DeleteFolder moves the folder into
 //! `<root>/.provisio-trash/<idempotency key>` so its undo can move it back; quotas live in
 //! `<root>/.provisio-state/quotas.json`; two-phase StageFolder/StageFile build their content
 //! in `<root>/.provisio-staging/<key>/` until commit. These folders are hidden from inputs.
-//! SetPermissions sets mode bits and POSIX ACLs (see [`acl`], `perms`).
+//! SetPermissions sets mode bits and POSIX ACLs (see `acl`, `perms`).
 
 mod acl;
 mod files;

@@ -36,7 +36,7 @@ fn tmp_pid(name: &str) -> Option<u32> {
     tail.split('-').next()?.parse().ok()
 }
 
-/// What [`Fs::sweep_temporaries`] and [`Fs::prune_markers`] removed (paths under the root).
+/// What `Fs::sweep_temporaries` and `Fs::prune_markers` removed (paths under the root).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Swept {
     /// Removed files.
