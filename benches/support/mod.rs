@@ -7,7 +7,7 @@ use anyhow::{anyhow, Context as _, Result};
 use async_trait::async_trait;
 use provisio_engine::compile::Catalog;
 use provisio_engine::data::Element;
-use provisio_engine::exec::{Engine, EngineOptions, Journal, TxnResult, TxnState};
+use provisio_engine::exec::{Engine, EngineOptions, Journal, RetryOptions, TxnResult, TxnState};
 use provisio_engine::model::{
     Access, CallTarget, ExecuteStep, Format, Namespace, Ordering, Procedure, Request,
     RequestTarget, SourceRef, Step,
@@ -76,7 +76,8 @@ pub struct Env {
 /// Options for benchmarks: defaults, but fast retries.
 pub fn options() -> EngineOptions {
     EngineOptions {
-        retry_backoff: Duration::from_millis(1),
+        retry: RetryOptions::default()
+            .with_intervals(Duration::from_millis(1), Duration::from_millis(1)),
         ..EngineOptions::default()
     }
 }

@@ -5,7 +5,7 @@
 use async_trait::async_trait;
 use provisio_engine::compile::Catalog;
 use provisio_engine::data::Element;
-use provisio_engine::exec::{Engine, EngineOptions, TxnState};
+use provisio_engine::exec::{Engine, EngineOptions, RetryOptions, TxnState};
 use provisio_engine::model::{Format, InputSpec, ProcKind};
 use provisio_engine::provider::{
     Call, Done, Outcome, ProcedureSpec, Provider, ProviderError, ProviderRegistry, UndoKind,
@@ -113,7 +113,8 @@ async fn env_over(wrap: impl FnOnce(Arc<SledStore>) -> Arc<dyn Store>) -> Env {
     registry.register(Arc::new(Gate));
     let catalog = Catalog::new(namespaces, &registry).expect("catalog");
     let options = EngineOptions {
-        retry_backoff: Duration::from_millis(1),
+        retry: RetryOptions::default()
+            .with_intervals(Duration::from_millis(1), Duration::from_millis(1)),
         ..EngineOptions::default()
     };
     let engine = Engine::new(catalog, registry, options).with_journal(journal.clone());

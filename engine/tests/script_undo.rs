@@ -3,7 +3,7 @@
 //! one after the process is gone, exactly like a provider's undo.
 
 use provisio_engine::compile::Catalog;
-use provisio_engine::exec::{Engine, EngineOptions, TxnState};
+use provisio_engine::exec::{Engine, EngineOptions, RetryOptions, TxnState};
 use provisio_engine::model::Format;
 use provisio_engine::provider::ProviderRegistry;
 use provisio_engine::request::{parse_namespaces, parse_request};
@@ -82,7 +82,8 @@ fn engine(w: &World, max_operations: u64) -> Engine {
             ..ScriptLimits::default()
         });
     let options = EngineOptions {
-        retry_backoff: Duration::from_millis(1),
+        retry: RetryOptions::default()
+            .with_intervals(Duration::from_millis(1), Duration::from_millis(1)),
         ..EngineOptions::default()
     };
     Engine::new(catalog, registry, options).with_journal(w.journal.clone())

@@ -10,7 +10,7 @@ mod support;
 use async_trait::async_trait;
 use provisio_engine::compile::Catalog;
 use provisio_engine::data::Element;
-use provisio_engine::exec::{Engine, EngineOptions, TxnResult, TxnState};
+use provisio_engine::exec::{Engine, EngineOptions, RetryOptions, TxnResult, TxnState};
 use provisio_engine::model::Format;
 use provisio_engine::provider::{
     Call, Done, Outcome, Preview, ProcedureSpec, Provider, ProviderError, ProviderRegistry,
@@ -96,7 +96,8 @@ fn engine(ns_yaml: &str, provider: Arc<dyn Provider>, step_timeout: Duration) ->
     registry.register(provider);
     let catalog = Catalog::new(namespaces, &registry).expect("catalog");
     let options = EngineOptions {
-        retry_backoff: Duration::from_millis(1),
+        retry: RetryOptions::default()
+            .with_intervals(Duration::from_millis(1), Duration::from_millis(1)),
         step_timeout,
         ..EngineOptions::default()
     };

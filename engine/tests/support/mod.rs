@@ -7,7 +7,8 @@
 use provisio_engine::compile::{Catalog, CompileError};
 use provisio_engine::data::json::to_json;
 use provisio_engine::exec::{
-    Engine, EngineOptions, Failure, Journal, JournalError, PlanEntry, RunError, TxnResult,
+    Engine, EngineOptions, Failure, Journal, JournalError, PlanEntry, RetryOptions, RunError,
+    TxnResult,
 };
 use provisio_engine::model::{Format, Namespace, Request};
 use provisio_engine::provider::ProviderRegistry;
@@ -25,7 +26,8 @@ pub struct Env {
 /// Fast retries so failing tests stay quick.
 pub fn options() -> EngineOptions {
     EngineOptions {
-        retry_backoff: Duration::from_millis(1),
+        retry: RetryOptions::default()
+            .with_intervals(Duration::from_millis(1), Duration::from_millis(1)),
         step_timeout: Duration::from_secs(20),
         ..EngineOptions::default()
     }
