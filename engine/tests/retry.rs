@@ -36,6 +36,14 @@ procedures:
       a: { call: Rec Provider/Create, with: { name: a } }
       b: { call: Rec Provider/Create, with: { name: b } }
       x: { call: Rec Provider/Fail }
+  Chain:
+    access: public
+    parallel: false
+    steps:
+      a: { call: Rec Provider/Create, with: { name: a } }
+      b: { call: Rec Provider/Create, with: { name: b } }
+      c: { call: Rec Provider/Create, with: { name: c } }
+      x: { call: Rec Provider/Fail }
   Flaky:
     access: public
     parallel: false
@@ -376,6 +384,44 @@ async fn a_providers_own_policy_beats_the_global_one() {
         "{}",
         r.undo_failures[0].message
     );
+}
+
+#[tokio::test]
+async fn a_provider_that_waited_out_a_whole_budget_is_not_waited_for_again_in_that_rollback() {
+    // b's undo (undone first: a came before it) spends its budget; a depends on nothing
+    // later but on the same unreachable provider: tried once, not another whole budget.
+    let p = Unsteady::new();
+    p.fail_undo("a", u32::MAX, ProviderError::E_FAIL);
+    p.fail_undo("b", u32::MAX, ProviderError::E_FAIL);
+    let started = Instant::now();
+    let r = run(&engine(&p, all(quick(ms(5), ms(300)))), "call: R/ThenFail").await;
+    let took = started.elapsed();
+    assert_eq!(r.state, TxnState::RollbackFailed);
+    assert!(p.count("fail undo b") >= 3, "{:?}", p.timeline());
+    assert_eq!(p.count("fail undo a"), 1, "{:?}", p.timeline());
+    assert!(took < ms(2000), "{took:?}");
+    let steps: Vec<&str> = r.undo_failures.iter().map(|u| u.step.as_str()).collect();
+    assert_eq!(steps.len(), 2, "{:?}", r.undo_failures);
+    let a = r.undo_failures.iter().find(|u| u.step == "a").expect("a");
+    assert!(
+        a.message.contains("already spent its retry budget"),
+        "{}",
+        a.message
+    );
+
+    // Once the provider answers again (b's single attempt succeeds), its next undo has the
+    // whole budget once more.
+    let p = Unsteady::new();
+    p.fail_undo("c", u32::MAX, ProviderError::E_FAIL);
+    p.fail_undo("a", 2, ProviderError::E_FAIL);
+    let r = run(&engine(&p, all(quick(ms(5), ms(100)))), "call: R/Chain").await;
+    assert_eq!(r.state, TxnState::RollbackFailed);
+    assert_eq!(r.undo_failures.len(), 1, "{:?}", r.undo_failures);
+    assert_eq!(r.undo_failures[0].step, "c");
+    assert_eq!(p.count("undo b"), 1, "{:?}", p.timeline());
+    assert_eq!(p.count("fail undo a"), 2, "{:?}", p.timeline());
+    assert_eq!(p.count("undo a"), 1, "{:?}", p.timeline());
+    assert_eq!(p.rec.resources(), ["c".to_string()].into());
 }
 
 #[tokio::test]

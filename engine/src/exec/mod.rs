@@ -25,7 +25,7 @@ pub use journal::{
 pub(crate) use redact::Redactor;
 pub use retry::{retryable, RetryOptions, RetryPolicies, RetryPolicy, RetryUse};
 pub(crate) use retry::{Attempts, GaveUp};
-pub(crate) use rollback::{undo_in_dependency_order, UndoError, UndoOrder};
+pub(crate) use rollback::{undo_in_dependency_order, UndoError, UndoOrder, WaitedOut};
 pub(crate) use script::{journaled_script_undo, SCRIPT_NAMESPACE, SCRIPT_UNDO_TARGET};
 
 use crate::compile::{check_request, compile_request, Catalog, CompileErrors, Limits, Program};

@@ -233,6 +233,9 @@ pub(crate) enum GaveUp {
     Attempts(u32),
     /// The time budget is spent.
     Budget { attempts: u32, elapsed: Duration },
+    /// Tried once only: an earlier undo of the same provider in this rollback already
+    /// waited out its whole budget.
+    AlreadyWaited,
 }
 
 impl fmt::Display for GaveUp {
@@ -248,6 +251,9 @@ impl fmt::Display for GaveUp {
                 "gave up after {attempts} attempts in {:.1?} (retry budget spent)",
                 elapsed
             ),
+            GaveUp::AlreadyWaited => f.write_str(
+                "not retried: an earlier undo of this provider in the same rollback already spent its retry budget",
+            ),
         }
     }
 }
@@ -259,6 +265,8 @@ pub(crate) struct Attempts<'p> {
     use_: RetryUse,
     started: Instant,
     made: u32,
+    /// One attempt only (see [`GaveUp::AlreadyWaited`]).
+    once: bool,
 }
 
 impl<'p> Attempts<'p> {
@@ -269,6 +277,16 @@ impl<'p> Attempts<'p> {
             use_,
             started: Instant::now(),
             made: 0,
+            once: false,
+        }
+    }
+
+    /// Like [`Attempts::start`], but a retryable error ends it after the first attempt with
+    /// [`GaveUp::AlreadyWaited`] (permanent errors and `never_retry` codes say so first).
+    pub(crate) fn once(policy: &'p RetryPolicy, use_: RetryUse) -> Attempts<'p> {
+        Attempts {
+            once: true,
+            ..Attempts::start(policy, use_)
         }
     }
 
@@ -281,6 +299,9 @@ impl<'p> Attempts<'p> {
         }
         if self.policy.never_retry.contains(&error.code()) {
             return Err(GaveUp::NeverRetry(error.code()));
+        }
+        if self.once {
+            return Err(GaveUp::AlreadyWaited);
         }
         if self.policy.max_attempts.is_some_and(|max| self.made >= max) {
             return Err(GaveUp::Attempts(self.made));
@@ -454,6 +475,9 @@ mod tests {
             a.after_failure(&busy),
             Err(GaveUp::Budget { attempts: 3, .. })
         ));
+        // Once: a retryable error is not retried, and says why.
+        let mut once = Attempts::once(&p, RetryUse::Undo);
+        assert_eq!(once.after_failure(&busy), Err(GaveUp::AlreadyWaited));
         // A zero budget never retries.
         let none = RetryPolicy {
             budget: Duration::ZERO,

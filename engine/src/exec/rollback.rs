@@ -11,8 +11,9 @@ use crate::provider::{Done, Provider, ProviderError};
 use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
 use std::cmp::Reverse;
+use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use tracing::{info_span, Instrument};
 
 impl Engine {
@@ -94,6 +95,7 @@ impl Engine {
             .collect();
         let mut undone = 0;
         let mut failures = Vec::new();
+        let waited = WaitedOut::default();
         let results = undo_in_dependency_order(&order, |i| {
             let c = &completed[i];
             let undo = Undo {
@@ -101,7 +103,7 @@ impl Engine {
                 done: c.done.clone(),
                 step: c.step.clone(),
             };
-            self.undo_redacted(undo, &txn.redactor)
+            self.undo_redacted(undo, &txn.redactor, &waited)
         })
         .await;
         for (i, r) in results.into_iter().enumerate() {
@@ -119,27 +121,36 @@ impl Engine {
         (undone, failures)
     }
 
-    /// One undo with retries (the provider's `undo` policy), journaled.
+    /// One undo with retries (the provider's `undo` policy), journaled; `waited` is shared
+    /// by the undos of one rollback.
     pub(crate) async fn undo_one(
         &self,
         provider: Arc<dyn Provider>,
         done: Done,
         step: String,
+        waited: &WaitedOut,
     ) -> Result<(), UndoError> {
         let undo = Undo {
             provider,
             done,
             step,
         };
-        self.undo_redacted(undo, &Redactor::default()).await
+        self.undo_redacted(undo, &Redactor::default(), waited).await
     }
 
     /// One undo, retried under its provider's `undo` retry policy, journaled; its errors are
     /// logged, journaled and returned with the transaction's secrets masked. Each attempt
     /// is awaited within the step timeout (an undo that does not answer in time is tried
     /// again: undos are idempotent). Only this undo waits for its backoff: independent
-    /// undos run concurrently (see [`undo_in_dependency_order`]).
-    async fn undo_redacted(&self, undo: Undo, redactor: &Redactor) -> Result<(), UndoError> {
+    /// undos run concurrently (see [`undo_in_dependency_order`]). Once an undo of a
+    /// provider has waited out its whole budget, the later undos of that provider in the
+    /// same rollback are tried once each (see [`WaitedOut`]).
+    async fn undo_redacted(
+        &self,
+        undo: Undo,
+        redactor: &Redactor,
+        waited: &WaitedOut,
+    ) -> Result<(), UndoError> {
         let Undo {
             provider,
             done,
@@ -148,12 +159,18 @@ impl Engine {
         let span = info_span!("undo", step.id = %step, provider = %provider.name());
         async {
             self.emit(Event::Undoing { step: step.clone() });
-            let policy = self.options.retry.policy(provider.name(), RetryUse::Undo);
-            let mut attempts = Attempts::start(policy, RetryUse::Undo);
+            let name = provider.name();
+            let policy = self.options.retry.policy(name, RetryUse::Undo);
+            let mut attempts = if waited.contains(name) {
+                Attempts::once(policy, RetryUse::Undo)
+            } else {
+                Attempts::start(policy, RetryUse::Undo)
+            };
             let last = loop {
                 let undone = AssertUnwindSafe(provider.undo(done.clone())).catch_unwind();
                 let error = match tokio::time::timeout(self.options.step_timeout, undone).await {
                     Ok(Ok(Ok(()))) => {
+                        waited.back(name);
                         log_lapse(
                             self.journal.undo_done(&done.context, None).await,
                             "undo_done",
@@ -181,6 +198,10 @@ impl Engine {
                         break UndoError::Failed(message);
                     }
                     Err(why) => {
+                        // Only an undo that actually waited marks the provider.
+                        if matches!(why, GaveUp::Budget { .. } | GaveUp::Attempts(2..)) {
+                            waited.gave_up(name);
+                        }
                         tracing::warn!(error = %message, retry = %why, "undo failed");
                         break UndoError::Failed(format!("{message} ({why})"));
                     }
@@ -197,6 +218,32 @@ impl Engine {
         }
         .instrument(span)
         .await
+    }
+}
+
+/// The providers whose undo, in one rollback, kept failing with a retryable error until its
+/// retry policy gave up (budget or `max_attempts`). Their later undos in the same rollback
+/// are tried once each: the provider has been unavailable for a whole budget already, and a
+/// chain of dependent undos of it would otherwise wait out one budget each, one after the
+/// other. An undo of the provider that succeeds clears it.
+#[derive(Debug, Default)]
+pub(crate) struct WaitedOut(Mutex<HashSet<String>>);
+
+impl WaitedOut {
+    fn set(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn contains(&self, provider: &str) -> bool {
+        self.set().contains(provider)
+    }
+
+    fn gave_up(&self, provider: &str) {
+        self.set().insert(provider.to_string());
+    }
+
+    fn back(&self, provider: &str) {
+        self.set().remove(provider);
     }
 }
 

@@ -13,7 +13,7 @@ use crate::data::Element;
 use crate::exec::{journaled_script_undo, SCRIPT_NAMESPACE, SCRIPT_UNDO_TARGET};
 use crate::exec::{
     undo_in_dependency_order, Engine, Journal, JournalError, Redactor, StepDone, TxnState,
-    UndoError, UndoOrder,
+    UndoError, UndoOrder, WaitedOut,
 };
 use crate::exec::{Replayed, Resume};
 use crate::model::{CallTarget, Format, Namespace, Procedure, Request, RequestTarget, SourceRef};
@@ -800,6 +800,7 @@ async fn run_undos(
     pending: &[PendingUndo],
     problems: &mut Vec<String>,
 ) -> usize {
+    let waited = WaitedOut::default();
     let results = undo_in_dependency_order(order, |k| {
         let p = &pending[k];
         let provider = p
@@ -807,11 +808,12 @@ async fn run_undos(
             .clone()
             .or_else(|| engine.registry().get(&calls[p.call].provider).cloned());
         let done = p.done.clone();
+        let waited = &waited;
         async move {
             match provider {
                 Some(provider) => {
                     let step = done.context.step_id.clone();
-                    engine.undo_one(provider, done, step).await
+                    engine.undo_one(provider, done, step, waited).await
                 }
                 None => Err(UndoError::NotRegistered),
             }
@@ -1184,7 +1186,11 @@ async fn settle_before_resuming(
                     undo,
                     execute_data: None,
                 };
-                if let Err(source) = engine.undo_one(p.clone(), done, step.clone()).await {
+                let waited = WaitedOut::default();
+                if let Err(source) = engine
+                    .undo_one(p.clone(), done, step.clone(), &waited)
+                    .await
+                {
                     return Err(NotResumable::UndoFailed { step, source }.into());
                 }
             }
