@@ -30,7 +30,7 @@ Environment:
   PROVISIO_NAMESPACES  namespace folder (default: namespaces)
   PROVISIO_DATA_DIR    where the journal and the embedded providers keep their state (default: data)
   PROVISIO_SEAL_KEY    key (64 hex digits) sealing secrets in the journal (default: DATA_DIR/seal.key, created 0600)
-  PROVISIO_MAX_PARALLEL, PROVISIO_STEP_TIMEOUT_SECS, PROVISIO_RETRIES, PROVISIO_UNDO_ATTEMPTS,
+  PROVISIO_MAX_PARALLEL, PROVISIO_STEP_TIMEOUT_SECS,
   PROVISIO_SEAL_KEY_FILE, PROVISIO_WAIT_LOCK, PROVISIO_FILES_ROOT, PROVISIO_DNS_BACKEND,
   PROVISIO_DNS_ZONE_DIR, PROVISIO_DNS_SERVER, PROVISIO_DNS_KEY_FILE   the config keys of the same names
   RUST_LOG             log filter, e.g. RUST_LOG=provisio_engine=debug";

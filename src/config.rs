@@ -7,6 +7,7 @@
 //! `[journal] seal_key_file`) follow `data_dir` whichever layer set it.
 
 use anyhow::{anyhow, bail, Context, Result};
+use provisio_engine::{RetryOptions, RetryPolicies, RetryPolicy, RetryUse};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -40,6 +41,8 @@ pub struct Config {
     pub providers: ProvidersConfig,
     /// How long finished transactions, audit entries and providers' undo state are kept.
     pub retention: RetentionConfig,
+    /// How often and how long calls, settlements of in-doubt calls and undos are retried.
+    pub retry: RetryConfig,
 }
 
 /// `[engine]`.
@@ -50,10 +53,6 @@ pub struct EngineConfig {
     pub max_parallel: usize,
     /// Seconds a provider call may take before its step fails.
     pub step_timeout_secs: u64,
-    /// Extra attempts for a transient provider error.
-    pub retries: u32,
-    /// Attempts for each undo before the transaction ends in rollback_failed.
-    pub undo_attempts: u32,
 }
 
 impl Default for EngineConfig {
@@ -61,8 +60,341 @@ impl Default for EngineConfig {
         EngineConfig {
             max_parallel: 16,
             step_timeout_secs: 300,
-            retries: 2,
-            undo_attempts: 3,
+        }
+    }
+}
+
+/// Keys that were replaced, with what to write instead (named in the error).
+const REPLACED_KEYS: &[(&str, &str)] = &[
+    (
+        "engine.retries",
+        "retries are set in [retry.calls]: `max_attempts` (retries + 1), `budget`, `initial`, `max_interval`",
+    ),
+    (
+        "engine.undo_attempts",
+        "undo retries are set in [retry.undo]: `budget` (default \"60s\"), `max_attempts`, `initial`, `max_interval`",
+    ),
+];
+
+/// Environment variables that were replaced, with what to use instead.
+const REPLACED_ENV: &[(&str, &str)] = &[
+    (
+        "PROVISIO_RETRIES",
+        "set `max_attempts` (retries + 1) in [retry.calls] of provisio.toml",
+    ),
+    (
+        "PROVISIO_UNDO_ATTEMPTS",
+        "set `budget` or `max_attempts` in [retry.undo] of provisio.toml",
+    ),
+];
+
+/// `[retry]`: one policy for each use — `calls`, `settle`, `undo` — and per provider
+/// overrides in `[retry.providers.<provider name>.<use>]` (see docs/configuration.md).
+/// A key left out keeps the engine's default (for a provider: the global `[retry.<use>]`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// A provider call failing with a transient error.
+    pub calls: RetryPolicyToml,
+    /// `recover` failing transiently while an in-doubt call is settled.
+    pub settle: RetryPolicyToml,
+    /// An undo (live rollback, `recover`, `tx resume-rollback`).
+    pub undo: RetryPolicyToml,
+    /// Overrides by provider name (`DNS`, `Filesystem`, an exec provider's `name`).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub providers: BTreeMap<String, ProviderRetryToml>,
+}
+
+/// `[retry.providers.<name>]`: the uses this provider retries differently.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProviderRetryToml {
+    /// Its calls.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub calls: Option<RetryPolicyToml>,
+    /// Settling its in-doubt calls.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub settle: Option<RetryPolicyToml>,
+    /// Its undos.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub undo: Option<RetryPolicyToml>,
+}
+
+/// One retry policy as written; a key left out is inherited.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryPolicyToml {
+    /// The wait before the first retry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub initial: Option<Wait>,
+    /// The longest wait between two attempts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_interval: Option<Wait>,
+    /// Each wait is the one before times this (≥ 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub multiplier: Option<f64>,
+    /// Fraction (0 to 1) of each wait taken off at random.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jitter: Option<f64>,
+    /// No retry starts this long after the first attempt.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub budget: Option<Wait>,
+    /// Most attempts, the first included; 0: no limit but the budget.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    /// HRESULT codes never retried (`"0x80070005"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub never_retry: Option<Vec<Hresult>>,
+}
+
+impl RetryPolicyToml {
+    /// `base` with the keys written here.
+    fn apply(&self, base: &RetryPolicy) -> RetryPolicy {
+        RetryPolicy {
+            initial: self.initial.map_or(base.initial, |w| w.0),
+            max_interval: self.max_interval.map_or(base.max_interval, |w| w.0),
+            multiplier: self.multiplier.unwrap_or(base.multiplier),
+            jitter: self.jitter.unwrap_or(base.jitter),
+            budget: self.budget.map_or(base.budget, |w| w.0),
+            max_attempts: match self.max_attempts {
+                None => base.max_attempts,
+                Some(0) => None,
+                Some(n) => Some(n),
+            },
+            never_retry: match &self.never_retry {
+                None => base.never_retry.clone(),
+                Some(codes) => codes.iter().map(|c| c.0).collect(),
+            },
+        }
+    }
+
+    /// Every key written out (for `config show`).
+    fn complete(p: &RetryPolicy) -> RetryPolicyToml {
+        RetryPolicyToml {
+            initial: Some(Wait(p.initial)),
+            max_interval: Some(Wait(p.max_interval)),
+            multiplier: Some(p.multiplier),
+            jitter: Some(p.jitter),
+            budget: Some(Wait(p.budget)),
+            max_attempts: Some(p.max_attempts.unwrap_or(0)),
+            never_retry: Some(p.never_retry.iter().map(|&c| Hresult(c)).collect()),
+        }
+    }
+}
+
+/// The three uses, with their keys in `[retry]`.
+const RETRY_USES: [(RetryUse, &str); 3] = [
+    (RetryUse::Calls, "calls"),
+    (RetryUse::Settle, "settle"),
+    (RetryUse::Undo, "undo"),
+];
+
+impl RetryConfig {
+    fn global(&self, use_: RetryUse) -> &RetryPolicyToml {
+        match use_ {
+            RetryUse::Calls => &self.calls,
+            RetryUse::Settle => &self.settle,
+            RetryUse::Undo => &self.undo,
+        }
+    }
+
+    /// The engine's retry options: defaults < `[retry.<use>]` < the provider's own.
+    pub fn options(&self) -> RetryOptions {
+        let defaults = RetryPolicies::default();
+        let global = RetryPolicies {
+            calls: self.calls.apply(&defaults.calls),
+            settle: self.settle.apply(&defaults.settle),
+            undo: self.undo.apply(&defaults.undo),
+        };
+        let own = |o: &Option<RetryPolicyToml>, base: &RetryPolicy| match o {
+            Some(p) => p.apply(base),
+            None => base.clone(),
+        };
+        let providers = self
+            .providers
+            .iter()
+            .map(|(name, p)| {
+                let policies = RetryPolicies {
+                    calls: own(&p.calls, &global.calls),
+                    settle: own(&p.settle, &global.settle),
+                    undo: own(&p.undo, &global.undo),
+                };
+                (name.clone(), policies)
+            })
+            .collect();
+        RetryOptions {
+            default: global,
+            providers,
+        }
+    }
+
+    /// The effective policies written out in full (a provider's own uses only).
+    fn shown(&self) -> RetryConfig {
+        let o = self.options();
+        let complete = |use_| RetryPolicyToml::complete(o.default.get(use_));
+        RetryConfig {
+            calls: complete(RetryUse::Calls),
+            settle: complete(RetryUse::Settle),
+            undo: complete(RetryUse::Undo),
+            providers: self
+                .providers
+                .iter()
+                .map(|(name, p)| {
+                    let of = |set: &Option<RetryPolicyToml>, use_| {
+                        set.as_ref()
+                            .map(|_| RetryPolicyToml::complete(o.policy(name, use_)))
+                    };
+                    let shown = ProviderRetryToml {
+                        calls: of(&p.calls, RetryUse::Calls),
+                        settle: of(&p.settle, RetryUse::Settle),
+                        undo: of(&p.undo, RetryUse::Undo),
+                    };
+                    (name.clone(), shown)
+                })
+                .collect(),
+        }
+    }
+
+    /// Checks every policy where it is written; `providers` are the configured providers'
+    /// names.
+    fn check(&self, at: &dyn Fn(&str) -> String, providers: &[String]) -> Result<()> {
+        let o = self.options();
+        for (use_, key) in RETRY_USES {
+            check_policy(
+                self.global(use_),
+                o.default.get(use_),
+                &format!("retry.{key}"),
+                at,
+            )?;
+        }
+        for (name, p) in &self.providers {
+            if !providers.contains(name) {
+                bail!(
+                    "{}: no provider `{name}` is configured; the providers are {}",
+                    at(&format!("retry.providers.{}", toml_key(name))),
+                    providers
+                        .iter()
+                        .map(|n| format!("`{n}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            for (use_, key) in RETRY_USES {
+                let set = match use_ {
+                    RetryUse::Calls => &p.calls,
+                    RetryUse::Settle => &p.settle,
+                    RetryUse::Undo => &p.undo,
+                };
+                if let Some(set) = set {
+                    let table = format!("retry.providers.{}.{key}", toml_key(name));
+                    check_policy(set, o.policy(name, use_), &table, at)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A provider name as a dotted-key part (quoted unless bare).
+fn toml_key(name: &str) -> String {
+    if !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        name.to_string()
+    } else {
+        format!("{name:?}")
+    }
+}
+
+/// Checks a policy written at `table` (`set`: its keys as written, `effective`: with what it
+/// inherits); errors name the key.
+fn check_policy(
+    set: &RetryPolicyToml,
+    effective: &RetryPolicy,
+    table: &str,
+    at: &dyn Fn(&str) -> String,
+) -> Result<()> {
+    let key = |k: &str| at(&format!("{table}.{k}"));
+    if set.initial.is_some() && effective.initial < std::time::Duration::from_millis(1) {
+        bail!("{}: must be at least \"1ms\"", key("initial"));
+    }
+    if let Some(m) = set.multiplier {
+        if !(1.0..=100.0).contains(&m) {
+            bail!(
+                "{}: {m} must be between 1 (equal waits) and 100; 2 doubles each wait",
+                key("multiplier")
+            );
+        }
+    }
+    if let Some(j) = set.jitter {
+        if !(0.0..=1.0).contains(&j) {
+            bail!(
+                "{}: {j} must be between 0 (no jitter) and 1 (a wait anywhere between 0 and the interval)",
+                key("jitter")
+            );
+        }
+    }
+    if (set.initial.is_some() || set.max_interval.is_some())
+        && effective.max_interval < effective.initial
+    {
+        let which = if set.max_interval.is_some() {
+            "max_interval"
+        } else {
+            "initial"
+        };
+        bail!(
+            "{}: max_interval ({}) is shorter than initial ({}); the waits grow from initial up to max_interval",
+            key(which),
+            Wait(effective.max_interval),
+            Wait(effective.initial)
+        );
+    }
+    Ok(())
+}
+
+/// An HRESULT code as written in `never_retry`: `"0x80070005"`, `"2147942405"`, or a TOML
+/// integer (`0x80070005`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Hresult(pub u32);
+
+impl std::str::FromStr for Hresult {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        let parsed = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+            Some(hex) => u32::from_str_radix(hex, 16),
+            None => t.parse::<u32>(),
+        };
+        parsed.map(Hresult).map_err(|_| {
+            format!("{s:?} is not an HRESULT code; write it as providers report it, e.g. \"0x80070005\"")
+        })
+    }
+}
+
+impl Serialize for Hresult {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{:#010x}", self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for Hresult {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Text(String),
+            Number(i64),
+        }
+        match Written::deserialize(d)? {
+            Written::Text(t) => t.parse().map_err(serde::de::Error::custom),
+            Written::Number(n) => u32::try_from(n).map(Hresult).map_err(|_| {
+                serde::de::Error::custom(format!(
+                    "{n} is not an HRESULT code (0 to 0xFFFFFFFF); e.g. \"0x80070005\""
+                ))
+            }),
         }
     }
 }
@@ -392,6 +724,7 @@ impl Default for Config {
             journal: JournalConfig::default(),
             providers: ProvidersConfig::default(),
             retention: RetentionConfig::default(),
+            retry: RetryConfig::default(),
         }
     }
 }
@@ -462,8 +795,6 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("PROVISIO_WAIT_LOCK", "journal.wait_lock"),
     ("PROVISIO_MAX_PARALLEL", "engine.max_parallel"),
     ("PROVISIO_STEP_TIMEOUT_SECS", "engine.step_timeout_secs"),
-    ("PROVISIO_RETRIES", "engine.retries"),
-    ("PROVISIO_UNDO_ATTEMPTS", "engine.undo_attempts"),
     ("PROVISIO_FILES_ROOT", "providers.filesystem.root"),
     ("PROVISIO_DNS_BACKEND", "providers.dns.backend"),
     ("PROVISIO_DNS_ZONE_DIR", "providers.dns.zone_dir"),
@@ -505,14 +836,6 @@ fn env_setter(name: &str) -> Option<EnvSetter> {
         },
         "PROVISIO_STEP_TIMEOUT_SECS" => |c, v| {
             c.engine.step_timeout_secs = num(v)?;
-            Ok(())
-        },
-        "PROVISIO_RETRIES" => |c, v| {
-            c.engine.retries = num(v)?;
-            Ok(())
-        },
-        "PROVISIO_UNDO_ATTEMPTS" => |c, v| {
-            c.engine.undo_attempts = num(v)?;
             Ok(())
         },
         "PROVISIO_FILES_ROOT" => |c, v| {
@@ -581,6 +904,11 @@ impl Config {
             .and_then(|f| f.parent().map(Path::to_path_buf))
             .unwrap_or_else(|| cwd.clone());
         config.resolve_file_paths(&base);
+        for (name, instead) in REPLACED_ENV {
+            if env(name).is_some() {
+                bail!("environment variable {name} is no longer read: {instead} (docs/configuration.md, \"Retries\")");
+            }
+        }
         for (name, key) in ENV_VARS {
             let Some(value) = env(name) else { continue };
             let Some(set) = env_setter(name) else {
@@ -625,12 +953,18 @@ impl Config {
             match e.span() {
                 Some(span) => {
                     let (line, col) = line_col(text, span.start);
-                    let key = key_at(text, span.start)
+                    let dotted = key_at(text, span.start);
+                    let key = dotted
+                        .as_ref()
                         .map(|k| format!(" (key `{k}`)"))
                         .unwrap_or_default();
+                    let hint = REPLACED_KEYS
+                        .iter()
+                        .find(|(k, _)| dotted.as_deref() == Some(*k))
+                        .map_or("every key is documented in docs/configuration.md", |(_, h)| *h);
                     let source_line = text.lines().nth(line - 1).unwrap_or_default();
                     anyhow!(
-                        "{}:{line}:{col}: invalid configuration{key}: {message}\n  {line} | {source_line}\n  hint: every key is documented in docs/configuration.md",
+                        "{}:{line}:{col}: invalid configuration{key}: {message}\n  {line} | {source_line}\n  hint: {hint}",
                         path.display()
                     )
                 }
@@ -715,9 +1049,6 @@ impl Config {
                 "{}: must be at least 1 second",
                 at("engine.step_timeout_secs")
             );
-        }
-        if self.engine.undo_attempts == 0 {
-            bail!("{}: must be at least 1", at("engine.undo_attempts"));
         }
         let r = &self.retention;
         let shorter = match (r.audit.0, r.transactions.0) {
@@ -816,6 +1147,9 @@ impl Config {
                 );
             }
         }
+        let mut providers = vec!["DNS".to_string(), "Filesystem".to_string()];
+        providers.extend(self.providers.exec.iter().map(|e| e.name.clone()));
+        self.retry.check(&at, &providers)?;
         Ok(())
     }
 
@@ -823,6 +1157,7 @@ impl Config {
     /// it came from.
     pub fn show(&self, sources: &Sources) -> Result<String> {
         let mut shown = self.clone();
+        shown.retry = self.retry.shown();
         for e in &mut shown.providers.exec {
             for (k, v) in e.env.iter_mut() {
                 if is_secret_name(k) {
@@ -951,6 +1286,16 @@ mod tests {
         assert_eq!(c.providers.exec[0].name, "Ledger");
         assert_eq!(c.providers.exec[0].max_restarts, 5);
         assert_eq!(c.providers.exec[0].restart_window_secs, 60);
+        let retry = c.retry.options();
+        assert_eq!(
+            retry.default,
+            RetryPolicies::default(),
+            "the defaults, spelt out"
+        );
+        assert_eq!(
+            retry.policy("DNS", RetryUse::Undo).budget,
+            std::time::Duration::from_secs(300)
+        );
     }
 
     #[test]
@@ -980,10 +1325,10 @@ mod tests {
 
     #[test]
     fn wrong_type_names_key() {
-        let e = parse("[engine]\nretries = \"many\"\n").expect_err("wrong type");
+        let e = parse("[engine]\nmax_parallel = \"many\"\n").expect_err("wrong type");
         let m = format!("{e:#}");
         assert!(m.contains("provisio.toml:2:"), "{m}");
-        assert!(m.contains("engine.retries"), "{m}");
+        assert!(m.contains("engine.max_parallel"), "{m}");
     }
 
     #[test]
@@ -992,7 +1337,7 @@ mod tests {
         let file = dir.path().join("p.toml");
         std::fs::write(
             &file,
-            "data_dir = \"state\"\n[engine]\nretries = 7\nmax_parallel = 4\n",
+            "data_dir = \"state\"\n[engine]\nstep_timeout_secs = 7\nmax_parallel = 4\n",
         )
         .expect("write");
         let flags = Overrides {
@@ -1000,15 +1345,170 @@ mod tests {
             max_parallel: Some(9),
             ..Overrides::default()
         };
-        let env = |k: &str| (k == "PROVISIO_RETRIES").then(|| "5".to_string());
+        let env = |k: &str| (k == "PROVISIO_STEP_TIMEOUT_SECS").then(|| "5".to_string());
         let l = Config::load(&flags, env).expect("load");
         assert_eq!(l.config.data_dir, dir.path().join("state"));
-        assert_eq!(l.config.engine.retries, 5);
+        assert_eq!(l.config.engine.step_timeout_secs, 5);
         assert_eq!(l.config.engine.max_parallel, 9);
         assert_eq!(
             l.config.providers.filesystem.root,
             Some(dir.path().join("state/files"))
         );
+    }
+
+    fn checked(text: &str) -> String {
+        let c = parse(text).expect("parses");
+        let e = c
+            .check(Some(Path::new("/x/provisio.toml")))
+            .expect_err("refused");
+        format!("{e:#}")
+    }
+
+    #[test]
+    fn retry_policies_layer_defaults_global_and_provider_keys() {
+        use std::time::Duration;
+        let c = parse(
+            "[retry.undo]\nbudget = \"2m\"\ninitial = \"200ms\"\nnever_retry = [\"0x80070005\", 0x8007000E]\n\
+             [retry.calls]\nmax_attempts = 0\n\
+             [retry.providers.DNS.undo]\nbudget = \"5m\"\nmax_attempts = 40\n\
+             [[providers.exec]]\nname = \"Ledger\"\ncommand = [\"l\"]\n\
+             [retry.providers.Ledger.settle]\njitter = 0.0\n",
+        )
+        .expect("parses");
+        c.check(None).expect("valid");
+        let o = c.retry.options();
+        let undo = o.policy("Filesystem", RetryUse::Undo);
+        assert_eq!(undo.budget, Duration::from_secs(120));
+        assert_eq!(undo.initial, Duration::from_millis(200));
+        assert_eq!(
+            undo.max_interval,
+            RetryPolicy::undo_default().max_interval,
+            "unset: the engine's default"
+        );
+        assert_eq!(
+            undo.never_retry.iter().copied().collect::<Vec<_>>(),
+            [0x8007_0005, 0x8007_000E]
+        );
+        assert_eq!(o.policy("Filesystem", RetryUse::Calls).max_attempts, None);
+        // The provider's own keys beat the global ones; the rest is inherited from them.
+        let dns = o.policy("DNS", RetryUse::Undo);
+        assert_eq!(dns.budget, Duration::from_secs(300));
+        assert_eq!(dns.max_attempts, Some(40));
+        assert_eq!(dns.initial, Duration::from_millis(200));
+        assert_eq!(dns.never_retry.len(), 2);
+        assert_eq!(
+            o.policy("DNS", RetryUse::Calls),
+            o.policy("X", RetryUse::Calls)
+        );
+        assert_eq!(o.policy("Ledger", RetryUse::Settle).jitter, 0.0);
+        assert_eq!(
+            o.policy("Ledger", RetryUse::Undo).budget,
+            Duration::from_secs(120)
+        );
+        // Nothing written: the engine's defaults.
+        assert_eq!(Config::default().retry.options(), RetryOptions::default());
+    }
+
+    #[test]
+    fn config_show_prints_the_effective_retry_policies() {
+        let c =
+            parse("[retry.undo]\nbudget = \"90s\"\n[retry.providers.DNS.undo]\nbudget = \"5m\"\n")
+                .expect("parses");
+        let text = c.show(&Sources::default()).expect("show");
+        let t: toml::Table =
+            toml::from_str(text.split_once("\n\n").expect("body").1).expect("show prints TOML");
+        let retry = &t["retry"];
+        assert_eq!(retry["undo"]["budget"].as_str(), Some("1m 30s"), "{text}");
+        assert_eq!(retry["undo"]["initial"].as_str(), Some("100ms"), "{text}");
+        assert_eq!(
+            retry["undo"]["max_attempts"].as_integer(),
+            Some(0),
+            "{text}"
+        );
+        assert_eq!(
+            retry["calls"]["max_attempts"].as_integer(),
+            Some(3),
+            "{text}"
+        );
+        assert_eq!(retry["settle"]["budget"].as_str(), Some("1m"), "{text}");
+        let dns = &retry["providers"]["DNS"];
+        assert_eq!(dns["undo"]["budget"].as_str(), Some("5m"), "{text}");
+        assert_eq!(dns["undo"]["initial"].as_str(), Some("100ms"), "{text}");
+        assert!(dns.get("calls").is_none(), "only its own uses: {text}");
+        // What show prints reads back as the same policies.
+        let again = parse(text.split_once("\n\n").expect("body").1).expect("re-reads");
+        assert_eq!(again.retry.options(), c.retry.options());
+    }
+
+    #[test]
+    fn retry_errors_name_the_key() {
+        for (text, key) in [
+            ("[retry.undo]\nbudgett = \"5s\"\n", "retry.undo.budgett"),
+            ("[retry.undo]\nbudget = \"soon\"\n", "retry.undo.budget"),
+            (
+                "[retry.calls]\nnever_retry = [\"E_ACCESS\"]\n",
+                "retry.calls.never_retry",
+            ),
+            (
+                "[retry.calls]\nnever_retry = [0x1FFFFFFFF]\n",
+                "retry.calls.never_retry",
+            ),
+            ("[retry.sometimes]\nbudget = \"5s\"\n", "retry.sometimes"),
+            (
+                "[retry.providers.DNS.undoo]\nbudget = \"5s\"\n",
+                "retry.providers.DNS.undoo",
+            ),
+            (
+                "[retry.providers.DNS.undo]\nmax_attempts = -1\n",
+                "retry.providers.DNS.undo.max_attempts",
+            ),
+        ] {
+            let e = parse(text).expect_err(text);
+            let m = format!("{e:#}");
+            assert!(m.contains(&format!("(key `{key}`)")), "{text}: {m}");
+            assert!(m.contains("/x/provisio.toml:"), "{m}");
+        }
+        for (text, key, says) in [
+            ("[retry.undo]\nmultiplier = 0.5\n", "retry.undo.multiplier", "between 1"),
+            ("[retry.settle]\njitter = 1.5\n", "retry.settle.jitter", "between 0"),
+            ("[retry.calls]\ninitial = \"0s\"\n", "retry.calls.initial", "1ms"),
+            ("[retry.undo]\nmax_interval = \"50ms\"\n", "retry.undo.max_interval", "shorter than initial"),
+            (
+                "[retry.providers.DSN.undo]\nbudget = \"5s\"\n",
+                "retry.providers.DSN",
+                "the providers are `DNS`, `Filesystem`",
+            ),
+            (
+                "[retry.providers.\"Web Ledger\".calls]\nmultiplier = 1000.0\n[[providers.exec]]\nname = \"Web Ledger\"\ncommand = [\"l\"]\n",
+                "retry.providers.\"Web Ledger\".calls.multiplier",
+                "between 1",
+            ),
+        ] {
+            let m = checked(text);
+            assert!(m.contains(&format!("key `{key}`")), "{text}: {m}");
+            assert!(m.contains(says), "{text}: {m}");
+        }
+    }
+
+    #[test]
+    fn the_replaced_engine_retry_keys_say_what_to_write_instead() {
+        let e = parse("[engine]\nundo_attempts = 3\n").expect_err("replaced");
+        let m = format!("{e:#}");
+        assert!(m.contains("engine.undo_attempts"), "{m}");
+        assert!(m.contains("[retry.undo]"), "{m}");
+        let e = parse("[engine]\nretries = 2\n").expect_err("replaced");
+        assert!(format!("{e:#}").contains("[retry.calls]"), "{e:#}");
+        let dir = tempfile::tempdir().expect("tmp");
+        let flags = Overrides {
+            config_file: Some(dir.path().join("p.toml")),
+            ..Overrides::default()
+        };
+        std::fs::write(dir.path().join("p.toml"), "").expect("write");
+        let env = |k: &str| (k == "PROVISIO_UNDO_ATTEMPTS").then(|| "5".to_string());
+        let e = Config::load(&flags, env).expect_err("replaced variable");
+        let m = format!("{e:#}");
+        assert!(m.contains("PROVISIO_UNDO_ATTEMPTS"), "{m}");
+        assert!(m.contains("[retry.undo]"), "{m}");
     }
 
     #[test]

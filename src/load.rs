@@ -141,14 +141,13 @@ pub async fn registry(config: &Config) -> Result<ProviderRegistry> {
     Ok(registry)
 }
 
-/// Executor options from `[engine]`.
+/// Executor options from `[engine]` and `[retry]`.
 pub fn engine_options(config: &Config) -> EngineOptions {
     let e = &config.engine;
     EngineOptions {
         max_parallel: e.max_parallel.max(1),
         step_timeout: Duration::from_secs(e.step_timeout_secs.max(1)),
-        retries: e.retries,
-        undo_attempts: e.undo_attempts.max(1),
+        retry: config.retry.options(),
         ..EngineOptions::default()
     }
 }

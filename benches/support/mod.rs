@@ -18,7 +18,7 @@ use provisio_engine::testing::RecordingProvider;
 use provisio_engine::txn::DurableJournal;
 use provisio_engine::Catalog;
 use provisio_engine::SledStore;
-use provisio_engine::{Engine, EngineOptions, Journal, TxnResult, TxnState};
+use provisio_engine::{Engine, EngineOptions, Journal, RetryOptions, TxnResult, TxnState};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::Arc;
@@ -76,7 +76,8 @@ pub struct Env {
 /// Options for benchmarks: defaults, but fast retries.
 pub fn options() -> EngineOptions {
     EngineOptions {
-        retry_backoff: Duration::from_millis(1),
+        retry: RetryOptions::default()
+            .with_intervals(Duration::from_millis(1), Duration::from_millis(1)),
         ..EngineOptions::default()
     }
 }

@@ -11,7 +11,8 @@
 //! - reading definitions: [`parse_namespaces`], [`parse_request`], [`Format`],
 //!   [`Namespace`], [`Request`], [`ParseError`], and the [`Catalog`] they are compiled
 //!   against;
-//! - running: [`Engine`], [`EngineOptions`], [`TxnResult`], [`TxnState`], [`Event`];
+//! - running: [`Engine`], [`EngineOptions`] (with its [`RetryOptions`]), [`TxnResult`],
+//!   [`TxnState`], [`Event`];
 //! - writing a provider: [`Provider`], [`ProviderRegistry`], [`ProcedureSpec`], [`Call`],
 //!   [`CallContext`], [`Done`], [`Outcome`], [`Preview`], [`UndoKind`], [`ProviderError`],
 //!   and the data tree [`Element`] / [`Scalar`];
@@ -55,6 +56,7 @@ pub use exec::{
     PlanEntry, RunError, ScriptUndoDone, StepDone, StepIntent, TxnResult, TxnStart, TxnState,
     UndoFailure,
 };
+pub use exec::{RetryOptions, RetryPolicies, RetryPolicy, RetryUse};
 pub use model::{Format, Namespace, Request};
 pub use provider::{
     Call, CallContext, Done, Outcome, Preview, ProcedureSpec, Provider, ProviderError,

@@ -14,7 +14,7 @@ use provisio_engine::txn::records::{decode, AuditEntry, FORMAT};
 use provisio_engine::txn::{recovery, DurableJournal, Guarded, Record, SealKey};
 use provisio_engine::Catalog;
 use provisio_engine::{Batch, KeyValue, SledStore, Space, Store, StoreError};
-use provisio_engine::{Engine, EngineOptions, TxnState};
+use provisio_engine::{Engine, EngineOptions, RetryOptions, TxnState};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -113,7 +113,8 @@ async fn env_over(wrap: impl FnOnce(Arc<SledStore>) -> Arc<dyn Store>) -> Env {
     registry.register(Arc::new(Gate));
     let catalog = Catalog::new(namespaces, &registry).expect("catalog");
     let options = EngineOptions {
-        retry_backoff: Duration::from_millis(1),
+        retry: RetryOptions::default()
+            .with_intervals(Duration::from_millis(1), Duration::from_millis(1)),
         ..EngineOptions::default()
     };
     let engine = Engine::new(catalog, registry, options).with_journal(journal.clone());

@@ -9,7 +9,7 @@ use provisio_engine::testing::RecordingProvider;
 use provisio_engine::txn::{recovery, DurableJournal, Guarded, Record, SealKey};
 use provisio_engine::Catalog;
 use provisio_engine::ScriptLimits;
-use provisio_engine::{Engine, EngineOptions, TxnState};
+use provisio_engine::{Engine, EngineOptions, RetryOptions, TxnState};
 use provisio_engine::{SledStore, Space, Store};
 use std::sync::Arc;
 use std::time::Duration;
@@ -82,7 +82,8 @@ fn engine(w: &World, max_operations: u64) -> Engine {
             ..ScriptLimits::default()
         });
     let options = EngineOptions {
-        retry_backoff: Duration::from_millis(1),
+        retry: RetryOptions::default()
+            .with_intervals(Duration::from_millis(1), Duration::from_millis(1)),
         ..EngineOptions::default()
     };
     Engine::new(catalog, registry, options).with_journal(w.journal.clone())

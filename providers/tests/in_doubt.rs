@@ -15,7 +15,7 @@ use provisio_engine::provider::{
 };
 use provisio_engine::request::{parse_namespaces, parse_request};
 use provisio_engine::Catalog;
-use provisio_engine::{Engine, EngineOptions, TxnResult, TxnState};
+use provisio_engine::{Engine, EngineOptions, RetryOptions, TxnResult, TxnState};
 use provisio_providers::dns::{DnsProvider, Rfc2136Config};
 use provisio_providers::exec::{ExecConfig, ExecProvider};
 use provisio_providers::filesystem::FilesystemProvider;
@@ -96,7 +96,8 @@ fn engine(ns_yaml: &str, provider: Arc<dyn Provider>, step_timeout: Duration) ->
     registry.register(provider);
     let catalog = Catalog::new(namespaces, &registry).expect("catalog");
     let options = EngineOptions {
-        retry_backoff: Duration::from_millis(1),
+        retry: RetryOptions::default()
+            .with_intervals(Duration::from_millis(1), Duration::from_millis(1)),
         step_timeout,
         ..EngineOptions::default()
     };

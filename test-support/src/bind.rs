@@ -2,6 +2,8 @@
 //! provider benchmarks: temp dir, TSIG keys, a primary zone `example.test` open to dynamic
 //! updates signed with `ddns-key`, on a port free for UDP and TCP, started in the
 //! foreground and stopped by its PID (SIGTERM, then wait; SIGKILL if it lingers) on drop.
+//! [`Named::stop`] and [`Named::restart`] take it down and bring it back on the same port,
+//! as an operator's restart would.
 //!
 //! The server also has an `rndc` control channel on its own loopback port, signed with
 //! `rndc-key`, and `allow-new-zones yes;`, so zones can be added and deleted at run time
@@ -187,20 +189,7 @@ impl Named {
                  }};\n"
             ),
         )?;
-        let log = fs::File::create(d.join("named.log")).map_err(|e| e.to_string())?;
-        let mut cmd = Command::new(named);
-        cmd.arg("-g");
-        if is_root() {
-            cmd.args(["-u", "root"]);
-        }
-        cmd.arg("-c")
-            .arg(d.join("named.conf"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log);
-        let child = cmd
-            .spawn()
-            .map_err(|e| format!("spawn {}: {e}", named.display()))?;
+        let child = spawn(named, d)?;
         let mut n = Named {
             child,
             dir,
@@ -209,19 +198,49 @@ impl Named {
             other_secret,
             rndc_port,
         };
+        n.wait_ready()?;
+        Ok(n)
+    }
+
+    /// Waits until the server answers for [`ZONE`] (at most 5 s).
+    fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            if soa_ready(port, ZONE) {
-                return Ok(n);
+            if soa_ready(self.port, ZONE) {
+                return Ok(());
             }
-            if let Ok(Some(status)) = n.child.try_wait() {
-                return Err(format!("named exited ({status}): {}", n.log()));
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!("named exited ({status}): {}", self.log()));
             }
             if Instant::now() > deadline {
-                return Err(format!("named not ready after 5 s: {}", n.log()));
+                return Err(format!("named not ready after 5 s: {}", self.log()));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// Stops the server as an operator's restart would (SIGTERM, then waits; SIGKILL if it
+    /// lingers), keeping its folder, port and keys for [`Named::restart`].
+    pub fn stop(&mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts a stopped server again on the same port, with the same configuration, zone and
+    /// dynamic updates (named replays its zone journal), and waits until it answers.
+    pub fn restart(&mut self) -> Result<(), String> {
+        let named = which("named").ok_or("`named` is not installed")?;
+        self.child = spawn(&named, self.dir.path())?;
+        self.wait_ready()
     }
 
     /// The server address.
@@ -387,16 +406,28 @@ impl Named {
 
 impl Drop for Named {
     fn drop(&mut self) {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
+}
+
+/// Starts `named` in the foreground on the configuration in `dir`, its output appended to
+/// `named.log` there.
+fn spawn(named: &Path, dir: &Path) -> Result<Child, String> {
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("named.log"))
+        .map_err(|e| e.to_string())?;
+    let mut cmd = Command::new(named);
+    cmd.arg("-g");
+    if is_root() {
+        cmd.args(["-u", "root"]);
+    }
+    cmd.arg("-c")
+        .arg(dir.join("named.conf"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    cmd.spawn()
+        .map_err(|e| format!("spawn {}: {e}", named.display()))
 }

@@ -44,7 +44,7 @@ fn show_layers_file_env_and_flags_and_redacts_the_seal_key() {
     let base = s.dir.path();
     s.write(
         "provisio.toml",
-        "data_dir = \"state\"\nnamespaces = \"ns\"\n\n[engine]\nmax_parallel = 4\nretries = 7\n\n\
+        "data_dir = \"state\"\nnamespaces = \"ns\"\n\n[engine]\nmax_parallel = 4\n\n[retry.undo]\nbudget = \"2m\"\n\n\
          [providers.dns]\nzone_dir = \"my-zones\"\n\n[[providers.exec]]\nname = \"Ledger\"\n\
          command = [\"python3\", \"ledger.py\"]\nenv = { LEDGER_FILE = \"l.json\", API_TOKEN = \"hunter2\" }\n",
     );
@@ -57,9 +57,14 @@ fn show_layers_file_env_and_flags_and_redacts_the_seal_key() {
     );
     assert_eq!(path_of(&t, "namespaces"), base.join("ns"));
     assert_eq!(get(&t, "engine.max_parallel").as_integer(), Some(4));
-    assert_eq!(get(&t, "engine.retries").as_integer(), Some(7));
+    assert_eq!(get(&t, "retry.undo.budget").as_str(), Some("2m"));
     assert_eq!(
-        get(&t, "engine.undo_attempts").as_integer(),
+        get(&t, "retry.undo.initial").as_str(),
+        Some("100ms"),
+        "the effective policy, defaults included"
+    );
+    assert_eq!(
+        get(&t, "retry.calls.max_attempts").as_integer(),
         Some(3),
         "default"
     );
@@ -93,7 +98,7 @@ fn show_layers_file_env_and_flags_and_redacts_the_seal_key() {
             "PROVISIO_DATA_DIR",
             base.join("env-data").display().to_string(),
         ),
-        ("PROVISIO_RETRIES", "5".to_string()),
+        ("PROVISIO_STEP_TIMEOUT_SECS", "5".to_string()),
         ("PROVISIO_SEAL_KEY", SEAL_KEY.to_string()),
     ];
     let r = run_clean(base, &["config", "show"], &env);
@@ -112,7 +117,7 @@ fn show_layers_file_env_and_flags_and_redacts_the_seal_key() {
         path_of(&t, "providers.filesystem.root"),
         base.join("env-data/files")
     );
-    assert_eq!(get(&t, "engine.retries").as_integer(), Some(5));
+    assert_eq!(get(&t, "engine.step_timeout_secs").as_integer(), Some(5));
     assert_eq!(
         get(&t, "engine.max_parallel").as_integer(),
         Some(4),
@@ -161,7 +166,7 @@ fn bad_config_exits_2_naming_file_line_and_key() {
 
     s.write(
         "provisio.toml",
-        "data_dir = \"d\"\n[engine]\nretries = 2\nstep_timeout_secs = \"soon\"\n",
+        "data_dir = \"d\"\n[engine]\nmax_parallel = 2\nstep_timeout_secs = \"soon\"\n",
     );
     let r = run_clean(base, &["run", "x.yaml"], &[]);
     assert_eq!(r.code, 2, "{r:?}");
@@ -223,7 +228,7 @@ fn rfc2136_backend_from_the_config_file_adds_and_rolls_back() {
     s.write(
         "provisio.toml",
         &format!(
-            "data_dir = \"data\"\nnamespaces = \"ns\"\n[engine]\nretries = 0\n[providers.dns]\n\
+            "data_dir = \"data\"\nnamespaces = \"ns\"\n[retry.calls]\nmax_attempts = 1\n[providers.dns]\n\
              backend = \"rfc2136\"\nserver = \"127.0.0.1:{}\"\nkey_file = \"{}\"\ntimeout_secs = 3\n",
             n.port,
             n.key_file().display()
@@ -335,7 +340,7 @@ fn exec_provider_from_the_config_file_runs_a_request() {
     s.write(
         "provisio.toml",
         &format!(
-            "data_dir = \"data\"\nnamespaces = \"ns\"\n[engine]\nretries = 0\n\n[[providers.exec]]\n\
+            "data_dir = \"data\"\nnamespaces = \"ns\"\n[retry.calls]\nmax_attempts = 1\n\n[[providers.exec]]\n\
              name = \"Ledger\"\ncommand = [\"python3\", \"{}\"]\nenv = {{ LEDGER_FILE = \"state/ledger.json\" }}\n\
              call_timeout_secs = 20\n",
             repo().join("examples/exec-provider/ledger.py").display()
@@ -476,7 +481,7 @@ fn bind_sandbox(n: &Named) -> Sandbox {
     s.write(
         "provisio.toml",
         &format!(
-            "data_dir = \"data\"\nnamespaces = \"ns\"\n[engine]\nretries = 0\n[providers.dns]\n\
+            "data_dir = \"data\"\nnamespaces = \"ns\"\n[retry.calls]\nmax_attempts = 1\n[providers.dns]\n\
              backend = \"rfc2136\"\nserver = \"127.0.0.1:{}\"\nkey_file = \"{}\"\ntimeout_secs = 3\n\
              [providers.dns.rndc]\nzone_dir = \"{}\"\nserver = \"127.0.0.1\"\nport = {}\nkey_file = \"{}\"\n",
             n.port,

@@ -1,12 +1,14 @@
 //! One provider call of a step: journal the intent, call with a timeout and a panic guard,
-//! retry transient errors, journal the result and register the undo. Resuming after a
-//! crash replays a journaled result instead of calling; a dry run asks for a preview.
+//! retry transient errors under the `calls` retry policy, settle an in-doubt call through
+//! `recover` under the `settle` policy, journal the result and register the undo. Resuming
+//! after a crash replays a journaled result instead of calling; a dry run asks for a preview.
 
 use super::journal::log_lapse;
 use super::run::Sched;
 use super::state::{lock, push_completed, Completed, Txn};
 use super::{
-    Engine, ErrorSource, Event, Failure, PlanEntry, Replayed, StepDone, StepIntent, UndoFailure,
+    Attempts, Engine, ErrorSource, Event, Failure, GaveUp, PlanEntry, Redactor, Replayed, RetryUse,
+    StepDone, StepIntent, UndoFailure,
 };
 use crate::compile::{CompiledProcedure, Leaf};
 use crate::data::Element;
@@ -65,6 +67,8 @@ impl Engine {
                 .as_ref()
                 .and_then(|r| r.next_attempt.get(step).copied())
                 .unwrap_or(1);
+            let policy = self.options.retry.policy(&leaf.provider, RetryUse::Calls);
+            let mut attempts = Attempts::start(policy, RetryUse::Calls);
             loop {
                 let context = self.call_context(txn, callee, leaf, step, attempt);
                 let journaling = self.journal.records();
@@ -102,7 +106,7 @@ impl Engine {
                 } else {
                     error
                 };
-                self.failed(&call, &context, error, attempt).await?;
+                self.failed(&call, &context, error, &mut attempts).await?;
                 attempt += 1;
             }
         }
@@ -110,15 +114,15 @@ impl Engine {
         .await
     }
 
-    /// A failed attempt (or an in-doubt one settled as not applied): journaled; a transient
-    /// or settled error within the retry budget waits for its backoff and returns `Ok` (try
-    /// again, same idempotency key), any other ends the step.
+    /// A failed attempt (or an in-doubt one settled as not applied): journaled; a retryable
+    /// error the `calls` retry policy allows another attempt for waits for its backoff and
+    /// returns `Ok` (try again, same idempotency key), any other ends the step.
     async fn failed(
         &self,
         call: &LeafCall<'_>,
         context: &CallContext,
         error: ProviderError,
-        attempt: u32,
+        attempts: &mut Attempts<'_>,
     ) -> Result<(), Failure> {
         let redactor = &call.txn.redactor;
         let mut message = redactor.redact_text(&error.to_string());
@@ -131,16 +135,11 @@ impl Engine {
             "recovery sees the call's intent without an outcome and asks the provider \
              whether it was applied (an in-doubt call)",
         );
-        let retryable = matches!(
-            error,
-            ProviderError::Transient { .. } | ProviderError::InDoubt { .. }
-        );
-        if retryable && attempt <= self.options.retries {
-            tracing::warn!(attempt, error = %message, "transient error; retrying");
-            tokio::time::sleep(self.backoff(attempt)).await;
-            return Ok(());
+        match attempts.back_off(&error, &message).await {
+            Ok(()) => return Ok(()),
+            Err(GaveUp::NotRetryable) => tracing::warn!(error = %message, "step failed"),
+            Err(why) => tracing::warn!(error = %message, retry = %why, "step failed"),
         }
-        tracing::warn!(error = %message, "step failed");
         self.emit(Event::StepFinished {
             step: call.step.to_string(),
             ok: false,
@@ -159,9 +158,8 @@ impl Engine {
     }
 
     /// Settles an attempt whose outcome is unknown through the provider's `recover` (same
-    /// idempotency key): journals the in-doubt state, then asks up to `undo_attempts`
-    /// times, each within the step timeout; a transient answer is asked again after a
-    /// backoff. A read changed nothing and is not asked.
+    /// idempotency key): journals the in-doubt state, then asks (see
+    /// [`Engine::recover_call`]). A read changed nothing and is not asked.
     async fn settle_in_doubt(
         &self,
         call: &LeafCall<'_>,
@@ -185,45 +183,56 @@ impl Engine {
             provider_context: call.leaf.provider_context.clone(),
             execute_data: ed.clone(),
         };
-        let tries = self.options.undo_attempts.max(1);
-        let mut last = String::new();
-        for n in 1..=tries {
-            let asked = AssertUnwindSafe(call.provider.recover(&request)).catch_unwind();
-            match tokio::time::timeout(self.options.step_timeout, asked).await {
-                Ok(Ok(Ok(Some(undo)))) => {
-                    tracing::info!("settled: the call was applied; it counts as done");
-                    return Settled::Applied(undo);
-                }
-                Ok(Ok(Ok(None))) => {
-                    tracing::info!("settled: the call was not applied");
-                    return Settled::NotApplied;
-                }
-                Ok(Ok(Err(
-                    e @ (ProviderError::Transient { .. } | ProviderError::InDoubt { .. }),
-                ))) => {
-                    last = e.to_string();
-                }
-                Ok(Ok(Err(e))) => return Settled::CannotTell(redactor.redact_text(&e.to_string())),
-                Ok(Err(panic)) => {
-                    return Settled::CannotTell(format!(
-                        "its recover panicked: {}",
-                        panic_message(&panic)
-                    ))
-                }
-                Err(_) => {
-                    last = format!(
-                        "its recover did not answer within {:?}",
-                        self.options.step_timeout
-                    )
-                }
+        match self
+            .recover_call(call.provider.as_ref(), &request, redactor)
+            .await
+        {
+            Ok(Some(undo)) => {
+                tracing::info!("settled: the call was applied; it counts as done");
+                Settled::Applied(undo)
             }
-            last = redactor.redact_text(&last);
-            tracing::warn!(attempt = n, error = %last, "cannot settle the in-doubt call yet");
-            if n < tries {
-                tokio::time::sleep(self.backoff(n)).await;
+            Ok(None) => {
+                tracing::info!("settled: the call was not applied");
+                Settled::NotApplied
+            }
+            Err(why) => Settled::CannotTell(why),
+        }
+    }
+
+    /// Asks `provider` whether `call` (by its idempotency key) was applied: its undo record,
+    /// or `None`. Each answer is awaited within the step timeout; a retryable answer (a
+    /// transient or in-doubt error, no answer in time) is asked again under the provider's
+    /// `settle` retry policy. Errs with why it cannot tell, secrets masked. Used during a
+    /// run, at crash recovery and by `tx resume-rollback`.
+    pub(crate) async fn recover_call(
+        &self,
+        provider: &dyn Provider,
+        call: &Call,
+        redactor: &Redactor,
+    ) -> Result<Option<Element>, String> {
+        let policy = self.options.retry.policy(provider.name(), RetryUse::Settle);
+        let mut attempts = Attempts::start(policy, RetryUse::Settle);
+        loop {
+            let asked = AssertUnwindSafe(provider.recover(call)).catch_unwind();
+            let error = match tokio::time::timeout(self.options.step_timeout, asked).await {
+                Ok(Ok(Ok(found))) => return Ok(found),
+                Ok(Ok(Err(e))) => e,
+                Ok(Err(panic)) => {
+                    return Err(redactor
+                        .redact_text(&format!("its recover panicked: {}", panic_message(&panic))))
+                }
+                Err(_) => ProviderError::in_doubt(format!(
+                    "its recover did not answer within {:?}",
+                    self.options.step_timeout
+                )),
+            };
+            let message = redactor.redact_text(&error.to_string());
+            match attempts.back_off(&error, &message).await {
+                Ok(()) => {}
+                Err(GaveUp::NotRetryable) => return Err(message),
+                Err(why) => return Err(format!("{message} ({why})")),
             }
         }
-        Settled::CannotTell(last)
     }
 
     /// An in-doubt call the provider cannot settle: the step fails, and the transaction's

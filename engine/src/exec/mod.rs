@@ -6,11 +6,13 @@
 //!
 //! `run` walks a transaction and its plan, `call` makes one provider call, `transform`
 //! reads and writes the data scopes, `script` runs script steps, and `rollback` commits
-//! two-phase calls or undoes completed ones; `state` is what a running transaction holds.
+//! two-phase calls or undoes completed ones; `retry` says how often and how long a call,
+//! a settlement or an undo is tried again; `state` is what a running transaction holds.
 
 mod call;
 pub(crate) mod journal;
 mod redact;
+mod retry;
 mod rollback;
 mod run;
 mod script;
@@ -21,7 +23,9 @@ pub use journal::{
     Journal, JournalError, NoJournal, ScriptUndoDone, StepDone, StepIntent, TxnStart, TxnState,
 };
 pub(crate) use redact::Redactor;
-pub(crate) use rollback::{undo_in_dependency_order, UndoError, UndoOrder};
+pub(crate) use retry::{Attempts, GaveUp};
+pub use retry::{RetryOptions, RetryPolicies, RetryPolicy, RetryUse};
+pub(crate) use rollback::{undo_in_dependency_order, UndoError, UndoOrder, WaitedOut};
 pub(crate) use script::{journaled_script_undo, SCRIPT_NAMESPACE, SCRIPT_UNDO_TARGET};
 
 use crate::compile::{check_request, compile_request, Catalog, CompileErrors, Limits, Program};
@@ -43,12 +47,9 @@ pub struct EngineOptions {
     pub max_parallel: usize,
     /// A provider call that takes longer fails the step.
     pub step_timeout: Duration,
-    /// Extra attempts for a transient provider error.
-    pub retries: u32,
-    /// Attempts for each undo before the transaction ends in rollback_failed.
-    pub undo_attempts: u32,
-    /// First retry delay (doubles each attempt).
-    pub retry_backoff: Duration,
+    /// How often and how long calls, settlements of in-doubt calls and undos are tried
+    /// again after a retryable error, globally and per provider.
+    pub retry: RetryOptions,
     /// Most forEach iterations of one step.
     pub max_iterations: usize,
     /// Compiler limits.
@@ -60,9 +61,7 @@ impl Default for EngineOptions {
         EngineOptions {
             max_parallel: 16,
             step_timeout: Duration::from_secs(300),
-            retries: 2,
-            undo_attempts: 3,
-            retry_backoff: Duration::from_millis(50),
+            retry: RetryOptions::default(),
             max_iterations: 100_000,
             limits: Limits::default(),
         }

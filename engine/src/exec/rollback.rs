@@ -1,18 +1,19 @@
 //! The end of a transaction: the two-phase prepare/commit of every two-phase call, or the
-//! undo of every completed call in reverse dependency order, each undo retried with backoff.
+//! undo of every completed call in reverse dependency order, each undo retried under its
+//! provider's `undo` retry policy.
 
 use super::call::{fail, panic_message};
 use super::journal::log_lapse;
 use super::state::{lock, Txn};
-use super::{Engine, Event, Failure, Redactor, UndoFailure};
+use super::{Attempts, Engine, Event, Failure, GaveUp, Redactor, RetryUse, UndoFailure};
 use crate::model::ProcKind;
-use crate::provider::{Done, Provider};
+use crate::provider::{Done, Provider, ProviderError};
 use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
 use std::cmp::Reverse;
+use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
 use tracing::{info_span, Instrument};
 
 impl Engine {
@@ -81,7 +82,8 @@ impl Engine {
     /// Undoes every completed call in reverse dependency order: a call is undone only after
     /// every call that started after it completed (and so may depend on it) was undone;
     /// calls that overlapped in time are independent and are undone concurrently. Each undo
-    /// is retried with backoff; returns how many were undone and what kept failing.
+    /// is retried under its provider's `undo` retry policy; returns how many were undone
+    /// and what kept failing.
     pub(super) async fn rollback(&self, txn: &Txn) -> (usize, Vec<UndoFailure>) {
         let completed = std::mem::take(&mut *lock(&txn.completed));
         let order: Vec<UndoOrder> = completed
@@ -93,6 +95,7 @@ impl Engine {
             .collect();
         let mut undone = 0;
         let mut failures = Vec::new();
+        let waited = WaitedOut::default();
         let results = undo_in_dependency_order(&order, |i| {
             let c = &completed[i];
             let undo = Undo {
@@ -100,7 +103,7 @@ impl Engine {
                 done: c.done.clone(),
                 step: c.step.clone(),
             };
-            self.undo_redacted(undo, &txn.redactor)
+            self.undo_redacted(undo, &txn.redactor, &waited)
         })
         .await;
         for (i, r) in results.into_iter().enumerate() {
@@ -118,24 +121,36 @@ impl Engine {
         (undone, failures)
     }
 
-    /// One undo with retries and backoff, journaled.
+    /// One undo with retries (the provider's `undo` policy), journaled; `waited` is shared
+    /// by the undos of one rollback.
     pub(crate) async fn undo_one(
         &self,
         provider: Arc<dyn Provider>,
         done: Done,
         step: String,
+        waited: &WaitedOut,
     ) -> Result<(), UndoError> {
         let undo = Undo {
             provider,
             done,
             step,
         };
-        self.undo_redacted(undo, &Redactor::default()).await
+        self.undo_redacted(undo, &Redactor::default(), waited).await
     }
 
-    /// One undo with retries and backoff, journaled; its errors are logged, journaled and
-    /// returned with the transaction's secrets masked.
-    async fn undo_redacted(&self, undo: Undo, redactor: &Redactor) -> Result<(), UndoError> {
+    /// One undo, retried under its provider's `undo` retry policy, journaled; its errors are
+    /// logged, journaled and returned with the transaction's secrets masked. Each attempt
+    /// is awaited within the step timeout (an undo that does not answer in time is tried
+    /// again: undos are idempotent). Only this undo waits for its backoff: independent
+    /// undos run concurrently (see [`undo_in_dependency_order`]). Once an undo of a
+    /// provider has waited out its whole budget, the later undos of that provider in the
+    /// same rollback are tried once each (see [`WaitedOut`]).
+    async fn undo_redacted(
+        &self,
+        undo: Undo,
+        redactor: &Redactor,
+        waited: &WaitedOut,
+    ) -> Result<(), UndoError> {
         let Undo {
             provider,
             done,
@@ -144,13 +159,18 @@ impl Engine {
         let span = info_span!("undo", step.id = %step, provider = %provider.name());
         async {
             self.emit(Event::Undoing { step: step.clone() });
-            let mut last = UndoError::Failed(String::new());
-            for attempt in 1..=self.options.undo_attempts.max(1) {
-                match AssertUnwindSafe(provider.undo(done.clone()))
-                    .catch_unwind()
-                    .await
-                {
-                    Ok(Ok(())) => {
+            let name = provider.name();
+            let policy = self.options.retry.policy(name, RetryUse::Undo);
+            let mut attempts = if waited.contains(name) {
+                Attempts::once(policy, RetryUse::Undo)
+            } else {
+                Attempts::start(policy, RetryUse::Undo)
+            };
+            let last = loop {
+                let undone = AssertUnwindSafe(provider.undo(done.clone())).catch_unwind();
+                let error = match tokio::time::timeout(self.options.step_timeout, undone).await {
+                    Ok(Ok(Ok(()))) => {
+                        waited.back(name);
                         log_lapse(
                             self.journal.undo_done(&done.context, None).await,
                             "undo_done",
@@ -158,14 +178,35 @@ impl Engine {
                         );
                         return Ok(());
                     }
-                    Ok(Err(e)) => last = UndoError::Failed(redactor.redact_text(&e.to_string())),
-                    Err(p) => last = UndoError::Panicked(redactor.redact_text(&panic_message(&p))),
+                    Ok(Ok(Err(e))) => e,
+                    Ok(Err(p)) => {
+                        // A panic is a bug in the provider: trying again does not fix it.
+                        let e = UndoError::Panicked(redactor.redact_text(&panic_message(&p)));
+                        tracing::warn!(error = %e, "undo failed");
+                        break e;
+                    }
+                    Err(_) => ProviderError::in_doubt(format!(
+                        "the undo did not answer within {:?} (step timeout)",
+                        self.options.step_timeout
+                    )),
+                };
+                let message = redactor.redact_text(&error.to_string());
+                match attempts.back_off(&error, &message).await {
+                    Ok(()) => {}
+                    Err(GaveUp::NotRetryable) => {
+                        tracing::warn!(error = %message, "undo failed");
+                        break UndoError::Failed(message);
+                    }
+                    Err(why) => {
+                        // Only an undo that actually waited marks the provider.
+                        if matches!(why, GaveUp::Budget { .. } | GaveUp::Attempts(2..)) {
+                            waited.gave_up(name);
+                        }
+                        tracing::warn!(error = %message, retry = %why, "undo failed");
+                        break UndoError::Failed(format!("{message} ({why})"));
+                    }
                 }
-                tracing::warn!(attempt, error = %last, "undo failed");
-                if attempt < self.options.undo_attempts {
-                    tokio::time::sleep(self.backoff(attempt)).await;
-                }
-            }
+            };
             log_lapse(
                 self.journal
                     .undo_done(&done.context, Some(&last.to_string()))
@@ -178,20 +219,42 @@ impl Engine {
         .instrument(span)
         .await
     }
+}
 
-    /// The wait before retry number `attempt` (1-based): the first backoff, doubling.
-    pub(super) fn backoff(&self, attempt: u32) -> Duration {
-        self.options.retry_backoff * 2u32.saturating_pow(attempt - 1)
+/// The providers whose undo, in one rollback, kept failing with a retryable error until its
+/// retry policy gave up (budget or `max_attempts`). Their later undos in the same rollback
+/// are tried once each: the provider has been unavailable for a whole budget already, and a
+/// chain of dependent undos of it would otherwise wait out one budget each, one after the
+/// other. An undo of the provider that succeeds clears it.
+#[derive(Debug, Default)]
+pub(crate) struct WaitedOut(Mutex<HashSet<String>>);
+
+impl WaitedOut {
+    fn set(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn contains(&self, provider: &str) -> bool {
+        self.set().contains(provider)
+    }
+
+    fn gave_up(&self, provider: &str) {
+        self.set().insert(provider.to_string());
+    }
+
+    fn back(&self, provider: &str) {
+        self.set().remove(provider);
     }
 }
 
 /// An undo that did not succeed (its text has the transaction's secrets masked).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum UndoError {
-    /// The provider's undo failed on the last attempt.
+    /// The provider's undo failed (on the last attempt; why it was not tried again is in
+    /// the text).
     #[error("{0}")]
     Failed(String),
-    /// The provider's undo panicked on the last attempt.
+    /// The provider's undo panicked (not tried again: a panic is a bug).
     #[error("undo panicked: {0}")]
     Panicked(String),
     /// The call's provider is not registered in this process.

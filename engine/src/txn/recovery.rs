@@ -12,8 +12,8 @@ use crate::compile::{compile_request, Catalog};
 use crate::data::Element;
 use crate::exec::{journaled_script_undo, SCRIPT_NAMESPACE, SCRIPT_UNDO_TARGET};
 use crate::exec::{
-    undo_in_dependency_order, Engine, Journal, JournalError, StepDone, TxnState, UndoError,
-    UndoOrder,
+    undo_in_dependency_order, Engine, Journal, JournalError, Redactor, StepDone, TxnState,
+    UndoError, UndoOrder, WaitedOut,
 };
 use crate::exec::{Replayed, Resume};
 use crate::model::{CallTarget, Format, Namespace, Procedure, Request, RequestTarget, SourceRef};
@@ -602,7 +602,8 @@ fn journaled_calls(txn_id: &TxnId, records: &[(u64, Record)]) -> Vec<JournaledCa
 }
 
 /// Asks the provider of every in-doubt call whether the call with its idempotency key was
-/// applied, and marks it done (to be undone) or failed. Returns how many were in doubt;
+/// applied (a transient answer is asked again under the provider's `settle` retry policy),
+/// and marks it done (to be undone) or failed. Returns how many were in doubt;
 /// what cannot be settled goes to `problems`.
 async fn settle_in_doubt(
     engine: &Engine,
@@ -635,7 +636,11 @@ async fn settle_in_doubt(
             provider_context: c.provider_context.clone(),
             execute_data: data,
         };
-        match provider.recover(&call).await {
+        // Retryable answers are asked again under the provider's `settle` retry policy.
+        match engine
+            .recover_call(provider.as_ref(), &call, &Redactor::default())
+            .await
+        {
             Ok(Some(undo)) => {
                 tracing::info!(step = %c.context.step_id, "in-doubt call was applied; it will be undone");
                 journal_settlement(
@@ -795,6 +800,7 @@ async fn run_undos(
     pending: &[PendingUndo],
     problems: &mut Vec<String>,
 ) -> usize {
+    let waited = WaitedOut::default();
     let results = undo_in_dependency_order(order, |k| {
         let p = &pending[k];
         let provider = p
@@ -802,11 +808,12 @@ async fn run_undos(
             .clone()
             .or_else(|| engine.registry().get(&calls[p.call].provider).cloned());
         let done = p.done.clone();
+        let waited = &waited;
         async move {
             match provider {
                 Some(provider) => {
                     let step = done.context.step_id.clone();
-                    engine.undo_one(provider, done, step).await
+                    engine.undo_one(provider, done, step, waited).await
                 }
                 None => Err(UndoError::NotRegistered),
             }
@@ -1162,7 +1169,10 @@ async fn settle_before_resuming(
             provider_context: i.provider_context.clone(),
             execute_data,
         };
-        match p.recover(&call).await {
+        match engine
+            .recover_call(p.as_ref(), &call, &Redactor::default())
+            .await
+        {
             Ok(None) => journal_settlement(
                 &i.context,
                 journal
@@ -1176,17 +1186,15 @@ async fn settle_before_resuming(
                     undo,
                     execute_data: None,
                 };
-                if let Err(source) = engine.undo_one(p.clone(), done, step.clone()).await {
+                let waited = WaitedOut::default();
+                if let Err(source) = engine
+                    .undo_one(p.clone(), done, step.clone(), &waited)
+                    .await
+                {
                     return Err(NotResumable::UndoFailed { step, source }.into());
                 }
             }
-            Err(e) => {
-                return Err(NotResumable::InDoubt {
-                    step,
-                    message: e.to_string(),
-                }
-                .into())
-            }
+            Err(message) => return Err(NotResumable::InDoubt { step, message }.into()),
         }
     }
     Ok(())

@@ -11,7 +11,8 @@ use provisio_engine::request::{parse_namespaces, parse_request};
 use provisio_engine::testing::RecordingProvider;
 use provisio_engine::{Catalog, CompileError};
 use provisio_engine::{
-    Engine, EngineOptions, Failure, Journal, JournalError, PlanEntry, RunError, TxnResult,
+    Engine, EngineOptions, Failure, Journal, JournalError, PlanEntry, RetryOptions, RunError,
+    TxnResult,
 };
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,7 +26,8 @@ pub struct Env {
 /// Fast retries so failing tests stay quick.
 pub fn options() -> EngineOptions {
     EngineOptions {
-        retry_backoff: Duration::from_millis(1),
+        retry: RetryOptions::default()
+            .with_intervals(Duration::from_millis(1), Duration::from_millis(1)),
         step_timeout: Duration::from_secs(20),
         ..EngineOptions::default()
     }
