@@ -172,6 +172,12 @@ fn backend_hint(msg: &str) -> Option<String> {
         )
     } else if msg.starts_with("unknown anchor") {
         Some("define the anchor (`&name`) before using the alias (`*name`)".into())
+    } else if msg.contains("cannot start any token") {
+        Some(
+            "YAML indents with spaces only (replace the tab), and a value starting with `@`, \
+             `` ` `` or `%` must be quoted"
+                .into(),
+        )
     } else {
         None
     }
@@ -805,6 +811,15 @@ mod backend_hint_tests {
         let msg = serde_yaml_error(&src);
         let hint = backend_hint(&msg).unwrap_or_else(|| panic!("no hint for {msg:?}"));
         assert!(hint.contains("aliases expand to too much data"), "{hint}");
+    }
+
+    #[test]
+    fn a_tab_or_reserved_character_is_recognised() {
+        for src in ["a:\n\tb: 1\n", "a: @b\n", "a: `b`\n"] {
+            let msg = serde_yaml_error(src);
+            let hint = backend_hint(&msg).unwrap_or_else(|| panic!("no hint for {msg:?}"));
+            assert!(hint.contains("replace the tab"), "{hint}");
+        }
     }
 
     #[test]
