@@ -318,7 +318,7 @@ fn deep_documents_are_refused_fast() {
     p.refused(
         &flow,
         &[
-            "flow.yaml:2:",
+            "flow.yaml:2:515:",
             "the document nests deeper than 128 levels",
             "hint: nesting is limited to 128 levels",
         ],
@@ -332,7 +332,10 @@ fn deep_documents_are_refused_fast() {
     let block = p.write("block.yaml", &block);
     p.refused(
         &block,
-        &["block.yaml:", "the document nests deeper than 128 levels"],
+        &[
+            "block.yaml:130:257:",
+            "the document nests deeper than 128 levels",
+        ],
     );
     let list = p.write(
         "list.yaml",
@@ -340,7 +343,7 @@ fn deep_documents_are_refused_fast() {
     );
     p.refused(
         &list,
-        &["list.yaml:4:", "the document nests deeper than 128 levels"],
+        &["list.yaml:4:257: the document nests deeper than 128 levels"],
     );
     let json = p.write(
         "deep.json",
