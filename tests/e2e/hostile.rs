@@ -35,6 +35,7 @@
 //! | driver script: an oversized CSV, a script hoarding memory | `e2e/script.rs` `read_csv_refuses_a_file_over_the_size_limit`, `a_script_hoarding_data_is_stopped_with_an_error_not_an_abort` |
 //! | broken pipe (`provisio run … \| head -1`, `plan`, `tx list`) | `e2e/cli.rs` `a_closed_stdout_ends_the_output_quietly` |
 //! | a busy journal (another process holds it) | `e2e/cli.rs` `a_busy_journal_exits_75_after_waiting_and_a_released_one_is_used` |
+//! | concurrent runs racing for the same tenant | [`concurrent_runs_for_one_tenant_commit_once`] |
 //! | a damaged or emptied journal | `e2e/store.rs` `a_damaged_journal_is_refused_and_left_as_it_was`, `a_journal_that_comes_back_empty_is_refused` |
 //! | kill -9 at every journal write | `e2e/crash.rs` `a_crash_at_any_journal_write_leaves_all_or_nothing` |
 //! | a bad configuration file | `e2e/config.rs` `bad_config_exits_2_naming_file_line_and_key` |
@@ -816,4 +817,49 @@ fn runaway_scripts_stop_at_their_limit_and_roll_back() {
         assert!(!r.stderr.contains("panicked"), "{r:?}");
     }
     p.nothing_committed();
+}
+
+#[test]
+fn concurrent_runs_for_one_tenant_commit_once() {
+    let p = Probe::new();
+    let request = p.write(
+        "race.yaml",
+        "call: Probe/Write\ndata: { path: tenants/first/owner.txt, content: me }\n",
+    );
+    let runs: Vec<Run> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..6)
+            .map(|_| {
+                s.spawn(|| {
+                    p.run(&[
+                        "run",
+                        &request,
+                        "--quiet",
+                        "--wait-lock",
+                        "60s",
+                        "--output",
+                        "json",
+                    ])
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("join"))
+            .collect()
+    });
+    let committed = runs.iter().filter(|r| r.code == 0).count();
+    assert_eq!(
+        committed, 1,
+        "exactly one run creates the tenant: {runs:#?}"
+    );
+    for r in runs.iter().filter(|r| r.code != 0) {
+        assert_eq!(r.code, 1, "the others fail and roll back: {r:?}");
+        assert!(r.stdout.contains("\"rolled_back\""), "{r:?}");
+        assert!(!r.stderr.contains("panicked"), "{r:?}");
+    }
+    let owner = p.sb.data().join("files/tenants/first/owner.txt");
+    assert_eq!(std::fs::read_to_string(owner).expect("owner.txt"), "me");
+    let list = p.run(&["tx", "list"]);
+    assert_eq!(list.stdout.matches(" committed").count(), 1, "{list:?}");
+    assert_eq!(list.stdout.matches("rolled_back").count(), 5, "{list:?}");
 }
