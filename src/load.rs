@@ -393,11 +393,12 @@ pub fn request(path: &Path) -> std::result::Result<Request, ParseError> {
     request::load_request_file(path)
 }
 
-/// Formats several parse errors, one per paragraph.
+/// Formats several parse errors, one per paragraph, for a caller that prints the whole
+/// as `error: {text}`: every error but the first gets its own `error: `.
 pub fn join_parse_errors(errors: &[ParseError]) -> String {
     errors
         .iter()
-        .map(|e| format!("error: {e}"))
+        .map(ToString::to_string)
         .collect::<Vec<_>>()
-        .join("\n")
+        .join("\nerror: ")
 }

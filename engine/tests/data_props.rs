@@ -234,7 +234,10 @@ fn noisy_path() -> impl Strategy<Value = String> {
 // Properties
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    // `PROPTEST_CASES` (a long run) overrides the default count.
+    #![proptest_config(ProptestConfig::with_cases(
+        std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256)
+    ))]
 
     /// (a) JSON → tree → JSON is the identity for representable values.
     #[test]

@@ -212,7 +212,10 @@ fn element_strategy() -> impl Strategy<Value = Element> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    // `PROPTEST_CASES` (a long run) overrides the default count.
+    #![proptest_config(ProptestConfig::with_cases(
+        std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256)
+    ))]
 
     #[test]
     fn arbitrary_trees_round_trip(tree in element_strategy()) {

@@ -882,7 +882,10 @@ fn if_filter_and_expr_values() {
     // A block scalar starts on the line after `$expr: |`, at its indentation.
     assert_eq!(
         exprs[2].source,
-        TransformSource::Expr(Script::new("\"/home/\" + user.first\n", at("\"/home/\"")))
+        TransformSource::Expr(
+            Script::new("\"/home/\" + user.first\n", at("\"/home/\""))
+                .with_indent(at("\"/home/\"").column - 1)
+        )
     );
     assert_eq!(exprs[2].destination_path.as_deref(), Some("home"));
     assert_eq!(
@@ -937,6 +940,7 @@ fn script_steps_map_to_the_model() {
             "let a = call_procedure(\"Rec Provider/Create\", #{ name: data.first });\n#{ made: a.id }\n",
             at("let a =")
         )
+        .with_indent(at("let a =").column - 1)
     );
     assert_eq!(
         s.undo,

@@ -17,7 +17,10 @@ fn rt() -> tokio::runtime::Runtime {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    // `PROPTEST_CASES` (a long run) overrides the default count.
+    #![proptest_config(ProptestConfig::with_cases(
+        std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(64)
+    ))]
 
     #[test]
     fn dns_inputs_never_panic_and_txt_reloads(name in "\\PC{0,20}|[a-z_*.@-]{1,20}", text in any::<String>(), addr in "\\PC{0,16}") {

@@ -5,6 +5,7 @@ mod cli;
 mod config;
 mod crash;
 mod files;
+mod hostile;
 mod operator;
 mod retention;
 mod script;

@@ -1077,7 +1077,8 @@ impl<'a> Compiler<'a> {
             script.origin.file.clone(),
             script.origin.line.max(1),
             script.origin.column.max(1),
-        );
+        )
+        .with_indent(script.indent);
         match self
             .catalog
             .script_engine()

@@ -167,6 +167,14 @@ pub struct Script {
     pub source: String,
     /// Where the source text starts in its file.
     pub origin: SourceRef,
+    /// Columns by which each line after the first stands further right in the file than
+    /// in `source` (a YAML block scalar strips its indentation); 0 = as written.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub indent: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Script {
@@ -175,7 +183,14 @@ impl Script {
         Script {
             source: source.into(),
             origin,
+            indent: 0,
         }
+    }
+
+    /// The same script, its later lines indented by `indent` columns in the file.
+    pub fn with_indent(mut self, indent: u32) -> Self {
+        self.indent = indent;
+        self
     }
 }
 

@@ -144,24 +144,53 @@ pub fn load_namespace_dir(dir: &FsPath) -> (Vec<Namespace>, Vec<ParseError>) {
 }
 
 pub(crate) fn read_limited(path: &FsPath) -> Result<String, ParseError> {
+    use std::io::Read;
     let file = path.display().to_string();
-    let meta = std::fs::metadata(path)
-        .map_err(|e| ParseError::new(SourceRef::new(&file, 0, 0), format!("cannot read: {e}")))?;
+    let at = || SourceRef::new(&file, 0, 0);
+    let meta =
+        std::fs::metadata(path).map_err(|e| ParseError::new(at(), format!("cannot read: {e}")))?;
+    // Checked before opening: a device (a link to /dev/zero) never ends, and opening a
+    // named pipe waits for a writer.
+    if !meta.is_file() {
+        return Err(ParseError::new(at(), "not a regular file")
+            .with_hint("give a file; to pass generated text, pipe it to `-` (standard input)"));
+    }
     if meta.len() as usize > MAX_FILE_BYTES {
         return Err(ParseError::new(
-            SourceRef::new(&file, 0, 0),
+            at(),
             format!(
                 "file is {} bytes; the limit is {MAX_FILE_BYTES}",
                 meta.len()
             ),
         ));
     }
-    let bytes = std::fs::read(path)
-        .map_err(|e| ParseError::new(SourceRef::new(&file, 0, 0), format!("cannot read: {e}")))?;
+    // At most one byte over the limit, should the file grow after the check.
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_FILE_BYTES as u64 + 1).read_to_end(&mut bytes))
+        .map_err(|e| ParseError::new(at(), format!("cannot read: {e}")))?;
+    if bytes.len() > MAX_FILE_BYTES {
+        return Err(ParseError::new(
+            at(),
+            format!("file is over the limit of {MAX_FILE_BYTES} bytes"),
+        ));
+    }
     String::from_utf8(bytes).map_err(|e| {
+        let bad = e.utf8_error().valid_up_to();
+        let before = &e.as_bytes()[..bad];
+        let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+        let line_start = before
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map_or(0, |i| i + 1);
+        // Everything before `bad` is valid UTF-8: count characters, not bytes.
+        let column = String::from_utf8_lossy(&before[line_start..])
+            .chars()
+            .count()
+            + 1;
         ParseError::new(
-            SourceRef::new(&file, 0, 0),
-            format!("not UTF-8 (byte {})", e.utf8_error().valid_up_to()),
+            SourceRef::new(&file, line as u32, column as u32),
+            format!("not UTF-8 (byte {bad} is not part of a UTF-8 character)"),
         )
         .with_hint("save the file as UTF-8")
     })

@@ -5,7 +5,8 @@ use rhai::{EvalAltResult, ParseError, ParseErrorType, Position};
 use super::limits::ScriptLimits;
 
 /// Where a script's text starts inside a definition file: script line 1 is `line`, and
-/// column `c` of the script's first line is `column + c - 1` (later lines keep their column).
+/// column `c` of the script's first line is `column + c - 1`; later lines keep their
+/// column plus `indent` (the indentation a YAML block scalar stripped).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct ScriptOrigin {
     /// The definition file (as shown to users).
@@ -14,6 +15,8 @@ pub struct ScriptOrigin {
     pub(crate) line: u32,
     /// 1-based column of the script's first character in `file`.
     pub(crate) column: u32,
+    /// Columns added to the column of every line after the first.
+    pub(crate) indent: u32,
 }
 
 impl ScriptOrigin {
@@ -23,7 +26,15 @@ impl ScriptOrigin {
             file: file.into(),
             line,
             column,
+            indent: 0,
         }
+    }
+
+    /// The same origin for a script whose lines after the first stand `indent` columns
+    /// further right in the file than in the script's text (a YAML block scalar).
+    pub fn with_indent(mut self, indent: u32) -> Self {
+        self.indent = indent;
+        self
     }
 
     /// The file `(line, column)` of a position inside the script; no position maps to the
@@ -41,7 +52,7 @@ impl ScriptOrigin {
                 if l == 1 {
                     (line, column.saturating_add(c - 1))
                 } else {
-                    (line.saturating_add(l - 1), c)
+                    (line.saturating_add(l - 1), c.saturating_add(self.indent))
                 }
             }
         }

@@ -24,6 +24,7 @@ mod convert;
 mod error;
 mod helpers;
 mod host;
+mod keywords;
 mod limits;
 
 use std::collections::HashMap;
@@ -117,6 +118,7 @@ impl ScriptEngine {
         engine.on_progress(host::check_deadline);
         helpers::register(&mut engine);
         host::register(&mut engine);
+        keywords::register(&mut engine);
         Self {
             engine,
             limits,
@@ -162,6 +164,7 @@ impl ScriptEngine {
                 for n in STANDARD_NAMES.iter().chain(names) {
                     scope.push_dynamic(*n, Dynamic::UNIT);
                 }
+                keywords::reset();
                 let ast = self
                     .engine
                     .compile_with_scope(&scope, source)

@@ -131,8 +131,10 @@ pub(super) fn yaml_err(file: &str, e: &serde_yaml::Error) -> ParseError {
     finish(file, line, col, msg, hint)
 }
 
-/// A serde_json error as a `ParseError` (see `yaml_err`).
-pub(super) fn json_err(file: &str, e: &serde_json::Error) -> ParseError {
+/// A serde_json error as a `ParseError` (see `yaml_err`). serde_json says column 0 for
+/// the line break itself (a string broken by a newline): that is the end of the line
+/// before, where the user has to look. At the end of the text it is the empty last line.
+pub(super) fn json_err(file: &str, src: &str, e: &serde_json::Error) -> ParseError {
     let mut msg = e.to_string();
     let at = format!(" at line {} column {}", e.line(), e.column());
     if let Some(s) = msg.strip_suffix(&at) {
@@ -142,7 +144,16 @@ pub(super) fn json_err(file: &str, e: &serde_json::Error) -> ParseError {
         Some(d) if msg.ends_with(&d.message) => d.hint,
         _ => backend_hint(&msg),
     };
-    finish(file, e.line() as u32, e.column() as u32, msg, hint)
+    let (mut line, mut column) = (e.line(), e.column());
+    if column == 0 && line > 1 && !e.is_eof() {
+        line -= 1;
+        column = src
+            .split('\n')
+            .nth(line - 1)
+            .map_or(0, |l| l.chars().count())
+            + 1;
+    }
+    finish(file, line as u32, column.max(1) as u32, msg, hint)
 }
 
 fn finish(file: &str, line: u32, col: u32, mut msg: String, hint: Option<String>) -> ParseError {
@@ -172,6 +183,12 @@ fn backend_hint(msg: &str) -> Option<String> {
         )
     } else if msg.starts_with("unknown anchor") {
         Some("define the anchor (`&name`) before using the alias (`*name`)".into())
+    } else if msg.contains("cannot start any token") {
+        Some(
+            "YAML indents with spaces only (replace the tab), and a value starting with `@`, \
+             `` ` `` or `%` must be quoted"
+                .into(),
+        )
     } else {
         None
     }
@@ -805,6 +822,15 @@ mod backend_hint_tests {
         let msg = serde_yaml_error(&src);
         let hint = backend_hint(&msg).unwrap_or_else(|| panic!("no hint for {msg:?}"));
         assert!(hint.contains("aliases expand to too much data"), "{hint}");
+    }
+
+    #[test]
+    fn a_tab_or_reserved_character_is_recognised() {
+        for src in ["a:\n\tb: 1\n", "a: @b\n", "a: `b`\n"] {
+            let msg = serde_yaml_error(src);
+            let hint = backend_hint(&msg).unwrap_or_else(|| panic!("no hint for {msg:?}"));
+            assert!(hint.contains("replace the tab"), "{hint}");
+        }
     }
 
     #[test]

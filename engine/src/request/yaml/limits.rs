@@ -44,6 +44,10 @@ fn too_deep_at(src: &str, limit: usize) -> Option<(u32, u32)> {
             let mut dashes = 0usize;
             while b.get(i) == Some(&b'-') && matches!(b.get(i + 1), Some(b' ') | None) {
                 dashes += 1;
+                // at the marker that goes too deep, not at the end of a long `- - - …` line
+                if block + dashes - 1 > limit {
+                    return Some((n as u32 + 1, i as u32 + 1));
+                }
                 i += 1;
                 while b.get(i) == Some(&b' ') {
                     i += 1;
@@ -123,7 +127,9 @@ mod tests {
             Some((4, 7))
         );
         assert_eq!(too_deep_at("- - - x\n", 3), None);
-        assert!(too_deep_at("- - - - x\n", 3).is_some());
+        assert_eq!(too_deep_at("- - - - x\n", 3), Some((1, 7)));
+        let long = format!("{}x\n", "- ".repeat(100_000));
+        assert_eq!(too_deep_at(&long, 3), Some((1, 7)));
     }
 
     #[test]

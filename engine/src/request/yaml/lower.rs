@@ -450,7 +450,7 @@ impl<'a> Cx<'a> {
                         }
                         filter_whens.push(When::Filter {
                             for_each: name.clone(),
-                            script: Script::new(f, origin),
+                            script: self.located_script(f, origin),
                         });
                     }
                     for_each.push(ForEach {
@@ -774,7 +774,9 @@ impl<'a> Cx<'a> {
                         None,
                     );
                 }
-                TransformSource::Expr(Script::new(e, expr_origin.unwrap_or_else(|| sref.clone())))
+                TransformSource::Expr(
+                    self.located_script(e, expr_origin.unwrap_or_else(|| sref.clone())),
+                )
             }
             (None, Some(Text(tpl))) => {
                 if t.source.is_some() || t.source_path.is_some() {
@@ -898,7 +900,7 @@ impl<'a> Cx<'a> {
         match e {
             Json::String(src) if !src.trim().is_empty() => {
                 let origin = self.value_origin(&at.key("$expr"));
-                Some(Some(Script::new(src.clone(), origin)))
+                Some(Some(self.located_script(src.clone(), origin)))
             }
             _ => {
                 self.err(
@@ -966,7 +968,7 @@ impl<'a> Cx<'a> {
             } else {
                 self.list_item_origin(&iat, i)
             };
-            out.push(When::Expr(Script::new(src, origin)));
+            out.push(When::Expr(self.located_script(src, origin)));
         }
         out
     }
@@ -1063,7 +1065,7 @@ impl<'a> Cx<'a> {
                     );
                     return None;
                 }
-                Some(Script::new(src, self.value_origin(at)))
+                Some(self.located_script(src, self.value_origin(at)))
             }
             ScriptDef::File(name) => {
                 let file = self.file.clone();
@@ -1090,6 +1092,20 @@ impl<'a> Cx<'a> {
             }
         }
         b
+    }
+
+    /// A script whose text starts at `origin` in this file. When it starts a line (a block
+    /// scalar, `|` or `>`), YAML stripped that line's indentation from every line of the
+    /// text, so errors on later lines add it back to their column.
+    fn located_script(&self, src: impl Into<String>, origin: SourceRef) -> Script {
+        let line = (origin.line as usize)
+            .checked_sub(1)
+            .and_then(|n| self.loc.lines.get(n).copied())
+            .unwrap_or("");
+        let leading = line.len() - line.trim_start_matches(' ').len();
+        let starts_the_line = origin.column as usize == leading + 1 && leading < line.len();
+        let indent = if starts_the_line { leading as u32 } else { 0 };
+        Script::new(src, origin).with_indent(indent)
     }
 
     /// Where the value of the key `at` names starts (script origins): a block scalar

@@ -33,7 +33,7 @@ pub(crate) fn parse_namespaces(src: &str, file: &str) -> Result<Vec<Namespace>, 
     let defs: Vec<NamespaceDef> = if looks_like_json(src) {
         match serde_json::from_str::<NamespaceFile>(src) {
             Ok(f) => f.0,
-            Err(e) => return Err(vec![json_err(file, &e)]),
+            Err(e) => return Err(vec![json_err(file, src, &e)]),
         }
     } else {
         check_depth(src, file).map_err(|e| vec![e])?;
@@ -80,7 +80,7 @@ pub(crate) fn parse_request(src: &str, file: &str, format: Format) -> Result<Req
     let src = without_bom(src);
     let _budget = Budget::start(src.len());
     let def: RequestDef = match format {
-        Format::Json => serde_json::from_str(src).map_err(|e| json_err(file, &e))?,
+        Format::Json => serde_json::from_str(src).map_err(|e| json_err(file, src, &e))?,
         _ => {
             if src.trim().is_empty() {
                 return Err(empty_request(file));
