@@ -11,10 +11,10 @@ use proptest::prelude::*;
 use provisio_engine::data::json::{from_json, to_json};
 use provisio_engine::data::xml::{self, Limits};
 use provisio_engine::data::{Element, Node, Path, Scalar};
-use provisio_engine::exec::TxnState;
 use provisio_engine::model::{Format, RequestTarget, Scope};
 use provisio_engine::request::template::{parse_template, TemplatePart};
 use provisio_engine::request::{parse_namespaces, parse_request, ParseError};
+use provisio_engine::TxnState;
 use serde_json::{Map, Value};
 
 mod support;
@@ -562,8 +562,8 @@ proptest! {
         src in prop_oneof!["\\PC{0,40}", "[a-z.?(){}\\[\\]#:;=+*\"` \n0-9]{0,40}"],
         word in prop_oneof![Just("go"), Just("match"), Just("fn"), Just("default"), Just("new"), Just("if"), Just("case")],
     ) {
-        let engine = provisio_engine::script::ScriptEngine::default();
-        let origin = provisio_engine::script::ScriptOrigin::new("s.yaml", 10, 5);
+        let engine = provisio_engine::ScriptEngine::default();
+        let origin = provisio_engine::ScriptOrigin::new("s.yaml", 10, 5);
         if let Err(e) = engine.compile(&src, &origin) {
             let (file, line, column) = e.location();
             prop_assert_eq!(file, "s.yaml");

@@ -1,9 +1,9 @@
 //! Scripts reading data fields named like rhai keywords (`data.go`, `data.match`), and
 //! script errors inside YAML block scalars pointing at the right line and column.
 
-use provisio_engine::exec::TxnState;
 use provisio_engine::model::Format;
-use provisio_engine::script::{ScriptEngine, ScriptOrigin, Vars};
+use provisio_engine::TxnState;
+use provisio_engine::{ScriptEngine, ScriptOrigin, Vars};
 use serde_json::json;
 
 mod support;
