@@ -450,5 +450,8 @@ fn two_phase_on_a_procedure_with_steps_is_warned_about() {
         .map(|w| w.to_string())
         .collect();
     assert_eq!(warnings.len(), 1, "only the one with steps: {warnings:?}");
-    assert!(warnings[0].contains("procedure `P`: type=\"two-phase\""), "{warnings:?}");
+    assert!(
+        warnings[0].contains("procedure `P`: type=\"two-phase\""),
+        "{warnings:?}"
+    );
 }

@@ -1548,3 +1548,6 @@ mod tests {
         assert!(e.message.contains("not closed"), "{e}");
     }
 }
+
+#[cfg(test)]
+mod coverage;
