@@ -385,7 +385,14 @@ async fn validate(config: &Config, args: &ValidateArgs) -> Result<Exit> {
     };
     let limits = load::engine_options(config).limits;
     let mut checked = 0usize;
+    // What the definitions ask for that Provisio does not do: said, not an error.
+    let mut warnings: Vec<String> = Vec::new();
     if let Some(catalog) = &catalog {
+        for ns in catalog.namespaces() {
+            for p in &ns.procedures {
+                warnings.extend(p.warnings().iter().map(|w| format!("warning: {w}")));
+            }
+        }
         messages.extend(
             check_catalog(catalog, &limits)
                 .iter()
@@ -394,6 +401,9 @@ async fn validate(config: &Config, args: &ValidateArgs) -> Result<Exit> {
         for f in &request_files {
             match request::load_request_file(f) {
                 Ok(req) => {
+                    if let provisio_engine::model::RequestTarget::Trusted(p) = &req.target {
+                        warnings.extend(p.warnings().iter().map(|w| format!("warning: {w}")));
+                    }
                     if let Err(errors) = provisio_engine::compile_request(catalog, &req, &limits) {
                         messages.push(errors.to_string());
                     }
@@ -402,6 +412,9 @@ async fn validate(config: &Config, args: &ValidateArgs) -> Result<Exit> {
             }
             checked += 1;
         }
+    }
+    for w in &warnings {
+        eprintln!("{w}");
     }
     if messages.is_empty() {
         println!(

@@ -114,6 +114,9 @@ pub fn noop_step(i: usize, needs: Vec<String>) -> Step {
         after: Vec::new(),
         needs,
         source_ref: SourceRef::default(),
+        sensitive: None,
+        impersonate: Default::default(),
+        pass_credentials: false,
     })
 }
 

@@ -1,5 +1,6 @@
 //! Responses in the format of the request: XML (`<response><data/>` or
-//! `<response><errorContext/>`), YAML or JSON, with secrets masked.
+//! `<response><errorContext/>`, then the request's `<context><clientContext/>` if it had
+//! one), YAML or JSON, with secrets masked.
 
 use crate::data::{json, xml, Element};
 use crate::exec::{TxnResult, TxnState};
@@ -41,6 +42,11 @@ pub fn to_value(r: &TxnResult) -> Value {
             ),
         );
     }
+    if let Some(cc) = &r.client_context {
+        let mut context = Element::new("context");
+        context.push(cc.clone());
+        doc.insert("context".into(), json::to_json(&context));
+    }
     doc.insert("calls".into(), json!(r.calls));
     if r.state != TxnState::Committed {
         doc.insert("undone".into(), json!(r.undone));
@@ -81,6 +87,9 @@ pub(crate) fn to_element(r: &TxnResult) -> Element {
         }
         resp.push(ec);
     }
+    if let Some(cc) = &r.client_context {
+        resp.push(Element::new("context")).push(cc.clone());
+    }
     resp
 }
 
@@ -115,6 +124,7 @@ mod tests {
             undone: 0,
             elapsed: std::time::Duration::ZERO,
             journal_error: None,
+            client_context: None,
         };
         assert_eq!(to_value(&result)["data"], json!({}));
     }

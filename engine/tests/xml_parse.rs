@@ -557,15 +557,28 @@ fn canonical_and_shorthand_simple_requests_agree() {
 }
 
 #[test]
-fn canonical_request_with_only_before_is_simple() {
-    let r = request::parse_request(
-        r#"<request><procedure><execute namespace="A" procedure="B"><before source="data" destination="executeData" mode="merge"/></execute></procedure></request>"#,
-        "r.xml",
-        Format::Xml,
-    )
-    .unwrap();
-    assert!(matches!(r.target, RequestTarget::Call(_)));
+fn only_the_exact_mirror_is_a_simple_request() {
+    let parse = |body: &str| {
+        let src = format!(
+            r#"<request><procedure><execute namespace="A" procedure="B">{body}</execute></procedure></request>"#
+        );
+        request::parse_request(&src, "r.xml", Format::Xml).unwrap()
+    };
+    let before = r#"<before source="data" destination="executeData" mode="merge"/>"#;
+    let after = r#"<after source="executeData" destination="data" mode="merge"/>"#;
+    let r = parse(&format!("{before}{after}"));
+    assert!(matches!(r.target, RequestTarget::Call(_)), "{:?}", r.target);
     assert_eq!(r.data, Element::new("data"));
+    // MPS gives the callee empty data, or returns `data` unchanged, for these: they run as
+    // the trusted procedures they are, not as a call with both mirrors.
+    for body in [before.to_string(), after.to_string(), String::new()] {
+        let r = parse(&body);
+        assert!(
+            matches!(r.target, RequestTarget::Trusted(_)),
+            "{body:?} parsed as {:?}",
+            r.target
+        );
+    }
 }
 
 #[test]

@@ -147,6 +147,25 @@ fn validate_accepts_the_shipped_files() {
     assert!(r.stdout.starts_with("ok:"), "{r:?}");
 }
 
+/// Issue 13: an MPS attribute Provisio does not act on is said, not dropped; `validate`
+/// still succeeds.
+#[test]
+fn validate_warns_about_mps_attributes_without_effect() {
+    let sb = Sandbox::new();
+    let ns = sb.write(
+        "mps/imp.xml",
+        "<namespace name=\"Imp\">\n  <procedure name=\"P\" access=\"public\">\n    <execute namespace=\"Filesystem Provider\" procedure=\"CreateFolder\" impersonate=\"1\"/>\n  </procedure>\n</namespace>\n",
+    );
+    let r = sb.run(&["validate", ns.to_str().expect("utf-8")]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.starts_with("ok:"), "{r:?}");
+    assert!(
+        r.stderr.contains("warning: ") && r.stderr.contains("imp.xml:3"),
+        "the warning names the file and line: {r:?}"
+    );
+    assert!(r.stderr.contains("impersonate=\"1\""), "{r:?}");
+}
+
 #[test]
 fn validate_reports_every_error_with_its_location() {
     let sb = Sandbox::new();

@@ -23,7 +23,7 @@ pub use error::{CompileError, CompileErrors};
 use crate::data::{Element, IfNull, Mode, Path};
 use crate::model::{
     Access, CallTarget, InputSpec, Ordering, ProcKind, Procedure, Request, RequestTarget, Scope,
-    SourceRef, Step, TransformSource, When,
+    SourceRef, Step, TransformSource, Warning, When,
 };
 use crate::request::template::{parse_template, TemplatePart};
 use crate::script::{CompiledScript, ScriptOrigin};
@@ -64,9 +64,17 @@ pub struct Program {
     /// The namespaces it was compiled from: (hash, serialized definition) per namespace,
     /// plus a trusted request's own procedure body under the name `(request)`.
     pub(crate) pinned: Vec<(String, String, Arc<Vec<u8>>)>,
+    /// What its procedures ask for that Provisio does not do (yet); see [`Warning`].
+    pub(crate) warnings: Vec<Warning>,
 }
 
 impl Program {
+    /// What the program's procedures ask for that Provisio does not do (yet): `validate`
+    /// prints these, and a run logs them.
+    pub fn warnings(&self) -> &[Warning] {
+        &self.warnings
+    }
+
     /// A reachable procedure.
     pub(crate) fn procedure(&self, target: &CallTarget) -> Option<&Arc<CompiledProcedure>> {
         self.procedures.get(target)
@@ -86,6 +94,10 @@ pub struct CompiledProcedure {
     pub(crate) procedure_data: Element,
     /// After a crash, resume instead of rolling back.
     pub(crate) resumable: bool,
+    /// Written to the audit log when it is a request's entry (MPS `auditEnabled`).
+    pub(crate) audit: bool,
+    /// Each invocation's time is logged (MPS `perfEnabled`).
+    pub(crate) perf: bool,
     /// A provider leaf or a plan of steps.
     pub body: Body,
 }
@@ -195,6 +207,8 @@ pub struct ExecNode {
     pub(crate) before: Vec<CTransform>,
     /// after transforms.
     pub(crate) after: Vec<CTransform>,
+    /// MPS `sensitive`: seal the rollback data of this call and below (`None` inherits).
+    pub(crate) sensitive: Option<bool>,
 }
 
 /// A compiled forEach.
@@ -454,6 +468,8 @@ struct Compiler<'a> {
     trusted: Option<Vec<u8>>,
     /// forEach names of the step being compiled (variables its scripts may use).
     step_names: Vec<String>,
+    /// What the compiled procedures ask for that Provisio does not do (yet).
+    warnings: Vec<Warning>,
 }
 
 impl<'a> Compiler<'a> {
@@ -467,6 +483,7 @@ impl<'a> Compiler<'a> {
             secrets: BTreeSet::new(),
             trusted: None,
             step_names: Vec::new(),
+            warnings: Vec::new(),
         }
     }
 
@@ -497,6 +514,7 @@ impl<'a> Compiler<'a> {
                     secrets: self.secrets,
                     definitions_hash,
                     pinned,
+                    warnings: self.warnings,
                 })
             }
             _ => Err(CompileErrors(self.errors)),
@@ -554,6 +572,8 @@ impl<'a> Compiler<'a> {
                 inputs: p.inputs.clone(),
                 procedure_data: p.procedure_data.clone(),
                 resumable: p.resumable,
+                audit: p.audit,
+                perf: p.perf,
                 body: Body::Leaf(Leaf {
                     provider,
                     entry: p.entry.clone().unwrap_or_else(|| p.name.clone()),
@@ -592,6 +612,7 @@ impl<'a> Compiler<'a> {
             self.secrets
                 .insert(i.name.rsplit('/').next().unwrap_or(&i.name).to_string());
         }
+        self.warnings.extend(p.warnings());
         let before = self.errors.len();
         let plan = self.plan(&target, p, &p.steps);
         if self.errors.len() > before {
@@ -603,6 +624,8 @@ impl<'a> Compiler<'a> {
             inputs: p.inputs.clone(),
             procedure_data: p.procedure_data.clone(),
             resumable: p.resumable,
+            audit: p.audit,
+            perf: p.perf,
             body: Body::Steps(plan),
         }))
     }
@@ -627,14 +650,10 @@ impl<'a> Compiler<'a> {
             }
             accesses.push(acc);
         }
-        let selects: HashMap<&str, NodeIndex> = steps
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| match s {
-                Step::Select(s) => Some((s.name.as_str(), NodeIndex::new(i))),
-                _ => None,
-            })
-            .collect();
+        // Selects are named per procedure (MPS): a `when` anywhere in the procedure may
+        // name a select of any block. In each block, the step holding a select is ordered
+        // before every other step whose subtree reads it.
+        let defined: Vec<Vec<&str>> = steps.iter().map(selects_defined).collect();
         for (i, step) in steps.iter().enumerate() {
             let me = NodeIndex::new(i);
             if p.ordering == Ordering::Sequential && i > 0 {
@@ -657,21 +676,39 @@ impl<'a> Compiler<'a> {
                     }),
                 }
             }
-            if let Step::Execute(e) = step {
-                for w in &e.when {
-                    if let When::Case { select, .. } = w {
-                        match selects.get(select.as_str()) {
-                            Some(&from) if from != me && !graph.contains_edge(from, me) => {
-                                graph.add_edge(from, me, Dep::Select);
-                            }
-                            Some(_) => {}
-                            None => self.errors.push(CompileError::Invalid {
-                                step: e.id.clone(),
-                                message: format!("`when` names select `{select}`, which is not a select of this block"),
-                                at: e.source_ref.clone(),
-                            }),
-                        }
+            for select in selects_read(step) {
+                let mut found = false;
+                for (j, names) in defined.iter().enumerate() {
+                    if j == i || !names.contains(&select) {
+                        continue;
                     }
+                    found = true;
+                    if p.ordering == Ordering::Sequential && j > i {
+                        self.errors.push(CompileError::Invalid {
+                            step: step.id().to_string(),
+                            message: format!(
+                                "`when` uses select `{select}` before it is evaluated: in `{pname}` the select comes later in document order"
+                            ),
+                            at: step.source_ref().clone(),
+                        });
+                        continue;
+                    }
+                    let from = NodeIndex::new(j);
+                    if !graph.contains_edge(from, me) {
+                        graph.add_edge(from, me, Dep::Select);
+                    }
+                }
+                if !found
+                    && !defined[i].contains(&select)
+                    && !procedure_selects(&p.steps).contains(&select)
+                {
+                    self.errors.push(CompileError::Invalid {
+                        step: step.id().to_string(),
+                        message: format!(
+                            "`when` names select `{select}`, which is not a select of `{pname}`"
+                        ),
+                        at: step.source_ref().clone(),
+                    });
                 }
             }
         }
@@ -784,10 +821,24 @@ impl<'a> Compiler<'a> {
         match step {
             Step::Execute(e) => {
                 let at = &e.source_ref;
-                let call = e
-                    .call
-                    .as_ref()
-                    .and_then(|t| self.procedure(t.clone(), at).map(|c| c.target.clone()));
+                let callee = e.call.as_ref().and_then(|t| self.procedure(t.clone(), at));
+                if let Some(c) = callee.as_ref().filter(|c| c.kind != ProcKind::Read) {
+                    if p.kind == ProcKind::Read {
+                        self.errors.push(CompileError::Invalid {
+                            step: e.id.clone(),
+                            message: format!(
+                                "`{target}` is a read procedure, but its step calls `{}`, which is {}",
+                                c.target,
+                                match c.kind {
+                                    ProcKind::TwoPhase => "two-phase",
+                                    _ => "a write procedure",
+                                }
+                            ),
+                            at: at.clone(),
+                        });
+                    }
+                }
+                let call = callee.map(|c| c.target.clone());
                 if let Some(t) = &e.call {
                     let errors = constant_input_errors(self.catalog, t, &e.execute_data)
                         .into_iter()
@@ -850,6 +901,7 @@ impl<'a> Compiler<'a> {
                         execute_data: e.execute_data.clone(),
                         before,
                         after,
+                        sensitive: e.sensitive,
                     })),
                     acc,
                 )
@@ -1319,6 +1371,49 @@ impl Plan {
             )
         })
     }
+}
+
+/// The names of the selects a step defines: itself, or any select inside its try/catch.
+fn selects_defined(step: &Step) -> Vec<&str> {
+    let mut out = Vec::new();
+    fn walk<'s>(step: &'s Step, out: &mut Vec<&'s str>) {
+        match step {
+            Step::Select(s) => out.push(s.name.as_str()),
+            Step::Try(t) => t.body.iter().chain(&t.catch).for_each(|s| walk(s, out)),
+            Step::Execute(_) | Step::Script(_) => {}
+        }
+    }
+    walk(step, &mut out);
+    out
+}
+
+/// Every select defined anywhere in a procedure's steps.
+fn procedure_selects(steps: &[Step]) -> Vec<&str> {
+    steps.iter().flat_map(selects_defined).collect()
+}
+
+/// The names of the selects a step's conditions read, in it or anywhere inside it.
+fn selects_read(step: &Step) -> Vec<&str> {
+    let mut out = Vec::new();
+    fn cases<'s>(when: &'s [When], out: &mut Vec<&'s str>) {
+        for w in when {
+            if let When::Case { select, .. } = w {
+                if !out.contains(&select.as_str()) {
+                    out.push(select.as_str());
+                }
+            }
+        }
+    }
+    fn walk<'s>(step: &'s Step, out: &mut Vec<&'s str>) {
+        match step {
+            Step::Execute(e) => cases(&e.when, out),
+            Step::Script(s) => cases(&s.when, out),
+            Step::Try(t) => t.body.iter().chain(&t.catch).for_each(|s| walk(s, out)),
+            Step::Select(_) => {}
+        }
+    }
+    walk(step, &mut out);
+    out
 }
 
 #[cfg(test)]

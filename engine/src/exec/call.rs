@@ -29,6 +29,8 @@ struct LeafCall<'a> {
     /// `Namespace/Procedure` of the leaf.
     target: String,
     provider: Arc<dyn Provider>,
+    /// MPS `sensitive`: the journaled rollback data is sealed whatever it holds.
+    sensitive: bool,
 }
 
 impl Engine {
@@ -40,8 +42,10 @@ impl Engine {
         leaf: &Leaf,
         ed: Element,
         step: &str,
+        sensitive: bool,
     ) -> Result<Element, Failure> {
         let call = LeafCall {
+            sensitive,
             txn,
             callee,
             leaf,
@@ -293,7 +297,7 @@ impl Engine {
     ) -> Result<(), Failure> {
         let mut logged = ed.clone();
         call.txn.redactor.redact_element(&mut logged);
-        let secret = call.txn.redactor.contains_secret(ed);
+        let secret = call.sensitive || call.txn.redactor.contains_secret(ed);
         self.journal
             .step_intent(&StepIntent {
                 context,
@@ -405,7 +409,8 @@ impl Engine {
         let mut logged_out = out.clone();
         redactor.redact_element(&mut logged_out);
         let saved = (undo.is_some() && call.leaf.save_data_for_rollback).then_some(ed);
-        let secret = undo.is_some_and(|u| redactor.contains_secret(u))
+        let secret = (call.sensitive && undo.is_some())
+            || undo.is_some_and(|u| redactor.contains_secret(u))
             || saved.is_some_and(|s| redactor.contains_secret(s));
         let resumable = call.txn.program.entry.resumable;
         self.journal
@@ -431,7 +436,9 @@ impl Engine {
         step: &str,
         at: Sched,
     ) -> Result<Element, Failure> {
-        let Sched { wave, unresolved } = at;
+        let Sched {
+            wave, unresolved, ..
+        } = at;
         let provider = self.provider(leaf, step)?;
         let call = Call {
             context: self.call_context(txn, callee, leaf, step, 1),

@@ -78,46 +78,48 @@ pub struct TxnStart<'a> {
     pub(crate) secret: bool,
     /// The definitions the program was compiled from: (namespace, hash, bytes).
     pub(crate) pinned: &'a [(String, String, std::sync::Arc<Vec<u8>>)],
+    /// Write the final outcome to the audit log (MPS `auditEnabled` of the entry).
+    pub(crate) audit: bool,
 }
 
 /// A provider call is about to be made.
 #[derive(Debug, Clone)]
 pub struct StepIntent<'a> {
     /// Identity (idempotency key inside).
-    pub(crate) context: &'a CallContext,
+    pub context: &'a CallContext,
     /// Registered provider name.
-    pub(crate) provider: &'a str,
+    pub provider: &'a str,
     /// `Namespace/Procedure` of the leaf.
-    pub(crate) target: &'a str,
+    pub target: &'a str,
     /// Kind of the leaf.
-    pub(crate) kind: crate::model::ProcKind,
+    pub kind: crate::model::ProcKind,
     /// The namespace's providerContext.
-    pub(crate) provider_context: &'a Element,
+    pub provider_context: &'a Element,
     /// executeData with secrets masked (for people).
     pub input: &'a Element,
     /// executeData as sent (for a recovery call); seal it when `secret`.
-    pub(crate) call_data: &'a Element,
+    pub call_data: &'a Element,
     /// `call_data` holds secrets.
-    pub(crate) secret: bool,
+    pub secret: bool,
 }
 
 /// A provider call succeeded.
 #[derive(Debug, Clone)]
 pub struct StepDone<'a> {
     /// Identity.
-    pub(crate) context: &'a CallContext,
+    pub context: &'a CallContext,
     /// Output with secrets masked.
     pub output: &'a Element,
     /// The provider's undo record, as returned; seal it when `secret`.
-    pub(crate) undo: Option<&'a Element>,
+    pub undo: Option<&'a Element>,
     /// executeData kept for the undo (saveDataForRollback); seal it when `secret`.
-    pub(crate) saved: Option<&'a Element>,
+    pub saved: Option<&'a Element>,
     /// `undo` or `saved` hold secrets.
-    pub(crate) secret: bool,
+    pub secret: bool,
     /// The exact output (kept only for resumable transactions, sealed when it holds secrets).
-    pub(crate) result: Option<&'a Element>,
+    pub result: Option<&'a Element>,
     /// `result` holds secrets.
-    pub(crate) result_secret: bool,
+    pub result_secret: bool,
 }
 
 /// A script step with an undo script finished: what the undo needs after a crash.

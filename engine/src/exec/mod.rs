@@ -10,6 +10,7 @@
 //! a settlement or an undo is tried again; `state` is what a running transaction holds.
 
 mod call;
+mod context;
 pub(crate) mod journal;
 mod redact;
 mod retry;
@@ -159,6 +160,8 @@ pub struct TxnResult {
     pub elapsed: Duration,
     /// The final state could not be journaled (the outcome above still happened).
     pub journal_error: Option<String>,
+    /// The request's `context/clientContext`, handed back to the client (secrets masked).
+    pub client_context: Option<Element>,
 }
 
 /// One step of a dry run.
@@ -335,8 +338,12 @@ impl Engine {
         context: Element,
     ) -> Txn {
         let redactor = Redactor::new(program.secrets.clone(), data);
+        context::learn_credentials(&context, &redactor);
+        let id = TxnId::new_v7();
+        let mut context = context;
+        let client_transaction_id = context::stamp_transaction_id(&mut context, &id);
         Txn {
-            id: TxnId::new_v7(),
+            id,
             mode,
             program,
             context: Mutex::new(context),
@@ -348,6 +355,7 @@ impl Engine {
             redactor,
             resume: None,
             in_doubt: Mutex::new(Vec::new()),
+            client_transaction_id,
         }
     }
 

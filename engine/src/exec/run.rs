@@ -2,6 +2,7 @@
 //! forEach/when/repeat/select/try-catch and nested calls), then commit or roll back and
 //! journal the end.
 
+use super::context;
 use super::journal::log_lapse;
 use super::state::{lock, Invocation, RunMode, StepCtx, Txn};
 use super::{Engine, ErrorSource, Failure, Resume, TxnResult, TxnStart, TxnState, UndoFailure};
@@ -39,10 +40,22 @@ impl Engine {
             txn.id = r.txn_id.clone();
             txn.resume = Some(r);
         }
+        if resuming {
+            context::stamp_transaction_id(&mut lock(&txn.context), &txn.id);
+        }
         let span = info_span!("txn", txn.id = %txn.id, procedure = %txn.program.entry.target);
         async {
             let started = self.journal_start(&txn, &data, resuming).await;
             tracing::info!("transaction started");
+            for warning in txn.program.warnings() {
+                tracing::warn!("{warning}");
+            }
+            if let Some(theirs) = txn.client_transaction_id.as_deref().filter(|_| !resuming) {
+                tracing::warn!(
+                    client_transaction_id = %txn.redactor.redact_text(theirs),
+                    "the request's transactionContext/@transactionId is ignored: the engine sets it to the transaction's own id (a client's own id belongs in clientContext/@clientTransactionId)"
+                );
+            }
             let result = match started {
                 Ok(()) => match self.run_entry(&txn, data).await {
                     Ok(data) => match unsettled_call(&txn) {
@@ -105,6 +118,7 @@ impl Engine {
                 request_data: data,
                 secret: masked.is_some() && txn.redactor.contains_secret(data),
                 pinned: &txn.program.pinned,
+                audit: txn.program.entry.audit,
             })
             .await
     }
@@ -121,6 +135,7 @@ impl Engine {
             undone: 0,
             elapsed: Duration::ZERO,
             journal_error: None,
+            client_context: context::client_context(&lock(&txn.context), &txn.redactor),
         };
         match result {
             Ok(mut data) => {
@@ -198,8 +213,10 @@ impl Engine {
         match &entry.body {
             Body::Steps(plan) => {
                 apply_defaults(&entry, &mut data);
-                let inv = Invocation::new(data, entry.procedure_data.clone());
+                let inv = Invocation::new(data, entry.procedure_data.clone(), false);
+                let started = std::time::Instant::now();
                 let r = self.run_plan(txn, &inv, plan, "", 0).await;
+                log_perf(&entry, "", started);
                 match r {
                     Ok(_) => Ok(inv.into_data()),
                     Err(mut f) => {
@@ -223,10 +240,11 @@ impl Engine {
                     let at = Sched {
                         wave: 0,
                         unresolved: Vec::new(),
+                        sensitive: false,
                     };
                     Box::pin(self.preview(txn, &entry, leaf, ed, step, at)).await?
                 } else {
-                    Box::pin(self.call_provider(txn, &entry, leaf, ed, step)).await?
+                    Box::pin(self.call_provider(txn, &entry, leaf, ed, step, false)).await?
                 };
                 out.name = "data".into();
                 Ok(out)
@@ -365,16 +383,24 @@ impl Engine {
         let mut f = f;
         f.message = txn.redactor.redact_text(&f.message);
         tracing::info!(step = %f.step, error = %f.message, "error caught; running catch");
-        {
+        // The error a catch sees; an enclosing catch's own errorContext comes back once
+        // this one has handled its error.
+        let enclosing = {
             let mut context = lock(&txn.context);
-            context.children.retain(
-                |c| !matches!(c, crate::data::Node::Element(e) if e.name == "errorContext"),
-            );
+            let enclosing = take_error_context(&mut context);
             context.push(error_context(&f));
-        }
+            enclosing
+        };
         let catch_prefix = format!("{prefix}{}/catch/", t.id);
-        self.run_plan(txn, inv, &t.catch, &catch_prefix, start)
-            .await
+        let end = self
+            .run_plan(txn, inv, &t.catch, &catch_prefix, start)
+            .await?;
+        let mut context = lock(&txn.context);
+        take_error_context(&mut context);
+        if let Some(e) = enclosing {
+            context.push(e);
+        }
+        Ok(end)
     }
 
     /// An execute step: for each forEach iteration whose conditions hold, `repeat` times:
@@ -423,7 +449,11 @@ impl Engine {
                     continue; // ifNull="skip": this iteration does not run
                 }
                 if let Some(target) = &node.call {
-                    let at = Sched { wave, unresolved };
+                    let at = Sched {
+                        wave,
+                        unresolved,
+                        sensitive: node.sensitive.unwrap_or(inv.sensitive),
+                    };
                     (ed, wave) = self.invoke(txn, target, ed, &step, at).await?;
                 }
                 let mut ignored = Vec::new();
@@ -491,11 +521,14 @@ impl Engine {
             match &callee.body {
                 Body::Leaf(leaf) => {
                     let end = at.wave + 1;
+                    let started = std::time::Instant::now();
                     let out = if txn.mode == RunMode::Plan {
                         self.preview(txn, &callee, leaf, ed, step, at).await?
                     } else {
-                        self.call_provider(txn, &callee, leaf, ed, step).await?
+                        self.call_provider(txn, &callee, leaf, ed, step, at.sensitive)
+                            .await?
                     };
+                    log_perf(&callee, step, started);
                     Ok((out, end))
                 }
                 Body::Steps(plan) => {
@@ -506,9 +539,12 @@ impl Engine {
                     if txn.mode == RunMode::Execute {
                         check_required_inputs(&callee, &data, step)?;
                     }
-                    let inv = Invocation::new(data, callee.procedure_data.clone());
+                    let inv = Invocation::new(data, callee.procedure_data.clone(), at.sensitive);
                     let prefix = format!("{step}/");
-                    match self.run_plan(txn, &inv, plan, &prefix, at.wave).await {
+                    let started = std::time::Instant::now();
+                    let ran = self.run_plan(txn, &inv, plan, &prefix, at.wave).await;
+                    log_perf(&callee, step, started);
+                    match ran {
                         Ok(end) => {
                             let mut out = inv.into_data();
                             out.name = "executeData".into();
@@ -549,6 +585,22 @@ fn unsettled_call(txn: &Txn) -> Option<Failure> {
 pub(super) struct Sched {
     pub(crate) wave: usize,
     pub(crate) unresolved: Vec<String>,
+    /// MPS `sensitive` in force for this call (see [`Invocation::sensitive`]).
+    pub(crate) sensitive: bool,
+}
+
+/// MPS `perfEnabled`: one `provisio::perf` event per invocation of such a procedure, with
+/// its wall time (a daemon's metrics read these events).
+fn log_perf(procedure: &CompiledProcedure, step: &str, started: Instant) {
+    if procedure.perf {
+        tracing::info!(
+            target: "provisio::perf",
+            procedure = %procedure.target,
+            step,
+            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "procedure timing"
+        );
+    }
 }
 
 impl TxnResult {
@@ -616,6 +668,18 @@ pub(super) fn apply_defaults(p: &CompiledProcedure, data: &mut Element) {
                 data.push(Element::with_scalar(input.name.clone(), default.clone()));
             }
         }
+    }
+}
+
+/// Removes `errorContext` from `context` and returns it.
+fn take_error_context(context: &mut Element) -> Option<Element> {
+    let at = context
+        .children
+        .iter()
+        .position(|c| matches!(c, crate::data::Node::Element(e) if e.name == "errorContext"))?;
+    match context.children.remove(at) {
+        crate::data::Node::Element(e) => Some(e),
+        crate::data::Node::Text(_) => None,
     }
 }
 

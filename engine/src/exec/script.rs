@@ -101,6 +101,7 @@ impl Engine {
         let at = Sched {
             wave: 0,
             unresolved: Vec::new(),
+            sensitive: cx.inv.sensitive,
         };
         match self.invoke(cx.txn, &target, ed, &step, at).await {
             Ok((out, _)) => Ok(crate::data::json::to_json(&out)),

@@ -58,6 +58,9 @@ pub(super) struct Txn {
     /// Calls in doubt that the provider could not settle: the transaction cannot commit,
     /// and its rollback names them for an operator.
     pub(crate) in_doubt: Mutex<Vec<UndoFailure>>,
+    /// The id a client put in `context/transactionContext/@transactionId` (ignored: the
+    /// engine writes its own there).
+    pub(crate) client_transaction_id: Option<String>,
 }
 
 /// One run of a procedure body: its `data`, `procedureData` and the cases its selects chose.
@@ -65,16 +68,19 @@ pub(super) struct Invocation {
     pub(crate) data: Mutex<Element>,
     pub(crate) procedure_data: Mutex<Element>,
     pub(crate) selects: Mutex<HashMap<String, String>>,
+    /// MPS `sensitive` in force: the rollback data of calls made from here is sealed.
+    pub(crate) sensitive: bool,
 }
 
 impl Invocation {
-    pub(crate) fn new(data: Element, procedure_data: Element) -> Invocation {
+    pub(crate) fn new(data: Element, procedure_data: Element, sensitive: bool) -> Invocation {
         let mut pd = procedure_data;
         pd.name = "procedureData".into();
         Invocation {
             data: Mutex::new(data),
             procedure_data: Mutex::new(pd),
             selects: Mutex::new(HashMap::new()),
+            sensitive,
         }
     }
 

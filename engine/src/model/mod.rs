@@ -327,6 +327,53 @@ pub struct ExecuteStep {
     pub needs: Vec<String>,
     /// Where it was declared.
     pub source_ref: SourceRef,
+    /// MPS `sensitive`: `Some(true)` seals the journaled rollback data of this call and
+    /// everything it calls, `Some(false)` stops sealing below here, `None` inherits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sensitive: Option<bool>,
+    /// MPS `impersonate`: whose identity the call runs with.
+    #[serde(default, skip_serializing_if = "Impersonate::is_inherit")]
+    pub impersonate: Impersonate,
+    /// MPS `trusted`: the callee would receive `securityContext/authentication`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pass_credentials: bool,
+}
+
+/// MPS `impersonate` on an execute step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Impersonate {
+    /// `0`: the caller's choice (at the top: the engine's identity).
+    #[default]
+    Inherit,
+    /// `1`: the requester, or the credentials in `securityContext`.
+    Caller,
+    /// `2`: the engine's own identity.
+    Engine,
+}
+
+impl Impersonate {
+    /// Whether this is the default.
+    pub fn is_inherit(&self) -> bool {
+        *self == Impersonate::Inherit
+    }
+}
+
+/// Something a definition asks for that Provisio does not do (yet): shown by `validate`
+/// and logged when a request that reaches it runs. Not an error: the request runs, and
+/// the message says how Provisio behaves instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warning {
+    /// What, and what Provisio does instead.
+    pub message: String,
+    /// Where it was written.
+    pub at: SourceRef,
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.at, self.message)
+    }
 }
 
 /// A try block with its catch block.
@@ -473,9 +520,71 @@ pub struct Procedure {
     pub resumable: bool,
     /// Where it was declared.
     pub source_ref: SourceRef,
+    /// MPS `auditEnabled`: a transaction whose request calls this procedure is written to
+    /// the audit log (`false`: only its journal records, until retention prunes them).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub audit: bool,
+    /// MPS `perfEnabled`: each invocation's time is logged as a `provisio::perf` event.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub perf: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 impl Procedure {
+    /// What this procedure's steps ask for that Provisio does not do yet (see [`Warning`]).
+    pub fn warnings(&self) -> Vec<Warning> {
+        fn walk(steps: &[Step], out: &mut Vec<Warning>) {
+            for step in steps {
+                match step {
+                    Step::Execute(e) => {
+                        if e.impersonate == Impersonate::Caller {
+                            out.push(Warning {
+                                message: format!(
+                                    "step `{}`: impersonate=\"1\" (run as the requester) has no effect yet: every call runs with the identity of the Provisio process",
+                                    e.id
+                                ),
+                                at: e.source_ref.clone(),
+                            });
+                        }
+                        if e.pass_credentials {
+                            out.push(Warning {
+                                message: format!(
+                                    "step `{}`: trusted=\"1\" has no effect: Provisio never hands securityContext/authentication to the procedures it calls",
+                                    e.id
+                                ),
+                                at: e.source_ref.clone(),
+                            });
+                        }
+                    }
+                    Step::Try(t) => {
+                        walk(&t.body, out);
+                        walk(&t.catch, out);
+                    }
+                    Step::Select(_) | Step::Script(_) => {}
+                }
+            }
+        }
+        let mut out = Vec::new();
+        if self.kind == ProcKind::TwoPhase && !self.steps.is_empty() {
+            out.push(Warning {
+                message: format!(
+                    "procedure `{}`: type=\"two-phase\" on a procedure with steps changes nothing: each call it makes is prepared and committed in two phases when the called procedure is two-phase",
+                    self.name
+                ),
+                at: self.source_ref.clone(),
+            });
+        }
+        walk(&self.steps, &mut out);
+        out
+    }
+
     /// A procedure with defaults (private, write, sequential, no steps).
     pub fn new(name: impl Into<String>) -> Self {
         Procedure {
@@ -491,6 +600,8 @@ impl Procedure {
             save_data_for_rollback: false,
             resumable: false,
             source_ref: SourceRef::default(),
+            audit: true,
+            perf: false,
         }
     }
 }

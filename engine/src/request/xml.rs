@@ -13,9 +13,9 @@ use crate::data::xml::{
 };
 use crate::data::{Element, IfNull, Mode, Path, Scalar};
 use crate::model::{
-    Access, CallTarget, ExecuteStep, ForEach, Format, InputSpec, Namespace, Ordering, ProcKind,
-    Procedure, Repeat, Request, RequestTarget, Scope, Script, ScriptStep, SelectStep, SourceRef,
-    Step, Transform, TransformSource, TryStep, When,
+    Access, CallTarget, ExecuteStep, ForEach, Format, Impersonate, InputSpec, Namespace, Ordering,
+    ProcKind, Procedure, Repeat, Request, RequestTarget, Scope, Script, ScriptStep, SelectStep,
+    SourceRef, Step, Transform, TransformSource, TryStep, When,
 };
 use std::cell::OnceCell;
 use std::collections::HashSet;
@@ -483,8 +483,8 @@ impl<'f> Ctx<'f> {
             p.entry = el.attr("entry").map(str::to_string);
             p.save_data_for_rollback = self.bool_attr(el, "saveDataForRollback", false)?;
             p.resumable = self.bool_attr(el, "resumable", false)?;
-            self.bool_attr(el, "auditEnabled", false)?;
-            self.bool_attr(el, "perfEnabled", false)?;
+            p.audit = self.bool_attr(el, "auditEnabled", true)?;
+            p.perf = self.bool_attr(el, "perfEnabled", false)?;
             p.source_ref = self.at(el);
             Ok::<_, ParseError>(p)
         })();
@@ -992,23 +992,6 @@ impl<'f> Ctx<'f> {
         let call = if is_execute {
             let namespace = self.name_attr(el, "namespace", "namespace")?;
             let procedure = self.name_attr(el, "procedure", "procedure")?;
-            for (attr, allowed) in [
-                ("impersonate", &["0", "1", "2"][..]),
-                ("sensitive", &["0", "1", "2"][..]),
-                ("trusted", &["0", "1"][..]),
-            ] {
-                if let Some(v) = el.attr(attr) {
-                    if !allowed.contains(&v) {
-                        return Err(self.err(
-                            el,
-                            format!(
-                                "`{attr}=\"{v}\"` on <execute> is not valid; use {}",
-                                allowed.join(", ")
-                            ),
-                        ));
-                    }
-                }
-            }
             Some(CallTarget {
                 namespace,
                 procedure,
@@ -1016,8 +999,28 @@ impl<'f> Ctx<'f> {
         } else {
             None
         };
+        let sensitive = self.choice(
+            el,
+            "sensitive",
+            &[("0", None), ("1", Some(true)), ("2", Some(false))],
+            None,
+        )?;
+        let impersonate = self.choice(
+            el,
+            "impersonate",
+            &[
+                ("0", Impersonate::Inherit),
+                ("1", Impersonate::Caller),
+                ("2", Impersonate::Engine),
+            ],
+            Impersonate::Inherit,
+        )?;
+        let pass_credentials = self.bool_attr(el, "trusted", false)?;
         let mut step = ExecuteStep {
             id: el.attr("id").map_or(auto, str::to_string),
+            sensitive,
+            impersonate,
+            pass_credentials,
             call,
             for_each: Vec::new(),
             when: Vec::new(),
@@ -1396,7 +1399,9 @@ impl<'f> Ctx<'f> {
 }
 
 /// The call of a canonical MPS simple request: one execute whose only work is
-/// `before data → executeData (merge)` and/or `after executeData → data (merge)`.
+/// `before data → executeData (merge)` and `after executeData → data (merge)`, both. With
+/// only one of them, or none, MPS gives the callee partial or empty data, or returns `data`
+/// unchanged; such a body runs as the trusted procedure it is.
 fn canonical_call(s: &ExecuteStep) -> Option<CallTarget> {
     let call = s.call.clone()?;
     let plain = s.for_each.is_empty()
@@ -1405,8 +1410,8 @@ fn canonical_call(s: &ExecuteStep) -> Option<CallTarget> {
         && s.needs.is_empty()
         && s.execute_data.attrs.is_empty()
         && s.execute_data.children.is_empty()
-        && s.before.len() <= 1
-        && s.after.len() <= 1;
+        && s.before.len() == 1
+        && s.after.len() == 1;
     let mirror = |t: &Transform, from: Scope, to: Scope| {
         t.source
             == TransformSource::Node {
@@ -1543,3 +1548,6 @@ mod tests {
         assert!(e.message.contains("not closed"), "{e}");
     }
 }
+
+#[cfg(test)]
+mod coverage;

@@ -43,6 +43,7 @@ async fn journaled(
         request_data: &data,
         secret: false,
         pinned: &[],
+        audit: true,
     };
     journal.txn_started(&start).await.expect("started");
     let ctx_el = Element::new("providerContext");

@@ -341,6 +341,7 @@ impl DurableJournal {
                     resumable: false,
                     definitions: String::new(),
                     message: None,
+                    audit: true,
                 },
             });
             let seq = l.next_seq;
@@ -355,14 +356,22 @@ impl DurableJournal {
                     definitions,
                     at_ms,
                     ..
+                } => {
+                    l.summary.target = target.clone();
+                    l.summary.resumable = *resumable;
+                    l.summary.definitions = definitions.clone();
+                    l.summary.started_ms = *at_ms;
+                    summary_write = Some(l.summary.clone());
                 }
-                | Record::StartedV2 {
+                Record::StartedV2 {
                     target,
                     resumable,
                     definitions,
                     at_ms,
+                    audit,
                     ..
                 } => {
+                    l.summary.audit = *audit;
                     l.summary.target = target.clone();
                     l.summary.resumable = *resumable;
                     l.summary.definitions = definitions.clone();
@@ -445,7 +454,7 @@ impl DurableJournal {
                 encode("the summary", txn_id, summary)?,
             );
             super::index::summary_written(&mut batch, indexed_state, summary);
-            if finished {
+            if finished && summary.audit {
                 let audit = AuditEntry {
                     format: FORMAT,
                     txn_id: txn_id.clone(),
@@ -579,6 +588,7 @@ impl Journal for DurableJournal {
             definitions: start.definitions.to_string(),
             who: self.who.clone(),
             data: stored,
+            audit: start.audit,
         };
         Ok(self.append(start.txn_id, &record, false, extra).await?)
     }

@@ -240,6 +240,9 @@ pub enum Record {
         who: String,
         /// Where the request data is (secrets masked when `masked`).
         data: StoredData,
+        /// Written to the audit log when final (MPS `auditEnabled` of the entry).
+        #[serde(default = "audited", skip_serializing_if = "is_audited")]
+        audit: bool,
     },
     /// The transaction changed state.
     State {
@@ -406,6 +409,17 @@ pub struct TxnSummary {
     pub definitions: String,
     /// Failure or operator message.
     pub message: Option<String>,
+    /// Written to the audit log when final (MPS `auditEnabled` of the entry procedure).
+    #[serde(default = "audited", skip_serializing_if = "is_audited")]
+    pub(crate) audit: bool,
+}
+
+fn audited() -> bool {
+    true
+}
+
+fn is_audited(audit: &bool) -> bool {
+    *audit
 }
 
 /// One audit entry: who, what, when, outcome. Append-only.

@@ -68,6 +68,7 @@ pub async fn fill(
             resumable: false,
             definitions: "synthetic".into(),
             message: None,
+            audit: true,
         };
         let records = [
             Record::Started {

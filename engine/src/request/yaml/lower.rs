@@ -571,6 +571,9 @@ impl<'a> Cx<'a> {
             after,
             needs,
             source_ref: sref,
+            sensitive: None,
+            impersonate: Default::default(),
+            pass_credentials: false,
         })
     }
 
