@@ -12,6 +12,7 @@ use provisio_engine::Catalog;
 use provisio_engine::{Engine, EngineOptions};
 use provisio_engine::{SledStore, StoreError};
 use provisio_providers::dns::{DnsProvider, Rfc2136Config, RndcConfig};
+use provisio_providers::error::ErrorProvider;
 use provisio_providers::exec::{ExecConfig, ExecProvider};
 use provisio_providers::filesystem::{FilesystemOptions, FilesystemProvider, IdRanges};
 use std::io::Read;
@@ -37,7 +38,8 @@ pub fn config(cli: &Cli) -> Result<Loaded> {
 }
 
 /// The providers the configuration names: `Filesystem`, `DNS` (zone files or RFC 2136) and
-/// every `[[providers.exec]]` program, started here.
+/// every `[[providers.exec]]` program, started here; plus `Error` (namespace
+/// `Error Provider`), which needs no configuration.
 pub async fn registry(config: &Config) -> Result<ProviderRegistry> {
     let mut registry = ProviderRegistry::new();
     let p = &config.providers;
@@ -115,6 +117,7 @@ pub async fn registry(config: &Config) -> Result<ProviderRegistry> {
         }
     };
     registry.register(Arc::new(dns));
+    registry.register(Arc::new(ErrorProvider::new()));
     for e in &p.exec {
         let mut cfg = ExecConfig::new(e.name.clone(), e.command.clone());
         cfg.env = e.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();

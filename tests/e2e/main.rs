@@ -4,6 +4,7 @@ mod batch;
 mod cli;
 mod config;
 mod crash;
+mod error_provider;
 mod files;
 mod operator;
 mod retention;
