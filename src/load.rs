@@ -4,7 +4,7 @@
 use crate::cli::{Cli, Command};
 use crate::config::{Config, DnsBackendKind, Loaded, Overrides};
 use anyhow::{bail, Context, Result};
-use provisio_engine::model::{Format, Namespace, Request, SourceRef};
+use provisio_engine::model::{Format, Namespace, RequestDocument, SourceRef};
 use provisio_engine::provider::ProviderRegistry;
 use provisio_engine::request::{self, ParseError};
 use provisio_engine::txn::{DurableJournal, SealKey};
@@ -371,8 +371,8 @@ fn open_store(path: &Path, wait: Duration) -> Result<SledStore> {
     }
 }
 
-/// Reads a request file (or stdin for `-`).
-pub fn request(path: &Path) -> std::result::Result<Request, ParseError> {
+/// Reads a request file (or stdin for `-`): one request, or a batch.
+pub fn request(path: &Path) -> std::result::Result<RequestDocument, ParseError> {
     if path.as_os_str() == "-" {
         let mut src = String::new();
         if let Err(e) = std::io::stdin()
@@ -392,9 +392,9 @@ pub fn request(path: &Path) -> std::result::Result<Request, ParseError> {
         } else {
             Format::Yaml
         };
-        return request::parse_request(&src, "<stdin>", format);
+        return request::parse_request_document(&src, "<stdin>", format);
     }
-    request::load_request_file(path)
+    request::load_request_document(path)
 }
 
 /// Formats several parse errors, one per paragraph.

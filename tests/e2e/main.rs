@@ -6,6 +6,7 @@ mod config;
 mod crash;
 mod error_provider;
 mod files;
+mod mps_batch;
 mod operator;
 mod retention;
 mod script;
