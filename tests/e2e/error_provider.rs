@@ -92,3 +92,56 @@ fn a_catch_block_re_raises_through_set_error() {
     );
     assert_eq!(doc["error"]["sources"][0]["procedure"], "SetError", "{r:?}");
 }
+
+/// `TranslateError` in a catch block: the caught error, copied in whole from
+/// `context/errorContext`, is raised as the code and message of the table's matching item.
+#[test]
+fn a_catch_block_translates_the_caught_error() {
+    let sb = Sandbox::new();
+    std::fs::create_dir_all(sb.data().join("files/tenants/taken")).expect("mkdir");
+    let none = sb.path("none");
+    std::fs::create_dir_all(&none).expect("mkdir");
+    let req = sb.write(
+        "req.yaml",
+        r#"procedure:
+  steps:
+    guarded:
+      try:
+        clash: { call: Filesystem Provider/CreateFolder, with: { path: tenants/taken } }
+      catch:
+        translate:
+          call: Error Provider/TranslateError
+          executeData:
+            errorMessageContext: adduser
+            Items:
+              Item:
+                - { name: "adduser|0x80070005", message: "Not allowed.", errorCode: "0x82100005" }
+                - { name: "adduser|0x800700b7", message: "That tenant exists already.", errorCode: "0x82101391" }
+          before:
+            - { source: context, sourcePath: errorContext, destination: executeData }
+"#,
+    );
+    let r = sb.run_with(
+        &[
+            "run",
+            req.to_str().unwrap(),
+            "--output",
+            "json",
+            "--quiet",
+            "--ephemeral",
+        ],
+        &none,
+    );
+    assert_eq!(r.code, 1, "{r:?}");
+    let doc: serde_json::Value = serde_json::from_str(&r.stdout).expect("JSON response");
+    assert_eq!(doc["status"], "rolled_back", "{r:?}");
+    assert_eq!(doc["error"]["code"], "0x82101391", "{r:?}");
+    assert_eq!(
+        doc["error"]["description"], "That tenant exists already.",
+        "{r:?}"
+    );
+    assert_eq!(
+        doc["error"]["sources"][0]["procedure"], "TranslateError",
+        "{r:?}"
+    );
+}

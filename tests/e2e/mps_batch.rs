@@ -159,3 +159,45 @@ fn plan_shows_each_items_plan() {
     // Nothing was changed.
     assert!(!sb.data().join("files/tenants").exists());
 }
+
+/// Every item starts from the request's globalData: what the first item's transaction
+/// writes into it is not what the second sees. A `do-not-log` global value is masked in
+/// every item's response.
+#[test]
+fn each_item_works_on_its_own_copy_of_global_data() {
+    let sb = Sandbox::new();
+    let req = sb.write(
+        "iso.xml",
+        r#"<request>
+  <globalData><shared>original</shared><password do-not-log="1">S3cretPw!</password></globalData>
+  <data><tenant>alpha</tenant></data>
+  <data><tenant>beta</tenant></data>
+  <procedure>
+    <transform id="mark">
+      <before source="data" sourcePath="shared" destination="data" destinationPath="seenBefore"/>
+      <before template="changed by {{ data/tenant }}" destination="data" destinationPath="shared" mode="merge"/>
+    </transform>
+  </procedure>
+</request>
+"#,
+    );
+    let r = sb.run(&[
+        "run",
+        req.to_str().unwrap(),
+        "--output",
+        "json",
+        "--quiet",
+        "--ephemeral",
+    ]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let doc: serde_json::Value = serde_json::from_str(&r.stdout).expect("JSON response");
+    let items = doc["batch"].as_array().expect("a list");
+    assert_eq!(items.len(), 2, "{r:?}");
+    for (item, tenant) in items.iter().zip(["alpha", "beta"]) {
+        let data = &item["data"];
+        assert_eq!(data["seenBefore"]["shared"], "original", "{r:?}");
+        assert_eq!(data["shared"], format!("changed by {tenant}"), "{r:?}");
+    }
+    assert!(!r.stdout.contains("S3cretPw!"), "{r:?}");
+    assert!(r.stdout.contains("********"), "{r:?}");
+}
