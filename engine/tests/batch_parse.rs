@@ -124,3 +124,31 @@ fn parse_request_refuses_a_batch() {
         .expect_err("a batch is not one request");
     assert!(e.message.contains("(1 data item(s) and globalData)"), "{e}");
 }
+
+#[test]
+fn yaml_batch_items_know_their_lines() {
+    let src = r#"call: A/B
+globalData: { g: 1 }
+batch:
+  - data: { n: 1 }
+  - data:
+      n: 2
+      data: { nested: true }
+  -   data: { n: 3 }
+"#;
+    let RequestDocument::Batch(b) = document(src, Format::Yaml) else {
+        panic!("a batch");
+    };
+    let lines: Vec<u32> = b.items.iter().map(|i| i.source_ref.line).collect();
+    // The third item's `data` is not in the column of the others: it is placed at `batch`
+    // rather than at the nested `data` key above it.
+    assert_eq!(lines, [4, 5, 3]);
+    // JSON on one line: every item is placed at the `batch` key.
+    let RequestDocument::Batch(b) = document(
+        r#"{"call": "A/B", "batch": [{"data": {"n": 1}}, {"data": {"n": 2}}]}"#,
+        Format::Json,
+    ) else {
+        panic!("a batch");
+    };
+    assert!(b.items.iter().all(|i| i.source_ref.line == 1));
+}

@@ -1412,9 +1412,10 @@ impl<'a> Cx<'a> {
             self.err(at, "`batch` holds no item", hint());
             return Vec::new();
         }
-        let source_ref = self.here(at);
+        let mut refs = self.batch_item_refs(at, list.len()).into_iter();
         let mut items = Vec::with_capacity(list.len());
         for (i, item) in list.into_iter().enumerate() {
+            let source_ref = refs.next().unwrap_or_else(|| self.here(at));
             let n = i + 1;
             let mut map = match item {
                 Json::Object(m) => m,
@@ -1440,12 +1441,42 @@ impl<'a> Cx<'a> {
                 Some(d) => self.literal(at, "data", &d),
                 None => Element::new("data"),
             };
-            items.push(BatchItem {
-                data,
-                source_ref: source_ref.clone(),
-            });
+            items.push(BatchItem { data, source_ref });
         }
         items
+    }
+
+    /// Where each of the first `count` items of `batch:` starts: the `data` keys of the
+    /// list, in order, each in the column of the first (a `data` key inside an item's data
+    /// is further right and ends the search). Fewer when the text cannot tell; the caller
+    /// then uses the `batch` key's place.
+    fn batch_item_refs(&self, at: &At, count: usize) -> Vec<SourceRef> {
+        let (line, _) = self.loc.find(at.block, &at.path());
+        let Some(batch) = self.loc.child(at.block, "batch").filter(|b| b.line == line) else {
+            return Vec::new();
+        };
+        let mut refs: Vec<SourceRef> = Vec::with_capacity(count);
+        let mut from = batch;
+        while refs.len() < count {
+            let Some(found) = self.loc.child(from, "data") else {
+                break;
+            };
+            if refs
+                .first()
+                .is_some_and(|first| first.column != found.column)
+            {
+                break;
+            }
+            refs.push(SourceRef::new(&self.file, found.line, found.column));
+            // The next item starts after this key's line, in the same column.
+            from = Block {
+                start: found.line as usize,
+                indent: Some(found.column as usize - 1),
+                line: found.line + 1,
+                ..from
+            };
+        }
+        refs
     }
 }
 
