@@ -325,7 +325,7 @@ impl Provider for ErrorProvider {
                     input("hr", "string", false, "the code to translate (else errorContext/@code)"),
                     input("desc", "string", false, "its description (else errorContext/@description)"),
                     input("errorMessageContext", "string", false, "the context half of the Item names to match"),
-                    input("Items", "list", false, "the translation table: Item name=\"context|code\" with message and errorCode"),
+                    input("Items", "map", false, "the translation table: Item name=\"context|code\" with message and errorCode"),
                     input("mustHandleError", "bool", false, "1 (default): an unmatched error becomes E_FAIL; 0: it is raised unchanged"),
                 ],
             ),
@@ -334,7 +334,7 @@ impl Provider for ErrorProvider {
                 "Writes an event to the log at `level` (error by default), with its `hr` and \
                  `source`; elements marked do-not-log are masked. Changes nothing.",
                 vec![
-                    input("parameters", "list", true, "parameter elements; their texts form the message"),
+                    input("parameters", "map", true, "parameter elements; their texts form the message"),
                     input("hr", "string", false, "the event's HRESULT (default 0x80004005)"),
                     input("source", "string", false, "the event's source (default Provisioning)"),
                     input("level", "string", false, "error (default), warn, info or debug"),
