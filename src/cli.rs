@@ -395,6 +395,8 @@ impl std::str::FromStr for TimeArg {
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// The request file (.xml, .yaml, .yml, .json); `-` reads YAML/JSON/XML from stdin.
+    /// A batch request (several data items) runs one transaction per item, one after
+    /// another; exit 1 when any item rolled back, and the response lists every item.
     pub file: PathBuf,
     /// Response format (default: the request's own).
     #[arg(long, short, value_enum)]

@@ -9,7 +9,7 @@ use crate::{load, Exit};
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 use provisio_engine::data::xml;
-use provisio_engine::model::{CallTarget, Format, Namespace, SourceRef};
+use provisio_engine::model::{CallTarget, Format, Namespace, Request, RequestDocument, SourceRef};
 use provisio_engine::plan::{render, GraphFormat};
 use provisio_engine::provider::Preview;
 use provisio_engine::request::{self, ParseError};
@@ -83,10 +83,13 @@ pub(crate) fn bad_input(message: impl std::fmt::Display) -> Result<Exit> {
 }
 
 async fn run(cli: &Cli, config: &Config, args: &RunArgs) -> Result<Exit> {
-    let request = match load::request(&args.file) {
+    let document = match load::request(&args.file) {
         Ok(r) => r,
         Err(e) => return bad_input(format!("error: {e}")),
     };
+    let request_format = document.format();
+    let is_batch = matches!(document, RequestDocument::Batch(_));
+    let requests = document.into_requests();
     // --max-parallel and --step-timeout are already layered into `config.engine`.
     let engine = match load::engine(config).await {
         Ok(e) => e,
@@ -115,18 +118,98 @@ async fn run(cli: &Cli, config: &Config, args: &RunArgs) -> Result<Exit> {
             Event::Undoing { step } => bar.set_message(format!("undoing {step}")),
         })
     };
-    let request_format = request.format;
-    let result = match engine.run_owned(request).await {
-        Ok(r) => r,
-        Err(e) => {
-            progress.finish_and_clear();
-            return bad_input(e);
+    // A batch runs only when every item compiles (access, names, required inputs), so a
+    // bad item is bad input and nothing of the batch ran.
+    if is_batch {
+        for (i, request) in requests.iter().enumerate() {
+            if let Err(e) = engine.program(request) {
+                progress.finish_and_clear();
+                return bad_input(format!(
+                    "batch item {} of {} (data at {}): {e}\nnothing of the batch ran",
+                    i + 1,
+                    requests.len(),
+                    request.source_ref
+                ));
+            }
+        }
+    }
+    let count = requests.len();
+    let label = |i: usize| {
+        if is_batch {
+            format!("item {}/{count}: ", i + 1)
+        } else {
+            String::new()
         }
     };
+    let mut results = Vec::with_capacity(count);
+    // Items run one after another, each its own transaction: one that fails rolls back
+    // only itself and the next still runs (as MPS's queue manager runs a split batch).
+    for (i, request) in requests.into_iter().enumerate() {
+        let result = match engine.run_owned(request).await {
+            Ok(r) => r,
+            Err(e) if results.is_empty() => {
+                progress.finish_and_clear();
+                return bad_input(e);
+            }
+            Err(e) => {
+                // Not reached after the check above; if it were, what ran is still reported.
+                progress.finish_and_clear();
+                let format = args.output.map(to_format).unwrap_or(request_format);
+                print!("{}", response::render_batch(&results, format));
+                return bad_input(format!(
+                    "batch item {} of {count}: {e}\nitems after it did not run",
+                    i + 1
+                ));
+            }
+        };
+        if !cli.global.quiet {
+            progress.suspend(|| eprintln!("{}{}", label(i), summary(&result)));
+        }
+        results.push(result);
+    }
     progress.finish_and_clear();
     let format = args.output.map(to_format).unwrap_or(request_format);
-    print!("{}", response::render(&result, format));
-    let summary = format!(
+    match results.as_slice() {
+        [single] if !is_batch => print!("{}", response::render(single, format)),
+        all => print!("{}", response::render_batch(all, format)),
+    }
+    if let Some(journal) = &kept_journal {
+        crate::inspect::prune_after_run(config, journal).await;
+    }
+    // The worst outcome of any item: an undo failure (3), else a rollback (1).
+    let mut exit = Exit::Ok;
+    for (i, result) in results.iter().enumerate() {
+        let label = label(i);
+        if let Some(e) = &result.journal_error {
+            eprintln!("{label}warning: the outcome could not be journaled: {e}");
+        }
+        match result.state {
+            TxnState::Committed => {}
+            TxnState::RollbackFailed => {
+                for u in &result.undo_failures {
+                    eprintln!(
+                        "{label}undo failed: step {} ({}): {}",
+                        u.step, u.target, u.message
+                    );
+                }
+                exit = Exit::RollbackFailed;
+            }
+            _ => {
+                if let Some(f) = &result.failure {
+                    eprintln!("{label}failed at step {}: {}", f.step, f.message);
+                }
+                if exit == Exit::Ok {
+                    exit = Exit::RolledBack;
+                }
+            }
+        }
+    }
+    Ok(exit)
+}
+
+/// One line on how a transaction ended.
+fn summary(result: &provisio_engine::TxnResult) -> String {
+    format!(
         "{} {} in {:.1?}: {} provider call(s){}",
         result.txn_id,
         result.state,
@@ -137,31 +220,7 @@ async fn run(cli: &Cli, config: &Config, args: &RunArgs) -> Result<Exit> {
         } else {
             format!(", {} undone", result.undone)
         }
-    );
-    if !cli.global.quiet {
-        eprintln!("{summary}");
-    }
-    if let Some(e) = &result.journal_error {
-        eprintln!("warning: the outcome could not be journaled: {e}");
-    }
-    if let Some(journal) = &kept_journal {
-        crate::inspect::prune_after_run(config, journal).await;
-    }
-    Ok(match result.state {
-        TxnState::Committed => Exit::Ok,
-        TxnState::RollbackFailed => {
-            for u in &result.undo_failures {
-                eprintln!("undo failed: step {} ({}): {}", u.step, u.target, u.message);
-            }
-            Exit::RollbackFailed
-        }
-        _ => {
-            if let Some(f) = &result.failure {
-                eprintln!("failed at step {}: {}", f.step, f.message);
-            }
-            Exit::RolledBack
-        }
-    })
+    )
 }
 
 fn progress_bar(quiet: bool) -> Arc<ProgressBar> {
@@ -211,33 +270,91 @@ async fn plan(config: &Config, args: &PlanArgs) -> Result<Exit> {
             Exit::BadInput
         })
     };
-    let request = match load::request(&args.file) {
+    let document = match load::request(&args.file) {
         Ok(r) => r,
         Err(e) => return bad(format!("error: {e}")),
     };
+    let is_batch = matches!(document, RequestDocument::Batch(_));
+    let requests = document.into_requests();
     let engine = match load::engine(config).await {
         Ok(e) => e,
         Err(e) => return bad(format!("error: {e:#}")),
     };
-    let entries = match engine.plan(&request).await {
-        Ok(p) => p,
-        Err(e) => return bad(e.to_string()),
-    };
-    let exit = plan_exit(&entries, args.detailed_exitcode);
+    // Every item is planned before anything is printed: a bad item makes the whole batch a
+    // bad request, as for `run`.
+    let mut plans = Vec::with_capacity(requests.len());
+    for (i, request) in requests.iter().enumerate() {
+        match engine.plan(request).await {
+            Ok(p) => plans.push(p),
+            Err(e) if !is_batch => return bad(e.to_string()),
+            Err(e) => {
+                return bad(format!(
+                    "batch item {} of {} (data at {}): {e}",
+                    i + 1,
+                    requests.len(),
+                    request.source_ref
+                ))
+            }
+        }
+    }
+    // The worst of the items: a failure, else a change, else nothing to do.
+    let exit = plans
+        .iter()
+        .map(|entries| plan_exit(entries, args.detailed_exitcode))
+        .max_by_key(|e| match e {
+            Exit::PlanFails => 2,
+            Exit::PlanChanges => 1,
+            _ => 0,
+        })
+        .unwrap_or(Exit::Ok);
     if args.json {
-        let list: Vec<serde_json::Value> = entries
-            .iter()
-            .map(|e| {
-                serde_json::json!({
-                    "step": e.step, "wave": e.wave, "target": e.target, "provider": e.provider,
-                    "inputs": provisio_engine::data::json::to_json(&e.inputs),
-                    "preview": e.preview, "unresolved": e.unresolved,
-                })
-            })
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&list)?);
+        let doc = if is_batch {
+            serde_json::Value::Array(
+                plans
+                    .iter()
+                    .enumerate()
+                    .map(|(i, entries)| serde_json::json!({ "item": i + 1, "plan": plan_json(entries) }))
+                    .collect(),
+            )
+        } else {
+            serde_json::Value::Array(plans.iter().flat_map(|e| plan_json(e)).collect())
+        };
+        println!("{}", serde_json::to_string_pretty(&doc)?);
         return Ok(exit);
     }
+    for (i, (request, entries)) in requests.iter().zip(&plans).enumerate() {
+        if is_batch {
+            if i > 0 {
+                println!();
+            }
+            println!(
+                "== batch item {} of {} (data at {}): its own transaction",
+                i + 1,
+                requests.len(),
+                request.source_ref
+            );
+        }
+        print_plan(request, entries)?;
+    }
+    Ok(exit)
+}
+
+/// A plan's entries as JSON values (`plan --json`).
+fn plan_json(entries: &[provisio_engine::PlanEntry]) -> Vec<serde_json::Value> {
+    entries
+        .iter()
+        .map(|e| {
+            serde_json::json!({
+                "step": e.step, "wave": e.wave, "target": e.target, "provider": e.provider,
+                "inputs": provisio_engine::data::json::to_json(&e.inputs),
+                "preview": e.preview, "unresolved": e.unresolved,
+            })
+        })
+        .collect()
+}
+
+/// Prints one request's plan as text.
+fn print_plan(request: &Request, entries: &[provisio_engine::PlanEntry]) -> Result<()> {
     let target = match &request.target {
         provisio_engine::model::RequestTarget::Call(t) => t.to_string(),
         provisio_engine::model::RequestTarget::Trusted(_) => "(trusted request)".to_string(),
@@ -247,7 +364,7 @@ async fn plan(config: &Config, args: &PlanArgs) -> Result<Exit> {
         entries.len()
     );
     let mut wave = usize::MAX;
-    for e in &entries {
+    for e in entries {
         if e.wave != wave {
             wave = e.wave;
             println!("\nwave {} (these may run in parallel):", wave + 1);
@@ -291,7 +408,7 @@ async fn plan(config: &Config, args: &PlanArgs) -> Result<Exit> {
             e.step, e.target
         );
     }
-    Ok(exit)
+    Ok(())
 }
 
 /// Whether a file is a namespace definition (else a request), by its root.
@@ -399,13 +516,30 @@ async fn validate(config: &Config, args: &ValidateArgs) -> Result<Exit> {
                 .map(|e| format!("error[{}]: {e}", e.code())),
         );
         for f in &request_files {
-            match request::load_request_file(f) {
-                Ok(req) => {
-                    if let provisio_engine::model::RequestTarget::Trusted(p) = &req.target {
-                        warnings.extend(p.warnings().iter().map(|w| format!("warning: {w}")));
+            match request::load_request_document(f) {
+                Ok(document) => {
+                    let is_batch = matches!(document, RequestDocument::Batch(_));
+                    let requests = document.into_requests();
+                    let count = requests.len();
+                    for req in &requests {
+                        if let provisio_engine::model::RequestTarget::Trusted(p) = &req.target {
+                            warnings.extend(p.warnings().iter().map(|w| format!("warning: {w}")));
+                        }
                     }
-                    if let Err(errors) = provisio_engine::compile_request(catalog, &req, &limits) {
-                        messages.push(errors.to_string());
+                    // A batch item is checked as the request it becomes (globalData merged in).
+                    for (i, req) in requests.iter().enumerate() {
+                        if let Err(errors) = provisio_engine::compile_request(catalog, req, &limits)
+                        {
+                            messages.push(if is_batch {
+                                format!(
+                                    "batch item {} of {count} (data at {}):\n{errors}",
+                                    i + 1,
+                                    req.source_ref
+                                )
+                            } else {
+                                errors.to_string()
+                            });
+                        }
                     }
                 }
                 Err(e) => messages.push(format!("error: {e}")),

@@ -4,7 +4,7 @@
 use crate::cli::{Cli, Command};
 use crate::config::{Config, DnsBackendKind, Loaded, Overrides};
 use anyhow::{bail, Context, Result};
-use provisio_engine::model::{Format, Namespace, Request, SourceRef};
+use provisio_engine::model::{Format, Namespace, RequestDocument, SourceRef};
 use provisio_engine::provider::ProviderRegistry;
 use provisio_engine::request::{self, ParseError};
 use provisio_engine::txn::{DurableJournal, SealKey};
@@ -12,6 +12,7 @@ use provisio_engine::Catalog;
 use provisio_engine::{Engine, EngineOptions};
 use provisio_engine::{SledStore, StoreError};
 use provisio_providers::dns::{DnsProvider, Rfc2136Config, RndcConfig};
+use provisio_providers::error::ErrorProvider;
 use provisio_providers::exec::{ExecConfig, ExecProvider};
 use provisio_providers::filesystem::{FilesystemOptions, FilesystemProvider, IdRanges};
 use std::io::Read;
@@ -37,7 +38,8 @@ pub fn config(cli: &Cli) -> Result<Loaded> {
 }
 
 /// The providers the configuration names: `Filesystem`, `DNS` (zone files or RFC 2136) and
-/// every `[[providers.exec]]` program, started here.
+/// every `[[providers.exec]]` program, started here; plus `Error` (namespace
+/// `Error Provider`), which needs no configuration.
 pub async fn registry(config: &Config) -> Result<ProviderRegistry> {
     let mut registry = ProviderRegistry::new();
     let p = &config.providers;
@@ -115,6 +117,7 @@ pub async fn registry(config: &Config) -> Result<ProviderRegistry> {
         }
     };
     registry.register(Arc::new(dns));
+    registry.register(Arc::new(ErrorProvider::new()));
     for e in &p.exec {
         let mut cfg = ExecConfig::new(e.name.clone(), e.command.clone());
         cfg.env = e.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
@@ -367,8 +370,8 @@ fn open_store(path: &Path, wait: Duration) -> Result<SledStore> {
     }
 }
 
-/// Reads a request file (or stdin for `-`).
-pub fn request(path: &Path) -> std::result::Result<Request, ParseError> {
+/// Reads a request file (or stdin for `-`): one request, or a batch.
+pub fn request(path: &Path) -> std::result::Result<RequestDocument, ParseError> {
     if path.as_os_str() == "-" {
         let mut src = String::new();
         if let Err(e) = std::io::stdin()
@@ -388,9 +391,9 @@ pub fn request(path: &Path) -> std::result::Result<Request, ParseError> {
         } else {
             Format::Yaml
         };
-        return request::parse_request(&src, "<stdin>", format);
+        return request::parse_request_document(&src, "<stdin>", format);
     }
-    request::load_request_file(path)
+    request::load_request_document(path)
 }
 
 /// Formats several parse errors, one per paragraph, for a caller that prints the whole

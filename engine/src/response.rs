@@ -1,6 +1,7 @@
 //! Responses in the format of the request: XML (`<response><data/>` or
 //! `<response><errorContext/>`, then the request's `<context><clientContext/>` if it had
-//! one), YAML or JSON, with secrets masked.
+//! one), YAML or JSON, with secrets masked; a batch request's response lists one such
+//! response per data item.
 
 use crate::data::{json, xml, Element};
 use crate::exec::{TxnResult, TxnState};
@@ -108,9 +109,127 @@ pub fn render(r: &TxnResult, format: Format) -> String {
     }
 }
 
+/// How many items of a batch ended in each way.
+fn batch_counts(results: &[TxnResult]) -> (usize, usize) {
+    let committed = results
+        .iter()
+        .filter(|r| r.state == TxnState::Committed)
+        .count();
+    (committed, results.len() - committed)
+}
+
+/// A batch response as a map (YAML/JSON shape): `committed` and `failed` counts, then
+/// `batch`, one response per data item in request order, each with its `item` number
+/// (1-based).
+pub fn batch_to_value(results: &[TxnResult]) -> Value {
+    let (committed, failed) = batch_counts(results);
+    let items = results
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let mut entry = serde_json::Map::new();
+            entry.insert("item".into(), json!(i + 1));
+            if let Value::Object(fields) = to_value(r) {
+                entry.extend(fields);
+            }
+            Value::Object(entry)
+        })
+        .collect();
+    json!({ "committed": committed, "failed": failed, "batch": Value::Array(items) })
+}
+
+/// The XML batch response: `<batchResponse committed failed>` holding one `<response
+/// item="N">` per data item.
+pub(crate) fn batch_to_element(results: &[TxnResult]) -> Element {
+    let (committed, failed) = batch_counts(results);
+    let mut doc = Element::new("batchResponse");
+    doc.set_attr("committed", committed.to_string());
+    doc.set_attr("failed", failed.to_string());
+    for (i, r) in results.iter().enumerate() {
+        let mut resp = to_element(r);
+        resp.attrs
+            .insert(0, ("item".into(), (i + 1).to_string().into()));
+        doc.push(resp);
+    }
+    doc
+}
+
+/// Renders a batch request's response (one entry per data item) in `format`.
+pub fn render_batch(results: &[TxnResult], format: Format) -> String {
+    match format {
+        Format::Xml => {
+            let mut s = xml::to_string_pretty(&batch_to_element(results));
+            if !s.ends_with('\n') {
+                s.push('\n');
+            }
+            s
+        }
+        Format::Json => {
+            serde_json::to_string_pretty(&batch_to_value(results)).unwrap_or_default() + "\n"
+        }
+        Format::Yaml => crate::request::yaml::to_yaml(&batch_to_value(results)),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::exec::{ErrorSource, Failure};
+
+    fn result(state: TxnState) -> TxnResult {
+        let committed = state == TxnState::Committed;
+        TxnResult {
+            txn_id: "0190c0de-0000-7000-8000-000000000001"
+                .parse()
+                .expect("a transaction id"),
+            state,
+            data: committed.then(|| Element::with_text("data", "x")),
+            failure: (!committed).then(|| Failure {
+                code: 0x8007_0057,
+                message: "bad".into(),
+                step: "s".into(),
+                sources: vec![ErrorSource {
+                    namespace: "N".into(),
+                    procedure: "P".into(),
+                    step: "s".into(),
+                }],
+            }),
+            undo_failures: Vec::new(),
+            calls: 1,
+            undone: 0,
+            elapsed: std::time::Duration::ZERO,
+            journal_error: None,
+            client_context: None,
+        }
+    }
+
+    #[test]
+    fn a_batch_lists_every_item_in_order() {
+        let results = [
+            result(TxnState::Committed),
+            result(TxnState::RolledBack),
+            result(TxnState::Committed),
+        ];
+        let v = batch_to_value(&results);
+        assert_eq!(v["committed"], 2);
+        assert_eq!(v["failed"], 1);
+        let items = v["batch"].as_array().expect("a list");
+        assert_eq!(items.len(), 3);
+        assert_eq!(items[1]["item"], 2);
+        assert_eq!(items[1]["status"], "rolled_back");
+        assert_eq!(items[1]["error"]["code"], "0x80070057");
+        assert_eq!(items[2]["data"], "x");
+        let xml = render_batch(&results, Format::Xml);
+        assert!(
+            xml.starts_with("<batchResponse committed=\"2\" failed=\"1\">\n  <response item=\"1\" transactionId="),
+            "{xml}"
+        );
+        assert!(xml.contains("<response item=\"2\""), "{xml}");
+        assert!(xml.contains("<errorContext code=\"0x80070057\""), "{xml}");
+        let yaml = render_batch(&results, Format::Yaml);
+        assert!(yaml.contains("committed: 2"), "{yaml}");
+        assert!(yaml.contains("- item: 1"), "{yaml}");
+    }
 
     #[test]
     fn empty_data_is_an_empty_map() {

@@ -614,8 +614,10 @@ fn trusted_request() {
 #[test]
 fn request_errors() {
     let cases: &[(&str, u32, &str)] = &[
-        ("<request>\n<globalData/>\n</request>", 2, "batch requests (globalData) are not supported yet"),
-        ("<request>\n<data/>\n<data/>\n</request>", 3, "a second <data>"),
+        ("<request namespace=\"A\" procedure=\"B\">\n<globalData/>\n<globalData/>\n</request>", 3, "a second <globalData>"),
+        // A batch is not one request: `parse_request_document` splits it.
+        ("<request namespace=\"A\" procedure=\"B\">\n<data/>\n<data/>\n</request>", 1, "this is a batch request (2 data item(s))"),
+        ("<request>\n<procedure>\n<globalData/>\n</procedure>\n</request>", 3, "<globalData> belongs directly under <request>"),
         ("<request/>", 1, "the request names no procedure"),
         ("<request namespace=\"A\"/>", 1, "also needs procedure"),
         (

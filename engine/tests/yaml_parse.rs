@@ -716,12 +716,12 @@ fn documented_examples_parse() {
         .skip(1)
         .filter_map(|b| b.split("```").next())
         .collect();
-    assert_eq!(blocks.len(), 4);
+    assert_eq!(blocks.len(), 5);
     let nss = ns_ok(blocks[0]);
     assert_eq!(nss[0].procedures[0].steps.len(), 5);
     // The scripts example, with its script file next to a file in the fixtures folder.
     let file = fixture("doc.yaml").display().to_string();
-    let scripted = match parse_namespaces(blocks[3], &file, Format::Yaml) {
+    let scripted = match parse_namespaces(blocks[4], &file, Format::Yaml) {
         Ok(n) => n,
         Err(e) => panic!("{e:#?}"),
     };
@@ -738,6 +738,11 @@ fn documented_examples_parse() {
         if let Err(e) = parse_request(b, "doc.yaml", Format::Yaml) {
             panic!("{e}");
         }
+    }
+    // The batch request example: two items sharing globalData.
+    match request::parse_request_document(blocks[3], "doc.yaml", Format::Yaml) {
+        Ok(provisio_engine::model::RequestDocument::Batch(b)) => assert_eq!(b.split().len(), 2),
+        other => panic!("expected a batch, got {other:?}"),
     }
 }
 

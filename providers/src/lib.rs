@@ -1,8 +1,10 @@
-//! Provisio providers: the embedded filesystem provider and the DNS provider with its
-//! zone-file backend, plus [`embedded_registry`] that wires them for the quick start.
+//! Provisio providers: the embedded filesystem provider, the DNS provider with its
+//! zone-file backend and the Error Provider, plus [`embedded_registry`] that wires them for
+//! the quick start.
 
 mod common;
 pub mod dns;
+pub mod error;
 pub mod exec;
 pub mod filesystem;
 
@@ -21,8 +23,8 @@ pub enum RegistryError {
     Dns(#[from] dns::DnsError),
 }
 
-/// The providers that need no server: `Filesystem` rooted at `<data_dir>/files` and
-/// `DNS` writing zone files to `<data_dir>/zones`.
+/// The providers that need no server: `Filesystem` rooted at `<data_dir>/files`, `DNS`
+/// writing zone files to `<data_dir>/zones`, and `Error` (namespace `Error Provider`).
 pub fn embedded_registry(data_dir: &Path) -> Result<ProviderRegistry, RegistryError> {
     let mut registry = ProviderRegistry::new();
     registry.register(Arc::new(filesystem::FilesystemProvider::new(
@@ -31,5 +33,6 @@ pub fn embedded_registry(data_dir: &Path) -> Result<ProviderRegistry, RegistryEr
     registry.register(Arc::new(dns::DnsProvider::zonefile(
         data_dir.join("zones"),
     )?));
+    registry.register(Arc::new(error::ErrorProvider::new()));
     Ok(registry)
 }

@@ -1,14 +1,19 @@
-//! The embedded registry wires both providers under the data folder.
+//! The embedded registry wires the filesystem and DNS providers under the data folder, and
+//! the Error Provider.
 
 use provisio_providers::embedded_registry;
 
 #[test]
-fn embedded_registry_has_filesystem_and_dns() {
+fn embedded_registry_has_filesystem_dns_and_error() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let reg = embedded_registry(tmp.path()).expect("registry");
     assert_eq!(
         reg.names(),
-        vec!["DNS".to_string(), "Filesystem".to_string()]
+        vec![
+            "DNS".to_string(),
+            "Error".to_string(),
+            "Filesystem".to_string()
+        ]
     );
     assert!(tmp.path().join("files").is_dir());
     assert!(tmp.path().join("zones").is_dir());

@@ -679,3 +679,94 @@ pub struct Request {
     /// Where it came from.
     pub source_ref: SourceRef,
 }
+
+/// A batch request (MPS: a request with several `<data>` elements, or with `<globalData>`):
+/// one procedure run once per data item, each run its own transaction. [`BatchRequest::split`]
+/// turns it into those single requests.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchRequest {
+    /// What runs, for every item.
+    pub target: RequestTarget,
+    /// Values every item sees (root named `globalData`; empty when the request has none).
+    pub global_data: Element,
+    /// The data items, in request order.
+    pub items: Vec<BatchItem>,
+    /// The request's `context`, given to every item.
+    pub context: Element,
+    /// The syntax it was written in.
+    pub format: Format,
+    /// Where it came from.
+    pub source_ref: SourceRef,
+}
+
+/// One data item of a batch request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchItem {
+    /// The item's `data` (root named `data`).
+    pub data: Element,
+    /// Where it was declared.
+    pub source_ref: SourceRef,
+}
+
+impl BatchRequest {
+    /// The single requests the batch stands for, one per data item in order (what MPS's
+    /// queue manager does with a batch): each carries the procedure, the context, and as
+    /// its `data` the `globalData` merged with the item's data by the `merge` rule (an
+    /// item's element replaces global elements of the same name; its attributes win).
+    /// Each request gets its own copy, so what one transaction writes into the global
+    /// values is not seen by the others.
+    ///
+    /// The CLI runs these one after another; a daemon would queue them as jobs.
+    pub fn split(&self) -> Vec<Request> {
+        self.items
+            .iter()
+            .map(|item| {
+                let mut data = self.global_data.clone();
+                data.name = "data".into();
+                crate::data::transform::merge_into(&mut data, item.data.clone());
+                Request {
+                    target: self.target.clone(),
+                    data,
+                    context: self.context.clone(),
+                    format: self.format,
+                    source_ref: item.source_ref.clone(),
+                }
+            })
+            .collect()
+    }
+}
+
+/// A parsed request document: one request, or a batch of them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum RequestDocument {
+    /// One `data` (or none), no `globalData`: one transaction.
+    Single(Request),
+    /// Several `data` items and/or `globalData`: one transaction per item.
+    Batch(BatchRequest),
+}
+
+impl RequestDocument {
+    /// The syntax it was written in (and its response will be).
+    pub fn format(&self) -> Format {
+        match self {
+            RequestDocument::Single(r) => r.format,
+            RequestDocument::Batch(b) => b.format,
+        }
+    }
+
+    /// What runs.
+    pub fn target(&self) -> &RequestTarget {
+        match self {
+            RequestDocument::Single(r) => &r.target,
+            RequestDocument::Batch(b) => &b.target,
+        }
+    }
+
+    /// The single requests to run, in order: the request itself, or a batch's split.
+    pub fn into_requests(self) -> Vec<Request> {
+        match self {
+            RequestDocument::Single(r) => vec![r],
+            RequestDocument::Batch(b) => b.split(),
+        }
+    }
+}

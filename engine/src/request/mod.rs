@@ -7,7 +7,7 @@ pub mod template;
 pub(crate) mod xml;
 pub(crate) mod yaml;
 
-use crate::model::{Format, Namespace, Request, SourceRef};
+use crate::model::{Format, Namespace, Request, RequestDocument, SourceRef};
 use std::fmt;
 use std::path::Path as FsPath;
 
@@ -73,8 +73,40 @@ pub fn parse_namespaces(
     }
 }
 
-/// Parses a request's text.
+/// Parses a request's text that must be one request: a batch (several `data`, or
+/// `globalData`) is refused with a hint to [`parse_request_document`].
 pub fn parse_request(src: &str, file: &str, format: Format) -> Result<Request, ParseError> {
+    single(parse_request_document(src, file, format)?)
+}
+
+/// One request, or the error saying a batch cannot be run as one.
+fn single(doc: RequestDocument) -> Result<Request, ParseError> {
+    match doc {
+        RequestDocument::Single(r) => Ok(r),
+        RequestDocument::Batch(b) => Err(ParseError::new(
+            b.source_ref.clone(),
+            format!(
+                "this is a batch request ({} data item(s){}), which runs as one transaction per item, not as one request",
+                b.items.len(),
+                if b.global_data.children.is_empty() && b.global_data.attrs.is_empty() {
+                    ""
+                } else {
+                    " and globalData"
+                }
+            ),
+        )
+        .with_hint("run it with `provisio run`, which splits it, or send one request per data item")),
+    }
+}
+
+/// Parses a request's text: one request, or a batch request (MPS: several `data`, or
+/// `globalData`; YAML/JSON: `batch:`), which [`RequestDocument::into_requests`] splits into
+/// one request per item.
+pub fn parse_request_document(
+    src: &str,
+    file: &str,
+    format: Format,
+) -> Result<RequestDocument, ParseError> {
     if src.len() > MAX_FILE_BYTES {
         return Err(ParseError::new(
             SourceRef::new(file, 0, 0),
@@ -103,15 +135,22 @@ pub fn load_namespace_file(path: &FsPath) -> Result<Vec<Namespace>, Vec<ParseErr
     parse_namespaces(&src, &file, format)
 }
 
-/// Reads and parses a request file, choosing the syntax from its extension.
+/// Reads and parses a request file that must be one request (see [`parse_request`]),
+/// choosing the syntax from its extension.
 pub fn load_request_file(path: &FsPath) -> Result<Request, ParseError> {
+    single(load_request_document(path)?)
+}
+
+/// Reads and parses a request file, one request or a batch (see
+/// [`parse_request_document`]), choosing the syntax from its extension.
+pub fn load_request_document(path: &FsPath) -> Result<RequestDocument, ParseError> {
     let file = path.display().to_string();
     let format = Format::from_extension(path).ok_or_else(|| {
         ParseError::new(SourceRef::new(&file, 0, 0), "unknown file type")
             .with_hint("request files end in .xml, .yaml, .yml or .json")
     })?;
     let src = read_limited(path)?;
-    parse_request(&src, &file, format)
+    parse_request_document(&src, &file, format)
 }
 
 /// Loads every namespace file in a folder (sorted by name, not recursive). Returns what

@@ -13,9 +13,10 @@ use crate::data::xml::{
 };
 use crate::data::{Element, IfNull, Mode, Path, Scalar};
 use crate::model::{
-    Access, CallTarget, ExecuteStep, ForEach, Format, Impersonate, InputSpec, Namespace, Ordering,
-    ProcKind, Procedure, Repeat, Request, RequestTarget, Scope, Script, ScriptStep, SelectStep,
-    SourceRef, Step, Transform, TransformSource, TryStep, When,
+    Access, BatchItem, BatchRequest, CallTarget, ExecuteStep, ForEach, Format, Impersonate,
+    InputSpec, Namespace, Ordering, ProcKind, Procedure, Repeat, Request, RequestDocument,
+    RequestTarget, Scope, Script, ScriptStep, SelectStep, SourceRef, Step, Transform,
+    TransformSource, TryStep, When,
 };
 use std::cell::OnceCell;
 use std::collections::HashSet;
@@ -79,12 +80,14 @@ pub(crate) fn parse_namespaces(src: &str, file: &str) -> Result<Vec<Namespace>, 
     }
 }
 
-/// Parses an XML request (`<request>`).
-pub(crate) fn parse_request(src: &str, file: &str) -> Result<Request, ParseError> {
+/// Parses an XML request (`<request>`): one request, or a batch (several `<data>`, or
+/// `<globalData>`).
+pub(crate) fn parse_request(src: &str, file: &str) -> Result<RequestDocument, ParseError> {
     let ctx = Ctx::new(src, file);
-    // The content of <data> and <context> is taken as is, so it needs no positions.
-    let root =
-        parse_located_plain(src, &limits(), &["data", "context"]).map_err(|e| ctx.xml_error(e))?;
+    // The content of <data>, <globalData> and <context> is taken as is, so it needs no
+    // positions.
+    let root = parse_located_plain(src, &limits(), &["data", "globalData", "context"])
+        .map_err(|e| ctx.xml_error(e))?;
     ctx.request(root)
 }
 
@@ -172,7 +175,7 @@ const SELECT_ATTRS: &[&str] = &[
 ];
 const WHERE_ATTRS: &[&str] = &["value", "case"];
 const REQUEST_ATTRS: &[&str] = &["namespace", "procedure"];
-const REQUEST_CHILDREN: &[&str] = &["data", "context", "procedure"];
+const REQUEST_CHILDREN: &[&str] = &["data", "globalData", "context", "procedure"];
 const REQUEST_PROCEDURE_ATTRS: &[&str] = &["type", "parallel", "description"];
 
 /// The closest candidate to a misspelt name (the shared rule).
@@ -640,9 +643,12 @@ impl<'f> Ctx<'f> {
                 "queue" => Err(self
                     .err(el, "queue is not supported yet")
                     .with_hint("use <execute> to run the call inline in this transaction")),
-                "globalData" => {
-                    Err(self.err(el, "batch requests (globalData) are not supported yet"))
-                }
+                "globalData" => Err(self
+                    .err(
+                        el,
+                        "<globalData> belongs directly under <request>, not in a procedure",
+                    )
+                    .with_hint("move it next to the request's <data> elements")),
                 _ => Err(self.unknown_element(el, parent, allowed)),
             };
             match result {
@@ -1267,7 +1273,7 @@ impl<'f> Ctx<'f> {
 
     // ------------------------------------------------------------------ requests
 
-    fn request(&self, root: Located) -> Result<Request, ParseError> {
+    fn request(&self, root: Located) -> Result<RequestDocument, ParseError> {
         if root.name != "request" {
             return Err(self
                 .err(&root, format!("expected <request> as the root element, found <{}>", root.name))
@@ -1289,7 +1295,8 @@ impl<'f> Ctx<'f> {
                 return Err(self.err(&root, "<request procedure=…> also needs namespace=\"…\""))
             }
         };
-        let mut data: Option<Element> = None;
+        let mut items: Vec<BatchItem> = Vec::new();
+        let mut global_data: Option<Element> = None;
         let mut context: Option<Element> = None;
         let mut procedure: Option<(Located, Located)> = None;
         let root_shell = Located {
@@ -1305,16 +1312,12 @@ impl<'f> Ctx<'f> {
             };
             match child.name.as_str() {
                 "data" => {
-                    if data.is_some() {
-                        return Err(self
-                            .err(
-                                &child,
-                                "a second <data>: batch requests are not supported yet",
-                            )
-                            .with_hint("send one request per <data>"));
-                    }
                     self.check_attrs(&child, &[])?;
-                    data = Some(child.into_element());
+                    let source_ref = self.at(&child);
+                    items.push(BatchItem {
+                        data: child.into_element(),
+                        source_ref,
+                    });
                 }
                 "context" => {
                     if context.is_some() {
@@ -1333,11 +1336,15 @@ impl<'f> Ctx<'f> {
                     procedure = Some((child, root_shell.clone()));
                 }
                 "globalData" => {
-                    return Err(self
-                        .err(&child, "batch requests (globalData) are not supported yet")
-                        .with_hint(
-                            "send one request per <data>, with the global values copied into each",
-                        ))
+                    if global_data.is_some() {
+                        return Err(self
+                            .err(&child, "a second <globalData>; a request has at most one")
+                            .with_hint(
+                                "put all the values every <data> shares in one <globalData>",
+                            ));
+                    }
+                    self.check_attrs(&child, &[])?;
+                    global_data = Some(child.into_element());
                 }
                 _ => return Err(self.unknown_element(&child, &root_shell, REQUEST_CHILDREN)),
             }
@@ -1356,13 +1363,34 @@ impl<'f> Ctx<'f> {
                     .with_hint("write <request namespace=\"…\" procedure=\"…\"> or add a <procedure> with an <execute>"))
             }
         };
-        Ok(Request {
+        let context = context.unwrap_or_else(|| Element::new("context"));
+        // MPS: several <data> make a batch; <globalData> only has a meaning in one.
+        if items.len() <= 1 && global_data.is_none() {
+            let data = items
+                .pop()
+                .map_or_else(|| Element::new("data"), |item| item.data);
+            return Ok(RequestDocument::Single(Request {
+                target,
+                data,
+                context,
+                format: Format::Xml,
+                source_ref,
+            }));
+        }
+        if items.is_empty() {
+            items.push(BatchItem {
+                data: Element::new("data"),
+                source_ref: source_ref.clone(),
+            });
+        }
+        Ok(RequestDocument::Batch(BatchRequest {
             target,
-            data: data.unwrap_or_else(|| Element::new("data")),
-            context: context.unwrap_or_else(|| Element::new("context")),
+            global_data: global_data.unwrap_or_else(|| Element::new("globalData")),
+            items,
+            context,
             format: Format::Xml,
             source_ref,
-        })
+        }))
     }
 
     fn request_procedure(&self, el: &Located) -> Result<RequestTarget, ParseError> {
@@ -1516,13 +1544,27 @@ mod tests {
         assert_eq!(errs[0].source_ref.line, 3);
     }
 
+    /// A request that must parse as a single (non-batch) request.
+    fn single(src: &str) -> Request {
+        match parse_request(src, "r.xml").unwrap() {
+            RequestDocument::Single(r) => r,
+            RequestDocument::Batch(b) => panic!("expected one request, got a batch: {b:?}"),
+        }
+    }
+
+    /// A request that must parse as a batch.
+    fn batch(src: &str) -> BatchRequest {
+        match parse_request(src, "r.xml").unwrap() {
+            RequestDocument::Batch(b) => b,
+            RequestDocument::Single(r) => panic!("expected a batch, got one request: {r:?}"),
+        }
+    }
+
     #[test]
     fn shorthand_request() {
-        let r = parse_request(
+        let r = single(
             r#"<request namespace="Hosted DNS" procedure="CreateTenantZone"><data><zone>x</zone></data></request>"#,
-            "r.xml",
-        )
-        .unwrap();
+        );
         assert_eq!(
             r.target,
             RequestTarget::Call(CallTarget {
@@ -1535,13 +1577,97 @@ mod tests {
     }
 
     #[test]
+    fn batch_request_items_and_global_data() {
+        let b = batch(
+            r#"<request namespace="Hosted Files" procedure="CreateTenantFolders">
+  <globalData><quotaMegabytes>50</quotaMegabytes><users><user name="admin"/></users></globalData>
+  <data><tenant>alpha</tenant></data>
+  <context><clientContext clientTransactionId="c-1"/></context>
+  <data><tenant>beta</tenant><quotaMegabytes>70</quotaMegabytes></data>
+  <data><tenant>gamma</tenant></data>
+</request>"#,
+        );
+        assert_eq!(b.items.len(), 3);
+        assert_eq!(b.items[1].source_ref, SourceRef::new("r.xml", 5, 3));
+        assert_eq!(b.global_data.name, "globalData");
+        let requests = b.split();
+        let tenants: Vec<String> = requests
+            .iter()
+            .map(|r| r.data.child("tenant").unwrap().text())
+            .collect();
+        assert_eq!(tenants, ["alpha", "beta", "gamma"]);
+        for r in &requests {
+            assert_eq!(r.target, b.target);
+            assert_eq!(r.data.name, "data");
+            // globalData is part of every item's data (MPS reads it with root="data").
+            assert_eq!(
+                r.data
+                    .child("users")
+                    .unwrap()
+                    .child("user")
+                    .unwrap()
+                    .attr("name"),
+                Some("admin")
+            );
+            assert_eq!(
+                r.context
+                    .child("clientContext")
+                    .unwrap()
+                    .attr("clientTransactionId"),
+                Some("c-1")
+            );
+        }
+        // An item's own value wins over the global one of the same name.
+        let quota = |r: &Request| r.data.child("quotaMegabytes").unwrap().text();
+        assert_eq!(quota(&requests[0]), "50");
+        assert_eq!(quota(&requests[1]), "70");
+        assert_eq!(quota(&requests[2]), "50");
+    }
+
+    #[test]
+    fn global_data_is_copied_per_item() {
+        let b = batch(
+            r#"<request namespace="A" procedure="B">
+  <globalData><counter>0</counter></globalData>
+  <data><n>1</n></data>
+  <data><n>2</n></data>
+</request>"#,
+        );
+        let mut requests = b.split();
+        // What one transaction does to the global values stays in its own copy.
+        requests[0].data.children.clear();
+        assert_eq!(requests[1].data.child("counter").unwrap().text(), "0");
+        assert_eq!(b.split()[0].data.child("counter").unwrap().text(), "0");
+    }
+
+    #[test]
+    fn global_data_alone_or_with_one_data_is_a_batch_of_one() {
+        let b = batch(
+            r#"<request namespace="A" procedure="B"><globalData><g>1</g></globalData></request>"#,
+        );
+        assert_eq!(b.items.len(), 1);
+        assert_eq!(b.split()[0].data.child("g").unwrap().text(), "1");
+        let b = batch(
+            r#"<request namespace="A" procedure="B"><data><d>2</d></data><globalData><g>1</g></globalData></request>"#,
+        );
+        let data = &b.split()[0].data;
+        assert_eq!(data.child("g").unwrap().text(), "1");
+        assert_eq!(data.child("d").unwrap().text(), "2");
+        // One <data> and no <globalData> stays a plain request.
+        let r = single(r#"<request namespace="A" procedure="B"><data><d>2</d></data></request>"#);
+        assert_eq!(r.data.child("d").unwrap().text(), "2");
+    }
+
+    #[test]
     fn request_errors() {
-        let e = req_err("<request>\n  <globalData/>\n</request>");
+        let e = req_err("<request namespace=\"A\" procedure=\"B\">\n  <globalData/>\n  <globalData/>\n</request>");
         assert_eq!(
             e.message,
-            "batch requests (globalData) are not supported yet"
+            "a second <globalData>; a request has at most one"
         );
-        assert_eq!(e.source_ref.line, 2);
+        assert_eq!(e.source_ref.line, 3);
+        let e = req_err("<request namespace=\"A\" procedure=\"B\">\n  <data x=\"1\"/>\n</request>");
+        assert!(e.message.contains("unknown attribute `x` on <data>"), "{e}");
         let e = req_err("<req/>");
         assert!(e.message.contains("expected <request>"));
         let e = req_err("<request>");

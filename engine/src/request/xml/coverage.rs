@@ -718,6 +718,14 @@ fn cases() -> Vec<Case> {
         ),
         c(
             "REQUEST_CHILDREN",
+            "globalData",
+            R,
+            request_children,
+            "<data><a>1</a></data>",
+            "<data><a>1</a></data><globalData><g>1</g></globalData>",
+        ),
+        c(
+            "REQUEST_CHILDREN",
             "context",
             R,
             request_children,

@@ -310,10 +310,12 @@ def_struct! {
 }
 
 def_struct! {
-    RequestDef, "a request mapping { call, procedure, data, context }" {
+    RequestDef, "a request mapping { call, procedure, data, batch, globalData, context }" {
         "call" => call: Text,
         "procedure" => procedure: ProcedureDef,
         "data" => data: Lit,
+        "batch" => batch: Lit,
+        "globalData" => global_data: Lit,
         "context" => context: Lit,
     }
 }

@@ -12,9 +12,9 @@ use super::locate::{Block, Locator};
 use crate::data::json::from_json;
 use crate::data::{Element, IfNull, Mode, Path};
 use crate::model::{
-    Access, CallTarget, ExecuteStep, ForEach, Format, InputSpec, Namespace, Ordering, Procedure,
-    Repeat, Request, RequestTarget, Scope, Script, ScriptStep, SelectStep, SourceRef, Step,
-    Transform, TransformSource, TryStep, When,
+    Access, BatchItem, BatchRequest, CallTarget, ExecuteStep, ForEach, Format, InputSpec,
+    Namespace, Ordering, Procedure, Repeat, Request, RequestDocument, RequestTarget, Scope, Script,
+    ScriptStep, SelectStep, SourceRef, Step, Transform, TransformSource, TryStep, When,
 };
 use fxhash::FxHashSet as FxSet;
 use serde_json::{Map as JsonMap, Value as Json};
@@ -1338,7 +1338,7 @@ impl<'a> Cx<'a> {
         d: RequestDef,
         format: Format,
         block: Block,
-    ) -> Option<Request> {
+    ) -> Option<RequestDocument> {
         let at = At::root(block);
         let sref = SourceRef::new(&self.file, 1, 1);
         let target = match (d.call, d.procedure) {
@@ -1364,25 +1364,144 @@ impl<'a> Cx<'a> {
                 RequestTarget::Trusted(Box::new(proc_))
             }
         };
-        let data = match d.data {
-            Some(Lit(v)) => self.literal(&at.key("data"), "data", &v),
-            None => Element::new("data"),
-        };
         let context = match d.context {
             Some(Lit(v)) => self.literal(&at.key("context"), "context", &v),
             None => Element::new("context"),
         };
+        let global_data = d
+            .global_data
+            .map(|Lit(v)| self.literal(&at.key("globalData"), "globalData", &v));
+        let items = match (d.data, d.batch) {
+            (Some(_), Some(_)) => {
+                self.err(
+                    &at.key("batch"),
+                    "a request has either `data` (one transaction) or `batch` (one transaction per item), not both",
+                    Some("move `data` into the batch as one more `- data: { … }` item, or put values every item shares under `globalData`".into()),
+                );
+                return None;
+            }
+            (Some(Lit(v)), None) => vec![BatchItem {
+                data: self.literal(&at.key("data"), "data", &v),
+                source_ref: self.here(&at.key("data")),
+            }],
+            (None, Some(Lit(v))) => self.batch_items(&at.key("batch"), v),
+            (None, None) => Vec::new(),
+        };
         if !self.errors.is_empty() {
             return None;
         }
-        Some(Request {
+        let batch = is_batch(&items, &global_data);
+        let mut items = items;
+        if !batch {
+            let data = items
+                .pop()
+                .map_or_else(|| Element::new("data"), |item| item.data);
+            return Some(RequestDocument::Single(Request {
+                target,
+                data,
+                context,
+                format,
+                source_ref: sref,
+            }));
+        }
+        if items.is_empty() {
+            items.push(BatchItem {
+                data: Element::new("data"),
+                source_ref: sref.clone(),
+            });
+        }
+        Some(RequestDocument::Batch(BatchRequest {
             target,
-            data,
+            global_data: global_data.unwrap_or_else(|| Element::new("globalData")),
+            items,
             context,
             format,
             source_ref: sref,
-        })
+        }))
     }
+
+    /// The items of `batch:`: a list of `{ data: { … } }` mappings.
+    fn batch_items(&mut self, at: &At, v: Json) -> Vec<BatchItem> {
+        let hint = || Some("write `batch: [ { data: { … } }, { data: { … } } ]`".to_string());
+        let Json::Array(list) = v else {
+            self.err(at, "`batch` must be a list of `{ data: … }` items", hint());
+            return Vec::new();
+        };
+        if list.is_empty() {
+            self.err(at, "`batch` holds no item", hint());
+            return Vec::new();
+        }
+        let mut refs = self.batch_item_refs(at, list.len()).into_iter();
+        let mut items = Vec::with_capacity(list.len());
+        for (i, item) in list.into_iter().enumerate() {
+            let source_ref = refs.next().unwrap_or_else(|| self.here(at));
+            let n = i + 1;
+            let mut map = match item {
+                Json::Object(m) => m,
+                _ => {
+                    self.err(
+                        at,
+                        format!("item {n} is not a `{{ data: … }}` mapping"),
+                        hint(),
+                    );
+                    continue;
+                }
+            };
+            let data = map.remove("data");
+            if let Some(key) = map.keys().next() {
+                self.err(
+                    at,
+                    format!("item {n} has `{key}`; a batch item holds only `data`"),
+                    Some("values every item shares go under the request's `globalData`".into()),
+                );
+                continue;
+            }
+            let data = match data {
+                Some(d) => self.literal(at, "data", &d),
+                None => Element::new("data"),
+            };
+            items.push(BatchItem { data, source_ref });
+        }
+        items
+    }
+
+    /// Where each of the first `count` items of `batch:` starts: the `data` keys of the
+    /// list, in order, each in the column of the first (a `data` key inside an item's data
+    /// is further right and ends the search). Fewer when the text cannot tell; the caller
+    /// then uses the `batch` key's place.
+    fn batch_item_refs(&self, at: &At, count: usize) -> Vec<SourceRef> {
+        let (line, _) = self.loc.find(at.block, &at.path());
+        let Some(batch) = self.loc.child(at.block, "batch").filter(|b| b.line == line) else {
+            return Vec::new();
+        };
+        let mut refs: Vec<SourceRef> = Vec::with_capacity(count);
+        let mut from = batch;
+        while refs.len() < count {
+            let Some(found) = self.loc.child(from, "data") else {
+                break;
+            };
+            if refs
+                .first()
+                .is_some_and(|first| first.column != found.column)
+            {
+                break;
+            }
+            refs.push(SourceRef::new(&self.file, found.line, found.column));
+            // The next item starts after this key's line, in the same column.
+            from = Block {
+                start: found.line as usize,
+                indent: Some(found.column as usize - 1),
+                line: found.line + 1,
+                ..from
+            };
+        }
+        refs
+    }
+}
+
+/// Whether a request's data makes a batch, as in MPS's XML: several items, or `globalData`.
+fn is_batch(items: &[BatchItem], global_data: &Option<Element>) -> bool {
+    items.len() > 1 || global_data.is_some()
 }
 
 /// Input type names.

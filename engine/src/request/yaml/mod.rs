@@ -18,7 +18,7 @@ mod locate;
 mod lower;
 
 use super::{ParseError, MAX_DEPTH};
-use crate::model::{Format, Namespace, Request, SourceRef};
+use crate::model::{Format, Namespace, RequestDocument, SourceRef};
 use de::{json_err, yaml_err, Budget};
 use defs::{NamespaceDef, NamespaceFile, RequestDef};
 use lower::Cx;
@@ -75,8 +75,12 @@ pub(crate) fn to_yaml(value: &Json) -> String {
     serde_yaml::to_string(value).unwrap_or_else(|e| format!("# cannot render YAML: {e}\n"))
 }
 
-/// Parses a YAML/JSON request. `format` says which syntax the text is in.
-pub(crate) fn parse_request(src: &str, file: &str, format: Format) -> Result<Request, ParseError> {
+/// Parses a YAML/JSON request (one, or a batch). `format` says which syntax the text is in.
+pub(crate) fn parse_request(
+    src: &str,
+    file: &str,
+    format: Format,
+) -> Result<RequestDocument, ParseError> {
     let src = without_bom(src);
     let _budget = Budget::start(src.len());
     let def: RequestDef = match format {
