@@ -5,6 +5,7 @@ mod cli;
 mod config;
 mod crash;
 mod files;
+mod large_log;
 mod operator;
 mod retention;
 mod script;
