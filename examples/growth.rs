@@ -198,6 +198,27 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / 1048576.0
 }
 
+/// CPU seconds this process has used so far (user, system), from `/proc/self/stat`: on a
+/// shared machine they say what the work cost where wall time also says how busy it was.
+fn cpu_seconds() -> Result<(f64, f64)> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    // Fields after the command name (which may hold spaces) start at field 3.
+    let rest = stat
+        .rsplit_once(") ")
+        .map(|(_, r)| r)
+        .ok_or_else(|| anyhow!("unexpected /proc/self/stat"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15, in clock ticks (100 per second on Linux).
+    let tick = |i: usize| -> Result<f64> {
+        Ok(fields
+            .get(i)
+            .ok_or_else(|| anyhow!("short /proc/self/stat"))?
+            .parse::<f64>()?
+            / 100.0)
+    };
+    Ok((tick(11)?, tick(12)?))
+}
+
 /// Bytes of disk allocated to the files below `dir` (`st_blocks`: what `du` reports; sparse
 /// and preallocated files count what they occupy).
 fn du_allocated(dir: &Path) -> u64 {
@@ -302,15 +323,16 @@ fn steps_engine(files: &Path) -> Result<Engine> {
     Ok(Engine::new(catalog, registry, EngineOptions::default()))
 }
 
-/// `crash KIND N DIR`: runs N+1 calls in one durable transaction in DIR and is aborted by the
-/// journal's failpoint (`PROVISIO_CRASH_AT`, set by the parent) before the intent of call
-/// N+1: a transaction left in flight with N calls done, as a crash leaves it.
+/// `case-crash KIND N DIR`: runs N calls in one durable transaction in DIR and is aborted by
+/// the journal's failpoint (`PROVISIO_CRASH_AT`, set by the parent) once the intent of call N
+/// is written: a transaction left in flight with N-1 calls done and the last in doubt, as a
+/// crash leaves it.
 async fn crash_case(kind: &str, n: usize, dir: &Path) -> Result<String> {
     let store = Arc::new(SledStore::open(&dir.join("journal")).map_err(|e| anyhow!("{e}"))?);
     let journal: Arc<dyn Journal> =
         Arc::new(DurableJournal::new(store, None, "bench").with_failpoints_from_env());
     let engine = steps_engine(&dir.join("files"))?.with_journal(journal);
-    let text = steps_request(n + 1, kind == "fs");
+    let text = steps_request(n, kind == "fs");
     let req = parse_request(&text, "growth.xml", Format::Xml).map_err(|e| anyhow!("{e:?}"))?;
     let r = engine
         .run_owned(req)
@@ -333,11 +355,14 @@ async fn recover_case(kind: &str, dir: &Path) -> Result<String> {
     let opened = start.elapsed().as_secs_f64();
     let journal = Arc::new(DurableJournal::new(store.clone(), None, "bench"));
     let engine = steps_engine(&dir.join("files"))?.with_journal(journal.clone());
+    let cpu_before = cpu_seconds()?;
     let start = Instant::now();
     let found = provisio_engine::txn::recover(&engine, &journal)
         .await
         .map_err(|e| anyhow!("{e}"))?;
     let recovered = start.elapsed().as_secs_f64();
+    let cpu_after = cpu_seconds()?;
+    let (user, sys) = (cpu_after.0 - cpu_before.0, cpu_after.1 - cpu_before.1);
     let peak = peak_rss()?;
     let [r] = found.as_slice() else {
         bail!("expected one transaction to recover, found {}", found.len());
@@ -348,7 +373,7 @@ async fn recover_case(kind: &str, dir: &Path) -> Result<String> {
     drop(store);
     let undone = r.undone.max(1);
     Ok(format!(
-        "{kind}\t{}\t{}\t{}\t{opened:.3}\t{recovered:.3}\t{:.1}\t{:.1}\t{:.1}\t{:.1}\t{}",
+        "{kind}\t{}\t{}\t{}\t{opened:.3}\t{recovered:.3}\t{:.1}\t{user:.2}\t{sys:.2}\t{:.1}\t{:.1}\t{:.1}\t{}",
         r.undone,
         r.in_doubt,
         r.to,
@@ -363,17 +388,17 @@ async fn recover_case(kind: &str, dir: &Path) -> Result<String> {
 /// The recovery mode: for each N, a child runs N calls and is aborted in flight, another
 /// reopens and recovers the store.
 fn recovery_mode(kind: &str, sizes: &[usize]) -> Result<()> {
-    println!("case\tundone\tin_doubt\tto\topen_s\trecover_s\tus_per_undo\tpeak_rss_MiB\tbase_rss_MiB\tstore_before_MiB\tstore_after_MiB");
+    println!("case\tundone\tin_doubt\tto\topen_s\trecover_s\tus_per_undo\tcpu_user_s\tcpu_sys_s\tpeak_rss_MiB\tbase_rss_MiB\tstore_before_MiB\tstore_after_MiB");
     for &n in sizes {
         let dir = tempdir()?;
         // Journal writes: 1 for the start, then an intent and a result per call; the crash
-        // comes before the intent of call N+1 is written.
-        let at = 2 * n + 2;
+        // comes once the intent of call N is written (durably, with every earlier result).
+        let at = 2 * n;
         let out = std::process::Command::new(std::env::current_exe()?)
             .args(["case-crash", kind, &n.to_string()])
             .arg(dir.path())
             .env("PROVISIO_CRASH_AT", at.to_string())
-            .env("PROVISIO_CRASH_WHEN", "before")
+            .env("PROVISIO_CRASH_WHEN", "after")
             .output()
             .context("start the crash child")?;
         if out.status.success() {

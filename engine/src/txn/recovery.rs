@@ -484,6 +484,9 @@ async fn roll_back(
     let next_seq = records.last().map(|(s, _)| s + 1).unwrap_or(0);
     journal.adopt(summary.clone(), next_seq);
     let mut calls = journaled_calls(&summary.id, &records);
+    // The calls hold what the undos need: the decoded records (a copy of the transaction's
+    // journal, ~3 KiB per call) need not stay in memory while thousands of undos run.
+    drop(records);
     // Nothing is undone unless the journal can say so: with the journal unwritable the
     // transaction stays unfinished there, and the next recovery starts over.
     journal
