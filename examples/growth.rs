@@ -25,10 +25,13 @@ use provisio_engine::model::Format;
 use provisio_engine::provider::ProviderRegistry;
 use provisio_engine::request::parse_request;
 use provisio_engine::testing::RecordingProvider;
+use provisio_engine::txn::index::{self, TxnQuery};
+use provisio_engine::txn::retention;
+use provisio_engine::txn::synthetic::{self, Synthetic};
 use provisio_engine::txn::DurableJournal;
 use provisio_engine::Catalog;
-use provisio_engine::SledStore;
 use provisio_engine::{Engine, EngineOptions, Journal, TxnState};
+use provisio_engine::{KeyRange, SledStore, Space, Store as _};
 use provisio_providers::filesystem::FilesystemProvider;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -126,16 +129,7 @@ fn wide_request(mib: usize) -> String {
 
 async fn run_case(kind: &str, n: usize, durable: bool) -> Result<String> {
     let dir = tempdir()?;
-    let rec = RecordingProvider::new("Rec");
-    let mut registry = ProviderRegistry::new();
-    registry.register(Arc::new(rec));
-    let files = dir.path().join("files");
-    std::fs::create_dir_all(&files)?;
-    registry.register(Arc::new(
-        FilesystemProvider::new(files.clone()).map_err(|e| anyhow!("{e}"))?,
-    ));
-    let catalog = Catalog::new(Vec::new(), &registry).map_err(|e| anyhow!("catalog: {e:?}"))?;
-    let mut engine = Engine::new(catalog, registry, EngineOptions::default());
+    let mut engine = steps_engine(&dir.path().join("files"))?;
     let journal_dir = dir.path().join("journal");
     let mut store = None;
     if durable {
@@ -153,6 +147,8 @@ async fn run_case(kind: &str, n: usize, durable: bool) -> Result<String> {
     };
     let request_bytes = text.len();
     let base = peak_rss()?;
+    // The store's size on disk (allocated blocks) while the transaction runs, every 20 ms.
+    let sampler = durable.then(|| StoreSampler::start(&journal_dir));
     let start = Instant::now();
     let req = parse_request(&text, "growth.xml", Format::Xml).map_err(|e| anyhow!("{e:?}"))?;
     drop(text);
@@ -167,11 +163,17 @@ async fn run_case(kind: &str, n: usize, durable: bool) -> Result<String> {
     }
     drop(r);
     drop(engine);
+    let peak = peak_rss()?;
     let syncs = store.as_ref().map_or(0, |s| s.sync_count());
+    // What the store keeps: its keys and values (read after the peak RSS, which this grows).
+    let kept = store.as_deref().map_or(Ok(0), kept_bytes)?;
     if let Some(s) = store.take() {
         s.close();
     }
+    // Closing checkpoints: the store's last growth happens here.
+    let peak_during = sampler.map_or(0, StoreSampler::stop);
     let on_disk = du(&journal_dir);
+    let allocated = du_allocated(&journal_dir);
     // What that many syncs cost on this disk right now: the floor of a journal that makes
     // each call's intent durable before the call.
     let floor = if syncs > 0 {
@@ -180,13 +182,112 @@ async fn run_case(kind: &str, n: usize, durable: bool) -> Result<String> {
         0.0
     };
     Ok(format!(
-        "{kind}\t{n}\t{}\t{took:.3}\t{:.1}\t{:.1}\t{:.1}\t{:.2}\t{syncs}\t{floor:.3}",
+        "{kind}\t{n}\t{}\t{took:.3}\t{:.1}\t{:.1}\t{:.1}\t{:.2}\t{syncs}\t{floor:.3}\t{:.1}\t{:.1}\t{:.1}",
         if durable { "durable" } else { "ephemeral" },
-        peak_rss()? as f64 / 1048576.0,
-        base as f64 / 1048576.0,
-        on_disk as f64 / 1048576.0,
-        request_bytes as f64 / 1048576.0,
+        mib(peak),
+        mib(base),
+        mib(on_disk),
+        mib(request_bytes as u64),
+        mib(kept),
+        mib(peak_during),
+        mib(allocated),
     ))
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / 1048576.0
+}
+
+/// CPU seconds this process has used so far (user, system), from `/proc/self/stat`: on a
+/// shared machine they say what the work cost where wall time also says how busy it was.
+fn cpu_seconds() -> Result<(f64, f64)> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    // Fields after the command name (which may hold spaces) start at field 3.
+    let rest = stat
+        .rsplit_once(") ")
+        .map(|(_, r)| r)
+        .ok_or_else(|| anyhow!("unexpected /proc/self/stat"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15, in clock ticks (100 per second on Linux).
+    let tick = |i: usize| -> Result<f64> {
+        Ok(fields
+            .get(i)
+            .ok_or_else(|| anyhow!("short /proc/self/stat"))?
+            .parse::<f64>()?
+            / 100.0)
+    };
+    Ok((tick(11)?, tick(12)?))
+}
+
+/// Bytes of disk allocated to the files below `dir` (`st_blocks`: what `du` reports; sparse
+/// and preallocated files count what they occupy).
+fn du_allocated(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => du_allocated(&e.path()),
+            Ok(m) => m.blocks() * 512,
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Samples [`du_allocated`] of a folder on a thread of its own and keeps the largest.
+struct StoreSampler {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<u64>,
+}
+
+impl StoreSampler {
+    fn start(dir: &Path) -> StoreSampler {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (dir, stopped) = (dir.to_path_buf(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let mut peak = 0;
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(du_allocated(&dir));
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            peak.max(du_allocated(&dir))
+        });
+        StoreSampler { stop, thread }
+    }
+
+    /// The largest size seen.
+    fn stop(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap_or(0)
+    }
+}
+
+/// The bytes of every key and value in the store (what it keeps).
+fn kept_bytes(store: &SledStore) -> Result<u64> {
+    let mut total = 0u64;
+    for tag in [b'j', b't', b'a', b'd', b'm', b'i'] {
+        let space = Space::from_tag(tag).ok_or_else(|| anyhow!("no space {tag}"))?;
+        let mut from: Vec<u8> = Vec::new();
+        loop {
+            let page = store
+                .scan_range(space, KeyRange::new(&from, None), 4096, false)
+                .map_err(|e| anyhow!("{e}"))?;
+            total += page
+                .iter()
+                .map(|(k, v)| (k.len() + v.len()) as u64)
+                .sum::<u64>();
+            match page.last() {
+                Some((k, _)) if page.len() == 4096 => {
+                    from.clone_from(k);
+                    from.push(0);
+                }
+                _ => break,
+            }
+        }
+    }
+    Ok(total)
 }
 
 /// Seconds per `fdatasync` of a 512-byte write over preallocated blocks (the write-ahead
@@ -210,9 +311,269 @@ fn sync_floor(dir: &Path, n: usize) -> Result<f64> {
     Ok(samples[n / 2])
 }
 
+/// Engine and registry of the steps cases (no journal).
+fn steps_engine(files: &Path) -> Result<Engine> {
+    let mut registry = ProviderRegistry::new();
+    registry.register(Arc::new(RecordingProvider::new("Rec")));
+    std::fs::create_dir_all(files)?;
+    registry.register(Arc::new(
+        FilesystemProvider::new(files.to_path_buf()).map_err(|e| anyhow!("{e}"))?,
+    ));
+    let catalog = Catalog::new(Vec::new(), &registry).map_err(|e| anyhow!("catalog: {e:?}"))?;
+    Ok(Engine::new(catalog, registry, EngineOptions::default()))
+}
+
+/// `case-crash KIND N DIR`: runs N calls in one durable transaction in DIR and is aborted by
+/// the journal's failpoint (`PROVISIO_CRASH_AT`, set by the parent) once the intent of call N
+/// is written: a transaction left in flight with N-1 calls done and the last in doubt, as a
+/// crash leaves it.
+async fn crash_case(kind: &str, n: usize, dir: &Path) -> Result<String> {
+    let store = Arc::new(SledStore::open(&dir.join("journal")).map_err(|e| anyhow!("{e}"))?);
+    let journal: Arc<dyn Journal> =
+        Arc::new(DurableJournal::new(store, None, "bench").with_failpoints_from_env());
+    let engine = steps_engine(&dir.join("files"))?.with_journal(journal);
+    let text = steps_request(n, kind == "fs");
+    let req = parse_request(&text, "growth.xml", Format::Xml).map_err(|e| anyhow!("{e:?}"))?;
+    let r = engine
+        .run_owned(req)
+        .await
+        .map_err(|e| anyhow!("does not compile: {e}"))?;
+    bail!(
+        "the crash point was not reached: the transaction ended {}",
+        r.state
+    )
+}
+
+/// `recover-case KIND DIR`: reopens the store a crash left and recovers it (what `provisio
+/// recover` and every start do); reports the times, what was undone and the peak RSS.
+async fn recover_case(kind: &str, dir: &Path) -> Result<String> {
+    let journal_dir = dir.join("journal");
+    let before = du_allocated(&journal_dir);
+    let base = peak_rss()?;
+    let start = Instant::now();
+    let store = Arc::new(SledStore::open(&journal_dir).map_err(|e| anyhow!("{e}"))?);
+    let opened = start.elapsed().as_secs_f64();
+    let journal = Arc::new(DurableJournal::new(store.clone(), None, "bench"));
+    let engine = steps_engine(&dir.join("files"))?.with_journal(journal.clone());
+    let cpu_before = cpu_seconds()?;
+    let start = Instant::now();
+    let found = provisio_engine::txn::recover(&engine, &journal)
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+    let recovered = start.elapsed().as_secs_f64();
+    let cpu_after = cpu_seconds()?;
+    let (user, sys) = (cpu_after.0 - cpu_before.0, cpu_after.1 - cpu_before.1);
+    let peak = peak_rss()?;
+    let [r] = found.as_slice() else {
+        bail!("expected one transaction to recover, found {}", found.len());
+    };
+    drop(engine);
+    drop(journal);
+    store.close();
+    drop(store);
+    let undone = r.undone.max(1);
+    Ok(format!(
+        "{kind}\t{}\t{}\t{}\t{opened:.3}\t{recovered:.3}\t{:.1}\t{user:.2}\t{sys:.2}\t{:.1}\t{:.1}\t{:.1}\t{}",
+        r.undone,
+        r.in_doubt,
+        r.to,
+        recovered / undone as f64 * 1e6,
+        mib(peak),
+        mib(base),
+        mib(before),
+        mib(du_allocated(&journal_dir)),
+    ))
+}
+
+/// The recovery mode: for each N, a child runs N calls and is aborted in flight, another
+/// reopens and recovers the store.
+fn recovery_mode(kind: &str, sizes: &[usize]) -> Result<()> {
+    println!("case\tundone\tin_doubt\tto\topen_s\trecover_s\tus_per_undo\tcpu_user_s\tcpu_sys_s\tpeak_rss_MiB\tbase_rss_MiB\tstore_before_MiB\tstore_after_MiB");
+    for &n in sizes {
+        let dir = tempdir()?;
+        // Journal writes: 1 for the start, then an intent and a result per call; the crash
+        // comes once the intent of call N is written (durably, with every earlier result).
+        let at = 2 * n;
+        let out = std::process::Command::new(std::env::current_exe()?)
+            .args(["case-crash", kind, &n.to_string()])
+            .arg(dir.path())
+            .env("PROVISIO_CRASH_AT", at.to_string())
+            .env("PROVISIO_CRASH_WHEN", "after")
+            .output()
+            .context("start the crash child")?;
+        if out.status.success() {
+            bail!(
+                "the crash child ended normally: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        let out = std::process::Command::new(std::env::current_exe()?)
+            .args(["case-recover", kind])
+            .arg(dir.path())
+            .output()
+            .context("start the recovery child")?;
+        if !out.status.success() {
+            bail!(
+                "recovery of {n} failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        println!("{}", String::from_utf8(out.stdout)?.trim());
+    }
+    Ok(())
+}
+
+/// The synthetic finished transactions of the list and prune modes.
+fn synthetic_spec(first_ms: u64) -> Synthetic {
+    Synthetic {
+        first_ms,
+        procedures: vec!["Hosted Files/CreateFolder".into(), "Mail/AddMailbox".into()],
+        subjects: vec!["alice".into(), "bob".into(), "carol".into()],
+        states: vec![
+            TxnState::Committed,
+            TxnState::Committed,
+            TxnState::Committed,
+            TxnState::RolledBack,
+        ],
+        ..Synthetic::default()
+    }
+}
+
+/// Fills `journal_dir` with `n` synthetic finished transactions; returns the seconds taken.
+async fn fill_store(journal_dir: &Path, n: usize, first_ms: u64) -> Result<f64> {
+    let start = Instant::now();
+    let store = SledStore::open(journal_dir).map_err(|e| anyhow!("{e}"))?;
+    index::ensure(&store).await.map_err(|e| anyhow!("{e}"))?;
+    let spec = synthetic_spec(first_ms);
+    let mut done = 0;
+    while done < n {
+        let count = (n - done).min(50_000);
+        synthetic::fill(&store, &spec, done, count)
+            .await
+            .map_err(|e| anyhow!("{e}"))?;
+        done += count;
+    }
+    store.close();
+    Ok(start.elapsed().as_secs_f64())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// `list-case N [DIR]`: a journal of N finished transactions (in DIR/journal, kept, when
+/// given), then the first page of `tx list` (20, newest first) through the library call the
+/// CLI makes: cold (the first after opening the store) and warm (median of 21), unfiltered
+/// and filtered by state and by subject.
+async fn list_case(n: usize, keep: Option<&Path>) -> Result<String> {
+    let tmp = tempdir()?;
+    let root = keep.unwrap_or(tmp.path());
+    let journal_dir = root.join("journal");
+    let filled = fill_store(&journal_dir, n, 1_700_000_000_000).await?;
+    let size = du_allocated(&journal_dir);
+    let start = Instant::now();
+    let store = SledStore::open(&journal_dir).map_err(|e| anyhow!("{e}"))?;
+    let opened = start.elapsed().as_secs_f64();
+    let page = |q: TxnQuery| {
+        let store = &store;
+        async move {
+            let start = Instant::now();
+            let page = index::list(store, &q).await.map_err(|e| anyhow!("{e}"))?;
+            if page.items.len() != q.limit.min(n) {
+                bail!("a page of {} for {n} transactions", page.items.len());
+            }
+            Ok::<_, anyhow::Error>((start.elapsed().as_secs_f64(), page.examined))
+        }
+    };
+    let all = TxnQuery {
+        limit: 20,
+        ..TxnQuery::default()
+    };
+    let (cold, _) = page(all.clone()).await?;
+    let mut out = format!(
+        "{n}\t{filled:.1}\t{:.1}\t{opened:.3}\t{:.3}",
+        mib(size),
+        cold * 1e3
+    );
+    let filters = [
+        all.clone(),
+        TxnQuery {
+            state: Some(TxnState::RolledBack),
+            ..all.clone()
+        },
+        TxnQuery {
+            subject: Some("bob".into()),
+            ..all.clone()
+        },
+    ];
+    for q in filters {
+        let mut times = Vec::new();
+        let mut examined = 0;
+        for _ in 0..21 {
+            let (t, e) = page(q.clone()).await?;
+            times.push(t);
+            examined = e;
+        }
+        let _ = write!(out, "\t{:.3}\t{examined}", median(times) * 1e3);
+    }
+    store.close();
+    Ok(out)
+}
+
+/// `prune-case N`: N finished transactions, all past retention; the store's size on disk
+/// after filling, after `tx prune` removed them all, after reopening, and after new work.
+async fn prune_case(n: usize) -> Result<String> {
+    let tmp = tempdir()?;
+    let journal_dir = tmp.path().join("journal");
+    // Finished two days ago, pruned at a one-day retention.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as u64;
+    fill_store(&journal_dir, n, now - 2 * 86_400_000 - n as u64 * 10).await?;
+    let filled = du_allocated(&journal_dir);
+    let store = SledStore::open(&journal_dir).map_err(|e| anyhow!("{e}"))?;
+    let kept_before = kept_bytes(&store)?;
+    let retention = retention::Retention {
+        max_age: Some(std::time::Duration::from_secs(86_400)),
+        ..retention::Retention::default()
+    };
+    let start = Instant::now();
+    let pruned = retention::prune(&store, &retention, now, None, false)
+        .await
+        .map_err(|e| anyhow!("{e}"))?;
+    let took = start.elapsed().as_secs_f64();
+    let kept_after = kept_bytes(&store)?;
+    store.close();
+    drop(store);
+    let after_prune = du_allocated(&journal_dir);
+    let store = SledStore::open(&journal_dir).map_err(|e| anyhow!("{e}"))?;
+    store.close();
+    drop(store);
+    let after_reopen = du_allocated(&journal_dir);
+    // New work after the prune: a tenth as many transactions again.
+    fill_store(&journal_dir, n / 10, now).await?;
+    let after_more = du_allocated(&journal_dir);
+    Ok(format!(
+        "{n}\t{}\t{took:.1}\t{:.1}\t{:.1}\t{:.1}\t{:.1}\t{:.1}\t{:.1}",
+        pruned.transactions.len(),
+        mib(kept_before),
+        mib(kept_after),
+        mib(filled),
+        mib(after_prune),
+        mib(after_reopen),
+        mib(after_more),
+    ))
+}
+
 fn child(args: &[&str]) -> Result<String> {
+    child_of("case", args)
+}
+
+fn child_of(mode: &str, args: &[&str]) -> Result<String> {
     let out = std::process::Command::new(std::env::current_exe()?)
-        .arg("case")
+        .arg(mode)
         .args(args)
         .output()
         .context("start the case child")?;
@@ -228,6 +589,79 @@ fn child(args: &[&str]) -> Result<String> {
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let rt = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+    };
+    let arg = |i: usize, what: &str| {
+        args.get(i)
+            .map(String::as_str)
+            .ok_or_else(|| anyhow!("missing {what}"))
+    };
+    match args.first().map(String::as_str) {
+        Some("case-crash") => {
+            let (kind, n, dir) = (arg(1, "KIND")?, arg(2, "N")?.parse()?, arg(3, "DIR")?);
+            println!("{}", rt()?.block_on(crash_case(kind, n, Path::new(dir)))?);
+            return Ok(());
+        }
+        Some("case-recover") => {
+            let (kind, dir) = (arg(1, "KIND")?, arg(2, "DIR")?);
+            println!("{}", rt()?.block_on(recover_case(kind, Path::new(dir)))?);
+            return Ok(());
+        }
+        Some("case-list") => {
+            let n = arg(1, "N")?.parse()?;
+            let keep = args.get(2).map(Path::new);
+            println!("{}", rt()?.block_on(list_case(n, keep))?);
+            return Ok(());
+        }
+        Some("case-prune") => {
+            let n = arg(1, "N")?.parse()?;
+            println!("{}", rt()?.block_on(prune_case(n))?);
+            return Ok(());
+        }
+        Some("list") => {
+            let max = args
+                .get(1)
+                .map(|m| m.parse())
+                .transpose()?
+                .unwrap_or(1_000_000);
+            println!("n\tfill_s\tstore_MiB\topen_s\tcold_first_page_ms\tfirst_page_ms\tindex_keys\tby_state_ms\tindex_keys\tby_subject_ms\tindex_keys");
+            for n in [1_000, 10_000, 100_000, 1_000_000]
+                .into_iter()
+                .filter(|n| *n <= max)
+            {
+                println!("{}", child_of("case-list", &[&n.to_string()])?);
+            }
+            return Ok(());
+        }
+        Some("recover") => {
+            let kind = args.get(1).map_or("noop", String::as_str);
+            let max = args
+                .get(2)
+                .map(|m| m.parse())
+                .transpose()?
+                .unwrap_or(100_000);
+            let sizes: Vec<usize> = [1_000, 10_000, 100_000]
+                .into_iter()
+                .filter(|n| *n <= max)
+                .collect();
+            return recovery_mode(kind, &sizes);
+        }
+        Some("prune") => {
+            let n = args
+                .get(1)
+                .map(|m| m.parse())
+                .transpose()?
+                .unwrap_or(100_000);
+            println!("n\tpruned\tprune_s\tkept_before_MiB\tkept_after_MiB\tfilled_MiB\tafter_prune_MiB\tafter_reopen_MiB\tafter_10pct_more_MiB");
+            println!("{}", child_of("case-prune", &[&n.to_string()])?);
+            return Ok(());
+        }
+        _ => {}
+    }
     if args.first().map(String::as_str) == Some("case") {
         let kind = args
             .get(1)
@@ -250,7 +684,7 @@ fn main() -> Result<()> {
         .map(|m| m.parse())
         .transpose()?
         .unwrap_or(100_000);
-    println!("case\tn\tjournal\tseconds\tpeak_rss_MiB\tbase_rss_MiB\tstore_MiB\trequest_MiB\tsyncs\tsync_floor_s");
+    println!("case\tn\tjournal\tseconds\tpeak_rss_MiB\tbase_rss_MiB\tstore_MiB\trequest_MiB\tsyncs\tsync_floor_s\tkept_MiB\tstore_peak_alloc_MiB\tstore_alloc_MiB");
     if what == "all" || what == "steps" {
         for kind in ["noop", "fs"] {
             for n in [1_000, 10_000, 100_000].into_iter().filter(|n| *n <= max) {

@@ -744,13 +744,14 @@ async fn recover_cmd(config: &Config) -> Result<Exit> {
 }
 
 /// The transactions that are not over: all but committed and rolled-back ones (a
-/// `rollback_failed` one may be resumed, so what providers kept for it must stay).
-pub(crate) fn live_transactions(
+/// `rollback_failed` one may be resumed, so what providers kept for it must stay). Read
+/// through the state index: their number, not the journal's, sets the cost.
+pub(crate) async fn live_transactions(
     journal: &provisio_engine::txn::DurableJournal,
 ) -> Result<std::collections::HashSet<String>, provisio_engine::txn::RecoveryError> {
-    Ok(provisio_engine::txn::recovery::list(journal, None)?
+    Ok(provisio_engine::txn::recovery::live(journal)
+        .await?
         .into_iter()
-        .filter(|t| !matches!(t.state, TxnState::Committed | TxnState::RolledBack))
         .map(|t| t.id.to_string())
         .collect())
 }
@@ -760,7 +761,7 @@ pub(crate) fn live_transactions(
 /// of writes that never finished. Best effort: a failure is logged, recovery's outcome
 /// stands.
 async fn sweep_provider_state(config: &Config, journal: &provisio_engine::txn::DurableJournal) {
-    let live = match live_transactions(journal) {
+    let live = match live_transactions(journal).await {
         Ok(live) => Arc::new(live),
         Err(e) => {
             tracing::warn!("not sweeping provider state: cannot list transactions: {e}");

@@ -7,6 +7,7 @@ mod crash;
 mod error_provider;
 mod files;
 mod hostile;
+mod large_log;
 mod mps_batch;
 mod operator;
 mod retention;

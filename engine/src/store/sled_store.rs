@@ -16,8 +16,10 @@
 //! sled (so keys written and deleted in between never reach it) and makes sled durable:
 //! sled's own `flush()` writes with `sync_file_range`, which survives a killed process but
 //! not a power cut, so a checkpoint follows it with `fdatasync` of sled's log and of every
-//! blob file created since the last one (and fsyncs the folders that gained entries). The
-//! file switched away from starts its next generation at the following checkpoint. At
+//! blob file created since the last one (and fsyncs the folders that gained entries). Once
+//! sled is durable, the file switched away from is emptied (its first header zeroed, and
+//! what a burst grew beyond [`CHECKPOINT_BYTES`] given back), so an open reads only frames
+//! sled may lack; it starts its next generation at the following checkpoint. At
 //! open, the frames of both files newer than sled's write counter are replayed into sled
 //! in order (they must continue it without a gap) and sled is made durable. A checkpoint
 //! happens, on the store's own thread, when the log passes [`CHECKPOINT_BYTES`] or the
@@ -36,6 +38,10 @@ use std::time::Duration;
 
 /// The write-ahead log is folded into sled and restarted once it holds this much.
 pub(crate) const CHECKPOINT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// A log file is kept (preallocated, so a sync of an append commits no size change) up to
+/// this size between checkpoints; what a burst grew beyond it is given back.
+const KEPT_LOG_BYTES: u64 = CHECKPOINT_BYTES + 4 * 1024 * 1024;
 
 /// A checkpoint is also taken after this long without writes, so a restart after an idle
 /// period replays nothing.
@@ -476,8 +482,12 @@ impl SledStore {
         }
         let mut syncer = Syncer::new(path)?;
         make_sled_durable(path, &db, &mut syncer)?;
+        // Every frame is in sled now, durably.
         for wal in &mut wals {
-            wal.restart();
+            if let Err(e) = wal.discard(KEPT_LOG_BYTES) {
+                // Its frames stay behind, older than sled's counter: never replayed.
+                tracing::warn!("{e}");
+            }
         }
         if !replay.is_empty() {
             tracing::info!(
@@ -867,6 +877,17 @@ impl Checkpointer {
             Ok(()) => {
                 // Readers may drop the frozen overlay now: sled answers for it.
                 write_lock(&shared.overlays).frozen = None;
+                // The file folded in holds nothing sled lacks: empty it now rather than at
+                // the next checkpoint, so an open after this one (or after a clean close)
+                // reads no stale generation, and a file a burst grew is given back. (Writes
+                // go to the other file; only a checkpoint switches, one at a time.)
+                let mut intake = lock(&shared.intake);
+                let folded = 1 - intake.active;
+                if let Err(e) = intake.wals[folded].discard(KEPT_LOG_BYTES) {
+                    // Only space and the next open's time are at stake: its frames are
+                    // older than sled's write counter and are never replayed.
+                    tracing::warn!("{e}");
+                }
                 true
             }
             Err(e) => {
@@ -1034,6 +1055,25 @@ mod tests {
             "durable across reopen"
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn after_a_clean_close_the_logs_hold_nothing_to_read() {
+        let dir = tempfile_dir();
+        let store = SledStore::open(&dir).unwrap();
+        for i in 0..50u32 {
+            let mut b = Batch::new();
+            b.put(Space::Journal, i.to_be_bytes().to_vec(), vec![7; 20_000]);
+            store.write(b, i % 10 == 0).await.unwrap();
+        }
+        store.close();
+        drop(store);
+        for name in WAL_FILES {
+            let (_, frames) = Wal::open(&dir.join(name)).unwrap();
+            assert!(frames.is_empty(), "{name} holds {} frames", frames.len());
+        }
+        let store = SledStore::open(&dir).unwrap();
+        assert_eq!(store.scan(Space::Journal, b"").unwrap().len(), 50);
     }
 
     #[tokio::test]

@@ -104,6 +104,29 @@ impl Wal {
         self.last_frame = 0;
     }
 
+    /// Empties the log once sled holds every frame in it durably: zeroes the first frame's
+    /// header, so the next open reads nothing here (it read the whole stale generation,
+    /// ~1 GiB after a bulk load, to find that sled had it all), and gives back the file
+    /// beyond `keep` bytes (a burst of writes that outran checkpoints grew it; it stays
+    /// preallocated up to `keep`). Neither change needs to be durable: the stale frames
+    /// are never replayed (sled's write counter covers them). Starts a new generation.
+    pub(crate) fn discard(&mut self, keep: u64) -> Result<(), StoreError> {
+        self.restart();
+        if self.filled >= HEADER as u64 {
+            self.file
+                .write_all_at(&[0u8; HEADER], 0)
+                .map_err(|e| io_err(&self.path, "cannot reset the write-ahead log", e))?;
+        }
+        if self.filled > keep {
+            let keep = keep.div_ceil(GROW_CHUNK) * GROW_CHUNK;
+            self.file
+                .set_len(keep)
+                .map_err(|e| io_err(&self.path, "cannot shrink the write-ahead log", e))?;
+            self.filled = keep;
+        }
+        Ok(())
+    }
+
     /// Pads the last pending frame with zeros so the write ends on a [`SECTOR`] boundary
     /// (its length and checksum cover the padding, which decoding skips). Measured on this
     /// project's VMs: a write + `fdatasync` that ends mid-sector, continued by the next
@@ -440,6 +463,32 @@ mod tests {
         drop(wal);
         let (_, frames) = Wal::open(&path).unwrap();
         assert_eq!(frames.iter().map(|f| f.seq).collect::<Vec<_>>(), vec![6]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_discarded_log_reads_empty_and_gives_back_what_a_burst_grew() {
+        let dir = std::env::temp_dir().join(format!("provisio-wal-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("wal");
+        let b = batch_of(&[(0, b"k".to_vec(), Some(vec![1; 100_000]))]);
+        let (mut wal, _) = Wal::open(&path).unwrap();
+        for seq in 1..=40 {
+            wal.append(seq, &b);
+        }
+        wal.write().unwrap();
+        assert!(std::fs::metadata(&path).unwrap().len() >= 4 * GROW_CHUNK);
+        wal.discard(GROW_CHUNK).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), GROW_CHUNK);
+        drop(wal);
+        let (mut wal, frames) = Wal::open(&path).unwrap();
+        assert!(frames.is_empty(), "the stale generation is not read");
+        // The next generation starts at the beginning as usual.
+        wal.append(41, &b);
+        wal.write().unwrap();
+        drop(wal);
+        let (_, frames) = Wal::open(&path).unwrap();
+        assert_eq!(frames.iter().map(|f| f.seq).collect::<Vec<_>>(), vec![41]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

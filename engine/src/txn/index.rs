@@ -1,6 +1,6 @@
 //! Indexes over the transaction summaries, so that `tx list` pages through a million
-//! transactions, `tx prune` finds the expired ones and the daemon does both without reading
-//! every summary. They live in [`Space::Index`], hold no data of their own (every key ends in
+//! transactions, `tx prune` finds the expired ones, recovery finds the unfinished ones and
+//! the daemon does all of it without reading every summary. They live in [`Space::Index`], hold no data of their own (every key ends in
 //! a transaction id whose summary is the truth) and are rebuilt from the summaries when
 //! missing ([`ensure`]), so a journal written before them is indexed on first use.
 //!
@@ -127,7 +127,7 @@ const BUILD_PAGE: usize = 1024;
 /// before reading the index; a journal written before indexes existed is indexed here,
 /// once. Returns how many summaries were indexed.
 pub async fn ensure(store: &dyn Store) -> Result<usize, IndexError> {
-    if store.get(Space::Meta, BUILT_KEY)?.as_deref() == Some(LAYOUT) {
+    if is_built(store)? {
         return Ok(0);
     }
     let mut indexed = 0;
@@ -157,6 +157,51 @@ pub async fn ensure(store: &dyn Store) -> Result<usize, IndexError> {
         tracing::info!(transactions = indexed, "indexed the journal's transactions");
     }
     Ok(indexed)
+}
+
+/// Whether the index is built ([`ensure`] has run on this store): one read.
+pub fn is_built(store: &dyn Store) -> Result<bool, StoreError> {
+    Ok(store.get(Space::Meta, BUILT_KEY)?.as_deref() == Some(LAYOUT))
+}
+
+/// Every transaction now in `state`, oldest first, through the state index, which must be
+/// built ([`ensure`], [`is_built`]): reads that state's keys and their summaries only, a page
+/// at a time, so recovery's look for unfinished transactions costs what it finds, not the
+/// journal. A key left behind (its summary moved on or is gone) is skipped.
+pub fn in_state(store: &dyn Store, state: TxnState) -> Result<Vec<TxnSummary>, IndexError> {
+    let mut prefix = vec![BY_STATE];
+    prefix.extend_from_slice(state.name().as_bytes());
+    prefix.push(0);
+    // The prefix ends in a zero byte, so there is a first key past it.
+    let end = prefix_end(&prefix).unwrap_or_else(|| vec![BY_STATE + 1]);
+    let mut from = prefix;
+    let mut out = Vec::new();
+    loop {
+        let keys = store.scan_range(
+            Space::Index,
+            KeyRange::new(&from, Some(&end)),
+            LIST_PAGE,
+            false,
+        )?;
+        for (k, _) in &keys {
+            let Some(id) = k.len().checked_sub(TXN_ID_LEN).and_then(|i| k.get(i..)) else {
+                continue;
+            };
+            if let Some(s) = summary(store, &String::from_utf8_lossy(id))? {
+                if s.state == state {
+                    out.push(s);
+                }
+            }
+        }
+        match keys.last() {
+            Some((last, _)) if keys.len() == LIST_PAGE => {
+                from.clone_from(last);
+                from.push(0);
+            }
+            _ => break,
+        }
+    }
+    Ok(out)
 }
 
 fn read_summary(k: &[u8], v: &[u8]) -> Result<TxnSummary, IndexError> {

@@ -462,3 +462,195 @@ async fn records_stream_in_order_without_reading_ahead() {
     .next()
     .is_none());
 }
+
+/// A store that counts the summaries and index keys read through it.
+struct Counting {
+    inner: Arc<SledStore>,
+    summaries: std::sync::atomic::AtomicUsize,
+    index_keys: std::sync::atomic::AtomicUsize,
+}
+
+impl Counting {
+    fn new(inner: Arc<SledStore>) -> Arc<Counting> {
+        Arc::new(Counting {
+            inner,
+            summaries: 0.into(),
+            index_keys: 0.into(),
+        })
+    }
+
+    fn count(&self, space: Space, n: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        match space {
+            Space::Txns => self.summaries.fetch_add(n, Relaxed),
+            Space::Index => self.index_keys.fetch_add(n, Relaxed),
+            _ => 0,
+        };
+    }
+
+    /// (summaries, index keys) read since the last call.
+    fn take(&self) -> (usize, usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (
+            self.summaries.swap(0, Relaxed),
+            self.index_keys.swap(0, Relaxed),
+        )
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for Counting {
+    async fn write(
+        &self,
+        batch: crate::store::Batch,
+        durable: bool,
+    ) -> Result<(), crate::store::StoreError> {
+        self.inner.write(batch, durable).await
+    }
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, crate::store::StoreError> {
+        self.count(space, 1);
+        self.inner.get(space, key)
+    }
+    fn scan(
+        &self,
+        space: Space,
+        prefix: &[u8],
+    ) -> Result<Vec<crate::store::KeyValue>, crate::store::StoreError> {
+        let rows = self.inner.scan(space, prefix)?;
+        self.count(space, rows.len());
+        Ok(rows)
+    }
+    fn scan_range(
+        &self,
+        space: Space,
+        range: KeyRange<'_>,
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Vec<crate::store::KeyValue>, crate::store::StoreError> {
+        let rows = self.inner.scan_range(space, range, limit, reverse)?;
+        self.count(space, rows.len());
+        Ok(rows)
+    }
+}
+
+fn recovering_engine(
+    journal: &Arc<DurableJournal>,
+) -> (crate::exec::Engine, crate::testing::RecordingProvider) {
+    let rec = crate::testing::RecordingProvider::new("Rec");
+    let mut registry = crate::provider::ProviderRegistry::new();
+    registry.register(Arc::new(rec.clone()));
+    let catalog = crate::compile::Catalog::new(Vec::new(), &registry).expect("catalog");
+    let engine = crate::exec::Engine::new(catalog, registry, crate::exec::EngineOptions::default())
+        .with_journal(journal.clone());
+    (engine, rec)
+}
+
+#[tokio::test]
+async fn recovery_reads_the_unfinished_transactions_not_the_finished_ones() {
+    let (_dir, sled) = open();
+    let store = Counting::new(sled);
+    index::ensure(&*store).await.expect("index");
+    let finished = Synthetic {
+        states: vec![TxnState::Committed, TxnState::RolledBack],
+        ..Synthetic::default()
+    };
+    synthetic::fill(&*store, &finished, 0, 10_000)
+        .await
+        .expect("fill");
+    let journal = Arc::new(DurableJournal::new(store.clone(), None, "ops"));
+    let mut unfinished = Vec::new();
+    for _ in 0..3 {
+        unfinished.push(journaled(&journal, "N/A", 2, &[]).await);
+    }
+    unfinished.push(journaled(&journal, "N/B", 2, &[TxnState::RollingBack]).await);
+    let failed = journaled(
+        &journal,
+        "N/B",
+        1,
+        &[TxnState::RollingBack, TxnState::RollbackFailed],
+    )
+    .await;
+    unfinished.sort();
+    // Recovery reopens the journal: nothing of these transactions is live in memory.
+    drop(journal);
+    let journal = Arc::new(DurableJournal::new(store.clone(), None, "ops"));
+    let (engine, _rec) = recovering_engine(&journal);
+    store.take();
+
+    let found = recovery::recover(&engine, &journal).await.expect("recover");
+    let (summaries, index_keys) = store.take();
+    let ids: Vec<TxnId> = found.iter().map(|r| r.txn_id.clone()).collect();
+    assert_eq!(ids, unfinished);
+    assert!(found
+        .iter()
+        .all(|r| r.to == TxnState::RolledBack && r.undone == 2));
+    // 10,005 summaries in the journal: a scan of them all would read every one.
+    assert!(summaries <= 16, "recovery read {summaries} summaries");
+    assert!(index_keys <= 16, "recovery read {index_keys} index keys");
+
+    let live = recovery::live(&journal).await.expect("live");
+    assert_eq!(live.iter().map(|s| &s.id).collect::<Vec<_>>(), [&failed]);
+    let by_state = recovery::list(&journal, Some(TxnState::RolledBack)).expect("list");
+    assert_eq!(by_state.len(), 5_000 + 4);
+    let first = &by_state[0];
+    assert!(unfinished.contains(&first.id), "newest first");
+    store.take();
+    assert_eq!(
+        recovery::list(&journal, Some(TxnState::RollbackFailed)).expect("list")[0].id,
+        failed
+    );
+    let found = recovery::resolve(&journal, &failed.as_str()[..30]).expect("resolve");
+    assert_eq!(found.id, failed);
+    let (summaries, index_keys) = store.take();
+    assert!(
+        summaries <= 4,
+        "list and resolve read {summaries} summaries"
+    );
+    assert!(index_keys <= 2, "list read {index_keys} index keys");
+    // Nothing left to recover: a restart reads one index page per state, no summary.
+    recovery::recover(&engine, &journal).await.expect("again");
+    assert_eq!(store.take().0, 0);
+}
+
+#[tokio::test]
+async fn recovery_of_a_journal_without_the_index_builds_it_and_finds_the_same() {
+    let (_dir, store) = open();
+    let journal = Arc::new(DurableJournal::new(store.clone(), None, "ops"));
+    journaled(&journal, "N/A", 3, &[TxnState::Committed]).await;
+    let running = journaled(&journal, "N/A", 2, &[]).await;
+    let rolling = journaled(&journal, "N/B", 1, &[TxnState::RollingBack]).await;
+    // As a journal written before the index: summaries and records only.
+    let mut b = crate::store::Batch::new();
+    for (k, _) in store.scan(Space::Index, b"").expect("scan") {
+        b.delete(Space::Index, k);
+    }
+    store.write(b, true).await.expect("drop index");
+    assert!(!index::is_built(&*store).expect("read"));
+    drop(journal);
+    let journal = Arc::new(DurableJournal::new(store.clone(), None, "ops"));
+    // Without the index, a listing by state reads every summary and writes nothing.
+    let running_before = recovery::list(&journal, Some(TxnState::Running)).expect("list");
+    assert_eq!(running_before.len(), 1);
+    assert!(!index::is_built(&*store).expect("read"));
+
+    let (engine, _rec) = recovering_engine(&journal);
+    let found = recovery::recover(&engine, &journal).await.expect("recover");
+    let mut expected = vec![running.clone(), rolling.clone()];
+    expected.sort();
+    assert_eq!(
+        found.iter().map(|r| r.txn_id.clone()).collect::<Vec<_>>(),
+        expected
+    );
+    assert!(found.iter().all(|r| r.to == TxnState::RolledBack));
+    assert!(index::is_built(&*store).expect("read"));
+    // The index it built follows the states recovery wrote.
+    assert!(recovery::list(&journal, Some(TxnState::Running))
+        .expect("list")
+        .is_empty());
+    assert_eq!(
+        recovery::list(&journal, Some(TxnState::RolledBack))
+            .expect("list")
+            .len(),
+        2
+    );
+}

@@ -3,6 +3,7 @@
 //! provider's `recover` (by idempotency key), and rolls them back in reverse dependency
 //! order with every undo journaled. `resume_rollback` continues a `rollback_failed` one.
 
+use super::index::{self, IndexError};
 use super::journal::{DurableJournal, GuardError};
 use super::records::{
     decode, decode_records, now_ms, pinned_key, AuditEntry, DecodeError, Guarded, JournalKey,
@@ -68,18 +69,31 @@ pub enum RecoveryError {
     /// No such transaction (or an ambiguous prefix).
     #[error("{0}")]
     NotFound(String),
+    /// The transaction index could not be read or built.
+    #[error(transparent)]
+    Index(#[from] IndexError),
     /// A recovery task panicked or was cancelled.
     #[error("a recovery task failed: {0}\n  hint: run `provisio recover` again; transactions not yet recovered are still in the journal")]
     Task(String),
 }
 
-/// Every transaction summary, newest first, optionally only those in `state`.
+/// Every transaction summary, newest first, optionally only those in `state`. With a state
+/// and a built index ([`index::ensure`]) it reads only that state's transactions; otherwise
+/// every summary (this never writes, so it never builds the index).
 pub fn list(
     journal: &DurableJournal,
     state: Option<TxnState>,
 ) -> Result<Vec<TxnSummary>, RecoveryError> {
+    let store = &**journal.store();
+    if let Some(st) = state {
+        if index::is_built(store)? {
+            let mut out = index::in_state(store, st)?;
+            out.sort_by(newest_first);
+            return Ok(out);
+        }
+    }
     let mut out = Vec::new();
-    for (k, v) in journal.store().scan(Space::Txns, b"")? {
+    for (k, v) in store.scan(Space::Txns, b"")? {
         let s: TxnSummary = decode(&v).map_err(|source| RecoveryError::Record {
             txn: String::from_utf8_lossy(&k).into_owned(),
             source,
@@ -88,23 +102,62 @@ pub fn list(
             out.push(s);
         }
     }
-    out.sort_by(|a, b| b.started_ms.cmp(&a.started_ms).then(b.id.cmp(&a.id)));
+    out.sort_by(newest_first);
     Ok(out)
 }
 
-/// Resolves a full id or a unique prefix of one.
+fn newest_first(a: &TxnSummary, b: &TxnSummary) -> std::cmp::Ordering {
+    b.started_ms.cmp(&a.started_ms).then(b.id.cmp(&a.id))
+}
+
+/// The states a crash leaves a transaction in that recovery finishes.
+const RECOVERED_STATES: [TxnState; 3] =
+    [TxnState::Running, TxnState::RollingBack, TxnState::Queued];
+
+/// Every transaction in one of `states`, newest first, through the state index: reads the
+/// summaries of those transactions only, whatever the number of finished ones. Builds the
+/// index first when it is missing (a journal written before it: every summary is read
+/// once, and the index keys written), so call it only where writing is allowed.
+pub async fn in_states(
+    journal: &DurableJournal,
+    states: &[TxnState],
+) -> Result<Vec<TxnSummary>, RecoveryError> {
+    let store = &**journal.store();
+    index::ensure(store).await?;
+    let mut out = Vec::new();
+    for st in states {
+        out.extend(index::in_state(store, *st)?);
+    }
+    out.sort_by(newest_first);
+    Ok(out)
+}
+
+/// The transactions that are not over: every one but the committed and rolled-back ones (a
+/// `rollback_failed` one may still be resumed, so what providers keep for it must stay).
+/// Through the state index, like [`in_states`] (it may build it).
+pub async fn live(journal: &DurableJournal) -> Result<Vec<TxnSummary>, RecoveryError> {
+    in_states(
+        journal,
+        &[
+            TxnState::Queued,
+            TxnState::Running,
+            TxnState::RollingBack,
+            TxnState::RollbackFailed,
+        ],
+    )
+    .await
+}
+
+/// Resolves a full id or a unique prefix of one (reads at most two summaries).
 pub fn resolve(journal: &DurableJournal, id: &str) -> Result<TxnSummary, RecoveryError> {
-    let matches: Vec<TxnSummary> = list(journal, None)?
-        .into_iter()
-        .filter(|s| s.id.as_str().starts_with(id))
-        .collect();
-    match matches.len() {
-        1 => Ok(matches.into_iter().next().expect("one match")),
-        0 => Err(RecoveryError::NotFound(format!(
+    match index::find(&**journal.store(), id)? {
+        Ok(Some(s)) => Ok(s),
+        Ok(None) => Err(RecoveryError::NotFound(format!(
             "no transaction `{id}`\n  hint: `provisio tx list` shows them"
         ))),
-        n => Err(RecoveryError::NotFound(format!(
-            "`{id}` matches {n} transactions; give more characters"
+        Err(n) => Err(RecoveryError::NotFound(format!(
+            "`{id}` matches {}{n} transactions; give more characters",
+            if n >= 100 { "at least " } else { "" }
         ))),
     }
 }
@@ -150,15 +203,9 @@ pub async fn recover(
     engine: &Engine,
     journal: &Arc<DurableJournal>,
 ) -> Result<Vec<Recovered>, RecoveryError> {
-    let unfinished: Vec<TxnSummary> = list(journal, None)?
-        .into_iter()
-        .filter(|s| {
-            matches!(
-                s.state,
-                TxnState::Running | TxnState::RollingBack | TxnState::Queued
-            )
-        })
-        .collect();
+    // Through the state index: a journal of a million finished transactions costs a
+    // start-up what its unfinished ones do (the first start after an upgrade builds it).
+    let unfinished = in_states(journal, &RECOVERED_STATES).await?;
     // Independent transactions recover concurrently, as tasks (so every worker thread takes
     // part) and at most RECOVERY_CONCURRENCY at a time; their journal writes share syncs.
     let limit = Arc::new(tokio::sync::Semaphore::new(RECOVERY_CONCURRENCY));
@@ -437,6 +484,9 @@ async fn roll_back(
     let next_seq = records.last().map(|(s, _)| s + 1).unwrap_or(0);
     journal.adopt(summary.clone(), next_seq);
     let mut calls = journaled_calls(&summary.id, &records);
+    // The calls hold what the undos need: the decoded records (a copy of the transaction's
+    // journal, ~3 KiB per call) need not stay in memory while thousands of undos run.
+    drop(records);
     // Nothing is undone unless the journal can say so: with the journal unwritable the
     // transaction stays unfinished there, and the next recovery starts over.
     journal
