@@ -135,6 +135,173 @@ async fn a_lone_execute_with_only_before_returns_data_unchanged() {
     assert_eq!(r.state, TxnState::RolledBack, "{r:?}");
 }
 
+// ---------------------------------------------------------------- 2. forEach items are the nodes
+
+#[tokio::test]
+async fn a_before_into_a_for_each_name_writes_into_data() {
+    let env = env();
+    let r = run(
+        &env,
+        r#"<request><data><users><user><name>a</name></user><user><name>b</name></user></users></data>
+           <procedure>
+             <transform id="mark">
+               <forEach name="u" root="data" path="users/user"/>
+               <before template="seen-{{ u/name }}" destination="u" destinationPath="tag" mode="merge"/>
+             </transform>
+           </procedure></request>"#,
+    )
+    .await;
+    assert_eq!(r.state, TxnState::Committed, "{:?}", r.failure);
+    assert_eq!(
+        h::data(&r),
+        serde_json::json!({"users": {"user": [
+            {"name": "a", "tag": "seen-a"},
+            {"name": "b", "tag": "seen-b"}
+        ]}})
+    );
+}
+
+#[tokio::test]
+async fn a_move_out_of_a_for_each_name_detaches_the_item() {
+    let env = env();
+    let r = run(
+        &env,
+        r#"<request><data><users><user><name>a</name></user><user><name>b</name><old/></user><user><name>c</name><old/></user></users></data>
+           <procedure>
+             <transform id="archive">
+               <forEach name="u" root="data" path="users/user"/>
+               <when source="u" sourcePath="old"/>
+               <before source="u" destination="data" destinationPath="archived" mode="move"/>
+             </transform>
+           </procedure></request>"#,
+    )
+    .await;
+    assert_eq!(r.state, TxnState::Committed, "{:?}", r.failure);
+    // b and c left users (c found again after b went), in order, under archived.
+    assert_eq!(
+        h::data(&r),
+        serde_json::json!({
+            "users": {"user": {"name": "a"}},
+            "archived": {"user": [{"name": "b", "old": null}, {"name": "c", "old": null}]}
+        })
+    );
+}
+
+#[tokio::test]
+async fn nested_items_moved_out_leave_their_lists_whole() {
+    let env = env();
+    let r = run(
+        &env,
+        r#"<request><data><orgs>
+             <org><n>x</n><user><n>1</n><old/></user><user><n>2</n></user><user><n>3</n><old/></user></org>
+             <org><n>y</n><user><n>4</n><old/></user></org>
+           </orgs></data>
+           <procedure>
+             <transform id="archive">
+               <forEach name="o" root="data" path="orgs/org"/>
+               <forEach name="u" root="o" path="user"/>
+               <when source="u" sourcePath="old"/>
+               <before source="u" sourcePath="n" destination="data" destinationPath="archived"/>
+               <before source="u" destination="data" destinationPath="trash" mode="move"/>
+             </transform>
+           </procedure></request>"#,
+    )
+    .await;
+    assert_eq!(r.state, TxnState::Committed, "{:?}", r.failure);
+    let data = h::data(&r);
+    assert_eq!(
+        data["orgs"],
+        serde_json::json!({"org": [{"n": "x", "user": {"n": "2"}}, {"n": "y"}]})
+    );
+    assert_eq!(data["archived"], serde_json::json!({"n": ["1", "3", "4"]}));
+}
+
+#[tokio::test]
+async fn nested_for_each_items_write_into_their_own_nodes() {
+    let env = env();
+    let r = run(
+        &env,
+        r#"<request><data><orgs>
+             <org><n>x</n><user><n>1</n></user><user><n>2</n></user></org>
+             <org><n>y</n><user><n>3</n></user></org>
+           </orgs></data>
+           <procedure>
+             <transform id="stamp">
+               <forEach name="o" root="data" path="orgs/org"/>
+               <forEach name="u" root="o" path="user"/>
+               <before template="{{ o/n }}-{{ u/n }}" destination="u" destinationPath="upn" mode="merge"/>
+               <before source="u" sourcePath="n" destination="o" destinationPath="seen"/>
+             </transform>
+           </procedure></request>"#,
+    )
+    .await;
+    assert_eq!(r.state, TxnState::Committed, "{:?}", r.failure);
+    assert_eq!(
+        h::data(&r),
+        serde_json::json!({"orgs": {"org": [
+            {"n": "x", "user": [{"n": "1", "upn": "x-1"}, {"n": "2", "upn": "x-2"}], "seen": {"n": ["1", "2"]}},
+            {"n": "y", "user": {"n": "3", "upn": "y-3"}, "seen": {"n": "3"}}
+        ]}})
+    );
+}
+
+#[tokio::test]
+async fn a_step_reading_what_a_for_each_writes_waits_for_it() {
+    let env = env();
+    // `report` reads data/users, which `mark` writes through its forEach item: the plan
+    // must order them by a data edge (in a parallel procedure they would otherwise look
+    // independent and run side by side).
+    let src = r#"<request><data><users><user><name>a</name></user><user><name>b</name></user></users></data>
+           <procedure parallel="1">
+             <execute id="mark" namespace="Rec Provider" procedure="Create">
+               <forEach name="u" root="data" path="users/user"/>
+               <before source="u" sourcePath="name" destination="executeData"/>
+               <before template="t-{{ u/name }}" destination="u" destinationPath="tag" mode="merge"/>
+             </execute>
+             <execute id="report" namespace="Rec Provider" procedure="Create">
+               <before source="data" sourcePath="users/user[2]/tag" destination="executeData" destinationPath="name" mode="merge"/>
+             </execute>
+           </procedure></request>"#;
+    let program = provisio_engine::compile_request(
+        env.engine.catalog(),
+        &xml(src),
+        &provisio_engine::Limits::default(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let dot =
+        provisio_engine::plan::render(&program, provisio_engine::plan::GraphFormat::Dot, false);
+    let edge = dot
+        .lines()
+        .find(|l| l.contains("->") && l.contains("label=\"data\""));
+    assert!(edge.is_some(), "no data edge from mark to report:\n{dot}");
+    let r = run(&env, src).await;
+    assert_eq!(r.state, TxnState::Committed, "{:?}", r.failure);
+    assert_eq!(env.resources(), ["a", "b", "t-b"]);
+}
+
+#[tokio::test]
+async fn an_item_whose_list_was_moved_away_is_an_error_not_a_lost_write() {
+    let env = env();
+    let r = run(
+        &env,
+        r#"<request><data><users><user><name>a</name></user></users></data>
+           <procedure>
+             <transform id="mark">
+               <forEach name="u" root="data" path="users/user"/>
+               <before source="data" sourcePath="users" destination="data" destinationPath="gone" mode="move"/>
+               <before template="t" destination="u" destinationPath="tag" mode="merge"/>
+             </transform>
+           </procedure></request>"#,
+    )
+    .await;
+    assert_eq!(r.state, TxnState::RolledBack);
+    let message = &h::failure(&r).message;
+    assert!(
+        message.contains("forEach `u`") && message.contains("no longer where it was"),
+        "{message}"
+    );
+}
+
 // ---------------------------------------------------------------- 3. selects per procedure
 
 #[tokio::test]

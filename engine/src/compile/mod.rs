@@ -209,6 +209,11 @@ pub struct ExecNode {
     pub(crate) after: Vec<CTransform>,
     /// MPS `sensitive`: seal the rollback data of this call and below (`None` inherits).
     pub(crate) sensitive: Option<bool>,
+    /// forEach names the step writes into (a transform's destination, or the source of a
+    /// `move`): their items are put back into the scope they came from after each iteration.
+    pub(crate) write_back: Vec<String>,
+    /// forEach names a `move` takes whole: their items are detached from where they were.
+    pub(crate) detach: Vec<String>,
 }
 
 /// A compiled forEach.
@@ -881,16 +886,23 @@ impl<'a> Compiler<'a> {
                         if_null: r.if_null,
                     }
                 });
-                let before = e
+                let before: Vec<CTransform> = e
                     .before
                     .iter()
                     .map(|t| self.transform(&e.id, t, &mut acc))
                     .collect();
-                let after = e
+                let after: Vec<CTransform> = e
                     .after
                     .iter()
                     .map(|t| self.transform(&e.id, t, &mut acc))
                     .collect();
+                let (write_back, detach) = for_each_writes(&for_each, &before, &after);
+                for name in &write_back {
+                    // Writing into an item writes into the list its outermost forEach reads.
+                    if let Some((scope, path)) = for_each_base(&e.for_each, name) {
+                        acc.write(scope, path);
+                    }
+                }
                 (
                     PlanNode::Execute(Box::new(ExecNode {
                         id: e.id.clone(),
@@ -902,6 +914,8 @@ impl<'a> Compiler<'a> {
                         before,
                         after,
                         sensitive: e.sensitive,
+                        write_back,
+                        detach,
                     })),
                     acc,
                 )
@@ -1414,6 +1428,54 @@ fn selects_read(step: &Step) -> Vec<&str> {
     }
     walk(step, &mut out);
     out
+}
+
+/// The forEach names a step writes into, and those a `move` takes whole (see
+/// [`ExecNode::write_back`]).
+fn for_each_writes(
+    for_each: &[CForEach],
+    before: &[CTransform],
+    after: &[CTransform],
+) -> (Vec<String>, Vec<String>) {
+    let mut write_back: Vec<String> = Vec::new();
+    let mut detach: Vec<String> = Vec::new();
+    let is_item = |n: &String| for_each.iter().any(|f| &f.name == n);
+    for t in before.iter().chain(after) {
+        if let Scope::Named(n) = &t.destination {
+            if is_item(n) && !write_back.contains(n) {
+                write_back.push(n.clone());
+            }
+        }
+        if let (Mode::Move, CSource::Node(Scope::Named(n), path)) = (t.mode, &t.source) {
+            if is_item(n) {
+                if !write_back.contains(n) {
+                    write_back.push(n.clone());
+                }
+                if path.is_none() && !detach.contains(n) {
+                    detach.push(n.clone());
+                }
+            }
+        }
+    }
+    (write_back, detach)
+}
+
+/// The shared scope and path the outermost forEach of `name`'s chain reads (`None` when the
+/// chain does not start in `data` or `procedureData`).
+fn for_each_base<'a>(
+    for_each: &'a [crate::model::ForEach],
+    name: &str,
+) -> Option<(&'a Scope, Option<&'a str>)> {
+    let mut current = name;
+    for _ in 0..=for_each.len() {
+        let f = for_each.iter().find(|f| f.name == current)?;
+        match &f.root {
+            Scope::Named(outer) => current = outer,
+            Scope::Data | Scope::ProcedureData => return Some((&f.root, f.path.as_deref())),
+            _ => return None,
+        }
+    }
+    None
 }
 
 #[cfg(test)]

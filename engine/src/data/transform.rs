@@ -61,21 +61,34 @@ pub enum TransformError {
 /// An attribute value becomes [`Scalar::Str`]; a `text()` node keeps its scalar type.
 /// A path that selects nothing gives an empty vector.
 pub fn extract(root: &Element, path: Option<&Path>) -> Vec<Element> {
+    extract_located(root, path)
+        .into_iter()
+        .map(|(e, _)| e)
+        .collect()
+}
+
+/// A selected node, with its child indices under the root it was selected from when it is
+/// an element there.
+pub(crate) type Located = (Element, Option<Vec<usize>>);
+
+/// As [`extract`], each node with its child indices under `root` when it is an element
+/// there (`None` for an attribute or text selection, which has no element to write back).
+pub(crate) fn extract_located(root: &Element, path: Option<&Path>) -> Vec<Located> {
     let Some(path) = path else {
-        return vec![root.clone()];
+        return vec![(root.clone(), Some(Vec::new()))];
     };
     path.locate(root)
-        .iter()
+        .into_iter()
         .filter_map(|loc| {
             let e = loc.element(root)?;
             match loc.kind {
-                LocationKind::Element => Some(e.clone()),
+                LocationKind::Element => Some((e.clone(), Some(loc.indices))),
                 LocationKind::Attr(i) => e
                     .attrs
                     .get(i)
-                    .map(|(k, v)| Element::with_text(k.clone(), v.clone())),
+                    .map(|(k, v)| (Element::with_text(k.clone(), v.clone()), None)),
                 LocationKind::Text(i) => match e.children.get(i) {
-                    Some(Node::Text(s)) => Some(Element::with_scalar("text", s.clone())),
+                    Some(Node::Text(s)) => Some((Element::with_scalar("text", s.clone()), None)),
                     _ => None,
                 },
             }

@@ -11,6 +11,7 @@
 
 mod call;
 mod context;
+mod items;
 pub(crate) mod journal;
 mod redact;
 mod retry;

@@ -3,8 +3,9 @@
 //! journal the end.
 
 use super::context;
+use super::items::{Iteration, Origin};
 use super::journal::log_lapse;
-use super::state::{lock, Invocation, RunMode, StepCtx, Txn};
+use super::state::{lock, Bindings, Invocation, RunMode, StepCtx, Txn};
 use super::{Engine, ErrorSource, Failure, Resume, TxnResult, TxnStart, TxnState, UndoFailure};
 use crate::compile::{
     Body, CompiledProcedure, ExecNode, Plan, PlanNode, Program, SelectNode, TryNode,
@@ -416,7 +417,7 @@ impl Engine {
         let step = format!("{prefix}{}", node.id);
         // Iterations and repeats run one after another: each starts where the last ended.
         let mut wave = start;
-        let iterations = self.iterations(
+        let mut iterations = self.iterations(
             StepCtx {
                 txn,
                 inv,
@@ -424,17 +425,82 @@ impl Engine {
             },
             node,
         )?;
-        for (suffix, mut bindings) in iterations {
-            let step = format!("{step}{suffix}");
+        let mut detached = Vec::new();
+        let ran = self
+            .run_iterations(
+                txn,
+                inv,
+                node,
+                &step,
+                &mut iterations,
+                &mut wave,
+                &mut detached,
+            )
+            .await;
+        if !detached.is_empty() {
+            // Detached items left placeholders so the later iterations' items kept their
+            // positions; they go now, in one pass per list, also when the step failed.
+            StepCtx {
+                txn,
+                inv,
+                step: &step,
+            }
+            .remove_detached(detached);
+        }
+        ran.map(|()| wave)
+    }
+
+    /// The iterations of an execute step, one after another.
+    #[allow(clippy::too_many_arguments)]
+    async fn run_iterations(
+        &self,
+        txn: &Txn,
+        inv: &Invocation,
+        node: &ExecNode,
+        step: &str,
+        iterations: &mut [Iteration],
+        wave: &mut usize,
+        detached: &mut Vec<Origin>,
+    ) -> Result<(), Failure> {
+        for it in iterations.iter_mut() {
+            let step = format!("{step}{}", it.suffix);
             let cx = StepCtx {
                 txn,
                 inv,
                 step: &step,
             };
-            if !self.check(cx, &bindings, &node.when, &node.execute_data)? {
-                continue;
+            if !node.write_back.is_empty() {
+                cx.refresh_items(node, it)?;
             }
-            let repeat = self.repeat_count(cx, &bindings, node)?;
+            let ran = self
+                .run_iteration(txn, node, cx, &mut it.bindings, wave)
+                .await?;
+            if ran && !node.write_back.is_empty() {
+                // MPS forEach items are the nodes themselves: what the step wrote into its
+                // forEach name goes back, and what it moved out is detached from there.
+                detached.extend(cx.write_back_items(node, it)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// One forEach iteration of an execute step: its conditions, then `repeat` times its
+    /// transforms and call. Returns whether the conditions held.
+    async fn run_iteration(
+        &self,
+        txn: &Txn,
+        node: &ExecNode,
+        cx: StepCtx<'_>,
+        bindings: &mut Bindings,
+        wave: &mut usize,
+    ) -> Result<bool, Failure> {
+        let inv = cx.inv;
+        let step = cx.step.to_string();
+        {
+            if !self.check(cx, bindings, &node.when, &node.execute_data)? {
+                return Ok(false);
+            }
+            let repeat = self.repeat_count(cx, bindings, node)?;
             for r in 0..repeat {
                 let step = if node.repeat.is_some() {
                     format!("{step}#{}", r + 1)
@@ -445,22 +511,22 @@ impl Engine {
                 let mut ed = node.execute_data.clone();
                 ed.name = "executeData".into();
                 let mut unresolved = Vec::new();
-                if !self.transforms(cx, &mut bindings, &mut ed, &node.before, &mut unresolved)? {
+                if !self.transforms(cx, bindings, &mut ed, &node.before, &mut unresolved)? {
                     continue; // ifNull="skip": this iteration does not run
                 }
                 if let Some(target) = &node.call {
                     let at = Sched {
-                        wave,
+                        wave: *wave,
                         unresolved,
                         sensitive: node.sensitive.unwrap_or(inv.sensitive),
                     };
-                    (ed, wave) = self.invoke(txn, target, ed, &step, at).await?;
+                    (ed, *wave) = self.invoke(txn, target, ed, &step, at).await?;
                 }
                 let mut ignored = Vec::new();
-                self.transforms(cx, &mut bindings, &mut ed, &node.after, &mut ignored)?;
+                self.transforms(cx, bindings, &mut ed, &node.after, &mut ignored)?;
             }
         }
-        Ok(wave)
+        Ok(true)
     }
 
     /// How many times a step runs in this iteration (1 without `repeat`).

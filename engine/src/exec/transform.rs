@@ -2,12 +2,13 @@
 //! runs, the forEach iterations it runs for, and the transforms that build its
 //! executeData before the call and map results back after it.
 
+use super::items::{Iteration, Origin};
 use super::script::script_failure;
 use super::state::{lock, Bindings, RunMode, StepCtx};
 use super::{Engine, Failure};
 use crate::compile::{CForEach, CPart, CSource, CTransform, CWhen, ExecNode};
 use crate::data::path::Selected;
-use crate::data::transform::{extract, place, remove};
+use crate::data::transform::{extract, extract_located, place, remove, Located};
 use crate::data::{Element, IfNull, Mode, Path};
 use crate::model::Scope;
 use crate::script::Vars;
@@ -68,16 +69,32 @@ impl<'a> StepCtx<'a> {
 
 impl Engine {
     /// Expands the forEach nodes (each nested in the previous) into iterations: a step path
-    /// suffix (`[2][1]`) and the forEach bindings of each.
+    /// suffix (`[2][1]`), the forEach bindings of each, and where each bound item lives.
     pub(super) fn iterations(
         &self,
         cx: StepCtx<'_>,
         node: &ExecNode,
-    ) -> Result<Vec<(String, Bindings)>, Failure> {
-        let mut iters: Vec<(String, Bindings)> = vec![(String::new(), Vec::new())];
+    ) -> Result<Vec<Iteration>, Failure> {
+        let mut iters: Vec<Iteration> = vec![Iteration::default()];
         for f in &node.for_each {
             let mut next = Vec::new();
-            for (suffix, bindings) in iters {
+            for Iteration {
+                suffix,
+                bindings,
+                origins,
+            } in iters
+            {
+                let base = match &f.root {
+                    Scope::Data | Scope::ProcedureData => Some(Origin {
+                        scope: f.root.clone(),
+                        indices: Vec::new(),
+                    }),
+                    Scope::Named(outer) => bindings
+                        .iter()
+                        .rposition(|(n, _)| n == outer)
+                        .and_then(|i| origins[i].clone()),
+                    _ => None,
+                };
                 let nodes = self.for_each_nodes(cx, &bindings, node, f)?;
                 if nodes.is_empty() {
                     match f.if_null {
@@ -95,15 +112,27 @@ impl Engine {
                         IfNull::Ignore => {
                             let mut b = bindings.clone();
                             b.push((f.name.clone(), Element::new(f.name.clone())));
-                            next.push((suffix.clone(), b));
+                            let mut o = origins.clone();
+                            o.push(None);
+                            next.push(Iteration {
+                                suffix: suffix.clone(),
+                                bindings: b,
+                                origins: o,
+                            });
                         }
                         _ => {}
                     }
                 }
-                for (i, e) in nodes.into_iter().enumerate() {
+                for (i, (e, at)) in nodes.into_iter().enumerate() {
                     let mut b = bindings.clone();
                     b.push((f.name.clone(), e));
-                    next.push((format!("{suffix}[{}]", i + 1), b));
+                    let mut o = origins.clone();
+                    o.push(base.clone().zip(at).map(|(base, at)| base.join(&at)));
+                    next.push(Iteration {
+                        suffix: format!("{suffix}[{}]", i + 1),
+                        bindings: b,
+                        origins: o,
+                    });
                 }
                 if next.len() > self.options.max_iterations {
                     return Err(Failure::data(
@@ -120,18 +149,19 @@ impl Engine {
         Ok(iters)
     }
 
-    /// The nodes one forEach iterates over, after the step's filters for it.
+    /// The nodes one forEach iterates over, after the step's filters for it, each with its
+    /// child indices under the forEach's root when it is an element there.
     fn for_each_nodes(
         &self,
         cx: StepCtx<'_>,
         bindings: &Bindings,
         node: &ExecNode,
         f: &CForEach,
-    ) -> Result<Vec<Element>, Failure> {
+    ) -> Result<Vec<Located>, Failure> {
         let mut scratch = Element::new("executeData");
         let mut b = bindings.clone();
         let mut nodes = cx.with_scope(&mut b, &mut scratch, &f.root, |root| {
-            extract(root, f.path.as_ref())
+            extract_located(root, f.path.as_ref())
         })?;
         for w in &node.when {
             let CWhen::Filter { for_each, script } = w else {
@@ -144,13 +174,13 @@ impl Engine {
             let vars = cx.vars(bindings, &node.execute_data);
             let engine = self.catalog.script_engine();
             let mut kept = Vec::with_capacity(nodes.len());
-            for n in nodes {
+            for (n, at) in nodes {
                 let item = crate::data::json::to_json(&n);
                 if engine
                     .eval_filter(script, &vars, &item)
                     .map_err(|e| script_failure(cx.step, &e))?
                 {
-                    kept.push(n);
+                    kept.push((n, at));
                 }
             }
             nodes = kept;
