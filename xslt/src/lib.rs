@@ -1,0 +1,158 @@
+//! XSLT 1.0 through the system's libxslt, for Provisio's `xsl:template` transforms.
+//!
+//! [`Stylesheet::compile`] builds a stylesheet from its text once; [`Stylesheet::apply`]
+//! runs it on a small document (a serialized data node) and returns the result tree's
+//! top-level nodes as XML text. Both report libxml2's and libxslt's own messages (with
+//! their line numbers) instead of printing them.
+//!
+//! The sandbox: no file or network is read or written — `document()`, `xsl:import`,
+//! `xsl:include`, external entities and `xsl:document` output are all refused (libxslt's
+//! security preferences forbid every access, and the entity loader refuses everything) —
+//! template recursion and variables are bounded, and so is the size of the result.
+//!
+//! Why a crate of its own: the workspace forbids `unsafe`, and the published `libxslt`
+//! binding cannot be used as is (it panics on a NUL byte, returns a stylesheet wrapping a
+//! null pointer when parsing fails, reports errors only on stderr and has no way to set
+//! the security preferences). This crate is a minimal wrapper: a small C shim
+//! (`csrc/shim.c`) over the libxslt API, and one Rust module (`ffi`) with the only unsafe
+//! code, each block with its reason.
+
+#[allow(unsafe_code)] // the FFI module; see its documentation
+mod ffi;
+
+pub use ffi::{Limits, Stylesheet};
+
+/// A compile or transform error: libxml2's and libxslt's messages, one per line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct XsltError {
+    /// What went wrong (the libraries' messages, whitespace tidied).
+    pub message: String,
+    /// The first line number the messages name in the stylesheet or source, if any.
+    pub line: Option<u32>,
+}
+
+impl XsltError {
+    pub(crate) fn from_messages(raw: &str) -> XsltError {
+        let mut lines: Vec<String> = Vec::new();
+        for l in raw.lines() {
+            let l = l.trim();
+            // libxslt follows a recursion error with a dump of its template and variable
+            // stacks, and advice for its command-line tool: neither helps here.
+            if l == "Templates:" {
+                break;
+            }
+            if l.is_empty() || l.starts_with("You can adjust xsltMaxDepth") {
+                continue;
+            }
+            if lines.last().is_some_and(|p| p == l) {
+                continue;
+            }
+            lines.push(l.to_string());
+        }
+        let message = if lines.is_empty() {
+            "unknown XSLT error".to_string()
+        } else {
+            lines.join("; ")
+        };
+        XsltError {
+            line: first_line_number(&message),
+            message,
+        }
+    }
+}
+
+/// The number after the first `line ` in a message.
+fn first_line_number(s: &str) -> Option<u32> {
+    let at = s.find("line ")?;
+    let digits: String = s[at + 5..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const XSL: &str = "http://www.w3.org/1999/XSL/Transform";
+
+    fn sheet(body: &str) -> String {
+        format!("<xsl:stylesheet version=\"1.0\" xmlns:xsl=\"{XSL}\">{body}</xsl:stylesheet>")
+    }
+
+    #[test]
+    fn renames_a_node() {
+        let s = Stylesheet::compile(
+            &sheet(r#"<xsl:template match="/user"><person id="{@id}"><xsl:value-of select="name"/></person></xsl:template>"#),
+            "t.xsl",
+        )
+        .unwrap();
+        let out = s
+            .apply(r#"<user id="7"><name>ann</name></user>"#, &Limits::default())
+            .unwrap();
+        assert_eq!(out, r#"<person id="7">ann</person>"#);
+        // Applied again: a compiled stylesheet is reusable.
+        let out = s
+            .apply(r#"<user id="8"><name>bob</name></user>"#, &Limits::default())
+            .unwrap();
+        assert_eq!(out, r#"<person id="8">bob</person>"#);
+    }
+
+    #[test]
+    fn syntax_errors_name_the_line() {
+        let e = Stylesheet::compile(&sheet("\n\n<xsl:template match=\"/\"><a></b></xsl:template>"), "t.xsl")
+            .err()
+            .unwrap();
+        assert_eq!(e.line, Some(3), "{e:?}");
+        let e = Stylesheet::compile(&sheet("\n<xsl:template match=\"/\"><xsl:value-of/></xsl:template>"), "t.xsl")
+            .err()
+            .unwrap();
+        assert!(e.message.contains("select is missing"), "{e:?}");
+        assert_eq!(e.line, Some(2), "{e:?}");
+    }
+
+    #[test]
+    fn document_and_import_are_refused() {
+        let s = Stylesheet::compile(
+            &sheet(r#"<xsl:template match="/"><x><xsl:copy-of select="document('/etc/hostname')"/></x></xsl:template>"#),
+            "t.xsl",
+        )
+        .unwrap();
+        let e = s.apply("<a/>", &Limits::default()).unwrap_err();
+        assert!(e.message.contains("denied") || e.message.contains("refused"), "{e:?}");
+        let e = Stylesheet::compile(
+            &sheet(r#"<xsl:import href="/etc/other.xsl"/><xsl:template match="/"/>"#),
+            "t.xsl",
+        )
+        .err()
+        .unwrap();
+        assert!(!e.message.is_empty());
+    }
+
+    #[test]
+    fn recursion_and_output_are_bounded() {
+        let s = Stylesheet::compile(
+            &sheet(r#"<xsl:template match="/" name="r"><xsl:call-template name="r"/></xsl:template>"#),
+            "t.xsl",
+        )
+        .unwrap();
+        let e = s.apply("<a/>", &Limits::default()).unwrap_err();
+        assert!(e.message.contains("recursion") || e.message.contains("depth"), "{e:?}");
+        let s = Stylesheet::compile(
+            &sheet(r#"<xsl:template match="/"><big><xsl:call-template name="d"><xsl:with-param name="n" select="15"/></xsl:call-template></big></xsl:template>
+              <xsl:template name="d"><xsl:param name="n"/><xsl:choose><xsl:when test="$n = 0"><leaf>xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx</leaf></xsl:when><xsl:otherwise>
+              <xsl:call-template name="d"><xsl:with-param name="n" select="$n - 1"/></xsl:call-template>
+              <xsl:call-template name="d"><xsl:with-param name="n" select="$n - 1"/></xsl:call-template></xsl:otherwise></xsl:choose></xsl:template>"#),
+            "t.xsl",
+        )
+        .unwrap();
+        let limits = Limits {
+            max_output: 16 * 1024,
+            ..Limits::default()
+        };
+        let e = s.apply("<a/>", &limits).unwrap_err();
+        assert!(e.message.contains("larger than"), "{e:?}");
+    }
+}
