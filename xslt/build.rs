@@ -16,5 +16,8 @@ fn main() {
             ),
         }
     }
-    build.file("csrc/shim.c").warnings(true).compile("provisio_xslt_shim");
+    build
+        .file("csrc/shim.c")
+        .warnings(true)
+        .compile("provisio_xslt_shim");
 }

@@ -151,6 +151,7 @@ fn wild_tree() -> impl Strategy<Value = Element> {
         )
             .prop_map(|(n, a, children, list_item)| Element {
                 name: n.into(),
+                ns: None,
                 attrs: a,
                 children,
                 list_item,

@@ -8,8 +8,12 @@ use std::sync::{Mutex, MutexGuard, Once};
 
 extern "C" {
     fn pxslt_init() -> c_int;
-    fn pxslt_compile(text: *const c_char, len: c_int, url: *const c_char, err: *mut *mut c_char)
-        -> *mut c_void;
+    fn pxslt_compile(
+        text: *const c_char,
+        len: c_int,
+        url: *const c_char,
+        err: *mut *mut c_char,
+    ) -> *mut c_void;
     fn pxslt_free_stylesheet(style: *mut c_void);
     #[allow(clippy::too_many_arguments)]
     fn pxslt_apply(

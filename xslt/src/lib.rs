@@ -90,25 +90,37 @@ mod tests {
         )
         .unwrap();
         let out = s
-            .apply(r#"<user id="7"><name>ann</name></user>"#, &Limits::default())
+            .apply(
+                r#"<user id="7"><name>ann</name></user>"#,
+                &Limits::default(),
+            )
             .unwrap();
         assert_eq!(out, r#"<person id="7">ann</person>"#);
         // Applied again: a compiled stylesheet is reusable.
         let out = s
-            .apply(r#"<user id="8"><name>bob</name></user>"#, &Limits::default())
+            .apply(
+                r#"<user id="8"><name>bob</name></user>"#,
+                &Limits::default(),
+            )
             .unwrap();
         assert_eq!(out, r#"<person id="8">bob</person>"#);
     }
 
     #[test]
     fn syntax_errors_name_the_line() {
-        let e = Stylesheet::compile(&sheet("\n\n<xsl:template match=\"/\"><a></b></xsl:template>"), "t.xsl")
-            .err()
-            .unwrap();
+        let e = Stylesheet::compile(
+            &sheet("\n\n<xsl:template match=\"/\"><a></b></xsl:template>"),
+            "t.xsl",
+        )
+        .err()
+        .unwrap();
         assert_eq!(e.line, Some(3), "{e:?}");
-        let e = Stylesheet::compile(&sheet("\n<xsl:template match=\"/\"><xsl:value-of/></xsl:template>"), "t.xsl")
-            .err()
-            .unwrap();
+        let e = Stylesheet::compile(
+            &sheet("\n<xsl:template match=\"/\"><xsl:value-of/></xsl:template>"),
+            "t.xsl",
+        )
+        .err()
+        .unwrap();
         assert!(e.message.contains("select is missing"), "{e:?}");
         assert_eq!(e.line, Some(2), "{e:?}");
     }
@@ -121,7 +133,10 @@ mod tests {
         )
         .unwrap();
         let e = s.apply("<a/>", &Limits::default()).unwrap_err();
-        assert!(e.message.contains("denied") || e.message.contains("refused"), "{e:?}");
+        assert!(
+            e.message.contains("denied") || e.message.contains("refused"),
+            "{e:?}"
+        );
         let e = Stylesheet::compile(
             &sheet(r#"<xsl:import href="/etc/other.xsl"/><xsl:template match="/"/>"#),
             "t.xsl",
@@ -134,12 +149,17 @@ mod tests {
     #[test]
     fn recursion_and_output_are_bounded() {
         let s = Stylesheet::compile(
-            &sheet(r#"<xsl:template match="/" name="r"><xsl:call-template name="r"/></xsl:template>"#),
+            &sheet(
+                r#"<xsl:template match="/" name="r"><xsl:call-template name="r"/></xsl:template>"#,
+            ),
             "t.xsl",
         )
         .unwrap();
         let e = s.apply("<a/>", &Limits::default()).unwrap_err();
-        assert!(e.message.contains("recursion") || e.message.contains("depth"), "{e:?}");
+        assert!(
+            e.message.contains("recursion") || e.message.contains("depth"),
+            "{e:?}"
+        );
         let s = Stylesheet::compile(
             &sheet(r#"<xsl:template match="/"><big><xsl:call-template name="d"><xsl:with-param name="n" select="15"/></xsl:call-template></big></xsl:template>
               <xsl:template name="d"><xsl:param name="n"/><xsl:choose><xsl:when test="$n = 0"><leaf>xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx</leaf></xsl:when><xsl:otherwise>

@@ -278,6 +278,19 @@ pub(crate) struct CTransform {
     pub(crate) mode: Mode,
     /// Null handling.
     pub(crate) if_null: IfNull,
+    /// The compiled XSL templates, applied to each source node.
+    pub(crate) xsl: Option<Arc<CXsl>>,
+}
+
+/// Compiled XSL templates of a transform.
+#[derive(Debug)]
+pub(crate) struct CXsl {
+    /// The stylesheet.
+    pub(crate) sheet: provisio_xslt::Stylesheet,
+    /// `allowNullTransform`: a result without an element leaves the target untouched.
+    pub(crate) allow_null: bool,
+    /// Where the templates were written.
+    pub(crate) at: SourceRef,
 }
 
 /// A compiled transform source.
@@ -1061,12 +1074,35 @@ impl<'a> Compiler<'a> {
             },
         };
         acc.write(&t.destination, t.destination_path.as_deref());
+        let xsl = t.xsl.as_ref().and_then(|x| {
+            let file = &x.source_ref.file;
+            match provisio_xslt::Stylesheet::compile(&x.stylesheet, file) {
+                Ok(sheet) => Some(Arc::new(CXsl {
+                    sheet,
+                    allow_null: t.allow_null_transform,
+                    at: x.source_ref.clone(),
+                })),
+                Err(e) => {
+                    let at = match e.line {
+                        Some(line) => SourceRef::new(file.clone(), line, 1),
+                        None => x.source_ref.clone(),
+                    };
+                    self.errors.push(CompileError::Invalid {
+                        step: step.to_string(),
+                        message: format!("xsl:template: {}", e.message),
+                        at,
+                    });
+                    None
+                }
+            }
+        });
         CTransform {
             source,
             destination: t.destination.clone(),
             dest_path: self.path(step, at, t.destination_path.as_deref()),
             mode: t.mode,
             if_null: t.if_null,
+            xsl,
         }
     }
 

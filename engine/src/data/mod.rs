@@ -58,8 +58,15 @@ pub enum Node {
 /// An element: name, attributes in document order, children in document order.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Element {
-    /// Local name (a prefix, if any, is kept as written: `ns:name`).
+    /// The name as written, prefix included (`p:user`). XML requests resolve the prefix
+    /// (or the default namespace) into [`Element::ns`]; YAML and JSON names are plain text.
     pub name: Name,
+    /// The XML namespace URI of the element (`None`: no namespace). The XML parser sets it
+    /// from the `xmlns` declarations in scope; the XML writers add the declarations an
+    /// element needs where it ends up (a namespace-less element under a default-namespaced
+    /// one gets `xmlns=""`). Not part of the YAML/JSON view.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ns: Option<Name>,
     /// Attributes in document order.
     pub attrs: Vec<(Name, Name)>,
     /// Children in document order.
@@ -124,6 +131,14 @@ impl Element {
             Node::Element(e) => Some(e),
             Node::Text(_) => None,
         })
+    }
+
+    /// The local part of the name (after the prefix, if any).
+    pub fn local_name(&self) -> &str {
+        match self.name.split_once(':') {
+            Some((_, local)) => local,
+            None => &self.name,
+        }
     }
 
     /// The first child element with this name.

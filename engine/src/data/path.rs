@@ -192,14 +192,35 @@ enum Step {
 #[derive(Debug, Clone, PartialEq)]
 enum NameTest {
     Any,
+    /// A name without a namespace: matches an element of no namespace with this name (a
+    /// YAML/JSON name with a colon is matched as written), or an attribute as written.
     Name(String),
+    /// `Q{uri}local` (XPath 3.0's URI-qualified name; what an XML request's `p:local`
+    /// becomes once its prefix is resolved): an element of that namespace and local name.
+    Ns {
+        uri: String,
+        local: String,
+    },
 }
 
 impl NameTest {
+    /// Whether an attribute name matches (attributes carry no namespace: as written).
     fn matches(&self, name: &str) -> bool {
         match self {
             NameTest::Any => true,
             NameTest::Name(n) => n == name,
+            NameTest::Ns { .. } => false,
+        }
+    }
+
+    /// Whether an element matches: its namespace and (local) name.
+    fn matches_elem(&self, e: &Element) -> bool {
+        match self {
+            NameTest::Any => true,
+            NameTest::Name(n) => e.ns.is_none() && e.name == n.as_str(),
+            NameTest::Ns { uri, local } => {
+                e.ns.as_deref() == Some(uri.as_str()) && e.local_name() == local
+            }
         }
     }
 }
@@ -266,11 +287,17 @@ impl Operand {
 // ---------------------------------------------------------------------------------------------
 // Parser
 
+/// Resolves a prefix to its namespace URI (`None`: not bound).
+pub type PrefixResolver<'r> = &'r dyn Fn(&str) -> Option<String>;
+
 struct Parser<'s> {
     text: &'s str,
     chars: Vec<char>,
     pos: usize,
     depth: usize,
+    /// Prefixes of element names are resolved through this (XML requests); without it a
+    /// prefixed name is matched as written (YAML, JSON).
+    resolve: Option<PrefixResolver<'s>>,
 }
 
 impl Parser<'_> {
@@ -429,6 +456,35 @@ impl Parser<'_> {
                     Ok(Step::SelfNode { preds })
                 }
             }
+            Some('Q') if self.peek_at(1) == Some('{') => {
+                self.pos += 2;
+                let start = self.pos;
+                while self.peek().is_some_and(|c| c != '}' && c != '{') {
+                    self.pos += 1;
+                }
+                if !self.eat('}') {
+                    return self.err(
+                        at,
+                        "`Q{` starts a namespace URI that is not closed with `}`",
+                    );
+                }
+                let uri: String = self.chars[start..self.pos - 1].iter().collect();
+                let local_at = self.pos;
+                let local = self.name();
+                if local.is_empty() || local.contains(':') || !local.starts_with(is_name_start) {
+                    return self.err(
+                        local_at,
+                        "expected a local name (without a prefix) after `Q{…}`",
+                    );
+                }
+                let preds = self.preds()?;
+                let test = if uri.is_empty() {
+                    NameTest::Name(local)
+                } else {
+                    NameTest::Ns { uri, local }
+                };
+                Ok(Step::Child { test, preds })
+            }
             Some(c) if is_name_start(c) => {
                 let name = self.name();
                 if self.peek() == Some('(') {
@@ -452,17 +508,42 @@ impl Parser<'_> {
                     );
                 }
                 self.check_name(at, &name)?;
+                let test = self.element_test(at, name)?;
                 let preds = self.preds()?;
-                Ok(Step::Child {
-                    test: NameTest::Name(name),
-                    preds,
-                })
+                Ok(Step::Child { test, preds })
             }
             _ => self.err(
                 at,
                 format!(
                     "expected a step (a name, `*`, `.`, `..`, `@name` or `text()`), found {}",
                     self.describe()
+                ),
+            ),
+        }
+    }
+
+    /// The test for an element name: with a resolver, `p:local` becomes the namespace of
+    /// `p` (an unbound prefix is an error); an unprefixed name is of no namespace.
+    fn element_test(&self, at: usize, name: String) -> Result<NameTest, PathError> {
+        let Some(resolve) = self.resolve else {
+            return Ok(NameTest::Name(name));
+        };
+        let Some((prefix, local)) = name.split_once(':') else {
+            return Ok(NameTest::Name(name));
+        };
+        if prefix.is_empty() || local.is_empty() || local.contains(':') {
+            return self.err(at, format!("`{name}` is not a valid name: at most one `:`, between a prefix and a local name"));
+        }
+        match resolve(prefix) {
+            Some(uri) => Ok(NameTest::Ns {
+                uri,
+                local: local.to_string(),
+            }),
+            None => self.err(
+                at,
+                format!(
+                    "the prefix `{prefix}` is not bound; declare it with xmlns:{prefix}=\"…\" \
+                     on the request (or namespace file) or an enclosing element"
                 ),
             ),
         }
@@ -769,13 +850,29 @@ impl Path {
         Path { text, steps, plain }
     }
 
-    /// Parses a path.
+    /// Parses a path. A prefixed element name (`p:user`) is matched as written, against
+    /// names without a namespace (YAML and JSON names); `Q{uri}user` names an element of a
+    /// namespace.
     pub fn parse(text: &str) -> Result<Path, PathError> {
+        Self::parse_inner(text, None)
+    }
+
+    /// Parses a path of an XML document: the prefix of each element name is resolved
+    /// through `resolve` (the declarations in scope where the path is written), and an
+    /// unbound prefix is an error at its column. Unprefixed names are of no namespace
+    /// (XPath 1.0: a default `xmlns` does not apply to paths). Attribute names are matched
+    /// as written.
+    pub fn parse_with_prefixes(text: &str, resolve: PrefixResolver<'_>) -> Result<Path, PathError> {
+        Self::parse_inner(text, Some(resolve))
+    }
+
+    fn parse_inner(text: &str, resolve: Option<PrefixResolver<'_>>) -> Result<Path, PathError> {
         let mut p = Parser {
             text,
             chars: text.chars().collect(),
             pos: 0,
             depth: 0,
+            resolve,
         };
         p.skip_ws();
         if p.peek().is_none() {
@@ -864,18 +961,52 @@ impl Path {
         self.simple_names().is_some()
     }
 
-    /// The element names of a simple path (only plain element names).
-    pub(crate) fn simple_names(&self) -> Option<Vec<&str>> {
+    /// The element names (and namespaces) of a simple path (only plain element names).
+    pub(crate) fn simple_names(&self) -> Option<Vec<(&str, Option<&str>)>> {
         self.steps
             .iter()
             .map(|s| match s {
                 Step::Child {
                     test: NameTest::Name(n),
                     preds,
-                } if preds.is_empty() => Some(n.as_str()),
+                } if preds.is_empty() => Some((n.as_str(), None)),
+                Step::Child {
+                    test: NameTest::Ns { uri, local },
+                    preds,
+                } if preds.is_empty() => Some((local.as_str(), Some(uri.as_str()))),
                 _ => None,
             })
             .collect()
+    }
+
+    /// Whether a step names an element by namespace (`Q{uri}local`).
+    pub(crate) fn has_namespaces(&self) -> bool {
+        fn in_steps(steps: &[Step]) -> bool {
+            steps.iter().any(|s| match s {
+                Step::Child { test, preds } => {
+                    matches!(test, NameTest::Ns { .. }) || preds.iter().any(in_pred)
+                }
+                Step::SelfNode { preds } | Step::Parent { preds } => preds.iter().any(in_pred),
+                Step::Attr(_) | Step::Text => false,
+            })
+        }
+        fn in_pred(p: &Pred) -> bool {
+            match p {
+                Pred::Test(e) => in_expr(e),
+                Pred::Position(_) | Pred::Last => false,
+            }
+        }
+        fn in_expr(e: &Expr) -> bool {
+            match e {
+                Expr::Or(a, b) | Expr::And(a, b) => in_expr(a) || in_expr(b),
+                Expr::Not(a) => in_expr(a),
+                Expr::Exists(op) | Expr::Cmp { lhs: op, .. } => match op {
+                    Operand::Steps(steps) => in_steps(steps),
+                    _ => false,
+                },
+            }
+        }
+        in_steps(&self.steps)
     }
 
     /// The attribute name if the last step is `@name`.
@@ -928,6 +1059,15 @@ impl Path {
                         break;
                     }
                 }
+                Step::Child {
+                    test: NameTest::Ns { uri, local },
+                    preds,
+                } => {
+                    out.push(format!("Q{{{uri}}}{local}"));
+                    if !preds.is_empty() {
+                        break;
+                    }
+                }
                 Step::SelfNode { preds } => {
                     if !preds.is_empty() {
                         break;
@@ -939,6 +1079,7 @@ impl Path {
                     }
                 }
                 Step::Attr(NameTest::Name(n)) => out.push(format!("@{n}")),
+                Step::Attr(NameTest::Ns { .. }) => break,
                 Step::Child {
                     test: NameTest::Any,
                     ..
@@ -999,6 +1140,7 @@ fn fmt_test(t: &NameTest, f: &mut fmt::Formatter<'_>) -> fmt::Result {
     match t {
         NameTest::Any => f.write_str("*"),
         NameTest::Name(n) => f.write_str(n),
+        NameTest::Ns { uri, local } => write!(f, "Q{{{uri}}}{local}"),
     }
 }
 
@@ -1116,7 +1258,7 @@ fn select_plain<'a>(steps: &[Step], e: &'a Element, out: &mut Vec<Selected<'a>>)
     match step {
         Step::Child { test, .. } => {
             for c in e.elements() {
-                if test.matches(&c.name) {
+                if test.matches_elem(c) {
                     select_plain(rest, c, out);
                 }
             }
@@ -1170,7 +1312,7 @@ fn eval_steps<'a>(steps: &[Step], start: Vec<u32>, arena: &mut Vec<Ctx<'a>>) -> 
                     cand.clear();
                     for (i, child) in ctx.elem.children.iter().enumerate() {
                         if let Node::Element(e) = child {
-                            if test.matches(&e.name) {
+                            if test.matches_elem(e) {
                                 let id = push_ctx(
                                     arena,
                                     Ctx {
@@ -1320,7 +1462,7 @@ fn any_value<'a>(
         }),
         Operand::Child(n) => elem
             .elements()
-            .any(|c| c.name == *n && with_string_value(c, f)),
+            .any(|c| c.ns.is_none() && c.name == *n && with_string_value(c, f)),
         Operand::Steps(steps) => {
             let hits = eval_steps(steps, vec![id], arena);
             hits.into_iter().any(|h| match h {
@@ -1422,6 +1564,49 @@ mod tests {
             .iter()
             .map(Selected::string_value)
             .collect()
+    }
+
+    #[test]
+    fn prefixes_resolve_to_namespaces() {
+        let root = crate::data::xml::parse(
+            r#"<data xmlns:a="urn:one" xmlns:b="urn:two"><a:user n="1"/><b:user n="2"/><user n="3"/><x xmlns="urn:one"><user n="4"/></x></data>"#,
+            &crate::data::xml::Limits::default(),
+        )
+        .unwrap();
+        let resolve = |p: &str| match p {
+            "p" => Some("urn:one".to_string()),
+            "q" => Some("urn:two".to_string()),
+            _ => None,
+        };
+        let ns = |s: &str| Path::parse_with_prefixes(s, &resolve).unwrap();
+        let ids = |p: &Path| -> Vec<String> {
+            p.select(&root)
+                .iter()
+                .map(|s| match s {
+                    Selected::Element(e) => e.attr("n").unwrap_or("").to_string(),
+                    other => other.string_value(),
+                })
+                .collect()
+        };
+        // The path's prefix need not be the data's: the namespace decides.
+        assert_eq!(ids(&ns("p:user")), ["1"]);
+        assert_eq!(ids(&ns("q:user")), ["2"]);
+        // Unprefixed names are of no namespace (XPath 1.0), even under a default xmlns.
+        assert_eq!(ids(&ns("user")), ["3"]);
+        assert_eq!(ids(&ns("p:x/p:user")), ["4"]);
+        assert!(ns("x/user").select(&root).is_empty());
+        assert_eq!(ids(&ns("*[p:user or q:user]/@n")), Vec::<String>::new());
+        assert_eq!(ns("p:user[@n='1']").to_string(), "Q{urn:one}user[@n='1']");
+        // The canonical form parses back to the same path without a resolver.
+        assert_eq!(
+            Path::parse("Q{urn:one}user").unwrap().select(&root).len(),
+            1
+        );
+        let e = Path::parse_with_prefixes("a/zz:user", &resolve).unwrap_err();
+        assert_eq!(e.column, 3);
+        assert!(e.message.contains("prefix `zz` is not bound"), "{e:?}");
+        // Without a resolver (YAML, JSON) a prefixed name is matched as written.
+        assert!(Path::parse("a:user").unwrap().select(&root).is_empty());
     }
 
     #[test]

@@ -290,20 +290,25 @@ fn resolve_destination(root: &mut Element, path: &Path) -> Result<Location, Tran
 
 /// Follows `names` from the element at `base`, reusing the first existing child of each
 /// name and appending the missing ones; returns the indices of the last one.
-fn create_chain(root: &mut Element, base: &[usize], names: &[&str]) -> Vec<usize> {
+fn create_chain(root: &mut Element, base: &[usize], names: &[(&str, Option<&str>)]) -> Vec<usize> {
     let mut indices = base.to_vec();
     let Some(mut cur) = element_at_mut(root, base) else {
         return indices;
     };
-    for name in names {
-        let found = cur
-            .children
-            .iter()
-            .position(|c| matches!(c, Node::Element(e) if e.name == *name));
+    for &(name, ns) in names {
+        let found = cur.children.iter().position(|c| match (c, ns) {
+            (Node::Element(e), None) => e.ns.is_none() && e.name == name,
+            (Node::Element(e), Some(uri)) => e.ns.as_deref() == Some(uri) && e.local_name() == name,
+            (Node::Text(_), _) => false,
+        });
         let i = match found {
             Some(i) => i,
             None => {
-                cur.children.push(Node::Element(Element::new(*name)));
+                // A namespaced element is created with its local name; the XML writers
+                // declare its namespace as the default where needed.
+                let mut e = Element::new(name);
+                e.ns = ns.map(Name::from);
+                cur.children.push(Node::Element(e));
                 cur.children.len() - 1
             }
         };

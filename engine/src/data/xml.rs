@@ -12,6 +12,37 @@ use super::{Element, Name, Node, Scalar};
 use quick_xml::events::{BytesRef, BytesStart, Event};
 use quick_xml::Reader;
 use std::borrow::Cow;
+use std::sync::Arc;
+
+/// The namespace of `xml:` names, bound without a declaration.
+pub const XML_NAMESPACE: &str = "http://www.w3.org/XML/1998/namespace";
+
+/// The namespace declarations in scope at an element, outermost first: (prefix, URI),
+/// prefix `""` for the default namespace, URI `""` for an undeclared default (`xmlns=""`).
+pub type NsScope = Arc<Vec<(Name, Name)>>;
+
+/// The URI a prefix (`""`: the default namespace) is bound to in `scope`. The default
+/// namespace may be undeclared (`None`); `xml` is always bound.
+pub fn lookup_prefix<'s>(scope: &'s [(Name, Name)], prefix: &str) -> Option<&'s str> {
+    if prefix == "xml" {
+        return Some(XML_NAMESPACE);
+    }
+    scope
+        .iter()
+        .rev()
+        .find(|(p, _)| p == prefix)
+        .map(|(_, uri)| uri.as_str())
+        .filter(|uri| !uri.is_empty())
+}
+
+/// The prefix of a declaration attribute: `xmlns` → `""`, `xmlns:p` → `p`.
+fn declared_prefix(attr: &str) -> Option<&str> {
+    if attr == "xmlns" {
+        Some("")
+    } else {
+        attr.strip_prefix("xmlns:")
+    }
+}
 
 /// Limits on untrusted XML.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +87,10 @@ pub struct Located {
     pub(crate) line: u32,
     /// 1-based column (in characters) of the start tag's `<`.
     pub(crate) column: u32,
+    /// The element's namespace URI (as [`Element::ns`]).
+    pub(crate) ns: Option<Name>,
+    /// The namespace declarations in scope here (this element's own included).
+    pub(crate) ns_scope: NsScope,
 }
 
 /// A child of a [`Located`] element.
@@ -110,6 +145,7 @@ impl Located {
         let mut stack = vec![Frame {
             out: Element {
                 name: self.name,
+                ns: self.ns,
                 attrs: self.attrs,
                 children: Vec::with_capacity(self.children.len()),
                 list_item: false,
@@ -135,6 +171,7 @@ impl Located {
                 Some(LocatedNode::Element(l)) => stack.push(Frame {
                     out: Element {
                         name: l.name,
+                        ns: l.ns,
                         attrs: l.attrs,
                         children: Vec::with_capacity(l.children.len()),
                         list_item: false,
@@ -180,6 +217,8 @@ pub(crate) fn parse_located_plain(
         // The root is always located; converting keeps this total anyway.
         Mixed::Plain(e) => Ok(Located {
             name: e.name,
+            ns: e.ns,
+            ns_scope: NsScope::default(),
             attrs: e.attrs,
             children: e
                 .children
@@ -286,8 +325,11 @@ trait Build: Sized {
     /// A new element. `stack` holds the open ancestors (the parent last); `plain` are the
     /// names of the root's children whose content is built without positions; `position`
     /// computes the line and column of the `<` (linear overall, so called only when kept).
+    #[allow(clippy::too_many_arguments)]
     fn start(
         name: Name,
+        ns: Option<Name>,
+        scope: &NsScope,
         attrs: Vec<(Name, Name)>,
         stack: &[Open<Self>],
         plain: &[&str],
@@ -306,6 +348,8 @@ impl Build for Element {
     type Child = Node;
     fn start(
         name: Name,
+        ns: Option<Name>,
+        _scope: &NsScope,
         attrs: Vec<(Name, Name)>,
         _stack: &[Open<Self>],
         _plain: &[&str],
@@ -313,6 +357,7 @@ impl Build for Element {
     ) -> Self {
         Element {
             name,
+            ns,
             attrs,
             children: Vec::new(),
             list_item: false,
@@ -336,6 +381,8 @@ impl Build for Located {
     type Child = LocatedNode;
     fn start(
         name: Name,
+        ns: Option<Name>,
+        scope: &NsScope,
         attrs: Vec<(Name, Name)>,
         _stack: &[Open<Self>],
         _plain: &[&str],
@@ -344,6 +391,8 @@ impl Build for Located {
         let (line, column) = position();
         Located {
             name,
+            ns,
+            ns_scope: scope.clone(),
             attrs,
             children: Vec::new(),
             line,
@@ -394,6 +443,8 @@ impl Build for Mixed {
     type Child = MixedChild;
     fn start(
         name: Name,
+        ns: Option<Name>,
+        scope: &NsScope,
         attrs: Vec<(Name, Name)>,
         stack: &[Open<Self>],
         plain: &[&str],
@@ -411,9 +462,11 @@ impl Build for Mixed {
             _ => false,
         };
         if in_plain {
-            Mixed::Plain(Element::start(name, attrs, &[], plain, || (0, 0)))
+            Mixed::Plain(Element::start(name, ns, scope, attrs, &[], plain, || {
+                (0, 0)
+            }))
         } else {
-            Mixed::Loc(Located::start(name, attrs, &[], plain, position))
+            Mixed::Loc(Located::start(name, ns, scope, attrs, &[], plain, position))
         }
     }
     fn name(&self) -> &str {
@@ -614,6 +667,9 @@ fn parse_core<B: Build>(src: &str, limits: &Limits, plain: &[&str]) -> Result<B,
         root: None,
     };
     let mut attrs_scratch: Vec<(Name, Name)> = Vec::new();
+    // The namespace declarations in scope: one entry per open element (the root's
+    // enclosing scope first), shared until an element declares something.
+    let mut scopes: Vec<NsScope> = vec![NsScope::default()];
     let mut pending = PendingText {
         text: None,
         significant: false,
@@ -660,12 +716,16 @@ fn parse_core<B: Build>(src: &str, limits: &Limits, plain: &[&str]) -> Result<B,
                 // Exactly sized: most elements have no or few attributes.
                 let mut attrs = Vec::with_capacity(attrs_scratch.len());
                 attrs.append(&mut attrs_scratch);
-                let node = B::start(name, attrs, &tree.stack, plain, || {
+                let outer = scopes.last().cloned().unwrap_or_default();
+                let scope = declare(src, pos, &name, &attrs, outer)?;
+                let ns = resolve_element(src, pos, &name, &scope)?;
+                let node = B::start(name, ns, &scope, attrs, &tree.stack, plain, || {
                     tracker.advance(src, pos)
                 });
                 if empty {
                     tree.attach(node);
                 } else {
+                    scopes.push(scope);
                     let first_child = tree.kids.len();
                     tree.stack.push(Open {
                         node,
@@ -703,6 +763,7 @@ fn parse_core<B: Build>(src: &str, limits: &Limits, plain: &[&str]) -> Result<B,
                                 ),
                             ));
                         }
+                        scopes.pop();
                         let mut node = open.node;
                         if tree.kids.len() > open.first_child {
                             node.set_children(&mut tree.kids, open.first_child);
@@ -777,6 +838,76 @@ fn parse_core<B: Build>(src: &str, limits: &Limits, plain: &[&str]) -> Result<B,
             src.len(),
             "empty document: expected a root element",
         )),
+    }
+}
+
+/// The scope inside an element: `outer` plus the element's own `xmlns` declarations.
+fn declare(
+    src: &str,
+    pos: usize,
+    name: &str,
+    attrs: &[(Name, Name)],
+    outer: NsScope,
+) -> Result<NsScope, XmlError> {
+    let mut own = attrs
+        .iter()
+        .filter_map(|(k, v)| declared_prefix(k).map(|p| (p, v)))
+        .peekable();
+    if own.peek().is_none() {
+        return Ok(outer);
+    }
+    let mut decls: Vec<(Name, Name)> = outer.as_ref().clone();
+    for (prefix, uri) in own {
+        if !prefix.is_empty() && uri.is_empty() {
+            return Err(error_at(
+                src,
+                pos,
+                format!(
+                    "xmlns:{prefix}=\"\" on <{name}>: a prefix cannot be undeclared in XML 1.0"
+                ),
+            ));
+        }
+        if prefix == "xmlns" || (prefix == "xml" && uri != XML_NAMESPACE) {
+            return Err(error_at(
+                src,
+                pos,
+                format!("xmlns:{prefix} on <{name}>: the prefix `{prefix}` is reserved"),
+            ));
+        }
+        decls.push((Name::from(prefix), uri.clone()));
+    }
+    Ok(Arc::new(decls))
+}
+
+/// The namespace of an element name in `scope`; an undeclared prefix is an error.
+fn resolve_element(
+    src: &str,
+    pos: usize,
+    name: &str,
+    scope: &[(Name, Name)],
+) -> Result<Option<Name>, XmlError> {
+    match name.split_once(':') {
+        None => Ok(lookup_prefix(scope, "").map(Name::from)),
+        Some((prefix, local)) => {
+            if prefix.is_empty() || local.is_empty() || local.contains(':') {
+                return Err(error_at(
+                    src,
+                    pos,
+                    format!("invalid element name `{name}`: a name has at most one `:`, between a prefix and a local name"),
+                ));
+            }
+            match lookup_prefix(scope, prefix) {
+                Some(uri) => Ok(Some(Name::from(uri))),
+                None => Err(error_at(
+                    src,
+                    pos,
+                    format!(
+                        "the prefix `{prefix}` of <{name}> is not declared; add xmlns:{prefix}=\"…\" \
+                         (its namespace URI) on this element or an enclosing one"
+                    ),
+                )),
+            }
+        }
     }
 }
 
@@ -1166,16 +1297,60 @@ fn escape_attr(s: &str, out: &mut String) {
     out.push_str(&s[last..]);
 }
 
-fn write_open(e: &Element, out: &mut String) {
+/// The namespace declarations in scope while writing: (prefix, URI), innermost last.
+#[derive(Default)]
+struct WriteScope {
+    decls: Vec<(Name, Name)>,
+}
+
+/// Writes a start tag (without its closing `>`) and the declarations the element needs
+/// where it is written: its own `xmlns` attributes, plus `xmlns`/`xmlns:p` when its
+/// namespace is not the one its prefix (or the default) has here — so a namespace-less
+/// element under a default-namespaced one gets `xmlns=""`, and an element moved out of
+/// the element that declared its prefix declares it itself. Returns how many
+/// declarations it pushed on `scope`.
+fn write_open(e: &Element, out: &mut String, scope: &mut WriteScope) -> usize {
     out.push('<');
     out.push_str(&e.name);
+    let before = scope.decls.len();
     for (k, v) in &e.attrs {
         out.push(' ');
         out.push_str(k);
         out.push_str("=\"");
         escape_attr(v, out);
         out.push('"');
+        if let Some(p) = declared_prefix(k) {
+            scope.decls.push((Name::from(p), v.clone()));
+        }
     }
+    if scope.decls.is_empty() && e.ns.is_none() {
+        return 0; // the common case: no namespaces anywhere
+    }
+    let prefix = match e.name.split_once(':') {
+        Some((p, _)) => p,
+        None => "",
+    };
+    if e.ns.is_none() && !prefix.is_empty() {
+        // A name with a colon but no namespace (from YAML or JSON): written as is.
+        return scope.decls.len() - before;
+    }
+    let own = e
+        .attrs
+        .iter()
+        .any(|(k, _)| declared_prefix(k) == Some(prefix));
+    let want = e.ns.as_deref().unwrap_or("");
+    if !own && lookup_prefix(&scope.decls, prefix).unwrap_or("") != want && prefix != "xml" {
+        out.push_str(" xmlns");
+        if !prefix.is_empty() {
+            out.push(':');
+            out.push_str(prefix);
+        }
+        out.push_str("=\"");
+        escape_attr(want, out);
+        out.push('"');
+        scope.decls.push((Name::from(prefix), Name::from(want)));
+    }
+    scope.decls.len() - before
 }
 
 fn indent(out: &mut String, level: usize) {
@@ -1188,18 +1363,19 @@ fn indent(out: &mut String, level: usize) {
 /// Writes a tree without recursion. In pretty mode, an element whose children are all
 /// elements puts each child on its own indented line; anything else is written compactly.
 fn write_tree(root: &Element, out: &mut String, pretty: bool) {
-    // (element, index of the next child, children are indented)
-    let mut stack: Vec<(&Element, usize, bool)> = Vec::new();
-    write_open(root, out);
+    let mut scope = WriteScope::default();
+    // (element, index of the next child, children are indented, declarations it pushed)
+    let mut stack: Vec<(&Element, usize, bool, usize)> = Vec::new();
+    let pushed = write_open(root, out, &mut scope);
     if root.children.is_empty() {
         out.push_str("/>");
         return;
     }
     out.push('>');
     let root_indented = pretty && root.children.iter().all(|c| matches!(c, Node::Element(_)));
-    stack.push((root, 0, root_indented));
+    stack.push((root, 0, root_indented, pushed));
     while let Some(top) = stack.last_mut() {
-        let (e, idx, indented) = (top.0, top.1, top.2);
+        let (e, idx, indented, pushed) = (top.0, top.1, top.2, top.3);
         if idx < e.children.len() {
             top.1 += 1;
             let level = stack.len();
@@ -1209,19 +1385,21 @@ fn write_tree(root: &Element, out: &mut String, pretty: bool) {
                     if indented {
                         indent(out, level);
                     }
-                    write_open(child, out);
+                    let pushed = write_open(child, out, &mut scope);
                     if child.children.is_empty() {
                         out.push_str("/>");
+                        scope.decls.truncate(scope.decls.len() - pushed);
                     } else {
                         out.push('>');
                         let child_indented = indented
                             && child.children.iter().all(|c| matches!(c, Node::Element(_)));
-                        stack.push((child, 0, child_indented));
+                        stack.push((child, 0, child_indented, pushed));
                     }
                 }
             }
         } else {
             stack.pop();
+            scope.decls.truncate(scope.decls.len() - pushed);
             if indented {
                 indent(out, stack.len());
             }
@@ -1251,7 +1429,7 @@ mod tests {
     fn parses_attributes_text_and_order() {
         let e = p(r#"<?xml version="1.0"?>
 <!-- c -->
-<data a="1" b='x &amp; y'>
+<data a="1" b='x &amp; y' xmlns:ns="urn:x">
   <user>ann</user>
   <group>g</group>
   <user> bob </user>
@@ -1267,6 +1445,60 @@ mod tests {
         let bob = e.elements().nth(2).unwrap();
         assert_eq!(bob.text(), " bob ");
         assert_eq!(e.child("ns:x").unwrap().text(), "1 < 2 <raw>");
+    }
+
+    #[test]
+    fn namespaces_are_resolved_and_declared_where_elements_end_up() {
+        let e = p(r#"<data xmlns:p="urn:p"><p:user id="1"><name>ann</name></p:user><t xmlns="urn:t"><u/></t></data>"#).unwrap();
+        let user = e.child("p:user").unwrap();
+        assert_eq!(user.ns.as_deref(), Some("urn:p"));
+        assert_eq!(user.local_name(), "user");
+        assert_eq!(user.child("name").unwrap().ns, None);
+        let t = e.child("t").unwrap();
+        assert_eq!(t.ns.as_deref(), Some("urn:t"));
+        assert_eq!(t.child("u").unwrap().ns.as_deref(), Some("urn:t"));
+        // Written where it was, nothing is added.
+        assert_eq!(p(&to_string(&e)).unwrap(), e);
+        assert_eq!(
+            to_string(&e),
+            r#"<data xmlns:p="urn:p"><p:user id="1"><name>ann</name></p:user><t xmlns="urn:t"><u/></t></data>"#
+        );
+        // Moved out of the element that declared its prefix, it declares it itself.
+        assert_eq!(
+            to_string(user),
+            r#"<p:user id="1" xmlns:p="urn:p"><name>ann</name></p:user>"#
+        );
+        // A namespace-less element under a default-namespaced one gets xmlns="" (MPS).
+        let mut t2 = t.clone();
+        t2.push(Element::with_text("plain", "x"));
+        let written = to_string(&t2);
+        assert_eq!(
+            written,
+            r#"<t xmlns="urn:t"><u/><plain xmlns="">x</plain></t>"#
+        );
+        let back = p(&written).unwrap();
+        assert_eq!(back.child("plain").unwrap().ns, None);
+        // xml: is always bound.
+        assert_eq!(
+            p(r#"<a><xml:b/></a>"#)
+                .unwrap()
+                .child("xml:b")
+                .unwrap()
+                .ns
+                .as_deref(),
+            Some(XML_NAMESPACE)
+        );
+    }
+
+    #[test]
+    fn undeclared_prefixes_are_refused() {
+        let e = err("<data>\n  <p:user/>\n</data>");
+        assert_eq!((e.line, e.column), (2, 3));
+        assert!(e.message.contains("prefix `p`"), "{e:?}");
+        let e = err(r#"<data xmlns:p=""/>"#);
+        assert!(e.message.contains("cannot be undeclared"), "{e:?}");
+        // A declaration ends with its element.
+        assert!(p(r#"<d><a xmlns:p="urn:p"><p:x/></a><p:y/></d>"#).is_err());
     }
 
     #[test]

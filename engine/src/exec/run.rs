@@ -511,7 +511,10 @@ impl Engine {
                 let mut ed = node.execute_data.clone();
                 ed.name = "executeData".into();
                 let mut unresolved = Vec::new();
-                if !self.transforms(cx, bindings, &mut ed, &node.before, &mut unresolved)? {
+                if !self
+                    .transforms(cx, bindings, &mut ed, &node.before, &mut unresolved)
+                    .await?
+                {
                     continue; // ifNull="skip": this iteration does not run
                 }
                 if let Some(target) = &node.call {
@@ -523,7 +526,8 @@ impl Engine {
                     (ed, *wave) = self.invoke(txn, target, ed, &step, at).await?;
                 }
                 let mut ignored = Vec::new();
-                self.transforms(cx, bindings, &mut ed, &node.after, &mut ignored)?;
+                self.transforms(cx, bindings, &mut ed, &node.after, &mut ignored)
+                    .await?;
             }
         }
         Ok(true)

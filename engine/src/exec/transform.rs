@@ -6,12 +6,13 @@ use super::items::{Iteration, Origin};
 use super::script::script_failure;
 use super::state::{lock, Bindings, RunMode, StepCtx};
 use super::{Engine, Failure};
-use crate::compile::{CForEach, CPart, CSource, CTransform, CWhen, ExecNode};
+use crate::compile::{CForEach, CPart, CSource, CTransform, CWhen, CXsl, ExecNode};
 use crate::data::path::Selected;
 use crate::data::transform::{extract, extract_located, place, remove, Located};
 use crate::data::{Element, IfNull, Mode, Path};
 use crate::model::Scope;
 use crate::script::Vars;
+use std::sync::Arc;
 
 impl<'a> StepCtx<'a> {
     /// Runs `f` on the root of a scope. Locks are held only for the closure, never across
@@ -230,7 +231,7 @@ impl Engine {
 
     /// Applies transforms in order. Returns false when an `ifNull="skip"` source was missing.
     /// In a dry run, what cannot be known yet is added to `unresolved` instead of failing.
-    pub(super) fn transforms(
+    pub(super) async fn transforms(
         &self,
         cx: StepCtx<'_>,
         bindings: &mut Bindings,
@@ -257,6 +258,29 @@ impl Engine {
                 Sourced::Unknown(why) => {
                     unresolved.push(why);
                     continue;
+                }
+            };
+            let nodes = match &t.xsl {
+                None => nodes,
+                Some(xsl) => {
+                    let mut out = Vec::new();
+                    for node in nodes {
+                        out.extend(apply_xsl(cx, xsl, node).await?);
+                    }
+                    if out.is_empty() {
+                        if xsl.allow_null {
+                            continue; // allowNullTransform: the target stays as it is
+                        }
+                        return Err(Failure::data(
+                            cx.step,
+                            format!(
+                                "the xsl:template at {} produced no element; \
+                                 allowNullTransform=\"1\" lets an empty result leave the target untouched",
+                                xsl.at
+                            ),
+                        ));
+                    }
+                    out
                 }
             };
             if t.mode == Mode::Move {
@@ -354,6 +378,90 @@ impl Engine {
             redactor.learn_json(value);
         }
     }
+}
+
+/// Sources larger than this (serialized) are transformed on a blocking thread, so a long
+/// transformation does not hold up the runtime's workers; a small one (~15 µs) runs inline.
+const XSL_INLINE_BYTES: usize = 64 * 1024;
+
+/// Runs XSL templates on one source node: its result's top-level elements, in order.
+/// When the node holds a secret, the result's values are learned as secrets (unless the
+/// same templates give the same result on the masked node).
+async fn apply_xsl(
+    cx: StepCtx<'_>,
+    xsl: &Arc<CXsl>,
+    node: Element,
+) -> Result<Vec<Element>, Failure> {
+    let redactor = &cx.txn.redactor;
+    let masked = (!redactor.is_empty() && redactor.contains_secret(&node)).then(|| {
+        let mut m = node.clone();
+        redactor.redact_element(&mut m);
+        m
+    });
+    let result = run_xsl(cx, xsl, &node).await?;
+    if let Some(m) = masked {
+        let same = run_xsl(cx, xsl, &m).await.ok().as_ref() == Some(&result);
+        if !same {
+            for e in &result {
+                redactor.learn_json(&crate::data::json::to_json(e));
+                for (_, v) in &e.attrs {
+                    redactor.learn_value(v);
+                }
+            }
+        }
+    }
+    Ok(result)
+}
+
+async fn run_xsl(
+    cx: StepCtx<'_>,
+    xsl: &Arc<CXsl>,
+    node: &Element,
+) -> Result<Vec<Element>, Failure> {
+    let source = crate::data::xml::to_string(node);
+    let limits = provisio_xslt::Limits::default();
+    let out = if source.len() <= XSL_INLINE_BYTES {
+        xsl.sheet.apply(&source, &limits)
+    } else {
+        let x = Arc::clone(xsl);
+        tokio::task::spawn_blocking(move || x.sheet.apply(&source, &limits))
+            .await
+            .map_err(|e| {
+                Failure::data(
+                    cx.step,
+                    format!("the xsl:template at {} stopped: {e}", xsl.at),
+                )
+            })?
+    };
+    let out = out.map_err(|e| {
+        Failure::data(
+            cx.step,
+            format!("the xsl:template at {} failed: {}", xsl.at, e.message),
+        )
+    })?;
+    // The result's top-level nodes, under one wrapper so they parse as a document.
+    let doc = format!("<xsl-result>{out}</xsl-result>");
+    let limits = crate::data::xml::Limits {
+        max_bytes: limits.max_output + 64,
+        ..crate::data::xml::Limits::default()
+    };
+    let tree = crate::data::xml::parse(&doc, &limits).map_err(|e| {
+        Failure::data(
+            cx.step,
+            format!(
+                "the result of the xsl:template at {} cannot be read back: {}",
+                xsl.at, e.message
+            ),
+        )
+    })?;
+    Ok(tree
+        .children
+        .into_iter()
+        .filter_map(|c| match c {
+            crate::data::Node::Element(e) => Some(e),
+            crate::data::Node::Text(_) => None,
+        })
+        .collect())
 }
 
 /// What a transform's source gave.

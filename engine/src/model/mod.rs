@@ -227,6 +227,24 @@ pub struct Transform {
     pub if_null: IfNull,
     /// Where it was declared.
     pub source_ref: SourceRef,
+    /// MPS `xsl:template` children (XML only): the source node is transformed by the
+    /// stylesheet they make before it is placed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub xsl: Option<XslTemplates>,
+    /// MPS `allowNullTransform`: an XSL result without an element leaves the target
+    /// untouched instead of failing the step.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_null_transform: bool,
+}
+
+/// The XSL templates of a `before`/`after`, as one XSLT 1.0 stylesheet.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct XslTemplates {
+    /// The stylesheet: an `xsl:stylesheet` holding the templates as written, each on the
+    /// line of its file where it was written (so libxslt's line numbers are the file's).
+    pub stylesheet: String,
+    /// Where the first template was written.
+    pub source_ref: SourceRef,
 }
 
 /// A forEach node: iterate over the nodes a path selects.
@@ -544,6 +562,17 @@ impl Procedure {
             for step in steps {
                 match step {
                     Step::Execute(e) => {
+                        for t in e.before.iter().chain(&e.after) {
+                            if t.allow_null_transform && t.xsl.is_none() {
+                                out.push(Warning {
+                                    message: format!(
+                                        "step `{}`: allowNullTransform=\"1\" without xsl:template children has no effect (it only lets an XSL template's empty result leave the target untouched)",
+                                        e.id
+                                    ),
+                                    at: t.source_ref.clone(),
+                                });
+                            }
+                        }
                         if e.impersonate == Impersonate::Caller {
                             out.push(Warning {
                                 message: format!(

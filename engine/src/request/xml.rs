@@ -16,7 +16,7 @@ use crate::model::{
     Access, BatchItem, BatchRequest, CallTarget, ExecuteStep, ForEach, Format, Impersonate,
     InputSpec, Namespace, Ordering, ProcKind, Procedure, Repeat, Request, RequestDocument,
     RequestTarget, Scope, Script, ScriptStep, SelectStep, SourceRef, Step, Transform,
-    TransformSource, TryStep, When,
+    TransformSource, TryStep, When, XslTemplates,
 };
 use std::cell::OnceCell;
 use std::collections::HashSet;
@@ -177,6 +177,60 @@ const WHERE_ATTRS: &[&str] = &["value", "case"];
 const REQUEST_ATTRS: &[&str] = &["namespace", "procedure"];
 const REQUEST_CHILDREN: &[&str] = &["data", "globalData", "context", "procedure"];
 const REQUEST_PROCEDURE_ATTRS: &[&str] = &["type", "parallel", "description"];
+
+/// The XSLT namespace (`xmlns:xsl` of an `xsl:template` child of before/after).
+const XSLT_NAMESPACE: &str = "http://www.w3.org/1999/XSL/Transform";
+
+/// The XSLT 1.0 instruction elements (what may appear inside an `xsl:template`).
+const XSLT_INSTRUCTIONS: &[&str] = &[
+    "apply-imports",
+    "apply-templates",
+    "attribute",
+    "call-template",
+    "choose",
+    "comment",
+    "copy",
+    "copy-of",
+    "element",
+    "fallback",
+    "for-each",
+    "if",
+    "message",
+    "number",
+    "otherwise",
+    "param",
+    "processing-instruction",
+    "sort",
+    "text",
+    "value-of",
+    "variable",
+    "when",
+    "with-param",
+];
+
+/// Whether an XPath expression or attribute value template calls `document(`.
+fn calls_document(v: &str) -> bool {
+    let mut rest = v;
+    while let Some(at) = rest.find("document") {
+        let before_ok = rest[..at]
+            .chars()
+            .next_back()
+            .is_none_or(|c| !(c.is_alphanumeric() || c == '-' || c == '_' || c == ':' || c == '.'));
+        let after = rest[at + "document".len()..].trim_start();
+        if before_ok && after.starts_with('(') {
+            return true;
+        }
+        rest = &rest[at + "document".len()..];
+    }
+    false
+}
+
+/// An attribute value escaped for double quotes.
+fn escape_attr_value(v: &str) -> String {
+    v.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('"', "&quot;")
+}
 
 /// The closest candidate to a misspelt name (the shared rule).
 fn suggest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
@@ -343,11 +397,18 @@ impl<'f> Ctx<'f> {
             .with_hint(format!("{name} is one of: {}", list(&names, ("", "")))))
     }
 
+    /// A path attribute. Prefixed element names are resolved through the `xmlns`
+    /// declarations in scope at `el`: the model keeps such a path with each prefixed name
+    /// written as `Q{uri}local`, so it means the same wherever it is compiled.
     fn path_attr(&self, el: &Located, name: &str) -> Result<Option<String>, ParseError> {
         let Some(p) = el.attr(name) else {
             return Ok(None);
         };
-        match Path::parse(p) {
+        let scope = el.ns_scope.clone();
+        let resolve =
+            move |prefix: &str| crate::data::xml::lookup_prefix(&scope, prefix).map(str::to_string);
+        match Path::parse_with_prefixes(p, &resolve) {
+            Ok(parsed) if parsed.has_namespaces() => Ok(Some(parsed.to_string())),
             Ok(_) => Ok(Some(p.to_string())),
             Err(e) => Err(self
                 .err(
@@ -1200,11 +1261,7 @@ impl<'f> Ctx<'f> {
         names: &[String],
     ) -> Result<Transform, ParseError> {
         self.check_attrs(el, TRANSFORM_NODE_ATTRS)?;
-        if el.elements().next().is_some() || el.texts().next().is_some() {
-            return Err(self
-                .err(el, format!("<{}> holds no content here", el.name))
-                .with_hint("XSL templates inside before/after are not supported; use template=\"…\" or a transform step"));
-        }
+        let xsl = self.xsl_templates(el)?;
         let expr = self.expr_attr(el, "expr")?;
         if expr.is_some() {
             if let Some(other) = ["source", "sourcePath", "template"]
@@ -1243,7 +1300,16 @@ impl<'f> Ctx<'f> {
         };
         let dest_names: &[String] = if is_before { names } else { &[] };
         let destination = self.scope_attr(el, "destination", dest_names)?;
-        self.bool_attr(el, "allowNullTransform", false)?;
+        let allow_null_transform = self.bool_attr(el, "allowNullTransform", false)?;
+        if xsl.is_some() && !matches!(source, TransformSource::Node { .. }) {
+            return Err(self.err(
+                el,
+                format!(
+                    "xsl:template children transform a source node; <{}> with template or expr has none",
+                    el.name
+                ),
+            ));
+        }
         let mode = self.choice(
             el,
             "mode",
@@ -1268,7 +1334,145 @@ impl<'f> Ctx<'f> {
             mode,
             if_null: self.if_null(el, is_before)?,
             source_ref: self.at(el),
+            xsl,
+            allow_null_transform,
         })
+    }
+
+    /// The `xsl:template` children of a before/after, as one stylesheet (`None` without
+    /// any). Only `xsl:template` elements may be children; inside them, only XSLT 1.0
+    /// instructions (libxslt implements XSLT 1.0) and no `document()` (templates read no
+    /// files or URLs). The templates are taken as written from the file, each on its own
+    /// line, so libxslt's messages name the file's lines.
+    fn xsl_templates(&self, el: &Located) -> Result<Option<XslTemplates>, ParseError> {
+        if let Some(t) = el.texts().find(|t| !t.trim().is_empty()) {
+            let shown: String = t.trim().chars().take(40).collect();
+            return Err(self
+                .err(el, format!("unexpected text `{shown}` in <{}>", el.name))
+                .with_hint(format!("<{}> holds only xsl:template elements", el.name)));
+        }
+        let templates: Vec<&Located> = el.elements().collect();
+        let (Some(first), Some(last)) = (templates.first(), templates.last()) else {
+            return Ok(None);
+        };
+        for t in &templates {
+            if t.ns.as_deref() != Some(XSLT_NAMESPACE)
+                || t.name.split(':').next_back() != Some("template")
+            {
+                let hint = if t.ns.as_deref() == Some(XSLT_NAMESPACE) {
+                    format!(
+                        "<{}> cannot be used here: a <{}> holds only xsl:template elements, and \
+                         xsl:include/xsl:import are refused (templates read no files or URLs)",
+                        t.name, el.name
+                    )
+                } else {
+                    format!(
+                        "<{}> holds xsl:template elements, with xmlns:xsl=\"{XSLT_NAMESPACE}\" \
+                         declared on it or an enclosing element",
+                        el.name
+                    )
+                };
+                return Err(self
+                    .err(t, format!("unexpected <{}> in <{}>", t.name, el.name))
+                    .with_hint(hint));
+            }
+            self.check_xsl_content(t)?;
+        }
+        let (Some(start), Some(end)) = (
+            self.offset_of(first.line, first.column),
+            self.offset_of(last.line, last.column)
+                .and_then(|at| self.element_end(at)),
+        ) else {
+            return Err(self.err(el, "cannot locate the xsl:template text in the file"));
+        };
+        // The declarations in scope at the <before>/<after> (the templates' own are in
+        // their text), not copied into the result: exclude-result-prefixes.
+        let mut header = String::from("<xsl:stylesheet version=\"1.0\"");
+        let mut excluded: Vec<String> = Vec::new();
+        let mut seen: Vec<&str> = Vec::new();
+        for (prefix, uri) in el.ns_scope.iter().rev() {
+            if seen.contains(&prefix.as_str()) {
+                continue;
+            }
+            seen.push(prefix);
+            if prefix.is_empty() {
+                if !uri.is_empty() {
+                    header.push_str(&format!(" xmlns=\"{}\"", escape_attr_value(uri)));
+                    excluded.push("#default".into());
+                }
+            } else if prefix != "xsl" {
+                header.push_str(&format!(" xmlns:{prefix}=\"{}\"", escape_attr_value(uri)));
+                excluded.push(prefix.to_string());
+            }
+        }
+        header.push_str(&format!(" xmlns:xsl=\"{XSLT_NAMESPACE}\""));
+        if !excluded.is_empty() {
+            header.push_str(&format!(
+                " exclude-result-prefixes=\"{}\"",
+                excluded.join(" ")
+            ));
+        }
+        header.push('>');
+        for _ in 1..first.line {
+            header.push('\n');
+        }
+        header.push_str(&self.src[start..end]);
+        header.push_str("</xsl:stylesheet>");
+        Ok(Some(XslTemplates {
+            stylesheet: header,
+            source_ref: self.at(first),
+        }))
+    }
+
+    /// Refuses, with its position, what libxslt would not run as written: an `xsl:`
+    /// element that is no XSLT 1.0 instruction (libxslt ignores unknown ones silently), and
+    /// `document()` (no file or URL is read; the sandbox refuses it at run time too).
+    fn check_xsl_content(&self, t: &Located) -> Result<(), ParseError> {
+        let mut stack: Vec<&Located> = vec![t];
+        while let Some(e) = stack.pop() {
+            if e.ns.as_deref() == Some(XSLT_NAMESPACE) && !std::ptr::eq(e, t) {
+                let local = e.name.split(':').next_back().unwrap_or("");
+                if !XSLT_INSTRUCTIONS.contains(&local) {
+                    return Err(self
+                        .err(e, format!("<{}> is not an XSLT 1.0 instruction", e.name))
+                        .with_hint(format!(
+                            "XSL templates run on libxslt, which implements XSLT 1.0: {}",
+                            list(XSLT_INSTRUCTIONS, ("xsl:", ""))
+                        )));
+                }
+            }
+            for (k, v) in &e.attrs {
+                if calls_document(v) {
+                    return Err(self
+                        .err(e, format!("document() in {k}=\"{v}\" on <{}> is refused", e.name))
+                        .with_hint("XSL templates read no files or URLs; pass what they need in the source node"));
+                }
+            }
+            stack.extend(e.elements());
+        }
+        Ok(())
+    }
+
+    /// The byte offset just past the element that starts at `start` (its `<`).
+    fn element_end(&self, start: usize) -> Option<usize> {
+        let mut reader = quick_xml::Reader::from_str(self.src.get(start..)?);
+        let mut depth = 0usize;
+        loop {
+            match reader.read_event().ok()? {
+                quick_xml::events::Event::Start(_) => depth += 1,
+                quick_xml::events::Event::Empty(_) if depth == 0 => break,
+                quick_xml::events::Event::End(_) => {
+                    depth = depth.checked_sub(1)?;
+                    if depth == 0 {
+                        break;
+                    }
+                }
+                quick_xml::events::Event::Eof => return None,
+                _ => {}
+            }
+        }
+        let len = usize::try_from(reader.buffer_position()).ok()?;
+        Some(start + len)
     }
 
     // ------------------------------------------------------------------ requests
@@ -1301,6 +1505,8 @@ impl<'f> Ctx<'f> {
         let mut procedure: Option<(Located, Located)> = None;
         let root_shell = Located {
             name: root.name.clone(),
+            ns: root.ns.clone(),
+            ns_scope: root.ns_scope.clone(),
             attrs: Vec::new(),
             children: Vec::new(),
             line: root.line,

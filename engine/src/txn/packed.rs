@@ -6,8 +6,8 @@
 //! `serde_json::Value` of the whole tree on top of that.
 //!
 //! The encoding is one JSON array of tokens, in document order:
-//! - `["name"]` opens an element; `["name", {"a": [["k", "v"], …], "l": true}]` one with
-//!   attributes (`a`) or that came from a list (`l`);
+//! - `["name"]` opens an element; `["name", {"a": [["k", "v"], …], "l": true, "n": "urn:…"}]`
+//!   one with attributes (`a`), that came from a list (`l`) or has an XML namespace (`n`);
 //! - a string, integer, float or boolean is a text child of the open element (a float keeps
 //!   its `.0`, so it reads back as a float); `{"f": "NaN" | "inf" | "-inf"}` is a float JSON
 //!   cannot spell;
@@ -63,6 +63,8 @@ struct Meta<'a> {
     a: &'a [(crate::data::Name, crate::data::Name)],
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     l: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    n: Option<&'a str>,
 }
 
 fn write_scalar(w: &mut ChunkWriter, s: &Scalar) -> serde_json::Result<()> {
@@ -87,13 +89,14 @@ fn write_scalar(w: &mut ChunkWriter, s: &Scalar) -> serde_json::Result<()> {
 fn write_open(w: &mut ChunkWriter, e: &Element) -> serde_json::Result<()> {
     w.write_all(b"[").map_err(serde_json::Error::io)?;
     serde_json::to_writer(&mut *w, e.name.as_str())?;
-    if !e.attrs.is_empty() || e.list_item {
+    if !e.attrs.is_empty() || e.list_item || e.ns.is_some() {
         w.write_all(b",").map_err(serde_json::Error::io)?;
         serde_json::to_writer(
             &mut *w,
             &Meta {
                 a: &e.attrs,
                 l: e.list_item,
+                n: e.ns.as_deref(),
             },
         )?;
     }
@@ -155,6 +158,7 @@ enum Token {
 struct MetaIn {
     a: Vec<(crate::data::Name, crate::data::Name)>,
     l: bool,
+    n: Option<crate::data::Name>,
 }
 
 /// The second item of an open token: attributes and list flag.
@@ -166,9 +170,15 @@ impl<'de> Deserialize<'de> for MetaIn {
             a: Vec<(crate::data::Name, crate::data::Name)>,
             #[serde(default)]
             l: bool,
+            #[serde(default)]
+            n: Option<crate::data::Name>,
         }
         let raw = Raw::deserialize(d)?;
-        Ok(MetaIn { a: raw.a, l: raw.l })
+        Ok(MetaIn {
+            a: raw.a,
+            l: raw.l,
+            n: raw.n,
+        })
     }
 }
 
@@ -208,6 +218,7 @@ impl<'de> Deserialize<'de> for Token {
                 if let Some(meta) = seq.next_element::<MetaIn>()? {
                     e.attrs = meta.a;
                     e.list_item = meta.l;
+                    e.ns = meta.n;
                 }
                 if seq.next_element::<de::IgnoredAny>()?.is_some() {
                     return Err(de::Error::custom("an open token has at most two items"));
@@ -289,6 +300,9 @@ mod tests {
         for i in 0..50 {
             let mut u = Element::with_text("user", format!("u{i}\n<&>é"));
             u.list_item = i % 2 == 0;
+            if i % 7 == 0 {
+                u.ns = Some("urn:example:users".into());
+            }
             users.children.push(Node::Element(u));
         }
         root.children.push(Node::Element(users));

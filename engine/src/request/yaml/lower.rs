@@ -818,6 +818,8 @@ impl<'a> Cx<'a> {
             mode: t.mode.map(|n| n.0).unwrap_or_default(),
             if_null: t.if_null.map(|n| n.0).unwrap_or_default(),
             source_ref: sref,
+            xsl: None,
+            allow_null_transform: false,
         })
     }
 
@@ -1261,6 +1263,8 @@ impl<'a> Cx<'a> {
                     mode: Mode::Merge,
                     if_null: IfNull::Fail,
                     source_ref: sref,
+                    xsl: None,
+                    allow_null_transform: false,
                 });
             }
             Json::Object(m) => {
@@ -1521,6 +1525,8 @@ fn expr_transform(
         mode: Mode::Merge,
         if_null: IfNull::Fail,
         source_ref,
+        xsl: None,
+        allow_null_transform: false,
     }
 }
 
