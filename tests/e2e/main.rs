@@ -14,3 +14,4 @@ mod retention;
 mod script;
 mod store;
 mod util;
+mod xsl;
