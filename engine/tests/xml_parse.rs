@@ -159,6 +159,18 @@ fn value_strategy() -> impl Strategy<Value = String> {
     "[ -~\t\n\ré日☺]{0,12}"
 }
 
+/// An element named `name`; a prefixed name is in the namespace `urn:<prefix>`, declared on
+/// the element itself (as a parsed document would have it: an undeclared prefix is not XML).
+fn named(name: String) -> Element {
+    let mut e = Element::new(name.as_str());
+    if let Some((prefix, _)) = name.split_once(':') {
+        let uri = format!("urn:{prefix}");
+        e.attrs.push((format!("xmlns:{prefix}").into(), uri.as_str().into()));
+        e.ns = Some(uri.into());
+    }
+    e
+}
+
 fn element_strategy() -> impl Strategy<Value = Element> {
     let leaf = (
         name_strategy(),
@@ -166,7 +178,7 @@ fn element_strategy() -> impl Strategy<Value = Element> {
         proptest::option::of("[ -~\t\n\ré日☺]{1,12}"),
     )
         .prop_map(|(name, attrs, text)| {
-            let mut e = Element::new(name);
+            let mut e = named(name);
             for (k, v) in attrs {
                 if e.attr(&k).is_none() {
                     e.attrs.push((k.into(), v.into()));
@@ -190,7 +202,7 @@ fn element_strategy() -> impl Strategy<Value = Element> {
             ),
         )
             .prop_map(|(name, attrs, kids)| {
-                let mut e = Element::new(name);
+                let mut e = named(name);
                 for (k, v) in attrs {
                     if e.attr(&k).is_none() {
                         e.attrs.push((k.into(), v.into()));
