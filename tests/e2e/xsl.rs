@@ -21,7 +21,7 @@ const REQUEST: &str = r#"<?xml version="1.0"?>
       </before>
     </execute>
     <transform>
-      <before template="done" destination="data" destinationPath="o:order/status"/>
+      <before template="done" destination="data" destinationPath="o:order/status" mode="merge"/>
     </transform>
   </procedure>
 </request>
@@ -59,6 +59,6 @@ fn an_xml_request_with_an_xsl_template_runs_through_the_binary() {
     let r = sb.run(&["validate", bad.to_str().unwrap()]);
     assert_ne!(r.code, 0, "{r:?}");
     let all = format!("{}{}", r.stdout, r.stderr);
-    assert!(all.contains("bad.xml:12"), "{r:?}");
+    assert!(all.contains("bad.xml:11"), "{r:?}");
     assert!(all.contains("select is missing"), "{r:?}");
 }
