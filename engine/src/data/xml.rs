@@ -524,6 +524,8 @@ struct Open<B> {
     node: B,
     at: usize,
     first_child: usize,
+    /// It declared namespaces: its scope is to be popped when it closes.
+    declares: bool,
 }
 
 /// A run of text being collected (text, references and CDATA between two tags).
@@ -667,9 +669,10 @@ fn parse_core<B: Build>(src: &str, limits: &Limits, plain: &[&str]) -> Result<B,
         root: None,
     };
     let mut attrs_scratch: Vec<(Name, Name)> = Vec::new();
-    // The namespace declarations in scope: one entry per open element (the root's
-    // enclosing scope first), shared until an element declares something.
-    let mut scopes: Vec<NsScope> = vec![NsScope::default()];
+    // The namespace declarations in scope: the empty scope, then one entry per open
+    // element that declares something (each holding all declarations in scope there).
+    let no_scope = NsScope::default();
+    let mut scopes: Vec<NsScope> = vec![no_scope.clone()];
     let mut pending = PendingText {
         text: None,
         significant: false,
@@ -716,21 +719,30 @@ fn parse_core<B: Build>(src: &str, limits: &Limits, plain: &[&str]) -> Result<B,
                 // Exactly sized: most elements have no or few attributes.
                 let mut attrs = Vec::with_capacity(attrs_scratch.len());
                 attrs.append(&mut attrs_scratch);
-                let outer = scopes.last().cloned().unwrap_or_default();
-                let scope = declare(src, pos, &name, &attrs, outer)?;
-                let ns = resolve_element(src, pos, &name, &scope)?;
-                let node = B::start(name, ns, &scope, attrs, &tree.stack, plain, || {
-                    tracker.advance(src, pos)
-                });
+                let declared = declare(src, pos, &name, &attrs, scopes.last())?;
+                let declares = declared.is_some();
+                if let Some(scope) = declared {
+                    scopes.push(scope);
+                }
+                let node = {
+                    let scope = scopes.last().unwrap_or(&no_scope);
+                    let ns = resolve_element(src, pos, &name, scope)?;
+                    B::start(name, ns, scope, attrs, &tree.stack, plain, || {
+                        tracker.advance(src, pos)
+                    })
+                };
                 if empty {
                     tree.attach(node);
+                    if declares {
+                        scopes.pop();
+                    }
                 } else {
-                    scopes.push(scope);
                     let first_child = tree.kids.len();
                     tree.stack.push(Open {
                         node,
                         at: pos,
                         first_child,
+                        declares,
                     });
                 }
             }
@@ -763,7 +775,9 @@ fn parse_core<B: Build>(src: &str, limits: &Limits, plain: &[&str]) -> Result<B,
                                 ),
                             ));
                         }
-                        scopes.pop();
+                        if open.declares {
+                            scopes.pop();
+                        }
                         let mut node = open.node;
                         if tree.kids.len() > open.first_child {
                             node.set_children(&mut tree.kids, open.first_child);
@@ -841,22 +855,23 @@ fn parse_core<B: Build>(src: &str, limits: &Limits, plain: &[&str]) -> Result<B,
     }
 }
 
-/// The scope inside an element: `outer` plus the element's own `xmlns` declarations.
+/// The scope inside an element when it declares namespaces: `outer` plus its own `xmlns`
+/// declarations (`None` when it declares none).
 fn declare(
     src: &str,
     pos: usize,
     name: &str,
     attrs: &[(Name, Name)],
-    outer: NsScope,
-) -> Result<NsScope, XmlError> {
+    outer: Option<&NsScope>,
+) -> Result<Option<NsScope>, XmlError> {
     let mut own = attrs
         .iter()
         .filter_map(|(k, v)| declared_prefix(k).map(|p| (p, v)))
         .peekable();
     if own.peek().is_none() {
-        return Ok(outer);
+        return Ok(None);
     }
-    let mut decls: Vec<(Name, Name)> = outer.as_ref().clone();
+    let mut decls: Vec<(Name, Name)> = outer.map(|o| o.as_ref().clone()).unwrap_or_default();
     for (prefix, uri) in own {
         if !prefix.is_empty() && uri.is_empty() {
             return Err(error_at(
@@ -876,7 +891,7 @@ fn declare(
         }
         decls.push((Name::from(prefix), uri.clone()));
     }
-    Ok(Arc::new(decls))
+    Ok(Some(Arc::new(decls)))
 }
 
 /// The namespace of an element name in `scope`; an undeclared prefix is an error.
