@@ -266,3 +266,27 @@ fn an_undeclared_prefix_in_data_is_refused_with_its_line() {
     assert!(e.contains("r.xml:3"), "{e}");
     assert!(e.contains("prefix `p`"), "{e}");
 }
+
+#[tokio::test]
+async fn a_value_an_xsl_template_computes_from_a_secret_is_masked_too() {
+    let env = env();
+    let req = format!(
+        r#"<request xmlns:xsl="{XSL}">
+  <data><user><password do-not-log="1">s3cret-pw</password></user></data>
+  <procedure>
+    <execute namespace="Rec Provider" procedure="Echo">
+      <before source="data" sourcePath="user" destination="executeData">
+        <xsl:template match="/user"><shout><xsl:value-of select="translate(password, 'cepstrw', 'CEPSTRW')"/></shout></xsl:template>
+      </before>
+      <after source="executeData" sourcePath="shout" destination="data"/>
+    </execute>
+  </procedure>
+</request>"#
+    );
+    let r = run(&env, &req).await;
+    assert_eq!(r.state, TxnState::Committed, "{:?}", r.failure);
+    let out = rendered(&r);
+    assert!(!out.contains("S3CRET-PW"), "{out}");
+    assert!(!out.contains("s3cret-pw"), "{out}");
+    assert!(out.contains("<shout>"), "{out}");
+}
