@@ -290,3 +290,21 @@ async fn a_value_an_xsl_template_computes_from_a_secret_is_masked_too() {
     assert!(!out.contains("s3cret-pw"), "{out}");
     assert!(out.contains("<shout>"), "{out}");
 }
+
+#[test]
+fn allow_null_transform_without_templates_is_warned_about() {
+    let env = env();
+    let req = r#"<request>
+  <data><a>1</a></data>
+  <procedure>
+    <execute namespace="Rec Provider" procedure="Echo">
+      <before source="data" sourcePath="a" destination="executeData" allowNullTransform="1"/>
+    </execute>
+  </procedure>
+</request>"#;
+    let program = env.engine.program(&xml(req)).expect("compiles");
+    let warnings: Vec<String> = program.warnings().iter().map(|w| w.to_string()).collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].starts_with("r.xml:5:"), "{warnings:?}");
+    assert!(warnings[0].contains("allowNullTransform"), "{warnings:?}");
+}
