@@ -165,7 +165,8 @@ fn named(name: String) -> Element {
     let mut e = Element::new(name.as_str());
     if let Some((prefix, _)) = name.split_once(':') {
         let uri = format!("urn:{prefix}");
-        e.attrs.push((format!("xmlns:{prefix}").into(), uri.as_str().into()));
+        e.attrs
+            .push((format!("xmlns:{prefix}").into(), uri.as_str().into()));
         e.ns = Some(uri.into());
     }
     e

@@ -39,8 +39,7 @@ fn an_xml_request_with_an_xsl_template_runs_through_the_binary() {
     assert!(r.stdout.contains("status=\"committed\""), "{r:?}");
     // The order keeps its namespace; the namespace-less status written into it gets xmlns="".
     assert!(
-        r.stdout
-            .contains(r#"<order xmlns="urn:example:orders">"#),
+        r.stdout.contains(r#"<order xmlns="urn:example:orders">"#),
         "{r:?}"
     );
     assert!(
