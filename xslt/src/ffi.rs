@@ -59,6 +59,19 @@ static mut INIT_FAILED: bool = false;
 
 fn enter() -> Result<MutexGuard<'static, ()>, XsltError> {
     let guard = LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    init(guard)
+}
+
+/// Like [`enter`], but `None` when another thread holds the lock (instead of waiting).
+fn try_enter() -> Option<Result<MutexGuard<'static, ()>, XsltError>> {
+    match LOCK.try_lock() {
+        Ok(guard) => Some(init(guard)),
+        Err(std::sync::TryLockError::Poisoned(p)) => Some(init(p.into_inner())),
+        Err(std::sync::TryLockError::WouldBlock) => None,
+    }
+}
+
+fn init(guard: MutexGuard<'static, ()>) -> Result<MutexGuard<'static, ()>, XsltError> {
     INIT.call_once(|| {
         // SAFETY: pxslt_init takes no arguments; it runs once (Once) and under LOCK, before
         // any other call into libxml2/libxslt of this crate.
@@ -135,8 +148,27 @@ impl Stylesheet {
     /// Runs the stylesheet on a document and returns the result's top-level nodes as XML
     /// text (no declaration; empty when the result is empty).
     pub fn apply(&self, source: &str, limits: &Limits) -> Result<String, XsltError> {
+        let guard = enter()?;
+        self.apply_locked(source, limits, guard)
+    }
+
+    /// [`Stylesheet::apply`] if no other transformation is running, `None` otherwise: an
+    /// async caller runs a small transformation inline only when it will not wait for the
+    /// lock (and hands it to a blocking thread otherwise).
+    pub fn try_apply(&self, source: &str, limits: &Limits) -> Option<Result<String, XsltError>> {
+        match try_enter()? {
+            Ok(guard) => Some(self.apply_locked(source, limits, guard)),
+            Err(e) => Some(Err(e)),
+        }
+    }
+
+    fn apply_locked(
+        &self,
+        source: &str,
+        limits: &Limits,
+        _guard: MutexGuard<'static, ()>,
+    ) -> Result<String, XsltError> {
         let len = c_len(source)?;
-        let _guard = enter()?;
         let mut out: *mut c_char = std::ptr::null_mut();
         let mut out_len: usize = 0;
         let mut err: *mut c_char = std::ptr::null_mut();

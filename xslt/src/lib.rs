@@ -104,6 +104,38 @@ mod tests {
             )
             .unwrap();
         assert_eq!(out, r#"<person id="8">bob</person>"#);
+        // Uncontended, try_apply runs it too.
+        let out = s
+            .try_apply(r#"<user id="9"><name>cy</name></user>"#, &Limits::default())
+            .expect("the lock is free")
+            .unwrap();
+        assert_eq!(out, r#"<person id="9">cy</person>"#);
+    }
+
+    #[test]
+    fn concurrent_transformations_are_serialized_not_corrupted() {
+        let s = std::sync::Arc::new(
+            Stylesheet::compile(
+                &sheet(r#"<xsl:template match="/n"><m><xsl:value-of select=". * 2"/></m></xsl:template>"#),
+                "t.xsl",
+            )
+            .unwrap(),
+        );
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let s = std::sync::Arc::clone(&s);
+                std::thread::spawn(move || {
+                    for i in 0..200 {
+                        let n = t * 1000 + i;
+                        let out = s.apply(&format!("<n>{n}</n>"), &Limits::default()).unwrap();
+                        assert_eq!(out, format!("<m>{}</m>", n * 2));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
     }
 
     #[test]

@@ -381,7 +381,8 @@ impl Engine {
 }
 
 /// Sources larger than this (serialized) are transformed on a blocking thread, so a long
-/// transformation does not hold up the runtime's workers; a small one (~15 µs) runs inline.
+/// transformation does not hold up the runtime's workers; a small one (~15 µs) runs inline,
+/// unless another transformation holds libxslt's (process-wide) lock.
 const XSL_INLINE_BYTES: usize = 64 * 1024;
 
 /// Runs XSL templates on one source node: its result's top-level elements, in order.
@@ -420,8 +421,14 @@ async fn run_xsl(
 ) -> Result<Vec<Element>, Failure> {
     let source = crate::data::xml::to_string(node);
     let limits = provisio_xslt::Limits::default();
-    let out = if source.len() <= XSL_INLINE_BYTES {
-        xsl.sheet.apply(&source, &limits)
+    let inline = if source.len() <= XSL_INLINE_BYTES {
+        // Inline only if no other transformation holds libxslt's lock.
+        xsl.sheet.try_apply(&source, &limits)
+    } else {
+        None
+    };
+    let out = if let Some(out) = inline {
+        out
     } else {
         let x = Arc::clone(xsl);
         tokio::task::spawn_blocking(move || x.sheet.apply(&source, &limits))
