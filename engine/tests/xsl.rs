@@ -308,3 +308,25 @@ fn allow_null_transform_without_templates_is_warned_about() {
     assert!(warnings[0].starts_with("r.xml:5:"), "{warnings:?}");
     assert!(warnings[0].contains("allowNullTransform"), "{warnings:?}");
 }
+
+#[tokio::test]
+async fn templates_and_prefixes_in_a_namespace_file_serve_a_yaml_request() {
+    // The namespace file binds xsl and p on its root; a YAML request (no namespaces of its
+    // own) calls the procedure.
+    let ns = r#"<namespace name="Orders" xmlns:xsl="http://www.w3.org/1999/XSL/Transform" xmlns:p="urn:orders">
+  <procedure name="Take" access="public">
+    <procedureData><p:order><p:item>pen</p:item><p:item>ink</p:item></p:order></procedureData>
+    <execute namespace="Rec Provider" procedure="Echo">
+      <before source="procedureData" sourcePath="p:order" destination="executeData">
+        <xsl:template match="/p:order"><count><xsl:value-of select="count(p:item)"/></count></xsl:template>
+      </before>
+      <after source="executeData" sourcePath="count" destination="data"/>
+    </execute>
+  </procedure>
+</namespace>"#;
+    let env = h::env_ns(h::parse(ns, "orders.xml", Format::Xml), h::options());
+    let req = parse_request("call: Orders/Take\ndata: {}\n", "r.yaml", Format::Yaml).unwrap();
+    let r = env.engine.run(&req).await.expect("compiles");
+    assert_eq!(r.state, TxnState::Committed, "{:?}", r.failure);
+    assert_eq!(h::data(&r), serde_json::json!({"count": "2"}));
+}
