@@ -1265,6 +1265,8 @@ pub(crate) fn leading_segments(path: &str) -> Vec<String> {
     let mut quote: Option<char> = None;
     let mut cur = String::new();
     let mut stop = false;
+    // Inside `Q{uri}` (a namespaced name): a `/` of the URI does not end the step.
+    let mut in_uri = false;
     let push = |cur: &mut String, out: &mut Vec<String>, stop: &mut bool| {
         if *stop {
             return;
@@ -1284,7 +1286,20 @@ pub(crate) fn leading_segments(path: &str) -> Vec<String> {
         cur.clear();
     };
     for c in path.chars() {
+        if in_uri {
+            if depth == 0 {
+                cur.push(c);
+            }
+            in_uri = c != '}';
+            continue;
+        }
         match (quote, c) {
+            (None, '{') => {
+                in_uri = true;
+                if depth == 0 {
+                    cur.push(c);
+                }
+            }
             (Some(q), c) if c == q => quote = None,
             (Some(_), _) => {}
             (None, '\'') | (None, '"') => quote = Some(c),
@@ -1521,6 +1536,10 @@ mod tests {
     #[test]
     fn leading_segments_stop_at_non_plain_steps() {
         assert_eq!(leading_segments("a/b[@x='1/2']/c"), vec!["a", "b", "c"]);
+        assert_eq!(
+            leading_segments("Q{http://x.test/ns}a/b[@x='{']/Q{}c"),
+            vec!["Q{http://x.test/ns}a", "b", "Q{}c"]
+        );
         assert_eq!(leading_segments("a/*/c"), vec!["a"]);
         assert_eq!(leading_segments("a/@name"), vec!["a"]);
         assert!(leading_segments(".").is_empty());
