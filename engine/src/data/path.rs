@@ -1009,6 +1009,19 @@ impl Path {
         in_steps(&self.steps)
     }
 
+    /// The name the last step tests, without its namespace (`user` for `a/Q{urn:x}user`);
+    /// `None` for `*`, `.`, `..`, `text()`.
+    pub(crate) fn last_name(&self) -> Option<&str> {
+        match self.steps.last() {
+            Some(Step::Child { test, .. } | Step::Attr(test)) => match test {
+                NameTest::Name(n) => Some(n),
+                NameTest::Ns { local, .. } => Some(local),
+                NameTest::Any => None,
+            },
+            _ => None,
+        }
+    }
+
     /// The attribute name if the last step is `@name`.
     pub(crate) fn last_attr_name(&self) -> Option<&str> {
         match self.steps.last() {

@@ -212,7 +212,7 @@ fn store_result(
     let mut data = lock(&cx.inv.data);
     match output {
         Some(path) => {
-            let name = path.as_str().rsplit('/').next().unwrap_or("result");
+            let name = path.last_name().unwrap_or("result");
             let node = crate::data::json::from_json(name, value).map_err(|e| invalid(&e))?;
             place(&mut data, Some(path), node, Mode::Replace).map_err(|e| invalid(&e))
         }

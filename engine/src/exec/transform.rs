@@ -500,7 +500,7 @@ fn template(
                     Some(v) => {
                         // The text holds the secret verbatim: knowing the value is enough
                         // to mask it there (and in any message that quotes the text).
-                        let name = path.and_then(|p| p.as_str().rsplit('/').next());
+                        let name = path.and_then(|p| p.last_name());
                         if name.is_some_and(|n| redactor.is_secret_name(n)) {
                             redactor.learn_value(&v);
                         }
