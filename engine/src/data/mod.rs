@@ -21,6 +21,10 @@ use serde::{Deserialize, Serialize};
 /// short). Derefs to `str` and compares with `str`/`String`.
 pub type Name = compact_str::CompactString;
 
+/// An XML namespace URI ([`Element::ns`]): boxed, so an element without one (the common
+/// case) pays 16 bytes for the field, not a whole inline [`Name`].
+pub type NsUri = Box<str>;
+
 /// A typed leaf value. XML text is always [`Scalar::Str`]; YAML and JSON keep their types.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Scalar {
@@ -66,7 +70,7 @@ pub struct Element {
     /// element needs where it ends up (a namespace-less element under a default-namespaced
     /// one gets `xmlns=""`). Not part of the YAML/JSON view.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ns: Option<Name>,
+    pub ns: Option<NsUri>,
     /// Attributes in document order.
     pub attrs: Vec<(Name, Name)>,
     /// Children in document order.

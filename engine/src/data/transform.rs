@@ -307,7 +307,7 @@ fn create_chain(root: &mut Element, base: &[usize], names: &[(&str, Option<&str>
                 // A namespaced element is created with its local name; the XML writers
                 // declare its namespace as the default where needed.
                 let mut e = Element::new(name);
-                e.ns = ns.map(Name::from);
+                e.ns = ns.map(Into::into);
                 cur.children.push(Node::Element(e));
                 cur.children.len() - 1
             }

@@ -8,7 +8,7 @@
 //!
 //! The parser and the writers are iterative: no input, however deep, can overflow the stack.
 
-use super::{Element, Name, Node, Scalar};
+use super::{Element, Name, Node, NsUri, Scalar};
 use quick_xml::events::{BytesRef, BytesStart, Event};
 use quick_xml::Reader;
 use std::borrow::Cow;
@@ -88,7 +88,7 @@ pub struct Located {
     /// 1-based column (in characters) of the start tag's `<`.
     pub(crate) column: u32,
     /// The element's namespace URI (as [`Element::ns`]).
-    pub(crate) ns: Option<Name>,
+    pub(crate) ns: Option<NsUri>,
     /// The namespace declarations in scope here (this element's own included).
     pub(crate) ns_scope: NsScope,
 }
@@ -328,7 +328,7 @@ trait Build: Sized {
     #[allow(clippy::too_many_arguments)]
     fn start(
         name: Name,
-        ns: Option<Name>,
+        ns: Option<NsUri>,
         scope: &NsScope,
         attrs: Vec<(Name, Name)>,
         stack: &[Open<Self>],
@@ -348,7 +348,7 @@ impl Build for Element {
     type Child = Node;
     fn start(
         name: Name,
-        ns: Option<Name>,
+        ns: Option<NsUri>,
         _scope: &NsScope,
         attrs: Vec<(Name, Name)>,
         _stack: &[Open<Self>],
@@ -381,7 +381,7 @@ impl Build for Located {
     type Child = LocatedNode;
     fn start(
         name: Name,
-        ns: Option<Name>,
+        ns: Option<NsUri>,
         scope: &NsScope,
         attrs: Vec<(Name, Name)>,
         _stack: &[Open<Self>],
@@ -443,7 +443,7 @@ impl Build for Mixed {
     type Child = MixedChild;
     fn start(
         name: Name,
-        ns: Option<Name>,
+        ns: Option<NsUri>,
         scope: &NsScope,
         attrs: Vec<(Name, Name)>,
         stack: &[Open<Self>],
@@ -604,8 +604,27 @@ fn valid_name(name: &str) -> bool {
     }
 }
 
+/// Like [`valid_name`] for an element name: `None` if invalid, else whether it holds a `:`
+/// (a prefix to resolve), found in the same pass.
+fn element_name_colon(name: &str) -> Option<bool> {
+    let (first, rest) = name.as_bytes().split_first()?;
+    let mut seen = NAME_BYTES[usize::from(*first)];
+    if seen & NAME_START == 0 {
+        return None;
+    }
+    for &b in rest {
+        let t = NAME_BYTES[usize::from(b)];
+        if t & NAME_CHAR == 0 {
+            return None;
+        }
+        seen |= t;
+    }
+    Some(seen & COLON != 0)
+}
+
 const NAME_START: u8 = 1;
 const NAME_CHAR: u8 = 2;
+const COLON: u8 = 4;
 
 /// For each byte: `NAME_START` if it may start a name, `NAME_CHAR` if it may follow.
 static NAME_BYTES: [u8; 256] = {
@@ -613,7 +632,9 @@ static NAME_BYTES: [u8; 256] = {
     let mut b = 0;
     while b < 256 {
         let c = b as u8;
-        if c.is_ascii_alphabetic() || c == b'_' || c == b':' || c >= 0x80 {
+        if c == b':' {
+            t[b] = NAME_START | NAME_CHAR | COLON;
+        } else if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 {
             t[b] = NAME_START | NAME_CHAR;
         } else if c.is_ascii_digit() || c == b'-' || c == b'.' {
             t[b] = NAME_CHAR;
@@ -715,18 +736,26 @@ fn parse_core<B: Build>(src: &str, limits: &Limits, plain: &[&str]) -> Result<B,
                         ),
                     ));
                 }
-                let name = read_start(src, e, pos, &mut attrs_scratch)?;
+                let (name, colon) = read_start(src, e, pos, &mut attrs_scratch)?;
                 // Exactly sized: most elements have no or few attributes.
                 let mut attrs = Vec::with_capacity(attrs_scratch.len());
                 attrs.append(&mut attrs_scratch);
-                let declared = declare(src, pos, &name, &attrs, scopes.last())?;
+                let declared = if attrs.is_empty() {
+                    None
+                } else {
+                    declare(src, pos, &name, &attrs, scopes.last())?
+                };
                 let declares = declared.is_some();
                 if let Some(scope) = declared {
                     scopes.push(scope);
                 }
                 let node = {
                     let scope = scopes.last().unwrap_or(&no_scope);
-                    let ns = resolve_element(src, pos, &name, scope)?;
+                    let ns = if !colon && scope.is_empty() {
+                        None // no namespaces anywhere: the common case
+                    } else {
+                        resolve_element(src, pos, &name, scope)?
+                    };
                     B::start(name, ns, scope, attrs, &tree.stack, plain, || {
                         tracker.advance(src, pos)
                     })
@@ -857,6 +886,7 @@ fn parse_core<B: Build>(src: &str, limits: &Limits, plain: &[&str]) -> Result<B,
 
 /// The scope inside an element when it declares namespaces: `outer` plus its own `xmlns`
 /// declarations (`None` when it declares none).
+#[inline]
 fn declare(
     src: &str,
     pos: usize,
@@ -864,6 +894,12 @@ fn declare(
     attrs: &[(Name, Name)],
     outer: Option<&NsScope>,
 ) -> Result<Option<NsScope>, XmlError> {
+    if !attrs
+        .iter()
+        .any(|(k, _)| k.as_bytes().starts_with(b"xmlns"))
+    {
+        return Ok(None);
+    }
     let mut own = attrs
         .iter()
         .filter_map(|(k, v)| declared_prefix(k).map(|p| (p, v)))
@@ -895,14 +931,20 @@ fn declare(
 }
 
 /// The namespace of an element name in `scope`; an undeclared prefix is an error.
+#[inline]
 fn resolve_element(
     src: &str,
     pos: usize,
     name: &str,
     scope: &[(Name, Name)],
-) -> Result<Option<Name>, XmlError> {
-    match name.split_once(':') {
-        None => Ok(lookup_prefix(scope, "").map(Name::from)),
+) -> Result<Option<NsUri>, XmlError> {
+    // The common case, no namespaces anywhere: one byte scan of the name.
+    let colon = name.bytes().position(|b| b == b':');
+    if colon.is_none() && scope.is_empty() {
+        return Ok(None);
+    }
+    match colon.map(|at| (&name[..at], &name[at + 1..])) {
+        None => Ok(lookup_prefix(scope, "").map(Into::into)),
         Some((prefix, local)) => {
             if prefix.is_empty() || local.is_empty() || local.contains(':') {
                 return Err(error_at(
@@ -912,7 +954,7 @@ fn resolve_element(
                 ));
             }
             match lookup_prefix(scope, prefix) {
-                Some(uri) => Ok(Some(Name::from(uri))),
+                Some(uri) => Ok(Some(uri.into())),
                 None => Err(error_at(
                     src,
                     pos,
@@ -1041,11 +1083,11 @@ fn read_start(
     e: &BytesStart<'_>,
     pos: usize,
     attrs: &mut Vec<(Name, Name)>,
-) -> Result<Name, XmlError> {
+) -> Result<(Name, bool), XmlError> {
     let qname = e.name();
     let name = src_str(src, qname.as_ref())
         .ok_or_else(|| error_at(src, pos, "element name is not valid UTF-8"))?;
-    if !valid_name(name) {
+    let Some(colon) = element_name_colon(name) else {
         return Err(error_at(
             src,
             pos,
@@ -1055,7 +1097,7 @@ fn read_start(
                 format!("invalid element name `{name}`")
             },
         ));
-    }
+    };
     attrs.clear();
     // Duplicates are checked below against the names already read: quick-xml's own check
     // allocates a list of keys for every start tag.
@@ -1097,7 +1139,7 @@ fn read_start(
         })?;
         attrs.push((Name::from(key), value));
     }
-    Ok(Name::from(name))
+    Ok((Name::from(name), colon))
 }
 
 /// Attribute value normalization (literal tab/CR/LF become spaces; CRLF one space),

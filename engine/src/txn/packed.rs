@@ -158,7 +158,7 @@ enum Token {
 struct MetaIn {
     a: Vec<(crate::data::Name, crate::data::Name)>,
     l: bool,
-    n: Option<crate::data::Name>,
+    n: Option<crate::data::NsUri>,
 }
 
 /// The second item of an open token: attributes and list flag.
@@ -171,7 +171,7 @@ impl<'de> Deserialize<'de> for MetaIn {
             #[serde(default)]
             l: bool,
             #[serde(default)]
-            n: Option<crate::data::Name>,
+            n: Option<crate::data::NsUri>,
         }
         let raw = Raw::deserialize(d)?;
         Ok(MetaIn {
