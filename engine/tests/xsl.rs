@@ -330,3 +330,28 @@ async fn templates_and_prefixes_in_a_namespace_file_serve_a_yaml_request() {
     assert_eq!(r.state, TxnState::Committed, "{:?}", r.failure);
     assert_eq!(h::data(&r), serde_json::json!({"count": "2"}));
 }
+
+#[tokio::test]
+async fn a_destination_path_with_prefixes_creates_namespaced_elements() {
+    let env = env();
+    let req = r#"<request xmlns:p="urn:p">
+  <data><v>1</v></data>
+  <procedure>
+    <transform>
+      <before source="data" sourcePath="v" destination="data" destinationPath="p:made/p:inner"/>
+    </transform>
+    <transform>
+      <before source="data" sourcePath="p:made/p:inner/v" destination="data" destinationPath="found"/>
+    </transform>
+  </procedure>
+</request>"#;
+    let r = run(&env, req).await;
+    assert_eq!(r.state, TxnState::Committed, "{:?}", r.failure);
+    let out = rendered(&r);
+    assert!(
+        out.contains(r#"<made xmlns="urn:p">"#) && out.contains("<inner>"),
+        "{out}"
+    );
+    // The created elements are found again by the same prefixed path.
+    assert!(out.contains("<found>"), "{out}");
+}
