@@ -19,6 +19,8 @@
 #include <libxml/tree.h>
 #include <libxml/xmlerror.h>
 #include <libxml/xmlIO.h>
+#include <libxslt/extensions.h>
+#include <libxslt/extra.h>
 #include <libxslt/security.h>
 #include <libxslt/transform.h>
 #include <libxslt/xslt.h>
@@ -132,6 +134,16 @@ int pxslt_init(void) {
     }
     /* The default prefs guard xsl:import/xsl:include at compile time too. */
     xsltSetDefaultSecurityPrefs(sandbox);
+    /* node-set() as MSXML (HMC's templates) and EXSLT spell it; libxslt has it built in
+     * only under its own namespaces. */
+    if (xsltRegisterExtModuleFunction((const xmlChar *)"node-set",
+                                      (const xmlChar *)"urn:schemas-microsoft-com:xslt",
+                                      xsltFunctionNodeSet) != 0 ||
+        xsltRegisterExtModuleFunction((const xmlChar *)"node-set",
+                                      (const xmlChar *)"http://exslt.org/common",
+                                      xsltFunctionNodeSet) != 0) {
+        return -1;
+    }
     return 0;
 }
 

@@ -139,6 +139,25 @@ mod tests {
     }
 
     #[test]
+    fn msxsl_and_exslt_node_set_work() {
+        for (prefix, uri) in [
+            ("msxsl", "urn:schemas-microsoft-com:xslt"),
+            ("exsl", "http://exslt.org/common"),
+        ] {
+            let s = Stylesheet::compile(
+                &format!(
+                    "<xsl:stylesheet version=\"1.0\" xmlns:xsl=\"{XSL}\" xmlns:{prefix}=\"{uri}\" exclude-result-prefixes=\"{prefix}\">\
+                     <xsl:template match=\"/\"><xsl:variable name=\"v\"><a>1</a><a>2</a></xsl:variable>\
+                     <n><xsl:value-of select=\"count({prefix}:node-set($v)/a)\"/></n></xsl:template></xsl:stylesheet>"
+                ),
+                "t.xsl",
+            )
+            .unwrap();
+            assert_eq!(s.apply("<x/>", &Limits::default()).unwrap(), "<n>2</n>", "{prefix}");
+        }
+    }
+
+    #[test]
     fn syntax_errors_name_the_line() {
         let e = Stylesheet::compile(
             &sheet("\n\n<xsl:template match=\"/\"><a></b></xsl:template>"),
