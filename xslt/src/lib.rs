@@ -153,7 +153,11 @@ mod tests {
                 "t.xsl",
             )
             .unwrap();
-            assert_eq!(s.apply("<x/>", &Limits::default()).unwrap(), "<n>2</n>", "{prefix}");
+            assert_eq!(
+                s.apply("<x/>", &Limits::default()).unwrap(),
+                "<n>2</n>",
+                "{prefix}"
+            );
         }
     }
 
