@@ -163,6 +163,45 @@ pub struct TxnResult {
     pub journal_error: Option<String>,
     /// The request's `context/clientContext`, handed back to the client (secrets masked).
     pub client_context: Option<Element>,
+    /// The transaction rolled back because a step's transient provider error (timeout,
+    /// busy, connection refused) outlasted the engine's retries: the same request may
+    /// succeed later (a job queue retries it).
+    pub transient: bool,
+}
+
+/// A handle that stops a running transaction: once [`Cancel::cancel`] is called, no further
+/// provider call starts (calls already in flight finish), the step that would have started
+/// fails with `E_ABORT`, and the transaction rolls back as after any failure. Cheap to
+/// clone; every clone sets the same flag.
+#[derive(Debug, Clone, Default)]
+pub struct Cancel(Arc<std::sync::atomic::AtomicBool>);
+
+impl Cancel {
+    /// A handle not yet cancelled.
+    pub fn new() -> Cancel {
+        Cancel::default()
+    }
+
+    /// Asks the transaction to stop and roll back.
+    pub fn cancel(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether [`Cancel::cancel`] was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// How a caller controls one run ([`Engine::run_controlled`]).
+#[derive(Debug, Clone, Default)]
+pub struct RunControl {
+    /// The transaction id to use instead of a new one: a job queue records it before the
+    /// run, so that after a crash it finds the transaction recovery finished instead of
+    /// starting a second one. It must not name a transaction already in the journal.
+    pub txn_id: Option<TxnId>,
+    /// Stops the run (see [`Cancel`]).
+    pub cancel: Option<Cancel>,
 }
 
 /// One step of a dry run.
@@ -311,6 +350,19 @@ impl Engine {
             .await)
     }
 
+    /// As [`Engine::run_owned`], with the transaction id chosen by the caller and a
+    /// cancellation handle (the daemon's jobs).
+    pub async fn run_controlled(
+        &self,
+        request: Request,
+        control: RunControl,
+    ) -> Result<TxnResult, RunError> {
+        let program = self.program(&request)?;
+        Ok(self
+            .run_txn(program, request.data, request.context, None, control)
+            .await)
+    }
+
     /// Compiles a request and walks it without calling any provider: returns the provider
     /// calls that would be made, with their resolved inputs and the providers' previews.
     pub async fn plan(&self, request: &Request) -> Result<Vec<PlanEntry>, RunError> {
@@ -357,6 +409,8 @@ impl Engine {
             resume: None,
             in_doubt: Mutex::new(Vec::new()),
             client_transaction_id,
+            cancel: None,
+            transient_step: Mutex::new(None),
         }
     }
 
@@ -367,7 +421,8 @@ impl Engine {
         data: Element,
         context: Element,
     ) -> TxnResult {
-        self.run_txn(program, data, context, None).await
+        self.run_txn(program, data, context, None, RunControl::default())
+            .await
     }
 
     /// Continues a resumable transaction after a crash: steps its journal shows completed
@@ -379,7 +434,8 @@ impl Engine {
         context: Element,
         resume: Resume,
     ) -> TxnResult {
-        self.run_txn(program, data, context, Some(resume)).await
+        self.run_txn(program, data, context, Some(resume), RunControl::default())
+            .await
     }
 
     fn emit(&self, event: Event) {
