@@ -43,6 +43,78 @@ pub struct Config {
     pub retention: RetentionConfig,
     /// How often and how long calls, settlements of in-doubt calls and undos are retried.
     pub retry: RetryConfig,
+    /// The daemon (`provisio serve`): where it listens, its workers, its queue, its tokens.
+    pub serve: ServeConfig,
+}
+
+/// `[serve]`: the daemon.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServeConfig {
+    /// Address and port the HTTP API listens on (loopback unless set otherwise).
+    pub listen: String,
+    /// Jobs run at once (the worker pool).
+    pub workers: usize,
+    /// Largest request body accepted, in bytes (refused before it is parsed).
+    pub max_body_bytes: usize,
+    /// On SIGTERM: how long running jobs may take to finish before the daemon exits anyway
+    /// (what is left is rolled back or resumed by recovery at the next start).
+    pub shutdown_timeout: Wait,
+    /// A running job's lease: a job whose worker has not renewed it for this long is
+    /// taken back (renewed every third of it).
+    pub lease: Wait,
+    /// Attempts of a job whose transaction rolls back after a transient provider error,
+    /// before it is `dead`.
+    pub max_attempts: u32,
+    /// The wait after a job's first transient failure (doubled after each further one,
+    /// with jitter).
+    pub retry_initial: Wait,
+    /// The longest wait between two attempts of a job.
+    pub retry_max: Wait,
+    /// The bearer tokens clients authenticate with: only their SHA-256 hashes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tokens: Vec<TokenConfig>,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            listen: "127.0.0.1:8750".into(),
+            workers: 4,
+            max_body_bytes: 1024 * 1024,
+            shutdown_timeout: Wait(std::time::Duration::from_secs(30)),
+            lease: Wait(std::time::Duration::from_secs(30)),
+            max_attempts: 5,
+            retry_initial: Wait(std::time::Duration::from_secs(1)),
+            retry_max: Wait(std::time::Duration::from_secs(300)),
+            tokens: Vec::new(),
+        }
+    }
+}
+
+/// `[[serve.tokens]]`: one client of the daemon.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Who the token's requests run as (in the journal, the audit log and `tx show`).
+    pub subject: String,
+    /// The token's SHA-256, 64 hex digits (`provisio token hash` prints it); never the
+    /// token itself.
+    pub sha256: String,
+    /// Groups of the subject.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    /// May send trusted requests (carrying their own procedure body, which may call
+    /// private procedures).
+    #[serde(default)]
+    pub trusted: bool,
+    /// May see and cancel every subject's requests and requeue dead jobs.
+    #[serde(default)]
+    pub operator: bool,
+    /// The procedures it may call: `Namespace/Procedure`, `Namespace/*` or `*` (default:
+    /// every public procedure).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow: Option<Vec<String>>,
 }
 
 /// `[engine]`.
@@ -725,6 +797,7 @@ impl Default for Config {
             providers: ProvidersConfig::default(),
             retention: RetentionConfig::default(),
             retry: RetryConfig::default(),
+            serve: ServeConfig::default(),
         }
     }
 }
@@ -781,6 +854,14 @@ pub struct Overrides {
     pub step_timeout_secs: Option<u64>,
     /// `--wait-lock DURATION`.
     pub wait_lock: Option<Wait>,
+    /// `serve --listen ADDR`.
+    pub listen: Option<String>,
+    /// `serve --workers N`.
+    pub workers: Option<usize>,
+    /// `serve --max-body-bytes N`.
+    pub max_body_bytes: Option<usize>,
+    /// `serve --shutdown-timeout DURATION`.
+    pub shutdown_timeout: Option<Wait>,
 }
 
 /// One supported `PROVISIO_*` variable: name, config key, what it sets.
@@ -800,6 +881,10 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("PROVISIO_DNS_ZONE_DIR", "providers.dns.zone_dir"),
     ("PROVISIO_DNS_SERVER", "providers.dns.server"),
     ("PROVISIO_DNS_KEY_FILE", "providers.dns.key_file"),
+    ("PROVISIO_LISTEN", "serve.listen"),
+    ("PROVISIO_WORKERS", "serve.workers"),
+    ("PROVISIO_MAX_BODY_BYTES", "serve.max_body_bytes"),
+    ("PROVISIO_SHUTDOWN_TIMEOUT", "serve.shutdown_timeout"),
 ];
 
 fn env_setter(name: &str) -> Option<EnvSetter> {
@@ -860,6 +945,22 @@ fn env_setter(name: &str) -> Option<EnvSetter> {
         },
         "PROVISIO_DNS_KEY_FILE" => |c, v| {
             c.providers.dns.key_file = Some(v.into());
+            Ok(())
+        },
+        "PROVISIO_LISTEN" => |c, v| {
+            c.serve.listen = v.trim().to_string();
+            Ok(())
+        },
+        "PROVISIO_WORKERS" => |c, v| {
+            c.serve.workers = num(v)?;
+            Ok(())
+        },
+        "PROVISIO_MAX_BODY_BYTES" => |c, v| {
+            c.serve.max_body_bytes = num(v)?;
+            Ok(())
+        },
+        "PROVISIO_SHUTDOWN_TIMEOUT" => |c, v| {
+            c.serve.shutdown_timeout = v.parse()?;
             Ok(())
         },
         _ => return None,
@@ -938,6 +1039,22 @@ impl Config {
         if let Some(s) = flags.step_timeout_secs {
             config.engine.step_timeout_secs = s;
             sources.flags.push("--step-timeout".into());
+        }
+        if let Some(l) = &flags.listen {
+            config.serve.listen = l.clone();
+            sources.flags.push("--listen".into());
+        }
+        if let Some(w) = flags.workers {
+            config.serve.workers = w;
+            sources.flags.push("--workers".into());
+        }
+        if let Some(b) = flags.max_body_bytes {
+            config.serve.max_body_bytes = b;
+            sources.flags.push("--max-body-bytes".into());
+        }
+        if let Some(t) = flags.shutdown_timeout {
+            config.serve.shutdown_timeout = t;
+            sources.flags.push("--shutdown-timeout".into());
         }
         // Environment and flag paths are relative to the working directory.
         config.resolve_paths(&cwd);
@@ -1050,6 +1167,7 @@ impl Config {
                 at("engine.step_timeout_secs")
             );
         }
+        self.check_serve(&at)?;
         let r = &self.retention;
         let shorter = match (r.audit.0, r.transactions.0) {
             (Some(_), None) => true,
@@ -1150,6 +1268,49 @@ impl Config {
         let mut providers = vec!["DNS".to_string(), "Filesystem".to_string()];
         providers.extend(self.providers.exec.iter().map(|e| e.name.clone()));
         self.retry.check(&at, &providers)?;
+        Ok(())
+    }
+
+    fn check_serve(&self, at: &dyn Fn(&str) -> String) -> Result<()> {
+        let s = &self.serve;
+        if s.listen.parse::<std::net::SocketAddr>().is_err() {
+            bail!(
+                "{}: {:?} is not IP:PORT (e.g. \"127.0.0.1:8750\"; also --listen, PROVISIO_LISTEN)",
+                at("serve.listen"),
+                s.listen
+            );
+        }
+        if s.workers == 0 {
+            bail!("{}: must be at least 1", at("serve.workers"));
+        }
+        if s.max_body_bytes < 1024 {
+            bail!("{}: must be at least 1024", at("serve.max_body_bytes"));
+        }
+        if s.max_attempts == 0 {
+            bail!("{}: must be at least 1", at("serve.max_attempts"));
+        }
+        if s.lease.0 < std::time::Duration::from_secs(1) {
+            bail!("{}: must be at least \"1s\"", at("serve.lease"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, t) in s.tokens.iter().enumerate() {
+            let key = |k: &str| at(&format!("serve.tokens[{i}].{k}"));
+            if t.subject.trim().is_empty() || t.subject.contains('\0') {
+                bail!(
+                    "{}: must name the client (e.g. \"billing\")",
+                    key("subject")
+                );
+            }
+            if t.sha256.len() != 64 || !t.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                bail!(
+                    "{}: must be the token's SHA-256 as 64 hex digits, never the token itself\n  hint: `provisio token hash` prints it",
+                    key("sha256")
+                );
+            }
+            if !seen.insert(t.sha256.to_ascii_lowercase()) {
+                bail!("{}: the same token is listed twice", key("sha256"));
+            }
+        }
         Ok(())
     }
 

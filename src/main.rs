@@ -30,11 +30,13 @@ macro_rules! eprintln {
 }
 
 mod cli;
+mod client;
 mod commands;
 mod config;
 mod driver;
 mod inspect;
 mod load;
+mod serve;
 
 /// Standard output and error that tolerate a reader going away.
 mod output {

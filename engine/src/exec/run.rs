@@ -71,6 +71,17 @@ impl Engine {
                         // A try/catch went on past an unsettled in-doubt call: whether it
                         // took effect is unknown, so the transaction must not commit.
                         Some(f) => Err(f),
+                        // Cancelled before the commit: what ran is rolled back.
+                        None if txn.cancel.as_ref().is_some_and(super::Cancel::is_cancelled) => {
+                            Err(Failure {
+                                code: crate::codes::E_ABORT,
+                                message: "the transaction was cancelled before it committed; \
+                                          everything done is rolled back"
+                                    .to_string(),
+                                step: String::new(),
+                                sources: Vec::new(),
+                            })
+                        }
                         None => self.two_phase(&txn).await.map(|()| data),
                     },
                     Err(f) => Err(f),

@@ -1,0 +1,289 @@
+//! The daemon's command-line client: `provisio submit`, `status`, `jobs`, `cancel`, over
+//! plain HTTP to `provisio serve` (`--server`, `PROVISIO_SERVER`; the token from
+//! `PROVISIO_TOKEN` or `--token`).
+
+use crate::cli::{ClientArgs, JobsArgs, StatusArgs, SubmitArgs};
+use crate::Exit;
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use std::time::Duration;
+
+/// An answer of the daemon: status and JSON body.
+struct Answer {
+    status: u16,
+    body: Value,
+}
+
+fn agent(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(timeout))
+        .build()
+        .into()
+}
+
+fn call(
+    c: &ClientArgs,
+    method: &str,
+    path: &str,
+    body: Option<(&str, Vec<u8>)>,
+    extra: &[(&str, String)],
+    timeout: Duration,
+) -> Result<Answer> {
+    let url = format!("{}{path}", c.server.trim_end_matches('/'));
+    let a = agent(timeout);
+    let token = c.token.as_deref().map(|t| format!("Bearer {}", t.trim()));
+    let result = match (method, body) {
+        ("POST", Some((ct, bytes))) => {
+            let mut r = a.post(&url).content_type(ct);
+            if let Some(t) = &token {
+                r = r.header("Authorization", t);
+            }
+            for (k, v) in extra {
+                r = r.header(*k, v);
+            }
+            r.send(&bytes[..])
+        }
+        ("POST", None) => {
+            let mut r = a.post(&url);
+            if let Some(t) = &token {
+                r = r.header("Authorization", t);
+            }
+            r.send_empty()
+        }
+        _ => {
+            let mut r = a.get(&url);
+            if let Some(t) = &token {
+                r = r.header("Authorization", t);
+            }
+            r.call()
+        }
+    };
+    let mut response = result.with_context(|| {
+        format!(
+            "cannot reach the daemon at {}\n  hint: start it with `provisio serve`, or pass --server URL (PROVISIO_SERVER)",
+            c.server
+        )
+    })?;
+    let status = response.status().as_u16();
+    let text = response
+        .body_mut()
+        .with_config()
+        .limit(64 * 1024 * 1024)
+        .read_to_string()
+        .context("reading the daemon's answer")?;
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    Ok(Answer { status, body })
+}
+
+/// The error an answer carries, as the daemon said it.
+fn failed(a: &Answer) -> anyhow::Error {
+    let code = a
+        .body
+        .get("code")
+        .and_then(Value::as_str)
+        .unwrap_or("error");
+    let message = a
+        .body
+        .get("message")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| a.body.to_string());
+    anyhow::anyhow!("the daemon answered {} ({code}): {message}", a.status)
+}
+
+fn path_segment(id: &str) -> String {
+    id.chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .collect()
+}
+
+fn content_type(file: &std::path::Path) -> &'static str {
+    match file
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        Some("xml") => "application/xml",
+        Some("json") => "application/json",
+        _ => "application/yaml",
+    }
+}
+
+/// Exit code for a finished request, as `provisio run` has it.
+fn exit_for(job: &Value) -> Exit {
+    match job.get("outcome").and_then(Value::as_str) {
+        Some("committed") => Exit::Ok,
+        Some("rollback_failed") => Exit::RollbackFailed,
+        _ => Exit::RolledBack,
+    }
+}
+
+/// `provisio submit`.
+pub async fn submit(args: &SubmitArgs) -> Result<Exit> {
+    let bytes = std::fs::read(&args.file)
+        .with_context(|| format!("cannot read request file `{}`", args.file.display()))?;
+    let mut extra = Vec::new();
+    if let Some(k) = &args.idempotency_key {
+        extra.push(("Idempotency-Key", k.clone()));
+    }
+    let mut path = format!("/v1/requests?priority={}", args.priority);
+    if let Some(k) = &args.serial_key {
+        extra.push(("X-Serialization-Key", k.clone()));
+    }
+    if args.wait {
+        path.push_str("&wait=300s");
+    }
+    let ct = content_type(&args.file);
+    let a = tokio::task::block_in_place(|| {
+        call(
+            &args.client,
+            "POST",
+            &path,
+            Some((ct, bytes)),
+            &extra,
+            Duration::from_secs(330),
+        )
+    })?;
+    match a.status {
+        200 => {
+            print_warnings(&a.body);
+            println!("{}", serde_json::to_string_pretty(&a.body)?);
+            Ok(exit_for(&a.body))
+        }
+        202 => {
+            print_warnings(&a.body);
+            let id = a.body.get("id").and_then(Value::as_str).unwrap_or_default();
+            if args.wait {
+                eprintln!("request {id} is still running after 300s; follow it with `provisio status {id}`");
+            }
+            println!("{id}");
+            Ok(Exit::Ok)
+        }
+        400 | 401 | 403 | 413 | 415 => {
+            eprintln!("error: {}", failed(&a));
+            Ok(Exit::BadInput)
+        }
+        _ => Err(failed(&a)),
+    }
+}
+
+fn print_warnings(body: &Value) {
+    for w in body
+        .get("warnings")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(w) = w.as_str() {
+            eprintln!("warning: {w}");
+        }
+    }
+}
+
+/// `provisio status`.
+pub async fn status(args: &StatusArgs) -> Result<Exit> {
+    let path = format!("/v1/requests/{}", path_segment(&args.id));
+    let a = tokio::task::block_in_place(|| {
+        call(
+            &args.client,
+            "GET",
+            &path,
+            None,
+            &[],
+            Duration::from_secs(30),
+        )
+    })?;
+    if a.status != 200 {
+        bail!("{}", failed(&a));
+    }
+    println!("{}", serde_json::to_string_pretty(&a.body)?);
+    Ok(Exit::Ok)
+}
+
+/// `provisio cancel`.
+pub async fn cancel(args: &StatusArgs) -> Result<Exit> {
+    let path = format!("/v1/requests/{}/cancel", path_segment(&args.id));
+    let a = tokio::task::block_in_place(|| {
+        call(
+            &args.client,
+            "POST",
+            &path,
+            None,
+            &[],
+            Duration::from_secs(30),
+        )
+    })?;
+    if a.status != 200 && a.status != 202 {
+        bail!("{}", failed(&a));
+    }
+    if let Some(m) = a.body.get("message").and_then(Value::as_str) {
+        eprintln!("{m}");
+    }
+    Ok(Exit::Ok)
+}
+
+fn encode(v: &str) -> String {
+    v.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// `provisio jobs`.
+pub async fn jobs(args: &JobsArgs) -> Result<Exit> {
+    let mut path = format!("/v1/requests?limit={}", args.limit);
+    for (k, v) in [
+        ("state", &args.state),
+        ("namespace", &args.namespace),
+        ("procedure", &args.procedure),
+        ("subject", &args.subject),
+    ] {
+        if let Some(v) = v {
+            path.push_str(&format!("&{k}={}", encode(v)));
+        }
+    }
+    let a = tokio::task::block_in_place(|| {
+        call(
+            &args.client,
+            "GET",
+            &path,
+            None,
+            &[],
+            Duration::from_secs(30),
+        )
+    })?;
+    if a.status != 200 {
+        bail!("{}", failed(&a));
+    }
+    let items = a
+        .body
+        .get("items")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if items.is_empty() {
+        eprintln!("no requests");
+    }
+    for j in items {
+        let s = |k: &str| j.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
+        println!(
+            "{}  {:<10} {:<16} {:<12} {}",
+            s("id"),
+            s("state"),
+            s("outcome"),
+            s("subject"),
+            s("target")
+        );
+    }
+    if let Some(next) = a.body.get("next").and_then(Value::as_u64) {
+        eprintln!("more: GET /v1/requests?before={next}");
+    }
+    Ok(Exit::Ok)
+}

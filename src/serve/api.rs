@@ -1,0 +1,724 @@
+//! The daemon's HTTP API under `/v1` (axum). Every answer is JSON; every error is
+//! `{"code": "...", "message": "..."}` with a stable code and a message saying what to do.
+//! See docs/daemon.md for the routes.
+
+use super::auth::Identity;
+use super::{finished_event, now_ms, parse_body, Daemon, Payload};
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures::stream::{self, Stream, StreamExt};
+use provisio_engine::data::Node;
+use provisio_engine::model::{Format, RequestTarget};
+use provisio_engine::queue::{Cancelled, Job, JobState, ListFilter, NewJob, QueueError};
+use provisio_engine::txn::Record;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::broadcast;
+
+/// The longest `?wait=` honoured.
+const MAX_WAIT: Duration = Duration::from_secs(300);
+
+/// An error answer.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    fn internal(e: impl std::fmt::Display) -> ApiError {
+        tracing::error!(error = %e, "internal error in the API");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("{e}\n  hint: see the daemon's log; retry later"),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = (
+            self.status,
+            Json(json!({ "code": self.code, "message": self.message })),
+        )
+            .into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        r
+    }
+}
+
+impl From<QueueError> for ApiError {
+    fn from(e: QueueError) -> ApiError {
+        match e {
+            QueueError::NotFound(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
+            }
+            QueueError::WrongState { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "wrong_state", e.to_string())
+            }
+            QueueError::BadField { .. } => ApiError::bad("bad_field", e.to_string()),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+type Shared = State<Arc<Daemon>>;
+
+/// The routes.
+pub fn router(d: Arc<Daemon>) -> Router {
+    let limit = d.config.max_body_bytes;
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/ready", get(ready))
+        .route("/v1/whoami", get(whoami))
+        .route("/v1/requests", post(submit).get(list))
+        .route("/v1/requests/{id}", get(status))
+        .route("/v1/requests/{id}/cancel", post(cancel))
+        .route("/v1/requests/{id}/events", get(events))
+        .route("/v1/jobs/{id}/requeue", post(requeue))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(d)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no_route",
+        "no such route; the API is under /v1 (see docs/daemon.md)",
+    )
+}
+
+async fn health() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn ready(State(d): Shared) -> Response {
+    if d.ready.load(Ordering::SeqCst) {
+        Json(json!({ "ready": true })).into_response()
+    } else {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "the daemon is starting or stopping; retry shortly",
+        )
+        .into_response()
+    }
+}
+
+/// `GET /v1/whoami`: the caller's identity as the daemon sees it.
+async fn whoami(State(d): Shared, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    let who = identify(&d, &headers)?;
+    Ok(Json(json!({
+        "subject": who.subject,
+        "groups": who.groups,
+        "trusted": who.trusted,
+        "operator": who.operator,
+    })))
+}
+
+/// The identity of the request's bearer token.
+fn identify(d: &Daemon, headers: &HeaderMap) -> Result<Identity, ApiError> {
+    let unauth = |code, m: &str| ApiError::new(StatusCode::UNAUTHORIZED, code, m);
+    if d.tokens.is_empty() {
+        return Err(unauth(
+            "no_tokens_configured",
+            "the daemon has no [[serve.tokens]]: add one (its hash from `provisio token hash --new`) to provisio.toml and restart it",
+        ));
+    }
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Err(unauth(
+            "unauthenticated",
+            "send `Authorization: Bearer TOKEN` with a token listed (as its hash) in [[serve.tokens]]",
+        ));
+    };
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(|| {
+            unauth(
+                "unauthenticated",
+                "the Authorization header must be `Bearer TOKEN`",
+            )
+        })?;
+    d.tokens.identify(token).cloned().ok_or_else(|| {
+        unauth(
+            "invalid_token",
+            "the bearer token is not one of [[serve.tokens]] (compare `provisio token hash` of it with their sha256)",
+        )
+    })
+}
+
+fn format_of(headers: &HeaderMap) -> Result<Format, ApiError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match ct.as_str() {
+        "application/json" => Ok(Format::Json),
+        "application/xml" | "text/xml" => Ok(Format::Xml),
+        "application/yaml" | "application/x-yaml" | "text/yaml" | "text/x-yaml" => {
+            Ok(Format::Yaml)
+        }
+        other => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!(
+                "Content-Type {:?} is not a request format: send application/json, application/xml or application/yaml",
+                if other.is_empty() { "(none)" } else { other }
+            ),
+        )),
+    }
+}
+
+fn parse_wait(text: &str) -> Result<Duration, ApiError> {
+    let d = match text.trim().parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => humantime::parse_duration(text.trim()).map_err(|e| {
+            ApiError::bad(
+                "bad_query",
+                format!("wait={text:?} is not a duration ({e}); write e.g. wait=30s"),
+            )
+        })?,
+    };
+    Ok(d.min(MAX_WAIT))
+}
+
+#[derive(Debug, Deserialize)]
+struct SubmitQuery {
+    wait: Option<String>,
+    priority: Option<i16>,
+    serial_key: Option<String>,
+    delay: Option<String>,
+}
+
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(t)| t).map_err(|e| {
+        ApiError::bad(
+            "bad_query",
+            format!("{e}; see docs/daemon.md for the parameters"),
+        )
+    })
+}
+
+fn header_text(headers: &HeaderMap, name: &str) -> Result<Option<String>, ApiError> {
+    match headers.get(name) {
+        None => Ok(None),
+        Some(v) => match v.to_str() {
+            Ok(s) if !s.trim().is_empty() && s.len() <= 256 => Ok(Some(s.trim().to_string())),
+            _ => Err(ApiError::bad(
+                "bad_header",
+                format!("header {name} must be printable text of 1 to 256 characters"),
+            )),
+        },
+    }
+}
+
+/// `POST /v1/requests`.
+async fn submit(
+    State(d): Shared,
+    q: Result<Query<SubmitQuery>, QueryRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let who = identify(&d, &headers)?;
+    let q = query(q)?;
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!(
+                    "the request body is larger than {} bytes (serve.max_body_bytes): split the request, or raise the limit",
+                    d.config.max_body_bytes
+                ),
+            )
+        } else {
+            ApiError::bad("bad_body", format!("cannot read the request body: {e}"))
+        }
+    })?;
+    if d.stopping() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "stopping",
+            "the daemon is shutting down and takes no new requests; retry against the next one",
+        ));
+    }
+    let format = format_of(&headers)?;
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::bad("bad_body", "the request body is not UTF-8 text"))?;
+    let mut parsed = parse_body(text, format).map_err(|e| ApiError::bad("invalid_request", e))?;
+    let mut warnings = Vec::new();
+    let target = match &parsed.request.target {
+        RequestTarget::Trusted(_) => {
+            if !who.trusted {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "trusted_request_forbidden",
+                    format!(
+                        "the request carries its own procedure body (a trusted request), which subject `{}` may not send: call a public procedure by name, or have the operator set `trusted = true` on this token",
+                        who.subject
+                    ),
+                ));
+            }
+            "(trusted request)".to_string()
+        }
+        RequestTarget::Call(t) => {
+            let t = t.to_string();
+            if !who.may_call(&t) {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "procedure_forbidden",
+                    format!(
+                        "subject `{}` may not call `{t}`: its token's `allow` list does not name it (ask the operator)",
+                        who.subject
+                    ),
+                ));
+            }
+            t
+        }
+    };
+    // The security context comes from the token, never from the body.
+    let before = parsed.request.context.children.len();
+    parsed
+        .request
+        .context
+        .children
+        .retain(|c| !matches!(c, Node::Element(e) if e.name == "securityContext"));
+    if parsed.request.context.children.len() != before {
+        warnings.push("the request's context/securityContext was ignored: a request runs as its token's subject".to_string());
+    }
+    if let Err(errors) = d.engine.program(&parsed.request) {
+        let private = errors.0.iter().any(|e| e.code() == "PRV0103");
+        return Err(if private {
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "private_procedure",
+                format!("{errors}"),
+            )
+        } else {
+            ApiError::bad("invalid_request", format!("{errors}"))
+        });
+    }
+    let payload = serde_json::to_vec(&Payload {
+        format: super::format_name(format).into(),
+        body: text.to_string(),
+    })
+    .map_err(ApiError::internal)?;
+    let idempotency_key = header_text(&headers, "idempotency-key")?;
+    let serial_key = match q.serial_key {
+        Some(k) => Some(k),
+        None => header_text(&headers, "x-serialization-key")?,
+    };
+    let now = now_ms();
+    let not_before_ms = match &q.delay {
+        Some(t) => now + parse_wait(t)?.as_millis() as u64,
+        None => 0,
+    };
+    let submitted = d
+        .queue
+        .submit(
+            NewJob {
+                payload: d.seal(&payload),
+                priority: q.priority.unwrap_or(0),
+                not_before_ms,
+                serial_key,
+                idempotency_key,
+                subject: who.subject.clone(),
+                target,
+                max_attempts: d.config.max_attempts,
+            },
+            now,
+        )
+        .await?;
+    let job = submitted.job;
+    if submitted.created {
+        tracing::info!(job = %job.id, subject = %who.subject, target = %job.target, "request queued");
+        d.wake.notify_one();
+    }
+    if let Some(w) = &q.wait {
+        let wait = parse_wait(w)?;
+        if let Some(done) = wait_for(&d, &job.id, wait).await? {
+            let mut view = view(&d, &done, true);
+            add(&mut view, "created", json!(submitted.created));
+            add(&mut view, "warnings", json!(warnings));
+            return Ok((StatusCode::OK, Json(view)).into_response());
+        }
+    }
+    let current = d.queue.get(&job.id)?.unwrap_or(job);
+    let mut body = json!({
+        "id": current.id,
+        "state": current.state.name(),
+        "created": submitted.created,
+        "warnings": warnings,
+    });
+    if !submitted.created {
+        add(&mut body, "note", json!("the Idempotency-Key was used before: this is the request it created; nothing new was queued"));
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, format!("/v1/requests/{}", current.id))],
+        Json(body),
+    )
+        .into_response())
+}
+
+fn add(v: &mut Value, key: &str, value: Value) {
+    if let Some(o) = v.as_object_mut() {
+        o.insert(key.into(), value);
+    }
+}
+
+/// Waits up to `wait` for a job to reach a final state: the job, or `None` on time-out.
+async fn wait_for(d: &Daemon, id: &str, wait: Duration) -> Result<Option<Job>, ApiError> {
+    let mut rx = d.hub.subscribe(id);
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let job = d.queue.get(id)?.ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no request `{id}`"),
+            )
+        })?;
+        if job.state.is_final() {
+            d.hub.finish(id, finished_event(&job));
+            return Ok(Some(job));
+        }
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Err(_) => return Ok(None),
+            Ok(Ok(_)) | Ok(Err(broadcast::error::RecvError::Lagged(_))) => {}
+            Ok(Err(broadcast::error::RecvError::Closed)) => rx = d.hub.subscribe(id),
+        }
+    }
+}
+
+fn ms(v: Option<u64>) -> Value {
+    v.map_or(Value::Null, |m| json!(m))
+}
+
+/// A job as the API shows it; `full`: with its steps and response.
+fn view(d: &Daemon, job: &Job, full: bool) -> Value {
+    let mut v = json!({
+        "id": job.id,
+        "state": job.state.name(),
+        "outcome": job.outcome,
+        "subject": job.subject,
+        "target": job.target,
+        "priority": job.priority,
+        "serial_key": job.serial_key,
+        "attempts": job.attempts,
+        "max_attempts": job.max_attempts,
+        "transactions": job.txns,
+        "submitted_ms": job.submitted_ms,
+        "not_before_ms": job.not_before_ms,
+        "started_ms": ms(job.started_ms),
+        "finished_ms": ms(job.finished_ms),
+        "error": job.error,
+        "cancel_requested": job.cancel_requested,
+    });
+    if full {
+        add(&mut v, "steps", steps(d, job));
+        add(
+            &mut v,
+            "response",
+            d.response_of(job).unwrap_or(Value::Null),
+        );
+    }
+    v
+}
+
+/// The steps of a job's last transaction, from the journal.
+fn steps(d: &Daemon, job: &Job) -> Value {
+    let Some(txn) = job.txns.last() else {
+        return json!([]);
+    };
+    let Ok(id) = txn.parse::<provisio_engine::TxnId>() else {
+        return json!([]);
+    };
+    let journal = d.journal_for(&job.subject);
+    let Ok(records) = provisio_engine::txn::recovery::records(&journal, &id) else {
+        return json!([]);
+    };
+    let mut order: Vec<String> = Vec::new();
+    let mut by_step: std::collections::HashMap<String, Value> = Default::default();
+    for (_, r) in records {
+        let (step, set): (String, Vec<(&str, Value)>) = match r {
+            Record::Intent {
+                step,
+                target,
+                attempt,
+                ..
+            } => (
+                step,
+                vec![
+                    ("target", json!(target)),
+                    ("attempt", json!(attempt)),
+                    ("state", json!("started")),
+                ],
+            ),
+            Record::Done { step, .. } => (step, vec![("state", json!("done"))]),
+            Record::Failed { step, message, .. } => (
+                step,
+                vec![("state", json!("failed")), ("error", json!(message))],
+            ),
+            Record::InDoubt { step, message, .. } => (
+                step,
+                vec![("state", json!("in_doubt")), ("error", json!(message))],
+            ),
+            Record::Undone { step, error, .. } => match error {
+                None => (step, vec![("state", json!("undone"))]),
+                Some(e) => (
+                    step,
+                    vec![("state", json!("undo_failed")), ("error", json!(e))],
+                ),
+            },
+            _ => continue,
+        };
+        let entry = by_step.entry(step.clone()).or_insert_with(|| {
+            order.push(step.clone());
+            json!({ "step": step })
+        });
+        for (k, v) in set {
+            add(entry, k, v);
+        }
+    }
+    Value::Array(
+        order
+            .into_iter()
+            .filter_map(|s| by_step.remove(&s))
+            .collect(),
+    )
+}
+
+fn visible(who: &Identity, job: &Job) -> Result<(), ApiError> {
+    if who.may_see(&job.subject) {
+        Ok(())
+    } else {
+        // Said as "not found": another subject's requests are not even confirmed to exist.
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no request `{}` of subject `{}`", job.id, who.subject),
+        ))
+    }
+}
+
+fn get_job(d: &Daemon, who: &Identity, id: &str) -> Result<Job, ApiError> {
+    let job = d.queue.get(id)?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no request `{id}`: list them with GET /v1/requests"),
+        )
+    })?;
+    visible(who, &job)?;
+    Ok(job)
+}
+
+/// `GET /v1/requests/{id}`.
+async fn status(
+    State(d): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let who = identify(&d, &headers)?;
+    let job = get_job(&d, &who, &id)?;
+    Ok(Json(view(&d, &job, true)))
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    state: Option<String>,
+    namespace: Option<String>,
+    procedure: Option<String>,
+    subject: Option<String>,
+    before: Option<u64>,
+    limit: Option<usize>,
+}
+
+/// `GET /v1/requests`.
+async fn list(
+    State(d): Shared,
+    headers: HeaderMap,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let who = identify(&d, &headers)?;
+    let q = query(q)?;
+    let state = match &q.state {
+        None => None,
+        Some(s) => Some(JobState::parse(s).ok_or_else(|| {
+            ApiError::bad(
+                "bad_query",
+                format!(
+                    "state={s:?}: expected queued, running, succeeded, failed, dead or cancelled"
+                ),
+            )
+        })?),
+    };
+    let subject = match (&q.subject, who.operator) {
+        (Some(s), false) if *s != who.subject => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("subject `{}` may list only its own requests (an operator token may list everyone's)", who.subject),
+            ))
+        }
+        (s, true) => s.clone(),
+        (_, false) => Some(who.subject.clone()),
+    };
+    let filter = ListFilter {
+        state,
+        target: q.procedure.clone(),
+        namespace: q.namespace.clone(),
+        subject,
+    };
+    let page = d.queue.list(&filter, q.before, q.limit.unwrap_or(50))?;
+    Ok(Json(json!({
+        "items": page.jobs.iter().map(|j| view(&d, j, false)).collect::<Vec<_>>(),
+        "next": page.next,
+    })))
+}
+
+/// `POST /v1/requests/{id}/cancel`.
+async fn cancel(
+    State(d): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let who = identify(&d, &headers)?;
+    get_job(&d, &who, &id)?;
+    match d.queue.cancel(&id, now_ms()).await? {
+        Cancelled::Dequeued(job) => {
+            d.hub.finish(&id, finished_event(&job));
+            Ok(Json(json!({ "id": id, "state": job.state.name(), "message": "cancelled before it started: it never runs" })).into_response())
+        }
+        Cancelled::Running(job) => {
+            if let Some(c) = super::lock(&d.running).get(&id) {
+                c.cancel();
+            }
+            Ok((
+                StatusCode::ACCEPTED,
+                Json(json!({
+                    "id": id,
+                    "state": job.state.name(),
+                    "cancel_requested": true,
+                    "message": "no further step starts; what it did is rolled back (a write request that already committed stays committed); follow it with GET /v1/requests/{id}",
+                })),
+            )
+                .into_response())
+        }
+        Cancelled::AlreadyFinal(job) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "already_finished",
+            format!("request `{id}` is already {}: nothing to cancel", job.state),
+        )),
+    }
+}
+
+/// `POST /v1/jobs/{id}/requeue`.
+async fn requeue(
+    State(d): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let who = identify(&d, &headers)?;
+    if !who.operator {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "operator_only",
+            format!(
+                "subject `{}` may not requeue jobs: that needs a token with `operator = true`",
+                who.subject
+            ),
+        ));
+    }
+    let job = d.queue.requeue(&id, now_ms()).await?;
+    d.wake.notify_one();
+    Ok(Json(view(&d, &job, false)))
+}
+
+/// `GET /v1/requests/{id}/events`: Server-Sent Events of one request's progress, ending
+/// with a `finished` event.
+async fn events(
+    State(d): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    let who = identify(&d, &headers)?;
+    let rx = d.hub.subscribe(&id);
+    let job = match get_job(&d, &who, &id) {
+        Ok(j) => j,
+        Err(e) => {
+            d.hub.finish(&id, json!({"event": "finished"}));
+            return Err(e);
+        }
+    };
+    let first = if job.state.is_final() {
+        d.hub.finish(&id, finished_event(&job));
+        finished_event(&job)
+    } else {
+        json!({ "event": "state", "id": job.id, "state": job.state.name() })
+    };
+    let done = job.state.is_final();
+    let head = stream::once(async move { first });
+    let rest = stream::unfold((rx, done), |(mut rx, done)| async move {
+        if done {
+            return None;
+        }
+        loop {
+            match rx.recv().await {
+                Ok(text) => {
+                    let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                    let end = v.get("event").and_then(Value::as_str) == Some("finished");
+                    return Some((v, (rx, end)));
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    let s = head.chain(rest).map(|v| {
+        let name = v
+            .get("event")
+            .and_then(Value::as_str)
+            .unwrap_or("message")
+            .to_string();
+        Ok(SseEvent::default().event(name).data(v.to_string()))
+    });
+    Ok(Sse::new(s).keep_alive(KeepAlive::default()))
+}
