@@ -29,7 +29,7 @@
 //! Claiming, finishing and submitting read and write a handful of keys each: their cost
 //! follows the logarithm of the backlog (the store's ordered keys), never its size.
 
-use crate::store::{prefix_end, Batch, KeyRange, Space, Store, StoreError};
+use crate::store::{prefix_end, Batch, KeyRange, KeyValue, Space, Store, StoreError};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
@@ -431,7 +431,7 @@ impl Queue {
             .ok_or_else(|| QueueError::NotFound(id.to_string()))
     }
 
-    fn first(&self, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, QueueError> {
+    fn first(&self, prefix: &[u8]) -> Result<Option<KeyValue>, QueueError> {
         let end = prefix_end(prefix);
         Ok(self
             .store
