@@ -37,7 +37,11 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+    pub(super) fn new(
+        status: StatusCode,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> ApiError {
         ApiError {
             status,
             code,
@@ -45,11 +49,11 @@ impl ApiError {
         }
     }
 
-    fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
+    pub(super) fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, code, message)
     }
 
-    fn internal(e: impl std::fmt::Display) -> ApiError {
+    pub(super) fn internal(e: impl std::fmt::Display) -> ApiError {
         tracing::error!(error = %e, "internal error in the API");
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -89,7 +93,7 @@ impl From<QueueError> for ApiError {
     }
 }
 
-type Shared = State<Arc<Daemon>>;
+pub(super) type Shared = State<Arc<Daemon>>;
 
 /// The routes.
 pub fn router(d: Arc<Daemon>) -> Router {
@@ -103,6 +107,23 @@ pub fn router(d: Arc<Daemon>) -> Router {
         .route("/v1/requests/{id}/cancel", post(cancel))
         .route("/v1/requests/{id}/events", get(events))
         .route("/v1/jobs/{id}/requeue", post(requeue))
+        .route("/v1/events", get(super::ops::all_events))
+        .route("/v1/namespaces", get(super::ops::namespaces))
+        .route("/v1/namespaces/{ns}", get(super::ops::namespace))
+        .route(
+            "/v1/namespaces/{ns}/procedures/{procedure}",
+            post(super::ops::invoke),
+        )
+        .route(
+            "/v1/namespaces/{ns}/procedures/{procedure}/graph",
+            get(super::ops::graph),
+        )
+        .route("/v1/plan", post(super::ops::plan))
+        .route("/v1/transactions/stuck", get(super::ops::stuck))
+        .route(
+            "/v1/transactions/{id}/resume-rollback",
+            post(super::ops::resume_rollback),
+        )
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limit))
         .with_state(d)
@@ -145,7 +166,7 @@ async fn whoami(State(d): Shared, headers: HeaderMap) -> Result<Json<Value>, Api
 }
 
 /// The identity of the request's bearer token.
-fn identify(d: &Daemon, headers: &HeaderMap) -> Result<Identity, ApiError> {
+pub(super) fn identify(d: &Daemon, headers: &HeaderMap) -> Result<Identity, ApiError> {
     let unauth = |code, m: &str| ApiError::new(StatusCode::UNAUTHORIZED, code, m);
     if d.tokens.is_empty() {
         return Err(unauth(
@@ -178,7 +199,7 @@ fn identify(d: &Daemon, headers: &HeaderMap) -> Result<Identity, ApiError> {
     })
 }
 
-fn format_of(headers: &HeaderMap) -> Result<Format, ApiError> {
+pub(super) fn format_of(headers: &HeaderMap) -> Result<Format, ApiError> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -205,7 +226,7 @@ fn format_of(headers: &HeaderMap) -> Result<Format, ApiError> {
     }
 }
 
-fn parse_wait(text: &str) -> Result<Duration, ApiError> {
+pub(super) fn parse_wait(text: &str) -> Result<Duration, ApiError> {
     let d = match text.trim().parse::<u64>() {
         Ok(secs) => Duration::from_secs(secs),
         Err(_) => humantime::parse_duration(text.trim()).map_err(|e| {
@@ -218,15 +239,15 @@ fn parse_wait(text: &str) -> Result<Duration, ApiError> {
     Ok(d.min(MAX_WAIT))
 }
 
-#[derive(Debug, Deserialize)]
-struct SubmitQuery {
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct SubmitQuery {
     wait: Option<String>,
     priority: Option<i16>,
     serial_key: Option<String>,
     delay: Option<String>,
 }
 
-fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+pub(super) fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     q.map(|Query(t)| t).map_err(|e| {
         ApiError::bad(
             "bad_query",
@@ -271,16 +292,26 @@ async fn submit(
             ApiError::bad("bad_body", format!("cannot read the request body: {e}"))
         }
     })?;
-    if d.stopping() {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "stopping",
-            "the daemon is shutting down and takes no new requests; retry against the next one",
-        ));
-    }
     let format = format_of(&headers)?;
     let text = std::str::from_utf8(&body)
         .map_err(|_| ApiError::bad("bad_body", "the request body is not UTF-8 text"))?;
+    accept(&d, &who, format, text, q, &headers).await
+}
+
+/// A request parsed, authorized and compiled: what it calls, and warnings for the client.
+pub(super) struct Checked {
+    pub(super) parsed: super::Parsed,
+    pub(super) target: String,
+    pub(super) warnings: Vec<String>,
+}
+
+/// Parses a request body, checks the caller's rights to it and compiles it.
+pub(super) fn check(
+    d: &Daemon,
+    who: &Identity,
+    format: Format,
+    text: &str,
+) -> Result<Checked, ApiError> {
     let mut parsed = parse_body(text, format).map_err(|e| ApiError::bad("invalid_request", e))?;
     let mut warnings = Vec::new();
     let target = match &parsed.request.target {
@@ -334,15 +365,41 @@ async fn submit(
             ApiError::bad("invalid_request", format!("{errors}"))
         });
     }
+    Ok(Checked {
+        parsed,
+        target,
+        warnings,
+    })
+}
+
+/// Queues a checked request (and waits for it with `?wait=`): the answer of a submission.
+pub(super) async fn accept(
+    d: &Arc<Daemon>,
+    who: &Identity,
+    format: Format,
+    text: &str,
+    q: SubmitQuery,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    if d.stopping() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "stopping",
+            "the daemon is shutting down and takes no new requests; retry against the next one",
+        ));
+    }
+    let Checked {
+        target, warnings, ..
+    } = check(d, who, format, text)?;
     let payload = serde_json::to_vec(&Payload {
         format: super::format_name(format).into(),
         body: text.to_string(),
     })
     .map_err(ApiError::internal)?;
-    let idempotency_key = header_text(&headers, "idempotency-key")?;
+    let idempotency_key = header_text(headers, "idempotency-key")?;
     let serial_key = match q.serial_key {
         Some(k) => Some(k),
-        None => header_text(&headers, "x-serialization-key")?,
+        None => header_text(headers, "x-serialization-key")?,
     };
     let now = now_ms();
     let not_before_ms = match &q.delay {
@@ -372,8 +429,8 @@ async fn submit(
     }
     if let Some(w) = &q.wait {
         let wait = parse_wait(w)?;
-        if let Some(done) = wait_for(&d, &job.id, wait).await? {
-            let mut view = view(&d, &done, true);
+        if let Some(done) = wait_for(d, &job.id, wait).await? {
+            let mut view = view(d, &done, true);
             add(&mut view, "created", json!(submitted.created));
             add(&mut view, "warnings", json!(warnings));
             return Ok((StatusCode::OK, Json(view)).into_response());
@@ -416,7 +473,7 @@ async fn wait_for(d: &Daemon, id: &str, wait: Duration) -> Result<Option<Job>, A
             )
         })?;
         if job.state.is_final() {
-            d.hub.finish(id, finished_event(&job));
+            d.hub.close(id);
             return Ok(Some(job));
         }
         match tokio::time::timeout_at(deadline, rx.recv()).await {
@@ -567,6 +624,8 @@ struct ListQuery {
     namespace: Option<String>,
     procedure: Option<String>,
     subject: Option<String>,
+    since_ms: Option<u64>,
+    until_ms: Option<u64>,
     before: Option<u64>,
     limit: Option<usize>,
 }
@@ -606,6 +665,8 @@ async fn list(
         target: q.procedure.clone(),
         namespace: q.namespace.clone(),
         subject,
+        since_ms: q.since_ms,
+        until_ms: q.until_ms,
     };
     let page = d.queue.list(&filter, q.before, q.limit.unwrap_or(50))?;
     Ok(Json(json!({
@@ -684,12 +745,12 @@ async fn events(
     let job = match get_job(&d, &who, &id) {
         Ok(j) => j,
         Err(e) => {
-            d.hub.finish(&id, json!({"event": "finished"}));
+            d.hub.close(&id);
             return Err(e);
         }
     };
     let first = if job.state.is_final() {
-        d.hub.finish(&id, finished_event(&job));
+        d.hub.close(&id);
         finished_event(&job)
     } else {
         json!({ "event": "state", "id": job.id, "state": job.state.name() })

@@ -11,6 +11,7 @@
 
 mod api;
 pub mod auth;
+mod ops;
 
 use crate::config::{Config, ServeConfig};
 use crate::{load, Exit};
@@ -59,9 +60,19 @@ fn parse_format(name: &str) -> Format {
 
 /// Progress of the jobs, to the event streams and the waiting submitters: one channel per
 /// job someone listens to, closed with a `finished` event.
-#[derive(Default)]
 pub struct Hub {
     channels: Mutex<HashMap<String, broadcast::Sender<Arc<str>>>>,
+    /// Every job's events, for the stream of all requests.
+    all: broadcast::Sender<Arc<str>>,
+}
+
+impl Default for Hub {
+    fn default() -> Hub {
+        Hub {
+            channels: Mutex::default(),
+            all: broadcast::channel(1024).0,
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -77,19 +88,40 @@ impl Hub {
             .subscribe()
     }
 
-    /// Sends an event to a job's listeners, if any.
-    pub fn publish(&self, id: &str, event: serde_json::Value) {
-        let channels = lock(&self.channels);
-        if let Some(tx) = channels.get(id) {
-            let _ = tx.send(Arc::from(event.to_string()));
+    /// Listens to every job's events.
+    pub fn subscribe_all(&self) -> broadcast::Receiver<Arc<str>> {
+        self.all.subscribe()
+    }
+
+    fn text(id: &str, mut event: serde_json::Value) -> Arc<str> {
+        if let Some(o) = event.as_object_mut() {
+            o.entry("id")
+                .or_insert_with(|| serde_json::Value::String(id.to_string()));
         }
+        Arc::from(event.to_string())
+    }
+
+    /// Sends an event to a job's listeners, if any, and to the stream of all.
+    pub fn publish(&self, id: &str, event: serde_json::Value) {
+        let text = Self::text(id, event);
+        if let Some(tx) = lock(&self.channels).get(id) {
+            let _ = tx.send(text.clone());
+        }
+        let _ = self.all.send(text);
+    }
+
+    /// Closes a job's channel without a word (a listener found the job already over).
+    pub fn close(&self, id: &str) {
+        lock(&self.channels).remove(id);
     }
 
     /// Sends the final event and closes the job's channel.
     pub fn finish(&self, id: &str, event: serde_json::Value) {
+        let text = Self::text(id, event);
         if let Some(tx) = lock(&self.channels).remove(id) {
-            let _ = tx.send(Arc::from(event.to_string()));
+            let _ = tx.send(text.clone());
         }
+        let _ = self.all.send(text);
     }
 }
 

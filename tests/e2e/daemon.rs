@@ -792,6 +792,136 @@ fn kill_9_in_the_middle_of_a_request_then_a_restart_settles_it_exactly_once() {
 }
 
 #[test]
+fn catalog_plan_invoke_events_and_operator_routes() {
+    if !python() {
+        return;
+    }
+    let site = Site::new(0);
+    let d = site.start();
+    // The stream of every request's events (operators).
+    let denied = d.request("GET", "/v1/events", Some(ALICE), None, &[]);
+    assert_eq!(denied.status, 403, "{denied:?}");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let url = format!("{}/v1/events", d.url);
+    std::thread::spawn(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder().build().into();
+        let Ok(mut resp) = agent
+            .get(&url)
+            .header("Authorization", &format!("Bearer {OPS}"))
+            .call()
+        else {
+            return;
+        };
+        let reader = BufReader::new(resp.body_mut().as_reader());
+        for line in reader.lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    // The catalog, as alice may see it: public procedures only.
+    let ns = d.request("GET", "/v1/namespaces", Some(ALICE), None, &[]);
+    assert_eq!(ns.status, 200, "{ns:?}");
+    let billing = ns.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["name"] == "Billing")
+        .expect("Billing listed")
+        .clone();
+    assert_eq!(billing["procedures"], serde_json::json!(["OpenCustomer"]));
+    let one = d.request("GET", "/v1/namespaces/Billing", Some(ALICE), None, &[]);
+    assert_eq!(
+        one.body["procedures"][0]["inputs"][0]["name"], "customer",
+        "{one:?}"
+    );
+    assert_eq!(one.body["procedures"][0]["inputs"][0]["required"], true);
+    let g = d.request(
+        "GET",
+        "/v1/namespaces/Billing/procedures/OpenCustomer/graph?format=mermaid",
+        Some(ALICE),
+        None,
+        &[],
+    );
+    assert_eq!(g.status, 200);
+    assert!(g.body.as_str().unwrap().contains("welcomeBonus"), "{g:?}");
+    let hidden = d.request(
+        "GET",
+        "/v1/namespaces/Billing/procedures/Internal/graph",
+        Some(ALICE),
+        None,
+        &[],
+    );
+    assert_eq!(hidden.status, 404, "{hidden:?}");
+    // A plan calls nothing.
+    let p = d.request(
+        "POST",
+        "/v1/plan",
+        Some(ALICE),
+        Some(("application/yaml", customer("max").as_bytes())),
+        &[],
+    );
+    assert_eq!(p.status, 200, "{p:?}");
+    assert_eq!(p.body["plan"].as_array().unwrap().len(), 3, "{p:?}");
+    assert!(site.accounts().is_empty());
+    // Invoking a procedure with its data as JSON.
+    let i = d.request(
+        "POST",
+        "/v1/namespaces/Billing/procedures/OpenCustomer?wait=20s",
+        Some(ALICE),
+        Some(("application/json", br#"{"customer": "lea"}"#)),
+        &[],
+    );
+    assert_eq!(i.status, 200, "{i:?}");
+    assert_eq!(i.body["outcome"], "committed");
+    let id = i.body["id"].as_str().unwrap().to_string();
+    assert_eq!(site.accounts(), vec![("lea".to_string(), 1501)]);
+    let start = Instant::now();
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("an event of every request");
+        if line.contains("\"finished\"") && line.contains(&id) {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10));
+    }
+    // Operators: the watchdog list and resume-rollback.
+    let s = d.request("GET", "/v1/transactions/stuck", Some(ALICE), None, &[]);
+    assert_eq!(s.status, 403, "{s:?}");
+    let s = d.request(
+        "GET",
+        "/v1/transactions/stuck?older_than=0s",
+        Some(OPS),
+        None,
+        &[],
+    );
+    assert_eq!(s.status, 200, "{s:?}");
+    assert_eq!(s.body["items"], serde_json::json!([]));
+    let r = d.request(
+        "POST",
+        &format!(
+            "/v1/transactions/{}/resume-rollback",
+            i.body["transactions"][0].as_str().unwrap()
+        ),
+        Some(OPS),
+        None,
+        &[],
+    );
+    assert_eq!(
+        (r.status, r.body["code"].as_str()),
+        (409, Some("cannot_resume")),
+        "{r:?}"
+    );
+    // Listing by submission time.
+    let l = d.request("GET", "/v1/requests?since_ms=1", Some(ALICE), None, &[]);
+    assert_eq!(l.body["items"].as_array().unwrap().len(), 1, "{l:?}");
+    let l = d.request("GET", "/v1/requests?until_ms=1", Some(ALICE), None, &[]);
+    assert_eq!(l.body["items"].as_array().unwrap().len(), 0, "{l:?}");
+}
+
+#[test]
 fn config_keys_and_flags_of_serve_are_checked() {
     let site = Site::new(0);
     let (code, _, err) = site.run(&["serve", "--listen", "localhost"], &[]);

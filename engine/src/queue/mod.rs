@@ -260,6 +260,10 @@ pub struct ListFilter {
     pub namespace: Option<String>,
     /// Only jobs of this subject.
     pub subject: Option<String>,
+    /// Only jobs submitted at or after this time (ms since the epoch).
+    pub since_ms: Option<u64>,
+    /// Only jobs submitted before this time (ms since the epoch).
+    pub until_ms: Option<u64>,
 }
 
 /// One page of a listing, newest first.
@@ -984,6 +988,8 @@ fn matches(job: &Job, f: &ListFilter) -> bool {
     f.state.is_none_or(|s| job.state == s)
         && f.target.as_deref().is_none_or(|t| job.target == t)
         && f.subject.as_deref().is_none_or(|w| job.subject == w)
+        && f.since_ms.is_none_or(|t| job.submitted_ms >= t)
+        && f.until_ms.is_none_or(|t| job.submitted_ms < t)
         && f.namespace
             .as_deref()
             .is_none_or(|n| job.target.rsplit_once('/').is_some_and(|(ns, _)| ns == n))
