@@ -300,6 +300,9 @@ pub async fn serve(config: &Config) -> Result<Exit> {
         workers.spawn(worker(daemon.clone()));
     }
     tokio::spawn(reaper(daemon.clone()));
+    if let Some(keep) = config.retention.transactions.0 {
+        tokio::spawn(pruner(daemon.clone(), keep));
+    }
     let app = api::router(daemon.clone());
     let mut stop_rx = daemon.stopping.subscribe();
     let server = tokio::spawn(async move {
@@ -377,6 +380,33 @@ async fn reaper(d: Arc<Daemon>) {
             }
             Ok(_) => {}
             Err(e) => tracing::error!(error = %e, "taking back expired jobs"),
+        }
+    }
+}
+
+/// Removes finished jobs past retention (`retention.transactions`), every minute.
+async fn pruner(d: Arc<Daemon>, keep: Duration) {
+    let mut stop = d.stopping.subscribe();
+    loop {
+        let before = now_ms().saturating_sub(keep.as_millis() as u64);
+        loop {
+            match d.queue.prune(before, 1000).await {
+                Ok(1000) => continue,
+                Ok(n) => {
+                    if n > 0 {
+                        tracing::info!(jobs = n, "removed finished jobs past retention");
+                    }
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "removing finished jobs");
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+            _ = stop.wait_for(|s| *s) => return,
         }
     }
 }

@@ -24,6 +24,7 @@
 //! - `i` ‖ subject ‖ `\0` ‖ idempotency key — the job of a key;
 //! - `a` ‖ seq, `x` ‖ state ‖ `\0` ‖ seq, `p` ‖ target ‖ `\0` ‖ seq, `w` ‖ subject ‖ `\0` ‖
 //!   seq — listings, newest first;
+//! - `f` ‖ finished ms ‖ seq — jobs in a final state, for retention ([`Queue::prune`]);
 //! - `n` — the next sequence number.
 //!
 //! Claiming, finishing and submitting read and write a handful of keys each: their cost
@@ -47,6 +48,7 @@ const ALL: u8 = b'a';
 const BY_STATE: u8 = b'x';
 const BY_TARGET: u8 = b'p';
 const BY_SUBJECT: u8 = b'w';
+const FINISHED: u8 = b'f';
 const NEXT_SEQ: &[u8] = b"n";
 
 /// Scheduled jobs moved to the ready index per claim (the rest on the next claims).
@@ -360,6 +362,12 @@ fn scheduled_key(at: u64, seq: u64) -> Vec<u8> {
 fn lease_key(until: u64, seq: u64) -> Vec<u8> {
     let mut k = vec![LEASE];
     k.extend_from_slice(&until.to_be_bytes());
+    with_seq(k, seq)
+}
+
+fn finished_key(at: u64, seq: u64) -> Vec<u8> {
+    let mut k = vec![FINISHED];
+    k.extend_from_slice(&at.to_be_bytes());
     with_seq(k, seq)
 }
 
@@ -726,6 +734,11 @@ impl Queue {
         self.leave_line(batch, job, now)?;
         Self::set_state(batch, job, state);
         job.finished_ms = Some(now);
+        batch.put(
+            Space::Queue,
+            finished_key(now, job.seq),
+            job.id.as_bytes().to_vec(),
+        );
         if state != JobState::Dead {
             // A dead job keeps its payload: an operator may requeue it.
             job.payload = None;
@@ -847,6 +860,9 @@ impl Queue {
         let mut batch = Batch::new();
         Self::set_state(&mut batch, &mut job, JobState::Queued);
         job.attempts = 0;
+        if let Some(at) = job.finished_ms {
+            batch.delete(Space::Queue, finished_key(at, job.seq));
+        }
         job.finished_ms = None;
         job.not_before_ms = now;
         job.cancel_requested = false;
@@ -909,6 +925,49 @@ impl Queue {
             self.store.write(batch, true).await?;
         }
         Ok(out)
+    }
+
+    /// Removes up to `max` jobs that reached a final state before `before_ms` (dead ones
+    /// too), with every key of theirs: their idempotency keys are forgotten with them (a
+    /// later submission with the same key is a new job). Returns how many were removed.
+    pub async fn prune(&self, before_ms: u64, max: usize) -> Result<usize, QueueError> {
+        let _guard = self.inner.lock().await;
+        let end = finished_key(before_ms, 0);
+        let rows = self.store.scan_range(
+            Space::Queue,
+            KeyRange::new(&[FINISHED], Some(&end)),
+            max,
+            false,
+        )?;
+        let mut batch = Batch::new();
+        for (k, id) in &rows {
+            batch.delete(Space::Queue, k.clone());
+            let id = String::from_utf8_lossy(id).into_owned();
+            let Some(job) = self.get(&id)? else { continue };
+            if !job.state.is_final() {
+                // A stale key (cannot happen through this module): keep the job.
+                continue;
+            }
+            let idb = job.seq;
+            batch.delete(Space::Queue, job_key(&id));
+            batch.delete(Space::Queue, with_seq(vec![ALL], idb));
+            batch.delete(Space::Queue, state_key(job.state, idb));
+            batch.delete(
+                Space::Queue,
+                with_seq(field_prefix(BY_TARGET, &job.target), idb),
+            );
+            batch.delete(
+                Space::Queue,
+                with_seq(field_prefix(BY_SUBJECT, &job.subject), idb),
+            );
+            if let Some(idem) = &job.idempotency_key {
+                batch.delete(Space::Queue, idempotency_index(&job.subject, idem));
+            }
+        }
+        if !rows.is_empty() {
+            self.store.write(batch, false).await?;
+        }
+        Ok(rows.len())
     }
 
     /// When the earliest scheduled job is due (ms), if any: a dispatcher with nothing

@@ -357,6 +357,42 @@ fn listings_filter_and_page_newest_first() {
 }
 
 #[test]
+fn prune_removes_jobs_finished_long_enough_ago_with_all_their_keys() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let q = open(dir.path());
+    rt().block_on(async {
+        let keyed = NewJob {
+            idempotency_key: Some("k".into()),
+            ..job("A/B")
+        };
+        let old = q.submit(keyed.clone(), 0).await.expect("submit").job;
+        let c = q.claim(0, LEASE).await.expect("claim").expect("job");
+        q.finish(&c.id, done(), 100).await.expect("finish");
+        let recent = q.submit(job("A/C"), 150).await.expect("submit").job;
+        let c = q.claim(150, LEASE).await.expect("claim").expect("job");
+        q.finish(&c.id, done(), 500).await.expect("finish");
+        let waiting = q.submit(job("A/D"), 600).await.expect("submit").job;
+        assert_eq!(q.prune(300, 100).await.expect("prune"), 1);
+        assert!(q.get(&old.id).expect("get").is_none());
+        assert!(q.get(&recent.id).expect("get").is_some());
+        assert!(q.get(&waiting.id).expect("get").is_some());
+        let listed: Vec<String> = q
+            .list(&ListFilter::default(), None, 10)
+            .expect("list")
+            .jobs
+            .into_iter()
+            .map(|j| j.id)
+            .collect();
+        assert_eq!(listed, vec![waiting.id.clone(), recent.id.clone()]);
+        // Its idempotency key is forgotten with it.
+        assert!(q.submit(keyed, 700).await.expect("submit").created);
+        // Nothing but the pruned job's keys went: one job record per listed job.
+        let left = q.store().scan(Space::Queue, &[JOB]).expect("scan").len();
+        assert_eq!(left, 3);
+    });
+}
+
+#[test]
 fn backoff_doubles_up_to_its_maximum_with_jitter_in_the_upper_half() {
     let b = Backoff {
         base: Duration::from_millis(100),
