@@ -102,6 +102,7 @@ pub fn router(d: Arc<Daemon>) -> Router {
         .route("/v1/health", get(health))
         .route("/v1/ready", get(ready))
         .route("/v1/whoami", get(whoami))
+        .route("/v1/metrics", get(metrics))
         .route("/v1/requests", post(submit).get(list))
         .route("/v1/requests/{id}", get(status))
         .route("/v1/requests/{id}/cancel", post(cancel))
@@ -152,6 +153,26 @@ async fn ready(State(d): Shared) -> Response {
         )
         .into_response()
     }
+}
+
+/// `GET /v1/metrics`: Prometheus text (any configured token).
+async fn metrics(State(d): Shared, headers: HeaderMap) -> Result<Response, ApiError> {
+    identify(&d, &headers)?;
+    let counts = d.queue.counts();
+    let jobs: Vec<(&str, u64)> = provisio_engine::queue::ALL_STATES
+        .iter()
+        .zip(counts)
+        .map(|(s, n)| (s.name(), n))
+        .collect();
+    let text = d.metrics.render(&jobs, d.busy.load(Ordering::SeqCst));
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
 }
 
 /// `GET /v1/whoami`: the caller's identity as the daemon sees it.
@@ -391,6 +412,9 @@ pub(super) async fn accept(
     let Checked {
         target, warnings, ..
     } = check(d, who, format, text)?;
+    // Every parameter is checked before anything is queued.
+    let wait = q.wait.as_deref().map(parse_wait).transpose()?;
+    let delay = q.delay.as_deref().map(parse_wait).transpose()?;
     let payload = serde_json::to_vec(&Payload {
         format: super::format_name(format).into(),
         body: text.to_string(),
@@ -402,10 +426,7 @@ pub(super) async fn accept(
         None => header_text(headers, "x-serialization-key")?,
     };
     let now = now_ms();
-    let not_before_ms = match &q.delay {
-        Some(t) => now + parse_wait(t)?.as_millis() as u64,
-        None => 0,
-    };
+    let not_before_ms = delay.map_or(0, |t| now + t.as_millis() as u64);
     let submitted = d
         .queue
         .submit(
@@ -424,11 +445,11 @@ pub(super) async fn accept(
         .await?;
     let job = submitted.job;
     if submitted.created {
+        d.metrics.submitted();
         tracing::info!(job = %job.id, subject = %who.subject, target = %job.target, "request queued");
         d.wake.notify_one();
     }
-    if let Some(w) = &q.wait {
-        let wait = parse_wait(w)?;
+    if let Some(wait) = wait {
         if let Some(done) = wait_for(d, &job.id, wait).await? {
             let mut view = view(d, &done, true);
             add(&mut view, "created", json!(submitted.created));

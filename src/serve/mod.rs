@@ -11,6 +11,7 @@
 
 mod api;
 pub mod auth;
+mod metrics;
 mod ops;
 
 use crate::config::{Config, ServeConfig};
@@ -140,6 +141,7 @@ pub struct Daemon {
     busy: AtomicUsize,
     config: ServeConfig,
     tokens: auth::Tokens,
+    metrics: Arc<metrics::Metrics>,
 }
 
 impl Daemon {
@@ -294,6 +296,7 @@ pub async fn serve(config: &Config) -> Result<Exit> {
         busy: AtomicUsize::new(0),
         config: config.serve.clone(),
         tokens,
+        metrics: Arc::default(),
     });
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..daemon.config.workers {
@@ -595,11 +598,28 @@ async fn run_job(d: &Arc<Daemon>, job: Job) {
     let engine = {
         let hub = d.hub.clone();
         let id = id.clone();
+        let metrics = d.metrics.clone();
+        let started: Mutex<HashMap<String, (String, std::time::Instant)>> = Mutex::default();
         d.engine
             .clone()
             .with_journal(d.journal_for(&job.subject))
-            .with_events(move |e| hub.publish(&id, event_json(e)))
+            .with_events(move |e| {
+                match e {
+                    Event::StepStarted { step, target } => {
+                        lock(&started)
+                            .insert(step.clone(), (target.clone(), std::time::Instant::now()));
+                    }
+                    Event::StepFinished { step, .. } => {
+                        if let Some((target, at)) = lock(&started).remove(step) {
+                            metrics.step(&target, at.elapsed());
+                        }
+                    }
+                    Event::Undoing { .. } => {}
+                }
+                hub.publish(&id, event_json(e))
+            })
     };
+    let run_started = std::time::Instant::now();
     let result = engine
         .run_controlled(
             parsed.request,
@@ -630,6 +650,8 @@ async fn run_job(d: &Arc<Daemon>, job: Job) {
     };
     let cancelled = cancel.is_cancelled();
     let failure = result.failure.as_ref().map(|f| f.message.clone());
+    d.metrics
+        .finished(&job.target, result.state.name(), run_started.elapsed());
     if result.state == TxnState::RolledBack && result.transient && !cancelled {
         match d
             .queue
@@ -643,10 +665,13 @@ async fn run_job(d: &Arc<Daemon>, job: Job) {
             .await
         {
             Ok(j) if j.state == JobState::Dead => d.hub.finish(&id, finished_event(&j)),
-            Ok(j) => d.hub.publish(
+            Ok(j) => {
+                d.metrics.retried();
+                d.hub.publish(
                 &id,
                 serde_json::json!({"event": "retry", "id": id, "not_before_ms": j.not_before_ms, "error": j.error}),
-            ),
+            )
+            }
             Err(e) => tracing::error!(job = %id, error = %e, "queueing a retry"),
         }
         return;

@@ -914,6 +914,24 @@ fn catalog_plan_invoke_events_and_operator_routes() {
         (409, Some("cannot_resume")),
         "{r:?}"
     );
+    // Metrics: jobs by state, transactions by outcome, step latencies by procedure.
+    let m = d.request("GET", "/v1/metrics", Some(ALICE), None, &[]);
+    assert_eq!(m.status, 200);
+    let text = m.body.as_str().unwrap();
+    assert!(
+        text.contains("provisio_jobs{state=\"succeeded\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("provisio_transactions_total{outcome=\"committed\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "provisio_step_duration_seconds_count{target=\"Ledger Provider/CreateAccount\"} 1"
+        ),
+        "{text}"
+    );
     // Listing by submission time.
     let l = d.request("GET", "/v1/requests?since_ms=1", Some(ALICE), None, &[]);
     assert_eq!(l.body["items"].as_array().unwrap().len(), 1, "{l:?}");

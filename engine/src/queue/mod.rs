@@ -25,7 +25,7 @@
 //! - `a` ‖ seq, `x` ‖ state ‖ `\0` ‖ seq, `p` ‖ target ‖ `\0` ‖ seq, `w` ‖ subject ‖ `\0` ‖
 //!   seq — listings, newest first;
 //! - `f` ‖ finished ms ‖ seq — jobs in a final state, for retention ([`Queue::prune`]);
-//! - `n` — the next sequence number.
+//! - `n` — the next sequence number; `c` — how many jobs are in each state.
 //!
 //! Claiming, finishing and submitting read and write a handful of keys each: their cost
 //! follows the logarithm of the backlog (the store's ordered keys), never its size.
@@ -49,6 +49,7 @@ const BY_STATE: u8 = b'x';
 const BY_TARGET: u8 = b'p';
 const BY_SUBJECT: u8 = b'w';
 const FINISHED: u8 = b'f';
+const COUNTS: &[u8] = b"c";
 const NEXT_SEQ: &[u8] = b"n";
 
 /// Scheduled jobs moved to the ready index per claim (the rest on the next claims).
@@ -317,6 +318,22 @@ pub enum QueueError {
 pub struct Queue {
     store: Arc<dyn Store>,
     inner: tokio::sync::Mutex<u64>,
+    /// Jobs by state (in [`ALL_STATES`] order), kept with every change.
+    counts: std::sync::Mutex<[u64; 6]>,
+}
+
+/// Every state, in the order of [`Queue::counts`].
+pub const ALL_STATES: [JobState; 6] = [
+    JobState::Queued,
+    JobState::Running,
+    JobState::Succeeded,
+    JobState::Failed,
+    JobState::Dead,
+    JobState::Cancelled,
+];
+
+fn state_index(state: JobState) -> usize {
+    ALL_STATES.iter().position(|s| *s == state).unwrap_or(0)
 }
 
 impl std::fmt::Debug for Queue {
@@ -418,10 +435,53 @@ impl Queue {
             Some(v) if v.len() == 8 => u64::from_be_bytes(v.try_into().unwrap_or([0; 8])),
             _ => 1,
         };
+        let counts = match store.get(Space::Queue, COUNTS)? {
+            Some(v) => serde_json::from_slice(&v).unwrap_or([0; 6]),
+            None => {
+                // Never counted (a queue written before the counts): count the state index
+                // once.
+                let mut c = [0u64; 6];
+                for (i, state) in ALL_STATES.iter().enumerate() {
+                    c[i] = store
+                        .scan(Space::Queue, &field_prefix(BY_STATE, state.name()))?
+                        .len() as u64;
+                }
+                c
+            }
+        };
         Ok(Queue {
             store,
             inner: tokio::sync::Mutex::new(next),
+            counts: std::sync::Mutex::new(counts),
         })
+    }
+
+    /// How many jobs are in each state, in [`ALL_STATES`] order (kept with every change:
+    /// no scan).
+    pub fn counts(&self) -> [u64; 6] {
+        *self.counts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn count(&self, from: Option<JobState>, to: Option<JobState>) {
+        let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = from {
+            c[state_index(f)] = c[state_index(f)].saturating_sub(1);
+        }
+        if let Some(t) = to {
+            c[state_index(t)] += 1;
+        }
+    }
+
+    /// Writes a batch, with the counts as they now are.
+    async fn commit(&self, mut batch: Batch, durable: bool) -> Result<(), QueueError> {
+        let counts = self.counts();
+        batch.put(
+            Space::Queue,
+            COUNTS.to_vec(),
+            serde_json::to_vec(&counts).unwrap_or_default(),
+        );
+        self.store.write(batch, durable).await?;
+        Ok(())
     }
 
     /// The store.
@@ -493,8 +553,9 @@ impl Queue {
         }
     }
 
-    fn set_state(batch: &mut Batch, job: &mut Job, state: JobState) {
+    fn set_state(&self, batch: &mut Batch, job: &mut Job, state: JobState) {
         if job.state != state {
+            self.count(Some(job.state), Some(state));
             batch.delete(Space::Queue, state_key(job.state, job.seq));
             batch.put(
                 Space::Queue,
@@ -635,7 +696,8 @@ impl Queue {
             idb,
         );
         batch.put(Space::Queue, job_key(&id), encode(&job));
-        self.store.write(batch, true).await?;
+        self.count(None, Some(JobState::Queued));
+        self.commit(batch, true).await?;
         Ok(Submitted { job, created: true })
     }
 
@@ -688,7 +750,7 @@ impl Queue {
             lease_key(until, job.seq),
             id.as_bytes().to_vec(),
         );
-        Self::set_state(&mut batch, &mut job, JobState::Running);
+        self.set_state(&mut batch, &mut job, JobState::Running);
         job.attempts += 1;
         job.started_ms = Some(now);
         if job.txn.is_none() {
@@ -697,7 +759,7 @@ impl Queue {
             job.txn = Some(txn);
         }
         batch.put(Space::Queue, job_key(&id), encode(&job));
-        self.store.write(batch, true).await?;
+        self.commit(batch, true).await?;
         Ok(Some(job))
     }
 
@@ -719,7 +781,7 @@ impl Queue {
             id.as_bytes().to_vec(),
         );
         batch.put(Space::Queue, job_key(id), encode(&job));
-        self.store.write(batch, false).await?;
+        self.commit(batch, false).await?;
         Ok(true)
     }
 
@@ -732,7 +794,7 @@ impl Queue {
     ) -> Result<(), QueueError> {
         Self::unslot(batch, job);
         self.leave_line(batch, job, now)?;
-        Self::set_state(batch, job, state);
+        self.set_state(batch, job, state);
         job.finished_ms = Some(now);
         batch.put(
             Space::Queue,
@@ -766,7 +828,7 @@ impl Queue {
         job.error = how.error;
         job.txn = None;
         batch.put(Space::Queue, job_key(id), encode(&job));
-        self.store.write(batch, false).await?;
+        self.commit(batch, false).await?;
         Ok(job)
     }
 
@@ -789,12 +851,12 @@ impl Queue {
             self.finalize(&mut batch, &mut job, JobState::Dead, now)?;
         } else {
             Self::unslot(&mut batch, &mut job);
-            Self::set_state(&mut batch, &mut job, JobState::Queued);
+            self.set_state(&mut batch, &mut job, JobState::Queued);
             job.not_before_ms = now + backoff.delay(job.attempts, random).as_millis() as u64;
             Self::slot_runnable(&mut batch, &mut job, now);
         }
         batch.put(Space::Queue, job_key(id), encode(&job));
-        self.store.write(batch, true).await?;
+        self.commit(batch, true).await?;
         Ok(job)
     }
 
@@ -810,7 +872,7 @@ impl Queue {
         job.txn = None;
         self.finalize(&mut batch, &mut job, JobState::Dead, now)?;
         batch.put(Space::Queue, job_key(id), encode(&job));
-        self.store.write(batch, true).await?;
+        self.commit(batch, true).await?;
         Ok(job)
     }
 
@@ -834,7 +896,7 @@ impl Queue {
             }
             _ => return Ok(Cancelled::AlreadyFinal(job)),
         };
-        self.store.write(batch, true).await?;
+        self.commit(batch, true).await?;
         Ok(out)
     }
 
@@ -858,7 +920,7 @@ impl Queue {
             });
         }
         let mut batch = Batch::new();
-        Self::set_state(&mut batch, &mut job, JobState::Queued);
+        self.set_state(&mut batch, &mut job, JobState::Queued);
         job.attempts = 0;
         if let Some(at) = job.finished_ms {
             batch.delete(Space::Queue, finished_key(at, job.seq));
@@ -877,7 +939,7 @@ impl Queue {
             batch.put(Space::Queue, entry, id.as_bytes().to_vec());
         }
         batch.put(Space::Queue, job_key(id), encode(&job));
-        self.store.write(batch, true).await?;
+        self.commit(batch, true).await?;
         Ok(job)
     }
 
@@ -912,7 +974,7 @@ impl Queue {
                 self.finalize(&mut batch, &mut job, JobState::Dead, now)?;
             } else {
                 Self::unslot(&mut batch, &mut job);
-                Self::set_state(&mut batch, &mut job, JobState::Queued);
+                self.set_state(&mut batch, &mut job, JobState::Queued);
                 // Its transaction id stays: the next claim settles that attempt's
                 // transaction (through the journal) instead of starting another.
                 job.not_before_ms = now;
@@ -922,7 +984,7 @@ impl Queue {
             out.push(job);
         }
         if !out.is_empty() {
-            self.store.write(batch, true).await?;
+            self.commit(batch, true).await?;
         }
         Ok(out)
     }
@@ -949,6 +1011,7 @@ impl Queue {
                 continue;
             }
             let idb = job.seq;
+            self.count(Some(job.state), None);
             batch.delete(Space::Queue, job_key(&id));
             batch.delete(Space::Queue, with_seq(vec![ALL], idb));
             batch.delete(Space::Queue, state_key(job.state, idb));
@@ -965,7 +1028,7 @@ impl Queue {
             }
         }
         if !rows.is_empty() {
-            self.store.write(batch, false).await?;
+            self.commit(batch, false).await?;
         }
         Ok(rows.len())
     }

@@ -393,6 +393,27 @@ fn prune_removes_jobs_finished_long_enough_ago_with_all_their_keys() {
 }
 
 #[test]
+fn counts_by_state_follow_every_change_and_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let expected = [1, 1, 1, 0, 0, 1];
+    {
+        let q = open(dir.path());
+        rt().block_on(async {
+            let mut ids = Vec::new();
+            for i in 0..4 {
+                ids.push(q.submit(job("A/B"), i).await.expect("submit").job.id);
+            }
+            let a = q.claim(10, LEASE).await.expect("claim").expect("job");
+            q.finish(&a.id, done(), 11).await.expect("finish");
+            q.claim(12, LEASE).await.expect("claim").expect("job");
+            q.cancel(&ids[3], 13).await.expect("cancel");
+            assert_eq!(q.counts(), expected);
+        });
+    }
+    assert_eq!(open(dir.path()).counts(), expected);
+}
+
+#[test]
 fn backoff_doubles_up_to_its_maximum_with_jitter_in_the_upper_half() {
     let b = Backoff {
         base: Duration::from_millis(100),
