@@ -125,6 +125,11 @@ pub struct EngineConfig {
     pub max_parallel: usize,
     /// Seconds a provider call may take before its step fails.
     pub step_timeout_secs: u64,
+    /// Most calls in flight at once to a provider (by provider name: `DNS`, `Filesystem`,
+    /// an exec provider's `name`), over every transaction of the process (the daemon's
+    /// workers share them).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub provider_limits: BTreeMap<String, usize>,
 }
 
 impl Default for EngineConfig {
@@ -132,6 +137,7 @@ impl Default for EngineConfig {
         EngineConfig {
             max_parallel: 16,
             step_timeout_secs: 300,
+            provider_limits: BTreeMap::new(),
         }
     }
 }
@@ -1267,6 +1273,21 @@ impl Config {
         }
         let mut providers = vec!["DNS".to_string(), "Filesystem".to_string()];
         providers.extend(self.providers.exec.iter().map(|e| e.name.clone()));
+        for (name, n) in &self.engine.provider_limits {
+            if *n == 0 {
+                bail!(
+                    "{}: must be at least 1",
+                    at(&format!("engine.provider_limits.{}", toml_key(name)))
+                );
+            }
+            if !providers.contains(name) && name != "Error" {
+                bail!(
+                    "{}: no provider `{name}` is configured; the providers are {}",
+                    at(&format!("engine.provider_limits.{}", toml_key(name))),
+                    providers.join(", ")
+                );
+            }
+        }
         self.retry.check(&at, &providers)?;
         Ok(())
     }

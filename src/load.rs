@@ -159,6 +159,7 @@ pub fn engine_options(config: &Config) -> EngineOptions {
         max_parallel: e.max_parallel.max(1),
         step_timeout: Duration::from_secs(e.step_timeout_secs.max(1)),
         retry: config.retry.options(),
+        provider_limits: e.provider_limits.clone(),
         ..EngineOptions::default()
     }
 }

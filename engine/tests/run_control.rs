@@ -1,7 +1,8 @@
 //! `Engine::run_controlled`, the daemon's way of running a job: the transaction id is the
 //! caller's, a [`Cancel`] stops the run before its next step (or before it commits) and
 //! rolls back what ran, and `TxnResult::transient` says a rollback came from a transient
-//! error the engine gave up retrying.
+//! error the engine gave up retrying. And `EngineOptions::provider_limits`: calls to a
+//! provider in flight at once over all transactions of an engine and its clones.
 
 use provisio_engine::model::Format;
 use provisio_engine::provider::ProviderRegistry;
@@ -121,4 +122,112 @@ async fn a_transient_error_outlasting_the_retries_is_marked_transient() {
         .expect("compiles");
     assert_eq!(r.state, TxnState::RolledBack);
     assert!(!r.transient, "a permanent error is not worth a retry");
+}
+
+/// Counts the calls in flight and the most seen at once.
+#[derive(Default)]
+struct Gauge {
+    now: std::sync::atomic::AtomicUsize,
+    max: std::sync::atomic::AtomicUsize,
+}
+
+#[derive(Clone)]
+struct Slow {
+    rec: RecordingProvider,
+    gauge: Arc<Gauge>,
+}
+
+#[async_trait::async_trait]
+impl provisio_engine::Provider for Slow {
+    fn name(&self) -> &str {
+        self.rec.name()
+    }
+    fn procedures(&self) -> Vec<provisio_engine::ProcedureSpec> {
+        self.rec.procedures()
+    }
+    async fn execute(
+        &self,
+        call: provisio_engine::Call,
+    ) -> Result<provisio_engine::Outcome, provisio_engine::ProviderError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let n = self.gauge.now.fetch_add(1, SeqCst) + 1;
+        self.gauge.max.fetch_max(n, SeqCst);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        self.gauge.now.fetch_sub(1, SeqCst);
+        self.rec.execute(call).await
+    }
+    async fn undo(
+        &self,
+        done: provisio_engine::Done,
+    ) -> Result<(), provisio_engine::ProviderError> {
+        self.rec.undo(done).await
+    }
+    async fn recover(
+        &self,
+        call: &provisio_engine::Call,
+    ) -> Result<Option<provisio_engine::Element>, provisio_engine::ProviderError> {
+        self.rec.recover(call).await
+    }
+    async fn preview(
+        &self,
+        call: &provisio_engine::Call,
+    ) -> Result<provisio_engine::Preview, provisio_engine::ProviderError> {
+        self.rec.preview(call).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_limit_bounds_its_calls_over_every_transaction() {
+    const WIDE: &str = r#"
+namespace: W
+procedures:
+  Wide:
+    access: public
+    parallel: true
+    steps:
+      a: { call: Rec Provider/Create, with: { name: "{{ data.p }}a" } }
+      b: { call: Rec Provider/Create, with: { name: "{{ data.p }}b" } }
+      c: { call: Rec Provider/Create, with: { name: "{{ data.p }}c" } }
+"#;
+    for (limit, most) in [(Some(2), 2), (None, 3 * 6)] {
+        let gauge = Arc::new(Gauge::default());
+        let slow = Slow {
+            rec: RecordingProvider::new("Rec"),
+            gauge: gauge.clone(),
+        };
+        let namespaces = parse_namespaces(WIDE, "w.yaml", Format::Yaml).expect("namespace");
+        let mut registry = ProviderRegistry::new();
+        registry.register(Arc::new(slow));
+        let catalog = Catalog::new(namespaces, &registry).expect("catalog");
+        let options = EngineOptions {
+            provider_limits: limit
+                .map(|n| [("Rec".to_string(), n)].into())
+                .unwrap_or_default(),
+            ..EngineOptions::default()
+        };
+        let engine = Engine::new(catalog, registry, options);
+        let runs = (0..6).map(|i| {
+            let engine = engine.clone();
+            async move {
+                let req = parse_request(
+                    &format!("call: W/Wide\ndata:\n  p: t{i}\n"),
+                    "req.yaml",
+                    Format::Yaml,
+                )
+                .expect("request");
+                engine.run_owned(req).await.expect("compiles")
+            }
+        });
+        for r in futures::future::join_all(runs).await {
+            assert_eq!(r.state, TxnState::Committed, "{:?}", r.failure);
+        }
+        let seen = gauge.max.load(std::sync::atomic::Ordering::SeqCst);
+        match limit {
+            Some(n) => assert!(seen <= n, "{seen} calls at once with a limit of {n}"),
+            None => assert!(
+                seen > 2,
+                "without a limit the calls overlap ({seen} of {most})"
+            ),
+        }
+    }
 }

@@ -96,7 +96,11 @@ impl Engine {
                     started_after,
                     journaling,
                 };
-                let error = match self.attempt(&call, &context, &ed).await {
+                let attempted = {
+                    let _permit = self.provider_permit(&leaf.provider).await;
+                    self.attempt(&call, &context, &ed).await
+                };
+                let error = match attempted {
                     Ok(outcome) => return self.succeeded(&call, &ed, done(outcome)).await,
                     Err(error) => error,
                 };

@@ -56,6 +56,10 @@ pub struct EngineOptions {
     pub max_iterations: usize,
     /// Compiler limits.
     pub limits: Limits,
+    /// Most calls in flight at once to a provider, by provider name, over every transaction
+    /// this engine (and its clones) runs: a slow backend is not flooded by a daemon's
+    /// workers. Recovery and undo calls are not counted.
+    pub provider_limits: std::collections::BTreeMap<String, usize>,
 }
 
 impl Default for EngineOptions {
@@ -66,6 +70,7 @@ impl Default for EngineOptions {
             retry: RetryOptions::default(),
             max_iterations: 100_000,
             limits: Limits::default(),
+            provider_limits: Default::default(),
         }
     }
 }
@@ -246,6 +251,8 @@ pub struct Engine {
     options: EngineOptions,
     journal: Arc<dyn Journal>,
     events: Option<EventSink>,
+    /// The `provider_limits` as semaphores, shared by the clones.
+    provider_permits: Arc<HashMap<String, Arc<Semaphore>>>,
 }
 
 /// A step completed before a crash, replayed when a resumable transaction resumes.
@@ -273,6 +280,11 @@ pub(crate) struct Resume {
 impl Engine {
     /// An engine over a catalog and providers.
     pub fn new(catalog: Catalog, registry: ProviderRegistry, options: EngineOptions) -> Engine {
+        let provider_permits = options
+            .provider_limits
+            .iter()
+            .map(|(name, n)| (name.clone(), Arc::new(Semaphore::new((*n).max(1)))))
+            .collect();
         Engine {
             catalog: Arc::new(catalog),
             programs: Arc::default(),
@@ -280,7 +292,17 @@ impl Engine {
             options,
             journal: Arc::new(NoJournal),
             events: None,
+            provider_permits: Arc::new(provider_permits),
         }
+    }
+
+    /// A permit to call `provider`, when it has a limit (`EngineOptions::provider_limits`).
+    pub(crate) async fn provider_permit(
+        &self,
+        provider: &str,
+    ) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let semaphore = self.provider_permits.get(provider)?.clone();
+        semaphore.acquire_owned().await.ok()
     }
 
     /// Reports every transition to `journal`.
