@@ -74,6 +74,36 @@ pub struct ServeConfig {
     /// The bearer tokens clients authenticate with: only their SHA-256 hashes.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tokens: Vec<TokenConfig>,
+    /// Access control lists on namespaces and procedures (docs/daemon.md, "Access control").
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub acl: Vec<AclConfig>,
+}
+
+/// `[[serve.acl]]`: who may execute or read a namespace's procedures, or one procedure's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AclConfig {
+    /// The namespace.
+    pub namespace: String,
+    /// The procedure (absent: the entry is the namespace's, inherited by its procedures).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub procedure: Option<String>,
+    /// Subjects and `group:NAME`s that may call (and see) it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub execute: Vec<String>,
+    /// Subjects and `group:NAME`s that may see it in the catalog.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub read: Vec<String>,
+    /// Subjects and `group:NAME`s refused whatever else grants them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<String>,
+    /// A procedure's entry: whether the namespace's entries apply too (default true).
+    #[serde(default = "yes")]
+    pub inherit: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Default for ServeConfig {
@@ -88,6 +118,7 @@ impl Default for ServeConfig {
             retry_initial: Wait(std::time::Duration::from_secs(1)),
             retry_max: Wait(std::time::Duration::from_secs(300)),
             tokens: Vec::new(),
+            acl: Vec::new(),
         }
     }
 }
@@ -1330,6 +1361,30 @@ impl Config {
             }
             if !seen.insert(t.sha256.to_ascii_lowercase()) {
                 bail!("{}: the same token is listed twice", key("sha256"));
+            }
+        }
+        for (i, a) in s.acl.iter().enumerate() {
+            let key = |k: &str| at(&format!("serve.acl[{i}].{k}"));
+            if a.namespace.trim().is_empty() {
+                bail!("{}: must name a namespace", key("namespace"));
+            }
+            if a.procedure.is_none() && !a.inherit {
+                bail!(
+                    "{}: only a procedure's entry can stop inheriting the namespace's",
+                    key("inherit")
+                );
+            }
+            for (field, list) in [
+                ("execute", &a.execute),
+                ("read", &a.read),
+                ("deny", &a.deny),
+            ] {
+                if let Some(bad) = list.iter().find(|w| w.trim().is_empty() || *w == "group:") {
+                    bail!(
+                        "{}: {bad:?} is neither a subject nor `group:NAME`",
+                        key(field)
+                    );
+                }
             }
         }
         Ok(())

@@ -2,7 +2,7 @@
 //! `{"code": "...", "message": "..."}` with a stable code and a message saying what to do.
 //! See docs/daemon.md for the routes.
 
-use super::auth::Identity;
+use super::auth::{Identity, Right};
 use super::{finished_event, now_ms, parse_body, Daemon, Payload};
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
@@ -349,8 +349,21 @@ pub(super) fn check(
             }
             "(trusted request)".to_string()
         }
-        RequestTarget::Call(t) => {
-            let t = t.to_string();
+        RequestTarget::Call(call) => {
+            let t = call.to_string();
+            if !d
+                .acl
+                .permits(who, &call.namespace, &call.procedure, Right::Execute)
+            {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "acl_denied",
+                    format!(
+                        "subject `{}` has no execute right on `{t}` ([[serve.acl]] of its namespace or procedure): ask the operator for one",
+                        who.subject
+                    ),
+                ));
+            }
             if !who.may_call(&t) {
                 return Err(ApiError::new(
                     StatusCode::FORBIDDEN,

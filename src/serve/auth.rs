@@ -1,7 +1,9 @@
 //! Identities of the daemon's clients: bearer tokens from `[[serve.tokens]]`, kept only as
-//! SHA-256 hashes, each mapped to a subject, its groups and its rights.
+//! SHA-256 hashes, each mapped to a subject, its groups and its rights; and the access
+//! control lists of `[[serve.acl]]` on namespaces and procedures (MPS: a namespace's DACL
+//! propagates to its procedures unless a procedure stops inheriting it; deny wins).
 
-use crate::config::TokenConfig;
+use crate::config::{AclConfig, TokenConfig};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 
@@ -35,6 +37,64 @@ impl Identity {
     /// Whether it may see (and cancel) a request of `subject`.
     pub fn may_see(&self, subject: &str) -> bool {
         self.operator || self.subject == subject
+    }
+}
+
+/// A right an ACL grants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Right {
+    /// Call the procedure.
+    Execute,
+    /// See it in the catalog (execute implies it).
+    Read,
+}
+
+/// The access control lists.
+#[derive(Debug, Default)]
+pub struct Acl(Vec<AclConfig>);
+
+impl Acl {
+    /// From the configuration (already checked).
+    pub fn from_config(entries: &[AclConfig]) -> Acl {
+        Acl(entries.to_vec())
+    }
+
+    /// Whether `who` has `right` on `namespace/procedure`. A procedure no entry names
+    /// (neither its own nor, inherited, its namespace's) is open to every token; operators
+    /// pass every list.
+    pub fn permits(&self, who: &Identity, namespace: &str, procedure: &str, right: Right) -> bool {
+        if who.operator {
+            return true;
+        }
+        let own: Vec<&AclConfig> = self
+            .0
+            .iter()
+            .filter(|a| a.namespace == namespace && a.procedure.as_deref() == Some(procedure))
+            .collect();
+        let inherit = own.iter().all(|a| a.inherit);
+        let mut entries = own;
+        if inherit {
+            entries.extend(
+                self.0
+                    .iter()
+                    .filter(|a| a.namespace == namespace && a.procedure.is_none()),
+            );
+        }
+        if entries.is_empty() {
+            return true;
+        }
+        let names = |list: &[String]| {
+            list.iter().any(|w| match w.strip_prefix("group:") {
+                Some(g) => who.groups.iter().any(|mine| mine == g),
+                None => *w == who.subject,
+            })
+        };
+        if entries.iter().any(|a| names(&a.deny)) {
+            return false;
+        }
+        entries
+            .iter()
+            .any(|a| names(&a.execute) || (right == Right::Read && names(&a.read)))
     }
 }
 
@@ -143,6 +203,53 @@ mod tests {
         assert!(!id.may_call("Billing/Close"));
         assert!(!id.may_call("Hosted DNS2/CreateZone"));
         assert!(id.may_see("billing") && !id.may_see("other"));
+    }
+
+    fn acl(
+        namespace: &str,
+        procedure: Option<&str>,
+        execute: &[&str],
+        read: &[&str],
+        deny: &[&str],
+        inherit: bool,
+    ) -> AclConfig {
+        let v = |l: &[&str]| l.iter().map(|s| s.to_string()).collect();
+        AclConfig {
+            namespace: namespace.into(),
+            procedure: procedure.map(String::from),
+            execute: v(execute),
+            read: v(read),
+            deny: v(deny),
+            inherit,
+        }
+    }
+
+    #[test]
+    fn acls_inherit_from_the_namespace_and_deny_wins() {
+        let t = Tokens::from_config(&[token(None)]);
+        let billing = t.identify("s3cret").expect("known").clone();
+        let acl = Acl::from_config(&[
+            acl("DNS", None, &["group:ops"], &["group:support"], &[], true),
+            acl("DNS", Some("DeleteZone"), &[], &[], &["billing"], true),
+            acl("DNS", Some("Private"), &["someone"], &[], &[], false),
+        ]);
+        // billing is in group ops: the namespace's grant reaches its procedures.
+        assert!(acl.permits(&billing, "DNS", "CreateZone", Right::Execute));
+        // ... except where a procedure's own entry denies it.
+        assert!(!acl.permits(&billing, "DNS", "DeleteZone", Right::Execute));
+        assert!(!acl.permits(&billing, "DNS", "DeleteZone", Right::Read));
+        // ... or stops inheriting.
+        assert!(!acl.permits(&billing, "DNS", "Private", Right::Execute));
+        // A namespace without entries is open.
+        assert!(acl.permits(&billing, "Files", "CreateFolder", Right::Execute));
+        let mut support = billing.clone();
+        support.subject = "sam".into();
+        support.groups = vec!["support".into()];
+        assert!(acl.permits(&support, "DNS", "CreateZone", Right::Read));
+        assert!(!acl.permits(&support, "DNS", "CreateZone", Right::Execute));
+        let mut op = support.clone();
+        op.operator = true;
+        assert!(acl.permits(&op, "DNS", "Private", Right::Execute));
     }
 
     #[test]

@@ -141,6 +141,7 @@ pub struct Daemon {
     busy: AtomicUsize,
     config: ServeConfig,
     tokens: auth::Tokens,
+    acl: auth::Acl,
     metrics: Arc<metrics::Metrics>,
 }
 
@@ -296,6 +297,7 @@ pub async fn serve(config: &Config) -> Result<Exit> {
         busy: AtomicUsize::new(0),
         config: config.serve.clone(),
         tokens,
+        acl: auth::Acl::from_config(&config.serve.acl),
         metrics: Arc::default(),
     });
     let mut workers = tokio::task::JoinSet::new();

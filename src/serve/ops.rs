@@ -6,7 +6,7 @@
 use super::api::{
     accept, check, format_of, identify, query, ApiError, Checked, Shared, SubmitQuery,
 };
-use super::auth::Identity;
+use super::auth::{Identity, Right};
 use super::{now_ms, Daemon};
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, QueryRejection};
@@ -70,12 +70,14 @@ pub async fn all_events(
     Ok(Sse::new(s).keep_alive(KeepAlive::default()))
 }
 
-/// Whether `who` may see a procedure in the catalog: public ones it may call; trusted and
-/// operator tokens see every one.
-fn listed(who: &Identity, namespace: &str, procedure: &str, access: Access) -> bool {
+/// Whether `who` may see a procedure in the catalog: public ones its token may call and the
+/// ACLs let it read; trusted and operator tokens see every one.
+fn listed(d: &Daemon, who: &Identity, namespace: &str, procedure: &str, access: Access) -> bool {
     who.trusted
         || who.operator
-        || (access == Access::Public && who.may_call(&format!("{namespace}/{procedure}")))
+        || (access == Access::Public
+            && who.may_call(&format!("{namespace}/{procedure}"))
+            && d.acl.permits(who, namespace, procedure, Right::Read))
 }
 
 /// `GET /v1/namespaces`.
@@ -89,7 +91,7 @@ pub async fn namespaces(State(d): Shared, headers: HeaderMap) -> Result<Json<Val
             let procedures: Vec<&str> = ns
                 .procedures
                 .iter()
-                .filter(|p| listed(&who, &ns.name, &p.name, p.access))
+                .filter(|p| listed(&d, &who, &ns.name, &p.name, p.access))
                 .map(|p| p.name.as_str())
                 .collect();
             (!procedures.is_empty()).then(|| {
@@ -122,7 +124,7 @@ pub async fn namespace(
     let procedures: Vec<Value> = ns
         .procedures
         .iter()
-        .filter(|p| listed(&who, &ns.name, &p.name, p.access))
+        .filter(|p| listed(&d, &who, &ns.name, &p.name, p.access))
         .map(|p| {
             json!({
                 "name": p.name,
@@ -177,7 +179,7 @@ pub async fn graph(
         .catalog()
         .namespace(&namespace)
         .and_then(|ns| ns.procedures.iter().find(|p| p.name == procedure))
-        .is_some_and(|p| listed(&who, &namespace, &procedure, p.access));
+        .is_some_and(|p| listed(&d, &who, &namespace, &procedure, p.access));
     if !visible {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,

@@ -940,6 +940,52 @@ fn catalog_plan_invoke_events_and_operator_routes() {
 }
 
 #[test]
+fn acls_on_namespaces_and_procedures_grant_groups_and_deny() {
+    if !python() {
+        return;
+    }
+    let site = Site::new(0);
+    let extra = format!(
+        r#"
+[[serve.tokens]]
+subject = "carol"
+sha256 = "{}"
+groups = ["sales"]
+
+[[serve.acl]]
+namespace = "Billing"
+execute = ["group:sales"]
+read = ["alice"]
+
+[[serve.acl]]
+namespace = "Billing"
+procedure = "OpenCustomer"
+deny = ["dave"]
+"#,
+        sha("carol-token-0123456789")
+    );
+    let mut text = std::fs::read_to_string(site.path("provisio.toml")).unwrap();
+    text.push_str(&extra);
+    std::fs::write(site.path("provisio.toml"), text).unwrap();
+    let d = site.start();
+    // alice may read the namespace but not execute it.
+    let a = d.submit(ALICE, &customer("nat"), "", &[]);
+    assert_eq!(
+        (a.status, a.body["code"].as_str()),
+        (403, Some("acl_denied")),
+        "{a:?}"
+    );
+    let ns = d.request("GET", "/v1/namespaces/Billing", Some(ALICE), None, &[]);
+    assert_eq!(ns.status, 200, "{ns:?}");
+    // carol, in group sales, may call it.
+    let a = d.submit("carol-token-0123456789", &customer("nat"), "?wait=20s", &[]);
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(a.body["subject"], "carol");
+    assert_eq!(a.body["outcome"], "committed");
+    assert_eq!(site.accounts(), vec![("nat".to_string(), 1501)]);
+}
+
+#[test]
 fn config_keys_and_flags_of_serve_are_checked() {
     let site = Site::new(0);
     let (code, _, err) = site.run(&["serve", "--listen", "localhost"], &[]);
