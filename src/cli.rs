@@ -194,6 +194,11 @@ pub enum Command {
         after_help = "Example:\n  provisio --data-dir /var/lib/provisio serve --listen 127.0.0.1:8750 --workers 8"
     )]
     Serve(ServeArgs),
+    /// Run the queued jobs without serving HTTP: with --drain, every job that is due, then
+    /// exit (for cron where no daemon runs). Recovers and takes back jobs first, as
+    /// `serve` does; refused while a daemon holds the data directory.
+    #[command(after_help = "Example:\n  provisio worker --drain --workers 2")]
+    Worker(WorkerArgs),
     /// Submit a request to a running daemon; prints its id (with --wait: its response).
     #[command(
         after_help = "Example:\n  PROVISIO_TOKEN=… provisio submit workflows/provision-tenant.yaml --wait"
@@ -264,6 +269,17 @@ pub struct ServeArgs {
     /// serve.shutdown_timeout and $PROVISIO_SHUTDOWN_TIMEOUT) [default: 30s].
     #[arg(long, value_name = "DURATION")]
     pub shutdown_timeout: Option<crate::config::Wait>,
+}
+
+/// `worker` arguments.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Run the due jobs, then exit (the only mode for now: required).
+    #[arg(long, required = true)]
+    pub drain: bool,
+    /// Jobs run at once (overrides serve.workers and $PROVISIO_WORKERS) [default: 4].
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
 }
 
 /// `submit` arguments.

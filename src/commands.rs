@@ -84,6 +84,7 @@ pub async fn dispatch(cli: Cli) -> Result<Exit> {
             Ok(Exit::Ok)
         }
         Command::Serve(_) => crate::serve::serve(config).await,
+        Command::Worker(_) => crate::serve::drain(config).await,
         Command::Submit(_)
         | Command::Status(_)
         | Command::Cancel(_)

@@ -32,7 +32,10 @@ pub fn config(cli: &Cli) -> Result<Loaded> {
     };
     let flags = Overrides {
         listen: serve.and_then(|s| s.listen.clone()),
-        workers: serve.and_then(|s| s.workers),
+        workers: match &cli.command {
+            Command::Worker(w) => w.workers,
+            _ => serve.and_then(|s| s.workers),
+        },
         max_body_bytes: serve.and_then(|s| s.max_body_bytes),
         shutdown_timeout: serve.and_then(|s| s.shutdown_timeout),
         config_file: cli.global.config.clone(),

@@ -211,27 +211,33 @@ pub fn parse_body(body: &str, format: Format) -> Result<Parsed, String> {
     }
 }
 
-/// Runs the daemon until SIGTERM/SIGINT.
-pub async fn serve(config: &Config) -> Result<Exit> {
+/// What `open` found: the daemon's state, or the exit code of a refusal.
+enum Opened {
+    Ready(Arc<Daemon>),
+    Refused(Exit),
+}
+
+/// Holds the data directory (refused at once when another process does), starts the
+/// engine, recovers what a crash left running and takes back the jobs of workers that died.
+async fn open(config: &Config, what: &str) -> Result<Opened> {
     let mut config = config.clone();
     // A daemon never waits for the lock: another process holding the data directory is
     // refused at once.
     config.journal.wait_lock = crate::config::Wait(Duration::ZERO);
-    let dir = load::journal_dir(&config);
     // The lock first: a refused second daemon starts no provider process.
     let journal = match load::journal(&config) {
         Ok(j) => j,
         Err(e) => {
             if let Some(busy) = e.downcast_ref::<load::StoreBusy>() {
                 eprintln!(
-                    "error: the data directory `{}` is held by another provisio process{}; a second daemon on the same data directory is refused\n  hint: stop the other process first, or give this daemon its own --data-dir (PROVISIO_DATA_DIR)",
+                    "error: the data directory `{}` is held by another provisio process{}; {what} on the same data directory is refused\n  hint: stop the other process first, or give this one its own --data-dir (PROVISIO_DATA_DIR)",
                     config.data_dir.display(),
                     match &busy.daemon {
                         Some((pid, url)) => format!(" (a daemon, pid {pid}, serving {url})"),
                         None => String::new(),
                     }
                 );
-                return Ok(Exit::StoreBusy);
+                return Ok(Opened::Refused(Exit::StoreBusy));
             }
             return Err(e);
         }
@@ -263,10 +269,77 @@ pub async fn serve(config: &Config) -> Result<Exit> {
             "took back jobs whose workers stopped with the previous process"
         );
     }
-    let tokens = auth::Tokens::from_config(&config.serve.tokens);
-    if tokens.is_empty() {
+    let (stopping, _) = watch::channel(false);
+    Ok(Opened::Ready(Arc::new(Daemon {
+        engine,
+        store,
+        seal,
+        queue,
+        journals: Mutex::new(HashMap::new()),
+        hub: Arc::new(Hub::default()),
+        running: Mutex::new(HashMap::new()),
+        wake: Notify::new(),
+        stopping,
+        ready: AtomicBool::new(false),
+        busy: AtomicUsize::new(0),
+        config: config.serve.clone(),
+        tokens: auth::Tokens::from_config(&config.serve.tokens),
+        acl: auth::Acl::from_config(&config.serve.acl),
+        metrics: Arc::default(),
+    })))
+}
+
+/// `provisio worker --drain`: runs every job that is due with the configured workers, then
+/// exits (what cron runs where no daemon does). Jobs scheduled for later stay queued.
+pub async fn drain(config: &Config) -> Result<Exit> {
+    let daemon = match open(config, "a worker").await? {
+        Opened::Ready(d) => d,
+        Opened::Refused(code) => return Ok(code),
+    };
+    let ran = Arc::new(AtomicUsize::new(0));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..daemon.config.workers {
+        let d = daemon.clone();
+        let ran = ran.clone();
+        workers.spawn(async move {
+            while let Some(job) = d.queue.claim(now_ms(), d.config.lease.0).await? {
+                run_job(&d, job).await;
+                ran.fetch_add(1, Ordering::SeqCst);
+            }
+            Ok::<(), provisio_engine::queue::QueueError>(())
+        });
+    }
+    let mut failed = None;
+    while let Some(r) = workers.join_next().await {
+        match r {
+            Ok(Err(e)) => failed = Some(e.to_string()),
+            Err(e) => failed = Some(e.to_string()),
+            Ok(Ok(())) => {}
+        }
+    }
+    let counts = daemon.queue.counts();
+    eprintln!(
+        "provisio worker: ran {} job(s); {} queued (not due yet or waiting), {} dead",
+        ran.load(Ordering::SeqCst),
+        counts[0],
+        counts[4]
+    );
+    match failed {
+        Some(e) => Err(anyhow::anyhow!("the job queue failed: {e}")),
+        None => Ok(Exit::Ok),
+    }
+}
+
+/// Runs the daemon until SIGTERM/SIGINT.
+pub async fn serve(config: &Config) -> Result<Exit> {
+    let daemon = match open(config, "a second daemon").await? {
+        Opened::Ready(d) => d,
+        Opened::Refused(code) => return Ok(code),
+    };
+    if daemon.tokens.is_empty() {
         tracing::warn!("no [[serve.tokens]] are configured: every API call but /v1/health and /v1/ready is refused (401); `provisio token hash --new` makes one");
     }
+    let dir = load::journal_dir(config);
     let addr: std::net::SocketAddr = config
         .serve
         .listen
@@ -282,24 +355,6 @@ pub async fn serve(config: &Config) -> Result<Exit> {
         &info,
         serde_json::json!({ "pid": std::process::id(), "url": url }).to_string(),
     );
-    let (stopping, _) = watch::channel(false);
-    let daemon = Arc::new(Daemon {
-        engine,
-        store,
-        seal,
-        queue,
-        journals: Mutex::new(HashMap::new()),
-        hub: Arc::new(Hub::default()),
-        running: Mutex::new(HashMap::new()),
-        wake: Notify::new(),
-        stopping,
-        ready: AtomicBool::new(false),
-        busy: AtomicUsize::new(0),
-        config: config.serve.clone(),
-        tokens,
-        acl: auth::Acl::from_config(&config.serve.acl),
-        metrics: Arc::default(),
-    });
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..daemon.config.workers {
         workers.spawn(worker(daemon.clone()));

@@ -986,6 +986,29 @@ deny = ["dave"]
 }
 
 #[test]
+fn worker_drain_runs_the_due_jobs_a_stopped_daemon_left() {
+    if !python() {
+        return;
+    }
+    let site = Site::new(0);
+    let mut d = site.start();
+    let a = d.submit(ALICE, &customer("oli"), "?delay=2s", &[]);
+    assert_eq!(a.status, 202, "{a:?}");
+    let (code, _, err) = site.run(&["worker", "--drain"], &[]);
+    assert_eq!(code, 75, "refused while the daemon runs: {err}");
+    d.signal("-TERM");
+    assert_eq!(d.exit(Duration::from_secs(20)), Some(0));
+    let (code, _, err) = site.run(&["worker", "--drain"], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("ran 0 job(s); 1 queued"), "not due yet: {err}");
+    std::thread::sleep(Duration::from_millis(2100));
+    let (code, _, err) = site.run(&["worker", "--drain"], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("ran 1 job(s); 0 queued"), "{err}");
+    assert_eq!(site.accounts(), vec![("oli".to_string(), 1501)]);
+}
+
+#[test]
 fn config_keys_and_flags_of_serve_are_checked() {
     let site = Site::new(0);
     let (code, _, err) = site.run(&["serve", "--listen", "localhost"], &[]);
