@@ -1009,6 +1009,75 @@ fn worker_drain_runs_the_due_jobs_a_stopped_daemon_left() {
 }
 
 #[test]
+fn the_systemd_unit_verifies_and_its_command_starts_the_daemon() {
+    let unit = std::fs::read_to_string(repo().join("packaging/systemd/provisio.service"))
+        .expect("the unit file");
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("ExecStart");
+    let mut words = exec.split_whitespace();
+    assert_eq!(words.next(), Some("/usr/local/bin/provisio"));
+    let args: Vec<&str> = words.collect();
+    assert_eq!(
+        args,
+        vec!["--config", "/etc/provisio/provisio.toml", "serve"]
+    );
+    // systemd waits longer than the daemon's default shutdown_timeout (30s).
+    let stop: u64 = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("TimeoutStopSec="))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("TimeoutStopSec in seconds");
+    assert!(stop > 30, "TimeoutStopSec={stop}");
+    let site = Site::new(0);
+    let local = site.path("provisio.service");
+    std::fs::write(
+        &local,
+        unit.replace("/usr/local/bin/provisio", env!("CARGO_BIN_EXE_provisio")),
+    )
+    .unwrap();
+    match Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&local)
+        .output()
+    {
+        Ok(out) => assert!(
+            out.status.success(),
+            "systemd-analyze verify: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(_) => eprintln!("note: systemd-analyze not installed; the unit is not verified"),
+    }
+    if !python() {
+        return;
+    }
+    // Its command line, with this test's configuration, starts the daemon; SIGTERM stops it.
+    let config = site.path("provisio.toml");
+    let mut child = site
+        .command(&[
+            args[0],
+            config.to_str().unwrap(),
+            args[2],
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start");
+    let mut line = String::new();
+    BufReader::new(child.stderr.take().unwrap())
+        .read_line(&mut line)
+        .expect("read");
+    assert!(line.contains("listening on http://127.0.0.1:"), "{line}");
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert_eq!(child.wait().expect("wait").code(), Some(0));
+}
+
+#[test]
 fn config_keys_and_flags_of_serve_are_checked() {
     let site = Site::new(0);
     let (code, _, err) = site.run(&["serve", "--listen", "localhost"], &[]);
