@@ -40,7 +40,8 @@ Environment:
   PROVISIO_DNS_ZONE_DIR, PROVISIO_DNS_SERVER, PROVISIO_DNS_KEY_FILE,
   PROVISIO_LISTEN, PROVISIO_WORKERS, PROVISIO_MAX_BODY_BYTES,
   PROVISIO_SHUTDOWN_TIMEOUT                                         the config keys of the same names
-  PROVISIO_SERVER, PROVISIO_TOKEN  the daemon's URL and bearer token for submit/status/jobs/cancel
+  PROVISIO_SERVER, PROVISIO_TOKEN, PROVISIO_CACERT
+                       the daemon's URL, bearer token and (https) certificate for submit/status/jobs/cancel
   RUST_LOG             log filter, e.g. RUST_LOG=provisio_engine=debug";
 
 /// Provisio: a transactional provisioning workflow engine.
@@ -249,6 +250,9 @@ pub struct ClientArgs {
         value_name = "TOKEN"
     )]
     pub token: Option<String>,
+    /// PEM certificate(s) to trust for an https:// server (its CA, or its own certificate).
+    #[arg(long, env = "PROVISIO_CACERT", value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
 }
 
 /// `serve` arguments.

@@ -8,18 +8,49 @@ use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use std::time::Duration;
 
+/// rustls with *ring* (see `serve::tls::provider`).
+#[allow(deprecated)]
+fn ring_provider() -> rustls::crypto::CryptoProvider {
+    rustls::crypto::ring::default_provider()
+}
+
 /// An answer of the daemon: status and JSON body.
 struct Answer {
     status: u16,
     body: Value,
 }
 
-fn agent(timeout: Duration) -> ureq::Agent {
-    ureq::Agent::config_builder()
+fn agent(c: &ClientArgs, timeout: Duration) -> Result<ureq::Agent> {
+    let mut config = ureq::Agent::config_builder()
         .http_status_as_error(false)
-        .timeout_global(Some(timeout))
-        .build()
-        .into()
+        .timeout_global(Some(timeout));
+    if c.server.starts_with("https://") {
+        let Some(file) = &c.cacert else {
+            bail!(
+                "{} is https: pass the certificate to trust with --cacert FILE (PROVISIO_CACERT): the daemon's CA or its own certificate",
+                c.server
+            );
+        };
+        let pem = std::fs::read(file)
+            .with_context(|| format!("cannot read --cacert `{}`", file.display()))?;
+        let certs: Vec<ureq::tls::Certificate<'static>> = ureq::tls::parse_pem(&pem)
+            .filter_map(|item| match item {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                _ => None,
+            })
+            .collect();
+        if certs.is_empty() {
+            bail!("--cacert `{}` holds no PEM certificate", file.display());
+        }
+        config = config.tls_config(
+            ureq::tls::TlsConfig::builder()
+                .provider(ureq::tls::TlsProvider::Rustls)
+                .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
+                .unversioned_rustls_crypto_provider(std::sync::Arc::new(ring_provider()))
+                .build(),
+        );
+    }
+    Ok(config.build().into())
 }
 
 fn call(
@@ -31,7 +62,7 @@ fn call(
     timeout: Duration,
 ) -> Result<Answer> {
     let url = format!("{}{path}", c.server.trim_end_matches('/'));
-    let a = agent(timeout);
+    let a = agent(c, timeout)?;
     let token = c.token.as_deref().map(|t| format!("Bearer {}", t.trim()));
     let result = match (method, body) {
         ("POST", Some((ct, bytes))) => {

@@ -71,6 +71,12 @@ pub struct ServeConfig {
     pub retry_initial: Wait,
     /// The longest wait between two attempts of a job.
     pub retry_max: Wait,
+    /// PEM certificate chain: with `tls_key`, the API is served over HTTPS only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
     /// The bearer tokens clients authenticate with: only their SHA-256 hashes.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tokens: Vec<TokenConfig>,
@@ -117,6 +123,8 @@ impl Default for ServeConfig {
             max_attempts: 5,
             retry_initial: Wait(std::time::Duration::from_secs(1)),
             retry_max: Wait(std::time::Duration::from_secs(300)),
+            tls_cert: None,
+            tls_key: None,
             tokens: Vec::new(),
             acl: Vec::new(),
         }
@@ -1147,6 +1155,8 @@ impl Config {
             &mut self.providers.filesystem.root,
             &mut self.providers.dns.zone_dir,
             &mut self.providers.dns.key_file,
+            &mut self.serve.tls_cert,
+            &mut self.serve.tls_key,
         ]
         .into_iter()
         .flatten()
@@ -1334,6 +1344,12 @@ impl Config {
         }
         if s.workers == 0 {
             bail!("{}: must be at least 1", at("serve.workers"));
+        }
+        if s.tls_cert.is_some() != s.tls_key.is_some() {
+            bail!(
+                "{}: serve.tls_cert and serve.tls_key go together (a PEM certificate chain and its key)",
+                at(if s.tls_cert.is_some() { "serve.tls_key" } else { "serve.tls_cert" })
+            );
         }
         if s.max_body_bytes < 1024 {
             bail!("{}: must be at least 1024", at("serve.max_body_bytes"));

@@ -13,6 +13,7 @@ mod api;
 pub mod auth;
 mod metrics;
 mod ops;
+mod tls;
 
 use crate::config::{Config, ServeConfig};
 use crate::{load, Exit};
@@ -339,6 +340,7 @@ pub async fn serve(config: &Config) -> Result<Exit> {
     if daemon.tokens.is_empty() {
         tracing::warn!("no [[serve.tokens]] are configured: every API call but /v1/health and /v1/ready is refused (401); `provisio token hash --new` makes one");
     }
+    let signalled = shutdown_signal();
     let dir = load::journal_dir(config);
     let addr: std::net::SocketAddr = config
         .serve
@@ -349,7 +351,11 @@ pub async fn serve(config: &Config) -> Result<Exit> {
         format!("cannot listen on {addr}\n  hint: another program uses the port; pick another with --listen IP:PORT")
     })?;
     let local = listener.local_addr()?;
-    let url = format!("http://{local}");
+    let tls = match (&config.serve.tls_cert, &config.serve.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
+        _ => None,
+    };
+    let url = format!("{}://{local}", if tls.is_some() { "https" } else { "http" });
     let info = load::daemon_file(&dir);
     let _ = std::fs::write(
         &info,
@@ -365,13 +371,24 @@ pub async fn serve(config: &Config) -> Result<Exit> {
     }
     let app = api::router(daemon.clone());
     let mut stop_rx = daemon.stopping.subscribe();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop_rx.wait_for(|s| *s).await;
+    let stopped = async move {
+        let _ = stop_rx.wait_for(|s| *s).await;
+    };
+    let server = match tls {
+        Some(tls) => {
+            let listener = tls::TlsListener::new(listener, tls)?;
+            tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stopped)
+                    .await
             })
-            .await
-    });
+        }
+        None => tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stopped)
+                .await
+        }),
+    };
     daemon.ready.store(true, Ordering::SeqCst);
     // The line a supervisor or a test waits for.
     eprintln!(
@@ -379,7 +396,7 @@ pub async fn serve(config: &Config) -> Result<Exit> {
         config.data_dir.display(),
         daemon.config.workers
     );
-    shutdown_signal().await;
+    signalled.await;
     eprintln!("provisio serve: stopping: no new jobs are taken; waiting for running jobs");
     daemon.ready.store(false, Ordering::SeqCst);
     let _ = daemon.stopping.send(true);
@@ -402,24 +419,20 @@ pub async fn serve(config: &Config) -> Result<Exit> {
     Ok(Exit::Ok)
 }
 
-async fn shutdown_signal() {
+/// SIGTERM or Ctrl-C. The SIGTERM handler is in place when this returns (before the
+/// daemon says it listens), so a supervisor's early SIGTERM is never fatal.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    async move {
+        #[cfg(unix)]
+        if let Some(mut term) = term {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
             }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+            return;
         }
-    }
-    #[cfg(not(unix))]
-    {
         let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -65,7 +65,7 @@ pub async fn all_events(
             .and_then(Value::as_str)
             .unwrap_or("message")
             .to_string();
-        Ok(SseEvent::default().event(name).data(text.to_string()))
+        Ok(SseEvent::default().event(name).data(&*text))
     });
     Ok(Sse::new(s).keep_alive(KeepAlive::default()))
 }

@@ -1078,6 +1078,76 @@ fn the_systemd_unit_verifies_and_its_command_starts_the_daemon() {
 }
 
 #[test]
+fn tls_when_a_certificate_is_configured() {
+    if !python() {
+        return;
+    }
+    let site = Site::new(0);
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=provisio-test",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+            "-addext",
+            "extendedKeyUsage=serverAuth",
+            "-keyout",
+        ])
+        .arg(site.path("key.pem"))
+        .arg("-out")
+        .arg(site.path("cert.pem"))
+        .stdin(Stdio::null())
+        .output();
+    match made {
+        Ok(o) if o.status.success() => {}
+        _ => {
+            eprintln!("note: openssl cannot make a test certificate; TLS test skipped");
+            return;
+        }
+    }
+    let mut text = std::fs::read_to_string(site.path("provisio.toml")).unwrap();
+    text = text.replace(
+        "[serve]\n",
+        "[serve]\ntls_cert = \"cert.pem\"\ntls_key = \"key.pem\"\n",
+    );
+    std::fs::write(site.path("provisio.toml"), text).unwrap();
+    let d = site.start();
+    assert!(d.url.starts_with("https://127.0.0.1:"), "{}", d.url);
+    // The CLI client trusts the certificate it is given.
+    std::fs::write(site.path("req.yaml"), customer("pia")).unwrap();
+    let cacert = site.path("cert.pem");
+    let env = [
+        ("PROVISIO_SERVER", d.url.as_str()),
+        ("PROVISIO_TOKEN", ALICE),
+        ("PROVISIO_CACERT", cacert.to_str().unwrap()),
+    ];
+    let (code, out, err) = site.run(&["submit", "req.yaml", "--wait"], &env);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(site.accounts(), vec![("pia".to_string(), 1501)]);
+    // Without it the client refuses to go on; plain HTTP gets no answer.
+    let (code, _, err) = site.run(&["jobs"], &env[..2]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--cacert"), "{err}");
+    let plain = d.url.replace("https://", "http://");
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(5)))
+        .build()
+        .into();
+    assert!(agent.get(&format!("{plain}/v1/health")).call().is_err());
+}
+
+#[test]
 fn config_keys_and_flags_of_serve_are_checked() {
     let site = Site::new(0);
     let (code, _, err) = site.run(&["serve", "--listen", "localhost"], &[]);
@@ -1094,6 +1164,10 @@ fn config_keys_and_flags_of_serve_are_checked() {
     let (code, _, err) = site.run(&["--config", "bad.toml", "serve"], &[]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("provisio token hash"), "{err}");
+    std::fs::write(site.path("half.toml"), "[serve]\ntls_cert = \"c.pem\"\n").unwrap();
+    let (code, _, err) = site.run(&["--config", "half.toml", "serve"], &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("serve.tls_key"), "{err}");
     let (code, out, _) = site.run(&["config", "show"], &[("PROVISIO_WORKERS", "7")]);
     assert_eq!(code, 0);
     assert!(out.contains("workers = 7"), "{out}");
