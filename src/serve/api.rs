@@ -103,6 +103,7 @@ pub fn router(d: Arc<Daemon>) -> Router {
         .route("/v1/ready", get(ready))
         .route("/v1/whoami", get(whoami))
         .route("/v1/metrics", get(metrics))
+        .route("/v1/openapi.json", get(super::openapi::document))
         .route("/v1/requests", post(submit).get(list))
         .route("/v1/requests/{id}", get(status))
         .route("/v1/requests/{id}/cancel", post(cancel))
@@ -138,10 +139,12 @@ async fn not_found() -> ApiError {
     )
 }
 
+#[utoipa::path(get, path = "/v1/health", tag = "meta", security(()), responses((status = 200, description = "The process runs")))]
 async fn health() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
+#[utoipa::path(get, path = "/v1/ready", tag = "meta", security(()), responses((status = 200, description = "Takes requests"), (status = 503, description = "Starting or stopping", body = super::openapi::ErrorBody)))]
 async fn ready(State(d): Shared) -> Response {
     if d.ready.load(Ordering::SeqCst) {
         Json(json!({ "ready": true })).into_response()
@@ -156,6 +159,7 @@ async fn ready(State(d): Shared) -> Response {
 }
 
 /// `GET /v1/metrics`: Prometheus text (any configured token).
+#[utoipa::path(get, path = "/v1/metrics", tag = "meta", responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain"), (status = 401, description = "No token, or an unknown one", body = super::openapi::ErrorBody)))]
 async fn metrics(State(d): Shared, headers: HeaderMap) -> Result<Response, ApiError> {
     identify(&d, &headers)?;
     let counts = d.queue.counts();
@@ -176,6 +180,7 @@ async fn metrics(State(d): Shared, headers: HeaderMap) -> Result<Response, ApiEr
 }
 
 /// `GET /v1/whoami`: the caller's identity as the daemon sees it.
+#[utoipa::path(get, path = "/v1/whoami", tag = "meta", responses((status = 200, description = "The caller's subject, groups and rights"), (status = 401, description = "No token, or an unknown one", body = super::openapi::ErrorBody)))]
 async fn whoami(State(d): Shared, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     let who = identify(&d, &headers)?;
     Ok(Json(json!({
@@ -291,6 +296,17 @@ fn header_text(headers: &HeaderMap, name: &str) -> Result<Option<String>, ApiErr
 }
 
 /// `POST /v1/requests`.
+#[utoipa::path(post, path = "/v1/requests", tag = "requests", request_body(description = "The request: the documents `provisio run` reads", content(("application/json"), ("application/xml"), ("application/yaml"))), params(("wait" = Option<String>, Query, description = "Answer with the finished request when it finishes within this time (e.g. 30s, at most 5m)"),
+        ("priority" = Option<i16>, Query, description = "Higher runs first"),
+        ("serial_key" = Option<String>, Query, description = "Requests with the same key run one at a time, in order"),
+        ("delay" = Option<String>, Query, description = "Not before this long from now (e.g. 10m)"),
+        ("Idempotency-Key" = Option<String>, Header, description = "The same key returns the same request"),
+        ("X-Serialization-Key" = Option<String>, Header, description = "As serial_key")), responses((status = 200, description = "Finished within ?wait=", body = super::openapi::JobView),
+        (status = 202, description = "Queued", body = super::openapi::Accepted),
+        (status = 400, description = "The request does not parse or compile; a bad parameter", body = super::openapi::ErrorBody),
+        (status = 401, description = "No token, or an unknown one", body = super::openapi::ErrorBody), (status = 403, description = "The token lacks the right", body = super::openapi::ErrorBody),
+        (status = 413, description = "Body larger than serve.max_body_bytes", body = super::openapi::ErrorBody),
+        (status = 415, description = "Content-Type is not a request format", body = super::openapi::ErrorBody)))]
 async fn submit(
     State(d): Shared,
     q: Result<Query<SubmitQuery>, QueryRejection>,
@@ -642,6 +658,7 @@ fn get_job(d: &Daemon, who: &Identity, id: &str) -> Result<Job, ApiError> {
 }
 
 /// `GET /v1/requests/{id}`.
+#[utoipa::path(get, path = "/v1/requests/{id}", tag = "requests", params(("id" = String, Path, description = "The request id")), responses((status = 200, description = "The request, its steps and response", body = super::openapi::JobView), (status = 401, description = "No token, or an unknown one", body = super::openapi::ErrorBody), (status = 404, description = "No such request (or another subject's)", body = super::openapi::ErrorBody)))]
 async fn status(
     State(d): Shared,
     headers: HeaderMap,
@@ -665,6 +682,16 @@ struct ListQuery {
 }
 
 /// `GET /v1/requests`.
+#[utoipa::path(get, path = "/v1/requests", tag = "requests", params(
+        ("state" = Option<String>, Query, description = "queued, running, succeeded, failed, dead, cancelled"),
+        ("namespace" = Option<String>, Query, description = "Only this namespace"),
+        ("procedure" = Option<String>, Query, description = "Only this Namespace/Procedure"),
+        ("subject" = Option<String>, Query, description = "Only this subject (operators; others see their own)"),
+        ("since_ms" = Option<u64>, Query, description = "Submitted at or after (ms since the epoch)"),
+        ("until_ms" = Option<u64>, Query, description = "Submitted before (ms since the epoch)"),
+        ("before" = Option<u64>, Query, description = "The `next` of the previous page"),
+        ("limit" = Option<usize>, Query, description = "At most this many (1 to 1000, default 50)")),
+      responses((status = 200, description = "A page, newest first", body = super::openapi::JobPage), (status = 400, description = "A bad parameter", body = super::openapi::ErrorBody), (status = 401, description = "No token, or an unknown one", body = super::openapi::ErrorBody), (status = 403, description = "The token lacks the right", body = super::openapi::ErrorBody)))]
 async fn list(
     State(d): Shared,
     headers: HeaderMap,
@@ -710,6 +737,7 @@ async fn list(
 }
 
 /// `POST /v1/requests/{id}/cancel`.
+#[utoipa::path(post, path = "/v1/requests/{id}/cancel", tag = "requests", params(("id" = String, Path, description = "The request id")), responses((status = 200, description = "Cancelled before it started"), (status = 202, description = "Running: it stops before its next step and rolls back"), (status = 409, description = "Already finished", body = super::openapi::ErrorBody), (status = 401, description = "No token, or an unknown one", body = super::openapi::ErrorBody), (status = 404, description = "No such request (or another subject's)", body = super::openapi::ErrorBody)))]
 async fn cancel(
     State(d): Shared,
     headers: HeaderMap,
@@ -746,6 +774,7 @@ async fn cancel(
 }
 
 /// `POST /v1/jobs/{id}/requeue`.
+#[utoipa::path(post, path = "/v1/jobs/{id}/requeue", tag = "operators", params(("id" = String, Path, description = "The request id")), responses((status = 200, description = "Queued again", body = super::openapi::JobView), (status = 401, description = "No token, or an unknown one", body = super::openapi::ErrorBody), (status = 403, description = "The token lacks the right", body = super::openapi::ErrorBody), (status = 404, description = "No such request (or another subject's)", body = super::openapi::ErrorBody), (status = 409, description = "Not dead", body = super::openapi::ErrorBody)))]
 async fn requeue(
     State(d): Shared,
     headers: HeaderMap,
@@ -769,6 +798,7 @@ async fn requeue(
 
 /// `GET /v1/requests/{id}/events`: Server-Sent Events of one request's progress, ending
 /// with a `finished` event.
+#[utoipa::path(get, path = "/v1/requests/{id}/events", tag = "requests", params(("id" = String, Path, description = "The request id")), responses((status = 200, description = "Server-Sent Events: state, step_started, step_finished, undoing, retry, finished", content_type = "text/event-stream"), (status = 401, description = "No token, or an unknown one", body = super::openapi::ErrorBody), (status = 404, description = "No such request (or another subject's)", body = super::openapi::ErrorBody)))]
 async fn events(
     State(d): Shared,
     headers: HeaderMap,

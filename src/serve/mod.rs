@@ -12,6 +12,7 @@
 mod api;
 pub mod auth;
 mod metrics;
+mod openapi;
 mod ops;
 mod tls;
 

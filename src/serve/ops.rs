@@ -42,6 +42,7 @@ fn operator(who: &Identity, what: &str) -> Result<(), ApiError> {
 
 /// `GET /v1/events`: Server-Sent Events of every request's progress (operators only: the
 /// events of every subject).
+#[utoipa::path(get, path = "/v1/events", tag = "operators", responses((status = 200, description = "Server-Sent Events of every request", content_type = "text/event-stream"), (status = 401, description = "No token, or an unknown one", body = super::openapi::ErrorBody), (status = 403, description = "The token lacks the right", body = super::openapi::ErrorBody)))]
 pub async fn all_events(
     State(d): Shared,
     headers: HeaderMap,
@@ -81,6 +82,7 @@ fn listed(d: &Daemon, who: &Identity, namespace: &str, procedure: &str, access: 
 }
 
 /// `GET /v1/namespaces`.
+#[utoipa::path(get, path = "/v1/namespaces", tag = "catalog", responses((status = 200, description = "Namespaces with the procedures the caller may see"), (status = 401, description = "No token, or an unknown one", body = super::openapi::ErrorBody)))]
 pub async fn namespaces(State(d): Shared, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     let who = identify(&d, &headers)?;
     let items: Vec<Value> = d
@@ -107,6 +109,7 @@ pub async fn namespaces(State(d): Shared, headers: HeaderMap) -> Result<Json<Val
 }
 
 /// `GET /v1/namespaces/{ns}`: its procedures (those the caller may call) with their inputs.
+#[utoipa::path(get, path = "/v1/namespaces/{ns}", tag = "catalog", params(("ns" = String, Path, description = "Namespace")), responses((status = 200, description = "Its procedures with their inputs"), (status = 401, description = "No token, or an unknown one", body = super::openapi::ErrorBody), (status = 404, description = "No such namespace open to the caller", body = super::openapi::ErrorBody)))]
 pub async fn namespace(
     State(d): Shared,
     headers: HeaderMap,
@@ -166,6 +169,7 @@ pub struct GraphQuery {
 }
 
 /// `GET /v1/namespaces/{ns}/procedures/{procedure}/graph?format=dot|mermaid&expand=true`.
+#[utoipa::path(get, path = "/v1/namespaces/{ns}/procedures/{procedure}/graph", tag = "catalog", params(("ns" = String, Path, description = "Namespace"), ("procedure" = String, Path, description = "Procedure"), ("format" = Option<String>, Query, description = "dot (default) or mermaid"), ("expand" = Option<bool>, Query, description = "Expand nested procedures")), responses((status = 200, description = "The compiled DAG", content_type = "text/plain"), (status = 401, description = "No token, or an unknown one", body = super::openapi::ErrorBody), (status = 404, description = "No such procedure open to the caller", body = super::openapi::ErrorBody)))]
 pub async fn graph(
     State(d): Shared,
     headers: HeaderMap,
@@ -233,6 +237,7 @@ fn read_body(d: &Daemon, body: Result<Bytes, BytesRejection>) -> Result<Bytes, A
 
 /// `POST /v1/plan`: what the request would do, calling no provider (as `provisio plan
 /// --json`).
+#[utoipa::path(post, path = "/v1/plan", tag = "requests", request_body(description = "The request: the documents `provisio run` reads", content(("application/json"), ("application/xml"), ("application/yaml"))), responses((status = 200, description = "The provider calls that would be made, by wave; nothing is called"), (status = 400, description = "The request does not parse or compile", body = super::openapi::ErrorBody), (status = 401, description = "No token, or an unknown one", body = super::openapi::ErrorBody), (status = 403, description = "The token lacks the right", body = super::openapi::ErrorBody)))]
 pub async fn plan(
     State(d): Shared,
     headers: HeaderMap,
@@ -267,6 +272,17 @@ pub async fn plan(
 /// `POST /v1/namespaces/{ns}/procedures/{procedure}`: calls a public procedure with the
 /// JSON body as its data (as the HMC web services did); the same answers and query
 /// parameters as `POST /v1/requests`.
+#[utoipa::path(post, path = "/v1/namespaces/{ns}/procedures/{procedure}", tag = "catalog", request_body(description = "The procedure's data as a JSON object", content_type = "application/json"), params(("ns" = String, Path, description = "Namespace"), ("procedure" = String, Path, description = "Procedure"), ("wait" = Option<String>, Query, description = "Answer with the finished request when it finishes within this time (e.g. 30s, at most 5m)"),
+        ("priority" = Option<i16>, Query, description = "Higher runs first"),
+        ("serial_key" = Option<String>, Query, description = "Requests with the same key run one at a time, in order"),
+        ("delay" = Option<String>, Query, description = "Not before this long from now (e.g. 10m)"),
+        ("Idempotency-Key" = Option<String>, Header, description = "The same key returns the same request"),
+        ("X-Serialization-Key" = Option<String>, Header, description = "As serial_key")), responses((status = 200, description = "Finished within ?wait=", body = super::openapi::JobView),
+        (status = 202, description = "Queued", body = super::openapi::Accepted),
+        (status = 400, description = "The request does not parse or compile; a bad parameter", body = super::openapi::ErrorBody),
+        (status = 401, description = "No token, or an unknown one", body = super::openapi::ErrorBody), (status = 403, description = "The token lacks the right", body = super::openapi::ErrorBody),
+        (status = 413, description = "Body larger than serve.max_body_bytes", body = super::openapi::ErrorBody),
+        (status = 415, description = "Content-Type is not a request format", body = super::openapi::ErrorBody)))]
 pub async fn invoke(
     State(d): Shared,
     headers: HeaderMap,
@@ -304,6 +320,7 @@ pub struct StuckQuery {
 
 /// `GET /v1/transactions/stuck?older_than=10m`: the watchdog list (operators): running or
 /// rolling-back transactions unchanged for that long, and every `rollback_failed` one.
+#[utoipa::path(get, path = "/v1/transactions/stuck", tag = "operators", params(("older_than" = Option<String>, Query, description = "Unchanged this long (default 10m)")), responses((status = 200, description = "Running or rolling-back transactions unchanged that long, and every rollback_failed one"), (status = 401, description = "No token, or an unknown one", body = super::openapi::ErrorBody), (status = 403, description = "The token lacks the right", body = super::openapi::ErrorBody)))]
 pub async fn stuck(
     State(d): Shared,
     headers: HeaderMap,
@@ -340,6 +357,7 @@ pub async fn stuck(
 
 /// `POST /v1/transactions/{id}/resume-rollback` (operators): retries the undos of a
 /// `rollback_failed` transaction, as `provisio tx resume-rollback`.
+#[utoipa::path(post, path = "/v1/transactions/{id}/resume-rollback", tag = "operators", params(("id" = String, Path, description = "Transaction id")), responses((status = 200, description = "What the retried undos did"), (status = 401, description = "No token, or an unknown one", body = super::openapi::ErrorBody), (status = 403, description = "The token lacks the right", body = super::openapi::ErrorBody), (status = 409, description = "Not rollback_failed, or unknown", body = super::openapi::ErrorBody)))]
 pub async fn resume_rollback(
     State(d): Shared,
     headers: HeaderMap,

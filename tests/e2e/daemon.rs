@@ -1148,6 +1148,85 @@ fn tls_when_a_certificate_is_configured() {
 }
 
 #[test]
+fn the_openapi_document_describes_the_live_server() {
+    if !python() {
+        return;
+    }
+    let site = Site::new(0);
+    let d = site.start();
+    let doc = d.request("GET", "/v1/openapi.json", None, None, &[]);
+    assert_eq!(doc.status, 200, "{doc:?}");
+    assert!(
+        doc.body["openapi"].as_str().unwrap().starts_with("3."),
+        "{doc:?}"
+    );
+    let done = d.submit(ALICE, &customer("quinn"), "?wait=20s", &[]);
+    let id = done.body["id"].as_str().unwrap().to_string();
+    let mut documented = Vec::new();
+    for (path, ops) in doc.body["paths"].as_object().expect("paths") {
+        for method in ops.as_object().unwrap().keys() {
+            documented.push(format!("{} {path}", method.to_uppercase()));
+        }
+    }
+    documented.sort();
+    let mut routes = vec![
+        "GET /v1/health",
+        "GET /v1/ready",
+        "GET /v1/whoami",
+        "GET /v1/metrics",
+        "GET /v1/openapi.json",
+        "POST /v1/requests",
+        "GET /v1/requests",
+        "GET /v1/requests/{id}",
+        "POST /v1/requests/{id}/cancel",
+        "GET /v1/requests/{id}/events",
+        "POST /v1/jobs/{id}/requeue",
+        "GET /v1/events",
+        "GET /v1/namespaces",
+        "GET /v1/namespaces/{ns}",
+        "POST /v1/namespaces/{ns}/procedures/{procedure}",
+        "GET /v1/namespaces/{ns}/procedures/{procedure}/graph",
+        "POST /v1/plan",
+        "GET /v1/transactions/stuck",
+        "POST /v1/transactions/{id}/resume-rollback",
+    ];
+    routes.sort();
+    assert_eq!(documented, routes);
+    // Every documented route is served (whatever it answers to an empty call).
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(20)))
+        .build()
+        .into();
+    for route in &documented {
+        let (method, path) = route.split_once(' ').unwrap();
+        let path = path
+            .replace("{id}", &id)
+            .replace("{ns}", "Billing")
+            .replace("{procedure}", "OpenCustomer");
+        let url = format!("{}{path}", d.url);
+        let auth = format!("Bearer {OPS}");
+        let resp = if method == "GET" {
+            agent.get(&url).header("Authorization", &auth).call()
+        } else {
+            agent.post(&url).header("Authorization", &auth).send_empty()
+        }
+        .expect("http");
+        let status = resp.status().as_u16();
+        assert!(status != 404 && status != 405, "{route}: {status}");
+        // Event streams are left unread.
+    }
+    // A request's answer has exactly the fields the document gives it.
+    let schema = &doc.body["components"]["schemas"]["JobView"]["properties"];
+    let mut described: Vec<&String> = schema.as_object().unwrap().keys().collect();
+    described.sort();
+    let answer = d.status(ALICE, &id);
+    let mut given: Vec<&String> = answer.body.as_object().unwrap().keys().collect();
+    given.sort();
+    assert_eq!(given, described);
+}
+
+#[test]
 fn config_keys_and_flags_of_serve_are_checked() {
     let site = Site::new(0);
     let (code, _, err) = site.run(&["serve", "--listen", "localhost"], &[]);
