@@ -342,7 +342,8 @@ pub(super) struct Checked {
     pub(super) warnings: Vec<String>,
 }
 
-/// Parses a request body, checks the caller's rights to it and compiles it.
+/// Parses a request body, checks the caller's rights to it and compiles it (every item of a
+/// batch).
 pub(super) fn check(
     d: &Daemon,
     who: &Identity,
@@ -351,7 +352,7 @@ pub(super) fn check(
 ) -> Result<Checked, ApiError> {
     let mut parsed = parse_body(text, format).map_err(|e| ApiError::bad("invalid_request", e))?;
     let mut warnings = Vec::new();
-    let target = match &parsed.request.target {
+    let target = match &parsed.requests[0].target {
         RequestTarget::Trusted(_) => {
             if !who.trusted {
                 return Err(ApiError::new(
@@ -393,27 +394,40 @@ pub(super) fn check(
             t
         }
     };
-    // The security context comes from the token, never from the body.
-    let before = parsed.request.context.children.len();
-    parsed
-        .request
-        .context
-        .children
-        .retain(|c| !matches!(c, Node::Element(e) if e.name == "securityContext"));
-    if parsed.request.context.children.len() != before {
-        warnings.push("the request's context/securityContext was ignored: a request runs as its token's subject".to_string());
-    }
-    if let Err(errors) = d.engine.program(&parsed.request) {
-        let private = errors.0.iter().any(|e| e.code() == "PRV0103");
-        return Err(if private {
-            ApiError::new(
-                StatusCode::FORBIDDEN,
-                "private_procedure",
-                format!("{errors}"),
-            )
-        } else {
-            ApiError::bad("invalid_request", format!("{errors}"))
-        });
+    let count = parsed.requests.len();
+    let batch = parsed.batch;
+    for (i, request) in parsed.requests.iter_mut().enumerate() {
+        let item = |m: String| {
+            if batch {
+                format!(
+                    "batch item {} of {count}: {m}\nnothing of the batch was queued",
+                    i + 1
+                )
+            } else {
+                m
+            }
+        };
+        // The security context comes from the token, never from the body.
+        let before = request.context.children.len();
+        request
+            .context
+            .children
+            .retain(|c| !matches!(c, Node::Element(e) if e.name == "securityContext"));
+        if request.context.children.len() != before && warnings.is_empty() {
+            warnings.push("the request's context/securityContext was ignored: a request runs as its token's subject".to_string());
+        }
+        if let Err(errors) = d.engine.program(request) {
+            let private = errors.0.iter().any(|e| e.code() == "PRV0103");
+            return Err(if private {
+                ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "private_procedure",
+                    item(format!("{errors}")),
+                )
+            } else {
+                ApiError::bad("invalid_request", item(format!("{errors}")))
+            });
+        }
     }
     Ok(Checked {
         parsed,
@@ -439,16 +453,13 @@ pub(super) async fn accept(
         ));
     }
     let Checked {
-        target, warnings, ..
+        parsed,
+        target,
+        warnings,
     } = check(d, who, format, text)?;
     // Every parameter is checked before anything is queued.
     let wait = q.wait.as_deref().map(parse_wait).transpose()?;
     let delay = q.delay.as_deref().map(parse_wait).transpose()?;
-    let payload = serde_json::to_vec(&Payload {
-        format: super::format_name(format).into(),
-        body: text.to_string(),
-    })
-    .map_err(ApiError::internal)?;
     let idempotency_key = header_text(headers, "idempotency-key")?;
     let serial_key = match q.serial_key {
         Some(k) => Some(k),
@@ -456,49 +467,88 @@ pub(super) async fn accept(
     };
     let now = now_ms();
     let not_before_ms = delay.map_or(0, |t| now + t.as_millis() as u64);
-    let submitted = d
-        .queue
-        .submit(
-            NewJob {
-                payload: d.seal(&payload),
-                priority: q.priority.unwrap_or(0),
-                not_before_ms,
-                serial_key,
-                idempotency_key,
-                subject: who.subject.clone(),
-                target,
-                max_attempts: d.config.max_attempts,
-            },
-            now,
-        )
-        .await?;
-    let job = submitted.job;
-    if submitted.created {
-        d.metrics.submitted();
-        tracing::info!(job = %job.id, subject = %who.subject, target = %job.target, "request queued");
-        d.wake.notify_one();
+    let batch = parsed.batch;
+    let items = parsed.requests.len();
+    let mut jobs = Vec::with_capacity(items);
+    for i in 0..items {
+        let payload = serde_json::to_vec(&Payload {
+            format: super::format_name(format).into(),
+            body: text.to_string(),
+            item: batch.then_some(i),
+        })
+        .map_err(ApiError::internal)?;
+        let submitted = d
+            .queue
+            .submit(
+                NewJob {
+                    payload: d.seal(&payload),
+                    priority: q.priority.unwrap_or(0),
+                    not_before_ms,
+                    serial_key: serial_key.clone(),
+                    // A batch's items: the key with the item's number.
+                    idempotency_key: idempotency_key.as_ref().map(|k| {
+                        if batch {
+                            format!("{k}#{}", i + 1)
+                        } else {
+                            k.clone()
+                        }
+                    }),
+                    subject: who.subject.clone(),
+                    target: target.clone(),
+                    max_attempts: d.config.max_attempts,
+                },
+                now,
+            )
+            .await?;
+        if submitted.created {
+            d.metrics.submitted();
+            tracing::info!(job = %submitted.job.id, subject = %who.subject, target = %target, "request queued");
+            d.wake.notify_one();
+        }
+        jobs.push(submitted);
     }
+    let created = jobs.iter().all(|s| s.created);
     if let Some(wait) = wait {
-        if let Some(done) = wait_for(d, &job.id, wait).await? {
-            let mut view = view(d, &done, true);
-            add(&mut view, "created", json!(submitted.created));
-            add(&mut view, "warnings", json!(warnings));
-            return Ok((StatusCode::OK, Json(view)).into_response());
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut done = Vec::with_capacity(jobs.len());
+        for s in &jobs {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match wait_for(d, &s.job.id, left).await? {
+                Some(job) => done.push(job),
+                None => break,
+            }
+        }
+        if done.len() == jobs.len() {
+            let mut body = if batch {
+                json!({ "batch": done.iter().map(|j| view(d, j, true)).collect::<Vec<_>>() })
+            } else {
+                view(d, &done[0], true)
+            };
+            add(&mut body, "created", json!(created));
+            add(&mut body, "warnings", json!(warnings));
+            return Ok((StatusCode::OK, Json(body)).into_response());
         }
     }
-    let current = d.queue.get(&job.id)?.unwrap_or(job);
-    let mut body = json!({
-        "id": current.id,
-        "state": current.state.name(),
-        "created": submitted.created,
-        "warnings": warnings,
-    });
-    if !submitted.created {
+    let mut states = Vec::with_capacity(jobs.len());
+    for s in &jobs {
+        let current = d.queue.get(&s.job.id)?.unwrap_or_else(|| s.job.clone());
+        states
+            .push(json!({ "id": current.id, "state": current.state.name(), "created": s.created }));
+    }
+    let location = format!("/v1/requests/{}", jobs[0].job.id);
+    let mut body = if batch {
+        json!({ "batch": states, "created": created, "warnings": warnings })
+    } else {
+        let mut one = states.remove(0);
+        add(&mut one, "warnings", json!(warnings));
+        one
+    };
+    if !created {
         add(&mut body, "note", json!("the Idempotency-Key was used before: this is the request it created; nothing new was queued"));
     }
     Ok((
         StatusCode::ACCEPTED,
-        [(header::LOCATION, format!("/v1/requests/{}", current.id))],
+        [(header::LOCATION, location)],
         Json(body),
     )
         .into_response())

@@ -43,6 +43,9 @@ pub fn now_ms() -> u64 {
 struct Payload {
     format: String,
     body: String,
+    /// The item of a batch request this job runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    item: Option<usize>,
 }
 
 fn format_name(f: Format) -> &'static str {
@@ -196,19 +199,33 @@ impl Daemon {
     }
 }
 
-/// A request as the API received it, parsed.
+/// A request as the API received it, parsed: one request, or the items of a batch (each
+/// its own transaction, as `provisio run` runs them).
 pub struct Parsed {
-    request: Request,
+    requests: Vec<Request>,
+    batch: bool,
     format: Format,
 }
 
-/// Parses a request body in `format`: one request (a batch is refused).
+/// Parses a request body in `format`.
 pub fn parse_body(body: &str, format: Format) -> Result<Parsed, String> {
     match request::parse_request_document(body, "<request body>", format) {
-        Ok(RequestDocument::Single(request)) => Ok(Parsed { request, format }),
-        Ok(RequestDocument::Batch(_)) => Err(
-            "a batch request (several data items or globalData) cannot be submitted as one job yet: submit each item as its own request".into(),
-        ),
+        Ok(RequestDocument::Single(request)) => Ok(Parsed {
+            requests: vec![request],
+            batch: false,
+            format,
+        }),
+        Ok(doc) => {
+            let requests = doc.into_requests();
+            if requests.is_empty() {
+                return Err("the batch has no data item: nothing to run".into());
+            }
+            Ok(Parsed {
+                requests,
+                batch: true,
+                format,
+            })
+        }
         Err(e) => Err(e.to_string()),
     }
 }
@@ -637,6 +654,11 @@ async fn run_job(d: &Arc<Daemon>, job: Job) {
         Ok(p) => p,
         Err(e) => return bury(d, &id, format!("its request no longer parses: {e}")).await,
     };
+    let item = payload.item.unwrap_or(0);
+    let response_format = parsed.format;
+    let Some(request) = parsed.requests.into_iter().nth(item) else {
+        return bury(d, &id, format!("its request has no item {}", item + 1)).await;
+    };
     let txn_id: TxnId = match txn.parse() {
         Ok(t) => t,
         Err(e) => return bury(d, &id, format!("bad transaction id {txn}: {e}")).await,
@@ -693,7 +715,7 @@ async fn run_job(d: &Arc<Daemon>, job: Job) {
     let run_started = std::time::Instant::now();
     let result = engine
         .run_controlled(
-            parsed.request,
+            request,
             RunControl {
                 txn_id: Some(txn_id),
                 cancel: Some(cancel.clone()),
@@ -748,7 +770,7 @@ async fn run_job(d: &Arc<Daemon>, job: Job) {
         return;
     }
     let mut doc = response::to_value(&result);
-    if let (Some(obj), Some(r)) = (doc.as_object_mut(), Some(format_name(parsed.format))) {
+    if let (Some(obj), Some(r)) = (doc.as_object_mut(), Some(format_name(response_format))) {
         obj.insert("requestFormat".into(), serde_json::Value::String(r.into()));
     }
     let sealed = d.seal(doc.to_string().as_bytes());

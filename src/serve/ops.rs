@@ -251,21 +251,35 @@ pub async fn plan(
     let Checked {
         parsed, warnings, ..
     } = check(&d, &who, format, text)?;
-    let entries = d
-        .engine
-        .plan(&parsed.request)
-        .await
-        .map_err(|e| ApiError::bad("invalid_request", e.to_string()))?;
-    let plan: Vec<Value> = entries
-        .iter()
-        .map(|e| {
-            json!({
-                "step": e.step, "wave": e.wave, "target": e.target, "provider": e.provider,
-                "inputs": provisio_engine::data::json::to_json(&e.inputs),
-                "preview": e.preview, "unresolved": e.unresolved,
-            })
-        })
-        .collect();
+    let mut plans = Vec::with_capacity(parsed.requests.len());
+    for request in &parsed.requests {
+        let entries = d
+            .engine
+            .plan(request)
+            .await
+            .map_err(|e| ApiError::bad("invalid_request", e.to_string()))?;
+        plans.push(
+            entries
+                .iter()
+                .map(|e| {
+                    json!({
+                        "step": e.step, "wave": e.wave, "target": e.target, "provider": e.provider,
+                        "inputs": provisio_engine::data::json::to_json(&e.inputs),
+                        "preview": e.preview, "unresolved": e.unresolved,
+                    })
+                })
+                .collect::<Vec<_>>(),
+        );
+    }
+    if parsed.batch {
+        let batch: Vec<Value> = plans
+            .into_iter()
+            .enumerate()
+            .map(|(i, plan)| json!({ "item": i + 1, "plan": plan }))
+            .collect();
+        return Ok(Json(json!({ "batch": batch, "warnings": warnings })));
+    }
+    let plan = plans.remove(0);
     Ok(Json(json!({ "plan": plan, "warnings": warnings })))
 }
 

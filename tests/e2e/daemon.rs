@@ -1227,6 +1227,52 @@ fn the_openapi_document_describes_the_live_server() {
 }
 
 #[test]
+fn a_batch_request_is_one_job_per_item() {
+    if !python() {
+        return;
+    }
+    let site = Site::new(0);
+    let d = site.start();
+    let bad =
+        "call: Billing/OpenCustomer\nbatch:\n  - data: { customer: tia }\n  - data: { other: 1 }\n";
+    let a = d.submit(ALICE, bad, "", &[]);
+    assert_eq!(
+        (a.status, a.body["code"].as_str()),
+        (400, Some("invalid_request")),
+        "{a:?}"
+    );
+    assert!(
+        a.body["message"]
+            .as_str()
+            .unwrap()
+            .contains("batch item 2 of 2"),
+        "{a:?}"
+    );
+    let good = "call: Billing/OpenCustomer\nbatch:\n  - data: { customer: tia }\n  - data: { customer: uma }\n";
+    let key = [("Idempotency-Key", "two-customers")];
+    let a = d.submit(ALICE, good, "?wait=20s", &key);
+    assert_eq!(a.status, 200, "{a:?}");
+    let items = a.body["batch"].as_array().expect("batch").clone();
+    assert_eq!(items.len(), 2);
+    for item in &items {
+        assert_eq!(item["outcome"], "committed", "{item}");
+    }
+    assert_ne!(
+        items[0]["transactions"], items[1]["transactions"],
+        "one transaction each"
+    );
+    assert_eq!(
+        site.accounts(),
+        vec![("tia".to_string(), 1501), ("uma".to_string(), 1501)]
+    );
+    // Again with the same key: the same jobs.
+    let again = d.submit(ALICE, good, "", &key);
+    assert_eq!(again.status, 202, "{again:?}");
+    assert_eq!(again.body["created"], false);
+    assert_eq!(again.body["batch"][1]["id"], items[1]["id"]);
+}
+
+#[test]
 fn config_keys_and_flags_of_serve_are_checked() {
     let site = Site::new(0);
     let (code, _, err) = site.run(&["serve", "--listen", "localhost"], &[]);
