@@ -725,10 +725,19 @@ struct ListQuery {
     namespace: Option<String>,
     procedure: Option<String>,
     subject: Option<String>,
-    since_ms: Option<u64>,
-    until_ms: Option<u64>,
-    before: Option<u64>,
+    since_ms: Option<i64>,
+    until_ms: Option<i64>,
+    before: Option<i64>,
     limit: Option<usize>,
+}
+
+/// A non-negative query number (the document says int64).
+fn non_negative(name: &str, v: Option<i64>) -> Result<Option<u64>, ApiError> {
+    v.map(|n| {
+        u64::try_from(n)
+            .map_err(|_| ApiError::bad("bad_query", format!("{name}={n}: must be 0 or more")))
+    })
+    .transpose()
 }
 
 /// `GET /v1/requests`.
@@ -737,9 +746,9 @@ struct ListQuery {
         ("namespace" = Option<String>, Query, description = "Only this namespace"),
         ("procedure" = Option<String>, Query, description = "Only this Namespace/Procedure"),
         ("subject" = Option<String>, Query, description = "Only this subject (operators; others see their own)"),
-        ("since_ms" = Option<u64>, Query, description = "Submitted at or after (ms since the epoch)"),
-        ("until_ms" = Option<u64>, Query, description = "Submitted before (ms since the epoch)"),
-        ("before" = Option<u64>, Query, description = "The `next` of the previous page"),
+        ("since_ms" = Option<i64>, Query, description = "Submitted at or after (ms since the epoch)"),
+        ("until_ms" = Option<i64>, Query, description = "Submitted before (ms since the epoch)"),
+        ("before" = Option<i64>, Query, description = "The `next` of the previous page"),
         ("limit" = Option<usize>, Query, description = "At most this many (1 to 1000, default 50)")),
       responses((status = 200, description = "A page, newest first", body = super::openapi::JobPage), (status = 400, description = "A bad parameter", body = super::openapi::ErrorBody), (status = 401, description = "No token, or an unknown one", body = super::openapi::ErrorBody), (status = 403, description = "The token lacks the right", body = super::openapi::ErrorBody)))]
 async fn list(
@@ -776,10 +785,11 @@ async fn list(
         target: q.procedure.clone(),
         namespace: q.namespace.clone(),
         subject,
-        since_ms: q.since_ms,
-        until_ms: q.until_ms,
+        since_ms: non_negative("since_ms", q.since_ms)?,
+        until_ms: non_negative("until_ms", q.until_ms)?,
     };
-    let page = d.queue.list(&filter, q.before, q.limit.unwrap_or(50))?;
+    let before = non_negative("before", q.before)?;
+    let page = d.queue.list(&filter, before, q.limit.unwrap_or(50))?;
     Ok(Json(json!({
         "items": page.jobs.iter().map(|j| view(&d, j, false)).collect::<Vec<_>>(),
         "next": page.next,

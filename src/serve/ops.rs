@@ -169,7 +169,7 @@ pub struct GraphQuery {
 }
 
 /// `GET /v1/namespaces/{ns}/procedures/{procedure}/graph?format=dot|mermaid&expand=true`.
-#[utoipa::path(get, path = "/v1/namespaces/{ns}/procedures/{procedure}/graph", tag = "catalog", params(("ns" = String, Path, description = "Namespace"), ("procedure" = String, Path, description = "Procedure"), ("format" = Option<String>, Query, description = "dot (default) or mermaid"), ("expand" = Option<bool>, Query, description = "Expand nested procedures")), responses((status = 200, description = "The compiled DAG", content_type = "text/plain"), (status = 401, description = "No token, or an unknown one", body = super::openapi::ErrorBody), (status = 404, description = "No such procedure open to the caller", body = super::openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/v1/namespaces/{ns}/procedures/{procedure}/graph", tag = "catalog", params(("ns" = String, Path, description = "Namespace"), ("procedure" = String, Path, description = "Procedure"), ("format" = Option<String>, Query, description = "dot (default) or mermaid"), ("expand" = Option<bool>, Query, description = "Expand nested procedures")), responses((status = 200, description = "The compiled DAG", content_type = "text/plain"), (status = 400, description = "A bad parameter", body = super::openapi::ErrorBody), (status = 401, description = "No token, or an unknown one", body = super::openapi::ErrorBody), (status = 404, description = "No such procedure open to the caller", body = super::openapi::ErrorBody)))]
 pub async fn graph(
     State(d): Shared,
     headers: HeaderMap,
@@ -237,7 +237,7 @@ fn read_body(d: &Daemon, body: Result<Bytes, BytesRejection>) -> Result<Bytes, A
 
 /// `POST /v1/plan`: what the request would do, calling no provider (as `provisio plan
 /// --json`).
-#[utoipa::path(post, path = "/v1/plan", tag = "requests", request_body(description = "The request: the documents `provisio run` reads", content(("application/json"), ("application/xml"), ("application/yaml"))), responses((status = 200, description = "The provider calls that would be made, by wave; nothing is called"), (status = 400, description = "The request does not parse or compile", body = super::openapi::ErrorBody), (status = 401, description = "No token, or an unknown one", body = super::openapi::ErrorBody), (status = 403, description = "The token lacks the right", body = super::openapi::ErrorBody)))]
+#[utoipa::path(post, path = "/v1/plan", tag = "requests", request_body(description = "The request: the documents `provisio run` reads", content(("application/json"), ("application/xml"), ("application/yaml"))), responses((status = 200, description = "The provider calls that would be made, by wave; nothing is called"), (status = 400, description = "The request does not parse or compile", body = super::openapi::ErrorBody), (status = 413, description = "Body larger than serve.max_body_bytes", body = super::openapi::ErrorBody), (status = 415, description = "Content-Type is not a request format", body = super::openapi::ErrorBody), (status = 401, description = "No token, or an unknown one", body = super::openapi::ErrorBody), (status = 403, description = "The token lacks the right", body = super::openapi::ErrorBody)))]
 pub async fn plan(
     State(d): Shared,
     headers: HeaderMap,
@@ -334,7 +334,7 @@ pub struct StuckQuery {
 
 /// `GET /v1/transactions/stuck?older_than=10m`: the watchdog list (operators): running or
 /// rolling-back transactions unchanged for that long, and every `rollback_failed` one.
-#[utoipa::path(get, path = "/v1/transactions/stuck", tag = "operators", params(("older_than" = Option<String>, Query, description = "Unchanged this long (default 10m)")), responses((status = 200, description = "Running or rolling-back transactions unchanged that long, and every rollback_failed one"), (status = 401, description = "No token, or an unknown one", body = super::openapi::ErrorBody), (status = 403, description = "The token lacks the right", body = super::openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/v1/transactions/stuck", tag = "operators", params(("older_than" = Option<String>, Query, description = "Unchanged this long (default 10m)")), responses((status = 200, description = "Running or rolling-back transactions unchanged that long, and every rollback_failed one"), (status = 400, description = "A bad parameter", body = super::openapi::ErrorBody), (status = 401, description = "No token, or an unknown one", body = super::openapi::ErrorBody), (status = 403, description = "The token lacks the right", body = super::openapi::ErrorBody)))]
 pub async fn stuck(
     State(d): Shared,
     headers: HeaderMap,

@@ -1226,6 +1226,64 @@ fn the_openapi_document_describes_the_live_server() {
     assert_eq!(given, described);
 }
 
+/// schemathesis: `PROVISIO_SCHEMATHESIS`, else where scripts/ensure-tools installs it, else
+/// on `PATH`.
+fn schemathesis() -> Option<PathBuf> {
+    let candidates = [
+        std::env::var_os("PROVISIO_SCHEMATHESIS").map(PathBuf::from),
+        Some(
+            std::env::var_os("PROVISIO_TOOLS_DIR")
+                .map(PathBuf::from)
+                .or_else(|| {
+                    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/provisio-tools"))
+                })?
+                .join("schemathesis/bin/schemathesis"),
+        ),
+        Some(PathBuf::from("schemathesis")),
+    ];
+    let found = candidates.into_iter().flatten().find(|c| {
+        Command::new(c)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    if found.is_none() {
+        assert!(
+            std::env::var("PROVISIO_REQUIRE_SCHEMATHESIS").is_err(),
+            "schemathesis is required (PROVISIO_REQUIRE_SCHEMATHESIS=1) but missing: run scripts/ensure-tools"
+        );
+        eprintln!("note: schemathesis not installed (scripts/ensure-tools installs it); fuzz test skipped");
+    }
+    found
+}
+
+#[test]
+fn schemathesis_finds_the_live_server_true_to_its_openapi_document() {
+    if !python() {
+        return;
+    }
+    let Some(st) = schemathesis() else { return };
+    let site = Site::new(0);
+    let d = site.start();
+    let out = Command::new(st)
+        .args(["run", &format!("{}/v1/openapi.json", d.url)])
+        .args(["-H", &format!("Authorization: Bearer {OPS}")])
+        // Request bodies are documents in free syntax: data generated from the schema is
+        // rightly refused, so that check does not apply.
+        .args(["--exclude-checks", "positive_data_acceptance"])
+        .args(["--max-time", "15", "-w", "2", "--no-color"])
+        .env("SCHEMATHESIS_HOOKS", "")
+        .current_dir(site.dir.path())
+        .output()
+        .expect("run schemathesis");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "schemathesis found the server and its document apart:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn a_batch_request_is_one_job_per_item() {
     if !python() {
