@@ -291,8 +291,9 @@ pub struct WorkerArgs {
 pub struct SubmitArgs {
     /// The request file (.xml, .yaml, .yml, .json).
     pub file: PathBuf,
-    /// Wait for the request to finish and print its response; exit as `provisio run`
-    /// does (0 committed, 1 rolled back, 3 rollback failed).
+    /// Follow the request (a progress display fed by its event stream) until it finishes,
+    /// then print it with its response; exit as `provisio run` does (0 committed, 1 rolled
+    /// back, 3 rollback failed).
     #[arg(long)]
     pub wait: bool,
     /// Submitting the same key again returns the same request instead of a second one.

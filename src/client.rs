@@ -151,21 +151,19 @@ fn exit_for(job: &Value) -> Exit {
     }
 }
 
-/// `provisio submit`.
-pub async fn submit(args: &SubmitArgs) -> Result<Exit> {
+/// `provisio submit`: queues the request; with `--wait`, follows its event stream (a
+/// progress display on stderr) and prints the finished request.
+pub async fn submit(args: &SubmitArgs, quiet: bool) -> Result<Exit> {
     let bytes = std::fs::read(&args.file)
         .with_context(|| format!("cannot read request file `{}`", args.file.display()))?;
     let mut extra = Vec::new();
     if let Some(k) = &args.idempotency_key {
         extra.push(("Idempotency-Key", k.clone()));
     }
-    let mut path = format!("/v1/requests?priority={}", args.priority);
     if let Some(k) = &args.serial_key {
         extra.push(("X-Serialization-Key", k.clone()));
     }
-    if args.wait {
-        path.push_str("&wait=300s");
-    }
+    let path = format!("/v1/requests?priority={}", args.priority);
     let ct = content_type(&args.file);
     let a = tokio::task::block_in_place(|| {
         call(
@@ -174,30 +172,132 @@ pub async fn submit(args: &SubmitArgs) -> Result<Exit> {
             &path,
             Some((ct, bytes)),
             &extra,
-            Duration::from_secs(330),
+            Duration::from_secs(60),
         )
     })?;
     match a.status {
-        200 => {
-            print_warnings(&a.body);
-            println!("{}", serde_json::to_string_pretty(&a.body)?);
-            Ok(exit_for(&a.body))
-        }
-        202 => {
-            print_warnings(&a.body);
-            let id = a.body.get("id").and_then(Value::as_str).unwrap_or_default();
-            if args.wait {
-                eprintln!("request {id} is still running after 300s; follow it with `provisio status {id}`");
-            }
-            println!("{id}");
-            Ok(Exit::Ok)
-        }
+        202 => {}
         400 | 401 | 403 | 413 | 415 => {
             eprintln!("error: {}", failed(&a));
-            Ok(Exit::BadInput)
+            return Ok(Exit::BadInput);
         }
-        _ => Err(failed(&a)),
+        _ => return Err(failed(&a)),
     }
+    print_warnings(&a.body);
+    let ids: Vec<String> = match a.body.get("batch").and_then(Value::as_array) {
+        Some(items) => items
+            .iter()
+            .filter_map(|i| i.get("id").and_then(Value::as_str).map(str::to_string))
+            .collect(),
+        None => a
+            .body
+            .get("id")
+            .and_then(Value::as_str)
+            .map(|id| vec![id.to_string()])
+            .unwrap_or_default(),
+    };
+    if !args.wait {
+        for id in &ids {
+            println!("{id}");
+        }
+        return Ok(Exit::Ok);
+    }
+    let mut finished = Vec::with_capacity(ids.len());
+    for id in &ids {
+        tokio::task::block_in_place(|| follow(&args.client, id, quiet))?;
+        let path = format!("/v1/requests/{}", path_segment(id));
+        let s = tokio::task::block_in_place(|| {
+            call(
+                &args.client,
+                "GET",
+                &path,
+                None,
+                &[],
+                Duration::from_secs(30),
+            )
+        })?;
+        if s.status != 200 {
+            bail!("{}", failed(&s));
+        }
+        finished.push(s.body);
+    }
+    // The worst outcome: an undo failure (3), else a rollback (1).
+    let mut exit = Exit::Ok;
+    for f in &finished {
+        match exit_for(f) {
+            Exit::RollbackFailed => exit = Exit::RollbackFailed,
+            Exit::RolledBack if exit == Exit::Ok => exit = Exit::RolledBack,
+            _ => {}
+        }
+    }
+    let doc = if a.body.get("batch").is_some() {
+        serde_json::json!({ "batch": finished })
+    } else {
+        finished.pop().unwrap_or(Value::Null)
+    };
+    println!("{}", serde_json::to_string_pretty(&doc)?);
+    Ok(exit)
+}
+
+/// Follows a request's event stream until its `finished` event, showing its steps on a
+/// spinner (hidden with `--quiet`).
+fn follow(c: &ClientArgs, id: &str, quiet: bool) -> Result<()> {
+    use std::io::BufRead;
+    let bar = if quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new_spinner()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {pos} step(s) done · {msg} [{elapsed}]")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar.set_message(format!("{id} queued"));
+    let url = format!(
+        "{}/v1/requests/{}/events",
+        c.server.trim_end_matches('/'),
+        path_segment(id)
+    );
+    // No overall time limit: the daemon sends keep-alives while the request waits.
+    let agent = agent(c, Duration::from_secs(24 * 3600))?;
+    let mut req = agent.get(&url);
+    if let Some(t) = &c.token {
+        req = req.header("Authorization", &format!("Bearer {}", t.trim()));
+    }
+    let mut response = req
+        .call()
+        .with_context(|| format!("cannot follow request {id} at {}", c.server))?;
+    if response.status().as_u16() != 200 {
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        bar.finish_and_clear();
+        bail!(
+            "the daemon answered {} to the event stream: {text}",
+            response.status()
+        );
+    }
+    let reader = std::io::BufReader::new(response.body_mut().as_reader());
+    for line in reader.lines() {
+        let line = line.context("reading the event stream")?;
+        let Some(data) = line.strip_prefix("data:") else {
+            continue;
+        };
+        let v: Value = serde_json::from_str(data.trim()).unwrap_or(Value::Null);
+        let text = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+        match v.get("event").and_then(Value::as_str) {
+            Some("step_started") => {
+                bar.set_message(format!("{} ({})", text("step"), text("target")))
+            }
+            Some("step_finished") => bar.inc(1),
+            Some("undoing") => bar.set_message(format!("undoing {}", text("step"))),
+            Some("retry") => bar.set_message(format!("retrying later: {}", text("error"))),
+            Some("state") => bar.set_message(format!("{id} {}", text("state"))),
+            Some("finished") => break,
+            _ => {}
+        }
+    }
+    bar.finish_and_clear();
+    Ok(())
 }
 
 fn print_warnings(body: &Value) {

@@ -25,7 +25,7 @@ use std::time::Duration;
 pub async fn dispatch(cli: Cli) -> Result<Exit> {
     // The daemon's clients and the token helper need no configuration.
     match &cli.command {
-        Command::Submit(args) => return crate::client::submit(args).await,
+        Command::Submit(args) => return crate::client::submit(args, cli.global.quiet).await,
         Command::Status(args) => return crate::client::status(args).await,
         Command::Cancel(args) => return crate::client::cancel(args).await,
         Command::Jobs(args) => return crate::client::jobs(args).await,

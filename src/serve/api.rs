@@ -128,7 +128,27 @@ pub fn router(d: Arc<Daemon>) -> Router {
         )
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn(access_log))
         .with_state(d)
+}
+
+/// One log line per HTTP request, in a span carrying its method and path (the job and
+/// transaction spans of what it queues are the workers').
+async fn access_log(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use tracing::Instrument;
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let started = std::time::Instant::now();
+    let span = tracing::info_span!("http", %method, %path);
+    let response = next.run(req).instrument(span.clone()).await;
+    span.in_scope(|| {
+        tracing::info!(
+            status = response.status().as_u16(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "request"
+        )
+    });
+    response
 }
 
 async fn not_found() -> ApiError {

@@ -576,14 +576,19 @@ fn job_state_for(state: TxnState, cancelled: bool) -> JobState {
     }
 }
 
-/// Runs one claimed job: settles an attempt a crash cut short, else runs its transaction
-/// with the id the claim recorded.
+/// Runs one claimed job in a span naming it (its transaction's own span nests inside).
 async fn run_job(d: &Arc<Daemon>, job: Job) {
+    use tracing::Instrument;
+    let span = tracing::info_span!(
+        "job", job.id = %job.id, subject = %job.subject, target = %job.target, attempt = job.attempts
+    );
+    run_job_inner(d, job).instrument(span).await
+}
+
+/// Settles an attempt a crash cut short, else runs the job's transaction with the id the
+/// claim recorded.
+async fn run_job_inner(d: &Arc<Daemon>, job: Job) {
     let id = job.id.clone();
-    let span =
-        tracing::info_span!("job", job.id = %id, subject = %job.subject, target = %job.target);
-    let _enter = span.enter();
-    drop(_enter);
     let Some(txn) = job.txn.clone() else {
         bury(d, &id, "claimed without a transaction id".into()).await;
         return;
