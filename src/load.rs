@@ -386,6 +386,23 @@ impl std::fmt::Display for StoreBusy {
     }
 }
 
+impl StoreBusy {
+    /// What a command refused by a daemon can do instead (`command`: run, tx, recover, …).
+    pub fn hint_for(&self, command: &str) -> String {
+        let Some((_, url)) = &self.daemon else {
+            return String::new();
+        };
+        match command {
+            "tx" => format!(
+                "  hint: while the daemon runs, its API shows the requests and their steps (`provisio jobs`, `provisio status ID`, GET {url}/v1/requests/ID) and the stuck transactions (GET {url}/v1/transactions/stuck, operator token); `tx` reads the journal itself: stop the daemon (SIGTERM) to use it"
+            ),
+            "recover" => "  hint: nothing to do while the daemon runs: it recovered what a crash left running when it started, and settles the jobs of workers that stopped; a rollback_failed transaction is resumed with POST /v1/transactions/ID/resume-rollback (operator token)".to_string(),
+            "purge" => "  hint: stop the daemon (SIGTERM) to purge, then start it again".to_string(),
+            _ => String::new(),
+        }
+    }
+}
+
 impl std::error::Error for StoreBusy {}
 
 /// Opens the journal store, waiting up to `wait` while another process holds it. The wait

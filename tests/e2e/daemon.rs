@@ -678,6 +678,16 @@ fn a_second_daemon_is_refused_and_run_points_to_the_daemon() {
     assert_eq!(code, 75, "{err}");
     assert!(err.contains("held by a `provisio serve` daemon"), "{err}");
     assert!(err.contains(&d.url), "{err}");
+    // Commands that read or repair the journal say what to do instead.
+    let (code, _, err) = site.run(&["tx", "list"], &[]);
+    assert_eq!(code, 75, "{err}");
+    assert!(
+        err.contains("provisio jobs") && err.contains("/v1/transactions/stuck"),
+        "{err}"
+    );
+    let (code, _, err) = site.run(&["recover"], &[]);
+    assert_eq!(code, 75, "{err}");
+    assert!(err.contains("nothing to do while the daemon runs"), "{err}");
 }
 
 #[test]
