@@ -214,6 +214,17 @@ pub enum Command {
     /// Bearer tokens for `[[serve.tokens]]`.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Print a shell completion script (generated from these definitions).
+    #[command(
+        after_help = "Examples:\n  provisio completions bash > /etc/bash_completion.d/provisio\n  provisio completions zsh > \"${fpath[1]}/_provisio\""
+    )]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff, generated from these definitions).
+    #[command(after_help = "Example:\n  provisio man > /usr/local/share/man/man1/provisio.1")]
+    Man,
 }
 
 /// `token` subcommands.

@@ -30,6 +30,19 @@ pub async fn dispatch(cli: Cli) -> Result<Exit> {
         Command::Cancel(args) => return crate::client::cancel(args).await,
         Command::Jobs(args) => return crate::client::jobs(args).await,
         Command::Token(TokenCommand::Hash { new }) => return token_hash(*new),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut out = Vec::new();
+            clap_complete::generate(*shell, &mut cmd, "provisio", &mut out);
+            print!("{}", String::from_utf8_lossy(&out));
+            return Ok(Exit::Ok);
+        }
+        Command::Man => {
+            let mut out = Vec::new();
+            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut out)?;
+            print!("{}", String::from_utf8_lossy(&out));
+            return Ok(Exit::Ok);
+        }
         _ => {}
     }
     // A bad configuration is bad input: nothing runs.
@@ -89,7 +102,9 @@ pub async fn dispatch(cli: Cli) -> Result<Exit> {
         | Command::Status(_)
         | Command::Cancel(_)
         | Command::Jobs(_)
-        | Command::Token(_) => Ok(Exit::Ok),
+        | Command::Token(_)
+        | Command::Completions { .. }
+        | Command::Man => Ok(Exit::Ok),
     }
 }
 

@@ -1365,3 +1365,21 @@ fn config_keys_and_flags_of_serve_are_checked() {
     assert_eq!(code, 0);
     assert!(out.contains("workers = 7"), "{out}");
 }
+
+#[test]
+fn completions_and_the_man_page_come_from_the_command_definitions() {
+    let site = Site::new(0);
+    let (code, out, err) = site.run(&["completions", "bash"], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("provisio") && out.contains("serve") && out.contains("--idempotency-key"),
+        "{out}"
+    );
+    let (code, out, _) = site.run(&["completions", "zsh"], &[]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("#compdef provisio"), "{out}");
+    let (code, out, err) = site.run(&["man"], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(".TH provisio 1"), "{out}");
+    assert!(out.contains("serve") && out.contains("submit"), "{out}");
+}
