@@ -148,6 +148,9 @@ pub struct Daemon {
     tokens: auth::Tokens,
     acl: auth::Acl,
     metrics: Arc<metrics::Metrics>,
+    /// Transactions recovery rolled back at start (cut short by a crash): their jobs are
+    /// tried again, as a new transaction.
+    crashed: std::collections::HashSet<String>,
 }
 
 impl Daemon {
@@ -273,6 +276,11 @@ async fn open(config: &Config, what: &str) -> Result<Opened> {
     for r in &recovered {
         tracing::warn!(txn = %r.txn_id, from = %r.from, to = %r.to, "recovered a transaction a crash left running");
     }
+    let crashed = recovered
+        .iter()
+        .filter(|r| r.to == TxnState::RolledBack)
+        .map(|r| r.txn_id.as_str().to_string())
+        .collect();
     let queue = Queue::open(store.clone()).context("opening the job queue")?;
     let mut taken_back = 0;
     loop {
@@ -305,6 +313,7 @@ async fn open(config: &Config, what: &str) -> Result<Opened> {
         tokens: auth::Tokens::from_config(&config.serve.tokens),
         acl: auth::Acl::from_config(&config.serve.acl),
         metrics: Arc::default(),
+        crashed,
     })))
 }
 
@@ -605,6 +614,33 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job) {
                 summary.state,
                 TxnState::Committed | TxnState::RolledBack | TxnState::RollbackFailed
             );
+            if summary.state == TxnState::RolledBack
+                && d.crashed.contains(&txn)
+                && !job.cancel_requested
+            {
+                // A crash cut the attempt short and recovery rolled it back: nothing of it
+                // took effect, so the job is tried again as a new transaction.
+                tracing::warn!(job = %id, txn = %txn, "a crash cut this job's attempt short and recovery rolled it back; trying again");
+                match d
+                    .queue
+                    .retry_later(
+                        &id,
+                        format!(
+                            "attempt {} was cut short by a crash and rolled back by recovery",
+                            job.attempts
+                        ),
+                        now_ms(),
+                        d.backoff(),
+                        random(),
+                    )
+                    .await
+                {
+                    Ok(j) if j.state == JobState::Dead => d.hub.finish(&id, finished_event(&j)),
+                    Ok(_) => d.metrics.retried(),
+                    Err(e) => tracing::error!(job = %id, error = %e, "queueing a retry"),
+                }
+                return;
+            }
             if over {
                 tracing::info!(job = %id, txn = %txn, state = %summary.state, "settled an attempt cut short by a restart");
                 finish(
