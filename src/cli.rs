@@ -25,6 +25,11 @@ Configuration (each layer overrides the one before; `provisio config show` print
   defaults < provisio.toml (--config FILE, PROVISIO_CONFIG, or ./provisio.toml) < PROVISIO_* < flags
   Keys and a full example: docs/configuration.md, provisio.example.toml
 
+Daemon:
+  provisio serve                                        HTTP API + job queue (docs/daemon.md)
+  provisio submit req.yaml --wait                       submit to it (PROVISIO_SERVER, PROVISIO_TOKEN)
+  provisio status ID | provisio jobs | provisio cancel ID
+
 Environment:
   PROVISIO_CONFIG      configuration file (default: ./provisio.toml when present)
   PROVISIO_NAMESPACES  namespace folder (default: namespaces)
@@ -32,7 +37,11 @@ Environment:
   PROVISIO_SEAL_KEY    key (64 hex digits) sealing secrets in the journal (default: DATA_DIR/seal.key, created 0600)
   PROVISIO_MAX_PARALLEL, PROVISIO_STEP_TIMEOUT_SECS,
   PROVISIO_SEAL_KEY_FILE, PROVISIO_WAIT_LOCK, PROVISIO_FILES_ROOT, PROVISIO_DNS_BACKEND,
-  PROVISIO_DNS_ZONE_DIR, PROVISIO_DNS_SERVER, PROVISIO_DNS_KEY_FILE   the config keys of the same names
+  PROVISIO_DNS_ZONE_DIR, PROVISIO_DNS_SERVER, PROVISIO_DNS_KEY_FILE,
+  PROVISIO_LISTEN, PROVISIO_WORKERS, PROVISIO_MAX_BODY_BYTES,
+  PROVISIO_SHUTDOWN_TIMEOUT                                         the config keys of the same names
+  PROVISIO_SERVER, PROVISIO_TOKEN, PROVISIO_CACERT
+                       the daemon's URL, bearer token and (https) certificate for submit/status/jobs/cancel
   RUST_LOG             log filter, e.g. RUST_LOG=provisio_engine=debug";
 
 /// Provisio: a transactional provisioning workflow engine.
@@ -173,6 +182,176 @@ pub enum Command {
     /// them. See docs/scripting.md.
     #[command(after_help = "Example:\n  provisio script examples/scripts/onboard.rhai")]
     Script(ScriptArgs),
+    /// Run the daemon: a persistent job queue and an HTTP API (under /v1) in front of the
+    /// engine.
+    ///
+    /// Holds the data directory (journal, queue) for as long as it runs: a second daemon,
+    /// or `provisio run` on the same data directory, is refused while it does. At start it
+    /// finishes what a crash left running (like `provisio recover`) and takes back the
+    /// jobs of the workers that died with it. SIGTERM or Ctrl-C: stop taking jobs, let the
+    /// running ones finish (up to --shutdown-timeout), exit 0. Clients authenticate with
+    /// bearer tokens from `[[serve.tokens]]` (see docs/daemon.md).
+    #[command(
+        after_help = "Example:\n  provisio --data-dir /var/lib/provisio serve --listen 127.0.0.1:8750 --workers 8"
+    )]
+    Serve(ServeArgs),
+    /// Run the queued jobs without serving HTTP: with --drain, every job that is due, then
+    /// exit (for cron where no daemon runs). Recovers and takes back jobs first, as
+    /// `serve` does; refused while a daemon holds the data directory.
+    #[command(after_help = "Example:\n  provisio worker --drain --workers 2")]
+    Worker(WorkerArgs),
+    /// Submit a request to a running daemon; prints its id (with --wait: its response).
+    #[command(
+        after_help = "Example:\n  PROVISIO_TOKEN=… provisio submit workflows/provision-tenant.yaml --wait"
+    )]
+    Submit(SubmitArgs),
+    /// A request's state, steps and response, from a running daemon.
+    Status(StatusArgs),
+    /// List a daemon's requests, newest first.
+    Jobs(JobsArgs),
+    /// Cancel a request on a daemon: a queued one never starts, a running one rolls back.
+    Cancel(StatusArgs),
+    /// Bearer tokens for `[[serve.tokens]]`.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Print a shell completion script (generated from these definitions).
+    #[command(
+        after_help = "Examples:\n  provisio completions bash > /etc/bash_completion.d/provisio\n  provisio completions zsh > \"${fpath[1]}/_provisio\""
+    )]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff, generated from these definitions).
+    #[command(after_help = "Example:\n  provisio man > /usr/local/share/man/man1/provisio.1")]
+    Man,
+}
+
+/// `token` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Print the SHA-256 of a token (read from stdin, one line) for `sha256 = "…"` in
+    /// `[[serve.tokens]]`; with --new, make a random token and print both.
+    #[command(
+        after_help = "Examples:\n  provisio token hash --new\n  printf '%s' \"$TOKEN\" | provisio token hash"
+    )]
+    Hash {
+        /// Make a new random token (printed once: keep it in the client's secret store).
+        #[arg(long)]
+        new: bool,
+    },
+}
+
+/// How the client commands reach the daemon.
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// The daemon's URL.
+    #[arg(
+        long,
+        env = "PROVISIO_SERVER",
+        default_value = "http://127.0.0.1:8750",
+        value_name = "URL"
+    )]
+    pub server: String,
+    /// The bearer token (prefer the variable: a flag shows in the process list).
+    #[arg(
+        long,
+        env = "PROVISIO_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
+    /// PEM certificate(s) to trust for an https:// server (its CA, or its own certificate).
+    #[arg(long, env = "PROVISIO_CACERT", value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
+}
+
+/// `serve` arguments.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address and port to listen on (overrides serve.listen and $PROVISIO_LISTEN)
+    /// [default: 127.0.0.1:8750].
+    #[arg(long, value_name = "IP:PORT")]
+    pub listen: Option<String>,
+    /// Jobs run at once (overrides serve.workers and $PROVISIO_WORKERS) [default: 4].
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+    /// Largest request body in bytes (overrides serve.max_body_bytes and
+    /// $PROVISIO_MAX_BODY_BYTES) [default: 1048576].
+    #[arg(long, value_name = "BYTES")]
+    pub max_body_bytes: Option<usize>,
+    /// How long running jobs may take to finish after SIGTERM (overrides
+    /// serve.shutdown_timeout and $PROVISIO_SHUTDOWN_TIMEOUT) [default: 30s].
+    #[arg(long, value_name = "DURATION")]
+    pub shutdown_timeout: Option<crate::config::Wait>,
+}
+
+/// `worker` arguments.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Run the due jobs, then exit (the only mode for now: required).
+    #[arg(long, required = true)]
+    pub drain: bool,
+    /// Jobs run at once (overrides serve.workers and $PROVISIO_WORKERS) [default: 4].
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+}
+
+/// `submit` arguments.
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// The request file (.xml, .yaml, .yml, .json).
+    pub file: PathBuf,
+    /// Follow the request (a progress display fed by its event stream) until it finishes,
+    /// then print it with its response; exit as `provisio run` does (0 committed, 1 rolled
+    /// back, 3 rollback failed).
+    #[arg(long)]
+    pub wait: bool,
+    /// Submitting the same key again returns the same request instead of a second one.
+    #[arg(long, value_name = "KEY")]
+    pub idempotency_key: Option<String>,
+    /// Higher runs first.
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+    pub priority: i16,
+    /// Requests with the same key (a tenant) run one at a time, in submission order.
+    #[arg(long, value_name = "KEY")]
+    pub serial_key: Option<String>,
+    /// The daemon.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `status` and `cancel` arguments.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The request id (as `submit` printed it).
+    pub id: String,
+    /// The daemon.
+    #[command(flatten)]
+    pub client: ClientArgs,
+}
+
+/// `jobs` arguments.
+#[derive(Debug, Args)]
+pub struct JobsArgs {
+    /// Only requests in this state (queued, running, succeeded, failed, dead, cancelled).
+    #[arg(long)]
+    pub state: Option<String>,
+    /// Only requests of this namespace.
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// Only requests of this `Namespace/Procedure`.
+    #[arg(long)]
+    pub procedure: Option<String>,
+    /// Only requests of this subject.
+    #[arg(long)]
+    pub subject: Option<String>,
+    /// Most requests to list.
+    #[arg(long, default_value_t = 50)]
+    pub limit: usize,
+    /// The daemon.
+    #[command(flatten)]
+    pub client: ClientArgs,
 }
 
 /// `script` arguments.

@@ -2,7 +2,7 @@
 
 use crate::cli::{
     Cli, Command, ConfigCommand, GraphArgs, GraphSyntax, NamespacesArgs, OutputFormat, PlanArgs,
-    RunArgs, TxCommand, ValidateArgs,
+    RunArgs, TokenCommand, TxCommand, ValidateArgs,
 };
 use crate::config::Config;
 use crate::{load, Exit};
@@ -23,6 +23,28 @@ use std::time::Duration;
 
 /// Runs the command.
 pub async fn dispatch(cli: Cli) -> Result<Exit> {
+    // The daemon's clients and the token helper need no configuration.
+    match &cli.command {
+        Command::Submit(args) => return crate::client::submit(args, cli.global.quiet).await,
+        Command::Status(args) => return crate::client::status(args).await,
+        Command::Cancel(args) => return crate::client::cancel(args).await,
+        Command::Jobs(args) => return crate::client::jobs(args).await,
+        Command::Token(TokenCommand::Hash { new }) => return token_hash(*new),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut out = Vec::new();
+            clap_complete::generate(*shell, &mut cmd, "provisio", &mut out);
+            print!("{}", String::from_utf8_lossy(&out));
+            return Ok(Exit::Ok);
+        }
+        Command::Man => {
+            let mut out = Vec::new();
+            clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut out)?;
+            print!("{}", String::from_utf8_lossy(&out));
+            return Ok(Exit::Ok);
+        }
+        _ => {}
+    }
     // A bad configuration is bad input: nothing runs.
     let loaded = match load::config(&cli) {
         Ok(l) => l,
@@ -74,7 +96,42 @@ pub async fn dispatch(cli: Cli) -> Result<Exit> {
             print!("{}", config.show(&loaded.sources)?);
             Ok(Exit::Ok)
         }
+        Command::Serve(_) => crate::serve::serve(config).await,
+        Command::Worker(_) => crate::serve::drain(config).await,
+        Command::Submit(_)
+        | Command::Status(_)
+        | Command::Cancel(_)
+        | Command::Jobs(_)
+        | Command::Token(_)
+        | Command::Completions { .. }
+        | Command::Man => Ok(Exit::Ok),
     }
+}
+
+/// `provisio token hash [--new]`.
+fn token_hash(new: bool) -> Result<Exit> {
+    use crate::serve::auth;
+    let token = if new {
+        let t = auth::new_token()?;
+        println!("token:  {t}");
+        t
+    } else {
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line)?;
+        let t = line.trim_end_matches(['\n', '\r']).to_string();
+        if t.is_empty() {
+            return bad_input("error: no token on standard input\n  hint: `printf '%s' \"$TOKEN\" | provisio token hash`, or `provisio token hash --new`");
+        }
+        t
+    };
+    let hash = auth::hash_hex(&token);
+    if new {
+        println!("sha256: {hash}");
+        println!("\n[[serve.tokens]]\nsubject = \"CHANGE-ME\"\nsha256 = \"{hash}\"");
+    } else {
+        println!("{hash}");
+    }
+    Ok(Exit::Ok)
 }
 
 pub(crate) fn bad_input(message: impl std::fmt::Display) -> Result<Exit> {

@@ -43,6 +43,117 @@ pub struct Config {
     pub retention: RetentionConfig,
     /// How often and how long calls, settlements of in-doubt calls and undos are retried.
     pub retry: RetryConfig,
+    /// The daemon (`provisio serve`): where it listens, its workers, its queue, its tokens.
+    pub serve: ServeConfig,
+}
+
+/// `[serve]`: the daemon.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServeConfig {
+    /// Address and port the HTTP API listens on (loopback unless set otherwise).
+    pub listen: String,
+    /// Jobs run at once (the worker pool).
+    pub workers: usize,
+    /// Largest request body accepted, in bytes (refused before it is parsed).
+    pub max_body_bytes: usize,
+    /// On SIGTERM: how long running jobs may take to finish before the daemon exits anyway
+    /// (what is left is rolled back or resumed by recovery at the next start).
+    pub shutdown_timeout: Wait,
+    /// A running job's lease: a job whose worker has not renewed it for this long is
+    /// taken back (renewed every third of it).
+    pub lease: Wait,
+    /// Attempts of a job whose transaction rolls back after a transient provider error,
+    /// before it is `dead`.
+    pub max_attempts: u32,
+    /// The wait after a job's first transient failure (doubled after each further one,
+    /// with jitter).
+    pub retry_initial: Wait,
+    /// The longest wait between two attempts of a job.
+    pub retry_max: Wait,
+    /// PEM certificate chain: with `tls_key`, the API is served over HTTPS only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of `tls_cert`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// The bearer tokens clients authenticate with: only their SHA-256 hashes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tokens: Vec<TokenConfig>,
+    /// Access control lists on namespaces and procedures (docs/daemon.md, "Access control").
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub acl: Vec<AclConfig>,
+}
+
+/// `[[serve.acl]]`: who may execute or read a namespace's procedures, or one procedure's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AclConfig {
+    /// The namespace.
+    pub namespace: String,
+    /// The procedure (absent: the entry is the namespace's, inherited by its procedures).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub procedure: Option<String>,
+    /// Subjects and `group:NAME`s that may call (and see) it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub execute: Vec<String>,
+    /// Subjects and `group:NAME`s that may see it in the catalog.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub read: Vec<String>,
+    /// Subjects and `group:NAME`s refused whatever else grants them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<String>,
+    /// A procedure's entry: whether the namespace's entries apply too (default true).
+    #[serde(default = "yes")]
+    pub inherit: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            listen: "127.0.0.1:8750".into(),
+            workers: 4,
+            max_body_bytes: 1024 * 1024,
+            shutdown_timeout: Wait(std::time::Duration::from_secs(30)),
+            lease: Wait(std::time::Duration::from_secs(30)),
+            max_attempts: 5,
+            retry_initial: Wait(std::time::Duration::from_secs(1)),
+            retry_max: Wait(std::time::Duration::from_secs(300)),
+            tls_cert: None,
+            tls_key: None,
+            tokens: Vec::new(),
+            acl: Vec::new(),
+        }
+    }
+}
+
+/// `[[serve.tokens]]`: one client of the daemon.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Who the token's requests run as (in the journal, the audit log and `tx show`).
+    pub subject: String,
+    /// The token's SHA-256, 64 hex digits (`provisio token hash` prints it); never the
+    /// token itself.
+    pub sha256: String,
+    /// Groups of the subject.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    /// May send trusted requests (carrying their own procedure body, which may call
+    /// private procedures).
+    #[serde(default)]
+    pub trusted: bool,
+    /// May see and cancel every subject's requests and requeue dead jobs.
+    #[serde(default)]
+    pub operator: bool,
+    /// The procedures it may call: `Namespace/Procedure`, `Namespace/*` or `*` (default:
+    /// every public procedure).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow: Option<Vec<String>>,
 }
 
 /// `[engine]`.
@@ -53,6 +164,11 @@ pub struct EngineConfig {
     pub max_parallel: usize,
     /// Seconds a provider call may take before its step fails.
     pub step_timeout_secs: u64,
+    /// Most calls in flight at once to a provider (by provider name: `DNS`, `Filesystem`,
+    /// an exec provider's `name`), over every transaction of the process (the daemon's
+    /// workers share them).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub provider_limits: BTreeMap<String, usize>,
 }
 
 impl Default for EngineConfig {
@@ -60,6 +176,7 @@ impl Default for EngineConfig {
         EngineConfig {
             max_parallel: 16,
             step_timeout_secs: 300,
+            provider_limits: BTreeMap::new(),
         }
     }
 }
@@ -725,6 +842,7 @@ impl Default for Config {
             providers: ProvidersConfig::default(),
             retention: RetentionConfig::default(),
             retry: RetryConfig::default(),
+            serve: ServeConfig::default(),
         }
     }
 }
@@ -781,6 +899,14 @@ pub struct Overrides {
     pub step_timeout_secs: Option<u64>,
     /// `--wait-lock DURATION`.
     pub wait_lock: Option<Wait>,
+    /// `serve --listen ADDR`.
+    pub listen: Option<String>,
+    /// `serve --workers N`.
+    pub workers: Option<usize>,
+    /// `serve --max-body-bytes N`.
+    pub max_body_bytes: Option<usize>,
+    /// `serve --shutdown-timeout DURATION`.
+    pub shutdown_timeout: Option<Wait>,
 }
 
 /// One supported `PROVISIO_*` variable: name, config key, what it sets.
@@ -800,6 +926,10 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("PROVISIO_DNS_ZONE_DIR", "providers.dns.zone_dir"),
     ("PROVISIO_DNS_SERVER", "providers.dns.server"),
     ("PROVISIO_DNS_KEY_FILE", "providers.dns.key_file"),
+    ("PROVISIO_LISTEN", "serve.listen"),
+    ("PROVISIO_WORKERS", "serve.workers"),
+    ("PROVISIO_MAX_BODY_BYTES", "serve.max_body_bytes"),
+    ("PROVISIO_SHUTDOWN_TIMEOUT", "serve.shutdown_timeout"),
 ];
 
 fn env_setter(name: &str) -> Option<EnvSetter> {
@@ -860,6 +990,22 @@ fn env_setter(name: &str) -> Option<EnvSetter> {
         },
         "PROVISIO_DNS_KEY_FILE" => |c, v| {
             c.providers.dns.key_file = Some(v.into());
+            Ok(())
+        },
+        "PROVISIO_LISTEN" => |c, v| {
+            c.serve.listen = v.trim().to_string();
+            Ok(())
+        },
+        "PROVISIO_WORKERS" => |c, v| {
+            c.serve.workers = num(v)?;
+            Ok(())
+        },
+        "PROVISIO_MAX_BODY_BYTES" => |c, v| {
+            c.serve.max_body_bytes = num(v)?;
+            Ok(())
+        },
+        "PROVISIO_SHUTDOWN_TIMEOUT" => |c, v| {
+            c.serve.shutdown_timeout = v.parse()?;
             Ok(())
         },
         _ => return None,
@@ -939,6 +1085,22 @@ impl Config {
             config.engine.step_timeout_secs = s;
             sources.flags.push("--step-timeout".into());
         }
+        if let Some(l) = &flags.listen {
+            config.serve.listen = l.clone();
+            sources.flags.push("--listen".into());
+        }
+        if let Some(w) = flags.workers {
+            config.serve.workers = w;
+            sources.flags.push("--workers".into());
+        }
+        if let Some(b) = flags.max_body_bytes {
+            config.serve.max_body_bytes = b;
+            sources.flags.push("--max-body-bytes".into());
+        }
+        if let Some(t) = flags.shutdown_timeout {
+            config.serve.shutdown_timeout = t;
+            sources.flags.push("--shutdown-timeout".into());
+        }
         // Environment and flag paths are relative to the working directory.
         config.resolve_paths(&cwd);
         config.fill_defaults();
@@ -993,6 +1155,8 @@ impl Config {
             &mut self.providers.filesystem.root,
             &mut self.providers.dns.zone_dir,
             &mut self.providers.dns.key_file,
+            &mut self.serve.tls_cert,
+            &mut self.serve.tls_key,
         ]
         .into_iter()
         .flatten()
@@ -1050,6 +1214,7 @@ impl Config {
                 at("engine.step_timeout_secs")
             );
         }
+        self.check_serve(&at)?;
         let r = &self.retention;
         let shorter = match (r.audit.0, r.transactions.0) {
             (Some(_), None) => true,
@@ -1149,7 +1314,95 @@ impl Config {
         }
         let mut providers = vec!["DNS".to_string(), "Filesystem".to_string()];
         providers.extend(self.providers.exec.iter().map(|e| e.name.clone()));
+        for (name, n) in &self.engine.provider_limits {
+            if *n == 0 {
+                bail!(
+                    "{}: must be at least 1",
+                    at(&format!("engine.provider_limits.{}", toml_key(name)))
+                );
+            }
+            if !providers.contains(name) && name != "Error" {
+                bail!(
+                    "{}: no provider `{name}` is configured; the providers are {}",
+                    at(&format!("engine.provider_limits.{}", toml_key(name))),
+                    providers.join(", ")
+                );
+            }
+        }
         self.retry.check(&at, &providers)?;
+        Ok(())
+    }
+
+    fn check_serve(&self, at: &dyn Fn(&str) -> String) -> Result<()> {
+        let s = &self.serve;
+        if s.listen.parse::<std::net::SocketAddr>().is_err() {
+            bail!(
+                "{}: {:?} is not IP:PORT (e.g. \"127.0.0.1:8750\"; also --listen, PROVISIO_LISTEN)",
+                at("serve.listen"),
+                s.listen
+            );
+        }
+        if s.workers == 0 {
+            bail!("{}: must be at least 1", at("serve.workers"));
+        }
+        if s.tls_cert.is_some() != s.tls_key.is_some() {
+            bail!(
+                "{}: serve.tls_cert and serve.tls_key go together (a PEM certificate chain and its key)",
+                at(if s.tls_cert.is_some() { "serve.tls_key" } else { "serve.tls_cert" })
+            );
+        }
+        if s.max_body_bytes < 1024 {
+            bail!("{}: must be at least 1024", at("serve.max_body_bytes"));
+        }
+        if s.max_attempts == 0 {
+            bail!("{}: must be at least 1", at("serve.max_attempts"));
+        }
+        if s.lease.0 < std::time::Duration::from_secs(1) {
+            bail!("{}: must be at least \"1s\"", at("serve.lease"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, t) in s.tokens.iter().enumerate() {
+            let key = |k: &str| at(&format!("serve.tokens[{i}].{k}"));
+            if t.subject.trim().is_empty() || t.subject.contains('\0') {
+                bail!(
+                    "{}: must name the client (e.g. \"billing\")",
+                    key("subject")
+                );
+            }
+            if t.sha256.len() != 64 || !t.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                bail!(
+                    "{}: must be the token's SHA-256 as 64 hex digits, never the token itself\n  hint: `provisio token hash` prints it",
+                    key("sha256")
+                );
+            }
+            if !seen.insert(t.sha256.to_ascii_lowercase()) {
+                bail!("{}: the same token is listed twice", key("sha256"));
+            }
+        }
+        for (i, a) in s.acl.iter().enumerate() {
+            let key = |k: &str| at(&format!("serve.acl[{i}].{k}"));
+            if a.namespace.trim().is_empty() {
+                bail!("{}: must name a namespace", key("namespace"));
+            }
+            if a.procedure.is_none() && !a.inherit {
+                bail!(
+                    "{}: only a procedure's entry can stop inheriting the namespace's",
+                    key("inherit")
+                );
+            }
+            for (field, list) in [
+                ("execute", &a.execute),
+                ("read", &a.read),
+                ("deny", &a.deny),
+            ] {
+                if let Some(bad) = list.iter().find(|w| w.trim().is_empty() || *w == "group:") {
+                    bail!(
+                        "{}: {bad:?} is neither a subject nor `group:NAME`",
+                        key(field)
+                    );
+                }
+            }
+        }
         Ok(())
     }
 

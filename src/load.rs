@@ -26,7 +26,18 @@ pub fn config(cli: &Cli) -> Result<Loaded> {
         Command::Run(args) => (args.max_parallel, args.step_timeout),
         _ => (None, None),
     };
+    let serve = match &cli.command {
+        Command::Serve(args) => Some(args),
+        _ => None,
+    };
     let flags = Overrides {
+        listen: serve.and_then(|s| s.listen.clone()),
+        workers: match &cli.command {
+            Command::Worker(w) => w.workers,
+            _ => serve.and_then(|s| s.workers),
+        },
+        max_body_bytes: serve.and_then(|s| s.max_body_bytes),
+        shutdown_timeout: serve.and_then(|s| s.shutdown_timeout),
         config_file: cli.global.config.clone(),
         data_dir: cli.global.data_dir.clone(),
         namespaces: cli.global.namespaces.clone(),
@@ -151,6 +162,7 @@ pub fn engine_options(config: &Config) -> EngineOptions {
         max_parallel: e.max_parallel.max(1),
         step_timeout: Duration::from_secs(e.step_timeout_secs.max(1)),
         retry: config.retry.options(),
+        provider_limits: e.provider_limits.clone(),
         ..EngineOptions::default()
     }
 }
@@ -211,8 +223,17 @@ pub fn journal(config: &Config) -> Result<Arc<DurableJournal>> {
         bail!("{}", NoJournal(dir));
     }
     let store = open_store(&dir, config.journal.wait_lock.0)?;
+    let key = seal_key(config)?;
+    Ok(Arc::new(
+        DurableJournal::new(Arc::new(store), key, who()).with_failpoints_from_env(),
+    ))
+}
+
+/// The seal key: `PROVISIO_SEAL_KEY`, else the key file (created when missing, unless the
+/// command only reads; `None` then when there is none).
+pub fn seal_key(config: &Config) -> Result<Option<SealKey>> {
     let file = seal_key_file(config);
-    let key = match &config.journal.seal_key {
+    Ok(match &config.journal.seal_key {
         Some(k) => Some(SealKey::parse(k.expose()).context("PROVISIO_SEAL_KEY")?),
         // Reading needs no key: sealed values are shown as sealed.
         None if config.read_only && !file.exists() => None,
@@ -220,10 +241,7 @@ pub fn journal(config: &Config) -> Result<Arc<DurableJournal>> {
             SealKey::load_or_create(&file)
                 .with_context(|| format!("journal.seal_key_file `{}`", file.display()))?,
         ),
-    };
-    Ok(Arc::new(
-        DurableJournal::new(Arc::new(store), key, who()).with_failpoints_from_env(),
-    ))
+    })
 }
 
 /// `<data_dir>/journal`.
@@ -321,10 +339,42 @@ pub struct StoreBusy {
     pub path: std::path::PathBuf,
     /// How long this process waited.
     pub waited: Duration,
+    /// The daemon holding it, as its `daemon.json` says (pid, URL), if one does.
+    pub daemon: Option<(u32, String)>,
+}
+
+/// `<data_dir>/daemon.json`: written by `provisio serve` while it holds the data
+/// directory, so that a command refused by the lock can say where to send its request.
+pub fn daemon_file(journal_dir: &Path) -> std::path::PathBuf {
+    journal_dir
+        .parent()
+        .unwrap_or(journal_dir)
+        .join("daemon.json")
+}
+
+/// The daemon named by `daemon.json` beside the journal: (pid, URL).
+pub fn daemon_info(journal_dir: &Path) -> Option<(u32, String)> {
+    let text = std::fs::read_to_string(daemon_file(journal_dir)).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let pid = v.get("pid")?.as_u64()? as u32;
+    // A file left by a daemon that was killed names a process that is gone.
+    if cfg!(target_os = "linux") && !Path::new(&format!("/proc/{pid}")).exists() {
+        return None;
+    }
+    Some((pid, v.get("url")?.as_str()?.to_string()))
 }
 
 impl std::fmt::Display for StoreBusy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some((pid, url)) = &self.daemon {
+            return write!(
+                f,
+                "the journal at `{}` is held by a `provisio serve` daemon (pid {pid}, {url}); nothing ran\n  \
+                 hint: send the request to the daemon instead: `provisio submit FILE --wait --server {url}` \
+                 (with PROVISIO_TOKEN set), or stop the daemon first (SIGTERM); a second daemon needs its own --data-dir",
+                self.path.display(),
+            );
+        }
         write!(
             f,
             "the journal at `{}` is in use by another provisio process (waited {}); nothing ran\n  \
@@ -336,11 +386,28 @@ impl std::fmt::Display for StoreBusy {
     }
 }
 
+impl StoreBusy {
+    /// What a command refused by a daemon can do instead (`command`: run, tx, recover, …).
+    pub fn hint_for(&self, command: &str) -> String {
+        let Some((_, url)) = &self.daemon else {
+            return String::new();
+        };
+        match command {
+            "tx" => format!(
+                "  hint: while the daemon runs, its API shows the requests and their steps (`provisio jobs`, `provisio status ID`, GET {url}/v1/requests/ID) and the stuck transactions (GET {url}/v1/transactions/stuck, operator token); `tx` reads the journal itself: stop the daemon (SIGTERM) to use it"
+            ),
+            "recover" => "  hint: nothing to do while the daemon runs: it recovered what a crash left running when it started, and settles the jobs of workers that stopped; a rollback_failed transaction is resumed with POST /v1/transactions/ID/resume-rollback (operator token)".to_string(),
+            "purge" => "  hint: stop the daemon (SIGTERM) to purge, then start it again".to_string(),
+            _ => String::new(),
+        }
+    }
+}
+
 impl std::error::Error for StoreBusy {}
 
 /// Opens the journal store, waiting up to `wait` while another process holds it. The wait
 /// sleeps the calling thread: commands open the journal before they start any work.
-fn open_store(path: &Path, wait: Duration) -> Result<SledStore> {
+pub fn open_store(path: &Path, wait: Duration) -> Result<SledStore> {
     let started = std::time::Instant::now();
     let mut told = false;
     loop {
@@ -348,10 +415,13 @@ fn open_store(path: &Path, wait: Duration) -> Result<SledStore> {
             Ok(store) => return Ok(store),
             Err(StoreError::Locked { .. }) => {
                 let waited = started.elapsed();
-                if waited >= wait {
+                let daemon = daemon_info(path);
+                if waited >= wait || daemon.is_some() {
+                    // A daemon holds it for as long as it runs: waiting is pointless.
                     return Err(StoreBusy {
                         path: path.to_path_buf(),
                         waited,
+                        daemon,
                     }
                     .into());
                 }

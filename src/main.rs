@@ -30,11 +30,13 @@ macro_rules! eprintln {
 }
 
 mod cli;
+mod client;
 mod commands;
 mod config;
 mod driver;
 mod inspect;
 mod load;
+mod serve;
 
 /// Standard output and error that tolerate a reader going away.
 mod output {
@@ -127,6 +129,13 @@ fn main() -> ExitCode {
             return ExitCode::from(Exit::BadInput as u8);
         }
     };
+    let command = match &cli.command {
+        cli::Command::Tx(_) => "tx",
+        cli::Command::Recover => "recover",
+        cli::Command::Purge(_) => "purge",
+        cli::Command::Script(_) => "script",
+        _ => "run",
+    };
     match runtime.block_on(commands::dispatch(cli)) {
         Ok(code) => ExitCode::from(code.code()),
         // A reader that closed the pipe (`provisio tx list | head`) ends the output: the
@@ -140,7 +149,12 @@ fn main() -> ExitCode {
             ExitCode::from(Exit::Ok.code())
         }
         Err(e) => {
-            eprintln!("error: {e:#}");
+            match e.downcast_ref::<load::StoreBusy>() {
+                Some(busy) if busy.daemon.is_some() => {
+                    eprintln!("error: {e:#}\n{}", busy.hint_for(command))
+                }
+                _ => eprintln!("error: {e:#}"),
+            }
             let code = if e.downcast_ref::<load::StoreBusy>().is_some() {
                 Exit::StoreBusy
             } else {

@@ -8,6 +8,8 @@
 pub const E_NOTIMPL: u32 = 0x8000_4001;
 /// E_FAIL: the catch-all failure.
 pub(crate) const E_FAIL: u32 = 0x8000_4005;
+/// E_ABORT: the operation was cancelled (a cancelled transaction's first step not run).
+pub const E_ABORT: u32 = 0x8000_4004;
 /// E_INVALIDARG: bad input.
 pub const E_INVALIDARG: u32 = 0x8007_0057;
 /// ERROR_PATH_NOT_FOUND.
@@ -46,6 +48,7 @@ mod tests {
     fn codes_are_distinct_failure_hresults() {
         let all = [
             E_NOTIMPL,
+            E_ABORT,
             E_FAIL,
             E_INVALIDARG,
             E_PATH_NOT_FOUND,

@@ -23,9 +23,10 @@
 //!   [`plan`] module (steps, edges, the graph renderer);
 //! - scripting: [`ScriptEngine`], [`ScriptLimits`], [`DriverHost`].
 //!
-//! Six modules are public namespaces because their contents belong together and read best
+//! These modules are public namespaces because their contents belong together and read best
 //! qualified: [`codes`] (HRESULT codes), [`data`] (the data tree and its transforms),
 //! [`model`] (the definitions as parsed), [`provider`] (everything a provider implements),
+//! [`queue`] (the daemon's persistent job queue),
 //! [`request`] (parsing and loading definition files), [`response`] (rendering a result) and
 //! [`txn`] (the journal's records, recovery, retention, the index). The compiler, the
 //! executor, the script host and the store are private: what they offer is re-exported
@@ -37,6 +38,7 @@ pub mod data;
 mod exec;
 pub mod model;
 pub mod provider;
+pub mod queue;
 pub mod request;
 pub mod response;
 mod script;
@@ -52,9 +54,9 @@ pub use compile::{
 };
 pub use data::{Element, Scalar};
 pub use exec::{
-    Engine, EngineOptions, ErrorSource, Event, Failure, Journal, JournalError, NoJournal,
-    PlanEntry, RunError, ScriptUndoDone, StepDone, StepIntent, TxnResult, TxnStart, TxnState,
-    UndoFailure,
+    Cancel, Engine, EngineOptions, ErrorSource, Event, Failure, Journal, JournalError, NoJournal,
+    PlanEntry, RunControl, RunError, ScriptUndoDone, StepDone, StepIntent, TxnResult, TxnStart,
+    TxnState, UndoFailure,
 };
 pub use exec::{RetryOptions, RetryPolicies, RetryPolicy, RetryUse};
 pub use model::{Format, Namespace, Request};

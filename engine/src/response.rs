@@ -200,6 +200,7 @@ mod tests {
             elapsed: std::time::Duration::ZERO,
             journal_error: None,
             client_context: None,
+            transient: false,
         }
     }
 
@@ -244,6 +245,7 @@ mod tests {
             elapsed: std::time::Duration::ZERO,
             journal_error: None,
             client_context: None,
+            transient: false,
         };
         assert_eq!(to_value(&result)["data"], json!({}));
     }

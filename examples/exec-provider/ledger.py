@@ -35,7 +35,9 @@ Test hooks: when LEDGER_CRASH_ONCE names a file that does not exist yet, the fir
 that gets applied creates that file and the process exits with status 3 right after
 saving and before answering, which simulates a crash at the worst possible moment.
 LEDGER_HANG_ONCE does the same but, instead of exiting, stops answering (for an hour), so
-the engine's call timeout gives up on a call that was applied.
+the engine's call timeout gives up on a call that was applied. LEDGER_DELAY_MS makes every
+write wait that many milliseconds, holding the ledger's lock, before it is applied (a slow
+backend: a `recover` asked meanwhile by another process waits for the answer).
 """
 
 import contextlib
@@ -293,6 +295,9 @@ def do_execute(req):
         raise ProviderFailure("a write needs an idempotencyKey", E_INVALIDARG)
     apply, _ = WRITES[procedure]
     with locked_ledger() as ledger:
+        delay_ms = os.environ.get("LEDGER_DELAY_MS")
+        if delay_ms:  # test hook: a slow backend, holding its lock (see the module docstring)
+            time.sleep(int(delay_ms) / 1000)
         # A retry of a call that was already applied: answer with the recorded result.
         done = ledger["applied"].get(key)
         if done is not None:

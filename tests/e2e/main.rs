@@ -4,6 +4,7 @@ mod batch;
 mod cli;
 mod config;
 mod crash;
+mod daemon;
 mod error_provider;
 mod files;
 mod hostile;

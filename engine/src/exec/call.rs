@@ -66,6 +66,16 @@ impl Engine {
             if let Some(r) = txn.resume.as_ref().and_then(|r| r.done.get(step)) {
                 return Ok(self.replay(&call, ed, r));
             }
+            if txn.cancel.as_ref().is_some_and(super::Cancel::is_cancelled) {
+                return Err(fail(
+                    step,
+                    &call.target,
+                    crate::codes::E_ABORT,
+                    "the transaction was cancelled before this step started; everything done \
+                     is rolled back"
+                        .to_string(),
+                ));
+            }
             let mut attempt = txn
                 .resume
                 .as_ref()
@@ -86,7 +96,11 @@ impl Engine {
                     started_after,
                     journaling,
                 };
-                let error = match self.attempt(&call, &context, &ed).await {
+                let attempted = {
+                    let _permit = self.provider_permit(&leaf.provider).await;
+                    self.attempt(&call, &context, &ed).await
+                };
+                let error = match attempted {
                     Ok(outcome) => return self.succeeded(&call, &ed, done(outcome)).await,
                     Err(error) => error,
                 };
@@ -143,6 +157,9 @@ impl Engine {
             Ok(()) => return Ok(()),
             Err(GaveUp::NotRetryable) => tracing::warn!(error = %message, "step failed"),
             Err(why) => tracing::warn!(error = %message, retry = %why, "step failed"),
+        }
+        if matches!(error, ProviderError::Transient { .. }) {
+            *lock(&call.txn.transient_step) = Some(call.step.to_string());
         }
         self.emit(Event::StepFinished {
             step: call.step.to_string(),

@@ -56,6 +56,10 @@ pub struct EngineOptions {
     pub max_iterations: usize,
     /// Compiler limits.
     pub limits: Limits,
+    /// Most calls in flight at once to a provider, by provider name, over every transaction
+    /// this engine (and its clones) runs: a slow backend is not flooded by a daemon's
+    /// workers. Recovery and undo calls are not counted.
+    pub provider_limits: std::collections::BTreeMap<String, usize>,
 }
 
 impl Default for EngineOptions {
@@ -66,6 +70,7 @@ impl Default for EngineOptions {
             retry: RetryOptions::default(),
             max_iterations: 100_000,
             limits: Limits::default(),
+            provider_limits: Default::default(),
         }
     }
 }
@@ -163,6 +168,45 @@ pub struct TxnResult {
     pub journal_error: Option<String>,
     /// The request's `context/clientContext`, handed back to the client (secrets masked).
     pub client_context: Option<Element>,
+    /// The transaction rolled back because a step's transient provider error (timeout,
+    /// busy, connection refused) outlasted the engine's retries: the same request may
+    /// succeed later (a job queue retries it).
+    pub transient: bool,
+}
+
+/// A handle that stops a running transaction: once [`Cancel::cancel`] is called, no further
+/// provider call starts (calls already in flight finish), the step that would have started
+/// fails with `E_ABORT`, and the transaction rolls back as after any failure. Cheap to
+/// clone; every clone sets the same flag.
+#[derive(Debug, Clone, Default)]
+pub struct Cancel(Arc<std::sync::atomic::AtomicBool>);
+
+impl Cancel {
+    /// A handle not yet cancelled.
+    pub fn new() -> Cancel {
+        Cancel::default()
+    }
+
+    /// Asks the transaction to stop and roll back.
+    pub fn cancel(&self) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether [`Cancel::cancel`] was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// How a caller controls one run ([`Engine::run_controlled`]).
+#[derive(Debug, Clone, Default)]
+pub struct RunControl {
+    /// The transaction id to use instead of a new one: a job queue records it before the
+    /// run, so that after a crash it finds the transaction recovery finished instead of
+    /// starting a second one. It must not name a transaction already in the journal.
+    pub txn_id: Option<TxnId>,
+    /// Stops the run (see [`Cancel`]).
+    pub cancel: Option<Cancel>,
 }
 
 /// One step of a dry run.
@@ -207,6 +251,8 @@ pub struct Engine {
     options: EngineOptions,
     journal: Arc<dyn Journal>,
     events: Option<EventSink>,
+    /// The `provider_limits` as semaphores, shared by the clones.
+    provider_permits: Arc<HashMap<String, Arc<Semaphore>>>,
 }
 
 /// A step completed before a crash, replayed when a resumable transaction resumes.
@@ -234,6 +280,11 @@ pub(crate) struct Resume {
 impl Engine {
     /// An engine over a catalog and providers.
     pub fn new(catalog: Catalog, registry: ProviderRegistry, options: EngineOptions) -> Engine {
+        let provider_permits = options
+            .provider_limits
+            .iter()
+            .map(|(name, n)| (name.clone(), Arc::new(Semaphore::new((*n).max(1)))))
+            .collect();
         Engine {
             catalog: Arc::new(catalog),
             programs: Arc::default(),
@@ -241,7 +292,17 @@ impl Engine {
             options,
             journal: Arc::new(NoJournal),
             events: None,
+            provider_permits: Arc::new(provider_permits),
         }
+    }
+
+    /// A permit to call `provider`, when it has a limit (`EngineOptions::provider_limits`).
+    pub(crate) async fn provider_permit(
+        &self,
+        provider: &str,
+    ) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let semaphore = self.provider_permits.get(provider)?.clone();
+        semaphore.acquire_owned().await.ok()
     }
 
     /// Reports every transition to `journal`.
@@ -311,6 +372,19 @@ impl Engine {
             .await)
     }
 
+    /// As [`Engine::run_owned`], with the transaction id chosen by the caller and a
+    /// cancellation handle (the daemon's jobs).
+    pub async fn run_controlled(
+        &self,
+        request: Request,
+        control: RunControl,
+    ) -> Result<TxnResult, RunError> {
+        let program = self.program(&request)?;
+        Ok(self
+            .run_txn(program, request.data, request.context, None, control)
+            .await)
+    }
+
     /// Compiles a request and walks it without calling any provider: returns the provider
     /// calls that would be made, with their resolved inputs and the providers' previews.
     pub async fn plan(&self, request: &Request) -> Result<Vec<PlanEntry>, RunError> {
@@ -357,6 +431,8 @@ impl Engine {
             resume: None,
             in_doubt: Mutex::new(Vec::new()),
             client_transaction_id,
+            cancel: None,
+            transient_step: Mutex::new(None),
         }
     }
 
@@ -367,7 +443,8 @@ impl Engine {
         data: Element,
         context: Element,
     ) -> TxnResult {
-        self.run_txn(program, data, context, None).await
+        self.run_txn(program, data, context, None, RunControl::default())
+            .await
     }
 
     /// Continues a resumable transaction after a crash: steps its journal shows completed
@@ -379,7 +456,8 @@ impl Engine {
         context: Element,
         resume: Resume,
     ) -> TxnResult {
-        self.run_txn(program, data, context, Some(resume)).await
+        self.run_txn(program, data, context, Some(resume), RunControl::default())
+            .await
     }
 
     fn emit(&self, event: Event) {

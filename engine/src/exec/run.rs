@@ -6,7 +6,9 @@ use super::context;
 use super::items::{Iteration, Origin};
 use super::journal::log_lapse;
 use super::state::{lock, Bindings, Invocation, RunMode, StepCtx, Txn};
-use super::{Engine, ErrorSource, Failure, Resume, TxnResult, TxnStart, TxnState, UndoFailure};
+use super::{
+    Engine, ErrorSource, Failure, Resume, RunControl, TxnResult, TxnStart, TxnState, UndoFailure,
+};
 use crate::compile::{
     Body, CompiledProcedure, ExecNode, Plan, PlanNode, Program, SelectNode, TryNode,
 };
@@ -33,15 +35,21 @@ impl Engine {
         data: Element,
         context: Element,
         resume: Option<Resume>,
+        control: RunControl,
     ) -> TxnResult {
         let started_at = Instant::now();
         let mut txn = self.new_txn(program, RunMode::Execute, &data, context);
+        txn.cancel = control.cancel;
+        let chosen = control.txn_id.is_some();
+        if let Some(id) = control.txn_id {
+            txn.id = id;
+        }
         let resuming = resume.is_some();
         if let Some(r) = resume {
             txn.id = r.txn_id.clone();
             txn.resume = Some(r);
         }
-        if resuming {
+        if resuming || chosen {
             context::stamp_transaction_id(&mut lock(&txn.context), &txn.id);
         }
         let span = info_span!("txn", txn.id = %txn.id, procedure = %txn.program.entry.target);
@@ -63,6 +71,17 @@ impl Engine {
                         // A try/catch went on past an unsettled in-doubt call: whether it
                         // took effect is unknown, so the transaction must not commit.
                         Some(f) => Err(f),
+                        // Cancelled before the commit: what ran is rolled back.
+                        None if txn.cancel.as_ref().is_some_and(super::Cancel::is_cancelled) => {
+                            Err(Failure {
+                                code: crate::codes::E_ABORT,
+                                message: "the transaction was cancelled before it committed; \
+                                          everything done is rolled back"
+                                    .to_string(),
+                                step: String::new(),
+                                sources: Vec::new(),
+                            })
+                        }
                         None => self.two_phase(&txn).await.map(|()| data),
                     },
                     Err(f) => Err(f),
@@ -137,6 +156,7 @@ impl Engine {
             elapsed: Duration::ZERO,
             journal_error: None,
             client_context: context::client_context(&lock(&txn.context), &txn.redactor),
+            transient: false,
         };
         match result {
             Ok(mut data) => {
@@ -159,6 +179,7 @@ impl Engine {
                     "the rollback goes on; should the process die before the final state is \
                      journaled, recovery finds the transaction running and rolls it back itself",
                 );
+                out.transient = lock(&txn.transient_step).as_deref() == Some(failure.step.as_str());
                 let (undone, failures) = self.rollback(txn).await;
                 out.rolled_back(undone, failures);
                 out.failure = Some(failure);

@@ -61,6 +61,12 @@ pub(super) struct Txn {
     /// The id a client put in `context/transactionContext/@transactionId` (ignored: the
     /// engine writes its own there).
     pub(crate) client_transaction_id: Option<String>,
+    /// Set by whoever runs the transaction to stop it: no provider call starts after it is
+    /// set, and the transaction rolls back (see [`super::Cancel`]).
+    pub(crate) cancel: Option<super::Cancel>,
+    /// The step whose transient error the engine gave up retrying, if any: a failure of
+    /// that step is worth trying again later ([`super::TxnResult::transient`]).
+    pub(crate) transient_step: Mutex<Option<String>>,
 }
 
 /// One run of a procedure body: its `data`, `procedureData` and the cases its selects chose.

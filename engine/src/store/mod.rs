@@ -26,6 +26,9 @@ pub enum Space {
     /// Indexes over the summaries, rebuilt from them when missing (`txn::index`): by start
     /// time, by state, procedure and subject, and finished transactions by finish time.
     Index,
+    /// The daemon's job queue (`queue`): jobs by id and the ordered keys that find the
+    /// next one to run without reading the others.
+    Queue,
 }
 
 impl Space {
@@ -38,6 +41,7 @@ impl Space {
             Space::Definitions => b'd',
             Space::Meta => b'm',
             Space::Index => b'i',
+            Space::Queue => b'q',
         }
     }
 
@@ -50,6 +54,7 @@ impl Space {
             Space::Definitions,
             Space::Meta,
             Space::Index,
+            Space::Queue,
         ]
         .into_iter()
         .find(|s| s.tag() == tag)

@@ -77,7 +77,7 @@ impl SealKey {
     }
 
     /// Encrypts bytes: base64 of nonce ‖ ciphertext.
-    pub(crate) fn seal(&self, plain: &[u8]) -> String {
+    pub fn seal(&self, plain: &[u8]) -> String {
         let cipher = ChaCha20Poly1305::new(&self.0);
         let nonce = ChaCha20Poly1305::generate_nonce(&mut OsRng);
         // Encryption with a fresh nonce cannot fail for in-memory buffers.
@@ -88,7 +88,7 @@ impl SealKey {
     }
 
     /// Decrypts what [`SealKey::seal`] produced.
-    pub(crate) fn open(&self, sealed: &str) -> Result<Vec<u8>, SealError> {
+    pub fn open(&self, sealed: &str) -> Result<Vec<u8>, SealError> {
         let raw = base64::engine::general_purpose::STANDARD
             .decode(sealed)
             .map_err(|_| SealError::Open)?;

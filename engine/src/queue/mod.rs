@@ -1,0 +1,1118 @@
+//! The persistent job queue behind `provisio serve`: jobs live in [`Space::Queue`] of the
+//! store, so they survive restarts and `kill -9`.
+//!
+//! A job carries an opaque payload (the daemon's sealed request), a priority, a not-before
+//! time, an optional serialization key (jobs with the same key run one at a time, in
+//! submission order), an optional idempotency key (per subject: submitting it again
+//! returns the same job), and a maximum number of attempts. A worker claims a job with a
+//! lease it renews by heartbeats; a lease that runs out (a worker that died) gives the job
+//! back. A transient failure puts the job back after an exponential backoff with jitter;
+//! after its last attempt it is `dead` until an operator requeues it.
+//!
+//! Every attempt gets its transaction id at claim time, written durably before the claim
+//! returns: a job taken back after a crash still names the transaction it started, so its
+//! runner finds what recovery made of it instead of starting a second one.
+//!
+//! Keys (big-endian numbers sort numerically; every index key ends in a sequence number
+//! and its value is the job id):
+//! - `j` ‖ id — the job record (JSON);
+//! - `r` ‖ inverted priority ‖ seq — ready to run, best first;
+//! - `s` ‖ not-before ms ‖ seq — waiting for its time (moved to `r` when due);
+//! - `k` ‖ serialization key ‖ `\0` ‖ position — every unfinished job of a key, in order;
+//!   only the first is ever in `r`, `s` or running;
+//! - `l` ‖ lease end ms ‖ seq — running jobs by the end of their lease;
+//! - `i` ‖ subject ‖ `\0` ‖ idempotency key — the job of a key;
+//! - `a` ‖ seq, `x` ‖ state ‖ `\0` ‖ seq, `p` ‖ target ‖ `\0` ‖ seq, `w` ‖ subject ‖ `\0` ‖
+//!   seq — listings, newest first;
+//! - `f` ‖ finished ms ‖ seq — jobs in a final state, for retention ([`Queue::prune`]);
+//! - `n` — the next sequence number; `c` — how many jobs are in each state.
+//!
+//! Claiming, finishing and submitting read and write a handful of keys each: their cost
+//! follows the logarithm of the backlog (the store's ordered keys), never its size.
+
+use crate::store::{prefix_end, Batch, KeyRange, KeyValue, Space, Store, StoreError};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Duration;
+
+#[cfg(test)]
+mod tests;
+
+const JOB: u8 = b'j';
+const READY: u8 = b'r';
+const SCHEDULED: u8 = b's';
+const SERIAL: u8 = b'k';
+const LEASE: u8 = b'l';
+const IDEMPOTENCY: u8 = b'i';
+const ALL: u8 = b'a';
+const BY_STATE: u8 = b'x';
+const BY_TARGET: u8 = b'p';
+const BY_SUBJECT: u8 = b'w';
+const FINISHED: u8 = b'f';
+const COUNTS: &[u8] = b"c";
+const NEXT_SEQ: &[u8] = b"n";
+
+/// Scheduled jobs moved to the ready index per claim (the rest on the next claims).
+const PROMOTE_PER_CLAIM: usize = 64;
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Waiting to run (ready, scheduled for later, or behind an earlier job of its key).
+    Queued,
+    /// Claimed by a worker.
+    Running,
+    /// Ran; its transaction committed.
+    Succeeded,
+    /// Ran; its transaction rolled back (or its rollback failed): the request's answer.
+    Failed,
+    /// Gave up after its last attempt: an operator may requeue it.
+    Dead,
+    /// Cancelled before it ran, or stopped and rolled back while running.
+    Cancelled,
+}
+
+impl JobState {
+    /// The state's name (`queued`, `running`, …).
+    pub fn name(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Dead => "dead",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    /// The state named `name`.
+    pub fn parse(name: &str) -> Option<JobState> {
+        [
+            JobState::Queued,
+            JobState::Running,
+            JobState::Succeeded,
+            JobState::Failed,
+            JobState::Dead,
+            JobState::Cancelled,
+        ]
+        .into_iter()
+        .find(|s| s.name() == name)
+    }
+
+    /// Whether nothing more happens to the job (unless an operator requeues a dead one).
+    pub fn is_final(self) -> bool {
+        !matches!(self, JobState::Queued | JobState::Running)
+    }
+}
+
+impl std::fmt::Display for JobState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Which index holds a job (so it can be taken out again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Slot {
+    Ready,
+    Scheduled(u64),
+    Waiting,
+    Leased(u64),
+    Nowhere,
+}
+
+/// A job as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    /// The job id (UUIDv7), also the id clients know the request by.
+    pub id: String,
+    /// Submission order.
+    pub seq: u64,
+    /// Where it is in its life.
+    pub state: JobState,
+    /// Higher runs first.
+    pub priority: i16,
+    /// Not run before this time (ms since the epoch).
+    pub not_before_ms: u64,
+    /// Jobs with the same key run one at a time, in submission order.
+    pub serial_key: Option<String>,
+    /// Its place among the jobs of its serialization key.
+    serial_pos: u64,
+    /// The client's idempotency key (scoped by `subject`).
+    pub idempotency_key: Option<String>,
+    /// Who submitted it.
+    pub subject: String,
+    /// What it runs (`Namespace/Procedure`), for listings.
+    pub target: String,
+    /// Attempts started so far.
+    pub attempts: u32,
+    /// Attempts allowed before the job is dead.
+    pub max_attempts: u32,
+    /// The transaction of the attempt in progress (or cut short by a crash).
+    pub txn: Option<String>,
+    /// The transactions of every attempt, in order.
+    pub txns: Vec<String>,
+    /// When it was submitted (ms since the epoch).
+    pub submitted_ms: u64,
+    /// When its last attempt started.
+    pub started_ms: Option<u64>,
+    /// When it reached a final state.
+    pub finished_ms: Option<u64>,
+    /// The last error (of an attempt, or why it is dead).
+    pub error: Option<String>,
+    /// How its transaction ended (`committed`, `rolled_back`, …).
+    pub outcome: Option<String>,
+    /// A cancellation was asked for while it ran.
+    pub cancel_requested: bool,
+    /// What to run (opaque to the queue); dropped once the job is final.
+    pub payload: Option<String>,
+    /// What its runner kept of the result (opaque to the queue).
+    pub result: Option<String>,
+    slot: Slot,
+}
+
+/// A job to submit.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    /// What to run (opaque; seal it when it may hold secrets).
+    pub payload: String,
+    /// Higher runs first (default 0).
+    pub priority: i16,
+    /// Not run before this time (ms since the epoch; 0: now).
+    pub not_before_ms: u64,
+    /// Jobs with the same key run one at a time, in submission order.
+    pub serial_key: Option<String>,
+    /// Submitting the same key again (by the same subject) returns the same job.
+    pub idempotency_key: Option<String>,
+    /// Who submits it.
+    pub subject: String,
+    /// What it runs (`Namespace/Procedure`), for listings.
+    pub target: String,
+    /// Attempts allowed (at least 1).
+    pub max_attempts: u32,
+}
+
+/// What a submission did.
+#[derive(Debug, Clone)]
+pub struct Submitted {
+    /// The job (the existing one for a known idempotency key).
+    pub job: Job,
+    /// `false`: the idempotency key was known; nothing new was queued.
+    pub created: bool,
+}
+
+/// How a job ended, for [`Queue::finish`].
+#[derive(Debug, Clone)]
+pub struct Finish {
+    /// `Succeeded`, `Failed` or `Cancelled`.
+    pub state: JobState,
+    /// How its transaction ended.
+    pub outcome: Option<String>,
+    /// What to keep of the result.
+    pub result: Option<String>,
+    /// The error, if any.
+    pub error: Option<String>,
+}
+
+/// What [`Queue::cancel`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cancelled {
+    /// It had not started and never will.
+    Dequeued(Job),
+    /// It is running: its runner must stop it (the request is recorded in the job).
+    Running(Job),
+    /// It was already over.
+    AlreadyFinal(Job),
+}
+
+/// Exponential backoff with jitter between attempts.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    /// The wait after the first failed attempt (doubled after each further one).
+    pub base: Duration,
+    /// The longest wait.
+    pub max: Duration,
+}
+
+impl Backoff {
+    /// The wait before attempt `failed + 1` after `failed` failed attempts: `base ·
+    /// 2^(failed-1)`, at most `max`, then a random point in its upper half (so jobs that
+    /// failed together do not come back together).
+    pub fn delay(&self, failed: u32, random: u64) -> Duration {
+        let exp = failed.saturating_sub(1).min(30);
+        let full = self
+            .base
+            .saturating_mul(1u32 << exp)
+            .min(self.max)
+            .as_millis() as u64;
+        let half = full / 2;
+        Duration::from_millis(half + random % (full - half + 1))
+    }
+}
+
+/// A filter for [`Queue::list`].
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    /// Only jobs in this state.
+    pub state: Option<JobState>,
+    /// Only jobs of this `Namespace/Procedure`.
+    pub target: Option<String>,
+    /// Only jobs whose target is in this namespace.
+    pub namespace: Option<String>,
+    /// Only jobs of this subject.
+    pub subject: Option<String>,
+    /// Only jobs submitted at or after this time (ms since the epoch).
+    pub since_ms: Option<u64>,
+    /// Only jobs submitted before this time (ms since the epoch).
+    pub until_ms: Option<u64>,
+}
+
+/// One page of a listing, newest first.
+#[derive(Debug, Clone)]
+pub struct Page {
+    /// The jobs.
+    pub jobs: Vec<Job>,
+    /// Pass as `before` for the next page; `None`: this was the last.
+    pub next: Option<u64>,
+}
+
+/// Queue failures.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A job record does not read.
+    #[error("queue record `{key}` cannot be read: {message}\n  hint: the store is damaged or was written by a newer provisio")]
+    Decode {
+        /// Its key.
+        key: String,
+        /// Why.
+        message: String,
+    },
+    /// No such job.
+    #[error("no job `{0}`\n  hint: list jobs with `provisio jobs` (or GET /v1/requests)")]
+    NotFound(String),
+    /// The operation does not apply to the job's state.
+    #[error("job `{id}` is {state}: {what}")]
+    WrongState {
+        /// Job id.
+        id: String,
+        /// Its state.
+        state: JobState,
+        /// What was refused, and what to do.
+        what: String,
+    },
+    /// A field the keys cannot hold.
+    #[error("{field} must not contain a NUL character")]
+    BadField {
+        /// The field.
+        field: &'static str,
+    },
+}
+
+/// The queue over a store. Changes are made one at a time (a mutex): each reads and writes
+/// a handful of keys.
+pub struct Queue {
+    store: Arc<dyn Store>,
+    inner: tokio::sync::Mutex<u64>,
+    /// Jobs by state (in [`ALL_STATES`] order), kept with every change.
+    counts: std::sync::Mutex<[u64; 6]>,
+}
+
+/// Every state, in the order of [`Queue::counts`].
+pub const ALL_STATES: [JobState; 6] = [
+    JobState::Queued,
+    JobState::Running,
+    JobState::Succeeded,
+    JobState::Failed,
+    JobState::Dead,
+    JobState::Cancelled,
+];
+
+fn state_index(state: JobState) -> usize {
+    ALL_STATES.iter().position(|s| *s == state).unwrap_or(0)
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue").finish_non_exhaustive()
+    }
+}
+
+fn key(tag: u8, parts: &[&[u8]]) -> Vec<u8> {
+    let mut k = vec![tag];
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            k.push(0);
+        }
+        k.extend_from_slice(p);
+    }
+    k
+}
+
+fn with_seq(mut prefix: Vec<u8>, seq: u64) -> Vec<u8> {
+    prefix.extend_from_slice(&seq.to_be_bytes());
+    prefix
+}
+
+fn job_key(id: &str) -> Vec<u8> {
+    key(JOB, &[id.as_bytes()])
+}
+
+fn ready_key(priority: i16, seq: u64) -> Vec<u8> {
+    // Higher priority first: the bytes of `i16::MAX - priority` as an unsigned number.
+    let inverted = (i32::from(i16::MAX) - i32::from(priority)) as u16;
+    let mut k = vec![READY];
+    k.extend_from_slice(&inverted.to_be_bytes());
+    with_seq(k, seq)
+}
+
+fn scheduled_key(at: u64, seq: u64) -> Vec<u8> {
+    let mut k = vec![SCHEDULED];
+    k.extend_from_slice(&at.to_be_bytes());
+    with_seq(k, seq)
+}
+
+fn lease_key(until: u64, seq: u64) -> Vec<u8> {
+    let mut k = vec![LEASE];
+    k.extend_from_slice(&until.to_be_bytes());
+    with_seq(k, seq)
+}
+
+fn finished_key(at: u64, seq: u64) -> Vec<u8> {
+    let mut k = vec![FINISHED];
+    k.extend_from_slice(&at.to_be_bytes());
+    with_seq(k, seq)
+}
+
+fn serial_prefix(serial: &str) -> Vec<u8> {
+    let mut k = key(SERIAL, &[serial.as_bytes()]);
+    k.push(0);
+    k
+}
+
+fn idempotency_index(subject: &str, idem: &str) -> Vec<u8> {
+    key(IDEMPOTENCY, &[subject.as_bytes(), idem.as_bytes()])
+}
+
+fn field_prefix(tag: u8, value: &str) -> Vec<u8> {
+    let mut k = key(tag, &[value.as_bytes()]);
+    k.push(0);
+    k
+}
+
+fn state_key(state: JobState, seq: u64) -> Vec<u8> {
+    with_seq(field_prefix(BY_STATE, state.name()), seq)
+}
+
+fn decode(key: &[u8], bytes: &[u8]) -> Result<Job, QueueError> {
+    serde_json::from_slice(bytes).map_err(|e| QueueError::Decode {
+        key: String::from_utf8_lossy(key).into_owned(),
+        message: e.to_string(),
+    })
+}
+
+fn encode(job: &Job) -> Vec<u8> {
+    // A struct of strings and numbers always serializes.
+    serde_json::to_vec(job).unwrap_or_default()
+}
+
+fn no_nul(value: &str, field: &'static str) -> Result<(), QueueError> {
+    if value.contains('\0') {
+        Err(QueueError::BadField { field })
+    } else {
+        Ok(())
+    }
+}
+
+impl Queue {
+    /// The queue of `store` (reads one key).
+    pub fn open(store: Arc<dyn Store>) -> Result<Queue, QueueError> {
+        let next = match store.get(Space::Queue, NEXT_SEQ)? {
+            Some(v) if v.len() == 8 => u64::from_be_bytes(v.try_into().unwrap_or([0; 8])),
+            _ => 1,
+        };
+        let counts = match store.get(Space::Queue, COUNTS)? {
+            Some(v) => serde_json::from_slice(&v).unwrap_or([0; 6]),
+            None => {
+                // Never counted (a queue written before the counts): count the state index
+                // once.
+                let mut c = [0u64; 6];
+                for (i, state) in ALL_STATES.iter().enumerate() {
+                    c[i] = store
+                        .scan(Space::Queue, &field_prefix(BY_STATE, state.name()))?
+                        .len() as u64;
+                }
+                c
+            }
+        };
+        Ok(Queue {
+            store,
+            inner: tokio::sync::Mutex::new(next),
+            counts: std::sync::Mutex::new(counts),
+        })
+    }
+
+    /// How many jobs are in each state, in [`ALL_STATES`] order (kept with every change:
+    /// no scan).
+    pub fn counts(&self) -> [u64; 6] {
+        *self.counts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn count(&self, from: Option<JobState>, to: Option<JobState>) {
+        let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = from {
+            c[state_index(f)] = c[state_index(f)].saturating_sub(1);
+        }
+        if let Some(t) = to {
+            c[state_index(t)] += 1;
+        }
+    }
+
+    /// Writes a batch, with the counts as they now are.
+    async fn commit(&self, mut batch: Batch, durable: bool) -> Result<(), QueueError> {
+        let counts = self.counts();
+        batch.put(
+            Space::Queue,
+            COUNTS.to_vec(),
+            serde_json::to_vec(&counts).unwrap_or_default(),
+        );
+        self.store.write(batch, durable).await?;
+        Ok(())
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// One job.
+    pub fn get(&self, id: &str) -> Result<Option<Job>, QueueError> {
+        let k = job_key(id);
+        self.store
+            .get(Space::Queue, &k)?
+            .map(|v| decode(&k, &v))
+            .transpose()
+    }
+
+    fn must_get(&self, id: &str) -> Result<Job, QueueError> {
+        self.get(id)?
+            .ok_or_else(|| QueueError::NotFound(id.to_string()))
+    }
+
+    fn first(&self, prefix: &[u8]) -> Result<Option<KeyValue>, QueueError> {
+        let end = prefix_end(prefix);
+        Ok(self
+            .store
+            .scan_range(
+                Space::Queue,
+                KeyRange::new(prefix, end.as_deref()),
+                1,
+                false,
+            )?
+            .into_iter()
+            .next())
+    }
+
+    /// Takes `job` out of the index its slot names.
+    fn unslot(batch: &mut Batch, job: &mut Job) {
+        match job.slot {
+            Slot::Ready => {
+                batch.delete(Space::Queue, ready_key(job.priority, job.seq));
+            }
+            Slot::Scheduled(at) => {
+                batch.delete(Space::Queue, scheduled_key(at, job.seq));
+            }
+            Slot::Leased(until) => {
+                batch.delete(Space::Queue, lease_key(until, job.seq));
+            }
+            Slot::Waiting | Slot::Nowhere => {}
+        }
+        job.slot = Slot::Nowhere;
+    }
+
+    /// Puts a job that may run into the ready or the scheduled index.
+    fn slot_runnable(batch: &mut Batch, job: &mut Job, now: u64) {
+        if job.not_before_ms > now {
+            job.slot = Slot::Scheduled(job.not_before_ms);
+            batch.put(
+                Space::Queue,
+                scheduled_key(job.not_before_ms, job.seq),
+                job.id.as_bytes().to_vec(),
+            );
+        } else {
+            job.slot = Slot::Ready;
+            batch.put(
+                Space::Queue,
+                ready_key(job.priority, job.seq),
+                job.id.as_bytes().to_vec(),
+            );
+        }
+    }
+
+    fn set_state(&self, batch: &mut Batch, job: &mut Job, state: JobState) {
+        if job.state != state {
+            self.count(Some(job.state), Some(state));
+            batch.delete(Space::Queue, state_key(job.state, job.seq));
+            batch.put(
+                Space::Queue,
+                state_key(state, job.seq),
+                job.id.as_bytes().to_vec(),
+            );
+            job.state = state;
+        }
+    }
+
+    fn serial_entry(job: &Job) -> Option<Vec<u8>> {
+        job.serial_key
+            .as_deref()
+            .map(|k| with_seq(serial_prefix(k), job.serial_pos))
+    }
+
+    /// Takes a job leaving its key's line out of it, and lets the next one of the line run.
+    fn leave_line(&self, batch: &mut Batch, job: &Job, now: u64) -> Result<(), QueueError> {
+        let (Some(serial), Some(entry)) = (job.serial_key.as_deref(), Self::serial_entry(job))
+        else {
+            return Ok(());
+        };
+        batch.delete(Space::Queue, entry.clone());
+        let prefix = serial_prefix(serial);
+        let end = prefix_end(&prefix);
+        let rows = self.store.scan_range(
+            Space::Queue,
+            KeyRange::new(&prefix, end.as_deref()),
+            2,
+            false,
+        )?;
+        let Some((next_key, next_id)) = rows.into_iter().find(|(k, _)| *k != entry) else {
+            return Ok(());
+        };
+        let next_id = String::from_utf8_lossy(&next_id).into_owned();
+        let mut next = match self.get(&next_id)? {
+            Some(j) => j,
+            None => {
+                // A line entry without its job (cannot happen through this module).
+                batch.delete(Space::Queue, next_key);
+                return Ok(());
+            }
+        };
+        if next.slot == Slot::Waiting && next.state == JobState::Queued {
+            Self::slot_runnable(batch, &mut next, now);
+            batch.put(Space::Queue, job_key(&next.id), encode(&next));
+        }
+        Ok(())
+    }
+
+    /// Whether the job is first in its key's line (always, without a key).
+    fn first_in_line(&self, serial: Option<&str>) -> Result<bool, QueueError> {
+        match serial {
+            None => Ok(true),
+            Some(s) => Ok(self.first(&serial_prefix(s))?.is_none()),
+        }
+    }
+
+    fn alloc(next: &mut u64, batch: &mut Batch) -> u64 {
+        let seq = *next;
+        *next += 1;
+        batch.put(Space::Queue, NEXT_SEQ.to_vec(), next.to_be_bytes().to_vec());
+        seq
+    }
+
+    /// Queues a job, durably, unless its idempotency key is known (then the known job).
+    pub async fn submit(&self, new: NewJob, now: u64) -> Result<Submitted, QueueError> {
+        no_nul(&new.subject, "the subject")?;
+        no_nul(&new.target, "the target")?;
+        if let Some(k) = &new.serial_key {
+            no_nul(k, "the serialization key")?;
+        }
+        let mut next = self.inner.lock().await;
+        if let Some(idem) = &new.idempotency_key {
+            if let Some(id) = self
+                .store
+                .get(Space::Queue, &idempotency_index(&new.subject, idem))?
+            {
+                let id = String::from_utf8_lossy(&id).into_owned();
+                return Ok(Submitted {
+                    job: self.must_get(&id)?,
+                    created: false,
+                });
+            }
+        }
+        let mut batch = Batch::new();
+        let seq = Self::alloc(&mut next, &mut batch);
+        let id = uuid::Uuid::now_v7().to_string();
+        let mut job = Job {
+            id: id.clone(),
+            seq,
+            state: JobState::Queued,
+            priority: new.priority,
+            not_before_ms: new.not_before_ms,
+            serial_key: new.serial_key,
+            serial_pos: seq,
+            idempotency_key: new.idempotency_key,
+            subject: new.subject,
+            target: new.target,
+            attempts: 0,
+            max_attempts: new.max_attempts.max(1),
+            txn: None,
+            txns: Vec::new(),
+            submitted_ms: now,
+            started_ms: None,
+            finished_ms: None,
+            error: None,
+            outcome: None,
+            cancel_requested: false,
+            payload: Some(new.payload),
+            result: None,
+            slot: Slot::Waiting,
+        };
+        let idb = id.as_bytes().to_vec();
+        if self.first_in_line(job.serial_key.as_deref())? {
+            Self::slot_runnable(&mut batch, &mut job, now);
+        }
+        if let Some(entry) = Self::serial_entry(&job) {
+            batch.put(Space::Queue, entry, idb.clone());
+        }
+        if let Some(idem) = &job.idempotency_key {
+            batch.put(
+                Space::Queue,
+                idempotency_index(&job.subject, idem),
+                idb.clone(),
+            );
+        }
+        batch.put(Space::Queue, with_seq(vec![ALL], seq), idb.clone());
+        batch.put(Space::Queue, state_key(JobState::Queued, seq), idb.clone());
+        batch.put(
+            Space::Queue,
+            with_seq(field_prefix(BY_TARGET, &job.target), seq),
+            idb.clone(),
+        );
+        batch.put(
+            Space::Queue,
+            with_seq(field_prefix(BY_SUBJECT, &job.subject), seq),
+            idb,
+        );
+        batch.put(Space::Queue, job_key(&id), encode(&job));
+        self.count(None, Some(JobState::Queued));
+        self.commit(batch, true).await?;
+        Ok(Submitted { job, created: true })
+    }
+
+    /// Moves due scheduled jobs to the ready index (at most a page per call).
+    fn promote(&self, batch: &mut Batch, now: u64) -> Result<usize, QueueError> {
+        let end = scheduled_key(now, u64::MAX);
+        let rows = self.store.scan_range(
+            Space::Queue,
+            KeyRange::new(&[SCHEDULED], Some(&end)),
+            PROMOTE_PER_CLAIM,
+            false,
+        )?;
+        let n = rows.len();
+        for (k, id) in rows {
+            batch.delete(Space::Queue, k);
+            let id = String::from_utf8_lossy(&id).into_owned();
+            if let Some(mut job) = self.get(&id)? {
+                job.slot = Slot::Ready;
+                batch.put(
+                    Space::Queue,
+                    ready_key(job.priority, job.seq),
+                    job.id.as_bytes().to_vec(),
+                );
+                batch.put(Space::Queue, job_key(&job.id), encode(&job));
+            }
+        }
+        Ok(n)
+    }
+
+    /// Claims the best ready job: the highest priority, then the oldest; with a lease
+    /// until `now + lease` and the transaction id of this attempt (a new one, or the one
+    /// of an attempt a crash cut short), written durably. `None`: nothing is due.
+    pub async fn claim(&self, now: u64, lease: Duration) -> Result<Option<Job>, QueueError> {
+        let _guard = self.inner.lock().await;
+        let mut batch = Batch::new();
+        if self.promote(&mut batch, now)? > 0 {
+            // The promotions must be visible to the read below.
+            self.store.write(std::mem::take(&mut batch), false).await?;
+        }
+        let Some((_, id)) = self.first(&[READY])? else {
+            return Ok(None);
+        };
+        let id = String::from_utf8_lossy(&id).into_owned();
+        let mut job = self.must_get(&id)?;
+        Self::unslot(&mut batch, &mut job);
+        let until = now.saturating_add(lease.as_millis() as u64);
+        job.slot = Slot::Leased(until);
+        batch.put(
+            Space::Queue,
+            lease_key(until, job.seq),
+            id.as_bytes().to_vec(),
+        );
+        self.set_state(&mut batch, &mut job, JobState::Running);
+        job.attempts += 1;
+        job.started_ms = Some(now);
+        if job.txn.is_none() {
+            let txn = crate::TxnId::new_v7().as_str().to_string();
+            job.txns.push(txn.clone());
+            job.txn = Some(txn);
+        }
+        batch.put(Space::Queue, job_key(&id), encode(&job));
+        self.commit(batch, true).await?;
+        Ok(Some(job))
+    }
+
+    /// Renews the lease of a running job. `false`: it is no longer running (cancelled
+    /// while queued cannot happen; taken back after its lease ran out can).
+    pub async fn heartbeat(&self, id: &str, now: u64, lease: Duration) -> Result<bool, QueueError> {
+        let _guard = self.inner.lock().await;
+        let mut job = self.must_get(id)?;
+        if job.state != JobState::Running {
+            return Ok(false);
+        }
+        let mut batch = Batch::new();
+        Self::unslot(&mut batch, &mut job);
+        let until = now.saturating_add(lease.as_millis() as u64);
+        job.slot = Slot::Leased(until);
+        batch.put(
+            Space::Queue,
+            lease_key(until, job.seq),
+            id.as_bytes().to_vec(),
+        );
+        batch.put(Space::Queue, job_key(id), encode(&job));
+        self.commit(batch, false).await?;
+        Ok(true)
+    }
+
+    fn finalize(
+        &self,
+        batch: &mut Batch,
+        job: &mut Job,
+        state: JobState,
+        now: u64,
+    ) -> Result<(), QueueError> {
+        Self::unslot(batch, job);
+        self.leave_line(batch, job, now)?;
+        self.set_state(batch, job, state);
+        job.finished_ms = Some(now);
+        batch.put(
+            Space::Queue,
+            finished_key(now, job.seq),
+            job.id.as_bytes().to_vec(),
+        );
+        if state != JobState::Dead {
+            // A dead job keeps its payload: an operator may requeue it.
+            job.payload = None;
+        }
+        Ok(())
+    }
+
+    /// Records how a running job ended (its transaction is over, so this needs no sync of
+    /// its own: lost in a crash, the job is taken back and its runner finds the
+    /// transaction's outcome in the journal).
+    pub async fn finish(&self, id: &str, how: Finish, now: u64) -> Result<Job, QueueError> {
+        let _guard = self.inner.lock().await;
+        let mut job = self.must_get(id)?;
+        if job.state != JobState::Running {
+            return Err(QueueError::WrongState {
+                id: id.to_string(),
+                state: job.state,
+                what: "only a running job can be finished".into(),
+            });
+        }
+        let mut batch = Batch::new();
+        self.finalize(&mut batch, &mut job, how.state, now)?;
+        job.outcome = how.outcome;
+        job.result = how.result;
+        job.error = how.error;
+        job.txn = None;
+        batch.put(Space::Queue, job_key(id), encode(&job));
+        self.commit(batch, false).await?;
+        Ok(job)
+    }
+
+    /// A running job's attempt failed in a way worth trying again: it is queued again
+    /// after `backoff` (its line keeps its place), or `dead` after its last attempt.
+    pub async fn retry_later(
+        &self,
+        id: &str,
+        error: String,
+        now: u64,
+        backoff: Backoff,
+        random: u64,
+    ) -> Result<Job, QueueError> {
+        let _guard = self.inner.lock().await;
+        let mut job = self.must_get(id)?;
+        let mut batch = Batch::new();
+        job.error = Some(error);
+        job.txn = None;
+        if job.attempts >= job.max_attempts {
+            self.finalize(&mut batch, &mut job, JobState::Dead, now)?;
+        } else {
+            Self::unslot(&mut batch, &mut job);
+            self.set_state(&mut batch, &mut job, JobState::Queued);
+            job.not_before_ms = now + backoff.delay(job.attempts, random).as_millis() as u64;
+            Self::slot_runnable(&mut batch, &mut job, now);
+        }
+        batch.put(Space::Queue, job_key(id), encode(&job));
+        self.commit(batch, true).await?;
+        Ok(job)
+    }
+
+    /// Gives up on a job at once (its payload cannot run): `dead`, for an operator.
+    pub async fn bury(&self, id: &str, error: String, now: u64) -> Result<Job, QueueError> {
+        let _guard = self.inner.lock().await;
+        let mut job = self.must_get(id)?;
+        if job.state.is_final() {
+            return Ok(job);
+        }
+        let mut batch = Batch::new();
+        job.error = Some(error);
+        job.txn = None;
+        self.finalize(&mut batch, &mut job, JobState::Dead, now)?;
+        batch.put(Space::Queue, job_key(id), encode(&job));
+        self.commit(batch, true).await?;
+        Ok(job)
+    }
+
+    /// Cancels a job: a queued one never starts; for a running one the request is
+    /// recorded and its runner must stop it.
+    pub async fn cancel(&self, id: &str, now: u64) -> Result<Cancelled, QueueError> {
+        let _guard = self.inner.lock().await;
+        let mut job = self.must_get(id)?;
+        let mut batch = Batch::new();
+        let out = match job.state {
+            JobState::Queued => {
+                self.finalize(&mut batch, &mut job, JobState::Cancelled, now)?;
+                job.error = Some("cancelled before it started".into());
+                batch.put(Space::Queue, job_key(id), encode(&job));
+                Cancelled::Dequeued(job)
+            }
+            JobState::Running => {
+                job.cancel_requested = true;
+                batch.put(Space::Queue, job_key(id), encode(&job));
+                Cancelled::Running(job)
+            }
+            _ => return Ok(Cancelled::AlreadyFinal(job)),
+        };
+        self.commit(batch, true).await?;
+        Ok(out)
+    }
+
+    /// Queues a dead job again, with its attempts counted from zero (at the end of its
+    /// key's line, if it has a key).
+    pub async fn requeue(&self, id: &str, now: u64) -> Result<Job, QueueError> {
+        let mut next = self.inner.lock().await;
+        let mut job = self.must_get(id)?;
+        if job.state != JobState::Dead {
+            return Err(QueueError::WrongState {
+                id: id.to_string(),
+                state: job.state,
+                what: "only a dead job can be requeued".into(),
+            });
+        }
+        if job.payload.is_none() {
+            return Err(QueueError::WrongState {
+                id: id.to_string(),
+                state: job.state,
+                what: "its request is no longer kept; submit it again".into(),
+            });
+        }
+        let mut batch = Batch::new();
+        self.set_state(&mut batch, &mut job, JobState::Queued);
+        job.attempts = 0;
+        if let Some(at) = job.finished_ms {
+            batch.delete(Space::Queue, finished_key(at, job.seq));
+        }
+        job.finished_ms = None;
+        job.not_before_ms = now;
+        job.cancel_requested = false;
+        job.slot = Slot::Waiting;
+        if job.serial_key.is_some() {
+            job.serial_pos = Self::alloc(&mut next, &mut batch);
+        }
+        if self.first_in_line(job.serial_key.as_deref())? {
+            Self::slot_runnable(&mut batch, &mut job, now);
+        }
+        if let Some(entry) = Self::serial_entry(&job) {
+            batch.put(Space::Queue, entry, id.as_bytes().to_vec());
+        }
+        batch.put(Space::Queue, job_key(id), encode(&job));
+        self.commit(batch, true).await?;
+        Ok(job)
+    }
+
+    /// Takes back running jobs whose lease ended before `now` (their worker died): queued
+    /// again at once (keeping the transaction id of the attempt, so its runner settles it),
+    /// or `dead` after their last attempt (the cut-short attempt counts: a job that kills
+    /// its worker every time ends). At most `max` per call; returns them.
+    pub async fn take_back_expired(&self, now: u64, max: usize) -> Result<Vec<Job>, QueueError> {
+        let _guard = self.inner.lock().await;
+        let end = lease_key(now, 0);
+        let rows = self.store.scan_range(
+            Space::Queue,
+            KeyRange::new(&[LEASE], Some(&end)),
+            max,
+            false,
+        )?;
+        let mut batch = Batch::new();
+        let mut out = Vec::with_capacity(rows.len());
+        for (k, id) in rows {
+            let id = String::from_utf8_lossy(&id).into_owned();
+            let Some(mut job) = self.get(&id)? else {
+                batch.delete(Space::Queue, k);
+                continue;
+            };
+            if job.attempts >= job.max_attempts {
+                // Its transaction id stays: a requeue settles that attempt first.
+                job.error = Some(
+                    "its worker stopped (lease expired) during its last attempt; requeue it \
+                     to settle that attempt's transaction and go on"
+                        .into(),
+                );
+                self.finalize(&mut batch, &mut job, JobState::Dead, now)?;
+            } else {
+                Self::unslot(&mut batch, &mut job);
+                self.set_state(&mut batch, &mut job, JobState::Queued);
+                // Its transaction id stays: the next claim settles that attempt's
+                // transaction (through the journal) instead of starting another.
+                job.not_before_ms = now;
+                Self::slot_runnable(&mut batch, &mut job, now);
+            }
+            batch.put(Space::Queue, job_key(&id), encode(&job));
+            out.push(job);
+        }
+        if !out.is_empty() {
+            self.commit(batch, true).await?;
+        }
+        Ok(out)
+    }
+
+    /// Removes up to `max` jobs that reached a final state before `before_ms` (dead ones
+    /// too), with every key of theirs: their idempotency keys are forgotten with them (a
+    /// later submission with the same key is a new job). Returns how many were removed.
+    pub async fn prune(&self, before_ms: u64, max: usize) -> Result<usize, QueueError> {
+        let _guard = self.inner.lock().await;
+        let end = finished_key(before_ms, 0);
+        let rows = self.store.scan_range(
+            Space::Queue,
+            KeyRange::new(&[FINISHED], Some(&end)),
+            max,
+            false,
+        )?;
+        let mut batch = Batch::new();
+        for (k, id) in &rows {
+            batch.delete(Space::Queue, k.clone());
+            let id = String::from_utf8_lossy(id).into_owned();
+            let Some(job) = self.get(&id)? else { continue };
+            if !job.state.is_final() {
+                // A stale key (cannot happen through this module): keep the job.
+                continue;
+            }
+            let idb = job.seq;
+            self.count(Some(job.state), None);
+            batch.delete(Space::Queue, job_key(&id));
+            batch.delete(Space::Queue, with_seq(vec![ALL], idb));
+            batch.delete(Space::Queue, state_key(job.state, idb));
+            batch.delete(
+                Space::Queue,
+                with_seq(field_prefix(BY_TARGET, &job.target), idb),
+            );
+            batch.delete(
+                Space::Queue,
+                with_seq(field_prefix(BY_SUBJECT, &job.subject), idb),
+            );
+            if let Some(idem) = &job.idempotency_key {
+                batch.delete(Space::Queue, idempotency_index(&job.subject, idem));
+            }
+        }
+        if !rows.is_empty() {
+            self.commit(batch, false).await?;
+        }
+        Ok(rows.len())
+    }
+
+    /// When the earliest scheduled job is due (ms), if any: a dispatcher with nothing
+    /// ready sleeps until then.
+    pub fn next_due(&self) -> Result<Option<u64>, QueueError> {
+        Ok(self.first(&[SCHEDULED])?.and_then(|(k, _)| {
+            k.get(1..9)
+                .and_then(|b| b.try_into().ok())
+                .map(u64::from_be_bytes)
+        }))
+    }
+
+    /// Jobs matching `filter`, newest first, submitted before `before` (a page's `next`).
+    /// Reads through the most selective index the filter names; at most `limit` jobs.
+    pub fn list(
+        &self,
+        filter: &ListFilter,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Page, QueueError> {
+        let prefix = match (&filter.state, &filter.target, &filter.subject) {
+            (Some(s), _, _) => field_prefix(BY_STATE, s.name()),
+            (None, Some(t), _) => field_prefix(BY_TARGET, t),
+            (None, None, Some(w)) => field_prefix(BY_SUBJECT, w),
+            _ => vec![ALL],
+        };
+        let limit = limit.clamp(1, 1000);
+        let end_of_prefix = prefix_end(&prefix);
+        let mut end = match before {
+            Some(seq) => with_seq(prefix.clone(), seq),
+            None => end_of_prefix.clone().unwrap_or_default(),
+        };
+        let mut jobs = Vec::new();
+        // Jobs read past the filter per page: a filter that matches little ends a page
+        // early (with a cursor) instead of reading the whole queue.
+        let mut budget = 10_000usize;
+        loop {
+            let rows = self.store.scan_range(
+                Space::Queue,
+                KeyRange::new(&prefix, Some(&end)),
+                limit.min(256),
+                true,
+            )?;
+            let exhausted = rows.len() < limit.min(256);
+            for (k, id) in rows {
+                end = k.clone();
+                let seq_bytes = &k[k.len().saturating_sub(8)..];
+                let seq = u64::from_be_bytes(seq_bytes.try_into().unwrap_or([0; 8]));
+                budget = budget.saturating_sub(1);
+                let id = String::from_utf8_lossy(&id).into_owned();
+                if let Some(job) = self.get(&id)? {
+                    if matches(&job, filter) {
+                        jobs.push(job);
+                        if jobs.len() == limit {
+                            return Ok(Page {
+                                jobs,
+                                next: Some(seq),
+                            });
+                        }
+                    }
+                }
+                if budget == 0 {
+                    return Ok(Page {
+                        jobs,
+                        next: Some(seq),
+                    });
+                }
+            }
+            if exhausted {
+                return Ok(Page { jobs, next: None });
+            }
+        }
+    }
+}
+
+fn matches(job: &Job, f: &ListFilter) -> bool {
+    f.state.is_none_or(|s| job.state == s)
+        && f.target.as_deref().is_none_or(|t| job.target == t)
+        && f.subject.as_deref().is_none_or(|w| job.subject == w)
+        && f.since_ms.is_none_or(|t| job.submitted_ms >= t)
+        && f.until_ms.is_none_or(|t| job.submitted_ms < t)
+        && f.namespace
+            .as_deref()
+            .is_none_or(|n| job.target.rsplit_once('/').is_some_and(|(ns, _)| ns == n))
+}

@@ -1,0 +1,605 @@
+//! Tests of the job queue: ordering, serialization keys, leases, retries, idempotency,
+//! restarts, listing, and the cost of a claim against a large backlog.
+
+use super::*;
+use crate::store::{KeyValue, SledStore};
+use proptest::prelude::*;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+const LEASE: Duration = Duration::from_secs(30);
+
+fn job(target: &str) -> NewJob {
+    NewJob {
+        payload: format!("payload of {target}"),
+        priority: 0,
+        not_before_ms: 0,
+        serial_key: None,
+        idempotency_key: None,
+        subject: "alice".into(),
+        target: target.into(),
+        max_attempts: 3,
+    }
+}
+
+fn open(dir: &std::path::Path) -> Queue {
+    let store: Arc<dyn Store> = Arc::new(SledStore::open(dir).expect("open store"));
+    Queue::open(store).expect("open queue")
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn done() -> Finish {
+    Finish {
+        state: JobState::Succeeded,
+        outcome: Some("committed".into()),
+        result: Some("ok".into()),
+        error: None,
+    }
+}
+
+#[test]
+fn claims_by_priority_then_submission_order_and_waits_for_not_before() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let q = open(dir.path());
+    rt().block_on(async {
+        let low = q.submit(job("A/low"), 10).await.expect("submit").job;
+        let high = q
+            .submit(
+                NewJob {
+                    priority: 5,
+                    ..job("A/high")
+                },
+                10,
+            )
+            .await
+            .expect("submit")
+            .job;
+        let low2 = q.submit(job("A/low2"), 10).await.expect("submit").job;
+        let later = q
+            .submit(
+                NewJob {
+                    priority: 9,
+                    not_before_ms: 1_000,
+                    ..job("A/later")
+                },
+                10,
+            )
+            .await
+            .expect("submit")
+            .job;
+        assert_eq!(q.next_due().expect("due"), Some(1_000));
+        let order: Vec<String> = [
+            q.claim(20, LEASE).await,
+            q.claim(20, LEASE).await,
+            q.claim(20, LEASE).await,
+        ]
+        .into_iter()
+        .map(|c| c.expect("claim").expect("a job").id)
+        .collect();
+        assert_eq!(order, vec![high.id, low.id, low2.id]);
+        assert!(q.claim(999, LEASE).await.expect("claim").is_none());
+        let c = q
+            .claim(1_000, LEASE)
+            .await
+            .expect("claim")
+            .expect("due now");
+        assert_eq!(c.id, later.id);
+        assert_eq!(c.state, JobState::Running);
+        assert_eq!(c.attempts, 1);
+        assert_eq!(c.txns.len(), 1);
+        assert_eq!(c.txn.as_deref(), Some(c.txns[0].as_str()));
+    });
+}
+
+#[test]
+fn an_idempotency_key_returns_the_same_job_per_subject() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let q = open(dir.path());
+    rt().block_on(async {
+        let keyed = |subject: &str| NewJob {
+            idempotency_key: Some("order-17".into()),
+            subject: subject.into(),
+            ..job("A/B")
+        };
+        let first = q.submit(keyed("alice"), 1).await.expect("submit");
+        assert!(first.created);
+        let again = q.submit(keyed("alice"), 2).await.expect("submit");
+        assert!(!again.created);
+        assert_eq!(again.job.id, first.job.id);
+        let other = q.submit(keyed("bob"), 3).await.expect("submit");
+        assert!(other.created);
+        assert_ne!(other.job.id, first.job.id);
+        // Still the same job once it ran: never a second one.
+        let c = q.claim(4, LEASE).await.expect("claim").expect("job");
+        q.finish(&c.id, done(), 5).await.expect("finish");
+        let after = q.submit(keyed("alice"), 6).await.expect("submit");
+        assert!(!after.created);
+        assert_eq!(after.job.id, first.job.id);
+    });
+}
+
+#[test]
+fn a_serialization_key_runs_its_jobs_one_at_a_time_in_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let q = open(dir.path());
+    rt().block_on(async {
+        let keyed = |key: &str, priority: i16| NewJob {
+            serial_key: Some(key.into()),
+            priority,
+            ..job("A/B")
+        };
+        let t1 = q.submit(keyed("tenant-1", 0), 1).await.expect("submit").job;
+        let t1b = q.submit(keyed("tenant-1", 9), 1).await.expect("submit").job;
+        let t2 = q.submit(keyed("tenant-2", 0), 1).await.expect("submit").job;
+        let a = q.claim(2, LEASE).await.expect("claim").expect("job");
+        let b = q.claim(2, LEASE).await.expect("claim").expect("job");
+        // The high-priority job of tenant-1 waits behind the earlier one of its key.
+        assert_eq!(
+            (a.id.as_str(), b.id.as_str()),
+            (t1.id.as_str(), t2.id.as_str())
+        );
+        assert!(q.claim(2, LEASE).await.expect("claim").is_none());
+        q.finish(&t1.id, done(), 3).await.expect("finish");
+        let c = q
+            .claim(4, LEASE)
+            .await
+            .expect("claim")
+            .expect("next of the line");
+        assert_eq!(c.id, t1b.id);
+    });
+}
+
+#[test]
+fn an_expired_lease_gives_the_job_back_with_its_transaction_and_survives_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (id, txn) = {
+        let q = open(dir.path());
+        rt().block_on(async {
+            let id = q.submit(job("A/B"), 1).await.expect("submit").job.id;
+            let c = q.claim(2, LEASE).await.expect("claim").expect("job");
+            let txn = c.txn.clone().expect("txn id");
+            assert!(q.heartbeat(&id, 10_000, LEASE).await.expect("beat"));
+            // Not expired yet at the old lease end.
+            assert!(q
+                .take_back_expired(30_002, 10)
+                .await
+                .expect("take back")
+                .is_empty());
+            (id, txn)
+        })
+    };
+    // A restart (the worker died with the process).
+    let q = open(dir.path());
+    rt().block_on(async {
+        let back = q.take_back_expired(u64::MAX, 10).await.expect("take back");
+        assert_eq!(back.len(), 1);
+        assert_eq!(back[0].state, JobState::Queued);
+        let c = q.claim(50_000, LEASE).await.expect("claim").expect("job");
+        assert_eq!(c.id, id);
+        assert_eq!(c.txn.as_deref(), Some(txn.as_str()), "the same transaction");
+        assert_eq!(c.txns, vec![txn.clone()]);
+        assert_eq!(c.attempts, 2);
+        // A fresh submission after the restart gets a new sequence number.
+        let later = q.submit(job("A/C"), 50_001).await.expect("submit").job;
+        assert!(later.seq > c.seq);
+    });
+}
+
+#[test]
+fn transient_failures_back_off_then_die_and_an_operator_requeues() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let q = open(dir.path());
+    let backoff = Backoff {
+        base: Duration::from_millis(100),
+        max: Duration::from_secs(10),
+    };
+    rt().block_on(async {
+        let id = q
+            .submit(
+                NewJob {
+                    max_attempts: 2,
+                    ..job("A/B")
+                },
+                0,
+            )
+            .await
+            .expect("submit")
+            .job
+            .id;
+        let c = q.claim(0, LEASE).await.expect("claim").expect("job");
+        let first_txn = c.txn.clone();
+        let j = q
+            .retry_later(&id, "busy".into(), 1_000, backoff, 7)
+            .await
+            .expect("retry");
+        assert_eq!(j.state, JobState::Queued);
+        assert!(
+            (1_050..=1_100).contains(&j.not_before_ms),
+            "{}",
+            j.not_before_ms
+        );
+        assert!(q.claim(1_049, LEASE).await.expect("claim").is_none());
+        let c = q.claim(1_100, LEASE).await.expect("claim").expect("job");
+        assert_ne!(c.txn, first_txn, "a retry is a new transaction");
+        let j = q
+            .retry_later(&id, "still busy".into(), 2_000, backoff, 7)
+            .await
+            .expect("retry");
+        assert_eq!(j.state, JobState::Dead);
+        assert!(j.payload.is_some(), "kept for a requeue");
+        assert!(q.claim(u64::MAX / 2, LEASE).await.expect("claim").is_none());
+        let r = q.requeue(&id, 3_000).await.expect("requeue");
+        assert_eq!((r.state, r.attempts), (JobState::Queued, 0));
+        let c = q.claim(3_000, LEASE).await.expect("claim").expect("job");
+        assert_eq!(c.id, id);
+        let f = q.finish(&id, done(), 3_001).await.expect("finish");
+        assert_eq!(f.state, JobState::Succeeded);
+        assert!(f.payload.is_none(), "a finished job drops its request");
+        assert!(matches!(
+            q.requeue(&id, 3_002).await,
+            Err(QueueError::WrongState { .. })
+        ));
+    });
+}
+
+#[test]
+fn a_cancelled_queued_job_never_starts_and_a_running_one_is_flagged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let q = open(dir.path());
+    rt().block_on(async {
+        let line = |n: &str| NewJob {
+            serial_key: Some("t".into()),
+            ..job(n)
+        };
+        let a = q.submit(line("A/a"), 0).await.expect("submit").job;
+        let b = q.submit(line("A/b"), 0).await.expect("submit").job;
+        let c = q.submit(line("A/c"), 0).await.expect("submit").job;
+        let running = q.claim(0, LEASE).await.expect("claim").expect("job");
+        assert_eq!(running.id, a.id);
+        // b is waiting in the line: cancelled, it never starts, and c keeps its turn.
+        assert!(matches!(
+            q.cancel(&b.id, 1).await.expect("cancel"),
+            Cancelled::Dequeued(_)
+        ));
+        match q.cancel(&a.id, 1).await.expect("cancel") {
+            Cancelled::Running(j) => assert!(j.cancel_requested),
+            other => panic!("{other:?}"),
+        }
+        let f = q
+            .finish(
+                &a.id,
+                Finish {
+                    state: JobState::Cancelled,
+                    outcome: Some("rolled_back".into()),
+                    result: None,
+                    error: Some("cancelled".into()),
+                },
+                2,
+            )
+            .await
+            .expect("finish");
+        assert_eq!(f.state, JobState::Cancelled);
+        let next = q.claim(3, LEASE).await.expect("claim").expect("job");
+        assert_eq!(next.id, c.id);
+        assert!(q.claim(3, LEASE).await.expect("claim").is_none());
+        assert!(matches!(
+            q.cancel(&b.id, 4).await.expect("cancel"),
+            Cancelled::AlreadyFinal(_)
+        ));
+    });
+}
+
+#[test]
+fn listings_filter_and_page_newest_first() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let q = open(dir.path());
+    rt().block_on(async {
+        let mut ids = Vec::new();
+        for i in 0..7 {
+            let target = if i % 2 == 0 {
+                "DNS/Zone"
+            } else {
+                "Files/Folder"
+            };
+            let subject = if i < 4 { "alice" } else { "bob" };
+            ids.push(
+                q.submit(
+                    NewJob {
+                        subject: subject.into(),
+                        ..job(target)
+                    },
+                    i,
+                )
+                .await
+                .expect("submit")
+                .job
+                .id,
+            );
+        }
+        let c = q.claim(10, LEASE).await.expect("claim").expect("job");
+        assert_eq!(c.id, ids[0]);
+        let all = q.list(&ListFilter::default(), None, 3).expect("list");
+        assert_eq!(
+            all.jobs.iter().map(|j| j.id.clone()).collect::<Vec<_>>(),
+            vec![ids[6].clone(), ids[5].clone(), ids[4].clone()]
+        );
+        let rest = q.list(&ListFilter::default(), all.next, 10).expect("list");
+        assert_eq!(rest.jobs.len(), 4);
+        assert_eq!(rest.next, None);
+        let dns = ListFilter {
+            namespace: Some("DNS".into()),
+            subject: Some("alice".into()),
+            ..ListFilter::default()
+        };
+        let page = q.list(&dns, None, 10).expect("list");
+        assert_eq!(
+            page.jobs.iter().map(|j| j.id.clone()).collect::<Vec<_>>(),
+            vec![ids[2].clone(), ids[0].clone()]
+        );
+        let running = ListFilter {
+            state: Some(JobState::Running),
+            ..ListFilter::default()
+        };
+        assert_eq!(q.list(&running, None, 10).expect("list").jobs.len(), 1);
+        let queued = ListFilter {
+            state: Some(JobState::Queued),
+            target: Some("Files/Folder".into()),
+            ..ListFilter::default()
+        };
+        assert_eq!(q.list(&queued, None, 10).expect("list").jobs.len(), 3);
+    });
+}
+
+#[test]
+fn prune_removes_jobs_finished_long_enough_ago_with_all_their_keys() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let q = open(dir.path());
+    rt().block_on(async {
+        let keyed = NewJob {
+            idempotency_key: Some("k".into()),
+            ..job("A/B")
+        };
+        let old = q.submit(keyed.clone(), 0).await.expect("submit").job;
+        let c = q.claim(0, LEASE).await.expect("claim").expect("job");
+        q.finish(&c.id, done(), 100).await.expect("finish");
+        let recent = q.submit(job("A/C"), 150).await.expect("submit").job;
+        let c = q.claim(150, LEASE).await.expect("claim").expect("job");
+        q.finish(&c.id, done(), 500).await.expect("finish");
+        let waiting = q.submit(job("A/D"), 600).await.expect("submit").job;
+        assert_eq!(q.prune(300, 100).await.expect("prune"), 1);
+        assert!(q.get(&old.id).expect("get").is_none());
+        assert!(q.get(&recent.id).expect("get").is_some());
+        assert!(q.get(&waiting.id).expect("get").is_some());
+        let listed: Vec<String> = q
+            .list(&ListFilter::default(), None, 10)
+            .expect("list")
+            .jobs
+            .into_iter()
+            .map(|j| j.id)
+            .collect();
+        assert_eq!(listed, vec![waiting.id.clone(), recent.id.clone()]);
+        // Its idempotency key is forgotten with it.
+        assert!(q.submit(keyed, 700).await.expect("submit").created);
+        // Nothing but the pruned job's keys went: one job record per listed job.
+        let left = q.store().scan(Space::Queue, &[JOB]).expect("scan").len();
+        assert_eq!(left, 3);
+    });
+}
+
+#[test]
+fn counts_by_state_follow_every_change_and_survive_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let expected = [1, 1, 1, 0, 0, 1];
+    {
+        let q = open(dir.path());
+        rt().block_on(async {
+            let mut ids = Vec::new();
+            for i in 0..4 {
+                ids.push(q.submit(job("A/B"), i).await.expect("submit").job.id);
+            }
+            let a = q.claim(10, LEASE).await.expect("claim").expect("job");
+            q.finish(&a.id, done(), 11).await.expect("finish");
+            q.claim(12, LEASE).await.expect("claim").expect("job");
+            q.cancel(&ids[3], 13).await.expect("cancel");
+            assert_eq!(q.counts(), expected);
+        });
+    }
+    assert_eq!(open(dir.path()).counts(), expected);
+}
+
+#[test]
+fn backoff_doubles_up_to_its_maximum_with_jitter_in_the_upper_half() {
+    let b = Backoff {
+        base: Duration::from_millis(100),
+        max: Duration::from_millis(1_000),
+    };
+    for random in [0u64, 1, 999, u64::MAX] {
+        let d1 = b.delay(1, random).as_millis();
+        let d3 = b.delay(3, random).as_millis();
+        let d9 = b.delay(9, random).as_millis();
+        assert!((50..=100).contains(&d1), "{d1}");
+        assert!((200..=400).contains(&d3), "{d3}");
+        assert!((500..=1_000).contains(&d9), "{d9}");
+    }
+    assert!(b.delay(u32::MAX, 3) <= b.max);
+}
+
+#[test]
+fn a_key_with_a_nul_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let q = open(dir.path());
+    let err = rt().block_on(q.submit(
+        NewJob {
+            serial_key: Some("a\0b".into()),
+            ..job("A/B")
+        },
+        0,
+    ));
+    assert!(matches!(err, Err(QueueError::BadField { .. })));
+}
+
+/// A store that counts the rows it hands out.
+struct Counting {
+    inner: SledStore,
+    rows: AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl Store for Counting {
+    async fn write(&self, batch: Batch, durable: bool) -> Result<(), StoreError> {
+        self.inner.write(batch, durable).await
+    }
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.rows.fetch_add(1, Relaxed);
+        self.inner.get(space, key)
+    }
+    fn scan(&self, space: Space, prefix: &[u8]) -> Result<Vec<KeyValue>, StoreError> {
+        let rows = self.inner.scan(space, prefix)?;
+        self.rows.fetch_add(rows.len(), Relaxed);
+        Ok(rows)
+    }
+    fn scan_range(
+        &self,
+        space: Space,
+        range: KeyRange<'_>,
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Vec<KeyValue>, StoreError> {
+        let rows = self.inner.scan_range(space, range, limit, reverse)?;
+        self.rows.fetch_add(rows.len(), Relaxed);
+        Ok(rows)
+    }
+}
+
+#[test]
+fn claiming_and_finishing_read_a_handful_of_rows_whatever_the_backlog() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(Counting {
+        inner: SledStore::open(dir.path()).expect("open"),
+        rows: AtomicUsize::new(0),
+    });
+    let q = Queue::open(store.clone()).expect("queue");
+    rt().block_on(async {
+        for i in 0..3_000u64 {
+            let mut j = job("A/B");
+            j.serial_key = Some(format!("tenant-{}", i % 50));
+            j.not_before_ms = if i % 3 == 0 { 1_000_000 } else { 0 };
+            q.submit(j, 0).await.expect("submit");
+        }
+        for _ in 0..20 {
+            store.rows.store(0, Relaxed);
+            let c = q.claim(10, LEASE).await.expect("claim").expect("job");
+            q.finish(&c.id, done(), 11).await.expect("finish");
+            let rows = store.rows.load(Relaxed);
+            assert!(rows <= 12, "a claim and a finish read {rows} rows");
+        }
+        store.rows.store(0, Relaxed);
+        q.submit(job("A/C"), 12).await.expect("submit");
+        assert!(store.rows.load(Relaxed) <= 4);
+    });
+}
+
+/// One step of a random history.
+#[derive(Debug, Clone)]
+enum Op {
+    Submit { priority: i16, key: Option<u8> },
+    Claim,
+    Finish(usize),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => (0i16..3, proptest::option::of(0u8..3))
+            .prop_map(|(priority, key)| Op::Submit { priority, key }),
+        3 => Just(Op::Claim),
+        2 => (0usize..8).prop_map(Op::Finish),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    /// Against a model: a claim takes the best runnable job (highest priority, then the
+    /// oldest), where a job of a serialization key is runnable only when every earlier job
+    /// of its key is finished; so jobs of a key never run at once and start in submission
+    /// order.
+    #[test]
+    fn claims_follow_priority_submission_order_and_serialization_keys(ops in proptest::collection::vec(op(), 1..60)) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let q = open(dir.path());
+        rt().block_on(async {
+            // Model: (seq order) id, priority, key, state (0 queued, 1 running, 2 done).
+            let mut model: Vec<(String, i16, Option<u8>, u8)> = Vec::new();
+            let mut running: Vec<String> = Vec::new();
+            let mut started: HashMap<u8, Vec<usize>> = HashMap::new();
+            for op in ops {
+                match op {
+                    Op::Submit { priority, key } => {
+                        let j = q.submit(NewJob {
+                            priority,
+                            serial_key: key.map(|k| format!("k{k}")),
+                            ..job("A/B")
+                        }, 0).await.expect("submit").job;
+                        model.push((j.id, priority, key, 0));
+                    }
+                    Op::Claim => {
+                        let claimed = q.claim(0, LEASE).await.expect("claim");
+                        let mut busy: HashSet<u8> = HashSet::new();
+                        let mut expected: Option<usize> = None;
+                        for (i, (_, p, k, s)) in model.iter().enumerate() {
+                            let blocked = k.is_some_and(|k| busy.contains(&k));
+                            if let Some(k) = k {
+                                if *s != 2 {
+                                    busy.insert(*k);
+                                }
+                            }
+                            if *s == 0 && !blocked
+                                && expected.is_none_or(|e| *p > model[e].1)
+                            {
+                                expected = Some(i);
+                            }
+                        }
+                        match (claimed, expected) {
+                            (None, None) => {}
+                            (Some(c), Some(e)) => {
+                                prop_assert_eq!(&c.id, &model[e].0);
+                                model[e].3 = 1;
+                                if let Some(k) = model[e].2 {
+                                    let line = started.entry(k).or_default();
+                                    prop_assert!(line.last().is_none_or(|l| *l < e));
+                                    line.push(e);
+                                }
+                                running.push(c.id);
+                            }
+                            (c, e) => prop_assert!(false, "claimed {:?}, expected {:?}", c.map(|c| c.id), e),
+                        }
+                    }
+                    Op::Finish(n) => {
+                        if running.is_empty() {
+                            continue;
+                        }
+                        let id = running.remove(n % running.len());
+                        q.finish(&id, done(), 1).await.expect("finish");
+                        if let Some(m) = model.iter_mut().find(|m| m.0 == id) {
+                            m.3 = 2;
+                        }
+                    }
+                }
+                // Never two running jobs of one key.
+                let mut keys = HashSet::new();
+                for (_, _, k, s) in &model {
+                    if let (Some(k), 1) = (k, s) {
+                        prop_assert!(keys.insert(*k));
+                    }
+                }
+            }
+            Ok(())
+        })?;
+    }
+}

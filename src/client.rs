@@ -1,0 +1,420 @@
+//! The daemon's command-line client: `provisio submit`, `status`, `jobs`, `cancel`, over
+//! plain HTTP to `provisio serve` (`--server`, `PROVISIO_SERVER`; the token from
+//! `PROVISIO_TOKEN` or `--token`).
+
+use crate::cli::{ClientArgs, JobsArgs, StatusArgs, SubmitArgs};
+use crate::Exit;
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use std::time::Duration;
+
+/// rustls with *ring* (see `serve::tls::provider`).
+#[allow(deprecated)]
+fn ring_provider() -> rustls::crypto::CryptoProvider {
+    rustls::crypto::ring::default_provider()
+}
+
+/// An answer of the daemon: status and JSON body.
+struct Answer {
+    status: u16,
+    body: Value,
+}
+
+fn agent(c: &ClientArgs, timeout: Duration) -> Result<ureq::Agent> {
+    let mut config = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(timeout));
+    if c.server.starts_with("https://") {
+        let Some(file) = &c.cacert else {
+            bail!(
+                "{} is https: pass the certificate to trust with --cacert FILE (PROVISIO_CACERT): the daemon's CA or its own certificate",
+                c.server
+            );
+        };
+        let pem = std::fs::read(file)
+            .with_context(|| format!("cannot read --cacert `{}`", file.display()))?;
+        let certs: Vec<ureq::tls::Certificate<'static>> = ureq::tls::parse_pem(&pem)
+            .filter_map(|item| match item {
+                Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                _ => None,
+            })
+            .collect();
+        if certs.is_empty() {
+            bail!("--cacert `{}` holds no PEM certificate", file.display());
+        }
+        config = config.tls_config(
+            ureq::tls::TlsConfig::builder()
+                .provider(ureq::tls::TlsProvider::Rustls)
+                .root_certs(ureq::tls::RootCerts::new_with_certs(&certs))
+                .unversioned_rustls_crypto_provider(std::sync::Arc::new(ring_provider()))
+                .build(),
+        );
+    }
+    Ok(config.build().into())
+}
+
+fn call(
+    c: &ClientArgs,
+    method: &str,
+    path: &str,
+    body: Option<(&str, Vec<u8>)>,
+    extra: &[(&str, String)],
+    timeout: Duration,
+) -> Result<Answer> {
+    let url = format!("{}{path}", c.server.trim_end_matches('/'));
+    let a = agent(c, timeout)?;
+    let token = c.token.as_deref().map(|t| format!("Bearer {}", t.trim()));
+    let result = match (method, body) {
+        ("POST", Some((ct, bytes))) => {
+            let mut r = a.post(&url).content_type(ct);
+            if let Some(t) = &token {
+                r = r.header("Authorization", t);
+            }
+            for (k, v) in extra {
+                r = r.header(*k, v);
+            }
+            r.send(&bytes[..])
+        }
+        ("POST", None) => {
+            let mut r = a.post(&url);
+            if let Some(t) = &token {
+                r = r.header("Authorization", t);
+            }
+            r.send_empty()
+        }
+        _ => {
+            let mut r = a.get(&url);
+            if let Some(t) = &token {
+                r = r.header("Authorization", t);
+            }
+            r.call()
+        }
+    };
+    let mut response = result.with_context(|| {
+        format!(
+            "cannot reach the daemon at {}\n  hint: start it with `provisio serve`, or pass --server URL (PROVISIO_SERVER)",
+            c.server
+        )
+    })?;
+    let status = response.status().as_u16();
+    let text = response
+        .body_mut()
+        .with_config()
+        .limit(64 * 1024 * 1024)
+        .read_to_string()
+        .context("reading the daemon's answer")?;
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    Ok(Answer { status, body })
+}
+
+/// The error an answer carries, as the daemon said it.
+fn failed(a: &Answer) -> anyhow::Error {
+    let code = a
+        .body
+        .get("code")
+        .and_then(Value::as_str)
+        .unwrap_or("error");
+    let message = a
+        .body
+        .get("message")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| a.body.to_string());
+    anyhow::anyhow!("the daemon answered {} ({code}): {message}", a.status)
+}
+
+fn path_segment(id: &str) -> String {
+    id.chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .collect()
+}
+
+fn content_type(file: &std::path::Path) -> &'static str {
+    match file
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        Some("xml") => "application/xml",
+        Some("json") => "application/json",
+        _ => "application/yaml",
+    }
+}
+
+/// Exit code for a finished request, as `provisio run` has it.
+fn exit_for(job: &Value) -> Exit {
+    match job.get("outcome").and_then(Value::as_str) {
+        Some("committed") => Exit::Ok,
+        Some("rollback_failed") => Exit::RollbackFailed,
+        _ => Exit::RolledBack,
+    }
+}
+
+/// `provisio submit`: queues the request; with `--wait`, follows its event stream (a
+/// progress display on stderr) and prints the finished request.
+pub async fn submit(args: &SubmitArgs, quiet: bool) -> Result<Exit> {
+    let bytes = std::fs::read(&args.file)
+        .with_context(|| format!("cannot read request file `{}`", args.file.display()))?;
+    let mut extra = Vec::new();
+    if let Some(k) = &args.idempotency_key {
+        extra.push(("Idempotency-Key", k.clone()));
+    }
+    if let Some(k) = &args.serial_key {
+        extra.push(("X-Serialization-Key", k.clone()));
+    }
+    let path = format!("/v1/requests?priority={}", args.priority);
+    let ct = content_type(&args.file);
+    let a = tokio::task::block_in_place(|| {
+        call(
+            &args.client,
+            "POST",
+            &path,
+            Some((ct, bytes)),
+            &extra,
+            Duration::from_secs(60),
+        )
+    })?;
+    match a.status {
+        202 => {}
+        400 | 401 | 403 | 413 | 415 => {
+            eprintln!("error: {}", failed(&a));
+            return Ok(Exit::BadInput);
+        }
+        _ => return Err(failed(&a)),
+    }
+    print_warnings(&a.body);
+    let ids: Vec<String> = match a.body.get("batch").and_then(Value::as_array) {
+        Some(items) => items
+            .iter()
+            .filter_map(|i| i.get("id").and_then(Value::as_str).map(str::to_string))
+            .collect(),
+        None => a
+            .body
+            .get("id")
+            .and_then(Value::as_str)
+            .map(|id| vec![id.to_string()])
+            .unwrap_or_default(),
+    };
+    if !args.wait {
+        for id in &ids {
+            println!("{id}");
+        }
+        return Ok(Exit::Ok);
+    }
+    let mut finished = Vec::with_capacity(ids.len());
+    for id in &ids {
+        tokio::task::block_in_place(|| follow(&args.client, id, quiet))?;
+        let path = format!("/v1/requests/{}", path_segment(id));
+        let s = tokio::task::block_in_place(|| {
+            call(
+                &args.client,
+                "GET",
+                &path,
+                None,
+                &[],
+                Duration::from_secs(30),
+            )
+        })?;
+        if s.status != 200 {
+            bail!("{}", failed(&s));
+        }
+        finished.push(s.body);
+    }
+    // The worst outcome: an undo failure (3), else a rollback (1).
+    let mut exit = Exit::Ok;
+    for f in &finished {
+        match exit_for(f) {
+            Exit::RollbackFailed => exit = Exit::RollbackFailed,
+            Exit::RolledBack if exit == Exit::Ok => exit = Exit::RolledBack,
+            _ => {}
+        }
+    }
+    let doc = if a.body.get("batch").is_some() {
+        serde_json::json!({ "batch": finished })
+    } else {
+        finished.pop().unwrap_or(Value::Null)
+    };
+    println!("{}", serde_json::to_string_pretty(&doc)?);
+    Ok(exit)
+}
+
+/// Follows a request's event stream until its `finished` event, showing its steps on a
+/// spinner (hidden with `--quiet`).
+fn follow(c: &ClientArgs, id: &str, quiet: bool) -> Result<()> {
+    use std::io::BufRead;
+    let bar = if quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new_spinner()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {pos} step(s) done · {msg} [{elapsed}]")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar.set_message(format!("{id} queued"));
+    let url = format!(
+        "{}/v1/requests/{}/events",
+        c.server.trim_end_matches('/'),
+        path_segment(id)
+    );
+    // No overall time limit: the daemon sends keep-alives while the request waits.
+    let agent = agent(c, Duration::from_secs(24 * 3600))?;
+    let mut req = agent.get(&url);
+    if let Some(t) = &c.token {
+        req = req.header("Authorization", &format!("Bearer {}", t.trim()));
+    }
+    let mut response = req
+        .call()
+        .with_context(|| format!("cannot follow request {id} at {}", c.server))?;
+    if response.status().as_u16() != 200 {
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        bar.finish_and_clear();
+        bail!(
+            "the daemon answered {} to the event stream: {text}",
+            response.status()
+        );
+    }
+    let reader = std::io::BufReader::new(response.body_mut().as_reader());
+    for line in reader.lines() {
+        let line = line.context("reading the event stream")?;
+        let Some(data) = line.strip_prefix("data:") else {
+            continue;
+        };
+        let v: Value = serde_json::from_str(data.trim()).unwrap_or(Value::Null);
+        let text = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+        match v.get("event").and_then(Value::as_str) {
+            Some("step_started") => {
+                bar.set_message(format!("{} ({})", text("step"), text("target")))
+            }
+            Some("step_finished") => bar.inc(1),
+            Some("undoing") => bar.set_message(format!("undoing {}", text("step"))),
+            Some("retry") => bar.set_message(format!("retrying later: {}", text("error"))),
+            Some("state") => bar.set_message(format!("{id} {}", text("state"))),
+            Some("finished") => break,
+            _ => {}
+        }
+    }
+    bar.finish_and_clear();
+    Ok(())
+}
+
+fn print_warnings(body: &Value) {
+    for w in body
+        .get("warnings")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(w) = w.as_str() {
+            eprintln!("warning: {w}");
+        }
+    }
+}
+
+/// `provisio status`.
+pub async fn status(args: &StatusArgs) -> Result<Exit> {
+    let path = format!("/v1/requests/{}", path_segment(&args.id));
+    let a = tokio::task::block_in_place(|| {
+        call(
+            &args.client,
+            "GET",
+            &path,
+            None,
+            &[],
+            Duration::from_secs(30),
+        )
+    })?;
+    if a.status != 200 {
+        bail!("{}", failed(&a));
+    }
+    println!("{}", serde_json::to_string_pretty(&a.body)?);
+    Ok(Exit::Ok)
+}
+
+/// `provisio cancel`.
+pub async fn cancel(args: &StatusArgs) -> Result<Exit> {
+    let path = format!("/v1/requests/{}/cancel", path_segment(&args.id));
+    let a = tokio::task::block_in_place(|| {
+        call(
+            &args.client,
+            "POST",
+            &path,
+            None,
+            &[],
+            Duration::from_secs(30),
+        )
+    })?;
+    if a.status != 200 && a.status != 202 {
+        bail!("{}", failed(&a));
+    }
+    if let Some(m) = a.body.get("message").and_then(Value::as_str) {
+        eprintln!("{m}");
+    }
+    Ok(Exit::Ok)
+}
+
+fn encode(v: &str) -> String {
+    v.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+/// `provisio jobs`.
+pub async fn jobs(args: &JobsArgs) -> Result<Exit> {
+    let mut path = format!("/v1/requests?limit={}", args.limit);
+    for (k, v) in [
+        ("state", &args.state),
+        ("namespace", &args.namespace),
+        ("procedure", &args.procedure),
+        ("subject", &args.subject),
+    ] {
+        if let Some(v) = v {
+            path.push_str(&format!("&{k}={}", encode(v)));
+        }
+    }
+    let a = tokio::task::block_in_place(|| {
+        call(
+            &args.client,
+            "GET",
+            &path,
+            None,
+            &[],
+            Duration::from_secs(30),
+        )
+    })?;
+    if a.status != 200 {
+        bail!("{}", failed(&a));
+    }
+    let items = a
+        .body
+        .get("items")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if items.is_empty() {
+        eprintln!("no requests");
+    }
+    for j in items {
+        let s = |k: &str| j.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
+        println!(
+            "{}  {:<10} {:<16} {:<12} {}",
+            s("id"),
+            s("state"),
+            s("outcome"),
+            s("subject"),
+            s("target")
+        );
+    }
+    if let Some(next) = a.body.get("next").and_then(Value::as_u64) {
+        eprintln!("more: GET /v1/requests?before={next}");
+    }
+    Ok(Exit::Ok)
+}

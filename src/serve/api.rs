@@ -1,0 +1,929 @@
+//! The daemon's HTTP API under `/v1` (axum). Every answer is JSON; every error is
+//! `{"code": "...", "message": "..."}` with a stable code and a message saying what to do.
+//! See docs/daemon.md for the routes.
+
+use super::auth::{Identity, Right};
+use super::{finished_event, now_ms, parse_body, Daemon, Payload};
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures::stream::{self, Stream, StreamExt};
+use provisio_engine::data::Node;
+use provisio_engine::model::{Format, RequestTarget};
+use provisio_engine::queue::{Cancelled, Job, JobState, ListFilter, NewJob, QueueError};
+use provisio_engine::txn::Record;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::broadcast;
+
+/// The longest `?wait=` honoured.
+const MAX_WAIT: Duration = Duration::from_secs(300);
+
+/// An error answer.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    pub(super) fn new(
+        status: StatusCode,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub(super) fn bad(code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub(super) fn internal(e: impl std::fmt::Display) -> ApiError {
+        tracing::error!(error = %e, "internal error in the API");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("{e}\n  hint: see the daemon's log; retry later"),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = (
+            self.status,
+            Json(json!({ "code": self.code, "message": self.message })),
+        )
+            .into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        r
+    }
+}
+
+impl From<QueueError> for ApiError {
+    fn from(e: QueueError) -> ApiError {
+        match e {
+            QueueError::NotFound(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string())
+            }
+            QueueError::WrongState { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "wrong_state", e.to_string())
+            }
+            QueueError::BadField { .. } => ApiError::bad("bad_field", e.to_string()),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+pub(super) type Shared = State<Arc<Daemon>>;
+
+/// The routes.
+pub fn router(d: Arc<Daemon>) -> Router {
+    let limit = d.config.max_body_bytes;
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/ready", get(ready))
+        .route("/v1/whoami", get(whoami))
+        .route("/v1/metrics", get(metrics))
+        .route("/v1/openapi.json", get(super::openapi::document))
+        .route("/v1/requests", post(submit).get(list))
+        .route("/v1/requests/{id}", get(status))
+        .route("/v1/requests/{id}/cancel", post(cancel))
+        .route("/v1/requests/{id}/events", get(events))
+        .route("/v1/jobs/{id}/requeue", post(requeue))
+        .route("/v1/events", get(super::ops::all_events))
+        .route("/v1/namespaces", get(super::ops::namespaces))
+        .route("/v1/namespaces/{ns}", get(super::ops::namespace))
+        .route(
+            "/v1/namespaces/{ns}/procedures/{procedure}",
+            post(super::ops::invoke),
+        )
+        .route(
+            "/v1/namespaces/{ns}/procedures/{procedure}/graph",
+            get(super::ops::graph),
+        )
+        .route("/v1/plan", post(super::ops::plan))
+        .route("/v1/transactions/stuck", get(super::ops::stuck))
+        .route(
+            "/v1/transactions/{id}/resume-rollback",
+            post(super::ops::resume_rollback),
+        )
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn(access_log))
+        .with_state(d)
+}
+
+/// One log line per HTTP request, in a span carrying its method and path (the job and
+/// transaction spans of what it queues are the workers').
+async fn access_log(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use tracing::Instrument;
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let started = std::time::Instant::now();
+    let span = tracing::info_span!("http", %method, %path);
+    let response = next.run(req).instrument(span.clone()).await;
+    span.in_scope(|| {
+        tracing::info!(
+            status = response.status().as_u16(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "request"
+        )
+    });
+    response
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no_route",
+        "no such route; the API is under /v1 (see docs/daemon.md)",
+    )
+}
+
+#[utoipa::path(get, path = "/v1/health", tag = "meta", security(()), responses((status = 200, description = "The process runs")))]
+async fn health() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+#[utoipa::path(get, path = "/v1/ready", tag = "meta", security(()), responses((status = 200, description = "Takes requests"), (status = 503, description = "Starting or stopping", body = super::openapi::ErrorBody)))]
+async fn ready(State(d): Shared) -> Response {
+    if d.ready.load(Ordering::SeqCst) {
+        Json(json!({ "ready": true })).into_response()
+    } else {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "the daemon is starting or stopping; retry shortly",
+        )
+        .into_response()
+    }
+}
+
+/// `GET /v1/metrics`: Prometheus text (any configured token).
+#[utoipa::path(get, path = "/v1/metrics", tag = "meta", responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain"), (status = 401, description = "No token, or an unknown one", body = super::openapi::ErrorBody)))]
+async fn metrics(State(d): Shared, headers: HeaderMap) -> Result<Response, ApiError> {
+    identify(&d, &headers)?;
+    let counts = d.queue.counts();
+    let jobs: Vec<(&str, u64)> = provisio_engine::queue::ALL_STATES
+        .iter()
+        .zip(counts)
+        .map(|(s, n)| (s.name(), n))
+        .collect();
+    let text = d.metrics.render(&jobs, d.busy.load(Ordering::SeqCst));
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
+}
+
+/// `GET /v1/whoami`: the caller's identity as the daemon sees it.
+#[utoipa::path(get, path = "/v1/whoami", tag = "meta", responses((status = 200, description = "The caller's subject, groups and rights"), (status = 401, description = "No token, or an unknown one", body = super::openapi::ErrorBody)))]
+async fn whoami(State(d): Shared, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+    let who = identify(&d, &headers)?;
+    Ok(Json(json!({
+        "subject": who.subject,
+        "groups": who.groups,
+        "trusted": who.trusted,
+        "operator": who.operator,
+    })))
+}
+
+/// The identity of the request's bearer token.
+pub(super) fn identify(d: &Daemon, headers: &HeaderMap) -> Result<Identity, ApiError> {
+    let unauth = |code, m: &str| ApiError::new(StatusCode::UNAUTHORIZED, code, m);
+    if d.tokens.is_empty() {
+        return Err(unauth(
+            "no_tokens_configured",
+            "the daemon has no [[serve.tokens]]: add one (its hash from `provisio token hash --new`) to provisio.toml and restart it",
+        ));
+    }
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Err(unauth(
+            "unauthenticated",
+            "send `Authorization: Bearer TOKEN` with a token listed (as its hash) in [[serve.tokens]]",
+        ));
+    };
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .ok_or_else(|| {
+            unauth(
+                "unauthenticated",
+                "the Authorization header must be `Bearer TOKEN`",
+            )
+        })?;
+    d.tokens.identify(token).cloned().ok_or_else(|| {
+        unauth(
+            "invalid_token",
+            "the bearer token is not one of [[serve.tokens]] (compare `provisio token hash` of it with their sha256)",
+        )
+    })
+}
+
+pub(super) fn format_of(headers: &HeaderMap) -> Result<Format, ApiError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match ct.as_str() {
+        "application/json" => Ok(Format::Json),
+        "application/xml" | "text/xml" => Ok(Format::Xml),
+        "application/yaml" | "application/x-yaml" | "text/yaml" | "text/x-yaml" => {
+            Ok(Format::Yaml)
+        }
+        other => Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!(
+                "Content-Type {:?} is not a request format: send application/json, application/xml or application/yaml",
+                if other.is_empty() { "(none)" } else { other }
+            ),
+        )),
+    }
+}
+
+pub(super) fn parse_wait(text: &str) -> Result<Duration, ApiError> {
+    let d = match text.trim().parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => humantime::parse_duration(text.trim()).map_err(|e| {
+            ApiError::bad(
+                "bad_query",
+                format!("wait={text:?} is not a duration ({e}); write e.g. wait=30s"),
+            )
+        })?,
+    };
+    Ok(d.min(MAX_WAIT))
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct SubmitQuery {
+    wait: Option<String>,
+    priority: Option<i16>,
+    serial_key: Option<String>,
+    delay: Option<String>,
+}
+
+pub(super) fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(t)| t).map_err(|e| {
+        ApiError::bad(
+            "bad_query",
+            format!("{e}; see docs/daemon.md for the parameters"),
+        )
+    })
+}
+
+fn header_text(headers: &HeaderMap, name: &str) -> Result<Option<String>, ApiError> {
+    match headers.get(name) {
+        None => Ok(None),
+        Some(v) => match v.to_str() {
+            Ok(s) if !s.trim().is_empty() && s.len() <= 256 => Ok(Some(s.trim().to_string())),
+            _ => Err(ApiError::bad(
+                "bad_header",
+                format!("header {name} must be printable text of 1 to 256 characters"),
+            )),
+        },
+    }
+}
+
+/// `POST /v1/requests`.
+#[utoipa::path(post, path = "/v1/requests", tag = "requests", request_body(description = "The request: the documents `provisio run` reads", content(("application/json"), ("application/xml"), ("application/yaml"))), params(("wait" = Option<String>, Query, description = "Answer with the finished request when it finishes within this time (e.g. 30s, at most 5m)"),
+        ("priority" = Option<i16>, Query, description = "Higher runs first"),
+        ("serial_key" = Option<String>, Query, description = "Requests with the same key run one at a time, in order"),
+        ("delay" = Option<String>, Query, description = "Not before this long from now (e.g. 10m)"),
+        ("Idempotency-Key" = Option<String>, Header, description = "The same key returns the same request"),
+        ("X-Serialization-Key" = Option<String>, Header, description = "As serial_key")), responses((status = 200, description = "Finished within ?wait=", body = super::openapi::JobView),
+        (status = 202, description = "Queued", body = super::openapi::Accepted),
+        (status = 400, description = "The request does not parse or compile; a bad parameter", body = super::openapi::ErrorBody),
+        (status = 401, description = "No token, or an unknown one", body = super::openapi::ErrorBody), (status = 403, description = "The token lacks the right", body = super::openapi::ErrorBody),
+        (status = 413, description = "Body larger than serve.max_body_bytes", body = super::openapi::ErrorBody),
+        (status = 415, description = "Content-Type is not a request format", body = super::openapi::ErrorBody)))]
+async fn submit(
+    State(d): Shared,
+    q: Result<Query<SubmitQuery>, QueryRejection>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let who = identify(&d, &headers)?;
+    let q = query(q)?;
+    let body = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!(
+                    "the request body is larger than {} bytes (serve.max_body_bytes): split the request, or raise the limit",
+                    d.config.max_body_bytes
+                ),
+            )
+        } else {
+            ApiError::bad("bad_body", format!("cannot read the request body: {e}"))
+        }
+    })?;
+    let format = format_of(&headers)?;
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::bad("bad_body", "the request body is not UTF-8 text"))?;
+    accept(&d, &who, format, text, q, &headers).await
+}
+
+/// A request parsed, authorized and compiled: what it calls, and warnings for the client.
+pub(super) struct Checked {
+    pub(super) parsed: super::Parsed,
+    pub(super) target: String,
+    pub(super) warnings: Vec<String>,
+}
+
+/// Parses a request body, checks the caller's rights to it and compiles it (every item of a
+/// batch).
+pub(super) fn check(
+    d: &Daemon,
+    who: &Identity,
+    format: Format,
+    text: &str,
+) -> Result<Checked, ApiError> {
+    let mut parsed = parse_body(text, format).map_err(|e| ApiError::bad("invalid_request", e))?;
+    let mut warnings = Vec::new();
+    let target = match &parsed.requests[0].target {
+        RequestTarget::Trusted(_) => {
+            if !who.trusted {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "trusted_request_forbidden",
+                    format!(
+                        "the request carries its own procedure body (a trusted request), which subject `{}` may not send: call a public procedure by name, or have the operator set `trusted = true` on this token",
+                        who.subject
+                    ),
+                ));
+            }
+            "(trusted request)".to_string()
+        }
+        RequestTarget::Call(call) => {
+            let t = call.to_string();
+            if !d
+                .acl
+                .permits(who, &call.namespace, &call.procedure, Right::Execute)
+            {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "acl_denied",
+                    format!(
+                        "subject `{}` has no execute right on `{t}` ([[serve.acl]] of its namespace or procedure): ask the operator for one",
+                        who.subject
+                    ),
+                ));
+            }
+            if !who.may_call(&t) {
+                return Err(ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "procedure_forbidden",
+                    format!(
+                        "subject `{}` may not call `{t}`: its token's `allow` list does not name it (ask the operator)",
+                        who.subject
+                    ),
+                ));
+            }
+            t
+        }
+    };
+    let count = parsed.requests.len();
+    let batch = parsed.batch;
+    for (i, request) in parsed.requests.iter_mut().enumerate() {
+        let item = |m: String| {
+            if batch {
+                format!(
+                    "batch item {} of {count}: {m}\nnothing of the batch was queued",
+                    i + 1
+                )
+            } else {
+                m
+            }
+        };
+        // The security context comes from the token, never from the body.
+        let before = request.context.children.len();
+        request
+            .context
+            .children
+            .retain(|c| !matches!(c, Node::Element(e) if e.name == "securityContext"));
+        if request.context.children.len() != before && warnings.is_empty() {
+            warnings.push("the request's context/securityContext was ignored: a request runs as its token's subject".to_string());
+        }
+        if let Err(errors) = d.engine.program(request) {
+            let private = errors.0.iter().any(|e| e.code() == "PRV0103");
+            return Err(if private {
+                ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "private_procedure",
+                    item(format!("{errors}")),
+                )
+            } else {
+                ApiError::bad("invalid_request", item(format!("{errors}")))
+            });
+        }
+    }
+    Ok(Checked {
+        parsed,
+        target,
+        warnings,
+    })
+}
+
+/// Queues a checked request (and waits for it with `?wait=`): the answer of a submission.
+pub(super) async fn accept(
+    d: &Arc<Daemon>,
+    who: &Identity,
+    format: Format,
+    text: &str,
+    q: SubmitQuery,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    if d.stopping() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "stopping",
+            "the daemon is shutting down and takes no new requests; retry against the next one",
+        ));
+    }
+    let Checked {
+        parsed,
+        target,
+        warnings,
+    } = check(d, who, format, text)?;
+    // Every parameter is checked before anything is queued.
+    let wait = q.wait.as_deref().map(parse_wait).transpose()?;
+    let delay = q.delay.as_deref().map(parse_wait).transpose()?;
+    let idempotency_key = header_text(headers, "idempotency-key")?;
+    let serial_key = match q.serial_key {
+        Some(k) => Some(k),
+        None => header_text(headers, "x-serialization-key")?,
+    };
+    let now = now_ms();
+    let not_before_ms = delay.map_or(0, |t| now + t.as_millis() as u64);
+    let batch = parsed.batch;
+    let items = parsed.requests.len();
+    let mut jobs = Vec::with_capacity(items);
+    for i in 0..items {
+        let payload = serde_json::to_vec(&Payload {
+            format: super::format_name(format).into(),
+            body: text.to_string(),
+            item: batch.then_some(i),
+        })
+        .map_err(ApiError::internal)?;
+        let submitted = d
+            .queue
+            .submit(
+                NewJob {
+                    payload: d.seal(&payload),
+                    priority: q.priority.unwrap_or(0),
+                    not_before_ms,
+                    serial_key: serial_key.clone(),
+                    // A batch's items: the key with the item's number.
+                    idempotency_key: idempotency_key.as_ref().map(|k| {
+                        if batch {
+                            format!("{k}#{}", i + 1)
+                        } else {
+                            k.clone()
+                        }
+                    }),
+                    subject: who.subject.clone(),
+                    target: target.clone(),
+                    max_attempts: d.config.max_attempts,
+                },
+                now,
+            )
+            .await?;
+        if submitted.created {
+            d.metrics.submitted();
+            tracing::info!(job = %submitted.job.id, subject = %who.subject, target = %target, "request queued");
+            d.wake.notify_one();
+        }
+        jobs.push(submitted);
+    }
+    let created = jobs.iter().all(|s| s.created);
+    if let Some(wait) = wait {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut done = Vec::with_capacity(jobs.len());
+        for s in &jobs {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match wait_for(d, &s.job.id, left).await? {
+                Some(job) => done.push(job),
+                None => break,
+            }
+        }
+        if done.len() == jobs.len() {
+            let mut body = if batch {
+                json!({ "batch": done.iter().map(|j| view(d, j, true)).collect::<Vec<_>>() })
+            } else {
+                view(d, &done[0], true)
+            };
+            add(&mut body, "created", json!(created));
+            add(&mut body, "warnings", json!(warnings));
+            return Ok((StatusCode::OK, Json(body)).into_response());
+        }
+    }
+    let mut states = Vec::with_capacity(jobs.len());
+    for s in &jobs {
+        let current = d.queue.get(&s.job.id)?.unwrap_or_else(|| s.job.clone());
+        states
+            .push(json!({ "id": current.id, "state": current.state.name(), "created": s.created }));
+    }
+    let location = format!("/v1/requests/{}", jobs[0].job.id);
+    let mut body = if batch {
+        json!({ "batch": states, "created": created, "warnings": warnings })
+    } else {
+        let mut one = states.remove(0);
+        add(&mut one, "warnings", json!(warnings));
+        one
+    };
+    if !created {
+        add(&mut body, "note", json!("the Idempotency-Key was used before: this is the request it created; nothing new was queued"));
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, location)],
+        Json(body),
+    )
+        .into_response())
+}
+
+fn add(v: &mut Value, key: &str, value: Value) {
+    if let Some(o) = v.as_object_mut() {
+        o.insert(key.into(), value);
+    }
+}
+
+/// Waits up to `wait` for a job to reach a final state: the job, or `None` on time-out.
+async fn wait_for(d: &Daemon, id: &str, wait: Duration) -> Result<Option<Job>, ApiError> {
+    let mut rx = d.hub.subscribe(id);
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let job = d.queue.get(id)?.ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no request `{id}`"),
+            )
+        })?;
+        if job.state.is_final() {
+            d.hub.close(id);
+            return Ok(Some(job));
+        }
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Err(_) => return Ok(None),
+            Ok(Ok(_)) | Ok(Err(broadcast::error::RecvError::Lagged(_))) => {}
+            Ok(Err(broadcast::error::RecvError::Closed)) => rx = d.hub.subscribe(id),
+        }
+    }
+}
+
+fn ms(v: Option<u64>) -> Value {
+    v.map_or(Value::Null, |m| json!(m))
+}
+
+/// A job as the API shows it; `full`: with its steps and response.
+fn view(d: &Daemon, job: &Job, full: bool) -> Value {
+    let mut v = json!({
+        "id": job.id,
+        "state": job.state.name(),
+        "outcome": job.outcome,
+        "subject": job.subject,
+        "target": job.target,
+        "priority": job.priority,
+        "serial_key": job.serial_key,
+        "attempts": job.attempts,
+        "max_attempts": job.max_attempts,
+        "transactions": job.txns,
+        "submitted_ms": job.submitted_ms,
+        "not_before_ms": job.not_before_ms,
+        "started_ms": ms(job.started_ms),
+        "finished_ms": ms(job.finished_ms),
+        "error": job.error,
+        "cancel_requested": job.cancel_requested,
+    });
+    if full {
+        add(&mut v, "steps", steps(d, job));
+        add(
+            &mut v,
+            "response",
+            d.response_of(job).unwrap_or(Value::Null),
+        );
+    }
+    v
+}
+
+/// The steps of a job's last transaction, from the journal.
+fn steps(d: &Daemon, job: &Job) -> Value {
+    let Some(txn) = job.txns.last() else {
+        return json!([]);
+    };
+    let Ok(id) = txn.parse::<provisio_engine::TxnId>() else {
+        return json!([]);
+    };
+    let journal = d.journal_for(&job.subject);
+    let Ok(records) = provisio_engine::txn::recovery::records(&journal, &id) else {
+        return json!([]);
+    };
+    let mut order: Vec<String> = Vec::new();
+    let mut by_step: std::collections::HashMap<String, Value> = Default::default();
+    for (_, r) in records {
+        let (step, set): (String, Vec<(&str, Value)>) = match r {
+            Record::Intent {
+                step,
+                target,
+                attempt,
+                ..
+            } => (
+                step,
+                vec![
+                    ("target", json!(target)),
+                    ("attempt", json!(attempt)),
+                    ("state", json!("started")),
+                ],
+            ),
+            Record::Done { step, .. } => (step, vec![("state", json!("done"))]),
+            Record::Failed { step, message, .. } => (
+                step,
+                vec![("state", json!("failed")), ("error", json!(message))],
+            ),
+            Record::InDoubt { step, message, .. } => (
+                step,
+                vec![("state", json!("in_doubt")), ("error", json!(message))],
+            ),
+            Record::Undone { step, error, .. } => match error {
+                None => (step, vec![("state", json!("undone"))]),
+                Some(e) => (
+                    step,
+                    vec![("state", json!("undo_failed")), ("error", json!(e))],
+                ),
+            },
+            _ => continue,
+        };
+        let entry = by_step.entry(step.clone()).or_insert_with(|| {
+            order.push(step.clone());
+            json!({ "step": step })
+        });
+        for (k, v) in set {
+            add(entry, k, v);
+        }
+    }
+    Value::Array(
+        order
+            .into_iter()
+            .filter_map(|s| by_step.remove(&s))
+            .collect(),
+    )
+}
+
+fn visible(who: &Identity, job: &Job) -> Result<(), ApiError> {
+    if who.may_see(&job.subject) {
+        Ok(())
+    } else {
+        // Said as "not found": another subject's requests are not even confirmed to exist.
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no request `{}` of subject `{}`", job.id, who.subject),
+        ))
+    }
+}
+
+fn get_job(d: &Daemon, who: &Identity, id: &str) -> Result<Job, ApiError> {
+    let job = d.queue.get(id)?.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no request `{id}`: list them with GET /v1/requests"),
+        )
+    })?;
+    visible(who, &job)?;
+    Ok(job)
+}
+
+/// `GET /v1/requests/{id}`.
+#[utoipa::path(get, path = "/v1/requests/{id}", tag = "requests", params(("id" = String, Path, description = "The request id")), responses((status = 200, description = "The request, its steps and response", body = super::openapi::JobView), (status = 401, description = "No token, or an unknown one", body = super::openapi::ErrorBody), (status = 404, description = "No such request (or another subject's)", body = super::openapi::ErrorBody)))]
+async fn status(
+    State(d): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let who = identify(&d, &headers)?;
+    let job = get_job(&d, &who, &id)?;
+    Ok(Json(view(&d, &job, true)))
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    state: Option<String>,
+    namespace: Option<String>,
+    procedure: Option<String>,
+    subject: Option<String>,
+    since_ms: Option<i64>,
+    until_ms: Option<i64>,
+    before: Option<i64>,
+    limit: Option<usize>,
+}
+
+/// A non-negative query number (the document says int64).
+fn non_negative(name: &str, v: Option<i64>) -> Result<Option<u64>, ApiError> {
+    v.map(|n| {
+        u64::try_from(n)
+            .map_err(|_| ApiError::bad("bad_query", format!("{name}={n}: must be 0 or more")))
+    })
+    .transpose()
+}
+
+/// `GET /v1/requests`.
+#[utoipa::path(get, path = "/v1/requests", tag = "requests", params(
+        ("state" = Option<String>, Query, description = "queued, running, succeeded, failed, dead, cancelled"),
+        ("namespace" = Option<String>, Query, description = "Only this namespace"),
+        ("procedure" = Option<String>, Query, description = "Only this Namespace/Procedure"),
+        ("subject" = Option<String>, Query, description = "Only this subject (operators; others see their own)"),
+        ("since_ms" = Option<i64>, Query, description = "Submitted at or after (ms since the epoch)"),
+        ("until_ms" = Option<i64>, Query, description = "Submitted before (ms since the epoch)"),
+        ("before" = Option<i64>, Query, description = "The `next` of the previous page"),
+        ("limit" = Option<usize>, Query, description = "At most this many (1 to 1000, default 50)")),
+      responses((status = 200, description = "A page, newest first", body = super::openapi::JobPage), (status = 400, description = "A bad parameter", body = super::openapi::ErrorBody), (status = 401, description = "No token, or an unknown one", body = super::openapi::ErrorBody), (status = 403, description = "The token lacks the right", body = super::openapi::ErrorBody)))]
+async fn list(
+    State(d): Shared,
+    headers: HeaderMap,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let who = identify(&d, &headers)?;
+    let q = query(q)?;
+    let state = match &q.state {
+        None => None,
+        Some(s) => Some(JobState::parse(s).ok_or_else(|| {
+            ApiError::bad(
+                "bad_query",
+                format!(
+                    "state={s:?}: expected queued, running, succeeded, failed, dead or cancelled"
+                ),
+            )
+        })?),
+    };
+    let subject = match (&q.subject, who.operator) {
+        (Some(s), false) if *s != who.subject => {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("subject `{}` may list only its own requests (an operator token may list everyone's)", who.subject),
+            ))
+        }
+        (s, true) => s.clone(),
+        (_, false) => Some(who.subject.clone()),
+    };
+    let filter = ListFilter {
+        state,
+        target: q.procedure.clone(),
+        namespace: q.namespace.clone(),
+        subject,
+        since_ms: non_negative("since_ms", q.since_ms)?,
+        until_ms: non_negative("until_ms", q.until_ms)?,
+    };
+    let before = non_negative("before", q.before)?;
+    let page = d.queue.list(&filter, before, q.limit.unwrap_or(50))?;
+    Ok(Json(json!({
+        "items": page.jobs.iter().map(|j| view(&d, j, false)).collect::<Vec<_>>(),
+        "next": page.next,
+    })))
+}
+
+/// `POST /v1/requests/{id}/cancel`.
+#[utoipa::path(post, path = "/v1/requests/{id}/cancel", tag = "requests", params(("id" = String, Path, description = "The request id")), responses((status = 200, description = "Cancelled before it started"), (status = 202, description = "Running: it stops before its next step and rolls back"), (status = 409, description = "Already finished", body = super::openapi::ErrorBody), (status = 401, description = "No token, or an unknown one", body = super::openapi::ErrorBody), (status = 404, description = "No such request (or another subject's)", body = super::openapi::ErrorBody)))]
+async fn cancel(
+    State(d): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let who = identify(&d, &headers)?;
+    get_job(&d, &who, &id)?;
+    match d.queue.cancel(&id, now_ms()).await? {
+        Cancelled::Dequeued(job) => {
+            d.hub.finish(&id, finished_event(&job));
+            Ok(Json(json!({ "id": id, "state": job.state.name(), "message": "cancelled before it started: it never runs" })).into_response())
+        }
+        Cancelled::Running(job) => {
+            if let Some(c) = super::lock(&d.running).get(&id) {
+                c.cancel();
+            }
+            Ok((
+                StatusCode::ACCEPTED,
+                Json(json!({
+                    "id": id,
+                    "state": job.state.name(),
+                    "cancel_requested": true,
+                    "message": "no further step starts; what it did is rolled back (a write request that already committed stays committed); follow it with GET /v1/requests/{id}",
+                })),
+            )
+                .into_response())
+        }
+        Cancelled::AlreadyFinal(job) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "already_finished",
+            format!("request `{id}` is already {}: nothing to cancel", job.state),
+        )),
+    }
+}
+
+/// `POST /v1/jobs/{id}/requeue`.
+#[utoipa::path(post, path = "/v1/jobs/{id}/requeue", tag = "operators", params(("id" = String, Path, description = "The request id")), responses((status = 200, description = "Queued again", body = super::openapi::JobView), (status = 401, description = "No token, or an unknown one", body = super::openapi::ErrorBody), (status = 403, description = "The token lacks the right", body = super::openapi::ErrorBody), (status = 404, description = "No such request (or another subject's)", body = super::openapi::ErrorBody), (status = 409, description = "Not dead", body = super::openapi::ErrorBody)))]
+async fn requeue(
+    State(d): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let who = identify(&d, &headers)?;
+    if !who.operator {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "operator_only",
+            format!(
+                "subject `{}` may not requeue jobs: that needs a token with `operator = true`",
+                who.subject
+            ),
+        ));
+    }
+    let job = d.queue.requeue(&id, now_ms()).await?;
+    d.wake.notify_one();
+    Ok(Json(view(&d, &job, false)))
+}
+
+/// `GET /v1/requests/{id}/events`: Server-Sent Events of one request's progress, ending
+/// with a `finished` event.
+#[utoipa::path(get, path = "/v1/requests/{id}/events", tag = "requests", params(("id" = String, Path, description = "The request id")), responses((status = 200, description = "Server-Sent Events: state, step_started, step_finished, undoing, retry, finished", content_type = "text/event-stream"), (status = 401, description = "No token, or an unknown one", body = super::openapi::ErrorBody), (status = 404, description = "No such request (or another subject's)", body = super::openapi::ErrorBody)))]
+async fn events(
+    State(d): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    let who = identify(&d, &headers)?;
+    let rx = d.hub.subscribe(&id);
+    let job = match get_job(&d, &who, &id) {
+        Ok(j) => j,
+        Err(e) => {
+            d.hub.close(&id);
+            return Err(e);
+        }
+    };
+    let first = if job.state.is_final() {
+        d.hub.close(&id);
+        finished_event(&job)
+    } else {
+        json!({ "event": "state", "id": job.id, "state": job.state.name() })
+    };
+    let done = job.state.is_final();
+    let head = stream::once(async move { first });
+    let rest = stream::unfold((rx, done), |(mut rx, done)| async move {
+        if done {
+            return None;
+        }
+        loop {
+            match rx.recv().await {
+                Ok(text) => {
+                    let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                    let end = v.get("event").and_then(Value::as_str) == Some("finished");
+                    return Some((v, (rx, end)));
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    let s = head.chain(rest).map(|v| {
+        let name = v
+            .get("event")
+            .and_then(Value::as_str)
+            .unwrap_or("message")
+            .to_string();
+        Ok(SseEvent::default().event(name).data(v.to_string()))
+    });
+    Ok(Sse::new(s).keep_alive(KeepAlive::default()))
+}

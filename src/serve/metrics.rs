@@ -1,0 +1,178 @@
+//! The daemon's Prometheus metrics (`GET /v1/metrics`, text exposition format): jobs by
+//! state (from the queue's counts, no scan), submissions, retries, transactions by outcome,
+//! and latency histograms of steps (by provider procedure) and of requests (by procedure).
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Histogram bucket bounds, seconds.
+const BUCKETS: [f64; 13] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+#[derive(Default, Clone)]
+struct Histogram {
+    counts: [u64; BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+impl Histogram {
+    fn observe(&mut self, d: Duration) {
+        let s = d.as_secs_f64();
+        for (i, b) in BUCKETS.iter().enumerate() {
+            if s <= *b {
+                self.counts[i] += 1;
+            }
+        }
+        self.count += 1;
+        self.sum += s;
+    }
+}
+
+#[derive(Default)]
+struct Inner {
+    submitted: u64,
+    retries: u64,
+    outcomes: BTreeMap<String, u64>,
+    steps: BTreeMap<String, Histogram>,
+    requests: BTreeMap<String, Histogram>,
+}
+
+/// Counters and histograms of this process (since it started).
+#[derive(Default)]
+pub struct Metrics(Mutex<Inner>);
+
+fn escape(label: &str) -> String {
+    label
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+impl Metrics {
+    fn with(&self, f: impl FnOnce(&mut Inner)) {
+        f(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    /// A request was queued.
+    pub fn submitted(&self) {
+        self.with(|m| m.submitted += 1);
+    }
+
+    /// A job is tried again after a transient failure.
+    pub fn retried(&self) {
+        self.with(|m| m.retries += 1);
+    }
+
+    /// A job's transaction ended (`committed`, `rolled_back`, …) after `took`.
+    pub fn finished(&self, target: &str, outcome: &str, took: Duration) {
+        self.with(|m| {
+            *m.outcomes.entry(outcome.to_string()).or_default() += 1;
+            m.requests
+                .entry(target.to_string())
+                .or_default()
+                .observe(took);
+        });
+    }
+
+    /// A provider call of `target` took `took`.
+    pub fn step(&self, target: &str, took: Duration) {
+        self.with(|m| m.steps.entry(target.to_string()).or_default().observe(took));
+    }
+
+    /// The exposition text, with the queue's counts by state and the jobs running here.
+    pub fn render(&self, jobs: &[(&str, u64)], running_here: usize) -> String {
+        let m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = String::new();
+        let _ = writeln!(out, "# HELP provisio_jobs Jobs in the queue by state.");
+        let _ = writeln!(out, "# TYPE provisio_jobs gauge");
+        for (state, n) in jobs {
+            let _ = writeln!(out, "provisio_jobs{{state=\"{state}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP provisio_jobs_running_here Jobs this process is running."
+        );
+        let _ = writeln!(out, "# TYPE provisio_jobs_running_here gauge");
+        let _ = writeln!(out, "provisio_jobs_running_here {running_here}");
+        let _ = writeln!(
+            out,
+            "# HELP provisio_requests_submitted_total Requests queued."
+        );
+        let _ = writeln!(out, "# TYPE provisio_requests_submitted_total counter");
+        let _ = writeln!(out, "provisio_requests_submitted_total {}", m.submitted);
+        let _ = writeln!(
+            out,
+            "# HELP provisio_job_retries_total Jobs queued again after a transient failure."
+        );
+        let _ = writeln!(out, "# TYPE provisio_job_retries_total counter");
+        let _ = writeln!(out, "provisio_job_retries_total {}", m.retries);
+        let _ = writeln!(out, "# HELP provisio_transactions_total Transactions of jobs that ended, by outcome (rolled_back: rollbacks).");
+        let _ = writeln!(out, "# TYPE provisio_transactions_total counter");
+        for (outcome, n) in &m.outcomes {
+            let _ = writeln!(
+                out,
+                "provisio_transactions_total{{outcome=\"{}\"}} {n}",
+                escape(outcome)
+            );
+        }
+        for (name, help, label, hists) in [
+            (
+                "provisio_step_duration_seconds",
+                "Provider calls by the provider procedure called.",
+                "target",
+                &m.steps,
+            ),
+            (
+                "provisio_request_duration_seconds",
+                "Requests from start to end by procedure.",
+                "procedure",
+                &m.requests,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} histogram");
+            for (key, h) in hists {
+                let key = escape(key);
+                for (b, n) in BUCKETS.iter().zip(h.counts) {
+                    let _ = writeln!(out, "{name}_bucket{{{label}=\"{key}\",le=\"{b}\"}} {n}");
+                }
+                let _ = writeln!(
+                    out,
+                    "{name}_bucket{{{label}=\"{key}\",le=\"+Inf\"}} {}",
+                    h.count
+                );
+                let _ = writeln!(out, "{name}_sum{{{label}=\"{key}\"}} {}", h.sum);
+                let _ = writeln!(out, "{name}_count{{{label}=\"{key}\"}} {}", h.count);
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_are_cumulative_and_labels_escaped() {
+        let m = Metrics::default();
+        m.step("DNS Provider/\"Zone\"", Duration::from_millis(30));
+        m.step("DNS Provider/\"Zone\"", Duration::from_secs(2));
+        m.finished("A/B", "committed", Duration::from_millis(1));
+        m.submitted();
+        let text = m.render(&[("queued", 3)], 1);
+        assert!(text.contains("provisio_jobs{state=\"queued\"} 3"), "{text}");
+        assert!(text.contains(
+            "provisio_step_duration_seconds_bucket{target=\"DNS Provider/\\\"Zone\\\"\",le=\"0.05\"} 1"
+        ), "{text}");
+        assert!(text.contains(
+            "provisio_step_duration_seconds_bucket{target=\"DNS Provider/\\\"Zone\\\"\",le=\"2.5\"} 2"
+        ), "{text}");
+        assert!(text.contains("provisio_transactions_total{outcome=\"committed\"} 1"));
+        assert!(text.contains("provisio_requests_submitted_total 1"));
+    }
+}

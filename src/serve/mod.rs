@@ -1,0 +1,841 @@
+//! `provisio serve`: the daemon. A persistent job queue in the store, a bounded pool of
+//! workers running its jobs through the engine with the durable journal, and the HTTP API
+//! (`api`) in front of it, with bearer-token identities (`auth`).
+//!
+//! At start it holds the data directory (the store's lock; a second daemon is refused),
+//! finishes what a crash left running (`txn::recover`), and takes back the jobs whose
+//! workers died with the previous process: a job's transaction id is written before it
+//! runs, so a job taken back settles (reads what recovery made of its transaction) instead
+//! of running a second transaction. SIGTERM/SIGINT: stop claiming, let running jobs finish
+//! within `serve.shutdown_timeout`, exit 0.
+
+mod api;
+pub mod auth;
+mod metrics;
+mod openapi;
+mod ops;
+mod tls;
+
+use crate::config::{Config, ServeConfig};
+use crate::{load, Exit};
+use anyhow::{Context, Result};
+use provisio_engine::model::{Format, Request, RequestDocument};
+use provisio_engine::queue::{Backoff, Finish, Job, JobState, Queue};
+use provisio_engine::txn::{index, DurableJournal};
+use provisio_engine::{
+    request, response, Cancel, Engine, Event, RunControl, RunError, SealKey, Store, TxnId, TxnState,
+};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{broadcast, watch, Notify};
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// What a job carries: the request as the client sent it (sealed in the queue).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Payload {
+    format: String,
+    body: String,
+    /// The item of a batch request this job runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    item: Option<usize>,
+}
+
+fn format_name(f: Format) -> &'static str {
+    match f {
+        Format::Xml => "xml",
+        Format::Yaml => "yaml",
+        Format::Json => "json",
+    }
+}
+
+fn parse_format(name: &str) -> Format {
+    match name {
+        "xml" => Format::Xml,
+        "yaml" => Format::Yaml,
+        _ => Format::Json,
+    }
+}
+
+/// Progress of the jobs, to the event streams and the waiting submitters: one channel per
+/// job someone listens to, closed with a `finished` event.
+pub struct Hub {
+    channels: Mutex<HashMap<String, broadcast::Sender<Arc<str>>>>,
+    /// Every job's events, for the stream of all requests.
+    all: broadcast::Sender<Arc<str>>,
+}
+
+impl Default for Hub {
+    fn default() -> Hub {
+        Hub {
+            channels: Mutex::default(),
+            all: broadcast::channel(1024).0,
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Hub {
+    /// Listens to a job's events.
+    pub fn subscribe(&self, id: &str) -> broadcast::Receiver<Arc<str>> {
+        lock(&self.channels)
+            .entry(id.to_string())
+            .or_insert_with(|| broadcast::channel(256).0)
+            .subscribe()
+    }
+
+    /// Listens to every job's events.
+    pub fn subscribe_all(&self) -> broadcast::Receiver<Arc<str>> {
+        self.all.subscribe()
+    }
+
+    fn text(id: &str, mut event: serde_json::Value) -> Arc<str> {
+        if let Some(o) = event.as_object_mut() {
+            o.entry("id")
+                .or_insert_with(|| serde_json::Value::String(id.to_string()));
+        }
+        Arc::from(event.to_string())
+    }
+
+    /// Sends an event to a job's listeners, if any, and to the stream of all.
+    pub fn publish(&self, id: &str, event: serde_json::Value) {
+        let text = Self::text(id, event);
+        if let Some(tx) = lock(&self.channels).get(id) {
+            let _ = tx.send(text.clone());
+        }
+        let _ = self.all.send(text);
+    }
+
+    /// Closes a job's channel without a word (a listener found the job already over).
+    pub fn close(&self, id: &str) {
+        lock(&self.channels).remove(id);
+    }
+
+    /// Sends the final event and closes the job's channel.
+    pub fn finish(&self, id: &str, event: serde_json::Value) {
+        let text = Self::text(id, event);
+        if let Some(tx) = lock(&self.channels).remove(id) {
+            let _ = tx.send(text.clone());
+        }
+        let _ = self.all.send(text);
+    }
+}
+
+/// The daemon's shared state.
+pub struct Daemon {
+    engine: Engine,
+    store: Arc<dyn Store>,
+    seal: Option<SealKey>,
+    queue: Queue,
+    journals: Mutex<HashMap<String, Arc<DurableJournal>>>,
+    hub: Arc<Hub>,
+    running: Mutex<HashMap<String, Cancel>>,
+    wake: Notify,
+    stopping: watch::Sender<bool>,
+    ready: AtomicBool,
+    busy: AtomicUsize,
+    config: ServeConfig,
+    tokens: auth::Tokens,
+    acl: auth::Acl,
+    metrics: Arc<metrics::Metrics>,
+    /// Transactions recovery rolled back at start (cut short by a crash): their jobs are
+    /// tried again, as a new transaction.
+    crashed: std::collections::HashSet<String>,
+}
+
+impl Daemon {
+    fn stopping(&self) -> bool {
+        *self.stopping.borrow()
+    }
+
+    /// The journal recording `subject` as the requester (one per subject, sharing the store).
+    fn journal_for(&self, subject: &str) -> Arc<DurableJournal> {
+        lock(&self.journals)
+            .entry(subject.to_string())
+            .or_insert_with(|| {
+                Arc::new(
+                    DurableJournal::new(self.store.clone(), self.seal.clone(), subject)
+                        .with_failpoints_from_env(),
+                )
+            })
+            .clone()
+    }
+
+    fn seal(&self, plain: &[u8]) -> String {
+        match &self.seal {
+            Some(k) => k.seal(plain),
+            None => String::from_utf8_lossy(plain).into_owned(),
+        }
+    }
+
+    fn open(&self, sealed: &str) -> Result<Vec<u8>, String> {
+        match &self.seal {
+            Some(k) => k
+                .open(sealed)
+                .map_err(|e| format!("{e} (was the seal key changed since the job was queued?)")),
+            None => Ok(sealed.as_bytes().to_vec()),
+        }
+    }
+
+    /// The job's stored response (JSON), opened.
+    fn response_of(&self, job: &Job) -> Option<serde_json::Value> {
+        let sealed = job.result.as_deref()?;
+        let bytes = self.open(sealed).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    fn backoff(&self) -> Backoff {
+        Backoff {
+            base: self.config.retry_initial.0,
+            max: self.config.retry_max.0,
+        }
+    }
+}
+
+/// A request as the API received it, parsed: one request, or the items of a batch (each
+/// its own transaction, as `provisio run` runs them).
+pub struct Parsed {
+    requests: Vec<Request>,
+    batch: bool,
+    format: Format,
+}
+
+/// Parses a request body in `format`.
+pub fn parse_body(body: &str, format: Format) -> Result<Parsed, String> {
+    match request::parse_request_document(body, "<request body>", format) {
+        Ok(RequestDocument::Single(request)) => Ok(Parsed {
+            requests: vec![request],
+            batch: false,
+            format,
+        }),
+        Ok(doc) => {
+            let requests = doc.into_requests();
+            if requests.is_empty() {
+                return Err("the batch has no data item: nothing to run".into());
+            }
+            Ok(Parsed {
+                requests,
+                batch: true,
+                format,
+            })
+        }
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// What `open` found: the daemon's state, or the exit code of a refusal.
+enum Opened {
+    Ready(Arc<Daemon>),
+    Refused(Exit),
+}
+
+/// Holds the data directory (refused at once when another process does), starts the
+/// engine, recovers what a crash left running and takes back the jobs of workers that died.
+async fn open(config: &Config, what: &str) -> Result<Opened> {
+    let mut config = config.clone();
+    // A daemon never waits for the lock: another process holding the data directory is
+    // refused at once.
+    config.journal.wait_lock = crate::config::Wait(Duration::ZERO);
+    // The lock first: a refused second daemon starts no provider process.
+    let journal = match load::journal(&config) {
+        Ok(j) => j,
+        Err(e) => {
+            if let Some(busy) = e.downcast_ref::<load::StoreBusy>() {
+                eprintln!(
+                    "error: the data directory `{}` is held by another provisio process{}; {what} on the same data directory is refused\n  hint: stop the other process first, or give this one its own --data-dir (PROVISIO_DATA_DIR)",
+                    config.data_dir.display(),
+                    match &busy.daemon {
+                        Some((pid, url)) => format!(" (a daemon, pid {pid}, serving {url})"),
+                        None => String::new(),
+                    }
+                );
+                return Ok(Opened::Refused(Exit::StoreBusy));
+            }
+            return Err(e);
+        }
+    };
+    let engine = load::engine(&config).await?;
+    let store = journal.store().clone();
+    let seal = load::seal_key(&config)?;
+    // Recovery first: every transaction a crash left running is finished before any job
+    // is taken, so a job taken back finds its transaction settled.
+    let recovered =
+        provisio_engine::txn::recover(&engine.clone().with_journal(journal.clone()), &journal)
+            .await
+            .context("recovery at start")?;
+    for r in &recovered {
+        tracing::warn!(txn = %r.txn_id, from = %r.from, to = %r.to, "recovered a transaction a crash left running");
+    }
+    let crashed = recovered
+        .iter()
+        .filter(|r| r.to == TxnState::RolledBack)
+        .map(|r| r.txn_id.as_str().to_string())
+        .collect();
+    let queue = Queue::open(store.clone()).context("opening the job queue")?;
+    let mut taken_back = 0;
+    loop {
+        let back = queue.take_back_expired(u64::MAX, 1024).await?;
+        if back.is_empty() {
+            break;
+        }
+        taken_back += back.len();
+    }
+    if taken_back > 0 {
+        tracing::warn!(
+            jobs = taken_back,
+            "took back jobs whose workers stopped with the previous process"
+        );
+    }
+    let (stopping, _) = watch::channel(false);
+    Ok(Opened::Ready(Arc::new(Daemon {
+        engine,
+        store,
+        seal,
+        queue,
+        journals: Mutex::new(HashMap::new()),
+        hub: Arc::new(Hub::default()),
+        running: Mutex::new(HashMap::new()),
+        wake: Notify::new(),
+        stopping,
+        ready: AtomicBool::new(false),
+        busy: AtomicUsize::new(0),
+        config: config.serve.clone(),
+        tokens: auth::Tokens::from_config(&config.serve.tokens),
+        acl: auth::Acl::from_config(&config.serve.acl),
+        metrics: Arc::default(),
+        crashed,
+    })))
+}
+
+/// `provisio worker --drain`: runs every job that is due with the configured workers, then
+/// exits (what cron runs where no daemon does). Jobs scheduled for later stay queued.
+pub async fn drain(config: &Config) -> Result<Exit> {
+    let daemon = match open(config, "a worker").await? {
+        Opened::Ready(d) => d,
+        Opened::Refused(code) => return Ok(code),
+    };
+    let ran = Arc::new(AtomicUsize::new(0));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..daemon.config.workers {
+        let d = daemon.clone();
+        let ran = ran.clone();
+        workers.spawn(async move {
+            while let Some(job) = d.queue.claim(now_ms(), d.config.lease.0).await? {
+                run_job(&d, job).await;
+                ran.fetch_add(1, Ordering::SeqCst);
+            }
+            Ok::<(), provisio_engine::queue::QueueError>(())
+        });
+    }
+    let mut failed = None;
+    while let Some(r) = workers.join_next().await {
+        match r {
+            Ok(Err(e)) => failed = Some(e.to_string()),
+            Err(e) => failed = Some(e.to_string()),
+            Ok(Ok(())) => {}
+        }
+    }
+    let counts = daemon.queue.counts();
+    eprintln!(
+        "provisio worker: ran {} job(s); {} queued (not due yet or waiting), {} dead",
+        ran.load(Ordering::SeqCst),
+        counts[0],
+        counts[4]
+    );
+    match failed {
+        Some(e) => Err(anyhow::anyhow!("the job queue failed: {e}")),
+        None => Ok(Exit::Ok),
+    }
+}
+
+/// Runs the daemon until SIGTERM/SIGINT.
+pub async fn serve(config: &Config) -> Result<Exit> {
+    let daemon = match open(config, "a second daemon").await? {
+        Opened::Ready(d) => d,
+        Opened::Refused(code) => return Ok(code),
+    };
+    if daemon.tokens.is_empty() {
+        tracing::warn!("no [[serve.tokens]] are configured: every API call but /v1/health and /v1/ready is refused (401); `provisio token hash --new` makes one");
+    }
+    let signalled = shutdown_signal();
+    let dir = load::journal_dir(config);
+    let addr: std::net::SocketAddr = config
+        .serve
+        .listen
+        .parse()
+        .with_context(|| format!("serve.listen {:?} is not IP:PORT", config.serve.listen))?;
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on {addr}\n  hint: another program uses the port; pick another with --listen IP:PORT")
+    })?;
+    let local = listener.local_addr()?;
+    let tls = match (&config.serve.tls_cert, &config.serve.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::server_config(cert, key)?),
+        _ => None,
+    };
+    let url = format!("{}://{local}", if tls.is_some() { "https" } else { "http" });
+    let info = load::daemon_file(&dir);
+    let _ = std::fs::write(
+        &info,
+        serde_json::json!({ "pid": std::process::id(), "url": url }).to_string(),
+    );
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..daemon.config.workers {
+        workers.spawn(worker(daemon.clone()));
+    }
+    tokio::spawn(reaper(daemon.clone()));
+    if let Some(keep) = config.retention.transactions.0 {
+        tokio::spawn(pruner(daemon.clone(), keep));
+    }
+    let app = api::router(daemon.clone());
+    let mut stop_rx = daemon.stopping.subscribe();
+    let stopped = async move {
+        let _ = stop_rx.wait_for(|s| *s).await;
+    };
+    let server = match tls {
+        Some(tls) => {
+            let listener = tls::TlsListener::new(listener, tls)?;
+            tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stopped)
+                    .await
+            })
+        }
+        None => tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stopped)
+                .await
+        }),
+    };
+    daemon.ready.store(true, Ordering::SeqCst);
+    // The line a supervisor or a test waits for.
+    eprintln!(
+        "provisio serve: listening on {url} (data directory `{}`, {} workers)",
+        config.data_dir.display(),
+        daemon.config.workers
+    );
+    signalled.await;
+    eprintln!("provisio serve: stopping: no new jobs are taken; waiting for running jobs");
+    daemon.ready.store(false, Ordering::SeqCst);
+    let _ = daemon.stopping.send(true);
+    daemon.wake.notify_waiters();
+    let deadline = daemon.config.shutdown_timeout.0;
+    let finished = tokio::time::timeout(deadline, async {
+        while workers.join_next().await.is_some() {}
+    })
+    .await;
+    if finished.is_err() {
+        let left = daemon.busy.load(Ordering::SeqCst);
+        eprintln!(
+            "provisio serve: {left} job(s) still running after {}: left to recovery at the next start",
+            humantime::format_duration(deadline)
+        );
+    }
+    server.abort();
+    let _ = std::fs::remove_file(&info);
+    eprintln!("provisio serve: stopped");
+    Ok(Exit::Ok)
+}
+
+/// SIGTERM or Ctrl-C. The SIGTERM handler is in place when this returns (before the
+/// daemon says it listens), so a supervisor's early SIGTERM is never fatal.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    #[cfg(unix)]
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    async move {
+        #[cfg(unix)]
+        if let Some(mut term) = term {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Takes back jobs whose lease ran out (a worker that stopped renewing it).
+async fn reaper(d: Arc<Daemon>) {
+    let every = (d.config.lease.0 / 3).max(Duration::from_millis(200));
+    let mut stop = d.stopping.subscribe();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        match d.queue.take_back_expired(now_ms(), 256).await {
+            Ok(back) if !back.is_empty() => {
+                tracing::warn!(jobs = back.len(), "took back jobs whose lease ran out");
+                d.wake.notify_waiters();
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "taking back expired jobs"),
+        }
+    }
+}
+
+/// Removes finished jobs past retention (`retention.transactions`), every minute.
+async fn pruner(d: Arc<Daemon>, keep: Duration) {
+    let mut stop = d.stopping.subscribe();
+    loop {
+        let before = now_ms().saturating_sub(keep.as_millis() as u64);
+        loop {
+            match d.queue.prune(before, 1000).await {
+                Ok(1000) => continue,
+                Ok(n) => {
+                    if n > 0 {
+                        tracing::info!(jobs = n, "removed finished jobs past retention");
+                    }
+                    break;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "removing finished jobs");
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+/// One worker: claims the best due job, runs it, again; sleeps when nothing is due.
+async fn worker(d: Arc<Daemon>) {
+    let mut stop = d.stopping.subscribe();
+    loop {
+        if d.stopping() {
+            return;
+        }
+        match d.queue.claim(now_ms(), d.config.lease.0).await {
+            Ok(Some(job)) => {
+                d.busy.fetch_add(1, Ordering::SeqCst);
+                run_job(&d, job).await;
+                d.busy.fetch_sub(1, Ordering::SeqCst);
+            }
+            Ok(None) => {
+                let nap = match d.queue.next_due() {
+                    Ok(Some(at)) => Duration::from_millis(at.saturating_sub(now_ms())),
+                    _ => Duration::from_secs(1),
+                }
+                .clamp(Duration::from_millis(5), Duration::from_secs(1));
+                tokio::select! {
+                    _ = d.wake.notified() => {}
+                    _ = tokio::time::sleep(nap) => {}
+                    _ = stop.wait_for(|s| *s) => return,
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "claiming a job");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+fn random() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(now_ms());
+    h.finish()
+}
+
+/// The event that ends a job's stream.
+pub fn finished_event(job: &Job) -> serde_json::Value {
+    serde_json::json!({
+        "event": "finished",
+        "id": job.id,
+        "state": job.state.name(),
+        "outcome": job.outcome,
+        "error": job.error,
+    })
+}
+
+async fn finish(d: &Daemon, id: &str, how: Finish) {
+    match d.queue.finish(id, how, now_ms()).await {
+        Ok(job) => d.hub.finish(id, finished_event(&job)),
+        Err(e) => tracing::error!(job = %id, error = %e, "recording how a job ended"),
+    }
+}
+
+async fn bury(d: &Daemon, id: &str, why: String) {
+    tracing::error!(job = %id, error = %why, "job is dead");
+    match d.queue.bury(id, why, now_ms()).await {
+        Ok(job) => d.hub.finish(id, finished_event(&job)),
+        Err(e) => tracing::error!(job = %id, error = %e, "recording a dead job"),
+    }
+}
+
+fn job_state_for(state: TxnState, cancelled: bool) -> JobState {
+    match state {
+        TxnState::Committed => JobState::Succeeded,
+        _ if cancelled => JobState::Cancelled,
+        _ => JobState::Failed,
+    }
+}
+
+/// Runs one claimed job in a span naming it (its transaction's own span nests inside).
+async fn run_job(d: &Arc<Daemon>, job: Job) {
+    use tracing::Instrument;
+    let span = tracing::info_span!(
+        "job", job.id = %job.id, subject = %job.subject, target = %job.target, attempt = job.attempts
+    );
+    run_job_inner(d, job).instrument(span).await
+}
+
+/// Settles an attempt a crash cut short, else runs the job's transaction with the id the
+/// claim recorded.
+async fn run_job_inner(d: &Arc<Daemon>, job: Job) {
+    let id = job.id.clone();
+    let Some(txn) = job.txn.clone() else {
+        bury(d, &id, "claimed without a transaction id".into()).await;
+        return;
+    };
+    d.hub.publish(
+        &id,
+        serde_json::json!({"event": "state", "id": id, "state": "running", "attempt": job.attempts, "txn": txn}),
+    );
+    // An attempt a crash (or a lost lease) cut short: its transaction is in the journal
+    // (recovery finished it) or it never started.
+    match index::summary(d.store.as_ref(), &txn) {
+        Ok(Some(summary)) => {
+            let over = matches!(
+                summary.state,
+                TxnState::Committed | TxnState::RolledBack | TxnState::RollbackFailed
+            );
+            if summary.state == TxnState::RolledBack
+                && d.crashed.contains(&txn)
+                && !job.cancel_requested
+            {
+                // A crash cut the attempt short and recovery rolled it back: nothing of it
+                // took effect, so the job is tried again as a new transaction.
+                tracing::warn!(job = %id, txn = %txn, "a crash cut this job's attempt short and recovery rolled it back; trying again");
+                match d
+                    .queue
+                    .retry_later(
+                        &id,
+                        format!(
+                            "attempt {} was cut short by a crash and rolled back by recovery",
+                            job.attempts
+                        ),
+                        now_ms(),
+                        d.backoff(),
+                        random(),
+                    )
+                    .await
+                {
+                    Ok(j) if j.state == JobState::Dead => d.hub.finish(&id, finished_event(&j)),
+                    Ok(_) => d.metrics.retried(),
+                    Err(e) => tracing::error!(job = %id, error = %e, "queueing a retry"),
+                }
+                return;
+            }
+            if over {
+                tracing::info!(job = %id, txn = %txn, state = %summary.state, "settled an attempt cut short by a restart");
+                finish(
+                    d,
+                    &id,
+                    Finish {
+                        state: job_state_for(summary.state, job.cancel_requested),
+                        outcome: Some(summary.state.name().to_string()),
+                        result: None,
+                        error: summary.message.clone(),
+                    },
+                )
+                .await;
+            } else {
+                // Still running elsewhere in this process (a lease lost to a stall): look
+                // again later.
+                let _ = d
+                    .queue
+                    .retry_later(
+                        &id,
+                        format!("its transaction {txn} is still {}", summary.state),
+                        now_ms(),
+                        d.backoff(),
+                        random(),
+                    )
+                    .await;
+            }
+            return;
+        }
+        Ok(None) => {}
+        Err(e) => {
+            tracing::error!(job = %id, error = %e, "reading the job's transaction");
+            let _ = d
+                .queue
+                .retry_later(&id, e.to_string(), now_ms(), d.backoff(), random())
+                .await;
+            return;
+        }
+    }
+    let payload = match job
+        .payload
+        .as_deref()
+        .ok_or_else(|| "its request is not kept".to_string())
+        .and_then(|p| d.open(p))
+        .and_then(|b| serde_json::from_slice::<Payload>(&b).map_err(|e| e.to_string()))
+    {
+        Ok(p) => p,
+        Err(e) => return bury(d, &id, format!("its request cannot be read: {e}")).await,
+    };
+    let format = parse_format(&payload.format);
+    let parsed = match parse_body(&payload.body, format) {
+        Ok(p) => p,
+        Err(e) => return bury(d, &id, format!("its request no longer parses: {e}")).await,
+    };
+    let item = payload.item.unwrap_or(0);
+    let response_format = parsed.format;
+    let Some(request) = parsed.requests.into_iter().nth(item) else {
+        return bury(d, &id, format!("its request has no item {}", item + 1)).await;
+    };
+    let txn_id: TxnId = match txn.parse() {
+        Ok(t) => t,
+        Err(e) => return bury(d, &id, format!("bad transaction id {txn}: {e}")).await,
+    };
+    let cancel = Cancel::new();
+    if job.cancel_requested {
+        cancel.cancel();
+    }
+    lock(&d.running).insert(id.clone(), cancel.clone());
+    // A cancellation that came between the claim and the line above.
+    if matches!(d.queue.get(&id), Ok(Some(j)) if j.cancel_requested) {
+        cancel.cancel();
+    }
+    let beat = {
+        let d = d.clone();
+        let id = id.clone();
+        tokio::spawn(async move {
+            let every = (d.config.lease.0 / 3).max(Duration::from_millis(100));
+            loop {
+                tokio::time::sleep(every).await;
+                if !matches!(
+                    d.queue.heartbeat(&id, now_ms(), d.config.lease.0).await,
+                    Ok(true)
+                ) {
+                    return;
+                }
+            }
+        })
+    };
+    let engine = {
+        let hub = d.hub.clone();
+        let id = id.clone();
+        let metrics = d.metrics.clone();
+        let started: Mutex<HashMap<String, (String, std::time::Instant)>> = Mutex::default();
+        d.engine
+            .clone()
+            .with_journal(d.journal_for(&job.subject))
+            .with_events(move |e| {
+                match e {
+                    Event::StepStarted { step, target } => {
+                        lock(&started)
+                            .insert(step.clone(), (target.clone(), std::time::Instant::now()));
+                    }
+                    Event::StepFinished { step, .. } => {
+                        if let Some((target, at)) = lock(&started).remove(step) {
+                            metrics.step(&target, at.elapsed());
+                        }
+                    }
+                    Event::Undoing { .. } => {}
+                }
+                hub.publish(&id, event_json(e))
+            })
+    };
+    let run_started = std::time::Instant::now();
+    let result = engine
+        .run_controlled(
+            request,
+            RunControl {
+                txn_id: Some(txn_id),
+                cancel: Some(cancel.clone()),
+            },
+        )
+        .await;
+    beat.abort();
+    lock(&d.running).remove(&id);
+    let result = match result {
+        Ok(r) => r,
+        Err(RunError::Compile(e)) => {
+            // Checked at submission; the namespaces may have changed since.
+            return finish(
+                d,
+                &id,
+                Finish {
+                    state: JobState::Failed,
+                    outcome: None,
+                    result: None,
+                    error: Some(e.to_string()),
+                },
+            )
+            .await;
+        }
+    };
+    let cancelled = cancel.is_cancelled();
+    let failure = result.failure.as_ref().map(|f| f.message.clone());
+    d.metrics
+        .finished(&job.target, result.state.name(), run_started.elapsed());
+    if result.state == TxnState::RolledBack && result.transient && !cancelled {
+        match d
+            .queue
+            .retry_later(
+                &id,
+                failure.unwrap_or_else(|| "transient failure".into()),
+                now_ms(),
+                d.backoff(),
+                random(),
+            )
+            .await
+        {
+            Ok(j) if j.state == JobState::Dead => d.hub.finish(&id, finished_event(&j)),
+            Ok(j) => {
+                d.metrics.retried();
+                d.hub.publish(
+                &id,
+                serde_json::json!({"event": "retry", "id": id, "not_before_ms": j.not_before_ms, "error": j.error}),
+            )
+            }
+            Err(e) => tracing::error!(job = %id, error = %e, "queueing a retry"),
+        }
+        return;
+    }
+    let mut doc = response::to_value(&result);
+    if let (Some(obj), Some(r)) = (doc.as_object_mut(), Some(format_name(response_format))) {
+        obj.insert("requestFormat".into(), serde_json::Value::String(r.into()));
+    }
+    let sealed = d.seal(doc.to_string().as_bytes());
+    finish(
+        d,
+        &id,
+        Finish {
+            state: job_state_for(result.state, cancelled),
+            outcome: Some(result.state.name().to_string()),
+            result: Some(sealed),
+            error: failure,
+        },
+    )
+    .await;
+}
+
+fn event_json(e: &Event) -> serde_json::Value {
+    match e {
+        Event::StepStarted { step, target } => {
+            serde_json::json!({"event": "step_started", "step": step, "target": target})
+        }
+        Event::StepFinished { step, ok } => {
+            serde_json::json!({"event": "step_finished", "step": step, "ok": ok})
+        }
+        Event::Undoing { step } => serde_json::json!({"event": "undoing", "step": step}),
+    }
+}
