@@ -206,6 +206,8 @@ pub struct Engine {
     registry: ProviderRegistry,
     options: EngineOptions,
     journal: Arc<dyn Journal>,
+    /// Provider state: in the journal's store when it keeps state, else in memory.
+    state: Arc<crate::state::StateSpace>,
     events: Option<EventSink>,
 }
 
@@ -240,12 +242,21 @@ impl Engine {
             registry,
             options,
             journal: Arc::new(NoJournal),
+            state: Arc::new(crate::state::StateSpace::in_memory()),
             events: None,
         }
     }
 
     /// Reports every transition to `journal`.
     pub fn with_journal(mut self, journal: Arc<dyn Journal>) -> Engine {
+        match journal.state_store() {
+            Some(store) => self.state = Arc::new(crate::state::StateSpace::new(store, true)),
+            // From a journal that kept state to one that does not: state in memory again.
+            None if self.state.in_journal() => {
+                self.state = Arc::new(crate::state::StateSpace::in_memory())
+            }
+            None => {}
+        }
         self.journal = journal;
         self
     }
@@ -264,6 +275,18 @@ impl Engine {
     /// The providers.
     pub(crate) fn registry(&self) -> &ProviderRegistry {
         &self.registry
+    }
+
+    /// The latest value of `key` in `provider`'s state, as the last write left it (a
+    /// transaction still running may have written it; it is not locked). For operators and
+    /// tests: providers read through [`crate::ProviderState`].
+    pub fn state_value(&self, provider: &str, key: &[u8]) -> Result<Option<Vec<u8>>, crate::StoreError> {
+        self.state.peek(provider, key)
+    }
+
+    /// Provider state.
+    pub(crate) fn state(&self) -> &Arc<crate::state::StateSpace> {
+        &self.state
     }
 
     /// The options.
@@ -350,6 +373,7 @@ impl Engine {
             context: Mutex::new(context),
             completed: Mutex::new(Vec::new()),
             completions: AtomicUsize::new(0),
+            state_chain: AtomicUsize::new(0),
             calls: AtomicUsize::new(0),
             permits: Semaphore::new(self.options.max_parallel.max(1)),
             plan: Mutex::new(Vec::new()),

@@ -3,9 +3,11 @@
 //! the trait is shaped so a PostgreSQL implementation (one table per space, `bytea` keys)
 //! can replace it without touching the executor.
 
+mod mem;
 mod sled_store;
 mod wal;
 
+pub use mem::MemStore;
 pub use sled_store::SledStore;
 
 use async_trait::async_trait;
@@ -26,6 +28,10 @@ pub enum Space {
     /// Indexes over the summaries, rebuilt from them when missing (`txn::index`): by start
     /// time, by state, procedure and subject, and finished transactions by finish time.
     Index,
+    /// Provider state: each provider's own records (provider name, a NUL, the provider's
+    /// key), written with the journal records of the steps that changed them. Live data,
+    /// not history: retention never prunes it.
+    State,
 }
 
 impl Space {
@@ -38,6 +44,7 @@ impl Space {
             Space::Definitions => b'd',
             Space::Meta => b'm',
             Space::Index => b'i',
+            Space::State => b's',
         }
     }
 
@@ -50,6 +57,7 @@ impl Space {
             Space::Definitions,
             Space::Meta,
             Space::Index,
+            Space::State,
         ]
         .into_iter()
         .find(|s| s.tag() == tag)
@@ -71,7 +79,9 @@ pub struct Batch {
     /// exactly once, by an earlier write to this store, and never otherwise. A store may then
     /// forget such a put and its delete together while neither has reached its indexed
     /// storage, instead of recording the delete (the journal's per-record keys, deleted when
-    /// a finished transaction's records are compacted). Stores may ignore it.
+    /// a finished transaction's records are compacted). The promise covers deletes in
+    /// [`Space::Journal`] only: a batch carrying them may also carry other writes (provider
+    /// state), whose deletes are always recorded. Stores may ignore it.
     pub(crate) deletes_cancel_puts: bool,
 }
 
