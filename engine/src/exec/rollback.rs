@@ -231,16 +231,15 @@ impl Engine {
                 Attempts::start(policy, RetryUse::Undo)
             };
             let last = loop {
-                let reads = (state.is_some()).then(|| {
-                    self.state()
-                        .handle(&done.context.txn_id, provider.name(), Access::Read("an undo"))
-                });
-                done.state = reads.clone().unwrap_or_default();
+                // A read-only view of the provider's state (the step's writes included).
+                done.state = self.state().handle(
+                    &done.context.txn_id,
+                    provider.name(),
+                    Access::Read("an undo"),
+                );
                 let undone = AssertUnwindSafe(provider.undo(done.clone())).catch_unwind();
                 let result = tokio::time::timeout(self.options.step_timeout, undone).await;
-                if let Some(reads) = reads {
-                    reads.call_finished();
-                }
+                done.state.call_finished();
                 let error = match result {
                     Ok(Ok(Ok(()))) => {
                         waited.back(name);
