@@ -46,7 +46,7 @@ fn spec(name: &str, kind: ProcKind) -> ProcedureSpec {
         kind,
         undo: UndoKind::Reversible,
         description: format!("counter {name}"),
-        inputs: ["key", "by", "value"]
+        inputs: ["key", "by", "value", "delay", "undo"]
             .iter()
             .map(|n| InputSpec {
                 name: n.to_string(),
@@ -93,7 +93,12 @@ impl Provider for Counter {
         let by: u64 = input(&call, "by").parse().unwrap_or(1);
         let key = input(&call, "key");
         let (value, undo) = match call.context.procedure.as_str() {
-            "Add" => (Self::add(&call, &key, by).await?, None),
+            "Add" => {
+                let delay: u64 = input(&call, "delay").parse().unwrap_or(0);
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+                let undo = (input(&call, "undo") == "slow").then(|| Element::with_text("undo", "slow"));
+                (Self::add(&call, &key, by).await?, undo)
+            }
             "Pair" => {
                 Self::add(&call, "a", by).await?;
                 let b = Self::add(&call, "b", by).await?;
@@ -128,9 +133,14 @@ impl Provider for Counter {
     async fn undo(&self, done: Done) -> Result<(), ProviderError> {
         // The undo sees the step's own writes (reversed by the engine after it) and may
         // not write.
-        let a: Option<u64> = done.state.get_json(b"a").await?;
-        assert!(a.is_some(), "the undo of Pair sees its writes");
-        assert!(done.state.put(b"a", b"0".to_vec()).await.is_err());
+        if done.context.procedure == "Pair" {
+            let a: Option<u64> = done.state.get_json(b"a").await?;
+            assert!(a.is_some(), "the undo of Pair sees its writes");
+            assert!(done.state.put(b"a", b"0".to_vec()).await.is_err());
+        }
+        if done.undo.string_value() == "slow" {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         self.undos.fetch_add(1, Ordering::SeqCst);
         Ok(())
     }
@@ -201,6 +211,47 @@ procedures:
       fail:
         call: Counter Provider/Fail
         needs: [swap]
+  BumpBoth:
+    access: public
+    steps:
+      one:
+        call: Counter Provider/Add
+        with: { key: counter }
+      two:
+        call: Counter Provider/Add
+        with: { key: counter, by: "10" }
+  BumpBothThenFail:
+    access: public
+    steps:
+      one:
+        call: Counter Provider/Add
+        with: { key: counter }
+      two:
+        call: Counter Provider/Add
+        with: { key: counter, by: "10", delay: "20", undo: slow }
+      fail:
+        call: Counter Provider/Fail
+        needs: [one, two]
+  XThenY:
+    access: public
+    steps:
+      x:
+        call: Counter Provider/Add
+        with: { key: x }
+      y:
+        call: Counter Provider/Add
+        needs: [x]
+        with: { key: y }
+  YThenX:
+    access: public
+    steps:
+      y:
+        call: Counter Provider/Add
+        with: { key: y }
+      x:
+        call: Counter Provider/Add
+        needs: [y]
+        with: { key: x }
   Swap:
     access: public
     steps:
@@ -312,6 +363,58 @@ async fn a_rollback_restores_every_key_as_it_was() {
         assert_eq!(c.undos.load(Ordering::SeqCst), 1);
         // And nothing stays locked: the next transaction goes through.
         assert_eq!(value(&run(&e, "Bump").await), "2");
+    })
+    .await;
+}
+
+/// Two steps of one transaction that run at once and add to the same key take turns (no
+/// update lost inside a transaction), and their undos restore it in reverse order (even
+/// though the calls overlapped and the later one's undo is the slower).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_steps_of_one_transaction_take_turns_on_a_key() {
+    both(async |e: Engine, _: &Counter| {
+        let r = run(&e, "BumpBoth").await;
+        assert_eq!(r.state, TxnState::Committed, "{:?}", r.failure);
+        assert_eq!(counter(&e, "counter"), Some(11));
+        for _ in 0..5 {
+            let r = run(&e, "BumpBothThenFail").await;
+            assert_eq!(r.state, TxnState::RolledBack);
+            assert_eq!(counter(&e, "counter"), Some(11));
+        }
+    })
+    .await;
+}
+
+/// Transactions taking two keys in opposite orders: a wait that would deadlock fails the
+/// transaction that asked (it rolls back and frees its key); none hangs, and the counters
+/// match the transactions that committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadlock_rolls_back_one_transaction_instead_of_hanging() {
+    both(async |e: Engine, _: &Counter| {
+        let mut tasks = Vec::new();
+        for i in 0..20 {
+            let e = e.clone();
+            let procedure = if i % 2 == 0 { "XThenY" } else { "YThenX" };
+            tasks.push(tokio::spawn(async move { run(&e, procedure).await }));
+        }
+        let mut committed = 0;
+        for t in tasks {
+            let r = tokio::time::timeout(Duration::from_secs(30), t)
+                .await
+                .expect("no transaction hangs")
+                .unwrap();
+            match r.state {
+                TxnState::Committed => committed += 1,
+                TxnState::RolledBack => {
+                    let f = r.failure.unwrap();
+                    assert!(f.message.contains("deadlock"), "{}", f.message);
+                }
+                other => panic!("unexpected end state {other}"),
+            }
+        }
+        assert!(committed > 0);
+        assert_eq!(counter(&e, "x"), Some(committed));
+        assert_eq!(counter(&e, "y"), Some(committed));
     })
     .await;
 }
