@@ -530,3 +530,28 @@ async fn a_crash_at_any_journal_write_keeps_state_with_its_step() {
     }
     assert!(crashes >= 16, "only {crashes} crash points");
 }
+
+/// Pruning every finished transaction (journal, summaries, audit) keeps provider state:
+/// it is live data, not history.
+#[tokio::test]
+async fn pruning_the_journal_keeps_provider_state() {
+    use provisio_engine::txn::retention::{prune, Retention};
+    let dir = tempfile::tempdir().unwrap();
+    let (e, journal) = durable(dir.path(), engine(Arc::new(Counter::default())));
+    run(&e, "Bump").await;
+    run(&e, "Pair").await;
+    let keep_none = Retention {
+        max_age: None,
+        max_count: Some(0),
+        audit_max_age: Some(Duration::ZERO),
+    };
+    let now = u64::MAX / 2;
+    let pruned = prune(&**journal.store(), &keep_none, now, None, false)
+        .await
+        .unwrap();
+    assert_eq!(pruned.transactions.len(), 2, "{pruned:?}");
+    let left = provisio_engine::txn::recovery::list(&journal, None).unwrap();
+    assert!(left.is_empty(), "{left:?}");
+    assert_eq!(counter(&e, "counter"), Some(1));
+    assert_eq!((counter(&e, "a"), counter(&e, "b")), (Some(1), Some(1)));
+}
