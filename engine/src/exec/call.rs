@@ -66,7 +66,7 @@ impl Engine {
             // A secret the caller computed may arrive here under a secret input's name.
             txn.redactor.learn_from(&ed);
             if let Some(r) = txn.resume.as_ref().and_then(|r| r.done.get(step)) {
-                return Ok(self.replay(&call, ed, r));
+                return self.replay(&call, ed, r).await;
             }
             let mut attempt = txn
                 .resume
@@ -288,20 +288,33 @@ impl Engine {
 
     /// A call that completed before the crash: use the journaled result, call nothing (but
     /// register its undo, so a later failure still undoes it).
-    fn replay(&self, call: &LeafCall<'_>, ed: Element, r: &Replayed) -> Element {
-        if call.callee.kind != ProcKind::Read {
-            if let Some(undo) = &r.undo {
-                let txn = call.txn;
-                let started_after = txn.completions.load(AtomicOrdering::SeqCst);
-                let context = self.call_context(txn, call.callee, call.leaf, call.step, r.attempt);
-                register_undo(call, started_after, context, undo.clone(), ed, None);
+    /// Its provider-state keys are locked for the transaction again (the locks of before
+    /// the crash are gone), so no other transaction sees them before this one ends.
+    async fn replay(
+        &self,
+        call: &LeafCall<'_>,
+        ed: Element,
+        r: &Replayed,
+    ) -> Result<Element, Failure> {
+        if let Some(change) = &r.state {
+            if let Err(e) = self.state.lock_for(&call.txn.id, change).await {
+                let message = format!("provider state: {e}");
+                return Err(fail(call.step, &call.target, ProviderError::E_FAIL, message));
             }
+        }
+        if call.callee.kind != ProcKind::Read && (r.undo.is_some() || r.state.is_some()) {
+            let txn = call.txn;
+            let started_after = txn.completions.load(AtomicOrdering::SeqCst);
+            let context = self.call_context(txn, call.callee, call.leaf, call.step, r.attempt);
+            let state = r.state.clone().map(|c| (c, r.undo.is_some()));
+            let undo = r.undo.clone().unwrap_or_else(|| Element::new("undo"));
+            register_undo(call, started_after, context, undo, ed, state);
         }
         self.emit(Event::StepFinished {
             step: call.step.to_string(),
             ok: true,
         });
-        r.output.clone()
+        Ok(r.output.clone())
     }
 
     /// Journals that the call is about to be made (durable before the call).

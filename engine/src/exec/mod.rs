@@ -220,6 +220,8 @@ pub(crate) struct Replayed {
     pub(crate) undo: Option<Element>,
     /// The attempt that succeeded.
     pub(crate) attempt: u32,
+    /// Its provider-state writes (what reverses them), locked again for the transaction.
+    pub(crate) state: Option<Arc<crate::StateChange>>,
 }
 
 /// What a resumed transaction takes from its journal.

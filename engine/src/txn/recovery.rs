@@ -1000,6 +1000,14 @@ enum NotResumable {
     /// A completed step's exact result was not kept.
     #[error("step {0} has no recorded result")]
     NoResult(String),
+    /// A completed step's provider-state record does not decode.
+    #[error("the provider-state record of step {step} does not decode: {message}")]
+    StateUnreadable {
+        /// The step.
+        step: String,
+        /// Why.
+        message: String,
+    },
     /// An in-doubt call's provider is gone.
     #[error("provider `{0}` is not registered")]
     ProviderMissing(String),
@@ -1232,6 +1240,7 @@ fn replay(
                 attempt,
                 undo,
                 result,
+                state,
                 ..
             } => {
                 settled.insert((step, *attempt));
@@ -1240,12 +1249,26 @@ fn replay(
                     .ok_or_else(|| NotResumable::NoResult(step.clone()))?;
                 let output = journal.unguard(result)?;
                 let undo = undo.as_ref().map(|u| journal.unguard(u)).transpose()?;
+                let state = match state.as_ref().map(|g| journal.unguard(g)).transpose()? {
+                    None => None,
+                    // Kept as the change the record reverses.
+                    Some(record) => Some(Arc::new(
+                        record
+                            .reversal()
+                            .map_err(|e| NotResumable::StateUnreadable {
+                                step: step.clone(),
+                                message: e.to_string(),
+                            })?
+                            .reversal(),
+                    )),
+                };
                 resume.done.insert(
                     step.clone(),
                     Replayed {
                         output,
                         undo,
                         attempt: *attempt,
+                        state,
                     },
                 );
             }
