@@ -79,9 +79,9 @@ pub struct Batch {
     /// exactly once, by an earlier write to this store, and never otherwise. A store may then
     /// forget such a put and its delete together while neither has reached its indexed
     /// storage, instead of recording the delete (the journal's per-record keys, deleted when
-    /// a finished transaction's records are compacted). The promise covers deletes in
-    /// [`Space::Journal`] only: a batch carrying them may also carry other writes (provider
-    /// state), whose deletes are always recorded. Stores may ignore it.
+    /// a finished transaction's records are compacted). The promise never covers deletes in
+    /// [`Space::State`]: provider state rides in such batches, and its deletes are always
+    /// recorded. Stores may ignore it.
     pub(crate) deletes_cancel_puts: bool,
 }
 

@@ -622,7 +622,7 @@ impl Store for SledStore {
             let overlay = &mut overlays.active;
             for (space, k, v) in batch.writes {
                 let full = key(space, &k);
-                if v.is_none() && batch.deletes_cancel_puts && space == Space::Journal {
+                if v.is_none() && batch.deletes_cancel_puts && space != Space::State {
                     if let Some(Some(put)) = overlay.writes.get(&full) {
                         // Put since the last checkpoint began and never elsewhere (the
                         // batch's promise): sled never saw it, so both are forgotten.
