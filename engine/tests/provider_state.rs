@@ -96,7 +96,8 @@ impl Provider for Counter {
             "Add" => {
                 let delay: u64 = input(&call, "delay").parse().unwrap_or(0);
                 tokio::time::sleep(Duration::from_millis(delay)).await;
-                let undo = (input(&call, "undo") == "slow").then(|| Element::with_text("undo", "slow"));
+                let undo =
+                    (input(&call, "undo") == "slow").then(|| Element::with_text("undo", "slow"));
                 (Self::add(&call, &key, by).await?, undo)
             }
             "Pair" => {
@@ -289,8 +290,12 @@ fn durable(dir: &std::path::Path, engine: Engine) -> (Engine, Arc<DurableJournal
 }
 
 async fn run(engine: &Engine, procedure: &str) -> TxnResult {
-    let request = parse_request(&format!("call: Counting/{procedure}"), "req.yaml", Format::Yaml)
-        .unwrap();
+    let request = parse_request(
+        &format!("call: Counting/{procedure}"),
+        "req.yaml",
+        Format::Yaml,
+    )
+    .unwrap();
     engine.run(&request).await.unwrap()
 }
 
@@ -306,7 +311,9 @@ fn value(r: &TxnResult) -> String {
         .data
         .as_ref()
         .unwrap_or_else(|| panic!("{:?}: {:?}", r.state, r.failure));
-    data.child("value").map(|v| v.string_value()).unwrap_or_default()
+    data.child("value")
+        .map(|v| v.string_value())
+        .unwrap_or_default()
 }
 
 /// With a durable journal (sled) and without one (memory), the same behaviour.
@@ -340,7 +347,10 @@ async fn reads_see_the_transactions_own_writes() {
         // A call reads its own write (asserted inside Swap).
         let r = run(&e, "Swap").await;
         assert_eq!(r.state, TxnState::Committed, "{:?}", r.failure);
-        assert_eq!(e.state_value("Counter", b"name").unwrap().as_deref(), Some(&b"ann"[..]));
+        assert_eq!(
+            e.state_value("Counter", b"name").unwrap().as_deref(),
+            Some(&b"ann"[..])
+        );
     })
     .await;
 }
@@ -359,7 +369,10 @@ async fn a_rollback_restores_every_key_as_it_was() {
         assert_eq!(r.state, TxnState::RolledBack);
         assert_eq!(counter(&e, "a"), None);
         assert_eq!(counter(&e, "b"), None);
-        assert_eq!(e.state_value("Counter", b"name").unwrap().as_deref(), Some(&b"ann"[..]));
+        assert_eq!(
+            e.state_value("Counter", b"name").unwrap().as_deref(),
+            Some(&b"ann"[..])
+        );
         assert_eq!(c.undos.load(Ordering::SeqCst), 1);
         // And nothing stays locked: the next transaction goes through.
         assert_eq!(value(&run(&e, "Bump").await), "2");
@@ -485,7 +498,13 @@ async fn a_crash_at_any_journal_write_keeps_state_with_its_step() {
         for n in 1.. {
             let dir = tempfile::tempdir().unwrap();
             let status = std::process::Command::new(&exe)
-                .args(["--exact", "crash_child", "--ignored", "--nocapture", "--test-threads=1"])
+                .args([
+                    "--exact",
+                    "crash_child",
+                    "--ignored",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
                 .env("PROVISIO_STATE_CRASH_DIR", dir.path())
                 .env("PROVISIO_CRASH_AT", n.to_string())
                 .env("PROVISIO_CRASH_WHEN", when)
@@ -508,12 +527,16 @@ async fn a_crash_at_any_journal_write_keeps_state_with_its_step() {
                 assert_eq!(r.to, TxnState::RolledBack, "crash at {n} ({when}): {r:?}");
             }
             let (a, b) = (counter(&e, "a"), counter(&e, "b"));
-            assert_eq!(a, b, "crash at {n} ({when}): a step's writes are all there or none");
+            assert_eq!(
+                a, b,
+                "crash at {n} ({when}): a step's writes are all there or none"
+            );
             // Only the first transaction can have committed, with its one increment; a
             // rolled-back one left nothing.
-            let committed = provisio_engine::txn::recovery::list(&journal, Some(TxnState::Committed))
-                .unwrap()
-                .len();
+            let committed =
+                provisio_engine::txn::recovery::list(&journal, Some(TxnState::Committed))
+                    .unwrap()
+                    .len();
             assert!(committed <= 1);
             let want = (committed == 1).then_some(1);
             assert_eq!(a, want, "crash at {n} ({when}): {committed} committed");

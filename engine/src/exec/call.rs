@@ -299,7 +299,12 @@ impl Engine {
         if let Some(change) = &r.state {
             if let Err(e) = self.state.lock_for(&call.txn.id, change).await {
                 let message = format!("provider state: {e}");
-                return Err(fail(call.step, &call.target, ProviderError::E_FAIL, message));
+                return Err(fail(
+                    call.step,
+                    &call.target,
+                    ProviderError::E_FAIL,
+                    message,
+                ));
             }
         }
         if call.callee.kind != ProcKind::Read && (r.undo.is_some() || r.state.is_some()) {
@@ -390,8 +395,7 @@ impl Engine {
             ProcKind::Read => Access::Read("a read procedure"),
             _ => Access::Write,
         };
-        self.state
-            .handle(&call.txn.id, &call.leaf.provider, access)
+        self.state.handle(&call.txn.id, &call.leaf.provider, access)
     }
 
     /// A successful attempt: journal it with its provider-state writes (one batch), register
@@ -421,8 +425,15 @@ impl Engine {
             }
         }
         let journaled = if done.journaling {
-            self.journal_done(call, ed, &done.context, &out, undo.as_ref(), change.as_deref())
-                .await
+            self.journal_done(
+                call,
+                ed,
+                &done.context,
+                &out,
+                undo.as_ref(),
+                change.as_deref(),
+            )
+            .await
         } else {
             Ok(())
         };

@@ -282,7 +282,11 @@ impl Engine {
     /// The latest value of `key` in `provider`'s state, as the last write left it (a
     /// transaction still running may have written it; it is not locked). For operators and
     /// tests: providers read through [`crate::ProviderState`].
-    pub fn state_value(&self, provider: &str, key: &[u8]) -> Result<Option<Vec<u8>>, crate::StoreError> {
+    pub fn state_value(
+        &self,
+        provider: &str,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, crate::StoreError> {
         self.state.peek(provider, key)
     }
 

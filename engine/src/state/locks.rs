@@ -123,7 +123,11 @@ impl Locks {
                                 call: Some(call),
                             },
                         );
-                        table.held.entry(txn.clone()).or_default().push(key.to_vec());
+                        table
+                            .held
+                            .entry(txn.clone())
+                            .or_default()
+                            .push(key.to_vec());
                         return Ok(());
                     }
                     Some(h) if &h.txn == txn => match h.call {
@@ -222,7 +226,10 @@ mod tests {
             tokio::spawn(async move { locks.acquire(b"k", &b, 7, String::new).await })
         };
         tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(!waiter.is_finished(), "a finished call's transaction still holds it");
+        assert!(
+            !waiter.is_finished(),
+            "a finished call's transaction still holds it"
+        );
         // The same transaction's next call takes it at once.
         locks.acquire(b"k", &a, 2, String::new).await.unwrap();
         locks.release(&a);

@@ -167,7 +167,11 @@ impl StateSpace {
 
     /// Locks every key of `change` for `txn` (a reversal at rollback, or at recovery after a
     /// crash, when the locks of before are gone) and leaves them held by the transaction.
-    pub(crate) async fn lock_for(&self, txn: &TxnId, change: &StateChange) -> Result<(), StateError> {
+    pub(crate) async fn lock_for(
+        &self,
+        txn: &TxnId,
+        change: &StateChange,
+    ) -> Result<(), StateError> {
         let call = self.next_call.fetch_add(1, Ordering::Relaxed);
         for e in &change.entries {
             let full = state_key(&change.provider, &e.key);
@@ -571,7 +575,10 @@ mod tests {
         let change = first.finish().unwrap().unwrap();
         space.apply(&change).await.unwrap();
         first.call_finished();
-        assert_eq!(first.get(b"a").await.unwrap_err().to_string(), StateError::Closed.to_string());
+        assert_eq!(
+            first.get(b"a").await.unwrap_err().to_string(),
+            StateError::Closed.to_string()
+        );
 
         let second = space.handle(&txn(1), "P", Access::Write);
         second.delete(b"a").await.unwrap();

@@ -6,11 +6,14 @@ use async_trait::async_trait;
 use std::collections::BTreeMap;
 use std::sync::RwLock;
 
+/// Rows by (space tag, key).
+type Rows = BTreeMap<(u8, Vec<u8>), Vec<u8>>;
+
 /// An in-memory store: batches are applied whole under one lock, so a read sees a batch
 /// entirely or not at all; everything is lost when it is dropped.
 #[derive(Debug, Default)]
 pub struct MemStore {
-    rows: RwLock<BTreeMap<(u8, Vec<u8>), Vec<u8>>>,
+    rows: RwLock<Rows>,
 }
 
 impl MemStore {

@@ -696,11 +696,9 @@ async fn settle_in_doubt(
             context: c.context.clone(),
             provider_context: c.provider_context.clone(),
             execute_data: data,
-            state: engine.state().handle(
-                &c.context.txn_id,
-                &c.provider,
-                Access::Read("recover"),
-            ),
+            state: engine
+                .state()
+                .handle(&c.context.txn_id, &c.provider, Access::Read("recover")),
         };
         // Retryable answers are asked again under the provider's `settle` retry policy.
         let settled = engine
