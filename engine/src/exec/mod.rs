@@ -211,6 +211,13 @@ pub struct Engine {
     events: Option<EventSink>,
 }
 
+/// How long a call waits for a provider-state key another transaction holds: half the step
+/// timeout, so a long wait ends as a clean transient error (retried under the `calls`
+/// policy) rather than as a step timeout, which would leave the call in doubt.
+fn lock_wait(options: &EngineOptions) -> Duration {
+    options.step_timeout / 2
+}
+
 /// A step completed before a crash, replayed when a resumable transaction resumes.
 #[derive(Debug, Clone)]
 pub(crate) struct Replayed {
@@ -238,13 +245,14 @@ pub(crate) struct Resume {
 impl Engine {
     /// An engine over a catalog and providers.
     pub fn new(catalog: Catalog, registry: ProviderRegistry, options: EngineOptions) -> Engine {
+        let wait = lock_wait(&options);
         Engine {
             catalog: Arc::new(catalog),
             programs: Arc::default(),
             registry,
             options,
             journal: Arc::new(NoJournal),
-            state: Arc::new(crate::state::StateSpace::in_memory()),
+            state: Arc::new(crate::state::StateSpace::in_memory(wait)),
             events: None,
         }
     }
@@ -252,10 +260,15 @@ impl Engine {
     /// Reports every transition to `journal`.
     pub fn with_journal(mut self, journal: Arc<dyn Journal>) -> Engine {
         match journal.state_store() {
-            Some(store) => self.state = Arc::new(crate::state::StateSpace::new(store, true)),
+            Some(store) => {
+                let wait = lock_wait(&self.options);
+                self.state = Arc::new(crate::state::StateSpace::new(store, true, wait))
+            }
             // From a journal that kept state to one that does not: state in memory again.
             None if self.state.in_journal() => {
-                self.state = Arc::new(crate::state::StateSpace::in_memory())
+                self.state = Arc::new(crate::state::StateSpace::in_memory(lock_wait(
+                    &self.options,
+                )))
             }
             None => {}
         }

@@ -26,12 +26,14 @@ impl Engine {
             .iter()
             .filter(|c| c.kind == ProcKind::TwoPhase)
             .map(|c| {
-                (
-                    c.step.clone(),
-                    c.target.clone(),
-                    c.provider.clone(),
-                    c.done.clone(),
-                )
+                let mut done = c.done.clone();
+                // Prepare and commit read the provider's state; the step's writes are in it.
+                done.state = self.state().handle(
+                    &txn.id,
+                    c.provider.name(),
+                    Access::Read("a two-phase prepare or commit"),
+                );
+                (c.step.clone(), c.target.clone(), c.provider.clone(), done)
             })
             .collect();
         for (step, target, provider, done) in &calls {
@@ -48,6 +50,10 @@ impl Engine {
                 "the transaction's record lacks this prepare; recovery does not use it",
             );
             if let Err(e) = r {
+                // The keys stay locked for the transaction; its undos may read them.
+                calls
+                    .iter()
+                    .for_each(|(_, _, _, d)| d.state.call_finished());
                 return Err(fail(
                     step,
                     target,
@@ -78,6 +84,9 @@ impl Engine {
                 );
             }
         }
+        calls
+            .iter()
+            .for_each(|(_, _, _, d)| d.state.call_finished());
         Ok(())
     }
 

@@ -9,6 +9,7 @@ use super::StateError;
 use crate::TxnId;
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
+use std::time::Duration;
 use tokio::sync::Notify;
 
 /// Who holds a key: a transaction, and the call of it that is using the key right now.
@@ -73,10 +74,12 @@ impl Table {
 }
 
 /// The lock table of one engine (one process: the store is opened by one process at a time).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Locks {
     table: Mutex<Table>,
     released: Notify,
+    /// The longest a call waits for a key.
+    wait: Duration,
 }
 
 /// Removes a call's wait when the waiting future ends (granted, failed or dropped).
@@ -92,19 +95,52 @@ impl Drop for Waiting<'_> {
 }
 
 impl Locks {
+    /// Locks whose waits last at most `wait`.
+    pub(crate) fn new(wait: Duration) -> Locks {
+        Locks {
+            table: Mutex::default(),
+            released: Notify::new(),
+            wait,
+        }
+    }
+
     fn table(&self) -> std::sync::MutexGuard<'_, Table> {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Locks `key` for call `call` of `txn`, waiting while another transaction holds it or
-    /// another running call of the same transaction uses it. `shown` names the key in a
-    /// deadlock error.
+    /// another running call of the same transaction uses it, at most the wait limit.
+    /// `shown` names the key in an error.
     pub(crate) async fn acquire(
         &self,
         key: &[u8],
         txn: &TxnId,
         call: u64,
         shown: impl Fn() -> String,
+    ) -> Result<(), StateError> {
+        match tokio::time::timeout(self.wait, self.wait_for(key, txn, call, &shown)).await {
+            Ok(done) => done,
+            Err(_) => {
+                let holder = match self.table().keys.get(key) {
+                    Some(h) if &h.txn == txn => "another step of this transaction".to_string(),
+                    Some(h) => format!("transaction {}", h.txn),
+                    None => "another transaction".to_string(),
+                };
+                Err(StateError::LockTimeout {
+                    key: shown(),
+                    holder,
+                    waited: self.wait,
+                })
+            }
+        }
+    }
+
+    async fn wait_for(
+        &self,
+        key: &[u8],
+        txn: &TxnId,
+        call: u64,
+        shown: &impl Fn() -> String,
     ) -> Result<(), StateError> {
         let mut waiting: Option<Waiting<'_>> = None;
         loop {
@@ -216,7 +252,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_key_waits_for_the_holding_transaction_to_end() {
-        let locks = Arc::new(Locks::default());
+        let locks = Arc::new(Locks::new(Duration::from_secs(5)));
         let (a, b) = (id(1), id(2));
         locks.acquire(b"k", &a, 1, String::new).await.unwrap();
         locks.call_finished(&a, 1);
@@ -240,7 +276,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_wait_that_closes_a_cycle_fails_at_once() {
-        let locks = Arc::new(Locks::default());
+        let locks = Arc::new(Locks::new(Duration::from_secs(5)));
         let (a, b) = (id(1), id(2));
         locks.acquire(b"x", &a, 1, String::new).await.unwrap();
         locks.acquire(b"y", &b, 2, String::new).await.unwrap();
@@ -261,7 +297,7 @@ mod tests {
 
     #[tokio::test]
     async fn calls_of_one_transaction_take_turns_and_a_dropped_wait_is_forgotten() {
-        let locks = Arc::new(Locks::default());
+        let locks = Arc::new(Locks::new(Duration::from_secs(5)));
         let a = id(1);
         locks.acquire(b"k", &a, 1, String::new).await.unwrap();
         let second = tokio::time::timeout(
@@ -273,5 +309,21 @@ mod tests {
         assert!(locks.table().waits.is_empty(), "the dropped wait is gone");
         locks.call_finished(&a, 1);
         locks.acquire(b"k", &a, 2, String::new).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_wait_past_the_limit_ends_with_a_transient_error() {
+        let locks = Locks::new(Duration::from_millis(30));
+        let (a, b) = (id(1), id(2));
+        locks.acquire(b"k", &a, 1, String::new).await.unwrap();
+        let e = locks
+            .acquire(b"k", &b, 2, || "k".to_string())
+            .await
+            .unwrap_err();
+        assert!(matches!(e, StateError::LockTimeout { .. }), "{e}");
+        assert!(e.to_string().contains(&a.to_string()), "{e}");
+        let p: crate::ProviderError = e.into();
+        assert!(matches!(p, crate::ProviderError::Transient { .. }));
+        assert!(locks.table().waits.is_empty());
     }
 }

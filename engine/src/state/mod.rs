@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// Why a provider-state operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -52,6 +53,17 @@ pub enum StateError {
         /// Who holds it.
         holder: String,
     },
+    /// Another transaction held the key for longer than the call may wait (half the step
+    /// timeout). Transient: the call is tried again under the `calls` retry policy.
+    #[error("provider-state key `{key}` stayed locked by {holder} for {waited:?}")]
+    LockTimeout {
+        /// The key (lossy text).
+        key: String,
+        /// Who held it when the wait ended.
+        holder: String,
+        /// How long the call waited.
+        waited: Duration,
+    },
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -70,7 +82,9 @@ impl From<StateError> for crate::ProviderError {
     /// transaction rolls back, releasing its locks).
     fn from(e: StateError) -> crate::ProviderError {
         match e {
-            StateError::Store(StoreError::Io(_)) => crate::ProviderError::transient(e.to_string()),
+            StateError::Store(StoreError::Io(_)) | StateError::LockTimeout { .. } => {
+                crate::ProviderError::transient(e.to_string())
+            }
             e => crate::ProviderError::permanent(e.to_string()),
         }
     }
@@ -116,16 +130,17 @@ impl std::fmt::Debug for StateSpace {
 
 impl StateSpace {
     /// State kept in memory, applied by the engine (no durable journal).
-    pub(crate) fn in_memory() -> StateSpace {
-        StateSpace::new(Arc::new(MemStore::new()), false)
+    pub(crate) fn in_memory(lock_wait: Duration) -> StateSpace {
+        StateSpace::new(Arc::new(MemStore::new()), false, lock_wait)
     }
 
-    /// State in `store`; `in_journal`: the journal writes the changes with its records.
-    pub(crate) fn new(store: Arc<dyn Store>, in_journal: bool) -> StateSpace {
+    /// State in `store`; `in_journal`: the journal writes the changes with its records; a
+    /// call waits at most `lock_wait` for a key.
+    pub(crate) fn new(store: Arc<dyn Store>, in_journal: bool, lock_wait: Duration) -> StateSpace {
         StateSpace {
             store,
             in_journal,
-            locks: Locks::default(),
+            locks: Locks::new(lock_wait),
             next_call: AtomicU64::new(1),
         }
     }
@@ -567,7 +582,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_call_reads_its_own_writes_and_its_change_knows_the_old_values() {
-        let space = Arc::new(StateSpace::in_memory());
+        let space = Arc::new(StateSpace::in_memory(Duration::from_secs(5)));
         let first = space.handle(&txn(1), "P", Access::Write);
         first.put(b"a", b"1".to_vec()).await.unwrap();
         first.put(b"b", b"2".to_vec()).await.unwrap();
@@ -606,7 +621,7 @@ mod tests {
 
     #[tokio::test]
     async fn read_only_and_detached_handles_say_why_they_cannot_write() {
-        let space = Arc::new(StateSpace::in_memory());
+        let space = Arc::new(StateSpace::in_memory(Duration::from_secs(5)));
         let undo = space.handle(&txn(1), "P", Access::Read("an undo"));
         let e = undo.put(b"k", b"v".to_vec()).await.unwrap_err();
         assert_eq!(e.to_string(), "provider state is read-only in an undo");
