@@ -24,7 +24,9 @@ impl Engine {
     pub(super) async fn two_phase(&self, txn: &Txn) -> Result<(), Failure> {
         let calls: Vec<(String, String, Arc<dyn Provider>, Done)> = lock(&txn.completed)
             .iter()
-            .filter(|c| c.kind == ProcKind::TwoPhase)
+            // A call with only provider state to reverse returned no undo record: as before
+            // provider state, there is nothing for the provider to prepare or commit.
+            .filter(|c| c.kind == ProcKind::TwoPhase && c.provider_undo)
             .map(|c| {
                 let mut done = c.done.clone();
                 // Prepare and commit read the provider's state; the step's writes are in it.
