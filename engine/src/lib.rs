@@ -31,8 +31,8 @@
 //! [`model`] (the definitions as parsed), [`provider`] (everything a provider implements),
 //! [`request`] (parsing and loading definition files), [`response`] (rendering a result) and
 //! [`txn`] (the journal's records, recovery, retention, the index). The compiler, the
-//! executor, the script host and the store are private: what they offer is re-exported
-//! here, and nothing else of theirs is reachable.
+//! executor, the script host, the store and provider state are private: what they offer is
+//! re-exported here, and nothing else of theirs is reachable.
 
 pub mod codes;
 mod compile;
