@@ -445,6 +445,12 @@ impl ProviderState {
         }))
     }
 
+    /// The transaction the handle belongs to.
+    #[cfg(feature = "test-util")]
+    pub(crate) fn txn(&self) -> Option<&TxnId> {
+        self.inner.as_deref().map(|h| &h.txn)
+    }
+
     /// Closes the handle without keeping its writes (the call failed).
     pub(crate) fn discard(&self) {
         if let Some(h) = self.inner.as_deref() {
