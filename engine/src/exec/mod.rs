@@ -262,7 +262,7 @@ impl Engine {
         match journal.state_store() {
             Some(store) => {
                 let wait = lock_wait(&self.options);
-                self.state = Arc::new(crate::state::StateSpace::new(store, true, wait))
+                self.state = crate::state::StateSpace::shared(store, wait)
             }
             // From a journal that kept state to one that does not: state in memory again.
             None if self.state.in_journal() => {

@@ -145,6 +145,28 @@ impl StateSpace {
         }
     }
 
+    /// The provider state kept in `store` with the journal: one per store in a process, so
+    /// every engine over it (a clone, an engine rebuilt when namespaces are reloaded, a
+    /// recovery) shares one lock table. The first one's `lock_wait` stays.
+    pub(crate) fn shared(store: Arc<dyn Store>, lock_wait: Duration) -> Arc<StateSpace> {
+        type Spaces = Vec<(std::sync::Weak<dyn Store>, std::sync::Weak<StateSpace>)>;
+        static SPACES: Mutex<Spaces> = Mutex::new(Vec::new());
+        let mut spaces = SPACES.lock().unwrap_or_else(|e| e.into_inner());
+        spaces.retain(|(s, p)| s.strong_count() > 0 && p.strong_count() > 0);
+        let same =
+            |s: &std::sync::Weak<dyn Store>| std::ptr::addr_eq(s.as_ptr(), Arc::as_ptr(&store));
+        if let Some(space) = spaces
+            .iter()
+            .find(|(s, _)| same(s))
+            .and_then(|(_, p)| p.upgrade())
+        {
+            return space;
+        }
+        let space = Arc::new(StateSpace::new(store.clone(), true, lock_wait));
+        spaces.push((Arc::downgrade(&store), Arc::downgrade(&space)));
+        space
+    }
+
     /// Whether the journal writes the changes (else [`StateSpace::apply`] must).
     pub(crate) fn in_journal(&self) -> bool {
         self.in_journal
@@ -623,6 +645,24 @@ mod tests {
         // Providers do not see each other's keys.
         assert_eq!(space.peek("Q", b"a").unwrap(), None);
         space.release(&txn(1));
+    }
+
+    #[tokio::test]
+    async fn engines_over_one_store_share_one_lock_table() {
+        let store: Arc<dyn Store> = Arc::new(MemStore::new());
+        let wait = Duration::from_millis(30);
+        let a = StateSpace::shared(store.clone(), wait);
+        let b = StateSpace::shared(store.clone(), wait);
+        assert!(Arc::ptr_eq(&a, &b));
+        let other = StateSpace::shared(Arc::new(MemStore::new()), wait);
+        assert!(!Arc::ptr_eq(&a, &other));
+        // A key taken through one is held against the other.
+        let first = a.handle(&txn(1), "P", Access::Write);
+        first.put(b"k", b"1".to_vec()).await.unwrap();
+        let second = b.handle(&txn(2), "P", Access::Write);
+        let e = second.get(b"k").await.unwrap_err();
+        assert!(matches!(e, StateError::LockTimeout { .. }), "{e}");
+        a.release(&txn(1));
     }
 
     #[tokio::test]
