@@ -587,7 +587,8 @@ pub struct RunArgs {
     /// engine.step_timeout_secs) [default: 300].
     #[arg(long, value_name = "SECONDS")]
     pub step_timeout: Option<u64>,
-    /// Keep no journal (no crash recovery, no `tx` history): for throwaway experiments.
+    /// Keep no journal (no crash recovery, no `tx` history; provider state lives in memory
+    /// and is gone when the run ends): for throwaway experiments.
     #[arg(long)]
     pub ephemeral: bool,
 }

@@ -15,8 +15,11 @@
 //!   [`TxnState`], [`Event`];
 //! - writing a provider: [`Provider`], [`ProviderRegistry`], [`ProcedureSpec`], [`Call`],
 //!   [`CallContext`], [`Done`], [`Outcome`], [`Preview`], [`UndoKind`], [`ProviderError`],
-//!   and the data tree [`Element`] / [`Scalar`];
-//! - durability: [`Store`], [`SledStore`], [`StoreError`], [`DurableJournal`], [`SealKey`],
+//!   the provider's own transactional key-value space [`ProviderState`] (with
+//!   [`StateError`]), and the data tree [`Element`] / [`Scalar`];
+//! - durability: [`Store`], [`SledStore`], [`MemStore`], [`StoreError`], [`DurableJournal`],
+//!   [`SealKey`], provider state as the journal writes it ([`StateChange`], [`StateRecord`],
+//!   [`state_key`]),
 //!   with [`recover`] and [`resume_rollback`] after a crash; a journal of one's own
 //!   implements [`Journal`];
 //! - inspecting what the compiler made of a request: [`compile_request`], [`Program`] and the
@@ -29,8 +32,8 @@
 //! [`queue`] (the daemon's persistent job queue),
 //! [`request`] (parsing and loading definition files), [`response`] (rendering a result) and
 //! [`txn`] (the journal's records, recovery, retention, the index). The compiler, the
-//! executor, the script host and the store are private: what they offer is re-exported
-//! here, and nothing else of theirs is reachable.
+//! executor, the script host, the store and provider state are private: what they offer is
+//! re-exported here, and nothing else of theirs is reachable.
 
 pub mod codes;
 mod compile;
@@ -42,6 +45,7 @@ pub mod queue;
 pub mod request;
 pub mod response;
 mod script;
+mod state;
 mod store;
 #[cfg(feature = "test-util")]
 pub mod testing;
@@ -69,7 +73,10 @@ pub use script::{
     CompiledScript, DriverHost, ScriptEngine, ScriptError, ScriptHost, ScriptLimits, ScriptOrigin,
     Vars,
 };
-pub use store::{prefix_end, Batch, KeyRange, KeyValue, SledStore, Space, Store, StoreError};
+pub use state::{state_key, ProviderState, StateChange, StateError, StateRecord};
+pub use store::{
+    prefix_end, Batch, KeyRange, KeyValue, MemStore, SledStore, Space, Store, StoreError,
+};
 pub use txn::{recover, resume_rollback, DurableJournal, SealKey};
 pub use txn_id::{TxnId, TxnIdError};
 

@@ -10,6 +10,7 @@ mod purge;
 
 use crate::data::Element;
 use crate::model::{InputSpec, ProcKind};
+pub use crate::state::ProviderState;
 use crate::TxnId;
 use async_trait::async_trait;
 pub use purge::{PurgeScope, Purged, StatusOf, TxnStatus};
@@ -52,6 +53,11 @@ pub struct Call {
     pub provider_context: Element,
     /// The step's executeData after the before-transforms; root named `executeData`.
     pub execute_data: Element,
+    /// The provider's own keys in the engine's store ([`ProviderState`]): writable in
+    /// `execute` of a write procedure, read-only in a read procedure and in `recover`,
+    /// unlocked and read-only in a preview. [`ProviderState::detached`] in a call built
+    /// by hand.
+    pub state: ProviderState,
 }
 
 /// What a successful call returns.
@@ -75,6 +81,9 @@ pub struct Done {
     pub undo: Element,
     /// The call's executeData, only when the procedure has `saveDataForRollback`.
     pub execute_data: Option<Element>,
+    /// The provider's state, read-only: an undo sees the step's own writes, which the
+    /// engine reverses itself once the undo succeeds (see [`ProviderState`]).
+    pub state: ProviderState,
 }
 
 /// What a provider expects a call to do, for `provisio plan`. A preview promises what the

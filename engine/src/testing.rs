@@ -1,5 +1,6 @@
 //! Test infrastructure, not a deliverable provider: an in-process provider that keeps a set
-//! of named resources, records every call and undo, and fails, panics or hangs on demand.
+//! of named resources, records every call and undo, and fails, panics or hangs on demand,
+//! and [`StateFixture`], provider state for a provider's unit tests without an engine.
 //! The engine's own tests and benchmarks use it; real providers live in `provisio-providers`.
 
 use crate::data::Element;
@@ -334,5 +335,106 @@ impl Provider for RecordingProvider {
         st.log.push(format!("commit Stage({name})"));
         st.staged.remove(&name);
         Ok(())
+    }
+}
+
+/// Provider state for a provider's unit tests, which build their [`Call`]s by hand: an
+/// in-memory state space with the engine's semantics (locks, own writes, writes kept only
+/// when the call is committed), without an engine.
+///
+/// ```
+/// # use provisio_engine::testing::StateFixture;
+/// # tokio_test_block_on(async {
+/// let fixture = StateFixture::new("Directory");
+/// let state = fixture.call_state();
+/// state.put(b"cn=ann", b"{}".to_vec()).await.unwrap();
+/// fixture.commit(&state).await;
+/// assert!(fixture.value(b"cn=ann").is_some());
+/// # });
+/// # fn tokio_test_block_on(f: impl std::future::Future<Output = ()>) {
+/// #     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct StateFixture {
+    provider: String,
+    space: Arc<crate::state::StateSpace>,
+}
+
+impl StateFixture {
+    /// An empty state space for the provider named `provider`.
+    pub fn new(provider: impl Into<String>) -> StateFixture {
+        StateFixture {
+            provider: provider.into(),
+            space: Arc::new(crate::state::StateSpace::in_memory(Duration::from_secs(5))),
+        }
+    }
+
+    /// A writable handle for one call of a transaction of its own (put it in
+    /// [`Call::state`]).
+    pub fn call_state(&self) -> crate::ProviderState {
+        let txn = crate::TxnId::new_v7();
+        self.space
+            .handle(&txn, &self.provider, crate::state::Access::Write)
+    }
+
+    /// A read-only handle (for [`Done::state`] or `recover`), in a transaction of its own.
+    pub fn read_state(&self) -> crate::ProviderState {
+        let txn = crate::TxnId::new_v7();
+        self.space
+            .handle(&txn, &self.provider, crate::state::Access::Read("a test"))
+    }
+
+    /// Ends the call of `state` as a successful one and its transaction as committed: its
+    /// writes are kept, its keys freed.
+    pub async fn commit(&self, state: &crate::ProviderState) {
+        if let Some(change) = state.finish().expect("an in-memory store does not fail") {
+            self.space
+                .apply(&change)
+                .await
+                .expect("an in-memory store does not fail");
+        }
+        self.end(state);
+    }
+
+    /// Ends the call of `state` as a failed one: its writes are dropped, its keys freed.
+    pub fn discard(&self, state: &crate::ProviderState) {
+        state.discard();
+        self.end(state);
+    }
+
+    fn end(&self, state: &crate::ProviderState) {
+        state.call_finished();
+        if let Some(txn) = state.txn() {
+            self.space.release(txn);
+        }
+    }
+
+    /// The committed value of `key`.
+    pub fn value(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.space
+            .peek(&self.provider, key)
+            .expect("an in-memory store does not fail")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StateFixture;
+
+    #[tokio::test]
+    async fn a_fixture_keeps_committed_writes_and_drops_discarded_ones() {
+        let fixture = StateFixture::new("P");
+        let first = fixture.call_state();
+        first.put(b"k", b"1".to_vec()).await.unwrap();
+        fixture.commit(&first).await;
+        let second = fixture.call_state();
+        assert_eq!(second.get(b"k").await.unwrap().as_deref(), Some(&b"1"[..]));
+        second.put(b"k", b"2".to_vec()).await.unwrap();
+        fixture.discard(&second);
+        assert_eq!(fixture.value(b"k").as_deref(), Some(&b"1"[..]));
+        let reads = fixture.read_state();
+        assert!(reads.put(b"k", b"3".to_vec()).await.is_err());
+        assert_eq!(reads.get(b"k").await.unwrap().as_deref(), Some(&b"1"[..]));
     }
 }

@@ -53,6 +53,7 @@ impl Fixture {
 
 fn done(c: &Call, undo: Element) -> Done {
     Done {
+        state: provisio_engine::ProviderState::detached(),
         context: c.context.clone(),
         provider_context: c.provider_context.clone(),
         undo,

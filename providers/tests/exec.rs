@@ -209,6 +209,7 @@ async fn a_silent_child_times_out_without_hanging() {
     // Undo and preview time out the same way; the engine never hangs.
     let c = echo_call();
     let done = Done {
+        state: provisio_engine::ProviderState::detached(),
         context: c.context.clone(),
         provider_context: c.provider_context.clone(),
         undo: Element::new("undo"),
@@ -446,6 +447,7 @@ async fn balance(p: &ExecProvider, name: &str) -> Result<i64, ProviderError> {
 
 fn done_of(c: &Call, undo: Option<Element>) -> Done {
     Done {
+        state: provisio_engine::ProviderState::detached(),
         context: c.context.clone(),
         provider_context: c.provider_context.clone(),
         undo: undo.expect("an undo record"),

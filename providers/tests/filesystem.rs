@@ -402,6 +402,7 @@ async fn two_phase_create_folder() {
         .await
         .expect("create");
     let done = Done {
+        state: provisio_engine::ProviderState::detached(),
         context: c.context.clone(),
         provider_context: c.provider_context.clone(),
         undo: out.undo.clone().expect("undo"),

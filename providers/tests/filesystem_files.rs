@@ -44,6 +44,7 @@ fn put(root: &Path, rel: &str, bytes: &[u8], mode: u32) {
 
 async fn undo_with(p: &FilesystemProvider, c: &provisio_engine::provider::Call, record: Element) {
     p.undo(Done {
+        state: provisio_engine::ProviderState::detached(),
         context: c.context.clone(),
         provider_context: c.provider_context.clone(),
         undo: record,

@@ -21,6 +21,7 @@ fn provider() -> (tempfile::TempDir, FilesystemProvider) {
 
 async fn undo_with(p: &FilesystemProvider, c: &Call, record: Element) {
     let done = provisio_engine::provider::Done {
+        state: provisio_engine::ProviderState::detached(),
         context: c.context.clone(),
         provider_context: c.provider_context.clone(),
         undo: record,

@@ -22,6 +22,7 @@ fn provider() -> (tempfile::TempDir, FilesystemProvider) {
 
 fn done(c: &Call, out: &Outcome) -> Done {
     Done {
+        state: provisio_engine::ProviderState::detached(),
         context: c.context.clone(),
         provider_context: c.provider_context.clone(),
         undo: out.undo.clone().expect("an undo record"),

@@ -461,6 +461,7 @@ async fn rfc2136_the_stored_prior_set_settles_a_delete_after_a_restart() {
     let undo = again.recover(&c).await.expect("settled").expect("applied");
     again
         .undo(Done {
+            state: provisio_engine::ProviderState::detached(),
             context: c.context.clone(),
             provider_context: c.provider_context.clone(),
             undo,

@@ -14,6 +14,8 @@ use crate::compile::{CompiledProcedure, Leaf};
 use crate::data::Element;
 use crate::model::ProcKind;
 use crate::provider::{Call, CallContext, Done, Outcome, Preview, Provider, ProviderError};
+use crate::state::{Access, ProviderState};
+use crate::StateChange;
 use futures::FutureExt;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering as AtomicOrdering;
@@ -64,7 +66,7 @@ impl Engine {
             // A secret the caller computed may arrive here under a secret input's name.
             txn.redactor.learn_from(&ed);
             if let Some(r) = txn.resume.as_ref().and_then(|r| r.done.get(step)) {
-                return Ok(self.replay(&call, ed, r));
+                return self.replay(&call, ed, r).await;
             }
             if txn.cancel.as_ref().is_some_and(super::Cancel::is_cancelled) {
                 return Err(fail(
@@ -96,13 +98,21 @@ impl Engine {
                     started_after,
                     journaling,
                 };
+                let state = self.state_handle(&call);
                 let attempted = {
                     let _permit = self.provider_permit(&leaf.provider).await;
-                    self.attempt(&call, &context, &ed).await
+                    self.attempt(&call, &context, &ed, &state).await
                 };
                 let error = match attempted {
-                    Ok(outcome) => return self.succeeded(&call, &ed, done(outcome)).await,
-                    Err(error) => error,
+                    Ok(outcome) => {
+                        return self.succeeded(&call, &ed, done(outcome), &state).await;
+                    }
+                    Err(error) => {
+                        // A call that did not succeed changed no provider state.
+                        state.discard();
+                        state.call_finished();
+                        error
+                    }
                 };
                 // An unknown outcome is settled before anything else happens to the call:
                 // a retry of an applied call would apply it twice, a rollback would leave
@@ -114,7 +124,9 @@ impl Engine {
                                 execute_data: ed.clone(),
                                 undo: Some(undo),
                             };
-                            return self.succeeded(&call, &ed, done(outcome)).await;
+                            // The attempt's proposed state writes were given up with it.
+                            let none = ProviderState::detached();
+                            return self.succeeded(&call, &ed, done(outcome), &none).await;
                         }
                         Settled::NotApplied => error,
                         Settled::CannotTell(why) => {
@@ -203,11 +215,15 @@ impl Engine {
             context: context.clone(),
             provider_context: call.leaf.provider_context.clone(),
             execute_data: ed.clone(),
+            state: self
+                .state
+                .handle(&call.txn.id, &call.leaf.provider, Access::Read("recover")),
         };
-        match self
+        let settled = self
             .recover_call(call.provider.as_ref(), &request, redactor)
-            .await
-        {
+            .await;
+        request.state.call_finished();
+        match settled {
             Ok(Some(undo)) => {
                 tracing::info!("settled: the call was applied; it counts as done");
                 Settled::Applied(undo)
@@ -289,20 +305,38 @@ impl Engine {
 
     /// A call that completed before the crash: use the journaled result, call nothing (but
     /// register its undo, so a later failure still undoes it).
-    fn replay(&self, call: &LeafCall<'_>, ed: Element, r: &Replayed) -> Element {
-        if call.callee.kind != ProcKind::Read {
-            if let Some(undo) = &r.undo {
-                let txn = call.txn;
-                let started_after = txn.completions.load(AtomicOrdering::SeqCst);
-                let context = self.call_context(txn, call.callee, call.leaf, call.step, r.attempt);
-                register_undo(call, started_after, context, undo.clone(), ed);
+    /// Its provider-state keys are locked for the transaction again (the locks of before
+    /// the crash are gone), so no other transaction sees them before this one ends.
+    async fn replay(
+        &self,
+        call: &LeafCall<'_>,
+        ed: Element,
+        r: &Replayed,
+    ) -> Result<Element, Failure> {
+        if let Some(change) = &r.state {
+            if let Err(e) = self.state.lock_for(&call.txn.id, change).await {
+                let message = format!("provider state: {e}");
+                return Err(fail(
+                    call.step,
+                    &call.target,
+                    ProviderError::E_FAIL,
+                    message,
+                ));
             }
+        }
+        if call.callee.kind != ProcKind::Read && (r.undo.is_some() || r.state.is_some()) {
+            let txn = call.txn;
+            let started_after = txn.completions.load(AtomicOrdering::SeqCst);
+            let context = self.call_context(txn, call.callee, call.leaf, call.step, r.attempt);
+            let state = r.state.clone().map(|c| (c, r.undo.is_some()));
+            let undo = r.undo.clone().unwrap_or_else(|| Element::new("undo"));
+            register_undo(call, started_after, context, undo, ed, state);
         }
         self.emit(Event::StepFinished {
             step: call.step.to_string(),
             ok: true,
         });
-        r.output.clone()
+        Ok(r.output.clone())
     }
 
     /// Journals that the call is about to be made (durable before the call).
@@ -344,11 +378,13 @@ impl Engine {
         call: &LeafCall<'_>,
         context: &CallContext,
         ed: &Element,
+        state: &ProviderState,
     ) -> Result<Outcome, ProviderError> {
         let request = Call {
             context: context.clone(),
             provider_context: call.leaf.provider_context.clone(),
             execute_data: ed.clone(),
+            state: state.clone(),
         };
         let permit = call.txn.permits.acquire().await;
         call.txn.calls.fetch_add(1, AtomicOrdering::Relaxed);
@@ -369,12 +405,24 @@ impl Engine {
         }
     }
 
-    /// A successful attempt: journal it, register its undo, return its output.
+    /// The provider-state handle of one attempt: writable in a write or two-phase
+    /// procedure, read-only in a read procedure.
+    fn state_handle(&self, call: &LeafCall<'_>) -> ProviderState {
+        let access = match call.callee.kind {
+            ProcKind::Read => Access::Read("a read procedure"),
+            _ => Access::Write,
+        };
+        self.state.handle(&call.txn.id, &call.leaf.provider, access)
+    }
+
+    /// A successful attempt: journal it with its provider-state writes (one batch), register
+    /// its undo, return its output.
     async fn succeeded(
         &self,
         call: &LeafCall<'_>,
         ed: &Element,
         done: Attempted,
+        state: &ProviderState,
     ) -> Result<Element, Failure> {
         let txn = call.txn;
         let mut out = done.outcome.execute_data;
@@ -383,27 +431,59 @@ impl Engine {
             .outcome
             .undo
             .filter(|_| call.callee.kind != ProcKind::Read);
+        // The values the writes replace are read under the transaction's locks.
+        let (change, mut state_error) = match state.finish() {
+            Ok(change) => (change.map(Arc::new), None),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        if let Some(change) = change.as_deref().filter(|_| !self.state.in_journal()) {
+            if let Err(e) = self.state.apply(change).await {
+                state_error = Some(e.to_string());
+            }
+        }
         let journaled = if done.journaling {
-            self.journal_done(call, ed, &done.context, &out, undo.as_ref())
-                .await
+            self.journal_done(
+                call,
+                ed,
+                &done.context,
+                &out,
+                undo.as_ref(),
+                change.as_deref(),
+            )
+            .await
         } else {
             Ok(())
         };
-        match undo {
-            Some(undo) => register_undo(call, done.started_after, done.context, undo, ed.clone()),
-            None => {
+        match (undo, change) {
+            (Some(undo), change) => register_undo(
+                call,
+                done.started_after,
+                done.context,
+                undo,
+                ed.clone(),
+                change.map(|c| (c, true)),
+            ),
+            (None, Some(change)) => register_undo(
+                call,
+                done.started_after,
+                done.context,
+                Element::new("undo"),
+                ed.clone(),
+                Some((change, false)),
+            ),
+            (None, None) => {
                 txn.completions.fetch_add(1, AtomicOrdering::SeqCst);
             }
         }
+        // Registered first: a later call of this transaction that takes one of its keys
+        // is then ordered after it for undo (`Txn::state_chain`).
+        state.call_finished();
         // The call happened and is registered for undo even when journaling it failed.
-        journaled.map_err(|e| {
-            fail(
-                call.step,
-                &call.target,
-                ProviderError::E_FAIL,
-                e.to_string(),
-            )
-        })?;
+        let fails = |e: String| fail(call.step, &call.target, ProviderError::E_FAIL, e);
+        journaled.map_err(|e| fails(e.to_string()))?;
+        if let Some(e) = state_error {
+            return Err(fails(format!("provider state: {e}")));
+        }
         tracing::debug!("step done");
         self.emit(Event::StepFinished {
             step: call.step.to_string(),
@@ -421,6 +501,7 @@ impl Engine {
         context: &CallContext,
         out: &Element,
         undo: Option<&Element>,
+        state: Option<&StateChange>,
     ) -> Result<(), super::JournalError> {
         let redactor = &call.txn.redactor;
         let mut logged_out = out.clone();
@@ -439,6 +520,7 @@ impl Engine {
                 secret,
                 result: resumable.then_some(out),
                 result_secret: resumable && redactor.contains_secret(out),
+                state,
             })
             .await
     }
@@ -461,6 +543,7 @@ impl Engine {
             context: self.call_context(txn, callee, leaf, step, 1),
             provider_context: leaf.provider_context.clone(),
             execute_data: ed,
+            state: self.state.handle(&txn.id, &leaf.provider, Access::Preview),
         };
         let preview = if unresolved.is_empty() {
             provider
@@ -532,16 +615,29 @@ struct Attempted {
     journaling: bool,
 }
 
-/// Registers a completed call for undo; counts the completion.
+/// Registers a completed call for undo (with its provider-state writes, and whether the
+/// provider has an undo record to be called with); counts the completion.
 fn register_undo(
     call: &LeafCall<'_>,
     started_after: usize,
     context: CallContext,
     undo: Element,
     ed: Element,
+    state: Option<(Arc<StateChange>, bool)>,
 ) {
     let txn = call.txn;
+    let mut started_after = started_after;
+    if state.is_some() {
+        started_after = started_after.max(txn.state_chain.load(AtomicOrdering::SeqCst));
+    }
     let seq = txn.completions.fetch_add(1, AtomicOrdering::SeqCst);
+    if state.is_some() {
+        txn.state_chain.fetch_max(seq + 1, AtomicOrdering::SeqCst);
+    }
+    let (state, provider_undo) = match state {
+        Some((change, provider_undo)) => (Some(change), provider_undo),
+        None => (None, true),
+    };
     push_completed(
         &mut lock(&txn.completed),
         Completed {
@@ -556,7 +652,10 @@ fn register_undo(
                 provider_context: call.leaf.provider_context.clone(),
                 undo,
                 execute_data: call.leaf.save_data_for_rollback.then_some(ed),
+                state: ProviderState::detached(),
             },
+            state,
+            provider_undo,
         },
     );
 }

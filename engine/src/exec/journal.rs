@@ -120,6 +120,11 @@ pub struct StepDone<'a> {
     pub result: Option<&'a Element>,
     /// `result` holds secrets.
     pub result_secret: bool,
+    /// The call's provider-state writes. A journal whose [`Journal::state_store`] is the
+    /// store it writes to puts them ([`crate::StateChange::add_to`]) in the same batch as the
+    /// record, and what reverses them ([`crate::StateChange::to_record`]) in the record;
+    /// any other journal ignores them (the engine applies them itself).
+    pub state: Option<&'a crate::StateChange>,
 }
 
 /// A script step with an undo script finished: what the undo needs after a crash.
@@ -144,6 +149,13 @@ pub trait Journal: Send + Sync {
     /// the redacted copies of every call's input and output that only a journal needs.
     fn records(&self) -> bool {
         true
+    }
+    /// The store this journal writes provider state to, with its records: `Some` promises
+    /// that [`Journal::step_done`] writes [`StepDone::state`] and
+    /// [`Journal::undo_done_with_state`] writes the reversal in the same atomic batch as
+    /// their record. `None` (the default): the engine keeps provider state itself, in memory.
+    fn state_store(&self) -> Option<std::sync::Arc<dyn crate::Store>> {
+        None
     }
     /// A transaction began.
     async fn txn_started(&self, _start: &TxnStart<'_>) -> Result<(), JournalError> {
@@ -187,6 +199,16 @@ pub trait Journal: Send + Sync {
         _error: Option<&str>,
     ) -> Result<(), JournalError> {
         Ok(())
+    }
+    /// An undo succeeded and the step's provider-state writes are reversed by `state`
+    /// (written in the same batch as the undo record by a journal that keeps state; see
+    /// [`Journal::state_store`]). The default records the undo alone.
+    async fn undo_done_with_state(
+        &self,
+        call: &CallContext,
+        _state: &crate::StateChange,
+    ) -> Result<(), JournalError> {
+        self.undo_done(call, None).await
     }
     /// Two-phase: a prepare or commit finished.
     async fn phase_done(

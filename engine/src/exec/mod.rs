@@ -250,9 +250,18 @@ pub struct Engine {
     registry: ProviderRegistry,
     options: EngineOptions,
     journal: Arc<dyn Journal>,
+    /// Provider state: in the journal's store when it keeps state, else in memory.
+    state: Arc<crate::state::StateSpace>,
     events: Option<EventSink>,
     /// The `provider_limits` as semaphores, shared by the clones.
     provider_permits: Arc<HashMap<String, Arc<Semaphore>>>,
+}
+
+/// How long a call waits for a provider-state key another transaction holds: half the step
+/// timeout, so a long wait ends as a clean transient error (retried under the `calls`
+/// policy) rather than as a step timeout, which would leave the call in doubt.
+fn lock_wait(options: &EngineOptions) -> Duration {
+    options.step_timeout / 2
 }
 
 /// A step completed before a crash, replayed when a resumable transaction resumes.
@@ -264,6 +273,8 @@ pub(crate) struct Replayed {
     pub(crate) undo: Option<Element>,
     /// The attempt that succeeded.
     pub(crate) attempt: u32,
+    /// Its provider-state writes (what reverses them), locked again for the transaction.
+    pub(crate) state: Option<Arc<crate::StateChange>>,
 }
 
 /// What a resumed transaction takes from its journal.
@@ -285,12 +296,14 @@ impl Engine {
             .iter()
             .map(|(name, n)| (name.clone(), Arc::new(Semaphore::new((*n).max(1)))))
             .collect();
+        let wait = lock_wait(&options);
         Engine {
             catalog: Arc::new(catalog),
             programs: Arc::default(),
             registry,
             options,
             journal: Arc::new(NoJournal),
+            state: Arc::new(crate::state::StateSpace::in_memory(wait)),
             events: None,
             provider_permits: Arc::new(provider_permits),
         }
@@ -307,6 +320,19 @@ impl Engine {
 
     /// Reports every transition to `journal`.
     pub fn with_journal(mut self, journal: Arc<dyn Journal>) -> Engine {
+        match journal.state_store() {
+            Some(store) => {
+                let wait = lock_wait(&self.options);
+                self.state = crate::state::StateSpace::shared(store, wait)
+            }
+            // From a journal that kept state to one that does not: state in memory again.
+            None if self.state.in_journal() => {
+                self.state = Arc::new(crate::state::StateSpace::in_memory(lock_wait(
+                    &self.options,
+                )))
+            }
+            None => {}
+        }
         self.journal = journal;
         self
     }
@@ -325,6 +351,22 @@ impl Engine {
     /// The providers.
     pub(crate) fn registry(&self) -> &ProviderRegistry {
         &self.registry
+    }
+
+    /// The latest value of `key` in `provider`'s state, as the last write left it (a
+    /// transaction still running may have written it; it is not locked). For operators and
+    /// tests: providers read through [`crate::ProviderState`].
+    pub fn state_value(
+        &self,
+        provider: &str,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, crate::StoreError> {
+        self.state.peek(provider, key)
+    }
+
+    /// Provider state.
+    pub(crate) fn state(&self) -> &Arc<crate::state::StateSpace> {
+        &self.state
     }
 
     /// The options.
@@ -424,6 +466,7 @@ impl Engine {
             context: Mutex::new(context),
             completed: Mutex::new(Vec::new()),
             completions: AtomicUsize::new(0),
+            state_chain: AtomicUsize::new(0),
             calls: AtomicUsize::new(0),
             permits: Semaphore::new(self.options.max_parallel.max(1)),
             plan: Mutex::new(Vec::new()),

@@ -8,6 +8,8 @@ use super::state::{lock, Txn};
 use super::{Attempts, Engine, Event, Failure, GaveUp, Redactor, RetryUse, UndoFailure};
 use crate::model::ProcKind;
 use crate::provider::{Done, Provider, ProviderError};
+use crate::state::Access;
+use crate::StateChange;
 use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
 use std::cmp::Reverse;
@@ -22,14 +24,18 @@ impl Engine {
     pub(super) async fn two_phase(&self, txn: &Txn) -> Result<(), Failure> {
         let calls: Vec<(String, String, Arc<dyn Provider>, Done)> = lock(&txn.completed)
             .iter()
-            .filter(|c| c.kind == ProcKind::TwoPhase)
+            // A call with only provider state to reverse returned no undo record: as before
+            // provider state, there is nothing for the provider to prepare or commit.
+            .filter(|c| c.kind == ProcKind::TwoPhase && c.provider_undo)
             .map(|c| {
-                (
-                    c.step.clone(),
-                    c.target.clone(),
-                    c.provider.clone(),
-                    c.done.clone(),
-                )
+                let mut done = c.done.clone();
+                // Prepare and commit read the provider's state; the step's writes are in it.
+                done.state = self.state().handle(
+                    &txn.id,
+                    c.provider.name(),
+                    Access::Read("a two-phase prepare or commit"),
+                );
+                (c.step.clone(), c.target.clone(), c.provider.clone(), done)
             })
             .collect();
         for (step, target, provider, done) in &calls {
@@ -46,6 +52,10 @@ impl Engine {
                 "the transaction's record lacks this prepare; recovery does not use it",
             );
             if let Err(e) = r {
+                // The keys stay locked for the transaction; its undos may read them.
+                calls
+                    .iter()
+                    .for_each(|(_, _, _, d)| d.state.call_finished());
                 return Err(fail(
                     step,
                     target,
@@ -76,6 +86,9 @@ impl Engine {
                 );
             }
         }
+        calls
+            .iter()
+            .for_each(|(_, _, _, d)| d.state.call_finished());
         Ok(())
     }
 
@@ -102,6 +115,8 @@ impl Engine {
                 provider: c.provider.clone(),
                 done: c.done.clone(),
                 step: c.step.clone(),
+                state: c.state.clone(),
+                provider_undo: c.provider_undo,
             };
             self.undo_redacted(undo, &txn.redactor, &waited)
         })
@@ -121,19 +136,74 @@ impl Engine {
         (undone, failures)
     }
 
+    /// A call's undo succeeded (or it had none, only state): reverses its provider-state
+    /// writes, under the transaction's locks (taken again at recovery), in the same batch
+    /// as the undo record, and journals it. A reversal that cannot be written fails the undo.
+    async fn undone(
+        &self,
+        context: &crate::provider::CallContext,
+        state: Option<&StateChange>,
+        redactor: &Redactor,
+    ) -> Result<(), UndoError> {
+        let Some(change) = state else {
+            log_lapse(
+                self.journal.undo_done(context, None).await,
+                "undo_done",
+                "recovery will undo this call again (undos are idempotent)",
+            );
+            return Ok(());
+        };
+        let reversal = change.reversal();
+        let failed = |what: String| {
+            let e = UndoError::Failed(redactor.redact_text(&format!(
+                "the provider-state writes could not be reversed: {what}"
+            )));
+            tracing::warn!(error = %e, "undo failed");
+            e
+        };
+        if let Err(e) = self.state().lock_for(&context.txn_id, &reversal).await {
+            return Err(failed(e.to_string()));
+        }
+        let written = if self.state().in_journal() {
+            self.journal.undo_done_with_state(context, &reversal).await
+        } else {
+            match self.state().apply(&reversal).await {
+                Ok(()) => self.journal.undo_done(context, None).await,
+                Err(e) => return Err(failed(e.to_string())),
+            }
+        };
+        if let Err(e) = written {
+            // Unlike an undo record alone, the reversal is the undo: not written, not done.
+            let e = failed(e.to_string());
+            log_lapse(
+                self.journal.undo_done(context, Some(&e.to_string())).await,
+                "undo_done (failed)",
+                "recovery will try this undo again",
+            );
+            return Err(e);
+        }
+        Ok(())
+    }
+
     /// One undo with retries (the provider's `undo` policy), journaled; `waited` is shared
-    /// by the undos of one rollback.
+    /// by the undos of one rollback. `state`: the call's provider-state writes, reversed
+    /// once the undo succeeds; `provider_undo`: whether the provider is called at all (a
+    /// call that only wrote state has no undo record).
     pub(crate) async fn undo_one(
         &self,
         provider: Arc<dyn Provider>,
         done: Done,
         step: String,
         waited: &WaitedOut,
+        state: Option<Arc<StateChange>>,
+        provider_undo: bool,
     ) -> Result<(), UndoError> {
         let undo = Undo {
             provider,
             done,
             step,
+            state,
+            provider_undo,
         };
         self.undo_redacted(undo, &Redactor::default(), waited).await
     }
@@ -153,12 +223,17 @@ impl Engine {
     ) -> Result<(), UndoError> {
         let Undo {
             provider,
-            done,
+            mut done,
             step,
+            state,
+            provider_undo,
         } = undo;
         let span = info_span!("undo", step.id = %step, provider = %provider.name());
         async {
             self.emit(Event::Undoing { step: step.clone() });
+            if !provider_undo {
+                return self.undone(&done.context, state.as_deref(), redactor).await;
+            }
             let name = provider.name();
             let policy = self.options.retry.policy(name, RetryUse::Undo);
             let mut attempts = if waited.contains(name) {
@@ -167,16 +242,19 @@ impl Engine {
                 Attempts::start(policy, RetryUse::Undo)
             };
             let last = loop {
+                // A read-only view of the provider's state (the step's writes included).
+                done.state = self.state().handle(
+                    &done.context.txn_id,
+                    provider.name(),
+                    Access::Read("an undo"),
+                );
                 let undone = AssertUnwindSafe(provider.undo(done.clone())).catch_unwind();
-                let error = match tokio::time::timeout(self.options.step_timeout, undone).await {
+                let result = tokio::time::timeout(self.options.step_timeout, undone).await;
+                done.state.call_finished();
+                let error = match result {
                     Ok(Ok(Ok(()))) => {
                         waited.back(name);
-                        log_lapse(
-                            self.journal.undo_done(&done.context, None).await,
-                            "undo_done",
-                            "recovery will undo this call again (undos are idempotent)",
-                        );
-                        return Ok(());
+                        return self.undone(&done.context, state.as_deref(), redactor).await;
                     }
                     Ok(Ok(Err(e))) => e,
                     Ok(Err(p)) => {
@@ -267,6 +345,10 @@ struct Undo {
     provider: Arc<dyn Provider>,
     done: Done,
     step: String,
+    /// Its provider-state writes, reversed once the provider's undo succeeded.
+    state: Option<Arc<StateChange>>,
+    /// Whether the provider is called (it returned an undo record).
+    provider_undo: bool,
 }
 
 /// When a completed call started and finished, in completion counts.

@@ -54,6 +54,9 @@ impl Engine {
         }
         let span = info_span!("txn", txn.id = %txn.id, procedure = %txn.program.entry.target);
         async {
+            // The transaction's provider-state locks go when it has ended (its final state
+            // journaled), or when its task is dropped.
+            let _locks = crate::state::Release::new(self.state().clone(), txn.id.clone());
             let started = self.journal_start(&txn, &data, resuming).await;
             tracing::info!("transaction started");
             for warning in txn.program.warnings() {

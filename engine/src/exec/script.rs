@@ -171,7 +171,10 @@ impl Engine {
                     provider_context: Element::new("providerContext"),
                     undo: Element::new("undo"),
                     execute_data: None,
+                    state: crate::ProviderState::detached(),
                 },
+                state: None,
+                provider_undo: true,
             },
         );
         // Registered for undo even when journaling failed: this run's rollback still runs it.

@@ -29,6 +29,10 @@ pub(super) struct Completed {
     pub(crate) kind: ProcKind,
     pub(crate) provider: Arc<dyn Provider>,
     pub(crate) done: Done,
+    /// The call's provider-state writes (reversed once its undo succeeds).
+    pub(crate) state: Option<Arc<crate::StateChange>>,
+    /// The provider has an undo record to be called with (`false`: only state to reverse).
+    pub(crate) provider_undo: bool,
 }
 
 /// Adds a completed call, growing the list 1, 2, 4, … instead of from 4: an entry is ~430
@@ -49,6 +53,10 @@ pub(super) struct Txn {
     pub(crate) completed: Mutex<Vec<Completed>>,
     /// Completions so far (orders undo: see `Completed::started_after`).
     pub(crate) completions: AtomicUsize,
+    /// One past the completion number of the latest call that wrote provider state: a later
+    /// such call counts as started after it, so their undos (each restoring the values its
+    /// writes replaced) run in reverse order even when the calls overlapped.
+    pub(crate) state_chain: AtomicUsize,
     pub(crate) calls: AtomicUsize,
     pub(crate) permits: Semaphore,
     pub(crate) plan: Mutex<Vec<PlanEntry>>,

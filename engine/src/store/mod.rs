@@ -3,9 +3,11 @@
 //! the trait is shaped so a PostgreSQL implementation (one table per space, `bytea` keys)
 //! can replace it without touching the executor.
 
+mod mem;
 mod sled_store;
 mod wal;
 
+pub use mem::MemStore;
 pub use sled_store::SledStore;
 
 use async_trait::async_trait;
@@ -29,6 +31,10 @@ pub enum Space {
     /// The daemon's job queue (`queue`): jobs by id and the ordered keys that find the
     /// next one to run without reading the others.
     Queue,
+    /// Provider state: each provider's own records (provider name, a NUL, the provider's
+    /// key), written with the journal records of the steps that changed them. Live data,
+    /// not history: retention never prunes it.
+    State,
 }
 
 impl Space {
@@ -42,6 +48,7 @@ impl Space {
             Space::Meta => b'm',
             Space::Index => b'i',
             Space::Queue => b'q',
+            Space::State => b's',
         }
     }
 
@@ -55,6 +62,7 @@ impl Space {
             Space::Meta,
             Space::Index,
             Space::Queue,
+            Space::State,
         ]
         .into_iter()
         .find(|s| s.tag() == tag)
@@ -76,7 +84,9 @@ pub struct Batch {
     /// exactly once, by an earlier write to this store, and never otherwise. A store may then
     /// forget such a put and its delete together while neither has reached its indexed
     /// storage, instead of recording the delete (the journal's per-record keys, deleted when
-    /// a finished transaction's records are compacted). Stores may ignore it.
+    /// a finished transaction's records are compacted). The promise never covers deletes in
+    /// [`Space::State`]: provider state rides in such batches, and its deletes are always
+    /// recorded. Stores may ignore it.
     pub(crate) deletes_cancel_puts: bool,
 }
 

@@ -622,7 +622,7 @@ impl Store for SledStore {
             let overlay = &mut overlays.active;
             for (space, k, v) in batch.writes {
                 let full = key(space, &k);
-                if v.is_none() && batch.deletes_cancel_puts {
+                if v.is_none() && batch.deletes_cancel_puts && space != Space::State {
                     if let Some(Some(put)) = overlay.writes.get(&full) {
                         // Put since the last checkpoint began and never elsewhere (the
                         // batch's promise): sled never saw it, so both are forgotten.
@@ -1358,6 +1358,32 @@ mod tests {
         drop(store);
         let store = SledStore::open(&dir).unwrap();
         check(&store);
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Provider state rides in batches that compact journal records: its delete of a key
+    /// whose older value is in sled and newer one in the overlay is recorded, never taken
+    /// as cancelling the put (which would let the older value show through).
+    #[tokio::test]
+    async fn a_provider_state_delete_is_recorded_even_in_a_cancelling_batch() {
+        let dir = tempfile_dir();
+        let store = SledStore::open(&dir).unwrap();
+        let mut b = Batch::new();
+        b.put(Space::State, b"p\0k".to_vec(), b"1".to_vec());
+        store.write(b, true).await.unwrap();
+        store.checkpoint_now();
+        let mut b = Batch::new();
+        b.put(Space::State, b"p\0k".to_vec(), b"2".to_vec());
+        store.write(b, true).await.unwrap();
+        let mut b = Batch::new();
+        b.delete(Space::State, b"p\0k".to_vec());
+        b.deletes_cancel_puts = true;
+        store.write(b, true).await.unwrap();
+        assert_eq!(store.get(Space::State, b"p\0k").unwrap(), None);
+        drop(store);
+        let store = SledStore::open(&dir).unwrap();
+        assert_eq!(store.get(Space::State, b"p\0k").unwrap(), None);
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }

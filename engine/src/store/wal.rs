@@ -332,6 +332,7 @@ mod tests {
             Space::Definitions,
             Space::Meta,
             Space::Index,
+            Space::State,
         ];
         Batch {
             writes: writes

@@ -72,6 +72,7 @@ async fn journaled(
             .expect("intent");
         journal
             .step_done(&StepDone {
+                state: None,
                 context: &context,
                 output: &input,
                 undo: Some(&input),

@@ -636,9 +636,15 @@ impl Journal for DurableJournal {
             undo: d.undo.map(|u| self.guard(u, d.secret)),
             saved: d.saved.map(|s| self.guard(s, d.secret)),
             result: d.result.map(|r| self.guard(r, d.result_secret)),
+            state: d.state.map(|c| self.guard(&c.to_record(), d.secret)),
         };
+        // The provider-state writes go in the record's batch: both are there, or neither.
+        let mut writes = Batch::new();
+        if let Some(change) = d.state {
+            change.add_to(&mut writes);
+        }
         Ok(self
-            .append(&d.context.txn_id, &record, false, Batch::new())
+            .append(&d.context.txn_id, &record, false, writes)
             .await?)
     }
 
@@ -686,6 +692,27 @@ impl Journal for DurableJournal {
         Ok(self
             .append(&call.txn_id, &record, false, Batch::new())
             .await?)
+    }
+
+    fn state_store(&self) -> Option<Arc<dyn Store>> {
+        Some(self.store.clone())
+    }
+
+    async fn undo_done_with_state(
+        &self,
+        call: &CallContext,
+        state: &crate::StateChange,
+    ) -> Result<(), JournalError> {
+        let record = Record::Undone {
+            at_ms: now_ms(),
+            step: call.step_id.clone(),
+            attempt: call.attempt,
+            error: None,
+        };
+        // The reversal goes in the undo record's batch: both are there, or neither.
+        let mut writes = Batch::new();
+        state.add_to(&mut writes);
+        Ok(self.append(&call.txn_id, &record, false, writes).await?)
     }
 
     async fn undo_done(&self, call: &CallContext, error: Option<&str>) -> Result<(), JournalError> {

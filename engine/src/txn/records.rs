@@ -295,6 +295,10 @@ pub enum Record {
         /// The exact output, for resuming (resumable transactions only).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         result: Option<Guarded>,
+        /// The values the call's provider-state writes replaced (written in the same batch
+        /// as this record): what reverses them. Sealed with the undo record.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        state: Option<Guarded<crate::StateRecord>>,
     },
     /// The call failed.
     Failed {

@@ -20,6 +20,7 @@ use crate::exec::{Replayed, Resume};
 use crate::model::{CallTarget, Format, Namespace, Procedure, Request, RequestTarget, SourceRef};
 use crate::provider::{Call, CallContext, Done, Provider};
 use crate::script::ScriptOrigin;
+use crate::state::{Access, StateChange, StateRecord};
 use crate::store::{Batch, Space, StoreError};
 use crate::TxnId;
 use std::collections::{HashMap, HashSet};
@@ -457,20 +458,25 @@ struct Completed {
     saved: Option<Guarded>,
     /// A script step's undo script and its inputs (instead of a provider's undo record).
     script: Option<(ScriptUndoRecord, Guarded<serde_json::Value>)>,
+    /// The values its provider-state writes replaced (what reverses them).
+    state: Option<Guarded<StateRecord>>,
 }
 
 impl Completed {
     fn has_undo(&self) -> bool {
-        self.undo.is_some() || self.script.is_some()
+        self.undo.is_some() || self.script.is_some() || self.state.is_some()
     }
 }
 
 /// An undo to run: which call, the undo request, and for a script step its undo script
-/// (run in place of a provider).
+/// (run in place of a provider); the reversal of its provider-state writes, and whether the
+/// provider is called (it has an undo record).
 struct PendingUndo {
     call: usize,
     done: Done,
     script: Option<Arc<dyn Provider>>,
+    state: Option<Arc<StateChange>>,
+    provider_undo: bool,
 }
 
 /// Rolls back what the journal says was done and not yet undone, settling in-doubt calls
@@ -480,6 +486,8 @@ async fn roll_back(
     journal: &DurableJournal,
     summary: TxnSummary,
 ) -> Result<Recovered, RecoveryError> {
+    // The provider-state keys its reversals lock go when it is recovered (or given up).
+    let _locks = crate::state::Release::new(engine.state().clone(), summary.id.clone());
     let records = records(journal, &summary.id)?;
     let next_seq = records.last().map(|(s, _)| s + 1).unwrap_or(0);
     journal.adopt(summary.clone(), next_seq);
@@ -573,6 +581,7 @@ fn journaled_calls(txn_id: &TxnId, records: &[(u64, Record)]) -> Vec<JournaledCa
                     undo: None,
                     saved: None,
                     script: Some((undo.clone(), vars.clone())),
+                    state: None,
                 });
                 // A resumed transaction runs its script steps again: the latest record of
                 // a step stands for it.
@@ -619,6 +628,7 @@ fn journaled_calls(txn_id: &TxnId, records: &[(u64, Record)]) -> Vec<JournaledCa
                 attempt,
                 undo,
                 saved,
+                state,
                 ..
             } => {
                 if let Some(&i) = index.get(&(step.as_str(), *attempt)) {
@@ -627,6 +637,7 @@ fn journaled_calls(txn_id: &TxnId, records: &[(u64, Record)]) -> Vec<JournaledCa
                         undo: undo.clone(),
                         saved: saved.clone(),
                         script: None,
+                        state: state.clone(),
                     });
                 }
             }
@@ -685,12 +696,16 @@ async fn settle_in_doubt(
             context: c.context.clone(),
             provider_context: c.provider_context.clone(),
             execute_data: data,
+            state: engine
+                .state()
+                .handle(&c.context.txn_id, &c.provider, Access::Read("recover")),
         };
         // Retryable answers are asked again under the provider's `settle` retry policy.
-        match engine
+        let settled = engine
             .recover_call(provider.as_ref(), &call, &Redactor::default())
-            .await
-        {
+            .await;
+        call.state.call_finished();
+        match settled {
             Ok(Some(undo)) => {
                 tracing::info!(step = %c.context.step_id, "in-doubt call was applied; it will be undone");
                 journal_settlement(
@@ -704,6 +719,7 @@ async fn settle_in_doubt(
                             secret: false,
                             result: None,
                             result_secret: false,
+                            state: None,
                         })
                         .await,
                 );
@@ -712,6 +728,7 @@ async fn settle_in_doubt(
                     undo: Some(Guarded::Plain(undo)),
                     saved: None,
                     script: None,
+                    state: None,
                 });
             }
             Ok(None) if c.resolved == Some(true) => problems.push(format!(
@@ -786,6 +803,25 @@ fn pending_undos(
             continue;
         };
         let step = &c.context.step_id;
+        let state = match done.state.as_ref().map(|g| journal.unguard(g)) {
+            None => None,
+            Some(Ok(record)) => match record.reversal() {
+                // Kept as the change it reverses: the undo reverses it back.
+                Ok(reversal) => Some(Arc::new(reversal.reversal())),
+                Err(e) => {
+                    problems.push(format!(
+                        "step {step}: cannot undo its provider-state writes: the record does not decode: {e}"
+                    ));
+                    continue;
+                }
+            },
+            Some(Err(e)) => {
+                problems.push(format!(
+                    "step {step}: cannot undo its provider-state writes: {e}"
+                ));
+                continue;
+            }
+        };
         let (undo, script) = match (&done.undo, &done.script) {
             (Some(undo), _) => match journal.unguard(undo) {
                 Ok(u) => (u, None),
@@ -801,8 +837,10 @@ fn pending_undos(
                     continue;
                 }
             },
+            (None, None) if state.is_some() => (Element::new("undo"), None),
             (None, None) => continue,
         };
+        let provider_undo = done.undo.is_some() || done.script.is_some();
         let saved = done.saved.as_ref().and_then(|s| journal.unguard(s).ok());
         order.push(UndoOrder {
             started_after: completed_before(c.intent_seq),
@@ -815,11 +853,29 @@ fn pending_undos(
                 provider_context: c.provider_context.clone(),
                 undo,
                 execute_data: saved,
+                state: crate::ProviderState::detached(),
             },
             script,
+            state,
+            provider_undo,
         });
     }
+    chain_state_undos(&mut order, &pending);
     (order, pending)
+}
+
+/// Orders the undos of calls that wrote provider state one after another, the latest
+/// completed first (as the run does, `Txn::state_chain`): each restores the values its
+/// writes replaced, which is right only in reverse order of the writes.
+fn chain_state_undos(order: &mut [UndoOrder], pending: &[PendingUndo]) {
+    let mut writers: Vec<usize> = (0..pending.len())
+        .filter(|&k| pending[k].state.is_some())
+        .collect();
+    writers.sort_by_key(|&k| order[k].seq);
+    for pair in writers.windows(2) {
+        let (earlier, later) = (order[pair[0]].seq, pair[1]);
+        order[later].started_after = order[later].started_after.max(earlier + 1);
+    }
 }
 
 /// A script step's undo rebuilt from the journal: its inputs opened (with the seal key when
@@ -863,7 +919,10 @@ async fn run_undos(
             match provider {
                 Some(provider) => {
                     let step = done.context.step_id.clone();
-                    engine.undo_one(provider, done, step, waited).await
+                    let state = p.state.clone();
+                    engine
+                        .undo_one(provider, done, step, waited, state, p.provider_undo)
+                        .await
                 }
                 None => Err(UndoError::NotRegistered),
             }
@@ -939,6 +998,14 @@ enum NotResumable {
     /// A completed step's exact result was not kept.
     #[error("step {0} has no recorded result")]
     NoResult(String),
+    /// A completed step's provider-state record does not decode.
+    #[error("the provider-state record of step {step} does not decode: {message}")]
+    StateUnreadable {
+        /// The step.
+        step: String,
+        /// Why.
+        message: String,
+    },
     /// An in-doubt call's provider is gone.
     #[error("provider `{0}` is not registered")]
     ProviderMissing(String),
@@ -1171,6 +1238,7 @@ fn replay(
                 attempt,
                 undo,
                 result,
+                state,
                 ..
             } => {
                 settled.insert((step, *attempt));
@@ -1179,12 +1247,26 @@ fn replay(
                     .ok_or_else(|| NotResumable::NoResult(step.clone()))?;
                 let output = journal.unguard(result)?;
                 let undo = undo.as_ref().map(|u| journal.unguard(u)).transpose()?;
+                let state = match state.as_ref().map(|g| journal.unguard(g)).transpose()? {
+                    None => None,
+                    // Kept as the change the record reverses.
+                    Some(record) => Some(Arc::new(
+                        record
+                            .reversal()
+                            .map_err(|e| NotResumable::StateUnreadable {
+                                step: step.clone(),
+                                message: e.to_string(),
+                            })?
+                            .reversal(),
+                    )),
+                };
                 resume.done.insert(
                     step.clone(),
                     Replayed {
                         output,
                         undo,
                         attempt: *attempt,
+                        state,
                     },
                 );
             }
@@ -1218,11 +1300,15 @@ async fn settle_before_resuming(
             context: i.context.clone(),
             provider_context: i.provider_context.clone(),
             execute_data,
+            state: engine
+                .state()
+                .handle(&i.context.txn_id, &i.provider, Access::Read("recover")),
         };
-        match engine
+        let settled = engine
             .recover_call(p.as_ref(), &call, &Redactor::default())
-            .await
-        {
+            .await;
+        call.state.call_finished();
+        match settled {
             Ok(None) => journal_settlement(
                 &i.context,
                 journal
@@ -1235,10 +1321,11 @@ async fn settle_before_resuming(
                     provider_context: i.provider_context,
                     undo,
                     execute_data: None,
+                    state: crate::ProviderState::detached(),
                 };
                 let waited = WaitedOut::default();
                 if let Err(source) = engine
-                    .undo_one(p.clone(), done, step.clone(), &waited)
+                    .undo_one(p.clone(), done, step.clone(), &waited, None, true)
                     .await
                 {
                     return Err(NotResumable::UndoFailed { step, source }.into());

@@ -88,6 +88,7 @@ pub async fn fill(
                 undo: Some(Guarded::Plain(Element::new("undo"))),
                 saved: None,
                 result: None,
+                state: None,
             },
             Record::State {
                 at_ms: summary.updated_ms,

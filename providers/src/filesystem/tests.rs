@@ -17,6 +17,7 @@ fn call(procedure: &str, inputs: &[(&str, &str)]) -> Call {
         data.push(Element::with_text(*k, *v));
     }
     Call {
+        state: provisio_engine::ProviderState::detached(),
         context: CallContext {
             txn_id: "0190c0de-0000-7000-8000-0000000000b1"
                 .parse()

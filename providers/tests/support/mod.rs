@@ -14,6 +14,7 @@ pub fn call(namespace: &str, procedure: &str, inputs: &[(&str, &str)]) -> Call {
         data.push(Element::with_text(*k, *v));
     }
     Call {
+        state: provisio_engine::ProviderState::detached(),
         context: CallContext {
             txn_id: "0190c0de-0000-7000-8000-000000000001"
                 .parse()
@@ -42,6 +43,7 @@ pub async fn run(
 /// Undoes a finished call.
 pub async fn undo(p: &dyn Provider, c: &Call, out: &Outcome) -> Result<(), ProviderError> {
     let done = Done {
+        state: provisio_engine::ProviderState::detached(),
         context: c.context.clone(),
         provider_context: c.provider_context.clone(),
         undo: out.undo.clone().expect("an undo record"),
