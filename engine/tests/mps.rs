@@ -302,6 +302,30 @@ async fn an_item_whose_list_was_moved_away_is_an_error_not_a_lost_write() {
     );
 }
 
+#[tokio::test]
+async fn a_computed_value_in_replace_mode_keeps_the_target_name() {
+    let env = env();
+    let r = run(
+        &env,
+        r##"<request><data><x a="1">old<k>v</k></x><y>old</y><z/></data>
+           <procedure>
+             <transform id="t">
+               <before template="new-{{ data/y }}" destination="data" destinationPath="x" mode="replace"/>
+               <before expr="#{ n: 2 }" destination="data" destinationPath="y" mode="replace"/>
+               <before source="data" sourcePath="y" destination="data" destinationPath="z" mode="replace"/>
+             </transform>
+           </procedure></request>"##,
+    )
+    .await;
+    assert_eq!(r.state, TxnState::Committed, "{:?}", r.failure);
+    // The template's text and the expression's map became the content of `x` and `y`; a
+    // node from data (`y`) took the place of `z`, name and all, as MPS replaces.
+    assert_eq!(
+        h::data(&r),
+        serde_json::json!({"x": "new-old", "y": [{"n": 2}, {"n": 2}]})
+    );
+}
+
 // ---------------------------------------------------------------- 3. selects per procedure
 
 #[tokio::test]

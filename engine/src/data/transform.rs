@@ -167,6 +167,28 @@ pub fn place(
     node: Element,
     mode: Mode,
 ) -> Result<(), TransformError> {
+    place_node(root, dest, node, mode, false)
+}
+
+/// As [`place`], for a value a transform computed (a `template` or an `expr`): it has no
+/// name of its own, so in `replace` mode it replaces the target's content and attributes
+/// and the target keeps its name (a node from `data` takes the target's place, name and all).
+pub fn place_value(
+    root: &mut Element,
+    dest: Option<&Path>,
+    node: Element,
+    mode: Mode,
+) -> Result<(), TransformError> {
+    place_node(root, dest, node, mode, true)
+}
+
+fn place_node(
+    root: &mut Element,
+    dest: Option<&Path>,
+    node: Element,
+    mode: Mode,
+    keeps_target_name: bool,
+) -> Result<(), TransformError> {
     let loc = match dest {
         None => Location {
             indices: Vec::new(),
@@ -218,6 +240,10 @@ pub fn place(
                             Some(Node::Element(old)) => {
                                 let mut node = node;
                                 node.list_item |= old.list_item;
+                                if keeps_target_name {
+                                    node.name = old.name.clone();
+                                    node.ns = old.ns.clone();
+                                }
                                 *old = node;
                             }
                             _ => return Err(missing("element")),

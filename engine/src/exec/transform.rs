@@ -8,7 +8,7 @@ use super::state::{lock, Bindings, RunMode, StepCtx};
 use super::{Engine, Failure};
 use crate::compile::{CForEach, CPart, CSource, CTransform, CWhen, CXsl, ExecNode};
 use crate::data::path::Selected;
-use crate::data::transform::{extract, extract_located, place, remove, Located};
+use crate::data::transform::{extract, extract_located, place, place_value, remove, Located};
 use crate::data::{Element, IfNull, Mode, Path};
 use crate::model::Scope;
 use crate::script::Vars;
@@ -288,10 +288,17 @@ impl Engine {
                     cx.with_scope(bindings, ed, scope, |root| remove(root, path))?;
                 }
             }
+            // A template's or expression's value has no name of its own (an XSL result
+            // does: it is the element the stylesheet made).
+            let computed = t.xsl.is_none() && !matches!(t.source, CSource::Node(..));
             for node in nodes {
                 let dest = t.dest_path.as_ref();
                 cx.with_scope(bindings, ed, &t.destination, |root| {
-                    place(root, dest, node, t.mode)
+                    if computed {
+                        place_value(root, dest, node, t.mode)
+                    } else {
+                        place(root, dest, node, t.mode)
+                    }
                 })?
                 .map_err(|e| {
                     let at = dest.map(|d| d.as_str()).unwrap_or("");
