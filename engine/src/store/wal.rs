@@ -528,7 +528,10 @@ mod tests {
         // A 1.5 KiB append spans at most two pages; allow for the file system's own writes.
         for (what, per_sync) in [("zeros", into_zeros), ("frames", into_frames)] {
             if let Some(bytes) = per_sync {
-                assert!(bytes <= 64 * 1024, "{bytes} bytes written per sync into {what}");
+                assert!(
+                    bytes <= 64 * 1024,
+                    "{bytes} bytes written per sync into {what}"
+                );
             }
         }
     }
