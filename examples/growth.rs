@@ -1,13 +1,18 @@
 //! How cost grows with the size of one transaction (issue 11): time, peak memory and store
 //! size for 1k / 10k / 100k steps and for wide requests, durable journal beside ephemeral.
 //!
-//! `cargo run --release --example growth -- [all|steps|wide] [MAX]`
+//! `cargo run --release --example growth -- [all|steps|wide|rollback] [MAX]`
 //!
 //! - `steps`: a trusted request whose forEach makes one call per user, N users in ONE
 //!   transaction, with two providers: the real `Filesystem Provider/CreateFolder` (its own
 //!   intent markers and fsyncs included) and the in-process `Rec Provider/Create` (a no-op
 //!   with an undo record, so what remains is the engine's and the journal's cost).
 //! - `wide`: a request carrying 1, 8 or 64 MiB of data (many small items) and two no-op steps.
+//! - `rollback`: the no-op case with a last step that fails, so every call is undone.
+//! - `recover [noop|fs] [MAX]`: a child runs N calls and is aborted in flight, another
+//!   reopens the store and recovers it (times, CPU, peak RSS, store before and after).
+//! - `list [MAX]`: `tx list`'s first page over 1k … 1M synthetic finished transactions.
+//! - `prune [N]`: N finished transactions past retention pruned; the store's size after.
 //!
 //! Every case runs in a child process of its own (this example re-executed with `case …`), so
 //! its peak RSS (`VmHWM`) is its own; the store is sled on the local disk in a temp folder
@@ -15,6 +20,7 @@
 //! A durable case also prints how many `fdatasync`s the journal made and what that many
 //! syncs cost on the same disk right after the run (the median of 200 512-byte writes over
 //! preallocated blocks, times the count): the floor of one durable intent per call.
+//! `PROVISIO_BENCH_KEEP=<dir>` runs a `case` in that folder and leaves its journal there.
 
 #[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
@@ -77,6 +83,12 @@ fn peak_rss() -> Result<u64> {
 
 /// A trusted request: one call of `provider_call` per `users/user`, N users.
 fn steps_request(n: usize, filesystem: bool) -> String {
+    steps_request_ending(n, filesystem, false)
+}
+
+/// [`steps_request`], with a last step that fails after all the calls when `fail` is set:
+/// the transaction rolls back every call.
+fn steps_request_ending(n: usize, filesystem: bool, fail: bool) -> String {
     let mut s = String::with_capacity(n * 40 + 512);
     s.push_str("<request><data><users>");
     for i in 0..n {
@@ -96,11 +108,14 @@ fn steps_request(n: usize, filesystem: bool) -> String {
         );
     } else {
         s.push_str(
-            r#"<execute namespace="Rec Provider" procedure="Create">
+            r#"<execute id="each" namespace="Rec Provider" procedure="Create">
   <forEach name="u" root="data" path="users/user"/>
   <before source="u" sourcePath="name" destination="executeData" destinationPath="name"/>
 </execute>"#,
         );
+    }
+    if fail {
+        s.push_str(r#"<execute namespace="Rec Provider" procedure="Fail" needs="each"/>"#);
     }
     s.push_str("</procedure></request>");
     s
@@ -128,9 +143,13 @@ fn wide_request(mib: usize) -> String {
 }
 
 async fn run_case(kind: &str, n: usize, durable: bool) -> Result<String> {
-    let dir = tempdir()?;
-    let mut engine = steps_engine(&dir.path().join("files"))?;
-    let journal_dir = dir.path().join("journal");
+    // `PROVISIO_BENCH_KEEP=<dir>`: the case runs in that folder and leaves it, so that the
+    // binary can read the journal afterwards (`provisio --data-dir <dir> tx log <id>`).
+    let keep = std::env::var_os("PROVISIO_BENCH_KEEP").map(std::path::PathBuf::from);
+    let tmp = tempdir()?;
+    let root = keep.as_deref().unwrap_or(tmp.path());
+    let mut engine = steps_engine(&root.join("files"))?;
+    let journal_dir = root.join("journal");
     let mut store = None;
     if durable {
         let opened = Arc::new(SledStore::open(&journal_dir).map_err(|e| anyhow!("{e}"))?);
@@ -142,11 +161,13 @@ async fn run_case(kind: &str, n: usize, durable: bool) -> Result<String> {
     let text = match kind {
         "fs" => steps_request(n, true),
         "noop" => steps_request(n, false),
+        "rollback" => steps_request_ending(n, false, true),
         "wide" => wide_request(n),
         other => bail!("unknown case {other}"),
     };
     let request_bytes = text.len();
     let base = peak_rss()?;
+    let cpu_before = cpu_seconds()?;
     // The store's size on disk (allocated blocks) while the transaction runs, every 20 ms.
     let sampler = durable.then(|| StoreSampler::start(&journal_dir));
     let start = Instant::now();
@@ -158,8 +179,18 @@ async fn run_case(kind: &str, n: usize, durable: bool) -> Result<String> {
         .await
         .map_err(|e| anyhow!("does not compile: {e}"))?;
     let took = start.elapsed().as_secs_f64();
-    if r.state != TxnState::Committed {
+    let cpu_after = cpu_seconds()?;
+    let cpu = cpu_after.0 - cpu_before.0 + cpu_after.1 - cpu_before.1;
+    let expected = if kind == "rollback" {
+        TxnState::RolledBack
+    } else {
+        TxnState::Committed
+    };
+    if r.state != expected {
         bail!("{kind} {n}: {} ({:?})", r.state, r.failure);
+    }
+    if let Some(k) = &keep {
+        eprintln!("transaction {} kept in {}", r.txn_id, k.display());
     }
     drop(r);
     drop(engine);
@@ -174,15 +205,16 @@ async fn run_case(kind: &str, n: usize, durable: bool) -> Result<String> {
     let peak_during = sampler.map_or(0, StoreSampler::stop);
     let on_disk = du(&journal_dir);
     let allocated = du_allocated(&journal_dir);
+    let written = disk_writes();
     // What that many syncs cost on this disk right now: the floor of a journal that makes
     // each call's intent durable before the call.
     let floor = if syncs > 0 {
-        sync_floor(dir.path(), 200)? * syncs as f64
+        sync_floor(root, 200)? * syncs as f64
     } else {
         0.0
     };
     Ok(format!(
-        "{kind}\t{n}\t{}\t{took:.3}\t{:.1}\t{:.1}\t{:.1}\t{:.2}\t{syncs}\t{floor:.3}\t{:.1}\t{:.1}\t{:.1}",
+        "{kind}\t{n}\t{}\t{took:.3}\t{:.1}\t{:.1}\t{:.1}\t{:.2}\t{syncs}\t{floor:.3}\t{:.1}\t{:.1}\t{:.1}\t{:.0}\t{cpu:.2}",
         if durable { "durable" } else { "ephemeral" },
         mib(peak),
         mib(base),
@@ -191,11 +223,25 @@ async fn run_case(kind: &str, n: usize, durable: bool) -> Result<String> {
         mib(kept),
         mib(peak_during),
         mib(allocated),
+        mib(written),
     ))
 }
 
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / 1048576.0
+}
+
+/// Bytes this process caused to be written to the block device so far (`write_bytes` of
+/// `/proc/self/io`): what the disk was made to write, beside what the store keeps.
+fn disk_writes() -> u64 {
+    std::fs::read_to_string("/proc/self/io")
+        .ok()
+        .and_then(|io| {
+            io.lines()
+                .find_map(|l| l.strip_prefix("write_bytes: "))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 /// CPU seconds this process has used so far (user, system), from `/proc/self/stat`: on a
@@ -373,7 +419,7 @@ async fn recover_case(kind: &str, dir: &Path) -> Result<String> {
     drop(store);
     let undone = r.undone.max(1);
     Ok(format!(
-        "{kind}\t{}\t{}\t{}\t{opened:.3}\t{recovered:.3}\t{:.1}\t{user:.2}\t{sys:.2}\t{:.1}\t{:.1}\t{:.1}\t{}",
+        "{kind}\t{}\t{}\t{}\t{opened:.3}\t{recovered:.3}\t{:.1}\t{user:.2}\t{sys:.2}\t{:.1}\t{:.1}\t{:.1}\t{:.1}",
         r.undone,
         r.in_doubt,
         r.to,
@@ -684,13 +730,21 @@ fn main() -> Result<()> {
         .map(|m| m.parse())
         .transpose()?
         .unwrap_or(100_000);
-    println!("case\tn\tjournal\tseconds\tpeak_rss_MiB\tbase_rss_MiB\tstore_MiB\trequest_MiB\tsyncs\tsync_floor_s\tkept_MiB\tstore_peak_alloc_MiB\tstore_alloc_MiB");
+    println!("case\tn\tjournal\tseconds\tpeak_rss_MiB\tbase_rss_MiB\tstore_MiB\trequest_MiB\tsyncs\tsync_floor_s\tkept_MiB\tstore_peak_alloc_MiB\tstore_alloc_MiB\tdisk_written_MiB\tcpu_s");
     if what == "all" || what == "steps" {
         for kind in ["noop", "fs"] {
             for n in [1_000, 10_000, 100_000].into_iter().filter(|n| *n <= max) {
                 for journal in ["ephemeral", "durable"] {
                     println!("{}", child(&[kind, &n.to_string(), journal])?);
                 }
+            }
+        }
+    }
+    if what == "rollback" {
+        // The same calls, rolled back by a failing last step: the journal a rollback leaves.
+        for n in [1_000, 10_000, 100_000].into_iter().filter(|n| *n <= max) {
+            for journal in ["ephemeral", "durable"] {
+                println!("{}", child(&["rollback", &n.to_string(), journal])?);
             }
         }
     }

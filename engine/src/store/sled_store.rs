@@ -1394,7 +1394,9 @@ mod tests {
 
     pub(super) fn pause_in_checkpoint() {
         if PAUSE_CHECKPOINTS.load(Ordering::Relaxed) {
-            std::thread::sleep(Duration::from_secs(2));
+            // Longer than any loaded machine needs for the rest of the test: the child aborts
+            // while this sleeps.
+            std::thread::sleep(Duration::from_secs(60));
         }
     }
 
@@ -1409,6 +1411,14 @@ mod tests {
             child_store(&dir, |store| async move {
                 // The checkpoint started near the 42nd write is held until after the abort.
                 write_numbered(&store, 60).await;
+                // The checkpoint starts on its own thread: on a loaded machine it may not
+                // have frozen the overlay yet when the writes return.
+                let started = std::time::Instant::now();
+                while read_lock(&store.shared.overlays).frozen.is_none()
+                    && started.elapsed() < Duration::from_secs(30)
+                {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
                 assert!(
                     read_lock(&store.shared.overlays).frozen.is_some(),
                     "a checkpoint is running"

@@ -21,7 +21,7 @@ use crate::model::{CallTarget, Format, Namespace, Procedure, Request, RequestTar
 use crate::provider::{Call, CallContext, Done, Provider};
 use crate::script::ScriptOrigin;
 use crate::state::{Access, StateChange, StateRecord};
-use crate::store::{Batch, Space, StoreError};
+use crate::store::{prefix_end, Batch, KeyRange, Space, StoreError};
 use crate::TxnId;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -175,28 +175,63 @@ pub fn records(
         source,
     };
     let mut out = Vec::new();
-    for (k, v) in journal.store().scan(Space::Journal, txn_id.as_bytes())? {
-        match JournalKey::parse(txn_id, &k) {
-            Some(JournalKey::Whole) => {
-                let all: Vec<Record> = decode_records(&v).map_err(bad)?;
-                out.extend(all.into_iter().enumerate().map(|(i, r)| (i as u64, r)));
-            }
-            Some(JournalKey::Chunk(first)) => {
-                let all: Vec<Record> = decode_records(&v).map_err(bad)?;
-                out.extend(
-                    all.into_iter()
-                        .enumerate()
-                        .map(|(i, r)| (first + i as u64, r)),
-                );
-            }
-            Some(JournalKey::Record(seq)) => out.push((seq, decode_records(&v).map_err(bad)?)),
-            // A key of another transaction whose id starts with this one (ids are fixed
-            // width, so only a foreign layout).
-            None => {}
+    // A page of store values at a time, each dropped once decoded: the transaction's
+    // encoded journal (~0.9 KiB per call) is never held whole beside its records.
+    let prefix = txn_id.as_bytes();
+    let end = prefix_end(prefix);
+    let mut from = prefix.to_vec();
+    loop {
+        let page = journal.store().scan_range(
+            Space::Journal,
+            KeyRange::new(&from, end.as_deref()),
+            RECORD_VALUES_PER_READ,
+            false,
+        )?;
+        let full = page.len() == RECORD_VALUES_PER_READ;
+        if let Some((last, _)) = page.last() {
+            from.clone_from(last);
+            from.push(0);
+        }
+        for (k, v) in page {
+            decode_into(txn_id, &k, &v, &mut out).map_err(bad)?;
+        }
+        if !full {
+            break;
         }
     }
     out.sort_by_key(|(seq, _)| *seq);
     Ok(out)
+}
+
+/// Store values read per call by [`records`] (a chunk holds at most a few KiB of records).
+const RECORD_VALUES_PER_READ: usize = 64;
+
+/// Appends the records under journal key `k` (value `v`) of `txn_id` to `out`.
+fn decode_into(
+    txn_id: &TxnId,
+    k: &[u8],
+    v: &[u8],
+    out: &mut Vec<(u64, Record)>,
+) -> Result<(), DecodeError> {
+    match JournalKey::parse(txn_id, k) {
+        Some(JournalKey::Whole) => {
+            let all: Vec<Record> = decode_records(v)?;
+            out.extend(all.into_iter().enumerate().map(|(i, r)| (i as u64, r)));
+        }
+        Some(JournalKey::Chunk(first)) => {
+            let all: Vec<Record> = decode_records(v)?;
+            out.extend(
+                all.into_iter()
+                    .enumerate()
+                    .map(|(i, r)| (first + i as u64, r)),
+            );
+        }
+        Some(JournalKey::Record(seq)) => out.push((seq, decode_records(v)?)),
+        // A key of another transaction whose id starts with this one (ids are fixed width,
+        // so only a foreign layout).
+        None => {}
+    }
+    Ok(())
 }
 
 /// Finishes every transaction left `running` or `rolling_back` by a crash.
@@ -315,7 +350,7 @@ pub async fn resolve_step(
     }
     let records = records(journal, &s.id)?;
     let next_seq = records.last().map(|(n, _)| n + 1).unwrap_or(0);
-    let calls = journaled_calls(&s.id, &records);
+    let calls = journaled_calls(&s.id, records);
     let of_step: Vec<&JournaledCall> = calls.iter().filter(|c| c.context.step_id == step).collect();
     if of_step.is_empty() {
         let mut steps: Vec<&str> = calls.iter().map(|c| c.context.step_id.as_str()).collect();
@@ -491,10 +526,9 @@ async fn roll_back(
     let records = records(journal, &summary.id)?;
     let next_seq = records.last().map(|(s, _)| s + 1).unwrap_or(0);
     journal.adopt(summary.clone(), next_seq);
-    let mut calls = journaled_calls(&summary.id, &records);
-    // The calls hold what the undos need: the decoded records (a copy of the transaction's
-    // journal, ~3 KiB per call) need not stay in memory while thousands of undos run.
-    drop(records);
+    // The calls take what the undos need out of the decoded records (~3 KiB per call),
+    // which are gone once they are built.
+    let mut calls = journaled_calls(&summary.id, records);
     // Nothing is undone unless the journal can say so: with the journal unwritable the
     // transaction stays unfinished there, and the next recovery starts over.
     journal
@@ -536,10 +570,11 @@ async fn roll_back(
 }
 
 /// The provider calls of a transaction, in the order of their intents, with their
-/// completions, failures and successful undos.
-fn journaled_calls(txn_id: &TxnId, records: &[(u64, Record)]) -> Vec<JournaledCall> {
+/// completions, failures and successful undos. Takes the records apart as it goes (their
+/// parts move into the calls), so the two are not held whole side by side.
+fn journaled_calls(txn_id: &TxnId, records: Vec<(u64, Record)>) -> Vec<JournaledCall> {
     let mut calls: Vec<JournaledCall> = Vec::new();
-    let mut index: HashMap<(&str, u32), usize> = HashMap::new();
+    let mut index: HashMap<(String, u32), usize> = HashMap::new();
     for (seq, r) in records {
         match r {
             Record::Intent {
@@ -553,20 +588,20 @@ fn journaled_calls(txn_id: &TxnId, records: &[(u64, Record)]) -> Vec<JournaledCa
                 call_data,
                 ..
             } => {
-                index.insert((step, *attempt), calls.len());
+                index.insert((step.clone(), attempt), calls.len());
                 calls.push(JournaledCall {
-                    intent_seq: *seq,
+                    intent_seq: seq,
                     context: CallContext {
                         txn_id: txn_id.clone(),
-                        step_id: step.clone(),
-                        attempt: *attempt,
-                        namespace: namespace.clone(),
-                        procedure: procedure.clone(),
+                        step_id: step,
+                        attempt,
+                        namespace,
+                        procedure,
                     },
-                    provider: provider.clone(),
-                    target: target.clone(),
-                    provider_context: provider_context.clone(),
-                    call_data: call_data.clone(),
+                    provider,
+                    target,
+                    provider_context,
+                    call_data,
                     done: None,
                     failed: false,
                     undone: false,
@@ -577,31 +612,32 @@ fn journaled_calls(txn_id: &TxnId, records: &[(u64, Record)]) -> Vec<JournaledCa
                 step, undo, vars, ..
             } => {
                 let done = Some(Completed {
-                    seq: *seq,
+                    seq,
                     undo: None,
                     saved: None,
-                    script: Some((undo.clone(), vars.clone())),
+                    script: Some((undo, vars)),
                     state: None,
                 });
                 // A resumed transaction runs its script steps again: the latest record of
                 // a step stands for it.
-                if let Some(&i) = index.get(&(step.as_str(), 1)) {
+                if let Some(&i) = index.get(&(step.clone(), 1)) {
                     if calls[i].done.as_ref().is_some_and(|d| d.script.is_some()) {
-                        calls[i].intent_seq = *seq;
+                        calls[i].intent_seq = seq;
                         calls[i].done = done;
                         calls[i].undone = false;
                         continue;
                     }
                 }
-                index.insert((step, 1), calls.len());
+                index.insert((step.clone(), 1), calls.len());
+                let procedure = step.rsplit('/').next().unwrap_or(&step).to_string();
                 calls.push(JournaledCall {
-                    intent_seq: *seq,
+                    intent_seq: seq,
                     context: CallContext {
                         txn_id: txn_id.clone(),
-                        step_id: step.clone(),
+                        step_id: step,
                         attempt: 1,
                         namespace: SCRIPT_NAMESPACE.to_string(),
-                        procedure: step.rsplit('/').next().unwrap_or(step).to_string(),
+                        procedure,
                     },
                     provider: SCRIPT_NAMESPACE.to_string(),
                     target: SCRIPT_UNDO_TARGET.to_string(),
@@ -619,8 +655,8 @@ fn journaled_calls(txn_id: &TxnId, records: &[(u64, Record)]) -> Vec<JournaledCa
                 applied,
                 ..
             } => {
-                if let Some(&i) = index.get(&(step.as_str(), *attempt)) {
-                    calls[i].resolved = Some(*applied);
+                if let Some(&i) = index.get(&(step, attempt)) {
+                    calls[i].resolved = Some(applied);
                 }
             }
             Record::Done {
@@ -631,18 +667,18 @@ fn journaled_calls(txn_id: &TxnId, records: &[(u64, Record)]) -> Vec<JournaledCa
                 state,
                 ..
             } => {
-                if let Some(&i) = index.get(&(step.as_str(), *attempt)) {
+                if let Some(&i) = index.get(&(step, attempt)) {
                     calls[i].done = Some(Completed {
-                        seq: *seq,
-                        undo: undo.clone(),
-                        saved: saved.clone(),
+                        seq,
+                        undo,
+                        saved,
                         script: None,
                         state: state.clone(),
                     });
                 }
             }
             Record::Failed { step, attempt, .. } => {
-                if let Some(&i) = index.get(&(step.as_str(), *attempt)) {
+                if let Some(&i) = index.get(&(step, attempt)) {
                     calls[i].failed = true;
                 }
             }
@@ -652,7 +688,7 @@ fn journaled_calls(txn_id: &TxnId, records: &[(u64, Record)]) -> Vec<JournaledCa
                 error: None,
                 ..
             } => {
-                if let Some(&i) = index.get(&(step.as_str(), *attempt)) {
+                if let Some(&i) = index.get(&(step, attempt)) {
                     calls[i].undone = true;
                 }
             }

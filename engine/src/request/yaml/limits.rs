@@ -40,20 +40,23 @@ fn too_deep_at(src: &str, limit: usize) -> Option<(u32, u32)> {
             }
             indents.push(indent);
             block = indents.len();
-            // `- - x`: each further entry marker opens a sequence inside the first
-            let mut dashes = 0usize;
-            while b.get(i) == Some(&b'-') && matches!(b.get(i + 1), Some(b' ') | None) {
-                dashes += 1;
+            // `- - x`, `? - ? x`: each further indicator (a sequence entry, an explicit key
+            // or its value) opens a collection inside the first
+            let mut markers = 0usize;
+            while matches!(b.get(i), Some(b'-' | b'?' | b':'))
+                && matches!(b.get(i + 1), Some(b' ' | b'\t') | None)
+            {
+                markers += 1;
                 // at the marker that goes too deep, not at the end of a long `- - - …` line
-                if block + dashes - 1 > limit {
+                if block + markers - 1 > limit {
                     return Some((n as u32 + 1, i as u32 + 1));
                 }
                 i += 1;
-                while b.get(i) == Some(&b' ') {
+                while matches!(b.get(i), Some(b' ' | b'\t')) {
                     i += 1;
                 }
             }
-            block += dashes.saturating_sub(1);
+            block += markers.saturating_sub(1);
             if block > limit {
                 return Some((n as u32 + 1, i as u32 + 1));
             }
@@ -82,6 +85,12 @@ fn too_deep_at(src: &str, limit: usize) -> Option<(u32, u32)> {
             match c {
                 b'#' if i == 0 || matches!(b[i - 1], b' ' | b'\t') => break,
                 b'"' | b'\'' if value_start => quote = Some(c),
+                // a node's anchor (`&a`) or tag (`!t`, `!!str`, `!<tag:x>`) comes before
+                // its value: what follows still opens one (`&a [`, `!t {`)
+                b'&' | b'!' if value_start => {
+                    i = property_end(b, i);
+                    continue;
+                }
                 b'[' | b'{' if value_start => {
                     flow += 1;
                     if block + flow > limit {
@@ -113,6 +122,23 @@ fn too_deep_at(src: &str, limit: usize) -> Option<(u32, u32)> {
     None
 }
 
+/// The index just past the anchor or tag that starts at `b[i]`: a verbatim tag runs to its
+/// `>`, anything else to the next blank or flow indicator (which libyaml does not take into
+/// an anchor's name or a tag shorthand).
+fn property_end(b: &[u8], i: usize) -> usize {
+    if b.get(i..i + 2) == Some(b"!<") {
+        return b[i..]
+            .iter()
+            .position(|&c| c == b'>')
+            .map_or(b.len(), |p| i + p + 1);
+    }
+    let mut j = i + 1;
+    while j < b.len() && !matches!(b[j], b' ' | b'\t' | b',' | b'[' | b']' | b'{' | b'}') {
+        j += 1;
+    }
+    j
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,6 +156,40 @@ mod tests {
         assert_eq!(too_deep_at("- - - - x\n", 3), Some((1, 7)));
         let long = format!("{}x\n", "- ".repeat(100_000));
         assert_eq!(too_deep_at(&long, 3), Some((1, 7)));
+    }
+
+    #[test]
+    fn counts_explicit_keys_and_values_as_entries() {
+        assert_eq!(too_deep_at("? - x\n", 2), None);
+        assert_eq!(too_deep_at("? - ? x\n", 2), Some((1, 5)));
+        assert_eq!(too_deep_at("- ? - x\n", 2), Some((1, 5)));
+        assert_eq!(too_deep_at("? x\n: - - x\n", 2), Some((2, 5)));
+        assert_eq!(too_deep_at("-\t-\t-\tx\n", 2), Some((1, 5)));
+        let keys = format!("x:\n  {}1\n", "- ? ".repeat(100_000));
+        assert_eq!(too_deep_at(&keys, 3), Some((2, 7)));
+        let keys = format!("x:\n  {}1\n", "? ".repeat(100_000));
+        assert_eq!(too_deep_at(&keys, 3), Some((2, 7)));
+        // a plain scalar that starts with those characters
+        assert_eq!(too_deep_at("a: - ? : x\n-x ?y :z\n", 1), None);
+    }
+
+    #[test]
+    fn counts_brackets_after_anchors_and_tags() {
+        for src in [
+            "a: &x [&y [&z [1]]]\n",
+            "a: !t [!!seq [!<tag:x> [1]]]\n",
+            "a: &x[&y[&z[1]]]\n",
+            "a: !t{b: !t{c: !t{d: 1}}}\n",
+            "a: [&x !t [&y !t [1]]]\n",
+        ] {
+            // the mapping and three brackets: four levels
+            assert!(too_deep_at(src, 3).is_some(), "{src}");
+            assert_eq!(too_deep_at(src, 4), None, "{src}");
+        }
+        let anchored = format!("a: {}1\n", "&x [".repeat(100_000));
+        assert_eq!(too_deep_at(&anchored, 3), Some((1, 15)));
+        // not a property: inside a plain scalar, or an alias
+        assert_eq!(too_deep_at("a: x&y [[[[\nb: *x\n", 2), None);
     }
 
     #[test]
