@@ -54,9 +54,9 @@ pub use compile::{
 };
 pub use data::{Element, Scalar};
 pub use exec::{
-    Cancel, Engine, EngineOptions, ErrorSource, Event, Failure, Journal, JournalError, NoJournal,
-    PlanEntry, RunControl, RunError, ScriptUndoDone, StepDone, StepIntent, TxnResult, TxnStart,
-    TxnState, UndoFailure,
+    Cancel, Engine, EngineOptions, ErrorSource, Event, Failure, JobSink, Journal, JournalError,
+    NoJournal, PlanEntry, QueuedCall, RunControl, RunError, ScriptUndoDone, StepDone, StepIntent,
+    TxnResult, TxnStart, TxnState, UndoFailure,
 };
 pub use exec::{RetryOptions, RetryPolicies, RetryPolicy, RetryUse};
 pub use model::{Format, Namespace, Request};

@@ -13,6 +13,7 @@ mod call;
 mod context;
 mod items;
 pub(crate) mod journal;
+pub(crate) mod queue;
 mod redact;
 mod retry;
 mod rollback;
@@ -24,6 +25,7 @@ mod transform;
 pub use journal::{
     Journal, JournalError, NoJournal, ScriptUndoDone, StepDone, StepIntent, TxnStart, TxnState,
 };
+pub use queue::{JobSink, QueuedCall};
 pub(crate) use redact::Redactor;
 pub(crate) use retry::{Attempts, GaveUp};
 pub use retry::{RetryOptions, RetryPolicies, RetryPolicy, RetryUse};
@@ -253,6 +255,8 @@ pub struct Engine {
     events: Option<EventSink>,
     /// The `provider_limits` as semaphores, shared by the clones.
     provider_permits: Arc<HashMap<String, Arc<Semaphore>>>,
+    /// Where `queue` steps put their jobs (`None`: a `queue` step fails).
+    jobs: Option<Arc<dyn JobSink>>,
 }
 
 /// A step completed before a crash, replayed when a resumable transaction resumes.
@@ -293,6 +297,7 @@ impl Engine {
             journal: Arc::new(NoJournal),
             events: None,
             provider_permits: Arc::new(provider_permits),
+            jobs: None,
         }
     }
 
@@ -308,6 +313,13 @@ impl Engine {
     /// Reports every transition to `journal`.
     pub fn with_journal(mut self, journal: Arc<dyn Journal>) -> Engine {
         self.journal = journal;
+        self
+    }
+
+    /// Puts the jobs of `queue` steps into `sink`, and tells it how each transaction ended
+    /// (held jobs are released on commit, removed on rollback).
+    pub fn with_jobs(mut self, sink: Arc<dyn JobSink>) -> Engine {
+        self.jobs = Some(sink);
         self
     }
 

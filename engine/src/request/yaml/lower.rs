@@ -574,6 +574,7 @@ impl<'a> Cx<'a> {
             sensitive: None,
             impersonate: Default::default(),
             pass_credentials: false,
+            queue: None,
         })
     }
 
