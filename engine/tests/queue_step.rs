@@ -201,7 +201,10 @@ async fn a_suspended_job_is_released_when_the_transaction_commits() {
     );
     assert_eq!(call.target.to_string(), "Q/Later");
     assert!(call.suspended);
-    assert_eq!(call.data.child("name").map(|e| e.string_value()), Some("n1".into()));
+    assert_eq!(
+        call.data.child("name").map(|e| e.string_value()),
+        Some("n1".into())
+    );
     assert_eq!(call.txn_id, r.txn_id);
     // queueId is readable from the context.
     assert_eq!(h::data(&r)["jobId"], serde_json::json!(id));
@@ -443,4 +446,42 @@ async fn a_plan_queues_nothing() {
     let entries = w.plan(&request("1", "")).await;
     assert!(entries.is_empty(), "{entries:?}");
     assert!(w.sink.queued.lock().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn yaml_queue_key_queues_the_call() {
+    let w = world(true);
+    let yaml = "procedure:\n  steps:\n    q:\n      call: Q/Later\n      queue: active\n      with:\n        name: y1\n";
+    let r = w.env.engine.run(&h::req(yaml)).await.expect("compiles");
+    assert_eq!(r.state, TxnState::Committed, "{:?}", r.failure);
+    let (id, call) = w.only_job();
+    assert!(!call.suspended);
+    assert_eq!(
+        call.data.child("name").map(|e| e.string_value()),
+        Some("y1".into())
+    );
+    assert!(w.env.log().iter().all(|l| !l.contains("Create")));
+    assert_eq!(w.claim().await, Some(id));
+
+    let bad = "procedure:\n  steps:\n    q:\n      call: Q/Later\n      queue: later\n";
+    let e = parse_request(bad, "r.yaml", Format::Yaml).expect_err("refused");
+    assert!(
+        e.to_string()
+            .contains("`queue: later` is neither `suspended` nor `active`"),
+        "{e}"
+    );
+}
+
+#[test]
+fn xml_queue_attributes_are_checked() {
+    let src = r#"<request><procedure><queue namespace="Q" procedure="Later" queueSuspended="maybe"/></procedure></request>"#;
+    let e = parse_request(src, "r.xml", Format::Xml).expect_err("refused");
+    assert!(
+        e.to_string()
+            .contains("`queueSuspended` on <queue> must be 0 or 1"),
+        "{e}"
+    );
+    let src = r#"<request><procedure><queue namespace="Q" procedure="Later" retryCount="2"/></procedure></request>"#;
+    let e = parse_request(src, "r.xml", Format::Xml).expect_err("refused");
+    assert!(e.to_string().contains("retryCount"), "{e}");
 }
