@@ -12,7 +12,8 @@
 //!   [`Namespace`], [`Request`], [`ParseError`], and the [`Catalog`] they are compiled
 //!   against;
 //! - running: [`Engine`], [`EngineOptions`] (with its [`RetryOptions`]), [`TxnResult`],
-//!   [`TxnState`], [`Event`];
+//!   [`TxnState`], [`Event`], and [`JobSink`] / [`QueuedCall`] where MPS `queue` steps put
+//!   their jobs ([`Engine::with_jobs`]);
 //! - writing a provider: [`Provider`], [`ProviderRegistry`], [`ProcedureSpec`], [`Call`],
 //!   [`CallContext`], [`Done`], [`Outcome`], [`Preview`], [`UndoKind`], [`ProviderError`],
 //!   and the data tree [`Element`] / [`Scalar`];
