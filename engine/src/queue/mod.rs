@@ -430,6 +430,9 @@ fn finished_key(at: u64, seq: u64) -> Vec<u8> {
     with_seq(k, seq)
 }
 
+/// An `h` key and its job (`None`: the job is gone).
+type HeldEntry = (Vec<u8>, Option<Job>);
+
 fn held_prefix(txn: &str) -> Vec<u8> {
     let mut k = key(HELD, &[txn.as_bytes()]);
     k.push(0);
@@ -1125,7 +1128,7 @@ impl Queue {
 
     /// The jobs held for `txn`, with their `h` keys (`None`: an index entry without its
     /// job, which cannot happen through this module).
-    fn held_of(&self, txn: &str) -> Result<Vec<(Vec<u8>, Option<Job>)>, QueueError> {
+    fn held_of(&self, txn: &str) -> Result<Vec<HeldEntry>, QueueError> {
         let mut out = Vec::new();
         for (k, id) in self.store.scan(Space::Queue, &held_prefix(txn))? {
             let id = String::from_utf8_lossy(&id).into_owned();
