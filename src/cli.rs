@@ -197,7 +197,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Run the queued jobs without serving HTTP: with --drain, every job that is due, then
     /// exit (for cron where no daemon runs). Recovers and takes back jobs first, as
-    /// `serve` does; refused while a daemon holds the data directory.
+    /// `serve` does; refused while a daemon holds the data directory. Also runs the jobs
+    /// that `queue` steps of `provisio run` queued (once their transaction committed).
     #[command(after_help = "Example:\n  provisio worker --drain --workers 2")]
     Worker(WorkerArgs),
     /// Submit a request to a running daemon; prints its id (with --wait: its response).

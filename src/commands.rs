@@ -6,7 +6,7 @@ use crate::cli::{
 };
 use crate::config::Config;
 use crate::{load, Exit};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use provisio_engine::data::xml;
 use provisio_engine::model::{CallTarget, Format, Namespace, Request, RequestDocument, SourceRef};
@@ -153,6 +153,7 @@ async fn run(cli: &Cli, config: &Config, args: &RunArgs) -> Result<Exit> {
         Err(e) => return bad_input(format!("error: {e:#}")),
     };
     let mut kept_journal = None;
+    let mut jobs: Option<Arc<crate::serve::jobs::StoreJobs>> = None;
     let engine = if args.ephemeral {
         engine
     } else {
@@ -163,8 +164,21 @@ async fn run(cli: &Cli, config: &Config, args: &RunArgs) -> Result<Exit> {
         }
         let engine = engine.with_journal(journal.clone());
         recover_quietly(&engine, &journal).await?;
+        // `queue` steps put their jobs into this data directory's job queue.
+        let queue = Arc::new(
+            provisio_engine::queue::Queue::open(journal.store().clone())
+                .context("opening the job queue")?,
+        );
+        crate::serve::jobs::settle_held(&queue, journal.store()).await?;
+        let sink = Arc::new(crate::serve::jobs::StoreJobs::new(
+            queue,
+            load::seal_key(config)?,
+            &load::who(),
+            config.serve.max_attempts,
+        ));
+        jobs = Some(sink.clone());
         kept_journal = Some(journal);
-        engine
+        engine.with_jobs(sink)
     };
     let progress = progress_bar(cli.global.quiet);
     let engine = {
@@ -233,6 +247,9 @@ async fn run(cli: &Cli, config: &Config, args: &RunArgs) -> Result<Exit> {
     if let Some(journal) = &kept_journal {
         crate::inspect::prune_after_run(config, journal).await;
     }
+    if let Some(jobs) = &jobs {
+        report_queued(&jobs.queued(), &results);
+    }
     // The worst outcome of any item: an undo failure (3), else a rollback (1).
     let mut exit = Exit::Ok;
     for (i, result) in results.iter().enumerate() {
@@ -262,6 +279,30 @@ async fn run(cli: &Cli, config: &Config, args: &RunArgs) -> Result<Exit> {
         }
     }
     Ok(exit)
+}
+
+/// What became of the jobs `queue` steps queued, and how to run them (stderr).
+fn report_queued(queued: &[crate::serve::jobs::QueuedJob], results: &[provisio_engine::TxnResult]) {
+    let mut waiting = 0;
+    for job in queued {
+        let committed = results
+            .iter()
+            .any(|r| r.txn_id.as_str() == job.txn && r.state == TxnState::Committed);
+        if job.suspended && !committed {
+            eprintln!(
+                "job {} ({}) was removed: the transaction that queued it rolled back",
+                job.id, job.target
+            );
+        } else {
+            waiting += 1;
+            eprintln!("queued job {} ({})", job.id, job.target);
+        }
+    }
+    if waiting > 0 {
+        eprintln!(
+            "  hint: {waiting} job(s) wait in the data directory's queue: run them with `provisio worker --drain` (or keep `provisio serve` running)"
+        );
+    }
 }
 
 /// One line on how a transaction ended.
@@ -780,6 +821,12 @@ async fn recover_cmd(config: &Config) -> Result<Exit> {
     let found = provisio_engine::txn::recover(&engine, &journal).await?;
     if found.is_empty() {
         println!("nothing to recover");
+    }
+    let queue = provisio_engine::queue::Queue::open(journal.store().clone())
+        .context("opening the job queue")?;
+    let (released, removed) = crate::serve::jobs::settle_held(&queue, journal.store()).await?;
+    if released + removed > 0 {
+        println!("queued jobs of interrupted transactions: {released} released, {removed} removed");
     }
     sweep_provider_state(config, &journal).await;
     let mut failed = false;

@@ -117,6 +117,7 @@ pub fn noop_step(i: usize, needs: Vec<String>) -> Step {
         sensitive: None,
         impersonate: Default::default(),
         pass_credentials: false,
+        queue: None,
     })
 }
 

@@ -12,7 +12,8 @@
 //!   [`Namespace`], [`Request`], [`ParseError`], and the [`Catalog`] they are compiled
 //!   against;
 //! - running: [`Engine`], [`EngineOptions`] (with its [`RetryOptions`]), [`TxnResult`],
-//!   [`TxnState`], [`Event`];
+//!   [`TxnState`], [`Event`], and [`JobSink`] / [`QueuedCall`] where MPS `queue` steps put
+//!   their jobs ([`Engine::with_jobs`]);
 //! - writing a provider: [`Provider`], [`ProviderRegistry`], [`ProcedureSpec`], [`Call`],
 //!   [`CallContext`], [`Done`], [`Outcome`], [`Preview`], [`UndoKind`], [`ProviderError`],
 //!   the provider's own transactional key-value space [`ProviderState`] (with
@@ -58,9 +59,9 @@ pub use compile::{
 };
 pub use data::{Element, Scalar};
 pub use exec::{
-    Cancel, Engine, EngineOptions, ErrorSource, Event, Failure, Journal, JournalError, NoJournal,
-    PlanEntry, RunControl, RunError, ScriptUndoDone, StepDone, StepIntent, TxnResult, TxnStart,
-    TxnState, UndoFailure,
+    Cancel, Engine, EngineOptions, ErrorSource, Event, Failure, JobSink, Journal, JournalError,
+    NoJournal, PlanEntry, QueuedCall, RunControl, RunError, ScriptUndoDone, StepDone, StepIntent,
+    TxnResult, TxnStart, TxnState, UndoFailure,
 };
 pub use exec::{RetryOptions, RetryPolicies, RetryPolicy, RetryUse};
 pub use model::{Format, Namespace, Request};

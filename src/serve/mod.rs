@@ -11,6 +11,7 @@
 
 mod api;
 pub mod auth;
+pub mod jobs;
 mod metrics;
 mod openapi;
 mod ops;
@@ -136,7 +137,7 @@ pub struct Daemon {
     engine: Engine,
     store: Arc<dyn Store>,
     seal: Option<SealKey>,
-    queue: Queue,
+    queue: Arc<Queue>,
     journals: Mutex<HashMap<String, Arc<DurableJournal>>>,
     hub: Arc<Hub>,
     running: Mutex<HashMap<String, Cancel>>,
@@ -281,7 +282,10 @@ async fn open(config: &Config, what: &str) -> Result<Opened> {
         .filter(|r| r.to == TxnState::RolledBack)
         .map(|r| r.txn_id.as_str().to_string())
         .collect();
-    let queue = Queue::open(store.clone()).context("opening the job queue")?;
+    let queue = Arc::new(Queue::open(store.clone()).context("opening the job queue")?);
+    // Jobs `queue` steps held for transactions a crash interrupted: released or removed by
+    // the outcome recovery gave those transactions.
+    jobs::settle_held(&queue, &store).await?;
     let mut taken_back = 0;
     loop {
         let back = queue.take_back_expired(u64::MAX, 1024).await?;
@@ -737,6 +741,12 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job) {
         d.engine
             .clone()
             .with_journal(d.journal_for(&job.subject))
+            .with_jobs(Arc::new(jobs::StoreJobs::new(
+                d.queue.clone(),
+                d.seal.clone(),
+                &job.subject,
+                d.config.max_attempts,
+            )))
             .with_events(move |e| {
                 match e {
                     Event::StepStarted { step, target } => {

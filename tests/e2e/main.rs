@@ -11,6 +11,7 @@ mod hostile;
 mod large_log;
 mod mps_batch;
 mod operator;
+mod queue_step;
 mod retention;
 mod script;
 mod store;

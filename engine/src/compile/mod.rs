@@ -214,6 +214,8 @@ pub struct ExecNode {
     pub(crate) write_back: Vec<String>,
     /// forEach names a `move` takes whole: their items are detached from where they were.
     pub(crate) detach: Vec<String>,
+    /// An MPS `queue` step: the call is queued as a job instead of running inline.
+    pub(crate) queue: Option<crate::model::QueueStep>,
 }
 
 /// A compiled forEach.
@@ -857,6 +859,23 @@ impl<'a> Compiler<'a> {
                     }
                 }
                 let call = callee.map(|c| c.target.clone());
+                if let (Some(t), Some(_)) = (&e.call, &e.queue) {
+                    // A queued job runs later as a simple request of its own, which may
+                    // call only public procedures.
+                    if let Ok((_, q)) = self.catalog.resolve(t, at) {
+                        if q.access == Access::Private {
+                            self.errors.push(CompileError::Invalid {
+                                step: e.id.clone(),
+                                message: format!(
+                                    "`{t}` is private: a queued job runs later as a request of its own, which may call only public procedures"
+                                ),
+                                at: at.clone(),
+                            });
+                        }
+                    }
+                    // The step writes `context/queueContext/@queueId`.
+                    acc.write(&Scope::Context, Some("queueContext"));
+                }
                 if let Some(t) = &e.call {
                     let errors = constant_input_errors(self.catalog, t, &e.execute_data)
                         .into_iter()
@@ -929,6 +948,7 @@ impl<'a> Compiler<'a> {
                         sensitive: e.sensitive,
                         write_back,
                         detach,
+                        queue: e.queue,
                     })),
                     acc,
                 )

@@ -13,6 +13,7 @@ mod call;
 mod context;
 mod items;
 pub(crate) mod journal;
+pub(crate) mod queue;
 mod redact;
 mod retry;
 mod rollback;
@@ -24,6 +25,7 @@ mod transform;
 pub use journal::{
     Journal, JournalError, NoJournal, ScriptUndoDone, StepDone, StepIntent, TxnStart, TxnState,
 };
+pub use queue::{JobSink, QueuedCall};
 pub(crate) use redact::Redactor;
 pub(crate) use retry::{Attempts, GaveUp};
 pub use retry::{RetryOptions, RetryPolicies, RetryPolicy, RetryUse};
@@ -255,6 +257,8 @@ pub struct Engine {
     events: Option<EventSink>,
     /// The `provider_limits` as semaphores, shared by the clones.
     provider_permits: Arc<HashMap<String, Arc<Semaphore>>>,
+    /// Where `queue` steps put their jobs (`None`: a `queue` step fails).
+    jobs: Option<Arc<dyn JobSink>>,
 }
 
 /// How long a call waits for a provider-state key another transaction holds: half the step
@@ -306,6 +310,7 @@ impl Engine {
             state: Arc::new(crate::state::StateSpace::in_memory(wait)),
             events: None,
             provider_permits: Arc::new(provider_permits),
+            jobs: None,
         }
     }
 
@@ -334,6 +339,13 @@ impl Engine {
             None => {}
         }
         self.journal = journal;
+        self
+    }
+
+    /// Puts the jobs of `queue` steps into `sink`, and tells it how each transaction ended
+    /// (held jobs are released on commit, removed on rollback).
+    pub fn with_jobs(mut self, sink: Arc<dyn JobSink>) -> Engine {
+        self.jobs = Some(sink);
         self
     }
 

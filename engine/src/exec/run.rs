@@ -98,6 +98,10 @@ impl Engine {
             };
             let mut out = self.settle(&txn, result).await;
             self.journal_end(&txn, &mut out).await;
+            // After the outcome is journaled: a crash before this line is settled by
+            // recovery from that outcome (`Queue::settle_held`).
+            self.settle_jobs(&txn, out.state == TxnState::Committed)
+                .await;
             out.elapsed = started_at.elapsed();
             out
         }
@@ -541,7 +545,11 @@ impl Engine {
                 {
                     continue; // ifNull="skip": this iteration does not run
                 }
-                if let Some(target) = &node.call {
+                if let (Some(target), Some(spec)) = (&node.call, node.queue) {
+                    // A queue step: the call becomes a job; no executeData comes back.
+                    self.enqueue_call(txn, target, ed, &step, spec).await?;
+                    ed = Element::new("executeData");
+                } else if let Some(target) = &node.call {
                     let at = Sched {
                         wave: *wave,
                         unresolved,

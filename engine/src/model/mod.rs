@@ -355,6 +355,19 @@ pub struct ExecuteStep {
     /// MPS `trusted`: the callee would receive `securityContext/authentication`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pass_credentials: bool,
+    /// An MPS `queue` step: the call is queued as a job of its own instead of running
+    /// inline (`None`: an execute or transform step).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<QueueStep>,
+}
+
+/// What makes an execute step a `queue` step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueStep {
+    /// MPS `queueSuspended` (default `true`): the job runs only if the submitting
+    /// transaction commits, and is removed if it rolls back. `false`: it runs whatever the
+    /// submitter's outcome.
+    pub suspended: bool,
 }
 
 /// MPS `impersonate` on an execute step.

@@ -25,6 +25,10 @@
 //! - `a` ‖ seq, `x` ‖ state ‖ `\0` ‖ seq, `p` ‖ target ‖ `\0` ‖ seq, `w` ‖ subject ‖ `\0` ‖
 //!   seq — listings, newest first;
 //! - `f` ‖ finished ms ‖ seq — jobs in a final state, for retention ([`Queue::prune`]);
+//! - `h` ‖ transaction id ‖ `\0` ‖ seq — a job held for the transaction that queued it
+//!   (an MPS `queue` step with `queueSuspended="1"`): released when that transaction
+//!   commits, removed when it rolls back ([`Queue::release_held`], [`Queue::discard_held`],
+//!   and [`Queue::settle_held`] after a crash);
 //! - `n` — the next sequence number; `c` — how many jobs are in each state.
 //!
 //! Claiming, finishing and submitting read and write a handful of keys each: their cost
@@ -49,6 +53,7 @@ const BY_STATE: u8 = b'x';
 const BY_TARGET: u8 = b'p';
 const BY_SUBJECT: u8 = b'w';
 const FINISHED: u8 = b'f';
+const HELD: u8 = b'h';
 const COUNTS: &[u8] = b"c";
 const NEXT_SEQ: &[u8] = b"n";
 
@@ -120,6 +125,8 @@ enum Slot {
     Scheduled(u64),
     Waiting,
     Leased(u64),
+    /// Held for the transaction that queued it (in the `h` index, in no line).
+    Held,
     Nowhere,
 }
 
@@ -170,7 +177,31 @@ pub struct Job {
     pub payload: Option<String>,
     /// What its runner kept of the result (opaque to the queue).
     pub result: Option<String>,
+    /// The transaction it is held for (released when it commits, removed when it rolls
+    /// back); `None`: not held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_by: Option<String>,
+    /// A fixed wait between attempts (ms) instead of the runner's backoff (MPS
+    /// `queueContext/@retryInterval`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_interval_ms: Option<u64>,
+    /// After its last attempt the job is `failed` (MPS `onFailure="continue"`) instead of
+    /// `dead` for an operator (`queueToOperator`, the default).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fail_when_exhausted: bool,
     slot: Slot,
+}
+
+/// What [`Queue::submit_with`] adds to a [`NewJob`] (the MPS `queue` step's settings).
+#[derive(Debug, Clone, Default)]
+pub struct JobOptions {
+    /// Hold the job for this transaction: it runs only once [`Queue::release_held`] (or
+    /// [`Queue::settle_held`]) finds the transaction committed.
+    pub held_by: Option<String>,
+    /// A fixed wait between attempts (ms) instead of the runner's backoff.
+    pub retry_interval_ms: Option<u64>,
+    /// After the last attempt: `failed` instead of `dead`.
+    pub fail_when_exhausted: bool,
 }
 
 /// A job to submit.
@@ -313,6 +344,17 @@ pub enum QueueError {
     },
 }
 
+/// Why [`Queue::settle_held`] stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum SettleError<E> {
+    /// The queue failed.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+    /// Reading a transaction's outcome failed.
+    #[error("reading the outcome of a transaction that queued jobs: {0}")]
+    Outcome(E),
+}
+
 /// The queue over a store. Changes are made one at a time (a mutex): each reads and writes
 /// a handful of keys.
 pub struct Queue {
@@ -386,6 +428,19 @@ fn finished_key(at: u64, seq: u64) -> Vec<u8> {
     let mut k = vec![FINISHED];
     k.extend_from_slice(&at.to_be_bytes());
     with_seq(k, seq)
+}
+
+/// An `h` key and its job (`None`: the job is gone).
+type HeldEntry = (Vec<u8>, Option<Job>);
+
+fn held_prefix(txn: &str) -> Vec<u8> {
+    let mut k = key(HELD, &[txn.as_bytes()]);
+    k.push(0);
+    k
+}
+
+fn held_key(txn: &str, seq: u64) -> Vec<u8> {
+    with_seq(held_prefix(txn), seq)
 }
 
 fn serial_prefix(serial: &str) -> Vec<u8> {
@@ -529,6 +584,11 @@ impl Queue {
             Slot::Leased(until) => {
                 batch.delete(Space::Queue, lease_key(until, job.seq));
             }
+            Slot::Held => {
+                if let Some(txn) = &job.held_by {
+                    batch.delete(Space::Queue, held_key(txn, job.seq));
+                }
+            }
             Slot::Waiting | Slot::Nowhere => {}
         }
         job.slot = Slot::Nowhere;
@@ -623,6 +683,21 @@ impl Queue {
 
     /// Queues a job, durably, unless its idempotency key is known (then the known job).
     pub async fn submit(&self, new: NewJob, now: u64) -> Result<Submitted, QueueError> {
+        self.submit_with(new, JobOptions::default(), now).await
+    }
+
+    /// [`Queue::submit`] with the settings of an MPS `queue` step: a job held for its
+    /// transaction (it never runs before [`Queue::release_held`]), a fixed retry interval,
+    /// `failed` rather than `dead` after the last attempt.
+    pub async fn submit_with(
+        &self,
+        new: NewJob,
+        options: JobOptions,
+        now: u64,
+    ) -> Result<Submitted, QueueError> {
+        if let Some(t) = &options.held_by {
+            no_nul(t, "the holding transaction id")?;
+        }
         no_nul(&new.subject, "the subject")?;
         no_nul(&new.target, "the target")?;
         if let Some(k) = &new.serial_key {
@@ -667,14 +742,23 @@ impl Queue {
             cancel_requested: false,
             payload: Some(new.payload),
             result: None,
+            held_by: options.held_by,
+            retry_interval_ms: options.retry_interval_ms,
+            fail_when_exhausted: options.fail_when_exhausted,
             slot: Slot::Waiting,
         };
         let idb = id.as_bytes().to_vec();
-        if self.first_in_line(job.serial_key.as_deref())? {
-            Self::slot_runnable(&mut batch, &mut job, now);
-        }
-        if let Some(entry) = Self::serial_entry(&job) {
-            batch.put(Space::Queue, entry, idb.clone());
+        if let Some(txn) = &job.held_by {
+            // Held: in no line and no runnable index until its transaction commits.
+            job.slot = Slot::Held;
+            batch.put(Space::Queue, held_key(txn, seq), idb.clone());
+        } else {
+            if self.first_in_line(job.serial_key.as_deref())? {
+                Self::slot_runnable(&mut batch, &mut job, now);
+            }
+            if let Some(entry) = Self::serial_entry(&job) {
+                batch.put(Space::Queue, entry, idb.clone());
+            }
         }
         if let Some(idem) = &job.idempotency_key {
             batch.put(
@@ -848,11 +932,20 @@ impl Queue {
         job.error = Some(error);
         job.txn = None;
         if job.attempts >= job.max_attempts {
-            self.finalize(&mut batch, &mut job, JobState::Dead, now)?;
+            let end = if job.fail_when_exhausted {
+                JobState::Failed
+            } else {
+                JobState::Dead
+            };
+            self.finalize(&mut batch, &mut job, end, now)?;
         } else {
             Self::unslot(&mut batch, &mut job);
             self.set_state(&mut batch, &mut job, JobState::Queued);
-            job.not_before_ms = now + backoff.delay(job.attempts, random).as_millis() as u64;
+            let wait = match job.retry_interval_ms {
+                Some(ms) => ms,
+                None => backoff.delay(job.attempts, random).as_millis() as u64,
+            };
+            job.not_before_ms = now + wait;
             Self::slot_runnable(&mut batch, &mut job, now);
         }
         batch.put(Space::Queue, job_key(id), encode(&job));
@@ -1031,6 +1124,113 @@ impl Queue {
             self.commit(batch, false).await?;
         }
         Ok(rows.len())
+    }
+
+    /// The jobs held for `txn`, with their `h` keys (`None`: an index entry without its
+    /// job, which cannot happen through this module).
+    fn held_of(&self, txn: &str) -> Result<Vec<HeldEntry>, QueueError> {
+        let mut out = Vec::new();
+        for (k, id) in self.store.scan(Space::Queue, &held_prefix(txn))? {
+            let id = String::from_utf8_lossy(&id).into_owned();
+            out.push((k, self.get(&id)?));
+        }
+        Ok(out)
+    }
+
+    /// The transaction `txn` committed: the jobs held for it may run (durably). Returns
+    /// how many were released.
+    pub async fn release_held(&self, txn: &str, now: u64) -> Result<usize, QueueError> {
+        let _guard = self.inner.lock().await;
+        let held = self.held_of(txn)?;
+        if held.is_empty() {
+            return Ok(0);
+        }
+        let mut n = 0;
+        let mut batch = Batch::new();
+        for (k, job) in held {
+            batch.delete(Space::Queue, k);
+            let Some(mut job) = job else { continue };
+            n += 1;
+            job.held_by = None;
+            job.slot = Slot::Waiting;
+            if self.first_in_line(job.serial_key.as_deref())? {
+                Self::slot_runnable(&mut batch, &mut job, now);
+            }
+            if let Some(entry) = Self::serial_entry(&job) {
+                batch.put(Space::Queue, entry, job.id.as_bytes().to_vec());
+            }
+            batch.put(Space::Queue, job_key(&job.id), encode(&job));
+        }
+        self.commit(batch, true).await?;
+        Ok(n)
+    }
+
+    /// The transaction `txn` rolled back: the jobs held for it are removed with every key
+    /// of theirs, as if never queued (durably). Returns how many were removed.
+    pub async fn discard_held(&self, txn: &str) -> Result<usize, QueueError> {
+        let _guard = self.inner.lock().await;
+        let held = self.held_of(txn)?;
+        if held.is_empty() {
+            return Ok(0);
+        }
+        let n = held.len();
+        let mut batch = Batch::new();
+        for (k, job) in held {
+            batch.delete(Space::Queue, k);
+            let Some(job) = job else { continue };
+            let seq = job.seq;
+            self.count(Some(job.state), None);
+            batch.delete(Space::Queue, job_key(&job.id));
+            batch.delete(Space::Queue, with_seq(vec![ALL], seq));
+            batch.delete(Space::Queue, state_key(job.state, seq));
+            batch.delete(
+                Space::Queue,
+                with_seq(field_prefix(BY_TARGET, &job.target), seq),
+            );
+            batch.delete(
+                Space::Queue,
+                with_seq(field_prefix(BY_SUBJECT, &job.subject), seq),
+            );
+            if let Some(idem) = &job.idempotency_key {
+                batch.delete(Space::Queue, idempotency_index(&job.subject, idem));
+            }
+        }
+        self.commit(batch, true).await?;
+        Ok(n)
+    }
+
+    /// After a crash (once recovery has finished every transaction): settles every held
+    /// job by its transaction's outcome, as `outcome` reads it from the journal —
+    /// `Some(true)` committed (released), `Some(false)` rolled back or never journaled
+    /// (removed), `None` still undecided (left held). Returns (released, removed).
+    pub async fn settle_held<E>(
+        &self,
+        outcome: impl Fn(&str) -> Result<Option<bool>, E>,
+        now: u64,
+    ) -> Result<(usize, usize), SettleError<E>> {
+        let mut txns: Vec<String> = Vec::new();
+        for (k, _) in self
+            .store
+            .scan(Space::Queue, &[HELD])
+            .map_err(QueueError::from)?
+        {
+            let Some(body) = k.get(1..k.len().saturating_sub(9)) else {
+                continue;
+            };
+            let txn = String::from_utf8_lossy(body).into_owned();
+            if txns.last() != Some(&txn) {
+                txns.push(txn);
+            }
+        }
+        let (mut released, mut removed) = (0, 0);
+        for txn in txns {
+            match outcome(&txn).map_err(SettleError::Outcome)? {
+                Some(true) => released += self.release_held(&txn, now).await?,
+                Some(false) => removed += self.discard_held(&txn).await?,
+                None => {}
+            }
+        }
+        Ok((released, removed))
     }
 
     /// When the earliest scheduled job is due (ms), if any: a dispatcher with nothing

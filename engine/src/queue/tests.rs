@@ -603,3 +603,85 @@ proptest! {
         })?;
     }
 }
+
+#[test]
+fn held_jobs_wait_for_their_transaction_and_keep_their_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let q = open(dir.path());
+    rt().block_on(async {
+        let held = |t: &str| JobOptions {
+            held_by: Some(t.into()),
+            ..JobOptions::default()
+        };
+        let keyed = |target: &str| NewJob {
+            serial_key: Some("tenant".into()),
+            ..job(target)
+        };
+        let a = q
+            .submit_with(keyed("A"), held("t1"), 1)
+            .await
+            .expect("a")
+            .job;
+        let b = q.submit(keyed("B"), 1).await.expect("b").job;
+        let c = q.submit_with(job("C"), held("t2"), 1).await.expect("c").job;
+        assert_eq!(q.counts()[0], 3);
+        // The held job is in no line: B (same key) runs; nothing else is claimable.
+        let first = q.claim(2, LEASE).await.expect("claim").expect("b");
+        assert_eq!(first.id, b.id);
+        assert!(q.claim(2, LEASE).await.expect("claim").is_none());
+        assert_eq!(q.discard_held("t2").await.expect("discard"), 1);
+        assert!(q.get(&c.id).expect("get").is_none());
+        assert_eq!(q.counts()[0], 1, "C is no longer counted");
+        // Released while B of its key still runs: it waits for B.
+        assert_eq!(q.release_held("t1", 3).await.expect("release"), 1);
+        assert!(q.claim(3, LEASE).await.expect("claim").is_none());
+        q.finish(&b.id, done(), 4).await.expect("finish");
+        let next = q.claim(5, LEASE).await.expect("claim").expect("a");
+        assert_eq!(next.id, a.id);
+        assert_eq!(next.held_by, None);
+        // Nothing left held.
+        assert_eq!(q.release_held("t1", 6).await.expect("again"), 0);
+    });
+}
+
+#[test]
+fn a_fixed_retry_interval_and_failed_instead_of_dead() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let q = open(dir.path());
+    let backoff = Backoff {
+        base: Duration::from_secs(100),
+        max: Duration::from_secs(1000),
+    };
+    rt().block_on(async {
+        let options = JobOptions {
+            retry_interval_ms: Some(250),
+            fail_when_exhausted: true,
+            ..JobOptions::default()
+        };
+        let new = NewJob {
+            max_attempts: 2,
+            ..job("R")
+        };
+        let j = q.submit_with(new, options, 1).await.expect("submit").job;
+        q.claim(10, LEASE).await.expect("claim").expect("first");
+        let again = q
+            .retry_later(&j.id, "busy".into(), 10, backoff, 7)
+            .await
+            .expect("retry");
+        assert_eq!(again.state, JobState::Queued);
+        assert_eq!(
+            again.not_before_ms, 260,
+            "the fixed interval, not the backoff"
+        );
+        q.claim(260, LEASE).await.expect("claim").expect("second");
+        let last = q
+            .retry_later(&j.id, "busy".into(), 300, backoff, 7)
+            .await
+            .expect("retry");
+        assert_eq!(
+            last.state,
+            JobState::Failed,
+            "onFailure=continue: failed, not dead"
+        );
+    });
+}

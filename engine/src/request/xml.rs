@@ -14,9 +14,9 @@ use crate::data::xml::{
 use crate::data::{Element, IfNull, Mode, Path, Scalar};
 use crate::model::{
     Access, BatchItem, BatchRequest, CallTarget, ExecuteStep, ForEach, Format, Impersonate,
-    InputSpec, Namespace, Ordering, ProcKind, Procedure, Repeat, Request, RequestDocument,
-    RequestTarget, Scope, Script, ScriptStep, SelectStep, SourceRef, Step, Transform,
-    TransformSource, TryStep, When, XslTemplates,
+    InputSpec, Namespace, Ordering, ProcKind, Procedure, QueueStep, Repeat, Request,
+    RequestDocument, RequestTarget, Scope, Script, ScriptStep, SelectStep, SourceRef, Step,
+    Transform, TransformSource, TryStep, When, XslTemplates,
 };
 use std::cell::OnceCell;
 use std::collections::HashSet;
@@ -140,6 +140,16 @@ const EXECUTE_ATTRS: &[&str] = &[
     "trusted",
 ];
 const TRANSFORM_ATTRS: &[&str] = &["id", "needs"];
+const QUEUE_ATTRS: &[&str] = &[
+    "id",
+    "namespace",
+    "procedure",
+    "needs",
+    "impersonate",
+    "sensitive",
+    "trusted",
+    "queueSuspended",
+];
 const EXECUTE_CHILDREN: &[&str] = &[
     "executeData",
     "forEach",
@@ -677,7 +687,7 @@ impl<'f> Ctx<'f> {
             let el = elements[i];
             i += 1;
             let result = match el.name.as_str() {
-                "execute" | "transform" | "select" | "try" | "script" => {
+                "execute" | "queue" | "transform" | "select" | "try" | "script" => {
                     n += 1;
                     let auto = format!("step{n}");
                     match el.name.as_str() {
@@ -701,9 +711,6 @@ impl<'f> Ctx<'f> {
                 "catch" => Err(self
                     .err(el, "a <catch> must directly follow its <try>")
                     .with_hint("put the <catch> right after the </try> it handles")),
-                "queue" => Err(self
-                    .err(el, "queue is not supported yet")
-                    .with_hint("use <execute> to run the call inline in this transaction")),
                 "globalData" => Err(self
                     .err(
                         el,
@@ -1046,15 +1053,25 @@ impl<'f> Ctx<'f> {
     }
 
     fn execute(&self, el: &Located, auto: String) -> Result<ExecuteStep, ParseError> {
-        let is_execute = el.name == "execute";
+        let is_queue = el.name == "queue";
+        let is_execute = el.name == "execute" || is_queue;
         self.check_attrs(
             el,
-            if is_execute {
+            if is_queue {
+                QUEUE_ATTRS
+            } else if is_execute {
                 EXECUTE_ATTRS
             } else {
                 TRANSFORM_ATTRS
             },
         )?;
+        let queue = if is_queue {
+            Some(QueueStep {
+                suspended: self.bool_attr(el, "queueSuspended", true)?,
+            })
+        } else {
+            None
+        };
         self.no_text(el)?;
         let call = if is_execute {
             let namespace = self.name_attr(el, "namespace", "namespace")?;
@@ -1088,6 +1105,7 @@ impl<'f> Ctx<'f> {
             sensitive,
             impersonate,
             pass_credentials,
+            queue,
             call,
             for_each: Vec::new(),
             when: Vec::new(),

@@ -88,6 +88,8 @@ impl<'de> Node<'de> for InputDef {
 def_struct! {
     StepDef, "a step mapping" {
         "call" => call: Text,
+        /// MPS `queue`: `suspended` (run once the transaction commits) or `active`.
+        "queue" => queue: Text,
         "with" => with: Ordered<Lit>,
         "output" => output: OutputDef,
         "needs" => needs: Strings,

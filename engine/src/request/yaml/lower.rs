@@ -13,8 +13,9 @@ use crate::data::json::from_json;
 use crate::data::{Element, IfNull, Mode, Path};
 use crate::model::{
     Access, BatchItem, BatchRequest, CallTarget, ExecuteStep, ForEach, Format, InputSpec,
-    Namespace, Ordering, Procedure, Repeat, Request, RequestDocument, RequestTarget, Scope, Script,
-    ScriptStep, SelectStep, SourceRef, Step, Transform, TransformSource, TryStep, When,
+    Namespace, Ordering, Procedure, QueueStep, Repeat, Request, RequestDocument, RequestTarget,
+    Scope, Script, ScriptStep, SelectStep, SourceRef, Step, Transform, TransformSource, TryStep,
+    When,
 };
 use fxhash::FxHashSet as FxSet;
 use serde_json::{Map as JsonMap, Value as Json};
@@ -276,6 +277,14 @@ impl<'a> Cx<'a> {
             }
         }
         if d.script.is_some() {
+            if d.queue.is_some() {
+                self.err(
+                    &at.key("queue"),
+                    "a script step cannot be queued",
+                    Some("queue a `call:` step instead".into()),
+                );
+                return None;
+            }
             return self
                 .script_step(id, d, at, needs, sref, n0)
                 .map(Step::Script);
@@ -292,6 +301,7 @@ impl<'a> Cx<'a> {
         }
         let exec_keys: Vec<&str> = [
             ("call", d.call.is_some()),
+            ("queue", d.queue.is_some()),
             ("with", d.with.is_some()),
             ("output", d.output.is_some()),
             ("forEach", d.for_each.is_some()),
@@ -400,6 +410,27 @@ impl<'a> Cx<'a> {
         sref: SourceRef,
         n0: usize,
     ) -> Option<ExecuteStep> {
+        let queue = match d.queue.as_ref().map(|t| t.0.as_str()) {
+            None => None,
+            Some(_) if d.call.is_none() => {
+                self.err(
+                    &at.key("queue"),
+                    "`queue` needs the `call` it queues",
+                    Some("write `call: Namespace/Procedure` next to `queue:`".into()),
+                );
+                None
+            }
+            Some("suspended") => Some(QueueStep { suspended: true }),
+            Some("active") => Some(QueueStep { suspended: false }),
+            Some(other) => {
+                self.err(
+                    &at.key("queue"),
+                    format!("`queue: {other}` is neither `suspended` nor `active`"),
+                    Some("write `queue: suspended` (runs only if this transaction commits) or `queue: active` (runs whatever its outcome)".into()),
+                );
+                None
+            }
+        };
         let call = match d.call {
             None => None,
             Some(Text(c)) => self.call_target(&at.key("call"), &c),
@@ -574,6 +605,7 @@ impl<'a> Cx<'a> {
             sensitive: None,
             impersonate: Default::default(),
             pass_credentials: false,
+            queue,
         })
     }
 

@@ -1,0 +1,169 @@
+//! The MPS `queue` step: instead of calling its procedure, the step hands the call (its
+//! executeData as the job's `data`) to a [`JobSink`], which queues it as a job of its own,
+//! and writes the job id to `context/queueContext/@queueId`. A suspended job is held for
+//! the transaction: after the transaction ends the engine tells the sink to release
+//! (commit) or discard (rollback) what it holds for it.
+
+use super::state::{lock, RunMode, Txn};
+use super::{Engine, Failure};
+use crate::data::{Element, Node};
+use crate::model::{CallTarget, QueueStep};
+use crate::provider::ProviderError;
+use crate::TxnId;
+use futures::future::BoxFuture;
+
+/// A call a `queue` step hands over, with the request's `queueContext` settings.
+#[derive(Debug, Clone)]
+pub struct QueuedCall {
+    /// The submitting transaction.
+    pub txn_id: TxnId,
+    /// The step path that queued it.
+    pub step: String,
+    /// The procedure the job calls (public).
+    pub target: CallTarget,
+    /// The job's `data`: the step's executeData after its `before` transforms.
+    pub data: Element,
+    /// MPS `queueSuspended`: hold the job until the transaction commits (removed if it
+    /// rolls back); `false`: it may run at once, whatever the transaction's outcome.
+    pub suspended: bool,
+    /// `queueContext/@retryCount`: attempts after the first.
+    pub retry_count: Option<u32>,
+    /// `queueContext/@retryInterval`: ms between attempts.
+    pub retry_interval_ms: Option<u64>,
+    /// `queueContext/@onFailure="continue"`: after the last attempt the job is failed
+    /// (not left for an operator, which is `queueToOperator`, the default).
+    pub fail_when_exhausted: bool,
+    /// `queueContext/@priority`: lower runs sooner (MPS).
+    pub priority: Option<i16>,
+}
+
+/// Where `queue` steps put their jobs (the binary's persistent job queue).
+pub trait JobSink: Send + Sync {
+    /// Queues `call` (held for its transaction when suspended); returns the job id.
+    fn enqueue(&self, call: QueuedCall) -> BoxFuture<'_, Result<String, String>>;
+    /// The transaction `txn` ended: release (`committed`) or remove what is held for it.
+    /// A failure here is settled after the next recovery (see
+    /// [`crate::queue::Queue::settle_held`]).
+    fn settle<'a>(&'a self, txn: &'a TxnId, committed: bool) -> BoxFuture<'a, Result<(), String>>;
+}
+
+/// What a plan (dry run) shows as the job id.
+const PLANNED_ID: &str = "(queued when run)";
+
+fn attr_number<T: std::str::FromStr>(
+    qc: &Element,
+    name: &str,
+    step: &str,
+) -> Result<Option<T>, Failure> {
+    match qc.attr(name) {
+        None => Ok(None),
+        Some(v) if v.trim().is_empty() => Ok(None),
+        Some(v) => v.trim().parse::<T>().map(Some).map_err(|_| {
+            Failure::data(
+                step,
+                format!("context/queueContext/@{name} `{v}` is not a whole number in range"),
+            )
+        }),
+    }
+}
+
+impl Engine {
+    /// Runs a `queue` step's call: queues it and records the job id in the context.
+    pub(super) async fn enqueue_call(
+        &self,
+        txn: &Txn,
+        target: &CallTarget,
+        ed: Element,
+        step: &str,
+        spec: QueueStep,
+    ) -> Result<(), Failure> {
+        let qc = lock(&txn.context)
+            .child("queueContext")
+            .cloned()
+            .unwrap_or_else(|| Element::new("queueContext"));
+        if qc.child("parentQueue").is_some() {
+            return Err(Failure::data(
+                step,
+                "context/queueContext/parentQueue is not supported: Provisio cannot make a queued job wait for other jobs; remove it, or queue the jobs from one procedure that runs them in order",
+            ));
+        }
+        let retry_count = attr_number::<u32>(&qc, "retryCount", step)?;
+        let retry_interval_ms = attr_number::<u64>(&qc, "retryInterval", step)?;
+        let priority = attr_number::<i16>(&qc, "priority", step)?;
+        let fail_when_exhausted = match qc.attr("onFailure").map(str::trim) {
+            None | Some("") | Some("queueToOperator") => false,
+            Some("continue") => true,
+            Some(other) => {
+                return Err(Failure::data(
+                    step,
+                    format!(
+                        "context/queueContext/@onFailure `{other}` is neither `continue` nor `queueToOperator`"
+                    ),
+                ))
+            }
+        };
+        let id = if txn.mode == RunMode::Plan {
+            PLANNED_ID.to_string()
+        } else {
+            let Some(sink) = &self.jobs else {
+                return Err(Failure {
+                    code: ProviderError::E_FAIL,
+                    message: format!(
+                        "step queues `{target}`, but this engine has no job queue to put it in"
+                    ),
+                    step: step.to_string(),
+                    sources: Vec::new(),
+                });
+            };
+            let mut data = ed;
+            data.name = "data".into();
+            let call = QueuedCall {
+                txn_id: txn.id.clone(),
+                step: step.to_string(),
+                target: target.clone(),
+                data,
+                suspended: spec.suspended,
+                retry_count,
+                retry_interval_ms,
+                fail_when_exhausted,
+                priority,
+            };
+            let id = sink.enqueue(call).await.map_err(|e| Failure {
+                code: ProviderError::E_FAIL,
+                message: format!("queueing `{target}` failed: {e}"),
+                step: step.to_string(),
+                sources: Vec::new(),
+            })?;
+            tracing::info!(step, job = %id, target = %target, suspended = spec.suspended, "queued a job");
+            id
+        };
+        let mut context = lock(&txn.context);
+        let slot = context.children.iter_mut().find_map(|n| match n {
+            Node::Element(e) if e.local_name() == "queueContext" => Some(e),
+            _ => None,
+        });
+        match slot {
+            Some(e) => e.set_attr("queueId", id),
+            None => {
+                let mut e = Element::new("queueContext");
+                e.set_attr("queueId", id);
+                context.push(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// After a transaction ended: its held jobs are released (committed) or removed.
+    pub(super) async fn settle_jobs(&self, txn: &Txn, committed: bool) {
+        let Some(sink) = self.jobs.as_ref().filter(|_| txn.mode == RunMode::Execute) else {
+            return;
+        };
+        if let Err(e) = sink.settle(&txn.id, committed).await {
+            tracing::error!(
+                error = %e,
+                committed,
+                "settling the jobs this transaction queued failed; the next recovery (provisio recover, worker --drain, serve) settles them"
+            );
+        }
+    }
+}
