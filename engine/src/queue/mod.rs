@@ -539,6 +539,15 @@ impl Queue {
         Ok(())
     }
 
+    /// Waits until every write made so far (this task's and everyone else's) is on stable
+    /// storage. Called after the queue's lock is released, so that the submissions and
+    /// claims of concurrent tasks share one sync (the store's group commit) instead of
+    /// taking one sync each in turn under the lock.
+    async fn sync(&self) -> Result<(), QueueError> {
+        self.store.sync().await?;
+        Ok(())
+    }
+
     /// The store.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
@@ -710,8 +719,12 @@ impl Queue {
                 .get(Space::Queue, &idempotency_index(&new.subject, idem))?
             {
                 let id = String::from_utf8_lossy(&id).into_owned();
+                let job = self.must_get(&id)?;
+                drop(next);
+                // The first submission may still be waiting for its sync.
+                self.sync().await?;
                 return Ok(Submitted {
-                    job: self.must_get(&id)?,
+                    job,
                     created: false,
                 });
             }
@@ -781,7 +794,11 @@ impl Queue {
         );
         batch.put(Space::Queue, job_key(&id), encode(&job));
         self.count(None, Some(JobState::Queued));
-        self.commit(batch, true).await?;
+        // Applied under the lock (the next change sees it), made durable after it: a claim
+        // of this job syncs it too, before its transaction can start.
+        self.commit(batch, false).await?;
+        drop(next);
+        self.sync().await?;
         Ok(Submitted { job, created: true })
     }
 
@@ -815,7 +832,7 @@ impl Queue {
     /// until `now + lease` and the transaction id of this attempt (a new one, or the one
     /// of an attempt a crash cut short), written durably. `None`: nothing is due.
     pub async fn claim(&self, now: u64, lease: Duration) -> Result<Option<Job>, QueueError> {
-        let _guard = self.inner.lock().await;
+        let guard = self.inner.lock().await;
         let mut batch = Batch::new();
         if self.promote(&mut batch, now)? > 0 {
             // The promotions must be visible to the read below.
@@ -843,7 +860,11 @@ impl Queue {
             job.txn = Some(txn);
         }
         batch.put(Space::Queue, job_key(&id), encode(&job));
-        self.commit(batch, true).await?;
+        // Durable before the transaction starts (its id is in the queue), but synced after
+        // the lock is released, so concurrent claims and submissions share the sync.
+        self.commit(batch, false).await?;
+        drop(guard);
+        self.sync().await?;
         Ok(Some(job))
     }
 

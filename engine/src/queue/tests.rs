@@ -685,3 +685,57 @@ fn a_fixed_retry_interval_and_failed_instead_of_dead() {
         );
     });
 }
+
+/// Submissions and claims from many tasks at once share syncs (the queue's lock is not
+/// held across the sync), and every one of them is durable once it returned: a reopened
+/// store has them all, claimed ones with their transaction ids.
+#[test]
+fn concurrent_submissions_and_claims_share_syncs_and_are_durable() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(SledStore::open(dir.path()).expect("open store"));
+    let q = Arc::new(Queue::open(store.clone()).expect("open queue"));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let n = 200;
+    let before = store.sync_count();
+    let claimed: Vec<Job> = rt.block_on(async {
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..n {
+            let q = q.clone();
+            tasks.spawn(async move { q.submit(job(&format!("A/j{i}")), 10).await });
+        }
+        while let Some(r) = tasks.join_next().await {
+            r.expect("task").expect("submit");
+        }
+        let mut claims = tokio::task::JoinSet::new();
+        for _ in 0..n {
+            let q = q.clone();
+            claims.spawn(async move { q.claim(20, LEASE).await });
+        }
+        let mut claimed = Vec::new();
+        while let Some(r) = claims.join_next().await {
+            claimed.push(r.expect("task").expect("claim").expect("a job was due"));
+        }
+        claimed
+    });
+    let syncs = store.sync_count() - before;
+    assert!(
+        syncs < 2 * n as u64,
+        "{syncs} syncs for {n} submissions and {n} claims: the queue's writes are not grouped"
+    );
+    drop(q);
+    drop(rt);
+    drop(store);
+    let q = open(dir.path());
+    assert_eq!(q.counts()[state_index(JobState::Running)], n as u64);
+    let ids: HashSet<String> = claimed.iter().map(|j| j.id.clone()).collect();
+    assert_eq!(ids.len(), n);
+    for j in &claimed {
+        let again = q.get(&j.id).expect("read").expect("the job is still there");
+        assert_eq!(again.state, JobState::Running);
+        assert_eq!(again.txn, j.txn, "its transaction id survived");
+    }
+}

@@ -148,6 +148,14 @@ pub trait Store: Send + Sync {
     /// write, and if it fails, that write (and every later one) reports the failure.
     async fn write(&self, batch: Batch, durable: bool) -> Result<(), StoreError>;
 
+    /// Returns once every write made before the call is on stable storage, as a durable
+    /// write would; concurrent calls and durable writes share one sync. Lets a caller apply
+    /// a write under its own lock and wait for the sync after releasing it. The default
+    /// makes an empty durable write.
+    async fn sync(&self) -> Result<(), StoreError> {
+        self.write(Batch::new(), true).await
+    }
+
     /// Reads one value; sees every write that returned before the call.
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
 

@@ -650,6 +650,20 @@ impl Store for SledStore {
             Ok(())
         }
     }
+    async fn sync(&self) -> Result<(), StoreError> {
+        let seq = {
+            let intake = lock(&self.shared.intake);
+            if let Some(e) = self.shared.poison.get() {
+                return Err(e.clone());
+            }
+            if intake.closed {
+                return Err(StoreError::Closed);
+            }
+            intake.seq
+        };
+        self.shared.wait_durable(seq).await
+    }
+
     fn get(&self, space: Space, k: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let full = key(space, k);
         if let Some(v) = read_lock(&self.shared.overlays).get(&full) {
