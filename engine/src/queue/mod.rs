@@ -1124,22 +1124,8 @@ impl Queue {
                 // A stale key (cannot happen through this module): keep the job.
                 continue;
             }
-            let idb = job.seq;
             self.count(Some(job.state), None);
-            batch.delete(Space::Queue, job_key(&id));
-            batch.delete(Space::Queue, with_seq(vec![ALL], idb));
-            batch.delete(Space::Queue, state_key(job.state, idb));
-            batch.delete(
-                Space::Queue,
-                with_seq(field_prefix(BY_TARGET, &job.target), idb),
-            );
-            batch.delete(
-                Space::Queue,
-                with_seq(field_prefix(BY_SUBJECT, &job.subject), idb),
-            );
-            if let Some(idem) = &job.idempotency_key {
-                batch.delete(Space::Queue, idempotency_index(&job.subject, idem));
-            }
+            delete_job_keys(&mut batch, &job);
         }
         if !rows.is_empty() {
             self.commit(batch, false).await?;
@@ -1199,22 +1185,8 @@ impl Queue {
         for (k, job) in held {
             batch.delete(Space::Queue, k);
             let Some(job) = job else { continue };
-            let seq = job.seq;
             self.count(Some(job.state), None);
-            batch.delete(Space::Queue, job_key(&job.id));
-            batch.delete(Space::Queue, with_seq(vec![ALL], seq));
-            batch.delete(Space::Queue, state_key(job.state, seq));
-            batch.delete(
-                Space::Queue,
-                with_seq(field_prefix(BY_TARGET, &job.target), seq),
-            );
-            batch.delete(
-                Space::Queue,
-                with_seq(field_prefix(BY_SUBJECT, &job.subject), seq),
-            );
-            if let Some(idem) = &job.idempotency_key {
-                batch.delete(Space::Queue, idempotency_index(&job.subject, idem));
-            }
+            delete_job_keys(&mut batch, &job);
         }
         self.commit(batch, true).await?;
         Ok(n)
@@ -1336,4 +1308,24 @@ fn matches(job: &Job, f: &ListFilter) -> bool {
         && f.namespace
             .as_deref()
             .is_none_or(|n| job.target.rsplit_once('/').is_some_and(|(ns, _)| ns == n))
+}
+
+/// Deletes every key of a job from the queue: the job, its place in each listing and its
+/// idempotency key.
+fn delete_job_keys(batch: &mut Batch, job: &Job) {
+    let seq = job.seq;
+    batch.delete(Space::Queue, job_key(&job.id));
+    batch.delete(Space::Queue, with_seq(vec![ALL], seq));
+    batch.delete(Space::Queue, state_key(job.state, seq));
+    batch.delete(
+        Space::Queue,
+        with_seq(field_prefix(BY_TARGET, &job.target), seq),
+    );
+    batch.delete(
+        Space::Queue,
+        with_seq(field_prefix(BY_SUBJECT, &job.subject), seq),
+    );
+    if let Some(idem) = &job.idempotency_key {
+        batch.delete(Space::Queue, idempotency_index(&job.subject, idem));
+    }
 }
