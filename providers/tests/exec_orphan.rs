@@ -85,7 +85,11 @@ fn wait_for_file(path: &Path, within: Duration) -> String {
                 return text;
             }
         }
-        assert!(Instant::now() < deadline, "{} did not appear", path.display());
+        assert!(
+            Instant::now() < deadline,
+            "{} did not appear",
+            path.display()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -126,7 +130,10 @@ async fn orphaned_child_is_killed_before_recover_answers() {
     std::thread::sleep(Duration::from_millis(300));
     owner.kill().expect("SIGKILL the helper");
     owner.wait().expect("reap the helper");
-    assert!(running(pid), "the ledger child should have outlived its engine");
+    assert!(
+        running(pid),
+        "the ledger child should have outlived its engine"
+    );
     let killed_at = Instant::now();
 
     let p = ExecProvider::spawn(ledger_config(dir, false))
