@@ -126,8 +126,17 @@ async fn orphaned_child_is_killed_before_recover_answers() {
         .trim()
         .parse()
         .expect("a pid");
-    // Let the request reach the child (it then sleeps DELAY_MS before applying).
-    std::thread::sleep(Duration::from_millis(300));
+    // The request reached the child once it opened the ledger's lock file (only `execute`
+    // does, before it sleeps DELAY_MS holding the lock and then applies).
+    let lock = dir.join("ledger.json.lock");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !lock.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the call never reached the child"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     owner.kill().expect("SIGKILL the helper");
     owner.wait().expect("reap the helper");
     assert!(
