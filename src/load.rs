@@ -137,6 +137,9 @@ pub async fn registry(config: &Config) -> Result<ProviderRegistry> {
         cfg.start_timeout = Duration::from_secs(e.start_timeout_secs.max(1));
         cfg.max_restarts = e.max_restarts;
         cfg.restart_window = Duration::from_secs(e.restart_window_secs.max(1));
+        // Where its running children are recorded, so that the next start kills the ones
+        // a killed engine left behind before recovery asks `recover`.
+        cfg.state_dir = Some(exec_state_dir(&config.data_dir, &e.name));
         let provider = ExecProvider::spawn(cfg).await.map_err(|err| {
             anyhow::anyhow!(
                 "providers.exec: provider `{}` (command {:?}{}): {err}\n  hint: fix `command` of the \
@@ -153,6 +156,20 @@ pub async fn registry(config: &Config) -> Result<ProviderRegistry> {
         registry.register(Arc::new(provider));
     }
     Ok(registry)
+}
+
+/// `<data_dir>/exec/<name>`: an exec provider's own state folder. Bytes other than ASCII
+/// letters, digits, `-` and `_` are written `%XX`, so every name has its own folder.
+fn exec_state_dir(data_dir: &Path, name: &str) -> std::path::PathBuf {
+    let mut folder = String::new();
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+            folder.push(char::from(b));
+        } else {
+            folder.push_str(&format!("%{b:02X}"));
+        }
+    }
+    data_dir.join("exec").join(folder)
 }
 
 /// Executor options from `[engine]` and `[retry]`.
@@ -474,4 +491,21 @@ pub fn join_parse_errors(errors: &[ParseError]) -> String {
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join("\nerror: ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_state_folders_are_one_per_name() {
+        let d = Path::new("data");
+        assert_eq!(exec_state_dir(d, "Ledger"), d.join("exec").join("Ledger"));
+        assert_eq!(
+            exec_state_dir(d, "Web Ledger/2"),
+            d.join("exec").join("Web%20Ledger%2F2")
+        );
+        assert_ne!(exec_state_dir(d, "a_b"), exec_state_dir(d, "a/b"));
+        assert_eq!(exec_state_dir(d, ".."), d.join("exec").join("%2E%2E"));
+    }
 }

@@ -4,6 +4,7 @@
 //! The child leads its own process group, and killing it kills the whole group: helper
 //! processes it started (a shell's children, a worker pool) do not outlive it.
 
+use super::orphans;
 use super::protocol::short;
 use std::io;
 use std::path::PathBuf;
@@ -55,6 +56,8 @@ pub struct Running {
     stdin: Option<ChildStdin>,
     stdout: BufReader<ChildStdout>,
     stderr_task: Option<JoinHandle<()>>,
+    /// The child's record in the provider's state folder, removed once it was reaped.
+    record: Option<PathBuf>,
 }
 
 impl Running {
@@ -95,7 +98,27 @@ impl Running {
             stdin: Some(stdin),
             stdout: BufReader::with_capacity(64 * 1024, stdout),
             stderr_task,
+            record: None,
         })
+    }
+
+    /// Records the child (process group and start time) in `dir`, synced, so that the
+    /// next start kills it if this engine is killed while it runs.
+    pub fn record(&mut self, dir: &std::path::Path) -> io::Result<()> {
+        let pid = self
+            .group
+            .ok_or_else(|| io::Error::other("the child has no pid"))?;
+        self.record = Some(orphans::record(dir, pid)?);
+        Ok(())
+    }
+
+    /// Drops the record once the child is known to be reaped.
+    fn forget_if_reaped(&mut self, reaped: bool) {
+        if reaped {
+            if let Some(path) = self.record.take() {
+                orphans::remove(&path);
+            }
+        }
     }
 
     /// The OS process id, while running.
@@ -141,7 +164,11 @@ impl Running {
     pub async fn kill(mut self) {
         self.kill_group();
         let _ = self.child.start_kill();
-        let _ = tokio::time::timeout(REAP_WAIT, self.child.wait()).await;
+        let reaped = matches!(
+            tokio::time::timeout(REAP_WAIT, self.child.wait()).await,
+            Ok(Ok(_))
+        );
+        self.forget_if_reaped(reaped);
         self.finish_stderr().await;
     }
 
@@ -149,15 +176,20 @@ impl Running {
     pub async fn shutdown(mut self, grace: Duration) {
         // Dropping stdin closes the pipe: the child reads end of file.
         drop(self.stdin.take());
-        if tokio::time::timeout(grace, self.child.wait())
-            .await
-            .is_err()
-        {
+        let mut reaped = matches!(
+            tokio::time::timeout(grace, self.child.wait()).await,
+            Ok(Ok(_))
+        );
+        if !reaped {
             let _ = self.child.start_kill();
-            let _ = tokio::time::timeout(REAP_WAIT, self.child.wait()).await;
+            reaped = matches!(
+                tokio::time::timeout(REAP_WAIT, self.child.wait()).await,
+                Ok(Ok(_))
+            );
         }
         // What it started goes with it, whether it exited on its own or not.
         self.kill_group();
+        self.forget_if_reaped(reaped);
         self.finish_stderr().await;
     }
 
@@ -195,6 +227,10 @@ impl Drop for Running {
         }
         // `kill_on_drop` kills the child itself; this kills what it started.
         self.kill_group();
+        // SIGKILL was sent to it and its group (or it exited already): it cannot act on
+        // anything any more, so its record goes.
+        let _ = self.child.start_kill();
+        self.forget_if_reaped(true);
     }
 }
 

@@ -16,8 +16,14 @@
 //! [`ExecConfig::max_restarts`] restarts within [`ExecConfig::restart_window`], calls fail
 //! with a permanent error naming the provider and its last failure until the window has
 //! room again. Killing a child kills its whole process group (see `child`).
+//!
+//! With [`ExecConfig::state_dir`] set, every child is recorded there (synced) before it is
+//! sent a request, and [`ExecProvider::spawn`] first kills the children an earlier,
+//! killed engine left running, so that no orphan can apply a call after recovery asked
+//! `recover` about it (see `orphans`).
 
 mod child;
+mod orphans;
 pub mod protocol;
 
 use async_trait::async_trait;
@@ -58,6 +64,11 @@ pub struct ExecConfig {
     pub max_restarts: u32,
     /// The sliding window [`ExecConfig::max_restarts`] counts restarts in.
     pub restart_window: Duration,
+    /// The provider's own state folder, where each running child is recorded (process
+    /// group and start time) so that the next start kills the children a killed engine
+    /// left behind. `None` records nothing (orphans are then not found). Use one folder
+    /// per provider.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl ExecConfig {
@@ -76,6 +87,7 @@ impl ExecConfig {
             start_timeout: Duration::from_secs(10),
             max_restarts: 5,
             restart_window: Duration::from_secs(60),
+            state_dir: None,
         }
     }
 }
@@ -94,6 +106,18 @@ pub enum ExecError {
         /// The program that failed to start.
         program: String,
         /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The state folder could not record a child, or a child an earlier engine left
+    /// behind could not be killed.
+    #[error("provider `{name}`: state folder `{}`: {source}", dir.display())]
+    State {
+        /// Provider name.
+        name: String,
+        /// The state folder.
+        dir: PathBuf,
+        /// What failed.
         #[source]
         source: io::Error,
     },
@@ -120,6 +144,7 @@ impl ExecError {
                 io::ErrorKind::NotFound | io::ErrorKind::PermissionDenied
             ),
             ExecError::Handshake { transient, .. } => *transient,
+            ExecError::State { .. } => true,
         };
         let message = format!("restarting failed: {self}");
         if transient {
@@ -225,6 +250,7 @@ pub struct ExecProvider {
     start_timeout: Duration,
     max_restarts: u32,
     restart_window: Duration,
+    state_dir: Option<PathBuf>,
     state: tokio::sync::Mutex<State>,
     procedures: RwLock<Vec<ProcedureSpec>>,
 }
@@ -264,9 +290,11 @@ impl ExecProvider {
             start_timeout: config.start_timeout,
             max_restarts: config.max_restarts,
             restart_window: config.restart_window,
+            state_dir: config.state_dir,
             state: tokio::sync::Mutex::new(State::default()),
             procedures: RwLock::new(Vec::new()),
         };
+        provider.kill_orphans().await?;
         {
             let mut state = provider.state.lock().await;
             let (running, procedures) = provider.start_child(&mut state).await?;
@@ -297,6 +325,36 @@ impl ExecProvider {
         }
     }
 
+    /// Kills the children recorded in the state folder by an earlier engine process that
+    /// are still running (it was killed and could not stop them), and waits until they
+    /// are gone.
+    async fn kill_orphans(&self) -> Result<(), ExecError> {
+        let Some(dir) = self.state_dir.clone() else {
+            return Ok(());
+        };
+        let name = self.launch.name.clone();
+        let found = tokio::task::spawn_blocking({
+            let dir = dir.clone();
+            move || orphans::kill_orphans(&dir)
+        })
+        .await
+        .unwrap_or_else(|e| Err(io::Error::other(e)));
+        match found {
+            Ok(killed) => {
+                for child in killed {
+                    tracing::warn!(
+                        provider = %name,
+                        pid = child.pgid,
+                        "killed a child an earlier engine process left running (it was killed \
+                         mid-call); recovery settles its call"
+                    );
+                }
+                Ok(())
+            }
+            Err(source) => Err(ExecError::State { name, dir, source }),
+        }
+    }
+
     fn name_str(&self) -> &str {
         &self.launch.name
     }
@@ -324,6 +382,17 @@ impl ExecProvider {
             source,
         })?;
         tracing::debug!(provider = %name, pid = running.pid(), "started exec provider");
+        if let Some(dir) = &self.state_dir {
+            // Durably, before the child is sent anything: a killed engine leaves it behind.
+            if let Err(source) = running.record(dir) {
+                running.kill().await;
+                return Err(ExecError::State {
+                    name: name.clone(),
+                    dir: dir.clone(),
+                    source,
+                });
+            }
+        }
         let id = state.take_id();
         let request = protocol::describe_request(id);
         let handshake = |message: String, transient: bool| ExecError::Handshake {
