@@ -454,42 +454,33 @@ impl Engine {
             node,
         )?;
         let mut detached = Vec::new();
+        let step_cx = StepCtx {
+            txn,
+            inv,
+            step: &step,
+        };
         let ran = self
-            .run_iterations(
-                txn,
-                inv,
-                node,
-                &step,
-                &mut iterations,
-                &mut wave,
-                &mut detached,
-            )
+            .run_iterations(step_cx, node, &mut iterations, &mut wave, &mut detached)
             .await;
         if !detached.is_empty() {
             // Detached items left placeholders so the later iterations' items kept their
             // positions; they go now, in one pass per list, also when the step failed.
-            StepCtx {
-                txn,
-                inv,
-                step: &step,
-            }
-            .remove_detached(detached);
+            step_cx.remove_detached(detached);
         }
         ran.map(|()| wave)
     }
 
-    /// The iterations of an execute step, one after another.
-    #[allow(clippy::too_many_arguments)]
+    /// The iterations of an execute step (`step_cx` names the step without a suffix), one
+    /// after another.
     async fn run_iterations(
         &self,
-        txn: &Txn,
-        inv: &Invocation,
+        step_cx: StepCtx<'_>,
         node: &ExecNode,
-        step: &str,
         iterations: &mut [Iteration],
         wave: &mut usize,
         detached: &mut Vec<Origin>,
     ) -> Result<(), Failure> {
+        let StepCtx { txn, inv, step } = step_cx;
         for it in iterations.iter_mut() {
             let step = format!("{step}{}", it.suffix);
             let cx = StepCtx {
