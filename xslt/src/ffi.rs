@@ -1,7 +1,7 @@
 //! The calls into the C shim: the only unsafe code of the workspace, each block with the
 //! reason it is sound.
 
-use crate::XsltError;
+use crate::{Limits, XsltError};
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::ptr::NonNull;
 use std::sync::{Mutex, MutexGuard, Once};
@@ -28,27 +28,6 @@ extern "C" {
         err: *mut *mut c_char,
     ) -> c_int;
     fn pxslt_free(s: *mut c_char);
-}
-
-/// Bounds on one transformation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// Largest result, in bytes of serialized XML.
-    pub max_output: usize,
-    /// Deepest template recursion (libxslt's default, 3000, can overflow a 2 MiB thread stack).
-    pub max_depth: u16,
-    /// Most variables alive at once.
-    pub max_vars: u32,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            max_output: 4 * 1024 * 1024,
-            max_depth: 100,
-            max_vars: 10_000,
-        }
-    }
 }
 
 /// libxslt's error handler is one global of the process: every call that may report holds

@@ -17,10 +17,37 @@
 //! (`csrc/shim.c`) over the libxslt API, and one Rust module (`ffi`) with the only unsafe
 //! code, each block with its reason.
 
+#[cfg(feature = "libxslt")]
 #[allow(unsafe_code)] // the FFI module; see its documentation
 mod ffi;
+#[cfg(feature = "libxslt")]
+pub use ffi::Stylesheet;
 
-pub use ffi::{Limits, Stylesheet};
+#[cfg(not(feature = "libxslt"))]
+mod absent;
+#[cfg(not(feature = "libxslt"))]
+pub use absent::Stylesheet;
+
+/// Bounds on one transformation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest result, in bytes of serialized XML.
+    pub max_output: usize,
+    /// Deepest template recursion (libxslt's default, 3000, can overflow a 2 MiB thread stack).
+    pub max_depth: u16,
+    /// Most variables alive at once.
+    pub max_vars: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_output: 4 * 1024 * 1024,
+            max_depth: 100,
+            max_vars: 10_000,
+        }
+    }
+}
 
 /// A compile or transform error: libxml2's and libxslt's messages, one per line.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -33,6 +60,7 @@ pub struct XsltError {
 }
 
 impl XsltError {
+    #[cfg_attr(not(feature = "libxslt"), allow(dead_code))]
     pub(crate) fn from_messages(raw: &str) -> XsltError {
         let mut lines: Vec<String> = Vec::new();
         for l in raw.lines() {
@@ -63,6 +91,7 @@ impl XsltError {
 }
 
 /// The number after the first `line ` in a message.
+#[cfg_attr(not(feature = "libxslt"), allow(dead_code))]
 fn first_line_number(s: &str) -> Option<u32> {
     let at = s.find("line ")?;
     let digits: String = s[at + 5..]
@@ -72,7 +101,7 @@ fn first_line_number(s: &str) -> Option<u32> {
     digits.parse().ok()
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "libxslt"))]
 mod tests {
     use super::*;
 
