@@ -108,6 +108,16 @@ fn call(
 }
 
 /// The error an answer carries, as the daemon said it.
+/// GET `path` on the daemon; anything but 200 is an error carrying the daemon's message.
+fn get_ok(c: &ClientArgs, path: &str) -> Result<Answer> {
+    let a =
+        tokio::task::block_in_place(|| call(c, "GET", path, None, &[], Duration::from_secs(30)))?;
+    if a.status != 200 {
+        bail!("{}", failed(&a));
+    }
+    Ok(a)
+}
+
 fn failed(a: &Answer) -> anyhow::Error {
     let code = a
         .body
@@ -206,19 +216,7 @@ pub async fn submit(args: &SubmitArgs, quiet: bool) -> Result<Exit> {
     for id in &ids {
         tokio::task::block_in_place(|| follow(&args.client, id, quiet))?;
         let path = format!("/v1/requests/{}", path_segment(id));
-        let s = tokio::task::block_in_place(|| {
-            call(
-                &args.client,
-                "GET",
-                &path,
-                None,
-                &[],
-                Duration::from_secs(30),
-            )
-        })?;
-        if s.status != 200 {
-            bail!("{}", failed(&s));
-        }
+        let s = get_ok(&args.client, &path)?;
         finished.push(s.body);
     }
     // The worst outcome: an undo failure (3), else a rollback (1).
@@ -316,19 +314,7 @@ fn print_warnings(body: &Value) {
 /// `provisio status`.
 pub async fn status(args: &StatusArgs) -> Result<Exit> {
     let path = format!("/v1/requests/{}", path_segment(&args.id));
-    let a = tokio::task::block_in_place(|| {
-        call(
-            &args.client,
-            "GET",
-            &path,
-            None,
-            &[],
-            Duration::from_secs(30),
-        )
-    })?;
-    if a.status != 200 {
-        bail!("{}", failed(&a));
-    }
+    let a = get_ok(&args.client, &path)?;
     println!("{}", serde_json::to_string_pretty(&a.body)?);
     Ok(Exit::Ok)
 }
@@ -380,19 +366,7 @@ pub async fn jobs(args: &JobsArgs) -> Result<Exit> {
             path.push_str(&format!("&{k}={}", encode(v)));
         }
     }
-    let a = tokio::task::block_in_place(|| {
-        call(
-            &args.client,
-            "GET",
-            &path,
-            None,
-            &[],
-            Duration::from_secs(30),
-        )
-    })?;
-    if a.status != 200 {
-        bail!("{}", failed(&a));
-    }
+    let a = get_ok(&args.client, &path)?;
     let items = a
         .body
         .get("items")
