@@ -2,10 +2,8 @@
 //! `tx show` and `tx log` of a 100,000-step transaction hold one chunk of records in memory,
 //! not all of them ([`super::recovery::records`] collects them, for recovery).
 //!
-//! Record order is sequence order: a finished transaction's records are compacted into
-//! chunks (or, before chunks, one whole array under the bare id) numbered below every
-//! per-record key written after them (a resumed rollback), so the stream reads the whole
-//! array, then the chunks, then the per-record keys.
+//! Record order is sequence order (see [`RecordStream`] for how the three key layouts are
+//! merged).
 
 use super::records::{decode_records, JournalKey, Record, CHUNK_TAG};
 use super::recovery::RecoveryError;
@@ -16,27 +14,52 @@ use std::collections::VecDeque;
 /// Store keys read per call (a chunk holds at most a few KiB of records).
 const KEYS_PER_READ: usize = 8;
 
-/// Where the stream is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    /// The bare-id key (all records of a transaction finished before chunks).
-    Whole,
-    /// The chunk keys (`id ‖ C ‖ first seq`).
-    Chunks,
-    /// The per-record keys (`id ‖ seq`).
-    Records,
-    Done,
+/// One ordered source of records: the chunk keys (`id ‖ C ‖ first seq`) or the per-record
+/// keys (`id ‖ seq`), read `KEYS_PER_READ` keys at a time.
+#[derive(Debug)]
+struct Source {
+    /// The next key to read.
+    from: Vec<u8>,
+    /// Where the source's keys end (exclusive).
+    end: Option<Vec<u8>>,
+    /// Every key was read.
+    exhausted: bool,
+    /// Records read and not yet handed out, in sequence order.
+    buffer: VecDeque<(u64, Record)>,
 }
 
-/// The records of one transaction in order, with their sequence numbers. Each item is read
-/// when asked for: the stream holds at most `KEYS_PER_READ` store values.
+impl Source {
+    fn new(from: Vec<u8>, end: Option<Vec<u8>>) -> Source {
+        Source {
+            from,
+            end,
+            exhausted: false,
+            buffer: VecDeque::new(),
+        }
+    }
+
+    fn head(&self) -> Option<u64> {
+        self.buffer.front().map(|(seq, _)| *seq)
+    }
+}
+
+/// The records of one transaction in sequence order, with their sequence numbers. Each item
+/// is read when asked for: the stream holds at most `KEYS_PER_READ` store values per source.
+///
+/// A finished transaction's records are compacted into chunks (or, before chunks, one whole
+/// array under the bare id) numbered below every per-record key written after them (a
+/// resumed rollback). A running one is compacted as it goes, and a record written while a
+/// compaction was reading the keys stays under its own key although a later chunk holds
+/// higher numbers. So the stream reads the whole array first, then merges the chunks and
+/// the per-record keys by sequence number.
 pub struct RecordStream<'a> {
     store: &'a dyn Store,
     txn_id: TxnId,
-    phase: Phase,
-    /// The next key to read in the current phase.
-    from: Vec<u8>,
-    buffer: VecDeque<(u64, Record)>,
+    /// The bare-id array, read on the first call.
+    whole: Option<VecDeque<(u64, Record)>>,
+    chunks: Source,
+    records: Source,
+    failed: bool,
     /// Store values read so far (tests check that reading does not run ahead).
     values_read: usize,
 }
@@ -45,7 +68,6 @@ impl std::fmt::Debug for RecordStream<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RecordStream")
             .field("txn_id", &self.txn_id)
-            .field("phase", &self.phase)
             .field("values_read", &self.values_read)
             .finish()
     }
@@ -54,12 +76,17 @@ impl std::fmt::Debug for RecordStream<'_> {
 impl<'a> RecordStream<'a> {
     /// The records of `txn_id` in `store`.
     pub fn new(store: &'a dyn Store, txn_id: &TxnId) -> RecordStream<'a> {
+        let id = txn_id.as_bytes();
+        let chunk_prefix = [id, &[CHUNK_TAG]].concat();
         RecordStream {
             store,
             txn_id: txn_id.clone(),
-            phase: Phase::Whole,
-            from: Vec::new(),
-            buffer: VecDeque::new(),
+            whole: None,
+            chunks: Source::new(chunk_prefix.clone(), prefix_end(&chunk_prefix)),
+            // Per-record keys sort below the chunk tag (their sequence numbers start with a
+            // zero byte) and after the bare id.
+            records: Source::new([id, &[0]].concat(), Some(chunk_prefix)),
+            failed: false,
             values_read: 0,
         }
     }
@@ -76,75 +103,85 @@ impl<'a> RecordStream<'a> {
         }
     }
 
-    /// Reads the next few keys into the buffer, moving through the phases; false when
-    /// there is nothing left.
-    fn fill(&mut self) -> Result<bool, RecoveryError> {
-        let id = self.txn_id.as_bytes();
-        while self.buffer.is_empty() {
-            match self.phase {
-                Phase::Whole => {
-                    self.phase = Phase::Chunks;
-                    self.from = [id, &[CHUNK_TAG]].concat();
-                    if let Some(v) = self.store.get(Space::Journal, id)? {
-                        self.values_read += 1;
+    /// Reads the bare-id array once.
+    fn whole(&mut self) -> Result<&mut VecDeque<(u64, Record)>, RecoveryError> {
+        if self.whole.is_none() {
+            let mut buffer = VecDeque::new();
+            if let Some(v) = self.store.get(Space::Journal, self.txn_id.as_bytes())? {
+                self.values_read += 1;
+                let all: Vec<Record> = decode_records(&v).map_err(|e| self.bad(e))?;
+                buffer.extend(all.into_iter().enumerate().map(|(i, r)| (i as u64, r)));
+            }
+            self.whole = Some(buffer);
+        }
+        Ok(self.whole.get_or_insert_with(VecDeque::new))
+    }
+
+    /// Reads more of the chunks (`chunks`) or of the per-record keys until it has a record
+    /// buffered or every key was read.
+    fn fill(&mut self, chunks: bool) -> Result<(), RecoveryError> {
+        loop {
+            let source = if chunks {
+                &mut self.chunks
+            } else {
+                &mut self.records
+            };
+            if !source.buffer.is_empty() || source.exhausted {
+                return Ok(());
+            }
+            let rows = self.store.scan_range(
+                Space::Journal,
+                KeyRange::new(&source.from, source.end.as_deref()),
+                KEYS_PER_READ,
+                false,
+            )?;
+            if let Some((last, _)) = rows.last() {
+                source.from = last.clone();
+                source.from.push(0);
+            }
+            source.exhausted = rows.len() < KEYS_PER_READ;
+            for (k, v) in rows {
+                self.values_read += 1;
+                let decoded: Vec<(u64, Record)> = match JournalKey::parse(&self.txn_id, &k) {
+                    Some(JournalKey::Chunk(first)) => {
                         let all: Vec<Record> = decode_records(&v).map_err(|e| self.bad(e))?;
-                        self.buffer
-                            .extend(all.into_iter().enumerate().map(|(i, r)| (i as u64, r)));
+                        all.into_iter()
+                            .enumerate()
+                            .map(|(i, r)| (first + i as u64, r))
+                            .collect()
                     }
-                }
-                Phase::Chunks | Phase::Records => {
-                    let end = match self.phase {
-                        Phase::Chunks => prefix_end(&[id, &[CHUNK_TAG]].concat()),
-                        // Per-record keys sort below the chunk tag (their sequence numbers
-                        // start with a zero byte).
-                        _ => Some([id, &[CHUNK_TAG]].concat()),
-                    };
-                    let rows = self.store.scan_range(
-                        Space::Journal,
-                        KeyRange::new(&self.from, end.as_deref()),
-                        KEYS_PER_READ,
-                        false,
-                    )?;
-                    if let Some((last, _)) = rows.last() {
-                        self.from = last.clone();
-                        self.from.push(0);
+                    Some(JournalKey::Record(seq)) => {
+                        vec![(seq, decode_records(&v).map_err(|e| self.bad(e))?)]
                     }
-                    if rows.len() < KEYS_PER_READ {
-                        // This phase is read out once these are used.
-                        if self.phase == Phase::Chunks {
-                            self.phase = Phase::Records;
-                            // Past the bare id, which the first phase read.
-                            self.from = [id, &[0]].concat();
-                        } else {
-                            self.phase = Phase::Done;
-                        }
-                    }
-                    for (k, v) in rows {
-                        self.values_read += 1;
-                        match JournalKey::parse(&self.txn_id, &k) {
-                            Some(JournalKey::Chunk(first)) => {
-                                let all: Vec<Record> =
-                                    decode_records(&v).map_err(|e| self.bad(e))?;
-                                self.buffer.extend(
-                                    all.into_iter()
-                                        .enumerate()
-                                        .map(|(i, r)| (first + i as u64, r)),
-                                );
-                            }
-                            Some(JournalKey::Record(seq)) => {
-                                let r: Record = decode_records(&v).map_err(|e| self.bad(e))?;
-                                self.buffer.push_back((seq, r));
-                            }
-                            // The bare id is read first; other shapes are not this
-                            // transaction's.
-                            Some(JournalKey::Whole) | None => {}
-                        }
-                    }
-                }
-                Phase::Done => return Ok(false),
+                    // The bare id is read first; other shapes are not this transaction's.
+                    Some(JournalKey::Whole) | None => Vec::new(),
+                };
+                let source = if chunks {
+                    &mut self.chunks
+                } else {
+                    &mut self.records
+                };
+                source.buffer.extend(decoded);
             }
         }
-        Ok(true)
+    }
+
+    fn next_record(&mut self) -> Result<Option<(u64, Record)>, RecoveryError> {
+        if let Some(r) = self.whole()?.pop_front() {
+            return Ok(Some(r));
+        }
+        self.fill(true)?;
+        self.fill(false)?;
+        let from_chunks = match (self.chunks.head(), self.records.head()) {
+            (None, None) => return Ok(None),
+            (Some(c), Some(r)) => c < r,
+            (c, _) => c.is_some(),
+        };
+        Ok(if from_chunks {
+            self.chunks.buffer.pop_front()
+        } else {
+            self.records.buffer.pop_front()
+        })
     }
 }
 
@@ -152,12 +189,13 @@ impl Iterator for RecordStream<'_> {
     type Item = Result<(u64, Record), RecoveryError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        match self.fill() {
-            Ok(true) => self.buffer.pop_front().map(Ok),
-            Ok(false) => None,
+        if self.failed {
+            return None;
+        }
+        match self.next_record() {
+            Ok(r) => r.map(Ok),
             Err(e) => {
-                self.phase = Phase::Done;
-                self.buffer.clear();
+                self.failed = true;
                 Some(Err(e))
             }
         }
