@@ -383,6 +383,40 @@ async fn prune_removes_only_finished_transactions_past_retention() {
 }
 
 #[tokio::test]
+async fn prune_syncs_once_per_page_not_once_per_transaction() {
+    let (_dir, sled) = open();
+    let now = super::records::now_ms();
+    let spec = Synthetic {
+        first_ms: now - DAY_MS,
+        ..Synthetic::default()
+    };
+    synthetic::fill(&*sled, &spec, 0, 600).await.expect("fill");
+    let store = Counting::new(sled.clone());
+    index::ensure(&*store).await.expect("index");
+    store
+        .durable_writes
+        .store(0, std::sync::atomic::Ordering::Relaxed);
+    let keep = Retention {
+        max_count: Some(10),
+        ..Retention::default()
+    };
+    let pruned = retention::prune(&*store, &keep, now, None, false)
+        .await
+        .expect("prune");
+    assert_eq!(pruned.transactions.len(), 590);
+    let syncs = store
+        .durable_writes
+        .load(std::sync::atomic::Ordering::Relaxed);
+    // 590 transactions are three pages of 256.
+    assert!(
+        (1..=4).contains(&syncs),
+        "{syncs} syncs for 590 transactions"
+    );
+    let left = index::list(&*sled, &query(1000)).await.expect("list");
+    assert_eq!(left.items.len(), 10);
+}
+
+#[tokio::test]
 async fn prune_keeps_the_newest_n_and_stops_at_its_budget() {
     let (_dir, store) = open();
     let now = super::records::now_ms();
@@ -529,6 +563,8 @@ struct Counting {
     inner: Arc<SledStore>,
     summaries: std::sync::atomic::AtomicUsize,
     index_keys: std::sync::atomic::AtomicUsize,
+    /// Durable writes (syncs) made through it.
+    durable_writes: std::sync::atomic::AtomicUsize,
 }
 
 impl Counting {
@@ -537,6 +573,7 @@ impl Counting {
             inner,
             summaries: 0.into(),
             index_keys: 0.into(),
+            durable_writes: 0.into(),
         })
     }
 
@@ -566,6 +603,10 @@ impl Store for Counting {
         batch: crate::store::Batch,
         durable: bool,
     ) -> Result<(), crate::store::StoreError> {
+        if durable {
+            self.durable_writes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         self.inner.write(batch, durable).await
     }
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, crate::store::StoreError> {
