@@ -2,11 +2,14 @@
 //! zone-file backend and the Error Provider, plus [`embedded_registry`] that wires them for
 //! the quick start.
 
+mod bookkeeping;
 mod common;
 pub mod dns;
 pub mod error;
 pub mod exec;
 pub mod filesystem;
+// Bookkeeping providers (records only in provider state; issue 16).
+pub mod resource_manager;
 
 use provisio_engine::provider::ProviderRegistry;
 use std::path::Path;
