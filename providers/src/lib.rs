@@ -9,6 +9,7 @@ pub mod error;
 pub mod exec;
 pub mod filesystem;
 // Bookkeeping providers (records only in provider state; issue 16).
+pub mod plans;
 pub mod resource_manager;
 
 use provisio_engine::provider::ProviderRegistry;
