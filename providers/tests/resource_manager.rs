@@ -451,3 +451,97 @@ async fn concurrent_allocations_never_over_commit() {
         .count();
     assert_eq!(recorded, ok);
 }
+
+/// One benchmark run: 1,000 `AllocateMailbox` transactions of 100 KB started at once
+/// against one 4,000 MB store; `orgs` organizations (each with an equal share, or none and
+/// `autoAllocate` when `auto`). Returns (wall seconds, per-transaction latencies in ms).
+async fn bench_run(orgs: usize, auto: bool) -> (f64, Vec<f64>) {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path());
+    let one = "{ mailStores: { mailStore: { serverName: ex1, mailStoreName: DB1, megabytes: \"4000\" } } }";
+    committed(&run(&e, &call("AddExchangeResources", one, false)).await);
+    if !auto {
+        let share = 2000 / orgs;
+        for o in 0..orgs {
+            let with = format!("{{ organization: org{o}, megabytes: \"{share}\" }}");
+            committed(&run(&e, &call("AllocateOrganization", &with, false)).await);
+        }
+    }
+    let n = 1000;
+    let started = std::time::Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let e = e.clone();
+        let auto = if auto {
+            ", mailStore: { autoAllocate: level }"
+        } else {
+            ""
+        };
+        let with = format!(
+            "{{ organization: org{}, mailbox: m{i}, kilobytes: \"100\"{auto} }}",
+            i % orgs
+        );
+        tasks.push(tokio::spawn(async move {
+            let t = std::time::Instant::now();
+            let r = run(&e, &call("AllocateMailbox", &with, false)).await;
+            assert_eq!(r.state, TxnState::Committed, "{:?}", r.failure);
+            t.elapsed().as_secs_f64() * 1000.0
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.push(t.await.unwrap());
+    }
+    let wall = started.elapsed().as_secs_f64();
+    // No over-commit: the store holds what was granted, the shares what was charged.
+    let s = record(&e, "store/ex1/db1").unwrap();
+    let granted: u64 = s["reserved"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert!(granted <= 4000);
+    let mut used = 0;
+    for o in 0..orgs {
+        let org = record(&e, &format!("org/org{o}")).unwrap();
+        let share = &org["shares"]["ex1/db1"];
+        assert!(share["used_kb"].as_u64().unwrap() <= share["megabytes"].as_u64().unwrap() * 1024);
+        used += share["used_kb"].as_u64().unwrap();
+    }
+    assert_eq!(used, 100 * n as u64);
+    lat.sort_by(f64::total_cmp);
+    (wall, lat)
+}
+
+/// The issue-16 benchmark (BENCHMARKS.md): 1,000 concurrent `AllocateMailbox`
+/// transactions against one store, three ways — one organization (its share is one
+/// counter), 50 organizations with shares (partitioned), 50 organizations growing with
+/// autoAllocate (the store's key is hot). Run in release:
+/// `cargo test --release -p provisio-providers --test resource_manager -- --ignored --nocapture bench`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark; run by hand in release (see BENCHMARKS.md)"]
+async fn bench_concurrent_allocate_mailbox() {
+    let reps: usize = std::env::var("PROVISIO_BENCH_REPS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3);
+    for (label, orgs, auto) in [
+        ("1 organization", 1, false),
+        ("50 organizations", 50, false),
+        ("50 organizations, autoAllocate", 50, true),
+    ] {
+        for rep in 0..reps {
+            let (wall, lat) = bench_run(orgs, auto).await;
+            let q = |p: f64| lat[((lat.len() as f64 - 1.0) * p) as usize];
+            println!(
+                "{label} (run {}): {wall:.2} s, {:.0} tx/s, latency median {:.1} ms, p90 {:.1} ms, max {:.1} ms",
+                rep + 1,
+                1000.0 / wall,
+                q(0.5),
+                q(0.9),
+                q(1.0)
+            );
+        }
+    }
+}
