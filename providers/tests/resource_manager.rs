@@ -454,8 +454,9 @@ async fn concurrent_allocations_never_over_commit() {
 
 /// One benchmark run: 1,000 `AllocateMailbox` transactions of 100 KB started at once
 /// against one 4,000 MB store; `orgs` organizations (each with an equal share, or none and
-/// `autoAllocate` when `auto`). Returns (wall seconds, per-transaction latencies in ms).
-async fn bench_run(orgs: usize, auto: bool) -> (f64, Vec<f64>) {
+/// `autoAllocate` when `auto`); `serial`: one after another instead (the floor of one
+/// transaction's commit). Returns (wall seconds, per-transaction latencies in ms).
+async fn bench_run(orgs: usize, auto: bool, serial: bool) -> (f64, Vec<f64>) {
     let dir = tempfile::tempdir().unwrap();
     let e = engine(dir.path());
     let one = "{ mailStores: { mailStore: { serverName: ex1, mailStoreName: DB1, megabytes: \"4000\" } } }";
@@ -470,6 +471,7 @@ async fn bench_run(orgs: usize, auto: bool) -> (f64, Vec<f64>) {
     let n = 1000;
     let started = std::time::Instant::now();
     let mut tasks = Vec::new();
+    let mut lat = Vec::new();
     for i in 0..n {
         let e = e.clone();
         let auto = if auto {
@@ -481,14 +483,18 @@ async fn bench_run(orgs: usize, auto: bool) -> (f64, Vec<f64>) {
             "{{ organization: org{}, mailbox: m{i}, kilobytes: \"100\"{auto} }}",
             i % orgs
         );
-        tasks.push(tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let t = std::time::Instant::now();
             let r = run(&e, &call("AllocateMailbox", &with, false)).await;
             assert_eq!(r.state, TxnState::Committed, "{:?}", r.failure);
             t.elapsed().as_secs_f64() * 1000.0
-        }));
+        });
+        if serial {
+            lat.push(task.await.unwrap());
+        } else {
+            tasks.push(task);
+        }
     }
-    let mut lat = Vec::new();
     for t in tasks {
         lat.push(t.await.unwrap());
     }
@@ -526,13 +532,14 @@ async fn bench_concurrent_allocate_mailbox() {
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(3);
-    for (label, orgs, auto) in [
-        ("1 organization", 1, false),
-        ("50 organizations", 50, false),
-        ("50 organizations, autoAllocate", 50, true),
+    for (label, orgs, auto, serial) in [
+        ("1 organization, one transaction at a time", 1, false, true),
+        ("1 organization", 1, false, false),
+        ("50 organizations", 50, false, false),
+        ("50 organizations, autoAllocate", 50, true, false),
     ] {
         for rep in 0..reps {
-            let (wall, lat) = bench_run(orgs, auto).await;
+            let (wall, lat) = bench_run(orgs, auto, serial).await;
             let q = |p: f64| lat[((lat.len() as f64 - 1.0) * p) as usize];
             println!(
                 "{label} (run {}): {wall:.2} s, {:.0} tx/s, latency median {:.1} ms, p90 {:.1} ms, max {:.1} ms",
