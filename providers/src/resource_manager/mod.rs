@@ -7,7 +7,7 @@
 //! Every record lives in provider state, so allocations commit and roll back with the
 //! transaction and two transactions never over-commit a store (per-key locks held to the
 //! end of the transaction). No call returns an undo record: the engine restores the keys a
-//! step wrote. Keys (names escaped with [`esc`]; store ids lower-cased):
+//! step wrote. Keys (names escaped: `%` and `/` as `%25` and `%2F`; store ids lower-cased):
 //!
 //! - `store/<server>/<store>`: size, shared or dedicated, the MB each organization holds;
 //! - `org/<organization>`: its shares (MB granted, KB charged) by store;
