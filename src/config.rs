@@ -16,6 +16,12 @@ use std::path::{Path, PathBuf};
 /// The file read when neither `--config` nor `PROVISIO_CONFIG` names one (if present).
 pub const DEFAULT_FILE: &str = "provisio.toml";
 
+/// The always-on providers that keep their records in provider state (issue 16).
+const BOOKKEEPING: [&str; 2] = [
+    provisio_providers::resource_manager::PROVIDER,
+    provisio_providers::plans::PROVIDER,
+];
+
 /// The whole configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -1283,7 +1289,9 @@ impl Config {
             if e.name.trim().is_empty() {
                 bail!("{}: must not be empty", key("name"));
             }
-            if matches!(e.name.as_str(), "DNS" | "Filesystem") {
+            if matches!(e.name.as_str(), "DNS" | "Filesystem")
+                || BOOKKEEPING.contains(&e.name.as_str())
+            {
                 bail!(
                     "{}: `{}` is an embedded provider's name; pick another",
                     key("name"),
@@ -1313,6 +1321,7 @@ impl Config {
             }
         }
         let mut providers = vec!["DNS".to_string(), "Filesystem".to_string()];
+        providers.extend(BOOKKEEPING.iter().map(|n| n.to_string()));
         providers.extend(self.providers.exec.iter().map(|e| e.name.clone()));
         for (name, n) in &self.engine.provider_limits {
             if *n == 0 {

@@ -50,7 +50,8 @@ pub fn config(cli: &Cli) -> Result<Loaded> {
 
 /// The providers the configuration names: `Filesystem`, `DNS` (zone files or RFC 2136) and
 /// every `[[providers.exec]]` program, started here; plus `Error` (namespace
-/// `Error Provider`), which needs no configuration.
+/// `Error Provider`), `ExchangeResourceManager` and `ManagedPlans`, which need no
+/// configuration.
 pub async fn registry(config: &Config) -> Result<ProviderRegistry> {
     let mut registry = ProviderRegistry::new();
     let p = &config.providers;
@@ -129,6 +130,8 @@ pub async fn registry(config: &Config) -> Result<ProviderRegistry> {
     };
     registry.register(Arc::new(dns));
     registry.register(Arc::new(ErrorProvider::new()));
+    // Always on, like Error: records only in provider state, nothing to configure.
+    provisio_providers::register_bookkeeping(&mut registry);
     for e in &p.exec {
         let mut cfg = ExecConfig::new(e.name.clone(), e.command.clone());
         cfg.env = e.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();

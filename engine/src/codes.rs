@@ -34,6 +34,16 @@ pub const E_RECORD_NOT_FOUND: u32 = 0x8007_25E5;
 pub const E_RECORD_EXISTS: u32 = 0x8007_25EF;
 /// DNS_ERROR_CNAME_COLLISION.
 pub const E_CNAME_COLLISION: u32 = 0x8007_25F1;
+/// ERROR_NOT_FOUND: a named record (a mail store, a plan, a customer) does not exist.
+pub const E_NOT_FOUND: u32 = 0x8007_0490;
+/// E_BLOCKMODEL_NO_RANKED_RESOURCES_FOUND (Resource Manager): no resource has room.
+pub const E_NO_RANKED_RESOURCES: u32 = 0x8004_1101;
+/// A limit of the customer's plan refuses the request (Managed Plans).
+pub const E_PLAN_LIMIT: u32 = 0x8004_1102;
+/// An asset (a domain) is held by another customer (Managed Plans).
+pub const E_ASSET_NOT_AVAILABLE: u32 = 0x8004_1103;
+/// A service needs another one the plan or customer lacks (Managed Plans).
+pub const E_DEPENDENCY_MISSING: u32 = 0x8004_1104;
 /// COR_E_TIMEOUT-like code MPS reports when a script exceeds one of its limits.
 pub(crate) const E_SCRIPT_LIMIT: u32 = 0x8013_1501;
 /// The code the test providers use for an asked-for failure (an MPS provider-specific code).
@@ -64,6 +74,11 @@ mod tests {
             E_CNAME_COLLISION,
             E_SCRIPT_LIMIT,
             E_TEST_FAILURE,
+            E_NOT_FOUND,
+            E_NO_RANKED_RESOURCES,
+            E_PLAN_LIMIT,
+            E_ASSET_NOT_AVAILABLE,
+            E_DEPENDENCY_MISSING,
         ];
         let mut seen = std::collections::HashSet::new();
         for code in all {

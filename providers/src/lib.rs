@@ -1,12 +1,17 @@
 //! Provisio providers: the embedded filesystem provider, the DNS provider with its
-//! zone-file backend and the Error Provider, plus [`embedded_registry`] that wires them for
-//! the quick start.
+//! zone-file backend, the Error Provider and the bookkeeping providers (Exchange 2007
+//! Resource Manager, Managed Plans), plus [`embedded_registry`] that wires them for the
+//! quick start.
 
+mod bookkeeping;
 mod common;
 pub mod dns;
 pub mod error;
 pub mod exec;
 pub mod filesystem;
+// Bookkeeping providers (records only in provider state; issue 16).
+pub mod plans;
+pub mod resource_manager;
 
 use provisio_engine::provider::ProviderRegistry;
 use std::path::Path;
@@ -24,7 +29,10 @@ pub enum RegistryError {
 }
 
 /// The providers that need no server: `Filesystem` rooted at `<data_dir>/files`, `DNS`
-/// writing zone files to `<data_dir>/zones`, and `Error` (namespace `Error Provider`).
+/// writing zone files to `<data_dir>/zones`, `Error` (namespace `Error Provider`), and the
+/// bookkeeping providers that keep their records in provider state:
+/// `ExchangeResourceManager` (namespace `Exchange 2007 Resource Manager`) and
+/// `ManagedPlans` (namespace `Managed Plans`).
 pub fn embedded_registry(data_dir: &Path) -> Result<ProviderRegistry, RegistryError> {
     let mut registry = ProviderRegistry::new();
     registry.register(Arc::new(filesystem::FilesystemProvider::new(
@@ -34,5 +42,13 @@ pub fn embedded_registry(data_dir: &Path) -> Result<ProviderRegistry, RegistryEr
         data_dir.join("zones"),
     )?));
     registry.register(Arc::new(error::ErrorProvider::new()));
+    register_bookkeeping(&mut registry);
     Ok(registry)
+}
+
+/// Registers the providers that keep their records only in provider state and need no
+/// configuration: the Exchange 2007 Resource Manager and Managed Plans.
+pub fn register_bookkeeping(registry: &mut ProviderRegistry) {
+    registry.register(Arc::new(resource_manager::ResourceManagerProvider::new()));
+    registry.register(Arc::new(plans::PlansProvider::new()));
 }

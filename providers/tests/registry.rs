@@ -1,10 +1,10 @@
 //! The embedded registry wires the filesystem and DNS providers under the data folder, and
-//! the Error Provider.
+//! the Error Provider, and the bookkeeping providers (resource manager, plans).
 
 use provisio_providers::embedded_registry;
 
 #[test]
-fn embedded_registry_has_filesystem_dns_and_error() {
+fn embedded_registry_has_filesystem_dns_error_and_bookkeeping() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let reg = embedded_registry(tmp.path()).expect("registry");
     assert_eq!(
@@ -12,7 +12,9 @@ fn embedded_registry_has_filesystem_dns_and_error() {
         vec![
             "DNS".to_string(),
             "Error".to_string(),
-            "Filesystem".to_string()
+            "ExchangeResourceManager".to_string(),
+            "Filesystem".to_string(),
+            "ManagedPlans".to_string(),
         ]
     );
     assert!(tmp.path().join("files").is_dir());

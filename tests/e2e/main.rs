@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `provisio` binary on real files, one test binary with modules.
 
 mod batch;
+mod bookkeeping;
 mod cli;
 mod config;
 mod crash;
