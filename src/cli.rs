@@ -29,6 +29,8 @@ Daemon:
   provisio serve                                        HTTP API + job queue (docs/daemon.md)
   provisio submit req.yaml --wait                       submit to it (PROVISIO_SERVER, PROVISIO_TOKEN)
   provisio status ID | provisio jobs | provisio cancel ID
+  While a daemon holds the data directory, `run`, `tx` and `recover` go through it
+  (its URL is in DATA_DIR/daemon.json; the token from PROVISIO_TOKEN or --token-file).
 
 Environment:
   PROVISIO_CONFIG      configuration file (default: ./provisio.toml when present)
@@ -40,8 +42,9 @@ Environment:
   PROVISIO_DNS_ZONE_DIR, PROVISIO_DNS_SERVER, PROVISIO_DNS_KEY_FILE,
   PROVISIO_LISTEN, PROVISIO_WORKERS, PROVISIO_MAX_BODY_BYTES,
   PROVISIO_SHUTDOWN_TIMEOUT                                         the config keys of the same names
-  PROVISIO_SERVER, PROVISIO_TOKEN, PROVISIO_CACERT
-                       the daemon's URL, bearer token and (https) certificate for submit/status/jobs/cancel
+  PROVISIO_SERVER, PROVISIO_TOKEN, PROVISIO_TOKEN_FILE, PROVISIO_CACERT
+                       the daemon's URL, bearer token (or a file holding it) and (https) certificate
+                       for submit/status/jobs/cancel and for commands going through a daemon
   RUST_LOG             log filter, e.g. RUST_LOG=provisio_engine=debug";
 
 /// Provisio: a transactional provisioning workflow engine.
@@ -90,6 +93,24 @@ pub struct Global {
     /// No progress display.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// The daemon's bearer token, for the client commands and for `run`, `tx`, `recover` and
+    /// `script` going through a daemon that holds the data directory (prefer the variable or
+    /// --token-file: a flag shows in the process list).
+    #[arg(
+        long,
+        global = true,
+        env = "PROVISIO_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
+    /// A file holding the daemon's bearer token (its first line), used when no --token /
+    /// PROVISIO_TOKEN is given.
+    #[arg(long, global = true, env = "PROVISIO_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// PEM certificate(s) to trust for an https:// daemon (its CA, or its own certificate).
+    #[arg(long, global = true, env = "PROVISIO_CACERT", value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
 }
 
 /// Log output format.
@@ -254,17 +275,6 @@ pub struct ClientArgs {
         value_name = "URL"
     )]
     pub server: String,
-    /// The bearer token (prefer the variable: a flag shows in the process list).
-    #[arg(
-        long,
-        env = "PROVISIO_TOKEN",
-        hide_env_values = true,
-        value_name = "TOKEN"
-    )]
-    pub token: Option<String>,
-    /// PEM certificate(s) to trust for an https:// server (its CA, or its own certificate).
-    #[arg(long, env = "PROVISIO_CACERT", value_name = "FILE")]
-    pub cacert: Option<PathBuf>,
 }
 
 /// `serve` arguments.
@@ -373,6 +383,11 @@ pub struct ScriptArgs {
     /// stopped with an error (never in the middle of a request).
     #[arg(long, default_value_t = 1024, value_name = "MIB")]
     pub max_data_mib: u64,
+    /// Submit the script's requests to this daemon (`http://127.0.0.1:8750`) instead of
+    /// running them in-process; each runs as the token's subject (--token-file,
+    /// PROVISIO_TOKEN). Without it, a daemon holding the data directory is used the same way.
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
 }
 
 /// `config` subcommands.

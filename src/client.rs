@@ -1,12 +1,68 @@
 //! The daemon's command-line client: `provisio submit`, `status`, `jobs`, `cancel`, over
-//! plain HTTP to `provisio serve` (`--server`, `PROVISIO_SERVER`; the token from
-//! `PROVISIO_TOKEN` or `--token`).
+//! HTTP to `provisio serve` (`--server`, `PROVISIO_SERVER`; the token from
+//! `PROVISIO_TOKEN`, `--token` or `--token-file`); also what `run`, `tx`, `recover` and
+//! `script` use to go through a daemon (`via_daemon`, `driver`).
 
-use crate::cli::{ClientArgs, JobsArgs, StatusArgs, SubmitArgs};
+use crate::cli::{Global, JobsArgs, StatusArgs, SubmitArgs};
 use crate::Exit;
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
+use std::path::PathBuf;
 use std::time::Duration;
+
+/// How to reach a daemon: its URL, the bearer token, the certificate to trust.
+pub struct Conn {
+    /// The daemon's URL (`http://127.0.0.1:8750`).
+    pub server: String,
+    token: Option<String>,
+    cacert: Option<PathBuf>,
+}
+
+impl Conn {
+    /// The daemon at `server`, with the token of `--token` / `PROVISIO_TOKEN`, else the first
+    /// line of `--token-file` / `PROVISIO_TOKEN_FILE`.
+    pub fn new(server: &str, g: &Global) -> Result<Conn> {
+        let token = match (&g.token, &g.token_file) {
+            (Some(t), _) => Some(t.trim().to_string()),
+            (None, Some(file)) => {
+                let text = std::fs::read_to_string(file).with_context(|| {
+                    format!(
+                        "cannot read the token file `{}` (--token-file, PROVISIO_TOKEN_FILE)",
+                        file.display()
+                    )
+                })?;
+                let line = text.lines().next().unwrap_or_default().trim().to_string();
+                if line.is_empty() {
+                    bail!(
+                        "the token file `{}` (--token-file, PROVISIO_TOKEN_FILE) is empty: put the token on its first line",
+                        file.display()
+                    );
+                }
+                Some(line)
+            }
+            (None, None) => None,
+        };
+        Ok(Conn {
+            server: server.trim_end_matches('/').to_string(),
+            token,
+            cacert: g.cacert.clone(),
+        })
+    }
+
+    /// The daemon at `server`, without a token (for `/v1/health`).
+    pub fn without_token(server: &str, cacert: Option<PathBuf>) -> Conn {
+        Conn {
+            server: server.trim_end_matches('/').to_string(),
+            token: None,
+            cacert,
+        }
+    }
+
+    /// Whether a token was given.
+    pub fn has_token(&self) -> bool {
+        self.token.is_some()
+    }
+}
 
 /// rustls with *ring* (see `serve::tls::provider`).
 #[allow(deprecated)]
@@ -15,12 +71,14 @@ fn ring_provider() -> rustls::crypto::CryptoProvider {
 }
 
 /// An answer of the daemon: status and JSON body.
-struct Answer {
-    status: u16,
-    body: Value,
+pub struct Answer {
+    /// The HTTP status.
+    pub status: u16,
+    /// The body (a JSON string when it was not JSON).
+    pub body: Value,
 }
 
-fn agent(c: &ClientArgs, timeout: Duration) -> Result<ureq::Agent> {
+fn agent(c: &Conn, timeout: Duration) -> Result<ureq::Agent> {
     let mut config = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(timeout));
@@ -53,8 +111,8 @@ fn agent(c: &ClientArgs, timeout: Duration) -> Result<ureq::Agent> {
     Ok(config.build().into())
 }
 
-fn call(
-    c: &ClientArgs,
+pub fn call(
+    c: &Conn,
     method: &str,
     path: &str,
     body: Option<(&str, Vec<u8>)>,
@@ -107,15 +165,27 @@ fn call(
     Ok(Answer { status, body })
 }
 
-/// The error an answer carries, as the daemon said it.
 /// GET `path` on the daemon; anything but 200 is an error carrying the daemon's message.
-fn get_ok(c: &ClientArgs, path: &str) -> Result<Answer> {
+pub fn get_ok(c: &Conn, path: &str) -> Result<Answer> {
     let a =
         tokio::task::block_in_place(|| call(c, "GET", path, None, &[], Duration::from_secs(30)))?;
     if a.status != 200 {
-        bail!("{}", failed(&a));
+        return Err(failed_for(c, &a));
     }
     Ok(a)
+}
+
+/// The error an answer carries, as the daemon said it; when the daemon wants a token and
+/// none was given, how to give one.
+pub fn failed_for(c: &Conn, a: &Answer) -> anyhow::Error {
+    let e = failed(a);
+    if a.status == 401 && !c.has_token() {
+        return anyhow::anyhow!(
+            "{e}\n  hint: no token was given: the daemon at {} needs one; set PROVISIO_TOKEN, or pass --token-file FILE (PROVISIO_TOKEN_FILE) or --token TOKEN (its hash must be in the daemon's [[serve.tokens]]: `provisio token hash --new` makes one)",
+            c.server
+        );
+    }
+    e
 }
 
 fn failed(a: &Answer) -> anyhow::Error {
@@ -133,13 +203,15 @@ fn failed(a: &Answer) -> anyhow::Error {
     anyhow::anyhow!("the daemon answered {} ({code}): {message}", a.status)
 }
 
-fn path_segment(id: &str) -> String {
+/// `id` as a path segment: only the characters an id has.
+pub fn path_segment(id: &str) -> String {
     id.chars()
         .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
         .collect()
 }
 
-fn content_type(file: &std::path::Path) -> &'static str {
+/// The `Content-Type` of a request file, by its extension.
+pub fn content_type(file: &std::path::Path) -> &'static str {
     match file
         .extension()
         .and_then(|e| e.to_str())
@@ -152,8 +224,38 @@ fn content_type(file: &std::path::Path) -> &'static str {
     }
 }
 
+/// The response document of a finished request as the daemon shows it: its `response`
+/// (without the daemon's `requestFormat`), or, for a request settled without one (after a
+/// restart, or dead after its retries), its transaction and outcome.
+pub fn response_doc(job: &Value) -> Value {
+    match job.get("response") {
+        Some(Value::Object(o)) => {
+            let mut o = o.clone();
+            o.remove("requestFormat");
+            Value::Object(o)
+        }
+        _ => {
+            let txn = job
+                .get("transactions")
+                .and_then(Value::as_array)
+                .and_then(|t| t.last())
+                .cloned()
+                .unwrap_or(Value::Null);
+            let status = job
+                .get("outcome")
+                .and_then(Value::as_str)
+                .unwrap_or("rolled_back");
+            let mut doc = serde_json::json!({ "transactionId": txn, "status": status });
+            if let Some(e) = job.get("error").and_then(Value::as_str) {
+                doc["error"] = serde_json::json!({ "description": e });
+            }
+            doc
+        }
+    }
+}
+
 /// Exit code for a finished request, as `provisio run` has it.
-fn exit_for(job: &Value) -> Exit {
+pub fn exit_for(job: &Value) -> Exit {
     match job.get("outcome").and_then(Value::as_str) {
         Some("committed") => Exit::Ok,
         Some("rollback_failed") => Exit::RollbackFailed,
@@ -163,7 +265,7 @@ fn exit_for(job: &Value) -> Exit {
 
 /// `provisio submit`: queues the request; with `--wait`, follows its event stream (a
 /// progress display on stderr) and prints the finished request.
-pub async fn submit(args: &SubmitArgs, quiet: bool) -> Result<Exit> {
+pub async fn submit(args: &SubmitArgs, c: &Conn, quiet: bool) -> Result<Exit> {
     let bytes = std::fs::read(&args.file)
         .with_context(|| format!("cannot read request file `{}`", args.file.display()))?;
     let mut extra = Vec::new();
@@ -177,7 +279,7 @@ pub async fn submit(args: &SubmitArgs, quiet: bool) -> Result<Exit> {
     let ct = content_type(&args.file);
     let a = tokio::task::block_in_place(|| {
         call(
-            &args.client,
+            c,
             "POST",
             &path,
             Some((ct, bytes)),
@@ -188,10 +290,10 @@ pub async fn submit(args: &SubmitArgs, quiet: bool) -> Result<Exit> {
     match a.status {
         202 => {}
         400 | 401 | 403 | 413 | 415 => {
-            eprintln!("error: {}", failed(&a));
+            eprintln!("error: {:#}", failed_for(c, &a));
             return Ok(Exit::BadInput);
         }
-        _ => return Err(failed(&a)),
+        _ => return Err(failed_for(c, &a)),
     }
     print_warnings(&a.body);
     let ids: Vec<String> = match a.body.get("batch").and_then(Value::as_array) {
@@ -214,9 +316,9 @@ pub async fn submit(args: &SubmitArgs, quiet: bool) -> Result<Exit> {
     }
     let mut finished = Vec::with_capacity(ids.len());
     for id in &ids {
-        tokio::task::block_in_place(|| follow(&args.client, id, quiet))?;
+        tokio::task::block_in_place(|| follow(c, id, quiet))?;
         let path = format!("/v1/requests/{}", path_segment(id));
-        let s = get_ok(&args.client, &path)?;
+        let s = get_ok(c, &path)?;
         finished.push(s.body);
     }
     // The worst outcome: an undo failure (3), else a rollback (1).
@@ -239,7 +341,7 @@ pub async fn submit(args: &SubmitArgs, quiet: bool) -> Result<Exit> {
 
 /// Follows a request's event stream until its `finished` event, showing its steps on a
 /// spinner (hidden with `--quiet`).
-fn follow(c: &ClientArgs, id: &str, quiet: bool) -> Result<()> {
+pub fn follow(c: &Conn, id: &str, quiet: bool) -> Result<()> {
     use std::io::BufRead;
     let bar = if quiet {
         indicatif::ProgressBar::hidden()
@@ -312,28 +414,20 @@ fn print_warnings(body: &Value) {
 }
 
 /// `provisio status`.
-pub async fn status(args: &StatusArgs) -> Result<Exit> {
+pub async fn status(args: &StatusArgs, c: &Conn) -> Result<Exit> {
     let path = format!("/v1/requests/{}", path_segment(&args.id));
-    let a = get_ok(&args.client, &path)?;
+    let a = get_ok(c, &path)?;
     println!("{}", serde_json::to_string_pretty(&a.body)?);
     Ok(Exit::Ok)
 }
 
 /// `provisio cancel`.
-pub async fn cancel(args: &StatusArgs) -> Result<Exit> {
+pub async fn cancel(args: &StatusArgs, c: &Conn) -> Result<Exit> {
     let path = format!("/v1/requests/{}/cancel", path_segment(&args.id));
-    let a = tokio::task::block_in_place(|| {
-        call(
-            &args.client,
-            "POST",
-            &path,
-            None,
-            &[],
-            Duration::from_secs(30),
-        )
-    })?;
+    let a =
+        tokio::task::block_in_place(|| call(c, "POST", &path, None, &[], Duration::from_secs(30)))?;
     if a.status != 200 && a.status != 202 {
-        bail!("{}", failed(&a));
+        return Err(failed_for(c, &a));
     }
     if let Some(m) = a.body.get("message").and_then(Value::as_str) {
         eprintln!("{m}");
@@ -341,7 +435,8 @@ pub async fn cancel(args: &StatusArgs) -> Result<Exit> {
     Ok(Exit::Ok)
 }
 
-fn encode(v: &str) -> String {
+/// `v` percent-encoded for a query string.
+pub fn encode(v: &str) -> String {
     v.bytes()
         .map(|b| {
             if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
@@ -354,7 +449,7 @@ fn encode(v: &str) -> String {
 }
 
 /// `provisio jobs`.
-pub async fn jobs(args: &JobsArgs) -> Result<Exit> {
+pub async fn jobs(args: &JobsArgs, c: &Conn) -> Result<Exit> {
     let mut path = format!("/v1/requests?limit={}", args.limit);
     for (k, v) in [
         ("state", &args.state),
@@ -366,7 +461,7 @@ pub async fn jobs(args: &JobsArgs) -> Result<Exit> {
             path.push_str(&format!("&{k}={}", encode(v)));
         }
     }
-    let a = get_ok(&args.client, &path)?;
+    let a = get_ok(c, &path)?;
     let items = a
         .body
         .get("items")

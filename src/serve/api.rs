@@ -122,6 +122,8 @@ pub fn router(d: Arc<Daemon>) -> Router {
         )
         .route("/v1/plan", post(super::ops::plan))
         .route("/v1/transactions/stuck", get(super::ops::stuck))
+        .route("/v1/transactions", get(super::txns::list))
+        .route("/v1/transactions/{id}", get(super::txns::show))
         .route(
             "/v1/transactions/{id}/resume-rollback",
             post(super::ops::resume_rollback),

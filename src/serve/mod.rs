@@ -16,6 +16,7 @@ mod metrics;
 mod openapi;
 mod ops;
 mod tls;
+mod txns;
 
 use crate::config::{Config, ServeConfig};
 use crate::{load, Exit};

@@ -142,6 +142,8 @@ impl Modify for Bearer {
         super::ops::plan,
         super::ops::stuck,
         super::ops::resume_rollback,
+        super::txns::list,
+        super::txns::show,
         document,
     ),
     components(schemas(ErrorBody, Accepted, StepView, JobView, JobPage)),
