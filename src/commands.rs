@@ -141,7 +141,12 @@ pub async fn dispatch(cli: Cli) -> Result<Exit> {
             let journal = load::journal(config)?;
             let engine = engine.with_journal(journal.clone());
             recover_quietly(&engine, &journal).await?;
-            crate::driver::run(crate::driver::Backend::Engine(engine), &args.file, limits).await
+            crate::driver::run(
+                crate::driver::Backend::Engine(Box::new(engine)),
+                &args.file,
+                limits,
+            )
+            .await
         }
         Command::Config(ConfigCommand::Show) => {
             print!("{}", config.show(&loaded.sources)?);

@@ -38,7 +38,7 @@ pub struct DriverLimits {
 /// Where a driver script's requests run.
 pub enum Backend {
     /// In this process, through the engine (journaled like `provisio run`).
-    Engine(Engine),
+    Engine(Box<Engine>),
     /// On a daemon: each request is submitted over HTTP and waited for.
     Daemon(crate::client::Conn),
 }
