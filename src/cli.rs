@@ -244,9 +244,35 @@ pub enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
+    /// Print the JSON Schema (draft 7) of the YAML/JSON namespace or request format, for
+    /// editors to validate and complete files (see docs/yaml-syntax.md, "Editor support").
+    #[command(
+        after_help = "Examples:\n  provisio schema namespace --out schemas/namespace.schema.json\n  provisio schema request > request.schema.json"
+    )]
+    Schema(SchemaArgs),
     /// Print the man page (roff, generated from these definitions).
     #[command(after_help = "Example:\n  provisio man > /usr/local/share/man/man1/provisio.1")]
     Man,
+}
+
+/// Which format's schema.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum SchemaKind {
+    /// A namespace file (one namespace, or a list of them).
+    Namespace,
+    /// A request (one request, or a batch).
+    Request,
+}
+
+/// `schema` arguments.
+#[derive(Debug, Args)]
+pub struct SchemaArgs {
+    /// The format.
+    #[arg(value_enum)]
+    pub kind: SchemaKind,
+    /// Write it to this file instead of standard output.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
 }
 
 /// `token` subcommands.

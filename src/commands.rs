@@ -49,6 +49,7 @@ pub async fn dispatch(cli: Cli) -> Result<Exit> {
             print!("{}", String::from_utf8_lossy(&out));
             return Ok(Exit::Ok);
         }
+        Command::Schema(args) => return schema(args),
         Command::Man => {
             let mut out = Vec::new();
             clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut out)?;
@@ -160,8 +161,27 @@ pub async fn dispatch(cli: Cli) -> Result<Exit> {
         | Command::Jobs(_)
         | Command::Token(_)
         | Command::Completions { .. }
+        | Command::Schema(_)
         | Command::Man => Ok(Exit::Ok),
     }
+}
+
+/// `provisio schema namespace|request [--out FILE]`.
+fn schema(args: &crate::cli::SchemaArgs) -> Result<Exit> {
+    let doc = match args.kind {
+        crate::cli::SchemaKind::Namespace => request::schema::namespace(),
+        crate::cli::SchemaKind::Request => request::schema::request(),
+    };
+    let text = serde_json::to_string_pretty(&doc)? + "\n";
+    match &args.out {
+        Some(file) => {
+            std::fs::write(file, text)
+                .with_context(|| format!("cannot write the schema to `{}`", file.display()))?;
+            eprintln!("wrote {}", file.display());
+        }
+        None => print!("{text}"),
+    }
+    Ok(Exit::Ok)
 }
 
 /// `provisio token hash [--new]`.

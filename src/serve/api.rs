@@ -104,6 +104,7 @@ pub fn router(d: Arc<Daemon>) -> Router {
         .route("/v1/whoami", get(whoami))
         .route("/v1/metrics", get(metrics))
         .route("/v1/openapi.json", get(super::openapi::document))
+        .route("/v1/schema/{kind}", get(super::schema::schema))
         .route("/v1/requests", post(submit).get(list))
         .route("/v1/requests/{id}", get(status))
         .route("/v1/requests/{id}/cancel", post(cancel))

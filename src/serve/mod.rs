@@ -15,6 +15,7 @@ pub mod jobs;
 mod metrics;
 mod openapi;
 mod ops;
+mod schema;
 mod tls;
 mod txns;
 

@@ -144,6 +144,7 @@ impl Modify for Bearer {
         super::ops::resume_rollback,
         super::txns::list,
         super::txns::show,
+        super::schema::schema,
         document,
     ),
     components(schemas(ErrorBody, Accepted, StepView, JobView, JobPage)),

@@ -1232,6 +1232,7 @@ fn the_openapi_document_describes_the_live_server() {
         "POST /v1/transactions/{id}/resume-rollback",
         "GET /v1/transactions",
         "GET /v1/transactions/{id}",
+        "GET /v1/schema/{kind}",
     ];
     routes.sort();
     assert_eq!(documented, routes);
@@ -1255,6 +1256,7 @@ fn the_openapi_document_describes_the_live_server() {
                 },
             )
             .replace("{ns}", "Billing")
+            .replace("{kind}", "request")
             .replace("{procedure}", "OpenCustomer");
         let url = format!("{}{path}", d.url);
         let auth = format!("Bearer {OPS}");

@@ -189,3 +189,49 @@ let again = submit(#{ "call": "Billing/OpenCustomer", data: #{ customer: "sam" }
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("no token was given"), "{err}");
 }
+
+#[test]
+fn the_schemas_are_printed_written_and_served() {
+    if !python() {
+        return;
+    }
+    let site = Site::new(0);
+    let (code, printed, err) = site.run(&["schema", "namespace"], &[]);
+    assert_eq!(code, 0, "{err}");
+    let namespace: Value = serde_json::from_str(&printed).expect("JSON");
+    assert_eq!(
+        namespace["$schema"],
+        "http://json-schema.org/draft-07/schema#"
+    );
+    assert!(printed.contains("\"saveDataForRollback\""), "{printed}");
+    let (code, _, err) = site.run(&["schema", "request", "--out", "request.schema.json"], &[]);
+    assert_eq!(code, 0, "{err}");
+    let request: Value = serde_json::from_str(
+        &std::fs::read_to_string(site.path("request.schema.json")).expect("written"),
+    )
+    .expect("JSON");
+    assert!(request["properties"]["globalData"].is_object(), "{request}");
+    let (code, _, err) = site.run(&["schema", "procedure"], &[]);
+    assert_eq!(code, 2, "{err}");
+    // The daemon serves the same documents, without a token.
+    let d = site.start();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    for (kind, expected) in [("namespace", &namespace), ("request", &request)] {
+        let mut r = agent
+            .get(&format!("{}/v1/schema/{kind}", d.url))
+            .call()
+            .expect("http");
+        assert_eq!(r.status().as_u16(), 200);
+        let served: Value =
+            serde_json::from_str(&r.body_mut().read_to_string().unwrap()).expect("JSON");
+        assert_eq!(&served, expected, "{kind}");
+    }
+    let r = agent
+        .get(&format!("{}/v1/schema/procedure", d.url))
+        .call()
+        .expect("http");
+    assert_eq!(r.status().as_u16(), 404);
+}
