@@ -3,6 +3,7 @@
 mod batch;
 mod cli;
 mod config;
+mod container;
 mod crash;
 mod daemon;
 mod daemon_cli;
