@@ -229,7 +229,8 @@ pub enum Command {
     Submit(SubmitArgs),
     /// A request's state, steps and response, from a running daemon.
     Status(StatusArgs),
-    /// List a daemon's requests, newest first.
+    /// List a daemon's requests, newest first; --watch follows their changes.
+    #[command(after_help = "Example:\n  provisio jobs --state running --watch")]
     Jobs(JobsArgs),
     /// Cancel a request on a daemon: a queued one never starts, a running one rolls back.
     Cancel(StatusArgs),
@@ -386,6 +387,13 @@ pub struct JobsArgs {
     /// Most requests to list.
     #[arg(long, default_value_t = 50)]
     pub limit: usize,
+    /// Keep watching: after the list, print a line for every request that appears or
+    /// changes state (the newest --limit are polled), until Ctrl-C.
+    #[arg(long)]
+    pub watch: bool,
+    /// How often --watch asks the daemon.
+    #[arg(long, default_value = "1s", value_name = "DURATION")]
+    pub interval: crate::config::Wait,
     /// The daemon.
     #[command(flatten)]
     pub client: ClientArgs,

@@ -314,13 +314,17 @@ pub async fn submit(args: &SubmitArgs, c: &Conn, quiet: bool) -> Result<Exit> {
         }
         return Ok(Exit::Ok);
     }
-    let mut finished = Vec::with_capacity(ids.len());
-    for id in &ids {
-        tokio::task::block_in_place(|| follow(c, id, quiet))?;
-        let path = format!("/v1/requests/{}", path_segment(id));
-        let s = get_ok(c, &path)?;
-        finished.push(s.body);
-    }
+    let mut finished = if a.body.get("batch").is_some() {
+        tokio::task::block_in_place(|| wait_all(c, &ids, quiet))?
+    } else {
+        let mut finished = Vec::with_capacity(ids.len());
+        for id in &ids {
+            tokio::task::block_in_place(|| follow(c, id, quiet))?;
+            let path = format!("/v1/requests/{}", path_segment(id));
+            finished.push(get_ok(c, &path)?.body);
+        }
+        finished
+    };
     // The worst outcome: an undo failure (3), else a rollback (1).
     let mut exit = Exit::Ok;
     for f in &finished {
@@ -337,6 +341,58 @@ pub async fn submit(args: &SubmitArgs, c: &Conn, quiet: bool) -> Result<Exit> {
     };
     println!("{}", serde_json::to_string_pretty(&doc)?);
     Ok(exit)
+}
+
+/// Whether a request (as the API shows it) is over.
+fn is_over(job: &Value) -> bool {
+    !matches!(
+        job.get("state").and_then(Value::as_str),
+        Some("queued") | Some("running")
+    )
+}
+
+/// Waits for every item of a batch (they run in parallel on the daemon), with a progress
+/// bar counting the finished ones (hidden with `--quiet`); returns them in item order.
+pub fn wait_all(c: &Conn, ids: &[String], quiet: bool) -> Result<Vec<Value>> {
+    let bar = if quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(ids.len() as u64)
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} item(s) finished · {msg} [{elapsed}]",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(120));
+    let mut done: Vec<Option<Value>> = vec![None; ids.len()];
+    let (mut committed, mut other) = (0, 0);
+    let mut nap = Duration::from_millis(50);
+    while done.iter().any(Option::is_none) {
+        for (i, id) in ids.iter().enumerate() {
+            if done[i].is_some() {
+                continue;
+            }
+            let job = get_ok(c, &format!("/v1/requests/{}", path_segment(id)))?.body;
+            if is_over(&job) {
+                if job.get("outcome").and_then(Value::as_str) == Some("committed") {
+                    committed += 1;
+                } else {
+                    other += 1;
+                }
+                bar.inc(1);
+                bar.set_message(format!("{committed} committed, {other} not"));
+                done[i] = Some(job);
+            }
+        }
+        if done.iter().any(Option::is_none) {
+            std::thread::sleep(nap);
+            nap = (nap * 2).min(Duration::from_secs(1));
+        }
+    }
+    bar.finish_and_clear();
+    Ok(done.into_iter().flatten().collect())
 }
 
 /// Follows a request's event stream until its `finished` event, showing its steps on a
@@ -448,7 +504,21 @@ pub fn encode(v: &str) -> String {
         .collect()
 }
 
-/// `provisio jobs`.
+/// The line `provisio jobs` prints for a request.
+fn job_line(j: &Value) -> String {
+    let s = |k: &str| j.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
+    format!(
+        "{}  {:<10} {:<16} {:<12} {}",
+        s("id"),
+        s("state"),
+        s("outcome"),
+        s("subject"),
+        s("target")
+    )
+}
+
+/// `provisio jobs`; with `--watch`, then a line for every request that appears or changes
+/// state, until Ctrl-C.
 pub async fn jobs(args: &JobsArgs, c: &Conn) -> Result<Exit> {
     let mut path = format!("/v1/requests?limit={}", args.limit);
     for (k, v) in [
@@ -471,19 +541,54 @@ pub async fn jobs(args: &JobsArgs, c: &Conn) -> Result<Exit> {
     if items.is_empty() {
         eprintln!("no requests");
     }
-    for j in items {
-        let s = |k: &str| j.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
-        println!(
-            "{}  {:<10} {:<16} {:<12} {}",
-            s("id"),
-            s("state"),
-            s("outcome"),
-            s("subject"),
-            s("target")
-        );
+    for j in &items {
+        println!("{}", job_line(j));
     }
-    if let Some(next) = a.body.get("next").and_then(Value::as_u64) {
-        eprintln!("more: GET /v1/requests?before={next}");
+    if !args.watch {
+        if let Some(next) = a.body.get("next").and_then(Value::as_u64) {
+            eprintln!("more: GET /v1/requests?before={next}");
+        }
+        return Ok(Exit::Ok);
     }
-    Ok(Exit::Ok)
+    // Watching: what each request last showed; a new one or a changed state prints a line.
+    let key = |j: &Value| {
+        (
+            j.get("state").and_then(Value::as_str).map(str::to_string),
+            j.get("outcome").and_then(Value::as_str).map(str::to_string),
+        )
+    };
+    let mut seen: std::collections::HashMap<String, (Option<String>, Option<String>)> = items
+        .iter()
+        .filter_map(|j| Some((j.get("id")?.as_str()?.to_string(), key(j))))
+        .collect();
+    eprintln!(
+        "watching (every {}); Ctrl-C ends",
+        humantime::format_duration(args.interval.0)
+    );
+    let stop = tokio::signal::ctrl_c();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return Ok(Exit::Ok),
+            _ = tokio::time::sleep(args.interval.0) => {}
+        }
+        let a = get_ok(c, &path)?;
+        let items = a
+            .body
+            .get("items")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        // Oldest first, so that the lines read in the order things happened.
+        for j in items.iter().rev() {
+            let Some(id) = j.get("id").and_then(Value::as_str) else {
+                continue;
+            };
+            let now = key(j);
+            if seen.get(id) != Some(&now) {
+                println!("{}", job_line(j));
+                seen.insert(id.to_string(), now);
+            }
+        }
+    }
 }

@@ -172,9 +172,20 @@ pub async fn run(cli: &Cli, config: &Config, args: &RunArgs, held: &Held) -> Res
     let mut docs = Vec::with_capacity(ids.len());
     let mut exit = Exit::Ok;
     let count = ids.len();
-    for (i, id) in ids.iter().enumerate() {
-        tokio::task::block_in_place(|| client::follow(&c, id, cli.global.quiet))?;
-        let job = client::get_ok(&c, &format!("/v1/requests/{}", client::path_segment(id)))?.body;
+    // A batch's items run in parallel on the daemon: one bar counts them.
+    let jobs = if is_batch {
+        tokio::task::block_in_place(|| client::wait_all(&c, &ids, cli.global.quiet))?
+    } else {
+        let mut jobs = Vec::new();
+        for id in &ids {
+            tokio::task::block_in_place(|| client::follow(&c, id, cli.global.quiet))?;
+            jobs.push(
+                client::get_ok(&c, &format!("/v1/requests/{}", client::path_segment(id)))?.body,
+            );
+        }
+        jobs
+    };
+    for (i, (id, job)) in ids.iter().zip(jobs).enumerate() {
         let doc = client::response_doc(&job);
         let label = if is_batch {
             format!("item {}/{count}: ", i + 1)

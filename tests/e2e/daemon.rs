@@ -162,7 +162,7 @@ env = {{ LEDGER_FILE = "{}", LEDGER_DELAY_MS = "{delay_ms}" }}
         out
     }
 
-    fn command(&self, args: &[&str]) -> Command {
+    pub(crate) fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_provisio"));
         for (k, _) in std::env::vars() {
             if k.starts_with("PROVISIO_") {

@@ -3,6 +3,7 @@
 
 use crate::daemon::{customer, python, Site, ALICE, OPS};
 use serde_json::Value;
+use std::process::Command;
 use std::time::Duration;
 
 /// `text` with every transaction id (a UUID) written `TXN`, for comparing two runs.
@@ -234,4 +235,93 @@ fn the_schemas_are_printed_written_and_served() {
         .call()
         .expect("http");
     assert_eq!(r.status().as_u16(), 404);
+}
+
+#[test]
+fn batches_go_through_the_daemon_and_jobs_watch_follows_the_changes() {
+    use std::io::BufRead;
+    if !python() {
+        return;
+    }
+    let site = Site::new(0);
+    let batch = |a: &str, b: &str| {
+        format!("call: Billing/OpenCustomer\nbatch:\n  - data: {{ customer: {a} }}\n  - data: {{ customer: {b} }}\n")
+    };
+    std::fs::write(site.path("ann.yaml"), batch("ann", "ann")).unwrap();
+    std::fs::write(site.path("bob.yaml"), batch("bob", "bob")).unwrap();
+    std::fs::write(site.path("two.yaml"), batch("eve", "fay")).unwrap();
+    // In-process: the second item fails (the account exists), exit 1.
+    let (code, local, err) = site.run(&["run", "ann.yaml", "--output", "json"], &[]);
+    assert_eq!(code, 1, "{err}");
+    let d = site.start();
+    let alice = [("PROVISIO_TOKEN", ALICE)];
+    let mut watch = site
+        .command(&["jobs", "--watch", "--interval", "100ms"])
+        .env("PROVISIO_SERVER", &d.url)
+        .env("PROVISIO_TOKEN", ALICE)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("jobs --watch");
+    // Through the daemon the items run in parallel; one of them fails all the same.
+    let (code, out, err) = site.run(&["run", "bob.yaml", "--output", "json"], &alice);
+    assert_eq!(code, 1, "{out}\n{err}");
+    let normal = |text: &str| {
+        let mut v: Value = serde_json::from_str(&without_ids(text)).expect("JSON");
+        // Which of the two same items failed is a race on the daemon: compare as a set.
+        if let Some(items) = v["batch"].as_array_mut() {
+            for i in items.iter_mut() {
+                i.as_object_mut().unwrap().remove("item");
+            }
+            items.sort_by_key(|i| i["status"].to_string());
+        }
+        v
+    };
+    assert_eq!(
+        normal(&out.replace("bob", "ann")),
+        normal(&local),
+        "{out}\n{local}"
+    );
+    // `submit --wait` of a batch: every item, the worst exit code.
+    let env = [
+        ("PROVISIO_SERVER", d.url.as_str()),
+        ("PROVISIO_TOKEN", ALICE),
+    ];
+    let (code, out, err) = site.run(&["submit", "two.yaml", "--wait"], &env);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let v: Value = serde_json::from_str(&out).expect("JSON");
+    let items = v["batch"].as_array().expect("a batch");
+    assert_eq!(items.len(), 2, "{v}");
+    assert!(items.iter().all(|i| i["outcome"] == "committed"), "{v}");
+    let last = items[1]["id"].as_str().expect("an id").to_string();
+    // The watch saw it finish.
+    let mut lines = std::io::BufReader::new(watch.stdout.take().expect("stdout")).lines();
+    let start = std::time::Instant::now();
+    loop {
+        let line = lines
+            .next()
+            .expect("jobs --watch ended early")
+            .expect("a line");
+        if line.starts_with(&last) && line.contains("succeeded") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "never saw {last}"
+        );
+    }
+    let _ = Command::new("kill")
+        .args(["-INT", &watch.id().to_string()])
+        .status();
+    let status = watch.wait().expect("wait");
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(
+        site.accounts(),
+        vec![
+            ("ann".to_string(), 1501),
+            ("bob".to_string(), 1501),
+            ("eve".to_string(), 1501),
+            ("fay".to_string(), 1501)
+        ]
+    );
 }
