@@ -3,8 +3,8 @@
 //! `<data_dir>/daemon.json` (pid and URL, never a token); a command finding a live daemon
 //! there that answers `/v1/health` sends it the work with the token of `--token`,
 //! `PROVISIO_TOKEN` or `--token-file`, and prints what the command prints in-process.
-//! What the API cannot do (`tx resolve`, `tx prune`, `tx audit`) is refused with the
-//! commands to use instead.
+//! What the API cannot do (`tx resolve`, `tx prune`) is refused with the commands to use
+//! instead.
 
 use crate::cli::{Cli, OutputFormat, RunArgs, TxCommand};
 use crate::client::{self, Conn};
@@ -278,13 +278,6 @@ pub async fn tx(cli: &Cli, config: &Config, cmd: &TxCommand, held: &Held) -> Res
                 "`tx prune` removes transactions from the journal itself (the daemon removes finished jobs after `retention.transactions`)",
             )
         }
-        TxCommand::Audit => {
-            return stop_first(
-                held,
-                "provisio tx audit",
-                "the audit log is not served by the API",
-            )
-        }
         _ => {}
     }
     going_through(cli, config, held, "`tx`");
@@ -415,7 +408,29 @@ pub async fn tx(cli: &Cli, config: &Config, cmd: &TxCommand, held: &Held) -> Res
                 Exit::RollbackFailed
             })
         }
-        TxCommand::Resolve { .. } | TxCommand::Prune(_) | TxCommand::Audit => Ok(Exit::BadInput),
+        TxCommand::Audit => {
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let mut path = "/v1/audit".to_string();
+            loop {
+                let a = client::get_ok(&c, &path)?;
+                for line in a
+                    .body
+                    .get("lines")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    writeln!(out, "{}", line.as_str().unwrap_or_default())?;
+                }
+                match a.body.get("next").and_then(Value::as_str) {
+                    Some(next) => path = format!("/v1/audit?after={}", client::encode(next)),
+                    None => break,
+                }
+            }
+            out.flush()?;
+            Ok(Exit::Ok)
+        }
+        TxCommand::Resolve { .. } | TxCommand::Prune(_) => Ok(Exit::BadInput),
     }
 }
 

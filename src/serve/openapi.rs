@@ -144,6 +144,7 @@ impl Modify for Bearer {
         super::ops::resume_rollback,
         super::txns::list,
         super::txns::show,
+        super::txns::audit,
         super::schema::schema,
         document,
     ),

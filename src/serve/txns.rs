@@ -1,7 +1,8 @@
-//! The journal's transactions over HTTP: `GET /v1/transactions` (as `provisio tx list`)
-//! and `GET /v1/transactions/{id}` (its summary and records, what `tx show` and `tx log`
-//! print), so that `provisio tx …` works while the daemon holds the data directory. A
-//! subject sees the transactions it asked for; an operator token sees every one.
+//! The journal's transactions over HTTP: `GET /v1/transactions` (as `provisio tx list`),
+//! `GET /v1/transactions/{id}` (its summary and records, what `tx show` and `tx log`
+//! print) and `GET /v1/audit` (operators: `tx audit`), so that `provisio tx …` works while
+//! the daemon holds the data directory. A subject sees the transactions it asked for; an
+//! operator token sees every one.
 
 use super::api::{identify, query, ApiError, Shared};
 use axum::extract::rejection::QueryRejection;
@@ -169,4 +170,83 @@ pub async fn show(
         records.push(v);
     }
     Ok(Json(json!({ "summary": summary, "records": records })))
+}
+
+/// Most audit lines one `GET /v1/audit` answers with.
+const AUDIT_PAGE: usize = 1000;
+
+/// `GET /v1/audit` query parameters.
+#[derive(Debug, Default, Deserialize)]
+pub struct AuditQuery {
+    after: Option<String>,
+}
+
+/// `GET /v1/audit` (operators): the audit log, oldest first, a page of lines at a time, as
+/// `provisio tx audit` prints it.
+#[utoipa::path(get, path = "/v1/audit", tag = "transactions",
+    params(("after" = Option<String>, Query, description = "The `next` of the previous page")),
+    responses((status = 200, description = "`{\"lines\": [JSON text…], \"next\": cursor or null}`"),
+        (status = 400, description = "A bad cursor", body = super::openapi::ErrorBody),
+        (status = 401, description = "No token, or an unknown one", body = super::openapi::ErrorBody),
+        (status = 403, description = "Not an operator token", body = super::openapi::ErrorBody)))]
+pub async fn audit(
+    State(d): Shared,
+    headers: HeaderMap,
+    q: Result<Query<AuditQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let who = identify(&d, &headers)?;
+    if !who.operator {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "operator_only",
+            format!(
+                "subject `{}` may not read the audit log: that needs a token with `operator = true`",
+                who.subject
+            ),
+        ));
+    }
+    let q = query(q)?;
+    let mut from = match q.after.as_deref() {
+        None => Vec::new(),
+        Some(hex) => {
+            let bytes = (0..hex.len())
+                .step_by(2)
+                .map(|i| {
+                    hex.get(i..i + 2)
+                        .and_then(|b| u8::from_str_radix(b, 16).ok())
+                })
+                .collect::<Option<Vec<u8>>>()
+                .filter(|b| !b.is_empty())
+                .ok_or_else(|| {
+                    ApiError::bad(
+                        "bad_query",
+                        format!("after={hex:?} is not the `next` of a page (hex digits)"),
+                    )
+                })?;
+            let mut b = bytes;
+            b.push(0);
+            b
+        }
+    };
+    let rows = d
+        .store
+        .scan_range(
+            provisio_engine::Space::Audit,
+            provisio_engine::KeyRange::new(&from, None),
+            AUDIT_PAGE,
+            false,
+        )
+        .map_err(ApiError::internal)?;
+    let lines: Vec<String> = rows
+        .iter()
+        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        .collect();
+    let next = match rows.last() {
+        Some((k, _)) if rows.len() == AUDIT_PAGE => {
+            from.clear();
+            Some(k.iter().map(|b| format!("{b:02x}")).collect::<String>())
+        }
+        _ => None,
+    };
+    Ok(Json(json!({ "lines": lines, "next": next })))
 }

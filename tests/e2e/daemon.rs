@@ -1233,6 +1233,7 @@ fn the_openapi_document_describes_the_live_server() {
         "GET /v1/transactions",
         "GET /v1/transactions/{id}",
         "GET /v1/schema/{kind}",
+        "GET /v1/audit",
     ];
     routes.sort();
     assert_eq!(documented, routes);

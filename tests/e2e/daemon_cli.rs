@@ -120,6 +120,12 @@ fn run_tx_and_recover_on_a_held_data_directory_go_through_the_daemon() {
     assert_eq!(code, 0);
     let first: Value = serde_json::from_str(log.lines().next().expect("a record")).unwrap();
     assert_eq!(first["seq"], 0, "{log}");
+    let (code, audit, err) = site.run(&["tx", "audit"], &ops);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(audit.lines().count(), 6, "{audit}");
+    let (code, _, err) = site.run(&["tx", "audit"], &alice);
+    assert_eq!(code, 2, "an operator's: {err}");
+    assert!(err.contains("operator_only"), "{err}");
     // What the API does not do says which command to use.
     let (code, _, err) = site.run(&["tx", "prune"], &ops);
     assert_eq!(code, 75, "{err}");
@@ -144,6 +150,9 @@ fn run_tx_and_recover_on_a_held_data_directory_go_through_the_daemon() {
     let (code, local_log, _) = site.run(&["tx", "log", &bob_txn], &[]);
     assert_eq!(code, 0);
     assert_eq!(log, local_log);
+    let (code, local_audit, _) = site.run(&["tx", "audit"], &[]);
+    assert_eq!(code, 0);
+    assert_eq!(audit, local_audit);
 }
 
 #[test]
