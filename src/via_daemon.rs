@@ -3,8 +3,7 @@
 //! `<data_dir>/daemon.json` (pid and URL, never a token); a command finding a live daemon
 //! there that answers `/v1/health` sends it the work with the token of `--token`,
 //! `PROVISIO_TOKEN` or `--token-file`, and prints what the command prints in-process.
-//! What the API cannot do (`tx resolve`, `tx prune`) is refused with the commands to use
-//! instead.
+//! What the API cannot do (`tx prune`) is refused with the commands to use instead.
 
 use crate::cli::{Cli, OutputFormat, RunArgs, TxCommand};
 use crate::client::{self, Conn};
@@ -263,22 +262,12 @@ fn stop_first(held: &Held, command: &str, why: &str) -> Result<Exit> {
 
 /// `provisio tx …` through the daemon.
 pub async fn tx(cli: &Cli, config: &Config, cmd: &TxCommand, held: &Held) -> Result<Exit> {
-    match cmd {
-        TxCommand::Resolve { id, step, .. } => {
-            return stop_first(
-                held,
-                &format!("provisio tx resolve {id} {step} --applied|--not-applied"),
-                "`tx resolve` records a finding in the journal itself, which the API does not do",
-            )
-        }
-        TxCommand::Prune(_) => {
-            return stop_first(
-                held,
-                "provisio tx prune",
-                "`tx prune` removes transactions from the journal itself (the daemon removes finished jobs after `retention.transactions`)",
-            )
-        }
-        _ => {}
+    if let TxCommand::Prune(_) = cmd {
+        return stop_first(
+            held,
+            "provisio tx prune",
+            "`tx prune` removes transactions from the journal itself (the daemon removes finished jobs after `retention.transactions`)",
+        );
     }
     going_through(cli, config, held, "`tx`");
     let c = conn(cli, held)?;
@@ -430,7 +419,44 @@ pub async fn tx(cli: &Cli, config: &Config, cmd: &TxCommand, held: &Held) -> Res
             out.flush()?;
             Ok(Exit::Ok)
         }
-        TxCommand::Resolve { .. } | TxCommand::Prune(_) => Ok(Exit::BadInput),
+        TxCommand::Resolve {
+            id,
+            step,
+            applied,
+            not_applied,
+        } => {
+            // clap makes exactly one of the two flags required.
+            let applied = *applied && !*not_applied;
+            let path = format!(
+                "/v1/transactions/{}/resolve?step={}&applied={applied}",
+                client::path_segment(id),
+                client::encode(step)
+            );
+            let a = tokio::task::block_in_place(|| {
+                client::call(&c, "POST", &path, None, &[], Duration::from_secs(60))
+            })?;
+            if a.status != 200 {
+                return bad_input(format!("error: {:#}", client::failed_for(&c, &a)));
+            }
+            let f = |k: &str| {
+                a.body
+                    .get(k)
+                    .and_then(Value::as_str)
+                    .unwrap_or("-")
+                    .to_string()
+            };
+            println!(
+                "{} step {} ({}) recorded as {}; `provisio tx resume-rollback {}` {}",
+                f("id"),
+                f("step"),
+                f("was"),
+                if applied { "applied" } else { "not applied" },
+                f("id"),
+                if applied { "undoes it" } else { "skips it" }
+            );
+            Ok(Exit::Ok)
+        }
+        TxCommand::Prune(_) => Ok(Exit::BadInput),
     }
 }
 

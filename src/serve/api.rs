@@ -126,6 +126,7 @@ pub fn router(d: Arc<Daemon>) -> Router {
         .route("/v1/transactions", get(super::txns::list))
         .route("/v1/transactions/{id}", get(super::txns::show))
         .route("/v1/audit", get(super::txns::audit))
+        .route("/v1/transactions/{id}/resolve", post(super::txns::resolve))
         .route(
             "/v1/transactions/{id}/resume-rollback",
             post(super::ops::resume_rollback),

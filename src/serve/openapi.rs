@@ -145,6 +145,7 @@ impl Modify for Bearer {
         super::txns::list,
         super::txns::show,
         super::txns::audit,
+        super::txns::resolve,
         super::schema::schema,
         document,
     ),

@@ -1,7 +1,8 @@
 //! The journal's transactions over HTTP: `GET /v1/transactions` (as `provisio tx list`),
 //! `GET /v1/transactions/{id}` (its summary and records, what `tx show` and `tx log`
-//! print) and `GET /v1/audit` (operators: `tx audit`), so that `provisio tx …` works while
-//! the daemon holds the data directory. A subject sees the transactions it asked for; an
+//! print), `GET /v1/audit` and `POST /v1/transactions/{id}/resolve` (operators: `tx
+//! audit`, `tx resolve`), so that `provisio tx …` works while the daemon holds the data
+//! directory. A subject sees the transactions it asked for; an
 //! operator token sees every one.
 
 use super::api::{identify, query, ApiError, Shared};
@@ -249,4 +250,59 @@ pub async fn audit(
         _ => None,
     };
     Ok(Json(json!({ "lines": lines, "next": next })))
+}
+
+/// `POST /v1/transactions/{id}/resolve` query parameters.
+#[derive(Debug, Default, Deserialize)]
+pub struct ResolveQuery {
+    step: Option<String>,
+    applied: Option<bool>,
+}
+
+/// `POST /v1/transactions/{id}/resolve?step=S&applied=true|false` (operators): records what
+/// the operator found about a step of a `rollback_failed` transaction, as `provisio tx
+/// resolve` (journaled and audited with the token's subject).
+#[utoipa::path(post, path = "/v1/transactions/{id}/resolve", tag = "operators",
+    params(("id" = String, Path, description = "Transaction id, or a unique prefix of one"),
+        ("step" = String, Query, description = "The step path, as `tx show` lists it"),
+        ("applied" = bool, Query, description = "true: its effect exists (resume undoes it); false: nothing to undo (resume skips it)")),
+    responses((status = 200, description = "`{\"id\", \"step\", \"was\", \"applied\"}`"),
+        (status = 400, description = "A missing parameter", body = super::openapi::ErrorBody),
+        (status = 401, description = "No token, or an unknown one", body = super::openapi::ErrorBody),
+        (status = 403, description = "Not an operator token", body = super::openapi::ErrorBody),
+        (status = 409, description = "Nothing to resolve there", body = super::openapi::ErrorBody)))]
+pub async fn resolve(
+    State(d): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    q: Result<Query<ResolveQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let who = identify(&d, &headers)?;
+    if !who.operator {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "operator_only",
+            format!(
+                "subject `{}` may not resolve a step: that needs a token with `operator = true`",
+                who.subject
+            ),
+        ));
+    }
+    let q = query(q)?;
+    let (Some(step), Some(applied)) = (q.step, q.applied) else {
+        return Err(ApiError::bad(
+            "bad_query",
+            "give the step and the finding: ?step=PATH&applied=true|false",
+        ));
+    };
+    let journal = d.journal_for(&who.subject);
+    let r = provisio_engine::txn::resolve_step(&journal, &id, &step, applied)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::CONFLICT, "cannot_resolve", e.to_string()))?;
+    Ok(Json(json!({
+        "id": r.txn_id,
+        "step": r.step,
+        "was": r.was,
+        "applied": r.applied,
+    })))
 }

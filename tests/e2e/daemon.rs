@@ -1234,6 +1234,7 @@ fn the_openapi_document_describes_the_live_server() {
         "GET /v1/transactions/{id}",
         "GET /v1/schema/{kind}",
         "GET /v1/audit",
+        "POST /v1/transactions/{id}/resolve",
     ];
     routes.sort();
     assert_eq!(documented, routes);

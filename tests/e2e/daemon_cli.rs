@@ -334,3 +334,57 @@ fn batches_go_through_the_daemon_and_jobs_watch_follows_the_changes() {
         ]
     );
 }
+
+#[test]
+fn an_operator_resolves_and_resumes_a_rollback_failed_transaction_through_the_daemon() {
+    if !python() {
+        return;
+    }
+    let site = Site::new(0);
+    std::fs::copy(
+        crate::util::repo().join("tests/fixtures/operator/namespaces/operator.yaml"),
+        site.path("ns/operator.yaml"),
+    )
+    .expect("copy the namespace");
+    std::fs::write(
+        site.path("stuck.yaml"),
+        "call: Operator Test/Stuck\ndata: { tenant: acme }\n",
+    )
+    .unwrap();
+    // In-process: `broken` fails and the undo script of `make` throws: rollback_failed.
+    let (code, _, err) = site.run(&["run", "stuck.yaml", "--quiet"], &[]);
+    assert_eq!(code, 3, "{err}");
+    let _d = site.start();
+    let ops = [("PROVISIO_TOKEN", OPS)];
+    let (code, list, err) = site.run(&["tx", "list", "--state", "rollback_failed"], &ops);
+    assert_eq!(code, 0, "{err}");
+    let id = list
+        .split_whitespace()
+        .next()
+        .expect("a rollback_failed transaction")
+        .to_string();
+    // Only an operator records a finding.
+    let (code, _, err) = site.run(
+        &["tx", "resolve", &id, "make", "--not-applied"],
+        &[("PROVISIO_TOKEN", ALICE)],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("operator_only"), "{err}");
+    // What cannot be resolved is refused with the engine's reason.
+    let (code, _, err) = site.run(&["tx", "resolve", &id, "nosuch", "--applied"], &ops);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("has no step `nosuch`"), "{err}");
+    let (code, out, err) = site.run(&["tx", "resolve", &id, "make", "--not-applied"], &ops);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("recorded as not applied") && out.contains("skips it"),
+        "{out}"
+    );
+    let (code, out, err) = site.run(&["tx", "resume-rollback", &id], &ops);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("rollback_failed -> rolled_back"), "{out}");
+    // The finding was journaled with the token's subject.
+    let (code, show, _) = site.run(&["tx", "show", &id], &ops);
+    assert_eq!(code, 0);
+    assert!(show.contains("as not applied by ops"), "{show}");
+}
