@@ -29,6 +29,8 @@ Daemon:
   provisio serve                                        HTTP API + job queue (docs/daemon.md)
   provisio submit req.yaml --wait                       submit to it (PROVISIO_SERVER, PROVISIO_TOKEN)
   provisio status ID | provisio jobs | provisio cancel ID
+  While a daemon holds the data directory, `run`, `tx` and `recover` go through it
+  (its URL is in DATA_DIR/daemon.json; the token from PROVISIO_TOKEN or --token-file).
 
 Environment:
   PROVISIO_CONFIG      configuration file (default: ./provisio.toml when present)
@@ -40,8 +42,9 @@ Environment:
   PROVISIO_DNS_ZONE_DIR, PROVISIO_DNS_SERVER, PROVISIO_DNS_KEY_FILE,
   PROVISIO_LISTEN, PROVISIO_WORKERS, PROVISIO_MAX_BODY_BYTES,
   PROVISIO_SHUTDOWN_TIMEOUT                                         the config keys of the same names
-  PROVISIO_SERVER, PROVISIO_TOKEN, PROVISIO_CACERT
-                       the daemon's URL, bearer token and (https) certificate for submit/status/jobs/cancel
+  PROVISIO_SERVER, PROVISIO_TOKEN, PROVISIO_TOKEN_FILE, PROVISIO_CACERT
+                       the daemon's URL, bearer token (or a file holding it) and (https) certificate
+                       for submit/status/jobs/cancel and for commands going through a daemon
   RUST_LOG             log filter, e.g. RUST_LOG=provisio_engine=debug";
 
 /// Provisio: a transactional provisioning workflow engine.
@@ -90,6 +93,24 @@ pub struct Global {
     /// No progress display.
     #[arg(short, long, global = true)]
     pub quiet: bool,
+    /// The daemon's bearer token, for the client commands and for `run`, `tx`, `recover` and
+    /// `script` going through a daemon that holds the data directory (prefer the variable or
+    /// --token-file: a flag shows in the process list).
+    #[arg(
+        long,
+        global = true,
+        env = "PROVISIO_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
+    /// A file holding the daemon's bearer token (its first line), used when no --token /
+    /// PROVISIO_TOKEN is given.
+    #[arg(long, global = true, env = "PROVISIO_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// PEM certificate(s) to trust for an https:// daemon (its CA, or its own certificate).
+    #[arg(long, global = true, env = "PROVISIO_CACERT", value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
 }
 
 /// Log output format.
@@ -208,7 +229,8 @@ pub enum Command {
     Submit(SubmitArgs),
     /// A request's state, steps and response, from a running daemon.
     Status(StatusArgs),
-    /// List a daemon's requests, newest first.
+    /// List a daemon's requests, newest first; --watch follows their changes.
+    #[command(after_help = "Example:\n  provisio jobs --state running --watch")]
     Jobs(JobsArgs),
     /// Cancel a request on a daemon: a queued one never starts, a running one rolls back.
     Cancel(StatusArgs),
@@ -223,9 +245,35 @@ pub enum Command {
         /// The shell.
         shell: clap_complete::Shell,
     },
+    /// Print the JSON Schema (draft 7) of the YAML/JSON namespace or request format, for
+    /// editors to validate and complete files (see docs/yaml-syntax.md, "Editor support").
+    #[command(
+        after_help = "Examples:\n  provisio schema namespace --out schemas/namespace.schema.json\n  provisio schema request > request.schema.json"
+    )]
+    Schema(SchemaArgs),
     /// Print the man page (roff, generated from these definitions).
     #[command(after_help = "Example:\n  provisio man > /usr/local/share/man/man1/provisio.1")]
     Man,
+}
+
+/// Which format's schema.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum SchemaKind {
+    /// A namespace file (one namespace, or a list of them).
+    Namespace,
+    /// A request (one request, or a batch).
+    Request,
+}
+
+/// `schema` arguments.
+#[derive(Debug, Args)]
+pub struct SchemaArgs {
+    /// The format.
+    #[arg(value_enum)]
+    pub kind: SchemaKind,
+    /// Write it to this file instead of standard output.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
 }
 
 /// `token` subcommands.
@@ -254,17 +302,6 @@ pub struct ClientArgs {
         value_name = "URL"
     )]
     pub server: String,
-    /// The bearer token (prefer the variable: a flag shows in the process list).
-    #[arg(
-        long,
-        env = "PROVISIO_TOKEN",
-        hide_env_values = true,
-        value_name = "TOKEN"
-    )]
-    pub token: Option<String>,
-    /// PEM certificate(s) to trust for an https:// server (its CA, or its own certificate).
-    #[arg(long, env = "PROVISIO_CACERT", value_name = "FILE")]
-    pub cacert: Option<PathBuf>,
 }
 
 /// `serve` arguments.
@@ -350,6 +387,13 @@ pub struct JobsArgs {
     /// Most requests to list.
     #[arg(long, default_value_t = 50)]
     pub limit: usize,
+    /// Keep watching: after the list, print a line for every request that appears or
+    /// changes state (the newest --limit are polled), until Ctrl-C.
+    #[arg(long)]
+    pub watch: bool,
+    /// How often --watch asks the daemon.
+    #[arg(long, default_value = "1s", value_name = "DURATION")]
+    pub interval: crate::config::Wait,
     /// The daemon.
     #[command(flatten)]
     pub client: ClientArgs,
@@ -373,6 +417,11 @@ pub struct ScriptArgs {
     /// stopped with an error (never in the middle of a request).
     #[arg(long, default_value_t = 1024, value_name = "MIB")]
     pub max_data_mib: u64,
+    /// Submit the script's requests to this daemon (`http://127.0.0.1:8750`) instead of
+    /// running them in-process; each runs as the token's subject (--token-file,
+    /// PROVISIO_TOKEN). Without it, a daemon holding the data directory is used the same way.
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
 }
 
 /// `config` subcommands.

@@ -1,12 +1,68 @@
 //! The daemon's command-line client: `provisio submit`, `status`, `jobs`, `cancel`, over
-//! plain HTTP to `provisio serve` (`--server`, `PROVISIO_SERVER`; the token from
-//! `PROVISIO_TOKEN` or `--token`).
+//! HTTP to `provisio serve` (`--server`, `PROVISIO_SERVER`; the token from
+//! `PROVISIO_TOKEN`, `--token` or `--token-file`); also what `run`, `tx`, `recover` and
+//! `script` use to go through a daemon (`via_daemon`, `driver`).
 
-use crate::cli::{ClientArgs, JobsArgs, StatusArgs, SubmitArgs};
+use crate::cli::{Global, JobsArgs, StatusArgs, SubmitArgs};
 use crate::Exit;
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
+use std::path::PathBuf;
 use std::time::Duration;
+
+/// How to reach a daemon: its URL, the bearer token, the certificate to trust.
+pub struct Conn {
+    /// The daemon's URL (`http://127.0.0.1:8750`).
+    pub server: String,
+    token: Option<String>,
+    cacert: Option<PathBuf>,
+}
+
+impl Conn {
+    /// The daemon at `server`, with the token of `--token` / `PROVISIO_TOKEN`, else the first
+    /// line of `--token-file` / `PROVISIO_TOKEN_FILE`.
+    pub fn new(server: &str, g: &Global) -> Result<Conn> {
+        let token = match (&g.token, &g.token_file) {
+            (Some(t), _) => Some(t.trim().to_string()),
+            (None, Some(file)) => {
+                let text = std::fs::read_to_string(file).with_context(|| {
+                    format!(
+                        "cannot read the token file `{}` (--token-file, PROVISIO_TOKEN_FILE)",
+                        file.display()
+                    )
+                })?;
+                let line = text.lines().next().unwrap_or_default().trim().to_string();
+                if line.is_empty() {
+                    bail!(
+                        "the token file `{}` (--token-file, PROVISIO_TOKEN_FILE) is empty: put the token on its first line",
+                        file.display()
+                    );
+                }
+                Some(line)
+            }
+            (None, None) => None,
+        };
+        Ok(Conn {
+            server: server.trim_end_matches('/').to_string(),
+            token,
+            cacert: g.cacert.clone(),
+        })
+    }
+
+    /// The daemon at `server`, without a token (for `/v1/health`).
+    pub fn without_token(server: &str, cacert: Option<PathBuf>) -> Conn {
+        Conn {
+            server: server.trim_end_matches('/').to_string(),
+            token: None,
+            cacert,
+        }
+    }
+
+    /// Whether a token was given.
+    pub fn has_token(&self) -> bool {
+        self.token.is_some()
+    }
+}
 
 /// rustls with *ring* (see `serve::tls::provider`).
 #[allow(deprecated)]
@@ -15,12 +71,14 @@ fn ring_provider() -> rustls::crypto::CryptoProvider {
 }
 
 /// An answer of the daemon: status and JSON body.
-struct Answer {
-    status: u16,
-    body: Value,
+pub struct Answer {
+    /// The HTTP status.
+    pub status: u16,
+    /// The body (a JSON string when it was not JSON).
+    pub body: Value,
 }
 
-fn agent(c: &ClientArgs, timeout: Duration) -> Result<ureq::Agent> {
+fn agent(c: &Conn, timeout: Duration) -> Result<ureq::Agent> {
     let mut config = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(timeout));
@@ -53,8 +111,8 @@ fn agent(c: &ClientArgs, timeout: Duration) -> Result<ureq::Agent> {
     Ok(config.build().into())
 }
 
-fn call(
-    c: &ClientArgs,
+pub fn call(
+    c: &Conn,
     method: &str,
     path: &str,
     body: Option<(&str, Vec<u8>)>,
@@ -107,15 +165,27 @@ fn call(
     Ok(Answer { status, body })
 }
 
-/// The error an answer carries, as the daemon said it.
 /// GET `path` on the daemon; anything but 200 is an error carrying the daemon's message.
-fn get_ok(c: &ClientArgs, path: &str) -> Result<Answer> {
+pub fn get_ok(c: &Conn, path: &str) -> Result<Answer> {
     let a =
         tokio::task::block_in_place(|| call(c, "GET", path, None, &[], Duration::from_secs(30)))?;
     if a.status != 200 {
-        bail!("{}", failed(&a));
+        return Err(failed_for(c, &a));
     }
     Ok(a)
+}
+
+/// The error an answer carries, as the daemon said it; when the daemon wants a token and
+/// none was given, how to give one.
+pub fn failed_for(c: &Conn, a: &Answer) -> anyhow::Error {
+    let e = failed(a);
+    if a.status == 401 && !c.has_token() {
+        return anyhow::anyhow!(
+            "{e}\n  hint: no token was given: the daemon at {} needs one; set PROVISIO_TOKEN, or pass --token-file FILE (PROVISIO_TOKEN_FILE) or --token TOKEN (its hash must be in the daemon's [[serve.tokens]]: `provisio token hash --new` makes one)",
+            c.server
+        );
+    }
+    e
 }
 
 fn failed(a: &Answer) -> anyhow::Error {
@@ -133,13 +203,15 @@ fn failed(a: &Answer) -> anyhow::Error {
     anyhow::anyhow!("the daemon answered {} ({code}): {message}", a.status)
 }
 
-fn path_segment(id: &str) -> String {
+/// `id` as a path segment: only the characters an id has.
+pub fn path_segment(id: &str) -> String {
     id.chars()
         .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
         .collect()
 }
 
-fn content_type(file: &std::path::Path) -> &'static str {
+/// The `Content-Type` of a request file, by its extension.
+pub fn content_type(file: &std::path::Path) -> &'static str {
     match file
         .extension()
         .and_then(|e| e.to_str())
@@ -152,8 +224,38 @@ fn content_type(file: &std::path::Path) -> &'static str {
     }
 }
 
+/// The response document of a finished request as the daemon shows it: its `response`
+/// (without the daemon's `requestFormat`), or, for a request settled without one (after a
+/// restart, or dead after its retries), its transaction and outcome.
+pub fn response_doc(job: &Value) -> Value {
+    match job.get("response") {
+        Some(Value::Object(o)) => {
+            let mut o = o.clone();
+            o.remove("requestFormat");
+            Value::Object(o)
+        }
+        _ => {
+            let txn = job
+                .get("transactions")
+                .and_then(Value::as_array)
+                .and_then(|t| t.last())
+                .cloned()
+                .unwrap_or(Value::Null);
+            let status = job
+                .get("outcome")
+                .and_then(Value::as_str)
+                .unwrap_or("rolled_back");
+            let mut doc = serde_json::json!({ "transactionId": txn, "status": status });
+            if let Some(e) = job.get("error").and_then(Value::as_str) {
+                doc["error"] = serde_json::json!({ "description": e });
+            }
+            doc
+        }
+    }
+}
+
 /// Exit code for a finished request, as `provisio run` has it.
-fn exit_for(job: &Value) -> Exit {
+pub fn exit_for(job: &Value) -> Exit {
     match job.get("outcome").and_then(Value::as_str) {
         Some("committed") => Exit::Ok,
         Some("rollback_failed") => Exit::RollbackFailed,
@@ -163,7 +265,7 @@ fn exit_for(job: &Value) -> Exit {
 
 /// `provisio submit`: queues the request; with `--wait`, follows its event stream (a
 /// progress display on stderr) and prints the finished request.
-pub async fn submit(args: &SubmitArgs, quiet: bool) -> Result<Exit> {
+pub async fn submit(args: &SubmitArgs, c: &Conn, quiet: bool) -> Result<Exit> {
     let bytes = std::fs::read(&args.file)
         .with_context(|| format!("cannot read request file `{}`", args.file.display()))?;
     let mut extra = Vec::new();
@@ -177,7 +279,7 @@ pub async fn submit(args: &SubmitArgs, quiet: bool) -> Result<Exit> {
     let ct = content_type(&args.file);
     let a = tokio::task::block_in_place(|| {
         call(
-            &args.client,
+            c,
             "POST",
             &path,
             Some((ct, bytes)),
@@ -188,10 +290,10 @@ pub async fn submit(args: &SubmitArgs, quiet: bool) -> Result<Exit> {
     match a.status {
         202 => {}
         400 | 401 | 403 | 413 | 415 => {
-            eprintln!("error: {}", failed(&a));
+            eprintln!("error: {:#}", failed_for(c, &a));
             return Ok(Exit::BadInput);
         }
-        _ => return Err(failed(&a)),
+        _ => return Err(failed_for(c, &a)),
     }
     print_warnings(&a.body);
     let ids: Vec<String> = match a.body.get("batch").and_then(Value::as_array) {
@@ -212,13 +314,17 @@ pub async fn submit(args: &SubmitArgs, quiet: bool) -> Result<Exit> {
         }
         return Ok(Exit::Ok);
     }
-    let mut finished = Vec::with_capacity(ids.len());
-    for id in &ids {
-        tokio::task::block_in_place(|| follow(&args.client, id, quiet))?;
-        let path = format!("/v1/requests/{}", path_segment(id));
-        let s = get_ok(&args.client, &path)?;
-        finished.push(s.body);
-    }
+    let mut finished = if a.body.get("batch").is_some() {
+        tokio::task::block_in_place(|| wait_all(c, &ids, quiet))?
+    } else {
+        let mut finished = Vec::with_capacity(ids.len());
+        for id in &ids {
+            tokio::task::block_in_place(|| follow(c, id, quiet))?;
+            let path = format!("/v1/requests/{}", path_segment(id));
+            finished.push(get_ok(c, &path)?.body);
+        }
+        finished
+    };
     // The worst outcome: an undo failure (3), else a rollback (1).
     let mut exit = Exit::Ok;
     for f in &finished {
@@ -237,9 +343,61 @@ pub async fn submit(args: &SubmitArgs, quiet: bool) -> Result<Exit> {
     Ok(exit)
 }
 
+/// Whether a request (as the API shows it) is over.
+fn is_over(job: &Value) -> bool {
+    !matches!(
+        job.get("state").and_then(Value::as_str),
+        Some("queued") | Some("running")
+    )
+}
+
+/// Waits for every item of a batch (they run in parallel on the daemon), with a progress
+/// bar counting the finished ones (hidden with `--quiet`); returns them in item order.
+pub fn wait_all(c: &Conn, ids: &[String], quiet: bool) -> Result<Vec<Value>> {
+    let bar = if quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(ids.len() as u64)
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} item(s) finished · {msg} [{elapsed}]",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(120));
+    let mut done: Vec<Option<Value>> = vec![None; ids.len()];
+    let (mut committed, mut other) = (0, 0);
+    let mut nap = Duration::from_millis(50);
+    while done.iter().any(Option::is_none) {
+        for (i, id) in ids.iter().enumerate() {
+            if done[i].is_some() {
+                continue;
+            }
+            let job = get_ok(c, &format!("/v1/requests/{}", path_segment(id)))?.body;
+            if is_over(&job) {
+                if job.get("outcome").and_then(Value::as_str) == Some("committed") {
+                    committed += 1;
+                } else {
+                    other += 1;
+                }
+                bar.inc(1);
+                bar.set_message(format!("{committed} committed, {other} not"));
+                done[i] = Some(job);
+            }
+        }
+        if done.iter().any(Option::is_none) {
+            std::thread::sleep(nap);
+            nap = (nap * 2).min(Duration::from_secs(1));
+        }
+    }
+    bar.finish_and_clear();
+    Ok(done.into_iter().flatten().collect())
+}
+
 /// Follows a request's event stream until its `finished` event, showing its steps on a
 /// spinner (hidden with `--quiet`).
-fn follow(c: &ClientArgs, id: &str, quiet: bool) -> Result<()> {
+pub fn follow(c: &Conn, id: &str, quiet: bool) -> Result<()> {
     use std::io::BufRead;
     let bar = if quiet {
         indicatif::ProgressBar::hidden()
@@ -312,28 +470,20 @@ fn print_warnings(body: &Value) {
 }
 
 /// `provisio status`.
-pub async fn status(args: &StatusArgs) -> Result<Exit> {
+pub async fn status(args: &StatusArgs, c: &Conn) -> Result<Exit> {
     let path = format!("/v1/requests/{}", path_segment(&args.id));
-    let a = get_ok(&args.client, &path)?;
+    let a = get_ok(c, &path)?;
     println!("{}", serde_json::to_string_pretty(&a.body)?);
     Ok(Exit::Ok)
 }
 
 /// `provisio cancel`.
-pub async fn cancel(args: &StatusArgs) -> Result<Exit> {
+pub async fn cancel(args: &StatusArgs, c: &Conn) -> Result<Exit> {
     let path = format!("/v1/requests/{}/cancel", path_segment(&args.id));
-    let a = tokio::task::block_in_place(|| {
-        call(
-            &args.client,
-            "POST",
-            &path,
-            None,
-            &[],
-            Duration::from_secs(30),
-        )
-    })?;
+    let a =
+        tokio::task::block_in_place(|| call(c, "POST", &path, None, &[], Duration::from_secs(30)))?;
     if a.status != 200 && a.status != 202 {
-        bail!("{}", failed(&a));
+        return Err(failed_for(c, &a));
     }
     if let Some(m) = a.body.get("message").and_then(Value::as_str) {
         eprintln!("{m}");
@@ -341,7 +491,8 @@ pub async fn cancel(args: &StatusArgs) -> Result<Exit> {
     Ok(Exit::Ok)
 }
 
-fn encode(v: &str) -> String {
+/// `v` percent-encoded for a query string.
+pub fn encode(v: &str) -> String {
     v.bytes()
         .map(|b| {
             if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
@@ -353,8 +504,22 @@ fn encode(v: &str) -> String {
         .collect()
 }
 
-/// `provisio jobs`.
-pub async fn jobs(args: &JobsArgs) -> Result<Exit> {
+/// The line `provisio jobs` prints for a request.
+fn job_line(j: &Value) -> String {
+    let s = |k: &str| j.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
+    format!(
+        "{}  {:<10} {:<16} {:<12} {}",
+        s("id"),
+        s("state"),
+        s("outcome"),
+        s("subject"),
+        s("target")
+    )
+}
+
+/// `provisio jobs`; with `--watch`, then a line for every request that appears or changes
+/// state, until Ctrl-C.
+pub async fn jobs(args: &JobsArgs, c: &Conn) -> Result<Exit> {
     let mut path = format!("/v1/requests?limit={}", args.limit);
     for (k, v) in [
         ("state", &args.state),
@@ -366,7 +531,7 @@ pub async fn jobs(args: &JobsArgs) -> Result<Exit> {
             path.push_str(&format!("&{k}={}", encode(v)));
         }
     }
-    let a = get_ok(&args.client, &path)?;
+    let a = get_ok(c, &path)?;
     let items = a
         .body
         .get("items")
@@ -376,19 +541,54 @@ pub async fn jobs(args: &JobsArgs) -> Result<Exit> {
     if items.is_empty() {
         eprintln!("no requests");
     }
-    for j in items {
-        let s = |k: &str| j.get(k).and_then(Value::as_str).unwrap_or("-").to_string();
-        println!(
-            "{}  {:<10} {:<16} {:<12} {}",
-            s("id"),
-            s("state"),
-            s("outcome"),
-            s("subject"),
-            s("target")
-        );
+    for j in &items {
+        println!("{}", job_line(j));
     }
-    if let Some(next) = a.body.get("next").and_then(Value::as_u64) {
-        eprintln!("more: GET /v1/requests?before={next}");
+    if !args.watch {
+        if let Some(next) = a.body.get("next").and_then(Value::as_u64) {
+            eprintln!("more: GET /v1/requests?before={next}");
+        }
+        return Ok(Exit::Ok);
     }
-    Ok(Exit::Ok)
+    // Watching: what each request last showed; a new one or a changed state prints a line.
+    let key = |j: &Value| {
+        (
+            j.get("state").and_then(Value::as_str).map(str::to_string),
+            j.get("outcome").and_then(Value::as_str).map(str::to_string),
+        )
+    };
+    let mut seen: std::collections::HashMap<String, (Option<String>, Option<String>)> = items
+        .iter()
+        .filter_map(|j| Some((j.get("id")?.as_str()?.to_string(), key(j))))
+        .collect();
+    eprintln!(
+        "watching (every {}); Ctrl-C ends",
+        humantime::format_duration(args.interval.0)
+    );
+    let stop = tokio::signal::ctrl_c();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return Ok(Exit::Ok),
+            _ = tokio::time::sleep(args.interval.0) => {}
+        }
+        let a = get_ok(c, &path)?;
+        let items = a
+            .body
+            .get("items")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        // Oldest first, so that the lines read in the order things happened.
+        for j in items.iter().rev() {
+            let Some(id) = j.get("id").and_then(Value::as_str) else {
+                continue;
+            };
+            let now = key(j);
+            if seen.get(id) != Some(&now) {
+                println!("{}", job_line(j));
+                seen.insert(id.to_string(), now);
+            }
+        }
+    }
 }

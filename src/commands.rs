@@ -25,10 +25,22 @@ use std::time::Duration;
 pub async fn dispatch(cli: Cli) -> Result<Exit> {
     // The daemon's clients and the token helper need no configuration.
     match &cli.command {
-        Command::Submit(args) => return crate::client::submit(args, cli.global.quiet).await,
-        Command::Status(args) => return crate::client::status(args).await,
-        Command::Cancel(args) => return crate::client::cancel(args).await,
-        Command::Jobs(args) => return crate::client::jobs(args).await,
+        Command::Submit(args) => {
+            let c = crate::client::Conn::new(&args.client.server, &cli.global)?;
+            return crate::client::submit(args, &c, cli.global.quiet).await;
+        }
+        Command::Status(args) => {
+            let c = crate::client::Conn::new(&args.client.server, &cli.global)?;
+            return crate::client::status(args, &c).await;
+        }
+        Command::Cancel(args) => {
+            let c = crate::client::Conn::new(&args.client.server, &cli.global)?;
+            return crate::client::cancel(args, &c).await;
+        }
+        Command::Jobs(args) => {
+            let c = crate::client::Conn::new(&args.client.server, &cli.global)?;
+            return crate::client::jobs(args, &c).await;
+        }
         Command::Token(TokenCommand::Hash { new }) => return token_hash(*new),
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
@@ -37,6 +49,7 @@ pub async fn dispatch(cli: Cli) -> Result<Exit> {
             print!("{}", String::from_utf8_lossy(&out));
             return Ok(Exit::Ok);
         }
+        Command::Schema(args) => return schema(args),
         Command::Man => {
             let mut out = Vec::new();
             clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut out)?;
@@ -52,12 +65,23 @@ pub async fn dispatch(cli: Cli) -> Result<Exit> {
     };
     let config = &loaded.config;
     match cli.command {
-        Command::Run(ref args) => run(&cli, config, args).await,
+        Command::Run(ref args) => {
+            // `--ephemeral` keeps no journal: it never needs the data directory.
+            if !args.ephemeral {
+                if let Some(held) = crate::via_daemon::holder(config, &cli.global) {
+                    return crate::via_daemon::run(&cli, config, args, &held).await;
+                }
+            }
+            run(&cli, config, args).await
+        }
         Command::Plan(ref args) => plan(config, args).await,
         Command::Validate(ref args) => validate(config, args).await,
         Command::Graph(ref args) => graph(config, args).await,
         Command::Namespaces(ref args) => namespaces(config, args).await,
         Command::Tx(ref cmd) => {
+            if let Some(held) = crate::via_daemon::holder(config, &cli.global) {
+                return crate::via_daemon::tx(&cli, config, cmd, &held).await;
+            }
             // Looking at the journal never creates one (nor a seal key): a command started
             // with the wrong data directory says so instead of starting a new history.
             if !load::journal_exists(config) {
@@ -74,9 +98,43 @@ pub async fn dispatch(cli: Cli) -> Result<Exit> {
             );
             tx(&config, cmd).await
         }
-        Command::Recover => recover_cmd(config).await,
+        Command::Recover => match crate::via_daemon::holder(config, &cli.global) {
+            Some(held) => crate::via_daemon::recover(config, &held),
+            None => recover_cmd(config).await,
+        },
         Command::Purge(ref args) => crate::inspect::purge(config, args).await,
         Command::Script(ref args) => {
+            let limits = crate::driver::DriverLimits {
+                max_operations: args.max_operations,
+                timeout: Duration::from_secs(args.timeout.max(1)),
+                max_csv_bytes: args.max_csv_mib.saturating_mul(1024 * 1024),
+                max_data_bytes: args.max_data_mib.saturating_mul(1024 * 1024),
+            };
+            // A daemon named with --server, or the one holding the data directory, runs
+            // the script's requests.
+            let server = match &args.server {
+                Some(url) => Some(url.clone()),
+                None => crate::via_daemon::holder(config, &cli.global).map(|held| {
+                    if !cli.global.quiet {
+                        eprintln!(
+                            "the data directory `{}` is held by a `provisio serve` daemon (pid {}, {}): the script's requests go through it",
+                            config.data_dir.display(),
+                            held.pid,
+                            held.url
+                        );
+                    }
+                    held.url
+                }),
+            };
+            if let Some(url) = server {
+                let conn = crate::client::Conn::new(&url, &cli.global)?;
+                return crate::driver::run(
+                    crate::driver::Backend::Daemon(conn),
+                    &args.file,
+                    limits,
+                )
+                .await;
+            }
             let engine = match load::engine(config).await {
                 Ok(e) => e,
                 Err(e) => return bad_input(format!("error: {e:#}")),
@@ -84,13 +142,12 @@ pub async fn dispatch(cli: Cli) -> Result<Exit> {
             let journal = load::journal(config)?;
             let engine = engine.with_journal(journal.clone());
             recover_quietly(&engine, &journal).await?;
-            let limits = crate::driver::DriverLimits {
-                max_operations: args.max_operations,
-                timeout: Duration::from_secs(args.timeout.max(1)),
-                max_csv_bytes: args.max_csv_mib.saturating_mul(1024 * 1024),
-                max_data_bytes: args.max_data_mib.saturating_mul(1024 * 1024),
-            };
-            crate::driver::run(engine, &args.file, limits).await
+            crate::driver::run(
+                crate::driver::Backend::Engine(Box::new(engine)),
+                &args.file,
+                limits,
+            )
+            .await
         }
         Command::Config(ConfigCommand::Show) => {
             print!("{}", config.show(&loaded.sources)?);
@@ -104,8 +161,27 @@ pub async fn dispatch(cli: Cli) -> Result<Exit> {
         | Command::Jobs(_)
         | Command::Token(_)
         | Command::Completions { .. }
+        | Command::Schema(_)
         | Command::Man => Ok(Exit::Ok),
     }
+}
+
+/// `provisio schema namespace|request [--out FILE]`.
+fn schema(args: &crate::cli::SchemaArgs) -> Result<Exit> {
+    let doc = match args.kind {
+        crate::cli::SchemaKind::Namespace => request::schema::namespace(),
+        crate::cli::SchemaKind::Request => request::schema::request(),
+    };
+    let text = serde_json::to_string_pretty(&doc)? + "\n";
+    match &args.out {
+        Some(file) => {
+            std::fs::write(file, text)
+                .with_context(|| format!("cannot write the schema to `{}`", file.display()))?;
+            eprintln!("wrote {}", file.display());
+        }
+        None => print!("{text}"),
+    }
+    Ok(Exit::Ok)
 }
 
 /// `provisio token hash [--new]`.

@@ -1,7 +1,8 @@
 //! `provisio script FILE.rhai`: driver scripts that submit requests and read their results.
 //! The script sees `submit`, `submit_all`, `read_csv` and `log` (docs/scripting.md);
 //! requests run in-process through the same engine as `provisio run`, each as its own
-//! transaction (a `submit_all` batch is one request).
+//! transaction (a `submit_all` batch is one request), or, with `--server` (or a daemon
+//! holding the data directory), are submitted to a daemon over HTTP and waited for.
 //!
 //! A driver script is untrusted input as much as a request is: it reads only regular files
 //! inside its own folder (no symlink leading out), CSV files up to a size, and the data it
@@ -34,9 +35,17 @@ pub struct DriverLimits {
     pub max_data_bytes: u64,
 }
 
+/// Where a driver script's requests run.
+pub enum Backend {
+    /// In this process, through the engine (journaled like `provisio run`).
+    Engine(Box<Engine>),
+    /// On a daemon: each request is submitted over HTTP and waited for.
+    Daemon(crate::client::Conn),
+}
+
 /// Runs a driver script; returns the exit code (0 every request committed, 1 the script
 /// failed or some request did not commit, 2 it does not compile).
-pub async fn run(engine: Engine, file: &Path, limits: DriverLimits) -> Result<Exit> {
+pub async fn run(backend: Backend, file: &Path, limits: DriverLimits) -> Result<Exit> {
     let source = std::fs::read_to_string(file)
         .with_context(|| format!("cannot read `{}`", file.display()))?;
     // rhai's own limits bound the operations, each array and map (100,000 items) and the
@@ -68,7 +77,7 @@ pub async fn run(engine: Engine, file: &Path, limits: DriverLimits) -> Result<Ex
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
     let host = Arc::new(InProcess {
-        engine,
+        backend,
         handle: tokio::runtime::Handle::current(),
         base,
         max_csv_bytes: limits.max_csv_bytes,
@@ -104,10 +113,9 @@ pub async fn run(engine: Engine, file: &Path, limits: DriverLimits) -> Result<Ex
     }
 }
 
-/// Submits requests to the in-process engine. A daemon-backed host (HTTP) can replace it
-/// without changing scripts.
+/// Submits requests to the in-process engine, or to a daemon: scripts are the same.
 struct InProcess {
-    engine: Engine,
+    backend: Backend,
     handle: tokio::runtime::Handle,
     base: PathBuf,
     max_csv_bytes: u64,
@@ -141,6 +149,10 @@ impl InProcess {
     /// The calls of a batch (`submit_all`, sent as a trusted request) that name a private
     /// procedure: a batch may do only what its calls submitted one by one could.
     fn private_calls(&self, request: &Value) -> Vec<String> {
+        // A daemon checks what its token may send itself.
+        let Backend::Engine(engine) = &self.backend else {
+            return Vec::new();
+        };
         let Some(steps) = request
             .pointer("/procedure/steps")
             .and_then(Value::as_object)
@@ -152,7 +164,7 @@ impl InProcess {
             .filter_map(|s| s.get("call").and_then(Value::as_str))
             .filter(|target| {
                 target.rsplit_once('/').is_some_and(|(ns, name)| {
-                    self.engine
+                    engine
                         .catalog()
                         .namespace(ns)
                         .and_then(|n| n.procedure(name))
@@ -186,17 +198,23 @@ impl DriverHost for InProcess {
                 private.join(", ")
             ))
         }
-        .and_then(|()| {
-            provisio_engine::request::parse_request(&text, "<script request>", Format::Json)
-                .map_err(|e| e.to_string())
-        })
-                .and_then(|req| {
-                    self.handle
-                        .block_on(self.engine.run_owned(req))
-                        .map_err(|e| e.to_string())
-                });
-        let result = match outcome {
-            Ok(result) => result,
+        .and_then(|()| match &self.backend {
+            Backend::Engine(engine) => {
+                provisio_engine::request::parse_request(&text, "<script request>", Format::Json)
+                    .map_err(|e| e.to_string())
+                    .and_then(|req| {
+                        self.handle
+                            .block_on(engine.run_owned(req))
+                            .map_err(|e| e.to_string())
+                    })
+                    .map(|result| Ok(provisio_engine::response::to_value(&result)))
+            }
+            Backend::Daemon(c) => submit_to_daemon(c, text),
+        });
+        let doc = match outcome {
+            Ok(Ok(doc)) => doc,
+            // The daemon could not be asked: the script stops, as for any failed call.
+            Ok(Err(e)) => return Err(e),
             Err(reason) => {
                 lock(&self.not_committed).push(format!("{} (rejected)", target_of(&request)));
                 return Ok(serde_json::json!({
@@ -208,15 +226,17 @@ impl DriverHost for InProcess {
                 }));
             }
         };
-        if result.state != provisio_engine::TxnState::Committed {
+        let status = doc.get("status").and_then(Value::as_str).unwrap_or("-");
+        if status != provisio_engine::TxnState::Committed.to_string() {
             lock(&self.not_committed).push(format!(
-                "{} ({} {})",
+                "{} ({} {status})",
                 target_of(&request),
-                result.txn_id,
-                result.state
+                doc.get("transactionId")
+                    .and_then(Value::as_str)
+                    .unwrap_or("-"),
             ));
         }
-        Ok(provisio_engine::response::to_value(&result))
+        Ok(doc)
     }
 
     fn read_csv(&self, path: &str) -> Result<Vec<Value>, String> {
@@ -293,6 +313,53 @@ impl DriverHost for InProcess {
     fn log(&self, msg: &str) {
         eprintln!("{msg}");
     }
+}
+
+/// Submits a request (JSON) to the daemon and waits for it to finish. `Ok(Ok(response))`:
+/// it ran (the response as in-process); `Err(reason)`: the daemon refused it (400, 401,
+/// 403, 413), which the script sees as `rejected`; `Ok(Err(..))`: the daemon could not be
+/// asked, which stops the script.
+fn submit_to_daemon(
+    c: &crate::client::Conn,
+    text: String,
+) -> Result<Result<Value, String>, String> {
+    use crate::client;
+    let a = match client::call(
+        c,
+        "POST",
+        "/v1/requests?wait=300s",
+        Some(("application/json", text.into_bytes())),
+        &[],
+        Duration::from_secs(330),
+    ) {
+        Ok(a) => a,
+        Err(e) => return Ok(Err(format!("{e:#}"))),
+    };
+    let job = match a.status {
+        200 => a.body,
+        202 => {
+            let Some(id) = a.body.get("id").and_then(Value::as_str) else {
+                return Ok(Err(format!(
+                    "the daemon answered 202 without an id: {}",
+                    a.body
+                )));
+            };
+            if let Err(e) = client::follow(c, id, true) {
+                return Ok(Err(format!("{e:#}")));
+            }
+            match client::get_ok(c, &format!("/v1/requests/{}", client::path_segment(id))) {
+                Ok(a) => a.body,
+                Err(e) => return Ok(Err(format!("{e:#}"))),
+            }
+        }
+        // Without a (valid) token nothing can run: the script stops.
+        401 => return Ok(Err(format!("{:#}", client::failed_for(c, &a)))),
+        400 | 403 | 413 | 415 => {
+            return Err(format!("{:#}", client::failed_for(c, &a)));
+        }
+        _ => return Ok(Err(format!("{:#}", client::failed_for(c, &a)))),
+    };
+    Ok(Ok(client::response_doc(&job)))
 }
 
 /// `Namespace/Procedure` of a submitted request, for the summary; a batch

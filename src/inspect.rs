@@ -49,7 +49,7 @@ pub(crate) async fn list(journal: &DurableJournal, args: &ListArgs) -> Result<Ex
     Ok(Exit::Ok)
 }
 
-fn list_line(t: &TxnSummary) -> String {
+pub(crate) fn list_line(t: &TxnSummary) -> String {
     format!(
         "{}  {:<15}  {}  {}  {}",
         t.id,
@@ -98,23 +98,39 @@ pub(crate) fn show(journal: &DurableJournal, id: &str) -> Result<Exit> {
     };
     let store = &**journal.store();
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    write!(out, "{}", render_summary(&t))?;
+    write_show(
+        &t,
+        || RecordStream::new(store, &t.id).map(|r| r.map(|(_, r)| r).map_err(Into::into)),
+        &mut out,
+    )?;
+    out.flush()?;
+    Ok(Exit::Ok)
+}
+
+/// What `tx show` prints of a transaction: its summary, then two passes over its records
+/// (from the store, or as the daemon sent them): the steps, then the events.
+pub(crate) fn write_show<I>(
+    t: &TxnSummary,
+    records: impl Fn() -> I,
+    out: &mut impl Write,
+) -> Result<()>
+where
+    I: Iterator<Item = Result<Record>>,
+{
+    write!(out, "{}", render_summary(t))?;
     writeln!(out, "  steps:")?;
     let mut steps = Steps::default();
-    for r in RecordStream::new(store, &t.id) {
-        let (_, r) = r?;
-        steps.record(&r, &mut out)?;
+    for r in records() {
+        steps.record(&r?, out)?;
     }
-    steps.finish(&mut out)?;
+    steps.finish(out)?;
     writeln!(out, "  events:")?;
-    for r in RecordStream::new(store, &t.id) {
-        let (_, r) = r?;
-        if let Some(line) = event_line(&r) {
+    for r in records() {
+        if let Some(line) = event_line(&r?) {
             writeln!(out, "{line}")?;
         }
     }
-    out.flush()?;
-    Ok(Exit::Ok)
+    Ok(())
 }
 
 /// Calls whose lines wait for their result; past this many the oldest is printed as it is

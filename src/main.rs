@@ -37,6 +37,7 @@ mod driver;
 mod inspect;
 mod load;
 mod serve;
+mod via_daemon;
 
 /// Standard output and error that tolerate a reader going away.
 mod output {

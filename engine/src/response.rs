@@ -171,6 +171,141 @@ pub fn render_batch(results: &[TxnResult], format: Format) -> String {
     }
 }
 
+/// The XML response element of a response document as [`to_value`] made it (a response
+/// that travelled as JSON, e.g. from the daemon): the same element [`render`] writes for
+/// the result itself, data and client context rebuilt through the JSON mapping of
+/// `docs/data-model.md`.
+fn element_of_value(v: &Value) -> Element {
+    let text = |k: &str| {
+        v.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let mut resp = Element::new("response");
+    resp.set_attr("transactionId", text("transactionId"));
+    resp.set_attr("status", text("status"));
+    if let Some(Ok(data)) = v.get("data").map(|d| json::from_json("data", d)) {
+        resp.push(data);
+    }
+    if let Some(e) = v.get("error") {
+        let field = |k: &str| {
+            e.get(k)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
+        let mut ec = Element::new("errorContext");
+        ec.set_attr("code", field("code"));
+        ec.set_attr("description", field("description"));
+        ec.set_attr("step", field("step"));
+        for s in e
+            .get("sources")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let f = |k: &str| {
+                s.get(k)
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            let mut src = Element::new("errorSource");
+            src.set_attr("namespace", f("namespace"));
+            src.set_attr("procedure", f("procedure"));
+            if !f("step").is_empty() {
+                src.set_attr("step", f("step"));
+            }
+            ec.push(src);
+        }
+        for u in v
+            .get("undoFailures")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let f = |k: &str| {
+                u.get(k)
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            let mut uf = Element::new("undoFailure");
+            uf.set_attr("step", f("step"));
+            uf.set_attr("target", f("target"));
+            uf.set_attr("description", f("message"));
+            ec.push(uf);
+        }
+        resp.push(ec);
+    }
+    if let Some(Ok(context)) = v.get("context").map(|c| json::from_json("context", c)) {
+        resp.push(context);
+    }
+    resp
+}
+
+/// Renders a response document as [`to_value`] made it (e.g. one the daemon kept) in
+/// `format`: what [`render`] prints for the result itself.
+pub fn render_value(doc: &Value, format: Format) -> String {
+    match format {
+        Format::Xml => {
+            let mut s = xml::to_string_pretty(&element_of_value(doc));
+            if !s.ends_with('\n') {
+                s.push('\n');
+            }
+            s
+        }
+        Format::Json => serde_json::to_string_pretty(doc).unwrap_or_default() + "\n",
+        Format::Yaml => crate::request::yaml::to_yaml(doc),
+    }
+}
+
+/// Renders the responses of a batch's items, each as [`to_value`] made it, in `format`:
+/// what [`render_batch`] prints for the results themselves.
+pub fn render_batch_values(docs: &[Value], format: Format) -> String {
+    let committed = docs
+        .iter()
+        .filter(|d| d.get("status").and_then(Value::as_str) == Some("committed"))
+        .count();
+    let failed = docs.len() - committed;
+    match format {
+        Format::Xml => {
+            let mut doc = Element::new("batchResponse");
+            doc.set_attr("committed", committed.to_string());
+            doc.set_attr("failed", failed.to_string());
+            for (i, d) in docs.iter().enumerate() {
+                let mut resp = element_of_value(d);
+                resp.attrs
+                    .insert(0, ("item".into(), (i + 1).to_string().into()));
+                doc.push(resp);
+            }
+            let mut s = xml::to_string_pretty(&doc);
+            if !s.ends_with('\n') {
+                s.push('\n');
+            }
+            s
+        }
+        _ => {
+            let items = docs
+                .iter()
+                .enumerate()
+                .map(|(i, d)| {
+                    let mut entry = serde_json::Map::new();
+                    entry.insert("item".into(), json!(i + 1));
+                    if let Value::Object(fields) = d {
+                        entry.extend(fields.clone());
+                    }
+                    Value::Object(entry)
+                })
+                .collect();
+            let v =
+                json!({ "committed": committed, "failed": failed, "batch": Value::Array(items) });
+            render_value(&v, format)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,6 +365,33 @@ mod tests {
         let yaml = render_batch(&results, Format::Yaml);
         assert!(yaml.contains("committed: 2"), "{yaml}");
         assert!(yaml.contains("- item: 1"), "{yaml}");
+    }
+
+    #[test]
+    fn a_response_kept_as_json_renders_as_the_result_does() {
+        let mut ok = result(TxnState::Committed);
+        ok.data = Some(
+            crate::data::json::from_json(
+                "data",
+                &json!({"@id": "7", "name": "ann", "groups": ["a", "b"]}),
+            )
+            .expect("data"),
+        );
+        let failed = result(TxnState::RolledBack);
+        for r in [&ok, &failed] {
+            for f in [Format::Xml, Format::Yaml, Format::Json] {
+                assert_eq!(render_value(&to_value(r), f), render(r, f), "{f:?}");
+            }
+        }
+        let both = [ok.clone(), failed.clone()];
+        let docs: Vec<Value> = both.iter().map(to_value).collect();
+        for f in [Format::Xml, Format::Yaml, Format::Json] {
+            assert_eq!(
+                render_batch_values(&docs, f),
+                render_batch(&both, f),
+                "{f:?}"
+            );
+        }
     }
 
     #[test]

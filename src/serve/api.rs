@@ -104,6 +104,7 @@ pub fn router(d: Arc<Daemon>) -> Router {
         .route("/v1/whoami", get(whoami))
         .route("/v1/metrics", get(metrics))
         .route("/v1/openapi.json", get(super::openapi::document))
+        .route("/v1/schema/{kind}", get(super::schema::schema))
         .route("/v1/requests", post(submit).get(list))
         .route("/v1/requests/{id}", get(status))
         .route("/v1/requests/{id}/cancel", post(cancel))
@@ -122,6 +123,10 @@ pub fn router(d: Arc<Daemon>) -> Router {
         )
         .route("/v1/plan", post(super::ops::plan))
         .route("/v1/transactions/stuck", get(super::ops::stuck))
+        .route("/v1/transactions", get(super::txns::list))
+        .route("/v1/transactions/{id}", get(super::txns::show))
+        .route("/v1/audit", get(super::txns::audit))
+        .route("/v1/transactions/{id}/resolve", post(super::txns::resolve))
         .route(
             "/v1/transactions/{id}/resume-rollback",
             post(super::ops::resume_rollback),

@@ -15,7 +15,9 @@ pub mod jobs;
 mod metrics;
 mod openapi;
 mod ops;
+mod schema;
 mod tls;
+mod txns;
 
 use crate::config::{Config, ServeConfig};
 use crate::{load, Exit};

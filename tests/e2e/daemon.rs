@@ -12,9 +12,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const ALICE: &str = "alice-token-0123456789";
-const BOB: &str = "bob-token-0123456789";
-const OPS: &str = "ops-token-0123456789";
+pub(crate) const ALICE: &str = "alice-token-0123456789";
+pub(crate) const BOB: &str = "bob-token-0123456789";
+pub(crate) const OPS: &str = "ops-token-0123456789";
 
 const NAMESPACE: &str = r#"
 namespace: Billing
@@ -68,7 +68,7 @@ fn sha(token: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-fn python() -> bool {
+pub(crate) fn python() -> bool {
     let ok = Command::new("python3")
         .arg("--version")
         .output()
@@ -84,12 +84,12 @@ fn python() -> bool {
 }
 
 /// A folder with a configuration, the namespace and the ledger file.
-struct Site {
+pub(crate) struct Site {
     dir: tempfile::TempDir,
 }
 
 impl Site {
-    fn new(delay_ms: u64) -> Site {
+    pub(crate) fn new(delay_ms: u64) -> Site {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path();
         std::fs::create_dir_all(p.join("ns")).expect("mkdir");
@@ -140,12 +140,12 @@ env = {{ LEDGER_FILE = "{}", LEDGER_DELAY_MS = "{delay_ms}" }}
         self
     }
 
-    fn path(&self, rel: &str) -> PathBuf {
+    pub(crate) fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
     }
 
     /// The ledger's accounts: name -> balance.
-    fn accounts(&self) -> Vec<(String, i64)> {
+    pub(crate) fn accounts(&self) -> Vec<(String, i64)> {
         let Ok(text) = std::fs::read_to_string(self.path("ledger.json")) else {
             return Vec::new();
         };
@@ -162,7 +162,7 @@ env = {{ LEDGER_FILE = "{}", LEDGER_DELAY_MS = "{delay_ms}" }}
         out
     }
 
-    fn command(&self, args: &[&str]) -> Command {
+    pub(crate) fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_provisio"));
         for (k, _) in std::env::vars() {
             if k.starts_with("PROVISIO_") {
@@ -177,7 +177,7 @@ env = {{ LEDGER_FILE = "{}", LEDGER_DELAY_MS = "{delay_ms}" }}
     }
 
     /// Runs a short command: (exit code, stdout, stderr).
-    fn run(&self, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    pub(crate) fn run(&self, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
         let out = self
             .command(args)
             .envs(env.iter().copied())
@@ -191,7 +191,7 @@ env = {{ LEDGER_FILE = "{}", LEDGER_DELAY_MS = "{delay_ms}" }}
     }
 
     /// Starts the daemon on a free loopback port and waits until it listens.
-    fn start(&self) -> Daemon {
+    pub(crate) fn start(&self) -> Daemon {
         let mut child = self
             .command(&["serve", "--listen", "127.0.0.1:0"])
             .stdout(Stdio::null())
@@ -226,9 +226,9 @@ env = {{ LEDGER_FILE = "{}", LEDGER_DELAY_MS = "{delay_ms}" }}
     }
 }
 
-struct Daemon {
+pub(crate) struct Daemon {
     child: Child,
-    url: String,
+    pub(crate) url: String,
     log: Arc<Mutex<String>>,
 }
 
@@ -338,7 +338,7 @@ impl Daemon {
         })
     }
 
-    fn signal(&self, sig: &str) {
+    pub(crate) fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
             .args([sig, &self.child.id().to_string()])
             .status()
@@ -348,7 +348,7 @@ impl Daemon {
     }
 
     /// Waits for the daemon to exit: its exit code (None when it was killed by a signal).
-    fn exit(&mut self, within: Duration) -> Option<i32> {
+    pub(crate) fn exit(&mut self, within: Duration) -> Option<i32> {
         let start = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
@@ -364,7 +364,7 @@ impl Daemon {
     }
 }
 
-fn customer(name: &str) -> String {
+pub(crate) fn customer(name: &str) -> String {
     format!("call: Billing/OpenCustomer\ndata:\n  customer: {name}\n")
 }
 
@@ -661,7 +661,7 @@ fn oversized_and_malformed_bodies_get_json_errors() {
 }
 
 #[test]
-fn a_second_daemon_is_refused_and_run_points_to_the_daemon() {
+fn a_second_daemon_is_refused_and_run_without_a_token_says_how_to_give_one() {
     if !python() {
         return;
     }
@@ -673,21 +673,26 @@ fn a_second_daemon_is_refused_and_run_points_to_the_daemon() {
         err.contains("a second daemon on the same data directory is refused"),
         "{err}"
     );
+    // `run` and `tx` go through the daemon, which wants a token: the error says how.
     std::fs::write(site.path("req.yaml"), customer("gus")).unwrap();
-    let (code, _, err) = site.run(&["run", "req.yaml"], &[]);
-    assert_eq!(code, 75, "{err}");
-    assert!(err.contains("held by a `provisio serve` daemon"), "{err}");
-    assert!(err.contains(&d.url), "{err}");
-    // Commands that read or repair the journal say what to do instead.
-    let (code, _, err) = site.run(&["tx", "list"], &[]);
-    assert_eq!(code, 75, "{err}");
-    assert!(
-        err.contains("provisio jobs") && err.contains("/v1/transactions/stuck"),
-        "{err}"
-    );
-    let (code, _, err) = site.run(&["recover"], &[]);
-    assert_eq!(code, 75, "{err}");
-    assert!(err.contains("nothing to do while the daemon runs"), "{err}");
+    for args in [&["run", "req.yaml"][..], &["tx", "list"][..]] {
+        let (code, _, err) = site.run(args, &[]);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains("held by a `provisio serve` daemon"), "{err}");
+        assert!(err.contains(&d.url), "{err}");
+        assert!(err.contains("401 (unauthenticated)"), "{err}");
+        assert!(
+            err.contains("no token was given")
+                && err.contains("PROVISIO_TOKEN")
+                && err.contains("--token-file FILE"),
+            "{err}"
+        );
+    }
+    // A wrong one is the daemon's own error, naming its fix.
+    let (code, _, err) = site.run(&["run", "req.yaml"], &[("PROVISIO_TOKEN", "nope")]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("invalid_token"), "{err}");
+    assert!(site.accounts().is_empty(), "nothing ran");
 }
 
 #[test]
@@ -1225,6 +1230,11 @@ fn the_openapi_document_describes_the_live_server() {
         "POST /v1/plan",
         "GET /v1/transactions/stuck",
         "POST /v1/transactions/{id}/resume-rollback",
+        "GET /v1/transactions",
+        "GET /v1/transactions/{id}",
+        "GET /v1/schema/{kind}",
+        "GET /v1/audit",
+        "POST /v1/transactions/{id}/resolve",
     ];
     routes.sort();
     assert_eq!(documented, routes);
@@ -1236,9 +1246,19 @@ fn the_openapi_document_describes_the_live_server() {
         .into();
     for route in &documented {
         let (method, path) = route.split_once(' ').unwrap();
+        // A transaction route takes the request's transaction id.
+        let txn = done.body["transactions"][0].as_str().unwrap_or_default();
         let path = path
-            .replace("{id}", &id)
+            .replace(
+                "{id}",
+                if path.starts_with("/v1/transactions/") {
+                    txn
+                } else {
+                    &id
+                },
+            )
             .replace("{ns}", "Billing")
+            .replace("{kind}", "request")
             .replace("{procedure}", "OpenCustomer");
         let url = format!("{}{path}", d.url);
         let auth = format!("Bearer {OPS}");

@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 
 /// How the transformed node goes into the target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Append as a new last child of the target.
@@ -29,7 +31,9 @@ pub enum Mode {
 }
 
 /// What to do when a source or forEach path selects nothing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum IfNull {
     /// Raise an error (default).

@@ -38,7 +38,9 @@ impl fmt::Display for SourceRef {
 }
 
 /// Who may call a procedure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Access {
     /// Callable by simple requests.
@@ -49,7 +51,9 @@ pub enum Access {
 }
 
 /// Transaction kind of a procedure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum ProcKind {
     /// Reads only: nothing to undo.

@@ -7,6 +7,20 @@ pub mod template;
 pub(crate) mod xml;
 pub(crate) mod yaml;
 
+/// JSON Schemas (draft 7) of the YAML/JSON formats, generated from the definitions the
+/// parser reads: for editors (`provisio schema`, the daemon's `GET /v1/schema/{kind}`).
+pub mod schema {
+    /// The schema of a namespace file (one namespace, or a list of them).
+    pub fn namespace() -> serde_json::Value {
+        super::yaml::schema::namespace()
+    }
+
+    /// The schema of a request (one request, or a batch).
+    pub fn request() -> serde_json::Value {
+        super::yaml::schema::request()
+    }
+}
+
 use crate::model::{Format, Namespace, Request, RequestDocument, SourceRef};
 use std::fmt;
 use std::path::Path as FsPath;

@@ -784,6 +784,23 @@ macro_rules! def_struct {
             }
         }
         $crate::request::yaml::de::deserialize_node!($name);
+        // The JSON Schema of the mapping, from the same key table the walker reads.
+        impl schemars::JsonSchema for $name {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                stringify!($name).into()
+            }
+            fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                let mut properties = serde_json::Map::new();
+                $( properties.insert($key.to_string(), generator.subschema_for::<$ty>().to_value()); )*
+                schemars::json_schema!({
+                    "description": $expecting,
+                    "type": "object",
+                    "properties": properties,
+                    "additionalProperties": false,
+                    "required": [$($($req),*)?],
+                })
+            }
+        }
     };
 }
 pub(super) use def_struct;

@@ -16,6 +16,7 @@ mod defs;
 mod limits;
 mod locate;
 mod lower;
+pub(crate) mod schema;
 
 use super::{ParseError, MAX_DEPTH};
 use crate::model::{Format, Namespace, RequestDocument, SourceRef};
