@@ -470,7 +470,10 @@ pub struct AdsPath {
 /// path form a `/` inside a value is written `\/`.
 pub fn parse_path(text: &str) -> Result<AdsPath, DnError> {
     let t = trim_input(text);
-    let rest = if t.len() >= 7 && t[..7].eq_ignore_ascii_case("ldap://") {
+    let rest = if t
+        .get(..7)
+        .is_some_and(|h| h.eq_ignore_ascii_case("ldap://"))
+    {
         &t[7..]
     } else {
         return Ok(AdsPath {
