@@ -1,10 +1,11 @@
 //! Provisio providers: the embedded filesystem provider, the DNS provider with its
-//! zone-file backend, the Error Provider and the bookkeeping providers (Exchange 2007
-//! Resource Manager, Managed Plans), plus [`embedded_registry`] that wires them for the
-//! quick start.
+//! zone-file backend, the directory provider with its embedded backend, the Error Provider
+//! and the bookkeeping providers (Exchange 2007 Resource Manager, Managed Plans), plus
+//! [`embedded_registry`] that wires them for the quick start.
 
 mod bookkeeping;
 mod common;
+pub mod directory;
 pub mod dns;
 pub mod error;
 pub mod exec;
@@ -29,9 +30,10 @@ pub enum RegistryError {
 }
 
 /// The providers that need no server: `Filesystem` rooted at `<data_dir>/files`, `DNS`
-/// writing zone files to `<data_dir>/zones`, `Error` (namespace `Error Provider`), and the
-/// bookkeeping providers that keep their records in provider state:
-/// `ExchangeResourceManager` (namespace `Exchange 2007 Resource Manager`) and
+/// writing zone files to `<data_dir>/zones`, `Active Directory` (the embedded directory
+/// under `DC=provisio,DC=local`, in the engine's provider state), `Error` (namespace
+/// `Error Provider`), and the bookkeeping providers that keep their records in provider
+/// state: `ExchangeResourceManager` (namespace `Exchange 2007 Resource Manager`) and
 /// `ManagedPlans` (namespace `Managed Plans`).
 pub fn embedded_registry(data_dir: &Path) -> Result<ProviderRegistry, RegistryError> {
     let mut registry = ProviderRegistry::new();
@@ -41,6 +43,12 @@ pub fn embedded_registry(data_dir: &Path) -> Result<ProviderRegistry, RegistryEr
     registry.register(Arc::new(dns::DnsProvider::zonefile(
         data_dir.join("zones"),
     )?));
+    registry.register(Arc::new(
+        directory::DirectoryProvider::embedded(
+            directory::Dn::parse(directory::DEFAULT_BASE_DN).expect("the default base DN parses"),
+        )
+        .expect("the default base DN is not empty"),
+    ));
     registry.register(Arc::new(error::ErrorProvider::new()));
     register_bookkeeping(&mut registry);
     Ok(registry)

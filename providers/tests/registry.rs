@@ -1,15 +1,17 @@
-//! The embedded registry wires the filesystem and DNS providers under the data folder, and
-//! the Error Provider, and the bookkeeping providers (resource manager, plans).
+//! The embedded registry wires the filesystem and DNS providers under the data folder, the
+//! embedded directory (in provider state), the Error Provider and the bookkeeping providers
+//! (resource manager, plans).
 
 use provisio_providers::embedded_registry;
 
 #[test]
-fn embedded_registry_has_filesystem_dns_error_and_bookkeeping() {
+fn embedded_registry_has_filesystem_dns_directory_error_and_bookkeeping() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let reg = embedded_registry(tmp.path()).expect("registry");
     assert_eq!(
         reg.names(),
         vec![
+            "Active Directory".to_string(),
             "DNS".to_string(),
             "Error".to_string(),
             "ExchangeResourceManager".to_string(),

@@ -8,6 +8,7 @@ mod container;
 mod crash;
 mod daemon;
 mod daemon_cli;
+mod directory;
 mod error_provider;
 mod files;
 mod hostile;
