@@ -3,6 +3,7 @@
 //! the quick start.
 
 mod common;
+pub mod directory;
 pub mod dns;
 pub mod error;
 pub mod exec;

@@ -7,7 +7,8 @@
 //! moved (DNS, Kerberos, SMB, NetBIOS, CLDAP) moved out of the way; only one instance can
 //! run on a machine at a time. `ldap server require strong auth = no` allows simple binds
 //! over plain LDAP; LDAPS (636) and StartTLS use the certificate Samba makes at first
-//! start. Provisioning takes seconds, so one instance is shared by all tests of a test
+//! start. The domain allows changing a password twice a day and forgets an old password at
+//! once (`--min-pwd-age=0`, `old password allowed period = 0`), as tests need. Provisioning takes seconds, so one instance is shared by all tests of a test
 //! binary ([`Samba::shared`]) and each test works in its own OU ([`Samba::new_ou`]).
 //!
 //! Rust runs no destructor for a static, so a small watchdog process (started with Samba)
@@ -144,12 +145,25 @@ impl Samba {
                 String::from_utf8_lossy(&out.stderr)
             ));
         }
+        // Tests change a password more than once a day: no minimum password age.
+        let out = Command::new("samba-tool")
+            .args(["domain", "passwordsettings", "set", "--min-pwd-age=0", "-H"])
+            .arg(d.join("private/sam.ldb"))
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("run samba-tool: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "samba-tool domain passwordsettings failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
         let conf = d.join("etc/smb.conf");
         let text = fs::read_to_string(&conf).map_err(|e| e.to_string())?;
         fs::create_dir_all(d.join("run")).map_err(|e| e.to_string())?;
         let extra = format!(
             "[global]\n\tldap server require strong auth = no\n\tlog file = {dd}/log.%m\n\
-             \tpid directory = {dd}/run\n\tserver services = ldap, kdc, rpc\n",
+             \tpid directory = {dd}/run\n\tserver services = ldap, kdc, rpc\n\told password allowed period = 0\n",
             dd = d.display()
         );
         fs::write(&conf, text.replacen("[global]\n", &extra, 1)).map_err(|e| e.to_string())?;

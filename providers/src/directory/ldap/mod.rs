@@ -1,0 +1,8 @@
+//! The ldap backend of the directory provider: Active Directory (or Samba AD) and OpenLDAP
+//! over LDAP v3 with ldap3, through a small pool of bound connections per server.
+
+pub mod client;
+pub mod error;
+
+pub use client::{Flavour, LdapClient, LdapEntry, LdapMod, LdapScope, LdapSettings, TlsMode};
+pub use error::{LdapErrorKind, LdapOpError};

@@ -1,0 +1,3 @@
+//! The directory provider (Active Directory Provider).
+
+pub mod ldap;
