@@ -43,7 +43,7 @@ async fn slapd_crud_paged_search_and_errors_name_the_object() {
     let c = LdapClient::connect(slapd_settings(&s))
         .await
         .expect("connect");
-    assert_eq!(c.flavour(), Flavour::OpenLdap);
+    assert_eq!(c.flavour().await.unwrap(), Flavour::OpenLdap);
     let ou = slapd::TESTS_OU;
     // Tricky names: the DN is escaped (RFC 4514) and the server sees one RDN value.
     let cn = "Smith, John + \"Jr\" #1 \\ <x>; é";
@@ -346,7 +346,7 @@ async fn samba_unicode_pwd_over_ldaps_then_the_user_binds() {
     settings.tls = TlsMode::Ldaps;
     settings.tls_verify = false;
     let c = LdapClient::connect(settings).await.expect("connect");
-    assert_eq!(c.flavour(), Flavour::Ad);
+    assert_eq!(c.flavour().await.unwrap(), Flavour::Ad);
     let dn = format!("CN=Ann Lee,{ou}");
     c.add(
         0,

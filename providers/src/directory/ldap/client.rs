@@ -295,7 +295,9 @@ struct Server {
 pub struct LdapClient {
     servers: Vec<Server>,
     settings: LdapSettings,
-    flavour: Flavour,
+    /// The configured flavour, or the one read from the first server's root DSE on first
+    /// use.
+    flavour: tokio::sync::OnceCell<Flavour>,
 }
 
 impl fmt::Debug for LdapClient {
@@ -353,9 +355,18 @@ fn server_url(entry: &str, tls: TlsMode) -> Result<(String, String), String> {
 }
 
 impl LdapClient {
-    /// Makes the pools (no connection yet unless the flavour must be detected, which
-    /// reads the root DSE of the first server).
+    /// Makes the pools and detects the flavour if it is not configured (which reads the
+    /// root DSE of the first server).
     pub async fn connect(settings: LdapSettings) -> Result<LdapClient, LdapOpError> {
+        let client = LdapClient::new(settings)?;
+        client.flavour().await?;
+        Ok(client)
+    }
+
+    /// Makes the pools without connecting: the first operation connects (and detects the
+    /// flavour if it is not configured), so a server that is down at start-up is only an
+    /// error for the calls that need it.
+    pub fn new(settings: LdapSettings) -> Result<LdapClient, LdapOpError> {
         if settings.servers.is_empty() {
             return Err(LdapOpError::new(
                 LdapErrorKind::Invalid,
@@ -381,20 +392,23 @@ impl LdapClient {
                 })?;
             servers.push(Server { url, host, pool });
         }
-        let mut client = LdapClient {
-            servers,
-            flavour: settings.flavour.unwrap_or(Flavour::OpenLdap),
-            settings,
-        };
-        if client.settings.flavour.is_none() {
-            client.flavour = client.detect_flavour(0).await?;
+        let flavour = tokio::sync::OnceCell::new();
+        if let Some(f) = settings.flavour {
+            let _ = flavour.set(f);
         }
-        Ok(client)
+        Ok(LdapClient {
+            servers,
+            flavour,
+            settings,
+        })
     }
 
-    /// The server kind in use.
-    pub fn flavour(&self) -> Flavour {
+    /// The server kind: configured, or read once from the first server's root DSE.
+    pub async fn flavour(&self) -> Result<Flavour, LdapOpError> {
         self.flavour
+            .get_or_try_init(|| self.detect_flavour(0))
+            .await
+            .copied()
     }
 
     /// The settings.
@@ -726,7 +740,7 @@ impl LdapClient {
         password: &str,
     ) -> Result<(), LdapOpError> {
         self.password_transport_ok(dn)?;
-        match self.flavour {
+        match self.flavour().await? {
             Flavour::Ad => self
                 .modify(
                     i,
@@ -753,7 +767,7 @@ impl LdapClient {
         new: &str,
     ) -> Result<(), LdapOpError> {
         self.password_transport_ok(dn)?;
-        match self.flavour {
+        match self.flavour().await? {
             Flavour::Ad => self
                 .modify(
                     i,
@@ -795,6 +809,32 @@ impl LdapClient {
         .await
     }
 
+    /// Whether `dn` can simple-bind with `password` on server `i` (a connection of its own,
+    /// outside the pool): tells a wrong old password from a new one the policy refuses.
+    pub async fn can_bind(&self, i: usize, dn: &str, password: &str) -> Result<bool, LdapOpError> {
+        let s = &self.settings;
+        let url = &self.servers[i].url;
+        let conn_settings = LdapConnSettings::new()
+            .set_conn_timeout(s.timeout)
+            .set_starttls(s.tls == TlsMode::StartTls)
+            .set_no_tls_verify(!s.tls_verify);
+        let (conn, mut ldap) = LdapConnAsync::with_settings(conn_settings, url)
+            .await
+            .map_err(|e| from_client("bind as", dn, url, e, false))?;
+        ldap3::drive!(conn);
+        let res = ldap
+            .with_timeout(s.timeout)
+            .simple_bind(dn, password)
+            .await
+            .map_err(|e| from_client("bind as", dn, url, e, false))?;
+        let _ = ldap.unbind().await;
+        match res.rc {
+            0 => Ok(true),
+            49 => Ok(false),
+            _ => Err(from_result("bind as", dn, &res)),
+        }
+    }
+
     /// Enables or disables an account through the `userAccountControl` disabled flag (on
     /// OpenLDAP the provisioAccount class is added when missing). Returns whether it was
     /// enabled before.
@@ -825,7 +865,7 @@ impl LdapClient {
             uac | UAC_ACCOUNTDISABLE
         };
         let mut mods = Vec::new();
-        if self.flavour == Flavour::OpenLdap
+        if self.flavour().await? == Flavour::OpenLdap
             && !entry
                 .get("objectClass")
                 .is_some_and(|v| v.iter().any(|c| c.eq_ignore_ascii_case(b"provisioAccount")))
