@@ -14,8 +14,8 @@
 use super::client::{Flavour, LdapClient, LdapEntry, LdapMod, LdapScope, LdapSettings};
 use super::error::{LdapErrorKind, LdapOpError};
 use crate::directory::backend::{
-    AttrSelection, Attribute, DirError, DirectoryBackend, Entry, ModOp, Modification,
-    OpContext, Password, Scope, SearchPage, SearchRequest,
+    AttrSelection, Attribute, DirError, DirectoryBackend, Entry, ModOp, Modification, OpContext,
+    Password, Scope, SearchPage, SearchRequest,
 };
 use crate::directory::dn::{Dn, Rdn};
 use crate::directory::filter::Filter;
@@ -24,7 +24,14 @@ use base64::Engine as _;
 use std::fmt;
 
 /// Attributes that hold passwords: never read back.
-const SECRET_ATTRS: &[&str] = &["userPassword", "unicodePwd", "dBCSPwd", "ntPwdHistory", "lmPwdHistory", "supplementalCredentials"];
+const SECRET_ATTRS: &[&str] = &[
+    "userPassword",
+    "unicodePwd",
+    "dBCSPwd",
+    "ntPwdHistory",
+    "lmPwdHistory",
+    "supplementalCredentials",
+];
 
 /// The directory over an LDAP server (see the module docs).
 pub struct LdapBackend {
@@ -121,16 +128,19 @@ fn openldap_filter(f: &Filter) -> Filter {
 /// does not know).
 fn named_attribute(message: &str, attrs: &[&str]) -> Option<String> {
     let lower = message.to_ascii_lowercase();
+    let word = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    // Samba quotes it ('favouriteColour'); OpenLDAP starts with it (`favouriteColour: …`).
     attrs
         .iter()
-        .filter(|a| !a.is_empty())
-        .find(|a| {
-            let a = a.to_ascii_lowercase();
-            lower.match_indices(&a).any(|(i, _)| {
-                let before = lower[..i].chars().next_back();
-                let after = lower[i + a.len()..].chars().next();
-                !before.is_some_and(|c| c.is_ascii_alphanumeric())
-                    && !after.is_some_and(|c| c.is_ascii_alphanumeric())
+        .find(|a| !a.is_empty() && lower.contains(&format!("'{}'", a.to_ascii_lowercase())))
+        .or_else(|| {
+            attrs.iter().filter(|a| !a.is_empty()).find(|a| {
+                let a = a.to_ascii_lowercase();
+                lower.match_indices(&a).any(|(i, _)| {
+                    let before = lower[..i].chars().next_back();
+                    let after = lower[i + a.len()..].chars().next();
+                    !before.is_some_and(word) && !after.is_some_and(word)
+                })
             })
         })
         .map(|a| a.to_string())
@@ -139,15 +149,17 @@ fn named_attribute(message: &str, attrs: &[&str]) -> Option<String> {
 /// `value #N` in an OpenLDAP message.
 fn value_index(message: &str) -> Option<usize> {
     let rest = message.split("value #").nth(1)?;
-    rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
 }
 
 impl LdapBackend {
     /// A backend for these settings; connects on first use.
     pub fn new(settings: LdapSettings) -> Result<LdapBackend, DirError> {
-        let base = Dn::parse(&settings.base_dn).map_err(|e| {
-            DirError::Invalid(format!("[providers.directory.ldap] base_dn: {e}"))
-        })?;
+        let base = Dn::parse(&settings.base_dn)
+            .map_err(|e| DirError::Invalid(format!("[providers.directory.ldap] base_dn: {e}")))?;
         let client = LdapClient::new(settings).map_err(|e| DirError::Invalid(e.message))?;
         Ok(LdapBackend {
             client,
@@ -185,7 +197,12 @@ impl LdapBackend {
     }
 
     /// Attributes for the server: classes mapped on OpenLDAP, `sn` for inetOrgPerson.
-    fn outgoing(&self, flavour: Flavour, dn: &Dn, attributes: &[Attribute]) -> Result<Vec<(String, Vec<Vec<u8>>)>, DirError> {
+    fn outgoing(
+        &self,
+        flavour: Flavour,
+        dn: &Dn,
+        attributes: &[Attribute],
+    ) -> Result<Vec<(String, Vec<Vec<u8>>)>, DirError> {
         let mut out: Vec<(String, Vec<Vec<u8>>)> = Vec::new();
         let mut classes: Vec<String> = Vec::new();
         for a in attributes {
@@ -193,16 +210,26 @@ impl LdapBackend {
                 classes.extend(a.values.iter().cloned());
                 continue;
             }
-            if let Some(slot) = out.iter_mut().find(|(n, _)| n.eq_ignore_ascii_case(&a.name)) {
-                slot.1.extend(a.values.iter().map(|v| v.as_bytes().to_vec()));
+            if let Some(slot) = out
+                .iter_mut()
+                .find(|(n, _)| n.eq_ignore_ascii_case(&a.name))
+            {
+                slot.1
+                    .extend(a.values.iter().map(|v| v.as_bytes().to_vec()));
             } else {
-                out.push((a.name.clone(), a.values.iter().map(|v| v.as_bytes().to_vec()).collect()));
+                out.push((
+                    a.name.clone(),
+                    a.values.iter().map(|v| v.as_bytes().to_vec()).collect(),
+                ));
             }
         }
         // The RDN's values.
         if let Some(rdn) = dn.rdn() {
             for ava in &rdn.avas {
-                match out.iter_mut().find(|(n, _)| n.eq_ignore_ascii_case(&ava.attr)) {
+                match out
+                    .iter_mut()
+                    .find(|(n, _)| n.eq_ignore_ascii_case(&ava.attr))
+                {
                     Some(slot) => {
                         if !slot.1.iter().any(|v| v == ava.value.as_bytes()) {
                             slot.1.push(ava.value.as_bytes().to_vec());
@@ -231,7 +258,9 @@ impl LdapBackend {
                     true
                 }
             });
-            if mapped.iter().any(|c| c.eq_ignore_ascii_case("inetOrgPerson"))
+            if mapped
+                .iter()
+                .any(|c| c.eq_ignore_ascii_case("inetOrgPerson"))
                 && !out.iter().any(|(n, _)| n.eq_ignore_ascii_case("sn"))
             {
                 let cn = out
@@ -249,13 +278,23 @@ impl LdapBackend {
                 message: "no objectClass given".into(),
             });
         }
-        out.insert(0, ("objectClass".into(), classes.into_iter().map(String::into_bytes).collect()));
+        out.insert(
+            0,
+            (
+                "objectClass".into(),
+                classes.into_iter().map(String::into_bytes).collect(),
+            ),
+        );
         Ok(out)
     }
 
     /// An entry as the procedures see it.
     fn incoming(&self, flavour: Flavour, e: LdapEntry) -> Result<Entry, DirError> {
-        let dn = Dn::parse(&e.dn).map_err(|err| DirError::Invalid(format!("the server returned a DN that does not parse: {err}")))?;
+        let dn = Dn::parse(&e.dn).map_err(|err| {
+            DirError::Invalid(format!(
+                "the server returned a DN that does not parse: {err}"
+            ))
+        })?;
         let mut attributes = Vec::new();
         for (name, values) in e.attrs {
             if SECRET_ATTRS.iter().any(|s| s.eq_ignore_ascii_case(&name)) {
@@ -279,7 +318,11 @@ impl LdapBackend {
     /// Pages over the whole result: the LDAP paged-results cookie belongs to one
     /// connection, so a page a later call asks for is cut from a fresh (internally paged)
     /// search; the cookie is the offset, the order the DNs' key order.
-    async fn search_all(&self, ctx: &OpContext, request: &SearchRequest) -> Result<Vec<Entry>, DirError> {
+    async fn search_all(
+        &self,
+        ctx: &OpContext,
+        request: &SearchRequest,
+    ) -> Result<Vec<Entry>, DirError> {
         let i = self.server(ctx)?;
         let flavour = self.flavour(&request.base).await?;
         let filter = if flavour == Flavour::OpenLdap {
@@ -299,7 +342,14 @@ impl LdapBackend {
         };
         let raw = self
             .client
-            .search(i, &request.base.to_string(), scope, &filter.to_string(), &attr_refs, None)
+            .search(
+                i,
+                &request.base.to_string(),
+                scope,
+                &filter.to_string(),
+                &attr_refs,
+                None,
+            )
             .await
             .map_err(|e| map_err(e, &request.base, &[]))?;
         let mut out = Vec::with_capacity(raw.len());
@@ -329,7 +379,8 @@ fn map_err(e: LdapOpError, dn: &Dn, attrs: &[&str]) -> DirError {
         }
         LdapErrorKind::NoSuchObject => DirError::NoSuchObject { dn: d },
         LdapErrorKind::UnknownAttribute => {
-            let attribute = named_attribute(&message, attrs).unwrap_or_else(|| "(see the server's message)".into());
+            let attribute = named_attribute(&message, attrs)
+                .unwrap_or_else(|| "(see the server's message)".into());
             DirError::UnknownAttribute {
                 dn: d,
                 attribute,
@@ -382,7 +433,12 @@ impl DirectoryBackend for LdapBackend {
             .map(|_| ())
     }
 
-    async fn add(&self, ctx: &OpContext, dn: &Dn, attributes: &[Attribute]) -> Result<(), DirError> {
+    async fn add(
+        &self,
+        ctx: &OpContext,
+        dn: &Dn,
+        attributes: &[Attribute],
+    ) -> Result<(), DirError> {
         self.check_base(dn)?;
         let i = self.server(ctx)?;
         let flavour = self.flavour(dn).await?;
@@ -392,10 +448,16 @@ impl DirectoryBackend for LdapBackend {
             Ok(()) => Ok(()),
             Err(e) => {
                 // An unknown object class: OpenLDAP says `objectClass: value #N invalid`.
-                if matches!(e.kind, LdapErrorKind::UnknownAttribute | LdapErrorKind::ObjectClassViolation)
-                    && e.message.to_ascii_lowercase().contains("objectclass")
+                if matches!(
+                    e.kind,
+                    LdapErrorKind::UnknownAttribute | LdapErrorKind::ObjectClassViolation
+                ) && e.message.to_ascii_lowercase().contains("objectclass")
                 {
-                    let sent: Vec<String> = attrs[0].1.iter().map(|v| String::from_utf8_lossy(v).into_owned()).collect();
+                    let sent: Vec<String> = attrs[0]
+                        .1
+                        .iter()
+                        .map(|v| String::from_utf8_lossy(v).into_owned())
+                        .collect();
                     let given: Vec<&str> = attributes
                         .iter()
                         .filter(|a| a.name.eq_ignore_ascii_case("objectClass"))
@@ -426,10 +488,18 @@ impl DirectoryBackend for LdapBackend {
     async fn delete(&self, ctx: &OpContext, dn: &Dn) -> Result<(), DirError> {
         self.check_base(dn)?;
         let i = self.server(ctx)?;
-        self.client.delete(i, &dn.to_string()).await.map_err(|e| map_err(e, dn, &[]))
+        self.client
+            .delete(i, &dn.to_string())
+            .await
+            .map_err(|e| map_err(e, dn, &[]))
     }
 
-    async fn modify(&self, ctx: &OpContext, dn: &Dn, mods: &[Modification]) -> Result<(), DirError> {
+    async fn modify(
+        &self,
+        ctx: &OpContext,
+        dn: &Dn,
+        mods: &[Modification],
+    ) -> Result<(), DirError> {
         self.check_base(dn)?;
         let i = self.server(ctx)?;
         let flavour = self.flavour(dn).await?;
@@ -477,11 +547,21 @@ impl DirectoryBackend for LdapBackend {
         let i = self.server(ctx)?;
         match self
             .client
-            .rename(i, &dn.to_string(), &new_rdn.to_string(), new_parent.map(|p| p.to_string()).as_deref())
+            .rename(
+                i,
+                &dn.to_string(),
+                &new_rdn.to_string(),
+                new_parent.map(|p| p.to_string()).as_deref(),
+            )
             .await
         {
             Ok(()) => Ok(new_dn),
-            Err(e) if e.kind == LdapErrorKind::NoSuchObject && new_parent.is_some() => {
+            // Samba says `other (80): … parent does not exist` for a missing new parent.
+            Err(e)
+                if new_parent.is_some()
+                    && (e.kind == LdapErrorKind::NoSuchObject
+                        || e.message.contains("parent does not exist")) =>
+            {
                 // The object, or the new parent?
                 match self.client.read(i, &dn.to_string(), &["1.1"]).await {
                     Ok(Some(_)) => Err(DirError::ParentMissing {
@@ -499,7 +579,12 @@ impl DirectoryBackend for LdapBackend {
         }
     }
 
-    async fn read(&self, ctx: &OpContext, dn: &Dn, attrs: &AttrSelection) -> Result<Option<Entry>, DirError> {
+    async fn read(
+        &self,
+        ctx: &OpContext,
+        dn: &Dn,
+        attrs: &AttrSelection,
+    ) -> Result<Option<Entry>, DirError> {
         self.check_base(dn)?;
         let i = self.server(ctx)?;
         let flavour = self.flavour(dn).await?;
@@ -515,19 +600,35 @@ impl DirectoryBackend for LdapBackend {
         }
     }
 
-    async fn search(&self, ctx: &OpContext, request: &SearchRequest) -> Result<SearchPage, DirError> {
+    async fn search(
+        &self,
+        ctx: &OpContext,
+        request: &SearchRequest,
+    ) -> Result<SearchPage, DirError> {
         self.check_base(&request.base)?;
         let all = self.search_all(ctx, request).await?;
         let Some(size) = request.page_size.filter(|s| *s > 0) else {
-            return Ok(SearchPage { entries: all, cookie: None });
+            return Ok(SearchPage {
+                entries: all,
+                cookie: None,
+            });
         };
         let start: usize = match &request.cookie {
             None => 0,
-            Some(c) => c.parse().map_err(|_| DirError::Invalid(format!("search of {}: the paging cookie {c:?} is not one this directory gave", request.base)))?,
+            Some(c) => c.parse().map_err(|_| {
+                DirError::Invalid(format!(
+                    "search of {}: the paging cookie {c:?} is not one this directory gave",
+                    request.base
+                ))
+            })?,
         };
         let end = (start + size as usize).min(all.len());
         let cookie = (end < all.len()).then(|| end.to_string());
-        let entries = all.into_iter().skip(start).take(end.saturating_sub(start)).collect();
+        let entries = all
+            .into_iter()
+            .skip(start)
+            .take(end.saturating_sub(start))
+            .collect();
         Ok(SearchPage { entries, cookie })
     }
 
@@ -555,8 +656,12 @@ impl DirectoryBackend for LdapBackend {
             .await
         {
             Ok(()) => Ok(()),
-            Err(e) if matches!(e.kind, LdapErrorKind::Transient | LdapErrorKind::InDoubt) => Err(map_err(e, dn, &[])),
-            Err(e) if e.kind == LdapErrorKind::Refused && e.rc.is_none() => Err(map_err(e, dn, &[])),
+            Err(e) if matches!(e.kind, LdapErrorKind::Transient | LdapErrorKind::InDoubt) => {
+                Err(map_err(e, dn, &[]))
+            }
+            Err(e) if e.kind == LdapErrorKind::Refused && e.rc.is_none() => {
+                Err(map_err(e, dn, &[]))
+            }
             Err(e) => {
                 // Wrong old password, or a new one the policy refuses? Ask the server.
                 match self.client.can_bind(i, &dn.to_string(), old.expose()).await {

@@ -779,8 +779,56 @@ impl LdapClient {
                 )
                 .await
                 .map_err(|e| password_error(dn, e)),
-            Flavour::OpenLdap => self.password_modify(i, dn, Some(old), new).await,
+            Flavour::OpenLdap => self.change_password_as_self(i, dn, old, new).await,
         }
+    }
+
+    /// OpenLDAP: binds as the user with the old password on a connection of its own and
+    /// changes its own password with Password Modify (slapd will not check an old password
+    /// for the root DN). A wrong old password is `Refused` with rc 49.
+    async fn change_password_as_self(
+        &self,
+        i: usize,
+        dn: &str,
+        old: &str,
+        new: &str,
+    ) -> Result<(), LdapOpError> {
+        let s = &self.settings;
+        let url = &self.servers[i].url;
+        let what = "change the password of";
+        let mut ldap = self.connect_unpooled(i, dn).await?;
+        let res = ldap
+            .with_timeout(s.timeout)
+            .simple_bind(dn, old)
+            .await
+            .map_err(|e| from_client(what, dn, url, e, false))?;
+        check(what, dn, res)?;
+        let res = ldap
+            .with_timeout(s.timeout)
+            .extended(PasswordModify {
+                user_id: None,
+                old_pass: Some(old),
+                new_pass: Some(new),
+            })
+            .await
+            .map_err(|e| from_client(what, dn, url, e, true));
+        let _ = ldap.unbind().await;
+        check(what, dn, res?.1).map(|_| ())
+    }
+
+    /// A connection to server `i` outside the pool, not bound yet.
+    async fn connect_unpooled(&self, i: usize, dn: &str) -> Result<Ldap, LdapOpError> {
+        let s = &self.settings;
+        let url = &self.servers[i].url;
+        let conn_settings = LdapConnSettings::new()
+            .set_conn_timeout(s.timeout)
+            .set_starttls(s.tls == TlsMode::StartTls)
+            .set_no_tls_verify(!s.tls_verify);
+        let (conn, ldap) = LdapConnAsync::with_settings(conn_settings, url)
+            .await
+            .map_err(|e| from_client("bind as", dn, url, e, false))?;
+        ldap3::drive!(conn);
+        Ok(ldap)
     }
 
     async fn password_modify(
@@ -814,14 +862,7 @@ impl LdapClient {
     pub async fn can_bind(&self, i: usize, dn: &str, password: &str) -> Result<bool, LdapOpError> {
         let s = &self.settings;
         let url = &self.servers[i].url;
-        let conn_settings = LdapConnSettings::new()
-            .set_conn_timeout(s.timeout)
-            .set_starttls(s.tls == TlsMode::StartTls)
-            .set_no_tls_verify(!s.tls_verify);
-        let (conn, mut ldap) = LdapConnAsync::with_settings(conn_settings, url)
-            .await
-            .map_err(|e| from_client("bind as", dn, url, e, false))?;
-        ldap3::drive!(conn);
+        let mut ldap = self.connect_unpooled(i, dn).await?;
         let res = ldap
             .with_timeout(s.timeout)
             .simple_bind(dn, password)

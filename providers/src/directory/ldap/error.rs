@@ -28,10 +28,11 @@ pub enum LdapErrorKind {
     NotLeaf,
     /// 34 invalidDNSyntax and other bad requests from our side.
     Invalid,
-    /// 50 insufficientAccessRights, 48/49 bind failures, 8 strongerAuthRequired, a
-    /// password over plain LDAP: the server (or our policy) refuses.
+    /// 50 insufficientAccessRights, 53 unwillingToPerform (AD says it for requests it will
+    /// never do, e.g. a password over a plain connection), 48/49 bind failures, 8
+    /// strongerAuthRequired, a password over plain LDAP: the server (or our policy) refuses.
     Refused,
-    /// 51 busy, 52 unavailable, 53 unwillingToPerform, 3 timeLimitExceeded, connection
+    /// 51 busy, 52 unavailable, 3 timeLimitExceeded, connection
     /// errors before the request left: worth retrying.
     Transient,
     /// The request was sent and then the connection broke or the answer did not come in
@@ -133,15 +134,20 @@ pub fn rc_kind(rc: u32) -> LdapErrorKind {
         16 => NoSuchAttribute,
         66 => NotLeaf,
         34 | 2 | 12 => Invalid,
-        7 | 8 | 13 | 48 | 49 | 50 => Refused,
-        3 | 51 | 52 | 53 => Transient,
+        7 | 8 | 13 | 48 | 49 | 50 | 53 => Refused,
+        3 | 51 | 52 => Transient,
         _ => Other,
     }
 }
 
 /// The message of a server's answer: `<what> <dn>: <meaning> (LDAP <rc> <name>[: <text>])`.
 fn describe(what: &str, dn: &str, res: &LdapResult) -> String {
-    let meaning = match rc_kind(res.rc) {
+    let kind = if res.rc == 16 && res.text.contains("schema") {
+        LdapErrorKind::UnknownAttribute
+    } else {
+        rc_kind(res.rc)
+    };
+    let meaning = match kind {
         LdapErrorKind::AlreadyExists => "an object with this name already exists",
         LdapErrorKind::NoSuchObject if !res.matched.is_empty() => {
             "no such object (its parent does not exist, or it does not)"
@@ -187,8 +193,13 @@ pub fn check(what: &str, dn: &str, res: LdapResult) -> Result<LdapResult, LdapOp
 
 /// The error for a server's non-success answer to `what` on `dn`.
 pub fn from_result(what: &str, dn: &str, res: &LdapResult) -> LdapOpError {
+    let mut kind = rc_kind(res.rc);
+    // Samba answers an attribute missing from the schema with noSuchAttribute.
+    if kind == LdapErrorKind::NoSuchAttribute && res.text.contains("schema") {
+        kind = LdapErrorKind::UnknownAttribute;
+    }
     LdapOpError {
-        kind: rc_kind(res.rc),
+        kind,
         rc: Some(res.rc),
         message: describe(what, dn, res),
     }
