@@ -236,6 +236,31 @@ async fn slapd_passwords_need_tls_and_bind_afterwards() {
     let v = LdapClient::connect(verify).await.unwrap();
     let e = v.read(0, &dn, &[]).await.unwrap_err();
     assert!(e.message.contains(&s.ldaps_url()), "{e}");
+    assert_eq!(
+        e.kind,
+        LdapErrorKind::Refused,
+        "an untrusted certificate is not retried: {e}"
+    );
+    // Trusting the server's certificate as the CA (tls_ca_file), verification passes, over
+    // LDAPS and StartTLS.
+    for (url, mode) in [
+        (s.ldaps_url(), TlsMode::Ldaps),
+        (s.url(), TlsMode::StartTls),
+    ] {
+        let mut ca = slapd_settings(&s);
+        ca.servers = vec![url];
+        ca.tls = mode;
+        ca.tls_ca_file = Some(s.ca_file());
+        let c = LdapClient::connect(ca).await.expect("verified TLS");
+        assert!(c.read(0, &dn, &["cn"]).await.unwrap().is_some());
+    }
+    let mut bad = slapd_settings(&s);
+    bad.tls_ca_file = Some(s.password_file());
+    let e = LdapClient::new(bad).unwrap_err();
+    assert!(
+        e.message.contains("tls_ca_file") && e.message.contains("no certificate"),
+        "{e}"
+    );
     // Enable / disable through userAccountControl.
     assert!(tls.set_enabled(0, &dn, false).await.unwrap());
     assert_eq!(

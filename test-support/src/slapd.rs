@@ -2,7 +2,7 @@
 //! dir with a `slapd.conf` (core, cosine, inetorgperson and nis schemas plus the project's
 //! `packaging/ldap/provisio-ad.schema`, an mdb database under [`SUFFIX`], the `memberof`
 //! overlay for `provisioGroup`/`member` and the `unique` overlay on `sAMAccountName`), a
-//! self-signed certificate for `ldaps://` and StartTLS, plain LDAP and LDAPS on two free
+//! certificate from a test CA ([`Slapd::ca_file`]) for `ldaps://` and StartTLS, plain LDAP and LDAPS on two free
 //! ports, started in the foreground (`-d 0`) and stopped by its PID on drop.
 //!
 //! The suffix entry and `ou=Tests` are added at start (that is the readiness check: a real
@@ -196,32 +196,7 @@ impl Slapd {
         let password = random_password();
         fs::create_dir(d.join("db")).map_err(|e| e.to_string())?;
         fs::write(d.join("admin.pw"), &password).map_err(|e| e.to_string())?;
-        let cert = Command::new("openssl")
-            .args([
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=127.0.0.1",
-                "-addext",
-                "subjectAltName=IP:127.0.0.1",
-            ])
-            .arg("-keyout")
-            .arg(d.join("key.pem"))
-            .arg("-out")
-            .arg(d.join("cert.pem"))
-            .output()
-            .map_err(|e| format!("run openssl: {e}"))?;
-        if !cert.status.success() {
-            return Err(format!(
-                "openssl req failed: {}",
-                String::from_utf8_lossy(&cert.stderr)
-            ));
-        }
+        make_certificates(d)?;
         let dd = d.display();
         let schema = schema_file();
         let conf = format!(
@@ -339,6 +314,12 @@ impl Slapd {
         self.dir.path().join("admin.pw")
     }
 
+    /// The test CA that signed the server's certificate (PEM; the certificate is for IP
+    /// 127.0.0.1).
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
     /// The server's folder.
     pub fn dir(&self) -> &Path {
         self.dir.path()
@@ -429,6 +410,77 @@ pub(crate) fn stop_child(child: &mut Child) {
     }
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// A test CA (`ca.pem`) and a server certificate it signed for IP 127.0.0.1 (`cert.pem`,
+/// `key.pem`), made with `openssl` in `d`.
+fn make_certificates(d: &Path) -> Result<(), String> {
+    fs::write(
+        d.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .map_err(|e| e.to_string())?;
+    let steps: [Vec<&str>; 3] = [
+        vec![
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=Provisio test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ],
+        vec![
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "server.csr",
+        ],
+        vec![
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "cert.pem",
+        ],
+    ];
+    for args in steps {
+        let out = Command::new("openssl")
+            .args(&args)
+            .current_dir(d)
+            .output()
+            .map_err(|e| format!("run openssl: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "openssl {} failed: {}",
+                args[0],
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Starts `slapd -d 0` in the foreground on the configuration in `dir`, its output

@@ -15,6 +15,7 @@ use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, Mod, Scope, SearchEntry};
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How connections are protected.
@@ -84,8 +85,12 @@ pub struct LdapSettings {
     pub base_dn: String,
     /// How connections are protected.
     pub tls: TlsMode,
-    /// Whether the server's certificate is checked (against the system's roots).
+    /// Whether the server's certificate is checked (against [`LdapSettings::tls_ca_file`],
+    /// else the system's roots).
     pub tls_verify: bool,
+    /// PEM file of the CA certificates the servers' certificates are checked against
+    /// (e.g. the AD enterprise CA); default the system's roots.
+    pub tls_ca_file: Option<PathBuf>,
     /// The server kind; detected from the root DSE when `None`.
     pub flavour: Option<Flavour>,
     /// Allow setting passwords over plain LDAP (off: a password is only sent over TLS).
@@ -107,6 +112,7 @@ impl fmt::Debug for LdapSettings {
             .field("base_dn", &self.base_dn)
             .field("tls", &self.tls)
             .field("tls_verify", &self.tls_verify)
+            .field("tls_ca_file", &self.tls_ca_file)
             .field("flavour", &self.flavour)
             .finish_non_exhaustive()
     }
@@ -128,6 +134,7 @@ impl LdapSettings {
             base_dn: base_dn.into(),
             tls: TlsMode::None,
             tls_verify: true,
+            tls_ca_file: None,
             flavour: None,
             allow_plain_passwords: false,
             pool_size: 4,
@@ -220,6 +227,58 @@ pub const UAC_NORMAL_ACCOUNT: u32 = 0x200;
 struct Manager {
     url: String,
     settings: LdapSettings,
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// The connection settings for `settings` (timeouts, StartTLS, verification, CA file).
+fn conn_settings(
+    settings: &LdapSettings,
+    tls: &Option<Arc<rustls::ClientConfig>>,
+) -> LdapConnSettings {
+    let mut c = LdapConnSettings::new()
+        .set_conn_timeout(settings.timeout)
+        .set_starttls(settings.tls == TlsMode::StartTls)
+        .set_no_tls_verify(!settings.tls_verify);
+    if let (Some(cfg), true) = (tls, settings.tls_verify) {
+        c = c.set_config(cfg.clone());
+    }
+    c
+}
+
+/// rustls with *ring* (as the daemon's TLS; no post-quantum key exchange, which the
+/// directory servers do not offer either).
+#[allow(deprecated)]
+fn ring_provider() -> rustls::crypto::CryptoProvider {
+    rustls::crypto::ring::default_provider()
+}
+
+/// A rustls client configuration trusting the CA certificates of a PEM file.
+fn ca_config(path: &std::path::Path) -> Result<Arc<rustls::ClientConfig>, LdapOpError> {
+    use rustls_pki_types::pem::PemObject as _;
+    use rustls_pki_types::CertificateDer;
+    let bad = |m: String| {
+        LdapOpError::new(
+            LdapErrorKind::Invalid,
+            format!(
+                "[providers.directory.ldap] tls_ca_file {}: {m}",
+                path.display()
+            ),
+        )
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(path).map_err(|e| bad(e.to_string()))? {
+        let cert = cert.map_err(|e| bad(e.to_string()))?;
+        roots.add(cert).map_err(|e| bad(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(bad("no certificate in it".into()));
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(ring_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 impl managed::Manager for Manager {
@@ -228,18 +287,9 @@ impl managed::Manager for Manager {
 
     async fn create(&self) -> Result<Ldap, LdapOpError> {
         let s = &self.settings;
-        let conn_settings = LdapConnSettings::new()
-            .set_conn_timeout(s.timeout)
-            .set_starttls(s.tls == TlsMode::StartTls)
-            .set_no_tls_verify(!s.tls_verify);
-        let (conn, mut ldap) = LdapConnAsync::with_settings(conn_settings, &self.url)
+        let (conn, mut ldap) = LdapConnAsync::with_settings(conn_settings(s, &self.tls), &self.url)
             .await
-            .map_err(|e| {
-                LdapOpError::new(
-                    LdapErrorKind::Transient,
-                    format!("cannot connect to the directory server {}: {e}", self.url),
-                )
-            })?;
+            .map_err(|e| connect_error(&self.url, e))?;
         ldap3::drive!(conn);
         let password = read_password(&s.password_file).await?;
         let res = ldap
@@ -264,6 +314,23 @@ impl managed::Manager for Manager {
             return Err(RecycleError::message("connection closed"));
         }
         Ok(())
+    }
+}
+
+/// A failed connection: a certificate the client does not trust is refused for good
+/// (retrying will not change it), anything else is transient.
+fn connect_error(url: &str, e: ldap3::LdapError) -> LdapOpError {
+    let text = e.to_string();
+    if text.contains("certificate") || text.contains("Certificate") {
+        LdapOpError::new(
+            LdapErrorKind::Refused,
+            format!("cannot connect to the directory server {url}: its TLS certificate is not trusted ({text}); set tls_ca_file to the CA that signed it"),
+        )
+    } else {
+        LdapOpError::new(
+            LdapErrorKind::Transient,
+            format!("cannot connect to the directory server {url}: {text}"),
+        )
     }
 }
 
@@ -295,6 +362,7 @@ struct Server {
 pub struct LdapClient {
     servers: Vec<Server>,
     settings: LdapSettings,
+    tls: Option<Arc<rustls::ClientConfig>>,
     /// The configured flavour, or the one read from the first server's root DSE on first
     /// use.
     flavour: tokio::sync::OnceCell<Flavour>,
@@ -373,6 +441,7 @@ impl LdapClient {
                 "the ldap backend needs at least one server",
             ));
         }
+        let tls = settings.tls_ca_file.as_deref().map(ca_config).transpose()?;
         let mut servers = Vec::new();
         for entry in &settings.servers {
             let (url, host) = server_url(entry, settings.tls)
@@ -380,6 +449,7 @@ impl LdapClient {
             let manager = Manager {
                 url: url.clone(),
                 settings: settings.clone(),
+                tls: tls.clone(),
             };
             let pool = Pool::builder(manager)
                 .max_size(settings.pool_size.max(1))
@@ -400,6 +470,7 @@ impl LdapClient {
             servers,
             flavour,
             settings,
+            tls,
         })
     }
 
@@ -818,15 +889,15 @@ impl LdapClient {
 
     /// A connection to server `i` outside the pool, not bound yet.
     async fn connect_unpooled(&self, i: usize, dn: &str) -> Result<Ldap, LdapOpError> {
-        let s = &self.settings;
         let url = &self.servers[i].url;
-        let conn_settings = LdapConnSettings::new()
-            .set_conn_timeout(s.timeout)
-            .set_starttls(s.tls == TlsMode::StartTls)
-            .set_no_tls_verify(!s.tls_verify);
-        let (conn, ldap) = LdapConnAsync::with_settings(conn_settings, url)
-            .await
-            .map_err(|e| from_client("bind as", dn, url, e, false))?;
+        let (conn, ldap) =
+            LdapConnAsync::with_settings(conn_settings(&self.settings, &self.tls), url)
+                .await
+                .map_err(|e| {
+                    let mut err = connect_error(url, e);
+                    err.message = format!("bind as {dn}: {}", err.message);
+                    err
+                })?;
         ldap3::drive!(conn);
         Ok(ldap)
     }
