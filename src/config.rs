@@ -678,6 +678,8 @@ pub struct ProvidersConfig {
     pub filesystem: FilesystemConfig,
     /// The DNS provider.
     pub dns: DnsConfig,
+    /// The directory provider (`Active Directory Provider`).
+    pub directory: DirectoryToml,
     /// Out-of-process providers, one `[[providers.exec]]` table each.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub exec: Vec<ExecProviderConfig>,
@@ -780,6 +782,38 @@ impl Default for DnsConfig {
             key_file: None,
             timeout_secs: 5,
             rndc: None,
+        }
+    }
+}
+
+/// Which directory backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DirectoryBackendKind {
+    /// The embedded directory in the engine's store (no server).
+    #[default]
+    Embedded,
+    /// An LDAP server, configured by `[providers.directory.ldap]`.
+    Ldap,
+}
+
+/// `[providers.directory]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DirectoryToml {
+    /// `embedded` or `ldap`.
+    pub backend: DirectoryBackendKind,
+    /// Every object must be under this DN (RFC 4514), e.g. `DC=provisio,DC=local`.
+    pub base_dn: String,
+    // The ldap backend is configured by `[providers.directory.ldap]` (server URLs,
+    // bind DN, password file, TLS): its keys go here, as a field `ldap`.
+}
+
+impl Default for DirectoryToml {
+    fn default() -> Self {
+        DirectoryToml {
+            backend: DirectoryBackendKind::Embedded,
+            base_dn: provisio_providers::directory::DEFAULT_BASE_DN.to_string(),
         }
     }
 }
@@ -926,6 +960,8 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("PROVISIO_DNS_ZONE_DIR", "providers.dns.zone_dir"),
     ("PROVISIO_DNS_SERVER", "providers.dns.server"),
     ("PROVISIO_DNS_KEY_FILE", "providers.dns.key_file"),
+    ("PROVISIO_DIRECTORY_BACKEND", "providers.directory.backend"),
+    ("PROVISIO_DIRECTORY_BASE_DN", "providers.directory.base_dn"),
     ("PROVISIO_LISTEN", "serve.listen"),
     ("PROVISIO_WORKERS", "serve.workers"),
     ("PROVISIO_MAX_BODY_BYTES", "serve.max_body_bytes"),
@@ -990,6 +1026,18 @@ fn env_setter(name: &str) -> Option<EnvSetter> {
         },
         "PROVISIO_DNS_KEY_FILE" => |c, v| {
             c.providers.dns.key_file = Some(v.into());
+            Ok(())
+        },
+        "PROVISIO_DIRECTORY_BACKEND" => |c, v| {
+            c.providers.directory.backend = match v.trim() {
+                "embedded" => DirectoryBackendKind::Embedded,
+                "ldap" => DirectoryBackendKind::Ldap,
+                _ => return Err(format!("expected `embedded` or `ldap`, got {v:?}")),
+            };
+            Ok(())
+        },
+        "PROVISIO_DIRECTORY_BASE_DN" => |c, v| {
+            c.providers.directory.base_dn = v.trim().to_string();
             Ok(())
         },
         "PROVISIO_LISTEN" => |c, v| {
@@ -1226,6 +1274,16 @@ impl Config {
                 "{}: audit entries must be kept at least as long as transactions (retention.transactions = \"{}\")",
                 at("retention.audit"),
                 r.transactions
+            );
+        }
+        let dir = &self.providers.directory;
+        if let Err(e) = provisio_providers::directory::Dn::parse(&dir.base_dn) {
+            bail!("{}: {e}", at("providers.directory.base_dn"));
+        }
+        if dir.base_dn.trim().is_empty() {
+            bail!(
+                "{}: must name the directory's base (e.g. \"DC=provisio,DC=local\")",
+                at("providers.directory.base_dn")
             );
         }
         let dns = &self.providers.dns;

@@ -2,7 +2,7 @@
 //! configures into an engine.
 
 use crate::cli::{Cli, Command};
-use crate::config::{Config, DnsBackendKind, Loaded, Overrides};
+use crate::config::{Config, DirectoryBackendKind, DnsBackendKind, Loaded, Overrides};
 use anyhow::{bail, Context, Result};
 use provisio_engine::model::{Format, Namespace, RequestDocument, SourceRef};
 use provisio_engine::provider::ProviderRegistry;
@@ -11,6 +11,7 @@ use provisio_engine::txn::{DurableJournal, SealKey};
 use provisio_engine::Catalog;
 use provisio_engine::{Engine, EngineOptions};
 use provisio_engine::{SledStore, StoreError};
+use provisio_providers::directory::{DirectoryProvider, Dn};
 use provisio_providers::dns::{DnsProvider, Rfc2136Config, RndcConfig};
 use provisio_providers::error::ErrorProvider;
 use provisio_providers::exec::{ExecConfig, ExecProvider};
@@ -128,6 +129,17 @@ pub async fn registry(config: &Config) -> Result<ProviderRegistry> {
         }
     };
     registry.register(Arc::new(dns));
+    let base_dn = Dn::parse(&p.directory.base_dn)
+        .with_context(|| format!("providers.directory.base_dn: {:?}", p.directory.base_dn))?;
+    let directory = match p.directory.backend {
+        DirectoryBackendKind::Embedded => DirectoryProvider::embedded(base_dn)
+            .context("providers.directory: cannot set up the embedded directory")?,
+        // The ldap backend is configured by [providers.directory.ldap].
+        DirectoryBackendKind::Ldap => bail!(
+            "providers.directory: backend = \"ldap\" is not available in this build; use \"embedded\""
+        ),
+    };
+    registry.register(Arc::new(directory));
     registry.register(Arc::new(ErrorProvider::new()));
     for e in &p.exec {
         let mut cfg = ExecConfig::new(e.name.clone(), e.command.clone());
@@ -342,8 +354,12 @@ pub fn state_line(config: &Config) -> String {
         Some(_) => "seal key from PROVISIO_SEAL_KEY".to_string(),
         None => format!("seal key `{}`", seal_key_file(config).display()),
     };
+    let directory = match p.directory.backend {
+        DirectoryBackendKind::Embedded => format!("directory {} (embedded)", p.directory.base_dn),
+        DirectoryBackendKind::Ldap => format!("directory {} (ldap)", p.directory.base_dn),
+    };
     format!(
-        "state: journal `{}`, {key}, files `{}`, {zones}",
+        "state: journal `{}`, {key}, files `{}`, {zones}, {directory}",
         journal_dir(config).display(),
         files.display()
     )

@@ -1,5 +1,6 @@
 //! Provisio providers: the embedded filesystem provider, the DNS provider with its
-//! zone-file backend and the Error Provider, plus [`embedded_registry`] that wires them for
+//! zone-file backend, the directory provider with its embedded backend and the Error
+//! Provider, plus [`embedded_registry`] that wires them for
 //! the quick start.
 
 mod common;
@@ -25,7 +26,9 @@ pub enum RegistryError {
 }
 
 /// The providers that need no server: `Filesystem` rooted at `<data_dir>/files`, `DNS`
-/// writing zone files to `<data_dir>/zones`, and `Error` (namespace `Error Provider`).
+/// writing zone files to `<data_dir>/zones`, `Active Directory` (the embedded directory
+/// under `DC=provisio,DC=local`, in the engine's provider state) and `Error` (namespace
+/// `Error Provider`).
 pub fn embedded_registry(data_dir: &Path) -> Result<ProviderRegistry, RegistryError> {
     let mut registry = ProviderRegistry::new();
     registry.register(Arc::new(filesystem::FilesystemProvider::new(
@@ -34,6 +37,12 @@ pub fn embedded_registry(data_dir: &Path) -> Result<ProviderRegistry, RegistryEr
     registry.register(Arc::new(dns::DnsProvider::zonefile(
         data_dir.join("zones"),
     )?));
+    registry.register(Arc::new(
+        directory::DirectoryProvider::embedded(
+            directory::Dn::parse(directory::DEFAULT_BASE_DN).expect("the default base DN parses"),
+        )
+        .expect("the default base DN is not empty"),
+    ));
     registry.register(Arc::new(error::ErrorProvider::new()));
     Ok(registry)
 }
