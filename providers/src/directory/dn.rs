@@ -442,6 +442,21 @@ pub fn escape_value(value: &str) -> String {
     out
 }
 
+/// Trims surrounding whitespace from a DN or RDN given as input, keeping a trailing space
+/// that is escaped (`CN=x\ ` keeps its space).
+pub fn trim_input(text: &str) -> &str {
+    let t = text.trim_start();
+    let end = t.trim_end();
+    let backslashes = end.bytes().rev().take_while(|b| *b == b'\\').count();
+    if backslashes % 2 == 1 && end.len() < t.len() {
+        // the first whitespace character after the odd backslash is escaped
+        let next = t[end.len()..].chars().next().map_or(0, char::len_utf8);
+        &t[..end.len() + next]
+    } else {
+        end
+    }
+}
+
 /// An ADSI path: an optional server and a DN (`LDAP://dc1.example.com/CN=x,DC=example,DC=com`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdsPath {
@@ -454,8 +469,11 @@ pub struct AdsPath {
 /// Reads a path as HMC passes it: `LDAP://DN`, `LDAP://server/DN`, or a bare DN. In the
 /// path form a `/` inside a value is written `\/`.
 pub fn parse_path(text: &str) -> Result<AdsPath, DnError> {
-    let t = text.trim();
-    let rest = if t.len() >= 7 && t[..7].eq_ignore_ascii_case("ldap://") {
+    let t = trim_input(text);
+    let rest = if t
+        .get(..7)
+        .is_some_and(|h| h.eq_ignore_ascii_case("ldap://"))
+    {
         &t[7..]
     } else {
         return Ok(AdsPath {
@@ -611,6 +629,19 @@ mod tests {
         let ab = Dn::parse("OU=ab,DC=provisio,DC=local").unwrap();
         let a = Dn::parse("OU=a,DC=provisio,DC=local").unwrap();
         assert!(!ab.key().starts_with(&a.key()));
+    }
+
+    #[test]
+    fn trims_input_but_not_escaped_spaces() {
+        assert_eq!(trim_input("  CN=x  "), "CN=x");
+        assert_eq!(trim_input("CN=x\\  "), "CN=x\\ ");
+        assert_eq!(trim_input("CN=x\\\\ "), "CN=x\\\\");
+        assert_eq!(
+            Dn::parse(trim_input("CN=trailing\\ \n")).unwrap().rdns[0]
+                .first()
+                .value,
+            "trailing "
+        );
     }
 
     #[test]

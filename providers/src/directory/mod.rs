@@ -642,9 +642,8 @@ impl DirectoryProvider {
                 let c = path_input(d, &["container", "parent", "path"])?;
                 server_input(d, Some(&c))?;
                 let rdn = match (opt_nonempty(d, &["name"]), opt_nonempty(d, &["rdnType"])) {
-                    (Some(n), None) => {
-                        Rdn::parse(n.trim()).map_err(|e| inv(format!("input `name`: {e}")))?
-                    }
+                    (Some(n), None) => Rdn::parse(dn::trim_input(&n))
+                        .map_err(|e| inv(format!("input `name`: {e}")))?,
                     (None, Some(t)) => {
                         let v = req_input(d, &["value"])?;
                         let r = Rdn::new(t.trim(), v);
@@ -713,7 +712,8 @@ impl DirectoryProvider {
         let ctx = ctx_of(call, server_input(d, Some(&container))?);
         let class = req_input(d, &["class", "objectClass"])?.trim().to_string();
         let name = req_input(d, &["name", "rdn"])?;
-        let rdn = Rdn::parse(name.trim()).map_err(|e| inv(format!("input `name`: {e}")))?;
+        let rdn =
+            Rdn::parse(dn::trim_input(&name)).map_err(|e| inv(format!("input `name`: {e}")))?;
         let dn = container.dn.child(rdn);
         let ignore = flag(d, &["flagIgnoreAlreadyExistsError"])?;
         let mods = properties_input(d)?;
@@ -907,7 +907,7 @@ impl DirectoryProvider {
         } else {
             let n = req_input(d, &["newName", "name"])?;
             (
-                Rdn::parse(n.trim()).map_err(|e| inv(format!("input `newName`: {e}")))?,
+                Rdn::parse(dn::trim_input(&n)).map_err(|e| inv(format!("input `newName`: {e}")))?,
                 None,
             )
         };
@@ -1366,7 +1366,8 @@ impl DirectoryProvider {
         match proc {
             "Create Object" => {
                 let c = path_input(d, &["container", "parent", "path"])?;
-                let rdn = Rdn::parse(req_input(d, &["name", "rdn"])?.trim()).map_err(inv)?;
+                let rdn =
+                    Rdn::parse(dn::trim_input(&req_input(d, &["name", "rdn"])?)).map_err(inv)?;
                 let dn = c.dn.child(rdn);
                 let ctx = ctx_of(call, server_input(d, Some(&c))?);
                 Ok(exists(ctx, dn.clone())
@@ -1386,8 +1387,10 @@ impl DirectoryProvider {
                     .dn
                     .child(old_rdn.clone())
                 } else {
-                    old_parent
-                        .child(Rdn::parse(req_input(d, &["newName", "name"])?.trim()).map_err(inv)?)
+                    old_parent.child(
+                        Rdn::parse(dn::trim_input(&req_input(d, &["newName", "name"])?))
+                            .map_err(inv)?,
+                    )
                 };
                 let (old_there, new_there) = (
                     exists(ctx.clone(), p.dn.clone()).await?,
@@ -1454,7 +1457,7 @@ impl DirectoryProvider {
             "Create Object" => {
                 let c = path_input(d, &["container", "parent", "path"])?;
                 let ctx = ctx_of(call, server_input(d, Some(&c))?);
-                let rdn = Rdn::parse(req_input(d, &["name", "rdn"])?.trim())
+                let rdn = Rdn::parse(dn::trim_input(&req_input(d, &["name", "rdn"])?))
                     .map_err(|e| inv(format!("input `name`: {e}")))?;
                 let dn = c.dn.child(rdn);
                 let class = req_input(d, &["class", "objectClass"])?;
