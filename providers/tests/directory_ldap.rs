@@ -85,9 +85,11 @@ async fn contract(
     let found = search(
         &ou.to_string(),
         &format!("(sAMAccountName={sam1})"),
-        &["cn"],
+        &["cn", "userAccountControl"],
     );
     assert_eq!(values(&found, "cn"), vec![cn.to_string()], "{found:?}");
+    let uac: u32 = values(&found, "userAccountControl")[0].parse().unwrap();
+    assert_eq!(uac & 2, 2, "a new user is disabled, as on AD: {found:?}");
     // Reads give the AD class chain whatever the server.
     let e = b
         .read(&c, &u1, &AttrSelection::All)
@@ -384,6 +386,26 @@ async fn contract(
     b.set_password(&c, &moved, &Password::new("First-Passw0rd!"))
         .await
         .expect("set password");
+    let uac: u32 = values(
+        &search(
+            &moved.to_string(),
+            "(objectClass=*)",
+            &["userAccountControl"],
+        ),
+        "userAccountControl",
+    )[0]
+    .parse()
+    .unwrap();
+    assert_eq!(
+        uac, 514,
+        "with a password, no longer \"password not required\""
+    );
+    let e = b
+        .read(&c, &moved, &AttrSelection::All)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(e.first("userAccountControl"), Some("514"), "{e:?}");
     b.modify(
         &c,
         &moved,

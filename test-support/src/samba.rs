@@ -96,6 +96,14 @@ impl Samba {
 
     fn start() -> Result<Samba, String> {
         let addr: SocketAddr = format!("{HOST}:389").parse().expect("addr");
+        // The Samba of the test binary that ran just before may still be stopping (its
+        // watchdog notices the end of its process within half a second).
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_ok()
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(200));
+        }
         if TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_ok() {
             return Err(format!(
                 "something already listens on {HOST}:389 (a system slapd or samba on all \
@@ -110,7 +118,7 @@ impl Samba {
         let d = dir.as_path();
         // AD complexity: upper, lower, digit and symbol.
         let password = format!("{}-Aa1", random_password());
-        fs::write(d.join("admin.pw"), &password).map_err(|e| e.to_string())?;
+        crate::slapd::write_secret(&d.join("admin.pw"), &password)?;
         let out = Command::new("samba-tool")
             .args([
                 "domain",
@@ -305,6 +313,27 @@ impl Samba {
         }
         assert_eq!(out.code, 0, "ldapsearch failed: {out:?}");
         parse_ldif(&out.stdout)
+    }
+
+    /// The values of `attr` of `dn` (a base search as the administrator), `None` when `dn`
+    /// does not exist.
+    pub fn values(&self, dn: &str, attr: &str) -> Option<Vec<String>> {
+        let out = self.tool(
+            "ldapsearch",
+            &[
+                "-LLL",
+                "-o",
+                "ldif-wrap=no",
+                "-s",
+                "base",
+                "-b",
+                dn,
+                "(objectClass=*)",
+                attr,
+            ],
+            "",
+        );
+        crate::slapd::attr_values(out, dn, attr)
     }
 
     /// Whether `who` (a DN or a UPN) can simple-bind with `password` over plain LDAP

@@ -66,6 +66,13 @@ pub fn random_password() -> String {
         .collect()
 }
 
+/// Writes a password file readable by its owner only (ldap-utils warn about others).
+pub(crate) fn write_secret(path: &Path, text: &str) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::write(path, text).map_err(|e| e.to_string())?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(|e| e.to_string())
+}
+
 /// The project's auxiliary schema for OpenLDAP (sAMAccountName, userPrincipalName, …).
 pub fn schema_file() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/ldap/provisio-ad.schema")
@@ -195,7 +202,7 @@ impl Slapd {
         };
         let password = random_password();
         fs::create_dir(d.join("db")).map_err(|e| e.to_string())?;
-        fs::write(d.join("admin.pw"), &password).map_err(|e| e.to_string())?;
+        write_secret(&d.join("admin.pw"), &password)?;
         make_certificates(d)?;
         let dd = d.display();
         let schema = schema_file();
@@ -232,6 +239,7 @@ impl Slapd {
              memberof-member-ad member\n\
              memberof-memberof-ad memberOf\n\
              memberof-refint TRUE\n\
+             memberof-dangling error\n\
              overlay unique\n\
              unique_uri ldap:///?sAMAccountName?sub\n",
             schema = schema.display()
@@ -361,6 +369,27 @@ impl Slapd {
         parse_ldif(&out.stdout)
     }
 
+    /// The values of `attr` of `dn` (a base search as the admin), `None` when `dn` does not
+    /// exist.
+    pub fn values(&self, dn: &str, attr: &str) -> Option<Vec<String>> {
+        let out = self.tool(
+            "ldapsearch",
+            &[
+                "-LLL",
+                "-o",
+                "ldif-wrap=no",
+                "-s",
+                "base",
+                "-b",
+                dn,
+                "(objectClass=*)",
+                attr,
+            ],
+            "",
+        );
+        attr_values(out, dn, attr)
+    }
+
     /// Whether `dn` can simple-bind with `password` (checked with `ldapsearch` bound as it).
     pub fn can_bind(&self, dn: &str, password: &str) -> bool {
         let url = self.url();
@@ -392,6 +421,23 @@ impl Drop for Slapd {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The values of `attr` in a base search's output; `None` on noSuchObject (32).
+pub(crate) fn attr_values(out: ToolOutput, dn: &str, attr: &str) -> Option<Vec<String>> {
+    if out.code == 32 {
+        return None;
+    }
+    assert_eq!(out.code, 0, "ldapsearch of {dn} failed: {out:?}");
+    let entries = parse_ldif(&out.stdout);
+    let (_, attrs) = entries.into_iter().next()?;
+    Some(
+        attrs
+            .into_iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(attr))
+            .map(|(_, v)| v)
+            .collect(),
+    )
 }
 
 /// SIGTERM to the child's PID, wait up to 10 s, then SIGKILL.

@@ -1330,12 +1330,11 @@ impl DirectoryProvider {
                         "{dn}: the previous password was not kept (no seal key), so the change cannot be undone"
                     )));
                 };
-                match b.change_password(&ctx, &dn, &new, &old).await {
-                    Ok(()) => Ok(()),
-                    // already back (a repeated undo)
-                    Err(DirError::WrongPassword { .. }) => Ok(()),
-                    Err(e) => Err(e.into()),
-                }
+                // An administrator's reset to the previous password: a change back would
+                // be refused by AD's password history and minimum age, and a reset is
+                // idempotent (a repeated undo sets the same password again).
+                let _ = new;
+                b.set_password(&ctx, &dn, &old).await.map_err(Into::into)
             }
         }
     }

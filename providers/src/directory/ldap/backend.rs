@@ -33,6 +33,69 @@ const SECRET_ATTRS: &[&str] = &[
     "supplementalCredentials",
 ];
 
+/// Attributes the server computes or owns: never sent in an add (an undo that recreates an
+/// object from what was read gives them back as they were read).
+const SERVER_OWNED: &[&str] = &[
+    // both
+    "memberOf",
+    "distinguishedName",
+    "entryDN",
+    "entryUUID",
+    "entryCSN",
+    "createTimestamp",
+    "modifyTimestamp",
+    "creatorsName",
+    "modifiersName",
+    "structuralObjectClass",
+    "hasSubordinates",
+    "subschemaSubentry",
+    "pwdChangedTime",
+    // Active Directory
+    "objectGUID",
+    "objectSid",
+    "whenCreated",
+    "whenChanged",
+    "uSNCreated",
+    "uSNChanged",
+    "instanceType",
+    "name",
+    "objectCategory",
+    "sAMAccountType",
+    "primaryGroupID",
+    "pwdLastSet",
+    "badPwdCount",
+    "badPasswordTime",
+    "lastLogon",
+    "lastLogoff",
+    "lastLogonTimestamp",
+    "logonCount",
+    "isCriticalSystemObject",
+    "systemFlags",
+    "dSCorePropagationData",
+    "replPropertyMetaData",
+    "msDS-KeyVersionNumber",
+    "msDS-User-Account-Control-Computed",
+    "lockoutTime",
+];
+
+/// Whether an object with these classes can have a password.
+fn is_account(classes: &[String]) -> bool {
+    classes.iter().any(|c| {
+        [
+            "user",
+            "provisioAccount",
+            "inetOrgPerson",
+            "person",
+            "organizationalPerson",
+            "posixAccount",
+            "simpleSecurityObject",
+            "computer",
+        ]
+        .iter()
+        .any(|k| c.eq_ignore_ascii_case(k))
+    })
+}
+
 /// The directory over an LDAP server (see the module docs).
 pub struct LdapBackend {
     client: LdapClient,
@@ -210,6 +273,9 @@ impl LdapBackend {
                 classes.extend(a.values.iter().cloned());
                 continue;
             }
+            if SERVER_OWNED.iter().any(|o| o.eq_ignore_ascii_case(&a.name)) {
+                continue;
+            }
             if let Some(slot) = out
                 .iter_mut()
                 .find(|(n, _)| n.eq_ignore_ascii_case(&a.name))
@@ -258,6 +324,16 @@ impl LdapBackend {
                     true
                 }
             });
+            // A new account starts as on AD: disabled, no password required (546).
+            if mapped
+                .iter()
+                .any(|c| c.eq_ignore_ascii_case("provisioAccount"))
+                && !out
+                    .iter()
+                    .any(|(n, _)| n.eq_ignore_ascii_case("userAccountControl"))
+            {
+                out.push(("userAccountControl".into(), vec![b"546".to_vec()]));
+            }
             if mapped
                 .iter()
                 .any(|c| c.eq_ignore_ascii_case("inetOrgPerson"))
@@ -524,10 +600,45 @@ impl DirectoryBackend for LdapBackend {
             });
         }
         let names: Vec<&str> = mods.iter().map(|m| m.attr.as_str()).collect();
-        self.client
-            .modify(i, &dn.to_string(), &out)
-            .await
-            .map_err(|e| map_err(e, dn, &names))
+        match self.client.modify(i, &dn.to_string(), &out).await {
+            Ok(()) => Ok(()),
+            // A DN value (a new member) that does not exist: AD answers noSuchObject,
+            // OpenLDAP's memberof overlay (`memberof-dangling error`) a constraint violation.
+            Err(e)
+                if matches!(
+                    e.kind,
+                    LdapErrorKind::NoSuchObject | LdapErrorKind::Constraint
+                ) =>
+            {
+                if e.kind == LdapErrorKind::NoSuchObject
+                    && self
+                        .client
+                        .read(i, &dn.to_string(), &["1.1"])
+                        .await
+                        .ok()
+                        .flatten()
+                        .is_none()
+                {
+                    return Err(DirError::NoSuchObject { dn: dn.to_string() });
+                }
+                for m in mods.iter().filter(|m| m.op != ModOp::Delete) {
+                    for v in &m.values {
+                        let Ok(target) = Dn::parse(v) else { continue };
+                        if target.rdns.is_empty() || !target.is_under(&self.base) {
+                            continue;
+                        }
+                        if let Ok(None) = self.client.read(i, &target.to_string(), &["1.1"]).await {
+                            return Err(DirError::ConstraintViolation {
+                                dn: dn.to_string(),
+                                message: format!("{} {target} does not exist", m.attr),
+                            });
+                        }
+                    }
+                }
+                Err(map_err(e, dn, &names))
+            }
+            Err(e) => Err(map_err(e, dn, &names)),
+        }
     }
 
     async fn modify_dn(
@@ -635,10 +746,28 @@ impl DirectoryBackend for LdapBackend {
     async fn set_password(&self, ctx: &OpContext, dn: &Dn, new: &Password) -> Result<(), DirError> {
         self.check_base(dn)?;
         let i = self.server(ctx)?;
+        let uac = self.account_control(i, dn).await?;
         self.client
             .set_password(i, &dn.to_string(), new.expose())
             .await
-            .map_err(|e| map_err(e, dn, &[]))
+            .map_err(|e| map_err(e, dn, &[]))?;
+        // With a password set, "no password required" (0x20) goes, as AD tools do.
+        if let Some(uac) = uac.filter(|u| u & UAC_PASSWD_NOTREQD != 0) {
+            self.client
+                .modify(
+                    i,
+                    &dn.to_string(),
+                    &[LdapMod::Replace(
+                        "userAccountControl".into(),
+                        vec![((uac & !UAC_PASSWD_NOTREQD) as i32)
+                            .to_string()
+                            .into_bytes()],
+                    )],
+                )
+                .await
+                .map_err(|e| map_err(e, dn, &["userAccountControl"]))?;
+        }
+        Ok(())
     }
 
     async fn change_password(
@@ -650,25 +779,54 @@ impl DirectoryBackend for LdapBackend {
     ) -> Result<(), DirError> {
         self.check_base(dn)?;
         let i = self.server(ctx)?;
+        self.account_control(i, dn).await?;
         match self
             .client
             .change_password(i, &dn.to_string(), old.expose(), new.expose())
             .await
         {
             Ok(()) => Ok(()),
-            Err(e) if matches!(e.kind, LdapErrorKind::Transient | LdapErrorKind::InDoubt) => {
-                Err(map_err(e, dn, &[]))
+            // AD: 00000056 (ERROR_INVALID_PASSWORD) is a wrong old password; 0000052D a new
+            // one the policy refuses. OpenLDAP: the bind with the old one failed (49).
+            Err(e)
+                if e.message.contains("00000056")
+                    || (e.rc == Some(49) && e.kind == LdapErrorKind::Refused) =>
+            {
+                Err(DirError::WrongPassword { dn: dn.to_string() })
             }
-            Err(e) if e.kind == LdapErrorKind::Refused && e.rc.is_none() => {
-                Err(map_err(e, dn, &[]))
-            }
-            Err(e) => {
-                // Wrong old password, or a new one the policy refuses? Ask the server.
-                match self.client.can_bind(i, &dn.to_string(), old.expose()).await {
-                    Ok(false) => Err(DirError::WrongPassword { dn: dn.to_string() }),
-                    _ => Err(map_err(e, dn, &[])),
-                }
-            }
+            Err(e) => Err(map_err(e, dn, &[])),
         }
+    }
+}
+
+/// `userAccountControl` flag: no password required.
+const UAC_PASSWD_NOTREQD: u32 = 0x20;
+
+impl LdapBackend {
+    /// Checks that `dn` exists and can have a password; returns its `userAccountControl`.
+    async fn account_control(&self, i: usize, dn: &Dn) -> Result<Option<u32>, DirError> {
+        let e = self
+            .client
+            .read(i, &dn.to_string(), &["objectClass", "userAccountControl"])
+            .await
+            .map_err(|e| map_err(e, dn, &[]))?
+            .ok_or_else(|| DirError::NoSuchObject { dn: dn.to_string() })?;
+        let classes: Vec<String> = e
+            .get("objectClass")
+            .map(|v| {
+                v.iter()
+                    .map(|c| String::from_utf8_lossy(c).into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !is_account(&classes) {
+            return Err(DirError::ObjectClassViolation {
+                dn: dn.to_string(),
+                message: "is not a user: only users have passwords".into(),
+            });
+        }
+        Ok(e.first("userAccountControl")
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .map(|v| v as u32))
     }
 }

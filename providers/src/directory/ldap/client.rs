@@ -928,25 +928,6 @@ impl LdapClient {
         .await
     }
 
-    /// Whether `dn` can simple-bind with `password` on server `i` (a connection of its own,
-    /// outside the pool): tells a wrong old password from a new one the policy refuses.
-    pub async fn can_bind(&self, i: usize, dn: &str, password: &str) -> Result<bool, LdapOpError> {
-        let s = &self.settings;
-        let url = &self.servers[i].url;
-        let mut ldap = self.connect_unpooled(i, dn).await?;
-        let res = ldap
-            .with_timeout(s.timeout)
-            .simple_bind(dn, password)
-            .await
-            .map_err(|e| from_client("bind as", dn, url, e, false))?;
-        let _ = ldap.unbind().await;
-        match res.rc {
-            0 => Ok(true),
-            49 => Ok(false),
-            _ => Err(from_result("bind as", dn, &res)),
-        }
-    }
-
     /// Enables or disables an account through the `userAccountControl` disabled flag (on
     /// OpenLDAP the provisioAccount class is added when missing). Returns whether it was
     /// enabled before.
