@@ -464,7 +464,7 @@ fn procedure_list() -> Vec<ProcedureSpec> {
             secret_input("newPassword", "The new password"),
             input_default("flagSkipAction", "bool", "false", "Do nothing (set by Create Object when the object already existed)"),
         ]),
-        spec("User Change Password", Write, Reversible, "Changes a user's password given the old one. Undo changes it back (the undo record is sealed).", vec![
+        spec("User Change Password", Write, Reversible, "Changes a user's password given the old one. Undo sets the previous password back as an administrator's reset (not subject to password history or minimum age; the undo record is sealed).", vec![
             path(),
             secret_input("oldPassword", "The current password"),
             secret_input("newPassword", "The new password"),
