@@ -1619,7 +1619,7 @@ impl Config {
             if e.name.trim().is_empty() {
                 bail!("{}: must not be empty", key("name"));
             }
-            if matches!(e.name.as_str(), "DNS" | "Filesystem") {
+            if matches!(e.name.as_str(), "DNS" | "Filesystem" | "Active Directory") {
                 bail!(
                     "{}: `{}` is an embedded provider's name; pick another",
                     key("name"),
@@ -1648,7 +1648,11 @@ impl Config {
                 );
             }
         }
-        let mut providers = vec!["DNS".to_string(), "Filesystem".to_string()];
+        let mut providers = vec![
+            "DNS".to_string(),
+            "Filesystem".to_string(),
+            "Active Directory".to_string(),
+        ];
         providers.extend(self.providers.exec.iter().map(|e| e.name.clone()));
         for (name, n) in &self.engine.provider_limits {
             if *n == 0 {

@@ -923,6 +923,53 @@ mod cases {
         assert!(e.1.contains("only a user"), "{e:?}");
     }
 
+    /// `provisio plan` says what each call would do, from the directory as it is.
+    pub async fn plan_previews<F: Fixture>(s: &Suite<F>) {
+        use provisio_engine::provider::Preview;
+        s.create("", "group", "CN=Crew", json!(null)).await;
+        s.create(
+            "",
+            "user",
+            "CN=Ida",
+            props(&[("userPrincipalName", "replace", &["ida@p.test"])]),
+        )
+        .await;
+        s.ok(
+            "Group Add Member",
+            json!({"group": s.under("CN=Crew"), "member": s.under("CN=Ida")}),
+        )
+        .await;
+        let p = s
+            .plan(vec![
+                step("new", "Create Object", json!({"container": s.under(""), "class": "user", "name": "CN=Neo"})),
+                step("dup", "Create Object", json!({"container": s.under(""), "class": "user", "name": "CN=Ida"})),
+                step("dupok", "Create Object", json!({"container": s.under(""), "class": "user", "name": "CN=Ida", "flagIgnoreAlreadyExistsError": "1"})),
+                step("out", "Create Object", json!({"container": "DC=elsewhere", "class": "user", "name": "CN=Neo"})),
+                step("set", "Set Properties", json!({"path": s.under("CN=Ida"), "properties": {"title": "x"}})),
+                step("member", "Group Add Member", json!({"group": s.under("CN=Crew"), "member": s.under("CN=Ida")})),
+                step("read", "Get Properties", json!({"path": s.under("CN=Ida")})),
+            ])
+            .await;
+        assert!(
+            matches!(&p[0], Preview::Change(t) if t.contains("CN=Neo")),
+            "{p:?}"
+        );
+        assert!(
+            matches!(&p[1], Preview::Fail(t) if t.contains("already exists")),
+            "{p:?}"
+        );
+        assert!(matches!(&p[2], Preview::NoChange(_)), "{p:?}");
+        assert!(
+            matches!(&p[3], Preview::Fail(t) if t.contains("outside")),
+            "{p:?}"
+        );
+        assert!(matches!(&p[4], Preview::Update(_)), "{p:?}");
+        assert!(matches!(&p[5], Preview::NoChange(_)), "{p:?}");
+        assert!(matches!(&p[6], Preview::NoChange(_)), "{p:?}");
+        // planning changed nothing
+        assert!(!s.exists(&s.under("CN=Neo")).await);
+    }
+
     pub async fn move_and_rename<F: Fixture>(s: &Suite<F>) {
         s.create("", "organizationalUnit", "OU=From", json!(null))
             .await;
@@ -1000,7 +1047,7 @@ macro_rules! behaviour_suite {
                 group_membership, search_scopes_and_paging, sam_account_names,
                 sam_account_names_under_concurrency, rollback_undoes_everything,
                 delete_recursive_and_its_undo, passwords_never_in_clear, enable_and_disable,
-                move_and_rename);
+                move_and_rename, plan_previews);
         }
     };
     (@cases $fixture:ty; $($case:ident),* $(,)?) => {
@@ -1020,6 +1067,36 @@ macro_rules! behaviour_suite {
 behaviour_suite!(embedded, EmbeddedFixture);
 behaviour_suite!(slapd, SlapdFixture);
 behaviour_suite!(samba, SambaFixture);
+
+/// The embedded backend keeps everything in provider state, whose writes die with a call
+/// that never reported: a call in doubt was not applied, and `recover` says so without
+/// guessing from what it finds.
+#[tokio::test]
+async fn embedded_calls_in_doubt_were_not_applied() {
+    use provisio_engine::data::Element;
+    use provisio_engine::provider::{Call, CallContext};
+    let p = DirectoryProvider::embedded(Dn::parse("DC=x,DC=test").unwrap()).unwrap();
+    let mut data = Element::new("executeData");
+    data.push(Element::with_text("container", "DC=x,DC=test"));
+    data.push(Element::with_text("class", "user"));
+    data.push(Element::with_text("name", "CN=Maybe"));
+    let call = Call {
+        state: provisio_engine::ProviderState::detached(),
+        context: CallContext {
+            txn_id: "0190c0de-0000-7000-8000-000000000001".parse().unwrap(),
+            step_id: "s".into(),
+            attempt: 1,
+            namespace: "Active Directory Provider".into(),
+            procedure: "Create Object".into(),
+        },
+        provider_context: Element::new("providerContext"),
+        execute_data: data,
+    };
+    assert_eq!(p.recover(&call).await.unwrap(), None);
+    // A hand-built call has no provider state: the embedded backend says so clearly.
+    let e = p.execute(call).await.unwrap_err();
+    assert!(e.message().contains("no provider state"), "{e}");
+}
 
 #[test]
 fn property_values_reads_one_or_many() {

@@ -5,6 +5,7 @@ mod cli;
 mod config;
 mod crash;
 mod daemon;
+mod directory;
 mod directory_ldap;
 mod error_provider;
 mod files;

@@ -509,9 +509,10 @@ pub trait DirectoryBackend: Send + Sync {
         false
     }
 
-    /// Makes sure the base entry exists (the embedded backend creates it, as a `domain`
-    /// with `dc=`, or an `organizationalUnit`/`container` per its RDN, on first use; an
-    /// LDAP backend checks it can read it). Called before the first write of each call.
+    /// Makes sure the base entry exists: the embedded backend creates it (a `domain` for
+    /// `DC=`, an `organizationalUnit` for `OU=`, a `container` for `CN=`); an LDAP backend
+    /// checks that it can read it. Called by the `Initialize` procedure; the embedded
+    /// backend also calls it itself when a child of the base is added first.
     async fn ensure_base(&self, ctx: &OpContext) -> Result<(), DirError>;
 
     /// Adds an entry with these attributes (`objectClass` among them). The parent must

@@ -778,6 +778,16 @@ impl DirectoryProvider {
             }
             .into());
         }
+        if explicit.is_some() || is_account {
+            // Keys in one order — container, object, name — so that transactions creating
+            // accounts in the same container queue up instead of deadlocking (embedded).
+            b.read(
+                &ctx,
+                &container.dn,
+                &AttrSelection::Only(vec!["objectClass".into()]),
+            )
+            .await?;
+        }
         if let Some(s) = explicit {
             sam::reserve(b, &ctx, &s, &dn, true).await?;
             sam_out = Some(s);

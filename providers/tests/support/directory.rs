@@ -195,6 +195,35 @@ impl<F: Fixture> Suite<F> {
         Ran { result }
     }
 
+    /// Plans steps (`provisio plan`): each step's preview, in order.
+    pub async fn plan(&self, steps: Vec<Step>) -> Vec<provisio_engine::provider::Preview> {
+        let mut map = serde_json::Map::new();
+        let ids: Vec<String> = steps.iter().map(|s| s.id.clone()).collect();
+        for s in steps {
+            map.insert(
+                s.id.clone(),
+                json!({"call": format!("{NS}/{}", s.procedure), "with": s.with}),
+            );
+        }
+        let req = json!({
+            "procedure": {"type": "write", "parallel": false, "steps": Value::Object(map)},
+            "data": {"x": "1"},
+        });
+        let request =
+            parse_request(&req.to_string(), "plan.json", Format::Json).expect("request parses");
+        let entries = self.engine.plan(&request).await.expect("request compiles");
+        ids.iter()
+            .map(|id| {
+                entries
+                    .iter()
+                    .find(|e| e.step == *id || e.step.ends_with(&format!("/{id}")))
+                    .unwrap_or_else(|| panic!("no plan entry for {id}: {entries:?}"))
+                    .preview
+                    .clone()
+            })
+            .collect()
+    }
+
     /// Runs one step; `Ok(executeData)` or `Err((code, message))`.
     pub async fn call(&self, procedure: &str, with: Value) -> Result<Value, (u32, String)> {
         let r = self.run(vec![step("s", procedure, with)]).await;
