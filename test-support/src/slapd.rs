@@ -25,6 +25,12 @@ pub const SUFFIX: &str = "dc=example,dc=test";
 pub const ADMIN_DN: &str = "cn=admin,dc=example,dc=test";
 /// An OU present at start, for tests that need a parent.
 pub const TESTS_OU: &str = "ou=Tests,dc=example,dc=test";
+/// A service account that may write everywhere except below [`LOCKED_OU`] (its password is
+/// in [`Slapd::service_password_file`]).
+pub const SERVICE_DN: &str = "cn=provisio,dc=example,dc=test";
+/// An OU the service account may only read: writes below it are refused
+/// (insufficientAccessRights).
+pub const LOCKED_OU: &str = "ou=Locked,dc=example,dc=test";
 
 /// Whether the tests must fail instead of skipping when a directory server cannot run
 /// (`PROVISIO_REQUIRE_LDAP=1`, set by `scripts/test`).
@@ -203,6 +209,8 @@ impl Slapd {
         let password = random_password();
         fs::create_dir(d.join("db")).map_err(|e| e.to_string())?;
         write_secret(&d.join("admin.pw"), &password)?;
+        let service_password = random_password();
+        write_secret(&d.join("service.pw"), &service_password)?;
         make_certificates(d)?;
         let dd = d.display();
         let schema = schema_file();
@@ -232,8 +240,9 @@ impl Slapd {
              index sAMAccountName eq\n\
              index cn,uid eq\n\
              index member eq\n\
-             access to attrs=userPassword by self write by anonymous auth by * none\n\
-             access to * by * read\n\
+             access to dn.subtree=\"{LOCKED_OU}\" by * read\n\
+             access to attrs=userPassword by self write by dn.exact=\"{SERVICE_DN}\" write by anonymous auth by * none\n\
+             access to * by dn.exact=\"{SERVICE_DN}\" write by * read\n\
              overlay memberof\n\
              memberof-group-oc provisioGroup\n\
              memberof-member-ad member\n\
@@ -267,7 +276,9 @@ impl Slapd {
         s.wait_ready()?;
         let base = format!(
             "dn: {SUFFIX}\nobjectClass: dcObject\nobjectClass: organization\ndc: example\no: Example\n\n\
-             dn: {TESTS_OU}\nobjectClass: organizationalUnit\nou: Tests\n"
+             dn: {TESTS_OU}\nobjectClass: organizationalUnit\nou: Tests\n\n\
+             dn: {LOCKED_OU}\nobjectClass: organizationalUnit\nou: Locked\n\n\
+             dn: {SERVICE_DN}\nobjectClass: person\ncn: provisio\nsn: service\nuserPassword: {service_password}\n"
         );
         let out = s.tool("ldapadd", &[], &base);
         if out.code != 0 {
@@ -326,6 +337,11 @@ impl Slapd {
     /// 127.0.0.1).
     pub fn ca_file(&self) -> PathBuf {
         self.dir.path().join("ca.pem")
+    }
+
+    /// The file holding the password of [`SERVICE_DN`].
+    pub fn service_password_file(&self) -> PathBuf {
+        self.dir.path().join("service.pw")
     }
 
     /// The server's folder.
