@@ -15,6 +15,7 @@ use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, Mod, Scope, SearchEntry};
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -358,8 +359,44 @@ struct Server {
     pool: Pool<Manager>,
 }
 
+/// How many LDAP operations a client has sent, by kind (benchmarks compare them).
+#[derive(Debug, Default)]
+pub struct OpCounts {
+    /// Searches (base reads included).
+    pub search: AtomicU64,
+    /// Adds.
+    pub add: AtomicU64,
+    /// Modifies.
+    pub modify: AtomicU64,
+    /// Deletes.
+    pub delete: AtomicU64,
+    /// Renames and moves.
+    pub rename: AtomicU64,
+    /// Extended operations (Password Modify).
+    pub extended: AtomicU64,
+}
+
+impl OpCounts {
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (search, add, modify, delete, rename, extended) so far.
+    pub fn snapshot(&self) -> [u64; 6] {
+        [
+            self.search.load(Ordering::Relaxed),
+            self.add.load(Ordering::Relaxed),
+            self.modify.load(Ordering::Relaxed),
+            self.delete.load(Ordering::Relaxed),
+            self.rename.load(Ordering::Relaxed),
+            self.extended.load(Ordering::Relaxed),
+        ]
+    }
+}
+
 /// The LDAP side of the directory: pools of bound connections to the configured servers.
 pub struct LdapClient {
+    ops: OpCounts,
     servers: Vec<Server>,
     settings: LdapSettings,
     tls: Option<Arc<rustls::ClientConfig>>,
@@ -467,6 +504,7 @@ impl LdapClient {
             let _ = flavour.set(f);
         }
         Ok(LdapClient {
+            ops: OpCounts::default(),
             servers,
             flavour,
             settings,
@@ -480,6 +518,11 @@ impl LdapClient {
             .get_or_try_init(|| self.detect_flavour(0))
             .await
             .copied()
+    }
+
+    /// The operations sent so far.
+    pub fn op_counts(&self) -> &OpCounts {
+        &self.ops
     }
 
     /// The settings.
@@ -613,6 +656,7 @@ impl LdapClient {
         dn: &str,
         attrs: &[(String, Vec<Vec<u8>>)],
     ) -> Result<(), LdapOpError> {
+        OpCounts::bump(&self.ops.add);
         let url = self.servers[i].url.clone();
         let attrs: Vec<(Vec<u8>, HashSet<Vec<u8>>)> = attrs
             .iter()
@@ -635,6 +679,7 @@ impl LdapClient {
 
     /// Applies `mods` to an entry (atomically: all or none).
     pub async fn modify(&self, i: usize, dn: &str, mods: &[LdapMod]) -> Result<(), LdapOpError> {
+        OpCounts::bump(&self.ops.modify);
         if mods.is_empty() {
             return Ok(());
         }
@@ -656,6 +701,7 @@ impl LdapClient {
 
     /// Deletes a leaf entry.
     pub async fn delete(&self, i: usize, dn: &str) -> Result<(), LdapOpError> {
+        OpCounts::bump(&self.ops.delete);
         let url = self.servers[i].url.clone();
         let dn = dn.to_string();
         self.run(i, move |ldap, t| {
@@ -680,6 +726,7 @@ impl LdapClient {
         new_rdn: &str,
         new_parent: Option<&str>,
     ) -> Result<(), LdapOpError> {
+        OpCounts::bump(&self.ops.rename);
         let url = self.servers[i].url.clone();
         let (dn, new_rdn, new_parent) = (
             dn.to_string(),
@@ -727,6 +774,7 @@ impl LdapClient {
         attrs: &[&str],
         page_size: Option<i32>,
     ) -> Result<Vec<LdapEntry>, LdapOpError> {
+        OpCounts::bump(&self.ops.search);
         let url = self.servers[i].url.clone();
         let base = base.to_string();
         let filter = filter.to_string();
@@ -867,6 +915,7 @@ impl LdapClient {
         let s = &self.settings;
         let url = &self.servers[i].url;
         let what = "change the password of";
+        OpCounts::bump(&self.ops.extended);
         let mut ldap = self.connect_unpooled(i, dn).await?;
         let res = ldap
             .with_timeout(s.timeout)
@@ -909,6 +958,7 @@ impl LdapClient {
         old: Option<&str>,
         new: &str,
     ) -> Result<(), LdapOpError> {
+        OpCounts::bump(&self.ops.extended);
         let url = self.servers[i].url.clone();
         let (dn, old, new) = (dn.to_string(), old.map(str::to_string), new.to_string());
         self.run(i, move |ldap, t| {

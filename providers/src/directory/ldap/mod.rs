@@ -8,5 +8,7 @@ pub mod client;
 pub mod error;
 
 pub use backend::LdapBackend;
-pub use client::{Flavour, LdapClient, LdapEntry, LdapMod, LdapScope, LdapSettings, TlsMode};
+pub use client::{
+    Flavour, LdapClient, LdapEntry, LdapMod, LdapScope, LdapSettings, OpCounts, TlsMode,
+};
 pub use error::{LdapErrorKind, LdapOpError};
