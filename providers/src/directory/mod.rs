@@ -1335,7 +1335,7 @@ impl DirectoryProvider {
                 }
             }
             UndoOp::Password { dn, old, new } => {
-                let (Some(old), Some(new)) = (old, new) else {
+                let (Some(old), Some(_new)) = (old, new) else {
                     return Err(ProviderError::permanent(format!(
                         "{dn}: the previous password was not kept (no seal key), so the change cannot be undone"
                     )));
@@ -1343,7 +1343,6 @@ impl DirectoryProvider {
                 // An administrator's reset to the previous password: a change back would
                 // be refused by AD's password history and minimum age, and a reset is
                 // idempotent (a repeated undo sets the same password again).
-                let _ = new;
                 b.set_password(&ctx, &dn, &old).await.map_err(Into::into)
             }
         }

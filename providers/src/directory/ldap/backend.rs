@@ -78,6 +78,9 @@ const SERVER_OWNED: &[&str] = &[
     "lockoutTime",
 ];
 
+/// An attribute as sent: name and values.
+type WireAttr = (String, Vec<Vec<u8>>);
+
 /// Whether an object with these classes can have a password.
 fn is_account(classes: &[String]) -> bool {
     classes.iter().any(|c| {
@@ -265,8 +268,8 @@ impl LdapBackend {
         flavour: Flavour,
         dn: &Dn,
         attributes: &[Attribute],
-    ) -> Result<Vec<(String, Vec<Vec<u8>>)>, DirError> {
-        let mut out: Vec<(String, Vec<Vec<u8>>)> = Vec::new();
+    ) -> Result<Vec<WireAttr>, DirError> {
+        let mut out: Vec<WireAttr> = Vec::new();
         let mut classes: Vec<String> = Vec::new();
         for a in attributes {
             if a.name.eq_ignore_ascii_case("objectClass") {
