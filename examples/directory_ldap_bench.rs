@@ -41,7 +41,11 @@ fn request(ou: &str, tag: &str, i: usize) -> String {
 
 fn make_ou(s: &Slapd, name: &str) -> Result<String> {
     let dn = format!("ou={name},{}", slapd::TESTS_OU);
-    let out = s.tool("ldapadd", &[], &format!("dn: {dn}\nobjectClass: organizationalUnit\nou: {name}\n"));
+    let out = s.tool(
+        "ldapadd",
+        &[],
+        &format!("dn: {dn}\nobjectClass: organizationalUnit\nou: {name}\n"),
+    );
     if out.code != 0 {
         bail!("ldapadd {dn}: {out:?}");
     }
@@ -49,8 +53,15 @@ fn make_ou(s: &Slapd, name: &str) -> Result<String> {
 }
 
 /// N transactions through the engine; returns (seconds, LDAP ops per user).
-async fn through_engine(s: &Slapd, n: usize, ou: &str, tag: &str, durable: bool) -> Result<(f64, [f64; 6])> {
-    let mut settings = LdapSettings::new(s.url(), slapd::ADMIN_DN, s.password_file(), slapd::SUFFIX);
+async fn through_engine(
+    s: &Slapd,
+    n: usize,
+    ou: &str,
+    tag: &str,
+    durable: bool,
+) -> Result<(f64, [f64; 6])> {
+    let mut settings =
+        LdapSettings::new(s.url(), slapd::ADMIN_DN, s.password_file(), slapd::SUFFIX);
     settings.flavour = Some(Flavour::OpenLdap);
     let backend = Arc::new(LdapBackend::new(settings).map_err(|e| anyhow!("{e}"))?);
     let mut registry = ProviderRegistry::new();
@@ -60,13 +71,16 @@ async fn through_engine(s: &Slapd, n: usize, ou: &str, tag: &str, durable: bool)
     let tmp = tempfile::tempdir()?;
     let mut store = None;
     if durable {
-        let opened = Arc::new(SledStore::open(&tmp.path().join("journal")).map_err(|e| anyhow!("{e}"))?);
-        let journal: Arc<dyn Journal> = Arc::new(DurableJournal::new(opened.clone(), None, "bench"));
+        let opened =
+            Arc::new(SledStore::open(&tmp.path().join("journal")).map_err(|e| anyhow!("{e}"))?);
+        let journal: Arc<dyn Journal> =
+            Arc::new(DurableJournal::new(opened.clone(), None, "bench"));
         engine = engine.with_journal(journal);
         store = Some(opened);
     }
     // Warm up: the pool's connection, the base check and the flavour.
-    let warm = parse_request(&request(ou, tag, 999_999), "warm.json", Format::Json).map_err(|e| anyhow!("{e:?}"))?;
+    let warm = parse_request(&request(ou, tag, 999_999), "warm.json", Format::Json)
+        .map_err(|e| anyhow!("{e:?}"))?;
     let r = engine.run(&warm).await.map_err(|e| anyhow!("{e}"))?;
     if r.state != TxnState::Committed {
         bail!("warm-up: {:?}", r.failure);
@@ -74,7 +88,8 @@ async fn through_engine(s: &Slapd, n: usize, ou: &str, tag: &str, durable: bool)
     let before = backend.client().op_counts().snapshot();
     let start = Instant::now();
     for i in 0..n {
-        let req = parse_request(&request(ou, tag, i), "u.json", Format::Json).map_err(|e| anyhow!("{e:?}"))?;
+        let req = parse_request(&request(ou, tag, i), "u.json", Format::Json)
+            .map_err(|e| anyhow!("{e:?}"))?;
         let r = engine.run(&req).await.map_err(|e| anyhow!("{e}"))?;
         if r.state != TxnState::Committed {
             bail!("user {i}: {:?}", r.failure);
@@ -94,10 +109,19 @@ async fn through_engine(s: &Slapd, n: usize, ou: &str, tag: &str, durable: bool)
 
 /// The same operations straight over one ldap3 connection: per user `reads` base reads of
 /// the new DN, `searches` subtree searches by sAMAccountName, one add.
-async fn floor(s: &Slapd, n: usize, ou: &str, tag: &str, reads: usize, searches: usize) -> Result<f64> {
+async fn floor(
+    s: &Slapd,
+    n: usize,
+    ou: &str,
+    tag: &str,
+    reads: usize,
+    searches: usize,
+) -> Result<f64> {
     let (conn, mut ldap) = LdapConnAsync::new(&s.url()).await?;
     ldap3::drive!(conn);
-    ldap.simple_bind(slapd::ADMIN_DN, &s.password).await?.success()?;
+    ldap.simple_bind(slapd::ADMIN_DN, &s.password)
+        .await?
+        .success()?;
     let start = Instant::now();
     for i in 0..n {
         let dn = format!("CN=User {i:06},{ou}");
@@ -112,14 +136,28 @@ async fn floor(s: &Slapd, n: usize, ou: &str, tag: &str, reads: usize, searches:
             }
         }
         for _ in 0..searches {
-            ldap.search(slapd::SUFFIX, Scope::Subtree, &format!("(sAMAccountName={sam})"), vec!["sAMAccountName"])
-                .await?
-                .success()?;
+            ldap.search(
+                slapd::SUFFIX,
+                Scope::Subtree,
+                &format!("(sAMAccountName={sam})"),
+                vec!["sAMAccountName"],
+            )
+            .await?
+            .success()?;
         }
         let attrs: Vec<(&str, HashSet<&str>)> = vec![
-            ("objectClass", HashSet::from(["inetOrgPerson", "provisioAccount"])),
-            ("userPrincipalName", HashSet::from([format!("{tag}{i:06}@bench.test").leak() as &str])),
-            ("sAMAccountName", HashSet::from([sam.clone().leak() as &str])),
+            (
+                "objectClass",
+                HashSet::from(["inetOrgPerson", "provisioAccount"]),
+            ),
+            (
+                "userPrincipalName",
+                HashSet::from([format!("{tag}{i:06}@bench.test").leak() as &str]),
+            ),
+            (
+                "sAMAccountName",
+                HashSet::from([sam.clone().leak() as &str]),
+            ),
             ("CN", HashSet::from([format!("User {i:06}").leak() as &str])),
             ("sn", HashSet::from([format!("User {i:06}").leak() as &str])),
             ("userAccountControl", HashSet::from(["546"])),
@@ -135,23 +173,46 @@ fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let n: usize = args.first().map(|a| a.parse()).transpose()?.unwrap_or(1000);
     let rounds: usize = args.get(1).map(|a| a.parse()).transpose()?.unwrap_or(3);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let s = Slapd::start().ok_or_else(|| anyhow!("slapd is not installed (scripts/ensure-tools)"))?;
-    println!("round\tpath\tusers\tseconds\tusers_per_s\tms_per_user\tsearches_per_user\tadds_per_user");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let s =
+        Slapd::start().ok_or_else(|| anyhow!("slapd is not installed (scripts/ensure-tools)"))?;
+    println!(
+        "round\tpath\tusers\tseconds\tusers_per_s\tms_per_user\tsearches_per_user\tadds_per_user"
+    );
     let mut best = [f64::MAX; 3];
     for round in 0..rounds {
         let ou_mem = make_ou(&s, &format!("mem{round}"))?;
-        let (t_mem, per) = rt.block_on(through_engine(&s, n, &ou_mem, &format!("m{round}u"), false))?;
+        let (t_mem, per) =
+            rt.block_on(through_engine(&s, n, &ou_mem, &format!("m{round}u"), false))?;
         let ou_dur = make_ou(&s, &format!("dur{round}"))?;
-        let (t_dur, per_d) = rt.block_on(through_engine(&s, n, &ou_dur, &format!("d{round}u"), true))?;
+        let (t_dur, per_d) =
+            rt.block_on(through_engine(&s, n, &ou_dur, &format!("d{round}u"), true))?;
         // The engine's searches per user: base reads of the new DN and sAMAccountName
         // searches; split them as the provider does (one of each beyond the first read).
         let searches_total = per[0].round() as usize;
         let sam_searches = 1usize.min(searches_total);
         let reads = searches_total - sam_searches;
         let ou_floor = make_ou(&s, &format!("floor{round}"))?;
-        let t_floor = rt.block_on(floor(&s, n, &ou_floor, &format!("f{round}u"), reads, sam_searches))?;
-        for (path, t, p) in [("engine(mem)", t_mem, per), ("engine(sled)", t_dur, per_d), ("ldap3", t_floor, [searches_total as f64, 1.0, 0.0, 0.0, 0.0, 0.0])] {
+        let t_floor = rt.block_on(floor(
+            &s,
+            n,
+            &ou_floor,
+            &format!("f{round}u"),
+            reads,
+            sam_searches,
+        ))?;
+        for (path, t, p) in [
+            ("engine(mem)", t_mem, per),
+            ("engine(sled)", t_dur, per_d),
+            (
+                "ldap3",
+                t_floor,
+                [searches_total as f64, 1.0, 0.0, 0.0, 0.0, 0.0],
+            ),
+        ] {
             println!(
                 "{round}\t{path}\t{n}\t{t:.3}\t{:.0}\t{:.3}\t{:.2}\t{:.2}",
                 n as f64 / t,
