@@ -881,19 +881,21 @@ mod cases {
         )
         .await;
         let uac = |v: Vec<String>| v[0].parse::<i64>().unwrap();
-        assert_eq!(
-            uac(s.values(&dn, "userAccountControl").await.unwrap()) & 2,
-            2,
-            "new users are disabled"
-        );
+        let created = uac(s.values(&dn, "userAccountControl").await.unwrap());
+        assert_eq!(created & 2, 2, "new users are disabled");
+        if !s.fixture.is_ad() {
+            assert_eq!(created, 514);
+        }
+        // Only the ACCOUNTDISABLE bit (2) changes; AD may carry others (e.g. 32).
         let out = s.ok("Enable User", json!({"path": dn})).await;
-        assert_eq!(out["userAccountControl"], json!("512"));
+        let enabled: i64 = out["userAccountControl"].as_str().unwrap().parse().unwrap();
+        assert_eq!(enabled, created & !2);
         assert_eq!(
-            uac(s.values(&dn, "userAccountControl").await.unwrap()) & 2,
-            0
+            uac(s.values(&dn, "userAccountControl").await.unwrap()),
+            enabled
         );
         let out = s.ok("Disable User", json!({"path": dn})).await;
-        assert_eq!(out["userAccountControl"], json!("514"));
+        assert_eq!(out["userAccountControl"], json!((enabled | 2).to_string()));
         let (found, _) = s
             .search(
                 &s.under(""),
@@ -915,7 +917,10 @@ mod cases {
             ])
             .await;
         assert!(r.rolled_back());
-        assert_eq!(s.values(&dn, "userAccountControl").await.unwrap(), ["514"]);
+        assert_eq!(
+            uac(s.values(&dn, "userAccountControl").await.unwrap()),
+            enabled | 2
+        );
         let e = s
             .call("Enable User", json!({"path": s.under("")}))
             .await
