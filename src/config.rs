@@ -811,8 +811,9 @@ pub struct DirectoryToml {
     pub backend: DirectoryBackendKind,
     /// Every object must be under this DN (RFC 4514), e.g. `DC=provisio,DC=local`.
     pub base_dn: String,
-    // The ldap backend is configured by `[providers.directory.ldap]` (server URLs,
-    // bind DN, password file, TLS): its keys go here, as a field `ldap`.
+    /// `[providers.directory.ldap]`: the servers of the ldap backend.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ldap: Option<DirectoryLdapToml>,
 }
 
 impl Default for DirectoryToml {
@@ -820,7 +821,100 @@ impl Default for DirectoryToml {
         DirectoryToml {
             backend: DirectoryBackendKind::Embedded,
             base_dn: provisio_providers::directory::DEFAULT_BASE_DN.to_string(),
+            ldap: None,
         }
+    }
+}
+
+/// How the ldap backend protects its connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LdapTlsToml {
+    /// `ldaps://`: TLS from the first byte.
+    Ldaps,
+    /// `ldap://` upgraded with StartTLS before the bind.
+    Starttls,
+    /// Plain LDAP (passwords refused unless `allow_plain_passwords`).
+    None,
+}
+
+/// Which kind of LDAP server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LdapFlavourToml {
+    /// Active Directory or Samba AD.
+    Ad,
+    /// OpenLDAP with `packaging/ldap/provisio-ad.schema`.
+    Openldap,
+}
+
+/// `[providers.directory.ldap]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DirectoryLdapToml {
+    /// Server URLs (`ldaps://dc1.example.com`) or host names; a transaction uses one.
+    pub servers: Vec<String>,
+    /// The service account's DN (on AD also its UPN).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bind_dn: Option<String>,
+    /// The file holding the service account's password.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// `ldaps`, `starttls` or `none`; default `ldaps` when every server is an `ldaps://`
+    /// URL, else `none`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<LdapTlsToml>,
+    /// Check the servers' certificates.
+    pub tls_verify: bool,
+    /// PEM file of the CA certificates to check them against; default the system's roots.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_ca_file: Option<PathBuf>,
+    /// `ad` or `openldap`; default read from the root DSE.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub flavour: Option<LdapFlavourToml>,
+    /// Send passwords over plain LDAP (refused by default).
+    pub allow_plain_passwords: bool,
+    /// Bound connections per server.
+    pub pool_size: usize,
+    /// Connect and per-operation timeout, seconds.
+    pub timeout_secs: u64,
+    /// Page size of searches (RFC 2696).
+    pub page_size: u32,
+}
+
+impl Default for DirectoryLdapToml {
+    fn default() -> Self {
+        DirectoryLdapToml {
+            servers: Vec::new(),
+            bind_dn: None,
+            password_file: None,
+            tls: None,
+            tls_verify: true,
+            tls_ca_file: None,
+            flavour: None,
+            allow_plain_passwords: false,
+            pool_size: 4,
+            timeout_secs: 10,
+            page_size: 500,
+        }
+    }
+}
+
+impl DirectoryLdapToml {
+    /// The effective TLS mode (see [`DirectoryLdapToml::tls`]).
+    pub fn tls_mode(&self) -> LdapTlsToml {
+        self.tls.unwrap_or_else(|| {
+            if !self.servers.is_empty()
+                && self
+                    .servers
+                    .iter()
+                    .all(|s| s.trim().starts_with("ldaps://"))
+            {
+                LdapTlsToml::Ldaps
+            } else {
+                LdapTlsToml::None
+            }
+        })
     }
 }
 
@@ -968,11 +1062,72 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("PROVISIO_DNS_KEY_FILE", "providers.dns.key_file"),
     ("PROVISIO_DIRECTORY_BACKEND", "providers.directory.backend"),
     ("PROVISIO_DIRECTORY_BASE_DN", "providers.directory.base_dn"),
+    (
+        "PROVISIO_DIRECTORY_LDAP_SERVERS",
+        "providers.directory.ldap.servers (comma-separated)",
+    ),
+    (
+        "PROVISIO_DIRECTORY_LDAP_BIND_DN",
+        "providers.directory.ldap.bind_dn",
+    ),
+    (
+        "PROVISIO_DIRECTORY_LDAP_PASSWORD_FILE",
+        "providers.directory.ldap.password_file",
+    ),
+    (
+        "PROVISIO_DIRECTORY_LDAP_TLS",
+        "providers.directory.ldap.tls",
+    ),
+    (
+        "PROVISIO_DIRECTORY_LDAP_TLS_VERIFY",
+        "providers.directory.ldap.tls_verify",
+    ),
+    (
+        "PROVISIO_DIRECTORY_LDAP_TLS_CA_FILE",
+        "providers.directory.ldap.tls_ca_file",
+    ),
+    (
+        "PROVISIO_DIRECTORY_LDAP_FLAVOUR",
+        "providers.directory.ldap.flavour",
+    ),
+    (
+        "PROVISIO_DIRECTORY_LDAP_ALLOW_PLAIN_PASSWORDS",
+        "providers.directory.ldap.allow_plain_passwords",
+    ),
+    (
+        "PROVISIO_DIRECTORY_LDAP_POOL_SIZE",
+        "providers.directory.ldap.pool_size",
+    ),
+    (
+        "PROVISIO_DIRECTORY_LDAP_TIMEOUT_SECS",
+        "providers.directory.ldap.timeout_secs",
+    ),
+    (
+        "PROVISIO_DIRECTORY_LDAP_PAGE_SIZE",
+        "providers.directory.ldap.page_size",
+    ),
     ("PROVISIO_LISTEN", "serve.listen"),
     ("PROVISIO_WORKERS", "serve.workers"),
     ("PROVISIO_MAX_BODY_BYTES", "serve.max_body_bytes"),
     ("PROVISIO_SHUTDOWN_TIMEOUT", "serve.shutdown_timeout"),
 ];
+
+/// `[providers.directory.ldap]`, made (with its defaults) when a variable sets a key of it.
+fn ldap_toml(c: &mut Config) -> &mut DirectoryLdapToml {
+    c.providers
+        .directory
+        .ldap
+        .get_or_insert_with(Default::default)
+}
+
+/// `true`/`false`/`1`/`0`/`yes`/`no` of a variable.
+fn parse_bool(v: &str) -> Result<bool, String> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(format!("expected true or false, got {v:?}")),
+    }
+}
 
 fn env_setter(name: &str) -> Option<EnvSetter> {
     fn num<T: std::str::FromStr>(v: &str) -> Result<T, String> {
@@ -1044,6 +1199,64 @@ fn env_setter(name: &str) -> Option<EnvSetter> {
         },
         "PROVISIO_DIRECTORY_BASE_DN" => |c, v| {
             c.providers.directory.base_dn = v.trim().to_string();
+            Ok(())
+        },
+        "PROVISIO_DIRECTORY_LDAP_SERVERS" => |c, v| {
+            ldap_toml(c).servers = v
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect();
+            Ok(())
+        },
+        "PROVISIO_DIRECTORY_LDAP_BIND_DN" => |c, v| {
+            ldap_toml(c).bind_dn = Some(v.trim().to_string());
+            Ok(())
+        },
+        "PROVISIO_DIRECTORY_LDAP_PASSWORD_FILE" => |c, v| {
+            ldap_toml(c).password_file = Some(v.into());
+            Ok(())
+        },
+        "PROVISIO_DIRECTORY_LDAP_TLS" => |c, v| {
+            ldap_toml(c).tls = Some(match v.trim() {
+                "ldaps" => LdapTlsToml::Ldaps,
+                "starttls" => LdapTlsToml::Starttls,
+                "none" => LdapTlsToml::None,
+                _ => return Err(format!("expected `ldaps`, `starttls` or `none`, got {v:?}")),
+            });
+            Ok(())
+        },
+        "PROVISIO_DIRECTORY_LDAP_TLS_VERIFY" => |c, v| {
+            ldap_toml(c).tls_verify = parse_bool(v)?;
+            Ok(())
+        },
+        "PROVISIO_DIRECTORY_LDAP_TLS_CA_FILE" => |c, v| {
+            ldap_toml(c).tls_ca_file = Some(v.into());
+            Ok(())
+        },
+        "PROVISIO_DIRECTORY_LDAP_FLAVOUR" => |c, v| {
+            ldap_toml(c).flavour = Some(match v.trim() {
+                "ad" => LdapFlavourToml::Ad,
+                "openldap" => LdapFlavourToml::Openldap,
+                _ => return Err(format!("expected `ad` or `openldap`, got {v:?}")),
+            });
+            Ok(())
+        },
+        "PROVISIO_DIRECTORY_LDAP_ALLOW_PLAIN_PASSWORDS" => |c, v| {
+            ldap_toml(c).allow_plain_passwords = parse_bool(v)?;
+            Ok(())
+        },
+        "PROVISIO_DIRECTORY_LDAP_POOL_SIZE" => |c, v| {
+            ldap_toml(c).pool_size = v.trim().parse().map_err(|e| format!("{e}"))?;
+            Ok(())
+        },
+        "PROVISIO_DIRECTORY_LDAP_TIMEOUT_SECS" => |c, v| {
+            ldap_toml(c).timeout_secs = v.trim().parse().map_err(|e| format!("{e}"))?;
+            Ok(())
+        },
+        "PROVISIO_DIRECTORY_LDAP_PAGE_SIZE" => |c, v| {
+            ldap_toml(c).page_size = v.trim().parse().map_err(|e| format!("{e}"))?;
             Ok(())
         },
         "PROVISIO_LISTEN" => |c, v| {
@@ -1222,6 +1435,14 @@ impl Config {
                 fix(w);
             }
         }
+        if let Some(l) = &mut self.providers.directory.ldap {
+            for p in [&mut l.password_file, &mut l.tls_ca_file]
+                .into_iter()
+                .flatten()
+            {
+                fix(p);
+            }
+        }
         if let Some(r) = &mut self.providers.dns.rndc {
             fix(&mut r.zone_dir);
             for p in [&mut r.program, &mut r.key_file, &mut r.config_file]
@@ -1291,6 +1512,63 @@ impl Config {
                 "{}: must name the directory's base (e.g. \"DC=provisio,DC=local\")",
                 at("providers.directory.base_dn")
             );
+        }
+        if dir.backend == DirectoryBackendKind::Ldap {
+            let Some(l) = &dir.ldap else {
+                bail!(
+                    "{}: required with backend = \"ldap\" (servers, bind_dn, password_file)",
+                    at("providers.directory.ldap")
+                );
+            };
+            if l.servers.is_empty() {
+                bail!(
+                    "{}: name at least one server (e.g. [\"ldaps://dc1.example.com\"])",
+                    at("providers.directory.ldap.servers")
+                );
+            }
+            for s in &l.servers {
+                let t = s.trim();
+                if t.is_empty()
+                    || (t.contains("://")
+                        && !t.starts_with("ldap://")
+                        && !t.starts_with("ldaps://"))
+                {
+                    bail!(
+                        "{}: {s:?} is not an ldap:// or ldaps:// URL or a host name",
+                        at("providers.directory.ldap.servers")
+                    );
+                }
+            }
+            if l.bind_dn.as_deref().is_none_or(|d| d.trim().is_empty()) {
+                bail!(
+                    "{}: required with backend = \"ldap\" (the service account's DN)",
+                    at("providers.directory.ldap.bind_dn")
+                );
+            }
+            if l.password_file.is_none() {
+                bail!(
+                    "{}: required with backend = \"ldap\" (a file holding the service account's password)",
+                    at("providers.directory.ldap.password_file")
+                );
+            }
+            if l.pool_size == 0 {
+                bail!(
+                    "{}: must be at least 1",
+                    at("providers.directory.ldap.pool_size")
+                );
+            }
+            if l.timeout_secs == 0 {
+                bail!(
+                    "{}: must be at least 1 second",
+                    at("providers.directory.ldap.timeout_secs")
+                );
+            }
+            if l.page_size == 0 || l.page_size > i32::MAX as u32 {
+                bail!(
+                    "{}: must be between 1 and 2147483647",
+                    at("providers.directory.ldap.page_size")
+                );
+            }
         }
         let dns = &self.providers.dns;
         if dns.backend == DnsBackendKind::Rfc2136 {

@@ -2,7 +2,10 @@
 //! configures into an engine.
 
 use crate::cli::{Cli, Command};
-use crate::config::{Config, DirectoryBackendKind, DnsBackendKind, Loaded, Overrides};
+use crate::config::{
+    Config, DirectoryBackendKind, DirectoryLdapToml, DnsBackendKind, LdapFlavourToml, LdapTlsToml,
+    Loaded, Overrides,
+};
 use anyhow::{bail, Context, Result};
 use provisio_engine::model::{Format, Namespace, RequestDocument, SourceRef};
 use provisio_engine::provider::ProviderRegistry;
@@ -11,6 +14,7 @@ use provisio_engine::txn::{DurableJournal, SealKey};
 use provisio_engine::Catalog;
 use provisio_engine::{Engine, EngineOptions};
 use provisio_engine::{SledStore, StoreError};
+use provisio_providers::directory::ldap::{Flavour, LdapBackend, LdapSettings, TlsMode};
 use provisio_providers::directory::{DirectoryProvider, Dn};
 use provisio_providers::dns::{DnsProvider, Rfc2136Config, RndcConfig};
 use provisio_providers::error::ErrorProvider;
@@ -135,10 +139,17 @@ pub async fn registry(config: &Config) -> Result<ProviderRegistry> {
     let directory = match p.directory.backend {
         DirectoryBackendKind::Embedded => DirectoryProvider::embedded(base_dn)
             .context("providers.directory: cannot set up the embedded directory")?,
-        // The ldap backend is configured by [providers.directory.ldap].
-        DirectoryBackendKind::Ldap => bail!(
-            "providers.directory: backend = \"ldap\" is not available in this build; use \"embedded\""
-        ),
+        DirectoryBackendKind::Ldap => {
+            let l = p
+                .directory
+                .ldap
+                .as_ref()
+                .context("providers.directory.ldap: required with backend = \"ldap\"")?;
+            DirectoryProvider::with_backend(Arc::new(
+                LdapBackend::new(ldap_settings(&p.directory.base_dn, l)?)
+                    .context("providers.directory.ldap")?,
+            ))
+        }
     };
     registry.register(Arc::new(directory));
     registry.register(Arc::new(ErrorProvider::new()));
@@ -324,6 +335,37 @@ pub fn who() -> String {
     }
 }
 
+/// The ldap backend's settings from `[providers.directory]` / `[providers.directory.ldap]`
+/// (already checked by the configuration).
+fn ldap_settings(base_dn: &str, l: &DirectoryLdapToml) -> Result<LdapSettings> {
+    let (Some(bind_dn), Some(password_file)) = (&l.bind_dn, &l.password_file) else {
+        bail!("providers.directory.ldap: bind_dn and password_file are required");
+    };
+    let mut s = LdapSettings::new(
+        l.servers.first().cloned().unwrap_or_default(),
+        bind_dn.clone(),
+        password_file.clone(),
+        base_dn.to_string(),
+    );
+    s.servers = l.servers.clone();
+    s.tls = match l.tls_mode() {
+        LdapTlsToml::Ldaps => TlsMode::Ldaps,
+        LdapTlsToml::Starttls => TlsMode::StartTls,
+        LdapTlsToml::None => TlsMode::None,
+    };
+    s.tls_verify = l.tls_verify;
+    s.tls_ca_file = l.tls_ca_file.clone();
+    s.flavour = l.flavour.map(|f| match f {
+        LdapFlavourToml::Ad => Flavour::Ad,
+        LdapFlavourToml::Openldap => Flavour::OpenLdap,
+    });
+    s.allow_plain_passwords = l.allow_plain_passwords;
+    s.pool_size = l.pool_size;
+    s.timeout = Duration::from_secs(l.timeout_secs.max(1));
+    s.page_size = i32::try_from(l.page_size).unwrap_or(i32::MAX);
+    Ok(s)
+}
+
 /// One line saying where the state a command opens lives.
 pub fn state_line(config: &Config) -> String {
     let p = &config.providers;
@@ -359,7 +401,15 @@ pub fn state_line(config: &Config) -> String {
     };
     let directory = match p.directory.backend {
         DirectoryBackendKind::Embedded => format!("directory {} (embedded)", p.directory.base_dn),
-        DirectoryBackendKind::Ldap => format!("directory {} (ldap)", p.directory.base_dn),
+        DirectoryBackendKind::Ldap => format!(
+            "directory {} (ldap: {})",
+            p.directory.base_dn,
+            p.directory
+                .ldap
+                .as_ref()
+                .map(|l| l.servers.join(", "))
+                .unwrap_or_default()
+        ),
     };
     format!(
         "state: journal `{}`, {key}, files `{}`, {zones}, {directory}",

@@ -46,6 +46,96 @@ impl Fixture for EmbeddedFixture {
     }
 }
 
+/// The ldap backend on a private OpenLDAP slapd (a fresh server per test), over LDAPS
+/// checked against the server's test CA.
+pub struct SlapdFixture {
+    provider: Arc<DirectoryProvider>,
+    server: provisio_test_support::slapd::Slapd,
+}
+
+#[async_trait]
+impl Fixture for SlapdFixture {
+    async fn start(_name: &str) -> Option<Self> {
+        use provisio_providers::directory::ldap::{LdapBackend, LdapSettings, TlsMode};
+        use provisio_test_support::slapd::{self, Slapd};
+        let server = tokio::task::spawn_blocking(Slapd::start)
+            .await
+            .expect("start")?;
+        let mut settings = LdapSettings::new(
+            server.ldaps_url(),
+            slapd::ADMIN_DN,
+            server.password_file(),
+            slapd::SUFFIX,
+        );
+        settings.tls = TlsMode::Ldaps;
+        settings.tls_ca_file = Some(server.ca_file());
+        let backend = LdapBackend::new(settings).expect("ldap backend");
+        Some(SlapdFixture {
+            provider: Arc::new(DirectoryProvider::with_backend(Arc::new(backend))),
+            server,
+        })
+    }
+
+    fn provider(&self) -> Arc<dyn Provider> {
+        self.provider.clone()
+    }
+
+    fn base_dn(&self) -> String {
+        provisio_test_support::slapd::SUFFIX.into()
+    }
+
+    async fn raw_values(&self, dn: &str, attr: &str) -> Option<Option<Vec<String>>> {
+        Some(self.server.values(dn, attr))
+    }
+}
+
+/// The ldap backend on the Samba AD DC shared by this test binary (each test in its own
+/// OU), over LDAPS (Samba's self-signed certificate: not verified).
+pub struct SambaFixture {
+    provider: Arc<DirectoryProvider>,
+    server: &'static provisio_test_support::samba::Samba,
+}
+
+#[async_trait]
+impl Fixture for SambaFixture {
+    async fn start(_name: &str) -> Option<Self> {
+        use provisio_providers::directory::ldap::{LdapBackend, LdapSettings, TlsMode};
+        use provisio_test_support::samba::{self, Samba};
+        let server = tokio::task::spawn_blocking(Samba::shared)
+            .await
+            .expect("start")?;
+        let mut settings = LdapSettings::new(
+            server.ldaps_url(),
+            samba::ADMIN_DN,
+            server.password_file(),
+            samba::BASE_DN,
+        );
+        settings.tls = TlsMode::Ldaps;
+        settings.tls_verify = false;
+        let backend = LdapBackend::new(settings).expect("ldap backend");
+        Some(SambaFixture {
+            provider: Arc::new(DirectoryProvider::with_backend(Arc::new(backend))),
+            server,
+        })
+    }
+
+    fn provider(&self) -> Arc<dyn Provider> {
+        self.provider.clone()
+    }
+
+    fn base_dn(&self) -> String {
+        provisio_test_support::samba::BASE_DN.into()
+    }
+
+    async fn raw_values(&self, dn: &str, attr: &str) -> Option<Option<Vec<String>>> {
+        Some(self.server.values(dn, attr))
+    }
+
+    fn is_ad(&self) -> bool {
+        true
+    }
+}
+
 /// The cases, generic over the backend.
 mod cases {
     use super::*;
@@ -251,6 +341,12 @@ mod cases {
             "Jürgen Ölfen 日本",
             "semi;colon <angle>",
         ];
+        // Samba's DN parser refuses `*`, `(` and `)` in an RDN value, escaped or not
+        // (invalidDNSyntax); Windows AD takes them. Those names are left out on AD.
+        let names: Vec<&str> = names
+            .into_iter()
+            .filter(|n| !(s.fixture.is_ad() && n.contains(['*', '(', ')'])))
+            .collect();
         for (i, n) in names.iter().enumerate() {
             let p = s
                 .ok(
@@ -373,10 +469,13 @@ mod cases {
         .await;
         let m = s.ok("Group Members", json!({"group": g})).await;
         let robert = s.under("CN=Robert");
-        assert_eq!(
-            as_list(&m["members"]["member"]),
-            [json!(format!("LDAP://{robert}"))]
-        );
+        // Compared as DNs: OpenLDAP spells a renamed entry's DN its own way
+        // (`cn=Robert,ou=…`).
+        let members: Vec<Dn> = as_list(&m["members"]["member"])
+            .iter()
+            .map(|v| Dn::parse(v.as_str().unwrap().trim_start_matches("LDAP://")).unwrap())
+            .collect();
+        assert_eq!(members, [Dn::parse(&robert).unwrap()]);
         // a deleted member leaves the group
         s.ok("Delete Object", json!({"path": robert})).await;
         let m = s.ok("Group Members", json!({"group": g})).await;
@@ -617,7 +716,14 @@ mod cases {
             r.result.undo_failures
         );
         assert_eq!(r.failure().0, E_ALREADY_EXISTS);
-        assert_eq!(r.result.undone, 9, "{:?}", r.result.failure);
+        // User Set Password has no undo on a server (as in MPS); on the embedded backend
+        // the engine's state reversal counts it.
+        let undone = if s.fixture.raw_values(&s.root, "ou").await.is_none() {
+            9
+        } else {
+            8
+        };
+        assert_eq!(r.result.undone, undone, "{:?}", r.result.failure);
         assert!(!s.exists(&s.under("OU=Tenant")).await);
         assert!(!s.exists(&s.under("CN=First,OU=Tenant")).await);
         assert!(!s.exists(&s.under("CN=Renamed,OU=New")).await);
@@ -964,6 +1070,8 @@ macro_rules! behaviour_suite {
 }
 
 behaviour_suite!(embedded, EmbeddedFixture);
+behaviour_suite!(slapd, SlapdFixture);
+behaviour_suite!(samba, SambaFixture);
 
 /// The embedded backend keeps everything in provider state, whose writes die with a call
 /// that never reported: a call in doubt was not applied, and `recover` says so without

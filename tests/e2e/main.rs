@@ -9,6 +9,7 @@ mod crash;
 mod daemon;
 mod daemon_cli;
 mod directory;
+mod directory_ldap;
 mod error_provider;
 mod files;
 mod hostile;

@@ -11,6 +11,7 @@ pub mod backend;
 pub mod dn;
 pub mod embedded;
 pub mod filter;
+pub mod ldap;
 pub mod sam;
 pub mod schema;
 
@@ -463,7 +464,7 @@ fn procedure_list() -> Vec<ProcedureSpec> {
             secret_input("newPassword", "The new password"),
             input_default("flagSkipAction", "bool", "false", "Do nothing (set by Create Object when the object already existed)"),
         ]),
-        spec("User Change Password", Write, Reversible, "Changes a user's password given the old one. Undo changes it back (the undo record is sealed).", vec![
+        spec("User Change Password", Write, Reversible, "Changes a user's password given the old one. Undo sets the previous password back as an administrator's reset (not subject to password history or minimum age; the undo record is sealed).", vec![
             path(),
             secret_input("oldPassword", "The current password"),
             secret_input("newPassword", "The new password"),
@@ -1334,17 +1335,15 @@ impl DirectoryProvider {
                 }
             }
             UndoOp::Password { dn, old, new } => {
-                let (Some(old), Some(new)) = (old, new) else {
+                let (Some(old), Some(_new)) = (old, new) else {
                     return Err(ProviderError::permanent(format!(
                         "{dn}: the previous password was not kept (no seal key), so the change cannot be undone"
                     )));
                 };
-                match b.change_password(&ctx, &dn, &new, &old).await {
-                    Ok(()) => Ok(()),
-                    // already back (a repeated undo)
-                    Err(DirError::WrongPassword { .. }) => Ok(()),
-                    Err(e) => Err(e.into()),
-                }
+                // An administrator's reset to the previous password: a change back would
+                // be refused by AD's password history and minimum age, and a reset is
+                // idempotent (a repeated undo sets the same password again).
+                b.set_password(&ctx, &dn, &old).await.map_err(Into::into)
             }
         }
     }
