@@ -286,3 +286,49 @@ fn a_script_undo_runs_in_recovery_after_a_crash() {
         "only {script_undos_recovered} crashes fell between the script step and its rollback"
     );
 }
+
+/// A trusted request's own procedure is pinned sealed (it may hold literal secrets); a
+/// resumable one is still finished after a crash, so recovery opens it with the seal key.
+#[test]
+fn a_resumable_trusted_request_is_finished_after_a_crash() {
+    let request = "procedure:\n  type: write\n  resumable: true\n  steps:\n    home:\n      call: Filesystem Provider/CreateFolder\n      with: { path: t/acme }\n    ann:\n      needs: [home]\n      call: Filesystem Provider/CreateFolder\n      with: { path: t/acme/ann }\ndata: {}\n";
+    let none = |sb: &Sandbox| {
+        let p = sb.path("none");
+        std::fs::create_dir_all(&p).expect("mkdir");
+        p
+    };
+    let mut resumed = 0;
+    let mut n = 1u32;
+    loop {
+        let sb = Sandbox::new();
+        let namespaces = none(&sb);
+        let req = sb.write("req.yaml", request);
+        let env = [
+            ("PROVISIO_CRASH_AT", n.to_string()),
+            ("PROVISIO_CRASH_WHEN", "after".to_string()),
+        ];
+        let run = sb.run_env(
+            &["run", req.to_str().unwrap(), "--quiet"],
+            &namespaces,
+            &env,
+        );
+        if run.code == 0 {
+            break;
+        }
+        assert_eq!(run.code, -1, "{run:?}");
+        let recover = sb.run_with(&["recover"], &namespaces);
+        assert_eq!(recover.code, 0, "crash at write {n}: {recover:?}");
+        let list = sb.run_with(&["tx", "list"], &namespaces);
+        if list.stdout.trim() != "no transactions" {
+            assert!(
+                list.stdout.contains("committed"),
+                "crash at {n} must resume to commit: {list:?}\n{recover:?}"
+            );
+            assert!(sb.data().join("files/t/acme/ann").is_dir(), "crash at {n}");
+            resumed += 1;
+        }
+        n += 1;
+        assert!(n < 100, "runaway crash loop");
+    }
+    assert!(resumed >= 2, "only {resumed} crashes were resumed");
+}

@@ -159,3 +159,42 @@ fn a_bad_directory_configuration_is_refused_with_its_key() {
     assert_ne!(r.code, 0, "{r:?}");
     assert!(r.stderr.contains("PROVISIO_DIRECTORY_BACKEND"), "{r:?}");
 }
+
+/// A password written literally into a trusted request's step (not passed through data
+/// marked `do-not-log`): the step's journal records mask it as a secret input, and the
+/// request's own procedure, pinned for recovery, is kept sealed — nothing under the data
+/// folder holds it in clear.
+const LITERAL_PASSWORD: &str = r#"<request>
+  <data/>
+  <procedure>
+    <execute id="ou" namespace="Active Directory Provider" procedure="Create Object">
+      <executeData><container>LDAP://DC=provisio,DC=local</container><class>organizationalUnit</class><name>OU=Literal</name></executeData>
+    </execute>
+    <execute id="user" namespace="Active Directory Provider" procedure="Create Object">
+      <executeData><container>LDAP://OU=Literal,DC=provisio,DC=local</container><class>user</class><name>CN=Lit User</name></executeData>
+    </execute>
+    <execute id="pw" namespace="Active Directory Provider" procedure="User Set Password">
+      <executeData><path>LDAP://CN=Lit User,OU=Literal,DC=provisio,DC=local</path><newPassword>Literal-S3cret-9</newPassword></executeData>
+    </execute>
+  </procedure>
+</request>
+"#;
+
+#[test]
+fn a_literal_password_in_a_trusted_request_is_nowhere_in_clear() {
+    let sb = Sandbox::new();
+    let none = sb.path("none");
+    std::fs::create_dir_all(&none).expect("mkdir");
+    let req = sb.write("literal.xml", LITERAL_PASSWORD);
+    let r = sb.run_with(&["run", req.to_str().unwrap()], &none);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(!r.stdout.contains("Literal-S3cret-9"), "{r:?}");
+    assert!(!r.stderr.contains("Literal-S3cret-9"), "{r:?}");
+    let needle = b"Literal-S3cret-9";
+    for (name, bytes) in sb.snapshot() {
+        assert!(
+            !bytes.windows(needle.len()).any(|w| w == needle),
+            "{name} holds the password in clear"
+        );
+    }
+}

@@ -7,7 +7,7 @@ use super::packed;
 use super::records::{
     chunk_key, data_key, now_ms, pinned_key, record_key, record_prefix, AuditEntry, Guarded,
     JournalKey, Pin, PinnedDefinitions, Record, ScriptUndoRecord, StoredData, TxnSummary,
-    CHUNK_BYTES, DATA_CHUNK_BYTES, FORMAT,
+    CHUNK_BYTES, DATA_CHUNK_BYTES, FORMAT, TRUSTED_REQUEST_PIN,
 };
 use super::seal::{SealError, SealKey};
 use crate::data::{json, Element};
@@ -255,6 +255,20 @@ impl DurableJournal {
         match &self.seal {
             Some(key) => Guarded::Sealed(key.seal(&serde_json::to_vec(v).unwrap_or_default())),
             None => Guarded::Withheld,
+        }
+    }
+
+    /// The stored form of one pinned definition. A trusted request's own procedure is a
+    /// request, not a namespace file: it may carry literal values of secret inputs (a
+    /// password written into a step), so it is sealed when a seal key is configured
+    /// (`Guarded::Sealed` of its JSON); namespaces are kept as they are.
+    fn pin_value(&self, namespace: &str, bytes: &[u8]) -> Vec<u8> {
+        match &self.seal {
+            Some(key) if namespace == TRUSTED_REQUEST_PIN => {
+                let sealed: Guarded<serde_json::Value> = Guarded::Sealed(key.seal(bytes));
+                serde_json::to_vec(&sealed).unwrap_or_else(|_| bytes.to_vec())
+            }
+            _ => bytes.to_vec(),
         }
     }
 
@@ -522,7 +536,7 @@ impl Journal for DurableJournal {
         let mut extra = Batch::new();
         {
             let mut written = lock(&self.pinned_written);
-            for (_, hash, bytes) in start.pinned {
+            for (namespace, hash, bytes) in start.pinned {
                 if written.contains(hash) {
                     continue;
                 }
@@ -535,7 +549,7 @@ impl Journal for DurableJournal {
                     extra.put(
                         Space::Definitions,
                         hash.as_bytes().to_vec(),
-                        bytes.as_ref().clone(),
+                        self.pin_value(namespace, bytes),
                     );
                 }
                 written.insert(hash.clone());

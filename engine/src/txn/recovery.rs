@@ -1155,7 +1155,16 @@ fn load_pinned(journal: &DurableJournal, txn_id: &TxnId) -> Result<Pinned, Stop>
                 hash: pin.hash.clone(),
             })?;
         if pin.namespace == TRUSTED_REQUEST_PIN {
-            trusted = serde_json::from_slice(&bytes).ok();
+            // Sealed when a seal key was configured (it may hold literal secrets), else
+            // plain (and before the sealing existed).
+            trusted = match serde_json::from_slice::<Guarded<Procedure>>(&bytes) {
+                Ok(sealed @ Guarded::Sealed(_)) => Some(journal.unguard(&sealed).map_err(|e| {
+                    NotResumable::DataUnreadable(format!(
+                        "the trusted request's procedure is sealed and cannot be opened: {e}"
+                    ))
+                })?),
+                _ => serde_json::from_slice(&bytes).ok(),
+            };
         } else {
             namespaces.push(serde_json::from_slice(&bytes).map_err(|source| {
                 NotResumable::DefinitionUnreadable {
