@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::stream::{self, Stream, StreamExt};
-use provisio_engine::data::Node;
+use provisio_engine::data::{Element, Node};
 use provisio_engine::model::{Format, RequestTarget};
 use provisio_engine::queue::{Cancelled, Job, JobState, ListFilter, NewJob, QueueError};
 use provisio_engine::txn::Record;
@@ -384,6 +384,13 @@ pub(super) fn check(
                     ),
                 ));
             }
+            // Every procedure the body calls is checked as if called by name (MPS: the
+            // procedure-level checks follow the kind-of-request check).
+            if let RequestTarget::Trusted(body) = &parsed.requests[0].target {
+                for (step, call) in body.direct_calls() {
+                    may_call_from_trusted(d, who, step, call)?;
+                }
+            }
             "(trusted request)".to_string()
         }
         RequestTarget::Call(call) => {
@@ -428,13 +435,8 @@ pub(super) fn check(
             }
         };
         // The security context comes from the token, never from the body.
-        let before = request.context.children.len();
-        request
-            .context
-            .children
-            .retain(|c| !matches!(c, Node::Element(e) if e.name == "securityContext"));
-        if request.context.children.len() != before && warnings.is_empty() {
-            warnings.push("the request's context/securityContext was ignored: a request runs as its token's subject".to_string());
+        if set_security_context(&mut request.context, who) && warnings.is_empty() {
+            warnings.push("the request's context/securityContext was ignored: a request runs as its token's subject, which the daemon puts into context/securityContext (subject, groups)".to_string());
         }
         if let Err(errors) = d.engine.program(request) {
             let private = errors.0.iter().any(|e| e.code() == "PRV0103");
@@ -454,6 +456,83 @@ pub(super) fn check(
         target,
         warnings,
     })
+}
+
+/// Replaces a request's `context/securityContext` with the caller's identity:
+/// `securityContext/subject` and one `securityContext/group` per group. Returns whether the
+/// request carried one of its own (dropped).
+pub(super) fn set_security_context(context: &mut Element, who: &Identity) -> bool {
+    let before = context.children.len();
+    context
+        .children
+        .retain(|c| !matches!(c, Node::Element(e) if e.local_name() == "securityContext"));
+    let had = context.children.len() != before;
+    let mut sc = Element::new("securityContext");
+    sc.push(Element::with_text("subject", who.subject.as_str()));
+    for g in &who.groups {
+        let mut group = Element::with_text("group", g.as_str());
+        group.list_item = true;
+        sc.push(group);
+    }
+    context.push(sc);
+    had
+}
+
+/// A procedure a trusted request's body calls (step `step`), checked as a call by name
+/// would be: the ACL's execute right and the token's `allow` list; a private procedure
+/// needs an explicit execute grant (an entry naming it or its namespace), never the
+/// openness of a procedure no entry governs.
+fn may_call_from_trusted(
+    d: &Daemon,
+    who: &Identity,
+    step: &str,
+    call: &provisio_engine::model::CallTarget,
+) -> Result<(), ApiError> {
+    let t = call.to_string();
+    let private = d
+        .engine
+        .catalog()
+        .namespace(&call.namespace)
+        .and_then(|ns| ns.procedure(&call.procedure))
+        .is_some_and(|p| p.access == provisio_engine::model::Access::Private);
+    if private {
+        if !d
+            .acl
+            .grants(who, &call.namespace, &call.procedure, Right::Execute)
+        {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "private_procedure",
+                format!(
+                    "step `{step}` of the trusted request calls `{t}`, a private procedure, which subject `{}` may call only with an explicit execute right on it ([[serve.acl]] naming the procedure or its namespace): ask the operator for one; nothing ran",
+                    who.subject
+                ),
+            ));
+        }
+    } else if !d
+        .acl
+        .permits(who, &call.namespace, &call.procedure, Right::Execute)
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "acl_denied",
+            format!(
+                "step `{step}` of the trusted request calls `{t}`, on which subject `{}` has no execute right ([[serve.acl]] of its namespace or procedure): ask the operator for one; nothing ran",
+                who.subject
+            ),
+        ));
+    }
+    if !who.may_call(&t) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "procedure_forbidden",
+            format!(
+                "step `{step}` of the trusted request calls `{t}`, which subject `{}` may not call: its token's `allow` list does not name it (ask the operator); nothing ran",
+                who.subject
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Queues a checked request (and waits for it with `?wait=`): the answer of a submission.
@@ -488,13 +567,14 @@ pub(super) async fn accept(
     let now = now_ms();
     let not_before_ms = delay.map_or(0, |t| now + t.as_millis() as u64);
     let batch = parsed.batch;
-    let items = parsed.requests.len();
-    let mut jobs = Vec::with_capacity(items);
-    for i in 0..items {
+    let mut jobs = Vec::with_capacity(parsed.requests.len());
+    for (i, request) in parsed.requests.into_iter().enumerate() {
+        // Each job carries its own item, as checked (never the whole batch's text).
         let payload = serde_json::to_vec(&Payload {
-            format: super::format_name(format).into(),
-            body: text.to_string(),
-            item: batch.then_some(i),
+            request: Some(request),
+            format: String::new(),
+            body: String::new(),
+            item: None,
         })
         .map_err(ApiError::internal)?;
         let submitted = d

@@ -75,12 +75,9 @@ impl JobSink for StoreJobs {
     fn enqueue(&self, call: QueuedCall) -> futures::future::BoxFuture<'_, Result<String, String>> {
         Box::pin(async move {
             let body = request_body(&call)?;
-            let payload = serde_json::to_vec(&Payload {
-                format: "json".into(),
-                body,
-                item: None,
-            })
-            .map_err(|e| e.to_string())?;
+            let payload =
+                serde_json::to_vec(&Payload::text(provisio_engine::model::Format::Json, body))
+                    .map_err(|e| e.to_string())?;
             let payload = match &self.seal {
                 Some(k) => k.seal(&payload),
                 None => String::from_utf8_lossy(&payload).into_owned(),

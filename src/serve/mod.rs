@@ -39,14 +39,49 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// What a job carries: the request as the client sent it (sealed in the queue).
+/// What a job carries (sealed in the queue): the request as checked at submission — one
+/// item of a batch, its `securityContext` the submitter's identity — so that the worker
+/// neither parses the client's text again nor sees what the check removed; or (a `queue`
+/// step's job, and jobs queued by earlier versions) a request text to parse, with the item
+/// of a batch it runs.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Payload {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    request: Option<Request>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     format: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     body: String,
     /// The item of a batch request this job runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     item: Option<usize>,
+}
+
+impl Payload {
+    /// A request's text in `format` (parsed when the job runs).
+    fn text(format: Format, body: String) -> Payload {
+        Payload {
+            request: None,
+            format: format_name(format).into(),
+            body,
+            item: None,
+        }
+    }
+
+    /// The request to run.
+    fn into_request(self) -> Result<Request, String> {
+        if let Some(r) = self.request {
+            return Ok(r);
+        }
+        let parsed = parse_body(&self.body, parse_format(&self.format))
+            .map_err(|e| format!("its request no longer parses: {e}"))?;
+        let item = self.item.unwrap_or(0);
+        parsed
+            .requests
+            .into_iter()
+            .nth(item)
+            .ok_or_else(|| format!("its request has no item {}", item + 1))
+    }
 }
 
 fn format_name(f: Format) -> &'static str {
@@ -208,7 +243,6 @@ impl Daemon {
 pub struct Parsed {
     requests: Vec<Request>,
     batch: bool,
-    format: Format,
 }
 
 /// Parses a request body in `format`.
@@ -217,7 +251,6 @@ pub fn parse_body(body: &str, format: Format) -> Result<Parsed, String> {
         Ok(RequestDocument::Single(request)) => Ok(Parsed {
             requests: vec![request],
             batch: false,
-            format,
         }),
         Ok(doc) => {
             let requests = doc.into_requests();
@@ -227,7 +260,6 @@ pub fn parse_body(body: &str, format: Format) -> Result<Parsed, String> {
             Ok(Parsed {
                 requests,
                 batch: true,
-                format,
             })
         }
         Err(e) => Err(e.to_string()),
@@ -694,16 +726,11 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job) {
         Ok(p) => p,
         Err(e) => return bury(d, &id, format!("its request cannot be read: {e}")).await,
     };
-    let format = parse_format(&payload.format);
-    let parsed = match parse_body(&payload.body, format) {
-        Ok(p) => p,
-        Err(e) => return bury(d, &id, format!("its request no longer parses: {e}")).await,
+    let request = match payload.into_request() {
+        Ok(r) => r,
+        Err(e) => return bury(d, &id, e).await,
     };
-    let item = payload.item.unwrap_or(0);
-    let response_format = parsed.format;
-    let Some(request) = parsed.requests.into_iter().nth(item) else {
-        return bury(d, &id, format!("its request has no item {}", item + 1)).await;
-    };
+    let response_format = request.format;
     let txn_id: TxnId = match txn.parse() {
         Ok(t) => t,
         Err(e) => return bury(d, &id, format!("bad transaction id {txn}: {e}")).await,

@@ -12,9 +12,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const ALICE: &str = "alice-token-0123456789";
-const BOB: &str = "bob-token-0123456789";
-const OPS: &str = "ops-token-0123456789";
+pub(crate) const ALICE: &str = "alice-token-0123456789";
+pub(crate) const BOB: &str = "bob-token-0123456789";
+pub(crate) const OPS: &str = "ops-token-0123456789";
 
 const NAMESPACE: &str = r#"
 namespace: Billing
@@ -49,7 +49,7 @@ procedures:
           name: internal
 "#;
 
-fn sha(token: &str) -> String {
+pub(crate) fn sha(token: &str) -> String {
     use std::io::Write;
     let mut child = Command::new(env!("CARGO_BIN_EXE_provisio"))
         .args(["token", "hash"])
@@ -68,7 +68,7 @@ fn sha(token: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-fn python() -> bool {
+pub(crate) fn python() -> bool {
     let ok = Command::new("python3")
         .arg("--version")
         .output()
@@ -84,12 +84,12 @@ fn python() -> bool {
 }
 
 /// A folder with a configuration, the namespace and the ledger file.
-struct Site {
+pub(crate) struct Site {
     dir: tempfile::TempDir,
 }
 
 impl Site {
-    fn new(delay_ms: u64) -> Site {
+    pub(crate) fn new(delay_ms: u64) -> Site {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path();
         std::fs::create_dir_all(p.join("ns")).expect("mkdir");
@@ -140,12 +140,12 @@ env = {{ LEDGER_FILE = "{}", LEDGER_DELAY_MS = "{delay_ms}" }}
         self
     }
 
-    fn path(&self, rel: &str) -> PathBuf {
+    pub(crate) fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
     }
 
     /// The ledger's accounts: name -> balance.
-    fn accounts(&self) -> Vec<(String, i64)> {
+    pub(crate) fn accounts(&self) -> Vec<(String, i64)> {
         let Ok(text) = std::fs::read_to_string(self.path("ledger.json")) else {
             return Vec::new();
         };
@@ -177,7 +177,7 @@ env = {{ LEDGER_FILE = "{}", LEDGER_DELAY_MS = "{delay_ms}" }}
     }
 
     /// Runs a short command: (exit code, stdout, stderr).
-    fn run(&self, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    pub(crate) fn run(&self, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
         let out = self
             .command(args)
             .envs(env.iter().copied())
@@ -191,7 +191,7 @@ env = {{ LEDGER_FILE = "{}", LEDGER_DELAY_MS = "{delay_ms}" }}
     }
 
     /// Starts the daemon on a free loopback port and waits until it listens.
-    fn start(&self) -> Daemon {
+    pub(crate) fn start(&self) -> Daemon {
         let mut child = self
             .command(&["serve", "--listen", "127.0.0.1:0"])
             .stdout(Stdio::null())
@@ -226,10 +226,10 @@ env = {{ LEDGER_FILE = "{}", LEDGER_DELAY_MS = "{delay_ms}" }}
     }
 }
 
-struct Daemon {
+pub(crate) struct Daemon {
     child: Child,
     url: String,
-    log: Arc<Mutex<String>>,
+    pub(crate) log: Arc<Mutex<String>>,
 }
 
 impl Drop for Daemon {
@@ -239,9 +239,9 @@ impl Drop for Daemon {
     }
 }
 
-struct Answer {
-    status: u16,
-    body: Value,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
+    pub(crate) body: Value,
 }
 
 impl std::fmt::Debug for Answer {
@@ -251,7 +251,7 @@ impl std::fmt::Debug for Answer {
 }
 
 impl Daemon {
-    fn request(
+    pub(crate) fn request(
         &self,
         method: &str,
         path: &str,
@@ -294,7 +294,13 @@ impl Daemon {
         }
     }
 
-    fn submit(&self, token: &str, yaml: &str, query: &str, headers: &[(&str, &str)]) -> Answer {
+    pub(crate) fn submit(
+        &self,
+        token: &str,
+        yaml: &str,
+        query: &str,
+        headers: &[(&str, &str)],
+    ) -> Answer {
         self.request(
             "POST",
             &format!("/v1/requests{query}"),
@@ -304,12 +310,12 @@ impl Daemon {
         )
     }
 
-    fn status(&self, token: &str, id: &str) -> Answer {
+    pub(crate) fn status(&self, token: &str, id: &str) -> Answer {
         self.request("GET", &format!("/v1/requests/{id}"), Some(token), None, &[])
     }
 
     /// Polls a request until `done` says so (or fails after 30 s).
-    fn until(&self, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    pub(crate) fn until(&self, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
         let start = Instant::now();
         loop {
             let a = self.status(OPS, id);
@@ -326,7 +332,7 @@ impl Daemon {
         }
     }
 
-    fn final_state(&self, id: &str) -> Value {
+    pub(crate) fn final_state(&self, id: &str) -> Value {
         self.until(id, "final", |b| {
             !matches!(b["state"].as_str(), Some("queued") | Some("running"))
         })
@@ -364,7 +370,7 @@ impl Daemon {
     }
 }
 
-fn customer(name: &str) -> String {
+pub(crate) fn customer(name: &str) -> String {
     format!("call: Billing/OpenCustomer\ndata:\n  customer: {name}\n")
 }
 

@@ -5,6 +5,7 @@ mod cli;
 mod config;
 mod crash;
 mod daemon;
+mod daemon_acl;
 mod error_provider;
 mod files;
 mod hostile;
