@@ -679,13 +679,14 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job) {
             }
             if over {
                 tracing::info!(job = %id, txn = %txn, state = %summary.state, "settled an attempt cut short by a restart");
+                let rebuilt = journal_response(d, &job.subject, &summary);
                 finish(
                     d,
                     &id,
                     Finish {
                         state: job_state_for(summary.state, job.cancel_requested),
                         outcome: Some(summary.state.name().to_string()),
-                        result: None,
+                        result: Some(d.seal(rebuilt.to_string().as_bytes())),
                         error: summary.message.clone(),
                     },
                 )
@@ -863,6 +864,42 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job) {
         },
     )
     .await;
+}
+
+/// The response of a transaction that ended without its runner (a crash, then recovery),
+/// rebuilt from the journal: its id and status, the error and the failing step, the
+/// provider calls it made (steps done). The request's final `data` is not journaled, so it
+/// is absent, and `rebuiltFromJournal` says so.
+fn journal_response(
+    d: &Daemon,
+    subject: &str,
+    summary: &provisio_engine::txn::TxnSummary,
+) -> serde_json::Value {
+    let mut calls = 0u64;
+    let mut failed_step = None;
+    let journal = d.journal_for(subject);
+    if let Ok(records) = provisio_engine::txn::recovery::records(&journal, &summary.id) {
+        for (_, r) in records {
+            match r {
+                provisio_engine::txn::Record::Intent { .. } => calls += 1,
+                provisio_engine::txn::Record::Failed { step, .. } => failed_step = Some(step),
+                _ => {}
+            }
+        }
+    }
+    let mut doc = serde_json::json!({
+        "transactionId": summary.id.to_string(),
+        "status": summary.state.name(),
+        "calls": calls,
+        "rebuiltFromJournal": "this transaction was finished by recovery after a restart: its response is rebuilt from the journal, which keeps no final data (see `provisio tx show`)",
+    });
+    if let (Some(message), Some(o)) = (&summary.message, doc.as_object_mut()) {
+        o.insert(
+            "error".into(),
+            serde_json::json!({ "description": message, "step": failed_step }),
+        );
+    }
+    doc
 }
 
 fn event_json(e: &Event) -> serde_json::Value {

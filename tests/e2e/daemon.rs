@@ -97,7 +97,7 @@ impl Site {
         Site { dir }.configure(delay_ms)
     }
 
-    fn configure(self, delay_ms: u64) -> Site {
+    pub(crate) fn configure(self, delay_ms: u64) -> Site {
         let ledger = repo().join("examples/exec-provider/ledger.py");
         let config = format!(
             r#"data_dir = "data"
@@ -338,13 +338,13 @@ impl Daemon {
         })
     }
 
-    fn running_step(&self, id: &str) -> Value {
+    pub(crate) fn running_step(&self, id: &str) -> Value {
         self.until(id, "running a step", |b| {
             b["state"] == "running" && b["steps"].as_array().is_some_and(|s| !s.is_empty())
         })
     }
 
-    fn signal(&self, sig: &str) {
+    pub(crate) fn signal(&self, sig: &str) {
         let ok = Command::new("kill")
             .args([sig, &self.child.id().to_string()])
             .status()
@@ -354,7 +354,7 @@ impl Daemon {
     }
 
     /// Waits for the daemon to exit: its exit code (None when it was killed by a signal).
-    fn exit(&mut self, within: Duration) -> Option<i32> {
+    pub(crate) fn exit(&mut self, within: Duration) -> Option<i32> {
         let start = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {

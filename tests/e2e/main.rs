@@ -6,6 +6,7 @@ mod config;
 mod crash;
 mod daemon;
 mod daemon_acl;
+mod daemon_queue;
 mod error_provider;
 mod files;
 mod hostile;
