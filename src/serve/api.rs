@@ -109,6 +109,7 @@ pub fn router(d: Arc<Daemon>) -> Router {
         .route("/v1/requests/{id}/cancel", post(cancel))
         .route("/v1/requests/{id}/events", get(events))
         .route("/v1/jobs/{id}/requeue", post(requeue))
+        .route("/v1/jobs/{id}/discard", post(discard))
         .route("/v1/events", get(super::ops::all_events))
         .route("/v1/namespaces", get(super::ops::namespaces))
         .route("/v1/namespaces/{ns}", get(super::ops::namespace))
@@ -182,13 +183,7 @@ async fn ready(State(d): Shared) -> Response {
 #[utoipa::path(get, path = "/v1/metrics", tag = "meta", responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain"), (status = 401, description = "No token, or an unknown one", body = super::openapi::ErrorBody)))]
 async fn metrics(State(d): Shared, headers: HeaderMap) -> Result<Response, ApiError> {
     identify(&d, &headers)?;
-    let counts = d.queue.counts();
-    let jobs: Vec<(&str, u64)> = provisio_engine::queue::ALL_STATES
-        .iter()
-        .zip(counts)
-        .map(|(s, n)| (s.name(), n))
-        .collect();
-    let text = d.metrics.render(&jobs, d.busy.load(Ordering::SeqCst));
+    let text = d.metrics.render(&d.queue, d.busy.load(Ordering::SeqCst));
     Ok((
         [(
             header::CONTENT_TYPE,
@@ -601,7 +596,6 @@ pub(super) async fn accept(
             )
             .await?;
         if submitted.created {
-            d.metrics.submitted();
             tracing::info!(job = %submitted.job.id, subject = %who.subject, target = %target, "request queued");
             d.wake.notify_one();
         }
@@ -842,7 +836,7 @@ fn non_negative(name: &str, v: Option<i64>) -> Result<Option<u64>, ApiError> {
 
 /// `GET /v1/requests`.
 #[utoipa::path(get, path = "/v1/requests", tag = "requests", params(
-        ("state" = Option<String>, Query, description = "queued, running, succeeded, failed, dead, cancelled"),
+        ("state" = Option<String>, Query, description = "queued, held, running, succeeded, failed, dead, cancelled"),
         ("namespace" = Option<String>, Query, description = "Only this namespace"),
         ("procedure" = Option<String>, Query, description = "Only this Namespace/Procedure"),
         ("subject" = Option<String>, Query, description = "Only this subject (operators; others see their own)"),
@@ -864,7 +858,7 @@ async fn list(
             ApiError::bad(
                 "bad_query",
                 format!(
-                    "state={s:?}: expected queued, running, succeeded, failed, dead or cancelled"
+                    "state={s:?}: expected queued, held, running, succeeded, failed, dead or cancelled"
                 ),
             )
         })?),
@@ -952,6 +946,30 @@ async fn requeue(
         ));
     }
     let job = d.queue.requeue(&id, now_ms()).await?;
+    d.wake.notify_one();
+    Ok(Json(view(&d, &job, false)))
+}
+
+/// `POST /v1/jobs/{id}/discard`.
+#[utoipa::path(post, path = "/v1/jobs/{id}/discard", tag = "operators", params(("id" = String, Path, description = "The request id")), responses((status = 200, description = "Discarded: cancelled, and the next job of its serialization key may run", body = super::openapi::JobView), (status = 401, description = "No token, or an unknown one", body = super::openapi::ErrorBody), (status = 403, description = "The token lacks the right", body = super::openapi::ErrorBody), (status = 404, description = "No such request (or another subject's)", body = super::openapi::ErrorBody), (status = 409, description = "Not dead", body = super::openapi::ErrorBody)))]
+async fn discard(
+    State(d): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let who = identify(&d, &headers)?;
+    if !who.operator {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "operator_only",
+            format!(
+                "subject `{}` may not discard jobs: that needs a token with `operator = true`",
+                who.subject
+            ),
+        ));
+    }
+    let job = d.queue.discard(&id, now_ms()).await?;
+    d.hub.finish(&id, finished_event(&job));
     d.wake.notify_one();
     Ok(Json(view(&d, &job, false)))
 }

@@ -383,9 +383,10 @@ pub async fn drain(config: &Config) -> Result<Exit> {
     }
     let counts = daemon.queue.counts();
     eprintln!(
-        "provisio worker: ran {} job(s); {} queued (not due yet or waiting), {} dead",
+        "provisio worker: ran {} job(s); {} queued (not due yet or waiting), {} held, {} dead",
         ran.load(Ordering::SeqCst),
         counts[0],
+        counts[6],
         counts[4]
     );
     match failed {

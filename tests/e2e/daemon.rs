@@ -1222,6 +1222,7 @@ fn the_openapi_document_describes_the_live_server() {
         "GET /v1/requests/{id}",
         "POST /v1/requests/{id}/cancel",
         "GET /v1/requests/{id}/events",
+        "POST /v1/jobs/{id}/discard",
         "POST /v1/jobs/{id}/requeue",
         "GET /v1/events",
         "GET /v1/namespaces",

@@ -3,8 +3,8 @@
 //! serialization key's line, metrics that survive a restart, and the MPS `queue` step
 //! submitted over HTTP.
 
-use crate::daemon::{python, Site, ALICE};
-use std::time::Duration;
+use crate::daemon::{customer, python, Daemon, Site, ALICE, OPS};
+use std::time::{Duration, Instant};
 
 /// A resumable procedure on the example Ledger provider: after a crash, recovery finishes
 /// it (resumes to its commit) instead of rolling it back.
@@ -65,4 +65,179 @@ fn a_job_settled_by_recovery_answers_with_a_response_rebuilt_from_the_journal() 
     assert!(response["rebuiltFromJournal"].is_string(), "{done}");
     assert!(response["calls"].as_u64().unwrap() >= 1, "{done}");
     assert_eq!(site.accounts(), vec![("rae".to_string(), 1501)]);
+}
+
+/// Procedures with an MPS `queue` step (suspended: held for the transaction), then a
+/// step that takes a while, or one that fails.
+const QUEUEING: &str = r#"
+namespace: Queueing
+procedures:
+  Later:
+    access: public
+    parallel: false
+    inputs:
+      customer: { type: string, required: true }
+    steps:
+      queued:
+        call: Billing/OpenCustomer
+        queue: suspended
+        with: { customer: "{{ data.customer }}" }
+        after:
+          - { source: context, sourcePath: queueContext/@queueId, destination: data, destinationPath: jobId, mode: merge }
+      slow:
+        call: Ledger Provider/CreateAccount
+        with: { name: "{{ data.customer }}-marker", credit: 1 }
+  LaterThenFail:
+    access: public
+    parallel: false
+    inputs:
+      customer: { type: string, required: true }
+    steps:
+      queued:
+        call: Billing/OpenCustomer
+        queue: suspended
+        with: { customer: "{{ data.customer }}" }
+      slow:
+        call: Ledger Provider/CreateAccount
+        with: { name: "{{ data.customer }}-marker", credit: 1 }
+      fail:
+        call: Ledger Provider/Credit
+        with: { name: nobody, amount: 1 }
+"#;
+
+/// The id of the one job `token` sees held, once there is one.
+fn held_job(d: &Daemon, token: &str) -> String {
+    let start = Instant::now();
+    loop {
+        let a = d.request("GET", "/v1/requests?state=held", Some(token), None, &[]);
+        assert_eq!(a.status, 200, "{a:?}");
+        if let Some(job) = a.body["items"].as_array().and_then(|i| i.first()) {
+            assert_eq!(job["state"], "held", "{a:?}");
+            assert_eq!(job["target"], "Billing/OpenCustomer", "{a:?}");
+            return job["id"].as_str().unwrap().to_string();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no held job: {a:?}\n{}",
+            d.log.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_queue_step_sent_over_http_holds_its_job_until_the_commit_then_runs_it_apart() {
+    if !python() {
+        return;
+    }
+    let site = Site::new(500);
+    std::fs::write(site.path("ns/queueing.yaml"), QUEUEING).expect("write ns");
+    let d = site.start();
+    let a = d.submit(
+        ALICE,
+        "call: Queueing/Later\ndata: { customer: quinn }\n",
+        "",
+        &[],
+    );
+    assert_eq!(a.status, 202, "{a:?}");
+    let submitter = a.body["id"].as_str().unwrap().to_string();
+    let held = held_job(&d, ALICE);
+    // Held while its transaction runs: counted apart from the queued jobs.
+    let m = d.request("GET", "/v1/metrics", Some(ALICE), None, &[]);
+    let text = m.body.as_str().unwrap_or_default().to_string();
+    assert!(text.contains("provisio_jobs{state=\"held\"} 1"), "{text}");
+    let done = d.final_state(&submitter);
+    assert_eq!(done["outcome"], "committed", "{done}");
+    assert_eq!(done["response"]["data"]["jobId"], held.as_str(), "{done}");
+    // Released by the commit, it runs as a transaction of its own.
+    let job = d.final_state(&held);
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["subject"], "alice", "{job}");
+    assert_ne!(job["transactions"][0], done["transactions"][0], "{job}");
+    assert_eq!(
+        site.accounts(),
+        vec![("quinn".to_string(), 1501), ("quinn-marker".to_string(), 1)]
+    );
+
+    // A submitter that rolls back: its held job is removed, never run.
+    let a = d.submit(
+        ALICE,
+        "call: Queueing/LaterThenFail\ndata: { customer: rita }\n",
+        "",
+        &[],
+    );
+    let failing = a.body["id"].as_str().unwrap().to_string();
+    let held = held_job(&d, ALICE);
+    let done = d.final_state(&failing);
+    assert_eq!(done["outcome"], "rolled_back", "{done}");
+    let gone = d.status(ALICE, &held);
+    assert_eq!(gone.status, 404, "{gone:?}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        site.accounts()
+            .iter()
+            .all(|(name, _)| !name.starts_with("rita")),
+        "{:?}",
+        site.accounts()
+    );
+    let m = d.request("GET", "/v1/metrics", Some(ALICE), None, &[]);
+    let text = m.body.as_str().unwrap_or_default().to_string();
+    assert!(text.contains("provisio_jobs{state=\"held\"} 0"), "{text}");
+    // Only a dead job can be discarded, and only by an operator.
+    let a = d.request(
+        "POST",
+        &format!("/v1/jobs/{submitter}/discard"),
+        Some(ALICE),
+        None,
+        &[],
+    );
+    assert_eq!(
+        (a.status, a.body["code"].as_str()),
+        (403, Some("operator_only")),
+        "{a:?}"
+    );
+    let a = d.request(
+        "POST",
+        &format!("/v1/jobs/{submitter}/discard"),
+        Some(OPS),
+        None,
+        &[],
+    );
+    assert_eq!(
+        (a.status, a.body["code"].as_str()),
+        (409, Some("wrong_state")),
+        "{a:?}"
+    );
+}
+
+#[test]
+fn request_totals_survive_a_restart() {
+    if !python() {
+        return;
+    }
+    let site = Site::new(0);
+    let d = site.start();
+    for name in ["sam", "sue"] {
+        let a = d.submit(ALICE, &customer(name), "?wait=20s", &[]);
+        assert_eq!(a.status, 200, "{a:?}");
+    }
+    let mut d = d;
+    d.signal("-TERM");
+    assert_eq!(d.exit(Duration::from_secs(20)), Some(0));
+    drop(d);
+    let d = site.start();
+    let m = d.request("GET", "/v1/metrics", Some(ALICE), None, &[]);
+    let text = m.body.as_str().unwrap_or_default().to_string();
+    assert!(
+        text.contains("provisio_requests_submitted_total 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("provisio_requests_total{state=\"succeeded\"} 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("provisio_jobs{state=\"succeeded\"} 2"),
+        "{text}"
+    );
 }
