@@ -468,6 +468,10 @@ pub async fn serve(config: &Config) -> Result<Exit> {
     let deadline = daemon.config.shutdown_timeout.0;
     let finished = tokio::time::timeout(deadline, async {
         while workers.join_next().await.is_some() {}
+        // The workers lent by waiting submissions.
+        while daemon.busy.load(Ordering::SeqCst) > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     })
     .await;
     if finished.is_err() {
@@ -579,6 +583,28 @@ async fn worker(d: Arc<Daemon>) {
             }
         }
     }
+}
+
+/// One more worker for one job: claims the best due job (by priority and order, as every
+/// worker does: not necessarily the lender's own) and runs it, then ends. What a `?wait`
+/// submission lends the pool while its client waits, so that waiting clients are not
+/// served `serve.workers` at a time.
+pub(crate) fn lend_worker(d: &Arc<Daemon>) {
+    if d.stopping() {
+        return;
+    }
+    let d = d.clone();
+    tokio::spawn(async move {
+        match d.queue.claim(now_ms(), d.config.lease.0).await {
+            Ok(Some(job)) => {
+                d.busy.fetch_add(1, Ordering::SeqCst);
+                run_job(&d, job).await;
+                d.busy.fetch_sub(1, Ordering::SeqCst);
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "claiming a job"),
+        }
+    });
 }
 
 fn random() -> u64 {

@@ -241,3 +241,42 @@ fn request_totals_survive_a_restart() {
         "{text}"
     );
 }
+
+/// A procedure that calls no provider: done at once.
+const QUICK: &str = r#"
+namespace: Quick
+procedures:
+  Mark:
+    access: public
+    steps:
+      mark:
+        before:
+          - { template: "done", destination: data, destinationPath: mark, mode: merge }
+"#;
+
+#[test]
+fn a_waiting_submission_lends_the_pool_a_worker() {
+    if !python() {
+        return;
+    }
+    // One worker, busy with a slow request (3 calls of 3 s each).
+    let site = Site::new(3000);
+    std::fs::write(site.path("ns/quick.yaml"), QUICK).expect("write ns");
+    let config = std::fs::read_to_string(site.path("provisio.toml")).expect("config");
+    std::fs::write(
+        site.path("provisio.toml"),
+        config.replace("workers = 2", "workers = 1"),
+    )
+    .expect("config");
+    let d = site.start();
+    let slow = d.submit(ALICE, &customer("sid"), "", &[]);
+    let slow = slow.body["id"].as_str().unwrap().to_string();
+    d.running_step(&slow);
+    // A waited-for request is not queued behind it: it finishes while the slow one runs.
+    let a = d.submit(ALICE, "call: Quick/Mark\n", "?wait=6s", &[]);
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(a.body["response"]["data"]["mark"], "done", "{a:?}");
+    assert_eq!(d.status(ALICE, &slow).body["state"], "running");
+    let done = d.final_state(&slow);
+    assert_eq!(done["outcome"], "committed", "{done}");
+}
