@@ -796,12 +796,15 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job) {
         d.engine
             .clone()
             .with_journal(d.journal_for(&job.subject))
-            .with_jobs(Arc::new(jobs::StoreJobs::new(
-                d.queue.clone(),
-                d.seal.clone(),
-                &job.subject,
-                d.config.max_attempts,
-            )))
+            .with_jobs(Arc::new(
+                jobs::StoreJobs::new(
+                    d.queue.clone(),
+                    d.seal.clone(),
+                    &job.subject,
+                    d.config.max_attempts,
+                )
+                .with_security_context(request.context.child("securityContext").cloned()),
+            ))
             .with_events(move |e| {
                 match e {
                     Event::StepStarted { step, target } => {

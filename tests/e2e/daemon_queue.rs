@@ -84,9 +84,19 @@ procedures:
         with: { customer: "{{ data.customer }}" }
         after:
           - { source: context, sourcePath: queueContext/@queueId, destination: data, destinationPath: jobId, mode: merge }
+      who:
+        call: Queueing/Who
+        queue: active
+        with: { asked: "{{ data.customer }}" }
       slow:
         call: Ledger Provider/CreateAccount
         with: { name: "{{ data.customer }}-marker", credit: 1 }
+  Who:
+    access: public
+    steps:
+      who:
+        before:
+          - { source: context, sourcePath: securityContext, destination: data, destinationPath: who, mode: merge, ifNull: ignore }
   LaterThenFail:
     access: public
     parallel: false
@@ -158,6 +168,20 @@ fn a_queue_step_sent_over_http_holds_its_job_until_the_commit_then_runs_it_apart
         site.accounts(),
         vec![("quinn".to_string(), 1501), ("quinn-marker".to_string(), 1)]
     );
+    // A queued job runs with the identity of the request that queued it.
+    let list = d.request(
+        "GET",
+        "/v1/requests?procedure=Queueing/Who",
+        Some(ALICE),
+        None,
+        &[],
+    );
+    let who = list.body["items"][0]["id"]
+        .as_str()
+        .expect("the Who job")
+        .to_string();
+    let who = d.final_state(&who);
+    assert_eq!(who["response"]["data"]["who"]["subject"], "alice", "{who}");
 
     // A submitter that rolls back: its held job is removed, never run.
     let a = d.submit(
