@@ -492,11 +492,14 @@ fn backlog(n: usize, per: usize, rate_guess: f64, sample: usize) -> Result<()> {
     }
     let start = Instant::now();
     if sample > 0 {
+        // Counted from the jobs already done (a backlog queued slower than guessed starts
+        // before `at`; the warning above says so).
+        let base = d.jobs("succeeded")?;
         let window = (sample / 5).max(1) as u64;
         let mut last = start;
         let mut out = Vec::new();
         for w in 1..=5u64 {
-            let t = d.wait_jobs("succeeded", w * window, Duration::from_secs(7200))?;
+            let t = d.wait_jobs("succeeded", base + w * window, Duration::from_secs(7200))?;
             out.push(format!(
                 "{:.0}",
                 (t - last).as_secs_f64() * 1e6 / window as f64

@@ -267,17 +267,22 @@ pub(super) fn format_of(headers: &HeaderMap) -> Result<Format, ApiError> {
     }
 }
 
+/// A `?wait=` duration, at most [`MAX_WAIT`].
 pub(super) fn parse_wait(text: &str) -> Result<Duration, ApiError> {
-    let d = match text.trim().parse::<u64>() {
-        Ok(secs) => Duration::from_secs(secs),
+    Ok(parse_duration("wait", text)?.min(MAX_WAIT))
+}
+
+/// A duration query parameter (`30s`, `10m`; a bare number is seconds), uncapped.
+pub(super) fn parse_duration(name: &str, text: &str) -> Result<Duration, ApiError> {
+    match text.trim().parse::<u64>() {
+        Ok(secs) => Ok(Duration::from_secs(secs)),
         Err(_) => humantime::parse_duration(text.trim()).map_err(|e| {
             ApiError::bad(
                 "bad_query",
-                format!("wait={text:?} is not a duration ({e}); write e.g. wait=30s"),
+                format!("{name}={text:?} is not a duration ({e}); write e.g. {name}=30s"),
             )
-        })?,
-    };
-    Ok(d.min(MAX_WAIT))
+        }),
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -553,14 +558,21 @@ pub(super) async fn accept(
     } = check(d, who, format, text)?;
     // Every parameter is checked before anything is queued.
     let wait = q.wait.as_deref().map(parse_wait).transpose()?;
-    let delay = q.delay.as_deref().map(parse_wait).transpose()?;
+    // Not capped like `wait`: `?delay=2h` schedules the job two hours ahead.
+    let delay = q
+        .delay
+        .as_deref()
+        .map(|t| parse_duration("delay", t))
+        .transpose()?;
     let idempotency_key = header_text(headers, "idempotency-key")?;
     let serial_key = match q.serial_key {
         Some(k) => Some(k),
         None => header_text(headers, "x-serialization-key")?,
     };
     let now = now_ms();
-    let not_before_ms = delay.map_or(0, |t| now + t.as_millis() as u64);
+    let not_before_ms = delay.map_or(0, |t| {
+        now.saturating_add(u64::try_from(t.as_millis()).unwrap_or(u64::MAX))
+    });
     let batch = parsed.batch;
     let mut jobs = Vec::with_capacity(parsed.requests.len());
     for (i, request) in parsed.requests.into_iter().enumerate() {

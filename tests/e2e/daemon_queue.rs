@@ -304,3 +304,20 @@ fn a_waiting_submission_lends_the_pool_a_worker() {
     let done = d.final_state(&slow);
     assert_eq!(done["outcome"], "committed", "{done}");
 }
+
+#[test]
+fn a_delay_is_not_capped_like_a_wait() {
+    if !python() {
+        return;
+    }
+    let site = Site::new(0);
+    let d = site.start();
+    let a = d.submit(ALICE, &customer("dee"), "?delay=2h", &[]);
+    assert_eq!(a.status, 202, "{a:?}");
+    let id = a.body["id"].as_str().unwrap();
+    let s = d.status(ALICE, id);
+    let ahead =
+        s.body["not_before_ms"].as_u64().unwrap() - s.body["submitted_ms"].as_u64().unwrap();
+    assert!((7_199_000..=7_201_000).contains(&ahead), "{s:?}");
+    assert_eq!(s.body["state"], "queued", "{s:?}");
+}

@@ -59,8 +59,12 @@ const HELD: u8 = b'h';
 const COUNTS: &[u8] = b"c";
 const NEXT_SEQ: &[u8] = b"n";
 
-/// Scheduled jobs moved to the ready index per claim (the rest on the next claims).
-const PROMOTE_PER_CLAIM: usize = 64;
+/// Scheduled jobs moved to the ready index per claim (the rest on the next claims). A few
+/// more than the one claimed, so that a backlog that comes due at once (a million jobs
+/// scheduled for the same moment) is promoted a few jobs a claim along its drain, at the
+/// same cost per job whatever its size, instead of in bursts that make the first claims
+/// of a big backlog slower than those of a small one.
+const PROMOTE_PER_CLAIM: usize = 4;
 
 /// Where a job is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

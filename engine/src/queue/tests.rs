@@ -590,6 +590,32 @@ fn claiming_and_finishing_read_a_handful_of_rows_whatever_the_backlog() {
     });
 }
 
+#[test]
+fn a_backlog_due_at_once_is_promoted_a_few_jobs_a_claim_in_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(Counting {
+        inner: SledStore::open(dir.path()).expect("open"),
+        rows: AtomicUsize::new(0),
+    });
+    let q = Queue::open(store.clone()).expect("queue");
+    rt().block_on(async {
+        let mut ids = Vec::new();
+        for _ in 0..2_000u64 {
+            let mut j = job("A/B");
+            j.not_before_ms = 1_000;
+            ids.push(q.submit(j, 0).await.expect("submit").job.id);
+        }
+        for id in ids.iter().take(40) {
+            store.rows.store(0, Relaxed);
+            let c = q.claim(1_000, LEASE).await.expect("claim").expect("job");
+            assert_eq!(&c.id, id, "in submission order");
+            q.finish(&c.id, done(), 1_001).await.expect("finish");
+            let rows = store.rows.load(Relaxed);
+            assert!(rows <= 20, "a claim and a finish read {rows} rows");
+        }
+    });
+}
+
 /// One step of a random history.
 #[derive(Debug, Clone)]
 enum Op {
