@@ -615,12 +615,11 @@ pub(super) async fn accept(
     }
     let created = jobs.iter().all(|s| s.created);
     if let Some(wait) = wait {
-        // A waiting client lends the pool a worker per job it created: the pool's size
+        // A waiting client lends the pool a worker (one, even for a batch: a waiting
+        // connection adds one job in flight, never a batch's worth): the pool's size
         // (`serve.workers`) does not cap how many waited-for requests run at once.
-        if not_before_ms == 0 {
-            for _ in jobs.iter().filter(|s| s.created) {
-                super::lend_worker(d);
-            }
+        if not_before_ms == 0 && jobs.iter().any(|s| s.created) {
+            super::lend_worker(d);
         }
         let deadline = tokio::time::Instant::now() + wait;
         let mut done = Vec::with_capacity(jobs.len());
