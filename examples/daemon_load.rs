@@ -9,10 +9,12 @@
 //!   finished answers per second), and the daemon without `wait` (latency = submit until 202;
 //!   requests/s = REQUESTS over the time until the last one succeeded). Prints medians and the
 //!   daemon / in-process ratio.
-//! - `backlog N [BATCH] [RATE_GUESS]` (default batch 100 items a request, 3000 jobs/s): N jobs
-//!   submitted in batch documents, all not before one moment far enough ahead that the whole
-//!   backlog is queued first; the daemon's RSS with the backlog held, then the drain: time
-//!   per job over the whole backlog and over its first and last tenth.
+//! - `backlog N [BATCH] [RATE_GUESS] [SAMPLE]` (default batch 100 items a request, 3000
+//!   jobs/s): N jobs submitted in batch documents, all not before one moment far enough
+//!   ahead that the whole backlog is queued first; the daemon's RSS with the backlog held,
+//!   then the drain: time per job over the whole backlog and over its first and last tenth;
+//!   or, with SAMPLE > 0, only the first SAMPLE jobs of the drain, in five windows (the time
+//!   per job with nearly N still queued, without draining the rest).
 //! - `restart [QUEUED] [IN_FLIGHT]` (default 10000, 1000): QUEUED jobs scheduled an hour
 //!   ahead and IN_FLIGHT jobs held running (their last step calls the example Ledger exec
 //!   provider, slowed to 30 s a call); `kill -9` of the daemon, then a new daemon: the time
@@ -462,7 +464,7 @@ fn submit_batches(
     Ok(start.elapsed())
 }
 
-fn backlog(n: usize, per: usize, rate_guess: f64) -> Result<()> {
+fn backlog(n: usize, per: usize, rate_guess: f64, sample: usize) -> Result<()> {
     let site = Site::new(4, 0)?;
     let (d, _) = site.start()?;
     let (rss0, _) = d.rss()?;
@@ -489,6 +491,34 @@ fn backlog(n: usize, per: usize, rate_guess: f64) -> Result<()> {
         std::thread::sleep(Duration::from_millis(1));
     }
     let start = Instant::now();
+    if sample > 0 {
+        // Counted from the jobs already done (a backlog queued slower than guessed starts
+        // before `at`; the warning above says so).
+        let base = d.jobs("succeeded")?;
+        let window = (sample / 5).max(1) as u64;
+        let mut last = start;
+        let mut out = Vec::new();
+        for w in 1..=5u64 {
+            let t = d.wait_jobs("succeeded", base + w * window, Duration::from_secs(7200))?;
+            out.push(format!(
+                "{:.0}",
+                (t - last).as_secs_f64() * 1e6 / window as f64
+            ));
+            last = t;
+        }
+        let (rss, hwm) = d.rss()?;
+        println!(
+            "backlog {n}: first {} jobs of the drain in windows of {window}: {} µs a job ({:.0} jobs/s overall); {} still queued; daemon RSS {:.0} MiB (peak {:.0} MiB); load {}",
+            5 * window,
+            out.join(" / "),
+            (5 * window) as f64 / (last - start).as_secs_f64(),
+            d.jobs("queued")?,
+            rss as f64 / 1048576.0,
+            hwm as f64 / 1048576.0,
+            loadavg()
+        );
+        return Ok(());
+    }
     let tenth = (n / 10).max(1) as u64;
     let first = d.wait_jobs("succeeded", tenth, Duration::from_secs(7200))?;
     let nine = d.wait_jobs("succeeded", n as u64 - tenth, Duration::from_secs(7200))?;
@@ -580,8 +610,13 @@ fn main() -> Result<()> {
             arg(&args, 3, 64)?,
             arg(&args, 4, 64)?,
         ),
-        Some("backlog") => backlog(arg(&args, 1, 10_000)?, arg(&args, 2, 100)?, arg(&args, 3, 3000.0)?),
+        Some("backlog") => backlog(
+            arg(&args, 1, 10_000)?,
+            arg(&args, 2, 100)?,
+            arg(&args, 3, 3000.0)?,
+            arg(&args, 4, 0)?,
+        ),
         Some("restart") => restart(arg(&args, 1, 10_000)?, arg(&args, 2, 1000)?),
-        _ => bail!("usage: daemon_load throughput [REPS] [REQUESTS] [CLIENTS] [WORKERS] | backlog N [BATCH] [RATE_GUESS] | restart [QUEUED] [IN_FLIGHT]"),
+        _ => bail!("usage: daemon_load throughput [REPS] [REQUESTS] [CLIENTS] [WORKERS] | backlog N [BATCH] [RATE_GUESS] [SAMPLE] | restart [QUEUED] [IN_FLIGHT]"),
     }
 }

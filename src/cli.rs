@@ -372,7 +372,7 @@ pub struct StatusArgs {
 /// `jobs` arguments.
 #[derive(Debug, Args)]
 pub struct JobsArgs {
-    /// Only requests in this state (queued, running, succeeded, failed, dead, cancelled).
+    /// Only requests in this state (held, queued, running, succeeded, failed, dead, cancelled).
     #[arg(long)]
     pub state: Option<String>,
     /// Only requests of this namespace.

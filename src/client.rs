@@ -347,7 +347,7 @@ pub async fn submit(args: &SubmitArgs, c: &Conn, quiet: bool) -> Result<Exit> {
 fn is_over(job: &Value) -> bool {
     !matches!(
         job.get("state").and_then(Value::as_str),
-        Some("queued") | Some("running")
+        Some("held") | Some("queued") | Some("running")
     )
 }
 

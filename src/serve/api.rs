@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::stream::{self, Stream, StreamExt};
-use provisio_engine::data::Node;
+use provisio_engine::data::{Element, Node};
 use provisio_engine::model::{Format, RequestTarget};
 use provisio_engine::queue::{Cancelled, Job, JobState, ListFilter, NewJob, QueueError};
 use provisio_engine::txn::Record;
@@ -110,6 +110,7 @@ pub fn router(d: Arc<Daemon>) -> Router {
         .route("/v1/requests/{id}/cancel", post(cancel))
         .route("/v1/requests/{id}/events", get(events))
         .route("/v1/jobs/{id}/requeue", post(requeue))
+        .route("/v1/jobs/{id}/discard", post(discard))
         .route("/v1/events", get(super::ops::all_events))
         .route("/v1/namespaces", get(super::ops::namespaces))
         .route("/v1/namespaces/{ns}", get(super::ops::namespace))
@@ -187,13 +188,7 @@ async fn ready(State(d): Shared) -> Response {
 #[utoipa::path(get, path = "/v1/metrics", tag = "meta", responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain"), (status = 401, description = "No token, or an unknown one", body = super::openapi::ErrorBody)))]
 async fn metrics(State(d): Shared, headers: HeaderMap) -> Result<Response, ApiError> {
     identify(&d, &headers)?;
-    let counts = d.queue.counts();
-    let jobs: Vec<(&str, u64)> = provisio_engine::queue::ALL_STATES
-        .iter()
-        .zip(counts)
-        .map(|(s, n)| (s.name(), n))
-        .collect();
-    let text = d.metrics.render(&jobs, d.busy.load(Ordering::SeqCst));
+    let text = d.metrics.render(&d.queue, d.busy.load(Ordering::SeqCst));
     Ok((
         [(
             header::CONTENT_TYPE,
@@ -277,17 +272,22 @@ pub(super) fn format_of(headers: &HeaderMap) -> Result<Format, ApiError> {
     }
 }
 
+/// A `?wait=` duration, at most [`MAX_WAIT`].
 pub(super) fn parse_wait(text: &str) -> Result<Duration, ApiError> {
-    let d = match text.trim().parse::<u64>() {
-        Ok(secs) => Duration::from_secs(secs),
+    Ok(parse_duration("wait", text)?.min(MAX_WAIT))
+}
+
+/// A duration query parameter (`30s`, `10m`; a bare number is seconds), uncapped.
+pub(super) fn parse_duration(name: &str, text: &str) -> Result<Duration, ApiError> {
+    match text.trim().parse::<u64>() {
+        Ok(secs) => Ok(Duration::from_secs(secs)),
         Err(_) => humantime::parse_duration(text.trim()).map_err(|e| {
             ApiError::bad(
                 "bad_query",
-                format!("wait={text:?} is not a duration ({e}); write e.g. wait=30s"),
+                format!("{name}={text:?} is not a duration ({e}); write e.g. {name}=30s"),
             )
-        })?,
-    };
-    Ok(d.min(MAX_WAIT))
+        }),
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -389,6 +389,13 @@ pub(super) fn check(
                     ),
                 ));
             }
+            // Every procedure the body calls is checked as if called by name (MPS: the
+            // procedure-level checks follow the kind-of-request check).
+            if let RequestTarget::Trusted(body) = &parsed.requests[0].target {
+                for (step, call) in body.direct_calls() {
+                    may_call_from_trusted(d, who, step, call)?;
+                }
+            }
             "(trusted request)".to_string()
         }
         RequestTarget::Call(call) => {
@@ -433,13 +440,8 @@ pub(super) fn check(
             }
         };
         // The security context comes from the token, never from the body.
-        let before = request.context.children.len();
-        request
-            .context
-            .children
-            .retain(|c| !matches!(c, Node::Element(e) if e.name == "securityContext"));
-        if request.context.children.len() != before && warnings.is_empty() {
-            warnings.push("the request's context/securityContext was ignored: a request runs as its token's subject".to_string());
+        if set_security_context(&mut request.context, who) && warnings.is_empty() {
+            warnings.push("the request's context/securityContext was ignored: a request runs as its token's subject, which the daemon puts into context/securityContext (subject, groups)".to_string());
         }
         if let Err(errors) = d.engine.program(request) {
             let private = errors.0.iter().any(|e| e.code() == "PRV0103");
@@ -459,6 +461,83 @@ pub(super) fn check(
         target,
         warnings,
     })
+}
+
+/// Replaces a request's `context/securityContext` with the caller's identity:
+/// `securityContext/subject` and one `securityContext/group` per group. Returns whether the
+/// request carried one of its own (dropped).
+pub(super) fn set_security_context(context: &mut Element, who: &Identity) -> bool {
+    let before = context.children.len();
+    context
+        .children
+        .retain(|c| !matches!(c, Node::Element(e) if e.local_name() == "securityContext"));
+    let had = context.children.len() != before;
+    let mut sc = Element::new("securityContext");
+    sc.push(Element::with_text("subject", who.subject.as_str()));
+    for g in &who.groups {
+        let mut group = Element::with_text("group", g.as_str());
+        group.list_item = true;
+        sc.push(group);
+    }
+    context.push(sc);
+    had
+}
+
+/// A procedure a trusted request's body calls (step `step`), checked as a call by name
+/// would be: the ACL's execute right and the token's `allow` list; a private procedure
+/// needs an explicit execute grant (an entry naming it or its namespace), never the
+/// openness of a procedure no entry governs.
+fn may_call_from_trusted(
+    d: &Daemon,
+    who: &Identity,
+    step: &str,
+    call: &provisio_engine::model::CallTarget,
+) -> Result<(), ApiError> {
+    let t = call.to_string();
+    let private = d
+        .engine
+        .catalog()
+        .namespace(&call.namespace)
+        .and_then(|ns| ns.procedure(&call.procedure))
+        .is_some_and(|p| p.access == provisio_engine::model::Access::Private);
+    if private {
+        if !d
+            .acl
+            .grants(who, &call.namespace, &call.procedure, Right::Execute)
+        {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "private_procedure",
+                format!(
+                    "step `{step}` of the trusted request calls `{t}`, a private procedure, which subject `{}` may call only with an explicit execute right on it ([[serve.acl]] naming the procedure or its namespace): ask the operator for one; nothing ran",
+                    who.subject
+                ),
+            ));
+        }
+    } else if !d
+        .acl
+        .permits(who, &call.namespace, &call.procedure, Right::Execute)
+    {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "acl_denied",
+            format!(
+                "step `{step}` of the trusted request calls `{t}`, on which subject `{}` has no execute right ([[serve.acl]] of its namespace or procedure): ask the operator for one; nothing ran",
+                who.subject
+            ),
+        ));
+    }
+    if !who.may_call(&t) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "procedure_forbidden",
+            format!(
+                "step `{step}` of the trusted request calls `{t}`, which subject `{}` may not call: its token's `allow` list does not name it (ask the operator); nothing ran",
+                who.subject
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Queues a checked request (and waits for it with `?wait=`): the answer of a submission.
@@ -484,22 +563,30 @@ pub(super) async fn accept(
     } = check(d, who, format, text)?;
     // Every parameter is checked before anything is queued.
     let wait = q.wait.as_deref().map(parse_wait).transpose()?;
-    let delay = q.delay.as_deref().map(parse_wait).transpose()?;
+    // Not capped like `wait`: `?delay=2h` schedules the job two hours ahead.
+    let delay = q
+        .delay
+        .as_deref()
+        .map(|t| parse_duration("delay", t))
+        .transpose()?;
     let idempotency_key = header_text(headers, "idempotency-key")?;
     let serial_key = match q.serial_key {
         Some(k) => Some(k),
         None => header_text(headers, "x-serialization-key")?,
     };
     let now = now_ms();
-    let not_before_ms = delay.map_or(0, |t| now + t.as_millis() as u64);
+    let not_before_ms = delay.map_or(0, |t| {
+        now.saturating_add(u64::try_from(t.as_millis()).unwrap_or(u64::MAX))
+    });
     let batch = parsed.batch;
-    let items = parsed.requests.len();
-    let mut jobs = Vec::with_capacity(items);
-    for i in 0..items {
+    let mut jobs = Vec::with_capacity(parsed.requests.len());
+    for (i, request) in parsed.requests.into_iter().enumerate() {
+        // Each job carries its own item, as checked (never the whole batch's text).
         let payload = serde_json::to_vec(&Payload {
-            format: super::format_name(format).into(),
-            body: text.to_string(),
-            item: batch.then_some(i),
+            request: Some(request),
+            format: String::new(),
+            body: String::new(),
+            item: None,
         })
         .map_err(ApiError::internal)?;
         let submitted = d
@@ -526,7 +613,6 @@ pub(super) async fn accept(
             )
             .await?;
         if submitted.created {
-            d.metrics.submitted();
             tracing::info!(job = %submitted.job.id, subject = %who.subject, target = %target, "request queued");
             d.wake.notify_one();
         }
@@ -534,6 +620,12 @@ pub(super) async fn accept(
     }
     let created = jobs.iter().all(|s| s.created);
     if let Some(wait) = wait {
+        // A waiting client lends the pool a worker (one, even for a batch: a waiting
+        // connection adds one job in flight, never a batch's worth): the pool's size
+        // (`serve.workers`) does not cap how many waited-for requests run at once.
+        if not_before_ms == 0 && jobs.iter().any(|s| s.created) {
+            super::lend_worker(d);
+        }
         let deadline = tokio::time::Instant::now() + wait;
         let mut done = Vec::with_capacity(jobs.len());
         for s in &jobs {
@@ -767,7 +859,7 @@ fn non_negative(name: &str, v: Option<i64>) -> Result<Option<u64>, ApiError> {
 
 /// `GET /v1/requests`.
 #[utoipa::path(get, path = "/v1/requests", tag = "requests", params(
-        ("state" = Option<String>, Query, description = "queued, running, succeeded, failed, dead, cancelled"),
+        ("state" = Option<String>, Query, description = "queued, held, running, succeeded, failed, dead, cancelled"),
         ("namespace" = Option<String>, Query, description = "Only this namespace"),
         ("procedure" = Option<String>, Query, description = "Only this Namespace/Procedure"),
         ("subject" = Option<String>, Query, description = "Only this subject (operators; others see their own)"),
@@ -789,7 +881,7 @@ async fn list(
             ApiError::bad(
                 "bad_query",
                 format!(
-                    "state={s:?}: expected queued, running, succeeded, failed, dead or cancelled"
+                    "state={s:?}: expected queued, held, running, succeeded, failed, dead or cancelled"
                 ),
             )
         })?),
@@ -877,6 +969,30 @@ async fn requeue(
         ));
     }
     let job = d.queue.requeue(&id, now_ms()).await?;
+    d.wake.notify_one();
+    Ok(Json(view(&d, &job, false)))
+}
+
+/// `POST /v1/jobs/{id}/discard`.
+#[utoipa::path(post, path = "/v1/jobs/{id}/discard", tag = "operators", params(("id" = String, Path, description = "The request id")), responses((status = 200, description = "Discarded: cancelled, and the next job of its serialization key may run", body = super::openapi::JobView), (status = 401, description = "No token, or an unknown one", body = super::openapi::ErrorBody), (status = 403, description = "The token lacks the right", body = super::openapi::ErrorBody), (status = 404, description = "No such request (or another subject's)", body = super::openapi::ErrorBody), (status = 409, description = "Not dead", body = super::openapi::ErrorBody)))]
+async fn discard(
+    State(d): Shared,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let who = identify(&d, &headers)?;
+    if !who.operator {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "operator_only",
+            format!(
+                "subject `{}` may not discard jobs: that needs a token with `operator = true`",
+                who.subject
+            ),
+        ));
+    }
+    let job = d.queue.discard(&id, now_ms()).await?;
+    d.hub.finish(&id, finished_event(&job));
     d.wake.notify_one();
     Ok(Json(view(&d, &job, false)))
 }

@@ -63,9 +63,28 @@ impl Acl {
     /// (neither its own nor, inherited, its namespace's) is open to every token; operators
     /// pass every list.
     pub fn permits(&self, who: &Identity, namespace: &str, procedure: &str, right: Right) -> bool {
-        if who.operator {
-            return true;
-        }
+        who.operator
+            || self
+                .decide(who, namespace, procedure, right)
+                .unwrap_or(true)
+    }
+
+    /// Whether an entry explicitly grants `who` the right (operators: always). A private
+    /// procedure is callable from a trusted request only this way: what no entry governs
+    /// is open for public procedures only (MPS: "execute private procedures" is a right of
+    /// its own).
+    pub fn grants(&self, who: &Identity, namespace: &str, procedure: &str, right: Right) -> bool {
+        who.operator || self.decide(who, namespace, procedure, right) == Some(true)
+    }
+
+    /// The entries' verdict: `None` when no entry governs the procedure.
+    fn decide(
+        &self,
+        who: &Identity,
+        namespace: &str,
+        procedure: &str,
+        right: Right,
+    ) -> Option<bool> {
         let own: Vec<&AclConfig> = self
             .0
             .iter()
@@ -81,7 +100,7 @@ impl Acl {
             );
         }
         if entries.is_empty() {
-            return true;
+            return None;
         }
         let names = |list: &[String]| {
             list.iter().any(|w| match w.strip_prefix("group:") {
@@ -90,11 +109,13 @@ impl Acl {
             })
         };
         if entries.iter().any(|a| names(&a.deny)) {
-            return false;
+            return Some(false);
         }
-        entries
-            .iter()
-            .any(|a| names(&a.execute) || (right == Right::Read && names(&a.read)))
+        Some(
+            entries
+                .iter()
+                .any(|a| names(&a.execute) || (right == Right::Read && names(&a.read))),
+        )
     }
 }
 
@@ -250,6 +271,11 @@ mod tests {
         let mut op = support.clone();
         op.operator = true;
         assert!(acl.permits(&op, "DNS", "Private", Right::Execute));
+        // An explicit grant is needed where nothing governs being open is not enough.
+        assert!(!acl.grants(&billing, "Files", "CreateFolder", Right::Execute));
+        assert!(acl.grants(&billing, "DNS", "CreateZone", Right::Execute));
+        assert!(!acl.grants(&billing, "DNS", "DeleteZone", Right::Execute));
+        assert!(acl.grants(&op, "Files", "CreateFolder", Right::Execute));
     }
 
     #[test]

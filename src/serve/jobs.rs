@@ -5,6 +5,7 @@
 
 use super::{now_ms, Payload};
 use provisio_engine::data::json::to_json;
+use provisio_engine::data::Element;
 use provisio_engine::queue::{JobOptions, NewJob, Queue};
 use provisio_engine::txn::index;
 use provisio_engine::{JobSink, QueuedCall, SealKey, Store, TxnId, TxnState};
@@ -30,6 +31,9 @@ pub struct StoreJobs {
     subject: String,
     /// Attempts when the request's `queueContext` sets no `retryCount`.
     default_attempts: u32,
+    /// The submitter's `securityContext` (the daemon's: its token's identity), given to
+    /// every job it queues.
+    security_context: Option<Element>,
     queued: Mutex<Vec<QueuedJob>>,
 }
 
@@ -46,8 +50,16 @@ impl StoreJobs {
             seal,
             subject: subject.to_string(),
             default_attempts,
+            security_context: None,
             queued: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Gives every queued job this `securityContext` (the submitting request's: a job runs
+    /// with the identity of the request that queued it).
+    pub fn with_security_context(mut self, security_context: Option<Element>) -> StoreJobs {
+        self.security_context = security_context;
+        self
     }
 
     /// The jobs queued so far (and what became of their transactions' holds is in the
@@ -57,8 +69,9 @@ impl StoreJobs {
     }
 }
 
-/// The request a queued call runs: `{"call": "Namespace/Procedure", "data": …}`.
-fn request_body(call: &QueuedCall) -> Result<String, String> {
+/// The request a queued call runs: `{"call": "Namespace/Procedure", "data": …}`, with the
+/// submitter's `securityContext` as its context when there is one.
+fn request_body(call: &QueuedCall, security: Option<&Element>) -> Result<String, String> {
     let data = match to_json(&call.data) {
         serde_json::Value::Null => serde_json::json!({}),
         v @ serde_json::Value::Object(_) => v,
@@ -68,19 +81,22 @@ fn request_body(call: &QueuedCall) -> Result<String, String> {
             )
         }
     };
-    Ok(serde_json::json!({"call": call.target.to_string(), "data": data}).to_string())
+    let mut body = serde_json::json!({"call": call.target.to_string(), "data": data});
+    if let (Some(sc), Some(o)) = (security, body.as_object_mut()) {
+        let mut context = Element::new("context");
+        context.push(sc.clone());
+        o.insert("context".into(), to_json(&context));
+    }
+    Ok(body.to_string())
 }
 
 impl JobSink for StoreJobs {
     fn enqueue(&self, call: QueuedCall) -> futures::future::BoxFuture<'_, Result<String, String>> {
         Box::pin(async move {
-            let body = request_body(&call)?;
-            let payload = serde_json::to_vec(&Payload {
-                format: "json".into(),
-                body,
-                item: None,
-            })
-            .map_err(|e| e.to_string())?;
+            let body = request_body(&call, self.security_context.as_ref())?;
+            let payload =
+                serde_json::to_vec(&Payload::text(provisio_engine::model::Format::Json, body))
+                    .map_err(|e| e.to_string())?;
             let payload = match &self.seal {
                 Some(k) => k.seal(&payload),
                 None => String::from_utf8_lossy(&payload).into_owned(),

@@ -2,6 +2,7 @@
 //! state (from the queue's counts, no scan), submissions, retries, transactions by outcome,
 //! and latency histograms of steps (by provider procedure) and of requests (by procedure).
 
+use provisio_engine::queue::{Queue, ALL_STATES};
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::Mutex;
@@ -34,7 +35,6 @@ impl Histogram {
 
 #[derive(Default)]
 struct Inner {
-    submitted: u64,
     retries: u64,
     outcomes: BTreeMap<String, u64>,
     steps: BTreeMap<String, Histogram>,
@@ -55,11 +55,6 @@ fn escape(label: &str) -> String {
 impl Metrics {
     fn with(&self, f: impl FnOnce(&mut Inner)) {
         f(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()));
-    }
-
-    /// A request was queued.
-    pub fn submitted(&self) {
-        self.with(|m| m.submitted += 1);
     }
 
     /// A job is tried again after a transient failure.
@@ -83,14 +78,24 @@ impl Metrics {
         self.with(|m| m.steps.entry(target.to_string()).or_default().observe(took));
     }
 
-    /// The exposition text, with the queue's counts by state and the jobs running here.
-    pub fn render(&self, jobs: &[(&str, u64)], running_here: usize) -> String {
+    /// The exposition text, with the queue's counts and totals (kept in the store, so they
+    /// survive restarts) and the jobs running here.
+    pub fn render(&self, queue: &Queue, running_here: usize) -> String {
+        let tally = queue.tally();
         let m = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let mut out = String::new();
         let _ = writeln!(out, "# HELP provisio_jobs Jobs in the queue by state.");
         let _ = writeln!(out, "# TYPE provisio_jobs gauge");
-        for (state, n) in jobs {
+        for (state, n) in ALL_STATES.iter().zip(tally.now) {
             let _ = writeln!(out, "provisio_jobs{{state=\"{state}\"}} {n}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP provisio_requests_total Jobs that entered each state since the queue was created (kept in the store: survives restarts and retention)."
+        );
+        let _ = writeln!(out, "# TYPE provisio_requests_total counter");
+        for (state, n) in ALL_STATES.iter().zip(tally.entered) {
+            let _ = writeln!(out, "provisio_requests_total{{state=\"{state}\"}} {n}");
         }
         let _ = writeln!(
             out,
@@ -100,10 +105,10 @@ impl Metrics {
         let _ = writeln!(out, "provisio_jobs_running_here {running_here}");
         let _ = writeln!(
             out,
-            "# HELP provisio_requests_submitted_total Requests queued."
+            "# HELP provisio_requests_submitted_total Jobs queued since the queue was created (kept in the store)."
         );
         let _ = writeln!(out, "# TYPE provisio_requests_submitted_total counter");
-        let _ = writeln!(out, "provisio_requests_submitted_total {}", m.submitted);
+        let _ = writeln!(out, "provisio_requests_submitted_total {}", tally.submitted);
         let _ = writeln!(
             out,
             "# HELP provisio_job_retries_total Jobs queued again after a transient failure."
@@ -163,9 +168,11 @@ mod tests {
         m.step("DNS Provider/\"Zone\"", Duration::from_millis(30));
         m.step("DNS Provider/\"Zone\"", Duration::from_secs(2));
         m.finished("A/B", "committed", Duration::from_millis(1));
-        m.submitted();
-        let text = m.render(&[("queued", 3)], 1);
-        assert!(text.contains("provisio_jobs{state=\"queued\"} 3"), "{text}");
+        let store: std::sync::Arc<dyn provisio_engine::Store> =
+            std::sync::Arc::new(provisio_engine::MemStore::new());
+        let queue = Queue::open(store).expect("queue");
+        let text = m.render(&queue, 1);
+        assert!(text.contains("provisio_jobs{state=\"held\"} 0"), "{text}");
         assert!(text.contains(
             "provisio_step_duration_seconds_bucket{target=\"DNS Provider/\\\"Zone\\\"\",le=\"0.05\"} 1"
         ), "{text}");
@@ -173,6 +180,6 @@ mod tests {
             "provisio_step_duration_seconds_bucket{target=\"DNS Provider/\\\"Zone\\\"\",le=\"2.5\"} 2"
         ), "{text}");
         assert!(text.contains("provisio_transactions_total{outcome=\"committed\"} 1"));
-        assert!(text.contains("provisio_requests_submitted_total 1"));
+        assert!(text.contains("provisio_requests_submitted_total 0"));
     }
 }

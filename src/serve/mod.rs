@@ -41,14 +41,49 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// What a job carries: the request as the client sent it (sealed in the queue).
+/// What a job carries (sealed in the queue): the request as checked at submission — one
+/// item of a batch, its `securityContext` the submitter's identity — so that the worker
+/// neither parses the client's text again nor sees what the check removed; or (a `queue`
+/// step's job, and jobs queued by earlier versions) a request text to parse, with the item
+/// of a batch it runs.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Payload {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    request: Option<Request>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     format: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     body: String,
     /// The item of a batch request this job runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     item: Option<usize>,
+}
+
+impl Payload {
+    /// A request's text in `format` (parsed when the job runs).
+    fn text(format: Format, body: String) -> Payload {
+        Payload {
+            request: None,
+            format: format_name(format).into(),
+            body,
+            item: None,
+        }
+    }
+
+    /// The request to run.
+    fn into_request(self) -> Result<Request, String> {
+        if let Some(r) = self.request {
+            return Ok(r);
+        }
+        let parsed = parse_body(&self.body, parse_format(&self.format))
+            .map_err(|e| format!("its request no longer parses: {e}"))?;
+        let item = self.item.unwrap_or(0);
+        parsed
+            .requests
+            .into_iter()
+            .nth(item)
+            .ok_or_else(|| format!("its request has no item {}", item + 1))
+    }
 }
 
 fn format_name(f: Format) -> &'static str {
@@ -210,7 +245,6 @@ impl Daemon {
 pub struct Parsed {
     requests: Vec<Request>,
     batch: bool,
-    format: Format,
 }
 
 /// Parses a request body in `format`.
@@ -219,7 +253,6 @@ pub fn parse_body(body: &str, format: Format) -> Result<Parsed, String> {
         Ok(RequestDocument::Single(request)) => Ok(Parsed {
             requests: vec![request],
             batch: false,
-            format,
         }),
         Ok(doc) => {
             let requests = doc.into_requests();
@@ -229,7 +262,6 @@ pub fn parse_body(body: &str, format: Format) -> Result<Parsed, String> {
             Ok(Parsed {
                 requests,
                 batch: true,
-                format,
             })
         }
         Err(e) => Err(e.to_string()),
@@ -353,9 +385,10 @@ pub async fn drain(config: &Config) -> Result<Exit> {
     }
     let counts = daemon.queue.counts();
     eprintln!(
-        "provisio worker: ran {} job(s); {} queued (not due yet or waiting), {} dead",
+        "provisio worker: ran {} job(s); {} queued (not due yet or waiting), {} held, {} dead",
         ran.load(Ordering::SeqCst),
         counts[0],
+        counts[6],
         counts[4]
     );
     match failed {
@@ -437,6 +470,10 @@ pub async fn serve(config: &Config) -> Result<Exit> {
     let deadline = daemon.config.shutdown_timeout.0;
     let finished = tokio::time::timeout(deadline, async {
         while workers.join_next().await.is_some() {}
+        // The workers lent by waiting submissions.
+        while daemon.busy.load(Ordering::SeqCst) > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     })
     .await;
     if finished.is_err() {
@@ -550,6 +587,28 @@ async fn worker(d: Arc<Daemon>) {
     }
 }
 
+/// One more worker for one job: claims the best due job (by priority and order, as every
+/// worker does: not necessarily the lender's own) and runs it, then ends. What a `?wait`
+/// submission lends the pool while its client waits, so that waiting clients are not
+/// served `serve.workers` at a time.
+pub(crate) fn lend_worker(d: &Arc<Daemon>) {
+    if d.stopping() {
+        return;
+    }
+    let d = d.clone();
+    tokio::spawn(async move {
+        match d.queue.claim(now_ms(), d.config.lease.0).await {
+            Ok(Some(job)) => {
+                d.busy.fetch_add(1, Ordering::SeqCst);
+                run_job(&d, job).await;
+                d.busy.fetch_sub(1, Ordering::SeqCst);
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(error = %e, "claiming a job"),
+        }
+    });
+}
+
 fn random() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -649,13 +708,14 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job) {
             }
             if over {
                 tracing::info!(job = %id, txn = %txn, state = %summary.state, "settled an attempt cut short by a restart");
+                let rebuilt = journal_response(d, &job.subject, &summary);
                 finish(
                     d,
                     &id,
                     Finish {
                         state: job_state_for(summary.state, job.cancel_requested),
                         outcome: Some(summary.state.name().to_string()),
-                        result: None,
+                        result: Some(d.seal(rebuilt.to_string().as_bytes())),
                         error: summary.message.clone(),
                     },
                 )
@@ -696,16 +756,11 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job) {
         Ok(p) => p,
         Err(e) => return bury(d, &id, format!("its request cannot be read: {e}")).await,
     };
-    let format = parse_format(&payload.format);
-    let parsed = match parse_body(&payload.body, format) {
-        Ok(p) => p,
-        Err(e) => return bury(d, &id, format!("its request no longer parses: {e}")).await,
+    let request = match payload.into_request() {
+        Ok(r) => r,
+        Err(e) => return bury(d, &id, e).await,
     };
-    let item = payload.item.unwrap_or(0);
-    let response_format = parsed.format;
-    let Some(request) = parsed.requests.into_iter().nth(item) else {
-        return bury(d, &id, format!("its request has no item {}", item + 1)).await;
-    };
+    let response_format = request.format;
     let txn_id: TxnId = match txn.parse() {
         Ok(t) => t,
         Err(e) => return bury(d, &id, format!("bad transaction id {txn}: {e}")).await,
@@ -743,12 +798,15 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job) {
         d.engine
             .clone()
             .with_journal(d.journal_for(&job.subject))
-            .with_jobs(Arc::new(jobs::StoreJobs::new(
-                d.queue.clone(),
-                d.seal.clone(),
-                &job.subject,
-                d.config.max_attempts,
-            )))
+            .with_jobs(Arc::new(
+                jobs::StoreJobs::new(
+                    d.queue.clone(),
+                    d.seal.clone(),
+                    &job.subject,
+                    d.config.max_attempts,
+                )
+                .with_security_context(request.context.child("securityContext").cloned()),
+            ))
             .with_events(move |e| {
                 match e {
                     Event::StepStarted { step, target } => {
@@ -838,6 +896,42 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job) {
         },
     )
     .await;
+}
+
+/// The response of a transaction that ended without its runner (a crash, then recovery),
+/// rebuilt from the journal: its id and status, the error and the failing step, the
+/// provider calls it made (steps done). The request's final `data` is not journaled, so it
+/// is absent, and `rebuiltFromJournal` says so.
+fn journal_response(
+    d: &Daemon,
+    subject: &str,
+    summary: &provisio_engine::txn::TxnSummary,
+) -> serde_json::Value {
+    let mut calls = 0u64;
+    let mut failed_step = None;
+    let journal = d.journal_for(subject);
+    if let Ok(records) = provisio_engine::txn::recovery::records(&journal, &summary.id) {
+        for (_, r) in records {
+            match r {
+                provisio_engine::txn::Record::Intent { .. } => calls += 1,
+                provisio_engine::txn::Record::Failed { step, .. } => failed_step = Some(step),
+                _ => {}
+            }
+        }
+    }
+    let mut doc = serde_json::json!({
+        "transactionId": summary.id.to_string(),
+        "status": summary.state.name(),
+        "calls": calls,
+        "rebuiltFromJournal": "this transaction was finished by recovery after a restart: its response is rebuilt from the journal, which keeps no final data (see `provisio tx show`)",
+    });
+    if let (Some(message), Some(o)) = (&summary.message, doc.as_object_mut()) {
+        o.insert(
+            "error".into(),
+            serde_json::json!({ "description": message, "step": failed_step }),
+        );
+    }
+    doc
 }
 
 fn event_json(e: &Event) -> serde_json::Value {

@@ -56,7 +56,7 @@ pub struct StepView {
 pub struct JobView {
     /// The request id.
     id: String,
-    /// queued, running, succeeded, failed, dead, cancelled.
+    /// queued, held, running, succeeded, failed, dead, cancelled.
     state: String,
     /// How its transaction ended: committed, rolled_back, rollback_failed.
     outcome: Option<String>,
@@ -134,6 +134,7 @@ impl Modify for Bearer {
         super::api::cancel,
         super::api::events,
         super::api::requeue,
+        super::api::discard,
         super::ops::all_events,
         super::ops::namespaces,
         super::ops::namespace,

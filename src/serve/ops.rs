@@ -343,7 +343,7 @@ pub async fn stuck(
     let who = identify(&d, &headers)?;
     operator(&who, "list stuck transactions")?;
     let q = query(q)?;
-    let older = super::api::parse_wait(q.older_than.as_deref().unwrap_or("10m"))?;
+    let older = super::api::parse_duration("older_than", q.older_than.as_deref().unwrap_or("10m"))?;
     let cutoff = now_ms().saturating_sub(older.as_millis() as u64);
     let mut items = Vec::new();
     for state in [

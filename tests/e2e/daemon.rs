@@ -49,7 +49,7 @@ procedures:
           name: internal
 "#;
 
-fn sha(token: &str) -> String {
+pub(crate) fn sha(token: &str) -> String {
     use std::io::Write;
     let mut child = Command::new(env!("CARGO_BIN_EXE_provisio"))
         .args(["token", "hash"])
@@ -97,7 +97,7 @@ impl Site {
         Site { dir }.configure(delay_ms)
     }
 
-    fn configure(self, delay_ms: u64) -> Site {
+    pub(crate) fn configure(self, delay_ms: u64) -> Site {
         let ledger = repo().join("examples/exec-provider/ledger.py");
         let config = format!(
             r#"data_dir = "data"
@@ -229,7 +229,7 @@ env = {{ LEDGER_FILE = "{}", LEDGER_DELAY_MS = "{delay_ms}" }}
 pub(crate) struct Daemon {
     child: Child,
     pub(crate) url: String,
-    log: Arc<Mutex<String>>,
+    pub(crate) log: Arc<Mutex<String>>,
 }
 
 impl Drop for Daemon {
@@ -239,9 +239,9 @@ impl Drop for Daemon {
     }
 }
 
-struct Answer {
-    status: u16,
-    body: Value,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
+    pub(crate) body: Value,
 }
 
 impl std::fmt::Debug for Answer {
@@ -251,7 +251,7 @@ impl std::fmt::Debug for Answer {
 }
 
 impl Daemon {
-    fn request(
+    pub(crate) fn request(
         &self,
         method: &str,
         path: &str,
@@ -294,7 +294,13 @@ impl Daemon {
         }
     }
 
-    fn submit(&self, token: &str, yaml: &str, query: &str, headers: &[(&str, &str)]) -> Answer {
+    pub(crate) fn submit(
+        &self,
+        token: &str,
+        yaml: &str,
+        query: &str,
+        headers: &[(&str, &str)],
+    ) -> Answer {
         self.request(
             "POST",
             &format!("/v1/requests{query}"),
@@ -304,12 +310,12 @@ impl Daemon {
         )
     }
 
-    fn status(&self, token: &str, id: &str) -> Answer {
+    pub(crate) fn status(&self, token: &str, id: &str) -> Answer {
         self.request("GET", &format!("/v1/requests/{id}"), Some(token), None, &[])
     }
 
     /// Polls a request until `done` says so (or fails after 30 s).
-    fn until(&self, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    pub(crate) fn until(&self, id: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
         let start = Instant::now();
         loop {
             let a = self.status(OPS, id);
@@ -326,13 +332,13 @@ impl Daemon {
         }
     }
 
-    fn final_state(&self, id: &str) -> Value {
+    pub(crate) fn final_state(&self, id: &str) -> Value {
         self.until(id, "final", |b| {
             !matches!(b["state"].as_str(), Some("queued") | Some("running"))
         })
     }
 
-    fn running_step(&self, id: &str) -> Value {
+    pub(crate) fn running_step(&self, id: &str) -> Value {
         self.until(id, "running a step", |b| {
             b["state"] == "running" && b["steps"].as_array().is_some_and(|s| !s.is_empty())
         })
@@ -1221,6 +1227,7 @@ fn the_openapi_document_describes_the_live_server() {
         "GET /v1/requests/{id}",
         "POST /v1/requests/{id}/cancel",
         "GET /v1/requests/{id}/events",
+        "POST /v1/jobs/{id}/discard",
         "POST /v1/jobs/{id}/requeue",
         "GET /v1/events",
         "GET /v1/namespaces",

@@ -573,6 +573,32 @@ fn is_true(b: &bool) -> bool {
 }
 
 impl Procedure {
+    /// The procedures this procedure's own steps call, with the id of the step that calls
+    /// each, in document order: `execute` and `queue` steps (inside try/catch blocks too)
+    /// and the procedures a script step declares. Not what those procedures call in turn.
+    pub fn direct_calls(&self) -> Vec<(&str, &CallTarget)> {
+        fn walk<'a>(steps: &'a [Step], out: &mut Vec<(&'a str, &'a CallTarget)>) {
+            for step in steps {
+                match step {
+                    Step::Execute(e) => {
+                        if let Some(c) = &e.call {
+                            out.push((&e.id, c));
+                        }
+                    }
+                    Step::Try(t) => {
+                        walk(&t.body, out);
+                        walk(&t.catch, out);
+                    }
+                    Step::Script(s) => out.extend(s.calls.iter().map(|c| (s.id.as_str(), c))),
+                    Step::Select(_) => {}
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.steps, &mut out);
+        out
+    }
+
     /// What this procedure's steps ask for that Provisio does not do yet (see [`Warning`]).
     pub fn warnings(&self) -> Vec<Warning> {
         fn walk(steps: &[Step], out: &mut Vec<Warning>) {

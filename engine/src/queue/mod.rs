@@ -7,7 +7,8 @@
 //! returns the same job), and a maximum number of attempts. A worker claims a job with a
 //! lease it renews by heartbeats; a lease that runs out (a worker that died) gives the job
 //! back. A transient failure puts the job back after an exponential backoff with jitter;
-//! after its last attempt it is `dead` until an operator requeues it.
+//! after its last attempt it is `dead` until an operator requeues or discards it; a dead
+//! job keeps its place at the head of its serialization key's line meanwhile.
 //!
 //! Every attempt gets its transaction id at claim time, written durably before the claim
 //! returns: a job taken back after a crash still names the transaction it started, so its
@@ -29,7 +30,8 @@
 //!   (an MPS `queue` step with `queueSuspended="1"`): released when that transaction
 //!   commits, removed when it rolls back ([`Queue::release_held`], [`Queue::discard_held`],
 //!   and [`Queue::settle_held`] after a crash);
-//! - `n` — the next sequence number; `c` — how many jobs are in each state.
+//! - `n` — the next sequence number; `c` — how many jobs are in each state, and totals
+//!   ([`Tally`]).
 //!
 //! Claiming, finishing and submitting read and write a handful of keys each: their cost
 //! follows the logarithm of the backlog (the store's ordered keys), never its size.
@@ -57,8 +59,12 @@ const HELD: u8 = b'h';
 const COUNTS: &[u8] = b"c";
 const NEXT_SEQ: &[u8] = b"n";
 
-/// Scheduled jobs moved to the ready index per claim (the rest on the next claims).
-const PROMOTE_PER_CLAIM: usize = 64;
+/// Scheduled jobs moved to the ready index per claim (the rest on the next claims). A few
+/// more than the one claimed, so that a backlog that comes due at once (a million jobs
+/// scheduled for the same moment) is promoted a few jobs a claim along its drain, at the
+/// same cost per job whatever its size, instead of in bursts that make the first claims
+/// of a big backlog slower than those of a small one.
+const PROMOTE_PER_CLAIM: usize = 4;
 
 /// Where a job is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -74,8 +80,12 @@ pub enum JobState {
     Failed,
     /// Gave up after its last attempt: an operator may requeue it.
     Dead,
-    /// Cancelled before it ran, or stopped and rolled back while running.
+    /// Cancelled before it ran, or stopped and rolled back while running (or a dead job
+    /// an operator discarded).
     Cancelled,
+    /// Queued by an MPS `queue` step (`queueSuspended="1"`) of a transaction still running:
+    /// runs once that transaction commits, removed if it rolls back.
+    Held,
 }
 
 impl JobState {
@@ -88,26 +98,18 @@ impl JobState {
             JobState::Failed => "failed",
             JobState::Dead => "dead",
             JobState::Cancelled => "cancelled",
+            JobState::Held => "held",
         }
     }
 
     /// The state named `name`.
     pub fn parse(name: &str) -> Option<JobState> {
-        [
-            JobState::Queued,
-            JobState::Running,
-            JobState::Succeeded,
-            JobState::Failed,
-            JobState::Dead,
-            JobState::Cancelled,
-        ]
-        .into_iter()
-        .find(|s| s.name() == name)
+        ALL_STATES.into_iter().find(|s| s.name() == name)
     }
 
     /// Whether nothing more happens to the job (unless an operator requeues a dead one).
     pub fn is_final(self) -> bool {
-        !matches!(self, JobState::Queued | JobState::Running)
+        !matches!(self, JobState::Queued | JobState::Running | JobState::Held)
     }
 }
 
@@ -360,19 +362,36 @@ pub enum SettleError<E> {
 pub struct Queue {
     store: Arc<dyn Store>,
     inner: tokio::sync::Mutex<u64>,
-    /// Jobs by state (in [`ALL_STATES`] order), kept with every change.
-    counts: std::sync::Mutex<[u64; 6]>,
+    /// Jobs by state and totals, kept with every change (stored under `c`).
+    tally: std::sync::Mutex<Tally>,
 }
 
+/// How many states there are.
+pub const STATES: usize = 7;
+
 /// Every state, in the order of [`Queue::counts`].
-pub const ALL_STATES: [JobState; 6] = [
+pub const ALL_STATES: [JobState; STATES] = [
     JobState::Queued,
     JobState::Running,
     JobState::Succeeded,
     JobState::Failed,
     JobState::Dead,
     JobState::Cancelled,
+    JobState::Held,
 ];
+
+/// The queue's counters (the `c` key): jobs in each state now, and totals since the queue
+/// was created that retention never lowers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Tally {
+    /// Jobs in each state now, in [`ALL_STATES`] order.
+    pub now: [u64; STATES],
+    /// How many times a job entered each state, in [`ALL_STATES`] order (a requeued job
+    /// that dies again counts twice as dead); pruning lowers `now`, never this.
+    pub entered: [u64; STATES],
+    /// Jobs ever submitted.
+    pub submitted: u64,
+}
 
 fn state_index(state: JobState) -> usize {
     ALL_STATES.iter().position(|s| *s == state).unwrap_or(0)
@@ -490,50 +509,67 @@ impl Queue {
             Some(v) if v.len() == 8 => u64::from_be_bytes(v.try_into().unwrap_or([0; 8])),
             _ => 1,
         };
-        let counts = match store.get(Space::Queue, COUNTS)? {
-            Some(v) => serde_json::from_slice(&v).unwrap_or([0; 6]),
+        let stored = store.get(Space::Queue, COUNTS)?;
+        let tally = match stored
+            .as_deref()
+            .and_then(|v| serde_json::from_slice::<Tally>(v).ok())
+        {
+            Some(t) => t,
             None => {
-                // Never counted (a queue written before the counts): count the state index
-                // once.
-                let mut c = [0u64; 6];
+                // Never counted, or counted by an earlier version (an array of six states,
+                // no totals): count the state index once; the totals start from what is
+                // kept.
+                let mut t = Tally::default();
                 for (i, state) in ALL_STATES.iter().enumerate() {
-                    c[i] = store
+                    t.now[i] = store
                         .scan(Space::Queue, &field_prefix(BY_STATE, state.name()))?
                         .len() as u64;
                 }
-                c
+                t.entered = t.now;
+                t.submitted = t.now.iter().sum();
+                t
             }
         };
         Ok(Queue {
             store,
             inner: tokio::sync::Mutex::new(next),
-            counts: std::sync::Mutex::new(counts),
+            tally: std::sync::Mutex::new(tally),
         })
     }
 
     /// How many jobs are in each state, in [`ALL_STATES`] order (kept with every change:
     /// no scan).
-    pub fn counts(&self) -> [u64; 6] {
-        *self.counts.lock().unwrap_or_else(|e| e.into_inner())
+    pub fn counts(&self) -> [u64; STATES] {
+        self.tally().now
+    }
+
+    /// The counts and the totals since the queue was created (kept in the store: they
+    /// survive restarts).
+    pub fn tally(&self) -> Tally {
+        *self.tally.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn count(&self, from: Option<JobState>, to: Option<JobState>) {
-        let mut c = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let mut c = self.tally.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(f) = from {
-            c[state_index(f)] = c[state_index(f)].saturating_sub(1);
+            c.now[state_index(f)] = c.now[state_index(f)].saturating_sub(1);
         }
         if let Some(t) = to {
-            c[state_index(t)] += 1;
+            c.now[state_index(t)] += 1;
+            c.entered[state_index(t)] += 1;
+            if from.is_none() {
+                c.submitted += 1;
+            }
         }
     }
 
     /// Writes a batch, with the counts as they now are.
     async fn commit(&self, mut batch: Batch, durable: bool) -> Result<(), QueueError> {
-        let counts = self.counts();
+        let tally = self.tally();
         batch.put(
             Space::Queue,
             COUNTS.to_vec(),
-            serde_json::to_vec(&counts).unwrap_or_default(),
+            serde_json::to_vec(&tally).unwrap_or_default(),
         );
         self.store.write(batch, durable).await?;
         Ok(())
@@ -675,6 +711,16 @@ impl Queue {
         Ok(())
     }
 
+    /// Whether the job's own entry is the first of its key's line (always, without a key).
+    fn heads_line(&self, job: &Job) -> Result<bool, QueueError> {
+        match (job.serial_key.as_deref(), Self::serial_entry(job)) {
+            (Some(s), Some(entry)) => Ok(self
+                .first(&serial_prefix(s))?
+                .is_some_and(|(k, _)| k == entry)),
+            _ => Ok(true),
+        }
+    }
+
     /// Whether the job is first in its key's line (always, without a key).
     fn first_in_line(&self, serial: Option<&str>) -> Result<bool, QueueError> {
         match serial {
@@ -732,10 +778,15 @@ impl Queue {
         let mut batch = Batch::new();
         let seq = Self::alloc(&mut next, &mut batch);
         let id = uuid::Uuid::now_v7().to_string();
+        let state = if options.held_by.is_some() {
+            JobState::Held
+        } else {
+            JobState::Queued
+        };
         let mut job = Job {
             id: id.clone(),
             seq,
-            state: JobState::Queued,
+            state,
             priority: new.priority,
             not_before_ms: new.not_before_ms,
             serial_key: new.serial_key,
@@ -781,7 +832,7 @@ impl Queue {
             );
         }
         batch.put(Space::Queue, with_seq(vec![ALL], seq), idb.clone());
-        batch.put(Space::Queue, state_key(JobState::Queued, seq), idb.clone());
+        batch.put(Space::Queue, state_key(state, seq), idb.clone());
         batch.put(
             Space::Queue,
             with_seq(field_prefix(BY_TARGET, &job.target), seq),
@@ -793,7 +844,7 @@ impl Queue {
             idb,
         );
         batch.put(Space::Queue, job_key(&id), encode(&job));
-        self.count(None, Some(JobState::Queued));
+        self.count(None, Some(state));
         // Applied under the lock (the next change sees it), made durable after it: a claim
         // of this job syncs it too, before its transaction can start.
         self.commit(batch, false).await?;
@@ -898,7 +949,11 @@ impl Queue {
         now: u64,
     ) -> Result<(), QueueError> {
         Self::unslot(batch, job);
-        self.leave_line(batch, job, now)?;
+        if state != JobState::Dead {
+            // A dead job keeps its place at the head of its key's line: the jobs after it
+            // wait until an operator requeues or discards it (per-tenant order).
+            self.leave_line(batch, job, now)?;
+        }
         self.set_state(batch, job, state);
         job.finished_ms = Some(now);
         batch.put(
@@ -997,7 +1052,7 @@ impl Queue {
         let mut job = self.must_get(id)?;
         let mut batch = Batch::new();
         let out = match job.state {
-            JobState::Queued => {
+            JobState::Queued | JobState::Held => {
                 self.finalize(&mut batch, &mut job, JobState::Cancelled, now)?;
                 job.error = Some("cancelled before it started".into());
                 batch.put(Space::Queue, job_key(id), encode(&job));
@@ -1043,15 +1098,63 @@ impl Queue {
         job.not_before_ms = now;
         job.cancel_requested = false;
         job.slot = Slot::Waiting;
-        if job.serial_key.is_some() {
-            job.serial_pos = Self::alloc(&mut next, &mut batch);
-        }
-        if self.first_in_line(job.serial_key.as_deref())? {
-            Self::slot_runnable(&mut batch, &mut job, now);
+        let in_line = match Self::serial_entry(&job) {
+            Some(entry) => self.store.get(Space::Queue, &entry)?.is_some(),
+            None => false,
+        };
+        if in_line {
+            // It kept its place (a dead job holds its line): still at the head.
+            if self.heads_line(&job)? {
+                Self::slot_runnable(&mut batch, &mut job, now);
+            }
+        } else {
+            // Dead before dead jobs held their line (an earlier version): at the end.
+            if job.serial_key.is_some() {
+                job.serial_pos = Self::alloc(&mut next, &mut batch);
+            }
+            if self.first_in_line(job.serial_key.as_deref())? {
+                Self::slot_runnable(&mut batch, &mut job, now);
+            }
         }
         if let Some(entry) = Self::serial_entry(&job) {
             batch.put(Space::Queue, entry, id.as_bytes().to_vec());
         }
+        batch.put(Space::Queue, job_key(id), encode(&job));
+        self.commit(batch, true).await?;
+        Ok(job)
+    }
+
+    /// An operator gives up on a dead job: `cancelled`, and the next job of its
+    /// serialization key may run (a dead job holds its key's line until requeued or
+    /// discarded). Its request is dropped.
+    pub async fn discard(&self, id: &str, now: u64) -> Result<Job, QueueError> {
+        let _guard = self.inner.lock().await;
+        let mut job = self.must_get(id)?;
+        if job.state != JobState::Dead {
+            return Err(QueueError::WrongState {
+                id: id.to_string(),
+                state: job.state,
+                what: "only a dead job can be discarded (cancel a queued or running one)".into(),
+            });
+        }
+        let mut batch = Batch::new();
+        if let Some(at) = job.finished_ms {
+            batch.delete(Space::Queue, finished_key(at, job.seq));
+        }
+        self.leave_line(&mut batch, &job, now)?;
+        self.set_state(&mut batch, &mut job, JobState::Cancelled);
+        job.finished_ms = Some(now);
+        batch.put(
+            Space::Queue,
+            finished_key(now, job.seq),
+            job.id.as_bytes().to_vec(),
+        );
+        job.payload = None;
+        job.txn = None;
+        job.error = Some(format!(
+            "discarded by an operator after it died ({})",
+            job.error.as_deref().unwrap_or("no error recorded")
+        ));
         batch.put(Space::Queue, job_key(id), encode(&job));
         self.commit(batch, true).await?;
         Ok(job)
@@ -1124,6 +1227,10 @@ impl Queue {
                 // A stale key (cannot happen through this module): keep the job.
                 continue;
             }
+            if job.state == JobState::Dead {
+                // Retention discards it: the next job of its key may run.
+                self.leave_line(&mut batch, &job, before_ms)?;
+            }
             self.count(Some(job.state), None);
             delete_job_keys(&mut batch, &job);
         }
@@ -1160,6 +1267,7 @@ impl Queue {
             n += 1;
             job.held_by = None;
             job.slot = Slot::Waiting;
+            self.set_state(&mut batch, &mut job, JobState::Queued);
             if self.first_in_line(job.serial_key.as_deref())? {
                 Self::slot_runnable(&mut batch, &mut job, now);
             }

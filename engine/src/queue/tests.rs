@@ -395,7 +395,7 @@ fn prune_removes_jobs_finished_long_enough_ago_with_all_their_keys() {
 #[test]
 fn counts_by_state_follow_every_change_and_survive_a_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let expected = [1, 1, 1, 0, 0, 1];
+    let expected = [1, 1, 1, 0, 0, 1, 0];
     {
         let q = open(dir.path());
         rt().block_on(async {
@@ -410,7 +410,92 @@ fn counts_by_state_follow_every_change_and_survive_a_restart() {
             assert_eq!(q.counts(), expected);
         });
     }
-    assert_eq!(open(dir.path()).counts(), expected);
+    let q = open(dir.path());
+    assert_eq!(q.counts(), expected);
+    // The totals too, and pruning lowers the counts, never the totals.
+    let t = q.tally();
+    assert_eq!((t.submitted, t.entered[2], t.entered[5]), (4, 1, 1));
+    rt().block_on(async {
+        assert_eq!(q.prune(u64::MAX / 2, 100).await.expect("prune"), 2);
+    });
+    drop(q);
+    let t = open(dir.path()).tally();
+    assert_eq!(t.now, [1, 1, 0, 0, 0, 0, 0]);
+    assert_eq!((t.submitted, t.entered[2], t.entered[5]), (4, 1, 1));
+}
+
+#[test]
+fn a_dead_job_holds_its_keys_line_until_requeued_or_discarded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let q = open(dir.path());
+    let backoff = Backoff {
+        base: Duration::from_millis(100),
+        max: Duration::from_secs(10),
+    };
+    rt().block_on(async {
+        let keyed = |target: &str| NewJob {
+            serial_key: Some("tenant".into()),
+            max_attempts: 1,
+            ..job(target)
+        };
+        let a = q.submit(keyed("A"), 1).await.expect("a").job;
+        let b = q.submit(keyed("B"), 1).await.expect("b").job;
+        let other = q.submit(job("C"), 1).await.expect("c").job;
+        let first = q.claim(2, LEASE).await.expect("claim").expect("a");
+        assert_eq!(first.id, a.id);
+        let dead = q
+            .retry_later(&a.id, "busy".into(), 3, backoff, 1)
+            .await
+            .expect("retry");
+        assert_eq!(dead.state, JobState::Dead);
+        // B waits behind the dead A; other keys run.
+        let next = q.claim(4, LEASE).await.expect("claim").expect("c");
+        assert_eq!(next.id, other.id);
+        assert!(
+            q.claim(5, LEASE).await.expect("claim").is_none(),
+            "B is held back"
+        );
+        // Requeued, A keeps its place at the head: it runs before B.
+        q.requeue(&a.id, 6).await.expect("requeue");
+        let again = q.claim(7, LEASE).await.expect("claim").expect("a again");
+        assert_eq!(again.id, a.id);
+        q.retry_later(&a.id, "busy".into(), 8, backoff, 1)
+            .await
+            .expect("dies again");
+        assert!(q.claim(9, LEASE).await.expect("claim").is_none());
+        // Discarded by an operator: B may run; A is cancelled, its request dropped.
+        let gone = q.discard(&a.id, 10).await.expect("discard");
+        assert_eq!(gone.state, JobState::Cancelled);
+        assert!(gone.payload.is_none());
+        assert!(matches!(
+            q.discard(&a.id, 11).await,
+            Err(QueueError::WrongState { .. })
+        ));
+        let last = q.claim(12, LEASE).await.expect("claim").expect("b");
+        assert_eq!(last.id, b.id);
+        assert_eq!(q.counts()[4], 0, "no dead job left");
+    });
+}
+
+#[test]
+fn retention_of_a_dead_job_lets_its_line_go_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let q = open(dir.path());
+    rt().block_on(async {
+        let keyed = |target: &str| NewJob {
+            serial_key: Some("tenant".into()),
+            ..job(target)
+        };
+        let a = q.submit(keyed("A"), 1).await.expect("a").job;
+        let b = q.submit(keyed("B"), 1).await.expect("b").job;
+        q.claim(2, LEASE).await.expect("claim").expect("a");
+        q.bury(&a.id, "unreadable".into(), 3).await.expect("bury");
+        assert!(q.claim(4, LEASE).await.expect("claim").is_none());
+        assert_eq!(q.prune(10, 100).await.expect("prune"), 1);
+        assert!(q.get(&a.id).expect("get").is_none());
+        let next = q.claim(11, LEASE).await.expect("claim").expect("b");
+        assert_eq!(next.id, b.id);
+    });
 }
 
 #[test]
@@ -502,6 +587,32 @@ fn claiming_and_finishing_read_a_handful_of_rows_whatever_the_backlog() {
         store.rows.store(0, Relaxed);
         q.submit(job("A/C"), 12).await.expect("submit");
         assert!(store.rows.load(Relaxed) <= 4);
+    });
+}
+
+#[test]
+fn a_backlog_due_at_once_is_promoted_a_few_jobs_a_claim_in_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(Counting {
+        inner: SledStore::open(dir.path()).expect("open"),
+        rows: AtomicUsize::new(0),
+    });
+    let q = Queue::open(store.clone()).expect("queue");
+    rt().block_on(async {
+        let mut ids = Vec::new();
+        for _ in 0..2_000u64 {
+            let mut j = job("A/B");
+            j.not_before_ms = 1_000;
+            ids.push(q.submit(j, 0).await.expect("submit").job.id);
+        }
+        for id in ids.iter().take(40) {
+            store.rows.store(0, Relaxed);
+            let c = q.claim(1_000, LEASE).await.expect("claim").expect("job");
+            assert_eq!(&c.id, id, "in submission order");
+            q.finish(&c.id, done(), 1_001).await.expect("finish");
+            let rows = store.rows.load(Relaxed);
+            assert!(rows <= 20, "a claim and a finish read {rows} rows");
+        }
     });
 }
 
@@ -624,16 +735,35 @@ fn held_jobs_wait_for_their_transaction_and_keep_their_line() {
             .job;
         let b = q.submit(keyed("B"), 1).await.expect("b").job;
         let c = q.submit_with(job("C"), held("t2"), 1).await.expect("c").job;
-        assert_eq!(q.counts()[0], 3);
+        assert_eq!((a.state, c.state), (JobState::Held, JobState::Held));
+        assert_eq!(
+            (q.counts()[0], q.counts()[6]),
+            (1, 2),
+            "held apart from queued"
+        );
+        let listed = q
+            .list(
+                &ListFilter {
+                    state: Some(JobState::Held),
+                    ..ListFilter::default()
+                },
+                None,
+                10,
+            )
+            .expect("list");
+        assert_eq!(listed.jobs.len(), 2);
         // The held job is in no line: B (same key) runs; nothing else is claimable.
         let first = q.claim(2, LEASE).await.expect("claim").expect("b");
         assert_eq!(first.id, b.id);
         assert!(q.claim(2, LEASE).await.expect("claim").is_none());
         assert_eq!(q.discard_held("t2").await.expect("discard"), 1);
         assert!(q.get(&c.id).expect("get").is_none());
-        assert_eq!(q.counts()[0], 1, "C is no longer counted");
+        assert_eq!(q.counts()[6], 1, "C is no longer counted");
         // Released while B of its key still runs: it waits for B.
         assert_eq!(q.release_held("t1", 3).await.expect("release"), 1);
+        let released = q.get(&a.id).expect("get").expect("a");
+        assert_eq!(released.state, JobState::Queued);
+        assert_eq!((q.counts()[0], q.counts()[6]), (1, 0));
         assert!(q.claim(3, LEASE).await.expect("claim").is_none());
         q.finish(&b.id, done(), 4).await.expect("finish");
         let next = q.claim(5, LEASE).await.expect("claim").expect("a");

@@ -1,0 +1,323 @@
+//! `provisio serve` and its queue across restarts and operator actions: the response of a
+//! job settled by recovery, held jobs of `queue` steps, a dead job holding its
+//! serialization key's line, metrics that survive a restart, and the MPS `queue` step
+//! submitted over HTTP.
+
+use crate::daemon::{customer, python, Daemon, Site, ALICE, OPS};
+use std::time::{Duration, Instant};
+
+/// A resumable procedure on the example Ledger provider: after a crash, recovery finishes
+/// it (resumes to its commit) instead of rolling it back.
+const RESUME: &str = r#"
+namespace: Resume
+procedures:
+  Open:
+    access: public
+    resumable: true
+    parallel: false
+    inputs:
+      customer: { type: string, required: true }
+    steps:
+      open:
+        call: Ledger Provider/CreateAccount
+        with: { name: "{{ data.customer }}", credit: 1000 }
+      bonus:
+        call: Ledger Provider/Credit
+        with: { name: "{{ data.customer }}", amount: 500 }
+      loyalty:
+        call: Ledger Provider/Credit
+        with: { name: "{{ data.customer }}", amount: 1 }
+"#;
+
+#[test]
+fn a_job_settled_by_recovery_answers_with_a_response_rebuilt_from_the_journal() {
+    if !python() {
+        return;
+    }
+    let site = Site::new(600);
+    std::fs::write(site.path("ns/resume.yaml"), RESUME).expect("write ns");
+    let mut d = site.start();
+    let a = d.submit(
+        ALICE,
+        "call: Resume/Open\ndata: { customer: rae }\n",
+        "",
+        &[],
+    );
+    assert_eq!(a.status, 202, "{a:?}");
+    let id = a.body["id"].as_str().unwrap().to_string();
+    d.running_step(&id);
+    d.signal("-KILL");
+    assert_eq!(
+        d.exit(Duration::from_secs(10)),
+        None,
+        "killed by the signal"
+    );
+    drop(d);
+    let site = site.configure(0);
+    let d = site.start();
+    let done = d.final_state(&id);
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let txns = done["transactions"].as_array().unwrap();
+    assert_eq!(txns.len(), 1, "resumed, not run again: {done}");
+    let response = &done["response"];
+    assert_eq!(response["transactionId"], txns[0], "{done}");
+    assert_eq!(response["status"], "committed", "{done}");
+    assert!(response["rebuiltFromJournal"].is_string(), "{done}");
+    assert!(response["calls"].as_u64().unwrap() >= 1, "{done}");
+    assert_eq!(site.accounts(), vec![("rae".to_string(), 1501)]);
+}
+
+/// Procedures with an MPS `queue` step (suspended: held for the transaction), then a
+/// step that takes a while, or one that fails.
+const QUEUEING: &str = r#"
+namespace: Queueing
+procedures:
+  Later:
+    access: public
+    parallel: false
+    inputs:
+      customer: { type: string, required: true }
+    steps:
+      queued:
+        call: Billing/OpenCustomer
+        queue: suspended
+        with: { customer: "{{ data.customer }}" }
+        after:
+          - { source: context, sourcePath: queueContext/@queueId, destination: data, destinationPath: jobId, mode: merge }
+      who:
+        call: Queueing/Who
+        queue: active
+        with: { asked: "{{ data.customer }}" }
+      slow:
+        call: Ledger Provider/CreateAccount
+        with: { name: "{{ data.customer }}-marker", credit: 1 }
+  Who:
+    access: public
+    steps:
+      who:
+        before:
+          - { source: context, sourcePath: securityContext, destination: data, destinationPath: who, mode: merge, ifNull: ignore }
+  LaterThenFail:
+    access: public
+    parallel: false
+    inputs:
+      customer: { type: string, required: true }
+    steps:
+      queued:
+        call: Billing/OpenCustomer
+        queue: suspended
+        with: { customer: "{{ data.customer }}" }
+      slow:
+        call: Ledger Provider/CreateAccount
+        with: { name: "{{ data.customer }}-marker", credit: 1 }
+      fail:
+        call: Ledger Provider/Credit
+        with: { name: nobody, amount: 1 }
+"#;
+
+/// The id of the one job `token` sees held, once there is one.
+fn held_job(d: &Daemon, token: &str) -> String {
+    let start = Instant::now();
+    loop {
+        let a = d.request("GET", "/v1/requests?state=held", Some(token), None, &[]);
+        assert_eq!(a.status, 200, "{a:?}");
+        if let Some(job) = a.body["items"].as_array().and_then(|i| i.first()) {
+            assert_eq!(job["state"], "held", "{a:?}");
+            assert_eq!(job["target"], "Billing/OpenCustomer", "{a:?}");
+            return job["id"].as_str().unwrap().to_string();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no held job: {a:?}\n{}",
+            d.log.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_queue_step_sent_over_http_holds_its_job_until_the_commit_then_runs_it_apart() {
+    if !python() {
+        return;
+    }
+    let site = Site::new(500);
+    std::fs::write(site.path("ns/queueing.yaml"), QUEUEING).expect("write ns");
+    let d = site.start();
+    let a = d.submit(
+        ALICE,
+        "call: Queueing/Later\ndata: { customer: quinn }\n",
+        "",
+        &[],
+    );
+    assert_eq!(a.status, 202, "{a:?}");
+    let submitter = a.body["id"].as_str().unwrap().to_string();
+    let held = held_job(&d, ALICE);
+    // Held while its transaction runs: counted apart from the queued jobs.
+    let m = d.request("GET", "/v1/metrics", Some(ALICE), None, &[]);
+    let text = m.body.as_str().unwrap_or_default().to_string();
+    assert!(text.contains("provisio_jobs{state=\"held\"} 1"), "{text}");
+    let done = d.final_state(&submitter);
+    assert_eq!(done["outcome"], "committed", "{done}");
+    assert_eq!(done["response"]["data"]["jobId"], held.as_str(), "{done}");
+    // Released by the commit, it runs as a transaction of its own.
+    let job = d.final_state(&held);
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["subject"], "alice", "{job}");
+    assert_ne!(job["transactions"][0], done["transactions"][0], "{job}");
+    assert_eq!(
+        site.accounts(),
+        vec![("quinn".to_string(), 1501), ("quinn-marker".to_string(), 1)]
+    );
+    // A queued job runs with the identity of the request that queued it.
+    let list = d.request(
+        "GET",
+        "/v1/requests?procedure=Queueing/Who",
+        Some(ALICE),
+        None,
+        &[],
+    );
+    let who = list.body["items"][0]["id"]
+        .as_str()
+        .expect("the Who job")
+        .to_string();
+    let who = d.final_state(&who);
+    assert_eq!(who["response"]["data"]["who"]["subject"], "alice", "{who}");
+
+    // A submitter that rolls back: its held job is removed, never run.
+    let a = d.submit(
+        ALICE,
+        "call: Queueing/LaterThenFail\ndata: { customer: rita }\n",
+        "",
+        &[],
+    );
+    let failing = a.body["id"].as_str().unwrap().to_string();
+    let held = held_job(&d, ALICE);
+    let done = d.final_state(&failing);
+    assert_eq!(done["outcome"], "rolled_back", "{done}");
+    let gone = d.status(ALICE, &held);
+    assert_eq!(gone.status, 404, "{gone:?}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        site.accounts()
+            .iter()
+            .all(|(name, _)| !name.starts_with("rita")),
+        "{:?}",
+        site.accounts()
+    );
+    let m = d.request("GET", "/v1/metrics", Some(ALICE), None, &[]);
+    let text = m.body.as_str().unwrap_or_default().to_string();
+    assert!(text.contains("provisio_jobs{state=\"held\"} 0"), "{text}");
+    // Only a dead job can be discarded, and only by an operator.
+    let a = d.request(
+        "POST",
+        &format!("/v1/jobs/{submitter}/discard"),
+        Some(ALICE),
+        None,
+        &[],
+    );
+    assert_eq!(
+        (a.status, a.body["code"].as_str()),
+        (403, Some("operator_only")),
+        "{a:?}"
+    );
+    let a = d.request(
+        "POST",
+        &format!("/v1/jobs/{submitter}/discard"),
+        Some(OPS),
+        None,
+        &[],
+    );
+    assert_eq!(
+        (a.status, a.body["code"].as_str()),
+        (409, Some("wrong_state")),
+        "{a:?}"
+    );
+}
+
+#[test]
+fn request_totals_survive_a_restart() {
+    if !python() {
+        return;
+    }
+    let site = Site::new(0);
+    let d = site.start();
+    for name in ["sam", "sue"] {
+        let a = d.submit(ALICE, &customer(name), "?wait=20s", &[]);
+        assert_eq!(a.status, 200, "{a:?}");
+    }
+    let mut d = d;
+    d.signal("-TERM");
+    assert_eq!(d.exit(Duration::from_secs(20)), Some(0));
+    drop(d);
+    let d = site.start();
+    let m = d.request("GET", "/v1/metrics", Some(ALICE), None, &[]);
+    let text = m.body.as_str().unwrap_or_default().to_string();
+    assert!(
+        text.contains("provisio_requests_submitted_total 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("provisio_requests_total{state=\"succeeded\"} 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("provisio_jobs{state=\"succeeded\"} 2"),
+        "{text}"
+    );
+}
+
+/// A procedure that calls no provider: done at once.
+const QUICK: &str = r#"
+namespace: Quick
+procedures:
+  Mark:
+    access: public
+    steps:
+      mark:
+        before:
+          - { template: "done", destination: data, destinationPath: mark, mode: merge }
+"#;
+
+#[test]
+fn a_waiting_submission_lends_the_pool_a_worker() {
+    if !python() {
+        return;
+    }
+    // One worker, busy with a slow request (3 calls of 3 s each).
+    let site = Site::new(3000);
+    std::fs::write(site.path("ns/quick.yaml"), QUICK).expect("write ns");
+    let config = std::fs::read_to_string(site.path("provisio.toml")).expect("config");
+    std::fs::write(
+        site.path("provisio.toml"),
+        config.replace("workers = 2", "workers = 1"),
+    )
+    .expect("config");
+    let d = site.start();
+    let slow = d.submit(ALICE, &customer("sid"), "", &[]);
+    let slow = slow.body["id"].as_str().unwrap().to_string();
+    d.running_step(&slow);
+    // A waited-for request is not queued behind it: it finishes while the slow one runs.
+    let a = d.submit(ALICE, "call: Quick/Mark\n", "?wait=6s", &[]);
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(a.body["response"]["data"]["mark"], "done", "{a:?}");
+    assert_eq!(d.status(ALICE, &slow).body["state"], "running");
+    let done = d.final_state(&slow);
+    assert_eq!(done["outcome"], "committed", "{done}");
+}
+
+#[test]
+fn a_delay_is_not_capped_like_a_wait() {
+    if !python() {
+        return;
+    }
+    let site = Site::new(0);
+    let d = site.start();
+    let a = d.submit(ALICE, &customer("dee"), "?delay=2h", &[]);
+    assert_eq!(a.status, 202, "{a:?}");
+    let id = a.body["id"].as_str().unwrap();
+    let s = d.status(ALICE, id);
+    let ahead =
+        s.body["not_before_ms"].as_u64().unwrap() - s.body["submitted_ms"].as_u64().unwrap();
+    assert!((7_199_000..=7_201_000).contains(&ahead), "{s:?}");
+    assert_eq!(s.body["state"], "queued", "{s:?}");
+}
