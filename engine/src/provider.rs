@@ -281,6 +281,18 @@ pub trait Provider: Send + Sync {
     /// The procedures it serves.
     fn procedures(&self) -> Vec<ProcedureSpec>;
 
+    /// Whether every effect of this provider's calls is a write to its own provider state
+    /// ([`ProviderState`]): nothing outside the engine's store changes (an embedded
+    /// directory, bookkeeping such as allocations and plans). The engine then does not
+    /// make the call's intent record durable before the call: the call's state writes
+    /// reach the disk in the same batch as its `done` record, or neither does, so a crash
+    /// can lose the call only together with its effect. A transaction of such calls syncs
+    /// its journal when it ends, not once per call. Say `true` only when it holds for
+    /// every procedure, every call; the default is `false`.
+    fn effects_in_state_only(&self) -> bool {
+        false
+    }
+
     /// Runs one call. Must clean up its own partial work when it fails: the engine only
     /// undoes calls that succeeded.
     async fn execute(&self, call: Call) -> Result<Outcome, ProviderError>;

@@ -13,6 +13,7 @@ use provisio_engine::{
     EngineOptions, Outcome, Preview, ProcedureSpec, Provider, ProviderError, ProviderRegistry,
     RetryOptions, SledStore, Store, TxnResult, TxnState, UndoKind,
 };
+use provisio_engine::{Batch, KeyRange, KeyValue, Space, StoreError};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +26,9 @@ use std::time::Duration;
 #[derive(Default)]
 struct Counter {
     undos: AtomicUsize,
+    /// Declares its effects to be provider-state writes only (they are): the engine then
+    /// does not sync the intent before each call.
+    state_only: bool,
 }
 
 fn input(call: &Call, name: &str) -> String {
@@ -77,6 +81,10 @@ impl Counter {
 impl Provider for Counter {
     fn name(&self) -> &str {
         "Counter"
+    }
+
+    fn effects_in_state_only(&self) -> bool {
+        self.state_only
     }
 
     fn procedures(&self) -> Vec<ProcedureSpec> {
@@ -505,7 +513,11 @@ async fn crash_child() {
     };
     let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.as_ref()).unwrap());
     let journal = Arc::new(DurableJournal::new(store, None, "test").with_failpoints_from_env());
-    let e = engine(Arc::new(Counter::default())).with_journal(journal);
+    let counter = Counter {
+        state_only: std::env::var("PROVISIO_STATE_ONLY").is_ok_and(|v| v == "1"),
+        ..Counter::default()
+    };
+    let e = engine(Arc::new(counter)).with_journal(journal);
     match std::env::var("PROVISIO_STATE_CRASH_CASE").as_deref() {
         Ok("resume") => {
             run(&e, "Resume").await;
@@ -522,6 +534,17 @@ async fn crash_child() {
 /// Runs the crash child with the crash point `n` (`when`: before or after the write);
 /// whether it ran to its end.
 fn crash_child_at(dir: &std::path::Path, case: &str, n: u32, when: &str) -> bool {
+    crash_child_with(dir, case, n, when, false)
+}
+
+/// [`crash_child_at`], the provider declaring its effects state-only or not.
+fn crash_child_with(
+    dir: &std::path::Path,
+    case: &str,
+    n: u32,
+    when: &str,
+    state_only: bool,
+) -> bool {
     std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -534,6 +557,7 @@ fn crash_child_at(dir: &std::path::Path, case: &str, n: u32, when: &str) -> bool
         .env("PROVISIO_STATE_CRASH_CASE", case)
         .env("PROVISIO_CRASH_AT", n.to_string())
         .env("PROVISIO_CRASH_WHEN", when)
+        .env("PROVISIO_STATE_ONLY", if state_only { "1" } else { "0" })
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .status()
@@ -587,12 +611,26 @@ async fn a_resumed_transaction_keeps_and_undoes_the_state_of_its_replayed_steps(
 /// `a` and `b`, written by one step, always agree.
 #[tokio::test]
 async fn a_crash_at_any_journal_write_keeps_state_with_its_step() {
+    crash_at_any_journal_write(false).await;
+}
+
+/// The same with a provider that declares its effects state-only: its intents are not
+/// synced before the calls, and the guarantees hold all the same.
+#[tokio::test]
+async fn a_crash_at_any_journal_write_keeps_state_with_its_step_when_intents_are_not_synced() {
+    crash_at_any_journal_write(true).await;
+}
+
+async fn crash_at_any_journal_write(state_only: bool) {
     let mut crashes = 0;
     for when in ["before", "after"] {
         for n in 1.. {
             let dir = tempfile::tempdir().unwrap();
-            let finished = crash_child_at(dir.path(), "pair", n, when);
-            let c = Arc::new(Counter::default());
+            let finished = crash_child_with(dir.path(), "pair", n, when, state_only);
+            let c = Arc::new(Counter {
+                state_only,
+                ..Counter::default()
+            });
             let (e, journal) = durable(dir.path(), engine(c.clone()));
             if finished {
                 // Past the last write: both ran to their end.
@@ -657,4 +695,68 @@ async fn pruning_the_journal_keeps_provider_state() {
     assert!(left.is_empty(), "{left:?}");
     assert_eq!(counter(&e, "counter"), Some(1));
     assert_eq!((counter(&e, "a"), counter(&e, "b")), (Some(1), Some(1)));
+}
+
+/// A sled store that counts the syncs made through it (durable writes and `sync`).
+struct CountingSyncs {
+    inner: SledStore,
+    syncs: AtomicUsize,
+}
+
+#[async_trait]
+impl Store for CountingSyncs {
+    async fn write(&self, batch: Batch, durable: bool) -> Result<(), StoreError> {
+        if durable {
+            self.syncs.fetch_add(1, Ordering::SeqCst);
+        }
+        self.inner.write(batch, durable).await
+    }
+    async fn sync(&self) -> Result<(), StoreError> {
+        self.syncs.fetch_add(1, Ordering::SeqCst);
+        self.inner.sync().await
+    }
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.get(space, key)
+    }
+    fn scan(&self, space: Space, prefix: &[u8]) -> Result<Vec<KeyValue>, StoreError> {
+        self.inner.scan(space, prefix)
+    }
+    fn scan_range(
+        &self,
+        space: Space,
+        range: KeyRange<'_>,
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Vec<KeyValue>, StoreError> {
+        self.inner.scan_range(space, range, limit, reverse)
+    }
+}
+
+/// A provider whose effects are all provider state does not have each call's intent synced
+/// before the call: a transaction of its calls syncs when it ends. One that does not say
+/// so gets a sync per call.
+#[tokio::test]
+async fn a_state_only_provider_is_not_synced_before_each_call() {
+    let mut syncs = Vec::new();
+    for state_only in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(CountingSyncs {
+            inner: SledStore::open(dir.path()).unwrap(),
+            syncs: AtomicUsize::new(0),
+        });
+        let journal = Arc::new(DurableJournal::new(store.clone(), None, "test"));
+        let provider = Counter {
+            state_only,
+            ..Counter::default()
+        };
+        let e = engine(Arc::new(provider)).with_journal(journal);
+        store.syncs.store(0, Ordering::SeqCst);
+        let r = run(&e, "XThenY").await;
+        assert_eq!(r.state, TxnState::Committed, "{:?}", r.failure);
+        assert_eq!((counter(&e, "x"), counter(&e, "y")), (Some(1), Some(1)));
+        syncs.push(store.syncs.load(Ordering::SeqCst));
+    }
+    // Two sequential calls: two intents and the commit, against the commit alone.
+    assert!(syncs[0] >= 3, "{syncs:?}");
+    assert!(syncs[1] < syncs[0] && syncs[1] <= 2, "{syncs:?}");
 }

@@ -339,7 +339,8 @@ impl Engine {
         Ok(r.output.clone())
     }
 
-    /// Journals that the call is about to be made (durable before the call).
+    /// Journals that the call is about to be made (durable before the call, unless the
+    /// provider's effects are all in its provider state).
     async fn journal_intent(
         &self,
         call: &LeafCall<'_>,
@@ -359,6 +360,9 @@ impl Engine {
                 input: &logged,
                 call_data: ed,
                 secret,
+                // A call whose effects are only provider-state writes cannot outlive its
+                // done record (same batch), so its intent need not be on the disk first.
+                durable: !call.provider.effects_in_state_only(),
             })
             .await
             .map_err(|e| {

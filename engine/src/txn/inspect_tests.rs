@@ -67,6 +67,7 @@ async fn journaled(
                 input: &input,
                 call_data: &input,
                 secret: false,
+                durable: true,
             })
             .await
             .expect("intent");

@@ -637,7 +637,7 @@ impl Journal for DurableJournal {
             call_data: self.guard(i.call_data, i.secret),
         };
         Ok(self
-            .append(&i.context.txn_id, &record, true, Batch::new())
+            .append(&i.context.txn_id, &record, i.durable, Batch::new())
             .await?)
     }
 

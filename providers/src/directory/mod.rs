@@ -1550,6 +1550,12 @@ impl Provider for DirectoryProvider {
         PROVIDER_NAME
     }
 
+    /// The embedded backend's directory is provider state: nothing else changes, so the
+    /// engine need not sync each call's intent (see `DirectoryBackend::state_backed`).
+    fn effects_in_state_only(&self) -> bool {
+        self.backend.state_backed()
+    }
+
     fn procedures(&self) -> Vec<ProcedureSpec> {
         procedure_list()
     }

@@ -1056,6 +1056,11 @@ impl Provider for PlansProvider {
         PROVIDER
     }
 
+    /// Customers, plans, assets and usage are provider state and nothing else.
+    fn effects_in_state_only(&self) -> bool {
+        true
+    }
+
     fn namespace(&self) -> String {
         NAMESPACE.to_string()
     }

@@ -880,6 +880,11 @@ impl Provider for ResourceManagerProvider {
         PROVIDER
     }
 
+    /// Stores, shares and charges are provider state and nothing else.
+    fn effects_in_state_only(&self) -> bool {
+        true
+    }
+
     fn namespace(&self) -> String {
         NAMESPACE.to_string()
     }
