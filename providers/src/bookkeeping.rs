@@ -4,11 +4,34 @@
 //! preview reads without writing.
 
 use provisio_engine::data::{Element, Node};
-use provisio_engine::model::InputCheck;
+use provisio_engine::model::{InputCheck, InputSpec, ProcKind};
+use provisio_engine::provider::ProcedureSpec;
 use provisio_engine::provider::{Preview, ProviderError};
 use provisio_engine::ProviderState;
+use provisio_engine::UndoKind;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+
+/// A procedure of a bookkeeping provider: a read has nothing to undo; a write is reversed by
+/// the engine restoring the state it wrote.
+pub(crate) fn spec(
+    name: &str,
+    kind: ProcKind,
+    description: &str,
+    inputs: Vec<InputSpec>,
+) -> ProcedureSpec {
+    ProcedureSpec {
+        name: name.to_string(),
+        kind,
+        undo: if kind == ProcKind::Read {
+            UndoKind::Nothing
+        } else {
+            UndoKind::Reversible
+        },
+        description: description.to_string(),
+        inputs,
+    }
+}
 
 /// Largest size accepted in any unit (2^40: a petabyte of megabytes is already absurd).
 pub(crate) const MAX_SIZE: u64 = 1 << 40;

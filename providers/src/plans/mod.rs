@@ -21,8 +21,8 @@
 //! `docs/providers/plans.md`.
 
 use crate::bookkeeping::{
-    check_name, esc, field, flag, one_of, preview_of, remove_children, req_field, text, Records,
-    MAX_SIZE,
+    check_name, esc, field, flag, one_of, preview_of, remove_children, req_field, spec, text,
+    Records, MAX_SIZE,
 };
 use crate::common::input;
 use async_trait::async_trait;
@@ -30,9 +30,9 @@ use provisio_engine::codes::{
     E_ALREADY_EXISTS, E_ASSET_NOT_AVAILABLE, E_DEPENDENCY_MISSING, E_NOT_FOUND, E_PLAN_LIMIT,
 };
 use provisio_engine::data::Element;
-use provisio_engine::model::{InputSpec, ProcKind};
+use provisio_engine::model::ProcKind;
 use provisio_engine::provider::{
-    Call, Done, Outcome, Preview, ProcedureSpec, Provider, ProviderError, UndoKind,
+    Call, Done, Outcome, Preview, ProcedureSpec, Provider, ProviderError,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -1066,18 +1066,6 @@ impl Provider for PlansProvider {
     }
 
     fn procedures(&self) -> Vec<ProcedureSpec> {
-        let spec =
-            |name: &str, kind: ProcKind, description: &str, inputs: Vec<InputSpec>| ProcedureSpec {
-                name: name.to_string(),
-                kind,
-                undo: if kind == ProcKind::Read {
-                    UndoKind::Nothing
-                } else {
-                    UndoKind::Reversible
-                },
-                description: description.to_string(),
-                inputs,
-            };
         let customer = || {
             input(
                 "customerName",

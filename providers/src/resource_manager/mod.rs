@@ -22,8 +22,8 @@
 mod rank;
 
 use crate::bookkeeping::{
-    check_name, esc, field, flag, one_of, parse_size, preview_of, remove_children, req_field, text,
-    Records, SIZE_CHECK,
+    check_name, esc, field, flag, one_of, parse_size, preview_of, remove_children, req_field, spec,
+    text, Records, SIZE_CHECK,
 };
 use crate::common::input;
 use async_trait::async_trait;
@@ -31,7 +31,7 @@ use provisio_engine::codes::{E_ALREADY_EXISTS, E_NOT_FOUND, E_NO_RANKED_RESOURCE
 use provisio_engine::data::Element;
 use provisio_engine::model::{InputSpec, ProcKind};
 use provisio_engine::provider::{
-    Call, Done, Outcome, Preview, ProcedureSpec, Provider, ProviderError, UndoKind,
+    Call, Done, Outcome, Preview, ProcedureSpec, Provider, ProviderError,
 };
 use rank::{pick, split_level, split_tight, Algorithm, AutoAllocate};
 use serde::{Deserialize, Serialize};
@@ -890,18 +890,6 @@ impl Provider for ResourceManagerProvider {
     }
 
     fn procedures(&self) -> Vec<ProcedureSpec> {
-        let spec =
-            |name: &str, kind: ProcKind, description: &str, inputs: Vec<InputSpec>| ProcedureSpec {
-                name: name.to_string(),
-                kind,
-                undo: if kind == ProcKind::Read {
-                    UndoKind::Nothing
-                } else {
-                    UndoKind::Reversible
-                },
-                description: description.to_string(),
-                inputs,
-            };
         let stores = || {
             input(
                 "mailStores",
