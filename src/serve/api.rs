@@ -400,28 +400,30 @@ pub(super) fn check(
         }
         RequestTarget::Call(call) => {
             let t = call.to_string();
-            if !d
-                .acl
-                .permits(who, &call.namespace, &call.procedure, Right::Execute)
-            {
-                return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "acl_denied",
-                    format!(
-                        "subject `{}` has no execute right on `{t}` ([[serve.acl]] of its namespace or procedure): ask the operator for one",
-                        who.subject
-                    ),
-                ));
-            }
-            if !who.may_call(&t) {
-                return Err(ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "procedure_forbidden",
-                    format!(
-                        "subject `{}` may not call `{t}`: its token's `allow` list does not name it (ask the operator)",
-                        who.subject
-                    ),
-                ));
+            match execute_denied(d, who, call, false) {
+                Some(Denied::Acl) => {
+                    return Err(ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        "acl_denied",
+                        format!(
+                            "subject `{}` has no execute right on `{t}` ([[serve.acl]] of its namespace or procedure): ask the operator for one",
+                            who.subject
+                        ),
+                    ))
+                }
+                Some(Denied::NotAllowed) => {
+                    return Err(ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        "procedure_forbidden",
+                        format!(
+                            "subject `{}` may not call `{t}`: its token's `allow` list does not name it (ask the operator)",
+                            who.subject
+                        ),
+                    ))
+                }
+                // Without `private_needs_grant` there is no `Private` answer: a private
+                // procedure called by name is refused by the engine as from outside.
+                Some(Denied::Private) | None => {}
             }
             t
         }
@@ -483,10 +485,50 @@ pub(super) fn set_security_context(context: &mut Element, who: &Identity) -> boo
     had
 }
 
+/// Why a subject may not execute a procedure, if it may not.
+enum Denied {
+    /// A private procedure without an explicit execute grant.
+    Private,
+    /// No execute right from `[[serve.acl]]`.
+    Acl,
+    /// Not in the token's `allow` list.
+    NotAllowed,
+}
+
+/// The execute checks of one called procedure, in their order: with `private_needs_grant`,
+/// a private procedure needs an explicit execute grant (an entry naming it or its
+/// namespace), never the openness of a procedure no entry governs; then the ACL's execute
+/// right and the token's `allow` list.
+fn execute_denied(
+    d: &Daemon,
+    who: &Identity,
+    call: &provisio_engine::model::CallTarget,
+    private_needs_grant: bool,
+) -> Option<Denied> {
+    let private = private_needs_grant
+        && d.engine
+            .catalog()
+            .namespace(&call.namespace)
+            .and_then(|ns| ns.procedure(&call.procedure))
+            .is_some_and(|p| p.access == provisio_engine::model::Access::Private);
+    if private {
+        if !d
+            .acl
+            .grants(who, &call.namespace, &call.procedure, Right::Execute)
+        {
+            return Some(Denied::Private);
+        }
+    } else if !d
+        .acl
+        .permits(who, &call.namespace, &call.procedure, Right::Execute)
+    {
+        return Some(Denied::Acl);
+    }
+    (!who.may_call(&call.to_string())).then_some(Denied::NotAllowed)
+}
+
 /// A procedure a trusted request's body calls (step `step`), checked as a call by name
-/// would be: the ACL's execute right and the token's `allow` list; a private procedure
-/// needs an explicit execute grant (an entry naming it or its namespace), never the
-/// openness of a procedure no entry governs.
+/// would be, a private one needing an explicit grant ([`execute_denied`]).
 fn may_call_from_trusted(
     d: &Daemon,
     who: &Identity,
@@ -494,50 +536,31 @@ fn may_call_from_trusted(
     call: &provisio_engine::model::CallTarget,
 ) -> Result<(), ApiError> {
     let t = call.to_string();
-    let private = d
-        .engine
-        .catalog()
-        .namespace(&call.namespace)
-        .and_then(|ns| ns.procedure(&call.procedure))
-        .is_some_and(|p| p.access == provisio_engine::model::Access::Private);
-    if private {
-        if !d
-            .acl
-            .grants(who, &call.namespace, &call.procedure, Right::Execute)
-        {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "private_procedure",
-                format!(
-                    "step `{step}` of the trusted request calls `{t}`, a private procedure, which subject `{}` may call only with an explicit execute right on it ([[serve.acl]] naming the procedure or its namespace): ask the operator for one; nothing ran",
-                    who.subject
-                ),
-            ));
-        }
-    } else if !d
-        .acl
-        .permits(who, &call.namespace, &call.procedure, Right::Execute)
-    {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
+    let (code, message) = match execute_denied(d, who, call, true) {
+        None => return Ok(()),
+        Some(Denied::Private) => (
+            "private_procedure",
+            format!(
+                "step `{step}` of the trusted request calls `{t}`, a private procedure, which subject `{}` may call only with an explicit execute right on it ([[serve.acl]] naming the procedure or its namespace): ask the operator for one; nothing ran",
+                who.subject
+            ),
+        ),
+        Some(Denied::Acl) => (
             "acl_denied",
             format!(
                 "step `{step}` of the trusted request calls `{t}`, on which subject `{}` has no execute right ([[serve.acl]] of its namespace or procedure): ask the operator for one; nothing ran",
                 who.subject
             ),
-        ));
-    }
-    if !who.may_call(&t) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
+        ),
+        Some(Denied::NotAllowed) => (
             "procedure_forbidden",
             format!(
                 "step `{step}` of the trusted request calls `{t}`, which subject `{}` may not call: its token's `allow` list does not name it (ask the operator); nothing ran",
                 who.subject
             ),
-        ));
-    }
-    Ok(())
+        ),
+    };
+    Err(ApiError::new(StatusCode::FORBIDDEN, code, message))
 }
 
 /// Queues a checked request (and waits for it with `?wait=`): the answer of a submission.
