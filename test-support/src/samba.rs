@@ -18,7 +18,7 @@
 //! `None` so tests skip, unless `PROVISIO_REQUIRE_LDAP=1`, which makes that a failure.
 
 use crate::bind::which;
-use crate::slapd::{parse_ldif, random_password, required, run_tool, ToolOutput};
+use crate::slapd::{random_password, required, run_tool, ToolOutput};
 use std::fs;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -289,13 +289,18 @@ impl Samba {
         dn
     }
 
+    /// The administrator's ldap-utils calls on this server.
+    fn admin(&self) -> crate::slapd::Admin<'static> {
+        crate::slapd::Admin {
+            url: self.url(),
+            dn: ADMIN_DN,
+            password_file: self.password_file(),
+        }
+    }
+
     /// Runs an ldap-utils `tool` bound as the administrator over plain LDAP.
     pub fn tool(&self, tool: &str, extra: &[&str], stdin: &str) -> ToolOutput {
-        let url = self.url();
-        let pw = self.password_file().to_string_lossy().into_owned();
-        let mut args = vec!["-x", "-H", &url, "-D", ADMIN_DN, "-y", &pw];
-        args.extend_from_slice(extra);
-        run_tool(tool, &args, stdin)
+        self.admin().tool(tool, extra, stdin)
     }
 
     /// `ldapsearch -LLL` as the administrator (see [`crate::slapd::Slapd::search`]).
@@ -305,35 +310,13 @@ impl Samba {
         filter: &str,
         attrs: &[&str],
     ) -> Vec<(String, Vec<(String, String)>)> {
-        let mut args = vec!["-LLL", "-o", "ldif-wrap=no", "-b", base, filter];
-        args.extend_from_slice(attrs);
-        let out = self.tool("ldapsearch", &args, "");
-        if out.code == 32 {
-            return Vec::new();
-        }
-        assert_eq!(out.code, 0, "ldapsearch failed: {out:?}");
-        parse_ldif(&out.stdout)
+        self.admin().search(base, filter, attrs)
     }
 
     /// The values of `attr` of `dn` (a base search as the administrator), `None` when `dn`
     /// does not exist.
     pub fn values(&self, dn: &str, attr: &str) -> Option<Vec<String>> {
-        let out = self.tool(
-            "ldapsearch",
-            &[
-                "-LLL",
-                "-o",
-                "ldif-wrap=no",
-                "-s",
-                "base",
-                "-b",
-                dn,
-                "(objectClass=*)",
-                attr,
-            ],
-            "",
-        );
-        crate::slapd::attr_values(out, dn, attr)
+        self.admin().values(dn, attr)
     }
 
     /// Whether `who` (a DN or a UPN) can simple-bind with `password` over plain LDAP

@@ -354,16 +354,19 @@ impl Slapd {
         fs::read_to_string(self.dir.path().join("slapd.log")).unwrap_or_default()
     }
 
+    /// The administrator's ldap-utils calls on this server.
+    fn admin(&self) -> Admin<'static> {
+        Admin {
+            url: self.url(),
+            dn: ADMIN_DN,
+            password_file: self.password_file(),
+        }
+    }
+
     /// Runs an ldap-utils `tool` bound as the admin (`-x -H <url> -D <admin> -y <file>`)
     /// with `extra` arguments and `stdin`.
     pub fn tool(&self, tool: &str, extra: &[&str], stdin: &str) -> ToolOutput {
-        let url = self.url();
-        let pw = self.password_file();
-        let mut args = vec!["-x", "-H", &url, "-D", ADMIN_DN, "-y"];
-        let pw = pw.to_string_lossy().into_owned();
-        args.push(&pw);
-        args.extend_from_slice(extra);
-        run_tool(tool, &args, stdin)
+        self.admin().tool(tool, extra, stdin)
     }
 
     /// `ldapsearch -LLL` as the admin: entries under `base` matching `filter`, with `attrs`
@@ -375,35 +378,13 @@ impl Slapd {
         filter: &str,
         attrs: &[&str],
     ) -> Vec<(String, Vec<(String, String)>)> {
-        let mut args = vec!["-LLL", "-o", "ldif-wrap=no", "-b", base, filter];
-        args.extend_from_slice(attrs);
-        let out = self.tool("ldapsearch", &args, "");
-        if out.code == 32 {
-            return Vec::new();
-        }
-        assert_eq!(out.code, 0, "ldapsearch failed: {out:?}");
-        parse_ldif(&out.stdout)
+        self.admin().search(base, filter, attrs)
     }
 
     /// The values of `attr` of `dn` (a base search as the admin), `None` when `dn` does not
     /// exist.
     pub fn values(&self, dn: &str, attr: &str) -> Option<Vec<String>> {
-        let out = self.tool(
-            "ldapsearch",
-            &[
-                "-LLL",
-                "-o",
-                "ldif-wrap=no",
-                "-s",
-                "base",
-                "-b",
-                dn,
-                "(objectClass=*)",
-                attr,
-            ],
-            "",
-        );
-        attr_values(out, dn, attr)
+        self.admin().values(dn, attr)
     }
 
     /// Whether `dn` can simple-bind with `password` (checked with `ldapsearch` bound as it).
@@ -436,6 +417,62 @@ impl Slapd {
 impl Drop for Slapd {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// The ldap-utils calls the tests make as a server's administrator (slapd and Samba alike).
+pub(crate) struct Admin<'a> {
+    pub(crate) url: String,
+    pub(crate) dn: &'a str,
+    pub(crate) password_file: PathBuf,
+}
+
+impl Admin<'_> {
+    /// Runs `tool` bound as the administrator (`-x -H <url> -D <admin> -y <file>`) with
+    /// `extra` arguments and `stdin`.
+    pub(crate) fn tool(&self, tool: &str, extra: &[&str], stdin: &str) -> ToolOutput {
+        let pw = self.password_file.to_string_lossy().into_owned();
+        let mut args = vec!["-x", "-H", &self.url, "-D", self.dn, "-y", &pw];
+        args.extend_from_slice(extra);
+        run_tool(tool, &args, stdin)
+    }
+
+    /// `ldapsearch -LLL`: entries under `base` matching `filter`, with `attrs`; none for
+    /// noSuchObject (32), a panic for any other failure.
+    pub(crate) fn search(
+        &self,
+        base: &str,
+        filter: &str,
+        attrs: &[&str],
+    ) -> Vec<(String, Vec<(String, String)>)> {
+        let mut args = vec!["-LLL", "-o", "ldif-wrap=no", "-b", base, filter];
+        args.extend_from_slice(attrs);
+        let out = self.tool("ldapsearch", &args, "");
+        if out.code == 32 {
+            return Vec::new();
+        }
+        assert_eq!(out.code, 0, "ldapsearch failed: {out:?}");
+        parse_ldif(&out.stdout)
+    }
+
+    /// The values of `attr` of `dn` (a base search), `None` when `dn` does not exist.
+    pub(crate) fn values(&self, dn: &str, attr: &str) -> Option<Vec<String>> {
+        let out = self.tool(
+            "ldapsearch",
+            &[
+                "-LLL",
+                "-o",
+                "ldif-wrap=no",
+                "-s",
+                "base",
+                "-b",
+                dn,
+                "(objectClass=*)",
+                attr,
+            ],
+            "",
+        );
+        attr_values(out, dn, attr)
     }
 }
 
