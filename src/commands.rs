@@ -592,11 +592,20 @@ fn is_namespace_file(path: &Path) -> bool {
     };
     match Format::from_extension(path) {
         Some(Format::Xml) => {
-            let root = src
-                .split('<')
-                .map(str::trim_start)
-                .find(|s| !s.starts_with('?') && !s.starts_with('!') && !s.is_empty());
-            root.is_some_and(|r| r.starts_with("namespace"))
+            // Skip the declaration, comments (which may hold `<`) and processing
+            // instructions before the root element.
+            let mut rest = src.trim_start_matches('\u{feff}');
+            loop {
+                rest = rest.trim_start();
+                if let Some(r) = rest.strip_prefix("<!--") {
+                    rest = r.split_once("-->").map_or("", |(_, after)| after);
+                } else if rest.starts_with("<?") || rest.starts_with("<!") {
+                    rest = rest.split_once('>').map_or("", |(_, after)| after);
+                } else {
+                    break;
+                }
+            }
+            rest.starts_with("<namespace")
         }
         Some(Format::Json) => src.contains("\"namespace\"") && !src.contains("\"call\""),
         _ => src
