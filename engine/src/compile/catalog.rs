@@ -76,6 +76,27 @@ impl Catalog {
                 },
             );
         }
+        // A leaf written in a namespace file without `<input>`s takes the inputs (and the
+        // description, when it has none) the provider declares for its entry point, so a
+        // file that only re-exposes leaves (public, another name) checks them as the
+        // provider's own namespace does.
+        for ns in map.values_mut() {
+            let Some(provider) = ns.provider.as_deref().and_then(|p| registry.get(p)) else {
+                continue;
+            };
+            let specs = provider.procedures();
+            for p in ns.procedures.iter_mut().filter(|p| p.steps.is_empty()) {
+                let entry = p.entry.as_deref().unwrap_or(&p.name);
+                if let Some(spec) = specs.iter().find(|s| s.name == entry) {
+                    if p.inputs.is_empty() {
+                        p.inputs = spec.inputs.clone();
+                    }
+                    if p.description.is_none() {
+                        p.description = Some(spec.description.clone());
+                    }
+                }
+            }
+        }
         for ns in map.values() {
             let Some(pname) = &ns.provider else { continue };
             match registry.get(pname) {

@@ -1,0 +1,576 @@
+//! The HMC namespaces (Hosted Active Directory, Exchange 2007 Resource Manager, Provisioning)
+//! through the real binary on the embedded backends: the hosting workflows in the README's
+//! order, HMC 4.5-style trusted requests (LDAP paths, forEach over users, try/catch with
+//! SetError, queue) with the responses mps-semantics.md predicts, plan limits refused
+//! before anything is created, a failure at each step of ProvisionTenant leaving nothing
+//! behind, and DeleteOrganization refused while it holds users.
+
+use crate::util::{Run, Sandbox};
+
+pub(crate) const RESELLER: &str = "LDAP://OU=ConsolidatedMessenger,OU=Hosting,DC=provisio,DC=local";
+
+pub(crate) fn ok(sb: &Sandbox, args: &[&str]) -> Run {
+    let r = sb.run(args);
+    assert_eq!(r.code, 0, "{args:?}: {r:?}");
+    r
+}
+
+/// The directory under the base (every object with its attributes and groups), the
+/// reseller's Managed Plans record and the tenant folders and zone files: what a tenant
+/// can leave behind.
+fn world(sb: &Sandbox) -> String {
+    let req = sb.write(
+        "world.yaml",
+        r#"procedure:
+  type: read
+  parallel: false
+  steps:
+    dir:
+      call: Active Directory Provider/Search
+      with: { base: "LDAP://DC=provisio,DC=local", scope: subtree, filter: "(objectClass=*)" }
+      after:
+        - { source: executeData, sourcePath: entries, destination: data }
+    reseller:
+      call: Managed Plans/GetCustomer
+      with: { customerName: "OU=ConsolidatedMessenger,OU=Hosting,DC=provisio,DC=local" }
+      after:
+        - { source: executeData, sourcePath: customer, destination: data }
+data: {}
+"#,
+    );
+    let r = ok(sb, &["run", req.to_str().unwrap(), "--quiet"]);
+    let data = r
+        .stdout
+        .split_once("data:")
+        .map(|(_, d)| d.to_string())
+        .unwrap_or_default();
+    let files: Vec<String> = sb
+        .visible()
+        .into_iter()
+        .filter(|(p, _)| p != "files/tenants/")
+        .map(|(p, bytes)| format!("{p} {}", bytes.len()))
+        .collect();
+    format!("{data}\n{}", files.join("\n"))
+}
+
+/// Runs the hosting set-up (hosting container, plans, stores, reseller).
+pub(crate) fn initialize(sb: &Sandbox) {
+    let r = ok(
+        sb,
+        &[
+            "run",
+            "workflows/hosting/initialize-hosting.yaml",
+            "--quiet",
+        ],
+    );
+    assert!(r.stdout.contains("status: committed"), "{r:?}");
+}
+
+#[test]
+fn the_hosting_workflows_run_in_the_readme_order() {
+    let sb = Sandbox::new();
+    initialize(&sb);
+    let before = world(&sb);
+
+    let r = ok(&sb, &["run", "workflows/hosting/provision-tenant.yaml"]);
+    assert!(r.stdout.contains("status: committed"), "{r:?}");
+    for want in [
+        "path: LDAP://OU=AlpineSkiHouse,OU=ConsolidatedMessenger,OU=Hosting,DC=provisio,DC=local",
+        "samName: ann_alpineskihouse.t",
+        "adminsGroup: LDAP://CN=Admins,OU=AlpineSkiHouse,",
+        "zoneSerial:",
+    ] {
+        assert!(r.stdout.contains(want), "{want}: {r:?}");
+    }
+    assert!(!r.stdout.contains("Welcome-2026-Ann"), "{r:?}");
+    let zone = std::fs::read_to_string(sb.data().join("zones/alpineskihouse.test.zone"))
+        .expect("the zone file");
+    for want in [
+        "MX",
+        "v=spf1 mx -all",
+        "autodiscover",
+        "mail.alpineskihouse.test.",
+    ] {
+        assert!(zone.contains(want), "{want}: {zone}");
+    }
+    crate::util::named_checkzone(
+        "alpineskihouse.test",
+        &sb.data().join("zones/alpineskihouse.test.zone"),
+    );
+    let homes = sb.data().join("files/tenants/AlpineSkiHouse/users");
+    assert!(homes.join("ann@alpineskihouse.test").is_dir());
+    assert!(homes.join("eve@alpineskihouse.test").is_dir());
+
+    // Ann is an admin (member of Admins and AllUsers), Bob only of AllUsers; all enabled.
+    let found = ok(&sb, &["run", "workflows/hosting/find-tenants.yaml"]);
+    let ann = found
+        .stdout
+        .split("- path: ")
+        .find(|e| e.starts_with("LDAP://CN=ann@"))
+        .expect("ann");
+    assert!(ann.contains("CN=Admins,OU=AlpineSkiHouse"), "{ann}");
+    assert!(ann.contains("CN=AllUsers,OU=AlpineSkiHouse"), "{ann}");
+    assert!(ann.contains("value: '512'"), "{ann}");
+    let bob = found
+        .stdout
+        .split("- path: ")
+        .find(|e| e.starts_with("LDAP://CN=bob@"))
+        .expect("bob");
+    assert!(!bob.contains("CN=Admins"), "{bob}");
+    assert!(bob.contains("CN=AllUsers,OU=AlpineSkiHouse"), "{bob}");
+
+    ok(&sb, &["run", "workflows/hosting/add-user.yaml"]);
+    assert!(homes.join("dan@alpineskihouse.test").is_dir());
+    let bulk = ok(
+        &sb,
+        &["run", "workflows/hosting/bulk-add-users.xml", "--quiet"],
+    );
+    assert_eq!(bulk.stdout.matches("<samName>").count(), 100, "{bulk:?}");
+    assert!(homes.join("user100@alpineskihouse.test").is_dir());
+    // The rollback demo fails at its last step and leaves nothing of Wingtip Toys.
+    let with_tenant = world(&sb);
+    let demo = sb.run(&["run", "workflows/hosting/rollback-demo.xml"]);
+    assert_eq!(demo.code, 1, "{demo:?}");
+    assert!(demo.stdout.contains("status=\"rolled_back\""), "{demo:?}");
+    assert!(demo.stdout.contains("step=\"last\""), "{demo:?}");
+    assert!(demo.stderr.contains("undone"), "{demo:?}");
+    assert_eq!(world(&sb), with_tenant);
+    assert!(!sb.data().join("zones/wingtiptoys.test.zone").exists());
+
+    // Decommissioning removes the tenant and gives everything back: the world is as it
+    // was right after the set-up.
+    let gone = ok(&sb, &["run", "workflows/hosting/decommission-tenant.yaml"]);
+    assert!(gone.stdout.contains("status: committed"), "{gone:?}");
+    assert_eq!(world(&sb), before);
+}
+
+#[test]
+fn the_xml_provision_request_masks_passwords_and_matches_the_yaml_one() {
+    let sb = Sandbox::new();
+    initialize(&sb);
+    let r = ok(&sb, &["run", "workflows/hosting/provision-tenant.xml"]);
+    assert!(r.stdout.contains("status=\"committed\""), "{r:?}");
+    assert_eq!(r.stdout.matches("<samName>").count(), 3, "{r:?}");
+    assert!(r
+        .stdout
+        .contains("<newPassword do-not-log=\"1\">********</newPassword>"));
+    for secret in ["Welcome-2026-Ann", "Welcome-2026-Bob", "Welcome-2026-Eve"] {
+        assert!(
+            !r.stdout.contains(secret) && !r.stderr.contains(secret),
+            "{r:?}"
+        );
+        let needle = secret.as_bytes();
+        for (name, bytes) in sb.snapshot() {
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle),
+                "{name} holds {secret} in clear"
+            );
+        }
+    }
+    // The same tenant again: its plans customer exists, so it fails before the directory
+    // is touched and rolls back.
+    let again = sb.run(&["run", "workflows/hosting/provision-tenant.yaml"]);
+    assert_eq!(again.code, 1, "{again:?}");
+}
+
+/// An HMC 4.5 request against DC=fabrikam,DC=com: Initialize, a reseller, an organization,
+/// then CreateUser for every user (forEach, preferredDomainController, LDAP paths).
+const HMC_TENANT: &str = r#"<request>
+  <data>
+    <preferredDomainController>dc01.fabrikam.com</preferredDomainController>
+    <reseller>ConsolidatedMessenger</reseller>
+    <org>AlpineSkiHouse</org>
+    <users>
+      <user><userPrincipalName>ann@alpineskihouse.com</userPrincipalName><displayName>Ann Lee</displayName><isAdmin>1</isAdmin><newPassword do-not-log="1">P@ssw0rd-Ann-1</newPassword></user>
+      <user><userPrincipalName>bob@alpineskihouse.com</userPrincipalName><displayName>Bob Ray</displayName><isAdmin>0</isAdmin><newPassword do-not-log="1">P@ssw0rd-Bob-1</newPassword></user>
+    </users>
+  </data>
+  <procedure>
+    <execute namespace="Hosted Active Directory" procedure="Initialize" impersonate="1">
+      <before source="data" sourcePath="preferredDomainController" destination="executeData"/>
+      <after source="executeData" sourcePath="path" destination="data" destinationPath="hosting" mode="merge"/>
+    </execute>
+    <execute namespace="Hosted Active Directory" procedure="CreateResellerOrganization" impersonate="1">
+      <before source="data" sourcePath="reseller" destination="executeData" destinationPath="name" mode="merge"/>
+      <before source="data" sourcePath="hosting" destination="executeData" destinationPath="container" mode="merge"/>
+      <before source="data" sourcePath="preferredDomainController" destination="executeData"/>
+      <after source="executeData" sourcePath="org" destination="data" destinationPath="created/reseller" mode="merge"/>
+    </execute>
+    <execute namespace="Hosted Active Directory" procedure="CreateOrganization" impersonate="1">
+      <executeData><container>LDAP://OU=ConsolidatedMessenger,OU=Hosting,DC=fabrikam,DC=com</container></executeData>
+      <before source="data" sourcePath="org" destination="executeData" destinationPath="name" mode="merge"/>
+      <before source="data" sourcePath="preferredDomainController" destination="executeData"/>
+      <after source="executeData" sourcePath="org" destination="data" destinationPath="created/org" mode="merge"/>
+    </execute>
+    <execute namespace="Hosted Active Directory" procedure="CreateUser" impersonate="1">
+      <forEach name="user" root="data" path="users/user"/>
+      <executeData><container>LDAP://OU=AlpineSkiHouse,OU=ConsolidatedMessenger,OU=Hosting,DC=fabrikam,DC=com</container></executeData>
+      <before source="user" destination="executeData" mode="merge"/>
+      <before source="data" sourcePath="preferredDomainController" destination="executeData"/>
+      <after source="executeData" sourcePath="user" destination="data" destinationPath="created/users" mode="insert"/>
+    </execute>
+  </procedure>
+</request>
+"#;
+
+/// A try whose CreateUser fails (the user exists), a catch that re-raises as HMC's
+/// "username already exists" with SetError: the request fails with exactly that code.
+const HMC_RERAISE: &str = r#"<request>
+  <data><upn>carol@alpineskihouse.com</upn></data>
+  <procedure>
+    <try>
+      <execute id="carol" namespace="Hosted Active Directory" procedure="CreateUser">
+        <executeData><container>LDAP://OU=AlpineSkiHouse,OU=ConsolidatedMessenger,OU=Hosting,DC=fabrikam,DC=com</container></executeData>
+        <before source="data" sourcePath="upn" destination="executeData" destinationPath="userPrincipalName" mode="merge"/>
+      </execute>
+      <execute id="again" namespace="Hosted Active Directory" procedure="CreateUser">
+        <executeData><container>LDAP://OU=AlpineSkiHouse,OU=ConsolidatedMessenger,OU=Hosting,DC=fabrikam,DC=com</container><userPrincipalName>ann@alpineskihouse.com</userPrincipalName></executeData>
+      </execute>
+    </try>
+    <catch>
+      <execute id="reraise" namespace="Error Provider" procedure="SetError">
+        <executeData><hr>0x82101391</hr></executeData>
+        <before template="username already exists ({{ context/errorContext/@code }})" destination="executeData" destinationPath="desc" mode="merge"/>
+      </execute>
+    </catch>
+  </procedure>
+</request>
+"#;
+
+/// The same failure handled: the catch records the code and the request commits, keeping
+/// what the try had done before the failure (MPF has no savepoints).
+const HMC_HANDLED: &str = r#"<request>
+  <data><upn>carol@alpineskihouse.com</upn></data>
+  <procedure>
+    <try>
+      <execute id="carol" namespace="Hosted Active Directory" procedure="CreateUser">
+        <executeData><container>LDAP://OU=AlpineSkiHouse,OU=ConsolidatedMessenger,OU=Hosting,DC=fabrikam,DC=com</container></executeData>
+        <before source="data" sourcePath="upn" destination="executeData" destinationPath="userPrincipalName" mode="merge"/>
+        <after source="executeData" sourcePath="user/samName" destination="data" destinationPath="carolSam" mode="merge"/>
+      </execute>
+      <execute id="again" namespace="Hosted Active Directory" procedure="CreateUser">
+        <executeData><container>LDAP://OU=AlpineSkiHouse,OU=ConsolidatedMessenger,OU=Hosting,DC=fabrikam,DC=com</container><userPrincipalName>ann@alpineskihouse.com</userPrincipalName></executeData>
+      </execute>
+    </try>
+    <catch>
+      <transform id="note">
+        <before source="context" sourcePath="errorContext/@code" destination="data" destinationPath="handled" mode="merge"/>
+      </transform>
+    </catch>
+    <queue id="later" namespace="Hosted Active Directory" procedure="CreateUser" queueSuspended="1">
+      <executeData><container>LDAP://OU=AlpineSkiHouse,OU=ConsolidatedMessenger,OU=Hosting,DC=fabrikam,DC=com</container><userPrincipalName>dave@alpineskihouse.com</userPrincipalName><preferredDomainController>dc01.fabrikam.com</preferredDomainController></executeData>
+      <after source="context" sourcePath="queueContext/@queueId" destination="data" destinationPath="jobId" mode="merge"/>
+    </queue>
+  </procedure>
+</request>
+"#;
+
+const FABRIKAM_SEARCH: &str = r#"<request namespace="Hosted Active Directory" procedure="ADSearch">
+  <data><base>LDAP://OU=AlpineSkiHouse,OU=ConsolidatedMessenger,OU=Hosting,DC=fabrikam,DC=com</base><filter>(objectClass=user)</filter><attributes>userPrincipalName,sAMAccountName,memberOf</attributes><preferredDomainController>dc01.fabrikam.com</preferredDomainController></data>
+</request>
+"#;
+
+#[test]
+fn hmc_requests_give_the_responses_mps_predicts() {
+    let sb = Sandbox::new();
+    let cfg = sb.write(
+        "provisio.toml",
+        "[providers.directory]\nbase_dn = \"DC=fabrikam,DC=com\"\n",
+    );
+    let cfg = cfg.to_str().unwrap();
+    let run = |file: &str, text: &str| {
+        let p = sb.write(file, text);
+        sb.run(&["--config", cfg, "run", p.to_str().unwrap()])
+    };
+
+    let r = run("tenant.xml", HMC_TENANT);
+    assert_eq!(r.code, 0, "{r:?}");
+    for want in [
+        "<hosting>LDAP://OU=Hosting,DC=fabrikam,DC=com</hosting>",
+        "<path>LDAP://OU=ConsolidatedMessenger,OU=Hosting,DC=fabrikam,DC=com</path>",
+        "<path>LDAP://OU=AlpineSkiHouse,OU=ConsolidatedMessenger,OU=Hosting,DC=fabrikam,DC=com</path>",
+        "<path>LDAP://CN=ann@alpineskihouse.com,OU=AlpineSkiHouse,OU=ConsolidatedMessenger,OU=Hosting,DC=fabrikam,DC=com</path>",
+        "<samName>ann_alpineskihouse.c</samName>",
+        "<samName>bob_alpineskihouse.c</samName>",
+        "<name>bob@alpineskihouse.com</name>",
+        "<adminsGroup>LDAP://CN=Admins,OU=AlpineSkiHouse,OU=ConsolidatedMessenger,OU=Hosting,DC=fabrikam,DC=com</adminsGroup>",
+    ] {
+        assert!(r.stdout.contains(want), "{want}: {r:?}");
+    }
+    assert!(!r.stdout.contains("P@ssw0rd-Ann-1"), "{r:?}");
+
+    // try/catch + SetError: the error the catch raises is the request's, and everything
+    // the request did (Carol) is rolled back.
+    let r = run("reraise.xml", HMC_RERAISE);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stdout.contains(
+            "<errorContext code=\"0x82101391\" description=\"username already exists (0x800700b7)\""
+        ),
+        "{r:?}"
+    );
+    assert!(
+        r.stdout
+            .contains("<errorSource namespace=\"Error Provider\" procedure=\"SetError\""),
+        "{r:?}"
+    );
+    let found = run("search.xml", FABRIKAM_SEARCH);
+    assert_eq!(found.code, 0, "{found:?}");
+    assert!(!found.stdout.contains("carol@"), "{found:?}");
+    assert!(found.stdout.contains("<count>2</count>"), "{found:?}");
+
+    // Handled: committed, with the code in data, Carol kept, and Dave queued (suspended:
+    // released by the commit), created when the worker runs the job.
+    let r = run("handled.xml", HMC_HANDLED);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("<handled>0x800700b7</handled>"), "{r:?}");
+    assert!(
+        r.stdout
+            .contains("<carolSam>carol_alpineskihouse</carolSam>"),
+        "{r:?}"
+    );
+    assert!(r.stdout.contains("<jobId>"), "{r:?}");
+    let found = run("search.xml", FABRIKAM_SEARCH);
+    assert!(
+        found.stdout.contains("carol@alpineskihouse.com"),
+        "{found:?}"
+    );
+    assert!(!found.stdout.contains("dave@"), "{found:?}");
+    let w = sb.run(&["--config", cfg, "worker", "--drain"]);
+    assert_eq!(w.code, 0, "{w:?}");
+    assert!(w.stderr.contains("ran 1 job(s)"), "{w:?}");
+    let found = run("search.xml", FABRIKAM_SEARCH);
+    assert!(
+        found.stdout.contains("dave@alpineskihouse.com"),
+        "{found:?}"
+    );
+    assert!(found.stdout.contains("<count>4</count>"), "{found:?}");
+
+    // DeleteOrganization is refused while the organization holds users ...
+    let del = |cascade: &str| {
+        format!(
+            r#"<request namespace="Hosted Active Directory" procedure="DeleteOrganization">
+  <data><path>LDAP://OU=AlpineSkiHouse,OU=ConsolidatedMessenger,OU=Hosting,DC=fabrikam,DC=com</path><cascade>{cascade}</cascade><preferredDomainController>dc01.fabrikam.com</preferredDomainController></data>
+</request>
+"#
+        )
+    };
+    let r = run("del.xml", &del("0"));
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stdout.contains(
+            "code=\"0x80072015\" description=\"organization OU=AlpineSkiHouse,OU=ConsolidatedMessenger,OU=Hosting,DC=fabrikam,DC=com still holds 4 user(s): delete them first, or pass cascade=1\""
+        ),
+        "{r:?}"
+    );
+    // ... and with cascade=1 removes them, the organization and its plans customers, so
+    // the reseller's plan counts nothing: the same organization can be created again.
+    let r = run("del.xml", &del("1"));
+    assert_eq!(r.code, 0, "{r:?}");
+    let found = run("search.xml", FABRIKAM_SEARCH);
+    assert_ne!(found.code, 0, "the organization is gone: {found:?}");
+    let r = run("tenant2.xml", &HMC_TENANT.replace(
+        r#"<execute namespace="Hosted Active Directory" procedure="CreateResellerOrganization" impersonate="1">"#,
+        r#"<execute namespace="Hosted Active Directory" procedure="CreateResellerOrganization" impersonate="1"><when source="data" sourcePath="never"/>"#,
+    ));
+    assert_eq!(r.code, 0, "{r:?}");
+}
+
+#[test]
+fn a_user_beyond_the_plan_is_refused_before_anything_is_created() {
+    let sb = Sandbox::new();
+    initialize(&sb);
+    let setup = sb.write(
+        "small.yaml",
+        &format!(
+            r#"procedure:
+  parallel: false
+  steps:
+    plan:
+      call: Managed Plans/CreatePlan
+      with: {{ planName: Small, services: {{ service: [HostedActiveDirectory] }}, limits: {{ maxUsers: 2 }} }}
+    offer:
+      call: Managed Plans/AddAvailablePlansToCustomer
+      with: {{ customerName: "OU=ConsolidatedMessenger,OU=Hosting,DC=provisio,DC=local", availablePlans: {{ planName: [Small] }} }}
+    org:
+      call: Hosted Active Directory/CreateOrganization
+      with: {{ name: Tiny, container: "{RESELLER}", planName: Small }}
+data: {{}}
+"#
+        ),
+    );
+    ok(&sb, &["run", setup.to_str().unwrap()]);
+    let add = |upn: &str| {
+        let p = sb.write(
+            "add.yaml",
+            &format!(
+                "call: Provisioning/AddUser\ndata:\n  container: \"LDAP://OU=Tiny,OU=ConsolidatedMessenger,OU=Hosting,DC=provisio,DC=local\"\n  userPrincipalName: {upn}\n"
+            ),
+        );
+        sb.run(&["run", p.to_str().unwrap()])
+    };
+    assert_eq!(add("one@tiny.test").code, 0);
+    assert_eq!(add("two@tiny.test").code, 0);
+    let before = world(&sb);
+    let r = add("three@tiny.test");
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stdout.contains("0x80041102"), "{r:?}");
+    assert!(
+        r.stdout.contains(
+            "plan Small allows 2 users; organization OU=Tiny,OU=ConsolidatedMessenger,OU=Hosting,DC=provisio,DC=local has 2"
+        ),
+        "{r:?}"
+    );
+    // Refused at the plans step, the third of CreateUser's, before any write.
+    assert!(r.stdout.contains("step: user/plans"), "{r:?}");
+    assert!(!r.stdout.contains("undoFailures"), "{r:?}");
+    assert_eq!(world(&sb), before);
+    assert!(!sb
+        .data()
+        .join("files/tenants/Tiny/users/three@tiny.test")
+        .exists());
+}
+
+/// ProvisionTenant's request for the tenant Tailspin, changed by `edit`.
+fn tailspin(edit: impl FnOnce(&mut serde_json::Value)) -> String {
+    let mut v = serde_json::json!({
+        "call": "Provisioning/ProvisionTenant",
+        "data": {
+            "name": "Tailspin",
+            "container": RESELLER,
+            "domain": "tailspin.test",
+            "planName": "Gold",
+            "users": {"user": [
+                {"userPrincipalName": "ann@tailspin.test", "displayName": "Ann Lee", "isAdmin": "1", "newPassword": "Tailspin-Pw-1"},
+                {"userPrincipalName": "bob@tailspin.test", "displayName": "Bob Ray", "newPassword": "Tailspin-Pw-2"}
+            ]}
+        }
+    });
+    edit(&mut v["data"]);
+    serde_json::to_string_pretty(&v).unwrap()
+}
+
+#[test]
+fn a_failure_at_each_step_of_provision_tenant_leaves_nothing_behind() {
+    let sb = Sandbox::new();
+    initialize(&sb);
+    // A plan of one user, and a domain another customer holds.
+    let setup = sb.write(
+        "setup.yaml",
+        r#"procedure:
+  parallel: false
+  steps:
+    plan:
+      call: Managed Plans/CreatePlan
+      with: { planName: One, services: { service: [HostedActiveDirectory] }, limits: { maxUsers: 1 } }
+    offer:
+      call: Managed Plans/AddAvailablePlansToCustomer
+      with: { customerName: "OU=ConsolidatedMessenger,OU=Hosting,DC=provisio,DC=local", availablePlans: { planName: [One] } }
+    other:
+      call: Managed Plans/CreateCustomer
+      with: { customerName: Elsewhere }
+    taken:
+      call: Managed Plans/AddAsset
+      with: { customerName: Elsewhere, assetType: PrimaryDomain, value: taken.test }
+data: {}
+"#,
+    );
+    ok(&sb, &["run", setup.to_str().unwrap()]);
+    let before = world(&sb);
+    type Edit = Box<dyn FnOnce(&mut serde_json::Value)>;
+    let cases: Vec<(&str, Edit)> = vec![
+        // the organization's path cannot be built
+        (
+            "org/orgPath",
+            Box::new(|d| d["container"] = "LDAP://OU=,DC=provisio,DC=local".into()),
+        ),
+        // the plan does not exist (Managed Plans, before the OU)
+        ("org/plans", Box::new(|d| d["planName"] = "Platinum".into())),
+        // the domain is held by another customer (after the organization)
+        ("asset", Box::new(|d| d["domain"] = "taken.test".into())),
+        // the second user is beyond the plan (after the first user)
+        ("users[2]/plans", Box::new(|d| d["planName"] = "One".into())),
+        // the second user has an attribute the directory does not know
+        (
+            "users[2]/create",
+            Box::new(|d| {
+                d["users"]["user"][1]["properties"] = serde_json::json!({"favouriteColour": "teal"})
+            }),
+        ),
+        // the first user's password is empty
+        (
+            "users[1]/password",
+            Box::new(|d| d["users"]["user"][0]["newPassword"] = "".into()),
+        ),
+        // the mail host's address is not one (after the zone was created)
+        (
+            "zone/mailHost",
+            Box::new(|d| d["mailAddress"] = "not-an-address".into()),
+        ),
+        // the quota is refused (after the folders were created)
+        (
+            "folders/quota",
+            Box::new(|d| d["quotaMegabytes"] = (-5).into()),
+        ),
+        // a home folder's name climbs out of the tenant
+        (
+            "homes[2]",
+            Box::new(|d| {
+                d["users"]["user"][1]["userPrincipalName"] = "../../../bob@tailspin.test".into()
+            }),
+        ),
+    ];
+    for (step, edit) in cases {
+        let req = sb.write("tailspin.json", &tailspin(edit));
+        let r = sb.run(&["run", req.to_str().unwrap(), "--quiet"]);
+        assert_eq!(r.code, 1, "{step}: {r:?}");
+        assert!(
+            r.stdout.contains("\"status\": \"rolled_back\""),
+            "{step}: {r:?}"
+        );
+        assert!(
+            r.stdout.contains(&format!("\"step\": \"{step}\"")),
+            "{step}: {r:?}"
+        );
+        assert_eq!(world(&sb), before, "{step} left something behind");
+    }
+    // And without a failure it commits.
+    let req = sb.write("tailspin.json", &tailspin(|_| {}));
+    ok(&sb, &["run", req.to_str().unwrap(), "--quiet"]);
+    assert_ne!(world(&sb), before);
+}
+
+#[test]
+fn the_resource_manager_namespace_is_public_where_hmc_calls_it() {
+    let sb = Sandbox::new();
+    initialize(&sb);
+    let q = sb.write(
+        "stores.xml",
+        r#"<request namespace="Exchange 2007 Resource Manager" procedure="QueryAllStores"><data/></request>"#,
+    );
+    let r = ok(&sb, &["run", q.to_str().unwrap()]);
+    assert!(
+        r.stdout.contains("<mailStoreName>DB01</mailStoreName>"),
+        "{r:?}"
+    );
+    assert!(
+        r.stdout.contains("<megabytesFree>512000</megabytesFree>"),
+        "{r:?}"
+    );
+    // The leaves keep the provider's inputs: a missing one is refused before anything runs.
+    let bad = sb.write(
+        "add.xml",
+        r#"<request namespace="Exchange 2007 Resource Manager" procedure="AddExchangeResources"><data/></request>"#,
+    );
+    let r = sb.run(&["run", bad.to_str().unwrap()]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("mailStores"), "{r:?}");
+    // Allocations stay private (called by composite procedures and trusted requests).
+    let alloc = sb.write(
+        "alloc.xml",
+        r#"<request namespace="Exchange 2007 Resource Manager" procedure="AllocateMailbox"><data><organization>x</organization><mailbox>y</mailbox><kilobytes>1</kilobytes></data></request>"#,
+    );
+    let r = sb.run(&["run", alloc.to_str().unwrap()]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("PRV0103"), "{r:?}");
+}
