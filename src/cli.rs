@@ -686,6 +686,11 @@ pub struct GraphArgs {
 pub struct NamespacesArgs {
     /// A namespace to describe; without it, all are listed.
     pub name: Option<String>,
+    /// Print the namespace (or, without NAME, every namespace from a file) as Markdown:
+    /// procedures with access, type, description, inputs and the steps they call (how
+    /// docs/namespaces/ is generated).
+    #[arg(long)]
+    pub markdown: bool,
 }
 
 /// Sets up `tracing` on stderr: RUST_LOG, else warn / -v info / -vv debug.

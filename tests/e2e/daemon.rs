@@ -97,6 +97,13 @@ impl Site {
         Site { dir }.configure(delay_ms)
     }
 
+    /// An empty site folder: the caller writes its own `provisio.toml` there.
+    pub(crate) fn bare() -> Site {
+        Site {
+            dir: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+
     pub(crate) fn configure(self, delay_ms: u64) -> Site {
         let ledger = repo().join("examples/exec-provider/ledger.py");
         let config = format!(

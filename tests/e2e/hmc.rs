@@ -574,3 +574,140 @@ fn the_resource_manager_namespace_is_public_where_hmc_calls_it() {
     assert_eq!(r.code, 2, "{r:?}");
     assert!(r.stderr.contains("PRV0103"), "{r:?}");
 }
+
+/// Two tenants with the same user names, common names and display names, each under a
+/// reseller of its own, submitted to the daemon at the same moment: both commit, and each
+/// tenant's users, groups and plans stay its own (the second `ann` gets the next free
+/// sAMAccountName, whichever transaction takes it first).
+#[test]
+fn two_tenants_provisioned_concurrently_stay_apart() {
+    use crate::daemon::{sha, Site, OPS};
+    let site = Site::bare();
+    std::fs::write(
+        site.path("provisio.toml"),
+        format!(
+            "data_dir = \"data\"\nnamespaces = \"{}\"\n\n[serve]\nworkers = 4\n\n[[serve.tokens]]\nsubject = \"ops\"\nsha256 = \"{}\"\ntrusted = true\noperator = true\n",
+            crate::util::repo().join("namespaces").display(),
+            sha(OPS)
+        ),
+    )
+    .expect("config");
+    let daemon = site.start();
+    let init = std::fs::read_to_string(
+        crate::util::repo().join("workflows/hosting/initialize-hosting.yaml"),
+    )
+    .expect("workflow");
+    let a = daemon.submit(OPS, &init, "?wait=120s", &[]);
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(a.body["outcome"], "committed", "{a:?}");
+    let resellers = r#"procedure:
+  parallel: false
+  steps:
+    one: { call: Hosted Active Directory/CreateResellerOrganization, with: { name: Northwind, container: "LDAP://OU=Hosting,DC=provisio,DC=local", availablePlans: { planName: [Gold] } } }
+    two: { call: Hosted Active Directory/CreateResellerOrganization, with: { name: Southwind, container: "LDAP://OU=Hosting,DC=provisio,DC=local", availablePlans: { planName: [Gold] } } }
+data: {}
+"#;
+    let a = daemon.submit(OPS, resellers, "?wait=120s", &[]);
+    assert_eq!(a.body["outcome"], "committed", "{a:?}");
+
+    let tenant = |name: &str, reseller: &str| {
+        format!(
+            r#"call: Provisioning/ProvisionTenant
+data:
+  name: {name}
+  container: "LDAP://OU={reseller},OU=Hosting,DC=provisio,DC=local"
+  domain: {name}.test
+  planName: Gold
+  users:
+    user:
+      - {{ userPrincipalName: ann@hosted.test, displayName: Ann Lee, isAdmin: 1, newPassword: Same-Pw-1 }}
+      - {{ userPrincipalName: bob@hosted.test, displayName: Bob Ray, newPassword: Same-Pw-2 }}
+"#
+        )
+    };
+    let answers: Vec<_> = std::thread::scope(|s| {
+        let d = &daemon;
+        let one = tenant("alpha", "Northwind");
+        let two = tenant("beta", "Southwind");
+        let h1 = s.spawn(move || d.submit(OPS, &one, "?wait=120s", &[]));
+        let h2 = s.spawn(move || d.submit(OPS, &two, "?wait=120s", &[]));
+        vec![h1.join().expect("one"), h2.join().expect("two")]
+    });
+    for a in &answers {
+        assert_eq!(a.status, 200, "{a:?}");
+        assert_eq!(a.body["outcome"], "committed", "{a:?}");
+    }
+    let find = r#"call: Hosted Active Directory/ADSearch
+data:
+  base: "LDAP://OU=Hosting,DC=provisio,DC=local"
+  filter: "(objectClass=user)"
+  attributes: "sAMAccountName,displayName,memberOf"
+"#;
+    let a = daemon.submit(OPS, find, "?wait=120s", &[]);
+    assert_eq!(a.body["outcome"], "committed", "{a:?}");
+    let text = a.body.to_string();
+    let mut sams = Vec::new();
+    for (org, reseller) in [("alpha", "Northwind"), ("beta", "Southwind")] {
+        for who in ["ann", "bob"] {
+            let dn = format!(
+                "CN={who}@hosted.test,OU={org},OU={reseller},OU=Hosting,DC=provisio,DC=local"
+            );
+            let entry = text
+                .split("\"dn\":")
+                .find(|e| e.starts_with(&format!("\"{dn}\"")))
+                .unwrap_or_else(|| panic!("{dn} missing: {text}"));
+            // Only its own organization's groups.
+            assert!(
+                entry.contains(&format!("CN=AllUsers,OU={org},OU={reseller}")),
+                "{entry}"
+            );
+            assert_eq!(entry.matches("CN=AllUsers").count(), 1, "{entry}");
+            assert_eq!(
+                entry.contains(&format!("CN=Admins,OU={org},")),
+                who == "ann",
+                "{entry}"
+            );
+            let sam = entry
+                .split("\"sAMAccountName\"")
+                .nth(1)
+                .and_then(|r| r.split("\"value\":\"").nth(1))
+                .and_then(|r| r.split('"').next())
+                .unwrap_or_else(|| panic!("no sAMAccountName: {entry}"))
+                .to_string();
+            sams.push(sam);
+        }
+    }
+    sams.sort();
+    assert_eq!(
+        sams,
+        [
+            "ann_hosted.test",
+            "ann_hosted.test1",
+            "bob_hosted.test",
+            "bob_hosted.test1"
+        ],
+        "{text}"
+    );
+}
+
+/// docs/namespaces/ is what `provisio namespaces --markdown` prints for each namespace file.
+#[test]
+fn the_namespace_docs_are_generated_from_the_definitions() {
+    let sb = Sandbox::new();
+    for (file, name) in [
+        ("hosted-active-directory.md", "Hosted Active Directory"),
+        ("provisioning.md", "Provisioning"),
+        (
+            "exchange-2007-resource-manager.md",
+            "Exchange 2007 Resource Manager",
+        ),
+    ] {
+        let r = ok(&sb, &["namespaces", "--markdown", name]);
+        let doc = std::fs::read_to_string(crate::util::repo().join("docs/namespaces").join(file))
+            .expect("the page");
+        assert_eq!(
+            r.stdout, doc,
+            "docs/namespaces/{file} is stale: regenerate it with `provisio namespaces --markdown \"{name}\" > docs/namespaces/{file}`"
+        );
+    }
+}

@@ -15,6 +15,7 @@ mod directory_ldap;
 mod error_provider;
 mod files;
 mod hmc;
+mod hmc_ldap;
 mod hostile;
 mod large_log;
 mod mps_batch;
