@@ -192,7 +192,6 @@ const HMC_TENANT: &str = r#"<request>
     </execute>
     <execute namespace="Hosted Active Directory" procedure="CreateResellerOrganization" impersonate="1">
       <before source="data" sourcePath="reseller" destination="executeData" destinationPath="name" mode="merge"/>
-      <before source="data" sourcePath="hosting" destination="executeData" destinationPath="container" mode="merge"/>
       <before source="data" sourcePath="preferredDomainController" destination="executeData"/>
       <after source="executeData" sourcePath="org" destination="data" destinationPath="created/reseller" mode="merge"/>
     </execute>
