@@ -710,3 +710,117 @@ fn the_namespace_docs_are_generated_from_the_definitions() {
         );
     }
 }
+
+/// CreateGroup (with a member), CreateContact, ModifyUser, SetUserPassword and
+/// ChangeUserPassword on Alpine Ski House's users, ADSearch to read them back, DeleteUser
+/// giving the user's place in the plan back; the same calls followed by a failure leave
+/// nothing.
+const OTHERS: &str = r#"<request>
+  <data><org>LDAP://OU=AlpineSkiHouse,OU=ConsolidatedMessenger,OU=Hosting,DC=provisio,DC=local</org>
+    <pw do-not-log="1">Changed-Pw-77</pw><pw2 do-not-log="1">Changed-Pw-88</pw2></data>
+  <procedure>
+    <execute id="group" namespace="Hosted Active Directory" procedure="CreateGroup">
+      <executeData><name>Ski Instructors</name><description>Teachers</description>
+        <members><member>LDAP://CN=bob@alpineskihouse.test,OU=AlpineSkiHouse,OU=ConsolidatedMessenger,OU=Hosting,DC=provisio,DC=local</member></members></executeData>
+      <before source="data" sourcePath="org" destination="executeData" destinationPath="container" mode="merge"/>
+      <after source="executeData" sourcePath="group" destination="data" mode="insert"/>
+    </execute>
+    <execute id="contact" namespace="Hosted Active Directory" procedure="CreateContact">
+      <executeData><name>Outside Partner</name><mail>partner@example.org</mail><displayName>Partner</displayName></executeData>
+      <before source="data" sourcePath="org" destination="executeData" destinationPath="container" mode="merge"/>
+      <after source="executeData" sourcePath="contact" destination="data" mode="insert"/>
+    </execute>
+    <execute id="modify" namespace="Hosted Active Directory" procedure="ModifyUser">
+      <executeData><path>LDAP://CN=eve@alpineskihouse.test,OU=AlpineSkiHouse,OU=ConsolidatedMessenger,OU=Hosting,DC=provisio,DC=local</path><displayName>Eve Kim-Lee</displayName>
+        <properties><property name="title" mode="replace"><value>Head of Sales</value></property></properties></executeData>
+    </execute>
+    <execute id="reset" namespace="Hosted Active Directory" procedure="SetUserPassword">
+      <executeData><path>LDAP://CN=eve@alpineskihouse.test,OU=AlpineSkiHouse,OU=ConsolidatedMessenger,OU=Hosting,DC=provisio,DC=local</path></executeData>
+      <before source="data" sourcePath="pw" destination="executeData" destinationPath="newPassword" mode="merge"/>
+    </execute>
+    <execute id="change" namespace="Hosted Active Directory" procedure="ChangeUserPassword">
+      <executeData><path>LDAP://CN=eve@alpineskihouse.test,OU=AlpineSkiHouse,OU=ConsolidatedMessenger,OU=Hosting,DC=provisio,DC=local</path></executeData>
+      <before source="data" sourcePath="pw" destination="executeData" destinationPath="oldPassword" mode="merge"/>
+      <before source="data" sourcePath="pw2" destination="executeData" destinationPath="newPassword" mode="merge"/>
+    </execute>
+    <execute id="leave" namespace="Hosted Active Directory" procedure="DeleteUser">
+      <executeData><path>LDAP://CN=dan@alpineskihouse.test,OU=AlpineSkiHouse,OU=ConsolidatedMessenger,OU=Hosting,DC=provisio,DC=local</path></executeData>
+    </execute>
+    TAIL
+  </procedure>
+</request>
+"#;
+
+#[test]
+fn groups_contacts_changes_and_passwords_commit_or_leave_nothing() {
+    let sb = Sandbox::new();
+    initialize(&sb);
+    ok(&sb, &["run", "workflows/hosting/provision-tenant.yaml"]);
+    ok(&sb, &["run", "workflows/hosting/add-user.yaml"]);
+    let usage = |sb: &Sandbox| {
+        let q = sb.write(
+            "usage.yaml",
+            "procedure:\n  type: read\n  steps:\n    get:\n      call: Managed Plans/GetCustomer\n      with: { customerName: \"OU=AlpineSkiHouse,OU=ConsolidatedMessenger,OU=Hosting,DC=provisio,DC=local\" }\n      output: { users: \"{{ executeData.customer.usage.maxUsers }}\" }\ndata: {}\n",
+        );
+        let r = ok(
+            sb,
+            &["run", q.to_str().unwrap(), "--output", "json", "--quiet"],
+        );
+        let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("json");
+        match &v["data"]["users"] {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        }
+    };
+    assert_eq!(usage(&sb), "4");
+    let before = world(&sb);
+    let failing = OTHERS.replace(
+        "TAIL",
+        r#"<execute id="boom" namespace="Error Provider" procedure="SetError"><executeData><hr>0x80004005</hr><desc>boom</desc></executeData></execute>"#,
+    );
+    let req = sb.write("others.xml", &failing);
+    let r = sb.run(&["run", req.to_str().unwrap()]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stdout.contains("step=\"boom\""), "{r:?}");
+    assert_eq!(world(&sb), before);
+    assert_eq!(usage(&sb), "4");
+
+    let req = sb.write("others.xml", &OTHERS.replace("TAIL", ""));
+    let r = ok(&sb, &["run", req.to_str().unwrap()]);
+    assert!(
+        r.stdout
+            .contains("<path>LDAP://CN=Ski Instructors,OU=AlpineSkiHouse,"),
+        "{r:?}"
+    );
+    for secret in ["Changed-Pw-77", "Changed-Pw-88"] {
+        assert!(
+            !r.stdout.contains(secret) && !r.stderr.contains(secret),
+            "{r:?}"
+        );
+    }
+    let found = ok(&sb, &["run", "workflows/hosting/find-tenants.yaml"]);
+    assert!(!found.stdout.contains("dan@"), "{found:?}");
+    let search = sb.write(
+        "search.yaml",
+        "call: Hosted Active Directory/ADSearch\ndata: { base: \"LDAP://OU=AlpineSkiHouse,OU=ConsolidatedMessenger,OU=Hosting,DC=provisio,DC=local\", filter: \"(|(cn=Ski Instructors)(cn=Outside Partner)(cn=eve@*))\", attributes: \"member,mail,displayName,title,objectClass\" }\n",
+    );
+    let s = ok(&sb, &["run", search.to_str().unwrap()]);
+    for want in [
+        "value: CN=bob@alpineskihouse.test,OU=AlpineSkiHouse",
+        "value: partner@example.org",
+        "value: Eve Kim-Lee",
+        "value: Head of Sales",
+        "- contact",
+    ] {
+        assert!(s.stdout.contains(want), "{want}: {s:?}");
+    }
+    assert_eq!(usage(&sb), "3", "DeleteUser gave Dan's place back");
+    // The old password is checked.
+    let wrong = sb.write(
+        "wrong.xml",
+        r#"<request namespace="Hosted Active Directory" procedure="ChangeUserPassword"><data><path>LDAP://CN=eve@alpineskihouse.test,OU=AlpineSkiHouse,OU=ConsolidatedMessenger,OU=Hosting,DC=provisio,DC=local</path><oldPassword do-not-log="1">Changed-Pw-77</oldPassword><newPassword do-not-log="1">Another-Pw-99</newPassword></data></request>"#,
+    );
+    let r = sb.run(&["run", wrong.to_str().unwrap()]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stdout.contains("0x80070056"), "{r:?}");
+}
