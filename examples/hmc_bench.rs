@@ -220,15 +220,20 @@ async fn bench(tenants: usize, users: usize) -> Result<()> {
         total as f64 / took.as_secs_f64()
     );
 
-    // BulkAddUsers: `users` users into one tenant, one transaction.
+    // BulkAddUsers: `users` users into one organization without a plan (no user limit),
+    // one transaction.
+    let org = format!(
+        r#"<request namespace="Hosted Active Directory" procedure="CreateOrganization"><data><name>Bulk</name><container>{RESELLER}</container></data></request>"#
+    );
+    run(&engine, &org, "bulk-org.xml", Format::Xml).await?;
     let mut bulk = format!(
-        r#"<request namespace="Provisioning" procedure="BulkAddUsers"><data><container>LDAP://OU=T0,{}</container><users>"#,
+        r#"<request namespace="Provisioning" procedure="BulkAddUsers"><data><container>LDAP://OU=Bulk,{}</container><users>"#,
         RESELLER.trim_start_matches("LDAP://")
     );
     for i in 0..users {
         let _ = write!(
             bulk,
-            "<user><userPrincipalName>bulk{i:05}@t0.test</userPrincipalName><displayName>Bulk {i:05}</displayName></user>"
+            "<user><userPrincipalName>bulk{i:05}@bulk.test</userPrincipalName><displayName>Bulk {i:05}</displayName></user>"
         );
     }
     bulk.push_str("</users></data></request>");
