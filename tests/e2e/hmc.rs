@@ -324,6 +324,19 @@ fn hmc_requests_give_the_responses_mps_predicts() {
     let found = run("search.xml", FABRIKAM_SEARCH);
     assert_eq!(found.code, 0, "{found:?}");
     assert!(!found.stdout.contains("carol@"), "{found:?}");
+    // preferredDomainController reaches the directory call, which checks it.
+    let bad = run(
+        "bad-dc.xml",
+        &FABRIKAM_SEARCH.replace("dc01.fabrikam.com", "dc01 fabrikam"),
+    );
+    assert_eq!(bad.code, 1, "{bad:?}");
+    assert!(
+        bad.stdout.contains("0x80070057")
+            && bad
+                .stdout
+                .contains("input `preferredDomainController` must be a host name"),
+        "{bad:?}"
+    );
     assert!(found.stdout.contains("<count>2</count>"), "{found:?}");
 
     // Handled: committed, with the code in data, Carol kept, and Dave queued (suspended:
