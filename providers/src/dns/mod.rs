@@ -273,7 +273,10 @@ fn rr_type_text(raw: &str) -> Result<String, DnsError> {
     reject_syntax("rrType", raw.trim())?;
     let t = raw.trim().to_ascii_uppercase();
     let t = t.strip_prefix("MICROSOFTDNS_").unwrap_or(&t);
-    let t = t.strip_suffix("TYPE").filter(|s| !s.is_empty()).unwrap_or(t);
+    let t = t
+        .strip_suffix("TYPE")
+        .filter(|s| !s.is_empty())
+        .unwrap_or(t);
     match t {
         "A" | "AAAA" | "CNAME" | "MX" | "TXT" | "SRV" | "NS" | "CAA" => Ok(t.to_string()),
         "SOA" => Err(DnsError::Invalid(
