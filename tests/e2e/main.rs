@@ -14,6 +14,7 @@ mod directory;
 mod directory_ldap;
 mod error_provider;
 mod files;
+mod hmc_dns_files;
 mod hostile;
 mod large_log;
 mod mps_batch;

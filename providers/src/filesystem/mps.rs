@@ -289,9 +289,9 @@ impl Fs {
     ) -> Result<Option<String>, ProviderError> {
         match data.child(field) {
             None => Ok(None),
-            Some(e) if e.elements().next().is_some() || !e.attrs.is_empty() => Err(invalid(
+            Some(e) if !e.attrs.is_empty() => Err(invalid(
                 p,
-                format!("`{field}` must be text (a folder name)"),
+                format!("`{field}` must be text (a folder name), without attributes"),
             )),
             Some(e) => Ok(Some(e.string_value())),
         }
