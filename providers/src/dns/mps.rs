@@ -867,6 +867,62 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn an_mps_call_in_doubt_is_settled_like_its_provisio_twin() {
+        use provisio_engine::provider::Provider;
+        let (_d, p) = provider();
+        let zone = call(
+            "CreateZone",
+            vec![Element::with_text("zoneName", "fabrikam.com")],
+        );
+        p.execute(zone).await.expect("zone");
+        let mut c = call(
+            "CreateResourceRecord",
+            vec![
+                Element::with_text("zoneName", "fabrikam.com"),
+                Element::with_text("rrType", "MicrosoftDNS_MXType"),
+                props(
+                    &[("MailExchange", "mail.fabrikam.com"), ("Preference", "5")],
+                    true,
+                ),
+            ],
+        );
+        c.context.step_id = "mx".into();
+        assert_eq!(p.recover(&c).await.expect("before"), None);
+        let out = p.execute(c.clone()).await.expect("MX");
+        assert_eq!(p.recover(&c).await.expect("after"), out.undo);
+        // Bad input: the call failed before any change.
+        c.execute_data.push(Element::with_text("bogus", "1"));
+        assert_eq!(p.recover(&c).await.expect("bad"), None);
+    }
+
+    proptest::proptest! {
+        /// Whatever OwnerName and DescriptiveText a request carries, a TXT call is either
+        /// refused or names a record inside the zone holding exactly the text given.
+        #[test]
+        fn owner_stays_in_the_zone_and_text_is_verbatim(
+            owner in "[a-z0-9_.@*;\" \\\n-]{0,20}",
+            text_in in "\\PC{0,40}",
+        ) {
+            let (_d, p) = provider();
+            let c = call(
+                "CreateResourceRecord",
+                vec![
+                    Element::with_text("zoneName", "fabrikam.com"),
+                    Element::with_text("rrType", "MicrosoftDNS_TXTType"),
+                    props(&[("OwnerName", owner.as_str()), ("DescriptiveText", text_in.as_str())], false),
+                ],
+            );
+            if let Ok(t) = translate(&p, &c) {
+                let r = super::super::record_input(&t.call.execute_data).expect("validated");
+                let fqdn = super::super::record::fqdn(&r.zone, &r.owner);
+                proptest::prop_assert!(fqdn.ends_with("fabrikam.com."), "{fqdn}");
+                proptest::prop_assert!(!r.owner.contains(char::is_whitespace));
+                proptest::prop_assert_eq!(r.data, super::super::RData::Txt(text_in.clone().into_bytes()));
+            }
+        }
+    }
+
     #[test]
     fn check_only_and_credentials() {
         let (_d, p) = provider();
