@@ -59,6 +59,7 @@ async fn create_delete_move_rename_and_their_undo_on_disk() {
         &[("dirName", "x")],
         &[("sourcePath", "nowhere")],
     );
+    assert!(matches!(p.preview(&orphan).await, Ok(Preview::Fail(_))));
     let e = exec(&p, &orphan).await.expect_err("no parent");
     assert_eq!(e.code(), 0x8007_0003, "{e}");
     assert!(!root.join("nowhere").exists());

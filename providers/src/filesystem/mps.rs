@@ -530,8 +530,13 @@ impl Fs {
         p: MpsProcedure,
         call: &Call,
     ) -> Result<Preview, ProviderError> {
-        if let Some(t) = self.mps_translate(p, call)? {
-            return self.preview_sync(&t);
+        match self.mps_translate(p, call) {
+            Ok(Some(t)) => return self.preview_sync(&t),
+            Ok(None) => {}
+            // Bad input is an error in preview too; what the call would find on disk
+            // (a missing parent folder) makes it fail.
+            Err(e) if e.code() == ProviderError::E_INVALIDARG => return Err(e),
+            Err(e) => return Ok(Preview::Fail(e.message())),
         }
         match p {
             MpsProcedure::CopyDirectory => {
