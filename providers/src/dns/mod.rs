@@ -1174,7 +1174,7 @@ fn mps_server_input() -> InputSpec {
 fn mps_record_inputs(delete: bool) -> Vec<InputSpec> {
     let mut v = vec![
         mps_server_input(),
-        input("zoneName", "string", true, "Zone, e.g. fabrikam.com"),
+        input("zoneName", "string", false, "Zone, e.g. fabrikam.com (or properties/ContainerName)"),
         input("rrType", "string", true, "MicrosoftDNS_AType, …_AAAAType, …_CNAMEType, …_MXType, …_TXTType, …_NSType, …_SRVType (or A, MX, …)"),
         input("commitFlag", "string", false, "COMMIT or NOCOMMIT: the record is served and written at once either way"),
         input(
