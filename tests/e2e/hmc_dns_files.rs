@@ -185,6 +185,8 @@ fn hmc_dns_requests_create_the_zone_and_records_and_roll_back_on_bind() {
           <zoneName>fabrikam.test</zoneName>
           <rrType>MicrosoftDNS_TXTType</rrType>
           <rrName>_spf.fabrikam.test</rrName>
+          <userName>FABRIKAM\administrator</userName>
+          <password>Pa55-word-in-clear</password>
           <properties><DescriptiveText>v=spf1 ip4:192.0.2.0/24 -all</DescriptiveText></properties>
         </executeData>
       </execute>
@@ -197,6 +199,25 @@ fn hmc_dns_requests_create_the_zone_and_records_and_roll_back_on_bind() {
     let r = run_clean(base, &["-q", "run", "delete.xml"], &[]);
     assert_eq!(r.code, 0, "{r:?}\nnamed log:\n{}", n.log());
     assert_eq!(n.dig_status("fabrikam.test", "SOA").0, "REFUSED");
+    // MPS credentials are accepted and not used, and the password is a secret: nowhere in
+    // clear, neither in the response nor in anything Provisio wrote.
+    assert!(!r.stdout.contains("Pa55-word-in-clear"), "{r:?}");
+    assert!(!r.stderr.contains("Pa55-word-in-clear"), "{r:?}");
+    let mut stack = vec![base.join("data")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("ls").flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                assert!(
+                    !bytes.windows(18).any(|w| w == b"Pa55-word-in-clear"),
+                    "password in clear in {}",
+                    path.display()
+                );
+            }
+        }
+    }
 }
 
 /// Folders for a tenant with the File System Provider's MPS procedures; the last step

@@ -1170,6 +1170,28 @@ fn mps_server_input() -> InputSpec {
     )
 }
 
+/// MPS's `userName` / `password` for the DNS server: accepted, not used; the password is
+/// declared secret so it is masked wherever the engine writes the call.
+fn mps_credential_inputs() -> [InputSpec; 2] {
+    [
+        input(
+            "userName",
+            "string",
+            false,
+            "Accepted and not used (the provider signs with its TSIG key)",
+        ),
+        InputSpec {
+            secret: true,
+            ..input(
+                "password",
+                "string",
+                false,
+                "Accepted and not used; secret: never logged, journaled or returned in clear",
+            )
+        },
+    ]
+}
+
 /// Inputs of CreateResourceRecord / DeleteResourceRecord (MPS shape).
 fn mps_record_inputs(delete: bool) -> Vec<InputSpec> {
     let mut v = vec![
@@ -1185,6 +1207,7 @@ fn mps_record_inputs(delete: bool) -> Vec<InputSpec> {
         ),
         input("debugLevel", "element", false, "@check-only=\"on\": validate only; @logging accepted"),
     ];
+    v.extend(mps_credential_inputs());
     if delete {
         v.push(input(
             "rrName",
@@ -1285,7 +1308,10 @@ fn procedure_list() -> Vec<ProcedureSpec> {
                 input("primaryNs", "string", false, "Provisio: primary name server; default ns1.<zone>"),
                 input("nsAddress", "string", false, "Provisio: IP of the primary name server (glue)"),
                 input("debugLevel", "element", false, "@check-only=\"on\": validate only; @logging accepted"),
-            ],
+            ]
+            .into_iter()
+            .chain(mps_credential_inputs())
+            .collect(),
         ),
         spec(
             "DeleteDNSZone",
@@ -1296,7 +1322,10 @@ fn procedure_list() -> Vec<ProcedureSpec> {
                 mps_server_input(),
                 input("zoneName", "string", true, "Zone, e.g. fabrikam.com"),
                 input("debugLevel", "element", false, "@check-only=\"on\": validate only; @logging accepted"),
-            ],
+            ]
+            .into_iter()
+            .chain(mps_credential_inputs())
+            .collect(),
         ),
         spec(
             "ReplaceRecordSet",
