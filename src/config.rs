@@ -736,6 +736,10 @@ pub struct DnsConfig {
     pub key_file: Option<PathBuf>,
     /// rfc2136: seconds to wait for each answer.
     pub timeout_secs: u64,
+    /// Other names of the managed DNS server that MPS requests may give as
+    /// `serverIdentifier` (its address is always accepted).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub server_identifiers: Vec<String>,
     /// rfc2136: `[providers.dns.rndc]`, zone creation and deletion through BIND's control
     /// channel; absent: CreateZone only checks that the zone is served, DeleteZone fails.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -787,6 +791,7 @@ impl Default for DnsConfig {
             server: None,
             key_file: None,
             timeout_secs: 5,
+            server_identifiers: Vec::new(),
             rndc: None,
         }
     }

@@ -133,6 +133,7 @@ pub async fn registry(config: &Config) -> Result<ProviderRegistry> {
                 .with_context(|| format!("providers.dns: cannot use DNS server {server}"))?
         }
     };
+    let dns = dns.with_server_identifiers(p.dns.server_identifiers.clone());
     registry.register(Arc::new(dns));
     let base_dn = Dn::parse(&p.directory.base_dn)
         .with_context(|| format!("providers.directory.base_dn: {:?}", p.directory.base_dn))?;

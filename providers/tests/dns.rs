@@ -265,11 +265,11 @@ async fn every_record_type_round_trips_and_bumps_the_serial() {
         .map(|r| r.ttl);
     assert_eq!(ttl, Some(300));
 
-    // The same record again, also via the MPS procedure name.
+    // The same record again (the owner in another case).
     let (code, msg) = err_message(
         run(
             &p,
-            "CreateResourceRecord",
+            "AddRecord",
             &[
                 ("zoneName", "example.com"),
                 ("name", "WWW"),

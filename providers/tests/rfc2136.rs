@@ -194,7 +194,7 @@ async fn every_record_type_is_added_with_its_ttl_and_seen_by_dig() {
     ];
     let mut last_serial = 0i64;
     for (inputs, name, rtype, expected) in &cases {
-        let (_, out) = run(&p, "CreateResourceRecord", &rec(inputs))
+        let (_, out) = run(&p, "AddRecord", &rec(inputs))
             .await
             .unwrap_or_else(|e| panic!("{inputs:?}: {e}\n{}", n.log()));
         let serial: i64 = output(&out, "serial")
@@ -300,7 +300,7 @@ async fn undo_removes_exactly_the_record_and_restores_deleted_ones() {
 
     let (c, out) = run(
         &p,
-        "DeleteResourceRecord",
+        "DeleteRecord",
         &rec(&[("name", "pre"), ("rrType", "A"), ("address", "192.0.2.1")]),
     )
     .await
@@ -600,7 +600,7 @@ async fn zones_must_exist_and_cannot_be_deleted() {
     undo(&p, &c, &out).await.expect("undo is a no-op");
     assert!(!n.dig(ZONE, "SOA").is_empty(), "zone still served");
 
-    let (code, msg) = err_message(run(&p, "CreateDNSZone", &[("zoneName", "other.test")]).await);
+    let (code, msg) = err_message(run(&p, "CreateZone", &[("zoneName", "other.test")]).await);
     assert_eq!(code, E_ZONE_NOT_FOUND, "{msg}");
     assert!(msg.contains("rndc addzone"), "{msg}");
 

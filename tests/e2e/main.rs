@@ -16,6 +16,7 @@ mod error_provider;
 mod files;
 mod hmc;
 mod hmc_ldap;
+mod hmc_dns_files;
 mod hostile;
 mod large_log;
 mod mps_batch;

@@ -213,6 +213,12 @@ pub trait ZoneBackend: Send + Sync {
     /// Backend id (`zonefile`, later `rfc2136`).
     fn kind(&self) -> &'static str;
 
+    /// The DNS server this backend changes, when it talks to one (the MPS procedures'
+    /// `serverIdentifier` must name it); `None` for local zone files.
+    fn server(&self) -> Option<std::net::SocketAddr> {
+        None
+    }
+
     /// Creates a zone; [`DnsError::ZoneExists`] if it is there. Returns the SOA serial
     /// and a human description of where it lives.
     async fn create_zone(&self, settings: &ZoneSettings) -> Result<(u32, String), DnsError>;

@@ -15,6 +15,7 @@
 //! [`ZoneBackend::recover`] and returns the undo record the call would have returned.
 
 pub mod backend;
+mod mps;
 mod name;
 pub mod record;
 pub mod rfc2136;
@@ -165,6 +166,9 @@ impl From<DnsError> for ProviderError {
 /// Zones and records; `name()` is `DNS`.
 pub struct DnsProvider {
     backend: Arc<dyn ZoneBackend>,
+    /// Other names of the managed server that the MPS procedures' `serverIdentifier` may
+    /// give (beside its address, or `localhost` for zone files).
+    server_identifiers: Vec<String>,
     /// A call and the settlement of its idempotency key never overlap (see `execute`).
     fences: crate::common::KeyFences,
 }
@@ -193,8 +197,18 @@ impl DnsProvider {
     pub fn with_backend(backend: Arc<dyn ZoneBackend>) -> Self {
         DnsProvider {
             backend,
+            server_identifiers: Vec::new(),
             fences: crate::common::KeyFences::new(),
         }
+    }
+
+    /// Other names (host names, addresses) by which MPS requests name the managed DNS
+    /// server in `serverIdentifier` (`server_identifiers` under `[providers.dns]`). The
+    /// server's own address — or `localhost`, `127.0.0.1`, `::1` for zone files — is always
+    /// accepted.
+    pub fn with_server_identifiers(mut self, names: Vec<String>) -> Self {
+        self.server_identifiers = names;
+        self
     }
 
     /// The backend.
@@ -249,7 +263,7 @@ fn req(data: &Element, names: &[&str]) -> Result<String, DnsError> {
     req_input(data, names).map_err(|e| DnsError::Invalid(e.message()))
 }
 
-/// The record type: `A`, `mx`, or the MPS spelling `MXType`.
+/// The record type: `A`, `mx`, or the MPS spellings `MXType` and `MicrosoftDNS_MXType`.
 fn rr_type(data: &Element) -> Result<String, DnsError> {
     rr_type_text(&req(data, &["rrType", "RRType", "recordType", "type"])?)
 }
@@ -258,10 +272,11 @@ fn rr_type(data: &Element) -> Result<String, DnsError> {
 fn rr_type_text(raw: &str) -> Result<String, DnsError> {
     reject_syntax("rrType", raw.trim())?;
     let t = raw.trim().to_ascii_uppercase();
+    let t = t.strip_prefix("MICROSOFTDNS_").unwrap_or(&t);
     let t = t
         .strip_suffix("TYPE")
         .filter(|s| !s.is_empty())
-        .unwrap_or(&t);
+        .unwrap_or(t);
     match t {
         "A" | "AAAA" | "CNAME" | "MX" | "TXT" | "SRV" | "NS" | "CAA" => Ok(t.to_string()),
         "SOA" => Err(DnsError::Invalid(
@@ -835,6 +850,16 @@ impl DnsProvider {
     /// Settles a call a crash left in doubt: the undo record the call would have returned
     /// if it was applied, `None` if it was not.
     async fn recover_call(&self, call: &Call) -> Result<Option<Element>, ProviderError> {
+        if mps::MpsProcedure::of(&call.context.procedure).is_some() {
+            return match self.translate_mps(call) {
+                // Inputs that do not validate made the call fail before any change, and a
+                // check-only call changes nothing.
+                Err(_) => Ok(None),
+                Ok(Some(t)) if t.check_only => Ok(None),
+                Ok(Some(t)) => Box::pin(self.recover_call(&t.call)).await,
+                Ok(None) => Ok(None),
+            };
+        }
         let key = call.context.idempotency_key();
         let data = &call.execute_data;
         let Some(procedure) = canonical_procedure(&call.context.procedure) else {
@@ -919,6 +944,14 @@ impl DnsProvider {
     }
 
     async fn preview_call(&self, call: &Call) -> Result<Preview, ProviderError> {
+        if let Some(t) = self.translate_mps(call)? {
+            if t.check_only {
+                return Ok(Preview::NoChange(
+                    "debugLevel check-only: inputs are checked, nothing is changed".into(),
+                ));
+            }
+            return Box::pin(self.preview_call(&t.call)).await;
+        }
         let data = &call.execute_data;
         match canonical_procedure(&call.context.procedure) {
             Some("CreateZone") => {
@@ -1093,10 +1126,10 @@ fn read_guard(undo: &Element, zone: &str) -> Result<Option<RrsetGuard>, Provider
 /// Maps a called entry point (including MPS-style aliases) to the procedure it runs.
 fn canonical_procedure(name: &str) -> Option<&'static str> {
     Some(match name {
-        "CreateZone" | "CreateDNSZone" => "CreateZone",
-        "DeleteZone" | "DeleteDNSZone" => "DeleteZone",
-        "AddRecord" | "CreateResourceRecord" => "AddRecord",
-        "DeleteRecord" | "DeleteResourceRecord" => "DeleteRecord",
+        "CreateZone" => "CreateZone",
+        "DeleteZone" => "DeleteZone",
+        "AddRecord" => "AddRecord",
+        "DeleteRecord" => "DeleteRecord",
         "ReplaceRecordSet" | "ReplaceResourceRecordSet" => "ReplaceRecordSet",
         "ListRecords" => "ListRecords",
         _ => return None,
@@ -1126,6 +1159,64 @@ fn record_inputs() -> Vec<InputSpec> {
         input("tag", "string", false, "CAA: issue, issuewild or iodef"),
         input("value", "string", false, "CAA: value"),
     ]
+}
+
+fn mps_server_input() -> InputSpec {
+    input(
+        "serverIdentifier",
+        "string",
+        false,
+        "The DNS server (address or name); must be the one this provider manages",
+    )
+}
+
+/// MPS's `userName` / `password` for the DNS server: accepted, not used; the password is
+/// declared secret so it is masked wherever the engine writes the call.
+fn mps_credential_inputs() -> [InputSpec; 2] {
+    [
+        input(
+            "userName",
+            "string",
+            false,
+            "Accepted and not used (the provider signs with its TSIG key)",
+        ),
+        InputSpec {
+            secret: true,
+            ..input(
+                "password",
+                "string",
+                false,
+                "Accepted and not used; secret: never logged, journaled or returned in clear",
+            )
+        },
+    ]
+}
+
+/// Inputs of CreateResourceRecord / DeleteResourceRecord (MPS shape).
+fn mps_record_inputs(delete: bool) -> Vec<InputSpec> {
+    let mut v = vec![
+        mps_server_input(),
+        input("zoneName", "string", false, "Zone, e.g. fabrikam.com (or properties/ContainerName)"),
+        input("rrType", "string", true, "MicrosoftDNS_AType, …_AAAAType, …_CNAMEType, …_MXType, …_TXTType, …_NSType, …_SRVType (or A, MX, …)"),
+        input("commitFlag", "string", false, "COMMIT or NOCOMMIT: the record is served and written at once either way"),
+        input(
+            "properties",
+            "element",
+            true,
+            "ContainerName, OwnerName (full or relative name; default the apex), TTL, and per type IPAddress | IPv6Address | PrimaryName | NSHost | MailExchange + Preference | DescriptiveText (verbatim) | Priority + Weight + Port + DomainName; as <OwnerName>…</OwnerName> or <property name=\"OwnerName\">…</property>",
+        ),
+        input("debugLevel", "element", false, "@check-only=\"on\": validate only; @logging accepted"),
+    ];
+    v.extend(mps_credential_inputs());
+    if delete {
+        v.push(input(
+            "rrName",
+            "string",
+            false,
+            "The record's name (same as properties/OwnerName)",
+        ));
+    }
+    v
 }
 
 fn rrset_inputs() -> Vec<InputSpec> {
@@ -1192,16 +1283,49 @@ fn procedure_list() -> Vec<ProcedureSpec> {
             "CreateResourceRecord",
             ProcKind::Write,
             UndoKind::Reversible,
-            &format!("MPS name of AddRecord. {add}"),
-            record_inputs(),
+            &format!("MPS: AddRecord with the HMC inputs (the record's fields in `properties`). {add} Also `OperationStatus`."),
+            mps_record_inputs(false),
         ),
         spec("DeleteRecord", ProcKind::Write, UndoKind::Reversible, del, record_inputs()),
         spec(
             "DeleteResourceRecord",
             ProcKind::Write,
             UndoKind::Reversible,
-            &format!("MPS name of DeleteRecord. {del}"),
-            record_inputs(),
+            &format!("MPS: DeleteRecord with the HMC inputs (the record's fields in `properties`). {del} Also `OperationStatus`."),
+            mps_record_inputs(true),
+        ),
+        spec(
+            "CreateDNSZone",
+            ProcKind::Write,
+            UndoKind::Reversible,
+            "MPS: CreateZone with the HMC inputs. Outputs `zone`, `serial`, `location`, `OperationStatus`. Undo deletes the zone.",
+            vec![
+                mps_server_input(),
+                input("zoneName", "string", true, "Zone, e.g. fabrikam.com"),
+                input("zoneType", "string", false, "PRIMARY (default); SECONDARY and FORWARD are refused"),
+                input("adminEmail", "string", false, "Responsible mailbox; default hostmaster.<zone>"),
+                input("commitFlag", "string", true, "COMMIT (required: MPS's default NOCOMMIT, a paused zone without a file, is refused)"),
+                input("primaryNs", "string", false, "Provisio: primary name server; default ns1.<zone>"),
+                input("nsAddress", "string", false, "Provisio: IP of the primary name server (glue)"),
+                input("debugLevel", "element", false, "@check-only=\"on\": validate only; @logging accepted"),
+            ]
+            .into_iter()
+            .chain(mps_credential_inputs())
+            .collect(),
+        ),
+        spec(
+            "DeleteDNSZone",
+            ProcKind::Write,
+            UndoKind::Reversible,
+            "MPS: DeleteZone with the HMC inputs. Outputs `deleted`, `OperationStatus`. Undo restores the zone.",
+            vec![
+                mps_server_input(),
+                input("zoneName", "string", true, "Zone, e.g. fabrikam.com"),
+                input("debugLevel", "element", false, "@check-only=\"on\": validate only; @logging accepted"),
+            ]
+            .into_iter()
+            .chain(mps_credential_inputs())
+            .collect(),
         ),
         spec(
             "ReplaceRecordSet",
@@ -1271,6 +1395,7 @@ impl Provider for DnsProvider {
         let fenced = self.fences.hold(&call.context.idempotency_key()).await;
         let provider = DnsProvider {
             backend: Arc::clone(&self.backend),
+            server_identifiers: self.server_identifiers.clone(),
             fences: self.fences.clone(),
         };
         let task = tokio::spawn(async move {
@@ -1310,6 +1435,36 @@ impl Provider for DnsProvider {
 
 impl DnsProvider {
     async fn execute_call(&self, call: &Call) -> Result<Outcome, ProviderError> {
+        if let Some(t) = self.translate_mps(call)? {
+            if t.check_only {
+                return Ok(Outcome {
+                    execute_data: mps::mps_output(
+                        &call.execute_data,
+                        &t.call.execute_data,
+                        None,
+                        &t,
+                    ),
+                    undo: None,
+                });
+            }
+            if !t.warnings.is_empty() {
+                tracing::warn!(procedure = %call.context.procedure, warnings = ?t.warnings, "DNS Provider MPS call");
+            }
+            let done = self.run_canonical(&t.call).await?;
+            return Ok(Outcome {
+                execute_data: mps::mps_output(
+                    &call.execute_data,
+                    &t.call.execute_data,
+                    Some(&done.execute_data),
+                    &t,
+                ),
+                undo: done.undo,
+            });
+        }
+        self.run_canonical(call).await
+    }
+
+    async fn run_canonical(&self, call: &Call) -> Result<Outcome, ProviderError> {
         match canonical_procedure(&call.context.procedure) {
             Some("CreateZone") => self.create_zone(call).await,
             Some("DeleteZone") => self.delete_zone(call).await,

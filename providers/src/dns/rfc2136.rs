@@ -1345,6 +1345,10 @@ impl ZoneBackend for Rfc2136Backend {
         "rfc2136"
     }
 
+    fn server(&self) -> Option<SocketAddr> {
+        Some(self.config.server)
+    }
+
     /// With rndc: adds the zone (see `Rfc2136Backend::add_zone`). Without: RFC 2136
     /// cannot create zones, so this checks that the server serves the zone and returns its
     /// serial; the settings (SOA, NS) are not applied.

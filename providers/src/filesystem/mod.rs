@@ -9,6 +9,7 @@
 
 mod acl;
 mod files;
+mod mps;
 mod owner;
 mod pending;
 mod perms;
@@ -871,6 +872,7 @@ impl Fs {
                 mode,
             } => self.restore_owner(&path, uid, gid, &mode),
             record @ UndoRecord::Unstage { .. } => self.unstage(done, &record),
+            UndoRecord::RemoveCopy { path, trash } => self.remove_copy(&path, &trash),
         }
     }
 
@@ -880,6 +882,9 @@ impl Fs {
         // Recovery runs after a crash: the moment to drop temporary files it left.
         if let Err(e) = self.sweep_temporaries() {
             tracing::warn!(error = %e, "Filesystem: cannot remove leftover temporary files");
+        }
+        if let Some(p) = mps::MpsProcedure::of(&call.context.procedure) {
+            return self.recover_mps(p, call);
         }
         let key = call.context.idempotency_key();
         match call.context.procedure.as_str() {
@@ -904,6 +909,7 @@ impl Fs {
         };
         let undo = match marker {
             Marker::MoveFolder { from, to } => return self.recover_move(&key, &from, &to),
+            Marker::CopyFolder { .. } => return self.recover_copy(call),
             Marker::SetPermissions {
                 path,
                 previous,
@@ -1054,6 +1060,9 @@ impl Fs {
     }
 
     fn preview_sync(&self, call: &Call) -> Result<Preview, ProviderError> {
+        if let Some(p) = mps::MpsProcedure::of(&call.context.procedure) {
+            return self.preview_mps(p, call);
+        }
         let data = &call.execute_data;
         match call.context.procedure.as_str() {
             // Each of these fails on what it finds in the way (or, for delete, missing).
@@ -1253,7 +1262,7 @@ impl FilesystemProvider {
                 description: description.to_string(),
                 inputs,
             };
-        vec![
+        let mut specs = vec![
             spec(
                 "CreateFolder",
                 ProcKind::Write,
@@ -1360,8 +1369,40 @@ impl FilesystemProvider {
                     mode_spec(),
                 ],
             ),
-        ]
+        ];
+        specs.extend(mps::MpsProcedure::ALL.into_iter().map(|p| {
+            let (kind, undo) = if p.is_read() {
+                (ProcKind::Read, UndoKind::Nothing)
+            } else {
+                (ProcKind::Write, UndoKind::Reversible)
+            };
+            let inputs = p
+                .elements()
+                .iter()
+                .map(|name| mps_input_spec(p, name))
+                .collect();
+            spec(p.name(), kind, undo, p.description(), inputs)
+        }));
+        specs
     }
+}
+
+/// An input of an MPS procedure.
+fn mps_input_spec(p: mps::MpsProcedure, name: &str) -> provisio_engine::model::InputSpec {
+    let optional = matches!(name, "newName" | "controlInfo" | "security")
+        || (name == "dirName" && p == mps::MpsProcedure::ListDirectory);
+    let (ty, description) = match name {
+        "dirName" => ("string", "Folder name (one component) inside sourcePath"),
+        "sourcePath" => ("element", "<sourcePath path=\"a/b\"/>: the folder holding it, relative to the provider root (`.` = the root); @machine must be this machine"),
+        "destPath" => ("element", "<destPath path=\"a/b\"/>: the folder to move or copy into (must exist)"),
+        "newName" => ("string", "The new folder name"),
+        "oldName" => ("string", "The folder's current name"),
+        "controlInfo" => ("element", "@recursive (default true), @replace (true refused when the target exists)"),
+        "properties" => ("element", "readOnly (honoured), hidden (only as the name says), indexing / encompress (refused)"),
+        "security" => ("element", "Windows ACEs: refused; use SetPermissions"),
+        _ => ("string", ""),
+    };
+    input(name, ty, !optional, description)
 }
 
 #[async_trait]
@@ -1433,6 +1474,9 @@ impl Provider for FilesystemProvider {
 /// The synchronous entry points the trait methods run on the blocking pool.
 impl Fs {
     fn execute_sync(&self, call: &Call) -> Result<Outcome, ProviderError> {
+        if let Some(p) = mps::MpsProcedure::of(&call.context.procedure) {
+            return self.execute_mps(p, call);
+        }
         match call.context.procedure.as_str() {
             "CreateFolder" => self.create_folder(call),
             "DeleteFolder" => self.delete_folder(call),

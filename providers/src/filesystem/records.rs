@@ -173,6 +173,14 @@ pub(crate) enum UndoRecord {
         #[serde(default, with = "opt_hex", skip_serializing_if = "Option::is_none")]
         hash: Option<u64>,
     },
+    /// CopyDirectory: move the copy at `path` to `.provisio-trash/<trash>`.
+    #[serde(rename = "removeCopy")]
+    RemoveCopy {
+        #[serde(with = "text")]
+        path: String,
+        #[serde(with = "text")]
+        trash: String,
+    },
 }
 
 impl UndoRecord {
@@ -287,6 +295,8 @@ pub(crate) enum Marker {
         #[serde(default)]
         mode: u32,
     },
+    /// CopyDirectory to `path`, built in `.provisio-staging/<staging>/item` first.
+    CopyFolder { path: String, staging: String },
     /// StageFolder / StageFile.
     Stage {
         phase: StagePhase,

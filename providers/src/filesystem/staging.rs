@@ -405,7 +405,12 @@ impl Fs {
 
 /// `renameat2(…, RENAME_NOREPLACE)` between two sandboxed folders, one component each;
 /// falls back to check-then-rename where the file system lacks `RENAME_NOREPLACE`.
-fn rename_noreplace(from: &Dir, from_name: &str, to: &Dir, to_name: &str) -> io::Result<()> {
+pub(super) fn rename_noreplace(
+    from: &Dir,
+    from_name: &str,
+    to: &Dir,
+    to_name: &str,
+) -> io::Result<()> {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     {
         match rustix::fs::renameat_with(
