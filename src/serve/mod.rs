@@ -203,6 +203,7 @@ impl Daemon {
             .or_insert_with(|| {
                 Arc::new(
                     DurableJournal::new(self.store.clone(), self.seal.clone(), subject)
+                        .with_responses()
                         .with_failpoints_from_env(),
                 )
             })
@@ -304,6 +305,13 @@ async fn open(config: &Config, what: &str) -> Result<Opened> {
     let seal = load::seal_key(&config)?;
     // Recovery first: every transaction a crash left running is finished before any job
     // is taken, so a job taken back finds its transaction settled.
+    // A journal that keeps responses: a resumable transaction recovery resumes to its
+    // commit keeps the response its job then answers with (final `data` included).
+    let journal = Arc::new(
+        DurableJournal::new(store.clone(), seal.clone(), load::who())
+            .with_responses()
+            .with_failpoints_from_env(),
+    );
     let recovered =
         provisio_engine::txn::recover(&engine.clone().with_journal(journal.clone()), &journal)
             .await
@@ -708,14 +716,47 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job) {
             }
             if over {
                 tracing::info!(job = %id, txn = %txn, state = %summary.state, "settled an attempt cut short by a restart");
-                let rebuilt = journal_response(d, &job.subject, &summary);
+                // The response the run ended with, journaled with its final state (what a
+                // waiting client was told before the crash, if it was told); else, ended
+                // by recovery, one rebuilt from the journal.
+                let stored = match d.journal_for(&job.subject).stored_response(&summary.id) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(job = %id, txn = %txn, error = %e, "the journaled response cannot be read; rebuilding one from the records");
+                        None
+                    }
+                };
+                let response = match stored {
+                    Some((_, true))
+                        if summary.state == TxnState::RolledBack && !job.cancel_requested =>
+                    {
+                        // Rolled back for a transient provider error: as after the run,
+                        // tried again.
+                        let error = summary
+                            .message
+                            .clone()
+                            .unwrap_or_else(|| "transient failure".into());
+                        return retry_transient(d, &id, error).await;
+                    }
+                    Some((mut doc, _)) => {
+                        if let (Some(obj), Some(f)) = (doc.as_object_mut(), request_format(d, &job))
+                        {
+                            obj.insert(
+                                "requestFormat".into(),
+                                serde_json::Value::String(format_name(f).into()),
+                            );
+                        }
+                        doc
+                    }
+                    None => journal_response(d, &job.subject, &summary),
+                };
                 finish(
                     d,
                     &id,
                     Finish {
                         state: job_state_for(summary.state, job.cancel_requested),
                         outcome: Some(summary.state.name().to_string()),
-                        result: Some(d.seal(rebuilt.to_string().as_bytes())),
+                        result: Some(d.seal(response.to_string().as_bytes())),
                         error: summary.message.clone(),
                     },
                 )
@@ -857,28 +898,8 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job) {
     d.metrics
         .finished(&job.target, result.state.name(), run_started.elapsed());
     if result.state == TxnState::RolledBack && result.transient && !cancelled {
-        match d
-            .queue
-            .retry_later(
-                &id,
-                failure.unwrap_or_else(|| "transient failure".into()),
-                now_ms(),
-                d.backoff(),
-                random(),
-            )
-            .await
-        {
-            Ok(j) if j.state == JobState::Dead => d.hub.finish(&id, finished_event(&j)),
-            Ok(j) => {
-                d.metrics.retried();
-                d.hub.publish(
-                &id,
-                serde_json::json!({"event": "retry", "id": id, "not_before_ms": j.not_before_ms, "error": j.error}),
-            )
-            }
-            Err(e) => tracing::error!(job = %id, error = %e, "queueing a retry"),
-        }
-        return;
+        let error = failure.unwrap_or_else(|| "transient failure".into());
+        return retry_transient(d, &id, error).await;
     }
     let mut doc = response::to_value(&result);
     if let (Some(obj), Some(r)) = (doc.as_object_mut(), Some(format_name(response_format))) {
@@ -896,6 +917,36 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job) {
         },
     )
     .await;
+}
+
+/// A running job whose transaction rolled back for a transient provider error is queued
+/// again after a backoff (or dead after its last attempt).
+async fn retry_transient(d: &Daemon, id: &str, error: String) {
+    match d
+        .queue
+        .retry_later(id, error, now_ms(), d.backoff(), random())
+        .await
+    {
+        Ok(j) if j.state == JobState::Dead => d.hub.finish(id, finished_event(&j)),
+        Ok(j) => {
+            d.metrics.retried();
+            d.hub.publish(
+                id,
+                serde_json::json!({"event": "retry", "id": id, "not_before_ms": j.not_before_ms, "error": j.error}),
+            )
+        }
+        Err(e) => tracing::error!(job = %id, error = %e, "queueing a retry"),
+    }
+}
+
+/// The syntax of a job's request (its response says it as `requestFormat`).
+fn request_format(d: &Daemon, job: &Job) -> Option<Format> {
+    let bytes = d.open(job.payload.as_deref()?).ok()?;
+    let payload: Payload = serde_json::from_slice(&bytes).ok()?;
+    Some(match payload.request {
+        Some(r) => r.format,
+        None => parse_format(&payload.format),
+    })
 }
 
 /// The response of a transaction that ended without its runner (a crash, then recovery),

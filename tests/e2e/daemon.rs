@@ -192,8 +192,14 @@ env = {{ LEDGER_FILE = "{}", LEDGER_DELAY_MS = "{delay_ms}" }}
 
     /// Starts the daemon on a free loopback port and waits until it listens.
     pub(crate) fn start(&self) -> Daemon {
+        self.start_with(&[])
+    }
+
+    /// [`Site::start`] with these environment variables (a crash point).
+    pub(crate) fn start_with(&self, env: &[(&str, &str)]) -> Daemon {
         let mut child = self
             .command(&["serve", "--listen", "127.0.0.1:0"])
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
