@@ -128,6 +128,7 @@ pub fn router(d: Arc<Daemon>) -> Router {
         .route("/v1/transactions/{id}", get(super::txns::show))
         .route("/v1/audit", get(super::txns::audit))
         .route("/v1/transactions/{id}/resolve", post(super::txns::resolve))
+        .route("/v1/transactions/prune", post(super::txns::prune))
         .route(
             "/v1/transactions/{id}/resume-rollback",
             post(super::ops::resume_rollback),
@@ -603,38 +604,40 @@ pub(super) async fn accept(
     });
     let batch = parsed.batch;
     let mut jobs = Vec::with_capacity(parsed.requests.len());
+    let mut fast = (wait.is_some() && !batch && !d.stopping()).then_some(());
     for (i, request) in parsed.requests.into_iter().enumerate() {
         // Each job carries its own item, as checked (never the whole batch's text).
-        let payload = serde_json::to_vec(&Payload {
-            request: Some(request),
-            format: String::new(),
-            body: String::new(),
-            item: None,
-        })
-        .map_err(ApiError::internal)?;
-        let submitted = d
-            .queue
-            .submit(
-                NewJob {
-                    payload: d.seal(&payload),
-                    priority: q.priority.unwrap_or(0),
-                    not_before_ms,
-                    serial_key: serial_key.clone(),
-                    // A batch's items: the key with the item's number.
-                    idempotency_key: idempotency_key.as_ref().map(|k| {
-                        if batch {
-                            format!("{k}#{}", i + 1)
-                        } else {
-                            k.clone()
-                        }
-                    }),
-                    subject: who.subject.clone(),
-                    target: target.clone(),
-                    max_attempts: d.config.max_attempts,
-                },
-                now,
-            )
-            .await?;
+        let sealed = d.seal(&Payload::encode(&request).map_err(ApiError::internal)?);
+        let new = NewJob {
+            payload: sealed,
+            priority: q.priority.unwrap_or(0),
+            not_before_ms,
+            serial_key: serial_key.clone(),
+            // A batch's items: the key with the item's number.
+            idempotency_key: idempotency_key.as_ref().map(|k| {
+                if batch {
+                    format!("{k}#{}", i + 1)
+                } else {
+                    k.clone()
+                }
+            }),
+            subject: who.subject.clone(),
+            target: target.clone(),
+            max_attempts: d.config.max_attempts,
+        };
+        // A waiting client whose request a worker claiming now would take: submitted and
+        // claimed in one write, and run by this submission (on a task of its own, so a
+        // client hanging up does not stop the transaction halfway).
+        let new = match fast.take() {
+            Some(()) => match d.queue.submit_claimed(new, now, d.config.lease.0).await? {
+                Ok(job) => {
+                    return run_waiting(d, job, request, wait.unwrap_or_default(), warnings).await;
+                }
+                Err(new) => new,
+            },
+            None => new,
+        };
+        let submitted = d.queue.submit(new, now).await?;
         if submitted.created {
             tracing::info!(job = %submitted.job.id, subject = %who.subject, target = %target, "request queued");
             d.wake.notify_one();
@@ -690,6 +693,54 @@ pub(super) async fn accept(
         StatusCode::ACCEPTED,
         [(header::LOCATION, location)],
         Json(body),
+    )
+        .into_response())
+}
+
+/// Runs a job [`Queue::submit_claimed`] gave this waiting submission and answers with it:
+/// 200 with the finished request, or 202 when it outlasts `wait` (after a sync: the job
+/// is on disk before its id is given out).
+async fn run_waiting(
+    d: &Arc<Daemon>,
+    job: Job,
+    request: provisio_engine::Request,
+    wait: Duration,
+    warnings: Vec<String>,
+) -> Result<Response, ApiError> {
+    let id = job.id.clone();
+    tracing::info!(job = %id, subject = %job.subject, target = %job.target, "request queued and claimed for its waiting client");
+    let runner = {
+        let d = d.clone();
+        tokio::spawn(async move {
+            d.busy.fetch_add(1, Ordering::SeqCst);
+            super::run_job(&d, job, Some(request)).await;
+            d.busy.fetch_sub(1, Ordering::SeqCst);
+        })
+    };
+    let finished = match tokio::time::timeout(wait, runner).await {
+        Ok(_) => d.queue.get(&id)?.filter(|j| j.state.is_final()),
+        Err(_) => None,
+    };
+    // Not final yet (a retry's backoff, or the time is up): as any waiting submission.
+    let finished = match finished {
+        Some(job) => Some(job),
+        None => {
+            d.queue.sync().await?;
+            None
+        }
+    };
+    if let Some(job) = finished {
+        let mut body = view(d, &job, true);
+        add(&mut body, "created", json!(true));
+        add(&mut body, "warnings", json!(warnings));
+        return Ok((StatusCode::OK, Json(body)).into_response());
+    }
+    let current = d.queue.get(&id)?;
+    let state = current.map_or("running", |j| j.state.name());
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, format!("/v1/requests/{id}"))],
+        Json(json!({ "id": id, "state": state, "created": true, "warnings": warnings })),
     )
         .into_response())
 }

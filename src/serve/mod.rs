@@ -59,7 +59,19 @@ struct Payload {
     item: Option<usize>,
 }
 
+/// A checked request's payload, borrowed: serializes as a [`Payload`] with `request` set.
+#[derive(serde::Serialize)]
+struct PayloadOf<'a> {
+    request: &'a Request,
+}
+
 impl Payload {
+    /// The payload of a checked request (as `Payload { request: Some(..), .. }` would be),
+    /// without taking the request.
+    fn encode(request: &Request) -> serde_json::Result<Vec<u8>> {
+        serde_json::to_vec(&PayloadOf { request })
+    }
+
     /// A request's text in `format` (parsed when the job runs).
     fn text(format: Format, body: String) -> Payload {
         Payload {
@@ -183,6 +195,8 @@ pub struct Daemon {
     ready: AtomicBool,
     busy: AtomicUsize,
     config: ServeConfig,
+    /// `[retention]`, for `POST /v1/transactions/prune`.
+    retention: crate::config::RetentionConfig,
     tokens: auth::Tokens,
     acl: auth::Acl,
     metrics: Arc<metrics::Metrics>,
@@ -356,6 +370,7 @@ async fn open(config: &Config, what: &str) -> Result<Opened> {
         ready: AtomicBool::new(false),
         busy: AtomicUsize::new(0),
         config: config.serve.clone(),
+        retention: config.retention.clone(),
         tokens: auth::Tokens::from_config(&config.serve.tokens),
         acl: auth::Acl::from_config(&config.serve.acl),
         metrics: Arc::default(),
@@ -377,7 +392,7 @@ pub async fn drain(config: &Config) -> Result<Exit> {
         let ran = ran.clone();
         workers.spawn(async move {
             while let Some(job) = d.queue.claim(now_ms(), d.config.lease.0).await? {
-                run_job(&d, job).await;
+                run_job(&d, job, None).await;
                 ran.fetch_add(1, Ordering::SeqCst);
             }
             Ok::<(), provisio_engine::queue::QueueError>(())
@@ -572,7 +587,7 @@ async fn worker(d: Arc<Daemon>) {
         match d.queue.claim(now_ms(), d.config.lease.0).await {
             Ok(Some(job)) => {
                 d.busy.fetch_add(1, Ordering::SeqCst);
-                run_job(&d, job).await;
+                run_job(&d, job, None).await;
                 d.busy.fetch_sub(1, Ordering::SeqCst);
             }
             Ok(None) => {
@@ -608,7 +623,7 @@ pub(crate) fn lend_worker(d: &Arc<Daemon>) {
         match d.queue.claim(now_ms(), d.config.lease.0).await {
             Ok(Some(job)) => {
                 d.busy.fetch_add(1, Ordering::SeqCst);
-                run_job(&d, job).await;
+                run_job(&d, job, None).await;
                 d.busy.fetch_sub(1, Ordering::SeqCst);
             }
             Ok(None) => {}
@@ -659,17 +674,19 @@ fn job_state_for(state: TxnState, cancelled: bool) -> JobState {
 }
 
 /// Runs one claimed job in a span naming it (its transaction's own span nests inside).
-async fn run_job(d: &Arc<Daemon>, job: Job) {
+/// `fresh`: the job was submitted and claimed at once ([`Queue::submit_claimed`]) with
+/// this request, which its payload holds: no earlier attempt to settle, nothing to decode.
+pub(crate) async fn run_job(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) {
     use tracing::Instrument;
     let span = tracing::info_span!(
         "job", job.id = %job.id, subject = %job.subject, target = %job.target, attempt = job.attempts
     );
-    run_job_inner(d, job).instrument(span).await
+    run_job_inner(d, job, fresh).instrument(span).await
 }
 
 /// Settles an attempt a crash cut short, else runs the job's transaction with the id the
 /// claim recorded.
-async fn run_job_inner(d: &Arc<Daemon>, job: Job) {
+async fn run_job_inner(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) {
     let id = job.id.clone();
     let Some(txn) = job.txn.clone() else {
         bury(d, &id, "claimed without a transaction id".into()).await;
@@ -681,7 +698,12 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job) {
     );
     // An attempt a crash (or a lost lease) cut short: its transaction is in the journal
     // (recovery finished it) or it never started.
-    match index::summary(d.store.as_ref(), &txn) {
+    let earlier = if fresh.is_some() {
+        Ok(None)
+    } else {
+        index::summary(d.store.as_ref(), &txn)
+    };
+    match earlier {
         Ok(Some(summary)) => {
             let over = matches!(
                 summary.state,
@@ -787,19 +809,24 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job) {
             return;
         }
     }
-    let payload = match job
-        .payload
-        .as_deref()
-        .ok_or_else(|| "its request is not kept".to_string())
-        .and_then(|p| d.open(p))
-        .and_then(|b| serde_json::from_slice::<Payload>(&b).map_err(|e| e.to_string()))
-    {
-        Ok(p) => p,
-        Err(e) => return bury(d, &id, format!("its request cannot be read: {e}")).await,
-    };
-    let request = match payload.into_request() {
-        Ok(r) => r,
-        Err(e) => return bury(d, &id, e).await,
+    let request = match fresh {
+        Some(r) => r,
+        None => {
+            let payload = match job
+                .payload
+                .as_deref()
+                .ok_or_else(|| "its request is not kept".to_string())
+                .and_then(|p| d.open(p))
+                .and_then(|b| serde_json::from_slice::<Payload>(&b).map_err(|e| e.to_string()))
+            {
+                Ok(p) => p,
+                Err(e) => return bury(d, &id, format!("its request cannot be read: {e}")).await,
+            };
+            match payload.into_request() {
+                Ok(r) => r,
+                Err(e) => return bury(d, &id, e).await,
+            }
+        }
     };
     let response_format = request.format;
     let txn_id: TxnId = match txn.parse() {
