@@ -366,6 +366,9 @@ pub(super) struct Checked {
     pub(super) parsed: super::Parsed,
     pub(super) target: String,
     pub(super) warnings: Vec<String>,
+    /// Each item's compiled program, in order (a trusted request's is compiled here once;
+    /// its job runs it rather than compiling the body again).
+    pub(super) programs: Vec<Arc<provisio_engine::Program>>,
 }
 
 /// Parses a request body, checks the caller's rights to it and compiles it (every item of a
@@ -431,6 +434,7 @@ pub(super) fn check(
     };
     let count = parsed.requests.len();
     let batch = parsed.batch;
+    let mut programs = Vec::with_capacity(count);
     for (i, request) in parsed.requests.iter_mut().enumerate() {
         let item = |m: String| {
             if batch {
@@ -446,23 +450,27 @@ pub(super) fn check(
         if set_security_context(&mut request.context, who) && warnings.is_empty() {
             warnings.push("the request's context/securityContext was ignored: a request runs as its token's subject, which the daemon puts into context/securityContext (subject, groups)".to_string());
         }
-        if let Err(errors) = d.engine.program(request) {
-            let private = errors.0.iter().any(|e| e.code() == "PRV0103");
-            return Err(if private {
-                ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "private_procedure",
-                    item(format!("{errors}")),
-                )
-            } else {
-                ApiError::bad("invalid_request", item(format!("{errors}")))
-            });
+        match d.engine.program(request) {
+            Ok(program) => programs.push(program),
+            Err(errors) => {
+                let private = errors.0.iter().any(|e| e.code() == "PRV0103");
+                return Err(if private {
+                    ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        "private_procedure",
+                        item(format!("{errors}")),
+                    )
+                } else {
+                    ApiError::bad("invalid_request", item(format!("{errors}")))
+                });
+            }
         }
     }
     Ok(Checked {
         parsed,
         target,
         warnings,
+        programs,
     })
 }
 
@@ -584,7 +592,10 @@ pub(super) async fn accept(
         parsed,
         target,
         warnings,
+        programs,
     } = check(d, who, format, text)?;
+    let trusted = target == "(trusted request)";
+    let mut programs = programs.into_iter();
     // Every parameter is checked before anything is queued.
     let wait = q.wait.as_deref().map(parse_wait).transpose()?;
     // Not capped like `wait`: `?delay=2h` schedules the job two hours ahead.
@@ -608,6 +619,8 @@ pub(super) async fn accept(
     for (i, request) in parsed.requests.into_iter().enumerate() {
         // Each job carries its own item, as checked (never the whole batch's text).
         let sealed = d.seal(&Payload::encode(&request).map_err(ApiError::internal)?);
+        // A trusted request's body was compiled by the check: its job runs that program.
+        let program = programs.next().filter(|_| trusted);
         let new = NewJob {
             payload: sealed,
             priority: q.priority.unwrap_or(0),
@@ -631,6 +644,9 @@ pub(super) async fn accept(
         let new = match fast.take() {
             Some(()) => match d.queue.submit_claimed(new, now, d.config.lease.0).await? {
                 Ok(job) => {
+                    if let Some(p) = program {
+                        d.keep_program(&job.id, p);
+                    }
                     return run_waiting(d, job, request, wait.unwrap_or_default(), warnings).await;
                 }
                 Err(new) => new,
@@ -638,6 +654,9 @@ pub(super) async fn accept(
             None => new,
         };
         let submitted = d.queue.submit(new, now).await?;
+        if let (true, Some(p)) = (submitted.created, program) {
+            d.keep_program(&submitted.job.id, p);
+        }
         if submitted.created {
             tracing::info!(job = %submitted.job.id, subject = %who.subject, target = %target, "request queued");
             d.wake.notify_one();

@@ -203,7 +203,14 @@ pub struct Daemon {
     /// Transactions recovery rolled back at start (cut short by a crash): their jobs are
     /// tried again, as a new transaction.
     crashed: std::collections::HashSet<String>,
+    /// The programs of trusted requests compiled when they were checked, by job id, taken
+    /// when the job runs (at most [`KEPT_PROGRAMS`]; a job without one compiles its body).
+    compiled: Mutex<HashMap<String, Arc<provisio_engine::Program>>>,
 }
+
+/// Trusted requests' programs kept between their check and their job's run: enough for
+/// every job in flight; a backlog beyond it compiles when it runs (RSS stays bounded).
+const KEPT_PROGRAMS: usize = 1024;
 
 impl Daemon {
     fn stopping(&self) -> bool {
@@ -245,6 +252,14 @@ impl Daemon {
         let sealed = job.result.as_deref()?;
         let bytes = self.open(sealed).ok()?;
         serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Keeps a job's compiled program for its run (unless [`KEPT_PROGRAMS`] are kept).
+    fn keep_program(&self, job: &str, program: Arc<provisio_engine::Program>) {
+        let mut kept = lock(&self.compiled);
+        if kept.len() < KEPT_PROGRAMS {
+            kept.insert(job.to_string(), program);
+        }
     }
 
     fn backoff(&self) -> Backoff {
@@ -375,6 +390,7 @@ async fn open(config: &Config, what: &str) -> Result<Opened> {
         acl: auth::Acl::from_config(&config.serve.acl),
         metrics: Arc::default(),
         crashed,
+        compiled: Mutex::new(HashMap::new()),
     })))
 }
 
@@ -892,15 +908,18 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) {
             })
     };
     let run_started = std::time::Instant::now();
-    let result = engine
-        .run_controlled(
-            request,
-            RunControl {
-                txn_id: Some(txn_id),
-                cancel: Some(cancel.clone()),
-            },
-        )
-        .await;
+    let control = RunControl {
+        txn_id: Some(txn_id),
+        cancel: Some(cancel.clone()),
+    };
+    // A trusted request checked by this process runs the program its check compiled.
+    let compiled = lock(&d.compiled).remove(&id);
+    let result = match compiled {
+        Some(program) => Ok(engine
+            .run_program_controlled(program, request.data, request.context, control)
+            .await),
+        None => engine.run_controlled(request, control).await,
+    };
     beat.abort();
     lock(&d.running).remove(&id);
     let result = match result {
