@@ -716,7 +716,7 @@ pub(super) async fn accept(
         .into_response())
 }
 
-/// Runs a job [`Queue::submit_claimed`] gave this waiting submission and answers with it:
+/// Runs a job [`provisio_engine::queue::Queue::submit_claimed`] gave this waiting submission and answers with it:
 /// 200 with the finished request, or 202 when it outlasts `wait` (after a sync: the job
 /// is on disk before its id is given out).
 async fn run_waiting(
@@ -1018,6 +1018,8 @@ async fn cancel(
     match d.queue.cancel(&id, now_ms()).await? {
         Cancelled::Dequeued(job) => {
             d.hub.finish(&id, finished_event(&job));
+            // It never runs: the program its check compiled is not needed.
+            super::lock(&d.compiled).remove(&id);
             Ok(Json(json!({ "id": id, "state": job.state.name(), "message": "cancelled before it started: it never runs" })).into_response())
         }
         Cancelled::Running(job) => {

@@ -690,7 +690,7 @@ fn job_state_for(state: TxnState, cancelled: bool) -> JobState {
 }
 
 /// Runs one claimed job in a span naming it (its transaction's own span nests inside).
-/// `fresh`: the job was submitted and claimed at once ([`Queue::submit_claimed`]) with
+/// `fresh`: the job was submitted and claimed at once ([`provisio_engine::queue::Queue::submit_claimed`]) with
 /// this request, which its payload holds: no earlier attempt to settle, nothing to decode.
 pub(crate) async fn run_job(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) {
     use tracing::Instrument;
