@@ -728,10 +728,11 @@ async fn run_waiting(
 ) -> Result<Response, ApiError> {
     let id = job.id.clone();
     tracing::info!(job = %id, subject = %job.subject, target = %job.target, "request queued and claimed for its waiting client");
+    // Counted before the task starts: a shutdown that begins now waits for it.
+    d.busy.fetch_add(1, Ordering::SeqCst);
     let runner = {
         let d = d.clone();
         tokio::spawn(async move {
-            d.busy.fetch_add(1, Ordering::SeqCst);
             super::run_job(&d, job, Some(request)).await;
             d.busy.fetch_sub(1, Ordering::SeqCst);
         })
