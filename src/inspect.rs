@@ -352,25 +352,36 @@ pub(crate) async fn prune(
     let policy = config.retention.policy(args.older_than, args.keep);
     let pruned =
         retention::prune(&**journal.store(), &policy, now_ms(), None, args.dry_run).await?;
-    let verb = if args.dry_run {
-        "would remove"
-    } else {
-        "removed"
-    };
+    print_pruned(
+        &pruned.transactions,
+        pruned.audit_entries,
+        &policy,
+        &config.retention.audit.to_string(),
+        args.dry_run,
+    )?;
+    Ok(Exit::Ok)
+}
+
+/// What `tx prune` prints (also through a daemon): a line per transaction removed (or that
+/// would be), then the totals and what the policy keeps.
+pub(crate) fn print_pruned(
+    transactions: &[TxnSummary],
+    audit_entries: usize,
+    policy: &retention::Retention,
+    audit: &str,
+    dry_run: bool,
+) -> Result<()> {
+    let verb = if dry_run { "would remove" } else { "removed" };
     let mut out = std::io::stdout().lock();
-    for t in &pruned.transactions {
+    for t in transactions {
         writeln!(out, "{verb} {}", list_line(t))?;
     }
     writeln!(
         out,
-        "{verb} {} transaction(s) and {} audit entr{} (kept: transactions {}{}, audit {})",
-        pruned.transactions.len(),
-        pruned.audit_entries,
-        if pruned.audit_entries == 1 {
-            "y"
-        } else {
-            "ies"
-        },
+        "{verb} {} transaction(s) and {} audit entr{} (kept: transactions {}{}, audit {audit})",
+        transactions.len(),
+        audit_entries,
+        if audit_entries == 1 { "y" } else { "ies" },
         match policy.max_age {
             Some(d) => format!("finished within {}", humantime::format_duration(d)),
             None => "of any age".into(),
@@ -379,9 +390,8 @@ pub(crate) async fn prune(
             Some(n) => format!(", at most {n}"),
             None => String::new(),
         },
-        config.retention.audit,
     )?;
-    Ok(Exit::Ok)
+    Ok(())
 }
 
 /// How many expired transactions `run` prunes after its request, at most: enough to keep up

@@ -250,25 +250,8 @@ pub async fn run(cli: &Cli, config: &Config, args: &RunArgs, held: &Held) -> Res
     Ok(exit)
 }
 
-/// Stop the daemon, run `command`, start it again: what to do for what the API cannot.
-fn stop_first(held: &Held, command: &str, why: &str) -> Result<Exit> {
-    eprintln!(
-        "error: {why} while the daemon (pid {}, {}) holds the data directory\n  \
-         hint: stop it (`kill -TERM {}`, or `systemctl stop provisio`), run `{command}`, then start it again",
-        held.pid, held.url, held.pid
-    );
-    Ok(Exit::StoreBusy)
-}
-
 /// `provisio tx …` through the daemon.
 pub async fn tx(cli: &Cli, config: &Config, cmd: &TxCommand, held: &Held) -> Result<Exit> {
-    if let TxCommand::Prune(_) = cmd {
-        return stop_first(
-            held,
-            "provisio tx prune",
-            "`tx prune` removes transactions from the journal itself (the daemon removes finished jobs after `retention.transactions`)",
-        );
-    }
     going_through(cli, config, held, "`tx`");
     let c = conn(cli, held)?;
     match cmd {
@@ -456,7 +439,44 @@ pub async fn tx(cli: &Cli, config: &Config, cmd: &TxCommand, held: &Held) -> Res
             );
             Ok(Exit::Ok)
         }
-        TxCommand::Prune(_) => Ok(Exit::BadInput),
+        TxCommand::Prune(args) => {
+            let mut path = format!("/v1/transactions/prune?dry_run={}", args.dry_run);
+            if let Some(k) = &args.older_than {
+                path.push_str(&format!("&older_than={}", client::encode(&k.to_string())));
+            }
+            if let Some(n) = args.keep {
+                path.push_str(&format!("&keep={n}"));
+            }
+            let a = tokio::task::block_in_place(|| {
+                client::call(&c, "POST", &path, None, &[], Duration::from_secs(600))
+            })?;
+            if a.status != 200 {
+                return bad_input(format!("error: {:#}", client::failed_for(&c, &a)));
+            }
+            let transactions: Vec<TxnSummary> = serde_json::from_value(
+                a.body
+                    .get("transactions")
+                    .cloned()
+                    .unwrap_or(Value::Array(vec![])),
+            )
+            .context("reading the daemon's list of pruned transactions")?;
+            let policy = &a.body["policy"];
+            let policy = provisio_engine::txn::retention::Retention {
+                max_age: policy["max_age_ms"].as_u64().map(Duration::from_millis),
+                max_count: policy["max_count"]
+                    .as_u64()
+                    .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+                audit_max_age: None,
+            };
+            crate::inspect::print_pruned(
+                &transactions,
+                a.body["audit_entries"].as_u64().unwrap_or(0) as usize,
+                &policy,
+                a.body["policy"]["audit"].as_str().unwrap_or("-"),
+                args.dry_run,
+            )?;
+            Ok(Exit::Ok)
+        }
     }
 }
 

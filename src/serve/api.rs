@@ -128,6 +128,7 @@ pub fn router(d: Arc<Daemon>) -> Router {
         .route("/v1/transactions/{id}", get(super::txns::show))
         .route("/v1/audit", get(super::txns::audit))
         .route("/v1/transactions/{id}/resolve", post(super::txns::resolve))
+        .route("/v1/transactions/prune", post(super::txns::prune))
         .route(
             "/v1/transactions/{id}/resume-rollback",
             post(super::ops::resume_rollback),
@@ -365,6 +366,9 @@ pub(super) struct Checked {
     pub(super) parsed: super::Parsed,
     pub(super) target: String,
     pub(super) warnings: Vec<String>,
+    /// Each item's compiled program, in order (a trusted request's is compiled here once;
+    /// its job runs it rather than compiling the body again).
+    pub(super) programs: Vec<Arc<provisio_engine::Program>>,
 }
 
 /// Parses a request body, checks the caller's rights to it and compiles it (every item of a
@@ -430,6 +434,7 @@ pub(super) fn check(
     };
     let count = parsed.requests.len();
     let batch = parsed.batch;
+    let mut programs = Vec::with_capacity(count);
     for (i, request) in parsed.requests.iter_mut().enumerate() {
         let item = |m: String| {
             if batch {
@@ -445,23 +450,27 @@ pub(super) fn check(
         if set_security_context(&mut request.context, who) && warnings.is_empty() {
             warnings.push("the request's context/securityContext was ignored: a request runs as its token's subject, which the daemon puts into context/securityContext (subject, groups)".to_string());
         }
-        if let Err(errors) = d.engine.program(request) {
-            let private = errors.0.iter().any(|e| e.code() == "PRV0103");
-            return Err(if private {
-                ApiError::new(
-                    StatusCode::FORBIDDEN,
-                    "private_procedure",
-                    item(format!("{errors}")),
-                )
-            } else {
-                ApiError::bad("invalid_request", item(format!("{errors}")))
-            });
+        match d.engine.program(request) {
+            Ok(program) => programs.push(program),
+            Err(errors) => {
+                let private = errors.0.iter().any(|e| e.code() == "PRV0103");
+                return Err(if private {
+                    ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        "private_procedure",
+                        item(format!("{errors}")),
+                    )
+                } else {
+                    ApiError::bad("invalid_request", item(format!("{errors}")))
+                });
+            }
         }
     }
     Ok(Checked {
         parsed,
         target,
         warnings,
+        programs,
     })
 }
 
@@ -583,7 +592,10 @@ pub(super) async fn accept(
         parsed,
         target,
         warnings,
+        programs,
     } = check(d, who, format, text)?;
+    let trusted = target == "(trusted request)";
+    let mut programs = programs.into_iter();
     // Every parameter is checked before anything is queued.
     let wait = q.wait.as_deref().map(parse_wait).transpose()?;
     // Not capped like `wait`: `?delay=2h` schedules the job two hours ahead.
@@ -603,38 +615,48 @@ pub(super) async fn accept(
     });
     let batch = parsed.batch;
     let mut jobs = Vec::with_capacity(parsed.requests.len());
+    let mut fast = (wait.is_some() && !batch && !d.stopping()).then_some(());
     for (i, request) in parsed.requests.into_iter().enumerate() {
         // Each job carries its own item, as checked (never the whole batch's text).
-        let payload = serde_json::to_vec(&Payload {
-            request: Some(request),
-            format: String::new(),
-            body: String::new(),
-            item: None,
-        })
-        .map_err(ApiError::internal)?;
-        let submitted = d
-            .queue
-            .submit(
-                NewJob {
-                    payload: d.seal(&payload),
-                    priority: q.priority.unwrap_or(0),
-                    not_before_ms,
-                    serial_key: serial_key.clone(),
-                    // A batch's items: the key with the item's number.
-                    idempotency_key: idempotency_key.as_ref().map(|k| {
-                        if batch {
-                            format!("{k}#{}", i + 1)
-                        } else {
-                            k.clone()
-                        }
-                    }),
-                    subject: who.subject.clone(),
-                    target: target.clone(),
-                    max_attempts: d.config.max_attempts,
-                },
-                now,
-            )
-            .await?;
+        let sealed = d.seal(&Payload::encode(&request).map_err(ApiError::internal)?);
+        // A trusted request's body was compiled by the check: its job runs that program.
+        let program = programs.next().filter(|_| trusted);
+        let new = NewJob {
+            payload: sealed,
+            priority: q.priority.unwrap_or(0),
+            not_before_ms,
+            serial_key: serial_key.clone(),
+            // A batch's items: the key with the item's number.
+            idempotency_key: idempotency_key.as_ref().map(|k| {
+                if batch {
+                    format!("{k}#{}", i + 1)
+                } else {
+                    k.clone()
+                }
+            }),
+            subject: who.subject.clone(),
+            target: target.clone(),
+            max_attempts: d.config.max_attempts,
+        };
+        // A waiting client whose request a worker claiming now would take: submitted and
+        // claimed in one write, and run by this submission (on a task of its own, so a
+        // client hanging up does not stop the transaction halfway).
+        let new = match fast.take() {
+            Some(()) => match d.queue.submit_claimed(new, now, d.config.lease.0).await? {
+                Ok(job) => {
+                    if let Some(p) = program {
+                        d.keep_program(&job.id, p);
+                    }
+                    return run_waiting(d, job, request, wait.unwrap_or_default(), warnings).await;
+                }
+                Err(new) => new,
+            },
+            None => new,
+        };
+        let submitted = d.queue.submit(new, now).await?;
+        if let (true, Some(p)) = (submitted.created, program) {
+            d.keep_program(&submitted.job.id, p);
+        }
         if submitted.created {
             tracing::info!(job = %submitted.job.id, subject = %who.subject, target = %target, "request queued");
             d.wake.notify_one();
@@ -690,6 +712,55 @@ pub(super) async fn accept(
         StatusCode::ACCEPTED,
         [(header::LOCATION, location)],
         Json(body),
+    )
+        .into_response())
+}
+
+/// Runs a job [`provisio_engine::queue::Queue::submit_claimed`] gave this waiting submission and answers with it:
+/// 200 with the finished request, or 202 when it outlasts `wait` (after a sync: the job
+/// is on disk before its id is given out).
+async fn run_waiting(
+    d: &Arc<Daemon>,
+    job: Job,
+    request: provisio_engine::Request,
+    wait: Duration,
+    warnings: Vec<String>,
+) -> Result<Response, ApiError> {
+    let id = job.id.clone();
+    tracing::info!(job = %id, subject = %job.subject, target = %job.target, "request queued and claimed for its waiting client");
+    // Counted before the task starts: a shutdown that begins now waits for it.
+    d.busy.fetch_add(1, Ordering::SeqCst);
+    let runner = {
+        let d = d.clone();
+        tokio::spawn(async move {
+            super::run_job(&d, job, Some(request)).await;
+            d.busy.fetch_sub(1, Ordering::SeqCst);
+        })
+    };
+    let finished = match tokio::time::timeout(wait, runner).await {
+        Ok(_) => d.queue.get(&id)?.filter(|j| j.state.is_final()),
+        Err(_) => None,
+    };
+    // Not final yet (a retry's backoff, or the time is up): as any waiting submission.
+    let finished = match finished {
+        Some(job) => Some(job),
+        None => {
+            d.queue.sync().await?;
+            None
+        }
+    };
+    if let Some(job) = finished {
+        let mut body = view(d, &job, true);
+        add(&mut body, "created", json!(true));
+        add(&mut body, "warnings", json!(warnings));
+        return Ok((StatusCode::OK, Json(body)).into_response());
+    }
+    let current = d.queue.get(&id)?;
+    let state = current.map_or("running", |j| j.state.name());
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, format!("/v1/requests/{id}"))],
+        Json(json!({ "id": id, "state": state, "created": true, "warnings": warnings })),
     )
         .into_response())
 }
@@ -948,6 +1019,8 @@ async fn cancel(
     match d.queue.cancel(&id, now_ms()).await? {
         Cancelled::Dequeued(job) => {
             d.hub.finish(&id, finished_event(&job));
+            // It never runs: the program its check compiled is not needed.
+            super::lock(&d.compiled).remove(&id);
             Ok(Json(json!({ "id": id, "state": job.state.name(), "message": "cancelled before it started: it never runs" })).into_response())
         }
         Cancelled::Running(job) => {

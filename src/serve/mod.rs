@@ -59,7 +59,19 @@ struct Payload {
     item: Option<usize>,
 }
 
+/// A checked request's payload, borrowed: serializes as a [`Payload`] with `request` set.
+#[derive(serde::Serialize)]
+struct PayloadOf<'a> {
+    request: &'a Request,
+}
+
 impl Payload {
+    /// The payload of a checked request (as `Payload { request: Some(..), .. }` would be),
+    /// without taking the request.
+    fn encode(request: &Request) -> serde_json::Result<Vec<u8>> {
+        serde_json::to_vec(&PayloadOf { request })
+    }
+
     /// A request's text in `format` (parsed when the job runs).
     fn text(format: Format, body: String) -> Payload {
         Payload {
@@ -183,13 +195,22 @@ pub struct Daemon {
     ready: AtomicBool,
     busy: AtomicUsize,
     config: ServeConfig,
+    /// `[retention]`, for `POST /v1/transactions/prune`.
+    retention: crate::config::RetentionConfig,
     tokens: auth::Tokens,
     acl: auth::Acl,
     metrics: Arc<metrics::Metrics>,
     /// Transactions recovery rolled back at start (cut short by a crash): their jobs are
     /// tried again, as a new transaction.
     crashed: std::collections::HashSet<String>,
+    /// The programs of trusted requests compiled when they were checked, by job id, taken
+    /// when the job runs (at most [`KEPT_PROGRAMS`]; a job without one compiles its body).
+    compiled: Mutex<HashMap<String, Arc<provisio_engine::Program>>>,
 }
+
+/// Trusted requests' programs kept between their check and their job's run: enough for
+/// every job in flight; a backlog beyond it compiles when it runs (RSS stays bounded).
+const KEPT_PROGRAMS: usize = 1024;
 
 impl Daemon {
     fn stopping(&self) -> bool {
@@ -203,6 +224,7 @@ impl Daemon {
             .or_insert_with(|| {
                 Arc::new(
                     DurableJournal::new(self.store.clone(), self.seal.clone(), subject)
+                        .with_responses()
                         .with_failpoints_from_env(),
                 )
             })
@@ -230,6 +252,14 @@ impl Daemon {
         let sealed = job.result.as_deref()?;
         let bytes = self.open(sealed).ok()?;
         serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Keeps a job's compiled program for its run (unless [`KEPT_PROGRAMS`] are kept).
+    fn keep_program(&self, job: &str, program: Arc<provisio_engine::Program>) {
+        let mut kept = lock(&self.compiled);
+        if kept.len() < KEPT_PROGRAMS {
+            kept.insert(job.to_string(), program);
+        }
     }
 
     fn backoff(&self) -> Backoff {
@@ -304,6 +334,13 @@ async fn open(config: &Config, what: &str) -> Result<Opened> {
     let seal = load::seal_key(&config)?;
     // Recovery first: every transaction a crash left running is finished before any job
     // is taken, so a job taken back finds its transaction settled.
+    // A journal that keeps responses: a resumable transaction recovery resumes to its
+    // commit keeps the response its job then answers with (final `data` included).
+    let journal = Arc::new(
+        DurableJournal::new(store.clone(), seal.clone(), load::who())
+            .with_responses()
+            .with_failpoints_from_env(),
+    );
     let recovered =
         provisio_engine::txn::recover(&engine.clone().with_journal(journal.clone()), &journal)
             .await
@@ -348,10 +385,12 @@ async fn open(config: &Config, what: &str) -> Result<Opened> {
         ready: AtomicBool::new(false),
         busy: AtomicUsize::new(0),
         config: config.serve.clone(),
+        retention: config.retention.clone(),
         tokens: auth::Tokens::from_config(&config.serve.tokens),
         acl: auth::Acl::from_config(&config.serve.acl),
         metrics: Arc::default(),
         crashed,
+        compiled: Mutex::new(HashMap::new()),
     })))
 }
 
@@ -369,7 +408,7 @@ pub async fn drain(config: &Config) -> Result<Exit> {
         let ran = ran.clone();
         workers.spawn(async move {
             while let Some(job) = d.queue.claim(now_ms(), d.config.lease.0).await? {
-                run_job(&d, job).await;
+                run_job(&d, job, None).await;
                 ran.fetch_add(1, Ordering::SeqCst);
             }
             Ok::<(), provisio_engine::queue::QueueError>(())
@@ -564,7 +603,7 @@ async fn worker(d: Arc<Daemon>) {
         match d.queue.claim(now_ms(), d.config.lease.0).await {
             Ok(Some(job)) => {
                 d.busy.fetch_add(1, Ordering::SeqCst);
-                run_job(&d, job).await;
+                run_job(&d, job, None).await;
                 d.busy.fetch_sub(1, Ordering::SeqCst);
             }
             Ok(None) => {
@@ -600,7 +639,7 @@ pub(crate) fn lend_worker(d: &Arc<Daemon>) {
         match d.queue.claim(now_ms(), d.config.lease.0).await {
             Ok(Some(job)) => {
                 d.busy.fetch_add(1, Ordering::SeqCst);
-                run_job(&d, job).await;
+                run_job(&d, job, None).await;
                 d.busy.fetch_sub(1, Ordering::SeqCst);
             }
             Ok(None) => {}
@@ -651,17 +690,19 @@ fn job_state_for(state: TxnState, cancelled: bool) -> JobState {
 }
 
 /// Runs one claimed job in a span naming it (its transaction's own span nests inside).
-async fn run_job(d: &Arc<Daemon>, job: Job) {
+/// `fresh`: the job was submitted and claimed at once ([`provisio_engine::queue::Queue::submit_claimed`]) with
+/// this request, which its payload holds: no earlier attempt to settle, nothing to decode.
+pub(crate) async fn run_job(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) {
     use tracing::Instrument;
     let span = tracing::info_span!(
         "job", job.id = %job.id, subject = %job.subject, target = %job.target, attempt = job.attempts
     );
-    run_job_inner(d, job).instrument(span).await
+    run_job_inner(d, job, fresh).instrument(span).await
 }
 
 /// Settles an attempt a crash cut short, else runs the job's transaction with the id the
 /// claim recorded.
-async fn run_job_inner(d: &Arc<Daemon>, job: Job) {
+async fn run_job_inner(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) {
     let id = job.id.clone();
     let Some(txn) = job.txn.clone() else {
         bury(d, &id, "claimed without a transaction id".into()).await;
@@ -673,7 +714,12 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job) {
     );
     // An attempt a crash (or a lost lease) cut short: its transaction is in the journal
     // (recovery finished it) or it never started.
-    match index::summary(d.store.as_ref(), &txn) {
+    let earlier = if fresh.is_some() {
+        Ok(None)
+    } else {
+        index::summary(d.store.as_ref(), &txn)
+    };
+    match earlier {
         Ok(Some(summary)) => {
             let over = matches!(
                 summary.state,
@@ -708,14 +754,47 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job) {
             }
             if over {
                 tracing::info!(job = %id, txn = %txn, state = %summary.state, "settled an attempt cut short by a restart");
-                let rebuilt = journal_response(d, &job.subject, &summary);
+                // The response the run ended with, journaled with its final state (what a
+                // waiting client was told before the crash, if it was told); else, ended
+                // by recovery, one rebuilt from the journal.
+                let stored = match d.journal_for(&job.subject).stored_response(&summary.id) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(job = %id, txn = %txn, error = %e, "the journaled response cannot be read; rebuilding one from the records");
+                        None
+                    }
+                };
+                let response = match stored {
+                    Some((_, true))
+                        if summary.state == TxnState::RolledBack && !job.cancel_requested =>
+                    {
+                        // Rolled back for a transient provider error: as after the run,
+                        // tried again.
+                        let error = summary
+                            .message
+                            .clone()
+                            .unwrap_or_else(|| "transient failure".into());
+                        return retry_transient(d, &id, error).await;
+                    }
+                    Some((mut doc, _)) => {
+                        if let (Some(obj), Some(f)) = (doc.as_object_mut(), request_format(d, &job))
+                        {
+                            obj.insert(
+                                "requestFormat".into(),
+                                serde_json::Value::String(format_name(f).into()),
+                            );
+                        }
+                        doc
+                    }
+                    None => journal_response(d, &job.subject, &summary),
+                };
                 finish(
                     d,
                     &id,
                     Finish {
                         state: job_state_for(summary.state, job.cancel_requested),
                         outcome: Some(summary.state.name().to_string()),
-                        result: Some(d.seal(rebuilt.to_string().as_bytes())),
+                        result: Some(d.seal(response.to_string().as_bytes())),
                         error: summary.message.clone(),
                     },
                 )
@@ -746,19 +825,24 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job) {
             return;
         }
     }
-    let payload = match job
-        .payload
-        .as_deref()
-        .ok_or_else(|| "its request is not kept".to_string())
-        .and_then(|p| d.open(p))
-        .and_then(|b| serde_json::from_slice::<Payload>(&b).map_err(|e| e.to_string()))
-    {
-        Ok(p) => p,
-        Err(e) => return bury(d, &id, format!("its request cannot be read: {e}")).await,
-    };
-    let request = match payload.into_request() {
-        Ok(r) => r,
-        Err(e) => return bury(d, &id, e).await,
+    let request = match fresh {
+        Some(r) => r,
+        None => {
+            let payload = match job
+                .payload
+                .as_deref()
+                .ok_or_else(|| "its request is not kept".to_string())
+                .and_then(|p| d.open(p))
+                .and_then(|b| serde_json::from_slice::<Payload>(&b).map_err(|e| e.to_string()))
+            {
+                Ok(p) => p,
+                Err(e) => return bury(d, &id, format!("its request cannot be read: {e}")).await,
+            };
+            match payload.into_request() {
+                Ok(r) => r,
+                Err(e) => return bury(d, &id, e).await,
+            }
+        }
     };
     let response_format = request.format;
     let txn_id: TxnId = match txn.parse() {
@@ -824,15 +908,18 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job) {
             })
     };
     let run_started = std::time::Instant::now();
-    let result = engine
-        .run_controlled(
-            request,
-            RunControl {
-                txn_id: Some(txn_id),
-                cancel: Some(cancel.clone()),
-            },
-        )
-        .await;
+    let control = RunControl {
+        txn_id: Some(txn_id),
+        cancel: Some(cancel.clone()),
+    };
+    // A trusted request checked by this process runs the program its check compiled.
+    let compiled = lock(&d.compiled).remove(&id);
+    let result = match compiled {
+        Some(program) => Ok(engine
+            .run_program_controlled(program, request.data, request.context, control)
+            .await),
+        None => engine.run_controlled(request, control).await,
+    };
     beat.abort();
     lock(&d.running).remove(&id);
     let result = match result {
@@ -857,28 +944,8 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job) {
     d.metrics
         .finished(&job.target, result.state.name(), run_started.elapsed());
     if result.state == TxnState::RolledBack && result.transient && !cancelled {
-        match d
-            .queue
-            .retry_later(
-                &id,
-                failure.unwrap_or_else(|| "transient failure".into()),
-                now_ms(),
-                d.backoff(),
-                random(),
-            )
-            .await
-        {
-            Ok(j) if j.state == JobState::Dead => d.hub.finish(&id, finished_event(&j)),
-            Ok(j) => {
-                d.metrics.retried();
-                d.hub.publish(
-                &id,
-                serde_json::json!({"event": "retry", "id": id, "not_before_ms": j.not_before_ms, "error": j.error}),
-            )
-            }
-            Err(e) => tracing::error!(job = %id, error = %e, "queueing a retry"),
-        }
-        return;
+        let error = failure.unwrap_or_else(|| "transient failure".into());
+        return retry_transient(d, &id, error).await;
     }
     let mut doc = response::to_value(&result);
     if let (Some(obj), Some(r)) = (doc.as_object_mut(), Some(format_name(response_format))) {
@@ -896,6 +963,36 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job) {
         },
     )
     .await;
+}
+
+/// A running job whose transaction rolled back for a transient provider error is queued
+/// again after a backoff (or dead after its last attempt).
+async fn retry_transient(d: &Daemon, id: &str, error: String) {
+    match d
+        .queue
+        .retry_later(id, error, now_ms(), d.backoff(), random())
+        .await
+    {
+        Ok(j) if j.state == JobState::Dead => d.hub.finish(id, finished_event(&j)),
+        Ok(j) => {
+            d.metrics.retried();
+            d.hub.publish(
+                id,
+                serde_json::json!({"event": "retry", "id": id, "not_before_ms": j.not_before_ms, "error": j.error}),
+            )
+        }
+        Err(e) => tracing::error!(job = %id, error = %e, "queueing a retry"),
+    }
+}
+
+/// The syntax of a job's request (its response says it as `requestFormat`).
+fn request_format(d: &Daemon, job: &Job) -> Option<Format> {
+    let bytes = d.open(job.payload.as_deref()?).ok()?;
+    let payload: Payload = serde_json::from_slice(&bytes).ok()?;
+    Some(match payload.request {
+        Some(r) => r.format,
+        None => parse_format(&payload.format),
+    })
 }
 
 /// The response of a transaction that ended without its runner (a crash, then recovery),

@@ -147,6 +147,7 @@ impl Modify for Bearer {
         super::txns::show,
         super::txns::audit,
         super::txns::resolve,
+        super::txns::prune,
         super::schema::schema,
         document,
     ),

@@ -6,6 +6,7 @@
 //! operator token sees every one.
 
 use super::api::{identify, query, ApiError, Shared};
+use super::now_ms;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -304,5 +305,76 @@ pub async fn resolve(
         "step": r.step,
         "was": r.was,
         "applied": r.applied,
+    })))
+}
+
+/// Query of `POST /v1/transactions/prune`.
+#[derive(Debug, Deserialize)]
+pub struct PruneQuery {
+    older_than: Option<String>,
+    keep: Option<i64>,
+    dry_run: Option<bool>,
+}
+
+/// `POST /v1/transactions/prune?older_than=30d&keep=N&dry_run=true` (operators): removes
+/// finished transactions past retention from the journal, as `provisio tx prune` (the
+/// daemon's `[retention]` unless the query overrides it).
+#[utoipa::path(post, path = "/v1/transactions/prune", tag = "operators",
+    params(("older_than" = Option<String>, Query, description = "Remove those finished longer ago than this (30d, 12h, forever); default retention.transactions"),
+        ("keep" = Option<i64>, Query, description = "Keep at most this many finished transactions, the newest; default retention.max_transactions"),
+        ("dry_run" = Option<bool>, Query, description = "Say what would be removed; remove nothing")),
+    responses((status = 200, description = "`{\"dry_run\", \"transactions\": [summary, …], \"audit_entries\", \"policy\": {\"max_age_ms\", \"max_count\", \"audit\"}}`"),
+        (status = 400, description = "A bad parameter", body = super::openapi::ErrorBody),
+        (status = 401, description = "No token, or an unknown one", body = super::openapi::ErrorBody),
+        (status = 403, description = "Not an operator token", body = super::openapi::ErrorBody)))]
+pub async fn prune(
+    State(d): Shared,
+    headers: HeaderMap,
+    q: Result<Query<PruneQuery>, QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let who = identify(&d, &headers)?;
+    if !who.operator {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "operator_only",
+            format!(
+                "subject `{}` may not prune the journal: that needs a token with `operator = true`",
+                who.subject
+            ),
+        ));
+    }
+    let q = query(q)?;
+    let older_than = q
+        .older_than
+        .as_deref()
+        .map(str::parse::<crate::config::Keep>)
+        .transpose()
+        .map_err(|e| ApiError::bad("bad_query", format!("older_than: {e}")))?;
+    let keep = at_least("keep", q.keep, 0)?.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+    let dry_run = q.dry_run.unwrap_or(false);
+    let policy = d.retention.policy(older_than, keep);
+    // Every job's end on disk first: a job whose end a crash lost settles from its
+    // transaction, which must still be there.
+    d.queue.sync().await.map_err(ApiError::internal)?;
+    let pruned =
+        provisio_engine::txn::retention::prune(d.store.as_ref(), &policy, now_ms(), None, dry_run)
+            .await
+            .map_err(ApiError::internal)?;
+    tracing::info!(
+        subject = %who.subject,
+        transactions = pruned.transactions.len(),
+        audit_entries = pruned.audit_entries,
+        dry_run,
+        "pruned the journal"
+    );
+    Ok(Json(json!({
+        "dry_run": dry_run,
+        "transactions": pruned.transactions,
+        "audit_entries": pruned.audit_entries,
+        "policy": {
+            "max_age_ms": policy.max_age.map(|a| a.as_millis() as u64),
+            "max_count": policy.max_count,
+            "audit": d.retention.audit.to_string(),
+        },
     })))
 }

@@ -199,8 +199,14 @@ env = {{ LEDGER_FILE = "{}", LEDGER_DELAY_MS = "{delay_ms}" }}
 
     /// Starts the daemon on a free loopback port and waits until it listens.
     pub(crate) fn start(&self) -> Daemon {
+        self.start_with(&[])
+    }
+
+    /// [`Site::start`] with these environment variables (a crash point).
+    pub(crate) fn start_with(&self, env: &[(&str, &str)]) -> Daemon {
         let mut child = self
             .command(&["serve", "--listen", "127.0.0.1:0"])
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -1046,7 +1052,9 @@ fn worker_drain_runs_the_due_jobs_a_stopped_daemon_left() {
     }
     let site = Site::new(0);
     let mut d = site.start();
-    let a = d.submit(ALICE, &customer("oli"), "?delay=2s", &[]);
+    // Time enough for a stop and a start of debug binaries on a loaded machine (2 s was not).
+    let submitted = Instant::now();
+    let a = d.submit(ALICE, &customer("oli"), "?delay=8s", &[]);
     assert_eq!(a.status, 202, "{a:?}");
     let (code, _, err) = site.run(&["worker", "--drain"], &[]);
     assert_eq!(code, 75, "refused while the daemon runs: {err}");
@@ -1055,7 +1063,9 @@ fn worker_drain_runs_the_due_jobs_a_stopped_daemon_left() {
     let (code, _, err) = site.run(&["worker", "--drain"], &[]);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("ran 0 job(s); 1 queued"), "not due yet: {err}");
-    std::thread::sleep(Duration::from_millis(2100));
+    std::thread::sleep(
+        (submitted + Duration::from_millis(8100)).saturating_duration_since(Instant::now()),
+    );
     let (code, _, err) = site.run(&["worker", "--drain"], &[]);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("ran 1 job(s); 0 queued"), "{err}");
@@ -1249,6 +1259,7 @@ fn the_openapi_document_describes_the_live_server() {
         "GET /v1/schema/{kind}",
         "GET /v1/audit",
         "POST /v1/transactions/{id}/resolve",
+        "POST /v1/transactions/prune",
     ];
     routes.sort();
     assert_eq!(documented, routes);

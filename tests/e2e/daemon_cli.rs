@@ -126,12 +126,19 @@ fn run_tx_and_recover_on_a_held_data_directory_go_through_the_daemon() {
     let (code, _, err) = site.run(&["tx", "audit"], &alice);
     assert_eq!(code, 2, "an operator's: {err}");
     assert!(err.contains("operator_only"), "{err}");
-    // What the API does not do says which command to use.
-    let (code, _, err) = site.run(&["tx", "prune"], &ops);
-    assert_eq!(code, 75, "{err}");
+    // `tx prune` is an operator's; a dry run says what would go, and removes nothing.
+    let (code, _, err) = site.run(&["tx", "prune", "--keep", "4"], &alice);
+    assert_eq!(code, 2, "an operator's: {err}");
+    assert!(err.contains("operator_only"), "{err}");
+    let (code, out, err) = site.run(&["tx", "prune", "--keep", "4", "--dry-run"], &ops);
+    assert_eq!(code, 0, "{err}");
+    let each = out
+        .lines()
+        .filter(|l| l.starts_with("would remove ") && !l.contains("transaction(s)"));
+    assert_eq!(each.count(), 2, "{out}");
     assert!(
-        err.contains("kill -TERM") && err.contains("provisio tx prune"),
-        "{err}"
+        out.contains("would remove 2 transaction(s) and 0 audit entries (kept: transactions finished within 30days, at most 4"),
+        "{out}"
     );
     // `recover`: the daemon recovered at its start.
     let (code, out, _) = site.run(&["recover"], &ops);
@@ -153,6 +160,23 @@ fn run_tx_and_recover_on_a_held_data_directory_go_through_the_daemon() {
     let (code, local_audit, _) = site.run(&["tx", "audit"], &[]);
     assert_eq!(code, 0);
     assert_eq!(audit, local_audit);
+
+    // Started again, `tx prune` goes through it, and prints what it does stopped.
+    let d = site.start();
+    let (code, out, err) = site.run(&["tx", "prune", "--keep", "5"], &ops);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("goes through it"), "{err}");
+    let oldest = list.lines().last().expect("a transaction");
+    assert_eq!(
+        out.lines().next(),
+        Some(format!("removed {oldest}").as_str()),
+        "{out}"
+    );
+    assert!(out.contains("removed 1 transaction(s)"), "{out}");
+    let (code, after, _) = site.run(&["tx", "list"], &ops);
+    assert_eq!(code, 0);
+    assert_eq!(after.lines().count(), 5, "{after}");
+    drop(d);
 }
 
 #[test]

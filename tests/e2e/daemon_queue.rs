@@ -1,5 +1,6 @@
 //! `provisio serve` and its queue across restarts and operator actions: the response of a
-//! job settled by recovery, held jobs of `queue` steps, a dead job holding its
+//! job settled after a crash (journaled with the commit: what a waiting client was told),
+//! held jobs of `queue` steps, a dead job holding its
 //! serialization key's line, metrics that survive a restart, and the MPS `queue` step
 //! submitted over HTTP.
 
@@ -30,7 +31,7 @@ procedures:
 "#;
 
 #[test]
-fn a_job_settled_by_recovery_answers_with_a_response_rebuilt_from_the_journal() {
+fn a_job_resumed_by_recovery_answers_with_the_response_of_the_resumed_run() {
     if !python() {
         return;
     }
@@ -59,12 +60,76 @@ fn a_job_settled_by_recovery_answers_with_a_response_rebuilt_from_the_journal() 
     assert_eq!(done["state"], "succeeded", "{done}");
     let txns = done["transactions"].as_array().unwrap();
     assert_eq!(txns.len(), 1, "resumed, not run again: {done}");
+    // Recovery resumed the transaction to its commit with a journal that keeps responses:
+    // the job answers with the response the resumed run ended with, final data included.
     let response = &done["response"];
     assert_eq!(response["transactionId"], txns[0], "{done}");
     assert_eq!(response["status"], "committed", "{done}");
-    assert!(response["rebuiltFromJournal"].is_string(), "{done}");
-    assert!(response["calls"].as_u64().unwrap() >= 1, "{done}");
+    assert_eq!(response["data"]["customer"], "rae", "{done}");
+    assert_eq!(response["requestFormat"], "yaml", "{done}");
+    assert!(response.get("rebuiltFromJournal").is_none(), "{done}");
     assert_eq!(site.accounts(), vec![("rae".to_string(), 1501)]);
+}
+
+#[test]
+fn a_daemon_killed_right_after_a_commit_answers_with_the_response_the_run_ended_with() {
+    if !python() {
+        return;
+    }
+    let site = Site::new(0);
+    // Aborts right after alice's journal synced its 8th write: the commit of the first
+    // transaction (started, 3 x intent + done, committed), before the queue records how
+    // the job ended.
+    let mut d = site.start_with(&[("PROVISIO_CRASH_AT", "8"), ("PROVISIO_CRASH_WHEN", "after")]);
+    let a = d.submit(ALICE, &customer("ada"), "", &[]);
+    assert_eq!(a.status, 202, "{a:?}");
+    let id = a.body["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        d.exit(Duration::from_secs(30)),
+        None,
+        "aborted at the crash point"
+    );
+    drop(d);
+    let d = site.start();
+    let done = d.final_state(&id);
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["transactions"].as_array().unwrap().len(), 1, "{done}");
+    let response = &done["response"];
+    assert_eq!(response["status"], "committed", "{done}");
+    assert_eq!(
+        response["data"]["customer"], "ada",
+        "the final data: {done}"
+    );
+    assert_eq!(response["calls"], 3, "{done}");
+    assert_eq!(response["requestFormat"], "yaml", "{done}");
+    assert!(response.get("rebuiltFromJournal").is_none(), "{done}");
+    assert_eq!(site.accounts(), vec![("ada".to_string(), 1501)]);
+}
+
+#[test]
+fn what_a_waiting_client_was_told_is_what_the_daemon_says_after_kill_9() {
+    if !python() {
+        return;
+    }
+    let site = Site::new(0);
+    let mut d = site.start();
+    let a = d.submit(ALICE, &customer("bea"), "?wait=30s", &[]);
+    assert_eq!(a.status, 200, "{a:?}");
+    // Killed at once: how the queue recorded the job's end may not have reached the disk.
+    d.signal("-KILL");
+    assert_eq!(
+        d.exit(Duration::from_secs(10)),
+        None,
+        "killed by the signal"
+    );
+    drop(d);
+    let id = a.body["id"].as_str().unwrap().to_string();
+    let d = site.start();
+    let done = d.final_state(&id);
+    assert_eq!(done["state"], a.body["state"], "{done}");
+    assert_eq!(done["response"], a.body["response"], "{done}");
+    assert_eq!(a.body["response"]["data"]["customer"], "bea", "{a:?}");
+    assert_eq!(site.accounts(), vec![("bea".to_string(), 1501)]);
 }
 
 /// Procedures with an MPS `queue` step (suspended: held for the transaction), then a

@@ -439,6 +439,20 @@ impl Engine {
             .await)
     }
 
+    /// As [`Engine::run_controlled`], for a request its caller compiled already (with
+    /// [`Engine::program`], against this engine's catalog): `data` and `context` are the
+    /// request's. A daemon that checked a trusted request at submission runs it without
+    /// compiling its body a second time.
+    pub async fn run_program_controlled(
+        &self,
+        program: Arc<Program>,
+        data: Element,
+        context: Element,
+        control: RunControl,
+    ) -> TxnResult {
+        self.run_txn(program, data, context, None, control).await
+    }
+
     /// Compiles a request and walks it without calling any provider: returns the provider
     /// calls that would be made, with their resolved inputs and the providers' previews.
     pub async fn plan(&self, request: &Request) -> Result<Vec<PlanEntry>, RunError> {

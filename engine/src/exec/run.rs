@@ -201,11 +201,7 @@ impl Engine {
     /// repeating them is harmless) and reported as failed.
     async fn journal_end(&self, txn: &Txn, out: &mut TxnResult) {
         let message = out.failure.as_ref().map(|f| f.message.clone());
-        let Err(e) = self
-            .journal
-            .txn_state(&txn.id, out.state, message.as_deref())
-            .await
-        else {
+        let Err(e) = self.journal.txn_ended(out, message.as_deref()).await else {
             return;
         };
         tracing::error!(error = %e, "the final state could not be journaled");
@@ -224,8 +220,8 @@ impl Engine {
             step: String::new(),
             sources: Vec::new(),
         });
-        let message = out.failure.as_ref().map(|f| f.message.as_str());
-        let journaled = self.journal.txn_state(&txn.id, out.state, message).await;
+        let message = out.failure.as_ref().map(|f| f.message.clone());
+        let journaled = self.journal.txn_ended(out, message.as_deref()).await;
         log_lapse(
             journaled,
             "final state after the rollback",

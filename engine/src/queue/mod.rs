@@ -575,15 +575,6 @@ impl Queue {
         Ok(())
     }
 
-    /// Waits until every write made so far (this task's and everyone else's) is on stable
-    /// storage. Called after the queue's lock is released, so that the submissions and
-    /// claims of concurrent tasks share one sync (the store's group commit) instead of
-    /// taking one sync each in turn under the lock.
-    async fn sync(&self) -> Result<(), QueueError> {
-        self.store.sync().await?;
-        Ok(())
-    }
-
     /// The store.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
@@ -851,6 +842,108 @@ impl Queue {
         drop(next);
         self.sync().await?;
         Ok(Submitted { job, created: true })
+    }
+
+    /// Queues a job and claims it for the caller in the same write, when a worker claiming
+    /// now would take this very job: it is due, first in its serialization key's line, and
+    /// no other job is ready or due (so no priority or submission order is overtaken).
+    /// `Err` (nothing written; the job given back): it would not be, or it carries an
+    /// idempotency key (those go through [`Queue::submit`], which answers a known key with
+    /// its job).
+    ///
+    /// The write is **not synced** of its own: it comes before every journal write of the
+    /// transaction it names, and the store makes a write durable with every earlier one
+    /// ([`Store::write`]), so the job and its transaction id are on disk before the
+    /// transaction's first durable record — the guarantee [`Queue::claim`] syncs for. A
+    /// caller that answers anything before the transaction's end (a time-out) calls
+    /// [`Queue::sync`] first. Lost in a crash before that first durable record, the job
+    /// and its transaction left no trace, and nobody was told of them.
+    pub async fn submit_claimed(
+        &self,
+        new: NewJob,
+        now: u64,
+        lease: Duration,
+    ) -> Result<Result<Job, NewJob>, QueueError> {
+        no_nul(&new.subject, "the subject")?;
+        no_nul(&new.target, "the target")?;
+        if let Some(k) = &new.serial_key {
+            no_nul(k, "the serialization key")?;
+        }
+        if new.idempotency_key.is_some() || new.not_before_ms > now {
+            return Ok(Err(new));
+        }
+        let mut next = self.inner.lock().await;
+        if self.first(&[READY])?.is_some()
+            || self.next_due()?.is_some_and(|at| at <= now)
+            || !self.first_in_line(new.serial_key.as_deref())?
+        {
+            return Ok(Err(new));
+        }
+        let mut batch = Batch::new();
+        let seq = Self::alloc(&mut next, &mut batch);
+        let id = uuid::Uuid::now_v7().to_string();
+        let txn = crate::TxnId::new_v7().as_str().to_string();
+        let until = now.saturating_add(lease.as_millis() as u64);
+        let job = Job {
+            id: id.clone(),
+            seq,
+            state: JobState::Running,
+            priority: new.priority,
+            not_before_ms: new.not_before_ms,
+            serial_key: new.serial_key,
+            serial_pos: seq,
+            idempotency_key: None,
+            subject: new.subject,
+            target: new.target,
+            attempts: 1,
+            max_attempts: new.max_attempts.max(1),
+            txn: Some(txn.clone()),
+            txns: vec![txn],
+            submitted_ms: now,
+            started_ms: Some(now),
+            finished_ms: None,
+            error: None,
+            outcome: None,
+            cancel_requested: false,
+            payload: Some(new.payload),
+            result: None,
+            held_by: None,
+            retry_interval_ms: None,
+            fail_when_exhausted: false,
+            slot: Slot::Leased(until),
+        };
+        let idb = id.as_bytes().to_vec();
+        batch.put(Space::Queue, lease_key(until, seq), idb.clone());
+        if let Some(entry) = Self::serial_entry(&job) {
+            batch.put(Space::Queue, entry, idb.clone());
+        }
+        batch.put(Space::Queue, with_seq(vec![ALL], seq), idb.clone());
+        batch.put(Space::Queue, state_key(JobState::Running, seq), idb.clone());
+        batch.put(
+            Space::Queue,
+            with_seq(field_prefix(BY_TARGET, &job.target), seq),
+            idb.clone(),
+        );
+        batch.put(
+            Space::Queue,
+            with_seq(field_prefix(BY_SUBJECT, &job.subject), seq),
+            idb,
+        );
+        batch.put(Space::Queue, job_key(&id), encode(&job));
+        // Counted as a submission then a claim, as if it had gone through both.
+        self.count(None, Some(JobState::Queued));
+        self.count(Some(JobState::Queued), Some(JobState::Running));
+        self.commit(batch, false).await?;
+        Ok(Ok(job))
+    }
+
+    /// Waits until every write made so far (this task's and everyone else's) is on stable
+    /// storage. Called after the queue's lock is released, so that the submissions and
+    /// claims of concurrent tasks share one sync (the store's group commit) instead of
+    /// taking one sync each in turn under the lock.
+    pub async fn sync(&self) -> Result<(), QueueError> {
+        self.store.sync().await?;
+        Ok(())
     }
 
     /// Moves due scheduled jobs to the ready index (at most a page per call).

@@ -869,3 +869,97 @@ fn concurrent_submissions_and_claims_share_syncs_and_are_durable() {
         assert_eq!(again.txn, j.txn, "its transaction id survived");
     }
 }
+
+#[test]
+fn a_waiting_submission_is_claimed_at_once_only_when_no_other_job_would_run_first() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let id = {
+        let q = open(dir.path());
+        rt().block_on(async {
+            // Nothing else queued: written running, with its attempt's transaction, and
+            // counted as a submission and a claim.
+            let Ok(j) = q
+                .submit_claimed(job("A/wait"), 10, LEASE)
+                .await
+                .expect("submit")
+            else {
+                panic!("nothing else queued: claimed at once")
+            };
+            assert_eq!(
+                (j.state, j.attempts, j.started_ms),
+                (JobState::Running, 1, Some(10))
+            );
+            let txn = j.txn.clone().expect("its transaction");
+            assert_eq!(j.txns, vec![txn]);
+            assert_eq!(q.get(&j.id).expect("get"), Some(j.clone()));
+            assert!(
+                q.claim(11, LEASE).await.expect("claim").is_none(),
+                "not in the ready index"
+            );
+            let t = q.tally();
+            assert_eq!((t.submitted, t.entered[0], t.now[1]), (1, 1, 1));
+            q.finish(&j.id, done(), 12).await.expect("finish");
+            // A ready job goes first: given back, nothing written.
+            let ready = q.submit(job("A/ready"), 20).await.expect("submit").job;
+            let back = q
+                .submit_claimed(job("A/second"), 21, LEASE)
+                .await
+                .expect("submit");
+            assert_eq!(back.map_err(|n| n.target), Err("A/second".to_string()));
+            assert_eq!(
+                q.claim(22, LEASE).await.expect("claim").map(|c| c.id),
+                Some(ready.id)
+            );
+            // An idempotency key (answered by `submit`), a later time, a busy line: given back.
+            let keyed = NewJob {
+                idempotency_key: Some("k".into()),
+                ..job("A/keyed")
+            };
+            assert!(q
+                .submit_claimed(keyed, 30, LEASE)
+                .await
+                .expect("submit")
+                .is_err());
+            let later = NewJob {
+                not_before_ms: 1_000,
+                ..job("A/later")
+            };
+            assert!(q
+                .submit_claimed(later, 30, LEASE)
+                .await
+                .expect("submit")
+                .is_err());
+            let tenant = |k: &str| NewJob {
+                serial_key: Some(k.into()),
+                ..job("A/tenant")
+            };
+            q.submit(tenant("t"), 31).await.expect("submit");
+            let first = q.claim(32, LEASE).await.expect("claim").expect("job");
+            assert_eq!(first.serial_key.as_deref(), Some("t"));
+            assert!(q
+                .submit_claimed(tenant("t"), 33, LEASE)
+                .await
+                .expect("submit")
+                .is_err());
+            let Ok(other) = q
+                .submit_claimed(tenant("u"), 34, LEASE)
+                .await
+                .expect("submit")
+            else {
+                panic!("another key's line is empty: claimed at once")
+            };
+            // Its line holds it: a later job of its key waits for it.
+            q.submit(tenant("u"), 35).await.expect("submit");
+            assert!(q.claim(36, LEASE).await.expect("claim").is_none());
+            q.sync().await.expect("sync");
+            other.id
+        })
+    };
+    // After a restart the job is there, running, and taken back when its lease is over.
+    let q = open(dir.path());
+    rt().block_on(async {
+        let back = q.take_back_expired(u64::MAX, 10).await.expect("take back");
+        let ids: Vec<&str> = back.iter().map(|j| j.id.as_str()).collect();
+        assert!(ids.contains(&id.as_str()), "{ids:?}");
+    });
+}

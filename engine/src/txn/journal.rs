@@ -5,9 +5,9 @@
 
 use super::packed;
 use super::records::{
-    chunk_key, data_key, now_ms, pinned_key, record_key, record_prefix, AuditEntry, Guarded,
-    JournalKey, Pin, PinnedDefinitions, Record, ScriptUndoRecord, StoredData, TxnSummary,
-    CHUNK_BYTES, DATA_CHUNK_BYTES, FORMAT, TRUSTED_REQUEST_PIN,
+    chunk_key, data_key, now_ms, pinned_key, record_key, record_prefix, response_key, AuditEntry,
+    Guarded, JournalKey, Pin, PinnedDefinitions, Record, ScriptUndoRecord, StoredData,
+    StoredResponse, TxnSummary, CHUNK_BYTES, DATA_CHUNK_BYTES, FORMAT, TRUSTED_REQUEST_PIN,
 };
 use super::seal::{SealError, SealKey};
 use crate::data::{json, Element};
@@ -153,6 +153,20 @@ pub enum StoredDataError {
     Store(#[from] StoreError),
 }
 
+/// A transaction's stored response that cannot be read back.
+#[derive(Debug, thiserror::Error)]
+pub enum ResponseError {
+    /// The store could not be read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// It does not decode (damaged record).
+    #[error("the stored response does not decode: {0}")]
+    Malformed(#[source] serde_json::Error),
+    /// It is sealed and cannot be opened.
+    #[error(transparent)]
+    Guard(#[from] GuardError),
+}
+
 fn encode<T: serde::Serialize>(
     what: &'static str,
     txn: &TxnId,
@@ -187,6 +201,8 @@ pub struct DurableJournal {
     live: Mutex<HashMap<TxnId, Live>>,
     pinned_written: Mutex<HashSet<String>>,
     fail_points: FailPoints,
+    /// Write each transaction's response with its final state ([`StoredResponse`]).
+    keep_responses: bool,
 }
 
 impl std::fmt::Debug for DurableJournal {
@@ -217,7 +233,33 @@ impl DurableJournal {
             live: Mutex::new(HashMap::new()),
             pinned_written: Mutex::new(HashSet::new()),
             fail_points: FailPoints::new(),
+            keep_responses: false,
         }
+    }
+
+    /// Also writes each transaction's response (what its caller is told, secrets masked;
+    /// sealed with the seal key when there is one) in the same atomic batch as its final
+    /// state, for [`DurableJournal::stored_response`]: what a job queue needs to answer
+    /// exactly as it did before a crash, or as the run that recovery resumed would have.
+    pub fn with_responses(mut self) -> DurableJournal {
+        self.keep_responses = true;
+        self
+    }
+
+    /// The response a transaction's run ended with, when this journal (or an earlier one on
+    /// the store) kept it ([`DurableJournal::with_responses`]): the document, and whether it
+    /// rolled back because of a transient provider error. `None`: not kept (no journal kept
+    /// it, the transaction has not ended, or recovery ended it).
+    pub fn stored_response(
+        &self,
+        txn_id: &TxnId,
+    ) -> Result<Option<(serde_json::Value, bool)>, ResponseError> {
+        let Some(bytes) = self.store.get(Space::Journal, &response_key(txn_id))? else {
+            return Ok(None);
+        };
+        let stored: StoredResponse =
+            serde_json::from_slice(&bytes).map_err(ResponseError::Malformed)?;
+        Ok(Some((self.unguard(&stored.response)?, stored.transient)))
     }
 
     /// Enables fault injection at `crash`.
@@ -620,6 +662,37 @@ impl Journal for DurableJournal {
             message: message.map(str::to_string),
         };
         Ok(self.append(txn_id, &record, durable, Batch::new()).await?)
+    }
+
+    async fn txn_ended(
+        &self,
+        result: &crate::TxnResult,
+        message: Option<&str>,
+    ) -> Result<(), JournalError> {
+        let record = Record::State {
+            at_ms: now_ms(),
+            state: result.state,
+            message: message.map(str::to_string),
+        };
+        let mut extra = Batch::new();
+        if self.keep_responses {
+            let doc = crate::response::to_value(result);
+            let response = match &self.seal {
+                Some(key) => Guarded::Sealed(key.seal(doc.to_string().as_bytes())),
+                None => Guarded::Plain(doc),
+            };
+            let stored = StoredResponse {
+                response,
+                transient: result.transient,
+            };
+            extra.put(
+                Space::Journal,
+                response_key(&result.txn_id),
+                encode("the response", &result.txn_id, &stored)?,
+            );
+        }
+        let durable = result.state.is_final();
+        Ok(self.append(&result.txn_id, &record, durable, extra).await?)
     }
 
     async fn step_intent(&self, i: &StepIntent<'_>) -> Result<(), JournalError> {

@@ -16,8 +16,10 @@ pub mod stream;
 #[cfg(feature = "test-util")]
 pub mod synthetic;
 
-pub use journal::{DurableJournal, GuardError, StoredDataError, WriteError};
-pub use records::{AuditEntry, Guarded, PinnedDefinitions, Record, StoredData, TxnSummary};
+pub use journal::{DurableJournal, GuardError, ResponseError, StoredDataError, WriteError};
+pub use records::{
+    AuditEntry, Guarded, PinnedDefinitions, Record, StoredData, StoredResponse, TxnSummary,
+};
 pub use recovery::{recover, resolve_step, resume_rollback, Recovered, RecoveryError, Resolution};
 pub use seal::{SealError, SealKey};
 pub use state::UnknownState;

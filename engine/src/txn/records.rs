@@ -130,6 +130,34 @@ pub(crate) fn data_key(txn_id: &TxnId, index: u64) -> Vec<u8> {
     k
 }
 
+/// The tag byte after the transaction id in the key of a transaction's [`StoredResponse`]
+/// (none of [`JournalKey`]'s layouts: readers of records skip it; pruning the transaction
+/// removes it with its other keys).
+pub(crate) const RESPONSE_TAG: u8 = b'R';
+
+/// The journal key of a transaction's [`StoredResponse`].
+pub(crate) fn response_key(txn_id: &TxnId) -> Vec<u8> {
+    let mut k = Vec::with_capacity(TXN_ID_LEN + 1);
+    k.extend_from_slice(txn_id.as_bytes());
+    k.push(RESPONSE_TAG);
+    k
+}
+
+/// What a transaction's caller was told when it ended (the response document with its
+/// secrets masked, as `provisio_engine::response::to_value` makes it), written by a journal
+/// that keeps responses in the same atomic batch as the final state: a job queue that lost
+/// track of the transaction in a crash answers with exactly this, not a response rebuilt
+/// from the records.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredResponse {
+    /// The response document: plain, or sealed when the journal has a seal key.
+    pub response: Guarded<serde_json::Value>,
+    /// It rolled back because of a transient provider error (the request may be tried
+    /// again as a new transaction).
+    #[serde(default)]
+    pub transient: bool,
+}
+
 /// The prefix of the keys of a transaction's single records (sequence numbers below
 /// 2^56, so their first byte is 0): a scan of it skips the chunks of compacted records and
 /// of the request's data.
