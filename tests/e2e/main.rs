@@ -16,6 +16,7 @@ mod error_provider;
 mod files;
 mod hostile;
 mod large_log;
+mod mail;
 mod mps_batch;
 mod operator;
 mod queue_step;

@@ -325,10 +325,6 @@ impl ExchangeProvider {
                 })?
                 .join(&config.mail_root)
         };
-        std::fs::create_dir_all(&root).map_err(|e| ExchangeError::MailRoot {
-            path: shown.clone(),
-            message: format!("cannot create it: {e}"),
-        })?;
         let euid = rustix::process::geteuid().as_raw();
         let egid = rustix::process::getegid().as_raw();
         let uid = config.mail_uid.unwrap_or(euid);
