@@ -102,6 +102,10 @@ pub struct ExchangeProvider {
     view: Arc<Mutex<Option<View>>>,
     /// Held while the view is loaded (one load).
     loading: tokio::sync::Mutex<()>,
+    /// Stores (`server/store`, lower-case) a committed mailbox was put on. The resource
+    /// manager never removes a store, so these need no further check: a mailbox-enable does
+    /// not lock the store's record (which every mailbox-enable on that store would wait for).
+    known_stores: Arc<Mutex<BTreeMap<String, (String, String)>>>,
 }
 
 impl std::fmt::Debug for ExchangeProvider {
@@ -340,6 +344,7 @@ impl ExchangeProvider {
             },
             view: Arc::new(Mutex::new(None)),
             loading: tokio::sync::Mutex::new(()),
+            known_stores: Arc::new(Mutex::new(BTreeMap::new())),
         })
     }
 
@@ -396,6 +401,31 @@ impl ExchangeProvider {
             call.context.idempotency_key(),
             None,
         )
+    }
+
+    /// The registered store `server`/`name`, as the resource manager spells it.
+    async fn store(
+        &self,
+        call: &Call,
+        server: &str,
+        name: &str,
+    ) -> Result<(String, String), ProviderError> {
+        let known = format!("{}/{}", server.to_lowercase(), name.to_lowercase());
+        // Committed before, and stores are never removed: as first spelled.
+        if let Some(v) = lock(&self.known_stores).get(&known).cloned() {
+            return Ok(v);
+        }
+        crate::resource_manager::registered_store(
+            &call.state.read_of(crate::resource_manager::PROVIDER),
+            server,
+            name,
+        )
+        .await?
+        .ok_or_else(|| {
+            not_found(format!(
+                "mail store {server}/{name} does not exist (Exchange 2007 Resource Manager `AddExchangeResources` registers it)"
+            ))
+        })
     }
 
     /// The directory user `text` names: an LDAP path or DN, or a userPrincipalName.
@@ -612,17 +642,7 @@ impl ExchangeProvider {
         }
         // The store must be registered with the resource manager.
         let (server, store) = match (server_in, store_in) {
-            (Some(s), Some(n)) => crate::resource_manager::registered_store(
-                &call.state.read_of(crate::resource_manager::PROVIDER),
-                &s,
-                &n,
-            )
-            .await?
-            .ok_or_else(|| {
-                not_found(format!(
-                    "mail store {s}/{n} does not exist (Exchange 2007 Resource Manager `AddExchangeResources` registers it)"
-                ))
-            })?,
+            (Some(s), Some(n)) => self.store(call, &s, &n).await?,
             _ => (String::new(), String::new()),
         };
         // The plan's ceiling.
@@ -778,17 +798,7 @@ impl ExchangeProvider {
             }
         };
         let (key, mut m) = self.mailbox_of(tx, &user).await?;
-        let (server, store) = crate::resource_manager::registered_store(
-            &call.state.read_of(crate::resource_manager::PROVIDER),
-            &s,
-            &n,
-        )
-        .await?
-        .ok_or_else(|| {
-            not_found(format!(
-                "mail store {s}/{n} does not exist (Exchange 2007 Resource Manager `AddExchangeResources` registers it)"
-            ))
-        })?;
+        let (server, store) = self.store(call, &s, &n).await?;
         let from = self.layout.home(&m);
         let moved =
             !(m.server.eq_ignore_ascii_case(&server) && m.store.eq_ignore_ascii_case(&store));
@@ -1570,6 +1580,21 @@ impl Provider for ExchangeProvider {
     /// Applies the call's changes to the committed view and renders the files.
     async fn commit(&self, done: &Done) -> Result<(), ProviderError> {
         let (changes, ops) = parse_record(&done.undo);
+        {
+            let mut known = lock(&self.known_stores);
+            for (k, v) in &changes {
+                if let (true, Some(v)) = (k.starts_with("mbx/"), v) {
+                    if let Ok(m) = serde_json::from_slice::<MailboxRec>(v) {
+                        if !m.server.is_empty() {
+                            known.insert(
+                                format!("{}/{}", m.server.to_lowercase(), m.store.to_lowercase()),
+                                (m.server, m.store),
+                            );
+                        }
+                    }
+                }
+            }
+        }
         let layout = self.layout.clone();
         let slot = self.view.clone();
         tokio::task::spawn_blocking(move || {

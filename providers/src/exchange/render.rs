@@ -84,8 +84,10 @@ pub(crate) enum FileOp {
     Remove(PathBuf),
 }
 
-/// Writes `content` to `path` atomically (temporary file, fsync, rename); does nothing when
-/// the file already holds exactly that.
+/// Writes `content` to `path` atomically (temporary file, rename); does nothing when the
+/// file already holds exactly that. Not synced: the files are rebuilt from provider state at
+/// start, so a crash that loses a write loses nothing (the store is what is synced); the
+/// rename alone keeps a reader from ever seeing a partial file.
 pub(crate) fn write_atomic(path: &Path, content: &[u8], mode: u32) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     if std::fs::read(path).is_ok_and(|old| old == content) {
@@ -104,7 +106,6 @@ pub(crate) fn write_atomic(path: &Path, content: &[u8], mode: u32) -> std::io::R
             .mode(mode)
             .open(&tmp)?;
         f.write_all(content)?;
-        f.sync_all()?;
     }
     std::fs::rename(&tmp, path)
 }
