@@ -268,3 +268,98 @@ fn a_mailbox_receives_over_lmtp_answers_its_tenant_when_away_and_a_rollback_refu
         "{r:?}"
     );
 }
+
+/// The passwd-file and the maps after `provisio recover` following a crash at every journal
+/// write of a request that mailbox-enables three users: all three or none, and never what
+/// the provider state does not hold (a crash after the commit's file writes but before the
+/// transaction's end rolls the state back; recovery renders the files again).
+#[test]
+fn after_a_crash_at_any_journal_write_the_files_match_the_recovered_state() {
+    let fab = format!("OU=Fabrikam,{BASE}");
+    let setup = request(&[
+        ou("o1", BASE, "Fabrikam"),
+        user("u1", &fab, "ann", "ann@fabrikam.test"),
+        user("u2", &fab, "bob", "bob@fabrikam.test"),
+        user("u3", &fab, "cy", "cy@fabrikam.test"),
+        domain("d1", &fab, "fabrikam.test"),
+        r#"<execute id="st" namespace="Exchange 2007 Resource Manager" procedure="AddExchangeResources"><executeData><mailStores><mailStore><serverName>ex1</serverName><mailStoreName>DB1</mailStoreName><megabytes>1000</megabytes></mailStore></mailStores></executeData></execute>"#.to_string(),
+    ]);
+    let enable = request(&[
+        mailbox("m1", &format!("CN=ann,{fab}"), "ann@fabrikam.test"),
+        mailbox("m2", &format!("CN=bob,{fab}"), "bob@fabrikam.test"),
+        mailbox("m3", &format!("CN=cy,{fab}"), "cy@fabrikam.test"),
+    ]);
+    let mut crashes = 0;
+    for when in ["before", "after"] {
+        let mut n = 1u32;
+        loop {
+            let sb = Sandbox::new();
+            let root = sb.path("mail");
+            let cfg = sb.write(
+                "provisio.toml",
+                &format!("[providers.exchange]\nmail_root = \"{}\"\n", root.display()),
+            );
+            let r = run(&sb, &cfg, "setup.xml", &setup);
+            assert_eq!(r.code, 0, "{r:?}");
+            let req = sb.write("enable.xml", &enable);
+            let env = [
+                ("PROVISIO_CRASH_AT", n.to_string()),
+                ("PROVISIO_CRASH_WHEN", when.to_string()),
+            ];
+            let crashed = sb.run_env(
+                &[
+                    "--config",
+                    cfg.to_str().unwrap(),
+                    "run",
+                    req.to_str().unwrap(),
+                    "--quiet",
+                ],
+                &crate::util::repo().join("namespaces"),
+                &env,
+            );
+            let lines = |sb: &Sandbox| {
+                let _ = sb;
+                std::fs::read_to_string(root.join("passwd"))
+                    .unwrap_or_default()
+                    .lines()
+                    .map(|l| l.split(':').next().unwrap_or_default().to_string())
+                    .collect::<Vec<_>>()
+            };
+            if crashed.code == 0 {
+                assert_eq!(lines(&sb).len(), 3, "{crashed:?}");
+                assert!(n > 5, "suspiciously few journal writes ({n}) for {when}");
+                break;
+            }
+            assert_eq!(crashed.code, -1, "crash at write {n} ({when}): {crashed:?}");
+            crashes += 1;
+            let rec = sb.run(&["--config", cfg.to_str().unwrap(), "recover"]);
+            assert_eq!(
+                rec.code, 0,
+                "recover after a crash at {n} ({when}): {rec:?}"
+            );
+            let list = sb.run(&["--config", cfg.to_str().unwrap(), "tx", "list"]);
+            let committed = list.stdout.matches("committed").count() >= 2;
+            let got = lines(&sb);
+            if committed {
+                assert_eq!(
+                    got,
+                    ["ann@fabrikam.test", "bob@fabrikam.test", "cy@fabrikam.test"],
+                    "crash at {n} ({when})"
+                );
+            } else {
+                assert!(
+                    got.is_empty(),
+                    "crash at {n} ({when}) left {got:?}\n{list:?}"
+                );
+                assert_eq!(
+                    std::fs::read_to_string(root.join("virtual_mailbox_maps")).unwrap_or_default(),
+                    "",
+                    "crash at {n} ({when})"
+                );
+            }
+            n += 1;
+            assert!(n < 100, "runaway crash loop");
+        }
+    }
+    assert!(crashes >= 6, "only {crashes} crash points exercised");
+}

@@ -384,7 +384,7 @@ impl Engine {
         &self,
         provider: &str,
         prefix: &[u8],
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, crate::StoreError> {
+    ) -> Result<Vec<crate::KeyValue>, crate::StoreError> {
         self.state.peek_scan(provider, prefix)
     }
 

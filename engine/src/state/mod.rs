@@ -208,7 +208,7 @@ impl StateSpace {
         &self,
         provider: &str,
         prefix: &[u8],
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    ) -> Result<Vec<crate::store::KeyValue>, StoreError> {
         let skip = provider.len() + 1;
         Ok(self
             .store

@@ -198,11 +198,14 @@ fn list_input(ed: &Element, name: &str, item: &str) -> Vec<String> {
     out
 }
 
+/// A state write: key and new value (`None`: deleted).
+type Change = (String, Option<Vec<u8>>);
+
 /// Provider-state writes of one call, recorded so that `commit` can apply the same changes
 /// to the committed view.
 struct Tx<'a> {
     r: Records<'a>,
-    changes: Vec<(String, Option<Vec<u8>>)>,
+    changes: Vec<Change>,
     ops: Vec<FileOp>,
 }
 
@@ -270,7 +273,7 @@ impl<'a> Tx<'a> {
 }
 
 /// The changes and file operations of an undo record.
-fn parse_record(e: &Element) -> (Vec<(String, Option<Vec<u8>>)>, Vec<FileOp>) {
+fn parse_record(e: &Element) -> (Vec<Change>, Vec<FileOp>) {
     let mut changes = Vec::new();
     let mut ops = Vec::new();
     for c in e.elements() {
