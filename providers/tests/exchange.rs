@@ -31,9 +31,12 @@ struct Env {
 }
 
 fn env() -> Env {
+    env_with(DirectoryProvider::embedded(Dn::parse(BASE).unwrap()).unwrap())
+}
+
+fn env_with(directory: DirectoryProvider) -> Env {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("mail");
-    let directory = DirectoryProvider::embedded(Dn::parse(BASE).unwrap()).unwrap();
     let exchange =
         ExchangeProvider::new(ExchangeConfig::new(&root), directory.backend().clone()).unwrap();
     let mut registry = ProviderRegistry::new();
@@ -781,4 +784,47 @@ async fn a_preview_says_what_would_happen_and_writes_nothing() {
     assert!(shown.contains("is not in the directory"), "{shown}");
     assert_eq!(snapshot(&e.root), before);
     assert!(state(&e, "addr/ann@fabrikam.test").is_none());
+}
+
+/// The same check against a real directory server: the ldap backend of the directory
+/// provider (a private OpenLDAP slapd), whose users the mail provider reads over LDAP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_of_a_real_ldap_directory_gets_a_mailbox() {
+    use provisio_providers::directory::ldap::{LdapBackend, LdapSettings, TlsMode};
+    use provisio_test_support::slapd::{self, Slapd};
+    let Some(s) = Slapd::start() else {
+        return;
+    };
+    let mut settings = LdapSettings::new(
+        s.ldaps_url(),
+        slapd::ADMIN_DN,
+        s.password_file(),
+        slapd::SUFFIX,
+    );
+    settings.tls = TlsMode::Ldaps;
+    settings.tls_ca_file = Some(s.ca_file());
+    let e = env_with(DirectoryProvider::with_backend(Arc::new(
+        LdapBackend::new(settings).unwrap(),
+    )));
+    let org = format!("ou=Mail,{}", slapd::TESTS_OU);
+    ok(&e, &[
+        ("ou", &ad("Create Object"), json!({"container": slapd::TESTS_OU, "class": "organizationalUnit", "name": "ou=Mail"})),
+        ("u", &ad("Create Object"), json!({"container": &org, "class": "user", "name": "cn=ann",
+            "properties": {"property": [{"@name": "userPrincipalName", "@mode": "replace", "value": ["ann@fabrikam.test"]}]}})),
+        ("d", &ex("CreateSMTPDomain"), json!({"organization": &org, "domainName": "fabrikam.test"})),
+    ]).await;
+    // By UPN (an LDAP search) and by DN (an LDAP read).
+    let r = ok(&e, &[("m", &ex("CreateMailbox"), json!({"user": "ann@fabrikam.test", "emailAddresses": {"value": ["ann@fabrikam.test"]}, "quotaKB": "1024"}))]).await;
+    assert_eq!(
+        out(&r, "m")
+            .child("primarySmtpAddress")
+            .unwrap()
+            .string_value(),
+        "ann@fabrikam.test"
+    );
+    assert!(read(&e.root, "passwd").starts_with("ann@fabrikam.test::"));
+    let msg = fails(&e, &[("m", &ex("CreateMailbox"), json!({"user": format!("cn=nobody,{org}"), "emailAddresses": {"value": ["nobody@fabrikam.test"]}, "quotaKB": "1024"}))]).await;
+    assert!(msg.contains("is not in the directory"), "{msg}");
+    let msg = fails(&e, &[("m", &ex("CreateMailbox"), json!({"user": "ghost@fabrikam.test", "emailAddresses": {"value": ["ghost@fabrikam.test"]}, "quotaKB": "1024"}))]).await;
+    assert!(msg.contains("is not in the directory"), "{msg}");
 }
