@@ -471,7 +471,7 @@ async fn address_lists_groups_and_out_of_office_stay_within_the_tenant() {
     ok(&e, &[
         ("m1", &ex("CreateMailbox"), enable(&ann, &["ann@fabrikam.test"])),
         ("m2", &ex("CreateMailbox"), enable(&user_dn("R", "A", "bob"), &["bob@fabrikam.test"])),
-        ("m3", &ex("CreateMailbox"), enable(&user_dn("R", "B", "carl"), &["carl@contoso.test"])),
+        ("m3", &ex("CreateMailbox"), json!({"user": user_dn("R", "B", "carl"), "emailAddresses": {"value": ["carl@contoso.test"]}, "quotaKB": "2048", "database": "EX1\\db 2"})),
         ("g", &ex("CreateDistributionList"), json!({"organization": org_dn("R", "A"), "name": "Sales", "emailAddress": "sales@fabrikam.test", "members": {"member": ["ann@fabrikam.test", "bob@fabrikam.test"]}})),
         ("c", &ex("CreateContact"), json!({"organization": org_dn("R", "A"), "name": "Partner", "externalEmailAddress": "pat@partner.example", "displayName": "Pat Partner"})),
     ]).await;
@@ -523,6 +523,19 @@ async fn address_lists_groups_and_out_of_office_stay_within_the_tenant() {
     )
     .await;
     assert_eq!(list(&b), ["mailbox:carl@contoso.test"]);
+    // `database` named the store as HMC does; the output uses the registered spelling.
+    let g = ok(
+        &e,
+        &[("g", &ex("GetMailbox"), json!({"user": "carl@contoso.test"}))],
+    )
+    .await;
+    let ms = out(&g, "g")
+        .child("mailbox")
+        .unwrap()
+        .child("mailStore")
+        .unwrap()
+        .clone();
+    assert_eq!(ms.child("mailStoreName").unwrap().string_value(), "DB 2");
     // Out-of-office answers A's senders only; the text cannot break out of its string.
     ok(&e, &[("o", &ex("SetOutOfOffice"), json!({"user": &ann, "subject": "Away \"now\"", "message": "Back Monday.\";\ndiscard;\nkeep \\ \"x\"", "days": "2"}))]).await;
     let home = e.root.join("stores/ex1/db1/fabrikam.test/ann");
@@ -668,6 +681,11 @@ async fn bad_input_is_refused_with_a_clear_error_and_nothing_left_behind() {
         (
             with(json!({"mailStore": {"serverName": "ex1"}})),
             "go together",
+        ),
+        (with(json!({"database": "DB1"})), "input `database` must be"),
+        (
+            with(json!({"database": "ex9\\DB1"})),
+            "mail store ex9/DB1 does not exist",
         ),
         (
             with(json!({"user": user_dn("R", "A", "nobody")})),

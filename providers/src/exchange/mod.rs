@@ -374,7 +374,13 @@ impl ExchangeProvider {
         let layout = self.layout.clone();
         let slot = self.view.clone();
         tokio::task::spawn_blocking(move || {
-            let r = view.render(&layout, None, &[]);
+            // Nothing to render and nothing rendered before: the mail root is not created
+            // (a data folder that never held mail stays without one).
+            let r = if view.records.is_empty() && !layout.root.exists() {
+                Ok(())
+            } else {
+                view.render(&layout, None, &[])
+            };
             *lock(&slot) = Some(view);
             r
         })
@@ -980,7 +986,18 @@ fn store_input(ed: &Element) -> Result<(Option<String>, Option<String>), Provide
     let get = |n: &str| ms.and_then(|m| field(m, n)).or_else(|| field(ed, n));
     match (get("serverName"), get("mailStoreName")) {
         (Some(s), Some(n)) => Ok((Some(s), Some(n))),
-        (None, None) => Ok((None, None)),
+        // HMC's `database`: `SERVER\Store` or `server/store`.
+        (None, None) => match field(ed, "database") {
+            None => Ok((None, None)),
+            Some(d) => match d.split_once(['\\', '/']) {
+                Some((s, n)) if !s.trim().is_empty() && !n.trim().is_empty() => {
+                    Ok((Some(s.trim().to_string()), Some(n.trim().to_string())))
+                }
+                _ => Err(ProviderError::invalid(format!(
+                    "input `database` must be `server\\store` or `server/store`, got {d:?}"
+                ))),
+            },
+        },
         _ => Err(ProviderError::invalid(
             "inputs `serverName` and `mailStoreName` go together (the mail store is named by both)",
         )),
@@ -1495,6 +1512,7 @@ impl Provider for ExchangeProvider {
                 input("organization", "string", false, "the tenant; default the user's container"),
                 input("displayName", "string", false, "default the user's displayName or cn"),
                 store(),
+                input("database", "string", false, "the store as `server\\store` or `server/store` (instead of mailStore)"),
             ]),
             sp("DisableMailbox", w, "Removes the mailbox from the mail system (addresses, alias, group memberships); the mail stays on disk (a disconnected mailbox).", vec![user()]),
             sp("DeleteMailbox", w, "Removes the mailbox and, at commit, its mail.", vec![user()]),
