@@ -3,9 +3,9 @@
 //! out-of-office and per-tenant address lists, served by a real mail server (Dovecot for
 //! IMAP/LMTP and Sieve, Postfix-style maps for routing).
 //!
-//! The truth is provider state ([`records`]): every write commits and rolls back with the
+//! The truth is provider state (`records.rs`): every write commits and rolls back with the
 //! transaction, under the engine's per-key locks. The files a mail server reads are a
-//! projection ([`render`]): every procedure that changes something is two-phase, and its
+//! projection (`render.rs`): every procedure that changes something is two-phase, and its
 //! `commit` — run only once the whole transaction succeeded — applies the call's changes to
 //! the committed view this provider keeps in memory and rewrites the files from it (each
 //! atomically, by rename). A rolled-back transaction never reaches `commit`, so the files
