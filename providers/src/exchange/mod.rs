@@ -100,6 +100,8 @@ pub struct ExchangeProvider {
     layout: Layout,
     /// The committed records and whether they were loaded since start.
     view: Arc<Mutex<Option<View>>>,
+    /// The view generation the files show (renders take this lock one at a time).
+    rendered: Arc<Mutex<u64>>,
     /// Held while the view is loaded (one load).
     loading: tokio::sync::Mutex<()>,
     /// Stores (`server/store`, lower-case) a committed mailbox was put on. The resource
@@ -346,6 +348,7 @@ impl ExchangeProvider {
                 chown: euid == 0 && (uid != 0 || gid != 0),
             },
             view: Arc::new(Mutex::new(None)),
+            rendered: Arc::new(Mutex::new(0)),
             loading: tokio::sync::Mutex::new(()),
             known_stores: Arc::new(Mutex::new(BTreeMap::new())),
         })
@@ -370,10 +373,14 @@ impl ExchangeProvider {
                 .into_iter()
                 .map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), v))
                 .collect(),
+            ..View::default()
         };
         let layout = self.layout.clone();
         let slot = self.view.clone();
+        let rendered = self.rendered.clone();
         tokio::task::spawn_blocking(move || {
+            let mut done_up_to = lock(&rendered);
+            *done_up_to = 0;
             // Nothing to render and nothing rendered before: the mail root is not created
             // (a data folder that never held mail stays without one).
             let r = if view.records.is_empty() && !layout.root.exists() {
@@ -1586,12 +1593,12 @@ impl Provider for ExchangeProvider {
         )
     }
 
-    /// The mail root must take a file (the commit will write there).
+    /// The mail root must be there and writable (the commit will write there).
     async fn prepare(&self, _done: &Done) -> Result<(), ProviderError> {
         let root = self.layout.root.clone();
         tokio::task::spawn_blocking(move || {
             std::fs::create_dir_all(&root)?;
-            render::write_atomic(&root.join(".prepare-probe"), b"", 0o600)
+            rustix::fs::access(&root, rustix::fs::Access::WRITE_OK).map_err(std::io::Error::from)
         })
         .await
         .map_err(|e| ProviderError::transient(format!("prepare panicked: {e}")))?
@@ -1618,24 +1625,54 @@ impl Provider for ExchangeProvider {
         }
         let layout = self.layout.clone();
         let slot = self.view.clone();
+        let rendered = self.rendered.clone();
         tokio::task::spawn_blocking(move || {
+            // Apply (quick, in memory), then render: commits that arrive while one renders
+            // apply theirs meanwhile, and the next render writes them all at once (a group
+            // commit for the files); a commit returns once a render covered its changes.
+            let mine = {
+                let mut g = lock(&slot);
+                let Some(view) = g.as_mut() else {
+                    return Err(std::io::Error::other(
+                        "the committed view was never loaded (no write call ran in this process)",
+                    ));
+                };
+                for (k, v) in changes {
+                    if k.starts_with("mbx/") {
+                        view.pending_touched.insert(k.clone());
+                    }
+                    match v {
+                        Some(v) => view.records.insert(k, v),
+                        None => view.records.remove(&k),
+                    };
+                }
+                view.pending_ops.extend(ops);
+                view.generation += 1;
+                view.generation
+            };
+            let mut done_up_to = lock(&rendered);
+            if *done_up_to >= mine {
+                return Ok(());
+            }
             let mut g = lock(&slot);
             let Some(view) = g.as_mut() else {
-                return Err(std::io::Error::other(
-                    "the committed view was never loaded (no write call ran in this process)",
-                ));
+                return Err(std::io::Error::other("the committed view vanished"));
             };
-            let mut touched = BTreeSet::new();
-            for (k, v) in changes {
-                if k.starts_with("mbx/") {
-                    touched.insert(k.clone());
+            let touched = std::mem::take(&mut view.pending_touched);
+            let ops = std::mem::take(&mut view.pending_ops);
+            match view.render(&layout, Some(&touched), &ops) {
+                Ok(()) => {
+                    *done_up_to = view.generation;
+                    Ok(())
                 }
-                match v {
-                    Some(v) => view.records.insert(k, v),
-                    None => view.records.remove(&k),
-                };
+                Err(e) => {
+                    // Kept for the next render.
+                    view.pending_touched.extend(touched);
+                    let later = std::mem::replace(&mut view.pending_ops, ops);
+                    view.pending_ops.extend(later);
+                    Err(e)
+                }
             }
-            view.render(&layout, Some(&touched), &ops)
         })
         .await
         .map_err(|e| ProviderError::transient(format!("commit panicked: {e}")))?

@@ -118,6 +118,11 @@ fn decode<T: serde::de::DeserializeOwned>(v: &[u8]) -> Option<T> {
 #[derive(Debug, Default)]
 pub(crate) struct View {
     pub(crate) records: BTreeMap<String, Vec<u8>>,
+    /// Commits applied since it was loaded.
+    pub(crate) generation: u64,
+    /// Mailbox keys and file operations applied but not rendered yet.
+    pub(crate) pending_touched: BTreeSet<String>,
+    pub(crate) pending_ops: Vec<FileOp>,
 }
 
 impl View {
