@@ -216,6 +216,18 @@ pub(crate) fn bad_input(message: impl std::fmt::Display) -> Result<Exit> {
 }
 
 async fn run(cli: &Cli, config: &Config, args: &RunArgs) -> Result<Exit> {
+    // The mail files are rendered from provider state; an ephemeral run's state starts
+    // empty, so rendering it over the durable runs' mail root would erase their mailboxes.
+    // Unless told otherwise, an ephemeral run renders into a mail root of its own.
+    let ephemeral_config;
+    let config = if args.ephemeral && config.providers.exchange.mail_root.is_none() {
+        let mut c = config.clone();
+        c.providers.exchange.mail_root = Some(c.data_dir.join("mail-ephemeral"));
+        ephemeral_config = c;
+        &ephemeral_config
+    } else {
+        config
+    };
     let document = match load::request(&args.file) {
         Ok(r) => r,
         Err(e) => return bad_input(format!("error: {e}")),

@@ -363,3 +363,53 @@ fn after_a_crash_at_any_journal_write_the_files_match_the_recovered_state() {
     }
     assert!(crashes >= 6, "only {crashes} crash points exercised");
 }
+
+#[test]
+fn an_ephemeral_run_never_renders_over_the_durable_mail_files() {
+    let store = r#"<execute id="st" namespace="Exchange 2007 Resource Manager" procedure="AddExchangeResources"><executeData><mailStores><mailStore><serverName>ex1</serverName><mailStoreName>DB1</mailStoreName><megabytes>1000</megabytes></mailStore></mailStores></executeData></execute>"#.to_string();
+    let tenant = |org: &str, who: &str| {
+        let dn = format!("OU={org},{BASE}");
+        let mail = format!("{who}@{}.test", org.to_lowercase());
+        request(&[
+            ou("o1", BASE, org),
+            user("u1", &dn, who, &mail),
+            domain("d1", &dn, &format!("{}.test", org.to_lowercase())),
+            store.clone(),
+            mailbox("m1", &format!("CN={who},{dn}"), &mail),
+        ])
+    };
+    let sb = Sandbox::new();
+    let cfg = sb.write("provisio.toml", "");
+    let durable = run(&sb, &cfg, "fabrikam.xml", &tenant("Fabrikam", "ann"));
+    assert_eq!(durable.code, 0, "{durable:?}");
+    let passwd = sb.data().join("mail").join("passwd");
+    let users = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+    assert!(
+        users(&passwd).starts_with("ann@fabrikam.test:"),
+        "{}",
+        users(&passwd)
+    );
+
+    // Another tenant in memory: its state starts empty (no ann), and so would the files it
+    // renders — into a root of its own, not the durable one.
+    let req = sb.write("contoso.xml", &tenant("Contoso", "bob"));
+    let ephemeral = sb.run(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "run",
+        "--ephemeral",
+        req.to_str().unwrap(),
+    ]);
+    assert_eq!(ephemeral.code, 0, "{ephemeral:?}");
+    assert!(
+        users(&passwd).starts_with("ann@fabrikam.test:"),
+        "durable files rewritten: {}",
+        users(&passwd)
+    );
+    let own = sb.data().join("mail-ephemeral").join("passwd");
+    assert!(
+        users(&own).starts_with("bob@contoso.test:"),
+        "{}",
+        users(&own)
+    );
+}
