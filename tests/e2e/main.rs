@@ -22,5 +22,6 @@ mod queue_step;
 mod retention;
 mod script;
 mod store;
+mod store_postgres;
 mod util;
 mod xsl;
