@@ -442,10 +442,8 @@ pub enum StoreCommand {
     /// then exit (every command that opens the store also does this first). Refused, like
     /// every command, while another provisio process holds the store; refused when the
     /// database has a schema from a newer provisio. Nothing to do for sled.
-    #[command(
-        after_help = "Example:
-  PROVISIO_STORE=postgres://provisio@db.example/provisio provisio store migrate"
-    )]
+    #[command(after_help = "Example:
+  PROVISIO_STORE=postgres://provisio@db.example/provisio provisio store migrate")]
     Migrate,
 }
 

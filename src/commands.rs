@@ -885,7 +885,9 @@ async fn recover_quietly(
 fn store_migrate(config: &Config) -> Result<Exit> {
     let url = match &config.store {
         crate::config::StoreSetting::Sled => {
-            println!("the store is sled (`store` is not a postgres:// URL): it has no schema to migrate");
+            println!(
+                "the store is sled (`store` is not a postgres:// URL): it has no schema to migrate"
+            );
             return Ok(Exit::Ok);
         }
         crate::config::StoreSetting::Postgres(url) => url.expose().to_string(),

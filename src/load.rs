@@ -2,9 +2,9 @@
 //! configures into an engine.
 
 use crate::cli::{Cli, Command};
-use crate::config::{StoreSetting, 
+use crate::config::{
     Config, DirectoryBackendKind, DirectoryLdapToml, DnsBackendKind, LdapFlavourToml, LdapTlsToml,
-    Loaded, Overrides,
+    Loaded, Overrides, StoreSetting,
 };
 use anyhow::{bail, Context, Result};
 use provisio_engine::model::{Format, Namespace, RequestDocument, SourceRef};
@@ -285,7 +285,10 @@ pub fn journal(config: &Config) -> Result<Arc<DurableJournal>> {
 pub fn open_postgres(config: &Config, url: &str) -> Result<PgStore> {
     if !config.read_only {
         std::fs::create_dir_all(&config.data_dir).with_context(|| {
-            format!("cannot create the data directory `{}`", config.data_dir.display())
+            format!(
+                "cannot create the data directory `{}`",
+                config.data_dir.display()
+            )
         })?;
     }
     let options = PgOptions {
@@ -299,7 +302,10 @@ pub fn open_postgres(config: &Config, url: &str) -> Result<PgStore> {
         match PgStore::open(url, &options) {
             Ok(store) => {
                 for (version, what) in &store.schema().applied {
-                    tracing::info!("PostgreSQL store {}: applied schema migration {version} ({what})", store.url());
+                    tracing::info!(
+                        "PostgreSQL store {}: applied schema migration {version} ({what})",
+                        store.url()
+                    );
                 }
                 return Ok(store);
             }

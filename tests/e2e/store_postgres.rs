@@ -12,12 +12,17 @@ fn schema_of(url: &str) -> String {
 
 #[test]
 fn a_workflow_runs_and_is_inspected_on_postgres() {
-    let Some(sb) = Sandbox::postgres() else { return };
+    let Some(sb) = Sandbox::postgres() else {
+        return;
+    };
     let pg = Postgres::shared().unwrap();
     let url = sb.store.clone().unwrap();
     let migrate = sb.run(&["store", "migrate"]);
     assert_eq!(migrate.code, 0, "{migrate:?}");
-    assert!(migrate.stdout.contains("applied schema migration 1"), "{migrate:?}");
+    assert!(
+        migrate.stdout.contains("applied schema migration 1"),
+        "{migrate:?}"
+    );
     let again = sb.run(&["store", "migrate"]);
     assert!(again.stdout.contains("up to date"), "{again:?}");
     let run = sb.run(&["run", "workflows/provision-tenant.yaml", "--quiet"]);
@@ -49,11 +54,17 @@ fn a_workflow_runs_and_is_inspected_on_postgres() {
     assert_eq!(list.stdout.matches("committed").count(), 2, "{list:?}");
     // Neither the output nor the logs ever show the password.
     for r in [&migrate, &run, &list, &show, &down] {
-        assert!(!r.stdout.contains(&pg.password) && !r.stderr.contains(&pg.password), "{r:?}");
+        assert!(
+            !r.stdout.contains(&pg.password) && !r.stderr.contains(&pg.password),
+            "{r:?}"
+        );
     }
     let shown = sb.run(&["config", "show"]);
     assert_eq!(shown.code, 0, "{shown:?}");
-    assert!(shown.stdout.contains("postgres://provisio:***@127.0.0.1"), "{shown:?}");
+    assert!(
+        shown.stdout.contains("postgres://provisio:***@127.0.0.1"),
+        "{shown:?}"
+    );
     assert!(!shown.stdout.contains(&pg.password), "{shown:?}");
     let verbose = sb.run(&["-vv", "tx", "list"]);
     assert!(!verbose.stderr.contains(&pg.password), "{verbose:?}");
@@ -61,12 +72,24 @@ fn a_workflow_runs_and_is_inspected_on_postgres() {
 
 #[test]
 fn a_second_process_on_the_same_database_is_refused_with_exit_75() {
-    let Some(sb) = Sandbox::postgres() else { return };
+    let Some(sb) = Sandbox::postgres() else {
+        return;
+    };
     let url = sb.store.clone().unwrap();
-    let held = provisio_engine::PgStore::open(&url, &provisio_engine::PgOptions::default()).unwrap();
-    let r = sb.run(&["--wait-lock", "0s", "run", "workflows/provision-tenant.yaml", "--quiet"]);
+    let held =
+        provisio_engine::PgStore::open(&url, &provisio_engine::PgOptions::default()).unwrap();
+    let r = sb.run(&[
+        "--wait-lock",
+        "0s",
+        "run",
+        "workflows/provision-tenant.yaml",
+        "--quiet",
+    ]);
     assert_eq!(r.code, 75, "{r:?}");
-    assert!(r.stderr.contains("in use by another provisio process"), "{r:?}");
+    assert!(
+        r.stderr.contains("in use by another provisio process"),
+        "{r:?}"
+    );
     assert!(r.stderr.contains("postgres://provisio:***@"), "{r:?}");
     drop(held);
     let r = sb.run(&["run", "workflows/provision-tenant.yaml", "--quiet"]);
@@ -79,8 +102,14 @@ fn bad_store_settings_are_refused_clearly_without_the_password() {
     let sb = Sandbox::new();
     let port = provisio_test_support::slapd::free_tcp_port();
     let cases: Vec<(String, &str)> = vec![
-        ("mysql://me:hunter2@localhost/db".into(), "neither \"sled\" nor a PostgreSQL URL"),
-        ("postgres://me:hunter2@localhost:port/db".into(), "invalid PostgreSQL store URL"),
+        (
+            "mysql://me:hunter2@localhost/db".into(),
+            "neither \"sled\" nor a PostgreSQL URL",
+        ),
+        (
+            "postgres://me:hunter2@localhost:port/db".into(),
+            "invalid PostgreSQL store URL",
+        ),
         (
             pg.url().replace(&pg.password, "hunter2"),
             "password authentication failed",
@@ -96,7 +125,10 @@ fn bad_store_settings_are_refused_clearly_without_the_password() {
                 "env" => sb.run_env(
                     &["tx", "list"],
                     &crate::util::repo().join("namespaces"),
-                    &[("PROVISIO_STORE", url.clone()), ("PROVISIO_CONNECT_RETRY", "1s".into())],
+                    &[
+                        ("PROVISIO_STORE", url.clone()),
+                        ("PROVISIO_CONNECT_RETRY", "1s".into()),
+                    ],
                 ),
                 _ => sb.run_env(
                     &["--store", &url, "tx", "list"],
@@ -106,11 +138,17 @@ fn bad_store_settings_are_refused_clearly_without_the_password() {
             };
             assert_eq!(r.code, 2, "{how} {url}: {r:?}");
             assert!(r.stderr.contains(says), "{how} {url}: {r:?}");
-            assert!(!r.stderr.contains("hunter2") && !r.stdout.contains("hunter2"), "{r:?}");
+            assert!(
+                !r.stderr.contains("hunter2") && !r.stdout.contains("hunter2"),
+                "{r:?}"
+            );
         }
     }
     // In the file: the key and line are named.
-    let file = sb.write("bad.toml", "data_dir = \"d\"\nstore = \"oracle://x:hunter2@db\"\n");
+    let file = sb.write(
+        "bad.toml",
+        "data_dir = \"d\"\nstore = \"oracle://x:hunter2@db\"\n",
+    );
     let r = sb.run(&["--config", file.to_str().unwrap(), "tx", "list"]);
     assert_eq!(r.code, 2, "{r:?}");
     assert!(r.stderr.contains("bad.toml:2"), "{r:?}");
@@ -119,7 +157,9 @@ fn bad_store_settings_are_refused_clearly_without_the_password() {
 
 #[test]
 fn a_newer_schema_refuses_to_start_and_says_why() {
-    let Some(sb) = Sandbox::postgres() else { return };
+    let Some(sb) = Sandbox::postgres() else {
+        return;
+    };
     let pg = Postgres::shared().unwrap();
     let url = sb.store.clone().unwrap();
     assert_eq!(sb.run(&["store", "migrate"]).code, 0);
@@ -128,10 +168,16 @@ fn a_newer_schema_refuses_to_start_and_says_why() {
         schema_of(&url)
     ));
     assert_eq!(out.code, 0, "{out:?}");
-    for args in [vec!["store", "migrate"], vec!["run", "workflows/provision-tenant.yaml", "--quiet"]] {
+    for args in [
+        vec!["store", "migrate"],
+        vec!["run", "workflows/provision-tenant.yaml", "--quiet"],
+    ] {
         let r = sb.run(&args);
         assert_eq!(r.code, 2, "{args:?}: {r:?}");
-        assert!(r.stderr.contains("schema version 1000 (provisio 9.0.0)"), "{r:?}");
+        assert!(
+            r.stderr.contains("schema version 1000 (provisio 9.0.0)"),
+            "{r:?}"
+        );
         assert!(r.stderr.contains("refusing to start"), "{r:?}");
     }
     // Nothing ran.
