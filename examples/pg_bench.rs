@@ -41,9 +41,7 @@ async fn commit_floor(url: &str, commits: usize, reps: usize) -> Result<Duration
              SET synchronous_commit = on",
         )
         .await?;
-    let insert = client
-        .prepare("INSERT INTO floor (v) VALUES ($1)")
-        .await?;
+    let insert = client.prepare("INSERT INTO floor (v) VALUES ($1)").await?;
     let value = vec![7u8; 512];
     let mut samples = Vec::with_capacity(reps);
     for _ in 0..reps {
@@ -103,7 +101,9 @@ fn pg_store(pg: &Postgres, name: &str) -> Result<Arc<dyn Store>> {
         connect_retry: Duration::from_secs(10),
         application: "provisio pg_bench".into(),
     };
-    Ok(Arc::new(PgStore::open(&url, &options).map_err(|e| anyhow!("{e}"))?))
+    Ok(Arc::new(
+        PgStore::open(&url, &options).map_err(|e| anyhow!("{e}"))?,
+    ))
 }
 
 fn main() -> Result<()> {

@@ -508,4 +508,3 @@ async fn prefix_and_range_scans_use_the_primary_key_index() {
         assert!(out.stdout.contains("Index Cond"), "{what}: {}", out.stdout);
     }
 }
-

@@ -183,3 +183,77 @@ fn a_newer_schema_refuses_to_start_and_says_why() {
     // Nothing ran.
     assert!(!sb.data().join("files/tenants/contoso").exists());
 }
+
+/// `site`'s provisio.toml with `store = url` added.
+fn on_postgres(site: &crate::daemon::Site, url: &str) {
+    let path = site.path("provisio.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, format!("store = \"{url}\"\n{text}")).unwrap();
+}
+
+/// The daemon on PostgreSQL, killed with SIGKILL while a job's transaction runs: the
+/// restarted daemon recovers the transaction from the database (resumes it to its commit)
+/// and settles the job with it, without running it twice.
+#[test]
+fn a_daemon_killed_mid_run_recovers_its_job_from_postgres() {
+    use crate::daemon::{python, Site, ALICE};
+    use std::time::Duration;
+    let Some(pg) = Postgres::shared() else { return };
+    if !python() {
+        return;
+    }
+    let url = pg.new_schema("daemon_kill");
+    let site = Site::new(600);
+    on_postgres(&site, &url);
+    std::fs::write(site.path("ns/resume.yaml"), RESUME).unwrap();
+    let mut d = site.start();
+    let a = d.submit(
+        ALICE,
+        "call: Resume/Open\ndata: { customer: rae }\n",
+        "",
+        &[],
+    );
+    assert_eq!(a.status, 202, "{a:?}");
+    let id = a.body["id"].as_str().unwrap().to_string();
+    d.running_step(&id);
+    d.signal("-KILL");
+    assert_eq!(
+        d.exit(Duration::from_secs(10)),
+        None,
+        "killed by the signal"
+    );
+    drop(d);
+    // Nothing of the journal is in the data folder: it is all in the database.
+    assert!(!site.path("data/journal").exists());
+    let site = site.configure(0);
+    on_postgres(&site, &url);
+    let d = site.start();
+    let done = d.final_state(&id);
+    assert_eq!(done["state"], "succeeded", "{done}");
+    let txns = done["transactions"].as_array().unwrap();
+    assert_eq!(txns.len(), 1, "resumed, not run again: {done}");
+    assert_eq!(done["response"]["status"], "committed", "{done}");
+    assert_eq!(site.accounts(), vec![("rae".to_string(), 1501)]);
+    assert!(!d.log.lock().unwrap().contains(&pg.password));
+}
+
+const RESUME: &str = r#"
+namespace: Resume
+procedures:
+  Open:
+    access: public
+    resumable: true
+    parallel: false
+    inputs:
+      customer: { type: string, required: true }
+    steps:
+      open:
+        call: Ledger Provider/CreateAccount
+        with: { name: "{{ data.customer }}", credit: 1000 }
+      bonus:
+        call: Ledger Provider/Credit
+        with: { name: "{{ data.customer }}", amount: 500 }
+      loyalty:
+        call: Ledger Provider/Credit
+        with: { name: "{{ data.customer }}", amount: 1 }
+"#;
