@@ -418,27 +418,6 @@ impl StateFixture {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::StateFixture;
-
-    #[tokio::test]
-    async fn a_fixture_keeps_committed_writes_and_drops_discarded_ones() {
-        let fixture = StateFixture::new("P");
-        let first = fixture.call_state();
-        first.put(b"k", b"1".to_vec()).await.unwrap();
-        fixture.commit(&first).await;
-        let second = fixture.call_state();
-        assert_eq!(second.get(b"k").await.unwrap().as_deref(), Some(&b"1"[..]));
-        second.put(b"k", b"2".to_vec()).await.unwrap();
-        fixture.discard(&second);
-        assert_eq!(fixture.value(b"k").as_deref(), Some(&b"1"[..]));
-        let reads = fixture.read_state();
-        assert!(reads.put(b"k", b"3".to_vec()).await.is_err());
-        assert_eq!(reads.get(b"k").await.unwrap().as_deref(), Some(&b"1"[..]));
-    }
-}
-
 /// Opens the store a test suite that runs on both stores uses for the folder `dir`: the
 /// PostgreSQL store at `postgres` when given (test-support's `postgres::store_url(dir)`,
 /// which is `Some` when `PROVISIO_TEST_STORE=postgres`), else sled in `dir`. Opening the
@@ -459,5 +438,26 @@ pub fn open_store(dir: &std::path::Path, postgres: Option<String>) -> Arc<dyn cr
         None => Arc::new(
             crate::SledStore::open(dir).unwrap_or_else(|e| panic!("open the sled store: {e}")),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StateFixture;
+
+    #[tokio::test]
+    async fn a_fixture_keeps_committed_writes_and_drops_discarded_ones() {
+        let fixture = StateFixture::new("P");
+        let first = fixture.call_state();
+        first.put(b"k", b"1".to_vec()).await.unwrap();
+        fixture.commit(&first).await;
+        let second = fixture.call_state();
+        assert_eq!(second.get(b"k").await.unwrap().as_deref(), Some(&b"1"[..]));
+        second.put(b"k", b"2".to_vec()).await.unwrap();
+        fixture.discard(&second);
+        assert_eq!(fixture.value(b"k").as_deref(), Some(&b"1"[..]));
+        let reads = fixture.read_state();
+        assert!(reads.put(b"k", b"3".to_vec()).await.is_err());
+        assert_eq!(reads.get(b"k").await.unwrap().as_deref(), Some(&b"1"[..]));
     }
 }

@@ -233,7 +233,7 @@ fn parse_url(url: &str, options: &PgOptions) -> Result<tokio_postgres::Config, S
         config.connect_timeout(CONNECT_TIMEOUT);
     }
     if config.get_application_name().is_none() {
-        config.application_name(&format!(
+        config.application_name(format!(
             "{} (pid {})",
             options.application,
             std::process::id()
