@@ -82,7 +82,11 @@ async fn sequential(store: Arc<dyn Store>, reps: usize) -> Result<(f64, f64)> {
     Ok(support::median_p90(&mut t))
 }
 
-async fn throughput(store: Arc<dyn Store>, reps: usize) -> Result<(f64, f64)> {
+async fn throughput(
+    store: Arc<dyn Store>,
+    pg: Option<Arc<PgStore>>,
+    reps: usize,
+) -> Result<(f64, f64)> {
     let journal = Arc::new(DurableJournal::new(store, None, "bench"));
     let env = support::env(support::txn_namespaces()?, Some(journal))?;
     support::throughput(&env.engine, "Five", 100, 16).await?;
@@ -92,10 +96,17 @@ async fn throughput(store: Arc<dyn Store>, reps: usize) -> Result<(f64, f64)> {
         rates.push(500.0 / d.as_secs_f64());
     }
     rates.sort_by(f64::total_cmp);
+    if let Some(pg) = pg {
+        let (commits, batches) = pg.commit_count();
+        println!(
+            "  writer: {commits} commits carried {batches} batches ({:.1} a commit)",
+            batches as f64 / commits.max(1) as f64
+        );
+    }
     Ok((rates[rates.len() / 2], rates[(rates.len() - 1) / 10]))
 }
 
-fn pg_store(pg: &Postgres, name: &str) -> Result<Arc<dyn Store>> {
+fn pg_store(pg: &Postgres, name: &str) -> Result<Arc<PgStore>> {
     let url = pg.new_schema(name);
     let options = PgOptions {
         connect_retry: Duration::from_secs(10),
@@ -135,11 +146,15 @@ fn main() -> Result<()> {
             med / floor,
             syncs as f64 / (reps + 10) as f64
         );
-        let (rate, p10) = throughput(pg_store(&pg, "tput")?, reps.min(10)).await?;
+        let syncs0 = wal_syncs(&floor_url).await?;
+        let store = pg_store(&pg, "tput")?;
+        let (rate, p10) = throughput(store.clone(), Some(store), reps.min(10)).await?;
+        let syncs = wal_syncs(&floor_url).await? - syncs0;
         let one = commit_floor(&floor_url, 1, 201).await?.as_secs_f64();
         println!(
-            "postgres throughput: 500 requests x 5 steps, 16 in flight: median {rate:.0} req/s, p10 {p10:.0} req/s (n={}); one synchronous commit alone: {} ({:.0} commits/s one at a time)",
+            "postgres throughput: 500 requests x 5 steps, 16 in flight: median {rate:.0} req/s, p10 {p10:.0} req/s (n={}; {:.2} WAL syncs per request); one synchronous commit alone: {} ({:.0} commits/s one at a time)",
             reps.min(10),
+            syncs as f64 / (100 + 500 * reps.min(10)) as f64,
             ms(one),
             1.0 / one
         );
@@ -147,7 +162,7 @@ fn main() -> Result<()> {
         let sled: Arc<dyn Store> = Arc::new(SledStore::open(&dir.path().join("seq"))?);
         let (smed, _) = sequential(sled, reps).await?;
         let sled: Arc<dyn Store> = Arc::new(SledStore::open(&dir.path().join("tput"))?);
-        let (srate, _) = throughput(sled, reps.min(10)).await?;
+        let (srate, _) = throughput(sled, None, reps.min(10)).await?;
         println!(
             "sled in the same run: 40 steps median {}, throughput median {srate:.0} req/s",
             ms(smed)

@@ -38,7 +38,7 @@ use super::{Batch, KeyRange, KeyValue, Space, Store, StoreError};
 use async_trait::async_trait;
 use std::collections::HashMap;
 use std::str::FromStr as _;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio_postgres::error::SqlState;
@@ -126,6 +126,9 @@ struct Shared {
     /// Set when a write's outcome is unknown or acknowledged writes may be lost, or the
     /// session holding the lock ended: writes are refused from then on.
     poison: OnceLock<StoreError>,
+    /// Database transactions the writer committed, and the batches they carried.
+    commits: AtomicU64,
+    batches: AtomicU64,
 }
 
 impl Shared {
@@ -675,7 +678,13 @@ async fn write_loop(
                     Ok(())
                 } else {
                     match writer.commit(&net, durable).await {
-                        Ok(()) => Ok(()),
+                        Ok(()) => {
+                            shared.commits.fetch_add(1, Ordering::Relaxed);
+                            shared
+                                .batches
+                                .fetch_add(group.len() as u64, Ordering::Relaxed);
+                            Ok(())
+                        }
                         Err(e) => {
                             let err = db_error(&shared, "writing a batch", &e);
                             if writer.client.is_closed() || e.is_closed() {
@@ -712,6 +721,8 @@ impl PgStore {
                 .collect(),
             next_reader: AtomicUsize::new(0),
             poison: OnceLock::new(),
+            commits: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
         });
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -788,6 +799,15 @@ impl PgStore {
     /// What opening did to the schema (its version, the migrations applied).
     pub fn schema(&self) -> &SchemaStatus {
         &self.schema
+    }
+
+    /// How many database transactions the writer committed so far, and how many batches
+    /// they carried (their ratio is the grouping of concurrent writes).
+    pub fn commit_count(&self) -> (u64, u64) {
+        (
+            self.shared.commits.load(Ordering::Relaxed),
+            self.shared.batches.load(Ordering::Relaxed),
+        )
     }
 
     /// The URL with its password masked.
