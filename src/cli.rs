@@ -38,7 +38,8 @@ Environment:
   PROVISIO_DATA_DIR    where the journal and the embedded providers keep their state (default: data)
   PROVISIO_SEAL_KEY    key (64 hex digits) sealing secrets in the journal (default: DATA_DIR/seal.key, created 0600)
   PROVISIO_MAX_PARALLEL, PROVISIO_STEP_TIMEOUT_SECS,
-  PROVISIO_SEAL_KEY_FILE, PROVISIO_WAIT_LOCK, PROVISIO_FILES_ROOT, PROVISIO_DNS_BACKEND,
+  PROVISIO_STORE       `sled` (default) or postgres://USER:PASSWORD@HOST:PORT/DATABASE (docs/store.md)
+  PROVISIO_SEAL_KEY_FILE, PROVISIO_WAIT_LOCK, PROVISIO_CONNECT_RETRY, PROVISIO_FILES_ROOT, PROVISIO_DNS_BACKEND,
   PROVISIO_DNS_ZONE_DIR, PROVISIO_DNS_SERVER, PROVISIO_DNS_KEY_FILE,
   PROVISIO_LISTEN, PROVISIO_WORKERS, PROVISIO_MAX_BODY_BYTES,
   PROVISIO_SHUTDOWN_TIMEOUT                                         the config keys of the same names
@@ -84,6 +85,12 @@ pub struct Global {
     /// $PROVISIO_WAIT_LOCK [default: 10s].
     #[arg(long, global = true, value_name = "DURATION")]
     pub wait_lock: Option<crate::config::Wait>,
+    /// Where the journal, queue and provider state live: `sled` (embedded, under the data
+    /// directory) or `postgres://USER:PASSWORD@HOST:PORT/DATABASE` (docs/store.md; prefer
+    /// the variable or the file for a URL with a password: a flag shows in the process
+    /// list). Overrides `store` and $PROVISIO_STORE [default: sled].
+    #[arg(long, global = true, value_name = "URL")]
+    pub store: Option<String>,
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -193,6 +200,10 @@ pub enum Command {
     /// Inspect the configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// The store itself (`store` in provisio.toml): bring a PostgreSQL store's schema up to
+    /// date.
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// Run a rhai driver script that submits requests and reads their results.
     ///
     /// The script sees `submit(#{"call": "Namespace/Procedure", data: #{…}})` (or
@@ -422,6 +433,18 @@ pub struct ScriptArgs {
     /// PROVISIO_TOKEN). Without it, a daemon holding the data directory is used the same way.
     #[arg(long, value_name = "URL")]
     pub server: Option<String>,
+}
+
+/// `store` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum StoreCommand {
+    /// Apply the PostgreSQL store's pending schema migrations and print its schema version,
+    /// then exit (every command that opens the store also does this first). Refused, like
+    /// every command, while another provisio process holds the store; refused when the
+    /// database has a schema from a newer provisio. Nothing to do for sled.
+    #[command(after_help = "Example:
+  PROVISIO_STORE=postgres://provisio@db.example/provisio provisio store migrate")]
+    Migrate,
 }
 
 /// `config` subcommands.

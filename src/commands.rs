@@ -2,7 +2,7 @@
 
 use crate::cli::{
     Cli, Command, ConfigCommand, GraphArgs, GraphSyntax, NamespacesArgs, OutputFormat, PlanArgs,
-    RunArgs, TokenCommand, TxCommand, ValidateArgs,
+    RunArgs, StoreCommand, TokenCommand, TxCommand, ValidateArgs,
 };
 use crate::config::Config;
 use crate::{load, Exit};
@@ -153,6 +153,7 @@ pub async fn dispatch(cli: Cli) -> Result<Exit> {
             print!("{}", config.show(&loaded.sources)?);
             Ok(Exit::Ok)
         }
+        Command::Store(StoreCommand::Migrate) => store_migrate(config),
         Command::Serve(_) => crate::serve::serve(config).await,
         Command::Worker(_) => crate::serve::drain(config).await,
         Command::Submit(_)
@@ -1042,6 +1043,39 @@ async fn recover_quietly(
         );
     }
     Ok(())
+}
+
+/// `provisio store migrate`.
+fn store_migrate(config: &Config) -> Result<Exit> {
+    let url = match &config.store {
+        crate::config::StoreSetting::Sled => {
+            println!(
+                "the store is sled (`store` is not a postgres:// URL): it has no schema to migrate"
+            );
+            return Ok(Exit::Ok);
+        }
+        crate::config::StoreSetting::Postgres(url) => url.expose().to_string(),
+    };
+    let store = load::open_postgres(config, &url)?;
+    let schema = store.schema();
+    if schema.applied.is_empty() {
+        println!(
+            "PostgreSQL store {}: schema version {}, up to date (nothing applied)",
+            store.url(),
+            schema.version
+        );
+    } else {
+        for (version, what) in &schema.applied {
+            println!("applied schema migration {version}: {what}");
+        }
+        println!(
+            "PostgreSQL store {}: schema version {} (was {})",
+            store.url(),
+            schema.version,
+            schema.applied[0].0 - 1
+        );
+    }
+    Ok(Exit::Ok)
 }
 
 async fn recover_cmd(config: &Config) -> Result<Exit> {

@@ -28,6 +28,9 @@ const BOOKKEEPING: [&str; 2] = [
 pub struct Config {
     /// Where the journal, the seal key and the embedded providers' state live.
     pub data_dir: PathBuf,
+    /// Which store holds the journal, queue, audit and provider state: `sled` (the
+    /// embedded default, under `data_dir`) or a `postgres://` URL (docs/store.md).
+    pub store: StoreSetting,
     /// Folder of namespace definitions.
     pub namespaces: PathBuf,
     /// Whether `namespaces` was set by the file, the environment or a flag (a missing
@@ -536,6 +539,72 @@ pub struct JournalConfig {
     /// The seal key from `PROVISIO_SEAL_KEY`: never read from or written to a file.
     #[serde(skip)]
     pub seal_key: Option<Secret>,
+    /// With a PostgreSQL `store`: how long to keep retrying (with backoff) while the
+    /// database cannot be reached at start, before giving up.
+    pub connect_retry: ConnectRetry,
+}
+
+/// `journal.connect_retry`: a [`Wait`] whose default is 30 s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ConnectRetry(pub Wait);
+
+impl Default for ConnectRetry {
+    fn default() -> Self {
+        ConnectRetry(Wait(std::time::Duration::from_secs(30)))
+    }
+}
+
+/// `store`: the embedded sled store or a PostgreSQL database. Shown (`config show`,
+/// messages) with the URL's password masked.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum StoreSetting {
+    /// sled under `<data_dir>/journal`.
+    #[default]
+    Sled,
+    /// A `postgres://` URL (with its password, if any).
+    Postgres(Secret),
+}
+
+impl StoreSetting {
+    /// How messages show it: `sled`, or the URL with the password masked.
+    pub fn shown(&self) -> String {
+        match self {
+            StoreSetting::Sled => "sled".to_string(),
+            StoreSetting::Postgres(url) => provisio_engine::mask_url(url.expose()),
+        }
+    }
+}
+
+impl std::str::FromStr for StoreSetting {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s == "sled" || s.is_empty() {
+            Ok(StoreSetting::Sled)
+        } else if provisio_engine::is_postgres_url(s) {
+            Ok(StoreSetting::Postgres(Secret(s.to_string())))
+        } else {
+            Err(format!(
+                "{:?} is neither \"sled\" nor a PostgreSQL URL (\"postgres://USER:PASSWORD@HOST:PORT/DATABASE\")",
+                provisio_engine::mask_url(s)
+            ))
+        }
+    }
+}
+
+impl Serialize for StoreSetting {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.shown())
+    }
+}
+
+impl<'de> Deserialize<'de> for StoreSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// A duration written as text (`10s`, `1m 30s`, `500ms`, `0s`); a bare number is seconds.
@@ -991,6 +1060,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             data_dir: PathBuf::from("data"),
+            store: StoreSetting::Sled,
             namespaces: PathBuf::from("namespaces"),
             namespaces_explicit: false,
             read_only: false,
@@ -1056,6 +1126,8 @@ pub struct Overrides {
     pub step_timeout_secs: Option<u64>,
     /// `--wait-lock DURATION`.
     pub wait_lock: Option<Wait>,
+    /// `--store sled|postgres://…` (parsed here: a refused value is shown masked).
+    pub store: Option<String>,
     /// `serve --listen ADDR`.
     pub listen: Option<String>,
     /// `serve --workers N`.
@@ -1076,6 +1148,8 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("PROVISIO_SEAL_KEY", "the seal key itself (64 hex digits)"),
     ("PROVISIO_SEAL_KEY_FILE", "journal.seal_key_file"),
     ("PROVISIO_WAIT_LOCK", "journal.wait_lock"),
+    ("PROVISIO_STORE", "store"),
+    ("PROVISIO_CONNECT_RETRY", "journal.connect_retry"),
     ("PROVISIO_MAX_PARALLEL", "engine.max_parallel"),
     ("PROVISIO_STEP_TIMEOUT_SECS", "engine.step_timeout_secs"),
     ("PROVISIO_FILES_ROOT", "providers.filesystem.root"),
@@ -1174,6 +1248,14 @@ fn env_setter(name: &str) -> Option<EnvSetter> {
         },
         "PROVISIO_SEAL_KEY_FILE" => |c, v| {
             c.journal.seal_key_file = Some(v.into());
+            Ok(())
+        },
+        "PROVISIO_STORE" => |c, v| {
+            c.store = v.parse()?;
+            Ok(())
+        },
+        "PROVISIO_CONNECT_RETRY" => |c, v| {
+            c.journal.connect_retry = ConnectRetry(v.parse()?);
             Ok(())
         },
         "PROVISIO_WAIT_LOCK" => |c, v| {
@@ -1370,6 +1452,10 @@ impl Config {
         if let Some(w) = flags.wait_lock {
             config.journal.wait_lock = w;
             sources.flags.push("--wait-lock".into());
+        }
+        if let Some(st) = &flags.store {
+            config.store = st.parse().map_err(|e| anyhow!("--store: {e}"))?;
+            sources.flags.push("--store".into());
         }
         if let Some(s) = flags.step_timeout_secs {
             config.engine.step_timeout_secs = s;

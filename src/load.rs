@@ -4,7 +4,7 @@
 use crate::cli::{Cli, Command};
 use crate::config::{
     Config, DirectoryBackendKind, DirectoryLdapToml, DnsBackendKind, LdapFlavourToml, LdapTlsToml,
-    Loaded, Overrides,
+    Loaded, Overrides, StoreSetting,
 };
 use anyhow::{bail, Context, Result};
 use provisio_engine::model::{Format, Namespace, RequestDocument, SourceRef};
@@ -13,7 +13,7 @@ use provisio_engine::request::{self, ParseError};
 use provisio_engine::txn::{DurableJournal, SealKey};
 use provisio_engine::Catalog;
 use provisio_engine::{Engine, EngineOptions};
-use provisio_engine::{SledStore, StoreError};
+use provisio_engine::{PgOptions, PgStore, SledStore, Store, StoreError};
 use provisio_providers::directory::ldap::{Flavour, LdapBackend, LdapSettings, TlsMode};
 use provisio_providers::directory::{DirectoryProvider, Dn};
 use provisio_providers::dns::{DnsProvider, Rfc2136Config, RndcConfig};
@@ -50,6 +50,7 @@ pub fn config(cli: &Cli) -> Result<Loaded> {
         max_parallel,
         step_timeout_secs,
         wait_lock: cli.global.wait_lock,
+        store: cli.global.store.clone(),
     };
     Config::load(&flags, |name| std::env::var(name).ok())
 }
@@ -299,15 +300,76 @@ pub async fn engine(config: &Config) -> Result<Engine> {
 /// `journal.seal_key_file`), and arms fault injection from `PROVISIO_CRASH_AT` (only in
 /// builds with the engine's `failpoints` feature: the crash tests).
 pub fn journal(config: &Config) -> Result<Arc<DurableJournal>> {
-    let dir = journal_dir(config);
-    if config.read_only && !journal_exists(config) {
-        bail!("{}", NoJournal(dir));
-    }
-    let store = open_store(&dir, config.journal.wait_lock.0)?;
+    let store: Arc<dyn Store> = match &config.store {
+        StoreSetting::Sled => {
+            let dir = journal_dir(config);
+            if config.read_only && !journal_exists(config) {
+                bail!("{}", NoJournal(dir));
+            }
+            Arc::new(open_store(&dir, config.journal.wait_lock.0)?)
+        }
+        StoreSetting::Postgres(url) => Arc::new(open_postgres(config, url.expose())?),
+    };
     let key = seal_key(config)?;
     Ok(Arc::new(
-        DurableJournal::new(Arc::new(store), key, who()).with_failpoints_from_env(),
+        DurableJournal::new(store, key, who()).with_failpoints_from_env(),
     ))
+}
+
+/// Opens the PostgreSQL store named by `url` (retrying an unreachable database for
+/// `journal.connect_retry`, bringing its schema up to date), waiting up to
+/// `journal.wait_lock` while another process holds it. The data directory is still made
+/// (the seal key and `daemon.json` live there).
+pub fn open_postgres(config: &Config, url: &str) -> Result<PgStore> {
+    if !config.read_only {
+        std::fs::create_dir_all(&config.data_dir).with_context(|| {
+            format!(
+                "cannot create the data directory `{}`",
+                config.data_dir.display()
+            )
+        })?;
+    }
+    let options = PgOptions {
+        connect_retry: config.journal.connect_retry.0 .0,
+        application: format!("provisio {}", std::env::args().nth(1).unwrap_or_default()),
+    };
+    let wait = config.journal.wait_lock.0;
+    let started = std::time::Instant::now();
+    let mut told = false;
+    loop {
+        match PgStore::open(url, &options) {
+            Ok(store) => {
+                for (version, what) in &store.schema().applied {
+                    tracing::info!(
+                        "PostgreSQL store {}: applied schema migration {version} ({what})",
+                        store.url()
+                    );
+                }
+                return Ok(store);
+            }
+            Err(StoreError::Locked { path }) => {
+                let waited = started.elapsed();
+                let daemon = daemon_info(&journal_dir(config));
+                if waited >= wait || daemon.is_some() {
+                    return Err(StoreBusy {
+                        path: path.into(),
+                        waited,
+                        daemon,
+                    }
+                    .into());
+                }
+                if !told {
+                    told = true;
+                    tracing::warn!(
+                        "the PostgreSQL store `{path}` is in use by another provisio process; waiting up to {}",
+                        humantime::format_duration(wait)
+                    );
+                }
+                std::thread::sleep((wait - waited).min(Duration::from_millis(100)));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// The seal key: `PROVISIO_SEAL_KEY`, else the key file (created when missing, unless the
@@ -334,6 +396,10 @@ pub fn journal_dir(config: &Config) -> std::path::PathBuf {
 /// file the store keeps beside it (a journal folder that vanished while its state file
 /// remains is a damaged journal, reported by the store, not an empty one).
 pub fn journal_exists(config: &Config) -> bool {
+    if matches!(config.store, StoreSetting::Postgres(_)) {
+        // The database is the journal: its tables are made when it is first opened.
+        return true;
+    }
     let dir = journal_dir(config);
     let mut state = dir.clone().into_os_string();
     state.push(".state");
@@ -451,7 +517,10 @@ pub fn state_line(config: &Config) -> String {
     };
     format!(
         "state: journal `{}`, {key}, files `{}`, {zones}, {directory}",
-        journal_dir(config).display(),
+        match &config.store {
+            StoreSetting::Sled => journal_dir(config).display().to_string(),
+            postgres => postgres.shown(),
+        },
         files.display()
     )
 }

@@ -18,7 +18,7 @@
 //!   [`CallContext`], [`Done`], [`Outcome`], [`Preview`], [`UndoKind`], [`ProviderError`],
 //!   the provider's own transactional key-value space [`ProviderState`] (with
 //!   [`StateError`]), and the data tree [`Element`] / [`Scalar`];
-//! - durability: [`Store`], [`SledStore`], [`MemStore`], [`StoreError`], [`DurableJournal`],
+//! - durability: [`Store`], [`SledStore`], `PgStore` (feature `postgres`), [`MemStore`], [`StoreError`], [`DurableJournal`],
 //!   [`SealKey`], provider state as the journal writes it ([`StateChange`], [`StateRecord`],
 //!   [`state_key`]),
 //!   with [`recover`] and [`resume_rollback`] after a crash; a journal of one's own
@@ -75,6 +75,10 @@ pub use script::{
     Vars,
 };
 pub use state::{state_key, ProviderState, StateChange, StateError, StateRecord};
+#[cfg(feature = "postgres")]
+pub use store::{
+    is_postgres_url, latest_schema_version, mask_url, PgOptions, PgStore, SchemaStatus, MIGRATIONS,
+};
 pub use store::{
     prefix_end, Batch, KeyRange, KeyValue, MemStore, SledStore, Space, Store, StoreError,
 };

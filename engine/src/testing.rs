@@ -418,6 +418,29 @@ impl StateFixture {
     }
 }
 
+/// Opens the store a test suite that runs on both stores uses for the folder `dir`: the
+/// PostgreSQL store at `postgres` when given (test-support's `postgres::store_url(dir)`,
+/// which is `Some` when `PROVISIO_TEST_STORE=postgres`), else sled in `dir`. Opening the
+/// same folder again (after a crash, in a child process) opens the same store.
+#[cfg(feature = "postgres")]
+pub fn open_store(dir: &std::path::Path, postgres: Option<String>) -> Arc<dyn crate::Store> {
+    match postgres {
+        Some(url) => Arc::new(
+            crate::PgStore::open(
+                &url,
+                &crate::PgOptions {
+                    connect_retry: Duration::from_secs(10),
+                    application: "provisio tests".into(),
+                },
+            )
+            .unwrap_or_else(|e| panic!("open the PostgreSQL store: {e}")),
+        ),
+        None => Arc::new(
+            crate::SledStore::open(dir).unwrap_or_else(|e| panic!("open the sled store: {e}")),
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::StateFixture;

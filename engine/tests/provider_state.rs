@@ -11,7 +11,7 @@ use provisio_engine::model::{Format, InputSpec, ProcKind};
 use provisio_engine::{
     parse_namespaces, parse_request, Call, Catalog, Done, DurableJournal, Element, Engine,
     EngineOptions, Outcome, Preview, ProcedureSpec, Provider, ProviderError, ProviderRegistry,
-    RetryOptions, SledStore, Store, TxnResult, TxnState, UndoKind,
+    RetryOptions, Store, TxnResult, TxnState, UndoKind,
 };
 use provisio_engine::{Batch, KeyRange, KeyValue, Space, StoreError};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -316,8 +316,14 @@ fn engine(counter: Arc<Counter>) -> Engine {
     Engine::new(catalog, registry, options)
 }
 
+/// The store of the suite (sled, or PostgreSQL with `PROVISIO_TEST_STORE=postgres`) for
+/// the folder `dir`.
+fn open_store(dir: &std::path::Path) -> Arc<dyn Store> {
+    provisio_engine::testing::open_store(dir, provisio_test_support::postgres::store_url(dir))
+}
+
 fn durable(dir: &std::path::Path, engine: Engine) -> (Engine, Arc<DurableJournal>) {
-    let store: Arc<dyn Store> = Arc::new(SledStore::open(dir).unwrap());
+    let store = open_store(dir);
     let journal = Arc::new(DurableJournal::new(store, None, "test"));
     (engine.with_journal(journal.clone()), journal)
 }
@@ -511,7 +517,7 @@ async fn crash_child() {
     let Ok(dir) = std::env::var("PROVISIO_STATE_CRASH_DIR") else {
         return;
     };
-    let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.as_ref()).unwrap());
+    let store = open_store(dir.as_ref());
     let journal = Arc::new(DurableJournal::new(store, None, "test").with_failpoints_from_env());
     let counter = Counter {
         state_only: std::env::var("PROVISIO_STATE_ONLY").is_ok_and(|v| v == "1"),
@@ -545,6 +551,8 @@ fn crash_child_with(
     when: &str,
     state_only: bool,
 ) -> bool {
+    // The store is chosen here, not in the child (whose end would stop a server it started).
+    provisio_test_support::postgres::store_url(dir);
     std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -697,9 +705,9 @@ async fn pruning_the_journal_keeps_provider_state() {
     assert_eq!((counter(&e, "a"), counter(&e, "b")), (Some(1), Some(1)));
 }
 
-/// A sled store that counts the syncs made through it (durable writes and `sync`).
+/// A store that counts the syncs made through it (durable writes and `sync`).
 struct CountingSyncs {
-    inner: SledStore,
+    inner: Arc<dyn Store>,
     syncs: AtomicUsize,
 }
 
@@ -741,7 +749,7 @@ async fn a_state_only_provider_is_not_synced_before_each_call() {
     for state_only in [false, true] {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(CountingSyncs {
-            inner: SledStore::open(dir.path()).unwrap(),
+            inner: open_store(dir.path()),
             syncs: AtomicUsize::new(0),
         });
         let journal = Arc::new(DurableJournal::new(store.clone(), None, "test"));

@@ -13,7 +13,7 @@ use provisio_engine::request::parse_request;
 use provisio_engine::txn::index;
 use provisio_engine::{
     DurableJournal, JobSink, Journal, JournalError, PlanEntry, QueuedCall, RunError,
-    ScriptUndoDone, SledStore, StepDone, StepIntent, Store, TxnId, TxnResult, TxnStart, TxnState,
+    ScriptUndoDone, StepDone, StepIntent, Store, TxnId, TxnResult, TxnStart, TxnState,
 };
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -116,7 +116,11 @@ struct World {
 
 fn world(settles: bool) -> World {
     let dir = tempfile::tempdir().expect("temp dir");
-    let store: Arc<dyn Store> = Arc::new(SledStore::open(dir.path()).expect("store"));
+    // sled, or PostgreSQL with PROVISIO_TEST_STORE=postgres.
+    let store: Arc<dyn Store> = provisio_engine::testing::open_store(
+        dir.path(),
+        provisio_test_support::postgres::store_url(dir.path()),
+    );
     let queue = Arc::new(Queue::open(store.clone()).expect("queue"));
     let sink = Arc::new(Sink {
         queue: queue.clone(),

@@ -17,7 +17,6 @@ use provisio_engine::request::{parse_namespaces, parse_request};
 use provisio_engine::testing::RecordingProvider;
 use provisio_engine::txn::{resume_rollback, DurableJournal};
 use provisio_engine::Catalog;
-use provisio_engine::SledStore;
 use provisio_engine::{
     Engine, EngineOptions, Journal, RetryOptions, RetryPolicies, RetryPolicy, TxnResult, TxnState,
 };
@@ -490,7 +489,11 @@ async fn a_transient_recover_is_asked_again_within_the_settle_budget() {
 /// A journal in a temporary store.
 fn journal() -> (tempfile::TempDir, Arc<DurableJournal>) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = Arc::new(SledStore::open(dir.path()).expect("store opens"));
+    // sled, or PostgreSQL with PROVISIO_TEST_STORE=postgres.
+    let store = provisio_engine::testing::open_store(
+        dir.path(),
+        provisio_test_support::postgres::store_url(dir.path()),
+    );
     (dir, Arc::new(DurableJournal::new(store, None, "tester")))
 }
 

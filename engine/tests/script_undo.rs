@@ -10,7 +10,7 @@ use provisio_engine::txn::{recovery, DurableJournal, Guarded, Record, SealKey};
 use provisio_engine::Catalog;
 use provisio_engine::ScriptLimits;
 use provisio_engine::{Engine, EngineOptions, RetryOptions, TxnState};
-use provisio_engine::{SledStore, Space, Store};
+use provisio_engine::{Space, Store};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,13 +49,17 @@ const REQUEST: &str = "call: T/Scripted\ndata: { password: Pw-undo-secret-1, cou
 struct World {
     rec: RecordingProvider,
     journal: Arc<DurableJournal>,
-    store: Arc<SledStore>,
+    store: Arc<dyn Store>,
     _dir: tempfile::TempDir,
 }
 
 fn world() -> World {
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = Arc::new(SledStore::open(dir.path()).expect("store opens"));
+    // sled, or PostgreSQL with PROVISIO_TEST_STORE=postgres.
+    let store = provisio_engine::testing::open_store(
+        dir.path(),
+        provisio_test_support::postgres::store_url(dir.path()),
+    );
     let journal = Arc::new(DurableJournal::new(
         store.clone(),
         Some(SealKey::parse(KEY).expect("key")),

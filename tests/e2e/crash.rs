@@ -39,12 +39,23 @@ fn all_done() -> Vec<String> {
 
 #[test]
 fn a_crash_at_any_journal_write_leaves_all_or_nothing() {
+    crash_at_any_journal_write(|| Some(Sandbox::new()));
+}
+
+/// The same on the PostgreSQL store: the process dies (abort, as kill -9) between its
+/// database commits, and `provisio recover` on the database finishes or undoes it.
+#[test]
+fn a_crash_at_any_journal_write_leaves_all_or_nothing_on_postgres() {
+    crash_at_any_journal_write(Sandbox::postgres);
+}
+
+fn crash_at_any_journal_write(sandbox: impl Fn() -> Option<Sandbox>) {
     let namespaces = repo().join("tests/fixtures/crash/namespaces");
     let mut crashes = 0;
     for when in ["before", "after"] {
         let mut n = 1u32;
         loop {
-            let sb = Sandbox::new();
+            let Some(sb) = sandbox() else { return };
             let req = sb.write("req.yaml", REQUEST);
             let env = [
                 ("PROVISIO_CRASH_AT", n.to_string()),

@@ -26,5 +26,6 @@ mod queue_step;
 mod retention;
 mod script;
 mod store;
+mod store_postgres;
 mod util;
 mod xsl;

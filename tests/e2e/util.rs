@@ -10,13 +10,27 @@ pub fn repo() -> PathBuf {
 
 pub struct Sandbox {
     pub dir: tempfile::TempDir,
+    /// The PostgreSQL store (`PROVISIO_STORE`) the binary is run with, if any.
+    pub store: Option<String>,
 }
 
 impl Sandbox {
+    /// A sandbox on the store the suite runs on: sled, or a fresh PostgreSQL schema when
+    /// `PROVISIO_TEST_STORE=postgres` (test-support's `store_url`).
     pub fn new() -> Sandbox {
-        Sandbox {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = provisio_test_support::postgres::store_url(&dir.path().join("pg"));
+        Sandbox { dir, store }
+    }
+
+    /// A sandbox whose store is a fresh schema of the shared PostgreSQL server; `None` (the
+    /// test skips, with a note) when PostgreSQL is not installed.
+    pub fn postgres() -> Option<Sandbox> {
+        let pg = provisio_test_support::postgres::Postgres::shared()?;
+        Some(Sandbox {
             dir: tempfile::tempdir().expect("temp dir"),
-        }
+            store: Some(pg.new_schema("e2e")),
+        })
     }
 
     pub fn data(&self) -> PathBuf {
@@ -47,7 +61,11 @@ impl Sandbox {
 
     /// Runs with extra environment variables.
     pub fn run_env(&self, args: &[&str], namespaces: &Path, env: &[(&str, String)]) -> Run {
-        let out = Command::new(env!("CARGO_BIN_EXE_provisio"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_provisio"));
+        if let Some(url) = &self.store {
+            command.env("PROVISIO_STORE", url);
+        }
+        let out = command
             .args(args)
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .current_dir(repo())

@@ -1,13 +1,19 @@
 //! Durable storage behind one small trait: atomic batches of key-value writes in named
 //! spaces, point reads and prefix scans. The sled implementation is the embedded default;
-//! the trait is shaped so a PostgreSQL implementation (one table per space, `bytea` keys)
-//! can replace it without touching the executor.
+//! the PostgreSQL store (feature `postgres`: one table of `bytea` keys) replaces it without
+//! touching the executor.
 
 mod mem;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod sled_store;
 mod wal;
 
 pub use mem::MemStore;
+#[cfg(feature = "postgres")]
+pub use postgres::{
+    is_postgres_url, latest_schema_version, mask_url, PgOptions, PgStore, SchemaStatus, MIGRATIONS,
+};
 pub use sled_store::SledStore;
 
 use async_trait::async_trait;
@@ -134,6 +140,47 @@ pub enum StoreError {
     /// The store was closed.
     #[error("the journal store is closed")]
     Closed,
+    /// The PostgreSQL store's URL cannot be used (the password is masked).
+    #[error("invalid PostgreSQL store URL `{url}`: {message}\n  hint: write `store = \"postgres://USER:PASSWORD@HOST:PORT/DATABASE\"` (docs/store.md)")]
+    BadUrl {
+        /// The URL, password masked.
+        url: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The PostgreSQL server refused the connection for a reason retrying does not cure
+    /// (wrong password, unknown user or database).
+    #[error("the PostgreSQL server at `{url}` refused the connection: {message}\n  hint: check the user, password and database in `store` (docs/store.md); nothing was retried")]
+    Refused {
+        /// The URL, password masked.
+        url: String,
+        /// What the server said.
+        message: String,
+    },
+    /// The PostgreSQL server could not be reached at open, after retrying.
+    #[error("cannot reach the PostgreSQL store at `{url}` ({attempts} attempts over {waited_secs:.1}s): {message}\n  hint: start the database or fix the host and port in `store`; `journal.connect_retry` (PROVISIO_CONNECT_RETRY) sets how long to keep trying")]
+    Unreachable {
+        /// The URL, password masked.
+        url: String,
+        /// Connection attempts made.
+        attempts: u32,
+        /// Seconds spent trying.
+        waited_secs: f64,
+        /// The last failure.
+        message: String,
+    },
+    /// The database's schema was written by a newer provisio.
+    #[error("the PostgreSQL store at `{url}` has schema version {found} ({by}), newer than this provisio knows (up to {known}): refusing to start, as this version could misread or damage it\n  hint: run the provisio version that upgraded the database (or a newer one); schemas are never downgraded")]
+    SchemaTooNew {
+        /// The URL, password masked.
+        url: String,
+        /// The version found.
+        found: i32,
+        /// The newest version this build knows.
+        known: i32,
+        /// What recorded the version found.
+        by: String,
+    },
 }
 
 /// The storage the journal, audit log and pinned definitions live in.

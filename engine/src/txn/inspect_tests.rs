@@ -10,16 +10,19 @@ use crate::data::Element;
 use crate::exec::{Journal, StepDone, StepIntent, TxnStart, TxnState};
 use crate::model::ProcKind;
 use crate::provider::CallContext;
-use crate::store::{KeyRange, SledStore, Space, Store};
+use crate::store::{KeyRange, Space, Store};
 use crate::TxnId;
 use std::sync::Arc;
 use std::time::Duration;
 
 const DAY_MS: u64 = 86_400_000;
 
-fn open() -> (tempfile::TempDir, Arc<SledStore>) {
+/// A store in a temp folder: sled, or PostgreSQL with `PROVISIO_TEST_STORE=postgres`.
+fn open() -> (tempfile::TempDir, Arc<dyn Store>) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = Arc::new(SledStore::open(&dir.path().join("journal")).expect("store"));
+    let path = dir.path().join("journal");
+    let store =
+        crate::testing::open_store(&path, provisio_test_support::postgres::store_url(&path));
     (dir, store)
 }
 
@@ -561,7 +564,7 @@ async fn records_stream_in_order_when_a_record_key_sorts_below_a_chunk() {
 
 /// A store that counts the summaries and index keys read through it.
 struct Counting {
-    inner: Arc<SledStore>,
+    inner: Arc<dyn Store>,
     summaries: std::sync::atomic::AtomicUsize,
     index_keys: std::sync::atomic::AtomicUsize,
     /// Durable writes (syncs) made through it.
@@ -569,7 +572,7 @@ struct Counting {
 }
 
 impl Counting {
-    fn new(inner: Arc<SledStore>) -> Arc<Counting> {
+    fn new(inner: Arc<dyn Store>) -> Arc<Counting> {
         Arc::new(Counting {
             inner,
             summaries: 0.into(),

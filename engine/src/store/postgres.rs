@@ -1,0 +1,999 @@
+//! The PostgreSQL store: every space in one table of `bytea` keys, written in one database
+//! transaction per group of batches by a single writer, read through a few pipelined
+//! connections, all driven by the store's own tokio runtime on its own threads.
+//!
+//! Why its own runtime: [`Store::get`], [`Store::scan`] and [`Store::scan_range`] are
+//! synchronous and are called from the executor's async tasks. A read sends its query to a
+//! task of the store's runtime and blocks the calling thread on the reply; the store's
+//! threads never wait for the caller's runtime (they never call the synchronous API), so
+//! the wait cannot deadlock, on a multi-thread or a current-thread caller runtime alike. A
+//! blocked caller costs what a sled read that misses the page cache costs: one round trip
+//! to the server (about 0.1 ms on loopback).
+//!
+//! Writes: [`Store::write`] queues the batch for the writer task and awaits its answer.
+//! The writer takes every batch queued meanwhile (group commit), nets their writes in
+//! order (last write of a key wins, as applying them in order would leave it), and sends
+//! `BEGIN`, one `INSERT … ON CONFLICT` of the puts, one `DELETE` of the deletes and `COMMIT`
+//! pipelined, in one round trip. A group with a durable batch commits with
+//! `synchronous_commit = on` (the commit waits for the WAL flush, which also covers every
+//! earlier commit); a group of non-durable ones with `synchronous_commit = off`: it is
+//! visible to every read once it returns and becomes durable with the next durable commit
+//! (PostgreSQL flushes its WAL in order), as the trait asks.
+//!
+//! Failures: a write whose connection broke has an unknown outcome, and non-durable writes
+//! acknowledged before it may be lost with a server crash: the store then refuses every
+//! further write until provisio restarts (as the sled store does after a failed sync).
+//! Reads reconnect.
+//!
+//! One process per database (and schema): the store holds a session-level advisory lock
+//! for its whole life on a connection of its own; a second process is refused with
+//! [`StoreError::Locked`]. The queue relies on in-process locks today, so several daemons on
+//! one database need the queue's own PostgreSQL implementation first.
+//!
+//! The schema is versioned ([`MIGRATIONS`], recorded in `provisio_schema`) and brought up
+//! to date when the store opens, under that lock; a database written by a newer provisio
+//! (a version this build does not know) is refused ([`StoreError::SchemaTooNew`]).
+
+use super::{Batch, KeyRange, KeyValue, Space, Store, StoreError};
+use async_trait::async_trait;
+use std::collections::HashMap;
+use std::str::FromStr as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, NoTls, Statement};
+
+/// The schema versions, in order: (version, what it does, SQL). Each runs in its own
+/// transaction, recorded in `provisio_schema`; never edit one that was released, add one.
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
+    1,
+    "one key-value table for every space: (space, key) primary key, bytea keys sorted bytewise",
+    "CREATE TABLE provisio_kv (
+         space smallint NOT NULL,
+         key bytea NOT NULL,
+         value bytea NOT NULL,
+         PRIMARY KEY (space, key)
+     )",
+)];
+
+/// The newest schema version this build knows.
+pub fn latest_schema_version() -> i32 {
+    MIGRATIONS.last().map_or(0, |m| m.0)
+}
+
+/// How many batches (at most) one database transaction of the writer commits.
+const GROUP_BATCHES: usize = 1024;
+/// How many value bytes (about) one database transaction of the writer commits.
+const GROUP_BYTES: usize = 8 * 1024 * 1024;
+/// The connections reads are spread over (each pipelines the reads sent to it).
+const READERS: usize = 2;
+/// A read that takes longer fails (the server hangs or the network is gone).
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// A connection attempt that takes longer fails (and is retried), unless the URL sets
+/// `connect_timeout`.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The first and the longest pause between connection attempts at open.
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// A lock held by a process of ours that just closed the store is released by the server
+/// once it sees the session end: the lock is retried this long before it counts as taken.
+const LOCK_GRACE: Duration = Duration::from_secs(2);
+
+/// How to open a [`PgStore`].
+#[derive(Debug, Clone)]
+pub struct PgOptions {
+    /// How long to keep retrying (with exponential backoff, 0.1 s doubling up to 5 s) while
+    /// the server cannot be reached at open; zero tries once.
+    pub connect_retry: Duration,
+    /// Names the sessions in `pg_stat_activity` (`application_name`), e.g. `provisio serve`.
+    pub application: String,
+}
+
+impl Default for PgOptions {
+    fn default() -> Self {
+        PgOptions {
+            connect_retry: Duration::from_secs(30),
+            application: "provisio".to_string(),
+        }
+    }
+}
+
+/// What opening the store did to the schema.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemaStatus {
+    /// The schema version the database is at now.
+    pub version: i32,
+    /// The migrations this open applied: (version, description).
+    pub applied: Vec<(i32, String)>,
+}
+
+/// The prepared reads of one connection.
+struct Reader {
+    client: Client,
+    get: Statement,
+    /// `[forward, reverse]` × `[to the end of the space, below an end key]`.
+    range: [[Statement; 2]; 2],
+}
+
+/// What the handle and the store's tasks share.
+struct Shared {
+    config: tokio_postgres::Config,
+    /// The URL with its password masked, for messages.
+    shown: String,
+    readers: Vec<tokio::sync::Mutex<Option<Arc<Reader>>>>,
+    next_reader: AtomicUsize,
+    /// Set when a write's outcome is unknown or acknowledged writes may be lost, or the
+    /// session holding the lock ended: writes are refused from then on.
+    poison: OnceLock<StoreError>,
+    /// Database transactions the writer committed, and the batches they carried.
+    commits: AtomicU64,
+    batches: AtomicU64,
+}
+
+impl Shared {
+    fn poison(&self, e: StoreError) {
+        if self.poison.get().is_none() {
+            tracing::error!(error = %e, "the PostgreSQL store refuses further writes until provisio restarts");
+            let _ = self.poison.set(e);
+        }
+    }
+}
+
+/// One write request to the writer task.
+struct WriteRequest {
+    batch: Batch,
+    durable: bool,
+    done: tokio::sync::oneshot::Sender<Result<(), StoreError>>,
+}
+
+/// The store in a PostgreSQL database (see the module documentation).
+pub struct PgStore {
+    shared: Arc<Shared>,
+    handle: tokio::runtime::Handle,
+    writes: tokio::sync::mpsc::UnboundedSender<WriteRequest>,
+    schema: SchemaStatus,
+    /// Dropped (closed) to stop the store's runtime thread.
+    stop: Mutex<Option<tokio::sync::oneshot::Sender<()>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore")
+            .field("url", &self.shared.shown)
+            .finish()
+    }
+}
+
+/// `url` with the password (in the user part or a `password=` parameter) replaced by
+/// `***`: the form every message and log line shows.
+pub fn mask_url(url: &str) -> String {
+    let mut out = url.to_string();
+    if let Some(scheme_end) = out.find("://") {
+        let rest_start = scheme_end + 3;
+        let authority_end = out[rest_start..]
+            .find(['/', '?'])
+            .map_or(out.len(), |i| rest_start + i);
+        if let Some(at) = out[rest_start..authority_end].rfind('@') {
+            let userinfo = &out[rest_start..rest_start + at];
+            if let Some(colon) = userinfo.find(':') {
+                let from = rest_start + colon + 1;
+                out.replace_range(from..rest_start + at, "***");
+            }
+        }
+    }
+    if let Some(q) = out.find('?') {
+        let (head, query) = out.split_at(q + 1);
+        let masked: Vec<String> = query
+            .split('&')
+            .map(|p| match p.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => p.to_string(),
+            })
+            .collect();
+        out = format!("{head}{}", masked.join("&"));
+    }
+    out
+}
+
+/// Whether `url` names a PostgreSQL store (`postgres://` or `postgresql://`).
+pub fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+/// Parses the URL into a client configuration; errors never show the password.
+fn parse_url(url: &str, options: &PgOptions) -> Result<tokio_postgres::Config, StoreError> {
+    let shown = mask_url(url);
+    let bad = |message: String| StoreError::BadUrl {
+        url: shown.clone(),
+        message,
+    };
+    if !is_postgres_url(url) {
+        return Err(bad(
+            "it does not start with `postgres://` or `postgresql://`".to_string(),
+        ));
+    }
+    let mut config = tokio_postgres::Config::from_str(url)
+        // The parser's message may quote the part it could not read, password included.
+        .map_err(|e| bad(mask_secret(&e.to_string(), url)))?;
+    if config.get_hosts().is_empty() {
+        return Err(bad(
+            "it names no host (postgres://USER:PASSWORD@HOST:PORT/DATABASE)".to_string(),
+        ));
+    }
+    if config.get_user().is_none() {
+        return Err(bad(
+            "it names no user (postgres://USER:PASSWORD@HOST:PORT/DATABASE)".to_string(),
+        ));
+    }
+    if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
+        return Err(bad(
+            "sslmode=require is not supported yet: provisio connects without TLS (use a loopback address or a Unix socket, or sslmode=disable)".to_string(),
+        ));
+    }
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    if config.get_application_name().is_none() {
+        config.application_name(format!(
+            "{} (pid {})",
+            options.application,
+            std::process::id()
+        ));
+    }
+    Ok(config)
+}
+
+/// `text` with every occurrence of the URL's password replaced by `***`.
+fn mask_secret(text: &str, url: &str) -> String {
+    let password = url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split(['/', '?']).next())
+        .and_then(|auth| auth.rsplit_once('@'))
+        .and_then(|(user, _)| user.split_once(':'))
+        .map(|(_, p)| p.to_string())
+        .filter(|p| !p.is_empty());
+    match password {
+        Some(p) => text.replace(&p, "***"),
+        None => text.to_string(),
+    }
+}
+
+/// Whether a connection error will not go away by retrying (wrong password, unknown user
+/// or database, a refused option).
+fn is_permanent(e: &tokio_postgres::Error) -> bool {
+    e.code().is_some_and(|c| {
+        [
+            SqlState::INVALID_PASSWORD,
+            SqlState::INVALID_AUTHORIZATION_SPECIFICATION,
+            SqlState::INVALID_CATALOG_NAME,
+            SqlState::INSUFFICIENT_PRIVILEGE,
+            SqlState::UNDEFINED_OBJECT,
+            SqlState::FEATURE_NOT_SUPPORTED,
+            SqlState::INVALID_PARAMETER_VALUE,
+            SqlState::PROTOCOL_VIOLATION,
+        ]
+        .contains(c)
+    })
+}
+
+/// The server's words for a failure (its message and hint for database errors).
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => match db.hint() {
+            Some(h) => format!("{} ({h})", db.message()),
+            None => db.message().to_string(),
+        },
+        None => {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(e);
+            while let Some(s) = source {
+                text.push_str(": ");
+                text.push_str(&s.to_string());
+                source = s.source();
+            }
+            text
+        }
+    }
+}
+
+/// Connects once; the connection is driven by a task of the current runtime. `on_end`
+/// runs when the connection ends.
+async fn connect_once(
+    config: &tokio_postgres::Config,
+    on_end: impl FnOnce() + Send + 'static,
+) -> Result<Client, tokio_postgres::Error> {
+    let (client, connection) = config.connect(NoTls).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+        on_end();
+    });
+    Ok(client)
+}
+
+/// Connects, retrying with exponential backoff while the server cannot be reached, for at
+/// most `retry` in all.
+async fn connect_retrying(
+    shared: &Shared,
+    retry: Duration,
+    on_end: impl FnOnce() + Send + Clone + 'static,
+) -> Result<Client, StoreError> {
+    let started = Instant::now();
+    let mut pause = BACKOFF_FIRST;
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        match connect_once(&shared.config, on_end.clone()).await {
+            Ok(c) => return Ok(c),
+            Err(e) if is_permanent(&e) => {
+                return Err(StoreError::Refused {
+                    url: shared.shown.clone(),
+                    message: describe(&e),
+                })
+            }
+            Err(e) => {
+                let waited = started.elapsed();
+                if waited + pause > retry {
+                    return Err(StoreError::Unreachable {
+                        url: shared.shown.clone(),
+                        attempts,
+                        waited_secs: waited.as_secs_f64(),
+                        message: describe(&e),
+                    });
+                }
+                tracing::warn!(
+                    url = %shared.shown,
+                    error = %describe(&e),
+                    "the PostgreSQL store cannot be reached; retrying in {:?}",
+                    pause
+                );
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+}
+
+fn db_error(shared: &Shared, what: &str, e: &tokio_postgres::Error) -> StoreError {
+    StoreError::Io(format!(
+        "PostgreSQL store at `{}`: {what}: {}",
+        shared.shown,
+        describe(e)
+    ))
+}
+
+/// Takes the store's lock, or says who holds it.
+async fn take_lock(shared: &Shared, client: &Client) -> Result<(), StoreError> {
+    let started = Instant::now();
+    loop {
+        let row = client
+            .query_one(
+                "SELECT pg_try_advisory_lock(hashtextextended('provisio store ' || current_database() || '.' || coalesce(current_schema(), ''), 0))",
+                &[],
+            )
+            .await
+            .map_err(|e| db_error(shared, "taking the store's lock", &e))?;
+        if row.get::<_, bool>(0) {
+            return Ok(());
+        }
+        if started.elapsed() >= LOCK_GRACE {
+            return Err(StoreError::Locked {
+                path: shared.shown.clone(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Brings the schema up to date (under the store's lock), or refuses a newer one.
+async fn migrate(shared: &Shared, client: &mut Client) -> Result<SchemaStatus, StoreError> {
+    let err = |what: &str, e: &tokio_postgres::Error| db_error(shared, what, e);
+    let schema: Option<String> = client
+        .query_one("SELECT current_schema()", &[])
+        .await
+        .map_err(|e| err("reading the current schema", &e))?
+        .get(0);
+    if schema.is_none() {
+        return Err(StoreError::Io(format!(
+            "PostgreSQL store at `{}`: no schema to create tables in (the search_path names no existing schema)\n  hint: create the schema, or fix `options=-csearch_path=…` in the URL",
+            shared.shown
+        )));
+    }
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS provisio_schema (
+                 version integer PRIMARY KEY,
+                 description text NOT NULL,
+                 applied_at timestamptz NOT NULL DEFAULT now(),
+                 applied_by text NOT NULL
+             )",
+        )
+        .await
+        .map_err(|e| err("creating the schema version table", &e))?;
+    let found: i32 = client
+        .query_one("SELECT coalesce(max(version), 0) FROM provisio_schema", &[])
+        .await
+        .map_err(|e| err("reading the schema version", &e))?
+        .get(0);
+    let known = latest_schema_version();
+    if found > known {
+        let by: String = client
+            .query_one(
+                "SELECT applied_by FROM provisio_schema WHERE version = $1",
+                &[&found],
+            )
+            .await
+            .map(|r| r.get(0))
+            .unwrap_or_default();
+        return Err(StoreError::SchemaTooNew {
+            url: shared.shown.clone(),
+            found,
+            known,
+            by,
+        });
+    }
+    let by = format!("provisio {}", env!("CARGO_PKG_VERSION"));
+    let mut applied = Vec::new();
+    for (version, description, sql) in MIGRATIONS.iter().filter(|m| m.0 > found) {
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| err("starting a migration", &e))?;
+        tx.batch_execute(sql)
+            .await
+            .map_err(|e| err(&format!("applying schema migration {version}"), &e))?;
+        tx.execute(
+            "INSERT INTO provisio_schema (version, description, applied_by) VALUES ($1, $2, $3)",
+            &[version, description, &by],
+        )
+        .await
+        .map_err(|e| err(&format!("recording schema migration {version}"), &e))?;
+        tx.commit()
+            .await
+            .map_err(|e| err(&format!("committing schema migration {version}"), &e))?;
+        tracing::info!(url = %shared.shown, version, "applied schema migration: {description}");
+        applied.push((*version, (*description).to_string()));
+    }
+    Ok(SchemaStatus {
+        version: known.max(found),
+        applied,
+    })
+}
+
+const RANGE_SQL: [[&str; 2]; 2] = [
+    [
+        "SELECT key, value FROM provisio_kv WHERE space = $1 AND key >= $2 ORDER BY key LIMIT $3",
+        "SELECT key, value FROM provisio_kv WHERE space = $1 AND key >= $2 AND key < $4 ORDER BY key LIMIT $3",
+    ],
+    [
+        "SELECT key, value FROM provisio_kv WHERE space = $1 AND key >= $2 ORDER BY key DESC LIMIT $3",
+        "SELECT key, value FROM provisio_kv WHERE space = $1 AND key >= $2 AND key < $4 ORDER BY key DESC LIMIT $3",
+    ],
+];
+
+async fn prepare_reader(shared: &Shared, client: Client) -> Result<Reader, StoreError> {
+    let prep = |sql: &'static str| {
+        let client = &client;
+        async move {
+            client
+                .prepare(sql)
+                .await
+                .map_err(|e| db_error(shared, "preparing a read", &e))
+        }
+    };
+    let (get, f0, f1, r0, r1) = tokio::join!(
+        prep("SELECT value FROM provisio_kv WHERE space = $1 AND key = $2"),
+        prep(RANGE_SQL[0][0]),
+        prep(RANGE_SQL[0][1]),
+        prep(RANGE_SQL[1][0]),
+        prep(RANGE_SQL[1][1]),
+    );
+    Ok(Reader {
+        get: get?,
+        range: [[f0?, f1?], [r0?, r1?]],
+        client,
+    })
+}
+
+impl Shared {
+    /// A reader connection (connecting again when its connection ended).
+    async fn reader(self: &Arc<Self>) -> Result<Arc<Reader>, StoreError> {
+        let slot = self.next_reader.fetch_add(1, Ordering::Relaxed) % self.readers.len();
+        let mut held = self.readers[slot].lock().await;
+        if let Some(r) = held.as_ref().filter(|r| !r.client.is_closed()) {
+            return Ok(r.clone());
+        }
+        let client = connect_retrying(self, Duration::ZERO, || {}).await?;
+        let reader = Arc::new(prepare_reader(self, client).await?);
+        *held = Some(reader.clone());
+        Ok(reader)
+    }
+}
+
+/// The writer's prepared statements.
+struct Writer {
+    client: Client,
+    upsert: Statement,
+    delete: Statement,
+    /// Non-durable commits acknowledged since the last durable one.
+    unsynced: bool,
+}
+
+/// The writes of a group, netted: the last write of each key.
+#[derive(Default)]
+struct Net {
+    put_spaces: Vec<i16>,
+    put_keys: Vec<Vec<u8>>,
+    put_values: Vec<Vec<u8>>,
+    del_spaces: Vec<i16>,
+    del_keys: Vec<Vec<u8>>,
+}
+
+fn net(batches: &mut [WriteRequest]) -> Net {
+    let mut last: HashMap<(i16, Vec<u8>), Option<Vec<u8>>> = HashMap::new();
+    let mut order: Vec<(i16, Vec<u8>)> = Vec::new();
+    for r in batches.iter_mut() {
+        for (space, key, value) in std::mem::take(&mut r.batch.writes) {
+            let k = (i16::from(space.tag()), key);
+            if !last.contains_key(&k) {
+                order.push(k.clone());
+            }
+            last.insert(k, value);
+        }
+    }
+    let mut n = Net::default();
+    for k in order {
+        let value = last.remove(&k).flatten();
+        let (space, key) = k;
+        match value {
+            Some(v) => {
+                n.put_spaces.push(space);
+                n.put_keys.push(key);
+                n.put_values.push(v);
+            }
+            None => {
+                n.del_spaces.push(space);
+                n.del_keys.push(key);
+            }
+        }
+    }
+    n
+}
+
+impl Writer {
+    /// Commits a group in one transaction, in one round trip.
+    async fn commit(&mut self, net: &Net, durable: bool) -> Result<(), tokio_postgres::Error> {
+        let c = &self.client;
+        let begin = if durable {
+            "BEGIN"
+        } else {
+            "BEGIN; SET LOCAL synchronous_commit TO off"
+        };
+        let has_puts = !net.put_keys.is_empty();
+        let has_deletes = !net.del_keys.is_empty();
+        // A durable commit must wait for the WAL flush even when its writes change nothing
+        // (deletes of absent keys): a transaction id makes the commit write a record.
+        let force = durable && self.unsynced;
+        let (b, u, d, x, end) = tokio::join!(
+            c.batch_execute(begin),
+            async {
+                if has_puts {
+                    c.execute(
+                        &self.upsert,
+                        &[&net.put_spaces, &net.put_keys, &net.put_values],
+                    )
+                    .await
+                    .map(|_| ())
+                } else {
+                    Ok(())
+                }
+            },
+            async {
+                if has_deletes {
+                    c.execute(&self.delete, &[&net.del_spaces, &net.del_keys])
+                        .await
+                        .map(|_| ())
+                } else {
+                    Ok(())
+                }
+            },
+            async {
+                if force {
+                    c.batch_execute("SELECT pg_current_xact_id()").await
+                } else {
+                    Ok(())
+                }
+            },
+            c.batch_execute("COMMIT"),
+        );
+        b?;
+        u?;
+        d?;
+        x?;
+        end?;
+        self.unsynced = !durable && (has_puts || has_deletes || self.unsynced);
+        if durable {
+            self.unsynced = false;
+        }
+        Ok(())
+    }
+}
+
+async fn prepare_writer(shared: &Shared, client: Client) -> Result<Writer, StoreError> {
+    let upsert = client
+        .prepare(
+            "INSERT INTO provisio_kv (space, key, value)
+             SELECT * FROM unnest($1::int2[], $2::bytea[], $3::bytea[])
+             ON CONFLICT (space, key) DO UPDATE SET value = EXCLUDED.value",
+        )
+        .await
+        .map_err(|e| db_error(shared, "preparing the writes", &e))?;
+    let delete = client
+        .prepare(
+            "DELETE FROM provisio_kv k USING unnest($1::int2[], $2::bytea[]) AS d(space, key)
+             WHERE k.space = d.space AND k.key = d.key",
+        )
+        .await
+        .map_err(|e| db_error(shared, "preparing the writes", &e))?;
+    Ok(Writer {
+        client,
+        upsert,
+        delete,
+        unsynced: false,
+    })
+}
+
+/// The writer task: commits the queued batches group by group, in the order they came.
+async fn write_loop(
+    shared: Arc<Shared>,
+    mut writer: Writer,
+    mut queue: tokio::sync::mpsc::UnboundedReceiver<WriteRequest>,
+) {
+    let mut group: Vec<WriteRequest> = Vec::new();
+    while let Some(first) = queue.recv().await {
+        group.push(first);
+        let mut bytes = 0usize;
+        while group.len() < GROUP_BATCHES && bytes < GROUP_BYTES {
+            match queue.try_recv() {
+                Ok(r) => {
+                    bytes += r
+                        .batch
+                        .writes
+                        .iter()
+                        .map(|(_, k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
+                        .sum::<usize>();
+                    group.push(r);
+                }
+                Err(_) => break,
+            }
+        }
+        let result = match shared.poison.get() {
+            Some(e) => Err(e.clone()),
+            None => {
+                let durable = group.iter().any(|r| r.durable);
+                let net = net(&mut group);
+                let empty = net.put_keys.is_empty() && net.del_keys.is_empty();
+                if empty && !(durable && writer.unsynced) {
+                    Ok(())
+                } else {
+                    match writer.commit(&net, durable).await {
+                        Ok(()) => {
+                            shared.commits.fetch_add(1, Ordering::Relaxed);
+                            shared
+                                .batches
+                                .fetch_add(group.len() as u64, Ordering::Relaxed);
+                            Ok(())
+                        }
+                        Err(e) => {
+                            let err = db_error(&shared, "writing a batch", &e);
+                            if writer.client.is_closed() || e.is_closed() {
+                                shared.poison(StoreError::Io(format!(
+                                    "the connection to the PostgreSQL store at `{}` broke during a write ({}); the write's outcome is unknown, so the store refuses further writes until provisio restarts (and recovers from what the database holds)",
+                                    shared.shown,
+                                    describe(&e)
+                                )));
+                            }
+                            Err(err)
+                        }
+                    }
+                }
+            }
+        };
+        for r in group.drain(..) {
+            let _ = r.done.send(result.clone());
+        }
+    }
+}
+
+impl PgStore {
+    /// Connects to the database named by `url` (`postgres://USER:PASSWORD@HOST:PORT/DB`;
+    /// `?options=-csearch_path%3DSCHEMA` picks a schema), retrying while it cannot be reached
+    /// for up to [`PgOptions::connect_retry`], takes the store's lock, and brings the
+    /// schema up to date. Blocks the calling thread until then.
+    pub fn open(url: &str, options: &PgOptions) -> Result<PgStore, StoreError> {
+        let config = parse_url(url, options)?;
+        let shared = Arc::new(Shared {
+            config,
+            shown: mask_url(url),
+            readers: (0..READERS)
+                .map(|_| tokio::sync::Mutex::new(None))
+                .collect(),
+            next_reader: AtomicUsize::new(0),
+            poison: OnceLock::new(),
+            commits: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+        });
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let retry = options.connect_retry;
+        let thread_shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("provisio-pg".into())
+            .spawn(move || {
+                let shared = thread_shared;
+                let runtime = match tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .thread_name("provisio-pg")
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(StoreError::Io(format!(
+                            "cannot start the PostgreSQL store's runtime: {e}"
+                        ))));
+                        return;
+                    }
+                };
+                let opened = runtime.block_on(start(shared.clone(), retry));
+                let lock_client = match opened {
+                    Ok((lock_client, schema, writes)) => {
+                        let _ = ready_tx.send(Ok((runtime.handle().clone(), schema, writes)));
+                        lock_client
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        runtime.shutdown_timeout(Duration::from_secs(1));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let _ = stop_rx.await;
+                    // Released at once, so that a store opened right after this one closed
+                    // does not wait for the server to notice the session ended.
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(2),
+                        lock_client.batch_execute("SELECT pg_advisory_unlock_all()"),
+                    )
+                    .await;
+                    lock_client.closing.store(true, Ordering::Release);
+                });
+                runtime.shutdown_timeout(Duration::from_secs(2));
+            })
+            .map_err(|e| {
+                StoreError::Io(format!("cannot start the PostgreSQL store's thread: {e}"))
+            })?;
+        match ready_rx.recv() {
+            Ok(Ok((handle, schema, writes))) => Ok(PgStore {
+                shared,
+                handle,
+                writes,
+                schema,
+                stop: Mutex::new(Some(stop_tx)),
+                thread: Mutex::new(Some(thread)),
+            }),
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                Err(e)
+            }
+            Err(_) => {
+                let _ = thread.join();
+                Err(StoreError::Io(
+                    "the PostgreSQL store's thread ended while opening".to_string(),
+                ))
+            }
+        }
+    }
+
+    /// What opening did to the schema (its version, the migrations applied).
+    pub fn schema(&self) -> &SchemaStatus {
+        &self.schema
+    }
+
+    /// How many database transactions the writer committed so far, and how many batches
+    /// they carried (their ratio is the grouping of concurrent writes).
+    pub fn commit_count(&self) -> (u64, u64) {
+        (
+            self.shared.commits.load(Ordering::Relaxed),
+            self.shared.batches.load(Ordering::Relaxed),
+        )
+    }
+
+    /// The URL with its password masked.
+    pub fn url(&self) -> &str {
+        &self.shared.shown
+    }
+
+    /// Stops the store: writes and reads fail from now on, the lock is released. Also done
+    /// on drop.
+    pub fn close(&self) {
+        if let Some(stop) = self.stop.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = t.join();
+        }
+    }
+
+    /// Runs a read on the store's runtime and blocks this thread for its answer.
+    fn read<T, F>(&self, what: &'static str, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(
+                Arc<Reader>,
+            )
+                -> futures::future::BoxFuture<'static, Result<T, tokio_postgres::Error>>
+            + Send
+            + 'static,
+    {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let shared = self.shared.clone();
+        self.handle.spawn(async move {
+            let result = async {
+                let reader = shared.reader().await?;
+                match tokio::time::timeout(READ_TIMEOUT, f(reader)).await {
+                    Ok(r) => r.map_err(|e| db_error(&shared, what, &e)),
+                    Err(_) => Err(StoreError::Io(format!(
+                        "PostgreSQL store at `{}`: {what}: no answer within {}s",
+                        shared.shown,
+                        READ_TIMEOUT.as_secs()
+                    ))),
+                }
+            }
+            .await;
+            let _ = tx.send(result);
+        });
+        rx.recv().map_err(|_| StoreError::Closed)?
+    }
+}
+
+/// The lock's connection, kept for the store's life.
+struct LockClient {
+    client: Client,
+    /// Set when the store closes the connection itself (its end is then expected).
+    closing: Arc<AtomicBool>,
+}
+
+impl std::ops::Deref for LockClient {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+type Opened = (
+    LockClient,
+    SchemaStatus,
+    tokio::sync::mpsc::UnboundedSender<WriteRequest>,
+);
+
+/// Connects, locks, migrates, and starts the writer (on the store's runtime).
+async fn start(shared: Arc<Shared>, retry: Duration) -> Result<Opened, StoreError> {
+    let closing = Arc::new(AtomicBool::new(false));
+    let on_end = {
+        let shared = shared.clone();
+        let closing = closing.clone();
+        move || {
+            if !closing.load(Ordering::Acquire) {
+                shared.poison(StoreError::Io(format!(
+                    "the session holding the PostgreSQL store's lock at `{}` ended (the server restarted or the connection broke): another process may take the store, so this one refuses further writes until provisio restarts",
+                    shared.shown
+                )));
+            }
+        }
+    };
+    let mut lock_client = connect_retrying(&shared, retry, on_end).await?;
+    take_lock(&shared, &lock_client).await?;
+    let schema = migrate(&shared, &mut lock_client).await?;
+    let writer_client = connect_retrying(&shared, Duration::ZERO, || {}).await?;
+    let writer = prepare_writer(&shared, writer_client).await?;
+    // One reader connected now: a bad schema or permission shows at open, not at the
+    // first read.
+    shared.reader().await?;
+    let (writes, queue) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(write_loop(shared.clone(), writer, queue));
+    Ok((
+        LockClient {
+            client: lock_client,
+            closing,
+        },
+        schema,
+        writes,
+    ))
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn limit_param(limit: usize) -> i64 {
+    i64::try_from(limit).unwrap_or(i64::MAX)
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn write(&self, batch: Batch, durable: bool) -> Result<(), StoreError> {
+        if let Some(e) = self.shared.poison.get() {
+            return Err(e.clone());
+        }
+        if batch.writes.is_empty() && !durable {
+            return Ok(());
+        }
+        let (done, answer) = tokio::sync::oneshot::channel();
+        self.writes
+            .send(WriteRequest {
+                batch,
+                durable,
+                done,
+            })
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = key.to_vec();
+        let space = i16::from(space.tag());
+        self.read("reading a key", move |r| {
+            Box::pin(async move {
+                let rows = r.client.query(&r.get, &[&space, &key]).await?;
+                Ok(rows.first().map(|row| row.get::<_, Vec<u8>>(0)))
+            })
+        })
+    }
+
+    fn scan(&self, space: Space, prefix: &[u8]) -> Result<Vec<KeyValue>, StoreError> {
+        let end = super::prefix_end(prefix);
+        self.scan_range(
+            space,
+            KeyRange::new(prefix, end.as_deref()),
+            usize::MAX,
+            false,
+        )
+    }
+
+    fn scan_range(
+        &self,
+        space: Space,
+        range: KeyRange<'_>,
+        limit: usize,
+        reverse: bool,
+    ) -> Result<Vec<KeyValue>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let space = i16::from(space.tag());
+        let start = range.start.to_vec();
+        let end = range.end.map(<[u8]>::to_vec);
+        let limit = limit_param(limit);
+        self.read("scanning keys", move |r| {
+            Box::pin(async move {
+                let statement = &r.range[usize::from(reverse)][usize::from(end.is_some())];
+                let rows = match &end {
+                    Some(end) => {
+                        r.client
+                            .query(statement, &[&space, &start, &limit, end])
+                            .await?
+                    }
+                    None => r.client.query(statement, &[&space, &start, &limit]).await?,
+                };
+                Ok(rows
+                    .into_iter()
+                    .map(|row| (row.get::<_, Vec<u8>>(0), row.get::<_, Vec<u8>>(1)))
+                    .collect())
+            })
+        })
+    }
+}
