@@ -1013,6 +1013,7 @@ async fn recover_quietly(
     journal: &std::sync::Arc<provisio_engine::txn::DurableJournal>,
 ) -> Result<()> {
     let found = provisio_engine::txn::recover(engine, journal).await?;
+    load::resync_mail(engine).await;
     for r in &found {
         eprintln!(
             "recovered {}: {} -> {} ({} undone, {} in doubt){}",
@@ -1046,6 +1047,7 @@ async fn recover_cmd(config: &Config) -> Result<Exit> {
     let journal = load::journal(config)?;
     let engine = engine.with_journal(journal.clone());
     let found = provisio_engine::txn::recover(&engine, &journal).await?;
+    load::resync_mail(&engine).await;
     if found.is_empty() {
         println!("nothing to recover");
     }

@@ -686,9 +686,27 @@ pub struct ProvidersConfig {
     pub dns: DnsConfig,
     /// The directory provider (`Active Directory Provider`).
     pub directory: DirectoryToml,
+    /// The mail provider (`Exchange 2007 Provider`).
+    pub exchange: ExchangeToml,
     /// Out-of-process providers, one `[[providers.exec]]` table each.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub exec: Vec<ExecProviderConfig>,
+}
+
+/// `[providers.exchange]`: the mail provider's files.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ExchangeToml {
+    /// Where the passwd-file, the maps and the mailbox homes go; default `<data_dir>/mail`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mail_root: Option<PathBuf>,
+    /// The uid the mail belongs to (passwd-file field; homes are given to it when Provisio
+    /// runs as root); default Provisio's own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mail_uid: Option<u32>,
+    /// The gid, likewise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mail_gid: Option<u32>,
 }
 
 /// `[providers.filesystem]`.
@@ -1427,6 +1445,7 @@ impl Config {
             &mut self.providers.filesystem.root,
             &mut self.providers.dns.zone_dir,
             &mut self.providers.dns.key_file,
+            &mut self.providers.exchange.mail_root,
             &mut self.serve.tls_cert,
             &mut self.serve.tls_key,
         ]

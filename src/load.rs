@@ -18,6 +18,7 @@ use provisio_providers::directory::ldap::{Flavour, LdapBackend, LdapSettings, Tl
 use provisio_providers::directory::{DirectoryProvider, Dn};
 use provisio_providers::dns::{DnsProvider, Rfc2136Config, RndcConfig};
 use provisio_providers::error::ErrorProvider;
+use provisio_providers::exchange::{ExchangeConfig, ExchangeProvider};
 use provisio_providers::exec::{ExecConfig, ExecProvider};
 use provisio_providers::filesystem::{FilesystemOptions, FilesystemProvider, IdRanges};
 use std::io::Read;
@@ -54,7 +55,8 @@ pub fn config(cli: &Cli) -> Result<Loaded> {
 }
 
 /// The providers the configuration names: `Filesystem`, `DNS` (zone files or RFC 2136) and
-/// every `[[providers.exec]]` program, started here; plus `Error` (namespace
+/// every `[[providers.exec]]` program, started here; the directory and the mail provider
+/// (`Exchange`, files under `[providers.exchange]`); plus `Error` (namespace
 /// `Error Provider`), `ExchangeResourceManager` and `ManagedPlans`, which need no
 /// configuration.
 pub async fn registry(config: &Config) -> Result<ProviderRegistry> {
@@ -152,7 +154,20 @@ pub async fn registry(config: &Config) -> Result<ProviderRegistry> {
             ))
         }
     };
+    let mut mail = ExchangeConfig::new(
+        p.exchange
+            .mail_root
+            .clone()
+            .unwrap_or_else(|| config.data_dir.join("mail")),
+    );
+    mail.mail_uid = p.exchange.mail_uid;
+    mail.mail_gid = p.exchange.mail_gid;
+    let exchange = Arc::new(
+        ExchangeProvider::new(mail, directory.backend().clone()).context("providers.exchange")?,
+    );
+    *MAIL.lock().unwrap_or_else(|e| e.into_inner()) = Some(exchange.clone());
     registry.register(Arc::new(directory));
+    registry.register(exchange);
     registry.register(Arc::new(ErrorProvider::new()));
     // Always on, like Error: records only in provider state, nothing to configure.
     provisio_providers::register_bookkeeping(&mut registry);
@@ -183,6 +198,28 @@ pub async fn registry(config: &Config) -> Result<ProviderRegistry> {
         registry.register(Arc::new(provider));
     }
     Ok(registry)
+}
+
+/// The mail provider of the last registry built, for [`resync_mail`].
+static MAIL: std::sync::Mutex<Option<Arc<ExchangeProvider>>> = std::sync::Mutex::new(None);
+
+/// After recovery, before new work: the mail provider renders its files again from its
+/// committed state (a crash may have left them ahead of or behind it). A failure is said,
+/// not fatal: the provider renders again at its first call.
+pub async fn resync_mail(engine: &Engine) {
+    let Some(mail) = MAIL.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
+        return;
+    };
+    let entries = match engine.state_entries(provisio_providers::exchange::PROVIDER, b"") {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the mail provider's state to render its files");
+            return;
+        }
+    };
+    if let Err(e) = mail.resync(entries).await {
+        tracing::warn!(error = %e, "cannot render the mail provider's files at start");
+    }
 }
 
 /// `<data_dir>/exec/<name>`: an exec provider's own state folder. Bytes other than ASCII

@@ -8,6 +8,8 @@ mod common;
 pub mod directory;
 pub mod dns;
 pub mod error;
+// The mail provider (Exchange 2007 Provider; issue 16).
+pub mod exchange;
 pub mod exec;
 pub mod filesystem;
 // Bookkeeping providers (records only in provider state; issue 16).

@@ -345,6 +345,7 @@ async fn open(config: &Config, what: &str) -> Result<Opened> {
         provisio_engine::txn::recover(&engine.clone().with_journal(journal.clone()), &journal)
             .await
             .context("recovery at start")?;
+    crate::load::resync_mail(&engine).await;
     for r in &recovered {
         tracing::warn!(txn = %r.txn_id, from = %r.from, to = %r.to, "recovered a transaction a crash left running");
     }

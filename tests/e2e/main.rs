@@ -19,6 +19,7 @@ mod hmc_ldap;
 mod hmc_dns_files;
 mod hostile;
 mod large_log;
+mod mail;
 mod mps_batch;
 mod operator;
 mod queue_step;

@@ -376,6 +376,18 @@ impl Engine {
         self.state.peek(provider, key)
     }
 
+    /// Every key of `provider`'s state starting with `prefix`, with its latest value, as the
+    /// last writes left them (not locked; a running transaction may have written some). For
+    /// operators and for a provider that rebuilds what it derives from its state at start,
+    /// after recovery, when no transaction runs.
+    pub fn state_entries(
+        &self,
+        provider: &str,
+        prefix: &[u8],
+    ) -> Result<Vec<crate::KeyValue>, crate::StoreError> {
+        self.state.peek_scan(provider, prefix)
+    }
+
     /// Provider state.
     pub(crate) fn state(&self) -> &Arc<crate::state::StateSpace> {
         &self.state

@@ -202,6 +202,22 @@ impl StateSpace {
         self.store.write(batch, false).await
     }
 
+    /// Every key of `provider` starting with `prefix` and its latest value, without locking
+    /// (see [`StateSpace::peek`]).
+    pub(crate) fn peek_scan(
+        &self,
+        provider: &str,
+        prefix: &[u8],
+    ) -> Result<Vec<crate::store::KeyValue>, StoreError> {
+        let skip = provider.len() + 1;
+        Ok(self
+            .store
+            .scan(Space::State, &state_key(provider, prefix))?
+            .into_iter()
+            .map(|(k, v)| (k[skip..].to_vec(), v))
+            .collect())
+    }
+
     /// Locks every key of `change` for `txn` (a reversal at rollback, or at recovery after a
     /// crash, when the locks of before are gone) and leaves them held by the transaction.
     pub(crate) async fn lock_for(
@@ -314,6 +330,35 @@ impl ProviderState {
         self.inner
             .as_ref()
             .is_some_and(|h| h.access == Access::Write)
+    }
+
+    /// A read-only view of `provider`'s keys in the same transaction and call: for a provider
+    /// that checks what another provider of the same process keeps (the mail provider asking
+    /// the embedded directory whether a user exists). Reads lock as the call's own reads do
+    /// (so the record read cannot change or vanish before the transaction ends) and see the
+    /// transaction's earlier steps; it never writes. A preview's view stays unlocked; a
+    /// detached handle gives a detached view.
+    pub fn read_of(&self, provider: &str) -> ProviderState {
+        let Some(h) = self.inner.as_deref() else {
+            return ProviderState::detached();
+        };
+        let access = match h.access {
+            Access::Write => Access::Read("a read of another provider's state"),
+            other => other,
+        };
+        ProviderState {
+            inner: Some(Arc::new(Handle {
+                space: h.space.clone(),
+                txn: h.txn.clone(),
+                call: h.call,
+                provider: provider.to_string(),
+                access,
+                writes: Mutex::new(Writes {
+                    open: h.writes().open,
+                    map: BTreeMap::new(),
+                }),
+            })),
+        }
     }
 
     fn handle(&self) -> Result<&Handle, StateError> {

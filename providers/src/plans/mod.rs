@@ -162,7 +162,7 @@ fn plain_name(at: &str, v: &str) -> Result<String, ProviderError> {
 
 /// A domain name: two or more labels of letters, digits and `-` (not at either end), each
 /// at most 63 characters, 253 in all; returned lower-case.
-fn domain(at: &str, v: &str) -> Result<String, ProviderError> {
+pub(crate) fn domain(at: &str, v: &str) -> Result<String, ProviderError> {
     let d = v.trim().trim_end_matches('.').to_ascii_lowercase();
     let labels: Vec<&str> = d.split('.').collect();
     let ok = d.len() <= 253
@@ -206,6 +206,31 @@ async fn plan(r: &Records<'_>, name: &str) -> Result<PlanRec, ProviderError> {
     r.get(&plan_key(name))
         .await?
         .ok_or_else(|| not_found("plan", name, "CreatePlan creates it"))
+}
+
+/// For another provider of this crate (the mail provider): the plan that governs a
+/// mailbox — `plan_name` when given, else the plan assigned to `customer` (when that customer
+/// exists and has one) — with its `limit` if it sets it. `state` is a view of Managed Plans'
+/// state ([`provisio_engine::ProviderState::read_of`]). A named plan that does not exist is
+/// an error naming it.
+pub(crate) async fn governing_limit(
+    state: &provisio_engine::ProviderState,
+    plan_name: Option<&str>,
+    customer: &str,
+    limit: &str,
+) -> Result<Option<(String, Option<u64>)>, ProviderError> {
+    let r = Records::new(state);
+    let p = match plan_name {
+        Some(name) => Some(plan(&r, name).await?),
+        None => r
+            .get::<CustomerRec>(&customer_key(customer))
+            .await?
+            .and_then(|c| c.plan),
+    };
+    Ok(p.map(|p| {
+        let value = p.limits.get(limit).copied();
+        (p.name, value)
+    }))
 }
 
 async fn service(r: &Records<'_>, name: &str) -> Result<ServiceRec, ProviderError> {

@@ -164,6 +164,20 @@ fn store_name(at: &str, v: &str) -> Result<String, ProviderError> {
     Ok(v)
 }
 
+/// For another provider of this crate (the mail provider): the registered store
+/// `server`/`name` as first spelled (names compare case-insensitively), or `None`. `state` is
+/// a view of the resource manager's state ([`provisio_engine::ProviderState::read_of`]).
+pub(crate) async fn registered_store(
+    state: &provisio_engine::ProviderState,
+    server: &str,
+    name: &str,
+) -> Result<Option<(String, String)>, ProviderError> {
+    let r = Records::new(state);
+    Ok(r.get::<StoreRec>(&store_key(&store_id(server, name)))
+        .await?
+        .map(|s| (s.server, s.name)))
+}
+
 /// Where a mailbox goes: `mailStore/@algorithm`, `mailStore/@autoAllocate`, and an optional
 /// pinned `serverName` + `mailStoreName` (inside `mailStore` or beside it).
 struct Placement {
