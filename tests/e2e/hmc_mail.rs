@@ -318,3 +318,81 @@ fn provision_tenant_with_mailboxes_receives_mail_on_dovecot() {
     );
     assert_eq!(subjects, "Subject: welcome aboard", "{}", d.log());
 }
+
+#[test]
+fn mailbox_changes_lists_and_out_of_office_through_hosted_email() {
+    let sb = Sandbox::new();
+    initialize(&sb);
+    ok(
+        &sb,
+        &["run", "workflows/hosting/provision-tenant.yaml", "--quiet"],
+    );
+    let t = sb.write("tailspin.yaml", &tailspin());
+    ok(&sb, &["run", t.to_str().unwrap(), "--quiet"]);
+
+    let r = request(
+        &sb,
+        "changes.xml",
+        &format!(
+            r#"<request><data/><procedure>
+  <execute id="grow" namespace="Hosted Email 2007" procedure="ModifyMailbox">
+    <executeData><user>ann@alpineskihouse.test</user><quotaKB>2000000</quotaKB></executeData>
+  </execute>
+  <execute id="list" namespace="Hosted Email 2007" procedure="CreateDistributionList">
+    <executeData><organization>{ALPINE}</organization><name>Instructors</name><emailAddress>instructors@alpineskihouse.test</emailAddress>
+      <members><member>ann@alpineskihouse.test</member><member>bob@alpineskihouse.test</member></members></executeData>
+  </execute>
+  <execute id="away" namespace="Hosted Email 2007" procedure="SetOutOfOffice">
+    <executeData><user>bob@alpineskihouse.test</user><subject>On the slopes</subject><message>Back on Monday.</message></executeData>
+  </execute>
+  <execute id="read" namespace="Exchange 2007 Provider" procedure="GetMailbox">
+    <executeData><user>ann@alpineskihouse.test</user></executeData>
+    <after source="executeData" sourcePath="mailbox/quotaKB" destination="data" mode="insert"/>
+  </execute>
+  <execute id="gal" namespace="Exchange 2007 Provider" procedure="GetAddressList">
+    <executeData><organization>{ALPINE}</organization></executeData>
+    <after source="executeData" sourcePath="addressList" destination="data" mode="insert"/>
+  </execute></procedure></request>"#
+        ),
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    let flat = r.stdout.replace(['\n', ' '], "");
+    assert!(flat.contains("<quotaKB>2000000</quotaKB>"), "{r:?}");
+    assert!(
+        flat.contains("<emailAddress>instructors@alpineskihouse.test</emailAddress>"),
+        "{r:?}"
+    );
+    assert!(!flat.contains("tom@tailspin.test"), "{r:?}");
+    let passwd = std::fs::read_to_string(sb.data().join("mail/passwd")).unwrap();
+    let bob = passwd
+        .lines()
+        .find(|l| l.starts_with("bob@alpineskihouse.test::"))
+        .unwrap();
+    assert!(bob.contains("userdb_sieve=file:"), "{passwd}");
+    assert!(passwd.contains("storage=2000000K"), "{passwd}");
+
+    // Beyond the plan, and another tenant's member: refused, nothing changed.
+    let before = mail_world(&sb);
+    for (i, (step, fault)) in [
+        (
+            "big/ceiling",
+            r#"<execute id="big" namespace="Hosted Email 2007" procedure="ModifyMailbox"><executeData><user>bob@alpineskihouse.test</user><quotaKB>4194304</quotaKB></executeData></execute>"#.to_string(),
+        ),
+        (
+            "mixed",
+            format!(r#"<execute id="mixed" namespace="Hosted Email 2007" procedure="CreateDistributionList"><executeData><organization>{ALPINE}</organization><name>Mixed</name><emailAddress>mixed@alpineskihouse.test</emailAddress><members><member>tom@tailspin.test</member></members></executeData></execute>"#),
+        ),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let r = request(
+            &sb,
+            &format!("fault{i}.xml"),
+            &format!("<request><data/><procedure>{fault}</procedure></request>"),
+        );
+        assert_eq!(r.code, 1, "{r:?}");
+        assert!(r.stdout.contains(step), "{step}: {r:?}");
+        assert_eq!(mail_world(&sb), before, "{step}");
+    }
+}
