@@ -717,6 +717,7 @@ fn the_namespace_docs_are_generated_from_the_definitions() {
     for (file, name) in [
         ("hosted-active-directory.md", "Hosted Active Directory"),
         ("provisioning.md", "Provisioning"),
+        ("hosted-email-2007.md", "Hosted Email 2007"),
         (
             "exchange-2007-resource-manager.md",
             "Exchange 2007 Resource Manager",

@@ -46,7 +46,7 @@ fn request(steps: &[String]) -> String {
 
 /// Python's LMTP and IMAP clients: `deliver PORT FROM TO SUBJECT` prints `ok` or the refusal
 /// (`550 …`); `fetch PORT LOGIN PASSWORD` prints each INBOX message's Subject header.
-const CLIENT: &str = r#"
+pub(crate) const CLIENT: &str = r#"
 import imaplib, smtplib, sys
 cmd = sys.argv[1]
 if cmd == "deliver":
@@ -72,7 +72,7 @@ elif cmd == "fetch":
     m.logout()
 "#;
 
-fn python(script: &Path, args: &[&str]) -> String {
+pub(crate) fn python(script: &Path, args: &[&str]) -> String {
     let out = Command::new("python3")
         .arg(script)
         .args(args)

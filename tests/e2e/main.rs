@@ -17,6 +17,7 @@ mod files;
 mod hmc;
 mod hmc_dns_files;
 mod hmc_ldap;
+mod hmc_mail;
 mod hostile;
 mod large_log;
 mod mail;
