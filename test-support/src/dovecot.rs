@@ -150,6 +150,33 @@ impl Dovecot {
         self.dir.path().join("dovecot.conf")
     }
 
+    /// What `doveadm user USER` prints: the fields Dovecot's userdb gives the user.
+    pub fn user(&self, user: &str) -> String {
+        let out = Command::new("doveadm")
+            .arg("-c")
+            .arg(self.config_file())
+            .args(["user", user])
+            .output();
+        out.map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Waits up to 5 s until Dovecot's userdb answers `user` with a line containing
+    /// `needle`, and returns whether it did. Dovecot re-reads a changed passwd-file at most
+    /// once a second (it compares the file's mtime, in seconds, and size on lookups made in
+    /// a later second), so a change rendered in the same second as an earlier lookup is seen
+    /// only from the next second on: a test that delivers right after a change waits here.
+    pub fn wait_for_user_field(&self, user: &str, needle: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if self.user(user).contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        false
+    }
+
     /// Every message Dovecot handed to sendmail so far (first line `X-Sendmail-Args: …`),
     /// oldest first.
     pub fn sent(&self) -> Vec<String> {

@@ -194,6 +194,12 @@ fn a_mailbox_receives_over_lmtp_answers_its_tenant_when_away_and_a_rollback_refu
     let oof = request(&[r#"<execute id="oof" namespace="Exchange 2007 Provider" procedure="SetOutOfOffice"><executeData><user>ann@fabrikam.test</user><subject>Away until Monday</subject><message>I am out of the office.</message></executeData></execute>"#.to_string()]);
     let r = run(&sb, &cfg, "oof.xml", &oof);
     assert_eq!(r.code, 0, "{r:?}");
+    // The passwd-file now names the Sieve script; Dovecot sees it from its next re-read.
+    assert!(
+        d.wait_for_user_field("ann@fabrikam.test", "sieve"),
+        "{}",
+        d.user("ann@fabrikam.test")
+    );
     for from in ["carl@contoso.test", "bob@fabrikam.test"] {
         let subject = format!("question from {from}");
         assert_eq!(
