@@ -158,7 +158,7 @@ pub enum Command {
     /// carries an error context naming the failing step, namespace, procedure, provider
     /// message and code, and everything already done has been undone.
     #[command(
-        after_help = "Example:\n  provisio run workflows/provision-tenant.yaml --output json"
+        after_help = "Examples:\n  provisio run workflows/provision-tenant.yaml --output json\n  provisio run workflows/hosting/initialize-hosting.yaml workflows/hosting/provision-tenant.yaml"
     )]
     Run(RunArgs),
     /// Show what a request would do without calling any provider (a dry run).
@@ -644,12 +644,17 @@ impl std::str::FromStr for TimeArg {
 }
 
 /// `run` arguments.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct RunArgs {
     /// The request file (.xml, .yaml, .yml, .json); `-` reads YAML/JSON/XML from stdin.
     /// A batch request (several data items) runs one transaction per item, one after
     /// another; exit 1 when any item rolled back, and the response lists every item.
     pub file: PathBuf,
+    /// More request files, run after the first one, in order, each as its own request (its
+    /// own transaction and response); the first that does not commit stops the run and its
+    /// exit code is the command's. With `--ephemeral` each starts from empty provider state.
+    #[arg(value_name = "MORE")]
+    pub more: Vec<PathBuf>,
     /// Response format (default: the request's own).
     #[arg(long, short, value_enum)]
     pub output: Option<OutputFormat>,

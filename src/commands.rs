@@ -66,13 +66,21 @@ pub async fn dispatch(cli: Cli) -> Result<Exit> {
     let config = &loaded.config;
     match cli.command {
         Command::Run(ref args) => {
-            // `--ephemeral` keeps no journal: it never needs the data directory.
-            if !args.ephemeral {
-                if let Some(held) = crate::via_daemon::holder(config, &cli.global) {
-                    return crate::via_daemon::run(&cli, config, args, &held).await;
+            // Several files run one after another, each its own request, until one does
+            // not commit (set-up then use, as the README's quick start does).
+            let mut exit = Exit::Ok;
+            for file in std::iter::once(&args.file).chain(&args.more) {
+                let one = RunArgs {
+                    file: file.clone(),
+                    more: Vec::new(),
+                    ..args.clone()
+                };
+                exit = run_one(&cli, config, &one).await?;
+                if exit != Exit::Ok {
+                    break;
                 }
             }
-            run(&cli, config, args).await
+            Ok(exit)
         }
         Command::Plan(ref args) => plan(config, args).await,
         Command::Validate(ref args) => validate(config, args).await,
@@ -214,6 +222,17 @@ fn token_hash(new: bool) -> Result<Exit> {
 pub(crate) fn bad_input(message: impl std::fmt::Display) -> Result<Exit> {
     eprintln!("{message}");
     Ok(Exit::BadInput)
+}
+
+/// Runs one request file, through the daemon holding the data directory if there is one.
+async fn run_one(cli: &Cli, config: &Config, args: &RunArgs) -> Result<Exit> {
+    // `--ephemeral` keeps no journal: it never needs the data directory.
+    if !args.ephemeral {
+        if let Some(held) = crate::via_daemon::holder(config, &cli.global) {
+            return crate::via_daemon::run(cli, config, args, &held).await;
+        }
+    }
+    run(cli, config, args).await
 }
 
 async fn run(cli: &Cli, config: &Config, args: &RunArgs) -> Result<Exit> {

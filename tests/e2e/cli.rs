@@ -42,6 +42,46 @@ fn quick_start_workflow_provisions_a_tenant() {
     );
 }
 
+/// The README's quick start: hosting set up and a whole tenant provisioned by one `run` of
+/// two files, each its own transaction; a file that fails stops the ones after it.
+#[test]
+fn run_of_several_files_runs_them_in_order_and_stops_at_the_first_failure() {
+    let sb = Sandbox::new();
+    let r = sb.run(&[
+        "run",
+        "workflows/hosting/initialize-hosting.yaml",
+        "workflows/hosting/provision-tenant.yaml",
+        "--quiet",
+    ]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.stdout.matches("status: committed").count(), 2, "{r:?}");
+    assert!(
+        sb.data().join("files/tenants/AlpineSkiHouse").is_dir(),
+        "{r:?}"
+    );
+    // Initialize again (its reseller exists: rolled back, exit 1): the tenant file after it
+    // never runs, so the transaction list grows by one.
+    let before = sb.run(&["tx", "list"]);
+    let r = sb.run(&[
+        "run",
+        "workflows/hosting/initialize-hosting.yaml",
+        "workflows/hosting/decommission-tenant.yaml",
+        "--quiet",
+    ]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert_eq!(r.stdout.matches("status: ").count(), 1, "{r:?}");
+    assert!(
+        sb.data().join("files/tenants/AlpineSkiHouse").is_dir(),
+        "the decommission after the failed file ran: {r:?}"
+    );
+    let after = sb.run(&["tx", "list"]);
+    assert_eq!(
+        after.stdout.lines().count(),
+        before.stdout.lines().count() + 1,
+        "{before:?}\n{after:?}"
+    );
+}
+
 #[test]
 fn a_failing_request_leaves_no_trace() {
     let sb = Sandbox::new();
