@@ -336,6 +336,21 @@ async fn dependencies_are_checked_and_cycles_refused() {
         .map(Element::string_value)
         .collect();
     assert_eq!(services, ["HostedActiveDirectory", "HostedEmail"]);
+    // One service of the plan: what it needs is looked for in the whole plan (it once was
+    // looked for among the named service alone, and refused).
+    let out = ok(
+        &e,
+        "CheckDependencies",
+        "{ customerName: Fabrikam, serviceName: HostedEmail }",
+    )
+    .await;
+    let services: Vec<String> = out
+        .child("services")
+        .unwrap()
+        .elements()
+        .map(Element::string_value)
+        .collect();
+    assert_eq!(services, ["HostedEmail", "HostedActiveDirectory"]);
     let (code, message) = refused(
         &e,
         "CreatePlan",

@@ -396,3 +396,28 @@ fn mailbox_changes_lists_and_out_of_office_through_hosted_email() {
         assert_eq!(mail_world(&sb), before, "{step}");
     }
 }
+
+/// A tenant whose plan lacks the HostedEmail service is not mail-enabled: MailEnableTenant
+/// refuses it (Managed Plans' CheckDependencies, naming the plan and the service) and the
+/// whole ProvisionTenant rolls back, leaving no mail file, allocation or directory entry.
+#[test]
+fn a_tenant_whose_plan_has_no_mail_service_gets_no_mail() {
+    let sb = Sandbox::new();
+    initialize(&sb);
+    let before = mail_world(&sb);
+    let t = sb.write(
+        "litware.yaml",
+        &tailspin()
+            .replace("Tailspin", "Litware")
+            .replace("tailspin", "litware")
+            .replace("planName: Gold", "planName: Basic"),
+    );
+    let r = sb.run(&["run", t.to_str().unwrap(), "--quiet"]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stdout.contains("plan Basic") && r.stdout.contains("HostedEmail"),
+        "{r:?}"
+    );
+    assert!(r.stdout.contains("planHasMail"), "{r:?}");
+    assert_eq!(mail_world(&sb), before);
+}

@@ -452,12 +452,15 @@ async fn add_dependency(ed: &Element, r: &Records<'_>) -> Result<(Element, Strin
 }
 
 /// Refuses a plan whose services miss one that another needs.
+/// Checks that everything `services` need is in `plan_services` (the plan's whole list:
+/// a service named alone may need another service of the same plan).
 async fn plan_complete(
     r: &Records<'_>,
     services: &[String],
+    plan_services: &[String],
     what: &str,
 ) -> Result<(), ProviderError> {
-    let has: BTreeSet<String> = services.iter().map(|s| s.to_lowercase()).collect();
+    let has: BTreeSet<String> = plan_services.iter().map(|s| s.to_lowercase()).collect();
     for name in services {
         let s = service(r, name).await?;
         for need in closure(r, &s).await? {
@@ -518,7 +521,7 @@ async fn create_plan(ed: &Element, r: &Records<'_>) -> Result<(Element, String),
         };
         limits.insert(e.name.to_string(), value);
     }
-    plan_complete(r, &services, &format!("plan {name}")).await?;
+    plan_complete(r, &services, &services, &format!("plan {name}")).await?;
     let rec = PlanRec {
         name: name.clone(),
         description: field(ed, "description").unwrap_or_default(),
@@ -812,7 +815,7 @@ async fn check_dependencies(
         }
         None => p.services.clone(),
     };
-    plan_complete(r, &services, &what).await?;
+    plan_complete(r, &services, &p.services, &what).await?;
     let mut all: Vec<String> = services.clone();
     for s in &services {
         for n in closure(r, &service(r, s).await?).await? {
