@@ -1054,16 +1054,7 @@ async fn requeue(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let who = identify(&d, &headers)?;
-    if !who.operator {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "operator_only",
-            format!(
-                "subject `{}` may not requeue jobs: that needs a token with `operator = true`",
-                who.subject
-            ),
-        ));
-    }
+    super::ops::operator(&who, "requeue jobs")?;
     let job = d.queue.requeue(&id, now_ms()).await?;
     d.wake.notify_one();
     Ok(Json(view(&d, &job, false)))
@@ -1077,16 +1068,7 @@ async fn discard(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let who = identify(&d, &headers)?;
-    if !who.operator {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "operator_only",
-            format!(
-                "subject `{}` may not discard jobs: that needs a token with `operator = true`",
-                who.subject
-            ),
-        ));
-    }
+    super::ops::operator(&who, "discard jobs")?;
     let job = d.queue.discard(&id, now_ms()).await?;
     d.hub.finish(&id, finished_event(&job));
     d.wake.notify_one();

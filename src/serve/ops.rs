@@ -25,7 +25,8 @@ use serde_json::{json, Value};
 use std::convert::Infallible;
 use tokio::sync::broadcast;
 
-fn operator(who: &Identity, what: &str) -> Result<(), ApiError> {
+/// `Ok` for an operator's token; else the 403 saying the subject may not do `what`.
+pub(super) fn operator(who: &Identity, what: &str) -> Result<(), ApiError> {
     if who.operator {
         Ok(())
     } else {

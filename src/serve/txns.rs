@@ -197,16 +197,7 @@ pub async fn audit(
     q: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let who = identify(&d, &headers)?;
-    if !who.operator {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "operator_only",
-            format!(
-                "subject `{}` may not read the audit log: that needs a token with `operator = true`",
-                who.subject
-            ),
-        ));
-    }
+    super::ops::operator(&who, "read the audit log")?;
     let q = query(q)?;
     let mut from = match q.after.as_deref() {
         None => Vec::new(),
@@ -279,16 +270,7 @@ pub async fn resolve(
     q: Result<Query<ResolveQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let who = identify(&d, &headers)?;
-    if !who.operator {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "operator_only",
-            format!(
-                "subject `{}` may not resolve a step: that needs a token with `operator = true`",
-                who.subject
-            ),
-        ));
-    }
+    super::ops::operator(&who, "resolve a step")?;
     let q = query(q)?;
     let (Some(step), Some(applied)) = (q.step, q.applied) else {
         return Err(ApiError::bad(
@@ -333,16 +315,7 @@ pub async fn prune(
     q: Result<Query<PruneQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
     let who = identify(&d, &headers)?;
-    if !who.operator {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "operator_only",
-            format!(
-                "subject `{}` may not prune the journal: that needs a token with `operator = true`",
-                who.subject
-            ),
-        ));
-    }
+    super::ops::operator(&who, "prune the journal")?;
     let q = query(q)?;
     let older_than = q
         .older_than
