@@ -1,7 +1,8 @@
 //! The HMC namespaces against a real slapd (the directory provider's ldap backend; DNS and
 //! folders stay embedded): Hosted Active Directory/Initialize, a reseller, then
 //! Provisioning/ProvisionTenant; `ldapsearch` (not the provider) finds the OU, the users
-//! with their sAMAccountNames and groups, and a user can bind with its password. A tenant
+//! with their sAMAccountNames and groups, the tenant's domain as a UPN suffix of its OU,
+//! and a user can bind with its password; the admin's mailbox is in the mail files. A tenant
 //! whose last step fails leaves nothing on the server.
 
 use crate::util::{repo, Sandbox};
@@ -41,9 +42,24 @@ const SETUP: &str = r#"procedure:
     hosting:
       call: Hosted Active Directory/Initialize
       output: { hosting: "{{ executeData.path }}" }
+    directoryService:
+      call: Managed Plans/AddService
+      with: { serviceName: HostedActiveDirectory }
+    emailService:
+      call: Managed Plans/AddService
+      with: { serviceName: HostedEmail }
+    emailNeedsDirectory:
+      call: Managed Plans/AddServiceDependency
+      with: { serviceName: HostedEmail, dependsOn: HostedActiveDirectory }
     plan:
       call: Managed Plans/CreatePlan
-      with: { planName: Gold, limits: { maxUsers: 100 } }
+      with:
+        planName: Gold
+        services: { service: [HostedActiveDirectory, HostedEmail] }
+        limits: { maxUsers: 100, maxMailboxes: 100, mailboxQuotaKB: 1048576 }
+    stores:
+      call: Exchange 2007 Resource Manager/AddExchangeResources
+      with: { mailStores: { mailStore: { serverName: ex01, mailStoreName: DB01, megabytes: 10000, shared: true } } }
     reseller:
       call: Hosted Active Directory/CreateResellerOrganization
       with: { name: ConsolidatedMessenger, container: "{{ data.hosting }}" }
@@ -61,7 +77,7 @@ data:
   quotaMegabytes: {quota}
   users:
     user:
-      - {{ userPrincipalName: ann@{lower}.test, displayName: Ann Lee, givenName: Ann, sn: Lee, isAdmin: 1, newPassword: Ldap-Tenant-Pw1 }}
+      - {{ userPrincipalName: ann@{lower}.test, displayName: Ann Lee, givenName: Ann, sn: Lee, isAdmin: 1, newPassword: Ldap-Tenant-Pw1, mailbox: {{}} }}
       - {{ userPrincipalName: bob@{lower}.test, displayName: Bob Ray, givenName: Bob, sn: Ray, newPassword: Ldap-Tenant-Pw2 }}
 "#,
         base = slapd::SUFFIX,
@@ -138,6 +154,12 @@ fn provision_tenant_on_slapd_is_found_by_ldapsearch() {
     assert_eq!(get("userAccountControl"), ["512"]);
     assert!(s.can_bind(&ann.0, "Ldap-Tenant-Pw1"));
     assert!(sb.data().join("zones/alpineskihouse.test.zone").is_file());
+    // The tenant's domain is a UPN suffix of its OU (OpenLDAP: the provisioOrganization
+    // class of packaging/ldap/provisio-ad.schema), and Ann has a mailbox.
+    let suffixes = s.search(&org, "(uPNSuffixes=alpineskihouse.test)", &["ou"]);
+    assert_eq!(suffixes.len(), 1, "{suffixes:?}");
+    let passwd = std::fs::read_to_string(sb.data().join("mail/passwd")).unwrap_or_default();
+    assert!(passwd.starts_with("ann@alpineskihouse.test:"), "{passwd}");
 
     // A tenant whose quota is refused (a late step): nothing of it on the server.
     let r = run("bad.yaml", &tenant("Wingtip", -5));

@@ -122,6 +122,8 @@ fn openldap_classes(ad_class: &str) -> Option<&'static [&'static str]> {
         "inetorgperson" => Some(&["inetOrgPerson", "provisioAccount"]),
         "group" => Some(&["provisioGroup"]),
         "contact" => Some(&["inetOrgPerson"]),
+        // An OU may carry the UPN suffixes of its tenant's domains (AD's uPNSuffixes).
+        "organizationalunit" => Some(&["organizationalUnit", "provisioOrganization"]),
         // Implied by inetOrgPerson / abstract on OpenLDAP.
         "person" | "organizationalperson" | "top" => Some(&[]),
         _ => None,
@@ -138,7 +140,12 @@ fn ad_classes(stored: &[String]) -> Vec<String> {
     } else if has("inetOrgPerson") {
         &["top", "person", "organizationalPerson", "contact"]
     } else {
-        return stored.to_vec();
+        // An OU is read back as stored, without the auxiliary class of its AD attributes.
+        return stored
+            .iter()
+            .filter(|s| !s.eq_ignore_ascii_case("provisioOrganization"))
+            .cloned()
+            .collect();
     };
     chain.iter().map(|c| c.to_string()).collect()
 }
