@@ -3,10 +3,15 @@
 //! Provisioning/ProvisionTenant; `ldapsearch` (not the provider) finds the OU, the users
 //! with their sAMAccountNames and groups, the tenant's domain as a UPN suffix of its OU,
 //! and a user can bind with its password; the admin's mailbox is in the mail files. A tenant
-//! whose last step fails leaves nothing on the server.
+//! whose last step fails leaves nothing on the server. And the same tenant on every real
+//! server at once: slapd, BIND's `named` (zone added through rndc, records by RFC 2136,
+//! checked with `dig`) and Dovecot (a message delivered over LMTP read back over IMAP).
 
 use crate::util::{repo, Sandbox};
+use provisio_test_support::bind::Named;
+use provisio_test_support::dovecot::Dovecot;
 use provisio_test_support::slapd::{self, Slapd};
+use std::os::unix::fs::PermissionsExt;
 
 fn config(sb: &Sandbox, s: &Slapd) -> std::path::PathBuf {
     sb.write(
@@ -172,4 +177,93 @@ fn provision_tenant_on_slapd_is_found_by_ldapsearch() {
     assert!(s
         .search(slapd::SUFFIX, "(userPrincipalName=*@wingtip.test)", &["cn"])
         .is_empty());
+}
+
+#[test]
+fn provision_tenant_on_slapd_named_and_dovecot_together() {
+    let Some(s) = Slapd::start() else { return };
+    let Some(n) = Named::start() else { return };
+    let sb = Sandbox::new();
+    // Dovecot's unprivileged processes read the passwd-file and mail under the sandbox.
+    std::fs::set_permissions(sb.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let root = sb.path("mail");
+    let directory = std::fs::read_to_string(config(&sb, &s)).unwrap();
+    let cfg = sb.write(
+        "provisio.toml",
+        &format!(
+            "{directory}\n[providers.dns]\nbackend = \"rfc2136\"\nserver = \"127.0.0.1:{port}\"\n\
+             key_file = \"{key}\"\ntimeout_secs = 3\n\n[providers.dns.rndc]\nzone_dir = \"{zones}\"\n\
+             server = \"127.0.0.1\"\nport = {rndc_port}\nkey_file = \"{rndc_key}\"\n\n\
+             [providers.exchange]\nmail_root = \"{mail}\"\nmail_uid = 65534\nmail_gid = 65534\n",
+            port = n.port,
+            key = n.key_file().display(),
+            zones = n.zone_dir().display(),
+            rndc_port = n.rndc_port,
+            rndc_key = n.rndc_key_file().display(),
+            mail = root.display(),
+        ),
+    );
+    let setup = sb.write("setup.yaml", SETUP);
+    let tenant_file = sb.write("alpine.yaml", &tenant("AlpineSkiHouse", 2048));
+    let r = sb.run_with(
+        &[
+            "--config",
+            cfg.to_str().unwrap(),
+            "run",
+            setup.to_str().unwrap(),
+            tenant_file.to_str().unwrap(),
+        ],
+        &repo().join("namespaces"),
+    );
+    assert_eq!(r.code, 0, "{r:?}\nnamed log:\n{}", n.log());
+
+    // The directory, seen by ldapsearch.
+    let org = format!(
+        "OU=AlpineSkiHouse,OU=ConsolidatedMessenger,OU=Hosting,{}",
+        slapd::SUFFIX
+    );
+    assert_eq!(
+        s.search(&org, "(userPrincipalName=*)", &["cn"]).len(),
+        2,
+        "users"
+    );
+    assert_eq!(
+        s.search(&org, "(|(cn=Admins)(cn=AllUsers))", &["cn"]).len(),
+        2,
+        "groups"
+    );
+    // The zone, served by named and seen by dig.
+    let mx = n.dig("alpineskihouse.test", "MX");
+    assert_eq!(mx.len(), 1, "{mx:?}\n{}", n.log());
+    let txt = n.dig("alpineskihouse.test", "TXT").join(" ");
+    assert!(txt.contains("v=spf1"), "{txt}");
+    // The folders, with the tenant's quota.
+    let folder = sb.data().join("files/tenants/AlpineSkiHouse");
+    assert!(folder.is_dir(), "{r:?}");
+    // The admin's mailbox, on a real Dovecot.
+    let Some(d) = Dovecot::start(&root) else {
+        return;
+    };
+    let client = sb.write("client.py", crate::mail::CLIENT);
+    let delivered = crate::mail::python(
+        &client,
+        &[
+            "deliver",
+            &d.lmtp_port.to_string(),
+            "bob@alpineskihouse.test",
+            "ann@alpineskihouse.test",
+            "hello from bob",
+        ],
+    );
+    assert_eq!(delivered, "ok", "{}", d.log());
+    let subjects = crate::mail::python(
+        &client,
+        &[
+            "fetch",
+            &d.imap_port.to_string(),
+            "ann@alpineskihouse.test*master",
+            &d.master_password,
+        ],
+    );
+    assert_eq!(subjects, "Subject: hello from bob", "{}", d.log());
 }
