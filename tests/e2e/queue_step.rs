@@ -127,3 +127,25 @@ fn queueing_a_private_procedure_is_refused_before_anything_runs() {
         "{r:?}"
     );
 }
+
+/// MPS `queueContext` attributes the queue does not honour are named in the log (the job
+/// is queued without them), never dropped silently.
+#[test]
+fn an_unhonoured_queue_context_attribute_is_named_in_the_log() {
+    let sb = Sandbox::new();
+    let req = sb.write(
+        "retry-type.xml",
+        &request("echo", "1", "").replace(
+            "<request>\n",
+            "<request>\n  <context><queueContext retryType=\"exponential\" retryCount=\"2\"/></context>\n",
+        ),
+    );
+    let r = sb.run(&["run", req.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stderr
+            .contains("context/queueContext/@retryType is not honoured by Provisio's queue"),
+        "{r:?}"
+    );
+    assert!(!r.stderr.contains("@retryCount is not honoured"), "{r:?}");
+}

@@ -47,6 +47,15 @@ pub trait JobSink: Send + Sync {
     fn settle<'a>(&'a self, txn: &'a TxnId, committed: bool) -> BoxFuture<'a, Result<(), String>>;
 }
 
+/// The `queueContext` attributes a queued job honours (and `queueId`, written back).
+const HONOURED_QUEUE_ATTRIBUTES: [&str; 5] = [
+    "retryCount",
+    "retryInterval",
+    "priority",
+    "onFailure",
+    "queueId",
+];
+
 /// What a plan (dry run) shows as the job id.
 const PLANNED_ID: &str = "(queued when run)";
 
@@ -86,6 +95,19 @@ impl Engine {
                 step,
                 "context/queueContext/parentQueue is not supported: Provisio cannot make a queued job wait for other jobs; remove it, or queue the jobs from one procedure that runs them in order",
             ));
+        }
+        // MPS attributes the queue does not honour are named in the log, not dropped
+        // silently (`queueId` is the one this step itself writes back).
+        for (name, value) in &qc.attrs {
+            let name = name.as_str();
+            if !HONOURED_QUEUE_ATTRIBUTES.contains(&name) && !name.starts_with("xmlns") {
+                tracing::warn!(
+                    step,
+                    attribute = name,
+                    value = value.as_str(),
+                    "context/queueContext/@{name} is not honoured by Provisio's queue (only retryCount, retryInterval, priority and onFailure are): the job is queued without it"
+                );
+            }
         }
         let retry_count = attr_number::<u32>(&qc, "retryCount", step)?;
         let retry_interval_ms = attr_number::<u64>(&qc, "retryInterval", step)?;
