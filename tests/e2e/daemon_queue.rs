@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 /// A resumable procedure on the example Ledger provider: after a crash, recovery finishes
 /// it (resumes to its commit) instead of rolling it back.
-const RESUME: &str = r#"
+pub(crate) const RESUME: &str = r#"
 namespace: Resume
 procedures:
   Open:

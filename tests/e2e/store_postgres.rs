@@ -205,7 +205,7 @@ fn a_daemon_killed_mid_run_recovers_its_job_from_postgres() {
     let url = pg.new_schema("daemon_kill");
     let site = Site::new(600);
     on_postgres(&site, &url);
-    std::fs::write(site.path("ns/resume.yaml"), RESUME).unwrap();
+    std::fs::write(site.path("ns/resume.yaml"), crate::daemon_queue::RESUME).unwrap();
     let mut d = site.start();
     let a = d.submit(
         ALICE,
@@ -236,24 +236,3 @@ fn a_daemon_killed_mid_run_recovers_its_job_from_postgres() {
     assert_eq!(site.accounts(), vec![("rae".to_string(), 1501)]);
     assert!(!d.log.lock().unwrap().contains(&pg.password));
 }
-
-const RESUME: &str = r#"
-namespace: Resume
-procedures:
-  Open:
-    access: public
-    resumable: true
-    parallel: false
-    inputs:
-      customer: { type: string, required: true }
-    steps:
-      open:
-        call: Ledger Provider/CreateAccount
-        with: { name: "{{ data.customer }}", credit: 1000 }
-      bonus:
-        call: Ledger Provider/Credit
-        with: { name: "{{ data.customer }}", amount: 500 }
-      loyalty:
-        call: Ledger Provider/Credit
-        with: { name: "{{ data.customer }}", amount: 1 }
-"#;

@@ -20,7 +20,7 @@ mod render;
 mod sieve;
 
 use crate::bookkeeping::{
-    field, flag, one_of, parse_size, preview_of, remove_children, text, Records,
+    field, flag, one_of, parse_size, preview_of, remove_children, req_field, text, Records,
 };
 use crate::common::input;
 use crate::directory::{
@@ -761,8 +761,7 @@ impl ExchangeProvider {
         tx: &mut Tx<'_>,
         purge: bool,
     ) -> Result<(Element, String), ProviderError> {
-        let user =
-            field(ed, "user").ok_or_else(|| ProviderError::invalid("input `user` is required"))?;
+        let user = req_field(ed, "user", "user")?;
         let (key, m) = self.mailbox_of(tx, &user).await?;
         let org = m.org.clone();
         // Out of the groups of its organization that list it.
@@ -803,8 +802,7 @@ impl ExchangeProvider {
         tx: &mut Tx<'_>,
     ) -> Result<(Element, String), ProviderError> {
         let ed = &call.execute_data;
-        let user =
-            field(ed, "user").ok_or_else(|| ProviderError::invalid("input `user` is required"))?;
+        let user = req_field(ed, "user", "user")?;
         let (s, n) = match store_input(ed)? {
             (Some(s), Some(n)) => (s, n),
             _ => {
@@ -851,12 +849,10 @@ impl ExchangeProvider {
         tx: &mut Tx<'_>,
     ) -> Result<(Element, String), ProviderError> {
         let ed = &call.execute_data;
-        let user =
-            field(ed, "user").ok_or_else(|| ProviderError::invalid("input `user` is required"))?;
+        let user = req_field(ed, "user", "user")?;
         let q = parse_size(
             "quotaKB",
-            &field(ed, "quotaKB")
-                .ok_or_else(|| ProviderError::invalid("input `quotaKB` is required"))?,
+            &req_field(ed, "quotaKB", "quotaKB")?,
             "kilobytes",
         )?;
         let (key, mut m) = self.mailbox_of(tx, &user).await?;
@@ -891,8 +887,7 @@ impl ExchangeProvider {
         ed: &Element,
         tx: &mut Tx<'_>,
     ) -> Result<(Element, String), ProviderError> {
-        let user =
-            field(ed, "user").ok_or_else(|| ProviderError::invalid("input `user` is required"))?;
+        let user = req_field(ed, "user", "user")?;
         let enabled = flag("enabled", field(ed, "enabled"), true)?;
         let oof = if enabled {
             let message = ed
@@ -948,8 +943,7 @@ impl ExchangeProvider {
         ed: &Element,
         tx: &mut Tx<'_>,
     ) -> Result<(Element, String), ProviderError> {
-        let user =
-            field(ed, "user").ok_or_else(|| ProviderError::invalid("input `user` is required"))?;
+        let user = req_field(ed, "user", "user")?;
         let (_, m) = self.mailbox_of(tx, &user).await?;
         let mut e = Element::new("mailbox");
         e.push(text("user", &m.user));
@@ -1058,11 +1052,7 @@ async fn release_addresses(
 
 async fn create_domain(ed: &Element, tx: &mut Tx<'_>) -> Result<(Element, String), ProviderError> {
     let org = org_input(ed)?;
-    let d = domain_name(
-        "domainName",
-        &field(ed, "domainName")
-            .ok_or_else(|| ProviderError::invalid("input `domainName` is required"))?,
-    )?;
+    let d = domain_name("domainName", &req_field(ed, "domainName", "domainName")?)?;
     let kind = match field(ed, "domainType") {
         None => "Authoritative",
         Some(t) => one_of("domainType", &t, &DOMAIN_TYPES)?,
@@ -1108,11 +1098,7 @@ async fn create_domain(ed: &Element, tx: &mut Tx<'_>) -> Result<(Element, String
 
 async fn delete_domain(ed: &Element, tx: &mut Tx<'_>) -> Result<(Element, String), ProviderError> {
     let org = org_input(ed)?;
-    let d = domain_name(
-        "domainName",
-        &field(ed, "domainName")
-            .ok_or_else(|| ProviderError::invalid("input `domainName` is required"))?,
-    )?;
+    let d = domain_name("domainName", &req_field(ed, "domainName", "domainName")?)?;
     let key = domain_key(&d);
     let mut r: DomainRec = tx
         .get(&key)
@@ -1147,10 +1133,7 @@ async fn delete_domain(ed: &Element, tx: &mut Tx<'_>) -> Result<(Element, String
 }
 
 fn name_input(ed: &Element) -> Result<String, ProviderError> {
-    display(
-        "name",
-        &field(ed, "name").ok_or_else(|| ProviderError::invalid("input `name` is required"))?,
-    )
+    display("name", &req_field(ed, "name", "name")?)
 }
 
 /// Resolves a member (an SMTP address of a mailbox or group of `org`) to the address the
@@ -1324,8 +1307,7 @@ async fn create_contact(ed: &Element, tx: &mut Tx<'_>) -> Result<(Element, Strin
     let name = name_input(ed)?;
     let external = smtp_address(
         "externalEmailAddress",
-        &field(ed, "externalEmailAddress")
-            .ok_or_else(|| ProviderError::invalid("input `externalEmailAddress` is required"))?,
+        &req_field(ed, "externalEmailAddress", "externalEmailAddress")?,
     )?;
     let nick = match field(ed, "alias") {
         Some(a) => alias("alias", &a)?,
