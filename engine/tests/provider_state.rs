@@ -300,6 +300,21 @@ procedures:
         call: Counter Provider/Get
         with: { key: counter }
         output: { value: "{{ executeData.value }}" }
+  ReadThrice:
+    access: public
+    type: read
+    steps:
+      one:
+        call: Counter Provider/Get
+        with: { key: counter }
+      two:
+        call: Counter Provider/Get
+        needs: [one]
+        with: { key: counter }
+      three:
+        call: Counter Provider/Get
+        needs: [two]
+        with: { key: counter }
 "#;
 
 fn engine(counter: Arc<Counter>) -> Engine {
@@ -767,4 +782,30 @@ async fn a_state_only_provider_is_not_synced_before_each_call() {
     // Two sequential calls: two intents and the commit, against the commit alone.
     assert!(syncs[0] >= 3, "{syncs:?}");
     assert!(syncs[1] < syncs[0] && syncs[1] <= 2, "{syncs:?}");
+}
+
+/// A read changes nothing, so its intent is not synced before the call (lost in a crash,
+/// it leaves nothing to undo): a transaction of sequential reads syncs once, when it
+/// ends, whatever its provider says of its effects.
+#[tokio::test]
+async fn reads_are_not_synced_before_each_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(CountingSyncs {
+        inner: open_store(dir.path()),
+        syncs: AtomicUsize::new(0),
+    });
+    let journal = Arc::new(DurableJournal::new(store.clone(), None, "test"));
+    let e = engine(Arc::new(Counter::default())).with_journal(journal.clone());
+    store.syncs.store(0, Ordering::SeqCst);
+    let r = run(&e, "ReadThrice").await;
+    assert_eq!(r.state, TxnState::Committed, "{:?}", r.failure);
+    // Three sequential reads: the commit alone (it was 4 syncs with each intent synced).
+    assert_eq!(store.syncs.load(Ordering::SeqCst), 1);
+    // Every record is there all the same: three intents and three dones.
+    let records = provisio_engine::txn::recovery::records(&journal, &r.txn_id).unwrap();
+    let intents = records
+        .iter()
+        .filter(|(_, r)| matches!(r, provisio_engine::txn::Record::Intent { .. }))
+        .count();
+    assert_eq!(intents, 3);
 }

@@ -339,8 +339,8 @@ impl Engine {
         Ok(r.output.clone())
     }
 
-    /// Journals that the call is about to be made (durable before the call, unless the
-    /// provider's effects are all in its provider state).
+    /// Journals that the call is about to be made (durable before the call, unless it is a
+    /// read or the provider's effects are all in its provider state).
     async fn journal_intent(
         &self,
         call: &LeafCall<'_>,
@@ -361,8 +361,11 @@ impl Engine {
                 call_data: ed,
                 secret,
                 // A call whose effects are only provider-state writes cannot outlive its
-                // done record (same batch), so its intent need not be on the disk first.
-                durable: !call.provider.effects_in_state_only(),
+                // done record (same batch), so its intent need not be on the disk first;
+                // nor does a read's, which changes nothing: lost in a crash, it leaves
+                // nothing to undo or settle (a read in doubt is settled as not applied).
+                durable: call.callee.kind != ProcKind::Read
+                    && !call.provider.effects_in_state_only(),
             })
             .await
             .map_err(|e| {

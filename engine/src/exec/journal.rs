@@ -101,8 +101,8 @@ pub struct StepIntent<'a> {
     pub call_data: &'a Element,
     /// `call_data` holds secrets.
     pub secret: bool,
-    /// The record must be durable before the call is made (`false` for a provider whose
-    /// effects are all provider-state writes, see
+    /// The record must be durable before the call is made (`false` for a read, and for a
+    /// provider whose effects are all provider-state writes, see
     /// [`crate::provider::Provider::effects_in_state_only`]).
     pub durable: bool,
 }
