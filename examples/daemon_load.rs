@@ -3,8 +3,9 @@
 //!
 //! - `throughput [REPS] [REQUESTS] [CLIENTS] [WORKERS]` (default 3, 4000, 64, 64): five-step
 //!   requests over HTTP to a daemon with `serve.workers = WORKERS`, each client one keep-alive connection in a closed loop. Each repetition runs,
-//!   in this order: the in-process engine on the same five no-op steps (`Five` of the issue-3
-//!   benches, REQUESTS with CLIENTS in flight, durable journal in the same folder kind), the
+//!   in this order: the in-process engine on five no-op steps (`Five` of the issue-3
+//!   benches, writes, then `FiveRead`, reads as the daemon's steps are: the ratio's
+//!   reference; REQUESTS with CLIENTS in flight, durable journal in the same folder kind), the
 //!   daemon with `?wait=30s` (latency = submit until the finished answer; requests/s =
 //!   finished answers per second), and the daemon without `wait` (latency = submit until 202;
 //!   requests/s = REQUESTS over the time until the last one succeeded). Prints medians and the
@@ -214,9 +215,29 @@ env = {{ LEDGER_FILE = "{}", LEDGER_DELAY_MS = "{ledger_delay_ms}" }}
     }
 }
 
+/// CPU time (user + system) of process `pid` so far (`/proc/PID/stat`, clock ticks of
+/// 10 ms: `getconf CLK_TCK` is 100 on Linux).
+fn cpu_of(pid: &str) -> Duration {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name (in parentheses, which may hold spaces).
+    let rest = s.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    // utime and stime are fields 14 and 15 of the line: 12 and 13 after the name.
+    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    Duration::from_millis(ticks * 10)
+}
+
 impl Daemon {
     fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The daemon's CPU time so far.
+    fn cpu(&self) -> Duration {
+        cpu_of(&self.pid().to_string())
     }
 
     /// `(VmRSS, VmHWM)` in bytes.
@@ -360,6 +381,7 @@ fn throughput(reps: usize, total: usize, clients: usize, workers: usize) -> Resu
     let journal = Arc::new(DurableJournal::new(store.clone(), None, "bench"));
     let env = support::env(support::txn_namespaces()?, Some(journal))?;
     rt.block_on(support::throughput(&env.engine, "Five", 200, clients))?;
+    rt.block_on(support::throughput(&env.engine, "FiveRead", 200, clients))?;
 
     let site = Site::new(workers, 0)?;
     let (d, _) = site.start()?;
@@ -367,43 +389,71 @@ fn throughput(reps: usize, total: usize, clients: usize, workers: usize) -> Resu
     hammer(&d.url, 500, clients, "?wait=30s", 200)?;
     println!("load before: {}", loadavg());
     let (mut inproc, mut waited, mut queued) = (Vec::new(), Vec::new(), Vec::new());
+    let mut inproc_writes = Vec::new();
     let (mut w50, mut w99, mut q50, mut q99) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    // CPU time a request, in µs: the in-process engine (this process, whose clients are
+    // idle then) and the daemon process (the load generator's own CPU not counted).
+    let (mut cpu_ip, mut cpu_w, mut cpu_q) = (Vec::new(), Vec::new(), Vec::new());
+    let per = |d: Duration| d.as_secs_f64() * 1e6 / total as f64;
     for rep in 0..reps {
         let t = rt.block_on(support::throughput(&env.engine, "Five", total, clients))?;
+        let ipw = total as f64 / t.as_secs_f64();
+        inproc_writes.push(ipw);
+        // The same kind of steps as the daemon's (reads), the ratio's reference.
+        let c0 = cpu_of("self");
+        let t = rt.block_on(support::throughput(&env.engine, "FiveRead", total, clients))?;
+        cpu_ip.push(per(cpu_of("self").saturating_sub(c0)));
         let ip = total as f64 / t.as_secs_f64();
         inproc.push(ip);
 
+        let c0 = d.cpu();
         let (t, l) = hammer(&d.url, total, clients, "?wait=30s", 200)?;
+        cpu_w.push(per(d.cpu().saturating_sub(c0)));
         let w = total as f64 / t.as_secs_f64();
         waited.push(w);
         w50.push(pct(&l, 0.5));
         w99.push(pct(&l, 0.99));
 
         let before = d.jobs("succeeded")?;
+        let c0 = d.cpu();
         let start = Instant::now();
         let (_, l) = hammer(&d.url, total, clients, "", 202)?;
         let done = d.wait_jobs("succeeded", before + total as u64, Duration::from_secs(300))?;
+        cpu_q.push(per(d.cpu().saturating_sub(c0)));
         let q = total as f64 / (done - start).as_secs_f64();
         queued.push(q);
         q50.push(pct(&l, 0.5));
         q99.push(pct(&l, 0.99));
         println!(
-            "rep {}: in-process {ip:.0} req/s | daemon ?wait: {w:.0} req/s, p50 {:.2} ms p99 {:.2} ms | daemon 202: {q:.0} req/s completed, submit p50 {:.2} ms p99 {:.2} ms | load {}",
+            "rep {}: in-process five writes {ipw:.0} req/s, five reads {ip:.0} req/s, {:.0} µs CPU/req | daemon ?wait: {w:.0} req/s, p50 {:.2} ms p99 {:.2} ms, {:.0} µs CPU/req | daemon 202: {q:.0} req/s completed, submit p50 {:.2} ms p99 {:.2} ms, {:.0} µs CPU/req | load {}",
             rep + 1,
+            cpu_ip[rep],
             w50[rep],
             w99[rep],
+            cpu_w[rep],
             q50[rep],
             q99[rep],
+            cpu_q[rep],
             loadavg()
         );
     }
+    println!(
+        "CPU a request, median: in-process {:.0} µs; daemon ?wait {:.0} µs; daemon 202 {:.0} µs (daemon process only)",
+        median(&mut cpu_ip),
+        median(&mut cpu_w),
+        median(&mut cpu_q)
+    );
     let (ip, w, q) = (
         median(&mut inproc),
         median(&mut waited),
         median(&mut queued),
     );
     println!(
-        "median of {reps} ({total} five-step requests, {clients} clients, serve.workers = {workers}): in-process {ip:.0} req/s; daemon ?wait=30s {w:.0} req/s ({:.2}x in-process), p50 {:.2} ms, p99 {:.2} ms; daemon 202 then drained {q:.0} req/s ({:.2}x), submit p50 {:.2} ms, p99 {:.2} ms",
+        "in-process five no-op writes (6 syncs a request), median: {:.0} req/s",
+        median(&mut inproc_writes)
+    );
+    println!(
+        "median of {reps} ({total} five-step requests, {clients} clients, serve.workers = {workers}): in-process (five reads, as the daemon's) {ip:.0} req/s; daemon ?wait=30s {w:.0} req/s ({:.2}x in-process), p50 {:.2} ms, p99 {:.2} ms; daemon 202 then drained {q:.0} req/s ({:.2}x), submit p50 {:.2} ms, p99 {:.2} ms",
         w / ip,
         median(&mut w50),
         median(&mut w99),

@@ -211,6 +211,12 @@ pub fn txn_namespace_yaml() -> String {
     for i in 0..5 {
         s.push_str(&format!("      s{i}: {{ call: Rec Provider/Noop }}\n"));
     }
+    // Five no-op reads (the daemon benchmark's steps are reads: their intents are not
+    // synced before the call, so a transaction of them syncs once).
+    s.push_str("  FiveRead:\n    access: public\n    parallel: false\n    steps:\n");
+    for i in 0..5 {
+        s.push_str(&format!("      s{i}: {{ call: Rec Provider/Echo }}\n"));
+    }
     s.push_str(
         r#"  Fail4:
     access: public

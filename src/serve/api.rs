@@ -733,12 +733,22 @@ async fn run_waiting(
     let runner = {
         let d = d.clone();
         tokio::spawn(async move {
-            super::run_job(&d, job, Some(request)).await;
+            let finished = super::run_job(&d, job, Some(request)).await;
             d.busy.fetch_sub(1, Ordering::SeqCst);
+            finished
         })
     };
+    // The job as its run ended it (no need to read it back), else as the queue has it.
     let finished = match tokio::time::timeout(wait, runner).await {
-        Ok(_) => d.queue.get(&id)?.filter(|j| j.state.is_final()),
+        Ok(Ok(Some(f))) if f.job.state.is_final() => Some(f),
+        Ok(_) => d
+            .queue
+            .get(&id)?
+            .filter(|j| j.state.is_final())
+            .map(|job| super::Finished {
+                job,
+                response: None,
+            }),
         Err(_) => None,
     };
     // Not final yet (a retry's backoff, or the time is up): as any waiting submission.
@@ -749,8 +759,8 @@ async fn run_waiting(
             None
         }
     };
-    if let Some(job) = finished {
-        let mut body = view(d, &job, true);
+    if let Some(super::Finished { job, response }) = finished {
+        let mut body = view_with(d, &job, response);
         add(&mut body, "created", json!(true));
         add(&mut body, "warnings", json!(warnings));
         return Ok((StatusCode::OK, Json(body)).into_response());
@@ -827,6 +837,18 @@ fn view(d: &Daemon, job: &Job, full: bool) -> Value {
             d.response_of(job).unwrap_or(Value::Null),
         );
     }
+    v
+}
+
+/// [`view`] in full, with the job's response when the caller has it already (not read
+/// back and decoded from the job).
+fn view_with(d: &Daemon, job: &Job, response: Option<Value>) -> Value {
+    let Some(response) = response else {
+        return view(d, job, true);
+    };
+    let mut v = view(d, job, false);
+    add(&mut v, "steps", steps(d, job));
+    add(&mut v, "response", response);
     v
 }
 
@@ -1018,7 +1040,7 @@ async fn cancel(
     get_job(&d, &who, &id)?;
     match d.queue.cancel(&id, now_ms()).await? {
         Cancelled::Dequeued(job) => {
-            d.hub.finish(&id, finished_event(&job));
+            d.hub.finish(&id, || finished_event(&job));
             // It never runs: the program its check compiled is not needed.
             super::lock(&d.compiled).remove(&id);
             Ok(Json(json!({ "id": id, "state": job.state.name(), "message": "cancelled before it started: it never runs" })).into_response())
@@ -1070,7 +1092,7 @@ async fn discard(
     let who = identify(&d, &headers)?;
     super::ops::operator(&who, "discard jobs")?;
     let job = d.queue.discard(&id, now_ms()).await?;
-    d.hub.finish(&id, finished_event(&job));
+    d.hub.finish(&id, || finished_event(&job));
     d.wake.notify_one();
     Ok(Json(view(&d, &job, false)))
 }

@@ -157,10 +157,15 @@ impl Hub {
         Arc::from(event.to_string())
     }
 
-    /// Sends an event to a job's listeners, if any, and to the stream of all.
-    pub fn publish(&self, id: &str, event: serde_json::Value) {
-        let text = Self::text(id, event);
-        if let Some(tx) = lock(&self.channels).get(id) {
+    /// Sends an event to a job's listeners, if any, and to the stream of all: built (and
+    /// serialized) only when someone listens.
+    pub fn publish(&self, id: &str, event: impl FnOnce() -> serde_json::Value) {
+        let own = lock(&self.channels).get(id).cloned();
+        if own.is_none() && self.all.receiver_count() == 0 {
+            return;
+        }
+        let text = Self::text(id, event());
+        if let Some(tx) = own {
             let _ = tx.send(text.clone());
         }
         let _ = self.all.send(text);
@@ -171,10 +176,15 @@ impl Hub {
         lock(&self.channels).remove(id);
     }
 
-    /// Sends the final event and closes the job's channel.
-    pub fn finish(&self, id: &str, event: serde_json::Value) {
-        let text = Self::text(id, event);
-        if let Some(tx) = lock(&self.channels).remove(id) {
+    /// Sends the final event and closes the job's channel (the event is built only when
+    /// someone listens).
+    pub fn finish(&self, id: &str, event: impl FnOnce() -> serde_json::Value) {
+        let own = lock(&self.channels).remove(id);
+        if own.is_none() && self.all.receiver_count() == 0 {
+            return;
+        }
+        let text = Self::text(id, event());
+        if let Some(tx) = own {
             let _ = tx.send(text.clone());
         }
         let _ = self.all.send(text);
@@ -667,19 +677,37 @@ pub fn finished_event(job: &Job) -> serde_json::Value {
     })
 }
 
-async fn finish(d: &Daemon, id: &str, how: Finish) {
+/// A job as its run recorded its end, and the response it ended with (`None`: read it from
+/// the job).
+pub(crate) struct Finished {
+    pub(crate) job: Job,
+    pub(crate) response: Option<serde_json::Value>,
+}
+
+async fn finish(d: &Daemon, id: &str, how: Finish) -> Option<Finished> {
     match d.queue.finish(id, how, now_ms()).await {
-        Ok(job) => d.hub.finish(id, finished_event(&job)),
-        Err(e) => tracing::error!(job = %id, error = %e, "recording how a job ended"),
+        Ok(job) => {
+            d.hub.finish(id, || finished_event(&job));
+            Some(Finished {
+                job,
+                response: None,
+            })
+        }
+        Err(e) => {
+            tracing::error!(job = %id, error = %e, "recording how a job ended");
+            None
+        }
     }
 }
 
-async fn bury(d: &Daemon, id: &str, why: String) {
+/// Records a job as dead (the end of its run: `None`, the caller reads it again if needed).
+async fn bury(d: &Daemon, id: &str, why: String) -> Option<Finished> {
     tracing::error!(job = %id, error = %why, "job is dead");
     match d.queue.bury(id, why, now_ms()).await {
-        Ok(job) => d.hub.finish(id, finished_event(&job)),
+        Ok(job) => d.hub.finish(id, || finished_event(&job)),
         Err(e) => tracing::error!(job = %id, error = %e, "recording a dead job"),
     }
+    None
 }
 
 fn job_state_for(state: TxnState, cancelled: bool) -> JobState {
@@ -693,7 +721,10 @@ fn job_state_for(state: TxnState, cancelled: bool) -> JobState {
 /// Runs one claimed job in a span naming it (its transaction's own span nests inside).
 /// `fresh`: the job was submitted and claimed at once ([`provisio_engine::queue::Queue::submit_claimed`]) with
 /// this request, which its payload holds: no earlier attempt to settle, nothing to decode.
-pub(crate) async fn run_job(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) {
+///
+/// Returns the job as it ended when its run finished it (`None`: retried later, dead, or
+/// settled otherwise; the queue has it).
+pub(crate) async fn run_job(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) -> Option<Finished> {
     use tracing::Instrument;
     let span = tracing::info_span!(
         "job", job.id = %job.id, subject = %job.subject, target = %job.target, attempt = job.attempts
@@ -703,16 +734,14 @@ pub(crate) async fn run_job(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) {
 
 /// Settles an attempt a crash cut short, else runs the job's transaction with the id the
 /// claim recorded.
-async fn run_job_inner(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) {
+async fn run_job_inner(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) -> Option<Finished> {
     let id = job.id.clone();
     let Some(txn) = job.txn.clone() else {
-        bury(d, &id, "claimed without a transaction id".into()).await;
-        return;
+        return bury(d, &id, "claimed without a transaction id".into()).await;
     };
-    d.hub.publish(
-        &id,
-        serde_json::json!({"event": "state", "id": id, "state": "running", "attempt": job.attempts, "txn": txn}),
-    );
+    d.hub.publish(&id, || {
+        serde_json::json!({"event": "state", "id": id, "state": "running", "attempt": job.attempts, "txn": txn})
+    });
     // An attempt a crash (or a lost lease) cut short: its transaction is in the journal
     // (recovery finished it) or it never started.
     let earlier = if fresh.is_some() {
@@ -747,11 +776,11 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) {
                     )
                     .await
                 {
-                    Ok(j) if j.state == JobState::Dead => d.hub.finish(&id, finished_event(&j)),
+                    Ok(j) if j.state == JobState::Dead => d.hub.finish(&id, || finished_event(&j)),
                     Ok(_) => d.metrics.retried(),
                     Err(e) => tracing::error!(job = %id, error = %e, "queueing a retry"),
                 }
-                return;
+                return None;
             }
             if over {
                 tracing::info!(job = %id, txn = %txn, state = %summary.state, "settled an attempt cut short by a restart");
@@ -775,7 +804,8 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) {
                             .message
                             .clone()
                             .unwrap_or_else(|| "transient failure".into());
-                        return retry_transient(d, &id, error).await;
+                        retry_transient(d, &id, error).await;
+                        return None;
                     }
                     Some((mut doc, _)) => {
                         if let (Some(obj), Some(f)) = (doc.as_object_mut(), request_format(d, &job))
@@ -800,6 +830,7 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) {
                     },
                 )
                 .await;
+                return None;
             } else {
                 // Still running elsewhere in this process (a lease lost to a stall): look
                 // again later.
@@ -814,7 +845,7 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) {
                     )
                     .await;
             }
-            return;
+            return None;
         }
         Ok(None) => {}
         Err(e) => {
@@ -823,7 +854,7 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) {
                 .queue
                 .retry_later(&id, e.to_string(), now_ms(), d.backoff(), random())
                 .await;
-            return;
+            return None;
         }
     }
     let request = match fresh {
@@ -905,7 +936,7 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) {
                     }
                     Event::Undoing { .. } => {}
                 }
-                hub.publish(&id, event_json(e))
+                hub.publish(&id, || event_json(e))
             })
     };
     let run_started = std::time::Instant::now();
@@ -946,7 +977,8 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) {
         .finished(&job.target, result.state.name(), run_started.elapsed());
     if result.state == TxnState::RolledBack && result.transient && !cancelled {
         let error = failure.unwrap_or_else(|| "transient failure".into());
-        return retry_transient(d, &id, error).await;
+        retry_transient(d, &id, error).await;
+        return None;
     }
     let mut doc = response::to_value(&result);
     if let (Some(obj), Some(r)) = (doc.as_object_mut(), Some(format_name(response_format))) {
@@ -963,7 +995,11 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) {
             error: failure,
         },
     )
-    .await;
+    .await
+    .map(|f| Finished {
+        response: Some(doc),
+        ..f
+    })
 }
 
 /// A running job whose transaction rolled back for a transient provider error is queued
@@ -974,13 +1010,12 @@ async fn retry_transient(d: &Daemon, id: &str, error: String) {
         .retry_later(id, error, now_ms(), d.backoff(), random())
         .await
     {
-        Ok(j) if j.state == JobState::Dead => d.hub.finish(id, finished_event(&j)),
+        Ok(j) if j.state == JobState::Dead => d.hub.finish(id, || finished_event(&j)),
         Ok(j) => {
             d.metrics.retried();
-            d.hub.publish(
-                id,
-                serde_json::json!({"event": "retry", "id": id, "not_before_ms": j.not_before_ms, "error": j.error}),
-            )
+            d.hub.publish(id, || {
+                serde_json::json!({"event": "retry", "id": id, "not_before_ms": j.not_before_ms, "error": j.error})
+            })
         }
         Err(e) => tracing::error!(job = %id, error = %e, "queueing a retry"),
     }
