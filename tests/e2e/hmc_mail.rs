@@ -243,6 +243,26 @@ fn a_failure_at_the_mailbox_step_leaves_nothing() {
     let passwd = std::fs::read_to_string(sb.data().join("mail/passwd")).unwrap();
     assert_eq!(passwd.lines().count(), 1, "{passwd}");
     assert!(passwd.starts_with("tom@tailspin.test::"), "{passwd}");
+    // Its share of the stores went back (DeAllocateOrganization); Tailspin keeps its own.
+    let shares = store_shares(&sb);
+    assert!(!shares.contains("AlpineSkiHouse"), "{shares}");
+    assert!(shares.contains("OU=Tailspin"), "{shares}");
+}
+
+/// The organizations holding space on each store (QueryOrganizationsByMailstore).
+fn store_shares(sb: &Sandbox) -> String {
+    let r = procedure(
+        sb,
+        "shares.xml",
+        r#"<execute id="a" namespace="Exchange 2007 Resource Manager" procedure="QueryOrganizationsByMailstore">
+    <executeData><serverName>ex01</serverName><mailStoreName>DB01</mailStoreName></executeData>
+    <after source="executeData" sourcePath="organizations" destination="data" mode="insert"/></execute>
+  <execute id="b" namespace="Exchange 2007 Resource Manager" procedure="QueryOrganizationsByMailstore">
+    <executeData><serverName>ex02</serverName><mailStoreName>DB02</mailStoreName></executeData>
+    <after source="executeData" sourcePath="organizations" destination="data" mode="insert"/></execute>"#,
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    r.stdout
 }
 
 /// ProvisionTenant's mailboxes and a room (CreateResourceMailbox) on a real Dovecot: a
