@@ -911,3 +911,214 @@ async fn concurrent_commits_and_rollbacks_leave_exactly_the_committed_mailboxes(
         );
     }
 }
+
+/// A room and a piece of equipment: disabled directory users mailbox-enabled as resources,
+/// with their type and capacity in GetMailbox and in their organization's address list (not
+/// in another's), files like any mailbox's; a rolled-back one leaves nothing; calendar
+/// processing and bad input are refused naming the input; the allocation and plan charge a
+/// caller records come back from GetMailbox.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resource_mailboxes_are_rooms_and_equipment_in_their_tenants_list() {
+    let e = env();
+    tenants(&e).await;
+    let user = |cn: &str, upn: &str| {
+        json!({"container": org_dn("R", "A"), "class": "user", "name": format!("CN={cn}"),
+               "properties": {"property": [{"@name": "userPrincipalName", "@mode": "replace", "value": [upn]}]}})
+    };
+    let room = user_dn("R", "A", "room1@fabrikam.test");
+    let beamer = user_dn("R", "A", "beamer@fabrikam.test");
+    let mut room_in = enable(&room, &["room1@fabrikam.test"]);
+    room_in["resourceType"] = json!("room");
+    room_in["resourceCapacity"] = json!("12");
+    room_in["allocation"] =
+        json!({"organization": org_dn("R", "A"), "mailbox": "room1@fabrikam.test"});
+    room_in["planCharge"] = json!({"customerName": org_dn("R", "A"), "limit": "maxMailboxes"});
+    let mut beamer_in = enable(&beamer, &["beamer@fabrikam.test"]);
+    beamer_in["resourceType"] = json!("Equipment");
+
+    // Rolled back: nothing of it in state or files.
+    let before = snapshot(&e.root);
+    let r = run(
+        &e,
+        &[
+            (
+                "u",
+                &ad("Create Object"),
+                user("room1@fabrikam.test", "room1@fabrikam.test"),
+            ),
+            ("m", &ex("CreateResourceMailbox"), room_in.clone()),
+            (
+                "x",
+                "Error Provider/SetError",
+                json!({"hr": "0x80004005", "desc": "later failure"}),
+            ),
+        ],
+    )
+    .await;
+    assert_ne!(r.state, provisio_engine::TxnState::Committed);
+    assert_eq!(snapshot(&e.root), before);
+    assert!(state(&e, "addr/room1@fabrikam.test").is_none());
+
+    ok(
+        &e,
+        &[
+            (
+                "u",
+                &ad("Create Object"),
+                user("room1@fabrikam.test", "room1@fabrikam.test"),
+            ),
+            (
+                "v",
+                &ad("Create Object"),
+                user("beamer@fabrikam.test", "beamer@fabrikam.test"),
+            ),
+            ("m", &ex("CreateResourceMailbox"), room_in),
+            ("n", &ex("CreateResourceMailbox"), beamer_in),
+        ],
+    )
+    .await;
+    let r = ok(
+        &e,
+        &[
+            (
+                "g",
+                &ex("GetMailbox"),
+                json!({"user": "room1@fabrikam.test"}),
+            ),
+            (
+                "l",
+                &ex("GetAddressList"),
+                json!({"organization": org_dn("R", "A")}),
+            ),
+            (
+                "k",
+                &ex("GetAddressList"),
+                json!({"organization": org_dn("R", "B")}),
+            ),
+        ],
+    )
+    .await;
+    let g = out(&r, "g");
+    let m = g.child("mailbox").unwrap();
+    assert_eq!(m.child("resourceType").unwrap().string_value(), "Room");
+    assert_eq!(m.child("resourceCapacity").unwrap().string_value(), "12");
+    let a = m.child("allocation").unwrap();
+    assert_eq!(
+        a.child("organization").unwrap().string_value(),
+        org_dn("R", "A")
+    );
+    assert_eq!(
+        a.child("mailbox").unwrap().string_value(),
+        "room1@fabrikam.test"
+    );
+    let c = m.child("planCharge").unwrap();
+    assert_eq!(c.child("limit").unwrap().string_value(), "maxMailboxes");
+    assert_eq!(c.child("amount").unwrap().string_value(), "1");
+    let list = out(&r, "l");
+    let entries: Vec<String> = list
+        .child("addressList")
+        .unwrap()
+        .elements()
+        .map(|x| {
+            format!(
+                "{} {} {}",
+                x.child("emailAddress").unwrap().string_value(),
+                x.child("resourceType")
+                    .map(|t| t.string_value())
+                    .unwrap_or_default(),
+                x.child("resourceCapacity")
+                    .map(|t| t.string_value())
+                    .unwrap_or_default()
+            )
+        })
+        .collect();
+    assert!(
+        entries.contains(&"room1@fabrikam.test Room 12".to_string()),
+        "{entries:?}"
+    );
+    assert!(
+        entries.contains(&"beamer@fabrikam.test Equipment ".to_string()),
+        "{entries:?}"
+    );
+    let other = format!("{:?}", out(&r, "k"));
+    assert!(!other.contains("room1"), "{other}");
+    // A mailbox like any other for the mail server.
+    let passwd = read(&e.root, "passwd");
+    assert!(passwd.contains("room1@fabrikam.test::"), "{passwd}");
+    assert!(passwd.contains("beamer@fabrikam.test::"), "{passwd}");
+    // The directory user stays disabled (userAccountControl 514).
+    let r = ok(
+        &e,
+        &[(
+            "p",
+            &ad("Get Properties"),
+            json!({"path": room, "attributes": "userAccountControl"}),
+        )],
+    )
+    .await;
+    assert!(format!("{:?}", out(&r, "p")).contains("514"));
+
+    // Refused, naming the input, nothing written.
+    let before = snapshot(&e.root);
+    ok(
+        &e,
+        &[(
+            "w",
+            &ad("Create Object"),
+            user("hall@fabrikam.test", "hall@fabrikam.test"),
+        )],
+    )
+    .await;
+    let hall = user_dn("R", "A", "hall@fabrikam.test");
+    for (field, value, want) in [
+        (
+            "resourceType",
+            json!(null),
+            "input `resourceType` is required (Room or Equipment)",
+        ),
+        (
+            "resourceType",
+            json!("Desk"),
+            "input `resourceType` must be one of Room, Equipment",
+        ),
+        (
+            "resourceCapacity",
+            json!("-1"),
+            "input `resourceCapacity` must be a whole number",
+        ),
+        (
+            "automateProcessing",
+            json!("AutoAccept"),
+            "input `automateProcessing` is not implemented",
+        ),
+        (
+            "planCharge",
+            json!({"customerName": "x", "limit": "mailboxQuotaKB"}),
+            "input `planCharge/limit` must be a counted limit",
+        ),
+        (
+            "allocation",
+            json!({"organization": "x"}),
+            "input `allocation/mailbox` is required",
+        ),
+    ] {
+        let mut v = enable(&hall, &["hall@fabrikam.test"]);
+        v["resourceType"] = json!("Room");
+        if value.is_null() {
+            v.as_object_mut().unwrap().remove(field);
+        } else {
+            v[field] = value;
+        }
+        let msg = fails(&e, &[("m", &ex("CreateResourceMailbox"), v)]).await;
+        assert!(msg.contains(want), "{field}: {msg}");
+    }
+    assert_eq!(snapshot(&e.root), before);
+    // A user mailbox with a capacity but no type: refused too.
+    let mut v = enable(&hall, &["hall@fabrikam.test"]);
+    v["resourceCapacity"] = json!("3");
+    let msg = fails(&e, &[("m", &ex("CreateMailbox"), v)]).await;
+    assert!(
+        msg.contains("input `resourceCapacity` needs `resourceType`"),
+        "{msg}"
+    );
+}

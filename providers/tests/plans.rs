@@ -523,3 +523,42 @@ async fn bad_input_names_the_field_and_leaves_nothing() {
         assert_eq!(record(&e, "plan/neg"), None, "{procedure} {with}");
     }
 }
+
+/// `AddService` and `CreatePlan` with flagIgnoreAlreadyExistsError: the same definition again
+/// is success with no change (flagSkipAction 1); a plan with other services or limits is still
+/// refused (plans cannot be changed); without the flag an existing one is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn existing_services_and_plans_are_no_change_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path());
+    setup(&e).await;
+    let gold = record(&e, "plan/gold").unwrap();
+    let service = record(&e, "service/hostedemail").unwrap();
+    let out = ok(
+        &e,
+        "AddService",
+        "{ serviceName: hostedemail, description: other, flagIgnoreAlreadyExistsError: \"1\" }",
+    )
+    .await;
+    assert_eq!(text(&out, &["flagSkipAction"]), "1");
+    assert_eq!(record(&e, "service/hostedemail").unwrap(), service);
+    let same = "{ planName: Gold, services: { service: [HostedEmail, HostedActiveDirectory] }, limits: { maxUsers: \"2\", mailboxQuotaKB: \"2048\", maxMailboxes: \"10\" }, flagIgnoreAlreadyExistsError: \"1\" }";
+    let out = ok(&e, "CreatePlan", same).await;
+    assert_eq!(text(&out, &["flagSkipAction"]), "1");
+    assert_eq!(record(&e, "plan/gold").unwrap(), gold);
+    let (code, msg) = refused(&e, "CreatePlan", &same.replace("\"2048\"", "\"4096\"")).await;
+    assert_eq!(code, 0x8007_00B7, "{msg}");
+    assert!(
+        msg.contains("plan Gold already exists with other services or limits"),
+        "{msg}"
+    );
+    let (_, msg) = refused(&e, "AddService", "{ serviceName: HostedEmail }").await;
+    assert!(msg.contains("service HostedEmail already exists"), "{msg}");
+    let (_, msg) = refused(&e, "CreatePlan", &same.replace("\"1\" }", "maybe }")).await;
+    assert!(msg.contains("flagIgnoreAlreadyExistsError"), "{msg}");
+    assert_eq!(record(&e, "plan/gold").unwrap(), gold);
+    // A new plan with the flag is created as usual.
+    let out = ok(&e, "CreatePlan", "{ planName: Tin, services: { service: HostedActiveDirectory }, flagIgnoreAlreadyExistsError: \"1\" }").await;
+    assert!(out.child("flagSkipAction").is_none());
+    assert!(record(&e, "plan/tin").is_some());
+}

@@ -452,103 +452,133 @@ async fn concurrent_allocations_never_over_commit() {
     assert_eq!(recorded, ok);
 }
 
-/// One benchmark run: 1,000 `AllocateMailbox` transactions of 100 KB started at once
-/// against one 4,000 MB store; `orgs` organizations (each with an equal share, or none and
-/// `autoAllocate` when `auto`); `serial`: one after another instead (the floor of one
-/// transaction's commit). Returns (wall seconds, per-transaction latencies in ms).
-async fn bench_run(orgs: usize, auto: bool, serial: bool) -> (f64, Vec<f64>) {
+/// `DeAllocateOrganization` gives an organization's shares back once its mailboxes are
+/// released (refused before, naming them), rolls back with its transaction, releases nothing
+/// for an organization without space, and a second call changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deallocate_organization_gives_the_shares_back() {
     let dir = tempfile::tempdir().unwrap();
     let e = engine(dir.path());
-    let one = "{ mailStores: { mailStore: { serverName: ex1, mailStoreName: DB1, megabytes: \"4000\" } } }";
-    committed(&run(&e, &call("AddExchangeResources", one, false)).await);
-    if !auto {
-        let share = 2000 / orgs;
-        for o in 0..orgs {
-            let with = format!("{{ organization: org{o}, megabytes: \"{share}\" }}");
-            committed(&run(&e, &call("AllocateOrganization", &with, false)).await);
-        }
+    committed(&run(&e, &call("AddExchangeResources", STORES, false)).await);
+    let before = stores(&e);
+    committed(
+        &run(
+            &e,
+            &call(
+                "AllocateOrganization",
+                "{ organization: Fabrikam, megabytes: \"3\", algorithm: level }",
+                false,
+            ),
+        )
+        .await,
+    );
+    committed(
+        &run(
+            &e,
+            &call(
+                "AllocateOrganization",
+                "{ organization: Contoso, megabytes: \"1\" }",
+                false,
+            ),
+        )
+        .await,
+    );
+    let with = "{ organization: Fabrikam, mailbox: ann, kilobytes: \"100\" }";
+    committed(&run(&e, &call("AllocateMailbox", with, false)).await);
+    // A mailbox still allocated: refused, naming the organization and the count.
+    let org = "{ organization: Fabrikam }";
+    let r = run(&e, &call("DeAllocateOrganization", org, false)).await;
+    assert_eq!(r.state, TxnState::RolledBack);
+    let f = r.failure.unwrap();
+    assert_eq!(f.code, 0x8007_0057, "{f:?}");
+    assert!(
+        f.message
+            .contains("organization Fabrikam still has 1 mailboxes allocated (100 KB)"),
+        "{f:?}"
+    );
+    let held = stores(&e);
+    assert!(held.values().any(|(_, r)| r.contains_key("Fabrikam")));
+    committed(
+        &run(
+            &e,
+            &call(
+                "DeAllocateMailbox",
+                "{ organization: Fabrikam, mailbox: ann }",
+                false,
+            ),
+        )
+        .await,
+    );
+    // Rolled back with a later failure: the shares are still held.
+    let r = run(&e, &call("DeAllocateOrganization", org, true)).await;
+    assert_eq!(r.state, TxnState::RolledBack);
+    assert_eq!(stores(&e), held);
+    assert!(record(&e, "org/Fabrikam").is_some());
+    // Committed: every share of Fabrikam is given back, Contoso keeps its own.
+    let out = committed(&run(&e, &call("DeAllocateOrganization", org, false)).await).clone();
+    assert_eq!(text(&out, &["megabytes"]), "3");
+    assert!(record(&e, "org/Fabrikam").is_none());
+    let after = stores(&e);
+    for (id, (mb, reserved)) in &after {
+        assert!(!reserved.contains_key("Fabrikam"), "{id}: {reserved:?}");
+        assert_eq!(*mb, before[id].0);
     }
-    let n = 1000;
-    let started = std::time::Instant::now();
-    let mut tasks = Vec::new();
-    let mut lat = Vec::new();
-    for i in 0..n {
-        let e = e.clone();
-        let auto = if auto {
-            ", mailStore: { autoAllocate: level }"
-        } else {
-            ""
-        };
-        let with = format!(
-            "{{ organization: org{}, mailbox: m{i}, kilobytes: \"100\"{auto} }}",
-            i % orgs
-        );
-        let task = tokio::spawn(async move {
-            let t = std::time::Instant::now();
-            let r = run(&e, &call("AllocateMailbox", &with, false)).await;
-            assert_eq!(r.state, TxnState::Committed, "{:?}", r.failure);
-            t.elapsed().as_secs_f64() * 1000.0
-        });
-        if serial {
-            lat.push(task.await.unwrap());
-        } else {
-            tasks.push(task);
-        }
+    assert_eq!(
+        after
+            .values()
+            .map(|(_, r)| r.values().sum::<u64>())
+            .sum::<u64>(),
+        1,
+        "{after:?}"
+    );
+    // Again, or for an organization that never had space: nothing to release, no change.
+    for o in [org, "{ organization: Nobody }"] {
+        let out = committed(&run(&e, &call("DeAllocateOrganization", o, false)).await).clone();
+        assert_eq!(text(&out, &["megabytes"]), "0");
+        assert_eq!(stores(&e), after);
     }
-    for t in tasks {
-        lat.push(t.await.unwrap());
-    }
-    let wall = started.elapsed().as_secs_f64();
-    // No over-commit: the store holds what was granted, the shares what was charged.
-    let s = record(&e, "store/ex1/db1").unwrap();
-    let granted: u64 = s["reserved"]
-        .as_object()
-        .unwrap()
-        .values()
-        .map(|v| v.as_u64().unwrap())
-        .sum();
-    assert!(granted <= 4000);
-    let mut used = 0;
-    for o in 0..orgs {
-        let org = record(&e, &format!("org/org{o}")).unwrap();
-        let share = &org["shares"]["ex1/db1"];
-        assert!(share["used_kb"].as_u64().unwrap() <= share["megabytes"].as_u64().unwrap() * 1024);
-        used += share["used_kb"].as_u64().unwrap();
-    }
-    assert_eq!(used, 100 * n as u64);
-    lat.sort_by(f64::total_cmp);
-    (wall, lat)
+    // Bad input names the field.
+    let r = run(&e, &call("DeAllocateOrganization", "{ x: \"1\" }", false)).await;
+    assert!(r.failure.unwrap().message.contains("`organization`"));
 }
 
-/// The issue-16 benchmark (BENCHMARKS.md): 1,000 concurrent `AllocateMailbox`
-/// transactions against one store, three ways — one organization (its share is one
-/// counter), 50 organizations with shares (partitioned), 50 organizations growing with
-/// autoAllocate (the store's key is hot). Run in release:
-/// `cargo test --release -p provisio-providers --test resource_manager -- --ignored --nocapture bench`.
+/// `AddExchangeResources` with flagIgnoreAlreadyExistsError: the same stores again change
+/// nothing; a store registered with another size is still refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "benchmark; run by hand in release (see BENCHMARKS.md)"]
-async fn bench_concurrent_allocate_mailbox() {
-    let reps: usize = std::env::var("PROVISIO_BENCH_REPS")
-        .ok()
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(3);
-    for (label, orgs, auto, serial) in [
-        ("1 organization, one transaction at a time", 1, false, true),
-        ("1 organization", 1, false, false),
-        ("50 organizations", 50, false, false),
-        ("50 organizations, autoAllocate", 50, true, false),
-    ] {
-        for rep in 0..reps {
-            let (wall, lat) = bench_run(orgs, auto, serial).await;
-            let q = |p: f64| lat[((lat.len() as f64 - 1.0) * p) as usize];
-            println!(
-                "{label} (run {}): {wall:.2} s, {:.0} tx/s, latency median {:.1} ms, p90 {:.1} ms, max {:.1} ms",
-                rep + 1,
-                1000.0 / wall,
-                q(0.5),
-                q(0.9),
-                q(1.0)
-            );
-        }
-    }
+async fn adding_the_same_stores_again_changes_nothing_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path());
+    let again = STORES.replace(
+        "mailStores:",
+        "flagIgnoreAlreadyExistsError: \"1\", mailStores:",
+    );
+    let out = committed(&run(&e, &call("AddExchangeResources", &again, false)).await).clone();
+    assert_eq!(text(&out, &["flagSkipAction"]), "0");
+    committed(
+        &run(
+            &e,
+            &call(
+                "AllocateOrganization",
+                "{ organization: Fabrikam, megabytes: \"1\" }",
+                false,
+            ),
+        )
+        .await,
+    );
+    let before = stores(&e);
+    let out = committed(&run(&e, &call("AddExchangeResources", &again, false)).await).clone();
+    assert_eq!(text(&out, &["flagSkipAction"]), "1");
+    assert_eq!(stores(&e), before);
+    // Without the flag, or with another size: refused.
+    let r = run(&e, &call("AddExchangeResources", STORES, false)).await;
+    assert!(r.failure.unwrap().message.contains("already exists"));
+    let bigger = again.replace("megabytes: \"4\"", "megabytes: \"5\"");
+    assert_ne!(bigger, again);
+    let r = run(&e, &call("AddExchangeResources", &bigger, false)).await;
+    let f = r.failure.unwrap();
+    assert!(
+        f.message.contains("ex1/DB1 already exists (4 MB, shared)"),
+        "{f:?}"
+    );
+    assert_eq!(stores(&e), before);
 }

@@ -59,12 +59,13 @@ fn run_of_several_files_runs_them_in_order_and_stops_at_the_first_failure() {
         sb.data().join("files/tenants/AlpineSkiHouse").is_dir(),
         "{r:?}"
     );
-    // Initialize again (its reseller exists: rolled back, exit 1): the tenant file after it
-    // never runs, so the transaction list grows by one.
+    // The same tenant again (it exists: rolled back, exit 1): the file after it never runs,
+    // so the transaction list grows by one. (Initialize again would commit: it changes
+    // nothing the second time.)
     let before = sb.run(&["tx", "list"]);
     let r = sb.run(&[
         "run",
-        "workflows/hosting/initialize-hosting.yaml",
+        "workflows/hosting/provision-tenant.yaml",
         "workflows/hosting/decommission-tenant.yaml",
         "--quiet",
     ]);

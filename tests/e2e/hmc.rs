@@ -127,6 +127,10 @@ fn the_hosting_workflows_run_in_the_readme_order() {
     );
     assert_eq!(bulk.stdout.matches("<samName>").count(), 100, "{bulk:?}");
     assert!(homes.join("user100@alpineskihouse.test").is_dir());
+    // Each of them with a mailbox (ann, bob, eve, dan and the 100).
+    let passwd = || std::fs::read_to_string(sb.data().join("mail/passwd")).unwrap();
+    assert_eq!(passwd().lines().count(), 104);
+    assert!(passwd().contains("\nuser100@alpineskihouse.test::"));
     // BulkAddUsers puts them all into AllUsers in one change.
     let found = ok(&sb, &["run", "workflows/hosting/find-tenants.yaml"]);
     let last = found
@@ -137,6 +141,7 @@ fn the_hosting_workflows_run_in_the_readme_order() {
     assert!(last.contains("CN=AllUsers,OU=AlpineSkiHouse"), "{last}");
     // The rollback demo fails at its last step and leaves nothing of Wingtip Toys.
     let with_tenant = world(&sb);
+    let mail_before = passwd();
     let demo = sb.run(&["run", "workflows/hosting/rollback-demo.xml"]);
     assert_eq!(demo.code, 1, "{demo:?}");
     assert!(demo.stdout.contains("status=\"rolled_back\""), "{demo:?}");
@@ -144,6 +149,26 @@ fn the_hosting_workflows_run_in_the_readme_order() {
     assert!(demo.stderr.contains("undone"), "{demo:?}");
     assert_eq!(world(&sb), with_tenant);
     assert!(!sb.data().join("zones/wingtiptoys.test.zone").exists());
+    // Its two mailboxes were created, then undone: the mail files never changed.
+    assert_eq!(passwd(), mail_before);
+    assert!(!passwd().contains("wingtiptoys"));
+    let id = demo
+        .stderr
+        .lines()
+        .find_map(|l| {
+            l.split_once(" rolled_back in ")
+                .map(|(id, _)| id.to_string())
+        })
+        .expect("the transaction id");
+    let shown = ok(&sb, &["tx", "show", &id]);
+    assert_eq!(
+        shown
+            .stdout
+            .matches("Exchange 2007 Provider/CreateMailbox")
+            .count(),
+        2,
+        "{shown:?}"
+    );
 
     // Decommissioning removes the tenant and gives everything back: the world is as it
     // was right after the set-up.

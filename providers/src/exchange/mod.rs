@@ -534,7 +534,8 @@ impl ExchangeProvider {
     async fn run(&self, call: &Call, tx: &mut Tx<'_>) -> Result<(Element, String), ProviderError> {
         let ed = &call.execute_data;
         match call.context.procedure.as_str() {
-            "CreateMailbox" => self.create_mailbox(call, tx).await,
+            "CreateMailbox" => self.create_mailbox(call, tx, false).await,
+            "CreateResourceMailbox" => self.create_mailbox(call, tx, true).await,
             "DisableMailbox" => self.remove_mailbox(ed, tx, false).await,
             "DeleteMailbox" => self.remove_mailbox(ed, tx, true).await,
             "MoveMailbox" => self.move_mailbox(call, tx).await,
@@ -561,8 +562,12 @@ impl ExchangeProvider {
         &self,
         call: &Call,
         tx: &mut Tx<'_>,
+        resource_required: bool,
     ) -> Result<(Element, String), ProviderError> {
         let ed = &call.execute_data;
+        let resource = resource_input(ed, resource_required)?;
+        let allocation = allocation_input(ed)?;
+        let plan_charge = charge_input(ed)?;
         let user_text = field(ed, "user").ok_or_else(|| {
             ProviderError::invalid("input `user` is required (the directory user's LDAP path, DN or userPrincipalName)")
         })?;
@@ -702,6 +707,9 @@ impl ExchangeProvider {
             store: store.clone(),
             plan: governing.map(|g| g.0),
             oof: None,
+            resource: resource.clone(),
+            allocation,
+            plan_charge,
         };
         let mkey = mailbox_key(&org.id, &user_id);
         for (d, mut r) in recs {
@@ -742,7 +750,11 @@ impl ExchangeProvider {
         Ok((
             out,
             format!(
-                "mailbox-enable {} as {} ({} KB{})",
+                "{}mailbox-enable {} as {} ({} KB{})",
+                resource
+                    .as_ref()
+                    .map(|r| format!("{} ", r.kind.to_lowercase()))
+                    .unwrap_or_default(),
                 entry.dn,
                 addresses.join(", "),
                 quota_kb,
@@ -968,6 +980,25 @@ impl ExchangeProvider {
             "homeDirectory",
             self.layout.home(&m).display().to_string(),
         ));
+        if let Some(r) = &m.resource {
+            e.push(text("resourceType", &r.kind));
+            if let Some(c) = r.capacity {
+                e.push(text("resourceCapacity", c));
+            }
+        }
+        if let Some(a) = &m.allocation {
+            let mut x = Element::new("allocation");
+            x.push(text("organization", &a.organization));
+            x.push(text("mailbox", &a.mailbox));
+            e.push(x);
+        }
+        if let Some(c) = &m.plan_charge {
+            let mut x = Element::new("planCharge");
+            x.push(text("customerName", &c.customer));
+            x.push(text("limit", &c.limit));
+            x.push(text("amount", c.amount));
+            e.push(x);
+        }
         let mut out = ed.clone();
         remove_children(&mut out, "mailbox");
         out.push(e);
@@ -1003,6 +1034,106 @@ fn store_input(ed: &Element) -> Result<(Option<String>, Option<String>), Provide
             "inputs `serverName` and `mailStoreName` go together (the mail store is named by both)",
         )),
     }
+}
+
+/// Calendar-processing inputs of Exchange's resource mailboxes that Provisio does not
+/// implement (refused by name rather than ignored).
+const CALENDAR_INPUTS: [&str; 9] = [
+    "automateProcessing",
+    "allBookInPolicy",
+    "allRequestInPolicy",
+    "allRequestOutOfPolicy",
+    "bookInPolicy",
+    "requestInPolicy",
+    "requestOutOfPolicy",
+    "resourceDelegates",
+    "resourceCustom",
+];
+
+/// Largest resource capacity (seats of a room, units of equipment).
+const MAX_CAPACITY: u64 = 1_000_000;
+
+/// `resourceType` (Room | Equipment) and `resourceCapacity`: required for
+/// `CreateResourceMailbox`, optional (absent: a user mailbox) for `CreateMailbox`.
+fn resource_input(ed: &Element, required: bool) -> Result<Option<ResourceRec>, ProviderError> {
+    for name in CALENDAR_INPUTS {
+        if ed.child(name).is_some() {
+            return Err(ProviderError::invalid(format!(
+                "input `{name}` is not implemented: Provisio's resource mailboxes have no calendar processing (resourceType and resourceCapacity only)"
+            )));
+        }
+    }
+    let capacity = field(ed, "resourceCapacity")
+        .map(|c| match c.trim().parse::<u64>() {
+            Ok(n) if n <= MAX_CAPACITY => Ok(n),
+            _ => Err(ProviderError::invalid(format!(
+                "input `resourceCapacity` must be a whole number from 0 to {MAX_CAPACITY}, got {c:?}"
+            ))),
+        })
+        .transpose()?;
+    match field(ed, "resourceType") {
+        Some(t) => Ok(Some(ResourceRec {
+            kind: one_of("resourceType", &t, &["Room", "Equipment"])?.to_string(),
+            capacity,
+        })),
+        None if required => Err(ProviderError::invalid(
+            "input `resourceType` is required (Room or Equipment)",
+        )),
+        None if capacity.is_some() => Err(ProviderError::invalid(
+            "input `resourceCapacity` needs `resourceType` (a user mailbox has no capacity)",
+        )),
+        None => Ok(None),
+    }
+}
+
+/// `allocation{organization, mailbox}`: the resource manager's names of the mailbox's
+/// allocation, recorded so that deleting the mailbox releases exactly that one.
+fn allocation_input(ed: &Element) -> Result<Option<AllocationRec>, ProviderError> {
+    let Some(a) = ed.child("allocation") else {
+        return Ok(None);
+    };
+    let get = |n: &str| {
+        field(a, n)
+            .map(|v| crate::bookkeeping::check_name(&format!("allocation/{n}"), &v, 1024))
+            .transpose()?
+            .ok_or_else(|| {
+                ProviderError::invalid(format!(
+                    "input `allocation/{n}` is required with `allocation` (the resource manager's organization and mailbox)"
+                ))
+            })
+    };
+    Ok(Some(AllocationRec {
+        organization: get("organization")?,
+        mailbox: get("mailbox")?,
+    }))
+}
+
+/// `planCharge{customerName, limit, amount?}`: a Managed Plans count the mailbox took.
+fn charge_input(ed: &Element) -> Result<Option<ChargeRec>, ProviderError> {
+    let Some(c) = ed.child("planCharge") else {
+        return Ok(None);
+    };
+    let customer = field(c, "customerName")
+        .map(|v| crate::bookkeeping::check_name("planCharge/customerName", &v, 1024))
+        .transpose()?
+        .ok_or_else(|| {
+            ProviderError::invalid("input `planCharge/customerName` is required with `planCharge`")
+        })?;
+    let limit = req_field(c, "limit", "planCharge/limit")?;
+    if !(limit.starts_with("max") && limit.chars().all(|c| c.is_ascii_alphanumeric())) {
+        return Err(ProviderError::invalid(format!(
+            "input `planCharge/limit` must be a counted limit's name (maxMailboxes), got {limit:?}"
+        )));
+    }
+    let amount = match field(c, "amount") {
+        None => 1,
+        Some(a) => parse_size("planCharge/amount", &a, "places")?,
+    };
+    Ok(Some(ChargeRec {
+        customer,
+        limit,
+        amount,
+    }))
 }
 
 /// The accepted domain `d`, usable by `org` (its owner, or an organization under the
@@ -1366,20 +1497,22 @@ async fn delete_contact(ed: &Element, tx: &mut Tx<'_>) -> Result<(Element, Strin
 async fn address_list(ed: &Element, tx: &mut Tx<'_>) -> Result<(Element, String), ProviderError> {
     let org = org_input(ed)?;
     let o = crate::bookkeeping::esc(&org.id);
-    let mut entries: Vec<(String, String, String, String)> = Vec::new();
+    type Entry = (String, String, String, String, Option<ResourceRec>);
+    let mut entries: Vec<Entry> = Vec::new();
     for (_, m) in tx.r.scan::<MailboxRec>(&format!("mbx/{o}/")).await? {
         entries.push((
             "mailbox".into(),
             m.display.clone(),
             m.alias.clone(),
             m.primary().to_string(),
+            m.resource.clone(),
         ));
     }
     for (_, g) in tx.r.scan::<GroupRec>(&format!("grp/{o}/")).await? {
-        entries.push(("group".into(), g.display, g.alias, g.address));
+        entries.push(("group".into(), g.display, g.alias, g.address, None));
     }
     for (_, c) in tx.r.scan::<ContactRec>(&format!("contact/{o}/")).await? {
-        entries.push(("contact".into(), c.display, c.alias, c.external));
+        entries.push(("contact".into(), c.display, c.alias, c.external, None));
     }
     entries.sort_by(|a, b| {
         a.1.to_lowercase()
@@ -1388,12 +1521,18 @@ async fn address_list(ed: &Element, tx: &mut Tx<'_>) -> Result<(Element, String)
     });
     let mut list = Element::new("addressList");
     list.set_attr("organization", org.dn.to_string());
-    for (kind, disp, nick, addr) in &entries {
+    for (kind, disp, nick, addr, resource) in &entries {
         let mut e = Element::new("entry");
         e.push(text("type", kind));
         e.push(text("displayName", disp));
         e.push(text("alias", nick));
         e.push(text("emailAddress", addr));
+        if let Some(r) = resource {
+            e.push(text("resourceType", &r.kind));
+            if let Some(c) = r.capacity {
+                e.push(text("resourceCapacity", c));
+            }
+        }
         list.push(e);
     }
     let mut out = ed.clone();
@@ -1491,8 +1630,8 @@ impl Provider for ExchangeProvider {
         let store = || {
             input("mailStore", "map", false, "serverName + mailStoreName of a store registered with the Exchange 2007 Resource Manager")
         };
-        vec![
-            sp("CreateMailbox", w, "Mailbox-enables an existing directory user: emailAddresses/value (the first is the primary SMTP address; every domain an accepted domain of the organization), alias, quotaKB (at most the plan's mailboxQuotaKB; default it), mailStore; undo = disable. Outputs primarySmtpAddress, quotaKB, mailStore, homeDirectory.", vec![
+        let mailbox_inputs = |resource: bool| {
+            vec![
                 input("user", "string", true, "the directory user: LDAP path, DN or userPrincipalName"),
                 input("emailAddresses", "list", true, "value elements; the first is primary"),
                 input("alias", "string", false, "the alias (mailNickname); default the primary address's local part"),
@@ -1502,7 +1641,15 @@ impl Provider for ExchangeProvider {
                 input("displayName", "string", false, "default the user's displayName or cn"),
                 store(),
                 input("database", "string", false, "the store as `server\\store` or `server/store` (instead of mailStore)"),
-            ]),
+                input("resourceType", "string", resource, if resource { "Room or Equipment" } else { "Room or Equipment: a resource mailbox (as CreateResourceMailbox)" }),
+                input("resourceCapacity", "int", false, "the resource's capacity (seats of a room), 0 to 1000000"),
+                input("allocation", "map", false, "organization + mailbox: the resource manager's allocation made for this mailbox (recorded; GetMailbox returns it, so that deleting the mailbox releases exactly it)"),
+                input("planCharge", "map", false, "customerName + limit (+ amount, default 1): a Managed Plans count taken for this mailbox (recorded like allocation)"),
+            ]
+        };
+        vec![
+            sp("CreateMailbox", w, "Mailbox-enables an existing directory user: emailAddresses/value (the first is the primary SMTP address; every domain an accepted domain of the organization), alias, quotaKB (at most the plan's mailboxQuotaKB; default it), mailStore; undo = disable. Outputs primarySmtpAddress, quotaKB, mailStore, homeDirectory.", mailbox_inputs(false)),
+            sp("CreateResourceMailbox", w, "Mailbox-enables an existing (disabled) directory user as a resource: resourceType Room or Equipment, resourceCapacity; otherwise as CreateMailbox (addresses, quota, store, in the organization's address list with its type). Calendar processing (automateProcessing, booking policies) is not implemented and refused. Undo = disable.", mailbox_inputs(true)),
             sp("DisableMailbox", w, "Removes the mailbox from the mail system (addresses, alias, group memberships); the mail stays on disk (a disconnected mailbox).", vec![user()]),
             sp("DeleteMailbox", w, "Removes the mailbox and, at commit, its mail.", vec![user()]),
             sp("MoveMailbox", w, "Moves the mailbox to another registered store (its folder moves at commit); outputs moved. Reversible until commit.", vec![user(), store()]),
@@ -1537,8 +1684,8 @@ impl Provider for ExchangeProvider {
                 input("displayName", "string", false, "default the name"),
             ]),
             sp("DeleteContact", w, "Deletes a mail contact.", vec![org(), name()]),
-            sp("GetMailbox", rd, "Reads a mailbox: outputs mailbox{user, organization, alias, displayName, primarySmtpAddress, emailAddresses, quotaKB, mailStore, outOfOffice, homeDirectory}.", vec![user()]),
-            sp("GetAddressList", rd, "The organization's address list (address-book segregation): addressList/entry{type, displayName, alias, emailAddress} of its own mailboxes, groups and contacts only.", vec![org()]),
+            sp("GetMailbox", rd, "Reads a mailbox: outputs mailbox{user, organization, alias, displayName, primarySmtpAddress, emailAddresses, quotaKB, mailStore, outOfOffice, homeDirectory, resourceType, resourceCapacity, allocation, planCharge} (the last four when set).", vec![user()]),
+            sp("GetAddressList", rd, "The organization's address list (address-book segregation): addressList/entry{type, displayName, alias, emailAddress, resourceType?, resourceCapacity?} of its own mailboxes (resource mailboxes with their type), groups and contacts only.", vec![org()]),
             sp("GetOrganizationDomains", rd, "The organization's accepted domains: SMTPDomains/SMTPDomain{domainName, domainTypeName, shared}.", vec![org()]),
         ]
     }

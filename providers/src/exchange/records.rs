@@ -5,7 +5,7 @@
 //! | key | value |
 //! | --- | --- |
 //! | `domain/<domain>` | [`DomainRec`]: type, owning organization, organizations sharing it |
-//! | `mbx/<org>/<user>` | [`MailboxRec`]: addresses, alias, quota, store, out-of-office |
+//! | `mbx/<org>/<user>` | [`MailboxRec`]: addresses, alias, quota, store, out-of-office, resource type, what was charged for it |
 //! | `user/<user>` | the organization id of the user's mailbox |
 //! | `addr/<address>` | who holds the address (`mbx/…`, `grp/…` key) |
 //! | `alias/<alias>` | who holds the alias |
@@ -59,6 +59,39 @@ pub(crate) struct MailboxRec {
     pub(crate) plan: Option<String>,
     #[serde(default)]
     pub(crate) oof: Option<OofRec>,
+    /// A resource (room or equipment) mailbox: its type and capacity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) resource: Option<ResourceRec>,
+    /// What the caller charged for this mailbox elsewhere (Hosted Email 2007: the resource
+    /// manager's allocation, the plan's count), given back exactly when it is deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) allocation: Option<AllocationRec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) plan_charge: Option<ChargeRec>,
+}
+
+/// A resource mailbox's type and capacity.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(crate) struct ResourceRec {
+    /// Room | Equipment.
+    pub(crate) kind: String,
+    #[serde(default)]
+    pub(crate) capacity: Option<u64>,
+}
+
+/// The resource manager's names of the mailbox's allocation.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(crate) struct AllocationRec {
+    pub(crate) organization: String,
+    pub(crate) mailbox: String,
+}
+
+/// A Managed Plans count the mailbox took.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub(crate) struct ChargeRec {
+    pub(crate) customer: String,
+    pub(crate) limit: String,
+    pub(crate) amount: u64,
 }
 
 impl MailboxRec {

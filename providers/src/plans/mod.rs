@@ -392,7 +392,18 @@ impl PlansProvider {
 async fn add_service(ed: &Element, r: &Records<'_>) -> Result<(Element, String), ProviderError> {
     let name = plain_name("serviceName", &req_field(ed, "serviceName", "serviceName")?)?;
     let key = service_key(&name);
+    let ignore = flag(
+        "flagIgnoreAlreadyExistsError",
+        field(ed, "flagIgnoreAlreadyExistsError"),
+        false,
+    )?;
     if let Some(old) = r.get::<ServiceRec>(&key).await? {
+        if ignore {
+            let mut out = ed.clone();
+            remove_children(&mut out, "flagSkipAction");
+            out.push(text("flagSkipAction", "1"));
+            return Ok((out, format!("service {} exists: no change", old.name)));
+        }
         return Err(ProviderError::Permanent {
             code: E_ALREADY_EXISTS,
             message: format!("service {} already exists", old.name),
@@ -481,7 +492,13 @@ async fn plan_complete(
 async fn create_plan(ed: &Element, r: &Records<'_>) -> Result<(Element, String), ProviderError> {
     let name = plain_name("planName", &req_field(ed, "planName", "planName")?)?;
     let key = plan_key(&name);
-    if let Some(old) = r.get::<PlanRec>(&key).await? {
+    let ignore = flag(
+        "flagIgnoreAlreadyExistsError",
+        field(ed, "flagIgnoreAlreadyExistsError"),
+        false,
+    )?;
+    let existing = r.get::<PlanRec>(&key).await?;
+    if let (Some(old), false) = (&existing, ignore) {
         return Err(ProviderError::Permanent {
             code: E_ALREADY_EXISTS,
             message: format!("plan {} already exists", old.name),
@@ -520,6 +537,27 @@ async fn create_plan(ed: &Element, r: &Records<'_>) -> Result<(Element, String),
             }
         };
         limits.insert(e.name.to_string(), value);
+    }
+    // flagIgnoreAlreadyExistsError: the same plan again is no change; a different one is
+    // still refused (plans cannot be changed once created).
+    if let Some(old) = existing {
+        let same_services = old.services.len() == services.len()
+            && services
+                .iter()
+                .all(|x| old.services.iter().any(|o| o.eq_ignore_ascii_case(x)));
+        if same_services && old.limits == limits {
+            let mut out = ed.clone();
+            remove_children(&mut out, "flagSkipAction");
+            out.push(text("flagSkipAction", "1"));
+            return Ok((out, format!("plan {} exists as asked: no change", old.name)));
+        }
+        return Err(ProviderError::Permanent {
+            code: E_ALREADY_EXISTS,
+            message: format!(
+                "plan {} already exists with other services or limits (plans cannot be changed once created)",
+                old.name
+            ),
+        });
     }
     plan_complete(r, &services, &services, &format!("plan {name}")).await?;
     let rec = PlanRec {
@@ -1105,19 +1143,21 @@ impl Provider for PlansProvider {
         let w = ProcKind::Write;
         let rd = ProcKind::Read;
         vec![
-            spec("AddService", w, "Registers a service (HostedActiveDirectory, HostedEmail, …).", vec![
+            spec("AddService", w, "Registers a service (HostedActiveDirectory, HostedEmail, …). With flagIgnoreAlreadyExistsError a registered service is no change (flagSkipAction 1).", vec![
                 input("serviceName", "string", true, "the service"),
                 input("description", "string", false, "what it is"),
+                input("flagIgnoreAlreadyExistsError", "bool", false, "an existing service is success, with no change (default false)"),
             ]),
             spec("AddServiceDependency", w, "Records that serviceName needs dependsOn (a cycle is refused).", vec![
                 input("serviceName", "string", true, "the service"),
                 input("dependsOn", "string", true, "the service it needs"),
             ]),
-            spec("CreatePlan", w, "Creates a plan: services/service (each with everything it needs) and limits (maxUsers, mailboxQuotaKB, …: whole numbers).", vec![
+            spec("CreatePlan", w, "Creates a plan: services/service (each with everything it needs) and limits (maxUsers, mailboxQuotaKB, …: whole numbers). With flagIgnoreAlreadyExistsError the same plan (services and limits) again is no change (flagSkipAction 1); a different one is refused.", vec![
                 input("planName", "string", true, "the plan"),
                 input("services", "map", false, "service elements"),
                 input("limits", "map", false, "one element per limit: its name, its value"),
                 input("description", "string", false, "what it is"),
+                input("flagIgnoreAlreadyExistsError", "bool", false, "the same plan again is success, with no change (default false)"),
             ]),
             spec("CreateCustomer", w, "Creates a customer (type organization or user) under an optional parent organization, with an optional plan; a user counts against the parent plan's maxUsers.", vec![
                 customer(),

@@ -13,6 +13,8 @@
 //! - `org/<organization>`: its shares (MB granted, KB charged) by store;
 //! - `mbx/<organization>/<mailbox>`: the store a mailbox is charged to and its KB.
 //!
+//! `DeAllocateOrganization` gives an organization's shares back (once it has no mailbox).
+//!
 //! Contention: a mailbox allocation takes only its organization's key and its own key, so
 //! mailboxes of different organizations never wait for each other; a store key is taken
 //! only when an organization's space changes (`AllocateOrganization`, `autoAllocate`,
@@ -288,6 +290,7 @@ impl ResourceManagerProvider {
             "AllocateMailbox" => allocate_mailbox(ed, r).await,
             "ReAllocateMailbox" => reallocate_mailbox(ed, r).await,
             "DeAllocateMailbox" => deallocate_mailbox(ed, r).await,
+            "DeAllocateOrganization" => deallocate_organization(ed, r).await,
             "QueryAllStores" => query_all_stores(ed, r).await,
             "QueryOrganizationsByMailstore" => query_organizations(ed, r).await,
             other => Err(ProviderError::Unsupported(format!(
@@ -333,27 +336,53 @@ async fn add_resources(ed: &Element, r: &Records<'_>) -> Result<(Element, String
             )));
         }
     }
-    for s in &stores {
+    // With flagIgnoreAlreadyExistsError a store registered as asked is left as it is
+    // (running a set-up twice changes nothing); registered otherwise, it is still refused.
+    let ignore = flag(
+        "flagIgnoreAlreadyExistsError",
+        field(ed, "flagIgnoreAlreadyExistsError"),
+        false,
+    )?;
+    let mut new = Vec::new();
+    for s in stores {
         let key = store_key(&store_id(&s.server, &s.name));
         if let Some(old) = r.get::<StoreRec>(&key).await? {
+            if ignore && old.megabytes == s.megabytes && old.shared == s.shared {
+                continue;
+            }
             return Err(ProviderError::Permanent {
                 code: E_ALREADY_EXISTS,
                 message: format!(
-                    "mail store {} already exists ({} MB); ModifyExchangeResources changes it",
+                    "mail store {} already exists ({} MB, {}); ModifyExchangeResources changes it",
                     old.label(),
-                    old.megabytes
+                    old.megabytes,
+                    if old.shared { "shared" } else { "dedicated" }
                 ),
             });
         }
+        new.push(s);
     }
-    for s in &stores {
+    for s in &new {
         r.put(&store_key(&store_id(&s.server, &s.name)), s).await?;
     }
-    let names: Vec<String> = stores
+    let names: Vec<String> = new
         .iter()
         .map(|s| format!("{} ({} MB)", s.label(), s.megabytes))
         .collect();
-    Ok((ed.clone(), format!("add mail stores {}", names.join(", "))))
+    let mut out = ed.clone();
+    remove_children(&mut out, "flagSkipAction");
+    out.push(text(
+        "flagSkipAction",
+        if new.is_empty() { "1" } else { "0" },
+    ));
+    Ok((
+        out,
+        if names.is_empty() {
+            "every mail store is registered already: no change".to_string()
+        } else {
+            format!("add mail stores {}", names.join(", "))
+        },
+    ))
 }
 
 async fn modify_resources(
@@ -819,6 +848,68 @@ async fn deallocate_mailbox(
     ))
 }
 
+/// Gives back every share an organization holds (its space on each store), refused while
+/// mailboxes of it are still charged. An organization without space releases nothing.
+async fn deallocate_organization(
+    ed: &Element,
+    r: &Records<'_>,
+) -> Result<(Element, String), ProviderError> {
+    let org = check_name(
+        "organization",
+        &req_field(ed, "organization", "organization")?,
+        MAX_NAME,
+    )?;
+    let okey = org_key(&org);
+    let o: Option<OrgRec> = r.get(&okey).await?;
+    let mut list = Element::new("mailStores");
+    let mut said = Vec::new();
+    let mut total = 0;
+    if let Some(o) = o {
+        let used: u64 = o.shares.values().map(|s| s.used_kb).sum();
+        if used > 0 {
+            let n = r
+                .scan::<MailboxRec>(&format!("mbx/{}/", esc(&org)))
+                .await?
+                .len();
+            return Err(ProviderError::invalid(format!(
+                "organization {org} still has {n} mailboxes allocated ({used} KB): DeAllocateMailbox releases them first"
+            )));
+        }
+        // Stores in key order (the shares' order), after the organization's key.
+        for (id, share) in &o.shares {
+            let key = store_key(id);
+            if let Some(mut st) = r.get::<StoreRec>(&key).await? {
+                st.reserved.remove(&org);
+                r.put(&key, &st).await?;
+            }
+            let mut e = Element::new("mailStore");
+            e.push(text("serverName", &share.server));
+            e.push(text("mailStoreName", &share.name));
+            e.push(text("megabytes", share.megabytes));
+            list.push(e);
+            said.push(format!(
+                "{} MB on {}/{}",
+                share.megabytes, share.server, share.name
+            ));
+            total += share.megabytes;
+        }
+        r.delete(&okey).await?;
+    }
+    let mut out = ed.clone();
+    remove_children(&mut out, "mailStores");
+    remove_children(&mut out, "megabytes");
+    out.push(list);
+    out.push(text("megabytes", total));
+    Ok((
+        out,
+        if said.is_empty() {
+            format!("organization {org} holds no store space: nothing to release")
+        } else {
+            format!("release organization {org}'s {}", said.join(", "))
+        },
+    ))
+}
+
 async fn query_all_stores(
     ed: &Element,
     r: &Records<'_>,
@@ -937,7 +1028,10 @@ impl Provider for ResourceManagerProvider {
             )
         };
         vec![
-            spec("AddExchangeResources", ProcKind::Write, "Registers mail stores with their capacity in MB, shared (default) or dedicated to one organization.", vec![stores()]),
+            spec("AddExchangeResources", ProcKind::Write, "Registers mail stores with their capacity in MB, shared (default) or dedicated to one organization. With flagIgnoreAlreadyExistsError a store already registered with the same size and sharing is left as it is (flagSkipAction 1 when nothing was added); otherwise a registered store is refused.", vec![
+                stores(),
+                input("flagIgnoreAlreadyExistsError", "bool", false, "a store registered as asked is success, with no change (default false)"),
+            ]),
             spec("ModifyExchangeResources", ProcKind::Write, "Changes the capacity (never below what organizations hold) or the shared flag of registered mail stores.", vec![stores()]),
             spec("AllocateOrganization", ProcKind::Write, "Grants an organization `megabytes` of store space: algorithm tightPack (fewest stores, the default) or level (even parts), or on the pinned store; returns mailStores/mailStore{serverName, mailStoreName, megabytes}.", vec![
                 org(),
@@ -958,6 +1052,7 @@ impl Provider for ResourceManagerProvider {
                 store(),
             ]),
             spec("DeAllocateMailbox", ProcKind::Write, "Releases exactly what a mailbox was charged; returns its mailStore and kilobytes.", vec![org(), mailbox()]),
+            spec("DeAllocateOrganization", ProcKind::Write, "Gives back every share of store space an organization holds (refused while mailboxes of it are still allocated; an organization without space releases nothing); returns mailStores/mailStore{serverName, mailStoreName, megabytes} released and megabytes (their sum).", vec![org()]),
             spec("QueryAllStores", ProcKind::Read, "Lists every mail store: mailStores/mailStore{serverName, mailStoreName, megabytes, megabytesFree, shared, organizations}.", vec![]),
             spec("QueryOrganizationsByMailstore", ProcKind::Read, "Lists the organizations holding space on a store: organizations/organization{name, megabytes}.", vec![
                 input("serverName", "string", true, "the server (also mailStore/serverName)"),
