@@ -351,6 +351,15 @@ async fn several_processes_share_a_database_as_nodes_and_own_transactions_one_at
         assert!(Instant::now() < deadline, "never released");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // A provider-state key too: held by one process against the other until given back.
+    assert!(first.lock_key(b"s\x00Counter\x00k").await.unwrap());
+    assert!(!second.lock_key(b"s\x00Counter\x00k").await.unwrap());
+    first.unlock_key(b"s\x00Counter\x00k");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !second.lock_key(b"s\x00Counter\x00k").await.unwrap() {
+        assert!(Instant::now() < deadline, "never released");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // A process that ends (here closes; killed, its session ends) gives up what it owned,
     // and its node row goes.
     assert!(first.own("txn-c").await.unwrap());

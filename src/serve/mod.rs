@@ -770,8 +770,13 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) {
                 summary.state,
                 TxnState::Committed | TxnState::RolledBack | TxnState::RollbackFailed
             );
+            // Several daemons: the node that recovered it at its start may not be the one
+            // that claimed the job: the journal says whether recovery rolled it back.
+            let recovered_elsewhere = d.queue.is_shared()
+                && summary.message.as_deref()
+                    == Some(provisio_engine::txn::recovery::RECOVERY_MESSAGE);
             if summary.state == TxnState::RolledBack
-                && (d.crashed.contains(&txn) || taken_over)
+                && (d.crashed.contains(&txn) || taken_over || recovered_elsewhere)
                 && !job.cancel_requested
             {
                 // A crash cut the attempt short and recovery rolled it back: nothing of it
@@ -844,6 +849,13 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) {
                     },
                 )
                 .await;
+            } else if d.queue.is_shared() {
+                // Still running: on a live node that lost the job's lease in a stall (it
+                // still owns the transaction), or in this one. The job keeps its
+                // transaction id: it is left to its lease, taken back when that runs out
+                // and looked at again then (a retry would start a second transaction while
+                // the first still runs).
+                tracing::warn!(job = %id, txn = %txn, state = %summary.state, "the job's transaction still runs under another owner; looking again when the lease runs out");
             } else {
                 // Still running elsewhere in this process (a lease lost to a stall): look
                 // again later.

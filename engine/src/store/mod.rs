@@ -230,6 +230,22 @@ pub trait Store: Send + Sync {
         let _ = txn;
     }
 
+    /// Locks a provider-state key (its full key in [`Space::State`]) for this process
+    /// against the other processes sharing the store, until [`Store::unlock_key`]: the
+    /// engine holds it for as long as the transaction that took the key runs (within a
+    /// process, its own per-key locks order the transactions). `false`: another process
+    /// holds it (the caller waits and asks again). Lost with the process. The default (a
+    /// store only one process opens) always grants it.
+    async fn lock_key(&self, key: &[u8]) -> Result<bool, StoreError> {
+        let _ = key;
+        Ok(true)
+    }
+
+    /// Gives back one [`Store::lock_key`] of `key`.
+    fn unlock_key(&self, key: &[u8]) {
+        let _ = key;
+    }
+
     /// The PostgreSQL store behind this one, for the parts (the job queue) that use the
     /// database directly rather than through keys.
     #[cfg(feature = "postgres")]

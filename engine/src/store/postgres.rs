@@ -1114,6 +1114,17 @@ impl PgStore {
         });
     }
 
+    fn state_lock_key(&self, key: &[u8]) -> String {
+        let mut name = format!(
+            "provisio state {} ",
+            self.shared.lock_ns.get().map_or("", String::as_str)
+        );
+        for b in key {
+            name.push_str(&format!("{b:02x}"));
+        }
+        name
+    }
+
     fn txn_lock_key(&self, txn: &str) -> String {
         format!(
             "provisio txn {} {txn}",
@@ -1183,6 +1194,43 @@ impl Store for PgStore {
                 .execute(
                     "SELECT pg_advisory_unlock(hashtextextended($1, 0))",
                     &[&key],
+                )
+                .await;
+        });
+    }
+
+    async fn lock_key(&self, key: &[u8]) -> Result<bool, StoreError> {
+        if let Some(e) = self.shared.poison.get() {
+            return Err(e.clone());
+        }
+        let Some(session) = self.shared.session.get().cloned() else {
+            return Err(StoreError::Closed);
+        };
+        let name = self.state_lock_key(key);
+        let shared = self.shared.clone();
+        self.run(async move {
+            session
+                .query_one(
+                    "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
+                    &[&name],
+                )
+                .await
+                .map(|r| r.get::<_, bool>(0))
+                .map_err(|e| db_error(&shared, "locking a provider-state key", &e))
+        })
+        .await
+    }
+
+    fn unlock_key(&self, key: &[u8]) {
+        let Some(session) = self.shared.session.get().cloned() else {
+            return;
+        };
+        let name = self.state_lock_key(key);
+        self.handle.spawn(async move {
+            let _ = session
+                .execute(
+                    "SELECT pg_advisory_unlock(hashtextextended($1, 0))",
+                    &[&name],
                 )
                 .await;
         });

@@ -310,6 +310,11 @@ pub async fn recover_txn(
     r
 }
 
+/// The message recovery journals when it starts rolling a transaction back (kept in its
+/// summary when the rollback succeeds): a transaction rolled back with it was cut short
+/// by a crash, not ended by its own failure.
+pub const RECOVERY_MESSAGE: &str = "recovering after a crash";
+
 /// How many transactions recover at once.
 const RECOVERY_CONCURRENCY: usize = 64;
 
@@ -575,11 +580,7 @@ async fn roll_back(
     // Nothing is undone unless the journal can say so: with the journal unwritable the
     // transaction stays unfinished there, and the next recovery starts over.
     journal
-        .txn_state(
-            &summary.id,
-            TxnState::RollingBack,
-            Some("recovering after a crash"),
-        )
+        .txn_state(&summary.id, TxnState::RollingBack, Some(RECOVERY_MESSAGE))
         .await
         .map_err(|source| RecoveryError::Journal {
             txn: summary.id.clone(),
