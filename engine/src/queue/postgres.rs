@@ -74,7 +74,7 @@ const POOL: usize = 8;
 const CLAIM_TRIES: usize = 8;
 
 /// The columns of a job row, in the order [`JOB_COLUMNS`] reads them.
-const JOB_COLUMNS: &str = "body, entered, line_pos";
+const JOB_COLUMNS: &str = "body, entered, line_pos, node";
 
 /// A job whose serialization line holds it: another job of its key runs, or an earlier one
 /// is queued or dead (`j` is the job).
@@ -94,6 +94,8 @@ struct Row {
     job: Job,
     entered: Vec<i64>,
     line_pos: i64,
+    /// The node holding its lease (while it runs).
+    node: Option<String>,
 }
 
 impl Row {
@@ -109,6 +111,7 @@ impl Row {
             job,
             entered,
             line_pos: row.get(2),
+            node: row.get(3),
         })
     }
 
@@ -473,7 +476,7 @@ impl PgQueue {
                         return Ok(None);
                     };
                     let mut row_read = Row::from(row)?;
-                    let key: Option<String> = row.get(3);
+                    let key: Option<String> = row.get(4);
                     if let Some(key) = &key {
                         // Under the line's lock, with a fresh snapshot: no other claim of
                         // the key is in flight, and none committed since the search began.
@@ -579,12 +582,22 @@ impl PgQueue {
 
     pub(crate) async fn finish(&self, id: &str, how: Finish, now: u64) -> Res<Job> {
         let id_owned = id.to_string();
+        let node = self.inner.node.clone();
         self.change(id, false, move |row| {
             if row.job.state != JobState::Running {
                 return Err(QueueError::WrongState {
                     id: id_owned,
                     state: row.job.state,
                     what: "only a running job can be finished".into(),
+                });
+            }
+            if row.node.as_deref() != Some(node.as_str()) {
+                // Its lease ran out here and another node claimed it: that node's runner
+                // finishes it (a stalled runner must not overwrite what the other does).
+                return Err(QueueError::WrongState {
+                    id: id_owned,
+                    state: row.job.state,
+                    what: "its lease ran out and another node runs it now".into(),
                 });
             }
             finalize(row, how.state, now);
@@ -913,7 +926,8 @@ impl PgQueue {
         self.block(move |_, c| async move {
             let r = async {
                 let mut sql =
-                    "SELECT body, entered, line_pos, seq FROM provisio_jobs WHERE true".to_string();
+                    "SELECT body, entered, line_pos, node, seq FROM provisio_jobs WHERE true"
+                        .to_string();
                 let mut params: Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>> =
                     Vec::new();
                 let mut add =
@@ -958,7 +972,7 @@ impl PgQueue {
                 let mut jobs = Vec::with_capacity(rows.len());
                 let mut last = None;
                 for row in &rows {
-                    last = Some(row.get::<_, i64>(3) as u64);
+                    last = Some(row.get::<_, i64>(4) as u64);
                     jobs.push(Row::from(row)?.job);
                 }
                 Ok(Page {
