@@ -249,12 +249,12 @@ fn three_daemons_share_one_postgresql_and_survive_kills() {
         }
         load.submit_one(&daemons, i, &mut rng);
     }
-    settle(&pg, &schema, Duration::from_secs(240), &daemons);
+    settle(pg, &schema, Duration::from_secs(240), &daemons);
     eprintln!(
         "1,000 jobs over three daemons, one killed: {:?}",
         started.elapsed()
     );
-    check(&pg, &schema, &site, &load.submitted);
+    check(pg, &schema, &site, &load.submitted);
     // Rounds: a few jobs, a random daemon killed at a random moment, started again.
     for round in 0..20 {
         let round_start = Instant::now();
@@ -266,11 +266,11 @@ fn three_daemons_share_one_postgresql_and_survive_kills() {
         daemons[victim].signal("-KILL");
         assert_eq!(daemons[victim].exit(Duration::from_secs(10)), None);
         daemons[victim] = site.start();
-        settle(&pg, &schema, Duration::from_secs(60), &daemons);
+        settle(pg, &schema, Duration::from_secs(60), &daemons);
         eprintln!(
             "round {round}: killed daemon {victim}, settled in {:?}",
             round_start.elapsed()
         );
     }
-    check(&pg, &schema, &site, &load.submitted);
+    check(pg, &schema, &site, &load.submitted);
 }
