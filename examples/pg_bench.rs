@@ -10,6 +10,13 @@
 //!   and p90 of `reps`), as a ratio to that floor;
 //! - throughput: 500 requests of 5 no-op steps, 16 in flight (median and p10 of `reps`);
 //! - the same two on sled in a temp dir, for comparison in the same run.
+//!
+//! `cargo run --release --example pg_bench -- nodes [REQUESTS] [REPS]` (default 2000, 3):
+//! B2-style throughput through daemons sharing the database (issue 18, second half): one,
+//! then three `provisio serve` processes (`target/release/provisio`, or `PROVISIO_BIN`) on
+//! one fresh schema each time, REQUESTS five-step requests (`Error Provider/ReportEvent`)
+//! from 16 closed-loop HTTP clients spread over the daemons, each waiting for its answer
+//! (`?wait=60s`); requests/s (median of REPS) and the three/one ratio.
 
 /// The binary's allocator, so the figures are what `provisio` does.
 #[cfg(not(feature = "system-alloc"))]
@@ -117,7 +124,180 @@ fn pg_store(pg: &Postgres, name: &str) -> Result<Arc<PgStore>> {
     ))
 }
 
+const TOKEN: &str = "bench-token-0123456789abcdef";
+
+const FIVE_NS: &str = r#"namespace: Load
+procedures:
+  Five:
+    access: public
+    parallel: false
+    steps:
+      s1: { call: Error Provider/ReportEvent, with: { level: debug, parameters: { parameter: "1" } } }
+      s2: { call: Error Provider/ReportEvent, with: { level: debug, parameters: { parameter: "2" } } }
+      s3: { call: Error Provider/ReportEvent, with: { level: debug, parameters: { parameter: "3" } } }
+      s4: { call: Error Provider/ReportEvent, with: { level: debug, parameters: { parameter: "4" } } }
+      s5: { call: Error Provider/ReportEvent, with: { level: debug, parameters: { parameter: "5" } } }
+"#;
+
+/// A daemon process of the `nodes` mode.
+struct Node {
+    child: std::process::Child,
+    url: String,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(120)))
+        .build()
+        .into()
+}
+
+/// Starts one daemon in `dir` (sharing its data folder with the others) and waits until
+/// it answers `/v1/ready`.
+fn start_node(dir: &std::path::Path) -> Result<Node> {
+    use std::io::BufRead;
+    let bin = std::env::var_os("PROVISIO_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/provisio")
+        });
+    let mut child = std::process::Command::new(&bin)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .current_dir(dir)
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| anyhow!("starting {}: {e}", bin.display()))?;
+    let stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if let Some(u) = line.split("listening on ").nth(1) {
+                let _ = tx.send(u.split_whitespace().next().unwrap_or_default().to_string());
+            }
+        }
+    });
+    let url = rx
+        .recv_timeout(Duration::from_secs(120))
+        .map_err(|_| anyhow!("the daemon did not start"))?;
+    Ok(Node {
+        child,
+        url: url.trim_end_matches('/').to_string(),
+    })
+}
+
+/// `total` five-step requests from 16 closed-loop clients over `nodes`: requests/s.
+fn hammer_nodes(nodes: &[Node], total: usize) -> Result<f64> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let handles: Vec<_> = (0..16)
+        .map(|i| {
+            let url = nodes[i % nodes.len()].url.clone();
+            let next = next.clone();
+            std::thread::spawn(move || -> Result<()> {
+                let agent = agent();
+                while next.fetch_add(1, Ordering::Relaxed) < total {
+                    let mut r = agent
+                        .post(format!("{url}/v1/requests?wait=60s"))
+                        .header("Authorization", format!("Bearer {TOKEN}"))
+                        .content_type("application/json")
+                        .send(r#"{"call": "Load/Five", "data": {}}"#)?;
+                    let status = r.status().as_u16();
+                    let text = r.body_mut().read_to_string()?;
+                    if status != 200 || !text.contains("\"committed\"") {
+                        return Err(anyhow!("answer {status}: {text}"));
+                    }
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().map_err(|_| anyhow!("a client panicked"))??;
+    }
+    Ok(total as f64 / start.elapsed().as_secs_f64())
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+/// The `nodes` mode (see the module documentation).
+fn nodes_mode(total: usize, reps: usize) -> Result<()> {
+    use sha2::Digest;
+    let pg = Postgres::start().ok_or_else(|| anyhow!("PostgreSQL is not installed"))?;
+    let hash: String = sha2::Sha256::digest(TOKEN.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let mut rates: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    for rep in 0..reps {
+        for (slot, n) in [1usize, 3].into_iter().enumerate() {
+            let dir = tempfile::tempdir()?;
+            std::fs::create_dir_all(dir.path().join("ns"))?;
+            std::fs::write(dir.path().join("ns/load.yaml"), FIVE_NS)?;
+            let url = pg.new_schema(&format!("nodes{n}"));
+            std::fs::write(
+                dir.path().join("provisio.toml"),
+                format!(
+                    "data_dir = \"data\"\nnamespaces = \"ns\"\nstore = \"{url}\"\n\n[serve]\nworkers = 16\nlease = \"30s\"\nshutdown_timeout = \"5s\"\n\n[[serve.tokens]]\nsubject = \"load\"\nsha256 = \"{hash}\"\n"
+                ),
+            )?;
+            // One at a time: the first makes the seal key the others read.
+            let mut nodes = Vec::new();
+            for _ in 0..n {
+                nodes.push(start_node(dir.path())?);
+            }
+            // Warm-up (connections, pools, prepared plans), then the run.
+            hammer_nodes(&nodes, 200)?;
+            let rate = hammer_nodes(&nodes, total)?;
+            println!(
+                "nodes: rep {rep}: {n} daemon(s): {total} requests x 5 steps, 16 in flight: {rate:.0} req/s (load {})",
+                loadavg()
+            );
+            rates[slot].push(rate);
+        }
+    }
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let one = med(&mut rates[0]);
+    let three = med(&mut rates[1]);
+    println!(
+        "nodes: median of {reps}: one daemon {one:.0} req/s, three daemons {three:.0} req/s, ratio 3/1 = {:.2}",
+        three / one
+    );
+    Ok(())
+}
+
 fn main() -> Result<()> {
+    if std::env::args().nth(1).as_deref() == Some("nodes") {
+        let arg = |i: usize, d: usize| -> Result<usize> {
+            Ok(std::env::args()
+                .nth(i)
+                .map(|r| r.parse())
+                .transpose()?
+                .unwrap_or(d))
+        };
+        return nodes_mode(arg(2, 2000)?, arg(3, 3)?);
+    }
     let reps: usize = std::env::args()
         .nth(1)
         .map(|r| r.parse())

@@ -524,6 +524,36 @@ async fn concurrent_increments_are_exact_and_a_rollback_leaves_its_own_out() {
     .await;
 }
 
+/// Two processes on one PostgreSQL store (two stores stand for them: two nodes, two lock
+/// tables): 20 increments of one counter from each at once. A key one process's
+/// transaction holds is held against the other's too (an advisory lock per key for the
+/// transaction), so the counter ends at exactly 40: without it updates are lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_increments_from_two_processes_on_postgresql_are_exact() {
+    let Some(pg) = provisio_test_support::postgres::Postgres::shared() else {
+        return;
+    };
+    let url = pg.new_schema("state_nodes");
+    let open = || {
+        let dir = tempfile::tempdir().unwrap();
+        let store = provisio_engine::testing::open_store(dir.path(), Some(url.clone()));
+        let journal = Arc::new(DurableJournal::new(store, None, "test"));
+        engine(Arc::new(Counter::default())).with_journal(journal)
+    };
+    let (a, b) = (open(), open());
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let e = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::spawn(async move { run(&e, "Bump").await }));
+    }
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(r.state, TxnState::Committed, "{:?}", r.failure);
+    }
+    assert_eq!(counter(&a, "counter"), Some(40));
+    assert_eq!(counter(&b, "counter"), Some(40));
+}
+
 /// The child half of the crash test: runs `Pair` twice on the journal in
 /// `PROVISIO_STATE_CRASH_DIR`, aborting at the journal write `PROVISIO_CRASH_AT` names.
 #[tokio::test]

@@ -1,7 +1,7 @@
 //! The `Store` contract, checked on every implementation with the same code: the in-memory
 //! store, sled, and PostgreSQL (a private server from test-support; skipped with a note
 //! when PostgreSQL is not installed, unless `PROVISIO_REQUIRE_POSTGRES=1`). Then what only
-//! the PostgreSQL store has: its lock, its schema versions, its errors for bad input.
+//! the PostgreSQL store has: nodes and transaction ownership, its schema versions, its errors for bad input.
 
 use provisio_engine::{
     mask_url, Batch, KeyRange, MemStore, PgOptions, PgStore, SledStore, Space, Store, StoreError,
@@ -317,27 +317,61 @@ async fn what_was_written_is_there_after_reopening() {
 // What only the PostgreSQL store has.
 
 #[tokio::test]
-async fn a_second_process_on_the_same_database_is_refused() {
+async fn several_processes_share_a_database_as_nodes_and_own_transactions_one_at_a_time() {
     let Some(pg) = Postgres::shared() else { return };
-    let url = pg.new_schema("locked");
+    let url = pg.new_schema("nodes");
+    let schema = url.rsplit("%3D").next().unwrap().to_string();
+    // Two stores stand for two processes: both open, each a node of its own.
     let first = PgStore::open(&url, &options()).unwrap();
-    let started = Instant::now();
-    let second = PgStore::open(&url, &options()).unwrap_err();
-    assert!(matches!(second, StoreError::Locked { .. }), "{second}");
-    let text = second.to_string();
-    assert!(
-        text.contains("in use by another provisio process"),
-        "{text}"
+    let second = PgStore::open(&url, &options()).unwrap();
+    assert_ne!(first.node(), second.node());
+    let nodes = pg.psql(&format!(
+        "SELECT node FROM {schema}.provisio_nodes ORDER BY node"
+    ));
+    assert_eq!(nodes.code, 0, "{nodes:?}");
+    let mut expected = vec![first.node().to_string(), second.node().to_string()];
+    expected.sort();
+    assert_eq!(nodes.stdout.lines().collect::<Vec<_>>(), expected);
+    // Both write and read the same data.
+    let mut batch = Batch::new();
+    batch.put(Space::Txns, b"k".to_vec(), b"from the first".to_vec());
+    first.write(batch, true).await.unwrap();
+    assert_eq!(
+        second.get(Space::Txns, b"k").unwrap().as_deref(),
+        Some(&b"from the first"[..])
     );
-    assert!(!text.contains(&pg.password), "the password leaked: {text}");
-    assert!(started.elapsed() < Duration::from_secs(10));
-    // Another schema of the same database is another store.
-    let other = pg.new_schema("locked_other");
-    PgStore::open(&other, &options()).unwrap();
-    // Closing releases the lock at once.
+    // A transaction has one owner at a time, across processes and within one.
+    assert!(first.own("txn-a").await.unwrap());
+    assert!(!second.own("txn-a").await.unwrap(), "owned by the first");
+    assert!(!first.own("txn-a").await.unwrap(), "owned by another task");
+    assert!(second.own("txn-b").await.unwrap());
+    first.disown("txn-a");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !second.own("txn-a").await.unwrap() {
+        assert!(Instant::now() < deadline, "never released");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A provider-state key too: held by one process against the other until given back.
+    assert!(first.lock_key(b"s\x00Counter\x00k").await.unwrap());
+    assert!(!second.lock_key(b"s\x00Counter\x00k").await.unwrap());
+    first.unlock_key(b"s\x00Counter\x00k");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !second.lock_key(b"s\x00Counter\x00k").await.unwrap() {
+        assert!(Instant::now() < deadline, "never released");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A process that ends (here closes; killed, its session ends) gives up what it owned,
+    // and its node row goes.
+    assert!(first.own("txn-c").await.unwrap());
+    assert!(!second.own("txn-c").await.unwrap());
     first.close();
     drop(first);
-    PgStore::open(&url, &options()).unwrap();
+    assert!(second.own("txn-c").await.unwrap());
+    let nodes = pg.psql(&format!("SELECT node FROM {schema}.provisio_nodes"));
+    assert_eq!(nodes.stdout.trim(), second.node(), "{nodes:?}");
+    // Another schema of the same database is another store: its own locks.
+    let other = PgStore::open(&pg.new_schema("nodes_other"), &options()).unwrap();
+    assert!(other.own("txn-b").await.unwrap());
 }
 
 #[tokio::test]

@@ -797,7 +797,15 @@ async fn wait_for(d: &Daemon, id: &str, wait: Duration) -> Result<Option<Job>, A
             d.hub.close(id);
             return Ok(Some(job));
         }
-        match tokio::time::timeout_at(deadline, rx.recv()).await {
+        // Several daemons on one database: the job may run on another, whose events this
+        // one never sees: look at the job again every 100 ms.
+        let until = if d.queue.is_shared() {
+            deadline.min(tokio::time::Instant::now() + Duration::from_millis(100))
+        } else {
+            deadline
+        };
+        match tokio::time::timeout_at(until, rx.recv()).await {
+            Err(_) if until < deadline => {}
             Err(_) => return Ok(None),
             Ok(Ok(_)) | Ok(Err(broadcast::error::RecvError::Lagged(_))) => {}
             Ok(Err(broadcast::error::RecvError::Closed)) => rx = d.hub.subscribe(id),

@@ -369,8 +369,15 @@ async fn open(config: &Config, what: &str) -> Result<Opened> {
     // the outcome recovery gave those transactions.
     jobs::settle_held(&queue, &store).await?;
     let mut taken_back = 0;
+    // Alone on its store, every running job is a dead worker's; on a store shared with
+    // other daemons (PostgreSQL), only those whose leases ran out or whose node stopped.
+    let upto = if queue.is_shared() {
+        now_ms()
+    } else {
+        u64::MAX
+    };
     loop {
-        let back = queue.take_back_expired(u64::MAX, 1024).await?;
+        let back = queue.take_back_expired(upto, 1024).await?;
         if back.is_empty() {
             break;
         }
@@ -482,6 +489,16 @@ pub async fn serve(config: &Config) -> Result<Exit> {
         workers.spawn(worker(daemon.clone()));
     }
     tokio::spawn(reaper(daemon.clone()));
+    {
+        // Other daemons on the same PostgreSQL store wake this one's workers (NOTIFY).
+        let d = daemon.clone();
+        tokio::spawn(async move {
+            loop {
+                d.queue.changed().await;
+                d.wake.notify_waiters();
+            }
+        });
+    }
     if let Some(keep) = config.retention.transactions.0 {
         tokio::spawn(pruner(daemon.clone(), keep));
     }
@@ -744,19 +761,51 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) -> Opt
     });
     // An attempt a crash (or a lost lease) cut short: its transaction is in the journal
     // (recovery finished it) or it never started.
-    let earlier = if fresh.is_some() {
+    let mut earlier = if fresh.is_some() {
         Ok(None)
     } else {
         index::summary(d.store.as_ref(), &txn)
     };
+    // Several daemons on one PostgreSQL store: the attempt was cut short on another node
+    // that died (its lease ran out or its heartbeat stopped), leaving its transaction
+    // unfinished. Recovered here exactly as at start, unless a live process owns it.
+    let mut taken_over = false;
+    if d.queue.is_shared() {
+        if let Ok(Some(summary)) = &earlier {
+            if matches!(
+                summary.state,
+                TxnState::Running | TxnState::RollingBack | TxnState::Queued
+            ) {
+                let journal = d.journal_for(&job.subject);
+                let engine = d.engine.clone().with_journal(journal.clone());
+                match provisio_engine::txn::recovery::recover_txn(&engine, &journal, &txn).await {
+                    Ok(Some(r)) => {
+                        tracing::warn!(job = %id, txn = %txn, from = %r.from, to = %r.to, "recovered the transaction of a job whose node stopped");
+                        taken_over = r.to == TxnState::RolledBack;
+                        settle_held_of(d, &txn, r.to).await;
+                        earlier = index::summary(d.store.as_ref(), &txn);
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::error!(job = %id, txn = %txn, error = %e, "recovering the transaction of a job whose node stopped")
+                    }
+                }
+            }
+        }
+    }
     match earlier {
         Ok(Some(summary)) => {
             let over = matches!(
                 summary.state,
                 TxnState::Committed | TxnState::RolledBack | TxnState::RollbackFailed
             );
+            // Several daemons: the node that recovered it at its start may not be the one
+            // that claimed the job: the journal says whether recovery rolled it back.
+            let recovered_elsewhere = d.queue.is_shared()
+                && summary.message.as_deref()
+                    == Some(provisio_engine::txn::recovery::RECOVERY_MESSAGE);
             if summary.state == TxnState::RolledBack
-                && d.crashed.contains(&txn)
+                && (d.crashed.contains(&txn) || taken_over || recovered_elsewhere)
                 && !job.cancel_requested
             {
                 // A crash cut the attempt short and recovery rolled it back: nothing of it
@@ -831,6 +880,13 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) -> Opt
                 )
                 .await;
                 return None;
+            } else if d.queue.is_shared() {
+                // Still running: on a live node that lost the job's lease in a stall (it
+                // still owns the transaction), or in this one. The job keeps its
+                // transaction id: it is left to its lease, taken back when that runs out
+                // and looked at again then (a retry would start a second transaction while
+                // the first still runs).
+                tracing::warn!(job = %id, txn = %txn, state = %summary.state, "the job's transaction still runs under another owner; looking again when the lease runs out");
             } else {
                 // Still running elsewhere in this process (a lease lost to a stall): look
                 // again later.
@@ -1000,6 +1056,23 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) -> Opt
         response: Some(doc),
         ..f
     })
+}
+
+/// The jobs an MPS `queue` step of `txn` held, once recovery on another node's behalf
+/// ended it: released when it committed, removed when it rolled back.
+async fn settle_held_of(d: &Daemon, txn: &str, state: TxnState) {
+    let r = match state {
+        TxnState::Committed => d.queue.release_held(txn, now_ms()).await,
+        TxnState::RolledBack => d.queue.discard_held(txn).await,
+        _ => return,
+    };
+    match r {
+        Ok(n) if n > 0 => d.wake.notify_waiters(),
+        Ok(_) => {}
+        Err(e) => {
+            tracing::error!(txn = %txn, error = %e, "settling the jobs held for a recovered transaction")
+        }
+    }
 }
 
 /// A running job whose transaction rolled back for a transient provider error is queued

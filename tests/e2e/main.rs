@@ -22,6 +22,7 @@ mod hostile;
 mod large_log;
 mod mail;
 mod mps_batch;
+mod multinode;
 mod operator;
 mod queue_step;
 mod retention;

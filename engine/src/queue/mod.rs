@@ -41,6 +41,8 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
 
+#[cfg(feature = "postgres")]
+pub(crate) mod postgres;
 #[cfg(test)]
 mod tests;
 
@@ -364,6 +366,10 @@ pub struct Queue {
     inner: tokio::sync::Mutex<u64>,
     /// Jobs by state and totals, kept with every change (stored under `c`).
     tally: std::sync::Mutex<Tally>,
+    /// On a PostgreSQL store, the queue's own tables (shared by every process on the
+    /// database): every public method dispatches there first.
+    #[cfg(feature = "postgres")]
+    pg: Option<postgres::PgQueue>,
 }
 
 /// How many states there are.
@@ -505,6 +511,15 @@ fn no_nul(value: &str, field: &'static str) -> Result<(), QueueError> {
 impl Queue {
     /// The queue of `store` (reads one key).
     pub fn open(store: Arc<dyn Store>) -> Result<Queue, QueueError> {
+        #[cfg(feature = "postgres")]
+        if store.postgres().is_some() {
+            return Ok(Queue {
+                pg: Some(postgres::PgQueue::new(store.clone())),
+                store,
+                inner: tokio::sync::Mutex::new(0),
+                tally: std::sync::Mutex::new(Tally::default()),
+            });
+        }
         let next = match store.get(Space::Queue, NEXT_SEQ)? {
             Some(v) if v.len() == 8 => u64::from_be_bytes(v.try_into().unwrap_or([0; 8])),
             _ => 1,
@@ -534,6 +549,8 @@ impl Queue {
             store,
             inner: tokio::sync::Mutex::new(next),
             tally: std::sync::Mutex::new(tally),
+            #[cfg(feature = "postgres")]
+            pg: None,
         })
     }
 
@@ -546,6 +563,13 @@ impl Queue {
     /// The counts and the totals since the queue was created (kept in the store: they
     /// survive restarts).
     pub fn tally(&self) -> Tally {
+        #[cfg(feature = "postgres")]
+        if let Some(pg) = &self.pg {
+            return pg.tally().unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "reading the job counts");
+                Tally::default()
+            });
+        }
         *self.tally.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -575,6 +599,29 @@ impl Queue {
         Ok(())
     }
 
+    /// Whether several processes may share this queue (a PostgreSQL store): then a running
+    /// job belongs to a process only while its lease lasts, and a process starting must
+    /// not take back the jobs of the others (only those whose leases ran out or whose
+    /// node stopped beating its heartbeat).
+    pub fn is_shared(&self) -> bool {
+        #[cfg(feature = "postgres")]
+        if self.pg.is_some() {
+            return true;
+        }
+        false
+    }
+
+    /// Resolves when another process sharing the queue changed it in a way that may make
+    /// a job claimable (PostgreSQL: `LISTEN provisio_jobs`); never on a store only one
+    /// process opens (sled), where the daemon wakes its own workers.
+    pub async fn changed(&self) {
+        #[cfg(feature = "postgres")]
+        if let Some(pg) = &self.pg {
+            return pg.changed().await;
+        }
+        std::future::pending::<()>().await
+    }
+
     /// The store.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
@@ -582,6 +629,10 @@ impl Queue {
 
     /// One job.
     pub fn get(&self, id: &str) -> Result<Option<Job>, QueueError> {
+        #[cfg(feature = "postgres")]
+        if let Some(pg) = &self.pg {
+            return pg.get(id);
+        }
         let k = job_key(id);
         self.store
             .get(Space::Queue, &k)?
@@ -741,6 +792,10 @@ impl Queue {
         options: JobOptions,
         now: u64,
     ) -> Result<Submitted, QueueError> {
+        #[cfg(feature = "postgres")]
+        if let Some(pg) = &self.pg {
+            return pg.submit_with(new, options, now).await;
+        }
         if let Some(t) = &options.held_by {
             no_nul(t, "the holding transaction id")?;
         }
@@ -864,6 +919,10 @@ impl Queue {
         now: u64,
         lease: Duration,
     ) -> Result<Result<Job, NewJob>, QueueError> {
+        #[cfg(feature = "postgres")]
+        if let Some(pg) = &self.pg {
+            return pg.submit_claimed(new, now, lease).await;
+        }
         no_nul(&new.subject, "the subject")?;
         no_nul(&new.target, "the target")?;
         if let Some(k) = &new.serial_key {
@@ -942,6 +1001,11 @@ impl Queue {
     /// claims of concurrent tasks share one sync (the store's group commit) instead of
     /// taking one sync each in turn under the lock.
     pub async fn sync(&self) -> Result<(), QueueError> {
+        #[cfg(feature = "postgres")]
+        if self.pg.is_some() {
+            // Every change of the PostgreSQL queue commits synchronously.
+            return Ok(());
+        }
         self.store.sync().await?;
         Ok(())
     }
@@ -976,6 +1040,10 @@ impl Queue {
     /// until `now + lease` and the transaction id of this attempt (a new one, or the one
     /// of an attempt a crash cut short), written durably. `None`: nothing is due.
     pub async fn claim(&self, now: u64, lease: Duration) -> Result<Option<Job>, QueueError> {
+        #[cfg(feature = "postgres")]
+        if let Some(pg) = &self.pg {
+            return pg.claim(now, lease).await;
+        }
         let guard = self.inner.lock().await;
         let mut batch = Batch::new();
         if self.promote(&mut batch, now)? > 0 {
@@ -1015,6 +1083,10 @@ impl Queue {
     /// Renews the lease of a running job. `false`: it is no longer running (cancelled
     /// while queued cannot happen; taken back after its lease ran out can).
     pub async fn heartbeat(&self, id: &str, now: u64, lease: Duration) -> Result<bool, QueueError> {
+        #[cfg(feature = "postgres")]
+        if let Some(pg) = &self.pg {
+            return pg.heartbeat(id, now, lease).await;
+        }
         let _guard = self.inner.lock().await;
         let mut job = self.must_get(id)?;
         if job.state != JobState::Running {
@@ -1065,6 +1137,10 @@ impl Queue {
     /// its own: lost in a crash, the job is taken back and its runner finds the
     /// transaction's outcome in the journal).
     pub async fn finish(&self, id: &str, how: Finish, now: u64) -> Result<Job, QueueError> {
+        #[cfg(feature = "postgres")]
+        if let Some(pg) = &self.pg {
+            return pg.finish(id, how, now).await;
+        }
         let _guard = self.inner.lock().await;
         let mut job = self.must_get(id)?;
         if job.state != JobState::Running {
@@ -1095,6 +1171,10 @@ impl Queue {
         backoff: Backoff,
         random: u64,
     ) -> Result<Job, QueueError> {
+        #[cfg(feature = "postgres")]
+        if let Some(pg) = &self.pg {
+            return pg.retry_later(id, error, now, backoff, random).await;
+        }
         let _guard = self.inner.lock().await;
         let mut job = self.must_get(id)?;
         let mut batch = Batch::new();
@@ -1124,6 +1204,10 @@ impl Queue {
 
     /// Gives up on a job at once (its payload cannot run): `dead`, for an operator.
     pub async fn bury(&self, id: &str, error: String, now: u64) -> Result<Job, QueueError> {
+        #[cfg(feature = "postgres")]
+        if let Some(pg) = &self.pg {
+            return pg.bury(id, error, now).await;
+        }
         let _guard = self.inner.lock().await;
         let mut job = self.must_get(id)?;
         if job.state.is_final() {
@@ -1141,6 +1225,10 @@ impl Queue {
     /// Cancels a job: a queued one never starts; for a running one the request is
     /// recorded and its runner must stop it.
     pub async fn cancel(&self, id: &str, now: u64) -> Result<Cancelled, QueueError> {
+        #[cfg(feature = "postgres")]
+        if let Some(pg) = &self.pg {
+            return pg.cancel(id, now).await;
+        }
         let _guard = self.inner.lock().await;
         let mut job = self.must_get(id)?;
         let mut batch = Batch::new();
@@ -1165,6 +1253,10 @@ impl Queue {
     /// Queues a dead job again, with its attempts counted from zero (at the end of its
     /// key's line, if it has a key).
     pub async fn requeue(&self, id: &str, now: u64) -> Result<Job, QueueError> {
+        #[cfg(feature = "postgres")]
+        if let Some(pg) = &self.pg {
+            return pg.requeue(id, now).await;
+        }
         let mut next = self.inner.lock().await;
         let mut job = self.must_get(id)?;
         if job.state != JobState::Dead {
@@ -1221,6 +1313,10 @@ impl Queue {
     /// serialization key may run (a dead job holds its key's line until requeued or
     /// discarded). Its request is dropped.
     pub async fn discard(&self, id: &str, now: u64) -> Result<Job, QueueError> {
+        #[cfg(feature = "postgres")]
+        if let Some(pg) = &self.pg {
+            return pg.discard(id, now).await;
+        }
         let _guard = self.inner.lock().await;
         let mut job = self.must_get(id)?;
         if job.state != JobState::Dead {
@@ -1258,6 +1354,10 @@ impl Queue {
     /// or `dead` after their last attempt (the cut-short attempt counts: a job that kills
     /// its worker every time ends). At most `max` per call; returns them.
     pub async fn take_back_expired(&self, now: u64, max: usize) -> Result<Vec<Job>, QueueError> {
+        #[cfg(feature = "postgres")]
+        if let Some(pg) = &self.pg {
+            return pg.take_back_expired(now, max).await;
+        }
         let _guard = self.inner.lock().await;
         let end = lease_key(now, 0);
         let rows = self.store.scan_range(
@@ -1303,6 +1403,10 @@ impl Queue {
     /// too), with every key of theirs: their idempotency keys are forgotten with them (a
     /// later submission with the same key is a new job). Returns how many were removed.
     pub async fn prune(&self, before_ms: u64, max: usize) -> Result<usize, QueueError> {
+        #[cfg(feature = "postgres")]
+        if let Some(pg) = &self.pg {
+            return pg.prune(before_ms, max).await;
+        }
         let _guard = self.inner.lock().await;
         let end = finished_key(before_ms, 0);
         let rows = self.store.scan_range(
@@ -1347,6 +1451,10 @@ impl Queue {
     /// The transaction `txn` committed: the jobs held for it may run (durably). Returns
     /// how many were released.
     pub async fn release_held(&self, txn: &str, now: u64) -> Result<usize, QueueError> {
+        #[cfg(feature = "postgres")]
+        if let Some(pg) = &self.pg {
+            return pg.release_held(txn, now).await;
+        }
         let _guard = self.inner.lock().await;
         let held = self.held_of(txn)?;
         if held.is_empty() {
@@ -1376,6 +1484,10 @@ impl Queue {
     /// The transaction `txn` rolled back: the jobs held for it are removed with every key
     /// of theirs, as if never queued (durably). Returns how many were removed.
     pub async fn discard_held(&self, txn: &str) -> Result<usize, QueueError> {
+        #[cfg(feature = "postgres")]
+        if let Some(pg) = &self.pg {
+            return pg.discard_held(txn).await;
+        }
         let _guard = self.inner.lock().await;
         let held = self.held_of(txn)?;
         if held.is_empty() {
@@ -1402,6 +1514,10 @@ impl Queue {
         outcome: impl Fn(&str) -> Result<Option<bool>, E>,
         now: u64,
     ) -> Result<(usize, usize), SettleError<E>> {
+        #[cfg(feature = "postgres")]
+        if let Some(pg) = &self.pg {
+            return pg.settle_held(outcome, now).await;
+        }
         let mut txns: Vec<String> = Vec::new();
         for (k, _) in self
             .store
@@ -1430,6 +1546,10 @@ impl Queue {
     /// When the earliest scheduled job is due (ms), if any: a dispatcher with nothing
     /// ready sleeps until then.
     pub fn next_due(&self) -> Result<Option<u64>, QueueError> {
+        #[cfg(feature = "postgres")]
+        if let Some(pg) = &self.pg {
+            return pg.next_due();
+        }
         Ok(self.first(&[SCHEDULED])?.and_then(|(k, _)| {
             k.get(1..9)
                 .and_then(|b| b.try_into().ok())
@@ -1445,6 +1565,10 @@ impl Queue {
         before: Option<u64>,
         limit: usize,
     ) -> Result<Page, QueueError> {
+        #[cfg(feature = "postgres")]
+        if let Some(pg) = &self.pg {
+            return pg.list(filter, before, limit);
+        }
         let prefix = match (&filter.state, &filter.target, &filter.subject) {
             (Some(s), _, _) => field_prefix(BY_STATE, s.name()),
             (None, Some(t), _) => field_prefix(BY_TARGET, t),

@@ -118,6 +118,11 @@ pub(crate) struct StateSpace {
     in_journal: bool,
     locks: Locks,
     next_call: AtomicU64,
+    /// The keys this process holds across processes (a store several processes share):
+    /// which transaction took each, released with it.
+    shared_held: Mutex<std::collections::HashMap<TxnId, Vec<Vec<u8>>>>,
+    /// How long a call waits for a key (also for one another process holds).
+    lock_wait: Duration,
 }
 
 impl std::fmt::Debug for StateSpace {
@@ -142,6 +147,8 @@ impl StateSpace {
             in_journal,
             locks: Locks::new(lock_wait),
             next_call: AtomicU64::new(1),
+            shared_held: Mutex::new(std::collections::HashMap::new()),
+            lock_wait,
         }
     }
 
@@ -228,16 +235,64 @@ impl StateSpace {
         let call = self.next_call.fetch_add(1, Ordering::Relaxed);
         for e in &change.entries {
             let full = state_key(&change.provider, &e.key);
-            self.locks
-                .acquire(&full, txn, call, || shown(&e.key))
-                .await?;
+            self.acquire(&full, txn, call, || shown(&e.key)).await?;
         }
         self.locks.call_finished(txn, call);
         Ok(())
     }
 
+    /// Locks `full` (a provider's key) for call `call` of `txn`: in this process, then,
+    /// on a store several processes share (PostgreSQL), across processes too, for as long
+    /// as the transaction runs. A key another process holds is waited for (polled) up to
+    /// the lock wait, then the call fails with [`StateError::LockTimeout`] (a transient
+    /// error): a wait across processes that would deadlock ends that way too.
+    async fn acquire(
+        &self,
+        full: &[u8],
+        txn: &TxnId,
+        call: u64,
+        shown: impl Fn() -> String,
+    ) -> Result<(), StateError> {
+        self.locks.acquire(full, txn, call, &shown).await?;
+        let held = lock(&self.shared_held)
+            .get(txn)
+            .is_some_and(|keys| keys.iter().any(|k| k == full));
+        if held {
+            return Ok(());
+        }
+        let started = std::time::Instant::now();
+        let mut pause = Duration::from_millis(2);
+        loop {
+            match self.store.lock_key(full).await {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(e) => {
+                    return Err(StateError::Store(e));
+                }
+            }
+            if started.elapsed() >= self.lock_wait {
+                return Err(StateError::LockTimeout {
+                    key: shown(),
+                    holder: "a transaction of another provisio process".into(),
+                    waited: self.lock_wait,
+                });
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+        lock(&self.shared_held)
+            .entry(txn.clone())
+            .or_default()
+            .push(full.to_vec());
+        Ok(())
+    }
+
     /// `txn` ended: every key it holds is free.
     pub(crate) fn release(&self, txn: &TxnId) {
+        let keys = lock(&self.shared_held).remove(txn);
+        for k in keys.unwrap_or_default() {
+            self.store.unlock_key(&k);
+        }
         self.locks.release(txn);
     }
 
@@ -263,6 +318,10 @@ impl Drop for Release {
     fn drop(&mut self) {
         self.space.release(&self.txn);
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn shown(key: &[u8]) -> String {
@@ -375,10 +434,7 @@ impl ProviderState {
             return Ok(());
         }
         let full = state_key(&h.provider, key);
-        h.space
-            .locks
-            .acquire(&full, &h.txn, h.call, || shown(key))
-            .await
+        h.space.acquire(&full, &h.txn, h.call, || shown(key)).await
     }
 
     /// The value of `key`: this call's own write if it made one, else the latest written

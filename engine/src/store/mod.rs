@@ -11,8 +11,11 @@ mod wal;
 
 pub use mem::MemStore;
 #[cfg(feature = "postgres")]
+pub(crate) use postgres::PgConnector;
+#[cfg(feature = "postgres")]
 pub use postgres::{
     is_postgres_url, latest_schema_version, mask_url, PgOptions, PgStore, SchemaStatus, MIGRATIONS,
+    NODE_EXPIRY, NODE_HEARTBEAT,
 };
 pub use sled_store::SledStore;
 
@@ -169,6 +172,13 @@ pub enum StoreError {
         /// The last failure.
         message: String,
     },
+    /// Another provisio process (or another task of this one) owns the transaction: it is
+    /// running there, or being recovered (several processes on one PostgreSQL store).
+    #[error("transaction {txn} is owned by another provisio process (it runs or is recovered there); this process leaves it alone")]
+    Owned {
+        /// The transaction id.
+        txn: String,
+    },
     /// The database's schema was written by a newer provisio.
     #[error("the PostgreSQL store at `{url}` has schema version {found} ({by}), newer than this provisio knows (up to {known}): refusing to start, as this version could misread or damage it\n  hint: run the provisio version that upgraded the database (or a newer one); schemas are never downgraded")]
     SchemaTooNew {
@@ -201,6 +211,46 @@ pub trait Store: Send + Sync {
     /// makes an empty durable write.
     async fn sync(&self) -> Result<(), StoreError> {
         self.write(Batch::new(), true).await
+    }
+
+    /// Makes this process the owner of transaction `txn` for as long as it runs it (or
+    /// recovers it), so that no other process sharing the store recovers it meanwhile.
+    /// `false`: another process (or another task of this one) owns it. A process that
+    /// dies loses its ownerships with its session. The journal takes ownership with a
+    /// transaction's first record and gives it up with its final one ([`Store::disown`]);
+    /// recovery takes it before touching a transaction. The default (a store only one
+    /// process opens, like sled) always grants it.
+    async fn own(&self, txn: &str) -> Result<bool, StoreError> {
+        let _ = txn;
+        Ok(true)
+    }
+
+    /// Gives up the ownership [`Store::own`] granted (a no-op when not owned).
+    fn disown(&self, txn: &str) {
+        let _ = txn;
+    }
+
+    /// Locks a provider-state key (its full key in [`Space::State`]) for this process
+    /// against the other processes sharing the store, until [`Store::unlock_key`]: the
+    /// engine holds it for as long as the transaction that took the key runs (within a
+    /// process, its own per-key locks order the transactions). `false`: another process
+    /// holds it (the caller waits and asks again). Lost with the process. The default (a
+    /// store only one process opens) always grants it.
+    async fn lock_key(&self, key: &[u8]) -> Result<bool, StoreError> {
+        let _ = key;
+        Ok(true)
+    }
+
+    /// Gives back one [`Store::lock_key`] of `key`.
+    fn unlock_key(&self, key: &[u8]) {
+        let _ = key;
+    }
+
+    /// The PostgreSQL store behind this one, for the parts (the job queue) that use the
+    /// database directly rather than through keys.
+    #[cfg(feature = "postgres")]
+    fn postgres(&self) -> Option<&PgStore> {
+        None
     }
 
     /// Reads one value; sees every write that returned before the call.

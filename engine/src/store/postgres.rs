@@ -46,16 +46,23 @@ use tokio_postgres::{Client, NoTls, Statement};
 
 /// The schema versions, in order: (version, what it does, SQL). Each runs in its own
 /// transaction, recorded in `provisio_schema`; never edit one that was released, add one.
-pub const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "one key-value table for every space: (space, key) primary key, bytea keys sorted bytewise",
-    "CREATE TABLE provisio_kv (
+pub const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "one key-value table for every space: (space, key) primary key, bytea keys sorted bytewise",
+        "CREATE TABLE provisio_kv (
          space smallint NOT NULL,
          key bytea NOT NULL,
          value bytea NOT NULL,
          PRIMARY KEY (space, key)
      )",
-)];
+    ),
+    (
+        2,
+        "several processes on one database: the nodes (one row per process, heartbeats) and the job queue's own tables (claims with FOR UPDATE SKIP LOCKED, leases, serialization lines, idempotency)",
+        super::super::queue::postgres::SCHEMA_V2,
+    ),
+];
 
 /// The newest schema version this build knows.
 pub fn latest_schema_version() -> i32 {
@@ -76,9 +83,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The first and the longest pause between connection attempts at open.
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// A lock held by a process of ours that just closed the store is released by the server
-/// once it sees the session end: the lock is retried this long before it counts as taken.
-const LOCK_GRACE: Duration = Duration::from_secs(2);
 
 /// How to open a [`PgStore`].
 #[derive(Debug, Clone)]
@@ -129,6 +133,17 @@ struct Shared {
     /// Database transactions the writer committed, and the batches they carried.
     commits: AtomicU64,
     batches: AtomicU64,
+    /// This process's node id (a row of `provisio_nodes` while the store is open).
+    node: String,
+    /// The node's own session: it holds the advisory locks of the transactions this
+    /// process owns (released by the server if the process dies) and beats the heartbeat.
+    session: OnceLock<Arc<Client>>,
+    /// What advisory lock keys start with: the database and schema, so that two stores in
+    /// two schemas of one database never share a lock.
+    lock_ns: OnceLock<String>,
+    /// The transactions this process owns (so that a second task of this process is
+    /// refused too: the server's advisory locks are re-entrant within a session).
+    owned: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Shared {
@@ -363,26 +378,56 @@ fn db_error(shared: &Shared, what: &str, e: &tokio_postgres::Error) -> StoreErro
     ))
 }
 
-/// Takes the store's lock, or says who holds it.
-async fn take_lock(shared: &Shared, client: &Client) -> Result<(), StoreError> {
-    let started = Instant::now();
+/// How often a node beats its heartbeat (`provisio_nodes.heartbeat_at`).
+pub const NODE_HEARTBEAT: Duration = Duration::from_secs(2);
+/// A node whose heartbeat is older than this is taken for dead: the jobs it leased are
+/// taken back without waiting for their leases to run out.
+pub const NODE_EXPIRY: Duration = Duration::from_secs(10);
+
+/// Registers this process as a node (a row of `provisio_nodes`), and removes the rows of
+/// nodes long dead.
+async fn register_node(
+    shared: &Shared,
+    client: &Client,
+    application: &str,
+) -> Result<(), StoreError> {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    let pid = i32::try_from(std::process::id()).unwrap_or(0);
+    client
+        .execute(
+            "INSERT INTO provisio_nodes (node, pid, host, application) VALUES ($1, $2, $3, $4)",
+            &[&shared.node, &pid, &host, &application],
+        )
+        .await
+        .map_err(|e| db_error(shared, "registering this process as a node", &e))?;
+    client
+        .execute(
+            "DELETE FROM provisio_nodes WHERE heartbeat_at < now() - interval '1 hour'",
+            &[],
+        )
+        .await
+        .map_err(|e| db_error(shared, "removing nodes long dead", &e))?;
+    Ok(())
+}
+
+/// Beats the node's heartbeat until the session ends.
+async fn heartbeat_loop(shared: Arc<Shared>, client: Arc<Client>) {
     loop {
-        let row = client
-            .query_one(
-                "SELECT pg_try_advisory_lock(hashtextextended('provisio store ' || current_database() || '.' || coalesce(current_schema(), ''), 0))",
-                &[],
+        tokio::time::sleep(NODE_HEARTBEAT).await;
+        if client.is_closed() {
+            return;
+        }
+        if let Err(e) = client
+            .execute(
+                "UPDATE provisio_nodes SET heartbeat_at = now() WHERE node = $1",
+                &[&shared.node],
             )
             .await
-            .map_err(|e| db_error(shared, "taking the store's lock", &e))?;
-        if row.get::<_, bool>(0) {
-            return Ok(());
+        {
+            tracing::warn!(error = %describe(&e), "the node's heartbeat failed");
         }
-        if started.elapsed() >= LOCK_GRACE {
-            return Err(StoreError::Locked {
-                path: shared.shown.clone(),
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -723,10 +768,15 @@ impl PgStore {
             poison: OnceLock::new(),
             commits: AtomicU64::new(0),
             batches: AtomicU64::new(0),
+            node: uuid::Uuid::now_v7().to_string(),
+            session: OnceLock::new(),
+            lock_ns: OnceLock::new(),
+            owned: Mutex::new(std::collections::HashSet::new()),
         });
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let retry = options.connect_retry;
+        let application = options.application.clone();
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
             .name("provisio-pg".into())
@@ -746,7 +796,7 @@ impl PgStore {
                         return;
                     }
                 };
-                let opened = runtime.block_on(start(shared.clone(), retry));
+                let opened = runtime.block_on(start(shared.clone(), retry, application));
                 let lock_client = match opened {
                     Ok((lock_client, schema, writes)) => {
                         let _ = ready_tx.send(Ok((runtime.handle().clone(), schema, writes)));
@@ -762,10 +812,17 @@ impl PgStore {
                     let _ = stop_rx.await;
                     // Released at once, so that a store opened right after this one closed
                     // does not wait for the server to notice the session ended.
-                    let _ = tokio::time::timeout(
-                        Duration::from_secs(2),
-                        lock_client.batch_execute("SELECT pg_advisory_unlock_all()"),
-                    )
+                    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                        let _ = lock_client
+                            .execute(
+                                "DELETE FROM provisio_nodes WHERE node = $1",
+                                &[&shared.node],
+                            )
+                            .await;
+                        lock_client
+                            .batch_execute("SELECT pg_advisory_unlock_all()")
+                            .await
+                    })
                     .await;
                     lock_client.closing.store(true, Ordering::Release);
                 });
@@ -858,9 +915,22 @@ impl PgStore {
     }
 }
 
+/// Connects new sessions of a store (on its runtime), for the queue's pool.
+#[derive(Clone)]
+pub(crate) struct PgConnector {
+    shared: Arc<Shared>,
+}
+
+impl PgConnector {
+    /// A new session; call on the store's runtime (its connection task is spawned there).
+    pub(crate) async fn connect(&self) -> Result<Client, StoreError> {
+        connect_retrying(&self.shared, Duration::ZERO, || {}).await
+    }
+}
+
 /// The lock's connection, kept for the store's life.
 struct LockClient {
-    client: Client,
+    client: Arc<Client>,
     /// Set when the store closes the connection itself (its end is then expected).
     closing: Arc<AtomicBool>,
 }
@@ -879,7 +949,11 @@ type Opened = (
 );
 
 /// Connects, locks, migrates, and starts the writer (on the store's runtime).
-async fn start(shared: Arc<Shared>, retry: Duration) -> Result<Opened, StoreError> {
+async fn start(
+    shared: Arc<Shared>,
+    retry: Duration,
+    application: String,
+) -> Result<Opened, StoreError> {
     let closing = Arc::new(AtomicBool::new(false));
     let on_end = {
         let shared = shared.clone();
@@ -894,8 +968,33 @@ async fn start(shared: Arc<Shared>, retry: Duration) -> Result<Opened, StoreErro
         }
     };
     let mut lock_client = connect_retrying(&shared, retry, on_end).await?;
-    take_lock(&shared, &lock_client).await?;
-    let schema = migrate(&shared, &mut lock_client).await?;
+    let ns: String = lock_client
+        .query_one(
+            "SELECT current_database() || '.' || coalesce(current_schema(), '')",
+            &[],
+        )
+        .await
+        .map_err(|e| db_error(&shared, "reading the current schema", &e))?
+        .get(0);
+    // Two processes starting at once never migrate at once.
+    let migrate_lock = format!("provisio migrate {ns}");
+    lock_client
+        .execute(
+            "SELECT pg_advisory_lock(hashtextextended($1, 0))",
+            &[&migrate_lock],
+        )
+        .await
+        .map_err(|e| db_error(&shared, "taking the migration lock", &e))?;
+    let schema = migrate(&shared, &mut lock_client).await;
+    let _ = lock_client
+        .execute(
+            "SELECT pg_advisory_unlock(hashtextextended($1, 0))",
+            &[&migrate_lock],
+        )
+        .await;
+    let schema = schema?;
+    let _ = shared.lock_ns.set(ns);
+    register_node(&shared, &lock_client, &application).await?;
     let writer_client = connect_retrying(&shared, Duration::ZERO, || {}).await?;
     let writer = prepare_writer(&shared, writer_client).await?;
     // One reader connected now: a bad schema or permission shows at open, not at the
@@ -903,9 +1002,12 @@ async fn start(shared: Arc<Shared>, retry: Duration) -> Result<Opened, StoreErro
     shared.reader().await?;
     let (writes, queue) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(write_loop(shared.clone(), writer, queue));
+    let session = Arc::new(lock_client);
+    let _ = shared.session.set(session.clone());
+    tokio::spawn(heartbeat_loop(shared.clone(), session.clone()));
     Ok((
         LockClient {
-            client: lock_client,
+            client: session,
             closing,
         },
         schema,
@@ -923,8 +1025,221 @@ fn limit_param(limit: usize) -> i64 {
     i64::try_from(limit).unwrap_or(i64::MAX)
 }
 
+impl PgStore {
+    /// This process's node id (its row in `provisio_nodes` while the store is open).
+    pub fn node(&self) -> &str {
+        &self.shared.node
+    }
+
+    /// Runs `f` on the store's runtime (where its connections live) and awaits it from
+    /// any runtime.
+    pub(crate) async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        self.handle.spawn(f).await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs `f` on the store's runtime and blocks this thread for its answer (the
+    /// synchronous reads of the queue; see [`PgStore::read`] for why this cannot deadlock).
+    pub(crate) fn block<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.handle.spawn(async move {
+            let _ = tx.send(f.await);
+        });
+        rx.recv().map_err(|_| StoreError::Closed)?
+    }
+
+    /// Whether the store refuses writes (a write's outcome unknown, its session lost).
+    pub(crate) fn poisoned(&self) -> Option<StoreError> {
+        self.shared.poison.get().cloned()
+    }
+
+    /// Connects new sessions for the queue (on the store's runtime).
+    pub(crate) fn connector(&self) -> PgConnector {
+        PgConnector {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// What the advisory lock keys of this store start with (its database and schema).
+    pub(crate) fn lock_ns(&self) -> String {
+        self.shared.lock_ns.get().cloned().unwrap_or_default()
+    }
+
+    /// Listens on `channel` on a session of its own (connecting again when it breaks) and
+    /// wakes every waiter of `wake` at each notification, and after each reconnection
+    /// (notifications sent meanwhile are lost: the waiters then look for themselves).
+    pub(crate) fn listen(&self, channel: &'static str, wake: Arc<tokio::sync::Notify>) {
+        let shared = self.shared.clone();
+        self.handle.spawn(async move {
+            loop {
+                match shared.config.connect(NoTls).await {
+                    Ok((client, mut connection)) => {
+                        let wake2 = wake.clone();
+                        let driver = tokio::spawn(async move {
+                            loop {
+                                let msg =
+                                    futures::future::poll_fn(|cx| connection.poll_message(cx)).await;
+                                match msg {
+                                    Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => {
+                                        wake2.notify_waiters();
+                                    }
+                                    Some(Ok(_)) => {}
+                                    Some(Err(_)) | None => return,
+                                }
+                            }
+                        });
+                        if client
+                            .batch_execute(&format!("LISTEN {channel}"))
+                            .await
+                            .is_ok()
+                        {
+                            wake.notify_waiters();
+                        }
+                        let _ = driver.await;
+                        drop(client);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %describe(&e), "listening for the job queue's notifications");
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+    }
+
+    fn state_lock_key(&self, key: &[u8]) -> String {
+        let mut name = format!(
+            "provisio state {} ",
+            self.shared.lock_ns.get().map_or("", String::as_str)
+        );
+        for b in key {
+            name.push_str(&format!("{b:02x}"));
+        }
+        name
+    }
+
+    fn txn_lock_key(&self, txn: &str) -> String {
+        format!(
+            "provisio txn {} {txn}",
+            self.shared.lock_ns.get().map_or("", String::as_str)
+        )
+    }
+}
+
 #[async_trait]
 impl Store for PgStore {
+    async fn own(&self, txn: &str) -> Result<bool, StoreError> {
+        if let Some(e) = self.shared.poison.get() {
+            return Err(e.clone());
+        }
+        if !self
+            .shared
+            .owned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(txn.to_string())
+        {
+            return Ok(false);
+        }
+        let Some(session) = self.shared.session.get().cloned() else {
+            return Err(StoreError::Closed);
+        };
+        let key = self.txn_lock_key(txn);
+        let shared = self.shared.clone();
+        let got = self
+            .run(async move {
+                session
+                    .query_one(
+                        "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
+                        &[&key],
+                    )
+                    .await
+                    .map(|r| r.get::<_, bool>(0))
+                    .map_err(|e| db_error(&shared, "taking a transaction's lock", &e))
+            })
+            .await;
+        if !matches!(got, Ok(true)) {
+            self.shared
+                .owned
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(txn);
+        }
+        got
+    }
+
+    fn disown(&self, txn: &str) {
+        if !self
+            .shared
+            .owned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(txn)
+        {
+            return;
+        }
+        let Some(session) = self.shared.session.get().cloned() else {
+            return;
+        };
+        let key = self.txn_lock_key(txn);
+        self.handle.spawn(async move {
+            let _ = session
+                .execute(
+                    "SELECT pg_advisory_unlock(hashtextextended($1, 0))",
+                    &[&key],
+                )
+                .await;
+        });
+    }
+
+    async fn lock_key(&self, key: &[u8]) -> Result<bool, StoreError> {
+        if let Some(e) = self.shared.poison.get() {
+            return Err(e.clone());
+        }
+        let Some(session) = self.shared.session.get().cloned() else {
+            return Err(StoreError::Closed);
+        };
+        let name = self.state_lock_key(key);
+        let shared = self.shared.clone();
+        self.run(async move {
+            session
+                .query_one(
+                    "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
+                    &[&name],
+                )
+                .await
+                .map(|r| r.get::<_, bool>(0))
+                .map_err(|e| db_error(&shared, "locking a provider-state key", &e))
+        })
+        .await
+    }
+
+    fn unlock_key(&self, key: &[u8]) {
+        let Some(session) = self.shared.session.get().cloned() else {
+            return;
+        };
+        let name = self.state_lock_key(key);
+        self.handle.spawn(async move {
+            let _ = session
+                .execute(
+                    "SELECT pg_advisory_unlock(hashtextextended($1, 0))",
+                    &[&name],
+                )
+                .await;
+        });
+    }
+
+    fn postgres(&self) -> Option<&PgStore> {
+        Some(self)
+    }
+
     async fn write(&self, batch: Batch, durable: bool) -> Result<(), StoreError> {
         if let Some(e) = self.shared.poison.get() {
             return Err(e.clone());

@@ -379,6 +379,17 @@ impl DurableJournal {
     ) -> Result<(), WriteError> {
         let value = encode("a journal record", txn_id, record)?;
         let mut batch = extra;
+        if !lock(&self.live).contains_key(txn_id) {
+            // The transaction's first record (in this process): it becomes this process's,
+            // so that no other process sharing the store recovers it while it runs (a
+            // fresh id is refused only when another process took the job it belongs to).
+            if !self.store.own(txn_id.as_str()).await? {
+                return Err(StoreError::Owned {
+                    txn: txn_id.as_str().to_string(),
+                }
+                .into());
+            }
+        }
         let (seq, summary, finished, compact_from, indexed_state) = {
             let mut live = lock(&self.live);
             let l = live.entry(txn_id.clone()).or_insert_with(|| Live {
@@ -533,6 +544,7 @@ impl DurableJournal {
         // rollback of a commit that could not be journaled) continue the same sequence.
         if finished {
             lock(&self.live).remove(txn_id);
+            self.store.disown(txn_id.as_str());
         }
         self.fail_points.check(n, true);
         Ok(())

@@ -247,13 +247,26 @@ pub async fn recover(
     let limit = Arc::new(tokio::sync::Semaphore::new(RECOVERY_CONCURRENCY));
     let mut tasks = tokio::task::JoinSet::new();
     for s in unfinished {
+        // Several processes may share the store (PostgreSQL): a transaction another live
+        // process runs or recovers is its own, and is left alone. This process runs
+        // nothing while it recovers (at start, or `provisio recover`): what it still holds
+        // was cut short in it, and is recovered like the rest.
+        journal.store().disown(s.id.as_str());
+        if !journal.store().own(s.id.as_str()).await? {
+            tracing::info!(txn.id = %s.id, "left to the live process that owns it");
+            continue;
+        }
         let Ok(permit) = limit.clone().acquire_owned().await else {
             break;
         };
         let (engine, journal) = (engine.clone(), journal.clone());
         tasks.spawn(async move {
             let _permit = permit;
-            recover_one(&engine, &journal, s).await
+            let id = s.id.clone();
+            let r = recover_one(&engine, &journal, s).await;
+            // Recovery's final record gave it up already; not when it stopped short.
+            journal.store().disown(id.as_str());
+            r
         });
     }
     let mut out = Vec::new();
@@ -266,6 +279,41 @@ pub async fn recover(
     out.sort_by(|a, b| a.txn_id.cmp(&b.txn_id));
     Ok(out)
 }
+
+/// Recovers one transaction left unfinished by a process that stopped (another node of
+/// a shared PostgreSQL store died while running it), exactly as [`recover`] does at start:
+/// settles its in-doubt steps, resumes or rolls it back. `None`: it is not unfinished, or
+/// a live process owns it (it runs there, or is recovered there).
+pub async fn recover_txn(
+    engine: &Engine,
+    journal: &Arc<DurableJournal>,
+    id: &str,
+) -> Result<Option<Recovered>, RecoveryError> {
+    if !journal.store().own(id).await? {
+        return Ok(None);
+    }
+    // Read under ownership: the state another process left before it stopped.
+    let found = match index::summary(&**journal.store(), id) {
+        Ok(found) => found,
+        Err(e) => {
+            journal.store().disown(id);
+            return Err(e.into());
+        }
+    };
+    let r = match found {
+        Some(s) if RECOVERED_STATES.contains(&s.state) => {
+            recover_one(engine, journal, s).await.map(Some)
+        }
+        _ => Ok(None),
+    };
+    journal.store().disown(id);
+    r
+}
+
+/// The message recovery journals when it starts rolling a transaction back (kept in its
+/// summary when the rollback succeeds): a transaction rolled back with it was cut short
+/// by a crash, not ended by its own failure.
+pub const RECOVERY_MESSAGE: &str = "recovering after a crash";
 
 /// How many transactions recover at once.
 const RECOVERY_CONCURRENCY: usize = 64;
@@ -532,11 +580,7 @@ async fn roll_back(
     // Nothing is undone unless the journal can say so: with the journal unwritable the
     // transaction stays unfinished there, and the next recovery starts over.
     journal
-        .txn_state(
-            &summary.id,
-            TxnState::RollingBack,
-            Some("recovering after a crash"),
-        )
+        .txn_state(&summary.id, TxnState::RollingBack, Some(RECOVERY_MESSAGE))
         .await
         .map_err(|source| RecoveryError::Journal {
             txn: summary.id.clone(),

@@ -1,0 +1,1172 @@
+//! The job queue on PostgreSQL, shared by every process (node) on one database: jobs are
+//! rows of `provisio_jobs`, claimed with `FOR UPDATE SKIP LOCKED` under leases the runner
+//! renews; a serialization key's line is kept in SQL (only the first unfinished job of a
+//! key is claimable, checked again under a per-key advisory lock taken for the claim's
+//! database transaction), idempotent submission by a unique index; other nodes are woken by
+//! `NOTIFY provisio_jobs`. [`super::Queue`] dispatches here when its store is a
+//! [`PgStore`]; the semantics are those of the sled queue (see the parent module).
+//!
+//! Every change is one database transaction on a connection of a small pool, run on the
+//! store's runtime. The job record itself is kept as the same JSON as on sled (`body`),
+//! beside the columns the claims and listings use.
+
+use super::{
+    no_nul, state_index, Backoff, Cancelled, Finish, Job, JobOptions, JobState, ListFilter, NewJob,
+    Page, QueueError, SettleError, Slot, Submitted, Tally, ALL_STATES, STATES,
+};
+use crate::store::{PgStore, Store, StoreError};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_postgres::Client;
+
+/// The queue's tables (schema migration 2, with the node registry).
+pub(crate) const SCHEMA_V2: &str = "
+CREATE TABLE provisio_nodes (
+    node text PRIMARY KEY,
+    pid integer NOT NULL,
+    host text NOT NULL,
+    application text NOT NULL,
+    started_at timestamptz NOT NULL DEFAULT now(),
+    heartbeat_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE SEQUENCE provisio_job_seq;
+CREATE TABLE provisio_jobs (
+    id text PRIMARY KEY,
+    seq bigint NOT NULL UNIQUE,
+    state smallint NOT NULL,
+    priority smallint NOT NULL,
+    not_before_ms bigint NOT NULL,
+    serial_key text,
+    line_pos bigint NOT NULL,
+    subject text NOT NULL,
+    target text NOT NULL,
+    idempotency_key text,
+    submitted_ms bigint NOT NULL,
+    lease_until_ms bigint,
+    node text,
+    held_by text,
+    finished_ms bigint,
+    entered bigint[] NOT NULL,
+    body bytea NOT NULL
+);
+CREATE INDEX provisio_jobs_ready ON provisio_jobs (priority DESC, seq) WHERE state = 0;
+CREATE INDEX provisio_jobs_due ON provisio_jobs (not_before_ms) WHERE state = 0;
+CREATE INDEX provisio_jobs_leases ON provisio_jobs (lease_until_ms) WHERE state = 1;
+CREATE INDEX provisio_jobs_line ON provisio_jobs (serial_key, line_pos)
+    WHERE serial_key IS NOT NULL AND state IN (0, 1, 4);
+CREATE UNIQUE INDEX provisio_jobs_idempotency ON provisio_jobs (subject, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+CREATE INDEX provisio_jobs_held ON provisio_jobs (held_by) WHERE held_by IS NOT NULL;
+CREATE INDEX provisio_jobs_finished ON provisio_jobs (finished_ms) WHERE finished_ms IS NOT NULL;
+CREATE INDEX provisio_jobs_by_state ON provisio_jobs (state, seq);
+CREATE INDEX provisio_jobs_by_target ON provisio_jobs (target, seq);
+CREATE INDEX provisio_jobs_by_subject ON provisio_jobs (subject, seq);
+CREATE TABLE provisio_job_tally (k smallint PRIMARY KEY, v bigint NOT NULL);
+INSERT INTO provisio_job_tally SELECT k, 0 FROM generate_series(0, 7) k;
+";
+
+/// The channel other nodes are woken on.
+const CHANNEL: &str = "provisio_jobs";
+/// Connections of the queue's pool.
+const POOL: usize = 8;
+/// Candidates a claim passes over (locked by another claim of their key) before it says
+/// nothing is due.
+const CLAIM_TRIES: usize = 8;
+
+/// The columns of a job row, in the order [`JOB_COLUMNS`] reads them.
+const JOB_COLUMNS: &str = "body, entered, line_pos, node";
+
+/// A job whose serialization line holds it: another job of its key runs, or an earlier one
+/// is queued or dead (`j` is the job).
+const BLOCKED: &str = "EXISTS (SELECT 1 FROM provisio_jobs e WHERE e.serial_key = j.serial_key \
+     AND e.id <> j.id AND (e.state = 1 OR (e.state IN (0, 4) AND e.line_pos < j.line_pos)))";
+
+fn st(state: JobState) -> i16 {
+    state_index(state) as i16
+}
+
+fn ms(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// A row read: the job, how many times it entered each state, its place in its line.
+struct Row {
+    job: Job,
+    entered: Vec<i64>,
+    line_pos: i64,
+    /// The node holding its lease (while it runs).
+    node: Option<String>,
+}
+
+impl Row {
+    fn from(row: &tokio_postgres::Row) -> Result<Row, QueueError> {
+        let body: Vec<u8> = row.get(0);
+        let job: Job = serde_json::from_slice(&body).map_err(|e| QueueError::Decode {
+            key: "provisio_jobs".into(),
+            message: e.to_string(),
+        })?;
+        let mut entered: Vec<i64> = row.get(1);
+        entered.resize(STATES, 0);
+        Ok(Row {
+            job,
+            entered,
+            line_pos: row.get(2),
+            node: row.get(3),
+        })
+    }
+
+    fn set_state(&mut self, state: JobState) {
+        if self.job.state != state {
+            self.job.state = state;
+            self.entered[state_index(state)] += 1;
+        }
+    }
+}
+
+/// Connections for the queue's changes, each used by one change at a time.
+struct Pool {
+    idle: Mutex<Vec<Client>>,
+    permits: tokio::sync::Semaphore,
+}
+
+/// The queue on a PostgreSQL store (see the module documentation).
+pub(crate) struct PgQueue {
+    store: Arc<dyn Store>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: Pool,
+    node: String,
+    lock_ns: String,
+    wake: Arc<tokio::sync::Notify>,
+    listening: std::sync::atomic::AtomicBool,
+    /// The latest time a submission, claim or retry was made at (ms): jobs not before it
+    /// are due, later ones are what [`PgQueue::next_due`] reports.
+    clock: std::sync::atomic::AtomicU64,
+}
+
+type Res<T> = Result<T, QueueError>;
+
+fn pg_err(e: tokio_postgres::Error) -> QueueError {
+    let text = match e.as_db_error() {
+        Some(db) => db.message().to_string(),
+        None => e.to_string(),
+    };
+    QueueError::Store(StoreError::Io(format!("PostgreSQL job queue: {text}")))
+}
+
+impl PgQueue {
+    pub(crate) fn new(store: Arc<dyn Store>) -> PgQueue {
+        let pg = store.postgres().expect("a PostgreSQL store");
+        let inner = Arc::new(Inner {
+            pool: Pool {
+                idle: Mutex::new(Vec::new()),
+                permits: tokio::sync::Semaphore::new(POOL),
+            },
+            node: pg.node().to_string(),
+            lock_ns: pg.lock_ns(),
+            wake: Arc::new(tokio::sync::Notify::new()),
+            listening: std::sync::atomic::AtomicBool::new(false),
+            clock: std::sync::atomic::AtomicU64::new(0),
+        });
+        PgQueue { store, inner }
+    }
+
+    /// Notes the time a change was made at (see `Inner::clock`).
+    fn saw(&self, now: u64) {
+        self.inner
+            .clock
+            .fetch_max(now, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn pg(&self) -> &PgStore {
+        self.store.postgres().expect("a PostgreSQL store")
+    }
+
+    /// Runs a change on the store's runtime with a pooled connection.
+    async fn run<T, F, Fut>(&self, f: F) -> Res<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<Inner>, Client) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = (Client, Res<T>)> + Send + 'static,
+    {
+        if let Some(e) = self.pg().poisoned() {
+            return Err(e.into());
+        }
+        let inner = self.inner.clone();
+        let connector = self.pg().connector();
+        let out = self
+            .pg()
+            .run(async move { Ok(with_client(inner, connector, f).await) })
+            .await?;
+        out
+    }
+
+    /// Runs a read on the store's runtime and blocks this thread for its answer.
+    fn block<T, F, Fut>(&self, f: F) -> Res<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<Inner>, Client) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = (Client, Res<T>)> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        let connector = self.pg().connector();
+        self.pg()
+            .block(async move { Ok(with_client(inner, connector, f).await) })?
+    }
+
+    /// Resolves when another node (or this one) changed the queue in a way that may make a
+    /// job claimable (`NOTIFY provisio_jobs`); listens from the first call on.
+    pub(crate) async fn changed(&self) {
+        if !self
+            .inner
+            .listening
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            self.pg().listen(CHANNEL, self.inner.wake.clone());
+        }
+        self.inner.wake.notified().await;
+    }
+
+    pub(crate) fn get(&self, id: &str) -> Res<Option<Job>> {
+        let id = id.to_string();
+        self.block(move |_, c| async move {
+            let r = get_row(&c, &id, false).await.map(|r| r.map(|r| r.job));
+            (c, r)
+        })
+    }
+
+    pub(crate) fn tally(&self) -> Res<Tally> {
+        self.block(move |_, c| async move {
+            let r = async {
+                let mut t = Tally::default();
+                for row in c
+                    .query(
+                        "SELECT state, count(*) FROM provisio_jobs GROUP BY state",
+                        &[],
+                    )
+                    .await
+                    .map_err(pg_err)?
+                {
+                    let s: i16 = row.get(0);
+                    if let Some(n) = t.now.get_mut(s as usize) {
+                        *n = row.get::<_, i64>(1) as u64;
+                    }
+                }
+                let rows = c
+                    .query(
+                        "SELECT k, v + coalesce((SELECT sum(j.entered[k + 1]) FROM provisio_jobs j), 0)::bigint
+                         FROM provisio_job_tally WHERE k < 7
+                         UNION ALL
+                         SELECT 7::smallint, v + (SELECT count(*) FROM provisio_jobs) FROM provisio_job_tally WHERE k = 7",
+                        &[],
+                    )
+                    .await
+                    .map_err(pg_err)?;
+                for row in rows {
+                    let k: i16 = row.get(0);
+                    let v = row.get::<_, i64>(1).max(0) as u64;
+                    match t.entered.get_mut(k as usize) {
+                        Some(e) => *e = v,
+                        None => t.submitted = v,
+                    }
+                }
+                Ok(t)
+            }
+            .await;
+            (c, r)
+        })
+    }
+
+    pub(crate) async fn submit_with(
+        &self,
+        new: NewJob,
+        options: JobOptions,
+        now: u64,
+    ) -> Res<Submitted> {
+        if let Some(t) = &options.held_by {
+            no_nul(t, "the holding transaction id")?;
+        }
+        no_nul(&new.subject, "the subject")?;
+        no_nul(&new.target, "the target")?;
+        if let Some(k) = &new.serial_key {
+            no_nul(k, "the serialization key")?;
+        }
+        self.saw(now);
+        self.run(move |_, c| async move {
+            let r = async {
+                if let Some(idem) = &new.idempotency_key {
+                    if let Some(job) = by_idempotency(&c, &new.subject, idem).await? {
+                        return Ok(Submitted {
+                            job,
+                            created: false,
+                        });
+                    }
+                }
+                let seq = next_seq(&c).await?;
+                let state = if options.held_by.is_some() {
+                    JobState::Held
+                } else {
+                    JobState::Queued
+                };
+                let job = new_job(new, seq, state, now, &options);
+                let mut entered = vec![0i64; STATES];
+                entered[state_index(state)] = 1;
+                let inserted = c
+                    .execute(
+                        "INSERT INTO provisio_jobs (id, seq, state, priority, not_before_ms, serial_key,
+                             line_pos, subject, target, idempotency_key, submitted_ms, held_by, entered, body)
+                         VALUES ($1, $2, $3, $4, $5, $6, $2, $7, $8, $9, $10, $11, $12, $13)
+                         ON CONFLICT (subject, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
+                        &[
+                            &job.id,
+                            &(seq as i64),
+                            &st(state),
+                            &job.priority,
+                            &ms(job.not_before_ms),
+                            &job.serial_key,
+                            &job.subject,
+                            &job.target,
+                            &job.idempotency_key,
+                            &ms(now),
+                            &job.held_by,
+                            &entered,
+                            &encode(&job),
+                        ],
+                    )
+                    .await
+                    .map_err(pg_err)?;
+                if inserted == 0 {
+                    // Another node submitted the same key meanwhile: its job.
+                    let idem = job.idempotency_key.as_deref().unwrap_or_default();
+                    if let Some(existing) = by_idempotency(&c, &job.subject, idem).await? {
+                        return Ok(Submitted {
+                            job: existing,
+                            created: false,
+                        });
+                    }
+                }
+                if state == JobState::Queued {
+                    notify(&c).await?;
+                }
+                Ok(Submitted { job, created: true })
+            }
+            .await;
+            (c, r)
+        })
+        .await
+    }
+
+    pub(crate) async fn submit_claimed(
+        &self,
+        new: NewJob,
+        now: u64,
+        lease: Duration,
+    ) -> Res<Result<Job, NewJob>> {
+        no_nul(&new.subject, "the subject")?;
+        no_nul(&new.target, "the target")?;
+        if let Some(k) = &new.serial_key {
+            no_nul(k, "the serialization key")?;
+        }
+        if new.idempotency_key.is_some() || new.not_before_ms > now {
+            return Ok(Err(new));
+        }
+        let node = self.inner.node.clone();
+        self.run(move |inner, mut c| async move {
+            let r = async {
+                let tx = c.transaction().await.map_err(pg_err)?;
+                let due: bool = tx
+                    .query_one(
+                        &format!(
+                            "SELECT EXISTS (SELECT 1 FROM provisio_jobs j WHERE state = 0
+                             AND not_before_ms <= $1 AND (serial_key IS NULL OR NOT {BLOCKED}))"
+                        ),
+                        &[&ms(now)],
+                    )
+                    .await
+                    .map_err(pg_err)?
+                    .get(0);
+                if due {
+                    return Ok(Err(new));
+                }
+                if let Some(key) = &new.serial_key {
+                    if !line_lock(&tx, &inner.lock_ns, key).await? {
+                        return Ok(Err(new));
+                    }
+                    let busy: bool = tx
+                        .query_one(
+                            "SELECT EXISTS (SELECT 1 FROM provisio_jobs WHERE serial_key = $1 AND state IN (0, 1, 4))",
+                            &[key],
+                        )
+                        .await
+                        .map_err(pg_err)?
+                        .get(0);
+                    if busy {
+                        return Ok(Err(new));
+                    }
+                }
+                let seq: i64 = tx
+                    .query_one("SELECT nextval('provisio_job_seq')", &[])
+                    .await
+                    .map_err(pg_err)?
+                    .get(0);
+                let mut job = new_job(new, seq as u64, JobState::Running, now, &JobOptions::default());
+                let txn = crate::TxnId::new_v7().as_str().to_string();
+                job.attempts = 1;
+                job.started_ms = Some(now);
+                job.txn = Some(txn.clone());
+                job.txns = vec![txn];
+                let until = now.saturating_add(lease.as_millis() as u64);
+                job.slot = Slot::Leased(until);
+                let mut entered = vec![0i64; STATES];
+                entered[state_index(JobState::Queued)] = 1;
+                entered[state_index(JobState::Running)] = 1;
+                tx.execute(
+                    "INSERT INTO provisio_jobs (id, seq, state, priority, not_before_ms, serial_key,
+                         line_pos, subject, target, submitted_ms, lease_until_ms, node, entered, body)
+                     VALUES ($1, $2, 1, $3, $4, $5, $2, $6, $7, $8, $9, $10, $11, $12)",
+                    &[
+                        &job.id,
+                        &seq,
+                        &job.priority,
+                        &ms(job.not_before_ms),
+                        &job.serial_key,
+                        &job.subject,
+                        &job.target,
+                        &ms(now),
+                        &ms(until),
+                        &node,
+                        &entered,
+                        &encode(&job),
+                    ],
+                )
+                .await
+                .map_err(pg_err)?;
+                tx.commit().await.map_err(pg_err)?;
+                Ok(Ok(job))
+            }
+            .await;
+            (c, r)
+        })
+        .await
+    }
+
+    pub(crate) async fn claim(&self, now: u64, lease: Duration) -> Res<Option<Job>> {
+        self.saw(now);
+        let node = self.inner.node.clone();
+        self.run(move |inner, mut c| async move {
+            let r = async {
+                let mut passed: Vec<String> = Vec::new();
+                for _ in 0..CLAIM_TRIES {
+                    let tx = c.transaction().await.map_err(pg_err)?;
+                    let rows = tx
+                        .query(
+                            &format!(
+                                "SELECT {JOB_COLUMNS}, serial_key FROM provisio_jobs j
+                                 WHERE state = 0 AND not_before_ms <= $1 AND NOT (id = ANY($2))
+                                   AND (serial_key IS NULL OR NOT {BLOCKED})
+                                 ORDER BY priority DESC, seq LIMIT 1 FOR UPDATE SKIP LOCKED"
+                            ),
+                            &[&ms(now), &passed],
+                        )
+                        .await
+                        .map_err(pg_err)?;
+                    let Some(row) = rows.first() else {
+                        return Ok(None);
+                    };
+                    let mut row_read = Row::from(row)?;
+                    let key: Option<String> = row.get(4);
+                    if let Some(key) = &key {
+                        // Under the line's lock, with a fresh snapshot: no other claim of
+                        // the key is in flight, and none committed since the search began.
+                        let free = line_lock(&tx, &inner.lock_ns, key).await?
+                            && !tx
+                                .query_one(
+                                    "SELECT EXISTS (SELECT 1 FROM provisio_jobs e WHERE e.serial_key = $1
+                                     AND e.id <> $2 AND (e.state = 1 OR (e.state IN (0, 4) AND e.line_pos < $3)))",
+                                    &[key, &row_read.job.id, &row_read.line_pos],
+                                )
+                                .await
+                                .map_err(pg_err)?
+                                .get::<_, bool>(0);
+                        if !free {
+                            passed.push(row_read.job.id.clone());
+                            continue;
+                        }
+                    }
+                    let job = &mut row_read.job;
+                    let until = now.saturating_add(lease.as_millis() as u64);
+                    job.slot = Slot::Leased(until);
+                    job.attempts += 1;
+                    job.started_ms = Some(now);
+                    if job.txn.is_none() {
+                        let txn = crate::TxnId::new_v7().as_str().to_string();
+                        job.txns.push(txn.clone());
+                        job.txn = Some(txn);
+                    }
+                    row_read.set_state(JobState::Running);
+                    write_row(&tx, &row_read, Some(until), Some(&node)).await?;
+                    tx.commit().await.map_err(pg_err)?;
+                    return Ok(Some(row_read.job));
+                }
+                Ok(None)
+            }
+            .await;
+            (c, r)
+        })
+        .await
+    }
+
+    pub(crate) async fn heartbeat(&self, id: &str, now: u64, lease: Duration) -> Res<bool> {
+        let id = id.to_string();
+        let node = self.inner.node.clone();
+        self.run(move |_, c| async move {
+            let r = async {
+                let until = now.saturating_add(lease.as_millis() as u64);
+                let n = c
+                    .execute(
+                        "UPDATE provisio_jobs SET lease_until_ms = $2 WHERE id = $1 AND state = 1 AND node = $3",
+                        &[&id, &ms(until), &node],
+                    )
+                    .await
+                    .map_err(pg_err)?;
+                if n == 0 && get_row(&c, &id, false).await?.is_none() {
+                    return Err(QueueError::NotFound(id));
+                }
+                Ok(n > 0)
+            }
+            .await;
+            (c, r)
+        })
+        .await
+    }
+
+    /// Reads a job under its row lock, changes it with `f`, writes it back, in one
+    /// database transaction (`lease`: the lease and node columns to write).
+    async fn change<T, F>(&self, id: &str, durable: bool, f: F) -> Res<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Row) -> Res<(T, Option<u64>, bool)> + Send + 'static,
+    {
+        let id = id.to_string();
+        let node = self.inner.node.clone();
+        self.run(move |_, mut c| async move {
+            let r = async {
+                let tx = c.transaction().await.map_err(pg_err)?;
+                if !durable {
+                    tx.batch_execute("SET LOCAL synchronous_commit TO off")
+                        .await
+                        .map_err(pg_err)?;
+                }
+                let mut row = get_row(&tx, &id, true)
+                    .await?
+                    .ok_or_else(|| QueueError::NotFound(id.clone()))?;
+                let before = row.job.state;
+                let (out, lease, write) = f(&mut row)?;
+                if write {
+                    let lease_node = lease.map(|_| node.as_str());
+                    write_row(&tx, &row, lease, lease_node).await?;
+                    if before != row.job.state || row.job.state == JobState::Queued {
+                        notify(&tx).await?;
+                    }
+                }
+                tx.commit().await.map_err(pg_err)?;
+                Ok(out)
+            }
+            .await;
+            (c, r)
+        })
+        .await
+    }
+
+    pub(crate) async fn finish(&self, id: &str, how: Finish, now: u64) -> Res<Job> {
+        let id_owned = id.to_string();
+        let node = self.inner.node.clone();
+        self.change(id, false, move |row| {
+            if row.job.state != JobState::Running {
+                return Err(QueueError::WrongState {
+                    id: id_owned,
+                    state: row.job.state,
+                    what: "only a running job can be finished".into(),
+                });
+            }
+            if row.node.as_deref() != Some(node.as_str()) {
+                // Its lease ran out here and another node claimed it: that node's runner
+                // finishes it (a stalled runner must not overwrite what the other does).
+                return Err(QueueError::WrongState {
+                    id: id_owned,
+                    state: row.job.state,
+                    what: "its lease ran out and another node runs it now".into(),
+                });
+            }
+            finalize(row, how.state, now);
+            row.job.outcome = how.outcome;
+            row.job.result = how.result;
+            row.job.error = how.error;
+            row.job.txn = None;
+            Ok((row.job.clone(), None, true))
+        })
+        .await
+    }
+
+    pub(crate) async fn retry_later(
+        &self,
+        id: &str,
+        error: String,
+        now: u64,
+        backoff: Backoff,
+        random: u64,
+    ) -> Res<Job> {
+        self.saw(now);
+        self.change(id, true, move |row| {
+            row.job.error = Some(error);
+            row.job.txn = None;
+            if row.job.attempts >= row.job.max_attempts {
+                let end = if row.job.fail_when_exhausted {
+                    JobState::Failed
+                } else {
+                    JobState::Dead
+                };
+                finalize(row, end, now);
+            } else {
+                row.set_state(JobState::Queued);
+                let wait = match row.job.retry_interval_ms {
+                    Some(ms) => ms,
+                    None => backoff.delay(row.job.attempts, random).as_millis() as u64,
+                };
+                row.job.not_before_ms = now + wait;
+                row.job.slot = runnable_slot(&row.job, now);
+            }
+            Ok((row.job.clone(), None, true))
+        })
+        .await
+    }
+
+    pub(crate) async fn bury(&self, id: &str, error: String, now: u64) -> Res<Job> {
+        self.change(id, true, move |row| {
+            if row.job.state.is_final() {
+                return Ok((row.job.clone(), None, false));
+            }
+            row.job.error = Some(error);
+            row.job.txn = None;
+            finalize(row, JobState::Dead, now);
+            Ok((row.job.clone(), None, true))
+        })
+        .await
+    }
+
+    pub(crate) async fn cancel(&self, id: &str, now: u64) -> Res<Cancelled> {
+        self.change(id, true, move |row| match row.job.state {
+            JobState::Queued | JobState::Held => {
+                row.job.held_by = None;
+                finalize(row, JobState::Cancelled, now);
+                row.job.error = Some("cancelled before it started".into());
+                Ok((Cancelled::Dequeued(row.job.clone()), None, true))
+            }
+            JobState::Running => {
+                row.job.cancel_requested = true;
+                // Its lease and node stay as they are (a running job's are kept unless set).
+                Ok((Cancelled::Running(row.job.clone()), None, true))
+            }
+            _ => Ok((Cancelled::AlreadyFinal(row.job.clone()), None, false)),
+        })
+        .await
+    }
+
+    pub(crate) async fn requeue(&self, id: &str, now: u64) -> Res<Job> {
+        let id_owned = id.to_string();
+        self.change(id, true, move |row| {
+            if row.job.state != JobState::Dead {
+                return Err(QueueError::WrongState {
+                    id: id_owned,
+                    state: row.job.state,
+                    what: "only a dead job can be requeued".into(),
+                });
+            }
+            if row.job.payload.is_none() {
+                return Err(QueueError::WrongState {
+                    id: id_owned,
+                    state: row.job.state,
+                    what: "its request is no longer kept; submit it again".into(),
+                });
+            }
+            row.set_state(JobState::Queued);
+            row.job.attempts = 0;
+            row.job.finished_ms = None;
+            row.job.not_before_ms = now;
+            row.job.cancel_requested = false;
+            row.job.slot = runnable_slot(&row.job, now);
+            Ok((row.job.clone(), None, true))
+        })
+        .await
+    }
+
+    pub(crate) async fn discard(&self, id: &str, now: u64) -> Res<Job> {
+        let id_owned = id.to_string();
+        self.change(id, true, move |row| {
+            if row.job.state != JobState::Dead {
+                return Err(QueueError::WrongState {
+                    id: id_owned,
+                    state: row.job.state,
+                    what: "only a dead job can be discarded (cancel a queued or running one)"
+                        .into(),
+                });
+            }
+            finalize(row, JobState::Cancelled, now);
+            row.job.payload = None;
+            row.job.txn = None;
+            row.job.error = Some(format!(
+                "discarded by an operator after it died ({})",
+                row.job.error.as_deref().unwrap_or("no error recorded")
+            ));
+            Ok((row.job.clone(), None, true))
+        })
+        .await
+    }
+
+    pub(crate) async fn take_back_expired(&self, now: u64, max: usize) -> Res<Vec<Job>> {
+        self.run(move |_, mut c| async move {
+            let r = async {
+                let tx = c.transaction().await.map_err(pg_err)?;
+                // Expired leases, and the jobs of nodes whose heartbeat stopped (killed):
+                // those need not wait for their leases.
+                let rows = tx
+                    .query(
+                        &format!(
+                            "SELECT {JOB_COLUMNS} FROM provisio_jobs j WHERE state = 1
+                             AND (lease_until_ms < $1 OR NOT EXISTS (SELECT 1 FROM provisio_nodes n
+                                  WHERE n.node = j.node AND n.heartbeat_at > now() - $3::float8 * interval '1 second'))
+                             ORDER BY lease_until_ms LIMIT $2 FOR UPDATE SKIP LOCKED"
+                        ),
+                        &[
+                            &ms(now),
+                            &(max as i64),
+                            &(crate::store::NODE_EXPIRY.as_secs_f64()),
+                        ],
+                    )
+                    .await
+                    .map_err(pg_err)?;
+                let mut out = Vec::new();
+                for row in &rows {
+                    let mut row = Row::from(row)?;
+                    if row.job.attempts >= row.job.max_attempts {
+                        row.job.error = Some(
+                            "its worker stopped (lease expired) during its last attempt; requeue it \
+                             to settle that attempt's transaction and go on"
+                                .into(),
+                        );
+                        finalize(&mut row, JobState::Dead, now);
+                    } else {
+                        row.set_state(JobState::Queued);
+                        // Due at once (it was due when its attempt started).
+                        row.job.not_before_ms = row.job.started_ms.unwrap_or(now).min(now);
+                        row.job.slot = Slot::Ready;
+                    }
+                    write_row(&tx, &row, None, None).await?;
+                    out.push(row.job);
+                }
+                if !out.is_empty() {
+                    notify(&tx).await?;
+                }
+                tx.commit().await.map_err(pg_err)?;
+                Ok(out)
+            }
+            .await;
+            (c, r)
+        })
+        .await
+    }
+
+    pub(crate) async fn prune(&self, before_ms: u64, max: usize) -> Res<usize> {
+        self.run(move |_, c| async move {
+            let r = async {
+                let row = c
+                    .query_one(
+                        "WITH gone AS (
+                             DELETE FROM provisio_jobs WHERE id IN (
+                                 SELECT id FROM provisio_jobs WHERE finished_ms < $1 AND state IN (2, 3, 4, 5)
+                                 ORDER BY finished_ms LIMIT $2 FOR UPDATE SKIP LOCKED)
+                             RETURNING entered),
+                         counted AS (
+                             UPDATE provisio_job_tally t SET v = t.v + x.n FROM (
+                                 SELECT k, coalesce((SELECT sum(g.entered[k + 1]) FROM gone g), 0)::bigint AS n
+                                 FROM generate_series(0, 6) k
+                                 UNION ALL SELECT 7, (SELECT count(*) FROM gone)) x
+                             WHERE t.k = x.k RETURNING 1)
+                         SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM counted)",
+                        &[&ms(before_ms), &(max as i64)],
+                    )
+                    .await
+                    .map_err(pg_err)?;
+                let n: i64 = row.get(0);
+                if n > 0 {
+                    // A dead job pruned lets its line go on.
+                    notify(&c).await?;
+                }
+                Ok(n as usize)
+            }
+            .await;
+            (c, r)
+        })
+        .await
+    }
+
+    pub(crate) async fn release_held(&self, txn: &str, now: u64) -> Res<usize> {
+        let txn = txn.to_string();
+        self.run(move |_, mut c| async move {
+            let r = async {
+                let tx = c.transaction().await.map_err(pg_err)?;
+                let rows = tx
+                    .query(
+                        &format!(
+                            "SELECT {JOB_COLUMNS} FROM provisio_jobs WHERE held_by = $1 ORDER BY seq FOR UPDATE"
+                        ),
+                        &[&txn],
+                    )
+                    .await
+                    .map_err(pg_err)?;
+                let n = rows.len();
+                for row in &rows {
+                    let mut row = Row::from(row)?;
+                    row.job.held_by = None;
+                    row.set_state(JobState::Queued);
+                    row.job.slot = runnable_slot(&row.job, now);
+                    // At the end of its key's line: it joins the line now.
+                    row.line_pos = tx
+                        .query_one("SELECT nextval('provisio_job_seq')", &[])
+                        .await
+                        .map_err(pg_err)?
+                        .get(0);
+                    write_row(&tx, &row, None, None).await?;
+                }
+                if n > 0 {
+                    notify(&tx).await?;
+                }
+                tx.commit().await.map_err(pg_err)?;
+                Ok(n)
+            }
+            .await;
+            (c, r)
+        })
+        .await
+    }
+
+    pub(crate) async fn discard_held(&self, txn: &str) -> Res<usize> {
+        let txn = txn.to_string();
+        self.run(move |_, c| async move {
+            let r = async {
+                let row = c
+                    .query_one(
+                        "WITH gone AS (DELETE FROM provisio_jobs WHERE held_by = $1 RETURNING entered),
+                         counted AS (
+                             UPDATE provisio_job_tally t SET v = t.v + x.n FROM (
+                                 SELECT k, coalesce((SELECT sum(g.entered[k + 1]) FROM gone g), 0)::bigint AS n
+                                 FROM generate_series(0, 6) k
+                                 UNION ALL SELECT 7, (SELECT count(*) FROM gone)) x
+                             WHERE t.k = x.k RETURNING 1)
+                         SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM counted)",
+                        &[&txn],
+                    )
+                    .await
+                    .map_err(pg_err)?;
+                Ok(row.get::<_, i64>(0) as usize)
+            }
+            .await;
+            (c, r)
+        })
+        .await
+    }
+
+    pub(crate) async fn settle_held<E>(
+        &self,
+        outcome: impl Fn(&str) -> Result<Option<bool>, E>,
+        now: u64,
+    ) -> Result<(usize, usize), SettleError<E>> {
+        let txns: Vec<String> = self.block(move |_, c| async move {
+            let r = c
+                .query(
+                    "SELECT DISTINCT held_by FROM provisio_jobs WHERE held_by IS NOT NULL ORDER BY 1",
+                    &[],
+                )
+                .await
+                .map(|rows| rows.iter().map(|r| r.get::<_, String>(0)).collect())
+                .map_err(pg_err);
+            (c, r)
+        })?;
+        let (mut released, mut removed) = (0, 0);
+        for txn in txns {
+            match outcome(&txn).map_err(SettleError::Outcome)? {
+                Some(true) => released += self.release_held(&txn, now).await?,
+                Some(false) => removed += self.discard_held(&txn).await?,
+                None => {}
+            }
+        }
+        Ok((released, removed))
+    }
+
+    pub(crate) fn next_due(&self) -> Res<Option<u64>> {
+        let now = ms(self.inner.clock.load(std::sync::atomic::Ordering::Relaxed));
+        self.block(move |_, c| async move {
+            let r = c
+                .query_one(
+                    "SELECT min(not_before_ms) FROM provisio_jobs WHERE state = 0 AND not_before_ms > $1",
+                    &[&now],
+                )
+                .await
+                .map(|row| row.get::<_, Option<i64>>(0).map(|v| v.max(0) as u64))
+                .map_err(pg_err);
+            (c, r)
+        })
+    }
+
+    pub(crate) fn list(&self, filter: &ListFilter, before: Option<u64>, limit: usize) -> Res<Page> {
+        let filter = filter.clone();
+        let limit = limit.clamp(1, 1000);
+        self.block(move |_, c| async move {
+            let r = async {
+                let mut sql =
+                    "SELECT body, entered, line_pos, node, seq FROM provisio_jobs WHERE true"
+                        .to_string();
+                let mut params: Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>> =
+                    Vec::new();
+                let mut add =
+                    |sql: &mut String,
+                     cond: &str,
+                     p: Box<dyn tokio_postgres::types::ToSql + Sync + Send>| {
+                        params.push(p);
+                        sql.push_str(&cond.replace('?', &format!("${}", params.len())));
+                    };
+                if let Some(s) = filter.state {
+                    add(&mut sql, " AND state = ?", Box::new(st(s)));
+                }
+                if let Some(t) = &filter.target {
+                    add(&mut sql, " AND target = ?", Box::new(t.clone()));
+                }
+                if let Some(n) = &filter.namespace {
+                    add(
+                        &mut sql,
+                        " AND starts_with(target, ?)",
+                        Box::new(format!("{n}/")),
+                    );
+                }
+                if let Some(w) = &filter.subject {
+                    add(&mut sql, " AND subject = ?", Box::new(w.clone()));
+                }
+                if let Some(t) = filter.since_ms {
+                    add(&mut sql, " AND submitted_ms >= ?", Box::new(ms(t)));
+                }
+                if let Some(t) = filter.until_ms {
+                    add(&mut sql, " AND submitted_ms < ?", Box::new(ms(t)));
+                }
+                if let Some(b) = before {
+                    add(&mut sql, " AND seq < ?", Box::new(ms(b)));
+                }
+                sql.push_str(&format!(" ORDER BY seq DESC LIMIT {limit}"));
+                let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+                    .iter()
+                    .map(|p| p.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync))
+                    .collect();
+                let rows = c.query(&sql, &refs).await.map_err(pg_err)?;
+                let full = rows.len() == limit;
+                let mut jobs = Vec::with_capacity(rows.len());
+                let mut last = None;
+                for row in &rows {
+                    last = Some(row.get::<_, i64>(4) as u64);
+                    jobs.push(Row::from(row)?.job);
+                }
+                Ok(Page {
+                    jobs,
+                    next: if full { last } else { None },
+                })
+            }
+            .await;
+            (c, r)
+        })
+    }
+}
+
+/// Takes a connection of the pool (connecting a new one when none is idle), runs `f`, and
+/// gives the connection back unless it broke.
+async fn with_client<T, F, Fut>(
+    inner: Arc<Inner>,
+    connector: crate::store::PgConnector,
+    f: F,
+) -> Res<T>
+where
+    F: FnOnce(Arc<Inner>, Client) -> Fut,
+    Fut: std::future::Future<Output = (Client, Res<T>)>,
+{
+    let _permit = inner
+        .pool
+        .permits
+        .acquire()
+        .await
+        .map_err(|_| QueueError::Store(StoreError::Closed))?;
+    let idle = inner
+        .pool
+        .idle
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .pop();
+    let client = match idle.filter(|c| !c.is_closed()) {
+        Some(c) => c,
+        None => connector.connect().await?,
+    };
+    let (client, out) = f(inner.clone(), client).await;
+    if !client.is_closed() {
+        inner
+            .pool
+            .idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(client);
+    }
+    out
+}
+
+fn encode(job: &Job) -> Vec<u8> {
+    serde_json::to_vec(job).unwrap_or_default()
+}
+
+async fn next_seq(c: &Client) -> Res<u64> {
+    let seq: i64 = c
+        .query_one("SELECT nextval('provisio_job_seq')", &[])
+        .await
+        .map_err(pg_err)?
+        .get(0);
+    Ok(seq as u64)
+}
+
+async fn notify(c: &impl tokio_postgres::GenericClient) -> Res<()> {
+    c.execute("SELECT pg_notify($1, '')", &[&CHANNEL])
+        .await
+        .map_err(pg_err)?;
+    Ok(())
+}
+
+/// The per-key lock a claim (or a claiming submission) of a serialization key holds until
+/// its database transaction ends; `false`: another claim of the key holds it.
+async fn line_lock(tx: &tokio_postgres::Transaction<'_>, ns: &str, key: &str) -> Res<bool> {
+    let name = format!("provisio line {ns} {key}");
+    Ok(tx
+        .query_one(
+            "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))",
+            &[&name],
+        )
+        .await
+        .map_err(pg_err)?
+        .get(0))
+}
+
+async fn get_row(
+    c: &impl tokio_postgres::GenericClient,
+    id: &str,
+    for_update: bool,
+) -> Res<Option<Row>> {
+    let sql = format!(
+        "SELECT {JOB_COLUMNS} FROM provisio_jobs WHERE id = $1{}",
+        if for_update { " FOR UPDATE" } else { "" }
+    );
+    let rows = c.query(&sql, &[&id]).await.map_err(pg_err)?;
+    rows.first().map(Row::from).transpose()
+}
+
+async fn by_idempotency(c: &Client, subject: &str, idem: &str) -> Res<Option<Job>> {
+    let rows = c
+        .query(
+            &format!(
+                "SELECT {JOB_COLUMNS} FROM provisio_jobs WHERE subject = $1 AND idempotency_key = $2"
+            ),
+            &[&subject, &idem],
+        )
+        .await
+        .map_err(pg_err)?;
+    Ok(rows.first().map(Row::from).transpose()?.map(|r| r.job))
+}
+
+/// Writes a job's row back (its columns from the job).
+async fn write_row(
+    tx: &tokio_postgres::Transaction<'_>,
+    row: &Row,
+    lease_until: Option<u64>,
+    node: Option<&str>,
+) -> Res<()> {
+    let job = &row.job;
+    tx.execute(
+        "UPDATE provisio_jobs SET state = $2, priority = $3, not_before_ms = $4, line_pos = $5,
+             lease_until_ms = CASE WHEN $2::int2 = 1 THEN coalesce($6, lease_until_ms) END,
+             node = CASE WHEN $2::int2 = 1 THEN coalesce($7, node) END, held_by = $8, finished_ms = $9, entered = $10, body = $11
+         WHERE id = $1",
+        &[
+            &job.id,
+            &st(job.state),
+            &job.priority,
+            &ms(job.not_before_ms),
+            &row.line_pos,
+            &lease_until.map(ms),
+            &node,
+            &job.held_by,
+            &job.finished_ms.map(ms),
+            &row.entered,
+            &encode(job),
+        ],
+    )
+    .await
+    .map_err(pg_err)?;
+    Ok(())
+}
+
+fn runnable_slot(job: &Job, now: u64) -> Slot {
+    if job.not_before_ms > now {
+        Slot::Scheduled(job.not_before_ms)
+    } else {
+        Slot::Ready
+    }
+}
+
+/// A job reaches a final state (a dead one keeps its payload, for a requeue, and its place
+/// in its line: the `state IN (0, 1, 4)` of the line's queries).
+fn finalize(row: &mut Row, state: JobState, now: u64) {
+    row.job.slot = Slot::Nowhere;
+    row.set_state(state);
+    row.job.finished_ms = Some(now);
+    if state != JobState::Dead {
+        row.job.payload = None;
+    }
+}
+
+fn new_job(new: NewJob, seq: u64, state: JobState, now: u64, options: &JobOptions) -> Job {
+    let held = options.held_by.is_some();
+    Job {
+        id: uuid::Uuid::now_v7().to_string(),
+        seq,
+        state,
+        priority: new.priority,
+        not_before_ms: new.not_before_ms,
+        serial_key: new.serial_key,
+        serial_pos: seq,
+        idempotency_key: new.idempotency_key,
+        subject: new.subject,
+        target: new.target,
+        attempts: 0,
+        max_attempts: new.max_attempts.max(1),
+        txn: None,
+        txns: Vec::new(),
+        submitted_ms: now,
+        started_ms: None,
+        finished_ms: None,
+        error: None,
+        outcome: None,
+        cancel_requested: false,
+        payload: Some(new.payload),
+        result: None,
+        held_by: options.held_by.clone(),
+        retry_interval_ms: options.retry_interval_ms,
+        fail_when_exhausted: options.fail_when_exhausted,
+        slot: if held { Slot::Held } else { Slot::Waiting },
+    }
+}
+
+#[allow(dead_code)]
+const _STATES_ARE_SEVEN: [JobState; STATES] = ALL_STATES;
