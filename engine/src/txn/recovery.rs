@@ -450,7 +450,7 @@ struct JournaledCall {
     provider_context: Arc<Element>,
     /// What it was called with; dropped once it completed or failed (only an in-doubt call
     /// is asked about again).
-    call_data: Option<Guarded>,
+    call_data: Option<Box<Guarded>>,
     /// It completed (or was settled as applied at recovery).
     done: Option<Completed>,
     /// It failed (or was settled as not applied).
@@ -494,11 +494,11 @@ struct Completed {
     /// The provider's undo record (`None`: nothing to undo).
     undo: Option<Guarded>,
     /// executeData kept for the undo.
-    saved: Option<Guarded>,
+    saved: Option<Box<Guarded>>,
     /// A script step's undo script and its inputs (instead of a provider's undo record).
-    script: Option<(ScriptUndoRecord, Guarded<serde_json::Value>)>,
+    script: Option<Box<(ScriptUndoRecord, Guarded<serde_json::Value>)>>,
     /// The values its provider-state writes replaced (what reverses them).
-    state: Option<Guarded<StateRecord>>,
+    state: Option<Box<Guarded<StateRecord>>>,
 }
 
 impl Completed {
@@ -620,7 +620,7 @@ fn journaled_calls(
                     provider,
                     target,
                     provider_context,
-                    call_data: Some(call_data),
+                    call_data: Some(Box::new(call_data)),
                     done: None,
                     failed: false,
                     undone: false,
@@ -634,7 +634,7 @@ fn journaled_calls(
                     seq,
                     undo: None,
                     saved: None,
-                    script: Some((undo, vars)),
+                    script: Some(Box::new((undo, vars))),
                     state: None,
                 });
                 // A resumed transaction runs its script steps again: the latest record of
@@ -690,9 +690,9 @@ fn journaled_calls(
                     calls[i].done = Some(Completed {
                         seq,
                         undo,
-                        saved,
+                        saved: saved.map(Box::new),
                         script: None,
-                        state,
+                        state: state.map(Box::new),
                     });
                     calls[i].call_data = None;
                 }
@@ -742,7 +742,7 @@ async fn settle_in_doubt(
             ));
             continue;
         };
-        let data = match c.call_data.as_ref().map(|d| journal.unguard(d)) {
+        let data = match c.call_data.as_deref().map(|d| journal.unguard(d)) {
             Some(Ok(d)) => d,
             Some(Err(e)) => {
                 problems.push(format!("step {} was in doubt: {e}", c.context.step_id));
@@ -871,7 +871,7 @@ fn pending_undos(
             continue;
         };
         let step = &c.context.step_id;
-        let state = match done.state.as_ref().map(|g| journal.unguard(g)) {
+        let state = match done.state.as_deref().map(|g| journal.unguard(g)) {
             None => None,
             Some(Ok(record)) => match record.reversal() {
                 // Kept as the change it reverses: the undo reverses it back.
@@ -892,7 +892,7 @@ fn pending_undos(
         };
         let provider_undo = done.undo.is_some() || done.script.is_some();
         // Taken, not copied: the opened record is what the undo gets.
-        let (undo, script) = match (done.undo.take(), &done.script) {
+        let (undo, script) = match (done.undo.take(), done.script.as_deref()) {
             (Some(undo), _) => match journal.unguard(&undo) {
                 Ok(u) => (u, None),
                 Err(e) => {
@@ -910,7 +910,7 @@ fn pending_undos(
             (None, None) if state.is_some() => (Element::new("undo"), None),
             (None, None) => continue,
         };
-        let saved = done.saved.take().and_then(|s| journal.unguard(&s).ok());
+        let saved = done.saved.take().and_then(|s| journal.unguard(&*s).ok());
         order.push(UndoOrder {
             started_after: completed_before(c.intent_seq),
             seq: completed_before(done.seq),
