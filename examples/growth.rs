@@ -6,13 +6,18 @@
 //! - `steps`: a trusted request whose forEach makes one call per user, N users in ONE
 //!   transaction, with two providers: the real `Filesystem Provider/CreateFolder` (its own
 //!   intent markers and fsyncs included) and the in-process `Rec Provider/Create` (a no-op
-//!   with an undo record, so what remains is the engine's and the journal's cost).
+//!   with an undo record, so what remains is the engine's and the journal's cost; it keeps
+//!   no log of its calls — `PROVISIO_BENCH_RECORDING=1` uses the engine's logging
+//!   `RecordingProvider` instead, as the figures before Session 9 did).
 //! - `wide`: a request carrying 1, 8 or 64 MiB of data (many small items) and two no-op steps.
 //! - `rollback`: the no-op case with a last step that fails, so every call is undone.
 //! - `recover [noop|fs] [MAX]`: a child runs N calls and is aborted in flight, another
 //!   reopens the store and recovers it (times, CPU, peak RSS, store before and after).
 //! - `list [MAX]`: `tx list`'s first page over 1k … 1M synthetic finished transactions.
 //! - `prune [N]`: N finished transactions past retention pruned; the store's size after.
+//! - `open DIR [REPS]`: the time to open (and close) the store in DIR/journal — kept by
+//!   `case-list N DIR` — and an empty one, each in a fresh process: sled's floor under
+//!   every command that reads the store (`provisio tx list`).
 //!
 //! Every case runs in a child process of its own (this example re-executed with `case …`), so
 //! its peak RSS (`VmHWM`) is its own; the store is sled on the local disk in a temp folder
@@ -27,7 +32,7 @@
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use provisio_engine::model::Format;
+use provisio_engine::model::{Format, InputSpec, ProcKind};
 use provisio_engine::provider::ProviderRegistry;
 use provisio_engine::request::parse_request;
 use provisio_engine::testing::RecordingProvider;
@@ -36,7 +41,8 @@ use provisio_engine::txn::retention;
 use provisio_engine::txn::synthetic::{self, Synthetic};
 use provisio_engine::txn::DurableJournal;
 use provisio_engine::Catalog;
-use provisio_engine::{Engine, EngineOptions, Journal, TxnState};
+use provisio_engine::{Call, Done, Element, Outcome, ProcedureSpec, Provider, ProviderError};
+use provisio_engine::{Engine, EngineOptions, Journal, TxnState, UndoKind};
 use provisio_engine::{KeyRange, SledStore, Space, Store as _};
 use provisio_providers::filesystem::FilesystemProvider;
 use std::fmt::Write as _;
@@ -360,13 +366,95 @@ fn sync_floor(dir: &Path, n: usize) -> Result<f64> {
 /// Engine and registry of the steps cases (no journal).
 fn steps_engine(files: &Path) -> Result<Engine> {
     let mut registry = ProviderRegistry::new();
-    registry.register(Arc::new(RecordingProvider::new("Rec")));
+    // `PROVISIO_BENCH_RECORDING=1`: the engine's test provider, which logs every call (the
+    // figures before Session 9 were taken with it).
+    if std::env::var_os("PROVISIO_BENCH_RECORDING").is_some() {
+        registry.register(Arc::new(RecordingProvider::new("Rec")));
+    } else {
+        registry.register(Arc::new(LightProvider::default()));
+    }
     std::fs::create_dir_all(files)?;
     registry.register(Arc::new(
         FilesystemProvider::new(files.to_path_buf()).map_err(|e| anyhow!("{e}"))?,
     ));
     let catalog = Catalog::new(Vec::new(), &registry).map_err(|e| anyhow!("catalog: {e:?}"))?;
     Ok(Engine::new(catalog, registry, EngineOptions::default()))
+}
+
+/// The no-op provider of the steps cases (`Rec Provider`): `Create(name)` returns its input
+/// with an id and an undo record naming what it made, `Fail` fails, `Noop` does nothing.
+/// Unlike the engine's `RecordingProvider` it keeps no log of its calls (that log was 32 MB
+/// of a 100,000-call run's heap), only counts, so the memory measured is the engine's.
+#[derive(Debug, Default)]
+struct LightProvider {
+    created: std::sync::atomic::AtomicUsize,
+    undone: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl Provider for LightProvider {
+    fn name(&self) -> &str {
+        "Rec"
+    }
+
+    fn procedures(&self) -> Vec<ProcedureSpec> {
+        let spec = |name: &str, undo: UndoKind, inputs: &[&str]| ProcedureSpec {
+            name: name.to_string(),
+            kind: ProcKind::Write,
+            undo,
+            description: format!("growth bench procedure {name}"),
+            inputs: inputs
+                .iter()
+                .map(|n| InputSpec {
+                    name: n.to_string(),
+                    required: true,
+                    ..Default::default()
+                })
+                .collect(),
+        };
+        vec![
+            spec("Create", UndoKind::Reversible, &["name"]),
+            spec("Fail", UndoKind::Nothing, &[]),
+            spec("Noop", UndoKind::Nothing, &[]),
+        ]
+    }
+
+    async fn execute(&self, call: Call) -> Result<Outcome, ProviderError> {
+        let mut ed = call.execute_data;
+        match call.context.procedure.as_str() {
+            "Noop" => Ok(Outcome {
+                execute_data: ed,
+                undo: None,
+            }),
+            "Fail" => Err(ProviderError::permanent("asked to fail")),
+            _ => {
+                let name = ed
+                    .child("name")
+                    .map(|e| e.string_value())
+                    .ok_or_else(|| ProviderError::invalid("input `name` is missing"))?;
+                self.created
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                ed.push(Element::with_text("id", format!("id-{name}")));
+                let mut undo = Element::new("undo");
+                undo.push(Element::with_text("created", name));
+                Ok(Outcome {
+                    execute_data: ed,
+                    undo: Some(undo),
+                })
+            }
+        }
+    }
+
+    async fn undo(&self, _done: Done) -> Result<(), ProviderError> {
+        self.undone
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn recover(&self, _call: &Call) -> Result<Option<Element>, ProviderError> {
+        // The crash of the recovery case comes once an intent is durable, before the call.
+        Ok(None)
+    }
 }
 
 /// `case-crash KIND N DIR`: runs N calls in one durable transaction in DIR and is aborted by
@@ -661,6 +749,35 @@ fn main() -> Result<()> {
             let n = arg(1, "N")?.parse()?;
             let keep = args.get(2).map(Path::new);
             println!("{}", rt()?.block_on(list_case(n, keep))?);
+            return Ok(());
+        }
+        Some("case-open") => {
+            // `case-open DIR`: opens the store in DIR/journal (an empty one when DIR does not
+            // exist yet) and closes it: the floor of any command that reads the store.
+            let dir = Path::new(arg(1, "DIR")?).join("journal");
+            let start = Instant::now();
+            let store = SledStore::open(&dir).map_err(|e| anyhow!("{e}"))?;
+            let opened = start.elapsed().as_secs_f64();
+            store.close();
+            println!(
+                "{}\t{opened:.3}\t{:.1}\t{:.1}",
+                dir.display(),
+                mib(peak_rss()?),
+                mib(du_allocated(&dir))
+            );
+            return Ok(());
+        }
+        Some("open") => {
+            // `open DIR [REPS]`: the store's open, each in a fresh process, beside an empty store's.
+            let dir = arg(1, "DIR")?;
+            let reps: usize = args.get(2).map(|r| r.parse()).transpose()?.unwrap_or(5);
+            let empty = tempdir()?;
+            println!("store\topen_s\tpeak_rss_MiB\tstore_MiB");
+            for _ in 0..reps {
+                for d in [empty.path(), Path::new(dir)] {
+                    println!("{}", child_of("case-open", &[&d.display().to_string()])?);
+                }
+            }
             return Ok(());
         }
         Some("case-prune") => {

@@ -5,7 +5,7 @@
 
 use super::journal::log_lapse;
 use super::run::Sched;
-use super::state::{lock, push_completed, Completed, Txn};
+use super::state::{lock, Called, Completed, Txn};
 use super::{
     Attempts, Engine, ErrorSource, Event, Failure, GaveUp, PlanEntry, Redactor, Replayed, RetryUse,
     StepDone, StepIntent, UndoFailure,
@@ -13,7 +13,7 @@ use super::{
 use crate::compile::{CompiledProcedure, Leaf};
 use crate::data::Element;
 use crate::model::ProcKind;
-use crate::provider::{Call, CallContext, Done, Outcome, Preview, Provider, ProviderError};
+use crate::provider::{Call, CallContext, Outcome, Preview, Provider, ProviderError};
 use crate::state::{Access, ProviderState};
 use crate::StateChange;
 use futures::FutureExt;
@@ -25,7 +25,7 @@ use tracing::{info_span, Instrument};
 /// A provider leaf called at one step of a transaction.
 struct LeafCall<'a> {
     txn: &'a Txn,
-    callee: &'a CompiledProcedure,
+    callee: &'a Arc<CompiledProcedure>,
     leaf: &'a Leaf,
     step: &'a str,
     /// `Namespace/Procedure` of the leaf.
@@ -40,7 +40,7 @@ impl Engine {
     pub(super) async fn call_provider(
         &self,
         txn: &Txn,
-        callee: &CompiledProcedure,
+        callee: &Arc<CompiledProcedure>,
         leaf: &Leaf,
         ed: Element,
         step: &str,
@@ -623,7 +623,8 @@ struct Attempted {
 }
 
 /// Registers a completed call for undo (with its provider-state writes, and whether the
-/// provider has an undo record to be called with); counts the completion.
+/// provider has an undo record to be called with); counts the completion. Only what the
+/// undo needs is kept (see [`Completed`]): `ed` only with `saveDataForRollback`.
 fn register_undo(
     call: &LeafCall<'_>,
     started_after: usize,
@@ -645,26 +646,21 @@ fn register_undo(
         Some((change, provider_undo)) => (Some(change), provider_undo),
         None => (None, true),
     };
-    push_completed(
-        &mut lock(&txn.completed),
-        Completed {
-            started_after,
-            seq,
-            step: call.step.to_string(),
-            target: call.target.clone(),
-            kind: call.callee.kind,
-            provider: call.provider.clone(),
-            done: Done {
-                context,
-                provider_context: call.leaf.provider_context.clone(),
-                undo,
-                execute_data: call.leaf.save_data_for_rollback.then_some(ed),
-                state: ProviderState::detached(),
-            },
-            state,
-            provider_undo,
-        },
-    );
+    lock(&txn.completed).push(Completed {
+        started_after,
+        seq,
+        called: Called::Leaf(call.callee.clone()),
+        provider: call.provider.clone(),
+        step: context.step_id.into_boxed_str(),
+        attempt: context.attempt,
+        provider_undo,
+        undo: Completed::pack(&undo),
+        execute_data: call
+            .leaf
+            .save_data_for_rollback
+            .then(|| Completed::pack(&ed)),
+        state,
+    });
 }
 
 /// A failure at a step whose source is the leaf `target` (`Namespace/Procedure`).

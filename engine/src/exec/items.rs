@@ -41,6 +41,60 @@ pub(super) struct Iteration {
     pub(super) origins: Vec<Option<Origin>>,
 }
 
+/// The iterations of an execute step, handed out one at a time.
+pub(super) enum Iterations {
+    /// Built up front (nested forEach, filters, attribute or text items, or a step whose
+    /// transforms write into `data` or `procedureData`); each is dropped once it ran.
+    Built(std::vec::IntoIter<Iteration>),
+    /// One forEach over elements of `data` or `procedureData` at one depth, by a step that
+    /// writes into neither: only where each item is (`depth` child indices each, in
+    /// `flat`), its element copied when its iteration starts. Nothing changes the scope
+    /// while the step runs, so the copy is what a copy made up front would be; a
+    /// forEach over 100,000 users held 100,000 copies of them, their bindings and their
+    /// locations (~610 bytes each) before the first call.
+    Located {
+        name: String,
+        scope: Scope,
+        depth: usize,
+        flat: Vec<usize>,
+        next: usize,
+    },
+}
+
+impl Iterations {
+    /// The next iteration, its item read where it is now.
+    pub(super) fn next(&mut self, cx: StepCtx<'_>) -> Option<Result<Iteration, Failure>> {
+        match self {
+            Iterations::Built(list) => list.next().map(Ok),
+            Iterations::Located {
+                name,
+                scope,
+                depth,
+                flat,
+                next,
+            } => {
+                let k = *next;
+                let indices = flat.get(k * *depth..(k + 1) * *depth)?.to_vec();
+                *next += 1;
+                let origin = Origin {
+                    scope: scope.clone(),
+                    indices,
+                };
+                let item =
+                    cx.with_origin(&origin, |root| element_at(root, &origin.indices).cloned());
+                Some(match item {
+                    Some(e) => Ok(Iteration {
+                        suffix: format!("[{}]", k + 1),
+                        bindings: vec![(name.clone(), e)],
+                        origins: vec![Some(origin)],
+                    }),
+                    None => Err(moved(cx.step, name)),
+                })
+            }
+        }
+    }
+}
+
 impl<'a> StepCtx<'a> {
     /// At the start of an iteration of a step that writes into its forEach items: each
     /// such item as it is now (an earlier iteration may have changed it).

@@ -502,7 +502,7 @@ impl Engine {
             mode,
             program,
             context: Mutex::new(context),
-            completed: Mutex::new(Vec::new()),
+            completed: Mutex::new(state::CompletedList::default()),
             completions: AtomicUsize::new(0),
             state_chain: AtomicUsize::new(0),
             calls: AtomicUsize::new(0),

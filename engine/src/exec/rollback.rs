@@ -26,18 +26,20 @@ impl Engine {
             .iter()
             // A call with only provider state to reverse returned no undo record: as before
             // provider state, there is nothing for the provider to prepare or commit.
-            .filter(|c| c.kind == ProcKind::TwoPhase && c.provider_undo)
+            .filter(|c| c.kind() == ProcKind::TwoPhase && c.provider_undo)
             .map(|c| {
-                let mut done = c.done.clone();
+                let mut done = c
+                    .done(&txn.id)
+                    .map_err(|e| fail(&c.step, &c.target(), ProviderError::E_FAIL, e))?;
                 // Prepare and commit read the provider's state; the step's writes are in it.
                 done.state = self.state().handle(
                     &txn.id,
                     c.provider.name(),
                     Access::Read("a two-phase prepare or commit"),
                 );
-                (c.step.clone(), c.target.clone(), c.provider.clone(), done)
+                Ok((c.step.to_string(), c.target(), c.provider.clone(), done))
             })
-            .collect();
+            .collect::<Result<_, Failure>>()?;
         for (step, target, provider, done) in &calls {
             let r = provider.prepare(done).await;
             let err = r
@@ -110,23 +112,29 @@ impl Engine {
         let mut failures = Vec::new();
         let waited = WaitedOut::default();
         let results = undo_in_dependency_order(&order, |i| {
-            let c = &completed[i];
-            let undo = Undo {
+            let c = completed.get(i);
+            let undo = c.done(&txn.id).map(|done| Undo {
                 provider: c.provider.clone(),
-                done: c.done.clone(),
-                step: c.step.clone(),
+                done,
+                step: c.step.to_string(),
                 state: c.state.clone(),
                 provider_undo: c.provider_undo,
-            };
-            self.undo_redacted(undo, &txn.redactor, &waited)
+            });
+            let waited = &waited;
+            async move {
+                match undo {
+                    Ok(undo) => self.undo_redacted(undo, &txn.redactor, waited).await,
+                    Err(e) => Err(UndoError::Failed(e)),
+                }
+            }
         })
         .await;
         for (i, r) in results.into_iter().enumerate() {
             match r {
                 Ok(()) => undone += 1,
                 Err(e) => failures.push(UndoFailure {
-                    step: completed[i].step.clone(),
-                    target: completed[i].target.clone(),
+                    step: completed.get(i).step.to_string(),
+                    target: completed.get(i).target(),
                     message: txn.redactor.redact_text(&e.to_string()),
                 }),
             }

@@ -3,7 +3,7 @@
 //! journal the end.
 
 use super::context;
-use super::items::{Iteration, Origin};
+use super::items::{Iterations, Origin};
 use super::journal::log_lapse;
 use super::state::{lock, Bindings, Invocation, RunMode, StepCtx, Txn};
 use super::{
@@ -441,7 +441,7 @@ impl Engine {
         let step = format!("{prefix}{}", node.id);
         // Iterations and repeats run one after another: each starts where the last ended.
         let mut wave = start;
-        let mut iterations = self.iterations(
+        let iterations = self.iterations(
             StepCtx {
                 txn,
                 inv,
@@ -456,7 +456,7 @@ impl Engine {
             step: &step,
         };
         let ran = self
-            .run_iterations(step_cx, node, &mut iterations, &mut wave, &mut detached)
+            .run_iterations(step_cx, node, iterations, &mut wave, &mut detached)
             .await;
         if !detached.is_empty() {
             // Detached items left placeholders so the later iterations' items kept their
@@ -472,12 +472,13 @@ impl Engine {
         &self,
         step_cx: StepCtx<'_>,
         node: &ExecNode,
-        iterations: &mut [Iteration],
+        mut iterations: Iterations,
         wave: &mut usize,
         detached: &mut Vec<Origin>,
     ) -> Result<(), Failure> {
         let StepCtx { txn, inv, step } = step_cx;
-        for it in iterations.iter_mut() {
+        while let Some(it) = iterations.next(step_cx) {
+            let it = &mut it?;
             let step = format!("{step}{}", it.suffix);
             let cx = StepCtx {
                 txn,

@@ -3,12 +3,12 @@
 //! like any other); its result goes into `data`, and its undo script joins the rollback.
 
 use super::run::Sched;
-use super::state::{lock, push_completed, Completed, RunMode, StepCtx};
+use super::state::{lock, Called, Completed, RunMode, StepCtx};
 use super::{Engine, Failure, PlanEntry, ScriptUndoDone};
 use crate::compile::ScriptNode;
 use crate::data::transform::place;
 use crate::data::{Element, Mode};
-use crate::model::{CallTarget, ProcKind};
+use crate::model::CallTarget;
 use crate::provider::{Call, CallContext, Done, Preview, Provider, ProviderError};
 use crate::script::{CompiledScript, ScriptEngine, ScriptError, ScriptHost, ScriptOrigin, Vars};
 use serde_json::Value;
@@ -157,26 +157,18 @@ impl Engine {
             script: undo.clone(),
             vars,
         });
-        push_completed(
-            &mut lock(&txn.completed),
-            Completed {
-                started_after,
-                seq,
-                step: cx.step.to_string(),
-                target: SCRIPT_UNDO_TARGET.into(),
-                kind: ProcKind::Write,
-                provider,
-                done: Done {
-                    context,
-                    provider_context: Element::new("providerContext"),
-                    undo: Element::new("undo"),
-                    execute_data: None,
-                    state: crate::ProviderState::detached(),
-                },
-                state: None,
-                provider_undo: true,
-            },
-        );
+        lock(&txn.completed).push(Completed {
+            started_after,
+            seq,
+            called: Called::Script(sn.id.clone().into_boxed_str()),
+            provider,
+            step: cx.step.into(),
+            attempt: 1,
+            provider_undo: true,
+            undo: Box::default(),
+            execute_data: None,
+            state: None,
+        });
         // Registered for undo even when journaling failed: this run's rollback still runs it.
         journaled.map_err(|e| Failure::data(cx.step, e.to_string()))
     }

@@ -1,11 +1,13 @@
 //! The in-memory state of one running transaction: its data scopes, the calls it completed
 //! (what a rollback undoes), and the context a step reads and writes through.
 
+use super::script::{SCRIPT_NAMESPACE, SCRIPT_UNDO_TARGET};
 use super::{PlanEntry, Redactor, Resume, UndoFailure};
-use crate::compile::Program;
+use crate::compile::{Body, CompiledProcedure, Program};
 use crate::data::Element;
 use crate::model::ProcKind;
-use crate::provider::{Done, Provider};
+use crate::provider::{CallContext, Done, Provider};
+use crate::{ProviderState, TxnId};
 use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
@@ -18,30 +20,159 @@ pub(super) enum RunMode {
     Plan,
 }
 
-/// A call that completed and can be undone.
+/// A call that completed and can be undone, kept compact: a rollback of 100,000 calls holds
+/// 100,000 of these. What is the same for every call of a procedure (its target, kind,
+/// provider context, entry point) is the compiled procedure, shared; the [`Done`] an undo
+/// is called with is built from it when the undo runs ([`Completed::done`]).
 pub(super) struct Completed {
     /// Completions counted when the call started: calls that completed earlier may be
     /// what it depends on.
     pub(crate) started_after: usize,
     pub(crate) seq: usize,
-    pub(crate) step: String,
-    pub(crate) target: String,
-    pub(crate) kind: ProcKind,
+    /// What was called.
+    pub(crate) called: Called,
     pub(crate) provider: Arc<dyn Provider>,
-    pub(crate) done: Done,
-    /// The call's provider-state writes (reversed once its undo succeeds).
-    pub(crate) state: Option<Arc<crate::StateChange>>,
+    /// The step instance (the call context's `step_id`).
+    pub(crate) step: Box<str>,
+    pub(crate) attempt: u32,
     /// The provider has an undo record to be called with (`false`: only state to reverse).
     pub(crate) provider_undo: bool,
+    /// The undo record the provider returned, packed (`txn::packed`: about the size of its
+    /// XML, a third of the tree's); empty for `<undo/>`.
+    pub(crate) undo: Box<[u8]>,
+    /// The call's executeData, packed, only when the procedure has `saveDataForRollback`.
+    pub(crate) execute_data: Option<Box<[u8]>>,
+    /// The call's provider-state writes (reversed once its undo succeeds).
+    pub(crate) state: Option<Arc<crate::StateChange>>,
 }
 
-/// Adds a completed call, growing the list 1, 2, 4, … instead of from 4: an entry is ~430
-/// bytes, and most transactions in flight hold one or two.
-pub(super) fn push_completed(completed: &mut Vec<Completed>, c: Completed) {
-    if completed.len() == completed.capacity() {
-        completed.reserve_exact(completed.len().max(1));
+/// What a completed call called.
+pub(super) enum Called {
+    /// A provider leaf: its compiled procedure.
+    Leaf(Arc<CompiledProcedure>),
+    /// A script step's undo: the script step's id (the procedure it is journaled under).
+    Script(Box<str>),
+}
+
+impl Completed {
+    /// `Namespace/Procedure` of the call (what failures name).
+    pub(crate) fn target(&self) -> String {
+        match &self.called {
+            Called::Leaf(p) => p.target.to_string(),
+            Called::Script(_) => SCRIPT_UNDO_TARGET.to_string(),
+        }
     }
-    completed.push(c);
+
+    /// read | write | two-phase.
+    pub(crate) fn kind(&self) -> ProcKind {
+        match &self.called {
+            Called::Leaf(p) => p.kind,
+            Called::Script(_) => ProcKind::Write,
+        }
+    }
+
+    /// Packs an undo record (or saved executeData) for [`Completed::undo`].
+    pub(crate) fn pack(e: &Element) -> Box<[u8]> {
+        if *e == Element::new("undo") {
+            return Box::default();
+        }
+        crate::txn::packed::pack_small(e)
+    }
+
+    fn unpack(bytes: &[u8]) -> Result<Element, String> {
+        if bytes.is_empty() {
+            return Ok(Element::new("undo"));
+        }
+        crate::txn::packed::unpack(bytes)
+            .map_err(|e| format!("the undo record kept in memory does not read back: {e}"))
+    }
+
+    /// What the provider's undo (or prepare, commit) is called with.
+    pub(crate) fn done(&self, txn_id: &TxnId) -> Result<Done, String> {
+        let (namespace, procedure, provider_context) = match &self.called {
+            Called::Leaf(p) => match &p.body {
+                Body::Leaf(leaf) => (
+                    p.target.namespace.clone(),
+                    leaf.entry.clone(),
+                    leaf.provider_context.clone(),
+                ),
+                // Only leaves are registered for undo.
+                Body::Steps(_) => (
+                    p.target.namespace.clone(),
+                    p.target.procedure.clone(),
+                    Element::new("providerContext"),
+                ),
+            },
+            Called::Script(id) => (
+                SCRIPT_NAMESPACE.to_string(),
+                id.to_string(),
+                Element::new("providerContext"),
+            ),
+        };
+        Ok(Done {
+            context: CallContext {
+                txn_id: txn_id.clone(),
+                step_id: self.step.to_string(),
+                attempt: self.attempt,
+                namespace,
+                procedure,
+            },
+            provider_context,
+            undo: Completed::unpack(&self.undo)?,
+            execute_data: self
+                .execute_data
+                .as_deref()
+                .map(Completed::unpack)
+                .transpose()?,
+            state: ProviderState::detached(),
+        })
+    }
+}
+
+/// The completed calls of a transaction, in completion order, in chunks of at most
+/// [`CHUNK`]: a long transaction's list grows without copying what it holds (a doubling
+/// vector held the old and the new buffer at once, and up to half its capacity unused),
+/// and a transaction of one or two calls holds one or two entries.
+#[derive(Default)]
+pub(super) struct CompletedList {
+    chunks: Vec<Vec<Completed>>,
+}
+
+/// Entries per chunk of a [`CompletedList`].
+const CHUNK: usize = 1024;
+
+impl CompletedList {
+    /// Adds a completed call.
+    pub(super) fn push(&mut self, c: Completed) {
+        match self.chunks.last_mut() {
+            Some(last) if last.len() < CHUNK => {
+                if last.len() == last.capacity() {
+                    // The first chunk grows 1, 2, 4, … up to a whole chunk.
+                    last.reserve_exact(last.len().max(1).min(CHUNK - last.len()));
+                }
+                last.push(c);
+            }
+            _ => {
+                let mut chunk = Vec::with_capacity(if self.chunks.is_empty() { 1 } else { CHUNK });
+                chunk.push(c);
+                self.chunks.push(chunk);
+            }
+        }
+    }
+
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.chunks.iter().map(Vec::len).sum()
+    }
+
+    /// The `i`th completed call.
+    pub(super) fn get(&self, i: usize) -> &Completed {
+        &self.chunks[i / CHUNK][i % CHUNK]
+    }
+
+    pub(super) fn iter(&self) -> impl Iterator<Item = &Completed> {
+        self.chunks.iter().flatten()
+    }
 }
 
 /// One transaction while it runs.
@@ -50,7 +181,7 @@ pub(super) struct Txn {
     pub(crate) mode: RunMode,
     pub(crate) program: Arc<Program>,
     pub(crate) context: Mutex<Element>,
-    pub(crate) completed: Mutex<Vec<Completed>>,
+    pub(crate) completed: Mutex<CompletedList>,
     /// Completions so far (orders undo: see `Completed::started_after`).
     pub(crate) completions: AtomicUsize,
     /// One past the completion number of the latest call that wrote provider state: a later
@@ -125,4 +256,70 @@ pub(super) type Bindings = Vec<(String, Element)>;
 pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A poisoned lock means a panic elsewhere already failed this step; the data is still usable.
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Called, Completed, CompletedList, CHUNK};
+    use crate::data::{Element, Scalar};
+    use crate::model::ProcKind;
+    use crate::provider::Provider;
+    use crate::testing::RecordingProvider;
+    use crate::TxnId;
+    use std::sync::Arc;
+
+    fn entry(seq: usize, undo: &Element) -> Completed {
+        let provider: Arc<dyn Provider> = Arc::new(RecordingProvider::new("Rec"));
+        Completed {
+            started_after: seq,
+            seq,
+            called: Called::Script(format!("s{seq}").into_boxed_str()),
+            provider,
+            step: format!("step[{seq}]").into_boxed_str(),
+            attempt: 1,
+            provider_undo: true,
+            undo: Completed::pack(undo),
+            execute_data: None,
+            state: None,
+        }
+    }
+
+    #[test]
+    fn the_list_keeps_completion_order_across_chunks() {
+        let undo = Element::new("undo");
+        let mut list = CompletedList::default();
+        let n = 2 * CHUNK + 3;
+        for seq in 0..n {
+            list.push(entry(seq, &undo));
+        }
+        assert_eq!(list.len(), n);
+        assert!((0..n).all(|i| list.get(i).seq == i));
+        assert!(list.iter().map(|c| c.seq).eq(0..n));
+        // Whole chunks are allocated once, at their size.
+        assert!(list.chunks[1..].iter().all(|c| c.capacity() == CHUNK));
+        assert_eq!(list.chunks[0].capacity(), CHUNK);
+    }
+
+    #[test]
+    fn an_undo_record_reads_back_as_it_was_given() {
+        let mut undo = Element::new("undo");
+        let mut created = Element::with_text("created", "u000123");
+        created.attrs.push(("kind".into(), "folder".into()));
+        undo.push(created);
+        undo.push(Element::with_scalar("size", Scalar::Float(2.0)));
+        undo.push(Element::with_scalar("count", Scalar::Int(-7)));
+        let c = entry(0, &undo);
+        // About the size of its XML (~110 bytes here), not of the tree (~600).
+        assert!(c.undo.len() < 128, "{} bytes", c.undo.len());
+        let id = TxnId::new_v7();
+        let done = c.done(&id).expect("reads back");
+        assert_eq!(done.undo, undo);
+        assert_eq!(done.context.step_id, "step[0]");
+        assert_eq!(done.context.txn_id, id);
+        assert_eq!(c.kind(), ProcKind::Write);
+        // `<undo/>` (a call with only provider state to reverse) takes no bytes.
+        let empty = entry(1, &Element::new("undo"));
+        assert!(empty.undo.is_empty());
+        assert_eq!(empty.done(&id).expect("reads").undo, Element::new("undo"));
+    }
 }

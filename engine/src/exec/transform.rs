@@ -2,12 +2,12 @@
 //! runs, the forEach iterations it runs for, and the transforms that build its
 //! executeData before the call and map results back after it.
 
-use super::items::{Iteration, Origin};
+use super::items::{Iteration, Iterations, Origin};
 use super::script::script_failure;
 use super::state::{lock, Bindings, RunMode, StepCtx};
 use super::{Engine, Failure};
 use crate::compile::{CForEach, CPart, CSource, CTransform, CWhen, CXsl, ExecNode};
-use crate::data::path::Selected;
+use crate::data::path::{LocationKind, Selected};
 use crate::data::transform::{extract, extract_located, place, place_value, remove, Located};
 use crate::data::{Element, IfNull, Mode, Path};
 use crate::model::Scope;
@@ -75,7 +75,10 @@ impl Engine {
         &self,
         cx: StepCtx<'_>,
         node: &ExecNode,
-    ) -> Result<Vec<Iteration>, Failure> {
+    ) -> Result<Iterations, Failure> {
+        if let Some(located) = self.located_iterations(cx, node)? {
+            return Ok(located);
+        }
         let mut iters: Vec<Iteration> = vec![Iteration::default()];
         for f in &node.for_each {
             let mut next = Vec::new();
@@ -147,7 +150,72 @@ impl Engine {
             }
             iters = next;
         }
-        Ok(iters)
+        Ok(Iterations::Built(iters.into_iter()))
+    }
+
+    /// The iterations of a step with one forEach over elements of `data` or
+    /// `procedureData`, as locations only ([`Iterations::Located`]), when nothing the step
+    /// does changes those scopes while it runs: no filter (it reads the items up front), no
+    /// write into the items, no transform into or moving out of a shared scope. `None`:
+    /// build them up front.
+    fn located_iterations(
+        &self,
+        cx: StepCtx<'_>,
+        node: &ExecNode,
+    ) -> Result<Option<Iterations>, Failure> {
+        let [f] = node.for_each.as_slice() else {
+            return Ok(None);
+        };
+        let shared = |s: &Scope| matches!(s, Scope::Data | Scope::ProcedureData);
+        let writes_shared = |t: &CTransform| {
+            shared(&t.destination)
+                || (t.mode == Mode::Move && matches!(&t.source, CSource::Node(s, _) if shared(s)))
+        };
+        let Some(path) = f.path.as_ref() else {
+            return Ok(None);
+        };
+        if !shared(&f.root)
+            || !node.write_back.is_empty()
+            || node.when.iter().any(|w| matches!(w, CWhen::Filter { .. }))
+            || node.before.iter().chain(&node.after).any(writes_shared)
+        {
+            return Ok(None);
+        }
+        let mut scratch = Element::new("executeData");
+        let locations = cx.with_scope(&mut Vec::new(), &mut scratch, &f.root, |root| {
+            path.locate(root)
+        })?;
+        let Some(depth) = locations.first().map(|l| l.indices.len()) else {
+            // None selected: `ifNull` decides, as for any forEach.
+            return Ok(None);
+        };
+        if depth == 0
+            || locations
+                .iter()
+                .any(|l| l.kind != LocationKind::Element || l.indices.len() != depth)
+        {
+            return Ok(None);
+        }
+        if locations.len() > self.options.max_iterations {
+            return Err(Failure::data(
+                cx.step,
+                format!(
+                    "forEach produces more than {} iterations",
+                    self.options.max_iterations
+                ),
+            ));
+        }
+        let mut flat = Vec::with_capacity(locations.len() * depth);
+        for l in locations {
+            flat.extend_from_slice(&l.indices);
+        }
+        Ok(Some(Iterations::Located {
+            name: f.name.clone(),
+            scope: f.root.clone(),
+            depth,
+            flat,
+            next: 0,
+        }))
     }
 
     /// The nodes one forEach iterates over, after the step's filters for it, each with its

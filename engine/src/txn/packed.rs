@@ -67,7 +67,7 @@ struct Meta<'a> {
     n: Option<&'a str>,
 }
 
-fn write_scalar(w: &mut ChunkWriter, s: &Scalar) -> serde_json::Result<()> {
+fn write_scalar<W: Write>(w: &mut W, s: &Scalar) -> serde_json::Result<()> {
     match s {
         Scalar::Str(s) => serde_json::to_writer(&mut *w, s.as_str()),
         Scalar::Int(i) => serde_json::to_writer(&mut *w, i),
@@ -86,7 +86,7 @@ fn write_scalar(w: &mut ChunkWriter, s: &Scalar) -> serde_json::Result<()> {
     }
 }
 
-fn write_open(w: &mut ChunkWriter, e: &Element) -> serde_json::Result<()> {
+fn write_open<W: Write>(w: &mut W, e: &Element) -> serde_json::Result<()> {
     w.write_all(b"[").map_err(serde_json::Error::io)?;
     serde_json::to_writer(&mut *w, e.name.as_str())?;
     if !e.attrs.is_empty() || e.list_item || e.ns.is_some() {
@@ -112,32 +112,44 @@ pub(crate) fn pack(root: &Element, chunk_bytes: usize) -> (Vec<Vec<u8>>, u64) {
         bytes: 0,
     };
     // Writing to memory cannot fail, and every value here is JSON-encodable.
-    let written = (|| -> serde_json::Result<()> {
-        w.write_all(b"[").map_err(serde_json::Error::io)?;
-        write_open(&mut w, root)?;
-        // The open elements and the next child of each to write.
-        let mut stack: Vec<(&Element, usize)> = vec![(root, 0)];
-        while let Some((e, i)) = stack.last_mut() {
-            let Some(child) = e.children.get(*i) else {
-                w.write_all(b",null").map_err(serde_json::Error::io)?;
-                stack.pop();
-                continue;
-            };
-            *i += 1;
-            w.write_all(b",").map_err(serde_json::Error::io)?;
-            match child {
-                Node::Text(s) => write_scalar(&mut w, s)?,
-                Node::Element(c) => {
-                    write_open(&mut w, c)?;
-                    stack.push((c, 0));
-                }
-            }
-        }
-        w.write_all(b"]").map_err(serde_json::Error::io)
-    })();
+    let written = write_tree(&mut w, root);
     debug_assert!(written.is_ok(), "{written:?}");
     let total = w.bytes;
     (w.chunks, total)
+}
+
+/// A small element tree (an undo record) in the packed encoding, in one exact-size buffer:
+/// `<undo><created>u000123</created></undo>` is 35 bytes packed, ~250 as an [`Element`].
+pub(crate) fn pack_small(root: &Element) -> Box<[u8]> {
+    let mut w = Vec::with_capacity(64);
+    // Writing to memory cannot fail, and every value here is JSON-encodable.
+    let written = write_tree(&mut w, root);
+    debug_assert!(written.is_ok(), "{written:?}");
+    w.into_boxed_slice()
+}
+
+fn write_tree<W: Write>(w: &mut W, root: &Element) -> serde_json::Result<()> {
+    w.write_all(b"[").map_err(serde_json::Error::io)?;
+    write_open(w, root)?;
+    // The open elements and the next child of each to write.
+    let mut stack: Vec<(&Element, usize)> = vec![(root, 0)];
+    while let Some((e, i)) = stack.last_mut() {
+        let Some(child) = e.children.get(*i) else {
+            w.write_all(b",null").map_err(serde_json::Error::io)?;
+            stack.pop();
+            continue;
+        };
+        *i += 1;
+        w.write_all(b",").map_err(serde_json::Error::io)?;
+        match child {
+            Node::Text(s) => write_scalar(w, s)?,
+            Node::Element(c) => {
+                write_open(w, c)?;
+                stack.push((c, 0));
+            }
+        }
+    }
+    w.write_all(b"]").map_err(serde_json::Error::io)
 }
 
 /// Reads a tree written by [`pack`] (its chunks concatenated).

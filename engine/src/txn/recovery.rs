@@ -9,6 +9,7 @@ use super::records::{
     decode, decode_records, now_ms, pinned_key, AuditEntry, DecodeError, Guarded, JournalKey,
     PinnedDefinitions, Record, ScriptUndoRecord, TxnSummary, FORMAT, TRUSTED_REQUEST_PIN,
 };
+use super::stream::RecordStream;
 use crate::compile::{compile_request, Catalog};
 use crate::data::Element;
 use crate::exec::{journaled_script_undo, SCRIPT_NAMESPACE, SCRIPT_UNDO_TARGET};
@@ -398,7 +399,7 @@ pub async fn resolve_step(
     }
     let records = records(journal, &s.id)?;
     let next_seq = records.last().map(|(n, _)| n + 1).unwrap_or(0);
-    let calls = journaled_calls(&s.id, records);
+    let calls = journaled_calls(&s.id, records.into_iter().map(Ok))?;
     let of_step: Vec<&JournaledCall> = calls.iter().filter(|c| c.context.step_id == step).collect();
     if of_step.is_empty() {
         let mut steps: Vec<&str> = calls.iter().map(|c| c.context.step_id.as_str()).collect();
@@ -493,8 +494,11 @@ struct JournaledCall {
     provider: String,
     /// `Namespace/Procedure` of the leaf.
     target: String,
-    provider_context: Element,
-    call_data: Guarded,
+    /// Shared by the calls of one procedure (consecutive equal contexts are one value).
+    provider_context: Arc<Element>,
+    /// What it was called with; dropped once it completed or failed (only an in-doubt call
+    /// is asked about again).
+    call_data: Option<Box<Guarded>>,
     /// It completed (or was settled as applied at recovery).
     done: Option<Completed>,
     /// It failed (or was settled as not applied).
@@ -538,11 +542,11 @@ struct Completed {
     /// The provider's undo record (`None`: nothing to undo).
     undo: Option<Guarded>,
     /// executeData kept for the undo.
-    saved: Option<Guarded>,
+    saved: Option<Box<Guarded>>,
     /// A script step's undo script and its inputs (instead of a provider's undo record).
-    script: Option<(ScriptUndoRecord, Guarded<serde_json::Value>)>,
+    script: Option<Box<(ScriptUndoRecord, Guarded<serde_json::Value>)>>,
     /// The values its provider-state writes replaced (what reverses them).
-    state: Option<Guarded<StateRecord>>,
+    state: Option<Box<Guarded<StateRecord>>>,
 }
 
 impl Completed {
@@ -556,7 +560,11 @@ impl Completed {
 /// provider is called (it has an undo record).
 struct PendingUndo {
     call: usize,
-    done: Done,
+    /// The undo record, opened (the call's context and provider context are the call's:
+    /// the [`Done`] is built when the undo runs).
+    undo: Element,
+    /// executeData kept for the undo.
+    saved: Option<Element>,
     script: Option<Arc<dyn Provider>>,
     state: Option<Arc<StateChange>>,
     provider_undo: bool,
@@ -571,12 +579,13 @@ async fn roll_back(
 ) -> Result<Recovered, RecoveryError> {
     // The provider-state keys its reversals lock go when it is recovered (or given up).
     let _locks = crate::state::Release::new(engine.state().clone(), summary.id.clone());
-    let records = records(journal, &summary.id)?;
-    let next_seq = records.last().map(|(s, _)| s + 1).unwrap_or(0);
+    // The records are read a few store values at a time and taken apart as they come:
+    // the calls keep what the undos need, never the whole decoded journal beside them.
+    let mut next_seq = 0;
+    let stream = RecordStream::new(&**journal.store(), &summary.id)
+        .map(|r| r.inspect(|(seq, _)| next_seq = seq + 1));
+    let mut calls = journaled_calls(&summary.id, stream)?;
     journal.adopt(summary.clone(), next_seq);
-    // The calls take what the undos need out of the decoded records (~3 KiB per call),
-    // which are gone once they are built.
-    let mut calls = journaled_calls(&summary.id, records);
     // Nothing is undone unless the journal can say so: with the journal unwritable the
     // transaction stays unfinished there, and the next recovery starts over.
     journal
@@ -588,7 +597,7 @@ async fn roll_back(
         })?;
     let mut problems = Vec::new();
     let in_doubt = settle_in_doubt(engine, journal, &mut calls, &mut problems).await;
-    let (order, pending) = pending_undos(engine, journal, &calls, &mut problems);
+    let (order, pending) = pending_undos(engine, journal, &mut calls, &mut problems);
     let undone = run_undos(engine, &calls, &order, &pending, &mut problems).await;
     let to = if problems.is_empty() {
         TxnState::RolledBack
@@ -616,10 +625,14 @@ async fn roll_back(
 /// The provider calls of a transaction, in the order of their intents, with their
 /// completions, failures and successful undos. Takes the records apart as it goes (their
 /// parts move into the calls), so the two are not held whole side by side.
-fn journaled_calls(txn_id: &TxnId, records: Vec<(u64, Record)>) -> Vec<JournaledCall> {
+fn journaled_calls(
+    txn_id: &TxnId,
+    records: impl IntoIterator<Item = Result<(u64, Record), RecoveryError>>,
+) -> Result<Vec<JournaledCall>, RecoveryError> {
     let mut calls: Vec<JournaledCall> = Vec::new();
     let mut index: HashMap<(String, u32), usize> = HashMap::new();
-    for (seq, r) in records {
+    for record in records {
+        let (seq, r) = record?;
         match r {
             Record::Intent {
                 step,
@@ -633,6 +646,12 @@ fn journaled_calls(txn_id: &TxnId, records: Vec<(u64, Record)>) -> Vec<Journaled
                 ..
             } => {
                 index.insert((step.clone(), attempt), calls.len());
+                let provider_context = match calls.last() {
+                    Some(last) if *last.provider_context == provider_context => {
+                        last.provider_context.clone()
+                    }
+                    _ => Arc::new(provider_context),
+                };
                 calls.push(JournaledCall {
                     intent_seq: seq,
                     context: CallContext {
@@ -645,7 +664,7 @@ fn journaled_calls(txn_id: &TxnId, records: Vec<(u64, Record)>) -> Vec<Journaled
                     provider,
                     target,
                     provider_context,
-                    call_data,
+                    call_data: Some(Box::new(call_data)),
                     done: None,
                     failed: false,
                     undone: false,
@@ -659,7 +678,7 @@ fn journaled_calls(txn_id: &TxnId, records: Vec<(u64, Record)>) -> Vec<Journaled
                     seq,
                     undo: None,
                     saved: None,
-                    script: Some((undo, vars)),
+                    script: Some(Box::new((undo, vars))),
                     state: None,
                 });
                 // A resumed transaction runs its script steps again: the latest record of
@@ -685,8 +704,8 @@ fn journaled_calls(txn_id: &TxnId, records: Vec<(u64, Record)>) -> Vec<Journaled
                     },
                     provider: SCRIPT_NAMESPACE.to_string(),
                     target: SCRIPT_UNDO_TARGET.to_string(),
-                    provider_context: Element::new("providerContext"),
-                    call_data: Guarded::Plain(Element::new("executeData")),
+                    provider_context: Arc::new(Element::new("providerContext")),
+                    call_data: None,
                     done,
                     failed: false,
                     undone: false,
@@ -715,15 +734,17 @@ fn journaled_calls(txn_id: &TxnId, records: Vec<(u64, Record)>) -> Vec<Journaled
                     calls[i].done = Some(Completed {
                         seq,
                         undo,
-                        saved,
+                        saved: saved.map(Box::new),
                         script: None,
-                        state: state.clone(),
+                        state: state.map(Box::new),
                     });
+                    calls[i].call_data = None;
                 }
             }
             Record::Failed { step, attempt, .. } => {
                 if let Some(&i) = index.get(&(step, attempt)) {
                     calls[i].failed = true;
+                    calls[i].call_data = None;
                 }
             }
             Record::Undone {
@@ -739,7 +760,7 @@ fn journaled_calls(txn_id: &TxnId, records: Vec<(u64, Record)>) -> Vec<Journaled
             _ => {}
         }
     }
-    calls
+    Ok(calls)
 }
 
 /// Asks the provider of every in-doubt call whether the call with its idempotency key was
@@ -765,16 +786,24 @@ async fn settle_in_doubt(
             ));
             continue;
         };
-        let data = match journal.unguard(&c.call_data) {
-            Ok(d) => d,
-            Err(e) => {
+        let data = match c.call_data.as_deref().map(|d| journal.unguard(d)) {
+            Some(Ok(d)) => d,
+            Some(Err(e)) => {
                 problems.push(format!("step {} was in doubt: {e}", c.context.step_id));
+                continue;
+            }
+            // Dropped only once the call completed or failed (then it is not in doubt).
+            None => {
+                problems.push(format!(
+                    "step {} was in doubt and its journaled input is missing",
+                    c.context.step_id
+                ));
                 continue;
             }
         };
         let call = Call {
             context: c.context.clone(),
-            provider_context: c.provider_context.clone(),
+            provider_context: (*c.provider_context).clone(),
             execute_data: data,
             state: engine
                 .state()
@@ -867,7 +896,7 @@ fn journal_settlement(context: &CallContext, written: Result<(), JournalError>) 
 fn pending_undos(
     engine: &Engine,
     journal: &DurableJournal,
-    calls: &[JournaledCall],
+    calls: &mut [JournaledCall],
     problems: &mut Vec<String>,
 ) -> (Vec<UndoOrder>, Vec<PendingUndo>) {
     let mut done_seqs: Vec<u64> = calls
@@ -878,12 +907,15 @@ fn pending_undos(
     let completed_before = |seq: u64| done_seqs.partition_point(|&d| d < seq);
     let mut order = Vec::new();
     let mut pending = Vec::new();
-    for (i, c) in calls.iter().enumerate() {
-        let Some(done) = c.done.as_ref().filter(|_| c.to_undo()) else {
+    for (i, c) in calls.iter_mut().enumerate() {
+        if !c.to_undo() {
+            continue;
+        }
+        let Some(done) = c.done.as_mut() else {
             continue;
         };
         let step = &c.context.step_id;
-        let state = match done.state.as_ref().map(|g| journal.unguard(g)) {
+        let state = match done.state.as_deref().map(|g| journal.unguard(g)) {
             None => None,
             Some(Ok(record)) => match record.reversal() {
                 // Kept as the change it reverses: the undo reverses it back.
@@ -902,8 +934,10 @@ fn pending_undos(
                 continue;
             }
         };
-        let (undo, script) = match (&done.undo, &done.script) {
-            (Some(undo), _) => match journal.unguard(undo) {
+        let provider_undo = done.undo.is_some() || done.script.is_some();
+        // Taken, not copied: the opened record is what the undo gets.
+        let (undo, script) = match (done.undo.take(), done.script.as_deref()) {
+            (Some(undo), _) => match journal.unguard(&undo) {
                 Ok(u) => (u, None),
                 Err(e) => {
                     problems.push(format!("step {step}: cannot undo: {e}"));
@@ -920,21 +954,15 @@ fn pending_undos(
             (None, None) if state.is_some() => (Element::new("undo"), None),
             (None, None) => continue,
         };
-        let provider_undo = done.undo.is_some() || done.script.is_some();
-        let saved = done.saved.as_ref().and_then(|s| journal.unguard(s).ok());
+        let saved = done.saved.take().and_then(|s| journal.unguard(&*s).ok());
         order.push(UndoOrder {
             started_after: completed_before(c.intent_seq),
             seq: completed_before(done.seq),
         });
         pending.push(PendingUndo {
             call: i,
-            done: Done {
-                context: c.context.clone(),
-                provider_context: c.provider_context.clone(),
-                undo,
-                execute_data: saved,
-                state: crate::ProviderState::detached(),
-            },
+            undo,
+            saved,
             script,
             state,
             provider_undo,
@@ -989,11 +1017,18 @@ async fn run_undos(
     let waited = WaitedOut::default();
     let results = undo_in_dependency_order(order, |k| {
         let p = &pending[k];
+        let call = &calls[p.call];
         let provider = p
             .script
             .clone()
-            .or_else(|| engine.registry().get(&calls[p.call].provider).cloned());
-        let done = p.done.clone();
+            .or_else(|| engine.registry().get(&call.provider).cloned());
+        let done = Done {
+            context: call.context.clone(),
+            provider_context: (*call.provider_context).clone(),
+            undo: p.undo.clone(),
+            execute_data: p.saved.clone(),
+            state: crate::ProviderState::detached(),
+        };
         let waited = &waited;
         async move {
             match provider {
@@ -1017,8 +1052,8 @@ async fn run_undos(
                 "step {step} ({}): undo failed: {e} (fix the cause, then `provisio tx resume-rollback {txn}`; \
                  or undo it by hand, then `provisio tx resolve {txn} {step} --not-applied`)",
                 calls[p.call].target,
-                step = p.done.context.step_id,
-                txn = p.done.context.txn_id,
+                step = calls[p.call].context.step_id,
+                txn = calls[p.call].context.txn_id,
             )),
         }
     }
