@@ -846,3 +846,155 @@ fn groups_contacts_changes_and_passwords_commit_or_leave_nothing() {
     assert_eq!(r.code, 1, "{r:?}");
     assert!(r.stdout.contains("0x80070056"), "{r:?}");
 }
+
+const ALPINE_ORG: &str = "OU=AlpineSkiHouse,OU=ConsolidatedMessenger,OU=Hosting,DC=provisio,DC=local";
+
+/// A mail-enabled user's state as independent of the provider's answers as the embedded
+/// defaults allow: the rendered passwd-file (what Dovecot reads), the organization's plan
+/// usage, and whether each mailbox still holds a resource-manager allocation (a
+/// DeAllocateMailbox followed by a failure: it reaches the failure only when there was
+/// something to release, and the rollback puts it back).
+fn mail_state(sb: &Sandbox, who: &[&str]) -> String {
+    let passwd = std::fs::read_to_string(sb.data().join("mail/passwd")).unwrap_or_default();
+    let users: Vec<&str> = passwd
+        .lines()
+        .map(|l| l.split(':').next().unwrap_or(""))
+        .collect();
+    let q = sb.write(
+        "usage.yaml",
+        &format!("procedure:\n  type: read\n  steps:\n    get:\n      call: Managed Plans/GetCustomer\n      with: {{ customerName: \"{ALPINE_ORG}\" }}\n      after:\n        - {{ source: executeData, sourcePath: customer/usage, destination: data }}\ndata: {{}}\n"),
+    );
+    // (None once the organization's customer is gone)
+    let usage = sb.run(&["run", q.to_str().unwrap(), "--quiet"]);
+    let usage = (usage.code == 0)
+        .then(|| usage.stdout.split_once("data:").map(|(_, d)| d.trim().to_string()))
+        .flatten();
+    let mut allocated = Vec::new();
+    for w in who {
+        let probe = sb.write(
+            "probe.xml",
+            &format!(
+                r#"<request><data/><procedure>
+  <execute id="release" namespace="Exchange 2007 Resource Manager" procedure="DeAllocateMailbox">
+    <executeData><organization>{ALPINE_ORG}</organization><mailbox>{w}@alpineskihouse.test</mailbox></executeData>
+  </execute>
+  <execute id="undo" namespace="Error Provider" procedure="SetError"><executeData><hr>0x80004005</hr><desc>probe</desc></executeData></execute>
+</procedure></request>"#
+            ),
+        );
+        let r = sb.run(&["run", probe.to_str().unwrap(), "--quiet"]);
+        assert_eq!(r.code, 1, "{r:?}");
+        if r.stdout.contains("step=\"undo\"") {
+            allocated.push(*w);
+        } else {
+            assert!(r.stdout.contains("step=\"release\""), "{r:?}");
+        }
+    }
+    format!("passwd {users:?}\nusage {usage:?}\nallocated {allocated:?}")
+}
+
+/// Hosted Active Directory/DeleteUser of a mail-enabled user deletes its mailbox (the
+/// mail files, the resource-manager allocation, the plan's maxMailboxes place) in the same
+/// transaction; a later failure puts all of it back; a user without a mailbox is deleted as
+/// before; DeleteOrganization with cascade=1 takes every user's mailbox with it.
+#[test]
+fn delete_user_and_delete_organization_take_the_mailboxes_with_them() {
+    let sb = Sandbox::new();
+    initialize(&sb);
+    ok(&sb, &["run", "workflows/hosting/provision-tenant.yaml"]);
+    let who = ["ann", "bob", "eve"];
+    let start = mail_state(&sb, &who);
+    assert!(
+        start.contains(r#"passwd ["ann@alpineskihouse.test", "bob@alpineskihouse.test", "eve@alpineskihouse.test"]"#),
+        "{start}"
+    );
+    assert!(start.contains("maxMailboxes: '3'"), "{start}");
+    assert!(start.contains(r#"allocated ["ann", "bob", "eve"]"#), "{start}");
+    let before = world(&sb);
+    let delete_bob = |tail: &str| {
+        format!(
+            r#"<request><data/><procedure>
+  <execute id="leave" namespace="Hosted Active Directory" procedure="DeleteUser">
+    <executeData><path>LDAP://CN=bob@alpineskihouse.test,{ALPINE_ORG}</path></executeData>
+    <after source="executeData" sourcePath="primarySmtpAddress" destination="data" destinationPath="mailboxDeleted" mode="merge"/>
+  </execute>{tail}
+</procedure></request>"#
+        )
+    };
+    let boom = r#"<execute id="boom" namespace="Error Provider" procedure="SetError"><executeData><hr>0x80004005</hr><desc>boom</desc></executeData></execute>"#;
+
+    // A failure after the deletion: the user, its mailbox, allocation and places are back.
+    let req = sb.write("bob.xml", &delete_bob(boom));
+    let r = sb.run(&["run", req.to_str().unwrap()]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stdout.contains("step=\"boom\""), "{r:?}");
+    assert_eq!(world(&sb), before);
+    assert_eq!(mail_state(&sb, &who), start);
+
+    // Committed: Bob's mailbox is gone with him, and so is its allocation.
+    let req = sb.write("bob.xml", &delete_bob(""));
+    let r = ok(&sb, &["run", req.to_str().unwrap()]);
+    assert!(
+        r.stdout
+            .contains("<mailboxDeleted>bob@alpineskihouse.test</mailboxDeleted>"),
+        "{r:?}"
+    );
+    let after = mail_state(&sb, &who);
+    assert!(
+        after.contains(r#"passwd ["ann@alpineskihouse.test", "eve@alpineskihouse.test"]"#),
+        "{after}"
+    );
+    assert!(after.contains("maxMailboxes: '2'"), "{after}");
+    assert!(after.contains("maxUsers: '2'"), "{after}");
+    assert!(after.contains(r#"allocated ["ann", "eve"]"#), "{after}");
+    let q = sb.write(
+        "bobmail.xml",
+        r#"<request><data/><procedure><execute id="get" namespace="Exchange 2007 Provider" procedure="GetMailbox"><executeData><user>bob@alpineskihouse.test</user></executeData></execute></procedure></request>"#,
+    );
+    let r = sb.run(&["run", q.to_str().unwrap()]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stdout.contains("0x80070490"), "{r:?}");
+
+    // A user without a mailbox: deleted as before (the lookup's not-found is handled).
+    let carl = sb.write(
+        "carl.xml",
+        &format!(
+            r#"<request><data/><procedure>
+  <execute id="add" namespace="Hosted Active Directory" procedure="CreateUser">
+    <executeData><container>LDAP://{ALPINE_ORG}</container><userPrincipalName>carl@alpineskihouse.test</userPrincipalName></executeData>
+  </execute>
+  <execute id="leave" namespace="Hosted Active Directory" procedure="DeleteUser">
+    <executeData><path>LDAP://CN=carl@alpineskihouse.test,{ALPINE_ORG}</path></executeData>
+    <after source="executeData" sourcePath="primarySmtpAddress" destination="data" destinationPath="mailboxDeleted" mode="merge" ifNull="ignore"/>
+  </execute>
+</procedure></request>"#
+        ),
+    );
+    let r = ok(&sb, &["run", carl.to_str().unwrap()]);
+    assert!(!r.stdout.contains("mailboxDeleted"), "{r:?}");
+    assert_eq!(mail_state(&sb, &who), after);
+
+    // DeleteOrganization with cascade: every user's mailbox goes too (and comes back when
+    // a later step fails).
+    let with_two = world(&sb);
+    let del = |tail: &str| {
+        format!(
+            r#"<request><data/><procedure>
+  <execute id="org" namespace="Hosted Active Directory" procedure="DeleteOrganization">
+    <executeData><path>LDAP://{ALPINE_ORG}</path><cascade>1</cascade></executeData>
+  </execute>{tail}
+</procedure></request>"#
+        )
+    };
+    let req = sb.write("org.xml", &del(boom));
+    let r = sb.run(&["run", req.to_str().unwrap()]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert_eq!(world(&sb), with_two);
+    assert_eq!(mail_state(&sb, &who), after);
+    let req = sb.write("org.xml", &del(""));
+    ok(&sb, &["run", req.to_str().unwrap()]);
+    let passwd = std::fs::read_to_string(sb.data().join("mail/passwd")).unwrap_or_default();
+    assert!(!passwd.contains("alpineskihouse"), "{passwd}");
+    let gone = mail_state(&sb, &who);
+    assert!(gone.contains("usage None\nallocated []"), "{gone}");
+}
