@@ -847,7 +847,8 @@ fn groups_contacts_changes_and_passwords_commit_or_leave_nothing() {
     assert!(r.stdout.contains("0x80070056"), "{r:?}");
 }
 
-const ALPINE_ORG: &str = "OU=AlpineSkiHouse,OU=ConsolidatedMessenger,OU=Hosting,DC=provisio,DC=local";
+const ALPINE_ORG: &str =
+    "OU=AlpineSkiHouse,OU=ConsolidatedMessenger,OU=Hosting,DC=provisio,DC=local";
 
 /// A mail-enabled user's state as independent of the provider's answers as the embedded
 /// defaults allow: the rendered passwd-file (what Dovecot reads), the organization's plan
@@ -867,7 +868,12 @@ fn mail_state(sb: &Sandbox, who: &[&str]) -> String {
     // (None once the organization's customer is gone)
     let usage = sb.run(&["run", q.to_str().unwrap(), "--quiet"]);
     let usage = (usage.code == 0)
-        .then(|| usage.stdout.split_once("data:").map(|(_, d)| d.trim().to_string()))
+        .then(|| {
+            usage
+                .stdout
+                .split_once("data:")
+                .map(|(_, d)| d.trim().to_string())
+        })
         .flatten();
     let mut allocated = Vec::new();
     for w in who {
@@ -909,7 +915,10 @@ fn delete_user_and_delete_organization_take_the_mailboxes_with_them() {
         "{start}"
     );
     assert!(start.contains("maxMailboxes: '3'"), "{start}");
-    assert!(start.contains(r#"allocated ["ann", "bob", "eve"]"#), "{start}");
+    assert!(
+        start.contains(r#"allocated ["ann", "bob", "eve"]"#),
+        "{start}"
+    );
     let before = world(&sb);
     let delete_bob = |tail: &str| {
         format!(
@@ -997,4 +1006,135 @@ fn delete_user_and_delete_organization_take_the_mailboxes_with_them() {
     assert!(!passwd.contains("alpineskihouse"), "{passwd}");
     let gone = mail_state(&sb, &who);
     assert!(gone.contains("usage None\nallocated []"), "{gone}");
+}
+
+/// Users whose userPrincipalNames hold every character RFC 4514 escapes in a DN value
+/// (`,` `+` `"` `\` `<` `>` `;`, a leading `#` or space) and `=`, with the RDN the directory
+/// must name each by: (userPrincipalName, escaped RDN, mailbox address). The mail provider
+/// takes letters, digits and `._+-` before the `@`, so the others get an address of their
+/// own (`mailbox/emailAddresses`); a backslash cannot be in a folder name, so its user is
+/// made by [`backslash_user`] instead of ProvisionTenant (which gives each user a home folder).
+pub(crate) const ODD_USERS: [(&str, &str, &str); 4] = [
+    ("o+neil@odd.test", r"CN=o\+neil@odd.test", "o+neil@odd.test"),
+    (
+        r#"smith, john;"q"<a>=b@odd.test"#,
+        r#"CN=smith\, john\;\"q\"\<a\>=b@odd.test"#,
+        "john.smith@odd.test",
+    ),
+    ("#hash@odd.test", r"CN=\#hash@odd.test", "hash@odd.test"),
+    (" lead@odd.test", r"CN=\ lead@odd.test", "lead@odd.test"),
+];
+
+/// ProvisionTenant for the tenant Odd under `container`, its users [`ODD_USERS`], each with
+/// a mailbox.
+pub(crate) fn odd_tenant(container: &str) -> String {
+    let users: Vec<serde_json::Value> = ODD_USERS
+        .iter()
+        .enumerate()
+        .map(|(i, (upn, _, mail))| {
+            let mut mailbox = serde_json::json!({ "emailAddresses": { "value": [mail] } });
+            if i == 0 {
+                // (the mail provider's alias, derived from the address, takes no `+`)
+                mailbox = serde_json::json!({ "alias": "oneil" });
+            }
+            serde_json::json!({
+                "userPrincipalName": upn, "displayName": format!("Odd {i}"),
+                "isAdmin": if i == 0 { "1" } else { "0" },
+                "newPassword": format!("Odd-Tenant-Pw{i}"), "mailbox": mailbox
+            })
+        })
+        .collect();
+    serde_json::to_string_pretty(&serde_json::json!({
+        "call": "Provisioning/ProvisionTenant",
+        "data": {
+            "name": "Odd", "container": container, "domain": "odd.test", "planName": "Gold",
+            "users": { "user": users }
+        }
+    }))
+    .unwrap()
+}
+
+/// A trusted request: Hosted Active Directory/CreateUser of `back\slash@odd.test` in `org`
+/// (an LDAP path), then Hosted Email 2007/CreateMailbox on the path CreateUser gave back,
+/// then its mailbox read back (`data/mailbox/user`), then DeleteUser of that path (taking
+/// the mailbox with it) when `delete`.
+pub(crate) fn backslash_user(org: &str, delete: bool) -> String {
+    let delete = if delete {
+        r#"<execute id="leave" namespace="Hosted Active Directory" procedure="DeleteUser">
+    <before source="data" sourcePath="path" destination="executeData" mode="insert"/>
+    <after source="executeData" sourcePath="primarySmtpAddress" destination="data" destinationPath="mailboxDeleted" mode="merge"/>
+  </execute>"#
+    } else {
+        ""
+    };
+    format!(
+        r#"<request><data/><procedure>
+  <execute id="add" namespace="Hosted Active Directory" procedure="CreateUser">
+    <executeData><container>{org}</container><userPrincipalName>back\slash@odd.test</userPrincipalName></executeData>
+    <after source="executeData" sourcePath="user/path" destination="data" destinationPath="path" mode="merge"/>
+  </execute>
+  <execute id="mail" namespace="Hosted Email 2007" procedure="CreateMailbox">
+    <executeData><emailAddresses><value>backslash@odd.test</value></emailAddresses></executeData>
+    <before source="data" sourcePath="path" destination="executeData" destinationPath="user" mode="merge"/>
+  </execute>
+  <execute id="read" namespace="Exchange 2007 Provider" procedure="GetMailbox">
+    <executeData><user>backslash@odd.test</user></executeData>
+    <after source="executeData" sourcePath="mailbox/user" destination="data" destinationPath="mailboxUser" mode="merge"/>
+  </execute>
+  {delete}
+</procedure></request>"#
+    )
+}
+
+/// A user's path is built by the directory provider, escaped (RFC 4514), wherever the HMC
+/// namespaces need one: ProvisionTenant's mailboxes land on the right directory users
+/// whatever their userPrincipalName holds (a template `CN={{ upn }},…` gave a wrong path or
+/// an error), and a backslash survives CreateUser → CreateMailbox → DeleteUser.
+#[test]
+fn user_names_with_dn_special_characters_get_escaped_paths() {
+    let sb = Sandbox::new();
+    initialize(&sb);
+    let req = sb.write("odd.json", &odd_tenant(RESELLER));
+    let r = ok(&sb, &["run", req.to_str().unwrap(), "--quiet"]);
+    assert!(r.stdout.contains("\"status\": \"committed\""), "{r:?}");
+    let org = "OU=Odd,OU=ConsolidatedMessenger,OU=Hosting,DC=provisio,DC=local";
+    for (upn, rdn, mail) in ODD_USERS {
+        let dn = format!("{rdn},{org}");
+        let q = sb.write(
+            "q.xml",
+            &format!(
+                r#"<request><data/><procedure>
+  <execute id="mailbox" namespace="Exchange 2007 Provider" procedure="GetMailbox">
+    <executeData><user>{mail}</user></executeData>
+    <after source="executeData" sourcePath="mailbox/user" destination="data" destinationPath="mailboxUser" mode="merge"/>
+  </execute>
+  <execute id="user" namespace="Active Directory Provider" procedure="Get Properties">
+    <executeData><attributes>userPrincipalName</attributes></executeData>
+    <before source="data" sourcePath="mailboxUser" destination="executeData" destinationPath="path" mode="merge"/>
+    <after source="executeData" sourcePath="properties" destination="data" mode="insert"/>
+  </execute>
+</procedure></request>"#
+            ),
+        );
+        let r = ok(&sb, &["run", q.to_str().unwrap(), "--output", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("json");
+        assert_eq!(v["data"]["mailboxUser"], dn.as_str(), "{r:?}");
+        let got = v["data"]["properties"].to_string();
+        assert!(
+            got.contains(&serde_json::to_string(upn).unwrap()),
+            "{upn}: {got}"
+        );
+    }
+    let req = sb.write("back.xml", &backslash_user(&format!("LDAP://{org}"), true));
+    let r = ok(&sb, &["run", req.to_str().unwrap(), "--output", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("json");
+    assert_eq!(
+        v["data"]["path"],
+        format!(r"LDAP://CN=back\\slash@odd.test,{org}").as_str()
+    );
+    assert_eq!(
+        v["data"]["mailboxUser"],
+        format!(r"CN=back\\slash@odd.test,{org}").as_str()
+    );
+    assert_eq!(v["data"]["mailboxDeleted"], "backslash@odd.test");
 }

@@ -267,3 +267,101 @@ fn provision_tenant_on_slapd_named_and_dovecot_together() {
     );
     assert_eq!(subjects, "Subject: hello from bob", "{}", d.log());
 }
+
+/// ProvisionTenant on slapd with users whose userPrincipalNames hold the characters RFC 4514
+/// escapes (`crate::hmc::ODD_USERS`): ldapsearch finds each user under the organization
+/// with its `cn` exactly the userPrincipalName (the path was escaped, not split at a `,` or
+/// `+`), each mailbox is in the mail files; a user named with a backslash gets a mailbox
+/// through Hosted Email 2007 on the path CreateUser gave back, and DeleteUser removes both
+/// from the server and the mail files.
+#[test]
+fn user_names_with_dn_special_characters_on_slapd() {
+    let Some(s) = Slapd::start() else { return };
+    let sb = Sandbox::new();
+    let cfg = config(&sb, &s);
+    let run = |file: &str, text: &str| {
+        let p = sb.write(file, text);
+        sb.run_with(
+            &[
+                "--config",
+                cfg.to_str().unwrap(),
+                "run",
+                p.to_str().unwrap(),
+                "--output",
+                "json",
+            ],
+            &repo().join("namespaces"),
+        )
+    };
+    let r = run("setup.yaml", SETUP);
+    assert_eq!(r.code, 0, "{r:?}");
+    let container = format!(
+        "LDAP://OU=ConsolidatedMessenger,OU=Hosting,{}",
+        slapd::SUFFIX
+    );
+    let r = run("odd.json", &crate::hmc::odd_tenant(&container));
+    assert_eq!(r.code, 0, "{r:?}");
+
+    let org = format!(
+        "OU=Odd,OU=ConsolidatedMessenger,OU=Hosting,{}",
+        slapd::SUFFIX
+    );
+    let users = s.search(&org, "(userPrincipalName=*)", &["cn", "userPrincipalName"]);
+    let mut cns: Vec<String> = users
+        .iter()
+        .map(|(dn, attrs)| {
+            // one entry directly under the organization, named by its cn
+            assert!(
+                dn.to_lowercase()
+                    .ends_with(&format!(",{}", org.to_lowercase())),
+                "{dn}"
+            );
+            let get = |a: &str| -> Vec<&String> {
+                attrs
+                    .iter()
+                    .filter(|(n, _)| n.eq_ignore_ascii_case(a))
+                    .map(|(_, v)| v)
+                    .collect()
+            };
+            assert_eq!(get("cn"), get("userPrincipalName"), "{dn}: {attrs:?}");
+            get("cn")[0].clone()
+        })
+        .collect();
+    cns.sort();
+    let mut want: Vec<String> = crate::hmc::ODD_USERS
+        .iter()
+        .map(|(u, _, _)| u.to_string())
+        .collect();
+    want.sort();
+    assert_eq!(cns, want, "{users:?}");
+    let passwd = std::fs::read_to_string(sb.data().join("mail/passwd")).unwrap_or_default();
+    for (_, _, mail) in crate::hmc::ODD_USERS {
+        assert!(passwd.contains(&format!("{mail}:")), "{mail}: {passwd}");
+    }
+
+    // The backslash: created, mail-enabled on the path CreateUser gave back ...
+    let r = run(
+        "back.xml",
+        &crate::hmc::backslash_user(&format!("LDAP://{org}"), false),
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    let back = s.search(&org, "(cn=back\\5cslash@odd.test)", &["cn"]);
+    assert_eq!(back.len(), 1, "{back:?}");
+    assert_eq!(
+        back[0].1,
+        [("cn".to_string(), r"back\slash@odd.test".to_string())]
+    );
+    let passwd = std::fs::read_to_string(sb.data().join("mail/passwd")).unwrap_or_default();
+    assert!(passwd.contains("backslash@odd.test:"), "{passwd}");
+    // ... and DeleteUser takes the user and its mailbox.
+    let del = format!(
+        r#"<request namespace="Hosted Active Directory" procedure="DeleteUser"><data><path>LDAP://CN=back\\slash@odd.test,{org}</path></data></request>"#
+    );
+    let r = run("del.xml", &del);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(s
+        .search(&org, "(cn=back\\5cslash@odd.test)", &["cn"])
+        .is_empty());
+    let passwd = std::fs::read_to_string(sb.data().join("mail/passwd")).unwrap_or_default();
+    assert!(!passwd.contains("backslash@odd.test:"), "{passwd}");
+}
