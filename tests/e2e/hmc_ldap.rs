@@ -5,7 +5,10 @@
 //! and a user can bind with its password; the admin's mailbox is in the mail files. A tenant
 //! whose last step fails leaves nothing on the server. And the same tenant on every real
 //! server at once: slapd, BIND's `named` (zone added through rndc, records by RFC 2136,
-//! checked with `dig`) and Dovecot (a message delivered over LMTP read back over IMAP).
+//! checked with `dig`) and Dovecot (a message delivered over LMTP read back over IMAP), the
+//! folder with its recorded quota; on those servers, a failure injected at each step of
+//! ProvisionTenant in turn leaving nothing (ldapsearch, dig, doveadm, the folders), and
+//! user names that need RFC 4514 escaping.
 
 use crate::util::{repo, Sandbox};
 use provisio_test_support::bind::Named;
@@ -184,25 +187,8 @@ fn provision_tenant_on_slapd_named_and_dovecot_together() {
     let Some(s) = Slapd::start() else { return };
     let Some(n) = Named::start() else { return };
     let sb = Sandbox::new();
-    // Dovecot's unprivileged processes read the passwd-file and mail under the sandbox.
-    std::fs::set_permissions(sb.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let root = sb.path("mail");
-    let directory = std::fs::read_to_string(config(&sb, &s)).unwrap();
-    let cfg = sb.write(
-        "provisio.toml",
-        &format!(
-            "{directory}\n[providers.dns]\nbackend = \"rfc2136\"\nserver = \"127.0.0.1:{port}\"\n\
-             key_file = \"{key}\"\ntimeout_secs = 3\n\n[providers.dns.rndc]\nzone_dir = \"{zones}\"\n\
-             server = \"127.0.0.1\"\nport = {rndc_port}\nkey_file = \"{rndc_key}\"\n\n\
-             [providers.exchange]\nmail_root = \"{mail}\"\nmail_uid = 65534\nmail_gid = 65534\n",
-            port = n.port,
-            key = n.key_file().display(),
-            zones = n.zone_dir().display(),
-            rndc_port = n.rndc_port,
-            rndc_key = n.rndc_key_file().display(),
-            mail = root.display(),
-        ),
-    );
+    let cfg = all_servers_config(&sb, &s, &n);
     let setup = sb.write("setup.yaml", SETUP);
     let tenant_file = sb.write("alpine.yaml", &tenant("AlpineSkiHouse", 2048));
     let r = sb.run_with(
@@ -237,9 +223,14 @@ fn provision_tenant_on_slapd_named_and_dovecot_together() {
     assert_eq!(mx.len(), 1, "{mx:?}\n{}", n.log());
     let txt = n.dig("alpineskihouse.test", "TXT").join(" ");
     assert!(txt.contains("v=spf1"), "{txt}");
-    // The folders, with the tenant's quota.
+    // The folders, with the tenant's quota as the filesystem provider recorded it (read from
+    // its state file, not through Provisio) and the mode ProvisionTenant asks for.
     let folder = sb.data().join("files/tenants/AlpineSkiHouse");
     assert!(folder.is_dir(), "{r:?}");
+    assert_eq!(recorded_quota(&sb, "tenants/AlpineSkiHouse"), Some(2048));
+    let mode = std::fs::metadata(&folder).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o750, "{mode:o}");
+    assert!(folder.join("users/ann@alpineskihouse.test").is_dir());
     // The admin's mailbox, on a real Dovecot.
     let Some(d) = Dovecot::start(&root) else {
         return;
@@ -364,4 +355,292 @@ fn user_names_with_dn_special_characters_on_slapd() {
         .is_empty());
     let passwd = std::fs::read_to_string(sb.data().join("mail/passwd")).unwrap_or_default();
     assert!(!passwd.contains("backslash@odd.test:"), "{passwd}");
+}
+
+/// The configuration of a sandbox whose providers are all real servers: the directory on
+/// `s`, DNS on `n` (zones through rndc, records by RFC 2136), mail files under
+/// `<sandbox>/mail` for Dovecot; folders on disk (the default).
+fn all_servers_config(sb: &Sandbox, s: &Slapd, n: &Named) -> std::path::PathBuf {
+    // Dovecot's unprivileged processes read the passwd-file and mail under the sandbox.
+    std::fs::set_permissions(sb.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let directory = std::fs::read_to_string(config(sb, s)).unwrap();
+    sb.write(
+        "provisio.toml",
+        &format!(
+            "{directory}\n[retry.calls]\nmax_attempts = 1\n\n[providers.dns]\nbackend = \"rfc2136\"\nserver = \"127.0.0.1:{port}\"\n\
+             key_file = \"{key}\"\ntimeout_secs = 3\n\n[providers.dns.rndc]\nzone_dir = \"{zones}\"\n\
+             server = \"127.0.0.1\"\nport = {rndc_port}\nkey_file = \"{rndc_key}\"\n\n\
+             [providers.exchange]\nmail_root = \"{mail}\"\nmail_uid = 65534\nmail_gid = 65534\n",
+            port = n.port,
+            key = n.key_file().display(),
+            zones = n.zone_dir().display(),
+            rndc_port = n.rndc_port,
+            rndc_key = n.rndc_key_file().display(),
+            mail = sb.path("mail").display(),
+        ),
+    )
+}
+
+/// The tenant's folder quota as the filesystem provider recorded it, read from its state
+/// file (`<files>/.provisio-state/quotas.json`) without Provisio.
+fn recorded_quota(sb: &Sandbox, folder: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(sb.data().join("files/.provisio-state/quotas.json")).ok()?;
+    let map: std::collections::BTreeMap<String, u64> =
+        serde_json::from_str(&text).expect("quotas.json is a map of path to megabytes");
+    map.get(folder).copied()
+}
+
+/// More set-up for the failures: a plan of one user, a plan without mail, and a domain
+/// another customer holds.
+const FAILURE_SETUP: &str = r#"procedure:
+  parallel: false
+  steps:
+    one:
+      call: Managed Plans/CreatePlan
+      with: { planName: One, services: { service: [HostedActiveDirectory, HostedEmail] }, limits: { maxUsers: 1, maxMailboxes: 10, mailboxQuotaKB: 1048576 } }
+    noMail:
+      call: Managed Plans/CreatePlan
+      with: { planName: NoMail, services: { service: [HostedActiveDirectory] }, limits: { maxUsers: 10 } }
+    other:
+      call: Managed Plans/CreateCustomer
+      with: { customerName: Elsewhere }
+    taken:
+      call: Managed Plans/AddAsset
+      with: { customerName: Elsewhere, assetType: PrimaryDomain, value: taken.test }
+data: {}
+"#;
+
+/// ProvisionTenant of Tailspin on the real servers (two users with mailboxes), changed by
+/// `edit`.
+fn tailspin(edit: impl FnOnce(&mut serde_json::Value)) -> String {
+    let mut v = serde_json::json!({
+        "call": "Provisioning/ProvisionTenant",
+        "data": {
+            "name": "Tailspin",
+            "container": format!("LDAP://OU=ConsolidatedMessenger,OU=Hosting,{}", slapd::SUFFIX),
+            "domain": "tailspin.test",
+            "planName": "Gold",
+            "quotaMegabytes": 512,
+            "users": {"user": [
+                {"userPrincipalName": "ann@tailspin.test", "displayName": "Ann Lee", "isAdmin": "1", "newPassword": "Tailspin-Pw-1", "mailbox": {}},
+                {"userPrincipalName": "bob@tailspin.test", "displayName": "Bob Ray", "newPassword": "Tailspin-Pw-2", "mailbox": {}}
+            ]}
+        }
+    });
+    edit(&mut v["data"]);
+    serde_json::to_string_pretty(&v).unwrap()
+}
+
+/// A failure injected at each step of ProvisionTenant in turn, on slapd, named, Dovecot's
+/// mail files and the folders at once (one set of servers for every case), leaves nothing
+/// behind, as independent clients see it: ldapsearch finds no OU, user or group, dig finds
+/// no zone (named is not authoritative for it and rndc kept no zone file), doveadm finds no
+/// user and the passwd-file is unchanged, there is no folder and no recorded quota; the
+/// plans and resource-manager records are as before too. Then the same tenant without a
+/// failure commits and every client finds it, the folder with its quota.
+#[test]
+fn a_failure_at_each_step_of_provision_tenant_leaves_nothing_on_any_server() {
+    let Some(s) = Slapd::start() else { return };
+    let Some(n) = Named::start() else { return };
+    let sb = Sandbox::new();
+    let cfg = all_servers_config(&sb, &s, &n);
+    let run = |file: &str, text: &str| {
+        let p = sb.write(file, text);
+        sb.run_with(
+            &[
+                "--config",
+                cfg.to_str().unwrap(),
+                "run",
+                p.to_str().unwrap(),
+                "--quiet",
+            ],
+            &repo().join("namespaces"),
+        )
+    };
+    let r = run("setup.yaml", SETUP);
+    assert_eq!(r.code, 0, "{r:?}");
+    let r = run("failure-setup.yaml", FAILURE_SETUP);
+    assert_eq!(r.code, 0, "{r:?}");
+    let Some(d) = Dovecot::start(&sb.path("mail")) else {
+        return;
+    };
+
+    let reseller = format!("OU=ConsolidatedMessenger,OU=Hosting,{}", slapd::SUFFIX);
+    // Provisio's own records (plans customers and usage, stores and their organizations).
+    let records = || {
+        let r = run(
+            "records.yaml",
+            r#"procedure:
+  type: read
+  parallel: false
+  steps:
+    stores:
+      call: Exchange 2007 Resource Manager/QueryAllStores
+      after: [ { source: executeData, sourcePath: mailStores, destination: data } ]
+    orgs:
+      call: Exchange 2007 Resource Manager/QueryOrganizationsByMailstore
+      with: { serverName: ex01, mailStoreName: DB01 }
+      after: [ { source: executeData, sourcePath: organizations, destination: data } ]
+    reseller:
+      call: Managed Plans/GetCustomer
+      with: { customerName: "OU=ConsolidatedMessenger,OU=Hosting,dc=example,dc=test" }
+      after: [ { source: executeData, sourcePath: customer, destination: data } ]
+data: {}
+"#,
+        );
+        assert_eq!(r.code, 0, "{r:?}");
+        r.stdout
+            .split_once("data:")
+            .map(|(_, d)| d.to_string())
+            .unwrap_or_default()
+    };
+    // Zone files and rndc's bookkeeping (`.created/` intent markers, `.deleted/` copies):
+    // every file under the zone folder, empty folders left out.
+    let zone_files = || -> Vec<String> {
+        fn walk(dir: &std::path::Path, base: &std::path::Path, out: &mut Vec<String>) {
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, base, out);
+                } else {
+                    out.push(p.strip_prefix(base).unwrap_or(&p).display().to_string());
+                }
+            }
+        }
+        let mut v = Vec::new();
+        walk(&n.zone_dir(), &n.zone_dir(), &mut v);
+        v.sort();
+        v
+    };
+    let passwd = || std::fs::read_to_string(sb.path("mail/passwd")).unwrap_or_default();
+    let directory = || {
+        s.search(
+            &reseller,
+            "(objectClass=*)",
+            &["objectClass", "member", "uPNSuffixes"],
+        )
+    };
+    let before_dir = directory();
+    assert!(!before_dir.is_empty(), "the reseller is there");
+    let before_records = records();
+    let before_zones = zone_files();
+    let before_passwd = passwd();
+
+    type Edit = Box<dyn FnOnce(&mut serde_json::Value)>;
+    let cases: Vec<(&str, Edit)> = vec![
+        (
+            "org/orgPath",
+            Box::new(|d| d["container"] = "LDAP://OU=,dc=example,dc=test".into()),
+        ),
+        ("org/plans", Box::new(|d| d["planName"] = "Platinum".into())),
+        ("asset", Box::new(|d| d["domain"] = "taken.test".into())),
+        ("users[2]/plans", Box::new(|d| d["planName"] = "One".into())),
+        (
+            "users[2]/create",
+            Box::new(|d| {
+                d["users"]["user"][1]["properties"] = serde_json::json!({"favouriteColour": "teal"})
+            }),
+        ),
+        (
+            "users[1]/password",
+            Box::new(|d| d["users"]["user"][0]["newPassword"] = "".into()),
+        ),
+        (
+            "mail/planHasMail",
+            Box::new(|d| d["planName"] = "NoMail".into()),
+        ),
+        (
+            "mailboxes[2]/mailbox/ceiling",
+            Box::new(|d| {
+                d["users"]["user"][1]["mailbox"] = serde_json::json!({"quotaKB": 4194304})
+            }),
+        ),
+        (
+            "mailboxes[2]/mailbox/mailbox",
+            Box::new(|d| {
+                d["users"]["user"][1]["mailbox"] = serde_json::json!({"database": "ex09\\DB09"})
+            }),
+        ),
+        (
+            "zone/mailHost",
+            Box::new(|d| d["mailAddress"] = "not-an-address".into()),
+        ),
+        (
+            "folders/quota",
+            Box::new(|d| d["quotaMegabytes"] = (-5).into()),
+        ),
+        (
+            "homes[2]",
+            Box::new(|d| {
+                d["users"]["user"][1]["userPrincipalName"] = "../../../bob@tailspin.test".into()
+            }),
+        ),
+    ];
+    for (step, edit) in cases {
+        let r = run("tailspin.json", &tailspin(edit));
+        assert_eq!(r.code, 1, "{step}: {r:?}");
+        assert!(
+            r.stdout.contains("\"status\": \"rolled_back\""),
+            "{step}: {r:?}"
+        );
+        assert!(
+            r.stdout.contains(&format!("\"step\": \"{step}\"")),
+            "{step}: {r:?}"
+        );
+        assert!(!r.stdout.contains("undoFailures"), "{step}: {r:?}");
+        // ldapsearch: the reseller's subtree as before, no Tailspin user anywhere.
+        assert_eq!(directory(), before_dir, "{step} left directory entries");
+        assert!(
+            s.search(
+                slapd::SUFFIX,
+                "(|(userPrincipalName=*@tailspin.test)(ou=Tailspin))",
+                &["cn"]
+            )
+            .is_empty(),
+            "{step}"
+        );
+        // dig: named is authoritative for no Tailspin zone; rndc kept no zone file.
+        for zone in ["tailspin.test", "taken.test"] {
+            let (status, aa) = n.dig_status(zone, "SOA");
+            assert!(
+                !aa && status != "NOERROR",
+                "{step}: named still serves {zone}: {status}"
+            );
+        }
+        assert_eq!(zone_files(), before_zones, "{step}");
+        // doveadm: no such user; the passwd-file Dovecot reads is unchanged.
+        for who in ["ann@tailspin.test", "bob@tailspin.test"] {
+            let u = d.user(who);
+            assert!(!u.contains("home"), "{step}: Dovecot knows {who}: {u}");
+        }
+        assert_eq!(passwd(), before_passwd, "{step}");
+        assert!(!sb.path("mail/tailspin.test").exists(), "{step}");
+        // No folder, no quota.
+        assert!(!sb.data().join("files/tenants/Tailspin").exists(), "{step}");
+        assert_eq!(recorded_quota(&sb, "tenants/Tailspin"), None, "{step}");
+        assert_eq!(
+            records(),
+            before_records,
+            "{step} left plans or allocations"
+        );
+    }
+
+    // Without a failure: every client finds the tenant (so the checks above can see it).
+    let r = run("tailspin.json", &tailspin(|_| {}));
+    assert_eq!(r.code, 0, "{r:?}");
+    let org = format!("OU=Tailspin,{reseller}");
+    assert_eq!(s.search(&org, "(userPrincipalName=*)", &["cn"]).len(), 2);
+    let (status, aa) = n.dig_status("tailspin.test", "SOA");
+    assert!(aa && status == "NOERROR", "{status}");
+    assert!(
+        d.wait_for_user_field("ann@tailspin.test", "home"),
+        "{}",
+        d.user("ann@tailspin.test")
+    );
+    assert!(sb
+        .data()
+        .join("files/tenants/Tailspin/users/bob@tailspin.test")
+        .is_dir());
+    assert_eq!(recorded_quota(&sb, "tenants/Tailspin"), Some(512));
+    assert_ne!(records(), before_records);
 }
