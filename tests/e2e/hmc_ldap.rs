@@ -8,7 +8,8 @@
 //! checked with `dig`) and Dovecot (a message delivered over LMTP read back over IMAP), the
 //! folder with its recorded quota; on those servers, a failure injected at each step of
 //! ProvisionTenant in turn leaving nothing (ldapsearch, dig, doveadm, the folders), and
-//! user names that need RFC 4514 escaping.
+//! user names that need RFC 4514 escaping; two tenants with the same user names provisioned
+//! at once through the daemon staying apart.
 
 use crate::util::{repo, Sandbox};
 use provisio_test_support::bind::Named;
@@ -16,13 +17,10 @@ use provisio_test_support::dovecot::Dovecot;
 use provisio_test_support::slapd::{self, Slapd};
 use std::os::unix::fs::PermissionsExt;
 
-fn config(sb: &Sandbox, s: &Slapd) -> std::path::PathBuf {
-    sb.write(
-        "provisio.toml",
-        &format!(
-            r#"data_dir = "{data}"
-
-[providers.directory]
+/// The `[providers.directory]` section for the ldap backend on `s` (LDAPS, the admin).
+fn directory_section(s: &Slapd) -> String {
+    format!(
+        r#"[providers.directory]
 backend = "ldap"
 base_dn = "{base}"
 
@@ -34,12 +32,21 @@ tls = "ldaps"
 tls_ca_file = "{ca}"
 timeout_secs = 5
 "#,
-            data = sb.data().display(),
-            base = slapd::SUFFIX,
-            url = s.ldaps_url(),
-            admin = slapd::ADMIN_DN,
-            pw = s.password_file().display(),
-            ca = s.ca_file().display(),
+        base = slapd::SUFFIX,
+        url = s.ldaps_url(),
+        admin = slapd::ADMIN_DN,
+        pw = s.password_file().display(),
+        ca = s.ca_file().display(),
+    )
+}
+
+fn config(sb: &Sandbox, s: &Slapd) -> std::path::PathBuf {
+    sb.write(
+        "provisio.toml",
+        &format!(
+            "data_dir = \"{}\"\n\n{}",
+            sb.data().display(),
+            directory_section(s)
         ),
     )
 }
@@ -643,4 +650,130 @@ data: {}
         .is_dir());
     assert_eq!(recorded_quota(&sb, "tenants/Tailspin"), Some(512));
     assert_ne!(records(), before_records);
+}
+
+/// Two tenants with the same user names, common names and display names, each under a
+/// reseller of its own, submitted to the daemon at the same moment with the directory on
+/// slapd: both commit, and ldapsearch finds each tenant's users in its own OU, members of
+/// its own groups only, with distinct sAMAccountNames (the second `ann` gets the next free
+/// digits whichever transaction takes it first), and each user's mailbox on its own
+/// tenant's domain.
+#[test]
+fn two_tenants_provisioned_concurrently_stay_apart_on_slapd() {
+    use crate::daemon::{sha, Site, OPS};
+    let Some(s) = Slapd::start() else { return };
+    let site = Site::bare();
+    std::fs::write(
+        site.path("provisio.toml"),
+        format!(
+            "data_dir = \"data\"\nnamespaces = \"{}\"\n\n[serve]\nworkers = 4\n\n[[serve.tokens]]\nsubject = \"ops\"\nsha256 = \"{}\"\ntrusted = true\noperator = true\n\n{}",
+            repo().join("namespaces").display(),
+            sha(OPS),
+            directory_section(&s)
+        ),
+    )
+    .expect("config");
+    let daemon = site.start();
+    let committed = |yaml: &str| {
+        let a = daemon.submit(OPS, yaml, "?wait=120s", &[]);
+        assert_eq!(a.status, 200, "{a:?}");
+        assert_eq!(a.body["outcome"], "committed", "{a:?}");
+    };
+    committed(SETUP);
+    let hosting = format!("LDAP://OU=Hosting,{}", slapd::SUFFIX);
+    committed(&format!(
+        r#"procedure:
+  parallel: false
+  steps:
+    one: {{ call: Hosted Active Directory/CreateResellerOrganization, with: {{ name: Northwind, container: "{hosting}" }} }}
+    two: {{ call: Hosted Active Directory/CreateResellerOrganization, with: {{ name: Southwind, container: "{hosting}" }} }}
+data: {{}}
+"#
+    ));
+    let tenant = |name: &str, reseller: &str| {
+        format!(
+            r#"call: Provisioning/ProvisionTenant
+data:
+  name: {name}
+  container: "LDAP://OU={reseller},OU=Hosting,{base}"
+  domain: {name}.test
+  planName: Gold
+  users:
+    user:
+      - {{ userPrincipalName: ann@hosted.test, displayName: Ann Lee, givenName: Ann, sn: Lee, isAdmin: 1, newPassword: Same-Pw-1, mailbox: {{ alias: ann-{name}, emailAddresses: {{ value: [ann@{name}.test] }} }} }}
+      - {{ userPrincipalName: bob@hosted.test, displayName: Bob Ray, givenName: Bob, sn: Ray, newPassword: Same-Pw-2 }}
+"#,
+            base = slapd::SUFFIX
+        )
+    };
+    let answers: Vec<_> = std::thread::scope(|sc| {
+        let d = &daemon;
+        let one = tenant("alpha", "Northwind");
+        let two = tenant("beta", "Southwind");
+        let h1 = sc.spawn(move || d.submit(OPS, &one, "?wait=120s", &[]));
+        let h2 = sc.spawn(move || d.submit(OPS, &two, "?wait=120s", &[]));
+        vec![h1.join().expect("one"), h2.join().expect("two")]
+    });
+    for a in &answers {
+        assert_eq!(a.status, 200, "{a:?}");
+        assert_eq!(a.body["outcome"], "committed", "{a:?}");
+    }
+
+    let mut sams = Vec::new();
+    for (org, reseller) in [("alpha", "Northwind"), ("beta", "Southwind")] {
+        let ou = format!("OU={org},OU={reseller},OU=Hosting,{}", slapd::SUFFIX).to_lowercase();
+        let users = s.search(
+            &ou,
+            "(userPrincipalName=*)",
+            &["cn", "displayName", "sAMAccountName", "memberOf"],
+        );
+        assert_eq!(users.len(), 2, "{org}: {users:?}");
+        for (dn, attrs) in &users {
+            let get = |a: &str| -> Vec<String> {
+                attrs
+                    .iter()
+                    .filter(|(n, _)| n.eq_ignore_ascii_case(a))
+                    .map(|(_, v)| v.to_lowercase())
+                    .collect()
+            };
+            let who = get("cn")[0].split('@').next().unwrap().to_string();
+            assert!(dn.to_lowercase().ends_with(&ou), "{dn}");
+            assert_eq!(
+                get("displayName"),
+                [if who == "ann" { "ann lee" } else { "bob ray" }]
+            );
+            // Only its own organization's groups.
+            let groups = get("memberOf");
+            assert!(groups.iter().all(|g| g.ends_with(&ou)), "{dn}: {groups:?}");
+            assert_eq!(
+                groups.len(),
+                if who == "ann" { 2 } else { 1 },
+                "{dn}: {groups:?}"
+            );
+            sams.extend(get("sAMAccountName"));
+        }
+        // Its groups hold its own users only.
+        for (dn, attrs) in s.search(&ou, "(|(cn=Admins)(cn=AllUsers))", &["member"]) {
+            for (_, m) in attrs
+                .iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case("member"))
+            {
+                assert!(m.to_lowercase().ends_with(&ou), "{dn}: {m}");
+            }
+        }
+    }
+    sams.sort();
+    assert_eq!(
+        sams,
+        [
+            "ann_hosted.test",
+            "ann_hosted.test1",
+            "bob_hosted.test",
+            "bob_hosted.test1"
+        ]
+    );
+    let passwd = std::fs::read_to_string(site.path("data/mail/passwd")).unwrap_or_default();
+    for want in ["ann@alpha.test:", "ann@beta.test:"] {
+        assert!(passwd.contains(want), "{want}: {passwd}");
+    }
 }
