@@ -1138,3 +1138,206 @@ fn user_names_with_dn_special_characters_get_escaped_paths() {
     );
     assert_eq!(v["data"]["mailboxDeleted"], "backslash@odd.test");
 }
+
+/// An HMC request with two nested forEach (every user of every organization; an
+/// organization without users is skipped), paths naming a domain controller
+/// (`LDAP://dc01.fabrikam.com/…`), and a field moved (`mode="move"`) into a step.
+const HMC_NESTED: &str = r#"<request>
+  <data>
+    <preferredDomainController>dc01.fabrikam.com</preferredDomainController>
+    <name>Outside Partner</name>
+    <organizations>
+      <organization><name>Contoso</name><user><userPrincipalName>ann@contoso.com</userPrincipalName><displayName>Ann</displayName></user><user><userPrincipalName>bob@contoso.com</userPrincipalName><displayName>Bob</displayName></user></organization>
+      <organization><name>Empty</name></organization>
+      <organization><name>Litware</name><user><userPrincipalName>ann@litware.com</userPrincipalName><displayName>Ann</displayName></user></organization>
+    </organizations>
+  </data>
+  <procedure>
+    <execute namespace="Hosted Active Directory" procedure="Initialize" impersonate="1">
+      <before source="data" sourcePath="preferredDomainController" destination="executeData"/>
+    </execute>
+    <execute namespace="Hosted Active Directory" procedure="CreateResellerOrganization" impersonate="1">
+      <executeData><name>Reseller</name></executeData>
+      <before source="data" sourcePath="preferredDomainController" destination="executeData"/>
+    </execute>
+    <execute namespace="Hosted Active Directory" procedure="CreateOrganization" impersonate="1">
+      <forEach name="org" root="data" path="organizations/organization"/>
+      <executeData><container>LDAP://dc01.fabrikam.com/OU=Reseller,OU=Hosting,DC=fabrikam,DC=com</container></executeData>
+      <before source="org" sourcePath="name" destination="executeData"/>
+      <before source="data" sourcePath="preferredDomainController" destination="executeData"/>
+      <after source="executeData" sourcePath="org/path" destination="data" destinationPath="orgs" mode="insert"/>
+    </execute>
+    <execute namespace="Hosted Active Directory" procedure="CreateUser" impersonate="1">
+      <forEach name="org" root="data" path="organizations/organization"/>
+      <forEach name="user" root="org" path="user" ifNull="skip"/>
+      <before template="LDAP://dc01.fabrikam.com/OU={{ org/name }},OU=Reseller,OU=Hosting,DC=fabrikam,DC=com" destination="executeData" destinationPath="container" mode="merge"/>
+      <before source="user" destination="executeData" mode="merge"/>
+      <before source="data" sourcePath="preferredDomainController" destination="executeData"/>
+      <after source="executeData" sourcePath="user/path" destination="data" destinationPath="created" mode="insert"/>
+    </execute>
+    <execute namespace="Hosted Active Directory" procedure="CreateContact" impersonate="1">
+      <executeData><container>LDAP://OU=Contoso,OU=Reseller,OU=Hosting,DC=fabrikam,DC=com</container><mail>partner@example.org</mail></executeData>
+      <before source="data" sourcePath="name" destination="executeData" mode="move"/>
+      <after source="executeData" sourcePath="contact/path" destination="data" destinationPath="contact" mode="merge"/>
+    </execute>
+  </procedure>
+</request>
+"#;
+
+/// try inside try: the inner catch re-raises with SetError, the outer catch handles it.
+const HMC_NESTED_TRY: &str = r#"<request>
+  <data><org>LDAP://OU=Contoso,OU=Reseller,OU=Hosting,DC=fabrikam,DC=com</org></data>
+  <procedure>
+    <try>
+      <try>
+        <execute id="dup" namespace="Hosted Active Directory" procedure="CreateUser">
+          <executeData><userPrincipalName>ann@contoso.com</userPrincipalName></executeData>
+          <before source="data" sourcePath="org" destination="executeData" destinationPath="container" mode="merge"/>
+        </execute>
+      </try>
+      <catch>
+        <execute id="translate" namespace="Error Provider" procedure="SetError">
+          <executeData><hr>0x82101391</hr></executeData>
+          <before template="username already exists ({{ context/errorContext/@code }})" destination="executeData" destinationPath="desc" mode="merge"/>
+        </execute>
+      </catch>
+    </try>
+    <catch>
+      <transform id="note">
+        <before source="context" sourcePath="errorContext/@code" destination="data" destinationPath="outerCode" mode="merge"/>
+        <before source="context" sourcePath="errorContext/@description" destination="data" destinationPath="outerDescription" mode="merge"/>
+      </transform>
+    </catch>
+  </procedure>
+</request>
+"#;
+
+/// A suspended and an active queued call, then a failure: the suspended job dies with the
+/// transaction, the active one runs anyway.
+const HMC_QUEUE_ROLLBACK: &str = r#"<request>
+  <data/>
+  <procedure>
+    <queue id="parked" namespace="Hosted Active Directory" procedure="CreateUser" queueSuspended="1">
+      <executeData><container>LDAP://OU=Contoso,OU=Reseller,OU=Hosting,DC=fabrikam,DC=com</container><userPrincipalName>carol@contoso.com</userPrincipalName></executeData>
+    </queue>
+    <queue id="active" namespace="Hosted Active Directory" procedure="CreateUser" queueSuspended="0">
+      <executeData><container>LDAP://OU=Contoso,OU=Reseller,OU=Hosting,DC=fabrikam,DC=com</container><userPrincipalName>dave@contoso.com</userPrincipalName></executeData>
+    </queue>
+    <execute id="dup" namespace="Hosted Active Directory" procedure="CreateUser">
+      <executeData><container>LDAP://OU=Contoso,OU=Reseller,OU=Hosting,DC=fabrikam,DC=com</container><userPrincipalName>ann@contoso.com</userPrincipalName></executeData>
+    </execute>
+  </procedure>
+</request>
+"#;
+
+/// More HMC 4.5-style requests and the responses mps-semantics.md predicts: nested forEach
+/// (§5: outer × inner, ifNull="skip" drops an organization without users), LDAP paths with
+/// a server part kept in every path returned, `mode="move"` taking the field out of data
+/// (§4), a try in a try whose inner catch re-raises and whose outer catch handles (§5), the
+/// error stack of a failure in a nested procedure with no data in the response (§8), a
+/// suspended queued call removed by the rollback and an active one run anyway (§5), and a
+/// private procedure refused to a simple request (§6).
+#[test]
+fn more_hmc_requests_give_the_responses_mps_predicts() {
+    let sb = Sandbox::new();
+    let cfg = sb.write(
+        "provisio.toml",
+        "[providers.directory]\nbase_dn = \"DC=fabrikam,DC=com\"\n",
+    );
+    let cfg = cfg.to_str().unwrap();
+    let run = |file: &str, text: &str| {
+        let p = sb.write(file, text);
+        sb.run(&["--config", cfg, "run", p.to_str().unwrap()])
+    };
+    let users = |sb: &Sandbox| {
+        let p = sb.write(
+            "contoso.xml",
+            &FABRIKAM_SEARCH.replace(
+                "AlpineSkiHouse,OU=ConsolidatedMessenger",
+                "Contoso,OU=Reseller",
+            ),
+        );
+        let r = sb.run(&["--config", cfg, "run", p.to_str().unwrap()]);
+        assert_eq!(r.code, 0, "{r:?}");
+        let mut names: Vec<String> = r
+            .stdout
+            .split("<property name=\"userPrincipalName\">")
+            .skip(1)
+            .filter_map(|p| {
+                p.split("<value>")
+                    .nth(1)?
+                    .split("</value>")
+                    .next()
+                    .map(str::to_string)
+            })
+            .collect();
+        names.sort();
+        names
+    };
+
+    let r = run("nested.xml", HMC_NESTED);
+    assert_eq!(r.code, 0, "{r:?}");
+    let flat = r.stdout.replace(['\n', ' '], "");
+    let server = "LDAP://dc01.fabrikam.com/";
+    let created = format!(
+        "<created><path>{server}CN=ann@contoso.com,OU=Contoso,OU=Reseller,OU=Hosting,DC=fabrikam,DC=com</path><path>{server}CN=bob@contoso.com,OU=Contoso,OU=Reseller,OU=Hosting,DC=fabrikam,DC=com</path><path>{server}CN=ann@litware.com,OU=Litware,OU=Reseller,OU=Hosting,DC=fabrikam,DC=com</path></created>"
+    );
+    assert!(flat.contains(&created), "{created}: {r:?}");
+    assert!(
+        flat.contains(&format!(
+            "<path>{server}OU=Empty,OU=Reseller,OU=Hosting,DC=fabrikam,DC=com</path>"
+        )),
+        "{r:?}"
+    );
+    // moved: the contact got the name, data no longer has it
+    assert!(
+        r.stdout
+            .contains("<contact>LDAP://CN=Outside Partner,OU=Contoso,"),
+        "{r:?}"
+    );
+    assert!(!r.stdout.contains("<name>Outside Partner</name>"), "{r:?}");
+    assert_eq!(users(&sb), ["ann@contoso.com", "bob@contoso.com"]);
+
+    // The inner catch's error is the one the outer catch sees; the request commits.
+    let r = run("nested-try.xml", HMC_NESTED_TRY);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains("<outerCode>0x82101391</outerCode>"),
+        "{r:?}"
+    );
+    assert!(
+        r.stdout
+            .contains("<outerDescription>username already exists (0x800700b7)</outerDescription>"),
+        "{r:?}"
+    );
+
+    // A failure two levels down: the error stack leaf first, no data in the response; the
+    // suspended job is removed, the active one waits and creates Dave.
+    let r = run("queue.xml", HMC_QUEUE_ROLLBACK);
+    assert_eq!(r.code, 1, "{r:?}");
+    let stack = "<errorSource namespace=\"Managed Plans\" procedure=\"CreateCustomer\" step=\"dup/plans\"/>\n    <errorSource namespace=\"Hosted Active Directory\" procedure=\"CreateUser\" step=\"dup\"/>\n    <errorSource namespace=\"(request)\" procedure=\"request\"/>";
+    assert!(r.stdout.contains(stack), "{r:?}");
+    assert!(r.stdout.contains("code=\"0x800700b7\""), "{r:?}");
+    assert!(!r.stdout.contains("<data>"), "{r:?}");
+    assert!(
+        r.stderr
+            .contains("was removed: the transaction that queued it rolled back"),
+        "{r:?}"
+    );
+    assert_eq!(users(&sb), ["ann@contoso.com", "bob@contoso.com"]);
+    let w = sb.run(&["--config", cfg, "worker", "--drain"]);
+    assert_eq!(w.code, 0, "{w:?}");
+    assert!(w.stderr.contains("ran 1 job(s)"), "{w:?}");
+    assert_eq!(
+        users(&sb),
+        ["ann@contoso.com", "bob@contoso.com", "dave@contoso.com"]
+    );
+
+    // Provisioning/CreateUserMailbox is private: a simple request is refused before it runs.
+    let r = run(
+        "private.xml",
+        r#"<request namespace="Provisioning" procedure="CreateUserMailbox"><data><container>LDAP://OU=Contoso,OU=Reseller,OU=Hosting,DC=fabrikam,DC=com</container><userPrincipalName>ann@contoso.com</userPrincipalName></data></request>"#,
+    );
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("PRV0103"), "{r:?}");
+}
