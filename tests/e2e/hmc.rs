@@ -3,7 +3,8 @@
 //! order, HMC 4.5-style trusted requests (LDAP paths, forEach over users, try/catch with
 //! SetError, queue) with the responses mps-semantics.md predicts, plan limits refused
 //! before anything is created, a failure at each step of ProvisionTenant leaving nothing
-//! behind, and DeleteOrganization refused while it holds users.
+//! behind, DeleteOrganization refused while it holds users, DeleteUser taking the user's
+//! mailbox with it, and user names that need RFC 4514 escaping.
 
 use crate::util::{Run, Sandbox};
 
