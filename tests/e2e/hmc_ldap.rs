@@ -7,7 +7,8 @@
 //! server at once: slapd, BIND's `named` (zone added through rndc, records by RFC 2136,
 //! checked with `dig`) and Dovecot (a message delivered over LMTP read back over IMAP), the
 //! folder with its recorded quota; on those servers, a failure injected at each step of
-//! ProvisionTenant in turn leaving nothing (ldapsearch, dig, doveadm, the folders), and
+//! ProvisionTenant in turn leaving nothing (ldapsearch, dig, doveadm, the folders; also with
+//! the directory on a Samba AD DC), and
 //! user names that need RFC 4514 escaping; two tenants with the same user names provisioned
 //! at once through the daemon staying apart.
 
@@ -195,7 +196,7 @@ fn provision_tenant_on_slapd_named_and_dovecot_together() {
     let Some(n) = Named::start() else { return };
     let sb = Sandbox::new();
     let root = sb.path("mail");
-    let cfg = all_servers_config(&sb, &s, &n);
+    let cfg = all_servers_config(&sb, &directory_section(&s), &n);
     let setup = sb.write("setup.yaml", SETUP);
     let tenant_file = sb.write("alpine.yaml", &tenant("AlpineSkiHouse", 2048));
     let r = sb.run_with(
@@ -367,14 +368,13 @@ fn user_names_with_dn_special_characters_on_slapd() {
 /// The configuration of a sandbox whose providers are all real servers: the directory on
 /// `s`, DNS on `n` (zones through rndc, records by RFC 2136), mail files under
 /// `<sandbox>/mail` for Dovecot; folders on disk (the default).
-fn all_servers_config(sb: &Sandbox, s: &Slapd, n: &Named) -> std::path::PathBuf {
+fn all_servers_config(sb: &Sandbox, directory: &str, n: &Named) -> std::path::PathBuf {
     // Dovecot's unprivileged processes read the passwd-file and mail under the sandbox.
     std::fs::set_permissions(sb.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let directory = std::fs::read_to_string(config(sb, s)).unwrap();
     sb.write(
         "provisio.toml",
         &format!(
-            "{directory}\n[retry.calls]\nmax_attempts = 1\n\n[providers.dns]\nbackend = \"rfc2136\"\nserver = \"127.0.0.1:{port}\"\n\
+            "data_dir = \"{data}\"\n\n{directory}\n[retry.calls]\nmax_attempts = 1\n\n[providers.dns]\nbackend = \"rfc2136\"\nserver = \"127.0.0.1:{port}\"\n\
              key_file = \"{key}\"\ntimeout_secs = 3\n\n[providers.dns.rndc]\nzone_dir = \"{zones}\"\n\
              server = \"127.0.0.1\"\nport = {rndc_port}\nkey_file = \"{rndc_key}\"\n\n\
              [providers.exchange]\nmail_root = \"{mail}\"\nmail_uid = 65534\nmail_gid = 65534\n",
@@ -384,6 +384,7 @@ fn all_servers_config(sb: &Sandbox, s: &Slapd, n: &Named) -> std::path::PathBuf 
             rndc_port = n.rndc_port,
             rndc_key = n.rndc_key_file().display(),
             mail = sb.path("mail").display(),
+            data = sb.data().display(),
         ),
     )
 }
@@ -417,14 +418,14 @@ const FAILURE_SETUP: &str = r#"procedure:
 data: {}
 "#;
 
-/// ProvisionTenant of Tailspin on the real servers (two users with mailboxes), changed by
-/// `edit`.
-fn tailspin(edit: impl FnOnce(&mut serde_json::Value)) -> String {
+/// ProvisionTenant of Tailspin on the real servers (two users with mailboxes) under the
+/// reseller of the directory whose base DN is `base`, changed by `edit`.
+fn tailspin(base: &str, edit: impl FnOnce(&mut serde_json::Value)) -> String {
     let mut v = serde_json::json!({
         "call": "Provisioning/ProvisionTenant",
         "data": {
             "name": "Tailspin",
-            "container": format!("LDAP://OU=ConsolidatedMessenger,OU=Hosting,{}", slapd::SUFFIX),
+            "container": format!("LDAP://OU=ConsolidatedMessenger,OU=Hosting,{base}"),
             "domain": "tailspin.test",
             "planName": "Gold",
             "quotaMegabytes": 512,
@@ -450,7 +451,46 @@ fn a_failure_at_each_step_of_provision_tenant_leaves_nothing_on_any_server() {
     let Some(s) = Slapd::start() else { return };
     let Some(n) = Named::start() else { return };
     let sb = Sandbox::new();
-    let cfg = all_servers_config(&sb, &s, &n);
+    let cfg = all_servers_config(&sb, &directory_section(&s), &n);
+    failures_leave_nothing(&sb, &cfg, &n, slapd::SUFFIX, &|base, filter, attrs| {
+        s.search(base, filter, attrs)
+    });
+}
+
+/// The same on a real Active Directory: a Samba AD DC (the hosting container under an OU of
+/// its own, as the DC is shared by the test process), with named, Dovecot and the folders.
+#[test]
+fn a_failure_at_each_step_of_provision_tenant_leaves_nothing_on_samba_ad_and_the_other_servers() {
+    use provisio_test_support::samba::{self, Samba};
+    let Some(sm) = Samba::shared() else { return };
+    let Some(n) = Named::start() else { return };
+    let base = sm.new_ou("hmc-failures");
+    let sb = Sandbox::new();
+    let directory = format!(
+        "[providers.directory]\nbackend = \"ldap\"\nbase_dn = \"{base}\"\n\n[providers.directory.ldap]\nservers = [\"{}\"]\nbind_dn = \"{}\"\npassword_file = \"{}\"\ntls = \"ldaps\"\ntls_verify = false\ntimeout_secs = 10\n",
+        sm.ldaps_url(),
+        samba::ADMIN_DN,
+        sm.password_file().display()
+    );
+    let cfg = all_servers_config(&sb, &directory, &n);
+    failures_leave_nothing(&sb, &cfg, &n, &base, &|b, filter, attrs| {
+        sm.search(b, filter, attrs)
+    });
+}
+
+/// An ldapsearch as the directory's administrator: entries under a base matching a filter,
+/// with these attributes.
+type Search<'a> = dyn Fn(&str, &str, &[&str]) -> Vec<(String, Vec<(String, String)>)> + 'a;
+
+/// The body of the failure tests: set-up, then each failure checked on every server, then
+/// the tenant committed. `base` is the directory's base DN, `search` its ldapsearch.
+fn failures_leave_nothing(
+    sb: &Sandbox,
+    cfg: &std::path::Path,
+    n: &Named,
+    base: &str,
+    search: &Search<'_>,
+) {
     let run = |file: &str, text: &str| {
         let p = sb.write(file, text);
         sb.run_with(
@@ -472,28 +512,30 @@ fn a_failure_at_each_step_of_provision_tenant_leaves_nothing_on_any_server() {
         return;
     };
 
-    let reseller = format!("OU=ConsolidatedMessenger,OU=Hosting,{}", slapd::SUFFIX);
+    let reseller = format!("OU=ConsolidatedMessenger,OU=Hosting,{base}");
     // Provisio's own records (plans customers and usage, stores and their organizations).
     let records = || {
         let r = run(
             "records.yaml",
-            r#"procedure:
+            &format!(
+                r#"procedure:
   type: read
   parallel: false
   steps:
     stores:
       call: Exchange 2007 Resource Manager/QueryAllStores
-      after: [ { source: executeData, sourcePath: mailStores, destination: data } ]
+      after: [ {{ source: executeData, sourcePath: mailStores, destination: data }} ]
     orgs:
       call: Exchange 2007 Resource Manager/QueryOrganizationsByMailstore
-      with: { serverName: ex01, mailStoreName: DB01 }
-      after: [ { source: executeData, sourcePath: organizations, destination: data } ]
+      with: {{ serverName: ex01, mailStoreName: DB01 }}
+      after: [ {{ source: executeData, sourcePath: organizations, destination: data }} ]
     reseller:
       call: Managed Plans/GetCustomer
-      with: { customerName: "OU=ConsolidatedMessenger,OU=Hosting,dc=example,dc=test" }
-      after: [ { source: executeData, sourcePath: customer, destination: data } ]
-data: {}
-"#,
+      with: {{ customerName: "{reseller}" }}
+      after: [ {{ source: executeData, sourcePath: customer, destination: data }} ]
+data: {{}}
+"#
+            ),
         );
         assert_eq!(r.code, 0, "{r:?}");
         r.stdout
@@ -521,7 +563,7 @@ data: {}
     };
     let passwd = || std::fs::read_to_string(sb.path("mail/passwd")).unwrap_or_default();
     let directory = || {
-        s.search(
+        search(
             &reseller,
             "(objectClass=*)",
             &["objectClass", "member", "uPNSuffixes"],
@@ -534,10 +576,11 @@ data: {}
     let before_passwd = passwd();
 
     type Edit = Box<dyn FnOnce(&mut serde_json::Value)>;
+    let bad_container = format!("LDAP://OU=,{base}");
     let cases: Vec<(&str, Edit)> = vec![
         (
             "org/orgPath",
-            Box::new(|d| d["container"] = "LDAP://OU=,dc=example,dc=test".into()),
+            Box::new(move |d| d["container"] = bad_container.into()),
         ),
         ("org/plans", Box::new(|d| d["planName"] = "Platinum".into())),
         ("asset", Box::new(|d| d["domain"] = "taken.test".into())),
@@ -584,7 +627,7 @@ data: {}
         ),
     ];
     for (step, edit) in cases {
-        let r = run("tailspin.json", &tailspin(edit));
+        let r = run("tailspin.json", &tailspin(base, edit));
         assert_eq!(r.code, 1, "{step}: {r:?}");
         assert!(
             r.stdout.contains("\"status\": \"rolled_back\""),
@@ -598,8 +641,8 @@ data: {}
         // ldapsearch: the reseller's subtree as before, no Tailspin user anywhere.
         assert_eq!(directory(), before_dir, "{step} left directory entries");
         assert!(
-            s.search(
-                slapd::SUFFIX,
+            search(
+                base,
                 "(|(userPrincipalName=*@tailspin.test)(ou=Tailspin))",
                 &["cn"]
             )
@@ -624,7 +667,7 @@ data: {}
         assert!(!sb.path("mail/tailspin.test").exists(), "{step}");
         // No folder, no quota.
         assert!(!sb.data().join("files/tenants/Tailspin").exists(), "{step}");
-        assert_eq!(recorded_quota(&sb, "tenants/Tailspin"), None, "{step}");
+        assert_eq!(recorded_quota(sb, "tenants/Tailspin"), None, "{step}");
         assert_eq!(
             records(),
             before_records,
@@ -633,10 +676,10 @@ data: {}
     }
 
     // Without a failure: every client finds the tenant (so the checks above can see it).
-    let r = run("tailspin.json", &tailspin(|_| {}));
+    let r = run("tailspin.json", &tailspin(base, |_| {}));
     assert_eq!(r.code, 0, "{r:?}");
     let org = format!("OU=Tailspin,{reseller}");
-    assert_eq!(s.search(&org, "(userPrincipalName=*)", &["cn"]).len(), 2);
+    assert_eq!(search(&org, "(userPrincipalName=*)", &["cn"]).len(), 2);
     let (status, aa) = n.dig_status("tailspin.test", "SOA");
     assert!(aa && status == "NOERROR", "{status}");
     assert!(
@@ -648,7 +691,7 @@ data: {}
         .data()
         .join("files/tenants/Tailspin/users/bob@tailspin.test")
         .is_dir());
-    assert_eq!(recorded_quota(&sb, "tenants/Tailspin"), Some(512));
+    assert_eq!(recorded_quota(sb, "tenants/Tailspin"), Some(512));
     assert_ne!(records(), before_records);
 }
 
