@@ -1007,6 +1007,21 @@ fn delete_user_and_delete_organization_take_the_mailboxes_with_them() {
     assert!(!passwd.contains("alpineskihouse"), "{passwd}");
     let gone = mail_state(&sb, &who);
     assert!(gone.contains("usage None\nallocated []"), "{gone}");
+    // Its accepted domain went with it: another organization may take the domain now.
+    let other = sb.write(
+        "other.xml",
+        &format!(
+            r#"<request><data/><procedure>
+  <execute id="org" namespace="Hosted Active Directory" procedure="CreateOrganization">
+    <executeData><name>Other</name><container>{RESELLER}</container><planName>Gold</planName></executeData>
+  </execute>
+  <execute id="domain" namespace="Hosted Email 2007" procedure="MailEnableTenant">
+    <executeData><organization>LDAP://OU=Other,OU=ConsolidatedMessenger,OU=Hosting,DC=provisio,DC=local</organization><domainName>alpineskihouse.test</domainName></executeData>
+  </execute>
+</procedure></request>"#
+        ),
+    );
+    ok(&sb, &["run", other.to_str().unwrap()]);
 }
 
 /// Users whose userPrincipalNames hold every character RFC 4514 escapes in a DN value
