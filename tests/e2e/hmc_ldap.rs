@@ -41,6 +41,17 @@ timeout_secs = 5
     )
 }
 
+/// The `[providers.directory]` section for the ldap backend on the shared Samba AD DC, its
+/// base DN `base` (an OU of the test's own: the DC serves every test of the process).
+fn samba_section(sm: &provisio_test_support::samba::Samba, base: &str) -> String {
+    format!(
+        "[providers.directory]\nbackend = \"ldap\"\nbase_dn = \"{base}\"\n\n[providers.directory.ldap]\nservers = [\"{}\"]\nbind_dn = \"{}\"\npassword_file = \"{}\"\ntls = \"ldaps\"\ntls_verify = false\ntimeout_secs = 10\n",
+        sm.ldaps_url(),
+        provisio_test_support::samba::ADMIN_DN,
+        sm.password_file().display()
+    )
+}
+
 fn config(sb: &Sandbox, s: &Slapd) -> std::path::PathBuf {
     sb.write(
         "provisio.toml",
@@ -461,18 +472,12 @@ fn a_failure_at_each_step_of_provision_tenant_leaves_nothing_on_any_server() {
 /// its own, as the DC is shared by the test process), with named, Dovecot and the folders.
 #[test]
 fn a_failure_at_each_step_of_provision_tenant_leaves_nothing_on_samba_ad_and_the_other_servers() {
-    use provisio_test_support::samba::{self, Samba};
+    use provisio_test_support::samba::Samba;
     let Some(sm) = Samba::shared() else { return };
     let Some(n) = Named::start() else { return };
     let base = sm.new_ou("hmc-failures");
     let sb = Sandbox::new();
-    let directory = format!(
-        "[providers.directory]\nbackend = \"ldap\"\nbase_dn = \"{base}\"\n\n[providers.directory.ldap]\nservers = [\"{}\"]\nbind_dn = \"{}\"\npassword_file = \"{}\"\ntls = \"ldaps\"\ntls_verify = false\ntimeout_secs = 10\n",
-        sm.ldaps_url(),
-        samba::ADMIN_DN,
-        sm.password_file().display()
-    );
-    let cfg = all_servers_config(&sb, &directory, &n);
+    let cfg = all_servers_config(&sb, &samba_section(sm, &base), &n);
     failures_leave_nothing(&sb, &cfg, &n, &base, &|b, filter, attrs| {
         sm.search(b, filter, attrs)
     });
@@ -703,8 +708,85 @@ data: {{}}
 /// tenant's domain.
 #[test]
 fn two_tenants_provisioned_concurrently_stay_apart_on_slapd() {
-    use crate::daemon::{sha, Site, OPS};
     let Some(s) = Slapd::start() else { return };
+    concurrent_tenants_stay_apart(
+        &directory_section(&s),
+        slapd::SUFFIX,
+        &|b, f, a| s.search(b, f, a),
+        ["hosted.test", "hosted.test"],
+        [
+            "ann_hosted.test",
+            "ann_hosted.test1",
+            "bob_hosted.test",
+            "bob_hosted.test1",
+        ],
+    );
+}
+
+/// The same on a Samba AD DC (under an OU of its own). AD keeps userPrincipalNames unique
+/// in the forest, so the two tenants' users cannot share them there: they share display
+/// names, given names and surnames, and UPNs whose sAMAccountNames collide once cut to 20
+/// characters (`ann_northwind-hosted`, then `ann_northwind-hoste1`). A third tenant
+/// reusing a UPN is refused by the DC (0x8007202f) and leaves nothing on it.
+#[test]
+fn two_tenants_provisioned_concurrently_stay_apart_on_samba_ad() {
+    use provisio_test_support::samba::Samba;
+    let Some(sm) = Samba::shared() else { return };
+    let base = sm.new_ou("hmc-concurrent");
+    let (_site, daemon) = concurrent_tenants_stay_apart(
+        &samba_section(sm, &base),
+        &base,
+        &|b, f, a| sm.search(b, f, a),
+        ["northwind-hosted.test", "northwind-hosted.tv"],
+        [
+            "ann_northwind-hoste1",
+            "ann_northwind-hosted",
+            "bob_northwind-hoste1",
+            "bob_northwind-hosted",
+        ],
+    );
+    let gamma = format!(
+        r#"call: Provisioning/ProvisionTenant
+data:
+  name: gamma
+  container: "LDAP://OU=Northwind,OU=Hosting,{base}"
+  domain: gamma.test
+  planName: Gold
+  users:
+    user:
+      - {{ userPrincipalName: carl@gamma.test, displayName: Carl }}
+      - {{ userPrincipalName: ann@northwind-hosted.test, displayName: Ann Lee }}
+"#
+    );
+    let a = daemon.submit(crate::daemon::OPS, &gamma, "?wait=120s", &[]);
+    assert_eq!(a.body["outcome"], "rolled_back", "{a:?}");
+    let error = a.body["response"]["error"].to_string();
+    assert!(
+        error.contains("0x8007202f") && error.contains("already in use"),
+        "{error}"
+    );
+    let ou = format!("OU=gamma,OU=Northwind,OU=Hosting,{base}");
+    assert!(sm.search(&ou, "(objectClass=*)", &["cn"]).is_empty());
+    assert!(sm
+        .search(&base, "(userPrincipalName=carl@gamma.test)", &["cn"])
+        .is_empty());
+}
+
+/// The body of the concurrency tests: the daemon over the directory `directory` (a
+/// `[providers.directory]` section) whose base DN is `base`, checked with `search`.
+///
+/// `upns` are the UPN suffixes of the two tenants' users (the same on slapd; on AD, whose
+/// userPrincipalNames are unique in the forest, two that give the same sAMAccountName once
+/// cut to 20 characters) and `sams` the sAMAccountNames expected, sorted. Returns the site
+/// and the running daemon.
+fn concurrent_tenants_stay_apart(
+    directory: &str,
+    base: &str,
+    search: &Search<'_>,
+    upns: [&str; 2],
+    sams_wanted: [&str; 4],
+) -> (crate::daemon::Site, crate::daemon::Daemon) {
+    use crate::daemon::{sha, Site, OPS};
     let site = Site::bare();
     std::fs::write(
         site.path("provisio.toml"),
@@ -712,7 +794,7 @@ fn two_tenants_provisioned_concurrently_stay_apart_on_slapd() {
             "data_dir = \"data\"\nnamespaces = \"{}\"\n\n[serve]\nworkers = 4\n\n[[serve.tokens]]\nsubject = \"ops\"\nsha256 = \"{}\"\ntrusted = true\noperator = true\n\n{}",
             repo().join("namespaces").display(),
             sha(OPS),
-            directory_section(&s)
+            directory
         ),
     )
     .expect("config");
@@ -723,7 +805,7 @@ fn two_tenants_provisioned_concurrently_stay_apart_on_slapd() {
         assert_eq!(a.body["outcome"], "committed", "{a:?}");
     };
     committed(SETUP);
-    let hosting = format!("LDAP://OU=Hosting,{}", slapd::SUFFIX);
+    let hosting = format!("LDAP://OU=Hosting,{}", base);
     committed(&format!(
         r#"procedure:
   parallel: false
@@ -733,7 +815,7 @@ fn two_tenants_provisioned_concurrently_stay_apart_on_slapd() {
 data: {{}}
 "#
     ));
-    let tenant = |name: &str, reseller: &str| {
+    let tenant = |name: &str, reseller: &str, upn: &str| {
         format!(
             r#"call: Provisioning/ProvisionTenant
 data:
@@ -743,16 +825,16 @@ data:
   planName: Gold
   users:
     user:
-      - {{ userPrincipalName: ann@hosted.test, displayName: Ann Lee, givenName: Ann, sn: Lee, isAdmin: 1, newPassword: Same-Pw-1, mailbox: {{ alias: ann-{name}, emailAddresses: {{ value: [ann@{name}.test] }} }} }}
-      - {{ userPrincipalName: bob@hosted.test, displayName: Bob Ray, givenName: Bob, sn: Ray, newPassword: Same-Pw-2 }}
+      - {{ userPrincipalName: ann@{upn}, displayName: Ann Lee, givenName: Ann, sn: Lee, isAdmin: 1, newPassword: Same-Pw-1, mailbox: {{ alias: ann-{name}, emailAddresses: {{ value: [ann@{name}.test] }} }} }}
+      - {{ userPrincipalName: bob@{upn}, displayName: Bob Ray, givenName: Bob, sn: Ray, newPassword: Same-Pw-2 }}
 "#,
-            base = slapd::SUFFIX
+            base = base
         )
     };
     let answers: Vec<_> = std::thread::scope(|sc| {
         let d = &daemon;
-        let one = tenant("alpha", "Northwind");
-        let two = tenant("beta", "Southwind");
+        let one = tenant("alpha", "Northwind", upns[0]);
+        let two = tenant("beta", "Southwind", upns[1]);
         let h1 = sc.spawn(move || d.submit(OPS, &one, "?wait=120s", &[]));
         let h2 = sc.spawn(move || d.submit(OPS, &two, "?wait=120s", &[]));
         vec![h1.join().expect("one"), h2.join().expect("two")]
@@ -764,8 +846,8 @@ data:
 
     let mut sams = Vec::new();
     for (org, reseller) in [("alpha", "Northwind"), ("beta", "Southwind")] {
-        let ou = format!("OU={org},OU={reseller},OU=Hosting,{}", slapd::SUFFIX).to_lowercase();
-        let users = s.search(
+        let ou = format!("OU={org},OU={reseller},OU=Hosting,{}", base).to_lowercase();
+        let users = search(
             &ou,
             "(userPrincipalName=*)",
             &["cn", "displayName", "sAMAccountName", "memberOf"],
@@ -796,7 +878,7 @@ data:
             sams.extend(get("sAMAccountName"));
         }
         // Its groups hold its own users only.
-        for (dn, attrs) in s.search(&ou, "(|(cn=Admins)(cn=AllUsers))", &["member"]) {
+        for (dn, attrs) in search(&ou, "(|(cn=Admins)(cn=AllUsers))", &["member"]) {
             for (_, m) in attrs
                 .iter()
                 .filter(|(n, _)| n.eq_ignore_ascii_case("member"))
@@ -806,17 +888,10 @@ data:
         }
     }
     sams.sort();
-    assert_eq!(
-        sams,
-        [
-            "ann_hosted.test",
-            "ann_hosted.test1",
-            "bob_hosted.test",
-            "bob_hosted.test1"
-        ]
-    );
+    assert_eq!(sams, sams_wanted);
     let passwd = std::fs::read_to_string(site.path("data/mail/passwd")).unwrap_or_default();
     for want in ["ann@alpha.test:", "ann@beta.test:"] {
         assert!(passwd.contains(want), "{want}: {passwd}");
     }
+    (site, daemon)
 }
