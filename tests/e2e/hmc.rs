@@ -1034,7 +1034,7 @@ pub(crate) const ODD_USERS: [(&str, &str, &str); 4] = [
     ("o+neil@odd.test", r"CN=o\+neil@odd.test", "o+neil@odd.test"),
     (
         r#"smith, john;"q"<a>=b@odd.test"#,
-        r#"CN=smith\, john\;\"q\"\<a\>=b@odd.test"#,
+        r#"CN=smith\, john\;\"q\"\<a\>\=b@odd.test"#,
         "john.smith@odd.test",
     ),
     ("#hash@odd.test", r"CN=\#hash@odd.test", "hash@odd.test"),

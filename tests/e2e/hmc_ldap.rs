@@ -289,6 +289,29 @@ fn user_names_with_dn_special_characters_on_slapd() {
     let Some(s) = Slapd::start() else { return };
     let sb = Sandbox::new();
     let cfg = config(&sb, &s);
+    special_user_names(&sb, &cfg, slapd::SUFFIX, &|b, f, a| s.search(b, f, a));
+}
+
+/// The same on a Samba AD DC (under an OU of its own).
+#[test]
+fn user_names_with_dn_special_characters_on_samba_ad() {
+    use provisio_test_support::samba::Samba;
+    let Some(sm) = Samba::shared() else { return };
+    let base = sm.new_ou("hmc-names");
+    let sb = Sandbox::new();
+    let cfg = sb.write(
+        "provisio.toml",
+        &format!(
+            "data_dir = \"{}\"\n\n{}",
+            sb.data().display(),
+            samba_section(sm, &base)
+        ),
+    );
+    special_user_names(&sb, &cfg, &base, &|b, f, a| sm.search(b, f, a));
+}
+
+/// The body of the escaping tests on a directory whose base DN is `base`.
+fn special_user_names(sb: &Sandbox, cfg: &std::path::Path, base: &str, search: &Search<'_>) {
     let run = |file: &str, text: &str| {
         let p = sb.write(file, text);
         sb.run_with(
@@ -305,18 +328,12 @@ fn user_names_with_dn_special_characters_on_slapd() {
     };
     let r = run("setup.yaml", SETUP);
     assert_eq!(r.code, 0, "{r:?}");
-    let container = format!(
-        "LDAP://OU=ConsolidatedMessenger,OU=Hosting,{}",
-        slapd::SUFFIX
-    );
+    let container = format!("LDAP://OU=ConsolidatedMessenger,OU=Hosting,{}", base);
     let r = run("odd.json", &crate::hmc::odd_tenant(&container));
     assert_eq!(r.code, 0, "{r:?}");
 
-    let org = format!(
-        "OU=Odd,OU=ConsolidatedMessenger,OU=Hosting,{}",
-        slapd::SUFFIX
-    );
-    let users = s.search(&org, "(userPrincipalName=*)", &["cn", "userPrincipalName"]);
+    let org = format!("OU=Odd,OU=ConsolidatedMessenger,OU=Hosting,{}", base);
+    let users = search(&org, "(userPrincipalName=*)", &["cn", "userPrincipalName"]);
     let mut cns: Vec<String> = users
         .iter()
         .map(|(dn, attrs)| {
@@ -355,7 +372,7 @@ fn user_names_with_dn_special_characters_on_slapd() {
         &crate::hmc::backslash_user(&format!("LDAP://{org}"), false),
     );
     assert_eq!(r.code, 0, "{r:?}");
-    let back = s.search(&org, "(cn=back\\5cslash@odd.test)", &["cn"]);
+    let back = search(&org, "(cn=back\\5cslash@odd.test)", &["cn"]);
     assert_eq!(back.len(), 1, "{back:?}");
     assert_eq!(
         back[0].1,
@@ -369,9 +386,7 @@ fn user_names_with_dn_special_characters_on_slapd() {
     );
     let r = run("del.xml", &del);
     assert_eq!(r.code, 0, "{r:?}");
-    assert!(s
-        .search(&org, "(cn=back\\5cslash@odd.test)", &["cn"])
-        .is_empty());
+    assert!(search(&org, "(cn=back\\5cslash@odd.test)", &["cn"]).is_empty());
     let passwd = std::fs::read_to_string(sb.data().join("mail/passwd")).unwrap_or_default();
     assert!(!passwd.contains("backslash@odd.test:"), "{passwd}");
 }
