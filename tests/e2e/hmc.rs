@@ -3,7 +3,8 @@
 //! order, HMC 4.5-style trusted requests (LDAP paths, forEach over users, try/catch with
 //! SetError, queue) with the responses mps-semantics.md predicts, plan limits refused
 //! before anything is created, a failure at each step of ProvisionTenant leaving nothing
-//! behind, and DeleteOrganization refused while it holds users.
+//! behind, DeleteOrganization refused while it holds users, DeleteUser taking the user's
+//! mailbox with it, and user names that need RFC 4514 escaping.
 
 use crate::util::{Run, Sandbox};
 
@@ -870,4 +871,514 @@ fn groups_contacts_changes_and_passwords_commit_or_leave_nothing() {
     let r = sb.run(&["run", wrong.to_str().unwrap()]);
     assert_eq!(r.code, 1, "{r:?}");
     assert!(r.stdout.contains("0x80070056"), "{r:?}");
+}
+
+const ALPINE_ORG: &str =
+    "OU=AlpineSkiHouse,OU=ConsolidatedMessenger,OU=Hosting,DC=provisio,DC=local";
+
+/// A mail-enabled user's state as independent of the provider's answers as the embedded
+/// defaults allow: the rendered passwd-file (what Dovecot reads), the organization's plan
+/// usage, and whether each mailbox still holds a resource-manager allocation (a
+/// DeAllocateMailbox followed by a failure: it reaches the failure only when there was
+/// something to release, and the rollback puts it back).
+fn mail_state(sb: &Sandbox, who: &[&str]) -> String {
+    let passwd = std::fs::read_to_string(sb.data().join("mail/passwd")).unwrap_or_default();
+    let users: Vec<&str> = passwd
+        .lines()
+        .map(|l| l.split(':').next().unwrap_or(""))
+        .collect();
+    let q = sb.write(
+        "usage.yaml",
+        &format!("procedure:\n  type: read\n  steps:\n    get:\n      call: Managed Plans/GetCustomer\n      with: {{ customerName: \"{ALPINE_ORG}\" }}\n      after:\n        - {{ source: executeData, sourcePath: customer/usage, destination: data }}\ndata: {{}}\n"),
+    );
+    // (None once the organization's customer is gone)
+    let usage = sb.run(&["run", q.to_str().unwrap(), "--quiet"]);
+    let usage = (usage.code == 0)
+        .then(|| {
+            usage
+                .stdout
+                .split_once("data:")
+                .map(|(_, d)| d.trim().to_string())
+        })
+        .flatten();
+    let mut allocated = Vec::new();
+    for w in who {
+        let probe = sb.write(
+            "probe.xml",
+            &format!(
+                r#"<request><data/><procedure>
+  <execute id="release" namespace="Exchange 2007 Resource Manager" procedure="DeAllocateMailbox">
+    <executeData><organization>{ALPINE_ORG}</organization><mailbox>{w}@alpineskihouse.test</mailbox></executeData>
+  </execute>
+  <execute id="undo" namespace="Error Provider" procedure="SetError"><executeData><hr>0x80004005</hr><desc>probe</desc></executeData></execute>
+</procedure></request>"#
+            ),
+        );
+        let r = sb.run(&["run", probe.to_str().unwrap(), "--quiet"]);
+        assert_eq!(r.code, 1, "{r:?}");
+        if r.stdout.contains("step=\"undo\"") {
+            allocated.push(*w);
+        } else {
+            assert!(r.stdout.contains("step=\"release\""), "{r:?}");
+        }
+    }
+    format!("passwd {users:?}\nusage {usage:?}\nallocated {allocated:?}")
+}
+
+/// Hosted Active Directory/DeleteUser of a mail-enabled user deletes its mailbox (the
+/// mail files, the resource-manager allocation, the plan's maxMailboxes place) in the same
+/// transaction; a later failure puts all of it back; a user without a mailbox is deleted as
+/// before; DeleteOrganization with cascade=1 takes every user's mailbox with it.
+#[test]
+fn delete_user_and_delete_organization_take_the_mailboxes_with_them() {
+    let sb = Sandbox::new();
+    initialize(&sb);
+    ok(&sb, &["run", "workflows/hosting/provision-tenant.yaml"]);
+    let who = ["ann", "bob", "eve"];
+    let start = mail_state(&sb, &who);
+    assert!(
+        start.contains(r#"passwd ["ann@alpineskihouse.test", "bob@alpineskihouse.test", "eve@alpineskihouse.test"]"#),
+        "{start}"
+    );
+    assert!(start.contains("maxMailboxes: '3'"), "{start}");
+    assert!(
+        start.contains(r#"allocated ["ann", "bob", "eve"]"#),
+        "{start}"
+    );
+    let before = world(&sb);
+    let delete_bob = |tail: &str| {
+        format!(
+            r#"<request><data/><procedure>
+  <execute id="leave" namespace="Hosted Active Directory" procedure="DeleteUser">
+    <executeData><path>LDAP://CN=bob@alpineskihouse.test,{ALPINE_ORG}</path></executeData>
+    <after source="executeData" sourcePath="primarySmtpAddress" destination="data" destinationPath="mailboxDeleted" mode="merge"/>
+  </execute>{tail}
+</procedure></request>"#
+        )
+    };
+    let boom = r#"<execute id="boom" namespace="Error Provider" procedure="SetError"><executeData><hr>0x80004005</hr><desc>boom</desc></executeData></execute>"#;
+
+    // A failure after the deletion: the user, its mailbox, allocation and places are back.
+    let req = sb.write("bob.xml", &delete_bob(boom));
+    let r = sb.run(&["run", req.to_str().unwrap()]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stdout.contains("step=\"boom\""), "{r:?}");
+    assert_eq!(world(&sb), before);
+    assert_eq!(mail_state(&sb, &who), start);
+
+    // Committed: Bob's mailbox is gone with him, and so is its allocation.
+    let req = sb.write("bob.xml", &delete_bob(""));
+    let r = ok(&sb, &["run", req.to_str().unwrap()]);
+    assert!(
+        r.stdout
+            .contains("<mailboxDeleted>bob@alpineskihouse.test</mailboxDeleted>"),
+        "{r:?}"
+    );
+    let after = mail_state(&sb, &who);
+    assert!(
+        after.contains(r#"passwd ["ann@alpineskihouse.test", "eve@alpineskihouse.test"]"#),
+        "{after}"
+    );
+    assert!(after.contains("maxMailboxes: '2'"), "{after}");
+    assert!(after.contains("maxUsers: '2'"), "{after}");
+    assert!(after.contains(r#"allocated ["ann", "eve"]"#), "{after}");
+    let q = sb.write(
+        "bobmail.xml",
+        r#"<request><data/><procedure><execute id="get" namespace="Exchange 2007 Provider" procedure="GetMailbox"><executeData><user>bob@alpineskihouse.test</user></executeData></execute></procedure></request>"#,
+    );
+    let r = sb.run(&["run", q.to_str().unwrap()]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stdout.contains("0x80070490"), "{r:?}");
+
+    // A user without a mailbox: deleted as before (the lookup's not-found is handled).
+    let carl = sb.write(
+        "carl.xml",
+        &format!(
+            r#"<request><data/><procedure>
+  <execute id="add" namespace="Hosted Active Directory" procedure="CreateUser">
+    <executeData><container>LDAP://{ALPINE_ORG}</container><userPrincipalName>carl@alpineskihouse.test</userPrincipalName></executeData>
+  </execute>
+  <execute id="leave" namespace="Hosted Active Directory" procedure="DeleteUser">
+    <executeData><path>LDAP://CN=carl@alpineskihouse.test,{ALPINE_ORG}</path></executeData>
+    <after source="executeData" sourcePath="primarySmtpAddress" destination="data" destinationPath="mailboxDeleted" mode="merge" ifNull="ignore"/>
+  </execute>
+</procedure></request>"#
+        ),
+    );
+    let r = ok(&sb, &["run", carl.to_str().unwrap()]);
+    assert!(!r.stdout.contains("mailboxDeleted"), "{r:?}");
+    assert_eq!(mail_state(&sb, &who), after);
+
+    // DeleteOrganization with cascade: every user's mailbox goes too (and comes back when
+    // a later step fails).
+    let with_two = world(&sb);
+    let del = |tail: &str| {
+        format!(
+            r#"<request><data/><procedure>
+  <execute id="org" namespace="Hosted Active Directory" procedure="DeleteOrganization">
+    <executeData><path>LDAP://{ALPINE_ORG}</path><cascade>1</cascade></executeData>
+  </execute>{tail}
+</procedure></request>"#
+        )
+    };
+    let req = sb.write("org.xml", &del(boom));
+    let r = sb.run(&["run", req.to_str().unwrap()]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert_eq!(world(&sb), with_two);
+    assert_eq!(mail_state(&sb, &who), after);
+    let req = sb.write("org.xml", &del(""));
+    ok(&sb, &["run", req.to_str().unwrap()]);
+    let passwd = std::fs::read_to_string(sb.data().join("mail/passwd")).unwrap_or_default();
+    assert!(!passwd.contains("alpineskihouse"), "{passwd}");
+    let gone = mail_state(&sb, &who);
+    assert!(gone.contains("usage None\nallocated []"), "{gone}");
+    // Its accepted domain went with it: another organization may take the domain now.
+    let other = sb.write(
+        "other.xml",
+        &format!(
+            r#"<request><data/><procedure>
+  <execute id="org" namespace="Hosted Active Directory" procedure="CreateOrganization">
+    <executeData><name>Other</name><container>{RESELLER}</container><planName>Gold</planName></executeData>
+  </execute>
+  <execute id="domain" namespace="Hosted Email 2007" procedure="MailEnableTenant">
+    <executeData><organization>LDAP://OU=Other,OU=ConsolidatedMessenger,OU=Hosting,DC=provisio,DC=local</organization><domainName>alpineskihouse.test</domainName></executeData>
+  </execute>
+</procedure></request>"#
+        ),
+    );
+    ok(&sb, &["run", other.to_str().unwrap()]);
+}
+
+/// Users whose userPrincipalNames hold every character RFC 4514 escapes in a DN value
+/// (`,` `+` `"` `\` `<` `>` `;`, a leading `#` or space) and `=`, with the RDN the directory
+/// must name each by: (userPrincipalName, escaped RDN, mailbox address). The mail provider
+/// takes letters, digits and `._+-` before the `@`, so the others get an address of their
+/// own (`mailbox/emailAddresses`); a backslash cannot be in a folder name, so its user is
+/// made by [`backslash_user`] instead of ProvisionTenant (which gives each user a home folder).
+pub(crate) const ODD_USERS: [(&str, &str, &str); 4] = [
+    ("o+neil@odd.test", r"CN=o\+neil@odd.test", "o+neil@odd.test"),
+    (
+        r#"smith, john;"q"<a>=b@odd.test"#,
+        r#"CN=smith\, john\;\"q\"\<a\>\=b@odd.test"#,
+        "john.smith@odd.test",
+    ),
+    ("#hash@odd.test", r"CN=\#hash@odd.test", "hash@odd.test"),
+    (" lead@odd.test", r"CN=\ lead@odd.test", "lead@odd.test"),
+];
+
+/// ProvisionTenant for the tenant Odd under `container`, its users [`ODD_USERS`], each with
+/// a mailbox.
+pub(crate) fn odd_tenant(container: &str) -> String {
+    let users: Vec<serde_json::Value> = ODD_USERS
+        .iter()
+        .enumerate()
+        .map(|(i, (upn, _, mail))| {
+            let mut mailbox = serde_json::json!({ "emailAddresses": { "value": [mail] } });
+            if i == 0 {
+                // (the mail provider's alias, derived from the address, takes no `+`)
+                mailbox = serde_json::json!({ "alias": "oneil" });
+            }
+            serde_json::json!({
+                "userPrincipalName": upn, "displayName": format!("Odd {i}"),
+                "isAdmin": if i == 0 { "1" } else { "0" },
+                "newPassword": format!("Odd-Tenant-Pw{i}"), "mailbox": mailbox
+            })
+        })
+        .collect();
+    serde_json::to_string_pretty(&serde_json::json!({
+        "call": "Provisioning/ProvisionTenant",
+        "data": {
+            "name": "Odd", "container": container, "domain": "odd.test", "planName": "Gold",
+            "users": { "user": users }
+        }
+    }))
+    .unwrap()
+}
+
+/// A trusted request: Hosted Active Directory/CreateUser of `back\slash@odd.test` in `org`
+/// (an LDAP path), then Hosted Email 2007/CreateMailbox on the path CreateUser gave back,
+/// then its mailbox read back (`data/mailbox/user`), then DeleteUser of that path (taking
+/// the mailbox with it) when `delete`.
+pub(crate) fn backslash_user(org: &str, delete: bool) -> String {
+    let delete = if delete {
+        r#"<execute id="leave" namespace="Hosted Active Directory" procedure="DeleteUser">
+    <before source="data" sourcePath="path" destination="executeData" mode="insert"/>
+    <after source="executeData" sourcePath="primarySmtpAddress" destination="data" destinationPath="mailboxDeleted" mode="merge"/>
+  </execute>"#
+    } else {
+        ""
+    };
+    format!(
+        r#"<request><data/><procedure>
+  <execute id="add" namespace="Hosted Active Directory" procedure="CreateUser">
+    <executeData><container>{org}</container><userPrincipalName>back\slash@odd.test</userPrincipalName></executeData>
+    <after source="executeData" sourcePath="user/path" destination="data" destinationPath="path" mode="merge"/>
+  </execute>
+  <execute id="mail" namespace="Hosted Email 2007" procedure="CreateMailbox">
+    <executeData><emailAddresses><value>backslash@odd.test</value></emailAddresses></executeData>
+    <before source="data" sourcePath="path" destination="executeData" destinationPath="user" mode="merge"/>
+  </execute>
+  <execute id="read" namespace="Exchange 2007 Provider" procedure="GetMailbox">
+    <executeData><user>backslash@odd.test</user></executeData>
+    <after source="executeData" sourcePath="mailbox/user" destination="data" destinationPath="mailboxUser" mode="merge"/>
+  </execute>
+  {delete}
+</procedure></request>"#
+    )
+}
+
+/// A user's path is built by the directory provider, escaped (RFC 4514), wherever the HMC
+/// namespaces need one: ProvisionTenant's mailboxes land on the right directory users
+/// whatever their userPrincipalName holds (a template `CN={{ upn }},…` gave a wrong path or
+/// an error), and a backslash survives CreateUser → CreateMailbox → DeleteUser.
+#[test]
+fn user_names_with_dn_special_characters_get_escaped_paths() {
+    let sb = Sandbox::new();
+    initialize(&sb);
+    let req = sb.write("odd.json", &odd_tenant(RESELLER));
+    let r = ok(&sb, &["run", req.to_str().unwrap(), "--quiet"]);
+    assert!(r.stdout.contains("\"status\": \"committed\""), "{r:?}");
+    let org = "OU=Odd,OU=ConsolidatedMessenger,OU=Hosting,DC=provisio,DC=local";
+    for (upn, rdn, mail) in ODD_USERS {
+        let dn = format!("{rdn},{org}");
+        let q = sb.write(
+            "q.xml",
+            &format!(
+                r#"<request><data/><procedure>
+  <execute id="mailbox" namespace="Exchange 2007 Provider" procedure="GetMailbox">
+    <executeData><user>{mail}</user></executeData>
+    <after source="executeData" sourcePath="mailbox/user" destination="data" destinationPath="mailboxUser" mode="merge"/>
+  </execute>
+  <execute id="user" namespace="Active Directory Provider" procedure="Get Properties">
+    <executeData><attributes>userPrincipalName</attributes></executeData>
+    <before source="data" sourcePath="mailboxUser" destination="executeData" destinationPath="path" mode="merge"/>
+    <after source="executeData" sourcePath="properties" destination="data" mode="insert"/>
+  </execute>
+</procedure></request>"#
+            ),
+        );
+        let r = ok(&sb, &["run", q.to_str().unwrap(), "--output", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("json");
+        assert_eq!(v["data"]["mailboxUser"], dn.as_str(), "{r:?}");
+        let got = v["data"]["properties"].to_string();
+        assert!(
+            got.contains(&serde_json::to_string(upn).unwrap()),
+            "{upn}: {got}"
+        );
+    }
+    let req = sb.write("back.xml", &backslash_user(&format!("LDAP://{org}"), true));
+    let r = ok(&sb, &["run", req.to_str().unwrap(), "--output", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).expect("json");
+    assert_eq!(
+        v["data"]["path"],
+        format!(r"LDAP://CN=back\\slash@odd.test,{org}").as_str()
+    );
+    assert_eq!(
+        v["data"]["mailboxUser"],
+        format!(r"CN=back\\slash@odd.test,{org}").as_str()
+    );
+    assert_eq!(v["data"]["mailboxDeleted"], "backslash@odd.test");
+}
+
+/// An HMC request with two nested forEach (every user of every organization; an
+/// organization without users is skipped), paths naming a domain controller
+/// (`LDAP://dc01.fabrikam.com/…`), and a field moved (`mode="move"`) into a step.
+const HMC_NESTED: &str = r#"<request>
+  <data>
+    <preferredDomainController>dc01.fabrikam.com</preferredDomainController>
+    <name>Outside Partner</name>
+    <organizations>
+      <organization><name>Contoso</name><user><userPrincipalName>ann@contoso.com</userPrincipalName><displayName>Ann</displayName></user><user><userPrincipalName>bob@contoso.com</userPrincipalName><displayName>Bob</displayName></user></organization>
+      <organization><name>Empty</name></organization>
+      <organization><name>Litware</name><user><userPrincipalName>ann@litware.com</userPrincipalName><displayName>Ann</displayName></user></organization>
+    </organizations>
+  </data>
+  <procedure>
+    <execute namespace="Hosted Active Directory" procedure="Initialize" impersonate="1">
+      <before source="data" sourcePath="preferredDomainController" destination="executeData"/>
+    </execute>
+    <execute namespace="Hosted Active Directory" procedure="CreateResellerOrganization" impersonate="1">
+      <executeData><name>Reseller</name></executeData>
+      <before source="data" sourcePath="preferredDomainController" destination="executeData"/>
+    </execute>
+    <execute namespace="Hosted Active Directory" procedure="CreateOrganization" impersonate="1">
+      <forEach name="org" root="data" path="organizations/organization"/>
+      <executeData><container>LDAP://dc01.fabrikam.com/OU=Reseller,OU=Hosting,DC=fabrikam,DC=com</container></executeData>
+      <before source="org" sourcePath="name" destination="executeData"/>
+      <before source="data" sourcePath="preferredDomainController" destination="executeData"/>
+      <after source="executeData" sourcePath="org/path" destination="data" destinationPath="orgs" mode="insert"/>
+    </execute>
+    <execute namespace="Hosted Active Directory" procedure="CreateUser" impersonate="1">
+      <forEach name="org" root="data" path="organizations/organization"/>
+      <forEach name="user" root="org" path="user" ifNull="skip"/>
+      <before template="LDAP://dc01.fabrikam.com/OU={{ org/name }},OU=Reseller,OU=Hosting,DC=fabrikam,DC=com" destination="executeData" destinationPath="container" mode="merge"/>
+      <before source="user" destination="executeData" mode="merge"/>
+      <before source="data" sourcePath="preferredDomainController" destination="executeData"/>
+      <after source="executeData" sourcePath="user/path" destination="data" destinationPath="created" mode="insert"/>
+    </execute>
+    <execute namespace="Hosted Active Directory" procedure="CreateContact" impersonate="1">
+      <executeData><container>LDAP://OU=Contoso,OU=Reseller,OU=Hosting,DC=fabrikam,DC=com</container><mail>partner@example.org</mail></executeData>
+      <before source="data" sourcePath="name" destination="executeData" mode="move"/>
+      <after source="executeData" sourcePath="contact/path" destination="data" destinationPath="contact" mode="merge"/>
+    </execute>
+  </procedure>
+</request>
+"#;
+
+/// try inside try: the inner catch re-raises with SetError, the outer catch handles it.
+const HMC_NESTED_TRY: &str = r#"<request>
+  <data><org>LDAP://OU=Contoso,OU=Reseller,OU=Hosting,DC=fabrikam,DC=com</org></data>
+  <procedure>
+    <try>
+      <try>
+        <execute id="dup" namespace="Hosted Active Directory" procedure="CreateUser">
+          <executeData><userPrincipalName>ann@contoso.com</userPrincipalName></executeData>
+          <before source="data" sourcePath="org" destination="executeData" destinationPath="container" mode="merge"/>
+        </execute>
+      </try>
+      <catch>
+        <execute id="translate" namespace="Error Provider" procedure="SetError">
+          <executeData><hr>0x82101391</hr></executeData>
+          <before template="username already exists ({{ context/errorContext/@code }})" destination="executeData" destinationPath="desc" mode="merge"/>
+        </execute>
+      </catch>
+    </try>
+    <catch>
+      <transform id="note">
+        <before source="context" sourcePath="errorContext/@code" destination="data" destinationPath="outerCode" mode="merge"/>
+        <before source="context" sourcePath="errorContext/@description" destination="data" destinationPath="outerDescription" mode="merge"/>
+      </transform>
+    </catch>
+  </procedure>
+</request>
+"#;
+
+/// A suspended and an active queued call, then a failure: the suspended job dies with the
+/// transaction, the active one runs anyway.
+const HMC_QUEUE_ROLLBACK: &str = r#"<request>
+  <data/>
+  <procedure>
+    <queue id="parked" namespace="Hosted Active Directory" procedure="CreateUser" queueSuspended="1">
+      <executeData><container>LDAP://OU=Contoso,OU=Reseller,OU=Hosting,DC=fabrikam,DC=com</container><userPrincipalName>carol@contoso.com</userPrincipalName></executeData>
+    </queue>
+    <queue id="active" namespace="Hosted Active Directory" procedure="CreateUser" queueSuspended="0">
+      <executeData><container>LDAP://OU=Contoso,OU=Reseller,OU=Hosting,DC=fabrikam,DC=com</container><userPrincipalName>dave@contoso.com</userPrincipalName></executeData>
+    </queue>
+    <execute id="dup" namespace="Hosted Active Directory" procedure="CreateUser">
+      <executeData><container>LDAP://OU=Contoso,OU=Reseller,OU=Hosting,DC=fabrikam,DC=com</container><userPrincipalName>ann@contoso.com</userPrincipalName></executeData>
+    </execute>
+  </procedure>
+</request>
+"#;
+
+/// More HMC 4.5-style requests and the responses mps-semantics.md predicts: nested forEach
+/// (§5: outer × inner, ifNull="skip" drops an organization without users), LDAP paths with
+/// a server part kept in every path returned, `mode="move"` taking the field out of data
+/// (§4), a try in a try whose inner catch re-raises and whose outer catch handles (§5), the
+/// error stack of a failure in a nested procedure with no data in the response (§8), a
+/// suspended queued call removed by the rollback and an active one run anyway (§5), and a
+/// private procedure refused to a simple request (§6).
+#[test]
+fn more_hmc_requests_give_the_responses_mps_predicts() {
+    let sb = Sandbox::new();
+    let cfg = sb.write(
+        "provisio.toml",
+        "[providers.directory]\nbase_dn = \"DC=fabrikam,DC=com\"\n",
+    );
+    let cfg = cfg.to_str().unwrap();
+    let run = |file: &str, text: &str| {
+        let p = sb.write(file, text);
+        sb.run(&["--config", cfg, "run", p.to_str().unwrap()])
+    };
+    let users = |sb: &Sandbox| {
+        let p = sb.write(
+            "contoso.xml",
+            &FABRIKAM_SEARCH.replace(
+                "AlpineSkiHouse,OU=ConsolidatedMessenger",
+                "Contoso,OU=Reseller",
+            ),
+        );
+        let r = sb.run(&["--config", cfg, "run", p.to_str().unwrap()]);
+        assert_eq!(r.code, 0, "{r:?}");
+        let mut names: Vec<String> = r
+            .stdout
+            .split("<property name=\"userPrincipalName\">")
+            .skip(1)
+            .filter_map(|p| {
+                p.split("<value>")
+                    .nth(1)?
+                    .split("</value>")
+                    .next()
+                    .map(str::to_string)
+            })
+            .collect();
+        names.sort();
+        names
+    };
+
+    let r = run("nested.xml", HMC_NESTED);
+    assert_eq!(r.code, 0, "{r:?}");
+    let flat = r.stdout.replace(['\n', ' '], "");
+    let server = "LDAP://dc01.fabrikam.com/";
+    let created = format!(
+        "<created><path>{server}CN=ann@contoso.com,OU=Contoso,OU=Reseller,OU=Hosting,DC=fabrikam,DC=com</path><path>{server}CN=bob@contoso.com,OU=Contoso,OU=Reseller,OU=Hosting,DC=fabrikam,DC=com</path><path>{server}CN=ann@litware.com,OU=Litware,OU=Reseller,OU=Hosting,DC=fabrikam,DC=com</path></created>"
+    );
+    assert!(flat.contains(&created), "{created}: {r:?}");
+    assert!(
+        flat.contains(&format!(
+            "<path>{server}OU=Empty,OU=Reseller,OU=Hosting,DC=fabrikam,DC=com</path>"
+        )),
+        "{r:?}"
+    );
+    // moved: the contact got the name, data no longer has it
+    assert!(
+        r.stdout
+            .contains("<contact>LDAP://CN=Outside Partner,OU=Contoso,"),
+        "{r:?}"
+    );
+    assert!(!r.stdout.contains("<name>Outside Partner</name>"), "{r:?}");
+    assert_eq!(users(&sb), ["ann@contoso.com", "bob@contoso.com"]);
+
+    // The inner catch's error is the one the outer catch sees; the request commits.
+    let r = run("nested-try.xml", HMC_NESTED_TRY);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains("<outerCode>0x82101391</outerCode>"),
+        "{r:?}"
+    );
+    assert!(
+        r.stdout
+            .contains("<outerDescription>username already exists (0x800700b7)</outerDescription>"),
+        "{r:?}"
+    );
+
+    // A failure two levels down: the error stack leaf first, no data in the response; the
+    // suspended job is removed, the active one waits and creates Dave.
+    let r = run("queue.xml", HMC_QUEUE_ROLLBACK);
+    assert_eq!(r.code, 1, "{r:?}");
+    let stack = "<errorSource namespace=\"Managed Plans\" procedure=\"CreateCustomer\" step=\"dup/plans\"/>\n    <errorSource namespace=\"Hosted Active Directory\" procedure=\"CreateUser\" step=\"dup\"/>\n    <errorSource namespace=\"(request)\" procedure=\"request\"/>";
+    assert!(r.stdout.contains(stack), "{r:?}");
+    assert!(r.stdout.contains("code=\"0x800700b7\""), "{r:?}");
+    assert!(!r.stdout.contains("<data>"), "{r:?}");
+    assert!(
+        r.stderr
+            .contains("was removed: the transaction that queued it rolled back"),
+        "{r:?}"
+    );
+    assert_eq!(users(&sb), ["ann@contoso.com", "bob@contoso.com"]);
+    let w = sb.run(&["--config", cfg, "worker", "--drain"]);
+    assert_eq!(w.code, 0, "{w:?}");
+    assert!(w.stderr.contains("ran 1 job(s)"), "{w:?}");
+    assert_eq!(
+        users(&sb),
+        ["ann@contoso.com", "bob@contoso.com", "dave@contoso.com"]
+    );
+
+    // Provisioning/CreateUserMailbox is private: a simple request is refused before it runs.
+    let r = run(
+        "private.xml",
+        r#"<request namespace="Provisioning" procedure="CreateUserMailbox"><data><container>LDAP://OU=Contoso,OU=Reseller,OU=Hosting,DC=fabrikam,DC=com</container><userPrincipalName>ann@contoso.com</userPrincipalName></data></request>"#,
+    );
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("PRV0103"), "{r:?}");
 }

@@ -54,7 +54,7 @@ impl Ava {
         format!(
             "{}={}",
             self.norm_attr(),
-            escape_value(&self.value.to_lowercase())
+            escape_for_key(&self.value.to_lowercase())
         )
     }
 }
@@ -418,8 +418,21 @@ fn check_attr_type(text: &str, attr: &str) -> Result<(), DnError> {
 
 /// Escapes an attribute value for a DN (RFC 4514 §2.4): `"+,;<>\` get a backslash, so do
 /// a leading space or `#` and a trailing space; NUL and other control characters become
-/// `\XX`. Non-ASCII characters are kept as they are.
+/// `\XX`. Non-ASCII characters are kept as they are. `=` gets a backslash too: RFC 4514
+/// allows that escape (`\=` is a `pair`) and Active Directory requires it (Samba refuses
+/// a DN holding `CN=a=b` with invalidDNSyntax).
 pub fn escape_value(value: &str) -> String {
+    escape(value, true)
+}
+
+/// [`escape_value`] without escaping `=`: the form of [`Dn::normalized`] and so of the
+/// store keys ([`Dn::key`]) every embedded directory was written with, kept so that
+/// entries whose names hold `=` are still found.
+fn escape_for_key(value: &str) -> String {
+    escape(value, false)
+}
+
+fn escape(value: &str, equals: bool) -> String {
     let mut out = String::with_capacity(value.len() + 4);
     let n = value.chars().count();
     for (i, c) in value.chars().enumerate() {
@@ -428,6 +441,7 @@ pub fn escape_value(value: &str) -> String {
                 out.push('\\');
                 out.push(c);
             }
+            '=' if equals => out.push_str("\\="),
             '#' if i == 0 => out.push_str("\\#"),
             ' ' if i == 0 || i + 1 == n => out.push_str("\\ "),
             c if c.is_control() => {
@@ -564,6 +578,12 @@ mod tests {
         assert_eq!(escape_value("nul\0"), r"nul\00");
         assert_eq!(escape_value("line\nbreak"), r"line\0Abreak");
         assert_eq!(escape_value("Jürgen"), "Jürgen");
+        assert_eq!(escape_value("a=b"), r"a\=b");
+        // the normalised form (store keys) keeps `=` as it was always written
+        let dn = Dn::parse(r"CN=a\=b,DC=x").unwrap();
+        assert_eq!(dn.to_string(), r"CN=a\=b,DC=x");
+        assert_eq!(dn.normalized(), "cn=a=b,dc=x");
+        assert_eq!(dn, Dn::parse("CN=a=b,DC=x").unwrap());
         assert_eq!(rt(r"CN=\4a\6fhn,DC=x"), "CN=John,DC=x");
     }
 
