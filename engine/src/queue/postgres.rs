@@ -584,22 +584,7 @@ impl PgQueue {
         let id_owned = id.to_string();
         let node = self.inner.node.clone();
         self.change(id, false, move |row| {
-            if row.job.state != JobState::Running {
-                return Err(QueueError::WrongState {
-                    id: id_owned,
-                    state: row.job.state,
-                    what: "only a running job can be finished".into(),
-                });
-            }
-            if row.node.as_deref() != Some(node.as_str()) {
-                // Its lease ran out here and another node claimed it: that node's runner
-                // finishes it (a stalled runner must not overwrite what the other does).
-                return Err(QueueError::WrongState {
-                    id: id_owned,
-                    state: row.job.state,
-                    what: "its lease ran out and another node runs it now".into(),
-                });
-            }
+            check_held_here(row, &id_owned, &node, "finished")?;
             finalize(row, how.state, now);
             row.job.outcome = how.outcome;
             row.job.result = how.result;
@@ -619,7 +604,13 @@ impl PgQueue {
         random: u64,
     ) -> Res<Job> {
         self.saw(now);
+        let id_owned = id.to_string();
+        let node = self.inner.node.clone();
         self.change(id, true, move |row| {
+            // Only the runner holding the lease decides its attempt's fate: a stalled
+            // runner whose lease another node took (or whose job another node already
+            // finished) must not queue it again — that would run it twice.
+            check_held_here(row, &id_owned, &node, "retried")?;
             row.job.error = Some(error);
             row.job.txn = None;
             if row.job.attempts >= row.job.max_attempts {
@@ -644,10 +635,13 @@ impl PgQueue {
     }
 
     pub(crate) async fn bury(&self, id: &str, error: String, now: u64) -> Res<Job> {
+        let id_owned = id.to_string();
+        let node = self.inner.node.clone();
         self.change(id, true, move |row| {
             if row.job.state.is_final() {
                 return Ok((row.job.clone(), None, false));
             }
+            check_held_here(row, &id_owned, &node, "buried")?;
             row.job.error = Some(error);
             row.job.txn = None;
             finalize(row, JobState::Dead, now);
@@ -1170,3 +1164,25 @@ fn new_job(new: NewJob, seq: u64, state: JobState, now: u64, options: &JobOption
 
 #[allow(dead_code)]
 const _STATES_ARE_SEVEN: [JobState; STATES] = ALL_STATES;
+
+/// A running job's attempt is settled (finished, retried, buried) only by the node holding
+/// its lease: its lease ran out here and another node claimed it (that node's runner settles
+/// it), or it is no longer running at all (a stalled runner must not overwrite, or run
+/// again, what another did).
+fn check_held_here(row: &Row, id: &str, node: &str, what: &str) -> Res<()> {
+    if row.job.state != JobState::Running {
+        return Err(QueueError::WrongState {
+            id: id.to_string(),
+            state: row.job.state,
+            what: format!("only a running job can be {what}"),
+        });
+    }
+    if row.node.as_deref() != Some(node) {
+        return Err(QueueError::WrongState {
+            id: id.to_string(),
+            state: row.job.state,
+            what: "its lease ran out and another node runs it now".into(),
+        });
+    }
+    Ok(())
+}

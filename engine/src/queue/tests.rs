@@ -196,6 +196,90 @@ fn an_expired_lease_gives_the_job_back_with_its_transaction_and_survives_a_resta
     });
 }
 
+/// Several nodes on one PostgreSQL: a runner that stalled past its lease, whose job another
+/// node took back and runs, can neither finish, retry nor bury it (a retry would run it a
+/// second time), nor queue it again once the other node finished it. Only on PostgreSQL
+/// (`PROVISIO_TEST_STORE=postgres`): sled is one process.
+#[test]
+fn a_stalled_node_cannot_settle_a_job_another_node_took_over() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    if provisio_test_support::postgres::store_url(dir.path()).is_none() {
+        return;
+    }
+    // Two stores on the same database are two nodes.
+    let stalled = open(dir.path());
+    let other = open(dir.path());
+    rt().block_on(async {
+        let id = stalled.submit(job("A/B"), 1).await.expect("submit").job.id;
+        let mine = stalled.claim(2, LEASE).await.expect("claim").expect("job");
+        assert_eq!(mine.id, id);
+        // The lease runs out; the other node takes the job back and claims it.
+        let back = other
+            .take_back_expired(u64::MAX / 2, 10)
+            .await
+            .expect("take back");
+        assert_eq!(back.len(), 1);
+        let theirs = other
+            .claim(u64::MAX / 2, LEASE)
+            .await
+            .expect("claim")
+            .expect("job");
+        assert_eq!(theirs.id, id);
+        let refused = |r: Result<Job, QueueError>, what: &str| match r {
+            Err(QueueError::WrongState { .. }) => {}
+            other => panic!("{what} by the stalled node: {other:?}"),
+        };
+        refused(stalled.finish(&id, done(), 10).await, "finish");
+        refused(
+            stalled
+                .retry_later(
+                    &id,
+                    "x".into(),
+                    10,
+                    Backoff {
+                        base: Duration::from_millis(10),
+                        max: Duration::from_millis(100),
+                    },
+                    0,
+                )
+                .await,
+            "retry",
+        );
+        refused(stalled.bury(&id, "x".into(), 10).await, "bury");
+        assert_eq!(
+            other.get(&id).expect("get").expect("job").state,
+            JobState::Running,
+            "still running on the other node"
+        );
+        other.finish(&id, done(), 20).await.expect("finish");
+        // Finished elsewhere: a late retry must not bring it back.
+        refused(
+            stalled
+                .retry_later(
+                    &id,
+                    "x".into(),
+                    30,
+                    Backoff {
+                        base: Duration::from_millis(10),
+                        max: Duration::from_millis(100),
+                    },
+                    0,
+                )
+                .await,
+            "late retry",
+        );
+        assert_eq!(
+            other.get(&id).expect("get").expect("job").state,
+            JobState::Succeeded
+        );
+        assert!(other
+            .claim(u64::MAX / 2, LEASE)
+            .await
+            .expect("claim")
+            .is_none());
+    });
+}
+
 #[test]
 fn transient_failures_back_off_then_die_and_an_operator_requeues() {
     let dir = tempfile::tempdir().expect("tempdir");
