@@ -49,7 +49,26 @@ fn engine(dir: &Path) -> Result<(Engine, Arc<SledStore>)> {
         provisio_engine::request::load_namespace_file(&seq_file)
             .map_err(|e| anyhow!("sequential copy: {e:?}"))?,
     );
-    let registry = provisio_providers::embedded_registry(dir)?;
+    // The embedded providers plus the Exchange 2007 Provider over the same directory
+    // (ProvisionTenant's mail steps; `embedded_registry` has no mail provider).
+    use provisio_providers::directory::{DirectoryProvider, Dn, DEFAULT_BASE_DN};
+    use provisio_providers::exchange::{ExchangeConfig, ExchangeProvider};
+    let directory = DirectoryProvider::embedded(Dn::parse(DEFAULT_BASE_DN)?)?;
+    let exchange = ExchangeProvider::new(
+        ExchangeConfig::new(dir.join("mail")),
+        directory.backend().clone(),
+    )?;
+    let mut registry = provisio_engine::ProviderRegistry::new();
+    registry.register(Arc::new(
+        provisio_providers::filesystem::FilesystemProvider::new(dir.join("files"))?,
+    ));
+    registry.register(Arc::new(provisio_providers::dns::DnsProvider::zonefile(
+        dir.join("zones"),
+    )?));
+    registry.register(Arc::new(directory));
+    registry.register(Arc::new(exchange));
+    registry.register(Arc::new(provisio_providers::error::ErrorProvider::new()));
+    provisio_providers::register_bookkeeping(&mut registry);
     let catalog = Catalog::new(namespaces, &registry).map_err(|e| anyhow!("{e:?}"))?;
     let store = Arc::new(SledStore::open(&dir.join("journal")).map_err(|e| anyhow!("{e}"))?);
     let journal: Arc<dyn Journal> = Arc::new(DurableJournal::new(store.clone(), None, "bench"));

@@ -252,6 +252,16 @@ fn full_syntax_maps_to_the_model() {
             assert_eq!(t.needs, ["short"]);
             assert_eq!(t.body.len(), 1);
             assert_eq!(t.body[0].id(), "inner");
+            // The MPS form of a record: rrType as the WMI class, fields in `properties`.
+            assert_eq!(
+                exec(&t.body[0]).execute_data,
+                from_json(
+                    "executeData",
+                    &json!({"zoneName": "example.com", "rrType": "MicrosoftDNS_AType", "commitFlag": "COMMIT",
+                            "properties": {"OwnerName": "www", "IPAddress": "192.0.2.10"}})
+                )
+                .unwrap()
+            );
             assert_eq!(t.catch.len(), 1);
             let report = exec(&t.catch[0]);
             assert_eq!(report.call, call("Error Provider", "ReportEvent"));
@@ -282,7 +292,7 @@ fn full_syntax_maps_to_the_model() {
             source_ref: p.steps[4].source_ref().clone(),
         })
     );
-    assert_eq!(p.steps[4].source_ref().line, 67);
+    assert_eq!(p.steps[4].source_ref().line, 68);
 
     let leaf = &ns.procedures[1];
     assert_eq!(leaf.name, "Leaf");
@@ -305,21 +315,25 @@ fn architecture_sample_namespace() {
     assert_eq!(mx.call, call("DNS Provider", "CreateResourceRecord"));
     assert_eq!(
         mx.execute_data,
-        from_json("executeData", &json!({"rrType": "MX", "Preference": 10})).unwrap()
+        from_json(
+            "executeData",
+            &json!({"rrType": "MicrosoftDNS_MXType", "commitFlag": "COMMIT", "properties": {"Preference": 10}})
+        )
+        .unwrap()
     );
     let dests: Vec<_> = mx
         .before
         .iter()
         .map(|t| t.destination_path.as_deref().unwrap_or(""))
         .collect();
-    assert_eq!(dests, ["zoneName", "MailExchange"]);
+    assert_eq!(dests, ["zoneName", "properties/MailExchange"]);
     assert_eq!(mx.before[1].source, node(Scope::Data, "mailHost"));
     assert_eq!(mx.source_ref.line, 12);
     let spf = exec(&p.steps[2]);
     assert_eq!(spf.before[1].source, node(Scope::Data, "spf"));
     assert_eq!(
         spf.before[1].destination_path.as_deref(),
-        Some("DescriptiveText")
+        Some("properties/DescriptiveText")
     );
 }
 

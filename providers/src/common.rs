@@ -158,3 +158,149 @@ impl KeyFences {
         std::sync::Arc::clone(lock).lock_owned().await
     }
 }
+
+/// Locks by name (a zone, a folder) for blocking threads: calls on different names run
+/// at the same time, calls on the same name take turns, and [`NameLocks::all`] waits for
+/// every holder and keeps new ones out (sweeps, purges, recovery). Replaces a
+/// provider-wide mutex held around `fsync`s, which made every call of the provider wait
+/// for every other (issue 17's benchmark).
+#[derive(Debug, Default)]
+pub(crate) struct NameLocks {
+    state: std::sync::Mutex<NameLockState>,
+    changed: std::sync::Condvar,
+}
+
+#[derive(Debug, Default)]
+struct NameLockState {
+    held: std::collections::HashSet<String>,
+    /// `all` holds every name.
+    exclusive: bool,
+    /// `all` callers waiting: new name holders wait behind them (no starvation).
+    exclusive_waiting: usize,
+}
+
+/// Held name (or every name); released on drop.
+#[derive(Debug)]
+pub(crate) struct NameGuard<'a> {
+    locks: &'a NameLocks,
+    /// `None`: the exclusive guard.
+    name: Option<String>,
+}
+
+impl NameLocks {
+    pub(crate) fn new() -> NameLocks {
+        NameLocks::default()
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, NameLockState> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn wait<'a>(
+        &self,
+        g: std::sync::MutexGuard<'a, NameLockState>,
+    ) -> std::sync::MutexGuard<'a, NameLockState> {
+        self.changed
+            .wait(g)
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Waits until no one holds `name` (nor every name), then holds it.
+    pub(crate) fn one(&self, name: &str) -> NameGuard<'_> {
+        let mut g = self.state();
+        while g.exclusive || g.exclusive_waiting > 0 || g.held.contains(name) {
+            g = self.wait(g);
+        }
+        g.held.insert(name.to_string());
+        NameGuard {
+            locks: self,
+            name: Some(name.to_string()),
+        }
+    }
+
+    /// Waits until no one holds any name, then holds them all.
+    pub(crate) fn all(&self) -> NameGuard<'_> {
+        let mut g = self.state();
+        g.exclusive_waiting += 1;
+        while g.exclusive || !g.held.is_empty() {
+            g = self.wait(g);
+        }
+        g.exclusive_waiting -= 1;
+        g.exclusive = true;
+        NameGuard {
+            locks: self,
+            name: None,
+        }
+    }
+}
+
+impl Drop for NameGuard<'_> {
+    fn drop(&mut self) {
+        let mut g = self.locks.state();
+        match self.name.take() {
+            Some(name) => {
+                g.held.remove(&name);
+            }
+            None => g.exclusive = false,
+        }
+        drop(g);
+        self.locks.changed.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod name_lock_tests {
+    use super::NameLocks;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Barrier};
+    use std::time::Duration;
+
+    #[test]
+    fn different_names_overlap_same_name_and_all_take_turns() {
+        let locks = Arc::new(NameLocks::new());
+        // Two different names are held at once (a provider-wide lock would deadlock here:
+        // each thread waits at the barrier while holding its name).
+        let barrier = Arc::new(Barrier::new(2));
+        let handles: Vec<_> = ["a.test", "b.test"]
+            .into_iter()
+            .map(|n| {
+                let (locks, barrier) = (Arc::clone(&locks), Arc::clone(&barrier));
+                std::thread::spawn(move || {
+                    let _g = locks.one(n);
+                    barrier.wait();
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().expect("thread");
+        }
+        // The same name: never two holders at once; `all` excludes every holder.
+        let inside = Arc::new(AtomicUsize::new(0));
+        let max = Arc::new(AtomicUsize::new(0));
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let (locks, inside, max) =
+                    (Arc::clone(&locks), Arc::clone(&inside), Arc::clone(&max));
+                std::thread::spawn(move || {
+                    for _ in 0..20 {
+                        let _g = if i == 7 {
+                            locks.all()
+                        } else {
+                            locks.one("same.test")
+                        };
+                        let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                        max.fetch_max(now, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_micros(200));
+                        inside.fetch_sub(1, Ordering::SeqCst);
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().expect("thread");
+        }
+        assert_eq!(max.load(Ordering::SeqCst), 1);
+    }
+}

@@ -807,10 +807,34 @@ async fn preview_reports_changes() {
         "AddRecord",
         &[("zoneName", "example.com"), ("rrType", "AAA")],
     );
-    assert!(
-        p.preview(&bad).await.is_err(),
-        "bad input: the engine shows it as a failure"
+    // Bad input previews as Fail with the message the run would give (docs/providers/dns.md).
+    match p.preview(&bad).await {
+        Ok(Preview::Fail(m)) => assert!(m.contains("rrType"), "{m}"),
+        other => panic!("bad input must preview as Fail, got {other:?}"),
+    }
+    let injected = call(
+        "DNS Provider",
+        "AddRecord",
+        &[
+            ("zoneName", "example.com"),
+            ("name", "www\n@ IN NS evil."),
+            ("rrType", "A"),
+            ("address", "192.0.2.1"),
+        ],
     );
+    match p.preview(&injected).await {
+        Ok(Preview::Fail(m)) => assert!(m.contains("`name`"), "{m}"),
+        other => panic!("an injected name must preview as Fail, got {other:?}"),
+    }
+    let mps_bad = call(
+        "DNS Provider",
+        "CreateDNSZone",
+        &[("zoneName", "example.net"), ("zoneType", "banana")],
+    );
+    match p.preview(&mps_bad).await {
+        Ok(Preview::Fail(m)) => assert!(m.contains("CreateDNSZone"), "{m}"),
+        other => panic!("a refused MPS input must preview as Fail, got {other:?}"),
+    }
 }
 
 /// Runs `named-checkzone` on a zone with every record type, when it is installed.
@@ -1454,4 +1478,114 @@ async fn replace_record_set_inputs_are_validated_before_writing() {
         .await,
     );
     assert_eq!(code, 0x8007_2581);
+}
+
+/// An MPS call with `properties` in the HMC form.
+fn mps(
+    procedure: &str,
+    top: &[(&str, &str)],
+    props: &[(&str, &str)],
+) -> provisio_engine::provider::Call {
+    let mut c = call("DNS Provider", procedure, top);
+    let mut wrapper = provisio_engine::data::Element::new("properties");
+    for (name, value) in props {
+        let mut e = provisio_engine::data::Element::with_text("property", *value);
+        e.set_attr("name", *name);
+        wrapper.push(e);
+    }
+    c.execute_data.push(wrapper);
+    c
+}
+
+#[tokio::test]
+async fn modify_resource_record_and_write_back_on_zone_files() {
+    let (_t, p, dir) = provider();
+    zone(&p, "fabrikam.test").await;
+    let top = [
+        ("zoneName", "fabrikam.test"),
+        ("rrType", "MicrosoftDNS_CNAMEType"),
+        ("commitFlag", "COMMIT"),
+    ];
+    let create = mps(
+        "CreateResourceRecord",
+        &top,
+        &[
+            ("OwnerName", "autodiscover"),
+            ("PrimaryName", "mail.fabrikam.test"),
+        ],
+    );
+    p.execute(create).await.expect("CNAME");
+    let modify = mps(
+        "ModifyResourceRecord",
+        &top,
+        &[
+            ("OwnerName", "autodiscover.fabrikam.test"),
+            ("TTL", "300"),
+            ("PrimaryName", "mail2.fabrikam.test"),
+        ],
+    );
+    let serial_before = load(&dir, "fabrikam.test").soa.serial;
+    let out = p.execute(modify.clone()).await.expect("modify");
+    let z = load(&dir, "fabrikam.test");
+    let cnames = rrset(&z, "autodiscover", "CNAME");
+    assert_eq!(cnames, vec![(300, "mail2.fabrikam.test.".to_string())]);
+    assert!(z.soa.serial > serial_before);
+    assert_eq!(output(&out, "OperationStatus").as_deref(), Some("success"));
+    undo(&p, &modify, &out).await.expect("undo");
+    let z = load(&dir, "fabrikam.test");
+    assert_eq!(
+        rrset(&z, "autodiscover", "CNAME"),
+        vec![(3600, "mail.fabrikam.test.".to_string())]
+    );
+    // Nothing to modify: the DNS code, nothing written.
+    let bytes = fs::read(dir.join("fabrikam.test.zone")).expect("zone");
+    let absent = mps(
+        "ModifyResourceRecord",
+        &top,
+        &[
+            ("OwnerName", "nothing"),
+            ("PrimaryName", "mail.fabrikam.test"),
+        ],
+    );
+    let e = p.execute(absent).await.expect_err("absent");
+    assert_eq!(e.code(), provisio_providers::dns::E_RECORD_NOT_FOUND, "{e}");
+    // Oversized and injected names are refused, naming the property.
+    for bad in [
+        "a".repeat(64),
+        format!("{}.fabrikam.test", ["x"; 130].join(".")),
+        "www\n@ IN NS evil.".to_string(),
+    ] {
+        let c = mps(
+            "ModifyResourceRecord",
+            &top,
+            &[
+                ("OwnerName", bad.as_str()),
+                ("PrimaryName", "mail.fabrikam.test"),
+            ],
+        );
+        let e = p.execute(c).await.expect_err("bad owner");
+        assert_eq!(e.code(), E_INVALIDARG, "{e}");
+        assert!(e.message().contains("properties/OwnerName"), "{e}");
+    }
+    assert_eq!(
+        fs::read(dir.join("fabrikam.test.zone")).expect("zone"),
+        bytes
+    );
+
+    // WriteBackZoneFile: the file already holds every change; no undo; absent zone fails.
+    let (_, wb) = run(&p, "WriteBackZoneFile", &[("zoneName", "fabrikam.test")])
+        .await
+        .expect("write back");
+    assert!(wb.undo.is_none());
+    assert!(output(&wb, "writtenBack").is_some_and(|w| w.contains("fabrikam.test.zone")));
+    let e = run(&p, "WriteBackZoneFile", &[("zoneName", "absent.test")])
+        .await
+        .expect_err("absent");
+    assert_eq!(e.code(), provisio_providers::dns::E_ZONE_NOT_FOUND, "{e}");
+    // PauseZone is refused, saying what to do.
+    let e = run(&p, "PauseZone", &[("zoneName", "fabrikam.test")])
+        .await
+        .expect_err("pause");
+    assert!(e.message().contains("DNS Provider/PauseZone"), "{e}");
+    assert!(e.message().contains("DeleteDNSZone"), "{e}");
 }

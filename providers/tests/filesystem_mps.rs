@@ -502,3 +502,35 @@ fn walk(root: &Path) -> Vec<String> {
     out.sort();
     out
 }
+
+/// The MPS share procedures are refused as not supported, saying what to do instead, and
+/// change nothing.
+#[tokio::test]
+async fn share_procedures_are_refused_saying_what_to_do() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let root = tmp.path();
+    let p = provider(root);
+    std::fs::create_dir_all(root.join("tenants/contoso")).expect("mkdir");
+    let before = walk(root);
+    for share in [
+        "CreateShare",
+        "DeleteShare",
+        "GetShareProperties",
+        "SetShareProperties",
+    ] {
+        let mut c = mps(share, &[("shareName", "contoso")], &[]);
+        let mut src = Element::new("sourcePath");
+        src.set_attr("machine", "localhost");
+        src.set_attr("path", "tenants/contoso");
+        c.execute_data.push(src);
+        let e = exec(&p, &c).await.expect_err("refused");
+        assert_eq!(e.code(), provisio_engine::codes::E_NOT_SUPPORTED, "{e}");
+        assert!(
+            e.message()
+                .contains(&format!("File System Provider/{share}")),
+            "{e}"
+        );
+        assert!(e.message().contains("Samba"), "{e}");
+    }
+    assert_eq!(walk(root), before);
+}

@@ -408,3 +408,157 @@ async fn special_modes_need_the_option() {
         .expect("allowed");
     assert_eq!(mode_of(&allowed.root().join("f")), 0o4755);
 }
+
+/// SetDirectoryAttributes `security` (MPS ACEs) as POSIX ACLs, checked with `getfacl`:
+/// GRANT adds to a trustee's entry, containerInherit sets the default ACL, REVOKE removes
+/// the entry, undo restores the exact previous ACLs; DENY and path traversal are refused.
+#[tokio::test]
+async fn mps_aces_become_posix_acls_and_undo_restores_them() {
+    use provisio_engine::data::Element;
+    let (tmp, p) = provider();
+    let root = tmp.path().join("root");
+    if !acl_ready(tmp.path()) {
+        return;
+    }
+    fs::create_dir_all(root.join("tenants/contoso/shared")).expect("mkdir");
+    fs::set_permissions(
+        root.join("tenants/contoso/shared"),
+        fs::Permissions::from_mode(0o750),
+    )
+    .expect("chmod");
+    let ace = |fields: &[(&str, &str)]| {
+        let mut a = Element::new("ace");
+        for (n, v) in fields {
+            a.push(Element::with_text(*n, *v));
+        }
+        a
+    };
+    let set = |aces: Vec<Element>, dir: &str, source: &str| {
+        let mut c = call(
+            "File System Provider",
+            "SetDirectoryAttributes",
+            &[("dirName", dir)],
+        );
+        let mut sp = Element::new("sourcePath");
+        sp.set_attr("path", source);
+        c.execute_data.push(sp);
+        let mut acl = Element::new("acl");
+        for a in aces {
+            acl.push(a);
+        }
+        let mut sec = Element::new("security");
+        sec.push(acl);
+        c.execute_data.push(sec);
+        c
+    };
+    let shared = root.join("tenants/contoso/shared");
+    let grant = set(
+        vec![
+            ace(&[
+                ("permission", "Read"),
+                ("permission", "Write"),
+                ("mode", "GRANT"),
+                ("trusteeForm", "name"),
+                ("trustee", "4001"),
+                ("trusteeType", "user"),
+            ]),
+            ace(&[
+                ("permission", "ReadAndExecute"),
+                ("mode", "GRANT"),
+                ("trustee", "4002"),
+                ("trusteeType", "group"),
+                ("inheritance", "containerInherit"),
+            ]),
+        ],
+        "shared",
+        "tenants/contoso",
+    );
+    let out = p.execute(grant.clone()).await.expect("grant");
+    let Some(acl) = getfacl(&shared) else { return };
+    assert!(acl.contains(&"user:4001:rw-".to_string()), "{acl:?}");
+    assert!(acl.contains(&"group:4002:r-x".to_string()), "{acl:?}");
+    assert!(
+        acl.contains(&"default:group:4002:r-x".to_string()),
+        "{acl:?}"
+    );
+    // GRANT again with Execute adds to the entry; REVOKE of the group removes its access entry.
+    let more = set(
+        vec![
+            ace(&[
+                ("permission", "Execute"),
+                ("mode", "GRANT"),
+                ("trustee", "4001"),
+            ]),
+            ace(&[
+                ("mode", "REVOKE"),
+                ("trustee", "4002"),
+                ("trusteeType", "group"),
+            ]),
+        ],
+        "shared",
+        "tenants/contoso",
+    );
+    let more_out = p.execute(more.clone()).await.expect("grant more");
+    let acl = getfacl(&shared).expect("getfacl");
+    assert!(acl.contains(&"user:4001:rwx".to_string()), "{acl:?}");
+    assert!(!acl.contains(&"group:4002:r-x".to_string()), "{acl:?}");
+    assert!(
+        acl.contains(&"default:group:4002:r-x".to_string()),
+        "{acl:?}"
+    );
+    undo(&p, &more, &more_out).await.expect("undo more");
+    undo(&p, &grant, &out).await.expect("undo grant");
+    let acl = getfacl(&shared).expect("getfacl");
+    assert_eq!(
+        acl,
+        lines(&["user::rwx", "group::r-x", "other::---"]),
+        "undo restores the exact previous ACL"
+    );
+    // Refusals name the element and change nothing.
+    for (c, want) in [
+        (
+            set(
+                vec![ace(&[
+                    ("permission", "Read"),
+                    ("mode", "DENY"),
+                    ("trustee", "4001"),
+                ])],
+                "shared",
+                "tenants/contoso",
+            ),
+            "DENY",
+        ),
+        (
+            set(
+                vec![ace(&[
+                    ("permission", "Read"),
+                    ("mode", "GRANT"),
+                    ("trustee", "4001"),
+                ])],
+                "shared",
+                "../../etc",
+            ),
+            "sourcePath",
+        ),
+        (
+            set(
+                vec![ace(&[
+                    ("permission", "Read"),
+                    ("mode", "GRANT"),
+                    ("trustee", "4001"),
+                ])],
+                "..",
+                "tenants",
+            ),
+            "dirName",
+        ),
+    ] {
+        let e = p.execute(c).await.expect_err("refused");
+        assert_eq!(e.code(), E_INVALIDARG, "{e}");
+        assert!(e.message().contains(want), "want {want:?} in {e}");
+    }
+    assert_eq!(
+        getfacl(&shared).expect("getfacl"),
+        lines(&["user::rwx", "group::r-x", "other::---"])
+    );
+}

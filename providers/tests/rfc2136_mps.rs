@@ -1,5 +1,6 @@
 //! The DNS Provider's MPS procedures (`CreateResourceRecord`, `DeleteResourceRecord`,
-//! `CreateDNSZone`, `DeleteDNSZone`) with HMC 4.5-shaped inputs against a private BIND
+//! `CreateDNSZone`, `DeleteDNSZone`, `ModifyResourceRecord`, `WriteBackZoneFile`; `PauseZone`
+//! refused) with HMC 4.5-shaped inputs against a private BIND
 //! `named` (skipped without BIND unless `PROVISIO_REQUIRE_BIND=1`), checked with `dig`.
 
 mod support;
@@ -194,8 +195,11 @@ async fn bad_mps_input_is_refused_before_anything_is_sent() {
         let e = exec(&p, &c).await.expect_err("refused");
         assert_eq!(e.code(), ProviderError::E_INVALIDARG, "{e}");
         assert!(e.message().contains(want), "want {want:?} in {e}");
-        // Preview refuses the same way.
-        assert!(p.preview(&c).await.is_err());
+        // Preview says the call would fail, with the same words.
+        match p.preview(&c).await {
+            Ok(Preview::Fail(m)) => assert!(m.contains(want), "want {want:?} in {m}"),
+            other => panic!("bad input must preview as Fail, got {other:?}"),
+        }
     }
     assert!(n.dig("x.example.test", "TXT").is_empty());
     assert!(n.dig("x.example.test", "A").is_empty());
@@ -301,4 +305,168 @@ async fn create_and_delete_dns_zone_with_rndc() {
     assert!(n.dig(ZONE, "SOA").is_empty());
     undo(&p, &del, &out).await.expect("undo DeleteDNSZone");
     assert_eq!(n.axfr().len(), before.len());
+}
+
+/// The zone files `rndc addzone` got for `zone` in the fixture's zone folder, read whole.
+fn zone_files_text(n: &Named, zone: &str) -> String {
+    let mut text = String::new();
+    for e in std::fs::read_dir(n.zone_dir()).expect("zone dir").flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&format!("{zone}.")) && name.ends_with(".zone") {
+            text.push_str(&std::fs::read_to_string(e.path()).unwrap_or_default());
+        }
+    }
+    text
+}
+
+#[tokio::test]
+async fn modify_resource_record_write_back_and_pause_with_rndc() {
+    let Some(n) = Named::start() else { return };
+    let mut config = Rfc2136Config::from_key_file(n.addr(), &n.key_file()).expect("key file");
+    let mut rndc = RndcConfig::new(n.zone_dir());
+    rndc.server = Some("127.0.0.1".into());
+    rndc.port = Some(n.rndc_port);
+    rndc.key_file = Some(n.rndc_key_file());
+    config.rndc = Some(rndc);
+    let p = DnsProvider::rfc2136(config).expect("provider");
+    let zone = "tailspin.test";
+    let create = call(
+        "DNS Provider",
+        "CreateDNSZone",
+        &[
+            ("serverIdentifier", "127.0.0.1"),
+            ("zoneName", zone),
+            ("commitFlag", "COMMIT"),
+            ("nsAddress", "192.0.2.53"),
+        ],
+    );
+    let created = exec(&p, &create)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", n.log()));
+    let a_top = [
+        ("serverIdentifier", "127.0.0.1"),
+        ("zoneName", zone),
+        ("rrType", "MicrosoftDNS_AType"),
+        ("commitFlag", "COMMIT"),
+    ];
+    let www = format!("www.{zone}");
+    exec(
+        &p,
+        &mps_call(
+            "CreateResourceRecord",
+            &a_top,
+            &[("OwnerName", &www), ("IPAddress", "192.0.2.10")],
+        ),
+    )
+    .await
+    .expect("A");
+    assert_eq!(n.dig(&www, "A"), vec!["192.0.2.10"]);
+
+    // ModifyResourceRecord: the record's data and TTL change in one update.
+    let modify = mps_call(
+        "ModifyResourceRecord",
+        &a_top,
+        &[
+            ("OwnerName", &www),
+            ("TTL", "600"),
+            ("IPAddress", "192.0.2.11"),
+        ],
+    );
+    assert!(matches!(p.preview(&modify).await, Ok(Preview::Update(_))));
+    let modified = exec(&p, &modify)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", n.log()));
+    assert_eq!(n.dig(&www, "A"), vec!["192.0.2.11"]);
+    assert_eq!(
+        output(&modified, "OperationStatus").as_deref(),
+        Some("success")
+    );
+
+    // The update is in BIND's journal; WriteBackZoneFile (`rndc sync`) puts it in the file.
+    assert!(
+        !zone_files_text(&n, zone).contains("192.0.2.11"),
+        "the zone file already held the update before WriteBackZoneFile"
+    );
+    let write_back = call(
+        "DNS Provider",
+        "WriteBackZoneFile",
+        &[("serverIdentifier", "127.0.0.1"), ("zoneName", zone)],
+    );
+    let wb = exec(&p, &write_back)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", n.log()));
+    assert!(wb.undo.is_none());
+    assert!(output(&wb, "writtenBack").is_some_and(|w| w.contains("rndc sync")));
+    let file = zone_files_text(&n, zone);
+    assert!(file.contains("192.0.2.11"), "{file}");
+    // A zone the server does not have.
+    let e = exec(
+        &p,
+        &call(
+            "DNS Provider",
+            "WriteBackZoneFile",
+            &[("zoneName", "absent.test")],
+        ),
+    )
+    .await
+    .expect_err("absent zone");
+    assert_eq!(e.code(), provisio_providers::dns::E_ZONE_NOT_FOUND, "{e}");
+
+    // Undo of the modification puts the old record back (data and TTL).
+    undo(&p, &modify, &modified).await.expect("undo modify");
+    assert_eq!(n.dig(&www, "A"), vec!["192.0.2.10"]);
+
+    // A name holding no such record, or two: refused, nothing changed.
+    let none = mps_call(
+        "ModifyResourceRecord",
+        &a_top,
+        &[("OwnerName", "nothing"), ("IPAddress", "192.0.2.12")],
+    );
+    let e = exec(&p, &none).await.expect_err("absent record");
+    assert_eq!(e.code(), provisio_providers::dns::E_RECORD_NOT_FOUND, "{e}");
+    assert!(matches!(p.preview(&none).await, Ok(Preview::Fail(_))));
+    exec(
+        &p,
+        &mps_call(
+            "CreateResourceRecord",
+            &a_top,
+            &[("OwnerName", &www), ("IPAddress", "192.0.2.20")],
+        ),
+    )
+    .await
+    .expect("second A");
+    let two = mps_call(
+        "ModifyResourceRecord",
+        &a_top,
+        &[("OwnerName", &www), ("IPAddress", "192.0.2.30")],
+    );
+    let e = exec(&p, &two).await.expect_err("ambiguous");
+    assert!(e.message().contains("holds 2 records"), "{e}");
+    let mut both = n.dig(&www, "A");
+    both.sort();
+    assert_eq!(both, vec!["192.0.2.10", "192.0.2.20"]);
+    // Injection through the MPS properties is refused before anything is sent.
+    let bad = mps_call(
+        "ModifyResourceRecord",
+        &a_top,
+        &[
+            ("OwnerName", "www\n@ IN NS evil."),
+            ("IPAddress", "192.0.2.30"),
+        ],
+    );
+    let e = exec(&p, &bad).await.expect_err("injection");
+    assert_eq!(e.code(), ProviderError::E_INVALIDARG, "{e}");
+
+    // PauseZone / ResumeZone: refused, saying what to do instead; the zone stays served.
+    for proc in ["PauseZone", "ResumeZone"] {
+        let e = exec(&p, &call("DNS Provider", proc, &[("zoneName", zone)]))
+            .await
+            .expect_err("refused");
+        assert!(e.message().contains(&format!("DNS Provider/{proc}")), "{e}");
+        assert!(e.message().contains("DeleteDNSZone"), "{e}");
+    }
+    assert!(!n.dig(zone, "SOA").is_empty());
+
+    undo(&p, &create, &created).await.expect("undo zone");
+    assert!(n.dig(zone, "SOA").is_empty());
 }

@@ -394,6 +394,15 @@ pub trait ZoneBackend: Send + Sync {
         )))
     }
 
+    /// WriteBackZoneFile: makes the zone's file hold every change made so far (nothing to
+    /// undo: the zone's data does not change). Returns what was done, for the output.
+    async fn write_back(&self, zone: &str) -> Result<String, DnsError> {
+        Err(DnsError::Unsupported(format!(
+            "the {} DNS backend cannot write zone {zone} back to a file",
+            self.kind()
+        )))
+    }
+
     /// [`ZoneBackend::create_zone`] for the call with idempotency key `key`: a backend that
     /// answers [`ZoneBackend::recover`] leaves its intent marker under the key.
     async fn create_zone_keyed(

@@ -774,6 +774,77 @@ impl DnsProvider {
         })
     }
 
+    /// The RRset ModifyResourceRecord changes: it must hold exactly one record.
+    async fn modify_target(&self, r: &RrsetInput) -> Result<Vec<Record>, ProviderError> {
+        let Some((live, _)) = self.backend.read_rrset(&r.zone, &r.owner, &r.rtype).await? else {
+            return Err(DnsError::ZoneNotFound(r.zone.clone()).into());
+        };
+        match live.len() {
+            1 => Ok(live),
+            0 => Err(DnsError::RecordNotFound(format!(
+                "DNS Provider/ModifyResourceRecord: {} has no record to modify; create it with CreateResourceRecord",
+                r.set_name()
+            ))
+            .into()),
+            n => Err(ProviderError::invalid(format!(
+                "DNS Provider/ModifyResourceRecord: {} holds {n} records ({}); Provisio modifies a name's only \
+                 record of a type, so it cannot tell which to change: delete the one to change with \
+                 DeleteResourceRecord and create the new one with CreateResourceRecord, or set the whole set \
+                 with ReplaceRecordSet",
+                r.set_name(),
+                describe_rrset(&live)
+            ))),
+        }
+    }
+
+    /// ModifyResourceRecord (translated to ReplaceRecordSet inputs): replaces the name's
+    /// only record of the type with the one given, atomically (the RRset as read is the
+    /// expected state), undo as ReplaceRecordSet.
+    async fn modify_record(&self, call: &Call) -> Result<Outcome, ProviderError> {
+        let r = rrset_input(&call.execute_data)?;
+        let live = self.modify_target(&r).await?;
+        let key = call.context.idempotency_key();
+        let done = self
+            .backend
+            .replace_rrset(
+                &r.zone,
+                &r.owner,
+                &r.rtype,
+                NewRrset::Data {
+                    ttl: r.ttl,
+                    data: &r.data,
+                },
+                Some(&live),
+                Some(&key),
+            )
+            .await?;
+        let mut out = call.execute_data.clone();
+        out.push(text("fqdn", fqdn(&r.zone, &r.owner)));
+        out.push(Element::with_scalar("changed", Scalar::Bool(done.changed)));
+        out.push(record_list("previous", &done.before));
+        out.push(record_list("current", &done.after));
+        out.push(serial_el(done.serial));
+        let undo = done
+            .changed
+            .then(|| rrset_undo(&r.zone, &r.owner, &r.rtype, &done.before, &done.after));
+        Ok(Outcome {
+            execute_data: out,
+            undo,
+        })
+    }
+
+    /// WriteBackZoneFile: no change to the zone's data, so no undo.
+    async fn write_back(&self, call: &Call) -> Result<Outcome, ProviderError> {
+        let zone = zone_input(&call.execute_data)?;
+        let done = self.backend.write_back(&zone).await?;
+        let mut out = call.execute_data.clone();
+        out.push(text("writtenBack", done));
+        Ok(Outcome {
+            execute_data: out,
+            undo: None,
+        })
+    }
+
     async fn list_records(&self, call: &Call) -> Result<Outcome, ProviderError> {
         let zone = zone_input(&call.execute_data)?;
         let snap = self.backend.snapshot(&zone).await?;
@@ -950,6 +1021,12 @@ impl DnsProvider {
                     "debugLevel check-only: inputs are checked, nothing is changed".into(),
                 ));
             }
+            if t.modify {
+                let r = rrset_input(&t.call.execute_data)?;
+                if let Err(e) = self.modify_target(&r).await {
+                    return Ok(Preview::Fail(e.message()));
+                }
+            }
             return Box::pin(self.preview_call(&t.call)).await;
         }
         let data = &call.execute_data;
@@ -1045,6 +1122,16 @@ impl DnsProvider {
                 })
             }
             Some("ListRecords") => Ok(Preview::NoChange("read only".into())),
+            Some("WriteBackZoneFile") => {
+                let zone = zone_input(data)?;
+                Ok(if self.backend.zone_exists(&zone).await? {
+                    Preview::NoChange(format!(
+                        "write zone {zone}'s changes to its file (the zone's data does not change)"
+                    ))
+                } else {
+                    Preview::Fail(format!("zone {zone} does not exist"))
+                })
+            }
             _ => Ok(Preview::Unknown),
         }
     }
@@ -1132,6 +1219,7 @@ fn canonical_procedure(name: &str) -> Option<&'static str> {
         "DeleteRecord" => "DeleteRecord",
         "ReplaceRecordSet" | "ReplaceResourceRecordSet" => "ReplaceRecordSet",
         "ListRecords" => "ListRecords",
+        "WriteBackZoneFile" => "WriteBackZoneFile",
         _ => return None,
     })
 }
@@ -1328,6 +1416,41 @@ fn procedure_list() -> Vec<ProcedureSpec> {
             .collect(),
         ),
         spec(
+            "ModifyResourceRecord",
+            ProcKind::Write,
+            UndoKind::Reversible,
+            "MPS: replaces the only record of `properties/OwnerName` and `rrType` with the one given (data and TTL), atomically (ReplaceRecordSet of one record). A name holding no such record (RECORD_DOES_NOT_EXIST) or several (ambiguous) is refused. Outputs `fqdn`, `changed`, `previous`, `current`, `serial`, `OperationStatus`. Undo puts the old record back, refusing if someone else changed it meanwhile.",
+            mps_record_inputs(false),
+        ),
+        spec(
+            "WriteBackZoneFile",
+            ProcKind::Write,
+            UndoKind::Nothing,
+            "MPS: writes the zone's changes to its zone file. zonefile backend: nothing to do (every change is written and fsynced at once); rfc2136 with rndc: `rndc sync ZONE`. Output `writtenBack`, `OperationStatus`. The zone's data does not change: no undo.",
+            vec![
+                mps_server_input(),
+                input("zoneName", "string", true, "Zone, e.g. fabrikam.com"),
+                input("debugLevel", "element", false, "@check-only=\"on\": validate only; @logging accepted"),
+            ]
+            .into_iter()
+            .chain(mps_credential_inputs())
+            .collect(),
+        ),
+        spec(
+            "PauseZone",
+            ProcKind::Write,
+            UndoKind::Nothing,
+            "MPS: refused with a message saying what to do instead: BIND has no paused zones (use DeleteDNSZone to stop serving a zone).",
+            vec![mps_server_input(), input("zoneName", "string", true, "Zone")],
+        ),
+        spec(
+            "ResumeZone",
+            ProcKind::Write,
+            UndoKind::Nothing,
+            "MPS: refused with a message saying what to do instead: BIND has no paused zones; every zone Provisio creates is served at once.",
+            vec![mps_server_input(), input("zoneName", "string", true, "Zone")],
+        ),
+        spec(
             "ReplaceRecordSet",
             ProcKind::Write,
             UndoKind::Reversible,
@@ -1421,8 +1544,13 @@ impl Provider for DnsProvider {
         self.recover_call(call).await
     }
 
+    /// Invalid inputs preview as `Fail` with the message the run would give (the call
+    /// would fail); other errors (the server cannot be asked) stay errors.
     async fn preview(&self, call: &Call) -> Result<Preview, ProviderError> {
-        self.preview_call(call).await
+        match self.preview_call(call).await {
+            Err(e) if e.code() == ProviderError::E_INVALIDARG => Ok(Preview::Fail(e.message())),
+            other => other,
+        }
     }
 
     async fn purge(
@@ -1450,7 +1578,11 @@ impl DnsProvider {
             if !t.warnings.is_empty() {
                 tracing::warn!(procedure = %call.context.procedure, warnings = ?t.warnings, "DNS Provider MPS call");
             }
-            let done = self.run_canonical(&t.call).await?;
+            let done = if t.modify {
+                self.modify_record(&t.call).await?
+            } else {
+                self.run_canonical(&t.call).await?
+            };
             return Ok(Outcome {
                 execute_data: mps::mps_output(
                     &call.execute_data,
@@ -1472,6 +1604,7 @@ impl DnsProvider {
             Some("DeleteRecord") => self.delete_record(call).await,
             Some("ReplaceRecordSet") => self.replace_record_set(call).await,
             Some("ListRecords") => self.list_records(call).await,
+            Some("WriteBackZoneFile") => self.write_back(call).await,
             _ => Err(ProviderError::invalid(format!(
                 "the DNS provider has no procedure {:?}",
                 call.context.procedure

@@ -24,6 +24,15 @@ pub(crate) enum MpsProcedure {
     CreateRecord,
     /// `DeleteResourceRecord` → DeleteRecord.
     DeleteRecord,
+    /// `ModifyResourceRecord` → ReplaceRecordSet of the record's name and type, allowed only
+    /// when that RRset holds exactly one record (the one modified).
+    ModifyRecord,
+    /// `WriteBackZoneFile` → WriteBackZoneFile (zone files: nothing to do; BIND: `rndc sync`).
+    WriteBack,
+    /// `PauseZone`: refused (BIND has no paused zones).
+    PauseZone,
+    /// `ResumeZone`: refused (BIND has no paused zones).
+    ResumeZone,
 }
 
 impl MpsProcedure {
@@ -34,6 +43,10 @@ impl MpsProcedure {
             "DeleteDNSZone" => MpsProcedure::DeleteZone,
             "CreateResourceRecord" => MpsProcedure::CreateRecord,
             "DeleteResourceRecord" => MpsProcedure::DeleteRecord,
+            "ModifyResourceRecord" => MpsProcedure::ModifyRecord,
+            "WriteBackZoneFile" => MpsProcedure::WriteBack,
+            "PauseZone" => MpsProcedure::PauseZone,
+            "ResumeZone" => MpsProcedure::ResumeZone,
             _ => return None,
         })
     }
@@ -45,6 +58,10 @@ impl MpsProcedure {
             MpsProcedure::DeleteZone => "DeleteDNSZone",
             MpsProcedure::CreateRecord => "CreateResourceRecord",
             MpsProcedure::DeleteRecord => "DeleteResourceRecord",
+            MpsProcedure::ModifyRecord => "ModifyResourceRecord",
+            MpsProcedure::WriteBack => "WriteBackZoneFile",
+            MpsProcedure::PauseZone => "PauseZone",
+            MpsProcedure::ResumeZone => "ResumeZone",
         }
     }
 
@@ -55,6 +72,10 @@ impl MpsProcedure {
             MpsProcedure::DeleteZone => "DeleteZone",
             MpsProcedure::CreateRecord => "AddRecord",
             MpsProcedure::DeleteRecord => "DeleteRecord",
+            MpsProcedure::ModifyRecord => "ReplaceRecordSet",
+            MpsProcedure::WriteBack => "WriteBackZoneFile",
+            MpsProcedure::PauseZone => "PauseZone",
+            MpsProcedure::ResumeZone => "ResumeZone",
         }
     }
 
@@ -89,8 +110,11 @@ impl MpsProcedure {
                 "expire",
                 "minimum",
             ],
-            MpsProcedure::DeleteZone => COMMON,
-            MpsProcedure::CreateRecord => &[
+            MpsProcedure::DeleteZone
+            | MpsProcedure::WriteBack
+            | MpsProcedure::PauseZone
+            | MpsProcedure::ResumeZone => COMMON,
+            MpsProcedure::CreateRecord | MpsProcedure::ModifyRecord => &[
                 "serverIdentifier",
                 "zoneName",
                 "userName",
@@ -126,6 +150,8 @@ pub(crate) struct Translated {
     pub(crate) check_only: bool,
     /// What the caller should know (credentials not used, …); added to the output.
     pub(crate) warnings: Vec<String>,
+    /// ModifyResourceRecord: the RRset must hold exactly one record, replaced atomically.
+    pub(crate) modify: bool,
 }
 
 /// `DNS Provider/<procedure>: ` for messages.
@@ -218,7 +244,9 @@ fn check_elements(p: MpsProcedure, data: &Element) -> Result<(), ProviderError> 
             continue;
         }
         let hint = match p {
-            MpsProcedure::CreateRecord | MpsProcedure::DeleteRecord => {
+            MpsProcedure::CreateRecord
+            | MpsProcedure::DeleteRecord
+            | MpsProcedure::ModifyRecord => {
                 " (a record's fields go inside `properties`, e.g. <properties><OwnerName>www</OwnerName><IPAddress>192.0.2.1</IPAddress></properties>; \
                  Provisio's AddRecord/DeleteRecord take them flat)"
             }
@@ -388,6 +416,15 @@ impl DnsProvider {
         let Some(p) = MpsProcedure::of(&call.context.procedure) else {
             return Ok(None);
         };
+        if matches!(p, MpsProcedure::PauseZone | MpsProcedure::ResumeZone) {
+            return Err(invalid(
+                p,
+                "is not supported: BIND (and the zone files Provisio writes) has no paused zones; in MPS a \
+                 paused zone is kept but not answered for. Every zone Provisio creates is served at once \
+                 (CreateDNSZone requires commitFlag COMMIT). To stop serving a zone use DeleteDNSZone (its undo \
+                 brings the zone back with every record); to hold off dynamic updates on BIND use `rndc freeze`",
+            ));
+        }
         let data = &call.execute_data;
         check_elements(p, data)?;
         check_server(p, self, data)?;
@@ -412,7 +449,7 @@ impl DnsProvider {
                             return Err(invalid(
                                 p,
                                 format!(
-                                    "`zoneType` {t:?} is not supported: Provisio creates primary zones only (the zone's data is written by this provider)"
+                                    "`zoneType` {t:?} is not supported: Provisio creates primary zones only (the zone's data is written by this provider). A secondary or forward zone is configuration of the server that holds it: add it there (named.conf `type secondary; primaries {{ … }};` or `type forward; forwarders {{ … }};`), and let this primary notify it with `zone_options = \"also-notify {{ … }};\"` under [providers.dns.rndc]"
                                 ),
                             ))
                         }
@@ -457,11 +494,14 @@ impl DnsProvider {
                 // Validate now, so errors name the MPS call.
                 super::zone_settings(&flat).map_err(|e| invalid(p, e.message()))?;
             }
-            MpsProcedure::DeleteZone => {
+            MpsProcedure::DeleteZone | MpsProcedure::WriteBack => {
                 let zone = zone_of(p, data, None)?;
                 flat.push(text("zoneName", zone));
             }
-            MpsProcedure::CreateRecord | MpsProcedure::DeleteRecord => {
+            MpsProcedure::PauseZone | MpsProcedure::ResumeZone => unreachable!("refused above"),
+            MpsProcedure::CreateRecord
+            | MpsProcedure::DeleteRecord
+            | MpsProcedure::ModifyRecord => {
                 let props = read_properties(p, data)?;
                 let raw_type = data
                     .child("rrType")
@@ -556,6 +596,23 @@ impl DnsProvider {
                         "commitFlag NOCOMMIT (the MPS default): the change is served at once, as in MPS, and also written durably at once (zone file or the server's journal)".to_string(),
                     );
                 }
+                if p == MpsProcedure::ModifyRecord {
+                    // ReplaceRecordSet's inputs: the record's data fields become its one item.
+                    let mut rrset = Element::new("executeData");
+                    let mut item = Element::new("records");
+                    for c in flat.elements() {
+                        match c.name.as_str() {
+                            "zoneName" | "rrType" | "name" | "ttl" => {
+                                rrset.push(c.clone());
+                            }
+                            _ => {
+                                item.push(c.clone());
+                            }
+                        }
+                    }
+                    rrset.push(item);
+                    flat = rrset;
+                }
             }
         }
         let mut translated = call.clone();
@@ -565,6 +622,7 @@ impl DnsProvider {
             call: translated,
             check_only,
             warnings,
+            modify: p == MpsProcedure::ModifyRecord,
         }))
     }
 }
@@ -921,6 +979,78 @@ mod tests {
                 proptest::prop_assert_eq!(r.data, super::super::RData::Txt(text_in.clone().into_bytes()));
             }
         }
+    }
+
+    #[test]
+    fn modify_becomes_a_one_record_replace_and_pause_is_refused() {
+        let (_d, p) = provider();
+        let c = call(
+            "ModifyResourceRecord",
+            vec![
+                Element::with_text("zoneName", "fabrikam.com"),
+                Element::with_text("rrType", "MicrosoftDNS_MXType"),
+                props(
+                    &[
+                        ("OwnerName", "fabrikam.com"),
+                        ("TTL", "600"),
+                        ("MailExchange", "mx2.fabrikam.com"),
+                        ("Preference", "20"),
+                    ],
+                    true,
+                ),
+            ],
+        );
+        let t = translate(&p, &c).expect("valid");
+        assert!(t.modify);
+        assert_eq!(t.call.context.procedure, "ReplaceRecordSet");
+        let r = super::super::rrset_input(&t.call.execute_data).expect("rrset inputs");
+        assert_eq!(
+            (r.owner.as_str(), r.rtype.as_str(), r.ttl),
+            ("@", "MX", Some(600))
+        );
+        assert_eq!(r.data.len(), 1);
+        // Bad data is refused with the MPS property's name, as for CreateResourceRecord.
+        let bad = call(
+            "ModifyResourceRecord",
+            vec![
+                Element::with_text("zoneName", "fabrikam.com"),
+                Element::with_text("rrType", "MicrosoftDNS_AType"),
+                props(&[("OwnerName", "www"), ("IPAddress", "999.1.1.1")], false),
+            ],
+        );
+        let err = translate(&p, &bad).err().expect("refused");
+        assert!(
+            err.starts_with("DNS Provider/ModifyResourceRecord: "),
+            "{err}"
+        );
+        assert!(err.contains("`properties/IPAddress`"), "{err}");
+        for proc in ["PauseZone", "ResumeZone"] {
+            let err = translate(
+                &p,
+                &call(proc, vec![Element::with_text("zoneName", "fabrikam.com")]),
+            )
+            .err()
+            .expect("refused");
+            assert!(err.starts_with(&format!("DNS Provider/{proc}: ")), "{err}");
+            assert!(err.contains("DeleteDNSZone"), "{err}");
+        }
+        let wb = translate(
+            &p,
+            &call(
+                "WriteBackZoneFile",
+                vec![Element::with_text("zoneName", "Fabrikam.com.")],
+            ),
+        )
+        .expect("valid");
+        assert_eq!(wb.call.context.procedure, "WriteBackZoneFile");
+        assert_eq!(
+            wb.call
+                .execute_data
+                .child("zoneName")
+                .map(Element::string_value)
+                .as_deref(),
+            Some("fabrikam.com")
+        );
     }
 
     #[test]

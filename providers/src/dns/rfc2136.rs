@@ -1412,6 +1412,25 @@ impl ZoneBackend for Rfc2136Backend {
         Ok(self.soa(zone).await?.is_some())
     }
 
+    /// `rndc sync ZONE`: BIND keeps dynamic updates in the zone's journal and writes them
+    /// into the zone file later; this writes them now.
+    async fn write_back(&self, zone: &str) -> Result<String, DnsError> {
+        let Some(rndc) = &self.rndc else {
+            return Err(DnsError::Unsupported(format!(
+                "WriteBackZoneFile of {zone} needs BIND's control channel (`rndc sync`): configure \
+                 [providers.dns.rndc]; without it BIND writes its journal into the zone file on its own \
+                 (at most 15 minutes after an update, and at shutdown)"
+            )));
+        };
+        if rndc.sync_zone(zone).await? {
+            Ok(format!(
+                "rndc sync {zone}: named wrote the zone's journal into its zone file"
+            ))
+        } else {
+            Err(DnsError::ZoneNotFound(zone.to_string()))
+        }
+    }
+
     async fn snapshot(&self, zone: &str) -> Result<ZoneSnapshot, DnsError> {
         self.transfer(zone).await
     }

@@ -320,6 +320,18 @@ impl Rndc {
         }
     }
 
+    /// `rndc sync ZONE`: writes the zone's journal (its dynamic updates) into its zone
+    /// file. False when the server does not have the zone.
+    pub(crate) async fn sync_zone(&self, zone: &str) -> Result<bool, DnsError> {
+        check_config_name("zone", zone)?;
+        match self.run(&["sync", zone]).await {
+            Ok(_) => Ok(true),
+            Err(RndcError::NotFound) => Ok(false),
+            Err(RndcError::AlreadyExists) => Ok(true),
+            Err(RndcError::Other(e)) => Err(e),
+        }
+    }
+
     // ---- files ---------------------------------------------------------------------
 
     /// A fresh zone file name: `<zone>.<unique>.zone`. A new name each time, because

@@ -27,14 +27,14 @@ use super::record::{
     describe_rrset, fqdn, parse_rdata, same_rrset, tokenize, RData, Record, Token,
 };
 use super::DnsError;
-use crate::common::sanitize_key;
+use crate::common::{sanitize_key, NameGuard, NameLocks};
 use async_trait::async_trait;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Sub-folder of the zone folder holding zones taken out by DeleteZone.
@@ -355,7 +355,9 @@ pub struct ZoneFileBackend {
 struct Files {
     dir: PathBuf,
     markers: PathBuf,
-    lock: Mutex<()>,
+    /// One lock per zone: changes to one zone take turns, changes to different zones run
+    /// at the same time; sweeps, purges and recovery hold every zone.
+    locks: NameLocks,
 }
 
 impl ZoneFileBackend {
@@ -373,7 +375,7 @@ impl ZoneFileBackend {
         let files = Files {
             dir,
             markers,
-            lock: Mutex::new(()),
+            locks: NameLocks::new(),
         };
         // Temp files of processes that are gone can only be leftovers.
         files.sweep_temp_files(false);
@@ -487,7 +489,7 @@ impl Files {
 
     /// [`ZoneBackend::sweep`].
     fn sweep(&self, live: &LiveTxns) -> Swept {
-        let _g = self.guard();
+        let _g = self.guard_all();
         let temp_files = self.sweep_temp_files(true);
         let mut markers = Vec::new();
         if let Ok(entries) = fs::read_dir(&self.markers) {
@@ -517,8 +519,14 @@ impl Files {
         self.dir.join(format!("{zone}.zone"))
     }
 
-    fn guard(&self) -> MutexGuard<'_, ()> {
-        self.lock.lock().unwrap_or_else(PoisonError::into_inner)
+    /// Holds one zone (its file, its records).
+    fn zone_guard(&self, zone: &str) -> NameGuard<'_> {
+        self.locks.one(zone)
+    }
+
+    /// Holds every zone and the marker folder: no change is in progress.
+    fn guard_all(&self) -> NameGuard<'_> {
+        self.locks.all()
     }
 
     fn load(&self, zone: &str) -> Result<Zone, DnsError> {
@@ -632,7 +640,7 @@ impl Files {
     }
 
     fn remove_zone(&self, zone: &str) -> Result<(), DnsError> {
-        let _g = self.guard();
+        let _g = self.zone_guard(zone);
         let path = self.zone_path(zone);
         match fs::remove_file(&path) {
             Ok(()) => {
@@ -645,7 +653,7 @@ impl Files {
     }
 
     fn delete_zone(&self, zone: &str, key: &str) -> Result<String, DnsError> {
-        let _g = self.guard();
+        let _g = self.zone_guard(zone);
         let token = format!("{zone}.zone.{}", sanitize_key(key));
         let aside = self.deleted_path(&token);
         let path = self.zone_path(zone);
@@ -680,7 +688,7 @@ impl Files {
     }
 
     fn restore_zone(&self, zone: &str, token: &str) -> Result<(), DnsError> {
-        let _g = self.guard();
+        let _g = self.zone_guard(zone);
         if token.contains('/')
             || token.contains('\\')
             || token.starts_with('.')
@@ -716,7 +724,7 @@ impl Files {
         settings: &ZoneSettings,
         key: Option<&str>,
     ) -> Result<(u32, String), DnsError> {
-        let _g = self.guard();
+        let _g = self.zone_guard(&settings.zone);
         let path = self.zone_path(&settings.zone);
         if exists(&path) {
             return Err(DnsError::ZoneExists(settings.zone.clone()));
@@ -768,7 +776,7 @@ impl Files {
         data: &RData,
         key: Option<&str>,
     ) -> Result<(Record, u32), DnsError> {
-        let _g = self.guard();
+        let _g = self.zone_guard(zone);
         let mut z = self.load(zone)?;
         let record = Record {
             owner: owner.to_string(),
@@ -807,7 +815,7 @@ impl Files {
         data: &RData,
         key: Option<&str>,
     ) -> Result<Option<(Record, u32)>, DnsError> {
-        let _g = self.guard();
+        let _g = self.zone_guard(zone);
         let mut z = self.load(zone)?;
         let Some(pos) = z
             .records
@@ -835,7 +843,7 @@ impl Files {
         expect: Option<&[Record]>,
         key: Option<&str>,
     ) -> Result<Replaced, DnsError> {
-        let _g = self.guard();
+        let _g = self.zone_guard(zone);
         let mut z = self.load(zone)?;
         let in_set = |r: &Record| r.owner == owner && r.data.rtype() == rtype;
         let before: Vec<Record> = z.records.iter().filter(|r| in_set(r)).cloned().collect();
@@ -894,7 +902,7 @@ impl Files {
 
     /// Settles the call `key` from its marker and the zone folder as it is now.
     fn recover_inner(&self, key: &str) -> Result<Recovered, DnsError> {
-        let _g = self.guard();
+        let _g = self.guard_all();
         // No marker: the call never got past its checks, so nothing changed.
         let Some(intent) = self.read_intent(key) else {
             return Ok(Recovered::NotApplied);
@@ -1119,6 +1127,17 @@ impl ZoneBackend for ZoneFileBackend {
         self.blocking(move |f| f.restore_zone(&zone, &token)).await
     }
 
+    async fn write_back(&self, zone: &str) -> Result<String, DnsError> {
+        let path = self.zone_path(zone);
+        if !self.zone_exists(zone).await? {
+            return Err(DnsError::ZoneNotFound(zone.to_string()));
+        }
+        Ok(format!(
+            "{} already holds every change: the zonefile backend writes it (fsynced) at each change",
+            path.display()
+        ))
+    }
+
     async fn zone_exists(&self, zone: &str) -> Result<bool, DnsError> {
         let path = self.zone_path(zone);
         self.blocking(move |_| Ok(exists(&path))).await
@@ -1127,7 +1146,7 @@ impl ZoneBackend for ZoneFileBackend {
     async fn snapshot(&self, zone: &str) -> Result<ZoneSnapshot, DnsError> {
         let zone = zone.to_string();
         self.blocking(move |f| {
-            let _g = f.guard();
+            let _g = f.zone_guard(&zone);
             let z = f.load(&zone)?;
             Ok(ZoneSnapshot {
                 serial: z.soa.serial,
@@ -1256,7 +1275,9 @@ impl ZoneBackend for ZoneFileBackend {
         // Best effort: a marker left behind is removed by a later sweep.
         let _ = self
             .blocking(move |f| {
-                let _g = f.guard();
+                // The marker's own name: a sweep or recovery (which hold every name)
+                // never sees it half-removed; other zones' calls go on.
+                let _g = f.locks.one(&format!("\0marker {key}"));
                 f.remove_intent(&key);
                 Ok(())
             })
@@ -1282,7 +1303,7 @@ impl Files {
         scope: &provisio_engine::provider::PurgeScope,
     ) -> Result<provisio_engine::provider::Purged, DnsError> {
         use std::os::unix::fs::MetadataExt;
-        let _g = self.guard();
+        let _g = self.guard_all();
         let mut purged = provisio_engine::provider::Purged::default();
         let since = |p: &Path, ctime: bool| {
             fs::symlink_metadata(p)
@@ -1399,5 +1420,59 @@ mod tests {
         assert_eq!(next_serial(u32::MAX, 20240616), 0);
         let t = today_yyyymmdd();
         assert!((20200101..21000101).contains(&t), "{t}");
+    }
+}
+
+#[cfg(test)]
+mod lock_tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn settings(zone: &str) -> ZoneSettings {
+        ZoneSettings {
+            zone: zone.into(),
+            primary_ns: format!("ns1.{zone}."),
+            admin: format!("hostmaster.{zone}."),
+            ttl: 3600,
+            ns_address: None,
+            timers: [7200, 3600, 1_209_600, 3600],
+        }
+    }
+
+    /// A change to one zone does not wait for a change to another (issue 17: the
+    /// provider-wide lock made 16 tenants in flight no faster than one), and changes to
+    /// the same zone still take turns.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn zones_are_locked_one_by_one() {
+        let root = tempfile::tempdir().expect("tmp");
+        let backend = ZoneFileBackend::new(root.path().join("zones")).expect("backend");
+        for z in ["a.test", "b.test"] {
+            backend.create_zone(&settings(z)).await.expect("zone");
+        }
+        let held = backend.files.zone_guard("a.test");
+        let one = RData::A("192.0.2.1".parse().expect("ip"));
+        // Zone b is not held: its change goes through while a is held.
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            backend.add_record("b.test", "www", None, &one),
+        )
+        .await
+        .expect("b.test must not wait for a.test")
+        .expect("add");
+        // Zone a is held: its change waits until the holder lets go.
+        let files = Arc::clone(&backend.files);
+        let mut waiting = tokio::task::spawn_blocking(move || {
+            files.add_record_inner("a.test", "www", None, &one, None)
+        });
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), &mut waiting)
+                .await
+                .is_err(),
+            "a change to a held zone went ahead"
+        );
+        drop(held);
+        waiting.await.expect("join").expect("add after release");
+        let z = backend.snapshot("a.test").await.expect("snapshot");
+        assert!(z.records.iter().any(|r| r.owner == "www"));
     }
 }

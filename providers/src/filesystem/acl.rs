@@ -234,6 +234,11 @@ impl Acl {
         Acl::new(entries)
     }
 
+    /// The entries, sorted by tag then id.
+    pub(crate) fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
     /// The short text form with numeric ids: `user::rwx,user:1001:r-x,group::r-x,mask::r-x,other::---`
     /// (each entry prefixed with `default:` when `default`).
     pub(crate) fn to_text(&self, default: bool) -> String {

@@ -7,6 +7,7 @@
 //! in `<root>/.provisio-staging/<key>/` until commit. These folders are hidden from inputs.
 //! SetPermissions sets mode bits and POSIX ACLs (see `acl`, `perms`).
 
+mod ace;
 mod acl;
 mod files;
 mod mps;
@@ -1370,6 +1371,20 @@ impl FilesystemProvider {
                 ],
             ),
         ];
+        for share in [
+            "CreateShare",
+            "DeleteShare",
+            "GetShareProperties",
+            "SetShareProperties",
+        ] {
+            specs.push(spec(
+                share,
+                ProcKind::Write,
+                UndoKind::Nothing,
+                &format!("MPS: refused. {SHARES_REFUSED}."),
+                Vec::new(),
+            ));
+        }
         specs.extend(mps::MpsProcedure::ALL.into_iter().map(|p| {
             let (kind, undo) = if p.is_read() {
                 (ProcKind::Read, UndoKind::Nothing)
@@ -1387,9 +1402,13 @@ impl FilesystemProvider {
     }
 }
 
+/// Why the MPS share procedures are refused (and what to do instead).
+const SHARES_REFUSED: &str = "SMB shares are not supported: they are configuration of the SMB server (Samba's smb.conf or its registry), which this provider does not manage. Export the tenant folders from Samba (a [share] per tenant, or one share whose path uses %U), and set who may use them with SetDirectoryAttributes `security` (POSIX ACLs, which Samba honours)";
+
 /// An input of an MPS procedure.
 fn mps_input_spec(p: mps::MpsProcedure, name: &str) -> provisio_engine::model::InputSpec {
     let optional = matches!(name, "newName" | "controlInfo" | "security")
+        || (name == "properties" && p == mps::MpsProcedure::SetDirectoryAttributes)
         || (name == "dirName" && p == mps::MpsProcedure::ListDirectory);
     let (ty, description) = match name {
         "dirName" => ("string", "Folder name (one component) inside sourcePath"),
@@ -1489,6 +1508,11 @@ impl Fs {
             "SetPermissions" => self.set_permissions(call),
             "StageFolder" => self.stage_folder(call),
             "StageFile" => self.stage_file(call),
+            share @ ("CreateShare" | "DeleteShare" | "GetShareProperties"
+            | "SetShareProperties") => Err(ProviderError::Permanent {
+                code: perms::E_NOT_SUPPORTED,
+                message: format!("File System Provider/{share}: {SHARES_REFUSED}"),
+            }),
             other => Err(ProviderError::invalid(format!(
                 "the Filesystem provider has no procedure {other:?}"
             ))),

@@ -113,7 +113,7 @@ impl MpsProcedure {
             MpsProcedure::RenameDirectory => "MPS: renames `sourcePath/@path`/`oldName` to `newName`. Undo renames it back.",
             MpsProcedure::ListDirectory => "MPS: lists `sourcePath/@path` (or its `dirName`). Outputs `directories/directory/name`, `files/file/{name, bytes}`.",
             MpsProcedure::GetDirectoryAttributes => "MPS: outputs `properties/{readOnly, hidden}` and `mode` of `sourcePath/@path`/`dirName`.",
-            MpsProcedure::SetDirectoryAttributes => "MPS: `properties/readOnly` clears (true) or gives back the owner (false) write permission; `hidden` only as the name already says; indexing, encompress and `security` are refused. Undo restores the exact mode and ACLs.",
+            MpsProcedure::SetDirectoryAttributes => "MPS: `properties/readOnly` clears (true) or gives back the owner (false) write permission; `hidden` only as the name already says; indexing and encompress are refused. `security/acl/ace{permission+, mode, trustee, trusteeForm?, trusteeType?, inheritance*}` become POSIX ACL entries (GRANT adds to the trustee's entry, SET replaces it, REVOKE removes it; DENY and SIDs refused; containerInherit/objectInherit also set the default ACL). Undo restores the exact mode and ACLs.",
         }
     }
 }
@@ -387,12 +387,6 @@ impl Fs {
             }
             MpsProcedure::SetDirectoryAttributes => {
                 let i = self.mps_inputs(p, data)?;
-                if data.child("security").is_some() {
-                    return Err(invalid(
-                        p,
-                        "`security` (Windows access control entries) is not supported; set POSIX modes and ACLs with SetPermissions (`mode`, `acl`)",
-                    ));
-                }
                 let meta = self
                     .lstat(&i.source)?
                     .ok_or_else(|| ProviderError::Permanent {
@@ -413,10 +407,13 @@ impl Fs {
                     meta.permissions().mode() & 0o7777
                 };
                 let hidden_now = i.source.parts().last().is_some_and(|n| n.starts_with('.'));
-                let props = data.child("properties").ok_or_else(|| {
-                    invalid(p, "`properties` is required (<properties><readOnly>true</readOnly></properties>)")
-                })?;
-                for e in props.elements() {
+                let security = data.child("security");
+                let props = data.child("properties");
+                if props.is_none() && security.is_none() {
+                    return Err(invalid(p, "`properties` or `security` is required (<properties><readOnly>true</readOnly></properties>, <security><acl><ace>…</ace></acl></security>)"));
+                }
+                let empty = Element::new("properties");
+                for e in props.unwrap_or(&empty).elements() {
                     let value =
                         parse_bool(&format!("properties/{}", e.name), Some(e.string_value()))
                             .map_err(|err| rename_error(p, err, &[]))?;
@@ -454,7 +451,23 @@ impl Fs {
                     }
                 }
                 flat.push(text("path", i.source.display()));
-                flat.push(text("mode", format!("{mode:04o}")));
+                if props.is_some() {
+                    flat.push(text("mode", format!("{mode:04o}")));
+                }
+                if let Some(sec) = security {
+                    // Windows ACEs as POSIX ACL entries, merged with the folder's current
+                    // ones (GRANT adds, SET replaces, REVOKE removes; DENY refused).
+                    let t = self.perm_target("sourcePath", i.source.clone())?;
+                    let state = self.perm_state(&t)?;
+                    let acl = super::ace::security_to_acl(
+                        sec,
+                        &state,
+                        t.is_dir,
+                        &super::perms::resolve_name,
+                    )
+                    .map_err(|m| invalid(p, m))?;
+                    flat.push(text("acl", acl));
+                }
                 "SetPermissions"
             }
             _ => return Ok(None),

@@ -38,7 +38,7 @@ fn is_unsupported(e: &io::Error) -> bool {
 }
 
 /// Resolves names through the local `/etc/passwd` and `/etc/group` files only.
-fn resolve_name(is_group: bool, name: &str) -> Option<u32> {
+pub(super) fn resolve_name(is_group: bool, name: &str) -> Option<u32> {
     let file = if is_group {
         "/etc/group"
     } else {
@@ -71,15 +71,15 @@ pub(super) fn refuse_hard_links(
 }
 
 /// The parsed inputs of one SetPermissions call.
-struct Target {
+pub(super) struct Target {
     path: RelPath,
     real: PathBuf,
-    is_dir: bool,
+    pub(super) is_dir: bool,
 }
 
 impl Fs {
     /// Checks `path` for SetPermissions: it exists and is not a symlink.
-    fn perm_target(&self, field: &str, path: RelPath) -> Result<Target, ProviderError> {
+    pub(super) fn perm_target(&self, field: &str, path: RelPath) -> Result<Target, ProviderError> {
         let meta = self.lstat(&path)?.ok_or_else(|| ProviderError::Permanent {
             code: E_PATH_NOT_FOUND,
             message: format!("input `{field}`: `{}` does not exist", path.display()),
@@ -100,7 +100,7 @@ impl Fs {
     }
 
     /// The current mode and ACLs (a file system without ACL support has none).
-    fn perm_state(&self, t: &Target) -> Result<PermState, ProviderError> {
+    pub(super) fn perm_state(&self, t: &Target) -> Result<PermState, ProviderError> {
         let what = format!("`{}`", t.path.display());
         let meta = self
             .lstat(&t.path)?
