@@ -452,6 +452,58 @@ fn hosted_file_storage_tenant_users_quotas_and_update_acl() {
     assert!(!home.exists());
 }
 
+/// Hosted Files puts the tenant's name into a path: a name that is not one folder name is
+/// refused before anything is created or removed — `contoso/users` would land in another
+/// tenant's home, `.` would make RemoveTenantFolders delete every tenant's folder.
+#[test]
+fn hosted_files_refuses_a_tenant_name_that_is_not_one_folder_name() {
+    let sb = Sandbox::new();
+    let files = sb.data().join("files");
+    let call =
+        |procedure: &str, data: &str| format!("call: Hosted Files/{procedure}\ndata:\n{data}");
+    let ok = sb.write(
+        "contoso.yaml",
+        &call(
+            "CreateTenantFolders",
+            "  tenant: contoso\n  user:\n    - { name: ann }\n",
+        ),
+    );
+    let r = sb.run(&["run", ok.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(files.join("tenants/contoso/users/ann").is_dir());
+    let long = "x".repeat(300);
+    for (procedure, tenant, user) in [
+        ("CreateTenantFolders", "contoso/users", "eve"),
+        ("CreateTenantFolders", "evil", "../../contoso"),
+        ("CreateTenantFolders", "evil", "a/b"),
+        ("CreateTenantFolders", long.as_str(), "eve"),
+        ("RemoveTenantFolders", ".", "-"),
+        ("RemoveTenantFolders", "", "-"),
+        ("RemoveTenantFolders", "contoso/users", "-"),
+    ] {
+        let bad = sb.write(
+            "bad.yaml",
+            &call(
+                procedure,
+                &format!("  tenant: \"{tenant}\"\n  user:\n    - {{ name: \"{user}\" }}\n"),
+            ),
+        );
+        let r = sb.run(&["run", bad.to_str().unwrap()]);
+        assert_eq!(r.code, 1, "{procedure} {tenant} {user}: {r:?}");
+        let said = format!("{}{}", r.stdout, r.stderr);
+        assert!(
+            said.contains("must be one folder name"),
+            "{procedure} {tenant} {user}: {said}"
+        );
+        assert!(!files.join("tenants/evil").exists());
+        assert!(!files.join("tenants/contoso/users/users").exists());
+        assert!(
+            files.join("tenants/contoso/users/ann").is_dir(),
+            "{procedure} {tenant}: the other tenant's folders are untouched"
+        );
+    }
+}
+
 /// docs/namespaces/hosted-file-storage.md is what `provisio namespaces --markdown` prints.
 #[test]
 fn the_hosted_file_storage_page_is_generated_from_the_definition() {
