@@ -880,26 +880,14 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) -> Opt
                 )
                 .await;
                 return None;
-            } else if d.queue.is_shared() {
-                // Still running: on a live node that lost the job's lease in a stall (it
-                // still owns the transaction), or in this one. The job keeps its
-                // transaction id: it is left to its lease, taken back when that runs out
-                // and looked at again then (a retry would start a second transaction while
-                // the first still runs).
-                tracing::warn!(job = %id, txn = %txn, state = %summary.state, "the job's transaction still runs under another owner; looking again when the lease runs out");
             } else {
-                // Still running elsewhere in this process (a lease lost to a stall): look
-                // again later.
-                let _ = d
-                    .queue
-                    .retry_later(
-                        &id,
-                        format!("its transaction {txn} is still {}", summary.state),
-                        now_ms(),
-                        d.backoff(),
-                        random(),
-                    )
-                    .await;
+                // Still running: in this process (a runner that stalled past its lease)
+                // or, with several daemons, on a live node that lost the job's lease in a
+                // stall (it still owns the transaction). The job keeps its transaction id:
+                // it is left to its lease, taken back when that runs out and looked at
+                // again then, by which time the first runner has settled it. A retry would
+                // start a second transaction while the first still runs.
+                tracing::warn!(job = %id, txn = %txn, state = %summary.state, "the job's transaction still runs under another runner; looking again when the lease runs out");
             }
             return None;
         }
