@@ -461,6 +461,66 @@ fn mailbox_changes_lists_and_out_of_office_through_hosted_email() {
     }
 }
 
+/// A tenant with a distribution list and a mail contact is decommissioned whole: Hosted AD's
+/// DeleteOrganization deletes their mail records (named in the address list) before the
+/// accepted domain, which is then free for another tenant. Before, the domain still held
+/// their addresses and the whole DecommissionTenant failed.
+#[test]
+fn a_tenant_with_lists_and_contacts_is_decommissioned_whole() {
+    let sb = Sandbox::new();
+    initialize(&sb);
+    ok(
+        &sb,
+        &["run", "workflows/hosting/provision-tenant.yaml", "--quiet"],
+    );
+    let r = request(
+        &sb,
+        "lists.xml",
+        &format!(
+            r#"<request><data/><procedure>
+  <execute id="list" namespace="Hosted Email 2007" procedure="CreateDistributionList">
+    <executeData><organization>{ALPINE}</organization><name>Instructors</name><emailAddress>instructors@alpineskihouse.test</emailAddress>
+      <members><member>ann@alpineskihouse.test</member></members></executeData>
+  </execute>
+  <execute id="contact" namespace="Exchange 2007 Provider" procedure="CreateContact">
+    <executeData><organization>{ALPINE}</organization><name>Supplier</name><externalEmailAddress>orders@supplier.test</externalEmailAddress></executeData>
+  </execute>
+  <execute id="gal" namespace="Exchange 2007 Provider" procedure="GetAddressList">
+    <executeData><organization>{ALPINE}</organization></executeData>
+    <after source="executeData" sourcePath="addressList" destination="data" mode="insert"/>
+  </execute></procedure></request>"#
+        ),
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    let flat = r.stdout.replace(['\n', ' '], "");
+    assert!(flat.contains("<name>Instructors</name>"), "{r:?}");
+    assert!(flat.contains("<name>Supplier</name>"), "{r:?}");
+
+    let aliases =
+        || std::fs::read_to_string(sb.data().join("mail/virtual_alias_maps")).expect("alias map");
+    assert!(
+        aliases().contains("instructors@alpineskihouse.test"),
+        "{}",
+        aliases()
+    );
+    let r = sb.run(&[
+        "run",
+        "workflows/hosting/decommission-tenant.yaml",
+        "--quiet",
+    ]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        !aliases().contains("instructors@alpineskihouse.test"),
+        "{}",
+        aliases()
+    );
+    // The domain is free again: the same tenant provisions anew.
+    ok(
+        &sb,
+        &["run", "workflows/hosting/provision-tenant.yaml", "--quiet"],
+    );
+}
+
 /// A tenant whose plan lacks the HostedEmail service is not mail-enabled: MailEnableTenant
 /// refuses it (Managed Plans' CheckDependencies, naming the plan and the service) and the
 /// whole ProvisionTenant rolls back, leaving no mail file, allocation or directory entry.

@@ -1497,7 +1497,16 @@ async fn delete_contact(ed: &Element, tx: &mut Tx<'_>) -> Result<(Element, Strin
 async fn address_list(ed: &Element, tx: &mut Tx<'_>) -> Result<(Element, String), ProviderError> {
     let org = org_input(ed)?;
     let o = crate::bookkeeping::esc(&org.id);
-    type Entry = (String, String, String, String, Option<ResourceRec>);
+    // (type, display name, alias, address, resource, name: the key DeleteDistributionList
+    // and DeleteContact take — a mailbox is named by its user)
+    type Entry = (
+        String,
+        String,
+        String,
+        String,
+        Option<ResourceRec>,
+        Option<String>,
+    );
     let mut entries: Vec<Entry> = Vec::new();
     for (_, m) in tx.r.scan::<MailboxRec>(&format!("mbx/{o}/")).await? {
         entries.push((
@@ -1506,13 +1515,28 @@ async fn address_list(ed: &Element, tx: &mut Tx<'_>) -> Result<(Element, String)
             m.alias.clone(),
             m.primary().to_string(),
             m.resource.clone(),
+            None,
         ));
     }
     for (_, g) in tx.r.scan::<GroupRec>(&format!("grp/{o}/")).await? {
-        entries.push(("group".into(), g.display, g.alias, g.address, None));
+        entries.push((
+            "group".into(),
+            g.display,
+            g.alias,
+            g.address,
+            None,
+            Some(g.name),
+        ));
     }
     for (_, c) in tx.r.scan::<ContactRec>(&format!("contact/{o}/")).await? {
-        entries.push(("contact".into(), c.display, c.alias, c.external, None));
+        entries.push((
+            "contact".into(),
+            c.display,
+            c.alias,
+            c.external,
+            None,
+            Some(c.name),
+        ));
     }
     entries.sort_by(|a, b| {
         a.1.to_lowercase()
@@ -1521,9 +1545,12 @@ async fn address_list(ed: &Element, tx: &mut Tx<'_>) -> Result<(Element, String)
     });
     let mut list = Element::new("addressList");
     list.set_attr("organization", org.dn.to_string());
-    for (kind, disp, nick, addr, resource) in &entries {
+    for (kind, disp, nick, addr, resource, name) in &entries {
         let mut e = Element::new("entry");
         e.push(text("type", kind));
+        if let Some(n) = name {
+            e.push(text("name", n));
+        }
         e.push(text("displayName", disp));
         e.push(text("alias", nick));
         e.push(text("emailAddress", addr));
@@ -1685,7 +1712,7 @@ impl Provider for ExchangeProvider {
             ]),
             sp("DeleteContact", w, "Deletes a mail contact.", vec![org(), name()]),
             sp("GetMailbox", rd, "Reads a mailbox: outputs mailbox{user, organization, alias, displayName, primarySmtpAddress, emailAddresses, quotaKB, mailStore, outOfOffice, homeDirectory, resourceType, resourceCapacity, allocation, planCharge} (the last four when set).", vec![user()]),
-            sp("GetAddressList", rd, "The organization's address list (address-book segregation): addressList/entry{type, displayName, alias, emailAddress, resourceType?, resourceCapacity?} of its own mailboxes (resource mailboxes with their type), groups and contacts only.", vec![org()]),
+            sp("GetAddressList", rd, "The organization's address list (address-book segregation): addressList/entry{type, name? (groups and contacts), displayName, alias, emailAddress, resourceType?, resourceCapacity?} of its own mailboxes (resource mailboxes with their type), groups and contacts only.", vec![org()]),
             sp("GetOrganizationDomains", rd, "The organization's accepted domains: SMTPDomains/SMTPDomain{domainName, domainTypeName, shared}.", vec![org()]),
         ]
     }
