@@ -823,40 +823,13 @@ impl Queue {
         }
         let mut batch = Batch::new();
         let seq = Self::alloc(&mut next, &mut batch);
-        let id = uuid::Uuid::now_v7().to_string();
         let state = if options.held_by.is_some() {
             JobState::Held
         } else {
             JobState::Queued
         };
-        let mut job = Job {
-            id: id.clone(),
-            seq,
-            state,
-            priority: new.priority,
-            not_before_ms: new.not_before_ms,
-            serial_key: new.serial_key,
-            serial_pos: seq,
-            idempotency_key: new.idempotency_key,
-            subject: new.subject,
-            target: new.target,
-            attempts: 0,
-            max_attempts: new.max_attempts.max(1),
-            txn: None,
-            txns: Vec::new(),
-            submitted_ms: now,
-            started_ms: None,
-            finished_ms: None,
-            error: None,
-            outcome: None,
-            cancel_requested: false,
-            payload: Some(new.payload),
-            result: None,
-            held_by: options.held_by,
-            retry_interval_ms: options.retry_interval_ms,
-            fail_when_exhausted: options.fail_when_exhausted,
-            slot: Slot::Waiting,
-        };
+        let mut job = new_job(new, seq, state, now, &options);
+        let id = job.id.clone();
         let idb = id.as_bytes().to_vec();
         if let Some(txn) = &job.held_by {
             // Held: in no line and no runnable index until its transaction commits.
@@ -1652,5 +1625,45 @@ fn delete_job_keys(batch: &mut Batch, job: &Job) {
     );
     if let Some(idem) = &job.idempotency_key {
         batch.delete(Space::Queue, idempotency_index(&job.subject, idem));
+    }
+}
+
+/// A new job as submitted (no attempt yet), in `state`: `Held` for a job an MPS `queue` step
+/// holds until its transaction commits, else `Queued` (or `Running` when claimed at once).
+pub(crate) fn new_job(
+    new: NewJob,
+    seq: u64,
+    state: JobState,
+    now: u64,
+    options: &JobOptions,
+) -> Job {
+    let held = options.held_by.is_some();
+    Job {
+        id: uuid::Uuid::now_v7().to_string(),
+        seq,
+        state,
+        priority: new.priority,
+        not_before_ms: new.not_before_ms,
+        serial_key: new.serial_key,
+        serial_pos: seq,
+        idempotency_key: new.idempotency_key,
+        subject: new.subject,
+        target: new.target,
+        attempts: 0,
+        max_attempts: new.max_attempts.max(1),
+        txn: None,
+        txns: Vec::new(),
+        submitted_ms: now,
+        started_ms: None,
+        finished_ms: None,
+        error: None,
+        outcome: None,
+        cancel_requested: false,
+        payload: Some(new.payload),
+        result: None,
+        held_by: options.held_by.clone(),
+        retry_interval_ms: options.retry_interval_ms,
+        fail_when_exhausted: options.fail_when_exhausted,
+        slot: if held { Slot::Held } else { Slot::Waiting },
     }
 }

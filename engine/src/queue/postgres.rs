@@ -11,8 +11,8 @@
 //! beside the columns the claims and listings use.
 
 use super::{
-    no_nul, state_index, Backoff, Cancelled, Finish, Job, JobOptions, JobState, ListFilter, NewJob,
-    Page, QueueError, SettleError, Slot, Submitted, Tally, ALL_STATES, STATES,
+    new_job, no_nul, state_index, Backoff, Cancelled, Finish, Job, JobOptions, JobState,
+    ListFilter, NewJob, Page, QueueError, SettleError, Slot, Submitted, Tally, ALL_STATES, STATES,
 };
 use crate::store::{PgStore, Store, StoreError};
 use std::sync::{Arc, Mutex};
@@ -1127,38 +1127,6 @@ fn finalize(row: &mut Row, state: JobState, now: u64) {
     row.job.finished_ms = Some(now);
     if state != JobState::Dead {
         row.job.payload = None;
-    }
-}
-
-fn new_job(new: NewJob, seq: u64, state: JobState, now: u64, options: &JobOptions) -> Job {
-    let held = options.held_by.is_some();
-    Job {
-        id: uuid::Uuid::now_v7().to_string(),
-        seq,
-        state,
-        priority: new.priority,
-        not_before_ms: new.not_before_ms,
-        serial_key: new.serial_key,
-        serial_pos: seq,
-        idempotency_key: new.idempotency_key,
-        subject: new.subject,
-        target: new.target,
-        attempts: 0,
-        max_attempts: new.max_attempts.max(1),
-        txn: None,
-        txns: Vec::new(),
-        submitted_ms: now,
-        started_ms: None,
-        finished_ms: None,
-        error: None,
-        outcome: None,
-        cancel_requested: false,
-        payload: Some(new.payload),
-        result: None,
-        held_by: options.held_by.clone(),
-        retry_interval_ms: options.retry_interval_ms,
-        fail_when_exhausted: options.fail_when_exhausted,
-        slot: if held { Slot::Held } else { Slot::Waiting },
     }
 }
 
