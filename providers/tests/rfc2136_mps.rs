@@ -397,7 +397,13 @@ async fn modify_resource_record_write_back_and_pause_with_rndc() {
         .unwrap_or_else(|e| panic!("{e}\n{}", n.log()));
     assert!(wb.undo.is_none());
     assert!(output(&wb, "writtenBack").is_some_and(|w| w.contains("rndc sync")));
-    let file = zone_files_text(&n, zone);
+    // named writes the file from a task of its own after `rndc sync` returns: wait for it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut file = zone_files_text(&n, zone);
+    while !file.contains("192.0.2.11") && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        file = zone_files_text(&n, zone);
+    }
     assert!(file.contains("192.0.2.11"), "{file}");
     // A zone the server does not have.
     let e = exec(

@@ -744,6 +744,17 @@ impl DnsProvider {
 
     async fn replace_record_set(&self, call: &Call) -> Result<Outcome, ProviderError> {
         let r = rrset_input(&call.execute_data)?;
+        self.replace_rrset_as(call, &r, None).await
+    }
+
+    /// Replaces the RRset `r` names with its data (only if it is now `expect`, when given):
+    /// the output names the set before and after, undo puts the previous set back.
+    async fn replace_rrset_as(
+        &self,
+        call: &Call,
+        r: &RrsetInput,
+        expect: Option<&[Record]>,
+    ) -> Result<Outcome, ProviderError> {
         let key = call.context.idempotency_key();
         let done = self
             .backend
@@ -755,7 +766,7 @@ impl DnsProvider {
                     ttl: r.ttl,
                     data: &r.data,
                 },
-                None,
+                expect,
                 Some(&key),
             )
             .await?;
@@ -803,34 +814,7 @@ impl DnsProvider {
     async fn modify_record(&self, call: &Call) -> Result<Outcome, ProviderError> {
         let r = rrset_input(&call.execute_data)?;
         let live = self.modify_target(&r).await?;
-        let key = call.context.idempotency_key();
-        let done = self
-            .backend
-            .replace_rrset(
-                &r.zone,
-                &r.owner,
-                &r.rtype,
-                NewRrset::Data {
-                    ttl: r.ttl,
-                    data: &r.data,
-                },
-                Some(&live),
-                Some(&key),
-            )
-            .await?;
-        let mut out = call.execute_data.clone();
-        out.push(text("fqdn", fqdn(&r.zone, &r.owner)));
-        out.push(Element::with_scalar("changed", Scalar::Bool(done.changed)));
-        out.push(record_list("previous", &done.before));
-        out.push(record_list("current", &done.after));
-        out.push(serial_el(done.serial));
-        let undo = done
-            .changed
-            .then(|| rrset_undo(&r.zone, &r.owner, &r.rtype, &done.before, &done.after));
-        Ok(Outcome {
-            execute_data: out,
-            undo,
-        })
+        self.replace_rrset_as(call, &r, Some(&live)).await
     }
 
     /// WriteBackZoneFile: no change to the zone's data, so no undo.
