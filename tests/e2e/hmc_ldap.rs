@@ -910,3 +910,80 @@ data:
     }
     (site, daemon)
 }
+
+/// The hosting workflows as shipped (`workflows/hosting/`), in the README's order, against
+/// the real servers with a configuration file: slapd (their paths moved under the test
+/// server's suffix — the only change), `named` through rndc and RFC 2136, Dovecot's mail
+/// files. `ldapsearch` finds the tenant's OU and users, `dig` its MX; the rollback demo
+/// leaves nothing of its tenant on the servers; decommissioning removes the OU and the zone.
+#[test]
+fn the_hosting_workflows_run_as_shipped_against_the_real_servers() {
+    let Some(s) = Slapd::start() else { return };
+    let Some(n) = Named::start() else { return };
+    let sb = Sandbox::new();
+    let cfg = all_servers_config(&sb, &directory_section(&s), &n);
+    let run = |file: &str| {
+        let text = std::fs::read_to_string(repo().join("workflows/hosting").join(file))
+            .expect("a shipped workflow")
+            .replace("DC=provisio,DC=local", slapd::SUFFIX);
+        let copy = sb.write(file, &text);
+        sb.run_with(
+            &[
+                "--config",
+                cfg.to_str().unwrap(),
+                "run",
+                copy.to_str().unwrap(),
+            ],
+            &repo().join("namespaces"),
+        )
+    };
+    for file in [
+        "initialize-hosting.yaml",
+        "provision-tenant.yaml",
+        "add-user.yaml",
+        "find-tenants.yaml",
+    ] {
+        let r = run(file);
+        assert_eq!(r.code, 0, "{file}: {r:?}\nnamed log:\n{}", n.log());
+    }
+    let org = format!(
+        "OU=AlpineSkiHouse,OU=ConsolidatedMessenger,OU=Hosting,{}",
+        slapd::SUFFIX
+    );
+    assert!(
+        s.search(&org, "(userPrincipalName=*)", &["cn"]).len() >= 4,
+        "the tenant's three users and the one add-user adds"
+    );
+    assert_eq!(n.dig("alpineskihouse.test", "MX").len(), 1, "{}", n.log());
+    let passwd = std::fs::read_to_string(sb.path("mail").join("passwd")).expect("passwd-file");
+    assert!(passwd.contains("ann@alpineskihouse.test:"), "{passwd}");
+
+    // The rollback demo fails at its last step: nothing of its tenant stays on any server.
+    let r = run("rollback-demo.xml");
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(s
+        .search(
+            &format!("OU=ConsolidatedMessenger,OU=Hosting,{}", slapd::SUFFIX),
+            "(ou=WingtipToys)",
+            &["ou"]
+        )
+        .is_empty());
+    assert!(n.dig("wingtiptoys.test", "SOA").is_empty(), "{}", n.log());
+
+    let r = run("decommission-tenant.yaml");
+    assert_eq!(r.code, 0, "{r:?}\nnamed log:\n{}", n.log());
+    assert!(s
+        .search(
+            &format!("OU=ConsolidatedMessenger,OU=Hosting,{}", slapd::SUFFIX),
+            "(ou=AlpineSkiHouse)",
+            &["ou"]
+        )
+        .is_empty());
+    assert!(
+        n.dig("alpineskihouse.test", "SOA").is_empty(),
+        "{}",
+        n.log()
+    );
+    let passwd = std::fs::read_to_string(sb.path("mail").join("passwd")).expect("passwd-file");
+    assert!(!passwd.contains("@alpineskihouse.test:"), "{passwd}");
+}
