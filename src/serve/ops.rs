@@ -250,15 +250,15 @@ pub async fn plan(
     let text = std::str::from_utf8(&body)
         .map_err(|_| ApiError::bad("bad_body", "the request body is not UTF-8 text"))?;
     let Checked {
-        parsed, warnings, ..
+        parsed,
+        warnings,
+        programs,
+        ..
     } = check(&d, &who, format, text)?;
     let mut plans = Vec::with_capacity(parsed.requests.len());
-    for request in &parsed.requests {
-        let entries = d
-            .engine
-            .plan(request)
-            .await
-            .map_err(|e| ApiError::bad("invalid_request", e.to_string()))?;
+    // `check` compiled each item once (rights, trusted bodies): planned as compiled.
+    for (request, program) in parsed.requests.iter().zip(programs) {
+        let entries = d.engine.plan_program(program, request).await;
         plans.push(
             entries
                 .iter()

@@ -469,6 +469,13 @@ impl Engine {
     /// calls that would be made, with their resolved inputs and the providers' previews.
     pub async fn plan(&self, request: &Request) -> Result<Vec<PlanEntry>, RunError> {
         let program = self.program(request)?;
+        Ok(self.plan_program(program, request).await)
+    }
+
+    /// [`Engine::plan`] of a request already compiled (`program` is what
+    /// [`Engine::program`] made of `request`): the daemon compiles a request once to check
+    /// the caller's rights, then plans it without compiling it again.
+    pub async fn plan_program(&self, program: Arc<Program>, request: &Request) -> Vec<PlanEntry> {
         let txn = self.new_txn(
             program.clone(),
             RunMode::Plan,
@@ -482,7 +489,7 @@ impl Engine {
         for e in &mut entries {
             txn.redactor.redact_element(&mut e.inputs);
         }
-        Ok(entries)
+        entries
     }
 
     fn new_txn(
