@@ -36,6 +36,7 @@ pub struct Recording {
     pub(crate) lose_answer: BTreeSet<String>,
     /// Names whose next Create applies and then takes this long to answer.
     pub(crate) slow_answer: HashMap<String, Duration>,
+    pub(crate) slow_preview: HashMap<String, Duration>,
     /// Whether `recover` says it cannot tell.
     pub(crate) cannot_tell: bool,
     /// How many times `recover` was asked.
@@ -89,6 +90,11 @@ impl RecordingProvider {
     /// than the step timeout: the engine gives up on an applied call).
     pub fn slow_answer_once(&self, name: &str, delay: Duration) {
         self.st().slow_answer.insert(name.to_string(), delay);
+    }
+
+    /// Makes the previews of `name` (a dry run) wait `delay` before answering.
+    pub fn slow_preview(&self, name: &str, delay: Duration) {
+        self.st().slow_preview.insert(name.to_string(), delay);
     }
 
     /// Makes `recover` answer that it cannot tell whether a call was applied.
@@ -302,6 +308,10 @@ impl Provider for RecordingProvider {
             .child("name")
             .map(|e| e.string_value())
             .unwrap_or_default();
+        let delay = self.st().slow_preview.get(&name).copied();
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
         let exists = self.st().resources.contains(&name);
         Ok(match (call.context.procedure.as_str(), exists) {
             // Create of an existing name fails (see `execute`).

@@ -1401,6 +1401,30 @@ procedures:
     assert_eq!(env.resources(), strings(&["a"]));
 }
 
+/// Calls of one wave are listed in the procedure's order, not in the order their previews
+/// happened to answer: which step a plan says a run "would fail at" must not depend on
+/// scheduling.
+#[tokio::test]
+async fn plan_lists_a_wave_in_declaration_order_whatever_answers_first() {
+    let env = env(r#"
+namespace: Pl
+procedures:
+  Build:
+    access: public
+    steps:
+      a: { call: Rec Provider/Create, with: { name: a } }
+      b: { call: Rec Provider/Create, with: { name: b } }
+      c: { call: Rec Provider/Create, with: { name: c } }
+"#);
+    env.rec
+        .slow_preview("a", std::time::Duration::from_millis(40));
+    env.rec
+        .slow_preview("b", std::time::Duration::from_millis(20));
+    let plan = env.plan("call: Pl/Build").await;
+    let steps: Vec<(&str, usize)> = plan.iter().map(|e| (e.step.as_str(), e.wave)).collect();
+    assert_eq!(steps, vec![("a", 0), ("b", 0), ("c", 0)]);
+}
+
 #[tokio::test]
 async fn plan_of_a_request_that_calls_a_provider_procedure_directly_executes_nothing() {
     // A namespace that publishes a provider entry point: the request's target is a leaf.

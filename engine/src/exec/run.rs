@@ -321,6 +321,13 @@ impl Engine {
                         let node = &plan.graph[at];
                         let run = self.run_node(txn, inv, node, prefix, node_start);
                         running.push(run.map(move |r| (i, r)));
+                        // A dry run walks one step at a time, lowest node (declaration
+                        // order) first: its listing, and the step it says a run would
+                        // fail at, must not depend on which branch the scheduler polled
+                        // first. Waves still say what may run at once.
+                        if txn.mode == RunMode::Plan {
+                            break;
+                        }
                     }
                 }
                 match running.next().await {
