@@ -419,8 +419,10 @@ fn hosted_file_storage_tenant_users_quotas_and_update_acl() {
     for (tenant, user) in [
         ("contoso/users", "eve"),
         ("..", "eve"),
+        ("", "eve"),
         ("evil", "../../contoso"),
         ("evil", "a/b"),
+        ("evil", ""),
         (long.as_str(), "eve"),
     ] {
         let bad = sb.write(

@@ -133,11 +133,26 @@ fn array_dyn<R>(a: &mut Array, f: impl FnOnce(&Dynamic) -> R) -> R {
     as_dynamic(a, Dynamic::from_array, |d| d.try_cast::<Array>(), f)
 }
 
+/// Whether `s` can stand for exactly one folder in a path: not empty, no `/`, `\\` or NUL,
+/// not `.` or `..`, at most 255 characters. Namespaces that put a tenant's or a user's
+/// name into a path check it with this, or `contoso/users` would land inside another
+/// tenant's folder and `.` would name all of them.
+fn is_folder_name(s: &str) -> bool {
+    !s.is_empty()
+        && s != "."
+        && s != ".."
+        && !s.contains(['/', '\\', '\0'])
+        && s.chars().count() <= 255
+}
+
 /// Registers the helpers.
 pub(crate) fn register(engine: &mut Engine) {
     engine.register_fn("lower", |s: &str| s.to_lowercase());
     engine.register_fn("upper", |s: &str| s.to_uppercase());
     engine.register_fn("slug", |s: &str| slug(s));
+    engine.register_fn("is_folder_name", |s: &str| is_folder_name(s));
+    // A missing value (`()`) is not a folder name.
+    engine.register_fn("is_folder_name", |_: ()| false);
     engine.register_fn("join", |a: &mut Array, sep: &str| {
         a.iter().map(text).collect::<Vec<_>>().join(sep)
     });
@@ -181,6 +196,25 @@ pub(crate) fn register(engine: &mut Engine) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn folder_names() {
+        for ok in ["contoso", "ann lee", ".hidden", "a..b", &"é".repeat(255)] {
+            assert!(is_folder_name(ok), "{ok:?}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "contoso/users",
+            "/",
+            "a\\b",
+            "a\0b",
+            &"é".repeat(256),
+        ] {
+            assert!(!is_folder_name(bad), "{bad:?}");
+        }
+    }
 
     #[test]
     fn slugs() {
