@@ -65,6 +65,24 @@ pub(crate) fn alias(at: &str, v: &str) -> Result<String, ProviderError> {
     Ok(t.to_string())
 }
 
+/// The alias Exchange derives when none is given: the local part of `address` (what comes
+/// before `@`, prefixed by `prefix`) with the characters an alias cannot hold left out (`+`
+/// of `o+neil@…`, say: a recipient delimiter to the mail server), then checked as
+/// [`alias`].
+pub(crate) fn default_alias(prefix: &str, address: &str) -> Result<String, ProviderError> {
+    let local = address.split('@').next().unwrap_or_default();
+    let kept: String = local
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        .collect();
+    let kept = format!("{prefix}{}", kept.trim_start_matches('.'));
+    alias("alias", &kept).map_err(|_| {
+        ProviderError::invalid(format!(
+            "no alias can be made of {address:?}: give one in input `alias` (1 to 64 letters, digits and `._-`)"
+        ))
+    })
+}
+
 /// A display name or object name: no control characters, at most 256 characters.
 pub(crate) fn display(at: &str, v: &str) -> Result<String, ProviderError> {
     check_name(at, v, 256)
@@ -129,6 +147,18 @@ mod tests {
             assert!(alias("alias", bad).is_err(), "{bad:?}");
         }
         assert_eq!(alias("alias", "ann.lee").unwrap(), "ann.lee");
+        assert!(alias("alias", "o+neil").is_err());
+        assert_eq!(default_alias("", "o+neil@fabrikam.com").unwrap(), "oneil");
+        assert_eq!(
+            default_alias("", "ann.lee@fabrikam.com").unwrap(),
+            "ann.lee"
+        );
+        assert_eq!(
+            default_alias("contact.", "o+neil@fabrikam.com").unwrap(),
+            "contact.oneil"
+        );
+        let e = default_alias("", "+++@fabrikam.com").unwrap_err();
+        assert!(e.message().contains("input `alias`"), "{e}");
         assert!(free_text("message", "line1\r\nline2\t\"q\"", 100).is_ok());
         assert!(free_text("message", "a\u{0}b", 100).is_err());
     }

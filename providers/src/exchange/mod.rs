@@ -26,7 +26,7 @@ use crate::common::input;
 use crate::directory::{
     parse_path, AttrSelection, DirectoryBackend, Dn, Entry, Filter, OpContext, Scope, SearchRequest,
 };
-use address::{alias, display, domain_name, free_text, smtp_address, DOMAIN_TYPES};
+use address::{alias, default_alias, display, domain_name, free_text, smtp_address, DOMAIN_TYPES};
 use async_trait::async_trait;
 use provisio_engine::codes::{E_ALREADY_EXISTS, E_ASSET_NOT_AVAILABLE, E_NOT_FOUND, E_PLAN_LIMIT};
 use provisio_engine::data::Element;
@@ -596,7 +596,7 @@ impl ExchangeProvider {
         }
         let nick = match field(ed, "alias") {
             Some(a) => alias("alias", &a)?,
-            None => alias("alias", addresses[0].split('@').next().unwrap_or_default())?,
+            None => default_alias("", &addresses[0])?,
         };
         let quota_in = field(ed, "quotaKB")
             .or_else(|| field(ed, "kilobytes"))
@@ -1313,7 +1313,7 @@ async fn create_group(ed: &Element, tx: &mut Tx<'_>) -> Result<(Element, String)
     )?;
     let nick = match field(ed, "alias") {
         Some(a) => alias("alias", &a)?,
-        None => alias("alias", address.split('@').next().unwrap_or_default())?,
+        None => default_alias("", &address)?,
     };
     let disp = field(ed, "displayName")
         .map(|d| display("displayName", &d))
@@ -1442,10 +1442,7 @@ async fn create_contact(ed: &Element, tx: &mut Tx<'_>) -> Result<(Element, Strin
     )?;
     let nick = match field(ed, "alias") {
         Some(a) => alias("alias", &a)?,
-        None => alias(
-            "alias",
-            &format!("contact.{}", external.split('@').next().unwrap_or_default()),
-        )?,
+        None => default_alias("contact.", &external)?,
     };
     let disp = field(ed, "displayName")
         .map(|d| display("displayName", &d))
