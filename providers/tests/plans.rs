@@ -224,6 +224,70 @@ async fn plan_limits_refuse_with_the_plan_and_the_limit_named() {
     assert_eq!(text(&out, &["customer", "usage", "maxUsers"]), "2");
 }
 
+/// Counts are kept whether or not a plan limits them: an organization that made users and
+/// mailboxes with no plan (or a plan without that limit) cannot then take a plan whose
+/// limit it already passes, and giving places back works either way.
+#[tokio::test]
+async fn usage_is_counted_before_any_plan_limits_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let e = engine(dir.path());
+    setup(&e).await;
+    ok(
+        &e,
+        "CreateCustomer",
+        "{ customerName: Contoso, parent: Reseller }",
+    )
+    .await;
+    for user in ["ann", "bob"] {
+        ok(
+            &e,
+            "CreateCustomer",
+            &format!("{{ customerName: {user}, type: user, parent: Contoso }}"),
+        )
+        .await;
+    }
+    let out = ok(
+        &e,
+        "CheckPlanLimit",
+        "{ customerName: Contoso, limit: maxMailboxes, amount: \"1\" }",
+    )
+    .await;
+    assert_eq!(text(&out, &["usage"]), "1");
+    assert!(out.child("limitValue").is_none(), "{out:?}");
+    let out = ok(&e, "GetCustomer", "{ customerName: Contoso }").await;
+    assert_eq!(text(&out, &["customer", "usage", "maxUsers"]), "2");
+    assert_eq!(text(&out, &["customer", "usage", "maxMailboxes"]), "1");
+    // Basic allows one user: Contoso has two.
+    let (code, message) = refused(
+        &e,
+        "ChangeCustomerPlan",
+        "{ customerName: Contoso, planName: Basic }",
+    )
+    .await;
+    assert_eq!(code, E_PLAN_LIMIT);
+    assert_eq!(
+        message,
+        "plan Basic allows 1 users; organization Contoso has 2"
+    );
+    // The mailbox place is given back as it was taken.
+    ok(
+        &e,
+        "ReleasePlanLimit",
+        "{ customerName: Contoso, limit: maxMailboxes, amount: \"1\" }",
+    )
+    .await;
+    ok(&e, "DeleteCustomer", "{ customerName: bob }").await;
+    ok(
+        &e,
+        "ChangeCustomerPlan",
+        "{ customerName: Contoso, planName: Basic }",
+    )
+    .await;
+    let out = ok(&e, "GetCustomer", "{ customerName: Contoso }").await;
+    assert_eq!(text(&out, &["customer", "usage", "maxUsers"]), "1");
+    assert_eq!(text(&out, &["customer", "usage", "maxMailboxes"]), "0");
+}
+
 #[tokio::test]
 async fn a_rollback_leaves_no_customer_no_charge_and_no_asset() {
     let dir = tempfile::tempdir().unwrap();

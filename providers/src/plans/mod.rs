@@ -317,17 +317,21 @@ fn fits_usage(c: &CustomerRec, plan: &PlanRec) -> Result<(), ProviderError> {
     Ok(())
 }
 
-/// Charges `amount` of the counted limit `limit` to `c` under `plan`.
+/// Charges `amount` of the counted limit `limit` to `c`, refused when `plan` sets that limit
+/// and the charge would pass it. Usage is counted whether or not a plan limits it, so a plan
+/// that sets the limit later starts from what the customer really holds.
 fn charge(
     c: &mut CustomerRec,
-    plan: &PlanRec,
+    plan: Option<&PlanRec>,
     limit: &str,
     amount: u64,
 ) -> Result<(), ProviderError> {
     let used = c.usage.get(limit).copied().unwrap_or(0);
-    if let Some(&value) = plan.limits.get(limit) {
-        if used + amount > value {
-            return Err(limit_refused(plan, limit, value, &c.label(), used));
+    if let Some(plan) = plan {
+        if let Some(&value) = plan.limits.get(limit) {
+            if used + amount > value {
+                return Err(limit_refused(plan, limit, value, &c.label(), used));
+            }
         }
     }
     c.usage.insert(limit.to_string(), used + amount);
@@ -632,9 +636,8 @@ async fn create_customer(call: &Call, r: &Records<'_>) -> Result<(Element, Strin
     }
     let mut said = format!("create {kind} {name}");
     if let Some(p) = parent.as_mut() {
-        if let Some(pp) = p.plan.clone() {
-            charge(p, &pp, child_limit(kind), 1)?;
-        }
+        let pp = p.plan.clone();
+        charge(p, pp.as_ref(), child_limit(kind), 1)?;
         p.children += 1;
         r.put(&customer_key(&p.name), &*p).await?;
         said.push_str(&format!(" under {}", p.name));
@@ -909,15 +912,22 @@ async fn check_limit(call: &Call, r: &Records<'_>) -> Result<(Element, String), 
     for n in ["planName", "limitValue", "usage"] {
         remove_children(&mut out, n);
     }
-    let Some((p, _)) = effective_plan(r, &c).await? else {
-        return Ok((out, format!("{} has no plan: no limit", c.label())));
+    let plan = effective_plan(r, &c).await?.map(|(p, _)| p);
+    if let Some(p) = &plan {
+        out.push(text("planName", &p.name));
+    }
+    let value = plan.as_ref().and_then(|p| p.limits.get(&limit).copied());
+    if let Some(value) = value {
+        out.push(text("limitValue", value));
+    }
+    let unlimited = match &plan {
+        Some(p) => format!("plan {} sets no {limit}", p.name),
+        None => format!("{} has no plan: no limit", c.label()),
     };
-    out.push(text("planName", &p.name));
-    let Some(&value) = p.limits.get(&limit) else {
-        return Ok((out, format!("plan {} sets no {limit}", p.name)));
-    };
-    out.push(text("limitValue", value));
     if !limit.starts_with("max") {
+        let (Some(p), Some(value)) = (&plan, value) else {
+            return Ok((out, unlimited));
+        };
         if amount > value {
             return Err(ProviderError::Permanent {
                 code: E_PLAN_LIMIT,
@@ -933,20 +943,24 @@ async fn check_limit(call: &Call, r: &Records<'_>) -> Result<(Element, String), 
             format!("{amount} is within {limit} {value} of plan {}", p.name),
         ));
     }
+    // A count is kept whether or not a plan limits it (see `charge`): `usage` always comes
+    // back, and what was charged is what the caller records and releases later.
     let used = c.usage.get(&limit).copied().unwrap_or(0);
-    if used + amount > value {
-        return Err(limit_refused(&p, &limit, value, &c.label(), used));
-    }
     if do_charge && amount > 0 {
-        charge(&mut c, &p, &limit, amount)?;
+        charge(&mut c, plan.as_ref(), &limit, amount)?;
         r.put(&customer_key(&name), &c).await?;
+    } else if let (Some(p), Some(value)) = (&plan, value) {
+        if used + amount > value {
+            return Err(limit_refused(p, &limit, value, &c.label(), used));
+        }
     }
     let now = if do_charge { used + amount } else { used };
     out.push(text("usage", now));
-    Ok((
-        out,
-        format!("{} uses {now} of {value} {}", c.label(), counted(&limit)),
-    ))
+    let said = match value {
+        Some(value) => format!("{} uses {now} of {value} {}", c.label(), counted(&limit)),
+        None => format!("{} uses {now} {} ({unlimited})", c.label(), counted(&limit)),
+    };
+    Ok((out, said))
 }
 
 async fn release_limit(call: &Call, r: &Records<'_>) -> Result<(Element, String), ProviderError> {
