@@ -49,6 +49,7 @@ mod tests;
 
 const JOB: u8 = b'j';
 const READY: u8 = b'r';
+/// Right after [`READY`]: [`Queue::submit_claimed`] reads both with one range.
 const SCHEDULED: u8 = b's';
 const SERIAL: u8 = b'k';
 const LEASE: u8 = b'l';
@@ -938,10 +939,16 @@ impl Queue {
             return Ok(Err(new));
         }
         let mut next = self.inner.lock().await;
-        if self.first(&[READY])?.is_some()
-            || self.next_due()?.is_some_and(|at| at <= now)
-            || !self.first_in_line(new.serial_key.as_deref())?
-        {
+        // A job ready, or scheduled and due, would run first: one read covers both, the
+        // ready keys (`r`) sorting just before the scheduled ones (`s`, by time).
+        let due_end = scheduled_key(now.saturating_add(1), 0);
+        let waiting = self.store.scan_range(
+            Space::Queue,
+            KeyRange::new(&[READY], Some(&due_end)),
+            1,
+            false,
+        )?;
+        if !waiting.is_empty() || !self.first_in_line(new.serial_key.as_deref())? {
             return Ok(Err(new));
         }
         let mut batch = Batch::new();

@@ -1358,3 +1358,37 @@ fn job_records_round_trip_and_earlier_json_ones_still_read() {
         Some(t)
     );
 }
+
+/// A waiting submission is claimed at once past a job scheduled for later, never past one
+/// that is due (a claim now would take that one first).
+#[test]
+fn a_waiting_submission_yields_to_a_due_scheduled_job_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let q = open(dir.path());
+    rt().block_on(async {
+        let scheduled = q
+            .submit(
+                NewJob {
+                    not_before_ms: 100,
+                    ..job("A/later")
+                },
+                10,
+            )
+            .await
+            .expect("submit")
+            .job;
+        let early = q
+            .submit_claimed(job("A/now"), 99, LEASE)
+            .await
+            .expect("submit")
+            .expect("nothing due yet: claimed at once");
+        q.finish(&early.id, done(), 99).await.expect("finish");
+        let back = q
+            .submit_claimed(job("A/now"), 100, LEASE)
+            .await
+            .expect("submit");
+        assert!(back.is_err(), "the scheduled job is due: it goes first");
+        let c = q.claim(100, LEASE).await.expect("claim").expect("job");
+        assert_eq!(c.id, scheduled.id);
+    });
+}
