@@ -753,7 +753,6 @@ pub(crate) async fn run_job(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) -
 /// claim recorded.
 async fn run_job_inner(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) -> Option<Finished> {
     let id = job.id.clone();
-    let fresh_job = fresh.is_some();
     let Some(txn) = job.txn.clone() else {
         return bury(d, &id, "claimed without a transaction id".into()).await;
     };
@@ -931,9 +930,10 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) -> Opt
         cancel.cancel();
     }
     lock(&d.running).insert(id.clone(), cancel.clone());
-    // A cancellation that came between the claim and the line above (none can for a job
-    // submitted and claimed with this request: nobody has its id yet).
-    if !fresh_job && matches!(d.queue.get(&id), Ok(Some(j)) if j.cancel_requested) {
+    // A cancellation that came between the claim and the line above (even for a job
+    // submitted and claimed with this request: a listing shows its id at once). The
+    // queue keeps a running job's record in memory: this reads nothing from the store.
+    if matches!(d.queue.get(&id), Ok(Some(j)) if j.cancel_requested) {
         cancel.cancel();
     }
     let beat = {
