@@ -930,7 +930,9 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) -> Opt
         cancel.cancel();
     }
     lock(&d.running).insert(id.clone(), cancel.clone());
-    // A cancellation that came between the claim and the line above.
+    // A cancellation that came between the claim and the line above (even for a job
+    // submitted and claimed with this request: a listing shows its id at once). The
+    // queue keeps a running job's record in memory: this reads nothing from the store.
     if matches!(d.queue.get(&id), Ok(Some(j)) if j.cancel_requested) {
         cancel.cancel();
     }

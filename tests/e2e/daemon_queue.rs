@@ -106,6 +106,57 @@ fn a_daemon_killed_right_after_a_commit_answers_with_the_response_the_run_ended_
     assert_eq!(site.accounts(), vec![("ada".to_string(), 1501)]);
 }
 
+/// A waiting request is queued and claimed in one write that is not synced of its own (it
+/// rides on its transaction's first durable record), and its finish is not synced either:
+/// a crash right after the commit, before the queue recorded the end, leaves a job that
+/// settles at the restart from the journal, once, and never runs again.
+#[test]
+fn a_waiting_request_killed_right_after_its_commit_settles_once_at_the_restart() {
+    if !python() {
+        return;
+    }
+    let site = Site::new(0);
+    // Aborts right after alice's journal synced its 8th write: the commit of the first
+    // transaction (started, 3 x intent + done, committed), before the queue records how
+    // the job ended (and before the waiting client is answered).
+    let mut d = site.start_with(&[("PROVISIO_CRASH_AT", "8"), ("PROVISIO_CRASH_WHEN", "after")]);
+    // The daemon dies under the waiting client: no answer (the connection drops).
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(60)))
+        .build()
+        .into();
+    let answer = agent
+        .post(&format!("{}/v1/requests?wait=30s", d.url))
+        .header("Authorization", &format!("Bearer {ALICE}"))
+        .content_type("application/yaml")
+        .send(customer("cid").as_bytes());
+    assert!(
+        !matches!(&answer, Ok(r) if r.status().as_u16() == 200),
+        "answered before the crash point"
+    );
+    assert_eq!(
+        d.exit(Duration::from_secs(30)),
+        None,
+        "aborted at the crash point"
+    );
+    drop(d);
+    let d = site.start();
+    let listed = d.request("GET", "/v1/requests?limit=10", Some(ALICE), None, &[]);
+    let jobs = listed.body["items"].as_array().cloned().unwrap_or_default();
+    assert_eq!(jobs.len(), 1, "the job is on disk: {listed:?}");
+    let id = jobs[0]["id"].as_str().unwrap().to_string();
+    let done = d.final_state(&id);
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(
+        done["transactions"].as_array().unwrap().len(),
+        1,
+        "settled, not run again: {done}"
+    );
+    assert_eq!(done["response"]["status"], "committed", "{done}");
+    assert_eq!(site.accounts(), vec![("cid".to_string(), 1501)]);
+}
+
 #[test]
 fn what_a_waiting_client_was_told_is_what_the_daemon_says_after_kill_9() {
     if !python() {

@@ -41,6 +41,7 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod codec;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
 #[cfg(test)]
@@ -48,6 +49,7 @@ mod tests;
 
 const JOB: u8 = b'j';
 const READY: u8 = b'r';
+/// Right after [`READY`]: [`Queue::submit_claimed`] reads both with one range.
 const SCHEDULED: u8 = b's';
 const SERIAL: u8 = b'k';
 const LEASE: u8 = b'l';
@@ -366,6 +368,11 @@ pub struct Queue {
     inner: tokio::sync::Mutex<u64>,
     /// Jobs by state and totals, kept with every change (stored under `c`).
     tally: std::sync::Mutex<Tally>,
+    /// The records of running jobs as last written, so that a heartbeat, a finish or a
+    /// retry neither reads nor decodes them again. Changed only under `inner`: every
+    /// commit drops the jobs its batch writes, and a claim (or heartbeat) puts back the
+    /// one it wrote once the write is applied.
+    running: std::sync::Mutex<std::collections::HashMap<String, Job>>,
     /// On a PostgreSQL store, the queue's own tables (shared by every process on the
     /// database): every public method dispatches there first.
     #[cfg(feature = "postgres")]
@@ -489,15 +496,14 @@ fn state_key(state: JobState, seq: u64) -> Vec<u8> {
 }
 
 fn decode(key: &[u8], bytes: &[u8]) -> Result<Job, QueueError> {
-    serde_json::from_slice(bytes).map_err(|e| QueueError::Decode {
+    codec::decode_job(bytes).map_err(|message| QueueError::Decode {
         key: String::from_utf8_lossy(key).into_owned(),
-        message: e.to_string(),
+        message,
     })
 }
 
 fn encode(job: &Job) -> Vec<u8> {
-    // A struct of strings and numbers always serializes.
-    serde_json::to_vec(job).unwrap_or_default()
+    codec::encode_job(job)
 }
 
 fn no_nul(value: &str, field: &'static str) -> Result<(), QueueError> {
@@ -518,6 +524,7 @@ impl Queue {
                 store,
                 inner: tokio::sync::Mutex::new(0),
                 tally: std::sync::Mutex::new(Tally::default()),
+                running: Default::default(),
             });
         }
         let next = match store.get(Space::Queue, NEXT_SEQ)? {
@@ -525,10 +532,7 @@ impl Queue {
             _ => 1,
         };
         let stored = store.get(Space::Queue, COUNTS)?;
-        let tally = match stored
-            .as_deref()
-            .and_then(|v| serde_json::from_slice::<Tally>(v).ok())
-        {
+        let tally = match stored.as_deref().and_then(codec::decode_tally) {
             Some(t) => t,
             None => {
                 // Never counted, or counted by an earlier version (an array of six states,
@@ -549,6 +553,7 @@ impl Queue {
             store,
             inner: tokio::sync::Mutex::new(next),
             tally: std::sync::Mutex::new(tally),
+            running: Default::default(),
             #[cfg(feature = "postgres")]
             pg: None,
         })
@@ -587,16 +592,37 @@ impl Queue {
         }
     }
 
-    /// Writes a batch, with the counts as they now are.
+    /// Writes a batch, with the counts as they now are (called under `inner`). The
+    /// running jobs it writes leave the in-memory copies first (a failed write leaves
+    /// them to be read from the store).
     async fn commit(&self, mut batch: Batch, durable: bool) -> Result<(), QueueError> {
+        {
+            let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+            if !running.is_empty() {
+                for (_, k, _) in &batch.writes {
+                    if let Some((&JOB, id)) = k.split_first() {
+                        if let Ok(id) = std::str::from_utf8(id) {
+                            running.remove(id);
+                        }
+                    }
+                }
+            }
+        }
         let tally = self.tally();
-        batch.put(
-            Space::Queue,
-            COUNTS.to_vec(),
-            serde_json::to_vec(&tally).unwrap_or_default(),
-        );
+        batch.put(Space::Queue, COUNTS.to_vec(), codec::encode_tally(&tally));
         self.store.write(batch, durable).await?;
         Ok(())
+    }
+
+    /// Keeps the record of a running job just written (called under `inner`, after
+    /// [`Queue::commit`] of the batch that wrote it).
+    fn keep_running(&self, job: &Job) {
+        if job.state == JobState::Running {
+            self.running
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(job.id.clone(), job.clone());
+        }
     }
 
     /// Whether several processes may share this queue (a PostgreSQL store): then a running
@@ -632,6 +658,14 @@ impl Queue {
         #[cfg(feature = "postgres")]
         if let Some(pg) = &self.pg {
             return pg.get(id);
+        }
+        if let Some(job) = self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+        {
+            return Ok(Some(job.clone()));
         }
         let k = job_key(id);
         self.store
@@ -905,10 +939,16 @@ impl Queue {
             return Ok(Err(new));
         }
         let mut next = self.inner.lock().await;
-        if self.first(&[READY])?.is_some()
-            || self.next_due()?.is_some_and(|at| at <= now)
-            || !self.first_in_line(new.serial_key.as_deref())?
-        {
+        // A job ready, or scheduled and due, would run first: one read covers both, the
+        // ready keys (`r`) sorting just before the scheduled ones (`s`, by time).
+        let due_end = scheduled_key(now.saturating_add(1), 0);
+        let waiting = self.store.scan_range(
+            Space::Queue,
+            KeyRange::new(&[READY], Some(&due_end)),
+            1,
+            false,
+        )?;
+        if !waiting.is_empty() || !self.first_in_line(new.serial_key.as_deref())? {
             return Ok(Err(new));
         }
         let mut batch = Batch::new();
@@ -966,6 +1006,7 @@ impl Queue {
         self.count(None, Some(JobState::Queued));
         self.count(Some(JobState::Queued), Some(JobState::Running));
         self.commit(batch, false).await?;
+        self.keep_running(&job);
         Ok(Ok(job))
     }
 
@@ -1048,6 +1089,7 @@ impl Queue {
         // Durable before the transaction starts (its id is in the queue), but synced after
         // the lock is released, so concurrent claims and submissions share the sync.
         self.commit(batch, false).await?;
+        self.keep_running(&job);
         drop(guard);
         self.sync().await?;
         Ok(Some(job))
@@ -1076,6 +1118,7 @@ impl Queue {
         );
         batch.put(Space::Queue, job_key(id), encode(&job));
         self.commit(batch, false).await?;
+        self.keep_running(&job);
         Ok(true)
     }
 
@@ -1120,7 +1163,9 @@ impl Queue {
             return Err(QueueError::WrongState {
                 id: id.to_string(),
                 state: job.state,
-                what: "only a running job can be finished".into(),
+                what: "only a running job can be finished (its lease ran out and it was \
+                       taken back)"
+                    .into(),
             });
         }
         let mut batch = Batch::new();
@@ -1150,6 +1195,18 @@ impl Queue {
         }
         let _guard = self.inner.lock().await;
         let mut job = self.must_get(id)?;
+        // Only a running job's attempt can be tried again: a stalled runner whose job was
+        // taken back (queued again, or claimed and finished since) must not queue it once
+        // more — that would run it twice.
+        if job.state != JobState::Running {
+            return Err(QueueError::WrongState {
+                id: id.to_string(),
+                state: job.state,
+                what: "only a running job can be retried (its lease ran out and it was \
+                       taken back)"
+                    .into(),
+            });
+        }
         let mut batch = Batch::new();
         job.error = Some(error);
         job.txn = None;
@@ -1185,6 +1242,15 @@ impl Queue {
         let mut job = self.must_get(id)?;
         if job.state.is_final() {
             return Ok(job);
+        }
+        if job.state != JobState::Running {
+            return Err(QueueError::WrongState {
+                id: id.to_string(),
+                state: job.state,
+                what: "only a running job can be buried (its lease ran out and it was taken \
+                       back)"
+                    .into(),
+            });
         }
         let mut batch = Batch::new();
         job.error = Some(error);
