@@ -921,21 +921,21 @@ mod slot {
 }
 
 impl CallSlot {
-    fn has(&self, bits: u8) -> bool {
+    fn has(self, bits: u8) -> bool {
         self.flags & bits == bits
     }
 
-    fn resolved_not_applied(&self) -> bool {
+    fn resolved_not_applied(self) -> bool {
         self.has(slot::RESOLVED) && !self.has(slot::APPLIED)
     }
 
     /// As [`JournaledCall::in_doubt`].
-    fn in_doubt(&self) -> bool {
+    fn in_doubt(self) -> bool {
         !self.has(slot::DONE) && !self.has(slot::FAILED) && !self.resolved_not_applied()
     }
 
     /// As [`JournaledCall::to_undo`].
-    fn to_undo(&self) -> bool {
+    fn to_undo(self) -> bool {
         self.has(slot::DONE)
             && self.flags & (slot::UNDO | slot::STATE) != 0
             && !self.has(slot::UNDONE)
