@@ -760,3 +760,110 @@ async fn recovery_of_a_journal_without_the_index_builds_it_and_finds_the_same() 
         2
     );
 }
+
+#[tokio::test]
+async fn recovery_reads_a_large_transaction_back_and_undoes_it_in_reverse() {
+    let (_dir, store) = open();
+    let journal = Arc::new(DurableJournal::new(store.clone(), None, "ops"));
+    let id = TxnId::new_v7();
+    let data = Element::new("data");
+    journal
+        .txn_started(&TxnStart {
+            txn_id: &id,
+            target: "N/Create",
+            kind: ProcKind::Write,
+            resumable: false,
+            definitions: "defs",
+            data: &data,
+            request_data: &data,
+            secret: false,
+            pinned: &[],
+            audit: true,
+        })
+        .await
+        .expect("started");
+    let n = 3_000;
+    let ctx_el = Element::new("providerContext");
+    for i in 0..=n {
+        let context = CallContext {
+            txn_id: id.clone(),
+            step_id: format!("create[{i}]"),
+            attempt: 1,
+            namespace: "Rec Provider".into(),
+            procedure: "Create".into(),
+        };
+        let mut input = Element::new("executeData");
+        input.push(Element::with_text("name", format!("user-{i}")));
+        journal
+            .step_intent(&StepIntent {
+                context: &context,
+                provider: "Rec",
+                target: "Rec Provider/Create",
+                kind: ProcKind::Write,
+                provider_context: &ctx_el,
+                input: &input,
+                call_data: &input,
+                secret: false,
+                durable: true,
+            })
+            .await
+            .expect("intent");
+        // The last call is left in doubt, as a crash leaves the call in flight.
+        if i == n {
+            break;
+        }
+        let mut undo = Element::new("undo");
+        undo.push(Element::with_text("created", format!("user-{i}")));
+        journal
+            .step_done(&StepDone {
+                state: None,
+                context: &context,
+                output: &input,
+                undo: Some(&undo),
+                saved: None,
+                secret: false,
+                result: None,
+                result_secret: false,
+            })
+            .await
+            .expect("done");
+    }
+    drop(journal);
+    // The records are in chunks by now (compacted as the run went).
+    let chunks = store
+        .scan(
+            Space::Journal,
+            &[id.as_bytes(), &[super::records::CHUNK_TAG]].concat(),
+        )
+        .expect("scan")
+        .len();
+    assert!(chunks > 10, "{chunks} chunks");
+    let journal = Arc::new(DurableJournal::new(store.clone(), None, "ops"));
+    let (engine, rec) = recovering_engine(&journal);
+    let found = recovery::recover(&engine, &journal).await.expect("recover");
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].to, TxnState::RolledBack, "{:?}", found[0].problems);
+    assert_eq!((found[0].undone, found[0].in_doubt), (n, 1));
+    // Each undo was read back from the store: every one, the latest completed first.
+    let expected: Vec<String> = (0..n)
+        .rev()
+        .map(|i| format!("undo Create(user-{i})"))
+        .collect();
+    assert_eq!(rec.log(), expected);
+    // The journal says so: every call undone, in that order.
+    let undone: Vec<String> = RecordStream::new(&*store, &id)
+        .filter_map(|r| match r.expect("record").1 {
+            crate::txn::Record::Undone {
+                step, error: None, ..
+            } => Some(step),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        undone,
+        (0..n)
+            .rev()
+            .map(|i| format!("create[{i}]"))
+            .collect::<Vec<_>>()
+    );
+}

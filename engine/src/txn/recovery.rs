@@ -7,7 +7,8 @@ use super::index::{self, IndexError};
 use super::journal::{DurableJournal, GuardError};
 use super::records::{
     decode, decode_records, now_ms, pinned_key, AuditEntry, DecodeError, Guarded, JournalKey,
-    PinnedDefinitions, Record, ScriptUndoRecord, TxnSummary, FORMAT, TRUSTED_REQUEST_PIN,
+    PinnedDefinitions, Record, ScriptUndoRecord, TxnSummary, CHUNK_TAG, FORMAT,
+    TRUSTED_REQUEST_PIN,
 };
 use super::stream::RecordStream;
 use crate::compile::{compile_request, Catalog};
@@ -517,7 +518,8 @@ impl JournaledCall {
     }
 
     /// Completed with something to undo, not undone yet, and not found "not applied" by
-    /// the operator.
+    /// the operator (the rule [`CallSlot::to_undo`] follows; the tests compare the two).
+    #[cfg(test)]
     fn to_undo(&self) -> bool {
         self.done.as_ref().is_some_and(Completed::has_undo)
             && !self.undone
@@ -537,12 +539,12 @@ impl JournaledCall {
 
 /// A completed call: where its completion is in the journal and what undoes it.
 struct Completed {
-    /// Sequence number of the completion (the intent's, for a call settled at recovery).
+    /// Sequence number of the completion (the intent's, for a call settled at recovery):
+    /// what the undo order was computed from before [`CallSlot`] (the tests compare them).
+    #[cfg_attr(not(test), allow(dead_code))]
     seq: u64,
     /// The provider's undo record (`None`: nothing to undo).
     undo: Option<Guarded>,
-    /// executeData kept for the undo.
-    saved: Option<Box<Guarded>>,
     /// A script step's undo script and its inputs (instead of a provider's undo record).
     script: Option<Box<(ScriptUndoRecord, Guarded<serde_json::Value>)>>,
     /// The values its provider-state writes replaced (what reverses them).
@@ -555,21 +557,6 @@ impl Completed {
     }
 }
 
-/// An undo to run: which call, the undo request, and for a script step its undo script
-/// (run in place of a provider); the reversal of its provider-state writes, and whether the
-/// provider is called (it has an undo record).
-struct PendingUndo {
-    call: usize,
-    /// The undo record, opened (the call's context and provider context are the call's:
-    /// the [`Done`] is built when the undo runs).
-    undo: Element,
-    /// executeData kept for the undo.
-    saved: Option<Element>,
-    script: Option<Arc<dyn Provider>>,
-    state: Option<Arc<StateChange>>,
-    provider_undo: bool,
-}
-
 /// Rolls back what the journal says was done and not yet undone, settling in-doubt calls
 /// first, and journals the outcome.
 async fn roll_back(
@@ -579,12 +566,13 @@ async fn roll_back(
 ) -> Result<Recovered, RecoveryError> {
     // The provider-state keys its reversals lock go when it is recovered (or given up).
     let _locks = crate::state::Release::new(engine.state().clone(), summary.id.clone());
-    // The records are read a few store values at a time and taken apart as they come:
-    // the calls keep what the undos need, never the whole decoded journal beside them.
+    // The journal is read once, a few store values at a time, into 24 bytes per call
+    // (where its records are, what became of it); each undo reads its call's records back
+    // from the store when it runs. Memory follows the calls' count, not their contents.
     let mut next_seq = 0;
     let stream = RecordStream::new(&**journal.store(), &summary.id)
         .map(|r| r.inspect(|(seq, _)| next_seq = seq + 1));
-    let mut calls = journaled_calls(&summary.id, stream)?;
+    let mut calls = call_slots(stream)?;
     journal.adopt(summary.clone(), next_seq);
     // Nothing is undone unless the journal can say so: with the journal unwritable the
     // transaction stays unfinished there, and the next recovery starts over.
@@ -596,9 +584,20 @@ async fn roll_back(
             source,
         })?;
     let mut problems = Vec::new();
-    let in_doubt = settle_in_doubt(engine, journal, &mut calls, &mut problems).await;
-    let (order, pending) = pending_undos(engine, journal, &mut calls, &mut problems);
-    let undone = run_undos(engine, &calls, &order, &pending, &mut problems).await;
+    let reader = std::sync::Mutex::new(RecordReader::new(&**journal.store(), &summary.id));
+    let (in_doubt, settled) =
+        settle_slots(engine, journal, &reader, &mut calls, &mut problems).await;
+    let (order, pending) = undo_plan(&calls);
+    let undone = run_slot_undos(
+        engine,
+        journal,
+        &reader,
+        &calls,
+        &settled,
+        (&order, &pending),
+        &mut problems,
+    )
+    .await;
     let to = if problems.is_empty() {
         TxnState::RolledBack
     } else {
@@ -677,7 +676,6 @@ fn journaled_calls(
                 let done = Some(Completed {
                     seq,
                     undo: None,
-                    saved: None,
                     script: Some(Box::new((undo, vars))),
                     state: None,
                 });
@@ -726,7 +724,6 @@ fn journaled_calls(
                 step,
                 attempt,
                 undo,
-                saved,
                 state,
                 ..
             } => {
@@ -734,7 +731,6 @@ fn journaled_calls(
                     calls[i].done = Some(Completed {
                         seq,
                         undo,
-                        saved: saved.map(Box::new),
                         script: None,
                         state: state.map(Box::new),
                     });
@@ -835,7 +831,6 @@ async fn settle_in_doubt(
                 c.done = Some(Completed {
                     seq: c.intent_seq,
                     undo: Some(Guarded::Plain(undo)),
-                    saved: None,
                     script: None,
                     state: None,
                 });
@@ -890,95 +885,553 @@ fn journal_settlement(context: &CallContext, written: Result<(), JournalError>) 
     }
 }
 
-/// The undos still to run (completed calls with an undo record or undo script, not yet
-/// undone nor found "not applied" by an operator), ordered by when calls completed and
-/// started; what cannot be opened goes to `problems`.
-fn pending_undos(
-    engine: &Engine,
-    journal: &DurableJournal,
-    calls: &mut [JournaledCall],
-    problems: &mut Vec<String>,
-) -> (Vec<UndoOrder>, Vec<PendingUndo>) {
+/// A provider call as a rollback plans it: where its records are in the journal and what
+/// became of it — 24 bytes, whatever the call carried. Its records are read back from the
+/// store when its undo runs ([`RecordReader`]), so recovering 100,000 calls holds 100,000 of
+/// these, not 100,000 calls' contexts, inputs and undo records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct CallSlot {
+    /// Sequence number of its intent (of its `script_done` record for a script step).
+    intent_seq: u64,
+    /// Sequence number of its completion (of the intent for a call settled now);
+    /// meaningful only with [`slot::DONE`].
+    done_seq: u64,
+    /// What became of it: the [`slot`] bits.
+    flags: u8,
+}
+
+/// The bits of [`CallSlot::flags`].
+mod slot {
+    /// It completed (or was settled as applied).
+    pub(super) const DONE: u8 = 1;
+    /// It failed (or was settled as not applied).
+    pub(super) const FAILED: u8 = 2;
+    /// Its undo succeeded.
+    pub(super) const UNDONE: u8 = 4;
+    /// An operator recorded a finding (`provisio tx resolve`) ...
+    pub(super) const RESOLVED: u8 = 8;
+    /// ... and the finding is "applied".
+    pub(super) const APPLIED: u8 = 16;
+    /// Its completion carries an undo record or an undo script (the provider is called).
+    pub(super) const UNDO: u8 = 32;
+    /// Its completion reverses provider-state writes.
+    pub(super) const STATE: u8 = 64;
+    /// A script step (its one record is the `script_done`).
+    pub(super) const SCRIPT: u8 = 128;
+}
+
+impl CallSlot {
+    fn has(self, bits: u8) -> bool {
+        self.flags & bits == bits
+    }
+
+    fn resolved_not_applied(self) -> bool {
+        self.has(slot::RESOLVED) && !self.has(slot::APPLIED)
+    }
+
+    /// As [`JournaledCall::in_doubt`].
+    fn in_doubt(self) -> bool {
+        !self.has(slot::DONE) && !self.has(slot::FAILED) && !self.resolved_not_applied()
+    }
+
+    /// As [`JournaledCall::to_undo`].
+    fn to_undo(self) -> bool {
+        self.has(slot::DONE)
+            && self.flags & (slot::UNDO | slot::STATE) != 0
+            && !self.has(slot::UNDONE)
+            && !self.resolved_not_applied()
+    }
+
+    /// Completed, what it completed with replacing what it had.
+    fn complete(&mut self, seq: u64, bits: u8) {
+        self.done_seq = seq;
+        self.flags = (self.flags & !(slot::UNDO | slot::STATE | slot::SCRIPT)) | slot::DONE | bits;
+    }
+}
+
+/// A call's identity in the journal (its step and attempt) as 128 bits of two hashes, so
+/// that the planning index holds no step names (a collision needs two of a transaction's
+/// calls to agree on two independent 64-bit hashes).
+fn call_key(step: &str, attempt: u32) -> u128 {
+    use std::hash::{Hash, Hasher};
+    let half = |salt: u8| {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (salt, step, attempt).hash(&mut h);
+        h.finish()
+    };
+    (u128::from(half(0)) << 64) | u128::from(half(1))
+}
+
+/// The calls of a transaction as [`journaled_calls`] finds them, reduced to [`CallSlot`]s:
+/// the same rules (the latest intent of a step and attempt stands for it; a script step run
+/// again replaces its record), none of the records' contents kept.
+fn call_slots(
+    records: impl IntoIterator<Item = Result<(u64, Record), RecoveryError>>,
+) -> Result<Vec<CallSlot>, RecoveryError> {
+    let mut calls: Vec<CallSlot> = Vec::new();
+    let mut index: HashMap<u128, usize> = HashMap::new();
+    for record in records {
+        let (seq, r) = record?;
+        match r {
+            Record::Intent { step, attempt, .. } => {
+                index.insert(call_key(&step, attempt), calls.len());
+                calls.push(CallSlot {
+                    intent_seq: seq,
+                    done_seq: 0,
+                    flags: 0,
+                });
+            }
+            Record::ScriptDone { step, .. } => {
+                let key = call_key(&step, 1);
+                if let Some(&i) = index.get(&key) {
+                    if calls[i].has(slot::DONE | slot::SCRIPT) {
+                        calls[i].intent_seq = seq;
+                        calls[i].complete(seq, slot::SCRIPT | slot::UNDO);
+                        calls[i].flags &= !slot::UNDONE;
+                        continue;
+                    }
+                }
+                index.insert(key, calls.len());
+                calls.push(CallSlot {
+                    intent_seq: seq,
+                    done_seq: seq,
+                    flags: slot::DONE | slot::SCRIPT | slot::UNDO,
+                });
+            }
+            Record::Resolved {
+                step,
+                attempt,
+                applied,
+                ..
+            } => {
+                if let Some(&i) = index.get(&call_key(&step, attempt)) {
+                    calls[i].flags |= slot::RESOLVED;
+                    if applied {
+                        calls[i].flags |= slot::APPLIED;
+                    } else {
+                        calls[i].flags &= !slot::APPLIED;
+                    }
+                }
+            }
+            Record::Done {
+                step,
+                attempt,
+                undo,
+                state,
+                ..
+            } => {
+                if let Some(&i) = index.get(&call_key(&step, attempt)) {
+                    let mut bits = 0;
+                    if undo.is_some() {
+                        bits |= slot::UNDO;
+                    }
+                    if state.is_some() {
+                        bits |= slot::STATE;
+                    }
+                    calls[i].complete(seq, bits);
+                }
+            }
+            Record::Failed { step, attempt, .. } => {
+                if let Some(&i) = index.get(&call_key(&step, attempt)) {
+                    calls[i].flags |= slot::FAILED;
+                }
+            }
+            Record::Undone {
+                step,
+                attempt,
+                error: None,
+                ..
+            } => {
+                if let Some(&i) = index.get(&call_key(&step, attempt)) {
+                    calls[i].flags |= slot::UNDONE;
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(calls)
+}
+
+/// The undos still to run, as [`CallSlot`] indices, and their dependency order: ordered by
+/// when calls completed and started, the provider-state writers chained (see
+/// [`chain_state_undos`]). Only sequence numbers are read: no record is opened here.
+fn undo_plan(calls: &[CallSlot]) -> (Vec<UndoOrder>, Vec<usize>) {
     let mut done_seqs: Vec<u64> = calls
         .iter()
-        .filter_map(|c| c.done.as_ref().map(|d| d.seq))
+        .filter(|c| c.has(slot::DONE))
+        .map(|c| c.done_seq)
         .collect();
     done_seqs.sort_unstable();
     let completed_before = |seq: u64| done_seqs.partition_point(|&d| d < seq);
     let mut order = Vec::new();
     let mut pending = Vec::new();
-    for (i, c) in calls.iter_mut().enumerate() {
+    for (i, c) in calls.iter().enumerate() {
         if !c.to_undo() {
             continue;
         }
-        let Some(done) = c.done.as_mut() else {
-            continue;
-        };
-        let step = &c.context.step_id;
-        let state = match done.state.as_deref().map(|g| journal.unguard(g)) {
-            None => None,
-            Some(Ok(record)) => match record.reversal() {
-                // Kept as the change it reverses: the undo reverses it back.
-                Ok(reversal) => Some(Arc::new(reversal.reversal())),
-                Err(e) => {
-                    problems.push(format!(
-                        "step {step}: cannot undo its provider-state writes: the record does not decode: {e}"
-                    ));
-                    continue;
-                }
+        order.push(UndoOrder {
+            started_after: completed_before(c.intent_seq),
+            seq: completed_before(c.done_seq),
+        });
+        pending.push(i);
+    }
+    chain_state_undos(&mut order, |k| calls[pending[k]].has(slot::STATE));
+    (order, pending)
+}
+
+/// Reads single records of one transaction back from the store by sequence number, for the
+/// undos as they run: a per-record key, or the chunk holding it (the last few chunks read are
+/// kept decoded: undos in reverse order read each chunk once), or the whole array of a
+/// journal written before chunks.
+struct RecordReader<'a> {
+    store: &'a dyn crate::store::Store,
+    txn_id: TxnId,
+    /// Decoded chunks, the most recently used last: (first sequence number, records).
+    chunks: Vec<(u64, Vec<Record>)>,
+}
+
+/// Chunks a [`RecordReader`] keeps decoded (a chunk is at most a few KiB of records).
+const READER_CHUNKS: usize = 4;
+
+impl<'a> RecordReader<'a> {
+    fn new(store: &'a dyn crate::store::Store, txn_id: &TxnId) -> RecordReader<'a> {
+        RecordReader {
+            store,
+            txn_id: txn_id.clone(),
+            chunks: Vec::new(),
+        }
+    }
+
+    fn bad(&self, source: DecodeError) -> RecoveryError {
+        RecoveryError::Record {
+            txn: self.txn_id.to_string(),
+            source,
+        }
+    }
+
+    /// The record numbered `seq`; `None` when the journal has none.
+    fn record(&mut self, seq: u64) -> Result<Option<Record>, RecoveryError> {
+        if let Some(r) = self.cached(seq) {
+            return Ok(Some(r));
+        }
+        let id = self.txn_id.as_bytes();
+        let key = [id, &seq.to_be_bytes()].concat();
+        if let Some(v) = self.store.get(Space::Journal, &key)? {
+            return decode_records(&v).map(Some).map_err(|e| self.bad(e));
+        }
+        // The chunk with the greatest first number not above `seq`.
+        let chunk_from = [id, &[CHUNK_TAG]].concat();
+        let chunk_end = [id, &[CHUNK_TAG], &(seq + 1).to_be_bytes()[..]].concat();
+        let rows = self.store.scan_range(
+            Space::Journal,
+            KeyRange::new(&chunk_from, Some(&chunk_end)),
+            1,
+            true,
+        )?;
+        let found = match rows.into_iter().next() {
+            Some((k, v)) => match JournalKey::parse(&self.txn_id, &k) {
+                Some(JournalKey::Chunk(first)) => Some((first, v)),
+                _ => None,
             },
-            Some(Err(e)) => {
-                problems.push(format!(
-                    "step {step}: cannot undo its provider-state writes: {e}"
-                ));
+            None => None,
+        };
+        let (first, v) = match found {
+            Some(found) => found,
+            // A journal written before chunks: its records are one array under the id.
+            None => match self.store.get(Space::Journal, id)? {
+                Some(v) => (0, v),
+                None => return Ok(None),
+            },
+        };
+        let records: Vec<Record> = decode_records(&v).map_err(|e| self.bad(e))?;
+        if self.chunks.len() == READER_CHUNKS {
+            self.chunks.remove(0);
+        }
+        self.chunks.push((first, records));
+        Ok(self.cached(seq))
+    }
+
+    fn cached(&mut self, seq: u64) -> Option<Record> {
+        let k = self
+            .chunks
+            .iter()
+            .position(|(first, records)| seq >= *first && seq - first < records.len() as u64)?;
+        let hit = self.chunks.remove(k);
+        let r = hit.1[(seq - hit.0) as usize].clone();
+        self.chunks.push(hit);
+        Some(r)
+    }
+}
+
+/// A call's intent read back: what its undo (or its settlement) is made with.
+struct CallHead {
+    context: CallContext,
+    provider: String,
+    target: String,
+    provider_context: Element,
+    call_data: Option<Guarded>,
+    /// A script step's undo script and its inputs.
+    script: Option<(ScriptUndoRecord, Guarded<serde_json::Value>)>,
+}
+
+/// The head of call `c` read back from the journal: its intent, or for a script step its
+/// `script_done` record.
+fn call_head(reader: &mut RecordReader<'_>, c: &CallSlot) -> Result<CallHead, String> {
+    let txn_id = reader.txn_id.clone();
+    match reader.record(c.intent_seq).map_err(|e| e.to_string())? {
+        Some(Record::Intent {
+            step,
+            attempt,
+            namespace,
+            procedure,
+            provider,
+            target,
+            provider_context,
+            call_data,
+            ..
+        }) => Ok(CallHead {
+            context: CallContext {
+                txn_id,
+                step_id: step,
+                attempt,
+                namespace,
+                procedure,
+            },
+            provider,
+            target,
+            provider_context,
+            call_data: Some(call_data),
+            script: None,
+        }),
+        Some(Record::ScriptDone {
+            step, undo, vars, ..
+        }) => {
+            let procedure = step.rsplit('/').next().unwrap_or(&step).to_string();
+            Ok(CallHead {
+                context: CallContext {
+                    txn_id,
+                    step_id: step,
+                    attempt: 1,
+                    namespace: SCRIPT_NAMESPACE.to_string(),
+                    procedure,
+                },
+                provider: SCRIPT_NAMESPACE.to_string(),
+                target: SCRIPT_UNDO_TARGET.to_string(),
+                provider_context: Element::new("providerContext"),
+                call_data: None,
+                script: Some((undo, vars)),
+            })
+        }
+        Some(_) | None => Err(format!(
+            "journal record {} of {} is not the call's intent",
+            c.intent_seq, reader.txn_id
+        )),
+    }
+}
+
+fn lock_reader<'r, 'a>(
+    reader: &'r std::sync::Mutex<RecordReader<'a>>,
+) -> std::sync::MutexGuard<'r, RecordReader<'a>> {
+    reader.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Settles the in-doubt calls as [`settle_in_doubt`] does, each read back from the journal
+/// (a crash leaves at most the calls that were in flight in doubt). Returns how many were in
+/// doubt and the undo records of those found applied (by call index).
+async fn settle_slots(
+    engine: &Engine,
+    journal: &DurableJournal,
+    reader: &std::sync::Mutex<RecordReader<'_>>,
+    calls: &mut [CallSlot],
+    problems: &mut Vec<String>,
+) -> (usize, HashMap<usize, Element>) {
+    let mut in_doubt = 0;
+    let mut settled = HashMap::new();
+    for (i, c) in calls.iter_mut().enumerate() {
+        if !c.in_doubt() {
+            continue;
+        }
+        let head = call_head(&mut lock_reader(reader), c);
+        let head = match head {
+            Ok(head) => head,
+            Err(e) => {
+                in_doubt += 1;
+                problems.push(format!("a call in doubt cannot be read back: {e}"));
                 continue;
             }
         };
-        let provider_undo = done.undo.is_some() || done.script.is_some();
-        // Taken, not copied: the opened record is what the undo gets.
-        let (undo, script) = match (done.undo.take(), done.script.as_deref()) {
-            (Some(undo), _) => match journal.unguard(&undo) {
-                Ok(u) => (u, None),
-                Err(e) => {
-                    problems.push(format!("step {step}: cannot undo: {e}"));
-                    continue;
-                }
-            },
-            (None, Some((record, vars))) => match script_undo(engine, journal, record, vars) {
-                Ok(p) => (Element::new("undo"), Some(p)),
-                Err(e) => {
-                    problems.push(format!("step {step} (script undo): cannot undo: {e}"));
-                    continue;
-                }
-            },
-            (None, None) if state.is_some() => (Element::new("undo"), None),
-            (None, None) => continue,
-        };
-        let saved = done.saved.take().and_then(|s| journal.unguard(&*s).ok());
-        order.push(UndoOrder {
-            started_after: completed_before(c.intent_seq),
-            seq: completed_before(done.seq),
-        });
-        pending.push(PendingUndo {
-            call: i,
-            undo,
-            saved,
-            script,
-            state,
-            provider_undo,
-        });
+        let mut call = [JournaledCall {
+            intent_seq: c.intent_seq,
+            context: head.context,
+            provider: head.provider,
+            target: head.target,
+            provider_context: Arc::new(head.provider_context),
+            call_data: head.call_data.map(Box::new),
+            done: None,
+            failed: false,
+            undone: false,
+            resolved: c.has(slot::RESOLVED).then_some(c.has(slot::APPLIED)),
+        }];
+        in_doubt += settle_in_doubt(engine, journal, &mut call, problems).await;
+        let [call] = call;
+        if let Some(done) = call.done {
+            c.complete(c.intent_seq, slot::UNDO);
+            if let Some(Guarded::Plain(undo)) = done.undo {
+                settled.insert(i, undo);
+            }
+        } else if call.failed {
+            c.flags |= slot::FAILED;
+        }
     }
-    chain_state_undos(&mut order, &pending);
-    (order, pending)
+    (in_doubt, settled)
+}
+
+/// An undo read back from the journal, ready to run.
+struct PreparedUndo {
+    provider: Option<Arc<dyn Provider>>,
+    done: Done,
+    target: String,
+    state: Option<Arc<StateChange>>,
+    provider_undo: bool,
+}
+
+/// Reads call `c`'s intent and completion back and opens what its undo needs (the undo
+/// record, the kept executeData, the reversal of its provider-state writes, or its undo
+/// script); `settled`: the undo record of a call settled as applied now. An `Err` is the
+/// problem to report (the call is not undone).
+fn prepare_undo(
+    engine: &Engine,
+    journal: &DurableJournal,
+    reader: &mut RecordReader<'_>,
+    c: &CallSlot,
+    settled: Option<&Element>,
+) -> Result<PreparedUndo, String> {
+    let head =
+        call_head(reader, c).map_err(|e| format!("a completed call cannot be undone: {e}"))?;
+    let step = head.context.step_id.clone();
+    let (undo, saved, state) = if let Some(undo) = settled {
+        (Some(Guarded::Plain(undo.clone())), None, None)
+    } else if head.script.is_some() {
+        (None, None, None)
+    } else {
+        match reader.record(c.done_seq).map_err(|e| e.to_string()) {
+            Ok(Some(Record::Done {
+                undo, saved, state, ..
+            })) => (undo, saved, state),
+            Ok(_) => {
+                return Err(format!(
+                    "step {step}: cannot undo: journal record {} is not its completion",
+                    c.done_seq
+                ))
+            }
+            Err(e) => return Err(format!("step {step}: cannot undo: {e}")),
+        }
+    };
+    let state = match state.as_ref().map(|g| journal.unguard(g)) {
+        None => None,
+        Some(Ok(record)) => match record.reversal() {
+            // Kept as the change it reverses: the undo reverses it back.
+            Ok(reversal) => Some(Arc::new(reversal.reversal())),
+            Err(e) => {
+                return Err(format!(
+                    "step {step}: cannot undo its provider-state writes: the record does not decode: {e}"
+                ))
+            }
+        },
+        Some(Err(e)) => {
+            return Err(format!(
+                "step {step}: cannot undo its provider-state writes: {e}"
+            ))
+        }
+    };
+    let provider_undo = undo.is_some() || head.script.is_some();
+    let (undo, script) = match (undo, &head.script) {
+        (Some(undo), _) => match journal.unguard(&undo) {
+            Ok(u) => (u, None),
+            Err(e) => return Err(format!("step {step}: cannot undo: {e}")),
+        },
+        (None, Some((record, vars))) => match script_undo(engine, journal, record, vars) {
+            Ok(p) => (Element::new("undo"), Some(p)),
+            Err(e) => return Err(format!("step {step} (script undo): cannot undo: {e}")),
+        },
+        (None, None) => (Element::new("undo"), None),
+    };
+    let saved = saved.and_then(|s| journal.unguard(&s).ok());
+    let provider = script.or_else(|| engine.registry().get(&head.provider).cloned());
+    Ok(PreparedUndo {
+        provider,
+        done: Done {
+            context: head.context,
+            provider_context: head.provider_context,
+            undo,
+            execute_data: saved,
+            state: crate::ProviderState::detached(),
+        },
+        target: head.target,
+        state,
+        provider_undo,
+    })
+}
+
+/// Runs the undos of `pending` (call indices) in dependency order (`order`), each read back
+/// from the journal as it starts; returns how many succeeded, failures go to `problems`.
+async fn run_slot_undos(
+    engine: &Engine,
+    journal: &DurableJournal,
+    reader: &std::sync::Mutex<RecordReader<'_>>,
+    calls: &[CallSlot],
+    settled: &HashMap<usize, Element>,
+    (order, pending): (&[UndoOrder], &[usize]),
+    problems: &mut Vec<String>,
+) -> usize {
+    let waited = WaitedOut::default();
+    let results = undo_in_dependency_order(order, |k| {
+        let i = pending[k];
+        let prepared = prepare_undo(
+            engine,
+            journal,
+            &mut lock_reader(reader),
+            &calls[i],
+            settled.get(&i),
+        );
+        let waited = &waited;
+        async move {
+            let p = prepared?;
+            let step = p.done.context.step_id.clone();
+            let txn = p.done.context.txn_id.clone();
+            let r = match p.provider {
+                Some(provider) => {
+                    engine
+                        .undo_one(provider, p.done, step.clone(), waited, p.state, p.provider_undo)
+                        .await
+                }
+                None => Err(UndoError::NotRegistered),
+            };
+            r.map_err(|e| {
+                format!(
+                    "step {step} ({}): undo failed: {e} (fix the cause, then `provisio tx resume-rollback {txn}`; \
+                     or undo it by hand, then `provisio tx resolve {txn} {step} --not-applied`)",
+                    p.target,
+                )
+            })
+        }
+    })
+    .await;
+    let mut undone = 0;
+    for r in results {
+        match r {
+            Ok(()) => undone += 1,
+            Err(problem) => problems.push(problem),
+        }
+    }
+    undone
 }
 
 /// Orders the undos of calls that wrote provider state one after another, the latest
 /// completed first (as the run does, `Txn::state_chain`): each restores the values its
 /// writes replaced, which is right only in reverse order of the writes.
-fn chain_state_undos(order: &mut [UndoOrder], pending: &[PendingUndo]) {
-    let mut writers: Vec<usize> = (0..pending.len())
-        .filter(|&k| pending[k].state.is_some())
-        .collect();
+fn chain_state_undos(order: &mut [UndoOrder], writes_state: impl Fn(usize) -> bool) {
+    let mut writers: Vec<usize> = (0..order.len()).filter(|&k| writes_state(k)).collect();
     writers.sort_by_key(|&k| order[k].seq);
     for pair in writers.windows(2) {
         let (earlier, later) = (order[pair[0]].seq, pair[1]);
@@ -1003,61 +1456,6 @@ fn script_undo(
         vars,
     )
     .map_err(|e| e.to_string())
-}
-
-/// Runs the undos in dependency order; returns how many succeeded, failures go to
-/// `problems`.
-async fn run_undos(
-    engine: &Engine,
-    calls: &[JournaledCall],
-    order: &[UndoOrder],
-    pending: &[PendingUndo],
-    problems: &mut Vec<String>,
-) -> usize {
-    let waited = WaitedOut::default();
-    let results = undo_in_dependency_order(order, |k| {
-        let p = &pending[k];
-        let call = &calls[p.call];
-        let provider = p
-            .script
-            .clone()
-            .or_else(|| engine.registry().get(&call.provider).cloned());
-        let done = Done {
-            context: call.context.clone(),
-            provider_context: (*call.provider_context).clone(),
-            undo: p.undo.clone(),
-            execute_data: p.saved.clone(),
-            state: crate::ProviderState::detached(),
-        };
-        let waited = &waited;
-        async move {
-            match provider {
-                Some(provider) => {
-                    let step = done.context.step_id.clone();
-                    let state = p.state.clone();
-                    engine
-                        .undo_one(provider, done, step, waited, state, p.provider_undo)
-                        .await
-                }
-                None => Err(UndoError::NotRegistered),
-            }
-        }
-    })
-    .await;
-    let mut undone = 0;
-    for (p, r) in pending.iter().zip(results) {
-        match r {
-            Ok(()) => undone += 1,
-            Err(e) => problems.push(format!(
-                "step {step} ({}): undo failed: {e} (fix the cause, then `provisio tx resume-rollback {txn}`; \
-                 or undo it by hand, then `provisio tx resolve {txn} {step} --not-applied`)",
-                calls[p.call].target,
-                step = calls[p.call].context.step_id,
-                txn = calls[p.call].context.txn_id,
-            )),
-        }
-    }
-    undone
 }
 
 /// What became of an attempt to resume a resumable transaction.
@@ -1459,4 +1857,196 @@ async fn settle_before_resuming(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ProcKind;
+
+    /// A deterministic pseudo-random sequence (the tests need no seed file).
+    struct Lcg(u64);
+
+    impl Lcg {
+        fn next(&mut self, below: u64) -> u64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (self.0 >> 33) % below
+        }
+    }
+
+    fn intent(step: &str, attempt: u32) -> Record {
+        Record::Intent {
+            at_ms: 0,
+            step: step.to_string(),
+            attempt,
+            namespace: "N".into(),
+            procedure: "Create".into(),
+            provider: "Rec".into(),
+            target: "N/Create".into(),
+            kind: ProcKind::Write,
+            provider_context: Element::new("providerContext"),
+            input: serde_json::Value::Null,
+            call_data: Guarded::Plain(Element::new("executeData")),
+        }
+    }
+
+    /// A journal of calls that overlap (up to eight in flight), some retried, failed,
+    /// without an undo, writing provider state, script steps (some run again), some undone
+    /// already or resolved by an operator, and the calls in flight at the end in doubt.
+    fn journal(seed: u64, calls: usize) -> Vec<(u64, Record)> {
+        let mut rng = Lcg(seed);
+        let mut out: Vec<Record> = Vec::new();
+        let mut open: Vec<(String, u32)> = Vec::new();
+        let mut finished: Vec<(String, u32)> = Vec::new();
+        let mut scripts: Vec<String> = Vec::new();
+        let mut started = 0;
+        while started < calls || !open.is_empty() {
+            let roll = rng.next(100);
+            if started < calls && (open.is_empty() || (roll < 45 && open.len() < 8)) {
+                // A retried step reuses its step id with the next attempt.
+                let (step, attempt) = match finished.last() {
+                    Some((s, a)) if roll < 5 => (s.clone(), a + 1),
+                    _ => (format!("s/{started}"), 1),
+                };
+                out.push(intent(&step, attempt));
+                open.push((step, attempt));
+                started += 1;
+            } else if roll < 52 && started < calls {
+                let step = match scripts.last() {
+                    Some(s) if roll < 48 => s.clone(),
+                    _ => format!("script/{started}"),
+                };
+                out.push(Record::ScriptDone {
+                    at_ms: 0,
+                    step: step.clone(),
+                    undo: ScriptUndoRecord {
+                        source: "x".into(),
+                        file: "f".into(),
+                        line: 1,
+                        column: 1,
+                    },
+                    vars: Guarded::Plain(serde_json::Value::Null),
+                });
+                scripts.push(step);
+                started += 1;
+            } else if roll < 56 && !finished.is_empty() {
+                let (step, attempt) = finished[rng.next(finished.len() as u64) as usize].clone();
+                out.push(Record::Undone {
+                    at_ms: 0,
+                    step,
+                    attempt,
+                    error: (roll == 55).then(|| "no".to_string()),
+                });
+            } else if roll < 58 && !finished.is_empty() {
+                let (step, attempt) = finished[rng.next(finished.len() as u64) as usize].clone();
+                out.push(Record::Resolved {
+                    at_ms: 0,
+                    step,
+                    attempt,
+                    applied: roll == 57,
+                    who: "op".into(),
+                });
+            } else if started >= calls && rng.next(4) == 0 {
+                // The end: what is still open stays in doubt.
+                break;
+            } else {
+                let k = rng.next(open.len() as u64) as usize;
+                let (step, attempt) = open.remove(k);
+                let r = rng.next(10);
+                out.push(if r == 0 {
+                    Record::Failed {
+                        at_ms: 0,
+                        step: step.clone(),
+                        attempt,
+                        message: "failed".into(),
+                    }
+                } else {
+                    Record::Done {
+                        at_ms: 0,
+                        step: step.clone(),
+                        attempt,
+                        output: serde_json::Value::Null,
+                        undo: (r != 1).then(|| Guarded::Plain(Element::new("undo"))),
+                        saved: None,
+                        result: None,
+                        state: (r >= 8).then_some(Guarded::Withheld),
+                    }
+                });
+                finished.push((step, attempt));
+            }
+        }
+        out.into_iter()
+            .enumerate()
+            .map(|(i, r)| (i as u64 + 3, r))
+            .collect()
+    }
+
+    /// The undo order as recovery computed it before [`CallSlot`]: from every journaled
+    /// call held in memory ([`journaled_calls`]), by intent sequence number.
+    fn in_memory_order(records: &[(u64, Record)]) -> (Vec<UndoOrder>, Vec<(u64, u64)>) {
+        let id = TxnId::new_v7();
+        let calls = journaled_calls(&id, records.iter().cloned().map(Ok)).expect("calls");
+        let mut done_seqs: Vec<u64> = calls
+            .iter()
+            .filter_map(|c| c.done.as_ref().map(|d| d.seq))
+            .collect();
+        done_seqs.sort_unstable();
+        let completed_before = |seq: u64| done_seqs.partition_point(|&d| d < seq);
+        let mut order = Vec::new();
+        let mut which = Vec::new();
+        let mut state = Vec::new();
+        for c in calls.iter().filter(|c| c.to_undo()) {
+            let done = c.done.as_ref().expect("completed");
+            order.push(UndoOrder {
+                started_after: completed_before(c.intent_seq),
+                seq: completed_before(done.seq),
+            });
+            which.push((c.intent_seq, done.seq));
+            state.push(done.state.is_some());
+        }
+        chain_state_undos(&mut order, |k| state[k]);
+        (order, which)
+    }
+
+    #[test]
+    fn the_streamed_undo_plan_is_the_in_memory_order() {
+        let mut undos = 0;
+        for seed in 0..200 {
+            let records = journal(seed, 1 + (seed as usize * 37) % 400);
+            let (order, which) = in_memory_order(&records);
+            let slots = call_slots(records.iter().cloned().map(Ok)).expect("slots");
+            let (streamed, pending) = undo_plan(&slots);
+            assert_eq!(streamed, order, "seed {seed}");
+            let streamed_which: Vec<(u64, u64)> = pending
+                .iter()
+                .map(|&i| (slots[i].intent_seq, slots[i].done_seq))
+                .collect();
+            assert_eq!(streamed_which, which, "seed {seed}");
+            // The same calls are in doubt.
+            let id = TxnId::new_v7();
+            let calls = journaled_calls(&id, records.iter().cloned().map(Ok)).expect("calls");
+            let doubt: Vec<u64> = calls
+                .iter()
+                .filter(|c| c.in_doubt())
+                .map(|c| c.intent_seq)
+                .collect();
+            let slot_doubt: Vec<u64> = slots
+                .iter()
+                .filter(|c| c.in_doubt())
+                .map(|c| c.intent_seq)
+                .collect();
+            assert_eq!(slot_doubt, doubt, "seed {seed}");
+            undos += order.len();
+        }
+        // The journals exercise the order: thousands of undos, state chains among them.
+        assert!(undos > 5_000, "{undos}");
+    }
+
+    #[test]
+    fn a_call_slot_is_small() {
+        assert!(std::mem::size_of::<CallSlot>() <= 24);
+    }
 }
