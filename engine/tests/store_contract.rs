@@ -542,3 +542,66 @@ async fn prefix_and_range_scans_use_the_primary_key_index() {
         assert!(out.stdout.contains("Index Cond"), "{what}: {}", out.stdout);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_database_parks_writes_and_forfeits_what_was_owned() {
+    let Some(pg) = Postgres::start() else { return };
+    let url = pg.url();
+    let store = Arc::new(PgStore::open(&url, &options()).unwrap());
+    assert!(store.own("txn-before").await.unwrap());
+    let mut b = Batch::new();
+    b.put(Space::Journal, b"before".to_vec(), b"1".to_vec());
+    store.write_for("txn-before", b, true).await.unwrap();
+    let mut link = store.link();
+    pg.stop_immediate();
+    // The loss is noticed (the session ends), without a write to find it.
+    tokio::time::timeout(Duration::from_secs(10), link.wait_for(|l| !l.up))
+        .await
+        .expect("the loss noticed")
+        .unwrap();
+    assert!(!store.is_up());
+    // A write made while the database is gone parks (it neither fails nor succeeds).
+    let parked = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut b = Batch::new();
+            b.put(Space::Journal, b"during".to_vec(), b"2".to_vec());
+            store.write(b, true).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        !parked.is_finished(),
+        "a write while the database is gone did not park"
+    );
+    let pg = tokio::task::spawn_blocking(move || {
+        pg.restart();
+        pg
+    })
+    .await
+    .unwrap();
+    tokio::time::timeout(Duration::from_secs(30), link.wait_for(|l| l.up))
+        .await
+        .unwrap_or_else(|_| panic!("not reconnected:\n{}", pg.log()))
+        .unwrap();
+    assert_eq!(link.borrow().epoch, 1);
+    // The parked write goes through once the database is back.
+    parked.await.unwrap().unwrap();
+    assert_eq!(
+        store.get(Space::Journal, b"during").unwrap().as_deref(),
+        Some(&b"2"[..])
+    );
+    // The transaction owned before the loss lost its lock with the session: it never goes
+    // on here...
+    let mut b = Batch::new();
+    b.put(Space::Journal, b"after".to_vec(), b"3".to_vec());
+    let e = store.write_for("txn-before", b, true).await.unwrap_err();
+    assert!(matches!(e, StoreError::Lost { .. }), "{e}");
+    assert!(e.to_string().contains("recovery finishes"), "{e}");
+    assert_eq!(store.get(Space::Journal, b"after").unwrap(), None);
+    // ...until this process owns it again (to recover it), which it may: nobody holds it.
+    assert!(store.own("txn-before").await.unwrap());
+    let mut b = Batch::new();
+    b.put(Space::Journal, b"after".to_vec(), b"3".to_vec());
+    store.write_for("txn-before", b, true).await.unwrap();
+}

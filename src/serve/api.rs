@@ -171,15 +171,19 @@ async fn health() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-#[utoipa::path(get, path = "/v1/ready", tag = "meta", security(()), responses((status = 200, description = "Takes requests"), (status = 503, description = "Starting or stopping", body = super::openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/v1/ready", tag = "meta", security(()), responses((status = 200, description = "Takes requests"), (status = 503, description = "Starting or stopping, or its PostgreSQL store is unreachable", body = super::openapi::ErrorBody)))]
 async fn ready(State(d): Shared) -> Response {
-    if d.ready.load(Ordering::SeqCst) {
+    if d.ready.load(Ordering::SeqCst) && !super::database_lost(&d) {
         Json(json!({ "ready": true })).into_response()
     } else {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "not_ready",
-            "the daemon is starting or stopping; retry shortly",
+            if super::database_lost(&d) {
+                "the daemon cannot reach its PostgreSQL store: it reconnects, and takes requests again once the database is back"
+            } else {
+                "the daemon is starting or stopping; retry shortly"
+            },
         )
         .into_response()
     }

@@ -338,6 +338,27 @@ impl Postgres {
             .unwrap_or_else(|e| panic!("PostgreSQL did not come back: {e}"));
     }
 
+    /// Stops the server at once, as `pg_ctl stop -m immediate` does (SIGQUIT: every
+    /// session cut, no checkpoint; the next start recovers from the WAL, as after a
+    /// crash), and waits for it. [`Postgres::restart`] starts it again.
+    pub fn stop_immediate(&self) {
+        let Some(mut child) = self.child.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .args(["-QUIT", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
     /// Stops the server (SIGINT: fast shutdown) and waits for it.
     pub fn stop(&self) {
         let Some(mut child) = self.child.lock().unwrap_or_else(|e| e.into_inner()).take() else {
