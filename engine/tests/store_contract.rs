@@ -419,8 +419,12 @@ fn bad_urls_are_refused_clearly_without_the_password() {
         ),
         ("postgres://u:hunter2@localhost:notaport/db", "invalid"),
         (
-            "postgres://u:hunter2@localhost/db?sslmode=require",
-            "sslmode=require is not supported",
+            "postgres://u:hunter2@localhost/db?sslmode=verify-full&sslrootcert=/nonexistent.pem",
+            "cannot read the certificates of sslrootcert `/nonexistent.pem`",
+        ),
+        (
+            "postgres://u:hunter2@localhost/db?sslmode=sometimes",
+            "sslmode",
         ),
         ("postgres://u:hunter2@localhost/db?bogus=1", "bogus"),
     ] {
@@ -604,4 +608,72 @@ async fn a_lost_database_parks_writes_and_forfeits_what_was_owned() {
     let mut b = Batch::new();
     b.put(Space::Journal, b"after".to_vec(), b"3".to_vec());
     store.write_for("txn-before", b, true).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_is_required_verified_or_refused_clearly() {
+    let Some(pg) = Postgres::start() else { return };
+    let url = pg.url();
+    let opts = PgOptions {
+        connect_retry: Duration::from_secs(2),
+        ..options()
+    };
+    // The server offers no TLS yet: a URL that requires it is refused at once, saying so.
+    let started = Instant::now();
+    let e = PgStore::open(&format!("{url}?sslmode=require"), &opts).unwrap_err();
+    let text = e.to_string();
+    assert!(matches!(e, StoreError::Refused { .. }), "{text}");
+    assert!(text.contains("does not offer TLS"), "{text}");
+    assert!(text.contains("sslmode=require"), "{text}");
+    assert!(!text.contains(&pg.password), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(2), "not retried");
+    let ca = pg.enable_tls();
+    let sessions_on_tls = || {
+        pg.psql(
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE a.application_name LIKE 'provisio store tests%' AND s.ssl",
+        )
+        .stdout
+        .trim()
+        .parse::<u32>()
+        .unwrap()
+    };
+    // require: encrypted, the self-signed certificate not checked.
+    let store = PgStore::open(&format!("{url}?sslmode=require"), &opts).unwrap();
+    let mut b = Batch::new();
+    b.put(Space::Journal, b"tls".to_vec(), b"1".to_vec());
+    store.write(b, true).await.unwrap();
+    assert!(
+        sessions_on_tls() >= 3,
+        "the store's sessions are not on TLS"
+    );
+    drop(store);
+    // verify-full with the certificate as the trusted authority: checked, and it names
+    // 127.0.0.1.
+    let full = format!(
+        "{url}?sslmode=verify-full&sslrootcert={}",
+        ca.display().to_string().replace('/', "%2F")
+    );
+    let store = PgStore::open(&full, &opts).unwrap();
+    assert_eq!(
+        store.get(Space::Journal, b"tls").unwrap().as_deref(),
+        Some(&b"1"[..])
+    );
+    assert!(sessions_on_tls() >= 3);
+    drop(store);
+    // verify-full against the system's authorities: the self-signed certificate is not
+    // trusted, refused at once, saying what to do.
+    let e = PgStore::open(&format!("{url}?sslmode=verify-full"), &opts).unwrap_err();
+    let text = e.to_string();
+    assert!(matches!(e, StoreError::Refused { .. }), "{text}");
+    assert!(text.contains("not trusted"), "{text}");
+    assert!(text.contains("sslrootcert"), "{text}");
+    // A root file that is not there: a bad URL, said before connecting.
+    let e = PgStore::open(
+        &format!("{url}?sslmode=verify-ca&sslrootcert=/nonexistent/ca.pem"),
+        &opts,
+    )
+    .unwrap_err();
+    assert!(matches!(e, StoreError::BadUrl { .. }), "{e}");
+    assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
 }

@@ -5,6 +5,8 @@
 
 mod mem;
 #[cfg(feature = "postgres")]
+mod pg_tls;
+#[cfg(feature = "postgres")]
 mod postgres;
 mod sled_store;
 mod wal;

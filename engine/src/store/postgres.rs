@@ -41,6 +41,7 @@
 //! to date when the store opens, under that lock; a database written by a newer provisio
 //! (a version this build does not know) is refused ([`StoreError::SchemaTooNew`]).
 
+use super::pg_tls::{self, MakeTls, TlsMode};
 use super::{Batch, KeyRange, KeyValue, Space, Store, StoreError};
 use async_trait::async_trait;
 use std::collections::HashMap;
@@ -50,7 +51,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres::{Client, Statement};
 
 /// The schema versions, in order: (version, what it does, SQL). Each runs in its own
 /// transaction, recorded in `provisio_schema`; never edit one that was released, add one.
@@ -148,6 +149,9 @@ pub(crate) type ReconnectHook =
 /// What the handle and the store's tasks share.
 struct Shared {
     config: tokio_postgres::Config,
+    /// The TLS of every session (none unless the URL's `sslmode` asks for it).
+    tls: MakeTls,
+    tls_mode: TlsMode,
     /// The URL with its password masked, for messages.
     shown: String,
     readers: Vec<tokio::sync::Mutex<Option<Arc<Reader>>>>,
@@ -320,8 +324,12 @@ pub fn is_postgres_url(url: &str) -> bool {
     url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
-/// Parses the URL into a client configuration; errors never show the password.
-fn parse_url(url: &str, options: &PgOptions) -> Result<tokio_postgres::Config, StoreError> {
+/// Parses the URL into a client configuration and its TLS; errors never show the
+/// password.
+fn parse_url(
+    url: &str,
+    options: &PgOptions,
+) -> Result<(tokio_postgres::Config, MakeTls, TlsMode), StoreError> {
     let shown = mask_url(url);
     let bad = |message: String| StoreError::BadUrl {
         url: shown.clone(),
@@ -332,7 +340,8 @@ fn parse_url(url: &str, options: &PgOptions) -> Result<tokio_postgres::Config, S
             "it does not start with `postgres://` or `postgresql://`".to_string(),
         ));
     }
-    let mut config = tokio_postgres::Config::from_str(url)
+    let tls = pg_tls::split_url(url);
+    let mut config = tokio_postgres::Config::from_str(&tls.url)
         // The parser's message may quote the part it could not read, password included.
         .map_err(|e| bad(mask_secret(&e.to_string(), url)))?;
     if config.get_hosts().is_empty() {
@@ -345,11 +354,11 @@ fn parse_url(url: &str, options: &PgOptions) -> Result<tokio_postgres::Config, S
             "it names no user (postgres://USER:PASSWORD@HOST:PORT/DATABASE)".to_string(),
         ));
     }
-    if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
-        return Err(bad(
-            "sslmode=require is not supported yet: provisio connects without TLS (use a loopback address or a Unix socket, or sslmode=disable)".to_string(),
-        ));
+    if tls.mode == TlsMode::Off {
+        // `prefer` too: provisio does not try TLS first (see pg_tls).
+        config.ssl_mode(tokio_postgres::config::SslMode::Disable);
     }
+    let make_tls = MakeTls(pg_tls::client_config(tls.mode, tls.root_file.as_deref()).map_err(bad)?);
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(CONNECT_TIMEOUT);
     }
@@ -360,7 +369,7 @@ fn parse_url(url: &str, options: &PgOptions) -> Result<tokio_postgres::Config, S
             std::process::id()
         ));
     }
-    Ok(config)
+    Ok((config, make_tls, tls.mode))
 }
 
 /// `text` with every occurrence of the URL's password replaced by `***`.
@@ -396,6 +405,25 @@ fn is_permanent(e: &tokio_postgres::Error) -> bool {
     })
 }
 
+/// A TLS failure retrying does not cure, said plainly: the server offers no TLS though the
+/// URL requires it, or its certificate is not trusted.
+fn tls_refusal(shared: &Shared, e: &tokio_postgres::Error) -> Option<String> {
+    if shared.tls_mode == TlsMode::Off {
+        return None;
+    }
+    let text = describe(e);
+    let mode = shared.tls_mode.name();
+    if text.contains("server does not support TLS") {
+        return Some(format!("the server does not offer TLS, but the URL requires it (sslmode={mode}): turn `ssl = on` on the server (with a certificate and key), or use a URL without sslmode only on a trusted network"));
+    }
+    if text.contains("invalid peer certificate")
+        || text.contains("certificate") && text.contains("handshake")
+    {
+        return Some(format!("the server's TLS certificate is not trusted (sslmode={mode}): {text}; name the authority that signed it with `sslrootcert=/path/ca.pem` in the URL (verify-full also needs the certificate to name the URL's host)"));
+    }
+    None
+}
+
 /// The server's words for a failure (its message and hint for database errors).
 fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
@@ -419,10 +447,10 @@ fn describe(e: &tokio_postgres::Error) -> String {
 /// Connects once; the connection is driven by a task of the current runtime. `on_end`
 /// runs when the connection ends.
 async fn connect_once(
-    config: &tokio_postgres::Config,
+    shared: &Shared,
     on_end: impl FnOnce() + Send + 'static,
 ) -> Result<Client, tokio_postgres::Error> {
-    let (client, connection) = config.connect(NoTls).await?;
+    let (client, connection) = shared.config.connect(shared.tls.clone()).await?;
     tokio::spawn(async move {
         let _ = connection.await;
         on_end();
@@ -442,8 +470,14 @@ async fn connect_retrying(
     let mut attempts = 0u32;
     loop {
         attempts += 1;
-        match connect_once(&shared.config, on_end.clone()).await {
+        match connect_once(shared, on_end.clone()).await {
             Ok(c) => return Ok(c),
+            Err(e) if tls_refusal(shared, &e).is_some() => {
+                return Err(StoreError::Refused {
+                    url: shared.shown.clone(),
+                    message: tls_refusal(shared, &e).unwrap_or_default(),
+                })
+            }
             Err(e) if is_permanent(&e) => {
                 return Err(StoreError::Refused {
                     url: shared.shown.clone(),
@@ -566,7 +600,7 @@ async fn connect_session(
     epoch: u64,
 ) -> Result<Client, tokio_postgres::Error> {
     let s = shared.clone();
-    connect_once(&shared.config, move || {
+    connect_once(shared, move || {
         s.link_lost(epoch, "the node's session ended")
     })
     .await
@@ -1014,7 +1048,7 @@ async fn commit_group(
         .is_none_or(|(w, e)| *e != epoch || w.client.is_closed())
     {
         *writer = None;
-        let connected = match connect_once(&shared.config, || {}).await {
+        let connected = match connect_once(shared, || {}).await {
             Ok(c) => prepare_writer(shared, c).await,
             Err(e) => Err(db_error(shared, "connecting the writer", &e)),
         };
@@ -1074,9 +1108,11 @@ impl PgStore {
     }
 
     fn open_with(url: &str, options: &PgOptions, apply: bool) -> Result<PgStore, StoreError> {
-        let config = parse_url(url, options)?;
+        let (config, tls, tls_mode) = parse_url(url, options)?;
         let shared = Arc::new(Shared {
             config,
+            tls,
+            tls_mode,
             shown: mask_url(url),
             readers: (0..READERS)
                 .map(|_| tokio::sync::Mutex::new(None))
@@ -1391,7 +1427,7 @@ impl PgStore {
         let shared = self.shared.clone();
         self.handle.spawn(async move {
             loop {
-                match shared.config.connect(NoTls).await {
+                match shared.config.connect(shared.tls.clone()).await {
                     Ok((client, mut connection)) => {
                         let wake2 = wake.clone();
                         let driver = tokio::spawn(async move {
