@@ -788,6 +788,8 @@ fn add(v: &mut Value, key: &str, value: Value) {
 /// Waits up to `wait` for a job to reach a final state: the job, or `None` on time-out.
 async fn wait_for(d: &Daemon, id: &str, wait: Duration) -> Result<Option<Job>, ApiError> {
     let mut rx = d.hub.subscribe(id);
+    // Several daemons on one database: the daemon that runs it forwards its events here.
+    super::remote::watch(d, id);
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let job = d.queue.get(id)?.ok_or_else(|| {
@@ -801,10 +803,11 @@ async fn wait_for(d: &Daemon, id: &str, wait: Duration) -> Result<Option<Job>, A
             d.hub.close(id);
             return Ok(Some(job));
         }
-        // Several daemons on one database: the job may run on another, whose events this
-        // one never sees: look at the job again every 100 ms.
+        // Several daemons on one database: the job may run on another, whose events come
+        // by NOTIFY (see `remote`); a watch that arrived there too late (or a notification
+        // lost while reconnecting) costs at most a second.
         let until = if d.queue.is_shared() {
-            deadline.min(tokio::time::Instant::now() + Duration::from_millis(100))
+            deadline.min(tokio::time::Instant::now() + Duration::from_secs(1))
         } else {
             deadline
         };
@@ -1120,6 +1123,12 @@ async fn events(
     let who = identify(&d, &headers)?;
     let rx = d.hub.subscribe(&id);
     let job = match get_job(&d, &who, &id) {
+        Ok(j) if !j.state.is_final() => {
+            // Several daemons on one database: it may run on another, which forwards its
+            // events here.
+            super::remote::watch(&d, &id);
+            j
+        }
         Ok(j) => j,
         Err(e) => {
             d.hub.close(&id);

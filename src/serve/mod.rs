@@ -15,6 +15,7 @@ pub mod jobs;
 mod metrics;
 mod openapi;
 mod ops;
+mod remote;
 mod schema;
 mod tls;
 mod txns;
@@ -120,6 +121,9 @@ pub struct Hub {
     channels: Mutex<HashMap<String, broadcast::Sender<Arc<str>>>>,
     /// Every job's events, for the stream of all requests.
     all: broadcast::Sender<Arc<str>>,
+    /// Several daemons on one PostgreSQL store: the jobs another daemon's clients follow,
+    /// whose events this one forwards (see `remote`).
+    remote: std::sync::OnceLock<Arc<remote::Remote>>,
 }
 
 impl Default for Hub {
@@ -127,6 +131,7 @@ impl Default for Hub {
         Hub {
             channels: Mutex::default(),
             all: broadcast::channel(1024).0,
+            remote: std::sync::OnceLock::new(),
         }
     }
 }
@@ -161,10 +166,28 @@ impl Hub {
     /// serialized) only when someone listens.
     pub fn publish(&self, id: &str, event: impl FnOnce() -> serde_json::Value) {
         let own = lock(&self.channels).get(id).cloned();
-        if own.is_none() && self.all.receiver_count() == 0 {
+        let remote = self.remote.get().filter(|r| r.watches(id));
+        if own.is_none() && self.all.receiver_count() == 0 && remote.is_none() {
             return;
         }
         let text = Self::text(id, event());
+        if let Some(r) = remote {
+            r.forward(id, &text, false);
+        }
+        if let Some(tx) = own {
+            let _ = tx.send(text.clone());
+        }
+        let _ = self.all.send(text);
+    }
+
+    /// An event of a job another daemon runs, to this daemon's listeners (not forwarded);
+    /// `finished` closes the job's channel.
+    fn deliver(&self, id: &str, text: Arc<str>, finished: bool) {
+        let own = if finished {
+            lock(&self.channels).remove(id)
+        } else {
+            lock(&self.channels).get(id).cloned()
+        };
         if let Some(tx) = own {
             let _ = tx.send(text.clone());
         }
@@ -180,10 +203,14 @@ impl Hub {
     /// someone listens).
     pub fn finish(&self, id: &str, event: impl FnOnce() -> serde_json::Value) {
         let own = lock(&self.channels).remove(id);
-        if own.is_none() && self.all.receiver_count() == 0 {
+        let remote = self.remote.get().filter(|r| r.watches(id));
+        if own.is_none() && self.all.receiver_count() == 0 && remote.is_none() {
             return;
         }
         let text = Self::text(id, event());
+        if let Some(r) = remote {
+            r.forward(id, &text, true);
+        }
         if let Some(tx) = own {
             let _ = tx.send(text.clone());
         }
@@ -489,6 +516,7 @@ pub async fn serve(config: &Config) -> Result<Exit> {
         workers.spawn(worker(daemon.clone()));
     }
     tokio::spawn(reaper(daemon.clone()));
+    remote::start(&daemon);
     {
         // Other daemons on the same PostgreSQL store wake this one's workers (NOTIFY).
         let d = daemon.clone();

@@ -91,3 +91,69 @@ fn database_lost_mid_run_parks_and_resumes() {
     assert_eq!(a.status, 200, "{a:?}");
     assert_eq!(a.body["state"], "succeeded", "{a:?}");
 }
+
+/// A client of one daemon follows a job another daemon runs: its progress events and its
+/// end come by NOTIFY, the end within milliseconds of the finish (no polling).
+#[test]
+fn events_of_a_job_another_daemon_runs_reach_the_client() {
+    use crate::daemon::{customer, Site, ALICE};
+    use std::io::Read as _;
+    if !crate::daemon::python() {
+        return;
+    }
+    let Some(pg) = Postgres::shared() else { return };
+    let url = pg.new_schema("remote_events");
+    // Each ledger call takes 4 s: the job still runs when the second daemon is up.
+    let site = Site::new(4000);
+    let config = std::fs::read_to_string(site.path("provisio.toml")).unwrap();
+    std::fs::write(
+        site.path("provisio.toml"),
+        format!("store = \"{url}\"\n{config}"),
+    )
+    .unwrap();
+    let runner = site.start();
+    let a = runner.submit(ALICE, &customer("ann"), "", &[]);
+    assert_eq!(a.status, 202, "{a:?}");
+    let id = a.body["id"].as_str().unwrap().to_string();
+    // Running on the first daemon before the second one starts: the second never runs it.
+    runner.running_step(&id);
+    let follower = site.start();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into();
+    let mut text = String::new();
+    agent
+        .get(&format!("{}/v1/requests/{id}/events", follower.url))
+        .header("Authorization", &format!("Bearer {ALICE}"))
+        .call()
+        .expect("events")
+        .body_mut()
+        .as_reader()
+        .read_to_string(&mut text)
+        .expect("read events");
+    let ended_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(text.contains("event: step_started"), "{text}");
+    assert!(text.contains("event: step_finished"), "{text}");
+    assert!(text.contains("event: finished"), "{text}");
+    assert!(text.contains("\"outcome\":\"committed\""), "{text}");
+    let job = follower.status(ALICE, &id);
+    let finished_ms = job.body["finished_ms"].as_u64().unwrap();
+    assert!(
+        ended_ms.saturating_sub(finished_ms) < 500,
+        "the end reached the other daemon {} ms after the finish",
+        ended_ms.saturating_sub(finished_ms)
+    );
+    // The runner's log names the job's run; the follower's does not.
+    assert!(
+        !follower
+            .log
+            .lock()
+            .unwrap()
+            .contains(&format!("job{{job.id={id}")),
+        "the follower ran the job"
+    );
+}

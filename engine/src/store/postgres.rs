@@ -1462,6 +1462,65 @@ impl PgStore {
         });
     }
 
+    /// Listens on `channels` on a session of its own (connecting again when it breaks, as
+    /// [`PgStore::listen`]) and sends each notification's (channel, payload) to `to`,
+    /// until `to` is closed. Notifications sent while it reconnects are lost.
+    pub fn listen_payloads(
+        &self,
+        channels: &[&'static str],
+        to: tokio::sync::mpsc::UnboundedSender<(String, String)>,
+    ) {
+        let shared = self.shared.clone();
+        let listen: String = channels.iter().map(|c| format!("LISTEN {c};")).collect();
+        self.handle.spawn(async move {
+            while !to.is_closed() && !shared.link_now().closed {
+                match shared.config.connect(shared.tls.clone()).await {
+                    Ok((client, mut connection)) => {
+                        let to2 = to.clone();
+                        let driver = tokio::spawn(async move {
+                            loop {
+                                let msg = futures::future::poll_fn(|cx| connection.poll_message(cx))
+                                    .await;
+                                match msg {
+                                    Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+                                        if to2
+                                            .send((n.channel().to_string(), n.payload().to_string()))
+                                            .is_err()
+                                        {
+                                            return;
+                                        }
+                                    }
+                                    Some(Ok(_)) => {}
+                                    Some(Err(_)) | None => return,
+                                }
+                            }
+                        });
+                        let _ = client.batch_execute(&listen).await;
+                        let _ = driver.await;
+                        drop(client);
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %describe(&e), "listening for the daemons' notifications");
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+    }
+
+    /// Sends `NOTIFY channel, payload` on the node's session, without waiting (lost while
+    /// the database is).
+    pub fn notify(&self, channel: &'static str, payload: String) {
+        let Some(session) = self.shared.session() else {
+            return;
+        };
+        self.handle.spawn(async move {
+            let _ = session
+                .execute("SELECT pg_notify($1, $2)", &[&channel, &payload])
+                .await;
+        });
+    }
+
     fn state_lock_key(&self, key: &[u8]) -> String {
         let mut name = format!(
             "provisio state {} ",
