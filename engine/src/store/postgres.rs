@@ -1463,7 +1463,7 @@ impl PgStore {
     }
 
     /// Listens on `channels` on a session of its own (connecting again when it breaks, as
-    /// [`PgStore::listen`]) and sends each notification's (channel, payload) to `to`,
+    /// `PgStore::listen`) and sends each notification's (channel, payload) to `to`,
     /// until `to` is closed. Notifications sent while it reconnects are lost.
     pub fn listen_payloads(
         &self,
