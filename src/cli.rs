@@ -86,9 +86,10 @@ pub struct Global {
     #[arg(long, global = true, value_name = "DURATION")]
     pub wait_lock: Option<crate::config::Wait>,
     /// Where the journal, queue and provider state live: `sled` (embedded, under the data
-    /// directory) or `postgres://USER:PASSWORD@HOST:PORT/DATABASE` (docs/store.md; prefer
-    /// the variable or the file for a URL with a password: a flag shows in the process
-    /// list). Overrides `store` and $PROVISIO_STORE [default: sled].
+    /// directory) or `postgres://USER:PASSWORD@HOST:PORT/DATABASE` (docs/store.md; add
+    /// `?sslmode=verify-full` for TLS, `&sslrootcert=CA.pem` for a private authority;
+    /// prefer the variable or the file for a URL with a password: a flag shows in the
+    /// process list). Overrides `store` and $PROVISIO_STORE [default: sled].
     #[arg(long, global = true, value_name = "URL")]
     pub store: Option<String>,
     /// Log format on stderr.

@@ -337,7 +337,13 @@ pub fn open_postgres(config: &Config, url: &str) -> Result<PgStore> {
     let started = std::time::Instant::now();
     let mut told = false;
     loop {
-        match PgStore::open(url, &options) {
+        // A command that only reads (`tx list`, `tx show`, …) creates no tables.
+        let opened = if config.read_only {
+            PgStore::open_existing(url, &options)
+        } else {
+            PgStore::open(url, &options)
+        };
+        match opened {
             Ok(store) => {
                 for (version, what) in &store.schema().applied {
                     tracing::info!(

@@ -77,8 +77,8 @@ pub use script::{
 pub use state::{state_key, ProviderState, StateChange, StateError, StateRecord};
 #[cfg(feature = "postgres")]
 pub use store::{
-    is_postgres_url, latest_schema_version, mask_url, PgOptions, PgStore, SchemaStatus, MIGRATIONS,
-    NODE_EXPIRY, NODE_HEARTBEAT,
+    is_postgres_url, latest_schema_version, mask_url, Link, PgOptions, PgStore, SchemaStatus,
+    MIGRATIONS, NODE_EXPIRY, NODE_HEARTBEAT,
 };
 pub use store::{
     prefix_end, Batch, KeyRange, KeyValue, MemStore, SledStore, Space, Store, StoreError,

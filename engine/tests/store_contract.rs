@@ -419,8 +419,12 @@ fn bad_urls_are_refused_clearly_without_the_password() {
         ),
         ("postgres://u:hunter2@localhost:notaport/db", "invalid"),
         (
-            "postgres://u:hunter2@localhost/db?sslmode=require",
-            "sslmode=require is not supported",
+            "postgres://u:hunter2@localhost/db?sslmode=verify-full&sslrootcert=/nonexistent.pem",
+            "cannot read the certificates of sslrootcert `/nonexistent.pem`",
+        ),
+        (
+            "postgres://u:hunter2@localhost/db?sslmode=sometimes",
+            "sslmode",
         ),
         ("postgres://u:hunter2@localhost/db?bogus=1", "bogus"),
     ] {
@@ -541,4 +545,135 @@ async fn prefix_and_range_scans_use_the_primary_key_index() {
         assert!(out.stdout.contains("Index Scan"), "{what}: {}", out.stdout);
         assert!(out.stdout.contains("Index Cond"), "{what}: {}", out.stdout);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_database_parks_writes_and_forfeits_what_was_owned() {
+    let Some(pg) = Postgres::start() else { return };
+    let url = pg.url();
+    let store = Arc::new(PgStore::open(&url, &options()).unwrap());
+    assert!(store.own("txn-before").await.unwrap());
+    let mut b = Batch::new();
+    b.put(Space::Journal, b"before".to_vec(), b"1".to_vec());
+    store.write_for("txn-before", b, true).await.unwrap();
+    let mut link = store.link();
+    pg.stop_immediate();
+    // The loss is noticed (the session ends), without a write to find it.
+    tokio::time::timeout(Duration::from_secs(10), link.wait_for(|l| !l.up))
+        .await
+        .expect("the loss noticed")
+        .unwrap();
+    assert!(!store.is_up());
+    // A write made while the database is gone parks (it neither fails nor succeeds).
+    let parked = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut b = Batch::new();
+            b.put(Space::Journal, b"during".to_vec(), b"2".to_vec());
+            store.write(b, true).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        !parked.is_finished(),
+        "a write while the database is gone did not park"
+    );
+    let pg = tokio::task::spawn_blocking(move || {
+        pg.restart();
+        pg
+    })
+    .await
+    .unwrap();
+    tokio::time::timeout(Duration::from_secs(30), link.wait_for(|l| l.up))
+        .await
+        .unwrap_or_else(|_| panic!("not reconnected:\n{}", pg.log()))
+        .unwrap();
+    assert_eq!(link.borrow().epoch, 1);
+    // The parked write goes through once the database is back.
+    parked.await.unwrap().unwrap();
+    assert_eq!(
+        store.get(Space::Journal, b"during").unwrap().as_deref(),
+        Some(&b"2"[..])
+    );
+    // The transaction owned before the loss lost its lock with the session: it never goes
+    // on here...
+    let mut b = Batch::new();
+    b.put(Space::Journal, b"after".to_vec(), b"3".to_vec());
+    let e = store.write_for("txn-before", b, true).await.unwrap_err();
+    assert!(matches!(e, StoreError::Lost { .. }), "{e}");
+    assert!(e.to_string().contains("recovery finishes"), "{e}");
+    assert_eq!(store.get(Space::Journal, b"after").unwrap(), None);
+    // ...until this process owns it again (to recover it), which it may: nobody holds it.
+    assert!(store.own("txn-before").await.unwrap());
+    let mut b = Batch::new();
+    b.put(Space::Journal, b"after".to_vec(), b"3".to_vec());
+    store.write_for("txn-before", b, true).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_is_required_verified_or_refused_clearly() {
+    let Some(pg) = Postgres::start() else { return };
+    let url = pg.url();
+    let opts = PgOptions {
+        connect_retry: Duration::from_secs(2),
+        ..options()
+    };
+    // The server offers no TLS yet: a URL that requires it is refused at once, saying so.
+    let started = Instant::now();
+    let e = PgStore::open(&format!("{url}?sslmode=require"), &opts).unwrap_err();
+    let text = e.to_string();
+    assert!(matches!(e, StoreError::Refused { .. }), "{text}");
+    assert!(text.contains("does not offer TLS"), "{text}");
+    assert!(text.contains("sslmode=require"), "{text}");
+    assert!(!text.contains(&pg.password), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(2), "not retried");
+    let ca = pg.enable_tls();
+    let sessions_on_tls = || {
+        pg.psql(
+            "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE a.application_name LIKE 'provisio store tests%' AND s.ssl",
+        )
+        .stdout
+        .trim()
+        .parse::<u32>()
+        .unwrap()
+    };
+    // require: encrypted, the self-signed certificate not checked.
+    let store = PgStore::open(&format!("{url}?sslmode=require"), &opts).unwrap();
+    let mut b = Batch::new();
+    b.put(Space::Journal, b"tls".to_vec(), b"1".to_vec());
+    store.write(b, true).await.unwrap();
+    assert!(
+        sessions_on_tls() >= 3,
+        "the store's sessions are not on TLS"
+    );
+    drop(store);
+    // verify-full with the certificate as the trusted authority: checked, and it names
+    // 127.0.0.1.
+    let full = format!(
+        "{url}?sslmode=verify-full&sslrootcert={}",
+        ca.display().to_string().replace('/', "%2F")
+    );
+    let store = PgStore::open(&full, &opts).unwrap();
+    assert_eq!(
+        store.get(Space::Journal, b"tls").unwrap().as_deref(),
+        Some(&b"1"[..])
+    );
+    assert!(sessions_on_tls() >= 3);
+    drop(store);
+    // verify-full against the system's authorities: the self-signed certificate is not
+    // trusted, refused at once, saying what to do.
+    let e = PgStore::open(&format!("{url}?sslmode=verify-full"), &opts).unwrap_err();
+    let text = e.to_string();
+    assert!(matches!(e, StoreError::Refused { .. }), "{text}");
+    assert!(text.contains("not trusted"), "{text}");
+    assert!(text.contains("sslrootcert"), "{text}");
+    // A root file that is not there: a bad URL, said before connecting.
+    let e = PgStore::open(
+        &format!("{url}?sslmode=verify-ca&sslrootcert=/nonexistent/ca.pem"),
+        &opts,
+    )
+    .unwrap_err();
+    assert!(matches!(e, StoreError::BadUrl { .. }), "{e}");
+    assert!(e.to_string().contains("/nonexistent/ca.pem"), "{e}");
 }

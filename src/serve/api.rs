@@ -171,15 +171,19 @@ async fn health() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
-#[utoipa::path(get, path = "/v1/ready", tag = "meta", security(()), responses((status = 200, description = "Takes requests"), (status = 503, description = "Starting or stopping", body = super::openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/v1/ready", tag = "meta", security(()), responses((status = 200, description = "Takes requests"), (status = 503, description = "Starting or stopping, or its PostgreSQL store is unreachable", body = super::openapi::ErrorBody)))]
 async fn ready(State(d): Shared) -> Response {
-    if d.ready.load(Ordering::SeqCst) {
+    if d.ready.load(Ordering::SeqCst) && !super::database_lost(&d) {
         Json(json!({ "ready": true })).into_response()
     } else {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "not_ready",
-            "the daemon is starting or stopping; retry shortly",
+            if super::database_lost(&d) {
+                "the daemon cannot reach its PostgreSQL store: it reconnects, and takes requests again once the database is back"
+            } else {
+                "the daemon is starting or stopping; retry shortly"
+            },
         )
         .into_response()
     }
@@ -784,6 +788,8 @@ fn add(v: &mut Value, key: &str, value: Value) {
 /// Waits up to `wait` for a job to reach a final state: the job, or `None` on time-out.
 async fn wait_for(d: &Daemon, id: &str, wait: Duration) -> Result<Option<Job>, ApiError> {
     let mut rx = d.hub.subscribe(id);
+    // Several daemons on one database: the daemon that runs it forwards its events here.
+    super::remote::watch(d, id);
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let job = d.queue.get(id)?.ok_or_else(|| {
@@ -797,10 +803,11 @@ async fn wait_for(d: &Daemon, id: &str, wait: Duration) -> Result<Option<Job>, A
             d.hub.close(id);
             return Ok(Some(job));
         }
-        // Several daemons on one database: the job may run on another, whose events this
-        // one never sees: look at the job again every 100 ms.
+        // Several daemons on one database: the job may run on another, whose events come
+        // by NOTIFY (see `remote`); a watch that arrived there too late (or a notification
+        // lost while reconnecting) costs at most a second.
         let until = if d.queue.is_shared() {
-            deadline.min(tokio::time::Instant::now() + Duration::from_millis(100))
+            deadline.min(tokio::time::Instant::now() + Duration::from_secs(1))
         } else {
             deadline
         };
@@ -1116,6 +1123,12 @@ async fn events(
     let who = identify(&d, &headers)?;
     let rx = d.hub.subscribe(&id);
     let job = match get_job(&d, &who, &id) {
+        Ok(j) if !j.state.is_final() => {
+            // Several daemons on one database: it may run on another, which forwards its
+            // events here.
+            super::remote::watch(&d, &id);
+            j
+        }
         Ok(j) => j,
         Err(e) => {
             d.hub.close(&id);

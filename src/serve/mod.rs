@@ -15,6 +15,7 @@ pub mod jobs;
 mod metrics;
 mod openapi;
 mod ops;
+mod remote;
 mod schema;
 mod tls;
 mod txns;
@@ -120,6 +121,9 @@ pub struct Hub {
     channels: Mutex<HashMap<String, broadcast::Sender<Arc<str>>>>,
     /// Every job's events, for the stream of all requests.
     all: broadcast::Sender<Arc<str>>,
+    /// Several daemons on one PostgreSQL store: the jobs another daemon's clients follow,
+    /// whose events this one forwards (see `remote`).
+    remote: std::sync::OnceLock<Arc<remote::Remote>>,
 }
 
 impl Default for Hub {
@@ -127,6 +131,7 @@ impl Default for Hub {
         Hub {
             channels: Mutex::default(),
             all: broadcast::channel(1024).0,
+            remote: std::sync::OnceLock::new(),
         }
     }
 }
@@ -161,10 +166,28 @@ impl Hub {
     /// serialized) only when someone listens.
     pub fn publish(&self, id: &str, event: impl FnOnce() -> serde_json::Value) {
         let own = lock(&self.channels).get(id).cloned();
-        if own.is_none() && self.all.receiver_count() == 0 {
+        let remote = self.remote.get().filter(|r| r.watches(id));
+        if own.is_none() && self.all.receiver_count() == 0 && remote.is_none() {
             return;
         }
         let text = Self::text(id, event());
+        if let Some(r) = remote {
+            r.forward(id, &text, false);
+        }
+        if let Some(tx) = own {
+            let _ = tx.send(text.clone());
+        }
+        let _ = self.all.send(text);
+    }
+
+    /// An event of a job another daemon runs, to this daemon's listeners (not forwarded);
+    /// `finished` closes the job's channel.
+    fn deliver(&self, id: &str, text: Arc<str>, finished: bool) {
+        let own = if finished {
+            lock(&self.channels).remove(id)
+        } else {
+            lock(&self.channels).get(id).cloned()
+        };
         if let Some(tx) = own {
             let _ = tx.send(text.clone());
         }
@@ -180,10 +203,14 @@ impl Hub {
     /// someone listens).
     pub fn finish(&self, id: &str, event: impl FnOnce() -> serde_json::Value) {
         let own = lock(&self.channels).remove(id);
-        if own.is_none() && self.all.receiver_count() == 0 {
+        let remote = self.remote.get().filter(|r| r.watches(id));
+        if own.is_none() && self.all.receiver_count() == 0 && remote.is_none() {
             return;
         }
         let text = Self::text(id, event());
+        if let Some(r) = remote {
+            r.forward(id, &text, true);
+        }
         if let Some(tx) = own {
             let _ = tx.send(text.clone());
         }
@@ -489,6 +516,7 @@ pub async fn serve(config: &Config) -> Result<Exit> {
         workers.spawn(worker(daemon.clone()));
     }
     tokio::spawn(reaper(daemon.clone()));
+    remote::start(&daemon);
     {
         // Other daemons on the same PostgreSQL store wake this one's workers (NOTIFY).
         let d = daemon.clone();
@@ -746,7 +774,66 @@ pub(crate) async fn run_job(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) -
     let span = tracing::info_span!(
         "job", job.id = %job.id, subject = %job.subject, target = %job.target, attempt = job.attempts
     );
-    run_job_inner(d, job, fresh).instrument(span).await
+    // PostgreSQL: the run stops where it is (at a parked store write, or a provider call)
+    // when the database is lost after the claim: the session's locks went with it, so
+    // another node may take the job over. Nothing of it is settled here; the queue takes
+    // the job back once the database returns and a node recovers its transaction.
+    let Some(epoch) = d.queue.claim_epoch(&job.id).or_else(|| link_epoch(d)) else {
+        return run_job_inner(d, job, fresh).instrument(span).await;
+    };
+    let id = job.id.clone();
+    let _running = Running { d, id: id.clone() };
+    tokio::select! {
+        biased;
+        () = lost_since(d, epoch) => {
+            tracing::warn!(job = %id, "the database was lost while the job ran: it stops here, and is taken over once the database is back");
+            None
+        }
+        r = run_job_inner(d, job, fresh).instrument(span) => r,
+    }
+}
+
+/// A task stopped with its owner (a job's lease heartbeats, when its run stops).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Forgets a running job's cancel handle however its run ends.
+struct Running<'a> {
+    d: &'a Daemon,
+    id: String,
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        lock(&self.d.running).remove(&self.id);
+    }
+}
+
+/// The PostgreSQL store's link epoch (`None` on sled).
+fn link_epoch(d: &Daemon) -> Option<u64> {
+    d.store.postgres().map(|pg| pg.link().borrow().epoch)
+}
+
+/// Resolves once the PostgreSQL store lost its database after `epoch`.
+async fn lost_since(d: &Daemon, epoch: u64) {
+    let Some(pg) = d.store.postgres() else {
+        return std::future::pending().await;
+    };
+    let mut link = pg.link();
+    if link.wait_for(|l| l.epoch != epoch).await.is_err() {
+        // The store closed: the runs end with it.
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Whether the daemon's PostgreSQL store cannot reach its database now.
+pub(crate) fn database_lost(d: &Daemon) -> bool {
+    d.store.postgres().is_some_and(|pg| !pg.is_up())
 }
 
 /// Settles an attempt a crash cut short, else runs the job's transaction with the id the
@@ -939,7 +1026,7 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) -> Opt
     let beat = {
         let d = d.clone();
         let id = id.clone();
-        tokio::spawn(async move {
+        AbortOnDrop(tokio::spawn(async move {
             let every = (d.config.lease.0 / 3).max(Duration::from_millis(100));
             loop {
                 tokio::time::sleep(every).await;
@@ -950,7 +1037,7 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) -> Opt
                     return;
                 }
             }
-        })
+        }))
     };
     let engine = {
         let hub = d.hub.clone();
@@ -998,7 +1085,7 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) -> Opt
             .await),
         None => engine.run_controlled(request, control).await,
     };
-    beat.abort();
+    drop(beat);
     lock(&d.running).remove(&id);
     let result = match result {
         Ok(r) => r,

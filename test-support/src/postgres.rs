@@ -338,6 +338,119 @@ impl Postgres {
             .unwrap_or_else(|e| panic!("PostgreSQL did not come back: {e}"));
     }
 
+    /// Turns TLS on (`ssl = on`) with a new certificate for 127.0.0.1 and localhost,
+    /// signed by a new private authority (made with `openssl`), restarts the server, and
+    /// returns the authority's certificate (PEM: what a client trusts, `sslrootcert=`).
+    pub fn enable_tls(&self) -> PathBuf {
+        let cert = self.dir.join("server.crt");
+        let key = self.dir.join("server.key");
+        let ca = self.dir.join("ca.crt");
+        let ca_key = self.dir.join("ca.key");
+        let csr = self.dir.join("server.csr");
+        let ext = self.dir.join("server.ext");
+        fs::write(
+            &ext,
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n",
+        )
+        .expect("server.ext");
+        let openssl = which("openssl").expect("openssl");
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let steps: [Vec<std::ffi::OsString>; 3] = [
+            ["req", "-x509"]
+                .iter()
+                .chain(&ec)
+                .chain(&["-days", "2", "-subj", "/CN=provisio test CA"])
+                .map(Into::into)
+                .chain([
+                    "-keyout".into(),
+                    ca_key.clone().into(),
+                    "-out".into(),
+                    ca.clone().into(),
+                ])
+                .collect(),
+            ["req"]
+                .iter()
+                .chain(&ec)
+                .chain(&["-subj", "/CN=127.0.0.1"])
+                .map(Into::into)
+                .chain([
+                    "-keyout".into(),
+                    key.clone().into(),
+                    "-out".into(),
+                    csr.clone().into(),
+                ])
+                .collect(),
+            ["x509", "-req", "-days", "2", "-CAcreateserial"]
+                .iter()
+                .map(Into::into)
+                .chain([
+                    "-in".into(),
+                    csr.clone().into(),
+                    "-CA".into(),
+                    ca.clone().into(),
+                    "-CAkey".into(),
+                    ca_key.clone().into(),
+                    "-extfile".into(),
+                    ext.clone().into(),
+                    "-out".into(),
+                    cert.clone().into(),
+                ])
+                .collect(),
+        ];
+        for args in steps {
+            let out = Command::new(&openssl)
+                .args(&args)
+                .stdin(Stdio::null())
+                .output()
+                .expect("run openssl");
+            assert!(out.status.success(), "openssl {args:?}: {out:?}");
+        }
+        if let Some((uid, gid)) = self.ids {
+            for f in [&cert, &key] {
+                std::os::unix::fs::chown(f, Some(uid), Some(gid)).expect("chown");
+            }
+        }
+        use std::os::unix::fs::PermissionsExt as _;
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).expect("chmod");
+        let conf = self.dir.join("data/postgresql.conf");
+        let mut text = fs::read_to_string(&conf).expect("postgresql.conf");
+        text.push_str(&format!(
+            "\nssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\n",
+            cert.display(),
+            key.display()
+        ));
+        fs::write(&conf, text).expect("postgresql.conf");
+        self.restart();
+        ca
+    }
+
+    /// Stops the server at once, as `pg_ctl stop -m immediate` does (SIGQUIT: every
+    /// session cut, no checkpoint; the next start recovers from the WAL, as after a
+    /// crash), and waits for it. [`Postgres::restart`] starts it again.
+    pub fn stop_immediate(&self) {
+        let Some(mut child) = self.child.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .args(["-QUIT", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
     /// Stops the server (SIGINT: fast shutdown) and waits for it.
     pub fn stop(&self) {
         let Some(mut child) = self.child.lock().unwrap_or_else(|e| e.into_inner()).take() else {

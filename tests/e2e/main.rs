@@ -23,6 +23,7 @@ mod large_log;
 mod mail;
 mod mps_batch;
 mod multinode;
+mod multinode_faults;
 mod operator;
 mod queue_step;
 mod retention;

@@ -33,10 +33,10 @@ procedures:
         with: { path: "active/{{ data.tenant }}" }
 "#;
 
-const TENANTS: usize = 20;
+pub(crate) const TENANTS: usize = 20;
 
 /// A site whose daemons share `url` and one data folder (the seal key, the files root).
-fn site(url: &str) -> Site {
+pub(crate) fn site(url: &str) -> Site {
     let site = Site::bare();
     std::fs::create_dir_all(site.path("ns")).unwrap();
     std::fs::write(site.path("ns/multi.yaml"), NAMESPACE).unwrap();
@@ -90,7 +90,7 @@ struct Row {
 
 fn jobs(pg: &Postgres, schema: &str) -> Vec<Row> {
     let out = pg.psql(&format!(
-        "SELECT state, serial_key, coalesce(convert_from(body, 'UTF8')::json->>'error', '') \
+        "SELECT state, serial_key, replace(coalesce(convert_from(body, 'UTF8')::json->>'error', ''), E'\\n', ' ') \
          FROM {schema}.provisio_jobs ORDER BY seq"
     ));
     assert_eq!(out.code, 0, "{out:?}");
@@ -108,7 +108,7 @@ fn jobs(pg: &Postgres, schema: &str) -> Vec<Row> {
 }
 
 /// Waits until no job is queued, running or held (every job final), at most `within`.
-fn settle(pg: &Postgres, schema: &str, within: Duration, daemons: &[Daemon]) {
+pub(crate) fn settle(pg: &Postgres, schema: &str, within: Duration, daemons: &[Daemon]) {
     let start = Instant::now();
     loop {
         let out = pg.psql(&format!(
@@ -134,7 +134,7 @@ fn settle(pg: &Postgres, schema: &str, within: Duration, daemons: &[Daemon]) {
 }
 
 /// Submits job N of `tenant` to `d` (in the tenant's line).
-fn submit(d: &Daemon, tenant: &str, n: u64) {
+pub(crate) fn submit(d: &Daemon, tenant: &str, n: u64) {
     let yaml = format!("call: Multi Node/Work\ndata: {{ tenant: {tenant}, n: \"{n}\" }}\n");
     let a = d.submit(OPS, &yaml, "", &[("X-Serialization-Key", tenant)]);
     assert_eq!(a.status, 202, "{a:?}");
@@ -159,7 +159,12 @@ impl Load {
 }
 
 /// Every job ended exactly once, in order per tenant, never two runs of a tenant at once.
-fn check(pg: &Postgres, schema: &str, site: &Site, submitted: &BTreeMap<String, Vec<u64>>) {
+pub(crate) fn check(
+    pg: &Postgres,
+    schema: &str,
+    site: &Site,
+    submitted: &BTreeMap<String, Vec<u64>>,
+) {
     let rows = jobs(pg, schema);
     let total: usize = submitted.values().map(Vec::len).sum();
     assert_eq!(

@@ -237,3 +237,44 @@ fn a_daemon_killed_mid_run_recovers_its_job_from_postgres() {
     assert_eq!(site.accounts(), vec![("rae".to_string(), 1501)]);
     assert!(!d.log.lock().unwrap().contains(&pg.password));
 }
+
+#[test]
+fn read_only_commands_create_no_tables_and_say_how_to() {
+    let Some(sb) = Sandbox::postgres() else {
+        return;
+    };
+    let pg = Postgres::shared().unwrap();
+    let url = sb.store.clone().unwrap();
+    let tables = || {
+        pg.psql(&format!(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = '{}'",
+            schema_of(&url)
+        ))
+        .stdout
+        .trim()
+        .to_string()
+    };
+    assert_eq!(tables(), "0");
+    for args in [
+        &["tx", "list"][..],
+        &["tx", "show", "0190aaaa-0000-7000-8000-000000000000"],
+        &["tx", "audit"],
+    ] {
+        let r = sb.run(args);
+        assert_ne!(r.code, 0, "{args:?}: {r:?}");
+        assert!(
+            r.stderr.contains("holds no Provisio schema"),
+            "{args:?}: {r:?}"
+        );
+        assert!(
+            r.stderr.contains("provisio store migrate"),
+            "{args:?}: {r:?}"
+        );
+        assert!(!r.stderr.contains(&pg.password), "{r:?}");
+        assert_eq!(tables(), "0", "{args:?} created tables");
+    }
+    let migrate = sb.run(&["store", "migrate"]);
+    assert_eq!(migrate.code, 0, "{migrate:?}");
+    let list = sb.run(&["tx", "list"]);
+    assert_eq!(list.code, 0, "{list:?}");
+}

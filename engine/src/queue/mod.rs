@@ -928,7 +928,7 @@ impl Queue {
     ) -> Result<Result<Job, NewJob>, QueueError> {
         #[cfg(feature = "postgres")]
         if let Some(pg) = &self.pg {
-            return pg.submit_claimed(new, now, lease).await;
+            return pg.submit_claimed_in_epoch(new, now, lease).await;
         }
         no_nul(&new.subject, "the subject")?;
         no_nul(&new.target, "the target")?;
@@ -1050,13 +1050,25 @@ impl Queue {
         Ok(n)
     }
 
+    /// The PostgreSQL store's link epoch (see `PgStore::link`) job `id` was claimed in by
+    /// this process, asked once by its runner: the run must stop when the database is lost
+    /// after it. `None` on sled (and for a job not claimed here).
+    pub fn claim_epoch(&self, id: &str) -> Option<u64> {
+        #[cfg(feature = "postgres")]
+        if let Some(pg) = &self.pg {
+            return pg.take_claim_epoch(id);
+        }
+        let _ = id;
+        None
+    }
+
     /// Claims the best ready job: the highest priority, then the oldest; with a lease
     /// until `now + lease` and the transaction id of this attempt (a new one, or the one
     /// of an attempt a crash cut short), written durably. `None`: nothing is due.
     pub async fn claim(&self, now: u64, lease: Duration) -> Result<Option<Job>, QueueError> {
         #[cfg(feature = "postgres")]
         if let Some(pg) = &self.pg {
-            return pg.claim(now, lease).await;
+            return pg.claim_in_epoch(now, lease).await;
         }
         let guard = self.inner.lock().await;
         let mut batch = Batch::new();

@@ -144,6 +144,9 @@ struct Inner {
     /// The latest time a submission, claim or retry was made at (ms): jobs not before it
     /// are due, later ones are what [`PgQueue::next_due`] reports.
     clock: std::sync::atomic::AtomicU64,
+    /// The store's link epoch each job claimed here was claimed in, until its runner
+    /// asks ([`PgQueue::take_claim_epoch`]).
+    claims: Mutex<std::collections::HashMap<String, u64>>,
 }
 
 type Res<T> = Result<T, QueueError>;
@@ -169,8 +172,11 @@ impl PgQueue {
             wake: Arc::new(tokio::sync::Notify::new()),
             listening: std::sync::atomic::AtomicBool::new(false),
             clock: std::sync::atomic::AtomicU64::new(0),
+            claims: Mutex::new(std::collections::HashMap::new()),
         });
-        PgQueue { store, inner }
+        let queue = PgQueue { store, inner };
+        queue.take_back_on_reconnect();
+        queue
     }
 
     /// Notes the time a change was made at (see `Inner::clock`).
@@ -191,7 +197,7 @@ impl PgQueue {
         F: FnOnce(Arc<Inner>, Client) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = (Client, Res<T>)> + Send + 'static,
     {
-        if let Some(e) = self.pg().poisoned() {
+        if let Some(e) = self.pg().unavailable() {
             return Err(e.into());
         }
         let inner = self.inner.clone();
@@ -741,25 +747,7 @@ impl PgQueue {
                     )
                     .await
                     .map_err(pg_err)?;
-                let mut out = Vec::new();
-                for row in &rows {
-                    let mut row = Row::from(row)?;
-                    if row.job.attempts >= row.job.max_attempts {
-                        row.job.error = Some(
-                            "its worker stopped (lease expired) during its last attempt; requeue it \
-                             to settle that attempt's transaction and go on"
-                                .into(),
-                        );
-                        finalize(&mut row, JobState::Dead, now);
-                    } else {
-                        row.set_state(JobState::Queued);
-                        // Due at once (it was due when its attempt started).
-                        row.job.not_before_ms = row.job.started_ms.unwrap_or(now).min(now);
-                        row.job.slot = Slot::Ready;
-                    }
-                    write_row(&tx, &row, None, None).await?;
-                    out.push(row.job);
-                }
+                let out = take_back_rows(&tx, &rows, now).await?;
                 if !out.is_empty() {
                     notify(&tx).await?;
                 }
@@ -771,7 +759,38 @@ impl PgQueue {
         })
         .await
     }
+}
 
+/// Queues again (or buries, after their last attempt) the running jobs of `rows`, whose
+/// runner stopped: their lease ran out, their node died or lost the database.
+async fn take_back_rows(
+    tx: &tokio_postgres::Transaction<'_>,
+    rows: &[tokio_postgres::Row],
+    now: u64,
+) -> Res<Vec<Job>> {
+    let mut out = Vec::new();
+    for row in rows {
+        let mut row = Row::from(row)?;
+        if row.job.attempts >= row.job.max_attempts {
+            row.job.error = Some(
+                "its worker stopped (lease expired) during its last attempt; requeue it \
+                             to settle that attempt's transaction and go on"
+                    .into(),
+            );
+            finalize(&mut row, JobState::Dead, now);
+        } else {
+            row.set_state(JobState::Queued);
+            // Due at once (it was due when its attempt started).
+            row.job.not_before_ms = row.job.started_ms.unwrap_or(now).min(now);
+            row.job.slot = Slot::Ready;
+        }
+        write_row(tx, &row, None, None).await?;
+        out.push(row.job);
+    }
+    Ok(out)
+}
+
+impl PgQueue {
     pub(crate) async fn prune(&self, before_ms: u64, max: usize) -> Res<usize> {
         self.run(move |_, c| async move {
             let r = async {
@@ -1153,4 +1172,124 @@ fn check_held_here(row: &Row, id: &str, node: &str, what: &str) -> Res<()> {
         });
     }
     Ok(())
+}
+
+/// The database lost mid-run (see the PostgreSQL store's module documentation): the jobs
+/// this node ran before the loss stop here, and are queued again when the database is
+/// back, so that a node (this one or another) takes them over and recovers their
+/// transactions, as after a restart.
+impl PgQueue {
+    /// Registers, once per store, what the store runs on its new session after a loss,
+    /// before writes go through again: the jobs this node held are taken back.
+    fn take_back_on_reconnect(&self) {
+        let connector = self.pg().connector();
+        let node = self.inner.node.clone();
+        let wake = self.inner.wake.clone();
+        self.pg().on_reconnect(
+            "queue",
+            Arc::new(move || {
+                let connector = connector.clone();
+                let node = node.clone();
+                let wake = wake.clone();
+                Box::pin(async move {
+                    let mut c = connector.connect().await?;
+                    let back = take_back_node(&mut c, &node, wall_ms())
+                        .await
+                        .map_err(|e| StoreError::Io(e.to_string()))?;
+                    if !back.is_empty() {
+                        tracing::warn!(
+                            jobs = back.len(),
+                            "took back the jobs this node ran when the database was lost"
+                        );
+                        wake.notify_waiters();
+                    }
+                    Ok(())
+                })
+            }),
+        );
+    }
+
+    /// [`PgQueue::claim`], remembering the link epoch the job was claimed in; nothing
+    /// while the database is lost, and nothing when it was lost during the claim (the job
+    /// is taken back when it returns).
+    pub(crate) async fn claim_in_epoch(&self, now: u64, lease: Duration) -> Res<Option<Job>> {
+        if self.pg().unavailable().is_some() {
+            return Ok(None);
+        }
+        let epoch = self.pg().epoch();
+        let job = self.claim(now, lease).await?;
+        Ok(job.and_then(|job| self.remember_claim(job, epoch)))
+    }
+
+    /// [`PgQueue::submit_claimed`], remembering the link epoch the job was claimed in.
+    pub(crate) async fn submit_claimed_in_epoch(
+        &self,
+        new: NewJob,
+        now: u64,
+        lease: Duration,
+    ) -> Res<Result<Job, NewJob>> {
+        let epoch = self.pg().epoch();
+        let r = self.submit_claimed(new, now, lease).await?;
+        Ok(match r {
+            Ok(job) => match self.remember_claim(job, epoch) {
+                Some(job) => Ok(job),
+                // Claimed as the database went away: the job is in the queue, taken back
+                // with this node's other jobs; the caller waits for it as for any job.
+                None => {
+                    return Err(QueueError::Store(
+                        self.pg().unavailable().unwrap_or(StoreError::Closed),
+                    ))
+                }
+            },
+            Err(new) => Err(new),
+        })
+    }
+
+    fn remember_claim(&self, job: Job, epoch: u64) -> Option<Job> {
+        if self.pg().epoch() != epoch {
+            return None;
+        }
+        self.inner
+            .claims
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(job.id.clone(), epoch);
+        Some(job)
+    }
+
+    /// The link epoch job `id` was claimed in here (asked once, by its runner).
+    pub(crate) fn take_claim_epoch(&self, id: &str) -> Option<u64> {
+        self.inner
+            .claims
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id)
+    }
+}
+
+/// Takes back every job `node` holds (it lost the database: its runs stopped).
+async fn take_back_node(c: &mut Client, node: &str, now: u64) -> Res<Vec<Job>> {
+    let tx = c.transaction().await.map_err(pg_err)?;
+    let rows = tx
+        .query(
+            &format!(
+                "SELECT {JOB_COLUMNS} FROM provisio_jobs WHERE state = 1 AND node = $1 FOR UPDATE"
+            ),
+            &[&node],
+        )
+        .await
+        .map_err(pg_err)?;
+    let out = take_back_rows(&tx, &rows, now).await?;
+    if !out.is_empty() {
+        notify(&tx).await?;
+    }
+    tx.commit().await.map_err(pg_err)?;
+    Ok(out)
+}
+
+/// The wall clock in ms (the queue's times).
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

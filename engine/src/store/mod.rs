@@ -5,6 +5,8 @@
 
 mod mem;
 #[cfg(feature = "postgres")]
+mod pg_tls;
+#[cfg(feature = "postgres")]
 mod postgres;
 mod sled_store;
 mod wal;
@@ -14,8 +16,8 @@ pub use mem::MemStore;
 pub(crate) use postgres::PgConnector;
 #[cfg(feature = "postgres")]
 pub use postgres::{
-    is_postgres_url, latest_schema_version, mask_url, PgOptions, PgStore, SchemaStatus, MIGRATIONS,
-    NODE_EXPIRY, NODE_HEARTBEAT,
+    is_postgres_url, latest_schema_version, mask_url, Link, PgOptions, PgStore, SchemaStatus,
+    MIGRATIONS, NODE_EXPIRY, NODE_HEARTBEAT,
 };
 pub use sled_store::SledStore;
 
@@ -179,6 +181,28 @@ pub enum StoreError {
         /// The transaction id.
         txn: String,
     },
+    /// The PostgreSQL database was lost (stopped, restarted, the network broke) while a
+    /// write was queued or in flight, or the write belongs to a transaction this process
+    /// owned before the loss: it is not acknowledged (it may or may not have reached the
+    /// database), and the transaction does not go on here; recovery finishes it.
+    #[error("the connection to the PostgreSQL store at `{url}` was lost: this write is not acknowledged (its outcome is unknown) and the transaction it belongs to stops here\n  hint: recovery finishes the transaction from what the database holds (another node takes it over, or this one once reconnected)")]
+    Lost {
+        /// The URL, password masked.
+        url: String,
+    },
+    /// A command that only reads found no Provisio schema in the PostgreSQL database (or
+    /// an older version of it): it creates nothing.
+    #[error("{}", not_migrated(url, schema, *found, *known))]
+    NotMigrated {
+        /// The URL, password masked.
+        url: String,
+        /// The PostgreSQL schema looked in (the search_path's first).
+        schema: String,
+        /// The version found (0: none).
+        found: i32,
+        /// The version this build knows.
+        known: i32,
+    },
     /// The database's schema was written by a newer provisio.
     #[error("the PostgreSQL store at `{url}` has schema version {found} ({by}), newer than this provisio knows (up to {known}): refusing to start, as this version could misread or damage it\n  hint: run the provisio version that upgraded the database (or a newer one); schemas are never downgraded")]
     SchemaTooNew {
@@ -204,6 +228,16 @@ pub trait Store: Send + Sync {
     /// write may return as soon as it is queued: it becomes durable with the next durable
     /// write, and if it fails, that write (and every later one) reports the failure.
     async fn write(&self, batch: Batch, durable: bool) -> Result<(), StoreError>;
+
+    /// [`Store::write`] of a record of transaction `txn`, which this process owns
+    /// ([`Store::own`]): a store shared by several processes refuses it
+    /// ([`StoreError::Lost`]) when the ownership was lost meanwhile (the database went away
+    /// with the session holding it), so that the transaction never goes on in this process
+    /// while another may recover it. The default is [`Store::write`].
+    async fn write_for(&self, txn: &str, batch: Batch, durable: bool) -> Result<(), StoreError> {
+        let _ = txn;
+        self.write(batch, durable).await
+    }
 
     /// Returns once every write made before the call is on stable storage, as a durable
     /// write would; concurrent calls and durable writes share one sync. Lets a caller apply
@@ -318,4 +352,13 @@ pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
         }
     }
     None
+}
+
+fn not_migrated(url: &str, schema: &str, found: i32, known: i32) -> String {
+    let what = if found == 0 {
+        format!("holds no Provisio schema (no `provisio_schema` table in schema `{schema}`): there is nothing to read yet, and a command that only reads creates nothing")
+    } else {
+        format!("has Provisio schema version {found} in schema `{schema}`, older than this provisio's {known}: a command that only reads does not upgrade it")
+    };
+    format!("the PostgreSQL store at `{url}` {what}\n  hint: create or upgrade it with `provisio store migrate` (or start `provisio serve`, which does so) with this same `store` URL; check the URL's database and `options=-csearch_path=…` if the schema should be there")
 }

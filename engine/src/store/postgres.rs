@@ -20,10 +20,17 @@
 //! visible to every read once it returns and becomes durable with the next durable commit
 //! (PostgreSQL flushes its WAL in order), as the trait asks.
 //!
-//! Failures: a write whose connection broke has an unknown outcome, and non-durable writes
-//! acknowledged before it may be lost with a server crash: the store then refuses every
-//! further write until provisio restarts (as the sled store does after a failed sync).
-//! Reads reconnect.
+//! Failures: losing the database mid-run (the server stopped or restarted, the network
+//! broke) loses the node's session and with it the advisory locks of the transactions it
+//! owns, so another node may take them over. The store then marks its [`Link`] down and
+//! starts a new *epoch*: it forgets every ownership, parks every write (and every new
+//! ownership) until it is connected again, and reconnects with backoff (0.1 s doubling up
+//! to 5 s, for as long as it takes). A write that was in flight (its outcome unknown) or
+//! queued before the loss, and every later write of a transaction owned before it, fails
+//! with [`StoreError::Lost`] once the database is back: nothing made before the loss is
+//! acknowledged after it, and such a transaction never goes on in this process; recovery
+//! (here or on another node) finishes it from what the database holds. The daemon stops
+//! the jobs that ran before the loss at once (see [`PgStore::link`]). Reads reconnect.
 //!
 //! One process per database (and schema): the store holds a session-level advisory lock
 //! for its whole life on a connection of its own; a second process is refused with
@@ -34,6 +41,7 @@
 //! to date when the store opens, under that lock; a database written by a newer provisio
 //! (a version this build does not know) is refused ([`StoreError::SchemaTooNew`]).
 
+use super::pg_tls::{self, MakeTls, TlsMode};
 use super::{Batch, KeyRange, KeyValue, Space, Store, StoreError};
 use async_trait::async_trait;
 use std::collections::HashMap;
@@ -41,8 +49,9 @@ use std::str::FromStr as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres::{Client, Statement};
 
 /// The schema versions, in order: (version, what it does, SQL). Each runs in its own
 /// transaction, recorded in `provisio_schema`; never edit one that was released, add one.
@@ -120,16 +129,33 @@ struct Reader {
     range: [[Statement; 2]; 2],
 }
 
+/// The state of a store's connection to its database (see [`PgStore::link`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Link {
+    /// Counts the losses of the database since the store opened: a transaction owned (a
+    /// write queued, a job claimed) in an earlier epoch was lost with its session.
+    pub epoch: u64,
+    /// Connected: the node's session holds its locks and writes go through.
+    pub up: bool,
+    /// The store was closed.
+    pub closed: bool,
+}
+
+/// What runs on the node's new session after the database came back, before writes go
+/// through again (the queue takes back the jobs this node ran before the loss).
+pub(crate) type ReconnectHook =
+    Arc<dyn Fn() -> futures::future::BoxFuture<'static, Result<(), StoreError>> + Send + Sync>;
+
 /// What the handle and the store's tasks share.
 struct Shared {
     config: tokio_postgres::Config,
+    /// The TLS of every session (none unless the URL's `sslmode` asks for it).
+    tls: MakeTls,
+    tls_mode: TlsMode,
     /// The URL with its password masked, for messages.
     shown: String,
     readers: Vec<tokio::sync::Mutex<Option<Arc<Reader>>>>,
     next_reader: AtomicUsize,
-    /// Set when a write's outcome is unknown or acknowledged writes may be lost, or the
-    /// session holding the lock ended: writes are refused from then on.
-    poison: OnceLock<StoreError>,
     /// Database transactions the writer committed, and the batches they carried.
     commits: AtomicU64,
     batches: AtomicU64,
@@ -137,20 +163,99 @@ struct Shared {
     node: String,
     /// The node's own session: it holds the advisory locks of the transactions this
     /// process owns (released by the server if the process dies) and beats the heartbeat.
-    session: OnceLock<Arc<Client>>,
+    /// `None` while the database is lost; a new one after each reconnection.
+    session: Mutex<Option<Arc<Client>>>,
+    /// Whether the session is up, and its epoch.
+    link: watch::Sender<Link>,
+    /// Set when the store closes (the end of its session is then expected).
+    closing: AtomicBool,
+    /// Names the node's row (`provisio_nodes.application`).
+    application: String,
+    /// Run on each new session after a loss, by name.
+    hooks: Mutex<Vec<(&'static str, ReconnectHook)>>,
+    /// The store's runtime (where reconnections run).
+    runtime: OnceLock<tokio::runtime::Handle>,
     /// What advisory lock keys start with: the database and schema, so that two stores in
     /// two schemas of one database never share a lock.
     lock_ns: OnceLock<String>,
     /// The transactions this process owns (so that a second task of this process is
     /// refused too: the server's advisory locks are re-entrant within a session).
     owned: Mutex<std::collections::HashSet<String>>,
+    /// The transactions this process owned when the database was lost: their writes are
+    /// refused (until this process owns one again, to recover it).
+    forfeited: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Shared {
-    fn poison(&self, e: StoreError) {
-        if self.poison.get().is_none() {
-            tracing::error!(error = %e, "the PostgreSQL store refuses further writes until provisio restarts");
-            let _ = self.poison.set(e);
+    /// The node's current session (`None` while the database is lost).
+    fn session(&self) -> Option<Arc<Client>> {
+        self.session
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn link_now(&self) -> Link {
+        *self.link.borrow()
+    }
+
+    /// Waits until the session is up (parks while the database is lost); `Closed` once
+    /// the store closed.
+    async fn wait_up(&self) -> Result<Link, StoreError> {
+        let mut rx = self.link.subscribe();
+        let link = *rx
+            .wait_for(|l| l.up || l.closed)
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        if link.closed {
+            return Err(StoreError::Closed);
+        }
+        Ok(link)
+    }
+
+    fn lost_error(&self) -> StoreError {
+        StoreError::Lost {
+            url: self.shown.clone(),
+        }
+    }
+
+    /// The database was lost during `epoch` (a session or the writer's connection broke):
+    /// marks the link down, forgets every ownership and starts reconnecting. Nothing when
+    /// that epoch already ended or the store is closing.
+    fn link_lost(self: &Arc<Self>, epoch: u64, why: &str) {
+        if self.closing.load(Ordering::Acquire) {
+            return;
+        }
+        let mut lost = false;
+        self.link.send_if_modified(|l| {
+            if l.up && l.epoch == epoch && !l.closed {
+                l.up = false;
+                l.epoch += 1;
+                lost = true;
+                true
+            } else {
+                false
+            }
+        });
+        if !lost {
+            return;
+        }
+        tracing::error!(url = %self.shown, reason = why, "lost the PostgreSQL store: this node's transactions stop (another node, or this one once reconnected, recovers them); reconnecting");
+        let owned = std::mem::take(&mut *self.owned.lock().unwrap_or_else(|e| e.into_inner()));
+        self.forfeited
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(owned);
+        let old = self
+            .session
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        drop(old);
+        // On the store's runtime, whoever noticed the loss.
+        match self.runtime.get() {
+            Some(h) => drop(h.spawn(reconnect_loop(self.clone()))),
+            None => drop(tokio::spawn(reconnect_loop(self.clone()))),
         }
     }
 }
@@ -159,6 +264,8 @@ impl Shared {
 struct WriteRequest {
     batch: Batch,
     durable: bool,
+    /// The link's epoch when the write was made: refused if the database was lost since.
+    epoch: u64,
     done: tokio::sync::oneshot::Sender<Result<(), StoreError>>,
 }
 
@@ -217,8 +324,12 @@ pub fn is_postgres_url(url: &str) -> bool {
     url.starts_with("postgres://") || url.starts_with("postgresql://")
 }
 
-/// Parses the URL into a client configuration; errors never show the password.
-fn parse_url(url: &str, options: &PgOptions) -> Result<tokio_postgres::Config, StoreError> {
+/// Parses the URL into a client configuration and its TLS; errors never show the
+/// password.
+fn parse_url(
+    url: &str,
+    options: &PgOptions,
+) -> Result<(tokio_postgres::Config, MakeTls, TlsMode), StoreError> {
     let shown = mask_url(url);
     let bad = |message: String| StoreError::BadUrl {
         url: shown.clone(),
@@ -229,7 +340,8 @@ fn parse_url(url: &str, options: &PgOptions) -> Result<tokio_postgres::Config, S
             "it does not start with `postgres://` or `postgresql://`".to_string(),
         ));
     }
-    let mut config = tokio_postgres::Config::from_str(url)
+    let tls = pg_tls::split_url(url);
+    let mut config = tokio_postgres::Config::from_str(&tls.url)
         // The parser's message may quote the part it could not read, password included.
         .map_err(|e| bad(mask_secret(&e.to_string(), url)))?;
     if config.get_hosts().is_empty() {
@@ -242,11 +354,11 @@ fn parse_url(url: &str, options: &PgOptions) -> Result<tokio_postgres::Config, S
             "it names no user (postgres://USER:PASSWORD@HOST:PORT/DATABASE)".to_string(),
         ));
     }
-    if config.get_ssl_mode() == tokio_postgres::config::SslMode::Require {
-        return Err(bad(
-            "sslmode=require is not supported yet: provisio connects without TLS (use a loopback address or a Unix socket, or sslmode=disable)".to_string(),
-        ));
+    if tls.mode == TlsMode::Off {
+        // `prefer` too: provisio does not try TLS first (see pg_tls).
+        config.ssl_mode(tokio_postgres::config::SslMode::Disable);
     }
+    let make_tls = MakeTls(pg_tls::client_config(tls.mode, tls.root_file.as_deref()).map_err(bad)?);
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(CONNECT_TIMEOUT);
     }
@@ -257,7 +369,7 @@ fn parse_url(url: &str, options: &PgOptions) -> Result<tokio_postgres::Config, S
             std::process::id()
         ));
     }
-    Ok(config)
+    Ok((config, make_tls, tls.mode))
 }
 
 /// `text` with every occurrence of the URL's password replaced by `***`.
@@ -293,6 +405,25 @@ fn is_permanent(e: &tokio_postgres::Error) -> bool {
     })
 }
 
+/// A TLS failure retrying does not cure, said plainly: the server offers no TLS though the
+/// URL requires it, or its certificate is not trusted.
+fn tls_refusal(shared: &Shared, e: &tokio_postgres::Error) -> Option<String> {
+    if shared.tls_mode == TlsMode::Off {
+        return None;
+    }
+    let text = describe(e);
+    let mode = shared.tls_mode.name();
+    if text.contains("server does not support TLS") {
+        return Some(format!("the server does not offer TLS, but the URL requires it (sslmode={mode}): turn `ssl = on` on the server (with a certificate and key), or use a URL without sslmode only on a trusted network"));
+    }
+    if text.contains("invalid peer certificate")
+        || text.contains("certificate") && text.contains("handshake")
+    {
+        return Some(format!("the server's TLS certificate is not trusted (sslmode={mode}): {text}; name the authority that signed it with `sslrootcert=/path/ca.pem` in the URL (verify-full also needs the certificate to name the URL's host)"));
+    }
+    None
+}
+
 /// The server's words for a failure (its message and hint for database errors).
 fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
@@ -316,10 +447,10 @@ fn describe(e: &tokio_postgres::Error) -> String {
 /// Connects once; the connection is driven by a task of the current runtime. `on_end`
 /// runs when the connection ends.
 async fn connect_once(
-    config: &tokio_postgres::Config,
+    shared: &Shared,
     on_end: impl FnOnce() + Send + 'static,
 ) -> Result<Client, tokio_postgres::Error> {
-    let (client, connection) = config.connect(NoTls).await?;
+    let (client, connection) = shared.config.connect(shared.tls.clone()).await?;
     tokio::spawn(async move {
         let _ = connection.await;
         on_end();
@@ -339,8 +470,14 @@ async fn connect_retrying(
     let mut attempts = 0u32;
     loop {
         attempts += 1;
-        match connect_once(&shared.config, on_end.clone()).await {
+        match connect_once(shared, on_end.clone()).await {
             Ok(c) => return Ok(c),
+            Err(e) if tls_refusal(shared, &e).is_some() => {
+                return Err(StoreError::Refused {
+                    url: shared.shown.clone(),
+                    message: tls_refusal(shared, &e).unwrap_or_default(),
+                })
+            }
             Err(e) if is_permanent(&e) => {
                 return Err(StoreError::Refused {
                     url: shared.shown.clone(),
@@ -386,18 +523,17 @@ pub const NODE_EXPIRY: Duration = Duration::from_secs(10);
 
 /// Registers this process as a node (a row of `provisio_nodes`), and removes the rows of
 /// nodes long dead.
-async fn register_node(
-    shared: &Shared,
-    client: &Client,
-    application: &str,
-) -> Result<(), StoreError> {
+async fn register_node(shared: &Shared, client: &Client) -> Result<(), StoreError> {
+    let application = &shared.application;
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_default();
     let pid = i32::try_from(std::process::id()).unwrap_or(0);
     client
         .execute(
-            "INSERT INTO provisio_nodes (node, pid, host, application) VALUES ($1, $2, $3, $4)",
+            // Again after the database was lost (the row may have survived it).
+            "INSERT INTO provisio_nodes (node, pid, host, application) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (node) DO UPDATE SET heartbeat_at = now()",
             &[&shared.node, &pid, &host, &application],
         )
         .await
@@ -412,12 +548,21 @@ async fn register_node(
     Ok(())
 }
 
-/// Beats the node's heartbeat until the session ends.
-async fn heartbeat_loop(shared: Arc<Shared>, client: Arc<Client>) {
+/// Beats the node's heartbeat on its current session until the store closes; a session
+/// found broken marks the database lost.
+async fn heartbeat_loop(shared: Arc<Shared>) {
     loop {
         tokio::time::sleep(NODE_HEARTBEAT).await;
-        if client.is_closed() {
+        let link = shared.link_now();
+        if link.closed {
             return;
+        }
+        let Some(client) = shared.session() else {
+            continue;
+        };
+        if client.is_closed() {
+            shared.link_lost(link.epoch, "the node's session ended");
+            continue;
         }
         if let Err(e) = client
             .execute(
@@ -427,13 +572,163 @@ async fn heartbeat_loop(shared: Arc<Shared>, client: Arc<Client>) {
             .await
         {
             tracing::warn!(error = %describe(&e), "the node's heartbeat failed");
+            if client.is_closed() || is_link_error(&e) {
+                shared.link_lost(link.epoch, "the node's heartbeat found its session broken");
+            }
         }
     }
 }
 
-/// Brings the schema up to date (under the store's lock), or refuses a newer one.
-async fn migrate(shared: &Shared, client: &mut Client) -> Result<SchemaStatus, StoreError> {
+/// Whether an error means the connection (or the server) went away, rather than a
+/// statement failing: the database is lost.
+fn is_link_error(e: &tokio_postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    match e.code() {
+        // Class 08 (connection exception), 57P01–57P03 (the server shutting down or
+        // starting).
+        Some(c) => c.code().starts_with("08") || c.code().starts_with("57P"),
+        // Not the server's words: an I/O error or the connection ending.
+        None => e.as_db_error().is_none(),
+    }
+}
+
+/// The node's session of `epoch`: its end marks the database lost.
+async fn connect_session(
+    shared: &Arc<Shared>,
+    epoch: u64,
+) -> Result<Client, tokio_postgres::Error> {
+    let s = shared.clone();
+    connect_once(shared, move || {
+        s.link_lost(epoch, "the node's session ended")
+    })
+    .await
+}
+
+/// Reconnects after a loss, with backoff (0.1 s doubling up to 5 s), for as long as it
+/// takes (or until the store closes).
+async fn reconnect_loop(shared: Arc<Shared>) {
+    let mut pause = BACKOFF_FIRST;
+    loop {
+        tokio::time::sleep(pause).await;
+        let link = shared.link_now();
+        if link.closed || link.up || shared.closing.load(Ordering::Acquire) {
+            return;
+        }
+        match reconnect(&shared, link.epoch).await {
+            Ok(()) => {
+                tracing::warn!(url = %shared.shown, epoch = link.epoch, "the PostgreSQL store is back: this node takes work again");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(url = %shared.shown, error = %e, "the PostgreSQL store cannot be reached yet; retrying in {:?}", pause);
+            }
+        }
+        pause = (pause * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// One reconnection: a new session, the node's row again, the hooks (the queue takes
+/// back the jobs this node ran before the loss), then the link is up in `epoch`.
+async fn reconnect(shared: &Arc<Shared>, epoch: u64) -> Result<(), StoreError> {
+    let client = connect_session(shared, epoch)
+        .await
+        .map_err(|e| db_error(shared, "connecting again", &e))?;
+    let client = Arc::new(client);
+    register_node(shared, &client).await?;
+    let hooks: Vec<ReconnectHook> = shared
+        .hooks
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|(_, h)| h.clone())
+        .collect();
+    for hook in hooks {
+        hook().await?;
+    }
+    *shared.session.lock().unwrap_or_else(|e| e.into_inner()) = Some(client.clone());
+    let mut up = false;
+    shared.link.send_if_modified(|l| {
+        if l.epoch == epoch && !l.closed && !l.up {
+            l.up = true;
+            up = true;
+            true
+        } else {
+            false
+        }
+    });
+    // Broken again meanwhile (its end was ignored while the link was down).
+    if up && client.is_closed() {
+        shared.link_lost(epoch, "the node's new session ended");
+    }
+    Ok(())
+}
+
+/// For a command that only reads: the schema must be there and up to date already;
+/// nothing is created.
+async fn check_schema(shared: &Shared, client: &Client) -> Result<SchemaStatus, StoreError> {
     let err = |what: &str, e: &tokio_postgres::Error| db_error(shared, what, e);
+    let exists: bool = client
+        .query_one("SELECT to_regclass('provisio_schema') IS NOT NULL", &[])
+        .await
+        .map_err(|e| err("looking for the schema version table", &e))?
+        .get(0);
+    let found: i32 = if exists {
+        client
+            .query_one("SELECT coalesce(max(version), 0) FROM provisio_schema", &[])
+            .await
+            .map_err(|e| err("reading the schema version", &e))?
+            .get(0)
+    } else {
+        0
+    };
+    let known = latest_schema_version();
+    if found > known {
+        let by: String = client
+            .query_one(
+                "SELECT applied_by FROM provisio_schema WHERE version = $1",
+                &[&found],
+            )
+            .await
+            .map(|r| r.get(0))
+            .unwrap_or_default();
+        return Err(StoreError::SchemaTooNew {
+            url: shared.shown.clone(),
+            found,
+            known,
+            by,
+        });
+    }
+    if found < known {
+        let schema: Option<String> = client
+            .query_one("SELECT current_schema()", &[])
+            .await
+            .map_err(|e| err("reading the current schema", &e))?
+            .get(0);
+        return Err(StoreError::NotMigrated {
+            url: shared.shown.clone(),
+            schema: schema.unwrap_or_else(|| "(none)".into()),
+            found,
+            known,
+        });
+    }
+    Ok(SchemaStatus {
+        version: found,
+        applied: Vec::new(),
+    })
+}
+
+/// Brings the schema up to date (under the store's lock), or refuses a newer one.
+async fn migrate(
+    shared: &Shared,
+    client: &mut Client,
+    apply: bool,
+) -> Result<SchemaStatus, StoreError> {
+    let err = |what: &str, e: &tokio_postgres::Error| db_error(shared, what, e);
+    if !apply {
+        return check_schema(shared, client).await;
+    }
     let schema: Option<String> = client
         .query_one("SELECT current_schema()", &[])
         .await
@@ -690,11 +985,14 @@ async fn prepare_writer(shared: &Shared, client: Client) -> Result<Writer, Store
 }
 
 /// The writer task: commits the queued batches group by group, in the order they came.
+/// Parks while the database is lost; refuses the writes made before a loss.
 async fn write_loop(
     shared: Arc<Shared>,
-    mut writer: Writer,
+    writer: Writer,
     mut queue: tokio::sync::mpsc::UnboundedReceiver<WriteRequest>,
 ) {
+    // The writer's connection, and the epoch it was made in.
+    let mut writer: Option<(Writer, u64)> = Some((writer, 0));
     let mut group: Vec<WriteRequest> = Vec::new();
     while let Some(first) = queue.recv().await {
         group.push(first);
@@ -713,41 +1011,82 @@ async fn write_loop(
                 Err(_) => break,
             }
         }
-        let result = match shared.poison.get() {
-            Some(e) => Err(e.clone()),
-            None => {
-                let durable = group.iter().any(|r| r.durable);
-                let net = net(&mut group);
-                let empty = net.put_keys.is_empty() && net.del_keys.is_empty();
-                if empty && !(durable && writer.unsynced) {
-                    Ok(())
-                } else {
-                    match writer.commit(&net, durable).await {
-                        Ok(()) => {
-                            shared.commits.fetch_add(1, Ordering::Relaxed);
-                            shared
-                                .batches
-                                .fetch_add(group.len() as u64, Ordering::Relaxed);
-                            Ok(())
-                        }
-                        Err(e) => {
-                            let err = db_error(&shared, "writing a batch", &e);
-                            if writer.client.is_closed() || e.is_closed() {
-                                shared.poison(StoreError::Io(format!(
-                                    "the connection to the PostgreSQL store at `{}` broke during a write ({}); the write's outcome is unknown, so the store refuses further writes until provisio restarts (and recovers from what the database holds)",
-                                    shared.shown,
-                                    describe(&e)
-                                )));
-                            }
-                            Err(err)
-                        }
-                    }
+        let link = match shared.wait_up().await {
+            Ok(l) => l,
+            Err(e) => {
+                for r in group.drain(..) {
+                    let _ = r.done.send(Err(e.clone()));
                 }
+                continue;
             }
         };
+        // Made before the database was lost: refused (see the module documentation).
+        for r in group.extract_if(.., |r| r.epoch != link.epoch) {
+            let _ = r.done.send(Err(shared.lost_error()));
+        }
+        if group.is_empty() {
+            continue;
+        }
+        let result = commit_group(&shared, &mut writer, link.epoch, &mut group).await;
         for r in group.drain(..) {
             let _ = r.done.send(result.clone());
         }
+    }
+}
+
+/// Commits one group on the writer's connection of `epoch` (connecting it first after a
+/// loss). When the connection breaks, the database is lost: waits until it is back and
+/// answers [`StoreError::Lost`] (the outcome is unknown, so it is never acknowledged).
+async fn commit_group(
+    shared: &Arc<Shared>,
+    writer: &mut Option<(Writer, u64)>,
+    epoch: u64,
+    group: &mut [WriteRequest],
+) -> Result<(), StoreError> {
+    if writer
+        .as_ref()
+        .is_none_or(|(w, e)| *e != epoch || w.client.is_closed())
+    {
+        *writer = None;
+        let connected = match connect_once(shared, || {}).await {
+            Ok(c) => prepare_writer(shared, c).await,
+            Err(e) => Err(db_error(shared, "connecting the writer", &e)),
+        };
+        match connected {
+            Ok(w) => *writer = Some((w, epoch)),
+            Err(e) => {
+                tracing::warn!(error = %e, "the PostgreSQL store's writer cannot connect");
+                shared.link_lost(epoch, "the writer cannot connect");
+                let _ = shared.wait_up().await;
+                return Err(shared.lost_error());
+            }
+        }
+    }
+    let Some((w, _)) = writer.as_mut() else {
+        return Err(shared.lost_error());
+    };
+    let durable = group.iter().any(|r| r.durable);
+    let net = net(group);
+    let empty = net.put_keys.is_empty() && net.del_keys.is_empty();
+    if empty && !(durable && w.unsynced) {
+        return Ok(());
+    }
+    match w.commit(&net, durable).await {
+        Ok(()) => {
+            shared.commits.fetch_add(1, Ordering::Relaxed);
+            shared
+                .batches
+                .fetch_add(group.len() as u64, Ordering::Relaxed);
+            Ok(())
+        }
+        Err(e) if w.client.is_closed() || is_link_error(&e) => {
+            tracing::error!(url = %shared.shown, error = %describe(&e), "the connection to the PostgreSQL store broke during a write: its outcome is unknown; it is refused once the database is back");
+            *writer = None;
+            shared.link_lost(epoch, "the writer's connection broke during a write");
+            let _ = shared.wait_up().await;
+            Err(shared.lost_error())
+        }
+        Err(e) => Err(db_error(shared, "writing a batch", &e)),
     }
 }
 
@@ -757,26 +1096,48 @@ impl PgStore {
     /// for up to [`PgOptions::connect_retry`], takes the store's lock, and brings the
     /// schema up to date. Blocks the calling thread until then.
     pub fn open(url: &str, options: &PgOptions) -> Result<PgStore, StoreError> {
-        let config = parse_url(url, options)?;
+        Self::open_with(url, options, true)
+    }
+
+    /// Opens the store as [`PgStore::open`] does, for a command that only reads: nothing
+    /// is created or migrated; a database without the Provisio schema (or with an older
+    /// version of it) is refused with [`StoreError::NotMigrated`], which says how to
+    /// create it.
+    pub fn open_existing(url: &str, options: &PgOptions) -> Result<PgStore, StoreError> {
+        Self::open_with(url, options, false)
+    }
+
+    fn open_with(url: &str, options: &PgOptions, apply: bool) -> Result<PgStore, StoreError> {
+        let (config, tls, tls_mode) = parse_url(url, options)?;
         let shared = Arc::new(Shared {
             config,
+            tls,
+            tls_mode,
             shown: mask_url(url),
             readers: (0..READERS)
                 .map(|_| tokio::sync::Mutex::new(None))
                 .collect(),
             next_reader: AtomicUsize::new(0),
-            poison: OnceLock::new(),
             commits: AtomicU64::new(0),
             batches: AtomicU64::new(0),
             node: uuid::Uuid::now_v7().to_string(),
-            session: OnceLock::new(),
+            session: Mutex::new(None),
+            link: watch::Sender::new(Link {
+                epoch: 0,
+                up: false,
+                closed: false,
+            }),
+            closing: AtomicBool::new(false),
+            application: options.application.clone(),
+            hooks: Mutex::new(Vec::new()),
+            runtime: OnceLock::new(),
             lock_ns: OnceLock::new(),
             owned: Mutex::new(std::collections::HashSet::new()),
+            forfeited: Mutex::new(std::collections::HashSet::new()),
         });
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let retry = options.connect_retry;
-        let application = options.application.clone();
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
             .name("provisio-pg".into())
@@ -796,11 +1157,11 @@ impl PgStore {
                         return;
                     }
                 };
-                let opened = runtime.block_on(start(shared.clone(), retry, application));
-                let lock_client = match opened {
-                    Ok((lock_client, schema, writes)) => {
+                let _ = shared.runtime.set(runtime.handle().clone());
+                let opened = runtime.block_on(start(shared.clone(), retry, apply));
+                match opened {
+                    Ok((schema, writes)) => {
                         let _ = ready_tx.send(Ok((runtime.handle().clone(), schema, writes)));
-                        lock_client
                     }
                     Err(e) => {
                         let _ = ready_tx.send(Err(e));
@@ -810,21 +1171,28 @@ impl PgStore {
                 };
                 runtime.block_on(async move {
                     let _ = stop_rx.await;
+                    shared.closing.store(true, Ordering::Release);
                     // Released at once, so that a store opened right after this one closed
                     // does not wait for the server to notice the session ended.
-                    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                        let _ = lock_client
-                            .execute(
-                                "DELETE FROM provisio_nodes WHERE node = $1",
-                                &[&shared.node],
-                            )
-                            .await;
-                        lock_client
-                            .batch_execute("SELECT pg_advisory_unlock_all()")
-                            .await
-                    })
-                    .await;
-                    lock_client.closing.store(true, Ordering::Release);
+                    if let Some(session) = shared.session() {
+                        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                            let _ = session
+                                .execute(
+                                    "DELETE FROM provisio_nodes WHERE node = $1",
+                                    &[&shared.node],
+                                )
+                                .await;
+                            session
+                                .batch_execute("SELECT pg_advisory_unlock_all()")
+                                .await
+                        })
+                        .await;
+                    }
+                    shared.link.send_modify(|l| {
+                        l.up = false;
+                        l.closed = true;
+                    });
+                    *shared.session.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 });
                 runtime.shutdown_timeout(Duration::from_secs(2));
             })
@@ -928,44 +1296,16 @@ impl PgConnector {
     }
 }
 
-/// The lock's connection, kept for the store's life.
-struct LockClient {
-    client: Arc<Client>,
-    /// Set when the store closes the connection itself (its end is then expected).
-    closing: Arc<AtomicBool>,
-}
-
-impl std::ops::Deref for LockClient {
-    type Target = Client;
-    fn deref(&self) -> &Client {
-        &self.client
-    }
-}
-
 type Opened = (
-    LockClient,
     SchemaStatus,
     tokio::sync::mpsc::UnboundedSender<WriteRequest>,
 );
 
 /// Connects, locks, migrates, and starts the writer (on the store's runtime).
-async fn start(
-    shared: Arc<Shared>,
-    retry: Duration,
-    application: String,
-) -> Result<Opened, StoreError> {
-    let closing = Arc::new(AtomicBool::new(false));
+async fn start(shared: Arc<Shared>, retry: Duration, apply: bool) -> Result<Opened, StoreError> {
     let on_end = {
         let shared = shared.clone();
-        let closing = closing.clone();
-        move || {
-            if !closing.load(Ordering::Acquire) {
-                shared.poison(StoreError::Io(format!(
-                    "the session holding the PostgreSQL store's lock at `{}` ended (the server restarted or the connection broke): another process may take the store, so this one refuses further writes until provisio restarts",
-                    shared.shown
-                )));
-            }
-        }
+        move || shared.link_lost(0, "the node's session ended")
     };
     let mut lock_client = connect_retrying(&shared, retry, on_end).await?;
     let ns: String = lock_client
@@ -985,7 +1325,7 @@ async fn start(
         )
         .await
         .map_err(|e| db_error(&shared, "taking the migration lock", &e))?;
-    let schema = migrate(&shared, &mut lock_client).await;
+    let schema = migrate(&shared, &mut lock_client, apply).await;
     let _ = lock_client
         .execute(
             "SELECT pg_advisory_unlock(hashtextextended($1, 0))",
@@ -994,25 +1334,18 @@ async fn start(
         .await;
     let schema = schema?;
     let _ = shared.lock_ns.set(ns);
-    register_node(&shared, &lock_client, &application).await?;
+    register_node(&shared, &lock_client).await?;
     let writer_client = connect_retrying(&shared, Duration::ZERO, || {}).await?;
     let writer = prepare_writer(&shared, writer_client).await?;
     // One reader connected now: a bad schema or permission shows at open, not at the
     // first read.
     shared.reader().await?;
     let (writes, queue) = tokio::sync::mpsc::unbounded_channel();
+    *shared.session.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(lock_client));
+    shared.link.send_modify(|l| l.up = true);
     tokio::spawn(write_loop(shared.clone(), writer, queue));
-    let session = Arc::new(lock_client);
-    let _ = shared.session.set(session.clone());
-    tokio::spawn(heartbeat_loop(shared.clone(), session.clone()));
-    Ok((
-        LockClient {
-            client: session,
-            closing,
-        },
-        schema,
-        writes,
-    ))
+    tokio::spawn(heartbeat_loop(shared.clone()));
+    Ok((schema, writes))
 }
 
 impl Drop for PgStore {
@@ -1055,9 +1388,24 @@ impl PgStore {
         rx.recv().map_err(|_| StoreError::Closed)?
     }
 
-    /// Whether the store refuses writes (a write's outcome unknown, its session lost).
-    pub(crate) fn poisoned(&self) -> Option<StoreError> {
-        self.shared.poison.get().cloned()
+    /// An error while the database is lost (the queue's changes fail at once then,
+    /// rather than waiting for a connection).
+    pub(crate) fn unavailable(&self) -> Option<StoreError> {
+        let link = self.shared.link_now();
+        if link.closed {
+            return Some(StoreError::Closed);
+        }
+        (!link.up).then(|| {
+            StoreError::Io(format!(
+                "the PostgreSQL store at `{}` cannot be reached; reconnecting",
+                self.shared.shown
+            ))
+        })
+    }
+
+    /// The link's epoch now (see [`PgStore::link`]).
+    pub(crate) fn epoch(&self) -> u64 {
+        self.shared.link_now().epoch
     }
 
     /// Connects new sessions for the queue (on the store's runtime).
@@ -1079,7 +1427,7 @@ impl PgStore {
         let shared = self.shared.clone();
         self.handle.spawn(async move {
             loop {
-                match shared.config.connect(NoTls).await {
+                match shared.config.connect(shared.tls.clone()).await {
                     Ok((client, mut connection)) => {
                         let wake2 = wake.clone();
                         let driver = tokio::spawn(async move {
@@ -1114,6 +1462,65 @@ impl PgStore {
         });
     }
 
+    /// Listens on `channels` on a session of its own (connecting again when it breaks, as
+    /// `PgStore::listen`) and sends each notification's (channel, payload) to `to`,
+    /// until `to` is closed. Notifications sent while it reconnects are lost.
+    pub fn listen_payloads(
+        &self,
+        channels: &[&'static str],
+        to: tokio::sync::mpsc::UnboundedSender<(String, String)>,
+    ) {
+        let shared = self.shared.clone();
+        let listen: String = channels.iter().map(|c| format!("LISTEN {c};")).collect();
+        self.handle.spawn(async move {
+            while !to.is_closed() && !shared.link_now().closed {
+                match shared.config.connect(shared.tls.clone()).await {
+                    Ok((client, mut connection)) => {
+                        let to2 = to.clone();
+                        let driver = tokio::spawn(async move {
+                            loop {
+                                let msg = futures::future::poll_fn(|cx| connection.poll_message(cx))
+                                    .await;
+                                match msg {
+                                    Some(Ok(tokio_postgres::AsyncMessage::Notification(n))) => {
+                                        if to2
+                                            .send((n.channel().to_string(), n.payload().to_string()))
+                                            .is_err()
+                                        {
+                                            return;
+                                        }
+                                    }
+                                    Some(Ok(_)) => {}
+                                    Some(Err(_)) | None => return,
+                                }
+                            }
+                        });
+                        let _ = client.batch_execute(&listen).await;
+                        let _ = driver.await;
+                        drop(client);
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %describe(&e), "listening for the daemons' notifications");
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+    }
+
+    /// Sends `NOTIFY channel, payload` on the node's session, without waiting (lost while
+    /// the database is).
+    pub fn notify(&self, channel: &'static str, payload: String) {
+        let Some(session) = self.shared.session() else {
+            return;
+        };
+        self.handle.spawn(async move {
+            let _ = session
+                .execute("SELECT pg_notify($1, $2)", &[&channel, &payload])
+                .await;
+        });
+    }
+
     fn state_lock_key(&self, key: &[u8]) -> String {
         let mut name = format!(
             "provisio state {} ",
@@ -1133,12 +1540,99 @@ impl PgStore {
     }
 }
 
+impl PgStore {
+    /// The state of the store's connection to its database: watch it to learn that the
+    /// database was lost (`up` false, `epoch` one more) and when it is back. Work begun in
+    /// an earlier epoch (a transaction owned, a job claimed) was lost with the session's
+    /// locks and must not go on in this process: recovery finishes it.
+    pub fn link(&self) -> watch::Receiver<Link> {
+        self.shared.link.subscribe()
+    }
+
+    /// Whether the database is reachable (the node's session is up).
+    pub fn is_up(&self) -> bool {
+        self.shared.link_now().up
+    }
+
+    /// Runs `hook` on each new session after the database was lost, before writes go
+    /// through again (once per `name`).
+    pub(crate) fn on_reconnect(&self, name: &'static str, hook: ReconnectHook) {
+        let mut hooks = self.shared.hooks.lock().unwrap_or_else(|e| e.into_inner());
+        if !hooks.iter().any(|(n, _)| *n == name) {
+            hooks.push((name, hook));
+        }
+    }
+
+    /// The error of a call on the node's session made in `epoch`: when the database was
+    /// lost meanwhile, waits until it is back and answers [`StoreError::Lost`] (so that
+    /// the caller, stopped by then, never acts on it).
+    async fn session_error(&self, epoch: u64, e: StoreError, broken: bool) -> StoreError {
+        if broken {
+            self.shared.link_lost(epoch, "the node's session broke");
+        }
+        if self.shared.link_now().epoch != epoch {
+            let _ = self.shared.wait_up().await;
+            return self.shared.lost_error();
+        }
+        e
+    }
+
+    /// Takes an advisory lock on the node's session (parked while the database is lost).
+    async fn try_session_lock(
+        &self,
+        name: String,
+        what: &'static str,
+    ) -> Result<(bool, u64), StoreError> {
+        let link = self.shared.wait_up().await?;
+        let Some(session) = self.shared.session() else {
+            return Err(self
+                .session_error(link.epoch, StoreError::Closed, true)
+                .await);
+        };
+        let shared = self.shared.clone();
+        let got = self
+            .run(async move {
+                Ok(session
+                    .query_one(
+                        "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
+                        &[&name],
+                    )
+                    .await
+                    .map(|r| r.get::<_, bool>(0))
+                    .map_err(|e| (db_error(&shared, what, &e), is_link_error(&e))))
+            })
+            .await
+            .map_err(|e| (e, false))
+            .and_then(|r| r);
+        match got {
+            Ok(got) if self.shared.link_now().epoch == link.epoch => Ok((got, link.epoch)),
+            Ok(_) => Err(self
+                .session_error(link.epoch, self.shared.lost_error(), false)
+                .await),
+            Err((e, broken)) => Err(self.session_error(link.epoch, e, broken).await),
+        }
+    }
+
+    /// Queues a write made in `epoch` for the writer and awaits its answer.
+    async fn enqueue(&self, batch: Batch, durable: bool, epoch: u64) -> Result<(), StoreError> {
+        let (done, answer) = tokio::sync::oneshot::channel();
+        self.writes
+            .send(WriteRequest {
+                batch,
+                durable,
+                epoch,
+                done,
+            })
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+}
+
 #[async_trait]
 impl Store for PgStore {
     async fn own(&self, txn: &str) -> Result<bool, StoreError> {
-        if let Some(e) = self.shared.poison.get() {
-            return Err(e.clone());
-        }
+        // Parked while the database is lost: a new transaction starts once it is back.
+        self.shared.wait_up().await?;
         if !self
             .shared
             .owned
@@ -1148,31 +1642,30 @@ impl Store for PgStore {
         {
             return Ok(false);
         }
-        let Some(session) = self.shared.session.get().cloned() else {
-            return Err(StoreError::Closed);
-        };
-        let key = self.txn_lock_key(txn);
-        let shared = self.shared.clone();
         let got = self
-            .run(async move {
-                session
-                    .query_one(
-                        "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
-                        &[&key],
-                    )
-                    .await
-                    .map(|r| r.get::<_, bool>(0))
-                    .map_err(|e| db_error(&shared, "taking a transaction's lock", &e))
-            })
+            .try_session_lock(self.txn_lock_key(txn), "taking a transaction's lock")
             .await;
-        if !matches!(got, Ok(true)) {
-            self.shared
-                .owned
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(txn);
+        match got {
+            Ok((true, _)) => {
+                self.shared
+                    .forfeited
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(txn);
+                Ok(true)
+            }
+            other => {
+                // (A loss meanwhile forgot every ownership already.)
+                if !matches!(other, Err(StoreError::Lost { .. })) {
+                    self.shared
+                        .owned
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(txn);
+                }
+                other.map(|(got, _)| got)
+            }
         }
-        got
     }
 
     fn disown(&self, txn: &str) {
@@ -1185,7 +1678,7 @@ impl Store for PgStore {
         {
             return;
         }
-        let Some(session) = self.shared.session.get().cloned() else {
+        let Some(session) = self.shared.session() else {
             return;
         };
         let key = self.txn_lock_key(txn);
@@ -1200,29 +1693,14 @@ impl Store for PgStore {
     }
 
     async fn lock_key(&self, key: &[u8]) -> Result<bool, StoreError> {
-        if let Some(e) = self.shared.poison.get() {
-            return Err(e.clone());
-        }
-        let Some(session) = self.shared.session.get().cloned() else {
-            return Err(StoreError::Closed);
-        };
-        let name = self.state_lock_key(key);
-        let shared = self.shared.clone();
-        self.run(async move {
-            session
-                .query_one(
-                    "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
-                    &[&name],
-                )
-                .await
-                .map(|r| r.get::<_, bool>(0))
-                .map_err(|e| db_error(&shared, "locking a provider-state key", &e))
-        })
-        .await
+        self.try_session_lock(self.state_lock_key(key), "locking a provider-state key")
+            .await
+            .map(|(got, _)| got)
     }
 
     fn unlock_key(&self, key: &[u8]) {
-        let Some(session) = self.shared.session.get().cloned() else {
+        // A key taken before the database was lost went with the session.
+        let Some(session) = self.shared.session() else {
             return;
         };
         let name = self.state_lock_key(key);
@@ -1241,21 +1719,31 @@ impl Store for PgStore {
     }
 
     async fn write(&self, batch: Batch, durable: bool) -> Result<(), StoreError> {
-        if let Some(e) = self.shared.poison.get() {
-            return Err(e.clone());
+        if batch.writes.is_empty() && !durable {
+            return Ok(());
+        }
+        // Parked while the database is lost.
+        let link = self.shared.wait_up().await?;
+        self.enqueue(batch, durable, link.epoch).await
+    }
+
+    async fn write_for(&self, txn: &str, batch: Batch, durable: bool) -> Result<(), StoreError> {
+        let link = self.shared.wait_up().await?;
+        // Owned before the database was lost: its lock went with the session, so another
+        // node may be recovering it; it never goes on here.
+        if self
+            .shared
+            .forfeited
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(txn)
+        {
+            return Err(self.shared.lost_error());
         }
         if batch.writes.is_empty() && !durable {
             return Ok(());
         }
-        let (done, answer) = tokio::sync::oneshot::channel();
-        self.writes
-            .send(WriteRequest {
-                batch,
-                durable,
-                done,
-            })
-            .map_err(|_| StoreError::Closed)?;
-        answer.await.map_err(|_| StoreError::Closed)?
+        self.enqueue(batch, durable, link.epoch).await
     }
 
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {

@@ -539,7 +539,9 @@ impl DurableJournal {
         }
         let n = self.fail_points.count();
         self.fail_points.check(n, false);
-        self.store.write(batch, durable).await?;
+        self.store
+            .write_for(txn_id.as_str(), batch, durable)
+            .await?;
         // Only once the final record is written: if it fails, the records that follow (the
         // rollback of a commit that could not be journaled) continue the same sequence.
         if finished {

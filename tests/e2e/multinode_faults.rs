@@ -1,0 +1,159 @@
+//! PostgreSQL faults and operations (issue 18): the database lost mid-run.
+
+use crate::daemon::OPS;
+use crate::multinode::{check, settle, site, submit, TENANTS};
+use provisio_test_support::postgres::Postgres;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// Polls `/v1/ready` until it answers `status` (at most `within`).
+fn ready_becomes(d: &crate::daemon::Daemon, status: u16, within: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if d.request("GET", "/v1/ready", None, None, &[]).status == status {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+/// The database stopped at once (`pg_ctl stop -m immediate`) while a daemon runs jobs:
+/// the daemon stays up and says it is not ready, its runs stop; when the database is back
+/// it reconnects, the jobs cut short are taken back and recovered as after a restart, and
+/// every job ends exactly once (each one's effect made once, in order per tenant).
+#[test]
+fn database_lost_mid_run_parks_and_resumes() {
+    let Some(pg) = Postgres::start() else { return };
+    let url = pg.new_schema("dblost");
+    let schema = url.rsplit("%3D").next().unwrap().to_string();
+    let site = site(&url);
+    let d = site.start();
+    let mut submitted: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for i in 0..200u64 {
+        let tenant = format!("t{}", i as usize % TENANTS);
+        submit(&d, &tenant, i / TENANTS as u64);
+        submitted
+            .entry(tenant)
+            .or_default()
+            .push(i / TENANTS as u64);
+    }
+    // Some jobs done, most still to run: the database goes away under running ones.
+    let start = Instant::now();
+    loop {
+        let out = pg.psql(&format!(
+            "SELECT count(*) FROM {schema}.provisio_jobs WHERE state = 2"
+        ));
+        if out.stdout.trim().parse::<u64>().unwrap_or(0) >= 20 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "no job finished");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    pg.stop_immediate();
+    assert!(
+        ready_becomes(&d, 503, Duration::from_secs(10)),
+        "the daemon says it is ready while its database is gone"
+    );
+    // Still up and answering a while later.
+    std::thread::sleep(Duration::from_secs(2));
+    let answer = d.request("GET", "/v1/ready", None, None, &[]);
+    assert_eq!(answer.status, 503, "{answer:?}");
+    assert!(answer.body.to_string().contains("PostgreSQL"), "{answer:?}");
+    pg.restart();
+    assert!(
+        ready_becomes(&d, 200, Duration::from_secs(30)),
+        "the daemon did not come back with its database:\n{}",
+        d.log.lock().unwrap()
+    );
+    settle(
+        &pg,
+        &schema,
+        Duration::from_secs(120),
+        std::slice::from_ref(&d),
+    );
+    check(&pg, &schema, &site, &submitted);
+    let log = d.log.lock().unwrap().clone();
+    assert!(log.contains("lost the PostgreSQL store"), "{log}");
+    eprintln!(
+        "runs stopped by the loss: {}; taken back at reconnection: {}; recovered: {}",
+        log.matches("it stops here").count(),
+        log.matches("took back the jobs this node ran").count(),
+        log.matches("recovered the transaction").count()
+    );
+    // It serves again: a request waited for commits.
+    let a = d.submit(
+        OPS,
+        "call: Multi Node/Work\ndata: { tenant: t0, n: \"after\" }\n",
+        "?wait=30s",
+        &[],
+    );
+    assert_eq!(a.status, 200, "{a:?}");
+    assert_eq!(a.body["state"], "succeeded", "{a:?}");
+}
+
+/// A client of one daemon follows a job another daemon runs: its progress events and its
+/// end come by NOTIFY, the end within milliseconds of the finish (no polling).
+#[test]
+fn events_of_a_job_another_daemon_runs_reach_the_client() {
+    use crate::daemon::{customer, Site, ALICE};
+    use std::io::Read as _;
+    if !crate::daemon::python() {
+        return;
+    }
+    let Some(pg) = Postgres::shared() else { return };
+    let url = pg.new_schema("remote_events");
+    // Each ledger call takes 4 s: the job still runs when the second daemon is up.
+    let site = Site::new(4000);
+    let config = std::fs::read_to_string(site.path("provisio.toml")).unwrap();
+    std::fs::write(
+        site.path("provisio.toml"),
+        format!("store = \"{url}\"\n{config}"),
+    )
+    .unwrap();
+    let runner = site.start();
+    let a = runner.submit(ALICE, &customer("ann"), "", &[]);
+    assert_eq!(a.status, 202, "{a:?}");
+    let id = a.body["id"].as_str().unwrap().to_string();
+    // Running on the first daemon before the second one starts: the second never runs it.
+    runner.running_step(&id);
+    let follower = site.start();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into();
+    let mut text = String::new();
+    agent
+        .get(&format!("{}/v1/requests/{id}/events", follower.url))
+        .header("Authorization", &format!("Bearer {ALICE}"))
+        .call()
+        .expect("events")
+        .body_mut()
+        .as_reader()
+        .read_to_string(&mut text)
+        .expect("read events");
+    let ended_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(text.contains("event: step_started"), "{text}");
+    assert!(text.contains("event: step_finished"), "{text}");
+    assert!(text.contains("event: finished"), "{text}");
+    assert!(text.contains("\"outcome\":\"committed\""), "{text}");
+    let job = follower.status(ALICE, &id);
+    let finished_ms = job.body["finished_ms"].as_u64().unwrap();
+    assert!(
+        ended_ms.saturating_sub(finished_ms) < 500,
+        "the end reached the other daemon {} ms after the finish",
+        ended_ms.saturating_sub(finished_ms)
+    );
+    // The runner's log names the job's run; the follower's does not.
+    assert!(
+        !follower
+            .log
+            .lock()
+            .unwrap()
+            .contains(&format!("job{{job.id={id}")),
+        "the follower ran the job"
+    );
+}
