@@ -42,6 +42,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::Type;
 use tokio_postgres::{Client, NoTls, Statement};
 
 /// The schema versions, in order: (version, what it does, SQL). Each runs in its own
@@ -1156,9 +1157,9 @@ impl Store for PgStore {
         let got = self
             .run(async move {
                 session
-                    .query_one(
+                    .query_typed_one(
                         "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
-                        &[&key],
+                        &[(&key, Type::TEXT)],
                     )
                     .await
                     .map(|r| r.get::<_, bool>(0))
@@ -1191,9 +1192,9 @@ impl Store for PgStore {
         let key = self.txn_lock_key(txn);
         self.handle.spawn(async move {
             let _ = session
-                .execute(
+                .execute_typed(
                     "SELECT pg_advisory_unlock(hashtextextended($1, 0))",
-                    &[&key],
+                    &[(&key, Type::TEXT)],
                 )
                 .await;
         });
@@ -1210,9 +1211,9 @@ impl Store for PgStore {
         let shared = self.shared.clone();
         self.run(async move {
             session
-                .query_one(
+                .query_typed_one(
                     "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
-                    &[&name],
+                    &[(&name, Type::TEXT)],
                 )
                 .await
                 .map(|r| r.get::<_, bool>(0))
@@ -1228,9 +1229,9 @@ impl Store for PgStore {
         let name = self.state_lock_key(key);
         self.handle.spawn(async move {
             let _ = session
-                .execute(
+                .execute_typed(
                     "SELECT pg_advisory_unlock(hashtextextended($1, 0))",
-                    &[&name],
+                    &[(&name, Type::TEXT)],
                 )
                 .await;
         });
