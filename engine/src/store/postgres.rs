@@ -669,8 +669,8 @@ impl Writer {
 async fn prepare_writer(shared: &Shared, client: Client) -> Result<Writer, StoreError> {
     // The delete joins the (few) keys of a group with the table: the planner, expecting
     // many rows from `unnest`, chose a hash join over a scan of the whole table once it had
-    // grown (5 ms a delete at 50,000 rows, a third of the server's CPU per request in
-    // `pg_bench nodes`). On this session only: index lookups, one per key.
+    // grown (4–6 ms a delete, a third of the server's CPU per request in `pg_bench
+    // nodes`). On this session only: index lookups, one per key.
     client
         .batch_execute("SET enable_hashjoin = off; SET enable_mergejoin = off")
         .await
