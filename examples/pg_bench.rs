@@ -13,10 +13,17 @@
 //!
 //! `cargo run --release --example pg_bench -- nodes [REQUESTS] [REPS]` (default 2000, 3):
 //! B2-style throughput through daemons sharing the database (issue 18, second half): one,
-//! then three `provisio serve` processes (`target/release/provisio`, or `PROVISIO_BIN`) on
-//! one fresh schema each time, REQUESTS five-step requests (`Error Provider/ReportEvent`)
-//! from 16 closed-loop HTTP clients spread over the daemons, each waiting for its answer
-//! (`?wait=60s`); requests/s (median of REPS) and the three/one ratio.
+//! then three `provisio serve` processes (`target/release/provisio`, or `PROVISIO_BIN`;
+//! `PROVISIO_BINS=A,B` compares two binaries interleaved: A, B, A, B…) on one fresh schema
+//! each time, REQUESTS five-step requests (`Error Provider/ReportEvent`) from 16
+//! closed-loop HTTP clients spread over the daemons, each waiting for its answer
+//! (`?wait=60s`); requests/s (median of REPS) and the three/one ratio, with per request:
+//! the server's WAL syncs, commits and WAL records, and the CPU time of each daemon, of the
+//! PostgreSQL server and of the clients. With one daemon, also 30 requests of 40 steps one
+//! at a time (median and p99, and per step) between two samplings of PostgreSQL's own
+//! commit latency (200 single-row `INSERT`s committed synchronously each: median and p99).
+//! `PG_BENCH_STATEMENTS=1` turns `pg_stat_statements` on (the server restarted) and prints
+//! the statements of the first repetition's runs, per request.
 
 /// The binary's allocator, so the figures are what `provisio` does.
 #[cfg(not(feature = "system-alloc"))]
@@ -160,16 +167,11 @@ fn agent() -> ureq::Agent {
         .into()
 }
 
-/// Starts one daemon in `dir` (sharing its data folder with the others) and waits until
+/// Starts one daemon of `bin` in `dir` (sharing its data folder with the others) and waits until
 /// it answers `/v1/ready`.
-fn start_node(dir: &std::path::Path) -> Result<Node> {
+fn start_node(bin: &std::path::Path, dir: &std::path::Path) -> Result<Node> {
     use std::io::BufRead;
-    let bin = std::env::var_os("PROVISIO_BIN")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/provisio")
-        });
-    let mut child = std::process::Command::new(&bin)
+    let mut child = std::process::Command::new(bin)
         .args(["serve", "--listen", "127.0.0.1:0"])
         .current_dir(dir)
         .env_remove("RUST_LOG")
@@ -199,6 +201,19 @@ fn start_node(dir: &std::path::Path) -> Result<Node> {
     })
 }
 
+/// The `nodes` mode's configuration: the five-step procedure of the throughput runs and
+/// the 40-step one of the latency run.
+fn nodes_namespace() -> String {
+    let mut ns = FIVE_NS.to_string();
+    ns.push_str("  Forty:\n    access: public\n    parallel: false\n    steps:\n");
+    for i in 1..=40 {
+        ns.push_str(&format!(
+            "      s{i}: {{ call: Error Provider/ReportEvent, with: {{ level: debug, parameters: {{ parameter: \"{i}\" }} }} }}\n"
+        ));
+    }
+    ns
+}
+
 /// `total` five-step requests from 16 closed-loop clients over `nodes`: requests/s.
 fn hammer_nodes(nodes: &[Node], total: usize) -> Result<f64> {
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -211,16 +226,7 @@ fn hammer_nodes(nodes: &[Node], total: usize) -> Result<f64> {
             std::thread::spawn(move || -> Result<()> {
                 let agent = agent();
                 while next.fetch_add(1, Ordering::Relaxed) < total {
-                    let mut r = agent
-                        .post(format!("{url}/v1/requests?wait=60s"))
-                        .header("Authorization", format!("Bearer {TOKEN}"))
-                        .content_type("application/json")
-                        .send(r#"{"call": "Load/Five", "data": {}}"#)?;
-                    let status = r.status().as_u16();
-                    let text = r.body_mut().read_to_string()?;
-                    if status != 200 || !text.contains("\"committed\"") {
-                        return Err(anyhow!("answer {status}: {text}"));
-                    }
+                    call(&agent, &url, "Load/Five")?;
                 }
                 Ok(())
             })
@@ -232,58 +238,354 @@ fn hammer_nodes(nodes: &[Node], total: usize) -> Result<f64> {
     Ok(total as f64 / start.elapsed().as_secs_f64())
 }
 
+/// One waited-for request of `call` to the daemon at `url`; fails unless it committed.
+fn call(agent: &ureq::Agent, url: &str, call: &str) -> Result<()> {
+    let mut r = agent
+        .post(format!("{url}/v1/requests?wait=60s"))
+        .header("Authorization", format!("Bearer {TOKEN}"))
+        .content_type("application/json")
+        .send(format!(r#"{{"call": "{call}", "data": {{}}}}"#))?;
+    let status = r.status().as_u16();
+    let text = r.body_mut().read_to_string()?;
+    if status != 200 || !text.contains("\"committed\"") {
+        return Err(anyhow!("answer {status}: {text}"));
+    }
+    Ok(())
+}
+
 fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()
 }
 
-/// The `nodes` mode (see the module documentation).
-fn nodes_mode(total: usize, reps: usize) -> Result<()> {
+/// The fields of `/proc/PID/stat` after the command name (0: state, 1: ppid, 11: utime,
+/// 12: stime).
+fn proc_stat(pid: u32) -> Option<Vec<u64>> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &text[text.rfind(')')? + 2..];
+    Some(
+        rest.split_whitespace()
+            .map(|f| f.parse().unwrap_or(0))
+            .collect(),
+    )
+}
+
+/// CPU time of a process (all its threads) so far, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    proc_stat(pid).map_or(0, |f| f[11] + f[12])
+}
+
+/// The PostgreSQL server listening on `port`: its postmaster's pid.
+fn postmaster(port: u16) -> Option<u32> {
+    let port = port.to_string();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let args: Vec<&[u8]> = cmd.split(|b| *b == 0).collect();
+        let is_pg = args.first().is_some_and(|a| a.ends_with(b"postgres"));
+        let on_port = args
+            .windows(2)
+            .any(|w| w[0] == b"-p" && w[1] == port.as_bytes());
+        (is_pg && on_port).then_some(pid)
+    })
+}
+
+/// CPU ticks of the server: the postmaster and every process it started (the backends of
+/// the connections open now, the WAL writer, the checkpointer).
+fn server_ticks(postmaster: u32) -> u64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| Some((pid, proc_stat(pid)?)))
+        .filter(|(pid, f)| *pid == postmaster || f[1] == u64::from(postmaster))
+        .map(|(_, f)| f[11] + f[12])
+        .sum()
+}
+
+/// Busy and total ticks of the whole machine (`/proc/stat`), over all its cores.
+fn machine_ticks() -> (u64, u64) {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<u64> = text
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    let total: u64 = f.iter().sum();
+    // idle + iowait
+    let idle = f.get(3).copied().unwrap_or(0) + f.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
+fn clock_ticks() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// The server's counters a run is measured with: WAL syncs, committed transactions of the
+/// database, WAL records.
+async fn server_counters(client: &tokio_postgres::Client) -> Result<[i64; 3]> {
+    let row = client
+        .query_one(
+            "SELECT (SELECT wal_sync FROM pg_stat_wal),
+                    (SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()),
+                    (SELECT wal_records FROM pg_stat_wal)",
+            &[],
+        )
+        .await?;
+    Ok([row.get(0), row.get(1), row.get(2)])
+}
+
+/// `n` single-row `INSERT`s each its own synchronous commit (autocommit: one round trip,
+/// one WAL flush), one at a time: each one's time.
+async fn commit_samples(client: &tokio_postgres::Client, n: usize) -> Result<Vec<Duration>> {
+    client
+        .batch_execute(
+            "CREATE TABLE IF NOT EXISTS floor (id bigserial PRIMARY KEY, v bytea NOT NULL);
+             SET synchronous_commit = on",
+        )
+        .await?;
+    let insert = client.prepare("INSERT INTO floor (v) VALUES ($1)").await?;
+    let value = vec![7u8; 512];
+    let mut samples = Vec::with_capacity(n);
+    for _ in 0..n {
+        let s = Instant::now();
+        client.execute(&insert, &[&value]).await?;
+        samples.push(s.elapsed());
+    }
+    Ok(samples)
+}
+
+/// Median and p99 of `samples`, in seconds.
+fn median_p99(samples: &mut [Duration]) -> (f64, f64) {
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize].as_secs_f64();
+    (at(0.5), at(0.99))
+}
+
+/// The binaries the `nodes` mode compares: `PROVISIO_BINS` (comma-separated, run
+/// interleaved: A, B, A, B…), else `PROVISIO_BIN`, else `target/release/provisio`.
+fn binaries() -> Vec<std::path::PathBuf> {
+    if let Some(list) = std::env::var_os("PROVISIO_BINS") {
+        return list
+            .to_string_lossy()
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(std::path::PathBuf::from)
+            .collect();
+    }
+    vec![std::env::var_os("PROVISIO_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/release/provisio")
+        })]
+}
+
+/// Turns `pg_stat_statements` on (`PG_BENCH_STATEMENTS=1`): preloaded, the server
+/// restarted, the extension created.
+fn enable_statements(pg: &Postgres) -> Result<()> {
+    let out = pg.psql("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'");
+    if out.code != 0 {
+        return Err(anyhow!("ALTER SYSTEM: {}", out.stderr));
+    }
+    pg.restart();
+    let out = pg.psql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements");
+    if out.code != 0 {
+        return Err(anyhow!(
+            "CREATE EXTENSION pg_stat_statements: {}",
+            out.stderr
+        ));
+    }
+    Ok(())
+}
+
+/// Prints what `pg_stat_statements` counted since its last reset, per request.
+fn print_statements(pg: &Postgres, requests: usize) {
+    let out = pg.psql(&format!(
+        "SELECT round(calls::numeric / {requests}, 2) || ' | ' || round(mean_exec_time::numeric, 3) || ' ms | ' || regexp_replace(left(query, 110), '\\s+', ' ', 'g')
+         FROM pg_stat_statements WHERE calls >= {requests} / 20 ORDER BY calls DESC LIMIT 30"
+    ));
+    println!("  statements (calls per request | mean execution time | statement):");
+    for line in out.stdout.lines() {
+        println!("    {line}");
+    }
+    let out = pg.psql(&format!(
+        "SELECT round(sum(calls)::numeric / {requests}, 1) FROM pg_stat_statements"
+    ));
+    println!("  statements per request in all: {}", out.stdout.trim());
+}
+
+/// One measured configuration of the `nodes` mode: `n` daemons of `bin`.
+struct NodesRun {
+    rate: f64,
+}
+
+/// Starts `n` daemons of `bin` on a fresh schema, warms them up, measures `total`
+/// five-step requests (and, with one daemon, the 40-step request against the server's own
+/// commit latency), and prints what it measured.
+fn nodes_run(
+    pg: &Postgres,
+    rt: &tokio::runtime::Runtime,
+    bin: &std::path::Path,
+    label: &str,
+    n: usize,
+    total: usize,
+    statements: bool,
+) -> Result<NodesRun> {
     use sha2::Digest;
-    let pg = Postgres::start().ok_or_else(|| anyhow!("PostgreSQL is not installed"))?;
     let hash: String = sha2::Sha256::digest(TOKEN.as_bytes())
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    let mut rates: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    let dir = tempfile::tempdir()?;
+    std::fs::create_dir_all(dir.path().join("ns"))?;
+    std::fs::write(dir.path().join("ns/load.yaml"), nodes_namespace())?;
+    let url = pg.new_schema(&format!("nodes{n}"));
+    std::fs::write(
+        dir.path().join("provisio.toml"),
+        format!(
+            "data_dir = \"data\"\nnamespaces = \"ns\"\nstore = \"{url}\"\n\n[serve]\nworkers = 16\nlease = \"30s\"\nshutdown_timeout = \"5s\"\n\n[[serve.tokens]]\nsubject = \"load\"\nsha256 = \"{hash}\"\n"
+        ),
+    )?;
+    // One at a time: the first makes the seal key the others read.
+    let mut nodes = Vec::new();
+    for _ in 0..n {
+        nodes.push(start_node(bin, dir.path())?);
+    }
+    let (client, conn) = rt.block_on(tokio_postgres::connect(&pg.url(), tokio_postgres::NoTls))?;
+    rt.spawn(conn);
+    let server = postmaster(url_port(&pg.url())).unwrap_or(0);
+    let tick = clock_ticks();
+    // Warm-up (connections, pools, prepared plans), then the run.
+    hammer_nodes(&nodes, 200)?;
+    if statements {
+        pg.psql("SELECT pg_stat_statements_reset()");
+    }
+    let c0 = rt.block_on(server_counters(&client))?;
+    let d0: Vec<u64> = nodes.iter().map(|d| cpu_ticks(d.child.id())).collect();
+    let s0 = server_ticks(server);
+    let b0 = cpu_ticks(std::process::id());
+    let m0 = machine_ticks();
+    let rate = hammer_nodes(&nodes, total)?;
+    let m1 = machine_ticks();
+    let b1 = cpu_ticks(std::process::id());
+    let s1 = server_ticks(server);
+    let d1: Vec<u64> = nodes.iter().map(|d| cpu_ticks(d.child.id())).collect();
+    let c1 = rt.block_on(server_counters(&client))?;
+    let per = |ticks: u64| ticks as f64 / tick / total as f64 * 1e3;
+    let daemons: Vec<String> = d0
+        .iter()
+        .zip(&d1)
+        .map(|(a, b)| format!("{:.2}", per(b - a)))
+        .collect();
+    let busy = (m1.0 - m0.0) as f64 / (m1.1 - m0.1).max(1) as f64;
+    println!(
+        "nodes: {label}: {n} daemon(s): {total} requests x 5 steps, 16 in flight: {rate:.0} req/s (load {})\n  per request: {:.2} WAL syncs, {:.2} commits, {:.1} WAL records; CPU ms per request: daemons {} (sum {:.2}), PostgreSQL {:.2}, clients {:.2}; machine busy {:.0}% of its cores",
+        loadavg(),
+        (c1[0] - c0[0]) as f64 / total as f64,
+        (c1[1] - c0[1]) as f64 / total as f64,
+        (c1[2] - c0[2]) as f64 / total as f64,
+        daemons.join(" + "),
+        per(d1.iter().sum::<u64>() - d0.iter().sum::<u64>()),
+        per(s1 - s0),
+        per(b1 - b0),
+        busy * 100.0
+    );
+    if statements {
+        print_statements(pg, total);
+    }
+    if n == 1 {
+        // The 40-step request, one at a time, between two samplings of the server's own
+        // commit latency (a single-row INSERT committed synchronously).
+        let mut floor = rt.block_on(commit_samples(&client, 200))?;
+        let agent = agent();
+        for _ in 0..5 {
+            call(&agent, &nodes[0].url, "Load/Forty")?;
+        }
+        let mut seq = Vec::new();
+        for _ in 0..30 {
+            let s = Instant::now();
+            call(&agent, &nodes[0].url, "Load/Forty")?;
+            seq.push(s.elapsed());
+        }
+        floor.extend(rt.block_on(commit_samples(&client, 200))?);
+        let (fmed, fp99) = median_p99(&mut floor);
+        let (smed, sp99) = median_p99(&mut seq);
+        println!(
+            "  40-step request, one at a time (n=30): median {} p99 {} = {} per step (p99 {}); PostgreSQL's own commit (single-row INSERT, synchronous, n=400): median {} p99 {}; per step / commit = {:.2}x (load {})",
+            ms(smed),
+            ms(sp99),
+            ms(smed / 40.0),
+            ms(sp99 / 40.0),
+            ms(fmed),
+            ms(fp99),
+            smed / 40.0 / fmed,
+            loadavg()
+        );
+    }
+    Ok(NodesRun { rate })
+}
+
+fn url_port(url: &str) -> u16 {
+    url.rsplit(':')
+        .next()
+        .and_then(|p| p.split('/').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The `nodes` mode (see the module documentation).
+fn nodes_mode(total: usize, reps: usize) -> Result<()> {
+    let pg = Postgres::start().ok_or_else(|| anyhow!("PostgreSQL is not installed"))?;
+    let statements = std::env::var("PG_BENCH_STATEMENTS").is_ok_and(|v| v == "1");
+    if statements {
+        enable_statements(&pg)?;
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let bins = binaries();
+    // rates[binary][one or three]
+    let mut rates: Vec<[Vec<f64>; 2]> = bins.iter().map(|_| [Vec::new(), Vec::new()]).collect();
     for rep in 0..reps {
-        for (slot, n) in [1usize, 3].into_iter().enumerate() {
-            let dir = tempfile::tempdir()?;
-            std::fs::create_dir_all(dir.path().join("ns"))?;
-            std::fs::write(dir.path().join("ns/load.yaml"), FIVE_NS)?;
-            let url = pg.new_schema(&format!("nodes{n}"));
-            std::fs::write(
-                dir.path().join("provisio.toml"),
-                format!(
-                    "data_dir = \"data\"\nnamespaces = \"ns\"\nstore = \"{url}\"\n\n[serve]\nworkers = 16\nlease = \"30s\"\nshutdown_timeout = \"5s\"\n\n[[serve.tokens]]\nsubject = \"load\"\nsha256 = \"{hash}\"\n"
-                ),
-            )?;
-            // One at a time: the first makes the seal key the others read.
-            let mut nodes = Vec::new();
-            for _ in 0..n {
-                nodes.push(start_node(dir.path())?);
+        for (b, bin) in bins.iter().enumerate() {
+            for (slot, n) in [1usize, 3].into_iter().enumerate() {
+                let label = format!("rep {rep}: {}", bin.display());
+                let run = nodes_run(&pg, &rt, bin, &label, n, total, statements && rep == 0)?;
+                rates[b][slot].push(run.rate);
             }
-            // Warm-up (connections, pools, prepared plans), then the run.
-            hammer_nodes(&nodes, 200)?;
-            let rate = hammer_nodes(&nodes, total)?;
-            println!(
-                "nodes: rep {rep}: {n} daemon(s): {total} requests x 5 steps, 16 in flight: {rate:.0} req/s (load {})",
-                loadavg()
-            );
-            rates[slot].push(rate);
         }
     }
     let med = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let one = med(&mut rates[0]);
-    let three = med(&mut rates[1]);
-    println!(
-        "nodes: median of {reps}: one daemon {one:.0} req/s, three daemons {three:.0} req/s, ratio 3/1 = {:.2}",
-        three / one
-    );
+    let mut ones = Vec::new();
+    for (b, bin) in bins.iter().enumerate() {
+        let one = med(&mut rates[b][0]);
+        let three = med(&mut rates[b][1]);
+        ones.push(one);
+        println!(
+            "nodes: {}: median of {reps}: one daemon {one:.0} req/s, three daemons {three:.0} req/s, ratio 3/1 = {:.2}",
+            bin.display(),
+            three / one
+        );
+    }
+    if ones.len() == 2 {
+        println!(
+            "nodes: one daemon, second binary / first: {:.2}x",
+            ones[1] / ones[0]
+        );
+    }
     Ok(())
 }
 

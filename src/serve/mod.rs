@@ -518,12 +518,14 @@ pub async fn serve(config: &Config) -> Result<Exit> {
     tokio::spawn(reaper(daemon.clone()));
     remote::start(&daemon);
     {
-        // Other daemons on the same PostgreSQL store wake this one's workers (NOTIFY).
+        // Other daemons on the same PostgreSQL store wake this one's workers (NOTIFY): one
+        // worker a notification (each queued job sends its own; the idle ones still look
+        // every second), not every idle worker for one job.
         let d = daemon.clone();
         tokio::spawn(async move {
             loop {
                 d.queue.changed().await;
-                d.wake.notify_waiters();
+                d.wake.notify_one();
             }
         });
     }

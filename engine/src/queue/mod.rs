@@ -1016,9 +1016,9 @@ impl Queue {
     /// taking one sync each in turn under the lock.
     pub async fn sync(&self) -> Result<(), QueueError> {
         #[cfg(feature = "postgres")]
-        if self.pg.is_some() {
-            // Every change of the PostgreSQL queue commits synchronously.
-            return Ok(());
+        if let Some(pg) = &self.pg {
+            // Its claiming submissions commit without waiting for the WAL flush.
+            return pg.sync().await;
         }
         self.store.sync().await?;
         Ok(())

@@ -17,6 +17,7 @@ use super::{
 use crate::store::{PgStore, Store, StoreError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Client;
 
 /// The queue's tables (schema migration 2, with the node registry).
@@ -379,44 +380,57 @@ impl PgQueue {
             return Ok(Err(new));
         }
         let node = self.inner.node.clone();
-        self.run(move |inner, mut c| async move {
+        self.run(move |inner, c| async move {
             let r = async {
-                let tx = c.transaction().await.map_err(pg_err)?;
-                let due: bool = tx
-                    .query_one(
-                        &format!(
-                            "SELECT EXISTS (SELECT 1 FROM provisio_jobs j WHERE state = 0
-                             AND not_before_ms <= $1 AND (serial_key IS NULL OR NOT {BLOCKED}))"
-                        ),
-                        &[&ms(now)],
-                    )
-                    .await
-                    .map_err(pg_err)?
-                    .get(0);
-                if due {
-                    return Ok(Err(new));
-                }
-                if let Some(key) = &new.serial_key {
-                    if !line_lock(&tx, &inner.lock_ns, key).await? {
-                        return Ok(Err(new));
+                // Round trip 1, pipelined: `BEGIN` (committing without waiting for the WAL
+                // flush, as the sled queue's claiming submission does not sync: see
+                // `Queue::submit_claimed`), whether another job is due, the job's number,
+                // and for a serialization key its line's lock and whether the line is busy
+                // (a statement of its own after the lock: its snapshot sees every claim of
+                // the key committed before the lock was taken).
+                let key = new.serial_key.clone();
+                let due_sql = format!(
+                    "SELECT EXISTS (SELECT 1 FROM provisio_jobs j WHERE state = 0
+                     AND not_before_ms <= $1 AND (serial_key IS NULL OR NOT {BLOCKED})),
+                     nextval('provisio_job_seq')"
+                );
+                let now_ms = ms(now);
+                let due_params: [(&(dyn ToSql + Sync), Type); 1] = [(&now_ms, Type::INT8)];
+                let (b, due, line) = tokio::join!(
+                    c.batch_execute("BEGIN; SET LOCAL synchronous_commit TO off"),
+                    c.query_typed_one(&due_sql, &due_params),
+                    async {
+                        let Some(key) = &key else {
+                            return Ok(true);
+                        };
+                        let busy_params: [(&(dyn ToSql + Sync), Type); 1] = [(key, Type::TEXT)];
+                        let (locked, busy) = tokio::join!(
+                            line_lock(&c, &inner.lock_ns, key),
+                            c.query_typed_one(
+                                "SELECT EXISTS (SELECT 1 FROM provisio_jobs WHERE serial_key = $1 AND state IN (0, 1, 4))",
+                                &busy_params,
+                            ),
+                        );
+                        let busy: bool = busy.map_err(pg_err)?.get(0);
+                        Ok::<bool, QueueError>(locked? && !busy)
+                    },
+                );
+                let seq: i64 = match (b.map_err(pg_err), due.map_err(pg_err), line) {
+                    (Ok(()), Ok(row), Ok(free)) => {
+                        if row.get::<_, bool>(0) || !free {
+                            rollback(&c).await;
+                            return Ok(Err(new));
+                        }
+                        row.get(1)
                     }
-                    let busy: bool = tx
-                        .query_one(
-                            "SELECT EXISTS (SELECT 1 FROM provisio_jobs WHERE serial_key = $1 AND state IN (0, 1, 4))",
-                            &[key],
-                        )
-                        .await
-                        .map_err(pg_err)?
-                        .get(0);
-                    if busy {
-                        return Ok(Err(new));
+                    (b, due, line) => {
+                        rollback(&c).await;
+                        b?;
+                        due?;
+                        line?;
+                        unreachable!("one of them failed")
                     }
-                }
-                let seq: i64 = tx
-                    .query_one("SELECT nextval('provisio_job_seq')", &[])
-                    .await
-                    .map_err(pg_err)?
-                    .get(0);
+                };
                 let mut job = new_job(new, seq as u64, JobState::Running, now, &JobOptions::default());
                 let txn = crate::TxnId::new_v7().as_str().to_string();
                 job.attempts = 1;
@@ -428,28 +442,33 @@ impl PgQueue {
                 let mut entered = vec![0i64; STATES];
                 entered[state_index(JobState::Queued)] = 1;
                 entered[state_index(JobState::Running)] = 1;
-                tx.execute(
-                    "INSERT INTO provisio_jobs (id, seq, state, priority, not_before_ms, serial_key,
-                         line_pos, subject, target, submitted_ms, lease_until_ms, node, entered, body)
-                     VALUES ($1, $2, 1, $3, $4, $5, $2, $6, $7, $8, $9, $10, $11, $12)",
-                    &[
-                        &job.id,
-                        &seq,
-                        &job.priority,
-                        &ms(job.not_before_ms),
-                        &job.serial_key,
-                        &job.subject,
-                        &job.target,
-                        &ms(now),
-                        &ms(until),
-                        &node,
-                        &entered,
-                        &encode(&job),
-                    ],
-                )
-                .await
-                .map_err(pg_err)?;
-                tx.commit().await.map_err(pg_err)?;
+                // Round trip 2: the row and `COMMIT` (a failed insert makes it a rollback).
+                let (not_before, until_ms, body) = (ms(job.not_before_ms), ms(until), encode(&job));
+                let params: [(&(dyn ToSql + Sync), Type); 12] = [
+                    (&job.id, Type::TEXT),
+                    (&seq, Type::INT8),
+                    (&job.priority, Type::INT2),
+                    (&not_before, Type::INT8),
+                    (&job.serial_key, Type::TEXT),
+                    (&job.subject, Type::TEXT),
+                    (&job.target, Type::TEXT),
+                    (&now_ms, Type::INT8),
+                    (&until_ms, Type::INT8),
+                    (&node, Type::TEXT),
+                    (&entered, Type::INT8_ARRAY),
+                    (&body, Type::BYTEA),
+                ];
+                let (inserted, end) = tokio::join!(
+                    c.execute_typed(
+                        "INSERT INTO provisio_jobs (id, seq, state, priority, not_before_ms, serial_key,
+                             line_pos, subject, target, submitted_ms, lease_until_ms, node, entered, body)
+                         VALUES ($1, $2, 1, $3, $4, $5, $2, $6, $7, $8, $9, $10, $11, $12)",
+                        &params,
+                    ),
+                    c.batch_execute("COMMIT"),
+                );
+                inserted.map_err(pg_err)?;
+                end.map_err(pg_err)?;
                 Ok(Ok(job))
             }
             .await;
@@ -458,45 +477,91 @@ impl PgQueue {
         .await
     }
 
+    /// Waits until every change committed so far (by any session) is on stable storage:
+    /// a claiming submission commits without waiting for the WAL flush. A transaction that
+    /// writes a record (takes a transaction id) and commits synchronously flushes the WAL
+    /// up to its commit record, which covers every commit before it.
+    pub(crate) async fn sync(&self) -> Res<()> {
+        self.run(move |_, c| async move {
+            let r = c
+                .batch_execute("BEGIN; SELECT pg_current_xact_id(); COMMIT")
+                .await
+                .map_err(pg_err);
+            (c, r)
+        })
+        .await
+    }
+
     pub(crate) async fn claim(&self, now: u64, lease: Duration) -> Res<Option<Job>> {
         self.saw(now);
         let node = self.inner.node.clone();
-        self.run(move |inner, mut c| async move {
+        self.run(move |inner, c| async move {
             let r = async {
                 let mut passed: Vec<String> = Vec::new();
                 for _ in 0..CLAIM_TRIES {
-                    let tx = c.transaction().await.map_err(pg_err)?;
-                    let rows = tx
-                        .query(
-                            &format!(
-                                "SELECT {JOB_COLUMNS}, serial_key FROM provisio_jobs j
-                                 WHERE state = 0 AND not_before_ms <= $1 AND NOT (id = ANY($2))
-                                   AND (serial_key IS NULL OR NOT {BLOCKED})
-                                 ORDER BY priority DESC, seq LIMIT 1 FOR UPDATE SKIP LOCKED"
-                            ),
-                            &[&ms(now), &passed],
-                        )
-                        .await
-                        .map_err(pg_err)?;
+                    // Round trip 1: `BEGIN` and the search, pipelined.
+                    let sql = format!(
+                        "SELECT {JOB_COLUMNS}, serial_key FROM provisio_jobs j
+                         WHERE state = 0 AND not_before_ms <= $1 AND NOT (id = ANY($2))
+                           AND (serial_key IS NULL OR NOT {BLOCKED})
+                         ORDER BY priority DESC, seq LIMIT 1 FOR UPDATE SKIP LOCKED"
+                    );
+                    let now_ms = ms(now);
+                    let params: [(&(dyn ToSql + Sync), Type); 2] =
+                        [(&now_ms, Type::INT8), (&passed, Type::TEXT_ARRAY)];
+                    let (b, rows) = tokio::join!(
+                        c.batch_execute("BEGIN"),
+                        c.query_typed(&sql, &params),
+                    );
+                    let rows = match (b, rows) {
+                        (Ok(()), Ok(rows)) => rows,
+                        (b, rows) => {
+                            rollback(&c).await;
+                            b.map_err(pg_err)?;
+                            rows.map_err(pg_err)?;
+                            unreachable!("one of them failed")
+                        }
+                    };
                     let Some(row) = rows.first() else {
+                        rollback(&c).await;
                         return Ok(None);
                     };
-                    let mut row_read = Row::from(row)?;
+                    let mut row_read = match Row::from(row) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            rollback(&c).await;
+                            return Err(e);
+                        }
+                    };
                     let key: Option<String> = row.get(4);
                     if let Some(key) = &key {
-                        // Under the line's lock, with a fresh snapshot: no other claim of
-                        // the key is in flight, and none committed since the search began.
-                        let free = line_lock(&tx, &inner.lock_ns, key).await?
-                            && !tx
-                                .query_one(
-                                    "SELECT EXISTS (SELECT 1 FROM provisio_jobs e WHERE e.serial_key = $1
-                                     AND e.id <> $2 AND (e.state = 1 OR (e.state IN (0, 4) AND e.line_pos < $3)))",
-                                    &[key, &row_read.job.id, &row_read.line_pos],
-                                )
-                                .await
-                                .map_err(pg_err)?
-                                .get::<_, bool>(0);
+                        // Under the line's lock, with a fresh snapshot (a statement of its
+                        // own after the lock's): no other claim of the key is in flight,
+                        // and none committed since the search began.
+                        let params: [(&(dyn ToSql + Sync), Type); 3] = [
+                            (key, Type::TEXT),
+                            (&row_read.job.id, Type::TEXT),
+                            (&row_read.line_pos, Type::INT8),
+                        ];
+                        let (locked, busy) = tokio::join!(
+                            line_lock(&c, &inner.lock_ns, key),
+                            c.query_typed_one(
+                                "SELECT EXISTS (SELECT 1 FROM provisio_jobs e WHERE e.serial_key = $1
+                                 AND e.id <> $2 AND (e.state = 1 OR (e.state IN (0, 4) AND e.line_pos < $3)))",
+                                &params,
+                            ),
+                        );
+                        let free = match (locked, busy.map_err(pg_err)) {
+                            (Ok(locked), Ok(busy)) => locked && !busy.get::<_, bool>(0),
+                            (locked, busy) => {
+                                rollback(&c).await;
+                                locked?;
+                                busy?;
+                                unreachable!("one of them failed")
+                            }
+                        };
                         if !free {
+                            rollback(&c).await;
                             passed.push(row_read.job.id.clone());
                             continue;
                         }
@@ -512,8 +577,14 @@ impl PgQueue {
                         job.txn = Some(txn);
                     }
                     row_read.set_state(JobState::Running);
-                    write_row(&tx, &row_read, Some(until), Some(&node)).await?;
-                    tx.commit().await.map_err(pg_err)?;
+                    // Round trip 2: the row and `COMMIT` (synchronous: the claim is durable
+                    // before its transaction starts, as on sled).
+                    let (w, end) = tokio::join!(
+                        write_row(&c, &row_read, Some(until), Some(&node)),
+                        c.batch_execute("COMMIT"),
+                    );
+                    w?;
+                    end.map_err(pg_err)?;
                     return Ok(Some(row_read.job));
                 }
                 Ok(None)
@@ -557,27 +628,62 @@ impl PgQueue {
     {
         let id = id.to_string();
         let node = self.inner.node.clone();
-        self.run(move |_, mut c| async move {
+        self.run(move |_, c| async move {
             let r = async {
-                let tx = c.transaction().await.map_err(pg_err)?;
-                if !durable {
-                    tx.batch_execute("SET LOCAL synchronous_commit TO off")
-                        .await
-                        .map_err(pg_err)?;
-                }
-                let mut row = get_row(&tx, &id, true)
-                    .await?
-                    .ok_or_else(|| QueueError::NotFound(id.clone()))?;
-                let before = row.job.state;
-                let (out, lease, write) = f(&mut row)?;
-                if write {
-                    let lease_node = lease.map(|_| node.as_str());
-                    write_row(&tx, &row, lease, lease_node).await?;
-                    if before != row.job.state || row.job.state == JobState::Queued {
-                        notify(&tx).await?;
+                // Two round trips: `BEGIN` pipelined with the row's read under its lock,
+                // then the write, the notification and `COMMIT` pipelined (a failed write
+                // makes the `COMMIT` a rollback).
+                let begin = if durable {
+                    "BEGIN"
+                } else {
+                    "BEGIN; SET LOCAL synchronous_commit TO off"
+                };
+                let (b, row) = tokio::join!(c.batch_execute(begin), get_row(&c, &id, true));
+                let mut row = match (b.map_err(pg_err), row) {
+                    (Ok(()), Ok(Some(row))) => row,
+                    (b, row) => {
+                        rollback(&c).await;
+                        b?;
+                        row?;
+                        return Err(QueueError::NotFound(id.clone()));
                     }
-                }
-                tx.commit().await.map_err(pg_err)?;
+                };
+                let before = row.job.state;
+                let (out, lease, write) = match f(&mut row) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        rollback(&c).await;
+                        return Err(e);
+                    }
+                };
+                // Only what may make a job claimable wakes the other workers: a job queued
+                // (again), or one leaving its key's line. A job without a key ending (the
+                // common finish) frees nothing: waking every idle worker of every node for
+                // it cost each an empty claim (9 a request with one daemon, 23 with three).
+                let notify_too = write
+                    && (row.job.state == JobState::Queued
+                        || (before != row.job.state && row.job.serial_key.is_some()));
+                let lease_node = lease.map(|_| node.as_str());
+                let (w, n, end) = tokio::join!(
+                    async {
+                        if write {
+                            write_row(&c, &row, lease, lease_node).await
+                        } else {
+                            Ok(())
+                        }
+                    },
+                    async {
+                        if notify_too {
+                            notify(&c).await
+                        } else {
+                            Ok(())
+                        }
+                    },
+                    c.batch_execute("COMMIT"),
+                );
+                w?;
+                n?;
+                end.map_err(pg_err)?;
                 Ok(out)
             }
             .await;
@@ -1044,7 +1150,7 @@ fn encode(job: &Job) -> Vec<u8> {
 
 async fn next_seq(c: &Client) -> Res<u64> {
     let seq: i64 = c
-        .query_one("SELECT nextval('provisio_job_seq')", &[])
+        .query_typed_one("SELECT nextval('provisio_job_seq')", &[])
         .await
         .map_err(pg_err)?
         .get(0);
@@ -1052,24 +1158,31 @@ async fn next_seq(c: &Client) -> Res<u64> {
 }
 
 async fn notify(c: &impl tokio_postgres::GenericClient) -> Res<()> {
-    c.execute("SELECT pg_notify($1, '')", &[&CHANNEL])
+    // One message (parse, bind, execute), so that it can be pipelined before a `COMMIT`.
+    c.execute_typed("SELECT pg_notify($1, '')", &[(&CHANNEL, Type::TEXT)])
         .await
         .map_err(pg_err)?;
     Ok(())
 }
 
+/// Ends a transaction begun by hand (`BEGIN` pipelined with its first statements) that
+/// will not commit. A connection that broke is not given back to the pool.
+async fn rollback(c: &Client) {
+    let _ = c.batch_execute("ROLLBACK").await;
+}
+
 /// The per-key lock a claim (or a claiming submission) of a serialization key holds until
 /// its database transaction ends; `false`: another claim of the key holds it.
-async fn line_lock(tx: &tokio_postgres::Transaction<'_>, ns: &str, key: &str) -> Res<bool> {
+async fn line_lock(c: &impl tokio_postgres::GenericClient, ns: &str, key: &str) -> Res<bool> {
     let name = format!("provisio line {ns} {key}");
-    Ok(tx
-        .query_one(
-            "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))",
-            &[&name],
-        )
-        .await
-        .map_err(pg_err)?
-        .get(0))
+    // One message: pipelined with the statements around it.
+    Ok(c.query_typed_one(
+        "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))",
+        &[(&name, Type::TEXT)],
+    )
+    .await
+    .map_err(pg_err)?
+    .get(0))
 }
 
 async fn get_row(
@@ -1081,17 +1194,21 @@ async fn get_row(
         "SELECT {JOB_COLUMNS} FROM provisio_jobs WHERE id = $1{}",
         if for_update { " FOR UPDATE" } else { "" }
     );
-    let rows = c.query(&sql, &[&id]).await.map_err(pg_err)?;
+    // One message: pipelined after a `BEGIN` in one round trip.
+    let rows = c
+        .query_typed(&sql, &[(&id, Type::TEXT)])
+        .await
+        .map_err(pg_err)?;
     rows.first().map(Row::from).transpose()
 }
 
 async fn by_idempotency(c: &Client, subject: &str, idem: &str) -> Res<Option<Job>> {
     let rows = c
-        .query(
+        .query_typed(
             &format!(
                 "SELECT {JOB_COLUMNS} FROM provisio_jobs WHERE subject = $1 AND idempotency_key = $2"
             ),
-            &[&subject, &idem],
+            &[(&subject, Type::TEXT), (&idem, Type::TEXT)],
         )
         .await
         .map_err(pg_err)?;
@@ -1100,29 +1217,30 @@ async fn by_idempotency(c: &Client, subject: &str, idem: &str) -> Res<Option<Job
 
 /// Writes a job's row back (its columns from the job).
 async fn write_row(
-    tx: &tokio_postgres::Transaction<'_>,
+    c: &impl tokio_postgres::GenericClient,
     row: &Row,
     lease_until: Option<u64>,
     node: Option<&str>,
 ) -> Res<()> {
     let job = &row.job;
-    tx.execute(
+    // One message (parse, bind, execute): pipelined before a `COMMIT` in one round trip.
+    c.execute_typed(
         "UPDATE provisio_jobs SET state = $2, priority = $3, not_before_ms = $4, line_pos = $5,
              lease_until_ms = CASE WHEN $2::int2 = 1 THEN coalesce($6, lease_until_ms) END,
              node = CASE WHEN $2::int2 = 1 THEN coalesce($7, node) END, held_by = $8, finished_ms = $9, entered = $10, body = $11
          WHERE id = $1",
         &[
-            &job.id,
-            &st(job.state),
-            &job.priority,
-            &ms(job.not_before_ms),
-            &row.line_pos,
-            &lease_until.map(ms),
-            &node,
-            &job.held_by,
-            &job.finished_ms.map(ms),
-            &row.entered,
-            &encode(job),
+            (&job.id, Type::TEXT),
+            (&st(job.state), Type::INT2),
+            (&job.priority, Type::INT2),
+            (&ms(job.not_before_ms), Type::INT8),
+            (&row.line_pos, Type::INT8),
+            (&lease_until.map(ms), Type::INT8),
+            (&node, Type::TEXT),
+            (&job.held_by, Type::TEXT),
+            (&job.finished_ms.map(ms), Type::INT8),
+            (&row.entered, Type::INT8_ARRAY),
+            (&encode(job), Type::BYTEA),
         ],
     )
     .await
