@@ -24,6 +24,7 @@ mod mail;
 mod mps_batch;
 mod multinode;
 mod operator;
+mod queue_context;
 mod queue_step;
 mod retention;
 mod script;
