@@ -216,6 +216,10 @@ pub struct Job {
     /// Those parents it still waits for (it is `held` meanwhile).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub waiting_for: Vec<String>,
+    /// Some job named it as a parent (PostgreSQL: only then does its end look for jobs
+    /// waiting for it, so that other jobs' ends cost no extra statement).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub awaited: bool,
     slot: Slot,
 }
 
@@ -518,6 +522,10 @@ pub struct Queue {
     /// database): every public method dispatches there first.
     #[cfg(feature = "postgres")]
     pg: Option<postgres::PgQueue>,
+    /// Some job waits, or may wait, for another (MPS `parentQueue`): set when one starts
+    /// waiting, or at open when the store holds such an entry; until then a job's end does
+    /// not look for jobs waiting for it.
+    dependents: std::sync::atomic::AtomicBool,
 }
 
 /// How many states there are.
@@ -672,6 +680,7 @@ impl Queue {
                 store,
                 inner: tokio::sync::Mutex::new(0),
                 tally: std::sync::Mutex::new(Tally::default()),
+                dependents: std::sync::atomic::AtomicBool::new(true),
             });
         }
         let next = match store.get(Space::Queue, NEXT_SEQ)? {
@@ -699,12 +708,21 @@ impl Queue {
                 t
             }
         };
+        let dependents = store
+            .scan_range(
+                Space::Queue,
+                KeyRange::new(&[DEPENDENT], Some(&[DEPENDENT + 1])),
+                1,
+                false,
+            )?
+            .is_empty();
         Ok(Queue {
             store,
             inner: tokio::sync::Mutex::new(next),
             tally: std::sync::Mutex::new(tally),
             #[cfg(feature = "postgres")]
             pg: None,
+            dependents: std::sync::atomic::AtomicBool::new(!dependents),
         })
     }
 
@@ -992,7 +1010,7 @@ impl Queue {
             batch.put(Space::Queue, held_key(txn, seq), idb.clone());
         } else if !waiting.is_empty() {
             job.waiting_for = waiting;
-            Self::wait_for_parents(&mut batch, &mut job);
+            self.wait_for_parents(&mut batch, &mut job);
         } else {
             if self.first_in_line(job.serial_key.as_deref())? {
                 Self::slot_runnable(&mut batch, &mut job, now);
@@ -1105,6 +1123,7 @@ impl Queue {
             drop_success_response: false,
             parents: Vec::new(),
             waiting_for: Vec::new(),
+            awaited: false,
             slot: Slot::Leased(until),
         };
         let idb = id.as_bytes().to_vec();
@@ -1840,7 +1859,9 @@ impl Queue {
     }
 
     /// Parks `job` (state `held`, in no line) until the parents in `waiting_for` settle.
-    fn wait_for_parents(batch: &mut Batch, job: &mut Job) {
+    fn wait_for_parents(&self, batch: &mut Batch, job: &mut Job) {
+        self.dependents
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         job.slot = Slot::Nowhere;
         for parent in &job.waiting_for {
             batch.put(
@@ -1876,7 +1897,7 @@ impl Queue {
             return Ok(false);
         }
         job.waiting_for = waiting;
-        Self::wait_for_parents(batch, job);
+        self.wait_for_parents(batch, job);
         Ok(true)
     }
 
@@ -1889,6 +1910,10 @@ impl Queue {
         why: Option<&str>,
         now: u64,
     ) -> Result<(), QueueError> {
+        if !self.dependents.load(std::sync::atomic::Ordering::Relaxed) {
+            // No job ever waited for another: nothing to look up (the common case).
+            return Ok(());
+        }
         for (k, child) in self.store.scan(Space::Queue, &dependents_prefix(parent))? {
             batch.delete(Space::Queue, k);
             let child = String::from_utf8_lossy(&child).into_owned();
@@ -1999,6 +2024,7 @@ pub(crate) fn new_job(
         drop_success_response: options.drop_success_response,
         parents: dedup(&options.parents),
         waiting_for: Vec::new(),
+        awaited: false,
         slot: if held { Slot::Held } else { Slot::Waiting },
     }
 }

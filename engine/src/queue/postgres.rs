@@ -583,7 +583,7 @@ impl PgQueue {
                 if write {
                     let lease_node = lease.map(|_| node.as_str());
                     write_row(&tx, &row, lease, lease_node).await?;
-                    if before != row.job.state && row.job.state.is_final() {
+                    if before != row.job.state && row.job.state.is_final() && row.job.awaited {
                         settle_dependents(&tx, &row.job, before).await?;
                     }
                     if before != row.job.state || row.job.state == JobState::Queued {
@@ -1194,7 +1194,7 @@ fn check_held_here(row: &Row, id: &str, node: &str, what: &str) -> Res<()> {
 /// MPS `parentQueue` on PostgreSQL: jobs waiting for other jobs (`provisio_job_parents`).
 impl PgQueue {
     /// [`PgQueue::submit_with`] of a job with parents, in one database transaction that
-    /// holds the parents' rows (`FOR SHARE`) so that none ends unseen meanwhile.
+    /// locks the parents' rows so that none ends unseen meanwhile.
     async fn submit_with_parents(
         &self,
         new: NewJob,
@@ -1303,11 +1303,12 @@ impl PgQueue {
     }
 }
 
-/// A parent's job, its row held (`FOR SHARE`) until the transaction ends.
+/// A parent's job, its row locked until the transaction ends (`FOR UPDATE`: it is marked
+/// `awaited` next, and a shared lock upgraded by two children at once would deadlock).
 async fn parent_row(tx: &tokio_postgres::Transaction<'_>, id: &str) -> Res<Option<Job>> {
     let rows = tx
         .query(
-            &format!("SELECT {JOB_COLUMNS} FROM provisio_jobs WHERE id = $1 FOR SHARE"),
+            &format!("SELECT {JOB_COLUMNS} FROM provisio_jobs WHERE id = $1 FOR UPDATE"),
             &[&id],
         )
         .await
@@ -1315,9 +1316,16 @@ async fn parent_row(tx: &tokio_postgres::Transaction<'_>, id: &str) -> Res<Optio
     Ok(rows.first().map(Row::from).transpose()?.map(|r| r.job))
 }
 
-/// Records that `job` waits for each of its `waiting_for`.
+/// Records that `job` waits for each of its `waiting_for`, and marks each parent
+/// `awaited` (only an awaited job's end looks for jobs waiting for it).
 async fn wait_for_parents(tx: &tokio_postgres::Transaction<'_>, job: &Job) -> Res<()> {
     for parent in &job.waiting_for {
+        if let Some(mut row) = get_row(tx, parent, true).await? {
+            if !row.job.awaited {
+                row.job.awaited = true;
+                write_row(tx, &row, None, None).await?;
+            }
+        }
         tx.execute(
             "INSERT INTO provisio_job_parents (parent, child) VALUES ($1, $2) ON CONFLICT DO NOTHING",
             &[parent, &job.id],

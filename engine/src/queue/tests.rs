@@ -1455,3 +1455,33 @@ fn retry_types_a_stop_code_and_dropped_responses() {
         );
     });
 }
+
+/// A child still waits for its parent after a restart, and the parent's end releases it
+/// (the reopened queue knows jobs wait for others).
+#[test]
+fn a_waiting_child_survives_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (parent, child) = {
+        let q = open(dir.path());
+        rt().block_on(async {
+            let p = q.submit(job("R/parent"), 1).await.expect("p").job;
+            let c = q
+                .submit_with(job("R/child"), with_parents(&[&p.id]), 1)
+                .await
+                .expect("c")
+                .job;
+            (p.id, c.id)
+        })
+    };
+    let q = open(dir.path());
+    rt().block_on(async {
+        let p = q.claim(2, LEASE).await.expect("claim").expect("parent");
+        assert_eq!(p.id, parent);
+        assert!(q.claim(2, LEASE).await.expect("claim").is_none());
+        q.finish(&parent, done(), 3).await.expect("finish");
+        assert_eq!(
+            q.claim(4, LEASE).await.expect("claim").map(|j| j.id),
+            Some(child)
+        );
+    });
+}
