@@ -853,13 +853,10 @@ fn view(d: &Daemon, job: &Job, full: bool) -> Value {
 /// (`parentQueue`) and those it still waits for, and `response_retained: false` for a
 /// succeeded job whose response was dropped (`retainSuccessfulResponses="0"`).
 fn queue_context_view(v: &mut Value, job: &Job) {
-    if !job.parents.is_empty() {
-        add(v, "parents", json!(job.parents));
-        add(v, "waiting_for", json!(job.waiting_for));
-    }
-    if job.drop_success_response && job.state == JobState::Succeeded {
-        add(v, "response_retained", json!(false));
-    }
+    add(v, "parents", json!(job.parents));
+    add(v, "waiting_for", json!(job.waiting_for));
+    let dropped = job.drop_success_response && job.state == JobState::Succeeded;
+    add(v, "response_retained", json!(!dropped));
 }
 
 /// [`view`] in full, with the job's response when the caller has it already (not read

@@ -238,7 +238,7 @@ fn a_succeeded_job_keeps_its_response_unless_told_not_to() {
     let j = jobs(&site, &[&kept, &dropped]);
     assert_eq!(j[0]["state"], "succeeded", "{}", j[0]);
     assert_eq!(j[0]["response"]["status"], "committed", "{}", j[0]);
-    assert!(j[0].get("response_retained").is_none(), "{}", j[0]);
+    assert_eq!(j[0]["response_retained"], true, "{}", j[0]);
     assert_eq!(j[1]["state"], "succeeded", "{}", j[1]);
     assert_eq!(j[1]["response_retained"], false, "{}", j[1]);
     assert!(j[1]["response"].is_null(), "{}", j[1]);
