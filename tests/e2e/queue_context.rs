@@ -6,7 +6,7 @@
 //! The providers are the example Ledger and a tiny exec provider (written here) that fails
 //! transiently with the HRESULT its call asks for.
 
-use crate::daemon::{python, Site, OPS};
+use crate::daemon::{python, Site};
 use serde_json::Value;
 
 /// The exec provider `Flaky`: `Fail` appends a line to `$FLAKY_LOG` and fails, transient,
