@@ -485,7 +485,7 @@ pub enum QueueError {
     #[error("context/queueContext/parentQueue/@queueId `{0}` names no job in the queue\n  hint: give the queueId of a job queued earlier (a `queue` step writes it to context/queueContext/@queueId; `provisio jobs` lists them)")]
     UnknownParent(String),
     /// A parent job that will never succeed: a job waiting for it would never run.
-    #[error("context/queueContext/parentQueue/@queueId `{id}`: that job {why}, so a job waiting for it would never run\n  hint: requeue or resubmit the parent first, or leave it out of parentQueue")]
+    #[error("context/queueContext/parentQueue/@queueId `{id}`: that job {why}, so a job waiting for it would never run\n  hint: queue the parent's work again and name that job, or leave it out of parentQueue")]
     ParentGone {
         /// The parent.
         id: String,
