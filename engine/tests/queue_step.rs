@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use futures::future::BoxFuture;
 use provisio_engine::model::{Format, Request};
 use provisio_engine::provider::CallContext;
-use provisio_engine::queue::{JobOptions, JobState, NewJob, Queue};
+use provisio_engine::queue::{JobOptions, JobState, NewJob, Queue, RetryType};
 use provisio_engine::request::parse_request;
 use provisio_engine::txn::index;
 use provisio_engine::{
@@ -80,6 +80,10 @@ impl JobSink for Sink {
                         held_by: call.suspended.then_some(txn),
                         retry_interval_ms: call.retry_interval_ms,
                         fail_when_exhausted: call.fail_when_exhausted,
+                        retry_type: call.retry_type,
+                        retry_stop_code: call.retry_stop_code,
+                        drop_success_response: call.drop_success_response,
+                        parents: call.parents.clone(),
                     },
                     1,
                 )
@@ -402,26 +406,82 @@ async fn queue_context_settings_reach_the_job() {
 }
 
 #[tokio::test]
-async fn parent_queue_and_bad_settings_fail_the_step_clearly() {
+async fn the_newer_queue_context_settings_reach_the_job() {
     let w = world(true);
     let src = request("1", "").replace(
         "<data>",
-        r#"<context><queueContext><parentQueue queueID="x"/></queueContext></context><data>"#,
+        r#"<context><queueContext retryType="Linear" retryStopOnFailure="0x80070057" retainSuccessfulResponses="0"/></context><data>"#,
     );
     let r = w.run(&src).await;
-    assert_eq!(r.state, TxnState::RolledBack);
-    assert!(h::failure(&r)
-        .message
-        .contains("parentQueue is not supported"));
+    assert_eq!(r.state, TxnState::Committed, "{:?}", r.failure);
+    let (id, call) = w.only_job();
+    assert_eq!(call.retry_type, Some(RetryType::Linear));
+    assert_eq!(call.retry_stop_code, Some(0x8007_0057));
+    assert!(call.drop_success_response);
+    let job = w.queue.get(&id).expect("get").expect("job");
+    assert_eq!(job.retry_type, Some(RetryType::Linear));
+    assert_eq!(job.retry_stop_code, Some(0x8007_0057));
+    assert!(job.drop_success_response);
+    // The same code in signed decimal; the first job as the parent of a second.
     let src = request("1", "").replace(
         "<data>",
-        r#"<context><queueContext onFailure="retry"/></context><data>"#,
+        &format!(
+            r#"<context><queueContext retryStopOnFailure="-2147024809"><parentQueue queueID="{id}"/></queueContext></context><data>"#
+        ),
     );
     let r = w.run(&src).await;
-    assert!(h::failure(&r)
-        .message
-        .contains("neither `continue` nor `queueToOperator`"));
-    assert!(w.sink.queued.lock().unwrap().is_empty());
+    assert_eq!(r.state, TxnState::Committed, "{:?}", r.failure);
+    let queued = w.sink.queued.lock().unwrap().clone();
+    let (child, call) = queued.last().cloned().expect("second job");
+    assert_eq!(call.retry_stop_code, Some(0x8007_0057));
+    assert_eq!(call.parents, vec![id.clone()]);
+    let job = w.queue.get(&child).expect("get").expect("child");
+    assert_eq!(job.parents, vec![id]);
+}
+
+#[tokio::test]
+async fn bad_queue_context_settings_and_unknown_parents_fail_the_step_clearly() {
+    let w = world(true);
+    for (context, says) in [
+        (
+            r#"<queueContext><parentQueue queueID="no-such-job"/></queueContext>"#,
+            "context/queueContext/parentQueue/@queueId `no-such-job` names no job in the queue",
+        ),
+        (
+            r#"<queueContext><parentQueue/></queueContext>"#,
+            "context/queueContext/parentQueue[1] has no queueId",
+        ),
+        (
+            r#"<queueContext onFailure="retry"/>"#,
+            "neither `continue` nor `queueToOperator`",
+        ),
+        (
+            r#"<queueContext retryType="random"/>"#,
+            "context/queueContext/@retryType `random` is not one of fixed, linear, exponential",
+        ),
+        (
+            r#"<queueContext retryStopOnFailure="E_FAIL"/>"#,
+            "context/queueContext/@retryStopOnFailure `E_FAIL` is not an HRESULT",
+        ),
+        (
+            r#"<queueContext retainSuccessfulResponses="yes"/>"#,
+            "context/queueContext/@retainSuccessfulResponses `yes` is not a boolean",
+        ),
+    ] {
+        let src =
+            request("1", "").replace("<data>", &format!("<context>{context}</context><data>"));
+        let r = w.run(&src).await;
+        assert_eq!(r.state, TxnState::RolledBack, "{context}");
+        let message = &h::failure(&r).message;
+        assert!(message.contains(says), "{context}: {message}");
+    }
+    // Nothing was queued by any of them (a refused parent leaves no job either).
+    assert!(w
+        .queue
+        .list(&Default::default(), None, 10)
+        .expect("list")
+        .jobs
+        .is_empty());
 }
 
 #[tokio::test]

@@ -844,6 +844,7 @@ fn view(d: &Daemon, job: &Job, full: bool) -> Value {
         "error": job.error,
         "cancel_requested": job.cancel_requested,
     });
+    queue_context_view(&mut v, job);
     if full {
         add(&mut v, "steps", steps(d, job));
         add(
@@ -853,6 +854,16 @@ fn view(d: &Daemon, job: &Job, full: bool) -> Value {
         );
     }
     v
+}
+
+/// What an MPS `queue` step's `queueContext` set on the job: the parents it runs after
+/// (`parentQueue`) and those it still waits for, and `response_retained: false` for a
+/// succeeded job whose response was dropped (`retainSuccessfulResponses="0"`).
+fn queue_context_view(v: &mut Value, job: &Job) {
+    add(v, "parents", json!(job.parents));
+    add(v, "waiting_for", json!(job.waiting_for));
+    let dropped = job.drop_success_response && job.state == JobState::Succeeded;
+    add(v, "response_retained", json!(!dropped));
 }
 
 /// [`view`] in full, with the job's response when the caller has it already (not read

@@ -123,6 +123,10 @@ impl JobSink for StoreJobs {
                         held_by: call.suspended.then(|| txn.clone()),
                         retry_interval_ms: call.retry_interval_ms,
                         fail_when_exhausted: call.fail_when_exhausted,
+                        retry_type: call.retry_type,
+                        retry_stop_code: call.retry_stop_code,
+                        drop_success_response: call.drop_success_response,
+                        parents: call.parents.clone(),
                     },
                     now_ms(),
                 )

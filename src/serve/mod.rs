@@ -1112,7 +1112,8 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) -> Opt
         .finished(&job.target, result.state.name(), run_started.elapsed());
     if result.state == TxnState::RolledBack && result.transient && !cancelled {
         let error = failure.unwrap_or_else(|| "transient failure".into());
-        retry_transient(d, &id, error).await;
+        let code = result.failure.as_ref().map(|f| f.code);
+        retry_transient_code(d, &id, error, code).await;
         return None;
     }
     let mut doc = response::to_value(&result);
@@ -1157,12 +1158,19 @@ async fn settle_held_of(d: &Daemon, txn: &str, state: TxnState) {
 /// A running job whose transaction rolled back for a transient provider error is queued
 /// again after a backoff (or dead after its last attempt).
 async fn retry_transient(d: &Daemon, id: &str, error: String) {
+    retry_transient_code(d, id, error, None).await
+}
+
+/// [`retry_transient`] knowing the error's code (HRESULT): the job's MPS
+/// `retryStopOnFailure` may allow it only one more attempt.
+async fn retry_transient_code(d: &Daemon, id: &str, error: String, code: Option<u32>) {
     match d
         .queue
-        .retry_later(id, error, now_ms(), d.backoff(), random())
+        .retry_later_code(id, error, code, now_ms(), d.backoff(), random())
         .await
     {
-        Ok(j) if j.state == JobState::Dead => d.hub.finish(id, || finished_event(&j)),
+        // Dead, or failed under MPS onFailure="continue": over.
+        Ok(j) if j.state.is_final() => d.hub.finish(id, || finished_event(&j)),
         Ok(j) => {
             d.metrics.retried();
             d.hub.publish(id, || {

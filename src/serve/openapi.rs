@@ -92,6 +92,13 @@ pub struct JobView {
     /// only; null until it finished).
     #[schema(value_type = Option<Object>)]
     response: Option<serde_json::Value>,
+    /// The jobs it runs after (MPS `queueContext/parentQueue`).
+    parents: Vec<String>,
+    /// Those parents it still waits for (state `held` meanwhile).
+    waiting_for: Vec<String>,
+    /// `false` on a succeeded job whose response was dropped (MPS
+    /// `retainSuccessfulResponses="0"`), else `true`.
+    response_retained: bool,
 }
 
 /// A page of requests, newest first.

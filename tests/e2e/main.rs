@@ -25,6 +25,7 @@ mod mps_batch;
 mod multinode;
 mod multinode_faults;
 mod operator;
+mod queue_context;
 mod queue_step;
 mod retention;
 mod script;

@@ -9,6 +9,7 @@ use super::{Engine, Failure};
 use crate::data::{Element, Node};
 use crate::model::{CallTarget, QueueStep};
 use crate::provider::ProviderError;
+use crate::queue::RetryType;
 use crate::TxnId;
 use futures::future::BoxFuture;
 
@@ -35,6 +36,16 @@ pub struct QueuedCall {
     pub fail_when_exhausted: bool,
     /// `queueContext/@priority`: lower runs sooner (MPS).
     pub priority: Option<i16>,
+    /// `queueContext/@retryType`: how the wait between attempts grows.
+    pub retry_type: Option<RetryType>,
+    /// `queueContext/@retryStopOnFailure`: after a failure with this HRESULT the job is
+    /// tried at most once more.
+    pub retry_stop_code: Option<u32>,
+    /// `queueContext/@retainSuccessfulResponses="0"`: a succeeded job keeps no response.
+    pub drop_success_response: bool,
+    /// `queueContext/parentQueue/@queueId` (each): jobs that must succeed before this one
+    /// runs.
+    pub parents: Vec<String>,
 }
 
 /// Where `queue` steps put their jobs (the binary's persistent job queue).
@@ -48,13 +59,112 @@ pub trait JobSink: Send + Sync {
 }
 
 /// The `queueContext` attributes a queued job honours (and `queueId`, written back).
-const HONOURED_QUEUE_ATTRIBUTES: [&str; 5] = [
+const HONOURED_QUEUE_ATTRIBUTES: [&str; 9] = [
     "retryCount",
     "retryInterval",
     "priority",
     "onFailure",
     "queueId",
+    "retryType",
+    "retryStopOnFailure",
+    "retainSuccessfulResponses",
+    "parentQueue",
 ];
+
+/// An HRESULT as MPS writes one: hexadecimal (`0x80070057`) or decimal, a negative decimal
+/// being the signed 32-bit form (`-2147024809`).
+fn parse_hresult(text: &str) -> Option<u32> {
+    let t = text.trim();
+    if let Some(hex) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        return u32::from_str_radix(hex, 16).ok();
+    }
+    let n = t.parse::<i64>().ok()?;
+    i32::try_from(n)
+        .map(|s| s as u32)
+        .ok()
+        .or_else(|| u32::try_from(n).ok())
+}
+
+/// The `queueContext` settings MPS added to its first ones: `retryType`,
+/// `retryStopOnFailure`, `retainSuccessfulResponses` and the `parentQueue` children.
+struct MoreSettings {
+    retry_type: Option<RetryType>,
+    retry_stop_code: Option<u32>,
+    drop_success_response: bool,
+    parents: Vec<String>,
+}
+
+fn more_settings(qc: &Element, step: &str) -> Result<MoreSettings, Failure> {
+    let set = |name: &str| qc.attr(name).map(str::trim).filter(|v| !v.is_empty());
+    let retry_type = match set("retryType") {
+        None => None,
+        Some(v) => Some(RetryType::parse(v).ok_or_else(|| {
+            Failure::data(
+                step,
+                format!(
+                    "context/queueContext/@retryType `{v}` is not one of {}",
+                    RetryType::NAMES.join(", ")
+                ),
+            )
+        })?),
+    };
+    let retry_stop_code = match set("retryStopOnFailure") {
+        None => None,
+        Some(v) => Some(parse_hresult(v).ok_or_else(|| {
+            Failure::data(
+                step,
+                format!(
+                    "context/queueContext/@retryStopOnFailure `{v}` is not an HRESULT: write it in hexadecimal (0x80070057) or decimal (-2147024809)"
+                ),
+            )
+        })?),
+    };
+    let drop_success_response = match set("retainSuccessfulResponses") {
+        None | Some("1") | Some("true") => false,
+        Some("0") | Some("false") => true,
+        Some(v) => {
+            return Err(Failure::data(
+                step,
+                format!(
+                    "context/queueContext/@retainSuccessfulResponses `{v}` is not a boolean: 1 (keep the response of a succeeded job, the default) or 0 (drop it)"
+                ),
+            ))
+        }
+    };
+    let mut parents = Vec::new();
+    for (i, pq) in qc
+        .children
+        .iter()
+        .filter_map(|n| match n {
+            Node::Element(e) if e.local_name() == "parentQueue" => Some(e),
+            _ => None,
+        })
+        .enumerate()
+    {
+        let id = pq
+            .attrs
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("queueId"))
+            .map(|(_, v)| v.trim())
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| {
+                Failure::data(
+                    step,
+                    format!(
+                        "context/queueContext/parentQueue[{}] has no queueId: name the job to wait for (<parentQueue queueId=\"…\"/>)",
+                        i + 1
+                    ),
+                )
+            })?;
+        parents.push(id.to_string());
+    }
+    Ok(MoreSettings {
+        retry_type,
+        retry_stop_code,
+        drop_success_response,
+        parents,
+    })
+}
 
 /// What a plan (dry run) shows as the job id.
 const PLANNED_ID: &str = "(queued when run)";
@@ -90,12 +200,6 @@ impl Engine {
             .child("queueContext")
             .cloned()
             .unwrap_or_else(|| Element::new("queueContext"));
-        if qc.child("parentQueue").is_some() {
-            return Err(Failure::data(
-                step,
-                "context/queueContext/parentQueue is not supported: Provisio cannot make a queued job wait for other jobs; remove it, or queue the jobs from one procedure that runs them in order",
-            ));
-        }
         // MPS attributes the queue does not honour are named in the log, not dropped
         // silently (`queueId` is the one this step itself writes back).
         for (name, value) in &qc.attrs {
@@ -105,13 +209,14 @@ impl Engine {
                     step,
                     attribute = name,
                     value = value.as_str(),
-                    "context/queueContext/@{name} is not honoured by Provisio's queue (only retryCount, retryInterval, priority and onFailure are): the job is queued without it"
+                    "context/queueContext/@{name} is not an MPS queueContext attribute (retryCount, retryInterval, retryType, retryStopOnFailure, onFailure, priority, retainSuccessfulResponses): the job is queued without it"
                 );
             }
         }
         let retry_count = attr_number::<u32>(&qc, "retryCount", step)?;
         let retry_interval_ms = attr_number::<u64>(&qc, "retryInterval", step)?;
         let priority = attr_number::<i16>(&qc, "priority", step)?;
+        let more = more_settings(&qc, step)?;
         let fail_when_exhausted = match qc.attr("onFailure").map(str::trim) {
             None | Some("") | Some("queueToOperator") => false,
             Some("continue") => true,
@@ -149,6 +254,10 @@ impl Engine {
                 retry_interval_ms,
                 fail_when_exhausted,
                 priority,
+                retry_type: more.retry_type,
+                retry_stop_code: more.retry_stop_code,
+                drop_success_response: more.drop_success_response,
+                parents: more.parents,
             };
             let id = sink.enqueue(call).await.map_err(|e| Failure {
                 code: ProviderError::E_FAIL,

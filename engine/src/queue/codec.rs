@@ -12,7 +12,7 @@
 //! was written by a newer provisio, whose fields an older one must not drop on its next
 //! write). Changing what an existing tag means takes a new format byte.
 
-use super::{Job, JobState, Slot, Tally, ALL_STATES, STATES};
+use super::{Job, JobState, RetryType, Slot, Tally, ALL_STATES, STATES};
 
 /// The format byte of a binary job record (a JSON one starts with `{`).
 pub(super) const JOB_V1: u8 = 1;
@@ -45,6 +45,12 @@ const T_HELD_BY: u8 = 23;
 const T_RETRY_INTERVAL: u8 = 24;
 const T_FAIL_WHEN_EXHAUSTED: u8 = 25;
 const T_SLOT: u8 = 26;
+const T_RETRY_TYPE: u8 = 27;
+const T_RETRY_STOP_CODE: u8 = 28;
+const T_DROP_SUCCESS_RESPONSE: u8 = 29;
+const T_PARENT: u8 = 30;
+const T_WAITING_FOR: u8 = 31;
+const T_AWAITED: u8 = 32;
 
 struct Out(Vec<u8>);
 
@@ -119,6 +125,12 @@ pub(super) fn encode_job(job: &Job) -> Vec<u8> {
         held_by,
         retry_interval_ms,
         fail_when_exhausted,
+        retry_type,
+        retry_stop_code,
+        drop_success_response,
+        parents,
+        waiting_for,
+        awaited,
         slot,
     } = job;
     let mut o = Out(Vec::with_capacity(
@@ -152,6 +164,25 @@ pub(super) fn encode_job(job: &Job) -> Vec<u8> {
     o.opt_text(T_HELD_BY, held_by.as_deref());
     o.opt_u64(T_RETRY_INTERVAL, *retry_interval_ms);
     o.flag(T_FAIL_WHEN_EXHAUSTED, *fail_when_exhausted);
+    if let Some(t) = retry_type {
+        let b = match t {
+            RetryType::Fixed => 0u8,
+            RetryType::Linear => 1,
+            RetryType::Exponential => 2,
+        };
+        o.field(T_RETRY_TYPE, &[b]);
+    }
+    if let Some(code) = retry_stop_code {
+        o.field(T_RETRY_STOP_CODE, &code.to_le_bytes());
+    }
+    o.flag(T_DROP_SUCCESS_RESPONSE, *drop_success_response);
+    for p in parents {
+        o.text(T_PARENT, p);
+    }
+    for p in waiting_for {
+        o.text(T_WAITING_FOR, p);
+    }
+    o.flag(T_AWAITED, *awaited);
     let (kind, at) = match slot {
         Slot::Ready => (0u8, None),
         Slot::Scheduled(t) => (1, Some(*t)),
@@ -221,6 +252,12 @@ fn decode_v1(mut p: &[u8]) -> Result<Job, String> {
         held_by: None,
         retry_interval_ms: None,
         fail_when_exhausted: false,
+        retry_type: None,
+        retry_stop_code: None,
+        drop_success_response: false,
+        parents: Vec::new(),
+        waiting_for: Vec::new(),
+        awaited: false,
         slot: Slot::Nowhere,
     };
     let mut has_id = false;
@@ -280,6 +317,20 @@ fn decode_v1(mut p: &[u8]) -> Result<Job, String> {
             T_HELD_BY => job.held_by = Some(text(tag, v)?),
             T_RETRY_INTERVAL => job.retry_interval_ms = Some(u64v()?),
             T_FAIL_WHEN_EXHAUSTED => job.fail_when_exhausted = true,
+            T_RETRY_TYPE => {
+                let [b] = fixed::<1>(tag, v)?;
+                job.retry_type = Some(match b {
+                    0 => RetryType::Fixed,
+                    1 => RetryType::Linear,
+                    2 => RetryType::Exponential,
+                    _ => return Err(format!("unknown retry type {b}")),
+                });
+            }
+            T_RETRY_STOP_CODE => job.retry_stop_code = Some(u32::from_le_bytes(fixed(tag, v)?)),
+            T_DROP_SUCCESS_RESPONSE => job.drop_success_response = true,
+            T_PARENT => job.parents.push(text(tag, v)?),
+            T_WAITING_FOR => job.waiting_for.push(text(tag, v)?),
+            T_AWAITED => job.awaited = true,
             T_SLOT => {
                 let at = || {
                     v.get(1..)

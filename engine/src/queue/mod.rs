@@ -30,6 +30,11 @@
 //!   (an MPS `queue` step with `queueSuspended="1"`): released when that transaction
 //!   commits, removed when it rolls back ([`Queue::release_held`], [`Queue::discard_held`],
 //!   and [`Queue::settle_held`] after a crash);
+//! - `d` ‖ parent job id ‖ `\0` ‖ seq — a job waiting for that parent (MPS
+//!   `queueContext/parentQueue`): state `held`, in no line, until every parent succeeded
+//!   (then queued, in the parent's finishing write) or one of them failed, was cancelled or
+//!   removed (then `dead`, naming the parent); a `dead` parent keeps it waiting, since an
+//!   operator may requeue it ([`Queue::submit_with`], [`JobOptions::parents`]);
 //! - `n` — the next sequence number; `c` — how many jobs are in each state, and totals
 //!   ([`Tally`]).
 //!
@@ -60,6 +65,7 @@ const BY_TARGET: u8 = b'p';
 const BY_SUBJECT: u8 = b'w';
 const FINISHED: u8 = b'f';
 const HELD: u8 = b'h';
+const DEPENDENT: u8 = b'd';
 const COUNTS: &[u8] = b"c";
 const NEXT_SEQ: &[u8] = b"n";
 
@@ -195,7 +201,131 @@ pub struct Job {
     /// `dead` for an operator (`queueToOperator`, the default).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub fail_when_exhausted: bool,
+    /// How the wait between attempts grows (MPS `queueContext/@retryType`); `None`: the
+    /// fixed `retry_interval_ms` when there is one, else the runner's backoff.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_type: Option<RetryType>,
+    /// An error code (HRESULT) after which the job is tried at most once more (MPS
+    /// `queueContext/@retryStopOnFailure`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_stop_code: Option<u32>,
+    /// Its response is dropped once it succeeded (MPS `retainSuccessfulResponses="0"`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub drop_success_response: bool,
+    /// The jobs it runs after (MPS `queueContext/parentQueue/@queueId`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parents: Vec<String>,
+    /// Those parents it still waits for (it is `held` meanwhile).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiting_for: Vec<String>,
+    /// Some job named it as a parent (PostgreSQL: only then does its end look for jobs
+    /// waiting for it, so that other jobs' ends cost no extra statement).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub awaited: bool,
     slot: Slot,
+}
+
+/// How the wait between a job's attempts grows (MPS `queueContext/@retryType`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetryType {
+    /// The same wait every time: the retry interval (or the runner's first backoff step).
+    Fixed,
+    /// The interval times the number of failed attempts (1×, 2×, 3×…).
+    Linear,
+    /// The interval doubled after each failed attempt (1×, 2×, 4×…).
+    Exponential,
+}
+
+impl RetryType {
+    /// Every value, as MPS requests spell them.
+    pub const NAMES: [&'static str; 3] = ["fixed", "linear", "exponential"];
+
+    /// The type named `name` (case-insensitive).
+    pub fn parse(name: &str) -> Option<RetryType> {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "fixed" => Some(RetryType::Fixed),
+            "linear" => Some(RetryType::Linear),
+            "exponential" => Some(RetryType::Exponential),
+            _ => None,
+        }
+    }
+}
+
+/// The wait before the next attempt of `job` after `job.attempts` failed ones (ms): its
+/// `retry_type` applied to its `retry_interval_ms` (or to the runner's `backoff` base
+/// without one); a growing wait never exceeds the longer of `backoff.max` and the
+/// interval. Neither set: the runner's backoff with jitter.
+pub(crate) fn retry_wait(job: &Job, backoff: Backoff, random: u64) -> u64 {
+    let failed = u64::from(job.attempts.max(1));
+    let interval = job.retry_interval_ms;
+    let base = interval.unwrap_or(backoff.base.as_millis() as u64);
+    let cap = (backoff.max.as_millis() as u64).max(interval.unwrap_or(0));
+    match (job.retry_type, interval) {
+        (None, None) | (Some(RetryType::Exponential), None) => {
+            backoff.delay(job.attempts, random).as_millis() as u64
+        }
+        (None, Some(ms)) | (Some(RetryType::Fixed), Some(ms)) => ms,
+        (Some(RetryType::Fixed), None) => base,
+        (Some(RetryType::Linear), _) => base.saturating_mul(failed).min(cap),
+        (Some(RetryType::Exponential), Some(ms)) => {
+            ms.saturating_mul(1u64 << (failed - 1).min(30)).min(cap)
+        }
+    }
+}
+
+/// A failed attempt with `code` under MPS `retryStopOnFailure`: the job is tried at most
+/// once more (MPS: "the job is retried only once instead of retryCount times").
+pub(crate) fn apply_stop_code(job: &mut Job, code: Option<u32>) {
+    if code.is_some() && code == job.retry_stop_code {
+        job.max_attempts = job.max_attempts.min(job.attempts.saturating_add(1));
+    }
+}
+
+/// A succeeded job under MPS `retainSuccessfulResponses="0"` keeps no response.
+pub(crate) fn drop_response_if_asked(job: &mut Job) {
+    if job.drop_success_response && job.state == JobState::Succeeded {
+        job.result = None;
+    }
+}
+
+/// What a parent job's state means for a job that names it (MPS `parentQueue`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ParentIs {
+    /// Succeeded: nothing to wait for.
+    Done,
+    /// Queued, held, running, or dead (an operator may requeue it): wait.
+    Pending,
+    /// It will never succeed: why (`failed`, `was cancelled`, `is no longer in the queue`).
+    Gone(String),
+}
+
+pub(crate) fn parent_is(parent: Option<&Job>) -> ParentIs {
+    match parent.map(|p| p.state) {
+        None => ParentIs::Gone("is no longer in the queue".into()),
+        Some(JobState::Succeeded) => ParentIs::Done,
+        Some(JobState::Failed) => ParentIs::Gone("failed".into()),
+        Some(JobState::Cancelled) => ParentIs::Gone("was cancelled".into()),
+        Some(_) => ParentIs::Pending,
+    }
+}
+
+/// The error a job waiting for a parent ends with when the parent never succeeds.
+pub(crate) fn parent_gone_message(parent: &str, why: &str) -> String {
+    format!(
+        "parent job `{parent}` {why}: this job waited for it (queueContext/parentQueue) and did not run; requeue it to run it without its parent"
+    )
+}
+
+/// Parent ids in order, without repeats.
+fn dedup(ids: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::with_capacity(ids.len());
+    for id in ids {
+        if !out.contains(id) {
+            out.push(id.clone());
+        }
+    }
+    out
 }
 
 /// What [`Queue::submit_with`] adds to a [`NewJob`] (the MPS `queue` step's settings).
@@ -208,6 +338,17 @@ pub struct JobOptions {
     pub retry_interval_ms: Option<u64>,
     /// After the last attempt: `failed` instead of `dead`.
     pub fail_when_exhausted: bool,
+    /// How the wait between attempts grows (MPS `retryType`).
+    pub retry_type: Option<RetryType>,
+    /// After a failure with this code, at most one more attempt (MPS `retryStopOnFailure`).
+    pub retry_stop_code: Option<u32>,
+    /// Drop the response once the job succeeded (MPS `retainSuccessfulResponses="0"`).
+    pub drop_success_response: bool,
+    /// Jobs (ids) that must succeed before this one runs (MPS `parentQueue`): each must be
+    /// in the queue ([`QueueError::UnknownParent`]) and must not have failed or been
+    /// cancelled ([`QueueError::ParentGone`]). A job's parents exist before it does, so
+    /// they can form no cycle.
+    pub parents: Vec<String>,
 }
 
 /// A job to submit.
@@ -342,6 +483,17 @@ pub enum QueueError {
         /// What was refused, and what to do.
         what: String,
     },
+    /// A parent job (MPS `queueContext/parentQueue/@queueId`) that is not in the queue.
+    #[error("context/queueContext/parentQueue/@queueId `{0}` names no job in the queue\n  hint: give the queueId of a job queued earlier (a `queue` step writes it to context/queueContext/@queueId; `provisio jobs` lists them)")]
+    UnknownParent(String),
+    /// A parent job that will never succeed: a job waiting for it would never run.
+    #[error("context/queueContext/parentQueue/@queueId `{id}`: that job {why}, so a job waiting for it would never run\n  hint: queue the parent's work again and name that job, or leave it out of parentQueue")]
+    ParentGone {
+        /// The parent.
+        id: String,
+        /// What became of it.
+        why: String,
+    },
     /// A field the keys cannot hold.
     #[error("{field} must not contain a NUL character")]
     BadField {
@@ -377,6 +529,10 @@ pub struct Queue {
     /// database): every public method dispatches there first.
     #[cfg(feature = "postgres")]
     pg: Option<postgres::PgQueue>,
+    /// Some job waits, or may wait, for another (MPS `parentQueue`): set when one starts
+    /// waiting, or at open when the store holds such an entry; until then a job's end does
+    /// not look for jobs waiting for it.
+    dependents: std::sync::atomic::AtomicBool,
 }
 
 /// How many states there are.
@@ -475,6 +631,12 @@ fn held_key(txn: &str, seq: u64) -> Vec<u8> {
     with_seq(held_prefix(txn), seq)
 }
 
+fn dependents_prefix(parent: &str) -> Vec<u8> {
+    let mut k = key(DEPENDENT, &[parent.as_bytes()]);
+    k.push(0);
+    k
+}
+
 fn serial_prefix(serial: &str) -> Vec<u8> {
     let mut k = key(SERIAL, &[serial.as_bytes()]);
     k.push(0);
@@ -525,6 +687,7 @@ impl Queue {
                 inner: tokio::sync::Mutex::new(0),
                 tally: std::sync::Mutex::new(Tally::default()),
                 running: Default::default(),
+                dependents: std::sync::atomic::AtomicBool::new(true),
             });
         }
         let next = match store.get(Space::Queue, NEXT_SEQ)? {
@@ -549,6 +712,14 @@ impl Queue {
                 t
             }
         };
+        let dependents = store
+            .scan_range(
+                Space::Queue,
+                KeyRange::new(&[DEPENDENT], Some(&[DEPENDENT + 1])),
+                1,
+                false,
+            )?
+            .is_empty();
         Ok(Queue {
             store,
             inner: tokio::sync::Mutex::new(next),
@@ -556,6 +727,7 @@ impl Queue {
             running: Default::default(),
             #[cfg(feature = "postgres")]
             pg: None,
+            dependents: std::sync::atomic::AtomicBool::new(!dependents),
         })
     }
 
@@ -855,9 +1027,10 @@ impl Queue {
                 });
             }
         }
+        let waiting = self.check_parents(&options.parents)?;
         let mut batch = Batch::new();
         let seq = Self::alloc(&mut next, &mut batch);
-        let state = if options.held_by.is_some() {
+        let state = if options.held_by.is_some() || !waiting.is_empty() {
             JobState::Held
         } else {
             JobState::Queued
@@ -869,6 +1042,9 @@ impl Queue {
             // Held: in no line and no runnable index until its transaction commits.
             job.slot = Slot::Held;
             batch.put(Space::Queue, held_key(txn, seq), idb.clone());
+        } else if !waiting.is_empty() {
+            job.waiting_for = waiting;
+            self.wait_for_parents(&mut batch, &mut job);
         } else {
             if self.first_in_line(job.serial_key.as_deref())? {
                 Self::slot_runnable(&mut batch, &mut job, now);
@@ -982,6 +1158,12 @@ impl Queue {
             held_by: None,
             retry_interval_ms: None,
             fail_when_exhausted: false,
+            retry_type: None,
+            retry_stop_code: None,
+            drop_success_response: false,
+            parents: Vec::new(),
+            waiting_for: Vec::new(),
+            awaited: false,
             slot: Slot::Leased(until),
         };
         let idb = id.as_bytes().to_vec();
@@ -1157,6 +1339,8 @@ impl Queue {
         if state != JobState::Dead {
             // A dead job keeps its payload: an operator may requeue it.
             job.payload = None;
+            // The jobs waiting for it go on, or die with it (a dead one keeps them waiting).
+            self.settle_dependents(batch, &job.id, end_reason(state), now)?;
         }
         Ok(())
     }
@@ -1184,6 +1368,7 @@ impl Queue {
         self.finalize(&mut batch, &mut job, how.state, now)?;
         job.outcome = how.outcome;
         job.result = how.result;
+        drop_response_if_asked(&mut job);
         job.error = how.error;
         job.txn = None;
         batch.put(Space::Queue, job_key(id), encode(&job));
@@ -1201,9 +1386,25 @@ impl Queue {
         backoff: Backoff,
         random: u64,
     ) -> Result<Job, QueueError> {
+        self.retry_later_code(id, error, None, now, backoff, random)
+            .await
+    }
+
+    /// [`Queue::retry_later`] for an attempt that failed with the error code `code`: when
+    /// it is the job's `retry_stop_code` (MPS `retryStopOnFailure`), the job is tried at
+    /// most once more.
+    pub async fn retry_later_code(
+        &self,
+        id: &str,
+        error: String,
+        code: Option<u32>,
+        now: u64,
+        backoff: Backoff,
+        random: u64,
+    ) -> Result<Job, QueueError> {
         #[cfg(feature = "postgres")]
         if let Some(pg) = &self.pg {
-            return pg.retry_later(id, error, now, backoff, random).await;
+            return pg.retry_later(id, error, code, now, backoff, random).await;
         }
         let _guard = self.inner.lock().await;
         let mut job = self.must_get(id)?;
@@ -1220,6 +1421,7 @@ impl Queue {
             });
         }
         let mut batch = Batch::new();
+        apply_stop_code(&mut job, code);
         job.error = Some(error);
         job.txn = None;
         if job.attempts >= job.max_attempts {
@@ -1232,10 +1434,7 @@ impl Queue {
         } else {
             Self::unslot(&mut batch, &mut job);
             self.set_state(&mut batch, &mut job, JobState::Queued);
-            let wait = match job.retry_interval_ms {
-                Some(ms) => ms,
-                None => backoff.delay(job.attempts, random).as_millis() as u64,
-            };
+            let wait = retry_wait(&job, backoff, random);
             job.not_before_ms = now + wait;
             Self::slot_runnable(&mut batch, &mut job, now);
         }
@@ -1333,6 +1532,8 @@ impl Queue {
         job.finished_ms = None;
         job.not_before_ms = now;
         job.cancel_requested = false;
+        // An operator's requeue runs it: it no longer waits for parents (see `parents`).
+        job.waiting_for.clear();
         job.slot = Slot::Waiting;
         let in_line = match Self::serial_entry(&job) {
             Some(entry) => self.store.get(Space::Queue, &entry)?.is_some(),
@@ -1382,6 +1583,12 @@ impl Queue {
             batch.delete(Space::Queue, finished_key(at, job.seq));
         }
         self.leave_line(&mut batch, &job, now)?;
+        self.settle_dependents(
+            &mut batch,
+            &job.id,
+            Some("was discarded by an operator after it died"),
+            now,
+        )?;
         self.set_state(&mut batch, &mut job, JobState::Cancelled);
         job.finished_ms = Some(now);
         batch.put(
@@ -1478,6 +1685,12 @@ impl Queue {
             if job.state == JobState::Dead {
                 // Retention discards it: the next job of its key may run.
                 self.leave_line(&mut batch, &job, before_ms)?;
+                self.settle_dependents(
+                    &mut batch,
+                    &job.id,
+                    Some("was removed by retention after it died"),
+                    before_ms,
+                )?;
             }
             self.count(Some(job.state), None);
             delete_job_keys(&mut batch, &job);
@@ -1519,6 +1732,10 @@ impl Queue {
             n += 1;
             job.held_by = None;
             job.slot = Slot::Waiting;
+            if self.wait_or_die_for_parents(&mut batch, &mut job, now)? {
+                batch.put(Space::Queue, job_key(&job.id), encode(&job));
+                continue;
+            }
             self.set_state(&mut batch, &mut job, JobState::Queued);
             if self.first_in_line(job.serial_key.as_deref())? {
                 Self::slot_runnable(&mut batch, &mut job, now);
@@ -1549,6 +1766,12 @@ impl Queue {
         for (k, job) in held {
             batch.delete(Space::Queue, k);
             let Some(job) = job else { continue };
+            self.settle_dependents(
+                &mut batch,
+                &job.id,
+                Some("was removed: the transaction that queued it rolled back"),
+                wall_ms(),
+            )?;
             self.count(Some(job.state), None);
             delete_job_keys(&mut batch, &job);
         }
@@ -1675,6 +1898,138 @@ impl Queue {
     }
 }
 
+/// Why the jobs waiting for a job that ended in `state` do not run (`None`: it succeeded,
+/// they may).
+fn end_reason(state: JobState) -> Option<&'static str> {
+    match state {
+        JobState::Succeeded => None,
+        JobState::Failed => Some("failed"),
+        _ => Some("was cancelled"),
+    }
+}
+
+/// Now, for the few changes whose callers give no time (ms since the epoch).
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// MPS `parentQueue` on the sled queue: jobs waiting for other jobs.
+impl Queue {
+    /// The parents of a new job it must wait for (those not yet succeeded); an unknown
+    /// parent, or one that failed or was cancelled, refuses the job.
+    fn check_parents(&self, parents: &[String]) -> Result<Vec<String>, QueueError> {
+        let mut waiting = Vec::new();
+        for id in dedup(parents) {
+            no_nul(&id, "a parent job id")?;
+            let parent = self.get(&id)?;
+            if parent.is_none() {
+                return Err(QueueError::UnknownParent(id));
+            }
+            match parent_is(parent.as_ref()) {
+                ParentIs::Done => {}
+                ParentIs::Pending => waiting.push(id),
+                ParentIs::Gone(why) => return Err(QueueError::ParentGone { id, why }),
+            }
+        }
+        Ok(waiting)
+    }
+
+    /// Parks `job` (state `held`, in no line) until the parents in `waiting_for` settle.
+    fn wait_for_parents(&self, batch: &mut Batch, job: &mut Job) {
+        self.dependents
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        job.slot = Slot::Nowhere;
+        for parent in &job.waiting_for {
+            batch.put(
+                Space::Queue,
+                with_seq(dependents_prefix(parent), job.seq),
+                job.id.as_bytes().to_vec(),
+            );
+        }
+    }
+
+    /// A held job released by its transaction's commit: `true` when it does not run yet —
+    /// it waits for parents (stays `held`), or is `dead` because one will never succeed.
+    fn wait_or_die_for_parents(
+        &self,
+        batch: &mut Batch,
+        job: &mut Job,
+        now: u64,
+    ) -> Result<bool, QueueError> {
+        let mut waiting = Vec::new();
+        for id in job.parents.clone() {
+            match parent_is(self.get(&id)?.as_ref()) {
+                ParentIs::Done => {}
+                ParentIs::Pending => waiting.push(id),
+                ParentIs::Gone(why) => {
+                    job.error = Some(parent_gone_message(&id, &why));
+                    job.slot = Slot::Nowhere;
+                    self.finalize(batch, job, JobState::Dead, now)?;
+                    return Ok(true);
+                }
+            }
+        }
+        if waiting.is_empty() {
+            return Ok(false);
+        }
+        job.waiting_for = waiting;
+        self.wait_for_parents(batch, job);
+        Ok(true)
+    }
+
+    /// The job `parent` ended (in the same write): the jobs waiting for it run once it was
+    /// their last (`why` is `None`: it succeeded), or are `dead`, naming it.
+    fn settle_dependents(
+        &self,
+        batch: &mut Batch,
+        parent: &str,
+        why: Option<&str>,
+        now: u64,
+    ) -> Result<(), QueueError> {
+        if !self.dependents.load(std::sync::atomic::Ordering::Relaxed) {
+            // No job ever waited for another: nothing to look up (the common case).
+            return Ok(());
+        }
+        for (k, child) in self.store.scan(Space::Queue, &dependents_prefix(parent))? {
+            batch.delete(Space::Queue, k);
+            let child = String::from_utf8_lossy(&child).into_owned();
+            let Some(mut job) = self.get(&child)? else {
+                continue;
+            };
+            if job.state != JobState::Held
+                || job.held_by.is_some()
+                || !job.waiting_for.iter().any(|p| p == parent)
+            {
+                // Cancelled or requeued meanwhile: it no longer waits.
+                continue;
+            }
+            match why {
+                None => {
+                    job.waiting_for.retain(|p| p != parent);
+                    if job.waiting_for.is_empty() {
+                        job.slot = Slot::Waiting;
+                        self.set_state(batch, &mut job, JobState::Queued);
+                        if self.first_in_line(job.serial_key.as_deref())? {
+                            Self::slot_runnable(batch, &mut job, now);
+                        }
+                        if let Some(entry) = Self::serial_entry(&job) {
+                            batch.put(Space::Queue, entry, job.id.as_bytes().to_vec());
+                        }
+                    }
+                }
+                Some(why) => {
+                    job.error = Some(parent_gone_message(parent, why));
+                    self.finalize(batch, &mut job, JobState::Dead, now)?;
+                }
+            }
+            batch.put(Space::Queue, job_key(&job.id), encode(&job));
+        }
+        Ok(())
+    }
+}
+
 fn matches(job: &Job, f: &ListFilter) -> bool {
     f.state.is_none_or(|s| job.state == s)
         && f.target.as_deref().is_none_or(|t| job.target == t)
@@ -1742,6 +2097,12 @@ pub(crate) fn new_job(
         held_by: options.held_by.clone(),
         retry_interval_ms: options.retry_interval_ms,
         fail_when_exhausted: options.fail_when_exhausted,
+        retry_type: options.retry_type,
+        retry_stop_code: options.retry_stop_code,
+        drop_success_response: options.drop_success_response,
+        parents: dedup(&options.parents),
+        waiting_for: Vec::new(),
+        awaited: false,
         slot: if held { Slot::Held } else { Slot::Waiting },
     }
 }

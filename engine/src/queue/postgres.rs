@@ -11,8 +11,10 @@
 //! beside the columns the claims and listings use.
 
 use super::{
-    new_job, no_nul, state_index, Backoff, Cancelled, Finish, Job, JobOptions, JobState,
-    ListFilter, NewJob, Page, QueueError, SettleError, Slot, Submitted, Tally, ALL_STATES, STATES,
+    apply_stop_code, drop_response_if_asked, end_reason, new_job, no_nul, parent_gone_message,
+    parent_is, retry_wait, state_index, Backoff, Cancelled, Finish, Job, JobOptions, JobState,
+    ListFilter, NewJob, Page, ParentIs, QueueError, SettleError, Slot, Submitted, Tally,
+    ALL_STATES, STATES,
 };
 use crate::store::{PgStore, Store, StoreError};
 use std::sync::{Arc, Mutex};
@@ -64,6 +66,17 @@ CREATE INDEX provisio_jobs_by_target ON provisio_jobs (target, seq);
 CREATE INDEX provisio_jobs_by_subject ON provisio_jobs (subject, seq);
 CREATE TABLE provisio_job_tally (k smallint PRIMARY KEY, v bigint NOT NULL);
 INSERT INTO provisio_job_tally SELECT k, 0 FROM generate_series(0, 7) k;
+";
+
+/// Jobs waiting for other jobs (MPS `parentQueue`; schema migration 3): one row per parent
+/// a held job still waits for, deleted when that parent ends (in the same database
+/// transaction, under the parent's row lock).
+pub(crate) const SCHEMA_V3: &str = "
+CREATE TABLE provisio_job_parents (
+    parent text NOT NULL,
+    child text NOT NULL,
+    PRIMARY KEY (parent, child)
+);
 ";
 
 /// The channel other nodes are woken on.
@@ -301,6 +314,9 @@ impl PgQueue {
             no_nul(k, "the serialization key")?;
         }
         self.saw(now);
+        if !options.parents.is_empty() {
+            return self.submit_with_parents(new, options, now).await;
+        }
         self.run(move |_, c| async move {
             let r = async {
                 if let Some(idem) = &new.idempotency_key {
@@ -664,6 +680,24 @@ impl PgQueue {
                     && (row.job.state == JobState::Queued
                         || (before != row.job.state && row.job.serial_key.is_some()));
                 let lease_node = lease.map(|_| node.as_str());
+                // A parent that ended with children waiting for it (parentQueue, rare):
+                // its children are settled in the same transaction, one after another.
+                if write && before != row.job.state && row.job.state.is_final() && row.job.awaited {
+                    let settled = async {
+                        write_row(&c, &row, lease, lease_node).await?;
+                        settle_dependents(&c, &row.job, before).await?;
+                        if notify_too {
+                            notify(&c).await?;
+                        }
+                        c.batch_execute("COMMIT").await.map_err(pg_err)
+                    }
+                    .await;
+                    if let Err(e) = settled {
+                        rollback(&c).await;
+                        return Err(e);
+                    }
+                    return Ok(out);
+                }
                 let (w, n, end) = tokio::join!(
                     async {
                         if write {
@@ -700,6 +734,7 @@ impl PgQueue {
             finalize(row, how.state, now);
             row.job.outcome = how.outcome;
             row.job.result = how.result;
+            drop_response_if_asked(&mut row.job);
             row.job.error = how.error;
             row.job.txn = None;
             Ok((row.job.clone(), None, true))
@@ -711,6 +746,7 @@ impl PgQueue {
         &self,
         id: &str,
         error: String,
+        code: Option<u32>,
         now: u64,
         backoff: Backoff,
         random: u64,
@@ -723,6 +759,7 @@ impl PgQueue {
             // runner whose lease another node took (or whose job another node already
             // finished) must not queue it again — that would run it twice.
             check_held_here(row, &id_owned, &node, "retried")?;
+            apply_stop_code(&mut row.job, code);
             row.job.error = Some(error);
             row.job.txn = None;
             if row.job.attempts >= row.job.max_attempts {
@@ -734,10 +771,7 @@ impl PgQueue {
                 finalize(row, end, now);
             } else {
                 row.set_state(JobState::Queued);
-                let wait = match row.job.retry_interval_ms {
-                    Some(ms) => ms,
-                    None => backoff.delay(row.job.attempts, random).as_millis() as u64,
-                };
+                let wait = retry_wait(&row.job, backoff, random);
                 row.job.not_before_ms = now + wait;
                 row.job.slot = runnable_slot(&row.job, now);
             }
@@ -802,6 +836,8 @@ impl PgQueue {
             row.job.finished_ms = None;
             row.job.not_before_ms = now;
             row.job.cancel_requested = false;
+            // An operator's requeue runs it: it no longer waits for parents.
+            row.job.waiting_for.clear();
             row.job.slot = runnable_slot(&row.job, now);
             Ok((row.job.clone(), None, true))
         })
@@ -898,7 +934,7 @@ async fn take_back_rows(
 
 impl PgQueue {
     pub(crate) async fn prune(&self, before_ms: u64, max: usize) -> Res<usize> {
-        self.run(move |_, c| async move {
+        self.run(move |_, mut c| async move {
             let r = async {
                 let row = c
                     .query_one(
@@ -920,7 +956,9 @@ impl PgQueue {
                     .map_err(pg_err)?;
                 let n: i64 = row.get(0);
                 if n > 0 {
-                    // A dead job pruned lets its line go on.
+                    // A dead job pruned lets its line go on, and the jobs waiting for it die.
+                    settle_orphans(&mut c, "was removed by retention after it died", before_ms)
+                        .await?;
                     notify(&c).await?;
                 }
                 Ok(n as usize)
@@ -949,6 +987,10 @@ impl PgQueue {
                 for row in &rows {
                     let mut row = Row::from(row)?;
                     row.job.held_by = None;
+                    if wait_or_die_for_parents(&tx, &mut row, now).await? {
+                        write_row(&tx, &row, None, None).await?;
+                        continue;
+                    }
                     row.set_state(JobState::Queued);
                     row.job.slot = runnable_slot(&row.job, now);
                     // At the end of its key's line: it joins the line now.
@@ -973,7 +1015,7 @@ impl PgQueue {
 
     pub(crate) async fn discard_held(&self, txn: &str) -> Res<usize> {
         let txn = txn.to_string();
-        self.run(move |_, c| async move {
+        self.run(move |_, mut c| async move {
             let r = async {
                 let row = c
                     .query_one(
@@ -989,7 +1031,16 @@ impl PgQueue {
                     )
                     .await
                     .map_err(pg_err)?;
-                Ok(row.get::<_, i64>(0) as usize)
+                let n = row.get::<_, i64>(0) as usize;
+                if n > 0 {
+                    settle_orphans(
+                        &mut c,
+                        "was removed: the transaction that queued it rolled back",
+                        super::wall_ms(),
+                    )
+                    .await?;
+                }
+                Ok(n)
             }
             .await;
             (c, r)
@@ -1410,4 +1461,268 @@ fn wall_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// MPS `parentQueue` on PostgreSQL: jobs waiting for other jobs (`provisio_job_parents`).
+impl PgQueue {
+    /// [`PgQueue::submit_with`] of a job with parents, in one database transaction that
+    /// locks the parents' rows so that none ends unseen meanwhile.
+    async fn submit_with_parents(
+        &self,
+        new: NewJob,
+        options: JobOptions,
+        now: u64,
+    ) -> Res<Submitted> {
+        self.run(move |_, mut c| async move {
+            let r = async {
+                let tx = c.transaction().await.map_err(pg_err)?;
+                if let Some(idem) = &new.idempotency_key {
+                    let rows = tx
+                        .query(
+                            &format!(
+                                "SELECT {JOB_COLUMNS} FROM provisio_jobs WHERE subject = $1 AND idempotency_key = $2"
+                            ),
+                            &[&new.subject, idem],
+                        )
+                        .await
+                        .map_err(pg_err)?;
+                    if let Some(row) = rows.first() {
+                        return Ok(Submitted {
+                            job: Row::from(row)?.job,
+                            created: false,
+                        });
+                    }
+                }
+                let mut job = new_job(new, 0, JobState::Queued, now, &options);
+                let mut waiting = Vec::new();
+                for id in job.parents.clone() {
+                    no_nul(&id, "a parent job id")?;
+                    let parent = parent_row(&tx, &id).await?;
+                    if parent.is_none() {
+                        return Err(QueueError::UnknownParent(id));
+                    }
+                    match parent_is(parent.as_ref()) {
+                        ParentIs::Done => {}
+                        ParentIs::Pending => waiting.push(id),
+                        ParentIs::Gone(why) => return Err(QueueError::ParentGone { id, why }),
+                    }
+                }
+                let seq: i64 = tx
+                    .query_one("SELECT nextval('provisio_job_seq')", &[])
+                    .await
+                    .map_err(pg_err)?
+                    .get(0);
+                job.seq = seq as u64;
+                job.serial_pos = seq as u64;
+                let state = if job.held_by.is_some() || !waiting.is_empty() {
+                    JobState::Held
+                } else {
+                    JobState::Queued
+                };
+                job.state = state;
+                if job.held_by.is_none() && !waiting.is_empty() {
+                    job.slot = Slot::Nowhere;
+                    job.waiting_for = waiting;
+                }
+                let mut entered = vec![0i64; STATES];
+                entered[state_index(state)] = 1;
+                let inserted = tx
+                    .execute(
+                        "INSERT INTO provisio_jobs (id, seq, state, priority, not_before_ms, serial_key,
+                             line_pos, subject, target, idempotency_key, submitted_ms, held_by, entered, body)
+                         VALUES ($1, $2, $3, $4, $5, $6, $2, $7, $8, $9, $10, $11, $12, $13)
+                         ON CONFLICT (subject, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
+                        &[
+                            &job.id,
+                            &seq,
+                            &st(state),
+                            &job.priority,
+                            &ms(job.not_before_ms),
+                            &job.serial_key,
+                            &job.subject,
+                            &job.target,
+                            &job.idempotency_key,
+                            &ms(now),
+                            &job.held_by,
+                            &entered,
+                            &encode(&job),
+                        ],
+                    )
+                    .await
+                    .map_err(pg_err)?;
+                if inserted == 0 {
+                    let idem = job.idempotency_key.clone().unwrap_or_default();
+                    drop(tx);
+                    if let Some(existing) = by_idempotency(&c, &job.subject, &idem).await? {
+                        return Ok(Submitted {
+                            job: existing,
+                            created: false,
+                        });
+                    }
+                    return Err(QueueError::NotFound(job.id));
+                }
+                wait_for_parents(&tx, &job).await?;
+                if state == JobState::Queued {
+                    notify(&tx).await?;
+                }
+                tx.commit().await.map_err(pg_err)?;
+                Ok(Submitted { job, created: true })
+            }
+            .await;
+            (c, r)
+        })
+        .await
+    }
+}
+
+/// A parent's job, its row locked until the transaction ends (`FOR UPDATE`: it is marked
+/// `awaited` next, and a shared lock upgraded by two children at once would deadlock).
+async fn parent_row(tx: &tokio_postgres::Transaction<'_>, id: &str) -> Res<Option<Job>> {
+    let rows = tx
+        .query(
+            &format!("SELECT {JOB_COLUMNS} FROM provisio_jobs WHERE id = $1 FOR UPDATE"),
+            &[&id],
+        )
+        .await
+        .map_err(pg_err)?;
+    Ok(rows.first().map(Row::from).transpose()?.map(|r| r.job))
+}
+
+/// Records that `job` waits for each of its `waiting_for`, and marks each parent
+/// `awaited` (only an awaited job's end looks for jobs waiting for it).
+async fn wait_for_parents(tx: &tokio_postgres::Transaction<'_>, job: &Job) -> Res<()> {
+    for parent in &job.waiting_for {
+        if let Some(mut row) = get_row(tx, parent, true).await? {
+            if !row.job.awaited {
+                row.job.awaited = true;
+                write_row(tx, &row, None, None).await?;
+            }
+        }
+        tx.execute(
+            "INSERT INTO provisio_job_parents (parent, child) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            &[parent, &job.id],
+        )
+        .await
+        .map_err(pg_err)?;
+    }
+    Ok(())
+}
+
+/// A held job released by its transaction's commit: `true` when it does not run yet — it
+/// waits for parents (stays held), or is dead because one will never succeed.
+async fn wait_or_die_for_parents(
+    tx: &tokio_postgres::Transaction<'_>,
+    row: &mut Row,
+    now: u64,
+) -> Res<bool> {
+    let mut waiting = Vec::new();
+    for id in row.job.parents.clone() {
+        match parent_is(parent_row(tx, &id).await?.as_ref()) {
+            ParentIs::Done => {}
+            ParentIs::Pending => waiting.push(id),
+            ParentIs::Gone(why) => {
+                row.job.error = Some(parent_gone_message(&id, &why));
+                finalize(row, JobState::Dead, now);
+                return Ok(true);
+            }
+        }
+    }
+    if waiting.is_empty() {
+        return Ok(false);
+    }
+    row.job.slot = Slot::Nowhere;
+    row.job.waiting_for = waiting;
+    wait_for_parents(tx, &row.job).await?;
+    Ok(true)
+}
+
+/// The job `parent` ended (final; it was `before`) in this transaction: the jobs waiting
+/// for it run once it was their last, or are dead, naming it (a dead parent keeps them
+/// waiting).
+async fn settle_dependents(
+    tx: &impl tokio_postgres::GenericClient,
+    parent: &Job,
+    before: JobState,
+) -> Res<()> {
+    if parent.state == JobState::Dead {
+        return Ok(());
+    }
+    let why = if before == JobState::Dead {
+        Some("was discarded by an operator after it died")
+    } else {
+        end_reason(parent.state)
+    };
+    let now = parent.finished_ms.unwrap_or_else(super::wall_ms);
+    let children = tx
+        .query(
+            "DELETE FROM provisio_job_parents WHERE parent = $1 RETURNING child",
+            &[&parent.id],
+        )
+        .await
+        .map_err(pg_err)?;
+    for child in children {
+        let child: String = child.get(0);
+        settle_child(tx, &child, &parent.id, why, now).await?;
+    }
+    Ok(())
+}
+
+/// One job waiting for `parent`, which ended (`why` is `None`: it succeeded).
+async fn settle_child(
+    tx: &impl tokio_postgres::GenericClient,
+    child: &str,
+    parent: &str,
+    why: Option<&str>,
+    now: u64,
+) -> Res<()> {
+    let Some(mut row) = get_row(tx, child, true).await? else {
+        return Ok(());
+    };
+    if row.job.state != JobState::Held
+        || row.job.held_by.is_some()
+        || !row.job.waiting_for.iter().any(|p| p == parent)
+    {
+        return Ok(());
+    }
+    match why {
+        None => {
+            row.job.waiting_for.retain(|p| p != parent);
+            if row.job.waiting_for.is_empty() {
+                row.set_state(JobState::Queued);
+                row.job.slot = runnable_slot(&row.job, now);
+                row.line_pos = tx
+                    .query_one("SELECT nextval('provisio_job_seq')", &[])
+                    .await
+                    .map_err(pg_err)?
+                    .get(0);
+                notify(tx).await?;
+            }
+        }
+        Some(why) => {
+            row.job.error = Some(parent_gone_message(parent, why));
+            finalize(&mut row, JobState::Dead, now);
+        }
+    }
+    write_row(tx, &row, None, None).await
+}
+
+/// After jobs were deleted (retention, a rolled-back transaction's held jobs): the jobs
+/// that waited for one of them are dead, naming it (`why`: what became of it).
+async fn settle_orphans(c: &mut Client, why: &str, now: u64) -> Res<()> {
+    let tx = c.transaction().await.map_err(pg_err)?;
+    let rows = tx
+        .query(
+            "DELETE FROM provisio_job_parents p
+             WHERE NOT EXISTS (SELECT 1 FROM provisio_jobs j WHERE j.id = p.parent)
+             RETURNING parent, child",
+            &[],
+        )
+        .await
+        .map_err(pg_err)?;
+    for row in rows {
+        let (parent, child): (String, String) = (row.get(0), row.get(1));
+        settle_child(&tx, &child, &parent, Some(why), now).await?;
+    }
+    tx.commit().await.map_err(pg_err)?;
+    Ok(())
 }

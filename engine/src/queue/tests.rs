@@ -1311,9 +1311,18 @@ fn job_records_round_trip_and_earlier_json_ones_still_read() {
             held_by: Some("txn-h".into()),
             retry_interval_ms: Some(5_000),
             fail_when_exhausted: true,
+            ..JobOptions::default()
         },
     );
     j.attempts = 2;
+    // The MPS queueContext fields (parentQueue, retryType, retryStopOnFailure,
+    // retainSuccessfulResponses) round-trip too.
+    j.retry_type = Some(RetryType::Exponential);
+    j.retry_stop_code = Some(0x8007_0057);
+    j.drop_success_response = true;
+    j.parents = vec!["p1".into(), "p2".into()];
+    j.waiting_for = vec!["p2".into()];
+    j.awaited = true;
     j.txn = Some("t2".into());
     j.txns = vec!["t1".into(), "t2".into()];
     j.started_ms = Some(1_001);
@@ -1390,5 +1399,427 @@ fn a_waiting_submission_yields_to_a_due_scheduled_job_only() {
         assert!(back.is_err(), "the scheduled job is due: it goes first");
         let c = q.claim(100, LEASE).await.expect("claim").expect("job");
         assert_eq!(c.id, scheduled.id);
+    });
+}
+
+fn failed() -> Finish {
+    Finish {
+        state: JobState::Failed,
+        outcome: Some("rolled_back".into()),
+        result: Some("no".into()),
+        error: Some("it failed".into()),
+    }
+}
+
+fn with_parents(parents: &[&str]) -> JobOptions {
+    JobOptions {
+        parents: parents.iter().map(|p| p.to_string()).collect(),
+        ..JobOptions::default()
+    }
+}
+
+/// MPS `parentQueue`: a child is `held` until its parents succeeded, released in the
+/// write that finishes the last of them; an unknown or failed parent refuses the child.
+#[test]
+fn a_child_waits_for_its_parents_and_runs_after_the_last_succeeded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let q = open(dir.path());
+    rt().block_on(async {
+        let a = q.submit(job("P/a"), 1).await.expect("a").job;
+        let b = q.submit(job("P/b"), 1).await.expect("b").job;
+        let child = q
+            .submit_with(job("P/child"), with_parents(&[&a.id, &b.id, &a.id]), 1)
+            .await
+            .expect("child")
+            .job;
+        assert_eq!(child.state, JobState::Held);
+        assert_eq!(
+            child.parents,
+            vec![a.id.clone(), b.id.clone()],
+            "deduplicated"
+        );
+        assert_eq!(child.waiting_for, child.parents);
+        assert_eq!((q.counts()[0], q.counts()[6]), (2, 1));
+        // Only the parents are claimable.
+        let first = q.claim(2, LEASE).await.expect("claim").expect("a");
+        let second = q.claim(2, LEASE).await.expect("claim").expect("b");
+        assert!(q.claim(2, LEASE).await.expect("claim").is_none());
+        q.finish(&first.id, done(), 3).await.expect("finish a");
+        let waiting = q.get(&child.id).expect("get").expect("child");
+        assert_eq!(waiting.state, JobState::Held);
+        assert_eq!(waiting.waiting_for, vec![second.id.clone()]);
+        assert!(q.claim(4, LEASE).await.expect("claim").is_none());
+        q.finish(&second.id, done(), 5).await.expect("finish b");
+        let ready = q.claim(6, LEASE).await.expect("claim").expect("the child");
+        assert_eq!(ready.id, child.id);
+        assert!(ready.waiting_for.is_empty());
+
+        // A parent that already succeeded is nothing to wait for.
+        let after = q
+            .submit_with(job("P/after"), with_parents(&[&a.id]), 7)
+            .await
+            .expect("after")
+            .job;
+        assert_eq!(after.state, JobState::Queued);
+
+        // Unknown and failed parents refuse the job, naming the field.
+        let e = q
+            .submit_with(job("P/orphan"), with_parents(&["no-such-job"]), 8)
+            .await
+            .expect_err("unknown parent");
+        assert!(matches!(e, QueueError::UnknownParent(ref id) if id == "no-such-job"));
+        assert!(
+            e.to_string()
+                .contains("context/queueContext/parentQueue/@queueId `no-such-job`"),
+            "{e}"
+        );
+        let c = q.claim(9, LEASE).await.expect("claim").expect("after");
+        q.finish(&c.id, failed(), 10).await.expect("fail it");
+        let e = q
+            .submit_with(job("P/late"), with_parents(&[&c.id]), 11)
+            .await
+            .expect_err("failed parent");
+        assert!(e.to_string().contains("that job failed"), "{e}");
+    });
+}
+
+/// A parent that fails or is cancelled makes its waiting children `dead`, naming it (an
+/// operator may requeue them); a dead parent keeps them waiting until it is requeued and
+/// succeeds, or is discarded.
+#[test]
+fn a_failed_parent_buries_its_children_and_a_dead_one_keeps_them_waiting() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let q = open(dir.path());
+    let backoff = Backoff {
+        base: Duration::from_millis(10),
+        max: Duration::from_millis(10),
+    };
+    rt().block_on(async {
+        let parent = q.submit(job("F/parent"), 1).await.expect("p").job;
+        let child = q
+            .submit_with(job("F/child"), with_parents(&[&parent.id]), 1)
+            .await
+            .expect("child")
+            .job;
+        let grandchild = q
+            .submit_with(job("F/grandchild"), with_parents(&[&child.id]), 1)
+            .await
+            .expect("grandchild")
+            .job;
+        let p = q.claim(2, LEASE).await.expect("claim").expect("parent");
+        q.finish(&p.id, failed(), 3).await.expect("fail");
+        let dead = q.get(&child.id).expect("get").expect("child");
+        assert_eq!(dead.state, JobState::Dead);
+        let why = dead.error.clone().unwrap_or_default();
+        assert!(
+            why.contains(&format!("parent job `{}` failed", parent.id)),
+            "{why}"
+        );
+        // Its own child waits on: a dead job may be requeued.
+        let gc = q.get(&grandchild.id).expect("get").expect("grandchild");
+        assert_eq!(gc.state, JobState::Held);
+        // The operator requeues the child: it runs (without its failed parent), and its
+        // success releases the grandchild.
+        q.requeue(&child.id, 4).await.expect("requeue");
+        let c = q.claim(5, LEASE).await.expect("claim").expect("child");
+        assert_eq!(c.id, child.id);
+        q.finish(&c.id, done(), 6).await.expect("finish");
+        let g = q.claim(7, LEASE).await.expect("claim").expect("grandchild");
+        assert_eq!(g.id, grandchild.id);
+        q.finish(&g.id, done(), 8).await.expect("finish");
+
+        // A dead parent (out of attempts) keeps its child waiting; discarding it kills it.
+        let once = NewJob {
+            max_attempts: 1,
+            ..job("F/once")
+        };
+        let p2 = q.submit(once, 10).await.expect("p2").job;
+        let c2 = q
+            .submit_with(job("F/c2"), with_parents(&[&p2.id]), 10)
+            .await
+            .expect("c2")
+            .job;
+        q.claim(11, LEASE).await.expect("claim").expect("p2");
+        let d = q
+            .retry_later(&p2.id, "busy".into(), 12, backoff, 1)
+            .await
+            .expect("retry");
+        assert_eq!(d.state, JobState::Dead);
+        assert_eq!(
+            q.get(&c2.id).expect("get").expect("c2").state,
+            JobState::Held
+        );
+        // Requeued, it succeeds: the child goes on.
+        q.requeue(&p2.id, 13).await.expect("requeue");
+        let again = q.claim(14, LEASE).await.expect("claim").expect("p2 again");
+        assert_eq!(again.id, p2.id);
+        q.finish(&p2.id, done(), 15).await.expect("finish");
+        assert_eq!(
+            q.claim(16, LEASE).await.expect("claim").map(|j| j.id),
+            Some(c2.id.clone())
+        );
+        q.finish(&c2.id, done(), 17).await.expect("finish");
+
+        // Dead, then discarded by an operator: the child is dead, naming it.
+        let p3 = q
+            .submit(
+                NewJob {
+                    max_attempts: 1,
+                    ..job("F/p3")
+                },
+                20,
+            )
+            .await
+            .expect("p3")
+            .job;
+        let c3 = q
+            .submit_with(job("F/c3"), with_parents(&[&p3.id]), 20)
+            .await
+            .expect("c3")
+            .job;
+        q.claim(21, LEASE).await.expect("claim").expect("p3");
+        q.bury(&p3.id, "cannot read it".into(), 22)
+            .await
+            .expect("bury");
+        q.discard(&p3.id, 23).await.expect("discard");
+        let c3 = q.get(&c3.id).expect("get").expect("c3");
+        assert_eq!(c3.state, JobState::Dead);
+        assert!(
+            c3.error
+                .as_deref()
+                .unwrap_or_default()
+                .contains("was discarded by an operator"),
+            "{:?}",
+            c3.error
+        );
+    });
+}
+
+/// A suspended child (held for its transaction) with a parent queued by the same
+/// transaction: released on commit, it then waits for the parent; a rollback removes the
+/// parent, and an active child waiting for it dies, naming it.
+#[test]
+fn parents_and_children_held_by_one_transaction() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let q = open(dir.path());
+    rt().block_on(async {
+        let held = |t: &str, parents: &[&str]| JobOptions {
+            held_by: Some(t.into()),
+            ..with_parents(parents)
+        };
+        let parent = q
+            .submit_with(job("H/parent"), held("t1", &[]), 1)
+            .await
+            .expect("parent")
+            .job;
+        let child = q
+            .submit_with(job("H/child"), held("t1", &[&parent.id]), 1)
+            .await
+            .expect("child")
+            .job;
+        assert_eq!(q.release_held("t1", 2).await.expect("release"), 2);
+        assert_eq!(
+            q.get(&child.id).expect("get").expect("child").waiting_for,
+            vec![parent.id.clone()]
+        );
+        let p = q.claim(3, LEASE).await.expect("claim").expect("parent");
+        assert_eq!(p.id, parent.id);
+        assert!(q.claim(3, LEASE).await.expect("claim").is_none());
+        q.finish(&p.id, done(), 4).await.expect("finish");
+        assert_eq!(
+            q.claim(5, LEASE).await.expect("claim").map(|j| j.id),
+            Some(child.id)
+        );
+
+        // Rolled back: the suspended parent goes, the active child dies naming it.
+        let gone = q
+            .submit_with(job("H/gone"), held("t2", &[]), 10)
+            .await
+            .expect("gone")
+            .job;
+        let active = q
+            .submit_with(job("H/active"), with_parents(&[&gone.id]), 10)
+            .await
+            .expect("active")
+            .job;
+        assert_eq!(active.state, JobState::Held);
+        assert_eq!(q.discard_held("t2").await.expect("discard"), 1);
+        let active = q.get(&active.id).expect("get").expect("active");
+        assert_eq!(active.state, JobState::Dead);
+        assert!(
+            active
+                .error
+                .as_deref()
+                .unwrap_or_default()
+                .contains("the transaction that queued it rolled back"),
+            "{:?}",
+            active.error
+        );
+    });
+}
+
+/// MPS `retryType` (fixed, linear, exponential waits from `retryInterval`),
+/// `retryStopOnFailure` (a failure with that code allows one more attempt only) and
+/// `retainSuccessfulResponses="0"` (a succeeded job keeps no response; a failed one does).
+#[test]
+fn retry_types_a_stop_code_and_dropped_responses() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let q = open(dir.path());
+    let backoff = Backoff {
+        base: Duration::from_millis(100),
+        max: Duration::from_secs(1),
+    };
+    rt().block_on(async {
+        let mut now = 1_000;
+        for (kind, waits) in [
+            (RetryType::Fixed, [50, 50, 50]),
+            (RetryType::Linear, [50, 100, 150]),
+            (RetryType::Exponential, [50, 100, 200]),
+        ] {
+            let options = JobOptions {
+                retry_interval_ms: Some(50),
+                retry_type: Some(kind),
+                ..JobOptions::default()
+            };
+            let new = NewJob {
+                max_attempts: 10,
+                ..job("T/retry")
+            };
+            let j = q.submit_with(new, options, now).await.expect("submit").job;
+            for wait in waits {
+                let c = q.claim(now, LEASE).await.expect("claim").expect("due");
+                assert_eq!(c.id, j.id);
+                let again = q
+                    .retry_later(&j.id, "busy".into(), now, backoff, 0)
+                    .await
+                    .expect("retry");
+                assert_eq!(again.not_before_ms - now, wait, "{kind:?}");
+                now = again.not_before_ms;
+            }
+            q.claim(now, LEASE).await.expect("claim").expect("due");
+            q.finish(&j.id, done(), now).await.expect("finish");
+        }
+        // Without an interval, a fixed type waits the backoff's first step each time.
+        let j = q
+            .submit_with(
+                job("T/base"),
+                JobOptions {
+                    retry_type: Some(RetryType::Fixed),
+                    ..JobOptions::default()
+                },
+                now,
+            )
+            .await
+            .expect("submit")
+            .job;
+        q.claim(now, LEASE).await.expect("claim").expect("due");
+        let again = q
+            .retry_later(&j.id, "busy".into(), now, backoff, 0)
+            .await
+            .expect("retry");
+        assert_eq!(again.not_before_ms - now, 100);
+        now = again.not_before_ms;
+        q.claim(now, LEASE).await.expect("claim").expect("due");
+        q.finish(&j.id, done(), now).await.expect("finish");
+
+        // retryStopOnFailure: another code leaves the attempts; the code allows one more.
+        let options = JobOptions {
+            retry_interval_ms: Some(0),
+            retry_stop_code: Some(0x8007_0057),
+            fail_when_exhausted: true,
+            ..JobOptions::default()
+        };
+        let new = NewJob {
+            max_attempts: 6,
+            ..job("T/stop")
+        };
+        let j = q.submit_with(new, options, now).await.expect("submit").job;
+        q.claim(now, LEASE).await.expect("claim").expect("1st");
+        let r = q
+            .retry_later_code(&j.id, "busy".into(), Some(0x8000_4005), now, backoff, 0)
+            .await
+            .expect("retry");
+        assert_eq!((r.state, r.max_attempts), (JobState::Queued, 6));
+        q.claim(now, LEASE).await.expect("claim").expect("2nd");
+        let r = q
+            .retry_later_code(&j.id, "bad".into(), Some(0x8007_0057), now, backoff, 0)
+            .await
+            .expect("retry");
+        assert_eq!((r.state, r.max_attempts), (JobState::Queued, 3), "one more");
+        q.claim(now, LEASE).await.expect("claim").expect("3rd");
+        let r = q
+            .retry_later_code(&j.id, "bad".into(), Some(0x8007_0057), now, backoff, 0)
+            .await
+            .expect("retry");
+        assert_eq!(
+            r.state,
+            JobState::Failed,
+            "onFailure=continue after the stop"
+        );
+
+        // retainSuccessfulResponses="0": dropped on success only.
+        let drop = JobOptions {
+            drop_success_response: true,
+            ..JobOptions::default()
+        };
+        let ok = q
+            .submit_with(job("T/ok"), drop.clone(), now)
+            .await
+            .expect("ok")
+            .job;
+        let bad = q
+            .submit_with(job("T/bad"), drop, now)
+            .await
+            .expect("bad")
+            .job;
+        let kept = q.submit(job("T/kept"), now).await.expect("kept").job;
+        for (id, how) in [(&ok.id, done()), (&bad.id, failed()), (&kept.id, done())] {
+            let c = q.claim(now, LEASE).await.expect("claim").expect("due");
+            assert_eq!(&c.id, id);
+            q.finish(id, how, now).await.expect("finish");
+        }
+        let get = |id: &str| q.get(id).expect("get").expect("job");
+        assert_eq!(get(&ok.id).result, None, "dropped");
+        assert_eq!(get(&ok.id).outcome.as_deref(), Some("committed"));
+        assert_eq!(
+            get(&bad.id).result.as_deref(),
+            Some("no"),
+            "a failure keeps it"
+        );
+        assert_eq!(
+            get(&kept.id).result.as_deref(),
+            Some("ok"),
+            "kept by default"
+        );
+    });
+}
+
+/// A child still waits for its parent after a restart, and the parent's end releases it
+/// (the reopened queue knows jobs wait for others).
+#[test]
+fn a_waiting_child_survives_a_restart() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (parent, child) = {
+        let q = open(dir.path());
+        rt().block_on(async {
+            let p = q.submit(job("R/parent"), 1).await.expect("p").job;
+            let c = q
+                .submit_with(job("R/child"), with_parents(&[&p.id]), 1)
+                .await
+                .expect("c")
+                .job;
+            (p.id, c.id)
+        })
+    };
+    let q = open(dir.path());
+    rt().block_on(async {
+        let p = q.claim(2, LEASE).await.expect("claim").expect("parent");
+        assert_eq!(p.id, parent);
+        assert!(q.claim(2, LEASE).await.expect("claim").is_none());
+        q.finish(&parent, done(), 3).await.expect("finish");
+        assert_eq!(
+            q.claim(4, LEASE).await.expect("claim").map(|j| j.id),
+            Some(child)
+        );
     });
 }

@@ -72,6 +72,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "several processes on one database: the nodes (one row per process, heartbeats) and the job queue's own tables (claims with FOR UPDATE SKIP LOCKED, leases, serialization lines, idempotency)",
         super::super::queue::postgres::SCHEMA_V2,
     ),
+    (
+        3,
+        "jobs waiting for other jobs (MPS queueContext/parentQueue): provisio_job_parents",
+        super::super::queue::postgres::SCHEMA_V3,
+    ),
 ];
 
 /// The newest schema version this build knows.
