@@ -338,6 +338,22 @@ fn charge(
     Ok(())
 }
 
+/// Gives back `amount` of the counted limit `limit`: a count back at 0 leaves no entry, so
+/// a customer whose every charge was given back is as it was before the first one.
+fn give_back(c: &mut CustomerRec, limit: &str, amount: u64) {
+    let left = c
+        .usage
+        .get(limit)
+        .copied()
+        .unwrap_or(0)
+        .saturating_sub(amount);
+    if left == 0 {
+        c.usage.remove(limit);
+    } else {
+        c.usage.insert(limit.to_string(), left);
+    }
+}
+
 /// The counted limit a new child of `kind` uses up in its parent's plan.
 fn child_limit(kind: &str) -> &'static str {
     if kind == "user" {
@@ -660,10 +676,7 @@ async fn delete_customer(call: &Call, r: &Records<'_>) -> Result<(Element, Strin
     if let Some(pn) = &c.parent {
         let mut p = customer(r, pn).await?;
         p.children = p.children.saturating_sub(1);
-        let limit = child_limit(&c.kind);
-        if let Some(u) = p.usage.get_mut(limit) {
-            *u = u.saturating_sub(1);
-        }
+        give_back(&mut p, child_limit(&c.kind), 1);
         r.put(&customer_key(pn), &p).await?;
     }
     for a in &c.assets {
@@ -975,7 +988,7 @@ async fn release_limit(call: &Call, r: &Records<'_>) -> Result<(Element, String)
             c.label()
         )));
     }
-    c.usage.insert(limit.clone(), used - amount);
+    give_back(&mut c, &limit, amount);
     r.put(&customer_key(&name), &c).await?;
     Ok((
         ed.clone(),
