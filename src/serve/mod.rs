@@ -891,8 +891,11 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) -> Opt
             // Several daemons: the node that recovered it at its start may not be the one
             // that claimed the job: the journal says whether recovery rolled it back.
             let recovered_elsewhere = d.queue.is_shared()
-                && summary.message.as_deref()
-                    == Some(provisio_engine::txn::recovery::RECOVERY_MESSAGE);
+                && (summary.message.as_deref()
+                    == Some(provisio_engine::txn::recovery::RECOVERY_MESSAGE)
+                    // Rolled back because the store failed under it (the database lost
+                    // mid-run): nothing of it took effect either.
+                    || journal_failed(summary.message.as_deref()));
             if summary.state == TxnState::RolledBack
                 && (d.crashed.contains(&txn) || taken_over || recovered_elsewhere)
                 && !job.cancel_requested
@@ -1110,7 +1113,11 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) -> Opt
     let failure = result.failure.as_ref().map(|f| f.message.clone());
     d.metrics
         .finished(&job.target, result.state.name(), run_started.elapsed());
-    if result.state == TxnState::RolledBack && result.transient && !cancelled {
+    // The store failed under the run (a journal write refused: on PostgreSQL, the
+    // database lost mid-run): it rolled back for no fault of the request, so it is tried
+    // again, never settled as failed.
+    let store_failed = result.journal_error.is_some() || journal_failed(failure.as_deref());
+    if result.state == TxnState::RolledBack && (result.transient || store_failed) && !cancelled {
         let error = failure.unwrap_or_else(|| "transient failure".into());
         let code = result.failure.as_ref().map(|f| f.code);
         retry_transient_code(d, &id, error, code).await;
@@ -1136,6 +1143,12 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) -> Opt
         response: Some(doc),
         ..f
     })
+}
+
+/// Whether a transaction's failure is its journal's (a store write refused), not the
+/// request's: the engine names such a failure `journal: …` (`JournalError`).
+fn journal_failed(message: Option<&str>) -> bool {
+    message.is_some_and(|m| m.starts_with("journal: "))
 }
 
 /// The jobs an MPS `queue` step of `txn` held, once recovery on another node's behalf
