@@ -784,11 +784,18 @@ pub(crate) async fn run_job(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) -
         return run_job_inner(d, job, fresh).instrument(span).await;
     };
     let id = job.id.clone();
+    let stopped = (job.subject.clone(), job.txn.clone());
     let _running = Running { d, id: id.clone() };
     tokio::select! {
         biased;
         () = lost_since(d, epoch) => {
             tracing::warn!(job = %id, "the database was lost while the job ran: it stops here, and is taken over once the database is back");
+            // The journal forgets the stopped run's transaction: whoever takes the job up
+            // in this process owns it again (a stale entry skipped that, and every write
+            // of the next attempt was refused as forfeited).
+            if let (subject, Some(txn)) = stopped {
+                d.journal_for(&subject).forget(&txn);
+            }
             None
         }
         r = run_job_inner(d, job, fresh).instrument(span) => r,

@@ -246,6 +246,15 @@ impl DurableJournal {
         self
     }
 
+    /// Forgets what this journal holds in memory of a transaction whose run was stopped
+    /// before it ended (the daemon stops runs when the PostgreSQL database is lost: the
+    /// store forfeits their ownership). The next record written for it (another attempt,
+    /// or its recovery, in this process) owns it again first, and carries on from what the
+    /// store holds, not from the stopped run's view.
+    pub fn forget(&self, txn_id: &str) {
+        lock(&self.live).retain(|id, _| id.as_str() != txn_id);
+    }
+
     /// The response a transaction's run ended with, when this journal (or an earlier one on
     /// the store) kept it ([`DurableJournal::with_responses`]): the document, and whether it
     /// rolled back because of a transient provider error. `None`: not kept (no journal kept
