@@ -334,32 +334,7 @@ impl PgQueue {
                     JobState::Queued
                 };
                 let job = new_job(new, seq, state, now, &options);
-                let mut entered = vec![0i64; STATES];
-                entered[state_index(state)] = 1;
-                let inserted = c
-                    .execute(
-                        "INSERT INTO provisio_jobs (id, seq, state, priority, not_before_ms, serial_key,
-                             line_pos, subject, target, idempotency_key, submitted_ms, held_by, entered, body)
-                         VALUES ($1, $2, $3, $4, $5, $6, $2, $7, $8, $9, $10, $11, $12, $13)
-                         ON CONFLICT (subject, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
-                        &[
-                            &job.id,
-                            &(seq as i64),
-                            &st(state),
-                            &job.priority,
-                            &ms(job.not_before_ms),
-                            &job.serial_key,
-                            &job.subject,
-                            &job.target,
-                            &job.idempotency_key,
-                            &ms(now),
-                            &job.held_by,
-                            &entered,
-                            &encode(&job),
-                        ],
-                    )
-                    .await
-                    .map_err(pg_err)?;
+                let inserted = insert_job(&c, &job, seq as i64, state, now).await?;
                 if inserted == 0 {
                     // Another node submitted the same key meanwhile: its job.
                     let idem = job.idempotency_key.as_deref().unwrap_or_default();
@@ -1208,6 +1183,42 @@ async fn next_seq(c: &Client) -> Res<u64> {
     Ok(seq as u64)
 }
 
+/// Inserts a new job's row in `state` (`seq`: its sequence number, also its place in its
+/// key's line); 0 rows when a job with the same idempotency key is already there.
+async fn insert_job(
+    c: &impl tokio_postgres::GenericClient,
+    job: &Job,
+    seq: i64,
+    state: JobState,
+    now: u64,
+) -> Res<u64> {
+    let mut entered = vec![0i64; STATES];
+    entered[state_index(state)] = 1;
+    c.execute(
+        "INSERT INTO provisio_jobs (id, seq, state, priority, not_before_ms, serial_key,
+             line_pos, subject, target, idempotency_key, submitted_ms, held_by, entered, body)
+         VALUES ($1, $2, $3, $4, $5, $6, $2, $7, $8, $9, $10, $11, $12, $13)
+         ON CONFLICT (subject, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
+        &[
+            &job.id,
+            &seq,
+            &st(state),
+            &job.priority,
+            &ms(job.not_before_ms),
+            &job.serial_key,
+            &job.subject,
+            &job.target,
+            &job.idempotency_key,
+            &ms(now),
+            &job.held_by,
+            &entered,
+            &encode(job),
+        ],
+    )
+    .await
+    .map_err(pg_err)
+}
+
 async fn notify(c: &impl tokio_postgres::GenericClient) -> Res<()> {
     // One message (parse, bind, execute), so that it can be pipelined before a `COMMIT`.
     c.execute_typed("SELECT pg_notify($1, '')", &[(&CHANNEL, Type::TEXT)])
@@ -1524,32 +1535,7 @@ impl PgQueue {
                     job.slot = Slot::Nowhere;
                     job.waiting_for = waiting;
                 }
-                let mut entered = vec![0i64; STATES];
-                entered[state_index(state)] = 1;
-                let inserted = tx
-                    .execute(
-                        "INSERT INTO provisio_jobs (id, seq, state, priority, not_before_ms, serial_key,
-                             line_pos, subject, target, idempotency_key, submitted_ms, held_by, entered, body)
-                         VALUES ($1, $2, $3, $4, $5, $6, $2, $7, $8, $9, $10, $11, $12, $13)
-                         ON CONFLICT (subject, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
-                        &[
-                            &job.id,
-                            &seq,
-                            &st(state),
-                            &job.priority,
-                            &ms(job.not_before_ms),
-                            &job.serial_key,
-                            &job.subject,
-                            &job.target,
-                            &job.idempotency_key,
-                            &ms(now),
-                            &job.held_by,
-                            &entered,
-                            &encode(&job),
-                        ],
-                    )
-                    .await
-                    .map_err(pg_err)?;
+                let inserted = insert_job(&tx, &job, seq, state, now).await?;
                 if inserted == 0 {
                     let idem = job.idempotency_key.clone().unwrap_or_default();
                     drop(tx);
