@@ -1401,34 +1401,6 @@ procedures:
     assert_eq!(env.resources(), strings(&["a"]));
 }
 
-/// A provider procedure's declared required inputs are checked before the call, as a
-/// nested procedure's are: the error names the procedure and the input, and the provider
-/// is never called.
-#[tokio::test]
-async fn a_provider_call_without_a_required_input_fails_before_the_provider_runs() {
-    let env = env(r#"
-namespace: Req
-procedures:
-  Build:
-    access: public
-    steps:
-      a: { call: Rec Provider/Create, with: { name: a } }
-      b: { call: Rec Provider/Create, with: { label: b }, needs: [a] }
-"#);
-    let r = env.run("call: Req/Build").await;
-    assert_eq!(r.state, TxnState::RolledBack, "{r:?}");
-    let f = r.failure.expect("a failure");
-    assert_eq!(f.step, "b");
-    assert!(
-        f.message.contains(
-            "`Rec Provider/Create` needs input `name`, which the calling step did not pass"
-        ),
-        "{}",
-        f.message
-    );
-    assert_eq!(env.log(), strings(&["Create(a)", "undo Create(a)"]));
-}
-
 /// Calls of one wave are listed in the procedure's order, not in the order their previews
 /// happened to answer: which step a plan says a run "would fail at" must not depend on
 /// scheduling.

@@ -617,11 +617,6 @@ impl Engine {
             };
             match &callee.body {
                 Body::Leaf(leaf) => {
-                    // A provider's declared required inputs are the caller's to pass, as a
-                    // nested procedure's are: one error naming the input, before the call.
-                    if txn.mode == RunMode::Execute {
-                        check_required_inputs(&callee, &ed, step)?;
-                    }
                     let end = at.wave + 1;
                     let started = std::time::Instant::now();
                     let out = if txn.mode == RunMode::Plan {
@@ -736,7 +731,7 @@ fn run_select(cx: StepCtx<'_>, s: &SelectNode) -> Result<(), Failure> {
     Ok(())
 }
 
-/// A called procedure's required inputs (without a default) must be passed by the caller.
+/// A nested procedure's required inputs (without a default) must be passed by the caller.
 fn check_required_inputs(
     callee: &CompiledProcedure,
     data: &Element,
