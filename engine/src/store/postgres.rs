@@ -671,6 +671,33 @@ async fn reconnect(shared: &Arc<Shared>, epoch: u64) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Refuses a database whose schema (version `found`) a newer provisio wrote than this one
+/// knows (`known`), naming who applied it.
+async fn refuse_newer_schema(
+    shared: &Shared,
+    client: &Client,
+    found: i32,
+    known: i32,
+) -> Result<(), StoreError> {
+    if found <= known {
+        return Ok(());
+    }
+    let by: String = client
+        .query_one(
+            "SELECT applied_by FROM provisio_schema WHERE version = $1",
+            &[&found],
+        )
+        .await
+        .map(|r| r.get(0))
+        .unwrap_or_default();
+    Err(StoreError::SchemaTooNew {
+        url: shared.shown.clone(),
+        found,
+        known,
+        by,
+    })
+}
+
 /// For a command that only reads: the schema must be there and up to date already;
 /// nothing is created.
 async fn check_schema(shared: &Shared, client: &Client) -> Result<SchemaStatus, StoreError> {
@@ -690,22 +717,7 @@ async fn check_schema(shared: &Shared, client: &Client) -> Result<SchemaStatus, 
         0
     };
     let known = latest_schema_version();
-    if found > known {
-        let by: String = client
-            .query_one(
-                "SELECT applied_by FROM provisio_schema WHERE version = $1",
-                &[&found],
-            )
-            .await
-            .map(|r| r.get(0))
-            .unwrap_or_default();
-        return Err(StoreError::SchemaTooNew {
-            url: shared.shown.clone(),
-            found,
-            known,
-            by,
-        });
-    }
+    refuse_newer_schema(shared, client, found, known).await?;
     if found < known {
         let schema: Option<String> = client
             .query_one("SELECT current_schema()", &[])
@@ -763,22 +775,7 @@ async fn migrate(
         .map_err(|e| err("reading the schema version", &e))?
         .get(0);
     let known = latest_schema_version();
-    if found > known {
-        let by: String = client
-            .query_one(
-                "SELECT applied_by FROM provisio_schema WHERE version = $1",
-                &[&found],
-            )
-            .await
-            .map(|r| r.get(0))
-            .unwrap_or_default();
-        return Err(StoreError::SchemaTooNew {
-            url: shared.shown.clone(),
-            found,
-            known,
-            by,
-        });
-    }
+    refuse_newer_schema(shared, client, found, known).await?;
     let by = format!("provisio {}", env!("CARGO_PKG_VERSION"));
     let mut applied = Vec::new();
     for (version, description, sql) in MIGRATIONS.iter().filter(|m| m.0 > found) {
