@@ -261,6 +261,26 @@ procedures:
         call: Counter Provider/Add
         needs: [y]
         with: { key: x }
+  XThenYLate:
+    access: public
+    steps:
+      x:
+        call: Counter Provider/Add
+        with: { key: x }
+      y:
+        call: Counter Provider/Add
+        needs: [x]
+        with: { key: y, delay: "300" }
+  YThenXLate:
+    access: public
+    steps:
+      y:
+        call: Counter Provider/Add
+        with: { key: y }
+      x:
+        call: Counter Provider/Add
+        needs: [y]
+        with: { key: x, delay: "300" }
   Resume:
     access: public
     resumable: true
@@ -552,6 +572,79 @@ async fn concurrent_increments_from_two_processes_on_postgresql_are_exact() {
     }
     assert_eq!(counter(&a, "counter"), Some(40));
     assert_eq!(counter(&b, "counter"), Some(40));
+}
+
+/// Two processes on one PostgreSQL store (two stores: two nodes, two lock tables), a
+/// transaction on each taking two keys in opposite orders, each holding its first key when
+/// it asks for the second. The wait across processes closes a cycle: the younger
+/// transaction gives way at once with the same deadlock error as within one process (well
+/// under the lock wait of 10 s, which is how it ended before), the other commits, and the
+/// waits-for records are gone afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deadlock_across_two_processes_on_postgresql_is_detected_at_once() {
+    let Some(pg) = provisio_test_support::postgres::Postgres::shared() else {
+        return;
+    };
+    let url = pg.new_schema("state_deadlock");
+    let open = || {
+        let dir = tempfile::tempdir().unwrap();
+        let store = provisio_engine::testing::open_store(dir.path(), Some(url.clone()));
+        let journal = Arc::new(DurableJournal::new(store, None, "test"));
+        engine(Arc::new(Counter::default())).with_journal(journal)
+    };
+    let (a, b) = (open(), open());
+    for round in 0..3 {
+        let started = std::time::Instant::now();
+        let first = tokio::spawn({
+            let a = a.clone();
+            async move { run(&a, "XThenYLate").await }
+        });
+        let second = tokio::spawn({
+            let b = b.clone();
+            async move { run(&b, "YThenXLate").await }
+        });
+        let (first, second) = (first.await.unwrap(), second.await.unwrap());
+        let took = started.elapsed();
+        let mut states = [first.state, second.state];
+        states.sort_by_key(|s| s.to_string());
+        assert_eq!(
+            states,
+            [TxnState::Committed, TxnState::RolledBack],
+            "round {round}: {:?} {:?}",
+            first.failure,
+            second.failure
+        );
+        let (loser, winner) = if first.state == TxnState::RolledBack {
+            (&first, &second)
+        } else {
+            (&second, &first)
+        };
+        let message = &loser.failure.as_ref().unwrap().message;
+        assert!(message.contains("deadlock"), "round {round}: {message}");
+        assert!(message.contains("another provisio process"), "{message}");
+        // The younger one (the greater id) gives way.
+        assert!(loser.txn_id > winner.txn_id, "round {round}");
+        assert!(
+            took < Duration::from_secs(3),
+            "round {round}: took {took:?}"
+        );
+        assert_eq!(counter(&a, "x"), Some(round + 1));
+        assert_eq!(counter(&b, "y"), Some(round + 1));
+    }
+    let schema = url.rsplit("search_path%3D").next().unwrap();
+    for table in ["provisio_key_holds", "provisio_key_waits"] {
+        let mut left = String::new();
+        for _ in 0..50 {
+            let out = pg.psql(&format!("SELECT count(*) FROM {schema}.{table}"));
+            assert_eq!(out.code, 0, "{out:?}");
+            left = out.stdout.trim().to_string();
+            if left == "0" {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(left, "0", "{table} is emptied when the transactions end");
+    }
 }
 
 /// The child half of the crash test: runs `Pair` twice on the journal in

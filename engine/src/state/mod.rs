@@ -121,6 +121,9 @@ pub(crate) struct StateSpace {
     /// The keys this process holds across processes (a store several processes share):
     /// which transaction took each, released with it.
     shared_held: Mutex<std::collections::HashMap<TxnId, Vec<Vec<u8>>>>,
+    /// The transactions whose waits for a key another process holds were recorded in the
+    /// store ([`Store::wait_key`]): forgotten there when they end.
+    waited: Mutex<std::collections::HashSet<TxnId>>,
     /// How long a call waits for a key (also for one another process holds).
     lock_wait: Duration,
 }
@@ -148,6 +151,7 @@ impl StateSpace {
             locks: Locks::new(lock_wait),
             next_call: AtomicU64::new(1),
             shared_held: Mutex::new(std::collections::HashMap::new()),
+            waited: Mutex::new(std::collections::HashSet::new()),
             lock_wait,
         }
     }
@@ -245,7 +249,10 @@ impl StateSpace {
     /// on a store several processes share (PostgreSQL), across processes too, for as long
     /// as the transaction runs. A key another process holds is waited for (polled) up to
     /// the lock wait, then the call fails with [`StateError::LockTimeout`] (a transient
-    /// error): a wait across processes that would deadlock ends that way too.
+    /// error). While it waits, the wait and the keys the transaction holds are recorded in
+    /// the store ([`Store::wait_key`]) and each poll looks for a cycle of waits across
+    /// processes: the youngest transaction of a cycle gives way with
+    /// [`StateError::Deadlock`], as a cycle within this process does.
     async fn acquire(
         &self,
         full: &[u8],
@@ -260,15 +267,43 @@ impl StateSpace {
         if held {
             return Ok(());
         }
+        // The key taken at once (the common case) costs one round trip, as it did.
+        let got = self.store.lock_key(full).await.map_err(StateError::Store)?;
+        if !got {
+            let waited = self.wait_across(full, txn, &shown).await;
+            // Recorded at the first poll: forgotten whatever the end.
+            self.store.wait_key_over(txn.as_str(), full).await;
+            waited?;
+        }
+        lock(&self.shared_held)
+            .entry(txn.clone())
+            .or_default()
+            .push(full.to_vec());
+        Ok(())
+    }
+
+    /// Waits for `full`, which another process holds, polling (2 ms doubling to 50 ms) up
+    /// to the lock wait; each poll records the wait and looks for a deadlock across
+    /// processes.
+    async fn wait_across(
+        &self,
+        full: &[u8],
+        txn: &TxnId,
+        shown: &impl Fn() -> String,
+    ) -> Result<(), StateError> {
+        lock(&self.waited).insert(txn.clone());
         let started = std::time::Instant::now();
         let mut pause = Duration::from_millis(2);
         loop {
-            match self.store.lock_key(full).await {
-                Ok(true) => break,
-                Ok(false) => {}
-                Err(e) => {
-                    return Err(StateError::Store(e));
-                }
+            let holds = lock(&self.shared_held)
+                .get(txn)
+                .cloned()
+                .unwrap_or_default();
+            if let Some(holder) = self.store.wait_key(txn.as_str(), full, &holds).await? {
+                return Err(StateError::Deadlock {
+                    key: shown(),
+                    holder: format!("transaction {holder} of another provisio process"),
+                });
             }
             if started.elapsed() >= self.lock_wait {
                 return Err(StateError::LockTimeout {
@@ -279,17 +314,18 @@ impl StateSpace {
             }
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(50));
+            if self.store.lock_key(full).await? {
+                return Ok(());
+            }
         }
-        lock(&self.shared_held)
-            .entry(txn.clone())
-            .or_default()
-            .push(full.to_vec());
-        Ok(())
     }
 
     /// `txn` ended: every key it holds is free.
     pub(crate) fn release(&self, txn: &TxnId) {
         let keys = lock(&self.shared_held).remove(txn);
+        if lock(&self.waited).remove(txn) {
+            self.store.keys_released(txn.as_str());
+        }
         for k in keys.unwrap_or_default() {
             self.store.unlock_key(&k);
         }

@@ -280,6 +280,37 @@ pub trait Store: Send + Sync {
         let _ = key;
     }
 
+    /// `txn` waits for `key` (its full key in [`Space::State`]), which another process holds
+    /// ([`Store::lock_key`] said `false`), while it holds the keys `held`: records both where
+    /// the other processes sharing the store see them, and answers whether the wait closes a
+    /// cycle of waits across processes in which `txn` is the youngest transaction (the
+    /// greatest id): then `Some(holder)`, the transaction of the cycle holding `key`, and
+    /// `txn` must give way. Asked again at each poll of the wait (the other waiters of a
+    /// cycle may record theirs later, and `held` may grow). Only waiting costs this: a key
+    /// taken at once records nothing. The default (a store only one process opens) never
+    /// finds one.
+    async fn wait_key(
+        &self,
+        txn: &str,
+        key: &[u8],
+        held: &[Vec<u8>],
+    ) -> Result<Option<String>, StoreError> {
+        let _ = (txn, key, held);
+        Ok(None)
+    }
+
+    /// The wait of `txn` for `key` that [`Store::wait_key`] recorded is over (granted or
+    /// given up).
+    async fn wait_key_over(&self, txn: &str, key: &[u8]) {
+        let _ = (txn, key);
+    }
+
+    /// `txn`, whose waits [`Store::wait_key`] recorded, has ended and given back its keys:
+    /// forgets what it held and waited for.
+    fn keys_released(&self, txn: &str) {
+        let _ = txn;
+    }
+
     /// The PostgreSQL store behind this one, for the parts (the job queue) that use the
     /// database directly rather than through keys.
     #[cfg(feature = "postgres")]

@@ -77,7 +77,90 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "jobs waiting for other jobs (MPS queueContext/parentQueue): provisio_job_parents",
         super::super::queue::postgres::SCHEMA_V3,
     ),
+    (
+        4,
+        "cross-node deadlock detection for provider-state keys: which transaction holds and which waits for which key, recorded only while some transaction waits",
+        SCHEMA_KEY_WAITS,
+    ),
 ];
+
+/// Migration 4: the waits-for graph of provider-state keys across nodes. Rows are written
+/// only on the waiting path (a transaction that waits for a key another node holds records
+/// the keys it holds and the key it waits for); `lock` is the key's advisory lock, `pid` the
+/// server process of the node's session that holds the advisory locks (a row whose session
+/// or node is gone counts for nothing).
+const SCHEMA_KEY_WAITS: &str = "
+CREATE TABLE provisio_key_holds (
+    lock bigint NOT NULL,
+    txn text COLLATE \"C\" NOT NULL,
+    node text NOT NULL,
+    pid integer NOT NULL,
+    PRIMARY KEY (lock, txn)
+);
+CREATE INDEX provisio_key_holds_txn ON provisio_key_holds (txn);
+CREATE TABLE provisio_key_waits (
+    txn text COLLATE \"C\" NOT NULL,
+    lock bigint NOT NULL,
+    node text NOT NULL,
+    pid integer NOT NULL,
+    PRIMARY KEY (txn, lock)
+);
+";
+
+/// One poll of a wait for a provider-state key another node holds, on the node's session
+/// (whose server process holds the node's advisory locks): records the keys the waiting
+/// transaction `$1` holds (`$3`, lock names) and the key it waits for (`$2`), then follows
+/// the waits-for graph from the holders of `$2` through transactions older than `$1`
+/// (`holds` and `waits` of live sessions of live nodes, `$4` this node, `$5` the node
+/// expiry in seconds). A transaction of that chain waiting for a key `$1` holds closes a
+/// cycle in which `$1` is the youngest: the answer is the transaction holding `$2` on it.
+/// (The statement does not see its own inserts; it needs only the others' rows and `$3`.)
+/// Rows of sessions that are gone (a node killed, or one that lost the database) are
+/// removed on the way.
+const KEY_WAIT_SQL: &str = "
+WITH RECURSIVE
+held AS (SELECT DISTINCT hashtextextended(n, 0) AS lock FROM unnest($3::text[]) AS n),
+hold AS (
+    INSERT INTO provisio_key_holds (lock, txn, node, pid)
+    SELECT lock, $1, $4, pg_backend_pid() FROM held
+    ON CONFLICT (lock, txn) DO NOTHING
+),
+wait AS (
+    INSERT INTO provisio_key_waits (txn, lock, node, pid)
+    VALUES ($1, hashtextextended($2, 0), $4, pg_backend_pid())
+    ON CONFLICT (txn, lock) DO NOTHING
+),
+sessions AS (SELECT pid FROM pg_stat_activity),
+gone_holds AS (
+    DELETE FROM provisio_key_holds h WHERE h.pid NOT IN (SELECT pid FROM sessions)
+),
+gone_waits AS (
+    DELETE FROM provisio_key_waits w WHERE w.pid NOT IN (SELECT pid FROM sessions)
+),
+live AS (
+    SELECT node FROM provisio_nodes
+    WHERE heartbeat_at > now() - $5::float8 * interval '1 second'
+),
+holds AS (
+    SELECT h.lock, h.txn FROM provisio_key_holds h
+    WHERE h.txn < $1 COLLATE \"C\"
+      AND h.pid IN (SELECT pid FROM sessions) AND h.node IN (SELECT node FROM live)
+),
+waits AS (
+    SELECT w.txn, w.lock FROM provisio_key_waits w
+    WHERE w.txn < $1 COLLATE \"C\"
+      AND w.pid IN (SELECT pid FROM sessions) AND w.node IN (SELECT node FROM live)
+),
+chain (txn, path) AS (
+    SELECT h.txn, ARRAY[h.txn] FROM holds h WHERE h.lock = hashtextextended($2, 0)
+  UNION ALL
+    SELECT h.txn, c.path || h.txn
+    FROM chain c JOIN waits w ON w.txn = c.txn JOIN holds h ON h.lock = w.lock
+    WHERE h.txn <> ALL (c.path) AND cardinality(c.path) < 64
+)
+SELECT c.path[1] FROM chain c JOIN waits w ON w.txn = c.txn
+WHERE w.lock IN (SELECT lock FROM held)
+LIMIT 1";
 
 /// The newest schema version this build knows.
 pub fn latest_schema_version() -> i32 {
@@ -1721,6 +1804,95 @@ impl Store for PgStore {
                 .execute_typed(
                     "SELECT pg_advisory_unlock(hashtextextended($1, 0))",
                     &[(&name, Type::TEXT)],
+                )
+                .await;
+        });
+    }
+
+    async fn wait_key(
+        &self,
+        txn: &str,
+        key: &[u8],
+        held: &[Vec<u8>],
+    ) -> Result<Option<String>, StoreError> {
+        let link = self.shared.wait_up().await?;
+        let Some(session) = self.shared.session() else {
+            return Err(self
+                .session_error(link.epoch, StoreError::Closed, true)
+                .await);
+        };
+        let waited = self.state_lock_key(key);
+        let held: Vec<String> = held.iter().map(|k| self.state_lock_key(k)).collect();
+        let (txn, node, shared) = (
+            txn.to_string(),
+            self.shared.node.clone(),
+            self.shared.clone(),
+        );
+        let expiry = NODE_EXPIRY.as_secs_f64();
+        let found = self
+            .run(async move {
+                Ok(session
+                    .query_typed(
+                        KEY_WAIT_SQL,
+                        &[
+                            (&txn, Type::TEXT),
+                            (&waited, Type::TEXT),
+                            (&held, Type::TEXT_ARRAY),
+                            (&node, Type::TEXT),
+                            (&expiry, Type::FLOAT8),
+                        ],
+                    )
+                    .await
+                    .map(|rows| rows.first().map(|r| r.get::<_, String>(0)))
+                    .map_err(|e| {
+                        (
+                            db_error(&shared, "recording a wait for a provider-state key", &e),
+                            is_link_error(&e),
+                        )
+                    }))
+            })
+            .await
+            .map_err(|e| (e, false))
+            .and_then(|r| r);
+        match found {
+            Ok(found) if self.shared.link_now().epoch == link.epoch => Ok(found),
+            Ok(_) => Err(self
+                .session_error(link.epoch, self.shared.lost_error(), false)
+                .await),
+            Err((e, broken)) => Err(self.session_error(link.epoch, e, broken).await),
+        }
+    }
+
+    async fn wait_key_over(&self, txn: &str, key: &[u8]) {
+        // Rows of a session that is gone count for nothing: nothing to do without one.
+        let Some(session) = self.shared.session() else {
+            return;
+        };
+        let (txn, name) = (txn.to_string(), self.state_lock_key(key));
+        let _ = self
+            .run(async move {
+                let _ = session
+                    .execute_typed(
+                        "DELETE FROM provisio_key_waits WHERE txn = $1 AND lock = hashtextextended($2, 0)",
+                        &[(&txn, Type::TEXT), (&name, Type::TEXT)],
+                    )
+                    .await;
+                Ok(())
+            })
+            .await;
+    }
+
+    fn keys_released(&self, txn: &str) {
+        let Some(session) = self.shared.session() else {
+            return;
+        };
+        let txn = txn.to_string();
+        self.handle.spawn(async move {
+            let _ = session
+                .execute_typed(
+                    "WITH w AS (DELETE FROM provisio_key_waits WHERE txn = $1)
+                     DELETE FROM provisio_key_holds WHERE txn = $1",
+                    &[(&txn, Type::TEXT)],
                 )
                 .await;
         });
