@@ -19,6 +19,8 @@ Exit codes:
   1  a step failed; everything done was rolled back
   2  bad input (syntax, unknown name, access, missing input): nothing ran
   3  a step failed and an undo failed too: the response lists what to fix
+  4  the PostgreSQL store was lost mid-run: the transaction stopped unfinished; run
+     `provisio recover` once the database is back
   75 another provisio process holds the journal: nothing ran; try again later (--wait-lock)
 
 Configuration (each layer overrides the one before; `provisio config show` prints the result):

@@ -323,8 +323,26 @@ async fn run(cli: &Cli, config: &Config, args: &RunArgs) -> Result<Exit> {
     let mut results = Vec::with_capacity(count);
     // Items run one after another, each its own transaction: one that fails rolls back
     // only itself and the next still runs (as MPS's queue manager runs a split batch).
+    // On PostgreSQL, a run stops where it is when the database is lost (as the daemon's
+    // runs do): the session's locks went with it, and its journal writes are refused.
+    let store = kept_journal.as_ref().map(|j| j.store().clone());
+    let pg = store.as_ref().and_then(|s| s.postgres());
     for (i, request) in requests.into_iter().enumerate() {
-        let result = match engine.run_owned(request).await {
+        let ran = match pg {
+            None => engine.run_owned(request).await,
+            Some(pg) => match run_until_lost(&engine, request, pg).await {
+                Ok(ran) => ran,
+                Err(txn) => {
+                    progress.finish_and_clear();
+                    if is_batch && !results.is_empty() {
+                        let format = args.output.map(to_format).unwrap_or(request_format);
+                        print!("{}", response::render_batch(&results, format));
+                    }
+                    return Ok(stopped_by_loss(&label(i), &txn, pg.url(), is_batch));
+                }
+            },
+        };
+        let result = match ran {
             Ok(r) => r,
             Err(e) if results.is_empty() => {
                 progress.finish_and_clear();
@@ -387,6 +405,41 @@ async fn run(cli: &Cli, config: &Config, args: &RunArgs) -> Result<Exit> {
         }
     }
     Ok(exit)
+}
+
+/// Runs `request` on the PostgreSQL store `pg` until it ends or the database is lost
+/// (`Err`: the id of the transaction stopped unfinished, left for recovery).
+async fn run_until_lost(
+    engine: &provisio_engine::Engine,
+    request: provisio_engine::Request,
+    pg: &provisio_engine::PgStore,
+) -> Result<Result<provisio_engine::TxnResult, provisio_engine::RunError>, provisio_engine::TxnId> {
+    let mut link = pg.link();
+    let epoch = link.borrow().epoch;
+    let txn = provisio_engine::TxnId::new_v7();
+    let control = provisio_engine::RunControl {
+        txn_id: Some(txn.clone()),
+        cancel: None,
+    };
+    tokio::select! {
+        biased;
+        // (A store that closed ends nothing here.)
+        Ok(_) = link.wait_for(|l| l.epoch != epoch) => Err(txn),
+        ran = engine.run_controlled(request, control) => Ok(ran),
+    }
+}
+
+/// Says that the run of `txn` stopped because its PostgreSQL store (at `url`, masked) was
+/// lost, and what to do (stderr); exit 4.
+fn stopped_by_loss(label: &str, txn: &provisio_engine::TxnId, url: &str, is_batch: bool) -> Exit {
+    eprintln!(
+        "{label}error: the connection to the PostgreSQL store at `{url}` was lost while transaction {txn} ran: the run stopped here, unfinished (its journal writes can no longer be acknowledged, so it neither goes on nor rolls back in this process){}",
+        if is_batch { "; items after it did not run" } else { "" }
+    );
+    eprintln!(
+        "  hint: once the database is back, run `provisio recover` (or start `provisio serve`): recovery finishes the transaction from its journal (undoes its steps, or resumes it if it is resumable); `provisio tx show {txn}` then says how it ended"
+    );
+    Exit::StoreLost
 }
 
 /// What became of the jobs `queue` steps queued, and how to run them (stderr).

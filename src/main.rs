@@ -97,6 +97,9 @@ pub enum Exit {
     BadInput = 2,
     /// A step failed and some undo failed too: an operator must look.
     RollbackFailed = 3,
+    /// The PostgreSQL store was lost mid-run: the transaction stopped unfinished and is
+    /// left for recovery (`provisio recover` once the database is back).
+    StoreLost = 4,
     /// Another provisio process holds the journal: nothing ran; try again later
     /// (EX_TEMPFAIL of sysexits.h).
     StoreBusy = 75,

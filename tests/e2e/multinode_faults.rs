@@ -157,3 +157,87 @@ fn events_of_a_job_another_daemon_runs_reach_the_client() {
         "the follower ran the job"
     );
 }
+
+/// A `provisio run` (no daemon) whose PostgreSQL goes away mid-run stops as the daemon's
+/// runs do: at once, exit 4, saying that the transaction stopped unfinished and to run
+/// `provisio recover` once the database is back; nothing of it is undone in the process
+/// (its journal writes could not be acknowledged). Once the database is back, `provisio
+/// recover` rolls it back: the account its first step opened is gone.
+#[test]
+fn a_cli_run_whose_database_is_lost_stops_and_is_left_for_recover() {
+    use crate::daemon::{customer, Site};
+    if !crate::daemon::python() {
+        return;
+    }
+    let Some(pg) = Postgres::start() else { return };
+    let url = pg.new_schema("cli_lost");
+    // Each ledger call takes 1.5 s: the run is in its second step when the database goes.
+    let site = Site::new(1500);
+    let config = std::fs::read_to_string(site.path("provisio.toml")).unwrap();
+    std::fs::write(
+        site.path("provisio.toml"),
+        format!("store = \"{url}\"\n{config}"),
+    )
+    .unwrap();
+    std::fs::write(site.path("ann.yaml"), customer("ann")).unwrap();
+    let mut run = site
+        .command(&["run", "ann.yaml"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !site.accounts().iter().any(|(name, _)| name == "ann") {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the first step never ran"
+        );
+        assert!(run.try_wait().unwrap().is_none(), "the run ended early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    pg.stop_immediate();
+    let lost = Instant::now();
+    let status = loop {
+        if let Some(status) = run.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            lost.elapsed() < Duration::from_secs(20),
+            "the run goes on without its database"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stopped_in = lost.elapsed();
+    let out = run.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(status.code(), Some(4), "{stderr}");
+    assert!(stderr.contains("was lost while transaction"), "{stderr}");
+    assert!(stderr.contains("provisio recover"), "{stderr}");
+    let txn = stderr
+        .split("was lost while transaction ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    // Nothing was undone in the stopped process.
+    assert!(
+        site.accounts().iter().any(|(name, _)| name == "ann"),
+        "{:?}",
+        site.accounts()
+    );
+    eprintln!("the run stopped {stopped_in:?} after the database was lost:\n{stderr}");
+    pg.restart();
+    let (code, stdout, stderr) = site.run(&["recover"], &[]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(
+        !site.accounts().iter().any(|(name, _)| name == "ann"),
+        "recovery undid the first step: {:?}",
+        site.accounts()
+    );
+    let (code, stdout, stderr) = site.run(&["tx", "show", &txn], &[]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("rolled_back") || stdout.contains("rolled back"),
+        "{stdout}"
+    );
+}
