@@ -261,6 +261,19 @@ procedures:
         call: Counter Provider/Add
         needs: [y]
         with: { key: x }
+  TwoKeys:
+    access: public
+    inputs:
+      first: { type: string, required: true }
+      second: { type: string, required: true }
+    steps:
+      one:
+        call: Counter Provider/Add
+        with: { key: "{{ data.first }}" }
+      two:
+        call: Counter Provider/Add
+        needs: [one]
+        with: { key: "{{ data.second }}", delay: "300" }
   XThenYLate:
     access: public
     steps:
@@ -644,6 +657,53 @@ async fn a_deadlock_across_two_processes_on_postgresql_is_detected_at_once() {
             std::thread::sleep(Duration::from_millis(50));
         }
         assert_eq!(left, "0", "{table} is emptied when the transactions end");
+    }
+}
+
+/// A cycle through a wait within one process and waits across processes, which neither
+/// lock table sees alone: on process A, A1 holds `x` and waits for `z` (in A's table: A2
+/// holds it), A2 holds `z` and waits for `w` (across: B1 holds it), and B1 on process B
+/// holds `w` and waits for `x` (across: A1). A1, the youngest (it started last), gives way
+/// at once with the deadlock error; the two others commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deadlock_through_a_wait_within_a_process_and_across_processes_is_detected() {
+    let Some(pg) = provisio_test_support::postgres::Postgres::shared() else {
+        return;
+    };
+    let url = pg.new_schema("state_deadlock3");
+    let open = || {
+        let dir = tempfile::tempdir().unwrap();
+        let store = provisio_engine::testing::open_store(dir.path(), Some(url.clone()));
+        let journal = Arc::new(DurableJournal::new(store, None, "test"));
+        engine(Arc::new(Counter::default())).with_journal(journal)
+    };
+    let (a, b) = (open(), open());
+    let two_keys = |e: &Engine, first: &str, second: &str| {
+        let e = e.clone();
+        let text =
+            format!("call: Counting/TwoKeys\ndata: {{ first: {first}, second: {second} }}\n");
+        tokio::spawn(async move {
+            let request = parse_request(&text, "req.yaml", Format::Yaml).unwrap();
+            e.run(&request).await.unwrap()
+        })
+    };
+    let started = std::time::Instant::now();
+    let b1 = two_keys(&b, "w", "x");
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let a2 = two_keys(&a, "z", "w");
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let a1 = two_keys(&a, "x", "z");
+    let (b1, a2, a1) = (b1.await.unwrap(), a2.await.unwrap(), a1.await.unwrap());
+    let took = started.elapsed();
+    assert_eq!(a1.state, TxnState::RolledBack, "{:?}", a1.failure);
+    let message = &a1.failure.as_ref().unwrap().message;
+    assert!(message.contains("deadlock"), "{message}");
+    assert_eq!(a2.state, TxnState::Committed, "{:?}", a2.failure);
+    assert_eq!(b1.state, TxnState::Committed, "{:?}", b1.failure);
+    assert!(took < Duration::from_secs(4), "took {took:?}");
+    // w: B1 and A2; x: B1 (A1's is rolled back); z: A2 (A1 never got it).
+    for (key, expected) in [("w", 2), ("x", 1), ("z", 1)] {
+        assert_eq!(counter(&a, key), Some(expected), "{key}");
     }
 }
 

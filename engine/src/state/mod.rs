@@ -260,7 +260,7 @@ impl StateSpace {
         call: u64,
         shown: impl Fn() -> String,
     ) -> Result<(), StateError> {
-        self.locks.acquire(full, txn, call, &shown).await?;
+        self.acquire_local(full, txn, call, &shown).await?;
         let held = lock(&self.shared_held)
             .get(txn)
             .is_some_and(|keys| keys.iter().any(|k| k == full));
@@ -280,6 +280,56 @@ impl StateSpace {
             .or_default()
             .push(full.to_vec());
         Ok(())
+    }
+
+    /// Takes `full` in this process's lock table. A wait there that lasts is recorded in
+    /// the store too, and looks for a cycle across processes at each poll (2 ms doubling to
+    /// 50 ms): a cycle that goes through a wait within this process and waits across
+    /// processes is seen by neither lock table alone. (A cycle within the process fails at
+    /// once in the table.)
+    async fn acquire_local(
+        &self,
+        full: &[u8],
+        txn: &TxnId,
+        call: u64,
+        shown: &impl Fn() -> String,
+    ) -> Result<(), StateError> {
+        let local = self.locks.acquire(full, txn, call, shown);
+        tokio::pin!(local);
+        let mut pause = Duration::from_millis(2);
+        let mut recorded = false;
+        let result = loop {
+            tokio::select! {
+                biased;
+                r = &mut local => break r,
+                () = tokio::time::sleep(pause) => {}
+            }
+            pause = (pause * 2).min(Duration::from_millis(50));
+            recorded = true;
+            lock(&self.waited).insert(txn.clone());
+            let holds = lock(&self.shared_held)
+                .get(txn)
+                .cloned()
+                .unwrap_or_default();
+            match self.store.wait_key(txn.as_str(), full, &holds).await {
+                Ok(Some(holder)) => {
+                    break Err(StateError::Deadlock {
+                        key: shown(),
+                        holder: format!(
+                            "transaction {holder} of another provisio process (through a transaction of this one)"
+                        ),
+                    })
+                }
+                Ok(None) => {}
+                // The wait in this process goes on (a store that failed fails the call
+                // at its next use of the store).
+                Err(e) => tracing::debug!(error = %e, "recording a wait for a provider-state key"),
+            }
+        };
+        if recorded {
+            self.store.wait_key_over(txn.as_str(), full).await;
+        }
+        result
     }
 
     /// Waits for `full`, which another process holds, polling (2 ms doubling to 50 ms) up
