@@ -646,14 +646,20 @@ pub(super) async fn accept(
         // claimed in one write, and run by this submission (on a task of its own, so a
         // client hanging up does not stop the transaction halfway).
         let new = match fast.take() {
-            Some(()) => match d.queue.submit_claimed(new, now, d.config.lease.0).await? {
-                Ok(job) => {
+            Some(()) => match d.queue.submit_claimed(new, now, d.config.lease.0).await {
+                Ok(Ok(job)) => {
                     if let Some(p) = program {
                         d.keep_program(&job.id, p);
                     }
                     return run_waiting(d, job, request, wait.unwrap_or_default(), warnings).await;
                 }
-                Err(new) => new,
+                Ok(Err(new)) => new,
+                // Queued, but the database was lost as it was claimed: never an error for
+                // a job that is queued (a client resending would run it twice).
+                Err(QueueError::ClaimLost { id }) => {
+                    return claimed_as_lost(d, id, wait.unwrap_or_default(), warnings).await;
+                }
+                Err(e) => return Err(e.into()),
             },
             None => new,
         };
@@ -771,6 +777,62 @@ async fn run_waiting(
     }
     let current = d.queue.get(&id)?;
     let state = current.map_or("running", |j| j.state.name());
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, format!("/v1/requests/{id}"))],
+        Json(json!({ "id": id, "state": state, "created": true, "warnings": warnings })),
+    )
+        .into_response())
+}
+
+/// Answers a waiting submission whose job was queued and claimed as the database was lost
+/// ([`QueueError::ClaimLost`]): once the database is back (within `wait`) and the job is
+/// there, as any waiting submission (200 with the finished request, else 202 with its id);
+/// 503 naming the job when the database is not back in time, or saying that nothing was
+/// queued when the database lost the job's commit too.
+async fn claimed_as_lost(
+    d: &Arc<Daemon>,
+    id: String,
+    wait: Duration,
+    warnings: Vec<String>,
+) -> Result<Response, ApiError> {
+    tracing::warn!(job = %id, "the database was lost as a waiting client's job was claimed: the job is taken back and runs once the database is back");
+    let deadline = tokio::time::Instant::now() + wait;
+    let back = match d.store.postgres() {
+        None => true,
+        Some(pg) => {
+            let mut link = pg.link();
+            let up = tokio::time::timeout_at(deadline, link.wait_for(|l| l.up && !l.closed))
+                .await
+                .is_ok_and(|r| r.is_ok());
+            up
+        }
+    };
+    if !back {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "database_lost",
+            format!("the connection to the PostgreSQL store was lost as request `{id}` was queued: it runs once the database is back, unless the database lost it too; ask GET /v1/requests/{id} then, and send the request again only if it is not there (an Idempotency-Key makes resending safe)"),
+        ));
+    }
+    if d.queue.get(&id)?.is_none() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "database_lost",
+            "the connection to the PostgreSQL store was lost as the request was queued, and the database lost it: nothing was queued; send the request again".to_string(),
+        ));
+    }
+    // On disk before its id is given out (its claim committed without waiting for it).
+    d.queue.sync().await?;
+    super::lend_worker(d);
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    if let Some(job) = wait_for(d, &id, left).await? {
+        let mut body = view(d, &job, true);
+        add(&mut body, "created", json!(true));
+        add(&mut body, "warnings", json!(warnings));
+        return Ok((StatusCode::OK, Json(body)).into_response());
+    }
+    let state = d.queue.get(&id)?.map_or("queued", |j| j.state.name());
     Ok((
         StatusCode::ACCEPTED,
         [(header::LOCATION, format!("/v1/requests/{id}"))],

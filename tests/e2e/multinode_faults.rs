@@ -241,3 +241,37 @@ fn a_cli_run_whose_database_is_lost_stops_and_is_left_for_recover() {
         "{stdout}"
     );
 }
+
+/// A waiting submission (`?wait=`) whose job is queued and claimed as the database is lost
+/// (the failpoint `PROVISIO_FAIL_CLAIM_LOST=1` breaks the node's session right after the
+/// claim commits) is not answered with an error while its job is queued (a client resending
+/// would run it twice): once the database is back the job is taken back and run, and the
+/// client gets its end as for any waiting submission. One job, run once.
+#[test]
+fn a_waiting_submission_whose_claim_crosses_a_loss_gets_its_job() {
+    let Some(pg) = Postgres::shared() else { return };
+    let url = pg.new_schema("claim_lost");
+    let schema = url.rsplit("%3D").next().unwrap().to_string();
+    let site = site(&url);
+    let d = site.start_with(&[("PROVISIO_FAIL_CLAIM_LOST", "1")]);
+    let a = d.submit(
+        OPS,
+        "call: Multi Node/Work\ndata: { tenant: t0, n: \"1\" }\n",
+        "?wait=30s",
+        &[],
+    );
+    let log = d.log.lock().unwrap().clone();
+    assert_eq!(a.status, 200, "{a:?}\n{log}");
+    assert_eq!(a.body["state"], "succeeded", "{a:?}");
+    assert!(log.contains("PROVISIO_FAIL_CLAIM_LOST"), "{log}");
+    assert!(
+        log.contains("as a waiting client's job was claimed"),
+        "{log}"
+    );
+    let out = pg.psql(&format!(
+        "SELECT count(*), min(state) FROM {schema}.provisio_jobs"
+    ));
+    assert_eq!(out.code, 0, "{out:?}");
+    assert_eq!(out.stdout.trim(), "1|2", "one job, succeeded: {out:?}");
+    assert!(site.path("data/files/done/t0/1").is_dir());
+}

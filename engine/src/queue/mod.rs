@@ -500,6 +500,16 @@ pub enum QueueError {
         /// The field.
         field: &'static str,
     },
+    /// [`Queue::submit_claimed`] on PostgreSQL: the job was queued and claimed, and the
+    /// database was lost meanwhile (the claim went with the node's session). The job is in
+    /// the queue (unless the database lost its commit too): taken back with the node's
+    /// other jobs once the database is back and run by whichever node claims it; the
+    /// caller must not run it, and must not queue it again.
+    #[error("job `{id}` was queued, but the connection to the PostgreSQL store was lost as it was claimed: it runs once the database is back")]
+    ClaimLost {
+        /// The job's id.
+        id: String,
+    },
 }
 
 /// Why [`Queue::settle_held`] stopped.

@@ -1410,17 +1410,24 @@ impl PgQueue {
     ) -> Res<Result<Job, NewJob>> {
         let epoch = self.pg().epoch();
         let r = self.submit_claimed(new, now, lease).await?;
+        // Tests: the database lost right after the claim (`PROVISIO_FAIL_CLAIM_LOST=1`,
+        // once per process).
+        #[cfg(feature = "failpoints")]
+        if r.is_ok() && std::env::var("PROVISIO_FAIL_CLAIM_LOST").is_ok_and(|v| v == "1") {
+            static ONCE: std::sync::Once = std::sync::Once::new();
+            ONCE.call_once(|| self.pg().fail_link(epoch));
+        }
         Ok(match r {
-            Ok(job) => match self.remember_claim(job, epoch) {
-                Some(job) => Ok(job),
-                // Claimed as the database went away: the job is in the queue, taken back
-                // with this node's other jobs; the caller waits for it as for any job.
-                None => {
-                    return Err(QueueError::Store(
-                        self.pg().unavailable().unwrap_or(StoreError::Closed),
-                    ))
+            Ok(job) => {
+                let id = job.id.clone();
+                match self.remember_claim(job, epoch) {
+                    Some(job) => Ok(job),
+                    // Claimed as the database went away: the job is in the queue, taken
+                    // back with this node's other jobs; the caller waits for it as for any
+                    // job, and must not submit it again.
+                    None => return Err(QueueError::ClaimLost { id }),
                 }
-            },
+            }
             Err(new) => Err(new),
         })
     }

@@ -1643,6 +1643,14 @@ impl PgStore {
         self.shared.link.subscribe()
     }
 
+    /// Tests (feature `failpoints`): behaves as if the node's session of `epoch` broke
+    /// now (the database lost), and reconnects.
+    #[cfg(feature = "failpoints")]
+    pub(crate) fn fail_link(&self, epoch: u64) {
+        self.shared
+            .link_lost(epoch, "failpoint PROVISIO_FAIL_CLAIM_LOST");
+    }
+
     /// Whether the database is reachable (the node's session is up).
     pub fn is_up(&self) -> bool {
         self.shared.link_now().up
