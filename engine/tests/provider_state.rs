@@ -618,6 +618,10 @@ async fn a_deadlock_across_two_processes_on_postgresql_is_detected_at_once() {
         });
         let (first, second) = (first.await.unwrap(), second.await.unwrap());
         let took = started.elapsed();
+        // Each second step waits 300 ms before it asks for its key.
+        eprintln!(
+            "round {round}: the deadlock ended after {took:?} (300 ms of it the steps' own delay)"
+        );
         let mut states = [first.state, second.state];
         states.sort_by_key(|s| s.to_string());
         assert_eq!(
@@ -695,6 +699,7 @@ async fn a_deadlock_through_a_wait_within_a_process_and_across_processes_is_dete
     let a1 = two_keys(&a, "x", "z");
     let (b1, a2, a1) = (b1.await.unwrap(), a2.await.unwrap(), a1.await.unwrap());
     let took = started.elapsed();
+    eprintln!("the three transactions ended after {took:?} (360 ms of it the starts' and steps' own delays)");
     assert_eq!(a1.state, TxnState::RolledBack, "{:?}", a1.failure);
     let message = &a1.failure.as_ref().unwrap().message;
     assert!(message.contains("deadlock"), "{message}");
