@@ -33,6 +33,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// How long a wait for a key lasts before it is recorded in a store several processes
+/// share and looks for a deadlock across them ([`Store::wait_key`]); most waits end
+/// sooner, and a deadlock is rare: recording every short wait made contended keys ~3x
+/// slower (a statement on the node's session at each poll).
+const RECORD_AFTER: Duration = Duration::from_millis(100);
+/// How often a recorded wait looks for a deadlock again.
+const RECORD_EVERY: Duration = Duration::from_millis(100);
+
 /// Why a provider-state operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StateError {
@@ -249,9 +257,8 @@ impl StateSpace {
     /// on a store several processes share (PostgreSQL), across processes too, for as long
     /// as the transaction runs. A key another process holds is waited for (polled) up to
     /// the lock wait, then the call fails with [`StateError::LockTimeout`] (a transient
-    /// error). While it waits, the wait and the keys the transaction holds are recorded in
-    /// the store ([`Store::wait_key`]) and each poll looks for a cycle of waits across
-    /// processes: the youngest transaction of a cycle gives way with
+    /// error). A wait that lasts is recorded in the store with the keys the transaction
+    /// holds ([`Store::wait_key`]) and looks for a cycle of waits across processes: the youngest transaction of a cycle gives way with
     /// [`StateError::Deadlock`], as a cycle within this process does.
     async fn acquire(
         &self,
@@ -270,9 +277,12 @@ impl StateSpace {
         // The key taken at once (the common case) costs one round trip, as it did.
         let got = self.store.lock_key(full).await.map_err(StateError::Store)?;
         if !got {
-            let waited = self.wait_across(full, txn, &shown).await;
-            // Recorded at the first poll: forgotten whatever the end.
-            self.store.wait_key_over(txn.as_str(), full).await;
+            let mut recorded = false;
+            let waited = self.wait_across(full, txn, &shown, &mut recorded).await;
+            // Forgotten whatever the end.
+            if recorded {
+                self.store.wait_key_over(txn.as_str(), full).await;
+            }
             waited?;
         }
         lock(&self.shared_held)
@@ -282,9 +292,9 @@ impl StateSpace {
         Ok(())
     }
 
-    /// Takes `full` in this process's lock table. A wait there that lasts is recorded in
-    /// the store too, and looks for a cycle across processes at each poll (2 ms doubling to
-    /// 50 ms): a cycle that goes through a wait within this process and waits across
+    /// Takes `full` in this process's lock table. A wait there that lasts
+    /// ([`RECORD_AFTER`]) is recorded in the store too, and looks for a cycle across
+    /// processes every [`RECORD_EVERY`]: a cycle that goes through a wait within this process and waits across
     /// processes is seen by neither lock table alone. (A cycle within the process fails at
     /// once in the table.)
     async fn acquire_local(
@@ -300,7 +310,7 @@ impl StateSpace {
         if let Some(r) = futures::FutureExt::now_or_never(local.as_mut()) {
             return r;
         }
-        let mut pause = Duration::from_millis(2);
+        let mut pause = RECORD_AFTER;
         let mut recorded = false;
         let result = loop {
             tokio::select! {
@@ -308,7 +318,7 @@ impl StateSpace {
                 r = &mut local => break r,
                 () = tokio::time::sleep(pause) => {}
             }
-            pause = (pause * 2).min(Duration::from_millis(50));
+            pause = RECORD_EVERY;
             recorded = true;
             lock(&self.waited).insert(txn.clone());
             let holds = lock(&self.shared_held)
@@ -337,27 +347,33 @@ impl StateSpace {
     }
 
     /// Waits for `full`, which another process holds, polling (2 ms doubling to 50 ms) up
-    /// to the lock wait; each poll records the wait and looks for a deadlock across
-    /// processes.
+    /// to the lock wait; once the wait lasted [`RECORD_AFTER`], it is recorded (`recorded`)
+    /// and looks for a deadlock across processes every [`RECORD_EVERY`].
     async fn wait_across(
         &self,
         full: &[u8],
         txn: &TxnId,
         shown: &impl Fn() -> String,
+        recorded: &mut bool,
     ) -> Result<(), StateError> {
-        lock(&self.waited).insert(txn.clone());
         let started = std::time::Instant::now();
+        let mut record_at = started + RECORD_AFTER;
         let mut pause = Duration::from_millis(2);
         loop {
-            let holds = lock(&self.shared_held)
-                .get(txn)
-                .cloned()
-                .unwrap_or_default();
-            if let Some(holder) = self.store.wait_key(txn.as_str(), full, &holds).await? {
-                return Err(StateError::Deadlock {
-                    key: shown(),
-                    holder: format!("transaction {holder} of another provisio process"),
-                });
+            if std::time::Instant::now() >= record_at {
+                record_at += RECORD_EVERY;
+                *recorded = true;
+                lock(&self.waited).insert(txn.clone());
+                let holds = lock(&self.shared_held)
+                    .get(txn)
+                    .cloned()
+                    .unwrap_or_default();
+                if let Some(holder) = self.store.wait_key(txn.as_str(), full, &holds).await? {
+                    return Err(StateError::Deadlock {
+                        key: shown(),
+                        holder: format!("transaction {holder} of another provisio process"),
+                    });
+                }
             }
             if started.elapsed() >= self.lock_wait {
                 return Err(StateError::LockTimeout {

@@ -88,9 +88,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
 /// only on the waiting path (a transaction that waits for a key another node holds records
 /// the keys it holds and the key it waits for); `lock` is the key's advisory lock, `pid` the
 /// server process of the node's session that holds the advisory locks (a row whose session
-/// or node is gone counts for nothing).
+/// or node is gone counts for nothing). Unlogged: the rows describe live sessions only (a
+/// server crash ends them all, and empties the tables), and writing them costs no WAL and
+/// no WAL flush at commit.
 const SCHEMA_KEY_WAITS: &str = "
-CREATE TABLE provisio_key_holds (
+CREATE UNLOGGED TABLE provisio_key_holds (
     lock bigint NOT NULL,
     txn text COLLATE \"C\" NOT NULL,
     node text NOT NULL,
@@ -98,7 +100,7 @@ CREATE TABLE provisio_key_holds (
     PRIMARY KEY (lock, txn)
 );
 CREATE INDEX provisio_key_holds_txn ON provisio_key_holds (txn);
-CREATE TABLE provisio_key_waits (
+CREATE UNLOGGED TABLE provisio_key_waits (
     txn text COLLATE \"C\" NOT NULL,
     lock bigint NOT NULL,
     node text NOT NULL,
