@@ -20,6 +20,12 @@
 //!   ahead and IN_FLIGHT jobs held running (their last step calls the example Ledger exec
 //!   provider, slowed to 30 s a call); `kill -9` of the daemon, then a new daemon: the time
 //!   from its start until `/v1/ready` answers 200.
+//! - `floor [REPS] [REQUESTS] [CLIENTS] [WORKERS]` (default 3, 4000, 64, 64): what HTTP
+//!   itself allows here, beside the daemon: a bare axum server (a child process: this
+//!   program's `floor-server` mode) answering the same `POST /v1/requests` with an answer
+//!   of the daemon's shape, first with nothing durable, then with a group-committed
+//!   `fdatasync`'d append a request; then the daemon with `?wait=30s`; interleaved, each
+//!   with its server process's CPU time a request.
 //!
 //! The daemon is `target/release/provisio` (or `PROVISIO_BIN`), started on 127.0.0.1 with
 //! a fresh data directory in a temp folder (parent: `PROVISIO_BENCH_DIR`). The five steps
@@ -631,6 +637,175 @@ fn restart(queued: usize, in_flight: usize) -> Result<()> {
     Ok(())
 }
 
+/// The floor of HTTP on this machine (`floor` mode): a bare axum server, in a process of its
+/// own (this program again, `floor-server none|sync DIR`), answering `POST /v1/requests` as
+/// the daemon's `?wait` does in shape — the bearer token checked, the JSON body parsed, an
+/// answer of the daemon's size (the job, five steps, the response) serialized — with no
+/// engine behind it: with `sync`, each request's record (its body) is appended to one file
+/// and answered after an `fdatasync` covering it, group-committed as the daemon's journal
+/// is (one writer thread; whatever arrived while it synced goes into the next sync).
+fn floor_server(mode: &str, dir: &str) -> Result<()> {
+    use axum::http::{HeaderMap, StatusCode};
+    use std::io::Write;
+    type Ack = tokio::sync::oneshot::Sender<()>;
+    let sync = match mode {
+        "none" => None,
+        "sync" => {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Vec<u8>, Ack)>();
+            let mut file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(PathBuf::from(dir).join("floor.log"))?;
+            std::thread::spawn(move || {
+                let mut acks = Vec::new();
+                let mut buf = Vec::new();
+                while let Some((record, ack)) = rx.blocking_recv() {
+                    buf.extend_from_slice(&record);
+                    acks.push(ack);
+                    while let Ok((record, ack)) = rx.try_recv() {
+                        buf.extend_from_slice(&record);
+                        acks.push(ack);
+                    }
+                    if file
+                        .write_all(&buf)
+                        .and_then(|()| file.sync_data())
+                        .is_err()
+                    {
+                        return;
+                    }
+                    buf.clear();
+                    for ack in acks.drain(..) {
+                        let _ = ack.send(());
+                    }
+                }
+            });
+            Some(tx)
+        }
+        other => bail!("floor-server none|sync DIR, not `{other}`"),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let handler = move |headers: HeaderMap, body: axum::body::Bytes| {
+            let sync = sync.clone();
+            async move {
+                let bearer = format!("Bearer {TOKEN}");
+                if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(&bearer) {
+                    return (StatusCode::UNAUTHORIZED, "no".to_string());
+                }
+                let Ok(request) = serde_json::from_slice::<serde_json::Value>(&body) else {
+                    return (StatusCode::BAD_REQUEST, "bad".to_string());
+                };
+                if let Some(tx) = &sync {
+                    let (ack, done) = tokio::sync::oneshot::channel();
+                    if tx.send((body.to_vec(), ack)).is_err() || done.await.is_err() {
+                        return (StatusCode::INTERNAL_SERVER_ERROR, "sync".to_string());
+                    }
+                }
+                let id = format!("{:032x}", now_ms());
+                let steps: Vec<serde_json::Value> = (1..=5)
+                    .map(|i| serde_json::json!({"step": format!("s{i}"), "target": "Error Provider/ReportEvent", "attempt": 1, "state": "done"}))
+                    .collect();
+                let answer = serde_json::json!({
+                    "id": id, "state": "succeeded", "outcome": "committed", "subject": "load",
+                    "target": request["call"], "priority": 0, "serial_key": null, "attempts": 1,
+                    "max_attempts": 5, "transactions": [id], "submitted_ms": now_ms(),
+                    "not_before_ms": 0, "started_ms": now_ms(), "finished_ms": now_ms(),
+                    "error": null, "cancel_requested": false, "parents": [], "waiting_for": [],
+                    "response_retained": true, "steps": steps,
+                    "response": {"transactionId": id, "status": "committed", "data": request["data"], "requestFormat": "json"},
+                    "created": true, "warnings": []
+                });
+                (StatusCode::OK, answer.to_string())
+            }
+        };
+        let app = axum::Router::new().route("/v1/requests", axum::routing::post(handler));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        println!("{}", listener.local_addr()?);
+        std::io::stdout().flush()?;
+        axum::serve(listener, app).await?;
+        Ok(())
+    })
+}
+
+/// `floor`: REPS rounds of the bare server without a sync, with a group-committed sync, and
+/// the daemon with `?wait`, interleaved, each REQUESTS from CLIENTS clients (the same load
+/// generator as `throughput`); requests/s and each server process's CPU time a request.
+fn floor(reps: usize, total: usize, clients: usize, workers: usize) -> Result<()> {
+    use std::io::BufRead;
+    let dir = tempdir()?;
+    let site = Site::new(workers, 0)?;
+    let (d, _) = site.start()?;
+    hammer(&d.url, 500, clients, "?wait=30s", 200)?;
+    let per = |c: Duration| c.as_secs_f64() * 1e6 / total as f64;
+    // Each server's name, then its requests/s, CPU µs a request and p99 (ms) a repetition.
+    type Row = (&'static str, Vec<f64>, Vec<f64>, Vec<f64>);
+    let mut rows: Vec<Row> = Vec::new();
+    for name in [
+        "bare axum, no sync",
+        "bare axum, group-committed fdatasync",
+        "daemon ?wait",
+    ] {
+        rows.push((name, Vec::new(), Vec::new(), Vec::new()));
+    }
+    for rep in 0..reps {
+        for (i, mode) in ["none", "sync"].into_iter().enumerate() {
+            let mut child = Command::new(std::env::current_exe()?)
+                .args(["floor-server", mode])
+                .arg(dir.path())
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .spawn()?;
+            let mut line = String::new();
+            std::io::BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+            let url = format!("http://{}", line.trim());
+            hammer(&url, 500, clients, "?wait=30s", 200)?;
+            let pid = child.id().to_string();
+            let c0 = cpu_of(&pid);
+            let (t, l) = hammer(&url, total, clients, "?wait=30s", 200)?;
+            let cpu = per(cpu_of(&pid).saturating_sub(c0));
+            let _ = child.kill();
+            let _ = child.wait();
+            let r = total as f64 / t.as_secs_f64();
+            println!(
+                "rep {}: {}: {r:.0} req/s, p50 {:.2} ms p99 {:.2} ms, {cpu:.0} µs CPU/req (server process) | load {}",
+                rep + 1,
+                rows[i].0,
+                pct(&l, 0.5),
+                pct(&l, 0.99),
+                loadavg()
+            );
+            rows[i].1.push(r);
+            rows[i].2.push(cpu);
+            rows[i].3.push(pct(&l, 0.99));
+        }
+        let c0 = d.cpu();
+        let (t, l) = hammer(&d.url, total, clients, "?wait=30s", 200)?;
+        let cpu = per(d.cpu().saturating_sub(c0));
+        let r = total as f64 / t.as_secs_f64();
+        println!(
+            "rep {}: daemon ?wait: {r:.0} req/s, p50 {:.2} ms p99 {:.2} ms, {cpu:.0} µs CPU/req (daemon process) | load {}",
+            rep + 1,
+            pct(&l, 0.5),
+            pct(&l, 0.99),
+            loadavg()
+        );
+        rows[2].1.push(r);
+        rows[2].2.push(cpu);
+        rows[2].3.push(pct(&l, 0.99));
+    }
+    for (name, mut r, mut c, mut p) in rows {
+        println!(
+            "median of {reps} ({total} requests, {clients} clients): {name}: {:.0} req/s, {:.0} µs CPU/req, p99 {:.2} ms",
+            median(&mut r),
+            median(&mut c),
+            median(&mut p)
+        );
+    }
+    Ok(())
+}
+
 fn arg<T: std::str::FromStr>(args: &[String], i: usize, default: T) -> Result<T> {
     match args.get(i) {
         None => Ok(default),
@@ -642,6 +817,12 @@ fn arg<T: std::str::FromStr>(args: &[String], i: usize, default: T) -> Result<T>
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("floor-server") {
+        return floor_server(
+            args.get(1).map_or("none", String::as_str),
+            args.get(2).map_or(".", String::as_str),
+        );
+    }
     if !bin().exists() {
         bail!(
             "{} is missing: `cargo build --release` first (or set PROVISIO_BIN)",
@@ -667,6 +848,12 @@ fn main() -> Result<()> {
             arg(&args, 4, 0)?,
         ),
         Some("restart") => restart(arg(&args, 1, 10_000)?, arg(&args, 2, 1000)?),
-        _ => bail!("usage: daemon_load throughput [REPS] [REQUESTS] [CLIENTS] [WORKERS] | backlog N [BATCH] [RATE_GUESS] [SAMPLE] | restart [QUEUED] [IN_FLIGHT]"),
+        Some("floor") => floor(
+            arg(&args, 1, 3)?,
+            arg(&args, 2, 4000)?,
+            arg(&args, 3, 64)?,
+            arg(&args, 4, 64)?,
+        ),
+        _ => bail!("usage: daemon_load throughput [REPS] [REQUESTS] [CLIENTS] [WORKERS] | floor [REPS] [REQUESTS] [CLIENTS] [WORKERS] | backlog N [BATCH] [RATE_GUESS] [SAMPLE] | restart [QUEUED] [IN_FLIGHT]"),
     }
 }

@@ -143,6 +143,10 @@ pub fn router(d: Arc<Daemon>) -> Router {
 /// transaction spans of what it queues are the workers').
 async fn access_log(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
     use tracing::Instrument;
+    // Off at the default level (warn): nothing to build, not even the path's copy.
+    if !tracing::enabled!(tracing::Level::INFO) {
+        return next.run(req).await;
+    }
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let started = std::time::Instant::now();
@@ -758,6 +762,7 @@ async fn run_waiting(
             .map(|job| super::Finished {
                 job,
                 response: None,
+                steps: None,
             }),
         Err(_) => None,
     };
@@ -769,8 +774,13 @@ async fn run_waiting(
             None
         }
     };
-    if let Some(super::Finished { job, response }) = finished {
-        let mut body = view_with(d, &job, response);
+    if let Some(super::Finished {
+        job,
+        response,
+        steps,
+    }) = finished
+    {
+        let mut body = view_with(d, &job, response, steps);
         add(&mut body, "created", json!(true));
         add(&mut body, "warnings", json!(warnings));
         return Ok((StatusCode::OK, Json(body)).into_response());
@@ -928,14 +938,23 @@ fn queue_context_view(v: &mut Value, job: &Job) {
     add(v, "response_retained", json!(!dropped));
 }
 
-/// [`view`] in full, with the job's response when the caller has it already (not read
-/// back and decoded from the job).
-fn view_with(d: &Daemon, job: &Job, response: Option<Value>) -> Value {
+/// [`view`] in full, with the job's response and steps when the caller has them already
+/// (not read back and decoded from the job and the journal).
+fn view_with(
+    d: &Daemon,
+    job: &Job,
+    response: Option<Value>,
+    steps_seen: Option<Vec<super::StepSeen>>,
+) -> Value {
     let Some(response) = response else {
         return view(d, job, true);
     };
     let mut v = view(d, job, false);
-    add(&mut v, "steps", steps(d, job));
+    let steps = match steps_seen {
+        Some(seen) => super::steps_json(&seen),
+        None => steps(d, job),
+    };
+    add(&mut v, "steps", steps);
     add(&mut v, "response", response);
     v
 }

@@ -729,15 +729,68 @@ pub fn finished_event(job: &Job) -> serde_json::Value {
 pub(crate) struct Finished {
     pub(crate) job: Job,
     pub(crate) response: Option<serde_json::Value>,
+    /// The steps of the run as its events told them, when every one succeeded (`None`:
+    /// read them from the journal, which also has failures' messages and undos).
+    pub(crate) steps: Option<Vec<StepSeen>>,
 }
 
-async fn finish(d: &Daemon, id: &str, how: Finish) -> Option<Finished> {
-    match d.queue.finish(id, how, now_ms()).await {
+/// A provider call of a run, as its events told it.
+pub(crate) struct StepSeen {
+    step: String,
+    target: String,
+    started: std::time::Instant,
+    /// The attempt that succeeded (`None`: not finished).
+    attempt: Option<u32>,
+}
+
+/// The steps of a run as its events tell them: the answer's `steps` without reading the
+/// journal back, for a run whose every step succeeded.
+#[derive(Default)]
+struct StepLog {
+    steps: Vec<StepSeen>,
+    /// A step failed or was undone: only the journal has the whole story.
+    unclean: bool,
+}
+
+impl StepLog {
+    /// The steps when every call that started succeeded.
+    fn clean(self) -> Option<Vec<StepSeen>> {
+        (!self.unclean && self.steps.iter().all(|s| s.attempt.is_some())).then_some(self.steps)
+    }
+}
+
+/// The `steps` of an answer from a run's events, as [`api`] builds them from the journal
+/// (step, target, attempt, state), each step once, in the order they started.
+pub(crate) fn steps_json(steps: &[StepSeen]) -> serde_json::Value {
+    let mut out: Vec<serde_json::Value> = Vec::with_capacity(steps.len());
+    let mut seen: HashMap<&str, usize> = HashMap::with_capacity(steps.len());
+    for s in steps {
+        let entry = serde_json::json!({
+            "step": s.step,
+            "target": s.target,
+            "attempt": s.attempt,
+            "state": "done",
+        });
+        match seen.get(s.step.as_str()) {
+            Some(&i) => out[i] = entry,
+            None => {
+                seen.insert(&s.step, out.len());
+                out.push(entry);
+            }
+        }
+    }
+    serde_json::Value::Array(out)
+}
+
+/// Records how attempt `attempt` of a job ended (refused if another claim took the job).
+async fn finish(d: &Daemon, id: &str, attempt: u32, how: Finish) -> Option<Finished> {
+    match d.queue.finish_attempt(id, attempt, how, now_ms()).await {
         Ok(job) => {
             d.hub.finish(id, || finished_event(&job));
             Some(Finished {
                 job,
                 response: None,
+                steps: None,
             })
         }
         Err(e) => {
@@ -748,9 +801,9 @@ async fn finish(d: &Daemon, id: &str, how: Finish) -> Option<Finished> {
 }
 
 /// Records a job as dead (the end of its run: `None`, the caller reads it again if needed).
-async fn bury(d: &Daemon, id: &str, why: String) -> Option<Finished> {
+async fn bury(d: &Daemon, id: &str, attempt: u32, why: String) -> Option<Finished> {
     tracing::error!(job = %id, error = %why, "job is dead");
-    match d.queue.bury(id, why, now_ms()).await {
+    match d.queue.bury_attempt(id, attempt, why, now_ms()).await {
         Ok(job) => d.hub.finish(id, || finished_event(&job)),
         Err(e) => tracing::error!(job = %id, error = %e, "recording a dead job"),
     }
@@ -849,8 +902,11 @@ pub(crate) fn database_lost(d: &Daemon) -> bool {
 /// claim recorded.
 async fn run_job_inner(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) -> Option<Finished> {
     let id = job.id.clone();
+    // This claim's attempt: what the run settles is refused once another claim took the
+    // job (this runner stalled past its lease).
+    let attempt = job.attempts;
     let Some(txn) = job.txn.clone() else {
-        return bury(d, &id, "claimed without a transaction id".into()).await;
+        return bury(d, &id, attempt, "claimed without a transaction id".into()).await;
     };
     d.hub.publish(&id, || {
         serde_json::json!({"event": "state", "id": id, "state": "running", "attempt": job.attempts, "txn": txn})
@@ -912,12 +968,14 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) -> Opt
                 tracing::warn!(job = %id, txn = %txn, "a crash cut this job's attempt short and recovery rolled it back; trying again");
                 match d
                     .queue
-                    .retry_later(
+                    .retry_later_attempt(
                         &id,
+                        attempt,
                         format!(
                             "attempt {} was cut short by a crash and rolled back by recovery",
                             job.attempts
                         ),
+                        None,
                         now_ms(),
                         d.backoff(),
                         random(),
@@ -952,7 +1010,7 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) -> Opt
                             .message
                             .clone()
                             .unwrap_or_else(|| "transient failure".into());
-                        retry_transient(d, &id, error).await;
+                        retry_transient(d, &id, attempt, error).await;
                         return None;
                     }
                     Some((mut doc, _)) => {
@@ -970,6 +1028,7 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) -> Opt
                 finish(
                     d,
                     &id,
+                    attempt,
                     Finish {
                         state: job_state_for(summary.state, job.cancel_requested),
                         outcome: Some(summary.state.name().to_string()),
@@ -995,7 +1054,15 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) -> Opt
             tracing::error!(job = %id, error = %e, "reading the job's transaction");
             let _ = d
                 .queue
-                .retry_later(&id, e.to_string(), now_ms(), d.backoff(), random())
+                .retry_later_attempt(
+                    &id,
+                    attempt,
+                    e.to_string(),
+                    None,
+                    now_ms(),
+                    d.backoff(),
+                    random(),
+                )
                 .await;
             return None;
         }
@@ -1011,18 +1078,20 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) -> Opt
                 .and_then(|b| serde_json::from_slice::<Payload>(&b).map_err(|e| e.to_string()))
             {
                 Ok(p) => p,
-                Err(e) => return bury(d, &id, format!("its request cannot be read: {e}")).await,
+                Err(e) => {
+                    return bury(d, &id, attempt, format!("its request cannot be read: {e}")).await
+                }
             };
             match payload.into_request() {
                 Ok(r) => r,
-                Err(e) => return bury(d, &id, e).await,
+                Err(e) => return bury(d, &id, attempt, e).await,
             }
         }
     };
     let response_format = request.format;
     let txn_id: TxnId = match txn.parse() {
         Ok(t) => t,
-        Err(e) => return bury(d, &id, format!("bad transaction id {txn}: {e}")).await,
+        Err(e) => return bury(d, &id, attempt, format!("bad transaction id {txn}: {e}")).await,
     };
     let cancel = Cancel::new();
     if job.cancel_requested {
@@ -1051,11 +1120,12 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) -> Opt
             }
         }))
     };
+    let log: Arc<Mutex<StepLog>> = Arc::default();
     let engine = {
         let hub = d.hub.clone();
         let id = id.clone();
         let metrics = d.metrics.clone();
-        let started: Mutex<HashMap<String, (String, std::time::Instant)>> = Mutex::default();
+        let log = log.clone();
         d.engine
             .clone()
             .with_journal(d.journal_for(&job.subject))
@@ -1070,16 +1140,30 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) -> Opt
             ))
             .with_events(move |e| {
                 match e {
-                    Event::StepStarted { step, target } => {
-                        lock(&started)
-                            .insert(step.clone(), (target.clone(), std::time::Instant::now()));
-                    }
-                    Event::StepFinished { step, .. } => {
-                        if let Some((target, at)) = lock(&started).remove(step) {
-                            metrics.step(&target, at.elapsed());
+                    Event::StepStarted { step, target } => lock(&log).steps.push(StepSeen {
+                        step: step.clone(),
+                        target: target.clone(),
+                        started: std::time::Instant::now(),
+                        attempt: None,
+                    }),
+                    Event::StepFinished { step, ok, attempt } => {
+                        let mut log = lock(&log);
+                        // The latest unfinished call of the step (parallel steps end in
+                        // any order; most often it is the last one started).
+                        if let Some(s) = log
+                            .steps
+                            .iter_mut()
+                            .rev()
+                            .find(|s| s.attempt.is_none() && s.step == *step)
+                        {
+                            metrics.step(&s.target, s.started.elapsed());
+                            s.attempt = Some(*attempt);
+                        }
+                        if !ok {
+                            log.unclean = true;
                         }
                     }
-                    Event::Undoing { .. } => {}
+                    Event::Undoing { .. } => lock(&log).unclean = true,
                 }
                 hub.publish(&id, || event_json(e))
             })
@@ -1106,6 +1190,7 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) -> Opt
             return finish(
                 d,
                 &id,
+                attempt,
                 Finish {
                     state: JobState::Failed,
                     outcome: None,
@@ -1127,7 +1212,7 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) -> Opt
     if result.state == TxnState::RolledBack && (result.transient || store_failed) && !cancelled {
         let error = failure.unwrap_or_else(|| "transient failure".into());
         let code = result.failure.as_ref().map(|f| f.code);
-        retry_transient_code(d, &id, error, code).await;
+        retry_transient_code(d, &id, attempt, error, code).await;
         return None;
     }
     let mut doc = response::to_value(&result);
@@ -1138,6 +1223,7 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) -> Opt
     finish(
         d,
         &id,
+        attempt,
         Finish {
             state: job_state_for(result.state, cancelled),
             outcome: Some(result.state.name().to_string()),
@@ -1148,6 +1234,8 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) -> Opt
     .await
     .map(|f| Finished {
         response: Some(doc),
+        // The run is over: no event comes any more.
+        steps: std::mem::take(&mut *lock(&log)).clean(),
         ..f
     })
 }
@@ -1177,16 +1265,22 @@ async fn settle_held_of(d: &Daemon, txn: &str, state: TxnState) {
 
 /// A running job whose transaction rolled back for a transient provider error is queued
 /// again after a backoff (or dead after its last attempt).
-async fn retry_transient(d: &Daemon, id: &str, error: String) {
-    retry_transient_code(d, id, error, None).await
+async fn retry_transient(d: &Daemon, id: &str, attempt: u32, error: String) {
+    retry_transient_code(d, id, attempt, error, None).await
 }
 
 /// [`retry_transient`] knowing the error's code (HRESULT): the job's MPS
 /// `retryStopOnFailure` may allow it only one more attempt.
-async fn retry_transient_code(d: &Daemon, id: &str, error: String, code: Option<u32>) {
+async fn retry_transient_code(
+    d: &Daemon,
+    id: &str,
+    attempt: u32,
+    error: String,
+    code: Option<u32>,
+) {
     match d
         .queue
-        .retry_later_code(id, error, code, now_ms(), d.backoff(), random())
+        .retry_later_attempt(id, attempt, error, code, now_ms(), d.backoff(), random())
         .await
     {
         // Dead, or failed under MPS onFailure="continue": over.
@@ -1252,7 +1346,7 @@ fn event_json(e: &Event) -> serde_json::Value {
         Event::StepStarted { step, target } => {
             serde_json::json!({"event": "step_started", "step": step, "target": target})
         }
-        Event::StepFinished { step, ok } => {
+        Event::StepFinished { step, ok, .. } => {
             serde_json::json!({"event": "step_finished", "step": step, "ok": ok})
         }
         Event::Undoing { step } => serde_json::json!({"event": "undoing", "step": step}),

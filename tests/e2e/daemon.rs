@@ -422,6 +422,8 @@ fn submit_wait_status_list_events_and_idempotent_resubmission() {
             ("loyaltyBonus".into(), "done".into())
         ]
     );
+    // The waiting answer's steps (from the run's events) are the journal's, field for field.
+    assert_eq!(a.body["steps"], s.body["steps"]);
     // The same Idempotency-Key: the same request, never a second transaction.
     let key = [("Idempotency-Key", "order-42")];
     let first = d.submit(ALICE, &customer("bea"), "", &key);

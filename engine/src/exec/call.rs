@@ -130,7 +130,7 @@ impl Engine {
                         }
                         Settled::NotApplied => error,
                         Settled::CannotTell(why) => {
-                            return Err(self.unsettled(&call, &error, &why));
+                            return Err(self.unsettled(&call, context.attempt, &error, &why));
                         }
                     }
                 } else {
@@ -176,6 +176,7 @@ impl Engine {
         self.emit(Event::StepFinished {
             step: call.step.to_string(),
             ok: false,
+            attempt: context.attempt,
         });
         let target = &call.callee.target;
         Err(Failure {
@@ -274,7 +275,13 @@ impl Engine {
 
     /// An in-doubt call the provider cannot settle: the step fails, and the transaction's
     /// rollback ends `rollback_failed` with this step named for an operator.
-    fn unsettled(&self, call: &LeafCall<'_>, error: &ProviderError, why: &str) -> Failure {
+    fn unsettled(
+        &self,
+        call: &LeafCall<'_>,
+        attempt: u32,
+        error: &ProviderError,
+        why: &str,
+    ) -> Failure {
         let redactor = &call.txn.redactor;
         let message = redactor.redact_text(&format!(
             "{} (in doubt: the provider cannot tell whether the call was applied: {why})",
@@ -289,6 +296,7 @@ impl Engine {
         self.emit(Event::StepFinished {
             step: call.step.to_string(),
             ok: false,
+            attempt,
         });
         let target = &call.callee.target;
         Failure {
@@ -335,6 +343,7 @@ impl Engine {
         self.emit(Event::StepFinished {
             step: call.step.to_string(),
             ok: true,
+            attempt: r.attempt,
         });
         Ok(r.output.clone())
     }
@@ -431,6 +440,7 @@ impl Engine {
         done: Attempted,
         state: &ProviderState,
     ) -> Result<Element, Failure> {
+        let attempt = done.context.attempt;
         let txn = call.txn;
         let mut out = done.outcome.execute_data;
         out.name = "executeData".into();
@@ -495,6 +505,7 @@ impl Engine {
         self.emit(Event::StepFinished {
             step: call.step.to_string(),
             ok: true,
+            attempt,
         });
         Ok(out)
     }

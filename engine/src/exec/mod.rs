@@ -93,6 +93,8 @@ pub enum Event {
         step: String,
         /// Whether it succeeded.
         ok: bool,
+        /// The attempt that ended it (1 for the first; the journal's `attempt`).
+        attempt: u32,
     },
     /// An undo starts.
     Undoing {

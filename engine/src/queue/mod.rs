@@ -274,6 +274,37 @@ pub(crate) fn retry_wait(job: &Job, backoff: Backoff, random: u64) -> u64 {
     }
 }
 
+/// Refuses to settle `job` for the runner of `attempt` (`None`: whoever runs it) when the
+/// job was claimed again since: that runner stalled past its lease, and the job is another
+/// claim's now.
+fn current_attempt(job: &Job, attempt: Option<u32>, what: &str) -> Result<(), QueueError> {
+    match attempt {
+        Some(a) => stale_attempt(&job.id, job.state, a, job.attempts, what),
+        None => Ok(()),
+    }
+}
+
+fn stale_attempt(
+    id: &str,
+    state: JobState,
+    attempt: u32,
+    current: u32,
+    what: &str,
+) -> Result<(), QueueError> {
+    if attempt == current {
+        return Ok(());
+    }
+    Err(QueueError::WrongState {
+        id: id.to_string(),
+        state,
+        what: format!(
+            "the claim of attempt {attempt} is stale (its lease ran out, and the job was \
+             taken back and claimed again as attempt {current}): only the current claim's \
+             runner can have it {what}"
+        ),
+    })
+}
+
 /// A failed attempt with `code` under MPS `retryStopOnFailure`: the job is tried at most
 /// once more (MPS: "the job is retried only once instead of retryCount times").
 pub(crate) fn apply_stop_code(job: &mut Job, code: Option<u32>) {
@@ -535,6 +566,12 @@ pub struct Queue {
     /// commit drops the jobs its batch writes, and a claim (or heartbeat) puts back the
     /// one it wrote once the write is applied.
     running: std::sync::Mutex<std::collections::HashMap<String, Job>>,
+    /// On a PostgreSQL store, the attempt number of each job this process claimed and has
+    /// not settled yet: a settle naming an older attempt (a runner that stalled while its
+    /// job was taken back and claimed again here) is refused; the store refuses one from a
+    /// node that no longer holds the job.
+    #[cfg(feature = "postgres")]
+    pg_attempts: std::sync::Mutex<std::collections::HashMap<String, u32>>,
     /// On a PostgreSQL store, the queue's own tables (shared by every process on the
     /// database): every public method dispatches there first.
     #[cfg(feature = "postgres")]
@@ -697,6 +734,7 @@ impl Queue {
                 inner: tokio::sync::Mutex::new(0),
                 tally: std::sync::Mutex::new(Tally::default()),
                 running: Default::default(),
+                pg_attempts: Default::default(),
                 dependents: std::sync::atomic::AtomicBool::new(true),
             });
         }
@@ -737,6 +775,8 @@ impl Queue {
             running: Default::default(),
             #[cfg(feature = "postgres")]
             pg: None,
+            #[cfg(feature = "postgres")]
+            pg_attempts: Default::default(),
             dependents: std::sync::atomic::AtomicBool::new(!dependents),
         })
     }
@@ -798,6 +838,43 @@ impl Queue {
 
     /// Keeps the record of a running job just written (called under `inner`, after
     /// [`Queue::commit`] of the batch that wrote it).
+    /// Remembers the attempt of a job this process claimed on PostgreSQL.
+    #[cfg(feature = "postgres")]
+    fn pg_claimed(&self, job: &Job) {
+        self.pg_attempts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(job.id.clone(), job.attempts);
+    }
+
+    /// On PostgreSQL: refuses a settle by `attempt` when this process claimed the job
+    /// again since (another node's claim the store refuses by node).
+    #[cfg(feature = "postgres")]
+    fn pg_current(&self, id: &str, attempt: Option<u32>, what: &str) -> Result<(), QueueError> {
+        let (Some(attempt), Some(now)) = (
+            attempt,
+            self.pg_attempts
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(id)
+                .copied(),
+        ) else {
+            return Ok(());
+        };
+        stale_attempt(id, JobState::Running, attempt, now, what)
+    }
+
+    /// Forgets the claimed attempt of a job settled on PostgreSQL.
+    #[cfg(feature = "postgres")]
+    fn pg_settled(&self, id: &str, r: &Result<Job, QueueError>) {
+        if r.is_ok() {
+            self.pg_attempts
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(id);
+        }
+    }
+
     fn keep_running(&self, job: &Job) {
         if job.state == JobState::Running {
             self.running
@@ -1114,7 +1191,11 @@ impl Queue {
     ) -> Result<Result<Job, NewJob>, QueueError> {
         #[cfg(feature = "postgres")]
         if let Some(pg) = &self.pg {
-            return pg.submit_claimed_in_epoch(new, now, lease).await;
+            let claimed = pg.submit_claimed_in_epoch(new, now, lease).await;
+            if let Ok(Ok(job)) = &claimed {
+                self.pg_claimed(job);
+            }
+            return claimed;
         }
         no_nul(&new.subject, "the subject")?;
         no_nul(&new.target, "the target")?;
@@ -1260,7 +1341,11 @@ impl Queue {
     pub async fn claim(&self, now: u64, lease: Duration) -> Result<Option<Job>, QueueError> {
         #[cfg(feature = "postgres")]
         if let Some(pg) = &self.pg {
-            return pg.claim_in_epoch(now, lease).await;
+            let claimed = pg.claim_in_epoch(now, lease).await;
+            if let Ok(Some(job)) = &claimed {
+                self.pg_claimed(job);
+            }
+            return claimed;
         }
         let guard = self.inner.lock().await;
         let mut batch = Batch::new();
@@ -1359,9 +1444,35 @@ impl Queue {
     /// its own: lost in a crash, the job is taken back and its runner finds the
     /// transaction's outcome in the journal).
     pub async fn finish(&self, id: &str, how: Finish, now: u64) -> Result<Job, QueueError> {
+        self.finish_checked(id, None, how, now).await
+    }
+
+    /// [`Queue::finish`] by the runner of attempt `attempt` (the job's `attempts` when it
+    /// claimed it): refused when the job was taken back and claimed again since (the
+    /// runner stalled past its lease), so that only the current claim settles the job.
+    pub async fn finish_attempt(
+        &self,
+        id: &str,
+        attempt: u32,
+        how: Finish,
+        now: u64,
+    ) -> Result<Job, QueueError> {
+        self.finish_checked(id, Some(attempt), how, now).await
+    }
+
+    async fn finish_checked(
+        &self,
+        id: &str,
+        attempt: Option<u32>,
+        how: Finish,
+        now: u64,
+    ) -> Result<Job, QueueError> {
         #[cfg(feature = "postgres")]
         if let Some(pg) = &self.pg {
-            return pg.finish(id, how, now).await;
+            self.pg_current(id, attempt, "finished")?;
+            let r = pg.finish(id, how, now).await;
+            self.pg_settled(id, &r);
+            return r;
         }
         let _guard = self.inner.lock().await;
         let mut job = self.must_get(id)?;
@@ -1374,6 +1485,7 @@ impl Queue {
                     .into(),
             });
         }
+        current_attempt(&job, attempt, "finished")?;
         let mut batch = Batch::new();
         self.finalize(&mut batch, &mut job, how.state, now)?;
         job.outcome = how.outcome;
@@ -1412,9 +1524,44 @@ impl Queue {
         backoff: Backoff,
         random: u64,
     ) -> Result<Job, QueueError> {
+        self.retry_checked(id, None, error, code, now, backoff, random)
+            .await
+    }
+
+    /// [`Queue::retry_later_code`] by the runner of attempt `attempt`: refused when another
+    /// claim took the job since (see [`Queue::finish_attempt`]).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn retry_later_attempt(
+        &self,
+        id: &str,
+        attempt: u32,
+        error: String,
+        code: Option<u32>,
+        now: u64,
+        backoff: Backoff,
+        random: u64,
+    ) -> Result<Job, QueueError> {
+        self.retry_checked(id, Some(attempt), error, code, now, backoff, random)
+            .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn retry_checked(
+        &self,
+        id: &str,
+        attempt: Option<u32>,
+        error: String,
+        code: Option<u32>,
+        now: u64,
+        backoff: Backoff,
+        random: u64,
+    ) -> Result<Job, QueueError> {
         #[cfg(feature = "postgres")]
         if let Some(pg) = &self.pg {
-            return pg.retry_later(id, error, code, now, backoff, random).await;
+            self.pg_current(id, attempt, "retried")?;
+            let r = pg.retry_later(id, error, code, now, backoff, random).await;
+            self.pg_settled(id, &r);
+            return r;
         }
         let _guard = self.inner.lock().await;
         let mut job = self.must_get(id)?;
@@ -1430,6 +1577,7 @@ impl Queue {
                     .into(),
             });
         }
+        current_attempt(&job, attempt, "retried")?;
         let mut batch = Batch::new();
         apply_stop_code(&mut job, code);
         job.error = Some(error);
@@ -1455,9 +1603,34 @@ impl Queue {
 
     /// Gives up on a job at once (its payload cannot run): `dead`, for an operator.
     pub async fn bury(&self, id: &str, error: String, now: u64) -> Result<Job, QueueError> {
+        self.bury_checked(id, None, error, now).await
+    }
+
+    /// [`Queue::bury`] by the runner of attempt `attempt`: refused when another claim took
+    /// the job since (see [`Queue::finish_attempt`]).
+    pub async fn bury_attempt(
+        &self,
+        id: &str,
+        attempt: u32,
+        error: String,
+        now: u64,
+    ) -> Result<Job, QueueError> {
+        self.bury_checked(id, Some(attempt), error, now).await
+    }
+
+    async fn bury_checked(
+        &self,
+        id: &str,
+        attempt: Option<u32>,
+        error: String,
+        now: u64,
+    ) -> Result<Job, QueueError> {
         #[cfg(feature = "postgres")]
         if let Some(pg) = &self.pg {
-            return pg.bury(id, error, now).await;
+            self.pg_current(id, attempt, "buried")?;
+            let r = pg.bury(id, error, now).await;
+            self.pg_settled(id, &r);
+            return r;
         }
         let _guard = self.inner.lock().await;
         let mut job = self.must_get(id)?;
@@ -1473,6 +1646,7 @@ impl Queue {
                     .into(),
             });
         }
+        current_attempt(&job, attempt, "buried")?;
         let mut batch = Batch::new();
         job.error = Some(error);
         job.txn = None;

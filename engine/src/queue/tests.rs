@@ -1174,6 +1174,68 @@ const KEYS_A_WAITING_JOB: usize = 14;
 /// The most keys a queued job writes (submitted, claimed, finished).
 const KEYS_A_QUEUED_JOB: usize = 20;
 
+/// A runner that stalled past its lease cannot settle its job after another claim took it
+/// (issue 14): a finish, retry or bury naming the stale claim's attempt is refused, and the
+/// job stays the current claim's, which settles it (on sled by the job's attempt number;
+/// on PostgreSQL by the attempt this process claimed, another node's claim by node).
+#[test]
+fn a_settle_from_a_stale_claim_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let q = open(dir.path());
+    let backoff = Backoff {
+        base: Duration::from_millis(10),
+        max: Duration::from_millis(100),
+    };
+    rt().block_on(async {
+        let id = q.submit(job("A/B"), 1).await.expect("submit").job.id;
+        let stale = q.claim(2, LEASE).await.expect("claim").expect("job");
+        assert_eq!((stale.id.as_str(), stale.attempts), (id.as_str(), 1));
+        let back = q
+            .take_back_expired(u64::MAX / 2, 10)
+            .await
+            .expect("take back");
+        assert_eq!(back.len(), 1);
+        let current = q
+            .claim(u64::MAX / 2, LEASE)
+            .await
+            .expect("claim")
+            .expect("job");
+        assert_eq!((current.id.as_str(), current.attempts), (id.as_str(), 2));
+        let refused = |r: Result<Job, QueueError>, what: &str| match r {
+            Err(QueueError::WrongState { what: why, .. }) => assert!(
+                why.contains("claim of attempt 1 is stale") && why.contains("attempt 2"),
+                "{what}: {why}"
+            ),
+            other => panic!("{what} by the stale claim: {other:?}"),
+        };
+        refused(
+            q.finish_attempt(&id, stale.attempts, done(), 10).await,
+            "finish",
+        );
+        refused(
+            q.retry_later_attempt(&id, stale.attempts, "x".into(), None, 10, backoff, 0)
+                .await,
+            "retry",
+        );
+        refused(
+            q.bury_attempt(&id, stale.attempts, "x".into(), 10).await,
+            "bury",
+        );
+        let held = q.get(&id).expect("get").expect("job");
+        assert_eq!((held.state, held.attempts), (JobState::Running, 2));
+        assert_eq!(held.txn, current.txn);
+        let finished = q
+            .finish_attempt(&id, current.attempts, done(), 20)
+            .await
+            .expect("the current claim's finish");
+        assert_eq!(finished.state, JobState::Succeeded);
+        assert_eq!(
+            q.get(&id).expect("get").expect("job").result.as_deref(),
+            Some("ok")
+        );
+    });
+}
+
 /// A runner that stalled past its lease on sled (one process) cannot settle its job once
 /// the job was taken back: not finish, retry or bury it while it waits to be claimed
 /// again, nor queue it once more after the next claim finished it (that would run it a
