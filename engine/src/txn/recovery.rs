@@ -1287,12 +1287,57 @@ async fn settle_slots(
 }
 
 /// An undo read back from the journal, ready to run.
-struct PreparedUndo {
-    provider: Option<Arc<dyn Provider>>,
-    done: Done,
-    target: String,
-    state: Option<Arc<StateChange>>,
-    provider_undo: bool,
+pub(crate) struct PreparedUndo {
+    /// The provider to call (`None`: not registered in this process).
+    pub(crate) provider: Option<Arc<dyn Provider>>,
+    /// What its undo is called with.
+    pub(crate) done: Done,
+    /// `Namespace/Procedure` of the call.
+    pub(crate) target: String,
+    /// Its provider-state writes, reversed once the undo succeeds.
+    pub(crate) state: Option<Arc<StateChange>>,
+    /// Whether the provider is called (it returned an undo record).
+    pub(crate) provider_undo: bool,
+}
+
+/// The undos of a running transaction's completed calls read back from its durable journal
+/// as they run, the way recovery reads them ([`prepare_undo`]): the executor's rollback of a
+/// durable run keeps only each call's sequence numbers (see `crate::Journal::read_back`).
+pub(crate) struct LiveUndos<'a> {
+    journal: &'a DurableJournal,
+    reader: std::sync::Mutex<RecordReader<'a>>,
+}
+
+impl<'a> LiveUndos<'a> {
+    /// The undos of `txn_id` in `journal`.
+    pub(crate) fn new(journal: &'a DurableJournal, txn_id: &TxnId) -> LiveUndos<'a> {
+        LiveUndos {
+            journal,
+            reader: std::sync::Mutex::new(RecordReader::new(&**journal.store(), txn_id)),
+        }
+    }
+
+    /// The undo of the call whose intent and completion are records `intent_seq` and
+    /// `done_seq`; an `Err` says why it cannot be made (the call is not undone).
+    pub(crate) fn prepare(
+        &self,
+        engine: &Engine,
+        intent_seq: u64,
+        done_seq: u64,
+    ) -> Result<PreparedUndo, String> {
+        let slot = CallSlot {
+            intent_seq,
+            done_seq,
+            flags: slot::DONE,
+        };
+        prepare_undo(
+            engine,
+            self.journal,
+            &mut lock_reader(&self.reader),
+            &slot,
+            None,
+        )
+    }
 }
 
 /// Reads call `c`'s intent and completion back and opens what its undo needs (the undo
