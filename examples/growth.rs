@@ -12,7 +12,9 @@
 //! - `wide`: a request carrying 1, 8 or 64 MiB of data (many small items) and two no-op steps.
 //! - `rollback`: the no-op case with a last step that fails, so every call is undone.
 //! - `recover [noop|fs] [MAX]`: a child runs N calls and is aborted in flight, another
-//!   reopens the store and recovers it (times, CPU, peak RSS, store before and after).
+//!   reopens the store and recovers it (times, CPU, peak RSS, store before and after; the
+//!   peak RSS once the store is open — its open replays the write-ahead log the crash left —
+//!   and the RSS then).
 //! - `list [MAX]`: `tx list`'s first page over 1k … 1M synthetic finished transactions.
 //! - `prune [N]`: N finished transactions past retention pruned; the store's size after.
 //! - `open DIR [REPS]`: the time to open (and close) the store in DIR/journal — kept by
@@ -73,6 +75,18 @@ fn du(dir: &Path) -> u64 {
 }
 
 /// Peak resident set size of this process (`VmHWM`), bytes.
+/// The resident set now (`VmRSS`), in bytes.
+fn rss_now() -> Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .ok_or_else(|| anyhow!("no VmRSS in /proc/self/status"))?
+        .parse()?;
+    Ok(kib * 1024)
+}
+
 fn peak_rss() -> Result<u64> {
     let status = std::fs::read_to_string("/proc/self/status")?;
     let line = status
@@ -487,6 +501,9 @@ async fn recover_case(kind: &str, dir: &Path) -> Result<String> {
     let start = Instant::now();
     let store = Arc::new(SledStore::open(&journal_dir).map_err(|e| anyhow!("{e}"))?);
     let opened = start.elapsed().as_secs_f64();
+    // The open replays the write-ahead log the crash left: its own peak, and what stays.
+    let open_peak = peak_rss()?;
+    let after_open = rss_now()?;
     let journal = Arc::new(DurableJournal::new(store.clone(), None, "bench"));
     let engine = steps_engine(&dir.join("files"))?.with_journal(journal.clone());
     let cpu_before = cpu_seconds()?;
@@ -507,7 +524,7 @@ async fn recover_case(kind: &str, dir: &Path) -> Result<String> {
     drop(store);
     let undone = r.undone.max(1);
     Ok(format!(
-        "{kind}\t{}\t{}\t{}\t{opened:.3}\t{recovered:.3}\t{:.1}\t{user:.2}\t{sys:.2}\t{:.1}\t{:.1}\t{:.1}\t{:.1}",
+        "{kind}\t{}\t{}\t{}\t{opened:.3}\t{recovered:.3}\t{:.1}\t{user:.2}\t{sys:.2}\t{:.1}\t{:.1}\t{:.1}\t{:.1}\t{:.1}\t{:.1}",
         r.undone,
         r.in_doubt,
         r.to,
@@ -516,13 +533,15 @@ async fn recover_case(kind: &str, dir: &Path) -> Result<String> {
         mib(base),
         mib(before),
         mib(du_allocated(&journal_dir)),
+        mib(open_peak),
+        mib(after_open),
     ))
 }
 
 /// The recovery mode: for each N, a child runs N calls and is aborted in flight, another
 /// reopens and recovers the store.
 fn recovery_mode(kind: &str, sizes: &[usize]) -> Result<()> {
-    println!("case\tundone\tin_doubt\tto\topen_s\trecover_s\tus_per_undo\tcpu_user_s\tcpu_sys_s\tpeak_rss_MiB\tbase_rss_MiB\tstore_before_MiB\tstore_after_MiB");
+    println!("case\tundone\tin_doubt\tto\topen_s\trecover_s\tus_per_undo\tcpu_user_s\tcpu_sys_s\tpeak_rss_MiB\tbase_rss_MiB\tstore_before_MiB\tstore_after_MiB\topen_peak_rss_MiB\trss_after_open_MiB");
     for &n in sizes {
         let dir = tempdir()?;
         // Journal writes: 1 for the start, then an intent and a result per call; the crash

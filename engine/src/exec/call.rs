@@ -5,7 +5,7 @@
 
 use super::journal::log_lapse;
 use super::run::Sched;
-use super::state::{lock, Called, Completed, Txn};
+use super::state::{lock, Called, Completed, Located, Txn};
 use super::{
     Attempts, Engine, ErrorSource, Event, Failure, GaveUp, PlanEntry, Redactor, Replayed, RetryUse,
     StepDone, StepIntent, UndoFailure,
@@ -338,7 +338,7 @@ impl Engine {
             let context = self.call_context(txn, call.callee, call.leaf, call.step, r.attempt);
             let state = r.state.clone().map(|c| (c, r.undo.is_some()));
             let undo = r.undo.clone().unwrap_or_else(|| Element::new("undo"));
-            register_undo(call, started_after, context, undo, ed, state);
+            register_undo(call, started_after, context, undo, &ed, None, state);
         }
         self.emit(Event::StepFinished {
             step: call.step.to_string(),
@@ -471,13 +471,19 @@ impl Engine {
         } else {
             Ok(())
         };
+        // A durable journal gives the undo back when it runs: only where it is is kept.
+        let located = match (&journaled, self.journal.read_back()) {
+            (Ok(()), Some(journal)) if done.journaling => journal.take_located(&done.context),
+            _ => None,
+        };
         match (undo, change) {
             (Some(undo), change) => register_undo(
                 call,
                 done.started_after,
                 done.context,
                 undo,
-                ed.clone(),
+                ed,
+                located,
                 change.map(|c| (c, true)),
             ),
             (None, Some(change)) => register_undo(
@@ -485,7 +491,8 @@ impl Engine {
                 done.started_after,
                 done.context,
                 Element::new("undo"),
-                ed.clone(),
+                ed,
+                located,
                 Some((change, false)),
             ),
             (None, None) => {
@@ -635,13 +642,17 @@ struct Attempted {
 
 /// Registers a completed call for undo (with its provider-state writes, and whether the
 /// provider has an undo record to be called with); counts the completion. Only what the
-/// undo needs is kept (see [`Completed`]): `ed` only with `saveDataForRollback`.
+/// undo needs is kept (see [`Completed`]): `ed` only with `saveDataForRollback`; and when
+/// the durable journal located the call's records (`located`: its intent's and completion's
+/// sequence numbers), only where they are ([`Located`]), except
+/// for a two-phase call (its prepare and commit run from memory at the end).
 fn register_undo(
     call: &LeafCall<'_>,
     started_after: usize,
     context: CallContext,
     undo: Element,
-    ed: Element,
+    ed: &Element,
+    located: Option<(u64, u64)>,
     state: Option<(Arc<StateChange>, bool)>,
 ) {
     let txn = call.txn;
@@ -652,6 +663,16 @@ fn register_undo(
     let seq = txn.completions.fetch_add(1, AtomicOrdering::SeqCst);
     if state.is_some() {
         txn.state_chain.fetch_max(seq + 1, AtomicOrdering::SeqCst);
+    }
+    if let Some((intent_seq, done_seq)) = located.filter(|_| call.callee.kind != ProcKind::TwoPhase)
+    {
+        lock(&txn.located).push(Located {
+            started_after,
+            seq,
+            intent_seq,
+            done_seq,
+        });
+        return;
     }
     let (state, provider_undo) = match state {
         Some((change, provider_undo)) => (Some(change), provider_undo),
@@ -669,7 +690,7 @@ fn register_undo(
         execute_data: call
             .leaf
             .save_data_for_rollback
-            .then(|| Completed::pack(&ed)),
+            .then(|| Completed::pack(ed)),
         state,
     });
 }

@@ -161,6 +161,16 @@ pub trait Journal: Send + Sync {
     fn state_store(&self) -> Option<std::sync::Arc<dyn crate::Store>> {
         None
     }
+    /// The durable journal a rollback reads completed calls' undos back from. `Some`: after
+    /// each [`Journal::step_done`] the executor keeps only where the call's records are
+    /// (their sequence numbers, as recovery does) instead of its undo record, executeData
+    /// and provider-state writes, and its undo reads them back from the journal's store when
+    /// it runs — so a rollback's memory follows the number of calls, not what they carry.
+    /// `None` (the default): the executor keeps every completed call's undo in memory (a
+    /// journal with nothing to read back from, such as the ephemeral one).
+    fn read_back(&self) -> Option<&crate::txn::DurableJournal> {
+        None
+    }
     /// A transaction began.
     async fn txn_started(&self, _start: &TxnStart<'_>) -> Result<(), JournalError> {
         Ok(())

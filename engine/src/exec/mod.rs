@@ -512,6 +512,7 @@ impl Engine {
             program,
             context: Mutex::new(context),
             completed: Mutex::new(state::CompletedList::default()),
+            located: Mutex::new(state::Chunked::default()),
             completions: AtomicUsize::new(0),
             state_chain: AtomicUsize::new(0),
             calls: AtomicUsize::new(0),

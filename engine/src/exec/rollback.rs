@@ -98,47 +98,96 @@ impl Engine {
     /// every call that started after it completed (and so may depend on it) was undone;
     /// calls that overlapped in time are independent and are undone concurrently. Each undo
     /// is retried under its provider's `undo` retry policy; returns how many were undone
-    /// and what kept failing.
+    /// and what kept failing (in completion order). The calls kept in memory and those the
+    /// durable journal gives back ([`super::Journal::read_back`], read as each undo starts)
+    /// are ordered together, by the same completion counts.
     pub(super) async fn rollback(&self, txn: &Txn) -> (usize, Vec<UndoFailure>) {
         let completed = std::mem::take(&mut *lock(&txn.completed));
+        let located = std::mem::take(&mut *lock(&txn.located));
+        let kept = completed.len();
         let order: Vec<UndoOrder> = completed
             .iter()
             .map(|c| UndoOrder {
                 started_after: c.started_after,
                 seq: c.seq,
             })
+            .chain(located.iter().map(|l| UndoOrder {
+                started_after: l.started_after,
+                seq: l.seq,
+            }))
             .collect();
-        let mut undone = 0;
-        let mut failures = Vec::new();
+        let journal = self.journal.read_back();
+        let read_back = journal
+            .filter(|_| located.len() > 0)
+            .map(|j| crate::txn::recovery::LiveUndos::new(j, &txn.id));
         let waited = WaitedOut::default();
+        let failed = |step: &str, target: String, e: UndoError| UndoFailure {
+            step: step.to_string(),
+            target,
+            message: txn.redactor.redact_text(&e.to_string()),
+        };
         let results = undo_in_dependency_order(&order, |i| {
-            let c = completed.get(i);
-            let undo = c.done(&txn.id).map(|done| Undo {
-                provider: c.provider.clone(),
-                done,
-                step: c.step.to_string(),
-                state: c.state.clone(),
-                provider_undo: c.provider_undo,
-            });
+            let undo = if i < kept {
+                let c = completed.get(i);
+                c.done(&txn.id)
+                    .map(|done| Undo {
+                        provider: c.provider.clone(),
+                        done,
+                        step: c.step.to_string(),
+                        state: c.state.clone(),
+                        provider_undo: c.provider_undo,
+                    })
+                    .map(|undo| (undo, c.target()))
+                    .map_err(|e| failed(&c.step, c.target(), UndoError::Failed(e)))
+            } else {
+                let l = located.get(i - kept);
+                let prepared = match &read_back {
+                    Some(r) => r.prepare(self, l.intent_seq, l.done_seq),
+                    None => Err("the journal it is in cannot be read back".to_string()),
+                };
+                prepared
+                    .map_err(|e| {
+                        let step = format!("(journal record {})", l.intent_seq);
+                        failed(&step, String::new(), UndoError::Failed(e))
+                    })
+                    .and_then(|p| {
+                        let step = p.done.context.step_id.clone();
+                        match p.provider {
+                            Some(provider) => Ok((
+                                Undo {
+                                    provider,
+                                    done: p.done,
+                                    step,
+                                    state: p.state,
+                                    provider_undo: p.provider_undo,
+                                },
+                                p.target,
+                            )),
+                            None => Err(failed(&step, p.target, UndoError::NotRegistered)),
+                        }
+                    })
+            };
             let waited = &waited;
+            let failed = &failed;
             async move {
-                match undo {
-                    Ok(undo) => self.undo_redacted(undo, &txn.redactor, waited).await,
-                    Err(e) => Err(UndoError::Failed(e)),
-                }
+                let (undo, target) = undo?;
+                let step = undo.step.clone();
+                self.undo_redacted(undo, &txn.redactor, waited)
+                    .await
+                    .map_err(|e| failed(&step, target, e))
             }
         })
         .await;
+        let mut undone = 0;
+        let mut failures = Vec::new();
         for (i, r) in results.into_iter().enumerate() {
             match r {
                 Ok(()) => undone += 1,
-                Err(e) => failures.push(UndoFailure {
-                    step: completed.get(i).step.to_string(),
-                    target: completed.get(i).target(),
-                    message: txn.redactor.redact_text(&e.to_string()),
-                }),
+                Err(f) => failures.push((order[i].seq, f)),
             }
         }
+        failures.sort_by_key(|(seq, _)| *seq);
+        let mut failures: Vec<UndoFailure> = failures.into_iter().map(|(_, f)| f).collect();
         // A call nobody can settle may have been applied: only an operator can undo it.
         failures.extend(lock(&txn.in_doubt).iter().cloned());
         (undone, failures)

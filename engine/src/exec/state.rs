@@ -1,5 +1,6 @@
 //! The in-memory state of one running transaction: its data scopes, the calls it completed
-//! (what a rollback undoes), and the context a step reads and writes through.
+//! (what a rollback undoes: kept in memory, or located in the durable journal), and the
+//! context a step reads and writes through.
 
 use super::script::{SCRIPT_NAMESPACE, SCRIPT_UNDO_TARGET};
 use super::{PlanEntry, Redactor, Resume, UndoFailure};
@@ -129,21 +130,44 @@ impl Completed {
     }
 }
 
+/// A completed call whose undo is read back from the durable journal when it runs
+/// ([`crate::Journal::read_back`]): what orders it and where its records are — 32 bytes,
+/// whatever the call carried (a [`Completed`] is ~170 with its step and undo record).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Located {
+    /// As [`Completed::started_after`].
+    pub(crate) started_after: usize,
+    /// As [`Completed::seq`].
+    pub(crate) seq: usize,
+    /// Sequence number of the call's intent in the journal.
+    pub(crate) intent_seq: u64,
+    /// Sequence number of its completion.
+    pub(crate) done_seq: u64,
+}
+
 /// The completed calls of a transaction, in completion order, in chunks of at most
 /// [`CHUNK`]: a long transaction's list grows without copying what it holds (a doubling
 /// vector held the old and the new buffer at once, and up to half its capacity unused),
 /// and a transaction of one or two calls holds one or two entries.
-#[derive(Default)]
-pub(super) struct CompletedList {
-    chunks: Vec<Vec<Completed>>,
+pub(super) struct Chunked<T> {
+    chunks: Vec<Vec<T>>,
 }
 
-/// Entries per chunk of a [`CompletedList`].
+impl<T> Default for Chunked<T> {
+    fn default() -> Self {
+        Chunked { chunks: Vec::new() }
+    }
+}
+
+/// The completed calls whose undo is kept in memory.
+pub(super) type CompletedList = Chunked<Completed>;
+
+/// Entries per chunk of a [`Chunked`] list.
 const CHUNK: usize = 1024;
 
-impl CompletedList {
+impl<T> Chunked<T> {
     /// Adds a completed call.
-    pub(super) fn push(&mut self, c: Completed) {
+    pub(super) fn push(&mut self, c: T) {
         match self.chunks.last_mut() {
             Some(last) if last.len() < CHUNK => {
                 if last.len() == last.capacity() {
@@ -160,17 +184,17 @@ impl CompletedList {
         }
     }
 
-    #[cfg(test)]
+    /// How many entries it holds.
     pub(super) fn len(&self) -> usize {
         self.chunks.iter().map(Vec::len).sum()
     }
 
     /// The `i`th completed call.
-    pub(super) fn get(&self, i: usize) -> &Completed {
+    pub(super) fn get(&self, i: usize) -> &T {
         &self.chunks[i / CHUNK][i % CHUNK]
     }
 
-    pub(super) fn iter(&self) -> impl Iterator<Item = &Completed> {
+    pub(super) fn iter(&self) -> impl Iterator<Item = &T> {
         self.chunks.iter().flatten()
     }
 }
@@ -182,6 +206,9 @@ pub(super) struct Txn {
     pub(crate) program: Arc<Program>,
     pub(crate) context: Mutex<Element>,
     pub(crate) completed: Mutex<CompletedList>,
+    /// The completed calls whose undo the durable journal gives back when it runs (see
+    /// [`Located`]); the rest are in `completed`.
+    pub(crate) located: Mutex<Chunked<Located>>,
     /// Completions so far (orders undo: see `Completed::started_after`).
     pub(crate) completions: AtomicUsize,
     /// One past the completion number of the latest call that wrote provider state: a later
@@ -260,7 +287,7 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 #[cfg(test)]
 mod tests {
-    use super::{Called, Completed, CompletedList, CHUNK};
+    use super::{Called, Completed, CompletedList, Located, CHUNK};
     use crate::data::{Element, Scalar};
     use crate::model::ProcKind;
     use crate::provider::Provider;
@@ -298,6 +325,21 @@ mod tests {
         // Whole chunks are allocated once, at their size.
         assert!(list.chunks[1..].iter().all(|c| c.capacity() == CHUNK));
         assert_eq!(list.chunks[0].capacity(), CHUNK);
+    }
+
+    #[test]
+    fn a_located_call_is_small() {
+        // What a durable rollback keeps per call instead of a `Completed`.
+        assert!(std::mem::size_of::<Located>() <= 32);
+        let mut list = super::Chunked::default();
+        list.push(Located {
+            started_after: 0,
+            seq: 0,
+            intent_seq: 3,
+            done_seq: 4,
+        });
+        assert_eq!(list.len(), 1);
+        assert_eq!(list.get(0).done_seq, 4);
     }
 
     #[test]

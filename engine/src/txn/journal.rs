@@ -191,6 +191,27 @@ struct Live {
     /// transaction runs (or are being written by the step that took them): the next such
     /// compaction takes only later ones, so two never put a record into two chunks.
     chunked_to: u64,
+    /// The sequence numbers of the intents of calls under way (by step and attempt), until
+    /// their outcome is written: what [`DurableJournal::take_located`] pairs with a
+    /// completion. Holds the calls in flight (and those left in doubt), not every call.
+    intents: HashMap<(Box<str>, u32), u64>,
+    /// Completed calls whose records can give back everything their undo needs, by step and
+    /// attempt: (intent, completion) sequence numbers, until the executor takes them.
+    located: HashMap<(Box<str>, u32), (u64, u64)>,
+}
+
+impl Live {
+    fn new(next_seq: u64, summary: TxnSummary, compactable: bool) -> Live {
+        Live {
+            next_seq,
+            summary,
+            compactable,
+            tail_bytes: 0,
+            chunked_to: 0,
+            intents: HashMap::new(),
+            located: HashMap::new(),
+        }
+    }
 }
 
 /// The journal on a store.
@@ -366,16 +387,39 @@ impl DurableJournal {
     pub(crate) fn adopt(&self, mut summary: TxnSummary, next_seq: u64) {
         // The summary is written again in today's format with the next state change.
         summary.format = FORMAT;
-        lock(&self.live).insert(
-            summary.id.clone(),
-            Live {
-                next_seq,
-                summary,
-                compactable: false,
-                tail_bytes: 0,
-                chunked_to: 0,
-            },
-        );
+        lock(&self.live).insert(summary.id.clone(), Live::new(next_seq, summary, false));
+    }
+
+    /// Where the records of a completed call are, when they give back everything its undo
+    /// needs ([`crate::Journal::read_back`]): the sequence numbers of its intent and of its
+    /// completion. Taken once, right after [`crate::Journal::step_done`] returned: `None`
+    /// when it was not written, undoes nothing, or keeps its undo withheld (a secret and
+    /// no seal key) — the executor then keeps the undo in memory.
+    pub(crate) fn take_located(&self, call: &CallContext) -> Option<(u64, u64)> {
+        let mut live = lock(&self.live);
+        let l = live.get_mut(&call.txn_id)?;
+        l.located
+            .remove(&(Box::from(call.step_id.as_str()), call.attempt))
+    }
+
+    /// Notes the intent of a call written as record `seq`.
+    fn intent_at(&self, call: &CallContext, seq: u64) {
+        if let Some(l) = lock(&self.live).get_mut(&call.txn_id) {
+            l.intents
+                .insert((Box::from(call.step_id.as_str()), call.attempt), seq);
+        }
+    }
+
+    /// The outcome of a call was written (as record `done`, when it completed and its
+    /// records can be read back for its undo): its intent is no longer under way.
+    fn outcome_at(&self, call: &CallContext, done: Option<u64>) {
+        if let Some(l) = lock(&self.live).get_mut(&call.txn_id) {
+            let key = (Box::from(call.step_id.as_str()), call.attempt);
+            let intent = l.intents.remove(&key);
+            if let (Some(intent), Some(done)) = (intent, done) {
+                l.located.insert(key, (intent, done));
+            }
+        }
     }
 
     /// Appends a record (plus extra writes) as one atomic batch.
@@ -386,6 +430,19 @@ impl DurableJournal {
         durable: bool,
         extra: Batch,
     ) -> Result<(), WriteError> {
+        self.append_numbered(txn_id, record, durable, extra)
+            .await
+            .map(|_| ())
+    }
+
+    /// [`DurableJournal::append`], returning the record's sequence number.
+    async fn append_numbered(
+        &self,
+        txn_id: &TxnId,
+        record: &Record,
+        durable: bool,
+        extra: Batch,
+    ) -> Result<u64, WriteError> {
         let value = encode("a journal record", txn_id, record)?;
         let mut batch = extra;
         if !lock(&self.live).contains_key(txn_id) {
@@ -401,12 +458,8 @@ impl DurableJournal {
         }
         let (seq, summary, finished, compact_from, indexed_state) = {
             let mut live = lock(&self.live);
-            let l = live.entry(txn_id.clone()).or_insert_with(|| Live {
-                next_seq: 0,
-                compactable: true,
-                tail_bytes: 0,
-                chunked_to: 0,
-                summary: TxnSummary {
+            let l = live.entry(txn_id.clone()).or_insert_with(|| {
+                let summary = TxnSummary {
                     format: FORMAT,
                     id: txn_id.clone(),
                     state: TxnState::Running,
@@ -418,7 +471,8 @@ impl DurableJournal {
                     definitions: String::new(),
                     message: None,
                     audit: true,
-                },
+                };
+                Live::new(0, summary, true)
             });
             let seq = l.next_seq;
             l.next_seq += 1;
@@ -558,7 +612,7 @@ impl DurableJournal {
             self.store.disown(txn_id.as_str());
         }
         self.fail_points.check(n, true);
-        Ok(())
+        Ok(seq)
     }
 }
 
@@ -732,9 +786,11 @@ impl Journal for DurableJournal {
             input: json::to_json(i.input),
             call_data: self.guard(i.call_data, i.secret),
         };
-        Ok(self
-            .append(&i.context.txn_id, &record, i.durable, Batch::new())
-            .await?)
+        let seq = self
+            .append_numbered(&i.context.txn_id, &record, i.durable, Batch::new())
+            .await?;
+        self.intent_at(i.context, seq);
+        Ok(())
     }
 
     async fn step_done(&self, d: &StepDone<'_>) -> Result<(), JournalError> {
@@ -753,9 +809,14 @@ impl Journal for DurableJournal {
         if let Some(change) = d.state {
             change.add_to(&mut writes);
         }
-        Ok(self
-            .append(&d.context.txn_id, &record, false, writes)
-            .await?)
+        // Its undo can be read back unless there is none, or it is withheld.
+        let undoes = d.undo.is_some() || d.state.is_some();
+        let readable = undoes && !(d.secret && self.seal.is_none());
+        let seq = self
+            .append_numbered(&d.context.txn_id, &record, false, writes)
+            .await?;
+        self.outcome_at(d.context, readable.then_some(seq));
+        Ok(())
     }
 
     async fn script_done(&self, d: &ScriptUndoDone<'_>) -> Result<(), JournalError> {
@@ -785,9 +846,10 @@ impl Journal for DurableJournal {
             attempt: call.attempt,
             message: message.to_string(),
         };
-        Ok(self
-            .append(&call.txn_id, &record, false, Batch::new())
-            .await?)
+        self.append(&call.txn_id, &record, false, Batch::new())
+            .await?;
+        self.outcome_at(call, None);
+        Ok(())
     }
 
     async fn step_in_doubt(&self, call: &CallContext, message: &str) -> Result<(), JournalError> {
@@ -806,6 +868,10 @@ impl Journal for DurableJournal {
 
     fn state_store(&self) -> Option<Arc<dyn Store>> {
         Some(self.store.clone())
+    }
+
+    fn read_back(&self) -> Option<&DurableJournal> {
+        Some(self)
     }
 
     async fn undo_done_with_state(

@@ -570,7 +570,7 @@ async fn roll_back(
     // (where its records are, what became of it); each undo reads its call's records back
     // from the store when it runs. Memory follows the calls' count, not their contents.
     let mut next_seq = 0;
-    let stream = RecordStream::new(&**journal.store(), &summary.id)
+    let stream = RecordStream::<SlotRecord>::decoding(&**journal.store(), &summary.id)
         .map(|r| r.inspect(|(seq, _)| next_seq = seq + 1));
     let mut calls = call_slots(stream)?;
     journal.adopt(summary.clone(), next_seq);
@@ -962,27 +962,68 @@ fn call_key(step: &str, attempt: u32) -> u128 {
     (u128::from(half(0)) << 64) | u128::from(half(1))
 }
 
+/// A journal record as recovery's plan reads it ([`call_slots`]): its type and the few
+/// fields that say which call it is about and what became of it. The decoder skips the rest
+/// (inputs, outputs, contexts, undo records) without building it: the plan's pass over a
+/// transaction of 100,000 calls decoded every record whole, and each undo decoded its
+/// chunk again (recovery's CPU doubled).
+#[derive(Debug, Clone, serde::Deserialize)]
+pub(crate) struct SlotRecord {
+    #[serde(rename = "type")]
+    kind: SlotKind,
+    #[serde(default)]
+    step: String,
+    #[serde(default)]
+    attempt: u32,
+    #[serde(default)]
+    applied: bool,
+    /// Present (not null) in a completion with an undo record.
+    #[serde(default)]
+    undo: Option<serde::de::IgnoredAny>,
+    /// Present in a completion with provider-state writes.
+    #[serde(default)]
+    state: Option<serde::de::IgnoredAny>,
+    /// Present in an undo record of an undo that failed.
+    #[serde(default)]
+    error: Option<serde::de::IgnoredAny>,
+}
+
+/// The [`Record`] types [`call_slots`] reads (`type` tags); the others are skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum SlotKind {
+    Intent,
+    ScriptDone,
+    Resolved,
+    Done,
+    Failed,
+    Undone,
+    #[serde(other)]
+    Other,
+}
+
 /// The calls of a transaction as [`journaled_calls`] finds them, reduced to [`CallSlot`]s:
 /// the same rules (the latest intent of a step and attempt stands for it; a script step run
-/// again replaces its record), none of the records' contents kept.
+/// again replaces its record), none of the records' contents kept (nor decoded: see
+/// [`SlotRecord`]).
 fn call_slots(
-    records: impl IntoIterator<Item = Result<(u64, Record), RecoveryError>>,
+    records: impl IntoIterator<Item = Result<(u64, SlotRecord), RecoveryError>>,
 ) -> Result<Vec<CallSlot>, RecoveryError> {
     let mut calls: Vec<CallSlot> = Vec::new();
     let mut index: HashMap<u128, usize> = HashMap::new();
     for record in records {
         let (seq, r) = record?;
-        match r {
-            Record::Intent { step, attempt, .. } => {
-                index.insert(call_key(&step, attempt), calls.len());
+        match r.kind {
+            SlotKind::Intent => {
+                index.insert(call_key(&r.step, r.attempt), calls.len());
                 calls.push(CallSlot {
                     intent_seq: seq,
                     done_seq: 0,
                     flags: 0,
                 });
             }
-            Record::ScriptDone { step, .. } => {
-                let key = call_key(&step, 1);
+            SlotKind::ScriptDone => {
+                let key = call_key(&r.step, 1);
                 if let Some(&i) = index.get(&key) {
                     if calls[i].has(slot::DONE | slot::SCRIPT) {
                         calls[i].intent_seq = seq;
@@ -998,51 +1039,35 @@ fn call_slots(
                     flags: slot::DONE | slot::SCRIPT | slot::UNDO,
                 });
             }
-            Record::Resolved {
-                step,
-                attempt,
-                applied,
-                ..
-            } => {
-                if let Some(&i) = index.get(&call_key(&step, attempt)) {
+            SlotKind::Resolved => {
+                if let Some(&i) = index.get(&call_key(&r.step, r.attempt)) {
                     calls[i].flags |= slot::RESOLVED;
-                    if applied {
+                    if r.applied {
                         calls[i].flags |= slot::APPLIED;
                     } else {
                         calls[i].flags &= !slot::APPLIED;
                     }
                 }
             }
-            Record::Done {
-                step,
-                attempt,
-                undo,
-                state,
-                ..
-            } => {
-                if let Some(&i) = index.get(&call_key(&step, attempt)) {
+            SlotKind::Done => {
+                if let Some(&i) = index.get(&call_key(&r.step, r.attempt)) {
                     let mut bits = 0;
-                    if undo.is_some() {
+                    if r.undo.is_some() {
                         bits |= slot::UNDO;
                     }
-                    if state.is_some() {
+                    if r.state.is_some() {
                         bits |= slot::STATE;
                     }
                     calls[i].complete(seq, bits);
                 }
             }
-            Record::Failed { step, attempt, .. } => {
-                if let Some(&i) = index.get(&call_key(&step, attempt)) {
+            SlotKind::Failed => {
+                if let Some(&i) = index.get(&call_key(&r.step, r.attempt)) {
                     calls[i].flags |= slot::FAILED;
                 }
             }
-            Record::Undone {
-                step,
-                attempt,
-                error: None,
-                ..
-            } => {
-                if let Some(&i) = index.get(&call_key(&step, attempt)) {
+            SlotKind::Undone if r.error.is_none() => {
+                if let Some(&i) = index.get(&call_key(&r.step, r.attempt)) {
                     calls[i].flags |= slot::UNDONE;
                 }
             }
@@ -1287,12 +1312,57 @@ async fn settle_slots(
 }
 
 /// An undo read back from the journal, ready to run.
-struct PreparedUndo {
-    provider: Option<Arc<dyn Provider>>,
-    done: Done,
-    target: String,
-    state: Option<Arc<StateChange>>,
-    provider_undo: bool,
+pub(crate) struct PreparedUndo {
+    /// The provider to call (`None`: not registered in this process).
+    pub(crate) provider: Option<Arc<dyn Provider>>,
+    /// What its undo is called with.
+    pub(crate) done: Done,
+    /// `Namespace/Procedure` of the call.
+    pub(crate) target: String,
+    /// Its provider-state writes, reversed once the undo succeeds.
+    pub(crate) state: Option<Arc<StateChange>>,
+    /// Whether the provider is called (it returned an undo record).
+    pub(crate) provider_undo: bool,
+}
+
+/// The undos of a running transaction's completed calls read back from its durable journal
+/// as they run, the way recovery reads them ([`prepare_undo`]): the executor's rollback of a
+/// durable run keeps only each call's sequence numbers (see `crate::Journal::read_back`).
+pub(crate) struct LiveUndos<'a> {
+    journal: &'a DurableJournal,
+    reader: std::sync::Mutex<RecordReader<'a>>,
+}
+
+impl<'a> LiveUndos<'a> {
+    /// The undos of `txn_id` in `journal`.
+    pub(crate) fn new(journal: &'a DurableJournal, txn_id: &TxnId) -> LiveUndos<'a> {
+        LiveUndos {
+            journal,
+            reader: std::sync::Mutex::new(RecordReader::new(&**journal.store(), txn_id)),
+        }
+    }
+
+    /// The undo of the call whose intent and completion are records `intent_seq` and
+    /// `done_seq`; an `Err` says why it cannot be made (the call is not undone).
+    pub(crate) fn prepare(
+        &self,
+        engine: &Engine,
+        intent_seq: u64,
+        done_seq: u64,
+    ) -> Result<PreparedUndo, String> {
+        let slot = CallSlot {
+            intent_seq,
+            done_seq,
+            flags: slot::DONE,
+        };
+        prepare_undo(
+            engine,
+            self.journal,
+            &mut lock_reader(&self.reader),
+            &slot,
+            None,
+        )
+    }
 }
 
 /// Reads call `c`'s intent and completion back and opens what its undo needs (the undo
@@ -2017,7 +2087,11 @@ mod tests {
         for seed in 0..200 {
             let records = journal(seed, 1 + (seed as usize * 37) % 400);
             let (order, which) = in_memory_order(&records);
-            let slots = call_slots(records.iter().cloned().map(Ok)).expect("slots");
+            let slots = call_slots(records.iter().map(|(seq, r)| {
+                let json = serde_json::to_vec(r).expect("encodes");
+                Ok((*seq, serde_json::from_slice(&json).expect("a slot record")))
+            }))
+            .expect("slots");
             let (streamed, pending) = undo_plan(&slots);
             assert_eq!(streamed, order, "seed {seed}");
             let streamed_which: Vec<(u64, u64)> = pending

@@ -17,7 +17,7 @@ const KEYS_PER_READ: usize = 8;
 /// One ordered source of records: the chunk keys (`id ‖ C ‖ first seq`) or the per-record
 /// keys (`id ‖ seq`), read `KEYS_PER_READ` keys at a time.
 #[derive(Debug)]
-struct Source {
+struct Source<T> {
     /// The next key to read.
     from: Vec<u8>,
     /// Where the source's keys end (exclusive).
@@ -25,11 +25,11 @@ struct Source {
     /// Every key was read.
     exhausted: bool,
     /// Records read and not yet handed out, in sequence order.
-    buffer: VecDeque<(u64, Record)>,
+    buffer: VecDeque<(u64, T)>,
 }
 
-impl Source {
-    fn new(from: Vec<u8>, end: Option<Vec<u8>>) -> Source {
+impl<T> Source<T> {
+    fn new(from: Vec<u8>, end: Option<Vec<u8>>) -> Source<T> {
         Source {
             from,
             end,
@@ -52,19 +52,22 @@ impl Source {
 /// compaction was reading the keys stays under its own key although a later chunk holds
 /// higher numbers. So the stream reads the whole array first, then merges the chunks and
 /// the per-record keys by sequence number.
-pub struct RecordStream<'a> {
+///
+/// `T` is what each record is decoded into: the whole [`Record`], or (for recovery's plan,
+/// see `recovery::SlotRecord`) only the few fields a pass needs.
+pub struct RecordStream<'a, T = Record> {
     store: &'a dyn Store,
     txn_id: TxnId,
     /// The bare-id array, read on the first call.
-    whole: Option<VecDeque<(u64, Record)>>,
-    chunks: Source,
-    records: Source,
+    whole: Option<VecDeque<(u64, T)>>,
+    chunks: Source<T>,
+    records: Source<T>,
     failed: bool,
     /// Store values read so far (tests check that reading does not run ahead).
     values_read: usize,
 }
 
-impl std::fmt::Debug for RecordStream<'_> {
+impl<T> std::fmt::Debug for RecordStream<'_, T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RecordStream")
             .field("txn_id", &self.txn_id)
@@ -76,6 +79,13 @@ impl std::fmt::Debug for RecordStream<'_> {
 impl<'a> RecordStream<'a> {
     /// The records of `txn_id` in `store`.
     pub fn new(store: &'a dyn Store, txn_id: &TxnId) -> RecordStream<'a> {
+        RecordStream::decoding(store, txn_id)
+    }
+}
+
+impl<'a, T: serde::de::DeserializeOwned> RecordStream<'a, T> {
+    /// The records of `txn_id` in `store`, each decoded as a `T`.
+    pub(crate) fn decoding(store: &'a dyn Store, txn_id: &TxnId) -> RecordStream<'a, T> {
         let id = txn_id.as_bytes();
         let chunk_prefix = [id, &[CHUNK_TAG]].concat();
         RecordStream {
@@ -104,12 +114,12 @@ impl<'a> RecordStream<'a> {
     }
 
     /// Reads the bare-id array once.
-    fn whole(&mut self) -> Result<&mut VecDeque<(u64, Record)>, RecoveryError> {
+    fn whole(&mut self) -> Result<&mut VecDeque<(u64, T)>, RecoveryError> {
         if self.whole.is_none() {
             let mut buffer = VecDeque::new();
             if let Some(v) = self.store.get(Space::Journal, self.txn_id.as_bytes())? {
                 self.values_read += 1;
-                let all: Vec<Record> = decode_records(&v).map_err(|e| self.bad(e))?;
+                let all: Vec<T> = decode_records(&v).map_err(|e| self.bad(e))?;
                 buffer.extend(all.into_iter().enumerate().map(|(i, r)| (i as u64, r)));
             }
             self.whole = Some(buffer);
@@ -142,9 +152,9 @@ impl<'a> RecordStream<'a> {
             source.exhausted = rows.len() < KEYS_PER_READ;
             for (k, v) in rows {
                 self.values_read += 1;
-                let decoded: Vec<(u64, Record)> = match JournalKey::parse(&self.txn_id, &k) {
+                let decoded: Vec<(u64, T)> = match JournalKey::parse(&self.txn_id, &k) {
                     Some(JournalKey::Chunk(first)) => {
-                        let all: Vec<Record> = decode_records(&v).map_err(|e| self.bad(e))?;
+                        let all: Vec<T> = decode_records(&v).map_err(|e| self.bad(e))?;
                         all.into_iter()
                             .enumerate()
                             .map(|(i, r)| (first + i as u64, r))
@@ -166,7 +176,7 @@ impl<'a> RecordStream<'a> {
         }
     }
 
-    fn next_record(&mut self) -> Result<Option<(u64, Record)>, RecoveryError> {
+    fn next_record(&mut self) -> Result<Option<(u64, T)>, RecoveryError> {
         if let Some(r) = self.whole()?.pop_front() {
             return Ok(Some(r));
         }
@@ -185,8 +195,8 @@ impl<'a> RecordStream<'a> {
     }
 }
 
-impl Iterator for RecordStream<'_> {
-    type Item = Result<(u64, Record), RecoveryError>;
+impl<T: serde::de::DeserializeOwned> Iterator for RecordStream<'_, T> {
+    type Item = Result<(u64, T), RecoveryError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.failed {
