@@ -183,6 +183,8 @@ struct Prepared {
     get_row_for_update: Statement,
     write_row: Statement,
     notify: Statement,
+    /// [`PgQueue::release_held`]: the jobs a transaction holds.
+    held: Statement,
 }
 
 fn due_sql() -> String {
@@ -264,7 +266,10 @@ impl Prepared {
     async fn new(c: &Client) -> Res<Prepared> {
         let (due, search) = (due_sql(), search_sql());
         let (get, get_for_update) = (get_row_sql(false), get_row_sql(true));
-        let (a, b, d, e, f, g, h, i, j, k) = tokio::join!(
+        let held = format!(
+            "SELECT {JOB_COLUMNS} FROM provisio_jobs WHERE held_by = $1 ORDER BY seq FOR UPDATE"
+        );
+        let (a, b, d, e, f, g, h, i, j, k, l) = tokio::join!(
             c.prepare_typed(&due, &[Type::INT8]),
             c.prepare_typed(LINE_BUSY, &[Type::TEXT]),
             c.prepare_typed(INSERT_RUNNING, &INSERT_RUNNING_TYPES),
@@ -275,6 +280,7 @@ impl Prepared {
             c.prepare_typed(&get_for_update, &[Type::TEXT]),
             c.prepare_typed(WRITE_ROW, &WRITE_ROW_TYPES),
             c.prepare_typed(NOTIFY, &[Type::TEXT]),
+            c.prepare_typed(&held, &[Type::TEXT]),
         );
         Ok(Prepared {
             due: a.map_err(pg_err)?,
@@ -287,6 +293,7 @@ impl Prepared {
             get_row_for_update: i.map_err(pg_err)?,
             write_row: j.map_err(pg_err)?,
             notify: k.map_err(pg_err)?,
+            held: l.map_err(pg_err)?,
         })
     }
 }
@@ -1085,16 +1092,10 @@ impl PgQueue {
         let txn = txn.to_string();
         self.run(move |_, mut c| async move {
             let r = async {
+                // Asked at the end of every transaction (most hold nothing): prepared.
+                let held = c.st.held.clone();
                 let tx = c.transaction().await.map_err(pg_err)?;
-                let rows = tx
-                    .query(
-                        &format!(
-                            "SELECT {JOB_COLUMNS} FROM provisio_jobs WHERE held_by = $1 ORDER BY seq FOR UPDATE"
-                        ),
-                        &[&txn],
-                    )
-                    .await
-                    .map_err(pg_err)?;
+                let rows = tx.query(&held, &[&txn]).await.map_err(pg_err)?;
                 let n = rows.len();
                 for row in &rows {
                     let mut row = Row::from(row)?;
