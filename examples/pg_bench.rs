@@ -311,6 +311,11 @@ fn server_ticks(postmaster: u32) -> u64 {
         .sum()
 }
 
+/// The CPU ticks of the ended children a process reaped (`cutime` + `cstime`).
+fn reaped_ticks(pid: u32) -> u64 {
+    proc_stat(pid).map_or(0, |f| f[13] + f[14])
+}
+
 /// Busy and total ticks of the whole machine (`/proc/stat`), over all its cores.
 fn machine_ticks() -> (u64, u64) {
     let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
@@ -651,7 +656,7 @@ fn floor_mode(total: usize, reps: usize) -> Result<()> {
              CREATE TABLE floor_journal (txn bigint NOT NULL, seq integer NOT NULL, value bytea NOT NULL, PRIMARY KEY (txn, seq))",
         ))?;
         let c0 = rt.block_on(server_counters(&client))?;
-        let s0 = server_ticks(server);
+        let s0 = server_ticks(server) + reaped_ticks(server);
         let started = Instant::now();
         let out = std::process::Command::new(pg.bin().join("pgbench"))
             .args(["-n", "-M", "prepared", "-c", "16", "-j", "2", "-t"])
@@ -661,7 +666,8 @@ fn floor_mode(total: usize, reps: usize) -> Result<()> {
             .arg(&url)
             .output()?;
         let took = started.elapsed().as_secs_f64();
-        let s1 = server_ticks(server);
+        // pgbench's backends ended with it: their CPU is the postmaster's reaped children's.
+        let s1 = server_ticks(server) + reaped_ticks(server);
         let c1 = rt.block_on(server_counters(&client))?;
         if !out.status.success() {
             return Err(anyhow!(
