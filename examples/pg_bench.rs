@@ -23,7 +23,13 @@
 //! at a time (median and p99, and per step) between two samplings of PostgreSQL's own
 //! commit latency (200 single-row `INSERT`s committed synchronously each: median and p99).
 //! `PG_BENCH_STATEMENTS=1` turns `pg_stat_statements` on (the server restarted) and prints
-//! the statements of the first repetition's runs, per request.
+//! the statements of the first repetition's runs, per request (calls, WAL records,
+//! planning and execution time).
+//!
+//! `cargo run --release --example pg_bench -- floor [REQUESTS] [REPS]` (default 4000, 3):
+//! the floor of the server's work for a five-step request, without provisio: `pgbench`
+//! (16 clients) runs the fewest commits such a request needs (see `FLOOR_SCRIPT`), with
+//! the same per-request figures as `nodes` (PostgreSQL CPU, commits, WAL syncs, records).
 
 /// The binary's allocator, so the figures are what `provisio` does.
 #[cfg(not(feature = "system-alloc"))]
@@ -305,6 +311,11 @@ fn server_ticks(postmaster: u32) -> u64 {
         .sum()
 }
 
+/// The CPU ticks of the ended children a process reaped (`cutime` + `cstime`).
+fn reaped_ticks(pid: u32) -> u64 {
+    proc_stat(pid).map_or(0, |f| f[13] + f[14])
+}
+
 /// Busy and total ticks of the whole machine (`/proc/stat`), over all its cores.
 fn machine_ticks() -> (u64, u64) {
     let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
@@ -398,30 +409,42 @@ fn enable_statements(pg: &Postgres) -> Result<()> {
         return Err(anyhow!("ALTER SYSTEM: {}", out.stderr));
     }
     pg.restart();
-    let out = pg.psql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements");
-    if out.code != 0 {
-        return Err(anyhow!(
-            "CREATE EXTENSION pg_stat_statements: {}",
-            out.stderr
-        ));
+    // Known once the library is loaded; reloadable.
+    for sql in [
+        "CREATE EXTENSION IF NOT EXISTS pg_stat_statements",
+        "ALTER SYSTEM SET pg_stat_statements.track_planning = on",
+        "SELECT pg_reload_conf()",
+    ] {
+        let out = pg.psql(sql);
+        if out.code != 0 {
+            return Err(anyhow!("{sql}: {}", out.stderr));
+        }
     }
     Ok(())
 }
 
-/// Prints what `pg_stat_statements` counted since its last reset, per request.
+/// Prints what `pg_stat_statements` counted since its last reset, per request: calls,
+/// WAL records, planning and execution time (the server's own clock, so the statements'
+/// shares of its CPU), the largest first.
 fn print_statements(pg: &Postgres, requests: usize) {
     let out = pg.psql(&format!(
-        "SELECT round(calls::numeric / {requests}, 2) || ' | ' || round(mean_exec_time::numeric, 3) || ' ms | ' || regexp_replace(left(query, 110), '\\s+', ' ', 'g')
-         FROM pg_stat_statements WHERE calls >= {requests} / 20 ORDER BY calls DESC LIMIT 30"
+        "SELECT round(calls::numeric / {requests}, 2) || ' | ' || round(wal_records::numeric / {requests}, 1) || ' | '
+             || round(total_plan_time::numeric * 1000 / {requests}, 1) || ' us | ' || round(total_exec_time::numeric * 1000 / {requests}, 1) || ' us | '
+             || regexp_replace(left(query, 110), '\\s+', ' ', 'g')
+         FROM pg_stat_statements WHERE calls >= {requests} / 20
+         ORDER BY total_exec_time + total_plan_time DESC LIMIT 30"
     ));
-    println!("  statements (calls per request | mean execution time | statement):");
+    println!("  statements per request (calls | WAL records | planning | execution | statement):");
     for line in out.stdout.lines() {
         println!("    {line}");
     }
     let out = pg.psql(&format!(
-        "SELECT round(sum(calls)::numeric / {requests}, 1) FROM pg_stat_statements"
+        "SELECT round(sum(calls)::numeric / {requests}, 1) || ' statements, ' || round(sum(wal_records)::numeric / {requests}, 1)
+             || ' WAL records, planning ' || round(sum(total_plan_time)::numeric * 1000 / {requests}, 1) || ' us, execution '
+             || round(sum(total_exec_time)::numeric * 1000 / {requests}, 1) || ' us'
+         FROM pg_stat_statements"
     ));
-    println!("  statements per request in all: {}", out.stdout.trim());
+    println!("  per request in all: {}", out.stdout.trim());
 }
 
 /// One measured configuration of the `nodes` mode: `n` daemons of `bin`.
@@ -589,15 +612,95 @@ fn nodes_mode(total: usize, reps: usize) -> Result<()> {
     Ok(())
 }
 
+/// What the `floor` mode runs per request with `pgbench`: the fewest commits a five-step
+/// request on a durable journal needs, each as small as it can be: the claimed job's row
+/// (committed without waiting for the flush, as the daemon's claiming submission does),
+/// each step's record committed durably (five), then the job's finish and the
+/// transaction's last record in one durable commit. Rows the size the daemon writes (the
+/// job ~600 bytes, a record ~300).
+const FLOOR_SCRIPT: &str = "\\set id random(1, 9000000000000000000)
+BEGIN;
+SET LOCAL synchronous_commit TO off;
+INSERT INTO floor_jobs VALUES (:id, 1, repeat('j', 600)::bytea);
+COMMIT;
+INSERT INTO floor_journal VALUES (:id, 1, repeat('r', 300)::bytea);
+INSERT INTO floor_journal VALUES (:id, 2, repeat('r', 300)::bytea);
+INSERT INTO floor_journal VALUES (:id, 3, repeat('r', 300)::bytea);
+INSERT INTO floor_journal VALUES (:id, 4, repeat('r', 300)::bytea);
+INSERT INTO floor_journal VALUES (:id, 5, repeat('r', 300)::bytea);
+BEGIN;
+UPDATE floor_jobs SET state = 2, body = repeat('f', 700)::bytea WHERE id = :id;
+INSERT INTO floor_journal VALUES (:id, 6, repeat('r', 300)::bytea);
+COMMIT;
+";
+
+/// The `floor` mode: `pgbench` (16 clients, prepared statements) runs [`FLOOR_SCRIPT`]
+/// `total` times against the private server; requests/s, and per request the server's CPU,
+/// commits, WAL syncs and WAL records, measured as the `nodes` mode measures a daemon.
+fn floor_mode(total: usize, reps: usize) -> Result<()> {
+    let pg = Postgres::start().ok_or_else(|| anyhow!("PostgreSQL is not installed"))?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let dir = tempfile::tempdir()?;
+    let script = dir.path().join("floor.sql");
+    std::fs::write(&script, FLOOR_SCRIPT)?;
+    let tick = clock_ticks();
+    let server = postmaster(url_port(&pg.url())).unwrap_or(0);
+    for rep in 0..reps {
+        let url = pg.new_schema("floor");
+        let (client, conn) = rt.block_on(tokio_postgres::connect(&url, tokio_postgres::NoTls))?;
+        rt.spawn(conn);
+        rt.block_on(client.batch_execute(
+            "CREATE TABLE floor_jobs (id bigint PRIMARY KEY, state smallint NOT NULL, body bytea NOT NULL);
+             CREATE TABLE floor_journal (txn bigint NOT NULL, seq integer NOT NULL, value bytea NOT NULL, PRIMARY KEY (txn, seq))",
+        ))?;
+        let c0 = rt.block_on(server_counters(&client))?;
+        let s0 = server_ticks(server) + reaped_ticks(server);
+        let started = Instant::now();
+        let out = std::process::Command::new(pg.bin().join("pgbench"))
+            .args(["-n", "-M", "prepared", "-c", "16", "-j", "2", "-t"])
+            .arg((total / 16).to_string())
+            .arg("-f")
+            .arg(&script)
+            .arg(&url)
+            .output()?;
+        let took = started.elapsed().as_secs_f64();
+        // pgbench's backends ended with it: their CPU is the postmaster's reaped children's.
+        let s1 = server_ticks(server) + reaped_ticks(server);
+        let c1 = rt.block_on(server_counters(&client))?;
+        if !out.status.success() {
+            return Err(anyhow!(
+                "pgbench failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let done = (total / 16 * 16) as f64;
+        println!(
+            "floor: rep {rep}: pgbench, 16 clients, {done} requests (1 async + 6 durable commits, 7 rows and 1 update each): {:.0} req/s (load {})\n  per request: {:.2} WAL syncs, {:.2} commits, {:.1} WAL records; PostgreSQL CPU {:.2} ms",
+            done / took,
+            loadavg(),
+            (c1[0] - c0[0]) as f64 / done,
+            (c1[1] - c0[1]) as f64 / done,
+            (c1[2] - c0[2]) as f64 / done,
+            (s1 - s0) as f64 / tick / done * 1e3,
+        );
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
+    let arg = |i: usize, d: usize| -> Result<usize> {
+        Ok(std::env::args()
+            .nth(i)
+            .map(|r| r.parse())
+            .transpose()?
+            .unwrap_or(d))
+    };
+    if std::env::args().nth(1).as_deref() == Some("floor") {
+        return floor_mode(arg(2, 4000)?, arg(3, 3)?);
+    }
     if std::env::args().nth(1).as_deref() == Some("nodes") {
-        let arg = |i: usize, d: usize| -> Result<usize> {
-            Ok(std::env::args()
-                .nth(i)
-                .map(|r| r.parse())
-                .transpose()?
-                .unwrap_or(d))
-        };
         return nodes_mode(arg(2, 2000)?, arg(3, 3)?);
     }
     let reps: usize = std::env::args()

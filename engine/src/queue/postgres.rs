@@ -20,7 +20,7 @@ use crate::store::{PgStore, Store, StoreError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::Client;
+use tokio_postgres::{Client, Statement};
 
 /// The queue's tables (schema migration 2, with the node registry).
 pub(crate) const SCHEMA_V2: &str = "
@@ -139,8 +139,163 @@ impl Row {
 
 /// Connections for the queue's changes, each used by one change at a time.
 struct Pool {
-    idle: Mutex<Vec<Client>>,
+    idle: Mutex<Vec<Conn>>,
     permits: tokio::sync::Semaphore,
+}
+
+/// A pooled connection with the statements of the queue's common changes prepared on it
+/// once (when it connects): each later use sends only bind and execute, so the server
+/// neither parses nor plans them again (a claiming submission, a claim and a finish each
+/// parsed and planned two to four statements before), and a use is still one message
+/// that pipelines with the statements around it.
+struct Conn {
+    client: Client,
+    st: Prepared,
+}
+
+impl std::ops::Deref for Conn {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl std::ops::DerefMut for Conn {
+    fn deref_mut(&mut self) -> &mut Client {
+        &mut self.client
+    }
+}
+
+/// The statements prepared on each pooled connection (see [`Conn`]).
+struct Prepared {
+    /// [`PgQueue::submit_claimed`]: whether another job is due, and the job's number.
+    due: Statement,
+    /// [`PgQueue::submit_claimed`]: whether a key's line is busy.
+    line_busy: Statement,
+    /// [`PgQueue::submit_claimed`]: the claimed job's row.
+    insert_running: Statement,
+    /// [`PgQueue::claim`]: the search.
+    search: Statement,
+    /// [`PgQueue::claim`]: whether the found job's line holds it.
+    held_in_line: Statement,
+    line_lock: Statement,
+    get_row: Statement,
+    get_row_for_update: Statement,
+    write_row: Statement,
+    notify: Statement,
+    /// [`PgQueue::release_held`]: the jobs a transaction holds.
+    held: Statement,
+}
+
+fn due_sql() -> String {
+    format!(
+        "SELECT EXISTS (SELECT 1 FROM provisio_jobs j WHERE state = 0
+         AND not_before_ms <= $1 AND (serial_key IS NULL OR NOT {BLOCKED})),
+         nextval('provisio_job_seq')"
+    )
+}
+
+const LINE_BUSY: &str =
+    "SELECT EXISTS (SELECT 1 FROM provisio_jobs WHERE serial_key = $1 AND state IN (0, 1, 4))";
+
+const INSERT_RUNNING: &str =
+    "INSERT INTO provisio_jobs (id, seq, state, priority, not_before_ms, serial_key,
+         line_pos, subject, target, submitted_ms, lease_until_ms, node, entered, body)
+     VALUES ($1, $2, 1, $3, $4, $5, $2, $6, $7, $8, $9, $10, $11, $12)";
+
+const INSERT_RUNNING_TYPES: [Type; 12] = [
+    Type::TEXT,
+    Type::INT8,
+    Type::INT2,
+    Type::INT8,
+    Type::TEXT,
+    Type::TEXT,
+    Type::TEXT,
+    Type::INT8,
+    Type::INT8,
+    Type::TEXT,
+    Type::INT8_ARRAY,
+    Type::BYTEA,
+];
+
+fn search_sql() -> String {
+    format!(
+        "SELECT {JOB_COLUMNS}, serial_key FROM provisio_jobs j
+         WHERE state = 0 AND not_before_ms <= $1 AND NOT (id = ANY($2))
+           AND (serial_key IS NULL OR NOT {BLOCKED})
+         ORDER BY priority DESC, seq LIMIT 1 FOR UPDATE SKIP LOCKED"
+    )
+}
+
+const HELD_IN_LINE: &str = "SELECT EXISTS (SELECT 1 FROM provisio_jobs e WHERE e.serial_key = $1
+     AND e.id <> $2 AND (e.state = 1 OR (e.state IN (0, 4) AND e.line_pos < $3)))";
+
+const LINE_LOCK: &str = "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))";
+
+fn get_row_sql(for_update: bool) -> String {
+    format!(
+        "SELECT {JOB_COLUMNS} FROM provisio_jobs WHERE id = $1{}",
+        if for_update { " FOR UPDATE" } else { "" }
+    )
+}
+
+const WRITE_ROW: &str =
+    "UPDATE provisio_jobs SET state = $2, priority = $3, not_before_ms = $4, line_pos = $5,
+         lease_until_ms = CASE WHEN $2::int2 = 1 THEN coalesce($6, lease_until_ms) END,
+         node = CASE WHEN $2::int2 = 1 THEN coalesce($7, node) END, held_by = $8, finished_ms = $9, entered = $10, body = $11
+     WHERE id = $1";
+
+const WRITE_ROW_TYPES: [Type; 11] = [
+    Type::TEXT,
+    Type::INT2,
+    Type::INT2,
+    Type::INT8,
+    Type::INT8,
+    Type::INT8,
+    Type::TEXT,
+    Type::TEXT,
+    Type::INT8,
+    Type::INT8_ARRAY,
+    Type::BYTEA,
+];
+
+const NOTIFY: &str = "SELECT pg_notify($1, '')";
+
+impl Prepared {
+    /// Prepares them all, pipelined: one round trip.
+    async fn new(c: &Client) -> Res<Prepared> {
+        let (due, search) = (due_sql(), search_sql());
+        let (get, get_for_update) = (get_row_sql(false), get_row_sql(true));
+        let held = format!(
+            "SELECT {JOB_COLUMNS} FROM provisio_jobs WHERE held_by = $1 ORDER BY seq FOR UPDATE"
+        );
+        let (a, b, d, e, f, g, h, i, j, k, l) = tokio::join!(
+            c.prepare_typed(&due, &[Type::INT8]),
+            c.prepare_typed(LINE_BUSY, &[Type::TEXT]),
+            c.prepare_typed(INSERT_RUNNING, &INSERT_RUNNING_TYPES),
+            c.prepare_typed(&search, &[Type::INT8, Type::TEXT_ARRAY]),
+            c.prepare_typed(HELD_IN_LINE, &[Type::TEXT, Type::TEXT, Type::INT8]),
+            c.prepare_typed(LINE_LOCK, &[Type::TEXT]),
+            c.prepare_typed(&get, &[Type::TEXT]),
+            c.prepare_typed(&get_for_update, &[Type::TEXT]),
+            c.prepare_typed(WRITE_ROW, &WRITE_ROW_TYPES),
+            c.prepare_typed(NOTIFY, &[Type::TEXT]),
+            c.prepare_typed(&held, &[Type::TEXT]),
+        );
+        Ok(Prepared {
+            due: a.map_err(pg_err)?,
+            line_busy: b.map_err(pg_err)?,
+            insert_running: d.map_err(pg_err)?,
+            search: e.map_err(pg_err)?,
+            held_in_line: f.map_err(pg_err)?,
+            line_lock: g.map_err(pg_err)?,
+            get_row: h.map_err(pg_err)?,
+            get_row_for_update: i.map_err(pg_err)?,
+            write_row: j.map_err(pg_err)?,
+            notify: k.map_err(pg_err)?,
+            held: l.map_err(pg_err)?,
+        })
+    }
 }
 
 /// The queue on a PostgreSQL store (see the module documentation).
@@ -208,8 +363,8 @@ impl PgQueue {
     async fn run<T, F, Fut>(&self, f: F) -> Res<T>
     where
         T: Send + 'static,
-        F: FnOnce(Arc<Inner>, Client) -> Fut + Send + 'static,
-        Fut: std::future::Future<Output = (Client, Res<T>)> + Send + 'static,
+        F: FnOnce(Arc<Inner>, Conn) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = (Conn, Res<T>)> + Send + 'static,
     {
         if let Some(e) = self.pg().unavailable() {
             return Err(e.into());
@@ -227,8 +382,8 @@ impl PgQueue {
     fn block<T, F, Fut>(&self, f: F) -> Res<T>
     where
         T: Send + 'static,
-        F: FnOnce(Arc<Inner>, Client) -> Fut + Send + 'static,
-        Fut: std::future::Future<Output = (Client, Res<T>)> + Send + 'static,
+        F: FnOnce(Arc<Inner>, Conn) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = (Conn, Res<T>)> + Send + 'static,
     {
         let inner = self.inner.clone();
         let connector = self.pg().connector();
@@ -252,7 +407,9 @@ impl PgQueue {
     pub(crate) fn get(&self, id: &str) -> Res<Option<Job>> {
         let id = id.to_string();
         self.block(move |_, c| async move {
-            let r = get_row(&c, &id, false).await.map(|r| r.map(|r| r.job));
+            let r = get_row_with(&*c, Some(&c.st.get_row), &id, false)
+                .await
+                .map(|r| r.map(|r| r.job));
             (c, r)
         })
     }
@@ -334,7 +491,7 @@ impl PgQueue {
                     JobState::Queued
                 };
                 let job = new_job(new, seq, state, now, &options);
-                let inserted = insert_job(&c, &job, seq as i64, state, now).await?;
+                let inserted = insert_job(&*c, &job, seq as i64, state, now).await?;
                 if inserted == 0 {
                     // Another node submitted the same key meanwhile: its job.
                     let idem = job.idempotency_key.as_deref().unwrap_or_default();
@@ -346,7 +503,7 @@ impl PgQueue {
                     }
                 }
                 if state == JobState::Queued {
-                    notify(&c).await?;
+                    notify_with(&*c, Some(&c.st.notify)).await?;
                 }
                 Ok(Submitted { job, created: true })
             }
@@ -380,27 +537,19 @@ impl PgQueue {
                 // (a statement of its own after the lock: its snapshot sees every claim of
                 // the key committed before the lock was taken).
                 let key = new.serial_key.clone();
-                let due_sql = format!(
-                    "SELECT EXISTS (SELECT 1 FROM provisio_jobs j WHERE state = 0
-                     AND not_before_ms <= $1 AND (serial_key IS NULL OR NOT {BLOCKED})),
-                     nextval('provisio_job_seq')"
-                );
                 let now_ms = ms(now);
-                let due_params: [(&(dyn ToSql + Sync), Type); 1] = [(&now_ms, Type::INT8)];
+                let due_params: [&(dyn ToSql + Sync); 1] = [&now_ms];
                 let (b, due, line) = tokio::join!(
                     c.batch_execute("BEGIN; SET LOCAL synchronous_commit TO off"),
-                    c.query_typed_one(&due_sql, &due_params),
+                    c.query_one(&c.st.due, &due_params),
                     async {
                         let Some(key) = &key else {
                             return Ok(true);
                         };
-                        let busy_params: [(&(dyn ToSql + Sync), Type); 1] = [(key, Type::TEXT)];
+                        let busy_params: [&(dyn ToSql + Sync); 1] = [key];
                         let (locked, busy) = tokio::join!(
                             line_lock(&c, &inner.lock_ns, key),
-                            c.query_typed_one(
-                                "SELECT EXISTS (SELECT 1 FROM provisio_jobs WHERE serial_key = $1 AND state IN (0, 1, 4))",
-                                &busy_params,
-                            ),
+                            c.query_one(&c.st.line_busy, &busy_params),
                         );
                         let busy: bool = busy.map_err(pg_err)?.get(0);
                         Ok::<bool, QueueError>(locked? && !busy)
@@ -422,7 +571,13 @@ impl PgQueue {
                         unreachable!("one of them failed")
                     }
                 };
-                let mut job = new_job(new, seq as u64, JobState::Running, now, &JobOptions::default());
+                let mut job = new_job(
+                    new,
+                    seq as u64,
+                    JobState::Running,
+                    now,
+                    &JobOptions::default(),
+                );
                 let txn = crate::TxnId::new_v7().as_str().to_string();
                 job.attempts = 1;
                 job.started_ms = Some(now);
@@ -435,27 +590,22 @@ impl PgQueue {
                 entered[state_index(JobState::Running)] = 1;
                 // Round trip 2: the row and `COMMIT` (a failed insert makes it a rollback).
                 let (not_before, until_ms, body) = (ms(job.not_before_ms), ms(until), encode(&job));
-                let params: [(&(dyn ToSql + Sync), Type); 12] = [
-                    (&job.id, Type::TEXT),
-                    (&seq, Type::INT8),
-                    (&job.priority, Type::INT2),
-                    (&not_before, Type::INT8),
-                    (&job.serial_key, Type::TEXT),
-                    (&job.subject, Type::TEXT),
-                    (&job.target, Type::TEXT),
-                    (&now_ms, Type::INT8),
-                    (&until_ms, Type::INT8),
-                    (&node, Type::TEXT),
-                    (&entered, Type::INT8_ARRAY),
-                    (&body, Type::BYTEA),
+                let params: [&(dyn ToSql + Sync); 12] = [
+                    &job.id,
+                    &seq,
+                    &job.priority,
+                    &not_before,
+                    &job.serial_key,
+                    &job.subject,
+                    &job.target,
+                    &now_ms,
+                    &until_ms,
+                    &node,
+                    &entered,
+                    &body,
                 ];
                 let (inserted, end) = tokio::join!(
-                    c.execute_typed(
-                        "INSERT INTO provisio_jobs (id, seq, state, priority, not_before_ms, serial_key,
-                             line_pos, subject, target, submitted_ms, lease_until_ms, node, entered, body)
-                         VALUES ($1, $2, 1, $3, $4, $5, $2, $6, $7, $8, $9, $10, $11, $12)",
-                        &params,
-                    ),
+                    c.execute(&c.st.insert_running, &params),
                     c.batch_execute("COMMIT"),
                 );
                 inserted.map_err(pg_err)?;
@@ -491,19 +641,10 @@ impl PgQueue {
                 let mut passed: Vec<String> = Vec::new();
                 for _ in 0..CLAIM_TRIES {
                     // Round trip 1: `BEGIN` and the search, pipelined.
-                    let sql = format!(
-                        "SELECT {JOB_COLUMNS}, serial_key FROM provisio_jobs j
-                         WHERE state = 0 AND not_before_ms <= $1 AND NOT (id = ANY($2))
-                           AND (serial_key IS NULL OR NOT {BLOCKED})
-                         ORDER BY priority DESC, seq LIMIT 1 FOR UPDATE SKIP LOCKED"
-                    );
                     let now_ms = ms(now);
-                    let params: [(&(dyn ToSql + Sync), Type); 2] =
-                        [(&now_ms, Type::INT8), (&passed, Type::TEXT_ARRAY)];
-                    let (b, rows) = tokio::join!(
-                        c.batch_execute("BEGIN"),
-                        c.query_typed(&sql, &params),
-                    );
+                    let params: [&(dyn ToSql + Sync); 2] = [&now_ms, &passed];
+                    let (b, rows) =
+                        tokio::join!(c.batch_execute("BEGIN"), c.query(&c.st.search, &params),);
                     let rows = match (b, rows) {
                         (Ok(()), Ok(rows)) => rows,
                         (b, rows) => {
@@ -529,18 +670,11 @@ impl PgQueue {
                         // Under the line's lock, with a fresh snapshot (a statement of its
                         // own after the lock's): no other claim of the key is in flight,
                         // and none committed since the search began.
-                        let params: [(&(dyn ToSql + Sync), Type); 3] = [
-                            (key, Type::TEXT),
-                            (&row_read.job.id, Type::TEXT),
-                            (&row_read.line_pos, Type::INT8),
-                        ];
+                        let params: [&(dyn ToSql + Sync); 3] =
+                            [key, &row_read.job.id, &row_read.line_pos];
                         let (locked, busy) = tokio::join!(
                             line_lock(&c, &inner.lock_ns, key),
-                            c.query_typed_one(
-                                "SELECT EXISTS (SELECT 1 FROM provisio_jobs e WHERE e.serial_key = $1
-                                 AND e.id <> $2 AND (e.state = 1 OR (e.state IN (0, 4) AND e.line_pos < $3)))",
-                                &params,
-                            ),
+                            c.query_one(&c.st.held_in_line, &params),
                         );
                         let free = match (locked, busy.map_err(pg_err)) {
                             (Ok(locked), Ok(busy)) => locked && !busy.get::<_, bool>(0),
@@ -571,7 +705,13 @@ impl PgQueue {
                     // Round trip 2: the row and `COMMIT` (synchronous: the claim is durable
                     // before its transaction starts, as on sled).
                     let (w, end) = tokio::join!(
-                        write_row(&c, &row_read, Some(until), Some(&node)),
+                        write_row_with(
+                            &*c,
+                            Some(&c.st.write_row),
+                            &row_read,
+                            Some(until),
+                            Some(&node)
+                        ),
                         c.batch_execute("COMMIT"),
                     );
                     w?;
@@ -599,7 +739,7 @@ impl PgQueue {
                     )
                     .await
                     .map_err(pg_err)?;
-                if n == 0 && get_row(&c, &id, false).await?.is_none() {
+                if n == 0 && get_row_with(&*c, Some(&c.st.get_row), &id, false).await?.is_none() {
                     return Err(QueueError::NotFound(id));
                 }
                 Ok(n > 0)
@@ -629,7 +769,10 @@ impl PgQueue {
                 } else {
                     "BEGIN; SET LOCAL synchronous_commit TO off"
                 };
-                let (b, row) = tokio::join!(c.batch_execute(begin), get_row(&c, &id, true));
+                let (b, row) = tokio::join!(
+                    c.batch_execute(begin),
+                    get_row_with(&*c, Some(&c.st.get_row_for_update), &id, true)
+                );
                 let mut row = match (b.map_err(pg_err), row) {
                     (Ok(()), Ok(Some(row))) => row,
                     (b, row) => {
@@ -659,10 +802,10 @@ impl PgQueue {
                 // its children are settled in the same transaction, one after another.
                 if write && before != row.job.state && row.job.state.is_final() && row.job.awaited {
                     let settled = async {
-                        write_row(&c, &row, lease, lease_node).await?;
-                        settle_dependents(&c, &row.job, before).await?;
+                        write_row_with(&*c, Some(&c.st.write_row), &row, lease, lease_node).await?;
+                        settle_dependents(&*c, &row.job, before).await?;
                         if notify_too {
-                            notify(&c).await?;
+                            notify_with(&*c, Some(&c.st.notify)).await?;
                         }
                         c.batch_execute("COMMIT").await.map_err(pg_err)
                     }
@@ -676,14 +819,15 @@ impl PgQueue {
                 let (w, n, end) = tokio::join!(
                     async {
                         if write {
-                            write_row(&c, &row, lease, lease_node).await
+                            write_row_with(&*c, Some(&c.st.write_row), &row, lease, lease_node)
+                                .await
                         } else {
                             Ok(())
                         }
                     },
                     async {
                         if notify_too {
-                            notify(&c).await
+                            notify_with(&*c, Some(&c.st.notify)).await
                         } else {
                             Ok(())
                         }
@@ -934,7 +1078,7 @@ impl PgQueue {
                     // A dead job pruned lets its line go on, and the jobs waiting for it die.
                     settle_orphans(&mut c, "was removed by retention after it died", before_ms)
                         .await?;
-                    notify(&c).await?;
+                    notify(&*c).await?;
                 }
                 Ok(n as usize)
             }
@@ -948,16 +1092,10 @@ impl PgQueue {
         let txn = txn.to_string();
         self.run(move |_, mut c| async move {
             let r = async {
+                // Asked at the end of every transaction (most hold nothing): prepared.
+                let held = c.st.held.clone();
                 let tx = c.transaction().await.map_err(pg_err)?;
-                let rows = tx
-                    .query(
-                        &format!(
-                            "SELECT {JOB_COLUMNS} FROM provisio_jobs WHERE held_by = $1 ORDER BY seq FOR UPDATE"
-                        ),
-                        &[&txn],
-                    )
-                    .await
-                    .map_err(pg_err)?;
+                let rows = tx.query(&held, &[&txn]).await.map_err(pg_err)?;
                 let n = rows.len();
                 for row in &rows {
                     let mut row = Row::from(row)?;
@@ -1139,8 +1277,8 @@ async fn with_client<T, F, Fut>(
     f: F,
 ) -> Res<T>
 where
-    F: FnOnce(Arc<Inner>, Client) -> Fut,
-    Fut: std::future::Future<Output = (Client, Res<T>)>,
+    F: FnOnce(Arc<Inner>, Conn) -> Fut,
+    Fut: std::future::Future<Output = (Conn, Res<T>)>,
 {
     let _permit = inner
         .pool
@@ -1156,7 +1294,11 @@ where
         .pop();
     let client = match idle.filter(|c| !c.is_closed()) {
         Some(c) => c,
-        None => connector.connect().await?,
+        None => {
+            let client = connector.connect().await?;
+            let st = Prepared::new(&client).await?;
+            Conn { client, st }
+        }
     };
     let (client, out) = f(inner.clone(), client).await;
     if !client.is_closed() {
@@ -1220,8 +1362,50 @@ async fn insert_job(
 }
 
 async fn notify(c: &impl tokio_postgres::GenericClient) -> Res<()> {
-    // One message (parse, bind, execute), so that it can be pipelined before a `COMMIT`.
-    c.execute_typed("SELECT pg_notify($1, '')", &[(&CHANNEL, Type::TEXT)])
+    notify_with(c, None).await
+}
+
+/// Runs `sql` with typed parameters in one message: through `prepared` (this
+/// connection's prepared statement of the same SQL and types: bind and execute only) when
+/// there is one, else parse, bind and execute (so that it pipelines either way).
+async fn execute_with(
+    c: &impl tokio_postgres::GenericClient,
+    prepared: Option<&Statement>,
+    sql: &str,
+    params: &[(&(dyn ToSql + Sync), Type)],
+) -> Result<u64, tokio_postgres::Error> {
+    match prepared {
+        Some(st) => {
+            let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(v, _)| *v).collect();
+            c.execute(st, &values).await
+        }
+        None => c.execute_typed(sql, params).await,
+    }
+}
+
+/// [`execute_with`] for a query.
+async fn query_with(
+    c: &impl tokio_postgres::GenericClient,
+    prepared: Option<&Statement>,
+    sql: &str,
+    params: &[(&(dyn ToSql + Sync), Type)],
+) -> Result<Vec<tokio_postgres::Row>, tokio_postgres::Error> {
+    match prepared {
+        Some(st) => {
+            let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(v, _)| *v).collect();
+            c.query(st, &values).await
+        }
+        None => c.query_typed(sql, params).await,
+    }
+}
+
+/// [`notify`] through a prepared statement when there is one.
+async fn notify_with(
+    c: &impl tokio_postgres::GenericClient,
+    prepared: Option<&Statement>,
+) -> Res<()> {
+    // One message, so that it can be pipelined before a `COMMIT`.
+    execute_with(c, prepared, NOTIFY, &[(&CHANNEL, Type::TEXT)])
         .await
         .map_err(pg_err)?;
     Ok(())
@@ -1235,16 +1419,14 @@ async fn rollback(c: &Client) {
 
 /// The per-key lock a claim (or a claiming submission) of a serialization key holds until
 /// its database transaction ends; `false`: another claim of the key holds it.
-async fn line_lock(c: &impl tokio_postgres::GenericClient, ns: &str, key: &str) -> Res<bool> {
+async fn line_lock(c: &Conn, ns: &str, key: &str) -> Res<bool> {
     let name = format!("provisio line {ns} {key}");
     // One message: pipelined with the statements around it.
-    Ok(c.query_typed_one(
-        "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))",
-        &[(&name, Type::TEXT)],
-    )
-    .await
-    .map_err(pg_err)?
-    .get(0))
+    let params: [&(dyn ToSql + Sync); 1] = [&name];
+    Ok(c.query_one(&c.st.line_lock, &params)
+        .await
+        .map_err(pg_err)?
+        .get(0))
 }
 
 async fn get_row(
@@ -1252,13 +1434,22 @@ async fn get_row(
     id: &str,
     for_update: bool,
 ) -> Res<Option<Row>> {
-    let sql = format!(
-        "SELECT {JOB_COLUMNS} FROM provisio_jobs WHERE id = $1{}",
-        if for_update { " FOR UPDATE" } else { "" }
-    );
+    get_row_with(c, None, id, for_update).await
+}
+
+/// [`get_row`] through `prepared` when it is this connection's prepared statement of it.
+async fn get_row_with(
+    c: &impl tokio_postgres::GenericClient,
+    prepared: Option<&Statement>,
+    id: &str,
+    for_update: bool,
+) -> Res<Option<Row>> {
+    let sql = match prepared {
+        Some(_) => String::new(),
+        None => get_row_sql(for_update),
+    };
     // One message: pipelined after a `BEGIN` in one round trip.
-    let rows = c
-        .query_typed(&sql, &[(&id, Type::TEXT)])
+    let rows = query_with(c, prepared, &sql, &[(&id, Type::TEXT)])
         .await
         .map_err(pg_err)?;
     rows.first().map(Row::from).transpose()
@@ -1284,13 +1475,24 @@ async fn write_row(
     lease_until: Option<u64>,
     node: Option<&str>,
 ) -> Res<()> {
+    write_row_with(c, None, row, lease_until, node).await
+}
+
+/// [`write_row`] through `prepared` when it is this connection's prepared statement of it.
+async fn write_row_with(
+    c: &impl tokio_postgres::GenericClient,
+    prepared: Option<&Statement>,
+    row: &Row,
+    lease_until: Option<u64>,
+    node: Option<&str>,
+) -> Res<()> {
     let job = &row.job;
-    // One message (parse, bind, execute): pipelined before a `COMMIT` in one round trip.
-    c.execute_typed(
-        "UPDATE provisio_jobs SET state = $2, priority = $3, not_before_ms = $4, line_pos = $5,
-             lease_until_ms = CASE WHEN $2::int2 = 1 THEN coalesce($6, lease_until_ms) END,
-             node = CASE WHEN $2::int2 = 1 THEN coalesce($7, node) END, held_by = $8, finished_ms = $9, entered = $10, body = $11
-         WHERE id = $1",
+    // One message (parse, bind, execute, or bind and execute when prepared): pipelined
+    // before a `COMMIT` in one round trip.
+    execute_with(
+        c,
+        prepared,
+        WRITE_ROW,
         &[
             (&job.id, Type::TEXT),
             (&st(job.state), Type::INT2),
