@@ -1008,8 +1008,12 @@ mod tests {
                 line(
                     n,
                     states[(n % 3) as usize],
-                    if n % 5 == 0 { "A/One" } else { "B/Two" },
-                    if n % 7 == 0 { "alice" } else { "bob" },
+                    if n.is_multiple_of(5) {
+                        "A/One"
+                    } else {
+                        "B/Two"
+                    },
+                    if n.is_multiple_of(7) { "alice" } else { "bob" },
                 )
             })
             .collect();
@@ -1099,8 +1103,13 @@ mod tests {
             format: super::super::records::FORMAT,
             id: all_id(n).parse().expect("an id"),
             state,
-            target: if n % 3 == 0 { "A/One" } else { "B/Two" }.into(),
-            who: if n % 4 == 0 { "alice" } else { "bob" }.into(),
+            target: if n.is_multiple_of(3) {
+                "A/One"
+            } else {
+                "B/Two"
+            }
+            .into(),
+            who: if n.is_multiple_of(4) { "alice" } else { "bob" }.into(),
             started_ms: 10_000 + n / 2,
             updated_ms: 20_000 + n,
             resumable: false,
