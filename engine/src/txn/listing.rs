@@ -240,41 +240,88 @@ pub(crate) fn decode_changes(bytes: &[u8]) -> (Vec<Change>, usize) {
 
 /// Encodes a snapshot of `lines` (any order; sorted here by start time and id). `None`
 /// when one cannot be held (an id that is not 36 bytes long).
-pub(crate) fn encode_snapshot(mut lines: Vec<Listed>) -> Option<Vec<u8>> {
-    if lines.iter().any(|l| l.id.len() != ID_LEN) {
-        return None;
+#[cfg(test)]
+pub(crate) fn encode_snapshot(lines: Vec<Listed>) -> Option<Vec<u8>> {
+    let mut b = Builder::default();
+    for l in &lines {
+        b.push(l)?;
     }
-    lines.sort_by(|a, b| a.key().cmp(&b.key()));
-    let mut strings: HashMap<String, u32> = HashMap::new();
-    let mut table = Vec::new();
-    let mut intern = |s: &str, table: &mut Vec<u8>| -> u32 {
-        if let Some(at) = strings.get(s) {
+    Some(b.finish())
+}
+
+/// A snapshot being made: each line interned and packed as it comes (61 bytes a line, the
+/// strings once), so a rebuild over a million summaries never holds them as `String`s.
+#[derive(Default)]
+struct Builder {
+    strings: HashMap<String, u32>,
+    table: Vec<u8>,
+    entries: Vec<[u8; ENTRY_LEN]>,
+}
+
+impl Builder {
+    fn intern(&mut self, s: &str) -> u32 {
+        if let Some(at) = self.strings.get(s) {
             return *at;
         }
-        let at = table.len() as u32;
-        put_str(table, s);
-        strings.insert(s.to_string(), at);
+        let at = self.table.len() as u32;
+        put_str(&mut self.table, s);
+        self.strings.insert(s.to_string(), at);
         at
-    };
-    let mut entries = Vec::with_capacity(lines.len() * ENTRY_LEN);
-    for l in &lines {
-        let target = intern(&l.target, &mut table);
-        let who = intern(&l.who, &mut table);
-        entries.extend_from_slice(l.id.as_bytes());
-        entries.push(state_code(l.state));
-        entries.extend_from_slice(&l.started_ms.to_le_bytes());
-        entries.extend_from_slice(&l.updated_ms.to_le_bytes());
-        entries.extend_from_slice(&target.to_le_bytes());
-        entries.extend_from_slice(&who.to_le_bytes());
     }
-    let mut out = Vec::with_capacity(HEADER_LEN + table.len() + entries.len());
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&(lines.len() as u64).to_le_bytes());
-    out.extend_from_slice(&(table.len() as u64).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(&table).to_le_bytes());
-    out.extend_from_slice(&table);
-    out.extend_from_slice(&entries);
-    Some(out)
+
+    /// Adds a line; `None` when its id is not 36 bytes long.
+    fn push(&mut self, l: &Listed) -> Option<()> {
+        if l.id.len() != ID_LEN {
+            return None;
+        }
+        let target = self.intern(&l.target);
+        let who = self.intern(&l.who);
+        let mut e = [0u8; ENTRY_LEN];
+        let mut at = 0;
+        for part in [
+            l.id.as_bytes(),
+            &[state_code(l.state)],
+            &l.started_ms.to_le_bytes(),
+            &l.updated_ms.to_le_bytes(),
+            &target.to_le_bytes(),
+            &who.to_le_bytes(),
+        ] {
+            e[at..at + part.len()].copy_from_slice(part);
+            at += part.len();
+        }
+        self.entries.push(e);
+        Some(())
+    }
+
+    fn count(&self) -> u64 {
+        self.entries.len() as u64
+    }
+
+    /// The snapshot's bytes, its entries sorted by (start time, id).
+    fn finish(mut self) -> Vec<u8> {
+        let started = |e: &[u8; ENTRY_LEN]| {
+            e[ID_LEN + 1..ID_LEN + 9]
+                .iter()
+                .rev()
+                .fold(0u64, |n, b| n << 8 | u64::from(*b))
+        };
+        self.entries.sort_unstable_by(|a, b| {
+            started(a)
+                .cmp(&started(b))
+                .then_with(|| a[..ID_LEN].cmp(&b[..ID_LEN]))
+        });
+        let mut out =
+            Vec::with_capacity(HEADER_LEN + self.table.len() + self.entries.len() * ENTRY_LEN);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&(self.entries.len() as u64).to_le_bytes());
+        out.extend_from_slice(&(self.table.len() as u64).to_le_bytes());
+        out.extend_from_slice(&crc32fast::hash(&self.table).to_le_bytes());
+        out.extend_from_slice(&self.table);
+        for e in &self.entries {
+            out.extend_from_slice(e);
+        }
+        out
+    }
 }
 
 /// A snapshot opened for reading: its header and string table in memory, its entries read
@@ -814,7 +861,13 @@ fn update(
                 }
             }
             (
-                write_snapshot(dir, store_id, writes, lines.into_values().collect())?,
+                write_snapshot(dir, store_id, writes, {
+                    let mut b = Builder::default();
+                    for l in lines.values() {
+                        b.push(l).ok_or("a transaction id is not 36 bytes")?;
+                    }
+                    b
+                })?,
                 true,
             )
         }
@@ -829,16 +882,17 @@ fn update(
     Ok(rebuilt)
 }
 
-/// Every summary of the store, as listing lines.
-fn read_all(store: &dyn Store) -> Result<Vec<Listed>, String> {
-    let mut out = Vec::new();
+/// Every summary of the store, packed for a snapshot.
+fn read_all(store: &dyn Store) -> Result<Builder, String> {
+    let mut out = Builder::default();
     let mut from: Vec<u8> = Vec::new();
     loop {
         let page = store
             .scan_range(Space::Txns, KeyRange::new(&from, None), 1024, false)
             .map_err(|e| e.to_string())?;
         for (k, v) in &page {
-            out.push(listed_of(k, v)?);
+            out.push(&listed_of(k, v)?)
+                .ok_or("a transaction id is not 36 bytes")?;
         }
         match page.last() {
             Some((last, _)) if page.len() == 1024 => {
@@ -851,15 +905,11 @@ fn read_all(store: &dyn Store) -> Result<Vec<Listed>, String> {
     Ok(out)
 }
 
-/// Writes a new snapshot of `lines` and an empty delta; returns the marker describing them.
-fn write_snapshot(
-    dir: &Path,
-    store_id: &str,
-    writes: u64,
-    lines: Vec<Listed>,
-) -> Result<Marker, String> {
-    let count = lines.len() as u64;
-    let bytes = encode_snapshot(lines).ok_or("a transaction id is not 36 bytes")?;
+/// Writes a new snapshot of the lines in `b` and an empty delta; returns the marker
+/// describing them.
+fn write_snapshot(dir: &Path, store_id: &str, writes: u64, b: Builder) -> Result<Marker, String> {
+    let count = b.count();
+    let bytes = b.finish();
     write_atomically(&dir.join(SNAPSHOT_FILE), &bytes).map_err(|e| format!("snapshot: {e}"))?;
     File::create(dir.join(DELTA_FILE))
         .and_then(|f| f.sync_all())
