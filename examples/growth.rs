@@ -20,6 +20,11 @@
 //! - `open DIR [REPS]`: the time to open (and close) the store in DIR/journal — kept by
 //!   `case-list N DIR` — and an empty one, each in a fresh process: sled's floor under
 //!   every command that reads the store (`provisio tx list`).
+//! - `cli-list DIR [REPS]`: `provisio tx list` itself (`PROVISIO_BIN`, default
+//!   `target/release/provisio`) over DIR (a data directory whose `journal` is kept by
+//!   `case-list N DIR`), each run a fresh process: wall time and peak RSS of the first page
+//!   from the listing file (unfiltered, by state, by subject) and with the store opened
+//!   (the listing's marker removed: sled's open plus the rebuild of the files at close).
 //!
 //! Every case runs in a child process of its own (this example re-executed with `case …`), so
 //! its peak RSS (`VmHWM`) is its own; the store is sled on the local disk in a temp folder
@@ -39,6 +44,7 @@ use provisio_engine::provider::ProviderRegistry;
 use provisio_engine::request::parse_request;
 use provisio_engine::testing::RecordingProvider;
 use provisio_engine::txn::index::{self, TxnQuery};
+use provisio_engine::txn::listing as index_listing;
 use provisio_engine::txn::retention;
 use provisio_engine::txn::synthetic::{self, Synthetic};
 use provisio_engine::txn::DurableJournal;
@@ -795,6 +801,56 @@ fn main() -> Result<()> {
             for _ in 0..reps {
                 for d in [empty.path(), Path::new(dir)] {
                     println!("{}", child_of("case-open", &[&d.display().to_string()])?);
+                }
+            }
+            return Ok(());
+        }
+        Some("cli-list") => {
+            // `cli-list DIR [REPS]`: `provisio tx list` (PROVISIO_BIN) as a user runs it, each a
+            // fresh process with DIR as its data directory (DIR/journal kept by `case-list N
+            // DIR`): the first page, filtered by state and by subject, then with the listing
+            // file's marker removed so the store is opened (and its clean close, finding no
+            // listing to build on, rebuilds the files from the summaries: counted).
+            let dir = Path::new(arg(1, "DIR")?);
+            let reps: usize = args.get(2).map(|r| r.parse()).transpose()?.unwrap_or(5);
+            let bin = std::env::var("PROVISIO_BIN")
+                .unwrap_or_else(|_| "target/release/provisio".to_string());
+            let marker = dir.join("journal").join(index_listing::MARKER_FILE);
+            println!("case\twall_ms\tpeak_rss_MiB\tlines\tloadavg");
+            let cases: [(&str, &[&str]); 4] = [
+                ("first page", &[]),
+                ("--state rolled_back", &["--state", "rolled_back"]),
+                ("--subject bob", &["--subject", "bob"]),
+                ("first page, store opened", &[]),
+            ];
+            for _ in 0..reps {
+                for (name, extra) in cases {
+                    let opened = name.ends_with("store opened");
+                    if opened {
+                        std::fs::remove_file(&marker)?;
+                    }
+                    let start = Instant::now();
+                    let out = std::process::Command::new("/usr/bin/time")
+                        .args(["-f", "%M", &bin, "tx", "list"])
+                        .args(extra)
+                        .env("PROVISIO_DATA_DIR", dir)
+                        .env_remove("RUST_LOG")
+                        .output()
+                        .context("run provisio under /usr/bin/time")?;
+                    let wall = start.elapsed().as_secs_f64() * 1e3;
+                    let stderr = String::from_utf8_lossy(&out.stderr);
+                    let kib: f64 = stderr
+                        .lines()
+                        .last()
+                        .and_then(|l| l.trim().parse().ok())
+                        .ok_or_else(|| anyhow!("no peak RSS from /usr/bin/time: {stderr}"))?;
+                    if !out.status.success() {
+                        bail!("tx list {extra:?} failed: {stderr}");
+                    }
+                    let lines = String::from_utf8_lossy(&out.stdout).lines().count();
+                    let load = std::fs::read_to_string("/proc/loadavg")?;
+                    let load = load.split_whitespace().next().unwrap_or("?");
+                    println!("{name}\t{wall:.1}\t{:.1}\t{lines}\t{load}", kib / 1024.0);
                 }
             }
             return Ok(());

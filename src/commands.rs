@@ -99,6 +99,12 @@ pub async fn dispatch(cli: Cli) -> Result<Exit> {
                     _ => Exit::BadInput,
                 });
             }
+            // A store closed cleanly answers `tx list` from its listing file, unopened.
+            if let TxCommand::List(args) = cmd {
+                if let Some(exit) = crate::inspect::list_from_listing(config, args)? {
+                    return Ok(exit);
+                }
+            }
             let mut config = config.clone();
             config.read_only = !matches!(
                 cmd,

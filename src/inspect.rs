@@ -9,17 +9,18 @@ use crate::{load, Exit};
 use anyhow::Result;
 use provisio_engine::provider::{PurgeScope, TxnStatus};
 use provisio_engine::txn::index::{self, TxnQuery};
+use provisio_engine::txn::listing;
 use provisio_engine::txn::retention;
 use provisio_engine::txn::stream::RecordStream;
 use provisio_engine::txn::{DurableJournal, Guarded, Record, TxnSummary};
+use provisio_engine::TxnState;
 use provisio_engine::{KeyRange, Space};
 use std::collections::{HashMap, VecDeque};
 use std::io::Write;
 use std::sync::Arc;
 
-/// `tx list`.
-pub(crate) async fn list(journal: &DurableJournal, args: &ListArgs) -> Result<Exit> {
-    let query = TxnQuery {
+fn query_of(args: &ListArgs) -> TxnQuery {
+    TxnQuery {
         state: args.state.map(|s| s.0),
         procedure: args.procedure.clone(),
         subject: args.subject.clone(),
@@ -27,7 +28,49 @@ pub(crate) async fn list(journal: &DurableJournal, args: &ListArgs) -> Result<Ex
         until_ms: args.until.map(|t| t.0),
         after: args.after.clone(),
         limit: args.limit.max(1),
+    }
+}
+
+/// `tx list` from the listing file of a sled store closed cleanly (`txn::listing`), without
+/// opening the store: `None` when the files cannot answer (the store is held, was not closed
+/// cleanly, is PostgreSQL, or the files are missing or damaged), and the store is read.
+pub(crate) fn list_from_listing(config: &Config, args: &ListArgs) -> Result<Option<Exit>> {
+    if !matches!(config.store, crate::config::StoreSetting::Sled) {
+        return Ok(None);
+    }
+    let page = match listing::list(&load::journal_dir(config), &query_of(args)) {
+        Ok(p) => p,
+        Err(e @ listing::ListingError::UnknownCursor(_)) => {
+            return bad_input(format!("error: {e}")).map(Some)
+        }
+        Err(listing::ListingError::Unavailable(why)) => {
+            tracing::debug!("tx list reads the store: {why}");
+            return Ok(None);
+        }
     };
+    let mut out = std::io::stdout().lock();
+    if page.items.is_empty() {
+        writeln!(out, "no transactions")?;
+    }
+    for t in &page.items {
+        writeln!(
+            out,
+            "{}",
+            line(&t.id, t.state, t.started_ms, &t.who, &t.target)
+        )?;
+    }
+    if let Some(next) = &page.next {
+        eprintln!(
+            "{} shown; the next page: provisio tx list --after {next} (with the same filters)",
+            page.items.len()
+        );
+    }
+    Ok(Some(Exit::Ok))
+}
+
+/// `tx list`.
+pub(crate) async fn list(journal: &DurableJournal, args: &ListArgs) -> Result<Exit> {
+    let query = query_of(args);
     let page = match index::list(&**journal.store(), &query).await {
         Ok(p) => p,
         Err(e @ index::QueryError::UnknownCursor(_)) => return bad_input(format!("error: {e}")),
@@ -50,13 +93,17 @@ pub(crate) async fn list(journal: &DurableJournal, args: &ListArgs) -> Result<Ex
 }
 
 pub(crate) fn list_line(t: &TxnSummary) -> String {
+    line(t.id.as_str(), t.state, t.started_ms, &t.who, &t.target)
+}
+
+fn line(id: &str, state: TxnState, started_ms: u64, who: &str, target: &str) -> String {
     format!(
         "{}  {:<15}  {}  {}  {}",
-        t.id,
-        t.state.name(),
-        fmt_ms(t.started_ms),
-        t.who,
-        t.target
+        id,
+        state.name(),
+        fmt_ms(started_ms),
+        who,
+        target
     )
 }
 

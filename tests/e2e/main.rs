@@ -20,6 +20,7 @@ mod hmc_ldap;
 mod hmc_mail;
 mod hostile;
 mod large_log;
+mod listing;
 mod mail;
 mod mps_batch;
 mod multinode;

@@ -20,6 +20,7 @@ pub use postgres::{
     MIGRATIONS, NODE_EXPIRY, NODE_HEARTBEAT,
 };
 pub use sled_store::SledStore;
+pub(crate) use sled_store::{side_state, SideState};
 
 use async_trait::async_trait;
 

@@ -27,6 +27,7 @@
 
 use super::wal::{Frame, Wal};
 use super::{Batch, KeyRange, KeyValue, Space, Store, StoreError};
+use crate::txn::listing;
 use async_trait::async_trait;
 use std::collections::HashSet;
 use std::fs::File;
@@ -128,6 +129,8 @@ struct Shared {
     overlays: std::sync::RwLock<Overlays>,
     /// A size-triggered checkpoint was asked for and has not run yet.
     checkpoint_asked: AtomicBool,
+    /// Set by the checkpoint thread once the store's clean close is recorded.
+    closed_cleanly: AtomicBool,
     /// Held for a whole checkpoint: the next one may reuse the log file the previous one
     /// was folding in only after it is done.
     checkpointing: std::sync::Mutex<()>,
@@ -362,6 +365,11 @@ pub struct SledStore {
     signals: std::sync::Mutex<Option<mpsc::Sender<Signal>>>,
     checkpointer: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
     sync_thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The listing files as the last clean close left them (`Some(None)`: to be rebuilt),
+    /// taken by the clean close that brings them up to date (`txn::listing`).
+    listing: std::sync::Mutex<Option<Option<listing::Base>>>,
+    /// The transaction summaries written since the open, for the listing files.
+    changes: std::sync::Mutex<listing::Changes>,
 }
 
 impl std::fmt::Debug for SledStore {
@@ -474,6 +482,9 @@ impl SledStore {
             }
         }
         let writes = replay.last().map_or(sled_writes, |f| f.seq);
+        // The listing files describe the store as its last clean close left it, if it was
+        // closed cleanly; their marker goes before anything changes.
+        let listing_base = listing::take_base(path, side_state(path).as_ref());
         // Checked before the replay touches anything, so a damaged store stays as it was.
         Identity::check(path, &tree, &db, writes)?;
         if let Some(last) = replay.last() {
@@ -515,6 +526,7 @@ impl SledStore {
             poison: std::sync::OnceLock::new(),
             overlays: std::sync::RwLock::new(Overlays::default()),
             checkpoint_asked: AtomicBool::new(false),
+            closed_cleanly: AtomicBool::new(false),
             checkpointing: std::sync::Mutex::new(()),
             doorbell: std::sync::Mutex::new(None),
         });
@@ -553,6 +565,8 @@ impl SledStore {
             signals: std::sync::Mutex::new(Some(sender)),
             checkpointer: std::sync::Mutex::new(Some(handle)),
             sync_thread: std::sync::Mutex::new(Some(sync_thread)),
+            listing: std::sync::Mutex::new(Some(listing_base)),
+            changes: std::sync::Mutex::new(listing::Changes::default()),
         })
     }
 
@@ -588,6 +602,22 @@ impl SledStore {
         if let Some(h) = handle {
             let _ = h.join();
         }
+        // Closed cleanly: the listing files follow (once), for `tx list` without sled.
+        if self.shared.closed_cleanly.swap(false, Ordering::AcqRel) {
+            let base = lock(&self.listing).take();
+            let id = self.tree.get(key(Space::Meta, b"id")).ok().flatten();
+            if let (Some(base), Some(id)) = (base, id) {
+                let changes = std::mem::take(&mut *lock(&self.changes));
+                listing::after_clean_close(
+                    self,
+                    &self.path,
+                    &String::from_utf8_lossy(&id),
+                    self.shared.appended.load(Ordering::Acquire),
+                    base,
+                    changes,
+                );
+            }
+        }
     }
 }
 
@@ -621,6 +651,9 @@ impl Store for SledStore {
             let mut overlays = write_lock(&self.shared.overlays);
             let overlay = &mut overlays.active;
             for (space, k, v) in batch.writes {
+                if space == Space::Txns {
+                    lock(&self.changes).record(&k, v.as_deref());
+                }
                 let full = key(space, &k);
                 if v.is_none() && batch.deletes_cancel_puts && space != Space::State {
                     if let Some(Some(put)) = overlay.writes.get(&full) {
@@ -843,8 +876,8 @@ impl Checkpointer {
             // Leave everything as it is: the next open replays the log.
             return;
         }
-        if self.checkpoint() {
-            Identity::record_clean_close(&self.path, &self.tree, writes);
+        if self.checkpoint() && Identity::record_clean_close(&self.path, &self.tree, writes) {
+            self.shared.closed_cleanly.store(true, Ordering::Release);
         }
     }
 
@@ -1667,16 +1700,42 @@ impl Identity {
         )
     }
 
-    fn record_clean_close(path: &Path, tree: &sled::Tree, writes: u64) {
+    /// Records a clean close in the side file; returns whether it is recorded.
+    fn record_clean_close(path: &Path, tree: &sled::Tree, writes: u64) -> bool {
         if let Ok(Some(id)) = tree.get(key(Space::Meta, b"id")) {
-            let _ = Self::write_side(
+            return Self::write_side(
                 path,
                 &Identity {
                     id: String::from_utf8_lossy(&id).into_owned(),
                     writes,
                     clean: true,
                 },
-            );
+            )
+            .is_ok();
         }
+        false
     }
+}
+
+/// The store's state file (`<store>.state`) as found: its identity, its write count, and
+/// whether that count is of a clean close (no process holds the store, nothing to replay).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SideState {
+    /// The store's identity.
+    pub(crate) id: String,
+    /// Its writes at its last clean close (or at its last open, when not clean).
+    pub(crate) writes: u64,
+    /// Closed cleanly, and not opened since.
+    pub(crate) clean: bool,
+}
+
+/// Reads the state file of the store in `path`, without opening the store.
+pub(crate) fn side_state(path: &Path) -> Option<SideState> {
+    let side: Identity =
+        serde_json::from_slice(&std::fs::read(Identity::side_file(path)).ok()?).ok()?;
+    Some(SideState {
+        id: side.id,
+        writes: side.writes,
+        clean: side.clean,
+    })
 }

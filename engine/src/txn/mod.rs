@@ -6,6 +6,7 @@ pub mod index;
 #[cfg(test)]
 mod inspect_tests;
 pub(crate) mod journal;
+pub mod listing;
 pub(crate) mod packed;
 pub mod records;
 pub mod recovery;

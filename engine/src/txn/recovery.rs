@@ -398,13 +398,9 @@ pub async fn resolve_step(
             )))
         }
     }
-    let records = records(journal, &s.id)?;
-    let next_seq = records.last().map(|(n, _)| n + 1).unwrap_or(0);
-    let calls = journaled_calls(&s.id, records.into_iter().map(Ok))?;
+    let (next_seq, steps, calls) = calls_of_step(journal, &s.id, step)?;
     let of_step: Vec<&JournaledCall> = calls.iter().filter(|c| c.context.step_id == step).collect();
     if of_step.is_empty() {
-        let mut steps: Vec<&str> = calls.iter().map(|c| c.context.step_id.as_str()).collect();
-        steps.dedup();
         return Err(RecoveryError::NotFound(format!(
             "transaction {} has no step `{step}`; its steps: {}",
             s.id,
@@ -624,6 +620,45 @@ async fn roll_back(
 /// The provider calls of a transaction, in the order of their intents, with their
 /// completions, failures and successful undos. Takes the records apart as it goes (their
 /// parts move into the calls), so the two are not held whole side by side.
+/// `tx resolve`'s read of a journal, streamed ([`RecordStream`]): the calls of `step` only
+/// (the other steps' records are dropped as they are read), the sequence number after the
+/// last record, and the names of the transaction's calls in order (consecutive repeats
+/// once, as a message lists them), so a 100,000-call journal is never held whole.
+fn calls_of_step(
+    journal: &DurableJournal,
+    txn_id: &TxnId,
+    step: &str,
+) -> Result<(u64, Vec<String>, Vec<JournaledCall>), RecoveryError> {
+    let mut next_seq = 0;
+    let mut steps: Vec<String> = Vec::new();
+    let mut scripts: HashSet<String> = HashSet::new();
+    let stream = RecordStream::new(&**journal.store(), txn_id).filter(|r| {
+        let Ok((seq, record)) = r else {
+            return true;
+        };
+        next_seq = seq + 1;
+        let (name, new_call) = match record {
+            Record::Intent { step, .. } => (step, true),
+            // A resumed transaction's script step is journaled again as the same call.
+            Record::ScriptDone { step, .. } => (step, scripts.insert(step.clone())),
+            Record::Done { step, .. }
+            | Record::Failed { step, .. }
+            | Record::InDoubt { step, .. }
+            | Record::Undone { step, .. }
+            | Record::Resolved { step, .. }
+            | Record::Phase { step, .. } => (step, false),
+            // Not of a call (the start, state changes): kept, as before.
+            _ => return true,
+        };
+        if new_call && steps.last() != Some(name) {
+            steps.push(name.clone());
+        }
+        name == step
+    });
+    let calls = journaled_calls(txn_id, stream)?;
+    Ok((next_seq, steps, calls))
+}
+
 fn journaled_calls(
     txn_id: &TxnId,
     records: impl IntoIterator<Item = Result<(u64, Record), RecoveryError>>,

@@ -1,0 +1,1300 @@
+//! The listing file: every transaction's `tx list` line (id, state, start and last change,
+//! procedure, subject) kept beside a sled store, outside sled, so that `provisio tx list`
+//! answers without opening sled (whose open reads a page table sized by the whole store:
+//! 0.7–2.2 s for a million transactions). sled stays the truth; the listing is a cache that
+//! is trusted only as the last clean close of the store left it.
+//!
+//! Three files in the store folder:
+//! - `provisio.list` (the snapshot): a header, a table of the distinct procedure and
+//!   subject strings, then one fixed-size entry per transaction sorted by (start time, id),
+//!   so the newest page is read from the end and a time bound is found by binary search;
+//! - `provisio.list.delta`: changes since the snapshot, appended as length-prefixed records
+//!   with a CRC each (an upsert of a line, or a removal);
+//! - `provisio.list.ok` (the marker): which store and write count the two files describe, and
+//!   their lengths. It is written last, atomically (write, sync, rename), by the store's
+//!   clean close; the next open of the store removes it before anything is written.
+//!
+//! A reader trusts the files only when the store's state file (`<store>.state`) says
+//! "closed cleanly" with the marker's identity and write count, and finds the same again
+//! after reading: a process that opened the store meanwhile marked it not clean, and one
+//! that closed it meanwhile changed its write count. Anything else (a crash, a live holder,
+//! a garbled file) sends the caller to sled, and the next clean close rebuilds the files.
+
+use super::index::TxnQuery;
+use super::records::{decode, TxnSummary};
+use crate::exec::TxnState;
+use crate::store::{side_state, KeyRange, SideState, Space, Store};
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+/// The snapshot's file name in the store folder.
+pub const SNAPSHOT_FILE: &str = "provisio.list";
+/// The delta's file name in the store folder.
+pub const DELTA_FILE: &str = "provisio.list.delta";
+/// The marker's file name in the store folder.
+pub const MARKER_FILE: &str = "provisio.list.ok";
+
+const MAGIC: &[u8; 8] = b"PVLIST01";
+/// magic, entry count, string table length, string table CRC.
+const HEADER_LEN: usize = 8 + 8 + 8 + 4;
+/// The only id length the listing holds (a UUID's text; the index assumes it too).
+const ID_LEN: usize = 36;
+/// id, state, started ms, updated ms, procedure string, subject string.
+const ENTRY_LEN: usize = ID_LEN + 1 + 8 + 8 + 4 + 4;
+/// Snapshot entries read per file read while paging backwards.
+const CHUNK: usize = 2048;
+/// Changes remembered in memory by a store holder before it gives up and rebuilds the
+/// listing from sled at close.
+pub(crate) const MAX_CHANGES: usize = 65_536;
+
+/// One transaction as `tx list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// Transaction id.
+    pub id: String,
+    /// Current state.
+    pub state: TxnState,
+    /// Start time (ms since the epoch).
+    pub started_ms: u64,
+    /// Last change (ms since the epoch).
+    pub updated_ms: u64,
+    /// `Namespace/Procedure`.
+    pub target: String,
+    /// Who asked.
+    pub who: String,
+}
+
+impl From<&TxnSummary> for Listed {
+    fn from(s: &TxnSummary) -> Listed {
+        Listed {
+            id: s.id.to_string(),
+            state: s.state,
+            started_ms: s.started_ms,
+            updated_ms: s.updated_ms,
+            target: s.target.clone(),
+            who: s.who.clone(),
+        }
+    }
+}
+
+impl Listed {
+    fn key(&self) -> (u64, &[u8]) {
+        (self.started_ms, self.id.as_bytes())
+    }
+}
+
+/// One page answered from the listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListPage {
+    /// The transactions, newest first.
+    pub items: Vec<Listed>,
+    /// Pass as [`TxnQuery::after`] for the next page; `None` when this was the last.
+    pub next: Option<String>,
+}
+
+/// Why the listing cannot answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ListingError {
+    /// The cursor names no transaction.
+    #[error("no transaction `{0}` to continue after\n  hint: pass the id printed at the end of the previous page")]
+    UnknownCursor(String),
+    /// The files are missing, stale or damaged, or the store is held: ask sled.
+    #[error("the listing file cannot answer: {0}")]
+    Unavailable(String),
+}
+
+fn unavailable(why: impl Into<String>) -> ListingError {
+    ListingError::Unavailable(why.into())
+}
+
+fn state_code(s: TxnState) -> u8 {
+    TxnState::ALL.iter().position(|x| *x == s).unwrap_or(0) as u8
+}
+
+fn state_of(code: u8) -> Option<TxnState> {
+    TxnState::ALL.get(usize::from(code)).copied()
+}
+
+// ---- the delta's records ----
+
+/// One change of the delta.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Change {
+    /// The transaction's line is now this.
+    Upsert(Listed),
+    /// The transaction is gone (pruned).
+    Removed(String),
+}
+
+impl Change {
+    fn id(&self) -> &str {
+        match self {
+            Change::Upsert(l) => &l.id,
+            Change::Removed(id) => id,
+        }
+    }
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// Appends one delta record (length, CRC of the payload, payload) to `out`.
+pub(crate) fn encode_change(c: &Change, out: &mut Vec<u8>) {
+    let mut p = Vec::with_capacity(64);
+    match c {
+        Change::Removed(id) => {
+            p.push(0);
+            put_str(&mut p, id);
+        }
+        Change::Upsert(l) => {
+            p.push(1);
+            put_str(&mut p, &l.id);
+            p.push(state_code(l.state));
+            p.extend_from_slice(&l.started_ms.to_le_bytes());
+            p.extend_from_slice(&l.updated_ms.to_le_bytes());
+            put_str(&mut p, &l.target);
+            put_str(&mut p, &l.who);
+        }
+    }
+    out.extend_from_slice(&(p.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(&p).to_le_bytes());
+    out.extend_from_slice(&p);
+}
+
+struct Cursor<'a>(&'a [u8]);
+
+impl Cursor<'_> {
+    fn take(&mut self, n: usize) -> Option<&[u8]> {
+        if self.0.len() < n {
+            return None;
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Some(a)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1).map(|b| b[0])
+    }
+    fn u32(&mut self) -> Option<u32> {
+        self.take(4)
+            .map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        self.take(8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+    }
+    fn string(&mut self) -> Option<String> {
+        let n = self.u32()? as usize;
+        String::from_utf8(self.take(n)?.to_vec()).ok()
+    }
+}
+
+fn decode_payload(p: &[u8]) -> Option<Change> {
+    let mut c = Cursor(p);
+    let change = match c.u8()? {
+        0 => Change::Removed(c.string()?),
+        1 => Change::Upsert(Listed {
+            id: c.string()?,
+            state: state_of(c.u8()?)?,
+            started_ms: c.u64()?,
+            updated_ms: c.u64()?,
+            target: c.string()?,
+            who: c.string()?,
+        }),
+        _ => return None,
+    };
+    c.0.is_empty().then_some(change)
+}
+
+/// The delta's records in order, and how many bytes of `bytes` they fill: reading stops at
+/// the first record that is cut short or whose CRC or contents do not check, so a torn or
+/// garbled tail is never read as a change.
+pub(crate) fn decode_changes(bytes: &[u8]) -> (Vec<Change>, usize) {
+    let mut out = Vec::new();
+    let mut at = 0;
+    loop {
+        let mut c = Cursor(&bytes[at..]);
+        let (Some(len), Some(crc)) = (c.u32(), c.u32()) else {
+            break;
+        };
+        let Some(payload) = c.take(len as usize) else {
+            break;
+        };
+        if crc32fast::hash(payload) != crc {
+            break;
+        }
+        let Some(change) = decode_payload(payload) else {
+            break;
+        };
+        out.push(change);
+        at += 8 + len as usize;
+    }
+    (out, at)
+}
+
+// ---- the snapshot ----
+
+/// Encodes a snapshot of `lines` (any order; sorted here by start time and id). `None`
+/// when one cannot be held (an id that is not 36 bytes long).
+#[cfg(test)]
+pub(crate) fn encode_snapshot(lines: Vec<Listed>) -> Option<Vec<u8>> {
+    let mut b = Builder::default();
+    for l in &lines {
+        b.push(l)?;
+    }
+    Some(b.finish())
+}
+
+/// A snapshot being made: each line interned and packed as it comes (61 bytes a line, the
+/// strings once), so a rebuild over a million summaries never holds them as `String`s.
+#[derive(Default)]
+struct Builder {
+    strings: HashMap<String, u32>,
+    table: Vec<u8>,
+    entries: Vec<[u8; ENTRY_LEN]>,
+}
+
+impl Builder {
+    fn intern(&mut self, s: &str) -> u32 {
+        if let Some(at) = self.strings.get(s) {
+            return *at;
+        }
+        let at = self.table.len() as u32;
+        put_str(&mut self.table, s);
+        self.strings.insert(s.to_string(), at);
+        at
+    }
+
+    /// Adds a line; `None` when its id is not 36 bytes long.
+    fn push(&mut self, l: &Listed) -> Option<()> {
+        if l.id.len() != ID_LEN {
+            return None;
+        }
+        let target = self.intern(&l.target);
+        let who = self.intern(&l.who);
+        let mut e = [0u8; ENTRY_LEN];
+        let mut at = 0;
+        for part in [
+            l.id.as_bytes(),
+            &[state_code(l.state)],
+            &l.started_ms.to_le_bytes(),
+            &l.updated_ms.to_le_bytes(),
+            &target.to_le_bytes(),
+            &who.to_le_bytes(),
+        ] {
+            e[at..at + part.len()].copy_from_slice(part);
+            at += part.len();
+        }
+        self.entries.push(e);
+        Some(())
+    }
+
+    fn count(&self) -> u64 {
+        self.entries.len() as u64
+    }
+
+    /// The snapshot's bytes, its entries sorted by (start time, id).
+    fn finish(mut self) -> Vec<u8> {
+        let started = |e: &[u8; ENTRY_LEN]| {
+            e[ID_LEN + 1..ID_LEN + 9]
+                .iter()
+                .rev()
+                .fold(0u64, |n, b| n << 8 | u64::from(*b))
+        };
+        self.entries.sort_unstable_by(|a, b| {
+            started(a)
+                .cmp(&started(b))
+                .then_with(|| a[..ID_LEN].cmp(&b[..ID_LEN]))
+        });
+        let mut out =
+            Vec::with_capacity(HEADER_LEN + self.table.len() + self.entries.len() * ENTRY_LEN);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&(self.entries.len() as u64).to_le_bytes());
+        out.extend_from_slice(&(self.table.len() as u64).to_le_bytes());
+        out.extend_from_slice(&crc32fast::hash(&self.table).to_le_bytes());
+        out.extend_from_slice(&self.table);
+        for e in &self.entries {
+            out.extend_from_slice(e);
+        }
+        out
+    }
+}
+
+/// A snapshot opened for reading: its header and string table in memory, its entries read
+/// from the file on demand.
+struct Snapshot {
+    file: File,
+    count: u64,
+    entries_at: u64,
+    /// Strings by their offset in the table.
+    strings: HashMap<u32, String>,
+}
+
+/// One fixed-size entry, its strings still offsets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Entry {
+    id: [u8; ID_LEN],
+    state: u8,
+    started_ms: u64,
+    updated_ms: u64,
+    target: u32,
+    who: u32,
+}
+
+impl Entry {
+    fn decode(b: &[u8]) -> Entry {
+        let mut c = Cursor(b);
+        let id = c.take(ID_LEN).expect("an entry").try_into().expect("36");
+        Entry {
+            id,
+            state: c.u8().expect("an entry"),
+            started_ms: c.u64().expect("an entry"),
+            updated_ms: c.u64().expect("an entry"),
+            target: c.u32().expect("an entry"),
+            who: c.u32().expect("an entry"),
+        }
+    }
+}
+
+fn decode_table(table: &[u8]) -> Option<HashMap<u32, String>> {
+    let mut strings = HashMap::new();
+    let mut at = 0;
+    while at < table.len() {
+        let mut c = Cursor(&table[at..]);
+        let s = c.string()?;
+        let next = at + 4 + s.len();
+        strings.insert(at as u32, s);
+        at = next;
+    }
+    Some(strings)
+}
+
+impl Snapshot {
+    fn open(path: &Path, expected_len: u64) -> Result<Snapshot, ListingError> {
+        let mut file = File::open(path).map_err(|e| unavailable(format!("snapshot: {e}")))?;
+        let len = file
+            .metadata()
+            .map_err(|e| unavailable(format!("snapshot: {e}")))?
+            .len();
+        if len != expected_len {
+            return Err(unavailable("the snapshot's length is not the marker's"));
+        }
+        let mut header = [0u8; HEADER_LEN];
+        file.read_exact(&mut header)
+            .map_err(|e| unavailable(format!("snapshot header: {e}")))?;
+        Snapshot::from_header(file, &header, len)
+    }
+
+    fn from_header(mut file: File, header: &[u8], len: u64) -> Result<Snapshot, ListingError> {
+        let mut c = Cursor(header);
+        if c.take(8) != Some(MAGIC.as_slice()) {
+            return Err(unavailable("not a listing snapshot"));
+        }
+        let (Some(count), Some(table_len), Some(crc)) = (c.u64(), c.u64(), c.u32()) else {
+            return Err(unavailable("the snapshot's header is short"));
+        };
+        let entries_at = HEADER_LEN as u64 + table_len;
+        if count
+            .checked_mul(ENTRY_LEN as u64)
+            .and_then(|n| n.checked_add(entries_at))
+            != Some(len)
+        {
+            return Err(unavailable(
+                "the snapshot's length does not match its header",
+            ));
+        }
+        let mut table = vec![0u8; table_len as usize];
+        file.read_exact(&mut table)
+            .map_err(|e| unavailable(format!("snapshot strings: {e}")))?;
+        if crc32fast::hash(&table) != crc {
+            return Err(unavailable("the snapshot's string table does not check"));
+        }
+        let strings = decode_table(&table)
+            .ok_or_else(|| unavailable("the snapshot's strings are garbled"))?;
+        Ok(Snapshot {
+            file,
+            count,
+            entries_at,
+            strings,
+        })
+    }
+
+    /// Entries `from..to`.
+    fn read(&mut self, from: u64, to: u64) -> Result<Vec<Entry>, ListingError> {
+        let mut buf = vec![0u8; ((to - from) as usize) * ENTRY_LEN];
+        self.file
+            .seek(SeekFrom::Start(self.entries_at + from * ENTRY_LEN as u64))
+            .and_then(|_| self.file.read_exact(&mut buf))
+            .map_err(|e| unavailable(format!("snapshot entries: {e}")))?;
+        Ok(buf.chunks_exact(ENTRY_LEN).map(Entry::decode).collect())
+    }
+
+    /// The first position whose entry's (start, id) is not below `key`.
+    fn lower_bound(&mut self, key: (u64, &[u8])) -> Result<u64, ListingError> {
+        let (mut lo, mut hi) = (0, self.count);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let e = self.read(mid, mid + 1)?[0];
+            if (e.started_ms, e.id.as_slice()) < key {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        Ok(lo)
+    }
+
+    fn listed(&self, e: &Entry) -> Result<Listed, ListingError> {
+        let string = |at: u32| {
+            self.strings
+                .get(&at)
+                .cloned()
+                .ok_or_else(|| unavailable("an entry names no string"))
+        };
+        Ok(Listed {
+            id: String::from_utf8(e.id.to_vec()).map_err(|_| unavailable("an entry's id"))?,
+            state: state_of(e.state).ok_or_else(|| unavailable("an entry's state"))?,
+            started_ms: e.started_ms,
+            updated_ms: e.updated_ms,
+            target: string(e.target)?,
+            who: string(e.who)?,
+        })
+    }
+
+    /// Every line (for a compaction).
+    fn all(&mut self) -> Result<Vec<Listed>, ListingError> {
+        let mut out = Vec::with_capacity(self.count as usize);
+        let mut at = 0;
+        while at < self.count {
+            let to = (at + CHUNK as u64 * 8).min(self.count);
+            for e in self.read(at, to)? {
+                out.push(self.listed(&e)?);
+            }
+            at = to;
+        }
+        Ok(out)
+    }
+}
+
+// ---- the marker ----
+
+/// What the marker says.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Marker {
+    store: String,
+    writes: u64,
+    snapshot_len: u64,
+    delta_len: u64,
+    count: u64,
+    changes: u64,
+}
+
+fn read_marker(dir: &Path) -> Option<Marker> {
+    serde_json::from_slice(&std::fs::read(dir.join(MARKER_FILE)).ok()?).ok()
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut f = File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+// ---- reading ----
+
+fn matches(q: &TxnQuery, l: &Listed) -> bool {
+    q.state.is_none_or(|st| st == l.state)
+        && q.procedure.as_deref().is_none_or(|p| p == l.target)
+        && q.subject.as_deref().is_none_or(|w| w == l.who)
+        && q.since_ms.is_none_or(|t| l.started_ms >= t)
+        && q.until_ms.is_none_or(|t| l.started_ms < t)
+}
+
+/// One page of `query` from the listing files of the store in `dir`, without opening the
+/// store: newest first (by start time, then id), as [`index::list`](super::index::list)
+/// gives it. [`ListingError::Unavailable`] when the files cannot be trusted (the store is
+/// held, was not closed cleanly, or the files are missing or damaged): ask the store then.
+pub fn list(dir: &Path, query: &TxnQuery) -> Result<ListPage, ListingError> {
+    let before = side_state(dir).ok_or_else(|| unavailable("no state file"))?;
+    if !before.clean {
+        return Err(unavailable("the store is open or was not closed cleanly"));
+    }
+    let marker = read_marker(dir).ok_or_else(|| unavailable("no marker"))?;
+    if marker.store != before.id || marker.writes != before.writes {
+        return Err(unavailable(
+            "the marker is not of the store's last clean close",
+        ));
+    }
+    let mut snapshot = Snapshot::open(&dir.join(SNAPSHOT_FILE), marker.snapshot_len)?;
+    if snapshot.count != marker.count {
+        return Err(unavailable("the snapshot's count is not the marker's"));
+    }
+    let mut delta = Vec::new();
+    File::open(dir.join(DELTA_FILE))
+        .and_then(|f| f.take(marker.delta_len).read_to_end(&mut delta))
+        .map_err(|e| unavailable(format!("delta: {e}")))?;
+    let (changes, read) = decode_changes(&delta);
+    if read as u64 != marker.delta_len || changes.len() as u64 != marker.changes {
+        return Err(unavailable("the delta is not what the marker says"));
+    }
+    let page = page(&mut snapshot, changes, query)?;
+    // Nobody opened (or opened and closed) the store while the files were read.
+    if side_state(dir).as_ref() != Some(&before) {
+        return Err(unavailable("the store changed while it was listed"));
+    }
+    tracing::debug!(
+        transactions = snapshot.count,
+        "listed from the listing file, without opening the store"
+    );
+    Ok(page)
+}
+
+fn page(
+    snapshot: &mut Snapshot,
+    changes: Vec<Change>,
+    query: &TxnQuery,
+) -> Result<ListPage, ListingError> {
+    // The latest change of each transaction the delta touches.
+    let mut changed: HashMap<String, Option<Listed>> = HashMap::new();
+    for c in changes {
+        let id = c.id().to_string();
+        changed.insert(
+            id,
+            match c {
+                Change::Upsert(l) => Some(l),
+                Change::Removed(_) => None,
+            },
+        );
+    }
+    // Exclusive upper bound: (until, "") or the cursor's (start, id), whichever is lower.
+    let mut bound: (u64, Vec<u8>) = (query.until_ms.unwrap_or(u64::MAX), Vec::new());
+    if query.until_ms.is_none() {
+        bound.1 = vec![0xff; ID_LEN + 1];
+    }
+    if let Some(after) = &query.after {
+        let at = match changed.get(after.as_str()) {
+            Some(Some(l)) => Some((l.started_ms, l.id.as_bytes().to_vec())),
+            Some(None) => None,
+            None => find(snapshot, after)?,
+        };
+        let at = at.ok_or_else(|| ListingError::UnknownCursor(after.clone()))?;
+        if at < bound {
+            bound = at;
+        }
+    }
+    let since = query.since_ms.unwrap_or(0);
+    let below = |l: &Listed| (l.started_ms, l.id.as_bytes()) < (bound.0, bound.1.as_slice());
+    let mut fresh: Vec<&Listed> = changed
+        .values()
+        .flatten()
+        .filter(|l| below(l) && matches(query, l))
+        .collect();
+    // Newest last, so the next one is popped.
+    fresh.sort_by(|a, b| a.key().cmp(&b.key()));
+    // Filters the snapshot can test on its offsets; a string it does not hold matches none
+    // of its entries.
+    let offset_of = |s: &str| {
+        snapshot
+            .strings
+            .iter()
+            .find(|(_, v)| v.as_str() == s)
+            .map(|(k, _)| *k)
+    };
+    let target = query.procedure.as_deref().map(offset_of);
+    let who = query.subject.as_deref().map(offset_of);
+    let snapshot_can_match = target != Some(None) && who != Some(None);
+    let state = query.state.map(state_code);
+    let limit = query.limit.max(1);
+    let mut items: Vec<Listed> = Vec::with_capacity(limit.min(1024));
+    let mut pos = if snapshot_can_match {
+        snapshot.lower_bound((bound.0, &bound.1))?
+    } else {
+        0
+    };
+    'scan: while pos > 0 && items.len() < limit {
+        let from = pos.saturating_sub(CHUNK as u64);
+        let chunk = snapshot.read(from, pos)?;
+        pos = from;
+        for e in chunk.iter().rev() {
+            if e.started_ms < since {
+                pos = 0;
+                break;
+            }
+            // Lines of the delta newer than this entry come first.
+            while let Some(l) = fresh.last() {
+                if l.key() > (e.started_ms, e.id.as_slice()) {
+                    items.push((*l).clone());
+                    fresh.pop();
+                    if items.len() == limit {
+                        break 'scan;
+                    }
+                } else {
+                    break;
+                }
+            }
+            if state.is_some_and(|s| s != e.state)
+                || target.is_some_and(|t| t != Some(e.target))
+                || who.is_some_and(|w| w != Some(e.who))
+            {
+                continue;
+            }
+            let id = std::str::from_utf8(&e.id).map_err(|_| unavailable("an entry's id"))?;
+            if changed.contains_key(id) {
+                // The delta has its newer line (or its removal).
+                continue;
+            }
+            let l = snapshot.listed(e)?;
+            if matches(query, &l) {
+                items.push(l);
+                if items.len() == limit {
+                    break 'scan;
+                }
+            }
+        }
+    }
+    while items.len() < limit {
+        let Some(l) = fresh.pop() else { break };
+        items.push(l.clone());
+    }
+    let next = (items.len() == limit)
+        .then(|| items.last().map(|l| l.id.clone()))
+        .flatten();
+    Ok(ListPage { items, next })
+}
+
+/// The (start, id) of `id` in the snapshot: a scan of its entries.
+fn find(snapshot: &mut Snapshot, id: &str) -> Result<Option<(u64, Vec<u8>)>, ListingError> {
+    if id.len() != ID_LEN {
+        return Ok(None);
+    }
+    let mut at = 0;
+    while at < snapshot.count {
+        let to = (at + CHUNK as u64 * 8).min(snapshot.count);
+        if let Some(e) = snapshot
+            .read(at, to)?
+            .iter()
+            .find(|e| e.id == id.as_bytes())
+        {
+            return Ok(Some((e.started_ms, e.id.to_vec())));
+        }
+        at = to;
+    }
+    Ok(None)
+}
+
+// ---- writing (by the store's holder) ----
+
+/// The listing files as the store's last clean close left them, if they describe it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Base(Marker);
+
+/// At the store's open, before anything is written to it: the listing files as a base to
+/// build on when they describe the store as its last clean close (`previous`, its state file
+/// as found) left it. Removes the marker either way: the store is about to change.
+pub(crate) fn take_base(dir: &Path, previous: Option<&SideState>) -> Option<Base> {
+    let marker = read_marker(dir);
+    let _ = std::fs::remove_file(dir.join(MARKER_FILE));
+    let (marker, previous) = (marker?, previous?);
+    let len = |f: &str| std::fs::metadata(dir.join(f)).map(|m| m.len()).ok();
+    let good = previous.clean
+        && marker.store == previous.id
+        && marker.writes == previous.writes
+        && len(SNAPSHOT_FILE) == Some(marker.snapshot_len)
+        && len(DELTA_FILE).is_some_and(|l| l >= marker.delta_len);
+    good.then_some(Base(marker))
+}
+
+/// What a store holder saw written to its transaction summaries since it opened: the last
+/// value of each (`None`: removed), or that there were too many to remember.
+#[derive(Debug, Default)]
+pub(crate) struct Changes {
+    latest: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    overflowed: bool,
+}
+
+impl Changes {
+    /// A summary was written (`Some`) or removed (`None`).
+    pub(crate) fn record(&mut self, id: &[u8], value: Option<&[u8]>) {
+        if self.overflowed {
+            return;
+        }
+        self.latest.insert(id.to_vec(), value.map(<[u8]>::to_vec));
+        if self.latest.len() > MAX_CHANGES {
+            self.overflowed = true;
+            self.latest = HashMap::new();
+        }
+    }
+}
+
+fn listed_of(id: &[u8], v: &[u8]) -> Result<Listed, String> {
+    let s: TxnSummary = decode(v).map_err(|e| {
+        format!(
+            "the summary of transaction {} cannot be read: {e}",
+            String::from_utf8_lossy(id)
+        )
+    })?;
+    Ok(Listed::from(&s))
+}
+
+/// After the store closed cleanly with `writes` writes: brings the listing files up to date
+/// (appending this session's changes to the delta, compacting it into the snapshot when it
+/// has grown, or rebuilding both from the store's summaries when there is no base or the
+/// changes were too many) and writes the marker last. A failure leaves no marker (the next
+/// `tx list` reads sled) and is only logged.
+pub(crate) fn after_clean_close(
+    store: &dyn Store,
+    dir: &Path,
+    store_id: &str,
+    writes: u64,
+    base: Option<Base>,
+    changes: Changes,
+) {
+    let started = std::time::Instant::now();
+    match update(store, dir, store_id, writes, base, changes) {
+        Ok(rebuilt) => {
+            if rebuilt {
+                tracing::debug!(
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "rebuilt the listing file"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(
+            "the listing file of `{}` was not updated ({e}); `tx list` will open the store",
+            dir.display()
+        ),
+    }
+}
+
+fn update(
+    store: &dyn Store,
+    dir: &Path,
+    store_id: &str,
+    writes: u64,
+    base: Option<Base>,
+    changes: Changes,
+) -> Result<bool, String> {
+    let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
+    let incremental = match (&base, changes.overflowed) {
+        (Some(Base(m)), false) => {
+            let mut appended = Vec::new();
+            let mut n = 0u64;
+            for (id, v) in &changes.latest {
+                let change = match v {
+                    Some(v) => Change::Upsert(listed_of(id, v)?),
+                    None => Change::Removed(String::from_utf8_lossy(id).into_owned()),
+                };
+                if change.id().len() != ID_LEN {
+                    return Err(format!("transaction id `{}` is not 36 bytes", change.id()));
+                }
+                encode_change(&change, &mut appended);
+                n += 1;
+            }
+            Some((m.clone(), appended, n))
+        }
+        _ => None,
+    };
+    let (marker, rebuilt) = match incremental {
+        Some((m, _, 0)) => (
+            Marker {
+                store: store_id.to_string(),
+                writes,
+                ..m
+            },
+            false,
+        ),
+        Some((m, appended, n)) if m.changes + n <= (m.count / 8).max(4096) => {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(dir.join(DELTA_FILE))
+                .map_err(|e| io("delta", e))?;
+            f.set_len(m.delta_len).map_err(|e| io("delta", e))?;
+            f.seek(SeekFrom::Start(m.delta_len))
+                .and_then(|_| f.write_all(&appended))
+                .and_then(|()| f.sync_data())
+                .map_err(|e| io("delta", e))?;
+            (
+                Marker {
+                    store: store_id.to_string(),
+                    writes,
+                    delta_len: m.delta_len + appended.len() as u64,
+                    changes: m.changes + n,
+                    ..m
+                },
+                false,
+            )
+        }
+        Some((m, appended, _)) => {
+            // Compaction: the snapshot, its delta and this session's changes in one snapshot.
+            let mut snapshot = Snapshot::open(&dir.join(SNAPSHOT_FILE), m.snapshot_len)
+                .map_err(|e| e.to_string())?;
+            let mut lines: HashMap<String, Listed> = snapshot
+                .all()
+                .map_err(|e| e.to_string())?
+                .into_iter()
+                .map(|l| (l.id.clone(), l))
+                .collect();
+            let mut delta = Vec::new();
+            File::open(dir.join(DELTA_FILE))
+                .and_then(|f| f.take(m.delta_len).read_to_end(&mut delta))
+                .map_err(|e| io("delta", e))?;
+            delta.extend_from_slice(&appended);
+            for c in decode_changes(&delta).0 {
+                match c {
+                    Change::Upsert(l) => {
+                        lines.insert(l.id.clone(), l);
+                    }
+                    Change::Removed(id) => {
+                        lines.remove(&id);
+                    }
+                }
+            }
+            (
+                write_snapshot(dir, store_id, writes, {
+                    let mut b = Builder::default();
+                    for l in lines.values() {
+                        b.push(l).ok_or("a transaction id is not 36 bytes")?;
+                    }
+                    b
+                })?,
+                true,
+            )
+        }
+        None => (
+            write_snapshot(dir, store_id, writes, read_all(store)?)?,
+            true,
+        ),
+    };
+    let text = serde_json::to_vec(&marker).map_err(|e| e.to_string())?;
+    write_atomically(&dir.join(MARKER_FILE), &text).map_err(|e| io("marker", e))?;
+    sync_dir(dir).map_err(|e| io("store folder", e))?;
+    Ok(rebuilt)
+}
+
+/// Every summary of the store, packed for a snapshot.
+fn read_all(store: &dyn Store) -> Result<Builder, String> {
+    let mut out = Builder::default();
+    let mut from: Vec<u8> = Vec::new();
+    loop {
+        let page = store
+            .scan_range(Space::Txns, KeyRange::new(&from, None), 1024, false)
+            .map_err(|e| e.to_string())?;
+        for (k, v) in &page {
+            out.push(&listed_of(k, v)?)
+                .ok_or("a transaction id is not 36 bytes")?;
+        }
+        match page.last() {
+            Some((last, _)) if page.len() == 1024 => {
+                from.clone_from(last);
+                from.push(0);
+            }
+            _ => break,
+        }
+    }
+    Ok(out)
+}
+
+/// Writes a new snapshot of the lines in `b` and an empty delta; returns the marker
+/// describing them.
+fn write_snapshot(dir: &Path, store_id: &str, writes: u64, b: Builder) -> Result<Marker, String> {
+    let count = b.count();
+    let bytes = b.finish();
+    write_atomically(&dir.join(SNAPSHOT_FILE), &bytes).map_err(|e| format!("snapshot: {e}"))?;
+    File::create(dir.join(DELTA_FILE))
+        .and_then(|f| f.sync_all())
+        .map_err(|e| format!("delta: {e}"))?;
+    Ok(Marker {
+        store: store_id.to_string(),
+        writes,
+        snapshot_len: bytes.len() as u64,
+        delta_len: 0,
+        count,
+        changes: 0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn line(n: u64, state: TxnState, target: &str, who: &str) -> Listed {
+        Listed {
+            id: format!("00000000-0000-7000-8000-{n:012}"),
+            state,
+            started_ms: 1_000 + n / 3,
+            updated_ms: 2_000 + n,
+            target: target.into(),
+            who: who.into(),
+        }
+    }
+
+    fn arb_line() -> impl Strategy<Value = Listed> {
+        (
+            0u64..1_000_000,
+            0usize..6,
+            any::<u64>(),
+            any::<u64>(),
+            "[a-zA-Z /é]{0,20}",
+            "[a-z@.]{0,12}",
+        )
+            .prop_map(|(n, st, started, updated, target, who)| Listed {
+                id: format!("00000000-0000-7000-8000-{n:012}"),
+                state: TxnState::ALL[st],
+                started_ms: started,
+                updated_ms: updated,
+                target,
+                who,
+            })
+    }
+
+    fn arb_change() -> impl Strategy<Value = Change> {
+        prop_oneof![
+            arb_line().prop_map(Change::Upsert),
+            "[0-9a-f-]{0,40}".prop_map(Change::Removed),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn delta_records_read_back_as_written(changes in prop::collection::vec(arb_change(), 0..20)) {
+            let mut bytes = Vec::new();
+            for c in &changes {
+                encode_change(c, &mut bytes);
+            }
+            let (back, read) = decode_changes(&bytes);
+            prop_assert_eq!(back, changes);
+            prop_assert_eq!(read, bytes.len());
+        }
+
+        #[test]
+        fn a_torn_or_garbled_delta_tail_is_never_read_as_a_change(
+            changes in prop::collection::vec(arb_change(), 1..10),
+            cut in any::<prop::sample::Index>(),
+            flip in any::<prop::sample::Index>(),
+            bit in 0u8..8,
+        ) {
+            let mut bytes = Vec::new();
+            let mut ends = Vec::new();
+            for c in &changes {
+                encode_change(c, &mut bytes);
+                ends.push(bytes.len());
+            }
+            // Torn: only whole records before the cut come back.
+            let cut = cut.index(bytes.len());
+            let (back, read) = decode_changes(&bytes[..cut]);
+            let whole = ends.iter().filter(|e| **e <= cut).count();
+            prop_assert_eq!(&back[..], &changes[..whole]);
+            prop_assert_eq!(read, if whole == 0 { 0 } else { ends[whole - 1] });
+            // Garbled: a flipped bit ends the reading at the record holding it, and what
+            // comes back before it is exactly what was written.
+            let at = flip.index(bytes.len());
+            let mut garbled = bytes.clone();
+            garbled[at] ^= 1 << bit;
+            let (back, _) = decode_changes(&garbled);
+            let before = ends.iter().filter(|e| **e <= at).count();
+            prop_assert_eq!(&back[..], &changes[..before]);
+        }
+
+        #[test]
+        fn a_snapshot_reads_back_sorted(lines in prop::collection::vec(arb_line(), 0..40)) {
+            let mut unique: HashMap<String, Listed> = HashMap::new();
+            for l in lines {
+                unique.insert(l.id.clone(), l);
+            }
+            let lines: Vec<Listed> = unique.into_values().collect();
+            let bytes = encode_snapshot(lines.clone()).expect("36-byte ids");
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join(SNAPSHOT_FILE);
+            std::fs::write(&path, &bytes).expect("write");
+            let mut snapshot = Snapshot::open(&path, bytes.len() as u64).expect("opens");
+            let mut expected = lines;
+            expected.sort_by(|a, b| a.key().cmp(&b.key()));
+            prop_assert_eq!(snapshot.all().expect("reads"), expected);
+        }
+
+        #[test]
+        fn a_cut_snapshot_is_refused(lines in prop::collection::vec(arb_line(), 1..20), cut in any::<prop::sample::Index>()) {
+            let bytes = encode_snapshot(lines).expect("36-byte ids");
+            let cut = cut.index(bytes.len());
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join(SNAPSHOT_FILE);
+            std::fs::write(&path, &bytes[..cut]).expect("write");
+            prop_assert!(Snapshot::open(&path, cut as u64).is_err());
+        }
+    }
+
+    /// A page from the files must be what filtering and sorting every line gives.
+    fn expected(all: &[Listed], q: &TxnQuery) -> ListPage {
+        let mut v: Vec<Listed> = all.iter().filter(|l| matches(q, l)).cloned().collect();
+        v.sort_by(|a, b| b.key().cmp(&a.key()));
+        if let Some(after) = &q.after {
+            let c = all.iter().find(|l| &l.id == after).expect("cursor");
+            v.retain(|l| l.key() < c.key());
+        }
+        v.truncate(q.limit);
+        let next = (v.len() == q.limit)
+            .then(|| v.last().map(|l| l.id.clone()))
+            .flatten();
+        ListPage { items: v, next }
+    }
+
+    #[test]
+    fn pages_merge_the_snapshot_with_its_delta() {
+        let states = [TxnState::Committed, TxnState::RolledBack, TxnState::Running];
+        let mut all: Vec<Listed> = (0..3000)
+            .map(|n| {
+                line(
+                    n,
+                    states[(n % 3) as usize],
+                    if n.is_multiple_of(5) {
+                        "A/One"
+                    } else {
+                        "B/Two"
+                    },
+                    if n.is_multiple_of(7) { "alice" } else { "bob" },
+                )
+            })
+            .collect();
+        let bytes = encode_snapshot(all.clone()).expect("encodes");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(SNAPSHOT_FILE);
+        std::fs::write(&path, &bytes).expect("write");
+        // The delta: one removed, one changed state, two new (one newest, one in between, with
+        // a subject the snapshot does not hold).
+        let mut changed = all[2999].clone();
+        changed.state = TxnState::RolledBack;
+        let new_newest = line(5000, TxnState::Running, "A/One", "carol");
+        let new_between = Listed {
+            started_ms: all[1500].started_ms,
+            ..line(4000, TxnState::Committed, "B/Two", "alice")
+        };
+        let changes = vec![
+            Change::Removed(all[2998].id.clone()),
+            Change::Upsert(changed.clone()),
+            Change::Upsert(new_newest.clone()),
+            Change::Upsert(new_between.clone()),
+        ];
+        all.retain(|l| l.id != all_id(2998) && l.id != changed.id);
+        all.extend([changed, new_newest, new_between]);
+        let queries = [
+            TxnQuery {
+                limit: 20,
+                ..TxnQuery::default()
+            },
+            TxnQuery {
+                limit: 5000,
+                ..TxnQuery::default()
+            },
+            TxnQuery {
+                state: Some(TxnState::RolledBack),
+                limit: 7,
+                ..TxnQuery::default()
+            },
+            TxnQuery {
+                subject: Some("alice".into()),
+                limit: 300,
+                ..TxnQuery::default()
+            },
+            TxnQuery {
+                subject: Some("carol".into()),
+                limit: 3,
+                ..TxnQuery::default()
+            },
+            TxnQuery {
+                procedure: Some("A/One".into()),
+                since_ms: Some(1500),
+                until_ms: Some(1800),
+                limit: 50,
+                ..TxnQuery::default()
+            },
+            TxnQuery {
+                after: Some(all_id(1700)),
+                limit: 30,
+                ..TxnQuery::default()
+            },
+            TxnQuery {
+                after: Some(all_id(4000)),
+                state: Some(TxnState::Committed),
+                limit: 30,
+                ..TxnQuery::default()
+            },
+        ];
+        for q in queries {
+            let mut snapshot = Snapshot::open(&path, bytes.len() as u64).expect("opens");
+            let got = page(&mut snapshot, changes.clone(), &q).expect("a page");
+            assert_eq!(got, expected(&all, &q), "{q:?}");
+        }
+        let mut snapshot = Snapshot::open(&path, bytes.len() as u64).expect("opens");
+        let q = TxnQuery {
+            after: Some(all_id(2998)),
+            limit: 3,
+            ..TxnQuery::default()
+        };
+        assert!(matches!(
+            page(&mut snapshot, changes.clone(), &q),
+            Err(ListingError::UnknownCursor(_))
+        ));
+    }
+
+    fn summary(n: u64, state: TxnState) -> TxnSummary {
+        TxnSummary {
+            format: super::super::records::FORMAT,
+            id: all_id(n).parse().expect("an id"),
+            state,
+            target: if n.is_multiple_of(3) {
+                "A/One"
+            } else {
+                "B/Two"
+            }
+            .into(),
+            who: if n.is_multiple_of(4) { "alice" } else { "bob" }.into(),
+            started_ms: 10_000 + n / 2,
+            updated_ms: 20_000 + n,
+            resumable: false,
+            definitions: "d".into(),
+            message: None,
+            audit: true,
+        }
+    }
+
+    async fn put(store: &crate::SledStore, summaries: &[TxnSummary], previous: Option<TxnState>) {
+        let mut batch = crate::store::Batch::new();
+        for s in summaries {
+            batch.put(
+                Space::Txns,
+                s.id.as_bytes().to_vec(),
+                serde_json::to_vec(s).expect("encodes"),
+            );
+            super::super::index::summary_written(&mut batch, previous, s);
+        }
+        store.write(batch, true).await.expect("written");
+    }
+
+    /// The listing answers every query as the store's own index does, after each kind of
+    /// clean close: a first build, a session's changes appended, a compaction.
+    async fn same_as_the_index(dir: &Path) {
+        let store = crate::SledStore::open(dir).expect("opens");
+        assert!(
+            matches!(
+                list(
+                    dir,
+                    &TxnQuery {
+                        limit: 5,
+                        ..TxnQuery::default()
+                    }
+                ),
+                Err(ListingError::Unavailable(_))
+            ),
+            "the store is held"
+        );
+        let queries = [
+            TxnQuery {
+                limit: 20,
+                ..TxnQuery::default()
+            },
+            TxnQuery {
+                limit: 100_000,
+                ..TxnQuery::default()
+            },
+            TxnQuery {
+                state: Some(TxnState::RolledBack),
+                limit: 9,
+                ..TxnQuery::default()
+            },
+            TxnQuery {
+                subject: Some("alice".into()),
+                procedure: Some("A/One".into()),
+                limit: 40,
+                ..TxnQuery::default()
+            },
+            TxnQuery {
+                since_ms: Some(10_100),
+                until_ms: Some(10_300),
+                limit: 1000,
+                ..TxnQuery::default()
+            },
+            TxnQuery {
+                after: Some(all_id(301)),
+                limit: 25,
+                ..TxnQuery::default()
+            },
+        ];
+        let mut wanted = Vec::new();
+        for q in &queries {
+            let p = super::super::index::list(&store, q).await.expect("lists");
+            wanted.push(ListPage {
+                items: p.items.iter().map(Listed::from).collect(),
+                next: p.next,
+            });
+        }
+        store.close();
+        drop(store);
+        for (q, w) in queries.iter().zip(wanted) {
+            assert_eq!(list(dir, q).expect("the listing answers"), w, "{q:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cleanly_closed_store_lists_from_its_files_as_from_its_index() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("journal");
+        let store = crate::SledStore::open(&dir).expect("opens");
+        let first: Vec<TxnSummary> = (0..600).map(|n| summary(n, TxnState::Committed)).collect();
+        put(&store, &first, None).await;
+        store.close();
+        drop(store);
+        same_as_the_index(&dir).await;
+        let marker = read_marker(&dir).expect("a marker");
+        assert_eq!((marker.count, marker.changes), (600, 0));
+
+        // A session's changes: states moved, some removed (as a prune does), some new.
+        let store = crate::SledStore::open(&dir).expect("opens");
+        let moved: Vec<TxnSummary> = (0..600)
+            .step_by(7)
+            .map(|n| summary(n, TxnState::RolledBack))
+            .collect();
+        put(&store, &moved, Some(TxnState::Committed)).await;
+        let mut batch = crate::store::Batch::new();
+        for n in (1..600).step_by(11) {
+            batch.delete(Space::Txns, all_id(n).into_bytes());
+            super::super::index::remove(&mut batch, &summary(n, TxnState::Committed));
+        }
+        store.write(batch, true).await.expect("removed");
+        let new: Vec<TxnSummary> = (600..650).map(|n| summary(n, TxnState::Running)).collect();
+        put(&store, &new, None).await;
+        store.close();
+        drop(store);
+        same_as_the_index(&dir).await;
+        let marker = read_marker(&dir).expect("a marker");
+        assert_eq!(marker.count, 600, "appended, not rebuilt");
+        assert!(marker.changes > 100, "{marker:?}");
+
+        // Enough changes for a compaction.
+        let store = crate::SledStore::open(&dir).expect("opens");
+        let many: Vec<TxnSummary> = (650..5000)
+            .map(|n| summary(n, TxnState::Committed))
+            .collect();
+        put(&store, &many, None).await;
+        store.close();
+        drop(store);
+        same_as_the_index(&dir).await;
+        let marker = read_marker(&dir).expect("a marker");
+        assert_eq!(marker.changes, 0, "compacted: {marker:?}");
+    }
+
+    fn all_id(n: u64) -> String {
+        line(n, TxnState::Committed, "", "").id
+    }
+}
