@@ -185,6 +185,8 @@ struct Prepared {
     notify: Statement,
     /// [`PgQueue::release_held`]: the jobs a transaction holds.
     held: Statement,
+    /// [`PgQueue::release_held`]: whether a transaction holds any job.
+    holds_any: Statement,
 }
 
 fn due_sql() -> String {
@@ -269,7 +271,7 @@ impl Prepared {
         let held = format!(
             "SELECT {JOB_COLUMNS} FROM provisio_jobs WHERE held_by = $1 ORDER BY seq FOR UPDATE"
         );
-        let (a, b, d, e, f, g, h, i, j, k, l) = tokio::join!(
+        let (a, b, d, e, f, g, h, i, j, k, l, m) = tokio::join!(
             c.prepare_typed(&due, &[Type::INT8]),
             c.prepare_typed(LINE_BUSY, &[Type::TEXT]),
             c.prepare_typed(INSERT_RUNNING, &INSERT_RUNNING_TYPES),
@@ -281,6 +283,10 @@ impl Prepared {
             c.prepare_typed(WRITE_ROW, &WRITE_ROW_TYPES),
             c.prepare_typed(NOTIFY, &[Type::TEXT]),
             c.prepare_typed(&held, &[Type::TEXT]),
+            c.prepare_typed(
+                "SELECT EXISTS (SELECT 1 FROM provisio_jobs WHERE held_by = $1)",
+                &[Type::TEXT]
+            ),
         );
         Ok(Prepared {
             due: a.map_err(pg_err)?,
@@ -294,6 +300,7 @@ impl Prepared {
             write_row: j.map_err(pg_err)?,
             notify: k.map_err(pg_err)?,
             held: l.map_err(pg_err)?,
+            holds_any: m.map_err(pg_err)?,
         })
     }
 }
@@ -1092,7 +1099,19 @@ impl PgQueue {
         let txn = txn.to_string();
         self.run(move |_, mut c| async move {
             let r = async {
-                // Asked at the end of every transaction (most hold nothing): prepared.
+                // Asked at the end of every transaction, and most hold nothing: one prepared
+                // read first, outside a transaction (BEGIN, a locking read and COMMIT were
+                // three round trips a request). No job can become held by `txn` meanwhile:
+                // it has ended, and its `queue` steps' submissions returned before.
+                let holds_any = c.st.holds_any.clone();
+                let any: bool = c
+                    .query_one(&holds_any, &[&txn])
+                    .await
+                    .map_err(pg_err)?
+                    .get(0);
+                if !any {
+                    return Ok(0);
+                }
                 let held = c.st.held.clone();
                 let tx = c.transaction().await.map_err(pg_err)?;
                 let rows = tx.query(&held, &[&txn]).await.map_err(pg_err)?;
