@@ -1220,43 +1220,17 @@ impl Queue {
         }
         let mut batch = Batch::new();
         let seq = Self::alloc(&mut next, &mut batch);
-        let id = uuid::Uuid::now_v7().to_string();
         let txn = crate::TxnId::new_v7().as_str().to_string();
         let until = now.saturating_add(lease.as_millis() as u64);
-        let job = Job {
-            id: id.clone(),
-            seq,
-            state: JobState::Running,
-            priority: new.priority,
-            not_before_ms: new.not_before_ms,
-            serial_key: new.serial_key,
-            serial_pos: seq,
-            idempotency_key: None,
-            subject: new.subject,
-            target: new.target,
-            attempts: 1,
-            max_attempts: new.max_attempts.max(1),
-            txn: Some(txn.clone()),
-            txns: vec![txn],
-            submitted_ms: now,
-            started_ms: Some(now),
-            finished_ms: None,
-            error: None,
-            outcome: None,
-            cancel_requested: false,
-            payload: Some(new.payload),
-            result: None,
-            held_by: None,
-            retry_interval_ms: None,
-            fail_when_exhausted: false,
-            retry_type: None,
-            retry_stop_code: None,
-            drop_success_response: false,
-            parents: Vec::new(),
-            waiting_for: Vec::new(),
-            awaited: false,
-            slot: Slot::Leased(until),
-        };
+        // A new job (no idempotency key here: such submissions take the other path), claimed
+        // in the same write: its first attempt, its transaction and its lease.
+        let mut job = new_job(new, seq, JobState::Running, now, &JobOptions::default());
+        job.attempts = 1;
+        job.txn = Some(txn.clone());
+        job.txns = vec![txn];
+        job.started_ms = Some(now);
+        job.slot = Slot::Leased(until);
+        let id = job.id.clone();
         let idb = id.as_bytes().to_vec();
         batch.put(Space::Queue, lease_key(until, seq), idb.clone());
         if let Some(entry) = Self::serial_entry(&job) {
