@@ -1112,7 +1112,9 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) -> Opt
             loop {
                 tokio::time::sleep(every).await;
                 if !matches!(
-                    d.queue.heartbeat(&id, now_ms(), d.config.lease.0).await,
+                    d.queue
+                        .heartbeat_attempt(&id, attempt, now_ms(), d.config.lease.0)
+                        .await,
                     Ok(true)
                 ) {
                     return;

@@ -1361,13 +1361,40 @@ impl Queue {
     /// Renews the lease of a running job. `false`: it is no longer running (cancelled
     /// while queued cannot happen; taken back after its lease ran out can).
     pub async fn heartbeat(&self, id: &str, now: u64, lease: Duration) -> Result<bool, QueueError> {
+        self.heartbeat_checked(id, None, now, lease).await
+    }
+
+    /// [`Queue::heartbeat`] by the runner of attempt `attempt`: `false` (nothing renewed)
+    /// when the job was taken back and claimed again since, so that a runner that stalled
+    /// past its lease cannot keep the current claim's lease alive after that claim's
+    /// runner died (see [`Queue::finish_attempt`]).
+    pub async fn heartbeat_attempt(
+        &self,
+        id: &str,
+        attempt: u32,
+        now: u64,
+        lease: Duration,
+    ) -> Result<bool, QueueError> {
+        self.heartbeat_checked(id, Some(attempt), now, lease).await
+    }
+
+    async fn heartbeat_checked(
+        &self,
+        id: &str,
+        attempt: Option<u32>,
+        now: u64,
+        lease: Duration,
+    ) -> Result<bool, QueueError> {
         #[cfg(feature = "postgres")]
         if let Some(pg) = &self.pg {
+            if self.pg_current(id, attempt, "renewed").is_err() {
+                return Ok(false);
+            }
             return pg.heartbeat(id, now, lease).await;
         }
         let _guard = self.inner.lock().await;
         let mut job = self.must_get(id)?;
-        if job.state != JobState::Running {
+        if job.state != JobState::Running || attempt.is_some_and(|a| a != job.attempts) {
             return Ok(false);
         }
         let mut batch = Batch::new();

@@ -1208,6 +1208,15 @@ fn a_settle_from_a_stale_claim_is_refused() {
             ),
             other => panic!("{what} by the stale claim: {other:?}"),
         };
+        // The stale runner's heartbeat renews nothing; the current one's does.
+        assert!(!q
+            .heartbeat_attempt(&id, stale.attempts, 10, LEASE)
+            .await
+            .expect("stale heartbeat"));
+        assert!(q
+            .heartbeat_attempt(&id, current.attempts, 10, LEASE)
+            .await
+            .expect("current heartbeat"));
         refused(
             q.finish_attempt(&id, stale.attempts, done(), 10).await,
             "finish",
