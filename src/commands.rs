@@ -420,8 +420,7 @@ async fn run_until_lost(
     request: provisio_engine::Request,
     pg: &provisio_engine::PgStore,
 ) -> Result<Result<provisio_engine::TxnResult, provisio_engine::RunError>, provisio_engine::TxnId> {
-    let mut link = pg.link();
-    let epoch = link.borrow().epoch;
+    let epoch = pg.link().borrow().epoch;
     let txn = provisio_engine::TxnId::new_v7();
     let control = provisio_engine::RunControl {
         txn_id: Some(txn.clone()),
@@ -429,8 +428,7 @@ async fn run_until_lost(
     };
     tokio::select! {
         biased;
-        // (A store that closed ends nothing here.)
-        Ok(_) = link.wait_for(|l| l.epoch != epoch) => Err(txn),
+        () = pg.lost_since(epoch) => Err(txn),
         ran = engine.run_controlled(request, control) => Ok(ran),
     }
 }

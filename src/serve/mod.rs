@@ -883,13 +883,9 @@ fn link_epoch(d: &Daemon) -> Option<u64> {
 
 /// Resolves once the PostgreSQL store lost its database after `epoch`.
 async fn lost_since(d: &Daemon, epoch: u64) {
-    let Some(pg) = d.store.postgres() else {
-        return std::future::pending().await;
-    };
-    let mut link = pg.link();
-    if link.wait_for(|l| l.epoch != epoch).await.is_err() {
-        // The store closed: the runs end with it.
-        std::future::pending::<()>().await;
+    match d.store.postgres() {
+        Some(pg) => pg.lost_since(epoch).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -1645,6 +1645,17 @@ impl PgStore {
         self.shared.link.subscribe()
     }
 
+    /// Resolves once the database was lost after `epoch` (the link's epoch moved on); never
+    /// when the store closes first. What a run started in `epoch` races against: when this
+    /// resolves, the run stops where it is and is left to recovery.
+    pub async fn lost_since(&self, epoch: u64) {
+        let mut link = self.link();
+        if link.wait_for(|l| l.epoch != epoch).await.is_err() {
+            // The store closed: whatever runs ends with it.
+            std::future::pending::<()>().await;
+        }
+    }
+
     /// Tests (feature `failpoints`): behaves as if the node's session of `epoch` broke
     /// now (the database lost), and reconnects.
     #[cfg(feature = "failpoints")]
