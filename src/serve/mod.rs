@@ -997,7 +997,7 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) -> Opt
                     }
                 };
                 let response = match stored {
-                    Some((_, true))
+                    Some((doc, true))
                         if summary.state == TxnState::RolledBack && !job.cancel_requested =>
                     {
                         // Rolled back for a transient provider error: as after the run,
@@ -1006,7 +1006,10 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) -> Opt
                             .message
                             .clone()
                             .unwrap_or_else(|| "transient failure".into());
-                        retry_transient(d, &id, attempt, error).await;
+                        // Its code, from the journaled response: MPS `retryStopOnFailure`
+                        // applies as it would have without the crash.
+                        let code = response_error_code(&doc);
+                        retry_transient(d, &id, attempt, error, code).await;
                         return None;
                     }
                     Some((mut doc, _)) => {
@@ -1210,7 +1213,7 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) -> Opt
     if result.state == TxnState::RolledBack && (result.transient || store_failed) && !cancelled {
         let error = failure.unwrap_or_else(|| "transient failure".into());
         let code = result.failure.as_ref().map(|f| f.code);
-        retry_transient_code(d, &id, attempt, error, code).await;
+        retry_transient(d, &id, attempt, error, code).await;
         return None;
     }
     let mut doc = response::to_value(&result);
@@ -1262,20 +1265,9 @@ async fn settle_held_of(d: &Daemon, txn: &str, state: TxnState) {
 }
 
 /// A running job whose transaction rolled back for a transient provider error is queued
-/// again after a backoff (or dead after its last attempt).
-async fn retry_transient(d: &Daemon, id: &str, attempt: u32, error: String) {
-    retry_transient_code(d, id, attempt, error, None).await
-}
-
-/// [`retry_transient`] knowing the error's code (HRESULT): the job's MPS
-/// `retryStopOnFailure` may allow it only one more attempt.
-async fn retry_transient_code(
-    d: &Daemon,
-    id: &str,
-    attempt: u32,
-    error: String,
-    code: Option<u32>,
-) {
+/// again after a backoff (or dead after its last attempt). Knowing the error's code
+/// (HRESULT), the job's MPS `retryStopOnFailure` may allow it only one more attempt.
+async fn retry_transient(d: &Daemon, id: &str, attempt: u32, error: String, code: Option<u32>) {
     match d
         .queue
         .retry_later_attempt(id, attempt, error, code, now_ms(), d.backoff(), random())
@@ -1291,6 +1283,12 @@ async fn retry_transient_code(
         }
         Err(e) => tracing::error!(job = %id, error = %e, "queueing a retry"),
     }
+}
+
+/// The HRESULT of a response's `error` (`"code": "0x80070057"`), as the run failed with it.
+fn response_error_code(doc: &serde_json::Value) -> Option<u32> {
+    let code = doc.get("error")?.get("code")?.as_str()?;
+    u32::from_str_radix(code.strip_prefix("0x")?, 16).ok()
 }
 
 /// The syntax of a job's request (its response says it as `requestFormat`).

@@ -216,6 +216,39 @@ fn retry_stop_on_failure_allows_one_more_attempt_after_its_code() {
     assert_eq!(j[1]["max_attempts"], 2, "{}", j[1]);
 }
 
+/// A worker killed after the transient failure's rollback was journaled, before the
+/// queue recorded the retry: the next worker settles the attempt from the journal with
+/// the failure's code, so `retryStopOnFailure` still allows one more attempt only.
+#[test]
+fn retry_stop_on_failure_holds_across_a_crash_before_the_retry_was_recorded() {
+    if !python() {
+        return;
+    }
+    let site = site();
+    let context = r#"<queueContext retryCount="4" retryInterval="0" retryType="fixed" onFailure="continue" retryStopOnFailure="0x80070057"/>"#;
+    let stopped = queue(
+        &site,
+        "stop.xml",
+        &request(context, "Flaky", "code", "2147942487"),
+    );
+    // The worker's journal writes for the attempt: started, intent, failed, rolled back
+    // (with the response); it aborts right after the 5th, the rolled-back state.
+    let (code, out, err) = site.run(
+        &["worker", "--drain", "--workers", "1"],
+        &[("PROVISIO_CRASH_AT", "5"), ("PROVISIO_CRASH_WHEN", "after")],
+    );
+    assert_ne!(code, 0, "aborted at the crash point: {out}\n{err}");
+    assert_eq!(attempts_logged(&site), 1, "{err}");
+    drain(&site);
+    let j = &jobs(&site, &[&stopped])[0];
+    assert_eq!(j["state"], "failed", "{j}");
+    // One more run after the coded failure (the restart's claim that settled the cut
+    // attempt counts as an attempt of its own), not retryCount more.
+    assert_eq!(j["transactions"].as_array().map(Vec::len), Some(2), "{j}");
+    assert_eq!(j["attempts"], j["max_attempts"], "{j}");
+    assert_eq!(attempts_logged(&site), 2);
+}
+
 #[test]
 fn a_succeeded_job_keeps_its_response_unless_told_not_to() {
     if !python() {
