@@ -284,12 +284,15 @@ async fn run(cli: &Cli, config: &Config, args: &RunArgs) -> Result<Exit> {
                 .context("opening the job queue")?,
         );
         crate::serve::jobs::settle_held(&queue, journal.store()).await?;
-        let sink = Arc::new(crate::serve::jobs::StoreJobs::new(
-            queue,
-            load::seal_key(config)?,
-            &load::who(),
-            config.serve.max_attempts,
-        ));
+        let sink = Arc::new(
+            crate::serve::jobs::StoreJobs::new(
+                queue,
+                load::seal_key(config)?,
+                &load::who(),
+                config.serve.max_attempts,
+            )
+            .retaining_successful_responses(config.serve.retain_successful_responses),
+        );
         jobs = Some(sink.clone());
         kept_journal = Some(journal);
         engine.with_jobs(sink)

@@ -75,6 +75,10 @@ pub struct ServeConfig {
     /// Attempts of a job whose transaction rolls back after a transient provider error,
     /// before it is `dead`.
     pub max_attempts: u32,
+    /// Whether a job queued by a `queue` step keeps its response once it succeeded, when
+    /// its `queueContext` has no `retainSuccessfulResponses` (MPS read this default from
+    /// the queue's configuration).
+    pub retain_successful_responses: bool,
     /// The wait after a job's first transient failure (doubled after each further one,
     /// with jitter).
     pub retry_initial: Wait,
@@ -130,6 +134,7 @@ impl Default for ServeConfig {
             shutdown_timeout: Wait(std::time::Duration::from_secs(30)),
             lease: Wait(std::time::Duration::from_secs(30)),
             max_attempts: 5,
+            retain_successful_responses: true,
             retry_initial: Wait(std::time::Duration::from_secs(1)),
             retry_max: Wait(std::time::Duration::from_secs(300)),
             tls_cert: None,
@@ -1207,6 +1212,10 @@ pub const ENV_VARS: &[(&str, &str)] = &[
     ("PROVISIO_WORKERS", "serve.workers"),
     ("PROVISIO_MAX_BODY_BYTES", "serve.max_body_bytes"),
     ("PROVISIO_SHUTDOWN_TIMEOUT", "serve.shutdown_timeout"),
+    (
+        "PROVISIO_RETAIN_SUCCESSFUL_RESPONSES",
+        "serve.retain_successful_responses",
+    ),
 ];
 
 /// `[providers.directory.ldap]`, made (with its defaults) when a variable sets a key of it.
@@ -1378,6 +1387,10 @@ fn env_setter(name: &str) -> Option<EnvSetter> {
         },
         "PROVISIO_SHUTDOWN_TIMEOUT" => |c, v| {
             c.serve.shutdown_timeout = v.parse()?;
+            Ok(())
+        },
+        "PROVISIO_RETAIN_SUCCESSFUL_RESPONSES" => |c, v| {
+            c.serve.retain_successful_responses = parse_bool(v)?;
             Ok(())
         },
         _ => return None,

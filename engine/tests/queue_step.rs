@@ -82,7 +82,7 @@ impl JobSink for Sink {
                         fail_when_exhausted: call.fail_when_exhausted,
                         retry_type: call.retry_type,
                         retry_stop_code: call.retry_stop_code,
-                        drop_success_response: call.drop_success_response,
+                        drop_success_response: call.retain_successful_responses == Some(false),
                         parents: call.parents.clone(),
                     },
                     1,
@@ -417,7 +417,7 @@ async fn the_newer_queue_context_settings_reach_the_job() {
     let (id, call) = w.only_job();
     assert_eq!(call.retry_type, Some(RetryType::Linear));
     assert_eq!(call.retry_stop_code, Some(0x8007_0057));
-    assert!(call.drop_success_response);
+    assert_eq!(call.retain_successful_responses, Some(false));
     let job = w.queue.get(&id).expect("get").expect("job");
     assert_eq!(job.retry_type, Some(RetryType::Linear));
     assert_eq!(job.retry_stop_code, Some(0x8007_0057));

@@ -31,6 +31,9 @@ pub struct StoreJobs {
     subject: String,
     /// Attempts when the request's `queueContext` sets no `retryCount`.
     default_attempts: u32,
+    /// Whether a succeeded job keeps its response when its request does not say
+    /// (`serve.retain_successful_responses`; MPS `retainSuccessfulResponses`).
+    retain_successful_responses: bool,
     /// The submitter's `securityContext` (the daemon's: its token's identity), given to
     /// every job it queues.
     security_context: Option<Element>,
@@ -50,9 +53,17 @@ impl StoreJobs {
             seal,
             subject: subject.to_string(),
             default_attempts,
+            retain_successful_responses: true,
             security_context: None,
             queued: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Whether a succeeded job keeps its response when its `queueContext` does not say
+    /// (the configuration's `serve.retain_successful_responses`; `true` by default).
+    pub fn retaining_successful_responses(mut self, retain: bool) -> StoreJobs {
+        self.retain_successful_responses = retain;
+        self
     }
 
     /// Gives every queued job this `securityContext` (the submitting request's: a job runs
@@ -125,7 +136,10 @@ impl JobSink for StoreJobs {
                         fail_when_exhausted: call.fail_when_exhausted,
                         retry_type: call.retry_type,
                         retry_stop_code: call.retry_stop_code,
-                        drop_success_response: call.drop_success_response,
+                        // The request's own setting, else the daemon's default.
+                        drop_success_response: !call
+                            .retain_successful_responses
+                            .unwrap_or(self.retain_successful_responses),
                         parents: call.parents.clone(),
                     },
                     now_ms(),

@@ -1137,6 +1137,7 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) -> Opt
                     &job.subject,
                     d.config.max_attempts,
                 )
+                .retaining_successful_responses(d.config.retain_successful_responses)
                 .with_security_context(request.context.child("securityContext").cloned()),
             ))
             .with_events(move |e| {

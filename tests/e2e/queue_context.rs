@@ -1,8 +1,9 @@
 //! The MPS `queueContext` settings of a `queue` step through the binary: `provisio run`
 //! of an XML request queues the job, `provisio worker --drain` runs it, and the daemon's
 //! API shows what became of it — a child waiting for its parent (`parentQueue`) and dead
-//! when its parent failed, `retryStopOnFailure` cutting the retries short, responses kept
-//! or dropped (`retainSuccessfulResponses`), and bad values refused naming the attribute.
+//! when its parent failed, `retryStopOnFailure` cutting the retries short (also across a
+//! crash), responses kept or dropped (`retainSuccessfulResponses`, or the configured
+//! default), and bad values refused naming the attribute.
 //! The providers are the example Ledger and a tiny exec provider (written here) that fails
 //! transiently with the HRESULT its call asks for.
 
@@ -277,6 +278,47 @@ fn a_succeeded_job_keeps_its_response_unless_told_not_to() {
     assert!(j[1]["response"].is_null(), "{}", j[1]);
     // The work was done all the same.
     assert_eq!(site.accounts().len(), 2);
+}
+
+/// `serve.retain_successful_responses = false` (here `PROVISIO_RETAIN_SUCCESSFUL_RESPONSES`)
+/// drops the response of a succeeded job whose request does not say; a request's own
+/// `retainSuccessfulResponses="1"` still keeps it.
+#[test]
+fn the_configured_default_drops_responses_unless_the_request_keeps_them() {
+    if !python() {
+        return;
+    }
+    let site = site();
+    let queue_dropping = |name: &str, xml: &str| {
+        let path = site.path(name);
+        std::fs::write(&path, xml).expect("write request");
+        let (code, out, err) = site.run(
+            &["run", path.to_str().unwrap()],
+            &[("PROVISIO_RETAIN_SUCCESSFUL_RESPONSES", "false")],
+        );
+        assert_eq!(code, 0, "{out}\n{err}");
+        let start = out.find("<jobId>").expect("jobId") + "<jobId>".len();
+        let end = out[start..].find("</jobId>").expect("end of jobId") + start;
+        out[start..end].to_string()
+    };
+    let silent = queue_dropping("silent.xml", &request("", "Open", "name", "silent"));
+    let kept = queue_dropping(
+        "kept.xml",
+        &request(
+            r#"<queueContext retainSuccessfulResponses="1"/>"#,
+            "Open",
+            "name",
+            "kept",
+        ),
+    );
+    let out = drain(&site);
+    assert!(out.contains("ran 2 job(s)"), "{out}");
+    let j = jobs(&site, &[&silent, &kept]);
+    assert_eq!(j[0]["state"], "succeeded", "{}", j[0]);
+    assert_eq!(j[0]["response_retained"], false, "{}", j[0]);
+    assert!(j[0]["response"].is_null(), "{}", j[0]);
+    assert_eq!(j[1]["response_retained"], true, "{}", j[1]);
+    assert_eq!(j[1]["response"]["status"], "committed", "{}", j[1]);
 }
 
 #[test]

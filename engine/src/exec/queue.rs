@@ -41,8 +41,10 @@ pub struct QueuedCall {
     /// `queueContext/@retryStopOnFailure`: after a failure with this HRESULT the job is
     /// tried at most once more.
     pub retry_stop_code: Option<u32>,
-    /// `queueContext/@retainSuccessfulResponses="0"`: a succeeded job keeps no response.
-    pub drop_success_response: bool,
+    /// `queueContext/@retainSuccessfulResponses`: `Some(false)` (`"0"`), a succeeded job
+    /// keeps no response; `None` when the request does not say, and the queue's default
+    /// (the daemon's `serve.retain_successful_responses`) applies.
+    pub retain_successful_responses: Option<bool>,
     /// `queueContext/parentQueue/@queueId` (each): jobs that must succeed before this one
     /// runs.
     pub parents: Vec<String>,
@@ -90,7 +92,7 @@ fn parse_hresult(text: &str) -> Option<u32> {
 struct MoreSettings {
     retry_type: Option<RetryType>,
     retry_stop_code: Option<u32>,
-    drop_success_response: bool,
+    retain_successful_responses: Option<bool>,
     parents: Vec<String>,
 }
 
@@ -119,9 +121,10 @@ fn more_settings(qc: &Element, step: &str) -> Result<MoreSettings, Failure> {
             )
         })?),
     };
-    let drop_success_response = match set("retainSuccessfulResponses") {
-        None | Some("1") | Some("true") => false,
-        Some("0") | Some("false") => true,
+    let retain_successful_responses = match set("retainSuccessfulResponses") {
+        None => None,
+        Some("1") | Some("true") => Some(true),
+        Some("0") | Some("false") => Some(false),
         Some(v) => {
             return Err(Failure::data(
                 step,
@@ -161,7 +164,7 @@ fn more_settings(qc: &Element, step: &str) -> Result<MoreSettings, Failure> {
     Ok(MoreSettings {
         retry_type,
         retry_stop_code,
-        drop_success_response,
+        retain_successful_responses,
         parents,
     })
 }
@@ -256,7 +259,7 @@ impl Engine {
                 priority,
                 retry_type: more.retry_type,
                 retry_stop_code: more.retry_stop_code,
-                drop_success_response: more.drop_success_response,
+                retain_successful_responses: more.retain_successful_responses,
                 parents: more.parents,
             };
             let id = sink.enqueue(call).await.map_err(|e| Failure {
