@@ -40,6 +40,7 @@ pub mod codes;
 mod compile;
 pub mod data;
 mod exec;
+pub mod failpoint;
 pub mod model;
 pub mod provider;
 pub mod queue;

@@ -227,6 +227,10 @@ pub struct Daemon {
     journals: Mutex<HashMap<String, Arc<DurableJournal>>>,
     hub: Arc<Hub>,
     running: Mutex<HashMap<String, Cancel>>,
+    /// The jobs a runner of this process is in, from its claim to its end: a claim of the
+    /// same job while its first runner is still in it (that runner stalled past its
+    /// lease) must not run its transaction a second time.
+    runners: Mutex<std::collections::HashSet<String>>,
     wake: Notify,
     stopping: watch::Sender<bool>,
     ready: AtomicBool,
@@ -425,6 +429,7 @@ async fn open(config: &Config, what: &str) -> Result<Opened> {
         journals: Mutex::new(HashMap::new()),
         hub: Arc::new(Hub::default()),
         running: Mutex::new(HashMap::new()),
+        runners: Mutex::default(),
         wake: Notify::new(),
         stopping,
         ready: AtomicBool::new(false),
@@ -829,6 +834,16 @@ pub(crate) async fn run_job(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) -
     let span = tracing::info_span!(
         "job", job.id = %job.id, subject = %job.subject, target = %job.target, attempt = job.attempts
     );
+    // Another runner of this process is still in this job: it stalled past its lease (before
+    // its heartbeats started, or while they could not reach the queue), the job was taken
+    // back and claimed again here. Its transaction (the same id) is that runner's: running
+    // it here too would do its work twice. Left to it; this claim's lease runs out and the
+    // job is looked at again then (settled from the journal once the first runner ended;
+    // the first runner's own settle is refused, its claim being stale).
+    let Some(_runner) = Runner::enter(d, &job.id) else {
+        tracing::warn!(parent: &span, job = %job.id, attempt = job.attempts, "another runner of this process is still in this job (it stalled past its lease): left to it, looked at again when this claim's lease runs out");
+        return None;
+    };
     // PostgreSQL: the run stops where it is (at a parked store write, or a provider call)
     // when the database is lost after the claim: the session's locks went with it, so
     // another node may take the job over. Nothing of it is settled here; the queue takes
@@ -861,6 +876,28 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// A runner's place in [`Daemon::runners`], left however its run ends.
+struct Runner<'a> {
+    d: &'a Daemon,
+    id: String,
+}
+
+impl<'a> Runner<'a> {
+    /// Enters job `id`; `None` when another runner of this process is in it.
+    fn enter(d: &'a Daemon, id: &str) -> Option<Runner<'a>> {
+        lock(&d.runners).insert(id.to_string()).then(|| Runner {
+            d,
+            id: id.to_string(),
+        })
+    }
+}
+
+impl Drop for Runner<'_> {
+    fn drop(&mut self) {
+        lock(&self.d.runners).remove(&self.id);
     }
 }
 
@@ -1103,6 +1140,9 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) -> Opt
     if matches!(d.queue.get(&id), Ok(Some(j)) if j.cancel_requested) {
         cancel.cancel();
     }
+    // Tests: a runner stalled after it found no earlier attempt in the journal and before
+    // its transaction's first record and its heartbeats.
+    provisio_engine::failpoint::pause_once("run_job").await;
     let beat = {
         let d = d.clone();
         let id = id.clone();

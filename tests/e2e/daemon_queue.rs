@@ -437,3 +437,57 @@ fn a_delay_is_not_capped_like_a_wait() {
     assert!((7_199_000..=7_201_000).contains(&ahead), "{s:?}");
     assert_eq!(s.body["state"], "queued", "{s:?}");
 }
+
+/// A runner that stalls past its lease before its heartbeats start (here a failpoint pauses
+/// the first runner 5 s against a 3 s lease): the job is taken back and claimed again in the
+/// same process while the first runner is still in it, and the first runner wakes while the
+/// second claim's run would still be going (each Ledger call takes 1.5 s). The second
+/// claim leaves the job to the first runner instead of running its transaction a second
+/// time, concurrently; the job ends once, with one transaction, and the provider's work is
+/// done once.
+#[test]
+fn a_job_claimed_again_while_its_stalled_runner_is_still_in_it_runs_once() {
+    if !python() {
+        return;
+    }
+    let site = Site::new(1500);
+    let d = site.start_with(&[("PROVISIO_FAIL_PAUSE_RUN_JOB_MS", "5000")]);
+    let a = d.submit(ALICE, &customer("eve"), "", &[]);
+    assert_eq!(a.status, 202, "{a:?}");
+    let id = a.body["id"].as_str().unwrap().to_string();
+    let done = d.final_state(&id);
+    let log = d.log.lock().unwrap().clone();
+    assert_eq!(done["state"], "succeeded", "{done}\n{log}");
+    assert_eq!(
+        done["transactions"].as_array().map(Vec::len),
+        Some(1),
+        "{done}"
+    );
+    assert_eq!(site.accounts(), vec![("eve".to_string(), 1501)], "{log}");
+    // The first runner ends after the job did (its settle is refused as stale): its
+    // transaction's journal is whole, written by one run (two runs interleaved their
+    // records and compactions: one commit each, the intents of neither).
+    std::thread::sleep(Duration::from_secs(6));
+    let txn = done["transactions"][0].as_str().unwrap();
+    let t = d.request(
+        "GET",
+        &format!("/v1/transactions/{txn}"),
+        Some(OPS),
+        None,
+        &[],
+    );
+    assert_eq!(t.status, 200, "{t:?}");
+    let records = t.body["records"].as_array().cloned().unwrap_or_default();
+    let commits = records
+        .iter()
+        .filter(|r| r["type"] == "state" && r["state"] == "committed")
+        .count();
+    assert_eq!(commits, 1, "{t:?}");
+    let intents = records.iter().filter(|r| r["type"] == "intent").count();
+    assert_eq!(intents, 3, "{t:?}");
+    let log = d.log.lock().unwrap().clone();
+    assert!(
+        log.contains("another runner of this process is still in this job"),
+        "the job was claimed again while its first runner stalled:\n{log}"
+    );
+}
