@@ -24,7 +24,9 @@
 //!   `target/release/provisio`) over DIR (a data directory whose `journal` is kept by
 //!   `case-list N DIR`), each run a fresh process: wall time and peak RSS of the first page
 //!   from the listing file (unfiltered, by state, by subject) and with the store opened
-//!   (the listing's marker removed: sled's open plus the rebuild of the files at close).
+//!   (the listing's marker removed, as after a crash: sled's open and its index; a command
+//!   that only reads leaves the listing's rebuild to the next writer, so a `provisio
+//!   recover` with nothing to recover follows, timed: its clean close rebuilds the files).
 //!
 //! Every case runs in a child process of its own (this example re-executed with `case …`), so
 //! its peak RSS (`VmHWM`) is its own; the store is sled on the local disk in a temp folder
@@ -851,6 +853,32 @@ fn main() -> Result<()> {
                     let load = std::fs::read_to_string("/proc/loadavg")?;
                     let load = load.split_whitespace().next().unwrap_or("?");
                     println!("{name}\t{wall:.1}\t{:.1}\t{lines}\t{load}", kib / 1024.0);
+                    if opened && !marker.exists() {
+                        // The reader left the rebuild to the next writer: `provisio recover`
+                        // (nothing to recover: it opens the store to write, and closes it),
+                        // timed, so the next round starts from a listing again.
+                        let start = Instant::now();
+                        let out = std::process::Command::new("/usr/bin/time")
+                            .args(["-f", "%M", &bin, "recover"])
+                            .env("PROVISIO_DATA_DIR", dir)
+                            .env_remove("RUST_LOG")
+                            .output()
+                            .context("run provisio under /usr/bin/time")?;
+                        let wall = start.elapsed().as_secs_f64() * 1e3;
+                        let stderr = String::from_utf8_lossy(&out.stderr);
+                        let kib: f64 = stderr
+                            .lines()
+                            .last()
+                            .and_then(|l| l.trim().parse().ok())
+                            .ok_or_else(|| anyhow!("no peak RSS from /usr/bin/time: {stderr}"))?;
+                        if !out.status.success() || !marker.exists() {
+                            bail!("the next writer did not rebuild the listing: {stderr}");
+                        }
+                        println!(
+                            "next writer (recover, nothing to do): rebuild\t{wall:.1}\t{:.1}\t-\t{load}",
+                            kib / 1024.0
+                        );
+                    }
                 }
             }
             return Ok(());

@@ -306,7 +306,13 @@ pub fn journal(config: &Config) -> Result<Arc<DurableJournal>> {
             if config.read_only && !journal_exists(config) {
                 bail!("{}", NoJournal(dir));
             }
-            Arc::new(open_store(&dir, config.journal.wait_lock.0)?)
+            let store = open_store(&dir, config.journal.wait_lock.0)?;
+            if config.read_only {
+                // A command that only reads answers from the store's index; rebuilding a
+                // stale listing file is left to the next writer.
+                store.leave_listing_rebuild_to_writers();
+            }
+            Arc::new(store)
         }
         StoreSetting::Postgres(url) => Arc::new(open_postgres(config, url.expose())?),
     };

@@ -95,12 +95,21 @@ fn tx_list_answers_from_the_listing_file_and_falls_back_after_a_crash() {
     assert_eq!(unknown.code, 2, "{unknown:?}");
     assert!(unknown.stderr.contains("to continue after"), "{unknown:?}");
 
-    // The store's own answer is the same (the marker removed, `tx list` opens sled; its
-    // clean close writes the listing again).
+    // The store's own answer is the same (the marker removed, `tx list` opens sled; a
+    // command that only reads leaves the rebuild to the next writer).
     std::fs::remove_file(marker(&sb)).expect("remove the marker");
     let from_sled = sb.run(&["tx", "list"]);
     assert_eq!(from_sled.stdout, all.stdout, "{from_sled:?}");
-    assert!(marker(&sb).exists(), "rebuilt at the clean close");
+    assert!(!marker(&sb).exists(), "a reader rebuilds nothing");
+    let shown = sb.run(&["tx", "audit"]);
+    assert_eq!(shown.code, 0, "{shown:?}");
+    assert!(!marker(&sb).exists(), "a reader rebuilds nothing");
+    // A writer's clean close (a prune that removes nothing) rebuilds it.
+    let pruned = sb.run(&["tx", "prune", "--older-than", "30d"]);
+    assert_eq!(pruned.code, 0, "{pruned:?}");
+    assert!(marker(&sb).exists(), "rebuilt at the writer's clean close");
+    let listed = list_without_sled(&sb, &ns, &[]);
+    assert_eq!(listed.stdout, all.stdout, "{listed:?}");
 
     // A writer killed mid-run (an abort at its 4th journal write, as kill -9): the listing
     // is not trusted, `tx list` reads the store and shows the transaction as it was left.
@@ -124,9 +133,11 @@ fn tx_list_answers_from_the_listing_file_and_falls_back_after_a_crash() {
         lines(&after_crash)[0].contains("running"),
         "{after_crash:?}"
     );
-    // That read closed the store cleanly: the listing is back, and agrees.
-    let listed = list_without_sled(&sb, &ns, &[]);
-    assert_eq!(listed.stdout, after_crash.stdout, "{listed:?}");
+    // That read did not rebuild the listing (left to the next writer): a second `tx list`
+    // reads the store again, and answers the same.
+    assert!(!marker(&sb).exists(), "a reader rebuilds nothing");
+    let again = sb.run(&["tx", "list"]);
+    assert_eq!(again.stdout, after_crash.stdout, "{again:?}");
 
     // Recovery (another process) rolls it back; the listing follows.
     let recovered = sb.run(&["recover"]);

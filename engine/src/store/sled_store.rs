@@ -588,6 +588,16 @@ impl SledStore {
         self.shared.syncs.load(Ordering::Relaxed)
     }
 
+    /// Marks this holder as one that only reads (a `tx list` or `tx show` from the CLI):
+    /// its clean close keeps the listing files (`txn::listing`) up to date when they
+    /// describe the store, but does not rebuild missing or stale ones (after a crash, or
+    /// when they were removed), which reads every transaction's summary through sled
+    /// (5–6 s and hundreds of MiB at a million transactions). The next writer's clean close
+    /// rebuilds them; until then `tx list` reads the store's index.
+    pub fn leave_listing_rebuild_to_writers(&self) {
+        lock(&self.changes).leave_rebuild = true;
+    }
+
     /// Syncs, checkpoints and stops the checkpoint thread (also done on drop).
     pub fn close(&self) {
         lock(&self.signals).take();

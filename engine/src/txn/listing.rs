@@ -721,6 +721,11 @@ pub(crate) fn take_base(dir: &Path, previous: Option<&SideState>) -> Option<Base
 pub(crate) struct Changes {
     latest: HashMap<Vec<u8>, Option<Vec<u8>>>,
     overflowed: bool,
+    /// The holder only reads (`tx list`, `tx show`, … after a crash): its clean close keeps
+    /// listing files that describe the store up to date, but never rebuilds missing or
+    /// stale ones (a rebuild reads every summary through sled: seconds and hundreds of MiB
+    /// at a million transactions); the next writer's close does.
+    pub(crate) leave_rebuild: bool,
 }
 
 impl Changes {
@@ -760,6 +765,11 @@ pub(crate) fn after_clean_close(
     base: Option<Base>,
     changes: Changes,
 ) {
+    if changes.leave_rebuild && (base.is_none() || changes.overflowed) {
+        // No marker: `tx list` reads sled until a writer's clean close rebuilds the files.
+        tracing::debug!("left the listing file's rebuild to the next writer of the store");
+        return;
+    }
     let started = std::time::Instant::now();
     match update(store, dir, store_id, writes, base, changes) {
         Ok(rebuilt) => {
@@ -1292,6 +1302,62 @@ mod tests {
         same_as_the_index(&dir).await;
         let marker = read_marker(&dir).expect("a marker");
         assert_eq!(marker.changes, 0, "compacted: {marker:?}");
+    }
+
+    /// A holder that only reads leaves stale listing files alone (no rebuild, no marker:
+    /// `tx list` keeps reading sled), keeps good ones good, and the next writer's clean
+    /// close rebuilds them.
+    #[tokio::test]
+    async fn a_reader_leaves_the_rebuild_to_the_next_writer() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("journal");
+        let store = crate::SledStore::open(&dir).expect("opens");
+        let first: Vec<TxnSummary> = (0..300).map(|n| summary(n, TxnState::Committed)).collect();
+        put(&store, &first, None).await;
+        store.close();
+        drop(store);
+        let q = TxnQuery {
+            limit: 1000,
+            ..TxnQuery::default()
+        };
+        let all = list(&dir, &q).expect("the listing answers");
+        assert_eq!(all.items.len(), 300);
+
+        // A reader of good files: they stay good (the marker follows its close).
+        let reader = crate::SledStore::open(&dir).expect("opens");
+        reader.leave_listing_rebuild_to_writers();
+        reader.close();
+        drop(reader);
+        assert_eq!(list(&dir, &q).expect("still answers"), all);
+
+        // Stale files (as after a crash: no marker): a reader answers from the index and
+        // rebuilds nothing.
+        std::fs::remove_file(dir.join(MARKER_FILE)).expect("marker removed");
+        let reader = crate::SledStore::open(&dir).expect("opens");
+        reader.leave_listing_rebuild_to_writers();
+        let p = super::super::index::list(&reader, &q).await.expect("lists");
+        let from_index: Vec<Listed> = p.items.iter().map(Listed::from).collect();
+        assert_eq!(from_index, all.items);
+        reader.close();
+        drop(reader);
+        assert!(read_marker(&dir).is_none(), "no rebuild by a reader");
+        assert!(matches!(list(&dir, &q), Err(ListingError::Unavailable(_))));
+        // Twice: still nothing built, still the sled answer.
+        let reader = crate::SledStore::open(&dir).expect("opens");
+        reader.leave_listing_rebuild_to_writers();
+        reader.close();
+        drop(reader);
+        assert!(read_marker(&dir).is_none(), "no rebuild by a reader");
+
+        // The next writer's close rebuilds, with its own change in.
+        let writer = crate::SledStore::open(&dir).expect("opens");
+        let more: Vec<TxnSummary> = (300..400).map(|n| summary(n, TxnState::Running)).collect();
+        put(&writer, &more, None).await;
+        writer.close();
+        drop(writer);
+        let marker = read_marker(&dir).expect("rebuilt by the writer");
+        assert_eq!((marker.count, marker.changes), (400, 0));
+        same_as_the_index(&dir).await;
     }
 
     fn all_id(n: u64) -> String {
