@@ -25,7 +25,9 @@
 //!   program's `floor-server` mode) answering the same `POST /v1/requests` with an answer
 //!   of the daemon's shape, first with nothing durable, then with a group-committed
 //!   `fdatasync`'d append a request; then the daemon with `?wait=30s`; interleaved, each
-//!   with its server process's CPU time a request.
+//!   with its server process's CPU time a request, and the in-process engine on five reads
+//!   (as in `throughput`) each repetition: each server's ratio to it says what HTTP alone
+//!   leaves of the in-process figure.
 //!
 //! The daemon is `target/release/provisio` (or `PROVISIO_BIN`), started on 127.0.0.1 with
 //! a fresh data directory in a temp folder (parent: `PROVISIO_BENCH_DIR`). The five steps
@@ -735,6 +737,17 @@ fn floor_server(mode: &str, dir: &str) -> Result<()> {
 fn floor(reps: usize, total: usize, clients: usize, workers: usize) -> Result<()> {
     use std::io::BufRead;
     let dir = tempdir()?;
+    // The in-process engine on five reads (the ratio's reference, as in `throughput`).
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let inproc_dir = tempdir()?;
+    let store = Arc::new(SledStore::open(inproc_dir.path())?);
+    let journal = Arc::new(DurableJournal::new(store.clone(), None, "bench"));
+    let env = support::env(support::txn_namespaces()?, Some(journal))?;
+    rt.block_on(support::throughput(&env.engine, "FiveRead", 200, clients))?;
+    let mut inproc = Vec::new();
     let site = Site::new(workers, 0)?;
     let (d, _) = site.start()?;
     hammer(&d.url, 500, clients, "?wait=30s", 200)?;
@@ -750,6 +763,14 @@ fn floor(reps: usize, total: usize, clients: usize, workers: usize) -> Result<()
         rows.push((name, Vec::new(), Vec::new(), Vec::new()));
     }
     for rep in 0..reps {
+        let t = rt.block_on(support::throughput(&env.engine, "FiveRead", total, clients))?;
+        let ip = total as f64 / t.as_secs_f64();
+        println!(
+            "rep {}: in-process engine, five reads: {ip:.0} req/s | load {}",
+            rep + 1,
+            loadavg()
+        );
+        inproc.push(ip);
         for (i, mode) in ["none", "sync"].into_iter().enumerate() {
             let mut child = Command::new(std::env::current_exe()?)
                 .args(["floor-server", mode])
@@ -795,10 +816,13 @@ fn floor(reps: usize, total: usize, clients: usize, workers: usize) -> Result<()
         rows[2].2.push(cpu);
         rows[2].3.push(pct(&l, 0.99));
     }
+    let ip = median(&mut inproc);
+    println!("median of {reps}: in-process engine, five reads: {ip:.0} req/s");
     for (name, mut r, mut c, mut p) in rows {
+        let r = median(&mut r);
         println!(
-            "median of {reps} ({total} requests, {clients} clients): {name}: {:.0} req/s, {:.0} µs CPU/req, p99 {:.2} ms",
-            median(&mut r),
+            "median of {reps} ({total} requests, {clients} clients): {name}: {r:.0} req/s ({:.2}x in-process), {:.0} µs CPU/req, p99 {:.2} ms",
+            r / ip,
             median(&mut c),
             median(&mut p)
         );

@@ -61,8 +61,8 @@ pub use compile::{
 pub use data::{Element, Scalar};
 pub use exec::{
     Cancel, Engine, EngineOptions, ErrorSource, Event, Failure, JobSink, Journal, JournalError,
-    NoJournal, PlanEntry, QueuedCall, RunControl, RunError, ScriptUndoDone, StepDone, StepIntent,
-    TxnResult, TxnStart, TxnState, UndoFailure,
+    KeptResponse, NoJournal, PlanEntry, QueuedCall, RunControl, RunError, ScriptUndoDone, StepDone,
+    StepIntent, TxnResult, TxnStart, TxnState, UndoFailure,
 };
 pub use exec::{RetryOptions, RetryPolicies, RetryPolicy, RetryUse};
 pub use model::{Format, Namespace, Request};

@@ -336,6 +336,7 @@ mod tests {
             journal_error: None,
             client_context: None,
             transient: false,
+            kept_response: None,
         }
     }
 
@@ -408,6 +409,7 @@ mod tests {
             journal_error: None,
             client_context: None,
             transient: false,
+            kept_response: None,
         };
         assert_eq!(to_value(&result)["data"], json!({}));
     }

@@ -780,10 +780,12 @@ async fn run_waiting(
         steps,
     }) = finished
     {
-        let mut body = view_with(d, &job, response, steps);
-        add(&mut body, "created", json!(true));
-        add(&mut body, "warnings", json!(warnings));
-        return Ok((StatusCode::OK, Json(body)).into_response());
+        let body = JobView {
+            created: Some(true),
+            warnings: Some(&warnings),
+            ..view_with(d, &job, response, steps.as_deref())
+        };
+        return Ok(json_answer(StatusCode::OK, &body));
     }
     let current = d.queue.get(&id)?;
     let state = current.map_or("running", |j| j.state.name());
@@ -892,71 +894,151 @@ async fn wait_for(d: &Daemon, id: &str, wait: Duration) -> Result<Option<Job>, A
     }
 }
 
-fn ms(v: Option<u64>) -> Value {
-    v.map_or(Value::Null, |m| json!(m))
+/// A job as the API shows it, serialized as it is (no intermediate `Value`): its fields in
+/// the order the API has always given them; `steps` and `response` in full views only,
+/// `created` and `warnings` in a submission's answer.
+#[derive(serde::Serialize)]
+struct JobView<'a> {
+    id: &'a str,
+    state: &'static str,
+    outcome: &'a Option<String>,
+    subject: &'a str,
+    target: &'a str,
+    priority: i16,
+    serial_key: &'a Option<String>,
+    attempts: u32,
+    max_attempts: u32,
+    transactions: &'a [String],
+    submitted_ms: u64,
+    not_before_ms: u64,
+    started_ms: Option<u64>,
+    finished_ms: Option<u64>,
+    error: &'a Option<String>,
+    cancel_requested: bool,
+    /// What an MPS `queue` step's `queueContext` set on the job: the parents it runs
+    /// after (`parentQueue`) and those it still waits for.
+    parents: &'a [String],
+    waiting_for: &'a [String],
+    /// `false` for a succeeded job whose response was dropped
+    /// (`retainSuccessfulResponses="0"`).
+    response_retained: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    steps: Option<StepsView<'a>>,
+    /// `Some(Value::Null)`: a full view of a job without a response.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    response: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    created: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    warnings: Option<&'a [String]>,
+}
+
+impl<'a> JobView<'a> {
+    /// The job's own fields (no steps, no response).
+    fn of(job: &'a Job) -> JobView<'a> {
+        JobView {
+            id: &job.id,
+            state: job.state.name(),
+            outcome: &job.outcome,
+            subject: &job.subject,
+            target: &job.target,
+            priority: job.priority,
+            serial_key: &job.serial_key,
+            attempts: job.attempts,
+            max_attempts: job.max_attempts,
+            transactions: &job.txns,
+            submitted_ms: job.submitted_ms,
+            not_before_ms: job.not_before_ms,
+            started_ms: job.started_ms,
+            finished_ms: job.finished_ms,
+            error: &job.error,
+            cancel_requested: job.cancel_requested,
+            parents: &job.parents,
+            waiting_for: &job.waiting_for,
+            response_retained: !(job.drop_success_response && job.state == JobState::Succeeded),
+            steps: None,
+            response: None,
+            created: None,
+            warnings: None,
+        }
+    }
+
+    /// In full: with its steps and response, read back from the journal and the job.
+    fn full(d: &Daemon, job: &'a Job) -> JobView<'a> {
+        JobView {
+            steps: Some(StepsView::Json(steps(d, job))),
+            response: Some(d.response_of(job).unwrap_or(Value::Null)),
+            ..JobView::of(job)
+        }
+    }
+
+    /// As a `Value` (for answers that nest or extend it).
+    fn into_value(self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+}
+
+/// A job's `steps`: as the run's events told them, or read back from the journal.
+enum StepsView<'a> {
+    Seen(&'a [super::StepSeen]),
+    Json(Value),
+}
+
+impl serde::Serialize for StepsView<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            StepsView::Seen(seen) => super::serialize_steps(seen, s),
+            StepsView::Json(v) => v.serialize(s),
+        }
+    }
+}
+
+/// A JSON answer serialized straight into a buffer sized for a full job view.
+fn json_answer(status: StatusCode, body: &impl serde::Serialize) -> Response {
+    let mut buf = Vec::with_capacity(2048);
+    match serde_json::to_writer(&mut buf, body) {
+        Ok(()) => (
+            status,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            buf,
+        )
+            .into_response(),
+        Err(e) => ApiError::internal(e).into_response(),
+    }
 }
 
 /// A job as the API shows it; `full`: with its steps and response.
 fn view(d: &Daemon, job: &Job, full: bool) -> Value {
-    let mut v = json!({
-        "id": job.id,
-        "state": job.state.name(),
-        "outcome": job.outcome,
-        "subject": job.subject,
-        "target": job.target,
-        "priority": job.priority,
-        "serial_key": job.serial_key,
-        "attempts": job.attempts,
-        "max_attempts": job.max_attempts,
-        "transactions": job.txns,
-        "submitted_ms": job.submitted_ms,
-        "not_before_ms": job.not_before_ms,
-        "started_ms": ms(job.started_ms),
-        "finished_ms": ms(job.finished_ms),
-        "error": job.error,
-        "cancel_requested": job.cancel_requested,
-    });
-    queue_context_view(&mut v, job);
     if full {
-        add(&mut v, "steps", steps(d, job));
-        add(
-            &mut v,
-            "response",
-            d.response_of(job).unwrap_or(Value::Null),
-        );
+        JobView::full(d, job).into_value()
+    } else {
+        JobView::of(job).into_value()
     }
-    v
-}
-
-/// What an MPS `queue` step's `queueContext` set on the job: the parents it runs after
-/// (`parentQueue`) and those it still waits for, and `response_retained: false` for a
-/// succeeded job whose response was dropped (`retainSuccessfulResponses="0"`).
-fn queue_context_view(v: &mut Value, job: &Job) {
-    add(v, "parents", json!(job.parents));
-    add(v, "waiting_for", json!(job.waiting_for));
-    let dropped = job.drop_success_response && job.state == JobState::Succeeded;
-    add(v, "response_retained", json!(!dropped));
 }
 
 /// [`view`] in full, with the job's response and steps when the caller has them already
 /// (not read back and decoded from the job and the journal).
-fn view_with(
+fn view_with<'a>(
     d: &Daemon,
-    job: &Job,
+    job: &'a Job,
     response: Option<Value>,
-    steps_seen: Option<Vec<super::StepSeen>>,
-) -> Value {
+    steps_seen: Option<&'a [super::StepSeen]>,
+) -> JobView<'a> {
     let Some(response) = response else {
-        return view(d, job, true);
+        return JobView::full(d, job);
     };
-    let mut v = view(d, job, false);
     let steps = match steps_seen {
-        Some(seen) => super::steps_json(&seen),
-        None => steps(d, job),
+        Some(seen) => StepsView::Seen(seen),
+        None => StepsView::Json(steps(d, job)),
     };
-    add(&mut v, "steps", steps);
-    add(&mut v, "response", response);
-    v
+    JobView {
+        steps: Some(steps),
+        response: Some(response),
+        ..JobView::of(job)
+    }
 }
 
 /// The steps of a job's last transaction, from the journal.

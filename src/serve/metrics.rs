@@ -45,6 +45,14 @@ struct Inner {
 #[derive(Default)]
 pub struct Metrics(Mutex<Inner>);
 
+/// The histogram of `label` (its name copied only the first time).
+fn histogram<'m>(map: &'m mut BTreeMap<String, Histogram>, label: &str) -> &'m mut Histogram {
+    if !map.contains_key(label) {
+        map.insert(label.to_string(), Histogram::default());
+    }
+    map.get_mut(label).expect("inserted above")
+}
+
 fn escape(label: &str) -> String {
     label
         .replace('\\', "\\\\")
@@ -65,17 +73,19 @@ impl Metrics {
     /// A job's transaction ended (`committed`, `rolled_back`, …) after `took`.
     pub fn finished(&self, target: &str, outcome: &str, took: Duration) {
         self.with(|m| {
-            *m.outcomes.entry(outcome.to_string()).or_default() += 1;
-            m.requests
-                .entry(target.to_string())
-                .or_default()
-                .observe(took);
+            match m.outcomes.get_mut(outcome) {
+                Some(n) => *n += 1,
+                None => {
+                    m.outcomes.insert(outcome.to_string(), 1);
+                }
+            }
+            histogram(&mut m.requests, target).observe(took);
         });
     }
 
     /// A provider call of `target` took `took`.
     pub fn step(&self, target: &str, took: Duration) {
-        self.with(|m| m.steps.entry(target.to_string()).or_default().observe(took));
+        self.with(|m| histogram(&mut m.steps, target).observe(took));
     }
 
     /// The exposition text, with the queue's counts and totals (kept in the store, so they

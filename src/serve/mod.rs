@@ -288,11 +288,23 @@ impl Daemon {
         }
     }
 
-    /// The job's stored response (JSON), opened.
+    /// The job's stored response (JSON), opened: with its `requestFormat` when the result
+    /// names it outside the seal (see [`job_result`]).
     fn response_of(&self, job: &Job) -> Option<serde_json::Value> {
-        let sealed = job.result.as_deref()?;
+        let stored = job.result.as_deref()?;
+        let (format, sealed) = match stored.split_once(':') {
+            Some((name, sealed)) if ["xml", "yaml", "json"].contains(&name) => (Some(name), sealed),
+            _ => (None, stored),
+        };
         let bytes = self.open(sealed).ok()?;
-        serde_json::from_slice(&bytes).ok()
+        let mut doc: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+        if let (Some(obj), Some(name)) = (doc.as_object_mut(), format) {
+            obj.insert(
+                "requestFormat".into(),
+                serde_json::Value::String(name.into()),
+            );
+        }
+        Some(doc)
     }
 
     /// Keeps a job's compiled program for its run (unless [`KEPT_PROGRAMS`] are kept).
@@ -764,27 +776,43 @@ impl StepLog {
     }
 }
 
-/// The `steps` of an answer from a run's events, as [`api`] builds them from the journal
-/// (step, target, attempt, state), each step once, in the order they started.
-pub(crate) fn steps_json(steps: &[StepSeen]) -> serde_json::Value {
-    let mut out: Vec<serde_json::Value> = Vec::with_capacity(steps.len());
-    let mut seen: HashMap<&str, usize> = HashMap::with_capacity(steps.len());
-    for s in steps {
-        let entry = serde_json::json!({
-            "step": s.step,
-            "target": s.target,
-            "attempt": s.attempt,
-            "state": "done",
-        });
-        match seen.get(s.step.as_str()) {
-            Some(&i) => out[i] = entry,
+/// Serializes the `steps` of an answer from a run's events, as [`api`] builds them from the
+/// journal (step, target, attempt, state), each step once (its last call), in the order
+/// they started.
+pub(crate) fn serialize_steps<S: serde::Serializer>(
+    steps: &[StepSeen],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeSeq;
+    #[derive(serde::Serialize)]
+    struct Entry<'a> {
+        step: &'a str,
+        target: &'a str,
+        attempt: Option<u32>,
+        state: &'static str,
+    }
+    // Which call each step shows: its last (a step called again replaces its entry).
+    let mut shown: Vec<&StepSeen> = Vec::with_capacity(steps.len());
+    let mut at: HashMap<&str, usize> = HashMap::with_capacity(steps.len());
+    for step in steps {
+        match at.get(step.step.as_str()) {
+            Some(&i) => shown[i] = step,
             None => {
-                seen.insert(&s.step, out.len());
-                out.push(entry);
+                at.insert(&step.step, shown.len());
+                shown.push(step);
             }
         }
     }
-    serde_json::Value::Array(out)
+    let mut seq = s.serialize_seq(Some(shown.len()))?;
+    for step in shown {
+        seq.serialize_element(&Entry {
+            step: &step.step,
+            target: &step.target,
+            attempt: step.attempt,
+            state: "done",
+        })?;
+    }
+    seq.end()
 }
 
 /// Records how attempt `attempt` of a job ended (refused if another claim took the job).
@@ -1225,7 +1253,7 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) -> Opt
     };
     drop(beat);
     lock(&d.running).remove(&id);
-    let result = match result {
+    let mut result = match result {
         Ok(r) => r,
         Err(RunError::Compile(e)) => {
             // Checked at submission; the namespaces may have changed since.
@@ -1257,11 +1285,23 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) -> Opt
         retry_transient(d, &id, attempt, error, code).await;
         return None;
     }
-    let mut doc = response::to_value(&result);
-    if let (Some(obj), Some(r)) = (doc.as_object_mut(), Some(format_name(response_format))) {
-        obj.insert("requestFormat".into(), serde_json::Value::String(r.into()));
+    // The response as the journal built and sealed it with the final state (the same seal
+    // key), else built and sealed here.
+    let (mut doc, sealed) = match result.kept_response.take() {
+        Some(kept) if kept.sealed == d.seal.is_some() => (kept.doc, kept.text),
+        _ => {
+            let doc = response::to_value(&result);
+            let sealed = d.seal(doc.to_string().as_bytes());
+            (doc, sealed)
+        }
+    };
+    let sealed = job_result(response_format, sealed);
+    if let Some(obj) = doc.as_object_mut() {
+        obj.insert(
+            "requestFormat".into(),
+            serde_json::Value::String(format_name(response_format).into()),
+        );
     }
-    let sealed = d.seal(doc.to_string().as_bytes());
     finish(
         d,
         &id,
@@ -1280,6 +1320,21 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) -> Opt
         steps: std::mem::take(&mut *lock(&log)).clean(),
         ..f
     })
+}
+
+/// A finished job's stored result: the name of its request's format, `:`, then the
+/// response document as the journal sealed it with the final state (or, without a seal key,
+/// its JSON text), so that the response is built and sealed once per run. The format is no
+/// secret, and stays outside the seal: base64 and a JSON text never start with `NAME:`.
+/// Results without the prefix (sealed documents that hold their `requestFormat`) read as
+/// before.
+fn job_result(format: Format, sealed: String) -> String {
+    let name = format_name(format);
+    let mut out = String::with_capacity(name.len() + 1 + sealed.len());
+    out.push_str(name);
+    out.push(':');
+    out.push_str(&sealed);
+    out
 }
 
 /// Whether a transaction's failure is its journal's (a store write refused), not the

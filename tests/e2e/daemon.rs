@@ -424,6 +424,20 @@ fn submit_wait_status_list_events_and_idempotent_resubmission() {
     );
     // The waiting answer's steps (from the run's events) are the journal's, field for field.
     assert_eq!(a.body["steps"], s.body["steps"]);
+    // Its response (as the journal built and sealed it) is the one the job keeps: the
+    // status answers with the same document, `requestFormat` included.
+    assert_eq!(a.body["response"]["requestFormat"], "yaml", "{a:?}");
+    assert_eq!(a.body["response"], s.body["response"], "{s:?}");
+    // The rest of the waiting answer is the status view, in the same order, plus
+    // `created` and `warnings`.
+    let mut fields: Vec<&String> = a.body.as_object().unwrap().keys().collect();
+    assert_eq!(fields.pop().map(String::as_str), Some("warnings"));
+    assert_eq!(fields.pop().map(String::as_str), Some("created"));
+    let shown: Vec<&String> = s.body.as_object().unwrap().keys().collect();
+    assert_eq!(fields, shown);
+    for (k, v) in s.body.as_object().unwrap() {
+        assert_eq!(&a.body[k.as_str()], v, "{k}");
+    }
     // The same Idempotency-Key: the same request, never a second transaction.
     let key = [("Idempotency-Key", "order-42")];
     let first = d.submit(ALICE, &customer("bea"), "", &key);

@@ -188,13 +188,16 @@ pub trait Journal: Send + Sync {
     /// caller is given): durable when this returns, like a final [`Journal::txn_state`].
     /// A journal that keeps responses (`DurableJournal::with_responses`) writes the
     /// response in the same atomic batch as the final state, so that what the caller was
-    /// told can be read back after a crash; the default records the state alone.
+    /// told can be read back after a crash, and hands it back (the engine puts it in
+    /// [`super::TxnResult::kept_response`]); the default records the state alone.
     async fn txn_ended(
         &self,
         result: &super::TxnResult,
         message: Option<&str>,
-    ) -> Result<(), JournalError> {
-        self.txn_state(&result.txn_id, result.state, message).await
+    ) -> Result<Option<super::KeptResponse>, JournalError> {
+        self.txn_state(&result.txn_id, result.state, message)
+            .await
+            .map(|()| None)
     }
     /// About to call a provider: durable when this returns.
     async fn step_intent(&self, _intent: &StepIntent<'_>) -> Result<(), JournalError> {

@@ -176,6 +176,24 @@ pub struct TxnResult {
     /// busy, connection refused) outlasted the engine's retries: the same request may
     /// succeed later (a job queue retries it).
     pub transient: bool,
+    /// The response as the journal kept it with the final state (a journal that keeps
+    /// responses, `DurableJournal::with_responses`), handed back so that a caller keeping
+    /// it too (the daemon's job queue) neither builds nor seals it again. `None` when the
+    /// journal keeps none.
+    pub kept_response: Option<KeptResponse>,
+}
+
+/// A response a journal kept with a transaction's final state: the document and the text
+/// it stored, sealed with the journal's seal key when it has one.
+#[derive(Debug, Clone)]
+pub struct KeptResponse {
+    /// The response document ([`crate::response::to_value`] of the result).
+    pub doc: serde_json::Value,
+    /// The document's JSON text as [`crate::txn::SealKey::seal`] sealed it (base64), or the
+    /// JSON text itself when the journal has no seal key.
+    pub text: String,
+    /// Whether `text` is sealed.
+    pub sealed: bool,
 }
 
 /// A handle that stops a running transaction: once [`Cancel::cancel`] is called, no further

@@ -164,6 +164,7 @@ impl Engine {
             journal_error: None,
             client_context: context::client_context(&lock(&txn.context), &txn.redactor),
             transient: false,
+            kept_response: None,
         };
         match result {
             Ok(mut data) => {
@@ -201,8 +202,12 @@ impl Engine {
     /// repeating them is harmless) and reported as failed.
     async fn journal_end(&self, txn: &Txn, out: &mut TxnResult) {
         let message = out.failure.as_ref().map(|f| f.message.clone());
-        let Err(e) = self.journal.txn_ended(out, message.as_deref()).await else {
-            return;
+        let e = match self.journal.txn_ended(out, message.as_deref()).await {
+            Ok(kept) => {
+                out.kept_response = kept;
+                return;
+            }
+            Err(e) => e,
         };
         tracing::error!(error = %e, "the final state could not be journaled");
         out.journal_error = Some(e.to_string());
@@ -221,7 +226,13 @@ impl Engine {
             sources: Vec::new(),
         });
         let message = out.failure.as_ref().map(|f| f.message.clone());
-        let journaled = self.journal.txn_ended(out, message.as_deref()).await;
+        let journaled = match self.journal.txn_ended(out, message.as_deref()).await {
+            Ok(kept) => {
+                out.kept_response = kept;
+                Ok(())
+            }
+            Err(e) => Err(e),
+        };
         log_lapse(
             journaled,
             "final state after the rollback",

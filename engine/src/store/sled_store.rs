@@ -1046,16 +1046,45 @@ fn apply_overlay(
             Some(v) => {
                 tree.insert(k.as_slice(), v.as_slice())?;
             }
-            // Most deletes are of keys put and deleted since the last checkpoint, which sled
-            // never saw: a lookup is cheaper than a remove.
-            None if tree.contains_key(k.as_slice())? => {
+            // Most deletes are of keys sled never saw: sled's remove finds that with the
+            // same lookup a `contains_key` would make, and then writes nothing.
+            None => {
                 tree.remove(k.as_slice())?;
             }
-            None => {}
         }
     }
     tree.insert(key(Space::Meta, b"writes"), &last_seq.to_be_bytes()[..])?;
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        log_overlay(writes);
+    }
     Ok(())
+}
+
+/// Logs (debug) what a checkpoint moved into sled, by space: puts, their bytes, deletes.
+fn log_overlay(writes: &std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>>) {
+    let mut by_space: std::collections::BTreeMap<char, (usize, usize, usize)> = Default::default();
+    for (k, v) in writes {
+        let tag = k.first().map_or('?', |&b| char::from(b));
+        let e = by_space.entry(tag).or_default();
+        match v {
+            Some(v) => {
+                e.0 += 1;
+                e.1 += k.len() + v.len();
+            }
+            None => e.2 += 1,
+        }
+    }
+    let spaces: Vec<String> = by_space
+        .iter()
+        .map(|(tag, (puts, bytes, deletes))| {
+            format!("{tag}: {puts} puts ({bytes} B), {deletes} deletes")
+        })
+        .collect();
+    tracing::debug!(
+        keys = writes.len(),
+        "checkpoint into sled: {}",
+        spaces.join("; ")
+    );
 }
 
 /// Makes sled durable up to now.

@@ -745,21 +745,28 @@ impl Journal for DurableJournal {
         &self,
         result: &crate::TxnResult,
         message: Option<&str>,
-    ) -> Result<(), JournalError> {
+    ) -> Result<Option<crate::KeptResponse>, JournalError> {
         let record = Record::State {
             at_ms: now_ms(),
             state: result.state,
             message: message.map(str::to_string),
         };
         let mut extra = Batch::new();
+        let mut kept = None;
         if self.keep_responses {
+            // Built, serialized and sealed once: the caller gets what was stored.
             let doc = crate::response::to_value(result);
-            let response = match &self.seal {
-                Some(key) => Guarded::Sealed(key.seal(doc.to_string().as_bytes())),
-                None => Guarded::Plain(doc),
+            let text = doc.to_string();
+            let (text, sealed) = match &self.seal {
+                Some(key) => (key.seal(text.as_bytes()), true),
+                None => (text, false),
             };
             let stored = StoredResponse {
-                response,
+                response: if sealed {
+                    Guarded::Sealed(text.clone())
+                } else {
+                    Guarded::Plain(doc.clone())
+                },
                 transient: result.transient,
             };
             extra.put(
@@ -767,9 +774,11 @@ impl Journal for DurableJournal {
                 response_key(&result.txn_id),
                 encode("the response", &result.txn_id, &stored)?,
             );
+            kept = Some(crate::KeptResponse { doc, text, sealed });
         }
         let durable = result.state.is_final();
-        Ok(self.append(&result.txn_id, &record, durable, extra).await?)
+        self.append(&result.txn_id, &record, durable, extra).await?;
+        Ok(kept)
     }
 
     async fn step_intent(&self, i: &StepIntent<'_>) -> Result<(), JournalError> {
