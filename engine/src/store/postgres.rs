@@ -993,10 +993,13 @@ impl Net {
     }
 }
 
+/// A key of the writer's group: its space's tag and the key.
+type GroupKey = (i16, Vec<u8>);
+
 fn net(batches: &mut [WriteRequest]) -> Net {
     // The last write of each key, and whether every write of it was a fresh put.
-    let mut last: HashMap<(i16, Vec<u8>), (Option<Vec<u8>>, bool)> = HashMap::new();
-    let mut order: Vec<(i16, Vec<u8>)> = Vec::new();
+    let mut last: HashMap<GroupKey, (Option<Vec<u8>>, bool)> = HashMap::new();
+    let mut order: Vec<GroupKey> = Vec::new();
     for r in batches.iter_mut() {
         let fresh = r.fresh;
         for (i, (space, key, value)) in std::mem::take(&mut r.batch.writes).into_iter().enumerate()
