@@ -314,6 +314,76 @@ async fn what_was_written_is_there_after_reopening() {
     }
 }
 
+/// A journal append split into the puts of new keys and the rest is one atomic batch; a
+/// key written as new that is there after all is put (the PostgreSQL store inserts new keys
+/// without looking first, and commits the group again as upserts when one was there).
+#[tokio::test]
+async fn a_journal_append_of_new_keys_applies_whole_even_when_a_key_was_there() {
+    for s in subjects("fresh") {
+        let mut b = Batch::new();
+        b.put(Space::Journal, b"t1/0".to_vec(), b"old".to_vec());
+        s.store.write(b, true).await.unwrap();
+        let rows_before = s.store.postgres().map(|pg| pg.row_writes());
+        // Truly new keys only.
+        let mut fresh = Batch::new();
+        fresh
+            .put(Space::Journal, b"t1/1".to_vec(), b"one".to_vec())
+            .put(Space::Audit, b"t1".to_vec(), b"a".to_vec());
+        let mut rest = Batch::new();
+        rest.put(Space::Txns, b"t1".to_vec(), b"s1".to_vec());
+        s.store
+            .write_journal("t1", fresh, rest, false)
+            .await
+            .unwrap();
+        if let (Some(pg), Some((i, u, _))) = (s.store.postgres(), rows_before) {
+            let (i2, u2, _) = pg.row_writes();
+            assert_eq!(
+                (i2 - i, u2 - u),
+                (2, 1),
+                "inserted as new, the rest upserted"
+            );
+        }
+        // A "new" key that is there: the whole append still applies, the key put.
+        let mut fresh = Batch::new();
+        fresh
+            .put(Space::Journal, b"t1/2".to_vec(), b"two".to_vec())
+            .put(Space::Journal, b"t1/0".to_vec(), b"zero".to_vec());
+        let mut rest = Batch::new();
+        rest.put(Space::Txns, b"t1".to_vec(), b"s2".to_vec()).put(
+            Space::Meta,
+            b"m".to_vec(),
+            b"1".to_vec(),
+        );
+        s.store
+            .write_journal("t1", fresh, rest, true)
+            .await
+            .unwrap();
+        let journal = s.store.scan(Space::Journal, b"t1/").unwrap();
+        assert_eq!(
+            journal,
+            vec![
+                (b"t1/0".to_vec(), b"zero".to_vec()),
+                (b"t1/1".to_vec(), b"one".to_vec()),
+                (b"t1/2".to_vec(), b"two".to_vec()),
+            ],
+            "{}",
+            s.name
+        );
+        assert_eq!(
+            s.store.get(Space::Txns, b"t1").unwrap().as_deref(),
+            Some(&b"s2"[..]),
+            "{}",
+            s.name
+        );
+        assert_eq!(
+            s.store.get(Space::Meta, b"m").unwrap().as_deref(),
+            Some(&b"1"[..]),
+            "{}",
+            s.name
+        );
+    }
+}
+
 // What only the PostgreSQL store has.
 
 #[tokio::test]

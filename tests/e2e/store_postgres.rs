@@ -52,8 +52,53 @@ fn a_workflow_runs_and_is_inspected_on_postgres() {
     assert_eq!(down.code, 0, "{down:?}");
     let list = sb.run(&["tx", "list"]);
     assert_eq!(list.stdout.matches("committed").count(), 2, "{list:?}");
+    // The journal keeps a row a record on PostgreSQL (no chunks): `tx log` reads them back
+    // in order, once each; `tx audit` lists both; `tx prune` removes every row of both.
+    let log = sb.run(&["tx", "log", &id]);
+    assert_eq!(log.code, 0, "{log:?}");
+    let seqs: Vec<u64> = log
+        .stdout
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).expect("a JSON line")["seq"]
+                .as_u64()
+                .expect("seq")
+        })
+        .collect();
+    assert!(seqs.len() > 3, "{log:?}");
+    assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>(), "{log:?}");
+    let journal_rows = |what: &str| {
+        pg.psql(&format!(
+            "SELECT count(*) FROM {}.provisio_kv WHERE space = ascii('j') AND {what}",
+            schema_of(&url)
+        ))
+        .stdout
+        .trim()
+        .parse::<usize>()
+        .expect("a count")
+    };
+    assert_eq!(
+        journal_rows("octet_length(key) = 45 AND substring(key from 37 for 1) = 'C'::bytea"),
+        0,
+        "no chunk rows"
+    );
+    assert_eq!(
+        journal_rows(&format!(
+            "octet_length(key) = 44 AND substring(key from 1 for 36) = '{id}'::bytea"
+        )),
+        seqs.len(),
+        "a row a record"
+    );
+    let audit = sb.run(&["tx", "audit"]);
+    assert_eq!(audit.code, 0, "{audit:?}");
+    assert!(audit.stdout.contains(&id), "{audit:?}");
+    let pruned = sb.run(&["tx", "prune", "--older-than", "0s"]);
+    assert_eq!(pruned.code, 0, "{pruned:?}");
+    assert_eq!(journal_rows("true"), 0, "every journal row pruned");
+    let list = sb.run(&["tx", "list"]);
+    assert!(!list.stdout.contains("committed"), "{list:?}");
     // Neither the output nor the logs ever show the password.
-    for r in [&migrate, &run, &list, &show, &down] {
+    for r in [&migrate, &run, &list, &show, &down, &log, &audit, &pruned] {
         assert!(
             !r.stdout.contains(&pg.password) && !r.stderr.contains(&pg.password),
             "{r:?}"

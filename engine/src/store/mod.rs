@@ -240,6 +240,36 @@ pub trait Store: Send + Sync {
         self.write(batch, durable).await
     }
 
+    /// Whether the journal should compact a transaction's records into chunks (as it goes,
+    /// and the rest at its end) rather than leave one key a record. The default (sled):
+    /// yes, its per-record keys are forgotten in its overlay before they reach its tree. A
+    /// store where every key is a row (PostgreSQL) says no: deleting the rows and
+    /// inserting a chunk costs more than keeping them.
+    fn compacts_journal(&self) -> bool {
+        true
+    }
+
+    /// [`Store::write_for`] of a journal append of transaction `txn`, whose writes are
+    /// split in two: `fresh` holds only puts of keys that are not in the store (the
+    /// journal's new keys: a record, the transaction's first summary and index keys, its
+    /// audit entry), `rest` everything else. Applied together, in one atomic batch, as
+    /// `fresh` then `rest` would be. A store may write the fresh keys more cheaply (a plain
+    /// insert where it would otherwise look for the key first), and must still apply them
+    /// as puts if one is there after all. The default writes `fresh` then `rest` through
+    /// [`Store::write_for`].
+    async fn write_journal(
+        &self,
+        txn: &str,
+        fresh: Batch,
+        rest: Batch,
+        durable: bool,
+    ) -> Result<(), StoreError> {
+        let mut batch = fresh;
+        batch.writes.extend(rest.writes);
+        batch.deletes_cancel_puts = rest.deletes_cancel_puts;
+        self.write_for(txn, batch, durable).await
+    }
+
     /// Returns once every write made before the call is on stable storage, as a durable
     /// write would; concurrent calls and durable writes share one sync. Lets a caller apply
     /// a write under its own lock and wait for the sync after releasing it. The default

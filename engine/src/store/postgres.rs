@@ -250,6 +250,9 @@ struct Shared {
     /// Database transactions the writer committed, and the batches they carried.
     commits: AtomicU64,
     batches: AtomicU64,
+    /// Rows the writer's committed transactions inserted (keys known to be new), upserted
+    /// (`INSERT … ON CONFLICT DO UPDATE`) and deleted.
+    rows: [AtomicU64; 3],
     /// This process's node id (a row of `provisio_nodes` while the store is open).
     node: String,
     /// The node's own session: it holds the advisory locks of the transactions this
@@ -354,6 +357,9 @@ impl Shared {
 /// One write request to the writer task.
 struct WriteRequest {
     batch: Batch,
+    /// The first `fresh` writes of `batch` put keys that are not in the store
+    /// ([`Store::write_journal`]).
+    fresh: usize,
     durable: bool,
     /// The link's epoch when the write was made: refused if the database was lost since.
     epoch: u64,
@@ -943,6 +949,9 @@ impl Shared {
 struct Writer {
     client: Client,
     upsert: Statement,
+    /// A plain insert, for keys known to be new: no look for the key first and no
+    /// speculative insertion (an upsert's new row costs three WAL records, an insert's two).
+    insert: Statement,
     delete: Statement,
     /// Non-durable commits acknowledged since the last durable one.
     unsynced: bool,
@@ -954,27 +963,68 @@ struct Net {
     put_spaces: Vec<i16>,
     put_keys: Vec<Vec<u8>>,
     put_values: Vec<Vec<u8>>,
+    /// Puts of keys known to be new (every write of the key in the group was such a put).
+    ins_spaces: Vec<i16>,
+    ins_keys: Vec<Vec<u8>>,
+    ins_values: Vec<Vec<u8>>,
     del_spaces: Vec<i16>,
     del_keys: Vec<Vec<u8>>,
 }
 
+impl Net {
+    /// Whether the group writes nothing.
+    fn is_empty(&self) -> bool {
+        self.put_keys.is_empty() && self.ins_keys.is_empty() && self.del_keys.is_empty()
+    }
+
+    /// The same writes with every insert made an upsert: what the group is committed as
+    /// again when a key thought new was there after all.
+    fn upserting(&self) -> Net {
+        let cat = |a: &[i16], b: &[i16]| [a, b].concat();
+        let cat_bytes = |a: &[Vec<u8>], b: &[Vec<u8>]| [a, b].concat();
+        Net {
+            put_spaces: cat(&self.put_spaces, &self.ins_spaces),
+            put_keys: cat_bytes(&self.put_keys, &self.ins_keys),
+            put_values: cat_bytes(&self.put_values, &self.ins_values),
+            del_spaces: self.del_spaces.clone(),
+            del_keys: self.del_keys.clone(),
+            ..Net::default()
+        }
+    }
+}
+
+/// A key of the writer's group: its space's tag and the key.
+type GroupKey = (i16, Vec<u8>);
+
 fn net(batches: &mut [WriteRequest]) -> Net {
-    let mut last: HashMap<(i16, Vec<u8>), Option<Vec<u8>>> = HashMap::new();
-    let mut order: Vec<(i16, Vec<u8>)> = Vec::new();
+    // The last write of each key, and whether every write of it was a fresh put.
+    let mut last: HashMap<GroupKey, (Option<Vec<u8>>, bool)> = HashMap::new();
+    let mut order: Vec<GroupKey> = Vec::new();
     for r in batches.iter_mut() {
-        for (space, key, value) in std::mem::take(&mut r.batch.writes) {
+        let fresh = r.fresh;
+        for (i, (space, key, value)) in std::mem::take(&mut r.batch.writes).into_iter().enumerate()
+        {
             let k = (i16::from(space.tag()), key);
-            if !last.contains_key(&k) {
-                order.push(k.clone());
+            let new = i < fresh && value.is_some();
+            match last.get_mut(&k) {
+                Some(entry) => *entry = (value, false),
+                None => {
+                    order.push(k.clone());
+                    last.insert(k, (value, new));
+                }
             }
-            last.insert(k, value);
         }
     }
     let mut n = Net::default();
     for k in order {
-        let value = last.remove(&k).flatten();
+        let (value, new) = last.remove(&k).unwrap_or((None, false));
         let (space, key) = k;
         match value {
+            Some(v) if new => {
+                n.ins_spaces.push(space);
+                n.ins_keys.push(key);
+                n.ins_values.push(v);
+            }
             Some(v) => {
                 n.put_spaces.push(space);
                 n.put_keys.push(key);
@@ -999,17 +1049,30 @@ impl Writer {
             "BEGIN; SET LOCAL synchronous_commit TO off"
         };
         let has_puts = !net.put_keys.is_empty();
+        let has_inserts = !net.ins_keys.is_empty();
         let has_deletes = !net.del_keys.is_empty();
         // A durable commit must wait for the WAL flush even when its writes change nothing
         // (deletes of absent keys): a transaction id makes the commit write a record.
         let force = durable && self.unsynced;
-        let (b, u, d, x, end) = tokio::join!(
+        let (b, u, i, d, x, end) = tokio::join!(
             c.batch_execute(begin),
             async {
                 if has_puts {
                     c.execute(
                         &self.upsert,
                         &[&net.put_spaces, &net.put_keys, &net.put_values],
+                    )
+                    .await
+                    .map(|_| ())
+                } else {
+                    Ok(())
+                }
+            },
+            async {
+                if has_inserts {
+                    c.execute(
+                        &self.insert,
+                        &[&net.ins_spaces, &net.ins_keys, &net.ins_values],
                     )
                     .await
                     .map(|_| ())
@@ -1037,10 +1100,11 @@ impl Writer {
         );
         b?;
         u?;
+        i?;
         d?;
         x?;
         end?;
-        self.unsynced = !durable && (has_puts || has_deletes || self.unsynced);
+        self.unsynced = !durable && (has_puts || has_inserts || has_deletes || self.unsynced);
         if durable {
             self.unsynced = false;
         }
@@ -1065,6 +1129,13 @@ async fn prepare_writer(shared: &Shared, client: Client) -> Result<Writer, Store
         )
         .await
         .map_err(|e| db_error(shared, "preparing the writes", &e))?;
+    let insert = client
+        .prepare(
+            "INSERT INTO provisio_kv (space, key, value)
+             SELECT * FROM unnest($1::int2[], $2::bytea[], $3::bytea[])",
+        )
+        .await
+        .map_err(|e| db_error(shared, "preparing the writes", &e))?;
     let delete = client
         .prepare(
             "DELETE FROM provisio_kv k USING unnest($1::int2[], $2::bytea[]) AS d(space, key)
@@ -1075,6 +1146,7 @@ async fn prepare_writer(shared: &Shared, client: Client) -> Result<Writer, Store
     Ok(Writer {
         client,
         upsert,
+        insert,
         delete,
         unsynced: false,
     })
@@ -1162,17 +1234,33 @@ async fn commit_group(
         return Err(shared.lost_error());
     };
     let durable = group.iter().any(|r| r.durable);
-    let net = net(group);
-    let empty = net.put_keys.is_empty() && net.del_keys.is_empty();
-    if empty && !(durable && w.unsynced) {
+    let mut net = net(group);
+    if net.is_empty() && !(durable && w.unsynced) {
         return Ok(());
     }
-    match w.commit(&net, durable).await {
+    let mut outcome = w.commit(&net, durable).await;
+    if matches!(&outcome, Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION)) {
+        // A key written as new was there after all (a transaction's records written again
+        // from a stale view): the group rolled back whole; it is committed again with
+        // every write an upsert, as before the inserts existed.
+        tracing::warn!(url = %shared.shown, "a journal key written as new was already in the PostgreSQL store; the group of writes is committed again as upserts");
+        net = net.upserting();
+        outcome = w.commit(&net, durable).await;
+    }
+    match outcome {
         Ok(()) => {
             shared.commits.fetch_add(1, Ordering::Relaxed);
             shared
                 .batches
                 .fetch_add(group.len() as u64, Ordering::Relaxed);
+            for (counter, n) in
+                shared
+                    .rows
+                    .iter()
+                    .zip([net.ins_keys.len(), net.put_keys.len(), net.del_keys.len()])
+            {
+                counter.fetch_add(n as u64, Ordering::Relaxed);
+            }
             Ok(())
         }
         Err(e) if w.client.is_closed() || is_link_error(&e) => {
@@ -1216,6 +1304,7 @@ impl PgStore {
             next_reader: AtomicUsize::new(0),
             commits: AtomicU64::new(0),
             batches: AtomicU64::new(0),
+            rows: Default::default(),
             node: uuid::Uuid::now_v7().to_string(),
             session: Mutex::new(None),
             link: watch::Sender::new(Link {
@@ -1320,6 +1409,19 @@ impl PgStore {
     /// What opening did to the schema (its version, the migrations applied).
     pub fn schema(&self) -> &SchemaStatus {
         &self.schema
+    }
+
+    /// Rows of `provisio_kv` the writer's committed transactions inserted as new keys,
+    /// upserted and deleted so far (for tests and benchmarks: a new row costs two WAL
+    /// records inserted, three upserted; the journal's rows are inserted once and never
+    /// deleted until pruned).
+    pub fn row_writes(&self) -> (u64, u64, u64) {
+        let [inserted, upserted, deleted] = &self.shared.rows;
+        (
+            inserted.load(Ordering::Relaxed),
+            upserted.load(Ordering::Relaxed),
+            deleted.load(Ordering::Relaxed),
+        )
     }
 
     /// How many database transactions the writer committed so far, and how many batches
@@ -1729,12 +1831,45 @@ impl PgStore {
         }
     }
 
+    /// [`Store::write_for`], the first `fresh` writes of `batch` being puts of new keys.
+    async fn write_owned(
+        &self,
+        txn: &str,
+        batch: Batch,
+        fresh: usize,
+        durable: bool,
+    ) -> Result<(), StoreError> {
+        let link = self.shared.wait_up().await?;
+        // Owned before the database was lost: its lock went with the session, so another
+        // node may be recovering it; it never goes on here.
+        if self
+            .shared
+            .forfeited
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(txn)
+        {
+            return Err(self.shared.lost_error());
+        }
+        if batch.writes.is_empty() && !durable {
+            return Ok(());
+        }
+        self.enqueue(batch, fresh, durable, link.epoch).await
+    }
+
     /// Queues a write made in `epoch` for the writer and awaits its answer.
-    async fn enqueue(&self, batch: Batch, durable: bool, epoch: u64) -> Result<(), StoreError> {
+    async fn enqueue(
+        &self,
+        batch: Batch,
+        fresh: usize,
+        durable: bool,
+        epoch: u64,
+    ) -> Result<(), StoreError> {
         let (done, answer) = tokio::sync::oneshot::channel();
         self.writes
             .send(WriteRequest {
                 batch,
+                fresh,
                 durable,
                 epoch,
                 done,
@@ -1929,26 +2064,30 @@ impl Store for PgStore {
         }
         // Parked while the database is lost.
         let link = self.shared.wait_up().await?;
-        self.enqueue(batch, durable, link.epoch).await
+        self.enqueue(batch, 0, durable, link.epoch).await
+    }
+
+    fn compacts_journal(&self) -> bool {
+        // A row a record, inserted once: compacting would delete every one of them and
+        // insert a chunk (twice the WAL records), and read them back first.
+        false
+    }
+
+    async fn write_journal(
+        &self,
+        txn: &str,
+        fresh: Batch,
+        rest: Batch,
+        durable: bool,
+    ) -> Result<(), StoreError> {
+        let n = fresh.writes.len();
+        let mut batch = fresh;
+        batch.writes.extend(rest.writes);
+        self.write_owned(txn, batch, n, durable).await
     }
 
     async fn write_for(&self, txn: &str, batch: Batch, durable: bool) -> Result<(), StoreError> {
-        let link = self.shared.wait_up().await?;
-        // Owned before the database was lost: its lock went with the session, so another
-        // node may be recovering it; it never goes on here.
-        if self
-            .shared
-            .forfeited
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(txn)
-        {
-            return Err(self.shared.lost_error());
-        }
-        if batch.writes.is_empty() && !durable {
-            return Ok(());
-        }
-        self.enqueue(batch, durable, link.epoch).await
+        self.write_owned(txn, batch, 0, durable).await
     }
 
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {

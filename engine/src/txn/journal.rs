@@ -224,6 +224,9 @@ pub struct DurableJournal {
     fail_points: FailPoints,
     /// Write each transaction's response with its final state ([`StoredResponse`]).
     keep_responses: bool,
+    /// The store wants records compacted into chunks ([`Store::compacts_journal`]); else
+    /// each record keeps its own key, written once as a new key.
+    compacts: bool,
 }
 
 impl std::fmt::Debug for DurableJournal {
@@ -247,8 +250,10 @@ impl DurableJournal {
         seal: Option<SealKey>,
         who: impl Into<String>,
     ) -> DurableJournal {
+        let compacts = store.compacts_journal();
         DurableJournal {
             store,
+            compacts,
             seal,
             who: who.into(),
             live: Mutex::new(HashMap::new()),
@@ -527,8 +532,9 @@ impl DurableJournal {
             // under their own keys fill one, and the rest at its end: so a long transaction
             // keeps at most one chunk's worth under per-record keys (they reach sled as
             // chunks only, and the final compaction is as small as a chunk).
-            let compact_now =
-                l.compactable && (finished || l.tail_bytes + value.len() + 1 >= CHUNK_BYTES);
+            let compact_now = self.compacts
+                && l.compactable
+                && (finished || l.tail_bytes + value.len() + 1 >= CHUNK_BYTES);
             // Which per-record keys this compaction takes: from where the last one stopped,
             // or at the end every one left (all earlier writes are done by then; a record
             // written after a running compaction read the keys stays until the end).
@@ -602,9 +608,18 @@ impl DurableJournal {
         }
         let n = self.fail_points.count();
         self.fail_points.check(n, false);
-        self.store
-            .write_for(txn_id.as_str(), batch, durable)
-            .await?;
+        if self.compacts {
+            self.store
+                .write_for(txn_id.as_str(), batch, durable)
+                .await?;
+        } else {
+            // Without compaction, the puts of keys this append creates go apart, as new
+            // keys (a store inserts them without looking for them first).
+            let (fresh, rest) = split_fresh(txn_id, batch, indexed_state.is_none());
+            self.store
+                .write_journal(txn_id.as_str(), fresh, rest, durable)
+                .await?;
+        }
         // Only once the final record is written: if it fails, the records that follow (the
         // rollback of a commit that could not be journaled) continue the same sequence.
         if finished {
@@ -614,6 +629,37 @@ impl DurableJournal {
         self.fail_points.check(n, true);
         Ok(seq)
     }
+}
+
+/// Splits the batch of a journal append that compacts nothing into the puts of keys it
+/// creates and the rest ([`Store::write_journal`]). Created by it: every put of the
+/// journal's keys (the record, the request data's chunks, the response: each written once
+/// a transaction), of its index keys (put once per state it passes through, and deleted in
+/// an earlier batch when it leaves one) and of its audit entry; its pinned definitions; and
+/// its summary when this is its first record (`first`). Left as they are: the summaries
+/// written again, content-addressed definitions (another transaction, or node, may write
+/// the same), provider state and every delete. A store applies a "new" key that exists
+/// after all as a put, so a mistake here costs time, never data.
+fn split_fresh(txn_id: &TxnId, batch: Batch, first: bool) -> (Batch, Batch) {
+    let pinned = pinned_key(txn_id);
+    let (new, old): (Vec<_>, Vec<_>) = batch.writes.into_iter().partition(|(space, key, value)| {
+        value.is_some()
+            && match space {
+                Space::Journal | Space::Index | Space::Audit => true,
+                Space::Txns => first,
+                Space::Definitions => *key == pinned,
+                Space::Meta | Space::Queue | Space::State => false,
+            }
+    });
+    let fresh = Batch {
+        writes: new,
+        deletes_cancel_puts: false,
+    };
+    let rest = Batch {
+        writes: old,
+        deletes_cancel_puts: batch.deletes_cancel_puts,
+    };
+    (fresh, rest)
 }
 
 /// A transaction's records (sequence number, encoding; in order) as JSON arrays of
