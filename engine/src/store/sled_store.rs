@@ -957,9 +957,10 @@ impl Checkpointer {
                 // the next checkpoint, so an open after this one (or after a clean close)
                 // reads no stale generation, and a file a burst grew is given back. (Writes
                 // go to the other file; only a checkpoint switches, one at a time.)
+                let keep = kept_log_bytes(&self.path);
                 let mut intake = lock(&shared.intake);
                 let folded = 1 - intake.active;
-                if let Err(e) = intake.wals[folded].discard(kept_log_bytes(&self.path)) {
+                if let Err(e) = intake.wals[folded].discard(keep) {
                     // Only space and the next open's time are at stake: its frames are
                     // older than sled's write counter and are never replayed.
                     tracing::warn!("{e}");
