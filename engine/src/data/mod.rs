@@ -71,12 +71,18 @@ pub struct Element {
     /// one gets `xmlns=""`). Not part of the YAML/JSON view.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ns: Option<NsUri>,
-    /// Attributes in document order.
+    /// Attributes in document order. Left out of the serde form when there are none (as
+    /// `list_item` when false): the journal's records hold element trees (a call's
+    /// executeData, its undo record), and those two fields were ~30 bytes of each element
+    /// there (BENCHMARKS.md, "Issue 11: small stores' disk"). Records written with them
+    /// still read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attrs: Vec<(Name, Name)>,
     /// Children in document order.
     pub children: Vec<Node>,
     /// Set when the element came from a YAML/JSON sequence, so a one-item list
     /// converts back to a list instead of a single value. Never serialized to XML.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub list_item: bool,
 }
 
@@ -196,5 +202,32 @@ impl Element {
     /// Nesting depth (a leaf is 1).
     pub(crate) fn depth(&self) -> usize {
         1 + self.elements().map(Element::depth).max().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod serde_form_tests {
+    use super::*;
+
+    /// The serde form (journal records) leaves out empty attributes and a false
+    /// `list_item`, and still reads the form that wrote them.
+    #[test]
+    fn the_serde_form_leaves_out_empty_attributes_and_reads_the_older_form() {
+        let mut undo = Element::new("undo");
+        let mut path = Element::new("path");
+        path.children.push(Node::Text(Scalar::Str("t/u1".into())));
+        undo.children.push(Node::Element(path));
+        let mut listed = Element::new("item");
+        listed.list_item = true;
+        listed.attrs.push(("id".into(), "7".into()));
+        undo.children.push(Node::Element(listed));
+        let json = serde_json::to_string(&undo).unwrap();
+        assert_eq!(
+            json,
+            r#"{"name":"undo","children":[{"Element":{"name":"path","children":[{"Text":{"Str":"t/u1"}}]}},{"Element":{"name":"item","attrs":[["id","7"]],"children":[],"list_item":true}}]}"#
+        );
+        assert_eq!(serde_json::from_str::<Element>(&json).unwrap(), undo);
+        let older = r#"{"name":"undo","attrs":[],"children":[{"Element":{"name":"path","attrs":[],"children":[{"Text":{"Str":"t/u1"}}],"list_item":false}},{"Element":{"name":"item","attrs":[["id","7"]],"children":[],"list_item":true}}],"list_item":false}"#;
+        assert_eq!(serde_json::from_str::<Element>(older).unwrap(), undo);
     }
 }

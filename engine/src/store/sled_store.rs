@@ -18,14 +18,15 @@
 //! not a power cut, so a checkpoint follows it with `fdatasync` of sled's log and of every
 //! blob file created since the last one (and fsyncs the folders that gained entries). Once
 //! sled is durable, the file switched away from is emptied (its first header zeroed, and
-//! what a burst grew beyond [`CHECKPOINT_BYTES`] given back), so an open reads only frames
+//! what it grew beyond what the store keeps preallocated given back: see
+//! [`kept_log_bytes`]), so an open reads only frames
 //! sled may lack; it starts its next generation at the following checkpoint. At
 //! open, the frames of both files newer than sled's write counter are replayed into sled
 //! in order (they must continue it without a gap) and sled is made durable. A checkpoint
 //! happens, on the store's own thread, when the log passes [`CHECKPOINT_BYTES`] or the
 //! overlay [`OVERLAY_BYTES`], after [`IDLE_CHECKPOINT`] without writes, and at close.
 
-use super::wal::{Frame, Wal};
+use super::wal::{Frame, Wal, MIN_GROW};
 use super::{Batch, KeyRange, KeyValue, Space, Store, StoreError};
 use crate::txn::listing;
 use async_trait::async_trait;
@@ -41,8 +42,31 @@ use std::time::Duration;
 pub(crate) const CHECKPOINT_BYTES: u64 = 64 * 1024 * 1024;
 
 /// A log file is kept (preallocated, so a sync of an append commits no size change) up to
-/// this size between checkpoints; what a burst grew beyond it is given back.
+/// this size between checkpoints; what a burst grew beyond it is given back. A smaller store
+/// keeps less: see [`kept_log_bytes`].
 const KEPT_LOG_BYTES: u64 = CHECKPOINT_BYTES + 4 * 1024 * 1024;
+
+/// How much of an emptied log file stays preallocated for its next generation: an eighth of
+/// sled's own file (`db`), at least [`MIN_GROW`] and at most [`KEPT_LOG_BYTES`]. The
+/// preallocation spares a sync the commit of a size change (once per 64 KiB to 1 MiB
+/// grown), but in a store that keeps a few MiB the two files kept at the largest generation
+/// they ever held (9 MiB each after 10,000 steps) were most of its disk (BENCHMARKS.md,
+/// "Issue 11: small stores' disk").
+fn kept_log_bytes(path: &Path) -> u64 {
+    let sled = std::fs::metadata(path.join("db")).map_or(0, |m| m.len());
+    (sled / 8).clamp(MIN_GROW, KEPT_LOG_BYTES)
+}
+
+/// After a clean close's checkpoint (both log files hold only frames sled has): the file the
+/// next open writes to first keeps [`MIN_GROW`] preallocated, the other is emptied, so a
+/// closed store is sled's files and 64 KiB of log.
+fn trim_logs_at_close(wals: &mut [Wal; 2]) {
+    for (wal, keep) in wals.iter_mut().zip([MIN_GROW, 0]) {
+        if let Err(e) = wal.discard(keep) {
+            tracing::warn!("{e}");
+        }
+    }
+}
 
 /// A checkpoint is also taken after this long without writes, so a restart after an idle
 /// period replays nothing.
@@ -494,8 +518,9 @@ impl SledStore {
         let mut syncer = Syncer::new(path)?;
         make_sled_durable(path, &db, &mut syncer)?;
         // Every frame is in sled now, durably.
+        let keep = kept_log_bytes(path);
         for wal in &mut wals {
-            if let Err(e) = wal.discard(KEPT_LOG_BYTES) {
+            if let Err(e) = wal.discard(keep) {
                 // Its frames stay behind, older than sled's counter: never replayed.
                 tracing::warn!("{e}");
             }
@@ -886,7 +911,11 @@ impl Checkpointer {
             // Leave everything as it is: the next open replays the log.
             return;
         }
-        if self.checkpoint() && Identity::record_clean_close(&self.path, &self.tree, writes) {
+        if !self.checkpoint() {
+            return;
+        }
+        trim_logs_at_close(&mut lock(&self.shared.intake).wals);
+        if Identity::record_clean_close(&self.path, &self.tree, writes) {
             self.shared.closed_cleanly.store(true, Ordering::Release);
         }
     }
@@ -938,9 +967,10 @@ impl Checkpointer {
                 // the next checkpoint, so an open after this one (or after a clean close)
                 // reads no stale generation, and a file a burst grew is given back. (Writes
                 // go to the other file; only a checkpoint switches, one at a time.)
+                let keep = kept_log_bytes(&self.path);
                 let mut intake = lock(&shared.intake);
                 let folded = 1 - intake.active;
-                if let Err(e) = intake.wals[folded].discard(KEPT_LOG_BYTES) {
+                if let Err(e) = intake.wals[folded].discard(keep) {
                     // Only space and the next open's time are at stake: its frames are
                     // older than sled's write counter and are never replayed.
                     tracing::warn!("{e}");
@@ -1154,6 +1184,9 @@ mod tests {
         }
         store.close();
         drop(store);
+        // ~1 MB was logged; a closed store keeps 64 KiB of log, in the file written first.
+        let sizes = WAL_FILES.map(|name| std::fs::metadata(dir.join(name)).unwrap().len());
+        assert_eq!(sizes, [MIN_GROW, 0], "log files after a clean close");
         for name in WAL_FILES {
             let (_, frames) = Wal::open(&dir.join(name)).unwrap();
             assert!(frames.is_empty(), "{name} holds {} frames", frames.len());

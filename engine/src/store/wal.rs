@@ -26,9 +26,24 @@ const HEADER: usize = 4 + 8 + 4;
 /// header, not a real frame).
 const MAX_FRAME: u32 = 256 * 1024 * 1024;
 
-/// The file grows by zero-filled chunks of this size, written ahead of the appends: an
-/// `fdatasync` of data written over existing blocks need not commit file-size metadata.
+/// Past [`GROW_CHUNK`], the file grows by zero-filled chunks of this size, written ahead of
+/// the appends: an `fdatasync` of data written over existing blocks need not commit
+/// file-size metadata.
 const GROW_CHUNK: u64 = 1024 * 1024;
+
+/// A new (or emptied) file first grows to this size, then doubles up to [`GROW_CHUNK`]: a
+/// store that logs a few requests keeps 64 KiB of log, not a whole chunk of zeros.
+pub(super) const MIN_GROW: u64 = 64 * 1024;
+
+/// The size the file grows to when a write ends at `end` beyond what it holds: the next
+/// power of two from [`MIN_GROW`] up to [`GROW_CHUNK`], then whole chunks.
+fn grown_size(end: u64) -> u64 {
+    if end <= GROW_CHUNK {
+        end.next_power_of_two().max(MIN_GROW)
+    } else {
+        end.div_ceil(GROW_CHUNK) * GROW_CHUNK
+    }
+}
 
 /// The buffer of frames waiting for the next write keeps up to this much capacity between
 /// writes.
@@ -128,9 +143,10 @@ impl Wal {
     /// Empties the log once sled holds every frame in it durably: zeroes the first frame's
     /// header, so the next open reads nothing here (it read the whole stale generation,
     /// ~1 GiB after a bulk load, to find that sled had it all), and gives back the file
-    /// beyond `keep` bytes (a burst of writes that outran checkpoints grew it; it stays
-    /// preallocated up to `keep`). Neither change needs to be durable: the stale frames
-    /// are never replayed (sled's write counter covers them). Starts a new generation.
+    /// beyond `keep` bytes, rounded down to a page (what a generation grew it to beyond
+    /// what the store wants preallocated; `0` empties it). Neither change needs to be
+    /// durable: the stale frames are never replayed (sled's write counter covers them).
+    /// Starts a new generation.
     pub(crate) fn discard(&mut self, keep: u64) -> Result<(), StoreError> {
         self.restart();
         if self.filled >= HEADER as u64 {
@@ -138,8 +154,8 @@ impl Wal {
                 .write_all_at(&[0u8; HEADER], 0)
                 .map_err(|e| io_err(&self.path, "cannot reset the write-ahead log", e))?;
         }
+        let keep = keep / PAGE * PAGE;
         if self.filled > keep {
-            let keep = keep.div_ceil(GROW_CHUNK) * GROW_CHUNK;
             self.file
                 .set_len(keep)
                 .map_err(|e| io_err(&self.path, "cannot shrink the write-ahead log", e))?;
@@ -199,10 +215,10 @@ impl Wal {
         self.pad_to_sector();
         let end = self.offset + self.pending.len() as u64;
         if end > self.filled {
-            // Zero-fill ahead in whole chunks; the size change is synced once per chunk. The
-            // frames themselves cover up to `end` (a large batch is not written twice, as
-            // zeros first), so at most a chunk of zeros follows them.
-            let new_filled = end.div_ceil(GROW_CHUNK) * GROW_CHUNK;
+            // Zero-fill ahead (see `grown_size`); the size change is synced once per growth.
+            // The frames themselves cover up to `end` (a large batch is not written twice,
+            // as zeros first), so at most a chunk of zeros follows them.
+            let new_filled = grown_size(end);
             let zeros = vec![0u8; (new_filled - end) as usize];
             write_pages(&self.file, &zeros, end)
                 .map_err(|e| io_err(&self.path, "cannot extend the write-ahead log", e))?;
@@ -472,7 +488,8 @@ mod tests {
             }
             wal.write().unwrap();
             wal.sync().unwrap();
-            assert_eq!(std::fs::metadata(&path).unwrap().len(), GROW_CHUNK);
+            // A few KiB of frames: the file is the first, smallest growth.
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), MIN_GROW);
         }
         let (mut wal, frames) = Wal::open(&path).unwrap();
         assert_eq!(frames.len(), 5);
@@ -560,6 +577,53 @@ mod tests {
         drop(wal);
         let (_, frames) = Wal::open(&path).unwrap();
         assert_eq!(frames.iter().map(|f| f.seq).collect::<Vec<_>>(), vec![41]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_file_doubles_from_64_kib_to_whole_chunks_and_a_discard_may_empty_it() {
+        let dir = std::env::temp_dir().join(format!("provisio-wal-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("wal");
+        let b = batch_of(&[(0, b"k".to_vec(), Some(vec![1; 20_000]))]);
+        let (mut wal, _) = Wal::open(&path).unwrap();
+        let size = || std::fs::metadata(&path).unwrap().len();
+        let mut sizes = Vec::new();
+        for seq in 1..=120 {
+            wal.append(seq, &b);
+            wal.write().unwrap();
+            if sizes.last() != Some(&size()) {
+                sizes.push(size());
+            }
+        }
+        // 120 frames of ~20 KiB: 2.3 MiB.
+        let k = 1024;
+        assert_eq!(
+            sizes,
+            vec![
+                64 * k,
+                128 * k,
+                256 * k,
+                512 * k,
+                1024 * k,
+                2048 * k,
+                3072 * k
+            ]
+        );
+        // Given back down to a page, or emptied.
+        wal.discard(100_000).unwrap();
+        assert_eq!(size(), 24 * 4096);
+        wal.discard(0).unwrap();
+        assert_eq!(size(), 0);
+        drop(wal);
+        let (mut wal, frames) = Wal::open(&path).unwrap();
+        assert!(frames.is_empty());
+        wal.append(121, &b);
+        wal.write().unwrap();
+        assert_eq!(size(), 64 * k);
+        drop(wal);
+        let (_, frames) = Wal::open(&path).unwrap();
+        assert_eq!(frames.iter().map(|f| f.seq).collect::<Vec<_>>(), vec![121]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

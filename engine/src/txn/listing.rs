@@ -11,8 +11,9 @@
 //! - `provisio.list.delta`: changes since the snapshot, appended as length-prefixed records
 //!   with a CRC each (an upsert of a line, or a removal);
 //! - `provisio.list.ok` (the marker): which store and write count the two files describe, and
-//!   their lengths. It is written last, atomically (write, sync, rename), by the store's
-//!   clean close; the next open of the store removes it before anything is written.
+//!   their lengths. It is written last (write, rename: what it describes is synced before,
+//!   and a marker lost in a power cut only sends `tx list` to sled), by the store's clean
+//!   close; the next open of the store removes it before anything is written.
 //!
 //! A reader trusts the files only when the store's state file (`<store>.state`) says
 //! "closed cleanly" with the marker's identity and write count, and finds the same again
@@ -498,12 +499,20 @@ fn read_marker(dir: &Path) -> Option<Marker> {
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_renamed(path, bytes, true)
+}
+
+/// Writes `bytes` to a temporary file and renames it to `path`, syncing the file first when
+/// `sync` is set.
+fn write_renamed(path: &Path, bytes: &[u8], sync: bool) -> std::io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
     let mut f = File::create(&tmp)?;
     f.write_all(bytes)?;
-    f.sync_all()?;
+    if sync {
+        f.sync_all()?;
+    }
     std::fs::rename(&tmp, path)
 }
 
@@ -887,8 +896,13 @@ fn update(
         ),
     };
     let text = serde_json::to_vec(&marker).map_err(|e| e.to_string())?;
-    write_atomically(&dir.join(MARKER_FILE), &text).map_err(|e| io("marker", e))?;
-    sync_dir(dir).map_err(|e| io("store folder", e))?;
+    // What the marker describes is durable before it is written (the delta's sync above, or
+    // the snapshot's, the delta's and the folder's in `write_snapshot`). The marker itself
+    // need not be: one lost or left empty by a power cut sends the next `tx list` to sled,
+    // never to a wrong answer (the state file, synced before, decides). So it is written
+    // and renamed without syncs: a clean close costs one sync here instead of three
+    // (BENCHMARKS.md, "Issue 11: small stores' disk").
+    write_renamed(&dir.join(MARKER_FILE), &text, false).map_err(|e| io("marker", e))?;
     Ok(rebuilt)
 }
 
@@ -924,6 +938,8 @@ fn write_snapshot(dir: &Path, store_id: &str, writes: u64, b: Builder) -> Result
     File::create(dir.join(DELTA_FILE))
         .and_then(|f| f.sync_all())
         .map_err(|e| format!("delta: {e}"))?;
+    // The snapshot's rename and the delta's entry, durable before the marker names them.
+    sync_dir(dir).map_err(|e| format!("store folder: {e}"))?;
     Ok(Marker {
         store: store_id.to_string(),
         writes,

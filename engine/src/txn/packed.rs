@@ -388,7 +388,9 @@ mod tests {
             packed as usize <= xml_bytes + xml_bytes / 4,
             "{packed} vs {xml_bytes}"
         );
-        assert!(packed as usize * 3 < derived, "{packed} vs {derived}");
+        // The element tree's serde form (which leaves out empty attributes and false
+        // `list_item`s since the journal records were trimmed) is still over twice as big.
+        assert!(packed as usize * 2 < derived, "{packed} vs {derived}");
     }
 
     #[test]
