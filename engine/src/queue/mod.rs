@@ -864,15 +864,32 @@ impl Queue {
         stale_attempt(id, JobState::Running, attempt, now, what)
     }
 
-    /// Forgets the claimed attempt of a job settled on PostgreSQL.
+    /// Forgets the claimed attempt of a job settled on PostgreSQL (`settled`), or that of
+    /// attempt `attempt` whose settle or heartbeat the database refused: its lease
+    /// was lost (another node took the job over, or it is no longer running) or the
+    /// database went away (the job is taken back). Its runner stops; a later claim of the
+    /// job here records its own attempt. A newer attempt's entry is kept (a settle
+    /// without an attempt, when refused, frees nothing: whose entry it is is unknown).
     #[cfg(feature = "postgres")]
-    fn pg_settled(&self, id: &str, r: &Result<Job, QueueError>) {
-        if r.is_ok() {
-            self.pg_attempts
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(id);
+    fn pg_settled(&self, id: &str, attempt: Option<u32>, settled: bool) {
+        let mut attempts = self.pg_attempts.lock().unwrap_or_else(|e| e.into_inner());
+        let forget = match attempt {
+            _ if settled => true,
+            Some(a) => attempts.get(id) == Some(&a),
+            None => false,
+        };
+        if forget {
+            attempts.remove(id);
         }
+    }
+
+    /// The number of attempts claimed on PostgreSQL this process still remembers.
+    #[cfg(all(test, feature = "postgres"))]
+    pub(crate) fn pg_attempts_kept(&self) -> usize {
+        self.pg_attempts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 
     fn keep_running(&self, job: &Job) {
@@ -1390,7 +1407,12 @@ impl Queue {
             if self.pg_current(id, attempt, "renewed").is_err() {
                 return Ok(false);
             }
-            return pg.heartbeat(id, now, lease).await;
+            let r = pg.heartbeat(id, now, lease).await;
+            // Not renewed: the lease is lost (taken back, or another node runs it).
+            if !matches!(r, Ok(true)) {
+                self.pg_settled(id, attempt, false);
+            }
+            return r;
         }
         let _guard = self.inner.lock().await;
         let mut job = self.must_get(id)?;
@@ -1472,7 +1494,7 @@ impl Queue {
         if let Some(pg) = &self.pg {
             self.pg_current(id, attempt, "finished")?;
             let r = pg.finish(id, how, now).await;
-            self.pg_settled(id, &r);
+            self.pg_settled(id, attempt, r.is_ok());
             return r;
         }
         let _guard = self.inner.lock().await;
@@ -1561,7 +1583,7 @@ impl Queue {
         if let Some(pg) = &self.pg {
             self.pg_current(id, attempt, "retried")?;
             let r = pg.retry_later(id, error, code, now, backoff, random).await;
-            self.pg_settled(id, &r);
+            self.pg_settled(id, attempt, r.is_ok());
             return r;
         }
         let _guard = self.inner.lock().await;
@@ -1630,7 +1652,7 @@ impl Queue {
         if let Some(pg) = &self.pg {
             self.pg_current(id, attempt, "buried")?;
             let r = pg.bury(id, error, now).await;
-            self.pg_settled(id, &r);
+            self.pg_settled(id, attempt, r.is_ok());
             return r;
         }
         let _guard = self.inner.lock().await;
