@@ -325,11 +325,18 @@ fn a_node_forgets_the_attempts_another_node_took_over() {
             .await
             .expect("heartbeat of a job taken over"));
         assert_eq!(stalled.pg_attempts_kept(), 2, "the lost lease is forgotten");
-        match stalled.finish_attempt(&settle, mine[&settle], done(), 10).await {
+        match stalled
+            .finish_attempt(&settle, mine[&settle], done(), 10)
+            .await
+        {
             Err(QueueError::WrongState { .. }) => {}
             other => panic!("finish by the stalled node: {other:?}"),
         }
-        assert_eq!(stalled.pg_attempts_kept(), 1, "the refused settle is forgotten");
+        assert_eq!(
+            stalled.pg_attempts_kept(),
+            1,
+            "the refused settle is forgotten"
+        );
         stalled
             .finish_attempt(&kept, mine[&kept], done(), 20)
             .await
