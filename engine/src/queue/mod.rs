@@ -572,6 +572,11 @@ pub struct Queue {
     /// node that no longer holds the job.
     #[cfg(feature = "postgres")]
     pg_attempts: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+    /// On a PostgreSQL store, the jobs running on this node a cancel made through this
+    /// process asked to stop (see [`Queue::cancel_requested`]); forgotten with their
+    /// attempt.
+    #[cfg(feature = "postgres")]
+    pg_cancelled: std::sync::Mutex<std::collections::HashSet<String>>,
     /// On a PostgreSQL store, the queue's own tables (shared by every process on the
     /// database): every public method dispatches there first.
     #[cfg(feature = "postgres")]
@@ -735,6 +740,7 @@ impl Queue {
                 tally: std::sync::Mutex::new(Tally::default()),
                 running: Default::default(),
                 pg_attempts: Default::default(),
+                pg_cancelled: Default::default(),
                 dependents: std::sync::atomic::AtomicBool::new(true),
             });
         }
@@ -777,6 +783,7 @@ impl Queue {
             pg: None,
             #[cfg(feature = "postgres")]
             pg_attempts: Default::default(),
+            pg_cancelled: Default::default(),
             dependents: std::sync::atomic::AtomicBool::new(!dependents),
         })
     }
@@ -880,7 +887,29 @@ impl Queue {
         };
         if forget {
             attempts.remove(id);
+            self.pg_cancelled
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(id);
         }
+    }
+
+    /// Whether a cancel asked running job `id` to stop, for its runner here once it can
+    /// be stopped (a cancel between its claim and then finds no runner to stop). On sled
+    /// from the job's record (kept in memory while it runs: nothing is read). On
+    /// PostgreSQL, a cancel made through this process of a job it claimed, remembered
+    /// here: no round trip (a read of the row was one a request). A cancel made on
+    /// another node in that moment is not seen, as none is later in the run.
+    pub fn cancel_requested(&self, id: &str) -> bool {
+        #[cfg(feature = "postgres")]
+        if self.pg.is_some() {
+            return self
+                .pg_cancelled
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(id);
+        }
+        matches!(self.get(id), Ok(Some(j)) if j.cancel_requested && j.state == JobState::Running)
     }
 
     /// The number of attempts claimed on PostgreSQL this process still remembers.
@@ -1684,7 +1713,14 @@ impl Queue {
     pub async fn cancel(&self, id: &str, now: u64) -> Result<Cancelled, QueueError> {
         #[cfg(feature = "postgres")]
         if let Some(pg) = &self.pg {
-            return pg.cancel(id, now).await;
+            let (out, here) = pg.cancel(id, now).await?;
+            if here {
+                self.pg_cancelled
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(id.to_string());
+            }
+            return Ok(out);
         }
         let _guard = self.inner.lock().await;
         let mut job = self.must_get(id)?;

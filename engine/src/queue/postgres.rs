@@ -980,20 +980,27 @@ impl PgQueue {
         .await
     }
 
-    pub(crate) async fn cancel(&self, id: &str, now: u64) -> Res<Cancelled> {
+    /// Cancels a job; with whether it runs on this node (a cancel of a running job).
+    pub(crate) async fn cancel(&self, id: &str, now: u64) -> Res<(Cancelled, bool)> {
+        let node = self.inner.node.clone();
+        let here = move |row: &Row| row.node.as_deref() == Some(node.as_str());
         self.change(id, true, move |row| match row.job.state {
             JobState::Queued | JobState::Held => {
                 row.job.held_by = None;
                 finalize(row, JobState::Cancelled, now);
                 row.job.error = Some("cancelled before it started".into());
-                Ok((Cancelled::Dequeued(row.job.clone()), None, true))
+                Ok(((Cancelled::Dequeued(row.job.clone()), false), None, true))
             }
             JobState::Running => {
                 row.job.cancel_requested = true;
                 // Its lease and node stay as they are (a running job's are kept unless set).
-                Ok((Cancelled::Running(row.job.clone()), None, true))
+                Ok(((Cancelled::Running(row.job.clone()), here(row)), None, true))
             }
-            _ => Ok((Cancelled::AlreadyFinal(row.job.clone()), None, false)),
+            _ => Ok((
+                (Cancelled::AlreadyFinal(row.job.clone()), false),
+                None,
+                false,
+            )),
         })
         .await
     }

@@ -352,6 +352,36 @@ fn a_node_forgets_the_attempts_another_node_took_over() {
     });
 }
 
+/// A cancel of a running job made through this process is seen by its runner without a
+/// read (`cancel_requested`), and forgotten once the job is settled.
+#[test]
+fn a_cancel_of_a_running_job_is_seen_by_its_runner() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let q = open(dir.path());
+    rt().block_on(async {
+        let id = q.submit(job("A/B"), 1).await.expect("submit").job.id;
+        let other = q.submit(job("A/C"), 1).await.expect("submit").job.id;
+        let j = q.claim(2, LEASE).await.expect("claim").expect("job");
+        assert_eq!(j.id, id);
+        q.claim(2, LEASE).await.expect("claim").expect("job");
+        assert!(!q.cancel_requested(&id));
+        assert!(matches!(
+            q.cancel(&id, 3).await.expect("cancel"),
+            Cancelled::Running(_)
+        ));
+        assert!(q.cancel_requested(&id));
+        assert!(!q.cancel_requested(&other), "only the job cancelled");
+        let end = Finish {
+            state: JobState::Cancelled,
+            ..done()
+        };
+        q.finish_attempt(&id, j.attempts, end, 4)
+            .await
+            .expect("finish");
+        assert!(!q.cancel_requested(&id));
+    });
+}
+
 #[test]
 fn transient_failures_back_off_then_die_and_an_operator_requeues() {
     let dir = tempfile::tempdir().expect("tempdir");
