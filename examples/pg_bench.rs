@@ -24,7 +24,9 @@
 //! commit latency (200 single-row `INSERT`s committed synchronously each: median and p99).
 //! `PG_BENCH_STATEMENTS=1` turns `pg_stat_statements` on (the server restarted) and prints
 //! the statements of the first repetition's runs, per request (calls, WAL records,
-//! planning and execution time).
+//! planning and execution time). `PG_BENCH_ONE=1` runs one daemon only (no three-daemon
+//! runs); `PG_BENCH_PERF=PREFIX` records each one-daemon run's daemon with `perf record -g`
+//! during the measured requests, into `PREFIX-<run label>.data`.
 //!
 //! `cargo run --release --example pg_bench -- floor [REQUESTS] [REPS]` (default 4000, 3):
 //! the floor of the server's work for a five-step request, without provisio: `pgbench`
@@ -498,7 +500,14 @@ fn nodes_run(
     let s0 = server_ticks(server);
     let b0 = cpu_ticks(std::process::id());
     let m0 = machine_ticks();
+    let perf = match std::env::var("PG_BENCH_PERF") {
+        Ok(prefix) if n == 1 => Some(perf_record(&prefix, label, nodes[0].child.id())?),
+        _ => None,
+    };
     let rate = hammer_nodes(&nodes, total)?;
+    if let Some(perf) = perf {
+        perf_stop(perf);
+    }
     let m1 = machine_ticks();
     let b1 = cpu_ticks(std::process::id());
     let s1 = server_ticks(server);
@@ -558,6 +567,34 @@ fn nodes_run(
     Ok(NodesRun { rate })
 }
 
+/// `perf record -g` of process `pid` into `PREFIX-LABEL.data` (`PG_BENCH_PERF=PREFIX`),
+/// until [`perf_stop`].
+fn perf_record(prefix: &str, label: &str, pid: u32) -> Result<std::process::Child> {
+    let name: String = label
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let out = format!("{prefix}-{name}.data");
+    let child = std::process::Command::new("perf")
+        .args(["record", "-q", "-F", "999", "-g", "-o", &out, "-p"])
+        .arg(pid.to_string())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| anyhow!("starting perf record: {e}"))?;
+    // perf attaches in the background: let it start before the load does.
+    std::thread::sleep(Duration::from_millis(500));
+    println!("  perf record of the daemon (pid {pid}) into {out}");
+    Ok(child)
+}
+
+/// Stops a [`perf_record`] (SIGINT: it writes its file and exits).
+fn perf_stop(mut perf: std::process::Child) {
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &perf.id().to_string()])
+        .status();
+    let _ = perf.wait();
+}
+
 fn url_port(url: &str) -> u16 {
     url.rsplit(':')
         .next()
@@ -577,11 +614,16 @@ fn nodes_mode(total: usize, reps: usize) -> Result<()> {
         .enable_all()
         .build()?;
     let bins = binaries();
+    let one_only = std::env::var("PG_BENCH_ONE").is_ok_and(|v| v == "1");
     // rates[binary][one or three]
     let mut rates: Vec<[Vec<f64>; 2]> = bins.iter().map(|_| [Vec::new(), Vec::new()]).collect();
     for rep in 0..reps {
         for (b, bin) in bins.iter().enumerate() {
             for (slot, n) in [1usize, 3].into_iter().enumerate() {
+                if n == 3 && one_only {
+                    rates[b][slot].push(f64::NAN);
+                    continue;
+                }
                 let label = format!("rep {rep}: {}", bin.display());
                 let run = nodes_run(&pg, &rt, bin, &label, n, total, statements && rep == 0)?;
                 rates[b][slot].push(run.rate);

@@ -38,6 +38,10 @@ pub struct StoreJobs {
     /// every job it queues.
     security_context: Option<Element>,
     queued: Mutex<Vec<QueuedJob>>,
+    /// The transaction starts with this run (see [`StoreJobs::first_run`]).
+    first_run: bool,
+    /// A held (`queueSuspended`) job's submission was tried in this run.
+    held_tried: std::sync::atomic::AtomicBool,
 }
 
 impl StoreJobs {
@@ -56,6 +60,8 @@ impl StoreJobs {
             retain_successful_responses: true,
             security_context: None,
             queued: Mutex::new(Vec::new()),
+            first_run: false,
+            held_tried: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -63,6 +69,15 @@ impl StoreJobs {
     /// (the configuration's `serve.retain_successful_responses`; `true` by default).
     pub fn retaining_successful_responses(mut self, retain: bool) -> StoreJobs {
         self.retain_successful_responses = retain;
+        self
+    }
+
+    /// The transaction starts with this run (its job was submitted and claimed with the
+    /// request): no earlier run of it held jobs, so when no `queue` step of this run tried
+    /// to hold one, its end has none to release or remove and asks the queue nothing (on
+    /// PostgreSQL that was a round trip to the database a request).
+    pub fn first_run(mut self, first_run: bool) -> StoreJobs {
+        self.first_run = first_run;
         self
     }
 
@@ -113,6 +128,11 @@ impl JobSink for StoreJobs {
                 None => String::from_utf8_lossy(&payload).into_owned(),
             };
             let txn = call.txn_id.as_str().to_string();
+            if call.suspended {
+                // Before the submission: one whose answer is lost may still have held it.
+                self.held_tried
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+            }
             let submitted = self
                 .queue
                 .submit_with(
@@ -165,6 +185,9 @@ impl JobSink for StoreJobs {
         committed: bool,
     ) -> futures::future::BoxFuture<'a, Result<(), String>> {
         Box::pin(async move {
+            if self.first_run && !self.held_tried.load(std::sync::atomic::Ordering::SeqCst) {
+                return Ok(());
+            }
             let r = if committed {
                 self.queue.release_held(txn.as_str(), now_ms()).await
             } else {

@@ -1131,6 +1131,7 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) -> Opt
             return None;
         }
     }
+    let first_run = fresh.is_some();
     let request = match fresh {
         Some(r) => r,
         None => {
@@ -1164,8 +1165,9 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) -> Opt
     lock(&d.running).insert(id.clone(), cancel.clone());
     // A cancellation that came between the claim and the line above (even for a job
     // submitted and claimed with this request: a listing shows its id at once). The
-    // queue keeps a running job's record in memory: this reads nothing from the store.
-    if matches!(d.queue.get(&id), Ok(Some(j)) if j.cancel_requested) {
+    // queue keeps a running job's record in memory (sled), or the cancels made through
+    // this process of jobs running here (PostgreSQL): this reads nothing from the store.
+    if d.queue.cancel_requested(&id) {
         cancel.cancel();
     }
     // Tests: a runner stalled after it found no earlier attempt in the journal and before
@@ -1206,6 +1208,7 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) -> Opt
                     d.config.max_attempts,
                 )
                 .retaining_successful_responses(d.config.retain_successful_responses)
+                .first_run(first_run)
                 .with_security_context(request.context.child("securityContext").cloned()),
             ))
             .with_events(move |e| {

@@ -572,6 +572,11 @@ pub struct Queue {
     /// node that no longer holds the job.
     #[cfg(feature = "postgres")]
     pg_attempts: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+    /// On a PostgreSQL store, the jobs running on this node a cancel made through this
+    /// process asked to stop (see [`Queue::cancel_requested`]); forgotten with their
+    /// attempt.
+    #[cfg(feature = "postgres")]
+    pg_cancelled: std::sync::Mutex<std::collections::HashSet<String>>,
     /// On a PostgreSQL store, the queue's own tables (shared by every process on the
     /// database): every public method dispatches there first.
     #[cfg(feature = "postgres")]
@@ -735,6 +740,7 @@ impl Queue {
                 tally: std::sync::Mutex::new(Tally::default()),
                 running: Default::default(),
                 pg_attempts: Default::default(),
+                pg_cancelled: Default::default(),
                 dependents: std::sync::atomic::AtomicBool::new(true),
             });
         }
@@ -777,6 +783,7 @@ impl Queue {
             pg: None,
             #[cfg(feature = "postgres")]
             pg_attempts: Default::default(),
+            pg_cancelled: Default::default(),
             dependents: std::sync::atomic::AtomicBool::new(!dependents),
         })
     }
@@ -864,15 +871,54 @@ impl Queue {
         stale_attempt(id, JobState::Running, attempt, now, what)
     }
 
-    /// Forgets the claimed attempt of a job settled on PostgreSQL.
+    /// Forgets the claimed attempt of a job settled on PostgreSQL (`settled`), or that of
+    /// attempt `attempt` whose settle or heartbeat the database refused: its lease
+    /// was lost (another node took the job over, or it is no longer running) or the
+    /// database went away (the job is taken back). Its runner stops; a later claim of the
+    /// job here records its own attempt. A newer attempt's entry is kept (a settle
+    /// without an attempt, when refused, frees nothing: whose entry it is is unknown).
     #[cfg(feature = "postgres")]
-    fn pg_settled(&self, id: &str, r: &Result<Job, QueueError>) {
-        if r.is_ok() {
-            self.pg_attempts
+    fn pg_settled(&self, id: &str, attempt: Option<u32>, settled: bool) {
+        let mut attempts = self.pg_attempts.lock().unwrap_or_else(|e| e.into_inner());
+        let forget = match attempt {
+            _ if settled => true,
+            Some(a) => attempts.get(id) == Some(&a),
+            None => false,
+        };
+        if forget {
+            attempts.remove(id);
+            self.pg_cancelled
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(id);
         }
+    }
+
+    /// Whether a cancel asked running job `id` to stop, for its runner here once it can
+    /// be stopped (a cancel between its claim and then finds no runner to stop). On sled
+    /// from the job's record (kept in memory while it runs: nothing is read). On
+    /// PostgreSQL, a cancel made through this process of a job it claimed, remembered
+    /// here: no round trip (a read of the row was one a request). A cancel made on
+    /// another node in that moment is not seen, as none is later in the run.
+    pub fn cancel_requested(&self, id: &str) -> bool {
+        #[cfg(feature = "postgres")]
+        if self.pg.is_some() {
+            return self
+                .pg_cancelled
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(id);
+        }
+        matches!(self.get(id), Ok(Some(j)) if j.cancel_requested && j.state == JobState::Running)
+    }
+
+    /// The number of attempts claimed on PostgreSQL this process still remembers.
+    #[cfg(all(test, feature = "postgres"))]
+    pub(crate) fn pg_attempts_kept(&self) -> usize {
+        self.pg_attempts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 
     fn keep_running(&self, job: &Job) {
@@ -1390,7 +1436,12 @@ impl Queue {
             if self.pg_current(id, attempt, "renewed").is_err() {
                 return Ok(false);
             }
-            return pg.heartbeat(id, now, lease).await;
+            let r = pg.heartbeat(id, now, lease).await;
+            // Not renewed: the lease is lost (taken back, or another node runs it).
+            if !matches!(r, Ok(true)) {
+                self.pg_settled(id, attempt, false);
+            }
+            return r;
         }
         let _guard = self.inner.lock().await;
         let mut job = self.must_get(id)?;
@@ -1472,7 +1523,7 @@ impl Queue {
         if let Some(pg) = &self.pg {
             self.pg_current(id, attempt, "finished")?;
             let r = pg.finish(id, how, now).await;
-            self.pg_settled(id, &r);
+            self.pg_settled(id, attempt, r.is_ok());
             return r;
         }
         let _guard = self.inner.lock().await;
@@ -1561,7 +1612,7 @@ impl Queue {
         if let Some(pg) = &self.pg {
             self.pg_current(id, attempt, "retried")?;
             let r = pg.retry_later(id, error, code, now, backoff, random).await;
-            self.pg_settled(id, &r);
+            self.pg_settled(id, attempt, r.is_ok());
             return r;
         }
         let _guard = self.inner.lock().await;
@@ -1630,7 +1681,7 @@ impl Queue {
         if let Some(pg) = &self.pg {
             self.pg_current(id, attempt, "buried")?;
             let r = pg.bury(id, error, now).await;
-            self.pg_settled(id, &r);
+            self.pg_settled(id, attempt, r.is_ok());
             return r;
         }
         let _guard = self.inner.lock().await;
@@ -1662,7 +1713,14 @@ impl Queue {
     pub async fn cancel(&self, id: &str, now: u64) -> Result<Cancelled, QueueError> {
         #[cfg(feature = "postgres")]
         if let Some(pg) = &self.pg {
-            return pg.cancel(id, now).await;
+            let (out, here) = pg.cancel(id, now).await?;
+            if here {
+                self.pg_cancelled
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(id.to_string());
+            }
+            return Ok(out);
         }
         let _guard = self.inner.lock().await;
         let mut job = self.must_get(id)?;

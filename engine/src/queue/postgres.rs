@@ -22,7 +22,8 @@ use std::time::Duration;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Statement};
 
-/// The queue's tables (schema migration 2, with the node registry).
+/// The queue's tables (schema migration 2, with the node registry; its indexes changed by
+/// [`SCHEMA_V5`]).
 pub(crate) const SCHEMA_V2: &str = "
 CREATE TABLE provisio_nodes (
     node text PRIMARY KEY,
@@ -77,6 +78,28 @@ CREATE TABLE provisio_job_parents (
     child text NOT NULL,
     PRIMARY KEY (parent, child)
 );
+";
+
+/// Fewer index entries a job's row writes (schema migration 5). A row update that changes
+/// no indexed column (nor one an index's predicate names) is HOT: no index entry at all.
+/// A job's changes of state cannot be (the claim's and the line's partial indexes name
+/// `state`), so each writes one entry in every index whose predicate its new version
+/// meets: a claiming submission and its finish wrote six each (`EXPLAIN`ed: the
+/// `(state, seq)` index served only listings by state, and took two entries a request).
+/// - `provisio_jobs_by_state` (every row) becomes `(state, seq)` of the states a listing
+///   cannot find otherwise: not running (the running index), not succeeded (the
+///   commonest: the listing walks `seq` backwards and filters). The line's query of
+///   running jobs of a key uses the line's own index.
+/// - `provisio_jobs_leases` `(lease_until_ms) WHERE state = 1` becomes `(node) WHERE
+///   state = 1`: the running jobs (few: the workers') are found by it, a node's by node,
+///   and a heartbeat, which changes only the lease, is HOT (room for it on the page:
+///   `fillfactor` 80).
+pub(crate) const SCHEMA_V5: &str = "
+DROP INDEX provisio_jobs_by_state;
+CREATE INDEX provisio_jobs_by_other_state ON provisio_jobs (state, seq) WHERE state NOT IN (1, 2);
+DROP INDEX provisio_jobs_leases;
+CREATE INDEX provisio_jobs_running ON provisio_jobs (node) WHERE state = 1;
+ALTER TABLE provisio_jobs SET (fillfactor = 80);
 ";
 
 /// The channel other nodes are woken on.
@@ -141,6 +164,23 @@ impl Row {
 struct Pool {
     idle: Mutex<Vec<Conn>>,
     permits: tokio::sync::Semaphore,
+    /// Its sessions commit without waiting for the WAL flush (`synchronous_commit = off`,
+    /// set once when each connects): the pool of the changes that need not be durable on
+    /// their own (a claiming submission, a finish), which then send neither a `SET LOCAL`
+    /// nor any statement more than a durable change does. A session setting outside any
+    /// transaction cannot be undone by a later rollback, and the durable changes never run
+    /// on these sessions.
+    async_commit: bool,
+}
+
+impl Pool {
+    fn new(async_commit: bool) -> Pool {
+        Pool {
+            idle: Mutex::new(Vec::new()),
+            permits: tokio::sync::Semaphore::new(POOL),
+            async_commit,
+        }
+    }
 }
 
 /// A pooled connection with the statements of the queue's common changes prepared on it
@@ -312,7 +352,10 @@ pub(crate) struct PgQueue {
 }
 
 struct Inner {
+    /// Durable changes and reads.
     pool: Pool,
+    /// Changes committed without waiting for the WAL flush (see [`Pool::async_commit`]).
+    async_pool: Pool,
     node: String,
     lock_ns: String,
     wake: Arc<tokio::sync::Notify>,
@@ -339,10 +382,8 @@ impl PgQueue {
     pub(crate) fn new(store: Arc<dyn Store>) -> PgQueue {
         let pg = store.postgres().expect("a PostgreSQL store");
         let inner = Arc::new(Inner {
-            pool: Pool {
-                idle: Mutex::new(Vec::new()),
-                permits: tokio::sync::Semaphore::new(POOL),
-            },
+            pool: Pool::new(false),
+            async_pool: Pool::new(true),
             node: pg.node().to_string(),
             lock_ns: pg.lock_ns(),
             wake: Arc::new(tokio::sync::Notify::new()),
@@ -366,8 +407,29 @@ impl PgQueue {
         self.store.postgres().expect("a PostgreSQL store")
     }
 
-    /// Runs a change on the store's runtime with a pooled connection.
+    /// Runs a change on the store's runtime with a pooled connection (its commits wait
+    /// for the WAL flush).
     async fn run<T, F, Fut>(&self, f: F) -> Res<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<Inner>, Conn) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = (Conn, Res<T>)> + Send + 'static,
+    {
+        self.run_in(false, f).await
+    }
+
+    /// [`PgQueue::run`] on a connection whose commits do not wait for the WAL flush (see
+    /// [`Pool::async_commit`]).
+    async fn run_async<T, F, Fut>(&self, f: F) -> Res<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<Inner>, Conn) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = (Conn, Res<T>)> + Send + 'static,
+    {
+        self.run_in(true, f).await
+    }
+
+    async fn run_in<T, F, Fut>(&self, async_commit: bool, f: F) -> Res<T>
     where
         T: Send + 'static,
         F: FnOnce(Arc<Inner>, Conn) -> Fut + Send + 'static,
@@ -380,7 +442,7 @@ impl PgQueue {
         let connector = self.pg().connector();
         let out = self
             .pg()
-            .run(async move { Ok(with_client(inner, connector, f).await) })
+            .run(async move { Ok(with_client(inner, connector, async_commit, f).await) })
             .await?;
         out
     }
@@ -395,7 +457,7 @@ impl PgQueue {
         let inner = self.inner.clone();
         let connector = self.pg().connector();
         self.pg()
-            .block(async move { Ok(with_client(inner, connector, f).await) })?
+            .block(async move { Ok(with_client(inner, connector, false, f).await) })?
     }
 
     /// Resolves when another node (or this one) changed the queue in a way that may make a
@@ -535,11 +597,11 @@ impl PgQueue {
             return Ok(Err(new));
         }
         let node = self.inner.node.clone();
-        self.run(move |inner, c| async move {
+        // On a session committing without waiting for the WAL flush, as the sled queue's
+        // claiming submission does not sync (see `Queue::submit_claimed`).
+        self.run_async(move |inner, c| async move {
             let r = async {
-                // Round trip 1, pipelined: `BEGIN` (committing without waiting for the WAL
-                // flush, as the sled queue's claiming submission does not sync: see
-                // `Queue::submit_claimed`), whether another job is due, the job's number,
+                // Round trip 1, pipelined: `BEGIN`, whether another job is due, the job's number,
                 // and for a serialization key its line's lock and whether the line is busy
                 // (a statement of its own after the lock: its snapshot sees every claim of
                 // the key committed before the lock was taken).
@@ -547,7 +609,7 @@ impl PgQueue {
                 let now_ms = ms(now);
                 let due_params: [&(dyn ToSql + Sync); 1] = [&now_ms];
                 let (b, due, line) = tokio::join!(
-                    c.batch_execute("BEGIN; SET LOCAL synchronous_commit TO off"),
+                    c.batch_execute("BEGIN"),
                     c.query_one(&c.st.due, &due_params),
                     async {
                         let Some(key) = &key else {
@@ -766,18 +828,14 @@ impl PgQueue {
     {
         let id = id.to_string();
         let node = self.inner.node.clone();
-        self.run(move |_, c| async move {
+        // Not durable: on a session committing without waiting for the WAL flush.
+        self.run_in(!durable, move |_, c| async move {
             let r = async {
                 // Two round trips: `BEGIN` pipelined with the row's read under its lock,
                 // then the write, the notification and `COMMIT` pipelined (a failed write
                 // makes the `COMMIT` a rollback).
-                let begin = if durable {
-                    "BEGIN"
-                } else {
-                    "BEGIN; SET LOCAL synchronous_commit TO off"
-                };
                 let (b, row) = tokio::join!(
-                    c.batch_execute(begin),
+                    c.batch_execute("BEGIN"),
                     get_row_with(&*c, Some(&c.st.get_row_for_update), &id, true)
                 );
                 let mut row = match (b.map_err(pg_err), row) {
@@ -922,20 +980,27 @@ impl PgQueue {
         .await
     }
 
-    pub(crate) async fn cancel(&self, id: &str, now: u64) -> Res<Cancelled> {
+    /// Cancels a job; with whether it runs on this node (a cancel of a running job).
+    pub(crate) async fn cancel(&self, id: &str, now: u64) -> Res<(Cancelled, bool)> {
+        let node = self.inner.node.clone();
+        let here = move |row: &Row| row.node.as_deref() == Some(node.as_str());
         self.change(id, true, move |row| match row.job.state {
             JobState::Queued | JobState::Held => {
                 row.job.held_by = None;
                 finalize(row, JobState::Cancelled, now);
                 row.job.error = Some("cancelled before it started".into());
-                Ok((Cancelled::Dequeued(row.job.clone()), None, true))
+                Ok(((Cancelled::Dequeued(row.job.clone()), false), None, true))
             }
             JobState::Running => {
                 row.job.cancel_requested = true;
                 // Its lease and node stay as they are (a running job's are kept unless set).
-                Ok((Cancelled::Running(row.job.clone()), None, true))
+                Ok(((Cancelled::Running(row.job.clone()), here(row)), None, true))
             }
-            _ => Ok((Cancelled::AlreadyFinal(row.job.clone()), None, false)),
+            _ => Ok((
+                (Cancelled::AlreadyFinal(row.job.clone()), false),
+                None,
+                false,
+            )),
         })
         .await
     }
@@ -1288,42 +1353,54 @@ impl PgQueue {
     }
 }
 
-/// Takes a connection of the pool (connecting a new one when none is idle), runs `f`, and
-/// gives the connection back unless it broke.
+/// Takes a connection of a pool (`async_commit`: [`Inner::async_pool`], else
+/// [`Inner::pool`]; connecting a new one when none is idle), runs `f`, and gives the
+/// connection back unless it broke.
 async fn with_client<T, F, Fut>(
     inner: Arc<Inner>,
     connector: crate::store::PgConnector,
+    async_commit: bool,
     f: F,
 ) -> Res<T>
 where
     F: FnOnce(Arc<Inner>, Conn) -> Fut,
     Fut: std::future::Future<Output = (Conn, Res<T>)>,
 {
-    let _permit = inner
-        .pool
+    let pool = if async_commit {
+        &inner.async_pool
+    } else {
+        &inner.pool
+    };
+    let _permit = pool
         .permits
         .acquire()
         .await
         .map_err(|_| QueueError::Store(StoreError::Closed))?;
-    let idle = inner
-        .pool
-        .idle
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .pop();
+    let idle = pool.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
     let client = match idle.filter(|c| !c.is_closed()) {
         Some(c) => c,
         None => {
             let client = connector.connect().await?;
-            let st = Prepared::new(&client).await?;
-            Conn { client, st }
+            let (set, st) = tokio::join!(
+                async {
+                    if pool.async_commit {
+                        client
+                            .batch_execute("SET synchronous_commit TO off")
+                            .await
+                            .map_err(pg_err)
+                    } else {
+                        Ok(())
+                    }
+                },
+                Prepared::new(&client)
+            );
+            set?;
+            Conn { client, st: st? }
         }
     };
     let (client, out) = f(inner.clone(), client).await;
     if !client.is_closed() {
-        inner
-            .pool
-            .idle
+        pool.idle
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(client);

@@ -280,6 +280,108 @@ fn a_stalled_node_cannot_settle_a_job_another_node_took_over() {
     });
 }
 
+/// Several nodes on one PostgreSQL: the attempt a node claimed is forgotten (the queue's
+/// in-memory map of attempts claimed here) when another node took the job over: when the
+/// stalled runner's heartbeat renews nothing, and when its settle is refused. Only the
+/// attempts of jobs still running here are kept. Only on PostgreSQL.
+#[cfg(feature = "postgres")]
+#[test]
+fn a_node_forgets_the_attempts_another_node_took_over() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    if provisio_test_support::postgres::store_url(dir.path()).is_none() {
+        return;
+    }
+    let stalled = open(dir.path());
+    let other = open(dir.path());
+    rt().block_on(async {
+        let beat = stalled.submit(job("A/B"), 1).await.expect("submit").job.id;
+        let settle = stalled.submit(job("A/C"), 1).await.expect("submit").job.id;
+        let kept = stalled.submit(job("A/D"), 1).await.expect("submit").job.id;
+        let mut mine = HashMap::new();
+        for _ in 0..3 {
+            let j = stalled.claim(2, LEASE).await.expect("claim").expect("job");
+            mine.insert(j.id.clone(), j.attempts);
+        }
+        assert_eq!(stalled.pg_attempts_kept(), 3);
+        // Two leases run out; the other node takes those jobs back and claims them.
+        stalled
+            .heartbeat_attempt(&kept, mine[&kept], 1_000_000, LEASE)
+            .await
+            .expect("heartbeat");
+        let back = other
+            .take_back_expired(500_000, 10)
+            .await
+            .expect("take back");
+        assert_eq!(back.len(), 2, "{back:?}");
+        for _ in 0..2 {
+            other
+                .claim(500_000, LEASE)
+                .await
+                .expect("claim")
+                .expect("job");
+        }
+        assert!(!stalled
+            .heartbeat_attempt(&beat, mine[&beat], 10, LEASE)
+            .await
+            .expect("heartbeat of a job taken over"));
+        assert_eq!(stalled.pg_attempts_kept(), 2, "the lost lease is forgotten");
+        match stalled
+            .finish_attempt(&settle, mine[&settle], done(), 10)
+            .await
+        {
+            Err(QueueError::WrongState { .. }) => {}
+            other => panic!("finish by the stalled node: {other:?}"),
+        }
+        assert_eq!(
+            stalled.pg_attempts_kept(),
+            1,
+            "the refused settle is forgotten"
+        );
+        stalled
+            .finish_attempt(&kept, mine[&kept], done(), 20)
+            .await
+            .expect("finish of the job still held here");
+        assert_eq!(stalled.pg_attempts_kept(), 0);
+        for id in [&beat, &settle] {
+            other
+                .finish(id, done(), 30)
+                .await
+                .expect("the other node finishes");
+        }
+        assert_eq!(other.pg_attempts_kept(), 0);
+    });
+}
+
+/// A cancel of a running job made through this process is seen by its runner without a
+/// read (`cancel_requested`), and forgotten once the job is settled.
+#[test]
+fn a_cancel_of_a_running_job_is_seen_by_its_runner() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let q = open(dir.path());
+    rt().block_on(async {
+        let id = q.submit(job("A/B"), 1).await.expect("submit").job.id;
+        let other = q.submit(job("A/C"), 1).await.expect("submit").job.id;
+        let j = q.claim(2, LEASE).await.expect("claim").expect("job");
+        assert_eq!(j.id, id);
+        q.claim(2, LEASE).await.expect("claim").expect("job");
+        assert!(!q.cancel_requested(&id));
+        assert!(matches!(
+            q.cancel(&id, 3).await.expect("cancel"),
+            Cancelled::Running(_)
+        ));
+        assert!(q.cancel_requested(&id));
+        assert!(!q.cancel_requested(&other), "only the job cancelled");
+        let end = Finish {
+            state: JobState::Cancelled,
+            ..done()
+        };
+        q.finish_attempt(&id, j.attempts, end, 4)
+            .await
+            .expect("finish");
+        assert!(!q.cancel_requested(&id));
+    });
+}
+
 #[test]
 fn transient_failures_back_off_then_die_and_an_operator_requeues() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -1230,6 +1332,9 @@ fn a_settle_from_a_stale_claim_is_refused() {
             q.bury_attempt(&id, stale.attempts, "x".into(), 10).await,
             "bury",
         );
+        // On PostgreSQL the current claim's attempt is still remembered.
+        #[cfg(feature = "postgres")]
+        assert_eq!(q.pg_attempts_kept(), usize::from(q.pg.is_some()));
         let held = q.get(&id).expect("get").expect("job");
         assert_eq!((held.state, held.attempts), (JobState::Running, 2));
         assert_eq!(held.txn, current.txn);

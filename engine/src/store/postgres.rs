@@ -82,6 +82,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "cross-node deadlock detection for provider-state keys: which transaction holds and which waits for which key, recorded only while some transaction waits",
         SCHEMA_KEY_WAITS,
     ),
+    (
+        5,
+        "fewer index entries a job's row writes: listing by state indexes only the states it cannot find otherwise, the running jobs are indexed by node (a heartbeat is a HOT update), fillfactor 80",
+        super::super::queue::postgres::SCHEMA_V5,
+    ),
 ];
 
 /// Migration 4: the waits-for graph of provider-state keys across nodes. Rows are written
