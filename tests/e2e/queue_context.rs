@@ -184,13 +184,17 @@ fn a_child_runs_after_its_parent_and_dies_naming_a_parent_that_failed() {
     assert_eq!(o["attempts"], 0, "it never ran: {o}");
 }
 
+/// Four retries, no wait between attempts, failed (not dead) after the last, and one more
+/// attempt only after a failure with 0x80070057.
+const STOP_CONTEXT: &str = r#"<queueContext retryCount="4" retryInterval="0" retryType="fixed" onFailure="continue" retryStopOnFailure="0x80070057"/>"#;
+
 #[test]
 fn retry_stop_on_failure_allows_one_more_attempt_after_its_code() {
     if !python() {
         return;
     }
     let site = site();
-    let context = r#"<queueContext retryCount="4" retryInterval="0" retryType="fixed" onFailure="continue" retryStopOnFailure="0x80070057"/>"#;
+    let context = STOP_CONTEXT;
     // Another code: every attempt (1 + retryCount).
     let other = queue(
         &site,
@@ -226,7 +230,7 @@ fn retry_stop_on_failure_holds_across_a_crash_before_the_retry_was_recorded() {
         return;
     }
     let site = site();
-    let context = r#"<queueContext retryCount="4" retryInterval="0" retryType="fixed" onFailure="continue" retryStopOnFailure="0x80070057"/>"#;
+    let context = STOP_CONTEXT;
     let stopped = queue(
         &site,
         "stop.xml",
