@@ -520,15 +520,22 @@ fn nodes_run(
         .map(|(a, b)| format!("{:.2}", per(b - a)))
         .collect();
     let busy = (m1.0 - m0.0) as f64 / (m1.1 - m0.1).max(1) as f64;
+    // Without the server's pid (not found in /proc) its CPU is not measured: say so rather
+    // than print the ticks of whatever has no parent.
+    let server_cpu = if server == 0 {
+        "not measured (server pid not found)".to_string()
+    } else {
+        format!("{:.2}", per(s1.saturating_sub(s0)))
+    };
     println!(
-        "nodes: {label}: {n} daemon(s): {total} requests x 5 steps, 16 in flight: {rate:.0} req/s (load {})\n  per request: {:.2} WAL syncs, {:.2} commits, {:.1} WAL records; CPU ms per request: daemons {} (sum {:.2}), PostgreSQL {:.2}, clients {:.2}; machine busy {:.0}% of its cores",
+        "nodes: {label}: {n} daemon(s): {total} requests x 5 steps, 16 in flight: {rate:.0} req/s (load {})\n  per request: {:.2} WAL syncs, {:.2} commits, {:.1} WAL records; CPU ms per request: daemons {} (sum {:.2}), PostgreSQL {}, clients {:.2}; machine busy {:.0}% of its cores",
         loadavg(),
         (c1[0] - c0[0]) as f64 / total as f64,
         (c1[1] - c0[1]) as f64 / total as f64,
         (c1[2] - c0[2]) as f64 / total as f64,
         daemons.join(" + "),
         per(d1.iter().sum::<u64>() - d0.iter().sum::<u64>()),
-        per(s1 - s0),
+        server_cpu,
         per(b1 - b0),
         busy * 100.0
     );
