@@ -378,18 +378,27 @@ fn loadavg() -> String {
         .to_string()
 }
 
-fn throughput(reps: usize, total: usize, clients: usize, workers: usize) -> Result<()> {
+/// The in-process engine the daemon is compared with: a two-thread runtime, a durable
+/// journal on sled in its own folder (kept alive by the returned `TempDir`), warmed up on
+/// five reads by `clients` at once.
+fn in_process(
+    clients: usize,
+) -> Result<(tokio::runtime::Runtime, tempfile::TempDir, support::Env)> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    // The in-process engine, durable journal in its own folder.
-    let inproc_dir = tempdir()?;
-    let store = Arc::new(SledStore::open(inproc_dir.path())?);
-    let journal = Arc::new(DurableJournal::new(store.clone(), None, "bench"));
+    let dir = tempdir()?;
+    let store = Arc::new(SledStore::open(dir.path())?);
+    let journal = Arc::new(DurableJournal::new(store, None, "bench"));
     let env = support::env(support::txn_namespaces()?, Some(journal))?;
-    rt.block_on(support::throughput(&env.engine, "Five", 200, clients))?;
     rt.block_on(support::throughput(&env.engine, "FiveRead", 200, clients))?;
+    Ok((rt, dir, env))
+}
+
+fn throughput(reps: usize, total: usize, clients: usize, workers: usize) -> Result<()> {
+    let (rt, _inproc_dir, env) = in_process(clients)?;
+    rt.block_on(support::throughput(&env.engine, "Five", 200, clients))?;
 
     let site = Site::new(workers, 0)?;
     let (d, _) = site.start()?;
@@ -738,15 +747,7 @@ fn floor(reps: usize, total: usize, clients: usize, workers: usize) -> Result<()
     use std::io::BufRead;
     let dir = tempdir()?;
     // The in-process engine on five reads (the ratio's reference, as in `throughput`).
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    let inproc_dir = tempdir()?;
-    let store = Arc::new(SledStore::open(inproc_dir.path())?);
-    let journal = Arc::new(DurableJournal::new(store.clone(), None, "bench"));
-    let env = support::env(support::txn_namespaces()?, Some(journal))?;
-    rt.block_on(support::throughput(&env.engine, "FiveRead", 200, clients))?;
+    let (rt, _inproc_dir, env) = in_process(clients)?;
     let mut inproc = Vec::new();
     let site = Site::new(workers, 0)?;
     let (d, _) = site.start()?;

@@ -728,6 +728,31 @@ async fn prune_case(n: usize) -> Result<String> {
     ))
 }
 
+/// Runs `bin ARGS` on the data folder `dir` under `/usr/bin/time`: its output, wall time
+/// (ms) and peak RSS (KiB).
+fn timed_provisio(
+    bin: &str,
+    args: &[&str],
+    dir: &Path,
+) -> Result<(std::process::Output, f64, f64)> {
+    let start = Instant::now();
+    let out = std::process::Command::new("/usr/bin/time")
+        .args(["-f", "%M", bin])
+        .args(args)
+        .env("PROVISIO_DATA_DIR", dir)
+        .env_remove("RUST_LOG")
+        .output()
+        .context("run provisio under /usr/bin/time")?;
+    let wall = start.elapsed().as_secs_f64() * 1e3;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let kib: f64 = stderr
+        .lines()
+        .last()
+        .and_then(|l| l.trim().parse().ok())
+        .ok_or_else(|| anyhow!("no peak RSS from /usr/bin/time: {stderr}"))?;
+    Ok((out, wall, kib))
+}
+
 fn child(args: &[&str]) -> Result<String> {
     child_of("case", args)
 }
@@ -831,21 +856,10 @@ fn main() -> Result<()> {
                     if opened {
                         std::fs::remove_file(&marker)?;
                     }
-                    let start = Instant::now();
-                    let out = std::process::Command::new("/usr/bin/time")
-                        .args(["-f", "%M", &bin, "tx", "list"])
-                        .args(extra)
-                        .env("PROVISIO_DATA_DIR", dir)
-                        .env_remove("RUST_LOG")
-                        .output()
-                        .context("run provisio under /usr/bin/time")?;
-                    let wall = start.elapsed().as_secs_f64() * 1e3;
+                    let mut args = vec!["tx", "list"];
+                    args.extend(extra.iter().copied());
+                    let (out, wall, kib) = timed_provisio(&bin, &args, dir)?;
                     let stderr = String::from_utf8_lossy(&out.stderr);
-                    let kib: f64 = stderr
-                        .lines()
-                        .last()
-                        .and_then(|l| l.trim().parse().ok())
-                        .ok_or_else(|| anyhow!("no peak RSS from /usr/bin/time: {stderr}"))?;
                     if !out.status.success() {
                         bail!("tx list {extra:?} failed: {stderr}");
                     }
@@ -857,20 +871,8 @@ fn main() -> Result<()> {
                         // The reader left the rebuild to the next writer: `provisio recover`
                         // (nothing to recover: it opens the store to write, and closes it),
                         // timed, so the next round starts from a listing again.
-                        let start = Instant::now();
-                        let out = std::process::Command::new("/usr/bin/time")
-                            .args(["-f", "%M", &bin, "recover"])
-                            .env("PROVISIO_DATA_DIR", dir)
-                            .env_remove("RUST_LOG")
-                            .output()
-                            .context("run provisio under /usr/bin/time")?;
-                        let wall = start.elapsed().as_secs_f64() * 1e3;
+                        let (out, wall, kib) = timed_provisio(&bin, &["recover"], dir)?;
                         let stderr = String::from_utf8_lossy(&out.stderr);
-                        let kib: f64 = stderr
-                            .lines()
-                            .last()
-                            .and_then(|l| l.trim().parse().ok())
-                            .ok_or_else(|| anyhow!("no peak RSS from /usr/bin/time: {stderr}"))?;
                         if !out.status.success() || !marker.exists() {
                             bail!("the next writer did not rebuild the listing: {stderr}");
                         }
