@@ -1489,6 +1489,7 @@ async fn run_error_displays_the_compile_errors() {
             assert!(text.starts_with("error[PRV0103]"), "{text}");
         }
         Ok(r) => panic!("ran: {:?}", r.state),
+        Err(e) => panic!("expected compile errors, got: {e}"),
     }
 }
 

@@ -156,6 +156,7 @@ impl World {
         match self.env.engine.run(&xml(src)).await {
             Ok(r) => panic!("expected compile errors, got {:?}", r.state),
             Err(RunError::Compile(e)) => e.0.iter().map(|e| e.to_string()).collect(),
+            Err(e) => panic!("expected compile errors, got: {e}"),
         }
     }
 

@@ -231,3 +231,48 @@ procedures:
         }
     }
 }
+
+/// A caller that runs a transaction id while a run of it is still under way (a job queue
+/// claiming a job twice) is refused before anything is run or journaled: the two runs'
+/// records, locks and outcomes would otherwise interleave in one journal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_run_of_a_running_transaction_id_is_refused() {
+    use provisio_engine::txn::{recovery, DurableJournal, Record};
+    use provisio_engine::{Journal, RunError, SledStore};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SledStore::open(dir.path()).unwrap());
+    let journal = Arc::new(DurableJournal::new(store.clone(), None, "test"));
+    let rec = RecordingProvider::new("Rec");
+    rec.slow_answer_once("a", Duration::from_millis(400));
+    let engine = engine(&rec).with_journal(journal.clone() as Arc<dyn Journal>);
+    let id = TxnId::new_v7();
+    let control = || RunControl {
+        txn_id: Some(id.clone()),
+        cancel: None,
+    };
+    let first = tokio::spawn({
+        let engine = engine.clone();
+        let control = control();
+        async move { engine.run_controlled(request("C/Two"), control).await }
+    });
+    // The first run is inside its slow first call.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let second = engine.run_controlled(request("C/Two"), control()).await;
+    match second {
+        Err(RunError::AlreadyRunning { txn }) => assert_eq!(txn, id),
+        other => panic!("a second run of {id} was not refused: {other:?}"),
+    }
+    let first = first.await.unwrap().expect("compiles");
+    assert_eq!(first.state, TxnState::Committed);
+    let records = recovery::records(&journal, &id).unwrap();
+    let starts = records
+        .iter()
+        .filter(|(_, r)| matches!(r, Record::Started { .. } | Record::StartedV2 { .. }))
+        .count();
+    let ends = records
+        .iter()
+        .filter(|(_, r)| matches!(r, Record::State { state, .. } if *state == TxnState::Committed || *state == TxnState::RolledBack))
+        .count();
+    assert_eq!((starts, ends), (1, 1), "{records:?}");
+    assert_eq!(rec.resources().len(), 2, "each step ran once");
+}

@@ -41,6 +41,7 @@ async fn compile_error(env: &h::Env, src: &str) -> String {
             r.state, r.failure
         ),
         Err(RunError::Compile(e)) => e.to_string(),
+        Err(e) => panic!("expected compile errors, got: {e}"),
     }
 }
 

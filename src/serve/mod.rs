@@ -1249,9 +1249,11 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) -> Opt
     // A trusted request checked by this process runs the program its check compiled.
     let compiled = lock(&d.compiled).remove(&id);
     let result = match compiled {
-        Some(program) => Ok(engine
-            .run_program_controlled(program, request.data, request.context, control)
-            .await),
+        Some(program) => {
+            engine
+                .run_program_controlled(program, request.data, request.context, control)
+                .await
+        }
         None => engine.run_controlled(request, control).await,
     };
     drop(beat);
@@ -1272,6 +1274,12 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) -> Opt
                 },
             )
             .await;
+        }
+        Err(RunError::AlreadyRunning { txn }) => {
+            // Another run of this process is in the job's transaction (the daemon's own
+            // `runners` keep this from happening): that run settles the job.
+            tracing::warn!(job = %id, %txn, "the job's transaction is already running in this process; left to that run");
+            return None;
         }
     };
     let cancelled = cancel.is_cancelled();

@@ -258,6 +258,30 @@ pub enum RunError {
     /// The request does not compile.
     #[error("{0}")]
     Compile(#[from] CompileErrors),
+    /// A run of this transaction id is already under way in this engine (or a clone of
+    /// it): a second run would interleave its journal records, provider-state locks and
+    /// outcome with the first's. Nothing was run or journaled for this one.
+    #[error(
+        "transaction {txn} is already running in this process; a second run of the same id is \
+         refused: wait for the first run to end"
+    )]
+    AlreadyRunning {
+        /// The transaction id asked for.
+        txn: TxnId,
+    },
+}
+
+/// A transaction id a run of this engine is using ([`Engine::claim_run`]); given back when
+/// the run ends or its task is dropped.
+struct RunningId {
+    running: Arc<Mutex<std::collections::HashSet<TxnId>>>,
+    id: TxnId,
+}
+
+impl Drop for RunningId {
+    fn drop(&mut self) {
+        lock(&self.running).remove(&self.id);
+    }
 }
 
 type EventSink = Arc<dyn Fn(&Event) + Send + Sync>;
@@ -279,6 +303,9 @@ pub struct Engine {
     provider_permits: Arc<HashMap<String, Arc<Semaphore>>>,
     /// Where `queue` steps put their jobs (`None`: a `queue` step fails).
     jobs: Option<Arc<dyn JobSink>>,
+    /// The transaction ids chosen by callers ([`RunControl::txn_id`]) whose runs are under
+    /// way, shared by the clones: one id runs once at a time.
+    running: Arc<Mutex<std::collections::HashSet<TxnId>>>,
 }
 
 /// How long a call waits for a provider-state key another transaction holds: half the step
@@ -331,7 +358,20 @@ impl Engine {
             events: None,
             provider_permits: Arc::new(provider_permits),
             jobs: None,
+            running: Arc::default(),
         }
+    }
+
+    /// Takes `id` for one run, or refuses it when another run of the engine (or of a clone)
+    /// holds it.
+    fn claim_run(&self, id: &TxnId) -> Result<RunningId, RunError> {
+        if !lock(&self.running).insert(id.clone()) {
+            return Err(RunError::AlreadyRunning { txn: id.clone() });
+        }
+        Ok(RunningId {
+            running: self.running.clone(),
+            id: id.clone(),
+        })
     }
 
     /// A permit to call `provider`, when it has a limit (`EngineOptions::provider_limits`).
@@ -459,16 +499,16 @@ impl Engine {
     }
 
     /// As [`Engine::run_owned`], with the transaction id chosen by the caller and a
-    /// cancellation handle (the daemon's jobs).
+    /// cancellation handle (the daemon's jobs). A chosen id runs once at a time:
+    /// [`RunError::AlreadyRunning`] while another run of this engine (or a clone) uses it.
     pub async fn run_controlled(
         &self,
         request: Request,
         control: RunControl,
     ) -> Result<TxnResult, RunError> {
         let program = self.program(&request)?;
-        Ok(self
-            .run_txn(program, request.data, request.context, None, control)
-            .await)
+        self.run_program_controlled(program, request.data, request.context, control)
+            .await
     }
 
     /// As [`Engine::run_controlled`], for a request its caller compiled already (with
@@ -481,8 +521,13 @@ impl Engine {
         data: Element,
         context: Element,
         control: RunControl,
-    ) -> TxnResult {
-        self.run_txn(program, data, context, None, control).await
+    ) -> Result<TxnResult, RunError> {
+        let _running = control
+            .txn_id
+            .as_ref()
+            .map(|id| self.claim_run(id))
+            .transpose()?;
+        Ok(self.run_txn(program, data, context, None, control).await)
     }
 
     /// Compiles a request and walks it without calling any provider: returns the provider

@@ -99,6 +99,7 @@ impl Env {
                 r.state, r.failure
             ),
             Err(RunError::Compile(e)) => e.0,
+            Err(e) => panic!("expected compile errors, got: {e}"),
         }
     }
 
