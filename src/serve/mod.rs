@@ -1176,6 +1176,7 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) -> Opt
     let beat = {
         let d = d.clone();
         let id = id.clone();
+        let cancel = cancel.clone();
         AbortOnDrop(tokio::spawn(async move {
             let every = (d.config.lease.0 / 3).max(Duration::from_millis(100));
             loop {
@@ -1187,6 +1188,11 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) -> Opt
                     Ok(true)
                 ) {
                     return;
+                }
+                // Several daemons: a cancel made through another one whose notification
+                // was lost is read by the heartbeat (nothing is read for it here).
+                if d.queue.is_shared() && d.queue.cancel_requested(&id) {
+                    cancel.cancel();
                 }
             }
         }))

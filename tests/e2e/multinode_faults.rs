@@ -275,3 +275,63 @@ fn a_waiting_submission_whose_claim_crosses_a_loss_gets_its_job() {
     assert_eq!(out.stdout.trim(), "1|2", "one job, succeeded: {out:?}");
     assert!(site.path("data/files/done/t0/1").is_dir());
 }
+
+/// A cancel posted to one daemon of a job another daemon runs (several daemons on one
+/// PostgreSQL): the runner hears of it at once (`NOTIFY provisio_cancel`, else at its next
+/// heartbeat, which reads the job's cancel flag), starts no further step and rolls back;
+/// the job ends `cancelled` within seconds, its first step undone.
+#[test]
+fn a_cancel_posted_to_another_daemon_stops_the_run() {
+    use crate::daemon::{customer, Site, ALICE};
+    if !crate::daemon::python() {
+        return;
+    }
+    let Some(pg) = Postgres::shared() else { return };
+    let url = pg.new_schema("remote_cancel");
+    // Each ledger call takes 1.5 s: three steps, 4.5 s to commit.
+    let site = Site::new(1500);
+    let config = std::fs::read_to_string(site.path("provisio.toml")).unwrap();
+    std::fs::write(
+        site.path("provisio.toml"),
+        format!("store = \"{url}\"\n{config}"),
+    )
+    .unwrap();
+    // Its log says how the cancel reached it.
+    let runner = site.start_with(&[("RUST_LOG", "provisio=info,provisio_engine=warn")]);
+    let a = runner.submit(ALICE, &customer("cal"), "", &[]);
+    assert_eq!(a.status, 202, "{a:?}");
+    let id = a.body["id"].as_str().unwrap().to_string();
+    // Running on the first daemon before the second one starts: the second never runs it.
+    runner.running_step(&id);
+    let other = site.start();
+    let cancelled_at = Instant::now();
+    let c = other.request(
+        "POST",
+        &format!("/v1/requests/{id}/cancel"),
+        Some(ALICE),
+        None,
+        &[],
+    );
+    assert_eq!(c.status, 202, "{c:?}");
+    let done = other.final_state(&id);
+    let took = cancelled_at.elapsed();
+    let log = runner.log.lock().unwrap().clone();
+    assert_eq!(done["state"], "cancelled", "{done}\n{log}");
+    assert_eq!(done["outcome"], "rolled_back", "{done}");
+    // The step under way ends (1.5 s), its undo runs (1.5 s); no further step starts.
+    assert!(took < Duration::from_secs(8), "cancelled in {took:?}");
+    assert!(site.accounts().is_empty(), "{:?}", site.accounts());
+    assert!(
+        log.contains("a cancel made through another daemon stops this job"),
+        "{log}"
+    );
+    assert!(
+        !other
+            .log
+            .lock()
+            .unwrap()
+            .contains(&format!("job{{job.id={id}")),
+        "the other daemon ran the job"
+    );
+    eprintln!("a cancel through another daemon ended the run in {took:?}");
+}
