@@ -155,7 +155,13 @@ pub async fn dispatch(cli: Cli) -> Result<Exit> {
             };
             let journal = load::journal(config)?;
             let engine = engine.with_journal(journal.clone());
-            recover_quietly(&engine, &journal).await?;
+            load::at_start(
+                journal.store(),
+                config.journal.connect_retry.0 .0,
+                "recovery at start",
+                || recover_quietly(&engine, &journal),
+            )
+            .await?;
             crate::driver::run(
                 crate::driver::Backend::Engine(Box::new(engine)),
                 &args.file,
