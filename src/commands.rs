@@ -155,7 +155,13 @@ pub async fn dispatch(cli: Cli) -> Result<Exit> {
             };
             let journal = load::journal(config)?;
             let engine = engine.with_journal(journal.clone());
-            recover_quietly(&engine, &journal).await?;
+            load::at_start(
+                journal.store(),
+                config.journal.connect_retry.0 .0,
+                "recovery at start",
+                || recover_quietly(&engine, &journal),
+            )
+            .await?;
             crate::driver::run(
                 crate::driver::Backend::Engine(Box::new(engine)),
                 &args.file,
@@ -277,13 +283,22 @@ async fn run(cli: &Cli, config: &Config, args: &RunArgs) -> Result<Exit> {
             eprintln!("{}", load::state_line(config));
         }
         let engine = engine.with_journal(journal.clone());
-        recover_quietly(&engine, &journal).await?;
-        // `queue` steps put their jobs into this data directory's job queue.
-        let queue = Arc::new(
-            provisio_engine::queue::Queue::open(journal.store().clone())
-                .context("opening the job queue")?,
-        );
-        crate::serve::jobs::settle_held(&queue, journal.store()).await?;
+        // Tests: a pause before recovery (the database stopped meanwhile).
+        provisio_engine::failpoint::pause_once("startup").await;
+        let retry = config.journal.connect_retry.0 .0;
+        // Recovery, then the jobs held for what it settled: tried again if the database is
+        // lost meanwhile, for `journal.connect_retry` at most.
+        let queue = load::at_start(journal.store(), retry, "recovery at start", || async {
+            recover_quietly(&engine, &journal).await?;
+            // `queue` steps put their jobs into this data directory's job queue.
+            let queue = Arc::new(
+                provisio_engine::queue::Queue::open(journal.store().clone())
+                    .context("opening the job queue")?,
+            );
+            crate::serve::jobs::settle_held(&queue, journal.store()).await?;
+            Ok(queue)
+        })
+        .await?;
         let sink = Arc::new(
             crate::serve::jobs::StoreJobs::new(
                 queue,

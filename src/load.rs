@@ -681,6 +681,79 @@ pub fn join_parse_errors(errors: &[ParseError]) -> String {
         .join("\nerror: ")
 }
 
+/// Runs a start-up step (recovery, settling held jobs) on `store`. On PostgreSQL, should the
+/// database be lost meanwhile (its writes would park until it is back, its reads fail), the
+/// step is tried again once the store has reconnected (it reconnects by itself, with
+/// backoff) — unless the database stays away for `connect_retry` (`journal.connect_retry`)
+/// at a stretch: then the start-up stops with the error an unreachable database at open
+/// gives (exit 2), instead of waiting for ever. `what` names the step in messages.
+pub async fn at_start<T, F, Fut>(
+    store: &Arc<dyn Store>,
+    connect_retry: Duration,
+    what: &str,
+    mut step: F,
+) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let Some(pg) = store.postgres() else {
+        return step().await;
+    };
+    let gone = |pg: &PgStore| {
+        anyhow::anyhow!(
+            "cannot reach the PostgreSQL store at `{}`: it was lost during {what} and was not back within {} (journal.connect_retry)\n  hint: start the database, then start again (what {what} did not finish is done then); `journal.connect_retry` (PROVISIO_CONNECT_RETRY) sets how long to keep trying",
+            pg.url(),
+            humantime::format_duration(connect_retry)
+        )
+    };
+    loop {
+        let epoch = pg.link().borrow().epoch;
+        let done = tokio::select! {
+            r = step() => Some(r),
+            () = away_for(pg, connect_retry) => None,
+        };
+        let error = match done {
+            None => return Err(gone(pg)),
+            Some(Ok(v)) => return Ok(v),
+            Some(Err(e)) => e,
+        };
+        // A failure as the session ends may come before the store notices the loss.
+        let lost = |pg: &PgStore| {
+            let link = *pg.link().borrow();
+            !link.up || link.epoch != epoch
+        };
+        if !lost(pg) {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if !lost(pg) {
+                return Err(error);
+            }
+        }
+        tracing::warn!(error = %format!("{error:#}"), "the PostgreSQL store was lost during {what}; trying again once it is back (for up to {})", humantime::format_duration(connect_retry));
+        let mut link = pg.link();
+        let back = tokio::time::timeout(connect_retry, link.wait_for(|l| l.up || l.closed)).await;
+        match back {
+            Ok(Ok(l)) if l.up => {}
+            _ => return Err(gone(pg)),
+        }
+    }
+}
+
+/// Resolves once `pg`'s database has been away for `limit` at a stretch.
+async fn away_for(pg: &PgStore, limit: Duration) {
+    let mut link = pg.link();
+    loop {
+        if link.wait_for(|l| !l.up).await.is_err() {
+            return std::future::pending().await;
+        }
+        match tokio::time::timeout(limit, link.wait_for(|l| l.up)).await {
+            Err(_) => return,
+            Ok(Err(_)) => return std::future::pending().await,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

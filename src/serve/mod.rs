@@ -394,38 +394,54 @@ async fn open(config: &Config, what: &str) -> Result<Opened> {
             .with_responses()
             .with_failpoints_from_env(),
     );
-    let recovered =
-        provisio_engine::txn::recover(&engine.clone().with_journal(journal.clone()), &journal)
+    // Tests: a pause before recovery (the database stopped meanwhile).
+    provisio_engine::failpoint::pause_once("startup").await;
+    // Tried again if the database is lost meanwhile, for `journal.connect_retry` at most
+    // (then exit 2, as when it cannot be reached at open).
+    let (queue, crashed, taken_back) = load::at_start(
+        &store,
+        config.journal.connect_retry.0 .0,
+        "recovery at start",
+        || async {
+            let recovered = provisio_engine::txn::recover(
+                &engine.clone().with_journal(journal.clone()),
+                &journal,
+            )
             .await
             .context("recovery at start")?;
-    crate::load::resync_mail(&engine).await;
-    for r in &recovered {
-        tracing::warn!(txn = %r.txn_id, from = %r.from, to = %r.to, "recovered a transaction a crash left running");
-    }
-    let crashed = recovered
-        .iter()
-        .filter(|r| r.to == TxnState::RolledBack)
-        .map(|r| r.txn_id.as_str().to_string())
-        .collect();
-    let queue = Arc::new(Queue::open(store.clone()).context("opening the job queue")?);
-    // Jobs `queue` steps held for transactions a crash interrupted: released or removed by
-    // the outcome recovery gave those transactions.
-    jobs::settle_held(&queue, &store).await?;
-    let mut taken_back = 0;
-    // Alone on its store, every running job is a dead worker's; on a store shared with
-    // other daemons (PostgreSQL), only those whose leases ran out or whose node stopped.
-    let upto = if queue.is_shared() {
-        now_ms()
-    } else {
-        u64::MAX
-    };
-    loop {
-        let back = queue.take_back_expired(upto, 1024).await?;
-        if back.is_empty() {
-            break;
-        }
-        taken_back += back.len();
-    }
+            crate::load::resync_mail(&engine).await;
+            for r in &recovered {
+                tracing::warn!(txn = %r.txn_id, from = %r.from, to = %r.to, "recovered a transaction a crash left running");
+            }
+            let crashed: std::collections::HashSet<String> = recovered
+                .iter()
+                .filter(|r| r.to == TxnState::RolledBack)
+                .map(|r| r.txn_id.as_str().to_string())
+                .collect();
+            let queue = Arc::new(Queue::open(store.clone()).context("opening the job queue")?);
+            // Jobs `queue` steps held for transactions a crash interrupted: released or
+            // removed by the outcome recovery gave those transactions.
+            jobs::settle_held(&queue, &store).await?;
+            // Alone on its store, every running job is a dead worker's; on a store shared
+            // with other daemons (PostgreSQL), only those whose leases ran out or whose
+            // node stopped.
+            let upto = if queue.is_shared() {
+                now_ms()
+            } else {
+                u64::MAX
+            };
+            let mut taken_back = 0;
+            loop {
+                let back = queue.take_back_expired(upto, 1024).await?;
+                if back.is_empty() {
+                    break;
+                }
+                taken_back += back.len();
+            }
+            Ok((queue, crashed, taken_back))
+        },
+    )
+    .await?;
     if taken_back > 0 {
         tracing::warn!(
             jobs = taken_back,
@@ -1176,6 +1192,7 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) -> Opt
     let beat = {
         let d = d.clone();
         let id = id.clone();
+        let cancel = cancel.clone();
         AbortOnDrop(tokio::spawn(async move {
             let every = (d.config.lease.0 / 3).max(Duration::from_millis(100));
             loop {
@@ -1187,6 +1204,11 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) -> Opt
                     Ok(true)
                 ) {
                     return;
+                }
+                // Several daemons: a cancel made through another one whose notification
+                // was lost is read by the heartbeat (nothing is read for it here).
+                if d.queue.is_shared() && d.queue.cancel_requested(&id) {
+                    cancel.cancel();
                 }
             }
         }))

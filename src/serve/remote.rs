@@ -3,7 +3,9 @@
 //! `provisio submit --wait`) says so once (`NOTIFY provisio_watch, '<job id>'`); the daemon
 //! that runs a watched job forwards its events (`NOTIFY provisio_events`, with its node
 //! id), its `finished` event included, which the watching daemon hands to its listeners.
-//! Jobs nobody watches from another daemon cost nothing.
+//! Jobs nobody watches from another daemon cost nothing. A cancel made through one daemon
+//! of a job another runs comes the same way (`NOTIFY provisio_cancel, '<job id>'`, sent by
+//! the queue): the runner stops it at once.
 
 use super::{finished_event, Daemon};
 use std::collections::HashSet;
@@ -11,6 +13,8 @@ use std::sync::{Arc, Mutex};
 
 /// The channel a daemon announces a job it follows on.
 const WATCH: &str = "provisio_watch";
+/// The channel a cancel of a job running on another daemon is announced on (the job id).
+const CANCEL: &str = provisio_engine::queue::CANCEL_CHANNEL;
 /// The channel watched jobs' events go on: `<node id> <event JSON>`.
 const EVENTS: &str = "provisio_events";
 /// A notification's payload must stay under 8000 bytes.
@@ -87,10 +91,22 @@ pub(crate) fn start(d: &Arc<Daemon>) {
         return;
     }
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    pg.listen_payloads(&[WATCH, EVENTS], tx);
+    pg.listen_payloads(&[WATCH, EVENTS, CANCEL], tx);
     let d = d.clone();
     tokio::spawn(async move {
         while let Some((channel, payload)) = rx.recv().await {
+            if channel == CANCEL {
+                // A cancel made through another daemon of a job that may run here: its
+                // runner stops before its next step (a run between its claim and its
+                // start reads it from the queue).
+                if d.queue.cancel_seen(&payload) {
+                    tracing::info!(job = %payload, "a cancel made through another daemon stops this job");
+                    if let Some(c) = super::lock(&d.running).get(&payload) {
+                        c.cancel();
+                    }
+                }
+                continue;
+            }
             if channel == WATCH {
                 let mut w = lock(&remote.watched);
                 if w.len() >= MAX_WATCHED {

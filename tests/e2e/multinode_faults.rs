@@ -275,3 +275,197 @@ fn a_waiting_submission_whose_claim_crosses_a_loss_gets_its_job() {
     assert_eq!(out.stdout.trim(), "1|2", "one job, succeeded: {out:?}");
     assert!(site.path("data/files/done/t0/1").is_dir());
 }
+
+/// A cancel posted to one daemon of a job another daemon runs (several daemons on one
+/// PostgreSQL): the runner hears of it at once (`NOTIFY provisio_cancel`, else at its next
+/// heartbeat, which reads the job's cancel flag), starts no further step and rolls back;
+/// the job ends `cancelled` within seconds, its first step undone.
+#[test]
+fn a_cancel_posted_to_another_daemon_stops_the_run() {
+    use crate::daemon::{customer, Site, ALICE};
+    if !crate::daemon::python() {
+        return;
+    }
+    let Some(pg) = Postgres::shared() else { return };
+    let url = pg.new_schema("remote_cancel");
+    // Each ledger call takes 1.5 s: three steps, 4.5 s to commit.
+    let site = Site::new(1500);
+    let config = std::fs::read_to_string(site.path("provisio.toml")).unwrap();
+    std::fs::write(
+        site.path("provisio.toml"),
+        format!("store = \"{url}\"\n{config}"),
+    )
+    .unwrap();
+    // Its log says how the cancel reached it.
+    let runner = site.start_with(&[("RUST_LOG", "provisio=info,provisio_engine=warn")]);
+    let a = runner.submit(ALICE, &customer("cal"), "", &[]);
+    assert_eq!(a.status, 202, "{a:?}");
+    let id = a.body["id"].as_str().unwrap().to_string();
+    // Running on the first daemon before the second one starts: the second never runs it.
+    runner.running_step(&id);
+    let other = site.start();
+    let cancelled_at = Instant::now();
+    let c = other.request(
+        "POST",
+        &format!("/v1/requests/{id}/cancel"),
+        Some(ALICE),
+        None,
+        &[],
+    );
+    assert_eq!(c.status, 202, "{c:?}");
+    let done = other.final_state(&id);
+    let took = cancelled_at.elapsed();
+    let log = runner.log.lock().unwrap().clone();
+    assert_eq!(done["state"], "cancelled", "{done}\n{log}");
+    assert_eq!(done["outcome"], "rolled_back", "{done}");
+    // The step under way ends (1.5 s), its undo runs (1.5 s); no further step starts.
+    assert!(took < Duration::from_secs(8), "cancelled in {took:?}");
+    assert!(site.accounts().is_empty(), "{:?}", site.accounts());
+    assert!(
+        log.contains("a cancel made through another daemon stops this job"),
+        "{log}"
+    );
+    assert!(
+        !other
+            .log
+            .lock()
+            .unwrap()
+            .contains(&format!("job{{job.id={id}")),
+        "the other daemon ran the job"
+    );
+    eprintln!("a cancel through another daemon ended the run in {took:?}");
+}
+
+/// Spawns `provisio ARGS` in `site` with `env`, its stderr gathered into the returned text.
+fn spawn_logged(
+    site: &crate::daemon::Site,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (
+    std::process::Child,
+    std::sync::Arc<std::sync::Mutex<String>>,
+) {
+    use std::io::BufRead as _;
+    let mut child = site
+        .command(args)
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = log.clone();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            sink.lock().unwrap().push_str(&(line + "\n"));
+        }
+    });
+    (child, log)
+}
+
+/// Waits until `log` holds `what` (at most 30 s).
+fn log_shows(log: &std::sync::Mutex<String>, what: &str) {
+    let start = Instant::now();
+    while !log.lock().unwrap().contains(what) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "never logged {what:?}:\n{}",
+            log.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits for `child` to exit (at most `within`): its exit code.
+fn exit_of(
+    child: &mut std::process::Child,
+    within: Duration,
+    log: &std::sync::Mutex<String>,
+) -> Option<i32> {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        if start.elapsed() > within {
+            let _ = child.kill();
+            panic!("still running after {within:?}:\n{}", log.lock().unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The database lost while `provisio run` and `provisio serve` start (a failpoint pauses
+/// them before recovery; the server is stopped meanwhile): back within
+/// `journal.connect_retry`, start-up is tried again and the run commits; away longer, they
+/// stop with the error an unreachable database at open gives (exit 2), instead of parking
+/// for ever.
+#[test]
+fn a_database_lost_during_start_up_is_waited_for_then_given_up_on() {
+    let Some(pg) = Postgres::start() else { return };
+    let url = pg.new_schema("startup_lost");
+    let site = site(&url);
+    std::fs::write(
+        site.path("work.yaml"),
+        "call: Multi Node/Work\ndata: { tenant: t0, n: \"1\" }\n",
+    )
+    .unwrap();
+    let paused = "PROVISIO_FAIL_PAUSE_STARTUP_MS";
+    // Back in time: the run goes on and commits.
+    let (mut run, log) = spawn_logged(
+        &site,
+        &["run", "work.yaml"],
+        &[(paused, "1500"), ("PROVISIO_CONNECT_RETRY", "30s")],
+    );
+    log_shows(&log, paused);
+    pg.stop_immediate();
+    log_shows(&log, "trying again once it is back");
+    pg.restart();
+    let code = exit_of(&mut run, Duration::from_secs(60), &log);
+    assert_eq!(code, Some(0), "{}", log.lock().unwrap());
+    assert!(site.path("data/files/done/t0/1").is_dir());
+    // Away for longer than `journal.connect_retry`: exit 2, saying why.
+    std::fs::write(
+        site.path("work.yaml"),
+        "call: Multi Node/Work\ndata: { tenant: t0, n: \"2\" }\n",
+    )
+    .unwrap();
+    let (mut run, log) = spawn_logged(
+        &site,
+        &["run", "work.yaml"],
+        &[(paused, "1000"), ("PROVISIO_CONNECT_RETRY", "2s")],
+    );
+    log_shows(&log, paused);
+    pg.stop_immediate();
+    let code = exit_of(&mut run, Duration::from_secs(20), &log);
+    let text = log.lock().unwrap().clone();
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        text.contains("cannot reach the PostgreSQL store")
+            && text.contains("was lost during recovery at start")
+            && text.contains("PROVISIO_CONNECT_RETRY"),
+        "{text}"
+    );
+    assert!(!text.contains(&pg.password), "{text}");
+    assert!(!site.path("data/files/done/t0/2").exists());
+    // The daemon likewise.
+    pg.restart();
+    let (mut serve, log) = spawn_logged(
+        &site,
+        &["serve", "--listen", "127.0.0.1:0"],
+        &[(paused, "1000"), ("PROVISIO_CONNECT_RETRY", "2s")],
+    );
+    log_shows(&log, paused);
+    pg.stop_immediate();
+    let code = exit_of(&mut serve, Duration::from_secs(20), &log);
+    let text = log.lock().unwrap().clone();
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        text.contains("was lost during recovery at start") && !text.contains("listening on"),
+        "{text}"
+    );
+}

@@ -49,6 +49,8 @@ use std::time::Duration;
 mod codec;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
+#[cfg(feature = "postgres")]
+pub use postgres::CANCEL_CHANNEL;
 #[cfg(test)]
 mod tests;
 
@@ -898,8 +900,9 @@ impl Queue {
     /// be stopped (a cancel between its claim and then finds no runner to stop). On sled
     /// from the job's record (kept in memory while it runs: nothing is read). On
     /// PostgreSQL, a cancel made through this process of a job it claimed, remembered
-    /// here: no round trip (a read of the row was one a request). A cancel made on
-    /// another node in that moment is not seen, as none is later in the run.
+    /// here: no round trip (a read of the row was one a request), as are the cancels
+    /// made on other nodes this one heard of ([`Queue::cancel_seen`]) or read at a
+    /// heartbeat of the job.
     pub fn cancel_requested(&self, id: &str) -> bool {
         #[cfg(feature = "postgres")]
         if self.pg.is_some() {
@@ -910,6 +913,34 @@ impl Queue {
                 .contains(id);
         }
         matches!(self.get(id), Ok(Some(j)) if j.cancel_requested && j.state == JobState::Running)
+    }
+
+    /// A cancel made on another node sharing the queue asked job `id` to stop (its
+    /// `NOTIFY` on [`CANCEL_CHANNEL`]): `true` when the job runs here, and then
+    /// [`Queue::cancel_requested`] says so from now on (for its runner, should it not be
+    /// stoppable yet). `false` on sled (one process: every cancel is made here).
+    pub fn cancel_seen(&self, id: &str) -> bool {
+        #[cfg(feature = "postgres")]
+        if self.pg.is_some() {
+            return self.pg_cancel_here(id);
+        }
+        let _ = id;
+        false
+    }
+
+    /// Remembers that a cancel asked job `id`, claimed here, to stop; `false` when it was
+    /// not claimed here (or settled since).
+    #[cfg(feature = "postgres")]
+    fn pg_cancel_here(&self, id: &str) -> bool {
+        let attempts = self.pg_attempts.lock().unwrap_or_else(|e| e.into_inner());
+        if !attempts.contains_key(id) {
+            return false;
+        }
+        self.pg_cancelled
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_string());
+        true
     }
 
     /// The number of attempts claimed on PostgreSQL this process still remembers.
@@ -1437,11 +1468,25 @@ impl Queue {
                 return Ok(false);
             }
             let r = pg.heartbeat(id, now, lease).await;
-            // Not renewed: the lease is lost (taken back, or another node runs it).
-            if !matches!(r, Ok(true)) {
-                self.pg_settled(id, attempt, false);
-            }
-            return r;
+            return match r {
+                Ok(postgres::Beat::Renewed { cancel_requested }) => {
+                    if cancel_requested {
+                        // A cancel made on another node (its notification lost): the
+                        // runner reads it with `cancel_requested`.
+                        self.pg_cancel_here(id);
+                    }
+                    Ok(true)
+                }
+                // Not renewed: the lease is lost (taken back, or another node runs it).
+                Ok(postgres::Beat::Lost) => {
+                    self.pg_settled(id, attempt, false);
+                    Ok(false)
+                }
+                Err(e) => {
+                    self.pg_settled(id, attempt, false);
+                    Err(e)
+                }
+            };
         }
         let _guard = self.inner.lock().await;
         let mut job = self.must_get(id)?;

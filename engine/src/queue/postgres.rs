@@ -104,6 +104,9 @@ ALTER TABLE provisio_jobs SET (fillfactor = 80);
 
 /// The channel other nodes are woken on.
 const CHANNEL: &str = "provisio_jobs";
+/// The channel a cancel of a job running on another node is announced on (the job id as
+/// payload): the node running it stops it at once (see [`super::Queue::cancel_seen`]).
+pub const CANCEL_CHANNEL: &str = "provisio_cancel";
 /// Connections of the queue's pool.
 const POOL: usize = 8;
 /// Candidates a claim passes over (locked by another claim of their key) before it says
@@ -124,6 +127,21 @@ fn st(state: JobState) -> i16 {
 
 fn ms(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// What a heartbeat of a running job did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Beat {
+    /// Its lease was renewed; with whether a cancel asked it to stop (on any node).
+    Renewed { cancel_requested: bool },
+    /// Not renewed: it no longer runs here (taken back, or finished elsewhere).
+    Lost,
+}
+
+fn id_of(c: &Cancelled) -> &str {
+    match c {
+        Cancelled::Dequeued(j) | Cancelled::Running(j) | Cancelled::AlreadyFinal(j) => &j.id,
+    }
 }
 
 /// A row read: the job, how many times it entered each state, its place in its line.
@@ -795,23 +813,33 @@ impl PgQueue {
         .await
     }
 
-    pub(crate) async fn heartbeat(&self, id: &str, now: u64, lease: Duration) -> Res<bool> {
+    pub(crate) async fn heartbeat(&self, id: &str, now: u64, lease: Duration) -> Res<Beat> {
         let id = id.to_string();
         let node = self.inner.node.clone();
         self.run(move |_, c| async move {
             let r = async {
                 let until = now.saturating_add(lease.as_millis() as u64);
-                let n = c
-                    .execute(
-                        "UPDATE provisio_jobs SET lease_until_ms = $2 WHERE id = $1 AND state = 1 AND node = $3",
+                // The renewal also reads the row's cancel flag: a cancel made on another
+                // node whose notification was lost reaches the runner at its next beat.
+                // The body is the job's compact JSON (`encode`), where the key can only
+                // be the field's: inside a string its quotes would be escaped.
+                let row = c
+                    .query_opt(
+                        "UPDATE provisio_jobs SET lease_until_ms = $2 WHERE id = $1 AND state = 1 AND node = $3 \
+                         RETURNING position('\"cancel_requested\":true'::bytea IN body) > 0",
                         &[&id, &ms(until), &node],
                     )
                     .await
                     .map_err(pg_err)?;
-                if n == 0 && get_row_with(&*c, Some(&c.st.get_row), &id, false).await?.is_none() {
-                    return Err(QueueError::NotFound(id));
+                match row {
+                    Some(row) => Ok(Beat::Renewed {
+                        cancel_requested: row.get(0),
+                    }),
+                    None if get_row_with(&*c, Some(&c.st.get_row), &id, false).await?.is_none() => {
+                        Err(QueueError::NotFound(id))
+                    }
+                    None => Ok(Beat::Lost),
                 }
-                Ok(n > 0)
             }
             .await;
             (c, r)
@@ -980,8 +1008,33 @@ impl PgQueue {
         .await
     }
 
-    /// Cancels a job; with whether it runs on this node (a cancel of a running job).
+    /// Cancels a job; with whether it runs on this node (a cancel of a running job). A
+    /// job running on another node is announced on [`CANCEL_CHANNEL`] once the cancel is
+    /// committed (that node's runner stops it; should the notification be lost, at its
+    /// next heartbeat).
     pub(crate) async fn cancel(&self, id: &str, now: u64) -> Res<(Cancelled, bool)> {
+        let (out, here) = self.cancel_row(id, now).await?;
+        if let (Cancelled::Running(_), false) = (&out, here) {
+            let id = id.to_string();
+            // Best effort: the heartbeat reads the flag anyway.
+            let sent = self
+                .run(move |_, c| async move {
+                    let r = c
+                        .execute("SELECT pg_notify($1, $2)", &[&CANCEL_CHANNEL, &id])
+                        .await
+                        .map_err(pg_err)
+                        .map(|_| ());
+                    (c, r)
+                })
+                .await;
+            if let Err(e) = sent {
+                tracing::warn!(job = %id_of(&out), error = %e, "announcing a cancel to the node running the job; it sees it at its next heartbeat");
+            }
+        }
+        Ok((out, here))
+    }
+
+    async fn cancel_row(&self, id: &str, now: u64) -> Res<(Cancelled, bool)> {
         let node = self.inner.node.clone();
         let here = move |row: &Row| row.node.as_deref() == Some(node.as_str());
         self.change(id, true, move |row| match row.job.state {

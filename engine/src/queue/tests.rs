@@ -1999,3 +1999,77 @@ fn a_waiting_child_survives_a_restart() {
         );
     });
 }
+
+/// A cancel of a running job reaches its runner whichever node it was made on: on sled
+/// (one process) through the job's record; on PostgreSQL, a cancel made on another node
+/// is announced on `CANCEL_CHANNEL` (the runner's node then knows it with `cancel_seen`)
+/// and, should that notification be lost, read by the runner's next heartbeat.
+#[test]
+fn a_cancel_made_on_another_node_reaches_the_runner() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pg = provisio_test_support::postgres::store_url(dir.path()).is_some();
+    let runner = Arc::new(open(dir.path()));
+    // Two stores on the same database are two nodes; sled is one process.
+    let other = if pg {
+        Arc::new(open(dir.path()))
+    } else {
+        runner.clone()
+    };
+    rt().block_on(async {
+        let id = runner.submit(job("A/B"), 1).await.expect("submit").job.id;
+        let claimed = runner.claim(2, LEASE).await.expect("claim").expect("job");
+        assert_eq!(claimed.id, id);
+        assert!(!runner.cancel_requested(&id));
+        #[cfg(feature = "postgres")]
+        let mut heard = {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            if let Some(store) = other.store().postgres() {
+                store.listen_payloads(&[CANCEL_CHANNEL], tx);
+                // The listening session is up before the cancel is made.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            rx
+        };
+        match other.cancel(&id, 3).await.expect("cancel") {
+            Cancelled::Running(j) => assert!(j.cancel_requested),
+            other => panic!("{other:?}"),
+        }
+        #[cfg(feature = "postgres")]
+        if pg {
+            // Not made here: the runner's node does not know it until told.
+            assert!(!runner.cancel_requested(&id));
+            let (channel, payload) = tokio::time::timeout(Duration::from_secs(10), heard.recv())
+                .await
+                .expect("the cancel is announced")
+                .expect("a notification");
+            assert_eq!(
+                (channel.as_str(), payload.as_str()),
+                (CANCEL_CHANNEL, id.as_str())
+            );
+            // Heard by a node that does not run it: nothing.
+            assert!(!other.cancel_seen(&id));
+        }
+        // The notification lost: the heartbeat reads the flag.
+        assert!(runner.heartbeat(&id, 4, LEASE).await.expect("heartbeat"));
+        assert!(runner.cancel_requested(&id));
+        if pg {
+            assert!(runner.cancel_seen(&id));
+        }
+        runner
+            .finish(
+                &id,
+                Finish {
+                    state: JobState::Cancelled,
+                    outcome: Some("rolled_back".into()),
+                    result: None,
+                    error: None,
+                },
+                5,
+            )
+            .await
+            .expect("finish");
+        // Settled: forgotten.
+        assert!(!runner.cancel_requested(&id));
+        assert!(!runner.cancel_seen(&id));
+    });
+}
