@@ -24,7 +24,9 @@
 //!   itself allows here, beside the daemon: a bare axum server (a child process: this
 //!   program's `floor-server` mode) answering the same `POST /v1/requests` with an answer
 //!   of the daemon's shape, first with nothing durable, then with a group-committed
-//!   `fdatasync`'d append a request; then the daemon with `?wait=30s`; interleaved, each
+//!   `fdatasync`'d append a request, then as the *minimal daemon* (each request run to its
+//!   end on the in-process engine with its durable journal before the answer: no queue, no
+//!   job records, no auth); then the daemon with `?wait=30s`; interleaved, each
 //!   with its server process's CPU time a request, and the in-process engine on five reads
 //!   (as in `throughput`) each repetition: each server's ratio to it says what HTTP alone
 //!   leaves of the in-process figure.
@@ -655,12 +657,30 @@ fn restart(queued: usize, in_flight: usize) -> Result<()> {
 /// engine behind it: with `sync`, each request's record (its body) is appended to one file
 /// and answered after an `fdatasync` covering it, group-committed as the daemon's journal
 /// is (one writer thread; whatever arrived while it synced goes into the next sync).
+///
+/// With `engine` it is the *minimal daemon*: each request is run to its end, before the
+/// answer, on the in-process engine with its durable journal on sled in DIR — the same
+/// five-step request and engine as the ratio's reference (`FiveRead`), the answer's
+/// `response` the engine's response document — with no queue, no job records, no token
+/// hashing or ACL, no event hub: the least a daemon that runs the transaction in-process
+/// does for a request.
 fn floor_server(mode: &str, dir: &str) -> Result<()> {
     use axum::http::{HeaderMap, StatusCode};
     use std::io::Write;
     type Ack = tokio::sync::oneshot::Sender<()>;
+    let engine = match mode {
+        "engine" => {
+            let journal = support::durable(&PathBuf::from(dir).join("engine"))?;
+            let env = support::env(support::txn_namespaces()?, Some(journal))?;
+            Some(Arc::new((
+                env.engine,
+                support::request("FiveRead", provisio_engine::data::Element::new("data")),
+            )))
+        }
+        _ => None,
+    };
     let sync = match mode {
-        "none" => None,
+        "none" | "engine" => None,
         "sync" => {
             let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Vec<u8>, Ack)>();
             let mut file = std::fs::OpenOptions::new()
@@ -692,7 +712,7 @@ fn floor_server(mode: &str, dir: &str) -> Result<()> {
             });
             Some(tx)
         }
-        other => bail!("floor-server none|sync DIR, not `{other}`"),
+        other => bail!("floor-server none|sync|engine DIR, not `{other}`"),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -700,6 +720,7 @@ fn floor_server(mode: &str, dir: &str) -> Result<()> {
     rt.block_on(async move {
         let handler = move |headers: HeaderMap, body: axum::body::Bytes| {
             let sync = sync.clone();
+            let engine = engine.clone();
             async move {
                 let bearer = format!("Bearer {TOKEN}");
                 if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(&bearer) {
@@ -715,6 +736,14 @@ fn floor_server(mode: &str, dir: &str) -> Result<()> {
                     }
                 }
                 let id = format!("{:032x}", now_ms());
+                let mut response = serde_json::json!({"transactionId": id, "status": "committed", "data": request["data"], "requestFormat": "json"});
+                if let Some(engine) = &engine {
+                    let (engine, five) = &**engine;
+                    match support::run_expect(engine, five, provisio_engine::TxnState::Committed).await {
+                        Ok(result) => response = provisio_engine::response::to_value(&result),
+                        Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+                    }
+                }
                 let steps: Vec<serde_json::Value> = (1..=5)
                     .map(|i| serde_json::json!({"step": format!("s{i}"), "target": "Error Provider/ReportEvent", "attempt": 1, "state": "done"}))
                     .collect();
@@ -725,7 +754,7 @@ fn floor_server(mode: &str, dir: &str) -> Result<()> {
                     "not_before_ms": 0, "started_ms": now_ms(), "finished_ms": now_ms(),
                     "error": null, "cancel_requested": false, "parents": [], "waiting_for": [],
                     "response_retained": true, "steps": steps,
-                    "response": {"transactionId": id, "status": "committed", "data": request["data"], "requestFormat": "json"},
+                    "response": response,
                     "created": true, "warnings": []
                 });
                 (StatusCode::OK, answer.to_string())
@@ -759,6 +788,7 @@ fn floor(reps: usize, total: usize, clients: usize, workers: usize) -> Result<()
     for name in [
         "bare axum, no sync",
         "bare axum, group-committed fdatasync",
+        "minimal daemon (in-process engine, durable journal)",
         "daemon ?wait",
     ] {
         rows.push((name, Vec::new(), Vec::new(), Vec::new()));
@@ -772,10 +802,12 @@ fn floor(reps: usize, total: usize, clients: usize, workers: usize) -> Result<()
             loadavg()
         );
         inproc.push(ip);
-        for (i, mode) in ["none", "sync"].into_iter().enumerate() {
+        for (i, mode) in ["none", "sync", "engine"].into_iter().enumerate() {
+            // A fresh folder a run: the minimal daemon's journal starts empty each time.
+            let run_dir = tempfile::tempdir_in(dir.path())?;
             let mut child = Command::new(std::env::current_exe()?)
                 .args(["floor-server", mode])
-                .arg(dir.path())
+                .arg(run_dir.path())
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .spawn()?;
@@ -813,9 +845,9 @@ fn floor(reps: usize, total: usize, clients: usize, workers: usize) -> Result<()
             pct(&l, 0.99),
             loadavg()
         );
-        rows[2].1.push(r);
-        rows[2].2.push(cpu);
-        rows[2].3.push(pct(&l, 0.99));
+        rows[3].1.push(r);
+        rows[3].2.push(cpu);
+        rows[3].3.push(pct(&l, 0.99));
     }
     let ip = median(&mut inproc);
     println!("median of {reps}: in-process engine, five reads: {ip:.0} req/s");
