@@ -337,6 +337,12 @@ pub trait Provider: Send + Sync {
     async fn purge(&self, _scope: &PurgeScope) -> Result<Purged, ProviderError> {
         Ok(Purged::default())
     }
+    /// Transaction `txn_id` is over (committed or rolled back, and its final state
+    /// journaled): none of its calls will be undone, prepared, committed or settled again,
+    /// so what the provider kept only for that (intent markers of its calls) may go.
+    /// Called for every registered provider once the transaction ends; best effort (what a
+    /// crash leaves is for [`Provider::purge`]). The default has nothing to drop.
+    async fn transaction_over(&self, _txn_id: &str) {}
     /// Two-phase: makes the prepared change visible. Must not fail.
     async fn commit(&self, done: &Done) -> Result<(), ProviderError> {
         Err(ProviderError::Unsupported(format!(
@@ -392,6 +398,12 @@ impl ProviderRegistry {
             out.push((p.name().to_string(), p.purge(scope).await));
         }
         out
+    }
+    /// Runs every provider's [`Provider::transaction_over`].
+    pub(crate) async fn transaction_over(&self, txn_id: &str) {
+        for p in self.providers.values() {
+            p.transaction_over(txn_id).await;
+        }
     }
     /// Provider names.
     pub fn names(&self) -> Vec<String> {

@@ -303,3 +303,103 @@ async fn prune_markers_keeps_only_live_transactions() {
     assert_eq!(count(), 1);
     assert!(p.recover(&live).await.expect("recover").is_some());
 }
+
+/// A transaction's markers are lines of one file (not one file a call), each holding what
+/// its call will do; the file goes when the engine says the transaction is over.
+#[tokio::test]
+async fn one_intent_file_a_transaction_removed_when_it_is_over() {
+    let (_t, p) = provider();
+    let pending = p.root().join(".provisio-state/pending");
+    let mut calls = Vec::new();
+    for i in 0..20 {
+        let (c, _) = run(&p, "CreateFolder", &[("path", &format!("u{i}"))])
+            .await
+            .expect("mkdir");
+        calls.push(c);
+    }
+    let files: Vec<_> = fs::read_dir(&pending)
+        .expect("pending")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    let txn = calls[0].context.txn_id.to_string();
+    assert_eq!(files, [format!("{txn}_intents.jsonl")]);
+    let bytes = fs::metadata(pending.join(&files[0])).expect("stat").len();
+    assert!(bytes < 20 * 200, "{bytes} bytes for 20 markers");
+    // Every call is still settled from its marker.
+    for c in &calls {
+        assert!(p.recover(c).await.expect("recover").is_some());
+    }
+    p.transaction_over(&txn).await;
+    assert_eq!(fs::read_dir(&pending).expect("pending").count(), 0);
+}
+
+/// A marker written by an older version (one `<key>.json` file a call) still settles its
+/// call, and goes when the call is undone.
+#[tokio::test]
+async fn markers_of_older_versions_are_still_honoured() {
+    let (_t, p) = provider();
+    let root = p.root().to_path_buf();
+    let c = call(&p.namespace(), "CreateFolder", &[("path", "a/b")]);
+    let legacy: String = c
+        .context
+        .idempotency_key()
+        .chars()
+        .map(|ch| {
+            if ch.is_ascii_alphanumeric() || ch == '-' {
+                ch
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let legacy = root.join(format!(".provisio-state/pending/{legacy}.json"));
+    fs::create_dir_all(legacy.parent().expect("parent")).expect("pending");
+    fs::write(
+        &legacy,
+        r#"{"op":"CreateFolder","path":"a/b","missingParents":["a"]}"#,
+    )
+    .expect("old marker");
+    // Not applied yet: nothing to undo.
+    assert_eq!(p.recover(&c).await.expect("recover"), None);
+    fs::write(
+        &legacy,
+        r#"{"op":"CreateFolder","path":"a/b","missingParents":["a"]}"#,
+    )
+    .expect("old marker");
+    fs::create_dir_all(root.join("a/b")).expect("the crashed call's folders");
+    let rec = p.recover(&c).await.expect("recover").expect("applied");
+    undo_with(&p, &c, rec).await;
+    assert!(!root.join("a").exists(), "the missing parent went too");
+    assert!(!legacy.exists(), "the old marker went with the undo");
+}
+
+/// A line torn by a crash (no newline, half a record) neither hides the next call's
+/// marker nor counts as one.
+#[tokio::test]
+async fn a_torn_intent_line_is_skipped() {
+    let (_t, p) = provider();
+    let (first, _) = run(&p, "CreateFolder", &[("path", "x")])
+        .await
+        .expect("mkdir");
+    let file = p.root().join(format!(
+        ".provisio-state/pending/{}_intents.jsonl",
+        first.context.txn_id
+    ));
+    let torn = call(&p.namespace(), "CreateFolder", &[("path", "y")]);
+    let mut text = fs::read(&file).expect("read");
+    text.extend_from_slice(
+        format!(
+            "\n{{\"key\":\"{}\",\"marker\":{{\"op\":\"Creat",
+            torn.context.idempotency_key()
+        )
+        .as_bytes(),
+    );
+    fs::write(&file, text).expect("tear");
+    fs::create_dir(p.root().join("y")).expect("someone else's folder");
+    let (next, _) = run(&p, "CreateFolder", &[("path", "z")])
+        .await
+        .expect("mkdir");
+    assert!(p.recover(&first).await.expect("first").is_some());
+    assert!(p.recover(&next).await.expect("next").is_some());
+    assert_eq!(p.recover(&torn).await.expect("torn"), None);
+}

@@ -60,23 +60,20 @@ fn no_trace(root: &Path, calls: &[&Call]) {
         "staging: {:?}",
         all_entries(&root.join(STAGING_DIR))
     );
-    let markers = all_entries(&root.join(".provisio-state/pending"));
+    let pending = root.join(".provisio-state/pending");
     for c in calls {
-        let key: String = c
-            .context
-            .idempotency_key()
-            .chars()
-            .map(|ch| {
-                if ch.is_ascii_alphanumeric() || ch == '-' {
-                    ch
-                } else {
-                    '_'
-                }
-            })
-            .collect();
+        let key = c.context.idempotency_key();
+        // The transaction's intent file: the last line of the key must remove its marker.
+        let file = pending.join(format!("{}_intents.jsonl", c.context.txn_id));
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        let last = text
+            .lines()
+            .rev()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|v| v["key"] == key.as_str());
         assert!(
-            !markers.iter().any(|m| m.starts_with(&key)),
-            "marker of {key} left: {markers:?}"
+            last.as_ref().is_none_or(|v| v.get("marker").is_none()),
+            "marker of {key} left: {last:?}"
         );
     }
 }

@@ -98,6 +98,11 @@ impl Engine {
             };
             let mut out = self.settle(&txn, result).await;
             self.journal_end(&txn, &mut out).await;
+            if out.journal_error.is_none()
+                && matches!(out.state, TxnState::Committed | TxnState::RolledBack)
+            {
+                self.registry().transaction_over(txn.id.as_ref()).await;
+            }
             // After the outcome is journaled: a crash before this line is settled by
             // recovery from that outcome (`Queue::settle_held`).
             self.settle_jobs(&txn, out.state == TxnState::Committed)

@@ -212,6 +212,7 @@ impl Fs {
         let mode = mode.unwrap_or(old_mode & special);
         pending::write(
             &self.dir,
+            &self.intent_logs,
             &key,
             &Marker::OverwriteFile {
                 path: path.display(),
@@ -227,7 +228,7 @@ impl Fs {
             if linked {
                 let _ = self.dir.remove_file(&trash);
             }
-            pending::remove(&self.dir, &key);
+            pending::remove(&self.dir, &self.intent_logs, &key);
         };
         if let Err(e) = self.build_new(path, &item, &new, mode, (old.uid(), old.gid())) {
             undo_partial(false);
@@ -429,7 +430,7 @@ impl Fs {
             }
             let _ = self.dir.remove_dir_all(Path::new(STAGING_DIR).join(trash));
             let _ = self.dir.remove_dir(STAGING_DIR);
-            pending::remove(&self.dir, key);
+            pending::remove(&self.dir, &self.intent_logs, key);
             Ok(None)
         };
         let Ok(kept) = self.dir.symlink_metadata(&trash_file) else {

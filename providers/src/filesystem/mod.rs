@@ -97,6 +97,8 @@ pub(crate) struct Fs {
     dir: Dir,
     /// Serializes read-modify-write of the quota state file.
     state_lock: Mutex<()>,
+    /// The transactions' intent files this process has made durable (`pending`).
+    intent_logs: pending::Logs,
     options: FilesystemOptions,
     /// Runs at the start of every blocking operation (tests slow operations down with it).
     #[cfg(test)]
@@ -133,6 +135,7 @@ impl FilesystemProvider {
                 root,
                 dir,
                 state_lock: Mutex::new(()),
+                intent_logs: pending::Logs::default(),
                 options,
                 #[cfg(test)]
                 before_op: None,
@@ -155,7 +158,8 @@ impl FilesystemProvider {
     /// Removes the intent markers of every transaction for which `is_live(txn_id)` is false.
     /// For the engine's (or an operator's) cleanup after recovery: pass the transactions
     /// that are not final yet; markers of final transactions are never asked about again
-    /// (a committed call's marker otherwise stays until the call is undone).
+    /// (a transaction that ends in a run drops its own at once, `transaction_over`; one
+    /// that a crash interrupted keeps them until pruned).
     pub async fn prune_markers(
         &self,
         is_live: impl Fn(&str) -> bool + Send + 'static,
@@ -328,6 +332,7 @@ impl Fs {
         }
         pending::write(
             &self.dir,
+            &self.intent_logs,
             &call.context.idempotency_key(),
             &Marker::CreateFolder {
                 path: path.display(),
@@ -472,6 +477,7 @@ impl Fs {
         if self.lstat(&path)?.is_none() {
             pending::write(
                 &self.dir,
+                &self.intent_logs,
                 &call.context.idempotency_key(),
                 &Marker::WriteFile {
                     path: path.display(),
@@ -553,6 +559,7 @@ impl Fs {
             let mut quotas = quota::load(&self.dir)?;
             pending::write(
                 &self.dir,
+                &self.intent_logs,
                 &call.context.idempotency_key(),
                 &Marker::SetQuota {
                     path: path.display(),
@@ -692,6 +699,7 @@ impl Fs {
         self.require_parent_dir("to", &to)?;
         pending::write(
             &self.dir,
+            &self.intent_logs,
             &call.context.idempotency_key(),
             &Marker::MoveFolder {
                 from: from.display(),
@@ -905,7 +913,7 @@ impl Fs {
             };
         };
         let not_applied = || {
-            pending::remove(&self.dir, &key);
+            pending::remove(&self.dir, &self.intent_logs, &key);
             Ok(None)
         };
         let undo = match marker {
@@ -1014,7 +1022,7 @@ impl Fs {
                 .to_element()?,
             )),
             (true, false) => {
-                pending::remove(&self.dir, key);
+                pending::remove(&self.dir, &self.intent_logs, key);
                 Ok(None)
             }
             _ => Err(ProviderError::permanent(format!(
@@ -1438,6 +1446,17 @@ impl Provider for FilesystemProvider {
         self.blocking(move |fs| fs.purge(&scope)).await
     }
 
+    /// The transaction's intent file goes: none of its calls will be settled again.
+    async fn transaction_over(&self, txn_id: &str) {
+        let txn = txn_id.to_string();
+        let removed = self
+            .blocking(move |fs| pending::remove_transaction(&fs.dir, &fs.intent_logs, &txn))
+            .await;
+        if let Err(e) = removed {
+            tracing::warn!(txn = txn_id, error = %e, "Filesystem: cannot remove the intent markers of a finished transaction; `provisio tx prune` will");
+        }
+    }
+
     fn procedures(&self) -> Vec<ProcedureSpec> {
         let mut specs = self.procedure_list();
         // Constant paths are checked when a request compiles (no `..`, not absolute).
@@ -1521,7 +1540,11 @@ impl Fs {
 
     fn undo_sync(&self, done: &Done) -> Result<(), ProviderError> {
         self.undo_record(done)?;
-        pending::remove(&self.dir, &done.context.idempotency_key());
+        pending::remove(
+            &self.dir,
+            &self.intent_logs,
+            &done.context.idempotency_key(),
+        );
         Ok(())
     }
 

@@ -878,6 +878,7 @@ impl Fs {
         self.remove_copy_staging(&staging)?;
         pending::write(
             &self.dir,
+            &self.intent_logs,
             &key,
             &Marker::CopyFolder {
                 path: c.target.display(),
@@ -886,7 +887,7 @@ impl Fs {
         )?;
         let fail = |e: ProviderError| {
             let _ = self.remove_copy_staging(&staging);
-            pending::remove(&self.dir, &key);
+            pending::remove(&self.dir, &self.intent_logs, &key);
             e
         };
         self.dir
@@ -962,7 +963,7 @@ impl Fs {
             ));
         }
         self.remove_copy_staging(&staged)?;
-        pending::remove(&self.dir, &key);
+        pending::remove(&self.dir, &self.intent_logs, &key);
         Ok(None)
     }
 

@@ -193,6 +193,7 @@ impl Fs {
         let key = call.context.idempotency_key();
         pending::write(
             &self.dir,
+            &self.intent_logs,
             &key,
             &Marker::SetOwner {
                 path: c.path.display(),
@@ -202,7 +203,7 @@ impl Fs {
             },
         )?;
         if let Err(e) = self.chown(&c.path, c.new) {
-            pending::remove(&self.dir, &key);
+            pending::remove(&self.dir, &self.intent_logs, &key);
             return Err(e);
         }
         let id = |name: &str, v: u32| Element::with_scalar(name, Scalar::Int(i64::from(v)));
@@ -264,7 +265,7 @@ impl Fs {
     ) -> Result<Option<Element>, ProviderError> {
         let path = RelPath::parse("path", path, false)?;
         let Some(meta) = self.lstat(&path)? else {
-            pending::remove(&self.dir, key);
+            pending::remove(&self.dir, &self.intent_logs, key);
             return Ok(None);
         };
         let now = (meta.uid(), meta.gid());
@@ -272,7 +273,7 @@ impl Fs {
             return Ok(Some(restore_owner_record(&path, previous, mode)?));
         }
         if now == previous {
-            pending::remove(&self.dir, key);
+            pending::remove(&self.dir, &self.intent_logs, key);
             return Ok(None);
         }
         Err(ProviderError::permanent(format!(

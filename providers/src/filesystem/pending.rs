@@ -1,21 +1,66 @@
 //! Intent markers that let the provider answer "was the call with this idempotency key
-//! applied?" after a crash. A marker (a [`Marker`]) is written (and fsynced) after the
-//! provider's checks and before the change, holding what the change will be; recovery
-//! compares it with what is on disk. Markers live in `.provisio-state/pending/` and are
-//! removed when the call is undone.
+//! applied?" after a crash. A marker (a [`Marker`]) is made durable after the provider's
+//! checks and before the change, holding what the change will be; recovery compares it
+//! with what is on disk.
+//!
+//! The markers of one transaction are lines appended to one file,
+//! `.provisio-state/pending/<txn id>_intents.jsonl`: a marker costs one append and one
+//! `fdatasync` (the folder is synced once, when the file is made), and ~100–200 bytes of
+//! disk. A removal (after an undo, or when the change did not happen) appends a line
+//! without a marker, not synced: a lost removal only leaves a marker that recovery checks
+//! against the disk anyway. The last line of a key says what holds. The file goes when
+//! the transaction is over ([`remove_transaction`], from `Provider::transaction_over`), or
+//! with `Provider::purge` / `provisio recover` for transactions that ended otherwise.
+//!
+//! Every line starts with a newline, so a line torn by a crash (never acknowledged, so its
+//! change never happened) cannot swallow the next one; a line that does not parse is
+//! skipped. Markers of older versions, one file a call (`<sanitized key>.json`), are still
+//! read when the transaction's file has nothing for the key, and removed with the key.
 
-use super::quota::STATE_DIR;
 use super::records::{Marker, RecordError};
 use super::sandbox::io_error;
-use cap_std::fs::{Dir, OpenOptions};
+use cap_std::fs::{Dir, File, OpenOptions};
 use provisio_engine::provider::ProviderError;
-use std::io::{self, Write};
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::io::{self, Read, Write};
+use std::sync::Mutex;
 
 pub(crate) const PENDING_DIR: &str = ".provisio-state/pending";
 
-fn file_name(key: &str) -> String {
-    let safe: String = key
-        .chars()
+/// How the name of a transaction's intent file ends (after `<txn id>_`).
+const LOG_SUFFIX: &str = "_intents.jsonl";
+
+/// How many transactions' files [`Logs`] remembers as durably created; past that it
+/// forgets them all (a forgotten one costs one more folder sync).
+const REMEMBERED_LOGS: usize = 4096;
+
+/// One line of a transaction's intent file.
+#[derive(Serialize, Deserialize)]
+struct Line {
+    key: String,
+    /// `None`: the key's marker is removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    marker: Option<Marker>,
+}
+
+/// The transaction files this process knows to be durably created (their folder entry
+/// synced), so that only the first marker of a transaction syncs the folder.
+#[derive(Debug, Default)]
+pub(crate) struct Logs {
+    synced: Mutex<HashSet<String>>,
+}
+
+impl Logs {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.synced
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+fn sanitize(text: &str) -> String {
+    text.chars()
         .map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' {
                 c
@@ -23,42 +68,119 @@ fn file_name(key: &str) -> String {
                 '_'
             }
         })
-        .collect();
-    format!("{PENDING_DIR}/{safe}.json")
+        .collect()
+}
+
+/// The transaction id of an idempotency key (`<txn id>/<step id>`).
+fn txn_of_key(key: &str) -> &str {
+    key.split_once('/').map_or(key, |(txn, _)| txn)
+}
+
+/// The file of transaction `txn`'s markers.
+pub(crate) fn log_name(txn: &str) -> String {
+    format!("{PENDING_DIR}/{}{LOG_SUFFIX}", sanitize(txn))
+}
+
+/// The file of `key`'s marker as older versions wrote it (one file a call).
+fn legacy_name(key: &str) -> String {
+    format!("{PENDING_DIR}/{}.json", sanitize(key))
+}
+
+/// Appends `line` to the file of `key`'s transaction; `durable`: synced before returning
+/// (and the file's folder entry too, the first time this process writes to it).
+fn append(dir: &Dir, logs: &Logs, line: &Line, durable: bool) -> io::Result<()> {
+    let txn = txn_of_key(&line.key);
+    let name = log_name(txn);
+    let mut text = Vec::with_capacity(160);
+    text.push(b'\n');
+    serde_json::to_writer(&mut text, line).map_err(io::Error::other)?;
+    let mut opts = OpenOptions::new();
+    opts.append(true);
+    let mut file: File = match dir.open_with(&name, &opts) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if !durable {
+                // Nothing to remove from a file that is not there.
+                return Ok(());
+            }
+            dir.create_dir_all(PENDING_DIR)?;
+            opts.create(true);
+            dir.open_with(&name, &opts)?
+        }
+        Err(e) => return Err(e),
+    };
+    // One `write` of the whole line: appends of concurrent calls do not interleave.
+    file.write_all(&text)?;
+    if durable {
+        file.sync_data()?;
+        if !logs.lock().contains(txn) {
+            // The file's folder entry, once per transaction and process: a file another
+            // call has just created may not be durable in its folder yet.
+            dir.open_dir(PENDING_DIR)?.open(".")?.sync_all()?;
+            let mut synced = logs.lock();
+            if synced.len() >= REMEMBERED_LOGS {
+                synced.clear();
+            }
+            synced.insert(txn.to_string());
+        }
+    }
+    Ok(())
 }
 
 /// Writes the marker for `key` durably.
-pub(crate) fn write(dir: &Dir, key: &str, marker: &Marker) -> Result<(), ProviderError> {
-    dir.create_dir_all(PENDING_DIR)
-        .map_err(|e| io_error(STATE_DIR, e))?;
-    let name = file_name(key);
-    // The writer's pid in the name lets a later sweep tell a crashed write from one under
-    // way (see `sweep`).
-    let tmp = format!("{name}.tmp-{}", std::process::id());
-    let text = serde_json::to_vec(marker).map_err(|e| RecordError::Encode(e.to_string()))?;
-    let mut opts = OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    let written = dir.open_with(&tmp, &opts).and_then(|mut f| {
-        f.write_all(&text)?;
-        f.sync_all()?;
-        dir.rename(&tmp, dir, &name)
-    });
-    if let Err(e) = written {
-        // A full disk must not leave the partial file behind.
-        let _ = dir.remove_file(&tmp);
-        return Err(io_error(&name, e));
+pub(crate) fn write(
+    dir: &Dir,
+    logs: &Logs,
+    key: &str,
+    marker: &Marker,
+) -> Result<(), ProviderError> {
+    let line = Line {
+        key: key.to_string(),
+        marker: Some(marker.clone()),
+    };
+    // A marker is plain strings and numbers: encoding it cannot fail.
+    append(dir, logs, &line, true).map_err(|e| io_error(&log_name(txn_of_key(key)), e))
+}
+
+/// What the transaction's file says of `key`: `None` when it has no line of it,
+/// `Some(None)` when its last line removes the marker.
+fn read_log(dir: &Dir, key: &str) -> Result<Option<Option<Marker>>, ProviderError> {
+    let name = log_name(txn_of_key(key));
+    let mut bytes = Vec::new();
+    match dir.open(&name).and_then(|mut f| f.read_to_end(&mut bytes)) {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_error(&name, e)),
     }
-    if let Ok(d) = dir.open_dir(PENDING_DIR) {
-        // Make the rename durable (best effort where directories cannot be opened for sync).
-        let _ = d.open(".").and_then(|f| f.sync_all());
+    // Only lines holding the key (as JSON writes it) are parsed.
+    let needle = serde_json::to_string(key).map_err(|e| RecordError::Encode(e.to_string()))?;
+    let mut found = None;
+    for raw in bytes.split(|b| *b == b'\n') {
+        let Ok(text) = std::str::from_utf8(raw) else {
+            continue;
+        };
+        if !text.contains(&needle) {
+            continue;
+        }
+        match serde_json::from_str::<Line>(text) {
+            Ok(line) if line.key == key => found = Some(line.marker),
+            Ok(_) => {}
+            // A torn line: its write never returned, so its change was never made.
+            Err(e) => {
+                tracing::warn!(file = %name, error = %e, "skipping an unreadable intent line")
+            }
+        }
     }
-    Ok(())
+    Ok(found)
 }
 
 /// Reads the marker for `key`: `None` when there is none; an error when it is there but
 /// unreadable (then nobody can tell what the call did).
 pub(crate) fn read(dir: &Dir, key: &str) -> Result<Option<Marker>, ProviderError> {
-    let name = file_name(key);
+    if let Some(marker) = read_log(dir, key)? {
+        return Ok(marker);
+    }
+    let name = legacy_name(key);
     match dir.read_to_string(&name) {
         Ok(text) => serde_json::from_str(&text)
             .map(Some)
@@ -69,6 +191,25 @@ pub(crate) fn read(dir: &Dir, key: &str) -> Result<Option<Marker>, ProviderError
 }
 
 /// Removes the marker for `key` (after an undo, or when the change did not happen).
-pub(crate) fn remove(dir: &Dir, key: &str) {
-    let _ = dir.remove_file(file_name(key));
+pub(crate) fn remove(dir: &Dir, logs: &Logs, key: &str) {
+    let line = Line {
+        key: key.to_string(),
+        marker: None,
+    };
+    if let Err(e) = append(dir, logs, &line, false) {
+        tracing::warn!(key, error = %e, "cannot note that an intent marker is removed");
+    }
+    let _ = dir.remove_file(legacy_name(key));
+}
+
+/// Removes the file of transaction `txn`'s markers (the transaction is over: none of its
+/// calls will be asked about again).
+pub(crate) fn remove_transaction(dir: &Dir, logs: &Logs, txn: &str) -> Result<bool, ProviderError> {
+    logs.lock().remove(txn);
+    let name = log_name(txn);
+    match dir.remove_file(&name) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io_error(&name, e)),
+    }
 }

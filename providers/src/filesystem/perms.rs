@@ -209,6 +209,7 @@ impl Fs {
         let new = self.planned(&t, &prev, mode, &req)?;
         pending::write(
             &self.dir,
+            &self.intent_logs,
             &call.context.idempotency_key(),
             &Marker::SetPermissions {
                 path: t.path.display(),
@@ -221,7 +222,11 @@ impl Fs {
             if let Ok(now) = self.perm_state(&t) {
                 let _ = self.apply_perms(&t, &now, &prev);
             }
-            pending::remove(&self.dir, &call.context.idempotency_key());
+            pending::remove(
+                &self.dir,
+                &self.intent_logs,
+                &call.context.idempotency_key(),
+            );
             return Err(e);
         }
         let now = self.perm_state(&t)?;
@@ -278,13 +283,13 @@ impl Fs {
         let prev = previous.state().map_err(bad)?;
         let new = new.state().map_err(bad)?;
         if self.lstat(&path)?.is_none() {
-            pending::remove(&self.dir, key);
+            pending::remove(&self.dir, &self.intent_logs, key);
             return Ok(None);
         }
         let t = self.perm_target("path", path)?;
         let now = self.perm_state(&t)?;
         if now == prev {
-            pending::remove(&self.dir, key);
+            pending::remove(&self.dir, &self.intent_logs, key);
             return Ok(None);
         }
         if now == new {
@@ -305,7 +310,7 @@ impl Fs {
             )));
         }
         self.apply_perms(&t, &now, &prev)?;
-        pending::remove(&self.dir, key);
+        pending::remove(&self.dir, &self.intent_logs, key);
         Ok(None)
     }
 

@@ -5,7 +5,9 @@
 //!
 //! A trash entry is named after the call's idempotency key, which starts with the
 //! transaction id; DeleteFolder also notes the folder's original path in
-//! `.provisio-state/trash/<entry>` ([`note_origin`]), so that its quotas can go with it. A
+//! `.provisio-state/trash/<entry>` ([`note_origin`]), so that its quotas can go with it.
+//! Intent files (`<txn id>_intents.jsonl`, or `<txn id>_<step>.json` of older versions) start
+//! with the transaction id too; a transaction that ended in a run has dropped its own. A
 //! trash entry without a note (made before notes existed) goes, its quotas stay.
 
 use super::pending::PENDING_DIR;
@@ -203,13 +205,15 @@ mod tests {
             quotas.insert(format!("{folder}/sub"), 5);
             dir.create_dir_all(PENDING_DIR).expect("pending");
             dir.write(format!("{PENDING_DIR}/{txn}_step_1.json"), "{}")
-                .expect("marker");
+                .expect("marker of an older version");
+            dir.write(format!("{PENDING_DIR}/{txn}_intents.jsonl"), "\n{}")
+                .expect("the transaction's intent file");
         }
         quotas.insert("live".into(), 1);
         quota::store(dir, &quotas).expect("quotas");
 
         let dry = fs.purge(&scope(true)).await.expect("dry run");
-        assert_eq!(dry.removed.len(), 4, "{:?}", dry.removed);
+        assert_eq!(dry.removed.len(), 5, "{:?}", dry.removed);
         assert!(dir.exists(format!("{TRASH_DIR}/{OVER}_del_1")));
         assert_eq!(quota::load(dir).expect("quotas").len(), 7);
 
@@ -217,9 +221,11 @@ mod tests {
         assert_eq!(done.removed, dry.removed);
         assert!(!dir.exists(format!("{TRASH_DIR}/{OVER}_del_1")));
         assert!(!dir.exists(format!("{PENDING_DIR}/{OVER}_step_1.json")));
+        assert!(!dir.exists(format!("{PENDING_DIR}/{OVER}_intents.jsonl")));
         for txn in [RECENT, FAILED] {
             assert!(dir.exists(format!("{TRASH_DIR}/{txn}_del_1")));
             assert!(dir.exists(format!("{PENDING_DIR}/{txn}_step_1.json")));
+            assert!(dir.exists(format!("{PENDING_DIR}/{txn}_intents.jsonl")));
         }
         let left: Vec<String> = quota::load(dir).expect("quotas").into_keys().collect();
         assert_eq!(

@@ -125,10 +125,15 @@ impl Fs {
         };
         // A retried call (same key) starts over from a clean staging folder.
         self.remove_staging(&staged)?;
-        pending::write(&self.dir, &key, &staged.marker(StagePhase::Staged))?;
+        pending::write(
+            &self.dir,
+            &self.intent_logs,
+            &key,
+            &staged.marker(StagePhase::Staged),
+        )?;
         if let Err(e) = self.build_staged(&staged, mode, &content) {
             let _ = self.remove_staging(&staged);
-            pending::remove(&self.dir, &key);
+            pending::remove(&self.dir, &self.intent_logs, &key);
             return Err(e);
         }
         let mut out = call.execute_data.clone();
@@ -278,7 +283,12 @@ impl Fs {
                 }),
             };
         }
-        pending::write(&self.dir, &key, &staged.marker(StagePhase::Committing))?;
+        pending::write(
+            &self.dir,
+            &self.intent_logs,
+            &key,
+            &staged.marker(StagePhase::Committing),
+        )?;
         let what = format!("commit of `{}`", staged.path.display());
         let from_dir = self
             .dir
@@ -388,7 +398,7 @@ impl Fs {
             return Ok(Some(staged.record().to_element()?));
         }
         self.remove_staging(&staged)?;
-        pending::remove(&self.dir, &key);
+        pending::remove(&self.dir, &self.intent_logs, &key);
         Ok(None)
     }
 

@@ -5,7 +5,8 @@
 //! Temporary files carry the id of the process writing them (`quotas.json.tmp-<pid>-<n>`,
 //! `pending/<key>.json.tmp-<pid>`); one whose process is no longer running is garbage.
 //! Files of a running process (this one included) are kept: their write may be under way.
-//! Marker files are named after the idempotency key, which starts with the transaction id,
+//! Marker files (one a transaction, `<txn id>_intents.jsonl`, or one a call from older
+//! versions, `<txn id>_<step>.json`) start with the transaction id,
 //! so [`Fs::prune_markers`] can drop those of transactions the caller says are over.
 
 use super::pending::PENDING_DIR;
