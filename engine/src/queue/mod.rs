@@ -785,6 +785,7 @@ impl Queue {
             pg: None,
             #[cfg(feature = "postgres")]
             pg_attempts: Default::default(),
+            #[cfg(feature = "postgres")]
             pg_cancelled: Default::default(),
             dependents: std::sync::atomic::AtomicBool::new(!dependents),
         })
