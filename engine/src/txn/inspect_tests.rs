@@ -763,6 +763,20 @@ async fn recovery_of_a_journal_without_the_index_builds_it_and_finds_the_same() 
 
 #[tokio::test]
 async fn recovery_reads_a_large_transaction_back_and_undoes_it_in_reverse() {
+    recover_a_large_transaction(false).await;
+}
+
+/// A journal written before chunks had plans (`records::PLAN_TAG`) is planned from its
+/// chunks, and recovers the same.
+#[tokio::test]
+async fn a_large_transaction_journaled_without_plans_recovers_the_same() {
+    recover_a_large_transaction(true).await;
+}
+
+/// Journals 3,000 completed calls and one in doubt, then recovers: every call undone in
+/// reverse. `without_plans`: the chunks' plans are removed first (the journal as written
+/// before them).
+async fn recover_a_large_transaction(without_plans: bool) {
     let (_dir, store) = open();
     let journal = Arc::new(DurableJournal::new(store.clone(), None, "ops"));
     let id = TxnId::new_v7();
@@ -838,10 +852,24 @@ async fn recovery_reads_a_large_transaction_back_and_undoes_it_in_reverse() {
         )
         .expect("scan")
         .len();
+    let plans = store
+        .scan(
+            Space::Journal,
+            &[id.as_bytes(), &[super::records::PLAN_TAG]].concat(),
+        )
+        .expect("scan");
     if store.compacts_journal() {
         assert!(chunks > 10, "{chunks} chunks");
+        assert_eq!(plans.len(), chunks, "a plan per chunk");
     } else {
-        assert_eq!(chunks, 0);
+        assert_eq!((chunks, plans.len()), (0, 0));
+    }
+    if without_plans {
+        let mut b = crate::store::Batch::new();
+        for (k, _) in plans {
+            b.delete(Space::Journal, k);
+        }
+        store.write(b, true).await.expect("plans removed");
     }
     let journal = Arc::new(DurableJournal::new(store.clone(), None, "ops"));
     let (engine, rec) = recovering_engine(&journal);

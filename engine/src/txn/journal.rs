@@ -5,8 +5,8 @@
 
 use super::packed;
 use super::records::{
-    chunk_key, data_key, now_ms, pinned_key, record_key, record_prefix, response_key, AuditEntry,
-    Guarded, JournalKey, Pin, PinnedDefinitions, Record, ScriptUndoRecord, StoredData,
+    chunk_key, data_key, now_ms, pinned_key, plan_key, record_key, record_prefix, response_key,
+    AuditEntry, Guarded, JournalKey, Pin, PinnedDefinitions, Record, ScriptUndoRecord, StoredData,
     StoredResponse, TxnSummary, CHUNK_BYTES, DATA_CHUNK_BYTES, FORMAT, TRUSTED_REQUEST_PIN,
 };
 use super::seal::{SealError, SealKey};
@@ -577,7 +577,27 @@ impl DurableJournal {
             records.push((seq, &value));
             // Concurrent steps' records may have been written out of sequence order.
             records.sort_unstable_by_key(|(n, _)| *n);
-            for (first, chunk) in compact(&records) {
+            let chunks = compact(&records);
+            // Each chunk's plan (what recovery's plan needs of its records) goes beside it,
+            // in the same batch: a chunk holds the records numbered from its first up to
+            // the next chunk's first (a chunk ends at a gap in the numbers, too).
+            let mut rest = &records[..];
+            for (k, (first, _)) in chunks.iter().enumerate() {
+                let end = chunks.get(k + 1).map_or(u64::MAX, |(next, _)| *next);
+                let n = rest.partition_point(|(seq, _)| *seq < end);
+                let (these, later) = rest.split_at(n);
+                rest = later;
+                let plan = super::recovery::plan_chunk(these.iter().map(|(_, r)| *r)).map_err(
+                    |source| WriteError::Encode {
+                        what: "a chunk's plan",
+                        txn: txn_id.clone(),
+                        source,
+                    },
+                )?;
+                debug_assert_eq!(these.first().map(|(seq, _)| *seq), Some(*first));
+                batch.put(Space::Journal, plan_key(txn_id, *first), plan);
+            }
+            for (first, chunk) in chunks {
                 batch.put(Space::Journal, chunk_key(txn_id, first), chunk);
             }
         } else {

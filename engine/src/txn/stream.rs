@@ -5,7 +5,7 @@
 //! Record order is sequence order (see [`RecordStream`] for how the three key layouts are
 //! merged).
 
-use super::records::{decode_records, JournalKey, Record, CHUNK_TAG};
+use super::records::{decode_records, DecodeError, JournalKey, Record, CHUNK_TAG};
 use super::recovery::RecoveryError;
 use crate::store::{prefix_end, KeyRange, Space, Store};
 use crate::TxnId;
@@ -14,8 +14,12 @@ use std::collections::VecDeque;
 /// Store keys read per call (a chunk holds at most a few KiB of records).
 const KEYS_PER_READ: usize = 8;
 
-/// One ordered source of records: the chunk keys (`id ‖ C ‖ first seq`) or the per-record
-/// keys (`id ‖ seq`), read `KEYS_PER_READ` keys at a time.
+/// Decodes the value of a chunk key into its records, in order.
+pub(crate) type ChunkDecoder<T> = fn(&[u8]) -> Result<Vec<T>, DecodeError>;
+
+/// One ordered source of records: the chunk keys (`id ‖ C ‖ first seq`, or another tag's:
+/// see [`RecordStream::with_chunks`]) or the per-record keys (`id ‖ seq`), read
+/// `KEYS_PER_READ` keys at a time.
 #[derive(Debug)]
 struct Source<T> {
     /// The next key to read.
@@ -61,6 +65,9 @@ pub struct RecordStream<'a, T = Record> {
     /// The bare-id array, read on the first call.
     whole: Option<VecDeque<(u64, T)>>,
     chunks: Source<T>,
+    /// The tag of the chunk keys read, and how their values decode.
+    chunk_tag: u8,
+    decode_chunk: ChunkDecoder<T>,
     records: Source<T>,
     failed: bool,
     /// Store values read so far (tests check that reading does not run ahead).
@@ -86,16 +93,31 @@ impl<'a> RecordStream<'a> {
 impl<'a, T: serde::de::DeserializeOwned> RecordStream<'a, T> {
     /// The records of `txn_id` in `store`, each decoded as a `T`.
     pub(crate) fn decoding(store: &'a dyn Store, txn_id: &TxnId) -> RecordStream<'a, T> {
+        RecordStream::with_chunks(store, txn_id, CHUNK_TAG, decode_records::<Vec<T>>)
+    }
+
+    /// The records of `txn_id` in `store`, the compacted ones read from the keys tagged
+    /// `chunk_tag` (`id ‖ tag ‖ first seq`, a tag above [`CHUNK_TAG`]) decoded by
+    /// `decode_chunk` instead of from the chunks themselves: recovery's plan reads each
+    /// chunk's plan key (`records::PLAN_TAG`) in its place. The other records decode as `T`.
+    pub(crate) fn with_chunks(
+        store: &'a dyn Store,
+        txn_id: &TxnId,
+        chunk_tag: u8,
+        decode_chunk: ChunkDecoder<T>,
+    ) -> RecordStream<'a, T> {
         let id = txn_id.as_bytes();
-        let chunk_prefix = [id, &[CHUNK_TAG]].concat();
+        let chunk_prefix = [id, &[chunk_tag]].concat();
         RecordStream {
             store,
             txn_id: txn_id.clone(),
             whole: None,
             chunks: Source::new(chunk_prefix.clone(), prefix_end(&chunk_prefix)),
-            // Per-record keys sort below the chunk tag (their sequence numbers start with a
-            // zero byte) and after the bare id.
-            records: Source::new([id, &[0]].concat(), Some(chunk_prefix)),
+            chunk_tag,
+            decode_chunk,
+            // Per-record keys sort below the chunk tags (their sequence numbers start with
+            // a zero byte) and after the bare id.
+            records: Source::new([id, &[0]].concat(), Some([id, &[CHUNK_TAG]].concat())),
             failed: false,
             values_read: 0,
         }
@@ -106,7 +128,7 @@ impl<'a, T: serde::de::DeserializeOwned> RecordStream<'a, T> {
         self.values_read
     }
 
-    fn bad(&self, source: super::records::DecodeError) -> RecoveryError {
+    fn bad(&self, source: DecodeError) -> RecoveryError {
         RecoveryError::Record {
             txn: self.txn_id.to_string(),
             source,
@@ -152,19 +174,24 @@ impl<'a, T: serde::de::DeserializeOwned> RecordStream<'a, T> {
             source.exhausted = rows.len() < KEYS_PER_READ;
             for (k, v) in rows {
                 self.values_read += 1;
-                let decoded: Vec<(u64, T)> = match JournalKey::parse(&self.txn_id, &k) {
-                    Some(JournalKey::Chunk(first)) => {
-                        let all: Vec<T> = decode_records(&v).map_err(|e| self.bad(e))?;
+                let first = (chunks
+                    && k.get(self.txn_id.as_bytes().len()) == Some(&self.chunk_tag))
+                .then(|| k.get(self.txn_id.as_bytes().len() + 1..))
+                .flatten()
+                .and_then(|b| b.try_into().ok().map(u64::from_be_bytes));
+                let decoded: Vec<(u64, T)> = match (first, JournalKey::parse(&self.txn_id, &k)) {
+                    (Some(first), _) => {
+                        let all = (self.decode_chunk)(&v).map_err(|e| self.bad(e))?;
                         all.into_iter()
                             .enumerate()
                             .map(|(i, r)| (first + i as u64, r))
                             .collect()
                     }
-                    Some(JournalKey::Record(seq)) => {
+                    (None, Some(JournalKey::Record(seq))) if !chunks => {
                         vec![(seq, decode_records(&v).map_err(|e| self.bad(e))?)]
                     }
                     // The bare id is read first; other shapes are not this transaction's.
-                    Some(JournalKey::Whole) | None => Vec::new(),
+                    _ => Vec::new(),
                 };
                 let source = if chunks {
                     &mut self.chunks
