@@ -10,15 +10,24 @@
 //! blocked caller costs what a sled read that misses the page cache costs: one round trip
 //! to the server (about 0.1 ms on loopback).
 //!
+//! The async calls that query a session directly (the queue's changes, advisory locks) run
+//! on the caller's task ([`PgStore::run`]): a tokio-postgres `Client` can be used from any
+//! runtime, its connection task staying on the store's runtime, so the reply wakes the
+//! caller directly. Every connection is opened on the store's runtime (its socket, timers
+//! and connection task live there), so a caller thread blocked on a read never drives a
+//! connection.
+//!
 //! Writes: [`Store::write`] queues the batch for the writer task and awaits its answer.
 //! The writer takes every batch queued meanwhile (group commit), nets their writes in
 //! order (last write of a key wins, as applying them in order would leave it), and sends
 //! `BEGIN`, one `INSERT … ON CONFLICT` of the puts, one `DELETE` of the deletes and `COMMIT`
-//! pipelined, in one round trip. A group with a durable batch commits with
-//! `synchronous_commit = on` (the commit waits for the WAL flush, which also covers every
-//! earlier commit); a group of non-durable ones with `synchronous_commit = off`: it is
-//! visible to every read once it returns and becomes durable with the next durable commit
-//! (PostgreSQL flushes its WAL in order), as the trait asks.
+//! pipelined, in one round trip. A group with a durable batch commits on the writer's
+//! durable session (`synchronous_commit = on`: the commit waits for the WAL flush, which
+//! also covers every earlier commit); a group of non-durable ones on its second session,
+//! set to `synchronous_commit = off` once when it connects: it is visible to every read
+//! once it returns and becomes durable with the next durable commit (PostgreSQL flushes its
+//! WAL in order), as the trait asks. The writer awaits each commit before it sends the
+//! next, on either session, so groups commit in the order they came.
 //!
 //! Failures: losing the database mid-run (the server stopped or restarted, the network
 //! broke) loses the node's session and with it the advisory locks of the transactions it
@@ -950,14 +959,24 @@ impl Shared {
     }
 }
 
-/// The writer's prepared statements.
-struct Writer {
+/// One of the writer's two sessions, with its prepared statements.
+struct WriterSession {
     client: Client,
     upsert: Statement,
     /// A plain insert, for keys known to be new: no look for the key first and no
     /// speculative insertion (an upsert's new row costs three WAL records, an insert's two).
     insert: Statement,
     delete: Statement,
+}
+
+/// The writer's sessions: groups with a durable batch commit on `durable`, the others on
+/// `relaxed`, whose session runs with `synchronous_commit = off` (set once when it
+/// connects, rather than a `SET LOCAL` in every such transaction). The writer awaits each
+/// commit before it sends the next, on either session, so the groups commit in the order
+/// they came; a durable commit's WAL flush covers every earlier commit of both.
+struct Writer {
+    durable: WriterSession,
+    relaxed: WriterSession,
     /// Non-durable commits acknowledged since the last durable one.
     unsynced: bool,
 }
@@ -1047,12 +1066,12 @@ fn net(batches: &mut [WriteRequest]) -> Net {
 impl Writer {
     /// Commits a group in one transaction, in one round trip.
     async fn commit(&mut self, net: &Net, durable: bool) -> Result<(), tokio_postgres::Error> {
-        let c = &self.client;
-        let begin = if durable {
-            "BEGIN"
+        let session = if durable {
+            &self.durable
         } else {
-            "BEGIN; SET LOCAL synchronous_commit TO off"
+            &self.relaxed
         };
+        let c = &session.client;
         let has_puts = !net.put_keys.is_empty();
         let has_inserts = !net.ins_keys.is_empty();
         let has_deletes = !net.del_keys.is_empty();
@@ -1060,11 +1079,11 @@ impl Writer {
         // (deletes of absent keys): a transaction id makes the commit write a record.
         let force = durable && self.unsynced;
         let (b, u, i, d, x, end) = tokio::join!(
-            c.batch_execute(begin),
+            c.batch_execute("BEGIN"),
             async {
                 if has_puts {
                     c.execute(
-                        &self.upsert,
+                        &session.upsert,
                         &[&net.put_spaces, &net.put_keys, &net.put_values],
                     )
                     .await
@@ -1076,7 +1095,7 @@ impl Writer {
             async {
                 if has_inserts {
                     c.execute(
-                        &self.insert,
+                        &session.insert,
                         &[&net.ins_spaces, &net.ins_keys, &net.ins_values],
                     )
                     .await
@@ -1087,7 +1106,7 @@ impl Writer {
             },
             async {
                 if has_deletes {
-                    c.execute(&self.delete, &[&net.del_spaces, &net.del_keys])
+                    c.execute(&session.delete, &[&net.del_spaces, &net.del_keys])
                         .await
                         .map(|_| ())
                 } else {
@@ -1117,13 +1136,47 @@ impl Writer {
     }
 }
 
-async fn prepare_writer(shared: &Shared, client: Client) -> Result<Writer, StoreError> {
+impl Writer {
+    /// Whether either session's connection ended.
+    fn is_closed(&self) -> bool {
+        self.durable.client.is_closed() || self.relaxed.client.is_closed()
+    }
+}
+
+/// Connects the writer's two sessions (on the store's runtime).
+async fn connect_writer(shared: &Shared) -> Result<Writer, StoreError> {
+    let connect = |what: &'static str| async move {
+        match connect_once(shared, || {}).await {
+            Ok(c) => Ok(c),
+            Err(e) => Err(db_error(shared, what, &e)),
+        }
+    };
+    let (durable, relaxed) = tokio::join!(
+        async { prepare_writer(shared, connect("connecting the writer").await?, true).await },
+        async { prepare_writer(shared, connect("connecting the writer").await?, false).await },
+    );
+    Ok(Writer {
+        durable: durable?,
+        relaxed: relaxed?,
+        unsynced: false,
+    })
+}
+
+async fn prepare_writer(
+    shared: &Shared,
+    client: Client,
+    durable: bool,
+) -> Result<WriterSession, StoreError> {
     // The delete joins the (few) keys of a group with the table: the planner, expecting
     // many rows from `unnest`, chose a hash join over a scan of the whole table once it had
     // grown (4–6 ms a delete, a third of the server's CPU per request in `pg_bench
     // nodes`). On this session only: index lookups, one per key.
     client
-        .batch_execute("SET enable_hashjoin = off; SET enable_mergejoin = off")
+        .batch_execute(if durable {
+            "SET enable_hashjoin = off; SET enable_mergejoin = off"
+        } else {
+            "SET enable_hashjoin = off; SET enable_mergejoin = off; SET synchronous_commit TO off"
+        })
         .await
         .map_err(|e| db_error(shared, "setting up the writer's session", &e))?;
     let upsert = client
@@ -1148,12 +1201,11 @@ async fn prepare_writer(shared: &Shared, client: Client) -> Result<Writer, Store
         )
         .await
         .map_err(|e| db_error(shared, "preparing the writes", &e))?;
-    Ok(Writer {
+    Ok(WriterSession {
         client,
         upsert,
         insert,
         delete,
-        unsynced: false,
     })
 }
 
@@ -1218,14 +1270,10 @@ async fn commit_group(
 ) -> Result<(), StoreError> {
     if writer
         .as_ref()
-        .is_none_or(|(w, e)| *e != epoch || w.client.is_closed())
+        .is_none_or(|(w, e)| *e != epoch || w.is_closed())
     {
         *writer = None;
-        let connected = match connect_once(shared, || {}).await {
-            Ok(c) => prepare_writer(shared, c).await,
-            Err(e) => Err(db_error(shared, "connecting the writer", &e)),
-        };
-        match connected {
+        match connect_writer(shared).await {
             Ok(w) => *writer = Some((w, epoch)),
             Err(e) => {
                 tracing::warn!(error = %e, "the PostgreSQL store's writer cannot connect");
@@ -1268,7 +1316,7 @@ async fn commit_group(
             }
             Ok(())
         }
-        Err(e) if w.client.is_closed() || is_link_error(&e) => {
+        Err(e) if w.is_closed() || is_link_error(&e) => {
             tracing::error!(url = %shared.shown, error = %describe(&e), "the connection to the PostgreSQL store broke during a write: its outcome is unknown; it is refused once the database is back");
             *writer = None;
             shared.link_lost(epoch, "the writer's connection broke during a write");
@@ -1486,6 +1534,38 @@ impl PgStore {
     }
 }
 
+/// A future that, dropped before it finished, is finished on the store's runtime (see
+/// [`PgStore::run`]).
+struct FinishOnDrop<T: Send + 'static> {
+    future: Option<futures::future::BoxFuture<'static, Result<T, StoreError>>>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl<T: Send + 'static> std::future::Future for FinishOnDrop<T> {
+    type Output = Result<T, StoreError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let Some(future) = self.future.as_mut() else {
+            return std::task::Poll::Ready(Err(StoreError::Closed));
+        };
+        let out = std::task::ready!(future.as_mut().poll(cx));
+        self.future = None;
+        std::task::Poll::Ready(out)
+    }
+}
+
+impl<T: Send + 'static> Drop for FinishOnDrop<T> {
+    fn drop(&mut self) {
+        if let Some(future) = self.future.take() {
+            // (On a runtime shut down, with the store closed, the task is dropped at once.)
+            drop(self.runtime.spawn(future));
+        }
+    }
+}
+
 /// Connects new sessions of a store (on its runtime), for the queue's pool.
 #[derive(Clone)]
 pub(crate) struct PgConnector {
@@ -1493,9 +1573,19 @@ pub(crate) struct PgConnector {
 }
 
 impl PgConnector {
-    /// A new session; call on the store's runtime (its connection task is spawned there).
+    /// A new session, connected on the store's runtime (its socket and its connection
+    /// task belong there, whichever runtime awaits this: a caller's thread blocked on a
+    /// synchronous read must not be the one that drives the connection it waits on).
     pub(crate) async fn connect(&self) -> Result<Client, StoreError> {
-        connect_retrying(&self.shared, Duration::ZERO, || {}).await
+        let shared = self.shared.clone();
+        let connect = async move { connect_retrying(&shared, Duration::ZERO, || {}).await };
+        match self.shared.runtime.get() {
+            Some(runtime) => runtime
+                .spawn(connect)
+                .await
+                .map_err(|_| StoreError::Closed)?,
+            None => connect.await,
+        }
     }
 }
 
@@ -1538,8 +1628,7 @@ async fn start(shared: Arc<Shared>, retry: Duration, apply: bool) -> Result<Open
     let schema = schema?;
     let _ = shared.lock_ns.set(ns);
     register_node(&shared, &lock_client).await?;
-    let writer_client = connect_retrying(&shared, Duration::ZERO, || {}).await?;
-    let writer = prepare_writer(&shared, writer_client).await?;
+    let writer = connect_writer(&shared).await?;
     // One reader connected now: a bad schema or permission shows at open, not at the
     // first read.
     shared.reader().await?;
@@ -1567,14 +1656,27 @@ impl PgStore {
         &self.shared.node
     }
 
-    /// Runs `f` on the store's runtime (where its connections live) and awaits it from
-    /// any runtime.
+    /// Runs `f`, queries on the store's connections, on the caller's task. A
+    /// tokio-postgres `Client` can be used from any runtime: its connection task stays on
+    /// the store's runtime, and the caller's task is woken by the reply directly (spawning
+    /// `f` on the store's runtime cost a task, a wake-up and a switch of threads each way,
+    /// for every call). `f` must not spawn tasks or open connections itself (those belong
+    /// on the store's runtime: see [`PgConnector::connect`]). If the caller stops
+    /// awaiting, `f` is finished on the store's runtime, as it was when spawned there: a
+    /// change of several statements is never cut short by a caller's timeout.
     pub(crate) async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
     {
-        self.handle.spawn(f).await.map_err(|_| StoreError::Closed)?
+        if self.shared.link_now().closed {
+            return Err(StoreError::Closed);
+        }
+        FinishOnDrop {
+            future: Some(Box::pin(f)),
+            runtime: self.handle.clone(),
+        }
+        .await
     }
 
     /// Runs `f` on the store's runtime and blocks this thread for its answer (the
