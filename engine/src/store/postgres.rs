@@ -10,13 +10,6 @@
 //! blocked caller costs what a sled read that misses the page cache costs: one round trip
 //! to the server (about 0.1 ms on loopback).
 //!
-//! The async calls that query a session directly (the queue's changes, advisory locks) run
-//! on the caller's task ([`PgStore::run`]): a tokio-postgres `Client` can be used from any
-//! runtime, its connection task staying on the store's runtime, so the reply wakes the
-//! caller directly. Every connection is opened on the store's runtime (its socket, timers
-//! and connection task live there), so a caller thread blocked on a read never drives a
-//! connection.
-//!
 //! Writes: [`Store::write`] queues the batch for the writer task and awaits its answer.
 //! The writer takes every batch queued meanwhile (group commit), nets their writes in
 //! order (last write of a key wins, as applying them in order would leave it), and sends
@@ -1534,38 +1527,6 @@ impl PgStore {
     }
 }
 
-/// A future that, dropped before it finished, is finished on the store's runtime (see
-/// [`PgStore::run`]).
-struct FinishOnDrop<T: Send + 'static> {
-    future: Option<futures::future::BoxFuture<'static, Result<T, StoreError>>>,
-    runtime: tokio::runtime::Handle,
-}
-
-impl<T: Send + 'static> std::future::Future for FinishOnDrop<T> {
-    type Output = Result<T, StoreError>;
-
-    fn poll(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
-        let Some(future) = self.future.as_mut() else {
-            return std::task::Poll::Ready(Err(StoreError::Closed));
-        };
-        let out = std::task::ready!(future.as_mut().poll(cx));
-        self.future = None;
-        std::task::Poll::Ready(out)
-    }
-}
-
-impl<T: Send + 'static> Drop for FinishOnDrop<T> {
-    fn drop(&mut self) {
-        if let Some(future) = self.future.take() {
-            // (On a runtime shut down, with the store closed, the task is dropped at once.)
-            drop(self.runtime.spawn(future));
-        }
-    }
-}
-
 /// Connects new sessions of a store (on its runtime), for the queue's pool.
 #[derive(Clone)]
 pub(crate) struct PgConnector {
@@ -1573,19 +1534,9 @@ pub(crate) struct PgConnector {
 }
 
 impl PgConnector {
-    /// A new session, connected on the store's runtime (its socket and its connection
-    /// task belong there, whichever runtime awaits this: a caller's thread blocked on a
-    /// synchronous read must not be the one that drives the connection it waits on).
+    /// A new session; call on the store's runtime (its connection task is spawned there).
     pub(crate) async fn connect(&self) -> Result<Client, StoreError> {
-        let shared = self.shared.clone();
-        let connect = async move { connect_retrying(&shared, Duration::ZERO, || {}).await };
-        match self.shared.runtime.get() {
-            Some(runtime) => runtime
-                .spawn(connect)
-                .await
-                .map_err(|_| StoreError::Closed)?,
-            None => connect.await,
-        }
+        connect_retrying(&self.shared, Duration::ZERO, || {}).await
     }
 }
 
@@ -1656,27 +1607,18 @@ impl PgStore {
         &self.shared.node
     }
 
-    /// Runs `f`, queries on the store's connections, on the caller's task. A
-    /// tokio-postgres `Client` can be used from any runtime: its connection task stays on
-    /// the store's runtime, and the caller's task is woken by the reply directly (spawning
-    /// `f` on the store's runtime cost a task, a wake-up and a switch of threads each way,
-    /// for every call). `f` must not spawn tasks or open connections itself (those belong
-    /// on the store's runtime: see [`PgConnector::connect`]). If the caller stops
-    /// awaiting, `f` is finished on the store's runtime, as it was when spawned there: a
-    /// change of several statements is never cut short by a caller's timeout.
+    /// Runs `f` on the store's runtime (where its connections live) and awaits it from
+    /// any runtime. (Awaiting `f` on the caller's task instead saves a wake-up and a thread
+    /// switch a call, but deadlocked the daemon under load: the queue's synchronous reads
+    /// ([`PgStore::block`]) wait on the store's runtime for a pooled connection, which a
+    /// task of the caller's runtime then held while every thread of that runtime was
+    /// blocked in such a read. Whatever the store's runtime waits for must stay on it.)
     pub(crate) async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
     {
-        if self.shared.link_now().closed {
-            return Err(StoreError::Closed);
-        }
-        FinishOnDrop {
-            future: Some(Box::pin(f)),
-            runtime: self.handle.clone(),
-        }
-        .await
+        self.handle.spawn(f).await.map_err(|_| StoreError::Closed)?
     }
 
     /// Runs `f` on the store's runtime and blocks this thread for its answer (the
@@ -2307,11 +2249,11 @@ mod tests {
         assert_eq!(store.scan(Space::Meta, b"k").unwrap().len(), 20 * 8 + 1);
     }
 
-    /// A call awaited on the caller's task (here a current-thread runtime, whose only
-    /// thread then blocks on a synchronous read) still answers; one whose caller stops
-    /// waiting is finished on the store's runtime.
+    /// A call run on the store's runtime answers a current-thread caller runtime (whose
+    /// only thread then blocks on a synchronous read); one whose caller stops waiting is
+    /// finished on the store's runtime.
     #[test]
-    fn a_run_on_the_callers_task_answers_and_is_finished_when_dropped() {
+    fn a_run_answers_a_current_thread_runtime_and_is_finished_when_dropped() {
         let Some(store) = open("run_on_caller") else {
             return;
         };
