@@ -14,13 +14,11 @@
 //! The writer takes every batch queued meanwhile (group commit), nets their writes in
 //! order (last write of a key wins, as applying them in order would leave it), and sends
 //! `BEGIN`, one `INSERT … ON CONFLICT` of the puts, one `DELETE` of the deletes and `COMMIT`
-//! pipelined, in one round trip. A group with a durable batch commits on the writer's
-//! durable session (`synchronous_commit = on`: the commit waits for the WAL flush, which
-//! also covers every earlier commit); a group of non-durable ones on its second session,
-//! set to `synchronous_commit = off` once when it connects: it is visible to every read
-//! once it returns and becomes durable with the next durable commit (PostgreSQL flushes its
-//! WAL in order), as the trait asks. The writer awaits each commit before it sends the
-//! next, on either session, so groups commit in the order they came.
+//! pipelined, in one round trip. A group with a durable batch commits with
+//! `synchronous_commit = on` (the commit waits for the WAL flush, which also covers every
+//! earlier commit); a group of non-durable ones with `synchronous_commit = off`: it is
+//! visible to every read once it returns and becomes durable with the next durable commit
+//! (PostgreSQL flushes its WAL in order), as the trait asks.
 //!
 //! Failures: losing the database mid-run (the server stopped or restarted, the network
 //! broke) loses the node's session and with it the advisory locks of the transactions it
@@ -952,24 +950,14 @@ impl Shared {
     }
 }
 
-/// One of the writer's two sessions, with its prepared statements.
-struct WriterSession {
+/// The writer's prepared statements.
+struct Writer {
     client: Client,
     upsert: Statement,
     /// A plain insert, for keys known to be new: no look for the key first and no
     /// speculative insertion (an upsert's new row costs three WAL records, an insert's two).
     insert: Statement,
     delete: Statement,
-}
-
-/// The writer's sessions: groups with a durable batch commit on `durable`, the others on
-/// `relaxed`, whose session runs with `synchronous_commit = off` (set once when it
-/// connects, rather than a `SET LOCAL` in every such transaction). The writer awaits each
-/// commit before it sends the next, on either session, so the groups commit in the order
-/// they came; a durable commit's WAL flush covers every earlier commit of both.
-struct Writer {
-    durable: WriterSession,
-    relaxed: WriterSession,
     /// Non-durable commits acknowledged since the last durable one.
     unsynced: bool,
 }
@@ -1059,12 +1047,12 @@ fn net(batches: &mut [WriteRequest]) -> Net {
 impl Writer {
     /// Commits a group in one transaction, in one round trip.
     async fn commit(&mut self, net: &Net, durable: bool) -> Result<(), tokio_postgres::Error> {
-        let session = if durable {
-            &self.durable
+        let c = &self.client;
+        let begin = if durable {
+            "BEGIN"
         } else {
-            &self.relaxed
+            "BEGIN; SET LOCAL synchronous_commit TO off"
         };
-        let c = &session.client;
         let has_puts = !net.put_keys.is_empty();
         let has_inserts = !net.ins_keys.is_empty();
         let has_deletes = !net.del_keys.is_empty();
@@ -1072,11 +1060,11 @@ impl Writer {
         // (deletes of absent keys): a transaction id makes the commit write a record.
         let force = durable && self.unsynced;
         let (b, u, i, d, x, end) = tokio::join!(
-            c.batch_execute("BEGIN"),
+            c.batch_execute(begin),
             async {
                 if has_puts {
                     c.execute(
-                        &session.upsert,
+                        &self.upsert,
                         &[&net.put_spaces, &net.put_keys, &net.put_values],
                     )
                     .await
@@ -1088,7 +1076,7 @@ impl Writer {
             async {
                 if has_inserts {
                     c.execute(
-                        &session.insert,
+                        &self.insert,
                         &[&net.ins_spaces, &net.ins_keys, &net.ins_values],
                     )
                     .await
@@ -1099,7 +1087,7 @@ impl Writer {
             },
             async {
                 if has_deletes {
-                    c.execute(&session.delete, &[&net.del_spaces, &net.del_keys])
+                    c.execute(&self.delete, &[&net.del_spaces, &net.del_keys])
                         .await
                         .map(|_| ())
                 } else {
@@ -1129,47 +1117,13 @@ impl Writer {
     }
 }
 
-impl Writer {
-    /// Whether either session's connection ended.
-    fn is_closed(&self) -> bool {
-        self.durable.client.is_closed() || self.relaxed.client.is_closed()
-    }
-}
-
-/// Connects the writer's two sessions (on the store's runtime).
-async fn connect_writer(shared: &Shared) -> Result<Writer, StoreError> {
-    let connect = |what: &'static str| async move {
-        match connect_once(shared, || {}).await {
-            Ok(c) => Ok(c),
-            Err(e) => Err(db_error(shared, what, &e)),
-        }
-    };
-    let (durable, relaxed) = tokio::join!(
-        async { prepare_writer(shared, connect("connecting the writer").await?, true).await },
-        async { prepare_writer(shared, connect("connecting the writer").await?, false).await },
-    );
-    Ok(Writer {
-        durable: durable?,
-        relaxed: relaxed?,
-        unsynced: false,
-    })
-}
-
-async fn prepare_writer(
-    shared: &Shared,
-    client: Client,
-    durable: bool,
-) -> Result<WriterSession, StoreError> {
+async fn prepare_writer(shared: &Shared, client: Client) -> Result<Writer, StoreError> {
     // The delete joins the (few) keys of a group with the table: the planner, expecting
     // many rows from `unnest`, chose a hash join over a scan of the whole table once it had
     // grown (4–6 ms a delete, a third of the server's CPU per request in `pg_bench
     // nodes`). On this session only: index lookups, one per key.
     client
-        .batch_execute(if durable {
-            "SET enable_hashjoin = off; SET enable_mergejoin = off"
-        } else {
-            "SET enable_hashjoin = off; SET enable_mergejoin = off; SET synchronous_commit TO off"
-        })
+        .batch_execute("SET enable_hashjoin = off; SET enable_mergejoin = off")
         .await
         .map_err(|e| db_error(shared, "setting up the writer's session", &e))?;
     let upsert = client
@@ -1194,11 +1148,12 @@ async fn prepare_writer(
         )
         .await
         .map_err(|e| db_error(shared, "preparing the writes", &e))?;
-    Ok(WriterSession {
+    Ok(Writer {
         client,
         upsert,
         insert,
         delete,
+        unsynced: false,
     })
 }
 
@@ -1263,10 +1218,14 @@ async fn commit_group(
 ) -> Result<(), StoreError> {
     if writer
         .as_ref()
-        .is_none_or(|(w, e)| *e != epoch || w.is_closed())
+        .is_none_or(|(w, e)| *e != epoch || w.client.is_closed())
     {
         *writer = None;
-        match connect_writer(shared).await {
+        let connected = match connect_once(shared, || {}).await {
+            Ok(c) => prepare_writer(shared, c).await,
+            Err(e) => Err(db_error(shared, "connecting the writer", &e)),
+        };
+        match connected {
             Ok(w) => *writer = Some((w, epoch)),
             Err(e) => {
                 tracing::warn!(error = %e, "the PostgreSQL store's writer cannot connect");
@@ -1309,7 +1268,7 @@ async fn commit_group(
             }
             Ok(())
         }
-        Err(e) if w.is_closed() || is_link_error(&e) => {
+        Err(e) if w.client.is_closed() || is_link_error(&e) => {
             tracing::error!(url = %shared.shown, error = %describe(&e), "the connection to the PostgreSQL store broke during a write: its outcome is unknown; it is refused once the database is back");
             *writer = None;
             shared.link_lost(epoch, "the writer's connection broke during a write");
@@ -1579,7 +1538,8 @@ async fn start(shared: Arc<Shared>, retry: Duration, apply: bool) -> Result<Open
     let schema = schema?;
     let _ = shared.lock_ns.set(ns);
     register_node(&shared, &lock_client).await?;
-    let writer = connect_writer(&shared).await?;
+    let writer_client = connect_retrying(&shared, Duration::ZERO, || {}).await?;
+    let writer = prepare_writer(&shared, writer_client).await?;
     // One reader connected now: a bad schema or permission shows at open, not at the
     // first read.
     shared.reader().await?;
@@ -2209,10 +2169,9 @@ mod tests {
         Some(PgStore::open(&pg.new_schema(test), &options).unwrap())
     }
 
-    /// The writer's two sessions: durable and non-durable groups, queued together, commit
-    /// in the order they came (the last write of a key wins) and every one is read back.
+    /// Durable and non-durable groups, queued together, commit in the order they came (the last write of a key wins) and every one is read back.
     #[test]
-    fn durable_and_non_durable_groups_commit_in_order_on_the_writers_two_sessions() {
+    fn durable_and_non_durable_groups_commit_in_order() {
         let Some(store) = open("writer_sessions") else {
             return;
         };
