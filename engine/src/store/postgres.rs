@@ -2169,7 +2169,8 @@ mod tests {
         Some(PgStore::open(&pg.new_schema(test), &options).unwrap())
     }
 
-    /// Durable and non-durable groups, queued together, commit in the order they came (the last write of a key wins) and every one is read back.
+    /// Durable and non-durable groups, queued together, commit in the order they came (the
+    /// last write of a key wins) and every one is read back.
     #[test]
     fn durable_and_non_durable_groups_commit_in_order() {
         let Some(store) = open("writer_sessions") else {
