@@ -1568,7 +1568,11 @@ impl PgStore {
     }
 
     /// Runs `f` on the store's runtime (where its connections live) and awaits it from
-    /// any runtime.
+    /// any runtime. (Awaiting `f` on the caller's task instead saves a wake-up and a thread
+    /// switch a call, but deadlocked the daemon under load: the queue's synchronous reads
+    /// ([`PgStore::block`]) wait on the store's runtime for a pooled connection, which a
+    /// task of the caller's runtime then held while every thread of that runtime was
+    /// blocked in such a read. Whatever the store's runtime waits for must stay on it.)
     pub(crate) async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
@@ -2147,5 +2151,117 @@ impl Store for PgStore {
                     .collect())
             })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use provisio_test_support::postgres::Postgres;
+    use std::sync::atomic::AtomicBool;
+
+    fn open(test: &str) -> Option<PgStore> {
+        let pg = Postgres::shared()?;
+        let options = PgOptions {
+            connect_retry: Duration::from_secs(5),
+            application: "provisio store unit tests".into(),
+        };
+        Some(PgStore::open(&pg.new_schema(test), &options).unwrap())
+    }
+
+    /// Durable and non-durable groups, queued together, commit in the order they came (the
+    /// last write of a key wins) and every one is read back.
+    #[test]
+    fn durable_and_non_durable_groups_commit_in_order() {
+        let Some(store) = open("writer_sessions") else {
+            return;
+        };
+        let store = Arc::new(store);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            for round in 0..20u32 {
+                let writes: Vec<_> = (0..8u32)
+                    .map(|i| {
+                        let store = store.clone();
+                        async move {
+                            let mut b = Batch::new();
+                            b.put(
+                                Space::Meta,
+                                b"k".to_vec(),
+                                (round * 8 + i).to_be_bytes().to_vec(),
+                            );
+                            b.put(Space::Meta, format!("k{round}.{i}").into_bytes(), vec![1]);
+                            store.write(b, i % 3 == 0).await
+                        }
+                    })
+                    .collect();
+                // Sent one after the other (the order the writer sees), awaited together.
+                for r in futures::future::join_all(writes).await {
+                    r.unwrap();
+                }
+            }
+        });
+        let last = store.get(Space::Meta, b"k").unwrap().unwrap();
+        assert_eq!(last, (20 * 8 - 1u32).to_be_bytes().to_vec());
+        assert_eq!(store.scan(Space::Meta, b"k").unwrap().len(), 20 * 8 + 1);
+    }
+
+    /// A call run on the store's runtime answers a current-thread caller runtime (whose
+    /// only thread then blocks on a synchronous read); one whose caller stops waiting is
+    /// finished on the store's runtime.
+    #[test]
+    fn a_run_answers_a_current_thread_runtime_and_is_finished_when_dropped() {
+        let Some(store) = open("run_on_caller") else {
+            return;
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let finished = Arc::new(AtomicBool::new(false));
+        rt.block_on(async {
+            assert!(store.own("t1").await.unwrap());
+            assert!(!store.own("t1").await.unwrap());
+            let session = store.shared.session().unwrap();
+            let n: i32 = store
+                .run(async move {
+                    Ok(session
+                        .query_one("SELECT 41 + 1", &[])
+                        .await
+                        .map_err(|e| StoreError::Io(e.to_string()))?
+                        .get(0))
+                })
+                .await
+                .unwrap();
+            assert_eq!(n, 42);
+            // The synchronous read blocks this runtime's only thread.
+            assert_eq!(store.get(Space::Meta, b"absent").unwrap(), None);
+            let session = store.shared.session().unwrap();
+            let flag = finished.clone();
+            let dropped = tokio::time::timeout(
+                Duration::from_millis(10),
+                store.run(async move {
+                    session
+                        .batch_execute("SELECT pg_sleep(0.2)")
+                        .await
+                        .map_err(|e| StoreError::Io(e.to_string()))?;
+                    flag.store(true, Ordering::SeqCst);
+                    Ok(())
+                }),
+            )
+            .await;
+            assert!(dropped.is_err(), "the sleep outlasted the timeout");
+        });
+        let started = Instant::now();
+        while !finished.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            finished.load(Ordering::SeqCst),
+            "the dropped call was not finished"
+        );
     }
 }
