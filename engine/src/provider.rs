@@ -340,8 +340,9 @@ pub trait Provider: Send + Sync {
     /// Transaction `txn_id` is over (committed or rolled back, and its final state
     /// journaled): none of its calls will be undone, prepared, committed or settled again,
     /// so what the provider kept only for that (intent markers of its calls) may go.
-    /// Called for every registered provider once the transaction ends; best effort (what a
-    /// crash leaves is for [`Provider::purge`]). The default has nothing to drop.
+    /// Called once the transaction ends, for each provider its run called; best effort (what
+    /// a crash leaves, or a run resumed after one, is for [`Provider::purge`]). The default
+    /// has nothing to drop.
     async fn transaction_over(&self, _txn_id: &str) {}
     /// Two-phase: makes the prepared change visible. Must not fail.
     async fn commit(&self, done: &Done) -> Result<(), ProviderError> {
@@ -398,12 +399,6 @@ impl ProviderRegistry {
             out.push((p.name().to_string(), p.purge(scope).await));
         }
         out
-    }
-    /// Runs every provider's [`Provider::transaction_over`].
-    pub(crate) async fn transaction_over(&self, txn_id: &str) {
-        for p in self.providers.values() {
-            p.transaction_over(txn_id).await;
-        }
     }
     /// Provider names.
     pub fn names(&self) -> Vec<String> {

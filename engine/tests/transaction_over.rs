@@ -1,6 +1,7 @@
-//! The engine tells every provider when a transaction is over (`Provider::transaction_over`):
-//! once it is committed or rolled back and journaled so, never while it may still need its
-//! providers' undo state (`rollback_failed`).
+//! The engine tells the providers a transaction called when it is over
+//! (`Provider::transaction_over`): once it is committed or rolled back and journaled so,
+//! never while it may still need its providers' undo state (`rollback_failed`); a provider
+//! it never called is not told (nothing of it to drop, and no work on every transaction).
 
 use async_trait::async_trait;
 use provisio_engine::model::Format;
@@ -49,8 +50,13 @@ async fn run(steps: &str, poison_undo: bool) -> (TxnState, String, Vec<String>) 
         inner: rec,
         over: Mutex::new(Vec::new()),
     });
+    let idle = Arc::new(Watching {
+        inner: RecordingProvider::new("Idle"),
+        over: Mutex::new(Vec::new()),
+    });
     let mut registry = ProviderRegistry::new();
     registry.register(watching.clone());
+    registry.register(idle.clone());
     let catalog = Catalog::new(Vec::new(), &registry).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SledStore::open(dir.path()).unwrap());
@@ -63,6 +69,10 @@ async fn run(steps: &str, poison_undo: bool) -> (TxnState, String, Vec<String>) 
     drop(engine);
     store.close();
     let over = watching.over.lock().unwrap().clone();
+    assert!(
+        idle.over.lock().unwrap().is_empty(),
+        "a provider the transaction never called was told it is over"
+    );
     (result.state, result.txn_id.to_string(), over)
 }
 

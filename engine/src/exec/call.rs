@@ -46,6 +46,13 @@ impl Engine {
         step: &str,
         sensitive: bool,
     ) -> Result<Element, Failure> {
+        let provider = self.provider(leaf, step)?;
+        {
+            let mut called = lock(&txn.providers_called);
+            if !called.iter().any(|p| Arc::ptr_eq(p, &provider)) {
+                called.push(provider.clone());
+            }
+        }
         let call = LeafCall {
             sensitive,
             txn,
@@ -53,7 +60,7 @@ impl Engine {
             leaf,
             step,
             target: callee.target.to_string(),
-            provider: self.provider(leaf, step)?,
+            provider,
         };
         let span = info_span!(
             "step", step.id = %step, provider = %leaf.provider, procedure = %call.target

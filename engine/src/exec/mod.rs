@@ -587,6 +587,7 @@ impl Engine {
             client_transaction_id,
             cancel: None,
             transient_step: Mutex::new(None),
+            providers_called: Mutex::new(Vec::new()),
         }
     }
 

@@ -101,7 +101,10 @@ impl Engine {
             if out.journal_error.is_none()
                 && matches!(out.state, TxnState::Committed | TxnState::RolledBack)
             {
-                self.registry().transaction_over(txn.id.as_ref()).await;
+                let called = std::mem::take(&mut *lock(&txn.providers_called));
+                for provider in called {
+                    provider.transaction_over(txn.id.as_ref()).await;
+                }
             }
             // After the outcome is journaled: a crash before this line is settled by
             // recovery from that outcome (`Queue::settle_held`).

@@ -233,6 +233,10 @@ pub(super) struct Txn {
     /// The step whose transient error the engine gave up retrying, if any: a failure of
     /// that step is worth trying again later ([`super::TxnResult::transient`]).
     pub(crate) transient_step: Mutex<Option<String>>,
+    /// The providers this run dispatched a call to (each once): the ones told when the
+    /// transaction is over ([`crate::Provider::transaction_over`]); a provider it never
+    /// called has nothing of it to drop.
+    pub(crate) providers_called: Mutex<Vec<Arc<dyn crate::Provider>>>,
 }
 
 /// One run of a procedure body: its `data`, `procedureData` and the cases its selects chose.
