@@ -932,6 +932,12 @@ async fn a_committed_five_step_transaction_leaves_one_row_a_record_written_once(
         .iter()
         .filter(|k| k.len() == super::records::TXN_ID_LEN + 8)
         .count();
+    // Nothing plans a transaction that is over: its last chunk gets no plan.
+    let plans = tags
+        .iter()
+        .filter(|t| **t == super::records::PLAN_TAG)
+        .count();
+    assert_eq!(plans, 0, "no plan for the chunk written with the commit");
     // Started, an intent and a result for each of five steps, committed.
     let written = 1 + 2 * 5 + 1;
     assert_eq!(data, 1, "the request data: one chunk");

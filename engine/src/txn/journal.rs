@@ -580,9 +580,16 @@ impl DurableJournal {
             let chunks = compact(&records);
             // Each chunk's plan (what recovery's plan needs of its records) goes beside it,
             // in the same batch: a chunk holds the records numbered from its first up to
-            // the next chunk's first (a chunk ends at a gap in the numbers, too).
+            // the next chunk's first (a chunk ends at a gap in the numbers, too). Not for
+            // the chunks written with a commit or a rollback: nothing plans a transaction
+            // over (a `rollback_failed` one may be rolled back again, so it keeps them), and
+            // a plan costs a decode of every record on the path of every small request.
+            let over = summary
+                .as_ref()
+                .is_some_and(|s| matches!(s.state, TxnState::Committed | TxnState::RolledBack));
+            let planned = if over { &[][..] } else { &chunks[..] };
             let mut rest = &records[..];
-            for (k, (first, _)) in chunks.iter().enumerate() {
+            for (k, (first, _)) in planned.iter().enumerate() {
                 let end = chunks.get(k + 1).map_or(u64::MAX, |(next, _)| *next);
                 let n = rest.partition_point(|(seq, _)| *seq < end);
                 let (these, later) = rest.split_at(n);
