@@ -902,7 +902,7 @@ impl Fs {
             "GetUsage" => return Ok(None),
             _ => {}
         }
-        let Some(marker) = pending::read(&self.dir, &key)? else {
+        let Some(marker) = pending::read(&self.dir, &self.intent_logs, &key)? else {
             // No marker: the provider never got past its checks, so nothing changed.
             return match call.context.procedure.as_str() {
                 "CreateFolder" | "WriteFile" | "SetQuota" | "MoveFolder" | "SetPermissions"

@@ -863,7 +863,9 @@ impl Fs {
         let mut out = call.execute_data.clone();
         out.push(text("copied", c.target.display()));
         // A retried call whose first try already put the copy in place: same result.
-        if let Some(Marker::CopyFolder { path, .. }) = pending::read(&self.dir, &key)? {
+        if let Some(Marker::CopyFolder { path, .. }) =
+            pending::read(&self.dir, &self.intent_logs, &key)?
+        {
             if path == c.target.display()
                 && self.dir.symlink_metadata(staging.join("item")).is_err()
                 && self.lstat(&c.target)?.is_some_and(|m| m.is_dir())
@@ -945,7 +947,9 @@ impl Fs {
     /// is in place when the staged item is gone and the target is a folder.
     pub(super) fn recover_copy(&self, call: &Call) -> Result<Option<Element>, ProviderError> {
         let key = call.context.idempotency_key();
-        let Some(Marker::CopyFolder { path, staging }) = pending::read(&self.dir, &key)? else {
+        let Some(Marker::CopyFolder { path, staging }) =
+            pending::read(&self.dir, &self.intent_logs, &key)?
+        else {
             return Ok(None);
         };
         let target = self.checked("path", &path, false)?;

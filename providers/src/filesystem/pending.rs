@@ -22,7 +22,8 @@ use super::sandbox::io_error;
 use cap_std::fs::{Dir, File, OpenOptions};
 use provisio_engine::provider::ProviderError;
 use serde::{Deserialize, Serialize};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, RandomState};
 use std::io::{self, Read, Write};
 use std::sync::Mutex;
 
@@ -45,17 +46,63 @@ struct Line {
 }
 
 /// The transaction files this process knows to be durably created (their folder entry
-/// synced), so that only the first marker of a transaction syncs the folder.
+/// synced), so that only the first marker of a transaction syncs the folder; and the files
+/// it created itself, with the keys it wrote a marker of, so that asking a file about a
+/// key it cannot hold does not read it (a call's retry check would otherwise read the
+/// whole file: quadratic over a large transaction).
 #[derive(Debug, Default)]
 pub(crate) struct Logs {
     synced: Mutex<HashSet<String>>,
+    /// By transaction: the hashes of the keys this process wrote a marker of, for the
+    /// files it created (nothing else writes to them while it runs them). Forgotten as a
+    /// whole past [`REMEMBERED_LOGS`] files: a forgotten file is read again, as after a
+    /// restart.
+    made_here: Mutex<HashMap<String, HashSet<u64>>>,
+    hasher: RandomState,
+}
+
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Logs {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
-        self.synced
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        locked(&self.synced)
+    }
+
+    /// Notes, before it creates the file of `txn`, that the file is this process's.
+    fn creating(&self, txn: &str) {
+        let mut made = locked(&self.made_here);
+        if made.len() >= REMEMBERED_LOGS && !made.contains_key(txn) {
+            made.clear();
+        }
+        made.entry(txn.to_string()).or_default();
+    }
+
+    /// Notes that `key` has a marker (`true`) or none any more, in a file this process made.
+    fn noted(&self, key: &str, has_marker: bool) {
+        let hash = self.hasher.hash_one(key);
+        if let Some(keys) = locked(&self.made_here).get_mut(txn_of_key(key)) {
+            if has_marker {
+                keys.insert(hash);
+            } else {
+                keys.remove(&hash);
+            }
+        }
+    }
+
+    /// Whether the file of `key`'s transaction is known to hold no marker of it: made by
+    /// this process, which wrote none for it (or removed it).
+    fn surely_without(&self, key: &str) -> bool {
+        let hash = self.hasher.hash_one(key);
+        locked(&self.made_here)
+            .get(txn_of_key(key))
+            .is_some_and(|keys| !keys.contains(&hash))
+    }
+
+    fn forget(&self, txn: &str) {
+        self.lock().remove(txn);
+        locked(&self.made_here).remove(txn);
     }
 }
 
@@ -104,6 +151,9 @@ fn append(dir: &Dir, logs: &Logs, line: &Line, durable: bool) -> io::Result<()> 
                 return Ok(());
             }
             dir.create_dir_all(PENDING_DIR)?;
+            // Before the file exists: a call of the same transaction that opens it once it
+            // does finds it noted, and notes its own key after its write.
+            logs.creating(txn);
             opts.create(true);
             dir.open_with(&name, &opts)?
         }
@@ -139,7 +189,9 @@ pub(crate) fn write(
         marker: Some(marker.clone()),
     };
     // A marker is plain strings and numbers: encoding it cannot fail.
-    append(dir, logs, &line, true).map_err(|e| io_error(&log_name(txn_of_key(key)), e))
+    append(dir, logs, &line, true).map_err(|e| io_error(&log_name(txn_of_key(key)), e))?;
+    logs.noted(key, true);
+    Ok(())
 }
 
 /// What the transaction's file says of `key`: `None` when it has no line of it,
@@ -175,10 +227,13 @@ fn read_log(dir: &Dir, key: &str) -> Result<Option<Option<Marker>>, ProviderErro
 }
 
 /// Reads the marker for `key`: `None` when there is none; an error when it is there but
-/// unreadable (then nobody can tell what the call did).
-pub(crate) fn read(dir: &Dir, key: &str) -> Result<Option<Marker>, ProviderError> {
-    if let Some(marker) = read_log(dir, key)? {
-        return Ok(marker);
+/// unreadable (then nobody can tell what the call did). The transaction's file is read only
+/// when it may hold one ([`Logs`]).
+pub(crate) fn read(dir: &Dir, logs: &Logs, key: &str) -> Result<Option<Marker>, ProviderError> {
+    if !logs.surely_without(key) {
+        if let Some(marker) = read_log(dir, key)? {
+            return Ok(marker);
+        }
     }
     let name = legacy_name(key);
     match dir.read_to_string(&name) {
@@ -199,17 +254,71 @@ pub(crate) fn remove(dir: &Dir, logs: &Logs, key: &str) {
     if let Err(e) = append(dir, logs, &line, false) {
         tracing::warn!(key, error = %e, "cannot note that an intent marker is removed");
     }
+    logs.noted(key, false);
     let _ = dir.remove_file(legacy_name(key));
 }
 
 /// Removes the file of transaction `txn`'s markers (the transaction is over: none of its
 /// calls will be asked about again).
 pub(crate) fn remove_transaction(dir: &Dir, logs: &Logs, txn: &str) -> Result<bool, ProviderError> {
-    logs.lock().remove(txn);
+    logs.forget(txn);
     let name = log_name(txn);
     match dir.remove_file(&name) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(io_error(&name, e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cap_std::ambient_authority;
+
+    fn folder(path: &str) -> Marker {
+        Marker::CreateFolder {
+            path: path.to_string(),
+            missing_parents: Vec::new(),
+        }
+    }
+
+    /// A process reads a transaction's file only for keys it may hold: for a file it made,
+    /// the keys it wrote; a process that did not make it (after a restart) reads it.
+    #[test]
+    fn a_file_made_here_is_read_only_for_the_keys_written_here() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = Dir::open_ambient_dir(tmp.path(), ambient_authority()).unwrap();
+        let logs = Logs::default();
+        let txn = "01234567-89ab-7def-8123-456789abcdef";
+        let (a, b) = (format!("{txn}/a"), format!("{txn}/b"));
+        write(&dir, &logs, &a, &folder("one")).unwrap();
+        // A line for `b` this process never wrote (it cannot be there while the process
+        // runs the transaction): proof that the file is not read for `b`.
+        let mut f = dir
+            .open_with(log_name(txn), OpenOptions::new().append(true))
+            .unwrap();
+        let line = Line {
+            key: b.clone(),
+            marker: Some(folder("two")),
+        };
+        f.write_all(format!("\n{}", serde_json::to_string(&line).unwrap()).as_bytes())
+            .unwrap();
+        drop(f);
+        assert!(
+            matches!(read(&dir, &logs, &a).unwrap(), Some(Marker::CreateFolder { path, .. }) if path == "one")
+        );
+        assert!(
+            read(&dir, &logs, &b).unwrap().is_none(),
+            "the file was read for b"
+        );
+        // Another process (a restart) knows nothing of the file: it reads it.
+        let restarted = Logs::default();
+        let seen = read(&dir, &restarted, &b).unwrap();
+        assert!(seen.is_some(), "after a restart the file is read");
+        // A marker removed here is gone without a read; the transaction's end forgets all.
+        remove(&dir, &logs, &a);
+        assert!(read(&dir, &logs, &a).unwrap().is_none());
+        assert!(remove_transaction(&dir, &logs, txn).unwrap());
+        assert!(read(&dir, &logs, &a).unwrap().is_none());
     }
 }

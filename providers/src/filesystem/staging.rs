@@ -330,7 +330,7 @@ impl Fs {
             return self.remove_staging(&staged);
         }
         let committed = matches!(
-            pending::read(&self.dir, &key)?,
+            pending::read(&self.dir, &self.intent_logs, &key)?,
             Some(Marker::Stage {
                 phase: StagePhase::Committing,
                 ..
