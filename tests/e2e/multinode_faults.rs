@@ -7,6 +7,24 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 /// Polls `/v1/ready` until it answers `status` (at most `within`).
+/// A daemon site whose ledger calls take `call_ms`, on a fresh schema `schema` of the shared
+/// PostgreSQL server; `None` (the test skips) without Python for the ledger or a server.
+fn site_on_postgres(schema: &str, call_ms: u64) -> Option<crate::daemon::Site> {
+    if !crate::daemon::python() {
+        return None;
+    }
+    let pg = Postgres::shared()?;
+    let url = pg.new_schema(schema);
+    let site = crate::daemon::Site::new(call_ms);
+    let config = std::fs::read_to_string(site.path("provisio.toml")).unwrap();
+    std::fs::write(
+        site.path("provisio.toml"),
+        format!("store = \"{url}\"\n{config}"),
+    )
+    .unwrap();
+    Some(site)
+}
+
 fn ready_becomes(d: &crate::daemon::Daemon, status: u16, within: Duration) -> bool {
     let start = Instant::now();
     while start.elapsed() < within {
@@ -96,21 +114,12 @@ fn database_lost_mid_run_parks_and_resumes() {
 /// end come by NOTIFY, the end within milliseconds of the finish (no polling).
 #[test]
 fn events_of_a_job_another_daemon_runs_reach_the_client() {
-    use crate::daemon::{customer, Site, ALICE};
+    use crate::daemon::{customer, ALICE};
     use std::io::Read as _;
-    if !crate::daemon::python() {
-        return;
-    }
-    let Some(pg) = Postgres::shared() else { return };
-    let url = pg.new_schema("remote_events");
     // Each ledger call takes 4 s: the job still runs when the second daemon is up.
-    let site = Site::new(4000);
-    let config = std::fs::read_to_string(site.path("provisio.toml")).unwrap();
-    std::fs::write(
-        site.path("provisio.toml"),
-        format!("store = \"{url}\"\n{config}"),
-    )
-    .unwrap();
+    let Some(site) = site_on_postgres("remote_events", 4000) else {
+        return;
+    };
     let runner = site.start();
     let a = runner.submit(ALICE, &customer("ann"), "", &[]);
     assert_eq!(a.status, 202, "{a:?}");
@@ -282,20 +291,11 @@ fn a_waiting_submission_whose_claim_crosses_a_loss_gets_its_job() {
 /// the job ends `cancelled` within seconds, its first step undone.
 #[test]
 fn a_cancel_posted_to_another_daemon_stops_the_run() {
-    use crate::daemon::{customer, Site, ALICE};
-    if !crate::daemon::python() {
-        return;
-    }
-    let Some(pg) = Postgres::shared() else { return };
-    let url = pg.new_schema("remote_cancel");
+    use crate::daemon::{customer, ALICE};
     // Each ledger call takes 1.5 s: three steps, 4.5 s to commit.
-    let site = Site::new(1500);
-    let config = std::fs::read_to_string(site.path("provisio.toml")).unwrap();
-    std::fs::write(
-        site.path("provisio.toml"),
-        format!("store = \"{url}\"\n{config}"),
-    )
-    .unwrap();
+    let Some(site) = site_on_postgres("remote_cancel", 1500) else {
+        return;
+    };
     // Its log says how the cancel reached it.
     let runner = site.start_with(&[("RUST_LOG", "provisio=info,provisio_engine=warn")]);
     let a = runner.submit(ALICE, &customer("cal"), "", &[]);
