@@ -497,3 +497,25 @@ async fn escapes_are_rejected_and_nothing_is_created_outside() {
         .expect("in-root symlink");
     assert!(root.join("real/new").is_dir());
 }
+
+/// Two calls creating folders under the same missing parent at once (two transactions side
+/// by side, as a daemon's workers run them) both succeed: the one that loses the race to
+/// make the parent finds it made, and its undo leaves the parent to the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_creates_under_one_missing_parent_both_succeed() {
+    let (_tmp, p) = provider();
+    let p = std::sync::Arc::new(p);
+    for round in 0..200 {
+        let (a, b) = (format!("t{round}/a"), format!("t{round}/b"));
+        let (pa, pb) = (p.clone(), p.clone());
+        let first = tokio::spawn(async move { run(&*pa, "CreateFolder", &[("path", &a)]).await });
+        let second = tokio::spawn(async move { run(&*pb, "CreateFolder", &[("path", &b)]).await });
+        let (first, second) = (first.await.unwrap(), second.await.unwrap());
+        assert!(
+            first.is_ok() && second.is_ok(),
+            "round {round}: {:?} / {:?}",
+            first.err(),
+            second.err()
+        );
+    }
+}

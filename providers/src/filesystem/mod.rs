@@ -362,6 +362,12 @@ impl Fs {
                 }
                 None => match self.dir.create_dir(prefix.path()) {
                     Ok(()) => created.push(prefix),
+                    // Another call (of a transaction running beside this one) made it
+                    // between the look and the create: a folder this call did not make,
+                    // and will not remove.
+                    Err(e)
+                        if e.kind() == std::io::ErrorKind::AlreadyExists
+                            && self.stat(&prefix)?.is_some_and(|m| m.is_dir()) => {}
                     Err(e) => {
                         cleanup(&created);
                         return Err(io_error(&format!("folder `{}`", prefix.display()), e));
