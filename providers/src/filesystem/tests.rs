@@ -105,3 +105,63 @@ async fn a_timeout_interrupts_a_slow_call_and_recover_settles_it() {
         Some("late")
     );
 }
+
+fn call_of(txn: &str, procedure: &str, path: &str) -> Call {
+    let mut c = call(procedure, &[("path", path)]);
+    c.context.txn_id = txn.parse().expect("a transaction id");
+    c
+}
+
+/// Two transactions create under one missing parent at once: T2 makes `a` itself (its
+/// CreateFolder `a` commits) between T1's look and T1's create of `a/x`. T1 is then in
+/// doubt (its process died): recovery must not take `a` as T1's, or rolling T1 back
+/// would remove T2's committed folder.
+#[tokio::test]
+async fn recovery_of_an_in_doubt_create_leaves_a_parent_another_call_made() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path().to_path_buf();
+    let other = FilesystemProvider::new(root.clone()).expect("provider of T2");
+    let t2 = call_of("0190c0de-0000-7000-8000-0000000000b2", "CreateFolder", "a");
+    let mut p = FilesystemProvider::new(root.clone()).expect("provider of T1");
+    let (fs2, once) = (Arc::clone(&other.fs), AtomicBool::new(false));
+    let t2_call = t2.clone();
+    Arc::get_mut(&mut p.fs).expect("unshared").after_intent = Some(Box::new(move || {
+        if !once.swap(true, Ordering::SeqCst) {
+            fs2.create_folder(&t2_call).expect("T2 makes `a` meanwhile");
+        }
+    }));
+    let t1 = call_of(
+        "0190c0de-0000-7000-8000-0000000000b1",
+        "CreateFolder",
+        "a/x",
+    );
+    p.execute(t1.clone()).await.expect("T1's CreateFolder");
+    assert!(root.join("a/x").is_dir());
+    drop(p);
+
+    // T1's process died before its outcome was journaled: a new one settles it.
+    let restarted = FilesystemProvider::new(root.clone()).expect("restarted");
+    let undo = restarted
+        .recover(&t1)
+        .await
+        .expect("recover")
+        .expect("applied");
+    let parents: Vec<String> = undo
+        .elements()
+        .filter(|e| e.local_name() == "createdParent")
+        .map(Element::string_value)
+        .collect();
+    assert!(parents.is_empty(), "T2's folder taken as T1's: {parents:?}");
+    restarted
+        .undo(provisio_engine::provider::Done {
+            state: provisio_engine::ProviderState::detached(),
+            context: t1.context.clone(),
+            provider_context: t1.provider_context.clone(),
+            undo,
+            execute_data: None,
+        })
+        .await
+        .expect("T1 rolled back");
+    assert!(!root.join("a/x").exists());
+    assert!(root.join("a").is_dir(), "T2's committed folder was removed");
+}
