@@ -604,6 +604,12 @@ async fn roll_back(
             txn: summary.id.clone(),
             source,
         })?;
+    if to == TxnState::RolledBack {
+        // The plan read no provider names (it decodes no record whole), so every provider
+        // hears of it: a rollback is rare, and one told of a transaction it never saw has
+        // nothing to drop (`Provider::transaction_over` is cheap and idempotent).
+        tell_over(&summary.id, engine.registry().iter()).await;
+    }
     Ok(Recovered {
         txn_id: summary.id,
         from: summary.state,
@@ -1829,6 +1835,15 @@ impl Stop {
     }
 }
 
+/// Tells `providers` that transaction `txn_id`, finished by recovery and journaled so, is
+/// over ([`Provider::transaction_over`]): what they kept only to settle or undo its calls
+/// (intent markers) may go.
+async fn tell_over<'p>(txn_id: &TxnId, providers: impl Iterator<Item = &'p Arc<dyn Provider>>) {
+    for provider in providers {
+        provider.transaction_over(txn_id.as_ref()).await;
+    }
+}
+
 /// Resumes a resumable transaction with the definitions it was pinned to.
 async fn resume(
     engine: &Engine,
@@ -1856,6 +1871,8 @@ async fn try_resume(
     let (resume, in_doubt) = replay(journal, &summary.id, &records)?;
     let in_doubt_count = in_doubt.len();
     settle_before_resuming(engine, journal, in_doubt).await?;
+    // Its run tells the providers it is over: those of the replayed calls too (a replayed
+    // call counts as called, `Txn::providers_called`).
     let result = engine
         .resume_program(Arc::new(program), data, Element::new("context"), resume)
         .await;
