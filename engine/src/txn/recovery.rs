@@ -608,7 +608,7 @@ async fn roll_back(
         // The plan read no provider names (it decodes no record whole), so every provider
         // hears of it: a rollback is rare, and one told of a transaction it never saw has
         // nothing to drop (`Provider::transaction_over` is cheap and idempotent).
-        tell_over(&summary.id, engine.registry().iter()).await;
+        engine.transaction_over(&summary.id).await;
     }
     Ok(Recovered {
         txn_id: summary.id,
@@ -1832,15 +1832,6 @@ impl<E: Into<NotResumable>> From<E> for Stop {
 impl Stop {
     fn store(e: impl Into<RecoveryError>) -> Stop {
         Stop::Failed(e.into())
-    }
-}
-
-/// Tells `providers` that transaction `txn_id`, finished by recovery and journaled so, is
-/// over ([`Provider::transaction_over`]): what they kept only to settle or undo its calls
-/// (intent markers) may go.
-async fn tell_over<'p>(txn_id: &TxnId, providers: impl Iterator<Item = &'p Arc<dyn Provider>>) {
-    for provider in providers {
-        provider.transaction_over(txn_id.as_ref()).await;
     }
 }
 
