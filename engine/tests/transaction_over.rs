@@ -22,6 +22,18 @@ use std::sync::{Arc, Mutex};
 struct Watching {
     inner: RecordingProvider,
     over: Mutex<Vec<String>>,
+    /// Its undos fail while set.
+    undo_fails: std::sync::atomic::AtomicBool,
+}
+
+impl Watching {
+    fn new(inner: RecordingProvider) -> Arc<Watching> {
+        Arc::new(Watching {
+            inner,
+            over: Mutex::new(Vec::new()),
+            undo_fails: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
 }
 
 #[async_trait]
@@ -36,6 +48,9 @@ impl Provider for Watching {
         self.inner.execute(call).await
     }
     async fn undo(&self, done: Done) -> Result<(), ProviderError> {
+        if self.undo_fails.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(ProviderError::permanent("the backend refuses"));
+        }
         self.inner.undo(done).await
     }
     async fn recover(&self, call: &Call) -> Result<Option<Element>, ProviderError> {
@@ -51,14 +66,8 @@ async fn run(steps: &str, poison_undo: bool) -> (TxnState, String, Vec<String>) 
     if poison_undo {
         rec.poison_undo("a");
     }
-    let watching = Arc::new(Watching {
-        inner: rec,
-        over: Mutex::new(Vec::new()),
-    });
-    let idle = Arc::new(Watching {
-        inner: RecordingProvider::new("Idle"),
-        over: Mutex::new(Vec::new()),
-    });
+    let watching = Watching::new(rec);
+    let idle = Watching::new(RecordingProvider::new("Idle"));
     let mut registry = ProviderRegistry::new();
     registry.register(watching.clone());
     registry.register(idle.clone());
@@ -163,10 +172,7 @@ async fn lost_end_then_recovered(
     if poison_undo {
         rec.poison_undo("a");
     }
-    let watching = Arc::new(Watching {
-        inner: rec,
-        over: Mutex::new(Vec::new()),
-    });
+    let watching = Watching::new(rec);
     let mut registry = ProviderRegistry::new();
     registry.register(watching.clone());
     let catalog = Catalog::new(Vec::new(), &registry).unwrap();
@@ -234,10 +240,7 @@ procedures:
         call: Rec Provider/Create
         with: { name: a }
 "#;
-    let watching = Arc::new(Watching {
-        inner: RecordingProvider::new("Rec"),
-        over: Mutex::new(Vec::new()),
-    });
+    let watching = Watching::new(RecordingProvider::new("Rec"));
     let mut registry = ProviderRegistry::new();
     registry.register(watching.clone());
     let namespaces = provisio_engine::parse_namespaces(FLOW, "flow.yaml", Format::Yaml).unwrap();
@@ -261,6 +264,39 @@ procedures:
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].to, TxnState::Committed, "{found:?}");
     drop((recovering, dying));
+    store.close();
+    assert_eq!(*watching.over.lock().unwrap(), [result.txn_id.to_string()]);
+}
+
+/// A `rollback_failed` transaction is not over; once `tx resume-rollback` rolls it back,
+/// it is, and its providers hear of it.
+#[tokio::test]
+async fn a_rollback_resumed_by_an_operator_is_over_for_its_providers() {
+    let watching = Watching::new(RecordingProvider::new("Rec"));
+    watching
+        .undo_fails
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut registry = ProviderRegistry::new();
+    registry.register(watching.clone());
+    let catalog = Catalog::new(Vec::new(), &registry).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SledStore::open(dir.path()).unwrap());
+    let journal = Arc::new(DurableJournal::new(store.clone(), None, "test"));
+    let engine = Engine::new(catalog, registry, EngineOptions::default())
+        .with_journal(journal.clone() as Arc<dyn Journal>);
+    let text = format!("<request><procedure>{CREATE}{FAIL}</procedure></request>");
+    let req = parse_request(&text, "t.xml", Format::Xml).unwrap();
+    let result = engine.run(&req).await.unwrap();
+    assert_eq!(result.state, TxnState::RollbackFailed);
+    assert!(watching.over.lock().unwrap().is_empty());
+    watching
+        .undo_fails
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let resumed = provisio_engine::txn::resume_rollback(&engine, &journal, result.txn_id.as_str())
+        .await
+        .unwrap();
+    assert_eq!(resumed.to, TxnState::RolledBack, "{resumed:?}");
+    drop(engine);
     store.close();
     assert_eq!(*watching.over.lock().unwrap(), [result.txn_id.to_string()]);
 }
