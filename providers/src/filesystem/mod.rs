@@ -164,8 +164,9 @@ impl FilesystemProvider {
     /// Removes the intent markers of every transaction for which `is_live(txn_id)` is false.
     /// For the engine's (or an operator's) cleanup after recovery: pass the transactions
     /// that are not final yet; markers of final transactions are never asked about again
-    /// (a transaction that ends in a run drops its own at once, `transaction_over`; one
-    /// that a crash interrupted keeps them until pruned).
+    /// (a transaction that ends in a run or in recovery drops its own at once,
+    /// `transaction_over`; one whose process died between its journaled end and that call
+    /// keeps them until pruned, unless a daemon settles its job at the restart).
     pub async fn prune_markers(
         &self,
         is_live: impl Fn(&str) -> bool + Send + 'static,
