@@ -340,9 +340,13 @@ pub trait Provider: Send + Sync {
     /// Transaction `txn_id` is over (committed or rolled back, and its final state
     /// journaled): none of its calls will be undone, prepared, committed or settled again,
     /// so what the provider kept only for that (intent markers of its calls) may go.
-    /// Called once the transaction ends, for each provider its run called; best effort (what
-    /// a crash leaves, or a run resumed after one, is for [`Provider::purge`]). The default
-    /// has nothing to drop.
+    /// Called once the transaction ends, for each provider its run called (a call replayed
+    /// by a resumed run counts); when recovery rolls a transaction back, for every provider
+    /// (recovery's plan does not read which ones its calls went to), so it may name a
+    /// transaction the provider never saw; and through [`crate::Engine::transaction_over`]
+    /// (the daemon, settling after a restart a transaction whose process died between its
+    /// journaled end and this call). Best effort: what is left is for [`Provider::purge`].
+    /// The default has nothing to drop.
     async fn transaction_over(&self, _txn_id: &str) {}
     /// Two-phase: makes the prepared change visible. Must not fail.
     async fn commit(&self, done: &Done) -> Result<(), ProviderError> {

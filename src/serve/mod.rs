@@ -1067,6 +1067,11 @@ async fn run_job_inner(d: &Arc<Daemon>, job: Job, fresh: Option<Request>) -> Opt
             }
             if over {
                 tracing::info!(job = %id, txn = %txn, state = %summary.state, "settled an attempt cut short by a restart");
+                if summary.state != TxnState::RollbackFailed {
+                    // The process may have died between journaling the end and telling
+                    // the providers (a filesystem intent file would stay until a purge).
+                    d.engine.transaction_over(&summary.id).await;
+                }
                 // The response the run ended with, journaled with its final state (what a
                 // waiting client was told before the crash, if it was told); else, ended
                 // by recovery, one rebuilt from the journal.

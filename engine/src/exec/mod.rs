@@ -425,6 +425,18 @@ impl Engine {
         &self.registry
     }
 
+    /// Tells every registered provider that transaction `txn_id` is over
+    /// ([`crate::Provider::transaction_over`]), for a transaction the journal shows
+    /// `committed` or `rolled_back` whose run could not tell its providers itself: finished
+    /// by recovery, or whose process died between journaling its end and telling them. Never
+    /// call it for a transaction that is not over: its providers drop what settles and
+    /// undoes its calls.
+    pub async fn transaction_over(&self, txn_id: &TxnId) {
+        for provider in self.registry.iter() {
+            provider.transaction_over(txn_id.as_ref()).await;
+        }
+    }
+
     /// The latest value of `key` in `provider`'s state, as the last write left it (a
     /// transaction still running may have written it; it is not locked). For operators and
     /// tests: providers read through [`crate::ProviderState`].

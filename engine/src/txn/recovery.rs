@@ -604,6 +604,12 @@ async fn roll_back(
             txn: summary.id.clone(),
             source,
         })?;
+    if to == TxnState::RolledBack {
+        // The plan read no provider names (it decodes no record whole), so every provider
+        // hears of it: a rollback is rare, and one told of a transaction it never saw has
+        // nothing to drop (`Provider::transaction_over` is cheap and idempotent).
+        engine.transaction_over(&summary.id).await;
+    }
     Ok(Recovered {
         txn_id: summary.id,
         from: summary.state,
@@ -1856,6 +1862,8 @@ async fn try_resume(
     let (resume, in_doubt) = replay(journal, &summary.id, &records)?;
     let in_doubt_count = in_doubt.len();
     settle_before_resuming(engine, journal, in_doubt).await?;
+    // Its run tells the providers it is over: those of the replayed calls too (a replayed
+    // call counts as called, `Txn::providers_called`).
     let result = engine
         .resume_program(Arc::new(program), data, Element::new("context"), resume)
         .await;

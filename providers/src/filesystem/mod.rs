@@ -103,6 +103,10 @@ pub(crate) struct Fs {
     /// Runs at the start of every blocking operation (tests slow operations down with it).
     #[cfg(test)]
     before_op: Option<Box<dyn Fn() + Send + Sync>>,
+    /// Runs after CreateFolder's intent is durable, before its first change (tests make a
+    /// concurrent call's change there).
+    #[cfg(test)]
+    after_intent: Option<Box<dyn Fn() + Send + Sync>>,
 }
 
 impl std::fmt::Debug for FilesystemProvider {
@@ -139,6 +143,8 @@ impl FilesystemProvider {
                 options,
                 #[cfg(test)]
                 before_op: None,
+                #[cfg(test)]
+                after_intent: None,
             }),
             fences: crate::common::KeyFences::new(),
         })
@@ -158,8 +164,9 @@ impl FilesystemProvider {
     /// Removes the intent markers of every transaction for which `is_live(txn_id)` is false.
     /// For the engine's (or an operator's) cleanup after recovery: pass the transactions
     /// that are not final yet; markers of final transactions are never asked about again
-    /// (a transaction that ends in a run drops its own at once, `transaction_over`; one
-    /// that a crash interrupted keeps them until pruned).
+    /// (a transaction that ends in a run or in recovery drops its own at once,
+    /// `transaction_over`; one whose process died between its journaled end and that call
+    /// keeps them until pruned, unless a daemon settles its job at the restart).
     pub async fn prune_markers(
         &self,
         is_live: impl Fn(&str) -> bool + Send + 'static,
@@ -330,15 +337,20 @@ impl Fs {
                 missing.push(prefix.display());
             }
         }
+        let key = call.context.idempotency_key();
         pending::write(
             &self.dir,
             &self.intent_logs,
-            &call.context.idempotency_key(),
+            &key,
             &Marker::CreateFolder {
                 path: path.display(),
-                missing_parents: missing,
+                missing_parents: missing.clone(),
             },
         )?;
+        #[cfg(test)]
+        if let Some(hook) = &self.after_intent {
+            hook();
+        }
         // Create missing parents first, remembering them for undo.
         let mut created: Vec<RelPath> = Vec::new();
         let cleanup = |created: &[RelPath]| {
@@ -373,6 +385,22 @@ impl Fs {
                         return Err(io_error(&format!("folder `{}`", prefix.display()), e));
                     }
                 },
+            }
+        }
+        let made_parents: Vec<String> = created.iter().map(RelPath::display).collect();
+        if made_parents != missing {
+            // A parent seen missing was made by another call meanwhile: it is that call's,
+            // and recovery of this one must not take it as its own (it would remove it
+            // once empty, under a transaction that made it and may have committed). The
+            // marker is narrowed to the parents this call made, durably, before the folder
+            // exists: recovery finds the call applied only once the folder does.
+            let marker = Marker::CreateFolder {
+                path: path.display(),
+                missing_parents: made_parents,
+            };
+            if let Err(e) = pending::write(&self.dir, &self.intent_logs, &key, &marker) {
+                cleanup(&created);
+                return Err(e);
             }
         }
         let made = match mode {
@@ -951,6 +979,9 @@ impl Fs {
                 if !self.lstat(&path)?.is_some_and(|m| m.is_dir()) {
                     return not_applied();
                 }
+                // The folder exists, so the marker read is the one written last before it
+                // was made: its parents are those this call made (another call's are not
+                // listed; see `create_folder`).
                 let mut created_parents = Vec::new();
                 for p in missing_parents.iter().rev() {
                     if let Ok(rel) = self.checked("path", p, false) {

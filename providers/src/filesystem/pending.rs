@@ -9,7 +9,8 @@
 //! disk. A removal (after an undo, or when the change did not happen) appends a line
 //! without a marker, not synced: a lost removal only leaves a marker that recovery checks
 //! against the disk anyway. The last line of a key says what holds. The file goes when
-//! the transaction is over ([`remove_transaction`], from `Provider::transaction_over`), or
+//! the transaction is over ([`remove_transaction`], from `Provider::transaction_over`; a
+//! marker of a transaction this process was told is over is refused after that), or
 //! with `Provider::purge` / `provisio recover` for transactions that ended otherwise.
 //!
 //! Every line starts with a newline, so a line torn by a crash (never acknowledged, so its
@@ -22,7 +23,7 @@ use super::sandbox::io_error;
 use cap_std::fs::{Dir, File, OpenOptions};
 use provisio_engine::provider::ProviderError;
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::io::{self, Read, Write};
 use std::sync::Mutex;
@@ -33,7 +34,8 @@ pub(crate) const PENDING_DIR: &str = ".provisio-state/pending";
 const LOG_SUFFIX: &str = "_intents.jsonl";
 
 /// How many transactions' files [`Logs`] remembers as durably created; past that it
-/// forgets them all (a forgotten one costs one more folder sync).
+/// forgets them all (a forgotten one costs one more folder sync). Also how many
+/// transactions told over it remembers (the oldest forgotten first).
 const REMEMBERED_LOGS: usize = 4096;
 
 /// One line of a transaction's intent file.
@@ -58,6 +60,11 @@ pub(crate) struct Logs {
     /// whole past [`REMEMBERED_LOGS`] files: a forgotten file is read again, as after a
     /// restart.
     made_here: Mutex<HashMap<String, HashSet<u64>>>,
+    /// The latest transactions this process was told are over ([`remove_transaction`]),
+    /// oldest first: a marker of one of them is refused, so that a call the engine gave up
+    /// waiting for (a step timeout) and that reaches its marker only after the
+    /// transaction's end neither makes its change nor leaves a file nobody removes.
+    over: Mutex<(HashSet<String>, VecDeque<String>)>,
     hasher: RandomState,
 }
 
@@ -103,6 +110,25 @@ impl Logs {
     fn forget(&self, txn: &str) {
         self.lock().remove(txn);
         locked(&self.made_here).remove(txn);
+    }
+
+    /// Notes that transaction `txn` is over (before its file is removed).
+    fn ended(&self, txn: &str) {
+        let mut over = locked(&self.over);
+        let (set, order) = &mut *over;
+        if set.insert(txn.to_string()) {
+            order.push_back(txn.to_string());
+            if order.len() > REMEMBERED_LOGS {
+                if let Some(oldest) = order.pop_front() {
+                    set.remove(&oldest);
+                }
+            }
+        }
+    }
+
+    /// Whether this process was told (lately) that transaction `txn` is over.
+    fn is_over(&self, txn: &str) -> bool {
+        locked(&self.over).0.contains(txn)
     }
 }
 
@@ -155,7 +181,14 @@ fn append(dir: &Dir, logs: &Logs, line: &Line, durable: bool) -> io::Result<()> 
             // does finds it noted, and notes its own key after its write.
             logs.creating(txn);
             opts.create(true);
-            dir.open_with(&name, &opts)?
+            let file = dir.open_with(&name, &opts)?;
+            if logs.is_over(txn) {
+                // Told over since the caller looked ([`write`]): its file may have been
+                // removed just before this one was made.
+                let _ = dir.remove_file(&name);
+                return Err(io::Error::other(over_error(txn)));
+            }
+            file
         }
         Err(e) => return Err(e),
     };
@@ -177,13 +210,24 @@ fn append(dir: &Dir, logs: &Logs, line: &Line, durable: bool) -> io::Result<()> 
     Ok(())
 }
 
-/// Writes the marker for `key` durably.
+fn over_error(txn: &str) -> String {
+    format!(
+        "transaction {txn} is over: a call of it that outlived it (its step timed out) is not applied"
+    )
+}
+
+/// Writes the marker for `key` durably. Refused (with nothing changed) when the process
+/// was told the key's transaction is over.
 pub(crate) fn write(
     dir: &Dir,
     logs: &Logs,
     key: &str,
     marker: &Marker,
 ) -> Result<(), ProviderError> {
+    let txn = txn_of_key(key);
+    if logs.is_over(txn) {
+        return Err(ProviderError::permanent(over_error(txn)));
+    }
     let line = Line {
         key: key.to_string(),
         marker: Some(marker.clone()),
@@ -261,6 +305,9 @@ pub(crate) fn remove(dir: &Dir, logs: &Logs, key: &str) {
 /// Removes the file of transaction `txn`'s markers (the transaction is over: none of its
 /// calls will be asked about again).
 pub(crate) fn remove_transaction(dir: &Dir, logs: &Logs, txn: &str) -> Result<bool, ProviderError> {
+    // First: a marker written from now on is refused, and one whose file is made meanwhile
+    // removes it itself (`append`).
+    logs.ended(txn);
     logs.forget(txn);
     let name = log_name(txn);
     match dir.remove_file(&name) {

@@ -7,7 +7,8 @@
 //! transaction id; DeleteFolder also notes the folder's original path in
 //! `.provisio-state/trash/<entry>` ([`note_origin`]), so that its quotas can go with it.
 //! Intent files (`<txn id>_intents.jsonl`, or `<txn id>_<step>.json` of older versions) start
-//! with the transaction id too; a transaction that ended in a run has dropped its own. A
+//! with the transaction id too; a transaction that ended in a run or in recovery has
+//! dropped its own. A
 //! trash entry without a note (made before notes existed) goes, its quotas stay.
 
 use super::pending::PENDING_DIR;

@@ -251,7 +251,10 @@ pub(crate) enum StagePhase {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op")]
 pub(crate) enum Marker {
-    /// CreateFolder of `path`; `missing_parents` did not exist before.
+    /// CreateFolder of `path`; `missing_parents` did not exist before, and are the call's
+    /// own to remove on undo. When another call made one of them between the look and the
+    /// create, a second marker (the last line of the key holds) lists only the parents this
+    /// call made, written before `path` is made.
     CreateFolder {
         path: String,
         #[serde(rename = "missingParents", default)]

@@ -105,3 +105,112 @@ async fn a_timeout_interrupts_a_slow_call_and_recover_settles_it() {
         Some("late")
     );
 }
+
+fn call_of(txn: &str, procedure: &str, path: &str) -> Call {
+    let mut c = call(procedure, &[("path", path)]);
+    c.context.txn_id = txn.parse().expect("a transaction id");
+    c
+}
+
+/// Two transactions create under one missing parent at once: T2 makes `a` itself (its
+/// CreateFolder `a` commits) between T1's look and T1's create of `a/x`. T1 is then in
+/// doubt (its process died): recovery must not take `a` as T1's, or rolling T1 back
+/// would remove T2's committed folder.
+#[tokio::test]
+async fn recovery_of_an_in_doubt_create_leaves_a_parent_another_call_made() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path().to_path_buf();
+    let other = FilesystemProvider::new(root.clone()).expect("provider of T2");
+    let t2 = call_of("0190c0de-0000-7000-8000-0000000000b2", "CreateFolder", "a");
+    let mut p = FilesystemProvider::new(root.clone()).expect("provider of T1");
+    let (fs2, once) = (Arc::clone(&other.fs), AtomicBool::new(false));
+    let t2_call = t2.clone();
+    Arc::get_mut(&mut p.fs).expect("unshared").after_intent = Some(Box::new(move || {
+        if !once.swap(true, Ordering::SeqCst) {
+            fs2.create_folder(&t2_call).expect("T2 makes `a` meanwhile");
+        }
+    }));
+    let t1 = call_of(
+        "0190c0de-0000-7000-8000-0000000000b1",
+        "CreateFolder",
+        "a/x",
+    );
+    p.execute(t1.clone()).await.expect("T1's CreateFolder");
+    assert!(root.join("a/x").is_dir());
+    drop(p);
+
+    // T1's process died before its outcome was journaled: a new one settles it.
+    let restarted = FilesystemProvider::new(root.clone()).expect("restarted");
+    let undo = restarted
+        .recover(&t1)
+        .await
+        .expect("recover")
+        .expect("applied");
+    let parents: Vec<String> = undo
+        .elements()
+        .filter(|e| e.local_name() == "createdParent")
+        .map(Element::string_value)
+        .collect();
+    assert!(parents.is_empty(), "T2's folder taken as T1's: {parents:?}");
+    restarted
+        .undo(provisio_engine::provider::Done {
+            state: provisio_engine::ProviderState::detached(),
+            context: t1.context.clone(),
+            provider_context: t1.provider_context.clone(),
+            undo,
+            execute_data: None,
+        })
+        .await
+        .expect("T1 rolled back");
+    assert!(!root.join("a/x").exists());
+    assert!(root.join("a").is_dir(), "T2's committed folder was removed");
+}
+
+/// A call the engine gave up on (its step timed out) whose work starts only after the
+/// transaction is over: it is refused before any change, and leaves no intent file (one
+/// made then would stay until a purge).
+#[tokio::test(flavor = "current_thread")]
+async fn a_call_that_outlives_its_transaction_is_refused_and_leaves_no_intent_file() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut p = FilesystemProvider::new(tmp.path().to_path_buf()).expect("provider");
+    // Only the first blocking operation (the call's) waits for the test.
+    let (release, held) = mpsc::channel::<()>();
+    let (held, first) = (Mutex::new(held), AtomicBool::new(true));
+    Arc::get_mut(&mut p.fs).expect("unshared").before_op = Some(Box::new(move || {
+        if first.swap(false, Ordering::SeqCst) {
+            let rx = held
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let _ = rx.recv_timeout(Duration::from_secs(10));
+        }
+    }));
+    let c = call("CreateFolder", &[("path", "late")]);
+    let r = tokio::time::timeout(Duration::from_millis(100), p.execute(c.clone())).await;
+    assert!(r.is_err(), "the timeout must win: {r:?}");
+    // The engine settles the call (not applied: nothing is there yet), rolls back, and
+    // says the transaction is over.
+    let txn = c.context.txn_id.to_string();
+    p.transaction_over(&txn).await;
+    release.send(()).expect("release");
+    // The abandoned call now runs to its end on the blocking pool: refused.
+    let pending = tmp.path().join(".provisio-state/pending");
+    let refused = p.execute(call("CreateFolder", &[("path", "later")])).await;
+    let e = refused.expect_err("a call of a transaction that is over");
+    assert!(e.to_string().contains("is over"), "{e}");
+    // Its blocking task holds the provider's state until it ends.
+    let mut waited = 0;
+    while Arc::strong_count(&p.fs) > 1 && waited < 400 {
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        waited += 1;
+    }
+    assert_eq!(
+        Arc::strong_count(&p.fs),
+        1,
+        "the abandoned call never ended"
+    );
+    assert!(!tmp.path().join("late").exists(), "applied after its end");
+    let left: Vec<_> = std::fs::read_dir(&pending)
+        .map(|rd| rd.map(|e| e.expect("entry").file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "intent files left: {left:?}");
+}
