@@ -522,35 +522,16 @@ impl PgQueue {
         self.block(move |_, c| async move {
             let r = async {
                 let mut t = Tally::default();
-                for row in c
-                    .query(
-                        "SELECT state, count(*) FROM provisio_jobs GROUP BY state",
-                        &[],
-                    )
-                    .await
-                    .map_err(pg_err)?
-                {
+                for row in c.query(&tally_sql(), &[]).await.map_err(pg_err)? {
                     let s: i16 = row.get(0);
-                    if let Some(n) = t.now.get_mut(s as usize) {
-                        *n = row.get::<_, i64>(1) as u64;
+                    let n = row.get::<_, i64>(1).max(0) as u64;
+                    let entered: Vec<i64> = row.get(2);
+                    if let Some(now) = usize::try_from(s).ok().and_then(|s| t.now.get_mut(s)) {
+                        *now = n;
                     }
-                }
-                let rows = c
-                    .query(
-                        "SELECT k, v + coalesce((SELECT sum(j.entered[k + 1]) FROM provisio_jobs j), 0)::bigint
-                         FROM provisio_job_tally WHERE k < 7
-                         UNION ALL
-                         SELECT 7::smallint, v + (SELECT count(*) FROM provisio_jobs) FROM provisio_job_tally WHERE k = 7",
-                        &[],
-                    )
-                    .await
-                    .map_err(pg_err)?;
-                for row in rows {
-                    let k: i16 = row.get(0);
-                    let v = row.get::<_, i64>(1).max(0) as u64;
-                    match t.entered.get_mut(k as usize) {
-                        Some(e) => *e = v,
-                        None => t.submitted = v,
+                    t.submitted += n;
+                    for (e, v) in t.entered.iter_mut().zip(entered) {
+                        *e += v.max(0) as u64;
                     }
                 }
                 Ok(t)
@@ -1434,6 +1415,24 @@ impl PgQueue {
             (c, r)
         })
     }
+}
+
+/// The counts of [`PgQueue::tally`] in one statement (one snapshot) and one pass over the
+/// jobs: for each state, its jobs and how many times they entered each state; then (state
+/// -1) the jobs pruned and how many times those entered each state (`provisio_job_tally`).
+/// (It was nine passes: one for the counts, one per state for the entries, one for the
+/// total, in two snapshots: 425 ms with 60,000 jobs, of which JIT compilation 212 ms.)
+pub(crate) fn tally_sql() -> String {
+    let sums: Vec<String> = (1..=STATES)
+        .map(|k| format!("coalesce(sum(entered[{k}]), 0)"))
+        .collect();
+    format!(
+        "SELECT state, count(*), ARRAY[{}]::bigint[] FROM provisio_jobs GROUP BY state
+         UNION ALL
+         SELECT -1::smallint, (SELECT v FROM provisio_job_tally WHERE k = 7),
+             ARRAY(SELECT v FROM provisio_job_tally WHERE k < 7 ORDER BY k)",
+        sums.join(", ")
+    )
 }
 
 /// Takes a connection of a pool (`async_commit`: [`Inner::async_pool`], else

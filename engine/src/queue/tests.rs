@@ -2326,3 +2326,80 @@ fn heartbeat_cost_with_a_32_mib_request() {
         }
     });
 }
+
+/// Measures the counts `/metrics` reads ([`Queue::tally`]) on PostgreSQL with 60,000 jobs
+/// (BENCHMARKS.md, issue 18): the statements as they were (nine passes over the jobs, in
+/// two snapshots) against the one statement now, interleaved on one connection, and the
+/// queue's own `tally`. Prints medians; asserts only that both count the same. Run with
+/// `PROVISIO_TEST_STORE=postgres cargo test -p provisio-engine --lib -- --ignored
+/// queue::tests::tally_cost --nocapture`.
+#[cfg(feature = "postgres")]
+#[test]
+#[ignore = "a measurement"]
+fn tally_cost_with_60000_jobs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(url) = provisio_test_support::postgres::store_url(dir.path()) else {
+        return;
+    };
+    let schema = url.rsplit("%3D").next().expect("a schema").to_string();
+    let q = open(dir.path());
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    rt().block_on(async {
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(connection);
+        client
+            .batch_execute(&format!(
+                "SET search_path TO {schema};
+                 INSERT INTO provisio_jobs (id, seq, state, priority, not_before_ms, line_pos,
+                     subject, target, submitted_ms, entered, body, finished_ms)
+                 SELECT 'job-' || i, i, (i % 3) * 2, 0, 0, i, 'alice', 'A/B', 1,
+                     CASE i % 3 WHEN 0 THEN '{{1,0,0,0,0,0,0}}'::bigint[] WHEN 1 THEN '{{1,1,1,0,0,0,0}}'
+                         ELSE '{{1,1,0,0,1,0,0}}' END,
+                     convert_to(repeat('x', 400), 'UTF8'), CASE WHEN i % 3 > 0 THEN 5 END
+                 FROM generate_series(1, 60000) i;
+                 UPDATE provisio_job_tally SET v = 10 + k;
+                 ANALYZE provisio_jobs;"
+            ))
+            .await
+            .expect("60,000 jobs");
+        let before = [
+            "SELECT state, count(*) FROM provisio_jobs GROUP BY state",
+            "SELECT k, v + coalesce((SELECT sum(j.entered[k + 1]) FROM provisio_jobs j), 0)::bigint
+             FROM provisio_job_tally WHERE k < 7
+             UNION ALL
+             SELECT 7::smallint, v + (SELECT count(*) FROM provisio_jobs) FROM provisio_job_tally WHERE k = 7",
+        ];
+        let after = super::postgres::tally_sql();
+        let (mut old, mut new, mut queue) = (Vec::new(), Vec::new(), Vec::new());
+        let mut expected = None;
+        for _ in 0..11 {
+            let started = std::time::Instant::now();
+            for sql in before {
+                client.query(sql, &[]).await.expect("as it was");
+            }
+            old.push(started.elapsed().as_secs_f64() * 1e3);
+            let started = std::time::Instant::now();
+            client.query(&after, &[]).await.expect("now");
+            new.push(started.elapsed().as_secs_f64() * 1e3);
+            let started = std::time::Instant::now();
+            let t = q.tally();
+            queue.push(started.elapsed().as_secs_f64() * 1e3);
+            expected.get_or_insert(t);
+        }
+        let t = expected.expect("a tally");
+        assert_eq!(t.now, [20000, 0, 20000, 0, 20000, 0, 0]);
+        assert_eq!(t.submitted, 60000 + 17);
+        assert_eq!(t.entered, [60010, 40011, 20012, 13, 20014, 15, 16]);
+        println!(
+            "60,000 jobs: the counts as they were {:.1} ms, now {:.1} ms (median of 11 interleaved); the queue's tally {:.1} ms",
+            median(old),
+            median(new),
+            median(queue)
+        );
+    });
+}
