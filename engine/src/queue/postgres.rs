@@ -115,6 +115,11 @@ UPDATE provisio_jobs SET cancel_requested = true
     WHERE position('\"cancel_requested\":true'::bytea IN body) > 0;
 ";
 
+/// A heartbeat: renews a running job's lease (`$1` the job, `$2` the new lease end, `$3`
+/// this node) and reads its cancel flag, without reading its record (see [`SCHEMA_V6`]).
+pub(crate) const HEARTBEAT: &str = "UPDATE provisio_jobs SET lease_until_ms = $2
+     WHERE id = $1 AND state = 1 AND node = $3 RETURNING cancel_requested";
+
 /// The channel other nodes are woken on.
 const CHANNEL: &str = "provisio_jobs";
 /// The channel a cancel of a job running on another node is announced on (the job id as
@@ -824,11 +829,7 @@ impl PgQueue {
                 // the flag has a column of its own (`SCHEMA_V6`), and the new row version
                 // keeps the body's TOAST pointer.
                 let row = c
-                    .query_opt(
-                        "UPDATE provisio_jobs SET lease_until_ms = $2 WHERE id = $1 AND state = 1 AND node = $3 \
-                         RETURNING cancel_requested",
-                        &[&id, &ms(until), &node],
-                    )
+                    .query_opt(HEARTBEAT, &[&id, &ms(until), &node])
                     .await
                     .map_err(pg_err)?;
                 match row {

@@ -2270,8 +2270,7 @@ fn heartbeat_cost_with_a_32_mib_request() {
         }
         let before_sql = "UPDATE provisio_jobs SET lease_until_ms = $2 WHERE id = $1 AND state = 1 AND node = $3 \
              RETURNING position('\"cancel_requested\":true'::bytea IN body) > 0";
-        let after_sql = "UPDATE provisio_jobs SET lease_until_ms = $2 WHERE id = $1 AND state = 1 AND node = $3 \
-             RETURNING cancel_requested";
+        let after_sql = super::postgres::HEARTBEAT;
         let (before, after) = (
             client.prepare(before_sql).await.expect("prepare"),
             client.prepare(after_sql).await.expect("prepare"),
@@ -2401,5 +2400,82 @@ fn tally_cost_with_60000_jobs() {
             median(new),
             median(queue)
         );
+    });
+}
+
+/// A heartbeat reads a handful of pages whatever the size of the job's request: neither
+/// the lease's renewal nor the cancel flag it returns reads the job's record (it searched
+/// the record for the flag, every page of the request's TOAST with it). Counted by the
+/// server (`EXPLAIN (ANALYZE, BUFFERS)` runs the statement). Only on PostgreSQL.
+#[cfg(feature = "postgres")]
+#[test]
+fn a_heartbeat_reads_a_few_pages_whatever_the_request_size() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(url) = provisio_test_support::postgres::store_url(dir.path()) else {
+        return;
+    };
+    let schema = url.rsplit("%3D").next().expect("a schema").to_string();
+    let q = open(dir.path());
+    let node = q.store().postgres().expect("PostgreSQL").node().to_string();
+    // 4 MiB that do not compress: about 2,000 TOAST chunks on some 500 pages.
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let payload: String = (0..4 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from(b'a' + (x % 26) as u8)
+        })
+        .collect();
+    rt().block_on(async {
+        let id = q
+            .submit(
+                NewJob {
+                    payload,
+                    ..job("A/B")
+                },
+                1,
+            )
+            .await
+            .expect("submit")
+            .job
+            .id;
+        q.claim(2, LEASE).await.expect("claim").expect("the job");
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(connection);
+        client
+            .batch_execute(&format!("SET search_path TO {schema}"))
+            .await
+            .expect("search_path");
+        for until in [100_000i64, 200_000] {
+            let plan: Vec<String> = client
+                .query(
+                    &format!("EXPLAIN (ANALYZE, BUFFERS) {}", super::postgres::HEARTBEAT),
+                    &[&id, &until, &node],
+                )
+                .await
+                .expect("explain")
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let text = plan.join("\n");
+            assert!(plan[0].contains("rows=1 loops=1"), "renewed: {text}");
+            // The top node's pages (`Buffers: shared hit=5 read=2 …`): the statement's.
+            let buffers = plan
+                .iter()
+                .find_map(|l| l.trim().strip_prefix("Buffers: shared "))
+                .expect("the pages read");
+            let pages: u64 = buffers
+                .split_whitespace()
+                .filter_map(|kv| kv.split_once('='))
+                .filter(|(k, _)| matches!(*k, "hit" | "read"))
+                .map(|(_, v)| v.parse::<u64>().expect("a count"))
+                .sum();
+            assert!(pages < 50, "{pages} pages for one renewal:\n{text}");
+        }
+        // The queue's own heartbeat runs that statement.
+        assert!(q.heartbeat(&id, 3, LEASE).await.expect("heartbeat"));
     });
 }
