@@ -13,7 +13,7 @@ use provisio_engine::request::{self, ParseError};
 use provisio_engine::txn::{DurableJournal, SealKey};
 use provisio_engine::Catalog;
 use provisio_engine::{Engine, EngineOptions};
-use provisio_engine::{PgOptions, PgStore, SledStore, Store, StoreError};
+use provisio_engine::{PgOptions, PgStore, SledStore, Space, Store, StoreError};
 use provisio_providers::directory::ldap::{Flavour, LdapBackend, LdapSettings, TlsMode};
 use provisio_providers::directory::{DirectoryProvider, Dn};
 use provisio_providers::dns::{DnsProvider, Rfc2136Config, RndcConfig};
@@ -718,16 +718,8 @@ where
             Some(Ok(v)) => return Ok(v),
             Some(Err(e)) => e,
         };
-        // A failure as the session ends may come before the store notices the loss.
-        let lost = |pg: &PgStore| {
-            let link = *pg.link().borrow();
-            !link.up || link.epoch != epoch
-        };
-        if !lost(pg) {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            if !lost(pg) {
-                return Err(error);
-            }
+        if !lost_since(store, pg, epoch).await {
+            return Err(error);
         }
         tracing::warn!(error = %format!("{error:#}"), "the PostgreSQL store was lost during {what}; trying again once it is back (for up to {})", humantime::format_duration(connect_retry));
         let mut link = pg.link();
@@ -737,6 +729,46 @@ where
             _ => return Err(gone(pg)),
         }
     }
+}
+
+/// How long a failed start-up step waits at most for the store to notice a loss of the
+/// database (the step's failure may come before the store notices the session's end).
+const LOSS_NOTICE: Duration = Duration::from_millis(300);
+
+/// Whether `pg`'s database was lost since `epoch`, after a step failed: lost, or noticed
+/// lost within [`LOSS_NOTICE`]; not lost as soon as the database answers a point read
+/// (one round trip): it is there, and the step failed for a reason of its own, whose
+/// error is then returned at once rather than after waiting for a loss that is not coming.
+async fn lost_since(store: &Arc<dyn Store>, pg: &PgStore, epoch: u64) -> bool {
+    let lost = || {
+        let link = *pg.link().borrow();
+        !link.up || link.epoch != epoch
+    };
+    if lost() {
+        return true;
+    }
+    let mut link = pg.link();
+    let noticed = async {
+        let _ = link.wait_for(|l| !l.up || l.epoch != epoch).await;
+    };
+    let answered = async {
+        let store = store.clone();
+        let read = tokio::task::spawn_blocking(move || store.get(Space::Meta, b"")).await;
+        if !matches!(read, Ok(Ok(_))) {
+            // No answer: the loss, should it be one, is for the store to notice.
+            std::future::pending::<()>().await;
+        }
+    };
+    let _ = tokio::time::timeout(LOSS_NOTICE, async {
+        tokio::select! {
+            () = noticed => {}
+            () = answered => {}
+        }
+    })
+    .await;
+    // Noticed meanwhile (also after an answer: a read from a session made after a quick
+    // restart), or not.
+    lost()
 }
 
 /// Resolves once `pg`'s database has been away for `limit` at a stretch.
@@ -757,6 +789,51 @@ async fn away_for(pg: &PgStore, limit: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A start-up step that fails for a reason of its own (not the database) on PostgreSQL
+    /// returns its error at once, tried once: it waited 300 ms for a loss that had not
+    /// happened. (A loss during start-up: `multinode_faults::a_database_lost_during_start_up_is_waited_for_then_given_up_on`.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_start_up_error_that_is_no_database_loss_is_returned_at_once() {
+        let Some(server) = provisio_test_support::postgres::Postgres::shared() else {
+            return;
+        };
+        let url = server.new_schema("at_start");
+        let store: Arc<dyn Store> = tokio::task::spawn_blocking(move || {
+            let options = PgOptions {
+                connect_retry: Duration::from_secs(10),
+                application: "provisio tests".into(),
+            };
+            PgStore::open(&url, &options).map(|s| Arc::new(s) as Arc<dyn Store>)
+        })
+        .await
+        .expect("open")
+        .expect("the PostgreSQL store");
+        // Its read sessions connected, as after a recovery.
+        let warm = store.clone();
+        tokio::task::spawn_blocking(move || {
+            for _ in 0..4 {
+                warm.get(Space::Meta, b"").expect("a read");
+            }
+        })
+        .await
+        .expect("reads");
+        for _ in 0..3 {
+            let mut calls = 0;
+            let started = std::time::Instant::now();
+            let error = at_start(&store, Duration::from_secs(10), "a test step", || {
+                calls += 1;
+                async { Err::<(), _>(anyhow::anyhow!("not the database's fault")) }
+            })
+            .await
+            .expect_err("the step's error");
+            let took = started.elapsed();
+            assert_eq!(error.to_string(), "not the database's fault");
+            assert_eq!(calls, 1, "not tried again");
+            assert!(took < Duration::from_millis(250), "took {took:?}");
+        }
+        let _ = tokio::task::spawn_blocking(move || drop(store)).await;
+    }
 
     #[test]
     fn exec_state_folders_are_one_per_name() {

@@ -2073,3 +2073,409 @@ fn a_cancel_made_on_another_node_reaches_the_runner() {
         assert!(!runner.cancel_seen(&id));
     });
 }
+
+/// Schema migration 6 on a database a build of schema 5 left, jobs in it: the cancel flag's
+/// new column is filled from the job records (a request whose text holds the flag's words
+/// is not taken for it), heartbeats read it from then on, and every change of the record
+/// keeps it in step (a cancel, a claim). Only on PostgreSQL.
+#[cfg(feature = "postgres")]
+#[test]
+fn migration_6_fills_the_cancel_flags_of_the_jobs_already_there() {
+    use super::postgres::Beat;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(url) = provisio_test_support::postgres::store_url(dir.path()) else {
+        return;
+    };
+    let pg = provisio_test_support::postgres::Postgres::shared().expect("the store's server");
+    let schema = url.rsplit("%3D").next().expect("a schema").to_string();
+    // Schema 5, as a build that knew no later migration left it.
+    let mut sql = format!(
+        "SET search_path TO {schema};
+         CREATE TABLE provisio_schema (version integer PRIMARY KEY, description text NOT NULL,
+             applied_at timestamptz NOT NULL DEFAULT now(), applied_by text NOT NULL);\n"
+    );
+    for (version, description, migration) in crate::store::MIGRATIONS.iter().filter(|m| m.0 <= 5) {
+        sql.push_str(&format!(
+            "{migration};\nINSERT INTO provisio_schema (version, description, applied_by)
+             VALUES ({version}, $d${description}$d$, 'provisio of schema 5');\n"
+        ));
+    }
+    // Its jobs: running and cancelled, running with a request that spells the flag, queued
+    // again after a cancel (its runner's lease ran out), as that build wrote them.
+    let mut jobs = Vec::new();
+    for (seq, state, cancelled, payload) in [
+        (1, JobState::Running, true, "a request"),
+        (2, JobState::Running, false, r#"{"cancel_requested":true}"#),
+        (3, JobState::Queued, true, "a request taken back"),
+    ] {
+        let new = NewJob {
+            payload: payload.into(),
+            ..job("A/B")
+        };
+        let mut j = new_job(new, seq, state, 1, &JobOptions::default());
+        j.cancel_requested = cancelled;
+        let running = state == JobState::Running;
+        // The record as the PostgreSQL queue keeps it: compact JSON.
+        let body = serde_json::to_vec(&j).expect("JSON");
+        let hex: String = body.iter().map(|b| format!("{b:02x}")).collect();
+        sql.push_str(&format!(
+            "INSERT INTO provisio_jobs (id, seq, state, priority, not_before_ms, serial_key,
+                 line_pos, subject, target, submitted_ms, lease_until_ms, node, entered, body)
+             VALUES ('{}', {seq}, {}, 0, 0, NULL, {seq}, 'alice', 'A/B', 1, {}, {}, '{{1,{},0,0,0,0,0}}',
+                 decode('{hex}', 'hex'));\n",
+            j.id,
+            state_index(state),
+            if running { "1000000" } else { "NULL" },
+            if running { "'a node of schema 5'" } else { "NULL" },
+            u8::from(running),
+        ));
+        jobs.push(j);
+    }
+    sql.push_str("SELECT setval('provisio_job_seq', 3);");
+    let out = pg.psql(&sql);
+    assert_eq!(out.code, 0, "{out:?}");
+    let q = open(dir.path());
+    let flags = || {
+        let out = pg.psql(&format!(
+            "SELECT string_agg(cancel_requested::text, ',' ORDER BY seq) FROM {schema}.provisio_jobs"
+        ));
+        assert_eq!(out.code, 0, "{out:?}");
+        out.stdout.trim().to_string()
+    };
+    assert_eq!(flags(), "true,false,true", "filled from the records");
+    let version = pg.psql(&format!(
+        "SELECT max(version) FROM {schema}.provisio_schema"
+    ));
+    assert_eq!(
+        version.stdout.trim(),
+        crate::store::latest_schema_version().to_string()
+    );
+    // This node takes the running ones over: its heartbeats read the column.
+    let node = q.store().postgres().expect("PostgreSQL").node().to_string();
+    let out = pg.psql(&format!(
+        "UPDATE {schema}.provisio_jobs SET node = '{node}' WHERE state = 1"
+    ));
+    assert_eq!(out.code, 0, "{out:?}");
+    let pgq = q.pg.as_ref().expect("the PostgreSQL queue");
+    let cancelled = Beat::Renewed {
+        cancel_requested: true,
+    };
+    let not_cancelled = Beat::Renewed {
+        cancel_requested: false,
+    };
+    rt().block_on(async {
+        let beat = |i: usize| pgq.heartbeat(&jobs[i].id, 2, LEASE);
+        assert_eq!(beat(0).await.expect("beat"), cancelled);
+        assert_eq!(beat(1).await.expect("beat"), not_cancelled);
+        assert!(
+            q.get(&jobs[0].id)
+                .expect("get")
+                .expect("job")
+                .cancel_requested
+        );
+        // A cancel sets the column with the record.
+        match q.cancel(&jobs[1].id, 3).await.expect("cancel") {
+            Cancelled::Running(j) => assert!(j.cancel_requested),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(beat(1).await.expect("beat"), cancelled);
+        // The queued one, claimed here, keeps its flag.
+        let claimed = q.claim(4, LEASE).await.expect("claim").expect("a job");
+        assert_eq!(claimed.id, jobs[2].id);
+        assert_eq!(beat(2).await.expect("beat"), cancelled);
+        // A job of another node renews nothing; one that is gone is not found.
+        let out = pg.psql(&format!(
+            "UPDATE {schema}.provisio_jobs SET node = 'another node' WHERE seq = 1"
+        ));
+        assert_eq!(out.code, 0, "{out:?}");
+        assert_eq!(beat(0).await.expect("beat"), Beat::Lost);
+        assert!(matches!(
+            pgq.heartbeat("no-such-job", 5, LEASE).await,
+            Err(QueueError::NotFound(_))
+        ));
+    });
+    assert_eq!(flags(), "true,true,true");
+}
+
+/// Measures a heartbeat's cost with a 32 MiB request (BENCHMARKS.md, issue 18): the
+/// renewal as it was (the cancel flag searched in the body) against the renewal now (the
+/// flag's column), interleaved on the same row, and the queue's own heartbeat of that job
+/// against one of a small job. Prints medians; asserts nothing about time. Run with
+/// `PROVISIO_TEST_STORE=postgres cargo test -p provisio-engine --lib -- --ignored
+/// queue::tests::heartbeat_cost --nocapture`.
+#[cfg(feature = "postgres")]
+#[test]
+#[ignore = "a measurement"]
+fn heartbeat_cost_with_a_32_mib_request() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(url) = provisio_test_support::postgres::store_url(dir.path()) else {
+        return;
+    };
+    let schema = url.rsplit("%3D").next().expect("a schema").to_string();
+    let q = open(dir.path());
+    let node = q.store().postgres().expect("PostgreSQL").node().to_string();
+    let pgq = q.pg.as_ref().expect("the PostgreSQL queue");
+    const MIB: usize = 1 << 20;
+    // A request's text (compressible: stored compressed) and random letters (stored as is).
+    let text: String = (0..)
+        .map(|i| format!("<user id=\"u{i}\"><name>User number {i}</name><mail>u{i}@example.org</mail></user>\n"))
+        .flat_map(|s| s.into_bytes())
+        .take(32 * MIB)
+        .map(char::from)
+        .collect();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let random: String = (0..32 * MIB)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from(b'a' + (x % 26) as u8)
+        })
+        .collect();
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    rt().block_on(async {
+        let mut ids = Vec::new();
+        for (what, payload) in [("small", "a request".to_string()), ("32 MiB text", text), ("32 MiB random", random)] {
+            let id = q
+                .submit(NewJob { payload, ..job(&format!("A/{}", ids.len())) }, 1)
+                .await
+                .expect("submit")
+                .job
+                .id;
+            let claimed = q.claim(2, LEASE).await.expect("claim").expect("a job");
+            assert_eq!(claimed.id, id);
+            ids.push((what, id));
+        }
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(connection);
+        client
+            .batch_execute(&format!("SET search_path TO {schema}"))
+            .await
+            .expect("search_path");
+        let stored = client
+            .query(
+                "SELECT id, pg_column_size(body), octet_length(body) FROM provisio_jobs ORDER BY seq",
+                &[],
+            )
+            .await
+            .expect("sizes");
+        for row in stored {
+            let (id, stored, len): (String, i32, i32) = (row.get(0), row.get(1), row.get(2));
+            println!("{id}: body {len} bytes, stored in {stored}");
+        }
+        let before_sql = "UPDATE provisio_jobs SET lease_until_ms = $2 WHERE id = $1 AND state = 1 AND node = $3 \
+             RETURNING position('\"cancel_requested\":true'::bytea IN body) > 0";
+        let after_sql = super::postgres::HEARTBEAT;
+        let (before, after) = (
+            client.prepare(before_sql).await.expect("prepare"),
+            client.prepare(after_sql).await.expect("prepare"),
+        );
+        for (what, id) in &ids {
+            let (mut old, mut new, mut queue) = (Vec::new(), Vec::new(), Vec::new());
+            for round in 0..21i64 {
+                for (st, times) in [(&before, &mut old), (&after, &mut new)] {
+                    let started = std::time::Instant::now();
+                    let row = client
+                        .query_one(st, &[id, &(1_000_000 + round), &node])
+                        .await
+                        .expect("renew");
+                    assert!(!row.get::<_, bool>(0));
+                    times.push(started.elapsed().as_secs_f64() * 1e3);
+                }
+                let started = std::time::Instant::now();
+                assert_eq!(
+                    pgq.heartbeat(id, 3, LEASE).await.expect("beat"),
+                    super::postgres::Beat::Renewed {
+                        cancel_requested: false
+                    }
+                );
+                queue.push(started.elapsed().as_secs_f64() * 1e3);
+            }
+            // The server's own time (`EXPLAIN ANALYZE` runs the statement).
+            let (mut old_server, mut new_server) = (Vec::new(), Vec::new());
+            for _ in 0..5 {
+                for (sql, times) in [(before_sql, &mut old_server), (after_sql, &mut new_server)] {
+                    let plan = client
+                        .query(&format!("EXPLAIN (ANALYZE) {sql}"), &[id, &1i64, &node])
+                        .await
+                        .expect("explain");
+                    let last: String = plan.last().expect("a plan").get(0);
+                    let ms = last
+                        .trim_start_matches("Execution Time: ")
+                        .trim_end_matches(" ms")
+                        .parse()
+                        .expect("the execution time");
+                    times.push(ms);
+                }
+            }
+            println!(
+                "{what}: renewal as it was {:.3} ms, now {:.3} ms (round trip, median of 21 interleaved); \
+                 on the server {:.3} ms, now {:.3} ms (median of 5); the queue's heartbeat {:.3} ms",
+                median(old),
+                median(new),
+                median(old_server),
+                median(new_server),
+                median(queue)
+            );
+        }
+    });
+}
+
+/// Measures the counts `/metrics` reads ([`Queue::tally`]) on PostgreSQL with 60,000 jobs
+/// (BENCHMARKS.md, issue 18): the statements as they were (nine passes over the jobs, in
+/// two snapshots) against the one statement now, interleaved on one connection, and the
+/// queue's own `tally`. Prints medians; asserts only that both count the same. Run with
+/// `PROVISIO_TEST_STORE=postgres cargo test -p provisio-engine --lib -- --ignored
+/// queue::tests::tally_cost --nocapture`.
+#[cfg(feature = "postgres")]
+#[test]
+#[ignore = "a measurement"]
+fn tally_cost_with_60000_jobs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(url) = provisio_test_support::postgres::store_url(dir.path()) else {
+        return;
+    };
+    let schema = url.rsplit("%3D").next().expect("a schema").to_string();
+    let q = open(dir.path());
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    rt().block_on(async {
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(connection);
+        client
+            .batch_execute(&format!(
+                "SET search_path TO {schema};
+                 INSERT INTO provisio_jobs (id, seq, state, priority, not_before_ms, line_pos,
+                     subject, target, submitted_ms, entered, body, finished_ms)
+                 SELECT 'job-' || i, i, (i % 3) * 2, 0, 0, i, 'alice', 'A/B', 1,
+                     CASE i % 3 WHEN 0 THEN '{{1,0,0,0,0,0,0}}'::bigint[] WHEN 1 THEN '{{1,1,1,0,0,0,0}}'
+                         ELSE '{{1,1,0,0,1,0,0}}' END,
+                     convert_to(repeat('x', 400), 'UTF8'), CASE WHEN i % 3 > 0 THEN 5 END
+                 FROM generate_series(1, 60000) i;
+                 UPDATE provisio_job_tally SET v = 10 + k;
+                 ANALYZE provisio_jobs;"
+            ))
+            .await
+            .expect("60,000 jobs");
+        let before = [
+            "SELECT state, count(*) FROM provisio_jobs GROUP BY state",
+            "SELECT k, v + coalesce((SELECT sum(j.entered[k + 1]) FROM provisio_jobs j), 0)::bigint
+             FROM provisio_job_tally WHERE k < 7
+             UNION ALL
+             SELECT 7::smallint, v + (SELECT count(*) FROM provisio_jobs) FROM provisio_job_tally WHERE k = 7",
+        ];
+        let after = super::postgres::tally_sql();
+        let (mut old, mut new, mut queue) = (Vec::new(), Vec::new(), Vec::new());
+        let mut expected = None;
+        for _ in 0..11 {
+            let started = std::time::Instant::now();
+            for sql in before {
+                client.query(sql, &[]).await.expect("as it was");
+            }
+            old.push(started.elapsed().as_secs_f64() * 1e3);
+            let started = std::time::Instant::now();
+            client.query(&after, &[]).await.expect("now");
+            new.push(started.elapsed().as_secs_f64() * 1e3);
+            let started = std::time::Instant::now();
+            let t = q.tally();
+            queue.push(started.elapsed().as_secs_f64() * 1e3);
+            expected.get_or_insert(t);
+        }
+        let t = expected.expect("a tally");
+        assert_eq!(t.now, [20000, 0, 20000, 0, 20000, 0, 0]);
+        assert_eq!(t.submitted, 60000 + 17);
+        assert_eq!(t.entered, [60010, 40011, 20012, 13, 20014, 15, 16]);
+        println!(
+            "60,000 jobs: the counts as they were {:.1} ms, now {:.1} ms (median of 11 interleaved); the queue's tally {:.1} ms",
+            median(old),
+            median(new),
+            median(queue)
+        );
+    });
+}
+
+/// A heartbeat reads a handful of pages whatever the size of the job's request: neither
+/// the lease's renewal nor the cancel flag it returns reads the job's record (it searched
+/// the record for the flag, every page of the request's TOAST with it). Counted by the
+/// server (`EXPLAIN (ANALYZE, BUFFERS)` runs the statement). Only on PostgreSQL.
+#[cfg(feature = "postgres")]
+#[test]
+fn a_heartbeat_reads_a_few_pages_whatever_the_request_size() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(url) = provisio_test_support::postgres::store_url(dir.path()) else {
+        return;
+    };
+    let schema = url.rsplit("%3D").next().expect("a schema").to_string();
+    let q = open(dir.path());
+    let node = q.store().postgres().expect("PostgreSQL").node().to_string();
+    // 4 MiB that do not compress: about 2,000 TOAST chunks on some 500 pages.
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let payload: String = (0..4 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from(b'a' + (x % 26) as u8)
+        })
+        .collect();
+    rt().block_on(async {
+        let id = q
+            .submit(
+                NewJob {
+                    payload,
+                    ..job("A/B")
+                },
+                1,
+            )
+            .await
+            .expect("submit")
+            .job
+            .id;
+        q.claim(2, LEASE).await.expect("claim").expect("the job");
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        tokio::spawn(connection);
+        client
+            .batch_execute(&format!("SET search_path TO {schema}"))
+            .await
+            .expect("search_path");
+        for until in [100_000i64, 200_000] {
+            let plan: Vec<String> = client
+                .query(
+                    &format!("EXPLAIN (ANALYZE, BUFFERS) {}", super::postgres::HEARTBEAT),
+                    &[&id, &until, &node],
+                )
+                .await
+                .expect("explain")
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let text = plan.join("\n");
+            assert!(plan[0].contains("rows=1 loops=1"), "renewed: {text}");
+            // The top node's pages (`Buffers: shared hit=5 read=2 …`): the statement's.
+            let buffers = plan
+                .iter()
+                .find_map(|l| l.trim().strip_prefix("Buffers: shared "))
+                .expect("the pages read");
+            let pages: u64 = buffers
+                .split_whitespace()
+                .filter_map(|kv| kv.split_once('='))
+                .filter(|(k, _)| matches!(*k, "hit" | "read"))
+                .map(|(_, v)| v.parse::<u64>().expect("a count"))
+                .sum();
+            assert!(pages < 50, "{pages} pages for one renewal:\n{text}");
+        }
+        // The queue's own heartbeat runs that statement.
+        assert!(q.heartbeat(&id, 3, LEASE).await.expect("heartbeat"));
+    });
+}

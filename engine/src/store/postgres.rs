@@ -87,6 +87,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "fewer index entries a job's row writes: listing by state indexes only the states it cannot find otherwise, the running jobs are indexed by node (a heartbeat is a HOT update), fillfactor 80",
         super::super::queue::postgres::SCHEMA_V5,
     ),
+    (
+        6,
+        "a job's cancel flag in a column of its own (filled from the job records): a heartbeat no longer reads the job's record, request included",
+        super::super::queue::postgres::SCHEMA_V6,
+    ),
 ];
 
 /// Migration 4: the waits-for graph of provider-state keys across nodes. Rows are written
