@@ -484,45 +484,54 @@ impl SledStore {
             .map_err(|e| StoreError::Io(format!("cannot create `{}`: {e}", path.display())))?;
         let (db, tree) = open_sled(path)?;
         let sled_writes = read_write_count(path, &tree)?;
-        let (wal_a, frames_a) = Wal::open(&path.join(WAL_FILES[0]))?;
-        let (wal_b, frames_b) = Wal::open(&path.join(WAL_FILES[1]))?;
-        let mut wals = [wal_a, wal_b];
+        let mut wals = [
+            Wal::open_unread(&path.join(WAL_FILES[0]))?,
+            Wal::open_unread(&path.join(WAL_FILES[1]))?,
+        ];
         // Frames sled does not have: the current generation of one file, or the end of one
         // file's and the start of the other's (a checkpoint was running). Older generations
-        // hold only writes sled has.
-        let mut replay: Vec<Frame> = frames_a
-            .into_iter()
-            .chain(frames_b)
-            .filter(|f| f.seq > sled_writes)
-            .collect();
-        replay.sort_by_key(|f| f.seq);
-        for (expected, f) in (sled_writes + 1..).zip(&replay) {
-            if f.seq != expected {
+        // hold only writes sled has. A first pass finds which numbers each file holds
+        // (frames within a file are numbered consecutively), the replay reads them again in
+        // order: a log of 64 MiB is never held in memory.
+        let mut spans: Vec<(u64, u64, usize)> = Vec::new();
+        for (file, wal) in wals.iter().enumerate() {
+            let mut span: Option<(u64, u64)> = None;
+            for f in wal.frames()?.filter(|f| f.seq > sled_writes) {
+                span = Some((span.map_or(f.seq, |(lo, _)| lo), f.seq));
+            }
+            if let Some((lo, hi)) = span {
+                spans.push((lo, hi, file));
+            }
+        }
+        spans.sort_unstable();
+        let mut expected = sled_writes + 1;
+        for &(lo, hi, _) in &spans {
+            if lo != expected {
                 return Err(StoreError::Corrupt {
                     path: path.display().to_string(),
                     message: format!(
                         "its write-ahead log continues from write {} but the store holds only {} writes: records were lost",
-                        f.seq - 1,
+                        lo - 1,
                         expected - 1
                     ),
                 });
             }
+            expected = hi + 1;
         }
-        let writes = replay.last().map_or(sled_writes, |f| f.seq);
+        let writes = expected - 1;
+        let replayed = writes - sled_writes;
         // The listing files describe the store as its last clean close left it, if it was
         // closed cleanly; their marker goes before anything changes.
         let listing_base = listing::take_base(path, side_state(path).as_ref());
         // Checked before the replay touches anything, so a damaged store stays as it was.
         Identity::check(path, &tree, &db, writes)?;
         let values = Arc::new(ValueLog::open(path, &tree)?);
-        if let Some(last) = replay.last() {
-            apply_logged(
-                path,
-                &tree,
-                &values,
-                last.seq,
-                replay.iter().map(|f| &f.batch),
-            )?;
+        if replayed > 0 {
+            let mut frames = Vec::new();
+            for &(_, _, file) in &spans {
+                frames.push(wals[file].frames()?.filter(move |f| f.seq > sled_writes));
+            }
+            apply_logged(path, &tree, &values, writes, frames.into_iter().flatten())?;
         }
         let mut syncer = Syncer::new(path)?;
         make_sled_durable(path, &db, &mut syncer)?;
@@ -534,9 +543,9 @@ impl SledStore {
                 tracing::warn!("{e}");
             }
         }
-        if !replay.is_empty() {
+        if replayed > 0 {
             tracing::info!(
-                frames = replay.len(),
+                frames = replayed,
                 "replayed the journal's write-ahead log after an unclean stop"
             );
         }
@@ -1157,14 +1166,14 @@ impl Syncer {
 /// deletes are idempotent, so a partly applied batch is simply applied again). Atomicity
 /// comes from the log, which is why sled's `apply_batch` is not used: it seals and writes
 /// sled's IO buffer on every call, a thread hand-off and a write per batch.
-fn apply_logged<'a>(
+fn apply_logged(
     path: &Path,
     tree: &sled::Tree,
     values: &ValueLog,
     last_seq: u64,
-    batches: impl Iterator<Item = &'a Batch>,
+    frames: impl Iterator<Item = Frame>,
 ) -> Result<(), StoreError> {
-    for batch in batches {
+    for Frame { batch, .. } in frames {
         for (space, k, v) in &batch.writes {
             put_or_remove(path, tree, values, &key(*space, k), v.as_deref())?;
         }
