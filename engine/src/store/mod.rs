@@ -9,6 +9,7 @@ mod pg_tls;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod sled_store;
+mod values;
 mod wal;
 
 pub use mem::MemStore;

@@ -26,6 +26,7 @@
 //! happens, on the store's own thread, when the log passes [`CHECKPOINT_BYTES`] or the
 //! overlay [`OVERLAY_BYTES`], after [`IDLE_CHECKPOINT`] without writes, and at close.
 
+use super::values::{self, ValueLog};
 use super::wal::{Frame, Wal, MIN_GROW};
 use super::{Batch, KeyRange, KeyValue, Space, Store, StoreError};
 use crate::txn::listing;
@@ -383,6 +384,8 @@ pub struct SledStore {
     #[cfg(test)]
     db: sled::Db,
     tree: sled::Tree,
+    /// Where sled's large values are (`values.rs`).
+    values: Arc<ValueLog>,
     shared: Arc<Shared>,
     path: PathBuf,
     /// Dropped to stop the checkpoint thread.
@@ -481,39 +484,54 @@ impl SledStore {
             .map_err(|e| StoreError::Io(format!("cannot create `{}`: {e}", path.display())))?;
         let (db, tree) = open_sled(path)?;
         let sled_writes = read_write_count(path, &tree)?;
-        let (wal_a, frames_a) = Wal::open(&path.join(WAL_FILES[0]))?;
-        let (wal_b, frames_b) = Wal::open(&path.join(WAL_FILES[1]))?;
-        let mut wals = [wal_a, wal_b];
+        let mut wals = [
+            Wal::open_unread(&path.join(WAL_FILES[0]))?,
+            Wal::open_unread(&path.join(WAL_FILES[1]))?,
+        ];
         // Frames sled does not have: the current generation of one file, or the end of one
         // file's and the start of the other's (a checkpoint was running). Older generations
-        // hold only writes sled has.
-        let mut replay: Vec<Frame> = frames_a
-            .into_iter()
-            .chain(frames_b)
-            .filter(|f| f.seq > sled_writes)
-            .collect();
-        replay.sort_by_key(|f| f.seq);
-        for (expected, f) in (sled_writes + 1..).zip(&replay) {
-            if f.seq != expected {
+        // hold only writes sled has. A first pass finds which numbers each file holds
+        // (frames within a file are numbered consecutively), the replay reads them again in
+        // order: a log of 64 MiB is never held in memory.
+        let mut spans: Vec<(u64, u64, usize)> = Vec::new();
+        for (file, wal) in wals.iter().enumerate() {
+            let mut span: Option<(u64, u64)> = None;
+            for f in wal.frames()?.filter(|f| f.seq > sled_writes) {
+                span = Some((span.map_or(f.seq, |(lo, _)| lo), f.seq));
+            }
+            if let Some((lo, hi)) = span {
+                spans.push((lo, hi, file));
+            }
+        }
+        spans.sort_unstable();
+        let mut expected = sled_writes + 1;
+        for &(lo, hi, _) in &spans {
+            if lo != expected {
                 return Err(StoreError::Corrupt {
                     path: path.display().to_string(),
                     message: format!(
                         "its write-ahead log continues from write {} but the store holds only {} writes: records were lost",
-                        f.seq - 1,
+                        lo - 1,
                         expected - 1
                     ),
                 });
             }
+            expected = hi + 1;
         }
-        let writes = replay.last().map_or(sled_writes, |f| f.seq);
+        let writes = expected - 1;
+        let replayed = writes - sled_writes;
         // The listing files describe the store as its last clean close left it, if it was
         // closed cleanly; their marker goes before anything changes.
         let listing_base = listing::take_base(path, side_state(path).as_ref());
         // Checked before the replay touches anything, so a damaged store stays as it was.
         Identity::check(path, &tree, &db, writes)?;
-        if let Some(last) = replay.last() {
-            apply_logged(&tree, last.seq, replay.iter().map(|f| &f.batch))
-                .map_err(|e| map_err(path, e))?;
+        let values = Arc::new(ValueLog::open(path, &tree)?);
+        if replayed > 0 {
+            let mut frames = Vec::new();
+            for &(_, _, file) in &spans {
+                frames.push(wals[file].frames()?.filter(move |f| f.seq > sled_writes));
+            }
+            apply_logged(path, &tree, &values, writes, frames.into_iter().flatten())?;
         }
         let mut syncer = Syncer::new(path)?;
         make_sled_durable(path, &db, &mut syncer)?;
@@ -525,9 +543,9 @@ impl SledStore {
                 tracing::warn!("{e}");
             }
         }
-        if !replay.is_empty() {
+        if replayed > 0 {
             tracing::info!(
-                frames = replay.len(),
+                frames = replayed,
                 "replayed the journal's write-ahead log after an unclean stop"
             );
         }
@@ -572,6 +590,7 @@ impl SledStore {
             path: path.to_path_buf(),
             db: db.clone(),
             tree: tree.clone(),
+            values: values.clone(),
             syncer,
             shared: shared.clone(),
         };
@@ -585,6 +604,7 @@ impl SledStore {
             #[cfg(test)]
             db,
             tree,
+            values,
             shared,
             path: path.to_path_buf(),
             signals: std::sync::Mutex::new(Some(sender)),
@@ -602,10 +622,55 @@ impl SledStore {
             path: self.path.clone(),
             db: self.db.clone(),
             tree: self.tree.clone(),
+            values: self.values.clone(),
             syncer: Syncer::new(&self.path).unwrap(),
             shared: self.shared.clone(),
         };
         assert!(checkpointer.checkpoint());
+    }
+
+    /// The value a key has in sled, read from the value log when sled holds a pointer
+    /// (`None`: the key is gone, deleted since it was read).
+    fn resolve(&self, full: &[u8], mut v: Vec<u8>) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut failed = None;
+        for _ in 0..8 {
+            if !values::is_pointer(&v) {
+                return Ok(Some(v));
+            }
+            let gone = match self.values.read(&v) {
+                Ok(Some(value)) => return Ok(Some(value)),
+                Ok(None) => true,
+                Err(e) => {
+                    // A point read checks the overlays without holding them: the key may
+                    // have been written since, and a checkpoint be moving it into sled now,
+                    // its value not yet written to the value log. The frozen overlay holds
+                    // it until that checkpoint is done; after, sled's pointer is good.
+                    if let Some(now) = read_lock(&self.shared.overlays).get(full) {
+                        return Ok(now.clone());
+                    }
+                    if failed.replace(()).is_some() {
+                        return Err(e);
+                    }
+                    false
+                }
+            };
+            // Its segment was collected after the pointer was read (sled points to the
+            // value's new place now), or its checkpoint finished meanwhile.
+            match self.tree.get(full).map_err(|e| map_err(&self.path, e))? {
+                Some(now) if now.as_ref() != v.as_slice() => v = now.to_vec(),
+                Some(_) if gone => break,
+                Some(_) => {}
+                None => return Ok(None),
+            }
+        }
+        Err(StoreError::Corrupt {
+            path: self.path.display().to_string(),
+            message: format!(
+                "a value of key {:?} is in a value log segment that is missing from `{}`",
+                String::from_utf8_lossy(full),
+                self.path.join(values::FOLDER).display()
+            ),
+        })
     }
 
     /// How many syncs were made (tests and benchmarks of group commit read it).
@@ -737,10 +802,10 @@ impl Store for SledStore {
         if let Some(v) = read_lock(&self.shared.overlays).get(&full) {
             return Ok(v.clone());
         }
-        self.tree
-            .get(full)
-            .map(|v| v.map(|v| v.to_vec()))
-            .map_err(|e| map_err(&self.path, e))
+        match self.tree.get(&full).map_err(|e| map_err(&self.path, e))? {
+            Some(v) => self.resolve(&full, v.to_vec()),
+            None => Ok(None),
+        }
     }
 
     fn scan(&self, space: Space, prefix: &[u8]) -> Result<Vec<KeyValue>, StoreError> {
@@ -749,10 +814,12 @@ impl Store for SledStore {
         // sled has its writes, so holding them keeps this read consistent (while sled is
         // being updated, the frozen overlay says the same as the updated keys).
         let overlays = read_lock(&self.shared.overlays);
+        // Values from sled (`true`) may be pointers, read once the overlays have had their
+        // say: a key the frozen overlay holds may point to values not yet written.
         let mut merged = std::collections::BTreeMap::new();
         for item in self.tree.scan_prefix(&full) {
             let (k, v) = item.map_err(|e| map_err(&self.path, e))?;
-            merged.insert(k.to_vec(), v.to_vec());
+            merged.insert(k.to_vec(), (v.to_vec(), true));
         }
         let frozen = overlays.frozen.as_deref().into_iter();
         for overlay in frozen.chain(std::iter::once(&overlays.active)) {
@@ -762,18 +829,25 @@ impl Store for SledStore {
                 .take_while(|(k, _)| k.starts_with(&full))
             {
                 match v {
-                    Some(v) => merged.insert(k.clone(), v.clone()),
+                    Some(v) => merged.insert(k.clone(), (v.clone(), false)),
                     None => merged.remove(k),
                 };
             }
         }
-        Ok(merged
-            .into_iter()
-            .map(|(mut k, v)| {
-                k.remove(0);
-                (k, v)
-            })
-            .collect())
+        let mut out = Vec::with_capacity(merged.len());
+        for (mut k, (v, from_sled)) in merged {
+            let v = if from_sled {
+                match self.resolve(&k, v)? {
+                    Some(v) => v,
+                    None => continue,
+                }
+            } else {
+                v
+            };
+            k.remove(0);
+            out.push((k, v));
+        }
+        Ok(out)
     }
 
     fn scan_range(
@@ -842,7 +916,7 @@ impl Store for SledStore {
             if tree_head.as_ref().is_some_and(|(tk, _)| *tk == k) {
                 let (_, v) = tree_head.take().expect("checked");
                 if value.is_none() {
-                    value = Some(Some(v));
+                    value = Some(self.resolve(&k, v)?);
                 }
                 tree_head = next_tree(&mut tree)?;
             }
@@ -874,6 +948,7 @@ struct Checkpointer {
     path: PathBuf,
     db: sled::Db,
     tree: sled::Tree,
+    values: Arc<ValueLog>,
     syncer: Syncer,
     shared: Arc<Shared>,
 }
@@ -886,6 +961,7 @@ impl Checkpointer {
                 Ok(Signal::Checkpoint) => {
                     self.checkpoint();
                     self.shared.checkpoint_asked.store(false, Ordering::Release);
+                    self.collect_values(COLLECT_BUDGET);
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     // Idle: nothing written for a whole period, and something to fold in.
@@ -896,6 +972,10 @@ impl Checkpointer {
                     };
                     if now == seen && logged > 0 {
                         self.checkpoint();
+                    }
+                    if now == seen {
+                        // Idle: space a prune freed is taken back, a budget at a time.
+                        self.collect_values(COLLECT_BUDGET);
                     }
                     seen = now;
                 }
@@ -914,6 +994,9 @@ impl Checkpointer {
         if !self.checkpoint() {
             return;
         }
+        // What is left to collect is collected before the store is left (a `tx prune`
+        // from the command line frees its space as it ends).
+        self.collect_values(u64::MAX);
         trim_logs_at_close(&mut lock(&self.shared.intake).wals);
         if Identity::record_clean_close(&self.path, &self.tree, writes) {
             self.shared.closed_cleanly.store(true, Ordering::Release);
@@ -955,9 +1038,8 @@ impl Checkpointer {
             (intake.seq, frozen)
         };
         #[cfg(test)]
-        tests::pause_in_checkpoint();
-        let done = apply_overlay(&self.tree, cut, &frozen.writes)
-            .map_err(|e| map_err(&self.path, e))
+        tests::pause_in_checkpoint(1);
+        let done = apply_overlay(&self.path, &self.tree, &self.values, cut, &frozen.writes)
             .and_then(|()| make_sled_durable(&self.path, &self.db, &mut self.syncer));
         match done {
             Ok(()) => {
@@ -982,6 +1064,43 @@ impl Checkpointer {
                 shared.poison(StoreError::Io(format!("journal checkpoint failed: {e}")));
                 false
             }
+        }
+    }
+}
+
+/// How many bytes of value log segments one collection reads, between checkpoints: a pass
+/// over a year's pruned journal is spread over the checkpoints that follow (and finished by
+/// the close), rather than holding one checkpoint up.
+const COLLECT_BUDGET: u64 = 2 * values::SEGMENT_BYTES;
+
+impl Checkpointer {
+    /// Collects value log segments at least half dead (`values.rs`), reading at most
+    /// `budget` bytes of them, and removes them once sled no longer points into them,
+    /// durably. A failure leaves both copies of what it moved: it is logged, and the store
+    /// goes on (only space is at stake) unless sled could not be made durable.
+    fn collect_values(&mut self, budget: u64) {
+        if self.shared.poison.get().is_some() || !self.values.has_garbage() {
+            return;
+        }
+        let _one_at_a_time = lock(&self.shared.checkpointing);
+        let collected = match self.values.collect(&self.tree, budget) {
+            Ok(collected) => collected,
+            Err(e) => {
+                tracing::warn!(error = %e, "collecting the value log failed; its space is taken back later");
+                return;
+            }
+        };
+        if collected.is_empty() {
+            return;
+        }
+        if let Err(e) = make_sled_durable(&self.path, &self.db, &mut self.syncer) {
+            self.shared
+                .poison(StoreError::Io(format!("journal checkpoint failed: {e}")));
+            return;
+        }
+        match self.values.remove(&collected) {
+            Ok(()) => tracing::debug!(segments = collected.len(), "value log segments collected"),
+            Err(e) => tracing::warn!(error = %e, "removing collected value log segments"),
         }
     }
 }
@@ -1047,43 +1166,77 @@ impl Syncer {
 /// deletes are idempotent, so a partly applied batch is simply applied again). Atomicity
 /// comes from the log, which is why sled's `apply_batch` is not used: it seals and writes
 /// sled's IO buffer on every call, a thread hand-off and a write per batch.
-fn apply_logged<'a>(
+fn apply_logged(
+    path: &Path,
     tree: &sled::Tree,
+    values: &ValueLog,
     last_seq: u64,
-    batches: impl Iterator<Item = &'a Batch>,
-) -> sled::Result<()> {
-    for batch in batches {
+    frames: impl Iterator<Item = Frame>,
+) -> Result<(), StoreError> {
+    for Frame { batch, .. } in frames {
         for (space, k, v) in &batch.writes {
-            match v {
-                Some(v) => tree.insert(key(*space, k), v.as_slice())?,
-                None => tree.remove(key(*space, k))?,
-            };
+            put_or_remove(path, tree, values, &key(*space, k), v.as_deref())?;
         }
     }
-    tree.insert(key(Space::Meta, b"writes"), &last_seq.to_be_bytes()[..])?;
+    finish_fold(path, tree, values, last_seq)
+}
+
+/// One write into sled: a large value goes to the value log and sled gets its pointer; a
+/// pointer it replaces or deletes is released.
+fn put_or_remove(
+    path: &Path,
+    tree: &sled::Tree,
+    values: &ValueLog,
+    full: &[u8],
+    value: Option<&[u8]>,
+) -> Result<(), StoreError> {
+    let old = match value {
+        Some(v) if values::wanted(v) => {
+            let pointer = values.append(full, v)?;
+            tree.insert(full, pointer)
+        }
+        Some(v) => tree.insert(full, v),
+        None => tree.remove(full),
+    }
+    .map_err(|e| map_err(path, e))?;
+    if let Some(old) = old {
+        values.released(&old);
+    }
+    Ok(())
+}
+
+/// Ends a fold into sled: the value log's appends made durable and its hints written, then
+/// the write counter. sled recovers a prefix of its writes, so a counter that survives a
+/// crash proves the writes before it did, and the value log was synced before it.
+fn finish_fold(
+    path: &Path,
+    tree: &sled::Tree,
+    values: &ValueLog,
+    last_seq: u64,
+) -> Result<(), StoreError> {
+    values.commit(tree)?;
+    tree.insert(key(Space::Meta, b"writes"), &last_seq.to_be_bytes()[..])
+        .map_err(|e| map_err(path, e))?;
     Ok(())
 }
 
 /// Moves the overlay's net writes into sled, then sets the write counter (the same
 /// prefix argument as [`apply_logged`]).
 fn apply_overlay(
+    path: &Path,
     tree: &sled::Tree,
+    values: &ValueLog,
     last_seq: u64,
     writes: &std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>>,
-) -> sled::Result<()> {
+) -> Result<(), StoreError> {
     for (k, v) in writes {
-        match v {
-            Some(v) => {
-                tree.insert(k.as_slice(), v.as_slice())?;
-            }
-            // Most deletes are of keys sled never saw: sled's remove finds that with the
-            // same lookup a `contains_key` would make, and then writes nothing.
-            None => {
-                tree.remove(k.as_slice())?;
-            }
-        }
+        // Most deletes are of keys sled never saw: sled's remove finds that with the same
+        // lookup a `contains_key` would make, and then writes nothing.
+        put_or_remove(path, tree, values, k, v.as_deref())?;
     }
-    tree.insert(key(Space::Meta, b"writes"), &last_seq.to_be_bytes()[..])?;
+    #[cfg(test)]
+    tests::pause_in_checkpoint(2);
+    finish_fold(path, tree, values, last_seq)?;
     if tracing::enabled!(tracing::Level::DEBUG) {
         log_overlay(writes);
     }
@@ -1133,7 +1286,7 @@ fn read_write_count(path: &Path, tree: &sled::Tree) -> Result<u64, StoreError> {
         .unwrap_or(0))
 }
 
-fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+pub(super) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| StoreError::Io(format!("cannot sync folder `{}`: {e}", dir.display())))
@@ -1509,10 +1662,13 @@ mod tests {
 
     /// Set in a child process to hold each checkpoint between its switch of log files and
     /// its update of sled, so that the process can end while a checkpoint runs.
-    static PAUSE_CHECKPOINTS: AtomicBool = AtomicBool::new(false);
+    /// Where a checkpoint stops for an abort test: 0 nowhere, 1 before it moves anything
+    /// into sled, 2 after it moved everything (large values appended to the value log) but
+    /// before the value log is made durable and the write counter written.
+    static PAUSE_CHECKPOINTS: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 
-    pub(super) fn pause_in_checkpoint() {
-        if PAUSE_CHECKPOINTS.load(Ordering::Relaxed) {
+    pub(super) fn pause_in_checkpoint(stage: u8) {
+        if PAUSE_CHECKPOINTS.load(Ordering::Relaxed) == stage {
             // Longer than any loaded machine needs for the rest of the test: the child aborts
             // while this sleeps.
             std::thread::sleep(Duration::from_secs(60));
@@ -1524,9 +1680,24 @@ mod tests {
     /// every write, and the restart replays the end of one file and the start of the other.
     #[test]
     fn an_abort_during_a_checkpoint_loses_nothing() {
-        const CHILD: &str = "PROVISIO_TEST_CHECKPOINT_CHILD";
-        if let Ok(dir) = std::env::var(CHILD) {
-            PAUSE_CHECKPOINTS.store(true, Ordering::Relaxed);
+        abort_during_a_checkpoint(1, "an_abort_during_a_checkpoint_loses_nothing");
+    }
+
+    /// The same, with the abort after the checkpoint moved its writes into sled and wrote
+    /// their large values to the value log, before either was made durable: the restart
+    /// replays the log, and the values are appended again over what the abort left.
+    #[test]
+    fn an_abort_after_a_checkpoint_wrote_large_values_loses_nothing() {
+        abort_during_a_checkpoint(
+            2,
+            "an_abort_after_a_checkpoint_wrote_large_values_loses_nothing",
+        );
+    }
+
+    fn abort_during_a_checkpoint(stage: u8, name: &str) {
+        let child = format!("PROVISIO_TEST_CHECKPOINT_CHILD_{stage}");
+        if let Ok(dir) = std::env::var(&child) {
+            PAUSE_CHECKPOINTS.store(stage, Ordering::Relaxed);
             child_store(&dir, |store| async move {
                 // The checkpoint started near the 42nd write is held until after the abort.
                 write_numbered(&store, 60).await;
@@ -1555,10 +1726,13 @@ mod tests {
             });
         }
         let dir = tempfile_dir();
-        run_aborting_child("an_abort_during_a_checkpoint_loses_nothing", CHILD, &dir);
+        run_aborting_child(name, &child, &dir);
         for _ in 0..2 {
             let store = SledStore::open(&dir).unwrap();
             assert_eq!(numbered_keys(&store), numbered_keys_left(60));
+            for (_, v) in store.scan(Space::Journal, b"").unwrap() {
+                assert_eq!(v, vec![7; 100_000]);
+            }
         }
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -1673,6 +1847,159 @@ mod tests {
 
     /// The child side of a test that ends its own process: `body` gets the store in `dir`
     /// on a one-thread runtime.
+    fn folder_bytes(dir: &Path) -> u64 {
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+
+    /// Large values live in the value log, not in sled: sled's own file stays small, every
+    /// read (point, prefix, range, both directions) returns them whole after a reopen, and
+    /// a short value that begins like a pointer is not mistaken for one.
+    #[tokio::test]
+    async fn large_values_live_in_the_value_log_and_read_back() {
+        let dir = tempfile_dir();
+        let value = |i: u32| vec![(i % 251) as u8; 6 * 1024 + i as usize];
+        let lookalike = values::MAGIC.to_vec();
+        {
+            let store = SledStore::open(&dir).unwrap();
+            for i in 0..2_000u32 {
+                let mut b = Batch::new();
+                b.put(Space::Journal, i.to_be_bytes().to_vec(), value(i));
+                b.put(Space::Txns, i.to_be_bytes().to_vec(), b"small".to_vec());
+                store.write(b, false).await.unwrap();
+            }
+            let mut b = Batch::new();
+            b.put(Space::State, b"odd".to_vec(), lookalike.clone());
+            store.write(b, true).await.unwrap();
+            store.close();
+        }
+        let kept: u64 = (0..2_000u32).map(|i| value(i).len() as u64).sum();
+        let logged = folder_bytes(&dir.join(values::FOLDER));
+        assert!(
+            logged >= kept && logged < kept + kept / 20,
+            "{logged} for {kept}"
+        );
+        let sled_db = std::fs::metadata(dir.join("db")).unwrap().len();
+        assert!(
+            sled_db < kept / 4,
+            "sled holds {sled_db} bytes for {kept} of values"
+        );
+        let store = SledStore::open(&dir).unwrap();
+        for i in [0u32, 1, 999, 1_999] {
+            assert_eq!(
+                store.get(Space::Journal, &i.to_be_bytes()).unwrap(),
+                Some(value(i))
+            );
+        }
+        let all = store.scan(Space::Journal, b"").unwrap();
+        assert_eq!(all.len(), 2_000);
+        assert!(all
+            .iter()
+            .enumerate()
+            .all(|(i, (_, v))| *v == value(i as u32)));
+        let start = 10u32.to_be_bytes();
+        let back = store
+            .scan_range(Space::Journal, KeyRange::new(&start, None), 3, true)
+            .unwrap();
+        assert_eq!(back[0].1, value(1_999));
+        assert_eq!(back[2].1, value(1_997));
+        assert_eq!(store.get(Space::State, b"odd").unwrap(), Some(lookalike));
+        assert_eq!(
+            store.get(Space::Txns, &5u32.to_be_bytes()).unwrap(),
+            Some(b"small".to_vec())
+        );
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Deleting most large values (a `tx prune`) frees their space: the close collects the
+    /// value log's segments, and what was kept reads back after a reopen.
+    #[tokio::test]
+    async fn deleted_large_values_give_their_space_back() {
+        let dir = tempfile_dir();
+        let value = |i: u32| vec![(i % 253) as u8; 64 * 1024];
+        let n = 1_200u32; // 75 MiB: more than two segments
+        {
+            let store = SledStore::open(&dir).unwrap();
+            for i in 0..n {
+                let mut b = Batch::new();
+                b.put(Space::Journal, i.to_be_bytes().to_vec(), value(i));
+                store.write(b, false).await.unwrap();
+            }
+            store.sync().await.unwrap();
+            store.close();
+        }
+        let full = folder_bytes(&dir.join(values::FOLDER));
+        {
+            let store = SledStore::open(&dir).unwrap();
+            for i in (0..n).filter(|i| i % 10 != 0) {
+                let mut b = Batch::new();
+                b.delete(Space::Journal, i.to_be_bytes().to_vec());
+                store.write(b, false).await.unwrap();
+            }
+            store.sync().await.unwrap();
+            store.close();
+        }
+        let after = folder_bytes(&dir.join(values::FOLDER));
+        assert!(after < full / 5, "{full} -> {after} bytes of value log");
+        let store = SledStore::open(&dir).unwrap();
+        let left = store.scan(Space::Journal, b"").unwrap();
+        assert_eq!(left.len(), (n / 10) as usize);
+        for (k, v) in left {
+            let i = u32::from_be_bytes(k[..4].try_into().unwrap());
+            assert_eq!(i % 10, 0);
+            assert_eq!(v, value(i));
+        }
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A reader holding a pointer into a segment that a collection removed meanwhile reads
+    /// the key's new pointer instead of failing.
+    #[tokio::test]
+    async fn a_pointer_into_a_collected_segment_is_read_again() {
+        let dir = tempfile_dir();
+        let store = SledStore::open(&dir).unwrap();
+        let value = |i: u32| vec![i as u8; 1024 * 1024];
+        for i in 0..40u32 {
+            let mut b = Batch::new();
+            b.put(Space::Journal, i.to_be_bytes().to_vec(), value(i));
+            store.write(b, false).await.unwrap();
+        }
+        store.sync().await.unwrap();
+        store.checkpoint_now();
+        let full = key(Space::Journal, &0u32.to_be_bytes());
+        let stale = store.tree.get(&full).unwrap().unwrap().to_vec();
+        assert!(values::is_pointer(&stale));
+        let mut b = Batch::new();
+        for i in 1..40u32 {
+            b.delete(Space::Journal, i.to_be_bytes().to_vec());
+        }
+        store.write(b, true).await.unwrap();
+        store.checkpoint_now();
+        let collected = store.values.collect(&store.tree, u64::MAX).unwrap();
+        assert!(!collected.is_empty());
+        store.values.remove(&collected).unwrap();
+        assert!(
+            store.values.read(&stale).unwrap().is_none(),
+            "the old segment is gone"
+        );
+        assert_ne!(store.tree.get(&full).unwrap().unwrap().to_vec(), stale);
+        assert_eq!(store.resolve(&full, stale).unwrap(), Some(value(0)));
+        assert_eq!(
+            store.get(Space::Journal, &0u32.to_be_bytes()).unwrap(),
+            Some(value(0))
+        );
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     fn child_store<F: std::future::Future<Output = ()>>(
         dir: &str,
         body: impl FnOnce(SledStore) -> F,

@@ -87,6 +87,21 @@ pub(super) struct Wal {
     last_frame: usize,
 }
 
+/// Reads a file from its start with `pread`: a cloned handle shares the file's offset, so
+/// each reader keeps its own.
+pub(super) struct ReadFromStart {
+    file: File,
+    at: u64,
+}
+
+impl Read for ReadFromStart {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.file.read_at(buf, self.at)?;
+        self.at += n as u64;
+        Ok(n)
+    }
+}
+
 /// One decoded frame.
 #[derive(Debug, Clone)]
 pub(super) struct Frame {
@@ -99,10 +114,32 @@ fn io_err(path: &Path, what: &str, e: std::io::Error) -> StoreError {
 }
 
 impl Wal {
-    /// Opens (or creates) the log at `path` and returns it with the frames of its newest
-    /// generation, in order. The caller applies those it does not have, checkpoints, and
-    /// then calls [`Wal::restart`].
+    /// Opens the log at `path` and returns it with the frames of its newest generation, in
+    /// order (tests: the store reads them as a stream, [`Wal::frames`]).
+    #[cfg(test)]
     pub(crate) fn open(path: &Path) -> Result<(Wal, Vec<Frame>), StoreError> {
+        let wal = Wal::open_unread(path)?;
+        let frames = wal.frames()?.collect();
+        Ok((wal, frames))
+    }
+
+    /// The frames of the newest generation, in order, read one at a time from the file (a
+    /// log of 64 MiB is replayed without holding it in memory).
+    pub(super) fn frames(&self) -> Result<Frames<BufReader<ReadFromStart>>, StoreError> {
+        let file = self
+            .file
+            .try_clone()
+            .map_err(|e| io_err(&self.path, "cannot read", e))?;
+        Ok(Frames::new(BufReader::with_capacity(
+            1 << 20,
+            ReadFromStart { file, at: 0 },
+        )))
+    }
+
+    /// Opens (or creates) the log at `path`, without reading it. The caller applies the
+    /// frames ([`Wal::frames`]) it does not have, checkpoints, and then calls
+    /// [`Wal::restart`] or [`Wal::discard`].
+    pub(crate) fn open_unread(path: &Path) -> Result<Wal, StoreError> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -114,22 +151,14 @@ impl Wal {
             .metadata()
             .map_err(|e| io_err(path, "cannot read the size of", e))?
             .len();
-        let frames = read_frames(BufReader::with_capacity(
-            1 << 20,
-            file.try_clone()
-                .map_err(|e| io_err(path, "cannot read", e))?,
-        ));
-        Ok((
-            Wal {
-                file,
-                path: path.to_path_buf(),
-                offset: 0,
-                filled,
-                pending: Vec::with_capacity(PENDING_KEPT),
-                last_frame: 0,
-            },
-            frames,
-        ))
+        Ok(Wal {
+            file,
+            path: path.to_path_buf(),
+            offset: 0,
+            filled,
+            pending: Vec::with_capacity(PENDING_KEPT),
+            last_frame: 0,
+        })
     }
 
     /// Starts a new generation at the start of the file. Only after a checkpoint: every
@@ -273,46 +302,74 @@ pub(super) fn encode_frame(out: &mut Vec<u8>, seq: u64, batch: &Batch) {
 /// Reads the newest generation's frames: from the start, while each frame is whole, passes
 /// its checksum and follows its predecessor's number. Never fails: whatever does not decode
 /// ends the log.
-pub(super) fn read_frames(mut r: impl Read) -> Vec<Frame> {
-    let mut frames: Vec<Frame> = Vec::new();
-    let mut header = [0u8; HEADER];
-    let mut payload = Vec::new();
-    loop {
-        if r.read_exact(&mut header).is_err() {
-            break;
+#[cfg(test)]
+pub(super) fn read_frames(r: impl Read) -> Vec<Frame> {
+    Frames::new(r).collect()
+}
+
+/// The frames of a log, one at a time (see [`read_frames`] for where it ends).
+pub(super) struct Frames<R> {
+    reader: R,
+    previous: Option<u64>,
+    payload: Vec<u8>,
+    ended: bool,
+}
+
+impl<R: Read> Frames<R> {
+    fn new(reader: R) -> Frames<R> {
+        Frames {
+            reader,
+            previous: None,
+            payload: Vec::new(),
+            ended: false,
         }
+    }
+
+    fn read_one(&mut self) -> Option<Frame> {
+        let mut header = [0u8; HEADER];
+        self.reader.read_exact(&mut header).ok()?;
         let len = u32::from_le_bytes(header[0..4].try_into().unwrap_or_default());
         let seq = u64::from_le_bytes(header[4..12].try_into().unwrap_or_default());
         let crc = u32::from_le_bytes(header[12..16].try_into().unwrap_or_default());
         if len == 0 || len > MAX_FRAME {
-            break;
+            return None;
         }
-        if let Some(prev) = frames.last() {
-            if prev.seq.checked_add(1) != Some(seq) {
-                break;
-            }
-        }
-        payload.clear();
-        if (&mut r)
-            .take(u64::from(len))
-            .read_to_end(&mut payload)
-            .is_err()
-            || payload.len() != len as usize
+        if self
+            .previous
+            .is_some_and(|prev| prev.checked_add(1) != Some(seq))
         {
-            break;
+            return None;
+        }
+        self.payload.clear();
+        let read = (&mut self.reader)
+            .take(u64::from(len))
+            .read_to_end(&mut self.payload);
+        if read.is_err() || self.payload.len() != len as usize {
+            return None;
         }
         let mut hasher = crc32fast::Hasher::new();
         hasher.update(&seq.to_le_bytes());
-        hasher.update(&payload);
+        hasher.update(&self.payload);
         if hasher.finalize() != crc {
-            break;
+            return None;
         }
-        match decode_batch(&payload) {
-            Some(batch) => frames.push(Frame { seq, batch }),
-            None => break,
-        }
+        let batch = decode_batch(&self.payload)?;
+        self.previous = Some(seq);
+        Some(Frame { seq, batch })
     }
-    frames
+}
+
+impl<R: Read> Iterator for Frames<R> {
+    type Item = Frame;
+
+    fn next(&mut self) -> Option<Frame> {
+        if self.ended {
+            return None;
+        }
+        let frame = self.read_one();
+        self.ended = frame.is_none();
+        frame
+    }
 }
 
 fn decode_batch(mut p: &[u8]) -> Option<Batch> {
