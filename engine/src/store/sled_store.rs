@@ -1191,7 +1191,7 @@ fn put_or_remove(
     value: Option<&[u8]>,
 ) -> Result<(), StoreError> {
     let old = match value {
-        Some(v) if values::wanted(v) => {
+        Some(v) if values::wanted(full, v) => {
             let pointer = values.append(full, v)?;
             tree.insert(full, pointer)
         }

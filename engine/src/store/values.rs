@@ -40,6 +40,11 @@ use std::sync::{Arc, Mutex, RwLock};
 /// Values at least this long go to the log.
 pub(crate) const THRESHOLD: usize = 2048;
 
+/// Journal values (a finished transaction's records, compacted) at least this long go to
+/// the log: a small transaction's records are a few hundred bytes, and sled held them at
+/// 3x their size (`tx prune` then leaves sled's file as large as it was).
+pub(crate) const JOURNAL_THRESHOLD: usize = 256;
+
 /// The first bytes of a pointer (and of no value sled holds directly).
 pub(crate) const MAGIC: [u8; 4] = [0xff, b'P', b'v', 0x01];
 
@@ -66,9 +71,14 @@ pub(crate) const FOLDER: &str = "values";
 /// The hints' key prefix in sled (the Meta space's tag, then `vlog/`).
 const HINT_PREFIX: &[u8] = b"mvlog/";
 
-/// Whether `value` goes to the log rather than into sled.
-pub(crate) fn wanted(value: &[u8]) -> bool {
-    value.len() >= THRESHOLD || value.starts_with(&MAGIC)
+/// Whether `value` of sled's full key `key` goes to the log rather than into sled.
+pub(crate) fn wanted(key: &[u8], value: &[u8]) -> bool {
+    let threshold = if key.first() == Some(&super::Space::Journal.tag()) {
+        JOURNAL_THRESHOLD
+    } else {
+        THRESHOLD
+    };
+    value.len() >= threshold || value.starts_with(&MAGIC)
 }
 
 /// Whether a value read from sled is a pointer.
@@ -663,11 +673,13 @@ mod tests {
         assert!(is_pointer(&bytes));
         assert_eq!(Pointer::decode(&bytes), Some(p));
         assert!(!is_pointer(b"{\"a\":1}"));
-        assert!(wanted(&[0u8; THRESHOLD]));
-        assert!(!wanted(&[0u8; THRESHOLD - 1]));
+        assert!(wanted(b"s", &[0u8; THRESHOLD]));
+        assert!(!wanted(b"s", &[0u8; THRESHOLD - 1]));
+        assert!(wanted(b"j", &[0u8; JOURNAL_THRESHOLD]));
+        assert!(!wanted(b"j", &[0u8; JOURNAL_THRESHOLD - 1]));
         // A short value that happens to begin like a pointer goes to the log too, so sled
         // never holds one that could be mistaken for a pointer.
-        assert!(wanted(&MAGIC));
+        assert!(wanted(b"s", &MAGIC));
     }
 
     #[test]
