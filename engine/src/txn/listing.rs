@@ -264,10 +264,18 @@ pub(crate) fn decode_changes(bytes: &[u8]) -> (Vec<Change>, usize) {
 pub(crate) fn encode_snapshot(lines: Vec<Listed>) -> Option<Vec<u8>> {
     let mut b = Builder::default();
     for l in &lines {
-        b.push(l)?;
+        b.push(l).ok()?;
     }
     Some(b.finish())
 }
+
+/// Entries a snapshot being made holds in memory before it writes them, sorted, to a run
+/// file beside the snapshot (when it may: [`Builder::spilling`]); the runs are merged as
+/// the snapshot is written. A rebuild at a million transactions held 61 MB of entries, and
+/// as much again for the snapshot's bytes, at once.
+const RUN: usize = 65_536;
+/// The run file's name in the store folder (there only while a snapshot is made).
+const RUNS_FILE: &str = "provisio.list.runs";
 
 /// A snapshot being made: each line interned and packed as it comes (61 bytes a line, the
 /// strings once), so a rebuild over a million summaries never holds them as `String`s.
@@ -276,9 +284,37 @@ struct Builder {
     strings: HashMap<String, u32>,
     table: Vec<u8>,
     entries: Vec<[u8; ENTRY_LEN]>,
+    count: u64,
+    /// Where sorted runs go once `entries` holds `run_len`, when they may.
+    runs_dir: Option<PathBuf>,
+    run_len: usize,
+    /// The run file and the number of entries of each run in it, in order.
+    runs: Option<(std::io::BufWriter<File>, Vec<u64>)>,
+}
+
+/// An entry's sort key: start time, then id.
+fn entry_key(e: &[u8; ENTRY_LEN]) -> (u64, [u8; ID_LEN]) {
+    let started = e[ID_LEN + 1..ID_LEN + 9]
+        .iter()
+        .rev()
+        .fold(0u64, |n, b| n << 8 | u64::from(*b));
+    (
+        started,
+        e[..ID_LEN].try_into().expect("an entry starts with its id"),
+    )
 }
 
 impl Builder {
+    /// A builder that keeps at most [`RUN`] entries in memory, the rest in a run file in
+    /// `dir`.
+    fn spilling(dir: &Path) -> Builder {
+        Builder {
+            runs_dir: Some(dir.to_path_buf()),
+            run_len: RUN,
+            ..Builder::default()
+        }
+    }
+
     fn intern(&mut self, s: &str) -> u32 {
         if let Some(at) = self.strings.get(s) {
             return *at;
@@ -289,10 +325,10 @@ impl Builder {
         at
     }
 
-    /// Adds a line; `None` when its id is not 36 bytes long.
-    fn push(&mut self, l: &Listed) -> Option<()> {
+    /// Adds a line; `Err` when its id is not 36 bytes long or a run cannot be written.
+    fn push(&mut self, l: &Listed) -> Result<(), String> {
         if l.id.len() != ID_LEN {
-            return None;
+            return Err(format!("transaction id `{}` is not 36 bytes", l.id));
         }
         let target = self.intern(&l.target);
         let who = self.intern(&l.who);
@@ -310,37 +346,99 @@ impl Builder {
             at += part.len();
         }
         self.entries.push(e);
-        Some(())
+        self.count += 1;
+        if self.entries.len() >= self.run_len {
+            if let Some(dir) = &self.runs_dir {
+                let io = |e: std::io::Error| format!("{RUNS_FILE}: {e}");
+                if self.runs.is_none() {
+                    let f = File::create(dir.join(RUNS_FILE)).map_err(io)?;
+                    self.runs = Some((std::io::BufWriter::with_capacity(1 << 20, f), Vec::new()));
+                }
+                let (w, lens) = self.runs.as_mut().expect("just made");
+                self.entries.sort_unstable_by_key(entry_key);
+                for e in &self.entries {
+                    w.write_all(e).map_err(io)?;
+                }
+                lens.push(self.entries.len() as u64);
+                self.entries.clear();
+            }
+        }
+        Ok(())
     }
 
     fn count(&self) -> u64 {
-        self.entries.len() as u64
+        self.count
     }
 
     /// The snapshot's bytes, its entries sorted by (start time, id).
-    fn finish(mut self) -> Vec<u8> {
-        let started = |e: &[u8; ENTRY_LEN]| {
-            e[ID_LEN + 1..ID_LEN + 9]
-                .iter()
-                .rev()
-                .fold(0u64, |n, b| n << 8 | u64::from(*b))
-        };
-        self.entries.sort_unstable_by(|a, b| {
-            started(a)
-                .cmp(&started(b))
-                .then_with(|| a[..ID_LEN].cmp(&b[..ID_LEN]))
-        });
-        let mut out =
-            Vec::with_capacity(HEADER_LEN + self.table.len() + self.entries.len() * ENTRY_LEN);
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&(self.entries.len() as u64).to_le_bytes());
-        out.extend_from_slice(&(self.table.len() as u64).to_le_bytes());
-        out.extend_from_slice(&crc32fast::hash(&self.table).to_le_bytes());
-        out.extend_from_slice(&self.table);
-        for e in &self.entries {
-            out.extend_from_slice(e);
-        }
+    #[cfg(test)]
+    fn finish(self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.finish_into(&mut out).expect("writes to memory");
         out
+    }
+
+    /// Writes the snapshot to `out`, its entries sorted by (start time, id) (the runs
+    /// merged with what is in memory); returns its length.
+    fn finish_into(mut self, out: &mut impl Write) -> std::io::Result<u64> {
+        self.entries.sort_unstable_by_key(entry_key);
+        out.write_all(MAGIC)?;
+        out.write_all(&self.count.to_le_bytes())?;
+        out.write_all(&(self.table.len() as u64).to_le_bytes())?;
+        out.write_all(&crc32fast::hash(&self.table).to_le_bytes())?;
+        out.write_all(&self.table)?;
+        let len = (HEADER_LEN + self.table.len()) as u64 + self.count * ENTRY_LEN as u64;
+        let Some((w, lens)) = self.runs.take() else {
+            for e in &self.entries {
+                out.write_all(e)?;
+            }
+            return Ok(len);
+        };
+        let path = self
+            .runs_dir
+            .as_ref()
+            .expect("runs have a folder")
+            .join(RUNS_FILE);
+        w.into_inner().map_err(|e| e.into_error())?;
+        // One reader per run, each at its run's first entry, and the entries in memory as
+        // the last run: the smallest head goes out next.
+        let mut readers = Vec::with_capacity(lens.len());
+        let mut at = 0u64;
+        for n in &lens {
+            let mut f = File::open(&path)?;
+            f.seek(SeekFrom::Start(at * ENTRY_LEN as u64))?;
+            readers.push(std::io::BufReader::with_capacity(
+                64 * 1024,
+                f.take(n * ENTRY_LEN as u64),
+            ));
+            at += n;
+        }
+        let mut memory = self.entries.iter();
+        let mut next = |run: usize| -> std::io::Result<Option<[u8; ENTRY_LEN]>> {
+            if run == readers.len() {
+                return Ok(memory.next().copied());
+            }
+            let mut e = [0u8; ENTRY_LEN];
+            match readers[run].read_exact(&mut e) {
+                Ok(()) => Ok(Some(e)),
+                Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
+                Err(err) => Err(err),
+            }
+        };
+        let mut heads = std::collections::BinaryHeap::new();
+        for run in 0..=lens.len() {
+            if let Some(e) = next(run)? {
+                heads.push(std::cmp::Reverse((entry_key(&e), run, e)));
+            }
+        }
+        while let Some(std::cmp::Reverse((_, run, e))) = heads.pop() {
+            out.write_all(&e)?;
+            if let Some(e) = next(run)? {
+                heads.push(std::cmp::Reverse((entry_key(&e), run, e)));
+            }
+        }
+        let _ = std::fs::remove_file(&path);
+        Ok(len)
     }
 }
 
@@ -485,7 +583,8 @@ impl Snapshot {
         })
     }
 
-    /// Every line (for a compaction).
+    /// Every line.
+    #[cfg(test)]
     fn all(&mut self) -> Result<Vec<Listed>, ListingError> {
         let mut out = Vec::with_capacity(self.count as usize);
         let mut at = 0;
@@ -526,10 +625,6 @@ fn read_marker(dir: &Path) -> Option<Marker> {
 
 fn read_marker_file(path: &Path) -> Option<Marker> {
     serde_json::from_slice(&std::fs::read(path).ok()?).ok()
-}
-
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    write_renamed(path, bytes, true)
 }
 
 /// Writes `bytes` to a temporary file and renames it to `path`, syncing the file first when
@@ -912,13 +1007,14 @@ fn update(
             Some(pending) => (m, pending, true),
             None if changes.leave_rebuild => return Ok(Updated::LeftToWriters),
             None => {
-                let marker = write_snapshot(dir, store_id, writes, read_all(store)?, &removals)?;
+                let marker =
+                    write_snapshot(dir, store_id, writes, read_all(store, dir)?, &removals)?;
                 write_marker(dir, &marker)?;
                 return Ok(Updated::Rebuilt);
             }
         },
         None => {
-            let marker = write_snapshot(dir, store_id, writes, read_all(store)?, &removals)?;
+            let marker = write_snapshot(dir, store_id, writes, read_all(store, dir)?, &removals)?;
             write_marker(dir, &marker)?;
             return Ok(Updated::Rebuilt);
         }
@@ -957,32 +1053,32 @@ fn update(
             ..fresh(m)
         }
     } else {
-        // Compaction: the snapshot, its delta and these changes in one snapshot.
+        // Compaction: the snapshot, its delta and these changes in one snapshot, read a
+        // chunk at a time (only the changes are held, by id).
         let mut snapshot =
             Snapshot::open(&dir.join(SNAPSHOT_FILE), m.snapshot_len).map_err(|e| e.to_string())?;
-        let mut lines: HashMap<String, Listed> = snapshot
-            .all()
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .map(|l| (l.id.clone(), l))
-            .collect();
-        let mut delta = read_delta(dir, &m)?;
-        delta.extend(pending);
-        for c in delta {
+        let mut changed: HashMap<String, Option<Listed>> = HashMap::new();
+        for c in read_delta(dir, &m)?.into_iter().chain(pending) {
             match c {
-                Change::Upsert(l) => {
-                    lines.insert(l.id.clone(), l);
-                }
-                Change::Removed(id) => {
-                    lines.remove(&id);
+                Change::Upsert(l) => changed.insert(l.id.clone(), Some(l)),
+                Change::Removed(id) => changed.insert(id, None),
+            };
+        }
+        let mut b = Builder::spilling(dir);
+        let mut at = 0;
+        while at < snapshot.count {
+            let to = (at + CHUNK as u64 * 8).min(snapshot.count);
+            for e in snapshot.read(at, to).map_err(|e| e.to_string())? {
+                if !changed.contains_key(std::str::from_utf8(&e.id).unwrap_or_default()) {
+                    b.push(&snapshot.listed(&e).map_err(|e| e.to_string())?)?;
                 }
             }
+            at = to;
         }
-        let mut b = Builder::default();
-        for l in lines.values() {
-            b.push(l).ok_or("a transaction id is not 36 bytes")?;
+        for l in changed.values().flatten() {
+            b.push(l)?;
         }
-        drop(lines);
+        drop(changed);
         write_snapshot(dir, store_id, writes, b, &removals)?
     };
     write_marker(dir, &marker)?;
@@ -1133,17 +1229,16 @@ fn catch_up(
     Ok(Some(out))
 }
 
-/// Every summary of the store, packed for a snapshot.
-fn read_all(store: &dyn Store) -> Result<Builder, String> {
-    let mut out = Builder::default();
+/// Every summary of the store, packed for a snapshot (runs beyond [`RUN`] lines in `dir`).
+fn read_all(store: &dyn Store, dir: &Path) -> Result<Builder, String> {
+    let mut out = Builder::spilling(dir);
     let mut from: Vec<u8> = Vec::new();
     loop {
         let page = store
             .scan_range(Space::Txns, KeyRange::new(&from, None), 1024, false)
             .map_err(|e| e.to_string())?;
         for (k, v) in &page {
-            out.push(&listed_of(k, v)?)
-                .ok_or("a transaction id is not 36 bytes")?;
+            out.push(&listed_of(k, v)?)?;
         }
         match page.last() {
             Some((last, _)) if page.len() == 1024 => {
@@ -1154,6 +1249,20 @@ fn read_all(store: &dyn Store) -> Result<Builder, String> {
         }
     }
     Ok(out)
+}
+
+/// Writes the snapshot of `b` to a temporary file, syncs it and renames it to `path`;
+/// returns its length.
+fn write_snapshot_file(path: &Path, b: Builder) -> std::io::Result<u64> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
+    let len = b.finish_into(&mut w)?;
+    let f = w.into_inner().map_err(|e| e.into_error())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    Ok(len)
 }
 
 /// Writes a new snapshot of the lines in `b` and an empty delta; returns the marker
@@ -1175,8 +1284,8 @@ fn write_snapshot(
     }
     sync_dir(dir).map_err(|e| format!("store folder: {e}"))?;
     let count = b.count();
-    let bytes = b.finish();
-    write_atomically(&dir.join(SNAPSHOT_FILE), &bytes).map_err(|e| format!("snapshot: {e}"))?;
+    let snapshot_len =
+        write_snapshot_file(&dir.join(SNAPSHOT_FILE), b).map_err(|e| format!("snapshot: {e}"))?;
     File::create(dir.join(DELTA_FILE))
         .and_then(|f| f.sync_all())
         .map_err(|e| format!("delta: {e}"))?;
@@ -1185,7 +1294,7 @@ fn write_snapshot(
     Ok(Marker {
         store: store_id.to_string(),
         writes,
-        snapshot_len: bytes.len() as u64,
+        snapshot_len,
         delta_len: 0,
         count,
         changes: 0,
@@ -1302,6 +1411,44 @@ mod tests {
             let path = dir.path().join(SNAPSHOT_FILE);
             std::fs::write(&path, &bytes[..cut]).expect("write");
             prop_assert!(Snapshot::open(&path, cut as u64).is_err());
+        }
+    }
+
+    /// A snapshot made with its entries spilled to sorted runs (and merged back) is the
+    /// snapshot made in memory, byte for byte, and the run file is gone after.
+    #[test]
+    fn a_spilled_snapshot_is_the_one_made_in_memory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let states = [TxnState::Committed, TxnState::Running, TxnState::RolledBack];
+        // Starts out of order and repeated, as summaries come from the store in id order.
+        let lines: Vec<Listed> = (0..1000u64)
+            .map(|n| Listed {
+                started_ms: (n * 7919) % 333,
+                ..line(
+                    n,
+                    states[(n % 3) as usize],
+                    ["A/One", "B/Two", "C/Three"][(n % 3) as usize],
+                    ["alice", "bob"][(n % 2) as usize],
+                )
+            })
+            .collect();
+        for run_len in [1, 7, 64, 999, 1000, 5000] {
+            let mut spilled = Builder {
+                run_len,
+                ..Builder::spilling(dir.path())
+            };
+            for l in &lines {
+                spilled.push(l).expect("pushed");
+            }
+            let mut got = Vec::new();
+            let len = spilled.finish_into(&mut got).expect("written");
+            assert_eq!(len, got.len() as u64);
+            assert_eq!(
+                Some(got),
+                encode_snapshot(lines.clone()),
+                "runs of {run_len}"
+            );
+            assert!(!dir.path().join(RUNS_FILE).exists());
         }
     }
 
