@@ -30,7 +30,8 @@
 //! - `cli-crash-list DIR [REPS] [K]`: a writer adds K transactions to DIR/journal and
 //!   crashes; the next writer (`provisio recover`) brings the listing up to date at its
 //!   clean close (timed, with its peak RSS), then `tx list`'s first page; the binaries
-//!   `PROVISIO_BIN` and `PROVISIO_BIN_BASE` in turn.
+//!   `PROVISIO_BIN`, `PROVISIO_BIN_BASE` and `PROVISIO_BIN` again with the listing's base
+//!   file removed (a full rebuild) in turn.
 //!
 //! Every case runs in a child process of its own (this example re-executed with `case …`), so
 //! its peak RSS (`VmHWM`) is its own; the store is sled on the local disk in a temp folder
@@ -925,16 +926,17 @@ fn main() -> Result<()> {
             let dir = Path::new(arg(1, "DIR")?);
             let reps: usize = args.get(2).map(|r| r.parse()).transpose()?.unwrap_or(3);
             let k: usize = args.get(3).map(|r| r.parse()).transpose()?.unwrap_or(100);
+            let new_bin = std::env::var("PROVISIO_BIN")
+                .unwrap_or_else(|_| "target/release/provisio".to_string());
+            // "new, no base": the new binary with the base file gone, so it rebuilds in full
+            // (as after a removal since the files were written).
             let bins = [
-                (
-                    "new",
-                    std::env::var("PROVISIO_BIN")
-                        .unwrap_or_else(|_| "target/release/provisio".to_string()),
-                ),
+                ("new", new_bin.clone()),
                 (
                     "base",
                     std::env::var("PROVISIO_BIN_BASE").context("PROVISIO_BIN_BASE")?,
                 ),
+                ("new, no base", new_bin),
             ];
             let marker = dir.join("journal").join(index_listing::MARKER_FILE);
             println!("binary	next_writer_wall_ms	peak_rss_MiB	listing_ms	how	first_page_wall_ms	first_page_MiB	loadavg");
@@ -947,6 +949,9 @@ fn main() -> Result<()> {
                     .ok();
                     if marker.exists() {
                         bail!("the crashed writer left a marker");
+                    }
+                    if name.ends_with("no base") {
+                        std::fs::remove_file(dir.join("journal").join(index_listing::BASE_FILE))?;
                     }
                     let start = Instant::now();
                     let out = std::process::Command::new("/usr/bin/time")
