@@ -1085,7 +1085,7 @@ fn update(
     Ok(done)
 }
 
-/// Writes the marker, last.
+/// Writes the marker (and the base), last.
 fn write_marker(dir: &Path, marker: &Marker) -> Result<(), String> {
     let text = serde_json::to_vec(marker).map_err(|e| e.to_string())?;
     // What the marker describes is durable before it is written (the delta's sync above, or
@@ -1094,6 +1094,9 @@ fn write_marker(dir: &Path, marker: &Marker) -> Result<(), String> {
     // never to a wrong answer (the state file, synced before, decides). So it is written
     // and renamed without syncs: a clean close costs one sync here instead of three
     // (BENCHMARKS.md, "Issue 11: small stores' disk").
+    // The base too: the same words, for a catch-up if the marker is lost (a power cut: it
+    // is not synced) before an open keeps it.
+    write_renamed(&dir.join(BASE_FILE), &text, false).map_err(|e| format!("base: {e}"))?;
     write_renamed(&dir.join(MARKER_FILE), &text, false).map_err(|e| format!("marker: {e}"))
 }
 
@@ -1943,7 +1946,11 @@ mod tests {
         reader.close();
         drop(reader);
         let marker = read_marker(&dir).expect("a reader caught up");
-        assert_eq!((marker.count, marker.changes), (700, before + 1), "{marker:?}");
+        assert_eq!(
+            (marker.count, marker.changes),
+            (700, before + 1),
+            "{marker:?}"
+        );
         same_as_the_index(&dir).await;
 
         // A crashed holder removed transactions (retention): the reader leaves the files
@@ -1970,6 +1977,20 @@ mod tests {
         let marker = read_marker(&dir).expect("rebuilt");
         assert_eq!(marker.changes, 0, "rebuilt: {marker:?}");
         assert_eq!(marker.count, 700 + 100 + 1 + 1 + 1 - 50);
+
+        // That marker lost before any open (a power cut: it is not synced): the base written
+        // beside it lets a reader catch up.
+        std::fs::remove_file(dir.join(MARKER_FILE)).expect("marker removed");
+        let reader = crate::SledStore::open(&dir).expect("opens");
+        reader.leave_listing_rebuild_to_writers();
+        reader.close();
+        drop(reader);
+        let caught_up = read_marker(&dir).expect("a reader caught up");
+        assert_eq!(
+            (caught_up.snapshot_len, caught_up.count, caught_up.changes),
+            (marker.snapshot_len, marker.count, 0),
+            "{caught_up:?}"
+        );
         same_as_the_index(&dir).await;
     }
 
