@@ -14,7 +14,8 @@
 //!   their lengths. It is written last (write, rename: what it describes is synced before,
 //!   and a marker lost in a power cut only sends `tx list` to sled), by the store's clean
 //!   close; the next open of the store takes it away before anything is written, renamed to
-//! - `provisio.list.base` (the base): what the last marker said, which `tx list` never reads.
+//! - `provisio.list.base` (the base): what the last marker said (also written beside it),
+//!   which `tx list` never reads.
 //!   It outlives a crash of the holder that took it, so the next clean close (a reader's
 //!   too) brings the files it describes up to date from what changed since they were
 //!   written — the lines that could still change (their summaries read again) and the
