@@ -1294,6 +1294,8 @@ fn write_snapshot(
     let count = b.count();
     let snapshot_len =
         write_snapshot_file(&dir.join(SNAPSHOT_FILE), b).map_err(|e| format!("snapshot: {e}"))?;
+    // Runs a rebuild cut short by a crash left (this one removed its own).
+    let _ = std::fs::remove_file(dir.join(RUNS_FILE));
     File::create(dir.join(DELTA_FILE))
         .and_then(|f| f.sync_all())
         .map_err(|e| format!("delta: {e}"))?;
