@@ -1997,6 +1997,79 @@ mod tests {
         same_as_the_index(&dir).await;
     }
 
+    /// A clean close cut short after it appended to the delta, before its marker and base
+    /// were written: the base the open kept still describes the files (the append went past
+    /// its length), and the next close catches up from it.
+    #[tokio::test]
+    async fn a_close_cut_short_after_its_delta_append_is_caught_up() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("journal");
+        let store = crate::SledStore::open(&dir).expect("opens");
+        let first: Vec<TxnSummary> = (0..400)
+            .map(|n| {
+                summary(
+                    n,
+                    if n % 5 == 0 {
+                        TxnState::Running
+                    } else {
+                        TxnState::Committed
+                    },
+                )
+            })
+            .collect();
+        put(&store, &first, None).await;
+        super::super::index::ensure(&store).await.expect("indexed");
+        store.close();
+        drop(store);
+        let base = std::fs::read(dir.join(BASE_FILE)).expect("a base beside the marker");
+        let delta_before = std::fs::metadata(dir.join(DELTA_FILE))
+            .expect("delta")
+            .len();
+
+        let store = crate::SledStore::open(&dir).expect("opens");
+        let finished: Vec<TxnSummary> = (0..400)
+            .step_by(10)
+            .map(|n| TxnSummary {
+                updated_ms: now_ms(),
+                ..summary(n, TxnState::RolledBack)
+            })
+            .collect();
+        put(&store, &finished, Some(TxnState::Running)).await;
+        let new: Vec<TxnSummary> = (500..560)
+            .map(|n| recent(n, TxnState::Committed, 5_000))
+            .collect();
+        put(&store, &new, None).await;
+        store.close();
+        drop(store);
+        assert!(
+            std::fs::metadata(dir.join(DELTA_FILE))
+                .expect("delta")
+                .len()
+                > delta_before
+        );
+        // Cut short: the state file says closed cleanly, the delta holds the append, but
+        // neither the marker nor the new base were written.
+        std::fs::remove_file(dir.join(MARKER_FILE)).expect("marker removed");
+        std::fs::write(dir.join(BASE_FILE), &base).expect("the open's base put back");
+        assert!(matches!(
+            list(
+                &dir,
+                &TxnQuery {
+                    limit: 1,
+                    ..TxnQuery::default()
+                }
+            ),
+            Err(ListingError::Unavailable(_))
+        ));
+        let reader = crate::SledStore::open(&dir).expect("opens");
+        reader.leave_listing_rebuild_to_writers();
+        reader.close();
+        drop(reader);
+        let marker = read_marker(&dir).expect("caught up");
+        assert_eq!(marker.count, 400, "not rebuilt: {marker:?}");
+        same_as_the_index(&dir).await;
+    }
+
     /// A tiny deterministic generator (the test needs no crate for it).
     struct Rng(u64);
 
