@@ -20,8 +20,9 @@
 //!   too) brings the files it describes up to date from what changed since they were
 //!   written — the lines that could still change (their summaries read again) and the
 //!   transactions started since (the index by start time, from the close less a margin for
-//!   clock steps) — instead of reading every summary ([`catch_up`]: 6–7 s and ~525 MiB at a
-//!   million transactions). A removal since (retention changes the store's
+//!   clock steps; [`catch_up`]) — instead of reading every summary (at a million
+//!   transactions: ~30 ms at sled's memory floor against 3–4 s and ~100 MiB more;
+//!   BENCHMARKS.md, "Issue 11: the listing after a crash catches up"). A removal since (retention changes the store's
 //!   [`REMOVED_KEY`]), an unbuilt index or a base older than this scheme send it to the full
 //!   rebuild; anything that rewrites the snapshot removes the base first.
 //!
