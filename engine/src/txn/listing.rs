@@ -849,7 +849,10 @@ pub(crate) enum Base {
 /// [`BASE_FILE`], which outlives a crash of this holder for the next clean close to build on.
 pub(crate) fn take_base(dir: &Path, previous: Option<&SideState>) -> Option<Base> {
     let marker = read_marker(dir);
-    if marker.is_some() && std::fs::rename(dir.join(MARKER_FILE), dir.join(BASE_FILE)).is_err() {
+    let kept =
+        marker.is_some() && std::fs::rename(dir.join(MARKER_FILE), dir.join(BASE_FILE)).is_ok();
+    if !kept {
+        // Garbled or not renamed: gone all the same.
         let _ = std::fs::remove_file(dir.join(MARKER_FILE));
     }
     let previous = previous?;
