@@ -27,6 +27,11 @@
 //!   (the listing's marker removed, as after a crash: sled's open and its index; a command
 //!   that only reads leaves the listing's rebuild to the next writer, so a `provisio
 //!   recover` with nothing to recover follows, timed: its clean close rebuilds the files).
+//! - `cli-crash-list DIR [REPS] [K]`: a writer adds K transactions to DIR/journal and
+//!   crashes; the next writer (`provisio recover`) brings the listing up to date at its
+//!   clean close (timed, with its peak RSS), then `tx list`'s first page; the binaries
+//!   `PROVISIO_BIN`, `PROVISIO_BIN_BASE` and `PROVISIO_BIN` again with the listing's base
+//!   file removed (a full rebuild) in turn.
 //!
 //! Every case runs in a child process of its own (this example re-executed with `case …`), so
 //! its peak RSS (`VmHWM`) is its own; the store is sled on the local disk in a temp folder
@@ -881,6 +886,117 @@ fn main() -> Result<()> {
                             kib / 1024.0
                         );
                     }
+                }
+            }
+            return Ok(());
+        }
+        Some("case-crash-writer") => {
+            // `case-crash-writer DIR K`: a clean open and close of DIR/journal (so its listing
+            // marker is this build's), then a writer that adds K finished transactions started
+            // in the last K*10 ms and aborts (as kill -9) once they are durable.
+            let (dir, k) = (
+                Path::new(arg(1, "DIR")?).join("journal"),
+                arg(2, "K")?.parse()?,
+            );
+            SledStore::open(&dir).map_err(|e| anyhow!("{e}"))?.close();
+            rt()?.block_on(async {
+                let store = SledStore::open(&dir).map_err(|e| anyhow!("{e}"))?;
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)?
+                    .as_millis() as u64;
+                let spec = Synthetic {
+                    first_ms: now - k as u64 * 10,
+                    ..synthetic_spec(now)
+                };
+                synthetic::fill(&store, &spec, 0, k)
+                    .await
+                    .map_err(|e| anyhow!("{e}"))?;
+                std::process::abort();
+                #[allow(unreachable_code)]
+                Ok::<(), anyhow::Error>(())
+            })?;
+            return Ok(());
+        }
+        Some("cli-crash-list") => {
+            // `cli-crash-list DIR [REPS] [K]`: after a writer that crashed having added K
+            // transactions (`case-crash-writer`), the next writer (`provisio recover`, nothing
+            // to recover) brings the listing up to date at its clean close: its wall time,
+            // peak RSS and the listing's own time (its debug log), then `tx list`'s first
+            // page from the listing; PROVISIO_BIN and PROVISIO_BIN_BASE interleaved.
+            let dir = Path::new(arg(1, "DIR")?);
+            let reps: usize = args.get(2).map(|r| r.parse()).transpose()?.unwrap_or(3);
+            let k: usize = args.get(3).map(|r| r.parse()).transpose()?.unwrap_or(100);
+            let new_bin = std::env::var("PROVISIO_BIN")
+                .unwrap_or_else(|_| "target/release/provisio".to_string());
+            // "new, no base": the new binary with the base file gone, so it rebuilds in full
+            // (as after a removal since the files were written).
+            let bins = [
+                ("new", new_bin.clone()),
+                (
+                    "base",
+                    std::env::var("PROVISIO_BIN_BASE").context("PROVISIO_BIN_BASE")?,
+                ),
+                ("new, no base", new_bin),
+            ];
+            let marker = dir.join("journal").join(index_listing::MARKER_FILE);
+            println!("binary	next_writer_wall_ms	peak_rss_MiB	listing_ms	how	first_page_wall_ms	first_page_MiB	loadavg");
+            for _ in 0..reps {
+                for (name, bin) in &bins {
+                    child_of(
+                        "case-crash-writer",
+                        &[&dir.display().to_string(), &k.to_string()],
+                    )
+                    .ok();
+                    if marker.exists() {
+                        bail!("the crashed writer left a marker");
+                    }
+                    if name.ends_with("no base") {
+                        std::fs::remove_file(dir.join("journal").join(index_listing::BASE_FILE))?;
+                    }
+                    let start = Instant::now();
+                    let out = std::process::Command::new("/usr/bin/time")
+                        .args(["-f", "%M", bin, "recover"])
+                        .env("PROVISIO_DATA_DIR", dir)
+                        .env("RUST_LOG", "provisio_engine::txn::listing=debug")
+                        .output()?;
+                    let wall = start.elapsed().as_secs_f64() * 1e3;
+                    let stderr = String::from_utf8_lossy(&out.stderr);
+                    if !out.status.success() || !marker.exists() {
+                        bail!("the next writer did not bring the listing up to date: {stderr}");
+                    }
+                    let kib: f64 = stderr
+                        .lines()
+                        .last()
+                        .and_then(|l| l.trim().parse().ok())
+                        .ok_or_else(|| anyhow!("no peak RSS: {stderr}"))?;
+                    let line = stderr
+                        .lines()
+                        .find(|l| l.contains("listing file"))
+                        .unwrap_or("");
+                    let how = if line.contains("up to date") {
+                        "caught up"
+                    } else if line.contains("rebuilt") {
+                        "rebuilt"
+                    } else {
+                        "?"
+                    };
+                    let took = line
+                        .split("took_ms=")
+                        .nth(1)
+                        .and_then(|t| t.split_whitespace().next())
+                        .unwrap_or("?")
+                        .to_string();
+                    let (out, page_wall, page_kib) = timed_provisio(bin, &["tx", "list"], dir)?;
+                    if !out.status.success() {
+                        bail!("tx list failed: {}", String::from_utf8_lossy(&out.stderr));
+                    }
+                    let load = std::fs::read_to_string("/proc/loadavg")?;
+                    let load = load.split_whitespace().next().unwrap_or("?").to_string();
+                    println!(
+                        "{name}\t{wall:.0}\t{:.1}\t{took}\t{how}\t{page_wall:.1}\t{:.1}\t{load}",
+                        kib / 1024.0,
+                        page_kib / 1024.0
+                    );
                 }
             }
             return Ok(());

@@ -308,8 +308,9 @@ pub fn journal(config: &Config) -> Result<Arc<DurableJournal>> {
             }
             let store = open_store(&dir, config.journal.wait_lock.0)?;
             if config.read_only {
-                // A command that only reads answers from the store's index; rebuilding a
-                // stale listing file is left to the next writer.
+                // A command that only reads answers from the store's index; it brings a
+                // stale listing file up to date at its close only when that costs what
+                // changed since (a catch-up), leaving a full rebuild to the next writer.
                 store.leave_listing_rebuild_to_writers();
             }
             Arc::new(store)

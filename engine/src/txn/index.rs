@@ -113,11 +113,59 @@ pub(crate) fn summary_written(batch: &mut Batch, previous: Option<TxnState>, s: 
     }
 }
 
-/// Adds to `batch` the deletes of every index key of a transaction being removed.
+/// The key in [`Space::Meta`] that every removal of a transaction changes (to a value never
+/// used before), in the batch that removes it: the listing files (`txn::listing`) remember
+/// it, and bring themselves up to date from what changed since they were written only when
+/// no transaction was removed meanwhile (a removal leaves no key to find it by).
+pub(crate) const REMOVED_KEY: &[u8] = b"txn-removed";
+
+/// Adds to `batch` the deletes of every index key of a transaction being removed, and the
+/// change of [`REMOVED_KEY`].
 pub(crate) fn remove(batch: &mut Batch, s: &TxnSummary) {
     for k in keys_of(s) {
         batch.delete(Space::Index, k);
     }
+    batch.put(
+        Space::Meta,
+        REMOVED_KEY.to_vec(),
+        uuid::Uuid::now_v7().to_string().into_bytes(),
+    );
+}
+
+/// Every transaction started at or after `from_ms` (by its start-time index key), oldest
+/// first: at most `limit` (start ms, id) pairs, continuing past `after` (a pair this
+/// returned) when given.
+pub(crate) fn started_since(
+    store: &dyn Store,
+    from_ms: u64,
+    after: Option<(u64, &str)>,
+    limit: usize,
+) -> Result<Vec<(u64, String)>, StoreError> {
+    let mut start = match after {
+        Some((ms, id)) => {
+            let mut k = keyed(BY_START, None, ms, id);
+            k.push(0);
+            k
+        }
+        None => keyed(BY_START, None, from_ms, ""),
+    };
+    if start < keyed(BY_START, None, from_ms, "") {
+        start = keyed(BY_START, None, from_ms, "");
+    }
+    Ok(store
+        .scan_range(
+            Space::Index,
+            KeyRange::new(&start, Some(&[BY_START + 1])),
+            limit,
+            false,
+        )?
+        .into_iter()
+        .filter_map(|(k, _)| {
+            let ms = u64::from_be_bytes(k.get(1..9)?.try_into().ok()?);
+            let id = String::from_utf8(k.get(9..)?.to_vec()).ok()?;
+            Some((ms, id))
+        })
+        .collect())
 }
 
 /// Summaries read per write while building the index.

@@ -13,16 +13,28 @@
 //! - `provisio.list.ok` (the marker): which store and write count the two files describe, and
 //!   their lengths. It is written last (write, rename: what it describes is synced before,
 //!   and a marker lost in a power cut only sends `tx list` to sled), by the store's clean
-//!   close; the next open of the store removes it before anything is written.
+//!   close; the next open of the store takes it away before anything is written, renamed to
+//! - `provisio.list.base` (the base): what the last marker said (also written beside it),
+//!   which `tx list` never reads.
+//!   It outlives a crash of the holder that took it, so the next clean close (a reader's
+//!   too) brings the files it describes up to date from what changed since they were
+//!   written — the lines that could still change (their summaries read again) and the
+//!   transactions started since (the index by start time, from the close less a margin for
+//!   clock steps; [`catch_up`]) — instead of reading every summary (at a million
+//!   transactions: ~30 ms at sled's memory floor against 3–4 s and ~100 MiB more;
+//!   BENCHMARKS.md, "Issue 11: the listing after a crash catches up"). A removal since (retention changes the store's
+//!   [`REMOVED_KEY`]), an unbuilt index or a base older than this scheme send it to the full
+//!   rebuild; anything that rewrites the snapshot removes the base first.
 //!
 //! A reader trusts the files only when the store's state file (`<store>.state`) says
 //! "closed cleanly" with the marker's identity and write count, and finds the same again
 //! after reading: a process that opened the store meanwhile marked it not clean, and one
 //! that closed it meanwhile changed its write count. Anything else (a crash, a live holder,
-//! a garbled file) sends the caller to sled, and the next clean close rebuilds the files.
+//! a garbled file) sends the caller to sled, and the next clean close catches the files up
+//! (or rebuilds them).
 
-use super::index::TxnQuery;
-use super::records::{decode, TxnSummary};
+use super::index::{self, TxnQuery, REMOVED_KEY};
+use super::records::{decode, now_ms, TxnSummary};
 use crate::exec::TxnState;
 use crate::store::{side_state, KeyRange, SideState, Space, Store};
 use std::collections::HashMap;
@@ -36,6 +48,15 @@ pub const SNAPSHOT_FILE: &str = "provisio.list";
 pub const DELTA_FILE: &str = "provisio.list.delta";
 /// The marker's file name in the store folder.
 pub const MARKER_FILE: &str = "provisio.list.ok";
+/// What the last marker said, kept by the open that takes it (never read by `tx list`): after
+/// a crash, the next clean close brings the files it describes up to date from what changed
+/// since they were written instead of reading every summary again.
+pub const BASE_FILE: &str = "provisio.list.base";
+/// How far before the base's close (or the earliest clock reading since) a catch-up looks
+/// for transactions started since: a clock stepped back by less than this loses none.
+const CLOCK_MARGIN_MS: u64 = 60 * 60 * 1000;
+/// Index keys (or summaries) read per store call by a catch-up.
+const CATCH_UP_PAGE: usize = 1024;
 
 const MAGIC: &[u8; 8] = b"PVLIST01";
 /// magic, entry count, string table length, string table CRC.
@@ -245,10 +266,18 @@ pub(crate) fn decode_changes(bytes: &[u8]) -> (Vec<Change>, usize) {
 pub(crate) fn encode_snapshot(lines: Vec<Listed>) -> Option<Vec<u8>> {
     let mut b = Builder::default();
     for l in &lines {
-        b.push(l)?;
+        b.push(l).ok()?;
     }
     Some(b.finish())
 }
+
+/// Entries a snapshot being made holds in memory before it writes them, sorted, to a run
+/// file beside the snapshot (when it may: [`Builder::spilling`]); the runs are merged as
+/// the snapshot is written. A rebuild at a million transactions held 61 MB of entries, and
+/// as much again for the snapshot's bytes, at once.
+const RUN: usize = 65_536;
+/// The run file's name in the store folder (there only while a snapshot is made).
+const RUNS_FILE: &str = "provisio.list.runs";
 
 /// A snapshot being made: each line interned and packed as it comes (61 bytes a line, the
 /// strings once), so a rebuild over a million summaries never holds them as `String`s.
@@ -257,9 +286,37 @@ struct Builder {
     strings: HashMap<String, u32>,
     table: Vec<u8>,
     entries: Vec<[u8; ENTRY_LEN]>,
+    count: u64,
+    /// Where sorted runs go once `entries` holds `run_len`, when they may.
+    runs_dir: Option<PathBuf>,
+    run_len: usize,
+    /// The run file and the number of entries of each run in it, in order.
+    runs: Option<(std::io::BufWriter<File>, Vec<u64>)>,
+}
+
+/// An entry's sort key: start time, then id.
+fn entry_key(e: &[u8; ENTRY_LEN]) -> (u64, [u8; ID_LEN]) {
+    let started = e[ID_LEN + 1..ID_LEN + 9]
+        .iter()
+        .rev()
+        .fold(0u64, |n, b| n << 8 | u64::from(*b));
+    (
+        started,
+        e[..ID_LEN].try_into().expect("an entry starts with its id"),
+    )
 }
 
 impl Builder {
+    /// A builder that keeps at most [`RUN`] entries in memory, the rest in a run file in
+    /// `dir`.
+    fn spilling(dir: &Path) -> Builder {
+        Builder {
+            runs_dir: Some(dir.to_path_buf()),
+            run_len: RUN,
+            ..Builder::default()
+        }
+    }
+
     fn intern(&mut self, s: &str) -> u32 {
         if let Some(at) = self.strings.get(s) {
             return *at;
@@ -270,10 +327,10 @@ impl Builder {
         at
     }
 
-    /// Adds a line; `None` when its id is not 36 bytes long.
-    fn push(&mut self, l: &Listed) -> Option<()> {
+    /// Adds a line; `Err` when its id is not 36 bytes long or a run cannot be written.
+    fn push(&mut self, l: &Listed) -> Result<(), String> {
         if l.id.len() != ID_LEN {
-            return None;
+            return Err(format!("transaction id `{}` is not 36 bytes", l.id));
         }
         let target = self.intern(&l.target);
         let who = self.intern(&l.who);
@@ -291,37 +348,99 @@ impl Builder {
             at += part.len();
         }
         self.entries.push(e);
-        Some(())
+        self.count += 1;
+        if self.entries.len() >= self.run_len {
+            if let Some(dir) = &self.runs_dir {
+                let io = |e: std::io::Error| format!("{RUNS_FILE}: {e}");
+                if self.runs.is_none() {
+                    let f = File::create(dir.join(RUNS_FILE)).map_err(io)?;
+                    self.runs = Some((std::io::BufWriter::with_capacity(1 << 20, f), Vec::new()));
+                }
+                let (w, lens) = self.runs.as_mut().expect("just made");
+                self.entries.sort_unstable_by_key(entry_key);
+                for e in &self.entries {
+                    w.write_all(e).map_err(io)?;
+                }
+                lens.push(self.entries.len() as u64);
+                self.entries.clear();
+            }
+        }
+        Ok(())
     }
 
     fn count(&self) -> u64 {
-        self.entries.len() as u64
+        self.count
     }
 
     /// The snapshot's bytes, its entries sorted by (start time, id).
-    fn finish(mut self) -> Vec<u8> {
-        let started = |e: &[u8; ENTRY_LEN]| {
-            e[ID_LEN + 1..ID_LEN + 9]
-                .iter()
-                .rev()
-                .fold(0u64, |n, b| n << 8 | u64::from(*b))
-        };
-        self.entries.sort_unstable_by(|a, b| {
-            started(a)
-                .cmp(&started(b))
-                .then_with(|| a[..ID_LEN].cmp(&b[..ID_LEN]))
-        });
-        let mut out =
-            Vec::with_capacity(HEADER_LEN + self.table.len() + self.entries.len() * ENTRY_LEN);
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&(self.entries.len() as u64).to_le_bytes());
-        out.extend_from_slice(&(self.table.len() as u64).to_le_bytes());
-        out.extend_from_slice(&crc32fast::hash(&self.table).to_le_bytes());
-        out.extend_from_slice(&self.table);
-        for e in &self.entries {
-            out.extend_from_slice(e);
-        }
+    #[cfg(test)]
+    fn finish(self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.finish_into(&mut out).expect("writes to memory");
         out
+    }
+
+    /// Writes the snapshot to `out`, its entries sorted by (start time, id) (the runs
+    /// merged with what is in memory); returns its length.
+    fn finish_into(mut self, out: &mut impl Write) -> std::io::Result<u64> {
+        self.entries.sort_unstable_by_key(entry_key);
+        out.write_all(MAGIC)?;
+        out.write_all(&self.count.to_le_bytes())?;
+        out.write_all(&(self.table.len() as u64).to_le_bytes())?;
+        out.write_all(&crc32fast::hash(&self.table).to_le_bytes())?;
+        out.write_all(&self.table)?;
+        let len = (HEADER_LEN + self.table.len()) as u64 + self.count * ENTRY_LEN as u64;
+        let Some((w, lens)) = self.runs.take() else {
+            for e in &self.entries {
+                out.write_all(e)?;
+            }
+            return Ok(len);
+        };
+        let path = self
+            .runs_dir
+            .as_ref()
+            .expect("runs have a folder")
+            .join(RUNS_FILE);
+        w.into_inner().map_err(|e| e.into_error())?;
+        // One reader per run, each at its run's first entry, and the entries in memory as
+        // the last run: the smallest head goes out next.
+        let mut readers = Vec::with_capacity(lens.len());
+        let mut at = 0u64;
+        for n in &lens {
+            let mut f = File::open(&path)?;
+            f.seek(SeekFrom::Start(at * ENTRY_LEN as u64))?;
+            readers.push(std::io::BufReader::with_capacity(
+                64 * 1024,
+                f.take(n * ENTRY_LEN as u64),
+            ));
+            at += n;
+        }
+        let mut memory = self.entries.iter();
+        let mut next = |run: usize| -> std::io::Result<Option<[u8; ENTRY_LEN]>> {
+            if run == readers.len() {
+                return Ok(memory.next().copied());
+            }
+            let mut e = [0u8; ENTRY_LEN];
+            match readers[run].read_exact(&mut e) {
+                Ok(()) => Ok(Some(e)),
+                Err(err) if err.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
+                Err(err) => Err(err),
+            }
+        };
+        let mut heads = std::collections::BinaryHeap::new();
+        for run in 0..=lens.len() {
+            if let Some(e) = next(run)? {
+                heads.push(std::cmp::Reverse((entry_key(&e), run, e)));
+            }
+        }
+        while let Some(std::cmp::Reverse((_, run, e))) = heads.pop() {
+            out.write_all(&e)?;
+            if let Some(e) = next(run)? {
+                heads.push(std::cmp::Reverse((entry_key(&e), run, e)));
+            }
+        }
+        let _ = std::fs::remove_file(&path);
+        Ok(len)
     }
 }
 
@@ -466,7 +585,8 @@ impl Snapshot {
         })
     }
 
-    /// Every line (for a compaction).
+    /// Every line.
+    #[cfg(test)]
     fn all(&mut self) -> Result<Vec<Listed>, ListingError> {
         let mut out = Vec::with_capacity(self.count as usize);
         let mut at = 0;
@@ -492,14 +612,21 @@ pub(crate) struct Marker {
     delta_len: u64,
     count: u64,
     changes: u64,
+    /// When the close that wrote it ran (ms since the epoch; lowered to the clock of a later
+    /// open that read an earlier time); 0 in markers older than this field.
+    #[serde(default)]
+    closed_ms: u64,
+    /// The store's [`REMOVED_KEY`] value then (empty: none yet); `None` in older markers.
+    #[serde(default)]
+    removals: Option<String>,
 }
 
 fn read_marker(dir: &Path) -> Option<Marker> {
-    serde_json::from_slice(&std::fs::read(dir.join(MARKER_FILE)).ok()?).ok()
+    read_marker_file(&dir.join(MARKER_FILE))
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    write_renamed(path, bytes, true)
+fn read_marker_file(path: &Path) -> Option<Marker> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
 
 /// Writes `bytes` to a temporary file and renames it to `path`, syncing the file first when
@@ -704,24 +831,59 @@ fn find(snapshot: &mut Snapshot, id: &str) -> Result<Option<(u64, Vec<u8>)>, Lis
 
 // ---- writing (by the store's holder) ----
 
-/// The listing files as the store's last clean close left them, if they describe it.
+/// The listing files as a clean close of the store left them.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Base(Marker);
+pub(crate) enum Base {
+    /// They describe the store as its last clean close left it: this holder's own changes
+    /// bring them up to date.
+    Exact(Marker),
+    /// They describe the store as an earlier clean close left it (a crash came since): what
+    /// changed since then is read from the store's index ([`catch_up`]).
+    Stale(Marker),
+}
 
 /// At the store's open, before anything is written to it: the listing files as a base to
-/// build on when they describe the store as its last clean close (`previous`, its state file
-/// as found) left it. Removes the marker either way: the store is about to change.
+/// build on — exact when they describe the store as its last clean close (`previous`, its
+/// state file as found) left it, stale when they describe an earlier state of the same store
+/// (after a crash). The marker goes either way (the store is about to change): renamed to
+/// [`BASE_FILE`], which outlives a crash of this holder for the next clean close to build on.
 pub(crate) fn take_base(dir: &Path, previous: Option<&SideState>) -> Option<Base> {
     let marker = read_marker(dir);
-    let _ = std::fs::remove_file(dir.join(MARKER_FILE));
-    let (marker, previous) = (marker?, previous?);
+    let kept =
+        marker.is_some() && std::fs::rename(dir.join(MARKER_FILE), dir.join(BASE_FILE)).is_ok();
+    if !kept {
+        // Garbled or not renamed: gone all the same.
+        let _ = std::fs::remove_file(dir.join(MARKER_FILE));
+    }
+    let previous = previous?;
     let len = |f: &str| std::fs::metadata(dir.join(f)).map(|m| m.len()).ok();
-    let good = previous.clean
-        && marker.store == previous.id
-        && marker.writes == previous.writes
-        && len(SNAPSHOT_FILE) == Some(marker.snapshot_len)
-        && len(DELTA_FILE).is_some_and(|l| l >= marker.delta_len);
-    good.then_some(Base(marker))
+    let describes_files = |m: &Marker| {
+        m.store == previous.id
+            && m.writes <= previous.writes
+            && len(SNAPSHOT_FILE) == Some(m.snapshot_len)
+            && len(DELTA_FILE).is_some_and(|l| l >= m.delta_len)
+    };
+    let from_marker = marker.is_some();
+    let mut m = match marker {
+        Some(m) => m,
+        None => read_marker_file(&dir.join(BASE_FILE))?,
+    };
+    if !describes_files(&m) {
+        return None;
+    }
+    // A clock that reads earlier than the base's close stepped back: a catch-up looks for
+    // transactions started since from this earlier time (kept, for a crash of this holder).
+    let now = now_ms();
+    if now < m.closed_ms {
+        m.closed_ms = now;
+        if let Ok(text) = serde_json::to_vec(&m) {
+            let _ = write_renamed(&dir.join(BASE_FILE), &text, false);
+        }
+    }
+    if from_marker && previous.clean && m.writes == previous.writes {
+        return Some(Base::Exact(m));
+    }
+    Some(Base::Stale(m))
 }
 
 /// What a store holder saw written to its transaction summaries since it opened: the last
@@ -762,10 +924,11 @@ fn listed_of(id: &[u8], v: &[u8]) -> Result<Listed, String> {
 }
 
 /// After the store closed cleanly with `writes` writes: brings the listing files up to date
-/// (appending this session's changes to the delta, compacting it into the snapshot when it
-/// has grown, or rebuilding both from the store's summaries when there is no base or the
-/// changes were too many) and writes the marker last. A failure leaves no marker (the next
-/// `tx list` reads sled) and is only logged.
+/// (appending this session's changes to the delta — or, after a crash, what changed since
+/// the files were written, read from the store's index — compacting the delta into the
+/// snapshot when it has grown, or rebuilding both from the store's summaries when there is
+/// no base or what changed cannot be known) and writes the marker last. A failure leaves no
+/// marker (the next `tx list` reads sled) and is only logged.
 pub(crate) fn after_clean_close(
     store: &dyn Store,
     dir: &Path,
@@ -774,26 +937,41 @@ pub(crate) fn after_clean_close(
     base: Option<Base>,
     changes: Changes,
 ) {
-    if changes.leave_rebuild && (base.is_none() || changes.overflowed) {
+    if changes.leave_rebuild && base.is_none() {
         // No marker: `tx list` reads sled until a writer's clean close rebuilds the files.
         tracing::debug!("left the listing file's rebuild to the next writer of the store");
         return;
     }
     let started = std::time::Instant::now();
     match update(store, dir, store_id, writes, base, changes) {
-        Ok(rebuilt) => {
-            if rebuilt {
-                tracing::debug!(
-                    took_ms = started.elapsed().as_millis() as u64,
-                    "rebuilt the listing file"
-                );
-            }
-        }
+        Ok(Updated::Rebuilt) => tracing::debug!(
+            took_ms = started.elapsed().as_millis() as u64,
+            "rebuilt the listing file"
+        ),
+        Ok(Updated::CaughtUp(n)) => tracing::debug!(
+            took_ms = started.elapsed().as_millis() as u64,
+            changes = n,
+            "brought the listing file up to date after an unclean stop"
+        ),
+        Ok(Updated::Appended | Updated::LeftToWriters) => {}
         Err(e) => tracing::warn!(
             "the listing file of `{}` was not updated ({e}); `tx list` will open the store",
             dir.display()
         ),
     }
+}
+
+/// What [`update`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Updated {
+    /// Appended this holder's changes (or compacted them in).
+    Appended,
+    /// Brought stale files up to date with this many changes (appended or compacted).
+    CaughtUp(u64),
+    /// Rebuilt the files from every summary.
+    Rebuilt,
+    /// Nothing (a reader whose files would need a rebuild): no marker.
+    LeftToWriters,
 }
 
 fn update(
@@ -803,120 +981,276 @@ fn update(
     writes: u64,
     base: Option<Base>,
     changes: Changes,
-) -> Result<bool, String> {
+) -> Result<Updated, String> {
     let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
-    let incremental = match (&base, changes.overflowed) {
-        (Some(Base(m)), false) => {
-            let mut appended = Vec::new();
-            let mut n = 0u64;
+    let removals = String::from_utf8_lossy(
+        &store
+            .get(Space::Meta, REMOVED_KEY)
+            .map_err(|e| e.to_string())?
+            .unwrap_or_default(),
+    )
+    .into_owned();
+    let fresh = |m: Marker| Marker {
+        store: store_id.to_string(),
+        writes,
+        closed_ms: now_ms(),
+        removals: Some(removals.clone()),
+        ..m
+    };
+    let (m, pending, caught_up) = match base {
+        Some(Base::Exact(m)) if !changes.overflowed => {
+            let mut pending = Vec::with_capacity(changes.latest.len());
             for (id, v) in &changes.latest {
-                let change = match v {
+                pending.push(match v {
                     Some(v) => Change::Upsert(listed_of(id, v)?),
                     None => Change::Removed(String::from_utf8_lossy(id).into_owned()),
-                };
-                if change.id().len() != ID_LEN {
-                    return Err(format!("transaction id `{}` is not 36 bytes", change.id()));
-                }
-                encode_change(&change, &mut appended);
-                n += 1;
+                });
             }
-            Some((m.clone(), appended, n))
+            (m, pending, false)
         }
-        _ => None,
+        Some(Base::Exact(m) | Base::Stale(m)) => match catch_up(store, dir, &m, &removals)? {
+            Some(pending) => (m, pending, true),
+            None if changes.leave_rebuild => return Ok(Updated::LeftToWriters),
+            None => {
+                let marker =
+                    write_snapshot(dir, store_id, writes, read_all(store, dir)?, &removals)?;
+                write_marker(dir, &marker)?;
+                return Ok(Updated::Rebuilt);
+            }
+        },
+        None => {
+            let marker = write_snapshot(dir, store_id, writes, read_all(store, dir)?, &removals)?;
+            write_marker(dir, &marker)?;
+            return Ok(Updated::Rebuilt);
+        }
     };
-    let (marker, rebuilt) = match incremental {
-        Some((m, _, 0)) => (
-            Marker {
-                store: store_id.to_string(),
-                writes,
-                ..m
-            },
-            false,
-        ),
-        Some((m, appended, n)) if m.changes + n <= (m.count / 8).max(4096) => {
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .open(dir.join(DELTA_FILE))
-                .map_err(|e| io("delta", e))?;
-            f.set_len(m.delta_len).map_err(|e| io("delta", e))?;
-            f.seek(SeekFrom::Start(m.delta_len))
-                .and_then(|_| f.write_all(&appended))
-                .and_then(|()| f.sync_data())
-                .map_err(|e| io("delta", e))?;
-            (
-                Marker {
-                    store: store_id.to_string(),
-                    writes,
-                    delta_len: m.delta_len + appended.len() as u64,
-                    changes: m.changes + n,
-                    ..m
-                },
-                false,
-            )
+    let n = pending.len() as u64;
+    let done = if caught_up {
+        Updated::CaughtUp(n)
+    } else {
+        Updated::Appended
+    };
+    let mut appended = Vec::new();
+    for change in &pending {
+        if change.id().len() != ID_LEN {
+            return Err(format!("transaction id `{}` is not 36 bytes", change.id()));
         }
-        Some((m, appended, _)) => {
-            // Compaction: the snapshot, its delta and this session's changes in one snapshot.
-            let mut snapshot = Snapshot::open(&dir.join(SNAPSHOT_FILE), m.snapshot_len)
-                .map_err(|e| e.to_string())?;
-            let mut lines: HashMap<String, Listed> = snapshot
-                .all()
-                .map_err(|e| e.to_string())?
-                .into_iter()
-                .map(|l| (l.id.clone(), l))
-                .collect();
-            let mut delta = Vec::new();
-            File::open(dir.join(DELTA_FILE))
-                .and_then(|f| f.take(m.delta_len).read_to_end(&mut delta))
-                .map_err(|e| io("delta", e))?;
-            delta.extend_from_slice(&appended);
-            for c in decode_changes(&delta).0 {
-                match c {
-                    Change::Upsert(l) => {
-                        lines.insert(l.id.clone(), l);
-                    }
-                    Change::Removed(id) => {
-                        lines.remove(&id);
-                    }
+        encode_change(change, &mut appended);
+    }
+    let marker = if n == 0 {
+        fresh(m)
+    } else if m.changes + n <= (m.count / 8).max(4096) {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join(DELTA_FILE))
+            .map_err(|e| io("delta", e))?;
+        // Past the base's length: a torn append of a close that crashed before its marker.
+        f.set_len(m.delta_len).map_err(|e| io("delta", e))?;
+        f.seek(SeekFrom::Start(m.delta_len))
+            .and_then(|_| f.write_all(&appended))
+            .and_then(|()| f.sync_data())
+            .map_err(|e| io("delta", e))?;
+        let delta_len = m.delta_len + appended.len() as u64;
+        let changes = m.changes + n;
+        Marker {
+            delta_len,
+            changes,
+            ..fresh(m)
+        }
+    } else {
+        // Compaction: the snapshot, its delta and these changes in one snapshot, read a
+        // chunk at a time (only the changes are held, by id).
+        let mut snapshot =
+            Snapshot::open(&dir.join(SNAPSHOT_FILE), m.snapshot_len).map_err(|e| e.to_string())?;
+        let mut changed: HashMap<String, Option<Listed>> = HashMap::new();
+        for c in read_delta(dir, &m)?.into_iter().chain(pending) {
+            match c {
+                Change::Upsert(l) => changed.insert(l.id.clone(), Some(l)),
+                Change::Removed(id) => changed.insert(id, None),
+            };
+        }
+        let mut b = Builder::spilling(dir);
+        let mut at = 0;
+        while at < snapshot.count {
+            let to = (at + CHUNK as u64 * 8).min(snapshot.count);
+            for e in snapshot.read(at, to).map_err(|e| e.to_string())? {
+                if !changed.contains_key(std::str::from_utf8(&e.id).unwrap_or_default()) {
+                    b.push(&snapshot.listed(&e).map_err(|e| e.to_string())?)?;
                 }
             }
-            (
-                write_snapshot(dir, store_id, writes, {
-                    let mut b = Builder::default();
-                    for l in lines.values() {
-                        b.push(l).ok_or("a transaction id is not 36 bytes")?;
-                    }
-                    b
-                })?,
-                true,
-            )
+            at = to;
         }
-        None => (
-            write_snapshot(dir, store_id, writes, read_all(store)?)?,
-            true,
-        ),
+        for l in changed.values().flatten() {
+            b.push(l)?;
+        }
+        drop(changed);
+        write_snapshot(dir, store_id, writes, b, &removals)?
     };
-    let text = serde_json::to_vec(&marker).map_err(|e| e.to_string())?;
+    write_marker(dir, &marker)?;
+    Ok(done)
+}
+
+/// Writes the marker (and the base), last.
+fn write_marker(dir: &Path, marker: &Marker) -> Result<(), String> {
+    let text = serde_json::to_vec(marker).map_err(|e| e.to_string())?;
     // What the marker describes is durable before it is written (the delta's sync above, or
     // the snapshot's, the delta's and the folder's in `write_snapshot`). The marker itself
     // need not be: one lost or left empty by a power cut sends the next `tx list` to sled,
     // never to a wrong answer (the state file, synced before, decides). So it is written
     // and renamed without syncs: a clean close costs one sync here instead of three
     // (BENCHMARKS.md, "Issue 11: small stores' disk").
-    write_renamed(&dir.join(MARKER_FILE), &text, false).map_err(|e| io("marker", e))?;
-    Ok(rebuilt)
+    // The base too: the same words, for a catch-up if the marker is lost (a power cut: it
+    // is not synced) before an open keeps it.
+    write_renamed(&dir.join(BASE_FILE), &text, false).map_err(|e| format!("base: {e}"))?;
+    write_renamed(&dir.join(MARKER_FILE), &text, false).map_err(|e| format!("marker: {e}"))
 }
 
-/// Every summary of the store, packed for a snapshot.
-fn read_all(store: &dyn Store) -> Result<Builder, String> {
-    let mut out = Builder::default();
+/// The delta's changes up to the length `m` gives.
+fn read_delta(dir: &Path, m: &Marker) -> Result<Vec<Change>, String> {
+    let mut delta = Vec::new();
+    File::open(dir.join(DELTA_FILE))
+        .and_then(|f| f.take(m.delta_len).read_to_end(&mut delta))
+        .map_err(|e| format!("delta: {e}"))?;
+    let (changes, read) = decode_changes(&delta);
+    if read as u64 != m.delta_len || changes.len() as u64 != m.changes {
+        return Err("the delta is not what its marker says".into());
+    }
+    Ok(changes)
+}
+
+/// Whether a line can still change: anything but committed and rolled back (which nothing
+/// changes any more; only retention removes them).
+fn may_change(state: TxnState) -> bool {
+    !index::prunable(state)
+}
+
+/// After an unclean stop: the changes that bring the files `m` describes (written by an
+/// earlier clean close) up to date with the store, read from what can have changed since
+/// — the lines that could still change (their summaries read again) and the transactions
+/// started since (the index by start time, from the close less [`CLOCK_MARGIN_MS`]) — so it
+/// costs what changed, not the store. `None` when that is not enough to know: a
+/// transaction was removed since (retention: `removals`, the store's [`REMOVED_KEY`], is not
+/// what `m` saw), the marker predates these fields, or the index is not built; the caller
+/// rebuilds then.
+fn catch_up(
+    store: &dyn Store,
+    dir: &Path,
+    m: &Marker,
+    removals: &str,
+) -> Result<Option<Vec<Change>>, String> {
+    if m.closed_ms == 0 || m.removals.as_deref() != Some(removals) {
+        return Ok(None);
+    }
+    if !index::is_built(store).map_err(|e| e.to_string())? {
+        return Ok(None);
+    }
+    let mut snapshot =
+        Snapshot::open(&dir.join(SNAPSHOT_FILE), m.snapshot_len).map_err(|e| e.to_string())?;
+    if snapshot.count != m.count {
+        return Err("the snapshot's count is not its marker's".into());
+    }
+    // The delta's latest line of each transaction it touches.
+    let mut delta: HashMap<String, Option<Listed>> = HashMap::new();
+    for c in read_delta(dir, m)? {
+        match c {
+            Change::Upsert(l) => delta.insert(l.id.clone(), Some(l)),
+            Change::Removed(id) => delta.insert(id, None),
+        };
+    }
+    // The lines that could still change: read again (a change only for those that did).
+    let mut again: Vec<Listed> = delta
+        .values()
+        .flatten()
+        .filter(|l| may_change(l.state))
+        .cloned()
+        .collect();
+    let mut at = 0;
+    while at < snapshot.count {
+        let to = (at + CHUNK as u64 * 8).min(snapshot.count);
+        for e in snapshot.read(at, to).map_err(|e| e.to_string())? {
+            if state_of(e.state).is_some_and(may_change)
+                && !delta.contains_key(std::str::from_utf8(&e.id).unwrap_or_default())
+            {
+                again.push(snapshot.listed(&e).map_err(|e| e.to_string())?);
+            }
+        }
+        at = to;
+    }
+    let mut out = Vec::new();
+    let reread = |id: &str, was: Option<&Listed>, out: &mut Vec<Change>| -> Result<(), String> {
+        match index::summary(store, id).map_err(|e| e.to_string())? {
+            Some(s) => {
+                let now = Listed::from(&s);
+                if was != Some(&now) {
+                    out.push(Change::Upsert(now));
+                }
+            }
+            None => out.push(Change::Removed(id.to_string())),
+        }
+        Ok(())
+    };
+    for l in &again {
+        reread(&l.id, Some(l), &mut out)?;
+    }
+    // The transactions started since: those the files do not hold. The index and the
+    // snapshot are both in (start, id) order, so the snapshot's tail is read alongside.
+    let from = m.closed_ms.min(now_ms()).saturating_sub(CLOCK_MARGIN_MS);
+    let mut pos = snapshot
+        .lower_bound((from, &[]))
+        .map_err(|e| e.to_string())?;
+    let mut tail: std::collections::VecDeque<Entry> = std::collections::VecDeque::new();
+    let mut after: Option<(u64, String)> = None;
+    loop {
+        let keys = index::started_since(
+            store,
+            from,
+            after.as_ref().map(|(ms, id)| (*ms, id.as_str())),
+            CATCH_UP_PAGE,
+        )
+        .map_err(|e| e.to_string())?;
+        for (ms, id) in &keys {
+            // Past the snapshot's entries below this key.
+            let held = loop {
+                if tail.is_empty() && pos < snapshot.count {
+                    let to = (pos + CHUNK as u64).min(snapshot.count);
+                    tail.extend(snapshot.read(pos, to).map_err(|e| e.to_string())?);
+                    pos = to;
+                }
+                match tail.front() {
+                    Some(e) if (e.started_ms, e.id.as_slice()) < (*ms, id.as_bytes()) => {
+                        tail.pop_front();
+                    }
+                    Some(e) => break (e.started_ms, e.id.as_slice()) == (*ms, id.as_bytes()),
+                    None => break false,
+                }
+            };
+            let known = match delta.get(id) {
+                Some(line) => line.is_some(),
+                None => held,
+            };
+            // A line held that could change was read above; one that cannot is as it was.
+            if !known {
+                reread(id, None, &mut out)?;
+            }
+        }
+        match keys.last() {
+            Some(last) if keys.len() == CATCH_UP_PAGE => after = Some(last.clone()),
+            _ => break,
+        }
+    }
+    Ok(Some(out))
+}
+
+/// Every summary of the store, packed for a snapshot (runs beyond [`RUN`] lines in `dir`).
+fn read_all(store: &dyn Store, dir: &Path) -> Result<Builder, String> {
+    let mut out = Builder::spilling(dir);
     let mut from: Vec<u8> = Vec::new();
     loop {
         let page = store
             .scan_range(Space::Txns, KeyRange::new(&from, None), 1024, false)
             .map_err(|e| e.to_string())?;
         for (k, v) in &page {
-            out.push(&listed_of(k, v)?)
-                .ok_or("a transaction id is not 36 bytes")?;
+            out.push(&listed_of(k, v)?)?;
         }
         match page.last() {
             Some((last, _)) if page.len() == 1024 => {
@@ -929,12 +1263,43 @@ fn read_all(store: &dyn Store) -> Result<Builder, String> {
     Ok(out)
 }
 
+/// Writes the snapshot of `b` to a temporary file, syncs it and renames it to `path`;
+/// returns its length.
+fn write_snapshot_file(path: &Path, b: Builder) -> std::io::Result<u64> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
+    let len = b.finish_into(&mut w)?;
+    let f = w.into_inner().map_err(|e| e.into_error())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    Ok(len)
+}
+
 /// Writes a new snapshot of the lines in `b` and an empty delta; returns the marker
-/// describing them.
-fn write_snapshot(dir: &Path, store_id: &str, writes: u64, b: Builder) -> Result<Marker, String> {
+/// describing them (`removals`: the store's [`REMOVED_KEY`] value).
+fn write_snapshot(
+    dir: &Path,
+    store_id: &str,
+    writes: u64,
+    b: Builder,
+    removals: &str,
+) -> Result<Marker, String> {
+    // No marker or base may describe the files being replaced: gone, durably, first.
+    for f in [MARKER_FILE, BASE_FILE] {
+        match std::fs::remove_file(dir.join(f)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("{f}: {e}")),
+        }
+    }
+    sync_dir(dir).map_err(|e| format!("store folder: {e}"))?;
     let count = b.count();
-    let bytes = b.finish();
-    write_atomically(&dir.join(SNAPSHOT_FILE), &bytes).map_err(|e| format!("snapshot: {e}"))?;
+    let snapshot_len =
+        write_snapshot_file(&dir.join(SNAPSHOT_FILE), b).map_err(|e| format!("snapshot: {e}"))?;
+    // Runs a rebuild cut short by a crash left (this one removed its own).
+    let _ = std::fs::remove_file(dir.join(RUNS_FILE));
     File::create(dir.join(DELTA_FILE))
         .and_then(|f| f.sync_all())
         .map_err(|e| format!("delta: {e}"))?;
@@ -943,10 +1308,12 @@ fn write_snapshot(dir: &Path, store_id: &str, writes: u64, b: Builder) -> Result
     Ok(Marker {
         store: store_id.to_string(),
         writes,
-        snapshot_len: bytes.len() as u64,
+        snapshot_len,
         delta_len: 0,
         count,
         changes: 0,
+        closed_ms: now_ms(),
+        removals: Some(removals.to_string()),
     })
 }
 
@@ -1058,6 +1425,44 @@ mod tests {
             let path = dir.path().join(SNAPSHOT_FILE);
             std::fs::write(&path, &bytes[..cut]).expect("write");
             prop_assert!(Snapshot::open(&path, cut as u64).is_err());
+        }
+    }
+
+    /// A snapshot made with its entries spilled to sorted runs (and merged back) is the
+    /// snapshot made in memory, byte for byte, and the run file is gone after.
+    #[test]
+    fn a_spilled_snapshot_is_the_one_made_in_memory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let states = [TxnState::Committed, TxnState::Running, TxnState::RolledBack];
+        // Starts out of order and repeated, as summaries come from the store in id order.
+        let lines: Vec<Listed> = (0..1000u64)
+            .map(|n| Listed {
+                started_ms: (n * 7919) % 333,
+                ..line(
+                    n,
+                    states[(n % 3) as usize],
+                    ["A/One", "B/Two", "C/Three"][(n % 3) as usize],
+                    ["alice", "bob"][(n % 2) as usize],
+                )
+            })
+            .collect();
+        for run_len in [1, 7, 64, 999, 1000, 5000] {
+            let mut spilled = Builder {
+                run_len,
+                ..Builder::spilling(dir.path())
+            };
+            for l in &lines {
+                spilled.push(l).expect("pushed");
+            }
+            let mut got = Vec::new();
+            let len = spilled.finish_into(&mut got).expect("written");
+            assert_eq!(len, got.len() as u64);
+            assert_eq!(
+                Some(got),
+                encode_snapshot(lines.clone()),
+                "runs of {run_len}"
+            );
+            assert!(!dir.path().join(RUNS_FILE).exists());
         }
     }
 
@@ -1346,9 +1751,11 @@ mod tests {
         drop(reader);
         assert_eq!(list(&dir, &q).expect("still answers"), all);
 
-        // Stale files (as after a crash: no marker): a reader answers from the index and
+        // Files nothing describes (no marker, no base: as a store from before the base
+        // file, or one whose rebuild was cut short): a reader answers from the index and
         // rebuilds nothing.
         std::fs::remove_file(dir.join(MARKER_FILE)).expect("marker removed");
+        std::fs::remove_file(dir.join(BASE_FILE)).expect("base removed");
         let reader = crate::SledStore::open(&dir).expect("opens");
         reader.leave_listing_rebuild_to_writers();
         let p = super::super::index::list(&reader, &q).await.expect("lists");
@@ -1378,5 +1785,434 @@ mod tests {
 
     fn all_id(n: u64) -> String {
         line(n, TxnState::Committed, "", "").id
+    }
+
+    /// A summary started `ago_ms` before now (transactions made after a close start after it).
+    fn recent(n: u64, state: TxnState, ago_ms: u64) -> TxnSummary {
+        let now = now_ms();
+        TxnSummary {
+            started_ms: now - ago_ms,
+            updated_ms: now - ago_ms / 2,
+            ..summary(n, state)
+        }
+    }
+
+    async fn remove(store: &crate::SledStore, summaries: &[TxnSummary]) {
+        let mut batch = crate::store::Batch::new();
+        for s in summaries {
+            batch.delete(Space::Txns, s.id.as_bytes().to_vec());
+            super::super::index::remove(&mut batch, s);
+        }
+        store.write(batch, true).await.expect("removed");
+    }
+
+    fn state_file(dir: &Path) -> PathBuf {
+        let mut p = dir.as_os_str().to_owned();
+        p.push(".state");
+        PathBuf::from(p)
+    }
+
+    /// Runs `session` on the store in `dir` as a holder that crashes: what reaches the store
+    /// stays (its clean close writes it to sled, as the next open's replay of the log would),
+    /// but the listing files and the state file are put back as they were once it opened
+    /// (marker taken, "not clean"): the close's update of the listing never happened.
+    async fn crashing<F, Fut>(dir: &Path, session: F)
+    where
+        F: FnOnce(crate::SledStore) -> Fut,
+        Fut: std::future::Future<Output = crate::SledStore>,
+    {
+        let store = crate::SledStore::open(dir).expect("opens");
+        let files = [SNAPSHOT_FILE, DELTA_FILE, MARKER_FILE, BASE_FILE];
+        let mut kept: Vec<(PathBuf, Option<Vec<u8>>)> = files
+            .iter()
+            .map(|f| dir.join(f))
+            .chain([state_file(dir)])
+            .map(|p| {
+                let bytes = std::fs::read(&p).ok();
+                (p, bytes)
+            })
+            .collect();
+        assert!(
+            kept[2].1.is_none(),
+            "the open takes the marker before anything is written"
+        );
+        let store = session(store).await;
+        store.close();
+        drop(store);
+        for (path, bytes) in kept.drain(..) {
+            match bytes {
+                Some(b) => std::fs::write(&path, b).expect("put back"),
+                None => {
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        assert!(matches!(
+            list(
+                dir,
+                &TxnQuery {
+                    limit: 1,
+                    ..TxnQuery::default()
+                }
+            ),
+            Err(ListingError::Unavailable(_))
+        ));
+    }
+
+    /// After a crash, the next clean close brings the listing files up to date from what
+    /// changed since they were written (the base the open kept), not from every summary:
+    /// new transactions (finished or not), transactions in flight at the crash, finished
+    /// since, and a session's own changes; a removal since sends it to a full rebuild.
+    #[tokio::test]
+    async fn after_a_crash_the_listing_catches_up_with_what_changed() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("journal");
+        let store = crate::SledStore::open(&dir).expect("opens");
+        let states = [
+            TxnState::Committed,
+            TxnState::RolledBack,
+            TxnState::Running,
+            TxnState::RollbackFailed,
+            TxnState::Committed,
+            TxnState::RollingBack,
+            TxnState::Queued,
+        ];
+        let first: Vec<TxnSummary> = (0..700)
+            .map(|n| summary(n, states[n as usize % 7]))
+            .collect();
+        put(&store, &first, None).await;
+        store.close();
+        drop(store);
+        let marker = read_marker(&dir).expect("a marker");
+        assert_eq!((marker.count, marker.changes), (700, 0));
+        same_as_the_index(&dir).await;
+
+        // A holder crashes: it finished some of the unfinished ones, made new ones (some
+        // finished, some still in flight at the crash) and moved a rollback_failed one on.
+        let new: Vec<TxnSummary> = (1000..1100)
+            .map(|n| recent(n, states[n as usize % 7], 30_000 - n))
+            .collect();
+        let in_flight: Vec<TxnSummary> = new
+            .iter()
+            .filter(|s| s.state == TxnState::Running)
+            .cloned()
+            .collect();
+        crashing(&dir, |store| async move {
+            let finished: Vec<TxnSummary> = (2..700)
+                .step_by(7)
+                .take(40)
+                .map(|n| TxnSummary {
+                    updated_ms: now_ms(),
+                    ..summary(n, TxnState::Committed)
+                })
+                .collect();
+            put(&store, &finished, Some(TxnState::Running)).await;
+            let resolved: Vec<TxnSummary> = (3..700)
+                .step_by(7)
+                .take(5)
+                .map(|n| summary(n, TxnState::RolledBack))
+                .collect();
+            put(&store, &resolved, Some(TxnState::RollbackFailed)).await;
+            put(&store, &new, None).await;
+            store
+        })
+        .await;
+        assert!(dir.join(BASE_FILE).exists(), "the open kept the base");
+
+        // The next holder (the in-flight ones move on, one more comes) closes: caught up.
+        let store = crate::SledStore::open(&dir).expect("opens");
+        let recovered: Vec<TxnSummary> = in_flight
+            .iter()
+            .map(|s| TxnSummary {
+                state: TxnState::RolledBack,
+                updated_ms: now_ms(),
+                ..s.clone()
+            })
+            .collect();
+        put(&store, &recovered, Some(TxnState::Running)).await;
+        put(&store, &[recent(1200, TxnState::Running, 0)], None).await;
+        store.close();
+        drop(store);
+        let marker = read_marker(&dir).expect("a marker");
+        assert_eq!(marker.count, 700, "caught up, not rebuilt: {marker:?}");
+        assert!(marker.changes > 100, "{marker:?}");
+        same_as_the_index(&dir).await;
+
+        // Two crashes in a row, the second one's holder writing nothing: still caught up,
+        // with one change (the unfinished lines that did not change are not written again).
+        let before = read_marker(&dir).expect("a marker").changes;
+        crashing(&dir, |store| async move {
+            put(&store, &[recent(1300, TxnState::Committed, 10)], None).await;
+            store
+        })
+        .await;
+        crashing(&dir, |store| async move { store }).await;
+        // A reader closing after a crash catches up too (it costs what changed).
+        let reader = crate::SledStore::open(&dir).expect("opens");
+        reader.leave_listing_rebuild_to_writers();
+        reader.close();
+        drop(reader);
+        let marker = read_marker(&dir).expect("a reader caught up");
+        assert_eq!(
+            (marker.count, marker.changes),
+            (700, before + 1),
+            "{marker:?}"
+        );
+        same_as_the_index(&dir).await;
+
+        // A crashed holder removed transactions (retention): the reader leaves the files
+        // alone, the next writer rebuilds them.
+        crashing(&dir, |store| async move {
+            let gone: Vec<TxnSummary> = (0..700)
+                .step_by(7)
+                .skip(50)
+                .map(|n| summary(n, TxnState::Committed))
+                .collect();
+            remove(&store, &gone).await;
+            store
+        })
+        .await;
+        let reader = crate::SledStore::open(&dir).expect("opens");
+        reader.leave_listing_rebuild_to_writers();
+        reader.close();
+        drop(reader);
+        assert!(read_marker(&dir).is_none(), "no rebuild by a reader");
+        let writer = crate::SledStore::open(&dir).expect("opens");
+        put(&writer, &[recent(1400, TxnState::Running, 0)], None).await;
+        writer.close();
+        drop(writer);
+        let marker = read_marker(&dir).expect("rebuilt");
+        assert_eq!(marker.changes, 0, "rebuilt: {marker:?}");
+        assert_eq!(marker.count, 700 + 100 + 1 + 1 + 1 - 50);
+
+        // That marker lost before any open (a power cut: it is not synced): the base written
+        // beside it lets a reader catch up.
+        std::fs::remove_file(dir.join(MARKER_FILE)).expect("marker removed");
+        let reader = crate::SledStore::open(&dir).expect("opens");
+        reader.leave_listing_rebuild_to_writers();
+        reader.close();
+        drop(reader);
+        let caught_up = read_marker(&dir).expect("a reader caught up");
+        assert_eq!(
+            (caught_up.snapshot_len, caught_up.count, caught_up.changes),
+            (marker.snapshot_len, marker.count, 0),
+            "{caught_up:?}"
+        );
+        same_as_the_index(&dir).await;
+    }
+
+    /// A clean close cut short after it appended to the delta, before its marker and base
+    /// were written: the base the open kept still describes the files (the append went past
+    /// its length), and the next close catches up from it.
+    #[tokio::test]
+    async fn a_close_cut_short_after_its_delta_append_is_caught_up() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("journal");
+        let store = crate::SledStore::open(&dir).expect("opens");
+        let first: Vec<TxnSummary> = (0..400)
+            .map(|n| {
+                summary(
+                    n,
+                    if n % 5 == 0 {
+                        TxnState::Running
+                    } else {
+                        TxnState::Committed
+                    },
+                )
+            })
+            .collect();
+        put(&store, &first, None).await;
+        super::super::index::ensure(&store).await.expect("indexed");
+        store.close();
+        drop(store);
+        let base = std::fs::read(dir.join(BASE_FILE)).expect("a base beside the marker");
+        let delta_before = std::fs::metadata(dir.join(DELTA_FILE))
+            .expect("delta")
+            .len();
+
+        let store = crate::SledStore::open(&dir).expect("opens");
+        let finished: Vec<TxnSummary> = (0..400)
+            .step_by(10)
+            .map(|n| TxnSummary {
+                updated_ms: now_ms(),
+                ..summary(n, TxnState::RolledBack)
+            })
+            .collect();
+        put(&store, &finished, Some(TxnState::Running)).await;
+        let new: Vec<TxnSummary> = (500..560)
+            .map(|n| recent(n, TxnState::Committed, 5_000))
+            .collect();
+        put(&store, &new, None).await;
+        store.close();
+        drop(store);
+        assert!(
+            std::fs::metadata(dir.join(DELTA_FILE))
+                .expect("delta")
+                .len()
+                > delta_before
+        );
+        // Cut short: the state file says closed cleanly, the delta holds the append, but
+        // neither the marker nor the new base were written.
+        std::fs::remove_file(dir.join(MARKER_FILE)).expect("marker removed");
+        std::fs::write(dir.join(BASE_FILE), &base).expect("the open's base put back");
+        assert!(matches!(
+            list(
+                &dir,
+                &TxnQuery {
+                    limit: 1,
+                    ..TxnQuery::default()
+                }
+            ),
+            Err(ListingError::Unavailable(_))
+        ));
+        let reader = crate::SledStore::open(&dir).expect("opens");
+        reader.leave_listing_rebuild_to_writers();
+        reader.close();
+        drop(reader);
+        let marker = read_marker(&dir).expect("caught up");
+        assert_eq!(marker.count, 400, "not rebuilt: {marker:?}");
+        same_as_the_index(&dir).await;
+    }
+
+    /// A tiny deterministic generator (the test needs no crate for it).
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+    }
+
+    /// Sessions that crash or close cleanly at random, each making new transactions, moving
+    /// unfinished ones on and (now and then) pruning finished ones: after each clean close
+    /// the listing answers every query as the index does.
+    #[tokio::test]
+    async fn random_sessions_and_crashes_keep_the_listing_equal_to_the_index() {
+        for seed in [7u64, 1234, 99_991, 5, 31_337] {
+            let tmp = tempfile::tempdir().expect("tempdir");
+            let dir = tmp.path().join("journal");
+            let mut rng = Rng(seed);
+            // What the store holds: id number → summary.
+            let mut held: std::collections::BTreeMap<u64, TxnSummary> = Default::default();
+            let mut next = 0u64;
+            for _round in 0..16 {
+                let crash = rng.below(2) == 0;
+                let mut new = Vec::new();
+                for _ in 0..rng.below(60) + 1 {
+                    let st = TxnState::ALL[rng.below(TxnState::ALL.len() as u64) as usize];
+                    // Some start a little before now (within the catch-up's margin).
+                    new.push(recent(next, st, rng.below(600_000)));
+                    next += 1;
+                }
+                let mut moved = Vec::new();
+                for s in held.values() {
+                    if may_change(s.state) && rng.below(3) == 0 {
+                        let st = TxnState::ALL[rng.below(TxnState::ALL.len() as u64) as usize];
+                        moved.push((
+                            s.state,
+                            TxnSummary {
+                                state: st,
+                                updated_ms: now_ms(),
+                                ..s.clone()
+                            },
+                        ));
+                    }
+                }
+                let pruned: Vec<TxnSummary> = if rng.below(6) == 0 {
+                    held.values()
+                        .filter(|s| !may_change(s.state) && rng.below(5) == 0)
+                        .cloned()
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                let session = |store: crate::SledStore| {
+                    let (new, moved, pruned) = (new.clone(), moved.clone(), pruned.clone());
+                    async move {
+                        // As every command that reads the index does (a catch-up needs it).
+                        super::super::index::ensure(&store).await.expect("indexed");
+                        if !new.is_empty() {
+                            put(&store, &new, None).await;
+                        }
+                        for (before, s) in &moved {
+                            put(&store, std::slice::from_ref(s), Some(*before)).await;
+                        }
+                        if !pruned.is_empty() {
+                            remove(&store, &pruned).await;
+                        }
+                        store
+                    }
+                };
+                if crash {
+                    crashing(&dir, session).await;
+                } else {
+                    let store = session(crate::SledStore::open(&dir).expect("opens")).await;
+                    store.close();
+                    drop(store);
+                }
+                for s in new.into_iter().chain(moved.into_iter().map(|(_, s)| s)) {
+                    held.insert(s.id.as_str()[24..].parse::<u64>().expect("n"), s);
+                }
+                for s in &pruned {
+                    held.remove(&s.id.as_str()[24..].parse::<u64>().expect("n"));
+                }
+                if !crash {
+                    assert_listing_is(&dir, &held, seed);
+                }
+            }
+            // A last clean close after whatever came last.
+            crate::SledStore::open(&dir).expect("opens").close();
+            assert_listing_is(&dir, &held, seed);
+        }
+    }
+
+    /// The listing in `dir` answers as the transactions `held` say, for several queries.
+    fn assert_listing_is(
+        dir: &Path,
+        held: &std::collections::BTreeMap<u64, TxnSummary>,
+        seed: u64,
+    ) {
+        let all: Vec<Listed> = held.values().map(Listed::from).collect();
+        let cursor = all.get(all.len() / 2).map(|l| l.id.clone());
+        let mut queries = vec![
+            TxnQuery {
+                limit: 10_000,
+                ..TxnQuery::default()
+            },
+            TxnQuery {
+                limit: 7,
+                ..TxnQuery::default()
+            },
+            TxnQuery {
+                state: Some(TxnState::Running),
+                limit: 10_000,
+                ..TxnQuery::default()
+            },
+            TxnQuery {
+                subject: Some("alice".into()),
+                procedure: Some("B/Two".into()),
+                limit: 10_000,
+                ..TxnQuery::default()
+            },
+            TxnQuery {
+                since_ms: Some(now_ms() - 300_000),
+                limit: 10_000,
+                ..TxnQuery::default()
+            },
+        ];
+        if let Some(c) = cursor {
+            queries.push(TxnQuery {
+                after: Some(c),
+                limit: 15,
+                ..TxnQuery::default()
+            });
+        }
+        for q in &queries {
+            let got = list(dir, q).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+            assert_eq!(got, expected(&all, q), "seed {seed}: {q:?}");
+        }
     }
 }
