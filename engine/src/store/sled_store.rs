@@ -680,9 +680,10 @@ impl SledStore {
 
     /// Marks this holder as one that only reads (a `tx list` or `tx show` from the CLI):
     /// its clean close keeps the listing files (`txn::listing`) up to date when they
-    /// describe the store, but does not rebuild missing or stale ones (after a crash, or
-    /// when they were removed), which reads every transaction's summary through sled
-    /// (5–6 s and hundreds of MiB at a million transactions). The next writer's clean close
+    /// describe the store, and catches stale ones up after a crash (reading what changed
+    /// since), but does not rebuild missing ones or those a catch-up cannot bring up to
+    /// date (a transaction was removed since), which reads every transaction's summary
+    /// through sled (~3 s at a million transactions). The next writer's clean close
     /// rebuilds them; until then `tx list` reads the store's index.
     pub fn leave_listing_rebuild_to_writers(&self) {
         lock(&self.changes).leave_rebuild = true;
