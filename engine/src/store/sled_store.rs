@@ -1848,17 +1848,6 @@ mod tests {
 
     /// The child side of a test that ends its own process: `body` gets the store in `dir`
     /// on a one-thread runtime.
-    fn folder_bytes(dir: &Path) -> u64 {
-        std::fs::read_dir(dir)
-            .map(|d| {
-                d.flatten()
-                    .filter_map(|e| e.metadata().ok())
-                    .map(|m| m.len())
-                    .sum()
-            })
-            .unwrap_or(0)
-    }
-
     /// Large values live in the value log, not in sled: sled's own file stays small, every
     /// read (point, prefix, range, both directions) returns them whole after a reopen, and
     /// a short value that begins like a pointer is not mistaken for one.
@@ -1881,7 +1870,7 @@ mod tests {
             store.close();
         }
         let kept: u64 = (0..2_000u32).map(|i| value(i).len() as u64).sum();
-        let logged = folder_bytes(&dir.join(values::FOLDER));
+        let logged = values::folder_bytes(&dir.join(values::FOLDER));
         assert!(
             logged >= kept && logged < kept + kept / 20,
             "{logged} for {kept}"
@@ -1936,7 +1925,7 @@ mod tests {
             store.sync().await.unwrap();
             store.close();
         }
-        let full = folder_bytes(&dir.join(values::FOLDER));
+        let full = values::folder_bytes(&dir.join(values::FOLDER));
         {
             let store = SledStore::open(&dir).unwrap();
             for i in (0..n).filter(|i| i % 10 != 0) {
@@ -1947,7 +1936,7 @@ mod tests {
             store.sync().await.unwrap();
             store.close();
         }
-        let after = folder_bytes(&dir.join(values::FOLDER));
+        let after = values::folder_bytes(&dir.join(values::FOLDER));
         assert!(after < full / 5, "{full} -> {after} bytes of value log");
         let store = SledStore::open(&dir).unwrap();
         let left = store.scan(Space::Journal, b"").unwrap();

@@ -633,18 +633,24 @@ impl ValueLog {
         super::sled_store::sync_dir(&self.dir)
     }
 
-    /// Bytes of segment files (for tests and benchmarks).
+    /// Bytes of segment files (tests).
     #[cfg(test)]
     pub(crate) fn file_bytes(&self) -> u64 {
-        std::fs::read_dir(&self.dir)
-            .map(|d| {
-                d.flatten()
-                    .filter_map(|e| e.metadata().ok())
-                    .map(|m| m.len())
-                    .sum()
-            })
-            .unwrap_or(0)
+        folder_bytes(&self.dir)
     }
+}
+
+/// Bytes of the files in `dir` (tests).
+#[cfg(test)]
+pub(crate) fn folder_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
