@@ -962,7 +962,7 @@ impl Checkpointer {
                 Ok(Signal::Checkpoint) => {
                     self.checkpoint();
                     self.shared.checkpoint_asked.store(false, Ordering::Release);
-                    self.collect_values(COLLECT_BUDGET);
+                    self.collect_values(false);
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     // Idle: nothing written for a whole period, and something to fold in.
@@ -976,7 +976,7 @@ impl Checkpointer {
                     }
                     if now == seen {
                         // Idle: space a prune freed is taken back, a budget at a time.
-                        self.collect_values(COLLECT_BUDGET);
+                        self.collect_values(false);
                     }
                     seen = now;
                 }
@@ -997,7 +997,7 @@ impl Checkpointer {
         }
         // What is left to collect is collected before the store is left (a `tx prune`
         // from the command line frees its space as it ends).
-        self.collect_values(u64::MAX);
+        self.collect_values(true);
         trim_logs_at_close(&mut lock(&self.shared.intake).wals);
         if Identity::record_clean_close(&self.path, &self.tree, writes) {
             self.shared.closed_cleanly.store(true, Ordering::Release);
@@ -1076,32 +1076,41 @@ const COLLECT_BUDGET: u64 = 2 * values::SEGMENT_BYTES;
 
 impl Checkpointer {
     /// Collects value log segments at least half dead (`values.rs`), reading at most
-    /// `budget` bytes of them, and removes them once sled no longer points into them,
-    /// durably. A failure leaves both copies of what it moved: it is logged, and the store
+    /// [`COLLECT_BUDGET`] bytes of them (everything there is to collect, a budget at a time,
+    /// with `all`), and removes them once sled no longer points into them, durably. A failure leaves both copies of what it moved: it is logged, and the store
     /// goes on (only space is at stake) unless sled could not be made durable.
-    fn collect_values(&mut self, budget: u64) {
-        if self.shared.poison.get().is_some() || !self.values.has_garbage() {
-            return;
-        }
-        let _one_at_a_time = lock(&self.shared.checkpointing);
-        let collected = match self.values.collect(&self.tree, budget) {
-            Ok(collected) => collected,
-            Err(e) => {
-                tracing::warn!(error = %e, "collecting the value log failed; its space is taken back later");
+    fn collect_values(&mut self, all: bool) {
+        // A budget at a time, sled made durable and the segments removed after each, so
+        // what a pass holds (a pointer swap for each live entry it moved) stays bounded.
+        while self.shared.poison.get().is_none() && self.values.has_garbage() {
+            let _one_at_a_time = lock(&self.shared.checkpointing);
+            let collected = match self.values.collect(&self.tree, COLLECT_BUDGET) {
+                Ok(collected) => collected,
+                Err(e) => {
+                    tracing::warn!(error = %e, "collecting the value log failed; its space is taken back later");
+                    return;
+                }
+            };
+            if collected.is_empty() {
                 return;
             }
-        };
-        if collected.is_empty() {
-            return;
-        }
-        if let Err(e) = make_sled_durable(&self.path, &self.db, &mut self.syncer) {
-            self.shared
-                .poison(StoreError::Io(format!("journal checkpoint failed: {e}")));
-            return;
-        }
-        match self.values.remove(&collected) {
-            Ok(()) => tracing::debug!(segments = collected.len(), "value log segments collected"),
-            Err(e) => tracing::warn!(error = %e, "removing collected value log segments"),
+            if let Err(e) = make_sled_durable(&self.path, &self.db, &mut self.syncer) {
+                self.shared
+                    .poison(StoreError::Io(format!("journal checkpoint failed: {e}")));
+                return;
+            }
+            match self.values.remove(&collected) {
+                Ok(()) => {
+                    tracing::debug!(segments = collected.len(), "value log segments collected")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "removing collected value log segments");
+                    return;
+                }
+            }
+            if !all {
+                return;
+            }
         }
     }
 }
