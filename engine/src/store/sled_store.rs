@@ -23,8 +23,9 @@
 //! sled may lack; it starts its next generation at the following checkpoint. At
 //! open, the frames of both files newer than sled's write counter are replayed into sled
 //! in order (they must continue it without a gap) and sled is made durable. A checkpoint
-//! happens, on the store's own thread, when the log passes [`CHECKPOINT_BYTES`] or the
-//! overlay [`OVERLAY_BYTES`], after [`IDLE_CHECKPOINT`] without writes, and at close.
+//! happens, on the store's own thread, when the log passes [`checkpoint_log_bytes`] (at
+//! most [`CHECKPOINT_BYTES`]) or the overlay [`OVERLAY_BYTES`], after [`IDLE_CHECKPOINT`]
+//! without writes, and at close.
 
 use super::values::{self, ValueLog};
 use super::wal::{Frame, Wal, MIN_GROW};
@@ -41,6 +42,20 @@ use std::time::Duration;
 
 /// The write-ahead log is folded into sled and restarted once it holds this much.
 pub(crate) const CHECKPOINT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// A small store is checkpointed once its log holds half of what the store's files hold,
+/// and at least this much: the log is at most as large as the rest of the store, so a store
+/// that keeps a few MiB does not hold twice that in log while a transaction runs (the log
+/// logs a record twice: on its own, then in its chunk). A store of 128 MiB or more is
+/// checkpointed at [`CHECKPOINT_BYTES`], as before; a fresh one takes a few more
+/// checkpoints while it grows (each doubles the threshold, about).
+const MIN_CHECKPOINT_LOG_BYTES: u64 = 256 * 1024;
+
+/// When the log of the store in `path` is folded in (see [`MIN_CHECKPOINT_LOG_BYTES`]).
+fn checkpoint_log_bytes(path: &Path, values: &ValueLog) -> u64 {
+    let sled = std::fs::metadata(path.join("db")).map_or(0, |m| m.len());
+    ((sled + values.bytes()) / 2).clamp(MIN_CHECKPOINT_LOG_BYTES, CHECKPOINT_BYTES)
+}
 
 /// A log file is kept (preallocated, so a sync of an append commits no size change) up to
 /// this size between checkpoints; what a burst grew beyond it is given back. A smaller store
@@ -154,6 +169,9 @@ struct Shared {
     overlays: std::sync::RwLock<Overlays>,
     /// A size-triggered checkpoint was asked for and has not run yet.
     checkpoint_asked: AtomicBool,
+    /// The log's size that asks for a checkpoint ([`checkpoint_log_bytes`]), updated by
+    /// each checkpoint.
+    checkpoint_log_bytes: AtomicU64,
     /// Set by the checkpoint thread once the store's clean close is recorded.
     closed_cleanly: AtomicBool,
     /// Held for a whole checkpoint: the next one may reuse the log file the previous one
@@ -569,6 +587,7 @@ impl SledStore {
             poison: std::sync::OnceLock::new(),
             overlays: std::sync::RwLock::new(Overlays::default()),
             checkpoint_asked: AtomicBool::new(false),
+            checkpoint_log_bytes: AtomicU64::new(checkpoint_log_bytes(path, &values)),
             closed_cleanly: AtomicBool::new(false),
             checkpointing: std::sync::Mutex::new(()),
             doorbell: std::sync::Mutex::new(None),
@@ -748,7 +767,8 @@ impl Store for SledStore {
             intake.wals[active].append(seq, &batch);
             intake.seq = seq;
             self.shared.appended.store(seq, Ordering::Release);
-            let log_full = intake.wals[active].len() >= CHECKPOINT_BYTES;
+            let log_full = intake.wals[active].len()
+                >= self.shared.checkpoint_log_bytes.load(Ordering::Relaxed);
             let mut overlays = write_lock(&self.shared.overlays);
             let overlay = &mut overlays.active;
             for (space, k, v) in batch.writes {
@@ -1058,6 +1078,11 @@ impl Checkpointer {
                     // older than sled's write counter and are never replayed.
                     tracing::warn!("{e}");
                 }
+                drop(intake);
+                shared.checkpoint_log_bytes.store(
+                    checkpoint_log_bytes(&self.path, &self.values),
+                    Ordering::Relaxed,
+                );
                 true
             }
             Err(e) => {

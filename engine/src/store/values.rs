@@ -503,6 +503,11 @@ impl ValueLog {
             .collect()
     }
 
+    /// Bytes of the segments (their durable ends, and what is buffered).
+    pub(crate) fn bytes(&self) -> u64 {
+        lock(&self.inner).segments.values().map(|s| s.end).sum()
+    }
+
     /// Whether a collection would find something to do.
     pub(crate) fn has_garbage(&self) -> bool {
         !Self::collectable(&lock(&self.inner)).is_empty()
