@@ -20,10 +20,10 @@
 //!   too) brings the files it describes up to date from what changed since they were
 //!   written — the lines that could still change (their summaries read again) and the
 //!   transactions started since (the index by start time, from the close less a margin for
-//!   clock steps; [`catch_up`]) — instead of reading every summary (at a million
+//!   clock steps; `catch_up`) — instead of reading every summary (at a million
 //!   transactions: ~30 ms at sled's memory floor against 3–4 s and ~100 MiB more;
 //!   BENCHMARKS.md, "Issue 11: the listing after a crash catches up"). A removal since (retention changes the store's
-//!   [`REMOVED_KEY`]), an unbuilt index or a base older than this scheme send it to the full
+//!   `txn-removed` key in its Meta space), an unbuilt index or a base older than this scheme send it to the full
 //!   rebuild; anything that rewrites the snapshot removes the base first.
 //!
 //! A reader trusts the files only when the store's state file (`<store>.state`) says
@@ -658,7 +658,7 @@ fn matches(q: &TxnQuery, l: &Listed) -> bool {
 }
 
 /// One page of `query` from the listing files of the store in `dir`, without opening the
-/// store: newest first (by start time, then id), as [`index::list`](super::index::list)
+/// store: newest first (by start time, then id), as [`index::list`]
 /// gives it. [`ListingError::Unavailable`] when the files cannot be trusted (the store is
 /// held, was not closed cleanly, or the files are missing or damaged): ask the store then.
 pub fn list(dir: &Path, query: &TxnQuery) -> Result<ListPage, ListingError> {
