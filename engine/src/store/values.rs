@@ -545,6 +545,11 @@ impl ValueLog {
             done.push(id);
         }
         self.sync_locked(&mut inner)?;
+        // The hints of the segments the copies went to (their new ends) are written before
+        // any pointer is swapped: sled recovers a prefix of its writes, so a swapped pointer
+        // that survives a crash proves its segment's end did, and the next open does not
+        // cut the copies off as a crash's leftovers.
+        self.write_hints(&mut inner, tree)?;
         for (key, old, new) in moved {
             let swapped = tree
                 .compare_and_swap(&key, Some(old), Some(new.clone()))
