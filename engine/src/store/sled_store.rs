@@ -650,7 +650,14 @@ impl SledStore {
 
     /// The value a key has in sled, read from the value log when sled holds a pointer
     /// (`None`: the key is gone, deleted since it was read).
-    fn resolve(&self, full: &[u8], mut v: Vec<u8>) -> Result<Option<Vec<u8>>, StoreError> {
+    /// `held`: the overlays, when the caller holds them (a scan); a point read takes them
+    /// only if it must.
+    fn resolve(
+        &self,
+        full: &[u8],
+        mut v: Vec<u8>,
+        held: Option<&Overlays>,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
         let mut failed = None;
         for _ in 0..8 {
             if !values::is_pointer(&v) {
@@ -664,8 +671,12 @@ impl SledStore {
                     // have been written since, and a checkpoint be moving it into sled now,
                     // its value not yet written to the value log. The frozen overlay holds
                     // it until that checkpoint is done; after, sled's pointer is good.
-                    if let Some(now) = read_lock(&self.shared.overlays).get(full) {
-                        return Ok(now.clone());
+                    let now = match held {
+                        Some(overlays) => overlays.get(full).cloned(),
+                        None => read_lock(&self.shared.overlays).get(full).cloned(),
+                    };
+                    if let Some(now) = now {
+                        return Ok(now);
                     }
                     if failed.replace(()).is_some() {
                         return Err(e);
@@ -824,7 +835,7 @@ impl Store for SledStore {
             return Ok(v.clone());
         }
         match self.tree.get(&full).map_err(|e| map_err(&self.path, e))? {
-            Some(v) => self.resolve(&full, v.to_vec()),
+            Some(v) => self.resolve(&full, v.to_vec(), None),
             None => Ok(None),
         }
     }
@@ -858,7 +869,7 @@ impl Store for SledStore {
         let mut out = Vec::with_capacity(merged.len());
         for (mut k, (v, from_sled)) in merged {
             let v = if from_sled {
-                match self.resolve(&k, v)? {
+                match self.resolve(&k, v, Some(&overlays))? {
                     Some(v) => v,
                     None => continue,
                 }
@@ -937,7 +948,7 @@ impl Store for SledStore {
             if tree_head.as_ref().is_some_and(|(tk, _)| *tk == k) {
                 let (_, v) = tree_head.take().expect("checked");
                 if value.is_none() {
-                    value = Some(self.resolve(&k, v)?);
+                    value = Some(self.resolve(&k, v, Some(&overlays))?);
                 }
                 tree_head = next_tree(&mut tree)?;
             }
@@ -2015,7 +2026,7 @@ mod tests {
             "the old segment is gone"
         );
         assert_ne!(store.tree.get(&full).unwrap().unwrap().to_vec(), stale);
-        assert_eq!(store.resolve(&full, stale).unwrap(), Some(value(0)));
+        assert_eq!(store.resolve(&full, stale, None).unwrap(), Some(value(0)));
         assert_eq!(
             store.get(Space::Journal, &0u32.to_be_bytes()).unwrap(),
             Some(value(0))
