@@ -165,9 +165,9 @@ pub fn resolve(journal: &DurableJournal, id: &str) -> Result<TxnSummary, Recover
     }
 }
 
-/// The journal of one transaction, in order, with sequence numbers. A finished
-/// transaction's records are one array under its id (sequence number = index); records
-/// written after that (a resumed rollback) follow under their own keys.
+/// The journal of one transaction, in order, with sequence numbers: its chunks of
+/// consecutive records (one array under its id in a journal written before chunks), and
+/// the records under their own keys (written since the last chunk, or left by a crash).
 pub fn records(
     journal: &DurableJournal,
     txn_id: &TxnId,
