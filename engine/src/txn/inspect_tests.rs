@@ -1060,8 +1060,8 @@ async fn a_rollback_failed_by_recovery_resumes_exactly_the_undo_left() {
     assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>());
 }
 
-/// Records that need not be durable (a rollback's undo records) are made durable once a MiB
-/// of them was written without a sync: the store buffers what is not durable until the next
+/// Records that need not be durable (a rollback's undo records) are synced once a MiB of
+/// them was written without a sync: the store buffers what is not durable until the next
 /// durable write, and 100,000 undo records grew that buffer to tens of MiB. One sync a MiB,
 /// not one a record.
 #[tokio::test]
@@ -1082,6 +1082,10 @@ async fn a_long_run_of_records_that_need_not_be_durable_is_synced_a_mib_at_a_tim
             procedure: "Create".into(),
         };
         journal.undo_done(&context, None).await.expect("undone");
+    }
+    // The syncs run in the background, the writer does not wait for them.
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
     }
     let syncs = store.durable_writes.load(Relaxed) - before;
     // ~100 bytes a record (the record, its key, the chunks it is compacted into).

@@ -240,11 +240,11 @@ pub struct DurableJournal {
     unsynced: AtomicUsize,
 }
 
-/// A write that need not be durable is made durable once this many bytes were appended
+/// A sync follows the writes that need not be durable once this many bytes were appended
 /// without one. The store buffers what is not yet durable (the log's frames) until the next
-/// durable write: a rollback journals 100,000 undo records with no durable write between
-/// them, and the buffer grew to tens of MiB (doubling as it went). One sync a MiB of
-/// records is one every few thousand undos.
+/// sync: a rollback journals 100,000 undo records with no durable write between them, and
+/// the buffer grew to tens of MiB (doubling as it went). One sync a MiB of records is one
+/// every few thousand undos.
 const UNSYNCED_BYTES: usize = 1 << 20;
 
 impl std::fmt::Debug for DurableJournal {
@@ -667,7 +667,7 @@ impl DurableJournal {
                 batch.put(Space::Audit, k, encode("the audit entry", txn_id, &audit)?);
             }
         }
-        let durable = self.bounded_unsynced(&batch, durable);
+        let (durable, flush) = self.bounded_unsynced(&batch, durable);
         let n = self.fail_points.count();
         self.fail_points.check(n, false);
         if self.compacts {
@@ -682,6 +682,18 @@ impl DurableJournal {
                 .write_journal(txn_id.as_str(), fresh, rest, durable)
                 .await?;
         }
+        if flush {
+            // In the background: nothing waits for these records to be durable, so the
+            // writer (a chain of undos, one after another) does not wait for the sync. A
+            // failed sync fails the store's next writes; a sync the runtime drops at its
+            // end hands its lead back.
+            let store = self.store.clone();
+            tokio::spawn(async move {
+                if let Err(e) = store.sync().await {
+                    tracing::debug!(error = %e, "a background sync of the journal failed");
+                }
+            });
+        }
         // Only once the final record is written: if it fails, the records that follow (the
         // rollback of a commit that could not be journaled) continue the same sequence.
         if finished {
@@ -694,12 +706,13 @@ impl DurableJournal {
 }
 
 impl DurableJournal {
-    /// Whether an append of `batch` waits for durability: when asked to, or when the bytes
-    /// appended without waiting reach [`UNSYNCED_BYTES`] with it.
-    fn bounded_unsynced(&self, batch: &Batch, durable: bool) -> bool {
+    /// Whether an append of `batch` waits for durability (when asked to), and whether a
+    /// sync follows it in the background (the bytes appended without a sync reach
+    /// [`UNSYNCED_BYTES`] with it). Outside a Tokio runtime, the append waits instead.
+    fn bounded_unsynced(&self, batch: &Batch, durable: bool) -> (bool, bool) {
         if durable {
             self.unsynced.store(0, Ordering::Relaxed);
-            return true;
+            return (true, false);
         }
         let bytes: usize = batch
             .writes
@@ -708,10 +721,11 @@ impl DurableJournal {
             .sum();
         let before = self.unsynced.fetch_add(bytes, Ordering::Relaxed);
         if before + bytes < UNSYNCED_BYTES {
-            return false;
+            return (false, false);
         }
         self.unsynced.store(0, Ordering::Relaxed);
-        true
+        let in_runtime = tokio::runtime::Handle::try_current().is_ok();
+        (!in_runtime, in_runtime)
     }
 }
 
