@@ -467,7 +467,7 @@ async fn records_stream_in_order_without_reading_ahead() {
         &[TxnState::RollingBack, TxnState::RollbackFailed],
     )
     .await;
-    // Records written after it finished (a resumed rollback) follow under their own keys.
+    // Records written after it finished (a resumed rollback) follow, compacted at its end.
     let summary = index::summary(&*store, id.as_str())
         .expect("read")
         .expect("there");
@@ -773,11 +773,9 @@ async fn a_large_transaction_journaled_without_plans_recovers_the_same() {
     recover_a_large_transaction(true).await;
 }
 
-/// Journals 3,000 completed calls and one in doubt, then recovers: every call undone in
-/// reverse. `without_plans`: the chunks' plans are removed first (the journal as written
-/// before them).
-async fn recover_a_large_transaction(without_plans: bool) {
-    let (_dir, store) = open();
+/// Journals `n` completed calls (`Create(user-i)` at step `create[i]`) and one in doubt in
+/// `store`, as a crash leaves a transaction. Returns its id.
+async fn journal_a_crashed_transaction(store: &Arc<dyn Store>, n: usize) -> TxnId {
     let journal = Arc::new(DurableJournal::new(store.clone(), None, "ops"));
     let id = TxnId::new_v7();
     let data = Element::new("data");
@@ -796,7 +794,6 @@ async fn recover_a_large_transaction(without_plans: bool) {
         })
         .await
         .expect("started");
-    let n = 3_000;
     let ctx_el = Element::new("providerContext");
     for i in 0..=n {
         let context = CallContext {
@@ -842,7 +839,26 @@ async fn recover_a_large_transaction(without_plans: bool) {
             .await
             .expect("done");
     }
-    drop(journal);
+    id
+}
+
+/// The keys of `id`'s records under their own keys (not compacted into chunks).
+fn record_keys(store: &dyn Store, id: &TxnId) -> usize {
+    store
+        .scan(Space::Journal, id.as_bytes())
+        .expect("scan")
+        .iter()
+        .filter(|(k, _)| k.len() == super::records::TXN_ID_LEN + 8)
+        .count()
+}
+
+/// Journals 3,000 completed calls and one in doubt, then recovers: every call undone in
+/// reverse. `without_plans`: the chunks' plans are removed first (the journal as written
+/// before them).
+async fn recover_a_large_transaction(without_plans: bool) {
+    let (_dir, store) = open();
+    let n = 3_000;
+    let id = journal_a_crashed_transaction(&store, n).await;
     // On sled the records are in chunks by now (compacted as the run went); on PostgreSQL
     // each is a row of its own.
     let chunks = store
@@ -871,12 +887,23 @@ async fn recover_a_large_transaction(without_plans: bool) {
         }
         store.write(b, true).await.expect("plans removed");
     }
+    let left_by_the_run = record_keys(&*store, &id);
     let journal = Arc::new(DurableJournal::new(store.clone(), None, "ops"));
     let (engine, rec) = recovering_engine(&journal);
     let found = recovery::recover(&engine, &journal).await.expect("recover");
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].to, TxnState::RolledBack, "{:?}", found[0].problems);
     assert_eq!((found[0].undone, found[0].in_doubt), (n, 1));
+    if store.compacts_journal() {
+        // Recovery's records (a settlement, 3,000 undos, two states) are compacted as they
+        // go, as a live run's are: each under its own key cost a write into sled, and the
+        // rollback more journal than the run it undid. What the run left stays as it was.
+        assert_eq!(
+            record_keys(&*store, &id),
+            left_by_the_run,
+            "recovery's records are in chunks"
+        );
+    }
     // Each undo was read back from the store: every one, the latest completed first.
     let expected: Vec<String> = (0..n)
         .rev()
@@ -979,4 +1006,91 @@ async fn a_committed_five_step_transaction_leaves_one_row_a_record_written_once(
             "compacted into one chunk on sled"
         ),
     }
+}
+
+/// A recovery that leaves a large transaction `rollback_failed` (one undo fails) journals
+/// its undos in chunks with their plans; `tx resume-rollback` plans from them and runs
+/// exactly the undo that has not succeeded.
+#[tokio::test]
+async fn a_rollback_failed_by_recovery_resumes_exactly_the_undo_left() {
+    let (_dir, store) = open();
+    let n = 3_000;
+    let id = journal_a_crashed_transaction(&store, n).await;
+    let journal = Arc::new(DurableJournal::new(store.clone(), None, "ops"));
+    let (engine, rec) = recovering_engine(&journal);
+    rec.poison_undo("user-1500");
+    let found = recovery::recover(&engine, &journal).await.expect("recover");
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].to, TxnState::RollbackFailed);
+    assert_eq!(found[0].undone, n - 1);
+    assert_eq!(found[0].problems.len(), 1, "{:?}", found[0].problems);
+    assert!(found[0].problems[0].contains("create[1500]"));
+    if store.compacts_journal() {
+        let plans = store
+            .scan(
+                Space::Journal,
+                &[id.as_bytes(), &[super::records::PLAN_TAG]].concat(),
+            )
+            .expect("scan")
+            .len();
+        let chunks = store
+            .scan(
+                Space::Journal,
+                &[id.as_bytes(), &[super::records::CHUNK_TAG]].concat(),
+            )
+            .expect("scan")
+            .len();
+        assert_eq!(plans, chunks, "a plan per chunk, recovery's too");
+    }
+    drop(engine);
+    drop(journal);
+
+    let journal = Arc::new(DurableJournal::new(store.clone(), None, "ops"));
+    let (engine, rec) = recovering_engine(&journal);
+    let resumed = recovery::resume_rollback(&engine, &journal, id.as_str())
+        .await
+        .expect("resume");
+    assert_eq!(resumed.to, TxnState::RolledBack, "{:?}", resumed.problems);
+    assert_eq!(resumed.undone, 1);
+    assert_eq!(rec.log(), ["undo Create(user-1500)"]);
+    // Every record reads back once, in order.
+    let seqs: Vec<u64> = RecordStream::new(&*store, &id)
+        .map(|r| r.expect("record").0)
+        .collect();
+    assert_eq!(seqs, (0..seqs.len() as u64).collect::<Vec<_>>());
+}
+
+/// Records that need not be durable (a rollback's undo records) are synced once a MiB of
+/// them was written without a sync: the store buffers what is not durable until the next
+/// durable write, and 100,000 undo records grew that buffer to tens of MiB. One sync a MiB,
+/// not one a record.
+#[tokio::test]
+async fn a_long_run_of_records_that_need_not_be_durable_is_synced_a_mib_at_a_time() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let (_dir, sled) = open();
+    let store = Counting::new(sled);
+    let journal = DurableJournal::new(store.clone(), None, "ops");
+    let id = journaled(&journal, "N/A", 1, &[TxnState::RollingBack]).await;
+    let before = store.durable_writes.load(Relaxed);
+    let undos = 30_000;
+    for i in 0..undos {
+        let context = CallContext {
+            txn_id: id.clone(),
+            step_id: format!("create[{i}]"),
+            attempt: 1,
+            namespace: "N".into(),
+            procedure: "Create".into(),
+        };
+        journal.undo_done(&context, None).await.expect("undone");
+    }
+    // The syncs run in the background, the writer does not wait for them.
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+    }
+    let syncs = store.durable_writes.load(Relaxed) - before;
+    // ~100 bytes a record (the record, its key, the chunks it is compacted into).
+    assert!(
+        (2..=12).contains(&syncs),
+        "{syncs} syncs for {undos} undo records"
+    );
 }

@@ -15,12 +15,13 @@ use crate::exec::{
     Journal, JournalError, ScriptUndoDone, StepDone, StepIntent, TxnStart, TxnState,
 };
 use crate::provider::CallContext;
-use crate::store::{Batch, Space, Store, StoreError};
+use crate::store::{prefix_end, Batch, KeyRange, Space, Store, StoreError};
 use crate::TxnId;
 use async_trait::async_trait;
 use std::collections::{HashMap, HashSet};
 #[cfg(feature = "failpoints")]
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Fault injection for crash tests (cargo feature `failpoints`, which tests enable and
@@ -182,9 +183,14 @@ fn encode<T: serde::Serialize>(
 struct Live {
     next_seq: u64,
     summary: TxnSummary,
-    /// This process wrote every record of the transaction (not so for one adopted at
-    /// recovery), so they can be compacted into chunks as it goes and at its end.
+    /// Its records can be compacted into chunks as it goes and at its end: those this
+    /// process writes (from [`Live::written_from`] on), until its final record.
     compactable: bool,
+    /// The first record this process wrote: 0, or where a transaction adopted at recovery
+    /// (or by `tx resolve`) went on. The final compaction takes the records under their own
+    /// keys from here: those an earlier process left stay as they are (a journal written
+    /// before chunks may hold 100,000 of them; rewriting them is no part of finishing).
+    written_from: u64,
     /// Bytes of the records still under their own keys (written since the last chunk).
     tail_bytes: usize,
     /// Records numbered below this were taken into a chunk by a compaction made while the
@@ -201,13 +207,15 @@ struct Live {
 }
 
 impl Live {
-    fn new(next_seq: u64, summary: TxnSummary, compactable: bool) -> Live {
+    /// A transaction whose records this process writes from `next_seq` on (0: all of them).
+    fn new(next_seq: u64, summary: TxnSummary) -> Live {
         Live {
             next_seq,
             summary,
-            compactable,
+            compactable: true,
+            written_from: next_seq,
             tail_bytes: 0,
-            chunked_to: 0,
+            chunked_to: next_seq,
             intents: HashMap::new(),
             located: HashMap::new(),
         }
@@ -227,7 +235,17 @@ pub struct DurableJournal {
     /// The store wants records compacted into chunks ([`Store::compacts_journal`]); else
     /// each record keeps its own key, written once as a new key.
     compacts: bool,
+    /// Bytes appended without waiting for durability since the last durable append (see
+    /// [`UNSYNCED_BYTES`]).
+    unsynced: AtomicUsize,
 }
+
+/// A sync follows the writes that need not be durable once this many bytes were appended
+/// without one. The store buffers what is not yet durable (the log's frames) until the next
+/// sync: a rollback journals 100,000 undo records with no durable write between them, and
+/// the buffer grew to tens of MiB (doubling as it went). One sync a MiB of records is one
+/// every few thousand undos.
+const UNSYNCED_BYTES: usize = 1 << 20;
 
 impl std::fmt::Debug for DurableJournal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -260,6 +278,7 @@ impl DurableJournal {
             pinned_written: Mutex::new(HashSet::new()),
             fail_points: FailPoints::new(),
             keep_responses: false,
+            unsynced: AtomicUsize::new(0),
         }
     }
 
@@ -392,7 +411,10 @@ impl DurableJournal {
     pub(crate) fn adopt(&self, mut summary: TxnSummary, next_seq: u64) {
         // The summary is written again in today's format with the next state change.
         summary.format = FORMAT;
-        lock(&self.live).insert(summary.id.clone(), Live::new(next_seq, summary, false));
+        // Its new records (a rollback's 100,000 undo records) are compacted as they go, as a
+        // live run's are: under their own keys they each cost a write into sled, and a
+        // rollback cost more journal than the work it undid.
+        lock(&self.live).insert(summary.id.clone(), Live::new(next_seq, summary));
     }
 
     /// Where the records of a completed call are, when they give back everything its undo
@@ -477,7 +499,7 @@ impl DurableJournal {
                     message: None,
                     audit: true,
                 };
-                Live::new(0, summary, true)
+                Live::new(0, summary)
             });
             let seq = l.next_seq;
             l.next_seq += 1;
@@ -539,7 +561,11 @@ impl DurableJournal {
             // or at the end every one left (all earlier writes are done by then; a record
             // written after a running compaction read the keys stays until the end).
             let compact_from = compact_now.then(|| {
-                let from = if finished { 0 } else { l.chunked_to };
+                let from = if finished {
+                    l.written_from
+                } else {
+                    l.chunked_to
+                };
                 l.chunked_to = seq + 1;
                 from
             });
@@ -560,8 +586,16 @@ impl DurableJournal {
             // consecutive records, and the per-record keys go: the store's overlay cancels
             // those that never reached disk. Every earlier record of the transaction was
             // written before this one, so the store returns them all (at most a chunk's
-            // worth: the others are chunks already).
-            let earlier = self.store.scan(Space::Journal, &record_prefix(txn_id))?;
+            // worth: the others are chunks already). Read from `from` on only: records an
+            // earlier process left under their own keys are not read by every compaction.
+            let prefix = record_prefix(txn_id);
+            let end = prefix_end(&prefix);
+            let earlier = self.store.scan_range(
+                Space::Journal,
+                KeyRange::new(&record_key(txn_id, from), end.as_deref()),
+                usize::MAX,
+                false,
+            )?;
             let mut records: Vec<(u64, &[u8])> = Vec::with_capacity(earlier.len() + 1);
             for (k, v) in &earlier {
                 match JournalKey::parse(txn_id, k) {
@@ -633,6 +667,7 @@ impl DurableJournal {
                 batch.put(Space::Audit, k, encode("the audit entry", txn_id, &audit)?);
             }
         }
+        let (durable, flush) = self.bounded_unsynced(&batch, durable);
         let n = self.fail_points.count();
         self.fail_points.check(n, false);
         if self.compacts {
@@ -647,6 +682,18 @@ impl DurableJournal {
                 .write_journal(txn_id.as_str(), fresh, rest, durable)
                 .await?;
         }
+        if flush {
+            // In the background: nothing waits for these records to be durable, so the
+            // writer (a chain of undos, one after another) does not wait for the sync. A
+            // failed sync fails the store's next writes; a sync the runtime drops at its
+            // end hands its lead back.
+            let store = self.store.clone();
+            tokio::spawn(async move {
+                if let Err(e) = store.sync().await {
+                    tracing::debug!(error = %e, "a background sync of the journal failed");
+                }
+            });
+        }
         // Only once the final record is written: if it fails, the records that follow (the
         // rollback of a commit that could not be journaled) continue the same sequence.
         if finished {
@@ -655,6 +702,30 @@ impl DurableJournal {
         }
         self.fail_points.check(n, true);
         Ok(seq)
+    }
+}
+
+impl DurableJournal {
+    /// Whether an append of `batch` waits for durability (when asked to), and whether a
+    /// sync follows it in the background (the bytes appended without a sync reach
+    /// [`UNSYNCED_BYTES`] with it). Outside a Tokio runtime, the append waits instead.
+    fn bounded_unsynced(&self, batch: &Batch, durable: bool) -> (bool, bool) {
+        if durable {
+            self.unsynced.store(0, Ordering::Relaxed);
+            return (true, false);
+        }
+        let bytes: usize = batch
+            .writes
+            .iter()
+            .map(|(_, k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
+            .sum();
+        let before = self.unsynced.fetch_add(bytes, Ordering::Relaxed);
+        if before + bytes < UNSYNCED_BYTES {
+            return (false, false);
+        }
+        self.unsynced.store(0, Ordering::Relaxed);
+        let in_runtime = tokio::runtime::Handle::try_current().is_ok();
+        (!in_runtime, in_runtime)
     }
 }
 

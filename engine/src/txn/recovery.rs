@@ -165,9 +165,9 @@ pub fn resolve(journal: &DurableJournal, id: &str) -> Result<TxnSummary, Recover
     }
 }
 
-/// The journal of one transaction, in order, with sequence numbers. A finished
-/// transaction's records are one array under its id (sequence number = index); records
-/// written after that (a resumed rollback) follow under their own keys.
+/// The journal of one transaction, in order, with sequence numbers: its chunks of
+/// consecutive records (one array under its id in a journal written before chunks), and
+/// the records under their own keys (written since the last chunk, or left by a crash).
 pub fn records(
     journal: &DurableJournal,
     txn_id: &TxnId,
@@ -1206,6 +1206,27 @@ fn decode_plan(bytes: &[u8]) -> Result<Vec<PlanRecord>, DecodeError> {
     Ok(out)
 }
 
+/// Where each call is in [`call_slots`]'s list, by [`call_key`]: 24 bytes an entry (a
+/// `u128` key is aligned to 16 bytes, and made an entry of 32 with a `usize`).
+#[derive(Default)]
+struct CallIndex(HashMap<(u64, u64), u32>);
+
+impl CallIndex {
+    fn split(key: u128) -> (u64, u64) {
+        ((key >> 64) as u64, key as u64)
+    }
+
+    fn insert(&mut self, key: u128, at: usize) {
+        // A transaction of 4 billion calls does not fit in memory as slots either.
+        let at = u32::try_from(at).unwrap_or(u32::MAX);
+        self.0.insert(CallIndex::split(key), at);
+    }
+
+    fn get(&self, key: u128) -> Option<usize> {
+        self.0.get(&CallIndex::split(key)).map(|&at| at as usize)
+    }
+}
+
 /// The calls of a transaction as [`journaled_calls`] finds them, reduced to [`CallSlot`]s:
 /// the same rules (the latest intent of a step and attempt stands for it; a script step run
 /// again replaces its record), none of the records' contents kept (nor decoded: see
@@ -1214,7 +1235,7 @@ fn call_slots(
     records: impl IntoIterator<Item = Result<(u64, PlanRecord), RecoveryError>>,
 ) -> Result<Vec<CallSlot>, RecoveryError> {
     let mut calls: Vec<CallSlot> = Vec::new();
-    let mut index: HashMap<u128, usize> = HashMap::new();
+    let mut index = CallIndex::default();
     for record in records {
         let (seq, r) = record?;
         match r.kind {
@@ -1228,7 +1249,7 @@ fn call_slots(
             }
             SlotKind::ScriptDone => {
                 let key = r.call;
-                if let Some(&i) = index.get(&key) {
+                if let Some(i) = index.get(key) {
                     if calls[i].has(slot::DONE | slot::SCRIPT) {
                         calls[i].intent_seq = seq;
                         calls[i].complete(seq, slot::SCRIPT | slot::UNDO);
@@ -1244,7 +1265,7 @@ fn call_slots(
                 });
             }
             SlotKind::Resolved => {
-                if let Some(&i) = index.get(&r.call) {
+                if let Some(i) = index.get(r.call) {
                     calls[i].flags |= slot::RESOLVED;
                     if r.bits & plan_bit::APPLIED != 0 {
                         calls[i].flags |= slot::APPLIED;
@@ -1254,7 +1275,7 @@ fn call_slots(
                 }
             }
             SlotKind::Done => {
-                if let Some(&i) = index.get(&r.call) {
+                if let Some(i) = index.get(r.call) {
                     let mut bits = 0;
                     if r.bits & plan_bit::UNDO != 0 {
                         bits |= slot::UNDO;
@@ -1266,12 +1287,12 @@ fn call_slots(
                 }
             }
             SlotKind::Failed => {
-                if let Some(&i) = index.get(&r.call) {
+                if let Some(i) = index.get(r.call) {
                     calls[i].flags |= slot::FAILED;
                 }
             }
             SlotKind::Undone if r.bits & plan_bit::ERROR == 0 => {
-                if let Some(&i) = index.get(&r.call) {
+                if let Some(i) = index.get(r.call) {
                     calls[i].flags |= slot::UNDONE;
                 }
             }
@@ -1292,8 +1313,10 @@ fn undo_plan(calls: &[CallSlot]) -> (Vec<UndoOrder>, Vec<usize>) {
         .collect();
     done_seqs.sort_unstable();
     let completed_before = |seq: u64| done_seqs.partition_point(|&d| d < seq);
-    let mut order = Vec::new();
-    let mut pending = Vec::new();
+    // Sized once: grown by doubling they held up to twice their 24 bytes a call.
+    let count = calls.iter().filter(|c| c.to_undo()).count();
+    let mut order = Vec::with_capacity(count);
+    let mut pending = Vec::with_capacity(count);
     for (i, c) in calls.iter().enumerate() {
         if !c.to_undo() {
             continue;
@@ -2426,5 +2449,25 @@ mod tests {
     #[test]
     fn a_call_slot_is_small() {
         assert!(std::mem::size_of::<CallSlot>() <= 24);
+        // An entry of the plan's index of calls: a key and a slot number.
+        assert!(std::mem::size_of::<((u64, u64), u32)>() <= 24);
+    }
+
+    #[test]
+    fn the_index_of_calls_finds_each_by_its_whole_key() {
+        let mut index = CallIndex::default();
+        let (a, b) = (call_key("create[1]", 1), call_key("create[1]", 2));
+        index.insert(a, 7);
+        index.insert(b, 8);
+        // Keys equal in either half are different calls.
+        let (high, low) = (a & (u128::MAX << 64), a & u128::from(u64::MAX));
+        assert_eq!((index.get(a), index.get(b)), (Some(7), Some(8)));
+        assert_eq!((index.get(high), index.get(low)), (None, None));
+        index.insert(a, 9);
+        assert_eq!(
+            index.get(a),
+            Some(9),
+            "the latest intent stands for the call"
+        );
     }
 }
