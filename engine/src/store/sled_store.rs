@@ -514,8 +514,8 @@ impl SledStore {
         let mut spans: Vec<(u64, u64, usize)> = Vec::new();
         for (file, wal) in wals.iter().enumerate() {
             let mut span: Option<(u64, u64)> = None;
-            for f in wal.frames()?.filter(|f| f.seq > sled_writes) {
-                span = Some((span.map_or(f.seq, |(lo, _)| lo), f.seq));
+            for seq in wal.frame_numbers()?.filter(|&seq| seq > sled_writes) {
+                span = Some((span.map_or(seq, |(lo, _)| lo), seq));
             }
             if let Some((lo, hi)) = span {
                 spans.push((lo, hi, file));

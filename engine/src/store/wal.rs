@@ -136,6 +136,14 @@ impl Wal {
         )))
     }
 
+    /// The numbers of the frames [`Wal::frames`] returns, in order, without copying their
+    /// writes: the same frames, checked the same way.
+    pub(super) fn frame_numbers(&self) -> Result<impl Iterator<Item = u64>, StoreError> {
+        let mut frames = self.frames()?;
+        frames.keep = false;
+        Ok(frames.map(|f| f.seq))
+    }
+
     /// Opens (or creates) the log at `path`, without reading it. The caller applies the
     /// frames ([`Wal::frames`]) it does not have, checkpoints, and then calls
     /// [`Wal::restart`] or [`Wal::discard`].
@@ -313,6 +321,8 @@ pub(super) struct Frames<R> {
     previous: Option<u64>,
     payload: Vec<u8>,
     ended: bool,
+    /// Whether the frames' batches are returned (false: checked only, empty batches).
+    keep: bool,
 }
 
 impl<R: Read> Frames<R> {
@@ -322,6 +332,7 @@ impl<R: Read> Frames<R> {
             previous: None,
             payload: Vec::new(),
             ended: false,
+            keep: true,
         }
     }
 
@@ -353,7 +364,7 @@ impl<R: Read> Frames<R> {
         if hasher.finalize() != crc {
             return None;
         }
-        let batch = decode_batch(&self.payload)?;
+        let batch = decode_batch(&self.payload, self.keep)?;
         self.previous = Some(seq);
         Some(Frame { seq, batch })
     }
@@ -372,7 +383,9 @@ impl<R: Read> Iterator for Frames<R> {
     }
 }
 
-fn decode_batch(mut p: &[u8]) -> Option<Batch> {
+/// The batch of a frame's payload; with `keep` false, only checked (the same checks, an
+/// empty batch returned, nothing copied).
+fn decode_batch(mut p: &[u8], keep: bool) -> Option<Batch> {
     fn take<'a>(p: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
         if p.len() < n {
             return None;
@@ -388,21 +401,27 @@ fn decode_batch(mut p: &[u8]) -> Option<Batch> {
     let mut batch = Batch::new();
     // The count comes from checksummed data, but keep a corrupt-yet-valid-checksum frame
     // from reserving absurd memory.
-    batch.writes.reserve(count.min(p.len() / 6));
+    if keep {
+        batch.writes.reserve(count.min(p.len() / 6));
+    }
     for _ in 0..count {
         let space = Space::from_tag(*take(&mut p, 1)?.first()?)?;
         let op = *take(&mut p, 1)?.first()?;
         let klen = u32_at(&mut p)?;
-        let key = take(&mut p, klen)?.to_vec();
+        let key = take(&mut p, klen)?;
         let value = match op {
             1 => {
                 let vlen = u32_at(&mut p)?;
-                Some(take(&mut p, vlen)?.to_vec())
+                Some(take(&mut p, vlen)?)
             }
             0 => None,
             _ => return None,
         };
-        batch.writes.push((space, key, value));
+        if keep {
+            batch
+                .writes
+                .push((space, key.to_vec(), value.map(<[u8]>::to_vec)));
+        }
     }
     // Anything after the writes is padding to a sector boundary (see `Wal::pad_to_sector`).
     p.iter().all(|&b| b == 0).then_some(batch)
@@ -725,9 +744,11 @@ mod tests {
         let payload = frame[HEADER..].to_vec();
         let mut padded = payload.clone();
         padded.extend_from_slice(&[0; 7]);
-        assert!(decode_batch(&padded).is_some());
+        assert!(decode_batch(&padded, true).is_some());
+        assert!(decode_batch(&padded, false).is_some());
         let mut trailing = payload;
         trailing.extend_from_slice(&[0, 3]);
-        assert!(decode_batch(&trailing).is_none());
+        assert!(decode_batch(&trailing, true).is_none());
+        assert!(decode_batch(&trailing, false).is_none());
     }
 }
