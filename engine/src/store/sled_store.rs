@@ -63,14 +63,17 @@ fn checkpoint_log_bytes(path: &Path, values: &ValueLog) -> u64 {
 const KEPT_LOG_BYTES: u64 = CHECKPOINT_BYTES + 4 * 1024 * 1024;
 
 /// How much of an emptied log file stays preallocated for its next generation: an eighth of
-/// sled's own file (`db`), at least [`MIN_GROW`] and at most [`KEPT_LOG_BYTES`]. The
+/// the store's other files (sled's `db` and the value log, as [`checkpoint_log_bytes`]
+/// counts them: since large values left sled, its file alone made a store that keeps its
+/// records in the value log regrow its log, zeros first, after every checkpoint), at least
+/// [`MIN_GROW`] and at most [`KEPT_LOG_BYTES`]. The
 /// preallocation spares a sync the commit of a size change (once per 64 KiB to 1 MiB
 /// grown), but in a store that keeps a few MiB the two files kept at the largest generation
 /// they ever held (9 MiB each after 10,000 steps) were most of its disk (BENCHMARKS.md,
 /// "Issue 11: small stores' disk").
-fn kept_log_bytes(path: &Path) -> u64 {
+fn kept_log_bytes(path: &Path, values: &ValueLog) -> u64 {
     let sled = std::fs::metadata(path.join("db")).map_or(0, |m| m.len());
-    (sled / 8).clamp(MIN_GROW, KEPT_LOG_BYTES)
+    ((sled + values.bytes()) / 8).clamp(MIN_GROW, KEPT_LOG_BYTES)
 }
 
 /// After a clean close's checkpoint (both log files hold only frames sled has): the file the
@@ -554,7 +557,7 @@ impl SledStore {
         let mut syncer = Syncer::new(path)?;
         make_sled_durable(path, &db, &mut syncer)?;
         // Every frame is in sled now, durably.
-        let keep = kept_log_bytes(path);
+        let keep = kept_log_bytes(path, &values);
         for wal in &mut wals {
             if let Err(e) = wal.discard(keep) {
                 // Its frames stay behind, older than sled's counter: never replayed.
@@ -1081,7 +1084,7 @@ impl Checkpointer {
                 // the next checkpoint, so an open after this one (or after a clean close)
                 // reads no stale generation, and a file a burst grew is given back. (Writes
                 // go to the other file; only a checkpoint switches, one at a time.)
-                let keep = kept_log_bytes(&self.path);
+                let keep = kept_log_bytes(&self.path, &self.values);
                 let mut intake = lock(&shared.intake);
                 let folded = 1 - intake.active;
                 if let Err(e) = intake.wals[folded].discard(keep) {

@@ -73,6 +73,20 @@ fn write_pages(file: &File, buf: &[u8], mut offset: u64) -> std::io::Result<()> 
     Ok(())
 }
 
+/// Writes zeros from `from` up to `to`, a page at a time (as [`write_pages`] does) from one
+/// static page: a growth of the file allocates nothing (a zeroed buffer of up to a chunk,
+/// allocated at each growth, was fresh memory the allocator faulted in and gave back every
+/// time: most of the durable journal's page faults).
+fn write_zeros(file: &File, mut from: u64, to: u64) -> std::io::Result<()> {
+    static ZEROS: [u8; PAGE as usize] = [0; PAGE as usize];
+    while from < to {
+        let n = (PAGE - from % PAGE).min(to - from);
+        file.write_all_at(&ZEROS[..n as usize], from)?;
+        from += n;
+    }
+    Ok(())
+}
+
 /// The write-ahead log of a store folder.
 pub(super) struct Wal {
     file: File,
@@ -256,8 +270,7 @@ impl Wal {
             // The frames themselves cover up to `end` (a large batch is not written twice,
             // as zeros first), so at most a chunk of zeros follows them.
             let new_filled = grown_size(end);
-            let zeros = vec![0u8; (new_filled - end) as usize];
-            write_pages(&self.file, &zeros, end)
+            write_zeros(&self.file, end, new_filled)
                 .map_err(|e| io_err(&self.path, "cannot extend the write-ahead log", e))?;
             self.filled = new_filled;
         }
@@ -456,6 +469,32 @@ mod tests {
 
     fn same(a: &Batch, b: &Batch) -> bool {
         a.writes == b.writes
+    }
+
+    #[test]
+    fn zeros_written_ahead_cover_exactly_the_range_over_what_was_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("z");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        file.write_all_at(&[7u8; 10_000], 0).unwrap();
+        // Starts mid-page, crosses several pages, ends mid-page.
+        write_zeros(&file, 1_000, 9_001).unwrap();
+        write_zeros(&file, 9_001, 9_001).unwrap();
+        let mut back = Vec::new();
+        File::open(&path).unwrap().read_to_end(&mut back).unwrap();
+        assert_eq!(back.len(), 10_000);
+        assert!(back[..1_000].iter().all(|b| *b == 7));
+        assert!(back[1_000..9_001].iter().all(|b| *b == 0));
+        assert!(back[9_001..].iter().all(|b| *b == 7));
+        // Past the end, the file grows to the range's end.
+        write_zeros(&file, 10_000, 3 * PAGE + 5).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 3 * PAGE + 5);
     }
 
     fn arb_batch() -> impl Strategy<Value = Batch> {
