@@ -1133,6 +1133,8 @@ impl Checkpointer {
             if collected.is_empty() {
                 return;
             }
+            #[cfg(test)]
+            tests::pause_in_checkpoint(3);
             if let Err(e) = make_sled_durable(&self.path, &self.db, &mut self.syncer) {
                 self.shared
                     .poison(StoreError::Io(format!("journal checkpoint failed: {e}")));
@@ -1713,11 +1715,16 @@ mod tests {
     /// its update of sled, so that the process can end while a checkpoint runs.
     /// Where a checkpoint stops for an abort test: 0 nowhere, 1 before it moves anything
     /// into sled, 2 after it moved everything (large values appended to the value log) but
-    /// before the value log is made durable and the write counter written.
+    /// before the value log is made durable and the write counter written, 3 after a
+    /// collection of the value log swapped its pointers, before sled is made durable.
     static PAUSE_CHECKPOINTS: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+    /// Set once the checkpoint thread stopped at [`PAUSE_CHECKPOINTS`]'s stage.
+    static PAUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
     pub(super) fn pause_in_checkpoint(stage: u8) {
         if PAUSE_CHECKPOINTS.load(Ordering::Relaxed) == stage {
+            PAUSED.store(true, Ordering::Release);
             // Longer than any loaded machine needs for the rest of the test: the child aborts
             // while this sleeps.
             std::thread::sleep(Duration::from_secs(60));
@@ -1781,6 +1788,74 @@ mod tests {
             assert_eq!(numbered_keys(&store), numbered_keys_left(60));
             for (_, v) in store.scan(Space::Journal, b"").unwrap() {
                 assert_eq!(v, vec![7; 100_000]);
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// An abort after a collection of the value log copied the live entries of a mostly
+    /// dead segment and swapped their pointers in sled, before sled was made durable (so
+    /// the restart may find old pointers, new ones, or a mix): every value reads back,
+    /// because the collected segment is removed only once sled is durable.
+    #[test]
+    fn an_abort_after_a_collection_swapped_pointers_loses_nothing() {
+        const CHILD: &str = "PROVISIO_TEST_COLLECTION_CHILD";
+        let value = |i: u32| vec![(i % 251) as u8; 1024 * 1024];
+        let kept = |i: u32| i % 4 == 0;
+        if let Ok(dir) = std::env::var(CHILD) {
+            PAUSE_CHECKPOINTS.store(3, Ordering::Relaxed);
+            child_store(&dir, |store| async move {
+                let mut b = Batch::new();
+                for i in (0..40u32).filter(|i| !kept(*i)) {
+                    b.delete(Space::Journal, i.to_be_bytes().to_vec());
+                }
+                store.write(b, true).await.unwrap();
+                let full = key(Space::Journal, &0u32.to_be_bytes());
+                let before = store.tree.get(&full).unwrap().unwrap().to_vec();
+                if let Some(signals) = lock(&store.signals).as_ref() {
+                    signals.send(Signal::Checkpoint).unwrap();
+                }
+                let started = std::time::Instant::now();
+                while !PAUSED.load(Ordering::Acquire) && started.elapsed() < Duration::from_secs(60)
+                {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                assert!(PAUSED.load(Ordering::Acquire), "a collection ran");
+                let after = store.tree.get(&full).unwrap().unwrap().to_vec();
+                assert_ne!(before, after, "the collection moved key 0");
+                std::process::abort();
+            });
+        }
+        let dir = tempfile_dir();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let store = SledStore::open(&dir).unwrap();
+            for i in 0..40u32 {
+                let mut b = Batch::new();
+                b.put(Space::Journal, i.to_be_bytes().to_vec(), value(i));
+                store.write(b, false).await.unwrap();
+            }
+            store.sync().await.unwrap();
+            store.close();
+        });
+        run_aborting_child(
+            "an_abort_after_a_collection_swapped_pointers_loses_nothing",
+            CHILD,
+            &dir,
+        );
+        for _ in 0..2 {
+            let store = SledStore::open(&dir).unwrap();
+            let left = store.scan(Space::Journal, b"").unwrap();
+            let keys: Vec<u32> = left
+                .iter()
+                .map(|(k, _)| u32::from_be_bytes(k[..4].try_into().unwrap()))
+                .collect();
+            assert_eq!(keys, (0..40u32).filter(|i| kept(*i)).collect::<Vec<_>>());
+            for (k, v) in left {
+                let i = u32::from_be_bytes(k[..4].try_into().unwrap());
+                assert!(v == value(i), "key {i} reads back whole");
             }
         }
         let _ = std::fs::remove_dir_all(&dir);
