@@ -133,6 +133,16 @@ pub enum StoreError {
         /// What the storage engine said.
         message: String,
     },
+    /// The store was written by a newer provisio, in a format this one cannot read.
+    #[error("the journal store at `{path}` was written by a newer provisio (store format {found}; this version reads up to format {supported})\n  hint: nothing was read or changed; run the provisio version that wrote it, or a newer one")]
+    Newer {
+        /// The store folder.
+        path: String,
+        /// The format the store says it has.
+        found: u32,
+        /// The newest format this version reads.
+        supported: u32,
+    },
     /// Another process holds the store.
     #[error("the journal store at `{path}` is in use by another provisio process\n  hint: wait for it to finish, or submit the request to the running daemon")]
     Locked {

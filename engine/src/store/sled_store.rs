@@ -498,12 +498,52 @@ fn map_err(path: &Path, e: sled::Error) -> StoreError {
     }
 }
 
+/// The store format this version writes and reads: 1 had every value in sled, 2 keeps large
+/// values in the value log. The state file and sled's Meta space both carry it, so that a
+/// later format is refused before anything is read or changed (a provisio before format 2
+/// does not look: it would read value-log pointers as values, CHANGELOG says so).
+pub(crate) const STORE_FORMAT: u32 = 2;
+
+/// The key of the store format in the Meta space (a big-endian `u32`).
+const FORMAT_KEY: &[u8] = b"format";
+
+/// Refuses a store whose format (`found`, absent in a store before format 2) this version
+/// cannot read.
+fn check_format(path: &Path, found: Option<u32>) -> Result<(), StoreError> {
+    match found {
+        Some(found) if found > STORE_FORMAT => Err(StoreError::Newer {
+            path: path.display().to_string(),
+            found,
+            supported: STORE_FORMAT,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The store format sled's Meta space names (`None` before format 2).
+fn meta_format(path: &Path, tree: &sled::Tree) -> Result<Option<u32>, StoreError> {
+    let Some(v) = tree
+        .get(key(Space::Meta, FORMAT_KEY))
+        .map_err(|e| map_err(path, e))?
+    else {
+        return Ok(None);
+    };
+    let bytes: [u8; 4] = v.as_ref().try_into().map_err(|_| StoreError::Corrupt {
+        path: path.display().to_string(),
+        message: format!("its format record has {} bytes instead of 4", v.len()),
+    })?;
+    Ok(Some(u32::from_be_bytes(bytes)))
+}
+
 impl SledStore {
     /// Opens (or creates) the store in `path`.
     pub fn open(path: &Path) -> Result<SledStore, StoreError> {
         std::fs::create_dir_all(path)
             .map_err(|e| StoreError::Io(format!("cannot create `{}`: {e}", path.display())))?;
+        // Before sled opens: a newer store is left exactly as it is.
+        check_format(path, Identity::read_side(path).map(|side| side.format))?;
         let (db, tree) = open_sled(path)?;
+        check_format(path, meta_format(path, &tree)?)?;
         let sled_writes = read_write_count(path, &tree)?;
         let mut wals = [
             Wal::open_unread(&path.join(WAL_FILES[0]))?,
@@ -1801,7 +1841,7 @@ mod tests {
     fn an_abort_after_a_collection_swapped_pointers_loses_nothing() {
         const CHILD: &str = "PROVISIO_TEST_COLLECTION_CHILD";
         let value = |i: u32| vec![(i % 251) as u8; 1024 * 1024];
-        let kept = |i: u32| i % 4 == 0;
+        let kept = |i: u32| i.is_multiple_of(4);
         if let Ok(dir) = std::env::var(CHILD) {
             PAUSE_CHECKPOINTS.store(3, Ordering::Relaxed);
             child_store(&dir, |store| async move {
@@ -1859,6 +1899,102 @@ mod tests {
             }
         }
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A store written by a newer provisio (its state file or sled's Meta naming a later
+    /// format) is refused with an error that says so, and left as it was: once the format
+    /// is one this version reads again, it opens with everything in it.
+    #[tokio::test]
+    async fn a_store_of_a_newer_format_is_refused_and_left_as_it_was() {
+        let dir = tempfile_dir();
+        {
+            let store = SledStore::open(&dir).unwrap();
+            let mut b = Batch::new();
+            b.put(Space::Journal, b"k".to_vec(), vec![5; 10_000]);
+            store.write(b, true).await.unwrap();
+            assert_eq!(meta_format(&dir, &store.tree).unwrap(), Some(STORE_FORMAT));
+            store.close();
+        }
+        assert_eq!(Identity::read_side(&dir).unwrap().format, STORE_FORMAT);
+        let side_file = Identity::side_file(&dir);
+        let side = std::fs::read_to_string(&side_file).unwrap();
+        let newer = side.replace(
+            &format!("\"format\":{STORE_FORMAT}"),
+            &format!("\"format\":{}", STORE_FORMAT + 1),
+        );
+        assert_ne!(newer, side);
+        std::fs::write(&side_file, &newer).unwrap();
+        let files = |dir: &Path| -> Vec<(PathBuf, Vec<u8>)> {
+            let mut out = Vec::new();
+            for e in walk(dir) {
+                out.push((e.clone(), std::fs::read(&e).unwrap()));
+            }
+            out.sort();
+            out
+        };
+        let before = files(&dir);
+        let err = match SledStore::open(&dir) {
+            Ok(_) => panic!("a newer store is refused"),
+            Err(e) => e,
+        };
+        assert!(
+            matches!(err, StoreError::Newer { found, supported, .. } if found == STORE_FORMAT + 1 && supported == STORE_FORMAT),
+            "{err}"
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains(&dir.display().to_string()) && text.contains("newer provisio"),
+            "{text}"
+        );
+        assert_eq!(files(&dir), before, "nothing in the store changed");
+        assert_eq!(std::fs::read_to_string(&side_file).unwrap(), newer);
+        // The same through sled's Meta space (a store copied without its state file).
+        std::fs::write(&side_file, &side).unwrap();
+        {
+            let store = SledStore::open(&dir).unwrap();
+            let mut b = Batch::new();
+            b.put(
+                Space::Meta,
+                FORMAT_KEY.to_vec(),
+                (STORE_FORMAT + 1).to_be_bytes().to_vec(),
+            );
+            store.write(b, true).await.unwrap();
+            store.close();
+        }
+        std::fs::remove_file(&side_file).unwrap();
+        let err = match SledStore::open(&dir) {
+            Ok(_) => panic!("a newer store is refused"),
+            Err(e) => e,
+        };
+        assert!(matches!(err, StoreError::Newer { .. }), "{err}");
+        // Back to this version's format: everything reads back.
+        {
+            let (db, tree) = open_sled(&dir).unwrap();
+            tree.insert(key(Space::Meta, FORMAT_KEY), &STORE_FORMAT.to_be_bytes())
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let store = SledStore::open(&dir).unwrap();
+        assert_eq!(
+            store.get(Space::Journal, b"k").unwrap(),
+            Some(vec![5; 10_000])
+        );
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Every file below `dir`.
+    fn walk(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+        out
     }
 
     /// When the disk refuses a write (here a file-size limit, as a full disk would), the
@@ -2138,9 +2274,17 @@ struct Identity {
     id: String,
     writes: u64,
     clean: bool,
+    /// The store's format ([`STORE_FORMAT`]; 0 in a state file written before format 2).
+    #[serde(default)]
+    format: u32,
 }
 
 impl Identity {
+    /// The state file beside the store, if it can be read.
+    fn read_side(path: &Path) -> Option<Identity> {
+        serde_json::from_slice(&std::fs::read(Self::side_file(path)).ok()?).ok()
+    }
+
     fn side_file(path: &Path) -> PathBuf {
         let mut p = path.as_os_str().to_owned();
         p.push(".state");
@@ -2172,9 +2316,7 @@ impl Identity {
             .get(key(Space::Meta, b"id"))
             .map_err(|e| map_err(path, e))?
             .map(|v| String::from_utf8_lossy(&v).into_owned());
-        let side: Option<Identity> = std::fs::read(Self::side_file(path))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok());
+        let side = Self::read_side(path);
         let id = match (id, side) {
             (None, None) => {
                 // A new store: give it an identity.
@@ -2200,6 +2342,12 @@ impl Identity {
             }
             (Some(id), _) => id,
         };
+        // From here on the store may hold what only this format reads (made durable with
+        // the replay's writes).
+        if meta_format(path, tree)? != Some(STORE_FORMAT) {
+            tree.insert(key(Space::Meta, FORMAT_KEY), &STORE_FORMAT.to_be_bytes())
+                .map_err(|e| map_err(path, e))?;
+        }
         // Until the next clean close, a lower count is not proof of loss (a crash may precede
         // the last sync), so the side file says "not clean".
         Self::write_side(
@@ -2208,6 +2356,7 @@ impl Identity {
                 id,
                 writes,
                 clean: false,
+                format: STORE_FORMAT,
             },
         )
     }
@@ -2221,6 +2370,7 @@ impl Identity {
                     id: String::from_utf8_lossy(&id).into_owned(),
                     writes,
                     clean: true,
+                    format: STORE_FORMAT,
                 },
             )
             .is_ok();
@@ -2243,8 +2393,7 @@ pub(crate) struct SideState {
 
 /// Reads the state file of the store in `path`, without opening the store.
 pub(crate) fn side_state(path: &Path) -> Option<SideState> {
-    let side: Identity =
-        serde_json::from_slice(&std::fs::read(Identity::side_file(path)).ok()?).ok()?;
+    let side = Identity::read_side(path)?;
     Some(SideState {
         id: side.id,
         writes: side.writes,
