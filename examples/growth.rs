@@ -31,7 +31,9 @@
 //!   crashes; the next writer (`provisio recover`) brings the listing up to date at its
 //!   clean close (timed, with its peak RSS), then `tx list`'s first page; the binaries
 //!   `PROVISIO_BIN`, `PROVISIO_BIN_BASE` and `PROVISIO_BIN` again with the listing's base
-//!   file removed (a full rebuild) in turn.
+//!   file removed (a full rebuild) in turn. With P and N (the store's count: `case-list N
+//!   DIR`), the next writer is `provisio tx prune` removing the P oldest instead (a prune in
+//!   the first run after a crash).
 //!
 //! Every case runs in a child process of its own (this example re-executed with `case …`), so
 //! its peak RSS (`VmHWM`) is its own; the store is sled on the local disk in a temp folder
@@ -926,6 +928,12 @@ fn main() -> Result<()> {
             let dir = Path::new(arg(1, "DIR")?);
             let reps: usize = args.get(2).map(|r| r.parse()).transpose()?.unwrap_or(3);
             let k: usize = args.get(3).map(|r| r.parse()).transpose()?.unwrap_or(100);
+            // `P N`: the next writer prunes the P oldest of the store's N (+ K a round).
+            let prune: usize = args.get(4).map(|r| r.parse()).transpose()?.unwrap_or(0);
+            let mut total: usize = match prune {
+                0 => 0,
+                _ => arg(5, "N")?.parse()?,
+            };
             let new_bin = std::env::var("PROVISIO_BIN")
                 .unwrap_or_else(|_| "target/release/provisio".to_string());
             // "new, no base": the new binary with the base file gone, so it rebuilds in full
@@ -953,9 +961,17 @@ fn main() -> Result<()> {
                     if name.ends_with("no base") {
                         std::fs::remove_file(dir.join("journal").join(index_listing::BASE_FILE))?;
                     }
+                    total += k;
+                    let keep = total.saturating_sub(prune).to_string();
+                    let next_writer: Vec<&str> = match prune {
+                        0 => vec!["recover"],
+                        _ => vec!["tx", "prune", "--older-than", "forever", "--keep", &keep],
+                    };
+                    total -= total.min(prune);
                     let start = Instant::now();
                     let out = std::process::Command::new("/usr/bin/time")
-                        .args(["-f", "%M", bin, "recover"])
+                        .args(["-f", "%M", bin])
+                        .args(&next_writer)
                         .env("PROVISIO_DATA_DIR", dir)
                         .env("RUST_LOG", "provisio_engine::txn::listing=debug")
                         .output()?;

@@ -107,14 +107,12 @@ impl Engine {
         let kept = completed.len();
         let order: Vec<UndoOrder> = completed
             .iter()
-            .map(|c| UndoOrder {
-                started_after: c.started_after,
-                seq: c.seq,
-            })
-            .chain(located.iter().map(|l| UndoOrder {
-                started_after: l.started_after,
-                seq: l.seq,
-            }))
+            .map(|c| UndoOrder::new(c.started_after, c.seq))
+            .chain(
+                located
+                    .iter()
+                    .map(|l| UndoOrder::new(l.started_after, l.seq)),
+            )
             .collect();
         let journal = self.journal.read_back();
         let read_back = journal
@@ -178,14 +176,12 @@ impl Engine {
             }
         })
         .await;
-        let mut undone = 0;
-        let mut failures = Vec::new();
-        for (i, r) in results.into_iter().enumerate() {
-            match r {
-                Ok(()) => undone += 1,
-                Err(f) => failures.push((order[i].seq, f)),
-            }
-        }
+        let undone = results.undone;
+        let mut failures: Vec<(u32, UndoFailure)> = results
+            .failures
+            .into_iter()
+            .map(|(i, f)| (order[i].seq, f))
+            .collect();
         failures.sort_by_key(|(seq, _)| *seq);
         let mut failures: Vec<UndoFailure> = failures.into_iter().map(|(_, f)| f).collect();
         // A call nobody can settle may have been applied: only an operator can undo it.
@@ -408,104 +404,176 @@ struct Undo {
     provider_undo: bool,
 }
 
-/// When a completed call started and finished, in completion counts.
+/// When a completed call started and finished, in completion counts: 8 bytes a call, held
+/// for the whole of a rollback (a transaction's counts fit in 32 bits: four billion calls
+/// would need hundreds of GiB of journal and memory before this).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct UndoOrder {
     /// Completions counted when the call started.
-    pub(crate) started_after: usize,
+    pub(crate) started_after: u32,
     /// Its own completion number.
-    pub(crate) seq: usize,
+    pub(crate) seq: u32,
+}
+
+impl UndoOrder {
+    /// The order of a call that started after `started_after` completions and was
+    /// completion number `seq` (counts past `u32::MAX` are held at it).
+    pub(crate) fn new(started_after: usize, seq: usize) -> UndoOrder {
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        UndoOrder {
+            started_after: count(started_after),
+            seq: count(seq),
+        }
+    }
+
+    /// The completion count after which every call that started later may depend on it.
+    fn completed(self) -> u32 {
+        self.seq.max(self.started_after)
+    }
+}
+
+/// What the undos of [`undo_in_dependency_order`] came to: how many succeeded, and the
+/// failures alone, by index (a rollback of 100,000 calls held a result for each).
+#[derive(Debug)]
+pub(crate) struct UndoResults<E> {
+    /// Undos that succeeded.
+    pub(crate) undone: usize,
+    /// The index (in the order given) and error of each undo that failed, by index.
+    pub(crate) failures: Vec<(usize, E)>,
+}
+
+/// One bit a call.
+struct Bits(Vec<u64>);
+
+impl Bits {
+    fn new(n: usize) -> Bits {
+        Bits(vec![0; n.div_ceil(64)])
+    }
+
+    fn set(&mut self, i: usize) {
+        self.0[i / 64] |= 1 << (i % 64);
+    }
+
+    fn get(&self, i: usize) -> bool {
+        self.0[i / 64] & (1 << (i % 64)) != 0
+    }
 }
 
 /// Runs `undo(i)` for every call so that a call is undone only after every call that
-/// started after it completed; independent calls run concurrently. Returns results by index.
+/// started after it completed; independent calls run concurrently. Besides `order`, it holds
+/// about 8 bytes a call (two permutations of `u32` indices and a bit), and the failures.
 pub(crate) async fn undo_in_dependency_order<'a, F, Fut, E>(
     order: &[UndoOrder],
     undo: F,
-) -> Vec<Result<(), E>>
+) -> UndoResults<E>
 where
     F: Fn(usize) -> Fut,
     Fut: std::future::Future<Output = Result<(), E>> + 'a,
 {
     let n = order.len();
+    // Indices fit in 32 bits (see `UndoOrder`).
+    let at = |k: u32| k as usize;
     // Call i waits for every call that started after it completed: those whose
-    // `started_after` is above i's `seq`. Sorted by `started_after`, largest first, they are
-    // a prefix of `by_start` (of length `blockers[i]`), so i is ready once the finished
-    // calls cover that prefix. Comparing every pair instead cost O(n²) time and memory: a
-    // chain of 100,000 sequential calls made 5·10⁹ pairs.
-    let mut by_start: Vec<usize> = (0..n).collect();
-    by_start.sort_by_key(|&j| Reverse(order[j].started_after));
+    // `started_after` is above i's `completed()`. Sorted by `started_after`, largest first,
+    // they are a prefix of `by_start`, so i is ready once the finished calls cover that
+    // prefix. Comparing every pair instead cost O(n²) time and memory: a chain of 100,000
+    // sequential calls made 5·10⁹ pairs.
+    let mut by_start: Vec<u32> = (0..n).map(|i| i as u32).collect();
+    by_start.sort_by_key(|&j| Reverse(order[at(j)].started_after));
     // (A call never waits for itself: it started before it completed.)
-    let blockers: Vec<usize> = (0..n)
-        .map(|i| {
-            let completed = order[i].seq.max(order[i].started_after);
-            by_start.partition_point(|&j| order[j].started_after > completed)
-        })
-        .collect();
-    // Calls by how long a prefix they wait for, released in that order.
-    let mut by_blockers: Vec<usize> = (0..n).collect();
-    by_blockers.sort_by_key(|&i| blockers[i]);
+    let blockers = |i: usize| {
+        let completed = order[i].completed();
+        by_start.partition_point(|&j| order[at(j)].started_after > completed)
+    };
+    // Calls by how long a prefix they wait for, released in that order: the latest
+    // completed wait for the fewest (the prefix's length is recomputed, a binary search,
+    // rather than held a call).
+    let mut by_completed: Vec<u32> = (0..n).map(|i| i as u32).collect();
+    by_completed.sort_by_key(|&i| Reverse(order[at(i)].completed()));
     let mut released = 0;
-    let mut finished = vec![false; n];
+    let mut finished = Bits::new(n);
     // The longest prefix of `by_start` whose calls are all finished.
     let mut covered = 0;
-    let mut results: Vec<Result<(), E>> = (0..n).map(|_| Ok(())).collect();
+    let mut failures = Vec::new();
     let mut running = FuturesUnordered::new();
+    let mut ready: Vec<u32> = Vec::new();
     loop {
         // Every call whose blockers are all finished, the latest completed first.
-        let mut ready: Vec<usize> = Vec::new();
-        while released < n && blockers[by_blockers[released]] <= covered {
-            ready.push(by_blockers[released]);
+        while released < n && blockers(at(by_completed[released])) <= covered {
+            ready.push(by_completed[released]);
             released += 1;
         }
-        ready.sort_by_key(|&i| Reverse(order[i].seq));
-        for i in ready {
+        ready.sort_by_key(|&i| Reverse(order[at(i)].seq));
+        for i in ready.drain(..) {
+            let i = at(i);
             let fut = undo(i);
             running.push(async move { (i, fut.await) });
         }
         match running.next().await {
             None => break,
             Some((i, r)) => {
-                results[i] = r;
-                finished[i] = true;
-                while covered < n && finished[by_start[covered]] {
+                if let Err(e) = r {
+                    failures.push((i, e));
+                }
+                finished.set(i);
+                while covered < n && finished.get(at(by_start[covered])) {
                     covered += 1;
                 }
             }
         }
     }
-    results
+    failures.sort_by_key(|(i, _)| *i);
+    UndoResults {
+        undone: n - failures.len(),
+        failures,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::{undo_in_dependency_order, UndoOrder};
+    use futures::stream::{FuturesUnordered, StreamExt};
+    use proptest::prelude::*;
+    use std::cmp::Reverse;
     use std::sync::Mutex;
+
+    /// Yields `i`'s number of times (so undos finish out of order); fails when `fails(i)`.
+    async fn an_undo(
+        i: usize,
+        log: &Mutex<Vec<(usize, bool)>>,
+        fails: impl Fn(usize) -> bool,
+    ) -> Result<(), usize> {
+        log.lock().unwrap().push((i, false));
+        for _ in 0..(i * 7919) % 5 {
+            tokio::task::yield_now().await;
+        }
+        log.lock().unwrap().push((i, true));
+        if fails(i) {
+            Err(i)
+        } else {
+            Ok(())
+        }
+    }
 
     /// Undoes `order` with undos that yield a varying number of times (so they finish out
     /// of order) and checks that each started only after every call that started after it
-    /// completed had been undone.
-    async fn check(order: &[UndoOrder]) {
+    /// completed had been undone. Returns the log of starts and ends.
+    async fn check(order: &[UndoOrder]) -> Vec<(usize, bool)> {
         let log: Mutex<Vec<(usize, bool)>> = Mutex::new(Vec::new());
-        let results = undo_in_dependency_order(order, |i| {
-            let log = &log;
-            async move {
-                log.lock().unwrap().push((i, false));
-                for _ in 0..(i * 7919) % 5 {
-                    tokio::task::yield_now().await;
-                }
-                log.lock().unwrap().push((i, true));
-                Ok::<(), ()>(())
-            }
-        })
-        .await;
-        assert_eq!(results.len(), order.len());
+        let fails = |i: usize| i % 7 == 3;
+        let results = undo_in_dependency_order(order, |i| an_undo(i, &log, fails)).await;
+        let failed: Vec<usize> = (0..order.len()).filter(|&i| fails(i)).collect();
+        assert_eq!(results.undone, order.len() - failed.len());
+        let reported: Vec<usize> = results.failures.iter().map(|(i, _)| *i).collect();
+        assert_eq!(reported, failed, "the failures, by index");
+        assert!(results.failures.iter().all(|(i, e)| i == e));
         let log = log.into_inner().unwrap();
         let (mut started, mut finished) = (vec![None; order.len()], vec![None; order.len()]);
         for (at, &(i, done)) in log.iter().enumerate() {
             if done {
                 finished[i] = Some(at);
             } else {
+                assert!(started[i].is_none(), "{i} is undone once");
                 started[i] = Some(at);
             }
         }
@@ -518,6 +586,55 @@ mod tests {
                 }
             }
         }
+        log
+    }
+
+    /// The scheduling as it was before the compact one (`usize` vectors, a result and a
+    /// prefix length held a call), kept to check that the order is the same, step by step.
+    async fn undo_as_before<F, Fut>(order: &[UndoOrder], undo: F) -> Vec<Result<(), usize>>
+    where
+        F: Fn(usize) -> Fut,
+        Fut: std::future::Future<Output = Result<(), usize>>,
+    {
+        let n = order.len();
+        let mut by_start: Vec<usize> = (0..n).collect();
+        by_start.sort_by_key(|&j| Reverse(order[j].started_after));
+        let blockers: Vec<usize> = (0..n)
+            .map(|i| {
+                let completed = order[i].seq.max(order[i].started_after);
+                by_start.partition_point(|&j| order[j].started_after > completed)
+            })
+            .collect();
+        let mut by_blockers: Vec<usize> = (0..n).collect();
+        by_blockers.sort_by_key(|&i| blockers[i]);
+        let mut released = 0;
+        let mut finished = vec![false; n];
+        let mut covered = 0;
+        let mut results: Vec<Result<(), usize>> = (0..n).map(|_| Ok(())).collect();
+        let mut running = FuturesUnordered::new();
+        loop {
+            let mut ready: Vec<usize> = Vec::new();
+            while released < n && blockers[by_blockers[released]] <= covered {
+                ready.push(by_blockers[released]);
+                released += 1;
+            }
+            ready.sort_by_key(|&i| Reverse(order[i].seq));
+            for i in ready {
+                let fut = undo(i);
+                running.push(async move { (i, fut.await) });
+            }
+            match running.next().await {
+                None => break,
+                Some((i, r)) => {
+                    results[i] = r;
+                    finished[i] = true;
+                    while covered < n && finished[by_start[covered]] {
+                        covered += 1;
+                    }
+                }
+            }
+        }
+        results
     }
 
     #[tokio::test]
@@ -532,10 +649,7 @@ mod tests {
             }
             if (k * 31) % 4 != 0 {
                 if let Some(started_after) = open.pop() {
-                    order.push(UndoOrder {
-                        started_after,
-                        seq: completed,
-                    });
+                    order.push(UndoOrder::new(started_after, completed));
                     completed += 1;
                 }
             }
@@ -549,19 +663,15 @@ mod tests {
         // 100,000 sequential calls: each started after the previous completed. Comparing
         // every pair made 5·10⁹ entries; this must take well under a second.
         let n = 100_000;
-        let order: Vec<UndoOrder> = (0..n)
-            .map(|k| UndoOrder {
-                started_after: k,
-                seq: k,
-            })
-            .collect();
+        let order: Vec<UndoOrder> = (0..n).map(|k| UndoOrder::new(k, k)).collect();
         let log = Mutex::new(Vec::with_capacity(n));
         let start = std::time::Instant::now();
-        undo_in_dependency_order(&order, |i| {
+        let results = undo_in_dependency_order(&order, |i| {
             log.lock().unwrap().push(i);
             async { Ok::<(), ()>(()) }
         })
         .await;
+        assert_eq!((results.undone, results.failures.len()), (n, 0));
         let log = log.into_inner().unwrap();
         assert_eq!(log, (0..n).rev().collect::<Vec<_>>());
         assert!(
@@ -570,5 +680,54 @@ mod tests {
             start.elapsed()
         );
         check(&order[..2_000]).await;
+    }
+
+    /// Calls as a run makes them: each starts after some completions (never more than
+    /// came before its own) and completes in turn; some overlap many others, some wait for
+    /// all before (as chained provider-state writers do), many share a `started_after`.
+    fn arb_order() -> impl Strategy<Value = Vec<UndoOrder>> {
+        prop::collection::vec((0usize..6, any::<bool>(), 0usize..40), 0..120).prop_map(|steps| {
+            steps
+                .into_iter()
+                .enumerate()
+                .map(|(k, (back, chained, long))| {
+                    let started_after = match (chained, back) {
+                        (true, _) => k,
+                        // Now and then a call that ran through many others.
+                        (false, 0) => k.saturating_sub(long),
+                        (false, back) => k.saturating_sub(back),
+                    };
+                    UndoOrder::new(started_after, k)
+                })
+                .collect()
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// The compact scheduling starts the undos in exactly the order the one it replaced
+        /// did (same undos, same interleaving of starts and ends), keeps every dependency,
+        /// and reports the same failures.
+        #[test]
+        fn the_undo_order_is_the_one_before(order in arb_order()) {
+            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let (log, before) = rt.block_on(async {
+                let log = check(&order).await;
+                let before_log: Mutex<Vec<(usize, bool)>> = Mutex::new(Vec::new());
+                let results =
+                    undo_as_before(&order, |i| an_undo(i, &before_log, |i| i % 7 == 3)).await;
+                (log, (before_log.into_inner().unwrap(), results))
+            });
+            prop_assert_eq!(&log, &before.0);
+            let failed: Vec<usize> = before
+                .1
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.is_err())
+                .map(|(i, _)| i)
+                .collect();
+            prop_assert_eq!(failed, (0..order.len()).filter(|i| i % 7 == 3).collect::<Vec<_>>());
+        }
     }
 }

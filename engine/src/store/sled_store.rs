@@ -587,12 +587,18 @@ impl SledStore {
         // Checked before the replay touches anything, so a damaged store stays as it was.
         Identity::check(path, &tree, &db, writes)?;
         let values = Arc::new(ValueLog::open(path, &tree)?);
+        // For the listing's catch-up: removals that reached sled, and the replayed summaries.
+        let removals = tree.get(key(Space::Meta, crate::txn::index::REMOVED_KEY));
+        let mut changes =
+            listing::Changes::at_open(removals.map_err(|e| map_err(path, e))?.as_deref());
         if replayed > 0 {
             let mut frames = Vec::new();
             for &(_, _, file) in &spans {
                 frames.push(wals[file].frames()?.filter(move |f| f.seq > sled_writes));
             }
-            apply_logged(path, &tree, &values, writes, frames.into_iter().flatten())?;
+            let frames = frames.into_iter().flatten();
+            let frames = frames.inspect(|f| changes.replayed(&f.batch));
+            apply_logged(path, &tree, &values, writes, frames)?;
         }
         let mut syncer = Syncer::new(path)?;
         make_sled_durable(path, &db, &mut syncer)?;
@@ -673,7 +679,7 @@ impl SledStore {
             checkpointer: std::sync::Mutex::new(Some(handle)),
             sync_thread: std::sync::Mutex::new(Some(sync_thread)),
             listing: std::sync::Mutex::new(Some(listing_base)),
-            changes: std::sync::Mutex::new(listing::Changes::default()),
+            changes: std::sync::Mutex::new(changes),
         })
     }
 

@@ -22,9 +22,12 @@
 //!   transactions started since (the index by start time, from the close less a margin for
 //!   clock steps; `catch_up`) — instead of reading every summary (at a million
 //!   transactions: ~30 ms at sled's memory floor against 3–4 s and ~100 MiB more;
-//!   BENCHMARKS.md, "Issue 11: the listing after a crash catches up"). A removal since (retention changes the store's
-//!   `txn-removed` key in its Meta space), an unbuilt index or a base older than this scheme send it to the full
-//!   rebuild; anything that rewrites the snapshot removes the base first.
+//!   BENCHMARKS.md, "Issue 11: the listing after a crash catches up"). A removal leaves
+//!   nothing to find it by (retention changes the store's `txn-removed` key in its Meta
+//!   space): the holder that closes knows its own and those the open's replay of the
+//!   write-ahead log applied (a crashed holder's prune), and catches up with them; a removal
+//!   that reached sled before the crash, an unbuilt index or a base older than this scheme
+//!   send it to the full rebuild. Anything that rewrites the snapshot removes the base first.
 //!
 //! A reader trusts the files only when the store's state file (`<store>.state`) says
 //! "closed cleanly" with the marker's identity and write count, and finds the same again
@@ -897,9 +900,56 @@ pub(crate) struct Changes {
     /// stale ones (a rebuild reads every summary through sled: seconds and hundreds of MiB
     /// at a million transactions); the next writer's close does.
     pub(crate) leave_rebuild: bool,
+    /// The store's [`REMOVED_KEY`] value in sled when it was opened, before the write-ahead
+    /// log's replay (empty: none yet; `None`: not known). When it is what the base saw, every
+    /// removal since the base is one this holder saw: replayed (a crashed holder's, still in
+    /// the log) or its own.
+    removals_at_open: Option<String>,
 }
 
 impl Changes {
+    /// At the store's open, before the write-ahead log's replay: the store's [`REMOVED_KEY`]
+    /// value in sled then.
+    pub(crate) fn at_open(removals_in_sled: Option<&[u8]>) -> Changes {
+        Changes {
+            removals_at_open: Some(
+                String::from_utf8_lossy(removals_in_sled.unwrap_or_default()).into_owned(),
+            ),
+            ..Changes::default()
+        }
+    }
+
+    /// A batch of a crashed holder that the open's replay of the write-ahead log wrote into
+    /// sled: its summaries count as this holder's changes (a prune still in the log is then
+    /// caught up from, not rebuilt for).
+    pub(crate) fn replayed(&mut self, batch: &crate::store::Batch) {
+        for (space, id, value) in &batch.writes {
+            if *space == Space::Txns {
+                self.record(id, value.as_deref());
+            }
+        }
+    }
+
+    /// The transactions removed since the listing files `m` describes were written, when
+    /// they are all known: no removal reached sled between `m`'s close and this open (the
+    /// removal key in sled is still `m`'s), and this holder remembers every summary it
+    /// replayed or wrote.
+    fn removed_since(&self, m: &Marker) -> Option<Vec<String>> {
+        if self.overflowed
+            || m.removals.is_none()
+            || self.removals_at_open.as_deref() != m.removals.as_deref()
+        {
+            return None;
+        }
+        Some(
+            self.latest
+                .iter()
+                .filter(|(_, v)| v.is_none())
+                .map(|(id, _)| String::from_utf8_lossy(id).into_owned())
+                .collect(),
+        )
+    }
+
     /// A summary was written (`Some`) or removed (`None`).
     pub(crate) fn record(&mut self, id: &[u8], value: Option<&[u8]>) {
         if self.overflowed {
@@ -1008,16 +1058,18 @@ fn update(
             }
             (m, pending, false)
         }
-        Some(Base::Exact(m) | Base::Stale(m)) => match catch_up(store, dir, &m, &removals)? {
-            Some(pending) => (m, pending, true),
-            None if changes.leave_rebuild => return Ok(Updated::LeftToWriters),
-            None => {
-                let marker =
-                    write_snapshot(dir, store_id, writes, read_all(store, dir)?, &removals)?;
-                write_marker(dir, &marker)?;
-                return Ok(Updated::Rebuilt);
+        Some(Base::Exact(m) | Base::Stale(m)) => {
+            match catch_up(store, dir, &m, &removals, &changes)? {
+                Some(pending) => (m, pending, true),
+                None if changes.leave_rebuild => return Ok(Updated::LeftToWriters),
+                None => {
+                    let marker =
+                        write_snapshot(dir, store_id, writes, read_all(store, dir)?, &removals)?;
+                    write_marker(dir, &marker)?;
+                    return Ok(Updated::Rebuilt);
+                }
             }
-        },
+        }
         None => {
             let marker = write_snapshot(dir, store_id, writes, read_all(store, dir)?, &removals)?;
             write_marker(dir, &marker)?;
@@ -1128,19 +1180,31 @@ fn may_change(state: TxnState) -> bool {
 /// earlier clean close) up to date with the store, read from what can have changed since
 /// — the lines that could still change (their summaries read again) and the transactions
 /// started since (the index by start time, from the close less [`CLOCK_MARGIN_MS`]) — so it
-/// costs what changed, not the store. `None` when that is not enough to know: a
-/// transaction was removed since (retention: `removals`, the store's [`REMOVED_KEY`], is not
-/// what `m` saw), the marker predates these fields, or the index is not built; the caller
-/// rebuilds then.
+/// costs what changed, not the store. Transactions removed since (retention changes
+/// `removals`, the store's [`REMOVED_KEY`]) leave nothing to find them by; they are known
+/// only when this holder saw every removal (`changes`: a prune of its own, or one of the
+/// crashed holder's still in the write-ahead log, replayed at the open). `None` when that is
+/// not enough to know: a removal this holder did not see (one that reached sled before the
+/// crash, or too many changes to remember), the marker predates these fields, or the index
+/// is not built; the caller rebuilds then.
 fn catch_up(
     store: &dyn Store,
     dir: &Path,
     m: &Marker,
     removals: &str,
+    changes: &Changes,
 ) -> Result<Option<Vec<Change>>, String> {
-    if m.closed_ms == 0 || m.removals.as_deref() != Some(removals) {
+    if m.closed_ms == 0 {
         return Ok(None);
     }
+    let removed = if m.removals.as_deref() == Some(removals) {
+        Vec::new()
+    } else {
+        match changes.removed_since(m) {
+            Some(removed) => removed,
+            None => return Ok(None),
+        }
+    };
     if !index::is_built(store).map_err(|e| e.to_string())? {
         return Ok(None);
     }
@@ -1236,6 +1300,21 @@ fn catch_up(
         match keys.last() {
             Some(last) if keys.len() == CATCH_UP_PAGE => after = Some(last.clone()),
             _ => break,
+        }
+    }
+    // The removals seen: each once (a line read again above may have found it gone).
+    if !removed.is_empty() {
+        let mut told: std::collections::HashSet<String> = out
+            .iter()
+            .filter_map(|c| match c {
+                Change::Removed(id) => Some(id.clone()),
+                Change::Upsert(_) => None,
+            })
+            .collect();
+        for id in removed {
+            if delta.get(&id) != Some(&None) && told.insert(id.clone()) {
+                out.push(Change::Removed(id));
+            }
         }
     }
     Ok(Some(out))
@@ -2072,6 +2151,111 @@ mod tests {
         let marker = read_marker(&dir).expect("caught up");
         assert_eq!(marker.count, 400, "not rebuilt: {marker:?}");
         same_as_the_index(&dir).await;
+    }
+
+    /// A prune in the first run after a crash is caught up from, not rebuilt for: one by the
+    /// holder that opens after the crash, and one by the crashed holder itself, still in the
+    /// write-ahead log when it died (replayed by the next open). Either way no pruned
+    /// transaction is listed and every kept one is.
+    #[test]
+    fn a_prune_after_a_crash_is_caught_up_not_rebuilt() {
+        const CHILD: &str = "PROVISIO_TEST_LISTING_PRUNE_CHILD";
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime");
+        let states = [
+            TxnState::Committed,
+            TxnState::RolledBack,
+            TxnState::Running,
+            TxnState::Committed,
+        ];
+        let first: Vec<TxnSummary> = (0..800)
+            .map(|n| summary(n, states[n as usize % 4]))
+            .collect();
+        let pruned_by = |step: usize, skip: usize| -> Vec<TxnSummary> {
+            first
+                .iter()
+                .skip(skip)
+                .step_by(step)
+                .filter(|s| !may_change(s.state))
+                .cloned()
+                .collect()
+        };
+        // The crashed holder's prune: acknowledged (in the log), then the process dies.
+        let by_the_crashed_holder = pruned_by(9, 1);
+        if let Ok(dir) = std::env::var(CHILD) {
+            rt.block_on(async {
+                let store = crate::SledStore::open(Path::new(&dir)).expect("opens");
+                remove(&store, &by_the_crashed_holder).await;
+                std::process::abort();
+            });
+        }
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("journal");
+        let mut held: std::collections::BTreeMap<u64, TxnSummary> =
+            (0..800).map(|n| (n, first[n as usize].clone())).collect();
+        let n_of = |s: &TxnSummary| s.id.as_str()[24..].parse::<u64>().expect("n");
+        rt.block_on(async {
+            let store = crate::SledStore::open(&dir).expect("opens");
+            put(&store, &first, None).await;
+            super::super::index::ensure(&store).await.expect("indexed");
+            store.close();
+        });
+        assert_eq!(read_marker(&dir).expect("a marker").count, 800);
+
+        // A crash (no removal in it), then a run that prunes and closes cleanly.
+        let new: Vec<TxnSummary> = (1000..1050)
+            .map(|n| recent(n, states[n as usize % 4], 20_000))
+            .collect();
+        let by_the_next_run = pruned_by(5, 0);
+        rt.block_on(async {
+            let new = new.clone();
+            crashing(&dir, |store| async move {
+                put(&store, &new, None).await;
+                store
+            })
+            .await;
+            let store = crate::SledStore::open(&dir).expect("opens");
+            remove(&store, &by_the_next_run).await;
+            store.close();
+        });
+        for s in &new {
+            held.insert(n_of(s), s.clone());
+        }
+        for s in &by_the_next_run {
+            held.remove(&n_of(s));
+        }
+        let marker = read_marker(&dir).expect("a marker");
+        assert_eq!(marker.count, 800, "caught up, not rebuilt: {marker:?}");
+        assert!(marker.changes >= by_the_next_run.len() as u64, "{marker:?}");
+        assert_listing_is(&dir, &held, 0);
+
+        // A holder prunes and dies with the removals in the write-ahead log only.
+        let status = std::process::Command::new(std::env::current_exe().expect("this test"))
+            .args([
+                "--exact",
+                "txn::listing::tests::a_prune_after_a_crash_is_caught_up_not_rebuilt",
+                "--nocapture",
+            ])
+            .env(CHILD, &dir)
+            .status()
+            .expect("the child runs");
+        assert_eq!(status.code(), None, "the child aborts: {status:?}");
+        assert!(read_marker(&dir).is_none(), "the child took the marker");
+        for s in &by_the_crashed_holder {
+            held.remove(&n_of(s));
+        }
+        // The next holder only reads (as `tx list` after a crash): it catches up, where a
+        // rebuild would be left to a writer (no marker at all).
+        rt.block_on(async {
+            let reader = crate::SledStore::open(&dir).expect("opens");
+            reader.leave_listing_rebuild_to_writers();
+            reader.close();
+        });
+        let caught_up = read_marker(&dir).expect("caught up by a reader");
+        assert_eq!(caught_up.count, 800, "not rebuilt: {caught_up:?}");
+        assert!(caught_up.changes > marker.changes, "{caught_up:?}");
+        assert_listing_is(&dir, &held, 0);
     }
 
     /// A tiny deterministic generator (the test needs no crate for it).

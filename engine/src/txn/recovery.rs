@@ -1304,8 +1304,10 @@ fn call_slots(
 
 /// The undos still to run, as [`CallSlot`] indices, and their dependency order: ordered by
 /// when calls completed and started, the provider-state writers chained (see
-/// [`chain_state_undos`]). Only sequence numbers are read: no record is opened here.
-fn undo_plan(calls: &[CallSlot]) -> (Vec<UndoOrder>, Vec<usize>) {
+/// [`chain_state_undos`]). Only sequence numbers are read: no record is opened here. Both
+/// are held through the undo phase: 12 bytes a call (indices fit in 32 bits: see
+/// [`UndoOrder`]).
+fn undo_plan(calls: &[CallSlot]) -> (Vec<UndoOrder>, Vec<u32>) {
     let mut done_seqs: Vec<u64> = calls
         .iter()
         .filter(|c| c.has(slot::DONE))
@@ -1321,13 +1323,13 @@ fn undo_plan(calls: &[CallSlot]) -> (Vec<UndoOrder>, Vec<usize>) {
         if !c.to_undo() {
             continue;
         }
-        order.push(UndoOrder {
-            started_after: completed_before(c.intent_seq),
-            seq: completed_before(c.done_seq),
-        });
-        pending.push(i);
+        order.push(UndoOrder::new(
+            completed_before(c.intent_seq),
+            completed_before(c.done_seq),
+        ));
+        pending.push(u32::try_from(i).unwrap_or(u32::MAX));
     }
-    chain_state_undos(&mut order, |k| calls[pending[k]].has(slot::STATE));
+    chain_state_undos(&mut order, |k| calls[pending[k] as usize].has(slot::STATE));
     (order, pending)
 }
 
@@ -1678,12 +1680,12 @@ async fn run_slot_undos(
     reader: &std::sync::Mutex<RecordReader<'_>>,
     calls: &[CallSlot],
     settled: &HashMap<usize, Element>,
-    (order, pending): (&[UndoOrder], &[usize]),
+    (order, pending): (&[UndoOrder], &[u32]),
     problems: &mut Vec<String>,
 ) -> usize {
     let waited = WaitedOut::default();
     let results = undo_in_dependency_order(order, |k| {
-        let i = pending[k];
+        let i = pending[k] as usize;
         let prepared = prepare_undo(
             engine,
             journal,
@@ -1714,14 +1716,8 @@ async fn run_slot_undos(
         }
     })
     .await;
-    let mut undone = 0;
-    for r in results {
-        match r {
-            Ok(()) => undone += 1,
-            Err(problem) => problems.push(problem),
-        }
-    }
-    undone
+    problems.extend(results.failures.into_iter().map(|(_, problem)| problem));
+    results.undone
 }
 
 /// Orders the undos of calls that wrote provider state one after another, the latest
@@ -1732,7 +1728,7 @@ fn chain_state_undos(order: &mut [UndoOrder], writes_state: impl Fn(usize) -> bo
     writers.sort_by_key(|&k| order[k].seq);
     for pair in writers.windows(2) {
         let (earlier, later) = (order[pair[0]].seq, pair[1]);
-        order[later].started_after = order[later].started_after.max(earlier + 1);
+        order[later].started_after = order[later].started_after.max(earlier.saturating_add(1));
     }
 }
 
@@ -2299,10 +2295,10 @@ mod tests {
         let mut state = Vec::new();
         for c in calls.iter().filter(|c| c.to_undo()) {
             let done = c.done.as_ref().expect("completed");
-            order.push(UndoOrder {
-                started_after: completed_before(c.intent_seq),
-                seq: completed_before(done.seq),
-            });
+            order.push(UndoOrder::new(
+                completed_before(c.intent_seq),
+                completed_before(done.seq),
+            ));
             which.push((c.intent_seq, done.seq));
             state.push(done.state.is_some());
         }
@@ -2325,7 +2321,7 @@ mod tests {
             assert_eq!(streamed, order, "seed {seed}");
             let streamed_which: Vec<(u64, u64)> = pending
                 .iter()
-                .map(|&i| (slots[i].intent_seq, slots[i].done_seq))
+                .map(|&i| (slots[i as usize].intent_seq, slots[i as usize].done_seq))
                 .collect();
             assert_eq!(streamed_which, which, "seed {seed}");
             // The same calls are in doubt.
