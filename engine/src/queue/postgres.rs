@@ -203,8 +203,9 @@ const LOCK_LINES: &str = "SELECT count(pg_advisory_xact_lock(h)) FROM (
 /// scheduled. A row locked by another transaction is left as it is (`SKIP LOCKED`): a
 /// claim or a promotion (of a row flagged already, which its claim checks again under
 /// the claims' line lock), or a change of the line that settles it after this one
-/// (the lock's order).
-const SETTLE_LINES: &str = "WITH lines AS (
+/// (the lock's order). The rows to change are found by their ids (`= ANY` of an array: the
+/// primary key), never by a join the planner could make a scan of the table.
+pub(crate) const SETTLE_LINES: &str = "WITH lines AS (
          SELECT k, count(*) + 1 AS depth FROM unnest($1::text[]) k GROUP BY k),
      first AS (
          SELECT f.id, f.state, f.not_before_ms, f.claimable, f.pos,
@@ -219,9 +220,11 @@ const SETTLE_LINES: &str = "WITH lines AS (
              ELSE 0 END)::int2 AS c
          FROM first WHERE state = 0),
      todo AS (
-         SELECT j.id, w.c FROM provisio_jobs j JOIN wanted w ON w.id = j.id
-         WHERE w.c <> w.was AND j.state = 0 FOR UPDATE OF j SKIP LOCKED)
-     UPDATE provisio_jobs j SET claimable = t.c FROM todo t WHERE j.id = t.id";
+         SELECT id FROM provisio_jobs
+         WHERE id = ANY (ARRAY(SELECT id FROM wanted WHERE c <> was)) AND state = 0
+         FOR UPDATE SKIP LOCKED)
+     UPDATE provisio_jobs j SET claimable = (SELECT w.c FROM wanted w WHERE w.id = j.id)
+     WHERE j.id = ANY (ARRAY(SELECT id FROM todo))";
 
 fn st(state: JobState) -> i16 {
     state_index(state) as i16
@@ -392,7 +395,7 @@ const INSERT_RUNNING_TYPES: [Type; 13] = [
 /// The claim's search: the best claimable job (`claimable` 2, see [`SCHEMA_V7`]), through
 /// the `provisio_jobs_claimable` index; it reads no job that cannot run. The due time is
 /// checked again, for a job flagged by a node whose clock is ahead of this one's.
-fn search_sql() -> String {
+pub(crate) fn search_sql() -> String {
     format!(
         "SELECT {JOB_COLUMNS}, serial_key FROM provisio_jobs j
          WHERE state = 0 AND claimable = 2 AND not_before_ms <= $1 AND NOT (id = ANY($2))
@@ -404,7 +407,8 @@ fn search_sql() -> String {
 /// job of its key runs (found among the running jobs, a few: the workers'), or an earlier
 /// one is queued or dead (the line's index, from its start up to the job). Two probes, not
 /// one scan of the key's whole line.
-const HELD_IN_LINE: &str = "SELECT EXISTS (SELECT 1 FROM provisio_jobs e WHERE e.state = 1
+pub(crate) const HELD_IN_LINE: &str =
+    "SELECT EXISTS (SELECT 1 FROM provisio_jobs e WHERE e.state = 1
          AND e.serial_key = $1 AND e.id <> $2)
      OR EXISTS (SELECT 1 FROM provisio_jobs e WHERE e.serial_key = $1 AND e.line_pos < $3
          AND e.state IN (0, 4) AND e.id <> $2)";
@@ -1036,6 +1040,11 @@ impl PgQueue {
                     Ok(v) => v,
                     Err(e) => {
                         rollback(&c).await;
+                        // Its row was locked meanwhile: a change of its line may have left
+                        // its flag as it was (see `SETTLE_LINES`).
+                        if let Some(key) = &row.job.serial_key {
+                            settle_apart(&c, &inner.lock_ns, key, now).await;
+                        }
                         return Err(e);
                     }
                 };
@@ -1047,13 +1056,11 @@ impl PgQueue {
                     && (row.job.state == JobState::Queued
                         || (before != row.job.state && row.job.serial_key.is_some()));
                 let lease_node = lease.map(|_| node.as_str());
-                // The lines whose flags this change may move: its own, when it enters or
-                // leaves the line's states (a claim, which takes a line's flagged first job,
-                // moves none; nor does a write that keeps the state).
+                // The lines whose flags this change may move: its own (it may have entered or
+                // left the line's states; and a change of the line that found the row locked
+                // by this one left its flag as it was: see `SETTLE_LINES`).
                 let mut lines: Vec<String> = Vec::new();
-                if write && before != row.job.state {
-                    lines.extend(row.job.serial_key.clone());
-                }
+                lines.extend(row.job.serial_key.clone());
                 // A parent that ended with children waiting for it (parentQueue, rare):
                 // its children are settled in the same transaction, one after another.
                 if write && before != row.job.state && row.job.state.is_final() && row.job.awaited {
@@ -1424,7 +1431,7 @@ impl PgQueue {
                     let mut row = Row::from(row)?;
                     row.job.held_by = None;
                     lines.extend(row.job.serial_key.clone());
-                    if wait_or_die_for_parents(&tx, &mut row, now).await? {
+                    if wait_or_die_for_parents(&tx, &mut row, now, &mut lines).await? {
                         write_row(&tx, &row, None, None).await?;
                         continue;
                     }
@@ -1834,6 +1841,23 @@ async fn settle_lines_on(c: &Conn, ns: &str, keys: &[String], now: u64) -> Res<(
     .await
 }
 
+/// [`settle_lines`] of one line in a database transaction of its own, after a transaction
+/// that locked a row of the line rolled back (a change of the line meanwhile may have left
+/// the row's flag as it was). Best effort: a failure is logged, and the line's next change
+/// settles it.
+async fn settle_apart(c: &Client, ns: &str, key: &str, now: u64) {
+    let keys = [key.to_string()];
+    let (b, settled, end) = tokio::join!(
+        c.batch_execute("BEGIN"),
+        settle_lines(c, None, ns, &keys, now),
+        c.batch_execute("COMMIT"),
+    );
+    if let Err(e) = b.map_err(pg_err).and(settled).and(end.map_err(pg_err)) {
+        rollback(c).await;
+        tracing::warn!(error = %e, "settling the claimable flags of a job's line");
+    }
+}
+
 /// The per-key lock a claim (or a claiming submission) of a serialization key holds until
 /// its database transaction ends; `false`: another claim of the key holds it.
 async fn line_lock(c: &Conn, ns: &str, key: &str) -> Res<bool> {
@@ -2124,6 +2148,8 @@ impl PgQueue {
         now: u64,
     ) -> Res<Submitted> {
         self.run(move |inner, mut c| async move {
+            // The lines of the parents locked (see `parent_row`), and the job's own.
+            let mut lines = Vec::new();
             let r = async {
                 let tx = c.transaction().await.map_err(pg_err)?;
                 if let Some(idem) = &new.idempotency_key {
@@ -2147,7 +2173,7 @@ impl PgQueue {
                 let mut waiting = Vec::new();
                 for id in job.parents.clone() {
                     no_nul(&id, "a parent job id")?;
-                    let parent = parent_row(&tx, &id).await?;
+                    let parent = parent_row(&tx, &id, &mut lines).await?;
                     if parent.is_none() {
                         return Err(QueueError::UnknownParent(id));
                     }
@@ -2188,14 +2214,25 @@ impl PgQueue {
                 }
                 wait_for_parents(&tx, &job).await?;
                 if state == JobState::Queued {
-                    let lines: Vec<String> = job.serial_key.iter().cloned().collect();
-                    settle_lines(&tx, None, &inner.lock_ns, &lines, now).await?;
+                    lines.extend(job.serial_key.clone());
+                }
+                settle_lines(&tx, None, &inner.lock_ns, &lines, now).await?;
+                if state == JobState::Queued {
                     notify(&tx).await?;
                 }
                 tx.commit().await.map_err(pg_err)?;
+                lines.clear();
                 Ok(Submitted { job, created: true })
             }
             .await;
+            // Refused (a parent unknown or gone) after parents were locked: their lines.
+            if r.is_err() {
+                lines.sort();
+                lines.dedup();
+                for key in &lines {
+                    settle_apart(&c, &inner.lock_ns, key, now).await;
+                }
+            }
             (c, r)
         })
         .await
@@ -2204,7 +2241,13 @@ impl PgQueue {
 
 /// A parent's job, its row locked until the transaction ends (`FOR UPDATE`: it is marked
 /// `awaited` next, and a shared lock upgraded by two children at once would deadlock).
-async fn parent_row(tx: &tokio_postgres::Transaction<'_>, id: &str) -> Res<Option<Job>> {
+/// Its key goes to `lines`: its line's flags are settled after (a change of the line that
+/// found its row locked left its flag as it was, see [`SETTLE_LINES`]).
+async fn parent_row(
+    tx: &tokio_postgres::Transaction<'_>,
+    id: &str,
+    lines: &mut Vec<String>,
+) -> Res<Option<Job>> {
     let rows = tx
         .query(
             &format!("SELECT {JOB_COLUMNS} FROM provisio_jobs WHERE id = $1 FOR UPDATE"),
@@ -2212,7 +2255,11 @@ async fn parent_row(tx: &tokio_postgres::Transaction<'_>, id: &str) -> Res<Optio
         )
         .await
         .map_err(pg_err)?;
-    Ok(rows.first().map(Row::from).transpose()?.map(|r| r.job))
+    let job = rows.first().map(Row::from).transpose()?.map(|r| r.job);
+    if let Some(key) = job.as_ref().and_then(|j| j.serial_key.clone()) {
+        lines.push(key);
+    }
+    Ok(job)
 }
 
 /// Records that `job` waits for each of its `waiting_for`, and marks each parent
@@ -2241,10 +2288,11 @@ async fn wait_or_die_for_parents(
     tx: &tokio_postgres::Transaction<'_>,
     row: &mut Row,
     now: u64,
+    lines: &mut Vec<String>,
 ) -> Res<bool> {
     let mut waiting = Vec::new();
     for id in row.job.parents.clone() {
-        match parent_is(parent_row(tx, &id).await?.as_ref()) {
+        match parent_is(parent_row(tx, &id, lines).await?.as_ref()) {
             ParentIs::Done => {}
             ParentIs::Pending => waiting.push(id),
             ParentIs::Gone(why) => {
@@ -2308,6 +2356,9 @@ async fn settle_child(
     let Some(mut row) = get_row(tx, child, true).await? else {
         return Ok(());
     };
+    // Locked: its line's flags are settled after, whatever becomes of it (see
+    // `SETTLE_LINES`).
+    lines.extend(row.job.serial_key.clone());
     if row.job.state != JobState::Held
         || row.job.held_by.is_some()
         || !row.job.waiting_for.iter().any(|p| p == parent)
@@ -2332,9 +2383,6 @@ async fn settle_child(
             row.job.error = Some(parent_gone_message(parent, why));
             finalize(&mut row, JobState::Dead, now);
         }
-    }
-    if row.job.state != JobState::Held {
-        lines.extend(row.job.serial_key.clone());
     }
     write_row(tx, &row, None, None).await
 }
