@@ -2855,7 +2855,7 @@ fn claim_cost_with_jobs_that_cannot_run() {
                  SELECT 'held-' || g, s, 0, 9, CASE WHEN g % 2 = 0 THEN 0 ELSE 4000000000000 END,
                      CASE WHEN g % 2 = 0 THEN 'line' END, s, 'alice', 'A/B', 10,
                      '{{1,0,0,0,0,0,0}}', '{{}}'::bytea
-                 FROM generate_series(1, {n}) g, LATERAL (SELECT nextval('provisio_job_seq') AS s) x;
+                 FROM (SELECT g, nextval('provisio_job_seq') AS s FROM generate_series(1, {n}) g) x;
                  DO $$ BEGIN
                      IF EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema()
                          AND table_name = 'provisio_jobs' AND column_name = 'claimable') THEN
