@@ -405,13 +405,14 @@ pub(crate) fn search_sql() -> String {
 
 /// Whether the found job's line holds it (`$1` its key, `$2` the job, `$3` its place): a
 /// job of its key runs (found among the running jobs, a few: the workers'), or an earlier
-/// one is queued or dead (the line's index, from its start up to the job). Two probes, not
-/// one scan of the key's whole line.
+/// one is queued or dead (the first of the line by the line's index: ordered, so that even
+/// a generic plan, which takes a key for a large share of the table, reads the index and
+/// not the table). Two probes, not one scan of the key's whole line.
 pub(crate) const HELD_IN_LINE: &str =
     "SELECT EXISTS (SELECT 1 FROM provisio_jobs e WHERE e.state = 1
          AND e.serial_key = $1 AND e.id <> $2)
-     OR EXISTS (SELECT 1 FROM provisio_jobs e WHERE e.serial_key = $1 AND e.line_pos < $3
-         AND e.state IN (0, 4) AND e.id <> $2)";
+     OR coalesce((SELECT e.line_pos FROM provisio_jobs e WHERE e.serial_key = $1
+         AND e.state IN (0, 4) AND e.id <> $2 ORDER BY e.line_pos LIMIT 1) < $3, false)";
 
 const LINE_LOCK: &str = "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))";
 
