@@ -115,6 +115,38 @@ UPDATE provisio_jobs SET cancel_requested = true
     WHERE position('\"cancel_requested\":true'::bytea IN body) > 0;
 ";
 
+/// Which jobs a claim can take, indexed (schema migration 7). A claim walked the queued
+/// jobs in (priority, submission) order and skipped one by one those not due yet and those
+/// held in their key's line: with N such jobs ahead of the first runnable one, every claim
+/// cost N rows. `claimable` says where a queued job stands, as the sled queue's indexes do
+/// (its ready `r` and scheduled `s` keys):
+/// - 0: it cannot run (not queued, or held in its key's line: a job of its key runs, or an
+///   earlier one is queued or dead); the sled queue's `Waiting`;
+/// - 1: first in its line (or without a key), waiting for its time (`not_before_ms`): the
+///   sled queue's scheduled index, moved to 2 by the claims ([`PROMOTE`], a few a claim,
+///   as the sled queue's `promote`);
+/// - 2: claimable (the sled queue's ready index): the claim's search reads only these.
+///
+/// It is kept by every change of a job (see [`WRITE_ROW`]) and of a line ([`SETTLE_LINES`],
+/// after each change of a key's line, under the line's lock [`LOCK_LINES`]). The flags are
+/// filled here from the jobs' rows (due: by the database's clock), as the old search would
+/// have found them. The old claim and due indexes go: nothing reads them any more.
+pub(crate) const SCHEMA_V7: &str = "
+ALTER TABLE provisio_jobs ADD COLUMN claimable smallint NOT NULL DEFAULT 0;
+UPDATE provisio_jobs j SET claimable = CASE
+        WHEN j.not_before_ms <= (extract(epoch FROM clock_timestamp()) * 1000)::bigint THEN 2
+        ELSE 1 END
+    WHERE j.state = 0 AND (j.serial_key IS NULL OR NOT EXISTS (SELECT 1 FROM provisio_jobs e
+        WHERE e.serial_key = j.serial_key AND e.id <> j.id
+        AND (e.state = 1 OR (e.state IN (0, 4) AND e.line_pos < j.line_pos))));
+DROP INDEX provisio_jobs_ready;
+DROP INDEX provisio_jobs_due;
+CREATE INDEX provisio_jobs_claimable ON provisio_jobs (priority DESC, seq)
+    WHERE state = 0 AND claimable = 2;
+CREATE INDEX provisio_jobs_scheduled ON provisio_jobs (not_before_ms, seq)
+    WHERE state = 0 AND claimable = 1;
+";
+
 /// A heartbeat: renews a running job's lease (`$1` the job, `$2` the new lease end, `$3`
 /// this node) and reads its cancel flag, without reading its record (see [`SCHEMA_V6`]).
 pub(crate) const HEARTBEAT: &str = "UPDATE provisio_jobs SET lease_until_ms = $2
@@ -134,10 +166,65 @@ const CLAIM_TRIES: usize = 8;
 /// The columns of a job row, in the order [`JOB_COLUMNS`] reads them.
 const JOB_COLUMNS: &str = "body, entered, line_pos, node";
 
-/// A job whose serialization line holds it: another job of its key runs, or an earlier one
-/// is queued or dead (`j` is the job).
-const BLOCKED: &str = "EXISTS (SELECT 1 FROM provisio_jobs e WHERE e.serial_key = j.serial_key \
-     AND e.id <> j.id AND (e.state = 1 OR (e.state IN (0, 4) AND e.line_pos < j.line_pos)))";
+/// Scheduled jobs made claimable per claim (`claimable` 1 to 2, see [`SCHEMA_V7`]): the
+/// sled queue's `PROMOTE_PER_CLAIM`, in the same order (due time, then submission), so
+/// that both stores claim a backlog that comes due at once in the same order, a few jobs a
+/// claim.
+const PROMOTE_PER_CLAIM: i64 = 4;
+
+/// Makes the first [`PROMOTE_PER_CLAIM`] due scheduled jobs claimable (`$1`: now). Run on
+/// its own (committed at once) just before a claim's search, so that the search sees it,
+/// and so does every other claim's search from then on; a concurrent promotion of the same
+/// rows waits for this one, then finds them promoted (the outer condition, checked again
+/// on the row's latest version).
+const PROMOTE: &str = "UPDATE provisio_jobs SET claimable = 2 WHERE id IN (
+         SELECT id FROM provisio_jobs WHERE state = 0 AND claimable = 1 AND not_before_ms <= $1
+         ORDER BY not_before_ms, seq LIMIT $2)
+     AND state = 0 AND claimable = 1";
+
+/// Takes the locks of lines (`$1`: their lock names, see [`line_head_lock_name`]) until the
+/// database transaction ends, in the order of their hashes: a transaction that changes
+/// the lines of several keys takes them in one order, the same for all (no deadlock among
+/// them). Taken after the transaction's row changes, and followed only by
+/// [`SETTLE_LINES`], which waits for no row lock: a transaction holding a line's lock
+/// never waits for a row. Not the claims' line lock ([`LINE_LOCK`]): a claim never waits
+/// for a change of its line, nor fails to take its lock because of one.
+const LOCK_LINES: &str = "SELECT count(pg_advisory_xact_lock(h)) FROM (
+         SELECT DISTINCT hashtextextended(n, 0) AS h FROM unnest($1::text[]) n ORDER BY h) l";
+
+/// Sets the `claimable` flags of the lines of keys `$1` (a key once per change of its line
+/// in this transaction) as of now `$2`, under their locks ([`LOCK_LINES`]), after this
+/// transaction's changes of them: its first queued or dead job (in `line_pos` order) is the
+/// one that may run, if queued and no job of the key runs; every other job of the line
+/// cannot. Only the first jobs of a line are read: a line has at most one flagged job, and
+/// each change of the line moves it back at most one place, so it is among the first
+/// (changes + 1). A head flagged already keeps its flag (1 or 2: the sled queue's
+/// `leave_line` slots only a waiting job); a new one is claimable at once when due, else
+/// scheduled. A row locked by another transaction is left as it is (`SKIP LOCKED`): a
+/// claim or a promotion (of a row flagged already, which its claim checks again under
+/// the claims' line lock), or a change of the line that settles it after this one
+/// (the lock's order). The rows to change are found by their ids (`= ANY` of an array: the
+/// primary key), never by a join the planner could make a scan of the table.
+pub(crate) const SETTLE_LINES: &str = "WITH lines AS (
+         SELECT k, count(*) + 1 AS depth FROM unnest($1::text[]) k GROUP BY k),
+     first AS (
+         SELECT f.id, f.state, f.not_before_ms, f.claimable, f.pos,
+             EXISTS (SELECT 1 FROM provisio_jobs r WHERE r.state = 1 AND r.serial_key = l.k) AS busy
+         FROM lines l CROSS JOIN LATERAL (
+             SELECT x.*, row_number() OVER (ORDER BY x.line_pos) AS pos FROM (
+                 SELECT id, state, not_before_ms, claimable, line_pos FROM provisio_jobs
+                 WHERE serial_key = l.k AND state IN (0, 4) ORDER BY line_pos LIMIT l.depth) x) f),
+     wanted AS (
+         SELECT id, claimable AS was, (CASE WHEN pos = 1 AND NOT busy THEN
+                 CASE WHEN claimable <> 0 THEN claimable WHEN not_before_ms <= $2 THEN 2 ELSE 1 END
+             ELSE 0 END)::int2 AS c
+         FROM first WHERE state = 0),
+     todo AS (
+         SELECT id FROM provisio_jobs
+         WHERE id = ANY (ARRAY(SELECT id FROM wanted WHERE c <> was)) AND state = 0
+         FOR UPDATE SKIP LOCKED)
+     UPDATE provisio_jobs j SET claimable = (SELECT w.c FROM wanted w WHERE w.id = j.id)
+     WHERE j.id = ANY (ARRAY(SELECT id FROM todo))";
 
 fn st(state: JobState) -> i16 {
     state_index(state) as i16
@@ -250,8 +337,14 @@ struct Prepared {
     line_busy: Statement,
     /// [`PgQueue::submit_claimed`]: the claimed job's row.
     insert_running: Statement,
+    /// [`PgQueue::claim`]: the promotion of due scheduled jobs.
+    promote: Statement,
     /// [`PgQueue::claim`]: the search.
     search: Statement,
+    /// [`settle_lines`]: the lines' locks.
+    lock_lines: Statement,
+    /// [`settle_lines`]: their flags.
+    settle_lines: Statement,
     /// [`PgQueue::claim`]: whether the found job's line holds it.
     held_in_line: Statement,
     line_lock: Statement,
@@ -265,13 +358,14 @@ struct Prepared {
     holds_any: Statement,
 }
 
-fn due_sql() -> String {
-    format!(
-        "SELECT EXISTS (SELECT 1 FROM provisio_jobs j WHERE state = 0
-         AND not_before_ms <= $1 AND (serial_key IS NULL OR NOT {BLOCKED})),
-         nextval('provisio_job_seq')"
-    )
-}
+/// Whether a claim now would take another job (`$1`: now): one claimable, or one scheduled
+/// and due (as the sled queue's one read of its ready and scheduled keys); and the new
+/// job's number.
+const DUE: &str = "SELECT EXISTS (SELECT 1 FROM provisio_jobs WHERE state = 0 AND claimable = 2
+             AND not_before_ms <= $1)
+         OR EXISTS (SELECT 1 FROM provisio_jobs WHERE state = 0 AND claimable = 1
+             AND not_before_ms <= $1),
+         nextval('provisio_job_seq')";
 
 const LINE_BUSY: &str =
     "SELECT EXISTS (SELECT 1 FROM provisio_jobs WHERE serial_key = $1 AND state IN (0, 1, 4))";
@@ -298,17 +392,27 @@ const INSERT_RUNNING_TYPES: [Type; 13] = [
     Type::BOOL,
 ];
 
-fn search_sql() -> String {
+/// The claim's search: the best claimable job (`claimable` 2, see [`SCHEMA_V7`]), through
+/// the `provisio_jobs_claimable` index; it reads no job that cannot run. The due time is
+/// checked again, for a job flagged by a node whose clock is ahead of this one's.
+pub(crate) fn search_sql() -> String {
     format!(
         "SELECT {JOB_COLUMNS}, serial_key FROM provisio_jobs j
-         WHERE state = 0 AND not_before_ms <= $1 AND NOT (id = ANY($2))
-           AND (serial_key IS NULL OR NOT {BLOCKED})
+         WHERE state = 0 AND claimable = 2 AND not_before_ms <= $1 AND NOT (id = ANY($2))
          ORDER BY priority DESC, seq LIMIT 1 FOR UPDATE SKIP LOCKED"
     )
 }
 
-const HELD_IN_LINE: &str = "SELECT EXISTS (SELECT 1 FROM provisio_jobs e WHERE e.serial_key = $1
-     AND e.id <> $2 AND (e.state = 1 OR (e.state IN (0, 4) AND e.line_pos < $3)))";
+/// Whether the found job's line holds it (`$1` its key, `$2` the job, `$3` its place): a
+/// job of its key runs (found among the running jobs, a few: the workers'), or an earlier
+/// one is queued or dead (the first of the line by the line's index: ordered, so that even
+/// a generic plan, which takes a key for a large share of the table, reads the index and
+/// not the table). Two probes, not one scan of the key's whole line.
+pub(crate) const HELD_IN_LINE: &str =
+    "SELECT EXISTS (SELECT 1 FROM provisio_jobs e WHERE e.state = 1
+         AND e.serial_key = $1 AND e.id <> $2)
+     OR coalesce((SELECT e.line_pos FROM provisio_jobs e WHERE e.serial_key = $1
+         AND e.state IN (0, 4) AND e.id <> $2 ORDER BY e.line_pos LIMIT 1) < $3, false)";
 
 const LINE_LOCK: &str = "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))";
 
@@ -319,14 +423,21 @@ fn get_row_sql(for_update: bool) -> String {
     )
 }
 
+/// Writes a job's row back. Its `claimable` flag (see [`SCHEMA_V7`]): 0 unless queued; a
+/// queued job's flag is kept while it stays queued; a job (re)entering the queue without a
+/// key is first in its own line: `$13` (claimable at once, or scheduled, as its slot says);
+/// one with a key keeps its 0 and is flagged by [`SETTLE_LINES`], which every change of a
+/// line runs.
 const WRITE_ROW: &str =
     "UPDATE provisio_jobs SET state = $2, priority = $3, not_before_ms = $4, line_pos = $5,
          lease_until_ms = CASE WHEN $2::int2 = 1 THEN coalesce($6, lease_until_ms) END,
          node = CASE WHEN $2::int2 = 1 THEN coalesce($7, node) END, held_by = $8, finished_ms = $9, entered = $10, body = $11,
-         cancel_requested = $12
+         cancel_requested = $12,
+         claimable = CASE WHEN $2::int2 <> 0 THEN 0 WHEN state = 0 AND claimable <> 0 THEN claimable
+             WHEN serial_key IS NULL THEN $13 ELSE claimable END
      WHERE id = $1";
 
-const WRITE_ROW_TYPES: [Type; 12] = [
+const WRITE_ROW_TYPES: [Type; 13] = [
     Type::TEXT,
     Type::INT2,
     Type::INT2,
@@ -339,6 +450,7 @@ const WRITE_ROW_TYPES: [Type; 12] = [
     Type::INT8_ARRAY,
     Type::BYTEA,
     Type::BOOL,
+    Type::INT2,
 ];
 
 const NOTIFY: &str = "SELECT pg_notify($1, '')";
@@ -346,13 +458,16 @@ const NOTIFY: &str = "SELECT pg_notify($1, '')";
 impl Prepared {
     /// Prepares them all, pipelined: one round trip.
     async fn new(c: &Client) -> Res<Prepared> {
-        let (due, search) = (due_sql(), search_sql());
+        let search = search_sql();
         let (get, get_for_update) = (get_row_sql(false), get_row_sql(true));
         let held = format!(
             "SELECT {JOB_COLUMNS} FROM provisio_jobs WHERE held_by = $1 ORDER BY seq FOR UPDATE"
         );
-        let (a, b, d, e, f, g, h, i, j, k, l, m) = tokio::join!(
-            c.prepare_typed(&due, &[Type::INT8]),
+        let (promote, lock_lines, settle_lines, a, b, d, e, f, g, h, i, j, k, l, m) = tokio::join!(
+            c.prepare_typed(PROMOTE, &[Type::INT8, Type::INT8]),
+            c.prepare_typed(LOCK_LINES, &[Type::TEXT_ARRAY]),
+            c.prepare_typed(SETTLE_LINES, &[Type::TEXT_ARRAY, Type::INT8]),
+            c.prepare_typed(DUE, &[Type::INT8]),
             c.prepare_typed(LINE_BUSY, &[Type::TEXT]),
             c.prepare_typed(INSERT_RUNNING, &INSERT_RUNNING_TYPES),
             c.prepare_typed(&search, &[Type::INT8, Type::TEXT_ARRAY]),
@@ -372,7 +487,10 @@ impl Prepared {
             due: a.map_err(pg_err)?,
             line_busy: b.map_err(pg_err)?,
             insert_running: d.map_err(pg_err)?,
+            promote: promote.map_err(pg_err)?,
             search: e.map_err(pg_err)?,
+            lock_lines: lock_lines.map_err(pg_err)?,
+            settle_lines: settle_lines.map_err(pg_err)?,
             held_in_line: f.map_err(pg_err)?,
             line_lock: g.map_err(pg_err)?,
             get_row: h.map_err(pg_err)?,
@@ -400,9 +518,6 @@ struct Inner {
     lock_ns: String,
     wake: Arc<tokio::sync::Notify>,
     listening: std::sync::atomic::AtomicBool,
-    /// The latest time a submission, claim or retry was made at (ms): jobs not before it
-    /// are due, later ones are what [`PgQueue::next_due`] reports.
-    clock: std::sync::atomic::AtomicU64,
     /// The store's link epoch each job claimed here was claimed in, until its runner
     /// asks ([`PgQueue::take_claim_epoch`]).
     claims: Mutex<std::collections::HashMap<String, u64>>,
@@ -428,19 +543,11 @@ impl PgQueue {
             lock_ns: pg.lock_ns(),
             wake: Arc::new(tokio::sync::Notify::new()),
             listening: std::sync::atomic::AtomicBool::new(false),
-            clock: std::sync::atomic::AtomicU64::new(0),
             claims: Mutex::new(std::collections::HashMap::new()),
         });
         let queue = PgQueue { store, inner };
         queue.take_back_on_reconnect();
         queue
-    }
-
-    /// Notes the time a change was made at (see `Inner::clock`).
-    fn saw(&self, now: u64) {
-        self.inner
-            .clock
-            .fetch_max(now, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn pg(&self) -> &PgStore {
@@ -560,11 +667,10 @@ impl PgQueue {
         if let Some(k) = &new.serial_key {
             no_nul(k, "the serialization key")?;
         }
-        self.saw(now);
         if !options.parents.is_empty() {
             return self.submit_with_parents(new, options, now).await;
         }
-        self.run(move |_, c| async move {
+        self.run(move |inner, c| async move {
             let r = async {
                 if let Some(idem) = &new.idempotency_key {
                     if let Some(job) = by_idempotency(&c, &new.subject, idem).await? {
@@ -581,7 +687,30 @@ impl PgQueue {
                     JobState::Queued
                 };
                 let job = new_job(new, seq, state, now, &options);
-                let inserted = insert_job(&*c, &job, seq as i64, state, now).await?;
+                let inserted = match (&job.serial_key, state) {
+                    // It joins its key's line: its flag is the line's, set under the line's
+                    // lock after the row (one round trip: `BEGIN`, the row, the line's lock
+                    // and flags, `COMMIT`; a failed statement makes the `COMMIT` a rollback).
+                    (Some(key), JobState::Queued) => {
+                        let keys = [key.clone()];
+                        let (b, inserted, settled, end) = tokio::join!(
+                            c.batch_execute("BEGIN"),
+                            insert_job(&*c, &job, seq as i64, state, now),
+                            settle_lines_on(&c, &inner.lock_ns, &keys, now),
+                            c.batch_execute("COMMIT"),
+                        );
+                        let done = b.map_err(pg_err).and(inserted).and_then(|n| {
+                            settled?;
+                            end.map_err(pg_err)?;
+                            Ok(n)
+                        });
+                        if done.is_err() {
+                            rollback(&c).await;
+                        }
+                        done?
+                    }
+                    _ => insert_job(&*c, &job, seq as i64, state, now).await?,
+                };
                 if inserted == 0 {
                     // Another node submitted the same key meanwhile: its job.
                     let idem = job.idempotency_key.as_deref().unwrap_or_default();
@@ -623,9 +752,11 @@ impl PgQueue {
         self.run_async(move |inner, c| async move {
             let r = async {
                 // Round trip 1, pipelined: `BEGIN`, whether another job is due, the job's number,
-                // and for a serialization key its line's lock and whether the line is busy
-                // (a statement of its own after the lock: its snapshot sees every claim of
-                // the key committed before the lock was taken).
+                // and for a serialization key its line's locks (the claims', and the one of
+                // the changes of its flags: a submission of the key waits for this one to end,
+                // then finds the line busy) and whether the line is busy (a statement of its
+                // own after the locks: its snapshot sees every change of the line committed
+                // before they were taken).
                 let key = new.serial_key.clone();
                 let now_ms = ms(now);
                 let due_params: [&(dyn ToSql + Sync); 1] = [&now_ms];
@@ -637,10 +768,15 @@ impl PgQueue {
                             return Ok(true);
                         };
                         let busy_params: [&(dyn ToSql + Sync); 1] = [key];
-                        let (locked, busy) = tokio::join!(
+                        let names = [line_head_lock_name(&inner.lock_ns, key)];
+                        let names = &names[..];
+                        let head_params: [&(dyn ToSql + Sync); 1] = [&names];
+                        let (locked, head_locked, busy) = tokio::join!(
                             line_lock(&c, &inner.lock_ns, key),
+                            c.query_one(&c.st.lock_lines, &head_params),
                             c.query_one(&c.st.line_busy, &busy_params),
                         );
+                        head_locked.map_err(pg_err)?;
                         let busy: bool = busy.map_err(pg_err)?.get(0);
                         Ok::<bool, QueueError>(locked? && !busy)
                     },
@@ -725,21 +861,33 @@ impl PgQueue {
     }
 
     pub(crate) async fn claim(&self, now: u64, lease: Duration) -> Res<Option<Job>> {
-        self.saw(now);
         let node = self.inner.node.clone();
         self.run(move |inner, c| async move {
             let r = async {
                 let mut passed: Vec<String> = Vec::new();
-                for _ in 0..CLAIM_TRIES {
-                    // Round trip 1: `BEGIN` and the search, pipelined.
+                for attempt in 0..CLAIM_TRIES {
+                    // Round trip 1, pipelined: the promotion of due scheduled jobs (the first
+                    // time; committed on its own, before the search's snapshot), `BEGIN` and
+                    // the search.
                     let now_ms = ms(now);
                     let params: [&(dyn ToSql + Sync); 2] = [&now_ms, &passed];
-                    let (b, rows) =
-                        tokio::join!(c.batch_execute("BEGIN"), c.query(&c.st.search, &params),);
-                    let rows = match (b, rows) {
-                        (Ok(()), Ok(rows)) => rows,
-                        (b, rows) => {
+                    let promote_params: [&(dyn ToSql + Sync); 2] = [&now_ms, &PROMOTE_PER_CLAIM];
+                    let (promoted, b, rows) = tokio::join!(
+                        async {
+                            if attempt == 0 {
+                                c.execute(&c.st.promote, &promote_params).await.map(|_| ())
+                            } else {
+                                Ok(())
+                            }
+                        },
+                        c.batch_execute("BEGIN"),
+                        c.query(&c.st.search, &params),
+                    );
+                    let rows = match (promoted, b, rows) {
+                        (Ok(()), Ok(()), Ok(rows)) => rows,
+                        (promoted, b, rows) => {
                             rollback(&c).await;
+                            promoted.map_err(pg_err)?;
                             b.map_err(pg_err)?;
                             rows.map_err(pg_err)?;
                             unreachable!("one of them failed")
@@ -860,8 +1008,9 @@ impl PgQueue {
     }
 
     /// Reads a job under its row lock, changes it with `f`, writes it back, in one
-    /// database transaction (`lease`: the lease and node columns to write).
-    async fn change<T, F>(&self, id: &str, durable: bool, f: F) -> Res<T>
+    /// database transaction (`lease`: the lease and node columns to write); a change of
+    /// state of a job with a key settles its line's flags as of `now` ([`settle_lines`]).
+    async fn change<T, F>(&self, id: &str, durable: bool, now: u64, f: F) -> Res<T>
     where
         T: Send + 'static,
         F: FnOnce(&mut Row) -> Res<(T, Option<u64>, bool)> + Send + 'static,
@@ -869,11 +1018,11 @@ impl PgQueue {
         let id = id.to_string();
         let node = self.inner.node.clone();
         // Not durable: on a session committing without waiting for the WAL flush.
-        self.run_in(!durable, move |_, c| async move {
+        self.run_in(!durable, move |inner, c| async move {
             let r = async {
                 // Two round trips: `BEGIN` pipelined with the row's read under its lock,
-                // then the write, the notification and `COMMIT` pipelined (a failed write
-                // makes the `COMMIT` a rollback).
+                // then the write, its line's flags, the notification and `COMMIT` pipelined
+                // (a failed write makes the `COMMIT` a rollback).
                 let (b, row) = tokio::join!(
                     c.batch_execute("BEGIN"),
                     get_row_with(&*c, Some(&c.st.get_row_for_update), &id, true)
@@ -892,6 +1041,11 @@ impl PgQueue {
                     Ok(v) => v,
                     Err(e) => {
                         rollback(&c).await;
+                        // Its row was locked meanwhile: a change of its line may have left
+                        // its flag as it was (see `SETTLE_LINES`).
+                        if let Some(key) = &row.job.serial_key {
+                            settle_apart(&c, &inner.lock_ns, key, now).await;
+                        }
                         return Err(e);
                     }
                 };
@@ -903,12 +1057,18 @@ impl PgQueue {
                     && (row.job.state == JobState::Queued
                         || (before != row.job.state && row.job.serial_key.is_some()));
                 let lease_node = lease.map(|_| node.as_str());
+                // The lines whose flags this change may move: its own (it may have entered or
+                // left the line's states; and a change of the line that found the row locked
+                // by this one left its flag as it was: see `SETTLE_LINES`).
+                let mut lines: Vec<String> = Vec::new();
+                lines.extend(row.job.serial_key.clone());
                 // A parent that ended with children waiting for it (parentQueue, rare):
                 // its children are settled in the same transaction, one after another.
                 if write && before != row.job.state && row.job.state.is_final() && row.job.awaited {
                     let settled = async {
                         write_row_with(&*c, Some(&c.st.write_row), &row, lease, lease_node).await?;
-                        settle_dependents(&*c, &row.job, before).await?;
+                        settle_dependents(&*c, &row.job, before, &mut lines).await?;
+                        settle_lines_on(&c, &inner.lock_ns, &lines, now).await?;
                         if notify_too {
                             notify_with(&*c, Some(&c.st.notify)).await?;
                         }
@@ -921,7 +1081,7 @@ impl PgQueue {
                     }
                     return Ok(out);
                 }
-                let (w, n, end) = tokio::join!(
+                let (w, settled, n, end) = tokio::join!(
                     async {
                         if write {
                             write_row_with(&*c, Some(&c.st.write_row), &row, lease, lease_node)
@@ -930,6 +1090,7 @@ impl PgQueue {
                             Ok(())
                         }
                     },
+                    settle_lines_on(&c, &inner.lock_ns, &lines, now),
                     async {
                         if notify_too {
                             notify_with(&*c, Some(&c.st.notify)).await
@@ -940,6 +1101,7 @@ impl PgQueue {
                     c.batch_execute("COMMIT"),
                 );
                 w?;
+                settled?;
                 n?;
                 end.map_err(pg_err)?;
                 Ok(out)
@@ -953,7 +1115,7 @@ impl PgQueue {
     pub(crate) async fn finish(&self, id: &str, how: Finish, now: u64) -> Res<Job> {
         let id_owned = id.to_string();
         let node = self.inner.node.clone();
-        self.change(id, false, move |row| {
+        self.change(id, false, now, move |row| {
             check_held_here(row, &id_owned, &node, "finished")?;
             finalize(row, how.state, now);
             row.job.outcome = how.outcome;
@@ -975,10 +1137,9 @@ impl PgQueue {
         backoff: Backoff,
         random: u64,
     ) -> Res<Job> {
-        self.saw(now);
         let id_owned = id.to_string();
         let node = self.inner.node.clone();
-        self.change(id, true, move |row| {
+        self.change(id, true, now, move |row| {
             // Only the runner holding the lease decides its attempt's fate: a stalled
             // runner whose lease another node took (or whose job another node already
             // finished) must not queue it again — that would run it twice.
@@ -1007,7 +1168,7 @@ impl PgQueue {
     pub(crate) async fn bury(&self, id: &str, error: String, now: u64) -> Res<Job> {
         let id_owned = id.to_string();
         let node = self.inner.node.clone();
-        self.change(id, true, move |row| {
+        self.change(id, true, now, move |row| {
             if row.job.state.is_final() {
                 return Ok((row.job.clone(), None, false));
             }
@@ -1049,7 +1210,7 @@ impl PgQueue {
     async fn cancel_row(&self, id: &str, now: u64) -> Res<(Cancelled, bool)> {
         let node = self.inner.node.clone();
         let here = move |row: &Row| row.node.as_deref() == Some(node.as_str());
-        self.change(id, true, move |row| match row.job.state {
+        self.change(id, true, now, move |row| match row.job.state {
             JobState::Queued | JobState::Held => {
                 row.job.held_by = None;
                 finalize(row, JobState::Cancelled, now);
@@ -1072,7 +1233,7 @@ impl PgQueue {
 
     pub(crate) async fn requeue(&self, id: &str, now: u64) -> Res<Job> {
         let id_owned = id.to_string();
-        self.change(id, true, move |row| {
+        self.change(id, true, now, move |row| {
             if row.job.state != JobState::Dead {
                 return Err(QueueError::WrongState {
                     id: id_owned,
@@ -1102,7 +1263,7 @@ impl PgQueue {
 
     pub(crate) async fn discard(&self, id: &str, now: u64) -> Res<Job> {
         let id_owned = id.to_string();
-        self.change(id, true, move |row| {
+        self.change(id, true, now, move |row| {
             if row.job.state != JobState::Dead {
                 return Err(QueueError::WrongState {
                     id: id_owned,
@@ -1124,7 +1285,7 @@ impl PgQueue {
     }
 
     pub(crate) async fn take_back_expired(&self, now: u64, max: usize) -> Res<Vec<Job>> {
-        self.run(move |_, mut c| async move {
+        self.run(move |inner, mut c| async move {
             let r = async {
                 let tx = c.transaction().await.map_err(pg_err)?;
                 // Expired leases, and the jobs of nodes whose heartbeat stopped (killed):
@@ -1145,7 +1306,7 @@ impl PgQueue {
                     )
                     .await
                     .map_err(pg_err)?;
-                let out = take_back_rows(&tx, &rows, now).await?;
+                let out = take_back_rows(&tx, &rows, now, &inner.lock_ns).await?;
                 if !out.is_empty() {
                     notify(&tx).await?;
                 }
@@ -1160,13 +1321,16 @@ impl PgQueue {
 }
 
 /// Queues again (or buries, after their last attempt) the running jobs of `rows`, whose
-/// runner stopped: their lease ran out, their node died or lost the database.
+/// runner stopped: their lease ran out, their node died or lost the database; then settles
+/// their lines' flags (`ns`: the store's lock namespace).
 async fn take_back_rows(
     tx: &tokio_postgres::Transaction<'_>,
     rows: &[tokio_postgres::Row],
     now: u64,
+    ns: &str,
 ) -> Res<Vec<Job>> {
     let mut out = Vec::new();
+    let mut lines = Vec::new();
     for row in rows {
         let mut row = Row::from(row)?;
         if row.job.attempts >= row.job.max_attempts {
@@ -1183,38 +1347,53 @@ async fn take_back_rows(
             row.job.slot = Slot::Ready;
         }
         write_row(tx, &row, None, None).await?;
+        lines.extend(row.job.serial_key.clone());
         out.push(row.job);
     }
+    settle_lines(tx, None, ns, &lines, now).await?;
     Ok(out)
 }
 
 impl PgQueue {
     pub(crate) async fn prune(&self, before_ms: u64, max: usize) -> Res<usize> {
-        self.run(move |_, mut c| async move {
+        self.run(move |inner, mut c| async move {
             let r = async {
-                let row = c
+                // The jobs, and the lines their dead ones held (their keys), then those
+                // lines' flags, in one database transaction.
+                let tx = c.transaction().await.map_err(pg_err)?;
+                let row = tx
                     .query_one(
                         "WITH gone AS (
                              DELETE FROM provisio_jobs WHERE id IN (
                                  SELECT id FROM provisio_jobs WHERE finished_ms < $1 AND state IN (2, 3, 4, 5)
                                  ORDER BY finished_ms LIMIT $2 FOR UPDATE SKIP LOCKED)
-                             RETURNING entered),
+                             RETURNING entered, serial_key, state),
                          counted AS (
                              UPDATE provisio_job_tally t SET v = t.v + x.n FROM (
                                  SELECT k, coalesce((SELECT sum(g.entered[k + 1]) FROM gone g), 0)::bigint AS n
                                  FROM generate_series(0, 6) k
                                  UNION ALL SELECT 7, (SELECT count(*) FROM gone)) x
                              WHERE t.k = x.k RETURNING 1)
-                         SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM counted)",
+                         SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM counted),
+                             ARRAY(SELECT serial_key FROM gone WHERE state = 4 AND serial_key IS NOT NULL)",
                         &[&ms(before_ms), &(max as i64)],
                     )
                     .await
                     .map_err(pg_err)?;
                 let n: i64 = row.get(0);
+                let lines: Vec<String> = row.get(2);
+                // As of the pruning's time, as the sled queue's (`Queue::prune`).
+                settle_lines(&tx, None, &inner.lock_ns, &lines, before_ms).await?;
+                tx.commit().await.map_err(pg_err)?;
                 if n > 0 {
                     // A dead job pruned lets its line go on, and the jobs waiting for it die.
-                    settle_orphans(&mut c, "was removed by retention after it died", before_ms)
-                        .await?;
+                    settle_orphans(
+                        &mut c,
+                        "was removed by retention after it died",
+                        before_ms,
+                        &inner.lock_ns,
+                    )
+                    .await?;
                     notify(&*c).await?;
                 }
                 Ok(n as usize)
@@ -1227,7 +1406,7 @@ impl PgQueue {
 
     pub(crate) async fn release_held(&self, txn: &str, now: u64) -> Res<usize> {
         let txn = txn.to_string();
-        self.run(move |_, mut c| async move {
+        self.run(move |inner, mut c| async move {
             let r = async {
                 // Asked at the end of every transaction, and most hold nothing: one prepared
                 // read first, outside a transaction (BEGIN, a locking read and COMMIT were
@@ -1246,10 +1425,14 @@ impl PgQueue {
                 let tx = c.transaction().await.map_err(pg_err)?;
                 let rows = tx.query(&held, &[&txn]).await.map_err(pg_err)?;
                 let n = rows.len();
+                // Each joins its key's line (or dies, which may hold it): their lines'
+                // flags are settled after them.
+                let mut lines = Vec::new();
                 for row in &rows {
                     let mut row = Row::from(row)?;
                     row.job.held_by = None;
-                    if wait_or_die_for_parents(&tx, &mut row, now).await? {
+                    lines.extend(row.job.serial_key.clone());
+                    if wait_or_die_for_parents(&tx, &mut row, now, &mut lines).await? {
                         write_row(&tx, &row, None, None).await?;
                         continue;
                     }
@@ -1263,6 +1446,7 @@ impl PgQueue {
                         .get(0);
                     write_row(&tx, &row, None, None).await?;
                 }
+                settle_lines(&tx, None, &inner.lock_ns, &lines, now).await?;
                 if n > 0 {
                     notify(&tx).await?;
                 }
@@ -1277,7 +1461,7 @@ impl PgQueue {
 
     pub(crate) async fn discard_held(&self, txn: &str) -> Res<usize> {
         let txn = txn.to_string();
-        self.run(move |_, mut c| async move {
+        self.run(move |inner, mut c| async move {
             let r = async {
                 let row = c
                     .query_one(
@@ -1299,6 +1483,7 @@ impl PgQueue {
                         &mut c,
                         "was removed: the transaction that queued it rolled back",
                         super::wall_ms(),
+                        &inner.lock_ns,
                     )
                     .await?;
                 }
@@ -1337,13 +1522,15 @@ impl PgQueue {
         Ok((released, removed))
     }
 
+    /// When the first scheduled job that may run is due (the first of the
+    /// `provisio_jobs_scheduled` index, as the sled queue's first scheduled key): a job held
+    /// in its line waits for its line, not for a time.
     pub(crate) fn next_due(&self) -> Res<Option<u64>> {
-        let now = ms(self.inner.clock.load(std::sync::atomic::Ordering::Relaxed));
         self.block(move |_, c| async move {
             let r = c
                 .query_one(
-                    "SELECT min(not_before_ms) FROM provisio_jobs WHERE state = 0 AND not_before_ms > $1",
-                    &[&now],
+                    "SELECT min(not_before_ms) FROM provisio_jobs WHERE state = 0 AND claimable = 1",
+                    &[],
                 )
                 .await
                 .map(|row| row.get::<_, Option<i64>>(0).map(|v| v.max(0) as u64))
@@ -1515,27 +1702,37 @@ async fn insert_job(
 ) -> Res<u64> {
     let mut entered = vec![0i64; STATES];
     entered[state_index(state)] = 1;
-    c.execute(
+    // Queued without a key: first in its own line (see `SCHEMA_V7`); with one, flagged by
+    // the line's settling ([`settle_lines`]) after this insert.
+    let claimable: i16 = match (state, &job.serial_key) {
+        (JobState::Queued, None) if job.not_before_ms <= now => 2,
+        (JobState::Queued, None) => 1,
+        _ => 0,
+    };
+    // One message (parse, bind, execute): pipelined in one round trip with a `BEGIN` and
+    // the statements after it.
+    c.execute_typed(
         "INSERT INTO provisio_jobs (id, seq, state, priority, not_before_ms, serial_key,
              line_pos, subject, target, idempotency_key, submitted_ms, held_by, entered, body,
-             cancel_requested)
-         VALUES ($1, $2, $3, $4, $5, $6, $2, $7, $8, $9, $10, $11, $12, $13, $14)
+             cancel_requested, claimable)
+         VALUES ($1, $2, $3, $4, $5, $6, $2, $7, $8, $9, $10, $11, $12, $13, $14, $15)
          ON CONFLICT (subject, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING",
         &[
-            &job.id,
-            &seq,
-            &st(state),
-            &job.priority,
-            &ms(job.not_before_ms),
-            &job.serial_key,
-            &job.subject,
-            &job.target,
-            &job.idempotency_key,
-            &ms(now),
-            &job.held_by,
-            &entered,
-            &encode(job),
-            &job.cancel_requested,
+            (&job.id, Type::TEXT),
+            (&seq, Type::INT8),
+            (&st(state), Type::INT2),
+            (&job.priority, Type::INT2),
+            (&ms(job.not_before_ms), Type::INT8),
+            (&job.serial_key, Type::TEXT),
+            (&job.subject, Type::TEXT),
+            (&job.target, Type::TEXT),
+            (&job.idempotency_key, Type::TEXT),
+            (&ms(now), Type::INT8),
+            (&job.held_by, Type::TEXT),
+            (&entered, Type::INT8_ARRAY),
+            (&encode(job), Type::BYTEA),
+            (&job.cancel_requested, Type::BOOL),
+            (&claimable, Type::INT2),
         ],
     )
     .await
@@ -1596,6 +1793,70 @@ async fn notify_with(
 /// will not commit. A connection that broke is not given back to the pool.
 async fn rollback(c: &Client) {
     let _ = c.batch_execute("ROLLBACK").await;
+}
+
+/// The name of the lock of a key's line taken by the changes of its `claimable` flags
+/// ([`LOCK_LINES`]; `ns`: the store's lock namespace).
+fn line_head_lock_name(ns: &str, key: &str) -> String {
+    format!("provisio line head {ns} {key}")
+}
+
+/// Sets the `claimable` flags of the lines of `keys` as of `now` (see [`SETTLE_LINES`]):
+/// the last statements of a database transaction that changed them (one entry per
+/// change), before its `COMMIT`. Two messages, sent at the first poll (prepared: bind and
+/// execute; else parse, bind and execute), so that they pipeline with the statements
+/// around them. Nothing to do without keys.
+async fn settle_lines(
+    c: &impl tokio_postgres::GenericClient,
+    prepared: Option<(&Statement, &Statement)>,
+    ns: &str,
+    keys: &[String],
+    now: u64,
+) -> Res<()> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<String> = keys.iter().map(|k| line_head_lock_name(ns, k)).collect();
+    let now = ms(now);
+    let lock_params: [(&(dyn ToSql + Sync), Type); 1] = [(&names, Type::TEXT_ARRAY)];
+    let settle_params: [(&(dyn ToSql + Sync), Type); 2] =
+        [(&keys, Type::TEXT_ARRAY), (&now, Type::INT8)];
+    let (locked, settled) = tokio::join!(
+        query_with(c, prepared.map(|p| p.0), LOCK_LINES, &lock_params),
+        execute_with(c, prepared.map(|p| p.1), SETTLE_LINES, &settle_params),
+    );
+    locked.map_err(pg_err)?;
+    settled.map_err(pg_err)?;
+    Ok(())
+}
+
+/// [`settle_lines`] through a pooled connection's prepared statements.
+async fn settle_lines_on(c: &Conn, ns: &str, keys: &[String], now: u64) -> Res<()> {
+    settle_lines(
+        &**c,
+        Some((&c.st.lock_lines, &c.st.settle_lines)),
+        ns,
+        keys,
+        now,
+    )
+    .await
+}
+
+/// [`settle_lines`] of one line in a database transaction of its own, after a transaction
+/// that locked a row of the line rolled back (a change of the line meanwhile may have left
+/// the row's flag as it was). Best effort: a failure is logged, and the line's next change
+/// settles it.
+async fn settle_apart(c: &Client, ns: &str, key: &str, now: u64) {
+    let keys = [key.to_string()];
+    let (b, settled, end) = tokio::join!(
+        c.batch_execute("BEGIN"),
+        settle_lines(c, None, ns, &keys, now),
+        c.batch_execute("COMMIT"),
+    );
+    if let Err(e) = b.map_err(pg_err).and(settled).and(end.map_err(pg_err)) {
+        rollback(c).await;
+        tracing::warn!(error = %e, "settling the claimable flags of a job's line");
+    }
 }
 
 /// The per-key lock a claim (or a claiming submission) of a serialization key holds until
@@ -1687,11 +1948,21 @@ async fn write_row_with(
             (&row.entered, Type::INT8_ARRAY),
             (&encode(job), Type::BYTEA),
             (&job.cancel_requested, Type::BOOL),
+            (&claimable_alone(job), Type::INT2),
         ],
     )
     .await
     .map_err(pg_err)?;
     Ok(())
+}
+
+/// The `claimable` flag of a job (re)entering the queue without a key (see [`WRITE_ROW`]):
+/// scheduled for later, or claimable at once, as its slot says ([`runnable_slot`]).
+fn claimable_alone(job: &Job) -> i16 {
+    match job.slot {
+        Slot::Scheduled(_) => 1,
+        _ => 2,
+    }
 }
 
 fn runnable_slot(job: &Job, now: u64) -> Slot {
@@ -1749,15 +2020,17 @@ impl PgQueue {
         let connector = self.pg().connector();
         let node = self.inner.node.clone();
         let wake = self.inner.wake.clone();
+        let ns = self.inner.lock_ns.clone();
         self.pg().on_reconnect(
             "queue",
             Arc::new(move || {
                 let connector = connector.clone();
                 let node = node.clone();
                 let wake = wake.clone();
+                let ns = ns.clone();
                 Box::pin(async move {
                     let mut c = connector.connect().await?;
-                    let back = take_back_node(&mut c, &node, wall_ms())
+                    let back = take_back_node(&mut c, &node, wall_ms(), &ns)
                         .await
                         .map_err(|e| StoreError::Io(e.to_string()))?;
                     if !back.is_empty() {
@@ -1839,7 +2112,7 @@ impl PgQueue {
 }
 
 /// Takes back every job `node` holds (it lost the database: its runs stopped).
-async fn take_back_node(c: &mut Client, node: &str, now: u64) -> Res<Vec<Job>> {
+async fn take_back_node(c: &mut Client, node: &str, now: u64, ns: &str) -> Res<Vec<Job>> {
     let tx = c.transaction().await.map_err(pg_err)?;
     let rows = tx
         .query(
@@ -1850,7 +2123,7 @@ async fn take_back_node(c: &mut Client, node: &str, now: u64) -> Res<Vec<Job>> {
         )
         .await
         .map_err(pg_err)?;
-    let out = take_back_rows(&tx, &rows, now).await?;
+    let out = take_back_rows(&tx, &rows, now, ns).await?;
     if !out.is_empty() {
         notify(&tx).await?;
     }
@@ -1875,7 +2148,9 @@ impl PgQueue {
         options: JobOptions,
         now: u64,
     ) -> Res<Submitted> {
-        self.run(move |_, mut c| async move {
+        self.run(move |inner, mut c| async move {
+            // The lines of the parents locked (see `parent_row`), and the job's own.
+            let mut lines = Vec::new();
             let r = async {
                 let tx = c.transaction().await.map_err(pg_err)?;
                 if let Some(idem) = &new.idempotency_key {
@@ -1899,7 +2174,7 @@ impl PgQueue {
                 let mut waiting = Vec::new();
                 for id in job.parents.clone() {
                     no_nul(&id, "a parent job id")?;
-                    let parent = parent_row(&tx, &id).await?;
+                    let parent = parent_row(&tx, &id, &mut lines).await?;
                     if parent.is_none() {
                         return Err(QueueError::UnknownParent(id));
                     }
@@ -1940,12 +2215,25 @@ impl PgQueue {
                 }
                 wait_for_parents(&tx, &job).await?;
                 if state == JobState::Queued {
+                    lines.extend(job.serial_key.clone());
+                }
+                settle_lines(&tx, None, &inner.lock_ns, &lines, now).await?;
+                if state == JobState::Queued {
                     notify(&tx).await?;
                 }
                 tx.commit().await.map_err(pg_err)?;
+                lines.clear();
                 Ok(Submitted { job, created: true })
             }
             .await;
+            // Refused (a parent unknown or gone) after parents were locked: their lines.
+            if r.is_err() {
+                lines.sort();
+                lines.dedup();
+                for key in &lines {
+                    settle_apart(&c, &inner.lock_ns, key, now).await;
+                }
+            }
             (c, r)
         })
         .await
@@ -1954,7 +2242,13 @@ impl PgQueue {
 
 /// A parent's job, its row locked until the transaction ends (`FOR UPDATE`: it is marked
 /// `awaited` next, and a shared lock upgraded by two children at once would deadlock).
-async fn parent_row(tx: &tokio_postgres::Transaction<'_>, id: &str) -> Res<Option<Job>> {
+/// Its key goes to `lines`: its line's flags are settled after (a change of the line that
+/// found its row locked left its flag as it was, see [`SETTLE_LINES`]).
+async fn parent_row(
+    tx: &tokio_postgres::Transaction<'_>,
+    id: &str,
+    lines: &mut Vec<String>,
+) -> Res<Option<Job>> {
     let rows = tx
         .query(
             &format!("SELECT {JOB_COLUMNS} FROM provisio_jobs WHERE id = $1 FOR UPDATE"),
@@ -1962,7 +2256,11 @@ async fn parent_row(tx: &tokio_postgres::Transaction<'_>, id: &str) -> Res<Optio
         )
         .await
         .map_err(pg_err)?;
-    Ok(rows.first().map(Row::from).transpose()?.map(|r| r.job))
+    let job = rows.first().map(Row::from).transpose()?.map(|r| r.job);
+    if let Some(key) = job.as_ref().and_then(|j| j.serial_key.clone()) {
+        lines.push(key);
+    }
+    Ok(job)
 }
 
 /// Records that `job` waits for each of its `waiting_for`, and marks each parent
@@ -1991,10 +2289,11 @@ async fn wait_or_die_for_parents(
     tx: &tokio_postgres::Transaction<'_>,
     row: &mut Row,
     now: u64,
+    lines: &mut Vec<String>,
 ) -> Res<bool> {
     let mut waiting = Vec::new();
     for id in row.job.parents.clone() {
-        match parent_is(parent_row(tx, &id).await?.as_ref()) {
+        match parent_is(parent_row(tx, &id, lines).await?.as_ref()) {
             ParentIs::Done => {}
             ParentIs::Pending => waiting.push(id),
             ParentIs::Gone(why) => {
@@ -2020,6 +2319,7 @@ async fn settle_dependents(
     tx: &impl tokio_postgres::GenericClient,
     parent: &Job,
     before: JobState,
+    lines: &mut Vec<String>,
 ) -> Res<()> {
     if parent.state == JobState::Dead {
         return Ok(());
@@ -2039,22 +2339,27 @@ async fn settle_dependents(
         .map_err(pg_err)?;
     for child in children {
         let child: String = child.get(0);
-        settle_child(tx, &child, &parent.id, why, now).await?;
+        settle_child(tx, &child, &parent.id, why, now, lines).await?;
     }
     Ok(())
 }
 
-/// One job waiting for `parent`, which ended (`why` is `None`: it succeeded).
+/// One job waiting for `parent`, which ended (`why` is `None`: it succeeded); its key, when
+/// it joins its line or dies, goes to `lines` (whose flags the caller settles).
 async fn settle_child(
     tx: &impl tokio_postgres::GenericClient,
     child: &str,
     parent: &str,
     why: Option<&str>,
     now: u64,
+    lines: &mut Vec<String>,
 ) -> Res<()> {
     let Some(mut row) = get_row(tx, child, true).await? else {
         return Ok(());
     };
+    // Locked: its line's flags are settled after, whatever becomes of it (see
+    // `SETTLE_LINES`).
+    lines.extend(row.job.serial_key.clone());
     if row.job.state != JobState::Held
         || row.job.held_by.is_some()
         || !row.job.waiting_for.iter().any(|p| p == parent)
@@ -2085,7 +2390,7 @@ async fn settle_child(
 
 /// After jobs were deleted (retention, a rolled-back transaction's held jobs): the jobs
 /// that waited for one of them are dead, naming it (`why`: what became of it).
-async fn settle_orphans(c: &mut Client, why: &str, now: u64) -> Res<()> {
+async fn settle_orphans(c: &mut Client, why: &str, now: u64, ns: &str) -> Res<()> {
     let tx = c.transaction().await.map_err(pg_err)?;
     let rows = tx
         .query(
@@ -2096,10 +2401,12 @@ async fn settle_orphans(c: &mut Client, why: &str, now: u64) -> Res<()> {
         )
         .await
         .map_err(pg_err)?;
+    let mut lines = Vec::new();
     for row in rows {
         let (parent, child): (String, String) = (row.get(0), row.get(1));
-        settle_child(&tx, &child, &parent, Some(why), now).await?;
+        settle_child(&tx, &child, &parent, Some(why), now, &mut lines).await?;
     }
+    settle_lines(&tx, None, ns, &lines, now).await?;
     tx.commit().await.map_err(pg_err)?;
     Ok(())
 }

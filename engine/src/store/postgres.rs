@@ -92,6 +92,11 @@ pub const MIGRATIONS: &[(i32, &str, &str)] = &[
         "a job's cancel flag in a column of its own (filled from the job records): a heartbeat no longer reads the job's record, request included",
         super::super::queue::postgres::SCHEMA_V6,
     ),
+    (
+        7,
+        "which jobs a claim can take, indexed (a claimable flag kept by every change of a job's line, filled from the jobs): a claim no longer walks the jobs held in their line or scheduled for later",
+        super::super::queue::postgres::SCHEMA_V7,
+    ),
 ];
 
 /// Migration 4: the waits-for graph of provider-state keys across nodes. Rows are written
