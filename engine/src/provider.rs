@@ -58,6 +58,107 @@ pub struct Call {
     /// unlocked and read-only in a preview. [`ProviderState::detached`] in a call built
     /// by hand.
     pub state: ProviderState,
+    /// Passed once the engine's intent record of this call is durable: a provider that
+    /// asked to be called before that ([`Provider::awaits_intent`]) must pass it
+    /// ([`Call::intent_durable`]) before the call's first side effect. Already passed in
+    /// every other call, and [`IntentBarrier::passed`] in a call built by hand.
+    pub intent: IntentBarrier,
+}
+
+impl Call {
+    /// Waits until the engine's intent record of this call is durable (at once when it
+    /// already is, or when the call does not wait for it). An error means the engine could
+    /// not journal the intent: the call must change nothing and fail with that error
+    /// (after removing what it wrote for its own recovery, such as an intent marker).
+    pub async fn intent_durable(&self) -> Result<(), ProviderError> {
+        self.intent.wait().await
+    }
+
+    /// [`Call::intent_durable`] for code on a blocking thread (never on an async runtime
+    /// worker: it blocks the thread).
+    pub fn intent_durable_blocking(&self) -> Result<(), ProviderError> {
+        self.intent.wait_blocking()
+    }
+}
+
+/// What the engine's intent write of one call came to: not yet (`None`), done (`Ok`), or
+/// failed (the error's text).
+type IntentResult = Option<Result<(), String>>;
+
+/// The barrier a provider called before its call's intent record is durable passes before
+/// its first side effect ([`Provider::awaits_intent`]). Cloning shares it.
+#[derive(Debug, Clone, Default)]
+pub struct IntentBarrier {
+    /// `None`: nothing to wait for (the intent was durable before the call, or there is
+    /// none to wait for).
+    pending: Option<tokio::sync::watch::Receiver<IntentResult>>,
+}
+
+impl IntentBarrier {
+    /// A barrier already passed (a call built by hand, or one whose intent is durable
+    /// before it is made).
+    pub fn passed() -> IntentBarrier {
+        IntentBarrier::default()
+    }
+
+    /// A barrier that passes when its [`IntentGate`] is opened (or fails when the gate is
+    /// dropped unopened: the engine gave the call up before its intent was written). The
+    /// engine makes one per call that awaits its intent; a provider's tests make one to
+    /// play the engine.
+    pub fn closed() -> (IntentBarrier, IntentGate) {
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        (IntentBarrier { pending: Some(rx) }, IntentGate(tx))
+    }
+
+    /// Whether a call holding it must wait for the engine's intent (false once passed).
+    pub fn is_pending(&self) -> bool {
+        self.pending
+            .as_ref()
+            .is_some_and(|rx| rx.borrow().is_none())
+    }
+
+    /// See [`Call::intent_durable`].
+    pub async fn wait(&self) -> Result<(), ProviderError> {
+        let Some(rx) = &self.pending else {
+            return Ok(());
+        };
+        let mut rx = rx.clone();
+        let outcome = rx.wait_for(Option::is_some).await.map(|r| r.clone());
+        Self::verdict(outcome.ok().flatten())
+    }
+
+    /// See [`Call::intent_durable_blocking`].
+    pub fn wait_blocking(&self) -> Result<(), ProviderError> {
+        if self.pending.is_none() {
+            return Ok(());
+        }
+        // The watch channel's wait needs no runtime: a plain executor parks this thread.
+        futures::executor::block_on(self.wait())
+    }
+
+    fn verdict(outcome: IntentResult) -> Result<(), ProviderError> {
+        match outcome {
+            Some(Ok(())) => Ok(()),
+            Some(Err(e)) => Err(ProviderError::permanent(format!(
+                "not applied: the engine could not journal the call's intent ({e})"
+            ))),
+            None => Err(ProviderError::permanent(
+                "not applied: the engine gave the call up before its intent was journaled",
+            )),
+        }
+    }
+}
+
+/// Opens an [`IntentBarrier`] with the intent write's result (the engine's end).
+#[derive(Debug)]
+pub struct IntentGate(tokio::sync::watch::Sender<IntentResult>);
+
+impl IntentGate {
+    /// The intent write is over (`Err`: why it failed): its result goes to every holder of
+    /// the barrier.
+    pub fn open(self, result: Result<(), String>) {
+        self.0.send_replace(Some(result));
+    }
 }
 
 /// What a successful call returns.
@@ -257,6 +358,20 @@ pub struct ProcedureSpec {
 /// - Work that outlives an abandoned call (a blocking task after a step timeout) must be
 ///   finished or fenced before `recover` answers for that key.
 ///
+/// # After the engine's intent: when a call is made
+///
+/// A durable journal records each call's intent (its idempotency key and executeData)
+/// durably before the call can change anything, so that after a crash recovery knows
+/// which calls to settle. By default the engine makes the call only once that record is
+/// durable. A provider that keeps its own intent marker (a record it syncs before its
+/// change, to answer [`Provider::recover`]) pays a second sync per call after the
+/// journal's; with [`Provider::awaits_intent`] it is called at once instead, and passes
+/// [`Call::intent_durable`] between its own marker and its change, so the two syncs
+/// overlap. Crash-wise: a crash before both are durable leaves at most the provider's
+/// marker and no change (the provider waits for both); the engine never saw the call and
+/// the marker goes when the transaction is over. A crash after both is the usual in-doubt
+/// call, settled by `recover` from the marker.
+///
 /// # The async methods must not block the async runtime
 ///
 /// The engine runs many steps on a few runtime worker threads and bounds each call with a
@@ -290,6 +405,25 @@ pub trait Provider: Send + Sync {
     /// its journal when it ends, not once per call. Say `true` only when it holds for
     /// every procedure, every call; the default is `false`.
     fn effects_in_state_only(&self) -> bool {
+        false
+    }
+
+    /// Whether this call is to be made while the engine's intent record of it is still
+    /// being made durable, so that the provider's own preparations (checks, its intent
+    /// marker and that marker's sync) overlap the journal's sync. `true` is a promise:
+    /// the provider passes [`Call::intent_durable`] (or
+    /// [`Call::intent_durable_blocking`]) before the call's first side effect, and when
+    /// that fails, changes nothing, undoes what it wrote for its own recovery and returns
+    /// the error (the engine then handles the call as one whose intent could not be
+    /// journaled: not applied, the transaction rolls back). What it did before the barrier
+    /// must be harmless if the engine never learns of the call (a crash before its intent
+    /// is durable): an intent marker is, since the transaction's end removes it
+    /// ([`Provider::transaction_over`], [`Provider::purge`]). The step timeout counts from
+    /// the call, so it includes the wait. Asked only for a write whose intent must be
+    /// durable before the call (not for a read, nor for a provider whose
+    /// [`Provider::effects_in_state_only`]), and only when the journal keeps records. The
+    /// default is `false`: the call is made once the intent is durable.
+    fn awaits_intent(&self, _call: &Call) -> bool {
         false
     }
 

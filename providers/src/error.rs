@@ -401,6 +401,7 @@ mod tests {
 
     fn call(procedure: &str, execute_data: &str) -> Call {
         Call {
+            intent: provisio_engine::provider::IntentBarrier::passed(),
             state: provisio_engine::ProviderState::detached(),
             context: CallContext {
                 txn_id: "0190c0de-0000-7000-8000-0000000000e1"

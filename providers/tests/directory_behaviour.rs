@@ -1086,6 +1086,7 @@ async fn embedded_calls_in_doubt_were_not_applied() {
     data.push(Element::with_text("class", "user"));
     data.push(Element::with_text("name", "CN=Maybe"));
     let call = Call {
+        intent: provisio_engine::provider::IntentBarrier::passed(),
         state: provisio_engine::ProviderState::detached(),
         context: CallContext {
             txn_id: "0190c0de-0000-7000-8000-000000000001".parse().unwrap(),

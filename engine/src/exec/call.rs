@@ -13,7 +13,9 @@ use super::{
 use crate::compile::{CompiledProcedure, Leaf};
 use crate::data::Element;
 use crate::model::ProcKind;
-use crate::provider::{Call, CallContext, Outcome, Preview, Provider, ProviderError};
+use crate::provider::{
+    Call, CallContext, IntentBarrier, Outcome, Preview, Provider, ProviderError,
+};
 use crate::state::{Access, ProviderState};
 use crate::StateChange;
 use futures::FutureExt;
@@ -95,9 +97,30 @@ impl Engine {
             loop {
                 let context = self.call_context(txn, callee, leaf, step, attempt);
                 let journaling = self.journal.records();
-                if journaling {
-                    self.journal_intent(&call, &context, &ed).await?;
-                }
+                let state = self.state_handle(&call);
+                let mut request = Call {
+                    context: context.clone(),
+                    provider_context: leaf.provider_context.clone(),
+                    execute_data: ed.clone(),
+                    state: state.clone(),
+                    intent: IntentBarrier::passed(),
+                };
+                // A provider that asks for it is called while the intent is being made
+                // durable, and waits for it before its first side effect (see
+                // `Provider::awaits_intent`); any other call is made once it is.
+                let gate = if journaling
+                    && intent_is_durable(&call)
+                    && call.provider.awaits_intent(&request)
+                {
+                    let (barrier, gate) = IntentBarrier::closed();
+                    request.intent = barrier;
+                    Some(gate)
+                } else {
+                    if journaling {
+                        self.journal_intent(&call, &context, &ed).await?;
+                    }
+                    None
+                };
                 let started_after = txn.completions.load(AtomicOrdering::SeqCst);
                 let done = |outcome| Attempted {
                     context: context.clone(),
@@ -105,10 +128,39 @@ impl Engine {
                     started_after,
                     journaling,
                 };
-                let state = self.state_handle(&call);
-                let attempted = {
-                    let _permit = self.provider_permit(&leaf.provider).await;
-                    self.attempt(&call, &context, &ed, &state).await
+                let attempted = match gate {
+                    None => {
+                        let _permit = self.provider_permit(&leaf.provider).await;
+                        self.attempt(&call, request).await
+                    }
+                    Some(gate) => {
+                        let intent = async {
+                            let written = self.journal_intent(&call, &context, &ed).await;
+                            gate.open(match &written {
+                                Ok(()) => Ok(()),
+                                Err(f) => Err(f.message.clone()),
+                            });
+                            written
+                        };
+                        let call_made = async {
+                            let _permit = self.provider_permit(&leaf.provider).await;
+                            self.attempt(&call, request).await
+                        };
+                        // Both run in this task; the intent's result is awaited whatever
+                        // the call did, so that its record precedes the call's outcome in
+                        // the journal even when the provider returned before the barrier.
+                        let (written, attempted) = futures::future::join(intent, call_made).await;
+                        if let Err(failure) = written {
+                            // The provider did not act (it passes the barrier before any
+                            // side effect, and the barrier failed): handled as an intent
+                            // that could not be journaled before the call, whatever the
+                            // provider returned.
+                            state.discard();
+                            state.call_finished();
+                            return Err(failure);
+                        }
+                        attempted
+                    }
                 };
                 let error = match attempted {
                     Ok(outcome) => {
@@ -226,6 +278,7 @@ impl Engine {
             state: self
                 .state
                 .handle(&call.txn.id, &call.leaf.provider, Access::Read("recover")),
+            intent: IntentBarrier::passed(),
         };
         let settled = self
             .recover_call(call.provider.as_ref(), &request, redactor)
@@ -355,8 +408,9 @@ impl Engine {
         Ok(r.output.clone())
     }
 
-    /// Journals that the call is about to be made (durable before the call, unless it is a
-    /// read or the provider's effects are all in its provider state).
+    /// Journals that the call is about to be made (durable before the call's first side
+    /// effect, unless it is a read or the provider's effects are all in its provider state:
+    /// see [`intent_is_durable`]).
     async fn journal_intent(
         &self,
         call: &LeafCall<'_>,
@@ -376,12 +430,7 @@ impl Engine {
                 input: &logged,
                 call_data: ed,
                 secret,
-                // A call whose effects are only provider-state writes cannot outlive its
-                // done record (same batch), so its intent need not be on the disk first;
-                // nor does a read's, which changes nothing: lost in a crash, it leaves
-                // nothing to undo or settle (a read in doubt is settled as not applied).
-                durable: call.callee.kind != ProcKind::Read
-                    && !call.provider.effects_in_state_only(),
+                durable: intent_is_durable(call),
             })
             .await
             .map_err(|e| {
@@ -396,19 +445,7 @@ impl Engine {
 
     /// One attempt: the provider's `execute` within the step timeout and the transaction's
     /// parallel limit; a panic or a timeout leaves the outcome unknown (in doubt).
-    async fn attempt(
-        &self,
-        call: &LeafCall<'_>,
-        context: &CallContext,
-        ed: &Element,
-        state: &ProviderState,
-    ) -> Result<Outcome, ProviderError> {
-        let request = Call {
-            context: context.clone(),
-            provider_context: call.leaf.provider_context.clone(),
-            execute_data: ed.clone(),
-            state: state.clone(),
-        };
+    async fn attempt(&self, call: &LeafCall<'_>, request: Call) -> Result<Outcome, ProviderError> {
         let permit = call.txn.permits.acquire().await;
         call.txn.calls.fetch_add(1, AtomicOrdering::Relaxed);
         let guarded = AssertUnwindSafe(call.provider.execute(request)).catch_unwind();
@@ -576,6 +613,7 @@ impl Engine {
             provider_context: leaf.provider_context.clone(),
             execute_data: ed,
             state: self.state.handle(&txn.id, &leaf.provider, Access::Preview),
+            intent: IntentBarrier::passed(),
         };
         let preview = if unresolved.is_empty() {
             provider
@@ -700,6 +738,15 @@ fn register_undo(
             .then(|| Completed::pack(ed)),
         state,
     });
+}
+
+/// Whether a call's intent record must be durable before the call's first side effect.
+/// A call whose effects are only provider-state writes cannot outlive its done record
+/// (same batch), so its intent need not be on the disk first; nor does a read's, which
+/// changes nothing: lost in a crash, it leaves nothing to undo or settle (a read in doubt
+/// is settled as not applied).
+fn intent_is_durable(call: &LeafCall<'_>) -> bool {
+    call.callee.kind != ProcKind::Read && !call.provider.effects_in_state_only()
 }
 
 /// A failure at a step whose source is the leaf `target` (`Namespace/Procedure`).

@@ -842,6 +842,7 @@ async fn settle_in_doubt(
             state: engine
                 .state()
                 .handle(&c.context.txn_id, &c.provider, Access::Read("recover")),
+            intent: crate::provider::IntentBarrier::passed(),
         };
         // Retryable answers are asked again under the provider's `settle` retry policy.
         let settled = engine
@@ -2120,6 +2121,7 @@ async fn settle_before_resuming(
             state: engine
                 .state()
                 .handle(&i.context.txn_id, &i.provider, Access::Read("recover")),
+            intent: crate::provider::IntentBarrier::passed(),
         };
         let settled = engine
             .recover_call(p.as_ref(), &call, &Redactor::default())

@@ -667,6 +667,7 @@ mod tests {
             data.push(c);
         }
         Call {
+            intent: provisio_engine::provider::IntentBarrier::passed(),
             context: CallContext {
                 txn_id: "0190c0de-0000-7000-8000-0000000000d1"
                     .parse()

@@ -318,6 +318,27 @@ impl Fs {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Makes `marker` (the intent marker of `call`, key `key`) durable, then waits until
+    /// the engine's intent record of the call is durable too (at once for a call that
+    /// does not wait for it, see [`FilesystemProvider::awaits_intent`]): the two syncs
+    /// overlap, and the change comes after both. When the engine could not journal its
+    /// intent, the marker is removed and the call fails having changed nothing. A crash
+    /// between the two leaves a marker of a call the engine never saw: nothing was
+    /// changed, and the transaction's end (`transaction_over`, or a purge) removes it.
+    fn mark_then_await_intent(
+        &self,
+        call: &Call,
+        key: &str,
+        marker: &Marker,
+    ) -> Result<(), ProviderError> {
+        pending::write(&self.dir, &self.intent_logs, key, marker)?;
+        if let Err(e) = call.intent_durable_blocking() {
+            pending::remove(&self.dir, &self.intent_logs, key);
+            return Err(e);
+        }
+        Ok(())
+    }
+
     // ---- procedures -------------------------------------------------------------
 
     fn create_folder(&self, call: &Call) -> Result<Outcome, ProviderError> {
@@ -338,9 +359,8 @@ impl Fs {
             }
         }
         let key = call.context.idempotency_key();
-        pending::write(
-            &self.dir,
-            &self.intent_logs,
+        self.mark_then_await_intent(
+            call,
             &key,
             &Marker::CreateFolder {
                 path: path.display(),
@@ -509,15 +529,18 @@ impl Fs {
         }
         self.check_quota(&path, u64::try_from(content.len()).unwrap_or(u64::MAX))?;
         if self.lstat(&path)?.is_none() {
-            pending::write(
-                &self.dir,
-                &self.intent_logs,
+            self.mark_then_await_intent(
+                call,
                 &call.context.idempotency_key(),
                 &Marker::WriteFile {
                     path: path.display(),
                     bytes: u64::try_from(content.len()).unwrap_or(u64::MAX),
                 },
             )?;
+        } else {
+            // The file is there: the create below fails, unless it went meanwhile, and
+            // even then nothing is made before the engine's intent is durable.
+            call.intent_durable_blocking()?;
         }
         let mut opts = OpenOptions::new();
         opts.write(true).create_new(true);
@@ -731,9 +754,8 @@ impl Fs {
             });
         }
         self.require_parent_dir("to", &to)?;
-        pending::write(
-            &self.dir,
-            &self.intent_logs,
+        self.mark_then_await_intent(
+            call,
             &call.context.idempotency_key(),
             &Marker::MoveFolder {
                 from: from.display(),
@@ -1503,6 +1525,23 @@ impl Provider for FilesystemProvider {
             }
         }
         specs
+    }
+
+    /// CreateFolder, MoveFolder and WriteFile (without `overwrite`) are called while the
+    /// engine's intent is being made durable: their checks and intent marker overlap the
+    /// journal's sync, and they pass the barrier between the marker and their first
+    /// change (`Fs::mark_then_await_intent`). The other procedures are called once the
+    /// intent is durable.
+    fn awaits_intent(&self, call: &Call) -> bool {
+        match call.context.procedure.as_str() {
+            "CreateFolder" | "MoveFolder" => true,
+            // An overwrite may clear an earlier try's trash before its marker.
+            "WriteFile" => !matches!(
+                parse_bool("overwrite", opt_input(&call.execute_data, &["overwrite"])),
+                Ok(true) | Err(_)
+            ),
+            _ => false,
+        }
     }
 
     async fn execute(&self, call: Call) -> Result<Outcome, ProviderError> {

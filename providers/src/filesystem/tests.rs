@@ -17,6 +17,7 @@ fn call(procedure: &str, inputs: &[(&str, &str)]) -> Call {
         data.push(Element::with_text(*k, *v));
     }
     Call {
+        intent: provisio_engine::provider::IntentBarrier::passed(),
         state: provisio_engine::ProviderState::detached(),
         context: CallContext {
             txn_id: "0190c0de-0000-7000-8000-0000000000b1"
@@ -213,4 +214,75 @@ async fn a_call_that_outlives_its_transaction_is_refused_and_leaves_no_intent_fi
         .map(|rd| rd.map(|e| e.expect("entry").file_name()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "intent files left: {left:?}");
+}
+
+/// CreateFolder called before the engine's intent is durable (`awaits_intent`): its
+/// marker is made durable at once, its folder only once the barrier passes.
+#[tokio::test]
+async fn create_folder_makes_its_folder_only_after_the_engines_intent_is_durable() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let p = FilesystemProvider::new(tmp.path().to_path_buf()).expect("provider");
+    let mut c = call("CreateFolder", &[("path", "gated")]);
+    assert!(p.awaits_intent(&c));
+    let (barrier, gate) = provisio_engine::provider::IntentBarrier::closed();
+    c.intent = barrier;
+    let key = c.context.idempotency_key();
+    let fs = Arc::clone(&p.fs);
+    let engine_side = async move {
+        // The provider's marker is durable while the engine's intent is not.
+        let mut waited = 0;
+        while super::pending::read(&fs.dir, &fs.intent_logs, &key)
+            .expect("read the marker")
+            .is_none()
+        {
+            assert!(waited < 500, "no intent marker written");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            waited += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let early = tmp.path().join("gated").exists();
+        gate.open(Ok(()));
+        (early, tmp)
+    };
+    let (made, (early, tmp)) = tokio::join!(p.execute(c), engine_side);
+    assert!(
+        !early,
+        "the folder was made before the engine's intent was durable"
+    );
+    made.expect("CreateFolder");
+    assert!(tmp.path().join("gated").is_dir());
+}
+
+/// When the engine cannot journal its intent, CreateFolder changes nothing, removes its
+/// marker and says it was not applied (and `recover` agrees).
+#[tokio::test]
+async fn create_folder_whose_engine_intent_failed_changes_nothing() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let p = FilesystemProvider::new(tmp.path().to_path_buf()).expect("provider");
+    let mut c = call("CreateFolder", &[("path", "a/refused")]);
+    let (barrier, gate) = provisio_engine::provider::IntentBarrier::closed();
+    c.intent = barrier;
+    gate.open(Err("No space left on device".into()));
+    let e = p.execute(c.clone()).await.expect_err("not applied");
+    assert!(e.to_string().contains("not applied"), "{e}");
+    assert!(e.to_string().contains("No space left on device"), "{e}");
+    assert!(!tmp.path().join("a").exists(), "a parent was made");
+    let marker = super::pending::read(&p.fs.dir, &p.fs.intent_logs, &c.context.idempotency_key())
+        .expect("read the marker");
+    assert!(marker.is_none(), "the marker stayed: {marker:?}");
+    c.intent = provisio_engine::provider::IntentBarrier::passed();
+    assert_eq!(p.recover(&c).await.expect("recover"), None);
+}
+
+/// The procedures whose every change follows the barrier opt in; the others are called
+/// once the intent is durable.
+#[test]
+fn only_procedures_that_wait_before_their_change_opt_in() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let p = FilesystemProvider::new(tmp.path().to_path_buf()).expect("provider");
+    assert!(p.awaits_intent(&call("MoveFolder", &[("from", "a"), ("to", "b")])));
+    assert!(p.awaits_intent(&call("WriteFile", &[("path", "f")])));
+    assert!(!p.awaits_intent(&call("WriteFile", &[("path", "f"), ("overwrite", "true")])));
+    assert!(!p.awaits_intent(&call("DeleteFolder", &[("path", "a")])));
+    assert!(!p.awaits_intent(&call("SetQuota", &[("path", "a")])));
 }

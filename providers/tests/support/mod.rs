@@ -14,6 +14,7 @@ pub fn call(namespace: &str, procedure: &str, inputs: &[(&str, &str)]) -> Call {
         data.push(Element::with_text(*k, *v));
     }
     Call {
+        intent: provisio_engine::provider::IntentBarrier::passed(),
         state: provisio_engine::ProviderState::detached(),
         context: CallContext {
             txn_id: "0190c0de-0000-7000-8000-000000000001"
