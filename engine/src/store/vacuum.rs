@@ -514,6 +514,14 @@ mod tests {
         }
     }
 
+    /// Removes a test's store and its state file beside it.
+    fn remove_store(dir: &Path) {
+        let _ = std::fs::remove_dir_all(dir);
+        let mut state = dir.as_os_str().to_owned();
+        state.push(".state");
+        let _ = std::fs::remove_file(state);
+    }
+
     fn no_leftovers(dir: &Path) {
         for name in [NEW, OLD, SWITCHING, INSTALLING] {
             assert!(!dir.join(name).exists(), "`{name}` is gone");
@@ -553,7 +561,7 @@ mod tests {
         let again = vacuum(&dir, false).unwrap();
         assert!(!again.rewritten, "{again:?}");
         check_kept(&dir, n);
-        let _ = std::fs::remove_dir_all(&dir);
+        remove_store(&dir);
     }
 
     /// A store under the floor is left as it is, and not even scanned.
@@ -564,7 +572,7 @@ mod tests {
         assert!(!done.rewritten);
         assert_eq!(done.live, None);
         check_kept(&dir, 500);
-        let _ = std::fs::remove_dir_all(&dir);
+        remove_store(&dir);
     }
 
     /// A prune in a process that keeps the store open leaves a flag; the next open rewrites
@@ -589,7 +597,7 @@ mod tests {
         assert!(after * 2 < before, "{before} -> {after}");
         no_leftovers(&dir);
         check_kept(&dir, n);
-        let _ = std::fs::remove_dir_all(&dir);
+        remove_store(&dir);
     }
 
     /// A folder without a store is refused, and left without one.
@@ -608,7 +616,7 @@ mod tests {
         assert!(matches!(vacuum(&dir, true), Err(StoreError::Locked { .. })));
         drop(store);
         check_kept(&dir, 2_000);
-        let _ = std::fs::remove_dir_all(&dir);
+        remove_store(&dir);
     }
 
     /// A process that aborts at any point of a vacuum leaves the old database or the new
@@ -651,7 +659,7 @@ mod tests {
             } else {
                 assert_eq!(inode, old_db, "stage {stage}: the old database stayed");
             }
-            let _ = std::fs::remove_dir_all(&dir);
+            remove_store(&dir);
         }
     }
 }
