@@ -16,7 +16,11 @@
 //!   peak RSS once the store is open — its open replays the write-ahead log the crash left —
 //!   and the RSS then).
 //! - `list [MAX]`: `tx list`'s first page over 1k … 1M synthetic finished transactions.
-//! - `prune [N]`: N finished transactions past retention pruned; the store's size after.
+//! - `prune [N]`: N finished transactions past retention pruned; the store's size after the
+//!   prune, after the vacuum `tx prune` runs then (sled's database rewritten when its files
+//!   hold over 3x what it keeps: the time it took), after reopening, after new work.
+//! - `vacuum [MAX]`: sled's database of 10k / 100k finished transactions (all kept)
+//!   rewritten, forced, in a child of its own: time, peak RSS, sizes before and after.
 //! - `open DIR [REPS]`: the time to open (and close) the store in DIR/journal — kept by
 //!   `case-list N DIR` — and an empty one, each in a fresh process: sled's floor under
 //!   every command that reads the store (`provisio tx list`).
@@ -716,6 +720,9 @@ async fn prune_case(n: usize) -> Result<String> {
     store.close();
     drop(store);
     let after_prune = du_allocated(&journal_dir);
+    // What `provisio tx prune` does next, the store closed.
+    let vacuumed = SledStore::vacuum(&journal_dir, false).map_err(|e| anyhow!("{e}"))?;
+    let after_vacuum = du_allocated(&journal_dir);
     let store = SledStore::open(&journal_dir).map_err(|e| anyhow!("{e}"))?;
     store.close();
     drop(store);
@@ -724,14 +731,41 @@ async fn prune_case(n: usize) -> Result<String> {
     fill_store(&journal_dir, n / 10, now).await?;
     let after_more = du_allocated(&journal_dir);
     Ok(format!(
-        "{n}\t{}\t{took:.1}\t{:.1}\t{:.1}\t{:.1}\t{:.1}\t{:.1}\t{:.1}",
+        "{n}\t{}\t{took:.1}\t{:.1}\t{:.1}\t{:.1}\t{:.1}\t{:.2}\t{:.1}\t{:.1}\t{:.1}",
         pruned.transactions.len(),
         mib(kept_before),
         mib(kept_after),
         mib(filled),
         mib(after_prune),
+        vacuumed.seconds,
+        mib(after_vacuum),
         mib(after_reopen),
         mib(after_more),
+    ))
+}
+
+/// `case-vacuum-fill N DIR`: N finished transactions (none past retention) in DIR/journal.
+async fn vacuum_fill(n: usize, dir: &Path) -> Result<String> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as u64;
+    let took = fill_store(&dir.join("journal"), n, now - n as u64 * 10).await?;
+    Ok(format!("{took:.1}"))
+}
+
+/// `case-vacuum DIR`: sled's database in DIR/journal rewritten (forced): seconds, peak RSS
+/// (MiB) and the RSS before it began, sled's files before and after, what they hold.
+fn vacuum_case(dir: &Path) -> Result<String> {
+    let rss_before = rss_now()?;
+    let done = SledStore::vacuum(&dir.join("journal"), true).map_err(|e| anyhow!("{e}"))?;
+    Ok(format!(
+        "{:.2}\t{:.1}\t{:.1}\t{:.1}\t{:.1}\t{:.1}",
+        done.seconds,
+        mib(peak_rss()?),
+        mib(rss_before),
+        mib(done.before),
+        mib(done.after),
+        mib(done.live.unwrap_or(0)),
     ))
 }
 
@@ -1056,8 +1090,36 @@ fn main() -> Result<()> {
                 .map(|m| m.parse())
                 .transpose()?
                 .unwrap_or(100_000);
-            println!("n\tpruned\tprune_s\tkept_before_MiB\tkept_after_MiB\tfilled_MiB\tafter_prune_MiB\tafter_reopen_MiB\tafter_10pct_more_MiB");
+            println!("n\tpruned\tprune_s\tkept_before_MiB\tkept_after_MiB\tfilled_MiB\tafter_prune_MiB\tvacuum_s\tafter_vacuum_MiB\tafter_reopen_MiB\tafter_10pct_more_MiB");
             println!("{}", child_of("case-prune", &[&n.to_string()])?);
+            return Ok(());
+        }
+        Some("case-vacuum-fill") => {
+            let n = arg(1, "N")?.parse()?;
+            println!(
+                "{}",
+                rt()?.block_on(vacuum_fill(n, Path::new(arg(2, "DIR")?)))?
+            );
+            return Ok(());
+        }
+        Some("case-vacuum") => {
+            println!("{}", vacuum_case(Path::new(arg(1, "DIR")?))?);
+            return Ok(());
+        }
+        Some("vacuum") => {
+            let max = args
+                .get(1)
+                .map(|m| m.parse())
+                .transpose()?
+                .unwrap_or(100_000);
+            println!("n\tfill_s\tvacuum_s\tpeak_rss_MiB\trss_before_MiB\tsled_before_MiB\tsled_after_MiB\tlive_MiB");
+            for n in [10_000usize, 100_000].into_iter().filter(|n| *n <= max) {
+                let tmp = tempdir()?;
+                let dir = tmp.path().to_str().ok_or_else(|| anyhow!("temp path"))?;
+                let filled = child_of("case-vacuum-fill", &[&n.to_string(), dir])?;
+                let vacuumed = child_of("case-vacuum", &[dir])?;
+                println!("{n}\t{filled}\t{vacuumed}");
+            }
             return Ok(());
         }
         _ => {}

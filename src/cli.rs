@@ -549,9 +549,12 @@ pub enum TxCommand {
     /// configuration: `transactions`, `max_transactions`), and audit entries past
     /// `retention.audit`. Running, rolling-back and rollback_failed transactions are never
     /// removed, whatever their age. `run` does this too after each request (bounded) unless
-    /// `retention.prune_after_run = false`.
+    /// `retention.prune_after_run = false`. Afterwards the journal's database is rewritten
+    /// to give the space back when its files are over 8 MiB and more than 3x what it holds
+    /// (`--compact`: always); it says what the journal folder gave back. Through a running
+    /// daemon, that rewrite waits for the daemon's next start.
     #[command(
-        after_help = "Examples:\n  provisio tx prune --older-than 30d --dry-run\n  provisio tx prune --keep 10000"
+        after_help = "Examples:\n  provisio tx prune --older-than 30d --dry-run\n  provisio tx prune --keep 10000\n  provisio tx prune --older-than 90d --compact"
     )]
     Prune(PruneArgs),
 }
@@ -596,6 +599,10 @@ pub struct PruneArgs {
     /// Print what would be removed; remove nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Rewrite the journal's database afterwards whatever its size. Without it, it is
+    /// rewritten only when its files are over 8 MiB and more than 3x what it holds.
+    #[arg(long, conflicts_with = "dry_run")]
+    pub compact: bool,
 }
 
 /// `purge` arguments.

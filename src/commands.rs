@@ -1337,7 +1337,13 @@ async fn tx(config: &Config, cmd: &TxCommand) -> Result<Exit> {
         TxCommand::List(args) => crate::inspect::list(&journal, args).await,
         TxCommand::Show { id } => crate::inspect::show(&journal, id),
         TxCommand::Log { id } => crate::inspect::log(&journal, id),
-        TxCommand::Prune(args) => crate::inspect::prune(config, &journal, args).await,
+        TxCommand::Prune(args) => {
+            let before = crate::inspect::journal_bytes(config);
+            let exit = crate::inspect::prune(config, &journal, args).await?;
+            // The store is closed (the last holder dropped) before its files are rewritten.
+            crate::inspect::compact_after_prune(config, journal, args, before)?;
+            Ok(exit)
+        }
         TxCommand::ResumeRollback { id } => {
             let engine = match load::engine(config).await {
                 Ok(e) => e.with_journal(journal.clone()),

@@ -6,7 +6,7 @@ use crate::cli::{ListArgs, PruneArgs, PurgeArgs};
 use crate::commands::{bad_input, fmt_ms, render_log_line, render_summary, render_undo};
 use crate::config::Config;
 use crate::{load, Exit};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use provisio_engine::provider::{PurgeScope, TxnStatus};
 use provisio_engine::txn::index::{self, TxnQuery};
 use provisio_engine::txn::listing;
@@ -14,7 +14,7 @@ use provisio_engine::txn::retention;
 use provisio_engine::txn::stream::RecordStream;
 use provisio_engine::txn::{DurableJournal, Guarded, Record, TxnSummary};
 use provisio_engine::TxnState;
-use provisio_engine::{KeyRange, Space};
+use provisio_engine::{KeyRange, SledStore, Space};
 use std::collections::{HashMap, VecDeque};
 use std::io::Write;
 use std::sync::Arc;
@@ -407,6 +407,80 @@ pub(crate) async fn prune(
         args.dry_run,
     )?;
     Ok(Exit::Ok)
+}
+
+/// Bytes of the journal folder (sled store; 0 for PostgreSQL).
+pub(crate) fn journal_bytes(config: &Config) -> u64 {
+    match config.store {
+        crate::config::StoreSetting::Sled => folder_bytes(&crate::load::journal_dir(config)),
+        crate::config::StoreSetting::Postgres(_) => 0,
+    }
+}
+
+/// After `tx prune` (sled store): closes the journal and rewrites sled's database when its
+/// files hold more than 3x what it keeps (and over 8 MiB), or always with `--compact`
+/// (`store/vacuum.rs` in the engine), then says what the journal folder gave back since
+/// `before` (its bytes before the prune).
+pub(crate) fn compact_after_prune(
+    config: &Config,
+    journal: Arc<DurableJournal>,
+    args: &PruneArgs,
+    before: u64,
+) -> Result<()> {
+    if args.dry_run || !matches!(config.store, crate::config::StoreSetting::Sled) {
+        return Ok(());
+    }
+    let dir = crate::load::journal_dir(config);
+    // The only holder: dropping it closes the store (a clean close, everything in sled).
+    drop(journal);
+    let done = SledStore::vacuum(&dir, args.compact)
+        .with_context(|| format!("compacting the journal at `{}`", dir.display()))?;
+    let after = folder_bytes(&dir);
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let mut out = std::io::stdout().lock();
+    if done.rewritten {
+        writeln!(
+            out,
+            "journal folder: {:.1} MiB before, {:.1} MiB after (its database rewritten in {:.1} s: {:.1} MiB of files for {:.1} MiB it holds, now {:.1} MiB)",
+            mib(before),
+            mib(after),
+            done.seconds,
+            mib(done.before),
+            mib(done.live.unwrap_or(0)),
+            mib(done.after),
+        )?;
+    } else {
+        writeln!(
+            out,
+            "journal folder: {:.1} MiB before, {:.1} MiB after (its database, {:.1} MiB{}, is rewritten smaller once over {} MiB and {}x what it holds; --compact: now)",
+            mib(before),
+            mib(after),
+            mib(done.before),
+            match done.live {
+                Some(live) => format!(" for {:.1} MiB it holds", mib(live)),
+                None => String::new(),
+            },
+            SledStore::VACUUM_FLOOR / (1024 * 1024),
+            SledStore::VACUUM_RATIO,
+        )?;
+    }
+    Ok(())
+}
+
+/// Bytes allocated to the files under `dir`.
+fn folder_bytes(dir: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => folder_bytes(&e.path()),
+                    Ok(m) => m.blocks() * 512,
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 /// What `tx prune` prints (also through a daemon): a line per transaction removed (or that

@@ -475,6 +475,12 @@ pub async fn tx(cli: &Cli, config: &Config, cmd: &TxCommand, held: &Held) -> Res
                 a.body["policy"]["audit"].as_str().unwrap_or("-"),
                 args.dry_run,
             )?;
+            if !args.dry_run && (args.compact || !transactions.is_empty()) {
+                // The daemon holds its store open: sled's database cannot be switched under it.
+                println!(
+                    "the daemon's journal database is rewritten smaller, when it holds much more than it keeps, at the daemon's next start"
+                );
+            }
             Ok(Exit::Ok)
         }
     }

@@ -82,7 +82,7 @@ pub use store::{
     MIGRATIONS, NODE_EXPIRY, NODE_HEARTBEAT,
 };
 pub use store::{
-    prefix_end, Batch, KeyRange, KeyValue, MemStore, SledStore, Space, Store, StoreError,
+    prefix_end, Batch, KeyRange, KeyValue, MemStore, SledStore, Space, Store, StoreError, Vacuumed,
 };
 pub use txn::{recover, resume_rollback, DurableJournal, SealKey};
 pub use txn_id::{TxnId, TxnIdError};

@@ -9,6 +9,7 @@ mod pg_tls;
 #[cfg(feature = "postgres")]
 mod postgres;
 mod sled_store;
+mod vacuum;
 mod values;
 mod wal;
 
@@ -22,6 +23,7 @@ pub use postgres::{
 };
 pub use sled_store::SledStore;
 pub(crate) use sled_store::{side_state, SideState};
+pub use vacuum::Vacuumed;
 
 use async_trait::async_trait;
 
@@ -351,6 +353,13 @@ pub trait Store: Send + Sync {
     /// forgets what it held and waited for.
     fn keys_released(&self, txn: &str) {
         let _ = txn;
+    }
+
+    /// A prune removed what it could. A store whose files keep their size after deletes
+    /// notes that they should be compacted when it can (the sled store: at its next open,
+    /// unless `tx prune` does it at once; see `vacuum.rs`). The default does nothing.
+    async fn pruned(&self) -> Result<(), StoreError> {
+        Ok(())
     }
 
     /// The PostgreSQL store behind this one, for the parts (the job queue) that use the

@@ -27,6 +27,7 @@
 //! most [`CHECKPOINT_BYTES`]) or the overlay [`OVERLAY_BYTES`], after [`IDLE_CHECKPOINT`]
 //! without writes, and at close.
 
+use super::vacuum;
 use super::values::{self, ValueLog};
 use super::wal::{Frame, Wal, MIN_GROW};
 use super::{Batch, KeyRange, KeyValue, Space, Store, StoreError};
@@ -440,7 +441,7 @@ fn key(space: Space, key: &[u8]) -> Vec<u8> {
 /// the store tests with four threads, never without the tests that start child processes.
 /// Most likely cause: sled's lock is a `flock` on its file, and a process being started
 /// shares the open file until it execs.
-fn open_sled(path: &Path) -> Result<(sled::Db, sled::Tree), StoreError> {
+pub(super) fn open_sled(path: &Path) -> Result<(sled::Db, sled::Tree), StoreError> {
     const ATTEMPTS: u32 = 20;
     let mut attempt = 0;
     loop {
@@ -477,7 +478,7 @@ fn open_sled(path: &Path) -> Result<(sled::Db, sled::Tree), StoreError> {
     }
 }
 
-fn map_err(path: &Path, e: sled::Error) -> StoreError {
+pub(super) fn map_err(path: &Path, e: sled::Error) -> StoreError {
     match e {
         sled::Error::Corruption { .. } => StoreError::Corrupt {
             path: path.display().to_string(),
@@ -536,8 +537,44 @@ fn meta_format(path: &Path, tree: &sled::Tree) -> Result<Option<u32>, StoreError
 }
 
 impl SledStore {
-    /// Opens (or creates) the store in `path`.
+    /// Opens (or creates) the store in `path`. A rewrite of sled's database that a stop
+    /// interrupted is finished first, and one a prune asked for is made (`vacuum.rs`).
     pub fn open(path: &Path) -> Result<SledStore, StoreError> {
+        // A newer store is left exactly as it is, a half-done rewrite included.
+        check_format(path, Identity::read_side(path).map(|side| side.format))?;
+        vacuum::repair(path)?;
+        let store = SledStore::open_as_it_is(path)?;
+        let asked = store.tree.get(vacuum::flag_key());
+        if !matches!(asked, Ok(Some(_))) {
+            return Ok(store);
+        }
+        // A prune in a process that kept the store open (a daemon) asked for it.
+        drop(store);
+        match vacuum::vacuum(path, false) {
+            Ok(done) if done.rewritten => tracing::info!(
+                before = done.before,
+                after = done.after,
+                "the journal's sled database was rewritten after a prune"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("rewriting the journal's sled database failed: {e}"),
+        }
+        SledStore::open_as_it_is(path)
+    }
+
+    /// Below this many bytes of sled's files, [`SledStore::vacuum`] leaves a store alone.
+    pub const VACUUM_FLOOR: u64 = vacuum::FLOOR;
+    /// [`SledStore::vacuum`] rewrites a store whose sled files are more than this many times
+    /// what they hold.
+    pub const VACUUM_RATIO: u64 = vacuum::RATIO;
+
+    /// Rewrites the sled database of the closed store in `path` when its files hold much
+    /// more than it keeps (always with `force`): see `vacuum.rs`.
+    pub fn vacuum(path: &Path, force: bool) -> Result<vacuum::Vacuumed, StoreError> {
+        vacuum::vacuum(path, force)
+    }
+
+    fn open_as_it_is(path: &Path) -> Result<SledStore, StoreError> {
         std::fs::create_dir_all(path)
             .map_err(|e| StoreError::Io(format!("cannot create `{}`: {e}", path.display())))?;
         // Before sled opens: a newer store is left exactly as it is.
@@ -864,6 +901,17 @@ impl Store for SledStore {
             Ok(())
         }
     }
+
+    async fn pruned(&self) -> Result<(), StoreError> {
+        // Below the floor the open would only look and leave it (a `stat` here saves it).
+        if vacuum::sled_bytes(&self.path) < vacuum::FLOOR {
+            return Ok(());
+        }
+        let mut b = Batch::new();
+        b.put(Space::Meta, vacuum::FLAG.to_vec(), vec![1]);
+        self.write(b, true).await
+    }
+
     async fn sync(&self) -> Result<(), StoreError> {
         let seq = {
             let intake = lock(&self.shared.intake);

@@ -5,6 +5,10 @@
 //! and what a daemon calls on a schedule. [`purge_scope`] tells providers which
 //! transactions are over for good, for `provisio purge` (see [`crate::provider::Provider::purge`]).
 //!
+//! A full prune (no limit per call) that removed something tells the store
+//! ([`Store::pruned`]): the sled store's file keeps its size after deletes, and is rewritten
+//! smaller by `tx prune` once closed, or at its next open (`store/vacuum.rs`).
+//!
 //! Only committed and rolled-back transactions are ever pruned: a running, rolling-back,
 //! `rollback_failed` or in-doubt one is never touched, whatever its age.
 
@@ -67,6 +71,22 @@ const KEYS_PER_WRITE: usize = 512;
 /// keys first (in bounded writes, so a 100,000-step transaction does not make one huge
 /// batch), then its summary, index keys and pinned request together, durably.
 pub async fn prune(
+    store: &dyn Store,
+    retention: &Retention,
+    now_ms: u64,
+    max_transactions: Option<usize>,
+    dry_run: bool,
+) -> Result<Pruned, PruneError> {
+    let out = prune_unannounced(store, retention, now_ms, max_transactions, dry_run).await?;
+    // A full prune (not the bounded one after each `run`) lets the store give the space
+    // back: sled's file keeps its size otherwise (`store/vacuum.rs`).
+    if !dry_run && max_transactions.is_none() && out.keys > 0 {
+        store.pruned().await?;
+    }
+    Ok(out)
+}
+
+async fn prune_unannounced(
     store: &dyn Store,
     retention: &Retention,
     now_ms: u64,
