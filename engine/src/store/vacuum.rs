@@ -65,7 +65,7 @@ const INSTALLING: &str = "vacuum.installing";
 /// Bytes copied between two flushes of the new database: bounds what sled holds dirty.
 const FLUSH_BYTES: u64 = 4 * 1024 * 1024;
 
-/// What a [`vacuum`] found and did.
+/// What a rewrite of sled's database ([`crate::SledStore::vacuum`]) found and did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Vacuumed {
     /// Bytes of sled's files before (allocated on disk: `db`, `blobs/`, `snap.*`, `conf`).
@@ -73,7 +73,7 @@ pub struct Vacuumed {
     /// The same after (equal to `before` when nothing was rewritten).
     pub after: u64,
     /// Bytes of the keys and values sled holds (`None`: not counted, its files being under
-    /// [`FLOOR`]).
+    /// [`crate::SledStore::VACUUM_FLOOR`]).
     pub live: Option<u64>,
     /// Whether the database was rewritten.
     pub rewritten: bool,
