@@ -1497,7 +1497,7 @@ mod tests {
             2,
             "durable across reopen"
         );
-        let _ = std::fs::remove_dir_all(&dir);
+        remove_store(&dir);
     }
 
     #[tokio::test]
@@ -1520,6 +1520,8 @@ mod tests {
         }
         let store = SledStore::open(&dir).unwrap();
         assert_eq!(store.scan(Space::Journal, b"").unwrap().len(), 50);
+        drop(store);
+        remove_store(&dir);
     }
 
     #[tokio::test]
@@ -1542,7 +1544,7 @@ mod tests {
         // The first writer leads a sync; the others append meanwhile and share the next.
         assert!(store.sync_count() <= 4, "{} syncs", store.sync_count());
         drop(store);
-        let _ = std::fs::remove_dir_all(&dir);
+        remove_store(&dir);
     }
 
     /// Many writers on several threads, each waiting for its writes in turn (as steps do):
@@ -1580,7 +1582,7 @@ mod tests {
         let store = SledStore::open(&dir).unwrap();
         assert_eq!(store.scan(Space::Journal, b"").unwrap().len(), 640);
         drop(store);
-        let _ = std::fs::remove_dir_all(&dir);
+        remove_store(&dir);
     }
 
     /// A durable write dropped while it leads a sync (a request cancelled mid-write) hands
@@ -1611,7 +1613,7 @@ mod tests {
         // The cancelled write had been appended, so it is kept along with the later one.
         assert_eq!(store.scan(Space::Journal, b"").unwrap().len(), 2);
         drop(store);
-        let _ = std::fs::remove_dir_all(&dir);
+        remove_store(&dir);
     }
 
     #[test]
@@ -1625,7 +1627,7 @@ mod tests {
             msg.contains("in use") || msg.contains("damaged") || msg.contains("I/O"),
             "{msg}"
         );
-        let _ = std::fs::remove_dir_all(&dir);
+        remove_store(&dir);
     }
 
     /// Reads merge the in-memory overlay with sled: deletes hide sled's values, overwrites
@@ -1682,7 +1684,7 @@ mod tests {
         let store = SledStore::open(&dir).unwrap();
         expect(&store);
         drop(store);
-        let _ = std::fs::remove_dir_all(&dir);
+        remove_store(&dir);
     }
 
     /// Writes `n` batches of 100 KB under keys 0..n (every third and the last durable);
@@ -1759,7 +1761,7 @@ mod tests {
         let store = SledStore::open(&dir).unwrap();
         assert_eq!(numbered_keys(&store), numbered_keys_left(50));
         drop(store);
-        let _ = std::fs::remove_dir_all(&dir);
+        remove_store(&dir);
     }
 
     /// A delete promised to cancel a put forgets both while the put is in the active
@@ -1805,7 +1807,7 @@ mod tests {
         let store = SledStore::open(&dir).unwrap();
         check(&store);
         drop(store);
-        let _ = std::fs::remove_dir_all(&dir);
+        remove_store(&dir);
     }
 
     /// Provider state rides in batches that compact journal records: its delete of a key
@@ -1831,7 +1833,7 @@ mod tests {
         let store = SledStore::open(&dir).unwrap();
         assert_eq!(store.get(Space::State, b"p\0k").unwrap(), None);
         drop(store);
-        let _ = std::fs::remove_dir_all(&dir);
+        remove_store(&dir);
     }
 
     /// Set in a child process to hold each checkpoint between its switch of log files and
@@ -1913,7 +1915,7 @@ mod tests {
                 assert_eq!(v, vec![7; 100_000]);
             }
         }
-        let _ = std::fs::remove_dir_all(&dir);
+        remove_store(&dir);
     }
 
     /// An abort after a collection of the value log copied the live entries of a mostly
@@ -1981,7 +1983,7 @@ mod tests {
                 assert!(v == value(i), "key {i} reads back whole");
             }
         }
-        let _ = std::fs::remove_dir_all(&dir);
+        remove_store(&dir);
     }
 
     /// The replay at open after a crash applies the log's net writes: journal values put
@@ -2030,7 +2032,7 @@ mod tests {
             }
             drop(store);
         }
-        let _ = std::fs::remove_dir_all(&dir);
+        remove_store(&dir);
     }
 
     /// A store written by a newer provisio (its state file or sled's Meta naming a later
@@ -2112,7 +2114,7 @@ mod tests {
             Some(vec![5; 10_000])
         );
         drop(store);
-        let _ = std::fs::remove_dir_all(&dir);
+        remove_store(&dir);
     }
 
     /// Every file below `dir`.
@@ -2203,7 +2205,7 @@ mod tests {
             );
         }
         drop(store);
-        let _ = std::fs::remove_dir_all(&dir);
+        remove_store(&dir);
     }
 
     /// A log that does not continue from what sled holds means lost records: the store is
@@ -2234,7 +2236,7 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("records were lost"), "{msg}");
         assert!(msg.contains("nothing was reset"), "{msg}");
-        let _ = std::fs::remove_dir_all(&dir);
+        remove_store(&dir);
     }
 
     /// The child side of a test that ends its own process: `body` gets the store in `dir`
@@ -2296,7 +2298,7 @@ mod tests {
             Some(b"small".to_vec())
         );
         drop(store);
-        let _ = std::fs::remove_dir_all(&dir);
+        remove_store(&dir);
     }
 
     /// Deleting most large values (a `tx prune`) frees their space: the close collects the
@@ -2338,7 +2340,7 @@ mod tests {
             assert_eq!(v, value(i));
         }
         drop(store);
-        let _ = std::fs::remove_dir_all(&dir);
+        remove_store(&dir);
     }
 
     /// A reader holding a pointer into a segment that a collection removed meanwhile reads
@@ -2378,7 +2380,7 @@ mod tests {
             Some(value(0))
         );
         drop(store);
-        let _ = std::fs::remove_dir_all(&dir);
+        remove_store(&dir);
     }
 
     fn child_store<F: std::future::Future<Output = ()>>(
@@ -2391,10 +2393,26 @@ mod tests {
         rt.block_on(body(SledStore::open(Path::new(dir)).unwrap()));
     }
 
+    /// A store folder `journal` in a fresh folder of its own, so that its state file
+    /// (`journal.state`, beside it) goes with it: see [`remove_store`].
     fn tempfile_dir() -> PathBuf {
-        let d = std::env::temp_dir().join(format!("provisio-store-{}", uuid::Uuid::now_v7()));
+        let d = std::env::temp_dir()
+            .join(format!("provisio-store-{}", uuid::Uuid::now_v7()))
+            .join("journal");
         std::fs::create_dir_all(&d).unwrap();
         d
+    }
+
+    /// Removes a store made by [`tempfile_dir`], its state file included.
+    fn remove_store(dir: &Path) {
+        let parent = dir.parent().expect("a store made by tempfile_dir");
+        let name = parent.file_name().unwrap_or_default().to_string_lossy();
+        assert!(
+            name.starts_with("provisio-store-"),
+            "not a test store: {}",
+            dir.display()
+        );
+        let _ = std::fs::remove_dir_all(parent);
     }
 }
 
