@@ -367,8 +367,13 @@ const DUE: &str = "SELECT EXISTS (SELECT 1 FROM provisio_jobs WHERE state = 0 AN
              AND not_before_ms <= $1),
          nextval('provisio_job_seq')";
 
-const LINE_BUSY: &str =
-    "SELECT EXISTS (SELECT 1 FROM provisio_jobs WHERE serial_key = $1 AND state IN (0, 1, 4))";
+/// Whether a job of key `$1` is queued, running or dead (a claiming submission may not run
+/// at once). The first of the line by the line's index, as in [`HELD_IN_LINE`]: a generic
+/// plan takes a key for a large share of the table, and an `EXISTS` (whose `ORDER BY` and
+/// `LIMIT` the planner drops) was a scan of the table, read whole for a key with no job.
+pub(crate) const LINE_BUSY: &str =
+    "SELECT (SELECT line_pos FROM provisio_jobs WHERE serial_key = $1 AND state IN (0, 1, 4)
+         ORDER BY line_pos LIMIT 1) IS NOT NULL";
 
 const INSERT_RUNNING: &str =
     "INSERT INTO provisio_jobs (id, seq, state, priority, not_before_ms, serial_key,

@@ -2684,6 +2684,16 @@ fn a_claim_reads_none_of_the_jobs_that_cannot_run() {
         );
         let (read, plan) = explain_generic(pg, &schema, "", held);
         assert!(read <= 4.0, "the line's check read {read} rows: {plan}");
+        // A claiming submission's check of its key's line, for the key of the long line
+        // and for a key with no job: the line's index either way, never the table.
+        for key in ["'line'", "'rare'"] {
+            let busy = (super::postgres::LINE_BUSY, "text", key);
+            let (read, plan) = explain_generic(pg, &schema, "", busy);
+            assert!(
+                read <= 2.0,
+                "the busy check of {key} read {read} rows: {plan}"
+            );
+        }
         let settle = (
             super::postgres::SETTLE_LINES,
             "text[], bigint",
