@@ -412,7 +412,9 @@ pub(crate) async fn prune(
 /// Bytes of the journal folder (sled store; 0 for PostgreSQL).
 pub(crate) fn journal_bytes(config: &Config) -> u64 {
     match config.store {
-        crate::config::StoreSetting::Sled => folder_bytes(&crate::load::journal_dir(config)),
+        crate::config::StoreSetting::Sled => {
+            provisio_engine::allocated_bytes(&crate::load::journal_dir(config))
+        }
         crate::config::StoreSetting::Postgres(_) => 0,
     }
 }
@@ -435,7 +437,7 @@ pub(crate) fn compact_after_prune(
     drop(journal);
     let done = SledStore::vacuum(&dir, args.compact)
         .with_context(|| format!("compacting the journal at `{}`", dir.display()))?;
-    let after = folder_bytes(&dir);
+    let after = provisio_engine::allocated_bytes(&dir);
     let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
     let mut out = std::io::stdout().lock();
     if done.rewritten {
@@ -465,22 +467,6 @@ pub(crate) fn compact_after_prune(
         )?;
     }
     Ok(())
-}
-
-/// Bytes allocated to the files under `dir`.
-fn folder_bytes(dir: &std::path::Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .map(|e| match e.metadata() {
-                    Ok(m) if m.is_dir() => folder_bytes(&e.path()),
-                    Ok(m) => m.blocks() * 512,
-                    Err(_) => 0,
-                })
-                .sum()
-        })
-        .unwrap_or(0)
 }
 
 /// What `tx prune` prints (also through a daemon): a line per transaction removed (or that

@@ -76,13 +76,14 @@ pub use script::{
     Vars,
 };
 pub use state::{state_key, ProviderState, StateChange, StateError, StateRecord};
+pub use store::{
+    allocated_bytes, prefix_end, Batch, KeyRange, KeyValue, MemStore, SledStore, Space, Store,
+    StoreError, Vacuumed,
+};
 #[cfg(feature = "postgres")]
 pub use store::{
     is_postgres_url, latest_schema_version, mask_url, Link, PgOptions, PgStore, SchemaStatus,
     MIGRATIONS, NODE_EXPIRY, NODE_HEARTBEAT,
-};
-pub use store::{
-    prefix_end, Batch, KeyRange, KeyValue, MemStore, SledStore, Space, Store, StoreError, Vacuumed,
 };
 pub use txn::{recover, resume_rollback, DurableJournal, SealKey};
 pub use txn_id::{TxnId, TxnIdError};

@@ -63,22 +63,6 @@ fn list_filters_and_pages_and_prune_removes_only_what_is_past_retention() {
     assert_ne!(gone.code, 0, "a pruned transaction is gone: {gone:?}");
 }
 
-/// Bytes allocated to the files under `dir`.
-fn folder_bytes(dir: &Path) -> u64 {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .map(|e| match e.metadata() {
-                    Ok(m) if m.is_dir() => folder_bytes(&e.path()),
-                    Ok(m) => m.blocks() * 512,
-                    Err(_) => 0,
-                })
-                .sum()
-        })
-        .unwrap_or(0)
-}
-
 /// `tx prune` gives the journal's space back: sled's database, which keeps its size after
 /// deletes, is rewritten (with `--compact` whatever its size; without, a small journal is
 /// left as it is and says so), the journal folder shrinks, and what was kept reads back;
@@ -124,7 +108,7 @@ n
         "{none:?}"
     );
 
-    let before = folder_bytes(&journal);
+    let before = provisio_engine::allocated_bytes(&journal);
     let pruned = sb.run_with(&["tx", "prune", "--keep", "5", "--compact"], &ns);
     assert_eq!(pruned.code, 0, "{pruned:?}");
     assert!(
@@ -135,7 +119,7 @@ n
         pruned.stdout.contains("its database rewritten"),
         "{pruned:?}"
     );
-    let after = folder_bytes(&journal);
+    let after = provisio_engine::allocated_bytes(&journal);
     assert!(
         after * 2 < before,
         "the journal folder shrank: {before} -> {after} bytes"

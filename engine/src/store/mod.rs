@@ -23,7 +23,7 @@ pub use postgres::{
 };
 pub use sled_store::SledStore;
 pub(crate) use sled_store::{side_state, SideState};
-pub use vacuum::Vacuumed;
+pub use vacuum::{allocated_bytes, Vacuumed};
 
 use async_trait::async_trait;
 

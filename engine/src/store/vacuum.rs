@@ -338,24 +338,27 @@ fn live_bytes(path: &Path, db: &sled::Db) -> Result<u64, StoreError> {
 
 /// Bytes allocated to sled's files in the store folder `path`.
 pub fn sled_bytes(path: &Path) -> u64 {
-    fn allocated(p: &Path) -> u64 {
-        let Ok(m) = p.symlink_metadata() else {
-            return 0;
-        };
-        if m.is_dir() {
-            std::fs::read_dir(p)
-                .map(|d| d.flatten().map(|e| allocated(&e.path())).sum())
-                .unwrap_or(0)
-        } else {
-            m.blocks() * 512
-        }
-    }
     entries(path)
         .unwrap_or_default()
         .iter()
         .filter(|name| is_sled_file(name))
-        .map(|name| allocated(&path.join(name)))
+        .map(|name| allocated_bytes(&path.join(name)))
         .sum()
+}
+
+/// Bytes allocated on disk to the file at `path`, or to every file below it when it is a
+/// folder (symbolic links not followed); 0 when it cannot be read.
+pub fn allocated_bytes(path: &Path) -> u64 {
+    let Ok(m) = path.symlink_metadata() else {
+        return 0;
+    };
+    if m.is_dir() {
+        std::fs::read_dir(path)
+            .map(|d| d.flatten().map(|e| allocated_bytes(&e.path())).sum())
+            .unwrap_or(0)
+    } else {
+        m.blocks() * 512
+    }
 }
 
 /// Whether `name`, in the store folder, is one of sled's files (the rest is the store's
