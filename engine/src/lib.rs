@@ -67,8 +67,8 @@ pub use exec::{
 pub use exec::{RetryOptions, RetryPolicies, RetryPolicy, RetryUse};
 pub use model::{Format, Namespace, Request};
 pub use provider::{
-    Call, CallContext, Done, IntentBarrier, IntentGate, Outcome, Preview, ProcedureSpec, Provider,
-    ProviderError, ProviderRegistry, UndoKind,
+    Call, CallContext, Done, IntentBarrier, IntentGate, MarkerSink, Outcome, Preview,
+    ProcedureSpec, Provider, ProviderError, ProviderRegistry, UndoKind,
 };
 pub use request::{parse_namespaces, parse_request, ParseError};
 pub use script::{

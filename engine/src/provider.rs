@@ -79,6 +79,60 @@ impl Call {
     pub fn intent_durable_blocking(&self) -> Result<(), ProviderError> {
         self.intent.wait_blocking()
     }
+
+    /// Whether the engine keeps this call's recovery marker in its journal: the provider
+    /// then passes [`Call::intent_durable_with`] instead of syncing a marker of its own
+    /// (see [`Provider::journals_markers`]). `false` for a call without a durable journal
+    /// behind it (`--ephemeral`, a read, a call built by hand): the provider keeps its own
+    /// marker, if it needs one.
+    pub fn journals_markers(&self) -> bool {
+        self.intent.journals_markers()
+    }
+
+    /// Makes the call's intent record durable together with `marker`: the provider's own
+    /// record of what the call is about to change, written into the engine's journal
+    /// after the intent and synced with it (one sync for both). Given back to
+    /// [`Provider::recover`] as [`Call::journaled_marker`]. May be called again to replace
+    /// the marker (each call is durable before it returns; the last one is given back).
+    /// Only when [`Call::journals_markers`]; an error otherwise, and an error when the
+    /// engine could not journal it: the call must then change nothing and fail with it.
+    pub async fn intent_durable_with(&self, marker: Element) -> Result<(), ProviderError> {
+        self.intent.wait_with(marker).await
+    }
+
+    /// [`Call::intent_durable_with`] for code on a blocking thread (never on an async
+    /// runtime worker: it blocks the thread).
+    pub fn intent_durable_with_blocking(&self, marker: Element) -> Result<(), ProviderError> {
+        self.intent.wait_with_blocking(marker)
+    }
+
+    /// The last marker of this call the engine journaled ([`Call::intent_durable_with`]):
+    /// in [`Provider::recover`], after a crash or for a call in doubt in this process.
+    /// `None` when none was journaled (the call changed nothing, or the provider kept its
+    /// marker itself).
+    pub fn journaled_marker(&self) -> Option<Element> {
+        self.intent.journaled_marker()
+    }
+}
+
+/// Where the engine journals one call's intent sync and its provider's recovery markers
+/// ([`Call::intent_durable_with`]). The engine appends the call's intent record before the
+/// call without syncing it; the sink's [`MarkerSink::mark`] syncs it, with the marker
+/// written after it. The engine makes one per call of a provider that
+/// [`Provider::journals_markers`]; a provider's tests implement it to play the engine.
+#[async_trait]
+pub trait MarkerSink: Send + Sync + fmt::Debug {
+    /// Makes the call's intent record durable, with `marker` (when given) written after it
+    /// and durable too, before returning. Callable from any executor (a provider's blocking
+    /// thread waits on it with a plain executor). `Err`: why it could not be journaled (the
+    /// engine gave the call up, or its journal failed): the call must change nothing.
+    async fn mark(&self, marker: Option<Element>) -> Result<(), String>;
+
+    /// Whether the intent record is durable (a [`MarkerSink::mark`] succeeded).
+    fn is_durable(&self) -> bool;
+
+    /// The last marker a [`MarkerSink::mark`] made durable, if any.
+    fn last(&self) -> Option<Element>;
 }
 
 /// What the engine's intent write of one call came to: not yet (`None`), done (`Ok`), or
@@ -92,6 +146,12 @@ pub struct IntentBarrier {
     /// `None`: nothing to wait for (the intent was durable before the call, or there is
     /// none to wait for).
     pending: Option<tokio::sync::watch::Receiver<IntentResult>>,
+    /// The engine's writer of this call's intent sync and markers
+    /// ([`IntentBarrier::with_sink`]); passing the barrier goes through it.
+    sink: Option<Arc<dyn MarkerSink>>,
+    /// The marker the journal held for this call when it was read back (recovery after a
+    /// crash: [`IntentBarrier::recovered`]).
+    recovered: Option<Element>,
 }
 
 impl IntentBarrier {
@@ -107,18 +167,64 @@ impl IntentBarrier {
     /// play the engine.
     pub fn closed() -> (IntentBarrier, IntentGate) {
         let (tx, rx) = tokio::sync::watch::channel(None);
-        (IntentBarrier { pending: Some(rx) }, IntentGate(tx))
+        let barrier = IntentBarrier {
+            pending: Some(rx),
+            ..IntentBarrier::default()
+        };
+        (barrier, IntentGate(tx))
+    }
+
+    /// A barrier passed through `sink`: the call's intent is appended but not yet durable,
+    /// and the provider's [`Call::intent_durable_with`] (or [`Call::intent_durable`])
+    /// makes it durable, with the provider's marker, in one sync.
+    pub fn with_sink(sink: Arc<dyn MarkerSink>) -> IntentBarrier {
+        IntentBarrier {
+            sink: Some(sink),
+            ..IntentBarrier::default()
+        }
+    }
+
+    /// A barrier already passed, carrying the marker the journal held for the call (its
+    /// last [`Call::intent_durable_with`] before a crash): for the call recovery hands to
+    /// [`Provider::recover`].
+    pub fn recovered(marker: Option<Element>) -> IntentBarrier {
+        IntentBarrier {
+            recovered: marker,
+            ..IntentBarrier::default()
+        }
     }
 
     /// Whether a call holding it must wait for the engine's intent (false once passed).
     pub fn is_pending(&self) -> bool {
+        if let Some(sink) = &self.sink {
+            return !sink.is_durable();
+        }
         self.pending
             .as_ref()
             .is_some_and(|rx| rx.borrow().is_none())
     }
 
+    /// See [`Call::journals_markers`].
+    pub fn journals_markers(&self) -> bool {
+        self.sink.is_some()
+    }
+
+    /// See [`Call::journaled_marker`].
+    pub fn journaled_marker(&self) -> Option<Element> {
+        match &self.sink {
+            Some(sink) => sink.last(),
+            None => self.recovered.clone(),
+        }
+    }
+
     /// See [`Call::intent_durable`].
     pub async fn wait(&self) -> Result<(), ProviderError> {
+        if let Some(sink) = &self.sink {
+            if sink.is_durable() {
+                return Ok(());
+            }
+            return Self::verdict(Some(sink.mark(None).await));
+        }
         let Some(rx) = &self.pending else {
             return Ok(());
         };
@@ -129,11 +235,28 @@ impl IntentBarrier {
 
     /// See [`Call::intent_durable_blocking`].
     pub fn wait_blocking(&self) -> Result<(), ProviderError> {
-        if self.pending.is_none() {
+        if self.pending.is_none() && self.sink.is_none() {
             return Ok(());
         }
-        // The watch channel's wait needs no runtime: a plain executor parks this thread.
+        // The watch channel's wait and the sink's need no runtime: a plain executor parks
+        // this thread.
         futures::executor::block_on(self.wait())
+    }
+
+    /// See [`Call::intent_durable_with`].
+    pub async fn wait_with(&self, marker: Element) -> Result<(), ProviderError> {
+        let Some(sink) = &self.sink else {
+            return Err(ProviderError::invalid(
+                "the engine keeps no marker of this call (Call::journals_markers is false): \
+                 the provider keeps its marker itself",
+            ));
+        };
+        Self::verdict(Some(sink.mark(Some(marker)).await))
+    }
+
+    /// See [`Call::intent_durable_with_blocking`].
+    pub fn wait_with_blocking(&self, marker: Element) -> Result<(), ProviderError> {
+        futures::executor::block_on(self.wait_with(marker))
     }
 
     fn verdict(outcome: IntentResult) -> Result<(), ProviderError> {
@@ -372,6 +495,13 @@ pub struct ProcedureSpec {
 /// the marker goes when the transaction is over. A crash after both is the usual in-doubt
 /// call, settled by `recover` from the marker.
 ///
+/// With [`Provider::journals_markers`] the two syncs become one: the engine appends the
+/// intent without syncing it and gives the call a sink; the provider's marker goes into
+/// the journal after the intent ([`Call::intent_durable_with`]) and one sync makes both
+/// durable. Recovery hands the marker back ([`Call::journaled_marker`]). A crash before
+/// that sync leaves neither, or the intent alone (another call's sync took it): a call
+/// with no marker, which changed nothing.
+///
 /// # The async methods must not block the async runtime
 ///
 /// The engine runs many steps on a few runtime worker threads and bounds each call with a
@@ -424,6 +554,22 @@ pub trait Provider: Send + Sync {
     /// [`Provider::effects_in_state_only`]), and only when the journal keeps records. The
     /// default is `false`: the call is made once the intent is durable.
     fn awaits_intent(&self, _call: &Call) -> bool {
+        false
+    }
+
+    /// Whether this call's recovery marker is to be kept in the engine's journal instead
+    /// of a store of the provider's own: the engine then appends the call's intent record
+    /// without syncing it and makes the call at once, with a sink
+    /// ([`Call::journals_markers`] is true); the provider passes
+    /// [`Call::intent_durable_with`] with its marker (or [`Call::intent_durable`] when it
+    /// has none) before the call's first side effect, and one sync makes the intent and
+    /// the marker durable together. [`Provider::recover`] then finds the marker in
+    /// [`Call::journaled_marker`]. `true` is the same promise as
+    /// [`Provider::awaits_intent`]'s (nothing changed before the barrier; when it fails,
+    /// change nothing and return its error), and wins over it. Asked under the same
+    /// conditions; when the call has no sink the provider keeps its marker itself. The
+    /// default is `false`.
+    fn journals_markers(&self, _call: &Call) -> bool {
         false
     }
 
@@ -541,5 +687,118 @@ impl ProviderRegistry {
     /// Provider names.
     pub fn names(&self) -> Vec<String> {
         self.providers.keys().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Plays the engine: keeps what it is asked to journal, or fails as a broken journal.
+    #[derive(Debug, Default)]
+    struct KeptMarkers {
+        marks: Mutex<Vec<Option<Element>>>,
+        broken: bool,
+    }
+
+    #[async_trait]
+    impl MarkerSink for KeptMarkers {
+        async fn mark(&self, marker: Option<Element>) -> Result<(), String> {
+            if self.broken {
+                return Err("the disk is full".into());
+            }
+            self.marks.lock().unwrap().push(marker);
+            Ok(())
+        }
+
+        fn is_durable(&self) -> bool {
+            !self.marks.lock().unwrap().is_empty()
+        }
+
+        fn last(&self) -> Option<Element> {
+            self.marks
+                .lock()
+                .unwrap()
+                .iter()
+                .rev()
+                .find_map(Clone::clone)
+        }
+    }
+
+    fn marker(name: &str) -> Element {
+        let mut m = Element::new("marker");
+        m.push(Element::with_text("path", name));
+        m
+    }
+
+    #[tokio::test]
+    async fn a_barrier_with_a_sink_passes_through_it_and_gives_the_last_marker_back() {
+        let sink = Arc::new(KeptMarkers::default());
+        let barrier = IntentBarrier::with_sink(sink.clone());
+        assert!(barrier.journals_markers());
+        assert!(
+            barrier.is_pending(),
+            "nothing is durable before the first mark"
+        );
+        assert_eq!(barrier.journaled_marker(), None);
+        barrier.wait_with(marker("a")).await.unwrap();
+        assert!(!barrier.is_pending());
+        barrier.wait_with(marker("a/b")).await.unwrap();
+        // Once durable, a plain wait journals nothing more.
+        barrier.wait().await.unwrap();
+        assert_eq!(sink.marks.lock().unwrap().len(), 2);
+        assert_eq!(barrier.journaled_marker(), Some(marker("a/b")));
+    }
+
+    #[tokio::test]
+    async fn a_plain_wait_on_a_sink_syncs_the_intent_without_a_marker() {
+        let sink = Arc::new(KeptMarkers::default());
+        let barrier = IntentBarrier::with_sink(sink.clone());
+        barrier.wait().await.unwrap();
+        assert_eq!(*sink.marks.lock().unwrap(), vec![None]);
+        assert_eq!(barrier.journaled_marker(), None);
+    }
+
+    #[test]
+    fn a_blocking_thread_passes_a_sink_without_a_runtime() {
+        let sink = Arc::new(KeptMarkers::default());
+        let barrier = IntentBarrier::with_sink(sink.clone());
+        std::thread::spawn(move || barrier.wait_with_blocking(marker("x")))
+            .join()
+            .unwrap()
+            .unwrap();
+        assert_eq!(sink.last(), Some(marker("x")));
+    }
+
+    #[tokio::test]
+    async fn a_failed_sink_fails_the_call_as_an_intent_not_journaled() {
+        let sink = Arc::new(KeptMarkers {
+            broken: true,
+            ..KeptMarkers::default()
+        });
+        let barrier = IntentBarrier::with_sink(sink);
+        let err = barrier.wait_with(marker("a")).await.unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("could not journal the call's intent")
+                && err.to_string().contains("the disk is full"),
+            "{err}"
+        );
+        assert!(barrier.is_pending());
+    }
+
+    #[tokio::test]
+    async fn without_a_sink_a_marker_is_refused_and_a_recovered_one_is_given_back() {
+        let err = IntentBarrier::passed()
+            .wait_with(marker("a"))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("journals_markers"), "{err}");
+        assert!(!IntentBarrier::passed().journals_markers());
+        let recovered = IntentBarrier::recovered(Some(marker("a")));
+        assert!(!recovered.is_pending() && !recovered.journals_markers());
+        recovered.wait().await.unwrap();
+        assert_eq!(recovered.journaled_marker(), Some(marker("a")));
     }
 }
