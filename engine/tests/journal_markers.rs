@@ -174,10 +174,39 @@ impl Provider for Marking {
     }
 }
 
+/// `Marks/Pair`: two creations, `Marks/ResumablePair` the same, resumed after a crash.
+const NAMESPACE: &str = r#"
+namespace: Marks
+procedures:
+  Pair:
+    access: public
+    steps:
+      a:
+        call: Mark Provider/Create
+        with: { name: a }
+      b:
+        call: Mark Provider/Create
+        needs: [a]
+        with: { name: b }
+  ResumablePair:
+    access: public
+    resumable: true
+    steps:
+      a:
+        call: Mark Provider/Create
+        with: { name: a }
+      b:
+        call: Mark Provider/Create
+        needs: [a]
+        with: { name: b }
+"#;
+
 fn engine(provider: Arc<Marking>, step_timeout: Duration) -> Engine {
     let mut registry = ProviderRegistry::new();
     registry.register(provider);
-    let catalog = Catalog::new(Vec::new(), &registry).unwrap();
+    let namespaces =
+        provisio_engine::request::parse_namespaces(NAMESPACE, "marks.yaml", Format::Yaml).unwrap();
+    let catalog = Catalog::new(namespaces, &registry).unwrap();
     let options = EngineOptions {
         retry: RetryOptions::default()
             .with_intervals(Duration::from_millis(1), Duration::from_millis(1)),
@@ -423,8 +452,9 @@ async fn a_marker_the_journal_cannot_write_fails_the_call_as_not_applied() {
     assert_eq!(seen, ["a"]);
 }
 
-/// The child half of the crash test: runs `Create a, Create b` on the journal in
-/// `PROVISIO_MARKER_CRASH_DIR`, aborting at the journal write `PROVISIO_CRASH_AT` names.
+/// The child half of the crash test: runs `Marks/Pair` (or `Marks/ResumablePair` with
+/// `PROVISIO_MARKER_CRASH_CASE=resume`) on the journal in `PROVISIO_MARKER_CRASH_DIR`,
+/// aborting at the journal write `PROVISIO_CRASH_AT` names.
 #[tokio::test]
 #[ignore = "run by a_crash_at_any_journal_write_recovers_each_call_with_its_marker"]
 async fn marker_crash_child() {
@@ -436,16 +466,18 @@ async fn marker_crash_child() {
     let journal = Arc::new(DurableJournal::new(store, None, "test").with_failpoints_from_env());
     let provider = Arc::new(Marking::new(&dir.join("world"), true));
     let e = engine(provider, Duration::from_secs(20)).with_journal(journal);
-    run(
-        &e,
-        &format!("{}{}", step("Create", "a"), step("Create", "b")),
-    )
-    .await;
+    let procedure = match std::env::var("PROVISIO_MARKER_CRASH_CASE").as_deref() {
+        Ok("resume") => "ResumablePair",
+        _ => "Pair",
+    };
+    let text = format!("call: Marks/{procedure}");
+    let req = parse_request(&text, "req.yaml", Format::Yaml).unwrap();
+    e.run(&req).await.unwrap();
     std::process::exit(0);
 }
 
 /// Whether the crash child ran to its end.
-fn crash_child_at(dir: &Path, n: u32, when: &str) -> bool {
+fn crash_child_at(dir: &Path, case: &str, n: u32, when: &str) -> bool {
     std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -455,6 +487,7 @@ fn crash_child_at(dir: &Path, n: u32, when: &str) -> bool {
             "--test-threads=1",
         ])
         .env("PROVISIO_MARKER_CRASH_DIR", dir)
+        .env("PROVISIO_MARKER_CRASH_CASE", case)
         .env("PROVISIO_CRASH_AT", n.to_string())
         .env("PROVISIO_CRASH_WHEN", when)
         .stdout(std::process::Stdio::null())
@@ -470,11 +503,22 @@ fn crash_child_at(dir: &Path, n: u32, when: &str) -> bool {
 /// nothing is left behind.
 #[tokio::test]
 async fn a_crash_at_any_journal_write_recovers_each_call_with_its_marker() {
+    crash_at_any_journal_write("rollback").await;
+}
+
+/// The same with a resumable transaction: recovery settles the calls in doubt with their
+/// markers before resuming it (`settle_before_resuming`), and the resumed run ends it.
+#[tokio::test]
+async fn a_resumed_transaction_settles_its_calls_in_doubt_with_their_markers() {
+    crash_at_any_journal_write("resume").await;
+}
+
+async fn crash_at_any_journal_write(case: &str) {
     let (mut with_marker, mut without) = (0, 0);
     for when in ["before", "after"] {
         for n in 1.. {
             let dir = tempfile::tempdir().unwrap();
-            let finished = crash_child_at(dir.path(), n, when);
+            let finished = crash_child_at(dir.path(), case, n, when);
             let store = Arc::new(SledStore::open(&dir.path().join("store")).unwrap());
             let journal = Arc::new(DurableJournal::new(store, None, "test"));
             let provider = Arc::new(Marking::new(&dir.path().join("world"), true));
@@ -507,13 +551,21 @@ async fn a_crash_at_any_journal_write_recovers_each_call_with_its_marker() {
                     }
                 }
             }
-            let committed = txns.iter().any(|t| t.state == TxnState::Committed);
             let e = engine(provider.clone(), Duration::from_secs(20)).with_journal(journal.clone());
             let recovered = provisio_engine::recover(&e, &journal).await.unwrap();
+            let ended = if case == "resume" {
+                TxnState::Committed
+            } else {
+                TxnState::RolledBack
+            };
             for r in &recovered {
-                assert_eq!(r.to, TxnState::RolledBack, "crash at {n} ({when}): {r:?}");
+                assert_eq!(r.to, ended, "crash at {n} ({when}): {r:?}");
                 assert!(r.problems.is_empty(), "crash at {n} ({when}): {r:?}");
             }
+            let committed = provisio_engine::txn::recovery::list(&journal, None)
+                .unwrap()
+                .iter()
+                .any(|t| t.state == TxnState::Committed);
             let got: BTreeMap<String, Option<Element>> =
                 provider.recovered.lock().unwrap().iter().cloned().collect();
             assert_eq!(got, want, "crash at {n} ({when})");
@@ -535,7 +587,7 @@ async fn a_crash_at_any_journal_write_recovers_each_call_with_its_marker() {
         with_marker >= 2,
         "{with_marker} calls recovered with a marker"
     );
-    eprintln!("{with_marker} in-doubt calls recovered with a marker, {without} without");
+    eprintln!("{case}: {with_marker} in-doubt calls recovered with a marker, {without} without");
 }
 
 /// A marker of a call whose data holds secrets is sealed with the seal key, withheld
