@@ -638,3 +638,105 @@ async fn a_secret_marker_is_sealed_or_withheld_like_the_calls_data() {
         }
     }
 }
+
+/// A provider that changes nothing but keeps a recovery marker per call: in the engine's
+/// journal when it may (`journals_markers`), else appended to a file of its own and
+/// `fdatasync`ed, overlapping the journal's intent (`awaits_intent`), as the filesystem
+/// provider did.
+struct NoopMarking {
+    into_journal: bool,
+    own: Mutex<std::fs::File>,
+}
+
+#[async_trait]
+impl Provider for NoopMarking {
+    fn name(&self) -> &str {
+        "Mark"
+    }
+    fn procedures(&self) -> Vec<ProcedureSpec> {
+        RecordingProvider::new("Mark").procedures()
+    }
+    fn journals_markers(&self, _call: &Call) -> bool {
+        self.into_journal
+    }
+    fn awaits_intent(&self, _call: &Call) -> bool {
+        true
+    }
+    async fn execute(&self, call: Call) -> Result<Outcome, ProviderError> {
+        let name = name_of(&call.execute_data);
+        if call.journals_markers() {
+            call.intent_durable_with(marker(&name)).await?;
+        } else {
+            {
+                use std::io::Write;
+                let mut own = self.own.lock().unwrap();
+                writeln!(own, "{name}").unwrap();
+                own.sync_data().unwrap();
+            }
+            call.intent_durable().await?;
+        }
+        Ok(Outcome {
+            execute_data: call.execute_data,
+            undo: Some(created(&name)),
+        })
+    }
+    async fn undo(&self, _done: Done) -> Result<(), ProviderError> {
+        Ok(())
+    }
+    async fn recover(&self, _call: &Call) -> Result<Option<Element>, ProviderError> {
+        Ok(None)
+    }
+}
+
+/// The cost of a call's marker, durable or not: `PROVISIO_MARKER_BENCH` = `journal` (the
+/// marker in the journal), `own` (the provider's own synced marker, overlapping the
+/// journal's intent) or `ephemeral` (no journal, the provider's own marker);
+/// `PROVISIO_MARKER_BENCH_CALLS` calls (10,000) in one transaction, after a warm-up. Prints
+/// the time and the store's syncs. Run under `strace -f -c -e trace=fdatasync,fsync` to
+/// count every sync of the process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: PROVISIO_MARKER_BENCH=journal|own|ephemeral"]
+async fn marker_sync_cost() {
+    let mode = std::env::var("PROVISIO_MARKER_BENCH").unwrap_or_else(|_| "journal".into());
+    let calls: usize = std::env::var("PROVISIO_MARKER_BENCH_CALLS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(10_000);
+    let dir = tempfile::tempdir_in(
+        std::env::var("PROVISIO_MARKER_BENCH_DIR").unwrap_or_else(|_| "/tmp".into()),
+    )
+    .unwrap();
+    let own = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.path().join("markers"))
+        .unwrap();
+    let provider = Arc::new(NoopMarking {
+        into_journal: mode == "journal",
+        own: Mutex::new(own),
+    });
+    let mut registry = ProviderRegistry::new();
+    registry.register(provider);
+    let catalog = Catalog::new(Vec::new(), &registry).unwrap();
+    let mut e = Engine::new(catalog, registry, EngineOptions::default());
+    let store = Arc::new(SledStore::open(&dir.path().join("store")).unwrap());
+    if mode != "ephemeral" {
+        e = e.with_journal(Arc::new(DurableJournal::new(store.clone(), None, "bench")));
+    }
+    run(&e, &step("Create", "warm")).await;
+    let steps: String = (0..calls)
+        .map(|i| step("Create", &format!("f{i}")))
+        .collect();
+    let text = format!("<request><procedure>{steps}</procedure></request>");
+    let req = parse_request(&text, "t.xml", Format::Xml).unwrap();
+    let syncs = store.sync_count();
+    let started = std::time::Instant::now();
+    let result = e.run(&req).await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(result.state, TxnState::Committed, "{:?}", result.failure);
+    eprintln!(
+        "marker_sync_cost {mode}: {calls} calls in {took:?} ({:.1} us a call), {} store syncs",
+        took.as_secs_f64() * 1e6 / calls as f64,
+        store.sync_count() - syncs
+    );
+}
