@@ -29,6 +29,9 @@ struct Seen {
     syncs: Option<(u64, u64)>,
 }
 
+/// A call `recover` was asked about: its step and the marker it was given.
+type Recovered = (String, Option<Element>);
+
 /// Creates a file per name in `world` (`Create`), after marking it in the journal when the
 /// engine keeps its markers; settles a call in doubt from the marker alone (a call with no
 /// marker changed nothing). `Flaky` is `Create` whose first attempt marks, then hangs past
@@ -39,7 +42,7 @@ struct Marking {
     store: Option<Arc<SledStore>>,
     seen: Mutex<Vec<Seen>>,
     /// What each `recover` was given: (step, journaled marker).
-    recovered: Arc<Mutex<Vec<(String, Option<Element>)>>>,
+    recovered: Arc<Mutex<Vec<Recovered>>>,
     /// The late mark of a hung `Flaky` call: its result.
     late: Mutex<Option<std::sync::mpsc::Receiver<Result<(), String>>>>,
 }
