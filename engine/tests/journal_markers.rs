@@ -117,6 +117,15 @@ impl Provider for Marking {
                     undo: None,
                 });
             }
+            "Noop" => {
+                // Ignores a mark that failed (breaking its promise): the engine fails the
+                // call all the same.
+                let _ = call.intent_durable_with(marker(&name)).await;
+                return Ok(Outcome {
+                    execute_data: call.execute_data,
+                    undo: None,
+                });
+            }
             "Flaky" if call.context.attempt == 1 => {
                 let (late_tx, late_rx) = std::sync::mpsc::channel();
                 *self.late.lock().unwrap() = Some(late_rx);
@@ -464,6 +473,15 @@ async fn a_marker_the_journal_cannot_write_fails_the_call_as_not_applied() {
         .map(|s| s.name.clone())
         .collect();
     assert_eq!(seen, ["a"]);
+
+    // A provider that returns success after its first mark failed is failed all the same.
+    let noop = r#"<execute id="b" namespace="Mark Provider" procedure="Noop"/>"#;
+    let result = run(&e, &format!("{}{noop}", step("Create", "c"))).await;
+    assert_eq!(result.state, TxnState::RolledBack, "{:?}", result.failure);
+    let failure = result.failure.as_ref().expect("a failure");
+    assert_eq!(failure.step, "b");
+    assert!(failure.message.contains("not applied"), "{failure:?}");
+    assert!(provider.world().is_empty(), "{:?}", provider.world());
 }
 
 /// The child half of the crash test: runs `Marks/Pair` (or `Marks/ResumablePair` with
