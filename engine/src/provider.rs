@@ -567,8 +567,9 @@ pub trait Provider: Send + Sync {
     /// [`Call::journaled_marker`]. `true` is the same promise as
     /// [`Provider::awaits_intent`]'s (nothing changed before the barrier; when it fails,
     /// change nothing and return its error), and wins over it. Asked under the same
-    /// conditions; when the call has no sink the provider keeps its marker itself. The
-    /// default is `false`.
+    /// conditions, and only when the engine's journal keeps markers (the durable journal
+    /// does; `Journal::keeps_markers`); when the call has no sink the provider keeps its
+    /// marker itself. The default is `false`.
     fn journals_markers(&self, _call: &Call) -> bool {
         false
     }
