@@ -174,11 +174,32 @@ fn encode<T: serde::Serialize>(
     txn: &TxnId,
     value: &T,
 ) -> Result<Vec<u8>, WriteError> {
-    serde_json::to_vec(value).map_err(|source| WriteError::Encode {
-        what,
-        txn: txn.clone(),
-        source,
-    })
+    thread_local! {
+        /// Where values are encoded before they are copied out at their exact size: a
+        /// record written into a new vector grew it four or five times (128 bytes doubled
+        /// to ~1 KiB, each time copied), and the copy the store keeps held up to twice its
+        /// size.
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    /// A scratch buffer that grew past this (a large summary or response) is given back.
+    const KEPT: usize = 64 * 1024;
+    SCRATCH
+        .with(|scratch| {
+            // Taken out, so an encoding that (through some value's `Serialize`) encodes again
+            // on this thread uses a buffer of its own.
+            let mut buf = std::mem::take(&mut *scratch.borrow_mut());
+            buf.clear();
+            let encoded = serde_json::to_writer(&mut buf, value).map(|()| buf.as_slice().to_vec());
+            if buf.capacity() <= KEPT {
+                *scratch.borrow_mut() = buf;
+            }
+            encoded
+        })
+        .map_err(|source| WriteError::Encode {
+            what,
+            txn: txn.clone(),
+            source,
+        })
 }
 
 struct Live {
