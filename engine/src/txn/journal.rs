@@ -9,6 +9,7 @@ use super::records::{
     AuditEntry, Guarded, JournalKey, Pin, PinnedDefinitions, Record, ScriptUndoRecord, StoredData,
     StoredResponse, TxnSummary, CHUNK_BYTES, DATA_CHUNK_BYTES, FORMAT, TRUSTED_REQUEST_PIN,
 };
+use super::recovery::{self, PlanRecord};
 use super::seal::{SealError, SealKey};
 use crate::data::{json, Element};
 use crate::exec::{
@@ -173,11 +174,32 @@ fn encode<T: serde::Serialize>(
     txn: &TxnId,
     value: &T,
 ) -> Result<Vec<u8>, WriteError> {
-    serde_json::to_vec(value).map_err(|source| WriteError::Encode {
-        what,
-        txn: txn.clone(),
-        source,
-    })
+    thread_local! {
+        /// Where values are encoded before they are copied out at their exact size: a
+        /// record written into a new vector grew it four or five times (128 bytes doubled
+        /// to ~1 KiB, each time copied), and the copy the store keeps held up to twice its
+        /// size.
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    /// A scratch buffer that grew past this (a large summary or response) is given back.
+    const KEPT: usize = 64 * 1024;
+    SCRATCH
+        .with(|scratch| {
+            // Taken out, so an encoding that (through some value's `Serialize`) encodes again
+            // on this thread uses a buffer of its own.
+            let mut buf = std::mem::take(&mut *scratch.borrow_mut());
+            buf.clear();
+            let encoded = serde_json::to_writer(&mut buf, value).map(|()| buf.as_slice().to_vec());
+            if buf.capacity() <= KEPT {
+                *scratch.borrow_mut() = buf;
+            }
+            encoded
+        })
+        .map_err(|source| WriteError::Encode {
+            what,
+            txn: txn.clone(),
+            source,
+        })
 }
 
 struct Live {
@@ -204,6 +226,10 @@ struct Live {
     /// Completed calls whose records can give back everything their undo needs, by step and
     /// attempt: (intent, completion) sequence numbers, until the executor takes them.
     located: HashMap<(Box<str>, u32), (u64, u64)>,
+    /// The plan records ([`recovery::plan_of`]) of the records not yet compacted, by sequence
+    /// number: a compaction writes each chunk's plan from these instead of decoding the
+    /// records' JSON again.
+    plans: HashMap<u64, PlanRecord>,
 }
 
 impl Live {
@@ -218,6 +244,7 @@ impl Live {
             chunked_to: next_seq,
             intents: HashMap::new(),
             located: HashMap::new(),
+            plans: HashMap::new(),
         }
     }
 }
@@ -471,6 +498,13 @@ impl DurableJournal {
         extra: Batch,
     ) -> Result<u64, WriteError> {
         let value = encode("a journal record", txn_id, record)?;
+        // What the plan of the chunk that takes this record will say of it (the records are
+        // JSON by then); for a type it does not know, the JSON is decoded then.
+        let plan = if self.compacts {
+            recovery::plan_of(record)
+        } else {
+            None
+        };
         let mut batch = extra;
         if !lock(&self.live).contains_key(txn_id) {
             // The transaction's first record (in this process): it becomes this process's,
@@ -503,6 +537,9 @@ impl DurableJournal {
             });
             let seq = l.next_seq;
             l.next_seq += 1;
+            if let (Some(plan), true) = (plan, l.compactable) {
+                l.plans.insert(seq, plan);
+            }
             // The state the index has for it (none before its first record).
             let indexed_state = (seq > 0).then_some(l.summary.state);
             let mut summary_write = None;
@@ -622,21 +659,37 @@ impl DurableJournal {
                 .as_ref()
                 .is_some_and(|s| matches!(s.state, TxnState::Committed | TxnState::RolledBack));
             let planned = if over { &[][..] } else { &chunks[..] };
+            let mut plans = if planned.is_empty() {
+                Vec::new()
+            } else {
+                self.take_plans(txn_id, &records)
+            };
             let mut rest = &records[..];
             for (k, (first, _)) in planned.iter().enumerate() {
                 let end = chunks.get(k + 1).map_or(u64::MAX, |(next, _)| *next);
                 let n = rest.partition_point(|(seq, _)| *seq < end);
                 let (these, later) = rest.split_at(n);
                 rest = later;
-                let plan = super::recovery::plan_chunk(these.iter().map(|(_, r)| *r)).map_err(
-                    |source| WriteError::Encode {
+                let known: Vec<Option<PlanRecord>> = plans.drain(..n).collect();
+                let plan = these
+                    .iter()
+                    .zip(known)
+                    .map(|((_, json), known)| match known {
+                        Some(plan) => Ok(plan),
+                        None => serde_json::from_slice::<PlanRecord>(json),
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|source| WriteError::Encode {
                         what: "a chunk's plan",
                         txn: txn_id.clone(),
                         source,
-                    },
-                )?;
+                    })?;
                 debug_assert_eq!(these.first().map(|(seq, _)| *seq), Some(*first));
-                batch.put(Space::Journal, plan_key(txn_id, *first), plan);
+                batch.put(
+                    Space::Journal,
+                    plan_key(txn_id, *first),
+                    recovery::encode_plan(plan),
+                );
             }
             for (first, chunk) in chunks {
                 batch.put(Space::Journal, chunk_key(txn_id, first), chunk);
@@ -706,6 +759,26 @@ impl DurableJournal {
 }
 
 impl DurableJournal {
+    /// The plan records noted at append time of `records` (in their order), taken out of the
+    /// transaction's [`Live::plans`]; `None` for one not noted (a record an earlier process
+    /// wrote, or of a type [`recovery::plan_of`] leaves to its JSON). A debug build checks
+    /// each against the plan record its JSON decodes to.
+    fn take_plans(&self, txn_id: &TxnId, records: &[(u64, &[u8])]) -> Vec<Option<PlanRecord>> {
+        let mut live = lock(&self.live);
+        let mut noted = live.get_mut(txn_id).map(|l| &mut l.plans);
+        records
+            .iter()
+            .map(|(seq, _json)| {
+                let plan = noted.as_mut().and_then(|p| p.remove(seq));
+                debug_assert!(
+                    plan.is_none() || plan == serde_json::from_slice::<PlanRecord>(_json).ok(),
+                    "the plan record noted for record {seq} is not what its JSON decodes to"
+                );
+                plan
+            })
+            .collect()
+    }
+
     /// Whether an append of `batch` waits for durability (when asked to), and whether a
     /// sync follows it in the background (the bytes appended without a sync reach
     /// [`UNSYNCED_BYTES`] with it). Outside a Tokio runtime, the append waits instead.
@@ -1208,6 +1281,237 @@ mod tests {
         journal.append(txn, &end, true, Batch::new()).await.unwrap();
         check(2001);
         assert_eq!(per_record(&store), 0);
+    }
+
+    /// Every shape of every record type, as the journal writes them: with and without the
+    /// optional parts that set a plan bit.
+    fn every_record() -> Vec<Record> {
+        let el = || Element::with_text("undo", "u1");
+        let guarded = [
+            Guarded::Plain(el()),
+            Guarded::Sealed("c2VhbGVk".into()),
+            Guarded::Withheld,
+        ];
+        let state = crate::StateRecord {
+            provider: "p".into(),
+            before: vec![("a2V5".into(), None)],
+        };
+        let mut all = vec![
+            Record::Started {
+                at_ms: 1,
+                target: "N/P".into(),
+                kind: crate::model::ProcKind::Write,
+                resumable: true,
+                definitions: "h".into(),
+                who: "w".into(),
+                data: serde_json::json!({"state": 1, "error": "x", "undo": true}),
+            },
+            Record::StartedV2 {
+                at_ms: 1,
+                target: "N/P".into(),
+                kind: crate::model::ProcKind::Read,
+                resumable: false,
+                definitions: "h".into(),
+                who: "w".into(),
+                data: StoredData {
+                    chunks: 1,
+                    bytes: 2,
+                    masked: false,
+                },
+                audit: false,
+            },
+            Record::ScriptDone {
+                at_ms: 1,
+                step: "s[3]".into(),
+                undo: ScriptUndoRecord {
+                    source: "x".into(),
+                    file: "f".into(),
+                    line: 1,
+                    column: 2,
+                },
+                vars: Guarded::Plain(serde_json::json!({"error": 1})),
+            },
+        ];
+        for state in [
+            TxnState::Running,
+            TxnState::Committed,
+            TxnState::RollbackFailed,
+        ] {
+            for message in [None, Some("m".to_string())] {
+                all.push(Record::State {
+                    at_ms: 1,
+                    state,
+                    message,
+                });
+            }
+        }
+        for g in &guarded {
+            all.push(Record::Intent {
+                at_ms: 1,
+                step: "create[7]".into(),
+                attempt: 2,
+                namespace: "N".into(),
+                procedure: "P".into(),
+                provider: "Prov".into(),
+                target: "N/P".into(),
+                kind: crate::model::ProcKind::Write,
+                provider_context: el(),
+                input: serde_json::json!({"undo": 1, "state": 2}),
+                call_data: g.clone(),
+            });
+            for undo in [None, Some(g.clone())] {
+                for saved in [None, Some(g.clone())] {
+                    for result in [None, Some(g.clone())] {
+                        for with_state in [false, true] {
+                            all.push(Record::Done {
+                                at_ms: 1,
+                                step: "create[7]".into(),
+                                attempt: 1,
+                                output: serde_json::json!({"error": "e"}),
+                                undo: undo.clone(),
+                                saved: saved.clone(),
+                                result: result.clone(),
+                                state: with_state.then(|| Guarded::Plain(state.clone())),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        for error in [None, Some("bad".to_string())] {
+            all.push(Record::Undone {
+                at_ms: 1,
+                step: "s".into(),
+                attempt: 3,
+                error: error.clone(),
+            });
+            for phase in ["prepare", "commit"] {
+                all.push(Record::Phase {
+                    at_ms: 1,
+                    step: "s".into(),
+                    phase: phase.into(),
+                    error: error.clone(),
+                });
+            }
+        }
+        for applied in [false, true] {
+            all.push(Record::Resolved {
+                at_ms: 1,
+                step: "s".into(),
+                attempt: 4,
+                applied,
+                who: "op".into(),
+            });
+        }
+        all.push(Record::Failed {
+            at_ms: 1,
+            step: "s".into(),
+            attempt: 1,
+            message: "undo state error".into(),
+        });
+        all.push(Record::InDoubt {
+            at_ms: 1,
+            step: "s".into(),
+            attempt: 1,
+            message: "m".into(),
+        });
+        // A marker of every form, and none (the intent made durable alone).
+        for marker in guarded.iter().cloned().map(Some).chain([None]) {
+            all.push(Record::Marker {
+                at_ms: 1,
+                step: "s".into(),
+                attempt: 2,
+                marker,
+            });
+        }
+        all
+    }
+
+    /// The plan record the journal notes as it appends a record is exactly the one its JSON
+    /// decodes to, for every record type (the chunks' plans were made from the JSON before):
+    /// a type `plan_of` does not spell out is left to its JSON.
+    #[test]
+    fn a_plan_noted_at_append_is_the_plan_its_json_decodes_to() {
+        let records = every_record();
+        let mut types = HashSet::new();
+        for r in &records {
+            let json = serde_json::to_vec(r).unwrap();
+            let decoded: PlanRecord = serde_json::from_slice(&json).unwrap();
+            let noted = recovery::plan_of(r);
+            assert!(
+                noted.is_none_or(|noted| noted == decoded),
+                "{}: noted {noted:?}, decoded {decoded:?}",
+                String::from_utf8_lossy(&json)
+            );
+            let value: serde_json::Value = serde_json::from_slice(&json).unwrap();
+            types.insert(value["type"].as_str().unwrap().to_string());
+        }
+        // Every type this build writes has a shape above, and a plan noted for it.
+        assert_eq!(types.len(), 12, "{types:?}");
+        assert!(records.iter().all(|r| recovery::plan_of(r).is_some()));
+        // And a chunk's plan from the noted records is the one made from their JSON.
+        let json: Vec<Vec<u8>> = records
+            .iter()
+            .map(|r| serde_json::to_vec(r).unwrap())
+            .collect();
+        let from_json = recovery::plan_chunk(json.iter().map(|j| &j[..])).unwrap();
+        let noted = recovery::encode_plan(records.iter().map(|r| recovery::plan_of(r).unwrap()));
+        assert_eq!(noted, from_json);
+    }
+
+    /// A transaction journaled through compactions: every chunk's plan is the one its
+    /// records' JSON gives (the plans were noted at append time).
+    #[tokio::test]
+    async fn the_chunks_plans_are_the_plans_of_their_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(crate::store::SledStore::open(dir.path()).unwrap());
+        let journal = DurableJournal::new(store.clone(), None, "test");
+        let txn: TxnId = "0190f1c2-0000-7000-8000-000000000003".parse().unwrap();
+        let records = every_record();
+        // Not the first (a start) nor a final state: the chunks are planned as they go.
+        let running: Vec<&Record> = records
+            .iter()
+            .filter(|r| !matches!(r, Record::State { state, .. } if state.is_final()))
+            .collect();
+        for round in 0..20 {
+            for r in &running {
+                journal
+                    .append(&txn, r, round % 3 == 0, Batch::new())
+                    .await
+                    .unwrap();
+            }
+        }
+        let txn_prefix = txn.as_bytes().to_vec();
+        let all = store.scan(Space::Journal, &txn_prefix).unwrap();
+        let mut checked = 0;
+        for (k, plan) in &all {
+            let Some(rest) = k.strip_prefix(&txn_prefix[..]) else {
+                continue;
+            };
+            if rest.first() != Some(&super::super::records::PLAN_TAG) {
+                continue;
+            }
+            let chunk_key = [
+                &txn_prefix[..],
+                &[super::super::records::CHUNK_TAG],
+                &rest[1..],
+            ]
+            .concat();
+            let chunk = &all
+                .iter()
+                .find(|(k, _)| *k == chunk_key)
+                .expect("its chunk")
+                .1;
+            let values: Vec<serde_json::Value> = serde_json::from_slice(chunk).unwrap();
+            let json: Vec<Vec<u8>> = values
+                .iter()
+                .map(|v| serde_json::to_vec(v).unwrap())
+                .collect();
+            let want = recovery::plan_chunk(json.iter().map(|j| &j[..])).unwrap();
+            assert_eq!(plan, &want);
+            checked += 1;
+        }
+        assert!(checked > 5, "{checked} chunks");
     }
 
     #[test]

@@ -1205,19 +1205,100 @@ const PLAN_FORMAT: u8 = 1;
 /// The plan of a chunk of compacted records (the records' JSON, in order), written beside
 /// it under [`super::records::plan_key`]: a format byte, then per record a byte (its
 /// [`SlotKind`] code in the low nibble, its [`plan_bit`]s in the high one) and, for a record
-/// of a call, its 16-byte [`call_key`] — 17 bytes a call's record.
+/// of a call, its 16-byte [`call_key`] — 17 bytes a call's record. (The journal writes it
+/// from the plan records it noted as it appended them: [`encode_plan`].)
+#[cfg(test)]
 pub(crate) fn plan_chunk<'r>(
     records: impl IntoIterator<Item = &'r [u8]>,
 ) -> Result<Vec<u8>, serde_json::Error> {
-    let mut out = vec![PLAN_FORMAT];
-    for json in records {
-        let r: PlanRecord = serde_json::from_slice(json)?;
+    let plans = records
+        .into_iter()
+        .map(serde_json::from_slice::<PlanRecord>)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(encode_plan(plans))
+}
+
+/// [`plan_chunk`] of records whose plan records are known ([`plan_of`]).
+pub(crate) fn encode_plan(plans: impl IntoIterator<Item = PlanRecord>) -> Vec<u8> {
+    let plans = plans.into_iter();
+    let mut out = Vec::with_capacity(1 + 17 * plans.size_hint().0);
+    out.push(PLAN_FORMAT);
+    for r in plans {
         out.push(r.kind as u8 | r.bits << 4);
         if r.kind != SlotKind::Other {
             out.extend_from_slice(&r.call.to_be_bytes());
         }
     }
-    Ok(out)
+    out
+}
+
+/// The plan record of `record` taken from the record itself, exactly what decoding its JSON
+/// gives ([`SlotRecord`]: the bits say which of the fields `applied`, `undo`, `state`,
+/// `error` it holds, whatever its type): the journal computes it as it appends, instead of
+/// decoding every record's JSON again when it compacts them into a chunk. `None` for a type
+/// this does not spell out (its JSON is decoded instead, so a new type is planned right
+/// before it is added here).
+pub(crate) fn plan_of(record: &Record) -> Option<PlanRecord> {
+    let call = |kind: SlotKind, step: &str, attempt: u32, bits: u8| PlanRecord {
+        kind,
+        call: call_key(step, attempt),
+        bits,
+    };
+    let other = |bits: u8| PlanRecord {
+        kind: SlotKind::Other,
+        call: 0,
+        bits,
+    };
+    let bit = |on: bool, bit: u8| if on { bit } else { 0 };
+    #[allow(unreachable_patterns)]
+    Some(match record {
+        Record::Started { .. } | Record::StartedV2 { .. } | Record::InDoubt { .. } => other(0),
+        // Its `state` field is the transaction's state.
+        Record::State { .. } => other(plan_bit::STATE),
+        Record::Phase { error, .. } => other(bit(error.is_some(), plan_bit::ERROR)),
+        Record::Intent { step, attempt, .. } => call(SlotKind::Intent, step, *attempt, 0),
+        Record::Done {
+            step,
+            attempt,
+            undo,
+            state,
+            ..
+        } => call(
+            SlotKind::Done,
+            step,
+            *attempt,
+            bit(undo.is_some(), plan_bit::UNDO) | bit(state.is_some(), plan_bit::STATE),
+        ),
+        Record::Failed { step, attempt, .. } => call(SlotKind::Failed, step, *attempt, 0),
+        Record::Undone {
+            step,
+            attempt,
+            error,
+            ..
+        } => call(
+            SlotKind::Undone,
+            step,
+            *attempt,
+            bit(error.is_some(), plan_bit::ERROR),
+        ),
+        // Its `undo` field is the undo script (always there); attempt 1.
+        Record::ScriptDone { step, .. } => call(SlotKind::ScriptDone, step, 1, plan_bit::UNDO),
+        Record::Resolved {
+            step,
+            attempt,
+            applied,
+            ..
+        } => call(
+            SlotKind::Resolved,
+            step,
+            *attempt,
+            bit(*applied, plan_bit::APPLIED),
+        ),
+        // Without a marker (the intent made durable alone): of no use to the plan.
+        Record::Marker { marker: None, .. } => other(0),
+        Record::Marker { step, attempt, .. } => call(SlotKind::Marker, step, *attempt, 0),
+        _ => return None,
+    })
 }
 
 /// Reads a chunk's plan written by [`plan_chunk`].
