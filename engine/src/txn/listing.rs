@@ -23,11 +23,18 @@
 //!   clock steps; `catch_up`) — instead of reading every summary (at a million
 //!   transactions: ~30 ms at sled's memory floor against 3–4 s and ~100 MiB more;
 //!   BENCHMARKS.md, "Issue 11: the listing after a crash catches up"). A removal leaves
-//!   nothing to find it by (retention changes the store's `txn-removed` key in its Meta
-//!   space): the holder that closes knows its own and those the open's replay of the
-//!   write-ahead log applied (a crashed holder's prune), and catches up with them; a removal
-//!   that reached sled before the crash, an unbuilt index or a base older than this scheme
-//!   send it to the full rebuild. Anything that rewrites the snapshot removes the base first.
+//!   nothing in the index to find it by, so the sled store logs it: the write that removes
+//!   transaction summaries carries, in the same batch, an entry of the store's removal log
+//!   (Meta keys `txn-removal/` ‖ write number: the ids, and the store's `txn-removed` mark
+//!   before it, the mark then naming this write), and the catch-up reads the entries past
+//!   the base's write count, which must chain from the base's mark to the store's. The
+//!   next open clears the entries the files it takes as its base hold, so the log holds the
+//!   removals since the listing was last written (at most 65,536 a holder). A removal the
+//!   log cannot vouch for (a broken chain: a provisio before the log, a holder past its
+//!   bound) is still known when this holder saw it (its own, or the crashed holder's still
+//!   in the write-ahead log, replayed at the open); otherwise, or with an unbuilt index or a
+//!   base older than this scheme, the files are rebuilt. Anything that rewrites the snapshot
+//!   removes the base first.
 //!
 //! A reader trusts the files only when the store's state file (`<store>.state`) says
 //! "closed cleanly" with the marker's identity and write count, and finds the same again
@@ -211,6 +218,10 @@ impl Cursor<'_> {
     fn u64(&mut self) -> Option<u64> {
         self.take(8)
             .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+    }
+    fn take_bytes(&mut self) -> Option<&[u8]> {
+        let n = self.u32()? as usize;
+        self.take(n)
     }
     fn string(&mut self) -> Option<String> {
         let n = self.u32()? as usize;
@@ -845,6 +856,197 @@ pub(crate) enum Base {
     Stale(Marker),
 }
 
+impl Base {
+    /// The store's write count when the files were written: removals logged by later
+    /// writes are the ones they lack ([`removal_log_through`]).
+    pub(crate) fn writes(&self) -> u64 {
+        match self {
+            Base::Exact(m) | Base::Stale(m) => m.writes,
+        }
+    }
+}
+
+// ---- the removal log (in the store) ----
+
+/// The removal log's keys in the store's [`Space::Meta`]: this prefix, the number of the
+/// write that removed transactions (8 bytes, big-endian), a part number (4 bytes). A write
+/// of the sled store that removes transaction summaries carries its log entry in the same
+/// batch ([`log_removals`]), so a removal that reached sled before a crash is still known
+/// to the next clean close, which catches the listing up instead of rebuilding it.
+pub(crate) const REMOVAL_LOG: &[u8] = b"txn-removal/";
+/// Ids an entry's part holds at most: a part stays well under the value log's threshold
+/// (`store/values.rs`), so it always lives in sled itself.
+const LOGGED_IDS_PER_PART: usize = 32;
+/// Transactions one holder logs at most (bounding the log a long-lived holder leaves
+/// behind); past it, its removals break the log's chain and a catch-up that would need them
+/// rebuilds instead.
+#[cfg(not(test))]
+const MAX_LOGGED: usize = MAX_CHANGES;
+#[cfg(test)]
+const MAX_LOGGED: usize = 2_000;
+
+/// The store's [`REMOVED_KEY`] value after a logged removal made by write `seq`.
+fn logged_mark(seq: u64) -> String {
+    format!("log-{seq:016x}")
+}
+
+/// The key of part `part` of write `seq`'s log entry (without the space's tag).
+fn log_key(seq: u64, part: u32) -> Vec<u8> {
+    let mut k = REMOVAL_LOG.to_vec();
+    k.extend_from_slice(&seq.to_be_bytes());
+    k.extend_from_slice(&part.to_be_bytes());
+    k
+}
+
+/// The range of the log's keys of writes up to `writes` (included), whose removals listing
+/// files written at that count hold: what an open with such files as its base clears.
+pub(crate) fn removal_log_through(writes: u64) -> (Vec<u8>, Vec<u8>) {
+    (REMOVAL_LOG.to_vec(), log_key(writes.saturating_add(1), 0))
+}
+
+/// Whether a batch removes transactions (or changes the removal mark): its write logs it.
+pub(crate) fn removes(batch: &crate::store::Batch) -> bool {
+    batch.writes.iter().any(|(space, k, v)| {
+        (*space == Space::Txns && v.is_none())
+            || (*space == Space::Meta && k.as_slice() == REMOVED_KEY)
+    })
+}
+
+impl Changes {
+    /// Whether this holder may log `n` more removed transactions (at most [`MAX_LOGGED`]).
+    fn may_log(&mut self, n: usize) -> bool {
+        if self.logged.saturating_add(n) > MAX_LOGGED {
+            self.logged = usize::MAX;
+            return false;
+        }
+        self.logged += n;
+        true
+    }
+}
+
+/// Called by the sled store with its intake held, for a batch that [`removes`]: adds to
+/// it, after the caller's writes, its log entry — the store's [`REMOVED_KEY`] value before
+/// this write (`before`) and the ids of the summaries it deletes — and sets that key to a
+/// mark naming this write (`seq`), so the marks chain entry to entry. Past [`MAX_LOGGED`]
+/// it sets a mark no entry names: a catch-up that would need it rebuilds.
+pub(crate) fn log_removals(
+    batch: &mut crate::store::Batch,
+    seq: u64,
+    before: Option<&[u8]>,
+    changes: &mut Changes,
+) {
+    let ids: Vec<Vec<u8>> = batch
+        .writes
+        .iter()
+        .filter(|(space, _, v)| *space == Space::Txns && v.is_none())
+        .map(|(_, k, _)| k.clone())
+        .collect();
+    if !changes.may_log(ids.len()) {
+        batch.put(
+            Space::Meta,
+            REMOVED_KEY.to_vec(),
+            format!("unlogged-{seq:016x}").into_bytes(),
+        );
+        return;
+    }
+    let mut part = Vec::with_capacity(64 + LOGGED_IDS_PER_PART * 40);
+    put_bytes(&mut part, before.unwrap_or_default());
+    let mut parts = 0u32;
+    let mut in_part = 0;
+    for id in &ids {
+        if in_part == LOGGED_IDS_PER_PART {
+            batch.put(Space::Meta, log_key(seq, parts), std::mem::take(&mut part));
+            parts += 1;
+            in_part = 0;
+        }
+        put_bytes(&mut part, id);
+        in_part += 1;
+    }
+    batch.put(Space::Meta, log_key(seq, parts), part);
+    batch.put(
+        Space::Meta,
+        REMOVED_KEY.to_vec(),
+        logged_mark(seq).into_bytes(),
+    );
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+    out.extend_from_slice(b);
+}
+
+/// The transactions removed since the listing files `m` describes were written, read from
+/// the store's removal log: `None` unless its entries after `m`'s write count chain from
+/// `m`'s removal mark to `removals` (the store's mark now) with none missing — a removal by
+/// a provisio that logs none, a holder past [`MAX_LOGGED`], or entries an open cleared
+/// (files older than the base it had: a power cut lost a later marker) break the chain.
+fn logged_removals(
+    store: &dyn Store,
+    m: &Marker,
+    removals: &str,
+) -> Result<Option<Vec<String>>, String> {
+    let Some(mut mark) = m.removals.clone() else {
+        return Ok(None);
+    };
+    let (_, mut from) = removal_log_through(m.writes);
+    let end = crate::store::prefix_end(REMOVAL_LOG).expect("a prefix with an end");
+    let mut ids = Vec::new();
+    let mut entry: Option<u64> = None;
+    loop {
+        let page = store
+            .scan_range(
+                Space::Meta,
+                KeyRange::new(&from, Some(&end)),
+                CATCH_UP_PAGE,
+                false,
+            )
+            .map_err(|e| e.to_string())?;
+        for (k, v) in &page {
+            let Some((seq, part)) = parse_log_key(k) else {
+                return Ok(None);
+            };
+            let mut c = Cursor(v);
+            if part == 0 {
+                let Some(before) = c.take_bytes() else {
+                    return Ok(None);
+                };
+                if before != mark.as_bytes() {
+                    return Ok(None);
+                }
+                mark = logged_mark(seq);
+                entry = Some(seq);
+            } else if entry != Some(seq) {
+                return Ok(None);
+            }
+            while !c.0.is_empty() {
+                let Some(id) = c.take_bytes() else {
+                    return Ok(None);
+                };
+                ids.push(String::from_utf8_lossy(id).into_owned());
+            }
+        }
+        match page.last() {
+            Some((last, _)) if page.len() == CATCH_UP_PAGE => {
+                from.clone_from(last);
+                from.push(0);
+            }
+            _ => break,
+        }
+    }
+    Ok((mark == removals).then_some(ids))
+}
+
+fn parse_log_key(k: &[u8]) -> Option<(u64, u32)> {
+    let rest = k.strip_prefix(REMOVAL_LOG)?;
+    if rest.len() != 12 {
+        return None;
+    }
+    Some((
+        u64::from_be_bytes(rest[..8].try_into().ok()?),
+        u32::from_be_bytes(rest[8..].try_into().ok()?),
+    ))
+}
+
 /// At the store's open, before anything is written to it: the listing files as a base to
 /// build on — exact when they describe the store as its last clean close (`previous`, its
 /// state file as found) left it, stale when they describe an earlier state of the same store
@@ -905,6 +1107,9 @@ pub(crate) struct Changes {
     /// removal since the base is one this holder saw: replayed (a crashed holder's, still in
     /// the log) or its own.
     removals_at_open: Option<String>,
+    /// Removed transactions this holder logged in the store ([`log_removals`];
+    /// `usize::MAX` once past [`MAX_LOGGED`]).
+    logged: usize,
 }
 
 impl Changes {
@@ -1181,12 +1386,12 @@ fn may_change(state: TxnState) -> bool {
 /// — the lines that could still change (their summaries read again) and the transactions
 /// started since (the index by start time, from the close less [`CLOCK_MARGIN_MS`]) — so it
 /// costs what changed, not the store. Transactions removed since (retention changes
-/// `removals`, the store's [`REMOVED_KEY`]) leave nothing to find them by; they are known
-/// only when this holder saw every removal (`changes`: a prune of its own, or one of the
-/// crashed holder's still in the write-ahead log, replayed at the open). `None` when that is
-/// not enough to know: a removal this holder did not see (one that reached sled before the
-/// crash, or too many changes to remember), the marker predates these fields, or the index
-/// is not built; the caller rebuilds then.
+/// `removals`, the store's [`REMOVED_KEY`]) are read from the store's removal log
+/// ([`logged_removals`]), or, when it cannot vouch for them, known only when this holder
+/// saw every removal (`changes`: a prune of its own, or one of the crashed holder's still in
+/// the write-ahead log, replayed at the open). `None` when that is not enough to know (a
+/// removal neither logged nor seen), the marker predates these fields, or the index is not
+/// built; the caller rebuilds then.
 fn catch_up(
     store: &dyn Store,
     dir: &Path,
@@ -1197,17 +1402,19 @@ fn catch_up(
     if m.closed_ms == 0 {
         return Ok(None);
     }
+    if !index::is_built(store).map_err(|e| e.to_string())? {
+        return Ok(None);
+    }
     let removed = if m.removals.as_deref() == Some(removals) {
         Vec::new()
+    } else if let Some(removed) = logged_removals(store, m, removals)? {
+        removed
     } else {
         match changes.removed_since(m) {
             Some(removed) => removed,
             None => return Ok(None),
         }
     };
-    if !index::is_built(store).map_err(|e| e.to_string())? {
-        return Ok(None);
-    }
     let mut snapshot =
         Snapshot::open(&dir.join(SNAPSHOT_FILE), m.snapshot_len).map_err(|e| e.to_string())?;
     if snapshot.count != m.count {
@@ -2039,8 +2246,10 @@ mod tests {
         );
         same_as_the_index(&dir).await;
 
-        // A crashed holder removed transactions (retention): the reader leaves the files
-        // alone, the next writer rebuilds them.
+        // A crashed holder removed transactions (retention), and its removals reached sled
+        // (`crashing` closes the store): the store's removal log says which, and even a
+        // reader catches up.
+        let before = read_marker(&dir).expect("a marker").changes;
         crashing(&dir, |store| async move {
             let gone: Vec<TxnSummary> = (0..700)
                 .step_by(7)
@@ -2055,6 +2264,44 @@ mod tests {
         reader.leave_listing_rebuild_to_writers();
         reader.close();
         drop(reader);
+        let marker = read_marker(&dir).expect("a reader caught up from the removal log");
+        assert_eq!(
+            (marker.count, marker.changes),
+            (700, before + 50),
+            "not rebuilt: {marker:?}"
+        );
+        same_as_the_index(&dir).await;
+
+        // A removal the log cannot vouch for (its entry gone, as a provisio from before the
+        // log leaves none): the reader leaves the files alone, the next writer rebuilds them.
+        crashing(&dir, |store| async move {
+            let gone: Vec<TxnSummary> = (0..700)
+                .step_by(7)
+                .skip(30)
+                .take(10)
+                .map(|n| summary(n, TxnState::Committed))
+                .collect();
+            remove(&store, &gone).await;
+            let logged = store
+                .scan(Space::Meta, REMOVAL_LOG)
+                .expect("the removal log reads");
+            assert_eq!(
+                logged.len(),
+                1,
+                "one entry, the earlier ones cleared at the open"
+            );
+            let mut batch = crate::store::Batch::new();
+            for (k, _) in logged {
+                batch.delete(Space::Meta, k);
+            }
+            store.write(batch, true).await.expect("entry removed");
+            store
+        })
+        .await;
+        let reader = crate::SledStore::open(&dir).expect("opens");
+        reader.leave_listing_rebuild_to_writers();
+        reader.close();
+        drop(reader);
         assert!(read_marker(&dir).is_none(), "no rebuild by a reader");
         let writer = crate::SledStore::open(&dir).expect("opens");
         put(&writer, &[recent(1400, TxnState::Running, 0)], None).await;
@@ -2062,7 +2309,7 @@ mod tests {
         drop(writer);
         let marker = read_marker(&dir).expect("rebuilt");
         assert_eq!(marker.changes, 0, "rebuilt: {marker:?}");
-        assert_eq!(marker.count, 700 + 100 + 1 + 1 + 1 - 50);
+        assert_eq!(marker.count, 700 + 100 + 1 + 1 + 1 - 50 - 10);
 
         // That marker lost before any open (a power cut: it is not synced): the base written
         // beside it lets a reader catch up.
@@ -2256,6 +2503,155 @@ mod tests {
         assert_eq!(caught_up.count, 800, "not rebuilt: {caught_up:?}");
         assert!(caught_up.changes > marker.changes, "{caught_up:?}");
         assert_listing_is(&dir, &held, 0);
+    }
+
+    /// A prune whose writes reached sled (checkpointed out of the write-ahead log) before
+    /// the process died: the store's removal log tells the next clean close which
+    /// transactions went, so even a reader catches the listing up instead of leaving it to a
+    /// rebuild, and it lists exactly the kept transactions. The log's entries go once the
+    /// listing holds them.
+    #[test]
+    fn a_prune_that_reached_sled_before_a_crash_is_caught_up_not_rebuilt() {
+        const CHILD: &str = "PROVISIO_TEST_LISTING_CHECKPOINTED_PRUNE_CHILD";
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime");
+        let states = [
+            TxnState::Committed,
+            TxnState::RolledBack,
+            TxnState::Running,
+            TxnState::RollbackFailed,
+        ];
+        let first: Vec<TxnSummary> = (0..900)
+            .map(|n| summary(n, states[n as usize % 4]))
+            .collect();
+        let keep = 150;
+        if let Ok(dir) = std::env::var(CHILD) {
+            rt.block_on(async {
+                let store = crate::SledStore::open(Path::new(&dir)).expect("opens");
+                let retention = super::super::retention::Retention {
+                    max_count: Some(keep),
+                    ..Default::default()
+                };
+                let pruned =
+                    super::super::retention::prune(&store, &retention, now_ms(), None, false)
+                        .await
+                        .expect("pruned");
+                assert_eq!(pruned.transactions.len(), 450 - keep);
+                // Out of the write-ahead log into sled, durably: the next open replays none
+                // of it.
+                store.checkpoint_now();
+                std::process::abort();
+            });
+        }
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("journal");
+        rt.block_on(async {
+            let store = crate::SledStore::open(&dir).expect("opens");
+            put(&store, &first, None).await;
+            super::super::index::ensure(&store).await.expect("indexed");
+            store.close();
+        });
+        let marker = read_marker(&dir).expect("a marker");
+        assert_eq!(marker.count, 900);
+
+        let status = std::process::Command::new(std::env::current_exe().expect("this test"))
+            .args([
+                "--exact",
+                "txn::listing::tests::a_prune_that_reached_sled_before_a_crash_is_caught_up_not_rebuilt",
+                "--nocapture",
+            ])
+            .env(CHILD, &dir)
+            .status()
+            .expect("the child runs");
+        assert_eq!(status.code(), None, "the child aborts: {status:?}");
+        assert!(read_marker(&dir).is_none(), "the child took the marker");
+        // What is kept: every unfinished one, and the newest `keep` finished ones (by finish
+        // time: `updated_ms` grows with n).
+        let mut finished: Vec<&TxnSummary> =
+            first.iter().filter(|s| !may_change(s.state)).collect();
+        finished.sort_by_key(|s| s.updated_ms);
+        let pruned = &finished[..finished.len() - keep];
+        let held: std::collections::BTreeMap<u64, TxnSummary> = first
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !pruned.iter().any(|p| p.id == s.id))
+            .map(|(n, s)| (n as u64, s.clone()))
+            .collect();
+        assert_eq!(held.len(), 900 - 450 + keep);
+
+        // The next holder only reads (`tx list` after a crash): it catches up.
+        rt.block_on(async {
+            let reader = crate::SledStore::open(&dir).expect("opens");
+            reader.leave_listing_rebuild_to_writers();
+            reader.close();
+        });
+        let caught_up = read_marker(&dir).expect("caught up by a reader");
+        assert_eq!(caught_up.count, 900, "not rebuilt: {caught_up:?}");
+        assert_eq!(
+            caught_up.changes,
+            pruned.len() as u64,
+            "one removal each: {caught_up:?}"
+        );
+        assert_listing_is(&dir, &held, 0);
+
+        // The log held them until the listing did; the next open clears them.
+        rt.block_on(async {
+            let store = crate::SledStore::open(&dir).expect("opens");
+            assert!(
+                store
+                    .scan(Space::Meta, REMOVAL_LOG)
+                    .expect("reads")
+                    .is_empty(),
+                "the removal log is cleared once the listing holds its entries"
+            );
+            store.close();
+        });
+        assert_listing_is(&dir, &held, 0);
+    }
+
+    /// A holder that removes more than a removal log may hold breaks its chain: the next
+    /// clean close after a crash rebuilds (correctly) instead of catching up.
+    #[tokio::test]
+    async fn removals_past_the_logs_bound_send_the_listing_to_a_rebuild() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("journal");
+        let store = crate::SledStore::open(&dir).expect("opens");
+        let first: Vec<TxnSummary> = (0..(MAX_LOGGED as u64 + 600))
+            .map(|n| summary(n, TxnState::Committed))
+            .collect();
+        put(&store, &first, None).await;
+        super::super::index::ensure(&store).await.expect("indexed");
+        store.close();
+        drop(store);
+        let gone: Vec<TxnSummary> = first[..MAX_LOGGED + 1].to_vec();
+        crashing(&dir, |store| {
+            let gone = gone.clone();
+            async move {
+                // Within the bound, then past it.
+                remove(&store, &gone[..10]).await;
+                remove(&store, &gone[10..]).await;
+                store
+            }
+        })
+        .await;
+        let reader = crate::SledStore::open(&dir).expect("opens");
+        reader.leave_listing_rebuild_to_writers();
+        reader.close();
+        drop(reader);
+        assert!(
+            read_marker(&dir).is_none(),
+            "no catch-up, no rebuild by a reader"
+        );
+        let writer = crate::SledStore::open(&dir).expect("opens");
+        writer.close();
+        drop(writer);
+        let marker = read_marker(&dir).expect("rebuilt");
+        assert_eq!(
+            (marker.count, marker.changes),
+            (599, 0),
+            "rebuilt: {marker:?}"
+        );
     }
 
     /// A tiny deterministic generator (the test needs no crate for it).
