@@ -874,9 +874,10 @@ impl Base {
 /// batch ([`log_removals`]), so a removal that reached sled before a crash is still known
 /// to the next clean close, which catches the listing up instead of rebuilding it.
 pub(crate) const REMOVAL_LOG: &[u8] = b"txn-removal/";
-/// Ids an entry's part holds at most: a part stays well under the value log's threshold
-/// (`store/values.rs`), so it always lives in sled itself.
-const LOGGED_IDS_PER_PART: usize = 32;
+/// Bytes of ids an entry's part holds at most (one id however long): a part of UUIDs stays
+/// under the value log's threshold (`store/values.rs`), so it lives in sled itself and an
+/// open clears it without the value log.
+const LOGGED_BYTES_PER_PART: usize = 1536;
 /// Transactions one holder logs at most (bounding the log a long-lived holder leaves
 /// behind); past it, its removals break the log's chain and a catch-up that would need them
 /// rebuilds instead.
@@ -949,20 +950,24 @@ pub(crate) fn log_removals(
         );
         return;
     }
-    let mut part = Vec::with_capacity(64 + LOGGED_IDS_PER_PART * 40);
-    put_bytes(&mut part, before.unwrap_or_default());
-    let mut parts = 0u32;
-    let mut in_part = 0;
+    // The ids cut in parts; the first part starts with the mark before and the number of
+    // parts, so a part missing anywhere is seen.
+    let mut parts: Vec<Vec<u8>> = vec![Vec::new()];
     for id in &ids {
-        if in_part == LOGGED_IDS_PER_PART {
-            batch.put(Space::Meta, log_key(seq, parts), std::mem::take(&mut part));
-            parts += 1;
-            in_part = 0;
+        let part = parts.last_mut().expect("one part at least");
+        if !part.is_empty() && part.len() + 4 + id.len() > LOGGED_BYTES_PER_PART {
+            parts.push(Vec::new());
         }
-        put_bytes(&mut part, id);
-        in_part += 1;
+        put_bytes(parts.last_mut().expect("one part at least"), id);
     }
-    batch.put(Space::Meta, log_key(seq, parts), part);
+    let mut head = Vec::with_capacity(parts[0].len() + 64);
+    put_bytes(&mut head, before.unwrap_or_default());
+    head.extend_from_slice(&(parts.len() as u32).to_le_bytes());
+    head.append(&mut parts[0]);
+    parts[0] = head;
+    for (n, part) in parts.into_iter().enumerate() {
+        batch.put(Space::Meta, log_key(seq, n as u32), part);
+    }
     batch.put(
         Space::Meta,
         REMOVED_KEY.to_vec(),
@@ -991,7 +996,9 @@ fn logged_removals(
     let (_, mut from) = removal_log_through(m.writes);
     let end = crate::store::prefix_end(REMOVAL_LOG).expect("a prefix with an end");
     let mut ids = Vec::new();
-    let mut entry: Option<u64> = None;
+    // The entry being read: its write, the next part wanted and how many it has.
+    let mut entry: Option<(u64, u32, u32)> = None;
+    let whole = |entry: Option<(u64, u32, u32)>| entry.is_none_or(|(_, next, n)| next == n);
     loop {
         let page = store
             .scan_range(
@@ -1007,16 +1014,20 @@ fn logged_removals(
             };
             let mut c = Cursor(v);
             if part == 0 {
-                let Some(before) = c.take_bytes() else {
+                let (Some(before), Some(parts)) = (c.take_bytes().map(<[u8]>::to_vec), c.u32())
+                else {
                     return Ok(None);
                 };
-                if before != mark.as_bytes() {
+                if before != mark.as_bytes() || !whole(entry) {
                     return Ok(None);
                 }
                 mark = logged_mark(seq);
-                entry = Some(seq);
-            } else if entry != Some(seq) {
-                return Ok(None);
+                entry = Some((seq, 1, parts));
+            } else {
+                match &mut entry {
+                    Some((at, next, _)) if *at == seq && *next == part => *next += 1,
+                    _ => return Ok(None),
+                }
             }
             while !c.0.is_empty() {
                 let Some(id) = c.take_bytes() else {
@@ -1033,7 +1044,7 @@ fn logged_removals(
             _ => break,
         }
     }
-    Ok((mark == removals).then_some(ids))
+    Ok((mark == removals && whole(entry)).then_some(ids))
 }
 
 fn parse_log_key(k: &[u8]) -> Option<(u64, u32)> {
@@ -2652,6 +2663,116 @@ mod tests {
             (599, 0),
             "rebuilt: {marker:?}"
         );
+    }
+
+    /// The removal log read back from a base: every id removed by the writes past it, in
+    /// order, entries of many parts included; nothing when an entry, a part or the last mark
+    /// is missing, or a removal was not logged.
+    #[tokio::test]
+    async fn the_removal_log_reads_back_only_an_unbroken_chain() {
+        use crate::store::{Batch, MemStore};
+        let store = MemStore::new();
+        let id = |n: usize| all_id(n as u64).into_bytes();
+        let mut changes = Changes::default();
+        let mut mark = String::new();
+        let mut marks = vec![mark.clone()];
+        // Writes 1..=6, removing 1, 0 (a mark change only), 100 (several parts), 3, 1, 2
+        // transactions.
+        let sizes = [1usize, 0, 100, 3, 1, 2];
+        let mut next = 0;
+        let mut removed_by = Vec::new();
+        for (w, n) in sizes.iter().enumerate() {
+            let seq = w as u64 + 1;
+            let mut b = Batch::new();
+            let ids: Vec<Vec<u8>> = (next..next + n).map(id).collect();
+            next += n;
+            for i in &ids {
+                b.delete(Space::Txns, i.clone());
+            }
+            b.put(Space::Meta, REMOVED_KEY.to_vec(), b"caller's".to_vec());
+            assert!(removes(&b));
+            log_removals(&mut b, seq, Some(mark.as_bytes()), &mut changes);
+            store.write(b, false).await.expect("written");
+            mark =
+                String::from_utf8(store.get(Space::Meta, REMOVED_KEY).unwrap().unwrap()).unwrap();
+            assert_eq!(mark, logged_mark(seq), "the store's mark names the write");
+            marks.push(mark.clone());
+            removed_by.push(ids);
+        }
+        let parts = store.scan(Space::Meta, REMOVAL_LOG).unwrap().len();
+        assert!(parts > 7, "the large entry is cut in parts: {parts}");
+        let marker = |writes: u64| Marker {
+            store: "s".into(),
+            writes,
+            snapshot_len: 0,
+            delta_len: 0,
+            count: 0,
+            changes: 0,
+            closed_ms: 1,
+            removals: Some(marks[writes as usize].clone()),
+        };
+        let as_ids = |from: usize| -> Vec<String> {
+            removed_by[from..]
+                .iter()
+                .flatten()
+                .map(|i| String::from_utf8(i.clone()).unwrap())
+                .collect()
+        };
+        for base in 0..=6u64 {
+            assert_eq!(
+                logged_removals(&store, &marker(base), &mark).unwrap(),
+                Some(as_ids(base as usize)),
+                "from write {base}"
+            );
+        }
+        // A base whose mark is not the store's then: no answer.
+        let mut stray = marker(2);
+        stray.removals = Some("some other".into());
+        assert_eq!(logged_removals(&store, &stray, &mark).unwrap(), None);
+        // The store's mark moved on without an entry (a removal not logged).
+        assert_eq!(
+            logged_removals(&store, &marker(2), "unlogged-0000000000000007").unwrap(),
+            None
+        );
+        // Write 3's entry is cut in 3 parts (100 ids of 40 bytes). Its last part gone: from
+        // before it, no answer; from after it, still. Then a middle part gone: the same.
+        assert!(store.get(Space::Meta, &log_key(3, 2)).unwrap().is_some());
+        assert!(store.get(Space::Meta, &log_key(3, 3)).unwrap().is_none());
+        for part in [2, 1] {
+            let mut b = Batch::new();
+            b.delete(Space::Meta, log_key(3, part));
+            store.write(b, false).await.unwrap();
+            assert_eq!(
+                logged_removals(&store, &marker(2), &mark).unwrap(),
+                None,
+                "part {part} gone"
+            );
+            assert_eq!(
+                logged_removals(&store, &marker(3), &mark).unwrap(),
+                Some(as_ids(3))
+            );
+        }
+        // Write 5's entry gone (cleared, as an open does up to its base): the same.
+        let mut b = Batch::new();
+        b.delete(Space::Meta, log_key(5, 0));
+        store.write(b, false).await.unwrap();
+        assert_eq!(logged_removals(&store, &marker(4), &mark).unwrap(), None);
+        assert_eq!(
+            logged_removals(&store, &marker(5), &mark).unwrap(),
+            Some(as_ids(5))
+        );
+        // Past the bound a holder logs no entry and sets a mark none names.
+        let mut full = Changes {
+            logged: MAX_LOGGED,
+            ..Changes::default()
+        };
+        let mut b = Batch::new();
+        b.delete(Space::Txns, id(9_999));
+        log_removals(&mut b, 7, Some(mark.as_bytes()), &mut full);
+        store.write(b, false).await.unwrap();
+        let now = String::from_utf8(store.get(Space::Meta, REMOVED_KEY).unwrap().unwrap()).unwrap();
+        assert_eq!(logged_removals(&store, &marker(6), &now).unwrap(), None);
+        assert!(store.get(Space::Meta, &log_key(7, 0)).unwrap().is_none());
     }
 
     /// A tiny deterministic generator (the test needs no crate for it).
