@@ -640,7 +640,7 @@ impl SledStore {
         if let Some(base) = &listing_base {
             // The removal log's entries that the listing files hold already go: the log
             // holds the removals since the listing was last written, not every one ever.
-            clear_removal_log(path, &tree, base.writes())?;
+            clear_removal_log(path, &tree, &values, base.writes())?;
         }
         let mut syncer = Syncer::new(path)?;
         make_sled_durable(path, &db, &mut syncer)?;
@@ -1464,24 +1464,36 @@ fn make_sled_durable(path: &Path, db: &sled::Db, syncer: &mut Syncer) -> Result<
 /// Removes from sled the removal log's entries of writes up to `writes` (`txn::listing`):
 /// those the listing files written at that count hold. Straight into sled, as the replay
 /// writes: a crash before sled's next flush leaves some of them, which the next open removes
-/// (and a catch-up never reads: it starts past its base's count). Entries are small (never
-/// in the value log: see `listing::log_removals`).
-fn clear_removal_log(path: &Path, tree: &sled::Tree, writes: u64) -> Result<(), StoreError> {
+/// (and a catch-up never reads: it starts past its base's count). Entries are small, in
+/// sled itself (`listing::log_removals`); one that is not (an id of kilobytes) is released
+/// from the value log.
+fn clear_removal_log(
+    path: &Path,
+    tree: &sled::Tree,
+    values: &ValueLog,
+    writes: u64,
+) -> Result<(), StoreError> {
     let (from, to) = listing::removal_log_through(writes);
     let (from, to) = (key(Space::Meta, &from), key(Space::Meta, &to));
     loop {
-        let mut keys = Vec::new();
+        let mut batch = sled::Batch::default();
+        let mut released = Vec::new();
+        let mut n = 0;
         for item in tree.range(from.clone()..to.clone()).take(4096) {
-            keys.push(item.map_err(|e| map_err(path, e))?.0);
+            let (k, v) = item.map_err(|e| map_err(path, e))?;
+            if values::is_pointer(&v) {
+                released.push(v);
+            }
+            batch.remove(k);
+            n += 1;
         }
-        if keys.is_empty() {
+        if n == 0 {
             return Ok(());
         }
-        let mut batch = sled::Batch::default();
-        for k in keys {
-            batch.remove(k);
-        }
         tree.apply_batch(batch).map_err(|e| map_err(path, e))?;
+        for v in released {
+            values.released(&v);
+        }
     }
 }
 
