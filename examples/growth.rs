@@ -38,6 +38,10 @@
 //!   file removed (a full rebuild) in turn. With P and N (the store's count: `case-list N
 //!   DIR`), the next writer is `provisio tx prune` removing the P oldest instead (a prune in
 //!   the first run after a crash).
+//! - `cli-crash-prune DIR [REPS] [P]`: as `cli-crash-list`, but the writer that crashes
+//!   prunes the P oldest finished transactions (default 1000) and waits for its checkpoint
+//!   (the prune's writes in sled, not in the write-ahead log) before it aborts; the next
+//!   writer is `provisio recover`, whose clean close brings the listing up to date.
 //!
 //! Every case runs in a child process of its own (this example re-executed with `case …`), so
 //! its peak RSS (`VmHWM`) is its own; the store is sled on the local disk in a temp folder
@@ -953,7 +957,41 @@ fn main() -> Result<()> {
             })?;
             return Ok(());
         }
-        Some("cli-crash-list") => {
+        Some("case-crash-pruner") => {
+            // `case-crash-pruner DIR P`: a clean open and close of DIR/journal (so its listing
+            // marker is this build's), then a writer that prunes the P oldest finished
+            // transactions, waits until the store has taken an idle checkpoint (its writes in
+            // sled, out of the write-ahead log), and aborts (as kill -9).
+            let (dir, p) = (
+                Path::new(arg(1, "DIR")?).join("journal"),
+                arg(2, "P")?.parse()?,
+            );
+            SledStore::open(&dir).map_err(|e| anyhow!("{e}"))?.close();
+            rt()?.block_on(async {
+                let store = SledStore::open(&dir).map_err(|e| anyhow!("{e}"))?;
+                let retention = retention::Retention {
+                    max_age: Some(std::time::Duration::ZERO),
+                    ..retention::Retention::default()
+                };
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)?
+                    .as_millis() as u64;
+                let pruned = retention::prune(&store, &retention, now, Some(p), false)
+                    .await
+                    .map_err(|e| anyhow!("{e}"))?;
+                if pruned.transactions.len() != p {
+                    bail!("pruned {} of {p}", pruned.transactions.len());
+                }
+                // The store checkpoints after 2 s without writes.
+                std::thread::sleep(std::time::Duration::from_secs(5));
+                std::process::abort();
+                #[allow(unreachable_code)]
+                Ok::<(), anyhow::Error>(())
+            })?;
+            return Ok(());
+        }
+        Some(mode @ ("cli-crash-list" | "cli-crash-prune")) => {
+            let pruner = mode == "cli-crash-prune";
             // `cli-crash-list DIR [REPS] [K]`: after a writer that crashed having added K
             // transactions (`case-crash-writer`), the next writer (`provisio recover`, nothing
             // to recover) brings the listing up to date at its clean close: its wall time,
@@ -961,9 +999,16 @@ fn main() -> Result<()> {
             // page from the listing; PROVISIO_BIN and PROVISIO_BIN_BASE interleaved.
             let dir = Path::new(arg(1, "DIR")?);
             let reps: usize = args.get(2).map(|r| r.parse()).transpose()?.unwrap_or(3);
-            let k: usize = args.get(3).map(|r| r.parse()).transpose()?.unwrap_or(100);
+            let k: usize = args
+                .get(3)
+                .map(|r| r.parse())
+                .transpose()?
+                .unwrap_or(if pruner { 1000 } else { 100 });
             // `P N`: the next writer prunes the P oldest of the store's N (+ K a round).
-            let prune: usize = args.get(4).map(|r| r.parse()).transpose()?.unwrap_or(0);
+            let prune: usize = match pruner {
+                true => 0,
+                false => args.get(4).map(|r| r.parse()).transpose()?.unwrap_or(0),
+            };
             let mut total: usize = match prune {
                 0 => 0,
                 _ => arg(5, "N")?.parse()?,
@@ -985,7 +1030,11 @@ fn main() -> Result<()> {
             for _ in 0..reps {
                 for (name, bin) in &bins {
                     child_of(
-                        "case-crash-writer",
+                        if pruner {
+                            "case-crash-pruner"
+                        } else {
+                            "case-crash-writer"
+                        },
                         &[&dir.display().to_string(), &k.to_string()],
                     )
                     .ok();

@@ -637,6 +637,11 @@ impl SledStore {
             let frames = frames.inspect(|f| changes.replayed(&f.batch));
             apply_logged(path, &tree, &values, writes, frames)?;
         }
+        if let Some(base) = &listing_base {
+            // The removal log's entries that the listing files hold already go: the log
+            // holds the removals since the listing was last written, not every one ever.
+            clear_removal_log(path, &tree, &values, base.writes())?;
+        }
         let mut syncer = Syncer::new(path)?;
         make_sled_durable(path, &db, &mut syncer)?;
         // Every frame is in sled now, durably.
@@ -722,7 +727,7 @@ impl SledStore {
 
     /// Takes a checkpoint on the calling thread (tests).
     #[cfg(test)]
-    fn checkpoint_now(&self) {
+    pub(crate) fn checkpoint_now(&self) {
         let mut checkpointer = Checkpointer {
             path: self.path.clone(),
             db: self.db.clone(),
@@ -846,7 +851,7 @@ impl Drop for SledStore {
 
 #[async_trait]
 impl Store for SledStore {
-    async fn write(&self, batch: Batch, durable: bool) -> Result<(), StoreError> {
+    async fn write(&self, mut batch: Batch, durable: bool) -> Result<(), StoreError> {
         let seq = {
             // Under the intake lock, so the frame's number, its place in the log and the
             // overlay all see writes in one order.
@@ -858,6 +863,12 @@ impl Store for SledStore {
                 return Err(StoreError::Closed);
             }
             let seq = intake.seq + 1;
+            if listing::removes(&batch) {
+                // Removed transactions are logged with their removal, for the listing's
+                // catch-up after a crash (`txn::listing`).
+                let before = self.get(Space::Meta, crate::txn::index::REMOVED_KEY)?;
+                listing::log_removals(&mut batch, seq, before.as_deref(), &mut lock(&self.changes));
+            }
             // Into the log's buffer: whoever syncs next writes it out, with everything else
             // appended since, in one write.
             let active = intake.active;
@@ -1448,6 +1459,42 @@ fn log_overlay(writes: &std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>>) {
 fn make_sled_durable(path: &Path, db: &sled::Db, syncer: &mut Syncer) -> Result<(), StoreError> {
     db.flush().map_err(|e| map_err(path, e))?;
     syncer.sync()
+}
+
+/// Removes from sled the removal log's entries of writes up to `writes` (`txn::listing`):
+/// those the listing files written at that count hold. Straight into sled, as the replay
+/// writes: a crash before sled's next flush leaves some of them, which the next open removes
+/// (and a catch-up never reads: it starts past its base's count). Entries are small, in
+/// sled itself (`listing::log_removals`); one that is not (an id of kilobytes) is released
+/// from the value log.
+fn clear_removal_log(
+    path: &Path,
+    tree: &sled::Tree,
+    values: &ValueLog,
+    writes: u64,
+) -> Result<(), StoreError> {
+    let (from, to) = listing::removal_log_through(writes);
+    let (from, to) = (key(Space::Meta, &from), key(Space::Meta, &to));
+    loop {
+        let mut batch = sled::Batch::default();
+        let mut released = Vec::new();
+        let mut n = 0;
+        for item in tree.range(from.clone()..to.clone()).take(4096) {
+            let (k, v) = item.map_err(|e| map_err(path, e))?;
+            if values::is_pointer(&v) {
+                released.push(v);
+            }
+            batch.remove(k);
+            n += 1;
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        tree.apply_batch(batch).map_err(|e| map_err(path, e))?;
+        for v in released {
+            values.released(&v);
+        }
+    }
 }
 
 /// The number of the last write sled holds.

@@ -115,8 +115,9 @@ pub(crate) fn summary_written(batch: &mut Batch, previous: Option<TxnState>, s: 
 
 /// The key in [`Space::Meta`] that every removal of a transaction changes (to a value never
 /// used before), in the batch that removes it: the listing files (`txn::listing`) remember
-/// it, and bring themselves up to date from what changed since they were written only when
-/// no transaction was removed meanwhile (a removal leaves no key to find it by).
+/// it, and bring themselves up to date from what changed since they were written when no
+/// transaction was removed meanwhile, or when the removals since are all known (the sled
+/// store's write logs them and sets this key to a mark of its own: `listing::log_removals`).
 pub(crate) const REMOVED_KEY: &[u8] = b"txn-removed";
 
 /// Adds to `batch` the deletes of every index key of a transaction being removed, and the

@@ -23,11 +23,18 @@
 //!   clock steps; `catch_up`) — instead of reading every summary (at a million
 //!   transactions: ~30 ms at sled's memory floor against 3–4 s and ~100 MiB more;
 //!   BENCHMARKS.md, "Issue 11: the listing after a crash catches up"). A removal leaves
-//!   nothing to find it by (retention changes the store's `txn-removed` key in its Meta
-//!   space): the holder that closes knows its own and those the open's replay of the
-//!   write-ahead log applied (a crashed holder's prune), and catches up with them; a removal
-//!   that reached sled before the crash, an unbuilt index or a base older than this scheme
-//!   send it to the full rebuild. Anything that rewrites the snapshot removes the base first.
+//!   nothing in the index to find it by, so the sled store logs it: the write that removes
+//!   transaction summaries carries, in the same batch, an entry of the store's removal log
+//!   (Meta keys `txn-removal/` ‖ write number: the ids, and the store's `txn-removed` mark
+//!   before it, the mark then naming this write), and the catch-up reads the entries past
+//!   the base's write count, which must chain from the base's mark to the store's. The
+//!   next open clears the entries the files it takes as its base hold, so the log holds the
+//!   removals since the listing was last written (at most 65,536 a holder). A removal the
+//!   log cannot vouch for (a broken chain: a provisio before the log, a holder past its
+//!   bound) is still known when this holder saw it (its own, or the crashed holder's still
+//!   in the write-ahead log, replayed at the open); otherwise, or with an unbuilt index or a
+//!   base older than this scheme, the files are rebuilt. Anything that rewrites the snapshot
+//!   removes the base first.
 //!
 //! A reader trusts the files only when the store's state file (`<store>.state`) says
 //! "closed cleanly" with the marker's identity and write count, and finds the same again
@@ -211,6 +218,10 @@ impl Cursor<'_> {
     fn u64(&mut self) -> Option<u64> {
         self.take(8)
             .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+    }
+    fn take_bytes(&mut self) -> Option<&[u8]> {
+        let n = self.u32()? as usize;
+        self.take(n)
     }
     fn string(&mut self) -> Option<String> {
         let n = self.u32()? as usize;
@@ -845,6 +856,208 @@ pub(crate) enum Base {
     Stale(Marker),
 }
 
+impl Base {
+    /// The store's write count when the files were written: removals logged by later
+    /// writes are the ones they lack ([`removal_log_through`]).
+    pub(crate) fn writes(&self) -> u64 {
+        match self {
+            Base::Exact(m) | Base::Stale(m) => m.writes,
+        }
+    }
+}
+
+// ---- the removal log (in the store) ----
+
+/// The removal log's keys in the store's [`Space::Meta`]: this prefix, the number of the
+/// write that removed transactions (8 bytes, big-endian), a part number (4 bytes). A write
+/// of the sled store that removes transaction summaries carries its log entry in the same
+/// batch ([`log_removals`]), so a removal that reached sled before a crash is still known
+/// to the next clean close, which catches the listing up instead of rebuilding it.
+pub(crate) const REMOVAL_LOG: &[u8] = b"txn-removal/";
+/// Bytes of ids an entry's part holds at most (one id however long): a part of UUIDs stays
+/// under the value log's threshold (`store/values.rs`), so it lives in sled itself and an
+/// open clears it without the value log.
+const LOGGED_BYTES_PER_PART: usize = 1536;
+/// Transactions one holder logs at most (bounding the log a long-lived holder leaves
+/// behind); past it, its removals break the log's chain and a catch-up that would need them
+/// rebuilds instead.
+#[cfg(not(test))]
+const MAX_LOGGED: usize = MAX_CHANGES;
+#[cfg(test)]
+const MAX_LOGGED: usize = 2_000;
+
+/// The store's [`REMOVED_KEY`] value after a logged removal made by write `seq`.
+fn logged_mark(seq: u64) -> String {
+    format!("log-{seq:016x}")
+}
+
+/// The key of part `part` of write `seq`'s log entry (without the space's tag).
+fn log_key(seq: u64, part: u32) -> Vec<u8> {
+    let mut k = REMOVAL_LOG.to_vec();
+    k.extend_from_slice(&seq.to_be_bytes());
+    k.extend_from_slice(&part.to_be_bytes());
+    k
+}
+
+/// The range of the log's keys of writes up to `writes` (included), whose removals listing
+/// files written at that count hold: what an open with such files as its base clears.
+pub(crate) fn removal_log_through(writes: u64) -> (Vec<u8>, Vec<u8>) {
+    (REMOVAL_LOG.to_vec(), log_key(writes.saturating_add(1), 0))
+}
+
+/// Whether a batch removes transactions (or changes the removal mark): its write logs it.
+pub(crate) fn removes(batch: &crate::store::Batch) -> bool {
+    batch.writes.iter().any(|(space, k, v)| {
+        (*space == Space::Txns && v.is_none())
+            || (*space == Space::Meta && k.as_slice() == REMOVED_KEY)
+    })
+}
+
+impl Changes {
+    /// Whether this holder may log `n` more removed transactions (at most [`MAX_LOGGED`]).
+    fn may_log(&mut self, n: usize) -> bool {
+        if self.logged.saturating_add(n) > MAX_LOGGED {
+            self.logged = usize::MAX;
+            return false;
+        }
+        self.logged += n;
+        true
+    }
+}
+
+/// Called by the sled store with its intake held, for a batch that [`removes`]: adds to
+/// it, after the caller's writes, its log entry — the store's [`REMOVED_KEY`] value before
+/// this write (`before`) and the ids of the summaries it deletes — and sets that key to a
+/// mark naming this write (`seq`), so the marks chain entry to entry. Past [`MAX_LOGGED`]
+/// it sets a mark no entry names: a catch-up that would need it rebuilds.
+pub(crate) fn log_removals(
+    batch: &mut crate::store::Batch,
+    seq: u64,
+    before: Option<&[u8]>,
+    changes: &mut Changes,
+) {
+    let ids: Vec<Vec<u8>> = batch
+        .writes
+        .iter()
+        .filter(|(space, _, v)| *space == Space::Txns && v.is_none())
+        .map(|(_, k, _)| k.clone())
+        .collect();
+    if !changes.may_log(ids.len()) {
+        batch.put(
+            Space::Meta,
+            REMOVED_KEY.to_vec(),
+            format!("unlogged-{seq:016x}").into_bytes(),
+        );
+        return;
+    }
+    // The ids cut in parts; the first part starts with the mark before and the number of
+    // parts, so a part missing anywhere is seen.
+    let mut parts: Vec<Vec<u8>> = vec![Vec::new()];
+    for id in &ids {
+        let part = parts.last_mut().expect("one part at least");
+        if !part.is_empty() && part.len() + 4 + id.len() > LOGGED_BYTES_PER_PART {
+            parts.push(Vec::new());
+        }
+        put_bytes(parts.last_mut().expect("one part at least"), id);
+    }
+    let mut head = Vec::with_capacity(parts[0].len() + 64);
+    put_bytes(&mut head, before.unwrap_or_default());
+    head.extend_from_slice(&(parts.len() as u32).to_le_bytes());
+    head.append(&mut parts[0]);
+    parts[0] = head;
+    for (n, part) in parts.into_iter().enumerate() {
+        batch.put(Space::Meta, log_key(seq, n as u32), part);
+    }
+    batch.put(
+        Space::Meta,
+        REMOVED_KEY.to_vec(),
+        logged_mark(seq).into_bytes(),
+    );
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+    out.extend_from_slice(b);
+}
+
+/// The transactions removed since the listing files `m` describes were written, read from
+/// the store's removal log: `None` unless its entries after `m`'s write count chain from
+/// `m`'s removal mark to `removals` (the store's mark now) with none missing — a removal by
+/// a provisio that logs none, a holder past [`MAX_LOGGED`], or entries an open cleared
+/// (files older than the base it had: a power cut lost a later marker) break the chain.
+fn logged_removals(
+    store: &dyn Store,
+    m: &Marker,
+    removals: &str,
+) -> Result<Option<Vec<String>>, String> {
+    let Some(mut mark) = m.removals.clone() else {
+        return Ok(None);
+    };
+    let (_, mut from) = removal_log_through(m.writes);
+    let end = crate::store::prefix_end(REMOVAL_LOG).expect("a prefix with an end");
+    let mut ids = Vec::new();
+    // The entry being read: its write, the next part wanted and how many it has.
+    let mut entry: Option<(u64, u32, u32)> = None;
+    let whole = |entry: Option<(u64, u32, u32)>| entry.is_none_or(|(_, next, n)| next == n);
+    loop {
+        let page = store
+            .scan_range(
+                Space::Meta,
+                KeyRange::new(&from, Some(&end)),
+                CATCH_UP_PAGE,
+                false,
+            )
+            .map_err(|e| e.to_string())?;
+        for (k, v) in &page {
+            let Some((seq, part)) = parse_log_key(k) else {
+                return Ok(None);
+            };
+            let mut c = Cursor(v);
+            if part == 0 {
+                let (Some(before), Some(parts)) = (c.take_bytes().map(<[u8]>::to_vec), c.u32())
+                else {
+                    return Ok(None);
+                };
+                if before != mark.as_bytes() || !whole(entry) {
+                    return Ok(None);
+                }
+                mark = logged_mark(seq);
+                entry = Some((seq, 1, parts));
+            } else {
+                match &mut entry {
+                    Some((at, next, _)) if *at == seq && *next == part => *next += 1,
+                    _ => return Ok(None),
+                }
+            }
+            while !c.0.is_empty() {
+                let Some(id) = c.take_bytes() else {
+                    return Ok(None);
+                };
+                ids.push(String::from_utf8_lossy(id).into_owned());
+            }
+        }
+        match page.last() {
+            Some((last, _)) if page.len() == CATCH_UP_PAGE => {
+                from.clone_from(last);
+                from.push(0);
+            }
+            _ => break,
+        }
+    }
+    Ok((mark == removals && whole(entry)).then_some(ids))
+}
+
+fn parse_log_key(k: &[u8]) -> Option<(u64, u32)> {
+    let rest = k.strip_prefix(REMOVAL_LOG)?;
+    if rest.len() != 12 {
+        return None;
+    }
+    Some((
+        u64::from_be_bytes(rest[..8].try_into().ok()?),
+        u32::from_be_bytes(rest[8..].try_into().ok()?),
+    ))
+}
+
 /// At the store's open, before anything is written to it: the listing files as a base to
 /// build on — exact when they describe the store as its last clean close (`previous`, its
 /// state file as found) left it, stale when they describe an earlier state of the same store
@@ -905,6 +1118,9 @@ pub(crate) struct Changes {
     /// removal since the base is one this holder saw: replayed (a crashed holder's, still in
     /// the log) or its own.
     removals_at_open: Option<String>,
+    /// Removed transactions this holder logged in the store ([`log_removals`];
+    /// `usize::MAX` once past [`MAX_LOGGED`]).
+    logged: usize,
 }
 
 impl Changes {
@@ -1181,12 +1397,12 @@ fn may_change(state: TxnState) -> bool {
 /// — the lines that could still change (their summaries read again) and the transactions
 /// started since (the index by start time, from the close less [`CLOCK_MARGIN_MS`]) — so it
 /// costs what changed, not the store. Transactions removed since (retention changes
-/// `removals`, the store's [`REMOVED_KEY`]) leave nothing to find them by; they are known
-/// only when this holder saw every removal (`changes`: a prune of its own, or one of the
-/// crashed holder's still in the write-ahead log, replayed at the open). `None` when that is
-/// not enough to know: a removal this holder did not see (one that reached sled before the
-/// crash, or too many changes to remember), the marker predates these fields, or the index
-/// is not built; the caller rebuilds then.
+/// `removals`, the store's [`REMOVED_KEY`]) are read from the store's removal log
+/// ([`logged_removals`]), or, when it cannot vouch for them, known only when this holder
+/// saw every removal (`changes`: a prune of its own, or one of the crashed holder's still in
+/// the write-ahead log, replayed at the open). `None` when that is not enough to know (a
+/// removal neither logged nor seen), the marker predates these fields, or the index is not
+/// built; the caller rebuilds then.
 fn catch_up(
     store: &dyn Store,
     dir: &Path,
@@ -1197,17 +1413,19 @@ fn catch_up(
     if m.closed_ms == 0 {
         return Ok(None);
     }
+    if !index::is_built(store).map_err(|e| e.to_string())? {
+        return Ok(None);
+    }
     let removed = if m.removals.as_deref() == Some(removals) {
         Vec::new()
+    } else if let Some(removed) = logged_removals(store, m, removals)? {
+        removed
     } else {
         match changes.removed_since(m) {
             Some(removed) => removed,
             None => return Ok(None),
         }
     };
-    if !index::is_built(store).map_err(|e| e.to_string())? {
-        return Ok(None);
-    }
     let mut snapshot =
         Snapshot::open(&dir.join(SNAPSHOT_FILE), m.snapshot_len).map_err(|e| e.to_string())?;
     if snapshot.count != m.count {
@@ -2039,8 +2257,10 @@ mod tests {
         );
         same_as_the_index(&dir).await;
 
-        // A crashed holder removed transactions (retention): the reader leaves the files
-        // alone, the next writer rebuilds them.
+        // A crashed holder removed transactions (retention), and its removals reached sled
+        // (`crashing` closes the store): the store's removal log says which, and even a
+        // reader catches up.
+        let before = read_marker(&dir).expect("a marker").changes;
         crashing(&dir, |store| async move {
             let gone: Vec<TxnSummary> = (0..700)
                 .step_by(7)
@@ -2055,6 +2275,44 @@ mod tests {
         reader.leave_listing_rebuild_to_writers();
         reader.close();
         drop(reader);
+        let marker = read_marker(&dir).expect("a reader caught up from the removal log");
+        assert_eq!(
+            (marker.count, marker.changes),
+            (700, before + 50),
+            "not rebuilt: {marker:?}"
+        );
+        same_as_the_index(&dir).await;
+
+        // A removal the log cannot vouch for (its entry gone, as a provisio from before the
+        // log leaves none): the reader leaves the files alone, the next writer rebuilds them.
+        crashing(&dir, |store| async move {
+            let gone: Vec<TxnSummary> = (0..700)
+                .step_by(7)
+                .skip(30)
+                .take(10)
+                .map(|n| summary(n, TxnState::Committed))
+                .collect();
+            remove(&store, &gone).await;
+            let logged = store
+                .scan(Space::Meta, REMOVAL_LOG)
+                .expect("the removal log reads");
+            assert_eq!(
+                logged.len(),
+                1,
+                "one entry, the earlier ones cleared at the open"
+            );
+            let mut batch = crate::store::Batch::new();
+            for (k, _) in logged {
+                batch.delete(Space::Meta, k);
+            }
+            store.write(batch, true).await.expect("entry removed");
+            store
+        })
+        .await;
+        let reader = crate::SledStore::open(&dir).expect("opens");
+        reader.leave_listing_rebuild_to_writers();
+        reader.close();
+        drop(reader);
         assert!(read_marker(&dir).is_none(), "no rebuild by a reader");
         let writer = crate::SledStore::open(&dir).expect("opens");
         put(&writer, &[recent(1400, TxnState::Running, 0)], None).await;
@@ -2062,7 +2320,7 @@ mod tests {
         drop(writer);
         let marker = read_marker(&dir).expect("rebuilt");
         assert_eq!(marker.changes, 0, "rebuilt: {marker:?}");
-        assert_eq!(marker.count, 700 + 100 + 1 + 1 + 1 - 50);
+        assert_eq!(marker.count, 700 + 100 + 1 + 1 + 1 - 50 - 10);
 
         // That marker lost before any open (a power cut: it is not synced): the base written
         // beside it lets a reader catch up.
@@ -2256,6 +2514,265 @@ mod tests {
         assert_eq!(caught_up.count, 800, "not rebuilt: {caught_up:?}");
         assert!(caught_up.changes > marker.changes, "{caught_up:?}");
         assert_listing_is(&dir, &held, 0);
+    }
+
+    /// A prune whose writes reached sled (checkpointed out of the write-ahead log) before
+    /// the process died: the store's removal log tells the next clean close which
+    /// transactions went, so even a reader catches the listing up instead of leaving it to a
+    /// rebuild, and it lists exactly the kept transactions. The log's entries go once the
+    /// listing holds them.
+    #[test]
+    fn a_prune_that_reached_sled_before_a_crash_is_caught_up_not_rebuilt() {
+        const CHILD: &str = "PROVISIO_TEST_LISTING_CHECKPOINTED_PRUNE_CHILD";
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime");
+        let states = [
+            TxnState::Committed,
+            TxnState::RolledBack,
+            TxnState::Running,
+            TxnState::RollbackFailed,
+        ];
+        let first: Vec<TxnSummary> = (0..900)
+            .map(|n| summary(n, states[n as usize % 4]))
+            .collect();
+        let keep = 150;
+        if let Ok(dir) = std::env::var(CHILD) {
+            rt.block_on(async {
+                let store = crate::SledStore::open(Path::new(&dir)).expect("opens");
+                let retention = super::super::retention::Retention {
+                    max_count: Some(keep),
+                    ..Default::default()
+                };
+                let pruned =
+                    super::super::retention::prune(&store, &retention, now_ms(), None, false)
+                        .await
+                        .expect("pruned");
+                assert_eq!(pruned.transactions.len(), 450 - keep);
+                // Out of the write-ahead log into sled, durably: the next open replays none
+                // of it.
+                store.checkpoint_now();
+                std::process::abort();
+            });
+        }
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("journal");
+        rt.block_on(async {
+            let store = crate::SledStore::open(&dir).expect("opens");
+            put(&store, &first, None).await;
+            super::super::index::ensure(&store).await.expect("indexed");
+            store.close();
+        });
+        let marker = read_marker(&dir).expect("a marker");
+        assert_eq!(marker.count, 900);
+
+        let status = std::process::Command::new(std::env::current_exe().expect("this test"))
+            .args([
+                "--exact",
+                "txn::listing::tests::a_prune_that_reached_sled_before_a_crash_is_caught_up_not_rebuilt",
+                "--nocapture",
+            ])
+            .env(CHILD, &dir)
+            .status()
+            .expect("the child runs");
+        assert_eq!(status.code(), None, "the child aborts: {status:?}");
+        assert!(read_marker(&dir).is_none(), "the child took the marker");
+        // What is kept: every unfinished one, and the newest `keep` finished ones (by finish
+        // time: `updated_ms` grows with n).
+        let mut finished: Vec<&TxnSummary> =
+            first.iter().filter(|s| !may_change(s.state)).collect();
+        finished.sort_by_key(|s| s.updated_ms);
+        let pruned = &finished[..finished.len() - keep];
+        let held: std::collections::BTreeMap<u64, TxnSummary> = first
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !pruned.iter().any(|p| p.id == s.id))
+            .map(|(n, s)| (n as u64, s.clone()))
+            .collect();
+        assert_eq!(held.len(), 900 - 450 + keep);
+
+        // The next holder only reads (`tx list` after a crash): it catches up.
+        rt.block_on(async {
+            let reader = crate::SledStore::open(&dir).expect("opens");
+            reader.leave_listing_rebuild_to_writers();
+            reader.close();
+        });
+        let caught_up = read_marker(&dir).expect("caught up by a reader");
+        assert_eq!(caught_up.count, 900, "not rebuilt: {caught_up:?}");
+        assert_eq!(
+            caught_up.changes,
+            pruned.len() as u64,
+            "one removal each: {caught_up:?}"
+        );
+        assert_listing_is(&dir, &held, 0);
+
+        // The log held them until the listing did; the next open clears them.
+        rt.block_on(async {
+            let store = crate::SledStore::open(&dir).expect("opens");
+            assert!(
+                store
+                    .scan(Space::Meta, REMOVAL_LOG)
+                    .expect("reads")
+                    .is_empty(),
+                "the removal log is cleared once the listing holds its entries"
+            );
+            store.close();
+        });
+        assert_listing_is(&dir, &held, 0);
+    }
+
+    /// A holder that removes more than a removal log may hold breaks its chain: the next
+    /// clean close after a crash rebuilds (correctly) instead of catching up.
+    #[tokio::test]
+    async fn removals_past_the_logs_bound_send_the_listing_to_a_rebuild() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("journal");
+        let store = crate::SledStore::open(&dir).expect("opens");
+        let first: Vec<TxnSummary> = (0..(MAX_LOGGED as u64 + 600))
+            .map(|n| summary(n, TxnState::Committed))
+            .collect();
+        put(&store, &first, None).await;
+        super::super::index::ensure(&store).await.expect("indexed");
+        store.close();
+        drop(store);
+        let gone: Vec<TxnSummary> = first[..MAX_LOGGED + 1].to_vec();
+        crashing(&dir, |store| {
+            let gone = gone.clone();
+            async move {
+                // Within the bound, then past it.
+                remove(&store, &gone[..10]).await;
+                remove(&store, &gone[10..]).await;
+                store
+            }
+        })
+        .await;
+        let reader = crate::SledStore::open(&dir).expect("opens");
+        reader.leave_listing_rebuild_to_writers();
+        reader.close();
+        drop(reader);
+        assert!(
+            read_marker(&dir).is_none(),
+            "no catch-up, no rebuild by a reader"
+        );
+        let writer = crate::SledStore::open(&dir).expect("opens");
+        writer.close();
+        drop(writer);
+        let marker = read_marker(&dir).expect("rebuilt");
+        assert_eq!(
+            (marker.count, marker.changes),
+            (599, 0),
+            "rebuilt: {marker:?}"
+        );
+    }
+
+    /// The removal log read back from a base: every id removed by the writes past it, in
+    /// order, entries of many parts included; nothing when an entry, a part or the last mark
+    /// is missing, or a removal was not logged.
+    #[tokio::test]
+    async fn the_removal_log_reads_back_only_an_unbroken_chain() {
+        use crate::store::{Batch, MemStore};
+        let store = MemStore::new();
+        let id = |n: usize| all_id(n as u64).into_bytes();
+        let mut changes = Changes::default();
+        let mut mark = String::new();
+        let mut marks = vec![mark.clone()];
+        // Writes 1..=6, removing 1, 0 (a mark change only), 100 (several parts), 3, 1, 2
+        // transactions.
+        let sizes = [1usize, 0, 100, 3, 1, 2];
+        let mut next = 0;
+        let mut removed_by = Vec::new();
+        for (w, n) in sizes.iter().enumerate() {
+            let seq = w as u64 + 1;
+            let mut b = Batch::new();
+            let ids: Vec<Vec<u8>> = (next..next + n).map(id).collect();
+            next += n;
+            for i in &ids {
+                b.delete(Space::Txns, i.clone());
+            }
+            b.put(Space::Meta, REMOVED_KEY.to_vec(), b"caller's".to_vec());
+            assert!(removes(&b));
+            log_removals(&mut b, seq, Some(mark.as_bytes()), &mut changes);
+            store.write(b, false).await.expect("written");
+            mark =
+                String::from_utf8(store.get(Space::Meta, REMOVED_KEY).unwrap().unwrap()).unwrap();
+            assert_eq!(mark, logged_mark(seq), "the store's mark names the write");
+            marks.push(mark.clone());
+            removed_by.push(ids);
+        }
+        let parts = store.scan(Space::Meta, REMOVAL_LOG).unwrap().len();
+        assert!(parts > 7, "the large entry is cut in parts: {parts}");
+        let marker = |writes: u64| Marker {
+            store: "s".into(),
+            writes,
+            snapshot_len: 0,
+            delta_len: 0,
+            count: 0,
+            changes: 0,
+            closed_ms: 1,
+            removals: Some(marks[writes as usize].clone()),
+        };
+        let as_ids = |from: usize| -> Vec<String> {
+            removed_by[from..]
+                .iter()
+                .flatten()
+                .map(|i| String::from_utf8(i.clone()).unwrap())
+                .collect()
+        };
+        for base in 0..=6u64 {
+            assert_eq!(
+                logged_removals(&store, &marker(base), &mark).unwrap(),
+                Some(as_ids(base as usize)),
+                "from write {base}"
+            );
+        }
+        // A base whose mark is not the store's then: no answer.
+        let mut stray = marker(2);
+        stray.removals = Some("some other".into());
+        assert_eq!(logged_removals(&store, &stray, &mark).unwrap(), None);
+        // The store's mark moved on without an entry (a removal not logged).
+        assert_eq!(
+            logged_removals(&store, &marker(2), "unlogged-0000000000000007").unwrap(),
+            None
+        );
+        // Write 3's entry is cut in 3 parts (100 ids of 40 bytes). Its last part gone: from
+        // before it, no answer; from after it, still. Then a middle part gone: the same.
+        assert!(store.get(Space::Meta, &log_key(3, 2)).unwrap().is_some());
+        assert!(store.get(Space::Meta, &log_key(3, 3)).unwrap().is_none());
+        for part in [2, 1] {
+            let mut b = Batch::new();
+            b.delete(Space::Meta, log_key(3, part));
+            store.write(b, false).await.unwrap();
+            assert_eq!(
+                logged_removals(&store, &marker(2), &mark).unwrap(),
+                None,
+                "part {part} gone"
+            );
+            assert_eq!(
+                logged_removals(&store, &marker(3), &mark).unwrap(),
+                Some(as_ids(3))
+            );
+        }
+        // Write 5's entry gone (cleared, as an open does up to its base): the same.
+        let mut b = Batch::new();
+        b.delete(Space::Meta, log_key(5, 0));
+        store.write(b, false).await.unwrap();
+        assert_eq!(logged_removals(&store, &marker(4), &mark).unwrap(), None);
+        assert_eq!(
+            logged_removals(&store, &marker(5), &mark).unwrap(),
+            Some(as_ids(5))
+        );
+        // Past the bound a holder logs no entry and sets a mark none names.
+        let mut full = Changes {
+            logged: MAX_LOGGED,
+            ..Changes::default()
+        };
+        let mut b = Batch::new();
+        b.delete(Space::Txns, id(9_999));
+        log_removals(&mut b, 7, Some(mark.as_bytes()), &mut full);
+        store.write(b, false).await.unwrap();
+        let now = String::from_utf8(store.get(Space::Meta, REMOVED_KEY).unwrap().unwrap()).unwrap();
+        assert_eq!(logged_removals(&store, &marker(6), &now).unwrap(), None);
+        assert!(store.get(Space::Meta, &log_key(7, 0)).unwrap().is_none());
     }
 
     /// A tiny deterministic generator (the test needs no crate for it).
