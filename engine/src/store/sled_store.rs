@@ -540,10 +540,26 @@ impl SledStore {
     /// Opens (or creates) the store in `path`. A rewrite of sled's database that a stop
     /// interrupted is finished first, and one a prune asked for is made (`vacuum.rs`).
     pub fn open(path: &Path) -> Result<SledStore, StoreError> {
+        SledStore::open_with(path, true)
+    }
+
+    /// Opens the store in `path` for a process that only reads (`tx list`, `tx show`): as
+    /// [`SledStore::open`], but a rewrite of sled's database that a prune asked for is
+    /// left to the next [`SledStore::open`] (a writer), so that a command that reads takes
+    /// no longer and needs no more memory than the reading. A rewrite a stop interrupted
+    /// is still finished: sled cannot open a half-switched database.
+    pub fn open_to_read(path: &Path) -> Result<SledStore, StoreError> {
+        SledStore::open_with(path, false)
+    }
+
+    fn open_with(path: &Path, rewrite_if_asked: bool) -> Result<SledStore, StoreError> {
         // A newer store is left exactly as it is, a half-done rewrite included.
         check_format(path, Identity::read_side(path).map(|side| side.format))?;
         vacuum::repair(path)?;
         let store = SledStore::open_as_it_is(path)?;
+        if !rewrite_if_asked {
+            return Ok(store);
+        }
         let asked = store.tree.get(vacuum::flag_key());
         if !matches!(asked, Ok(Some(_))) {
             return Ok(store);

@@ -8,8 +8,10 @@
 //! keys, audit entries, small values and the value log's pointers, copied as they are).
 //!
 //! When: [`vacuum`] runs on a closed store: at the end of `provisio tx prune` (which holds
-//! the store alone), and at the store's open when a prune in a process that kept the store
-//! open (a daemon) asked for it ([`FLAG`] in the Meta space). It rewrites only when sled's
+//! the store alone), and at the store's open by a writer when a prune in a process that
+//! kept the store open (a daemon) asked for it ([`FLAG`] in the Meta space); an open by a
+//! process that only reads (`crate::SledStore::open_to_read`: `tx show`, `tx list` without
+//! its listing file) leaves it to the next writer. It rewrites only when sled's
 //! files are over [`FLOOR`] and more than [`RATIO`] times the bytes of the keys and values
 //! they hold, so a healthy store costs one scan, and a small one only a `stat`.
 //!
@@ -617,10 +619,11 @@ mod tests {
         remove_store(&dir);
     }
 
-    /// A prune in a process that keeps the store open leaves a flag; the next open rewrites
-    /// the database and clears it.
+    /// A prune in a process that keeps the store open leaves a flag; the next open by a
+    /// writer rewrites the database and clears it. An open by a process that only reads
+    /// (`tx show`) leaves both as they are.
     #[test]
-    fn the_open_after_a_prune_rewrites_the_database() {
+    fn the_open_after_a_prune_rewrites_the_database_but_not_a_readers() {
         let n = 20_000;
         let dir = filled_then_pruned(n);
         let before = sled_bytes(&dir);
@@ -632,6 +635,16 @@ mod tests {
             .unwrap();
         assert!(store.get(Space::Meta, FLAG).unwrap().is_some());
         drop(store);
+        let old_db = std::fs::metadata(dir.join("db")).unwrap().ino();
+        let reader = SledStore::open_to_read(&dir).unwrap();
+        assert!(reader.get(Space::Meta, FLAG).unwrap().is_some());
+        drop(reader);
+        let inode = std::fs::metadata(dir.join("db")).unwrap().ino();
+        assert_eq!(inode, old_db, "a reader did not rewrite the database");
+        assert!(
+            sled_bytes(&dir) * 2 > before,
+            "a reader did not rewrite the database"
+        );
         let store = SledStore::open(&dir).unwrap();
         assert_eq!(store.get(Space::Meta, FLAG).unwrap(), None);
         drop(store);
