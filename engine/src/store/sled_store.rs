@@ -442,6 +442,19 @@ fn key(space: Space, key: &[u8]) -> Vec<u8> {
 /// Most likely cause: sled's lock is a `flock` on its file, and a process being started
 /// shares the open file until it execs.
 pub(super) fn open_sled(path: &Path) -> Result<(sled::Db, sled::Tree), StoreError> {
+    // sled is read mostly at start and by inspection (writes go through the log and the
+    // overlay), so a small page cache is enough: 16 MiB held ~1 KiB more per in-flight
+    // transaction in the memory benchmark than 8, and 64 ~2 more; recovering 10,000
+    // transactions took 1.25–1.33 s with 8, 1.10 s with 16.
+    open_sled_caching(path, 8 * 1024 * 1024)
+}
+
+/// [`open_sled`] with a page cache of `cache_bytes` (the vacuum's, which reads every page
+/// once, is smaller).
+pub(super) fn open_sled_caching(
+    path: &Path,
+    cache_bytes: u64,
+) -> Result<(sled::Db, sled::Tree), StoreError> {
     const ATTEMPTS: u32 = 20;
     let mut attempt = 0;
     loop {
@@ -450,11 +463,7 @@ pub(super) fn open_sled(path: &Path) -> Result<(sled::Db, sled::Tree), StoreErro
         let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let db = sled::Config::new()
                 .path(path)
-                // sled is read mostly at start and by inspection (writes go through the
-                // log and the overlay), so a small page cache is enough: 16 MiB held ~1 KiB
-                // more per in-flight transaction in the memory benchmark than 8, and 64 ~2
-                // more; recovering 10,000 transactions took 1.25–1.33 s with 8, 1.10 s with 16.
-                .cache_capacity(8 * 1024 * 1024)
+                .cache_capacity(cache_bytes)
                 .flush_every_ms(None)
                 .open()?;
             let tree = db.open_tree("provisio")?;
