@@ -306,7 +306,7 @@ pub fn journal(config: &Config) -> Result<Arc<DurableJournal>> {
             if config.read_only && !journal_exists(config) {
                 bail!("{}", NoJournal(dir));
             }
-            let store = open_store(&dir, config.journal.wait_lock.0)?;
+            let store = open_store(&dir, config.journal.wait_lock.0, config.read_only)?;
             if config.read_only {
                 // A command that only reads answers from the store's index; it brings a
                 // stale listing file up to date at its close only when that costs what
@@ -612,12 +612,19 @@ impl StoreBusy {
 impl std::error::Error for StoreBusy {}
 
 /// Opens the journal store, waiting up to `wait` while another process holds it. The wait
-/// sleeps the calling thread: commands open the journal before they start any work.
-pub fn open_store(path: &Path, wait: Duration) -> Result<SledStore> {
+/// sleeps the calling thread: commands open the journal before they start any work. A
+/// command that only reads (`read_only`) leaves the rewrite of sled's files that a daemon's
+/// prune asked for to the next command that writes.
+pub fn open_store(path: &Path, wait: Duration, read_only: bool) -> Result<SledStore> {
     let started = std::time::Instant::now();
     let mut told = false;
     loop {
-        match SledStore::open(path) {
+        let opened = if read_only {
+            SledStore::open_to_read(path)
+        } else {
+            SledStore::open(path)
+        };
+        match opened {
             Ok(store) => return Ok(store),
             Err(StoreError::Locked { .. }) => {
                 let waited = started.elapsed();

@@ -442,6 +442,19 @@ fn key(space: Space, key: &[u8]) -> Vec<u8> {
 /// Most likely cause: sled's lock is a `flock` on its file, and a process being started
 /// shares the open file until it execs.
 pub(super) fn open_sled(path: &Path) -> Result<(sled::Db, sled::Tree), StoreError> {
+    // sled is read mostly at start and by inspection (writes go through the log and the
+    // overlay), so a small page cache is enough: 16 MiB held ~1 KiB more per in-flight
+    // transaction in the memory benchmark than 8, and 64 ~2 more; recovering 10,000
+    // transactions took 1.25–1.33 s with 8, 1.10 s with 16.
+    open_sled_caching(path, 8 * 1024 * 1024)
+}
+
+/// [`open_sled`] with a page cache of `cache_bytes` (the vacuum's, which reads every page
+/// once, is smaller).
+pub(super) fn open_sled_caching(
+    path: &Path,
+    cache_bytes: u64,
+) -> Result<(sled::Db, sled::Tree), StoreError> {
     const ATTEMPTS: u32 = 20;
     let mut attempt = 0;
     loop {
@@ -450,11 +463,7 @@ pub(super) fn open_sled(path: &Path) -> Result<(sled::Db, sled::Tree), StoreErro
         let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let db = sled::Config::new()
                 .path(path)
-                // sled is read mostly at start and by inspection (writes go through the
-                // log and the overlay), so a small page cache is enough: 16 MiB held ~1 KiB
-                // more per in-flight transaction in the memory benchmark than 8, and 64 ~2
-                // more; recovering 10,000 transactions took 1.25–1.33 s with 8, 1.10 s with 16.
-                .cache_capacity(8 * 1024 * 1024)
+                .cache_capacity(cache_bytes)
                 .flush_every_ms(None)
                 .open()?;
             let tree = db.open_tree("provisio")?;
@@ -540,10 +549,26 @@ impl SledStore {
     /// Opens (or creates) the store in `path`. A rewrite of sled's database that a stop
     /// interrupted is finished first, and one a prune asked for is made (`vacuum.rs`).
     pub fn open(path: &Path) -> Result<SledStore, StoreError> {
+        SledStore::open_with(path, true)
+    }
+
+    /// Opens the store in `path` for a process that only reads (`tx list`, `tx show`): as
+    /// [`SledStore::open`], but a rewrite of sled's database that a prune asked for is
+    /// left to the next [`SledStore::open`] (a writer), so that a command that reads takes
+    /// no longer and needs no more memory than the reading. A rewrite a stop interrupted
+    /// is still finished: sled cannot open a half-switched database.
+    pub fn open_to_read(path: &Path) -> Result<SledStore, StoreError> {
+        SledStore::open_with(path, false)
+    }
+
+    fn open_with(path: &Path, rewrite_if_asked: bool) -> Result<SledStore, StoreError> {
         // A newer store is left exactly as it is, a half-done rewrite included.
         check_format(path, Identity::read_side(path).map(|side| side.format))?;
         vacuum::repair(path)?;
         let store = SledStore::open_as_it_is(path)?;
+        if !rewrite_if_asked {
+            return Ok(store);
+        }
         let asked = store.tree.get(vacuum::flag_key());
         if !matches!(asked, Ok(Some(_))) {
             return Ok(store);
