@@ -1576,28 +1576,30 @@ impl Provider for FilesystemProvider {
         }
     }
 
-    /// The procedures whose every change follows one [`Fs::mark`] keep their markers in
-    /// the engine's journal (one sync a call, for the intent and the marker): CreateFolder,
-    /// MoveFolder, WriteFile without `overwrite`, SetQuota, SetOwner, SetPermissions, and
-    /// the MPS procedures that run as one of them (CreateDirectory, MoveDirectory,
-    /// RenameDirectory, SetDirectoryAttributes). Not the others: WriteFile with
-    /// `overwrite`, StageFolder/StageFile and CopyDirectory clear an earlier try's leftovers
-    /// before their marker (and a stage's commit writes a second marker, outside any call),
-    /// DeleteFolder and DeleteFile write none (their trash entry tells).
+    /// The procedures whose every change follows [`Fs::mark`] (or, for a retry's cleanup
+    /// of an earlier try, the intent barrier) keep their markers in the engine's journal
+    /// (one sync a call, for the intent and the marker): CreateFolder, MoveFolder,
+    /// WriteFile, SetQuota, SetOwner, SetPermissions, StageFolder, StageFile, and the MPS
+    /// procedures that run as one of them (CreateDirectory, MoveDirectory, RenameDirectory,
+    /// SetDirectoryAttributes). Not CopyDirectory (a retry looks for its earlier try's
+    /// marker in the pending file), nor DeleteFolder, DeleteFile and DeleteDirectory, which
+    /// write no marker (their trash entry tells).
     fn journals_markers(&self, call: &Call) -> bool {
-        match call.context.procedure.as_str() {
+        matches!(
+            call.context.procedure.as_str(),
             "CreateFolder"
-            | "MoveFolder"
-            | "SetQuota"
-            | "SetOwner"
-            | "SetPermissions"
-            | "CreateDirectory"
-            | "MoveDirectory"
-            | "RenameDirectory"
-            | "SetDirectoryAttributes" => true,
-            "WriteFile" => self.awaits_intent(call),
-            _ => false,
-        }
+                | "MoveFolder"
+                | "WriteFile"
+                | "SetQuota"
+                | "SetOwner"
+                | "SetPermissions"
+                | "StageFolder"
+                | "StageFile"
+                | "CreateDirectory"
+                | "MoveDirectory"
+                | "RenameDirectory"
+                | "SetDirectoryAttributes"
+        )
     }
 
     async fn execute(&self, call: Call) -> Result<Outcome, ProviderError> {

@@ -689,6 +689,9 @@ fn the_procedures_that_journal_their_markers() {
         call("CreateFolder", &[("path", "a")]),
         call("MoveFolder", &[("from", "a"), ("to", "b")]),
         call("WriteFile", &[("path", "f")]),
+        call("WriteFile", &[("path", "f"), ("overwrite", "true")]),
+        call("StageFolder", &[("path", "a")]),
+        call("StageFile", &[("path", "a")]),
         call("SetQuota", &[("path", "a")]),
         call("SetOwner", &[("path", "a")]),
         call("SetPermissions", &[("path", "a")]),
@@ -700,12 +703,8 @@ fn the_procedures_that_journal_their_markers() {
         assert!(p.journals_markers(&yes), "{}", yes.context.procedure);
     }
     for no in [
-        call("WriteFile", &[("path", "f"), ("overwrite", "true")]),
-        call("WriteFile", &[("path", "f"), ("overwrite", "maybe")]),
         call("DeleteFolder", &[("path", "a")]),
         call("DeleteFile", &[("path", "a")]),
-        call("StageFolder", &[("path", "a")]),
-        call("StageFile", &[("path", "a")]),
         call("CopyDirectory", &[]),
         call("DeleteDirectory", &[]),
         call("GetUsage", &[("path", "a")]),
@@ -713,4 +712,116 @@ fn the_procedures_that_journal_their_markers() {
     ] {
         assert!(!p.journals_markers(&no), "{}", no.context.procedure);
     }
+}
+
+/// WriteFile with `overwrite` journals its marker before it keeps the old file in the
+/// trash; recovery from that marker finds the replacement applied.
+#[tokio::test]
+async fn an_overwrite_journals_its_marker_before_it_touches_the_old_file() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path().to_path_buf();
+    let p = FilesystemProvider::new(root.clone()).expect("provider");
+    std::fs::write(root.join("f"), "old").expect("old file");
+    let c = call(
+        "WriteFile",
+        &[("path", "f"), ("content", "new!"), ("overwrite", "true")],
+    );
+    let trash = root
+        .join(super::TRASH_DIR)
+        .join(crate::common::sanitize_key(&c.context.idempotency_key()));
+    let sink = KeptMarkers::watching(trash);
+    let c = with_sink(c, &sink);
+    p.execute(c.clone()).await.expect("overwrite");
+    assert_eq!(std::fs::read_to_string(root.join("f")).expect("f"), "new!");
+    assert!(matches!(
+        sink.markers().as_slice(),
+        [super::records::Marker::OverwriteFile { bytes: 4, .. }]
+    ));
+    assert_eq!(*sink.seen_at_mark.lock().expect("seen"), vec![false]);
+    assert!(
+        pending_files(&root).is_empty(),
+        "{:?}",
+        pending_files(&root)
+    );
+    let undo = p
+        .recover(&recovered(c.clone(), sink.last()))
+        .await
+        .expect("recover")
+        .expect("applied");
+    p.undo(done_of(&c, undo)).await.expect("undone");
+    assert_eq!(std::fs::read_to_string(root.join("f")).expect("f"), "old");
+}
+
+/// StageFile journals its `staged` marker (no pending file at execute); its commit still
+/// writes the `committing` marker to the pending file, and the abort after the commit
+/// reads it there and removes the committed file.
+#[tokio::test]
+async fn a_stage_journals_its_marker_and_its_commit_keeps_the_pending_one() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path().to_path_buf();
+    let p = FilesystemProvider::new(root.clone()).expect("provider");
+    let c = call("StageFile", &[("path", "s"), ("content", "staged")]);
+    let staging = root
+        .join(super::STAGING_DIR)
+        .join(crate::common::sanitize_key(&c.context.idempotency_key()));
+    let sink = KeptMarkers::watching(staging.clone());
+    let c = with_sink(c, &sink);
+    let out = p.execute(c.clone()).await.expect("staged");
+    assert!(matches!(
+        sink.markers().as_slice(),
+        [super::records::Marker::Stage {
+            phase: super::records::StagePhase::Staged,
+            ..
+        }]
+    ));
+    assert_eq!(*sink.seen_at_mark.lock().expect("seen"), vec![false]);
+    assert!(
+        pending_files(&root).is_empty(),
+        "{:?}",
+        pending_files(&root)
+    );
+    let undo = p
+        .recover(&recovered(c.clone(), sink.last()))
+        .await
+        .expect("recover")
+        .expect("staged: applied");
+    assert_eq!(Some(&undo), out.undo.as_ref());
+    let done = done_of(&c, undo);
+    p.prepare(&done).await.expect("prepare");
+    p.commit(&done).await.expect("commit");
+    assert_eq!(
+        std::fs::read_to_string(root.join("s")).expect("s"),
+        "staged"
+    );
+    assert_eq!(pending_files(&root).len(), 1, "the committing marker");
+    p.undo(done).await.expect("abort after commit");
+    assert!(!root.join("s").exists(), "the committed file stayed");
+}
+
+/// A retried StageFolder finds its earlier try's staging folder: it removes it only once
+/// this try's intent is durable (a first mark without a marker, while the folder is still
+/// there), then journals its marker.
+#[tokio::test]
+async fn a_retried_stage_cleans_up_only_after_the_intent_is_durable() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path().to_path_buf();
+    let p = FilesystemProvider::new(root.clone()).expect("provider");
+    let mut c = call("StageFolder", &[("path", "d")]);
+    c.context.attempt = 2;
+    let leftover = root
+        .join(super::STAGING_DIR)
+        .join(crate::common::sanitize_key(&c.context.idempotency_key()))
+        .join("item/junk");
+    std::fs::create_dir_all(&leftover).expect("an earlier try's leftover");
+    let sink = KeptMarkers::watching(leftover.clone());
+    p.execute(with_sink(c, &sink)).await.expect("staged");
+    let marks = sink.marks.lock().expect("marks").clone();
+    assert_eq!(marks.len(), 2, "{marks:?}");
+    assert!(marks[0].is_none(), "the intent alone first: {marks:?}");
+    assert_eq!(
+        *sink.seen_at_mark.lock().expect("seen"),
+        vec![true, false],
+        "the leftover was removed before the intent was durable"
+    );
+    assert!(!leftover.exists());
 }
