@@ -284,6 +284,27 @@ impl Steps {
                     None => writeln!(out, "    {step} (attempt {attempt}) IN DOUBT: {message}")?,
                 }
             }
+            Record::Marker {
+                step,
+                attempt,
+                marker: Some(marker),
+                ..
+            } => {
+                let line = match marker {
+                    Guarded::Plain(m) => {
+                        format!("      marker: {}", provisio_engine::data::xml::to_string(m))
+                    }
+                    Guarded::Sealed(_) => "      marker: (sealed: holds secrets)".into(),
+                    Guarded::Withheld => {
+                        "      marker: (withheld: held secrets, no seal key)".into()
+                    }
+                };
+                let key = (step.clone(), *attempt);
+                match self.call(&key) {
+                    Some(call) => call.lines.push(line),
+                    None => writeln!(out, "    {step} (attempt {attempt}){}", &line[5..])?,
+                }
+            }
             Record::ScriptDone { step, vars, .. } => {
                 let key = (step.clone(), 1);
                 self.position
@@ -588,4 +609,58 @@ fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn show_prints_a_calls_marker_under_it_masked_when_sealed() {
+        let summary: TxnSummary = serde_json::from_value(serde_json::json!({
+            "id": "0190f1c2-0000-7000-8000-000000000001",
+            "state": "running",
+            "target": "T/Make",
+            "who": "me",
+            "started_ms": 0,
+            "updated_ms": 0,
+            "resumable": false,
+            "definitions": "",
+            "message": null,
+        }))
+        .unwrap();
+        let intent: Record = serde_json::from_value(serde_json::json!({
+            "type": "intent", "at_ms": 0, "step": "a", "attempt": 1, "namespace": "N",
+            "procedure": "Create", "provider": "P", "target": "N/Create", "kind": "write",
+            "provider_context": provisio_engine::Element::new("providerContext"),
+            "input": {}, "call_data": "withheld",
+        }))
+        .unwrap();
+        let mut m = provisio_engine::Element::new("marker");
+        m.push(provisio_engine::Element::with_text("path", "x/y"));
+        let marker = |step: &str, marker: Option<Guarded>| Record::Marker {
+            at_ms: 0,
+            step: step.into(),
+            attempt: 1,
+            marker,
+        };
+        let records = [
+            intent,
+            marker("a", Some(Guarded::Plain(m))),
+            marker("a", None),
+            marker("b", Some(Guarded::Sealed("c2VhbGVk".into()))),
+        ];
+        let mut out = Vec::new();
+        write_show(&summary, || records.iter().cloned().map(Ok), &mut out).unwrap();
+        let out = String::from_utf8(out).unwrap();
+        assert!(
+            out.contains("      marker: <marker><path>x/y</path></marker>"),
+            "{out}"
+        );
+        assert!(
+            out.contains("    b (attempt 1) marker: (sealed: holds secrets)"),
+            "{out}"
+        );
+        assert_eq!(out.matches("marker:").count(), 2, "{out}");
+    }
 }

@@ -62,7 +62,7 @@ pub use data::{Element, Scalar};
 pub use exec::{
     Cancel, Engine, EngineOptions, ErrorSource, Event, Failure, JobSink, Journal, JournalError,
     KeptResponse, NoJournal, PlanEntry, QueuedCall, RunControl, RunError, ScriptUndoDone, StepDone,
-    StepIntent, TxnResult, TxnStart, TxnState, UndoFailure,
+    StepIntent, StepMarker, TxnResult, TxnStart, TxnState, UndoFailure,
 };
 pub use exec::{RetryOptions, RetryPolicies, RetryPolicy, RetryUse};
 pub use model::{Format, Namespace, Request};

@@ -14,7 +14,7 @@ use crate::compile::{CompiledProcedure, Leaf};
 use crate::data::Element;
 use crate::model::ProcKind;
 use crate::provider::{
-    Call, CallContext, IntentBarrier, Outcome, Preview, Provider, ProviderError,
+    Call, CallContext, IntentBarrier, MarkerSink, Outcome, Preview, Provider, ProviderError,
 };
 use crate::state::{Access, ProviderState};
 use crate::StateChange;
@@ -105,19 +105,36 @@ impl Engine {
                     state: state.clone(),
                     intent: IntentBarrier::passed(),
                 };
-                // A provider that asks for it is called while the intent is being made
-                // durable, and waits for it before its first side effect (see
+                // A provider that keeps its recovery marker in the journal is called with
+                // its intent appended but not synced, and a sink that syncs the intent
+                // with the marker after it (one sync; see `Provider::journals_markers`).
+                // One that asks for it is called while the intent is being made durable,
+                // and waits for it before its first side effect (see
                 // `Provider::awaits_intent`); any other call is made once it is.
-                let gate = if journaling
-                    && intent_is_durable(&call)
-                    && call.provider.awaits_intent(&request)
+                let durable = journaling && intent_is_durable(&call);
+                let mut sink = None;
+                let gate = if durable
+                    && self.journal.keeps_markers()
+                    && call.provider.journals_markers(&request)
                 {
+                    self.journal_intent(&call, &context, &ed, false).await?;
+                    let markers = Arc::new(CallMarkers::new(
+                        self.journal.clone(),
+                        context.clone(),
+                        call_data_secret(&call, &ed),
+                        &call.txn.redactor,
+                    ));
+                    request.intent = IntentBarrier::with_sink(markers.clone());
+                    sink = Some(markers);
+                    None
+                } else if durable && call.provider.awaits_intent(&request) {
                     let (barrier, gate) = IntentBarrier::closed();
                     request.intent = barrier;
                     Some(gate)
                 } else {
                     if journaling {
-                        self.journal_intent(&call, &context, &ed).await?;
+                        self.journal_intent(&call, &context, &ed, intent_is_durable(&call))
+                            .await?;
                     }
                     None
                 };
@@ -135,7 +152,9 @@ impl Engine {
                     }
                     Some(gate) => {
                         let intent = async {
-                            let written = self.journal_intent(&call, &context, &ed).await;
+                            let written = self
+                                .journal_intent(&call, &context, &ed, intent_is_durable(&call))
+                                .await;
                             gate.open(match &written {
                                 Ok(()) => Ok(()),
                                 Err(f) => Err(f.message.clone()),
@@ -162,6 +181,32 @@ impl Engine {
                         attempted
                     }
                 };
+                // The attempt is over: closed first (once a mark in progress is written),
+                // so that a late mark of a call given up (a step timeout) fails and its
+                // provider changes nothing; what was marked before is what settles it.
+                let marked = match &sink {
+                    Some(sink) => {
+                        let closed = sink.close().await;
+                        if let Some(why) = closed.failed {
+                            // The journal failed at a mark: the provider changed nothing
+                            // (it marks before any side effect, and the mark failed),
+                            // whatever it returned.
+                            state.discard();
+                            state.call_finished();
+                            return Err(fail(
+                                call.step,
+                                &call.target,
+                                ProviderError::E_FAIL,
+                                format!(
+                                    "not applied: the engine could not journal the call's \
+                                     intent ({why})"
+                                ),
+                            ));
+                        }
+                        closed.last
+                    }
+                    None => None,
+                };
                 let error = match attempted {
                     Ok(outcome) => {
                         return self.succeeded(&call, &ed, done(outcome), &state).await;
@@ -177,7 +222,10 @@ impl Engine {
                 // a retry of an applied call would apply it twice, a rollback would leave
                 // it behind.
                 let error = if error.is_in_doubt() {
-                    match self.settle_in_doubt(&call, &context, &ed, &error).await {
+                    match self
+                        .settle_in_doubt(&call, &context, &ed, &error, marked)
+                        .await
+                    {
                         Settled::Applied(undo) => {
                             let outcome = Outcome {
                                 execute_data: ed.clone(),
@@ -251,14 +299,16 @@ impl Engine {
     }
 
     /// Settles an attempt whose outcome is unknown through the provider's `recover` (same
-    /// idempotency key): journals the in-doubt state, then asks (see
-    /// [`Engine::recover_call`]). A read changed nothing and is not asked.
+    /// idempotency key, and the last marker the call journaled, `marked`): journals the
+    /// in-doubt state, then asks (see [`Engine::recover_call`]). A read changed nothing and
+    /// is not asked.
     async fn settle_in_doubt(
         &self,
         call: &LeafCall<'_>,
         context: &CallContext,
         ed: &Element,
         error: &ProviderError,
+        marked: Option<Element>,
     ) -> Settled {
         let redactor = &call.txn.redactor;
         let message = redactor.redact_text(&error.to_string());
@@ -278,7 +328,7 @@ impl Engine {
             state: self
                 .state
                 .handle(&call.txn.id, &call.leaf.provider, Access::Read("recover")),
-            intent: IntentBarrier::passed(),
+            intent: IntentBarrier::recovered(marked),
         };
         let settled = self
             .recover_call(call.provider.as_ref(), &request, redactor)
@@ -408,18 +458,20 @@ impl Engine {
         Ok(r.output.clone())
     }
 
-    /// Journals that the call is about to be made (durable before the call's first side
-    /// effect, unless it is a read or the provider's effects are all in its provider state:
-    /// see [`intent_is_durable`]).
+    /// Journals that the call is about to be made: `durable` before the call's first side
+    /// effect, unless it is a read or the provider's effects are all in its provider state
+    /// (see [`intent_is_durable`]), or the call's marker sink makes it durable (see
+    /// [`CallMarkers`]).
     async fn journal_intent(
         &self,
         call: &LeafCall<'_>,
         context: &CallContext,
         ed: &Element,
+        durable: bool,
     ) -> Result<(), Failure> {
         let mut logged = ed.clone();
         call.txn.redactor.redact_element(&mut logged);
-        let secret = call.sensitive || call.txn.redactor.contains_secret(ed);
+        let secret = call_data_secret(call, ed);
         self.journal
             .step_intent(&StepIntent {
                 context,
@@ -430,7 +482,7 @@ impl Engine {
                 input: &logged,
                 call_data: ed,
                 secret,
-                durable: intent_is_durable(call),
+                durable,
             })
             .await
             .map_err(|e| {
@@ -738,6 +790,148 @@ fn register_undo(
             .then(|| Completed::pack(ed)),
         state,
     });
+}
+
+/// Whether a call's data is kept sealed in the journal: the procedure is `sensitive`, or the
+/// data holds a secret.
+fn call_data_secret(call: &LeafCall<'_>, ed: &Element) -> bool {
+    call.sensitive || call.txn.redactor.contains_secret(ed)
+}
+
+/// The engine's [`MarkerSink`] of one call of a provider that
+/// [`Provider::journals_markers`]: each mark appends a [`crate::txn::Record::Marker`] after
+/// the call's intent (appended not durable) and syncs both. Closed when the attempt is
+/// over; a mark after that fails, so the provider of a call given up changes nothing.
+struct CallMarkers {
+    marks: Arc<Marks>,
+    /// Where the journal writes run: a provider's blocking thread marks from a plain
+    /// executor, outside the runtime the journal needs.
+    runtime: tokio::runtime::Handle,
+}
+
+/// What a [`CallMarkers`] shares with its journal writes (run as tasks of their own, so that
+/// a mark the provider's future dropped still ends, and its close waits for it).
+struct Marks {
+    journal: Arc<dyn super::Journal>,
+    context: CallContext,
+    /// The call's data is sealed: so is every marker.
+    secret: bool,
+    /// Whether a marker holds a secret value of the transaction (when `secret` is not set).
+    redactor: Option<Redactor>,
+    /// Closed (the attempt is over); held across a journal write, so that a close waits
+    /// for the mark in progress.
+    closed: tokio::sync::Mutex<bool>,
+    durable: std::sync::atomic::AtomicBool,
+    last: std::sync::Mutex<Option<Element>>,
+    /// Why a journal write failed (the call then fails as not applied).
+    failed: std::sync::Mutex<Option<String>>,
+}
+
+/// What a closed [`CallMarkers`] holds.
+struct ClosedMarks {
+    /// The last marker journaled.
+    last: Option<Element>,
+    /// Why a mark could not be journaled.
+    failed: Option<String>,
+}
+
+impl CallMarkers {
+    fn new(
+        journal: Arc<dyn super::Journal>,
+        context: CallContext,
+        secret: bool,
+        redactor: &Redactor,
+    ) -> CallMarkers {
+        CallMarkers {
+            marks: Arc::new(Marks {
+                journal,
+                context,
+                secret,
+                redactor: (!secret).then(|| redactor.clone()),
+                closed: tokio::sync::Mutex::new(false),
+                durable: std::sync::atomic::AtomicBool::new(false),
+                last: std::sync::Mutex::new(None),
+                failed: std::sync::Mutex::new(None),
+            }),
+            runtime: tokio::runtime::Handle::current(),
+        }
+    }
+
+    /// Refuses marks from now on, once a mark in progress is written.
+    async fn close(&self) -> ClosedMarks {
+        *self.marks.closed.lock().await = true;
+        ClosedMarks {
+            last: lock(&self.marks.last).clone(),
+            failed: lock(&self.marks.failed).clone(),
+        }
+    }
+}
+
+impl Marks {
+    async fn write(&self, marker: Option<Element>) -> Result<(), String> {
+        let closed = self.closed.lock().await;
+        if *closed {
+            return Err("the engine gave the call up (its attempt is over)".into());
+        }
+        if let Some(why) = lock(&self.failed).clone() {
+            return Err(why);
+        }
+        let secret = self.secret
+            || marker
+                .as_ref()
+                .zip(self.redactor.as_ref())
+                .is_some_and(|(m, r)| r.contains_secret(m));
+        let written = self
+            .journal
+            .step_marker(&super::StepMarker {
+                context: &self.context,
+                marker: marker.as_ref(),
+                secret,
+            })
+            .await;
+        match written {
+            Ok(()) => {
+                self.durable.store(true, AtomicOrdering::SeqCst);
+                if marker.is_some() {
+                    *lock(&self.last) = marker;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let why = e.to_string();
+                *lock(&self.failed) = Some(why.clone());
+                Err(why)
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for CallMarkers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallMarkers")
+            .field("call", &self.marks.context)
+            .field("durable", &self.marks.durable)
+            .finish()
+    }
+}
+
+#[async_trait::async_trait]
+impl MarkerSink for CallMarkers {
+    async fn mark(&self, marker: Option<Element>) -> Result<(), String> {
+        let marks = self.marks.clone();
+        self.runtime
+            .spawn(async move { marks.write(marker).await })
+            .await
+            .unwrap_or_else(|e| Err(format!("the journal write was lost: {e}")))
+    }
+
+    fn is_durable(&self) -> bool {
+        self.marks.durable.load(AtomicOrdering::SeqCst)
+    }
+
+    fn last(&self) -> Option<Element> {
+        lock(&self.marks.last).clone()
+    }
 }
 
 /// Whether a call's intent record must be durable before the call's first side effect.

@@ -107,6 +107,17 @@ pub struct StepIntent<'a> {
     pub durable: bool,
 }
 
+/// A provider's recovery marker of a call in flight ([`Journal::step_marker`]).
+#[derive(Debug, Clone)]
+pub struct StepMarker<'a> {
+    /// Identity of the call.
+    pub context: &'a CallContext,
+    /// The marker (`None`: the call's intent made durable with no marker).
+    pub marker: Option<&'a Element>,
+    /// `marker` may hold secrets (the call's data does, or the marker does).
+    pub secret: bool,
+}
+
 /// A provider call succeeded.
 #[derive(Debug, Clone)]
 pub struct StepDone<'a> {
@@ -201,6 +212,20 @@ pub trait Journal: Send + Sync {
     }
     /// About to call a provider: durable when this returns.
     async fn step_intent(&self, _intent: &StepIntent<'_>) -> Result<(), JournalError> {
+        Ok(())
+    }
+    /// Whether this journal keeps providers' recovery markers ([`Journal::step_marker`])
+    /// and gives them back at recovery: the engine then lets a provider that
+    /// [`crate::Provider::journals_markers`] put its marker here instead of syncing one of
+    /// its own. `false` (the default): such a provider keeps its marker itself.
+    fn keeps_markers(&self) -> bool {
+        false
+    }
+    /// A provider's recovery marker of a call whose intent was appended without being
+    /// made durable ([`StepIntent::durable`] `false`): written after it, and both durable
+    /// when this returns (one sync). `marker` `None`: the intent made durable alone. Seal
+    /// the marker when `secret`. Only called when [`Journal::keeps_markers`].
+    async fn step_marker(&self, _marker: &StepMarker<'_>) -> Result<(), JournalError> {
         Ok(())
     }
     /// A provider call succeeded (made durable by the next durable write at the latest).

@@ -23,7 +23,8 @@ mod state;
 mod transform;
 
 pub use journal::{
-    Journal, JournalError, NoJournal, ScriptUndoDone, StepDone, StepIntent, TxnStart, TxnState,
+    Journal, JournalError, NoJournal, ScriptUndoDone, StepDone, StepIntent, StepMarker, TxnStart,
+    TxnState,
 };
 pub use queue::{JobSink, QueuedCall};
 pub(crate) use redact::Redactor;

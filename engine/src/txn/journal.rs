@@ -12,7 +12,7 @@ use super::records::{
 use super::seal::{SealError, SealKey};
 use crate::data::{json, Element};
 use crate::exec::{
-    Journal, JournalError, ScriptUndoDone, StepDone, StepIntent, TxnStart, TxnState,
+    Journal, JournalError, ScriptUndoDone, StepDone, StepIntent, StepMarker, TxnStart, TxnState,
 };
 use crate::provider::CallContext;
 use crate::store::{prefix_end, Batch, KeyRange, Space, Store, StoreError};
@@ -944,6 +944,24 @@ impl Journal for DurableJournal {
             .await?;
         self.intent_at(i.context, seq);
         Ok(())
+    }
+
+    fn keeps_markers(&self) -> bool {
+        true
+    }
+
+    async fn step_marker(&self, m: &StepMarker<'_>) -> Result<(), JournalError> {
+        let record = Record::Marker {
+            at_ms: now_ms(),
+            step: m.context.step_id.clone(),
+            attempt: m.context.attempt,
+            marker: m.marker.map(|e| self.guard(e, m.secret)),
+        };
+        // Durable: the one sync of the call, taking its intent (appended before, not
+        // synced) with it.
+        Ok(self
+            .append(&m.context.txn_id, &record, true, Batch::new())
+            .await?)
     }
 
     async fn step_done(&self, d: &StepDone<'_>) -> Result<(), JournalError> {

@@ -324,6 +324,23 @@ pub enum Record {
         /// Full executeData for a recovery call, sealed when it holds secrets.
         call_data: Guarded,
     },
+    /// The provider's recovery marker of a call in flight (`Provider::journals_markers`):
+    /// what it is about to change, written after the call's intent and synced with it (one
+    /// sync for both), before the call's first side effect. A call may write several; the
+    /// last one with a marker is given back to `Provider::recover` when the call is in
+    /// doubt. A journal written before markers has none; a provisio that does not know
+    /// this type refuses the journal ("unknown variant `marker`").
+    Marker {
+        /// When.
+        at_ms: u64,
+        /// Step path.
+        step: String,
+        /// Attempt.
+        attempt: u32,
+        /// The marker, sealed when the call's data holds secrets; `None`: the intent made
+        /// durable with no marker (`Call::intent_durable`).
+        marker: Option<Guarded>,
+    },
     /// The call succeeded.
     Done {
         /// When.

@@ -496,6 +496,9 @@ struct JournaledCall {
     /// What it was called with; dropped once it completed or failed (only an in-doubt call
     /// is asked about again).
     call_data: Option<Box<Guarded>>,
+    /// The provider's last recovery marker of the call ([`Record::Marker`]), given back to
+    /// its `recover`; dropped, as `call_data` is, once the call completed or failed.
+    marker: Option<Box<Guarded>>,
     /// It completed (or was settled as applied at recovery).
     done: Option<Completed>,
     /// It failed (or was settled as not applied).
@@ -647,6 +650,7 @@ fn calls_of_step(
             Record::Done { step, .. }
             | Record::Failed { step, .. }
             | Record::InDoubt { step, .. }
+            | Record::Marker { step, .. }
             | Record::Undone { step, .. }
             | Record::Resolved { step, .. }
             | Record::Phase { step, .. } => (step, false),
@@ -702,6 +706,7 @@ fn journaled_calls(
                     target,
                     provider_context,
                     call_data: Some(Box::new(call_data)),
+                    marker: None,
                     done: None,
                     failed: false,
                     undone: false,
@@ -742,6 +747,7 @@ fn journaled_calls(
                     target: SCRIPT_UNDO_TARGET.to_string(),
                     provider_context: Arc::new(Element::new("providerContext")),
                     call_data: None,
+                    marker: None,
                     done,
                     failed: false,
                     undone: false,
@@ -773,12 +779,26 @@ fn journaled_calls(
                         state: state.map(Box::new),
                     });
                     calls[i].call_data = None;
+                    calls[i].marker = None;
                 }
             }
             Record::Failed { step, attempt, .. } => {
                 if let Some(&i) = index.get(&(step, attempt)) {
                     calls[i].failed = true;
                     calls[i].call_data = None;
+                    calls[i].marker = None;
+                }
+            }
+            Record::Marker {
+                step,
+                attempt,
+                marker: Some(marker),
+                ..
+            } => {
+                if let Some(&i) = index.get(&(step, attempt)) {
+                    if calls[i].in_doubt() {
+                        calls[i].marker = Some(Box::new(marker));
+                    }
                 }
             }
             Record::Undone {
@@ -835,6 +855,18 @@ async fn settle_in_doubt(
                 continue;
             }
         };
+        // The provider's marker of the call, when it kept one in the journal: without it
+        // (sealed, no seal key) its recover would take the call for one that changed nothing.
+        let marker = match c.marker.as_deref().map(|m| journal.unguard(m)).transpose() {
+            Ok(marker) => marker,
+            Err(e) => {
+                problems.push(format!(
+                    "step {} was in doubt and its provider's marker cannot be read: {e}",
+                    c.context.step_id
+                ));
+                continue;
+            }
+        };
         let call = Call {
             context: c.context.clone(),
             provider_context: (*c.provider_context).clone(),
@@ -842,7 +874,7 @@ async fn settle_in_doubt(
             state: engine
                 .state()
                 .handle(&c.context.txn_id, &c.provider, Access::Read("recover")),
-            intent: crate::provider::IntentBarrier::passed(),
+            intent: crate::provider::IntentBarrier::recovered(marker),
         };
         // Retryable answers are asked again under the provider's `settle` retry policy.
         let settled = engine
@@ -932,8 +964,11 @@ fn journal_settlement(context: &CallContext, written: Result<(), JournalError>) 
 struct CallSlot {
     /// Sequence number of its intent (of its `script_done` record for a script step).
     intent_seq: u64,
-    /// Sequence number of its completion (of the intent for a call settled now);
-    /// meaningful only with [`slot::DONE`].
+    /// Sequence number of its completion (of the intent for a call settled now) with
+    /// [`slot::DONE`]; without it, of its provider's last recovery marker with a marker
+    /// ([`Record::Marker`]; 0: none, the transaction's first record is its start): kept
+    /// while the call is in flight, so that settling it reads the marker back without
+    /// another pass over the journal.
     done_seq: u64,
     /// What became of it: the [`slot`] bits.
     flags: u8,
@@ -979,6 +1014,11 @@ impl CallSlot {
             && self.flags & (slot::UNDO | slot::STATE) != 0
             && !self.has(slot::UNDONE)
             && !self.resolved_not_applied()
+    }
+
+    /// The sequence number of the call's last marker, while it is not completed.
+    fn marker_seq(self) -> Option<u64> {
+        (!self.has(slot::DONE) && self.done_seq != 0).then_some(self.done_seq)
     }
 
     /// Completed, what it completed with replacing what it had.
@@ -1069,6 +1109,9 @@ struct SlotRecord {
     /// Present in an undo record of an undo that failed.
     #[serde(default)]
     error: Option<serde::de::IgnoredAny>,
+    /// Present (not null) in a marker record that holds a marker.
+    #[serde(default)]
+    marker: Option<serde::de::IgnoredAny>,
 }
 
 /// The [`Record`] types [`call_slots`] reads (`type` tags); the others are skipped. The
@@ -1082,6 +1125,7 @@ enum SlotKind {
     Done = 4,
     Failed = 5,
     Undone = 6,
+    Marker = 7,
     #[serde(other)]
     Other = 0,
 }
@@ -1096,6 +1140,7 @@ impl SlotKind {
             SlotKind::Done,
             SlotKind::Failed,
             SlotKind::Undone,
+            SlotKind::Marker,
         ]
         .get(usize::from(code))
         .copied()
@@ -1128,7 +1173,13 @@ mod plan_bit {
 
 impl From<SlotRecord> for PlanRecord {
     fn from(r: SlotRecord) -> PlanRecord {
-        let call = match r.kind {
+        // A marker record without a marker (the intent made durable alone) is of no use
+        // to the plan: planned as a record of no call.
+        let kind = match r.kind {
+            SlotKind::Marker if r.marker.is_none() => SlotKind::Other,
+            kind => kind,
+        };
+        let call = match kind {
             SlotKind::Other => 0,
             SlotKind::ScriptDone => call_key(&r.step, 1),
             _ => call_key(&r.step, r.attempt),
@@ -1144,11 +1195,7 @@ impl From<SlotRecord> for PlanRecord {
                 bits |= bit;
             }
         }
-        PlanRecord {
-            kind: r.kind,
-            call,
-            bits,
-        }
+        PlanRecord { kind, call, bits }
     }
 }
 
@@ -1290,6 +1337,13 @@ fn call_slots(
             SlotKind::Failed => {
                 if let Some(i) = index.get(r.call) {
                     calls[i].flags |= slot::FAILED;
+                }
+            }
+            SlotKind::Marker => {
+                if let Some(i) = index.get(r.call) {
+                    if !calls[i].has(slot::DONE) {
+                        calls[i].done_seq = seq;
+                    }
                 }
             }
             SlotKind::Undone if r.bits & plan_bit::ERROR == 0 => {
@@ -1515,6 +1569,25 @@ async fn settle_slots(
                 continue;
             }
         };
+        let marker = match c.marker_seq() {
+            None => Ok(None),
+            Some(seq) => match lock_reader(reader).record(seq) {
+                Ok(Some(Record::Marker { marker, .. })) => Ok(marker.map(Box::new)),
+                Ok(_) => Err(format!("journal record {seq} is not the call's marker")),
+                Err(e) => Err(e.to_string()),
+            },
+        };
+        let marker = match marker {
+            Ok(marker) => marker,
+            Err(e) => {
+                in_doubt += 1;
+                problems.push(format!(
+                    "step {} was in doubt and its provider's marker cannot be read back: {e}",
+                    head.context.step_id
+                ));
+                continue;
+            }
+        };
         let mut call = [JournaledCall {
             intent_seq: c.intent_seq,
             context: head.context,
@@ -1522,6 +1595,7 @@ async fn settle_slots(
             target: head.target,
             provider_context: Arc::new(head.provider_context),
             call_data: head.call_data.map(Box::new),
+            marker,
             done: None,
             failed: false,
             undone: false,
@@ -2008,6 +2082,8 @@ struct InDoubtIntent {
     provider: String,
     provider_context: Element,
     call_data: Guarded,
+    /// The provider's last recovery marker of the call ([`Record::Marker`]).
+    marker: Option<Guarded>,
 }
 
 /// What the journal says completed (replayed, not run again), the attempt each retried step
@@ -2019,6 +2095,8 @@ fn replay(
 ) -> Result<(Resume, Vec<InDoubtIntent>), Stop> {
     let mut intents: Vec<InDoubtIntent> = Vec::new();
     let mut settled: HashSet<(&str, u32)> = HashSet::new();
+    // The last marker of each call not settled yet (a call's marker precedes its outcome).
+    let mut markers: HashMap<(&str, u32), &Guarded> = HashMap::new();
     let mut resume = Resume {
         txn_id: txn_id.clone(),
         done: HashMap::new(),
@@ -2047,6 +2125,7 @@ fn replay(
                     provider: provider.clone(),
                     provider_context: provider_context.clone(),
                     call_data: call_data.clone(),
+                    marker: None,
                 });
                 let next = resume.next_attempt.entry(step.clone()).or_insert(1);
                 *next = (*next).max(attempt + 1);
@@ -2060,6 +2139,7 @@ fn replay(
                 ..
             } => {
                 settled.insert((step, *attempt));
+                markers.remove(&(step.as_str(), *attempt));
                 let result = result
                     .as_ref()
                     .ok_or_else(|| NotResumable::NoResult(step.clone()))?;
@@ -2090,11 +2170,24 @@ fn replay(
             }
             Record::Failed { step, attempt, .. } => {
                 settled.insert((step, *attempt));
+                markers.remove(&(step.as_str(), *attempt));
+            }
+            Record::Marker {
+                step,
+                attempt,
+                marker: Some(marker),
+                ..
+            } if !settled.contains(&(step.as_str(), *attempt)) => {
+                markers.insert((step, *attempt), marker);
             }
             _ => {}
         }
     }
     intents.retain(|i| !settled.contains(&(i.context.step_id.as_str(), i.context.attempt)));
+    for i in &mut intents {
+        let key = (i.context.step_id.as_str(), i.context.attempt);
+        i.marker = markers.get(&key).map(|&m| m.clone());
+    }
     Ok((resume, intents))
 }
 
@@ -2114,6 +2207,7 @@ async fn settle_before_resuming(
             .cloned()
             .ok_or_else(|| NotResumable::ProviderMissing(i.provider.clone()))?;
         let execute_data = journal.unguard(&i.call_data)?;
+        let marker = i.marker.as_ref().map(|m| journal.unguard(m)).transpose()?;
         let call = Call {
             context: i.context.clone(),
             provider_context: i.provider_context.clone(),
@@ -2121,7 +2215,7 @@ async fn settle_before_resuming(
             state: engine
                 .state()
                 .handle(&i.context.txn_id, &i.provider, Access::Read("recover")),
-            intent: crate::provider::IntentBarrier::passed(),
+            intent: crate::provider::IntentBarrier::recovered(marker),
         };
         let settled = engine
             .recover_call(p.as_ref(), &call, &Redactor::default())
@@ -2209,6 +2303,16 @@ mod tests {
                     _ => (format!("s/{started}"), 1),
                 };
                 out.push(intent(&step, attempt));
+                // Its provider's markers, some with none (the intent made durable alone).
+                for _ in 0..rng.next(3) {
+                    out.push(Record::Marker {
+                        at_ms: 0,
+                        step: step.clone(),
+                        attempt,
+                        marker: (rng.next(4) != 0)
+                            .then(|| Guarded::Plain(Element::with_text("path", &step))),
+                    });
+                }
                 open.push((step, attempt));
                 started += 1;
             } else if roll < 52 && started < calls {
@@ -2310,7 +2414,7 @@ mod tests {
 
     #[test]
     fn the_streamed_undo_plan_is_the_in_memory_order() {
-        let mut undos = 0;
+        let (mut undos, mut markers) = (0, 0);
         for seed in 0..200 {
             let records = journal(seed, 1 + (seed as usize * 37) % 400);
             let (order, which) = in_memory_order(&records);
@@ -2340,10 +2444,29 @@ mod tests {
                 .map(|c| c.intent_seq)
                 .collect();
             assert_eq!(slot_doubt, doubt, "seed {seed}");
+            // Each call in doubt finds its last marker: the plan by its sequence number.
+            let by_seq: HashMap<u64, &Record> = records.iter().map(|(n, r)| (*n, r)).collect();
+            let marked: Vec<Option<Guarded>> = slots
+                .iter()
+                .filter(|c| c.in_doubt())
+                .map(|c| match c.marker_seq().map(|n| by_seq[&n]) {
+                    Some(Record::Marker { marker, .. }) => marker.clone(),
+                    Some(other) => panic!("not a marker: {other:?}"),
+                    None => None,
+                })
+                .collect();
+            let want: Vec<Option<Guarded>> = calls
+                .iter()
+                .filter(|c| c.in_doubt())
+                .map(|c| c.marker.as_deref().cloned())
+                .collect();
+            assert_eq!(marked, want, "seed {seed}");
+            markers += want.iter().flatten().count();
             undos += order.len();
         }
         // The journals exercise the order: thousands of undos, state chains among them.
         assert!(undos > 5_000, "{undos}");
+        assert!(markers > 50, "{markers} calls in doubt with a marker");
     }
 
     /// The plan of a journal: every call's slot, and the sequence number after the last.
