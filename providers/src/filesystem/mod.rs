@@ -1562,8 +1562,9 @@ impl Provider for FilesystemProvider {
     /// CreateFolder, MoveFolder and WriteFile (without `overwrite`) are called while the
     /// engine's intent is being made durable: their checks and intent marker overlap the
     /// journal's sync, and they pass the barrier between the marker and their first
-    /// change (`Fs::mark_then_await_intent`). The other procedures are called once the
-    /// intent is durable.
+    /// change (`Fs::mark`). The other procedures are called once the intent is durable.
+    /// All three also [`Provider::journals_markers`], which wins: this is for an engine
+    /// that asks only this.
     fn awaits_intent(&self, call: &Call) -> bool {
         match call.context.procedure.as_str() {
             "CreateFolder" | "MoveFolder" => true,
