@@ -29,6 +29,9 @@ struct Seen {
     syncs: Option<(u64, u64)>,
 }
 
+/// A call `recover` was asked about: its step and the marker it was given.
+type Recovered = (String, Option<Element>);
+
 /// Creates a file per name in `world` (`Create`), after marking it in the journal when the
 /// engine keeps its markers; settles a call in doubt from the marker alone (a call with no
 /// marker changed nothing). `Flaky` is `Create` whose first attempt marks, then hangs past
@@ -39,7 +42,7 @@ struct Marking {
     store: Option<Arc<SledStore>>,
     seen: Mutex<Vec<Seen>>,
     /// What each `recover` was given: (step, journaled marker).
-    recovered: Mutex<Vec<(String, Option<Element>)>>,
+    recovered: Arc<Mutex<Vec<Recovered>>>,
     /// The late mark of a hung `Flaky` call: its result.
     late: Mutex<Option<std::sync::mpsc::Receiver<Result<(), String>>>>,
 }
@@ -52,7 +55,7 @@ impl Marking {
             opts_in,
             store: None,
             seen: Mutex::new(Vec::new()),
-            recovered: Mutex::new(Vec::new()),
+            recovered: Arc::default(),
             late: Mutex::new(None),
         }
     }
@@ -114,16 +117,35 @@ impl Provider for Marking {
                     undo: None,
                 });
             }
+            "Noop" => {
+                // Ignores a mark that failed (breaking its promise): the engine fails the
+                // call all the same.
+                let _ = call.intent_durable_with(marker(&name)).await;
+                return Ok(Outcome {
+                    execute_data: call.execute_data,
+                    undo: None,
+                });
+            }
             "Flaky" if call.context.attempt == 1 => {
                 let (late_tx, late_rx) = std::sync::mpsc::channel();
                 *self.late.lock().unwrap() = Some(late_rx);
                 let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
                 let first = marker(&format!("{name}-1"));
                 let second = marker(&format!("{name}-2"));
+                let recovered = self.recovered.clone();
                 // A blocking thread outlives the call the engine gives up.
                 std::thread::spawn(move || {
-                    call.intent_durable_with_blocking(first).unwrap();
-                    std::thread::sleep(Duration::from_millis(900));
+                    if let Err(e) = call.intent_durable_with_blocking(first) {
+                        let _ = late_tx.send(Err(format!("the first mark failed: {e}")));
+                        return;
+                    }
+                    // Marks again once the engine gave the call up and asked `recover`.
+                    for _ in 0..3000 {
+                        if !recovered.lock().unwrap().is_empty() {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
                     let late = call
                         .intent_durable_with_blocking(second)
                         .map_err(|e| e.to_string());
@@ -174,10 +196,39 @@ impl Provider for Marking {
     }
 }
 
+/// `Marks/Pair`: two creations, `Marks/ResumablePair` the same, resumed after a crash.
+const NAMESPACE: &str = r#"
+namespace: Marks
+procedures:
+  Pair:
+    access: public
+    steps:
+      a:
+        call: Mark Provider/Create
+        with: { name: a }
+      b:
+        call: Mark Provider/Create
+        needs: [a]
+        with: { name: b }
+  ResumablePair:
+    access: public
+    resumable: true
+    steps:
+      a:
+        call: Mark Provider/Create
+        with: { name: a }
+      b:
+        call: Mark Provider/Create
+        needs: [a]
+        with: { name: b }
+"#;
+
 fn engine(provider: Arc<Marking>, step_timeout: Duration) -> Engine {
     let mut registry = ProviderRegistry::new();
     registry.register(provider);
-    let catalog = Catalog::new(Vec::new(), &registry).unwrap();
+    let namespaces =
+        provisio_engine::request::parse_namespaces(NAMESPACE, "marks.yaml", Format::Yaml).unwrap();
+    let catalog = Catalog::new(namespaces, &registry).unwrap();
     let options = EngineOptions {
         retry: RetryOptions::default()
             .with_intervals(Duration::from_millis(1), Duration::from_millis(1)),
@@ -246,9 +297,10 @@ async fn a_durable_call_syncs_its_intent_and_marker_once_before_its_effect() {
     let result = run(&e, &steps).await;
     let syncs = store.sync_count() - before;
     assert_eq!(result.state, TxnState::Committed, "{:?}", result.failure);
-    // One sync a call (intent and marker together), and the final state's.
+    // One sync a call (intent and marker together), the final state's, and room for a
+    // checkpoint's (two syncs a call would be 40).
     assert!(
-        syncs <= CALLS + 1,
+        syncs <= CALLS + 3,
         "{syncs} syncs for {CALLS} calls: more than one a call"
     );
     for seen in provider.seen.lock().unwrap().iter() {
@@ -310,7 +362,7 @@ async fn a_call_given_up_cannot_mark_and_is_settled_with_the_marker_written_befo
     let store = Arc::new(SledStore::open(&dir.path().join("store")).unwrap());
     let provider = Arc::new(Marking::new(&dir.path().join("world"), true));
     let journal = Arc::new(DurableJournal::new(store, None, "test"));
-    let e = engine(provider.clone(), Duration::from_millis(300)).with_journal(journal.clone());
+    let e = engine(provider.clone(), Duration::from_secs(1)).with_journal(journal.clone());
     let result = run(&e, &step("Flaky", "h")).await;
     // The first attempt timed out, was settled as not applied from its marker, and the
     // second created it.
@@ -421,10 +473,20 @@ async fn a_marker_the_journal_cannot_write_fails_the_call_as_not_applied() {
         .map(|s| s.name.clone())
         .collect();
     assert_eq!(seen, ["a"]);
+
+    // A provider that returns success after its first mark failed is failed all the same.
+    let noop = r#"<execute id="b" namespace="Mark Provider" procedure="Noop"/>"#;
+    let result = run(&e, &format!("{}{noop}", step("Create", "c"))).await;
+    assert_eq!(result.state, TxnState::RolledBack, "{:?}", result.failure);
+    let failure = result.failure.as_ref().expect("a failure");
+    assert_eq!(failure.step, "b");
+    assert!(failure.message.contains("not applied"), "{failure:?}");
+    assert!(provider.world().is_empty(), "{:?}", provider.world());
 }
 
-/// The child half of the crash test: runs `Create a, Create b` on the journal in
-/// `PROVISIO_MARKER_CRASH_DIR`, aborting at the journal write `PROVISIO_CRASH_AT` names.
+/// The child half of the crash test: runs `Marks/Pair` (or `Marks/ResumablePair` with
+/// `PROVISIO_MARKER_CRASH_CASE=resume`) on the journal in `PROVISIO_MARKER_CRASH_DIR`,
+/// aborting at the journal write `PROVISIO_CRASH_AT` names.
 #[tokio::test]
 #[ignore = "run by a_crash_at_any_journal_write_recovers_each_call_with_its_marker"]
 async fn marker_crash_child() {
@@ -436,16 +498,18 @@ async fn marker_crash_child() {
     let journal = Arc::new(DurableJournal::new(store, None, "test").with_failpoints_from_env());
     let provider = Arc::new(Marking::new(&dir.join("world"), true));
     let e = engine(provider, Duration::from_secs(20)).with_journal(journal);
-    run(
-        &e,
-        &format!("{}{}", step("Create", "a"), step("Create", "b")),
-    )
-    .await;
+    let procedure = match std::env::var("PROVISIO_MARKER_CRASH_CASE").as_deref() {
+        Ok("resume") => "ResumablePair",
+        _ => "Pair",
+    };
+    let text = format!("call: Marks/{procedure}");
+    let req = parse_request(&text, "req.yaml", Format::Yaml).unwrap();
+    e.run(&req).await.unwrap();
     std::process::exit(0);
 }
 
 /// Whether the crash child ran to its end.
-fn crash_child_at(dir: &Path, n: u32, when: &str) -> bool {
+fn crash_child_at(dir: &Path, case: &str, n: u32, when: &str) -> bool {
     std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -455,6 +519,7 @@ fn crash_child_at(dir: &Path, n: u32, when: &str) -> bool {
             "--test-threads=1",
         ])
         .env("PROVISIO_MARKER_CRASH_DIR", dir)
+        .env("PROVISIO_MARKER_CRASH_CASE", case)
         .env("PROVISIO_CRASH_AT", n.to_string())
         .env("PROVISIO_CRASH_WHEN", when)
         .stdout(std::process::Stdio::null())
@@ -470,11 +535,22 @@ fn crash_child_at(dir: &Path, n: u32, when: &str) -> bool {
 /// nothing is left behind.
 #[tokio::test]
 async fn a_crash_at_any_journal_write_recovers_each_call_with_its_marker() {
+    crash_at_any_journal_write("rollback").await;
+}
+
+/// The same with a resumable transaction: recovery settles the calls in doubt with their
+/// markers before resuming it (`settle_before_resuming`), and the resumed run ends it.
+#[tokio::test]
+async fn a_resumed_transaction_settles_its_calls_in_doubt_with_their_markers() {
+    crash_at_any_journal_write("resume").await;
+}
+
+async fn crash_at_any_journal_write(case: &str) {
     let (mut with_marker, mut without) = (0, 0);
     for when in ["before", "after"] {
         for n in 1.. {
             let dir = tempfile::tempdir().unwrap();
-            let finished = crash_child_at(dir.path(), n, when);
+            let finished = crash_child_at(dir.path(), case, n, when);
             let store = Arc::new(SledStore::open(&dir.path().join("store")).unwrap());
             let journal = Arc::new(DurableJournal::new(store, None, "test"));
             let provider = Arc::new(Marking::new(&dir.path().join("world"), true));
@@ -507,13 +583,21 @@ async fn a_crash_at_any_journal_write_recovers_each_call_with_its_marker() {
                     }
                 }
             }
-            let committed = txns.iter().any(|t| t.state == TxnState::Committed);
             let e = engine(provider.clone(), Duration::from_secs(20)).with_journal(journal.clone());
             let recovered = provisio_engine::recover(&e, &journal).await.unwrap();
+            let ended = if case == "resume" {
+                TxnState::Committed
+            } else {
+                TxnState::RolledBack
+            };
             for r in &recovered {
-                assert_eq!(r.to, TxnState::RolledBack, "crash at {n} ({when}): {r:?}");
+                assert_eq!(r.to, ended, "crash at {n} ({when}): {r:?}");
                 assert!(r.problems.is_empty(), "crash at {n} ({when}): {r:?}");
             }
+            let committed = provisio_engine::txn::recovery::list(&journal, None)
+                .unwrap()
+                .iter()
+                .any(|t| t.state == TxnState::Committed);
             let got: BTreeMap<String, Option<Element>> =
                 provider.recovered.lock().unwrap().iter().cloned().collect();
             assert_eq!(got, want, "crash at {n} ({when})");
@@ -535,7 +619,7 @@ async fn a_crash_at_any_journal_write_recovers_each_call_with_its_marker() {
         with_marker >= 2,
         "{with_marker} calls recovered with a marker"
     );
-    eprintln!("{with_marker} in-doubt calls recovered with a marker, {without} without");
+    eprintln!("{case}: {with_marker} in-doubt calls recovered with a marker, {without} without");
 }
 
 /// A marker of a call whose data holds secrets is sealed with the seal key, withheld
@@ -585,4 +669,106 @@ async fn a_secret_marker_is_sealed_or_withheld_like_the_calls_data() {
             other => panic!("{other:?}"),
         }
     }
+}
+
+/// A provider that changes nothing but keeps a recovery marker per call: in the engine's
+/// journal when it may (`journals_markers`), else appended to a file of its own and
+/// `fdatasync`ed, overlapping the journal's intent (`awaits_intent`), as the filesystem
+/// provider did.
+struct NoopMarking {
+    into_journal: bool,
+    own: Mutex<std::fs::File>,
+}
+
+#[async_trait]
+impl Provider for NoopMarking {
+    fn name(&self) -> &str {
+        "Mark"
+    }
+    fn procedures(&self) -> Vec<ProcedureSpec> {
+        RecordingProvider::new("Mark").procedures()
+    }
+    fn journals_markers(&self, _call: &Call) -> bool {
+        self.into_journal
+    }
+    fn awaits_intent(&self, _call: &Call) -> bool {
+        true
+    }
+    async fn execute(&self, call: Call) -> Result<Outcome, ProviderError> {
+        let name = name_of(&call.execute_data);
+        if call.journals_markers() {
+            call.intent_durable_with(marker(&name)).await?;
+        } else {
+            {
+                use std::io::Write;
+                let mut own = self.own.lock().unwrap();
+                writeln!(own, "{name}").unwrap();
+                own.sync_data().unwrap();
+            }
+            call.intent_durable().await?;
+        }
+        Ok(Outcome {
+            execute_data: call.execute_data,
+            undo: Some(created(&name)),
+        })
+    }
+    async fn undo(&self, _done: Done) -> Result<(), ProviderError> {
+        Ok(())
+    }
+    async fn recover(&self, _call: &Call) -> Result<Option<Element>, ProviderError> {
+        Ok(None)
+    }
+}
+
+/// The cost of a call's marker, durable or not: `PROVISIO_MARKER_BENCH` = `journal` (the
+/// marker in the journal), `own` (the provider's own synced marker, overlapping the
+/// journal's intent) or `ephemeral` (no journal, the provider's own marker);
+/// `PROVISIO_MARKER_BENCH_CALLS` calls (10,000) in one transaction, after a warm-up. Prints
+/// the time and the store's syncs. Run under `strace -f -c -e trace=fdatasync,fsync` to
+/// count every sync of the process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: PROVISIO_MARKER_BENCH=journal|own|ephemeral"]
+async fn marker_sync_cost() {
+    let mode = std::env::var("PROVISIO_MARKER_BENCH").unwrap_or_else(|_| "journal".into());
+    let calls: usize = std::env::var("PROVISIO_MARKER_BENCH_CALLS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(10_000);
+    let dir = tempfile::tempdir_in(
+        std::env::var("PROVISIO_MARKER_BENCH_DIR").unwrap_or_else(|_| "/tmp".into()),
+    )
+    .unwrap();
+    let own = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.path().join("markers"))
+        .unwrap();
+    let provider = Arc::new(NoopMarking {
+        into_journal: mode == "journal",
+        own: Mutex::new(own),
+    });
+    let mut registry = ProviderRegistry::new();
+    registry.register(provider);
+    let catalog = Catalog::new(Vec::new(), &registry).unwrap();
+    let mut e = Engine::new(catalog, registry, EngineOptions::default());
+    let store = Arc::new(SledStore::open(&dir.path().join("store")).unwrap());
+    if mode != "ephemeral" {
+        e = e.with_journal(Arc::new(DurableJournal::new(store.clone(), None, "bench")));
+    }
+    run(&e, &step("Create", "warm")).await;
+    let steps: String = (0..calls)
+        .map(|i| step("Create", &format!("f{i}")))
+        .collect();
+    let text = format!("<request><procedure>{steps}</procedure></request>");
+    let req = parse_request(&text, "t.xml", Format::Xml).unwrap();
+    let syncs = store.sync_count();
+    let started = std::time::Instant::now();
+    let result = e.run(&req).await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(result.state, TxnState::Committed, "{:?}", result.failure);
+    eprintln!(
+        "marker_sync_cost {mode}: {calls} calls in {took:?} ({:.1} us a call), {} store syncs",
+        took.as_secs_f64() * 1e6 / calls as f64,
+        store.sync_count() - syncs
+    );
 }

@@ -187,10 +187,12 @@ impl Engine {
                 let marked = match &sink {
                     Some(sink) => {
                         let closed = sink.close().await;
-                        if let Some(why) = closed.failed {
-                            // The journal failed at a mark: the provider changed nothing
-                            // (it marks before any side effect, and the mark failed),
-                            // whatever it returned.
+                        if let Some(why) = closed.failed.filter(|_| !closed.durable) {
+                            // The journal failed at the first mark: the provider changed
+                            // nothing (it marks before any side effect, and the mark
+                            // failed), whatever it returned. After a mark that succeeded,
+                            // what it returned stands (an error is "not applied": it
+                            // cleaned up; a success is undone when the journal fails).
                             state.discard();
                             state.call_finished();
                             return Err(fail(
@@ -833,6 +835,8 @@ struct ClosedMarks {
     last: Option<Element>,
     /// Why a mark could not be journaled.
     failed: Option<String>,
+    /// A mark was journaled (the intent is durable).
+    durable: bool,
 }
 
 impl CallMarkers {
@@ -863,6 +867,7 @@ impl CallMarkers {
         ClosedMarks {
             last: lock(&self.marks.last).clone(),
             failed: lock(&self.marks.failed).clone(),
+            durable: self.marks.durable.load(AtomicOrdering::SeqCst),
         }
     }
 }
