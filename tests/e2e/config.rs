@@ -449,7 +449,9 @@ fn recover_prunes_the_filesystem_markers_of_finished_transactions() {
         0,
         "markers of a committed transaction: {r:?}"
     );
-    // What a crash (or an older version, one file a call) leaves of a finished one.
+    // What a crash (or an older version, one file a call) leaves of a finished one. (A
+    // durable run keeps CreateFolder's markers in the journal: the folder may not be there.)
+    std::fs::create_dir_all(&markers).expect("the markers' folder");
     std::fs::write(
         markers.join("0190c0de-0000-7000-8000-0000000000aa_intents.jsonl"),
         "\n{\"key\":\"0190c0de-0000-7000-8000-0000000000aa/s\"}",

@@ -496,8 +496,14 @@ fn a_job_claimed_again_while_its_stalled_runner_is_still_in_it_runs_once() {
 /// right after its journal synced write `n` (of four: started, intent, done, committed)
 /// of the first job, then started again: the job's final state, and the filesystem
 /// provider's intent files left once it settled.
+///
+/// The folder is made by a copy (MPS CopyDirectory of `template`): a procedure that keeps
+/// its intent marker in the provider's own file (`.provisio-state/pending`), which the
+/// crash leaves and the restart must remove. CreateFolder keeps its marker in the engine's
+/// journal instead and leaves no such file (`a_daemon_killed_in_a_create_folder_leaves_no_intent_file`).
 fn folder_job_killed_at(n: u32) -> (serde_json::Value, Vec<String>) {
     let site = Site::new(0);
+    std::fs::create_dir_all(site.path("data/files/template")).expect("the copy's source");
     std::fs::write(
         site.path("ns/folders.yaml"),
         r#"
@@ -509,11 +515,24 @@ procedures:
       name: { type: string, required: true }
     steps:
       make:
-        call: Filesystem Provider/CreateFolder
-        with: { path: "{{ data.name }}" }
+        call: Filesystem Provider/CopyDirectory
+        with:
+          dirName: template
+          newName: "{{ data.name }}"
+          sourcePath: { "@path": "." }
+          destPath: { "@path": "." }
 "#,
     )
     .expect("write ns");
+    let (done, after_crash, left) = job_killed_at(&site, n);
+    assert_eq!(after_crash.len(), 1, "the crash left the intent file");
+    (done, left)
+}
+
+/// Runs the first job of `site` (its `Folders/Make` with name `made`) in a daemon aborted
+/// right after its journal synced write `n`, then in a new one: the job's final state, the
+/// intent files the crash left and those left once the job settled.
+fn job_killed_at(site: &Site, n: u32) -> (serde_json::Value, Vec<String>, Vec<String>) {
     let n = n.to_string();
     let mut d = site.start_with(&[("PROVISIO_CRASH_AT", &n), ("PROVISIO_CRASH_WHEN", "after")]);
     let a = d.submit(ALICE, "call: Folders/Make\ndata:\n  name: made\n", "", &[]);
@@ -534,11 +553,44 @@ procedures:
             })
             .unwrap_or_default()
     };
-    assert_eq!(files().len(), 1, "the crash left the intent file");
+    let after_crash = files();
     let d = site.start();
     let done = d.final_state(&id);
     assert!(site.path("data/files/made").is_dir(), "{done}");
-    (done, files())
+    (done, after_crash, files())
+}
+
+/// CreateFolder in a durable daemon keeps its intent marker in the engine's journal: a
+/// crash after its call leaves no intent file of the provider's, and the restart settles
+/// the job from the journal alone (the transaction rolled back from the journaled marker,
+/// the job run again).
+#[test]
+fn a_daemon_killed_in_a_create_folder_leaves_no_intent_file() {
+    if !python() {
+        return;
+    }
+    let site = Site::new(0);
+    std::fs::write(
+        site.path("ns/folders.yaml"),
+        r#"
+namespace: Folders
+procedures:
+  Make:
+    access: public
+    inputs:
+      name: { type: string, required: true }
+    steps:
+      make:
+        call: Filesystem Provider/CreateFolder
+        with: { path: "{{ data.name }}" }
+"#,
+    )
+    .expect("write ns");
+    let (done, after_crash, left) = job_killed_at(&site, 3);
+    assert!(after_crash.is_empty(), "intent files: {after_crash:?}");
+    assert_eq!(done["state"], "succeeded", "{done}");
+    assert_eq!(done["transactions"].as_array().unwrap().len(), 2, "{done}");
+    assert!(left.is_empty(), "left: {left:?}");
 }
 
 /// A daemon killed right after a transaction's commit is journaled, before it told the

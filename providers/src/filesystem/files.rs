@@ -170,6 +170,9 @@ impl Fs {
         };
         if let Ok(kept) = self.dir.symlink_metadata(&trash) {
             // A trash entry for this key: an earlier try of the same call got that far.
+            // What follows may remove it: not before this try's intent is durable (a call
+            // whose marker the engine journals is made before that).
+            call.intent_durable_blocking()?;
             match self.lstat(path)? {
                 Some(m) if !same_inode(&m, &kept) && self.holds(&path.path(), &m, &new)? => {
                     return outcome(kept.len());
@@ -210,9 +213,8 @@ impl Fs {
             0o777
         };
         let mode = mode.unwrap_or(old_mode & special);
-        pending::write(
-            &self.dir,
-            &self.intent_logs,
+        self.mark(
+            call,
             &key,
             &Marker::OverwriteFile {
                 path: path.display(),
@@ -228,7 +230,7 @@ impl Fs {
             if linked {
                 let _ = self.dir.remove_file(&trash);
             }
-            pending::remove(&self.dir, &self.intent_logs, &key);
+            self.unmark(call, &key);
         };
         if let Err(e) = self.build_new(path, &item, &new, mode, (old.uid(), old.gid())) {
             undo_partial(false);

@@ -318,25 +318,56 @@ impl Fs {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Makes `marker` (the intent marker of `call`, key `key`) durable, then waits until
-    /// the engine's intent record of the call is durable too (at once for a call that
-    /// does not wait for it, see [`FilesystemProvider::awaits_intent`]): the two syncs
-    /// overlap, and the change comes after both. When the engine could not journal its
-    /// intent, the marker is removed and the call fails having changed nothing. A crash
-    /// between the two leaves a marker of a call the engine never saw: nothing was
-    /// changed, and the transaction's end (`transaction_over`, or a purge) removes it.
-    fn mark_then_await_intent(
-        &self,
-        call: &Call,
-        key: &str,
-        marker: &Marker,
-    ) -> Result<(), ProviderError> {
+    /// Makes `marker` (the intent marker of `call`, key `key`) durable before the call's
+    /// first change, and the engine's intent record of the call too.
+    ///
+    /// When the engine keeps the call's markers ([`Call::journals_markers`], see
+    /// [`FilesystemProvider::journals_markers`]) the marker goes into its journal after the
+    /// intent record and one sync makes both durable: no file of the provider's own, no
+    /// sync of its own. Called again for the same call, it replaces the marker (recovery
+    /// gets the last one).
+    ///
+    /// Otherwise (`--ephemeral`, a call built by hand, a procedure that does not opt in)
+    /// the marker goes to the transaction's pending file, synced; then this waits until
+    /// the engine's intent record is durable too (at once for a call that does not wait
+    /// for it, see [`FilesystemProvider::awaits_intent`]): the two syncs overlap, and the
+    /// change comes after both. When the engine could not journal its intent, the marker
+    /// is removed and the call fails having changed nothing. A crash between the two
+    /// leaves a marker of a call the engine never saw: nothing was changed, and the
+    /// transaction's end (`transaction_over`, or a purge) removes it.
+    fn mark(&self, call: &Call, key: &str, marker: &Marker) -> Result<(), ProviderError> {
+        if call.journals_markers() {
+            // A call the engine gave up on (its step timed out) that reaches its marker
+            // after its transaction's end changes nothing, as with a pending file.
+            pending::refuse_if_over(&self.intent_logs, key)?;
+            return call.intent_durable_with_blocking(marker.to_element()?);
+        }
         pending::write(&self.dir, &self.intent_logs, key, marker)?;
         if let Err(e) = call.intent_durable_blocking() {
             pending::remove(&self.dir, &self.intent_logs, key);
             return Err(e);
         }
         Ok(())
+    }
+
+    /// Forgets the marker of a call that changed nothing (its change failed): a line in
+    /// the pending file saying so. A marker in the engine's journal stays: the engine
+    /// records the call's failure after it, and a recovery that finds the marker alone
+    /// checks the disk, which holds no change.
+    fn unmark(&self, call: &Call, key: &str) {
+        if !call.journals_markers() {
+            pending::remove(&self.dir, &self.intent_logs, key);
+        }
+    }
+
+    /// The last intent marker of an in-doubt `call` (key `key`): the one the engine
+    /// journaled, else the pending file's (older runs, `--ephemeral`, the procedures that
+    /// keep theirs there). `true` with a marker from the pending file.
+    fn marker_of(&self, call: &Call, key: &str) -> Result<Option<(Marker, bool)>, ProviderError> {
+        if let Some(element) = call.journaled_marker() {
+            return Ok(Some((Marker::from_element(key, &element)?, false)));
+        }
+        Ok(pending::read(&self.dir, &self.intent_logs, key)?.map(|m| (m, true)))
     }
 
     // ---- procedures -------------------------------------------------------------
@@ -359,7 +390,7 @@ impl Fs {
             }
         }
         let key = call.context.idempotency_key();
-        self.mark_then_await_intent(
+        self.mark(
             call,
             &key,
             &Marker::CreateFolder {
@@ -418,7 +449,7 @@ impl Fs {
                 path: path.display(),
                 missing_parents: made_parents,
             };
-            if let Err(e) = pending::write(&self.dir, &self.intent_logs, &key, &marker) {
+            if let Err(e) = self.mark(call, &key, &marker) {
                 cleanup(&created);
                 return Err(e);
             }
@@ -529,7 +560,7 @@ impl Fs {
         }
         self.check_quota(&path, u64::try_from(content.len()).unwrap_or(u64::MAX))?;
         if self.lstat(&path)?.is_none() {
-            self.mark_then_await_intent(
+            self.mark(
                 call,
                 &call.context.idempotency_key(),
                 &Marker::WriteFile {
@@ -614,9 +645,8 @@ impl Fs {
         let previous = {
             let _guard = self.lock_state();
             let mut quotas = quota::load(&self.dir)?;
-            pending::write(
-                &self.dir,
-                &self.intent_logs,
+            self.mark(
+                call,
                 &call.context.idempotency_key(),
                 &Marker::SetQuota {
                     path: path.display(),
@@ -754,7 +784,7 @@ impl Fs {
             });
         }
         self.require_parent_dir("to", &to)?;
-        self.mark_then_await_intent(
+        self.mark(
             call,
             &call.context.idempotency_key(),
             &Marker::MoveFolder {
@@ -958,7 +988,7 @@ impl Fs {
             "GetUsage" => return Ok(None),
             _ => {}
         }
-        let Some(marker) = pending::read(&self.dir, &self.intent_logs, &key)? else {
+        let Some((marker, in_pending_file)) = self.marker_of(call, &key)? else {
             // No marker: the provider never got past its checks, so nothing changed.
             return match call.context.procedure.as_str() {
                 "CreateFolder" | "WriteFile" | "SetQuota" | "MoveFolder" | "SetPermissions"
@@ -969,7 +999,9 @@ impl Fs {
             };
         };
         let not_applied = || {
-            pending::remove(&self.dir, &self.intent_logs, &key);
+            if in_pending_file {
+                pending::remove(&self.dir, &self.intent_logs, &key);
+            }
             Ok(None)
         };
         let undo = match marker {
@@ -1530,8 +1562,9 @@ impl Provider for FilesystemProvider {
     /// CreateFolder, MoveFolder and WriteFile (without `overwrite`) are called while the
     /// engine's intent is being made durable: their checks and intent marker overlap the
     /// journal's sync, and they pass the barrier between the marker and their first
-    /// change (`Fs::mark_then_await_intent`). The other procedures are called once the
-    /// intent is durable.
+    /// change (`Fs::mark`). The other procedures are called once the intent is durable.
+    /// All three also [`Provider::journals_markers`], which wins: this is for an engine
+    /// that asks only this.
     fn awaits_intent(&self, call: &Call) -> bool {
         match call.context.procedure.as_str() {
             "CreateFolder" | "MoveFolder" => true,
@@ -1542,6 +1575,32 @@ impl Provider for FilesystemProvider {
             ),
             _ => false,
         }
+    }
+
+    /// The procedures whose every change follows [`Fs::mark`] (or, for a retry's cleanup
+    /// of an earlier try, the intent barrier) keep their markers in the engine's journal
+    /// (one sync a call, for the intent and the marker): CreateFolder, MoveFolder,
+    /// WriteFile, SetQuota, SetOwner, SetPermissions, StageFolder, StageFile, and the MPS
+    /// procedures that run as one of them (CreateDirectory, MoveDirectory, RenameDirectory,
+    /// SetDirectoryAttributes). Not CopyDirectory (a retry looks for its earlier try's
+    /// marker in the pending file), nor DeleteFolder, DeleteFile and DeleteDirectory, which
+    /// write no marker (their trash entry tells).
+    fn journals_markers(&self, call: &Call) -> bool {
+        matches!(
+            call.context.procedure.as_str(),
+            "CreateFolder"
+                | "MoveFolder"
+                | "WriteFile"
+                | "SetQuota"
+                | "SetOwner"
+                | "SetPermissions"
+                | "StageFolder"
+                | "StageFile"
+                | "CreateDirectory"
+                | "MoveDirectory"
+                | "RenameDirectory"
+                | "SetDirectoryAttributes"
+        )
     }
 
     async fn execute(&self, call: Call) -> Result<Outcome, ProviderError> {

@@ -191,9 +191,8 @@ impl Fs {
     pub(super) fn set_owner(&self, call: &Call) -> Result<Outcome, ProviderError> {
         let c = self.owner_change(&call.execute_data)?;
         let key = call.context.idempotency_key();
-        pending::write(
-            &self.dir,
-            &self.intent_logs,
+        self.mark(
+            call,
             &key,
             &Marker::SetOwner {
                 path: c.path.display(),
@@ -203,7 +202,7 @@ impl Fs {
             },
         )?;
         if let Err(e) = self.chown(&c.path, c.new) {
-            pending::remove(&self.dir, &self.intent_logs, &key);
+            self.unmark(call, &key);
             return Err(e);
         }
         let id = |name: &str, v: u32| Element::with_scalar(name, Scalar::Int(i64::from(v)));

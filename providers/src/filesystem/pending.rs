@@ -216,6 +216,16 @@ fn over_error(txn: &str) -> String {
     )
 }
 
+/// Refuses a marker of `key` when the process was told the key's transaction is over
+/// (for a marker the engine journals, which no pending file refuses).
+pub(crate) fn refuse_if_over(logs: &Logs, key: &str) -> Result<(), ProviderError> {
+    let txn = txn_of_key(key);
+    if logs.is_over(txn) {
+        return Err(ProviderError::permanent(over_error(txn)));
+    }
+    Ok(())
+}
+
 /// Writes the marker for `key` durably. Refused (with nothing changed) when the process
 /// was told the key's transaction is over.
 pub(crate) fn write(
@@ -224,10 +234,7 @@ pub(crate) fn write(
     key: &str,
     marker: &Marker,
 ) -> Result<(), ProviderError> {
-    let txn = txn_of_key(key);
-    if logs.is_over(txn) {
-        return Err(ProviderError::permanent(over_error(txn)));
-    }
+    refuse_if_over(logs, key)?;
     let line = Line {
         key: key.to_string(),
         marker: Some(marker.clone()),

@@ -207,9 +207,8 @@ impl Fs {
         let t = self.perm_target("path", path)?;
         let prev = self.perm_state(&t)?;
         let new = self.planned(&t, &prev, mode, &req)?;
-        pending::write(
-            &self.dir,
-            &self.intent_logs,
+        self.mark(
+            call,
             &call.context.idempotency_key(),
             &Marker::SetPermissions {
                 path: t.path.display(),
@@ -222,11 +221,7 @@ impl Fs {
             if let Ok(now) = self.perm_state(&t) {
                 let _ = self.apply_perms(&t, &now, &prev);
             }
-            pending::remove(
-                &self.dir,
-                &self.intent_logs,
-                &call.context.idempotency_key(),
-            );
+            self.unmark(call, &call.context.idempotency_key());
             return Err(e);
         }
         let now = self.perm_state(&t)?;

@@ -34,6 +34,15 @@ pub(crate) enum RecordError {
         #[source]
         source: serde_json::Error,
     },
+    /// A marker the engine journaled for a call ([`Marker::from_element`]) that does not
+    /// decode.
+    #[error("the intent marker journaled for {key} cannot be read ({reason}); whether its call was applied is unknown: check by hand")]
+    JournaledMarker {
+        /// The call's idempotency key.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A record that cannot be encoded (never expected: every field is text or a number).
     #[error("cannot encode a filesystem provider record: {0}")]
     Encode(String),
@@ -43,9 +52,9 @@ impl From<RecordError> for ProviderError {
     fn from(e: RecordError) -> Self {
         match e {
             RecordError::Undo { .. } => ProviderError::invalid(e.to_string()),
-            RecordError::Marker { .. } | RecordError::Encode(_) => {
-                ProviderError::permanent(e.to_string())
-            }
+            RecordError::Marker { .. }
+            | RecordError::JournaledMarker { .. }
+            | RecordError::Encode(_) => ProviderError::permanent(e.to_string()),
         }
     }
 }
@@ -307,6 +316,52 @@ pub(crate) enum Marker {
         path: String,
         staging: String,
     },
+}
+
+/// The name of a marker's element in the engine's journal ([`Marker::to_element`]).
+const MARKER_ELEMENT: &str = "marker";
+
+/// The form of the marker's text, in the element's `v` attribute: `1` is the JSON of the
+/// pending files' lines (the same serde form, so both read alike). A later form gets a new
+/// number; an unknown one is refused rather than guessed at.
+const MARKER_FORM: &str = "1";
+
+impl Marker {
+    /// The marker as the engine journals it (`Call::intent_durable_with`):
+    /// `<marker v="1">{"op":"CreateFolder",…}</marker>`. One text node of compact JSON,
+    /// not a tree of fields: the journal keeps it as ~100–200 bytes, and numbers (a u64
+    /// hash) and lists of one path come back exactly as written, which a data tree's JSON
+    /// view would not promise.
+    pub(crate) fn to_element(&self) -> Result<Element, RecordError> {
+        let json = serde_json::to_string(self).map_err(|e| RecordError::Encode(e.to_string()))?;
+        let mut element = Element::with_text(MARKER_ELEMENT, json);
+        element.set_attr("v", MARKER_FORM);
+        Ok(element)
+    }
+
+    /// Reads back a marker the engine journaled for the call of idempotency key `key`.
+    pub(crate) fn from_element(key: &str, element: &Element) -> Result<Marker, RecordError> {
+        let refused = |reason: String| RecordError::JournaledMarker {
+            key: key.to_string(),
+            reason,
+        };
+        if element.local_name() != MARKER_ELEMENT {
+            return Err(refused(format!(
+                "a <{}> element, not a <{MARKER_ELEMENT}>",
+                element.name
+            )));
+        }
+        match element.attr("v") {
+            Some(MARKER_FORM) => {}
+            Some(other) => {
+                return Err(refused(format!(
+                    "form {other:?}, which this version does not know (written by a newer one?)"
+                )))
+            }
+            None => return Err(refused("no form (`v` attribute)".to_string())),
+        }
+        serde_json::from_str(&element.text()).map_err(|e| refused(e.to_string()))
+    }
 }
 
 /// A value written as text but read leniently: text, a number or a boolean (a data tree
@@ -601,6 +656,106 @@ mod tests {
         ] {
             let e = UndoRecord::from_element("CreateFolder", &bad).expect_err("refused");
             assert!(e.to_string().contains("CreateFolder undo record"), "{e}");
+        }
+    }
+
+    fn every_marker() -> Vec<Marker> {
+        let perms = |mode: &str| PermTexts {
+            mode: mode.into(),
+            acl: "user::rw-,user:1001:r--,group::r--,mask::r--,other::---".into(),
+            default_acl: "none".into(),
+        };
+        vec![
+            Marker::CreateFolder {
+                path: "a/b/c".into(),
+                missing_parents: vec!["a".into()],
+            },
+            Marker::CreateFolder {
+                path: "x".into(),
+                missing_parents: Vec::new(),
+            },
+            Marker::WriteFile {
+                path: "f \"quoted\" é".into(),
+                bytes: u64::MAX,
+            },
+            Marker::SetQuota {
+                path: "q".into(),
+                megabytes: 5,
+                previous: None,
+            },
+            Marker::MoveFolder {
+                from: "x".into(),
+                to: "y/z".into(),
+            },
+            Marker::SetPermissions {
+                path: "p".into(),
+                previous: perms("0644"),
+                new: perms("0600"),
+            },
+            Marker::OverwriteFile {
+                path: "o".into(),
+                trash: "k".into(),
+                bytes: 7,
+                hash: u64::MAX - 1,
+            },
+            Marker::SetOwner {
+                path: "s".into(),
+                previous: (0, 0),
+                new: (1001, 2000),
+                mode: 0o4755,
+            },
+            Marker::CopyFolder {
+                path: "c".into(),
+                staging: "k".into(),
+            },
+            Marker::Stage {
+                phase: StagePhase::Staged,
+                kind: StagedKind::Folder,
+                path: "s".into(),
+                staging: "k".into(),
+            },
+        ]
+    }
+
+    /// Every marker comes back from its journaled element as it was, through the engine's
+    /// serde form of an element too (what a journal record holds).
+    #[test]
+    fn markers_round_trip_through_their_journal_element() {
+        for marker in every_marker() {
+            let element = marker.to_element().expect("encode");
+            assert_eq!(element.local_name(), "marker");
+            assert_eq!(element.attr("v"), Some("1"));
+            let stored: Element =
+                serde_json::from_str(&serde_json::to_string(&element).expect("store"))
+                    .expect("load");
+            assert_eq!(
+                Marker::from_element("t/s", &stored).expect("decode"),
+                marker
+            );
+        }
+    }
+
+    #[test]
+    fn a_journaled_marker_of_another_form_or_element_is_refused() {
+        let mut newer = every_marker()[0].to_element().expect("encode");
+        newer.set_attr("v", "2");
+        let mut unversioned =
+            Element::with_text("marker", r#"{"op":"MoveFolder","from":"a","to":"b"}"#);
+        let mut garbled = every_marker()[0].to_element().expect("encode");
+        garbled.children.clear();
+        garbled.push(Element::with_text("path", "a"));
+        let mut other = Element::with_text("undo", "{}");
+        other.set_attr("v", "1");
+        unversioned.attrs.clear();
+        for (bad, says) in [
+            (newer, "form \"2\""),
+            (unversioned, "no form"),
+            (garbled, "intent marker journaled for t/s"),
+            (other, "<undo>"),
+        ] {
+            let e = Marker::from_element("t/s", &bad).expect_err("refused");
+            assert!(e.to_string().contains(says), "{e}");
+            assert!(e.to_string().contains("t/s"), "{e}");
         }
     }
 

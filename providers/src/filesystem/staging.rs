@@ -6,7 +6,10 @@
 //!
 //! The intent marker (see [`super::pending`]) records the phase: `staged` after execute,
 //! `committing` just before the rename. Undo uses it to tell "committed, remove the target"
-//! from "never committed, nothing at the target is ours".
+//! from "never committed, nothing at the target is ours". The `staged` marker may be in the
+//! engine's journal (`Fs::mark`), which recovery of the execute reads; the `committing`
+//! one, written by commit (no call, no journal of the provider's), is always in the
+//! pending file, which undo reads.
 
 use super::records::{Marker, StagePhase, StagedKind, UndoRecord};
 use super::sandbox::{io_error, RelPath, E_ALREADY_EXISTS, E_DIR_NOT_EMPTY, E_PATH_NOT_FOUND};
@@ -123,17 +126,17 @@ impl Fs {
             bytes,
             hash: fnv1a(content.as_bytes()),
         };
-        // A retried call (same key) starts over from a clean staging folder.
+        // A retried call (same key) starts over from a clean staging folder: removed only
+        // once this try's intent is durable (a call whose marker the engine journals is
+        // made before that).
+        if self.dir.symlink_metadata(staged.dir()).is_ok() {
+            call.intent_durable_blocking()?;
+        }
         self.remove_staging(&staged)?;
-        pending::write(
-            &self.dir,
-            &self.intent_logs,
-            &key,
-            &staged.marker(StagePhase::Staged),
-        )?;
+        self.mark(call, &key, &staged.marker(StagePhase::Staged))?;
         if let Err(e) = self.build_staged(&staged, mode, &content) {
             let _ = self.remove_staging(&staged);
-            pending::remove(&self.dir, &self.intent_logs, &key);
+            self.unmark(call, &key);
             return Err(e);
         }
         let mut out = call.execute_data.clone();
