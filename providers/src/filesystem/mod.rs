@@ -1577,7 +1577,7 @@ impl Provider for FilesystemProvider {
         }
     }
 
-    /// The procedures whose every change follows [`Fs::mark`] (or, for a retry's cleanup
+    /// The procedures whose every change follows `Fs::mark` (or, for a retry's cleanup
     /// of an earlier try, the intent barrier) keep their markers in the engine's journal
     /// (one sync a call, for the intent and the marker): CreateFolder, MoveFolder,
     /// WriteFile, SetQuota, SetOwner, SetPermissions, StageFolder, StageFile, and the MPS
