@@ -118,14 +118,23 @@ fn tx_list_answers_from_the_listing_file_and_falls_back_after_a_crash() {
     let listed = list_without_sled(&sb, &ns, &[]);
     assert_eq!(listed.stdout, all.stdout, "{listed:?}");
 
-    // A writer killed mid-run (an abort at its 4th journal write, as kill -9): the listing
-    // is not trusted, `tx list` reads the store and shows the transaction as it was left.
+    // A writer killed mid-run (an abort before its 20th journal write, as kill -9): the
+    // listing is not trusted, `tx list` reads the store and shows the transaction as it
+    // was left. A late write, because the early ones need not be durable: the zone and the
+    // folders run side by side, and a folder's intent waits unsynced for its marker, so in
+    // some orders nothing of the first few writes reaches the disk (the run has made no
+    // call yet: nothing to show). By the 20th, calls have been made, each after a sync.
+    // Another tenant, so that the run gets that far (contoso's zone exists).
+    let other = sb.write(
+        "fabrikam.yaml",
+        "call: Hosted Tenant/ProvisionTenant\ndata:\n  tenant: fabrikam\n  domain: fabrikam.test\n  user:\n    - { name: ann, displayName: Ann }\n",
+    );
     let crashed = sb.run_env(
-        &["run", "workflows/provision-tenant.yaml", "--quiet"],
+        &["run", other.to_str().expect("a UTF-8 path"), "--quiet"],
         &ns,
         &[
-            ("PROVISIO_CRASH_AT", "4".to_string()),
-            ("PROVISIO_CRASH_WHEN", "after".to_string()),
+            ("PROVISIO_CRASH_AT", "20".to_string()),
+            ("PROVISIO_CRASH_WHEN", "before".to_string()),
         ],
     );
     assert_eq!(crashed.code, -1, "aborted: {crashed:?}");

@@ -27,8 +27,10 @@ use std::sync::{Arc, Mutex};
 
 /// Fault injection for crash tests (cargo feature `failpoints`, which tests enable and
 /// release builds do not): abort the process at the n-th journal write
-/// (`PROVISIO_CRASH_AT=n`), before it reaches the store or just after it was synced
-/// (`PROVISIO_CRASH_WHEN=before|after`).
+/// (`PROVISIO_CRASH_AT=n`), before it reaches the store or just after the store took it
+/// (`PROVISIO_CRASH_WHEN=before|after`). "After" a write that was not synced (a done
+/// record, an intent waiting for its marker) loses it with whatever else was unsynced, as
+/// a kill -9 would.
 #[cfg(feature = "failpoints")]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct CrashPoint {
