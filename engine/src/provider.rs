@@ -128,6 +128,14 @@ pub trait MarkerSink: Send + Sync + fmt::Debug {
     /// engine gave the call up, or its journal failed): the call must change nothing.
     async fn mark(&self, marker: Option<Element>) -> Result<(), String>;
 
+    /// [`MarkerSink::mark`] from a provider's blocking thread (never an async runtime
+    /// worker: it blocks the thread). By default a plain executor waits on `mark`; a sink
+    /// that can write from this thread itself overrides it and spares the two hand-overs
+    /// between threads a `mark` run elsewhere costs.
+    fn mark_blocking(&self, marker: Option<Element>) -> Result<(), String> {
+        futures::executor::block_on(self.mark(marker))
+    }
+
     /// Whether the intent record is durable (a [`MarkerSink::mark`] succeeded).
     fn is_durable(&self) -> bool;
 
@@ -235,7 +243,13 @@ impl IntentBarrier {
 
     /// See [`Call::intent_durable_blocking`].
     pub fn wait_blocking(&self) -> Result<(), ProviderError> {
-        if self.pending.is_none() && self.sink.is_none() {
+        if let Some(sink) = &self.sink {
+            if sink.is_durable() {
+                return Ok(());
+            }
+            return Self::verdict(Some(sink.mark_blocking(None)));
+        }
+        if self.pending.is_none() {
             return Ok(());
         }
         // The watch channel's wait and the sink's need no runtime: a plain executor parks
@@ -256,7 +270,10 @@ impl IntentBarrier {
 
     /// See [`Call::intent_durable_with_blocking`].
     pub fn wait_with_blocking(&self, marker: Element) -> Result<(), ProviderError> {
-        futures::executor::block_on(self.wait_with(marker))
+        let Some(sink) = &self.sink else {
+            return futures::executor::block_on(self.wait_with(marker));
+        };
+        Self::verdict(Some(sink.mark_blocking(Some(marker))))
     }
 
     fn verdict(outcome: IntentResult) -> Result<(), ProviderError> {

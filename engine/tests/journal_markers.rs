@@ -39,6 +39,9 @@ type Recovered = (String, Option<Element>);
 struct Marking {
     world: PathBuf,
     opts_in: bool,
+    /// `Create` marks with `Call::intent_durable_with_blocking` on a thread of its own,
+    /// holding the thread `execute` runs on until the mark is written.
+    blocking: bool,
     store: Option<Arc<SledStore>>,
     seen: Mutex<Vec<Seen>>,
     /// What each `recover` was given: (step, journaled marker).
@@ -53,6 +56,7 @@ impl Marking {
         Marking {
             world: world.to_path_buf(),
             opts_in,
+            blocking: false,
             store: None,
             seen: Mutex::new(Vec::new()),
             recovered: Arc::default(),
@@ -159,7 +163,14 @@ impl Provider for Marking {
         }
         let journals_markers = call.journals_markers();
         let before = self.syncs();
-        if journals_markers {
+        if journals_markers && self.blocking {
+            let mark = marker(&name);
+            std::thread::scope(|s| {
+                s.spawn(|| call.intent_durable_with_blocking(mark))
+                    .join()
+                    .expect("the marking thread")
+            })?;
+        } else if journals_markers {
             call.intent_durable_with(marker(&name)).await?;
         } else {
             call.intent_durable().await?;
@@ -319,6 +330,59 @@ async fn a_durable_call_syncs_its_intent_and_marker_once_before_its_effect() {
     }
     assert_eq!(records, want);
     assert_eq!(provider.world().len(), CALLS as usize + 1);
+}
+
+/// A blocking mark is written by the thread that makes it, not by a task of the runtime:
+/// here the runtime's only thread is held by the provider while another thread marks, so a
+/// task handed to the runtime would never run (a deadlock, cut by the timeout). Written in
+/// place, each call still makes one sync for its intent and marker.
+#[test]
+fn a_blocking_mark_is_written_by_the_thread_that_waits_for_it() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let outcome = runtime.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Arc::new(SledStore::open(&dir.path().join("store")).unwrap());
+            let mut provider = Marking::new(&dir.path().join("world"), true);
+            provider.store = Some(store.clone());
+            provider.blocking = true;
+            let provider = Arc::new(provider);
+            let journal = Arc::new(DurableJournal::new(store.clone(), None, "test"));
+            let e = engine(provider.clone(), Duration::from_secs(60)).with_journal(journal.clone());
+            run(&e, &step("Create", "warm")).await;
+            const CALLS: u64 = 10;
+            let steps: String = (0..CALLS)
+                .map(|i| step("Create", &format!("f{i}")))
+                .collect();
+            let before = store.sync_count();
+            let result = run(&e, &steps).await;
+            let syncs = store.sync_count() - before;
+            let records = journaled(&journal, &result.txn_id);
+            (result.state, syncs, records, provider.world().len())
+        });
+        let _ = tx.send(outcome);
+    });
+    let (state, syncs, records, made) = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the run ended (a blocking mark waited for a runtime it held)");
+    assert_eq!(state, TxnState::Committed);
+    assert!(syncs <= 10 + 3, "{syncs} syncs for 10 calls");
+    let want: Vec<_> = (0..10)
+        .flat_map(|i| {
+            let s = format!("f{i}");
+            [
+                rec("intent", &s, None),
+                rec("marker", &s, Some(&s)),
+                rec("done", &s, None),
+            ]
+        })
+        .collect();
+    assert_eq!(records, want);
+    assert_eq!(made, 11);
 }
 
 #[tokio::test]

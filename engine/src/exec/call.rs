@@ -806,8 +806,8 @@ fn call_data_secret(call: &LeafCall<'_>, ed: &Element) -> bool {
 /// over; a mark after that fails, so the provider of a call given up changes nothing.
 struct CallMarkers {
     marks: Arc<Marks>,
-    /// Where the journal writes run: a provider's blocking thread marks from a plain
-    /// executor, outside the runtime the journal needs.
+    /// The runtime the journal's writes need: `mark` runs each as a task on it,
+    /// `mark_blocking` enters it on the provider's blocking thread.
     runtime: tokio::runtime::Handle,
 }
 
@@ -928,6 +928,16 @@ impl MarkerSink for CallMarkers {
             .spawn(async move { marks.write(marker).await })
             .await
             .unwrap_or_else(|e| Err(format!("the journal write was lost: {e}")))
+    }
+
+    /// Writes on the provider's blocking thread itself: that thread waits for the write
+    /// anyway and cannot drop it half done, so no task of its own is needed. A task on the
+    /// runtime (`mark`) would cost two hand-overs between threads a call, which were most
+    /// of what the durable journal added to a folder's creation.
+    fn mark_blocking(&self, marker: Option<Element>) -> Result<(), String> {
+        // The journal's store may start tasks of its own (a background sync).
+        let _in_runtime = self.runtime.enter();
+        futures::executor::block_on(self.marks.write(marker))
     }
 
     fn is_durable(&self) -> bool {
