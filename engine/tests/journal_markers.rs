@@ -42,6 +42,10 @@ struct Marking {
     /// `Create` marks with `Call::intent_durable_with_blocking` on a thread of its own,
     /// holding the thread `execute` runs on until the mark is written.
     blocking: bool,
+    /// The `Create` of this name waits until another call has marked (and so made this
+    /// call's intent durable with its sync), then aborts the process before its own mark:
+    /// the crash leaves an intent on the disk with no marker after it.
+    abort_unmarked: Option<String>,
     store: Option<Arc<SledStore>>,
     seen: Mutex<Vec<Seen>>,
     /// What each `recover` was given: (step, journaled marker).
@@ -57,6 +61,7 @@ impl Marking {
             world: world.to_path_buf(),
             opts_in,
             blocking: false,
+            abort_unmarked: None,
             store: None,
             seen: Mutex::new(Vec::new()),
             recovered: Arc::default(),
@@ -162,6 +167,15 @@ impl Provider for Marking {
             _ => {}
         }
         let journals_markers = call.journals_markers();
+        if self.abort_unmarked.as_deref() == Some(name.as_str()) {
+            for _ in 0..3000 {
+                if !self.seen.lock().unwrap().is_empty() {
+                    std::process::abort();
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("no other call marked");
+        }
         let before = self.syncs();
         if journals_markers && self.blocking {
             let mark = marker(&name);
@@ -220,6 +234,15 @@ procedures:
       b:
         call: Mark Provider/Create
         needs: [a]
+        with: { name: b }
+  Both:
+    access: public
+    steps:
+      a:
+        call: Mark Provider/Create
+        with: { name: a }
+      b:
+        call: Mark Provider/Create
         with: { name: b }
   ResumablePair:
     access: public
@@ -560,10 +583,15 @@ async fn marker_crash_child() {
     let dir = PathBuf::from(dir);
     let store = Arc::new(SledStore::open(&dir.join("store")).unwrap());
     let journal = Arc::new(DurableJournal::new(store, None, "test").with_failpoints_from_env());
-    let provider = Arc::new(Marking::new(&dir.join("world"), true));
-    let e = engine(provider, Duration::from_secs(20)).with_journal(journal);
-    let procedure = match std::env::var("PROVISIO_MARKER_CRASH_CASE").as_deref() {
-        Ok("resume") => "ResumablePair",
+    let mut provider = Marking::new(&dir.join("world"), true);
+    let case = std::env::var("PROVISIO_MARKER_CRASH_CASE").unwrap_or_default();
+    if case == "unmarked" {
+        provider.abort_unmarked = Some("a".into());
+    }
+    let e = engine(Arc::new(provider), Duration::from_secs(20)).with_journal(journal);
+    let procedure = match case.as_str() {
+        "resume" => "ResumablePair",
+        "unmarked" => "Both",
         _ => "Pair",
     };
     let text = format!("call: Marks/{procedure}");
@@ -684,6 +712,60 @@ async fn crash_at_any_journal_write(case: &str) {
         "{with_marker} calls recovered with a marker"
     );
     eprintln!("{case}: {with_marker} in-doubt calls recovered with a marker, {without} without");
+}
+
+/// An intent made durable by another call's sync, its own call crashed before it marked:
+/// recovery hands that call no marker (it changed nothing: a provider that journals its
+/// markers acts only once one is written), the other call its marker, and the rollback
+/// leaves nothing behind. Two calls side by side: `a` waits for `b`'s mark, then the
+/// process aborts.
+#[tokio::test]
+async fn an_intent_made_durable_by_another_calls_sync_is_recovered_without_a_marker() {
+    let dir = tempfile::tempdir().unwrap();
+    let finished = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "marker_crash_child",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("PROVISIO_MARKER_CRASH_DIR", dir.path())
+        .env("PROVISIO_MARKER_CRASH_CASE", "unmarked")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap()
+        .success();
+    assert!(!finished, "the child aborted before a's mark");
+    let store = Arc::new(SledStore::open(&dir.path().join("store")).unwrap());
+    let journal = Arc::new(DurableJournal::new(store, None, "test"));
+    let txns = provisio_engine::txn::recovery::list(&journal, None).unwrap();
+    assert_eq!(txns.len(), 1, "{txns:?}");
+    let mut records = journaled(&journal, &txns[0].id);
+    // The two intents, in whichever order the calls started, then b's marker.
+    records[..2].sort();
+    assert_eq!(
+        records,
+        [
+            rec("intent", "a", None),
+            rec("intent", "b", None),
+            rec("marker", "b", Some("b")),
+        ]
+    );
+    let provider = Arc::new(Marking::new(&dir.path().join("world"), true));
+    let e = engine(provider.clone(), Duration::from_secs(20)).with_journal(journal.clone());
+    let recovered = provisio_engine::recover(&e, &journal).await.unwrap();
+    assert_eq!(recovered.len(), 1, "{recovered:?}");
+    assert_eq!(recovered[0].to, TxnState::RolledBack, "{recovered:?}");
+    assert!(recovered[0].problems.is_empty(), "{recovered:?}");
+    let mut got = provider.recovered.lock().unwrap().clone();
+    got.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(
+        got,
+        [("a".to_string(), None), ("b".to_string(), Some(marker("b")))]
+    );
+    assert!(provider.world().is_empty(), "{:?}", provider.world());
 }
 
 /// A marker of a call whose data holds secrets is sealed with the seal key, withheld
