@@ -763,7 +763,10 @@ async fn an_intent_made_durable_by_another_calls_sync_is_recovered_without_a_mar
     got.sort_by(|x, y| x.0.cmp(&y.0));
     assert_eq!(
         got,
-        [("a".to_string(), None), ("b".to_string(), Some(marker("b")))]
+        [
+            ("a".to_string(), None),
+            ("b".to_string(), Some(marker("b")))
+        ]
     );
     assert!(provider.world().is_empty(), "{:?}", provider.world());
 }
