@@ -917,9 +917,10 @@ impl Queue {
     }
 
     /// A cancel made on another node sharing the queue asked job `id` to stop (its
-    /// `NOTIFY` on [`CANCEL_CHANNEL`]): `true` when the job runs here, and then
-    /// [`Queue::cancel_requested`] says so from now on (for its runner, should it not be
-    /// stoppable yet). `false` on sled (one process: every cancel is made here).
+    /// `NOTIFY` on `CANCEL_CHANNEL`, a constant of the `postgres` feature): `true` when the
+    /// job runs here, and then [`Queue::cancel_requested`] says so from now on (for its
+    /// runner, should it not be stoppable yet). `false` on sled (one process: every cancel
+    /// is made here).
     pub fn cancel_seen(&self, id: &str) -> bool {
         #[cfg(feature = "postgres")]
         if self.pg.is_some() {
