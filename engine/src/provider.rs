@@ -75,7 +75,7 @@ impl Call {
     }
 
     /// [`Call::intent_durable`] for code on a blocking thread (never on an async runtime
-    /// worker: it blocks the thread).
+    /// worker: it blocks the thread; the engine's sink panics there, failing the call).
     pub fn intent_durable_blocking(&self) -> Result<(), ProviderError> {
         self.intent.wait_blocking()
     }
@@ -101,7 +101,8 @@ impl Call {
     }
 
     /// [`Call::intent_durable_with`] for code on a blocking thread (never on an async
-    /// runtime worker: it blocks the thread).
+    /// runtime worker: it blocks the thread; the engine's sink panics there, failing the
+    /// call). The marker is written by this thread itself.
     pub fn intent_durable_with_blocking(&self, marker: Element) -> Result<(), ProviderError> {
         self.intent.wait_with_blocking(marker)
     }

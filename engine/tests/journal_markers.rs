@@ -42,6 +42,9 @@ struct Marking {
     /// `Create` marks with `Call::intent_durable_with_blocking` on a thread of its own,
     /// holding the thread `execute` runs on until the mark is written.
     blocking: bool,
+    /// `Create` marks with `Call::intent_durable_with_blocking` right in `execute`, on the
+    /// runtime's worker (a provider's mistake).
+    blocking_on_worker: bool,
     /// The `Create` of this name waits until another call has marked (and so made this
     /// call's intent durable with its sync), then aborts the process before its own mark:
     /// the crash leaves an intent on the disk with no marker after it.
@@ -61,6 +64,7 @@ impl Marking {
             world: world.to_path_buf(),
             opts_in,
             blocking: false,
+            blocking_on_worker: false,
             abort_unmarked: None,
             store: None,
             seen: Mutex::new(Vec::new()),
@@ -177,7 +181,9 @@ impl Provider for Marking {
             panic!("no other call marked");
         }
         let before = self.syncs();
-        if journals_markers && self.blocking {
+        if journals_markers && self.blocking_on_worker {
+            call.intent_durable_with_blocking(marker(&name))?;
+        } else if journals_markers && self.blocking {
             let mark = marker(&name);
             std::thread::scope(|s| {
                 s.spawn(|| call.intent_durable_with_blocking(mark))
@@ -406,6 +412,37 @@ fn a_blocking_mark_is_written_by_the_thread_that_waits_for_it() {
         .collect();
     assert_eq!(records, want);
     assert_eq!(made, 11);
+}
+
+/// A blocking mark made on a runtime worker (which must never block) fails the call, as a
+/// panic, instead of hanging the worker: nothing was marked, so the call is settled as not
+/// applied and the transaction rolls back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocking_mark_on_a_runtime_worker_fails_the_call_and_hangs_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SledStore::open(&dir.path().join("store")).unwrap());
+    let mut provider = Marking::new(&dir.path().join("world"), true);
+    provider.blocking_on_worker = true;
+    let provider = Arc::new(provider);
+    let journal = Arc::new(DurableJournal::new(store, None, "test"));
+    let e = engine(provider.clone(), Duration::from_secs(20)).with_journal(journal.clone());
+    let result = tokio::time::timeout(Duration::from_secs(60), run(&e, &step("Create", "w")))
+        .await
+        .expect("the run ended (a blocking mark on a worker hung it)");
+    assert_eq!(result.state, TxnState::RolledBack, "{:?}", result.failure);
+    let failure = result.failure.expect("a failure");
+    assert!(
+        failure.message.contains("panicked") && failure.message.contains("block"),
+        "{failure:?}"
+    );
+    // Each attempt (the retries a call settled as not applied gets) recovered unmarked.
+    let recovered = provider.recovered.lock().unwrap().clone();
+    assert!(!recovered.is_empty());
+    assert!(
+        recovered.iter().all(|r| *r == ("w".to_string(), None)),
+        "{recovered:?}"
+    );
+    assert!(provider.world().is_empty(), "{:?}", provider.world());
 }
 
 #[tokio::test]

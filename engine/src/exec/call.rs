@@ -934,10 +934,13 @@ impl MarkerSink for CallMarkers {
     /// anyway and cannot drop it half done, so no task of its own is needed. A task on the
     /// runtime (`mark`) would cost two hand-overs between threads a call, which were most
     /// of what the durable journal added to a folder's creation.
+    ///
+    /// The runtime's own `block_on` polls the write here, in the runtime's context (the
+    /// store may start a task: a background sync). Called on a runtime worker, which must
+    /// never block, it panics ("Cannot start a runtime from within a runtime"), and the
+    /// call fails as a panicked one, where polling in place would hang the worker for good.
     fn mark_blocking(&self, marker: Option<Element>) -> Result<(), String> {
-        // The journal's store may start tasks of its own (a background sync).
-        let _in_runtime = self.runtime.enter();
-        futures::executor::block_on(self.marks.write(marker))
+        self.runtime.block_on(self.marks.write(marker))
     }
 
     fn is_durable(&self) -> bool {
