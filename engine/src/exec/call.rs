@@ -807,7 +807,7 @@ fn call_data_secret(call: &LeafCall<'_>, ed: &Element) -> bool {
 struct CallMarkers {
     marks: Arc<Marks>,
     /// The runtime the journal's writes need: `mark` runs each as a task on it,
-    /// `mark_blocking` enters it on the provider's blocking thread.
+    /// `mark_blocking` polls it with its `block_on` on the provider's blocking thread.
     runtime: tokio::runtime::Handle,
 }
 
@@ -938,7 +938,9 @@ impl MarkerSink for CallMarkers {
     /// The runtime's own `block_on` polls the write here, in the runtime's context (the
     /// store may start a task: a background sync). Called on a runtime worker, which must
     /// never block, it panics ("Cannot start a runtime from within a runtime"), and the
-    /// call fails as a panicked one, where polling in place would hang the worker for good.
+    /// call fails as a panicked one, where polling in place with another executor would
+    /// block the worker (on a one-thread runtime, for good: the store's sync waits for
+    /// tasks that worker should run).
     fn mark_blocking(&self, marker: Option<Element>) -> Result<(), String> {
         self.runtime.block_on(self.marks.write(marker))
     }
