@@ -939,8 +939,8 @@ impl MarkerSink for CallMarkers {
     /// store may start a task: a background sync). Called on a runtime worker, which must
     /// never block, it panics ("Cannot start a runtime from within a runtime"), and the
     /// call fails as a panicked one, where polling in place with another executor would
-    /// block the worker (on a one-thread runtime, for good: the store's sync waits for
-    /// tasks that worker should run).
+    /// block the worker (and on a one-thread runtime hang it: the store's sync first yields
+    /// to the other tasks of the worker it is holding).
     fn mark_blocking(&self, marker: Option<Element>) -> Result<(), String> {
         self.runtime.block_on(self.marks.write(marker))
     }
