@@ -291,7 +291,7 @@ async fn run(engine: &Engine, steps: &str) -> provisio_engine::TxnResult {
 }
 
 /// The records of a transaction as `(kind, step, marker path)`, in journal order.
-fn journaled(journal: &DurableJournal, id: &TxnId) -> Vec<(String, String, Option<String>)> {
+fn journaled(journal: &DurableJournal, id: &TxnId) -> Vec<Rec> {
     provisio_engine::txn::recovery::records(journal, id)
         .unwrap()
         .into_iter()
@@ -314,93 +314,56 @@ fn journaled(journal: &DurableJournal, id: &TxnId) -> Vec<(String, String, Optio
         .collect()
 }
 
-fn rec(kind: &str, step: &str, path: Option<&str>) -> (String, String, Option<String>) {
+fn rec(kind: &str, step: &str, path: Option<&str>) -> Rec {
     (kind.into(), step.into(), path.map(str::to_string))
 }
 
-#[tokio::test]
-async fn a_durable_call_syncs_its_intent_and_marker_once_before_its_effect() {
+/// A journal record as `journaled` gives it.
+type Rec = (String, String, Option<String>);
+
+/// What `run_marked` saw: the run's result, the store's syncs during it, the journal's
+/// records of it, the provider and the folder holding its world.
+struct MarkedRun {
+    result: provisio_engine::TxnResult,
+    syncs: u64,
+    records: Vec<Rec>,
+    provider: Arc<Marking>,
+    _dir: tempfile::TempDir,
+}
+
+/// Runs `calls` creations `f0`, `f1`, … in one transaction (after a one-call warm-up, the
+/// store's first writes) on a durable sled journal, the provider marking each (`blocking`:
+/// from a thread of its own, holding the one `execute` runs on).
+async fn run_marked(calls: u64, blocking: bool) -> MarkedRun {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SledStore::open(&dir.path().join("store")).unwrap());
     let mut provider = Marking::new(&dir.path().join("world"), true);
     provider.store = Some(store.clone());
+    provider.blocking = blocking;
     let provider = Arc::new(provider);
     let journal = Arc::new(DurableJournal::new(store.clone(), None, "test"));
-    let e = engine(provider.clone(), Duration::from_secs(20)).with_journal(journal.clone());
-    // Warm up (the store's first writes), then count.
+    let e = engine(provider.clone(), Duration::from_secs(60)).with_journal(journal.clone());
     run(&e, &step("Create", "warm")).await;
-    const CALLS: u64 = 20;
-    let steps: String = (0..CALLS)
+    let steps: String = (0..calls)
         .map(|i| step("Create", &format!("f{i}")))
         .collect();
     let before = store.sync_count();
     let result = run(&e, &steps).await;
     let syncs = store.sync_count() - before;
-    assert_eq!(result.state, TxnState::Committed, "{:?}", result.failure);
-    // One sync a call (intent and marker together), the final state's, and room for a
-    // checkpoint's (two syncs a call would be 40).
-    assert!(
-        syncs <= CALLS + 3,
-        "{syncs} syncs for {CALLS} calls: more than one a call"
-    );
-    for seen in provider.seen.lock().unwrap().iter() {
-        assert!(seen.journals_markers, "{seen:?}");
-        let (before, after) = seen.syncs.unwrap();
-        assert!(after > before, "the marker was not synced: {seen:?}");
-    }
-    // Each call's marker is after its intent and before its outcome.
     let records = journaled(&journal, &result.txn_id);
-    let mut want = Vec::new();
-    for i in 0..CALLS {
-        let s = format!("f{i}");
-        want.push(rec("intent", &s, None));
-        want.push(rec("marker", &s, Some(&s)));
-        want.push(rec("done", &s, None));
+    MarkedRun {
+        result,
+        syncs,
+        records,
+        provider,
+        _dir: dir,
     }
-    assert_eq!(records, want);
-    assert_eq!(provider.world().len(), CALLS as usize + 1);
 }
 
-/// A blocking mark is written by the thread that makes it, not by a task of the runtime:
-/// here the runtime's only thread is held by the provider while another thread marks, so a
-/// task handed to the runtime would never run (a deadlock, cut by the timeout). Written in
-/// place, each call still makes one sync for its intent and marker.
-#[test]
-fn a_blocking_mark_is_written_by_the_thread_that_waits_for_it() {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let outcome = runtime.block_on(async {
-            let dir = tempfile::tempdir().unwrap();
-            let store = Arc::new(SledStore::open(&dir.path().join("store")).unwrap());
-            let mut provider = Marking::new(&dir.path().join("world"), true);
-            provider.store = Some(store.clone());
-            provider.blocking = true;
-            let provider = Arc::new(provider);
-            let journal = Arc::new(DurableJournal::new(store.clone(), None, "test"));
-            let e = engine(provider.clone(), Duration::from_secs(60)).with_journal(journal.clone());
-            run(&e, &step("Create", "warm")).await;
-            const CALLS: u64 = 10;
-            let steps: String = (0..CALLS)
-                .map(|i| step("Create", &format!("f{i}")))
-                .collect();
-            let before = store.sync_count();
-            let result = run(&e, &steps).await;
-            let syncs = store.sync_count() - before;
-            let records = journaled(&journal, &result.txn_id);
-            (result.state, syncs, records, provider.world().len())
-        });
-        let _ = tx.send(outcome);
-    });
-    let (state, syncs, records, made) = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the run ended (a blocking mark waited for a runtime it held)");
-    assert_eq!(state, TxnState::Committed);
-    assert!(syncs <= 10 + 3, "{syncs} syncs for 10 calls");
-    let want: Vec<_> = (0..10)
+/// The records of `calls` creations marked and done one after another: each call's marker
+/// after its intent and before its outcome.
+fn marked_calls(calls: u64) -> Vec<Rec> {
+    (0..calls)
         .flat_map(|i| {
             let s = format!("f{i}");
             [
@@ -409,9 +372,59 @@ fn a_blocking_mark_is_written_by_the_thread_that_waits_for_it() {
                 rec("done", &s, None),
             ]
         })
-        .collect();
-    assert_eq!(records, want);
-    assert_eq!(made, 11);
+        .collect()
+}
+
+#[tokio::test]
+async fn a_durable_call_syncs_its_intent_and_marker_once_before_its_effect() {
+    const CALLS: u64 = 20;
+    let run = run_marked(CALLS, false).await;
+    assert_eq!(
+        run.result.state,
+        TxnState::Committed,
+        "{:?}",
+        run.result.failure
+    );
+    // One sync a call (intent and marker together), the final state's, and room for a
+    // checkpoint's (two syncs a call would be 40).
+    let syncs = run.syncs;
+    assert!(
+        syncs <= CALLS + 3,
+        "{syncs} syncs for {CALLS} calls: more than one a call"
+    );
+    for seen in run.provider.seen.lock().unwrap().iter() {
+        assert!(seen.journals_markers, "{seen:?}");
+        let (before, after) = seen.syncs.unwrap();
+        assert!(after > before, "the marker was not synced: {seen:?}");
+    }
+    assert_eq!(run.records, marked_calls(CALLS));
+    assert_eq!(run.provider.world().len(), CALLS as usize + 1);
+}
+
+/// A blocking mark is written by the thread that makes it, not by a task of the runtime:
+/// here the runtime's only thread is held by the provider while another thread marks, so a
+/// task handed to the runtime would never run (a deadlock, cut by the timeout). Written in
+/// place, each call still makes one sync for its intent and marker.
+#[test]
+fn a_blocking_mark_is_written_by_the_thread_that_waits_for_it() {
+    const CALLS: u64 = 10;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let run = runtime.block_on(run_marked(CALLS, true));
+        let made = run.provider.world().len();
+        let _ = tx.send((run.result.state, run.syncs, run.records, made));
+    });
+    let (state, syncs, records, made) = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the run ended (a blocking mark waited for a runtime it held)");
+    assert_eq!(state, TxnState::Committed);
+    assert!(syncs <= CALLS + 3, "{syncs} syncs for {CALLS} calls");
+    assert_eq!(records, marked_calls(CALLS));
+    assert_eq!(made, CALLS as usize + 1);
 }
 
 /// A blocking mark made on a runtime worker (which must never block) fails the call, as a
@@ -637,9 +650,20 @@ async fn marker_crash_child() {
     std::process::exit(0);
 }
 
-/// Whether the crash child ran to its end.
+/// Whether the crash child ran to its end, aborted at journal write `n` (`when`).
 fn crash_child_at(dir: &Path, case: &str, n: u32, when: &str) -> bool {
-    std::process::Command::new(std::env::current_exe().unwrap())
+    crash_child(dir, case)
+        .env("PROVISIO_CRASH_AT", n.to_string())
+        .env("PROVISIO_CRASH_WHEN", when)
+        .status()
+        .unwrap()
+        .success()
+}
+
+/// The crash child of `case` on the journal in `dir`, its output discarded.
+fn crash_child(dir: &Path, case: &str) -> std::process::Command {
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap());
+    child
         .args([
             "--exact",
             "marker_crash_child",
@@ -649,13 +673,9 @@ fn crash_child_at(dir: &Path, case: &str, n: u32, when: &str) -> bool {
         ])
         .env("PROVISIO_MARKER_CRASH_DIR", dir)
         .env("PROVISIO_MARKER_CRASH_CASE", case)
-        .env("PROVISIO_CRASH_AT", n.to_string())
-        .env("PROVISIO_CRASH_WHEN", when)
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap()
-        .success()
+        .stderr(std::process::Stdio::null());
+    child
 }
 
 /// The process is aborted at every journal write, before and after the write reaches the
@@ -759,18 +779,7 @@ async fn crash_at_any_journal_write(case: &str) {
 #[tokio::test]
 async fn an_intent_made_durable_by_another_calls_sync_is_recovered_without_a_marker() {
     let dir = tempfile::tempdir().unwrap();
-    let finished = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "marker_crash_child",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("PROVISIO_MARKER_CRASH_DIR", dir.path())
-        .env("PROVISIO_MARKER_CRASH_CASE", "unmarked")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+    let finished = crash_child(dir.path(), "unmarked")
         .status()
         .unwrap()
         .success();
