@@ -865,15 +865,19 @@ async fn wait_for(d: &Daemon, id: &str, wait: Duration) -> Result<Option<Job>, A
     // Several daemons on one database: the daemon that runs it forwards its events here.
     super::remote::watch(d, id);
     let deadline = tokio::time::Instant::now() + wait;
+    let not_found = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no request `{id}`"),
+        )
+    };
     loop {
-        let job = d.queue.get(id)?.ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("no request `{id}`"),
-            )
-        })?;
-        if job.state.is_final() {
+        // Its state alone until it ends (on PostgreSQL the job's body, the request with it,
+        // is not read at every look), then the whole job once.
+        let state = d.queue.state_of(id)?.ok_or_else(not_found)?;
+        if state.is_final() {
+            let job = d.queue.get(id)?.ok_or_else(not_found)?;
             d.hub.close(id);
             return Ok(Some(job));
         }

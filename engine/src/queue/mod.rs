@@ -1012,6 +1012,17 @@ impl Queue {
             .transpose()
     }
 
+    /// The state of job `id`, `None` for no such job: on PostgreSQL a read of its state
+    /// alone, not of its body (the request, up to 64 MiB); on sled, as [`Queue::get`] (a
+    /// local read).
+    pub fn state_of(&self, id: &str) -> Result<Option<JobState>, QueueError> {
+        #[cfg(feature = "postgres")]
+        if let Some(pg) = &self.pg {
+            return pg.state_of(id);
+        }
+        Ok(self.get(id)?.map(|job| job.state))
+    }
+
     fn must_get(&self, id: &str) -> Result<Job, QueueError> {
         self.get(id)?
             .ok_or_else(|| QueueError::NotFound(id.to_string()))

@@ -382,6 +382,35 @@ fn a_cancel_of_a_running_job_is_seen_by_its_runner() {
     });
 }
 
+/// `state_of` (what a `?wait` reads until the job ends) says what the whole job says, at
+/// every stage, and `None` for no such job.
+#[test]
+fn a_jobs_state_alone_follows_it_to_its_end() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let q = open(dir.path());
+    let both = |id: &str| {
+        let alone = q.state_of(id).expect("state_of");
+        let whole = q.get(id).expect("get").map(|j| j.state);
+        assert_eq!(alone, whole, "{id}");
+        alone
+    };
+    rt().block_on(async {
+        let id = q.submit(job("A/B"), 1).await.expect("submit").job.id;
+        let other = q.submit(job("A/C"), 1).await.expect("submit").job.id;
+        assert_eq!(both(&id), Some(JobState::Queued));
+        let j = q.claim(2, LEASE).await.expect("claim").expect("job");
+        assert_eq!(j.id, id);
+        assert_eq!(both(&id), Some(JobState::Running));
+        q.finish_attempt(&id, j.attempts, done(), 3)
+            .await
+            .expect("finish");
+        assert_eq!(both(&id), Some(JobState::Succeeded));
+        q.cancel(&other, 4).await.expect("cancel");
+        assert_eq!(both(&other), Some(JobState::Cancelled));
+        assert_eq!(both("no-such-job"), None);
+    });
+}
+
 #[test]
 fn transient_failures_back_off_then_die_and_an_operator_requeues() {
     let dir = tempfile::tempdir().expect("tempdir");
