@@ -819,6 +819,10 @@ fn child_of(mode: &str, args: &[&str]) -> Result<String> {
 }
 
 fn main() -> Result<()> {
+    // As the binary does (`no_huge_pages` in src/main.rs): mimalloc's freed pages would
+    // fault back in as zeroed 2 MiB pages.
+    #[cfg(all(target_os = "linux", not(feature = "system-alloc")))]
+    let _ = rustix::thread::disable_transparent_huge_pages(true);
     let args: Vec<String> = std::env::args().skip(1).collect();
     let rt = || {
         tokio::runtime::Builder::new_multi_thread()

@@ -245,6 +245,36 @@ pub(crate) struct Daemon {
     pub(crate) log: Arc<Mutex<String>>,
 }
 
+/// The `THP_enabled` line of process `pid`'s status (`None`: no such line, an old kernel).
+fn thp_enabled(pid: u32) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("THP_enabled:"))
+        .map(|v| v.trim().to_string())
+}
+
+/// The processes whose parent is `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|child| {
+            // `stat`: "pid (comm) state ppid …"; comm may hold spaces, the last ')' ends it.
+            std::fs::read_to_string(format!("/proc/{child}/stat"))
+                .ok()
+                .and_then(|st| {
+                    let rest = &st[st.rfind(')')? + 1..];
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(pid)
+        })
+        .collect()
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -778,6 +808,32 @@ fn cancel_stops_a_running_request_and_a_queued_one_never_starts() {
     assert_eq!(again.status, 409, "{again:?}");
     assert_eq!(d.status(ALICE, &second).body["state"], "cancelled");
     assert!(site.accounts().is_empty(), "{:?}", site.accounts());
+}
+
+/// The daemon runs without transparent huge pages (mimalloc's freed pages would fault back
+/// in as zeroed 2 MiB pages: `no_huge_pages` in src/main.rs), and so do the providers it
+/// starts, which inherit the flag.
+#[test]
+fn the_daemon_and_the_providers_it_starts_run_without_transparent_huge_pages() {
+    if !python() {
+        return;
+    }
+    if thp_enabled(std::process::id()).is_none() {
+        eprintln!("skipped: this kernel reports no THP_enabled");
+        return;
+    }
+    let site = Site::new(0);
+    let mut d = site.start();
+    // A request, so that the provider's process runs.
+    let a = d.submit(ALICE, &customer("ann"), "?wait=20s", &[]);
+    assert_eq!(a.status, 200, "{a:?}");
+    let daemon = d.child.id();
+    assert_eq!(thp_enabled(daemon).as_deref(), Some("0"));
+    let providers = children_of(daemon);
+    assert!(!providers.is_empty(), "the Ledger provider's process");
+    for p in providers {
+        assert_eq!(thp_enabled(p).as_deref(), Some("0"), "provider process {p}");
+    }
 }
 
 #[test]
