@@ -823,7 +823,7 @@ fn the_daemon_and_the_providers_it_starts_run_without_transparent_huge_pages() {
         return;
     }
     let site = Site::new(0);
-    let mut d = site.start();
+    let d = site.start();
     // A request, so that the provider's process runs.
     let a = d.submit(ALICE, &customer("ann"), "?wait=20s", &[]);
     assert_eq!(a.status, 200, "{a:?}");
