@@ -1910,6 +1910,33 @@ mod tests {
         store.write(batch, true).await.expect("written");
     }
 
+    /// A store in `dir` holding `summaries`, indexed and closed cleanly (the listing built).
+    async fn seeded(dir: &Path, summaries: &[TxnSummary]) {
+        let store = crate::SledStore::open(dir).expect("opens");
+        put(&store, summaries, None).await;
+        super::super::index::ensure(&store).await.expect("indexed");
+        store.close();
+    }
+
+    /// Opens the store in `dir` as a command that only reads (as `tx list` after a crash)
+    /// and closes it: a catch-up of the listing, never a rebuild.
+    fn close_as_reader(dir: &Path) {
+        let reader = crate::SledStore::open(dir).expect("opens");
+        reader.leave_listing_rebuild_to_writers();
+        reader.close();
+    }
+
+    /// Runs the test `name` of this binary again in a child with `child_env` set to `dir`
+    /// (the child's half of a crash test), and checks it aborted.
+    fn abort_in_child(name: &str, child_env: &str, dir: &Path) {
+        let status = std::process::Command::new(std::env::current_exe().expect("this test"))
+            .args(["--exact", name, "--nocapture"])
+            .env(child_env, dir)
+            .status()
+            .expect("the child runs");
+        assert_eq!(status.code(), None, "the child aborts: {status:?}");
+    }
+
     /// The listing answers every query as the store's own index does, after each kind of
     /// clean close: a first build, a session's changes appended, a compaction.
     async fn same_as_the_index(dir: &Path) {
@@ -2042,10 +2069,7 @@ mod tests {
         assert_eq!(all.items.len(), 300);
 
         // A reader of good files: they stay good (the marker follows its close).
-        let reader = crate::SledStore::open(&dir).expect("opens");
-        reader.leave_listing_rebuild_to_writers();
-        reader.close();
-        drop(reader);
+        close_as_reader(&dir);
         assert_eq!(list(&dir, &q).expect("still answers"), all);
 
         // Files nothing describes (no marker, no base: as a store from before the base
@@ -2063,10 +2087,7 @@ mod tests {
         assert!(read_marker(&dir).is_none(), "no rebuild by a reader");
         assert!(matches!(list(&dir, &q), Err(ListingError::Unavailable(_))));
         // Twice: still nothing built, still the sled answer.
-        let reader = crate::SledStore::open(&dir).expect("opens");
-        reader.leave_listing_rebuild_to_writers();
-        reader.close();
-        drop(reader);
+        close_as_reader(&dir);
         assert!(read_marker(&dir).is_none(), "no rebuild by a reader");
 
         // The next writer's close rebuilds, with its own change in.
@@ -2245,10 +2266,7 @@ mod tests {
         .await;
         crashing(&dir, |store| async move { store }).await;
         // A reader closing after a crash catches up too (it costs what changed).
-        let reader = crate::SledStore::open(&dir).expect("opens");
-        reader.leave_listing_rebuild_to_writers();
-        reader.close();
-        drop(reader);
+        close_as_reader(&dir);
         let marker = read_marker(&dir).expect("a reader caught up");
         assert_eq!(
             (marker.count, marker.changes),
@@ -2271,10 +2289,7 @@ mod tests {
             store
         })
         .await;
-        let reader = crate::SledStore::open(&dir).expect("opens");
-        reader.leave_listing_rebuild_to_writers();
-        reader.close();
-        drop(reader);
+        close_as_reader(&dir);
         let marker = read_marker(&dir).expect("a reader caught up from the removal log");
         assert_eq!(
             (marker.count, marker.changes),
@@ -2309,10 +2324,7 @@ mod tests {
             store
         })
         .await;
-        let reader = crate::SledStore::open(&dir).expect("opens");
-        reader.leave_listing_rebuild_to_writers();
-        reader.close();
-        drop(reader);
+        close_as_reader(&dir);
         assert!(read_marker(&dir).is_none(), "no rebuild by a reader");
         let writer = crate::SledStore::open(&dir).expect("opens");
         put(&writer, &[recent(1400, TxnState::Running, 0)], None).await;
@@ -2325,10 +2337,7 @@ mod tests {
         // That marker lost before any open (a power cut: it is not synced): the base written
         // beside it lets a reader catch up.
         std::fs::remove_file(dir.join(MARKER_FILE)).expect("marker removed");
-        let reader = crate::SledStore::open(&dir).expect("opens");
-        reader.leave_listing_rebuild_to_writers();
-        reader.close();
-        drop(reader);
+        close_as_reader(&dir);
         let caught_up = read_marker(&dir).expect("a reader caught up");
         assert_eq!(
             (caught_up.snapshot_len, caught_up.count, caught_up.changes),
@@ -2345,7 +2354,6 @@ mod tests {
     async fn a_close_cut_short_after_its_delta_append_is_caught_up() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().join("journal");
-        let store = crate::SledStore::open(&dir).expect("opens");
         let first: Vec<TxnSummary> = (0..400)
             .map(|n| {
                 summary(
@@ -2358,10 +2366,7 @@ mod tests {
                 )
             })
             .collect();
-        put(&store, &first, None).await;
-        super::super::index::ensure(&store).await.expect("indexed");
-        store.close();
-        drop(store);
+        seeded(&dir, &first).await;
         let base = std::fs::read(dir.join(BASE_FILE)).expect("a base beside the marker");
         let delta_before = std::fs::metadata(dir.join(DELTA_FILE))
             .expect("delta")
@@ -2402,10 +2407,7 @@ mod tests {
             ),
             Err(ListingError::Unavailable(_))
         ));
-        let reader = crate::SledStore::open(&dir).expect("opens");
-        reader.leave_listing_rebuild_to_writers();
-        reader.close();
-        drop(reader);
+        close_as_reader(&dir);
         let marker = read_marker(&dir).expect("caught up");
         assert_eq!(marker.count, 400, "not rebuilt: {marker:?}");
         same_as_the_index(&dir).await;
@@ -2453,12 +2455,7 @@ mod tests {
         let mut held: std::collections::BTreeMap<u64, TxnSummary> =
             (0..800).map(|n| (n, first[n as usize].clone())).collect();
         let n_of = |s: &TxnSummary| s.id.as_str()[24..].parse::<u64>().expect("n");
-        rt.block_on(async {
-            let store = crate::SledStore::open(&dir).expect("opens");
-            put(&store, &first, None).await;
-            super::super::index::ensure(&store).await.expect("indexed");
-            store.close();
-        });
+        rt.block_on(seeded(&dir, &first));
         assert_eq!(read_marker(&dir).expect("a marker").count, 800);
 
         // A crash (no removal in it), then a run that prunes and closes cleanly.
@@ -2489,27 +2486,18 @@ mod tests {
         assert_listing_is(&dir, &held, 0);
 
         // A holder prunes and dies with the removals in the write-ahead log only.
-        let status = std::process::Command::new(std::env::current_exe().expect("this test"))
-            .args([
-                "--exact",
-                "txn::listing::tests::a_prune_after_a_crash_is_caught_up_not_rebuilt",
-                "--nocapture",
-            ])
-            .env(CHILD, &dir)
-            .status()
-            .expect("the child runs");
-        assert_eq!(status.code(), None, "the child aborts: {status:?}");
+        abort_in_child(
+            "txn::listing::tests::a_prune_after_a_crash_is_caught_up_not_rebuilt",
+            CHILD,
+            &dir,
+        );
         assert!(read_marker(&dir).is_none(), "the child took the marker");
         for s in &by_the_crashed_holder {
             held.remove(&n_of(s));
         }
         // The next holder only reads (as `tx list` after a crash): it catches up, where a
         // rebuild would be left to a writer (no marker at all).
-        rt.block_on(async {
-            let reader = crate::SledStore::open(&dir).expect("opens");
-            reader.leave_listing_rebuild_to_writers();
-            reader.close();
-        });
+        rt.block_on(async { close_as_reader(&dir) });
         let caught_up = read_marker(&dir).expect("caught up by a reader");
         assert_eq!(caught_up.count, 800, "not rebuilt: {caught_up:?}");
         assert!(caught_up.changes > marker.changes, "{caught_up:?}");
@@ -2557,25 +2545,15 @@ mod tests {
         }
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().join("journal");
-        rt.block_on(async {
-            let store = crate::SledStore::open(&dir).expect("opens");
-            put(&store, &first, None).await;
-            super::super::index::ensure(&store).await.expect("indexed");
-            store.close();
-        });
+        rt.block_on(seeded(&dir, &first));
         let marker = read_marker(&dir).expect("a marker");
         assert_eq!(marker.count, 900);
 
-        let status = std::process::Command::new(std::env::current_exe().expect("this test"))
-            .args([
-                "--exact",
-                "txn::listing::tests::a_prune_that_reached_sled_before_a_crash_is_caught_up_not_rebuilt",
-                "--nocapture",
-            ])
-            .env(CHILD, &dir)
-            .status()
-            .expect("the child runs");
-        assert_eq!(status.code(), None, "the child aborts: {status:?}");
+        abort_in_child(
+            "txn::listing::tests::a_prune_that_reached_sled_before_a_crash_is_caught_up_not_rebuilt",
+            CHILD,
+            &dir,
+        );
         assert!(read_marker(&dir).is_none(), "the child took the marker");
         // What is kept: every unfinished one, and the newest `keep` finished ones (by finish
         // time: `updated_ms` grows with n).
@@ -2592,11 +2570,7 @@ mod tests {
         assert_eq!(held.len(), 900 - 450 + keep);
 
         // The next holder only reads (`tx list` after a crash): it catches up.
-        rt.block_on(async {
-            let reader = crate::SledStore::open(&dir).expect("opens");
-            reader.leave_listing_rebuild_to_writers();
-            reader.close();
-        });
+        rt.block_on(async { close_as_reader(&dir) });
         let caught_up = read_marker(&dir).expect("caught up by a reader");
         assert_eq!(caught_up.count, 900, "not rebuilt: {caught_up:?}");
         assert_eq!(
@@ -2627,14 +2601,10 @@ mod tests {
     async fn removals_past_the_logs_bound_send_the_listing_to_a_rebuild() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().join("journal");
-        let store = crate::SledStore::open(&dir).expect("opens");
         let first: Vec<TxnSummary> = (0..(MAX_LOGGED as u64 + 600))
             .map(|n| summary(n, TxnState::Committed))
             .collect();
-        put(&store, &first, None).await;
-        super::super::index::ensure(&store).await.expect("indexed");
-        store.close();
-        drop(store);
+        seeded(&dir, &first).await;
         let gone: Vec<TxnSummary> = first[..MAX_LOGGED + 1].to_vec();
         crashing(&dir, |store| {
             let gone = gone.clone();
@@ -2646,10 +2616,7 @@ mod tests {
             }
         })
         .await;
-        let reader = crate::SledStore::open(&dir).expect("opens");
-        reader.leave_listing_rebuild_to_writers();
-        reader.close();
-        drop(reader);
+        close_as_reader(&dir);
         assert!(
             read_marker(&dir).is_none(),
             "no catch-up, no rebuild by a reader"

@@ -364,6 +364,12 @@ fn pending_files(root: &Path) -> Vec<std::ffi::OsString> {
         .unwrap_or_default()
 }
 
+/// No intent marker of the provider's own is on the disk (the engine journaled them).
+fn assert_no_pending_file(root: &Path) {
+    let left = pending_files(root);
+    assert!(left.is_empty(), "pending files: {left:?}");
+}
+
 fn undo_paths(undo: &Element, name: &str) -> Vec<String> {
     undo.elements()
         .filter(|e| e.local_name() == name)
@@ -407,11 +413,7 @@ async fn create_folder_with_a_sink_journals_its_marker_instead_of_a_pending_file
         vec![false],
         "a parent was made before the marker was journaled"
     );
-    assert!(
-        pending_files(&root).is_empty(),
-        "{:?}",
-        pending_files(&root)
-    );
+    assert_no_pending_file(&root);
 
     drop(p);
     let restarted = FilesystemProvider::new(root.clone()).expect("restarted");
@@ -431,11 +433,7 @@ async fn create_folder_with_a_sink_journals_its_marker_instead_of_a_pending_file
         .await
         .expect("rolled back");
     assert!(!root.join("a").exists(), "the parents the call made stayed");
-    assert!(
-        pending_files(&root).is_empty(),
-        "{:?}",
-        pending_files(&root)
-    );
+    assert_no_pending_file(&root);
 }
 
 /// A journaled marker of a call that did not get to its change (the folder is not there):
@@ -462,11 +460,7 @@ async fn a_journaled_marker_without_its_change_is_not_applied() {
     );
     // Neither a journaled marker nor a pending one: the call never got past its checks.
     assert_eq!(p.recover(&recovered(c, None)).await.expect("recover"), None);
-    assert!(
-        pending_files(&root).is_empty(),
-        "{:?}",
-        pending_files(&root)
-    );
+    assert_no_pending_file(&root);
 }
 
 /// A parent made by another call between CreateFolder's look and its create narrows the
@@ -543,11 +537,7 @@ async fn create_folder_whose_journaled_marker_failed_changes_nothing() {
     let e = p.execute(c.clone()).await.expect_err("not applied");
     assert!(e.to_string().contains("the journal's disk is full"), "{e}");
     assert!(!root.join("a").exists(), "a parent was made");
-    assert!(
-        pending_files(&root).is_empty(),
-        "{:?}",
-        pending_files(&root)
-    );
+    assert_no_pending_file(&root);
     assert_eq!(p.recover(&recovered(c, None)).await.expect("recover"), None);
 }
 
@@ -656,11 +646,7 @@ async fn move_write_quota_and_permissions_journal_their_markers() {
             "{what}"
         );
     }
-    assert!(
-        pending_files(&root).is_empty(),
-        "{:?}",
-        pending_files(&root)
-    );
+    assert_no_pending_file(&root);
 }
 
 /// A journaled marker that does not decode: recovery says it cannot tell, it does not
@@ -738,11 +724,7 @@ async fn an_overwrite_journals_its_marker_before_it_touches_the_old_file() {
         [super::records::Marker::OverwriteFile { bytes: 4, .. }]
     ));
     assert_eq!(*sink.seen_at_mark.lock().expect("seen"), vec![false]);
-    assert!(
-        pending_files(&root).is_empty(),
-        "{:?}",
-        pending_files(&root)
-    );
+    assert_no_pending_file(&root);
     let undo = p
         .recover(&recovered(c.clone(), sink.last()))
         .await
@@ -775,11 +757,7 @@ async fn a_stage_journals_its_marker_and_its_commit_keeps_the_pending_one() {
         }]
     ));
     assert_eq!(*sink.seen_at_mark.lock().expect("seen"), vec![false]);
-    assert!(
-        pending_files(&root).is_empty(),
-        "{:?}",
-        pending_files(&root)
-    );
+    assert_no_pending_file(&root);
     let undo = p
         .recover(&recovered(c.clone(), sink.last()))
         .await
