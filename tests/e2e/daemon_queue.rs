@@ -502,31 +502,33 @@ fn a_job_claimed_again_while_its_stalled_runner_is_still_in_it_runs_once() {
 /// crash leaves and the restart must remove. CreateFolder keeps its marker in the engine's
 /// journal instead and leaves no such file (`a_daemon_killed_in_a_create_folder_leaves_no_intent_file`).
 fn folder_job_killed_at(n: u32) -> (serde_json::Value, Vec<String>) {
-    let site = Site::new(0);
-    std::fs::create_dir_all(site.path("data/files/template")).expect("the copy's source");
-    std::fs::write(
-        site.path("ns/folders.yaml"),
-        r#"
-namespace: Folders
-procedures:
-  Make:
-    access: public
-    inputs:
-      name: { type: string, required: true }
-    steps:
-      make:
-        call: Filesystem Provider/CopyDirectory
+    let site = folders_site(
+        r#"call: Filesystem Provider/CopyDirectory
         with:
           dirName: template
           newName: "{{ data.name }}"
           sourcePath: { "@path": "." }
-          destPath: { "@path": "." }
-"#,
-    )
-    .expect("write ns");
+          destPath: { "@path": "." }"#,
+    );
+    std::fs::create_dir_all(site.path("data/files/template")).expect("the copy's source");
     let (done, after_crash, left) = job_killed_at(&site, n);
     assert_eq!(after_crash.len(), 1, "the crash left the intent file");
     (done, left)
+}
+
+/// A site whose procedure `Folders/Make` (input `name`) is the one step `make`, its body
+/// `step` (YAML at the step's indentation, first line unindented).
+fn folders_site(step: &str) -> Site {
+    let site = Site::new(0);
+    std::fs::write(
+        site.path("ns/folders.yaml"),
+        format!(
+            "namespace: Folders\nprocedures:\n  Make:\n    access: public\n    inputs:\n      \
+             name: {{ type: string, required: true }}\n    steps:\n      make:\n        {step}\n"
+        ),
+    )
+    .expect("write ns");
+    site
 }
 
 /// Runs the first job of `site` (its `Folders/Make` with name `made`) in a daemon aborted
@@ -569,23 +571,10 @@ fn a_daemon_killed_in_a_create_folder_leaves_no_intent_file() {
     if !python() {
         return;
     }
-    let site = Site::new(0);
-    std::fs::write(
-        site.path("ns/folders.yaml"),
-        r#"
-namespace: Folders
-procedures:
-  Make:
-    access: public
-    inputs:
-      name: { type: string, required: true }
-    steps:
-      make:
-        call: Filesystem Provider/CreateFolder
-        with: { path: "{{ data.name }}" }
-"#,
-    )
-    .expect("write ns");
+    let site = folders_site(
+        r#"call: Filesystem Provider/CreateFolder
+        with: { path: "{{ data.name }}" }"#,
+    );
     let (done, after_crash, left) = job_killed_at(&site, 3);
     assert!(after_crash.is_empty(), "intent files: {after_crash:?}");
     assert_eq!(done["state"], "succeeded", "{done}");
