@@ -117,11 +117,11 @@ impl Engine {
                     && self.journal.keeps_markers()
                     && call.provider.journals_markers(&request)
                 {
-                    self.journal_intent(&call, &context, &ed, false).await?;
+                    let sealed = self.journal_intent(&call, &context, &ed, false).await?;
                     let markers = Arc::new(CallMarkers::new(
                         self.journal.clone(),
                         context.clone(),
-                        call_data_secret(&call, &ed),
+                        sealed,
                         &call.txn.redactor,
                     ));
                     request.intent = IntentBarrier::with_sink(markers.clone());
@@ -156,7 +156,7 @@ impl Engine {
                                 .journal_intent(&call, &context, &ed, intent_is_durable(&call))
                                 .await;
                             gate.open(match &written {
-                                Ok(()) => Ok(()),
+                                Ok(_) => Ok(()),
                                 Err(f) => Err(f.message.clone()),
                             });
                             written
@@ -463,14 +463,15 @@ impl Engine {
     /// Journals that the call is about to be made: `durable` before the call's first side
     /// effect, unless it is a read or the provider's effects are all in its provider state
     /// (see [`intent_is_durable`]), or the call's marker sink makes it durable (see
-    /// [`CallMarkers`]).
+    /// [`CallMarkers`]). Returns whether the call's data was sealed (a secret), which its
+    /// markers follow.
     async fn journal_intent(
         &self,
         call: &LeafCall<'_>,
         context: &CallContext,
         ed: &Element,
         durable: bool,
-    ) -> Result<(), Failure> {
+    ) -> Result<bool, Failure> {
         let mut logged = ed.clone();
         call.txn.redactor.redact_element(&mut logged);
         let secret = call_data_secret(call, ed);
@@ -487,6 +488,7 @@ impl Engine {
                 durable,
             })
             .await
+            .map(|()| secret)
             .map_err(|e| {
                 fail(
                     call.step,
